@@ -1,0 +1,15 @@
+"""Apache Airflow provider: background removal and generation over GCS buckets.
+
+Vendors: Pixelcut, Pixian.AI and Poof. Importing this package imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("airflow-provider-bgremoval")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"

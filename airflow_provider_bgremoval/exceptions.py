@@ -1,0 +1,195 @@
+"""The provider's exception hierarchy.
+
+Every failure a vendor call can end in maps to exactly one of these classes, whatever the vendor's
+own status codes and error envelopes look like. The pipeline and the operators decide what to do
+from the class alone:
+
+* :class:`VendorAuthError` and :class:`OutOfCreditsError` are *fatal for the batch*: nothing else can
+  succeed with this connection, so submitting stops at once and the task fails without retries.
+* :class:`InputRejectedError` is *fatal for one image*: the image is recorded as rejected and the
+  batch goes on. Local checks raise it too (``local=True``), before any money is spent.
+* :class:`RateLimitedError` and :class:`TransientVendorError` are *retryable*; the retry policy in
+  :mod:`airflow_provider_bgremoval.retry` retries them and re-raises the last one when it gives up.
+* :class:`VendorRequestError` is any other 4xx: a request the vendor refused that retrying cannot fix.
+* :class:`InvalidVendorResponseError` is a 2xx whose body is unusable (empty, not an image, cut short).
+
+Exception texts never contain API keys or secrets: they are built from the vendor's reply, whose
+body is quoted only through :func:`safe_excerpt`.
+"""
+
+from __future__ import annotations
+
+from airflow.exceptions import AirflowException
+
+__all__ = [
+    "BgRemovalError",
+    "InputRejectedError",
+    "InvalidOptionError",
+    "InvalidVendorResponseError",
+    "OutOfCreditsError",
+    "RateLimitedError",
+    "ResultDownloadError",
+    "TransientVendorError",
+    "VendorAuthError",
+    "VendorRequestError",
+    "safe_excerpt",
+]
+
+_EXCERPT_LIMIT = 300
+
+
+def safe_excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
+    """Shorten a reply body for an error message (one line, at most ``limit`` characters)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class BgRemovalError(AirflowException):
+    """
+    Base class of every error raised by the provider's vendor clients.
+
+    :param message: human-readable explanation (never contains secrets).
+    :param vendor: vendor name (``pixelcut``, ``pixian``, ``poof``) or ``None`` for local errors.
+    :param status_code: HTTP status of the vendor reply, if there was one.
+    :param code: the vendor's error code (``malformed_image``, ``1006``…) or a local code.
+    :param request_id: the vendor's request id, when it sent one.
+    """
+
+    #: True when no further call on the same connection can succeed (stop the batch, do not retry).
+    fatal_for_batch: bool = False
+    #: True when the retry policy may repeat the call.
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vendor: str | None = None,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.vendor = vendor
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        parts = []
+        if self.vendor:
+            parts.append(self.vendor)
+        if self.status_code is not None:
+            parts.append(str(self.status_code))
+        if self.code:
+            parts.append(self.code)
+        prefix = f"[{' '.join(parts)}] " if parts else ""
+        return f"{prefix}{self.message}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep keyword arguments across pickling (multiprocessing, Airflow's own serialisation).
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+    def as_dict(self) -> dict[str, object]:
+        """Primitive form for manifests and XCom."""
+        return {
+            "error_type": type(self).__name__,
+            "vendor": self.vendor,
+            "status_code": self.status_code,
+            "code": self.code,
+            "message": self.message,
+            "request_id": self.request_id,
+        }
+
+
+def _rebuild(cls: type[BgRemovalError], message: str, state: dict[str, object]) -> BgRemovalError:
+    obj = cls.__new__(cls)
+    AirflowException.__init__(obj, message)
+    obj.__dict__.update(state)
+    return obj
+
+
+class VendorAuthError(BgRemovalError):
+    """The vendor refused the credentials (missing, wrong or revoked key). Not retryable."""
+
+    fatal_for_batch = True
+
+
+class OutOfCreditsError(BgRemovalError):
+    """The account has no credits left for this call (or is dormant). Not retryable."""
+
+    fatal_for_batch = True
+
+
+class RateLimitedError(BgRemovalError):
+    """
+    The vendor answered 429. Retryable.
+
+    :param retry_after: seconds the vendor asked to wait (``Retry-After``), if it said so.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class TransientVendorError(BgRemovalError):
+    """
+    A failure that may pass: 408, 5xx, a dropped connection or a timeout. Retryable.
+
+    :param possibly_charged: True when the request had been sent in full before the failure, so the
+        vendor may have done (and billed) the work although the reply was lost.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, possibly_charged: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.possibly_charged = possibly_charged
+
+
+class InputRejectedError(BgRemovalError):
+    """
+    The image (or an image parameter) cannot be processed: fatal for this image only.
+
+    :param local: True when the provider rejected it before any vendor call (0 credits spent).
+    """
+
+    def __init__(self, message: str, *, local: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.local = local
+
+
+class VendorRequestError(BgRemovalError):
+    """Any other 4xx reply: the vendor refused the request and repeating it cannot help."""
+
+
+class InvalidVendorResponseError(BgRemovalError):
+    """A success status whose body is unusable (empty, not the promised image, truncated)."""
+
+    def __init__(self, message: str, *, possibly_charged: bool = True, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.possibly_charged = possibly_charged
+
+
+class ResultDownloadError(BgRemovalError):
+    """Fetching a result URL failed (expired, 404, too large, not http(s)); the call was billed."""
+
+    def __init__(self, message: str, *, possibly_charged: bool = True, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.possibly_charged = possibly_charged
+
+
+class InvalidOptionError(BgRemovalError, ValueError):
+    """
+    A user-supplied option is invalid or conflicts with another; raised before any call.
+
+    :param parameter: the name of the offending parameter, as the user wrote it.
+    """
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"invalid {parameter!r}: {message}", code="invalid_option")
+        self.parameter = parameter

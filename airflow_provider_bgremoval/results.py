@@ -1,0 +1,96 @@
+"""Typed results every vendor client returns, whatever the vendor's wire format."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+
+class AccountState(str, enum.Enum):
+    """Normalised account state; ``DORMANT`` and ``SUSPENDED`` accounts have no usable credits."""
+
+    ACTIVE = "active"
+    DORMANT = "dormant"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """
+    One processed image as returned by a vendor (after any local post-processing).
+
+    :param content: the encoded image bytes.
+    :param content_type: MIME type of ``content`` (``image/png``, ``image/jpeg``, ``image/webp``).
+    :param vendor: vendor name.
+    :param width: pixel width of ``content`` when known.
+    :param height: pixel height of ``content`` when known.
+    :param request_id: the vendor's request id, when it sends one.
+    :param credits_charged: credits this call cost, when the vendor says (Pixian) or the cost is fixed
+        by contract; ``None`` when unknown.
+    :param credits_calculated: what a production call would have cost (Pixian test mode only).
+    :param possibly_charged_retries: number of earlier attempts of this call whose reply was lost after
+        the request had been sent in full (the vendor may have billed them).
+    :param attempts: number of HTTP attempts the call took.
+    :param metadata: vendor metadata parsed from headers (foreground boxes, processing time…).
+    """
+
+    content: bytes
+    content_type: str
+    vendor: str
+    width: int | None = None
+    height: int | None = None
+    request_id: str | None = None
+    credits_charged: Decimal | None = None
+    credits_calculated: Decimal | None = None
+    possibly_charged_retries: int = 0
+    attempts: int = 1
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Size of ``content`` in bytes."""
+        return len(self.content)
+
+    def __repr__(self) -> str:  # never dump megabytes of image into a log line
+        return (
+            f"ImageResult(vendor={self.vendor!r}, content_type={self.content_type!r}, size={self.size}, "
+            f"width={self.width}, height={self.height}, request_id={self.request_id!r}, "
+            f"credits_charged={self.credits_charged})"
+        )
+
+
+@dataclass(frozen=True)
+class Balance:
+    """
+    A vendor account balance, normalised.
+
+    :param vendor: vendor name.
+    :param remaining: credits that can still be spent (0 when the account is dormant or suspended).
+    :param state: normalised account state.
+    :param plan: plan or credit-pack name when the vendor reports one.
+    :param raw: the vendor's reply as parsed JSON (never contains secrets).
+    """
+
+    vendor: str
+    remaining: Decimal
+    state: AccountState = AccountState.ACTIVE
+    plan: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        """True when the account can pay for work now."""
+        return self.state in (AccountState.ACTIVE, AccountState.UNKNOWN) and self.remaining > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form for XCom and trigger events."""
+        return {
+            "vendor": self.vendor,
+            "remaining": str(self.remaining),
+            "state": self.state.value,
+            "plan": self.plan,
+        }

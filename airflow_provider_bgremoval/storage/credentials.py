@@ -1,0 +1,243 @@
+"""
+GCP credentials without ``apache-airflow-providers-google``.
+
+The provider reuses the connection users already have for Google Cloud (``google_cloud_default``,
+type ``google_cloud_platform``, owned by providers-google) and reads the same extras providers-google
+reads, bare or with the form prefix ``extra__google_cloud_platform__``:
+
+* ``project``: project id (for the client's billing/quota project);
+* ``keyfile_dict``: a service-account key, as a JSON string or a dict;
+* ``key_path``: path of a service-account key file on the worker;
+* ``scope``: comma-separated OAuth scopes.
+
+Resolution order (:func:`resolve_gcs_credentials`):
+
+1. ``STORAGE_EMULATOR_HOST`` is set: no credentials at all (google-cloud-storage then talks to the
+   emulator anonymously); only ``project`` is read from the connection if it exists.
+2. ``keyfile_dict`` (``key_path`` together with it is a configuration error, as in providers-google).
+3. ``key_path``.
+4. Otherwise (no connection id, connection not defined, or no key in it): Application Default
+   Credentials via ``google.auth.default`` (gcloud ADC, ``GOOGLE_APPLICATION_CREDENTIALS``, Workload
+   Identity, Composer's service account).
+
+Key material is never logged or put in exception texts; the private key is registered with Airflow's
+secret masker in case anything downstream prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_bgremoval.storage.exceptions import StorageConfigError
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+
+__all__ = [
+    "DEFAULT_GCP_CONN_ID",
+    "DEFAULT_SCOPES",
+    "EMULATOR_ENV_VAR",
+    "EMULATOR_PROJECT",
+    "ResolvedCredentials",
+    "resolve_gcs_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GCP_CONN_ID = "google_cloud_default"
+#: Least privilege for what the provider does (list, read, create objects). Override with ``scope``.
+DEFAULT_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/devstorage.read_write",)
+EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
+#: Project reported to the emulator when the connection names none.
+EMULATOR_PROJECT = "emulator"
+_CONN_TYPE = "google_cloud_platform"
+
+
+@dataclass(frozen=True)
+class ResolvedCredentials:
+    """
+    Outcome of :func:`resolve_gcs_credentials`.
+
+    :param credentials: google-auth credentials, or ``None`` for the emulator (anonymous).
+    :param project: project id to give ``storage.Client``, if known.
+    :param source: where they came from: ``emulator``, ``keyfile_dict``, ``key_path`` or ``adc``.
+    :param emulator_host: the value of ``STORAGE_EMULATOR_HOST`` when ``source == "emulator"``.
+    """
+
+    credentials: Credentials | None
+    project: str | None
+    source: str
+    emulator_host: str | None = None
+
+    def __repr__(self) -> str:  # never show the credentials object (it can carry tokens)
+        return f"ResolvedCredentials(source={self.source!r}, project={self.project!r})"
+
+
+def get_extra_field(extras: Mapping[str, Any], field: str) -> Any:
+    """
+    Read a connection extra the way providers-google's ``GoogleBaseHook._get_field`` does.
+
+    The bare key wins when present (even if empty); otherwise ``extra__google_cloud_platform__<field>``.
+
+    :param extras: the connection's ``extra_dejson``.
+    :param field: bare field name (``project``, ``key_path``, ``keyfile_dict``, ``scope``).
+    """
+    if field in extras:
+        return extras[field] or None
+    return extras.get(f"extra__{_CONN_TYPE}__{field}") or None
+
+
+def parse_scopes(value: Any) -> list[str] | None:
+    """Turn the ``scope`` extra (comma-separated string or list) into a list, or ``None`` if empty."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    scopes = [s.strip() for s in items if s and s.strip()]
+    return scopes or None
+
+
+def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
+    """The connection's extras, or ``None`` when the connection is not defined."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(gcp_conn_id)
+    except AirflowNotFoundException:
+        return None
+    extras = conn.extra_dejson
+    return extras if isinstance(extras, Mapping) else {}
+
+
+def _mask(value: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older SDKs
+        return
+    mask_secret(value)
+
+
+def _keyfile_info(raw: Any, gcp_conn_id: str) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        info = dict(raw)
+    elif isinstance(raw, str):
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            # Do not echo the value: it is key material.
+            raise StorageConfigError(
+                f"connection {gcp_conn_id!r}: extra 'keyfile_dict' is not valid JSON"
+            ) from None
+        if not isinstance(info, dict):
+            raise StorageConfigError(f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON object")
+    else:
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON string or an object, "
+            f"not {type(raw).__name__}"
+        )
+    private_key = info.get("private_key")
+    if isinstance(private_key, str) and private_key:
+        _mask(private_key)
+    return info
+
+
+def resolve_gcs_credentials(
+    gcp_conn_id: str | None = DEFAULT_GCP_CONN_ID,
+    *,
+    scopes: Sequence[str] | None = None,
+) -> ResolvedCredentials:
+    """
+    Resolve credentials and project for google-cloud-storage (see the module docstring for the order).
+
+    :param gcp_conn_id: Airflow connection id of a ``google_cloud_platform`` connection; ``None``
+        skips the connection and goes to ADC (or the emulator).
+    :param scopes: OAuth scopes; default: the connection's ``scope`` extra, else :data:`DEFAULT_SCOPES`.
+    :raises StorageConfigError: conflicting or unreadable key settings, or no credentials found.
+    """
+    extras = _load_extras(gcp_conn_id) if gcp_conn_id else None
+    conn_project = get_extra_field(extras, "project") if extras is not None else None
+
+    emulator_host = os.environ.get(EMULATOR_ENV_VAR)
+    if emulator_host:
+        log.info("STORAGE_EMULATOR_HOST is set: using the GCS emulator at %s without credentials", emulator_host)
+        return ResolvedCredentials(
+            credentials=None,
+            project=str(conn_project) if conn_project else EMULATOR_PROJECT,
+            source="emulator",
+            emulator_host=emulator_host,
+        )
+
+    effective_scopes = list(scopes) if scopes else None
+    if effective_scopes is None and extras is not None:
+        effective_scopes = parse_scopes(get_extra_field(extras, "scope"))
+    if effective_scopes is None:
+        effective_scopes = list(DEFAULT_SCOPES)
+
+    key_path = get_extra_field(extras, "key_path") if extras is not None else None
+    keyfile_dict = get_extra_field(extras, "keyfile_dict") if extras is not None else None
+    if key_path and keyfile_dict:
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
+        )
+
+    from google.oauth2 import service_account
+
+    credentials: Credentials
+    if keyfile_dict:
+        assert gcp_conn_id is not None
+        info = _keyfile_info(keyfile_dict, gcp_conn_id)
+        try:
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=effective_scopes)
+        except (ValueError, KeyError) as exc:
+            raise StorageConfigError(
+                f"connection {gcp_conn_id!r}: 'keyfile_dict' is not a usable service-account key "
+                f"({type(exc).__name__})"
+            ) from None
+        key_project = info.get("project_id")
+        log.info("GCS credentials: service-account key from connection %r (keyfile_dict)", gcp_conn_id)
+        return ResolvedCredentials(credentials, str(conn_project or key_project or "") or None, "keyfile_dict")
+
+    if key_path:
+        path = os.fspath(str(key_path))
+        if not path.endswith(".json"):
+            # providers-google refuses legacy P12 keys as well.
+            raise StorageConfigError(
+                f"connection {gcp_conn_id!r}: 'key_path' must name a JSON service-account key file"
+            )
+        try:
+            credentials = service_account.Credentials.from_service_account_file(path, scopes=effective_scopes)
+        except FileNotFoundError:
+            raise StorageConfigError(
+                f"connection {gcp_conn_id!r}: key file {path!r} does not exist on this worker"
+            ) from None
+        except (ValueError, KeyError) as exc:
+            raise StorageConfigError(
+                f"connection {gcp_conn_id!r}: key file {path!r} is not a usable service-account key "
+                f"({type(exc).__name__})"
+            ) from None
+        log.info("GCS credentials: service-account key file from connection %r (key_path)", gcp_conn_id)
+        key_project = getattr(credentials, "project_id", None)
+        return ResolvedCredentials(credentials, str(conn_project or key_project or "") or None, "key_path")
+
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    if extras is None and gcp_conn_id:
+        log.info("connection %r is not defined: using Application Default Credentials", gcp_conn_id)
+    else:
+        log.info("no service-account key configured: using Application Default Credentials")
+    try:
+        credentials, adc_project = google.auth.default(scopes=effective_scopes)
+    except DefaultCredentialsError as exc:
+        raise StorageConfigError(
+            "no GCP credentials: define the Airflow connection "
+            f"{gcp_conn_id or DEFAULT_GCP_CONN_ID!r} with 'keyfile_dict' or 'key_path', configure "
+            "Application Default Credentials, or set STORAGE_EMULATOR_HOST for an emulator "
+            f"({exc})"
+        ) from exc
+    return ResolvedCredentials(credentials, str(conn_project or adc_project or "") or None, "adc")

@@ -1,0 +1,295 @@
+"""What every vendor wire format provides, and the behaviour they share.
+
+A vendor module (``pixelcut``, ``pixian``, ``poof``) only knows its wire format: how to build a
+request from the unified options, how to read a reply, and how its errors look. It performs no I/O;
+the hooks send the requests (with the retry policy) and run the local post-processing.
+
+Differences between vendors are data: :class:`VendorCapabilities`, :class:`InputLimits`,
+:class:`RetryPolicy`, the default cost table, and an error-code table consumed by the shared
+:func:`error_from_reply`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import httpx
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InputRejectedError,
+    OutOfCreditsError,
+    RateLimitedError,
+    TransientVendorError,
+    VendorAuthError,
+    VendorRequestError,
+    safe_excerpt,
+)
+from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.results import Balance, ImageResult
+from airflow_provider_bgremoval.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """
+    Everything a vendor client needs from an Airflow connection.
+
+    :param base_url: the API origin (``https://api.pixian.ai`` or a sandbox URL); no trailing slash.
+    :param api_key: API key (Pixelcut, Poof) or API secret (Pixian). Never logged.
+    :param api_id: Pixian API id (HTTP Basic user name); ``None`` for the other vendors.
+    :param timeout: idle/read timeout in seconds.
+    :param extras: the connection's other extras (vendor-specific switches such as Pixian test mode).
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    api_id: str | None = None
+    timeout: float = 60.0
+    extras: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """
+    The image a call processes: exactly one of ``data`` or ``url``.
+
+    :param data: image bytes to upload.
+    :param url: public http(s) URL the vendor fetches itself.
+    :param filename: file name sent with an upload.
+    :param content_type: MIME type of ``data``.
+    """
+
+    data: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+    filename: str = "image"
+    content_type: str = "application/octet-stream"
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.url is None):
+            raise ValueError("give exactly one of image bytes or image_url")
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    """
+    One HTTP request, as data.
+
+    :param method: HTTP method.
+    :param path: path below the connection's base URL.
+    :param billed: True when a success costs credits.
+    :param headers: extra headers (authentication is added by :meth:`VendorWire.auth_headers`).
+    :param data: multipart/form text fields.
+    :param files: multipart file fields ``name -> (filename, bytes, content_type)``.
+    :param json: a JSON body.
+    """
+
+    method: str
+    path: str
+    billed: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    data: Mapping[str, str] | None = None
+    files: Mapping[str, tuple[str, bytes, str]] | None = field(default=None, repr=False)
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class ResultLocation:
+    """
+    A reply that points at the result instead of carrying it (Pixelcut ``result_url``).
+
+    :param url: where to download the result from (without the API key).
+    :param request_id: the vendor's request id, if any.
+    :param credits_charged: credits the call cost, when known.
+    """
+
+    url: str
+    request_id: str | None = None
+    credits_charged: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """
+    A vendor's error envelope reduced to its facts.
+
+    :param code: the vendor's error code as text.
+    :param message: the vendor's human message.
+    :param request_id: the vendor's request id.
+    """
+
+    code: str | None
+    message: str
+    request_id: str | None = None
+
+
+def parse_decimal(value: Any) -> Decimal | None:
+    """Parse a number or numeric string to :class:`~decimal.Decimal` (``None`` when not numeric)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def parse_int(value: str | None) -> int | None:
+    """Parse an integer header value."""
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The reply's JSON, or ``None`` when the body is not JSON."""
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    """The ``Authorization`` value for HTTP Basic."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+class VendorWire(ABC):
+    """
+    One vendor's wire format. Subclasses set the class attributes and implement the abstract methods.
+
+    :param settings: the connection settings the requests are built for.
+    """
+
+    #: vendor name used in results, errors, manifests and logs
+    name: ClassVar[str]
+    #: production API origin
+    default_base_url: ClassVar[str]
+    #: default idle/read timeout in seconds
+    default_timeout: ClassVar[float] = 60.0
+    #: what the vendor does natively with the unified options
+    capabilities: ClassVar[VendorCapabilities]
+    #: documented input limits
+    limits: ClassVar[InputLimits]
+    #: default retry policy
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
+    #: vendor error codes that mean "this image (or an image parameter) is bad"
+    input_error_codes: ClassVar[frozenset[str]] = frozenset()
+    #: vendor error codes that mean out of credits, whatever the status
+    credit_error_codes: ClassVar[frozenset[str]] = frozenset()
+    #: vendor error codes that mean bad or revoked credentials, whatever the status
+    auth_error_codes: ClassVar[frozenset[str]] = frozenset()
+    #: 5xx codes that are deterministic for the input (retrying the same image will not help)
+    permanent_server_codes: ClassVar[frozenset[str]] = frozenset()
+    #: credits one successful remove-background call costs by default (DESIGN.md cost defaults)
+    base_cost: ClassVar[Decimal] = Decimal(1)
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+
+    # -- requests ------------------------------------------------------------------------------
+    @abstractmethod
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a request (never logged)."""
+
+    @abstractmethod
+    def remove_background_request(
+        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+    ) -> WireRequest:
+        """Build the billed remove-background request from the *native* part of the options."""
+
+    @abstractmethod
+    def balance_request(self) -> WireRequest:
+        """Build the free balance request."""
+
+    # -- replies -------------------------------------------------------------------------------
+    @abstractmethod
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+        """Read a successful image reply (status 2xx)."""
+
+    @abstractmethod
+    def parse_balance(self, response: httpx.Response) -> Balance:
+        """Read a successful balance reply."""
+
+    @abstractmethod
+    def parse_error(self, response: httpx.Response) -> ErrorReply:
+        """Reduce an error reply (any body, JSON or not) to its facts."""
+
+    def finish_result(self, result: ImageResult, image: ImageInput, vendor_options: Any = None) -> ImageResult:
+        """Vendor-specific decoding of a result before local post-processing (default: none)."""
+        return result
+
+    @classmethod
+    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
+        """Credits one successful remove-background call is expected to cost with these options."""
+        return cls.base_cost
+
+    # -- shared behaviour ----------------------------------------------------------------------
+    def error_from_reply(self, response: httpx.Response) -> BgRemovalError:
+        """Map an error reply to the provider's exception hierarchy."""
+        reply = self.parse_error(response)
+        status = response.status_code
+        code = reply.code
+        kwargs: dict[str, Any] = {
+            "vendor": self.name,
+            "status_code": status,
+            "code": code,
+            "request_id": reply.request_id,
+        }
+        message = reply.message or response.reason_phrase or "no message"
+        if code in self.credit_error_codes or status == 402:
+            return OutOfCreditsError(message, **kwargs)
+        if code in self.auth_error_codes or status in (401, 403):
+            return VendorAuthError(message, **kwargs)
+        if status == 429:
+            return RateLimitedError(
+                message, retry_after=parse_retry_after(response.headers.get("retry-after")), **kwargs
+            )
+        if status == 408:
+            return TransientVendorError(message, possibly_charged=False, **kwargs)
+        if status >= 500:
+            if code in self.permanent_server_codes:
+                return InputRejectedError(message, **kwargs)
+            return TransientVendorError(message, possibly_charged=False, **kwargs)
+        if code in self.input_error_codes or status in (413, 415, 422):
+            return InputRejectedError(message, **kwargs)
+        return VendorRequestError(message, **kwargs)
+
+    @staticmethod
+    def text_excerpt(response: httpx.Response) -> str:
+        """A short, single-line excerpt of a non-JSON body for error messages."""
+        try:
+            text = response.content.decode("utf-8", errors="replace")
+        except Exception:  # pragma: no cover - bytes always decode with errors="replace"
+            return ""
+        return safe_excerpt(text)
