@@ -19,7 +19,7 @@ body is quoted only through :func:`safe_excerpt`.
 
 from __future__ import annotations
 
-from airflow.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException
 
 __all__ = [
     "BgRemovalError",
@@ -72,7 +72,7 @@ class BgRemovalError(AirflowException):
         super().__init__(message)
         self.message = message
         self.vendor = vendor
-        self.status_code = status_code
+        self.status_code = status_code  # type: ignore[assignment]  # AirflowException: HTTPStatus
         self.code = code
         self.request_id = request_id
 

@@ -102,14 +102,19 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
             raise _reject("unsupported_image", f"not a readable image ({type(exc).__name__})", vendor) from None
 
 
-def check_limits(info: ImageInfo, size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
-    """Raise :class:`InputRejectedError` naming the limit when ``info``/``size`` break ``limits``."""
+def check_size(size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
+    """Raise :class:`InputRejectedError` when a file of ``size`` bytes is over the vendor's limit."""
     if size > limits.max_bytes:
         raise _reject(
             "file_size_too_large",
             f"file is {size:,} bytes; the vendor's limit is {limits.max_bytes:,} bytes",
             vendor,
         )
+
+
+def check_limits(info: ImageInfo, size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
+    """Raise :class:`InputRejectedError` naming the limit when ``info``/``size`` break ``limits``."""
+    check_size(size, limits, vendor=vendor)
     if limits.max_pixels is not None and info.pixels > limits.max_pixels:
         raise _reject(
             "too_many_pixels",
@@ -176,6 +181,9 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
             if not needs_conversion:
                 return PreparedInput(data, _PILLOW_TO_MIME[info.format], info, converted=False)
             upright = ImageOps.exif_transpose(image) or image
+            if upright.mode.startswith("I;16") or upright.mode == "I":
+                # 16-bit grayscale: Pillow's direct conversion clips at 255 (a white image); scale.
+                upright = upright.convert("I").point(lambda v: v * (1 / 256)).convert("L")
             has_alpha = upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info
             upright = upright.convert("RGBA" if has_alpha else "RGB")
             out = io.BytesIO()

@@ -20,6 +20,8 @@ os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFL
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.support.gcs", "tests.support.airflow"]
+
 
 @pytest.fixture(scope="session")
 def images_dir() -> Path:

@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 from airflow.sdk import BaseHook
+from PIL import Image
 
 from airflow_provider_bgremoval import __version__
 from airflow_provider_bgremoval._compat import aextra_dejson, aget_connection, mask_secret
@@ -312,8 +313,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     def _check_download_status(self, response: httpx.Response, url: str) -> str | None:
         """Return the next URL for a redirect, ``None`` for success; raise for failures."""
         if response.is_redirect:
-            location = response.headers.get("location", "")
-            return check_http_url(urljoin(url, location), parameter="result_url redirect")
+            target = urljoin(url, response.headers.get("location", ""))
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise self._download_error("result URL redirected to a non-http(s) location; refused")
+            return target
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise TransientVendorError(
                 f"result download answered {response.status_code}",
@@ -350,6 +354,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                                 self._cap(total)
                                 chunks.append(chunk)
                             return b"".join(chunks)
+                except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
+                    raise self._download_error("result URL redirected to an invalid location; refused") from None
                 except httpx.HTTPError as exc:
                     raise TransientVendorError(
                         f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
@@ -376,6 +382,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                                 self._cap(total)
                                 chunks.append(chunk)
                             return b"".join(chunks)
+                except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
+                    raise self._download_error("result URL redirected to an invalid location; refused") from None
                 except httpx.HTTPError as exc:
                     raise TransientVendorError(
                         f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
@@ -414,8 +422,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             content, content_type, width, height = apply_local_steps(result.content, plan.local, vendor=wire.name)
         else:
             decoded = decode_result(result.content, vendor=wire.name)
-            content, content_type = result.content, result.content_type
-            width, height = decoded.width, decoded.height
+            content, width, height = result.content, decoded.width, decoded.height
+            content_type = Image.MIME.get(decoded.format or "", result.content_type)
         return ImageResult(
             content=content,
             content_type=content_type,
@@ -440,6 +448,46 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             metadata={"result_url_host": urlsplit(location.url).netloc},
         )
 
+    def _image_call(
+        self,
+        wire: VendorWire,
+        request: WireRequest,
+        image: ImageInput,
+        plan: ProcessingPlan,
+        vendor_options: Any = None,
+    ) -> ImageResult:
+        """
+        Send a billed image request, download a located result, decode and post-process it.
+
+        The one path every image endpoint (remove-background, Pixelcut's generate-background…) takes.
+
+        :param wire: the vendor wire the request was built with.
+        :param request: the billed request.
+        :param image: the input (for vendor-specific result decoding).
+        :param plan: the local post-processing plan (an empty :class:`LocalSteps` keeps the bytes).
+        :param vendor_options: the vendor options, handed to :meth:`VendorWire.finish_result`.
+        """
+        stats = CallStats()
+        reply = wire.parse_image_reply(self.send(request, stats))
+        if isinstance(reply, ResultLocation):
+            reply = self._located_result(reply, self.download(reply.url))
+        return self._finish(wire, reply, image, plan, vendor_options, stats)
+
+    async def _aimage_call(
+        self,
+        wire: VendorWire,
+        request: WireRequest,
+        image: ImageInput,
+        plan: ProcessingPlan,
+        vendor_options: Any = None,
+    ) -> ImageResult:
+        """Async :meth:`_image_call`; CPU work runs in a worker thread."""
+        stats = CallStats()
+        reply = wire.parse_image_reply(await self.asend(request, stats))
+        if isinstance(reply, ResultLocation):
+            reply = self._located_result(reply, await self.adownload(reply.url))
+        return await asyncio.to_thread(self._finish, wire, reply, image, plan, vendor_options, stats)
+
     def remove_background(
         self,
         image: bytes | None = None,
@@ -463,13 +511,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         options = options or RemovalOptions()
         wire = self.wire
         image_input = self._image_input(image, image_url, filename, check_input)
-        plan = plan_processing(options, wire.capabilities)
+        plan = plan_processing(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        stats = CallStats()
-        reply = wire.parse_image_reply(self.send(request, stats))
-        if isinstance(reply, ResultLocation):
-            reply = self._located_result(reply, self.download(reply.url))
-        return self._finish(wire, reply, image_input, plan, vendor_options, stats)
+        return self._image_call(wire, request, image_input, plan, vendor_options)
 
     async def aremove_background(
         self,
@@ -485,13 +529,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         options = options or RemovalOptions()
         wire = await self.awire()
         image_input = await asyncio.to_thread(self._image_input, image, image_url, filename, check_input)
-        plan = plan_processing(options, wire.capabilities)
+        plan = plan_processing(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        stats = CallStats()
-        reply = wire.parse_image_reply(await self.asend(request, stats))
-        if isinstance(reply, ResultLocation):
-            reply = self._located_result(reply, await self.adownload(reply.url))
-        return await asyncio.to_thread(self._finish, wire, reply, image_input, plan, vendor_options, stats)
+        return await self._aimage_call(wire, request, image_input, plan, vendor_options)
 
     # -- balance -------------------------------------------------------------------------------
     def get_balance(self) -> Balance:

@@ -1,3 +1,52 @@
-"""Package."""
+"""
+GCS storage layer: credentials, listing, reads and conditional writes.
+
+See :mod:`airflow_provider_bgremoval.storage.gcs` for the retry rules and the create-only write
+semantics, and :mod:`airflow_provider_bgremoval.storage.credentials` for how credentials are found.
+"""
 
 from __future__ import annotations
+
+from airflow_provider_bgremoval.storage.credentials import (
+    DEFAULT_GCP_CONN_ID,
+    ResolvedCredentials,
+    resolve_gcs_credentials,
+)
+from airflow_provider_bgremoval.storage.exceptions import (
+    DataCorruptionError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StorageConfigError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+    WriteConflictError,
+)
+from airflow_provider_bgremoval.storage.gcs import (
+    WRITE_TOKEN_METADATA_KEY,
+    GcsStorage,
+    ObjectFilter,
+    ObjectInfo,
+)
+
+__all__ = [
+    "DEFAULT_GCP_CONN_ID",
+    "WRITE_TOKEN_METADATA_KEY",
+    "DataCorruptionError",
+    "GcsStorage",
+    "ObjectChangedError",
+    "ObjectExistsError",
+    "ObjectFilter",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "ObjectTooLargeError",
+    "ResolvedCredentials",
+    "StorageConfigError",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageUnavailableError",
+    "WriteConflictError",
+    "resolve_gcs_credentials",
+]

@@ -134,7 +134,9 @@ def _keyfile_info(raw: Any, gcp_conn_id: str) -> dict[str, Any]:
                 f"connection {gcp_conn_id!r}: extra 'keyfile_dict' is not valid JSON"
             ) from None
         if not isinstance(info, dict):
-            raise StorageConfigError(f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON object")
+            raise StorageConfigError(
+                f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON object"
+            )
     else:
         raise StorageConfigError(
             f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON string or an object, "
@@ -164,7 +166,9 @@ def resolve_gcs_credentials(
 
     emulator_host = os.environ.get(EMULATOR_ENV_VAR)
     if emulator_host:
-        log.info("STORAGE_EMULATOR_HOST is set: using the GCS emulator at %s without credentials", emulator_host)
+        log.info(
+            "STORAGE_EMULATOR_HOST is set: using the GCS emulator at %s without credentials", emulator_host
+        )
         return ResolvedCredentials(
             credentials=None,
             project=str(conn_project) if conn_project else EMULATOR_PROJECT,
@@ -192,7 +196,9 @@ def resolve_gcs_credentials(
         assert gcp_conn_id is not None
         info = _keyfile_info(keyfile_dict, gcp_conn_id)
         try:
-            credentials = service_account.Credentials.from_service_account_info(info, scopes=effective_scopes)
+            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=effective_scopes
+            )
         except (ValueError, KeyError) as exc:
             raise StorageConfigError(
                 f"connection {gcp_conn_id!r}: 'keyfile_dict' is not a usable service-account key "
@@ -200,7 +206,9 @@ def resolve_gcs_credentials(
             ) from None
         key_project = info.get("project_id")
         log.info("GCS credentials: service-account key from connection %r (keyfile_dict)", gcp_conn_id)
-        return ResolvedCredentials(credentials, str(conn_project or key_project or "") or None, "keyfile_dict")
+        return ResolvedCredentials(
+            credentials, str(conn_project or key_project or "") or None, "keyfile_dict"
+        )
 
     if key_path:
         path = os.fspath(str(key_path))
@@ -210,7 +218,9 @@ def resolve_gcs_credentials(
                 f"connection {gcp_conn_id!r}: 'key_path' must name a JSON service-account key file"
             )
         try:
-            credentials = service_account.Credentials.from_service_account_file(path, scopes=effective_scopes)
+            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                path, scopes=effective_scopes
+            )
         except FileNotFoundError:
             raise StorageConfigError(
                 f"connection {gcp_conn_id!r}: key file {path!r} does not exist on this worker"

@@ -11,6 +11,7 @@ classes (the google-cloud exception is kept as ``__cause__``), so callers never 
 * :class:`ObjectNotFoundError` / :class:`ObjectChangedError`: the object (or the planned generation
   of it) is gone.
 * :class:`ObjectTooLargeError`: a read exceeded its ``max_bytes`` cap.
+* :class:`DataCorruptionError`: downloaded bytes failed their checksum.
 * :class:`StorageUnavailableError`: transient errors outlasted the retry deadline (retryable later).
 * :class:`StoragePermissionError`: 401/403 (fix the credentials; retrying cannot help).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowException
 
 __all__ = [
+    "DataCorruptionError",
     "ObjectChangedError",
     "ObjectExistsError",
     "ObjectNotFoundError",
@@ -79,6 +81,12 @@ class StoragePermissionError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """Transient failures (5xx, 429, connection errors, timeouts) outlasted the retry policy."""
+
+    retryable = True
+
+
+class DataCorruptionError(StorageError):
+    """Downloaded bytes do not match the object's checksum (corrupted in transit); reading again may work."""
 
     retryable = True
 

@@ -119,6 +119,7 @@ class FakeGcsServer:
         default: ``server.log`` in a fresh temporary directory.
     :param log_level: fake-gcs-server log level (``trace`` … ``panic``).
     :param startup_timeout: seconds to wait for the server to answer before giving up.
+    :param stop_timeout: seconds :meth:`stop` waits after SIGTERM before sending SIGKILL.
     :param buckets: bucket names to create at every start.
     :param binary: path of the fake-gcs-server executable; default :func:`find_fake_gcs_server_binary`.
     """
@@ -131,6 +132,7 @@ class FakeGcsServer:
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "warn",
         startup_timeout: float = 15.0,
+        stop_timeout: float = 5.0,
         buckets: Sequence[str] = (),
         binary: str | None = None,
     ) -> None:
@@ -141,6 +143,7 @@ class FakeGcsServer:
         self.log_path = Path(log_path) if log_path is not None else self._workdir / "server.log"
         self.log_level = log_level
         self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
         self._binary = binary
         self._buckets: list[str] = list(dict.fromkeys(buckets))
         self._process: subprocess.Popen[bytes] | None = None
@@ -196,24 +199,29 @@ class FakeGcsServer:
                     self._spawn(binary)
                     self._wait_ready()
                 except FakeGcsServerError as exc:
+                    exited_early = self._process is not None and self._process.poll() is not None
                     last_error = exc
-                    self._terminate()
-                    if self._requested_port is None and attempts > 1:
-                        self._port = None  # a race on the free port: pick another one
+                    self._terminate(self.stop_timeout)
+                    if not exited_early:
+                        break  # it runs but does not answer: trying again will not help
+                    if attempts > 1:
+                        self._port = None  # probably lost a race for the free port: pick another
                     continue
-                log.info("fake-gcs-server pid %s listening on %s (log: %s)", self.pid, self.url, self.log_path)
+                log.info(
+                    "fake-gcs-server pid %s listening on %s (log: %s)", self.pid, self.url, self.log_path
+                )
                 return self
             assert last_error is not None
             raise last_error
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """
         Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds. Keeps the port for :meth:`start`.
 
-        :param timeout: seconds to wait for a clean exit before killing.
+        :param timeout: seconds to wait for a clean exit before killing (default: ``stop_timeout``).
         """
         with self._lock:
-            self._terminate(timeout)
+            self._terminate(self.stop_timeout if timeout is None else timeout)
 
     def restart(self) -> FakeGcsServer:
         """Stop and start again on the same port. Objects are lost; bucket names are re-created."""
@@ -353,14 +361,16 @@ class FakeGcsServer:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=0.02)
 
-    def _terminate(self, timeout: float = 5.0) -> None:
+    def _terminate(self, timeout: float) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                log.warning("fake-gcs-server pid %s ignored SIGTERM for %.1fs; killing it", process.pid, timeout)
+                log.warning(
+                    "fake-gcs-server pid %s ignored SIGTERM for %.1fs; killing it", process.pid, timeout
+                )
                 process.kill()
                 process.wait()
         if self._log_file is not None:

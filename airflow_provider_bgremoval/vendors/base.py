@@ -245,6 +245,10 @@ class VendorWire(ABC):
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """Reduce an error reply (any body, JSON or not) to its facts."""
 
+    def capabilities_for(self, vendor_options: Any = None) -> VendorCapabilities:
+        """What the vendor does natively for a call with these vendor options (default: :attr:`capabilities`)."""
+        return self.capabilities
+
     def finish_result(self, result: ImageResult, image: ImageInput, vendor_options: Any = None) -> ImageResult:
         """Vendor-specific decoding of a result before local post-processing (default: none)."""
         return result

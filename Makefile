@@ -1,0 +1,84 @@
+# airflow-provider-bgremoval — build, lint, test.
+#
+# Works from a fresh clone with only python3 and GNU make:
+#   make test          lint + format check + mypy + the whole pytest suite (newest Airflow, .venv)
+#   make test-compat   provider discovery + hook tests on the oldest supported Airflow (.venv-compat)
+#   make lint | typecheck | clean
+#
+# Variables (override on the command line, e.g. `make test PYTEST_ARGS="-x -k pixian"`):
+#   PYTHON         interpreter that creates the virtualenvs
+#   VENV           main virtualenv (Airflow as resolved from pyproject.toml: the newest 3.x)
+#   COMPAT_VENV    compatibility virtualenv
+#   COMPAT_AIRFLOW the oldest supported Airflow release, pinned in COMPAT_VENV
+#   PYTEST_ARGS    extra pytest arguments
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV ?= .venv
+COMPAT_VENV ?= .venv-compat
+COMPAT_AIRFLOW ?= 3.1.8
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+COMPAT_BIN := $(COMPAT_VENV)/bin
+PACKAGE := airflow_provider_bgremoval
+
+# The compatibility pass (DESIGN.md decision 1): provider discovery, connection handling and the
+# hooks/wire formats of every vendor, on the oldest supported Airflow. Operators, the pipeline, the
+# sandbox and the DAG-level integration tests run on the newest Airflow only (`make test`).
+COMPAT_TESTS ?= tests/unit/test_provider_info.py tests/unit/test_connections.py tests/unit/hooks \
+	tests/unit/vendors tests/compat
+
+.PHONY: test test-compat lint format typecheck pytest venv compat-venv clean
+# Reserved for later (added with the demo and benchmark issues): demo, demo-quick, bench.
+
+# -- virtualenvs -----------------------------------------------------------------------------------
+# The stamp file is rebuilt when pyproject.toml changes (new dependency, new extra).
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+$(COMPAT_VENV)/.installed: pyproject.toml
+	test -x $(COMPAT_BIN)/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_BIN)/python -m pip install -e '.[test]' 'apache-airflow==$(COMPAT_AIRFLOW)'
+	touch $@
+
+venv: $(VENV)/.installed
+compat-venv: $(COMPAT_VENV)/.installed
+
+# -- checks ----------------------------------------------------------------------------------------
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy $(PACKAGE)
+
+# The example-DAG import test turns Airflow's deprecated-import FutureWarning into an error itself
+# (a module-level pytestmark); the rest of the suite runs with the default warning filters.
+pytest: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+test-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_BIN)/python -c 'import airflow; print("compat: apache-airflow", airflow.__version__)'
+	$(COMPAT_BIN)/python -m pytest -q $(wildcard $(COMPAT_TESTS)) $(PYTEST_ARGS)
+
+# -- demo / benchmarks -----------------------------------------------------------------------------
+# demo:        (reserved — to be added with the demo issue)
+# demo-quick:  (reserved — to be added with the demo issue)
+# bench:       (reserved — to be added with the benchmark issue)
+
+clean:
+	rm -rf $(VENV) $(COMPAT_VENV) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

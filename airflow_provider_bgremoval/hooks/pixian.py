@@ -1,0 +1,229 @@
+"""Airflow hook for Pixian.AI (https://pixian.ai/api): background removal and account status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import replace
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_bgremoval._compat import mask_secret
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
+from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, basic_auth_header
+from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire, parse_test_mode
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+__all__ = ["PixianHook", "PixianOptions"]
+
+
+class PixianHook(BackgroundRemovalHook[PixianWire]):
+    """
+    Pixian.AI v2 over httpx (sync and async methods, one pooled client of each per hook).
+
+    The connection (type ``pixian``): ``login`` = API id, ``password`` = API secret (HTTP Basic);
+    ``host`` or the ``base_url`` extra overrides ``https://api.pixian.ai`` (e.g. the sandbox);
+    extras ``timeout`` (default 180 s, Pixian's advice), ``max_retries`` and ``test_mode`` (send
+    ``test=true`` unless a call's :class:`PixianOptions` says otherwise).
+
+    Methods: :meth:`remove_background` / :meth:`aremove_background`, :meth:`get_balance` /
+    :meth:`aget_balance`, :meth:`estimate_cost`, :meth:`estimate_with_test_call` /
+    :meth:`aestimate_with_test_call`, :meth:`test_connection`.
+
+    :param pixian_conn_id: the connection id (default ``pixian_default``).
+    :param kwargs: the options of :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`
+        (``timeout``, ``retry_policy``, ``transport``, ``async_transport``, ``sleep``, ``async_sleep``…);
+        ``conn_id`` is accepted as an alias of ``pixian_conn_id``.
+    """
+
+    conn_name_attr = "pixian_conn_id"
+    default_conn_name = "pixian_default"
+    conn_type = "pixian"
+    hook_name = "Pixian.AI"
+    wire_class = PixianWire
+
+    def __init__(self, pixian_conn_id: str | None = None, **kwargs: Any) -> None:
+        conn_id = kwargs.pop("conn_id", None) or pixian_conn_id
+        super().__init__(conn_id, **kwargs)
+        self.pixian_conn_id = self.conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Connection-form relabelling for Airflow releases that predate provider-info ``conn-fields``."""
+        return {
+            "hidden_fields": ["schema", "port"],
+            "relabeling": {"login": "API id", "password": "API secret", "host": "Base URL override"},
+            "placeholders": {
+                "host": "https://api.pixian.ai",
+                "login": "px...",
+                "extra": '{"test_mode": false, "timeout": 180, "max_retries": 6}',
+            },
+        }
+
+    @classmethod
+    def settings_from_connection(
+        cls, conn: Connection, extras: Mapping[str, Any], *, timeout: float | None = None
+    ) -> ConnectionSettings:
+        """
+        Read the connection; also require the API id and mask the derived ``Authorization`` value.
+
+        :param conn: the Airflow connection.
+        :param extras: its extras.
+        :param timeout: a timeout overriding the ``timeout`` extra.
+        """
+        settings = super().settings_from_connection(conn, extras, timeout=timeout)
+        if not settings.api_id:
+            raise InvalidOptionError(
+                "login", f"connection {conn.conn_id!r} has no API id (set the login field)"
+            )
+        header = basic_auth_header(settings.api_id, settings.api_key)
+        mask_secret(header)
+        mask_secret(header.partition(" ")[2])  # the base64 token alone, wherever it might be printed
+        parse_test_mode(settings.extras.get("test_mode"))  # a bad value fails here, not mid-batch
+        return settings
+
+    # -- remove background ---------------------------------------------------------------------
+    def remove_background(
+        self,
+        image: bytes | None = None,
+        *,
+        image_url: str | None = None,
+        options: RemovalOptions | None = None,
+        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
+        filename: str = "image",
+        check_input: bool = True,
+    ) -> ImageResult:
+        """
+        Remove the background of one image (billed unless in test mode).
+
+        The result carries ``credits_charged`` (``X-Credits-Charged``), ``credits_calculated``
+        (``X-Credits-Calculated``, test calls) and the metadata described in
+        :meth:`PixianWire.parse_result <airflow_provider_bgremoval.vendors.pixian.PixianWire.parse_result>`.
+        With ``delta_png`` the delta is decoded into the full cut-out before the local steps.
+
+        :param image: the image bytes; checked locally first (32,000,000 pixels at most).
+        :param image_url: a public http(s) URL for Pixian to fetch (``image.url``) instead.
+        :param options: the unified options; defaults to a transparent PNG.
+        :param vendor_options: :class:`PixianOptions` (or a mapping of its fields).
+        :param filename: file name sent with the upload.
+        :param check_input: run the local checks (set False only when the caller already did).
+        """
+        opts = PixianOptions.coerce(vendor_options)
+        PixianWire.check_options(options or RemovalOptions(), opts)
+        return super().remove_background(
+            image,
+            image_url=image_url,
+            options=options,
+            vendor_options=opts,
+            filename=filename,
+            check_input=check_input,
+        )
+
+    async def aremove_background(
+        self,
+        image: bytes | None = None,
+        *,
+        image_url: str | None = None,
+        options: RemovalOptions | None = None,
+        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
+        filename: str = "image",
+        check_input: bool = True,
+    ) -> ImageResult:
+        """Async :meth:`remove_background` (image work runs in a worker thread)."""
+        opts = PixianOptions.coerce(vendor_options)
+        PixianWire.check_options(options or RemovalOptions(), opts)
+        return await super().aremove_background(
+            image,
+            image_url=image_url,
+            options=options,
+            vendor_options=opts,
+            filename=filename,
+            check_input=check_input,
+        )
+
+    # -- costs ---------------------------------------------------------------------------------
+    def is_test_mode(self, vendor_options: PixianOptions | Mapping[str, Any] | None = None) -> bool:
+        """
+        Whether a call with these options runs with ``test=true`` (option first, then the connection).
+
+        :param vendor_options: the call's Pixian options.
+        """
+        return self.wire.test_mode(vendor_options)
+
+    def estimate_cost(self, vendor_options: Any = None) -> Decimal:
+        """
+        Credits one image is expected to cost: 0 in test mode (option or connection), else 1.
+
+        Pixian does not document its per-image cost; the real cost of each call is in
+        ``ImageResult.credits_charged``, and :meth:`estimate_with_test_call` asks Pixian for free.
+
+        :param vendor_options: the Pixian options the batch uses.
+        """
+        if self.is_test_mode(vendor_options):
+            return Decimal(0)
+        return self.wire_class.estimate_cost(vendor_options)
+
+    def _test_call_parts(
+        self,
+        wire: PixianWire,
+        image: bytes | None,
+        image_url: str | None,
+        options: RemovalOptions | None,
+        vendor_options: PixianOptions | Mapping[str, Any] | None,
+        filename: str,
+    ) -> tuple[ImageInput, Any]:
+        options = options or RemovalOptions()
+        opts = replace(PixianOptions.coerce(vendor_options), test=True)
+        PixianWire.check_options(options, opts)
+        image_input = self._image_input(image, image_url, filename, True)
+        plan = plan_processing(options, wire.capabilities_for(opts))
+        return image_input, wire.remove_background_request(image_input, plan.native, opts)
+
+    def estimate_with_test_call(
+        self,
+        image: bytes | None = None,
+        *,
+        image_url: str | None = None,
+        options: RemovalOptions | None = None,
+        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
+        filename: str = "image",
+    ) -> Decimal:
+        """
+        Ask Pixian what one image would cost: a free ``test=true`` call, returning ``X-Credits-Calculated``.
+
+        Use one representative sample with the batch's options (the cost may depend on them).
+
+        :param image: a sample image's bytes.
+        :param image_url: or a sample image's URL.
+        :param options: the unified options the batch will use.
+        :param vendor_options: the Pixian options the batch will use (``test`` is forced on).
+        :param filename: file name sent with the upload.
+        """
+        wire = self.wire
+        _, request = self._test_call_parts(wire, image, image_url, options, vendor_options, filename)
+        calculated = wire.credits_calculated(wire.parse_result(self.send(request)))
+        self.log.info("Pixian test call: a production call would cost %s credits", calculated)
+        return calculated
+
+    async def aestimate_with_test_call(
+        self,
+        image: bytes | None = None,
+        *,
+        image_url: str | None = None,
+        options: RemovalOptions | None = None,
+        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
+        filename: str = "image",
+    ) -> Decimal:
+        """Async :meth:`estimate_with_test_call`."""
+        wire = await self.awire()
+        _, request = await asyncio.to_thread(
+            self._test_call_parts, wire, image, image_url, options, vendor_options, filename
+        )
+        calculated = wire.credits_calculated(wire.parse_result(await self.asend(request)))
+        self.log.info("Pixian test call: a production call would cost %s credits", calculated)
+        return calculated

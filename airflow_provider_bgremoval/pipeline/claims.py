@@ -1,0 +1,102 @@
+"""Claims: who is processing which output right now, so overlapping runs never pay twice.
+
+Before a billed call, the batch creates a tiny claim object for the output, create-only. Another run
+that finds a live claim owned by someone else leaves that image pending instead of paying for it
+again. A claim belongs to a task instance (dag, run, task, map index), not to one try, so a retried
+or cleared task takes its own claims over at once; a claim whose lease has expired (its owner died)
+can be taken over by anyone, with a generation-matched write so two takers cannot both win.
+
+Claims live under ``<destination_prefix>_bgremoval/claims/`` and are never deleted by the provider
+(it deletes nothing); a bucket lifecycle rule that deletes that folder's objects after a few days
+keeps it small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+META_OWNER = "bgremoval-claim-owner"
+META_EXPIRES = "bgremoval-claim-expires"
+META_DESTINATION = "bgremoval-claim-destination"
+
+
+class ClaimStore:
+    """
+    Create-only claim objects in the destination bucket.
+
+    :param storage: the storage layer.
+    :param bucket: destination bucket.
+    :param internal_prefix: the destination's ``_bgremoval/`` prefix.
+    :param owner: identity of the claiming task instance.
+    :param lease_seconds: how long a claim protects an output from other runs.
+    :param clock: wall clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        storage: GcsStorage,
+        bucket: str,
+        internal_prefix: str,
+        owner: str,
+        *,
+        lease_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.bucket = bucket
+        self.prefix = f"{internal_prefix}claims/"
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+
+    def claim_name(self, destination: str) -> str:
+        """Object name of the claim for ``destination``."""
+        return self.prefix + hashlib.sha256(destination.encode()).hexdigest()[:40]
+
+    def _metadata(self, destination: str) -> dict[str, str]:
+        return {
+            META_OWNER: self.owner,
+            META_EXPIRES: f"{self.clock() + self.lease_seconds:.0f}",
+            META_DESTINATION: destination,
+        }
+
+    def acquire(self, destination: str) -> str | None:
+        """Claim ``destination``; return ``None`` on success or the owner holding a live claim."""
+        name = self.claim_name(destination)
+        for _ in range(3):
+            try:
+                self.storage.write(
+                    self.bucket, name, b"", content_type="text/plain", metadata=self._metadata(destination)
+                )
+                return None
+            except WriteConflictError:
+                pass
+            current = self.storage.stat(self.bucket, name)
+            if current is None:
+                continue  # vanished between the write and the look: try again
+            meta = current.metadata or {}
+            holder = meta.get(META_OWNER, "unknown")
+            try:
+                expires = float(meta.get(META_EXPIRES, "0"))
+            except ValueError:
+                expires = 0.0
+            if holder != self.owner and expires > self.clock():
+                return holder
+            try:
+                self.storage.write(
+                    self.bucket,
+                    name,
+                    b"",
+                    content_type="text/plain",
+                    metadata=self._metadata(destination),
+                    if_generation_match=current.generation,
+                )
+                return None
+            except WriteConflictError:
+                continue  # somebody else took it over first: look again
+        return "unknown (claim contended)"

@@ -1,0 +1,60 @@
+"""Deterministic, safe destination names (DESIGN.md decision 5).
+
+``<source_prefix>2026/11/shoe.jpg`` becomes ``<destination_prefix>2026/11/shoe.png`` for a PNG output:
+the path relative to the source prefix is kept and the extension follows the output format. A name
+that could escape the destination prefix (``..`` segments, a leading ``/``, backslashes, control
+characters) is refused.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+#: Where the provider keeps its own objects (manifests, reports, claims) under a destination prefix.
+INTERNAL_DIR = "_bgremoval/"
+
+
+class UnsafeNameError(ValueError):
+    """A source name cannot be mapped to a destination name safely."""
+
+
+def normalise_prefix(prefix: str | None) -> str:
+    """``""`` or a prefix ending in ``/`` (``"a/b"`` -> ``"a/b/"``); a leading ``/`` is dropped."""
+    prefix = (prefix or "").lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return prefix
+
+
+def relative_name(source_name: str, source_prefix: str) -> str:
+    """The part of ``source_name`` below ``source_prefix`` (the whole name if it is not below it)."""
+    if source_prefix and source_name.startswith(source_prefix):
+        return source_name[len(source_prefix) :]
+    return source_name
+
+
+def check_safe(relative: str) -> str:
+    """Raise :class:`UnsafeNameError` if ``relative`` could escape the destination prefix."""
+    if not relative:
+        raise UnsafeNameError("empty object name")
+    if "\\" in relative:
+        raise UnsafeNameError(f"backslash in object name {relative!r}")
+    if relative.startswith("/"):
+        raise UnsafeNameError(f"absolute object name {relative!r}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in relative):
+        raise UnsafeNameError("control character in object name")
+    segments = relative.split("/")
+    if any(segment in ("..", ".") for segment in segments):
+        raise UnsafeNameError(f"'..' or '.' path segment in object name {relative!r}")
+    if relative.startswith(INTERNAL_DIR):
+        raise UnsafeNameError(f"object name {relative!r} is inside the provider's own {INTERNAL_DIR} folder")
+    return relative
+
+
+def destination_name(source_name: str, source_prefix: str, destination_prefix: str, extension: str) -> str:
+    """Map a source object name to its destination object name."""
+    relative = check_safe(relative_name(source_name, source_prefix))
+    stem, _ = posixpath.splitext(relative)
+    if not posixpath.basename(stem):  # e.g. ".jpg" alone: keep the whole name as the stem
+        stem = relative
+    return f"{destination_prefix}{stem}{extension}"

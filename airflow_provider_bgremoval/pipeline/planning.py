@@ -1,0 +1,352 @@
+"""Planning before spending: list, map names, refuse collisions, skip finished work, check locally.
+
+:func:`plan_batch` turns a :class:`BatchSpec` into a :class:`BatchPlan` without any vendor call:
+
+1. list the sources (a prefix with include/exclude patterns, or an explicit object list);
+2. map each to its deterministic destination name and refuse the batch on collisions;
+3. skip outputs that are finished: an existing destination whose metadata records the same source
+   generation, options hash and vendor (DESIGN.md decision 5);
+4. check every remaining source locally against the vendor's limits — the size from the listing and
+   a header-only decode of its first bytes — and record rejects.
+
+What remains is billable. The credits pre-flight uses the same plan, so its estimate counts exactly
+what the batch will pay for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TypeVar
+
+from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
+from airflow_provider_bgremoval.imaging import InputLimits, check_limits, check_size, read_header
+from airflow_provider_bgremoval.pipeline.naming import (
+    INTERNAL_DIR,
+    UnsafeNameError,
+    destination_name,
+    normalise_prefix,
+)
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Bytes read from each source during planning for the header-only check.
+HEADER_BYTES = 64 * 1024
+#: Below this many sources, destinations are looked up one by one instead of listing the prefix.
+_STAT_THRESHOLD = 200
+
+# Object metadata recorded on every output (DESIGN.md decision 5).
+META_SOURCE = "bgremoval-source"
+META_SOURCE_GENERATION = "bgremoval-source-generation"
+META_OPTIONS_HASH = "bgremoval-options-hash"
+META_VENDOR = "bgremoval-vendor"
+META_OPERATION = "bgremoval-operation"
+META_REQUEST_ID = "bgremoval-request-id"
+META_CREDITS = "bgremoval-credits"
+META_WRITER = "bgremoval-writer"
+
+
+class DestinationCollisionError(BgRemovalError, ValueError):
+    """Two or more sources map to the same destination object; nothing was processed."""
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """
+    What a batch works on (everything except the vendor call itself).
+
+    :param source_bucket: bucket of the source images.
+    :param source_prefix: prefix listed for sources, and stripped from names to build destinations.
+    :param source_objects: explicit object names instead of listing (still relative to ``source_prefix``).
+    :param destination_bucket: bucket receiving the outputs.
+    :param destination_prefix: prefix of the outputs.
+    :param include: glob patterns a source must match (``*.jpg``); ``None`` for all.
+    :param exclude: glob patterns excluding sources.
+    :param overwrite: replace outputs made from another source generation or other options.
+    """
+
+    source_bucket: str
+    destination_bucket: str
+    source_prefix: str = ""
+    source_objects: Sequence[str] | None = None
+    destination_prefix: str = ""
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.source_bucket:
+            raise InvalidOptionError("source_bucket", "is required")
+        if not self.destination_bucket:
+            raise InvalidOptionError("destination_bucket", "is required")
+        object.__setattr__(self, "source_prefix", normalise_prefix(self.source_prefix))
+        object.__setattr__(self, "destination_prefix", normalise_prefix(self.destination_prefix))
+        if (
+            self.source_bucket == self.destination_bucket
+            and self.source_objects is None
+            and self.destination_prefix.startswith(self.source_prefix)
+        ):
+            raise InvalidOptionError(
+                "destination_prefix",
+                f"gs://{self.destination_bucket}/{self.destination_prefix} lies inside the source prefix "
+                f"gs://{self.source_bucket}/{self.source_prefix}: outputs would be read back as sources",
+            )
+
+    @property
+    def internal_prefix(self) -> str:
+        """Where the provider keeps manifests, reports and claims for this destination."""
+        return f"{self.destination_prefix}{INTERNAL_DIR}"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """
+    One billable image.
+
+    :param source: the source object, pinned to the generation that was planned.
+    :param destination: destination object name.
+    :param replace_generation: generation of a stale output to replace (``overwrite=True``), or
+        ``None`` for a create-only write.
+    """
+
+    source: ObjectInfo
+    destination: str
+    replace_generation: int | None = None
+
+
+@dataclass(frozen=True)
+class PlannedOutcome:
+    """
+    A source settled during planning (no vendor call).
+
+    :param source: the source object (or a stand-in for a missing one).
+    :param destination: destination name when one could be computed.
+    :param status: ``skipped`` or ``rejected``.
+    :param code: reason code.
+    :param message: human explanation.
+    """
+
+    source: ObjectInfo
+    destination: str | None
+    status: str
+    code: str
+    message: str
+
+
+@dataclass
+class BatchPlan:
+    """
+    The result of planning.
+
+    :param spec: the batch spec.
+    :param items: billable work, in listing order.
+    :param settled: sources skipped or rejected during planning.
+    """
+
+    spec: BatchSpec
+    items: list[WorkItem] = field(default_factory=list)
+    settled: list[PlannedOutcome] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Number of sources."""
+        return len(self.items) + len(self.settled)
+
+    def count(self, status: str) -> int:
+        """Number of settled sources with ``status``."""
+        return sum(1 for outcome in self.settled if outcome.status == status)
+
+    def estimated_credits(self, cost_per_image: Decimal) -> Decimal:
+        """Credits the billable work is expected to cost."""
+        return cost_per_image * len(self.items)
+
+
+def is_finished(existing: ObjectInfo, source: ObjectInfo, fingerprint: str, vendor: str) -> bool:
+    """True when ``existing`` records that it was made from ``source`` with the same options."""
+    meta = existing.metadata or {}
+    return (
+        meta.get(META_SOURCE_GENERATION) == str(source.generation)
+        and meta.get(META_OPTIONS_HASH) == fingerprint
+        and meta.get(META_VENDOR) == vendor
+        and meta.get(META_SOURCE) == source.uri
+    )
+
+
+def _missing(bucket: str, name: str) -> ObjectInfo:
+    return ObjectInfo(bucket=bucket, name=name, generation=0, size=0)
+
+
+def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[ObjectInfo | tuple[str, str]]:
+    """Sources in order: :class:`ObjectInfo`, or ``(name, "missing")`` for a listed name that is absent."""
+    if spec.source_objects is None:
+        yield from storage.list_objects(
+            spec.source_bucket, spec.source_prefix, include=spec.include, exclude=spec.exclude
+        )
+        return
+    for raw in spec.source_objects:
+        name = str(raw)
+        if name.startswith("gs://"):
+            bucket, _, name = name[5:].partition("/")
+            if bucket != spec.source_bucket:
+                raise InvalidOptionError(
+                    "source_objects", f"gs://{bucket}/{name} is not in source bucket {spec.source_bucket!r}"
+                )
+        if spec.source_prefix and not name.startswith(spec.source_prefix):
+            name = spec.source_prefix + name.lstrip("/")
+        info = storage.stat(spec.source_bucket, name)
+        yield info if info is not None else (name, "missing")
+
+
+def _existing_outputs(
+    storage: GcsStorage, spec: BatchSpec, destinations: Iterable[str], count: int
+) -> dict[str, ObjectInfo]:
+    if count < _STAT_THRESHOLD:
+        found = {}
+        for name in destinations:
+            info = storage.stat(spec.destination_bucket, name)
+            if info is not None:
+                found[name] = info
+        return found
+    return {
+        info.name: info
+        for info in storage.list_objects(spec.destination_bucket, spec.destination_prefix)
+        if not info.name.startswith(spec.internal_prefix)
+    }
+
+
+def _check_header(
+    storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str
+) -> InputRejectedError | None:
+    try:
+        check_size(source.size, limits, vendor=vendor)  # the listing's size alone may decide
+        head = storage.read_head(source.bucket, source.name, HEADER_BYTES, generation=source.generation)
+        try:
+            info = read_header(head, vendor=vendor)
+        except InputRejectedError:
+            if len(head) < HEADER_BYTES or source.size <= HEADER_BYTES:
+                raise
+            # The header may lie beyond the first bytes (e.g. a large EXIF block): read it all.
+            data = storage.read(source.bucket, source.name, generation=source.generation)
+            info = read_header(data, vendor=vendor)
+        check_limits(info, source.size, limits, vendor=vendor)
+    except InputRejectedError as exc:
+        return exc
+    return None
+
+
+async def bounded_map(
+    fn: Callable[[T], Awaitable[R]], items: Sequence[T], concurrency: int
+) -> list[R]:
+    """``[await fn(x) for x in items]`` with at most ``concurrency`` running at once, in order."""
+    results: list[R | None] = [None] * len(items)
+    indexes = iter(range(len(items)))
+
+    async def worker() -> None:
+        for index in indexes:
+            results[index] = await fn(items[index])
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
+    return results  # type: ignore[return-value]
+
+
+async def plan_batch(
+    storage: GcsStorage,
+    spec: BatchSpec,
+    *,
+    extension: str,
+    fingerprint: str,
+    vendor: str,
+    limits: InputLimits,
+    concurrency: int = 16,
+) -> BatchPlan:
+    """
+    Plan a batch (see the module docstring). Raises :class:`DestinationCollisionError` before any
+    call when two sources would produce the same output.
+    """
+    plan = BatchPlan(spec=spec)
+    candidates: list[tuple[ObjectInfo, str]] = []
+    by_destination: dict[str, str] = {}
+    collisions: list[tuple[str, str, str]] = []
+
+    def list_and_map() -> None:
+        for entry in iter_sources(storage, spec):
+            if isinstance(entry, tuple):
+                name, _ = entry
+                plan.settled.append(
+                    PlannedOutcome(
+                        _missing(spec.source_bucket, name), None, "rejected", "not_found", "source object does not exist"
+                    )
+                )
+                continue
+            try:
+                dest = destination_name(entry.name, spec.source_prefix, spec.destination_prefix, extension)
+            except UnsafeNameError as exc:
+                plan.settled.append(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
+                continue
+            first = by_destination.setdefault(dest, entry.name)
+            if first != entry.name:
+                collisions.append((first, entry.name, dest))
+                continue
+            candidates.append((entry, dest))
+
+    await asyncio.to_thread(list_and_map)
+    if collisions:
+        shown = "; ".join(f"{a!r} and {b!r} -> {d!r}" for a, b, d in collisions[:10])
+        more = f" (and {len(collisions) - 10} more)" if len(collisions) > 10 else ""
+        raise DestinationCollisionError(
+            f"{len(collisions)} source(s) would overwrite another source's output: {shown}{more}. "
+            "Rename the sources, narrow include/exclude, or split the batch; nothing was processed.",
+            code="destination_collision",
+        )
+
+    existing = await asyncio.to_thread(
+        _existing_outputs, storage, spec, (dest for _, dest in candidates), len(candidates)
+    )
+    to_check: list[WorkItem] = []
+    for source, dest in candidates:
+        current = existing.get(dest)
+        if current is None:
+            to_check.append(WorkItem(source, dest))
+        elif is_finished(current, source, fingerprint, vendor):
+            plan.settled.append(
+                PlannedOutcome(source, dest, "skipped", "already_done", "output exists from this source and options")
+            )
+        elif spec.overwrite:
+            to_check.append(WorkItem(source, dest, replace_generation=current.generation))
+        else:
+            plan.settled.append(
+                PlannedOutcome(
+                    source,
+                    dest,
+                    "rejected",
+                    "output_exists",
+                    "the destination exists but was made from another source generation or other options; "
+                    "set overwrite=True to replace it",
+                )
+            )
+
+    def check(item: WorkItem) -> Awaitable[InputRejectedError | None]:
+        return asyncio.to_thread(_check_header, storage, item.source, limits, vendor)
+
+    verdicts = await bounded_map(check, to_check, concurrency)
+    for item, verdict in zip(to_check, verdicts, strict=True):
+        if verdict is None:
+            plan.items.append(item)
+        else:
+            plan.settled.append(
+                PlannedOutcome(item.source, item.destination, "rejected", verdict.code or "rejected", verdict.message)
+            )
+    log.info(
+        "Planned %d source(s): %d billable, %d already done, %d rejected locally",
+        plan.total,
+        len(plan.items),
+        plan.count("skipped"),
+        plan.count("rejected"),
+    )
+    return plan

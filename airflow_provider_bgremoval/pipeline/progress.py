@@ -1,0 +1,85 @@
+"""Progress lines for task logs: at least every 10 % or every 30 s, plus a final summary table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+
+log = logging.getLogger(__name__)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ProgressReporter:
+    """
+    Logs batch progress.
+
+    :param total: number of billable images.
+    :param vendor: vendor name for the log lines.
+    :param every_fraction: log whenever this fraction of ``total`` more is finished.
+    :param every_seconds: log at least this often while images finish.
+    :param clock: monotonic clock (injectable for tests).
+    :param logger: where to log.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        vendor: str,
+        *,
+        every_fraction: float = 0.1,
+        every_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.total = total
+        self.vendor = vendor
+        self.every_fraction = every_fraction
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.log = logger or log
+        self.started = clock()
+        self._last_time = self.started
+        self._last_done = 0
+        self.lines = 0
+
+    def update(self, finished: int, counts: Mapping[str, int], credits: Decimal, *, force: bool = False) -> None:
+        """Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line."""
+        now = self.clock()
+        step = max(1, int(self.total * self.every_fraction))
+        if not force and finished - self._last_done < step and now - self._last_time < self.every_seconds:
+            return
+        self._last_done, self._last_time = finished, now
+        self.lines += 1
+        elapsed = max(now - self.started, 1e-9)
+        rate = finished / elapsed * 60.0
+        eta = (self.total - finished) / (finished / elapsed) if finished else float("nan")
+        percent = 100.0 * finished / self.total if self.total else 100.0
+        self.log.info(
+            "[%s] %d/%d (%.0f%%) done=%d failed=%d rejected=%d pending=%d | %.1f images/min | ETA %s | credits %s",
+            self.vendor,
+            finished,
+            self.total,
+            percent,
+            counts.get("done", 0),
+            counts.get("failed", 0),
+            counts.get("rejected", 0),
+            counts.get("pending", 0),
+            rate,
+            _duration(eta) if finished else "unknown",
+            credits,
+        )
+
+
+def summary_table(rows: Mapping[str, object]) -> str:
+    """A two-column text table for the final log line."""
+    width = max((len(key) for key in rows), default=0)
+    lines = [f"  {key.ljust(width)}  {value}" for key, value in rows.items()]
+    return "\n".join(lines)

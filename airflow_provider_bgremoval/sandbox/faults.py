@@ -1,0 +1,102 @@
+"""Per-vendor runtime state for latency, rate limits and fault injection (deterministic by seed)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from airflow_provider_bgremoval.sandbox.config import VENDORS, FaultConfig, FaultRule
+
+
+@dataclass
+class Decision:
+    """The fault chosen for one request.
+
+    :param fault: the fault kind, see :data:`~airflow_provider_bgremoval.sandbox.config.FAULT_KINDS`
+    :param status: the status for ``error`` faults
+    """
+
+    fault: str
+    status: int = 500
+
+
+class VendorFaults:
+    """Runtime fault state of one vendor.
+
+    :param vendor: the vendor
+    :param config: its fault settings
+    :param seed: the sandbox seed (used when the settings carry none)
+    """
+
+    def __init__(self, vendor: str, config: FaultConfig, seed: int) -> None:
+        self.vendor = vendor
+        self.config = config
+        base = config.seed if config.seed is not None else seed
+        self._rng = random.Random(base * 1000 + VENDORS.index(vendor))
+        self._lock = threading.Lock()
+        self._ordinal = 0
+        self._rules = [FaultRule(**vars(rule)) for rule in config.rules]
+        self._window: deque[float] = deque()
+        self.inflight = 0
+
+    def admit(self, now: float) -> bool:
+        """Apply the requests-per-second and concurrency limits; ``False`` means answer 429.
+
+        :param now: the sandbox clock
+        """
+        with self._lock:
+            cfg = self.config
+            if cfg.max_concurrency is not None and self.inflight >= cfg.max_concurrency:
+                return False
+            if cfg.rate_limit_rps is not None:
+                while self._window and now - self._window[0] >= 1.0:
+                    self._window.popleft()
+                if len(self._window) >= cfg.rate_limit_rps:
+                    return False
+                self._window.append(now)
+            self.inflight += 1
+            return True
+
+    def release(self) -> None:
+        """Mark an admitted request as finished."""
+        with self._lock:
+            self.inflight -= 1
+
+    def latency(self) -> float:
+        """Seconds of latency for the next request (fixed + seeded jitter)."""
+        with self._lock:
+            jitter = self._rng.uniform(0, self.config.jitter_ms) if self.config.jitter_ms else 0.0
+        return (self.config.latency_ms + jitter) / 1000.0
+
+    def decide(self) -> tuple[int, Decision | None]:
+        """Count the request and choose its fault (the first matching rule wins).
+
+        One random number is drawn per rule per request, whatever matches, so the fault sequence
+        only depends on the seed and the request order.
+
+        :returns: the request's ordinal and the decision (``None``: behave normally)
+        """
+        with self._lock:
+            self._ordinal += 1
+            n = self._ordinal
+            chosen: Decision | None = None
+            for rule in self._rules:
+                draw = self._rng.random()
+                pick = self._rng.choice(rule.statuses)
+                hit = n in rule.requests or rule.next > 0 or draw < rule.rate
+                if hit and chosen is None:
+                    if rule.next > 0 and n not in rule.requests:
+                        rule.next -= 1
+                    chosen = Decision(rule.fault, pick)
+            return n, chosen
+
+    def state(self) -> dict[str, object]:
+        """Return the settings plus counters, for ``GET /_sandbox/state``."""
+        with self._lock:
+            data: dict[str, object] = dict(self.config.to_dict())
+            data["rules"] = [rule.to_dict() for rule in self._rules]
+            data["requests_seen"] = self._ordinal
+            data["inflight"] = self.inflight
+            return data

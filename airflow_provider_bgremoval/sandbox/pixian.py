@@ -1,0 +1,334 @@
+"""Pixian.AI emulation: ``POST /api/v2/remove-background`` and ``GET /api/v2/account``
+(VENDORS.md §3 and ``vendor-docs/pixian-api.md``).
+
+Choices where the documents are silent (INVENTED; also listed in docs/sandbox.md):
+
+* Bad or missing credentials → 401; no credits → 402; a ``dormant`` account → 402 (DESIGN.md). The
+  numeric ``code`` values other than 1006 are invented (see :data:`~.errors.PIXIAN_CODES`).
+* No subject found → 400 with invented code 1007.
+* Both multipart (``curl -F``) and urlencoded bodies (the docs' Python ``image.url`` sample) are
+  accepted. When several inputs are sent, ``image`` wins over ``image.base64`` over ``image.url``.
+* Binary uploads accept the formats Pillow decodes; anything else is 400 code 1006.
+* ``result.margin`` percentages are of the result's size on that axis (of the target size when
+  ``result.target_size`` is set, where the margin is inset as documented).
+* Uploads over 32,000,000 pixels and ``image.base64`` over 1 MB (1,048,576 characters) → 400 (invented
+  code 1003).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from airflow_provider_bgremoval.sandbox import imaging
+from airflow_provider_bgremoval.sandbox.errors import VendorError, render_error, unauthorized
+from airflow_provider_bgremoval.sandbox.ledger import InsufficientCredits, as_number, fingerprint
+from airflow_provider_bgremoval.sandbox.state import (
+    InputError,
+    RequestContext,
+    SandboxState,
+    context,
+    credits_header,
+    fetch_url,
+    get_state,
+    parse_bool,
+    read_form,
+    upload_bytes,
+)
+
+UPLOAD_PIXEL_CAP = 32_000_000
+MAX_PIXELS_RANGE = (100, 25_000_000)
+BASE64_MAX = 1024 * 1024
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_MARGIN_VALUE = re.compile(r"^(\d+(?:\.\d+)?)(px|%)$")
+_TARGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)\s*$")
+
+
+def _bad(message: str, code: str = "invalid_parameter") -> VendorError:
+    return VendorError(400, code, message)
+
+
+@dataclass
+class Options:
+    """Validated Pixian parameters."""
+
+    test: bool = False
+    max_pixels: int = 25_000_000
+    background: tuple[int, int, int] | None = None
+    crop: bool = False
+    margin: tuple[tuple[float, str], ...] = ((0.0, "px"),) * 4
+    target: tuple[int, int] | None = None
+    valign: str = "middle"
+    output: str = "auto"
+    quality: int = 75
+
+
+def _int(value: str, name: str, low: int, high: int) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError as exc:
+        raise _bad(f"{name} must be an integer") from exc
+    if not low <= number <= high:
+        raise _bad(f"{name} must be between {low} and {high}")
+    return number
+
+
+def _parse_margin(value: str) -> tuple[tuple[float, str], ...]:
+    parts = value.split()
+    if not 1 <= len(parts) <= 4:
+        raise _bad("result.margin takes 1 to 4 values")
+    parsed = []
+    for part in parts:
+        match = _MARGIN_VALUE.match(part)
+        if not match:
+            raise _bad("result.margin values must look like '10px' or '5.5%'")
+        parsed.append((float(match.group(1)), match.group(2)))
+    # CSS order: all / top-bottom left-right / top left-right bottom / top right bottom left
+    if len(parsed) == 1:
+        parsed *= 4
+    elif len(parsed) == 2:
+        parsed = [parsed[0], parsed[1], parsed[0], parsed[1]]
+    elif len(parsed) == 3:
+        parsed = [parsed[0], parsed[1], parsed[2], parsed[1]]
+    return tuple(parsed)
+
+
+def _options(fields: dict[str, str]) -> Options:
+    opts = Options()
+    if "test" in fields:
+        test = parse_bool(fields["test"])
+        if test is None:
+            raise _bad("test must be true or false")
+        opts.test = test
+    if "max_pixels" in fields:
+        opts.max_pixels = _int(fields["max_pixels"], "max_pixels", *MAX_PIXELS_RANGE)
+    if fields.get("background.color"):
+        color = fields["background.color"].strip()
+        if not _COLOR.match(color):
+            raise _bad("background.color must look like #RRGGBB")
+        opts.background = (int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16))
+    if "result.crop_to_foreground" in fields:
+        crop = parse_bool(fields["result.crop_to_foreground"])
+        if crop is None:
+            raise _bad("result.crop_to_foreground must be true or false")
+        opts.crop = crop
+    if fields.get("result.margin"):
+        opts.margin = _parse_margin(fields["result.margin"])
+    if fields.get("result.target_size"):
+        match = _TARGET.match(fields["result.target_size"])
+        if not match:
+            raise _bad("result.target_size must look like '1920 1080'")
+        tw, th = round(float(match.group(1))), round(float(match.group(2)))
+        if not (1 <= tw <= 25_000 and 1 <= th <= 25_000) or tw * th > 25_000_000:
+            raise _bad("result.target_size is out of range")
+        opts.target = (tw, th)
+    if "result.vertical_alignment" in fields:
+        opts.valign = fields["result.vertical_alignment"].strip()
+        if opts.valign not in ("top", "middle", "bottom"):
+            raise _bad("result.vertical_alignment must be top, middle or bottom")
+    if "output.format" in fields:
+        opts.output = fields["output.format"].strip()
+        if opts.output not in ("auto", "png", "jpeg", "delta_png"):
+            raise _bad("output.format must be auto, png, jpeg or delta_png")
+    if "output.jpeg_quality" in fields:
+        opts.quality = _int(fields["output.jpeg_quality"], "output.jpeg_quality", 1, 100)
+    return opts
+
+
+def _authenticate(request: Request, state: SandboxState, ctx: RequestContext) -> str:
+    header = request.headers.get("authorization", "")
+    api_id = secret = None
+    if header.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            api_id, _, secret = decoded.partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            api_id = None
+    ctx.key = fingerprint(api_id) if api_id else None
+    if state.faults["pixian"].config.auth_revoked:
+        raise unauthorized("pixian", revoked=True)
+    if not api_id or not state.ledger.authenticate("pixian", api_id, secret):
+        raise unauthorized("pixian")
+    return api_id
+
+
+async def _input_bytes(state: SandboxState, form: Any) -> bytes:
+    upload = form.get("image")
+    if isinstance(upload, UploadFile):
+        try:
+            return await upload_bytes(upload, FETCH_MAX_BYTES)
+        except InputError as exc:
+            raise _bad("The image is too large", "image_too_large") from exc
+    b64 = form.get("image.base64")
+    if isinstance(b64, str) and b64:
+        if len(b64) > BASE64_MAX:
+            raise _bad("image.base64 can be at most 1 megabyte", "image_too_large")
+        text = b64.split(",", 1)[1] if b64.startswith("data:") else b64
+        try:
+            return base64.b64decode(text.strip(), validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
+    url = form.get("image.url")
+    if isinstance(url, str) and url:
+        try:
+            return await fetch_url(state, url, FETCH_MAX_BYTES)
+        except InputError as exc:
+            raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
+    raise _bad("One of image, image.base64 or image.url must be provided", "missing_image")
+
+
+@dataclass
+class Outcome:
+    """A finished Pixian result."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def _fmt_box(box: tuple[int, int, int, int] | None) -> str:
+    if box is None:
+        return "0 0 0 0"
+    left, top, right, bottom = box
+    return f"{top} {left} {right - left} {bottom - top}"
+
+
+def _work(data: bytes, opts: Options) -> Outcome:
+    try:
+        fmt, (w0, h0) = imaging.probe(data)
+    except imaging.ImageDecodeError as exc:
+        raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
+    if w0 * h0 > UPLOAD_PIXEL_CAP:
+        raise _bad("The maximum image upload size is 32,000,000 pixels", "image_too_large")
+    try:
+        decoded = imaging.decode(data, max_pixels=opts.max_pixels)
+    except imaging.ImageDecodeError as exc:
+        raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
+    # X-Input-Size: the (EXIF-oriented) size before any size constraint was applied.
+    input_size = (h0, w0) if decoded.orientation in (5, 6, 7, 8) else (w0, h0)
+    img = imaging.shrink_to_pixels(decoded.image, opts.max_pixels)
+    alpha = imaging.segment(img)
+    if alpha is None:
+        raise _bad("Could not find a foreground in the image", "unknown_foreground")
+    cut = imaging.cutout(img, alpha)
+    fg = imaging.foreground_bbox(alpha)
+    sx, sy = input_size[0] / img.width, input_size[1] / img.height
+    input_fg = None if fg is None else (round(fg[0] * sx), round(fg[1] * sy), round(fg[2] * sx), round(fg[3] * sy))
+    if opts.output == "delta_png":
+        # Documented: background colour, crop, margin, target size and alignment are ignored.
+        result = cut
+        # (A test watermark cannot show on solid pixels: they mean "copy the input pixel".)
+        final = imaging.delta_png_image(imaging.watermark(cut) if opts.test else cut)
+        body, media = imaging.encode(final, "png"), "image/png"
+    else:
+        result = cut.crop(fg) if opts.crop and fg else cut
+        if opts.target is not None:
+            tw, th = opts.target
+            inset = _resolve(opts.margin, tw, th)
+            result = imaging.fit_into(result, (tw, th), inset, opts.valign)
+        else:
+            top, right, bottom, left = _resolve(opts.margin, result.width, result.height)
+            result = imaging.expand(result, top, right, bottom, left)
+        if opts.test:
+            result = imaging.watermark(result)
+        out_fmt = opts.output
+        if out_fmt == "auto":
+            out_fmt = "jpeg" if opts.background is not None else "png"
+        final = imaging.flatten(result, opts.background) if opts.background is not None else result
+        if out_fmt == "jpeg":
+            body, media = imaging.encode(final, "jpeg", opts.quality), "image/jpeg"
+        else:
+            body, media = imaging.encode(final, "png"), "image/png"
+    headers = {
+        "X-Input-Orientation": str(decoded.orientation),
+        "X-Input-Size": f"{input_size[0]} {input_size[1]}",
+        "X-Result-Size": f"{result.width} {result.height}",
+        "X-Input-Foreground": _fmt_box(input_fg),
+        "X-Result-Foreground": _fmt_box(imaging.foreground_bbox(result.getchannel("A"))),
+    }
+    return Outcome(body, media, headers)
+
+
+def _resolve(margin: tuple[tuple[float, str], ...], width: int, height: int) -> tuple[int, int, int, int]:
+    out = []
+    for i, (amount, unit) in enumerate(margin):
+        basis = height if i in (0, 2) else width
+        out.append(round(amount * basis / 100) if unit == "%" else round(amount))
+    return out[0], out[1], out[2], out[3]
+
+
+async def remove_background(request: Request) -> Response:
+    """``POST /api/v2/remove-background``.
+
+    :param request: the request
+    """
+    state, ctx = get_state(request), context(request)
+    try:
+        api_id = _authenticate(request, state, ctx)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            raise _bad("Requests must be multipart/form-data")
+        try:
+            form = await read_form(request)
+        except InputError as exc:
+            raise _bad(exc.message) from exc
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        ctx.params = {k: (v if k != "image.base64" else f"<{len(v)} chars>")[:200] for k, v in fields.items()}
+        if isinstance(form.get("image"), UploadFile):
+            ctx.params["image"] = "<file>"
+        opts = _options(fields)
+        cost = state.config.costs.pixian_per_image
+        account = state.ledger.get("pixian", api_id)
+        if not opts.test and account is not None:
+            if account.state != "active":
+                raise VendorError(402, "account_dormant", "Your credit pack is dormant; buy a new one")
+            if account.balance < cost:
+                raise VendorError(402, "insufficient_credits", "Insufficient credits")
+        data = await _input_bytes(state, form)
+        outcome = await run_in_threadpool(_work, data, opts)
+        charged = Decimal(0) if opts.test else cost
+        try:
+            state.ledger.charge("pixian", api_id, charged, ctx.endpoint, ctx.request_id)
+        except InsufficientCredits as exc:
+            raise VendorError(402, "insufficient_credits", "Insufficient credits") from exc
+        ctx.charged = float(charged)
+        headers = dict(outcome.headers)
+        headers["X-Credits-Charged"] = credits_header(charged)
+        if opts.test:
+            headers["X-Credits-Calculated"] = credits_header(cost)
+        return Response(outcome.body, media_type=outcome.media_type, headers=headers)
+    except VendorError as err:
+        return render_error("pixian", err, ctx.request_id)
+
+
+async def account(request: Request) -> Response:
+    """``GET /api/v2/account`` → ``{"creditPack", "state", "useBefore", "credits"}``.
+
+    :param request: the request
+    """
+    state, ctx = get_state(request), context(request)
+    ctx.method = "GET"
+    try:
+        api_id = _authenticate(request, state, ctx)
+    except VendorError as err:
+        return render_error("pixian", err, ctx.request_id)
+    acct = state.ledger.get("pixian", api_id)
+    assert acct is not None
+    return JSONResponse(
+        {
+            "creditPack": state.config.pixian_credit_pack,
+            "state": acct.state,
+            "useBefore": state.config.pixian_use_before,
+            "credits": float(as_number(acct.balance)),
+        }
+    )

@@ -1,0 +1,149 @@
+"""Decoder of Pixian's ``delta_png`` output format (pure Pillow, no per-pixel Python).
+
+A delta PNG is an ordinary RGBA PNG at the size of the (EXIF-oriented) input, whose pixels say how to
+rebuild the cut-out from the original (VENDORS.md §3.3, https://pixian.ai/api/deltaPng):
+
+============================  ==========================  ====================================
+delta pixel (RGBA)            meaning                     decoded pixel
+============================  ==========================  ====================================
+alpha = 0, colour white       solid foreground            the original's colour, alpha 255
+alpha = 0, colour not white   background                  kept as is (transparent black)
+alpha > 0                     edge / partly transparent   kept as is
+============================  ==========================  ====================================
+
+"White" means R = G = B = 255. (The vendor's reference decoder tests the red channel only; on every
+value the format defines — ``0x00000000`` and ``0x00FFFFFF`` — both rules agree.) The copied pixels
+are made opaque, as the vendor's table shows (a regular PNG has ``0xFFrrggbb`` there), even if the
+original had an alpha channel of its own.
+
+The original is oriented the way the vendor oriented it before the delta was computed: by the
+``X-Input-Orientation`` the vendor reported when it is known, else by the original's own EXIF
+orientation tag (Pixian applies it; see the ``X-Input-Orientation`` result header).
+
+Everything runs as whole-image Pillow operations (``point`` look-up tables, ``ImageChops.darker``,
+a masked ``paste``), i.e. in C: a 24-megapixel image decodes in about half a second on one core.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageChops, UnidentifiedImageError
+
+__all__ = ["DeltaPngError", "apply_orientation", "decode_delta_png", "exif_orientation"]
+
+_EXIF_ORIENTATION = 0x0112
+
+#: EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``)
+_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+#: look-up tables for ``Image.point`` on 8-bit channels
+_IS_ZERO = [255] + [0] * 255
+_IS_FULL = [0] * 255 + [255]
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class DeltaPngError(ValueError):
+    """The delta PNG and the original cannot be combined (not an image, no alpha, sizes differ)."""
+
+
+def _open(data: bytes | Image.Image, what: str) -> Image.Image:
+    if isinstance(data, Image.Image):
+        return data
+    if not data:
+        raise DeltaPngError(f"the {what} is empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as exc:
+            raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
+    return image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """
+    The EXIF orientation tag of ``image`` (1 when absent or invalid).
+
+    :param image: an opened image.
+    """
+    try:
+        value = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a broken EXIF block: treat as upright, as Pillow's exif_transpose does
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    """
+    Return ``image`` turned upright for an EXIF ``orientation`` (1-8; other values: unchanged).
+
+    :param image: the image as stored.
+    :param orientation: the EXIF orientation tag value.
+    """
+    method = _TRANSPOSE.get(int(orientation))
+    return image if method is None else image.transpose(method)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def decode_delta_png(
+    delta: bytes | Image.Image,
+    original: bytes | Image.Image,
+    *,
+    orientation: int | None = None,
+) -> Image.Image:
+    """
+    Rebuild the full RGBA cut-out from a delta PNG and the original input image.
+
+    :param delta: the delta PNG (bytes as returned by Pixian, or an opened image).
+    :param original: the input image exactly as it was sent (bytes or an opened image).
+    :param orientation: the EXIF orientation the vendor applied to the input (``X-Input-Orientation``);
+        ``None`` reads it from the original's EXIF.
+    :return: an ``RGBA`` image the size of the delta PNG.
+    :raises DeltaPngError: when either image is unreadable, the delta has no alpha channel, or the
+        sizes differ (the input was shrunk by ``max_pixels`` or oriented differently).
+    """
+    delta_image = _open(delta, "delta PNG")
+    if not _has_alpha(delta_image):
+        raise DeltaPngError(f"the delta PNG has no alpha channel (mode {delta_image.mode})")
+    source = _open(original, "original image")
+    turn = exif_orientation(source) if orientation is None else orientation
+    upright = apply_orientation(source, turn)
+    if upright.size != delta_image.size:
+        raise DeltaPngError(
+            f"the delta PNG is {delta_image.width}x{delta_image.height} but the original is "
+            f"{upright.width}x{upright.height} (orientation {turn}); was the input shrunk by max_pixels?"
+        )
+    if delta_image.mode != "RGBA":
+        result = delta_image.convert("RGBA")
+    elif isinstance(delta, Image.Image):
+        result = delta_image.copy()  # never modify the caller's image
+    else:
+        result = delta_image
+    red, green, blue, alpha = result.split()
+    transparent = alpha.point(_IS_ZERO)
+    white = ImageChops.darker(ImageChops.darker(red, green), blue).point(_IS_FULL)
+    copy_original = ImageChops.darker(transparent, white)  # 255 exactly where alpha = 0 and white, else 0
+    # Pasting an RGB image into an RGBA one through a 0/255 mask copies the colour with alpha 255
+    # where the mask is 255 and leaves every other pixel untouched: the decoding rule, exactly.
+    result.paste(upright if upright.mode == "RGB" else upright.convert("RGB"), (0, 0), copy_original)
+    return result

@@ -1,0 +1,572 @@
+"""Pixelcut's wire format (``https://api.developer.pixelcut.ai``): requests, replies and errors.
+
+Endpoints: ``POST /v1/remove-background``, ``POST /v1/generate-background`` and ``GET /v1/credits``,
+authenticated with the ``X-API-KEY`` header (see ``VENDORS.md`` §1).
+
+Encoding (the docs are silent on some of it; the choices are ours and documented in
+``docs/vendors/pixelcut.md``):
+
+* an image given only by URL is sent as a JSON body, nested objects (``shadow``,
+  ``image_transform``) as JSON objects;
+* uploaded bytes go as ``multipart/form-data`` with the file in ``image``; booleans are the text
+  ``true``/``false`` and the nested objects are JSON text in one form field each, which is also what
+  OpenAPI 3.1 prescribes by default for object-typed multipart properties;
+* the result is asked for as bytes (``Accept: image/*``) unless the caller wants the JSON
+  ``result_url`` form (``Accept: application/json``, the vendor's own default), which the hook then
+  downloads with its size cap.
+
+Pixelcut does not report what a call cost, so results carry ``credits_charged=None``; the pipeline
+estimates spending from :meth:`PixelcutWire.estimate_cost` (1 credit, +3 with an AI shadow) and
+:meth:`PixelcutWire.estimate_generate_cost` (1 credit).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from typing import Any, ClassVar, Literal, cast
+from urllib.parse import urlsplit
+
+import httpx
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, InvalidVendorResponseError, safe_excerpt
+from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.retry import RetryPolicy
+from airflow_provider_bgremoval.vendors.base import (
+    ErrorReply,
+    ImageInput,
+    ResultLocation,
+    VendorWire,
+    WireRequest,
+    json_body,
+    parse_decimal,
+)
+
+__all__ = [
+    "PixelcutGenerateOptions",
+    "PixelcutImageTransform",
+    "PixelcutOptions",
+    "PixelcutScene",
+    "PixelcutShadow",
+    "PixelcutWire",
+    "ResultDelivery",
+    "parse_scene",
+]
+
+#: How a result comes back: the image bytes (``Accept: image/*``) or a temporary ``result_url``.
+ResultDelivery = Literal["bytes", "url"]
+_ACCEPT: dict[str, str] = {"bytes": "image/*", "url": "application/json"}
+_MARGIN_RE = re.compile(r"^(\d+)(px|%)$")
+_MARGIN_FIELDS = ("margin", "margin_left", "margin_right", "margin_top", "margin_bottom")
+SHADOW_SURCHARGE = Decimal(3)
+GENERATE_COST = Decimal(1)
+
+
+def _number(
+    parameter: str, value: Any, low: float | None, high: float | None, *, open_low: bool = False
+) -> float:
+    """Validate a number (numeric strings from templates accepted) against an inclusive range."""
+    if isinstance(value, bool):
+        raise InvalidOptionError(parameter, f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(parameter, f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise InvalidOptionError(parameter, f"{value!r} is not a finite number")
+    if low is not None and (number <= low if open_low else number < low):
+        raise InvalidOptionError(parameter, f"{number} must be {'>' if open_low else '>='} {low}")
+    if high is not None and number > high:
+        raise InvalidOptionError(parameter, f"{number} must be <= {high}")
+    return number
+
+
+def _flag(parameter: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise InvalidOptionError(parameter, f"{value!r} is not a boolean")
+
+
+def _check_keys(parameter: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise InvalidOptionError(
+            f"{parameter}.{unknown[0]}", f"unknown option (expected one of {', '.join(allowed)})"
+        )
+
+
+def _set(obj: object, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # normalising a frozen dataclass in __post_init__
+
+
+@dataclass(frozen=True)
+class PixelcutShadow:
+    """
+    Pixelcut's AI shadow (``shadow`` field; costs 3 extra credits when enabled).
+
+    The defaults are the vendor's documented defaults. Constructing a shadow means asking for one, so
+    ``enabled`` defaults to True; leave :attr:`PixelcutOptions.shadow` at ``None`` for no shadow.
+
+    :param enabled: render the shadow.
+    :param opacity: final shadow opacity, 0-1 (vendor default 0.5).
+    :param light_size: apparent size/softness of the light, 0-1 (vendor default 0.3).
+    :param x: light position from the image centre, -1..1 (vendor default -0.3).
+    :param y: light position from the image centre, -1..1 (vendor default -0.6).
+    :param z: light height above the subject, 0..2 (vendor default 0.7).
+    """
+
+    enabled: bool = True
+    opacity: float = 0.5
+    light_size: float = 0.3
+    x: float = -0.3
+    y: float = -0.6
+    z: float = 0.7
+
+    def __post_init__(self) -> None:
+        _set(self, "enabled", _flag("shadow.enabled", self.enabled))
+        _set(self, "opacity", _number("shadow.opacity", self.opacity, 0, 1))
+        _set(self, "light_size", _number("shadow.light_size", self.light_size, 0, 1))
+        _set(self, "x", _number("shadow.x", self.x, -1, 1))
+        _set(self, "y", _number("shadow.y", self.y, -1, 1))
+        _set(self, "z", _number("shadow.z", self.z, 0, 2))
+
+    @classmethod
+    def coerce(cls, value: Any) -> PixelcutShadow | None:
+        """
+        Build a shadow from user input.
+
+        :param value: ``None``/``False`` (no shadow), ``True`` (default shadow), a mapping of this
+            class's fields, or a :class:`PixelcutShadow`.
+        """
+        if value is None or isinstance(value, PixelcutShadow):
+            return value
+        if isinstance(value, (bool, str)):
+            return cls() if _flag("shadow", value) else None
+        if isinstance(value, Mapping):
+            _check_keys("shadow", value, tuple(f.name for f in fields(cls)))
+            return cls(**value)
+        raise InvalidOptionError(
+            "shadow", f"{type(value).__name__} is not a shadow (use a bool or a mapping)"
+        )
+
+    def as_wire(self) -> dict[str, Any]:
+        """The vendor's ``shadow`` object."""
+        return {
+            "enabled": self.enabled,
+            "opacity": self.opacity,
+            "light_source": {
+                "size": self.light_size,
+                "position": {"x": self.x, "y": self.y, "z": self.z},
+            },
+        }
+
+
+def _check_delivery(value: Any) -> ResultDelivery:
+    if value not in _ACCEPT:
+        raise InvalidOptionError("result_delivery", f"{value!r} is not 'bytes' or 'url'")
+    return cast(ResultDelivery, value)
+
+
+def _check_margin(parameter: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    match = _MARGIN_RE.match(text)
+    if not match:
+        raise InvalidOptionError(parameter, f"{value!r} is not Pixelcut's 'N%' (0-49) or 'Npx' syntax")
+    if match.group(2) == "%" and int(match.group(1)) > 49:
+        raise InvalidOptionError(parameter, f"{text} is over Pixelcut's 49% maximum")
+    return text
+
+
+@dataclass(frozen=True)
+class PixelcutOptions:
+    """
+    Pixelcut-only remove-background options (the unified options cover format, colour, crop, size).
+
+    The native margin fields are for users who want Pixelcut's own margin semantics (a percentage of
+    the *image* dimensions, beta). They only apply with a native crop, i.e. ``crop=True`` in the
+    unified options and no unified ``margin`` (the unified margin is always applied locally).
+
+    :param shadow: AI shadow, or ``None`` for none.
+    :param margin: native margin on every side: ``"N%"`` (0-49) or ``"Npx"`` (N ≥ 0).
+    :param margin_left: native left margin, overrides ``margin`` on that side.
+    :param margin_right: native right margin.
+    :param margin_top: native top margin.
+    :param margin_bottom: native bottom margin.
+    :param result_delivery: ``"bytes"`` (``Accept: image/*``, default) or ``"url"`` (JSON
+        ``result_url``, downloaded by the hook with its size cap).
+    """
+
+    shadow: PixelcutShadow | None = None
+    margin: str | None = None
+    margin_left: str | None = None
+    margin_right: str | None = None
+    margin_top: str | None = None
+    margin_bottom: str | None = None
+    result_delivery: ResultDelivery = "bytes"
+
+    def __post_init__(self) -> None:
+        _set(self, "shadow", PixelcutShadow.coerce(self.shadow))
+        for name in _MARGIN_FIELDS:
+            _set(self, name, _check_margin(name, getattr(self, name)))
+        _set(self, "result_delivery", _check_delivery(self.result_delivery))
+
+    @classmethod
+    def coerce(cls, value: Any) -> PixelcutOptions:
+        """
+        Build the options from user input.
+
+        :param value: ``None``, a :class:`PixelcutOptions`, or a mapping of its fields (``shadow`` may
+            be a bool or a mapping of :class:`PixelcutShadow` fields), e.g. from a templated operator
+            argument.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, PixelcutOptions):
+            return value
+        if isinstance(value, Mapping):
+            _check_keys("vendor_options", value, tuple(f.name for f in fields(cls)))
+            return cls(**value)
+        raise InvalidOptionError(
+            "vendor_options", f"{type(value).__name__} is not PixelcutOptions or a mapping"
+        )
+
+    @property
+    def shadow_enabled(self) -> bool:
+        """True when the call renders (and pays for) an AI shadow."""
+        return self.shadow is not None and self.shadow.enabled
+
+    @property
+    def native_margins(self) -> dict[str, str]:
+        """The native margin fields that are set, by wire name."""
+        return {name: getattr(self, name) for name in _MARGIN_FIELDS if getattr(self, name) is not None}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form (for option fingerprints and manifests)."""
+        return {
+            "shadow": self.shadow.as_wire() if self.shadow_enabled and self.shadow else None,
+            **self.native_margins,
+            "result_delivery": self.result_delivery,
+        }
+
+
+class PixelcutScene(str, enum.Enum):
+    """Pixelcut's preset scenes for generate-background."""
+
+    MARBLE = "marble"
+    WOOD = "wood"
+    INDUSTRIAL = "industrial"
+    LINEN = "linen"
+    BRICK = "brick"
+    COUNTER = "counter"
+
+
+def parse_scene(value: PixelcutScene | str | None) -> PixelcutScene | None:
+    """
+    Normalise a scene name (case-insensitive); ``None`` or ``""`` means no scene.
+
+    :param value: a :class:`PixelcutScene` or its name.
+    """
+    if value is None or isinstance(value, PixelcutScene):
+        return value
+    if not isinstance(value, str):
+        raise InvalidOptionError("scene", f"{type(value).__name__} is not a scene name")
+    if not value.strip():
+        return None
+    try:
+        return PixelcutScene(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in PixelcutScene)
+        raise InvalidOptionError("scene", f"{value!r} is not one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class PixelcutImageTransform:
+    """
+    Where the subject sits on the generated 1024x1024 canvas (``image_transform``).
+
+    Fields left at ``None`` are not sent, so the vendor's defaults apply (notably a scale of 0.6
+    instead of 1 when it removed the background itself).
+
+    :param scale: scale of the subject; 1 fits the longest edge to the canvas. Must be > 0.
+    :param x_center: horizontal centre on the canvas, 0-1 (vendor default 0.5).
+    :param y_center: vertical centre on the canvas, 0-1 (vendor default 0.5).
+    """
+
+    scale: float | None = None
+    x_center: float | None = None
+    y_center: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None:
+            _set(self, "scale", _number("image_transform.scale", self.scale, 0, None, open_low=True))
+        if self.x_center is not None:
+            _set(self, "x_center", _number("image_transform.x_center", self.x_center, 0, 1))
+        if self.y_center is not None:
+            _set(self, "y_center", _number("image_transform.y_center", self.y_center, 0, 1))
+
+    @classmethod
+    def coerce(cls, value: Any) -> PixelcutImageTransform | None:
+        """
+        Build a transform from user input.
+
+        :param value: ``None``, a :class:`PixelcutImageTransform` or a mapping of its fields.
+        """
+        if value is None or isinstance(value, PixelcutImageTransform):
+            return value
+        if isinstance(value, Mapping):
+            _check_keys("image_transform", value, tuple(f.name for f in fields(cls)))
+            return cls(**value)
+        raise InvalidOptionError("image_transform", f"{type(value).__name__} is not a mapping")
+
+    def as_wire(self) -> dict[str, float]:
+        """The vendor's ``image_transform`` object (set fields only)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _text(parameter: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidOptionError(parameter, f"{type(value).__name__} is not text")
+    return value.strip() or None
+
+
+@dataclass(frozen=True)
+class PixelcutGenerateOptions:
+    """
+    Options of ``POST /v1/generate-background`` (output: a 1024x1024 JPEG).
+
+    Pixelcut silently ignores ``prompt`` and ``negative_prompt`` when a ``scene`` is set, so giving
+    both is rejected here instead of paying for a result that ignores the prompt.
+
+    :param scene: a preset scene (``marble``, ``wood``, ``industrial``, ``linen``, ``brick``,
+        ``counter``).
+    :param prompt: description of the wanted scene.
+    :param negative_prompt: comma-separated attributes to avoid.
+    :param image_transform: placement of the subject on the canvas.
+    :param result_delivery: ``"bytes"`` (default) or ``"url"``.
+    """
+
+    scene: PixelcutScene | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    image_transform: PixelcutImageTransform | None = None
+    result_delivery: ResultDelivery = "bytes"
+
+    def __post_init__(self) -> None:
+        scene = parse_scene(self.scene)
+        _set(self, "scene", scene)
+        _set(self, "prompt", _text("prompt", self.prompt))
+        _set(self, "negative_prompt", _text("negative_prompt", self.negative_prompt))
+        _set(self, "image_transform", PixelcutImageTransform.coerce(self.image_transform))
+        _set(self, "result_delivery", _check_delivery(self.result_delivery))
+        if scene is not None:
+            for name in ("prompt", "negative_prompt"):
+                if getattr(self, name) is not None:
+                    raise InvalidOptionError(
+                        name, f"Pixelcut ignores {name} when a scene is set; give either scene or {name}"
+                    )
+
+    def wire_fields(self) -> dict[str, Any]:
+        """The request fields (nested ``image_transform`` as an object)."""
+        body: dict[str, Any] = {}
+        if self.image_transform is not None and self.image_transform.as_wire():
+            body["image_transform"] = self.image_transform.as_wire()
+        if self.scene is not None:
+            body["scene"] = self.scene.value
+        if self.prompt is not None:
+            body["prompt"] = self.prompt
+        if self.negative_prompt is not None:
+            body["negative_prompt"] = self.negative_prompt
+        return body
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form (for option fingerprints and manifests)."""
+        return {**self.wire_fields(), "result_delivery": self.result_delivery}
+
+
+def _form_value(value: Any) -> str:
+    """Multipart text for one field: booleans as ``true``/``false``, objects as compact JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+class PixelcutWire(VendorWire):
+    """
+    Pixelcut's wire format.
+
+    :param settings: the connection settings the requests are built for.
+    """
+
+    name = "pixelcut"
+    default_base_url = "https://api.developer.pixelcut.ai"
+    #: No timeout is documented; generate-background runs an image model, so allow two idle minutes.
+    default_timeout = 120.0
+    capabilities = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=True)
+    #: "25MB" read as decimal megabytes (the stricter reading: nothing the vendor may refuse is sent).
+    limits = InputLimits(max_bytes=25_000_000, min_side=64, max_side=6000)
+    #: The docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries.
+    retry_policy = RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25)
+    input_error_codes = frozenset(
+        {
+            "malformed_image",
+            "unsupported_image_format",
+            "file_size_too_large",
+            "resolution_too_high",
+            "unknown_foreground",
+        }
+    )
+    credit_error_codes = frozenset({"insufficient_api_credits"})
+    auth_error_codes = frozenset({"invalid_auth_token"})
+    base_cost = Decimal(1)
+
+    REMOVE_PATH: ClassVar[str] = "/v1/remove-background"
+    GENERATE_PATH: ClassVar[str] = "/v1/generate-background"
+    CREDITS_PATH: ClassVar[str] = "/v1/credits"
+
+    # -- requests ------------------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        """The ``X-API-KEY`` header."""
+        return {"X-API-KEY": self.settings.api_key}
+
+    def _image_request(
+        self, path: str, image: ImageInput, body: Mapping[str, Any], delivery: ResultDelivery
+    ) -> WireRequest:
+        headers = {"Accept": _ACCEPT[delivery]}
+        if image.data is None:
+            return WireRequest(
+                "POST", path, billed=True, headers=headers, json={"image_url": image.url, **body}
+            )
+        return WireRequest(
+            "POST",
+            path,
+            billed=True,
+            headers=headers,
+            data={name: _form_value(value) for name, value in body.items()},
+            files={"image": (image.filename, image.data, image.content_type)},
+        )
+
+    def remove_background_request(
+        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+    ) -> WireRequest:
+        """
+        Build ``POST /v1/remove-background`` from the native part of the unified options.
+
+        :param image: the image (bytes → multipart, URL only → JSON).
+        :param options: the native options (PNG, optionally crop without margin).
+        :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
+        """
+        extra = PixelcutOptions.coerce(vendor_options)
+        if options.output_format != "png" or options.background_color or options.margin or options.max_size:
+            raise ValueError("Pixelcut natively does PNG and crop only; plan the options first")
+        margins = extra.native_margins
+        if margins and not options.crop:
+            raise InvalidOptionError(
+                next(iter(margins)),
+                "Pixelcut's native margin only applies with crop=True and without the unified margin "
+                "(which is applied locally); use one of the two",
+            )
+        body: dict[str, Any] = {"format": "png"}
+        if extra.shadow_enabled and extra.shadow is not None:
+            body["shadow"] = extra.shadow.as_wire()
+        if options.crop:
+            body["crop"] = True
+            body.update(margins)
+        return self._image_request(self.REMOVE_PATH, image, body, extra.result_delivery)
+
+    def generate_background_request(self, image: ImageInput, options: PixelcutGenerateOptions) -> WireRequest:
+        """
+        Build ``POST /v1/generate-background``.
+
+        :param image: the subject (bytes → multipart, URL only → JSON).
+        :param options: the generate options.
+        """
+        return self._image_request(self.GENERATE_PATH, image, options.wire_fields(), options.result_delivery)
+
+    def balance_request(self) -> WireRequest:
+        """Build the free ``GET /v1/credits``."""
+        return WireRequest("GET", self.CREDITS_PATH, headers={"Accept": "application/json"})
+
+    # -- replies -------------------------------------------------------------------------------
+    def _invalid(self, message: str, *, possibly_charged: bool = True) -> InvalidVendorResponseError:
+        return InvalidVendorResponseError(message, vendor=self.name, possibly_charged=possibly_charged)
+
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+        """
+        Read a 200 from remove- or generate-background: image bytes, or JSON with ``result_url``.
+
+        The reply's own content type decides, whatever was asked for in ``Accept``.
+        """
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json" or content_type.endswith("+json"):
+            body = json_body(response)
+            url = body.get("result_url") if isinstance(body, dict) else None
+            if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+                raise self._invalid(
+                    f"expected a JSON object with an http(s) result_url, got {self.text_excerpt(response)!r}"
+                )
+            return ResultLocation(url=url)
+        return ImageResult(
+            content=response.content, content_type=content_type or "image/png", vendor=self.name
+        )
+
+    def parse_balance(self, response: httpx.Response) -> Balance:
+        """Read ``{"credits_remaining": 42}`` (a number or a numeric string)."""
+        body = json_body(response)
+        if not isinstance(body, dict) or "credits_remaining" not in body:
+            raise self._invalid(
+                f"expected {{'credits_remaining': ...}}, got {self.text_excerpt(response)!r}",
+                possibly_charged=False,
+            )
+        remaining = parse_decimal(body["credits_remaining"])
+        if remaining is None:
+            raise self._invalid(
+                f"credits_remaining is not a number: {safe_excerpt(repr(body['credits_remaining']), 60)}",
+                possibly_charged=False,
+            )
+        return Balance(vendor=self.name, remaining=remaining, state=AccountState.ACTIVE, raw=body)
+
+    def parse_error(self, response: httpx.Response) -> ErrorReply:
+        """Read ``{"error": "...", "error_code": "..."}``; any other body (a bare 500) is quoted."""
+        body = json_body(response)
+        if isinstance(body, dict) and ("error" in body or "error_code" in body):
+            code = body.get("error_code")
+            message = body.get("error")
+            return ErrorReply(
+                code=str(code) if code not in (None, "") else None,
+                message=safe_excerpt(str(message)) if message not in (None, "") else "",
+            )
+        return ErrorReply(code=None, message=self.text_excerpt(response))
+
+    # -- costs ---------------------------------------------------------------------------------
+    @classmethod
+    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
+        """
+        Credits one remove-background call is expected to cost: 1, plus 3 with an AI shadow.
+
+        :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
+        """
+        extra = PixelcutOptions.coerce(vendor_options)
+        return cls.base_cost + (SHADOW_SURCHARGE if extra.shadow_enabled else Decimal(0))
+
+    @classmethod
+    def estimate_generate_cost(cls) -> Decimal:
+        """Credits one generate-background call is expected to cost (undocumented; 1 by design)."""
+        return GENERATE_COST

@@ -1,0 +1,653 @@
+"""Pixian.AI v2 wire format (https://pixian.ai/api, VENDORS.md §3).
+
+* ``POST /api/v2/remove-background`` — multipart form with dotted field names; the reply is the
+  image bytes plus ``X-*`` metadata headers.
+* ``GET /api/v2/account`` — ``{"creditPack", "state", "useBefore", "credits"}``.
+* HTTP Basic authentication: API id as the user name, API secret as the password.
+
+How the unified options map (:data:`PixianWire.capabilities`):
+
+============================  ============================================================
+unified option                Pixian
+============================  ============================================================
+``output_format=png``         ``output.format=png``
+``output_format=jpeg``        ``output.format=jpeg`` + ``output.jpeg_quality``
+``output_format=webp``        local: Pixian returns PNG, re-encoded with Pillow
+``background_color``          ``background.color=#RRGGBB`` (local when the crop is local)
+``crop`` (without margin)     ``result.crop_to_foreground=true``
+``margin``                    local (with a local crop), the same for every vendor
+``max_size``                  local
+============================  ============================================================
+
+Vendor-only parameters (``test``, ``max_pixels``, ``image.base64``, ``result.margin``,
+``result.target_size``, ``result.vertical_alignment``, ``delta_png``, a JPEG quality of its own) are
+reached through :class:`PixianOptions`.
+
+``delta_png``: Pixian then ignores ``background.color``, ``result.crop_to_foreground``,
+``result.margin``, ``result.target_size`` and ``result.vertical_alignment``. The provider therefore
+plans every unified option as a local step for a delta call (:meth:`PixianWire.capabilities_for`):
+the delta is decoded into the full cut-out first (:mod:`~airflow_provider_bgremoval.vendors.delta_png`),
+then crop, margin, background, resize and format run locally — so any unified option works with
+``delta_png`` and gives the same result as without it. What cannot work is rejected locally before
+any call: the Pixian-only ``result_margin`` / ``target_size`` / ``vertical_alignment`` (no local
+equivalent), an ``image_url`` input (the original is needed to decode), and an input with more pixels
+than ``max_pixels`` (Pixian would shrink it and the delta would no longer fit the original).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, ClassVar, Literal, NamedTuple, cast
+
+import httpx
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InputRejectedError,
+    InvalidOptionError,
+    InvalidVendorResponseError,
+    OutOfCreditsError,
+    VendorRequestError,
+)
+from airflow_provider_bgremoval.imaging import InputLimits, encode, read_header
+from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.retry import RetryPolicy
+from airflow_provider_bgremoval.vendors.base import (
+    ErrorReply,
+    ImageInput,
+    ResultLocation,
+    VendorWire,
+    WireRequest,
+    basic_auth_header,
+    json_body,
+    parse_decimal,
+    parse_int,
+)
+from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_delta_png
+
+__all__ = [
+    "MAX_BASE64_CHARS",
+    "ForegroundBox",
+    "PixianOptions",
+    "PixianWire",
+    "Size",
+    "parse_test_mode",
+]
+
+REMOVE_BACKGROUND_PATH = "/api/v2/remove-background"
+ACCOUNT_PATH = "/api/v2/account"
+
+#: ``image.base64`` may hold at most "1 megabyte" of base64 text; read as 10^6 characters (the
+#: stricter reading of the docs).
+MAX_BASE64_CHARS = 1_000_000
+#: ``max_pixels`` range and default (the docs)
+MIN_MAX_PIXELS = 100
+MAX_MAX_PIXELS = 25_000_000
+#: largest upload Pixian accepts, width x height (the docs)
+UPLOAD_MAX_PIXELS = 32_000_000
+
+_MARGIN_TOKEN = re.compile(r"^\d+(?:\.\d+)?(?:px|%)$")
+_CREDIT_WORDS = re.compile(r"\b(?:credits?|dormant|credit\s*pack)\b", re.IGNORECASE)
+_IMAGE_WORDS = re.compile(r"\bimage\b", re.IGNORECASE)
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+VerticalAlignment = Literal["top", "middle", "bottom"]
+InputEncoding = Literal["file", "base64"]
+
+
+class Size(NamedTuple):
+    """A ``"w h"`` header value (``X-Input-Size``, ``X-Result-Size``)."""
+
+    width: int
+    height: int
+
+
+class ForegroundBox(NamedTuple):
+    """A ``"top left width height"`` header value (``X-Input-Foreground``, ``X-Result-Foreground``)."""
+
+    top: int
+    left: int
+    width: int
+    height: int
+
+
+def _bool(value: Any, parameter: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidOptionError(parameter, f"{value!r} is not a boolean")
+
+
+def parse_test_mode(value: Any) -> bool:
+    """
+    Read the connection's ``test_mode`` extra (a JSON boolean, or a string from a URI).
+
+    :param value: the extra's value; ``None`` means off.
+    """
+    return False if value is None else _bool(value, "test_mode")
+
+
+def _int_in(value: Any, parameter: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise InvalidOptionError(parameter, f"{value!r} is not an integer")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise InvalidOptionError(parameter, f"{value!r} is not an integer") from None
+    if not low <= number <= high:
+        raise InvalidOptionError(parameter, f"{number} is not between {low:,} and {high:,}")
+    return number
+
+
+def _target_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        parts = re.split(r"[x\u00d7, ]+", value.strip().lower())
+    else:
+        try:
+            parts = [str(v) for v in value]
+        except TypeError:
+            raise InvalidOptionError("target_size", f"{value!r} is not 'WIDTH HEIGHT'") from None
+    if len(parts) != 2:
+        raise InvalidOptionError("target_size", f"{value!r} is not 'WIDTH HEIGHT'")
+    width, height = (_int_in(p, "target_size", 1, 100_000) for p in parts)
+    return width, height
+
+
+def _margin(value: Any) -> str:
+    tokens = str(value).split()
+    if not 1 <= len(tokens) <= 4 or not all(_MARGIN_TOKEN.match(t) for t in tokens):
+        raise InvalidOptionError(
+            "result_margin", f"{value!r} is not 1 to 4 CSS lengths in px or % (e.g. '10px 20% 5px 15%')"
+        )
+    return " ".join(tokens)
+
+
+@dataclass(frozen=True)
+class PixianOptions:
+    """
+    Pixian-only parameters (validated and normalised on creation; strings from templates accepted).
+
+    :param test: ``test=true``: free, watermarked results. ``None`` uses the connection's
+        ``test_mode`` extra (default off).
+    :param max_pixels: ``max_pixels`` (100-25,000,000): larger inputs are shrunk by Pixian first.
+    :param input_encoding: ``"file"`` (multipart ``image``, default) or ``"base64"`` (``image.base64``,
+        at most 1,000,000 base64 characters, i.e. about 750 kB of image; larger images are rejected
+        locally).
+    :param result_margin: native ``result.margin``: 1-4 CSS lengths in ``px``/``%``
+        (``"10px 20% 5px 15%"``), applied by Pixian whether or not the result is cropped; inset
+        when ``target_size`` is set. Not combinable with the unified ``margin`` or ``delta_png``.
+    :param target_size: native ``result.target_size`` ``(width, height)`` (or ``"1920 1080"``):
+        the result is scaled to fit and padded.
+    :param vertical_alignment: native ``result.vertical_alignment`` (``top``/``middle``/``bottom``);
+        only with ``target_size``.
+    :param delta_png: ask for ``output.format=delta_png`` (smaller, faster replies); the hook decodes
+        it with the original into the full cut-out, then runs every unified option locally.
+    :param jpeg_quality: ``output.jpeg_quality`` (1-100) for native JPEG results; ``None`` uses the
+        unified ``jpeg_quality``.
+    """
+
+    test: bool | None = None
+    max_pixels: int | None = None
+    input_encoding: InputEncoding = "file"
+    result_margin: str | None = None
+    target_size: tuple[int, int] | None = None
+    vertical_alignment: VerticalAlignment | None = None
+    delta_png: bool = False
+    jpeg_quality: int | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.test is not None:
+            put("test", _bool(self.test, "test"))
+        if self.max_pixels is not None:
+            put("max_pixels", _int_in(self.max_pixels, "max_pixels", MIN_MAX_PIXELS, MAX_MAX_PIXELS))
+        encoding = str(self.input_encoding).strip().lower()
+        if encoding not in ("file", "base64"):
+            raise InvalidOptionError("input_encoding", f"{self.input_encoding!r} is not 'file' or 'base64'")
+        put("input_encoding", encoding)
+        put("result_margin", _margin(self.result_margin) if self.result_margin not in (None, "") else None)
+        raw_size: Any = self.target_size
+        put("target_size", _target_size(raw_size) if raw_size not in (None, "") else None)
+        if self.vertical_alignment not in (None, ""):
+            alignment = str(self.vertical_alignment).strip().lower()
+            if alignment not in ("top", "middle", "bottom"):
+                raise InvalidOptionError(
+                    "vertical_alignment", f"{self.vertical_alignment!r} is not top, middle or bottom"
+                )
+            if self.target_size is None:
+                raise InvalidOptionError("vertical_alignment", "only applies together with target_size")
+            put("vertical_alignment", alignment)
+        else:
+            put("vertical_alignment", None)
+        put("delta_png", _bool(self.delta_png, "delta_png"))
+        if self.jpeg_quality is not None:
+            put("jpeg_quality", _int_in(self.jpeg_quality, "jpeg_quality", 1, 100))
+        if self.delta_png:
+            # Pixian ignores these with delta_png and they have no local equivalent.
+            for name in ("result_margin", "target_size", "vertical_alignment"):
+                if getattr(self, name) is not None:
+                    raise InvalidOptionError(
+                        name,
+                        "Pixian ignores it with delta_png (the result must match the input pixel for pixel)",
+                    )
+
+    @classmethod
+    def coerce(cls, value: PixianOptions | Mapping[str, Any] | None) -> PixianOptions:
+        """
+        Accept ``PixianOptions``, a mapping of its fields (e.g. a templated operator argument) or ``None``.
+
+        :param value: the vendor options as the user gave them.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise InvalidOptionError(
+                    "vendor_options", f"unknown Pixian option(s) {unknown}; known: {sorted(known)}"
+                )
+            return cls(**dict(value))
+        raise InvalidOptionError(
+            "vendor_options", f"expected PixianOptions or a mapping, got {type(value).__name__}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form (for option fingerprints and manifests)."""
+        data = dataclasses.asdict(self)
+        data["target_size"] = list(self.target_size) if self.target_size else None
+        return data
+
+
+def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    parts = value.split()
+    if len(parts) != count:
+        return None
+    try:
+        return tuple(round(float(p)) for p in parts)
+    except ValueError:
+        return None
+
+
+class PixianWire(VendorWire):
+    """Pixian.AI v2: request building, reply parsing, error envelope (no I/O)."""
+
+    name = "pixian"
+    default_base_url = "https://api.pixian.ai"
+    #: Pixian: "configured with an idle timeout of at least 180 seconds"
+    default_timeout = 180.0
+    capabilities = VendorCapabilities(
+        output_formats=frozenset({"png", "jpeg"}), background_color=True, crop=True
+    )
+    #: with ``delta_png`` Pixian does none of the unified options itself: all of them run locally
+    delta_capabilities: ClassVar[VendorCapabilities] = VendorCapabilities(
+        output_formats=frozenset({"png"}), background_color=False, crop=False
+    )
+    #: 32,000,000 pixels is documented. The docs give no byte cap for uploads: 128,000,000 bytes is
+    #: derived from the pixel cap (32 MP x 4 bytes, an uncompressed RGBA frame), so no compressed image
+    #: within the pixel cap is refused for its size. Uploads are sent as JPEG or PNG (the formats of
+    #: the docs' upload examples); any other format Pillow reads (WebP, BMP, GIF, TIFF…) is converted
+    #: losslessly to PNG first, because the docs list accepted formats only for ``image.url``.
+    limits = InputLimits(
+        max_bytes=128_000_000,
+        min_side=1,
+        max_pixels=UPLOAD_MAX_PIXELS,
+        formats=frozenset({"JPEG", "PNG"}),
+    )
+    #: Pixian: linear backoff on consecutive 429s (5 s x n, reset after a success); "wait a moment,
+    #: then try again" on 5xx: exponential with jitter.
+    retry_policy = RetryPolicy(
+        max_attempts=7,
+        max_wait=300.0,
+        initial_backoff=1.0,
+        max_backoff=30.0,
+        jitter=1.0,
+        rate_limit_step=5.0,
+        max_retry_after=120.0,
+    )
+    #: 1006 "Failed to read the supplied image" is the only documented code.
+    input_error_codes = frozenset({"1006"})
+    #: undocumented; results carry the real ``X-Credits-Charged``
+    base_cost = Decimal(1)
+
+    # -- options ---------------------------------------------------------------------------------
+    def test_mode(self, vendor_options: PixianOptions | Mapping[str, Any] | None = None) -> bool:
+        """
+        Whether calls run in test mode: the option when set, else the connection's ``test_mode`` extra.
+
+        :param vendor_options: the call's Pixian options.
+        """
+        opts = PixianOptions.coerce(vendor_options)
+        if opts.test is not None:
+            return opts.test
+        return parse_test_mode(self.settings.extras.get("test_mode"))
+
+    def capabilities_for(self, vendor_options: Any = None) -> VendorCapabilities:
+        """Native capabilities for a call: none of the unified options are native with ``delta_png``."""
+        return (
+            self.delta_capabilities if PixianOptions.coerce(vendor_options).delta_png else self.capabilities
+        )
+
+    @staticmethod
+    def check_options(options: RemovalOptions, vendor_options: PixianOptions) -> None:
+        """
+        Reject unified and Pixian options that contradict each other (before any call).
+
+        A unified ``margin`` makes the crop local, after Pixian's result: that crop would cut away the
+        padding of ``result_margin`` / ``target_size``.
+
+        :param options: the unified options as the user gave them.
+        :param vendor_options: the Pixian options.
+        """
+        if options.margin is None:
+            return
+        for name in ("result_margin", "target_size"):
+            if getattr(vendor_options, name) is not None:
+                raise InvalidOptionError(
+                    name,
+                    "cannot be combined with the unified margin (it is applied by a local crop that would "
+                    "cut Pixian's padding away); use crop=True with result_margin instead",
+                )
+
+    # -- requests --------------------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        """HTTP Basic with the API id and secret."""
+        if not self.settings.api_id:
+            raise InvalidOptionError("login", "the Pixian connection has no API id (set the login field)")
+        return {"Authorization": basic_auth_header(self.settings.api_id, self.settings.api_key)}
+
+    def remove_background_request(
+        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+    ) -> WireRequest:
+        """
+        Build ``POST /api/v2/remove-background`` from the *native* options and the Pixian options.
+
+        :param image: the image (bytes or URL).
+        :param options: the native part of the unified options (see :meth:`capabilities_for`).
+        :param vendor_options: :class:`PixianOptions` or a mapping of its fields.
+        """
+        opts = PixianOptions.coerce(vendor_options)
+        test = self.test_mode(opts)
+        if opts.delta_png:
+            self._check_delta(image, options, opts)
+        fields: dict[str, str] = {}
+        files: dict[str, tuple[str, bytes, str]] | None = None
+        if image.url is not None:
+            fields["image.url"] = image.url
+        elif opts.input_encoding == "base64":
+            fields["image.base64"] = self._base64(cast(bytes, image.data))
+        else:
+            files = {"image": (image.filename, cast(bytes, image.data), image.content_type)}
+        if test:
+            fields["test"] = "true"
+        if opts.max_pixels is not None:
+            fields["max_pixels"] = str(opts.max_pixels)
+        if opts.delta_png:
+            fields["output.format"] = "delta_png"
+        else:
+            if options.output_format not in self.capabilities.output_formats:
+                raise InvalidOptionError(
+                    "output_format",
+                    f"Pixian returns png or jpeg, not {options.output_format!r} (plan it locally)",
+                )
+            if options.background_color:
+                fields["background.color"] = options.background_color.upper()
+            if options.crop:
+                fields["result.crop_to_foreground"] = "true"
+            if opts.result_margin is not None:
+                fields["result.margin"] = opts.result_margin
+            if opts.target_size is not None:
+                fields["result.target_size"] = f"{opts.target_size[0]} {opts.target_size[1]}"
+            if opts.vertical_alignment is not None:
+                fields["result.vertical_alignment"] = opts.vertical_alignment
+            fields["output.format"] = options.output_format
+            if options.output_format == "jpeg":
+                quality = opts.jpeg_quality if opts.jpeg_quality is not None else options.jpeg_quality
+                fields["output.jpeg_quality"] = str(quality)
+        return WireRequest(
+            method="POST",
+            path=REMOVE_BACKGROUND_PATH,
+            billed=not test,
+            headers={"Accept": "image/*"},
+            data=fields,
+            files=files,
+        )
+
+    def _base64(self, data: bytes) -> str:
+        encoded = base64.b64encode(data).decode("ascii")
+        if len(encoded) > MAX_BASE64_CHARS:
+            raise InputRejectedError(
+                f"the image is {len(encoded):,} characters as base64; Pixian's image.base64 limit is "
+                f"{MAX_BASE64_CHARS:,} (about {MAX_BASE64_CHARS * 3 // 4:,} bytes of image): "
+                "use input_encoding='file'",
+                vendor=self.name,
+                code="file_size_too_large",
+                local=True,
+            )
+        return encoded
+
+    def _check_delta(self, image: ImageInput, options: RemovalOptions, opts: PixianOptions) -> None:
+        # Pixian ignores these with delta_png; the hook plans them locally (capabilities_for), so
+        # reaching here with any of them set means the plan was made for the wrong capabilities.
+        if options.background_color is not None:
+            raise InvalidOptionError("background_color", "Pixian ignores background.color with delta_png")
+        if options.crop:
+            raise InvalidOptionError("crop", "Pixian ignores result.crop_to_foreground with delta_png")
+        if options.output_format != "png":
+            raise InvalidOptionError("output_format", "a delta_png call returns a PNG")
+        if image.data is None:
+            raise InvalidOptionError(
+                "delta_png", "needs the image bytes to decode the result; image_url cannot be used with it"
+            )
+        info = read_header(image.data, vendor=self.name)
+        limit = opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
+        if info.pixels > limit:
+            raise InputRejectedError(
+                f"image is {info.width}x{info.height} = {info.pixels:,} pixels; with delta_png it must not "
+                f"exceed max_pixels ({limit:,}) or Pixian shrinks it and the delta cannot be decoded",
+                vendor=self.name,
+                code="too_many_pixels",
+                local=True,
+            )
+
+    def balance_request(self) -> WireRequest:
+        """``GET /api/v2/account`` (free)."""
+        return WireRequest(method="GET", path=ACCOUNT_PATH, headers={"Accept": "application/json"})
+
+    # -- replies ---------------------------------------------------------------------------------
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+        """Read the image bytes and every documented result header."""
+        return self.parse_result(response)
+
+    def parse_result(self, response: httpx.Response) -> ImageResult:
+        """
+        Read a remove-background reply into an :class:`ImageResult`.
+
+        ``credits_charged`` is ``X-Credits-Charged`` and ``credits_calculated`` is
+        ``X-Credits-Calculated`` (Decimals, may be fractional). ``metadata`` holds, when sent:
+        ``input_orientation`` (int, ``X-Input-Orientation``), ``input_size`` / ``result_size``
+        (:class:`Size`), ``input_foreground`` / ``result_foreground`` (:class:`ForegroundBox`).
+        Malformed header values are left out rather than failing a paid call.
+
+        :param response: a 2xx reply.
+        """
+        if not response.content:
+            raise InvalidVendorResponseError("Pixian returned an empty body", vendor=self.name)
+        headers = response.headers
+        metadata: dict[str, Any] = {}
+        orientation = parse_int(headers.get("x-input-orientation"))
+        if orientation is not None and 1 <= orientation <= 8:
+            metadata["input_orientation"] = orientation
+        for key, header in (("input_size", "x-input-size"), ("result_size", "x-result-size")):
+            size = _ints(headers.get(header), 2)
+            if size is not None:
+                metadata[key] = Size(*size)
+        for key, header in (
+            ("input_foreground", "x-input-foreground"),
+            ("result_foreground", "x-result-foreground"),
+        ):
+            box = _ints(headers.get(header), 4)
+            if box is not None:
+                metadata[key] = ForegroundBox(*box)
+        result_size = metadata.get("result_size")
+        content_type = headers.get("content-type", "image/png").split(";")[0].strip().lower() or "image/png"
+        return ImageResult(
+            content=response.content,
+            content_type=content_type,
+            vendor=self.name,
+            width=result_size.width if result_size else None,
+            height=result_size.height if result_size else None,
+            credits_charged=parse_decimal(headers.get("x-credits-charged")),
+            credits_calculated=parse_decimal(headers.get("x-credits-calculated")),
+            metadata=metadata,
+        )
+
+    def finish_result(
+        self, result: ImageResult, image: ImageInput, vendor_options: Any = None
+    ) -> ImageResult:
+        """
+        Decode a delta PNG into the full cut-out (PNG); record ``test_mode`` in the metadata.
+
+        :param result: the parsed reply.
+        :param image: the input exactly as it was sent.
+        :param vendor_options: the call's Pixian options.
+        """
+        opts = PixianOptions.coerce(vendor_options)
+        metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
+        if not opts.delta_png:
+            return replace(result, metadata=metadata)
+        if image.data is None:  # rejected before the call; kept for callers of the wire alone
+            raise InvalidOptionError("delta_png", "needs the image bytes to decode the result")
+        try:
+            decoded = decode_delta_png(
+                result.content, image.data, orientation=metadata.get("input_orientation")
+            )
+        except DeltaPngError as exc:
+            raise InvalidVendorResponseError(
+                f"cannot decode Pixian's delta PNG: {exc}", vendor=self.name, code="delta_png"
+            ) from None
+        metadata.update(delta_png=True, delta_png_bytes=len(result.content))
+        return replace(
+            result,
+            content=encode(decoded, "png", 0),
+            content_type="image/png",
+            width=decoded.width,
+            height=decoded.height,
+            metadata=metadata,
+        )
+
+    def credits_calculated(self, result: ImageResult) -> Decimal:
+        """
+        ``X-Credits-Calculated`` of a test call (what a production call would cost).
+
+        :param result: the parsed reply of a ``test=true`` call.
+        """
+        if result.credits_calculated is None:
+            raise InvalidVendorResponseError(
+                "Pixian's test reply has no X-Credits-Calculated header",
+                vendor=self.name,
+                possibly_charged=False,
+            )
+        return result.credits_calculated
+
+    def parse_balance(self, response: httpx.Response) -> Balance:
+        """
+        Read ``GET /api/v2/account``.
+
+        ``remaining`` is ``credits`` (fractional, as Decimal) for an ``active`` account and 0 for a
+        ``dormant`` one (its credits cannot be spent until a new pack is bought; the reported number
+        stays in ``raw["credits"]``). ``plan`` is ``creditPack``.
+
+        :param response: a 2xx reply.
+        """
+        body = json_body(response)
+        if not isinstance(body, Mapping):
+            raise InvalidVendorResponseError(
+                f"Pixian's account reply is not a JSON object: {self.text_excerpt(response)!r}",
+                vendor=self.name,
+                status_code=response.status_code,
+                possibly_charged=False,
+            )
+        credits = parse_decimal(body.get("credits"))
+        if credits is None:
+            raise InvalidVendorResponseError(
+                f"Pixian's account reply has no numeric 'credits' ({body.get('credits')!r})",
+                vendor=self.name,
+                status_code=response.status_code,
+                possibly_charged=False,
+            )
+        raw_state = str(body.get("state") or "").strip().lower()
+        state = {"active": AccountState.ACTIVE, "dormant": AccountState.DORMANT}.get(
+            raw_state, AccountState.UNKNOWN
+        )
+        remaining = Decimal(0) if state is AccountState.DORMANT else max(credits, Decimal(0))
+        pack = body.get("creditPack")
+        return Balance(
+            vendor=self.name,
+            remaining=remaining,
+            state=state,
+            plan=str(pack) if pack is not None else None,
+            raw=dict(body),
+        )
+
+    def parse_error(self, response: httpx.Response) -> ErrorReply:
+        """
+        Read ``{"error": {"status", "code", "message"}}`` (also the flat form of the docs' table).
+
+        Internal failures may not be JSON: their text (shortened) becomes the message.
+
+        :param response: an error reply.
+        """
+        body = json_body(response)
+        envelope: Any = body.get("error") if isinstance(body, Mapping) else None
+        if not isinstance(envelope, Mapping) and isinstance(body, Mapping) and "message" in body:
+            envelope = body
+        if isinstance(envelope, Mapping):
+            code = envelope.get("code")
+            message = str(envelope.get("message") or "").strip()
+            return ErrorReply(code=None if code is None else str(code), message=message)
+        return ErrorReply(code=None, message=self.text_excerpt(response))
+
+    def error_from_reply(self, response: httpx.Response) -> BgRemovalError:
+        """
+        Map an error reply (Pixian documents statuses, not codes, except 1006).
+
+        On top of the shared table (401/403 auth, 402 credits, 429 rate limit, 408/5xx transient):
+        any other 4xx whose message speaks of credits or a dormant pack is :class:`OutOfCreditsError`
+        (assumption: the docs give no status for it), and any other 4xx whose message names the
+        image (e.g. ``image.url``) is :class:`InputRejectedError` — fatal for that image only.
+
+        :param response: an error reply.
+        """
+        status = response.status_code
+        reply = self.parse_error(response)
+        kwargs: dict[str, Any] = {"vendor": self.name, "status_code": status, "code": reply.code}
+        message = reply.message or response.reason_phrase or "no message"
+        if 400 <= status < 500 and status not in (401, 408, 429) and _CREDIT_WORDS.search(message):
+            return OutOfCreditsError(message, **kwargs)
+        error = super().error_from_reply(response)
+        if type(error) is VendorRequestError and _IMAGE_WORDS.search(message):
+            return InputRejectedError(message, **kwargs)
+        return error
+
+    @classmethod
+    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
+        """``0`` for test calls (free), else :attr:`base_cost` (undocumented per-image cost)."""
+        return Decimal(0) if PixianOptions.coerce(vendor_options).test else cls.base_cost

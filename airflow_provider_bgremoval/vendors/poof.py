@@ -1,0 +1,507 @@
+"""Poof (poof.bg) wire format: ``POST /v1/remove`` and ``GET /v1/me``.
+
+Contract (DESIGN.md "Poof and Pixian contract decisions"): the *generation A* documents (the seed
+reference page, ``poof-bg/docs`` up to 2026-06 and the 0.1.0 SDKs) are the baseline; replies of the
+newer *generation B* documents are tolerated as well (extra result headers, ``details`` as an object,
+``doc_url``, statuses 413/422/502/503/504). See VENDORS.md §2 and §7 (items 9-20).
+
+Requests are ``multipart/form-data`` only, authenticated with the ``x-api-key`` header:
+
+=============  ==========================================================================
+field          value sent
+=============  ==========================================================================
+image_file     the (locally checked) image bytes; Gen A has no URL or base64 input
+format         ``png`` / ``jpg`` / ``webp`` (unified ``jpeg`` is sent as ``jpg``)
+channels       ``rgba`` (transparent) or ``rgb`` (flattened on ``bg_color``)
+bg_color       ``#rrggbb``; only sent with ``channels=rgb`` (Gen A ignores it otherwise)
+size           :class:`PoofOptions` ``size`` preset (default ``full``)
+crop           ``true`` / ``false``
+=============  ==========================================================================
+
+The reply body is the image; metadata comes in headers (``X-Request-ID``, ``X-Processing-Time-Ms``,
+``X-Image-Width``/``X-Image-Height``; Gen B adds ``X-Matte-Confidence``, ``X-Matte-Ambiguous-Ratio``
+and, from its remove.bg compatibility layer, ``X-Credits-Charged``/``X-Width``/``X-Height``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from airflow_provider_bgremoval.exceptions import (
+    InvalidOptionError,
+    InvalidVendorResponseError,
+    safe_excerpt,
+)
+from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.retry import RetryPolicy
+from airflow_provider_bgremoval.vendors.base import (
+    ErrorReply,
+    ImageInput,
+    ResultLocation,
+    VendorWire,
+    WireRequest,
+    json_body,
+    parse_decimal,
+    parse_int,
+)
+
+__all__ = [
+    "POOF_SIZE_PRESETS",
+    "AutoRechargeMode",
+    "PoofAccount",
+    "PoofOptions",
+    "PoofSize",
+    "PoofWire",
+]
+
+PoofSize = Literal["full", "preview", "small", "medium", "large"]
+
+#: Gen A ``size`` presets and the longest side (px) they cap the result to (``None``: original size).
+POOF_SIZE_PRESETS: Mapping[str, int | None] = {
+    "full": None,
+    "preview": 256,
+    "small": 512,
+    "medium": 1024,
+    "large": 2048,
+}
+
+#: Unified output format -> Poof ``format`` value.
+_NATIVE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+#: File extensions for the upload's file name (the server may look at it).
+_UPLOAD_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
+_DETAILS_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class PoofOptions:
+    """
+    Poof-only options, next to the unified :class:`~airflow_provider_bgremoval.options.RemovalOptions`.
+
+    :param size: the Gen A output size preset: ``full`` (original resolution, default), ``preview``
+        (longest side at most 256 px), ``small`` (512), ``medium`` (1024) or ``large`` (2048). The cost
+        is 1 credit whatever the preset. Generation-B servers read ``preview``/``medium`` as megapixel
+        caps, treat ``small`` as ``preview`` and do not know ``large`` (VENDORS.md §7 item 9); use the
+        unified ``max_size`` when the exact size matters (it is applied locally, after the call).
+    """
+
+    size: PoofSize = "full"
+
+    def __post_init__(self) -> None:
+        size = str(self.size).strip().lower()
+        if size not in POOF_SIZE_PRESETS:
+            raise InvalidOptionError(
+                "size", f"{self.size!r} is not one of {', '.join(POOF_SIZE_PRESETS)} (Poof size presets)"
+            )
+        object.__setattr__(self, "size", size)
+
+    @property
+    def max_side(self) -> int | None:
+        """Longest side in pixels the preset caps the result to (``None`` for ``full``)."""
+        return POOF_SIZE_PRESETS[self.size]
+
+    @classmethod
+    def coerce(cls, value: PoofOptions | Mapping[str, Any] | None) -> PoofOptions:
+        """
+        Accept options as an instance, a mapping (e.g. from templated operator arguments) or ``None``.
+
+        :param value: the options as the user passed them.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(str(k) for k in value if k not in known)
+            if unknown:
+                raise InvalidOptionError(
+                    "vendor_options",
+                    f"unknown Poof option(s) {', '.join(unknown)}; known: {', '.join(known)}",
+                )
+            return cls(**{str(k): v for k, v in value.items()})
+        raise InvalidOptionError(
+            "vendor_options", f"expected PoofOptions or a mapping, got {type(value).__name__}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form (for option fingerprints, manifests and XCom)."""
+        return {"size": self.size}
+
+
+class AutoRechargeMode(str, enum.Enum):
+    """How ``autoRechargeThreshold`` from ``GET /v1/me`` is to be read."""
+
+    #: absent or ``null``: Auto Recharge is off
+    OFF = "off"
+    #: Gen A: an integer credit count
+    CREDITS = "credits"
+    #: Gen B: a fraction (0.5-0.95) of the plan limit
+    FRACTION = "fraction"
+
+
+@dataclass(frozen=True)
+class PoofAccount:
+    """
+    The account as ``GET /v1/me`` describes it.
+
+    :param organization_id: the ``organizationId``.
+    :param plan: plan display name (Free, Basic, Pro…).
+    :param max_credits: ``maxCredits``: the cycle's allowance plus top-ups.
+    :param used_credits: ``usedCredits`` in the current cycle.
+    :param auto_recharge_threshold: ``autoRechargeThreshold`` as a number, ``None`` when off/absent.
+    :param auto_recharge_mode: how to read the threshold (credit count in Gen A, fraction in Gen B).
+    :param raw: the reply as parsed JSON.
+    """
+
+    organization_id: str | None
+    plan: str | None
+    max_credits: Decimal
+    used_credits: Decimal
+    auto_recharge_threshold: Decimal | None = None
+    auto_recharge_mode: AutoRechargeMode = AutoRechargeMode.OFF
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def remaining(self) -> Decimal:
+        """Credits left in this cycle: ``maxCredits - usedCredits``, never below zero."""
+        return max(Decimal(0), self.max_credits - self.used_credits)
+
+    def to_balance(self) -> Balance:
+        """The unified :class:`~airflow_provider_bgremoval.results.Balance`."""
+        return Balance(
+            vendor=PoofWire.name,
+            remaining=self.remaining,
+            state=AccountState.ACTIVE,
+            plan=self.plan,
+            raw=self.raw,
+        )
+
+
+def format_details(details: Any, limit: int = _DETAILS_LIMIT) -> str:
+    """
+    Render an error ``details`` value (Gen A string, Gen B field -> messages object) in one short line.
+
+    :param details: the ``details`` member of a Poof error body.
+    :param limit: maximum length of the result.
+    """
+    if details is None or details in ("", {}, []):
+        return ""
+    if isinstance(details, Mapping):
+        parts = []
+        for key, value in details.items():
+            text = "; ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+            parts.append(f"{key}: {text}")
+        rendered = ", ".join(parts)
+    elif isinstance(details, (list, tuple)):
+        rendered = "; ".join(str(v) for v in details)
+    else:
+        rendered = str(details)
+    return safe_excerpt(rendered, limit)
+
+
+def _sniff_content_type(content: bytes) -> str | None:
+    for magic, content_type in _MAGIC:
+        if content.startswith(magic):
+            return content_type
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _parse_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
+
+
+class PoofWire(VendorWire):
+    """
+    The Poof wire format (Gen A baseline, Gen B tolerant).
+
+    :param settings: the connection settings; ``base_url`` is the API origin (``https://api.poof.bg``).
+    """
+
+    name: ClassVar[str] = "poof"
+    default_base_url: ClassVar[str] = "https://api.poof.bg"
+    #: the SDKs' default; Poof documents no server-side timeout
+    default_timeout: ClassVar[float] = 60.0
+    #: API version prefix; not repeated when the connection's base URL already ends with it
+    api_prefix: ClassVar[str] = "/v1"
+    capabilities: ClassVar[VendorCapabilities] = VendorCapabilities(
+        output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
+    )
+    #: 20 MB uploads (read as 20,000,000 bytes, the stricter reading), JPEG/PNG/WebP (other formats are
+    #: converted to PNG locally), about 6000 px per side / 36 MP (Gen B's practical maximum). Poof
+    #: documents no minimum size: 1 px.
+    limits: ClassVar[InputLimits] = InputLimits(
+        max_bytes=20_000_000,
+        min_side=1,
+        max_side=6000,
+        max_pixels=36_000_000,
+        formats=frozenset({"JPEG", "PNG", "WEBP"}),
+    )
+    #: the documented advice: ``2^attempt + U(0, 1)`` seconds, up to 5 tries.
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy(
+        max_attempts=5, initial_backoff=1.0, max_backoff=16.0, jitter=1.0
+    )
+    input_error_codes: ClassVar[frozenset[str]] = frozenset({"image_too_large", "invalid_image"})
+    credit_error_codes: ClassVar[frozenset[str]] = frozenset({"payment_required"})
+    auth_error_codes: ClassVar[frozenset[str]] = frozenset({"authentication_error", "permission_denied"})
+    #: "usually deterministic, so retrying the same input rarely helps" (Gen B processing_failed page)
+    permanent_server_codes: ClassVar[frozenset[str]] = frozenset({"processing_failed"})
+    #: 1 credit per successful ``/remove``, whatever the parameters (Gen B pricing)
+    base_cost: ClassVar[Decimal] = Decimal(1)
+
+    # -- requests ------------------------------------------------------------------------------
+    def endpoint(self, name: str) -> str:
+        """
+        Path of an endpoint below the connection's base URL.
+
+        The base URL is normally the origin (``https://api.poof.bg`` -> ``/v1/remove``); a base URL
+        that already ends in ``/v1`` (the form Poof's SDKs and docs use) gets ``/remove``.
+
+        :param name: ``remove`` or ``me``.
+        """
+        base_path = urlsplit(self.settings.base_url).path.rstrip("/")
+        prefix = "" if base_path.endswith(self.api_prefix) else self.api_prefix
+        return f"{prefix}/{name}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The ``x-api-key`` header."""
+        return {"x-api-key": self.settings.api_key}
+
+    def remove_background_request(
+        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+    ) -> WireRequest:
+        """
+        Build ``POST /v1/remove`` from the native part of the unified options.
+
+        :param image: the image; must carry bytes (Poof's baseline API has no URL input).
+        :param options: the options Poof is asked to honour natively (from ``plan_processing``).
+        :param vendor_options: :class:`PoofOptions` (or a mapping of its fields).
+        """
+        poof_options = PoofOptions.coerce(vendor_options)
+        if image.data is None:
+            raise InvalidOptionError(
+                "image_url",
+                "Poof needs the image uploaded as bytes (its API has no documented URL input); "
+                "download the image and pass its bytes instead",
+            )
+        if options.margin is not None or options.max_size is not None:
+            # plan_processing always moves these to the local steps; refuse a hand-built request
+            # rather than silently dropping them.
+            raise InvalidOptionError("options", "margin and max_size are applied locally, not by Poof")
+        background = options.effective_background
+        fields_: dict[str, str] = {
+            "format": _NATIVE_FORMATS[options.output_format],
+            "channels": "rgb" if background is not None else "rgba",
+            "size": poof_options.size,
+            "crop": "true" if options.crop else "false",
+        }
+        if background is not None:
+            fields_["bg_color"] = background
+        return WireRequest(
+            method="POST",
+            path=self.endpoint("remove"),
+            billed=True,
+            headers={"Accept": "image/*"},
+            data=fields_,
+            files={"image_file": (self._upload_name(image), image.data, image.content_type)},
+        )
+
+    @staticmethod
+    def _upload_name(image: ImageInput) -> str:
+        name = image.filename or "image"
+        extension = _UPLOAD_EXTENSIONS.get(image.content_type)
+        if extension and "." not in name.rsplit("/", 1)[-1]:
+            name += extension
+        return name
+
+    def balance_request(self) -> WireRequest:
+        """Build the free ``GET /v1/me``."""
+        return WireRequest(method="GET", path=self.endpoint("me"), headers={"Accept": "application/json"})
+
+    # -- replies -------------------------------------------------------------------------------
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+        """
+        Read a ``/v1/remove`` success: the body is the image, metadata is in headers.
+
+        :param response: the 2xx reply.
+        """
+        headers = response.headers
+        request_id = headers.get("x-request-id") or None
+        content = response.content
+        declared = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        sniffed = _sniff_content_type(content)
+        if not content:
+            raise InvalidVendorResponseError(
+                "Poof answered success with an empty body",
+                vendor=self.name,
+                status_code=response.status_code,
+                request_id=request_id,
+            )
+        if sniffed is None and not declared.startswith("image/"):
+            what = declared or "an untyped body"
+            message = f"Poof answered success with {what}, not an image"
+            if declared.startswith(("text/", "application/json")):
+                message = f"{message}: {self._redact(self.text_excerpt(response))}"
+            raise InvalidVendorResponseError(
+                message, vendor=self.name, status_code=response.status_code, request_id=request_id
+            )
+        charged_header = headers.get("x-credits-charged")
+        charged = parse_decimal(charged_header) if charged_header is not None else None
+        metadata: dict[str, Any] = {}
+        for key, header, parser in (
+            ("processing_time_ms", "x-processing-time-ms", parse_int),
+            ("output_width", "x-image-width", parse_int),
+            ("output_height", "x-image-height", parse_int),
+            ("matte_confidence", "x-matte-confidence", _parse_float),
+            ("matte_ambiguous_ratio", "x-matte-ambiguous-ratio", _parse_float),
+        ):
+            value = parser(headers.get(header))
+            if value is not None:
+                metadata[key] = value
+        width = metadata.get("output_width", parse_int(headers.get("x-width")))
+        height = metadata.get("output_height", parse_int(headers.get("x-height")))
+        if charged is not None:
+            metadata["credits_charged_header"] = str(charged)
+        return ImageResult(
+            content=content,
+            content_type=sniffed or declared,
+            vendor=self.name,
+            width=width,
+            height=height,
+            request_id=request_id,
+            credits_charged=charged if charged is not None else self.base_cost,
+            metadata=metadata,
+        )
+
+    def finish_result(
+        self, result: ImageResult, image: ImageInput, vendor_options: Any = None
+    ) -> ImageResult:
+        """
+        Record the size preset in the result's metadata.
+
+        :param result: the parsed reply.
+        :param image: the image that was sent.
+        :param vendor_options: the :class:`PoofOptions` the request was built with.
+        """
+        poof_options = PoofOptions.coerce(vendor_options)
+        return replace(result, metadata={**result.metadata, "size": poof_options.size})
+
+    def parse_account(self, response: httpx.Response) -> PoofAccount:
+        """
+        Read ``GET /v1/me`` into a :class:`PoofAccount`.
+
+        :param response: the 2xx reply.
+        """
+        body = json_body(response)
+        request_id = response.headers.get("x-request-id") or None
+        if not isinstance(body, dict):
+            raise InvalidVendorResponseError(
+                f"Poof /v1/me did not answer a JSON object: {self.text_excerpt(response)!r}",
+                vendor=self.name,
+                status_code=response.status_code,
+                request_id=request_id,
+                possibly_charged=False,
+            )
+        numbers: dict[str, Decimal] = {}
+        for key in ("maxCredits", "usedCredits"):
+            number = parse_decimal(body.get(key))
+            if number is None:
+                shown = safe_excerpt(repr(body.get(key)), 60) if key in body else "missing"
+                raise InvalidVendorResponseError(
+                    f"Poof /v1/me has no numeric {key} ({shown})",
+                    vendor=self.name,
+                    status_code=response.status_code,
+                    request_id=request_id,
+                    possibly_charged=False,
+                )
+            numbers[key] = number
+        threshold = parse_decimal(body.get("autoRechargeThreshold"))
+        if threshold is None or threshold <= 0:
+            mode = AutoRechargeMode.OFF
+            threshold = None
+        elif threshold < 1:
+            mode = AutoRechargeMode.FRACTION
+        else:
+            mode = AutoRechargeMode.CREDITS
+        plan = body.get("plan")
+        organization = body.get("organizationId")
+        return PoofAccount(
+            organization_id=str(organization) if organization not in (None, "") else None,
+            plan=str(plan) if plan not in (None, "") else None,
+            max_credits=numbers["maxCredits"],
+            used_credits=numbers["usedCredits"],
+            auto_recharge_threshold=threshold,
+            auto_recharge_mode=mode,
+            raw=body,
+        )
+
+    def parse_balance(self, response: httpx.Response) -> Balance:
+        """
+        Read ``GET /v1/me``: remaining = ``maxCredits - usedCredits`` (clamped at 0).
+
+        :param response: the 2xx reply.
+        """
+        return self.parse_account(response).to_balance()
+
+    def parse_error(self, response: httpx.Response) -> ErrorReply:
+        """
+        Reduce an error reply to its facts.
+
+        Gen A: ``{"code", "message", "details" (string), "request_id"}``; Gen B adds ``doc_url`` and
+        may send ``details`` as a field -> messages object. Non-JSON bodies (proxies, gateways) are
+        quoted shortly. The request id comes from the body or the ``X-Request-ID`` header.
+
+        :param response: the error reply (status >= 400).
+        """
+        header_id = response.headers.get("x-request-id") or None
+        body = json_body(response)
+        if not isinstance(body, dict):
+            excerpt = self.text_excerpt(response)
+            message = excerpt or response.reason_phrase or f"HTTP {response.status_code}"
+            return ErrorReply(code=None, message=self._redact(message), request_id=header_id)
+        raw_code = body.get("code")
+        code = str(raw_code).strip() if raw_code not in (None, "") else None
+        message = safe_excerpt(str(body.get("message") or response.reason_phrase or "no message"))
+        details = format_details(body.get("details"))
+        if details and details != message:
+            message = f"{message} ({details})"
+        doc_url = body.get("doc_url")
+        if isinstance(doc_url, str) and doc_url.startswith(("https://", "http://")):
+            message = f"{message}; see {safe_excerpt(doc_url, 120)}"
+        request_id = body.get("request_id")
+        return ErrorReply(
+            code=code,
+            message=self._redact(message),
+            request_id=str(request_id) if request_id not in (None, "") else header_id,
+        )
+
+    def _redact(self, text: str) -> str:
+        """Remove the API key should a reply ever echo it."""
+        key = self.settings.api_key
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
+    @classmethod
+    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
+        """
+        1 credit per successful call, whatever the options (a failed call is not billed).
+
+        :param vendor_options: :class:`PoofOptions` (validated, but they do not change the price).
+        """
+        PoofOptions.coerce(vendor_options)
+        return cls.base_cost

@@ -1,0 +1,872 @@
+"""The shared hook behaviour, driven through a tiny fake vendor wire and ``httpx.MockTransport``.
+
+Covers what every vendor hook inherits: connection -> settings (URI and JSON forms), one pooled
+client per hook, retries and transport-error mapping, capped result-URL downloads, secret hygiene
+and ``test_connection``. The real vendors' wire formats are tested in ``tests/unit/vendors``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any, ClassVar
+from unittest import mock
+
+import httpx
+import pytest
+from PIL import Image
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InputRejectedError,
+    InvalidOptionError,
+    OutOfCreditsError,
+    RateLimitedError,
+    ResultDownloadError,
+    TransientVendorError,
+    VendorAuthError,
+    VendorRequestError,
+)
+from airflow_provider_bgremoval.hooks.base import USER_AGENT, BackgroundRemovalHook
+from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.results import Balance, ImageResult
+from airflow_provider_bgremoval.retry import RetryPolicy
+from airflow_provider_bgremoval.vendors.base import (
+    ErrorReply,
+    ImageInput,
+    ResultLocation,
+    VendorWire,
+    WireRequest,
+    json_body,
+    parse_decimal,
+)
+from tests.support.connections import SleepRecorder, set_connection
+
+KEY = "sk_test_SECRET_0123456789abcdef"
+CONN_ID = "fakevendor_default"
+API = "http://api.test"
+CDN = "http://cdn.test"
+
+
+# -- the fake vendor -------------------------------------------------------------------------------
+
+
+class FakeWire(VendorWire):
+    """A minimal wire format: API key header, multipart or JSON upload, JSON errors."""
+
+    name = "fakevendor"
+    default_base_url = "https://api.fake.example"
+    default_timeout = 42.0
+    capabilities = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
+    limits = InputLimits(max_bytes=5_000_000)
+    retry_policy = RetryPolicy(max_attempts=3, initial_backoff=1, max_backoff=1, jitter=0)
+    input_error_codes = frozenset({"bad_image"})
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.settings.api_key}
+
+    def remove_background_request(
+        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+    ) -> WireRequest:
+        if image.url is not None:
+            return WireRequest(
+                "POST", "/v1/remove", billed=True, json={"image_url": image.url, "format": options.output_format}
+            )
+        assert image.data is not None
+        return WireRequest(
+            "POST",
+            "/v1/remove",
+            billed=True,
+            data={"format": options.output_format},
+            files={"image": (image.filename, image.data, image.content_type)},
+        )
+
+    def balance_request(self) -> WireRequest:
+        return WireRequest("GET", "/v1/credits")
+
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+        request_id = response.headers.get("x-request-id")
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return ResultLocation(url=json_body(response)["result_url"], request_id=request_id)
+        return ImageResult(
+            content=response.content,
+            content_type=response.headers.get("content-type", "image/png"),
+            vendor=self.name,
+            request_id=request_id,
+        )
+
+    def parse_balance(self, response: httpx.Response) -> Balance:
+        remaining = parse_decimal(json_body(response)["credits"])
+        assert remaining is not None
+        return Balance(vendor=self.name, remaining=remaining)
+
+    def parse_error(self, response: httpx.Response) -> ErrorReply:
+        body = json_body(response)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return ErrorReply(
+                code=body["error"].get("code"),
+                message=body["error"].get("message", ""),
+                request_id=response.headers.get("x-request-id"),
+            )
+        return ErrorReply(code=None, message=self.text_excerpt(response))
+
+
+class FakeHook(BackgroundRemovalHook[FakeWire]):
+    """The hook of the fake vendor."""
+
+    default_conn_name: ClassVar[str] = CONN_ID
+    conn_type: ClassVar[str] = "fakevendor"
+    hook_name: ClassVar[str] = "Fake vendor"
+    wire_class: ClassVar[type[VendorWire]] = FakeWire
+
+
+# -- a scripted server -----------------------------------------------------------------------------
+
+Reply = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
+
+
+class Server:
+    """MockTransport handler: per-path queues of replies (the last one repeats), every request kept."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[Reply]] = {}
+        self.requests: list[httpx.Request] = []
+
+    def on(self, url: str, *replies: Reply) -> Server:
+        self.routes[url] = [self._fresh(reply) for reply in replies]
+        return self
+
+    @staticmethod
+    def _fresh(reply: Reply) -> Reply:
+        """A client binds the response it receives: serve a new copy each time (streams are single-use)."""
+        if not isinstance(reply, httpx.Response) or isinstance(reply.stream, Chunks):
+            return reply
+        status, headers, content = reply.status_code, reply.headers, reply.read()
+        return lambda request: httpx.Response(status, headers=headers, content=content)
+
+    def calls(self, url: str) -> int:
+        return sum(1 for r in self.requests if str(r.url) == url)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        queue = self.routes.get(str(request.url))
+        if not queue:
+            return httpx.Response(404, json={"error": {"code": "no_route", "message": str(request.url)}})
+        reply = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        if callable(reply) and not isinstance(reply, httpx.Response):
+            return reply(request)
+        return reply
+
+
+class Chunks(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A streamed body without Content-Length, usable by both clients."""
+
+    def __init__(self, chunk: bytes, count: int) -> None:
+        self.chunk, self.count, self.sent = chunk, count, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(self.count):
+            self.sent += 1
+            yield self.chunk
+
+    async def __aiter__(self) -> Any:
+        for _ in range(self.count):
+            self.sent += 1
+            yield self.chunk
+
+
+def _png(size: tuple[int, int] = (40, 30), mode: str = "RGBA") -> bytes:
+    image = Image.new(mode, size, (0, 0, 0, 0) if mode == "RGBA" else (0, 0, 0))
+    image.paste((255, 0, 0, 255) if mode == "RGBA" else (255, 0, 0), (10, 5, 30, 25))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG = _png()
+
+
+def png_reply(**headers: str) -> httpx.Response:
+    return httpx.Response(200, content=PNG, headers={"content-type": "image/png", **headers})
+
+
+def error_reply(status: int, code: str | None = None, message: str = "nope", **headers: str) -> httpx.Response:
+    body = {"error": {"code": code, "message": message}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def balance_reply(credits: object = "12.5") -> httpx.Response:
+    return httpx.Response(200, json={"credits": credits})
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Server:
+    return Server()
+
+
+@pytest.fixture
+def sleep() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+def conn(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=API)
+
+
+@pytest.fixture
+def make_hook(server: Server, sleep: SleepRecorder) -> Callable[..., FakeHook]:
+    def make(conn_id: str | None = None, **kwargs: Any) -> FakeHook:
+        transport = httpx.MockTransport(server)
+        return FakeHook(
+            conn_id,
+            transport=transport,
+            async_transport=transport,
+            sleep=sleep,
+            async_sleep=sleep.asleep,
+            **kwargs,
+        )
+
+    return make
+
+
+@pytest.fixture
+def hook(conn: None, make_hook: Callable[..., FakeHook]) -> Iterator[FakeHook]:
+    with make_hook() as h:
+        yield h
+
+
+# -- connection -> settings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "base_url"),
+    [
+        (f"fakevendor://:{KEY}@127.0.0.1:8080", "https://127.0.0.1:8080"),
+        (f"fakevendor://:{KEY}@api.example.com", "https://api.example.com"),
+        (f"fakevendor://:{KEY}@/?base_url=http%3A%2F%2F127.0.0.1%3A9", "http://127.0.0.1:9"),
+        (f"fakevendor://:{KEY}@ignored.example/?base_url=http%3A%2F%2F127.0.0.1%3A9%2F", "http://127.0.0.1:9"),
+        (f"fakevendor://:{KEY}@http%3A%2F%2F127.0.0.1:8080", "http://127.0.0.1:8080"),
+        (f"fakevendor://:{KEY}@", "https://api.fake.example"),
+    ],
+)
+def test_settings_from_uri_connections(
+    uri: str, base_url: str, monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", uri)
+    settings = make_hook().get_settings()
+    assert settings.base_url == base_url
+    assert settings.api_key == KEY
+    assert settings.timeout == 42.0
+
+
+def test_uri_extras_timeout_and_max_retries(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}", f"fakevendor://:{KEY}@127.0.0.1:8080/?timeout=200&max_retries=5"
+    )
+    hook = make_hook()
+    settings = hook.get_settings()
+    assert settings.timeout == 200.0
+    assert hook.retry_policy.max_attempts == 6
+    assert hook.retry_policy.initial_backoff == FakeWire.retry_policy.initial_backoff
+    assert settings.extras["max_retries"] in ("5", 5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "base_url"),
+    [
+        ({"host": "http://127.0.0.1", "port": 8081}, "http://127.0.0.1:8081"),
+        ({"host": "https://h.example:1/", "port": 2}, "https://h.example:1"),
+        ({"host": "api.example.com"}, "https://api.example.com"),
+        ({"host": "http://127.0.0.1:7/"}, "http://127.0.0.1:7"),
+        ({"host": "http://ignored", "extra": {"base_url": "http://127.0.0.1:9"}}, "http://127.0.0.1:9"),
+        ({}, "https://api.fake.example"),
+    ],
+)
+def test_settings_from_json_connections(
+    fields: dict[str, Any], base_url: str, monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, **fields)
+    assert make_hook().get_settings().base_url == base_url
+
+
+def test_json_extras_login_and_timeout(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+    set_connection(
+        monkeypatch,
+        CONN_ID,
+        "fakevendor",
+        login="px_id",
+        password=KEY,
+        extra={"timeout": 180, "max_retries": 0, "test_mode": True},
+    )
+    hook = make_hook()
+    settings = hook.get_settings()
+    assert settings.api_id == "px_id"
+    assert settings.timeout == 180.0
+    assert settings.extras["test_mode"] is True
+    assert hook.retry_policy.max_attempts == 1
+
+
+def test_constructor_overrides_win(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, extra={"timeout": 5, "max_retries": 9})
+    policy = RetryPolicy(max_attempts=2)
+    hook = make_hook(timeout=300, retry_policy=policy)
+    assert hook.get_settings().timeout == 300.0
+    assert hook.retry_policy is policy
+
+
+def test_api_key_from_extra_is_kept_out_of_extras(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", extra={"api_key": KEY, "timeout": 10})
+    settings = make_hook().get_settings()
+    assert settings.api_key == KEY
+    assert "api_key" not in settings.extras
+
+
+def test_missing_password_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", host=API)
+    with pytest.raises(InvalidOptionError) as info:
+        make_hook().get_balance()
+    assert info.value.parameter == "password"
+    assert CONN_ID in str(info.value)
+    assert "API key" in str(info.value)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "parameter"),
+    [
+        ({"timeout": "soon"}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"base_url": "ftp://files.example"}, "base_url"),
+        ({"base_url": "file:///etc/passwd"}, "base_url"),
+    ],
+)
+def test_bad_connection_extras(
+    extra: dict[str, Any], parameter: str, monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, extra=extra)
+    with pytest.raises(InvalidOptionError) as info:
+        make_hook().get_settings()
+    assert info.value.parameter == parameter
+
+
+async def test_async_settings_match_sync(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+    set_connection(
+        monkeypatch, CONN_ID, "fakevendor", password=KEY, host="http://127.0.0.1", port=8081, extra={"timeout": 7}
+    )
+    assert await make_hook().aget_settings() == make_hook().get_settings()
+
+
+def test_default_conn_id_and_explicit_conn_id(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    set_connection(monkeypatch, "other_conn", "fakevendor", password=KEY, host="http://other.test")
+    assert make_hook().conn_id == CONN_ID
+    assert make_hook("other_conn").get_settings().base_url == "http://other.test"
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def test_balance_request_carries_auth_and_user_agent(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", balance_reply("12.5"))
+    balance = hook.get_balance()
+    assert balance.remaining == Decimal("12.5")
+    request = server.requests[0]
+    assert request.method == "GET"
+    assert request.headers["x-api-key"] == KEY
+    assert request.headers["user-agent"] == USER_AGENT
+    assert USER_AGENT.startswith("airflow-provider-bgremoval/")
+
+
+async def test_async_balance(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", balance_reply(3))
+    assert (await hook.aget_balance()).remaining == 3
+    assert server.requests[0].headers["x-api-key"] == KEY
+
+
+def test_remove_background_uploads_and_decodes(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", png_reply(**{"x-request-id": "req-7"}))
+    result = hook.remove_background(PNG, filename="shoe.png")
+    assert result.content == PNG
+    assert (result.width, result.height) == (40, 30)
+    assert result.request_id == "req-7"
+    assert result.attempts == 1
+    assert result.possibly_charged_retries == 0
+    body = server.requests[0].content
+    assert b'filename="shoe.png"' in body
+    assert b'name="format"' in body
+
+
+async def test_async_remove_background_with_local_steps(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", png_reply())
+    options = RemovalOptions.create(output_format="webp", background_color="white", crop=True)
+    result = await hook.aremove_background(PNG, options=options)
+    assert result.content_type == "image/webp"
+    assert (result.width, result.height) == (20, 20)  # cropped locally to the subject
+    # the png-only fake vendor was asked for a transparent PNG
+    assert b"png" in server.requests[0].content
+
+
+def test_remove_background_by_url(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", png_reply())
+    hook.remove_background(image_url="https://images.example/a.jpg")
+    assert json.loads(server.requests[0].content)["image_url"] == "https://images.example/a.jpg"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"image": PNG, "image_url": "https://images.example/a.jpg"}, "image_url"),
+        ({}, "image"),
+        ({"image_url": "file:///etc/passwd"}, "image_url"),
+        ({"image_url": "ftp://images.example/a.jpg"}, "image_url"),
+    ],
+)
+def test_remove_background_input_errors(
+    kwargs: dict[str, Any], parameter: str, hook: FakeHook, server: Server
+) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        hook.remove_background(**kwargs)
+    assert info.value.parameter == parameter
+    assert server.requests == []
+
+
+def test_local_checks_run_before_any_call(hook: FakeHook, server: Server) -> None:
+    for bad in (b"", b"<html>not an image</html>", PNG[: len(PNG) // 2]):
+        with pytest.raises(InputRejectedError) as info:
+            hook.remove_background(bad)
+        assert info.value.local is True
+    assert server.requests == []
+
+
+# -- error replies ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_class", "code"),
+    [
+        (error_reply(401, "unauthorized"), VendorAuthError, "unauthorized"),
+        (error_reply(403), VendorAuthError, None),
+        (error_reply(402, "no_credits"), OutOfCreditsError, "no_credits"),
+        (error_reply(400, "bad_image"), InputRejectedError, "bad_image"),
+        (error_reply(413), InputRejectedError, None),
+        (error_reply(415), InputRejectedError, None),
+        (error_reply(400, "bad_param"), VendorRequestError, "bad_param"),
+        (error_reply(404), VendorRequestError, None),
+    ],
+)
+def test_non_retryable_replies_are_not_retried(
+    reply: httpx.Response,
+    error_class: type[BgRemovalError],
+    code: str | None,
+    hook: FakeHook,
+    server: Server,
+    sleep: SleepRecorder,
+) -> None:
+    server.on(f"{API}/v1/remove", reply)
+    with pytest.raises(error_class) as info:
+        hook.remove_background(PNG)
+    assert type(info.value) is error_class
+    assert info.value.vendor == "fakevendor"
+    assert info.value.status_code == reply.status_code
+    assert info.value.code == code
+    assert len(server.requests) == 1
+    assert sleep.waits == []
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+def test_transient_replies_are_retried_then_raised(
+    status: int, hook: FakeHook, server: Server, sleep: SleepRecorder
+) -> None:
+    server.on(f"{API}/v1/remove", error_reply(status))
+    with pytest.raises(TransientVendorError) as info:
+        hook.remove_background(PNG)
+    assert info.value.status_code == status
+    assert info.value.possibly_charged is False
+    assert len(server.requests) == 3
+    assert sleep.waits == [1, 1]
+
+
+def test_rate_limit_honours_retry_after(hook: FakeHook, server: Server, sleep: SleepRecorder) -> None:
+    server.on(f"{API}/v1/remove", error_reply(429, **{"retry-after": "3"}), png_reply())
+    result = hook.remove_background(PNG)
+    assert sleep.waits == [3]
+    assert result.attempts == 2
+
+
+def test_rate_limit_gives_up_with_rate_limited_error(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", error_reply(429, **{"retry-after": "1"}))
+    with pytest.raises(RateLimitedError) as info:
+        hook.get_balance()
+    assert info.value.retry_after == 1
+
+
+def test_non_json_error_body_is_quoted_shortly(hook: FakeHook, server: Server) -> None:
+    html = "<html>\n<body>\n<h1>502 Bad Gateway</h1>\n" + "x" * 5000 + "</body></html>"
+    server.on(f"{API}/v1/credits", httpx.Response(502, text=html, headers={"content-type": "text/html"}))
+    with pytest.raises(TransientVendorError) as info:
+        hook.get_balance()
+    assert "<h1>502 Bad Gateway</h1>" in info.value.message
+    assert "\n" not in info.value.message
+    assert len(info.value.message) <= 300
+
+
+# -- transport errors ------------------------------------------------------------------------------
+
+
+def _raise(kind: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise kind("boom", request=request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "charged"),
+    [
+        (httpx.ConnectError, "/v1/remove", False),
+        (httpx.ConnectTimeout, "/v1/remove", False),
+        (httpx.ReadTimeout, "/v1/remove", True),
+        (httpx.RemoteProtocolError, "/v1/remove", True),
+        (httpx.ReadError, "/v1/remove", True),
+        (httpx.ReadTimeout, "/v1/credits", False),  # not billed: nothing can have been charged
+    ],
+)
+def test_transport_errors_are_mapped(
+    kind: type[httpx.TransportError], path: str, charged: bool, hook: FakeHook, server: Server
+) -> None:
+    server.on(f"{API}{path}", _raise(kind))
+    with pytest.raises(TransientVendorError) as info:
+        if path == "/v1/remove":
+            hook.remove_background(PNG)
+        else:
+            hook.get_balance()
+    assert info.value.possibly_charged is charged
+    assert info.value.code == kind.__name__
+    assert info.value.vendor == "fakevendor"
+    assert len(server.requests) == 3  # retried up to the policy's attempts
+
+
+def test_lost_reply_then_success_reports_possibly_charged_retries(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", _raise(httpx.ReadTimeout), _raise(httpx.ConnectError), png_reply())
+    result = hook.remove_background(PNG)
+    assert result.attempts == 3
+    assert result.possibly_charged_retries == 1
+
+
+async def test_async_transport_errors_are_mapped(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", _raise(httpx.RemoteProtocolError), png_reply())
+    result = await hook.aremove_background(PNG)
+    assert result.possibly_charged_retries == 1
+    server.on(f"{API}/v1/credits", _raise(httpx.ConnectError))
+    with pytest.raises(TransientVendorError) as info:
+        await hook.aget_balance()
+    assert info.value.possibly_charged is False
+
+
+# -- result-URL downloads --------------------------------------------------------------------------
+
+
+def located(url: str = f"{CDN}/r/1.png") -> httpx.Response:
+    return httpx.Response(200, json={"result_url": url}, headers={"x-request-id": "loc-1"})
+
+
+def redirect(location: str) -> httpx.Response:
+    return httpx.Response(302, headers={"location": location})
+
+
+def test_result_url_is_downloaded_without_the_api_key(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", located()).on(f"{CDN}/r/1.png", png_reply())
+    result = hook.remove_background(PNG)
+    assert result.content == PNG
+    assert result.request_id == "loc-1"
+    assert result.metadata["result_url_host"] == "cdn.test"
+    download = server.requests[1]
+    assert str(download.url) == f"{CDN}/r/1.png"
+    assert "x-api-key" not in download.headers
+    assert KEY not in str(download.headers)
+
+
+async def test_async_result_url(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", located()).on(f"{CDN}/r/1.png", png_reply())
+    result = await hook.aremove_background(PNG)
+    assert result.content == PNG
+    assert "x-api-key" not in server.requests[1].headers
+
+
+def test_relative_redirect_is_followed(hook: FakeHook, server: Server) -> None:
+    server.on(f"{CDN}/r/1.png", redirect("/r/2.png")).on(f"{CDN}/r/2.png", png_reply())
+    assert hook.download(f"{CDN}/r/1.png") == PNG
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://cdn.test/r/1.png", "data:image/png;base64,AAAA"])
+def test_redirect_off_http_is_refused(target: str, hook: FakeHook, server: Server, sleep: SleepRecorder) -> None:
+    server.on(f"{CDN}/r/1.png", redirect(target))
+    with pytest.raises(ResultDownloadError) as info:
+        hook.download(f"{CDN}/r/1.png")
+    assert info.value.possibly_charged is True
+    assert target not in str(info.value)  # a redirect target may be a signed URL
+    assert server.calls(f"{CDN}/r/1.png") == 1
+    assert sleep.waits == []
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://cdn.test/x.png", "/relative/x.png"])
+def test_download_of_a_non_http_url_is_refused(url: str, hook: FakeHook, server: Server) -> None:
+    with pytest.raises((ResultDownloadError, InvalidOptionError)):
+        hook.download(url)
+    assert server.requests == []
+
+
+def test_too_many_redirects(hook: FakeHook, server: Server, sleep: SleepRecorder) -> None:
+    server.on(f"{CDN}/loop", redirect(f"{CDN}/loop"))
+    with pytest.raises(ResultDownloadError, match="too many redirects"):
+        hook.download(f"{CDN}/loop")
+    assert 2 <= server.calls(f"{CDN}/loop") <= 10
+    assert sleep.waits == []
+
+
+def test_declared_content_length_over_the_cap(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    server.on(f"{CDN}/big", httpx.Response(200, content=b"x" * 5000))
+    with make_hook(max_result_bytes=1000) as hook, pytest.raises(ResultDownloadError, match="1000 byte cap"):
+        hook.download(f"{CDN}/big")
+
+
+def test_streamed_body_over_the_cap_is_cut_off(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    body = Chunks(b"x" * 100, 1000)
+    server.on(f"{CDN}/endless", httpx.Response(200, stream=body))
+    with make_hook(max_result_bytes=1000) as hook, pytest.raises(ResultDownloadError, match="cut off") as info:
+        hook.download(f"{CDN}/endless")
+    assert info.value.possibly_charged is True
+    assert body.sent <= 20  # stopped reading soon after the cap
+
+
+async def test_async_streamed_body_over_the_cap_is_cut_off(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    body = Chunks(b"x" * 100, 1000)
+    server.on(f"{CDN}/endless", httpx.Response(200, stream=body))
+    async with make_hook(max_result_bytes=1000) as hook:
+        with pytest.raises(ResultDownloadError, match="cut off"):
+            await hook.adownload(f"{CDN}/endless")
+    assert body.sent <= 20
+
+
+def test_expired_result_is_a_download_error(hook: FakeHook, server: Server, sleep: SleepRecorder) -> None:
+    server.on(f"{API}/v1/remove", located()).on(f"{CDN}/r/1.png", httpx.Response(404, text="gone"))
+    with pytest.raises(ResultDownloadError) as info:
+        hook.remove_background(PNG)
+    assert info.value.status_code == 404
+    assert info.value.possibly_charged is True
+    assert info.value.retryable is False
+    assert server.calls(f"{CDN}/r/1.png") == 1
+    assert sleep.waits == []
+
+
+def test_download_503_is_retried(hook: FakeHook, server: Server, sleep: SleepRecorder) -> None:
+    server.on(f"{CDN}/r/1.png", httpx.Response(503), png_reply())
+    assert hook.download(f"{CDN}/r/1.png") == PNG
+    assert server.calls(f"{CDN}/r/1.png") == 2
+    assert sleep.waits == [1]
+
+
+async def test_async_download_errors(hook: FakeHook, server: Server) -> None:
+    server.on(f"{CDN}/a", httpx.Response(503), png_reply())
+    assert await hook.adownload(f"{CDN}/a") == PNG
+    server.on(f"{CDN}/b", redirect("file:///etc/passwd"))
+    with pytest.raises(ResultDownloadError):
+        await hook.adownload(f"{CDN}/b")
+    server.on(f"{CDN}/c", httpx.Response(404))
+    with pytest.raises(ResultDownloadError):
+        await hook.adownload(f"{CDN}/c")
+    server.on(f"{CDN}/d", redirect(f"{CDN}/d"))
+    with pytest.raises(ResultDownloadError, match="too many redirects"):
+        await hook.adownload(f"{CDN}/d")
+
+
+def test_download_transport_error_is_transient(hook: FakeHook, server: Server) -> None:
+    server.on(f"{CDN}/r/1.png", _raise(httpx.ReadTimeout), png_reply())
+    assert hook.download(f"{CDN}/r/1.png") == PNG
+
+
+# -- one pooled client per hook --------------------------------------------------------------------
+
+
+def test_one_client_per_hook_is_reused(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[httpx.Client] = []
+
+    class CountingClient(httpx.Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(httpx, "Client", CountingClient)
+    server.on(f"{API}/v1/credits", balance_reply())
+    server.on(f"{API}/v1/remove", located()).on(f"{CDN}/r/1.png", png_reply())
+    with make_hook() as hook:
+        for _ in range(3):
+            hook.get_balance()
+        hook.remove_background(PNG)
+        assert hook.get_conn() is created[0]
+    assert len(server.requests) == 5
+    assert len(created) == 1
+    assert created[0].is_closed
+
+
+async def test_one_async_client_per_hook_is_reused(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[httpx.AsyncClient] = []
+
+    class CountingAsyncClient(httpx.AsyncClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(httpx, "AsyncClient", CountingAsyncClient)
+    server.on(f"{API}/v1/credits", balance_reply())
+    server.on(f"{API}/v1/remove", located()).on(f"{CDN}/r/1.png", png_reply())
+    async with make_hook() as hook:
+        for _ in range(3):
+            await hook.aget_balance()
+        await hook.aremove_background(PNG)
+    assert len(server.requests) == 5
+    assert len(created) == 1
+    assert created[0].is_closed
+
+
+def test_client_is_configured_for_pooling(conn: None, make_hook: Callable[..., FakeHook]) -> None:
+    with make_hook(max_connections=7) as hook:
+        client = hook.get_conn()
+        assert str(client.base_url).rstrip("/") == API
+        assert client.timeout.read == 42.0
+        assert client.timeout.connect == 15.0
+        assert client.follow_redirects is False
+
+
+def test_close_and_reopen(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", balance_reply())
+    hook.get_balance()
+    first = hook.get_conn()
+    hook.close()
+    assert first.is_closed
+    hook.close()  # idempotent
+    hook.get_balance()
+    assert hook.get_conn() is not first
+    assert not hook.get_conn().is_closed
+
+
+async def test_aclose_closes_both_clients(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", balance_reply())
+    hook.get_balance()
+    await hook.aget_balance()
+    sync_client = hook.get_conn()
+    async_client = await hook._aget_client()
+    await hook.aclose()
+    assert sync_client.is_closed
+    assert async_client.is_closed
+
+
+def test_context_manager_closes(conn: None, make_hook: Callable[..., FakeHook], server: Server) -> None:
+    server.on(f"{API}/v1/credits", balance_reply())
+    with make_hook() as hook:
+        hook.get_balance()
+        client = hook.get_conn()
+    assert client.is_closed
+
+
+# -- secrets ---------------------------------------------------------------------------------------
+
+
+def test_api_key_never_shows(
+    hook: FakeHook, server: Server, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.on(f"{API}/v1/credits", error_reply(401, "unauthorized", "invalid key"))
+    server.on(f"{API}/v1/remove", _raise(httpx.ReadTimeout))
+    server.on(f"{CDN}/r/1.png", httpx.Response(404))
+    texts = [repr(hook), str(hook), repr(hook.get_settings()), str(hook.get_settings())]
+    for call in (hook.get_balance, lambda: hook.remove_background(PNG), lambda: hook.download(f"{CDN}/r/1.png")):
+        with pytest.raises(BgRemovalError) as info:
+            call()
+        texts += [str(info.value), repr(info.value), json.dumps(info.value.as_dict())]
+    ok, message = hook.test_connection()
+    texts.append(message)
+    captured = capsys.readouterr()
+    texts += [caplog.text, captured.out, captured.err]
+    for text in texts:
+        assert KEY not in text
+
+
+def test_mask_secret_is_called_with_the_key(conn: None, make_hook: Callable[..., FakeHook]) -> None:
+    with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
+        make_hook().get_settings()
+    masked.assert_any_call(KEY)
+
+
+async def test_mask_secret_is_called_on_the_async_path(conn: None, make_hook: Callable[..., FakeHook]) -> None:
+    with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
+        await make_hook().aget_settings()
+    masked.assert_any_call(KEY)
+
+
+# -- test_connection -------------------------------------------------------------------------------
+
+
+def test_test_connection_success(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", balance_reply("12.5"))
+    ok, message = hook.test_connection()
+    assert ok is True
+    assert "Fake vendor" in message
+    assert "12.5" in message
+    assert hook._client is None  # closed after the check
+
+
+@pytest.mark.parametrize(
+    ("reply", "fragment"),
+    [
+        (error_reply(401, "unauthorized", "invalid key"), "401"),
+        (error_reply(402, "no_credits", "empty"), "402"),
+        (_raise(httpx.ConnectError), "ConnectError"),
+    ],
+)
+def test_test_connection_failure(reply: Reply, fragment: str, hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", reply)
+    ok, message = hook.test_connection()
+    assert ok is False
+    assert fragment in message
+    assert KEY not in message
+
+
+def test_test_connection_without_key(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", host=API)
+    ok, message = make_hook().test_connection()
+    assert ok is False
+    assert "password" in message
+
+
+def test_estimate_cost_defaults_to_the_base_cost(hook: FakeHook) -> None:
+    assert hook.estimate_cost() == Decimal(1)

@@ -1,0 +1,317 @@
+"""Credential resolution: emulator, connection keys (bare and prefixed extras), ADC fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth.exceptions import DefaultCredentialsError
+from google.oauth2 import service_account
+
+from airflow_provider_bgremoval.storage import credentials as creds_module
+from airflow_provider_bgremoval.storage.credentials import (
+    DEFAULT_SCOPES,
+    EMULATOR_PROJECT,
+    get_extra_field,
+    parse_scopes,
+    resolve_gcs_credentials,
+)
+from airflow_provider_bgremoval.storage.exceptions import StorageConfigError
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, provider_user_agent
+from tests.support.connections import set_connection
+
+GCP = "google_cloud_platform"
+PREFIX = "extra__google_cloud_platform__"
+
+
+@pytest.fixture(scope="module")
+def service_account_info() -> dict[str, str]:
+    """A syntactically real service-account key (fresh RSA key; not valid anywhere)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": "key-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": "bgremoval@key-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+
+
+class AdcRecorder:
+    """Stands in for ``google.auth.default``."""
+
+    def __init__(self, project: str | None = "adc-project") -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.credentials = object()
+        self.project = project
+
+    def __call__(self, scopes: Any = None, **kwargs: Any) -> tuple[object, str | None]:
+        self.calls.append({"scopes": scopes, **kwargs})
+        return self.credentials, self.project
+
+
+@pytest.fixture
+def adc(monkeypatch: pytest.MonkeyPatch) -> AdcRecorder:
+    recorder = AdcRecorder()
+    monkeypatch.setattr("google.auth.default", recorder)
+    return recorder
+
+
+@pytest.fixture(autouse=True)
+def _no_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The session's fake-gcs fixture may have exported it; these tests decide themselves.
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", raising=False)
+
+
+@pytest.fixture
+def masked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr(creds_module, "_mask", seen.append)
+    return seen
+
+
+def test_emulator_skips_credentials(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    resolved = resolve_gcs_credentials()
+    assert resolved.source == "emulator"
+    assert resolved.credentials is None
+    assert resolved.project == EMULATOR_PROJECT
+    assert resolved.emulator_host == "http://127.0.0.1:1"
+    assert adc.calls == []
+
+
+def test_emulator_takes_project_from_connection(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, service_account_info: dict[str, str]
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={"project": "conn-project", "keyfile_dict": json.dumps(service_account_info)},
+    )
+    resolved = resolve_gcs_credentials()
+    assert (resolved.source, resolved.project, resolved.credentials) == ("emulator", "conn-project", None)
+    assert adc.calls == []
+
+
+def test_undefined_connection_falls_back_to_adc(adc: AdcRecorder) -> None:
+    resolved = resolve_gcs_credentials("no_such_connection")
+    assert resolved.source == "adc"
+    assert resolved.credentials is adc.credentials
+    assert resolved.project == "adc-project"
+    assert adc.calls == [{"scopes": list(DEFAULT_SCOPES)}]
+
+
+def test_no_connection_id_goes_straight_to_adc(adc: AdcRecorder) -> None:
+    assert resolve_gcs_credentials(None).source == "adc"
+    assert len(adc.calls) == 1
+
+
+def test_connection_without_key_uses_adc_with_its_project_and_scopes(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder
+) -> None:
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={"project": "conn-project", "scope": "https://a/s1, https://a/s2 ,"},
+    )
+    resolved = resolve_gcs_credentials()
+    assert resolved.source == "adc"
+    assert resolved.project == "conn-project"
+    assert adc.calls == [{"scopes": ["https://a/s1", "https://a/s2"]}]
+
+
+def test_explicit_scopes_win(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"scope": "https://a/s1"})
+    resolve_gcs_credentials(scopes=["https://x/y"])
+    assert adc.calls == [{"scopes": ["https://x/y"]}]
+
+
+@pytest.mark.parametrize("as_string", [True, False], ids=["json-string", "dict"])
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["bare", "prefixed"])
+def test_keyfile_dict(
+    monkeypatch: pytest.MonkeyPatch,
+    adc: AdcRecorder,
+    masked: list[str],
+    service_account_info: dict[str, str],
+    as_string: bool,
+    prefix: str,
+) -> None:
+    keyfile: Any = json.dumps(service_account_info) if as_string else service_account_info
+    set_connection(monkeypatch, "gcp_key", GCP, extra={f"{prefix}keyfile_dict": keyfile})
+    resolved = resolve_gcs_credentials("gcp_key")
+    assert resolved.source == "keyfile_dict"
+    assert isinstance(resolved.credentials, service_account.Credentials)
+    assert resolved.credentials.service_account_email == service_account_info["client_email"]
+    assert resolved.credentials.scopes == list(DEFAULT_SCOPES)
+    assert resolved.project == "key-project"  # from the key when the connection names none
+    assert adc.calls == []
+    assert masked == [service_account_info["private_key"]]
+    assert service_account_info["private_key"] not in repr(resolved)
+
+
+def test_keyfile_dict_project_and_scope_from_connection(
+    monkeypatch: pytest.MonkeyPatch, masked: list[str], service_account_info: dict[str, str]
+) -> None:
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={
+            f"{PREFIX}project": "conn-project",
+            f"{PREFIX}scope": "https://www.googleapis.com/auth/cloud-platform",
+            f"{PREFIX}keyfile_dict": json.dumps(service_account_info),
+        },
+    )
+    resolved = resolve_gcs_credentials()
+    assert resolved.project == "conn-project"
+    assert resolved.credentials is not None
+    assert resolved.credentials.scopes == ["https://www.googleapis.com/auth/cloud-platform"]  # type: ignore[attr-defined]
+
+
+def test_key_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, adc: AdcRecorder, service_account_info: dict[str, str]
+) -> None:
+    key_file = tmp_path / "key.json"
+    key_file.write_text(json.dumps(service_account_info))
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"key_path": str(key_file)})
+    resolved = resolve_gcs_credentials()
+    assert resolved.source == "key_path"
+    assert isinstance(resolved.credentials, service_account.Credentials)
+    assert resolved.project == "key-project"
+    assert adc.calls == []
+
+
+def test_key_path_calls_from_service_account_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, Any]] = []
+    fake = object()
+
+    def from_file(path: str, scopes: Any = None) -> object:
+        calls.append((path, scopes))
+        return fake
+
+    monkeypatch.setattr(service_account.Credentials, "from_service_account_file", from_file)
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={f"{PREFIX}key_path": "/keys/sa.json"})
+    resolved = resolve_gcs_credentials()
+    assert resolved.credentials is fake
+    assert calls == [("/keys/sa.json", list(DEFAULT_SCOPES))]
+
+
+def test_missing_key_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"key_path": str(tmp_path / "nope.json")})
+    with pytest.raises(StorageConfigError, match="does not exist on this worker"):
+        resolve_gcs_credentials()
+
+
+def test_key_path_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"key_path": "/keys/sa.p12"})
+    with pytest.raises(StorageConfigError, match="JSON service-account key file"):
+        resolve_gcs_credentials()
+
+
+def test_key_path_and_keyfile_dict_are_exclusive(
+    monkeypatch: pytest.MonkeyPatch, service_account_info: dict[str, str]
+) -> None:
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={"key_path": "/k.json", "keyfile_dict": json.dumps(service_account_info)},
+    )
+    with pytest.raises(StorageConfigError, match="mutually exclusive"):
+        resolve_gcs_credentials()
+
+
+def test_broken_keyfile_dict_never_echoes_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "-----BEGIN PRIVATE KEY-----SECRETSECRET"
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"keyfile_dict": "{" + secret})
+    with pytest.raises(StorageConfigError) as excinfo:
+        resolve_gcs_credentials()
+    assert "not valid JSON" in str(excinfo.value)
+    assert "SECRETSECRET" not in str(excinfo.value)
+    assert excinfo.value.__cause__ is None
+
+
+def test_unusable_keyfile_dict_never_echoes_the_secret(
+    monkeypatch: pytest.MonkeyPatch, masked: list[str]
+) -> None:
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={"keyfile_dict": json.dumps({"type": "service_account", "private_key": "SECRETSECRET"})},
+    )
+    with pytest.raises(StorageConfigError, match="not a usable service-account key") as excinfo:
+        resolve_gcs_credentials()
+    assert "SECRETSECRET" not in str(excinfo.value)
+    assert masked == ["SECRETSECRET"]
+
+
+def test_no_adc_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_adc(**kwargs: Any) -> Any:
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr("google.auth.default", no_adc)
+    with pytest.raises(StorageConfigError, match="STORAGE_EMULATOR_HOST"):
+        resolve_gcs_credentials()
+
+
+def test_get_extra_field_follows_providers_google() -> None:
+    assert get_extra_field({"project": "a", f"{PREFIX}project": "b"}, "project") == "a"
+    assert get_extra_field({f"{PREFIX}project": "b"}, "project") == "b"
+    assert get_extra_field({"project": ""}, "project") is None
+    assert get_extra_field({}, "project") is None
+
+
+def test_parse_scopes() -> None:
+    assert parse_scopes(None) is None
+    assert parse_scopes(" ,") is None
+    assert parse_scopes("a, b") == ["a", "b"]
+    assert parse_scopes(["a", " b "]) == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- GcsStorage client wiring
+def test_client_uses_resolved_credentials_and_user_agent(
+    monkeypatch: pytest.MonkeyPatch, masked: list[str], service_account_info: dict[str, str]
+) -> None:
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={"project": "conn-project", "keyfile_dict": json.dumps(service_account_info)},
+    )
+    gcs = GcsStorage()
+    client = gcs.client
+    assert client is gcs.client  # created once
+    assert client.project == "conn-project"
+    assert isinstance(client._credentials, service_account.Credentials)
+    assert provider_user_agent() in client._connection.user_agent
+    assert provider_user_agent().startswith("airflow-provider-bgremoval/")
+
+
+def test_client_in_emulator_mode(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
+    from google.auth.credentials import AnonymousCredentials
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    client = GcsStorage().client
+    assert isinstance(client._credentials, AnonymousCredentials)
+    assert client._connection.API_BASE_URL == "http://127.0.0.1:9"
+    assert client.project == EMULATOR_PROJECT
+    assert adc.calls == []
+
+
+def test_explicit_project_wins(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    assert GcsStorage(project="mine").client.project == "mine"

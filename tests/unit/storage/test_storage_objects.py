@@ -1,0 +1,254 @@
+"""Pure logic of the storage layer: patterns, ObjectInfo mapping, error mapping, own-write detection."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from datetime import datetime, timezone
+
+import pytest
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.cloud import storage
+
+from airflow_provider_bgremoval.storage import (
+    WRITE_TOKEN_METADATA_KEY,
+    GcsStorage,
+    ObjectExistsError,
+    ObjectFilter,
+    ObjectInfo,
+    StorageError,
+)
+from airflow_provider_bgremoval.storage.exceptions import (
+    DataCorruptionError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
+from airflow_provider_bgremoval.storage.gcs import _is_our_write, _translate, crc32c_b64, md5_b64
+
+
+# ----------------------------------------------------------------------------- patterns
+@pytest.mark.parametrize(
+    ("name", "include", "exclude", "expected"),
+    [
+        ("2026/11/a.jpg", "*.jpg", None, True),
+        ("2026/11/sub/deep/a.jpg", "*.jpg", None, True),
+        ("2026/11/A.JPG", "*.jpg", None, True),  # case-insensitive by default
+        ("2026/11/a.jpeg", "*.jpg", None, False),
+        ("2026/11/a.jpeg", ["*.jpg", "*.jpeg"], None, True),
+        ("2026/11/sub/a.jpg", "sub/*", None, True),  # relative to the prefix
+        ("2026/11/other/a.jpg", "sub/*", None, False),
+        ("2026/11/thumbs/a.jpg", "*.jpg", "thumbs/*", False),  # exclude wins
+        ("2026/11/a.jpg", None, "*.png", True),
+        ("2026/11/IMG_0001.png", "img_*", None, True),  # basename
+        ("2026/11/x/IMG_0001.png", "IMG_????.png", None, True),
+        ("2026/11/a.jpg", "2026/*", None, False),  # patterns are relative to the prefix
+        ("2026/11/a.jpg", [], [], True),
+        ("2026/11/a.jpg", "  ", None, True),  # blank patterns are ignored
+    ],
+)
+def test_object_filter(
+    name: str, include: str | list[str] | None, exclude: str | list[str] | None, expected: bool
+) -> None:
+    assert ObjectFilter(include, exclude).matches(name, "2026/11/") is expected
+
+
+def test_object_filter_case_sensitive() -> None:
+    f = ObjectFilter("*.jpg", case_sensitive=True)
+    assert f.matches("a.jpg")
+    assert not f.matches("A.JPG")
+
+
+def test_object_filter_without_prefix_and_prefix_without_slash() -> None:
+    assert ObjectFilter("sub/*.jpg").matches("sub/a.jpg")
+    assert ObjectFilter("sub/*.jpg").matches("2026/11/sub/a.jpg", "2026/11")  # leading '/' stripped
+    assert ObjectFilter().is_noop
+    assert "include=('*.jpg',)" in repr(ObjectFilter("*.jpg"))
+
+
+# ----------------------------------------------------------------------------- ObjectInfo
+RESOURCE = {
+    "kind": "storage#object",
+    "bucket": "shop-raw",
+    "name": "2026/11/a b#?é.jpg",
+    "generation": "1795303387240945",
+    "metageneration": "1",
+    "size": "5",
+    "contentType": "image/jpeg",
+    "md5Hash": "XUFAKrxLKna5cZ2REBfFkg==",
+    "crc32c": "mnG7TA==",
+    "metadata": {"source-generation": "7"},
+    "updated": "2026-11-21T23:23:07.240Z",
+}
+
+
+def test_object_info_from_resource_and_blob_agree() -> None:
+    from_resource = ObjectInfo.from_resource(RESOURCE)
+    client = storage.Client(project="p", credentials=_anonymous())
+    blob = storage.Blob(RESOURCE["name"], client.bucket("shop-raw"))
+    blob._set_properties(RESOURCE)
+    from_blob = ObjectInfo.from_blob(blob)
+    assert from_resource == from_blob
+    assert from_blob.generation == 1795303387240945
+    assert from_blob.size == 5
+    assert from_blob.metadata == {"source-generation": "7"}
+    assert from_blob.updated == datetime(2026, 11, 21, 23, 23, 7, 240000, tzinfo=timezone.utc)
+    assert from_blob.uri == "gs://shop-raw/2026/11/a b#?é.jpg"
+
+
+def test_object_info_is_frozen_hashable_and_serialisable() -> None:
+    info = ObjectInfo.from_resource(RESOURCE)
+    with pytest.raises(AttributeError):
+        info.size = 6  # type: ignore[misc]
+    assert len({info, ObjectInfo.from_resource(RESOURCE)}) == 1
+    as_dict = info.as_dict()
+    assert as_dict["uri"] == info.uri
+    assert as_dict["updated"] == "2026-11-21T23:23:07.240000+00:00"
+    assert pickle.loads(pickle.dumps(info)) == info
+
+
+def test_object_info_defaults_for_sparse_resources() -> None:
+    info = ObjectInfo.from_resource({"bucket": "b", "name": "n"})
+    assert (info.generation, info.size, info.metadata, info.updated) == (0, 0, {}, None)
+
+
+def test_checksums_use_gcs_notation() -> None:
+    assert crc32c_b64(b"hello") == "mnG7TA=="
+    assert md5_b64(b"hello") == "XUFAKrxLKna5cZ2REBfFkg=="
+
+
+# ----------------------------------------------------------------------------- own-write detection
+def _existing(data: bytes, metadata: dict[str, str]) -> ObjectInfo:
+    return ObjectInfo("b", "n", 5, len(data), "image/png", md5_b64(data), crc32c_b64(data), metadata)
+
+
+@pytest.mark.parametrize(
+    ("stored", "stored_meta", "ours_meta", "token", "retried", "expected"),
+    [
+        # token: same token + same bytes, retried or not
+        (b"x", {WRITE_TOKEN_METADATA_KEY: "t1"}, {}, "t1", False, True),
+        (b"x", {WRITE_TOKEN_METADATA_KEY: "t1"}, {}, "t1", True, True),
+        (b"x", {WRITE_TOKEN_METADATA_KEY: "t2"}, {}, "t1", True, False),
+        (b"y", {WRITE_TOKEN_METADATA_KEY: "t1"}, {}, "t1", True, False),  # same token, other bytes
+        # no token: only after a retry, same bytes and metadata
+        (b"x", {"k": "v"}, {"k": "v"}, None, True, True),
+        (b"x", {"k": "v"}, {"k": "v"}, None, False, False),
+        (b"x", {"k": "other"}, {"k": "v"}, None, True, False),
+        (b"y", {"k": "v"}, {"k": "v"}, None, True, False),
+    ],
+)
+def test_is_our_write(
+    stored: bytes,
+    stored_meta: dict[str, str],
+    ours_meta: dict[str, str],
+    token: str | None,
+    retried: bool,
+    expected: bool,
+) -> None:
+    ours = b"x"
+    result = _is_our_write(
+        _existing(stored, stored_meta), crc32c_b64(ours), md5_b64(ours), ours_meta, token, retried=retried
+    )
+    assert result is expected
+
+
+def test_is_our_write_tolerates_missing_md5() -> None:  # composite objects have no MD5
+    existing = ObjectInfo("b", "n", 5, 1, None, None, crc32c_b64(b"x"), {WRITE_TOKEN_METADATA_KEY: "t"})
+    assert _is_our_write(existing, crc32c_b64(b"x"), md5_b64(b"x"), {}, "t", retried=False)
+
+
+# ----------------------------------------------------------------------------- write argument checks
+def test_metadata_must_be_strings() -> None:
+    with pytest.raises(TypeError, match="must be str"):
+        GcsStorage._metadata({"n": 1}, None)  # type: ignore[dict-item]
+
+
+def test_token_key_is_reserved() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        GcsStorage._metadata({WRITE_TOKEN_METADATA_KEY: "a"}, "b")
+    assert GcsStorage._metadata({"k": "v"}, "t") == {"k": "v", WRITE_TOKEN_METADATA_KEY: "t"}
+
+
+def test_write_rejects_text() -> None:
+    with pytest.raises(TypeError, match="must be bytes"):
+        GcsStorage(client=object()).write("b", "n", "text", content_type="text/plain")  # type: ignore[arg-type]
+
+
+def test_bad_arguments_fail_before_any_request() -> None:
+    gcs = GcsStorage(client=object())  # any request would fail with AttributeError
+    with pytest.raises(ValueError, match="page_size"):
+        gcs.list_objects("b", page_size=0)
+    with pytest.raises(ValueError, match="nbytes"):
+        gcs.read_head("b", "n", 0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        gcs.read("b", "n", max_bytes=-1)
+
+
+def test_list_objects_is_lazy() -> None:
+    # Nothing is requested until the first item is pulled.
+    GcsStorage(client=object()).list_objects("b", "p/")
+
+
+def test_storage_survives_deepcopy_and_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    gcs = GcsStorage("my_conn", timeout=5.0)
+    _ = gcs.client
+    for clone in (copy.deepcopy(gcs), pickle.loads(pickle.dumps(gcs))):
+        assert clone.gcp_conn_id == "my_conn"
+        assert clone.timeout == 5.0
+        assert clone._client is None  # rebuilt lazily in the new process
+        assert clone.client is not gcs.client
+    assert repr(gcs) == "GcsStorage(gcp_conn_id='my_conn')"
+
+
+# ----------------------------------------------------------------------------- error mapping
+@pytest.mark.parametrize(
+    ("exc", "expected", "retryable"),
+    [
+        (api_exceptions.ServiceUnavailable("down"), StorageUnavailableError, True),
+        (api_exceptions.TooManyRequests("slow down"), StorageUnavailableError, True),
+        (
+            api_exceptions.RetryError("deadline", cause=ConnectionError("refused")),
+            StorageUnavailableError,
+            True,
+        ),
+        (requests.exceptions.ConnectionError("refused"), StorageUnavailableError, True),
+        (requests.exceptions.ReadTimeout("slow"), StorageUnavailableError, True),
+        (api_exceptions.Forbidden("no"), StoragePermissionError, False),
+        (api_exceptions.Unauthorized("no"), StoragePermissionError, False),
+        (api_exceptions.NotFound("gone"), ObjectNotFoundError, False),
+        (api_exceptions.BadRequest("bad"), StorageError, False),
+    ],
+)
+def test_translate(exc: Exception, expected: type[StorageError], retryable: bool) -> None:
+    error = _translate(exc, "reading", "bkt", "obj")
+    assert type(error) is expected
+    assert error.retryable is retryable
+    assert error.uri == "gs://bkt/obj"
+    assert "gs://bkt/obj" in str(error)
+
+
+def test_translate_data_corruption() -> None:
+    from google.cloud.storage.exceptions import DataCorruption
+
+    error = _translate(DataCorruption(None, "bad"), "reading", "b", "n")  # type: ignore[no-untyped-call]
+    assert isinstance(error, DataCorruptionError)
+    assert error.retryable
+
+
+def test_errors_pickle_with_their_attributes() -> None:
+    err = ObjectExistsError("exists", bucket="b", name="n", expected_generation=0, current_generation=7)
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.bucket, clone.name, clone.current_generation, str(clone)) == ("b", "n", 7, "exists")
+    changed = ObjectChangedError("c", bucket="b", name="n", expected_generation=1, current_generation=None)
+    assert isinstance(changed, ObjectNotFoundError)
+    assert StorageError("x", bucket="b").uri == "gs://b"
+    assert StorageError("x").uri is None
+
+
+def _anonymous() -> object:
+    from google.auth.credentials import AnonymousCredentials
+
+    return AnonymousCredentials()  # type: ignore[no-untyped-call]

@@ -1,0 +1,427 @@
+"""The unified option set (DESIGN.md decision 7): validation, normalisation and the native/local split."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.options import (
+    Length,
+    LocalSteps,
+    Margin,
+    RemovalOptions,
+    VendorCapabilities,
+    options_fingerprint,
+    parse_color,
+    parse_format,
+    plan_processing,
+)
+
+# -- output format ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("png", "png"), ("PNG", "png"), ("jpg", "jpeg"), (" JPEG ", "jpeg"), ("webp", "webp"), ("WebP", "webp")],
+)
+def test_format_aliases_are_normalised(given: str, expected: str) -> None:
+    assert parse_format(given) == expected
+    assert RemovalOptions.create(output_format=given).output_format == expected
+
+
+@pytest.mark.parametrize("given", ["gif", "tiff", "", "png8", "delta_png"])
+def test_unknown_format_names_the_parameter(given: str) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.create(output_format=given)
+    assert info.value.parameter == "output_format"
+    assert "png, jpeg, webp" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "extension"),
+    [("png", "image/png", ".png"), ("jpeg", "image/jpeg", ".jpg"), ("webp", "image/webp", ".webp")],
+)
+def test_content_type_and_extension(fmt: str, content_type: str, extension: str) -> None:
+    options = RemovalOptions.create(output_format=fmt)
+    assert options.content_type == content_type
+    assert options.extension == extension
+
+
+# -- background colour -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("#fff", "#ffffff"),
+        ("#FFF", "#ffffff"),
+        ("#00ff7F", "#00ff7f"),
+        ("#ff0000ff", "#ff0000"),  # opaque #rrggbbaa is accepted
+        ("rgb(0, 128, 255)", "#0080ff"),
+        ("rgb(0,128,255)", "#0080ff"),
+        ("white", "#ffffff"),
+        ("RebeccaPurple", "#663399"),
+        ("  black  ", "#000000"),
+    ],
+)
+def test_colour_forms(given: str, expected: str) -> None:
+    assert parse_color(given) == expected
+    assert RemovalOptions.create(background_color=given).background_color == expected
+
+
+@pytest.mark.parametrize("given", ["not-a-colour", "#12345", "#gggggg", "rgb(1,2)", "0xffffff"])
+def test_bad_colour_names_the_parameter(given: str) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.create(background_color=given)
+    assert info.value.parameter == "background_color"
+    assert "#rrggbb" in info.value.message
+
+
+def test_translucent_colour_is_refused() -> None:
+    with pytest.raises(InvalidOptionError, match="opaque") as info:
+        parse_color("#ff000080")
+    assert info.value.parameter == "background_color"
+
+
+@pytest.mark.parametrize("given", [None, ""])
+def test_no_colour_keeps_transparency(given: str | None) -> None:
+    assert RemovalOptions.create(background_color=given).background_color is None
+
+
+def test_jpeg_without_colour_is_flattened_on_white() -> None:
+    assert RemovalOptions.create(output_format="jpeg").effective_background == "#ffffff"
+    assert RemovalOptions.create(output_format="png").effective_background is None
+    assert RemovalOptions.create(output_format="webp").effective_background is None
+    assert (
+        RemovalOptions.create(output_format="jpeg", background_color="red").effective_background == "#ff0000"
+    )
+
+
+# -- crop and margin -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("True", True),
+        ("yes", True),
+        ("1", True),
+        ("on", True),
+        ("false", False),
+        ("no", False),
+        ("0", False),
+        ("off", False),
+        ("", False),
+    ],
+)
+def test_crop_accepts_template_strings(given: bool | str, expected: bool) -> None:
+    assert RemovalOptions.create(crop=given).crop is expected
+
+
+def test_crop_rejects_non_booleans() -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.create(crop="maybe")
+    assert info.value.parameter == "crop"
+
+
+def _px(value: float) -> Length:
+    return Length(value, "px")
+
+
+def _pct(value: float) -> Length:
+    return Length(value, "%")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5%", (_pct(5), _pct(5), _pct(5), _pct(5))),
+        ("10px", (_px(10), _px(10), _px(10), _px(10))),
+        ("10px 5%", (_px(10), _pct(5), _px(10), _pct(5))),
+        ("1px 2px 3px", (_px(1), _px(2), _px(3), _px(2))),
+        ("1px 2px 3px 4px", (_px(1), _px(2), _px(3), _px(4))),
+        ("2.5%  0px", (_pct(2.5), _px(0), _pct(2.5), _px(0))),
+        ("100%", (_pct(100),) * 4),
+        ("10000px", (_px(10000),) * 4),
+    ],
+)
+def test_margin_one_to_four_values(text: str, expected: tuple[Length, ...]) -> None:
+    margin = Margin.parse(text)
+    assert (margin.top, margin.right, margin.bottom, margin.left) == expected
+    assert RemovalOptions.create(crop=True, margin=text).margin == margin
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "1 to 4"),
+        ("1px 2px 3px 4px 5px", "1 to 4"),
+        ("5", "not a length"),
+        ("5pt", "not a length"),
+        ("-5px", "not a length"),
+        ("px", "not a length"),
+        ("101%", "over 100%"),
+        ("10001px", "over 10000px"),
+    ],
+)
+def test_bad_margins(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidOptionError, match=fragment) as info:
+        Margin.parse(text)
+    assert info.value.parameter == "margin"
+
+
+def test_margin_str_round_trips() -> None:
+    margin = Margin.parse("10px 2.5%")
+    assert str(margin) == "10px 2.5% 10px 2.5%"
+    assert Margin.parse(str(margin)) == margin
+
+
+def test_margin_requires_crop() -> None:
+    with pytest.raises(InvalidOptionError, match="crop=True") as info:
+        RemovalOptions.create(margin="5%")
+    assert info.value.parameter == "margin"
+    assert RemovalOptions.create(margin="").margin is None
+
+
+def test_margin_object_is_taken_as_is() -> None:
+    margin = Margin.parse("3px")
+    assert RemovalOptions.create(crop=True, margin=margin).margin is margin
+
+
+def test_length_resolution() -> None:
+    assert _px(12.4).resolve(1000) == 12
+    assert _pct(10).resolve(250) == 25
+    assert _pct(0).resolve(250) == 0
+    assert str(_pct(2.5)) == "2.5%"
+    assert str(_px(7)) == "7px"
+
+
+# -- max size and quality --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, None),
+        (512, (512, 512)),
+        ("800x600", (800, 600)),
+        ("800X600", (800, 600)),
+        ("800\u00d7600", (800, 600)),  # multiplication sign
+        ("800, 600", (800, 600)),
+        ("640", (640, 640)),
+        ((100, 200), (100, 200)),
+        ([100, 200], (100, 200)),
+        (("1", "20000"), (1, 20000)),
+    ],
+)
+def test_max_size_forms(given: object, expected: tuple[int, int] | None) -> None:
+    assert RemovalOptions.create(max_size=given).max_size == expected
+
+
+@pytest.mark.parametrize("given", ["axb", "1x2x3", 0, "0x10", 20001, (10,), object(), "10x-1"])
+def test_bad_max_size(given: object) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.create(max_size=given)
+    assert info.value.parameter == "max_size"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(90, 90), ("85", 85), (1, 1), (100, 100)])
+def test_quality(given: int | str, expected: int) -> None:
+    assert RemovalOptions.create(jpeg_quality=given).jpeg_quality == expected
+
+
+@pytest.mark.parametrize("given", [0, 101, "high", None])
+def test_bad_quality(given: object) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.create(jpeg_quality=given)  # type: ignore[arg-type]
+    assert info.value.parameter == "jpeg_quality"
+
+
+def test_defaults_and_as_dict() -> None:
+    assert RemovalOptions.create() == RemovalOptions()
+    options = RemovalOptions.create(
+        output_format="jpg", background_color="#FFF", crop="true", margin="5%", max_size="800x600"
+    )
+    assert options.as_dict() == {
+        "output_format": "jpeg",
+        "background_color": "#ffffff",
+        "crop": True,
+        "margin": "5% 5% 5% 5%",
+        "max_size": [800, 600],
+        "jpeg_quality": 90,
+    }
+    assert RemovalOptions().as_dict()["margin"] is None
+
+
+def test_options_are_frozen() -> None:
+    options = RemovalOptions()
+    with pytest.raises(AttributeError):
+        options.crop = True  # type: ignore[misc]
+
+
+# -- options_fingerprint ---------------------------------------------------------------------------
+
+
+def test_fingerprint_is_stable_and_order_independent() -> None:
+    a = options_fingerprint({"output_format": "png", "crop": True}, {"shadow": None})
+    b = options_fingerprint({"crop": True, "output_format": "png"}, {"shadow": None})
+    assert a == b
+    assert len(a) == 16
+    assert int(a, 16) >= 0
+
+
+def test_fingerprint_golden_value() -> None:
+    # Finished outputs carry this hash as object metadata (DESIGN.md decision 5): changing how it is
+    # computed makes every rerun pay again. Update this value only on purpose.
+    assert options_fingerprint(RemovalOptions().as_dict()) == "fe335046b2f9e543"
+    assert options_fingerprint(None) == options_fingerprint({})
+
+
+def test_fingerprint_changes_with_any_option() -> None:
+    base = RemovalOptions().as_dict()
+    seen = {options_fingerprint(base)}
+    for change in (
+        {"output_format": "webp"},
+        {"background_color": "#ffffff"},
+        {"crop": True},
+        {"max_size": [10, 10]},
+        {"jpeg_quality": 80},
+    ):
+        seen.add(options_fingerprint({**base, **change}))
+    seen.add(options_fingerprint(base, {"vendor_option": 1}))
+    assert len(seen) == 7
+
+
+# -- plan_processing -------------------------------------------------------------------------------
+
+PNG_ONLY = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
+NATIVE_BG_JPEG = VendorCapabilities(
+    output_formats=frozenset({"png", "jpeg"}), background_color=True, crop=True
+)
+EVERYTHING = VendorCapabilities(
+    output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
+)
+BG_PNG_ONLY = VendorCapabilities(output_formats=frozenset({"png"}), background_color=True, crop=False)
+
+
+def _opts(**kwargs: object) -> RemovalOptions:
+    return RemovalOptions.create(**kwargs)  # type: ignore[arg-type]
+
+
+def test_png_only_vendor_asked_for_webp_white_crop_margin() -> None:
+    options = _opts(output_format="webp", background_color="white", crop=True, margin="5%")
+    plan = plan_processing(options, PNG_ONLY)
+    assert plan.native == RemovalOptions(output_format="png", jpeg_quality=90)
+    assert plan.local == LocalSteps(
+        crop=True, margin=Margin.parse("5%"), background_color="#ffffff", output_format="webp", quality=90
+    )
+    assert plan.local.needed
+
+
+def test_native_background_and_jpeg_vendor_asked_for_jpeg() -> None:
+    plan = plan_processing(_opts(output_format="jpeg"), NATIVE_BG_JPEG)
+    # JPEG has no alpha: the vendor flattens on white itself and its bytes are kept as they are.
+    assert plan.native.output_format == "jpeg"
+    assert plan.native.background_color == "#ffffff"
+    assert plan.local == LocalSteps()
+    assert not plan.local.needed
+
+
+def test_png_only_vendor_asked_for_jpeg_flattens_locally() -> None:
+    plan = plan_processing(_opts(output_format="jpeg", jpeg_quality=70), PNG_ONLY)
+    assert plan.native.output_format == "png"
+    assert plan.native.background_color is None
+    assert plan.local == LocalSteps(background_color="#ffffff", output_format="jpeg", quality=70)
+
+
+def test_crop_without_margin_is_native_where_supported() -> None:
+    plan = plan_processing(_opts(crop=True), NATIVE_BG_JPEG)
+    assert plan.native.crop is True
+    assert plan.local == LocalSteps()
+
+
+def test_crop_without_margin_is_local_where_not_supported() -> None:
+    plan = plan_processing(_opts(crop=True), PNG_ONLY)
+    assert plan.native.crop is False
+    assert plan.local.crop is True
+    assert plan.local.margin is None
+    assert plan.local.output_format == "png"
+
+
+def test_margin_always_crops_locally_and_pulls_the_background_with_it() -> None:
+    plan = plan_processing(_opts(crop=True, margin="10px", background_color="red"), EVERYTHING)
+    # The local crop needs the alpha channel, so the vendor must not flatten first.
+    assert plan.native.crop is False
+    assert plan.native.margin is None
+    assert plan.native.background_color is None
+    assert plan.local.crop is True
+    assert plan.local.margin == Margin.parse("10px")
+    assert plan.local.background_color == "#ff0000"
+
+
+@pytest.mark.parametrize("caps", [PNG_ONLY, NATIVE_BG_JPEG, EVERYTHING, BG_PNG_ONLY])
+def test_max_size_is_always_local(caps: VendorCapabilities) -> None:
+    plan = plan_processing(_opts(max_size=256), caps)
+    assert plan.native.max_size is None
+    assert plan.local.max_size == (256, 256)
+    assert plan.local.output_format == "png"  # pixels change locally, so the result is re-encoded
+    assert plan.local.needed
+
+
+def test_max_size_with_native_background_keeps_the_background_native() -> None:
+    plan = plan_processing(_opts(output_format="jpeg", max_size="100x100"), NATIVE_BG_JPEG)
+    assert plan.native.background_color == "#ffffff"
+    assert plan.native.output_format == "png"  # re-encoded locally after the resize anyway
+    assert plan.local.background_color is None
+    assert plan.local.output_format == "jpeg"
+
+
+def test_background_native_but_format_local() -> None:
+    plan = plan_processing(_opts(output_format="webp", background_color="#123456"), BG_PNG_ONLY)
+    assert plan.native.background_color == "#123456"
+    assert plan.native.output_format == "png"
+    assert plan.local == LocalSteps(output_format="webp")
+    assert plan.local.needed
+
+
+def test_everything_native() -> None:
+    options = _opts(output_format="webp", background_color="#123456", crop=True)
+    plan = plan_processing(options, EVERYTHING)
+    assert plan.native == options
+    assert not plan.local.needed
+
+
+def test_default_options_need_nothing_local_anywhere() -> None:
+    for caps in (PNG_ONLY, NATIVE_BG_JPEG, EVERYTHING, BG_PNG_ONLY):
+        plan = plan_processing(RemovalOptions(), caps)
+        assert plan.native == RemovalOptions()
+        assert not plan.local.needed
+
+
+@pytest.mark.parametrize("caps", [PNG_ONLY, NATIVE_BG_JPEG, EVERYTHING, BG_PNG_ONLY])
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("color", [None, "#00ff00"])
+@pytest.mark.parametrize("crop", [False, True])
+def test_plan_invariants(caps: VendorCapabilities, fmt: str, color: str | None, crop: bool) -> None:
+    """Whatever the split, the vendor is only asked what it can do and the result ends as asked."""
+    options = _opts(output_format=fmt, background_color=color, crop=crop)
+    plan = plan_processing(options, caps)
+    native, local = plan.native, plan.local
+    assert native.output_format in caps.output_formats
+    assert native.margin is None
+    assert native.max_size is None
+    if native.background_color is not None:
+        assert caps.background_color
+    if native.crop:
+        assert caps.crop
+    # the final format is the one asked for
+    assert (local.output_format or native.output_format) == options.output_format
+    # the background is applied exactly once
+    assert (native.background_color is not None) + (local.background_color is not None) == (
+        options.effective_background is not None
+    )
+    # the crop is done exactly once
+    assert native.crop + local.crop == options.crop

@@ -1,0 +1,287 @@
+"""The one retry policy, tested by time travel: waits are recorded by an injected sleep, never slept."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+import pytest
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InputRejectedError,
+    InvalidOptionError,
+    InvalidVendorResponseError,
+    OutOfCreditsError,
+    RateLimitedError,
+    ResultDownloadError,
+    TransientVendorError,
+    VendorAuthError,
+    VendorRequestError,
+)
+from airflow_provider_bgremoval.retry import (
+    CallStats,
+    RetryPolicy,
+    acall_with_retry,
+    call_with_retry,
+    is_retryable,
+)
+from tests.support.connections import SleepRecorder
+
+
+class Script:
+    """A callable that raises the scripted errors in turn, then returns ``"ok"``."""
+
+    def __init__(self, outcomes: Iterable[BaseException | str]) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def acall(self) -> str:
+        return self()
+
+
+def transient(possibly_charged: bool = False) -> TransientVendorError:
+    return TransientVendorError("502 bad gateway", vendor="poof", possibly_charged=possibly_charged)
+
+
+def limited(retry_after: float | None = None) -> RateLimitedError:
+    return RateLimitedError("slow down", vendor="pixian", status_code=429, retry_after=retry_after)
+
+
+def run(script: Script, policy: RetryPolicy, seed: int = 0) -> tuple[str, SleepRecorder, CallStats]:
+    sleep, stats = SleepRecorder(), CallStats()
+    result = call_with_retry(script, policy, sleep=sleep, stats=stats, rng=random.Random(seed))
+    return result, sleep, stats
+
+
+# -- exponential backoff ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exponential_backoff_with_jitter_bounds(seed: int) -> None:
+    policy = RetryPolicy(max_attempts=7, max_wait=1000, initial_backoff=1, max_backoff=8, jitter=0.5)
+    result, sleep, stats = run(Script([transient()] * 6), policy, seed)
+    assert result == "ok"
+    assert stats.attempts == 7
+    assert len(sleep.waits) == 6
+    for wait, base in zip(sleep.waits, [1, 2, 4, 8, 8, 8], strict=True):
+        assert base <= wait <= base + 0.5
+    assert sleep.waits == stats.waits
+
+
+def test_exponential_backoff_without_jitter_is_exact() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.25, max_backoff=5, jitter=0)
+    _, sleep, _ = run(Script([transient()] * 4), policy)
+    assert sleep.waits == [0.25, 0.5, 1.0, 2.0]
+
+
+def test_jitter_actually_varies() -> None:
+    policy = RetryPolicy(max_attempts=30, max_wait=10_000, initial_backoff=1, max_backoff=1, jitter=1)
+    _, sleep, _ = run(Script([transient()] * 29), policy)
+    assert len({round(w, 6) for w in sleep.waits}) > 20
+
+
+def test_default_policy_is_bounded() -> None:
+    policy = RetryPolicy()
+    assert policy.max_attempts == 6
+    assert policy.max_wait == 300
+    assert policy.rate_limit_step is None
+    with pytest.raises(TransientVendorError):
+        run(Script([transient()] * 100), policy)
+
+
+# -- 429: Retry-After and the linear rule ----------------------------------------------------------
+
+
+def test_retry_after_is_honoured() -> None:
+    policy = RetryPolicy(rate_limit_step=5)
+    _, sleep, _ = run(Script([limited(7), limited(0.5)]), policy)
+    assert sleep.waits == [7, 0.5]
+
+
+def test_retry_after_is_capped() -> None:
+    policy = RetryPolicy(max_retry_after=60, max_wait=1000)
+    _, sleep, _ = run(Script([limited(3600)]), policy)
+    assert sleep.waits == [60]
+
+
+def test_negative_retry_after_waits_nothing() -> None:
+    _, sleep, _ = run(Script([limited(-5)]), RetryPolicy())
+    assert sleep.waits == [0]
+
+
+def test_linear_rate_limit_step_and_reset_after_another_error() -> None:
+    policy = RetryPolicy(
+        max_attempts=10, max_wait=1000, rate_limit_step=5, initial_backoff=1, max_backoff=100, jitter=0
+    )
+    script = Script([limited(), limited(), limited(), transient(), limited(), limited()])
+    _, sleep, _ = run(script, policy)
+    # 5 s x n for the n-th consecutive 429; a non-429 error resets the count.
+    assert sleep.waits == [5, 10, 15, 8, 5, 10]
+
+
+def test_retry_after_counts_towards_consecutive_429s() -> None:
+    policy = RetryPolicy(max_attempts=10, max_wait=1000, rate_limit_step=5)
+    _, sleep, _ = run(Script([limited(), limited(1), limited()]), policy)
+    assert sleep.waits == [5, 1, 15]
+
+
+def test_429_without_linear_rule_uses_exponential_backoff() -> None:
+    policy = RetryPolicy(initial_backoff=2, max_backoff=100, jitter=0)
+    _, sleep, _ = run(Script([limited(), limited(), limited()]), policy)
+    assert sleep.waits == [2, 4, 8]
+
+
+# -- bounds ----------------------------------------------------------------------------------------
+
+
+def test_max_attempts_then_the_last_error_is_raised() -> None:
+    errors = [transient(), transient(), TransientVendorError("the last one", vendor="poof")]
+    script = Script(errors)
+    sleep, stats = SleepRecorder(), CallStats()
+    with pytest.raises(TransientVendorError) as info:
+        call_with_retry(script, RetryPolicy(max_attempts=3, jitter=0), sleep=sleep, stats=stats)
+    assert info.value is errors[2]
+    assert script.calls == 3
+    assert stats.attempts == 3
+    assert len(sleep.waits) == 2  # no wait after the last attempt
+    assert stats.waits == sleep.waits
+
+
+def test_single_attempt_policy_never_waits() -> None:
+    script = Script([transient()])
+    sleep = SleepRecorder()
+    with pytest.raises(TransientVendorError):
+        call_with_retry(script, RetryPolicy(max_attempts=1), sleep=sleep)
+    assert script.calls == 1
+    assert sleep.waits == []
+
+
+def test_max_wait_budget_stops_before_overrunning() -> None:
+    policy = RetryPolicy(max_attempts=100, max_wait=12, rate_limit_step=5)
+    script = Script([limited()] * 10)
+    sleep, stats = SleepRecorder(), CallStats()
+    with pytest.raises(RateLimitedError):
+        call_with_retry(script, policy, sleep=sleep, stats=stats)
+    # 5 (total 5) then 10 would make 15 > 12: give up instead of waiting.
+    assert sleep.waits == [5]
+    assert stats.waits == [5]
+    assert script.calls == 2
+
+
+def test_max_wait_budget_counts_retry_after() -> None:
+    policy = RetryPolicy(max_attempts=100, max_wait=30, max_retry_after=120)
+    sleep = SleepRecorder()
+    with pytest.raises(RateLimitedError):
+        call_with_retry(Script([limited(20), limited(20)]), policy, sleep=sleep)
+    assert sleep.waits == [20]
+
+
+def test_with_overrides() -> None:
+    policy = RetryPolicy(rate_limit_step=5, max_retry_after=30, jitter=0.1)
+    changed = policy.with_overrides(max_attempts=3, max_wait=10)
+    assert (changed.max_attempts, changed.max_wait) == (3, 10.0)
+    assert (changed.rate_limit_step, changed.max_retry_after, changed.jitter) == (5, 30, 0.1)
+    assert policy.with_overrides() == policy
+    assert policy.with_overrides(max_attempts=0).max_attempts == 1
+
+
+# -- what is not retried ---------------------------------------------------------------------------
+
+NOT_RETRYABLE = [
+    VendorAuthError("bad key", vendor="pixelcut", status_code=401),
+    OutOfCreditsError("no credits", vendor="pixian", status_code=402),
+    InputRejectedError("bad image", vendor="poof", status_code=400, code="malformed_image"),
+    VendorRequestError("bad request", vendor="poof", status_code=400),
+    InvalidVendorResponseError("empty body", vendor="poof"),
+    ResultDownloadError("expired", vendor="pixelcut", status_code=404),
+    InvalidOptionError("margin", "bad"),
+    ValueError("a bug"),
+    KeyError("another bug"),
+]
+
+
+@pytest.mark.parametrize("error", NOT_RETRYABLE, ids=lambda e: type(e).__name__)
+def test_non_retryable_errors_are_raised_at_once(error: Exception) -> None:
+    script = Script([error])
+    sleep, stats = SleepRecorder(), CallStats()
+    with pytest.raises(type(error)) as info:
+        call_with_retry(script, RetryPolicy(), sleep=sleep, stats=stats)
+    assert info.value is error
+    assert script.calls == 1
+    assert sleep.waits == []
+    assert not is_retryable(error)
+
+
+def test_retryable_classes() -> None:
+    assert is_retryable(transient())
+    assert is_retryable(limited())
+    assert not is_retryable(BgRemovalError("base"))
+
+
+def test_non_retryable_after_retries_stops_there() -> None:
+    script = Script([transient(), limited(1), OutOfCreditsError("out", vendor="pixian")])
+    sleep = SleepRecorder()
+    with pytest.raises(OutOfCreditsError):
+        call_with_retry(script, RetryPolicy(jitter=0), sleep=sleep)
+    assert script.calls == 3
+    assert len(sleep.waits) == 2
+
+
+# -- possibly charged ------------------------------------------------------------------------------
+
+
+def test_possibly_charged_attempts_are_counted() -> None:
+    script = Script([transient(True), transient(False), limited(1), transient(True)])
+    _, _, stats = run(script, RetryPolicy(jitter=0))
+    assert stats.attempts == 5
+    assert stats.possibly_charged == 2
+
+
+def test_possibly_charged_counts_the_final_failure_too() -> None:
+    stats = CallStats()
+    with pytest.raises(TransientVendorError):
+        call_with_retry(
+            Script([transient(True)] * 3), RetryPolicy(max_attempts=3), sleep=SleepRecorder(), stats=stats
+        )
+    assert stats.possibly_charged == 3
+    assert stats.attempts == 3
+
+
+# -- async -----------------------------------------------------------------------------------------
+
+
+async def test_async_variant_matches_the_sync_one() -> None:
+    policy = RetryPolicy(max_attempts=10, max_wait=1000, rate_limit_step=5, initial_backoff=1, jitter=0)
+    script = Script([limited(), limited(), transient(True), limited(2)])
+    sleep, stats = SleepRecorder(), CallStats()
+    result = await acall_with_retry(script.acall, policy, sleep=sleep.asleep, stats=stats)
+    assert result == "ok"
+    assert sleep.waits == [5, 10, 4, 2]
+    assert stats.attempts == 5
+    assert stats.possibly_charged == 1
+
+
+async def test_async_gives_up_and_raises_the_last_error() -> None:
+    script = Script([transient()] * 5)
+    sleep = SleepRecorder()
+    with pytest.raises(TransientVendorError):
+        await acall_with_retry(script.acall, RetryPolicy(max_attempts=2), sleep=sleep.asleep)
+    assert script.calls == 2
+    assert len(sleep.waits) == 1
+
+
+async def test_async_non_retryable_raised_at_once() -> None:
+    script = Script([VendorAuthError("bad key", vendor="poof")])
+    sleep = SleepRecorder()
+    with pytest.raises(VendorAuthError):
+        await acall_with_retry(script.acall, RetryPolicy(), sleep=sleep.asleep)
+    assert script.calls == 1
+    assert sleep.waits == []

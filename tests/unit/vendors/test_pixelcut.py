@@ -1,0 +1,346 @@
+"""Pixelcut wire format: typed options, request building, reply and error parsing (no I/O)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from airflow_provider_bgremoval.exceptions import (
+    InputRejectedError,
+    InvalidOptionError,
+    InvalidVendorResponseError,
+    OutOfCreditsError,
+    RateLimitedError,
+    TransientVendorError,
+    VendorAuthError,
+    VendorRequestError,
+)
+from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
+from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, ResultLocation
+from airflow_provider_bgremoval.vendors.pixelcut import (
+    PixelcutGenerateOptions,
+    PixelcutImageTransform,
+    PixelcutOptions,
+    PixelcutScene,
+    PixelcutShadow,
+    PixelcutWire,
+)
+
+KEY = "sk_wire_test_key_123456"
+
+
+@pytest.fixture
+def wire() -> PixelcutWire:
+    return PixelcutWire(ConnectionSettings(base_url=PixelcutWire.default_base_url, api_key=KEY))
+
+
+UPLOAD = ImageInput(data=b"\x89PNG-bytes", filename="a.png", content_type="image/png")
+BY_URL = ImageInput(url="https://cdn.example/a.jpg")
+
+
+def native(**kwargs: object) -> RemovalOptions:
+    return plan_processing(RemovalOptions.create(**kwargs), PixelcutWire.capabilities).native  # type: ignore[arg-type]
+
+
+# -- typed options -----------------------------------------------------------------------------------
+
+
+def test_shadow_defaults_are_the_documented_ones():
+    shadow = PixelcutShadow()
+    assert shadow.as_wire() == {
+        "enabled": True,
+        "opacity": 0.5,
+        "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"opacity": 1.01}, "shadow.opacity"),
+        ({"opacity": -0.1}, "shadow.opacity"),
+        ({"light_size": 2}, "shadow.light_size"),
+        ({"x": -1.5}, "shadow.x"),
+        ({"y": 1.2}, "shadow.y"),
+        ({"z": 2.5}, "shadow.z"),
+        ({"z": -0.1}, "shadow.z"),
+        ({"opacity": "half"}, "shadow.opacity"),
+        ({"opacity": True}, "shadow.opacity"),
+        ({"opacity": float("nan")}, "shadow.opacity"),
+        ({"enabled": "perhaps"}, "shadow.enabled"),
+    ],
+)
+def test_shadow_validation(kwargs, parameter):
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutShadow(**kwargs)
+    assert info.value.parameter == parameter
+
+
+def test_shadow_bounds_are_inclusive_and_strings_from_templates_accepted():
+    shadow = PixelcutShadow(opacity="0", light_size=1, x=-1, y="1", z=2)
+    assert (shadow.opacity, shadow.light_size, shadow.x, shadow.y, shadow.z) == (0.0, 1.0, -1.0, 1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(None, None), (False, None), ("false", None), (True, True), ("true", True), ({"opacity": 0.2}, True)],
+)
+def test_shadow_coercion(value, enabled):
+    shadow = PixelcutShadow.coerce(value)
+    assert (shadow.enabled if shadow else None) == enabled
+
+
+@pytest.mark.parametrize("value", ["0%", "49%", "0px", "100px", "6000px"])
+def test_native_margin_syntax_accepted(value):
+    assert PixelcutOptions(margin=value, margin_top=value).margin == value
+
+
+@pytest.mark.parametrize("value", ["50%", "5", "5 px", "-1px", "1.5%", "10em", "5px 5px"])
+def test_native_margin_syntax_rejected(value):
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutOptions(margin_right=value)
+    assert info.value.parameter == "margin_right"
+
+
+def test_options_from_a_mapping():
+    options = PixelcutOptions.coerce({"shadow": {"z": 1.5}, "margin": "", "result_delivery": "url"})
+    assert options.shadow == PixelcutShadow(z=1.5)
+    assert options.margin is None
+    assert options.result_delivery == "url"
+    assert options.as_dict()["result_delivery"] == "url"
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutOptions.coerce({"shadows": True})
+    assert info.value.parameter == "vendor_options.shadows"
+    with pytest.raises(InvalidOptionError):
+        PixelcutOptions.coerce(["shadow"])
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutOptions(result_delivery="stream")  # type: ignore[arg-type]
+    assert info.value.parameter == "result_delivery"
+
+
+def test_generate_options():
+    options = PixelcutGenerateOptions(scene="Marble", image_transform={"scale": "0.5"})  # type: ignore[arg-type]
+    assert options.scene is PixelcutScene.MARBLE
+    assert options.wire_fields() == {"image_transform": {"scale": 0.5}, "scene": "marble"}
+    assert PixelcutGenerateOptions(prompt="  ", scene="").wire_fields() == {}
+    assert PixelcutImageTransform().as_wire() == {}
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutGenerateOptions(scene=PixelcutScene.WOOD, prompt="a desk")
+    assert info.value.parameter == "prompt"
+    with pytest.raises(InvalidOptionError):
+        PixelcutImageTransform(scale=-1)
+    with pytest.raises(InvalidOptionError):
+        PixelcutImageTransform(y_center=-0.01)
+    with pytest.raises(InvalidOptionError):
+        PixelcutGenerateOptions(prompt=42)  # type: ignore[arg-type]
+
+
+# -- capabilities and costs --------------------------------------------------------------------------
+
+
+def test_capabilities_plan():
+    plan = plan_processing(
+        RemovalOptions.create(output_format="webp", background_color="white", crop=True),
+        PixelcutWire.capabilities,
+    )
+    assert (plan.native.output_format, plan.native.background_color, plan.native.crop) == ("png", None, True)
+    assert (plan.local.output_format, plan.local.background_color, plan.local.crop) == (
+        "webp",
+        "#ffffff",
+        False,
+    )
+    plan = plan_processing(RemovalOptions.create(crop=True, margin="5%"), PixelcutWire.capabilities)
+    assert not plan.native.crop
+    assert plan.local.crop
+
+
+def test_costs_and_policy():
+    assert PixelcutWire.estimate_cost() == Decimal(1)
+    assert PixelcutWire.estimate_cost(PixelcutOptions(shadow=PixelcutShadow())) == Decimal(4)
+    assert PixelcutWire.estimate_cost({"shadow": True}) == Decimal(4)
+    assert PixelcutWire.estimate_cost(PixelcutOptions(shadow=PixelcutShadow(enabled=False))) == Decimal(1)
+    assert PixelcutWire.estimate_generate_cost() == Decimal(1)
+    policy = PixelcutWire.retry_policy
+    assert (policy.max_attempts, policy.initial_backoff, policy.max_backoff, policy.jitter) == (
+        6,
+        0.25,
+        5.0,
+        0.25,
+    )
+    assert policy.rate_limit_step is None
+
+
+# -- requests ----------------------------------------------------------------------------------------
+
+
+def test_auth_header(wire):
+    assert wire.auth_headers() == {"X-API-KEY": KEY}
+    assert KEY not in repr(wire.settings)
+
+
+def test_remove_upload_request(wire):
+    request = wire.remove_background_request(
+        UPLOAD,
+        native(crop=True),
+        PixelcutOptions(shadow=PixelcutShadow(x=0.1), margin="3%", margin_top="2px"),
+    )
+    assert (request.method, request.path, request.billed) == ("POST", "/v1/remove-background", True)
+    assert request.headers == {"Accept": "image/*"}
+    assert request.json is None
+    assert request.files == {"image": ("a.png", b"\x89PNG-bytes", "image/png")}
+    assert request.data == {
+        "format": "png",
+        "shadow": (
+            '{"enabled":true,"opacity":0.5,"light_source":{"size":0.3,"position":{"x":0.1,"y":-0.6,"z":0.7}}}'
+        ),
+        "crop": "true",
+        "margin": "3%",
+        "margin_top": "2px",
+    }
+    built = httpx.Client().build_request("POST", "https://x/", data=request.data, files=request.files)
+    assert built.headers["content-type"].startswith("multipart/form-data")
+    assert b'name="shadow"\r\n\r\n{"enabled":true' in built.read()
+
+
+def test_remove_url_request_is_json(wire):
+    request = wire.remove_background_request(BY_URL, native(), {"shadow": True, "result_delivery": "url"})
+    assert request.headers == {"Accept": "application/json"}
+    assert request.data is None
+    assert request.files is None
+    assert request.json == {
+        "image_url": "https://cdn.example/a.jpg",
+        "format": "png",
+        "shadow": PixelcutShadow().as_wire(),
+    }
+
+
+def test_remove_minimal_request(wire):
+    assert wire.remove_background_request(BY_URL, native()).json == {
+        "image_url": "https://cdn.example/a.jpg",
+        "format": "png",
+    }
+    assert wire.remove_background_request(UPLOAD, native(output_format="jpeg")).data == {"format": "png"}
+
+
+def test_native_margin_needs_native_crop(wire):
+    with pytest.raises(InvalidOptionError) as info:
+        wire.remove_background_request(UPLOAD, native(), PixelcutOptions(margin_left="5px"))
+    assert info.value.parameter == "margin_left"
+    with pytest.raises(InvalidOptionError):
+        wire.remove_background_request(UPLOAD, native(crop=True, margin="1px"), PixelcutOptions(margin="5px"))
+
+
+def test_generate_requests(wire):
+    options = PixelcutGenerateOptions(
+        prompt="studio", negative_prompt="text", image_transform=PixelcutImageTransform(x_center=0.25)
+    )
+    request = wire.generate_background_request(UPLOAD, options)
+    assert (request.path, request.billed, request.headers) == (
+        "/v1/generate-background",
+        True,
+        {"Accept": "image/*"},
+    )
+    assert request.data == {
+        "image_transform": '{"x_center":0.25}',
+        "prompt": "studio",
+        "negative_prompt": "text",
+    }
+    request = wire.generate_background_request(
+        BY_URL, PixelcutGenerateOptions(scene="wood", result_delivery="url")
+    )
+    assert request.headers == {"Accept": "application/json"}
+    assert request.json == {"image_url": "https://cdn.example/a.jpg", "scene": "wood"}
+
+
+def test_balance_request(wire):
+    request = wire.balance_request()
+    assert (request.method, request.path, request.billed) == ("GET", "/v1/credits", False)
+    assert request.json is None
+    assert request.data is None
+
+
+# -- replies -----------------------------------------------------------------------------------------
+
+
+def test_parse_image_reply(wire):
+    reply = wire.parse_image_reply(httpx.Response(200, content=b"PNG", headers={"content-type": "image/png"}))
+    assert isinstance(reply, ImageResult)
+    assert (reply.content, reply.content_type, reply.credits_charged) == (b"PNG", "image/png", None)
+    located = wire.parse_image_reply(
+        httpx.Response(200, json={"result_url": "https://assets.pixelcut.app/r.png"})
+    )
+    assert located == ResultLocation(url="https://assets.pixelcut.app/r.png")
+    with pytest.raises(InvalidVendorResponseError):
+        wire.parse_image_reply(
+            httpx.Response(200, text="{not json", headers={"content-type": "application/json"})
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [({"credits_remaining": 42}, Decimal(42)), ({"credits_remaining": " 3.25 "}, Decimal("3.25"))],
+)
+def test_parse_balance(wire, body, expected):
+    balance = wire.parse_balance(httpx.Response(200, json=body))
+    assert balance.remaining == expected
+    assert balance.plan is None
+
+
+@pytest.mark.parametrize("body", [{"credits_remaining": "many"}, {"credits_remaining": None}, {}, [], "42"])
+def test_parse_balance_garbage(wire, body):
+    with pytest.raises(InvalidVendorResponseError):
+        wire.parse_balance(httpx.Response(200, json=body))
+
+
+# -- errors: the whole documented table --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc_type"),
+    [
+        (400, "invalid_request_body", VendorRequestError),
+        (400, "missing_parameter", VendorRequestError),
+        (400, "invalid_parameter", VendorRequestError),
+        (400, "unsupported_content_type", VendorRequestError),
+        (400, "malformed_image", InputRejectedError),
+        (400, "unsupported_image_format", InputRejectedError),
+        (400, "file_size_too_large", InputRejectedError),
+        (400, "resolution_too_high", InputRejectedError),
+        (400, "unknown_foreground", InputRejectedError),
+        (401, "invalid_auth_token", VendorAuthError),
+        (403, "insufficient_api_credits", OutOfCreditsError),
+        (429, "rate_limit_exceeded", RateLimitedError),
+    ],
+)
+def test_error_table(wire, status, code, exc_type):
+    exc = wire.error_from_reply(httpx.Response(status, json={"error": "Human text", "error_code": code}))
+    assert type(exc) is exc_type
+    assert (exc.code, exc.message, exc.status_code) == (code, "Human text", status)
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (httpx.Response(500), "Internal Server Error"),
+        (httpx.Response(500, text="oops"), "oops"),
+        (httpx.Response(500, json=["x"]), '["x"]'),
+        (httpx.Response(500, content=b"\xff\xfe\x00binary"), "\ufffd\ufffd\x00binary"),
+    ],
+)
+def test_500_without_envelope(wire, response, message):
+    exc = wire.error_from_reply(response)
+    assert isinstance(exc, TransientVendorError)
+    assert exc.code is None
+    assert exc.message == message
+
+
+def test_long_error_bodies_are_cut(wire):
+    exc = wire.error_from_reply(
+        httpx.Response(400, json={"error": "x" * 5000, "error_code": "invalid_parameter"})
+    )
+    assert len(exc.message) <= 300
+    assert json.dumps(exc.as_dict())
