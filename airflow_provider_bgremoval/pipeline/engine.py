@@ -203,6 +203,7 @@ class BatchRunner:
         self._halt_error: BgRemovalError | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._bad_in_run = 0
+        self._max_seen_charge = Decimal(0)
         self.progress = ProgressReporter(len(plan.items), processor.vendor, every_seconds=progress_every_seconds)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -236,7 +237,8 @@ class BatchRunner:
         if self.max_images is not None and self._submitted >= self.max_images:
             self._halt("max_images", f"max_images={self.max_images} reached", fatal=False)
             return None
-        cost = self.processor.cost_per_image
+        # Project with the dearest of the cost table and what the vendor actually charged so far.
+        cost = max(self.processor.cost_per_image, self._max_seen_charge)
         if self.max_credits is not None:
             committed = self.result.credits_spent + cost * self._in_flight
             if committed + cost > self.max_credits:
@@ -254,6 +256,7 @@ class BatchRunner:
 
     def _credits_of(self, charged: Decimal | None) -> tuple[Decimal, bool]:
         if charged is not None:
+            self._max_seen_charge = max(self._max_seen_charge, charged)
             return charged, False
         return self.processor.cost_per_image, True
 

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     :param argv: arguments (default: ``sys.argv[1:]``)
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = SandboxConfig.from_file(args.config) if args.config else SandboxConfig()
     except (OSError, ValueError, ConfigError) as exc:
@@ -58,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{port}"
+    if args.url_file:
+        args.url_file.write_text(url + "\n", encoding="utf-8")
     print(f"bgremoval-sandbox: serving on {url}", flush=True)
     print(f"  Pixelcut  {url}/v1/...        X-API-KEY: {DEFAULT_PIXELCUT_KEY}")
     print(f"  Pixian    {url}/api/v2/...    Basic {DEFAULT_PIXIAN_ID}:{DEFAULT_PIXIAN_SECRET}")
     print(f"  Poof      {url}/v1            x-api-key: {DEFAULT_POOF_KEY}")
     print(f"  Admin     {url}/_sandbox/state", flush=True)
-    if args.url_file:
-        args.url_file.write_text(url + "\n", encoding="utf-8")
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

@@ -98,7 +98,9 @@ class FaultMiddleware:
                 return
             if not faults.admit(self.state.now()):
                 ctx.fault = "rate_limit"
-                await self._answer(vendor, rate_limited(vendor, faults.config.retry_after), ctx, scope, receive, capture)
+                await self._answer(
+                    vendor, rate_limited(vendor, faults.config.retry_after), ctx, scope, receive, capture
+                )
                 return
             admitted = True
             delay = faults.latency()
@@ -135,7 +137,9 @@ class FaultMiddleware:
         if fault == "error":
             await self._answer(vendor, server_error(vendor, status), ctx, scope, receive, send)
         elif fault == "rate_limited":
-            await self._answer(vendor, rate_limited(vendor, faults.config.retry_after), ctx, scope, receive, send)
+            await self._answer(
+                vendor, rate_limited(vendor, faults.config.retry_after), ctx, scope, receive, send
+            )
         elif fault == "drop_before_headers":
             ctx.status = 0
             await _close(raw_send)
@@ -372,9 +376,7 @@ async def admin_requests(request: Request) -> Response:
     """``GET /_sandbox/requests?vendor=&limit=``: the request log (key fingerprints only)."""
     state = get_state(request)
     limit = request.query_params.get("limit")
-    return JSONResponse(
-        state.requests(request.query_params.get("vendor"), int(limit) if limit else None)
-    )
+    return JSONResponse(state.requests(request.query_params.get("vendor"), int(limit) if limit else None))
 
 
 async def admin_charges(request: Request) -> Response:

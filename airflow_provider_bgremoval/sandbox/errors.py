@@ -5,6 +5,8 @@ Where a vendor's documents are silent, the choice made here is marked **invented
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 # Pixian documents only code 1006 ("Failed to read the supplied image"). Every other numeric code
@@ -55,7 +57,12 @@ def render_error(vendor: str, err: VendorError, request_id: str) -> Response:
     headers = dict(err.headers)
     if vendor == "poof":
         headers["X-Request-ID"] = request_id
-        body = {"code": err.code, "message": err.message, "details": err.message, "request_id": request_id}
+        body: dict[str, Any] = {
+            "code": err.code,
+            "message": err.message,
+            "details": err.message,
+            "request_id": request_id,
+        }
         return JSONResponse(body, status_code=err.status, headers=headers)
     if err.status >= 500 and (vendor == "pixelcut" or err.status != 500):
         # Pixelcut documents no 500 body; Pixian's 502/503 come from its edge, not its API.
@@ -63,8 +70,8 @@ def render_error(vendor: str, err: VendorError, request_id: str) -> Response:
     if vendor == "pixelcut":
         return JSONResponse({"error": err.message, "error_code": err.code}, err.status, headers=headers)
     code = PIXIAN_CODES.get(err.code, PIXIAN_CODES["internal"])
-    body = {"error": {"status": err.status, "code": code, "message": err.message}}
-    return JSONResponse(body, status_code=err.status, headers=headers)
+    pixian_body: dict[str, Any] = {"error": {"status": err.status, "code": code, "message": err.message}}
+    return JSONResponse(pixian_body, status_code=err.status, headers=headers)
 
 
 def server_error(vendor: str, status: int) -> VendorError:
@@ -79,7 +86,12 @@ def server_error(vendor: str, status: int) -> VendorError:
         return VendorError(status, "upstream_error", "Processing service unavailable; retry with backoff")
     if vendor == "pixian" and status == 500:
         return VendorError(500, "internal", "Internal error. Wait a moment then try again.")
-    reason = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+    reason = {
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
     return VendorError(status, "internal", f"{status} {reason.get(status, 'Server Error')}")
 
 

@@ -15,7 +15,7 @@ textured backdrop. It
 
 An input that already carries a meaningful alpha channel is respected as-is. When nothing stands
 out from the backdrop, :func:`segment` returns ``None`` (the vendors' ``unknown_foreground``).
-Only Pillow is used (no numpy); everything is whole-image C operations, so a 600×400 image takes a
+Only Pillow is used (no numpy); everything is whole-image C operations, so a 600x400 image takes a
 few tens of milliseconds.
 """
 
@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageMath, ImageOps
 
@@ -101,7 +102,7 @@ def decode(data: bytes, max_pixels: int | None = None) -> Decoded:
 
 
 def shrink_to_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
-    """Shrink ``img`` so that ``width × height <= max_pixels`` (no-op when already small enough).
+    """Shrink ``img`` so that ``width x height <= max_pixels`` (no-op when already small enough).
 
     :param img: the image
     :param max_pixels: the pixel budget
@@ -154,7 +155,7 @@ def has_meaningful_alpha(img: Image.Image) -> bool:
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
     """Solve a small dense linear system by Gaussian elimination with partial pivoting."""
     n = len(vector)
-    a = [row[:] + [vector[i]] for i, row in enumerate(matrix)]
+    a = [[*row[:], vector[i]] for i, row in enumerate(matrix)]
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
         a[col], a[pivot] = a[pivot], a[col]
@@ -214,7 +215,7 @@ def fit_backdrop(rgb: Image.Image) -> list[list[float]]:
     for _ in range(3):
         ata = [[0.0] * 6 for _ in range(6)]
         atb = [[0.0] * 6 for _ in range(3)]
-        for (u, v, px), wt in zip(samples, weights):
+        for (u, v, px), wt in zip(samples, weights, strict=False):
             if wt == 0:
                 continue
             f = _features(u, v)
@@ -231,7 +232,7 @@ def fit_backdrop(rgb: Image.Image) -> list[list[float]]:
         residuals = []
         for u, v, px in samples:
             f = _features(u, v)
-            pred = [sum(k * x for k, x in zip(coeffs[c], f)) for c in range(3)]
+            pred = [sum(k * x for k, x in zip(coeffs[c], f, strict=False)) for c in range(3)]
             residuals.append(math.sqrt(sum((pred[c] - px[c]) ** 2 for c in range(3))))
         ordered = sorted(residuals)
         median = ordered[len(ordered) // 2]
@@ -269,9 +270,12 @@ def backdrop_image(size: tuple[int, int], coeffs: list[list[float]]) -> Image.Im
         if max(abs(x) for x in k[1:]) < 0.5:
             bands.append(Image.new("L", size, max(0, min(255, round(k[0])))))
             continue
+
+        def surface(a: dict[str, Any], k: list[float] = k) -> Any:
+            return a["u"] * k[1] + a["v"] * k[2] + a["uv"] * k[3] + a["uu"] * k[4] + a["vv"] * k[5] + k[0]
+
         band = ImageMath.lambda_eval(
-            lambda a, k=k: a["u"] * k[1] + a["v"] * k[2] + a["uv"] * k[3] + a["uu"] * k[4] + a["vv"] * k[5]
-            + k[0],
+            surface,
             u=u,
             v=v,
             uv=uv,
@@ -353,15 +357,23 @@ def segment(img: Image.Image) -> Image.Image | None:
 
 
 def _dilate(mask: Image.Image) -> Image.Image:
-    """3×3 dilation (max filter) from shifted copies; much faster than ``MaxFilter``."""
-    row = ImageChops.lighter(mask, ImageChops.lighter(ImageChops.offset(mask, 1, 0), ImageChops.offset(mask, -1, 0)))
-    return ImageChops.lighter(row, ImageChops.lighter(ImageChops.offset(row, 0, 1), ImageChops.offset(row, 0, -1)))
+    """3x3 dilation (max filter) from shifted copies; much faster than ``MaxFilter``."""
+    row = ImageChops.lighter(
+        mask, ImageChops.lighter(ImageChops.offset(mask, 1, 0), ImageChops.offset(mask, -1, 0))
+    )
+    return ImageChops.lighter(
+        row, ImageChops.lighter(ImageChops.offset(row, 0, 1), ImageChops.offset(row, 0, -1))
+    )
 
 
 def _erode(mask: Image.Image) -> Image.Image:
-    """3×3 erosion (min filter) from shifted copies; much faster than ``MinFilter``."""
-    row = ImageChops.darker(mask, ImageChops.darker(ImageChops.offset(mask, 1, 0), ImageChops.offset(mask, -1, 0)))
-    return ImageChops.darker(row, ImageChops.darker(ImageChops.offset(row, 0, 1), ImageChops.offset(row, 0, -1)))
+    """3x3 erosion (min filter) from shifted copies; much faster than ``MinFilter``."""
+    row = ImageChops.darker(
+        mask, ImageChops.darker(ImageChops.offset(mask, 1, 0), ImageChops.offset(mask, -1, 0))
+    )
+    return ImageChops.darker(
+        row, ImageChops.darker(ImageChops.offset(row, 0, 1), ImageChops.offset(row, 0, -1))
+    )
 
 
 def _drop_specks(mask: Image.Image) -> Image.Image:
@@ -474,13 +486,11 @@ def flatten(img: Image.Image, color: tuple[int, int, int]) -> Image.Image:
     return Image.alpha_composite(base, img.convert("RGBA")).convert("RGB")
 
 
-def add_shadow(
-    img: Image.Image, opacity: float, size: float, x: float, y: float, z: float
-) -> Image.Image:
+def add_shadow(img: Image.Image, opacity: float, size: float, x: float, y: float, z: float) -> Image.Image:
     """Add a soft cast shadow under an RGBA cut-out (Pixelcut ``shadow``).
 
-    The shadow falls away from the light: a light at ``(x, y)`` (−1..1 from the centre; negative y
-    is above) casts it towards ``(−x, −y)``; a higher light (``z``) casts a shorter shadow and a
+    The shadow falls away from the light: a light at ``(x, y)`` (-1..1 from the centre; negative y
+    is above) casts it towards ``(-x, -y)``; a higher light (``z``) casts a shorter shadow and a
     bigger light (``size``) a softer one.
 
     :param img: the cut-out
@@ -616,7 +626,7 @@ def _palette(seed: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 
 @lru_cache(maxsize=16)
 def scene_image(scene: str | None, prompt: str | None, negative_prompt: str | None) -> Image.Image:
-    """Render the deterministic 1024×1024 backdrop for a scene preset or a prompt.
+    """Render the deterministic 1024x1024 backdrop for a scene preset or a prompt.
 
     :param scene: one of :data:`SCENES` (wins over the prompt, as documented)
     :param prompt: free text; its hash picks a texture and a palette
@@ -668,7 +678,9 @@ def scene_image(scene: str | None, prompt: str | None, negative_prompt: str | No
         gray = Image.new("L", size, 0)
         gray.paste(Image.linear_gradient("L").resize((SCENE_SIZE, SCENE_SIZE * 6 // 10)), (0, 0))
         gray = gray.point(_lut(lambda i: 150 + i * 0.4))
-        surface = _noise(rng, (SCENE_SIZE, SCENE_SIZE * 4 // 10), (16, 128)).point(_lut(lambda i: 190 + i / 5))
+        surface = _noise(rng, (SCENE_SIZE, SCENE_SIZE * 4 // 10), (16, 128)).point(
+            _lut(lambda i: 190 + i / 5)
+        )
         gray.paste(surface, (0, SCENE_SIZE * 6 // 10))
     colored = ImageOps.colorize(gray, dark, light)
     light_falloff = Image.radial_gradient("L").resize(size).point(_lut(lambda i: 255 - i * 0.35))

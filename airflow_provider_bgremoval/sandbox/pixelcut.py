@@ -8,7 +8,7 @@ Choices where the documents are silent (also listed in docs/sandbox.md):
   ``image_transform`` as a JSON object string, and dotted fields (``shadow.opacity``,
   ``shadow.light_source.position.x``, ``image_transform.scale``...). In JSON bodies they are objects
   (``shadow`` may also be the boolean ``true``, as the prose allows).
-* Inputs smaller than 64×64 px get 400 ``invalid_parameter`` (no code is documented for it).
+* Inputs smaller than 64x64 px get 400 ``invalid_parameter`` (no code is documented for it).
 * Accepted input formats are undocumented: JPEG, PNG and WebP are accepted; other decodable formats
   get 400 ``unsupported_image_format``.
 * ``image_url`` fetch failures get 400 ``invalid_parameter``.
@@ -20,6 +20,7 @@ Choices where the documents are silent (also listed in docs/sandbox.md):
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
 from typing import Any
@@ -108,7 +109,7 @@ def _number(value: Any, name: str, low: float | None = None, high: float | None 
         number = float(value)
     except (TypeError, ValueError) as exc:
         raise _bad(f"{name} must be a number") from exc
-    if (low is not None and number < low) or (high is not None and number > high) or number != number:
+    if (low is not None and number < low) or (high is not None and number > high) or math.isnan(number):
         raise _bad(f"{name} must be between {low} and {high}")
     return number
 
@@ -195,7 +196,9 @@ async def _load_input(
             raise _bad("File size too large", "file_size_too_large") from exc
     url = body.get("image_url")
     if url is None or url == "":
-        raise _bad("image_url is required" if json_body else "image or image_url is required", "missing_parameter")
+        raise _bad(
+            "image_url is required" if json_body else "image or image_url is required", "missing_parameter"
+        )
     if not isinstance(url, str):
         raise _bad("image_url must be a string")
     try:
@@ -257,7 +260,9 @@ def _remove_work(data: bytes, shadow: dict[str, float] | None, crop: bool, margi
         raise _bad("The foreground subject of the image could not be detected", "unknown_foreground")
     result = imaging.cutout(decoded.image, alpha)
     if shadow is not None:
-        result = imaging.add_shadow(result, shadow["opacity"], shadow["size"], shadow["x"], shadow["y"], shadow["z"])
+        result = imaging.add_shadow(
+            result, shadow["opacity"], shadow["size"], shadow["x"], shadow["y"], shadow["z"]
+        )
     if crop:
         bbox = imaging.foreground_bbox(result.getchannel("A"))
         if bbox:
@@ -314,7 +319,11 @@ async def remove_background(request: Request) -> Response:
 
 
 def _generate_work(
-    data: bytes, transform: dict[str, float | None], scene: str | None, prompt: str | None, negative: str | None
+    data: bytes,
+    transform: dict[str, float | None],
+    scene: str | None,
+    prompt: str | None,
+    negative: str | None,
 ) -> bytes:
     decoded = imaging.decode(data)
     img = decoded.image

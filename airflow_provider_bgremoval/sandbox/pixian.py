@@ -205,7 +205,7 @@ def _fmt_box(box: tuple[int, int, int, int] | None) -> str:
 
 def _work(data: bytes, opts: Options) -> Outcome:
     try:
-        fmt, (w0, h0) = imaging.probe(data)
+        _fmt, (w0, h0) = imaging.probe(data)
     except imaging.ImageDecodeError as exc:
         raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
     if w0 * h0 > UPLOAD_PIXEL_CAP:
@@ -223,7 +223,9 @@ def _work(data: bytes, opts: Options) -> Outcome:
     cut = imaging.cutout(img, alpha)
     fg = imaging.foreground_bbox(alpha)
     sx, sy = input_size[0] / img.width, input_size[1] / img.height
-    input_fg = None if fg is None else (round(fg[0] * sx), round(fg[1] * sy), round(fg[2] * sx), round(fg[3] * sy))
+    input_fg = (
+        None if fg is None else (round(fg[0] * sx), round(fg[1] * sy), round(fg[2] * sx), round(fg[3] * sy))
+    )
     if opts.output == "delta_png":
         # Documented: background colour, crop, margin, target size and alignment are ignored.
         result = cut

@@ -318,7 +318,9 @@ async def fetch_url(state: SandboxState, url: str, max_bytes: int) -> bytes:
     timeout = httpx.Timeout(state.config.fetch_timeout_seconds)
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=3, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=timeout, follow_redirects=True, max_redirects=3, trust_env=False
+            ) as client,
             client.stream("GET", url) as response,
         ):
             if response.status_code != 200:

@@ -117,7 +117,9 @@ def run_sandbox(
             timeout_keep_alive=30,
         )
     )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="bgremoval-sandbox", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="bgremoval-sandbox", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:

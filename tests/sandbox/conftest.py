@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-
 from sandbox_helpers import png_bytes, product_shot
 
 from airflow_provider_bgremoval.sandbox import RunningSandbox, run_sandbox
-
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +23,17 @@ def sandbox_server() -> Iterator[RunningSandbox]:
 def sandbox(sandbox_server: RunningSandbox) -> RunningSandbox:
     """The session sandbox, reset to its start-up state (balances, faults, logs, clock)."""
     sandbox_server.admin.reset()
-    sandbox_server.admin.settings(result_ttl_seconds=3600, pixelcut_credits_type="number", costs={
-        "pixelcut_remove_background": 1,
-        "pixelcut_shadow": 3,
-        "pixelcut_generate_background": 1,
-        "pixian_per_image": 1,
-        "poof_per_image": 1,
-    })
+    sandbox_server.admin.settings(
+        result_ttl_seconds=3600,
+        pixelcut_credits_type="number",
+        costs={
+            "pixelcut_remove_background": 1,
+            "pixelcut_shadow": 3,
+            "pixelcut_generate_background": 1,
+            "pixian_per_image": 1,
+            "poof_per_image": 1,
+        },
+    )
     return sandbox_server
 
 

@@ -18,7 +18,9 @@ def png_bytes(img: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
     return buf.getvalue()
 
 
-def product_shot(size: tuple[int, int] = (320, 240), background: tuple[int, int, int] = (245, 245, 245)) -> Image.Image:
+def product_shot(
+    size: tuple[int, int] = (320, 240), background: tuple[int, int, int] = (245, 245, 245)
+) -> Image.Image:
     """A red disc and a blue bar on a plain backdrop: the typical studio product shot."""
     img = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(img)

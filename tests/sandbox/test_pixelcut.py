@@ -25,7 +25,6 @@ IMG = {"Accept": "image/*", **KEY}
 # -- OpenAPI validation (the vendor's own documents, copied into tests/sandbox/specs) ------------
 
 
-
 def _load_spec(name: str) -> OpenAPI:
     """Load a Pixelcut spec. openapi-core cannot check raw bytes against OpenAPI 3.1's
     ``format: binary`` strings, so file parts are sent to it as a text placeholder and the
@@ -58,7 +57,9 @@ def _text_only_multipart(request: httpx.Request) -> httpx.Request:
         name = part.get_param("name", header="content-disposition")
         is_file = part.get_param("filename", header="content-disposition") is not None
         data[str(name)] = "<binary>" if is_file else part.get_content()
-    return httpx.Request(request.method, request.url, files=[(k, (None, v.encode())) for k, v in data.items()])
+    return httpx.Request(
+        request.method, request.url, files=[(k, (None, v.encode())) for k, v in data.items()]
+    )
 
 
 class _Req:
@@ -68,7 +69,9 @@ class _Req:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             headers = request.headers
             request = _text_only_multipart(request)
-            request.headers.update({k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")})
+            request.headers.update(
+                {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
+            )
         self.host_url = SERVER
         self.path = request.url.path
         self.method = request.method.lower()
@@ -107,7 +110,9 @@ def validate(response: httpx.Response, request_too: bool = True) -> None:
     spec.validate_response(req, _Resp(response))
 
 
-def remove(client: httpx.Client, image: bytes, headers: dict[str, str] | None = None, **data: Any) -> httpx.Response:
+def remove(
+    client: httpx.Client, image: bytes, headers: dict[str, str] | None = None, **data: Any
+) -> httpx.Response:
     return client.post(
         "/v1/remove-background",
         headers=headers or IMG,
@@ -119,22 +124,29 @@ def remove(client: httpx.Client, image: bytes, headers: dict[str, str] | None = 
 # -- remove-background -------------------------------------------------------------------------
 
 
-def test_remove_json_default_returns_result_url_serving_png(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_remove_json_default_returns_result_url_serving_png(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     r = remove(client, product_png, headers=KEY)
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
     validate(r)
     url = r.json()["result_url"]
-    assert url.startswith(sandbox.url + "/_results/") and url.endswith(".png")
+    assert url.startswith(sandbox.url + "/_results/")
+    assert url.endswith(".png")
     img = decode(client.get(url).content)
-    assert img.format == "PNG" and img.mode == "RGBA" and img.size == (320, 240)
-    assert img.getpixel((2, 2))[3] == 0 and img.getpixel((160, 150))[3] == 255
+    assert img.format == "PNG"
+    assert img.mode == "RGBA"
+    assert img.size == (320, 240)
+    assert img.getpixel((2, 2))[3] == 0
+    assert img.getpixel((160, 150))[3] == 255
     assert sandbox.admin.total_charged("pixelcut") == 1
 
 
 def test_remove_accept_image_returns_png_bytes(client: httpx.Client, product_png: bytes) -> None:
     r = remove(client, product_png)
-    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
     validate(r)
     assert decode(r.content).mode == "RGBA"
 
@@ -142,17 +154,21 @@ def test_remove_accept_image_returns_png_bytes(client: httpx.Client, product_png
 def test_accept_json_explicit_and_wildcard_give_json(client: httpx.Client, product_png: bytes) -> None:
     for accept in ("application/json", "*/*"):
         r = remove(client, product_png, headers={**KEY, "Accept": accept})
-        assert r.status_code == 200 and "result_url" in r.json()
+        assert r.status_code == 200
+        assert "result_url" in r.json()
 
 
 def test_json_body_with_image_url(client: httpx.Client, product_png: bytes) -> None:
     # The sandbox can fetch loopback URLs: use one of its own result URLs as the input.
     url = remove(client, product_png, headers=KEY).json()["result_url"]
-    r = client.post("/v1/remove-background", headers=KEY, json={"image_url": url, "crop": True, "margin": "5px"})
+    r = client.post(
+        "/v1/remove-background", headers=KEY, json={"image_url": url, "crop": True, "margin": "5px"}
+    )
     assert r.status_code == 200, r.text
     validate(r)
     out = decode(client.get(r.json()["result_url"]).content)
-    assert out.width < 320 and out.height < 240
+    assert out.width < 320
+    assert out.height < 240
 
 
 def test_image_wins_over_image_url(client: httpx.Client, product_png: bytes) -> None:
@@ -167,7 +183,8 @@ def test_image_wins_over_image_url(client: httpx.Client, product_png: bytes) -> 
 
 def test_crop_and_margins(client: httpx.Client, product_png: bytes) -> None:
     tight = decode(remove(client, product_png, crop="true").content)
-    assert tight.width < 320 and tight.height < 240
+    assert tight.width < 320
+    assert tight.height < 240
     padded = decode(remove(client, product_png, crop="true", margin="10px", margin_left="20px").content)
     assert padded.size == (tight.width + 30, tight.height + 20)
     pct = decode(remove(client, product_png, crop="true", margin="10%").content)
@@ -180,7 +197,13 @@ def test_crop_and_margins(client: httpx.Client, product_png: bytes) -> None:
     "shadow",
     [
         "true",
-        json.dumps({"enabled": True, "opacity": 0.8, "light_source": {"size": 0.5, "position": {"x": 0.5, "y": -0.5, "z": 1}}}),
+        json.dumps(
+            {
+                "enabled": True,
+                "opacity": 0.8,
+                "light_source": {"size": 0.5, "position": {"x": 0.5, "y": -0.5, "z": 1}},
+            }
+        ),
     ],
 )
 def test_shadow_costs_three_more_and_darkens_background(
@@ -192,7 +215,9 @@ def test_shadow_costs_three_more_and_darkens_background(
     assert [c["credits"] for c in sandbox.admin.charges("pixelcut")] == [1, 4]
 
 
-def test_shadow_dotted_multipart_fields(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_shadow_dotted_multipart_fields(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     r = remove(client, product_png, **{"shadow.enabled": "true", "shadow.opacity": "0.3"})
     assert r.status_code == 200
     assert sandbox.admin.total_charged("pixelcut") == 4
@@ -215,13 +240,19 @@ def test_shadow_in_json_body_validates_against_spec(client: httpx.Client, produc
         ({"crop": "true", "margin_top": "ten"}, "invalid_parameter"),
         ({"shadow": '{"opacity": 0.5}'}, "invalid_parameter"),
         ({"shadow": '{"enabled": true, "opacity": 2}'}, "invalid_parameter"),
-        ({"shadow": '{"enabled": true, "light_source": {"size": 0.2, "position": {"x": 0, "y": 0}}}'}, "invalid_parameter"),
+        (
+            {"shadow": '{"enabled": true, "light_source": {"size": 0.2, "position": {"x": 0, "y": 0}}}'},
+            "invalid_parameter",
+        ),
     ],
 )
-def test_invalid_parameters(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, data: dict[str, str], code: str) -> None:
+def test_invalid_parameters(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, data: dict[str, str], code: str
+) -> None:
     r = remove(client, product_png, **data)
     assert r.status_code == 400
-    assert r.json()["error_code"] == code and r.json()["error"]
+    assert r.json()["error_code"] == code
+    assert r.json()["error"]
     validate(r, request_too=False)
     assert sandbox.admin.total_charged() == 0
 
@@ -230,7 +261,9 @@ def test_request_body_errors(client: httpx.Client) -> None:
     r = client.post("/v1/remove-background", headers={**KEY, "Content-Type": "application/json"}, content=b"")
     assert (r.status_code, r.json()["error_code"]) == (400, "invalid_request_body")
     validate(r, request_too=False)
-    r = client.post("/v1/remove-background", headers={**KEY, "Content-Type": "application/json"}, content=b"{nope")
+    r = client.post(
+        "/v1/remove-background", headers={**KEY, "Content-Type": "application/json"}, content=b"{nope"
+    )
     assert r.json()["error_code"] == "invalid_request_body"
     r = client.post("/v1/remove-background", headers={**KEY, "Content-Type": "text/plain"}, content=b"hello")
     assert (r.status_code, r.json()["error_code"]) == (400, "unsupported_content_type")
@@ -241,7 +274,11 @@ def test_request_body_errors(client: httpx.Client) -> None:
 
 
 def test_image_url_failures_are_invalid_parameter(client: httpx.Client, sandbox: RunningSandbox) -> None:
-    for url in ("http://127.0.0.1:9/nothing.png", "ftp://example.com/a.png", sandbox.url + "/_results/missing.png"):
+    for url in (
+        "http://127.0.0.1:9/nothing.png",
+        "ftp://example.com/a.png",
+        sandbox.url + "/_results/missing.png",
+    ):
         r = client.post("/v1/remove-background", headers=KEY, json={"image_url": url})
         assert (r.status_code, r.json()["error_code"]) == (400, "invalid_parameter"), url
 
@@ -273,7 +310,9 @@ def test_auth_errors(client: httpx.Client, product_png: bytes) -> None:
     assert client.get("/v1/credits", headers={"x-api-key": KEY["X-API-KEY"]}).status_code == 200
 
 
-def test_insufficient_credits_is_403(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_insufficient_credits_is_403(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     sandbox.admin.set_balance("pixelcut", 3)
     r = remove(client, product_png, shadow="true")  # costs 4
     assert r.status_code == 403
@@ -289,10 +328,13 @@ def test_credits_number_or_string(client: httpx.Client, sandbox: RunningSandbox)
     assert client.get("/v1/credits", headers=KEY).json() == {"credits_remaining": "1000"}
 
 
-def test_rate_limit_429_without_retry_after(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_rate_limit_429_without_retry_after(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     sandbox.admin.set_faults("pixelcut", fault="rate_limited", next=1)
     r = remove(client, product_png)
-    assert r.status_code == 429 and "retry-after" not in r.headers
+    assert r.status_code == 429
+    assert "retry-after" not in r.headers
     assert r.json() == {"error": "Too many requests", "error_code": "rate_limit_exceeded"}
     validate(r, request_too=False)
     assert remove(client, product_png).status_code == 200
@@ -301,7 +343,9 @@ def test_rate_limit_429_without_retry_after(client: httpx.Client, sandbox: Runni
 # -- result URLs ------------------------------------------------------------------------------
 
 
-def test_result_url_expires_with_the_clock(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_result_url_expires_with_the_clock(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     url = remove(client, product_png, headers=KEY).json()["result_url"]
     assert client.get(url).status_code == 200
     sandbox.admin.advance_clock(3599)
@@ -310,7 +354,9 @@ def test_result_url_expires_with_the_clock(client: httpx.Client, sandbox: Runnin
     assert client.get(url).status_code == 404
 
 
-def test_result_url_short_configured_lifetime(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_result_url_short_configured_lifetime(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     sandbox.admin.settings(result_ttl_seconds=0.2)
     url = remove(client, product_png, headers=KEY).json()["result_url"]
     assert client.get(url).status_code == 200
@@ -329,25 +375,38 @@ def test_public_base_url_setting() -> None:
     from airflow_provider_bgremoval.sandbox import run_sandbox
 
     with run_sandbox(public_base_url="http://sandbox.example:1234/") as sb:
-        r = httpx.post(sb.url + "/v1/remove-background", headers=KEY, files={"image": ("p.png", png_bytes(product_shot()))})
+        r = httpx.post(
+            sb.url + "/v1/remove-background",
+            headers=KEY,
+            files={"image": ("p.png", png_bytes(product_shot()))},
+        )
         assert r.json()["result_url"].startswith("http://sandbox.example:1234/_results/")
 
 
 # -- generate-background ------------------------------------------------------------------------
 
 
-def generate(client: httpx.Client, image: bytes, headers: dict[str, str] | None = None, **data: str) -> httpx.Response:
+def generate(
+    client: httpx.Client, image: bytes, headers: dict[str, str] | None = None, **data: str
+) -> httpx.Response:
     return client.post(
-        "/v1/generate-background", headers=headers or IMG, files={"image": ("p.png", image, "image/png")}, data=data
+        "/v1/generate-background",
+        headers=headers or IMG,
+        files={"image": ("p.png", image, "image/png")},
+        data=data,
     )
 
 
-def test_generate_background_scene_is_deterministic_1024_jpeg(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_generate_background_scene_is_deterministic_1024_jpeg(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     a = generate(client, product_png, scene="marble")
-    assert a.status_code == 200 and a.headers["content-type"] == "image/jpeg"
+    assert a.status_code == 200
+    assert a.headers["content-type"] == "image/jpeg"
     validate(a)
     img = decode(a.content)
-    assert img.format == "JPEG" and img.size == (1024, 1024)
+    assert img.format == "JPEG"
+    assert img.size == (1024, 1024)
     assert generate(client, product_png, scene="marble").content == a.content
     assert generate(client, product_png, scene="brick").content != a.content
     # a scene wins over the prompt
@@ -376,13 +435,21 @@ def _subject_center(jpeg: bytes, reference: bytes) -> tuple[float, float]:
 
 
 def test_generate_background_image_transform(client: httpx.Client, product_png: bytes) -> None:
-    blank_scene = generate(client, png_bytes(Image.new("RGBA", (200, 200), (0, 0, 0, 0)).copy()), scene="linen")
+    blank_scene = generate(
+        client, png_bytes(Image.new("RGBA", (200, 200), (0, 0, 0, 0)).copy()), scene="linen"
+    )
     # (an all-transparent RGBA input is composited as nothing: the bare scene)
     assert blank_scene.status_code == 200
-    moved = generate(client, product_png, scene="linen", image_transform=json.dumps({"scale": 0.3, "x_center": 0.25, "y_center": 0.7}))
+    moved = generate(
+        client,
+        product_png,
+        scene="linen",
+        image_transform=json.dumps({"scale": 0.3, "x_center": 0.25, "y_center": 0.7}),
+    )
     assert moved.status_code == 200
     x, y = _subject_center(moved.content, blank_scene.content)
-    assert abs(x - 0.25) < 0.06 and abs(y - 0.7) < 0.06
+    assert abs(x - 0.25) < 0.06
+    assert abs(y - 0.7) < 0.06
     dotted = generate(client, product_png, scene="linen", **{"image_transform.x_center": "0.75"})
     x, _ = _subject_center(dotted.content, blank_scene.content)
     assert abs(x - 0.75) < 0.06
@@ -394,14 +461,21 @@ def test_generate_background_rgba_alpha_used_as_is(client: httpx.Client) -> None
     out = decode(generate(client, png_bytes(rgba), scene="wood").content).convert("RGB")
     # scale 1 for RGBA input: the 300 px canvas maps to 1024 px; the square covers the middle third
     r, g, b = out.getpixel((512, 512))
-    assert g > 150 and r < 80 and b < 80
+    assert g > 150
+    assert r < 80
+    assert b < 80
     r, g, b = out.getpixel((200, 200))
     assert not (g > 150 and r < 80 and b < 80)
 
 
 @pytest.mark.parametrize(
     "data",
-    [{"scene": "beach"}, {"image_transform": '{"x_center": 1.5}'}, {"image_transform": "nope"}, {"image_transform.scale": "-1"}],
+    [
+        {"scene": "beach"},
+        {"image_transform": '{"x_center": 1.5}'},
+        {"image_transform": "nope"},
+        {"image_transform.scale": "-1"},
+    ],
 )
 def test_generate_background_invalid(client: httpx.Client, product_png: bytes, data: dict[str, str]) -> None:
     r = generate(client, product_png, **data)

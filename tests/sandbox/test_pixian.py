@@ -29,22 +29,30 @@ def pixian(client: httpx.Client, image: bytes | None, auth: Any = AUTH, **data: 
 
 def error_of(r: httpx.Response) -> dict[str, Any]:
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"status", "code", "message"}
-    assert body["error"]["status"] == r.status_code and isinstance(body["error"]["code"], int)
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"status", "code", "message"}
+    assert body["error"]["status"] == r.status_code
+    assert isinstance(body["error"]["code"], int)
     return dict(body["error"])
 
 
 def test_basic_png_and_headers(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     r = pixian(client, product_png)
-    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
     img = decode(r.content)
-    assert img.mode == "RGBA" and img.size == (320, 240)
+    assert img.mode == "RGBA"
+    assert img.size == (320, 240)
     assert r.headers["X-Credits-Charged"] == "1.0"
     assert "X-Credits-Calculated" not in r.headers
     assert r.headers["X-Input-Orientation"] == "1"
-    assert r.headers["X-Input-Size"] == "320 240" and r.headers["X-Result-Size"] == "320 240"
+    assert r.headers["X-Input-Size"] == "320 240"
+    assert r.headers["X-Result-Size"] == "320 240"
     top, left, width, height = map(int, r.headers["X-Input-Foreground"].split())
-    assert 20 <= top <= 30 and 90 <= left <= 100 and 120 <= width <= 135 and 160 <= height <= 175
+    assert 20 <= top <= 30
+    assert 90 <= left <= 100
+    assert 120 <= width <= 135
+    assert 160 <= height <= 175
     assert r.headers["X-Result-Foreground"] == r.headers["X-Input-Foreground"]
     assert client.get("/api/v2/account", auth=AUTH).json() == {
         "creditPack": "sandbox",
@@ -54,14 +62,17 @@ def test_basic_png_and_headers(client: httpx.Client, sandbox: RunningSandbox, pr
     }
 
 
-def test_test_mode_is_free_watermarked_and_reports_calculated(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_test_mode_is_free_watermarked_and_reports_calculated(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
     sandbox.admin.settings(costs={"pixian_per_image": 0.25})
     sandbox.admin.set_balance("pixian", 0)
     real = pixian(client, product_png)
     assert real.status_code == 402
     test = pixian(client, product_png, test="true")
     assert test.status_code == 200
-    assert test.headers["X-Credits-Charged"] == "0.0" and test.headers["X-Credits-Calculated"] == "0.25"
+    assert test.headers["X-Credits-Charged"] == "0.0"
+    assert test.headers["X-Credits-Calculated"] == "0.25"
     sandbox.admin.set_balance("pixian", 1)
     real = pixian(client, product_png)
     assert real.headers["X-Credits-Charged"] == "0.25"
@@ -74,13 +85,15 @@ def test_background_color_output_formats(client: httpx.Client, product_png: byte
     r = pixian(client, product_png, **{"background.color": "#0055FF"})
     assert r.headers["content-type"] == "image/jpeg"  # auto -> jpeg when opaque
     img = decode(r.content).convert("RGB")
-    assert all(abs(a - b) < 12 for a, b in zip(img.getpixel((3, 3)), (0, 85, 255)))
+    assert all(abs(a - b) < 12 for a, b in zip(img.getpixel((3, 3)), (0, 85, 255), strict=False))
     r = pixian(client, product_png, **{"background.color": "#0055FF", "output.format": "png"})
     img = decode(r.content)
-    assert r.headers["content-type"] == "image/png" and img.convert("RGB").getpixel((3, 3)) == (0, 85, 255)
+    assert r.headers["content-type"] == "image/png"
+    assert img.convert("RGB").getpixel((3, 3)) == (0, 85, 255)
     low = pixian(client, product_png, **{"output.format": "jpeg", "output.jpeg_quality": "5"})
     high = pixian(client, product_png, **{"output.format": "jpeg", "output.jpeg_quality": "100"})
-    assert low.headers["content-type"] == "image/jpeg" and len(low.content) < len(high.content)
+    assert low.headers["content-type"] == "image/jpeg"
+    assert len(low.content) < len(high.content)
 
 
 def test_crop_margin_target_size(client: httpx.Client, product_png: bytes) -> None:
@@ -89,7 +102,9 @@ def test_crop_margin_target_size(client: httpx.Client, product_png: bytes) -> No
     crop = pixian(client, product_png, **{"result.crop_to_foreground": "true"})
     assert decode(crop.content).size == (fw, fh)
     assert crop.headers["X-Result-Foreground"] == f"0 0 {fw} {fh}"
-    margin = pixian(client, product_png, **{"result.crop_to_foreground": "true", "result.margin": "10px 20px 30px 40px"})
+    margin = pixian(
+        client, product_png, **{"result.crop_to_foreground": "true", "result.margin": "10px 20px 30px 40px"}
+    )
     assert decode(margin.content).size == (fw + 60, fh + 40)
     assert margin.headers["X-Result-Foreground"] == f"10 40 {fw} {fh}"
     uncropped = pixian(client, product_png, **{"result.margin": "10%"})  # applied even without crop
@@ -98,21 +113,34 @@ def test_crop_margin_target_size(client: httpx.Client, product_png: bytes) -> No
         r = pixian(
             client,
             product_png,
-            **{"result.crop_to_foreground": "True", "result.target_size": "400 600", "result.vertical_alignment": valign},
+            **{
+                "result.crop_to_foreground": "True",
+                "result.target_size": "400 600",
+                "result.vertical_alignment": valign,
+            },
         )
-        assert decode(r.content).size == (400, 600) and r.headers["X-Result-Size"] == "400 600"
+        assert decode(r.content).size == (400, 600)
+        assert r.headers["X-Result-Size"] == "400 600"
         top, left, width, height = map(int, r.headers["X-Result-Foreground"].split())
-        assert width == pytest.approx(400, abs=2) and abs(left + width / 2 - 200) <= 2
+        assert width == pytest.approx(400, abs=2)
+        assert abs(left + width / 2 - 200) <= 2
         expected_top = {"top": 0, "middle": (600 - height) // 2, "bottom": 600 - height}[valign]
         assert abs(top - expected_top) <= 2
     inset = pixian(client, product_png, **{"result.target_size": "400 400", "result.margin": "50px"})
     top, left, width, height = map(int, inset.headers["X-Result-Foreground"].split())
-    assert decode(inset.content).size == (400, 400) and left >= 50 and top >= 50 and left + width <= 350
+    assert decode(inset.content).size == (400, 400)
+    assert left >= 50
+    assert top >= 50
+    assert left + width <= 350
 
 
 def test_delta_png_decodes_back_to_the_full_cutout(client: httpx.Client, product_png: bytes) -> None:
     full = decode(pixian(client, product_png, **{"output.format": "png"}).content)
-    delta_resp = pixian(client, product_png, **{"output.format": "delta_png", "background.color": "#ff0000", "result.crop_to_foreground": "true"})
+    delta_resp = pixian(
+        client,
+        product_png,
+        **{"output.format": "delta_png", "background.color": "#ff0000", "result.crop_to_foreground": "true"},
+    )
     assert delta_resp.headers["content-type"] == "image/png"
     delta = decode(delta_resp.content).convert("RGBA")
     original = decode(product_png).convert("RGBA")
@@ -135,16 +163,22 @@ def test_delta_png_decodes_back_to_the_full_cutout(client: httpx.Client, product
     assert rebuilt.getchannel("A").tobytes() == full.getchannel("A").tobytes()
     visible = full.getchannel("A").point(lambda a: 255 if a else 0)
     black = Image.new("RGBA", full.size, (0, 0, 0, 0))
-    assert Image.composite(rebuilt, black, visible).tobytes() == Image.composite(full, black, visible).tobytes()
+    assert (
+        Image.composite(rebuilt, black, visible).tobytes() == Image.composite(full, black, visible).tobytes()
+    )
 
 
-def test_max_pixels_shrinks_and_input_size_is_before_constraints(client: httpx.Client, product_png: bytes) -> None:
+def test_max_pixels_shrinks_and_input_size_is_before_constraints(
+    client: httpx.Client, product_png: bytes
+) -> None:
     r = pixian(client, product_png, max_pixels="19200")
     assert r.headers["X-Input-Size"] == "320 240"
     w, h = map(int, r.headers["X-Result-Size"].split())
-    assert w * h <= 19200 and decode(r.content).size == (w, h)
+    assert w * h <= 19200
+    assert decode(r.content).size == (w, h)
     _, left, width, _ = map(int, r.headers["X-Input-Foreground"].split())
-    assert 90 <= left <= 100 and 120 <= width <= 136  # reported in input coordinates
+    assert 90 <= left <= 100
+    assert 120 <= width <= 136
 
 
 def test_exif_orientation_is_applied_and_reported(client: httpx.Client) -> None:
@@ -154,20 +188,28 @@ def test_exif_orientation_is_applied_and_reported(client: httpx.Client) -> None:
     r = pixian(client, png_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
     assert r.status_code == 200
     assert r.headers["X-Input-Orientation"] == "6"
-    assert r.headers["X-Input-Size"] == "240 320" and decode(r.content).size == (240, 320)
+    assert r.headers["X-Input-Size"] == "240 320"
+    assert decode(r.content).size == (240, 320)
 
 
 def test_base64_and_url_inputs(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     r = client.post(PATH, auth=AUTH, data={"image.base64": base64.b64encode(product_png).decode()})
-    assert r.status_code == 200 and decode(r.content).size == (320, 240)
+    assert r.status_code == 200
+    assert decode(r.content).size == (320, 240)
     too_big = "A" * (1024 * 1024 + 4)
     r = client.post(PATH, auth=AUTH, data={"image.base64": too_big})
-    assert r.status_code == 400 and error_of(r)["code"] == 1003
-    url = client.post("/v1/remove-background", headers={"X-API-KEY": "sk_sandbox_pixelcut_key"}, files={"image": ("p.png", product_png)}).json()["result_url"]
+    assert r.status_code == 400
+    assert error_of(r)["code"] == 1003
+    url = client.post(
+        "/v1/remove-background",
+        headers={"X-API-KEY": "sk_sandbox_pixelcut_key"},
+        files={"image": ("p.png", product_png)},
+    ).json()["result_url"]
     r = client.post(PATH, auth=AUTH, files={"image.url": (None, url)})
     assert r.status_code == 200
     r = client.post(PATH, auth=AUTH, data={"image.url": "http://127.0.0.1:9/none.png"})
-    assert r.status_code == 400 and error_of(r)["code"] == 1006
+    assert r.status_code == 400
+    assert error_of(r)["code"] == 1006
 
 
 @pytest.mark.parametrize(
@@ -188,7 +230,9 @@ def test_base64_and_url_inputs(client: httpx.Client, sandbox: RunningSandbox, pr
         {"output.jpeg_quality": "101"},
     ],
 )
-def test_invalid_parameters_are_400(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, data: dict[str, str]) -> None:
+def test_invalid_parameters_are_400(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, data: dict[str, str]
+) -> None:
     r = pixian(client, product_png, **data)
     assert r.status_code == 400
     assert error_of(r)["code"] == 1002
@@ -197,29 +241,40 @@ def test_invalid_parameters_are_400(client: httpx.Client, sandbox: RunningSandbo
 
 def test_image_errors(client: httpx.Client, blank_png: bytes) -> None:
     r = pixian(client, b"garbage bytes")
-    assert r.status_code == 400 and error_of(r) == {"status": 400, "code": 1006, "message": "Failed to read the supplied image. "}
+    assert r.status_code == 400
+    assert error_of(r) == {
+        "status": 400,
+        "code": 1006,
+        "message": "Failed to read the supplied image. ",
+    }
     r = client.post(PATH, auth=AUTH, data={"test": "true"})
-    assert r.status_code == 400 and error_of(r)["code"] == 1001
+    assert r.status_code == 400
+    assert error_of(r)["code"] == 1001
     r = pixian(client, blank_png)
-    assert r.status_code == 400 and error_of(r)["code"] == 1007
+    assert r.status_code == 400
+    assert error_of(r)["code"] == 1007
     huge = png_bytes(Image.new("1", (8000, 4001)))
     r = pixian(client, huge)
-    assert r.status_code == 400 and error_of(r)["code"] == 1003
+    assert r.status_code == 400
+    assert error_of(r)["code"] == 1003
 
 
 def test_auth_and_account_states(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     for auth in (None, ("px_sandbox_id", "wrong"), ("nobody", "px_sandbox_secret")):
         r = pixian(client, product_png, auth=auth)
-        assert r.status_code == 401 and error_of(r)["code"] == 1101
+        assert r.status_code == 401
+        assert error_of(r)["code"] == 1101
         assert client.get("/api/v2/account", auth=auth).status_code == 401
     sandbox.admin.set_balance("pixian", state="dormant")
     r = pixian(client, product_png)
-    assert r.status_code == 402 and error_of(r)["code"] == 1103
+    assert r.status_code == 402
+    assert error_of(r)["code"] == 1103
     assert client.get("/api/v2/account", auth=AUTH).json()["state"] == "dormant"
     assert pixian(client, product_png, test="true").status_code == 200  # testing stays free
     sandbox.admin.set_balance("pixian", 0.5, state="active")
     r = pixian(client, product_png)
-    assert r.status_code == 402 and error_of(r)["code"] == 1102
+    assert r.status_code == 402
+    assert error_of(r)["code"] == 1102
     sandbox.admin.set_balance("pixian", 5, key="other_id", secret="other_secret")
     assert pixian(client, product_png, auth=("other_id", "other_secret")).status_code == 200
     assert client.get("/api/v2/account", auth=("other_id", "other_secret")).json()["credits"] == 4.0
@@ -228,7 +283,9 @@ def test_auth_and_account_states(client: httpx.Client, sandbox: RunningSandbox, 
 def test_rate_limit_429(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     sandbox.admin.set_faults("pixian", fault="rate_limited", next=1, retry_after=5)
     r = pixian(client, product_png)
-    assert r.status_code == 429 and r.headers["Retry-After"] == "5" and error_of(r)["code"] == 1201
+    assert r.status_code == 429
+    assert r.headers["Retry-After"] == "5"
+    assert error_of(r)["code"] == 1201
 
 
 # -- the docs' curl examples --------------------------------------------------------------------
@@ -238,36 +295,67 @@ CURL = shutil.which("curl")
 
 def _curl(*args: str) -> subprocess.CompletedProcess[str]:
     assert CURL, "curl is needed for the documented examples"
-    return subprocess.run([CURL, "-sS", "--fail-with-body", *args], capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [CURL, "-sS", "--fail-with-body", *args], capture_output=True, text=True, timeout=30, check=False
+    )
 
 
-def test_curl_examples_from_the_pixian_document(sandbox: RunningSandbox, tmp_path: Path, product_png: bytes) -> None:
+def test_curl_examples_from_the_pixian_document(
+    sandbox: RunningSandbox, tmp_path: Path, product_png: bytes
+) -> None:
     example = tmp_path / "example.jpeg"
     Image.open(__import__("io").BytesIO(product_png)).convert("RGB").save(example, "JPEG", quality=95)
     url = sandbox.url
-    # $ curl https://api.pixian.ai/api/v2/remove-background -u xyz123:[secret] -F image=@example.jpeg -o pixian_result.png
+    # $ curl https://api.pixian.ai/api/v2/remove-background \
+    #     -u xyz123:[secret] -F image=@example.jpeg -o pixian_result.png
     out = tmp_path / "pixian_result.png"
-    done = _curl(f"{url}/api/v2/remove-background", "-u", "px_sandbox_id:px_sandbox_secret", "-F", f"image=@{example}", "-o", str(out))
+    done = _curl(
+        f"{url}/api/v2/remove-background",
+        "-u",
+        "px_sandbox_id:px_sandbox_secret",
+        "-F",
+        f"image=@{example}",
+        "-o",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
-    assert Image.open(out).format == "PNG" and Image.open(out).mode == "RGBA"
-    # $ curl https://api.pixian.ai/api/v2/remove-background -u xyz123:[secret] -F 'image.url=https://example.com/example.jpeg' -o pixian_result.png
-    src = httpx.post(f"{url}/v1/remove-background", headers={"X-API-KEY": "sk_sandbox_pixelcut_key"}, files={"image": ("e.jpeg", example.read_bytes())}).json()["result_url"]
+    assert Image.open(out).format == "PNG"
+    assert Image.open(out).mode == "RGBA"
+    # $ curl https://api.pixian.ai/api/v2/remove-background -u xyz123:[secret] \
+    #     -F 'image.url=https://example.com/example.jpeg' -o pixian_result.png
+    src = httpx.post(
+        f"{url}/v1/remove-background",
+        headers={"X-API-KEY": "sk_sandbox_pixelcut_key"},
+        files={"image": ("e.jpeg", example.read_bytes())},
+    ).json()["result_url"]
     out2 = tmp_path / "pixian_result2.png"
-    done = _curl(f"{url}/api/v2/remove-background", "-u", "px_sandbox_id:px_sandbox_secret", "-F", f"image.url={src}", "-o", str(out2))
+    done = _curl(
+        f"{url}/api/v2/remove-background",
+        "-u",
+        "px_sandbox_id:px_sandbox_secret",
+        "-F",
+        f"image.url={src}",
+        "-o",
+        str(out2),
+    )
     assert done.returncode == 0, done.stderr
     assert Image.open(out2).format == "PNG"
     # $ curl "https://api.pixian.ai/api/v2/account" -u pxxbbzb96n2w8am:[secret]
     done = _curl(f"{url}/api/v2/account", "-u", "px_sandbox_id:px_sandbox_secret")
-    assert done.returncode == 0 and '"credits":998.0' in done.stdout.replace(" ", "")
+    assert done.returncode == 0
+    assert '"credits":998.0' in done.stdout.replace(" ", "")
     # a wrong secret fails the way the docs' samples expect (non-200 with the error object)
     done = _curl(f"{url}/api/v2/account", "-u", "px_sandbox_id:nope")
-    assert done.returncode != 0 and '"status":401' in done.stdout
+    assert done.returncode != 0
+    assert '"status":401' in done.stdout
 
 
 # -- the vendor's PyPI client (pixian-ai hard-codes its URL; redirect it) -------------------------
 
 
-def test_pixian_ai_client_against_the_sandbox(sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, product_png: bytes) -> None:
+def test_pixian_ai_client_against_the_sandbox(
+    sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, product_png: bytes
+) -> None:
     import pixian_ai.client
     from pixian_ai import PixianAI
 
@@ -282,10 +370,15 @@ def test_pixian_ai_client_against_the_sandbox(sandbox: RunningSandbox, monkeypat
     path = tmp_path / "in.png"
     path.write_bytes(product_png)
     client = PixianAI("px_sandbox_id", "px_sandbox_secret")
-    result = client.remove_background(image_path=str(path), result_crop_to_foreground=True, result_margin="10px")
+    result = client.remove_background(
+        image_path=str(path), result_crop_to_foreground=True, result_margin="10px"
+    )
     img = decode(result.content)
-    assert img.mode == "RGBA" and img.width < 320
-    jpeg = client.remove_background(image_base64=base64.b64encode(product_png).decode(), background_color="#00FF00")
+    assert img.mode == "RGBA"
+    assert img.width < 320
+    jpeg = client.remove_background(
+        image_base64=base64.b64encode(product_png).decode(), background_color="#00FF00"
+    )
     assert decode(jpeg.content).format == "JPEG"
     delta = client.remove_background(image_path=str(path), output_format="delta_png")
     assert decode(delta.content).size == (320, 240)

@@ -14,7 +14,9 @@ from airflow_provider_bgremoval.sandbox import RunningSandbox
 KEY = {"x-api-key": "pk_sandbox_poof_key"}
 
 
-def poof(client: httpx.Client, image: bytes | None, headers: dict[str, str] | None = None, **data: str) -> httpx.Response:
+def poof(
+    client: httpx.Client, image: bytes | None, headers: dict[str, str] | None = None, **data: str
+) -> httpx.Response:
     files = {"image_file": ("p.png", image, "image/png")} if image is not None else {"other": ("x", b"x")}
     return client.post("/v1/remove", headers=KEY if headers is None else headers, files=files, data=data)
 
@@ -22,61 +24,89 @@ def poof(client: httpx.Client, image: bytes | None, headers: dict[str, str] | No
 def envelope(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status
     body = r.json()
-    assert body["code"] == code and body["message"] and isinstance(body["details"], str)
-    assert body["request_id"].startswith("req_") and body["request_id"] == r.headers["X-Request-ID"]
+    assert body["code"] == code
+    assert body["message"]
+    assert isinstance(body["details"], str)
+    assert body["request_id"].startswith("req_")
+    assert body["request_id"] == r.headers["X-Request-ID"]
     return dict(body)
 
 
 def test_remove_png_with_headers(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     r = poof(client, product_png)
-    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
     img = decode(r.content)
-    assert img.mode == "RGBA" and img.size == (320, 240)
+    assert img.mode == "RGBA"
+    assert img.size == (320, 240)
     assert r.headers["X-Request-ID"].startswith("req_")
     assert int(r.headers["X-Processing-Time-Ms"]) >= 0
     assert (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == ("320", "240")
     charge = sandbox.admin.charges("poof")[0]
-    assert charge["request_id"] == r.headers["X-Request-ID"] and charge["credits"] == 1
+    assert charge["request_id"] == r.headers["X-Request-ID"]
+    assert charge["credits"] == 1
 
 
-@pytest.mark.parametrize(("fmt", "media", "pil"), [("png", "image/png", "PNG"), ("jpg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")])
+@pytest.mark.parametrize(
+    ("fmt", "media", "pil"),
+    [("png", "image/png", "PNG"), ("jpg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")],
+)
 def test_formats(client: httpx.Client, product_png: bytes, fmt: str, media: str, pil: str) -> None:
     r = poof(client, product_png, format=fmt)
-    assert r.headers["content-type"] == media and decode(r.content).format == pil
+    assert r.headers["content-type"] == media
+    assert decode(r.content).format == pil
 
 
 @pytest.mark.parametrize("color", ["#0f0", "#00ff00", "rgb(0, 255, 0)", "lime"])
 def test_channels_rgb_with_bg_color(client: httpx.Client, product_png: bytes, color: str) -> None:
     img = decode(poof(client, product_png, channels="rgb", bg_color=color).content)
-    assert img.mode == "RGB" and img.getpixel((2, 2)) == (0, 255, 0)
+    assert img.mode == "RGB"
+    assert img.getpixel((2, 2)) == (0, 255, 0)
 
 
 def test_rgb_defaults_to_white_and_alpha_channel(client: httpx.Client, product_png: bytes) -> None:
     assert decode(poof(client, product_png, channels="rgb").content).getpixel((2, 2)) == (255, 255, 255)
     matte = decode(poof(client, product_png, channels="alpha").content)
-    assert matte.mode == "L" and matte.getpixel((2, 2)) == 0 and matte.getpixel((160, 150)) == 255
+    assert matte.mode == "L"
+    assert matte.getpixel((2, 2)) == 0
+    assert matte.getpixel((160, 150)) == 255
 
 
-@pytest.mark.parametrize(("size", "longest"), [("preview", 256), ("small", 512), ("medium", 1024), ("large", 2048), ("full", 1200)])
+@pytest.mark.parametrize(
+    ("size", "longest"), [("preview", 256), ("small", 512), ("medium", 1024), ("large", 2048), ("full", 1200)]
+)
 def test_size_presets_cap_the_longest_side(client: httpx.Client, size: str, longest: int) -> None:
     big = png_bytes(product_shot((1200, 600)))
     r = poof(client, big, size=size)
     w, h = decode(r.content).size
-    assert max(w, h) == min(longest, 1200) and (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == (str(w), str(h))
+    assert max(w, h) == min(longest, 1200)
+    assert (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == (
+        str(w),
+        str(h),
+    )
 
 
 def test_crop_and_unknown_fields_ignored(client: httpx.Client, product_png: bytes) -> None:
     r = poof(client, product_png, crop="true", some_future_field="x")
     w, h = decode(r.content).size
-    assert w < 320 and h < 240
+    assert w < 320
+    assert h < 240
     assert decode(poof(client, product_png, crop="false").content).size == (320, 240)
 
 
 @pytest.mark.parametrize(
     "data",
-    [{"format": "gif"}, {"channels": "cmyk"}, {"size": "huge"}, {"crop": "sometimes"}, {"bg_color": "not-a-colour"}],
+    [
+        {"format": "gif"},
+        {"channels": "cmyk"},
+        {"size": "huge"},
+        {"crop": "sometimes"},
+        {"bg_color": "not-a-colour"},
+    ],
 )
-def test_validation_errors(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, data: dict[str, str]) -> None:
+def test_validation_errors(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, data: dict[str, str]
+) -> None:
     envelope(poof(client, product_png, **data), 400, "validation_error")
     assert sandbox.admin.total_charged() == 0
 
@@ -103,12 +133,14 @@ def test_auth_payment_and_revoked(client: httpx.Client, sandbox: RunningSandbox,
 
 def test_me_reports_max_minus_used(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     me = client.get("/v1/me", headers=KEY).json()
-    assert me["maxCredits"] - me["usedCredits"] == 1000 and me["plan"] == "Pro"
+    assert me["maxCredits"] - me["usedCredits"] == 1000
+    assert me["plan"] == "Pro"
     assert set(me) == {"organizationId", "plan", "maxCredits", "usedCredits", "autoRechargeThreshold"}
     for _ in range(3):
         assert poof(client, product_png).status_code == 200
     me = client.get("/v1/me", headers=KEY).json()
-    assert me["usedCredits"] == 3 and me["maxCredits"] - me["usedCredits"] == 997
+    assert me["usedCredits"] == 3
+    assert me["maxCredits"] - me["usedCredits"] == 997
     sandbox.admin.set_balance("poof", 10)
     me = client.get("/v1/me", headers=KEY).json()
     assert me["maxCredits"] - me["usedCredits"] == 10
@@ -120,8 +152,11 @@ def test_poofbg_client_against_the_sandbox(sandbox: RunningSandbox, product_png:
 
     with Poof(api_key="pk_sandbox_poof_key", base_url=sandbox.poof_base_url, timeout=30) as client:
         result = client.remove_background(product_png, format="webp", crop=True, size="preview")
-        assert result.content_type == "image/webp" and result.request_id and result.request_id.startswith("req_")
-        assert result.width is not None and result.width <= 256
+        assert result.content_type == "image/webp"
+        assert result.request_id
+        assert result.request_id.startswith("req_")
+        assert result.width is not None
+        assert result.width <= 256
         img = Image.open(__import__("io").BytesIO(result.data))
         assert img.size == (result.width, result.height)
         info = client.me()

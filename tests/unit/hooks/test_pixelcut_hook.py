@@ -64,7 +64,7 @@ def cutout(data: bytes) -> bytes:
     alpha.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
     image.putalpha(alpha)
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
 
 
@@ -144,7 +144,7 @@ class FakePixelcut:
             if str(fields.get("crop")).lower() == "true":
                 image = Image.open(io.BytesIO(result))
                 out = io.BytesIO()
-                image.crop(image.getchannel("A").getbbox()).save(out, format="PNG")
+                image.crop(image.getchannel("A").getbbox()).save(out, format="PNG", compress_level=1)
                 result = out.getvalue()
             suffix, media = ".png", "image/png"
         elif request.url.path == "/v1/generate-background":

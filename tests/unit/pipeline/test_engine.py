@@ -1,0 +1,279 @@
+"""The batch engine over a real fake-gcs-server, with a scripted processor standing in for a vendor.
+
+These exercise the engine's own rules (budgets, halts, failure semantics, claims, idempotency,
+bounded concurrency); the vendor hooks are exercised end to end in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from airflow_provider_bgremoval.exceptions import (
+    InputRejectedError,
+    OutOfCreditsError,
+    TransientVendorError,
+    VendorAuthError,
+)
+from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.pipeline.claims import ClaimStore
+from airflow_provider_bgremoval.pipeline.engine import BatchRunner
+from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchSpec,
+    DestinationCollisionError,
+    plan_batch,
+)
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+pytestmark = pytest.mark.integration
+
+
+def png(size: tuple[int, int] = (80, 60), color: str = "red") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+class ScriptedProcessor:
+    """A processor whose outcome per file name is scripted; counts calls like a vendor's ledger."""
+
+    vendor = "fake"
+    operation = "remove_background"
+    extension = ".png"
+    limits = InputLimits(max_bytes=1_000_000, min_side=32, max_side=4000)
+
+    def __init__(self, script: Callable[[str, int], Any] | None = None, *, delay: float = 0.0) -> None:
+        self.script = script
+        self.delay = delay
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.fingerprint = "fp1"
+        self.cost_per_image = Decimal(1)
+
+    async def process(self, data: bytes, filename: str) -> ImageResult:
+        self.calls.append(filename)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            outcome = self.script(filename, len(self.calls)) if self.script else None
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return ImageResult(content=png((40, 30), "blue"), content_type="image/png", vendor="fake",
+                               credits_charged=outcome if isinstance(outcome, Decimal) else None)
+        finally:
+            self.in_flight -= 1
+
+
+def seed(storage: GcsStorage, bucket: str, names: list[str], data: bytes | None = None) -> None:
+    for name in names:
+        storage.write(bucket, name, data if data is not None else png(), content_type="image/png")
+
+
+def run(storage: GcsStorage, spec: BatchSpec, processor: ScriptedProcessor, **kwargs: Any):
+    async def go():
+        plan = await plan_batch(
+            storage, spec, extension=processor.extension, fingerprint=processor.fingerprint,
+            vendor=processor.vendor, limits=processor.limits,
+        )
+        manifest = ManifestWriter()
+        runner = BatchRunner(storage, processor, plan, manifest, **kwargs)
+        result = await runner.run()
+        return plan, result, read_manifest(manifest.getvalue())
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def buckets(gcs_bucket_factory: Callable[..., str], gcs_storage: GcsStorage) -> tuple[GcsStorage, str, str]:
+    return gcs_storage, gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+
+
+def test_processes_every_image_writes_metadata_and_rerun_skips(buckets) -> None:
+    storage, src, dst = buckets
+    names = [f"in/{i:03d}.jpg" for i in range(12)] + ["in/deep/a b #?ü.png"]
+    seed(storage, src, names)
+    spec = BatchSpec(source_bucket=src, source_prefix="in/", destination_bucket=dst, destination_prefix="out/")
+    processor = ScriptedProcessor()
+    plan, result, rows = run(storage, spec, processor, max_concurrency=4)
+    assert result.counts["done"] == 13 and len(processor.calls) == 13
+    assert result.credits_spent == 13 and result.credits_estimated
+    out = storage.stat(dst, "out/deep/a b #?ü.png")
+    assert out is not None
+    assert out.metadata["bgremoval-source"] == f"gs://{src}/in/deep/a b #?ü.png"
+    assert out.metadata["bgremoval-options-hash"] == "fp1"
+    assert {row["status"] for row in rows} == {"done"}
+    # Rerun: everything is finished, nothing is paid for.
+    processor2 = ScriptedProcessor()
+    _, result2, rows2 = run(storage, spec, processor2)
+    assert processor2.calls == []
+    assert result2.counts["skipped"] == 13
+    assert {row["error_code"] for row in rows2} == {"already_done"}
+
+
+def test_changed_options_are_not_overwritten_without_overwrite(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    run(storage, spec, ScriptedProcessor())
+    other = ScriptedProcessor()
+    other.fingerprint = "fp2"
+    _, result, rows = run(storage, spec, other)
+    assert other.calls == [] and rows[0]["error_code"] == "output_exists"
+    spec_overwrite = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/", overwrite=True)
+    _, result, _ = run(storage, spec_overwrite, other)
+    assert result.counts["done"] == 1
+    assert storage.stat(dst, "o/a.png").metadata["bgremoval-options-hash"] == "fp2"
+
+
+def test_collisions_are_refused_before_any_call(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["x/a.jpg", "x/a.png", "x/b.jpg"])
+    processor = ScriptedProcessor()
+    spec = BatchSpec(source_bucket=src, source_prefix="x/", destination_bucket=dst)
+    with pytest.raises(DestinationCollisionError, match=r"'x/a.jpg' and 'x/a.png'"):
+        run(storage, spec, processor)
+    assert processor.calls == []
+
+
+def test_local_rejects_cost_nothing(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["good.png"])
+    storage.write(src, "empty.png", b"", content_type="image/png")
+    storage.write(src, "tiny.png", png((16, 16)), content_type="image/png")
+    storage.write(src, "text.jpg", b"<html>not an image</html>", content_type="image/jpeg")
+    processor = ScriptedProcessor()
+    _, result, rows = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/"),
+                          processor)
+    assert processor.calls == ["good.png"]
+    codes = {row["source"].rsplit("/", 1)[1]: row["error_code"] for row in rows if row["status"] == "rejected"}
+    assert codes == {"empty.png": "empty_file", "tiny.png": "resolution_too_low", "text.jpg": "unsupported_image"}
+
+
+def test_out_of_credits_stops_submitting_and_marks_the_rest_pending(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i:02d}.png" for i in range(20)])
+
+    def script(name: str, call: int) -> Any:
+        return OutOfCreditsError("no credits", vendor="fake", status_code=402) if call > 5 else None
+
+    processor = ScriptedProcessor(script)
+
+    async def probe() -> Balance:
+        return Balance(vendor="fake", remaining=Decimal(0), state=AccountState.ACTIVE)
+
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    _, result, rows = run(storage, spec, processor, max_concurrency=1, balance_probe=probe)
+    assert result.counts["done"] == 5
+    assert result.counts["pending"] == 15
+    assert len(processor.calls) == 6  # one refused call, then nothing more was submitted
+    assert result.halt is not None and result.halt.fatal and result.halt.reason == "out_of_credits"
+    assert result.halt.remaining_images == 15 and result.halt.needed == 15 and result.halt.available == 0
+    # Rerun after a top-up completes exactly the remainder.
+    processor2 = ScriptedProcessor()
+    _, result2, _ = run(storage, spec, processor2)
+    assert len(processor2.calls) == 15 and result2.counts["skipped"] == 5
+
+
+def test_auth_failure_is_fatal_for_the_batch(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(6)])
+    processor = ScriptedProcessor(lambda n, c: VendorAuthError("revoked", vendor="fake", status_code=401))
+    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, max_concurrency=2)
+    assert result.halt is not None and result.halt.reason == "auth_failed" and result.halt.fatal
+    assert result.counts["pending"] == 6 and len(processor.calls) == 2
+
+
+def test_budgets_stop_cleanly(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(10)])
+    processor = ScriptedProcessor()
+    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
+                       processor, max_images=4, max_concurrency=3)
+    assert result.counts["done"] == 4 and result.counts["pending"] == 6
+    assert result.halt is not None and result.halt.reason == "max_images" and not result.halt.fatal
+    processor = ScriptedProcessor(lambda n, c: Decimal("2.5"))
+    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
+                       processor, max_credits=Decimal(7), max_concurrency=1)
+    assert result.credits_spent == Decimal("2.5") * 2  # a third image could exceed the budget
+
+
+def test_per_image_errors_do_not_stop_the_batch_and_failure_rate_does(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i:02d}.png" for i in range(30)])
+
+    def script(name: str, call: int) -> Any:
+        if name.startswith("0"):
+            return TransientVendorError("gave up", vendor="fake", status_code=503, possibly_charged=True)
+        if name == "10.png":
+            return InputRejectedError("no subject", vendor="fake", code="unknown_foreground")
+        return None
+
+    processor = ScriptedProcessor(script)
+    _, result, rows = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
+                          processor, max_concurrency=1)
+    assert result.counts == {"failed": 10, "rejected": 1, "done": 19}
+    assert result.possibly_charged == 10
+    processor = ScriptedProcessor(script)
+    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
+                       processor, max_concurrency=1, on_error="fail_rate", max_failure_rate=0.5)
+    assert result.halt is not None and result.halt.reason == "failure_rate"
+    assert result.counts["pending"] > 0 and len(processor.calls) < 30
+
+
+def test_concurrency_is_bounded(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(24)])
+    processor = ScriptedProcessor(delay=0.02)
+    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, max_concurrency=5)
+    assert result.counts["done"] == 24
+    assert processor.max_in_flight == 5
+
+
+def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(8)])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    first = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
+    for i in range(4):  # run 1 is busy with half of the images
+        assert first.acquire(f"o/{i}.png") is None
+    processor = ScriptedProcessor()
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
+    _, result, rows = run(storage, spec, processor, claims=claims)
+    assert sorted(processor.calls) == [f"{i}.png" for i in range(4, 8)]
+    assert result.counts["pending"] == 4
+    assert {row["error_code"] for row in rows if row["status"] == "pending"} == {"claimed_elsewhere"}
+    # The same task instance (a retry) takes its own claims over at once.
+    again = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
+    assert again.acquire("o/0.png") is None
+    # An expired claim can be taken over by anyone.
+    late = ClaimStore(storage, dst, spec.internal_prefix, "dag/run3/t/-1", clock=lambda: 1e12)
+    assert late.acquire("o/1.png") is None
+
+
+def test_empty_prefix_is_nothing_to_do(buckets) -> None:
+    storage, src, dst = buckets
+    processor = ScriptedProcessor()
+    plan, result, rows = run(storage, BatchSpec(source_bucket=src, source_prefix="none/", destination_bucket=dst),
+                             processor)
+    assert plan.total == 0 and rows == [] and result.halt is None
+
+
+def test_unsafe_names_are_rejected(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["p/ok.png", "p/../escape.png", "p/back\\slash.png"])
+    processor = ScriptedProcessor()
+    _, result, rows = run(storage, BatchSpec(source_bucket=src, source_prefix="p/", destination_bucket=dst),
+                          processor)
+    assert processor.calls == ["ok.png"]
+    assert sorted(row["error_code"] for row in rows if row["status"] == "rejected") == ["unsafe_name", "unsafe_name"]

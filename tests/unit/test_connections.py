@@ -1,0 +1,185 @@
+"""The three connection types, supplied the ways users supply them (``AIRFLOW_CONN_*`` URI and JSON).
+
+Each case goes from the environment variable to the first HTTP request on the wire: base URL,
+authentication, timeout and extras. The vendors' own endpoints are tested in ``tests/unit/vendors``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, VendorAuthError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+from airflow_provider_bgremoval.hooks.pixian import PixianHook
+from airflow_provider_bgremoval.hooks.poof import PoofHook
+from airflow_provider_bgremoval.hooks.registry import aget_vendor_hook, get_vendor_hook
+from tests.support.connections import SleepRecorder, set_connection
+
+pytestmark = pytest.mark.compat
+
+KEY = "sk_conn_test_SECRET_9876543210"
+PIXIAN_ID = "px_test_id_123"
+HOOKS: dict[str, type[BackgroundRemovalHook[Any]]] = {
+    "pixelcut": PixelcutHook,
+    "pixian": PixianHook,
+    "poof": PoofHook,
+}
+
+
+def _login(conn_type: str) -> str:
+    return PIXIAN_ID if conn_type == "pixian" else ""
+
+
+class Recorder:
+    """Answers every request with 401 and keeps it."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "bad credentials"}})
+
+
+def _hook(cls: type[BackgroundRemovalHook[Any]], recorder: Recorder, **kwargs: Any) -> BackgroundRemovalHook[Any]:
+    transport = httpx.MockTransport(recorder)
+    sleep = SleepRecorder()
+    return cls(transport=transport, async_transport=transport, sleep=sleep, async_sleep=sleep.asleep, **kwargs)
+
+
+def _assert_authenticated(conn_type: str, request: httpx.Request) -> None:
+    if conn_type == "pixian":
+        expected = base64.b64encode(f"{PIXIAN_ID}:{KEY}".encode()).decode()
+        assert request.headers["authorization"] == f"Basic {expected}"
+    else:
+        assert request.headers["x-api-key"] == KEY
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
+@pytest.mark.parametrize(
+    ("suffix", "base_url"),
+    [
+        ("127.0.0.1:8080", "https://127.0.0.1:8080"),
+        ("/?base_url=http%3A%2F%2F127.0.0.1%3A9", "http://127.0.0.1:9"),
+        ("http%3A%2F%2F127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ],
+)
+def test_uri_connection(conn_type: str, suffix: str, base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"{conn_type}://{_login(conn_type)}:{KEY}@{suffix}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_type.upper()}_DEFAULT", uri)
+    recorder = Recorder()
+    hook = _hook(HOOKS[conn_type], recorder)
+    assert hook.conn_id == f"{conn_type}_default"
+    settings = hook.get_settings()
+    assert settings.base_url == base_url
+    assert settings.api_key == KEY
+    assert settings.api_id == (PIXIAN_ID if conn_type == "pixian" else None)
+    with hook, pytest.raises(VendorAuthError):
+        hook.get_balance()
+    assert str(recorder.requests[0].url).startswith(f"{base_url}/")
+    _assert_authenticated(conn_type, recorder.requests[0])
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
+async def test_json_connection(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(
+        monkeypatch,
+        "my_vendor",
+        conn_type,
+        login=_login(conn_type) or None,
+        password=KEY,
+        host="http://127.0.0.1",
+        port=8765,
+        extra={"timeout": 240, "max_retries": 2},
+    )
+    recorder = Recorder()
+    hook = _hook(HOOKS[conn_type], recorder, conn_id="my_vendor")
+    settings = await hook.aget_settings()
+    assert settings.base_url == "http://127.0.0.1:8765"
+    assert settings.timeout == 240.0
+    assert hook.retry_policy.max_attempts == 3
+    async with hook:
+        with pytest.raises(VendorAuthError):
+            await hook.aget_balance()
+    assert str(recorder.requests[0].url).startswith("http://127.0.0.1:8765/")
+    _assert_authenticated(conn_type, recorder.requests[0])
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
+def test_defaults_without_host(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None, password=KEY)
+    cls = HOOKS[conn_type]
+    settings = _hook(cls, Recorder()).get_settings()
+    assert settings.base_url == cls.wire_class.default_base_url
+    assert settings.base_url.startswith("https://")
+    assert settings.timeout == cls.wire_class.default_timeout
+
+
+def test_pixian_idle_timeout_is_at_least_180_seconds() -> None:
+    assert PixianHook.wire_class.default_timeout >= 180
+
+
+def test_pixian_test_mode_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PIXIAN_DEFAULT", f"pixian://{PIXIAN_ID}:{KEY}@/?test_mode=true&timeout=300"
+    )
+    settings = _hook(PixianHook, Recorder()).get_settings()
+    assert str(settings.extras["test_mode"]).lower() == "true"
+    assert settings.timeout == 300.0
+
+
+def test_pixian_without_api_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "pixian_default", "pixian", password=KEY)
+    recorder = Recorder()
+    with pytest.raises(InvalidOptionError) as info:
+        _hook(PixianHook, recorder).get_balance()
+    assert info.value.parameter == "login"
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
+def test_missing_secret_is_a_clear_error(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None)
+    with pytest.raises(InvalidOptionError) as info:
+        _hook(HOOKS[conn_type], Recorder()).get_settings()
+    assert info.value.parameter == "password"
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
+def test_secret_is_masked_and_never_shown(
+    conn_type: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    set_connection(monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None, password=KEY)
+    hook = _hook(HOOKS[conn_type], Recorder())
+    with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
+        settings = hook.get_settings()
+    masked.assert_any_call(KEY)
+    ok, message = hook.test_connection()
+    assert ok is False
+    with pytest.raises(VendorAuthError) as info:
+        hook.get_balance()
+    for text in (repr(hook), repr(settings), message, str(info.value), json.dumps(info.value.as_dict()), caplog.text):
+        assert KEY not in text
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
+async def test_registry_builds_the_right_hook(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SOME_VENDOR", f"{conn_type}://{_login(conn_type)}:{KEY}@127.0.0.1:9")
+    hook = get_vendor_hook("some_vendor")
+    assert type(hook) is HOOKS[conn_type]
+    assert hook.conn_id == "some_vendor"
+    assert type(await aget_vendor_hook("some_vendor")) is HOOKS[conn_type]
+
+
+def test_registry_refuses_other_connection_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SOME_DB", "postgres://user:pw@db:5432/x")
+    with pytest.raises(InvalidOptionError, match="not a background-removal vendor"):
+        get_vendor_hook("some_db")
