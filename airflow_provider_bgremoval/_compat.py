@@ -20,19 +20,33 @@ def mask_secret(secret: str | None) -> None:
         _mask_secret(secret)
 
 
+def _masks_asynchronously() -> bool:
+    """
+    True on Airflow 3.3.2+, whose ``BaseHook.aget_connection`` masks secrets without blocking.
+
+    Before 3.3.2 (3.1.x, 3.2.x) ``aget_connection`` and ``extra_dejson`` mask the connection's
+    secrets with a *synchronous* call to the supervisor, which raises ``DeadlockImminentError`` in
+    the triggerer when another async call is in flight. ``Connection.aextra_dejson`` arrived with
+    the fix, so it marks the safe releases (the same test as the common-compat provider's
+    ``get_async_connection``).
+    """
+    from airflow.sdk import BaseHook, Connection
+
+    return hasattr(Connection, "aextra_dejson") and hasattr(BaseHook, "aget_connection")
+
+
 async def aget_connection(conn_id: str) -> Connection:
-    """Fetch a connection without blocking the event loop (the triggerer's way on 3.3)."""
+    """Fetch a connection without blocking the event loop (a worker thread before Airflow 3.3.2)."""
     from airflow.sdk import BaseHook
 
-    getter = getattr(BaseHook, "aget_connection", None)
-    if getter is not None:
-        return await getter(conn_id)  # type: ignore[no-any-return]
-    return await asyncio.to_thread(BaseHook.get_connection, conn_id)  # pragma: no cover
+    if _masks_asynchronously():
+        return await BaseHook.aget_connection(conn_id)  # type: ignore[no-any-return]
+    return await asyncio.to_thread(BaseHook.get_connection, conn_id)
 
 
 async def aextra_dejson(conn: Connection) -> dict[str, Any]:
-    """A connection's extras, read the async way where the SDK offers it."""
+    """A connection's extras, read the async way where the SDK offers it (else in a worker thread)."""
     getter = getattr(conn, "aextra_dejson", None)
     if getter is not None:
         return dict(await getter())
-    return dict(conn.extra_dejson)  # pragma: no cover
+    return await asyncio.to_thread(lambda: dict(conn.extra_dejson))

@@ -18,15 +18,25 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import ON_ERROR_CHOICES, BatchResult, BatchRunner, HaltInfo
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_object_name
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch
-from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RemovalProcessor
+from airflow_provider_bgremoval.pipeline.processors import (
+    GenerationProcessor,
+    ImageProcessor,
+    RemovalProcessor,
+)
 from airflow_provider_bgremoval.pipeline.progress import summary_table
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.vendors.pixelcut import (
+    PixelcutGenerateOptions,
+    PixelcutImageTransform,
+    parse_scene,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -245,7 +255,11 @@ class BucketImageOperator(BaseOperator):
                 max_failure_rate=float(self.max_failure_rate),
                 writer_id=owner,
                 claims=ClaimStore(
-                    storage, spec.destination_bucket, spec.internal_prefix, owner, lease_seconds=self.claim_lease
+                    storage,
+                    spec.destination_bucket,
+                    spec.internal_prefix,
+                    owner,
+                    lease_seconds=self.claim_lease,
                 ),
                 balance_probe=hook.aget_balance,
                 progress_every_seconds=float(self.progress_interval),
@@ -276,7 +290,7 @@ class BucketImageOperator(BaseOperator):
         finally:
             manifest.close()
         manifest_uri = f"gs://{spec.destination_bucket}/{manifest_name}"
-        self._report_lineage(spec, result)
+        self._report_lineage(hook, result)
         summary = self._summary(processor, result, manifest_uri)
         log.info("Batch summary (%s):\n%s", processor.vendor, summary_table(self._table(summary)))
         self._verdict(context, processor, result, summary)
@@ -304,8 +318,18 @@ class BucketImageOperator(BaseOperator):
 
     @staticmethod
     def _table(summary: dict[str, Any]) -> dict[str, object]:
-        keys = ("total", "done", "skipped", "rejected", "failed", "pending", "credits_spent", "possibly_charged",
-                "duration_s", "manifest_uri")
+        keys = (
+            "total",
+            "done",
+            "skipped",
+            "rejected",
+            "failed",
+            "pending",
+            "credits_spent",
+            "possibly_charged",
+            "duration_s",
+            "manifest_uri",
+        )
         return {key: summary[key] for key in keys}
 
     def _verdict(
@@ -326,13 +350,18 @@ class BucketImageOperator(BaseOperator):
                 raise AirflowFailException(message)
             raise AirflowException(message)
         if halt is not None:
-            log.warning("Stopped early (%s): %s; %d image(s) left pending", halt.reason, halt.message,
-                        halt.remaining_images)
+            log.warning(
+                "Stopped early (%s): %s; %d image(s) left pending",
+                halt.reason,
+                halt.message,
+                halt.remaining_images,
+            )
         bad = counts["failed"] + counts["rejected"]
         if self.on_error == "fail_at_end" and bad:
             context["ti"].xcom_push(key="summary", value=summary)
             raise AirflowException(
-                f"{processor.vendor}: {counts['failed']} image(s) failed and {counts['rejected']} were rejected "
+                f"{processor.vendor}: {counts['failed']} image(s) failed and "
+                f"{counts['rejected']} were rejected "
                 f"of {summary['total']}; see the manifest {summary['manifest_uri']}"
             )
         sent = counts["done"] + counts["failed"] + counts["rejected"]
@@ -343,16 +372,16 @@ class BucketImageOperator(BaseOperator):
                 f"{float(self.max_failure_rate):.0%}; see the manifest {summary['manifest_uri']}"
             )
 
-    def _report_lineage(self, spec: BatchSpec, result: BatchResult) -> None:
+    def _report_lineage(self, hook: BackgroundRemovalHook[Any], result: BatchResult) -> None:
+        """Report each source and output object to Airflow's hook-lineage collector (OpenLineage)."""
         try:
             from airflow.sdk.lineage import get_hook_lineage_collector
         except ImportError:  # pragma: no cover - older SDKs
             return
         collector = get_hook_lineage_collector()
         for source_uri, output_uri in result.lineage:
-            collector.add_input_asset(context=self, uri=source_uri)
-            collector.add_output_asset(context=self, uri=output_uri)
-        self._lineage_spec = spec
+            collector.add_input_asset(context=hook, uri=source_uri)
+            collector.add_output_asset(context=hook, uri=output_uri)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage inputs and outputs (imported lazily: OpenLineage is optional)."""
@@ -362,7 +391,9 @@ class BucketImageOperator(BaseOperator):
         spec = self._spec()
         return OperatorLineage(
             inputs=[Dataset(namespace=f"gs://{spec.source_bucket}", name=spec.source_prefix or "/")],
-            outputs=[Dataset(namespace=f"gs://{spec.destination_bucket}", name=spec.destination_prefix or "/")],
+            outputs=[
+                Dataset(namespace=f"gs://{spec.destination_bucket}", name=spec.destination_prefix or "/")
+            ],
         )
 
 
@@ -443,3 +474,65 @@ class RemoveBackgroundOperator(BucketImageOperator):
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
         """A :class:`RemovalProcessor` with this operator's options."""
         return RemovalProcessor(hook, self.removal_options(), self.vendor_options, cost_per_image=cost)
+
+
+class GenerateBackgroundOperator(BucketImageOperator):
+    """
+    Generate new backgrounds (Pixelcut) behind the subjects of the images under a GCS prefix.
+
+    Outputs are 1024x1024 JPEGs named like their sources with a ``.jpg`` extension. RGB sources have
+    their background removed by Pixelcut first; RGBA sources (e.g. earlier cut-outs) keep their alpha.
+
+    :param scene: a preset scene: ``marble``, ``wood``, ``industrial``, ``linen``, ``brick`` or ``counter``.
+    :param prompt: a description of the scene (not together with ``scene``).
+    :param negative_prompt: comma-separated attributes to avoid (not together with ``scene``).
+    :param image_transform: placement of the subject: ``{"scale": 0.8, "x_center": 0.5, "y_center": 0.6}``.
+
+    The bucket parameters are documented on :class:`BucketImageOperator`; ``conn_id`` must be a
+    Pixelcut connection (default ``pixelcut_default``).
+    """
+
+    template_fields: Sequence[str] = (
+        *BucketImageOperator.template_fields,
+        "scene",
+        "prompt",
+        "negative_prompt",
+    )
+    operation_name = "generate_background"
+
+    def __init__(
+        self,
+        *,
+        conn_id: str = "pixelcut_default",
+        scene: str | None = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        image_transform: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(conn_id=conn_id, **kwargs)
+        self.scene = scene
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.image_transform = image_transform
+        if not any(_is_template(v) for v in (scene, prompt, negative_prompt)):
+            self.generate_options()  # fail at DAG parse on bad or conflicting options
+
+    def generate_options(self) -> PixelcutGenerateOptions:
+        """The validated generate-background options."""
+        return PixelcutGenerateOptions(
+            scene=parse_scene(self.scene or None),
+            prompt=self.prompt or None,
+            negative_prompt=self.negative_prompt or None,
+            image_transform=PixelcutImageTransform.coerce(self.image_transform),
+        )
+
+    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+        """A :class:`GenerationProcessor` (Pixelcut only)."""
+        if not isinstance(hook, PixelcutHook):
+            raise InvalidOptionError(
+                "conn_id",
+                f"generate-background is a Pixelcut feature; "
+                f"{self.conn_id!r} is a {hook.conn_type} connection",
+            )
+        return GenerationProcessor(hook, self.generate_options(), cost_per_image=cost)

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 AIRFLOW_MAX_MAP_LENGTH = 1024
 
 
-def split_into_shards(names: Sequence[str], *, max_shards: int = 16, min_shard_size: int = 1) -> list[list[str]]:
+def split_into_shards(
+    names: Sequence[str], *, max_shards: int = 16, min_shard_size: int = 1
+) -> list[list[str]]:
     """
     Split ``names`` into at most ``max_shards`` contiguous shards of nearly equal size, none smaller
     than ``min_shard_size`` (except when there are fewer names than that). Order is kept.
@@ -101,7 +103,9 @@ class ListImageShardsOperator(BaseOperator):
                 self.source_bucket, normalise_prefix(self.source_prefix), include=include, exclude=exclude
             )
         ]
-        shards = split_into_shards(names, max_shards=int(self.max_shards), min_shard_size=int(self.min_shard_size))
+        shards = split_into_shards(
+            names, max_shards=int(self.max_shards), min_shard_size=int(self.min_shard_size)
+        )
         self.log.info(
             "Listed %d object(s) under gs://%s/%s into %d shard(s)",
             len(names),

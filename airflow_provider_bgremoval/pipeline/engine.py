@@ -204,7 +204,9 @@ class BatchRunner:
         self._executor: ThreadPoolExecutor | None = None
         self._bad_in_run = 0
         self._max_seen_charge = Decimal(0)
-        self.progress = ProgressReporter(len(plan.items), processor.vendor, every_seconds=progress_every_seconds)
+        self.progress = ProgressReporter(
+            len(plan.items), processor.vendor, every_seconds=progress_every_seconds
+        )
 
     # -- helpers -------------------------------------------------------------------------------
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -215,7 +217,9 @@ class BatchRunner:
         row = ManifestRow(
             source=item_source.uri,
             source_generation=item_source.generation or None,
-            destination=None if destination is None else f"gs://{self.plan.spec.destination_bucket}/{destination}",
+            destination=None
+            if destination is None
+            else f"gs://{self.plan.spec.destination_bucket}/{destination}",
             status=status,
             vendor=self.processor.vendor,
             operation=self.processor.operation,
@@ -282,7 +286,8 @@ class BatchRunner:
         if rate > self.max_failure_rate:
             self._halt(
                 "failure_rate",
-                f"{bad} of {self._finished} images failed ({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
+                f"{bad} of {self._finished} images failed "
+                f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
                 fatal=False,
             )
 
@@ -297,8 +302,14 @@ class BatchRunner:
         if self.claims is not None:
             holder = await self._blocking(self.claims.acquire, dest)
             if holder is not None:
-                self._row(source, dest, "pending", error_code="claimed_elsewhere",
-                          error_message=f"another run is processing this output ({holder})", duration_ms=elapsed())
+                self._row(
+                    source,
+                    dest,
+                    "pending",
+                    error_code="claimed_elsewhere",
+                    error_message=f"another run is processing this output ({holder})",
+                    duration_ms=elapsed(),
+                )
                 return
         try:
             data = await self._blocking(
@@ -306,28 +317,56 @@ class BatchRunner:
             )
         except StorageError as exc:
             self._bad_in_run += 1
-            self._row(source, dest, "failed", error_code=type(exc).__name__, error_message=str(exc),
-                      duration_ms=elapsed())
+            self._row(
+                source,
+                dest,
+                "failed",
+                error_code=type(exc).__name__,
+                error_message=str(exc),
+                duration_ms=elapsed(),
+            )
             return
         try:
             result = await self.processor.process(data, posixpath.basename(source.name) or "image")
         except InputRejectedError as exc:
             self._bad_in_run += 1
-            self._row(source, dest, "rejected", error_code=exc.code or "rejected", error_message=exc.message,
-                      request_id=exc.request_id, duration_ms=elapsed())
+            self._row(
+                source,
+                dest,
+                "rejected",
+                error_code=exc.code or "rejected",
+                error_message=exc.message,
+                request_id=exc.request_id,
+                duration_ms=elapsed(),
+            )
             return
         except (OutOfCreditsError, VendorAuthError) as exc:
             reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
             self._halt(reason, str(exc), fatal=True, error=exc)
-            self._row(source, dest, "pending", error_code=exc.code or reason, error_message=str(exc),
-                      request_id=exc.request_id, duration_ms=elapsed())
+            self._row(
+                source,
+                dest,
+                "pending",
+                error_code=exc.code or reason,
+                error_message=str(exc),
+                request_id=exc.request_id,
+                duration_ms=elapsed(),
+            )
             return
         except BgRemovalError as exc:
             lost = int(bool(getattr(exc, "possibly_charged", False)))
             self.result.possibly_charged += lost
             self._bad_in_run += 1
-            self._row(source, dest, "failed", error_code=exc.code or type(exc).__name__, error_message=str(exc),
-                      request_id=exc.request_id, possibly_charged=lost, duration_ms=elapsed())
+            self._row(
+                source,
+                dest,
+                "failed",
+                error_code=exc.code or type(exc).__name__,
+                error_message=str(exc),
+                request_id=exc.request_id,
+                possibly_charged=lost,
+                duration_ms=elapsed(),
+            )
             return
         finally:
             del data
@@ -355,20 +394,41 @@ class BatchRunner:
             )
         except WriteConflictError:
             current = await self._blocking(self.storage.stat, self.plan.spec.destination_bucket, dest)
-            if current is not None and is_finished(current, source, self.processor.fingerprint, self.processor.vendor):
-                self._row(source, dest, "skipped", error_code="done_concurrently",
-                          error_message="another run wrote this output first", duration_ms=elapsed(), **common)
+            if current is not None and is_finished(
+                current, source, self.processor.fingerprint, self.processor.vendor
+            ):
+                self._row(
+                    source,
+                    dest,
+                    "skipped",
+                    error_code="done_concurrently",
+                    error_message="another run wrote this output first",
+                    duration_ms=elapsed(),
+                    **common,
+                )
             else:
                 self._bad_in_run += 1
-                self._row(source, dest, "failed", error_code="output_exists",
-                          error_message="the destination appeared during the run; not overwritten",
-                          duration_ms=elapsed(), **common)
+                self._row(
+                    source,
+                    dest,
+                    "failed",
+                    error_code="output_exists",
+                    error_message="the destination appeared during the run; not overwritten",
+                    duration_ms=elapsed(),
+                    **common,
+                )
             return
         except StorageError as exc:
             self._bad_in_run += 1
-            self._row(source, dest, "failed", error_code="upload_failed",
-                      error_message=f"vendor result could not be stored (it was paid for): {exc}",
-                      duration_ms=elapsed(), **common)
+            self._row(
+                source,
+                dest,
+                "failed",
+                error_code="upload_failed",
+                error_message=f"vendor result could not be stored (it was paid for): {exc}",
+                duration_ms=elapsed(),
+                **common,
+            )
             return
         uri = f"gs://{self.plan.spec.destination_bucket}/{dest}"
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
@@ -393,8 +453,13 @@ class BatchRunner:
         """Process every billable item (or until a halt) and return the result."""
         started = time.monotonic()
         for outcome in self.plan.settled:
-            self._row(outcome.source, outcome.destination, outcome.status, error_code=outcome.code,
-                      error_message=outcome.message)
+            self._row(
+                outcome.source,
+                outcome.destination,
+                outcome.status,
+                error_code=outcome.code,
+                error_message=outcome.message,
+            )
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_concurrency + 2, thread_name_prefix="bgremoval-io"
         )

@@ -67,7 +67,7 @@ class ManifestWriter:
     """Spools :class:`ManifestRow` objects as JSON lines and counts them by status."""
 
     def __init__(self) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="bgremoval-manifest-")
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="bgremoval-manifest-")  # noqa: SIM115 - closed by close()
         self.counts: Counter[str] = Counter()
 
     def add(self, row: ManifestRow) -> None:

@@ -240,9 +240,7 @@ def _check_header(
     return None
 
 
-async def bounded_map(
-    fn: Callable[[T], Awaitable[R]], items: Sequence[T], concurrency: int
-) -> list[R]:
+async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], concurrency: int) -> list[R]:
     """``[await fn(x) for x in items]`` with at most ``concurrency`` running at once, in order."""
     results: list[R | None] = [None] * len(items)
     indexes = iter(range(len(items)))
@@ -280,7 +278,11 @@ async def plan_batch(
                 name, _ = entry
                 plan.settled.append(
                     PlannedOutcome(
-                        _missing(spec.source_bucket, name), None, "rejected", "not_found", "source object does not exist"
+                        _missing(spec.source_bucket, name),
+                        None,
+                        "rejected",
+                        "not_found",
+                        "source object does not exist",
                     )
                 )
                 continue
@@ -315,7 +317,9 @@ async def plan_batch(
             to_check.append(WorkItem(source, dest))
         elif is_finished(current, source, fingerprint, vendor):
             plan.settled.append(
-                PlannedOutcome(source, dest, "skipped", "already_done", "output exists from this source and options")
+                PlannedOutcome(
+                    source, dest, "skipped", "already_done", "output exists from this source and options"
+                )
             )
         elif spec.overwrite:
             to_check.append(WorkItem(source, dest, replace_generation=current.generation))
@@ -340,7 +344,9 @@ async def plan_batch(
             plan.items.append(item)
         else:
             plan.settled.append(
-                PlannedOutcome(item.source, item.destination, "rejected", verdict.code or "rejected", verdict.message)
+                PlannedOutcome(
+                    item.source, item.destination, "rejected", verdict.code or "rejected", verdict.message
+                )
             )
     log.info(
         "Planned %d source(s): %d billable, %d already done, %d rejected locally",

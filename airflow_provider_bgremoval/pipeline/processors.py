@@ -12,9 +12,11 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, options_fingerprint
 from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
 
 
 def options_as_dict(options: Any) -> dict[str, Any]:
@@ -120,4 +122,63 @@ class RemovalProcessor:
         """Remove the background of one image."""
         return await self.hook.aremove_background(
             data, options=self.options, vendor_options=self.vendor_options, filename=filename
+        )
+
+
+class GenerationProcessor:
+    """
+    Pixelcut generate-background: the subject on a generated scene (a 1024x1024 JPEG).
+
+    :param hook: a Pixelcut hook.
+    :param options: the generate-background options.
+    :param cost_per_image: credits per image, overriding the cost table.
+    """
+
+    operation = "generate_background"
+    extension = ".jpg"
+
+    def __init__(
+        self,
+        hook: PixelcutHook,
+        options: PixelcutGenerateOptions,
+        *,
+        cost_per_image: Decimal | None = None,
+    ) -> None:
+        self.hook = hook
+        self.options = options
+        self._cost = cost_per_image
+
+    @property
+    def vendor(self) -> str:
+        """Vendor name."""
+        return self.hook.wire_class.name
+
+    @property
+    def limits(self) -> InputLimits:
+        """Pixelcut's input limits."""
+        return self.hook.wire_class.limits
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of operation, vendor and options."""
+        return options_fingerprint(
+            {"operation": self.operation, "vendor": self.vendor}, self.options.as_dict()
+        )
+
+    @property
+    def cost_per_image(self) -> Decimal:
+        """Expected credits per image."""
+        return self._cost if self._cost is not None else self.hook.estimate_generate_cost()
+
+    async def process(self, data: bytes, filename: str) -> ImageResult:
+        """Generate a background behind the subject of one image."""
+        options = self.options
+        return await self.hook.agenerate_background(
+            data,
+            scene=options.scene,
+            prompt=options.prompt,
+            negative_prompt=options.negative_prompt,
+            image_transform=options.image_transform,
+            result_delivery=options.result_delivery,
+            filename=filename,
         )

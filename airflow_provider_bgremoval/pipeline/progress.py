@@ -50,7 +50,9 @@ class ProgressReporter:
         self._last_done = 0
         self.lines = 0
 
-    def update(self, finished: int, counts: Mapping[str, int], credits: Decimal, *, force: bool = False) -> None:
+    def update(
+        self, finished: int, counts: Mapping[str, int], credits: Decimal, *, force: bool = False
+    ) -> None:
         """Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line."""
         now = self.clock()
         step = max(1, int(self.total * self.every_fraction))
@@ -63,7 +65,8 @@ class ProgressReporter:
         eta = (self.total - finished) / (finished / elapsed) if finished else float("nan")
         percent = 100.0 * finished / self.total if self.total else 100.0
         self.log.info(
-            "[%s] %d/%d (%.0f%%) done=%d failed=%d rejected=%d pending=%d | %.1f images/min | ETA %s | credits %s",
+            "[%s] %d/%d (%.0f%%) done=%d failed=%d rejected=%d pending=%d"
+            " | %.1f images/min | ETA %s | credits %s",
             self.vendor,
             finished,
             self.total,

@@ -48,10 +48,14 @@ class Recorder:
         return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "bad credentials"}})
 
 
-def _hook(cls: type[BackgroundRemovalHook[Any]], recorder: Recorder, **kwargs: Any) -> BackgroundRemovalHook[Any]:
+def _hook(
+    cls: type[BackgroundRemovalHook[Any]], recorder: Recorder, **kwargs: Any
+) -> BackgroundRemovalHook[Any]:
     transport = httpx.MockTransport(recorder)
     sleep = SleepRecorder()
-    return cls(transport=transport, async_transport=transport, sleep=sleep, async_sleep=sleep.asleep, **kwargs)
+    return cls(
+        transport=transport, async_transport=transport, sleep=sleep, async_sleep=sleep.asleep, **kwargs
+    )
 
 
 def _assert_authenticated(conn_type: str, request: httpx.Request) -> None:
@@ -114,7 +118,9 @@ async def test_json_connection(conn_type: str, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize("conn_type", sorted(HOOKS))
 def test_defaults_without_host(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    set_connection(monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None, password=KEY)
+    set_connection(
+        monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None, password=KEY
+    )
     cls = HOOKS[conn_type]
     settings = _hook(cls, Recorder()).get_settings()
     assert settings.base_url == cls.wire_class.default_base_url
@@ -157,7 +163,9 @@ def test_secret_is_masked_and_never_shown(
     conn_type: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
-    set_connection(monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None, password=KEY)
+    set_connection(
+        monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None, password=KEY
+    )
     hook = _hook(HOOKS[conn_type], Recorder())
     with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
         settings = hook.get_settings()
@@ -166,7 +174,14 @@ def test_secret_is_masked_and_never_shown(
     assert ok is False
     with pytest.raises(VendorAuthError) as info:
         hook.get_balance()
-    for text in (repr(hook), repr(settings), message, str(info.value), json.dumps(info.value.as_dict()), caplog.text):
+    for text in (
+        repr(hook),
+        repr(settings),
+        message,
+        str(info.value),
+        json.dumps(info.value.as_dict()),
+        caplog.text,
+    ):
         assert KEY not in text
 
 

@@ -131,7 +131,9 @@ def test_legacy_ui_field_behaviour_matches_the_provider_info(
     conn_type: str, dotted: str, info: dict[str, Any]
 ) -> None:
     """Before 3.2 Airflow asks the hook; both sources must say the same."""
-    declared = next(i for i in info["connection-types"] if i["connection-type"] == conn_type)["ui-field-behaviour"]
+    declared = next(i for i in info["connection-types"] if i["connection-type"] == conn_type)[
+        "ui-field-behaviour"
+    ]
     legacy = _import(dotted).get_ui_field_behaviour()
     assert sorted(legacy["hidden_fields"]) == sorted(declared["hidden-fields"])
     assert legacy["relabeling"] == declared["relabeling"]
@@ -193,7 +195,9 @@ def test_airflow_providers_list_shows_the_provider(cli_output: dict[str, list[di
     assert "Pixelcut" in ours[0]["description"]
 
 
-def test_airflow_providers_hooks_lists_the_connection_types(cli_output: dict[str, list[dict[str, Any]]]) -> None:
+def test_airflow_providers_hooks_lists_the_connection_types(
+    cli_output: dict[str, list[dict[str, Any]]],
+) -> None:
     hooks = {h["connection_type"]: h for h in cli_output["hooks"] if h.get("package_name") == DISTRIBUTION}
     assert {t: h["class"] for t, h in hooks.items()} == HOOKS
     assert hooks["pixian"]["hook_name"] == "Pixian.AI"

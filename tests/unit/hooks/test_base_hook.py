@@ -74,7 +74,10 @@ class FakeWire(VendorWire):
     ) -> WireRequest:
         if image.url is not None:
             return WireRequest(
-                "POST", "/v1/remove", billed=True, json={"image_url": image.url, "format": options.output_format}
+                "POST",
+                "/v1/remove",
+                billed=True,
+                json={"image_url": image.url, "format": options.output_format},
             )
         assert image.data is not None
         return WireRequest(
@@ -197,7 +200,9 @@ def png_reply(**headers: str) -> httpx.Response:
     return httpx.Response(200, content=PNG, headers={"content-type": "image/png", **headers})
 
 
-def error_reply(status: int, code: str | None = None, message: str = "nope", **headers: str) -> httpx.Response:
+def error_reply(
+    status: int, code: str | None = None, message: str = "nope", **headers: str
+) -> httpx.Response:
     body = {"error": {"code": code, "message": message}}
     return httpx.Response(status, json=body, headers=headers)
 
@@ -255,7 +260,10 @@ def hook(conn: None, make_hook: Callable[..., FakeHook]) -> Iterator[FakeHook]:
         (f"fakevendor://:{KEY}@127.0.0.1:8080", "https://127.0.0.1:8080"),
         (f"fakevendor://:{KEY}@api.example.com", "https://api.example.com"),
         (f"fakevendor://:{KEY}@/?base_url=http%3A%2F%2F127.0.0.1%3A9", "http://127.0.0.1:9"),
-        (f"fakevendor://:{KEY}@ignored.example/?base_url=http%3A%2F%2F127.0.0.1%3A9%2F", "http://127.0.0.1:9"),
+        (
+            f"fakevendor://:{KEY}@ignored.example/?base_url=http%3A%2F%2F127.0.0.1%3A9%2F",
+            "http://127.0.0.1:9",
+        ),
         (f"fakevendor://:{KEY}@http%3A%2F%2F127.0.0.1:8080", "http://127.0.0.1:8080"),
         (f"fakevendor://:{KEY}@", "https://api.fake.example"),
     ],
@@ -302,7 +310,9 @@ def test_settings_from_json_connections(
     assert make_hook().get_settings().base_url == base_url
 
 
-def test_json_extras_login_and_timeout(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+def test_json_extras_login_and_timeout(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
     set_connection(
         monkeypatch,
         CONN_ID,
@@ -319,7 +329,9 @@ def test_json_extras_login_and_timeout(monkeypatch: pytest.MonkeyPatch, make_hoo
     assert hook.retry_policy.max_attempts == 1
 
 
-def test_constructor_overrides_win(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+def test_constructor_overrides_win(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
     set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, extra={"timeout": 5, "max_retries": 9})
     policy = RetryPolicy(max_attempts=2)
     hook = make_hook(timeout=300, retry_policy=policy)
@@ -367,9 +379,17 @@ def test_bad_connection_extras(
     assert info.value.parameter == parameter
 
 
-async def test_async_settings_match_sync(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+async def test_async_settings_match_sync(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
     set_connection(
-        monkeypatch, CONN_ID, "fakevendor", password=KEY, host="http://127.0.0.1", port=8081, extra={"timeout": 7}
+        monkeypatch,
+        CONN_ID,
+        "fakevendor",
+        password=KEY,
+        host="http://127.0.0.1",
+        port=8081,
+        extra={"timeout": 7},
     )
     assert await make_hook().aget_settings() == make_hook().get_settings()
 
@@ -617,8 +637,12 @@ def test_relative_redirect_is_followed(hook: FakeHook, server: Server) -> None:
     assert hook.download(f"{CDN}/r/1.png") == PNG
 
 
-@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://cdn.test/r/1.png", "data:image/png;base64,AAAA"])
-def test_redirect_off_http_is_refused(target: str, hook: FakeHook, server: Server, sleep: SleepRecorder) -> None:
+@pytest.mark.parametrize(
+    "target", ["file:///etc/passwd", "ftp://cdn.test/r/1.png", "data:image/png;base64,AAAA"]
+)
+def test_redirect_off_http_is_refused(
+    target: str, hook: FakeHook, server: Server, sleep: SleepRecorder
+) -> None:
     server.on(f"{CDN}/r/1.png", redirect(target))
     with pytest.raises(ResultDownloadError) as info:
         hook.download(f"{CDN}/r/1.png")
@@ -656,7 +680,10 @@ def test_streamed_body_over_the_cap_is_cut_off(
 ) -> None:
     body = Chunks(b"x" * 100, 1000)
     server.on(f"{CDN}/endless", httpx.Response(200, stream=body))
-    with make_hook(max_result_bytes=1000) as hook, pytest.raises(ResultDownloadError, match="cut off") as info:
+    with (
+        make_hook(max_result_bytes=1000) as hook,
+        pytest.raises(ResultDownloadError, match="cut off") as info,
+    ):
         hook.download(f"{CDN}/endless")
     assert info.value.possibly_charged is True
     assert body.sent <= 20  # stopped reading soon after the cap
@@ -809,7 +836,11 @@ def test_api_key_never_shows(
     server.on(f"{API}/v1/remove", _raise(httpx.ReadTimeout))
     server.on(f"{CDN}/r/1.png", httpx.Response(404))
     texts = [repr(hook), str(hook), repr(hook.get_settings()), str(hook.get_settings())]
-    for call in (hook.get_balance, lambda: hook.remove_background(PNG), lambda: hook.download(f"{CDN}/r/1.png")):
+    for call in (
+        hook.get_balance,
+        lambda: hook.remove_background(PNG),
+        lambda: hook.download(f"{CDN}/r/1.png"),
+    ):
         with pytest.raises(BgRemovalError) as info:
             call()
         texts += [str(info.value), repr(info.value), json.dumps(info.value.as_dict())]
@@ -827,7 +858,9 @@ def test_mask_secret_is_called_with_the_key(conn: None, make_hook: Callable[...,
     masked.assert_any_call(KEY)
 
 
-async def test_mask_secret_is_called_on_the_async_path(conn: None, make_hook: Callable[..., FakeHook]) -> None:
+async def test_mask_secret_is_called_on_the_async_path(
+    conn: None, make_hook: Callable[..., FakeHook]
+) -> None:
     with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
         await make_hook().aget_settings()
     masked.assert_any_call(KEY)
@@ -861,7 +894,9 @@ def test_test_connection_failure(reply: Reply, fragment: str, hook: FakeHook, se
     assert KEY not in message
 
 
-def test_test_connection_without_key(monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]) -> None:
+def test_test_connection_without_key(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
     set_connection(monkeypatch, CONN_ID, "fakevendor", host=API)
     ok, message = make_hook().test_connection()
     assert ok is False
