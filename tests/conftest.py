@@ -20,7 +20,7 @@ os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFL
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["tests.support.gcs", "tests.support.airflow"]
+pytest_plugins = ["tests.support.gcs", "tests.support.airflow", "tests.support.sandbox"]
 
 
 @pytest.fixture(scope="session")

@@ -355,7 +355,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                                 chunks.append(chunk)
                             return b"".join(chunks)
                 except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
-                    raise self._download_error("result URL redirected to an invalid location; refused") from None
+                    raise self._download_error("result URL redirected to an invalid URL; refused") from None
                 except httpx.HTTPError as exc:
                     raise TransientVendorError(
                         f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
@@ -383,7 +383,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                                 chunks.append(chunk)
                             return b"".join(chunks)
                 except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
-                    raise self._download_error("result URL redirected to an invalid location; refused") from None
+                    raise self._download_error("result URL redirected to an invalid URL; refused") from None
                 except httpx.HTTPError as exc:
                     raise TransientVendorError(
                         f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
@@ -543,6 +543,15 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """Async :meth:`get_balance`; safe to use in a trigger."""
         wire = await self.awire()
         return wire.parse_balance(await self.asend(wire.balance_request()))
+
+    def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
+        """
+        Connection-level settings that change the output, for the options fingerprint recorded on
+        outputs (e.g. Pixian test mode: watermarked results must not count as finished work later).
+
+        :param vendor_options: the call's vendor options.
+        """
+        return {}
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
         """Credits one image is expected to cost with these vendor options (from the cost table)."""

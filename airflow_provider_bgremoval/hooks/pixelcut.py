@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import LocalSteps, ProcessingPlan, RemovalOptions
@@ -35,15 +36,25 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
     (jpeg/webp, background colour, margin, max size) is applied locally with Pillow.
     Vendor options: :class:`~airflow_provider_bgremoval.vendors.pixelcut.PixelcutOptions`.
 
-    :param conn_id: connection id (default ``pixelcut_default``).
-    :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`.
+    :param pixelcut_conn_id: connection id (default ``pixelcut_default``).
+    :param conn_id: alias of ``pixelcut_conn_id`` (the name the base hook uses).
+    :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`
+        (``timeout``, ``retry_policy``, ``max_result_bytes``, ``transport``, ``sleep``…).
     """
 
-    conn_name_attr = "conn_id"
+    conn_name_attr = "pixelcut_conn_id"
     default_conn_name = "pixelcut_default"
     conn_type = "pixelcut"
     hook_name = "Pixelcut"
     wire_class = PixelcutWire
+
+    def __init__(
+        self, pixelcut_conn_id: str | None = None, *, conn_id: str | None = None, **kwargs: Any
+    ) -> None:
+        if pixelcut_conn_id and conn_id and pixelcut_conn_id != conn_id:
+            raise InvalidOptionError("conn_id", "give pixelcut_conn_id or conn_id, not two different ids")
+        super().__init__(pixelcut_conn_id or conn_id, **kwargs)
+        self.pixelcut_conn_id = self.conn_id
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:

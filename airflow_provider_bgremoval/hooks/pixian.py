@@ -147,13 +147,23 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         )
 
     # -- costs ---------------------------------------------------------------------------------
+    def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
+        """Test mode changes the output (watermark), so it is part of the options fingerprint."""
+        return {"test": self.is_test_mode(vendor_options)}
+
     def is_test_mode(self, vendor_options: PixianOptions | Mapping[str, Any] | None = None) -> bool:
         """
         Whether a call with these options runs with ``test=true`` (option first, then the connection).
 
+        The connection is read only when the options leave ``test`` unset (after :meth:`aget_balance`
+        or any async call it is already loaded, so async callers do not block).
+
         :param vendor_options: the call's Pixian options.
         """
-        return self.wire.test_mode(vendor_options)
+        opts = PixianOptions.coerce(vendor_options)
+        if opts.test is not None:
+            return opts.test
+        return self.wire.test_mode(opts)
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
         """

@@ -53,26 +53,45 @@ class ClaimStore:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self._held: dict[str, int] = {}  # destination -> generation of our claim object
 
     def claim_name(self, destination: str) -> str:
         """Object name of the claim for ``destination``."""
         return self.prefix + hashlib.sha256(destination.encode()).hexdigest()[:40]
 
-    def _metadata(self, destination: str) -> dict[str, str]:
+    def _metadata(self, destination: str, *, released: bool = False) -> dict[str, str]:
         return {
             META_OWNER: self.owner,
-            META_EXPIRES: f"{self.clock() + self.lease_seconds:.0f}",
+            META_EXPIRES: "0" if released else f"{self.clock() + self.lease_seconds:.0f}",
             META_DESTINATION: destination,
         }
+
+    def release(self, destination: str) -> None:
+        """Give up our claim on ``destination`` (its output was not written): anyone may take it."""
+        generation = self._held.pop(destination, None)
+        if generation is None:
+            return
+        try:
+            self.storage.write(
+                self.bucket,
+                self.claim_name(destination),
+                b"",
+                content_type="text/plain",
+                metadata=self._metadata(destination, released=True),
+                if_generation_match=generation,
+            )
+        except WriteConflictError:
+            pass  # somebody took it over after our lease ran out: nothing of ours to release
 
     def acquire(self, destination: str) -> str | None:
         """Claim ``destination``; return ``None`` on success or the owner holding a live claim."""
         name = self.claim_name(destination)
         for _ in range(3):
             try:
-                self.storage.write(
+                info = self.storage.write(
                     self.bucket, name, b"", content_type="text/plain", metadata=self._metadata(destination)
                 )
+                self._held[destination] = info.generation
                 return None
             except WriteConflictError:
                 pass
@@ -88,7 +107,7 @@ class ClaimStore:
             if holder != self.owner and expires > self.clock():
                 return holder
             try:
-                self.storage.write(
+                info = self.storage.write(
                     self.bucket,
                     name,
                     b"",
@@ -96,6 +115,7 @@ class ClaimStore:
                     metadata=self._metadata(destination),
                     if_generation_match=current.generation,
                 )
+                self._held[destination] = info.generation
                 return None
             except WriteConflictError:
                 continue  # somebody else took it over first: look again

@@ -292,7 +292,8 @@ class BatchRunner:
             )
 
     # -- one image -----------------------------------------------------------------------------
-    async def _process(self, item: WorkItem) -> None:
+    async def _process(self, item: WorkItem) -> bool:
+        """Process one image; True when its output exists afterwards (written by us or another run)."""
         started = time.monotonic()
         source, dest = item.source, item.destination
 
@@ -310,7 +311,7 @@ class BatchRunner:
                     error_message=f"another run is processing this output ({holder})",
                     duration_ms=elapsed(),
                 )
-                return
+                return False
         try:
             data = await self._blocking(
                 self.storage.read, source.bucket, source.name, generation=source.generation
@@ -325,7 +326,7 @@ class BatchRunner:
                 error_message=str(exc),
                 duration_ms=elapsed(),
             )
-            return
+            return False
         try:
             result = await self.processor.process(data, posixpath.basename(source.name) or "image")
         except InputRejectedError as exc:
@@ -339,7 +340,7 @@ class BatchRunner:
                 request_id=exc.request_id,
                 duration_ms=elapsed(),
             )
-            return
+            return False
         except (OutOfCreditsError, VendorAuthError) as exc:
             reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
             self._halt(reason, str(exc), fatal=True, error=exc)
@@ -352,7 +353,7 @@ class BatchRunner:
                 request_id=exc.request_id,
                 duration_ms=elapsed(),
             )
-            return
+            return False
         except BgRemovalError as exc:
             lost = int(bool(getattr(exc, "possibly_charged", False)))
             self.result.possibly_charged += lost
@@ -367,7 +368,7 @@ class BatchRunner:
                 possibly_charged=lost,
                 duration_ms=elapsed(),
             )
-            return
+            return False
         finally:
             del data
         credits, estimated = self._credits_of(result.credits_charged)
@@ -417,7 +418,7 @@ class BatchRunner:
                     duration_ms=elapsed(),
                     **common,
                 )
-            return
+            return True
         except StorageError as exc:
             self._bad_in_run += 1
             self._row(
@@ -429,19 +430,25 @@ class BatchRunner:
                 duration_ms=elapsed(),
                 **common,
             )
-            return
+            return False
         uri = f"gs://{self.plan.spec.destination_bucket}/{dest}"
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
             self.result.sample_outputs.append(uri)
         if len(self.result.lineage) < LINEAGE_CAP:
             self.result.lineage.append((source.uri, uri))
         self._row(source, dest, "done", duration_ms=elapsed(), bytes_out=len(result.content), **common)
+        return True
+
+    async def _process_and_release(self, item: WorkItem) -> None:
+        written = await self._process(item)
+        if not written and self.claims is not None:
+            await self._blocking(self.claims.release, item.destination)
 
     async def _worker(self) -> None:
         while (item := self._next_item()) is not None:
             self._in_flight += 1
             try:
-                await self._process(item)
+                await self._process_and_release(item)
             finally:
                 self._in_flight -= 1
                 self._finished += 1

@@ -111,6 +111,7 @@ class RemovalProcessor:
             {"operation": self.operation, "vendor": self.vendor},
             self.options.as_dict(),
             options_as_dict(self.vendor_options),
+            self.hook.output_settings(self.vendor_options),
         )
 
     @property

@@ -32,7 +32,7 @@ def test_mask_secret_uses_the_task_sdk_masker() -> None:
 
 
 def test_async_masking_is_detected_by_release() -> None:
-    assert _compat._masks_asynchronously() is (AIRFLOW >= Version("3.3.2"))
+    assert _compat._masks_asynchronously() is (AIRFLOW.release >= (3, 3, 2))
 
 
 async def test_aget_connection_and_extras(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -574,11 +574,9 @@ def test_transport_errors_are_mapped(
     kind: type[httpx.TransportError], path: str, charged: bool, hook: FakeHook, server: Server
 ) -> None:
     server.on(f"{API}{path}", _raise(kind))
+    call = (lambda: hook.remove_background(PNG)) if path == "/v1/remove" else hook.get_balance
     with pytest.raises(TransientVendorError) as info:
-        if path == "/v1/remove":
-            hook.remove_background(PNG)
-        else:
-            hook.get_balance()
+        call()
     assert info.value.possibly_charged is charged
     assert info.value.code == kind.__name__
     assert info.value.vendor == "fakevendor"
@@ -844,7 +842,7 @@ def test_api_key_never_shows(
         with pytest.raises(BgRemovalError) as info:
             call()
         texts += [str(info.value), repr(info.value), json.dumps(info.value.as_dict())]
-    ok, message = hook.test_connection()
+    _, message = hook.test_connection()
     texts.append(message)
     captured = capsys.readouterr()
     texts += [caplog.text, captured.out, captured.err]

@@ -833,6 +833,15 @@ def test_ui_field_behaviour_matches_provider_info():
     assert PixelcutHook.conn_type == "pixelcut"
 
 
+def test_conn_id_names():
+    assert PixelcutHook().pixelcut_conn_id == "pixelcut_default"
+    assert PixelcutHook(pixelcut_conn_id="a").conn_id == "a"
+    assert PixelcutHook(conn_id="b").pixelcut_conn_id == "b"
+    assert getattr(PixelcutHook(**{PixelcutHook.conn_name_attr: "c"}), PixelcutHook.conn_name_attr) == "c"
+    with pytest.raises(InvalidOptionError):
+        PixelcutHook(pixelcut_conn_id="a", conn_id="b")
+
+
 async def test_clients_are_reused_and_closed(hook, fake):
     hook.get_balance()
     hook.get_balance()

@@ -1,0 +1,187 @@
+"""Wait for credits: :class:`CreditsSensor`, one sensor for every vendor (picked by connection type)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
+from airflow_provider_bgremoval.triggers.credits import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    CreditsTrigger,
+    describe_error,
+    has_enough,
+    is_fatal_balance_error,
+    parse_min_credits,
+    usable_credits,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class CreditsSensor(BaseSensorOperator):
+    """
+    Wait until a vendor account has at least ``min_credits`` usable credits.
+
+    One class for Pixelcut, Pixian.AI and Poof: the connection's type picks the vendor hook. Only the
+    free balance endpoint is called. Dormant or suspended accounts count as 0 usable credits.
+
+    .. code-block:: python
+
+        CreditsSensor(
+            task_id="wait_for_credits",
+            conn_id="pixelcut_default",
+            min_credits="{{ params.batch_size }}",
+            poke_interval=300,
+            timeout=6 * 3600,
+            deferrable=True,
+        )
+
+    Modes: ``mode="poke"`` (holds a worker slot), ``mode="reschedule"`` (frees it between pokes) and
+    ``deferrable=True`` (one poke on the worker, then a :class:`CreditsTrigger` in the triggerer).
+    ``timeout``, ``soft_fail``, ``exponential_backoff`` and ``max_wait`` behave as on every Airflow
+    sensor; with ``deferrable=True`` the trigger doubles its poll interval up to ``max_wait`` (default
+    900 s) when ``exponential_backoff`` is set.
+
+    Failures: bad credentials, a missing connection or another non-retryable vendor refusal fail the
+    task at once (``AirflowFailException``, no retries; skipped with ``soft_fail``). Transient vendor
+    failures (5xx, 429, timeouts) are retried by the hook's retry policy; a poll that still fails is
+    logged and the sensor keeps waiting until its timeout.
+
+    On success the balance (``Balance.as_dict()``: vendor, remaining, state, plan) is the task's
+    return value (XCom).
+
+    :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection.
+    :param min_credits: the threshold (templated): a number or numeric string; compared exactly as
+        ``Decimal(str(min_credits))``; a balance equal to it passes.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param kwargs: the :class:`~airflow.sdk.BaseSensorOperator` options (``poke_interval``, ``timeout``,
+        ``mode``, ``soft_fail``, ``exponential_backoff``, ``max_wait``…).
+    """
+
+    template_fields: Sequence[str] = ("conn_id", "min_credits")
+    ui_color = "#fdf1d6"
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        min_credits: float | int | str,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.min_credits = min_credits
+        self.deferrable = deferrable
+        if not (isinstance(min_credits, str) and "{{" in min_credits):
+            parse_min_credits(min_credits)  # fail at DAG parse when the value is already known
+
+    def get_hook(self) -> BackgroundRemovalHook[Any]:
+        """The vendor hook for ``conn_id``."""
+        return get_vendor_hook(self.conn_id)
+
+    def _fail(self, message: str) -> AirflowFailException:
+        return AirflowFailException(f"{type(self).__name__} on connection {self.conn_id!r}: {message}")
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """Read the balance once; done when the usable balance reaches ``min_credits``."""
+        threshold = parse_min_credits(self.min_credits)
+        try:
+            hook = self.get_hook()
+        except Exception as exc:
+            raise self._fail(describe_error(exc)) from exc
+        try:
+            balance = hook.get_balance()
+        except Exception as exc:
+            if is_fatal_balance_error(exc):
+                raise self._fail(describe_error(exc)) from exc
+            self.log.warning(
+                "Balance poll on %s failed after retries (%s); polling again",
+                self.conn_id,
+                describe_error(exc),
+            )
+            return PokeReturnValue(is_done=False)
+        finally:
+            hook.close()
+        usable = usable_credits(balance)
+        if has_enough(balance, threshold):
+            self.log.info(
+                "%s (%s): %s credits remaining, threshold %s: met",
+                self.conn_id,
+                balance.vendor,
+                usable,
+                threshold,
+            )
+            return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
+        self.log.info(
+            "%s (%s): %s usable credits (state %s), threshold %s: waiting",
+            self.conn_id,
+            balance.vendor,
+            usable,
+            balance.state.value,
+            threshold,
+        )
+        return PokeReturnValue(is_done=False)
+
+    def trigger(self) -> CreditsTrigger:
+        """The trigger this sensor defers to (primitives only)."""
+        max_wait = self.max_wait.total_seconds() if self.max_wait is not None else DEFAULT_MAX_POLL_INTERVAL
+        return CreditsTrigger(
+            conn_id=self.conn_id,
+            min_credits=str(parse_min_credits(self.min_credits)),
+            poll_interval=float(self.poke_interval),
+            exponential_backoff=bool(self.exponential_backoff),
+            max_poll_interval=float(max_wait),
+        )
+
+    def execute(self, context: Context) -> Any:
+        """Poke/reschedule through the base sensor, or poke once and defer."""
+        if not self.deferrable:
+            return super().execute(context)
+        try:
+            result = self.poke(context)
+        except AirflowFailException as exc:
+            if self.soft_fail or self.never_fail:
+                flag = "soft_fail" if self.soft_fail else "never_fail"
+                raise AirflowSkipException(f"Skipping ({flag}): {exc}") from exc
+            raise
+        if result.is_done:
+            return result.xcom_value
+        self.defer(
+            trigger=self.trigger(),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """
+        Resume after the trigger fired: return the balance, or fail.
+
+        :param context: the task context.
+        :param event: the trigger's event payload.
+        """
+        if not event:
+            raise AirflowException(f"{type(self).__name__}: resumed without a trigger event")
+        status = event.get("status")
+        if status == "success":
+            balance: dict[str, Any] = dict(event.get("balance") or {})
+            self.log.info(
+                "%s (%s): %s credits remaining, threshold %s: met after %s poll(s) in the triggerer",
+                self.conn_id,
+                balance.get("vendor"),
+                balance.get("remaining"),
+                event.get("min_credits"),
+                event.get("polls"),
+            )
+            return balance
+        message = str(event.get("message") or f"trigger reported {status!r}")
+        if event.get("fatal"):
+            raise AirflowFailException(message)
+        raise AirflowException(message)

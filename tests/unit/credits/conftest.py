@@ -1,0 +1,141 @@
+"""Fixtures for the credits tests: three fake vendor balance endpoints behind one httpx.MockTransport.
+
+``vendors`` defines ``pixelcut_default``, ``pixian_default`` and ``poof_default`` connections and
+replaces the hook factories used by the sensor, the trigger and the operators with ones that inject
+the mock transport and a time-travel sleep, so every hook (sync and async) talks to the fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_provider_bgremoval.hooks import registry
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.sandbox import RunningSandbox, run_sandbox
+from tests.support.connections import SleepRecorder, set_connection
+
+PIXELCUT_KEY = "sk_unit_pixelcut_secret_0123456789"
+PIXIAN_ID = "px_unit_id"
+PIXIAN_SECRET = "px_unit_secret_0123456789abcdef"
+POOF_KEY = "pk_unit_poof_secret_0123456789"
+SECRETS = (PIXELCUT_KEY, PIXIAN_SECRET, POOF_KEY)
+
+PATHS = {"/v1/credits": "pixelcut", "/api/v2/account": "pixian", "/v1/me": "poof"}
+
+
+@dataclass
+class FakeVendors:
+    """
+    Balance endpoints of the three vendors. ``bodies[vendor]`` is the JSON reply; ``script[vendor]``
+    is a queue of statuses (or callables returning a response) served before the body.
+    """
+
+    bodies: dict[str, Any] = field(
+        default_factory=lambda: {
+            "pixelcut": {"credits_remaining": 100},
+            "pixian": {"credits": 100, "state": "active", "creditPack": "pack_500"},
+            "poof": {"maxCredits": 2000, "usedCredits": 1900, "plan": "Pro"},
+        }
+    )
+    script: dict[str, list[int]] = field(default_factory=lambda: {"pixelcut": [], "pixian": [], "poof": []})
+    requests: list[httpx.Request] = field(default_factory=list)
+    on_request: Callable[[str, int], None] | None = None
+
+    def set_pixelcut(self, credits: Any) -> None:
+        self.bodies["pixelcut"] = {"credits_remaining": credits}
+
+    def set_pixian(self, credits: Any, state: str = "active") -> None:
+        self.bodies["pixian"] = {"credits": credits, "state": state, "creditPack": "pack_500"}
+
+    def set_poof(self, max_credits: int, used: int) -> None:
+        self.bodies["poof"] = {"maxCredits": max_credits, "usedCredits": used, "plan": "Pro"}
+
+    def calls(self, vendor: str) -> int:
+        return sum(1 for r in self.requests if PATHS.get(r.url.path) == vendor)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        vendor = PATHS.get(request.url.path)
+        if vendor is None:
+            return httpx.Response(404, json={"error": "not found"})
+        if self.on_request is not None:
+            self.on_request(vendor, self.calls(vendor))
+        if self.script[vendor]:
+            status = self.script[vendor].pop(0)
+            return _error(vendor, status)
+        return httpx.Response(200, json=self.bodies[vendor])
+
+
+def _error(vendor: str, status: int) -> httpx.Response:
+    if vendor == "pixelcut":
+        code = {401: "invalid_api_key", 403: "invalid_api_key"}.get(status, "internal_error")
+        return httpx.Response(status, json={"error": "nope", "error_code": code})
+    if vendor == "pixian":
+        return httpx.Response(status, json={"error": {"status": status, "code": status, "message": "nope"}})
+    code = {401: "authentication_error"}.get(status, "internal_error")
+    return httpx.Response(status, json={"code": code, "message": "nope", "request_id": "r1"})
+
+
+@pytest.fixture
+def sleeper() -> SleepRecorder:
+    """Records retry waits instead of sleeping."""
+    return SleepRecorder()
+
+
+@pytest.fixture
+def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> Iterator[FakeVendors]:
+    """The fake vendors, their default connections, and hook factories bound to them."""
+    fake = FakeVendors()
+    set_connection(monkeypatch, "pixelcut_default", "pixelcut", password=PIXELCUT_KEY)
+    set_connection(monkeypatch, "pixian_default", "pixian", login=PIXIAN_ID, password=PIXIAN_SECRET)
+    set_connection(monkeypatch, "poof_default", "poof", password=POOF_KEY)
+
+    def kwargs() -> dict[str, Any]:
+        transport = httpx.MockTransport(fake.handler)
+        return {"transport": transport, "async_transport": transport, "sleep": sleeper, "async_sleep": sleeper.asleep}
+
+    real_get, real_aget = registry.get_vendor_hook, registry.aget_vendor_hook
+
+    def get_vendor_hook(conn_id: str, **hook_kwargs: Any) -> BackgroundRemovalHook[Any]:
+        return real_get(conn_id, **{**kwargs(), **hook_kwargs})
+
+    async def aget_vendor_hook(conn_id: str, **hook_kwargs: Any) -> BackgroundRemovalHook[Any]:
+        return await real_aget(conn_id, **{**kwargs(), **hook_kwargs})
+
+    for module in (
+        "airflow_provider_bgremoval.sensors.credits",
+        "airflow_provider_bgremoval.operators.bucket",
+    ):
+        monkeypatch.setattr(f"{module}.get_vendor_hook", get_vendor_hook)
+    for module in ("airflow_provider_bgremoval.triggers.credits", "airflow_provider_bgremoval.operators.credits"):
+        monkeypatch.setattr(f"{module}.aget_vendor_hook", aget_vendor_hook)
+    yield fake
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[RunningSandbox]:
+    """The vendor sandbox on a free loopback port (for trigger runs over real sockets)."""
+    with run_sandbox(seed=7) as running:
+        yield running
+
+
+@pytest.fixture
+def sandbox(sandbox_server: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> RunningSandbox:
+    """The sandbox reset to its start-up state, with ``sb_pixelcut``/``sb_pixian``/``sb_poof`` connections."""
+    sandbox_server.admin.reset()
+    set_connection(monkeypatch, "sb_pixelcut", "pixelcut", password=sandbox_server.pixelcut_key, host=sandbox_server.url)
+    set_connection(
+        monkeypatch,
+        "sb_pixian",
+        "pixian",
+        login=sandbox_server.pixian_id,
+        password=sandbox_server.pixian_secret,
+        host=sandbox_server.url,
+    )
+    set_connection(monkeypatch, "sb_poof", "poof", password=sandbox_server.poof_key, host=sandbox_server.url)
+    return sandbox_server

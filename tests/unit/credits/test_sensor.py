@@ -1,0 +1,276 @@
+"""CreditsSensor in every mode, over MockTransport vendors: thresholds, quirks, failures, deferral."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from airflow.sdk import PokeReturnValue
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowRescheduleException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    TaskDeferred,
+)
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.sensors.credits import CreditsSensor
+from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
+from tests.unit.credits.conftest import SECRETS, FakeVendors
+
+CONNS = {"pixelcut": "pixelcut_default", "pixian": "pixian_default", "poof": "poof_default"}
+
+
+def sensor(conn_id: str = "pixelcut_default", min_credits: Any = 10, **kwargs: Any) -> CreditsSensor:
+    kwargs.setdefault("poke_interval", 0)
+    kwargs.setdefault("timeout", 60)
+    return CreditsSensor(task_id="credits", conn_id=conn_id, min_credits=min_credits, **kwargs)
+
+
+def context() -> dict[str, Any]:
+    ti = mock.MagicMock()
+    ti.get_first_reschedule_date.return_value = None
+    return {"ti": ti}
+
+
+def poke(s: CreditsSensor) -> PokeReturnValue:
+    return s.poke(context())  # type: ignore[arg-type]
+
+
+# -- thresholds and vendor quirks ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("balance", "minimum", "done"),
+    [(100, 99, True), (100, 100, True), (100, "100", True), (100, 101, False), (0, 0, True), (0, 1, False)],
+)
+def test_poke_thresholds_pixelcut(vendors: FakeVendors, balance: int, minimum: Any, done: bool) -> None:
+    vendors.set_pixelcut(balance)
+    result = poke(sensor(min_credits=minimum))
+    assert result.is_done is done
+    if done:
+        assert result.xcom_value == {"vendor": "pixelcut", "remaining": str(balance), "state": "active", "plan": None}
+    else:
+        assert result.xcom_value is None
+
+
+@pytest.mark.parametrize("credits", ["42", 42, "42.0"])
+def test_pixelcut_credits_as_string_or_number(vendors: FakeVendors, credits: Any) -> None:
+    vendors.set_pixelcut(credits)
+    assert poke(sensor(min_credits=42)).is_done
+    assert not poke(sensor(min_credits="42.01")).is_done
+
+
+@pytest.mark.parametrize(
+    ("credits", "minimum", "done"),
+    [
+        (10.1, "10.1", True),  # equal, fractional
+        (10.1, 10.1, True),  # a float threshold is compared as Decimal(str(10.1)), not 10.0999...
+        (0.3, 0.3, True),
+        ("0.30000001", "0.3", True),
+        (10.1, "10.10000001", False),
+        (123.5, 123.49, True),
+    ],
+)
+def test_pixian_fractional_thresholds_are_exact(vendors: FakeVendors, credits: Any, minimum: Any, done: bool) -> None:
+    vendors.set_pixian(credits)
+    assert poke(sensor("pixian_default", minimum)).is_done is done
+
+
+def test_pixian_dormant_counts_as_zero(vendors: FakeVendors) -> None:
+    vendors.set_pixian(500, state="dormant")
+    assert not poke(sensor("pixian_default", 1)).is_done
+    result = poke(sensor("pixian_default", 0))
+    assert result.is_done
+    assert result.xcom_value["remaining"] == "0"
+    assert result.xcom_value["state"] == "dormant"
+
+
+def test_poof_remaining_is_max_minus_used(vendors: FakeVendors) -> None:
+    vendors.set_poof(2000, 1234)
+    result = poke(sensor("poof_default", 766))
+    assert result.is_done
+    assert result.xcom_value == {"vendor": "poof", "remaining": "766", "state": "active", "plan": "Pro"}
+    assert not poke(sensor("poof_default", 767)).is_done
+    vendors.set_poof(100, 150)  # over-used: clamped at 0
+    assert not poke(sensor("poof_default", "0.5")).is_done
+
+
+@pytest.mark.parametrize("bad", ["abc", -1, "-0.5", "nan", "inf", None, True])
+def test_bad_threshold_is_refused_at_parse(bad: Any) -> None:
+    with pytest.raises(InvalidOptionError, match="min_credits"):
+        sensor(min_credits=bad)
+
+
+def test_templated_threshold_is_checked_at_run(vendors: FakeVendors) -> None:
+    s = sensor(min_credits="{{ params.need }}")
+    assert "min_credits" in s.template_fields
+    s.min_credits = "not-a-number"  # what a bad render leaves
+    with pytest.raises(InvalidOptionError, match="min_credits"):
+        poke(s)
+
+
+# -- poke mode -------------------------------------------------------------------------------------
+def test_poke_mode_waits_until_enough(vendors: FakeVendors) -> None:
+    vendors.set_pixelcut(5)
+
+    def top_up(vendor: str, calls: int) -> None:
+        if calls == 3:
+            vendors.set_pixelcut(50)
+
+    vendors.on_request = top_up
+    result = sensor(min_credits=10).execute(context())  # type: ignore[arg-type]
+    assert result["remaining"] == "50"
+    assert vendors.calls("pixelcut") == 3
+
+
+def test_poke_mode_timeout_and_soft_fail(vendors: FakeVendors) -> None:
+    vendors.set_pixelcut(5)
+    with pytest.raises(AirflowSensorTimeout):
+        sensor(min_credits=10, timeout=0).execute(context())  # type: ignore[arg-type]
+    with pytest.raises(AirflowSkipException):
+        sensor(min_credits=10, timeout=0, soft_fail=True).execute(context())  # type: ignore[arg-type]
+
+
+def test_poke_mode_exponential_backoff_is_the_base_sensors(vendors: FakeVendors) -> None:
+    vendors.set_pixelcut(5)
+    s = sensor(min_credits=10, timeout=0, exponential_backoff=True, poke_interval=5, max_wait=7)
+    assert s._get_next_poke_interval(0.0, lambda: 0.0, 5) <= 7
+
+
+# -- reschedule mode -------------------------------------------------------------------------------
+def test_reschedule_mode_raises_reschedule(vendors: FakeVendors) -> None:
+    vendors.set_pixelcut(5)
+    s = sensor(min_credits=10, mode="reschedule", poke_interval=120)
+    with pytest.raises(AirflowRescheduleException) as info:
+        s.execute(context())  # type: ignore[arg-type]
+    assert info.value.reschedule_date is not None
+    assert vendors.calls("pixelcut") == 1
+    vendors.set_pixelcut(10)
+    assert s.execute(context())["remaining"] == "10"  # type: ignore[arg-type]
+
+
+# -- deferrable ------------------------------------------------------------------------------------
+def test_deferrable_defaults_to_config() -> None:
+    default = inspect.signature(CreditsSensor.__init__).parameters["deferrable"].default
+    assert default is False  # [operators] default_deferrable defaults to false
+
+
+def test_deferrable_pokes_once_then_defers(vendors: FakeVendors) -> None:
+    vendors.set_pixian("9.5")
+    s = sensor("pixian_default", "10.25", deferrable=True, poke_interval=30, timeout=3600)
+    with pytest.raises(TaskDeferred) as info:
+        s.execute(context())  # type: ignore[arg-type]
+    assert vendors.calls("pixian") == 1
+    trigger = info.value.trigger
+    assert isinstance(trigger, CreditsTrigger)
+    assert info.value.method_name == "execute_complete"
+    assert info.value.timeout == timedelta(seconds=3600)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_bgremoval.triggers.credits.CreditsTrigger"
+    assert kwargs == {
+        "conn_id": "pixian_default",
+        "min_credits": "10.25",
+        "poll_interval": 30.0,
+        "exponential_backoff": False,
+        "max_poll_interval": DEFAULT_MAX_POLL_INTERVAL,
+    }
+    assert CreditsTrigger(**kwargs) == trigger
+
+
+def test_deferrable_passes_backoff_to_trigger(vendors: FakeVendors) -> None:
+    vendors.set_pixelcut(0)
+    s = sensor(min_credits=1, deferrable=True, poke_interval=10, exponential_backoff=True, max_wait=timedelta(minutes=2))
+    with pytest.raises(TaskDeferred) as info:
+        s.execute(context())  # type: ignore[arg-type]
+    trigger = info.value.trigger
+    assert trigger.exponential_backoff is True
+    assert trigger.max_poll_interval == 120.0
+
+
+def test_deferrable_does_not_defer_when_enough(vendors: FakeVendors) -> None:
+    vendors.set_poof(100, 0)
+    result = sensor("poof_default", 100, deferrable=True).execute(context())  # type: ignore[arg-type]
+    assert result["remaining"] == "100"
+
+
+def test_execute_complete_events() -> None:
+    s = sensor(deferrable=True)
+    balance = {"vendor": "pixelcut", "remaining": "12", "state": "active", "plan": None}
+    event = {"status": "success", "balance": balance, "min_credits": "10", "polls": 3, "conn_id": "pixelcut_default"}
+    assert s.execute_complete(context(), event) == balance  # type: ignore[arg-type]
+    with pytest.raises(AirflowFailException, match="bad key"):
+        s.execute_complete(context(), {"status": "error", "fatal": True, "message": "bad key"})  # type: ignore[arg-type]
+    with pytest.raises(AirflowException, match="boom") as info:
+        s.execute_complete(context(), {"status": "error", "fatal": False, "message": "boom"})  # type: ignore[arg-type]
+    assert not isinstance(info.value, AirflowFailException)
+    with pytest.raises(AirflowException, match="without a trigger event"):
+        s.execute_complete(context(), None)  # type: ignore[arg-type]
+
+
+# -- failures --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("vendor", ["pixelcut", "pixian", "poof"])
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_auth_failure_fails_at_once(
+    vendors: FakeVendors, vendor: str, mode: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vendors.script[vendor] = [401]
+    kwargs: dict[str, Any] = {"deferrable": True} if mode == "deferrable" else {"mode": mode}
+    s = sensor(CONNS[vendor], 1, **kwargs)
+    with caplog.at_level(logging.DEBUG), pytest.raises(AirflowFailException) as info:
+        s.execute(context())  # type: ignore[arg-type]
+    assert "VendorAuthError" in str(info.value)
+    assert vendors.calls(vendor) == 1  # not retried
+    logs = caplog.text + capsys.readouterr().out
+    for secret in SECRETS:
+        assert secret not in str(info.value)
+        assert secret not in logs
+
+
+def test_auth_failure_with_soft_fail_skips(vendors: FakeVendors) -> None:
+    vendors.script["poof"] = [401, 401]
+    with pytest.raises(AirflowSkipException):
+        sensor("poof_default", 1, soft_fail=True).execute(context())  # type: ignore[arg-type]
+    with pytest.raises(AirflowSkipException):
+        sensor("poof_default", 1, soft_fail=True, deferrable=True).execute(context())  # type: ignore[arg-type]
+
+
+def test_missing_connection_fails_at_once(vendors: FakeVendors) -> None:
+    with pytest.raises(AirflowFailException, match="nope_conn"):
+        sensor("nope_conn", 1).execute(context())  # type: ignore[arg-type]
+
+
+def test_5xx_is_retried_then_polling_continues(
+    vendors: FakeVendors, sleeper: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One poke: the hook retries the 503s (time travel); the poke still succeeds on the 3rd attempt.
+    vendors.set_pixelcut(20)
+    vendors.script["pixelcut"] = [503, 502]
+    assert poke(sensor(min_credits=10)).is_done
+    assert vendors.calls("pixelcut") == 3
+    assert len(sleeper.waits) == 2
+
+    # A poke whose retries are all exhausted is logged and not fatal; the next poke succeeds.
+    vendors.requests.clear()
+    vendors.script["pixelcut"] = [503] * 6
+    with caplog.at_level(logging.WARNING):
+        result = sensor(min_credits=10).execute(context())  # type: ignore[arg-type]
+    assert result["remaining"] == "20"
+    assert vendors.calls("pixelcut") == 7  # 6 failed attempts (one poke) + 1
+    assert "failed after retries" in caplog.text + capsys.readouterr().out
+
+
+def test_5xx_until_timeout_times_out_not_fails(vendors: FakeVendors) -> None:
+    vendors.script["pixian"] = [500] * 6
+    with pytest.raises(AirflowSensorTimeout):
+        sensor("pixian_default", 1, timeout=0).execute(context())  # type: ignore[arg-type]
+
+
+def test_secrets_are_masked(vendors: FakeVendors) -> None:
+    with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
+        poke(sensor(min_credits=1))
+    masked.assert_any_call("sk_unit_pixelcut_secret_0123456789")
