@@ -59,7 +59,11 @@ def get_provider_info() -> dict[str, Any]:
                 "external-doc-url": "https://www.pixelcut.ai/docs",
                 "tags": ["service"],
             },
-            {"integration-name": "Pixian.AI", "external-doc-url": "https://pixian.ai/api", "tags": ["service"]},
+            {
+                "integration-name": "Pixian.AI",
+                "external-doc-url": "https://pixian.ai/api",
+                "tags": ["service"],
+            },
             {"integration-name": "Poof", "external-doc-url": "https://docs.poof.bg/", "tags": ["service"]},
         ],
         "hooks": [

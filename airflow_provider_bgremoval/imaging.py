@@ -99,7 +99,9 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
         except Image.DecompressionBombError as exc:
             raise _reject("too_many_pixels", f"declared dimensions are absurd ({exc})", vendor) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise _reject("unsupported_image", f"not a readable image ({type(exc).__name__})", vendor) from None
+            raise _reject(
+                "unsupported_image", f"not a readable image ({type(exc).__name__})", vendor
+            ) from None
 
 
 def check_size(size: int, limits: InputLimits, *, vendor: str | None = None) -> None:

@@ -193,7 +193,11 @@ class RemovalOptions:
         color = parse_color(background_color) if background_color not in (None, "") else None
         crop_flag = _parse_bool(crop, "crop")
         parsed_margin = (
-            margin if isinstance(margin, Margin) else Margin.parse(margin) if margin not in (None, "") else None
+            margin
+            if isinstance(margin, Margin)
+            else Margin.parse(margin)
+            if margin not in (None, "")
+            else None
         )
         if parsed_margin is not None and not crop_flag:
             raise InvalidOptionError("margin", "a margin only applies when crop=True")

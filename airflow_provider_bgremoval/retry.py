@@ -57,7 +57,9 @@ class RetryPolicy:
     rate_limit_step: float | None = None
     max_retry_after: float = 120.0
 
-    def with_overrides(self, *, max_attempts: int | None = None, max_wait: float | None = None) -> RetryPolicy:
+    def with_overrides(
+        self, *, max_attempts: int | None = None, max_wait: float | None = None
+    ) -> RetryPolicy:
         """A copy with connection-level overrides applied."""
         return RetryPolicy(
             max_attempts=self.max_attempts if max_attempts is None else max(1, int(max_attempts)),

@@ -218,13 +218,17 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     def _get_client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(transport=self._transport, **self._client_options(self.get_settings()))
+            self._client = httpx.Client(
+                transport=self._transport, **self._client_options(self.get_settings())
+            )
         return self._client
 
     async def _aget_client(self) -> httpx.AsyncClient:
         if self._aclient is None:
             settings = await self.aget_settings()
-            self._aclient = httpx.AsyncClient(transport=self._async_transport, **self._client_options(settings))
+            self._aclient = httpx.AsyncClient(
+                transport=self._async_transport, **self._client_options(settings)
+            )
         return self._aclient
 
     def close(self) -> None:
@@ -275,7 +279,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     def _send_once(self, wire: VendorWire, request: WireRequest) -> httpx.Response:
         try:
-            response = self._get_client().request(request.method, request.path, **self._httpx_kwargs(wire, request))
+            response = self._get_client().request(
+                request.method, request.path, **self._httpx_kwargs(wire, request)
+            )
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, request) from None
         if response.status_code >= 400:
@@ -308,7 +314,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     # -- result URLs ---------------------------------------------------------------------------
     def _download_error(self, message: str, status: int | None = None) -> ResultDownloadError:
-        return ResultDownloadError(message, vendor=self.wire_class.name, status_code=status, code="result_download")
+        return ResultDownloadError(
+            message, vendor=self.wire_class.name, status_code=status, code="result_download"
+        )
 
     def _check_download_status(self, response: httpx.Response, url: str) -> str | None:
         """Return the next URL for a redirect, ``None`` for success; raise for failures."""
@@ -331,7 +339,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             )
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_result_bytes:
-            raise self._download_error(f"result is {declared} bytes, over the {self.max_result_bytes} byte cap")
+            raise self._download_error(
+                f"result is {declared} bytes, over the {self.max_result_bytes} byte cap"
+            )
         return None
 
     def _cap(self, total: int) -> None:
@@ -419,7 +429,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> ImageResult:
         result = wire.finish_result(result, image, vendor_options)
         if plan.local.needed:
-            content, content_type, width, height = apply_local_steps(result.content, plan.local, vendor=wire.name)
+            content, content_type, width, height = apply_local_steps(
+                result.content, plan.local, vendor=wire.name
+            )
         else:
             decoded = decode_result(result.content, vendor=wire.name)
             content, width, height = result.content, decoded.width, decoded.height
@@ -567,4 +579,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             return False, f"{type(exc).__name__}: {exc}"
         finally:
             self.close()
-        return True, f"Connected to {self.hook_name}: {balance.remaining} credits remaining ({balance.state.value})"
+        return (
+            True,
+            f"Connected to {self.hook_name}: {balance.remaining} credits remaining ({balance.state.value})",
+        )

@@ -16,9 +16,9 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import httpx
@@ -246,10 +246,12 @@ class VendorWire(ABC):
         """Reduce an error reply (any body, JSON or not) to its facts."""
 
     def capabilities_for(self, vendor_options: Any = None) -> VendorCapabilities:
-        """What the vendor does natively for a call with these vendor options (default: :attr:`capabilities`)."""
+        """What the vendor does natively for a call with these vendor options (default: ``capabilities``)."""
         return self.capabilities
 
-    def finish_result(self, result: ImageResult, image: ImageInput, vendor_options: Any = None) -> ImageResult:
+    def finish_result(
+        self, result: ImageResult, image: ImageInput, vendor_options: Any = None
+    ) -> ImageResult:
         """Vendor-specific decoding of a result before local post-processing (default: none)."""
         return result
 

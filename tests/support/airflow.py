@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,9 @@ class DagTester:
     def __init__(self, dags_folder: Path) -> None:
         self.dags_folder = dags_folder
 
-    def run(self, source: str, dag_id: str, *, conf: dict[str, Any] | None = None, keep: bool = False) -> DagRunResult:
+    def run(
+        self, source: str, dag_id: str, *, conf: dict[str, Any] | None = None, keep: bool = False
+    ) -> DagRunResult:
         """Run the DAG ``dag_id`` defined by ``source`` once and return its outcome."""
         from airflow.dag_processing.dagbag import DagBag
 
@@ -98,6 +99,6 @@ class DagTester:
 
 
 @pytest.fixture(scope="session")
-def dag_tester(airflow_db: None) -> Iterator[DagTester]:
+def dag_tester(airflow_db: None) -> DagTester:
     """A :class:`DagTester` bound to the session's DAGS_FOLDER."""
-    yield DagTester(Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]))
+    return DagTester(Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]))

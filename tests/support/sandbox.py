@@ -26,7 +26,8 @@ def connection_env(sandbox: RunningSandbox, *, timeout: float = 30, max_retries:
         "poof_default": {"conn_type": "poof", "host": sandbox.url, "password": sandbox.poof_key},
     }
     return {
-        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps({**conn, "extra": extra}) for conn_id, conn in conns.items()
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps({**conn, "extra": extra})
+        for conn_id, conn in conns.items()
     }
 
 

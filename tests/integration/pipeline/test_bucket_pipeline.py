@@ -94,7 +94,10 @@ def photo_sources(images_dir: Path) -> dict[str, bytes]:
 
 
 def seed(storage: GcsStorage, bucket: str, objects: dict[str, bytes]) -> dict[str, int]:
-    return {name: storage.write(bucket, name, data, content_type="image/png").generation for name, data in objects.items()}
+    return {
+        name: storage.write(bucket, name, data, content_type="image/png").generation
+        for name, data in objects.items()
+    }
 
 
 def assert_sources_untouched(storage: GcsStorage, bucket: str, objects: dict[str, bytes]) -> None:
@@ -111,16 +114,24 @@ def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_
     return vendor_connections, gcs_storage, gcs_bucket_factory("src"), gcs_bucket_factory("dst")
 
 
-def dag_source(dag_id: str, conn_id: str, src: str, dst: str, dst_prefix: str = "cut/", extra: str = "") -> str:
-    return DAG_TEMPLATE.format(dag_id=dag_id, conn_id=conn_id, src=src, dst=dst, dst_prefix=dst_prefix, extra=extra)
+def dag_source(
+    dag_id: str, conn_id: str, src: str, dst: str, dst_prefix: str = "cut/", extra: str = ""
+) -> str:
+    return DAG_TEMPLATE.format(
+        dag_id=dag_id, conn_id=conn_id, src=src, dst=dst, dst_prefix=dst_prefix, extra=extra
+    )
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_each_vendor_processes_a_prefix_and_rerun_charges_nothing(env, dag_tester, photo_sources, vendor) -> None:
+def test_each_vendor_processes_a_prefix_and_rerun_charges_nothing(
+    env, dag_tester, photo_sources, vendor
+) -> None:
     sandbox, storage, src, dst = env
     seed(storage, src, photo_sources)
     dag_id = f"bucket_{vendor}"
-    source = dag_source(dag_id, f"{vendor}_default", src, dst, extra='output_format="webp", crop=True, margin="5%",')
+    source = dag_source(
+        dag_id, f"{vendor}_default", src, dst, extra='output_format="webp", crop=True, margin="5%",'
+    )
     run = dag_tester.run(source, dag_id)
     assert run.state == "success", run.task_states()
     summary = run.xcom("cutouts")
@@ -153,8 +164,13 @@ def test_each_vendor_processes_a_prefix_and_rerun_charges_nothing(env, dag_teste
 def test_background_colour_and_jpeg_output(env, dag_tester, photo_sources) -> None:
     sandbox, storage, src, dst = env
     seed(storage, src, {"raw/studio/a.png": photo_sources["raw/studio/shot 1.png"]})
-    source = dag_source("bucket_bg", "pixian_default", src, dst,
-                        extra='output_format="jpeg", background_color="#00ff00", max_size=(64, 64),')
+    source = dag_source(
+        "bucket_bg",
+        "pixian_default",
+        src,
+        dst,
+        extra='output_format="jpeg", background_color="#00ff00", max_size=(64, 64),',
+    )
     run = dag_tester.run(source, "bucket_bg")
     assert run.state == "success", run.task_states()
     image = Image.open(io.BytesIO(storage.read(dst, "cut/studio/a.jpg")))
@@ -165,7 +181,11 @@ def test_background_colour_and_jpeg_output(env, dag_tester, photo_sources) -> No
 
 def test_collisions_are_refused_before_any_call(env, dag_tester, photo_sources) -> None:
     sandbox, storage, src, dst = env
-    seed(storage, src, {"raw/a.jpg": photo_sources["raw/rocket.jpg"], "raw/a.png": photo_sources["raw/horse.png"]})
+    seed(
+        storage,
+        src,
+        {"raw/a.jpg": photo_sources["raw/rocket.jpg"], "raw/a.png": photo_sources["raw/horse.png"]},
+    )
     run = dag_tester.run(dag_source("bucket_collide", "poof_default", src, dst), "bucket_collide")
     assert run.state == "failed"
     assert charged(sandbox, "poof") == 0
@@ -182,15 +202,19 @@ def test_local_rejects_charge_nothing_and_are_reported(env, dag_tester, photo_so
         "raw/truncated.png": photo_sources["raw/horse.png"][:3000],
     }
     seed(storage, src, objects)
-    run = dag_tester.run(dag_source("bucket_rejects", "pixelcut_default", src, dst, extra='on_error="continue",'),
-                         "bucket_rejects")
+    run = dag_tester.run(
+        dag_source("bucket_rejects", "pixelcut_default", src, dst, extra='on_error="continue",'),
+        "bucket_rejects",
+    )
     assert run.state == "success", run.task_states()
     summary = run.xcom("cutouts")
     assert summary["done"] == 1 and summary["rejected"] == 4
     assert charged(sandbox, "pixelcut") == 1
     assert len(sandbox.admin.requests("pixelcut")) == 1
     manifest = read_manifest(storage.read(dst, summary["manifest_uri"].split("/", 3)[3]))
-    codes = {row["source"].rsplit("/", 1)[1]: row["error_code"] for row in manifest if row["status"] == "rejected"}
+    codes = {
+        row["source"].rsplit("/", 1)[1]: row["error_code"] for row in manifest if row["status"] == "rejected"
+    }
     assert codes == {
         "empty.jpg": "empty_file",
         "html.jpg": "unsupported_image",
@@ -198,8 +222,9 @@ def test_local_rejects_charge_nothing_and_are_reported(env, dag_tester, photo_so
         "truncated.png": "malformed_image",
     }
     # fail_at_end (the default) fails the task for the same batch, still charging only the good image.
-    run = dag_tester.run(dag_source("bucket_rejects2", "pixelcut_default", src, dst, dst_prefix="again/"),
-                         "bucket_rejects2")
+    run = dag_tester.run(
+        dag_source("bucket_rejects2", "pixelcut_default", src, dst, dst_prefix="again/"), "bucket_rejects2"
+    )
     assert run.state == "failed"
     assert charged(sandbox, "pixelcut") == 2
 
@@ -229,18 +254,27 @@ def test_out_of_credits_mid_batch_then_top_up_finishes_the_rest(env, dag_tester,
 def test_mapped_shards_match_a_single_task(env, dag_tester, photo_sources) -> None:
     sandbox, storage, src, dst = env
     seed(storage, src, photo_sources)
-    single = dag_tester.run(dag_source("bucket_single", "pixian_default", src, dst, dst_prefix="one/"), "bucket_single")
+    single = dag_tester.run(
+        dag_source("bucket_single", "pixian_default", src, dst, dst_prefix="one/"), "bucket_single"
+    )
     assert single.state == "success", single.task_states()
-    mapped_source = MAPPED_TEMPLATE.format(dag_id="bucket_mapped", conn_id="pixian_default", src=src, dst=dst,
-                                           dst_prefix="sharded/")
+    mapped_source = MAPPED_TEMPLATE.format(
+        dag_id="bucket_mapped", conn_id="pixian_default", src=src, dst=dst, dst_prefix="sharded/"
+    )
     mapped = dag_tester.run(mapped_source, "bucket_mapped")
     assert mapped.state == "success", mapped.task_states()
     assert len([k for k in mapped.task_states() if k.startswith("cutouts[")]) == 3
-    one = {i.name.removeprefix("one/"): storage.read(dst, i.name) for i in storage.list_objects(dst, "one/")
-           if "_bgremoval/" not in i.name}
-    sharded = {i.name.removeprefix("sharded/"): storage.read(dst, i.name) for i in storage.list_objects(dst, "sharded/")
-               if "_bgremoval/" not in i.name}
+    one = {
+        i.name.removeprefix("one/"): storage.read(dst, i.name)
+        for i in storage.list_objects(dst, "one/")
+        if "_bgremoval/" not in i.name
+    }
+    sharded = {
+        i.name.removeprefix("sharded/"): storage.read(dst, i.name)
+        for i in storage.list_objects(dst, "sharded/")
+        if "_bgremoval/" not in i.name
+    }
     assert one.keys() == sharded.keys() and len(one) == len(photo_sources)
-    for name in one:  # the sandbox is deterministic: same input, same options -> same pixels
-        assert Image.open(io.BytesIO(one[name])).tobytes() == Image.open(io.BytesIO(sharded[name])).tobytes()
+    for name, data in one.items():  # the sandbox is deterministic: same input and options -> same pixels
+        assert Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(sharded[name])).tobytes()
     assert charged(sandbox, "pixian") == pytest.approx(2 * len(photo_sources))

@@ -69,8 +69,12 @@ class ScriptedProcessor:
             outcome = self.script(filename, len(self.calls)) if self.script else None
             if isinstance(outcome, BaseException):
                 raise outcome
-            return ImageResult(content=png((40, 30), "blue"), content_type="image/png", vendor="fake",
-                               credits_charged=outcome if isinstance(outcome, Decimal) else None)
+            return ImageResult(
+                content=png((40, 30), "blue"),
+                content_type="image/png",
+                vendor="fake",
+                credits_charged=outcome if isinstance(outcome, Decimal) else None,
+            )
         finally:
             self.in_flight -= 1
 
@@ -83,8 +87,12 @@ def seed(storage: GcsStorage, bucket: str, names: list[str], data: bytes | None 
 def run(storage: GcsStorage, spec: BatchSpec, processor: ScriptedProcessor, **kwargs: Any):
     async def go():
         plan = await plan_batch(
-            storage, spec, extension=processor.extension, fingerprint=processor.fingerprint,
-            vendor=processor.vendor, limits=processor.limits,
+            storage,
+            spec,
+            extension=processor.extension,
+            fingerprint=processor.fingerprint,
+            vendor=processor.vendor,
+            limits=processor.limits,
         )
         manifest = ManifestWriter()
         runner = BatchRunner(storage, processor, plan, manifest, **kwargs)
@@ -103,7 +111,9 @@ def test_processes_every_image_writes_metadata_and_rerun_skips(buckets) -> None:
     storage, src, dst = buckets
     names = [f"in/{i:03d}.jpg" for i in range(12)] + ["in/deep/a b #?ü.png"]
     seed(storage, src, names)
-    spec = BatchSpec(source_bucket=src, source_prefix="in/", destination_bucket=dst, destination_prefix="out/")
+    spec = BatchSpec(
+        source_bucket=src, source_prefix="in/", destination_bucket=dst, destination_prefix="out/"
+    )
     processor = ScriptedProcessor()
     plan, result, rows = run(storage, spec, processor, max_concurrency=4)
     assert result.counts["done"] == 13 and len(processor.calls) == 13
@@ -130,7 +140,9 @@ def test_changed_options_are_not_overwritten_without_overwrite(buckets) -> None:
     other.fingerprint = "fp2"
     _, result, rows = run(storage, spec, other)
     assert other.calls == [] and rows[0]["error_code"] == "output_exists"
-    spec_overwrite = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/", overwrite=True)
+    spec_overwrite = BatchSpec(
+        source_bucket=src, destination_bucket=dst, destination_prefix="o/", overwrite=True
+    )
     _, result, _ = run(storage, spec_overwrite, other)
     assert result.counts["done"] == 1
     assert storage.stat(dst, "o/a.png").metadata["bgremoval-options-hash"] == "fp2"
@@ -153,11 +165,18 @@ def test_local_rejects_cost_nothing(buckets) -> None:
     storage.write(src, "tiny.png", png((16, 16)), content_type="image/png")
     storage.write(src, "text.jpg", b"<html>not an image</html>", content_type="image/jpeg")
     processor = ScriptedProcessor()
-    _, result, rows = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/"),
-                          processor)
+    _, result, rows = run(
+        storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/"), processor
+    )
     assert processor.calls == ["good.png"]
-    codes = {row["source"].rsplit("/", 1)[1]: row["error_code"] for row in rows if row["status"] == "rejected"}
-    assert codes == {"empty.png": "empty_file", "tiny.png": "resolution_too_low", "text.jpg": "unsupported_image"}
+    codes = {
+        row["source"].rsplit("/", 1)[1]: row["error_code"] for row in rows if row["status"] == "rejected"
+    }
+    assert codes == {
+        "empty.png": "empty_file",
+        "tiny.png": "resolution_too_low",
+        "text.jpg": "unsupported_image",
+    }
 
 
 def test_out_of_credits_stops_submitting_and_marks_the_rest_pending(buckets) -> None:
@@ -189,7 +208,9 @@ def test_auth_failure_is_fatal_for_the_batch(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(6)])
     processor = ScriptedProcessor(lambda n, c: VendorAuthError("revoked", vendor="fake", status_code=401))
-    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, max_concurrency=2)
+    _, result, _ = run(
+        storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, max_concurrency=2
+    )
     assert result.halt is not None and result.halt.reason == "auth_failed" and result.halt.fatal
     assert result.counts["pending"] == 6 and len(processor.calls) == 2
 
@@ -198,13 +219,23 @@ def test_budgets_stop_cleanly(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(10)])
     processor = ScriptedProcessor()
-    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
-                       processor, max_images=4, max_concurrency=3)
+    _, result, _ = run(
+        storage,
+        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
+        processor,
+        max_images=4,
+        max_concurrency=3,
+    )
     assert result.counts["done"] == 4 and result.counts["pending"] == 6
     assert result.halt is not None and result.halt.reason == "max_images" and not result.halt.fatal
     processor = ScriptedProcessor(lambda n, c: Decimal("2.5"))
-    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
-                       processor, max_credits=Decimal(7), max_concurrency=1)
+    _, result, _ = run(
+        storage,
+        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
+        processor,
+        max_credits=Decimal(7),
+        max_concurrency=1,
+    )
     assert result.credits_spent == Decimal("2.5") * 2  # a third image could exceed the budget
 
 
@@ -220,13 +251,23 @@ def test_per_image_errors_do_not_stop_the_batch_and_failure_rate_does(buckets) -
         return None
 
     processor = ScriptedProcessor(script)
-    _, result, rows = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
-                          processor, max_concurrency=1)
+    _, result, rows = run(
+        storage,
+        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
+        processor,
+        max_concurrency=1,
+    )
     assert result.counts == {"failed": 10, "rejected": 1, "done": 19}
     assert result.possibly_charged == 10
     processor = ScriptedProcessor(script)
-    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
-                       processor, max_concurrency=1, on_error="fail_rate", max_failure_rate=0.5)
+    _, result, _ = run(
+        storage,
+        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
+        processor,
+        max_concurrency=1,
+        on_error="fail_rate",
+        max_failure_rate=0.5,
+    )
     assert result.halt is not None and result.halt.reason == "failure_rate"
     assert result.counts["pending"] > 0 and len(processor.calls) < 30
 
@@ -235,7 +276,9 @@ def test_concurrency_is_bounded(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(24)])
     processor = ScriptedProcessor(delay=0.02)
-    _, result, _ = run(storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, max_concurrency=5)
+    _, result, _ = run(
+        storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, max_concurrency=5
+    )
     assert result.counts["done"] == 24
     assert processor.max_in_flight == 5
 
@@ -264,8 +307,9 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
 def test_empty_prefix_is_nothing_to_do(buckets) -> None:
     storage, src, dst = buckets
     processor = ScriptedProcessor()
-    plan, result, rows = run(storage, BatchSpec(source_bucket=src, source_prefix="none/", destination_bucket=dst),
-                             processor)
+    plan, result, rows = run(
+        storage, BatchSpec(source_bucket=src, source_prefix="none/", destination_bucket=dst), processor
+    )
     assert plan.total == 0 and rows == [] and result.halt is None
 
 
@@ -273,7 +317,11 @@ def test_unsafe_names_are_rejected(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, ["p/ok.png", "p/../escape.png", "p/back\\slash.png"])
     processor = ScriptedProcessor()
-    _, result, rows = run(storage, BatchSpec(source_bucket=src, source_prefix="p/", destination_bucket=dst),
-                          processor)
+    _, result, rows = run(
+        storage, BatchSpec(source_bucket=src, source_prefix="p/", destination_bucket=dst), processor
+    )
     assert processor.calls == ["ok.png"]
-    assert sorted(row["error_code"] for row in rows if row["status"] == "rejected") == ["unsafe_name", "unsafe_name"]
+    assert sorted(row["error_code"] for row in rows if row["status"] == "rejected") == [
+        "unsafe_name",
+        "unsafe_name",
+    ]

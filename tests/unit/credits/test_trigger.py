@@ -1,0 +1,266 @@
+"""CreditsTrigger: serialisation, async polling over MockTransport and over the real sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.sandbox import RunningSandbox
+from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
+from tests.unit.credits.conftest import SECRETS, FakeVendors
+
+
+class TimeTravel:
+    """Replaces ``CreditsTrigger.sleep``: records the waits and yields to the loop without waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def travel(monkeypatch: pytest.MonkeyPatch) -> TimeTravel:
+    recorder = TimeTravel()
+    monkeypatch.setattr(CreditsTrigger, "sleep", lambda self, seconds: recorder(seconds))
+    return recorder
+
+
+async def events(trigger: CreditsTrigger) -> list[TriggerEvent]:
+    return [event async for event in trigger.run()]
+
+
+# -- serialisation ---------------------------------------------------------------------------------
+def test_serialize_round_trips_with_primitives_only() -> None:
+    trigger = CreditsTrigger("pixian_default", "10.25", poll_interval=15, exponential_backoff=True, max_poll_interval=60)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_bgremoval.triggers.credits.CreditsTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert {type(v) for v in kwargs.values()} <= {str, float, bool, type(None)}
+    rebuilt = CreditsTrigger(**kwargs)
+    assert rebuilt == trigger
+    assert rebuilt.serialize() == trigger.serialize()
+
+
+def test_serialize_round_trips_through_airflow_serde() -> None:
+    from airflow.sdk.serde import deserialize, serialize
+
+    trigger = CreditsTrigger("poof_default", "0.5", poll_interval=0.25)
+    _, kwargs = trigger.serialize()
+    assert CreditsTrigger(**deserialize(serialize(kwargs))) == trigger
+
+
+def test_backoff_intervals_are_capped() -> None:
+    trigger = CreditsTrigger("c", "1", poll_interval=10, exponential_backoff=True, max_poll_interval=70)
+    assert [trigger.next_interval(n) for n in range(1, 7)] == [10, 20, 40, 70, 70, 70]
+    plain = CreditsTrigger("c", "1", poll_interval=10)
+    assert {plain.next_interval(n) for n in range(1, 50)} == {10}
+    default_cap = CreditsTrigger("c", "1", poll_interval=60, exponential_backoff=True)
+    assert default_cap.next_interval(100) == DEFAULT_MAX_POLL_INTERVAL
+
+
+# -- async run over MockTransport ------------------------------------------------------------------
+async def test_success_at_first_poll(vendors: FakeVendors, travel: TimeTravel) -> None:
+    vendors.set_poof(500, 100)
+    [event] = await events(CreditsTrigger("poof_default", "400", poll_interval=5))
+    assert event.payload == {
+        "status": "success",
+        "conn_id": "poof_default",
+        "min_credits": "400",
+        "balance": {"vendor": "poof", "remaining": "400", "state": "active", "plan": "Pro"},
+        "polls": 1,
+    }
+    assert travel.waits == []
+
+
+async def test_waits_until_balance_reaches_threshold(vendors: FakeVendors, travel: TimeTravel) -> None:
+    vendors.set_pixian("9.99")
+
+    def top_up(vendor: str, calls: int) -> None:
+        if calls == 4:
+            vendors.set_pixian("10.00")
+
+    vendors.on_request = top_up
+    [event] = await events(CreditsTrigger("pixian_default", "10", poll_interval=30))
+    assert event.payload["status"] == "success"
+    assert event.payload["polls"] == 4
+    assert event.payload["balance"]["remaining"] == "10.00"
+    assert travel.waits == [30.0, 30.0, 30.0]
+
+
+async def test_exponential_backoff_between_polls(vendors: FakeVendors, travel: TimeTravel) -> None:
+    vendors.set_pixelcut(0)
+    vendors.on_request = lambda vendor, calls: vendors.set_pixelcut(5) if calls == 6 else None
+    trigger = CreditsTrigger("pixelcut_default", "5", poll_interval=2, exponential_backoff=True, max_poll_interval=10)
+    [event] = await events(trigger)
+    assert event.payload["status"] == "success"
+    assert travel.waits == [2, 4, 8, 10, 10]
+
+
+async def test_dormant_waits_until_active(vendors: FakeVendors, travel: TimeTravel) -> None:
+    vendors.set_pixian(500, state="dormant")
+    vendors.on_request = lambda vendor, calls: vendors.set_pixian(500) if calls == 3 else None
+    [event] = await events(CreditsTrigger("pixian_default", "1", poll_interval=1))
+    assert event.payload["balance"] == {"vendor": "pixian", "remaining": "500", "state": "active", "plan": "pack_500"}
+    assert event.payload["polls"] == 3
+
+
+@pytest.mark.parametrize("vendor", ["pixelcut", "pixian", "poof"])
+async def test_auth_failure_is_a_fatal_event_at_once(vendors: FakeVendors, travel: TimeTravel, vendor: str) -> None:
+    vendors.script[vendor] = [401]
+    conn_id = f"{vendor}_default"
+    [event] = await events(CreditsTrigger(conn_id, "1", poll_interval=1))
+    assert event.payload["status"] == "error"
+    assert event.payload["fatal"] is True
+    assert event.payload["error_type"] == "VendorAuthError"
+    assert conn_id in event.payload["message"]
+    assert vendors.calls(vendor) == 1
+    assert travel.waits == []
+    assert not any(secret in json.dumps(event.payload) for secret in SECRETS)
+
+
+async def test_missing_connection_is_fatal(vendors: FakeVendors, travel: TimeTravel) -> None:
+    [event] = await events(CreditsTrigger("no_such_conn", "1"))
+    assert event.payload["status"] == "error"
+    assert event.payload["fatal"] is True
+    assert "no_such_conn" in event.payload["message"]
+
+
+async def test_bad_threshold_is_fatal(vendors: FakeVendors, travel: TimeTravel) -> None:
+    [event] = await events(CreditsTrigger("poof_default", "lots"))
+    assert event.payload["fatal"] is True
+    assert "min_credits" in event.payload["message"]
+
+
+async def test_5xx_is_retried_and_polling_continues(
+    vendors: FakeVendors, travel: TimeTravel, sleeper: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    vendors.set_pixelcut(50)
+    vendors.script["pixelcut"] = [503] * 6 + [500, 502]  # poll 1 exhausts the retries; poll 2 succeeds
+    [event] = await events(CreditsTrigger("pixelcut_default", "50", poll_interval=7))
+    assert event.payload["status"] == "success"
+    assert event.payload["polls"] == 2
+    assert vendors.calls("pixelcut") == 9
+    assert travel.waits == [7.0]  # one poll interval between the two polls
+    assert len(sleeper.waits) == 7  # the hook's own retry waits (time travel), never a fatal error
+    assert "failed after retries" in caplog.text
+
+
+async def test_closes_the_hook_and_never_calls_the_sync_api(
+    vendors: FakeVendors, travel: TimeTravel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    real_aclose = BackgroundRemovalHook.aclose
+
+    async def aclose(self: BackgroundRemovalHook[Any]) -> None:
+        closed.append(self.conn_id)
+        await real_aclose(self)
+
+    def forbidden(self: BackgroundRemovalHook[Any], *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("blocking call in the triggerer")
+
+    monkeypatch.setattr(BackgroundRemovalHook, "aclose", aclose)
+    monkeypatch.setattr(BackgroundRemovalHook, "get_balance", forbidden)
+    monkeypatch.setattr(BackgroundRemovalHook, "get_settings", forbidden)
+    monkeypatch.setattr(BackgroundRemovalHook, "remove_background", forbidden)
+    monkeypatch.setattr(BackgroundRemovalHook, "aremove_background", forbidden)
+    [event] = await events(CreditsTrigger("poof_default", "1"))
+    assert event.payload["status"] == "success"
+    assert closed == ["poof_default"]
+
+
+async def test_cancellation_closes_the_hook(vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []
+    real_aclose = BackgroundRemovalHook.aclose
+
+    async def aclose(self: BackgroundRemovalHook[Any]) -> None:
+        closed.append(self.conn_id)
+        await real_aclose(self)
+
+    monkeypatch.setattr(BackgroundRemovalHook, "aclose", aclose)
+    vendors.set_pixelcut(0)
+    task = asyncio.ensure_future(events(CreditsTrigger("pixelcut_default", "1", poll_interval=3600)))
+    while vendors.calls("pixelcut") < 1:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == ["pixelcut_default"]
+
+
+async def test_hook_can_be_injected(vendors: FakeVendors, travel: TimeTravel) -> None:
+    from airflow_provider_bgremoval.hooks.poof import PoofHook
+
+    class Injected(CreditsTrigger):
+        async def get_hook(self) -> BackgroundRemovalHook[Any]:
+            import httpx
+
+            def reply(request: httpx.Request) -> httpx.Response:
+                return httpx.Response(200, json={"maxCredits": 10, "usedCredits": 3})
+
+            return PoofHook(self.conn_id, async_transport=httpx.MockTransport(reply))
+
+    [event] = await events(Injected("poof_default", "7"))
+    assert event.payload["balance"]["remaining"] == "7"
+
+
+# -- against the sandbox over real sockets ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("conn_id", "vendor", "target"),
+    [("sb_pixelcut", "pixelcut", "25.5"), ("sb_pixian", "pixian", "25.5"), ("sb_poof", "poof", "25")],  # Poof: integers
+)
+async def test_sandbox_waits_then_resumes_when_topped_up(
+    sandbox: RunningSandbox, conn_id: str, vendor: str, target: str
+) -> None:
+    admin = sandbox.admin
+    admin.set_balance(vendor, 2)
+
+    async def top_up_after_two_polls() -> None:
+        while sum(1 for r in await asyncio.to_thread(admin.requests, vendor) if r["kind"] == "account") < 2:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(admin.set_balance, vendor, float(target))
+
+    helper = asyncio.ensure_future(top_up_after_two_polls())
+    [event] = await asyncio.wait_for(events(CreditsTrigger(conn_id, target, poll_interval=0.05)), timeout=30)
+    await helper
+    assert event.payload["status"] == "success"
+    assert event.payload["polls"] >= 3
+    assert Decimal(event.payload["balance"]["remaining"]) == Decimal(target)
+    assert admin.charges() == []  # balance polls are free; nothing billed
+
+
+async def test_sandbox_pixian_dormant_then_active(sandbox: RunningSandbox) -> None:
+    sandbox.admin.set_balance("pixian", 40, state="dormant")
+    trigger = CreditsTrigger("sb_pixian", "10", poll_interval=0.05)
+    task = asyncio.ensure_future(events(trigger))
+    await asyncio.sleep(0.3)
+    assert not task.done()  # dormant: 0 usable, still waiting
+    await asyncio.to_thread(sandbox.admin.set_balance, "pixian", None, None, "active")
+    [event] = await asyncio.wait_for(task, timeout=30)
+    assert event.payload["balance"]["state"] == "active"
+    assert Decimal(event.payload["balance"]["remaining"]) == 40
+
+
+async def test_sandbox_5xx_on_balance_polls_is_not_fatal(sandbox: RunningSandbox) -> None:
+    sandbox.admin.set_faults("poof", fault="error", next=3, status=503, apply_to=["account"])
+    [event] = await asyncio.wait_for(events(CreditsTrigger("sb_poof", "1", poll_interval=0.05)), timeout=60)
+    assert event.payload["status"] == "success"
+    statuses = [r["status"] for r in sandbox.admin.requests("poof")]
+    assert statuses[:3] == [503, 503, 503]
+    assert statuses[-1] == 200
+
+
+async def test_sandbox_revoked_key_is_fatal(sandbox: RunningSandbox) -> None:
+    sandbox.admin.set_faults("pixelcut", auth_revoked=True, apply_to=["account"])
+    [event] = await asyncio.wait_for(events(CreditsTrigger("sb_pixelcut", "1", poll_interval=0.05)), timeout=30)
+    assert event.payload["status"] == "error"
+    assert event.payload["fatal"] is True
+    assert len(sandbox.admin.requests("pixelcut")) == 1
