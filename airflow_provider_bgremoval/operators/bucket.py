@@ -24,7 +24,12 @@ from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import ON_ERROR_CHOICES, BatchResult, BatchRunner, HaltInfo
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_object_name
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchPlan,
+    BatchSpec,
+    DestinationCollisionError,
+    plan_batch,
+)
 from airflow_provider_bgremoval.pipeline.processors import (
     GenerationProcessor,
     ImageProcessor,
@@ -227,17 +232,25 @@ class BucketImageOperator(BaseOperator):
             )
         )
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def prepare(self) -> tuple[BatchSpec, GcsStorage, BackgroundRemovalHook[Any], ImageProcessor]:
+        """Validate the rendered parameters and build the storage, hook and processor (no calls)."""
         spec = self._spec()
-        max_images = parse_count(self.max_images, "max_images")
-        max_credits = parse_credits(self.max_credits, "max_credits")
         cost = parse_credits(self.cost_per_image, "cost_per_image")
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         hook = self.get_hook()
-        processor = self.build_processor(hook, cost)
+        return spec, storage, hook, self.build_processor(hook, cost)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            max_images = parse_count(self.max_images, "max_images")
+            max_credits = parse_credits(self.max_credits, "max_credits")
+            spec, storage, hook, processor = self.prepare()
+            plan = self.plan(storage, processor, spec)
+        except (InvalidOptionError, DestinationCollisionError) as exc:
+            # Bad parameters and colliding outputs cannot be fixed by retrying: fail at once.
+            raise AirflowFailException(str(exc)) from exc
         ti = context["ti"]
         owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
-        plan = self.plan(storage, processor, spec)
         if plan.total == 0:
             where = f"gs://{spec.source_bucket}/{spec.source_prefix}"
             log.info("Nothing to do: no source objects under %s match the filters", where)

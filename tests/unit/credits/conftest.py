@@ -7,12 +7,14 @@ the mock transport and a time-travel sleep, so every hook (sync and async) talks
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from airflow_provider_bgremoval.hooks import registry
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
@@ -45,6 +47,8 @@ class FakeVendors:
     script: dict[str, list[int]] = field(default_factory=lambda: {"pixelcut": [], "pixian": [], "poof": []})
     requests: list[httpx.Request] = field(default_factory=list)
     on_request: Callable[[str, int], None] | None = None
+    billed: int = 0
+    calculated: str = "0.75"
 
     def set_pixelcut(self, credits: Any) -> None:
         self.bodies["pixelcut"] = {"credits_remaining": credits}
@@ -60,6 +64,8 @@ class FakeVendors:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if request.url.path == "/api/v2/remove-background":
+            return self.pixian_cutout(request)
         vendor = PATHS.get(request.url.path)
         if vendor is None:
             return httpx.Response(404, json={"error": "not found"})
@@ -69,6 +75,19 @@ class FakeVendors:
             status = self.script[vendor].pop(0)
             return _error(vendor, status)
         return httpx.Response(200, json=self.bodies[vendor])
+
+    def pixian_cutout(self, request: httpx.Request) -> httpx.Response:
+        """A Pixian cut-out; a ``test=true`` call is free and reports ``X-Credits-Calculated``."""
+        test = b'name="test"\r\n\r\ntrue' in request.content
+        self.billed += 0 if test else 1
+        image = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+        image.paste((200, 30, 40, 255), (16, 12, 48, 36))
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        headers = {"content-type": "image/png", "x-credits-charged": "0" if test else "1"}
+        if test:
+            headers["x-credits-calculated"] = self.calculated
+        return httpx.Response(200, content=out.getvalue(), headers=headers)
 
 
 def _error(vendor: str, status: int) -> httpx.Response:
@@ -88,7 +107,7 @@ def sleeper() -> SleepRecorder:
 
 
 @pytest.fixture
-def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> Iterator[FakeVendors]:
+def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> FakeVendors:
     """The fake vendors, their default connections, and hook factories bound to them."""
     fake = FakeVendors()
     set_connection(monkeypatch, "pixelcut_default", "pixelcut", password=PIXELCUT_KEY)
@@ -97,7 +116,12 @@ def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> Iterator
 
     def kwargs() -> dict[str, Any]:
         transport = httpx.MockTransport(fake.handler)
-        return {"transport": transport, "async_transport": transport, "sleep": sleeper, "async_sleep": sleeper.asleep}
+        return {
+            "transport": transport,
+            "async_transport": transport,
+            "sleep": sleeper,
+            "async_sleep": sleeper.asleep,
+        }
 
     real_get, real_aget = registry.get_vendor_hook, registry.aget_vendor_hook
 
@@ -112,9 +136,12 @@ def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> Iterator
         "airflow_provider_bgremoval.operators.bucket",
     ):
         monkeypatch.setattr(f"{module}.get_vendor_hook", get_vendor_hook)
-    for module in ("airflow_provider_bgremoval.triggers.credits", "airflow_provider_bgremoval.operators.credits"):
+    for module in (
+        "airflow_provider_bgremoval.triggers.credits",
+        "airflow_provider_bgremoval.operators.credits",
+    ):
         monkeypatch.setattr(f"{module}.aget_vendor_hook", aget_vendor_hook)
-    yield fake
+    return fake
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +155,9 @@ def sandbox_server() -> Iterator[RunningSandbox]:
 def sandbox(sandbox_server: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> RunningSandbox:
     """The sandbox reset to its start-up state, with ``sb_pixelcut``/``sb_pixian``/``sb_poof`` connections."""
     sandbox_server.admin.reset()
-    set_connection(monkeypatch, "sb_pixelcut", "pixelcut", password=sandbox_server.pixelcut_key, host=sandbox_server.url)
+    set_connection(
+        monkeypatch, "sb_pixelcut", "pixelcut", password=sandbox_server.pixelcut_key, host=sandbox_server.url
+    )
     set_connection(
         monkeypatch,
         "sb_pixian",

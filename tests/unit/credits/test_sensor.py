@@ -53,7 +53,12 @@ def test_poke_thresholds_pixelcut(vendors: FakeVendors, balance: int, minimum: A
     result = poke(sensor(min_credits=minimum))
     assert result.is_done is done
     if done:
-        assert result.xcom_value == {"vendor": "pixelcut", "remaining": str(balance), "state": "active", "plan": None}
+        assert result.xcom_value == {
+            "vendor": "pixelcut",
+            "remaining": str(balance),
+            "state": "active",
+            "plan": None,
+        }
     else:
         assert result.xcom_value is None
 
@@ -76,7 +81,9 @@ def test_pixelcut_credits_as_string_or_number(vendors: FakeVendors, credits: Any
         (123.5, 123.49, True),
     ],
 )
-def test_pixian_fractional_thresholds_are_exact(vendors: FakeVendors, credits: Any, minimum: Any, done: bool) -> None:
+def test_pixian_fractional_thresholds_are_exact(
+    vendors: FakeVendors, credits: Any, minimum: Any, done: bool
+) -> None:
     vendors.set_pixian(credits)
     assert poke(sensor("pixian_default", minimum)).is_done is done
 
@@ -184,7 +191,13 @@ def test_deferrable_pokes_once_then_defers(vendors: FakeVendors) -> None:
 
 def test_deferrable_passes_backoff_to_trigger(vendors: FakeVendors) -> None:
     vendors.set_pixelcut(0)
-    s = sensor(min_credits=1, deferrable=True, poke_interval=10, exponential_backoff=True, max_wait=timedelta(minutes=2))
+    s = sensor(
+        min_credits=1,
+        deferrable=True,
+        poke_interval=10,
+        exponential_backoff=True,
+        max_wait=timedelta(minutes=2),
+    )
     with pytest.raises(TaskDeferred) as info:
         s.execute(context())  # type: ignore[arg-type]
     trigger = info.value.trigger
@@ -201,7 +214,13 @@ def test_deferrable_does_not_defer_when_enough(vendors: FakeVendors) -> None:
 def test_execute_complete_events() -> None:
     s = sensor(deferrable=True)
     balance = {"vendor": "pixelcut", "remaining": "12", "state": "active", "plan": None}
-    event = {"status": "success", "balance": balance, "min_credits": "10", "polls": 3, "conn_id": "pixelcut_default"}
+    event = {
+        "status": "success",
+        "balance": balance,
+        "min_credits": "10",
+        "polls": 3,
+        "conn_id": "pixelcut_default",
+    }
     assert s.execute_complete(context(), event) == balance  # type: ignore[arg-type]
     with pytest.raises(AirflowFailException, match="bad key"):
         s.execute_complete(context(), {"status": "error", "fatal": True, "message": "bad key"})  # type: ignore[arg-type]
@@ -216,7 +235,11 @@ def test_execute_complete_events() -> None:
 @pytest.mark.parametrize("vendor", ["pixelcut", "pixian", "poof"])
 @pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
 def test_auth_failure_fails_at_once(
-    vendors: FakeVendors, vendor: str, mode: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    vendors: FakeVendors,
+    vendor: str,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     vendors.script[vendor] = [401]
     kwargs: dict[str, Any] = {"deferrable": True} if mode == "deferrable" else {"mode": mode}

@@ -13,6 +13,7 @@ from airflow.triggers.base import TriggerEvent
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.sandbox import RunningSandbox
 from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
+from tests.support.connections import set_connection
 from tests.unit.credits.conftest import SECRETS, FakeVendors
 
 
@@ -40,7 +41,9 @@ async def events(trigger: CreditsTrigger) -> list[TriggerEvent]:
 
 # -- serialisation ---------------------------------------------------------------------------------
 def test_serialize_round_trips_with_primitives_only() -> None:
-    trigger = CreditsTrigger("pixian_default", "10.25", poll_interval=15, exponential_backoff=True, max_poll_interval=60)
+    trigger = CreditsTrigger(
+        "pixian_default", "10.25", poll_interval=15, exponential_backoff=True, max_poll_interval=60
+    )
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_bgremoval.triggers.credits.CreditsTrigger"
     assert json.loads(json.dumps(kwargs)) == kwargs
@@ -99,7 +102,9 @@ async def test_waits_until_balance_reaches_threshold(vendors: FakeVendors, trave
 async def test_exponential_backoff_between_polls(vendors: FakeVendors, travel: TimeTravel) -> None:
     vendors.set_pixelcut(0)
     vendors.on_request = lambda vendor, calls: vendors.set_pixelcut(5) if calls == 6 else None
-    trigger = CreditsTrigger("pixelcut_default", "5", poll_interval=2, exponential_backoff=True, max_poll_interval=10)
+    trigger = CreditsTrigger(
+        "pixelcut_default", "5", poll_interval=2, exponential_backoff=True, max_poll_interval=10
+    )
     [event] = await events(trigger)
     assert event.payload["status"] == "success"
     assert travel.waits == [2, 4, 8, 10, 10]
@@ -109,12 +114,19 @@ async def test_dormant_waits_until_active(vendors: FakeVendors, travel: TimeTrav
     vendors.set_pixian(500, state="dormant")
     vendors.on_request = lambda vendor, calls: vendors.set_pixian(500) if calls == 3 else None
     [event] = await events(CreditsTrigger("pixian_default", "1", poll_interval=1))
-    assert event.payload["balance"] == {"vendor": "pixian", "remaining": "500", "state": "active", "plan": "pack_500"}
+    assert event.payload["balance"] == {
+        "vendor": "pixian",
+        "remaining": "500",
+        "state": "active",
+        "plan": "pack_500",
+    }
     assert event.payload["polls"] == 3
 
 
 @pytest.mark.parametrize("vendor", ["pixelcut", "pixian", "poof"])
-async def test_auth_failure_is_a_fatal_event_at_once(vendors: FakeVendors, travel: TimeTravel, vendor: str) -> None:
+async def test_auth_failure_is_a_fatal_event_at_once(
+    vendors: FakeVendors, travel: TimeTravel, vendor: str
+) -> None:
     vendors.script[vendor] = [401]
     conn_id = f"{vendor}_default"
     [event] = await events(CreditsTrigger(conn_id, "1", poll_interval=1))
@@ -215,7 +227,11 @@ async def test_hook_can_be_injected(vendors: FakeVendors, travel: TimeTravel) ->
 # -- against the sandbox over real sockets ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("conn_id", "vendor", "target"),
-    [("sb_pixelcut", "pixelcut", "25.5"), ("sb_pixian", "pixian", "25.5"), ("sb_poof", "poof", "25")],  # Poof: integers
+    [
+        ("sb_pixelcut", "pixelcut", "25.5"),
+        ("sb_pixian", "pixian", "25.5"),
+        ("sb_poof", "poof", "25"),
+    ],  # Poof: integers
 )
 async def test_sandbox_waits_then_resumes_when_topped_up(
     sandbox: RunningSandbox, conn_id: str, vendor: str, target: str
@@ -249,18 +265,28 @@ async def test_sandbox_pixian_dormant_then_active(sandbox: RunningSandbox) -> No
     assert Decimal(event.payload["balance"]["remaining"]) == 40
 
 
-async def test_sandbox_5xx_on_balance_polls_is_not_fatal(sandbox: RunningSandbox) -> None:
+async def test_sandbox_5xx_on_balance_polls_is_not_fatal(
+    sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One retry per poll (max_retries=1): poll 1 = two 503s (retried, then logged), poll 2 = 503 + 200.
+    set_connection(
+        monkeypatch, "sb_poof", "poof", password=sandbox.poof_key, host=sandbox.url, extra={"max_retries": 1}
+    )
     sandbox.admin.set_faults("poof", fault="error", next=3, status=503, apply_to=["account"])
     [event] = await asyncio.wait_for(events(CreditsTrigger("sb_poof", "1", poll_interval=0.05)), timeout=60)
     assert event.payload["status"] == "success"
     statuses = [r["status"] for r in sandbox.admin.requests("poof")]
     assert statuses[:3] == [503, 503, 503]
     assert statuses[-1] == 200
+    assert event.payload["polls"] == 2
+    assert "failed after retries" in caplog.text
 
 
 async def test_sandbox_revoked_key_is_fatal(sandbox: RunningSandbox) -> None:
     sandbox.admin.set_faults("pixelcut", auth_revoked=True, apply_to=["account"])
-    [event] = await asyncio.wait_for(events(CreditsTrigger("sb_pixelcut", "1", poll_interval=0.05)), timeout=30)
+    [event] = await asyncio.wait_for(
+        events(CreditsTrigger("sb_pixelcut", "1", poll_interval=0.05)), timeout=30
+    )
     assert event.payload["status"] == "error"
     assert event.payload["fatal"] is True
     assert len(sandbox.admin.requests("pixelcut")) == 1

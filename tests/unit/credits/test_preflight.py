@@ -1,0 +1,305 @@
+"""CreditsCheckOperator arithmetic and halts, with a synthetic plan and MockTransport vendors.
+
+Planning itself is the bucket pipeline's ``plan_batch`` (exercised with fake-gcs-server in the
+integration tests); here ``plan()`` returns a prepared :class:`BatchPlan` so every branch of the
+pricing and the verdict is checked quickly.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+from unittest import mock
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.credits import (
+    CreditsCheckOperator,
+    GenerateCreditsCheckOperator,
+    SafetyMargin,
+)
+from airflow_provider_bgremoval.pipeline.engine import HaltInfo
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from tests.conftest import IMAGES
+from tests.unit.credits.conftest import FakeVendors
+
+HALT_KEYS = set(HaltInfo("r", "v", "m").as_dict())
+
+
+def make_plan(billable: int, done: int = 0, rejected: int = 0) -> BatchPlan:
+    spec = BatchSpec(source_bucket="raw", destination_bucket="out")
+
+    def info(i: int) -> ObjectInfo:
+        return ObjectInfo(bucket="raw", name=f"img{i}.jpg", generation=i + 1, size=1000)
+
+    plan = BatchPlan(spec=spec)
+    plan.items = [WorkItem(info(i), f"img{i}.png") for i in range(billable)]
+    plan.settled = [PlannedOutcome(info(100 + i), "x.png", "skipped", "already_done", "done") for i in range(done)]
+    plan.settled += [PlannedOutcome(info(200 + i), None, "rejected", "too_large", "big") for i in range(rejected)]
+    return plan
+
+
+@pytest.fixture
+def planned(monkeypatch: pytest.MonkeyPatch) -> dict[str, BatchPlan]:
+    """``planned["plan"] = make_plan(...)`` sets what ``plan()`` returns; records the processor used."""
+    box: dict[str, Any] = {"plan": make_plan(0)}
+
+    def plan(self: Any, storage: Any, processor: Any, spec: Any) -> BatchPlan:
+        box["processor"] = processor
+        return box["plan"]
+
+    monkeypatch.setattr(RemoveBackgroundOperator, "plan", plan)
+    monkeypatch.setattr(GcsStorage, "read", lambda self, bucket, name, **kw: (IMAGES / "chelsea.png").read_bytes())
+    return box
+
+
+def check(conn_id: str = "pixelcut_default", **kwargs: Any) -> CreditsCheckOperator:
+    return CreditsCheckOperator(
+        task_id="check_credits",
+        conn_id=conn_id,
+        source_bucket="raw",
+        destination_bucket="out",
+        gcp_conn_id=None,
+        **kwargs,
+    )
+
+
+def run(op: CreditsCheckOperator) -> tuple[dict[str, Any] | None, dict[str, Any], BaseException | None]:
+    ti = mock.MagicMock()
+    pushed: dict[str, Any] = {}
+    ti.xcom_push.side_effect = lambda key, value: pushed.__setitem__(key, value)
+    try:
+        return op.execute({"ti": ti}), pushed, None  # type: ignore[arg-type]
+    except (AirflowException, InvalidOptionError) as exc:
+        return None, pushed, exc
+
+
+# -- passing -------------------------------------------------------------------------------------
+def test_passes_and_returns_the_estimate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(40, done=7, rejected=3)
+    vendors.set_pixelcut(100)
+    estimate, pushed, error = run(check())
+    assert error is None
+    assert pushed == {}
+    assert estimate == {
+        "conn_id": "pixelcut_default",
+        "vendor": "pixelcut",
+        "operation": "remove_background",
+        "sources": 50,
+        "billable_images": 40,
+        "planned_billable": 40,
+        "already_done": 7,
+        "rejected_locally": 3,
+        "cost_per_image": "1",
+        "cost_source": "cost_table",
+        "needed": "40",
+        "safety_margin": "0",
+        "margin_credits": "0",
+        "required": "40",
+        "available": "100",
+        "balance": {"vendor": "pixelcut", "remaining": "100", "state": "active", "plan": None},
+        "sufficient": True,
+    }
+    assert [r.url.path for r in vendors.requests] == ["/v1/credits"]  # one free call, nothing billed
+
+
+def test_equal_balance_passes(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(40)
+    vendors.set_pixelcut(40)
+    assert run(check())[0]["sufficient"] is True  # type: ignore[index]
+    vendors.set_pixelcut("39.99")
+    assert isinstance(run(check())[2], AirflowFailException)
+
+
+def test_pixelcut_shadow_costs_four(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(10)
+    vendors.set_pixelcut(40)
+    estimate, _, error = run(check(vendor_options=PixelcutOptions(shadow=True)))
+    assert error is None
+    assert estimate["cost_per_image"] == "4"  # type: ignore[index]
+    assert estimate["required"] == "40"  # type: ignore[index]
+
+
+def test_cost_per_image_override_is_the_processors(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(8)
+    vendors.set_poof(100, 90)
+    estimate, _, error = run(check("poof_default", cost_per_image="1.25"))
+    assert error is None
+    assert planned["processor"].cost_per_image == Decimal("1.25")
+    assert (estimate["cost_source"], estimate["needed"]) == ("cost_per_image", "10.00")  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("margin", "balance", "ok", "required"),
+    [("10%", 110, True, "110"), ("10%", "109.9", False, "110"), (5, 105, True, "105"), ("5", 104, False, "105")],
+)
+def test_safety_margin(
+    vendors: FakeVendors, planned: dict[str, Any], margin: Any, balance: Any, ok: bool, required: str
+) -> None:
+    planned["plan"] = make_plan(100)
+    vendors.set_pixian(balance)
+    estimate, pushed, error = run(check("pixian_default", safety_margin=margin))
+    got = estimate if ok else pushed["estimate"]
+    assert Decimal(got["required"]) == Decimal(required)
+    assert (error is None) is ok
+
+
+def test_max_images_and_max_credits_cap_the_estimate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(100)
+    vendors.set_pixelcut(30)
+    estimate, _, error = run(check(max_images=25))
+    assert error is None
+    assert estimate["billable_images"] == 25  # type: ignore[index]
+    estimate, _, error = run(check(max_credits=30))
+    assert error is None
+    assert estimate["needed"] == "30"  # type: ignore[index]
+
+
+def test_nothing_billable_passes_even_when_broke(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(0, done=12)
+    vendors.set_pixian(0, state="dormant")
+    estimate, _, error = run(check("pixian_default", safety_margin=10))
+    assert error is None
+    assert estimate["billable_images"] == 0  # type: ignore[index]
+    assert estimate["required"] == "0"  # type: ignore[index]
+
+
+def test_pixian_test_mode_connection_costs_nothing(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.connections import set_connection
+    from tests.unit.credits.conftest import PIXIAN_ID, PIXIAN_SECRET
+
+    set_connection(
+        monkeypatch, "pixian_default", "pixian", login=PIXIAN_ID, password=PIXIAN_SECRET, extra={"test_mode": True}
+    )
+    planned["plan"] = make_plan(50)
+    vendors.set_pixian(0)
+    estimate, _, error = run(check("pixian_default"))
+    assert error is None
+    assert estimate["needed"] == "0"  # type: ignore[index]
+
+
+# -- Pixian's test-mode estimate -------------------------------------------------------------------
+def test_pixian_test_estimate_spends_nothing(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(20)
+    vendors.calculated = "0.5"
+    vendors.set_pixian("10")
+    estimate, _, error = run(check("pixian_default", use_test_estimate=True))
+    assert error is None
+    assert vendors.billed == 0
+    assert (estimate["cost_source"], estimate["cost_per_image"], estimate["needed"]) == (  # type: ignore[index]
+        "test_estimate",
+        "0.5",
+        "10.0",
+    )
+    calls = [r.url.path for r in vendors.requests]
+    assert calls == ["/api/v2/remove-background", "/api/v2/account"]
+
+
+def test_test_estimate_is_pixian_only(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(2)
+    _, _, error = run(check("poof_default", use_test_estimate=True))
+    assert isinstance(error, InvalidOptionError)
+    assert "only Pixian" in str(error)
+
+
+def test_test_estimate_excludes_cost_override() -> None:
+    with pytest.raises(InvalidOptionError, match="use_test_estimate"):
+        check("pixian_default", use_test_estimate=True, cost_per_image=2)
+
+
+# -- halting ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("on_insufficient", "exc_type"), [("fail", AirflowFailException), ("skip", AirflowSkipException)])
+def test_halt_shape_and_mode(
+    vendors: FakeVendors, planned: dict[str, Any], on_insufficient: str, exc_type: type[BaseException]
+) -> None:
+    planned["plan"] = make_plan(30, done=5)
+    vendors.set_poof(100, 80)  # 20 left
+    _, pushed, error = run(check("poof_default", on_insufficient=on_insufficient, safety_margin="10%"))
+    assert type(error) is exc_type
+    assert "need 33" in str(error)
+    assert "only 20 are available" in str(error)
+    assert "Nothing was charged" in str(error)
+    halt = pushed["halt"]
+    assert set(halt) == HALT_KEYS  # the same shape as the pipeline's mid-batch halt
+    assert halt == {
+        "reason": "insufficient_credits",
+        "vendor": "poof",
+        "message": halt["message"],
+        "remaining_images": 30,
+        "needed": "33.0",
+        "available": "20",
+        "fatal": on_insufficient == "fail",
+    }
+    assert pushed["estimate"]["sufficient"] is False
+    assert all(r.url.path == "/v1/me" for r in vendors.requests)
+
+
+def test_dormant_account_halts_with_zero_available(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(3)
+    vendors.set_pixian(900, state="dormant")
+    _, pushed, error = run(check("pixian_default"))
+    assert isinstance(error, AirflowFailException)
+    assert "(account dormant)" in str(error)
+    assert pushed["halt"]["available"] == "0"
+
+
+def test_auth_failure_fails_at_once_with_a_halt(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(3)
+    vendors.script["pixelcut"] = [401]
+    _, pushed, error = run(check(on_insufficient="skip"))
+    assert isinstance(error, AirflowFailException)
+    assert pushed["halt"]["reason"] == "auth_failed"
+    assert set(pushed["halt"]) == HALT_KEYS
+    assert vendors.calls("pixelcut") == 1
+
+
+def test_transient_balance_failure_is_retryable(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(3)
+    vendors.script["poof"] = [503] * 50
+    _, pushed, error = run(check("poof_default"))
+    assert isinstance(error, AirflowException)
+    assert not isinstance(error, AirflowFailException)
+    assert pushed == {}
+
+
+# -- parameters ------------------------------------------------------------------------------------
+def test_parameters_are_validated_at_parse() -> None:
+    with pytest.raises(InvalidOptionError, match="on_insufficient"):
+        check(on_insufficient="explode")
+    with pytest.raises(InvalidOptionError, match="safety_margin"):
+        check(safety_margin="-5%")
+    with pytest.raises(InvalidOptionError, match="safety_margin"):
+        check(safety_margin="lots")
+    templated = check(safety_margin="{{ params.margin }}", on_insufficient="{{ params.mode }}")
+    assert {"safety_margin", "on_insufficient", "source_prefix", "output_format"} <= set(templated.template_fields)
+
+
+def test_safety_margin_parsing() -> None:
+    assert SafetyMargin.parse(None).on(Decimal(50)) == 0
+    assert SafetyMargin.parse("12.5%").on(Decimal(80)) == 10
+    assert SafetyMargin.parse(3).on(Decimal(80)) == 3
+    assert str(SafetyMargin.parse(" 10 % ")) == "10%"
+
+
+def test_generate_preflight_is_pixelcut_generate(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_bgremoval.operators.bucket import GenerateBackgroundOperator
+
+    monkeypatch.setattr(GenerateBackgroundOperator, "plan", RemoveBackgroundOperator.plan)
+    planned["plan"] = make_plan(5)
+    vendors.set_pixelcut(4)
+    op = GenerateCreditsCheckOperator(
+        task_id="check_generate", source_bucket="raw", destination_bucket="out", gcp_conn_id=None, scene="marble"
+    )
+    _, pushed, error = run(op)  # type: ignore[arg-type]
+    assert isinstance(error, AirflowFailException)
+    assert pushed["estimate"]["operation"] == "generate_background"
+    assert pushed["halt"]["needed"] == "5"
