@@ -81,8 +81,17 @@ test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_BIN)/python -m pytest -q $(wildcard $(COMPAT_TESTS)) $(PYTEST_ARGS)
 
 # -- demo / benchmarks -----------------------------------------------------------------------------
-# demo:        (reserved — to be added with the demo issue)
-# demo-quick:  (reserved — to be added with the demo issue)
+# demo:        the whole job offline under a real scheduler (airflow standalone): fake-gcs-server,
+#              the vendor sandbox, example_bucket_remove_background, the low-credit halt, a 0-credit
+#              rerun; outputs and the contact sheet in demo-output/ (see docs/examples.md).
+# demo-quick:  the same flow with dag.test() in one process (no scheduler).
+.PHONY: demo demo-quick
+demo: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py
+
+demo-quick: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py --quick
+
 # bench:       (reserved — to be added with the benchmark issue)
 
 clean:

@@ -64,6 +64,29 @@ def check_http_url(url: str, *, parameter: str = "image_url") -> str:
     return str(url)
 
 
+def _note_call_stats(exc: BgRemovalError, stats: CallStats, *, billed_reply: bool) -> None:
+    """
+    Record on a failed image call's exception how many attempts it made and how many of them the
+    vendor may have billed (the manifest reports both).
+
+    ``stats.possibly_charged`` counts every retryable attempt whose reply was lost after the request
+    was sent (the final one included); a billed call that *was* answered 2xx but could not be turned
+    into an image (damaged body, result URL gone, nothing to crop) was billed once more; a final
+    non-retryable error that says it may have been billed counts once.
+
+    :param exc: the error the call ends with.
+    :param stats: the call's retry statistics.
+    :param billed_reply: True when a billed request got a success reply before the failure.
+    """
+    lost = stats.possibly_charged
+    if billed_reply:
+        lost += 1
+    elif getattr(exc, "possibly_charged", False) and not exc.retryable:
+        lost += 1
+    exc.attempts = stats.attempts  # type: ignore[attr-defined]
+    exc.possibly_charged_attempts = lost  # type: ignore[attr-defined]
+
+
 class BackgroundRemovalHook(BaseHook, Generic[W]):
     """
     Base class of the vendor hooks (sync and async methods over httpx).
@@ -344,6 +367,13 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             )
         return None
 
+    def _result_url(self, url: str) -> str:
+        """The vendor's result URL, if it is an absolute http(s) URL (the call was billed either way)."""
+        parts = urlsplit(str(url))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise self._download_error("the vendor's result URL is not an absolute http(s) URL; refused")
+        return str(url)
+
     def _cap(self, total: int) -> None:
         if total > self.max_result_bytes:
             raise self._download_error(f"result is larger than the {self.max_result_bytes} byte cap; cut off")
@@ -352,7 +382,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """Download a result URL (http(s) only, redirects checked, size-capped, no API key sent)."""
 
         def attempt() -> bytes:
-            target = check_http_url(url, parameter="result_url")
+            target = self._result_url(url)
             for _ in range(_MAX_REDIRECTS + 1):
                 try:
                     with self._get_client().stream("GET", target) as response:
@@ -380,7 +410,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
         async def attempt() -> bytes:
             client = await self._aget_client()
-            target = check_http_url(url, parameter="result_url")
+            target = self._result_url(url)
             for _ in range(_MAX_REDIRECTS + 1):
                 try:
                     async with client.stream("GET", target) as response:
@@ -480,10 +510,17 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param vendor_options: the vendor options, handed to :meth:`VendorWire.finish_result`.
         """
         stats = CallStats()
-        reply = wire.parse_image_reply(self.send(request, stats))
-        if isinstance(reply, ResultLocation):
-            reply = self._located_result(reply, self.download(reply.url))
-        return self._finish(wire, reply, image, plan, vendor_options, stats)
+        answered = False
+        try:
+            response = self.send(request, stats)
+            answered = True
+            reply = wire.parse_image_reply(response)
+            if isinstance(reply, ResultLocation):
+                reply = self._located_result(reply, self.download(reply.url))
+            return self._finish(wire, reply, image, plan, vendor_options, stats)
+        except BgRemovalError as exc:
+            _note_call_stats(exc, stats, billed_reply=answered and request.billed)
+            raise
 
     async def _aimage_call(
         self,
@@ -495,10 +532,17 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> ImageResult:
         """Async :meth:`_image_call`; CPU work runs in a worker thread."""
         stats = CallStats()
-        reply = wire.parse_image_reply(await self.asend(request, stats))
-        if isinstance(reply, ResultLocation):
-            reply = self._located_result(reply, await self.adownload(reply.url))
-        return await asyncio.to_thread(self._finish, wire, reply, image, plan, vendor_options, stats)
+        answered = False
+        try:
+            response = await self.asend(request, stats)
+            answered = True
+            reply = wire.parse_image_reply(response)
+            if isinstance(reply, ResultLocation):
+                reply = self._located_result(reply, await self.adownload(reply.url))
+            return await asyncio.to_thread(self._finish, wire, reply, image, plan, vendor_options, stats)
+        except BgRemovalError as exc:
+            _note_call_stats(exc, stats, billed_reply=answered and request.billed)
+            raise
 
     def remove_background(
         self,

@@ -69,6 +69,14 @@ SAMPLE_OUTPUTS = 5
 LINEAGE_CAP = 1000
 
 
+def _possibly_charged(exc: BgRemovalError) -> int:
+    """Billed-but-lost attempts of a failed call (counted by the hook; else the error's own flag)."""
+    counted = getattr(exc, "possibly_charged_attempts", None)
+    if counted is not None:
+        return int(counted)
+    return int(bool(getattr(exc, "possibly_charged", False)))
+
+
 @dataclass(frozen=True)
 class HaltInfo:
     """
@@ -330,6 +338,8 @@ class BatchRunner:
         try:
             result = await self.processor.process(data, posixpath.basename(source.name) or "image")
         except InputRejectedError as exc:
+            lost = _possibly_charged(exc)
+            self.result.possibly_charged += lost
             self._bad_in_run += 1
             self._row(
                 source,
@@ -338,12 +348,16 @@ class BatchRunner:
                 error_code=exc.code or "rejected",
                 error_message=exc.message,
                 request_id=exc.request_id,
+                possibly_charged=lost,
+                attempts=int(getattr(exc, "attempts", 0) or 0),
                 duration_ms=elapsed(),
             )
             return False
         except (OutOfCreditsError, VendorAuthError) as exc:
             reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
             self._halt(reason, str(exc), fatal=True, error=exc)
+            lost = _possibly_charged(exc)
+            self.result.possibly_charged += lost
             self._row(
                 source,
                 dest,
@@ -351,11 +365,13 @@ class BatchRunner:
                 error_code=exc.code or reason,
                 error_message=str(exc),
                 request_id=exc.request_id,
+                possibly_charged=lost,
+                attempts=int(getattr(exc, "attempts", 0) or 0),
                 duration_ms=elapsed(),
             )
             return False
         except BgRemovalError as exc:
-            lost = int(bool(getattr(exc, "possibly_charged", False)))
+            lost = _possibly_charged(exc)
             self.result.possibly_charged += lost
             self._bad_in_run += 1
             self._row(
@@ -366,6 +382,7 @@ class BatchRunner:
                 error_message=str(exc),
                 request_id=exc.request_id,
                 possibly_charged=lost,
+                attempts=int(getattr(exc, "attempts", 0) or 0),
                 duration_ms=elapsed(),
             )
             return False

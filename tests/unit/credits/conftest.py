@@ -8,7 +8,7 @@ the mock transport and a time-travel sleep, so every hook (sync and async) talks
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from airflow_provider_bgremoval.hooks import registry
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.sandbox import RunningSandbox, run_sandbox
+from airflow_provider_bgremoval.sandbox import RunningSandbox
 from tests.support.connections import SleepRecorder, set_connection
 
 PIXELCUT_KEY = "sk_unit_pixelcut_secret_0123456789"
@@ -144,27 +144,21 @@ def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> FakeVend
     return fake
 
 
-@pytest.fixture(scope="session")
-def sandbox_server() -> Iterator[RunningSandbox]:
-    """The vendor sandbox on a free loopback port (for trigger runs over real sockets)."""
-    with run_sandbox(seed=7) as running:
-        yield running
-
-
 @pytest.fixture
-def sandbox(sandbox_server: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> RunningSandbox:
-    """The sandbox reset to its start-up state, with ``sb_pixelcut``/``sb_pixian``/``sb_poof`` connections."""
-    sandbox_server.admin.reset()
-    set_connection(
-        monkeypatch, "sb_pixelcut", "pixelcut", password=sandbox_server.pixelcut_key, host=sandbox_server.url
-    )
+def sb(sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> RunningSandbox:
+    """
+    The session sandbox (``tests.support.sandbox``) reset to its start-up state, with
+    ``sb_pixelcut``/``sb_pixian``/``sb_poof`` connections.
+    """
+    sandbox.admin.reset()
+    set_connection(monkeypatch, "sb_pixelcut", "pixelcut", password=sandbox.pixelcut_key, host=sandbox.url)
     set_connection(
         monkeypatch,
         "sb_pixian",
         "pixian",
-        login=sandbox_server.pixian_id,
-        password=sandbox_server.pixian_secret,
-        host=sandbox_server.url,
+        login=sandbox.pixian_id,
+        password=sandbox.pixian_secret,
+        host=sandbox.url,
     )
-    set_connection(monkeypatch, "sb_poof", "poof", password=sandbox_server.poof_key, host=sandbox_server.url)
-    return sandbox_server
+    set_connection(monkeypatch, "sb_poof", "poof", password=sandbox.poof_key, host=sandbox.url)
+    return sandbox

@@ -15,7 +15,6 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.operators.credits import (
     CreditsCheckOperator,
@@ -25,6 +24,7 @@ from airflow_provider_bgremoval.operators.credits import (
 from airflow_provider_bgremoval.pipeline.engine import HaltInfo
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
 from tests.conftest import IMAGES
 from tests.unit.credits.conftest import FakeVendors
 
@@ -39,8 +39,12 @@ def make_plan(billable: int, done: int = 0, rejected: int = 0) -> BatchPlan:
 
     plan = BatchPlan(spec=spec)
     plan.items = [WorkItem(info(i), f"img{i}.png") for i in range(billable)]
-    plan.settled = [PlannedOutcome(info(100 + i), "x.png", "skipped", "already_done", "done") for i in range(done)]
-    plan.settled += [PlannedOutcome(info(200 + i), None, "rejected", "too_large", "big") for i in range(rejected)]
+    plan.settled = [
+        PlannedOutcome(info(100 + i), "x.png", "skipped", "already_done", "done") for i in range(done)
+    ]
+    plan.settled += [
+        PlannedOutcome(info(200 + i), None, "rejected", "too_large", "big") for i in range(rejected)
+    ]
     return plan
 
 
@@ -54,7 +58,9 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> dict[str, BatchPlan]:
         return box["plan"]
 
     monkeypatch.setattr(RemoveBackgroundOperator, "plan", plan)
-    monkeypatch.setattr(GcsStorage, "read", lambda self, bucket, name, **kw: (IMAGES / "chelsea.png").read_bytes())
+    monkeypatch.setattr(
+        GcsStorage, "read", lambda self, bucket, name, **kw: (IMAGES / "chelsea.png").read_bytes()
+    )
     return box
 
 
@@ -72,7 +78,11 @@ def check(conn_id: str = "pixelcut_default", **kwargs: Any) -> CreditsCheckOpera
 def run(op: CreditsCheckOperator) -> tuple[dict[str, Any] | None, dict[str, Any], BaseException | None]:
     ti = mock.MagicMock()
     pushed: dict[str, Any] = {}
-    ti.xcom_push.side_effect = lambda key, value: pushed.__setitem__(key, value)
+
+    def push(key: str, value: Any) -> None:
+        pushed[key] = value
+
+    ti.xcom_push.side_effect = push
     try:
         return op.execute({"ti": ti}), pushed, None  # type: ignore[arg-type]
     except (AirflowException, InvalidOptionError) as exc:
@@ -136,7 +146,12 @@ def test_cost_per_image_override_is_the_processors(vendors: FakeVendors, planned
 
 @pytest.mark.parametrize(
     ("margin", "balance", "ok", "required"),
-    [("10%", 110, True, "110"), ("10%", "109.9", False, "110"), (5, 105, True, "105"), ("5", 104, False, "105")],
+    [
+        ("10%", 110, True, "110"),
+        ("10%", "109.9", False, "110"),
+        (5, 105, True, "105"),
+        ("5", 104, False, "105"),
+    ],
 )
 def test_safety_margin(
     vendors: FakeVendors, planned: dict[str, Any], margin: Any, balance: Any, ok: bool, required: str
@@ -176,7 +191,12 @@ def test_pixian_test_mode_connection_costs_nothing(
     from tests.unit.credits.conftest import PIXIAN_ID, PIXIAN_SECRET
 
     set_connection(
-        monkeypatch, "pixian_default", "pixian", login=PIXIAN_ID, password=PIXIAN_SECRET, extra={"test_mode": True}
+        monkeypatch,
+        "pixian_default",
+        "pixian",
+        login=PIXIAN_ID,
+        password=PIXIAN_SECRET,
+        extra={"test_mode": True},
     )
     planned["plan"] = make_plan(50)
     vendors.set_pixian(0)
@@ -215,7 +235,9 @@ def test_test_estimate_excludes_cost_override() -> None:
 
 
 # -- halting ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("on_insufficient", "exc_type"), [("fail", AirflowFailException), ("skip", AirflowSkipException)])
+@pytest.mark.parametrize(
+    ("on_insufficient", "exc_type"), [("fail", AirflowFailException), ("skip", AirflowSkipException)]
+)
 def test_halt_shape_and_mode(
     vendors: FakeVendors, planned: dict[str, Any], on_insufficient: str, exc_type: type[BaseException]
 ) -> None:
@@ -233,7 +255,7 @@ def test_halt_shape_and_mode(
         "vendor": "poof",
         "message": halt["message"],
         "remaining_images": 30,
-        "needed": "33.0",
+        "needed": "33",
         "available": "20",
         "fatal": on_insufficient == "fail",
     }
@@ -278,7 +300,9 @@ def test_parameters_are_validated_at_parse() -> None:
     with pytest.raises(InvalidOptionError, match="safety_margin"):
         check(safety_margin="lots")
     templated = check(safety_margin="{{ params.margin }}", on_insufficient="{{ params.mode }}")
-    assert {"safety_margin", "on_insufficient", "source_prefix", "output_format"} <= set(templated.template_fields)
+    assert {"safety_margin", "on_insufficient", "source_prefix", "output_format"} <= set(
+        templated.template_fields
+    )
 
 
 def test_safety_margin_parsing() -> None:
@@ -297,7 +321,11 @@ def test_generate_preflight_is_pixelcut_generate(
     planned["plan"] = make_plan(5)
     vendors.set_pixelcut(4)
     op = GenerateCreditsCheckOperator(
-        task_id="check_generate", source_bucket="raw", destination_bucket="out", gcp_conn_id=None, scene="marble"
+        task_id="check_generate",
+        source_bucket="raw",
+        destination_bucket="out",
+        gcp_conn_id=None,
+        scene="marble",
     )
     _, pushed, error = run(op)  # type: ignore[arg-type]
     assert isinstance(error, AirflowFailException)

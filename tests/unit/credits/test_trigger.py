@@ -1,4 +1,4 @@
-"""CreditsTrigger: serialisation, async polling over MockTransport and over the real sandbox."""
+"""CreditsTrigger: serialisation, async polling over MockTransport and over the real sb."""
 
 from __future__ import annotations
 
@@ -234,9 +234,9 @@ async def test_hook_can_be_injected(vendors: FakeVendors, travel: TimeTravel) ->
     ],  # Poof: integers
 )
 async def test_sandbox_waits_then_resumes_when_topped_up(
-    sandbox: RunningSandbox, conn_id: str, vendor: str, target: str
+    sb: RunningSandbox, conn_id: str, vendor: str, target: str
 ) -> None:
-    admin = sandbox.admin
+    admin = sb.admin
     admin.set_balance(vendor, 2)
 
     async def top_up_after_two_polls() -> None:
@@ -253,40 +253,40 @@ async def test_sandbox_waits_then_resumes_when_topped_up(
     assert admin.charges() == []  # balance polls are free; nothing billed
 
 
-async def test_sandbox_pixian_dormant_then_active(sandbox: RunningSandbox) -> None:
-    sandbox.admin.set_balance("pixian", 40, state="dormant")
+async def test_sandbox_pixian_dormant_then_active(sb: RunningSandbox) -> None:
+    sb.admin.set_balance("pixian", 40, state="dormant")
     trigger = CreditsTrigger("sb_pixian", "10", poll_interval=0.05)
     task = asyncio.ensure_future(events(trigger))
     await asyncio.sleep(0.3)
     assert not task.done()  # dormant: 0 usable, still waiting
-    await asyncio.to_thread(sandbox.admin.set_balance, "pixian", None, None, "active")
+    await asyncio.to_thread(sb.admin.set_balance, "pixian", None, None, "active")
     [event] = await asyncio.wait_for(task, timeout=30)
     assert event.payload["balance"]["state"] == "active"
     assert Decimal(event.payload["balance"]["remaining"]) == 40
 
 
 async def test_sandbox_5xx_on_balance_polls_is_not_fatal(
-    sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    sb: RunningSandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # One retry per poll (max_retries=1): poll 1 = two 503s (retried, then logged), poll 2 = 503 + 200.
     set_connection(
-        monkeypatch, "sb_poof", "poof", password=sandbox.poof_key, host=sandbox.url, extra={"max_retries": 1}
+        monkeypatch, "sb_poof", "poof", password=sb.poof_key, host=sb.url, extra={"max_retries": 1}
     )
-    sandbox.admin.set_faults("poof", fault="error", next=3, status=503, apply_to=["account"])
+    sb.admin.set_faults("poof", fault="error", next=3, status=503, apply_to=["account"])
     [event] = await asyncio.wait_for(events(CreditsTrigger("sb_poof", "1", poll_interval=0.05)), timeout=60)
     assert event.payload["status"] == "success"
-    statuses = [r["status"] for r in sandbox.admin.requests("poof")]
+    statuses = [r["status"] for r in sb.admin.requests("poof")]
     assert statuses[:3] == [503, 503, 503]
     assert statuses[-1] == 200
     assert event.payload["polls"] == 2
     assert "failed after retries" in caplog.text
 
 
-async def test_sandbox_revoked_key_is_fatal(sandbox: RunningSandbox) -> None:
-    sandbox.admin.set_faults("pixelcut", auth_revoked=True, apply_to=["account"])
+async def test_sandbox_revoked_key_is_fatal(sb: RunningSandbox) -> None:
+    sb.admin.set_faults("pixelcut", auth_revoked=True, apply_to=["account"])
     [event] = await asyncio.wait_for(
         events(CreditsTrigger("sb_pixelcut", "1", poll_interval=0.05)), timeout=30
     )
     assert event.payload["status"] == "error"
     assert event.payload["fatal"] is True
-    assert len(sandbox.admin.requests("pixelcut")) == 1
+    assert len(sb.admin.requests("pixelcut")) == 1

@@ -1,0 +1,481 @@
+"""
+``make demo``: the whole job offline — real photos from a bucket, through a vendor, into another bucket.
+
+1. starts fake-gcs-server (memory backend) and the vendor sandbox on free ports;
+2. creates two buckets and uploads the sample photos of ``tests/data/images`` plus derived variants
+   and one deliberately broken file;
+3. starts Airflow (``airflow standalone``: scheduler, DAG processor, triggerer, API server; LocalExecutor,
+   SQLite) on ``example_dags/``, with the connections and settings given as ``AIRFLOW_CONN_*`` /
+   ``AIRFLOW_VAR_*`` environment variables, creates the ``pixelcut_api`` pool through the REST API;
+4. run 1: triggers ``example_bucket_remove_background`` through the REST API and follows it;
+5. run 2: new photos arrive but the balance is low → the credits pre-flight halts the run before
+   anything is spent (charge log unchanged);
+6. run 3: balance restored → only the new photos are processed (nothing is charged twice);
+7. run 4: a plain rerun → everything skipped, 0 credits;
+8. prints a report and copies the outputs, report and contact sheet to ``demo-output/``.
+
+Every step is checked; the script exits non-zero when anything did not go as described, and stops
+every process it started (also on Ctrl-C or SIGTERM). ``--quick`` runs the same flow with
+``dag.test()`` in this process instead of the scheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = REPO / "tests" / "data" / "images"
+DAGS = REPO / "example_dags"
+DAG_ID = "example_bucket_remove_background"
+POOL = "pixelcut_api"
+SOURCE_BUCKET = "demo-raw"
+DEST_BUCKET = "demo-cutouts"
+SOURCE_PREFIX = "products/"
+DEST_PREFIX = "cutouts/"
+VENDOR = "pixelcut"
+
+
+class DemoFailure(Exception):
+    """A step did not go as described."""
+
+
+def say(text: str = "") -> None:
+    """Print a line now (the demo's output is its user interface)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def check(condition: bool, message: str) -> None:
+    """Fail the demo with ``message`` unless ``condition``."""
+    if not condition:
+        raise DemoFailure(message)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """A titled, timed step."""
+    say(f"==> {title}")
+    started = time.monotonic()
+    yield
+    say(f"    ok ({time.monotonic() - started:.1f} s)")
+
+
+# -- sample data ------------------------------------------------------------------------------------
+def _encode(image: Any, fmt: str, **kwargs: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def first_delivery() -> dict[str, bytes]:
+    """The sample photos, a few derived variants and one broken upload."""
+    from PIL import Image
+
+    chelsea = Image.open(IMAGES / "chelsea.png").convert("RGB")
+    horse = Image.open(IMAGES / "horse.png")
+    coffee = Image.open(IMAGES / "coffee.png").convert("RGB")
+    rocket = Image.open(IMAGES / "rocket.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise when displayed
+    objects = {f"{SOURCE_PREFIX}{p.name}": p.read_bytes() for p in sorted(IMAGES.glob("*.*")) if p.suffix in (".png", ".jpg")}
+    objects.update(
+        {
+            f"{SOURCE_PREFIX}variants/chelsea-small.webp": _encode(chelsea.resize((300, 200)), "WEBP", quality=85),
+            f"{SOURCE_PREFIX}variants/horse-gray.png": _encode(horse.convert("LA"), "PNG"),
+            f"{SOURCE_PREFIX}variants/coffee-small.jpg": _encode(coffee.resize((300, 200)), "JPEG", quality=80),
+            f"{SOURCE_PREFIX}variants/rocket-exif-rotated.jpg": _encode(
+                rocket.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=85, exif=exif
+            ),
+            # An upload that was cut off: rejected locally, never sent to the vendor, never charged.
+            f"{SOURCE_PREFIX}broken-upload.jpg": (IMAGES / "rocket.jpg").read_bytes()[:2000],
+        }
+    )
+    return objects
+
+
+def second_delivery() -> dict[str, bytes]:
+    """Tomorrow's photos."""
+    from PIL import Image, ImageOps
+
+    chelsea = Image.open(IMAGES / "chelsea.png").convert("RGB")
+    astronaut = Image.open(IMAGES / "astronaut.jpg")
+    horse = Image.open(IMAGES / "horse.png")
+    return {
+        f"{SOURCE_PREFIX}new/chelsea-mirrored.jpg": _encode(ImageOps.mirror(chelsea), "JPEG", quality=85),
+        f"{SOURCE_PREFIX}new/astronaut-crop.png": _encode(astronaut.crop((60, 0, 460, 400)), "PNG"),
+        f"{SOURCE_PREFIX}new/horse-small.webp": _encode(horse.resize((200, 164)), "WEBP", lossless=True),
+    }
+
+
+# -- runners ----------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One DAG run."""
+
+    run_id: str
+    state: str
+    task_states: dict[str, str | None]
+    xcom: Callable[..., Any]
+    seconds: float
+
+
+class SchedulerRunner:
+    """Runs the DAG under a real scheduler (``airflow standalone``) through the REST API."""
+
+    name = "airflow standalone (scheduler + DAG processor + triggerer + API server, LocalExecutor)"
+
+    def __init__(self, env: dict[str, str], work: Path) -> None:
+        from airflow_provider_bgremoval.testing.standalone import AirflowStandalone
+
+        shutil.rmtree(work / "airflow", ignore_errors=True)
+        self.airflow = AirflowStandalone(DAGS, home=work / "airflow", env=env, startup_timeout=300)
+
+    def start(self) -> None:
+        self.airflow.start()
+        api = self.airflow.client
+        say(f"    Airflow API {self.airflow.url} (log: {self.airflow.log_path})")
+        api.wait_for_dag(DAG_ID, timeout=180)
+        api.set_pool(POOL, 2, description="Pixelcut API calls (demo)")
+        api.unpause(DAG_ID)
+
+    def run(self, conf: dict[str, Any]) -> Outcome:
+        api = self.airflow.client
+        started = time.monotonic()
+        run_id = api.trigger(DAG_ID, conf)
+        run = api.wait_for_run(DAG_ID, run_id, timeout=600)
+        return Outcome(
+            run_id=run_id,
+            state=run["state"],
+            task_states=api.task_states(DAG_ID, run_id),
+            xcom=lambda task_id, key="return_value", map_index=-1: api.xcom(
+                DAG_ID, run_id, task_id, key, map_index=map_index
+            ),
+            seconds=time.monotonic() - started,
+        )
+
+    def stop(self) -> None:
+        self.airflow.stop()
+
+
+class DagTestRunner:
+    """Runs the DAG with ``dag.test()`` in this process (``make demo-quick``)."""
+
+    name = "dag.test() in this process"
+
+    def __init__(self, env: dict[str, str], work: Path) -> None:
+        os.environ.update(env)  # connections and variables are read at run time
+
+    @staticmethod
+    def prepare(work: Path) -> None:
+        """Point Airflow at a fresh home; must run before anything imports ``airflow``."""
+        home = work / "airflow-quick"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        os.environ.update(
+            {
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+            }
+        )
+
+    def start(self) -> None:
+        from airflow.models.pool import Pool
+        from airflow.utils import db
+
+        db.initdb()
+        Pool.create_or_update_pool(POOL, slots=2, description="Pixelcut API calls (demo)", include_deferred=False)
+
+    def run(self, conf: dict[str, Any]) -> Outcome:
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        started = time.monotonic()
+        bag = DagBag(dag_folder=str(DAGS / f"{DAG_ID}.py"))
+        check(not bag.import_errors, f"import errors: {bag.import_errors}")
+        dag = bag.get_dag(DAG_ID)
+        assert dag is not None
+        dag_run = dag.test(run_conf=conf)
+        run_id = dag_run.run_id
+        states = {
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): (
+                None if ti.state is None else str(ti.state)
+            )
+            for ti in dag_run.get_task_instances()
+        }
+
+        def xcom(task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+            with create_session() as session:
+                row = (
+                    session.query(XComModel)
+                    .filter_by(dag_id=DAG_ID, run_id=run_id, task_id=task_id, key=key, map_index=map_index)
+                    .one_or_none()
+                )
+                return None if row is None else row.value
+
+        return Outcome(run_id, str(dag_run.state), dict(sorted(states.items())), xcom, time.monotonic() - started)
+
+    def stop(self) -> None:
+        pass
+
+
+# -- the demo ---------------------------------------------------------------------------------------
+@dataclass
+class Ledger:
+    """What the demo saw, for the final report."""
+
+    rows: list[str] = field(default_factory=list)
+
+
+def connection_env(sandbox_url: str) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` for the three vendors, pointing at the sandbox (JSON form)."""
+    from airflow_provider_bgremoval.sandbox.config import (
+        DEFAULT_PIXELCUT_KEY,
+        DEFAULT_PIXIAN_ID,
+        DEFAULT_PIXIAN_SECRET,
+        DEFAULT_POOF_KEY,
+    )
+
+    extra = {"timeout": 30, "max_retries": 3}
+    conns = {
+        "pixelcut_default": {"conn_type": "pixelcut", "host": sandbox_url, "password": DEFAULT_PIXELCUT_KEY},
+        "pixian_default": {
+            "conn_type": "pixian",
+            "host": sandbox_url,
+            "login": DEFAULT_PIXIAN_ID,
+            "password": DEFAULT_PIXIAN_SECRET,
+        },
+        "poof_default": {"conn_type": "poof", "host": sandbox_url, "password": DEFAULT_POOF_KEY},
+    }
+    return {f"AIRFLOW_CONN_{cid.upper()}": json.dumps({**c, "extra": extra}) for cid, c in conns.items()}
+
+
+def settings_env() -> dict[str, str]:
+    """The example DAG's settings as Airflow Variables (``AIRFLOW_VAR_BGREMOVAL_*``)."""
+    values = {
+        "conn_id": f"{VENDOR}_default",
+        "source_bucket": SOURCE_BUCKET,
+        "source_prefix": SOURCE_PREFIX,
+        "destination_bucket": DEST_BUCKET,
+        "destination_prefix": DEST_PREFIX,
+        "max_shards": "3",
+    }
+    return {f"AIRFLOW_VAR_BGREMOVAL_{key.upper()}": value for key, value in values.items()}
+
+
+def report_of(outcome: Outcome) -> dict[str, Any]:
+    report = outcome.xcom("run_report")
+    check(isinstance(report, dict), f"run {outcome.run_id}: no run report in XCom ({outcome.task_states})")
+    return dict(report)
+
+
+def expect_success(outcome: Outcome) -> None:
+    bad = {k: v for k, v in outcome.task_states.items() if v != "success"}
+    check(outcome.state == "success" and not bad, f"run {outcome.run_id} is {outcome.state}: {bad}")
+
+
+def describe(label: str, outcome: Outcome, report: dict[str, Any] | None, charged: float) -> str:
+    if report is None:
+        return f"  {label:<34} {outcome.state:<8} charged {charged:g} credits  ({outcome.seconds:.0f} s)"
+    c = report["counts"]
+    return (
+        f"  {label:<34} {outcome.state:<8} processed {c['done']:>2}  skipped {c['skipped']:>2}  "
+        f"rejected {c['rejected']}  credits {report['credits_spent']:>2}  ({outcome.seconds:.0f} s)"
+    )
+
+
+def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
+    """Copy the cut-outs and the run reports to ``demo-output/``."""
+    shutil.rmtree(out, ignore_errors=True)
+    count = 0
+    for info in storage.list_objects(DEST_BUCKET, DEST_PREFIX):
+        if "/_bgremoval/" in "/" + info.name:
+            continue
+        target = out / info.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read(DEST_BUCKET, info.name))
+        count += 1
+    for index, uri in enumerate(reports, start=1):
+        bucket, _, name = uri[5:].partition("/")
+        folder = name.rsplit("/", 1)[0] + "/"
+        for info in storage.list_objects(bucket, folder):
+            target = out / "reports" / f"run-{index}" / info.name.rsplit("/", 1)[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read(bucket, info.name))
+    return count
+
+
+def run_demo(quick: bool, work: Path, out: Path) -> None:
+    from airflow_provider_bgremoval.sandbox.testing import run_sandbox
+    from airflow_provider_bgremoval.testing.gcs_emulator import FakeGcsServer
+
+    total_started = time.monotonic()
+    ledger = Ledger()
+    with ExitStack() as stack:
+        with step("Starting fake-gcs-server (memory backend) and the vendor sandbox on free ports"):
+            gcs = stack.enter_context(FakeGcsServer(log_path=work / "fake-gcs-server.log"))
+            sandbox = stack.enter_context(run_sandbox())
+            admin = sandbox.admin
+            say(f"    fake-gcs-server {gcs.url} (pid {gcs.pid}); sandbox {sandbox.url}")
+        env = {**gcs.env(), **connection_env(sandbox.url), **settings_env()}
+        os.environ.update(gcs.env())
+
+        from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+        storage = GcsStorage(gcp_conn_id=None)
+        with step(f"Creating buckets gs://{SOURCE_BUCKET}, gs://{DEST_BUCKET} and uploading sample photos"):
+            gcs.create_bucket(SOURCE_BUCKET)
+            gcs.create_bucket(DEST_BUCKET)
+            delivery = first_delivery()
+            for name, data in delivery.items():
+                storage.write(SOURCE_BUCKET, name, data, content_type="application/octet-stream")
+            say(f"    {len(delivery)} objects under gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} (1 broken on purpose)")
+        good_first = len(delivery) - 1
+
+        runner: SchedulerRunner | DagTestRunner = DagTestRunner(env, work) if quick else SchedulerRunner(env, work)
+        with step(f"Starting Airflow: {runner.name}"):
+            stack.callback(runner.stop)
+            runner.start()
+
+        cost = 1.0  # the sandbox's Pixelcut remove-background price per image
+        start_balance = admin.get_balance(VENDOR)
+
+        with step(f"Run 1: trigger {DAG_ID} and follow it to completion"):
+            first = runner.run({})
+            expect_success(first)
+            report = report_of(first)
+            charged = admin.total_charged(VENDOR)
+            say(f"    task states: {first.task_states}")
+            check(report["counts"]["done"] == good_first, f"expected {good_first} processed: {report['counts']}")
+            check(report["counts"]["rejected"] == 1, f"expected 1 rejected (the broken upload): {report['counts']}")
+            check(charged == good_first * cost, f"sandbox charged {charged}, expected {good_first * cost}")
+            check(float(report["credits_spent"]) == charged, f"report says {report['credits_spent']} credits")
+            check(bool(report["contact_sheet_uri"]), "no contact sheet was written")
+            mapped = [k for k in first.task_states if k.startswith("remove_background[")]
+            check(len(mapped) >= 2, f"expected the batch to be sharded: {first.task_states}")
+            ledger.rows.append(describe("1 first delivery", first, report, charged))
+            reports = [report["report_uri"]]
+
+        with step("Run 2: three new photos arrive, but the balance is lowered to 2 credits"):
+            for name, data in second_delivery().items():
+                storage.write(SOURCE_BUCKET, name, data, content_type="application/octet-stream")
+            admin.set_balance(VENDOR, 2)
+            charges_before = len(admin.charges(VENDOR))
+            billed_before = len([r for r in admin.requests(VENDOR) if r.get("charged")])
+            halted = runner.run({})
+            say(f"    task states: {halted.task_states}")
+            check(halted.state == "failed", f"the low-credit run should fail, it is {halted.state}")
+            check(halted.task_states.get("check_credits") == "failed", f"pre-flight did not halt: {halted.task_states}")
+            check(
+                not any(k.startswith("remove_background") and v == "success" for k, v in halted.task_states.items()),
+                f"images were processed despite the halt: {halted.task_states}",
+            )
+            halt = halted.xcom("check_credits", "halt")
+            check(isinstance(halt, dict) and halt.get("reason") == "insufficient_credits", f"halt XCom: {halt}")
+            check(len(admin.charges(VENDOR)) == charges_before, "the charge log changed during the halted run")
+            billed_after = len([r for r in admin.requests(VENDOR) if r.get("charged")])
+            check(billed_after == billed_before, "a billed vendor call was made during the halted run")
+            say(
+                f"    halted before spending: need {halt['needed']} credits for {halt['remaining_images']} image(s), "
+                f"{halt['available']} available; charge log unchanged ({charges_before} charges)"
+            )
+            ledger.rows.append(describe("2 low balance: pre-flight halt", halted, None, 0))
+
+        with step("Run 3: balance restored; only the new photos are processed"):
+            admin.set_balance(VENDOR, start_balance - good_first * cost)
+            before = admin.total_charged(VENDOR)
+            third = runner.run({})
+            expect_success(third)
+            report = report_of(third)
+            spent = admin.total_charged(VENDOR) - before
+            check(report["counts"]["done"] == 3, f"expected the 3 new photos processed: {report['counts']}")
+            check(report["counts"]["skipped"] == good_first, f"expected {good_first} skipped: {report['counts']}")
+            check(spent == 3 * cost, f"run 3 charged {spent}, expected {3 * cost}")
+            ledger.rows.append(describe("3 topped up: the remainder", third, report, spent))
+            reports.append(report["report_uri"])
+
+        with step("Run 4: rerun: everything is skipped, 0 credits"):
+            before = admin.total_charged(VENDOR)
+            charges_before = len(admin.charges(VENDOR))
+            fourth = runner.run({})
+            expect_success(fourth)
+            report = report_of(fourth)
+            spent = admin.total_charged(VENDOR) - before
+            check(report["counts"]["done"] == 0, f"a rerun processed images: {report['counts']}")
+            check(report["counts"]["skipped"] == good_first + 3, f"expected all skipped: {report['counts']}")
+            check(spent == 0 and len(admin.charges(VENDOR)) == charges_before, f"the rerun charged {spent}")
+            ledger.rows.append(describe("4 rerun", fourth, report, spent))
+
+        with step(f"Copying outputs, reports and the contact sheet to {out.relative_to(REPO)}/"):
+            copied = download_outputs(storage, out, reports)
+            sheet = out / "reports" / "run-1" / "contact-sheet.png"
+            check(sheet.is_file(), f"{sheet} missing")
+            shutil.copy(sheet, out / "contact-sheet.png")
+            shutil.copy(out / "reports" / "run-1" / "report.json", out / "report.json")
+            check(copied == good_first + 3, f"expected {good_first + 3} outputs, found {copied}")
+
+        total_charges = admin.charges(VENDOR)
+        rel = out.relative_to(REPO)
+        say("")
+        say(f"Demo report ({runner.name}; {time.monotonic() - total_started:.0f} s in all)")
+        say(f"  source gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} -> gs://{DEST_BUCKET}/{DEST_PREFIX} via {VENDOR} (sandbox)")
+        for row in ledger.rows:
+            say(row)
+        say(
+            f"  sandbox charge log: {len(total_charges)} charges, {admin.total_charged(VENDOR):g} credits for "
+            f"{good_first + 3} distinct images: none charged twice; the broken upload was never sent"
+        )
+        say(f"  outputs:       {rel}/{DEST_PREFIX} ({copied} cut-outs)")
+        say(f"  contact sheet: {rel}/contact-sheet.png  (in the bucket: {first.xcom('run_report')['contact_sheet_uri']})")
+        say(f"  run report:    {rel}/report.json; all runs' reports under {rel}/reports/")
+        say(f"  manifests:     gs://{DEST_BUCKET}/{DEST_PREFIX}_bgremoval/manifests/{DAG_ID}/...")
+        check(len(total_charges) == good_first + 3, "the charge log does not match the processed images")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--quick", action="store_true", help="dag.test() instead of a real scheduler")
+    parser.add_argument("--work", type=Path, default=REPO / ".demo", help="scratch folder (default .demo/)")
+    parser.add_argument("--output", type=Path, default=REPO / "demo-output", help="where outputs are copied")
+    args = parser.parse_args(argv)
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(work)  # keep scratch files (emulator logs) out of /tmp clutter
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if args.quick:
+        DagTestRunner.prepare(work)
+    started = time.monotonic()
+    try:
+        run_demo(args.quick, work, args.output.resolve())
+    except DemoFailure as exc:
+        say(f"\nDEMO FAILED: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("\nInterrupted: every process the demo started has been stopped.")
+        return 130
+    say(f"\nDemo finished in {time.monotonic() - started:.0f} s: every step went as described.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The client side of the pipeline benchmark, run in its own process by :mod:`.bench_pipeline`.
+
+Two workloads, each printing one JSON document (its figures) to the file given by ``--result``:
+
+* ``pipeline`` — what ``RemoveBackgroundOperator.execute`` does, without the Airflow task around it:
+  ``get_vendor_hook`` + :class:`GcsStorage`, :func:`plan_batch`, then :class:`BatchRunner` with
+  claims, the balance probe and the manifest upload. Planning and execution are timed separately
+  (wall and process CPU); the process RSS is measured before the batch (the baseline: Airflow, the
+  provider, the hook and the storage client loaded) and sampled every 50 ms during it.
+* ``naive`` — what a user writes in a ``PythonOperator``: for each blob, download it, one
+  synchronous ``requests.post`` to the vendor, upload the result.
+
+The environment (``AIRFLOW_HOME``, ``AIRFLOW_CONN_*``, ``STORAGE_EMULATOR_HOST``) comes from the parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+_PROCESS = psutil.Process()
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process, MB."""
+    return _PROCESS.memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (``ru_maxrss`` is in KiB on Linux), MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS every ``interval`` seconds, with a progress figure from ``progress()``."""
+
+    def __init__(self, progress: Any, interval: float = 0.05) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.progress = progress
+        self.interval = interval
+        self.samples: list[tuple[float, int, float]] = []  # (seconds, images finished, rss MB)
+        self.peak = 0.0
+        self._stop_event = threading.Event()
+        self._t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            value = rss_mb()
+            self.peak = max(self.peak, value)
+            self.samples.append((time.monotonic() - self._t0, int(self.progress()), value))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+class ThreadProfiler:
+    """
+    cProfile in every thread (the event loop and the I/O pool), merged into one report.
+
+    The timer is each thread's own CPU time (``time.thread_time``), so the report attributes CPU,
+    not waiting: a thread blocked on a socket or a queue costs nothing.
+    """
+
+    def __init__(self) -> None:
+        import cProfile
+
+        self._factory = lambda: cProfile.Profile(time.thread_time)
+        self._profiles: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _hook(self, *_: Any) -> None:
+        profile = self._factory()
+        with self._lock:
+            self._profiles.append(profile)
+        profile.enable()  # replaces this thread's profile hook
+
+    def start(self) -> None:
+        threading.setprofile(self._hook)
+        self._hook()
+
+    def stop(self, path: Path) -> None:
+        import io
+        import pstats
+
+        threading.setprofile(None)  # type: ignore[arg-type]
+        with self._lock:
+            profiles = list(self._profiles)
+        for profile in profiles:
+            profile.disable()
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            try:
+                stats.add(profile)
+            except TypeError:  # a thread that never ran anything
+                continue
+        stats.dump_stats(str(path))
+        text = io.StringIO()
+        report = pstats.Stats(str(path), stream=text)
+        report.sort_stats("tottime").print_stats(30)
+        report.sort_stats("cumulative").print_stats(40)
+        path.with_suffix(".txt").write_text(text.getvalue())
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan and run one batch like the operator does; return the figures."""
+    started = time.monotonic()
+    import asyncio
+    import gc
+
+    import airflow  # noqa: F401 - part of the baseline, as in a task process
+
+    from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
+    from airflow_provider_bgremoval.options import RemovalOptions
+    from airflow_provider_bgremoval.pipeline.claims import ClaimStore
+    from airflow_provider_bgremoval.pipeline.engine import BatchRunner
+    from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_object_name
+    from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+    from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
+    from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+    hook = get_vendor_hook(args.conn_id)
+    storage = GcsStorage(gcp_conn_id=None)
+    storage.client  # noqa: B018 - create the GCS client (credentials, session) before the baseline
+    vendor_options: Any = None
+    if args.pixian_max_pixels:
+        from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+
+        vendor_options = PixianOptions(max_pixels=args.pixian_max_pixels)
+    processor = RemovalProcessor(hook, RemovalOptions(), vendor_options)
+    spec = BatchSpec(
+        source_bucket=args.bucket,
+        source_prefix=args.prefix,
+        destination_bucket=args.dst_bucket,
+        destination_prefix=args.dst_prefix,
+    )
+    gc.collect()
+    startup_s = time.monotonic() - started
+    baseline = rss_mb()
+    runner: BatchRunner | None = None
+
+    def finished() -> int:
+        return 0 if runner is None else sum(runner.result.counts.values())
+
+    sampler = RssSampler(finished)
+    sampler.start()
+    profiler = ThreadProfiler() if args.profile else None
+
+    # -- planning ------------------------------------------------------------------------------
+    wall, cpu = time.perf_counter(), time.process_time()
+    plan = asyncio.run(
+        plan_batch(
+            storage,
+            spec,
+            extension=processor.extension,
+            fingerprint=processor.fingerprint,
+            vendor=processor.vendor,
+            limits=processor.limits,
+            concurrency=max(4, args.concurrency),
+        )
+    )
+    plan_wall, plan_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rss_after_plan = rss_mb()
+
+    # -- execution -----------------------------------------------------------------------------
+    owner = "bench/run/cutouts/-1"
+    manifest = ManifestWriter()
+    runner = BatchRunner(
+        storage,
+        processor,
+        plan,
+        manifest,
+        max_concurrency=args.concurrency,
+        writer_id=owner,
+        claims=ClaimStore(storage, spec.destination_bucket, spec.internal_prefix, owner),
+        balance_probe=hook.aget_balance,
+        progress_every_seconds=30.0,
+    )
+
+    async def run() -> Any:
+        try:
+            return await runner.run()
+        finally:
+            await hook.aclose()
+
+    if profiler is not None:
+        profiler.start()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = asyncio.run(run())
+    storage.write(
+        spec.destination_bucket,
+        manifest_object_name(spec.internal_prefix, "bench", "run", "cutouts", None, 1),
+        manifest.getvalue(),
+        content_type="application/x-ndjson",
+    )
+    exec_wall, exec_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if profiler is not None:
+        profiler.stop(Path(args.profile))
+    manifest.close()
+    sampler.stop()
+    counts = dict(result.counts)
+    done = counts.get("done", 0)
+    return {
+        "mode": "pipeline",
+        "vendor": processor.vendor,
+        "images": plan.total,
+        "billable": len(plan.items),
+        "counts": counts,
+        "concurrency": args.concurrency,
+        "startup_s": startup_s,
+        "plan_wall_s": plan_wall,
+        "plan_cpu_s": plan_cpu,
+        "exec_wall_s": exec_wall,
+        "exec_cpu_s": exec_cpu,
+        "images_per_s": done / exec_wall if exec_wall else 0.0,
+        "cpu_ms_per_image": 1000 * exec_cpu / done if done else None,
+        "baseline_rss_mb": baseline,
+        "rss_after_plan_mb": rss_after_plan,
+        "peak_rss_sampled_mb": max(sampler.peak, baseline),
+        "peak_rss_mb": peak_rss_mb(),  # ru_maxrss: the true peak, including startup
+        "rss_samples": sampler.samples[:: max(1, len(sampler.samples) // 200)],
+        "threads": threading.active_count(),
+        "credits_spent": str(result.credits_spent),
+        "halt": None if result.halt is None else result.halt.as_dict(),
+    }
+
+
+def run_naive(args: argparse.Namespace) -> dict[str, Any]:
+    """The loop a user writes in a PythonOperator (no provider code); return the figures."""
+    import requests
+    from google.cloud import storage
+
+    client = storage.Client()  # STORAGE_EMULATOR_HOST: anonymous, bound to the emulator
+    source = client.bucket(args.bucket)
+    destination = client.bucket(args.dst_bucket)
+    wall, cpu = time.perf_counter(), time.process_time()
+    done = 0
+    for blob in client.list_blobs(args.bucket, prefix=args.prefix, max_results=args.limit):
+        data = source.blob(blob.name).download_as_bytes()
+        reply = requests.post(
+            f"{args.vendor_url.rstrip('/')}/v1/remove",
+            headers={"x-api-key": args.api_key},
+            files={"image_file": (blob.name.rsplit("/", 1)[-1], data)},
+            timeout=60,
+        )
+        reply.raise_for_status()
+        name = args.dst_prefix + blob.name.removeprefix(args.prefix).rsplit(".", 1)[0] + ".png"
+        destination.blob(name).upload_from_string(reply.content, content_type="image/png")
+        done += 1
+    elapsed, used = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "mode": "naive",
+        "images": done,
+        "exec_wall_s": elapsed,
+        "exec_cpu_s": used,
+        "images_per_s": done / elapsed if elapsed else 0.0,
+        "cpu_ms_per_image": 1000 * used / done if done else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (used by :mod:`.bench_pipeline`)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_client")
+    parser.add_argument("mode", choices=("pipeline", "naive"))
+    parser.add_argument("--result", required=True, help="write the figures (JSON) here")
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--dst-bucket", required=True)
+    parser.add_argument("--dst-prefix", default="out/")
+    parser.add_argument("--conn-id", default="poof_default")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--pixian-max-pixels", type=int, default=None)
+    parser.add_argument("--profile", default=None, help="cProfile every thread into this .prof file")
+    parser.add_argument("--limit", type=int, default=50, help="naive: images to process")
+    parser.add_argument("--vendor-url", default="", help="naive: the sandbox URL")
+    parser.add_argument("--api-key", default=os.environ.get("BENCH_POOF_KEY", ""), help="naive: Poof key")
+    args = parser.parse_args(argv)
+    figures = run_pipeline(args) if args.mode == "pipeline" else run_naive(args)
+    Path(args.result).write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The example DAGs, unchanged, end to end with dag.test(), fake-gcs-server and the vendor sandbox.
+
+Settings reach the DAGs as trigger ``conf`` (their params); connections as ``AIRFLOW_CONN_*``.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+from airflow_provider_bgremoval.reporting import contact_sheet_size
+from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from tests.integration.examples.conftest import EXAMPLES, encode
+
+pytestmark = pytest.mark.integration
+
+BUCKET_DAG = EXAMPLES / "example_bucket_remove_background.py"
+GENERATE_DAG = EXAMPLES / "example_generate_background.py"
+MONITOR_DAG = EXAMPLES / "example_credit_monitor.py"
+
+
+def name_of(uri: str) -> str:
+    return uri.split("/", 3)[3]
+
+
+@pytest.fixture
+def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_factory: Callable[..., str]):
+    return vendor_connections, gcs_storage, gcs_bucket_factory("raw"), gcs_bucket_factory("cut")
+
+
+@pytest.fixture
+def photos(images_dir: Path) -> dict[str, bytes]:
+    """Real photos, derived variants and one broken upload, under ``products/``."""
+    chelsea = Image.open(images_dir / "chelsea.png").convert("RGB")
+    horse = Image.open(images_dir / "horse.png")
+    return {
+        "products/horse.png": (images_dir / "horse.png").read_bytes(),
+        "products/rocket.jpg": (images_dir / "rocket.jpg").read_bytes(),
+        "products/astronaut.jpg": (images_dir / "astronaut.jpg").read_bytes(),
+        "products/variants/chelsea.webp": encode(chelsea.resize((300, 200)), "WEBP"),
+        "products/variants/horse-gray.png": encode(horse.convert("LA"), "PNG"),
+        "products/broken.jpg": (images_dir / "rocket.jpg").read_bytes()[:2000],
+    }
+
+
+def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, images_dir) -> None:
+    sandbox, storage, src, dst = env
+    for name, data in photos.items():
+        storage.write(src, name, data, content_type="application/octet-stream")
+    conf = {
+        "source_bucket": src,
+        "source_prefix": "products/",
+        "destination_bucket": dst,
+        "destination_prefix": "cutouts/",
+        "max_shards": 2,
+        "output_format": "webp",
+    }
+    good = sorted(n for n in photos if "broken" not in n)
+
+    run = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
+    states = run.task_states()
+    assert run.state == "success", states
+    assert states["check_credits"] == "success" and states["run_report"] == "success"
+    assert len([k for k in states if k.startswith("remove_background[")]) == 2
+    estimate = run.xcom("check_credits")
+    assert estimate["sufficient"] is True and estimate["vendor"] == "pixelcut"
+
+    # bucket contents: one WebP cut-out per good photo, with provenance metadata
+    for name in good:
+        out = "cutouts/" + name.removeprefix("products/").rsplit(".", 1)[0] + ".webp"
+        info = storage.stat(dst, out)
+        assert info is not None, out
+        assert info.metadata["bgremoval-source"] == f"gs://{src}/{name}"
+        image = Image.open(io.BytesIO(storage.read(dst, out)))
+        assert image.format == "WEBP" and image.mode == "RGBA"
+    assert storage.stat(dst, "cutouts/broken.webp") is None
+
+    # the sandbox charged exactly one credit per good photo
+    assert sandbox.admin.total_charged("pixelcut") == len(good)
+    assert len(sandbox.admin.charges("pixelcut")) == len(good)
+
+    # report + manifests
+    report = run.xcom("run_report")
+    assert report["counts"] == {"done": len(good), "skipped": 0, "rejected": 1, "failed": 0, "pending": 0}
+    assert report["credits_spent"] == str(len(good))
+    assert len(report["manifests"]) == 2
+    rows = [row for uri in report["manifests"] for row in read_manifest(storage.read(dst, name_of(uri)))]
+    assert sorted(r["source"] for r in rows) == sorted(f"gs://{src}/{n}" for n in photos)
+    assert {r["status"] for r in rows} == {"done", "rejected"}
+    import json
+
+    written = json.loads(storage.read(dst, name_of(report["report_uri"])))
+    assert written["counts"] == report["counts"]
+    assert written["estimate"]["billable_images"] == estimate["billable_images"]
+    assert [r["source"] for r in written["rejected"]] == [f"gs://{src}/products/broken.jpg"]
+
+    # the contact sheet: a valid PNG of the documented size, with the sample pairs
+    sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
+    sheet.verify()
+    sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
+    assert sheet.format == "PNG"
+    assert sheet.size == contact_sheet_size(len(good))
+    assert report["sample_pairs"] == len(good)
+
+    # low balance + new photos: the pre-flight halts before any charge
+    new = encode(ImageOps.mirror(Image.open(images_dir / "chelsea.png").convert("RGB")), "JPEG")
+    storage.write(src, "products/new/chelsea-mirrored.jpg", new, content_type="image/jpeg")
+    sandbox.admin.set_balance("pixelcut", 0.5)
+    requests_before = len(sandbox.admin.requests("pixelcut"))
+    halted = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
+    assert halted.state == "failed"
+    states = halted.task_states()
+    assert states["check_credits"] == "failed"
+    assert states["run_report"] == "upstream_failed"
+    halt = halted.xcom("check_credits", key="halt")
+    assert halt["reason"] == "insufficient_credits" and halt["available"] == "0.5"
+    assert len(sandbox.admin.charges("pixelcut")) == len(good)
+    billed = [r for r in sandbox.admin.requests("pixelcut")[requests_before:] if r.get("charged")]
+    assert billed == []
+
+    # topped up: only the new photo is charged; a further rerun charges nothing
+    sandbox.admin.set_balance("pixelcut", 100)
+    resumed = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
+    assert resumed.state == "success", resumed.task_states()
+    counts = resumed.xcom("run_report")["counts"]
+    assert counts["done"] == 1 and counts["skipped"] == len(good)
+    assert len(sandbox.admin.charges("pixelcut")) == len(good) + 1
+    rerun = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
+    assert rerun.state == "success"
+    assert rerun.xcom("run_report")["counts"]["skipped"] == len(good) + 1
+    assert rerun.xcom("run_report")["contact_sheet_uri"] is None
+    assert len(sandbox.admin.charges("pixelcut")) == len(good) + 1
+    for name, data in photos.items():
+        assert storage.read(src, name) == data
+
+
+def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, images_dir) -> None:
+    sandbox, storage, cutouts, scenes = env
+    horse = (images_dir / "horse.png").read_bytes()
+    cut = {
+        "cutouts/horse.png": horse,
+        "cutouts/small/horse.webp": encode(Image.open(images_dir / "horse.png").resize((200, 164)), "WEBP"),
+        "cutouts/_bgremoval/manifests/x/try-1.jsonl": b"{}\n",  # the provider's own files are excluded
+    }
+    for name, data in cut.items():
+        storage.write(cutouts, name, data, content_type="application/octet-stream")
+    conf = {
+        "cutouts_bucket": cutouts,
+        "cutouts_prefix": "cutouts/",
+        "scenes_bucket": scenes,
+        "scenes_prefix": "scenes/",
+        "scene": "wood",
+        "prompt": "on a beach at sunset",
+    }
+    run = dag_tester.run_file(GENERATE_DAG, "example_generate_background", conf=conf)
+    assert run.state == "success", run.task_states()
+    for folder in ("scenes/scene-wood/", "scenes/prompt/"):
+        names = sorted(i.name for i in storage.list_objects(scenes, folder) if "_bgremoval/" not in i.name)
+        assert names == [f"{folder}horse.jpg", f"{folder}small/horse.jpg"]
+        for name in names:
+            image = Image.open(io.BytesIO(storage.read(scenes, name)))
+            assert image.format == "JPEG" and image.size == (1024, 1024)
+    assert run.xcom("scene")["done"] == 2 and run.xcom("prompt")["done"] == 2
+    generate_calls = [r for r in sandbox.admin.requests("pixelcut") if "generate" in r["endpoint"]]
+    assert sorted(str(r["params"].get("scene")) for r in generate_calls).count("wood") == 2
+    assert sum("beach" in str(r["params"].get("prompt")) for r in generate_calls) == 2
+    assert sandbox.admin.total_charged("pixelcut") == 4
+    rerun = dag_tester.run_file(GENERATE_DAG, "example_generate_background", conf=conf)
+    assert rerun.state == "success"
+    assert sandbox.admin.total_charged("pixelcut") == 4
+
+
+def test_credit_monitor_example_passes_then_fails_and_notifies(vendor_connections, dag_tester) -> None:
+    sandbox = vendor_connections
+    conf = {"credit_thresholds": {"pixelcut_default": 100, "pixian_default": 50, "poof_default": 20}}
+    ok = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor", conf=conf)
+    assert ok.state == "success", ok.task_states()
+    balances = ok.xcom("check_balances")
+    assert set(balances) == {"pixelcut_default", "pixian_default", "poof_default"}
+    assert not any(b["low"] for b in balances.values())
+
+    sandbox.admin.set_balance("poof", 5)
+    low = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor", conf=conf)
+    assert low.state == "failed"
+    alert = low.xcom("check_balances", key="low_balances")  # pushed by the notifier hook point
+    assert [(a["conn_id"], a["remaining"], a["threshold"]) for a in alert] == [("poof_default", "5", "20")]
+    assert sandbox.admin.total_charged() == 0  # balance checks are free
+
+
+def test_topup_sensor_example_waits_in_the_trigger_and_resumes(vendor_connections, airflow_db) -> None:
+    """The deferrable sensor defers while the balance is low and resumes after a top-up."""
+    import os
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    sandbox = vendor_connections
+    sandbox.admin.set_balance("pixelcut", 3)
+    folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    path = folder / "example_credit_monitor_wait_for_topup.py"
+    shutil.copy(MONITOR_DAG, path)
+    timer = threading.Timer(2.0, sandbox.admin.set_balance, args=("pixelcut", 250))
+    try:
+        dag = DagBag(dag_folder=str(path)).get_dag("example_credit_monitor_wait_for_topup")
+        dag.get_task("wait_for_topup").poke_interval = 0.5  # the example polls every 5 minutes
+        timer.start()
+        dag_run = dag.test(run_conf={"topup_conn_id": "pixelcut_default", "topup_min_credits": 200})
+    finally:
+        timer.cancel()
+        path.unlink(missing_ok=True)
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert str(dag_run.state) == "success", states
+    assert states == {"wait_for_topup": "success", "resume": "success"}
+    assert sandbox.admin.get_balance("pixelcut") == 250
+    polls = [r for r in sandbox.admin.requests("pixelcut") if "credits" in r["endpoint"]]
+    assert len(polls) >= 2  # low at first, then met
+    assert sandbox.admin.total_charged("pixelcut") == 0
