@@ -92,7 +92,13 @@ demo: $(VENV)/.installed
 demo-quick: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py --quick
 
-# bench:       (reserved — to be added with the benchmark issue)
+# bench: throughput, peak RSS and CPU per image of the bucket pipeline against the sandbox (200 ms
+# latency) and fake-gcs-server, each in its own process; prints a figure table (docs/benchmarks.md).
+# Figures, not a test: nothing fails on a slow machine. `make bench BENCH_ARGS=--quick` is a smoke run.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(BIN)/python -m tests.benchmarks.bench_pipeline $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _PACKAGE = "airflow_provider_bgremoval"
+_INTEGRATIONS = ("Pixelcut", "Pixian.AI", "Poof")
 
 _COMMON_FIELDS: dict[str, Any] = {
     "timeout": {
@@ -70,6 +71,26 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Pixelcut", "python-modules": [f"{_PACKAGE}.hooks.pixelcut"]},
             {"integration-name": "Pixian.AI", "python-modules": [f"{_PACKAGE}.hooks.pixian"]},
             {"integration-name": "Poof", "python-modules": [f"{_PACKAGE}.hooks.poof"]},
+        ],
+        # The credits sensor, trigger and operators serve every vendor (picked by connection type).
+        "operators": [
+            {
+                "integration-name": name,
+                "python-modules": [
+                    f"{_PACKAGE}.operators.bucket",
+                    f"{_PACKAGE}.operators.sharding",
+                    f"{_PACKAGE}.operators.credits",
+                ],
+            }
+            for name in _INTEGRATIONS
+        ],
+        "sensors": [
+            {"integration-name": name, "python-modules": [f"{_PACKAGE}.sensors.credits"]}
+            for name in _INTEGRATIONS
+        ],
+        "triggers": [
+            {"integration-name": name, "python-modules": [f"{_PACKAGE}.triggers.credits"]}
+            for name in _INTEGRATIONS
         ],
         "connection-types": [
             _connection_type(

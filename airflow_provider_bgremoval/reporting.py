@@ -86,7 +86,9 @@ def manifest_run_prefix(destination_prefix: str, dag_id: str, run_id: str) -> st
     :param dag_id: the DAG id.
     :param run_id: the DAG run id.
     """
-    return f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}manifests/{dag_id}/{run_id.replace('/', '_')}/"
+    return (
+        f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}manifests/{dag_id}/{run_id.replace('/', '_')}/"
+    )
 
 
 def _decimal(value: Any) -> Decimal:
@@ -194,7 +196,9 @@ def checkerboard(size: tuple[int, int], square: int = _CHECKER) -> Image.Image:
 
 def _thumbnail(data: bytes, thumb: int, *, on_checkerboard: bool) -> Image.Image:
     """``thumb`` x ``thumb`` tile: the image fitted and centred; alpha shown over a checkerboard."""
-    tile = checkerboard((thumb, thumb)) if on_checkerboard else Image.new("RGB", (thumb, thumb), (255, 255, 255))
+    tile = (
+        checkerboard((thumb, thumb)) if on_checkerboard else Image.new("RGB", (thumb, thumb), (255, 255, 255))
+    )
     try:
         with Image.open(io.BytesIO(data)) as opened:
             image = ImageOps.exif_transpose(opened)
@@ -423,7 +427,11 @@ class RunReportOperator(BaseOperator):
 
     @staticmethod
     def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
-        return {"source": row["source"], "error_code": row.get("error_code"), "message": row.get("error_message")}
+        return {
+            "source": row["source"],
+            "error_code": row.get("error_code"),
+            "message": row.get("error_message"),
+        }
 
     def _judge_upstream(self, context: Context, result: dict[str, Any]) -> None:
         upstream = sorted(self.upstream_task_ids)

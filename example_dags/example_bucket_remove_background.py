@@ -77,7 +77,9 @@ def patterns(value: Any) -> list[str]:
 
 
 def _param(name: str, description: str) -> Param:
-    return Param(None, type=["null", "string", "integer"], description=f"{description} (default: {DEFAULTS[name]!r})")
+    return Param(
+        None, type=["null", "string", "integer"], description=f"{description} (default: {DEFAULTS[name]!r})"
+    )
 
 
 def _t(name: str) -> str:

@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -90,12 +91,20 @@ def first_delivery() -> dict[str, bytes]:
     rocket = Image.open(IMAGES / "rocket.jpg")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise when displayed
-    objects = {f"{SOURCE_PREFIX}{p.name}": p.read_bytes() for p in sorted(IMAGES.glob("*.*")) if p.suffix in (".png", ".jpg")}
+    objects = {
+        f"{SOURCE_PREFIX}{p.name}": p.read_bytes()
+        for p in sorted(IMAGES.glob("*.*"))
+        if p.suffix in (".png", ".jpg")
+    }
     objects.update(
         {
-            f"{SOURCE_PREFIX}variants/chelsea-small.webp": _encode(chelsea.resize((300, 200)), "WEBP", quality=85),
+            f"{SOURCE_PREFIX}variants/chelsea-small.webp": _encode(
+                chelsea.resize((300, 200)), "WEBP", quality=85
+            ),
             f"{SOURCE_PREFIX}variants/horse-gray.png": _encode(horse.convert("LA"), "PNG"),
-            f"{SOURCE_PREFIX}variants/coffee-small.jpg": _encode(coffee.resize((300, 200)), "JPEG", quality=80),
+            f"{SOURCE_PREFIX}variants/coffee-small.jpg": _encode(
+                coffee.resize((300, 200)), "JPEG", quality=80
+            ),
             f"{SOURCE_PREFIX}variants/rocket-exif-rotated.jpg": _encode(
                 rocket.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=85, exif=exif
             ),
@@ -199,7 +208,9 @@ class DagTestRunner:
         from airflow.utils import db
 
         db.initdb()
-        Pool.create_or_update_pool(POOL, slots=2, description="Pixelcut API calls (demo)", include_deferred=False)
+        Pool.create_or_update_pool(
+            POOL, slots=2, description="Pixelcut API calls (demo)", include_deferred=False
+        )
 
     def run(self, conf: dict[str, Any]) -> Outcome:
         from airflow.dag_processing.dagbag import DagBag
@@ -229,7 +240,9 @@ class DagTestRunner:
                 )
                 return None if row is None else row.value
 
-        return Outcome(run_id, str(dag_run.state), dict(sorted(states.items())), xcom, time.monotonic() - started)
+        return Outcome(
+            run_id, str(dag_run.state), dict(sorted(states.items())), xcom, time.monotonic() - started
+        )
 
     def stop(self) -> None:
         pass
@@ -345,10 +358,15 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             delivery = first_delivery()
             for name, data in delivery.items():
                 storage.write(SOURCE_BUCKET, name, data, content_type="application/octet-stream")
-            say(f"    {len(delivery)} objects under gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} (1 broken on purpose)")
+            say(
+                f"    {len(delivery)} objects under gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} "
+                "(1 broken on purpose)"
+            )
         good_first = len(delivery) - 1
 
-        runner: SchedulerRunner | DagTestRunner = DagTestRunner(env, work) if quick else SchedulerRunner(env, work)
+        runner: SchedulerRunner | DagTestRunner = (
+            DagTestRunner(env, work) if quick else SchedulerRunner(env, work)
+        )
         with step(f"Starting Airflow: {runner.name}"):
             stack.callback(runner.stop)
             runner.start()
@@ -362,8 +380,13 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             report = report_of(first)
             charged = admin.total_charged(VENDOR)
             say(f"    task states: {first.task_states}")
-            check(report["counts"]["done"] == good_first, f"expected {good_first} processed: {report['counts']}")
-            check(report["counts"]["rejected"] == 1, f"expected 1 rejected (the broken upload): {report['counts']}")
+            check(
+                report["counts"]["done"] == good_first, f"expected {good_first} processed: {report['counts']}"
+            )
+            check(
+                report["counts"]["rejected"] == 1,
+                f"expected 1 rejected (the broken upload): {report['counts']}",
+            )
             check(charged == good_first * cost, f"sandbox charged {charged}, expected {good_first * cost}")
             check(float(report["credits_spent"]) == charged, f"report says {report['credits_spent']} credits")
             check(bool(report["contact_sheet_uri"]), "no contact sheet was written")
@@ -381,18 +404,29 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             halted = runner.run({})
             say(f"    task states: {halted.task_states}")
             check(halted.state == "failed", f"the low-credit run should fail, it is {halted.state}")
-            check(halted.task_states.get("check_credits") == "failed", f"pre-flight did not halt: {halted.task_states}")
             check(
-                not any(k.startswith("remove_background") and v == "success" for k, v in halted.task_states.items()),
+                halted.task_states.get("check_credits") == "failed",
+                f"pre-flight did not halt: {halted.task_states}",
+            )
+            check(
+                not any(
+                    k.startswith("remove_background") and v == "success"
+                    for k, v in halted.task_states.items()
+                ),
                 f"images were processed despite the halt: {halted.task_states}",
             )
             halt = halted.xcom("check_credits", "halt")
-            check(isinstance(halt, dict) and halt.get("reason") == "insufficient_credits", f"halt XCom: {halt}")
-            check(len(admin.charges(VENDOR)) == charges_before, "the charge log changed during the halted run")
+            check(
+                isinstance(halt, dict) and halt.get("reason") == "insufficient_credits", f"halt XCom: {halt}"
+            )
+            check(
+                len(admin.charges(VENDOR)) == charges_before, "the charge log changed during the halted run"
+            )
             billed_after = len([r for r in admin.requests(VENDOR) if r.get("charged")])
             check(billed_after == billed_before, "a billed vendor call was made during the halted run")
             say(
-                f"    halted before spending: need {halt['needed']} credits for {halt['remaining_images']} image(s), "
+                f"    halted before spending: need {halt['needed']} credits "
+                f"for {halt['remaining_images']} image(s), "
                 f"{halt['available']} available; charge log unchanged ({charges_before} charges)"
             )
             ledger.rows.append(describe("2 low balance: pre-flight halt", halted, None, 0))
@@ -405,7 +439,10 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             report = report_of(third)
             spent = admin.total_charged(VENDOR) - before
             check(report["counts"]["done"] == 3, f"expected the 3 new photos processed: {report['counts']}")
-            check(report["counts"]["skipped"] == good_first, f"expected {good_first} skipped: {report['counts']}")
+            check(
+                report["counts"]["skipped"] == good_first,
+                f"expected {good_first} skipped: {report['counts']}",
+            )
             check(spent == 3 * cost, f"run 3 charged {spent}, expected {3 * cost}")
             ledger.rows.append(describe("3 topped up: the remainder", third, report, spent))
             reports.append(report["report_uri"])
@@ -434,15 +471,22 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
         rel = out.relative_to(REPO)
         say("")
         say(f"Demo report ({runner.name}; {time.monotonic() - total_started:.0f} s in all)")
-        say(f"  source gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} -> gs://{DEST_BUCKET}/{DEST_PREFIX} via {VENDOR} (sandbox)")
+        say(
+            f"  source gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} -> gs://{DEST_BUCKET}/{DEST_PREFIX} "
+            f"via {VENDOR} (sandbox)"
+        )
         for row in ledger.rows:
             say(row)
         say(
-            f"  sandbox charge log: {len(total_charges)} charges, {admin.total_charged(VENDOR):g} credits for "
+            f"  sandbox charge log: {len(total_charges)} charges, "
+            f"{admin.total_charged(VENDOR):g} credits for "
             f"{good_first + 3} distinct images: none charged twice; the broken upload was never sent"
         )
         say(f"  outputs:       {rel}/{DEST_PREFIX} ({copied} cut-outs)")
-        say(f"  contact sheet: {rel}/contact-sheet.png  (in the bucket: {first.xcom('run_report')['contact_sheet_uri']})")
+        say(
+            f"  contact sheet: {rel}/contact-sheet.png  "
+            f"(in the bucket: {first.xcom('run_report')['contact_sheet_uri']})"
+        )
         say(f"  run report:    {rel}/report.json; all runs' reports under {rel}/reports/")
         say(f"  manifests:     gs://{DEST_BUCKET}/{DEST_PREFIX}_bgremoval/manifests/{DAG_ID}/...")
         check(len(total_charges) == good_first + 3, "the charge log does not match the processed images")
@@ -473,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("\nInterrupted: every process the demo started has been stopped.")
         return 130
+    except Exception as exc:  # anything unexpected is a failed demo too (processes are stopped)
+        traceback.print_exc()
+        say(f"\nDEMO FAILED: {type(exc).__name__}: {exc}")
+        return 1
     say(f"\nDemo finished in {time.monotonic() - started:.0f} s: every step went as described.")
     return 0
 

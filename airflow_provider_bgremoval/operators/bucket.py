@@ -350,6 +350,9 @@ class BucketImageOperator(BaseOperator):
     ) -> None:
         halt: HaltInfo | None = result.halt
         counts = result.counts
+        if halt is not None:
+            # The same key and shape as the credits pre-flight's halt, so one alert serves both.
+            context["ti"].xcom_push(key="halt", value=halt.as_dict())
         if halt is not None and (halt.fatal or halt.reason == "failure_rate"):
             context["ti"].xcom_push(key="summary", value=summary)
             available = "unknown" if halt.available is None else str(halt.available)

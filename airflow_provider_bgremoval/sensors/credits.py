@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
 from airflow_provider_bgremoval.triggers.credits import (
@@ -92,7 +93,10 @@ class CreditsSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Read the balance once; done when the usable balance reaches ``min_credits``."""
-        threshold = parse_min_credits(self.min_credits)
+        try:
+            threshold = parse_min_credits(self.min_credits)
+        except InvalidOptionError as exc:  # e.g. a template that rendered to a non-number
+            raise self._fail(str(exc)) from exc
         try:
             hook = self.get_hook()
         except Exception as exc:

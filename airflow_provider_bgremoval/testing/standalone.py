@@ -44,7 +44,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["AirflowStandalone", "AirflowRestClient", "StandaloneError", "free_port"]
+__all__ = ["AirflowRestClient", "AirflowStandalone", "StandaloneError", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class AirflowRestClient:
         *,
         username: str | None = None,
         password: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._username = username
@@ -153,7 +153,13 @@ class AirflowRestClient:
         """
         deadline = time.monotonic() + timeout
         while True:
-            response = self.request("GET", f"/api/v2/dags/{dag_id}", ok=(404,))
+            try:
+                response = self.request("GET", f"/api/v2/dags/{dag_id}", ok=(404,))
+            except httpx.TransportError as exc:
+                if time.monotonic() > deadline:
+                    raise StandaloneError(f"the API server does not answer ({exc})") from exc
+                time.sleep(poll)
+                continue
             if response.status_code == 200:
                 result: dict[str, Any] = response.json()
                 return result
@@ -207,7 +213,16 @@ class AirflowRestClient:
         """
         deadline = time.monotonic() + timeout
         while True:
-            run = self.dag_run(dag_id, run_id)
+            try:
+                run = self.dag_run(dag_id, run_id)
+            except httpx.TransportError as exc:  # a busy API server (SQLite, 2 cores): ask again
+                if time.monotonic() > deadline:
+                    raise StandaloneError(
+                        f"{dag_id} {run_id}: the API server does not answer ({exc})"
+                    ) from exc
+                log.warning("Polling %s %s: %s; retrying", dag_id, run_id, exc)
+                time.sleep(poll)
+                continue
             if run["state"] in FINAL_RUN_STATES:
                 return run
             if time.monotonic() > deadline:
@@ -257,11 +272,16 @@ class AirflowRestClient:
         """
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         response = self.request(
-            "GET", path, params={"map_index": map_index, "deserialize": "true", "stringify": "false"}, ok=(404,)
+            "GET",
+            path,
+            params={"map_index": map_index, "deserialize": "true", "stringify": "false"},
+            ok=(404,),
         )
         return None if response.status_code == 404 else response.json().get("value")
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, *, map_index: int = -1) -> str:
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, *, map_index: int = -1
+    ) -> str:
         """
         A task try's log as text (for diagnostics).
 
@@ -273,8 +293,11 @@ class AirflowRestClient:
         """
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
         response = self.request(
-            "GET", path, params={"map_index": map_index, "full_content": "true"},
-            headers={"Accept": "application/json"}, ok=(404,),
+            "GET",
+            path,
+            params={"map_index": map_index, "full_content": "true"},
+            headers={"Accept": "application/json"},
+            ok=(404,),
         )
         if response.status_code == 404:
             return ""
@@ -285,7 +308,9 @@ class AirflowRestClient:
             )
         return str(content)
 
-    def set_pool(self, name: str, slots: int, *, description: str = "", include_deferred: bool = False) -> None:
+    def set_pool(
+        self, name: str, slots: int, *, description: str = "", include_deferred: bool = False
+    ) -> None:
         """
         Create or update a pool.
 
@@ -294,7 +319,12 @@ class AirflowRestClient:
         :param description: its description.
         :param include_deferred: whether deferred tasks take slots.
         """
-        body = {"name": name, "slots": slots, "description": description, "include_deferred": include_deferred}
+        body = {
+            "name": name,
+            "slots": slots,
+            "description": description,
+            "include_deferred": include_deferred,
+        }
         exists = self.request("GET", f"/api/v2/pools/{name}", ok=(404,)).status_code == 200
         if exists:
             self.request("PATCH", f"/api/v2/pools/{name}", json=body)
@@ -413,7 +443,7 @@ class AirflowStandalone:
             (self.home / "passwords.json").write_text(json.dumps({self.username: self.password}))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
-            self._process = subprocess.Popen(  # noqa: S603 - our own airflow executable
+            self._process = subprocess.Popen(
                 [self.airflow_bin, "standalone"],
                 cwd=self.home,
                 env=self.environment(),
@@ -452,7 +482,8 @@ class AirflowStandalone:
                 last = exc
             if time.monotonic() > deadline:
                 raise StandaloneError(
-                    f"Airflow not healthy after {self.startup_timeout:.0f} s (last: {last}):\n{self.log_tail()}"
+                    f"Airflow not healthy after {self.startup_timeout:.0f} s (last: {last}):\n"
+                    f"{self.log_tail()}"
                 )
             time.sleep(0.5)
 

@@ -385,6 +385,13 @@ def report(meta: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
         f"(listing, destination lookup, header checks); goal >= {THROUGHPUT_GOAL:.0%} of ideal: "
         f"{'MET' if rate >= THROUGHPUT_GOAL * IDEAL else 'MISSED'}"
     )
+    client_ms = small["cpu_ms_per_image"]
+    servers_ms = (small.get("sandbox_cpu_s", 0.0) + small.get("gcs_cpu_s", 0.0)) * 1000 / max(done, 1)
+    add(
+        f"   CPU ceilings at these CPU costs: the client alone (one GIL) {1000 / client_ms:.0f} images/s; "
+        f"this {meta['cpus']}-CPU box running client + sandbox + fake-gcs-server "
+        f"{meta['cpus'] * 1000 / (client_ms + servers_ms):.0f} images/s (before other load)"
+    )
     add("")
     if all(key in runs for key in ("big_a", "big_total")):
         add(
@@ -400,9 +407,11 @@ def report(meta: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
             run = runs[key]
             over = run["peak_rss_mb"] - run["baseline_rss_mb"]
             verdicts.append(over)
+            gigabytes = run["images"] * meta["big_mb"] / 1024
             add(
-                f"   {run['images']:>8,}{run['images'] * meta['big_mb'] / 1024:>9.1f}{run['baseline_rss_mb']:>13.0f}"
-                f"{run['peak_rss_mb']:>9.0f}{over:>11.0f}{at_progress(run, 0.5):>9.0f}{at_progress(run, 0.9):>9.0f}"
+                f"   {run['images']:>8,}{gigabytes:>9.1f}{run['baseline_rss_mb']:>13.0f}"
+                f"{run['peak_rss_mb']:>9.0f}{over:>11.0f}"
+                f"{at_progress(run, 0.5):>9.0f}{at_progress(run, 0.9):>9.0f}"
                 f"{run['images_per_s']:>10.1f}{run['exec_wall_s']:>8.0f}{run['plan_wall_s']:>8.1f}"
             )
         a, b = runs["big_a"], runs["big_total"]
@@ -416,7 +425,8 @@ def report(meta: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
     add(f"   {'':38}{'client ms':>10}{'sandbox ms':>11}{'fake-gcs ms':>12}")
     add(
         f"   {'pipeline, small PNG (poof)':38}{small['cpu_ms_per_image']:>10.1f}"
-        f"{per_image_ms(small.get('sandbox_cpu_s'), done):>11}{per_image_ms(small.get('gcs_cpu_s'), done):>12}"
+        f"{per_image_ms(small.get('sandbox_cpu_s'), done):>11}"
+        f"{per_image_ms(small.get('gcs_cpu_s'), done):>12}"
     )
     add(
         f"   {'naive loop, small PNG (poof)':38}{naive['cpu_ms_per_image']:>10.1f}"
@@ -511,8 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--throughput-only", action="store_true", help="skip the memory runs (while developing)"
     )
+    parser.add_argument(
+        "--big-sizes", default=None, help="the two memory-run sizes, e.g. 2000,5000 (default 2000,10000)"
+    )
+    parser.add_argument("--report-from", type=Path, default=None, help="print the table of a --json file")
     args = parser.parse_args(argv)
+    if args.report_from:
+        saved = json.loads(args.report_from.read_text())
+        print(report(saved["meta"], saved["runs"]))
+        return 0
     sizes = QUICK if args.quick else FULL
+    if args.big_sizes:
+        smaller, larger = (int(n) for n in args.big_sizes.split(","))
+        sizes = Sizes(sizes.small, sizes.naive, smaller, larger)
     started = time.perf_counter()
     meta: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",

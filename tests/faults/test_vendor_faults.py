@@ -21,6 +21,7 @@ from tests.faults.matrix import (
     VENDORS,
     check_cell,
     check_rerun,
+    dumps,
     make_hook,
     run_batch,
 )
@@ -190,7 +191,7 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
     hits = _requests(cell, vendor, fault=fault)
     assert len(hits) >= 5
     if retried:
-        assert run.counts["done"] == BATCH, run.counts
+        assert run.counts["done"] == BATCH, dumps(run.by_status("failed"))
     else:
         assert run.counts["failed"] == len(hits) and run.counts["done"] == BATCH - len(hits)
         for row in run.by_status("failed"):

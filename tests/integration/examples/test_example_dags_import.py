@@ -88,27 +88,29 @@ def test_dagbag_has_no_import_errors_and_the_documented_shape(monkeypatch) -> No
         bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == EXAMPLE_DAG_IDS
-    deprecations = [w for w in caught if issubclass(w.category, FutureWarning) and "example_dags" in str(w.filename)]
+    deprecations = [
+        w for w in caught if issubclass(w.category, FutureWarning) and "example_dags" in str(w.filename)
+    ]
     assert deprecations == []
 
     for dag_id in EXAMPLE_DAG_IDS:  # documented at the top
-        dag = bag.get_dag(dag_id)
+        dag = bag.dags[dag_id]
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
 
-    bucket = bag.get_dag("example_bucket_remove_background")
-    assert str(bucket.timetable.summary) in ("@daily", "0 0 * * *")
+    bucket = bag.dags["example_bucket_remove_background"]
+    assert bucket.schedule == "@daily"
     assert set(bucket.task_ids) == {"check_credits", "list_shards", "remove_background", "run_report"}
     remove = bucket.get_task("remove_background")
     assert remove.partial_kwargs["pool"] == "pixelcut_api"
     assert bucket.get_task("run_report").trigger_rule == "all_done_min_one_success"
     assert bucket.get_task("check_credits").downstream_task_ids == {"list_shards"}
 
-    generate = bag.get_dag("example_generate_background")
+    generate = bag.dags["example_generate_background"]
     assert set(generate.task_ids) == {"scene", "prompt"}
     assert {generate.get_task(t).pool for t in generate.task_ids} == {"pixelcut_api"}
 
-    monitor = bag.get_dag("example_credit_monitor")
-    assert str(monitor.timetable.summary) in ("@hourly", "0 * * * *")
+    monitor = bag.dags["example_credit_monitor"]
+    assert monitor.schedule == "@hourly"
     assert monitor.get_task("check_balances").on_low_callback is not None
-    topup = bag.get_dag("example_credit_monitor_wait_for_topup")
+    topup = bag.dags["example_credit_monitor_wait_for_topup"]
     assert topup.get_task("wait_for_topup").deferrable is True

@@ -38,13 +38,15 @@ def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_
 
 @pytest.fixture
 def photos(images_dir: Path) -> dict[str, bytes]:
-    """Real photos, derived variants and one broken upload, under ``products/``."""
+    """Real photos, derived variants and one broken upload, under ``products/`` (8: two shards of 4)."""
     chelsea = Image.open(images_dir / "chelsea.png").convert("RGB")
     horse = Image.open(images_dir / "horse.png")
     return {
         "products/horse.png": (images_dir / "horse.png").read_bytes(),
         "products/rocket.jpg": (images_dir / "rocket.jpg").read_bytes(),
         "products/astronaut.jpg": (images_dir / "astronaut.jpg").read_bytes(),
+        "products/chelsea.png": (images_dir / "chelsea.png").read_bytes(),
+        "products/coffee.png": (images_dir / "coffee.png").read_bytes(),
         "products/variants/chelsea.webp": encode(chelsea.resize((300, 200)), "WEBP"),
         "products/variants/horse-gray.png": encode(horse.convert("LA"), "PNG"),
         "products/broken.jpg": (images_dir / "rocket.jpg").read_bytes()[:2000],
@@ -107,8 +109,8 @@ def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, image
     sheet.verify()
     sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
     assert sheet.format == "PNG"
-    assert sheet.size == contact_sheet_size(len(good))
-    assert report["sample_pairs"] == len(good)
+    assert sheet.size == contact_sheet_size(6)
+    assert report["sample_pairs"] == 6  # the example's sample_size
 
     # low balance + new photos: the pre-flight halts before any charge
     new = encode(ImageOps.mirror(Image.open(images_dir / "chelsea.png").convert("RGB")), "JPEG")
