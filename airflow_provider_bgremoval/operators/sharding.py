@@ -70,7 +70,14 @@ class ListImageShardsOperator(BaseOperator):
     :param gcp_conn_id: Google Cloud connection.
     """
 
-    template_fields: Sequence[str] = ("source_bucket", "source_prefix", "include", "exclude", "max_shards")
+    template_fields: Sequence[str] = (
+        "source_bucket",
+        "source_prefix",
+        "include",
+        "exclude",
+        "max_shards",
+        "min_shard_size",
+    )
 
     def __init__(
         self,

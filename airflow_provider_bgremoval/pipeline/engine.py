@@ -309,7 +309,19 @@ class BatchRunner:
             return int((time.monotonic() - started) * 1000)
 
         if self.claims is not None:
-            holder = await self._blocking(self.claims.acquire, dest)
+            try:
+                holder = await self._blocking(self.claims.acquire, dest)
+            except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
+                self._bad_in_run += 1
+                self._row(
+                    source,
+                    dest,
+                    "failed",
+                    error_code=type(exc).__name__,
+                    error_message=f"could not claim the output before the vendor call (nothing paid): {exc}",
+                    duration_ms=elapsed(),
+                )
+                return False  # nothing held: release() is a no-op
             if holder is not None:
                 self._row(
                     source,
@@ -411,7 +423,10 @@ class BatchRunner:
                 idempotency_token=f"{self.writer_id}:{source.generation}:{self.processor.fingerprint}",
             )
         except WriteConflictError:
-            current = await self._blocking(self.storage.stat, self.plan.spec.destination_bucket, dest)
+            try:
+                current = await self._blocking(self.storage.stat, self.plan.spec.destination_bucket, dest)
+            except StorageError:
+                current = None
             if current is not None and is_finished(
                 current, source, self.processor.fingerprint, self.processor.vendor
             ):
@@ -459,7 +474,10 @@ class BatchRunner:
     async def _process_and_release(self, item: WorkItem) -> None:
         written = await self._process(item)
         if not written and self.claims is not None:
-            await self._blocking(self.claims.release, item.destination)
+            try:
+                await self._blocking(self.claims.release, item.destination)
+            except StorageError as exc:  # best effort: the claim's lease runs out by itself
+                log.warning("Could not release the claim on %s (it expires with its lease): %s", item.destination, exc)
 
     async def _worker(self) -> None:
         while (item := self._next_item()) is not None:

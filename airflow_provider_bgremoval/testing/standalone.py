@@ -516,7 +516,11 @@ class AirflowStandalone:
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _group_alive(pgid):
+            log.warning("Killing what is left of process group %s: %s", pgid, live_group_members(pgid))
             _signal_group(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
@@ -543,11 +547,36 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+def live_group_members(pgid: int) -> list[int]:
+    """
+    Process ids in process group ``pgid`` that are still running (zombies excluded: in a container
+    whose PID 1 does not reap orphans, killed processes can linger as zombies forever).
+
+    :param pgid: the process group id.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux: ask the kernel about the whole group
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return sorted(members)
+
+
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    return True
+    return bool(live_group_members(pgid))

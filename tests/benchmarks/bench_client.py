@@ -153,6 +153,10 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     sampler = RssSampler(finished)
     sampler.start()
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(8)
     profiler = ThreadProfiler() if args.profile else None
 
     # -- planning ------------------------------------------------------------------------------
@@ -207,6 +211,15 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         profiler.stop(Path(args.profile))
     manifest.close()
     sampler.stop()
+    allocations: list[str] = []
+    if args.tracemalloc:
+        import tracemalloc
+
+        snapshot = tracemalloc.take_snapshot()
+        traced, traced_peak = tracemalloc.get_traced_memory()
+        allocations = [f"traced now {traced / 2**20:.1f} MB, traced peak {traced_peak / 2**20:.1f} MB"]
+        allocations += [str(stat) for stat in snapshot.statistics("lineno")[:15]]
+        tracemalloc.stop()
     counts = dict(result.counts)
     done = counts.get("done", 0)
     return {
@@ -231,6 +244,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "threads": threading.active_count(),
         "credits_spent": str(result.credits_spent),
         "halt": None if result.halt is None else result.halt.as_dict(),
+        "python_allocations": allocations,
     }
 
 
@@ -280,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pixian-max-pixels", type=int, default=None)
     parser.add_argument("--profile", default=None, help="cProfile every thread into this .prof file")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="report the Python allocations alive after the batch"
+    )
     parser.add_argument("--limit", type=int, default=50, help="naive: images to process")
     parser.add_argument("--vendor-url", default="", help="naive: the sandbox URL")
     parser.add_argument("--api-key", default=os.environ.get("BENCH_POOF_KEY", ""), help="naive: Poof key")

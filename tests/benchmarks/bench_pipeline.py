@@ -492,7 +492,7 @@ def run_memory(
             key,
             ["pipeline", "--conn-id", "pixian_default", "--bucket", "bench-big-src", "--prefix", prefix,
              "--dst-bucket", bucket, "--dst-prefix", "out/", "--concurrency", str(CONCURRENCY),
-             "--pixian-max-pixels", "10000"],
+             "--pixian-max-pixels", "10000", *(["--tracemalloc"] if args.tracemalloc else [])],
             watch,
         )  # fmt: skip
         run = runs[key]
@@ -516,6 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the small run's client (all threads)"
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="memory runs: list the Python allocations left after the batch",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles)")
     parser.add_argument(

@@ -1,0 +1,261 @@
+"""Representative cells through real Airflow (``dag.test()``), and the security cells.
+
+The operator adds the verdict (task state, exception class, message), the manifest upload and the
+XCom summary on top of the engine: these cells check that layer under faults, and scan everything a
+run produced for the API keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InvalidOptionError,
+    ResultDownloadError,
+    VendorAuthError,
+)
+from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+from airflow_provider_bgremoval.pipeline.naming import UnsafeNameError, destination_name
+from tests.faults.conftest import Cell
+from tests.faults.matrix import BATCH, check_cell, make_hook, output_objects, run_batch, seed, small_batch
+from tests.support.connections import set_connection
+
+pytestmark = pytest.mark.integration
+
+DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    RemoveBackgroundOperator(
+        task_id="cutouts",
+        conn_id={conn_id!r},
+        source_bucket={src!r},
+        source_prefix={prefix!r},
+        destination_bucket={dst!r},
+        destination_prefix="out/",
+        max_concurrency=8,
+        retries=0,
+        {extra}
+    )
+"""
+
+
+def dag_source(dag_id: str, conn_id: str, src: str, dst: str, prefix: str = "raw/", extra: str = "") -> str:
+    return DAG.format(dag_id=dag_id, conn_id=conn_id, src=src, dst=dst, prefix=prefix, extra=extra)
+
+
+def manifest_rows(cell: Cell, summary: dict) -> list[dict]:
+    return read_manifest(cell.storage.read(cell.dst, summary["manifest_uri"].split("/", 3)[3]))
+
+
+def task_failure(run) -> str:
+    """The failed task's log text (the exception message lands there)."""
+    return "\n".join(p.read_text(errors="replace") for p in task_logs(run.dag_id))
+
+
+def task_logs(dag_id: str) -> list[Path]:
+    root = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    return [p for p in root.rglob("*") if p.is_file() and f"dag_id={dag_id}" in str(p)]
+
+
+# -- operator verdicts under faults ---------------------------------------------------------------
+def test_dag_all_calls_5xx_fails_the_task_with_nothing_written(cell: Cell, dag_tester) -> None:
+    """100 % 503 through the operator: the task fails, naming the count and the manifest; no output."""
+    cell.connections(max_retries=1)
+    cell.sandbox.admin.set_faults("pixian", error_rate=1.0, error_statuses=[503])
+    run = dag_tester.run(dag_source("faults_5xx", "pixian_default", cell.src, cell.dst), "faults_5xx")
+    assert run.state == "failed", run.task_states()
+    summary = run.xcom("cutouts", key="summary")
+    assert summary["failed"] == BATCH and summary["done"] == 0
+    assert output_objects(cell.storage, cell.dst, "out/") == {}
+    rows = manifest_rows(cell, summary)
+    assert len(rows) == BATCH and all(r["status"] == "failed" and "503" in r["error_message"] for r in rows)
+    assert cell.sandbox.admin.total_charged("pixian") == 0
+
+
+def test_dag_credits_run_out_mid_batch_fails_without_retry(cell: Cell, dag_tester) -> None:
+    """Credits run out at image 20 of 50: the task fails for good, the summary says what remains."""
+    cell.sandbox.admin.set_faults("poof", latency_ms=30, exhaust_after=20)
+    source = dag_source("faults_credits", "poof_default", cell.src, cell.dst)
+    run = dag_tester.run(source, "faults_credits")
+    assert run.state == "failed"
+    summary = run.xcom("cutouts", key="summary")
+    assert summary["done"] == 20 and summary["pending"] == BATCH - 20
+    assert summary["halt"]["reason"] == "out_of_credits" and summary["halt"]["fatal"] is True
+    assert summary["halt"]["remaining_images"] == BATCH - 20
+    assert cell.sandbox.admin.total_charged("poof") == 20
+    cell.sandbox.admin.set_balance("poof", 1000)
+    rerun = dag_tester.run(source, "faults_credits")
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("cutouts")["done"] == BATCH - 20 and rerun.xcom("cutouts")["skipped"] == 20
+    assert cell.sandbox.admin.total_charged("poof") == BATCH
+
+
+def test_dag_empty_prefix_is_nothing_to_do(cell: Cell, dag_tester, caplog) -> None:
+    """An empty prefix succeeds with a 'Nothing to do' log line and an empty manifest."""
+    caplog.set_level(logging.INFO)
+    run = dag_tester.run(dag_source("faults_empty", "poof_default", cell.src, cell.dst, "none/"), "faults_empty")
+    assert run.state == "success", run.task_states()
+    summary = run.xcom("cutouts")
+    assert summary["total"] == 0 and summary["credits_spent"] == "0"
+    assert "Nothing to do" in caplog.text or any("Nothing to do" in p.read_text() for p in task_logs("faults_empty"))
+    assert cell.sandbox.admin.requests("poof") == []
+
+
+def test_dag_templated_bad_parameter_fails_at_task_start(cell: Cell, dag_tester) -> None:
+    """A templated colour that renders to garbage fails the task before any call, naming the parameter."""
+    run = dag_tester.run(
+        dag_source(
+            "faults_badparam",
+            "poof_default",
+            cell.src,
+            cell.dst,
+            extra="background_color=\"{{ 'not-a-colour' }}\",",
+        ),
+        "faults_badparam",
+    )
+    assert run.state == "failed"
+    assert cell.sandbox.admin.requests("poof") == []
+    text = task_failure(run)
+    assert not text or "background_color" in text
+
+
+# -- secrets ---------------------------------------------------------------------------------------
+def test_secrets_never_leak_anywhere(cell: Cell, dag_tester, caplog, monkeypatch) -> None:
+    """
+    Run real DAGs for every vendor — successes, local rejects, vendor errors, an auth revocation —
+    then scan the task logs, captured logs, manifests, XComs and every exception's str/repr for the
+    API keys and the Pixian secret.
+    """
+    caplog.set_level(logging.DEBUG)
+    sandbox = cell.sandbox
+    secrets = [sandbox.pixelcut_key, sandbox.pixian_secret, sandbox.poof_key]
+    extra_objects = {"raw2/bad.jpg": b"<html>not an image</html>", **dict(list(small_batch(6, "raw2/").items()))}
+    seed(cell.storage, cell.src, extra_objects)
+    produced: list[str] = []
+    for vendor in ("pixelcut", "pixian", "poof"):
+        sandbox.admin.set_faults(vendor, error_rate=0.3, error_statuses=[500, 502], seed=1)
+        dag_id = f"faults_secrets_{vendor}"
+        run = dag_tester.run(
+            dag_source(dag_id, f"{vendor}_default", cell.src, cell.dst, "raw2/", 'on_error="continue",'),
+            dag_id,
+        )
+        summary = run.xcom("cutouts")
+        assert summary is not None, run.task_states()
+        produced.append(repr(summary))
+        produced.append(cell.storage.read(cell.dst, summary["manifest_uri"].split("/", 3)[3]).decode())
+        sandbox.admin.set_faults(vendor, auth_revoked=True)
+        revoked = dag_id + "_revoked"
+        run = dag_tester.run(
+            dag_source(revoked, f"{vendor}_default", cell.src, cell.new_bucket("revoked"), "raw2/"), revoked
+        )
+        assert run.state == "failed"
+        produced.append(repr(run.xcom("cutouts", key="summary")))
+        produced.extend(p.read_text(errors="replace") for p in task_logs(dag_id) + task_logs(revoked))
+        # exceptions raised by the hooks directly
+        hook = make_hook(vendor)
+        with pytest.raises(VendorAuthError) as info:
+            hook.get_balance()
+        produced += [str(info.value), repr(info.value), repr(hook), str(info.value.as_dict())]
+        hook.close()
+        sandbox.admin.clear_faults(vendor)
+    produced.append(caplog.text)
+    assert any(task_logs("faults_secrets_poof")), "dag.test wrote task log files to scan"
+    blob = "\n".join(produced)
+    assert "invalid_auth_token" in blob or "Invalid" in blob or "revoked" in blob  # we scanned real errors
+    for secret in secrets:
+        assert secret not in blob, "an API key leaked"
+
+
+# -- URLs ------------------------------------------------------------------------------------------
+def _hook_with(handler, monkeypatch, **kwargs):
+    set_connection(monkeypatch, "pixelcut_sec", "pixelcut", password="sk_secret_for_url_tests", host="https://api.test")
+    from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+
+    return PixelcutHook("pixelcut_sec", transport=httpx.MockTransport(handler), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/a.png", "data:image/png;base64,AAAA", "javascript:alert(1)", "//no-scheme/a.png"]
+)
+def test_image_url_only_http(monkeypatch, url: str) -> None:
+    calls = []
+    hook = _hook_with(lambda request: calls.append(request) or httpx.Response(200), monkeypatch)
+    with pytest.raises(InvalidOptionError) as info:
+        hook.remove_background(image_url=url)
+    assert info.value.parameter == "image_url" and calls == []
+
+
+def test_result_url_redirect_to_non_http_is_refused(monkeypatch) -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(302, headers={"location": "file:///etc/passwd"})
+
+    hook = _hook_with(handler, monkeypatch)
+    with pytest.raises(ResultDownloadError, match="non-http"):
+        hook.download("https://results.test/a.png")
+    assert all("authorization" not in r.headers and "x-api-key" not in {k.lower() for k in r.headers} for r in seen)
+
+
+def test_result_url_redirect_loop_is_cut(monkeypatch) -> None:
+    hook = _hook_with(lambda r: httpx.Response(302, headers={"location": "https://results.test/again"}), monkeypatch)
+    with pytest.raises(ResultDownloadError, match="too many redirects"):
+        hook.download("https://results.test/a.png")
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_result_url_over_the_size_cap_is_cut_off(monkeypatch, declared: bool) -> None:
+    body = b"\x89PNG" + bytes(5000)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if declared:
+            return httpx.Response(200, content=body)
+        return httpx.Response(200, stream=httpx.ByteStream(body), headers={"transfer-encoding": "chunked"})
+
+    hook = _hook_with(handler, monkeypatch, max_result_bytes=1000)
+    with pytest.raises(ResultDownloadError, match="cap") as info:
+        hook.download("https://results.test/a.png")
+    assert "sk_secret_for_url_tests" not in str(info.value)
+
+
+# -- object names ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name", ["raw/../escape.png", "raw/a/../../escape.png", "raw//abs.png", "raw/a\\..\\b.png", "raw/./x.png", "raw/_bgremoval/x.png"]
+)
+def test_object_names_cannot_escape_the_destination_prefix(name: str) -> None:
+    with pytest.raises(UnsafeNameError):
+        destination_name(name, "raw/", "out/", ".png")
+
+
+async def test_unsafe_names_in_a_real_bucket_are_rejected_without_a_call(cell: Cell) -> None:
+    """Objects whose names would escape ``out/`` are rejected per image; the safe one is processed."""
+    bucket = cell.new_bucket("names")
+    good = next(iter(cell.objects.values()))
+    names = ["raw/../escape.png", "raw/a/../../../escape.png", "raw/a\\b.png", "raw/ok.png"]
+    stored = []
+    for name in names:
+        try:
+            cell.storage.write(bucket, name, good, content_type="image/png")
+            stored.append(name)
+        except BgRemovalError:  # pragma: no cover - depends on the emulator's name rules
+            pass
+    assert "raw/ok.png" in stored
+    run = await run_batch(cell.sandbox, cell.storage, "poof", bucket, cell.dst, source_prefix="raw/")
+    check_cell(run, cell.storage, cell.dst, total=len(stored), exact_charges=True)
+    by_name = {row["source"].split(f"gs://{bucket}/", 1)[1]: row for row in run.rows}
+    for name in stored:
+        if name == "raw/ok.png":
+            assert by_name[name]["status"] == "done"
+        else:
+            assert by_name[name]["status"] == "rejected" and by_name[name]["error_code"] == "unsafe_name"
+    assert run.charged == 1
+    assert set(output_objects(cell.storage, cell.dst, "")) == {"out/ok.png"}
