@@ -30,6 +30,11 @@ from tests.support.connections import SleepRecorder
 pytestmark = pytest.mark.integration
 
 
+def vendors(*default: str) -> list:
+    """All three vendors; those not in ``default`` are marked ``slow`` (run by ``-m slow`` / make)."""
+    return [v if v in default else pytest.param(v, marks=pytest.mark.slow) for v in VENDORS]
+
+
 def _requests(cell: Cell, vendor: str, status: int | None = None, fault: str | None = None) -> list[dict]:
     return [
         r
@@ -98,7 +103,7 @@ async def test_429_storm_without_retry_after_real_policy_time_travel(cell: Cell,
     await _rerun_clean(cell, vendor, run)
 
 
-@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("vendor", vendors("pixian"))
 async def test_429_storm_from_vendor_concurrency_limit_real_clock(cell: Cell, vendor: str) -> None:
     """
     The vendor admits 2 calls at a time and the batch sends 8: a real 429 storm, waited out on the
@@ -129,7 +134,7 @@ async def test_server_errors_at_20_percent_end_done(cell: Cell, vendor: str) -> 
     await _rerun_clean(cell, vendor, run)
 
 
-@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("vendor", vendors("poof"))
 async def test_server_errors_at_100_percent_fail_cleanly(cell: Cell, vendor: str) -> None:
     """Every call answers 5xx: every image fails with the status, nothing is written or billed."""
     cell.sandbox.admin.set_faults(vendor, error_rate=1.0, error_statuses=[500, 502, 503], seed=5)
@@ -144,7 +149,7 @@ async def test_server_errors_at_100_percent_fail_cleanly(cell: Cell, vendor: str
 
 
 # -- slow, dropped, damaged replies ---------------------------------------------------------------
-@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("vendor", vendors("pixelcut"))
 async def test_responses_slower_than_the_timeout(cell: Cell, vendor: str) -> None:
     """
     20 % of calls stall 5 s; the connection's ``timeout`` extra is 0.4 s. The client gives up and
@@ -176,7 +181,7 @@ REPLY_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", list(REPLY_FAULTS))
-@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("vendor", vendors("poof"))
 async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> None:
     """
     20 % of replies are lost or damaged. Lost replies (a dropped connection) are retried; damaged
@@ -208,7 +213,7 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
     await _rerun_clean(cell, vendor, run)
 
 
-@pytest.mark.parametrize("fault", ["drop_after_processing", "truncated_body"])
+@pytest.mark.parametrize("fault", [pytest.param("drop_after_processing", marks=pytest.mark.slow), "truncated_body"])
 async def test_every_reply_lost_is_counted_attempt_by_attempt(cell: Cell, fault: str) -> None:
     """
     Every reply is lost (or cut short): each image ends failed, and the manifest counts every billed
@@ -226,7 +231,7 @@ async def test_every_reply_lost_is_counted_attempt_by_attempt(cell: Cell, fault:
 
 
 # -- Pixelcut result URLs -------------------------------------------------------------------------
-@pytest.mark.parametrize("how", ["404", "expired"])
+@pytest.mark.parametrize("how", ["404", pytest.param("expired", marks=pytest.mark.slow)])
 async def test_pixelcut_result_url_gone_when_fetched(cell: Cell, how: str) -> None:
     """
     Pixelcut answers with a ``result_url`` that is 404 (or already expired) when the hook fetches

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
-from tests.support.standalone import AirflowStandalone
+from airflow_provider_bgremoval.testing.standalone import AirflowStandalone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,13 +57,19 @@ def test_deferrable_sensor_under_scheduler_and_triggerer(sandbox: RunningSandbox
         "extra": {"max_retries": 2},
     }
     env = {"AIRFLOW_CONN_POOF_DEFAULT": json.dumps(conn)}
-    with AirflowStandalone(tmp_path, dags={f"{DAG_ID}.py": DAG}, env=env, startup_timeout=240) as airflow:
-        run_id = airflow.trigger_dag(DAG_ID)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / f"{DAG_ID}.py").write_text(DAG)
+    with AirflowStandalone(dags, home=tmp_path / "home", env=env, startup_timeout=240) as airflow:
+        client = airflow.client
+        client.wait_for_dag(DAG_ID)
+        client.unpause(DAG_ID)
+        run_id = client.trigger(DAG_ID)
 
         deadline = time.monotonic() + 180
         seen: list[str | None] = []
         while time.monotonic() < deadline:
-            state = airflow.task_instances(DAG_ID, run_id).get("wait_for_credits")
+            state = client.task_states(DAG_ID, run_id).get("wait_for_credits")
             seen.append(state)
             if state == "deferred" and account_polls(sandbox) >= 3:  # worker poke + 2 trigger polls
                 break
@@ -72,15 +78,15 @@ def test_deferrable_sensor_under_scheduler_and_triggerer(sandbox: RunningSandbox
         else:
             pytest.fail(f"the sensor never deferred and polled: states {seen[-5:]}\n{airflow.log_tail()}")
 
-        assert airflow.dag_run(DAG_ID, run_id)["state"] == "running"
+        assert client.dag_run(DAG_ID, run_id)["state"] == "running"
         sandbox.admin.set_balance("poof", 12)
-        run = airflow.wait_for_run(DAG_ID, run_id, timeout=180)
-        assert run["state"] == "success", (airflow.task_instances(DAG_ID, run_id), airflow.log_tail())
-        assert airflow.task_instances(DAG_ID, run_id) == {"wait_for_credits": "success", "after": "success"}
-        balance = airflow.xcom(DAG_ID, run_id, "wait_for_credits")
+        run = client.wait_for_run(DAG_ID, run_id, timeout=180)
+        assert run["state"] == "success", (client.task_states(DAG_ID, run_id), airflow.log_tail())
+        assert client.task_states(DAG_ID, run_id) == {"after": "success", "wait_for_credits": "success"}
+        balance = client.xcom(DAG_ID, run_id, "wait_for_credits")
         assert balance["vendor"] == "poof"
         assert Decimal(balance["remaining"]) == 12
-        assert airflow.xcom(DAG_ID, run_id, "after") == "12"
+        assert str(client.xcom(DAG_ID, run_id, "after")) == "12"  # the REST API may deserialise "12" as 12
 
     assert "deferred" in seen
     assert sandbox.admin.charges() == []
