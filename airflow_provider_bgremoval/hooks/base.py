@@ -79,9 +79,7 @@ def _note_call_stats(exc: BgRemovalError, stats: CallStats, *, billed_reply: boo
     :param billed_reply: True when a billed request got a success reply before the failure.
     """
     lost = stats.possibly_charged
-    if billed_reply:
-        lost += 1
-    elif getattr(exc, "possibly_charged", False) and not exc.retryable:
+    if billed_reply or (getattr(exc, "possibly_charged", False) and not exc.retryable):
         lost += 1
     exc.attempts = stats.attempts  # type: ignore[attr-defined]
     exc.possibly_charged_attempts = lost  # type: ignore[attr-defined]
@@ -138,6 +136,26 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(conn_id={self.conn_id!r})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """
+        Connection-form relabelling for Airflow releases that read it from the hook (before 3.2),
+        built from the provider info so the two cannot drift apart.
+        """
+        from airflow_provider_bgremoval.get_provider_info import get_provider_info
+
+        entry = next(
+            item
+            for item in get_provider_info()["connection-types"]
+            if item["connection-type"] == cls.conn_type
+        )
+        behaviour = entry["ui-field-behaviour"]
+        return {
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
+        }
 
     # -- connection ----------------------------------------------------------------------------
     @classmethod
@@ -565,6 +583,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param check_input: run the local checks (set False only when the caller already did).
         """
         options = options or RemovalOptions()
+        vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
         wire = self.wire
         image_input = self._image_input(image, image_url, filename, check_input)
         plan = plan_processing(options, wire.capabilities_for(vendor_options))
@@ -583,6 +602,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> ImageResult:
         """Async :meth:`remove_background`; CPU work runs in a worker thread."""
         options = options or RemovalOptions()
+        vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
         wire = await self.awire()
         image_input = await asyncio.to_thread(self._image_input, image, image_url, filename, check_input)
         plan = plan_processing(options, wire.capabilities_for(vendor_options))

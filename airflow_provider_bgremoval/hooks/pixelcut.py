@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import LocalSteps, ProcessingPlan, RemovalOptions
 from airflow_provider_bgremoval.results import ImageResult
@@ -55,19 +54,6 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
             raise InvalidOptionError("conn_id", "give pixelcut_conn_id or conn_id, not two different ids")
         super().__init__(pixelcut_conn_id or conn_id, **kwargs)
         self.pixelcut_conn_id = self.conn_id
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form relabeling for Airflow < 3.2 (3.2+ reads the provider info instead)."""
-        conn = next(
-            c for c in get_provider_info()["connection-types"] if c["connection-type"] == cls.conn_type
-        )
-        behaviour = conn["ui-field-behaviour"]
-        return {
-            "hidden_fields": list(behaviour["hidden-fields"]),
-            "relabeling": dict(behaviour["relabeling"]),
-            "placeholders": dict(behaviour["placeholders"]),
-        }
 
     @staticmethod
     def _generate_options(

@@ -12,7 +12,6 @@ from airflow_provider_bgremoval._compat import mask_secret
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
-from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, basic_auth_header
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire, parse_test_mode
 
@@ -53,19 +52,6 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         self.pixian_conn_id = self.conn_id
 
     @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection-form relabelling for Airflow releases that predate provider-info ``conn-fields``."""
-        return {
-            "hidden_fields": ["schema", "port"],
-            "relabeling": {"login": "API id", "password": "API secret", "host": "Base URL override"},
-            "placeholders": {
-                "host": "https://api.pixian.ai",
-                "login": "px...",
-                "extra": '{"test_mode": false, "timeout": 180, "max_retries": 6}',
-            },
-        }
-
-    @classmethod
     def settings_from_connection(
         cls, conn: Connection, extras: Mapping[str, Any], *, timeout: float | None = None
     ) -> ConnectionSettings:
@@ -86,65 +72,6 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         mask_secret(header.partition(" ")[2])  # the base64 token alone, wherever it might be printed
         parse_test_mode(settings.extras.get("test_mode"))  # a bad value fails here, not mid-batch
         return settings
-
-    # -- remove background ---------------------------------------------------------------------
-    def remove_background(
-        self,
-        image: bytes | None = None,
-        *,
-        image_url: str | None = None,
-        options: RemovalOptions | None = None,
-        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
-        filename: str = "image",
-        check_input: bool = True,
-    ) -> ImageResult:
-        """
-        Remove the background of one image (billed unless in test mode).
-
-        The result carries ``credits_charged`` (``X-Credits-Charged``), ``credits_calculated``
-        (``X-Credits-Calculated``, test calls) and the metadata described in
-        :meth:`PixianWire.parse_result <airflow_provider_bgremoval.vendors.pixian.PixianWire.parse_result>`.
-        With ``delta_png`` the delta is decoded into the full cut-out before the local steps.
-
-        :param image: the image bytes; checked locally first (32,000,000 pixels at most).
-        :param image_url: a public http(s) URL for Pixian to fetch (``image.url``) instead.
-        :param options: the unified options; defaults to a transparent PNG.
-        :param vendor_options: :class:`PixianOptions` (or a mapping of its fields).
-        :param filename: file name sent with the upload.
-        :param check_input: run the local checks (set False only when the caller already did).
-        """
-        opts = PixianOptions.coerce(vendor_options)
-        PixianWire.check_options(options or RemovalOptions(), opts)
-        return super().remove_background(
-            image,
-            image_url=image_url,
-            options=options,
-            vendor_options=opts,
-            filename=filename,
-            check_input=check_input,
-        )
-
-    async def aremove_background(
-        self,
-        image: bytes | None = None,
-        *,
-        image_url: str | None = None,
-        options: RemovalOptions | None = None,
-        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
-        filename: str = "image",
-        check_input: bool = True,
-    ) -> ImageResult:
-        """Async :meth:`remove_background` (image work runs in a worker thread)."""
-        opts = PixianOptions.coerce(vendor_options)
-        PixianWire.check_options(options or RemovalOptions(), opts)
-        return await super().aremove_background(
-            image,
-            image_url=image_url,
-            options=options,
-            vendor_options=opts,
-            filename=filename,
-            check_input=check_input,
-        )
 
     # -- costs ---------------------------------------------------------------------------------
     def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:

@@ -256,6 +256,18 @@ class VendorWire(ABC):
         return result
 
     @classmethod
+    def check_call(cls, options: RemovalOptions, vendor_options: Any, *, image_url: str | None = None) -> Any:
+        """
+        Validate a remove-background call before any I/O and return the vendor options in their typed
+        form (default: unchanged). Raises ``InvalidOptionError`` naming the parameter.
+
+        :param options: the unified options.
+        :param vendor_options: the vendor options as the user gave them (typed, a mapping or ``None``).
+        :param image_url: the URL input, when the call uses one.
+        """
+        return vendor_options
+
+    @classmethod
     def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
         """Credits one successful remove-background call is expected to cost with these options."""
         return cls.base_cost

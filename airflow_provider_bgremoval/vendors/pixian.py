@@ -345,6 +345,19 @@ class PixianWire(VendorWire):
             self.delta_capabilities if PixianOptions.coerce(vendor_options).delta_png else self.capabilities
         )
 
+    @classmethod
+    def check_call(cls, options: RemovalOptions, vendor_options: Any, *, image_url: str | None = None) -> Any:
+        """
+        Coerce the Pixian options and reject contradictions with the unified options (before any call).
+
+        :param options: the unified options.
+        :param vendor_options: :class:`PixianOptions`, a mapping of its fields, or ``None``.
+        :param image_url: the URL input, when the call uses one.
+        """
+        opts = PixianOptions.coerce(vendor_options)
+        cls.check_options(options, opts)
+        return opts
+
     @staticmethod
     def check_options(options: RemovalOptions, vendor_options: PixianOptions) -> None:
         """

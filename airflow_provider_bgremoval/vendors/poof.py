@@ -265,6 +265,23 @@ class PoofWire(VendorWire):
     #: 1 credit per successful ``/remove``, whatever the parameters (Gen B pricing)
     base_cost: ClassVar[Decimal] = Decimal(1)
 
+    @classmethod
+    def check_call(cls, options: RemovalOptions, vendor_options: Any, *, image_url: str | None = None) -> Any:
+        """
+        Refuse URL inputs (Poof documents none) and coerce the Poof options, before any call.
+
+        :param options: the unified options.
+        :param vendor_options: :class:`PoofOptions`, a mapping of its fields, or ``None``.
+        :param image_url: must be ``None`` for Poof.
+        """
+        if image_url is not None:
+            raise InvalidOptionError(
+                "image_url",
+                "Poof needs the image uploaded as bytes (its API has no documented URL input); "
+                "download the image and pass its bytes instead",
+            )
+        return PoofOptions.coerce(vendor_options)
+
     # -- requests ------------------------------------------------------------------------------
     def endpoint(self, name: str) -> str:
         """
