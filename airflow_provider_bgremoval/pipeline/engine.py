@@ -477,7 +477,9 @@ class BatchRunner:
             try:
                 await self._blocking(self.claims.release, item.destination)
             except StorageError as exc:  # best effort: the claim's lease runs out by itself
-                log.warning("Could not release the claim on %s (it expires with its lease): %s", item.destination, exc)
+                log.warning(
+                    "Could not release the claim on %s (it expires with its lease): %s", item.destination, exc
+                )
 
     async def _worker(self) -> None:
         while (item := self._next_item()) is not None:

@@ -111,6 +111,35 @@ class ThreadProfiler:
         path.with_suffix(".txt").write_text(text.getvalue())
 
 
+EXPERIMENTS = ("gcs-no-trust-env", "multipart-once")
+
+
+def apply_experiments(names: list[str], hook: Any, storage: Any) -> None:
+    """
+    Try a proposed optimisation without changing the provider (docs/benchmarks.md, "Proposed fixes").
+
+    * ``gcs-no-trust-env``: the GCS ``requests`` session stops re-reading the proxy environment,
+      ``~/.netrc`` and the CA-bundle variables on every request;
+    * ``multipart-once``: vendor multipart bodies are encoded once and sent as one ``content=`` body.
+    """
+    import httpx
+
+    if "gcs-no-trust-env" in names:
+        storage.client._http.trust_env = False
+    if "multipart-once" in names:
+        original = hook._httpx_kwargs
+
+        def encoded_once(wire: Any, request: Any) -> dict[str, Any]:
+            kwargs = original(wire, request)
+            if not kwargs.get("files"):
+                return kwargs
+            built = httpx.Request("POST", "http://body", data=kwargs["data"], files=kwargs["files"])
+            headers = {**kwargs["headers"], "Content-Type": built.headers["Content-Type"]}
+            return {"headers": headers, "content": built.read()}
+
+        hook._httpx_kwargs = encoded_once
+
+
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """Plan and run one batch like the operator does; return the figures."""
     started = time.monotonic()
@@ -136,6 +165,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         from airflow_provider_bgremoval.vendors.pixian import PixianOptions
 
         vendor_options = PixianOptions(max_pixels=args.pixian_max_pixels)
+    apply_experiments(args.experiment, hook, storage)
     processor = RemovalProcessor(hook, RemovalOptions(), vendor_options)
     spec = BatchSpec(
         source_bucket=args.bucket,
@@ -245,6 +275,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "credits_spent": str(result.credits_spent),
         "halt": None if result.halt is None else result.halt.as_dict(),
         "python_allocations": allocations,
+        "experiments": args.experiment,
     }
 
 
@@ -294,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pixian-max-pixels", type=int, default=None)
     parser.add_argument("--profile", default=None, help="cProfile every thread into this .prof file")
+    parser.add_argument(
+        "--experiment", action="append", default=[], choices=EXPERIMENTS, help="try a proposed fix"
+    )
     parser.add_argument(
         "--tracemalloc", action="store_true", help="report the Python allocations alive after the batch"
     )

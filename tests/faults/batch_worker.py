@@ -13,12 +13,12 @@ import sys
 def main(argv: list[str]) -> int:
     """Run one batch (what ``RemoveBackgroundOperator.execute`` does, without Airflow's task runner)."""
     vendor, src, dst, owner = argv
+    from airflow_provider_bgremoval.options import RemovalOptions
     from airflow_provider_bgremoval.pipeline.claims import ClaimStore
     from airflow_provider_bgremoval.pipeline.engine import BatchRunner
     from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
     from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
     from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
-    from airflow_provider_bgremoval.options import RemovalOptions
     from airflow_provider_bgremoval.storage.gcs import GcsStorage
     from tests.faults.matrix import make_hook
 
@@ -26,7 +26,9 @@ def main(argv: list[str]) -> int:
         storage = GcsStorage(gcp_conn_id=None, timeout=10.0)
         hook = make_hook(vendor)
         processor = RemovalProcessor(hook, RemovalOptions())
-        spec = BatchSpec(source_bucket=src, destination_bucket=dst, source_prefix="raw/", destination_prefix="out/")
+        spec = BatchSpec(
+            source_bucket=src, destination_bucket=dst, source_prefix="raw/", destination_prefix="out/"
+        )
         plan = await plan_batch(
             storage,
             spec,

@@ -208,7 +208,9 @@ async def run_batch(
 def output_objects(storage: GcsStorage, bucket: str, prefix: str) -> dict[str, Any]:
     """Objects under ``prefix`` except the provider's own ``_bgremoval/`` folder, by name."""
     return {
-        info.name: info for info in storage.list_objects(bucket, prefix) if "/_bgremoval/" not in f"/{info.name}"
+        info.name: info
+        for info in storage.list_objects(bucket, prefix)
+        if "/_bgremoval/" not in f"/{info.name}"
     }
 
 

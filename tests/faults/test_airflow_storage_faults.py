@@ -161,9 +161,7 @@ async def _outage_during_uploads(cell: Cell, server: FakeGcsServer, storage: Gcs
     objects = small_batch(20)
     seed(storage, src, objects)
     cell.sandbox.admin.set_faults(vendor, latency_ms=600)
-    task = asyncio.create_task(
-        run_batch(cell.sandbox, storage, vendor, src, dst, max_concurrency=20)
-    )
+    task = asyncio.create_task(run_batch(cell.sandbox, storage, vendor, src, dst, max_concurrency=20))
     deadline = time.monotonic() + 30
     while cell.sandbox.state.faults[vendor].inflight < 20:  # every source read, every call in flight
         assert time.monotonic() < deadline and not task.done()

@@ -24,14 +24,21 @@ pytestmark = pytest.mark.integration
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def decompression_bomb() -> bytes:
     """A 70-byte PNG declaring 100000 x 100000 pixels (10 gigapixels)."""
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def heic_like() -> bytes:
@@ -80,7 +87,7 @@ def hostile_inputs() -> dict[str, bytes]:
         "truncated-png.png": png[: len(png) // 2],
         "random.png": rng.randbytes(4096),
         "page.jpg": b"<!doctype html><html><head><title>Not Found</title></head><body>404</body></html>",
-        "vector.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><circle r="20"/></svg>',
+        "vector.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><circle r="9"/></svg>',
         "phone-heic.heic": heic_like(),
         "phone-avif.avif": encode(good, "AVIF"),
         "huge-pixels.png": encode(huge, "PNG"),
@@ -127,7 +134,11 @@ COMMON_EXPECTED = {
     "a/b/c/d/e/f/g/deep.png": "done",
 }
 EXPECTED = {
-    "pixelcut": {**COMMON_EXPECTED, "huge-pixels.png": "resolution_too_high", "tiny-32.png": "resolution_too_low"},
+    "pixelcut": {
+        **COMMON_EXPECTED,
+        "huge-pixels.png": "resolution_too_high",
+        "tiny-32.png": "resolution_too_low",
+    },
     "pixian": {**COMMON_EXPECTED, "huge-pixels.png": "too_many_pixels", "tiny-32.png": "done"},
     "poof": {**COMMON_EXPECTED, "huge-pixels.png": "resolution_too_high", "tiny-32.png": "done"},
 }
@@ -162,7 +173,7 @@ def test_this_pillow_reads_avif_but_not_heic() -> None:
     from PIL import features
 
     assert features.check("avif")
-    with pytest.raises(Exception):  # noqa: B017,PT011 - any "cannot identify" error
+    with pytest.raises(Exception):  # noqa: B017 - any "cannot identify" error
         Image.open(io.BytesIO(heic_like()))
 
 
@@ -187,9 +198,17 @@ async def test_hostile_and_unusual_inputs(cell: Cell, hostile_source, vendor: st
     # No vendor call for anything judged locally; one billed call per accepted image.
     calls = [r for r in cell.sandbox.admin.requests(vendor) if r["kind"] == "process"]
     assert len(calls) == accepted == run.charged
-    outputs = {row["source"].split("/bad/", 1)[1]: row["destination"] for row in run.rows if row["status"] == "done"}
+    outputs = {
+        row["source"].split("/bad/", 1)[1]: row["destination"] for row in run.rows if row["status"] == "done"
+    }
     # Odd names keep their relative path and characters, below the destination prefix.
-    for name in ("with space/a b.png", "ünïcødé/商品.png", "hash#1.png", "question?x=1.png", "a/b/c/d/e/f/g/deep.png"):
+    for name in (
+        "with space/a b.png",
+        "ünïcødé/商品.png",
+        "hash#1.png",
+        "question?x=1.png",
+        "a/b/c/d/e/f/g/deep.png",
+    ):
         assert outputs[name] == f"gs://{cell.dst}/out/{name}"
     # EXIF rotation is honoured: the output is the upright portrait with the subject at the top.
     rotated = assert_decodes(cell.storage.read(cell.dst, "out/exif-rotated.png"), "exif")
@@ -216,7 +235,9 @@ async def test_over_the_vendor_byte_limit(cell: Cell, vendor: str) -> None:
     128 MB; its pixel limit is exercised above.)
     """
     bucket = cell.new_bucket("big")
-    cell.storage.write(bucket, "bad/big.jpg", random.Random(2).randbytes(25_000_001), content_type="image/jpeg")
+    cell.storage.write(
+        bucket, "bad/big.jpg", random.Random(2).randbytes(25_000_001), content_type="image/jpeg"
+    )
     run = await run_batch(cell.sandbox, cell.storage, vendor, bucket, cell.dst, source_prefix="bad/")
     check_cell(run, cell.storage, cell.dst, total=1, exact_charges=True)
     (row,) = run.rows
@@ -227,7 +248,9 @@ async def test_over_the_vendor_byte_limit(cell: Cell, vendor: str) -> None:
 
 async def test_empty_prefix_is_nothing_to_do(cell: Cell) -> None:
     """An empty prefix plans 0 sources and runs 0 calls: nothing to do, not a failure."""
-    run = await run_batch(cell.sandbox, cell.storage, "poof", cell.src, cell.dst, source_prefix="nothing-here/")
+    run = await run_batch(
+        cell.sandbox, cell.storage, "poof", cell.src, cell.dst, source_prefix="nothing-here/"
+    )
     assert run.rows == [] and run.result.halt is None and run.charged == 0
     assert cell.sandbox.admin.requests("poof") == []
 
@@ -285,8 +308,6 @@ def test_bad_parameters_are_refused_before_any_call(vendor_connections, case: st
     build, parameter = BAD_PARAMETERS[case]
     with pytest.raises(InvalidOptionError) as info:
         build()
-    assert info.value.parameter in (parameter, "scene", "negative_prompt") if case.startswith("pixelcut scene") else (
-        info.value.parameter == parameter
-    ), (info.value.parameter, str(info.value))
-    assert repr(info.value.parameter) in str(info.value) or info.value.parameter in str(info.value)
+    assert info.value.parameter == parameter, str(info.value)
+    assert f"invalid {parameter!r}" in str(info.value)  # the message names the parameter
     assert vendor_connections.admin.requests() == []

@@ -111,7 +111,9 @@ async def test_429_storm_from_vendor_concurrency_limit_real_clock(cell: Cell, ve
     """
     cell.connections(max_retries=200)
     cell.sandbox.admin.set_faults(vendor, max_concurrency=2, latency_ms=10, retry_after=0.01)
-    run = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst, hook=make_hook(vendor, retry_policy=None))
+    run = await run_batch(
+        cell.sandbox, cell.storage, vendor, cell.src, cell.dst, hook=make_hook(vendor, retry_policy=None)
+    )
     check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
     assert run.counts["done"] == BATCH
     assert len(_requests(cell, vendor, status=429)) >= 20
@@ -201,8 +203,10 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
         assert run.counts["failed"] == len(hits) and run.counts["done"] == BATCH - len(hits)
         for row in run.by_status("failed"):
             assert row["error_code"] and row["possibly_charged"] == 1, row
-            assert "not a complete image" in row["error_message"] or "empty" in row["error_message"] or (
-                "result" in row["error_message"]
+            assert (
+                "not a complete image" in row["error_message"]
+                or "empty" in row["error_message"]
+                or ("result" in row["error_message"])
             ), row
     if billed:
         assert run.charged == BATCH + (len(hits) if retried else 0)
@@ -213,7 +217,9 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
     await _rerun_clean(cell, vendor, run)
 
 
-@pytest.mark.parametrize("fault", [pytest.param("drop_after_processing", marks=pytest.mark.slow), "truncated_body"])
+@pytest.mark.parametrize(
+    "fault", [pytest.param("drop_after_processing", marks=pytest.mark.slow), "truncated_body"]
+)
 async def test_every_reply_lost_is_counted_attempt_by_attempt(cell: Cell, fault: str) -> None:
     """
     Every reply is lost (or cut short): each image ends failed, and the manifest counts every billed
@@ -245,9 +251,7 @@ async def test_pixelcut_result_url_gone_when_fetched(cell: Cell, how: str) -> No
         cell.sandbox.admin.settings(result_ttl_seconds=0)
     options = PixelcutOptions(result_delivery="url")
     try:
-        run = await run_batch(
-            cell.sandbox, cell.storage, vendor, cell.src, cell.dst, vendor_options=options
-        )
+        run = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst, vendor_options=options)
     finally:
         cell.sandbox.admin.settings(result_ttl_seconds=3600)
     check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
