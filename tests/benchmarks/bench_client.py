@@ -249,6 +249,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         traced, traced_peak = tracemalloc.get_traced_memory()
         allocations = [f"traced now {traced / 2**20:.1f} MB, traced peak {traced_peak / 2**20:.1f} MB"]
         allocations += [str(stat) for stat in snapshot.statistics("lineno")[:15]]
+        collected = gc.collect()
+        after_gc = tracemalloc.get_traced_memory()[0]
+        allocations.append(f"after gc.collect() ({collected} unreachable): traced {after_gc / 2**20:.1f} MB")
         tracemalloc.stop()
     counts = dict(result.counts)
     done = counts.get("done", 0)
