@@ -3,6 +3,8 @@
 # Works from a fresh clone with only python3 and GNU make:
 #   make test          lint + format check + mypy + the whole pytest suite (newest Airflow, .venv)
 #   make test-compat   provider discovery + hook tests on the oldest supported Airflow (.venv-compat)
+#   make demo          the whole job offline on a real scheduler (demo-quick: with dag.test())
+#   make bench         pipeline benchmark figures (docs/benchmarks.md)
 #   make lint | typecheck | clean
 #
 # Variables (override on the command line, e.g. `make test PYTEST_ARGS="-x -k pixian"`):
@@ -34,7 +36,6 @@ COMPAT_TESTS ?= tests/unit/test_provider_info.py tests/unit/test_connections.py 
 	tests/unit/vendors tests/compat
 
 .PHONY: test test-compat lint format typecheck pytest venv compat-venv clean
-# Reserved for later (added with the demo and benchmark issues): demo, demo-quick, bench.
 
 # -- virtualenvs -----------------------------------------------------------------------------------
 # The stamp file is rebuilt when pyproject.toml changes (new dependency, new extra).

@@ -61,7 +61,11 @@ def test_worker_killed_mid_batch_then_retried(cell: Cell) -> None:
             process.kill()
             process.wait()
     assert in_flight > 0, "calls were in flight at the kill"
-    time.sleep(0.5)  # let the in-flight calls finish (and be billed) on the vendor side
+    # Let the calls that were in flight at the kill finish (and be billed) on the vendor side.
+    deadline = time.monotonic() + 10
+    while sandbox.state.faults[vendor].inflight > 0:
+        assert time.monotonic() < deadline, "in-flight calls never finished on the vendor side"
+        time.sleep(0.01)
     killed_charges = len(sandbox.admin.charges(vendor))
     written = output_objects(cell.storage, cell.dst, "out/")
     for name in written:  # what the dead worker wrote is complete
