@@ -299,6 +299,24 @@ class BatchRunner:
                 fatal=False,
             )
 
+    def _error_row(
+        self, item: WorkItem, status: str, exc: BgRemovalError, code: str, message: str, duration_ms: int
+    ) -> None:
+        """Record a vendor call that ended in ``exc``, with its attempts and lost (maybe billed) replies."""
+        lost = _possibly_charged(exc)
+        self.result.possibly_charged += lost
+        self._row(
+            item.source,
+            item.destination,
+            status,
+            error_code=code,
+            error_message=message,
+            request_id=exc.request_id,
+            possibly_charged=lost,
+            attempts=int(getattr(exc, "attempts", 0) or 0),
+            duration_ms=duration_ms,
+        )
+
     # -- one image -----------------------------------------------------------------------------
     async def _process(self, item: WorkItem) -> bool:
         """Process one image; True when its output exists afterwards (written by us or another run)."""
@@ -350,53 +368,17 @@ class BatchRunner:
         try:
             result = await self.processor.process(data, posixpath.basename(source.name) or "image")
         except InputRejectedError as exc:
-            lost = _possibly_charged(exc)
-            self.result.possibly_charged += lost
             self._bad_in_run += 1
-            self._row(
-                source,
-                dest,
-                "rejected",
-                error_code=exc.code or "rejected",
-                error_message=exc.message,
-                request_id=exc.request_id,
-                possibly_charged=lost,
-                attempts=int(getattr(exc, "attempts", 0) or 0),
-                duration_ms=elapsed(),
-            )
+            self._error_row(item, "rejected", exc, exc.code or "rejected", exc.message, elapsed())
             return False
         except (OutOfCreditsError, VendorAuthError) as exc:
             reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
             self._halt(reason, str(exc), fatal=True, error=exc)
-            lost = _possibly_charged(exc)
-            self.result.possibly_charged += lost
-            self._row(
-                source,
-                dest,
-                "pending",
-                error_code=exc.code or reason,
-                error_message=str(exc),
-                request_id=exc.request_id,
-                possibly_charged=lost,
-                attempts=int(getattr(exc, "attempts", 0) or 0),
-                duration_ms=elapsed(),
-            )
+            self._error_row(item, "pending", exc, exc.code or reason, str(exc), elapsed())
             return False
         except BgRemovalError as exc:
-            lost = _possibly_charged(exc)
-            self.result.possibly_charged += lost
             self._bad_in_run += 1
-            self._row(
-                source,
-                dest,
-                "failed",
-                error_code=exc.code or type(exc).__name__,
-                error_message=str(exc),
-                request_id=exc.request_id,
-                possibly_charged=lost,
-                attempts=int(getattr(exc, "attempts", 0) or 0),
-                duration_ms=elapsed(),
-            )
+            self._error_row(item, "failed", exc, exc.code or type(exc).__name__, str(exc), elapsed())
             return False
         finally:
             del data
