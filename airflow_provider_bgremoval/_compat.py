@@ -8,6 +8,30 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
+try:  # Airflow 3.2+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+except ImportError:  # Airflow 3.1: these live only in airflow.exceptions
+    from airflow.exceptions import (  # type: ignore[no-redef,attr-defined]
+        AirflowFailException,
+        AirflowNotFoundException,
+        AirflowSkipException,
+    )
+
+try:  # Airflow 3.2+
+    from airflow.sdk import conf
+except ImportError:  # Airflow 3.1
+    from airflow.configuration import conf  # type: ignore[assignment]
+
+__all__ = [
+    "AirflowFailException",
+    "AirflowNotFoundException",
+    "AirflowSkipException",
+    "aextra_dejson",
+    "aget_connection",
+    "conf",
+    "mask_secret",
+]
+
 try:  # Airflow 3.1+
     from airflow.sdk.log import mask_secret as _mask_secret
 except ImportError:  # pragma: no cover - older task SDKs

@@ -40,9 +40,9 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, normalise_prefix
 from airflow_provider_bgremoval.storage.gcs import GcsStorage

@@ -23,8 +23,9 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier, BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_bgremoval._compat import AirflowFailException, AirflowSkipException
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.registry import aget_vendor_hook

@@ -104,7 +104,8 @@ def parse_scopes(value: Any) -> list[str] | None:
 def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
     """The connection's extras, or ``None`` when the connection is not defined."""
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from airflow_provider_bgremoval._compat import AirflowNotFoundException
 
     try:
         conn = BaseHook.get_connection(gcp_conn_id)

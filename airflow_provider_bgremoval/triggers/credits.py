@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_bgremoval._compat import AirflowNotFoundException
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InvalidOptionError,
