@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseNotifier, BaseOperator
 from airflow.sdk.exceptions import AirflowException
@@ -187,12 +187,8 @@ class CreditsPreflightMixin(BucketImageOperator):
         margin = SafetyMargin.parse(self.safety_margin)
         max_images = parse_count(self.max_images, "max_images")
         max_credits = parse_credits(self.max_credits, "max_credits")
-        cost_override = parse_credits(self.cost_per_image, "cost_per_image")
-        spec = self._spec()
-        storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
-        hook = self.get_hook()
+        spec, storage, hook, processor = self.prepare()  # exactly the bucket operator's set-up
         try:
-            processor = self.build_processor(hook, cost_override)
             plan = self.plan(storage, processor, spec)
             cost, cost_source = self._price(hook, processor, storage, plan)
             balance = self._balance(context, hook, processor.vendor, len(plan.items))
@@ -246,7 +242,6 @@ class CreditsPreflightMixin(BucketImageOperator):
         if sufficient:
             return estimate
         self._halt(context, processor.vendor, estimate, billable, required, available, balance)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _balance(
         self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int
@@ -278,7 +273,7 @@ class CreditsPreflightMixin(BucketImageOperator):
         required: Decimal,
         available: Decimal,
         balance: Balance,
-    ) -> None:
+    ) -> NoReturn:
         margin_text = (
             f" incl. safety margin {estimate['margin_credits']}"
             if Decimal(estimate["margin_credits"])
