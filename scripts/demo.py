@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -343,6 +344,9 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
     with ExitStack() as stack:
         with step("Starting fake-gcs-server (memory backend) and the vendor sandbox on free ports"):
             gcs = stack.enter_context(FakeGcsServer(log_path=work / "fake-gcs-server.log"))
+            sandbox_log = logging.getLogger("airflow_provider_bgremoval.sandbox")
+            sandbox_log.addHandler(logging.FileHandler(work / "sandbox.log"))
+            sandbox_log.propagate = False  # its request log goes to .demo/sandbox.log, not the report
             sandbox = stack.enter_context(run_sandbox())
             admin = sandbox.admin
             say(f"    fake-gcs-server {gcs.url} (pid {gcs.pid}); sandbox {sandbox.url}")
