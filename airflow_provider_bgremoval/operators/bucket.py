@@ -37,7 +37,7 @@ from airflow_provider_bgremoval.pipeline.processors import (
     RemovalProcessor,
 )
 from airflow_provider_bgremoval.pipeline.progress import summary_table
-from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage
 from airflow_provider_bgremoval.vendors.pixelcut import (
     PixelcutGenerateOptions,
     PixelcutImageTransform,
@@ -298,7 +298,7 @@ class BucketImageOperator(BaseOperator):
                 spec.destination_bucket,
                 manifest_name,
                 manifest.getvalue(),
-                content_type="application/x-ndjson",
+                content_type=JSON_LINES_CONTENT_TYPE,
                 idempotency_token=f"manifest:{owner}",
             )
         finally:

@@ -46,11 +46,10 @@ import functools
 import hashlib
 import inspect
 import io
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -824,86 +823,6 @@ class GcsStorage:
             expected_generation=expected,
             current_generation=current,
         ) from exc
-
-    def write_text(
-        self,
-        bucket: str,
-        name: str,
-        text: str,
-        *,
-        content_type: str = "text/plain; charset=utf-8",
-        metadata: Mapping[str, str] | None = None,
-        if_generation_match: int | None = 0,
-        idempotency_token: str | None = None,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
-    ) -> ObjectInfo:
-        """
-        Write a UTF-8 text object (create-only by default); parameters as in :meth:`write`.
-
-        :param bucket: bucket name.
-        :param name: object name.
-        :param text: the text.
-        :param content_type: MIME type to store.
-        :param metadata: custom metadata.
-        :param if_generation_match: see :meth:`write`.
-        :param idempotency_token: see :meth:`write`.
-        :param retry: see :meth:`write`.
-        :param timeout: see :meth:`write`.
-        """
-        return self.write(
-            bucket,
-            name,
-            text.encode("utf-8"),
-            content_type=content_type,
-            metadata=metadata,
-            if_generation_match=if_generation_match,
-            idempotency_token=idempotency_token,
-            retry=retry,
-            timeout=timeout,
-        )
-
-    def write_json_lines(
-        self,
-        bucket: str,
-        name: str,
-        rows: Iterable[Mapping[str, Any]],
-        *,
-        metadata: Mapping[str, str] | None = None,
-        if_generation_match: int | None = 0,
-        idempotency_token: str | None = None,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
-    ) -> ObjectInfo:
-        """
-        Write rows as JSON Lines (one compact JSON object per line, UTF-8), create-only by default.
-
-        Values that JSON cannot encode natively (datetimes, decimals, paths) are written with ``str()``.
-
-        :param bucket: bucket name.
-        :param name: object name (e.g. ``…/manifest.jsonl``).
-        :param rows: the rows.
-        :param metadata: custom metadata.
-        :param if_generation_match: see :meth:`write`.
-        :param idempotency_token: see :meth:`write`.
-        :param retry: see :meth:`write`.
-        :param timeout: see :meth:`write`.
-        """
-        body = "".join(
-            json.dumps(dict(row), ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-            for row in rows
-        )
-        return self.write(
-            bucket,
-            name,
-            body.encode("utf-8"),
-            content_type=JSON_LINES_CONTENT_TYPE,
-            metadata=metadata,
-            if_generation_match=if_generation_match,
-            idempotency_token=idempotency_token,
-            retry=retry,
-            timeout=timeout,
-        )
 
 
 _LIBRARY_MULTIPART_LIMIT = 8 * 1024 * 1024  # google.cloud.storage.blob._MAX_MULTIPART_SIZE

@@ -294,29 +294,6 @@ def test_odd_object_names(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
     ]
 
 
-def test_write_text_and_json_lines(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
-    import json
-    from datetime import datetime, timezone
-
-    rows: list[dict[str, Any]] = [
-        {"source": "gs://b/a.jpg", "status": "done", "at": datetime(2026, 11, 21, tzinfo=timezone.utc)},
-        {"source": "gs://b/é.jpg", "status": "rejected", "error": None},
-    ]
-    info = gcs_storage.write_json_lines(gcs_bucket, "manifests/run-1.jsonl", rows, metadata={"rows": "2"})
-    assert info.content_type == "application/x-ndjson"
-    lines = gcs_storage.read(gcs_bucket, "manifests/run-1.jsonl").decode("utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == [
-        {"source": "gs://b/a.jpg", "status": "done", "at": "2026-11-21 00:00:00+00:00"},
-        {"source": "gs://b/é.jpg", "status": "rejected", "error": None},
-    ]
-    with pytest.raises(ObjectExistsError):
-        gcs_storage.write_json_lines(gcs_bucket, "manifests/run-1.jsonl", rows)
-
-    text = gcs_storage.write_text(gcs_bucket, "notes/readme.txt", "héllo\n")
-    assert text.content_type == "text/plain; charset=utf-8"
-    assert gcs_storage.read(gcs_bucket, "notes/readme.txt").decode() == "héllo\n"
-
-
 # ----------------------------------------------------------------------------- idempotent retries
 def test_idempotency_token_recognises_our_own_write(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
     first = gcs_storage.write(
