@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TypeVar
 
 from tenacity import (
@@ -82,14 +83,27 @@ class CallStats:
     """
     What happened while one call was retried.
 
+    One object per image call, created by the caller and filled in as the call goes, so the caller
+    sees the money at risk live (budgets) and after the call whatever it ended in.
+
     :param attempts: attempts made.
-    :param possibly_charged: failed attempts whose request had been sent in full (billing unknown).
+    :param possibly_charged: failed attempts whose request had been sent in full (billing unknown:
+        lost replies).
     :param waits: seconds waited before each retry.
+    :param retry_guard: asked before retrying after an attempt that may have been billed (a lost
+        reply); returning False stops retrying and re-raises that attempt's error. The batch engine
+        uses it to keep ``max_credits`` a hard bound.
+    :param billed_reply: set by the hook when a billed request was answered 2xx (the vendor charged it,
+        whatever happens to the result afterwards).
+    :param credits_charged: set by the hook: what the vendor said the answered request cost, if it said.
     """
 
     attempts: int = 0
     possibly_charged: int = 0
     waits: list[float] = field(default_factory=list)
+    retry_guard: Callable[[BaseException], bool] | None = None
+    billed_reply: bool = False
+    credits_charged: Decimal | None = None
 
 
 class _Wait:
