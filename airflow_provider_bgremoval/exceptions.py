@@ -29,6 +29,7 @@ __all__ = [
     "OutOfCreditsError",
     "RateLimitedError",
     "ResultDownloadError",
+    "ResultProcessingError",
     "TransientVendorError",
     "VendorAuthError",
     "VendorRequestError",
@@ -59,6 +60,11 @@ class BgRemovalError(AirflowException):
     fatal_for_batch: bool = False
     #: True when the retry policy may repeat the call.
     retryable: bool = False
+    #: HTTP attempts of the vendor call that ended in this error (set by the hook; 0 for local errors).
+    attempts: int = 0
+    #: Attempts of that call the vendor may have billed or did bill (lost replies, plus a billed
+    #: success reply that could not be turned into an image); set by the hook.
+    possibly_charged_attempts: int = 0
 
     def __init__(
         self,
@@ -181,6 +187,14 @@ class ResultDownloadError(BgRemovalError):
     def __init__(self, message: str, *, possibly_charged: bool = True, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.possibly_charged = possibly_charged
+
+
+class ResultProcessingError(BgRemovalError):
+    """
+    The vendor answered a billed call with success, but turning its reply into the output failed
+    locally (an unexpected decoder or post-processing error, or memory exhausted by a huge result).
+    The call was billed; the image fails alone and the batch goes on.
+    """
 
 
 class InvalidOptionError(BgRemovalError, ValueError):

@@ -43,7 +43,7 @@ from airflow.sdk import BaseOperator
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+from airflow_provider_bgremoval.pipeline.manifest import collate_manifests, read_manifest
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, normalise_prefix
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -135,8 +135,12 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
     Each source's final status is its row from the latest try, except that ``done`` in an earlier try
     of the same run stays ``done`` (the retry then skipped it). Credits add up over every try.
 
-    :param manifests: ``(uri, bytes)`` pairs; the try number is read from the name (``try-<n>.jsonl``).
+    :param manifests: ``(uri, bytes)`` pairs of the manifest objects found, checkpoint parts included
+        (a try that left only parts is read from them, see
+        :func:`~airflow_provider_bgremoval.pipeline.manifest.collate_manifests`); the try number is read
+        from the name (``try-<n>.jsonl``).
     """
+    manifests = collate_manifests(manifests)
     summary = RunSummary()
     final: dict[str, tuple[int, dict[str, Any]]] = {}
     done_rows: dict[str, dict[str, Any]] = {}

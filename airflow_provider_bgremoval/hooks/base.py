@@ -31,7 +31,9 @@ from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InvalidOptionError,
     ResultDownloadError,
+    ResultProcessingError,
     TransientVendorError,
+    safe_excerpt,
 )
 from airflow_provider_bgremoval.imaging import apply_local_steps, decode_result, prepare_input
 from airflow_provider_bgremoval.options import ProcessingPlan, RemovalOptions, plan_processing
@@ -64,25 +66,36 @@ def check_http_url(url: str, *, parameter: str = "image_url") -> str:
     return str(url)
 
 
-def _note_call_stats(exc: BgRemovalError, stats: CallStats, *, billed_reply: bool) -> None:
+def _note_call_stats(exc: BaseException, stats: CallStats) -> BgRemovalError:
     """
-    Record on a failed image call's exception how many attempts it made and how many of them the
-    vendor may have billed (the manifest reports both).
+    Turn the error an image call ends in into a typed error and record the call's statistics on it
+    and in ``stats`` (the caller's live record).
 
-    ``stats.possibly_charged`` counts every retryable attempt whose reply was lost after the request
-    was sent (the final one included); a billed call that *was* answered 2xx but could not be turned
-    into an image (damaged body, result URL gone, nothing to crop) was billed once more; a final
-    non-retryable error that says it may have been billed counts once.
+    ``stats.possibly_charged`` already counts every retryable attempt whose reply was lost after the
+    request was sent (the final one included); a final non-retryable error that says it may have
+    been billed counts once more, unless the vendor answered the billed request (then the charge is
+    certain: ``stats.billed_reply``). Anything that is not a :class:`BgRemovalError` (a decoder or
+    post-processing failure, memory exhausted by a huge result) becomes a
+    :class:`ResultProcessingError` when the vendor had answered, so no exception of one image's path
+    escapes untyped.
 
     :param exc: the error the call ends with.
-    :param stats: the call's retry statistics.
-    :param billed_reply: True when a billed request got a success reply before the failure.
+    :param stats: the call's statistics.
     """
-    lost = stats.possibly_charged
-    if billed_reply or (getattr(exc, "possibly_charged", False) and not exc.retryable):
-        lost += 1
-    exc.attempts = stats.attempts  # type: ignore[attr-defined]
-    exc.possibly_charged_attempts = lost  # type: ignore[attr-defined]
+    if not isinstance(exc, BgRemovalError):
+        what = "turning the vendor's result into the output" if stats.billed_reply else "preparing the call"
+        error: BgRemovalError = ResultProcessingError(
+            f"unexpected {type(exc).__name__} while {what}: {safe_excerpt(str(exc)) or 'no details'}",
+            code="result_processing_failed" if stats.billed_reply else "call_failed",
+        )
+        error.__cause__ = exc
+    else:
+        error = exc
+        if getattr(exc, "possibly_charged", False) and not exc.retryable and not stats.billed_reply:
+            stats.possibly_charged += 1
+    error.attempts = stats.attempts
+    error.possibly_charged_attempts = stats.possibly_charged + int(stats.billed_reply)
+    return error
 
 
 class BackgroundRemovalHook(BaseHook, Generic[W]):
@@ -508,6 +521,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             metadata={"result_url_host": urlsplit(location.url).netloc},
         )
 
+    @staticmethod
+    def _note_reply(request: WireRequest, stats: CallStats) -> None:
+        """A success reply arrived: from here on, the call's charge is certain for a billed request."""
+        stats.billed_reply = request.billed
+
     def _image_call(
         self,
         wire: VendorWire,
@@ -515,6 +533,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         image: ImageInput,
         plan: ProcessingPlan,
         vendor_options: Any = None,
+        stats: CallStats | None = None,
     ) -> ImageResult:
         """
         Send a billed image request, download a located result, decode and post-process it.
@@ -526,19 +545,23 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param image: the input (for vendor-specific result decoding).
         :param plan: the local post-processing plan (an empty :class:`LocalSteps` keeps the bytes).
         :param vendor_options: the vendor options, handed to :meth:`VendorWire.finish_result`.
+        :param stats: the caller's live record of the call (attempts, lost replies, whether the vendor
+            answered and billed, a retry guard); a fresh one when ``None``.
         """
-        stats = CallStats()
-        answered = False
+        stats = stats if stats is not None else CallStats()
         try:
             response = self.send(request, stats)
-            answered = True
+            self._note_reply(request, stats)
             reply = wire.parse_image_reply(response)
+            stats.credits_charged = reply.credits_charged
             if isinstance(reply, ResultLocation):
                 reply = self._located_result(reply, self.download(reply.url))
             return self._finish(wire, reply, image, plan, vendor_options, stats)
-        except BgRemovalError as exc:
-            _note_call_stats(exc, stats, billed_reply=answered and request.billed)
-            raise
+        except Exception as exc:
+            error = _note_call_stats(exc, stats)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def _aimage_call(
         self,
@@ -547,20 +570,23 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         image: ImageInput,
         plan: ProcessingPlan,
         vendor_options: Any = None,
+        stats: CallStats | None = None,
     ) -> ImageResult:
         """Async :meth:`_image_call`; CPU work runs in a worker thread."""
-        stats = CallStats()
-        answered = False
+        stats = stats if stats is not None else CallStats()
         try:
             response = await self.asend(request, stats)
-            answered = True
+            self._note_reply(request, stats)
             reply = wire.parse_image_reply(response)
+            stats.credits_charged = reply.credits_charged
             if isinstance(reply, ResultLocation):
                 reply = self._located_result(reply, await self.adownload(reply.url))
             return await asyncio.to_thread(self._finish, wire, reply, image, plan, vendor_options, stats)
-        except BgRemovalError as exc:
-            _note_call_stats(exc, stats, billed_reply=answered and request.billed)
-            raise
+        except Exception as exc:
+            error = _note_call_stats(exc, stats)
+            if error is exc:
+                raise
+            raise error from exc
 
     def remove_background(
         self,
@@ -571,6 +597,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         vendor_options: Any = None,
         filename: str = "image",
         check_input: bool = True,
+        stats: CallStats | None = None,
     ) -> ImageResult:
         """
         Remove the background of one image (a billed call).
@@ -581,6 +608,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param vendor_options: the vendor's typed extra options.
         :param filename: file name sent with the upload.
         :param check_input: run the local checks (set False only when the caller already did).
+        :param stats: a :class:`~airflow_provider_bgremoval.retry.CallStats` the call fills in as it
+            goes (attempts, lost replies, billed reply), for callers that account for money.
         """
         options = options or RemovalOptions()
         vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
@@ -588,7 +617,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         image_input = self._image_input(image, image_url, filename, check_input)
         plan = plan_processing(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        return self._image_call(wire, request, image_input, plan, vendor_options)
+        return self._image_call(wire, request, image_input, plan, vendor_options, stats)
 
     async def aremove_background(
         self,
@@ -599,6 +628,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         vendor_options: Any = None,
         filename: str = "image",
         check_input: bool = True,
+        stats: CallStats | None = None,
     ) -> ImageResult:
         """Async :meth:`remove_background`; CPU work runs in a worker thread."""
         options = options or RemovalOptions()
@@ -607,7 +637,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         image_input = await asyncio.to_thread(self._image_input, image, image_url, filename, check_input)
         plan = plan_processing(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        return await self._aimage_call(wire, request, image_input, plan, vendor_options)
+        return await self._aimage_call(wire, request, image_input, plan, vendor_options, stats)
 
     # -- balance -------------------------------------------------------------------------------
     def get_balance(self) -> Balance:

@@ -11,6 +11,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import LocalSteps, ProcessingPlan, RemovalOptions
 from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.vendors.pixelcut import (
     PixelcutGenerateOptions,
     PixelcutImageTransform,
@@ -83,6 +84,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
         result_delivery: ResultDelivery = "bytes",
         filename: str = "image",
         check_input: bool = True,
+        stats: CallStats | None = None,
     ) -> ImageResult:
         """
         Generate a new background behind the subject (a billed call; result: 1024x1024 JPEG).
@@ -99,12 +101,13 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
         :param result_delivery: ``"bytes"`` (default) or ``"url"`` (downloaded with the size cap).
         :param filename: file name sent with the upload.
         :param check_input: run the local checks (set False only when the caller already did).
+        :param stats: the caller's live record of the call (see :meth:`remove_background`).
         """
         options = self._generate_options(scene, prompt, negative_prompt, image_transform, result_delivery)
         wire = self.wire
         image_input = self._image_input(image, image_url, filename, check_input)
         request = wire.generate_background_request(image_input, options)
-        return self._image_call(wire, request, image_input, _GENERATE_PLAN, options)
+        return self._image_call(wire, request, image_input, _GENERATE_PLAN, options, stats)
 
     async def agenerate_background(
         self,
@@ -118,6 +121,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
         result_delivery: ResultDelivery = "bytes",
         filename: str = "image",
         check_input: bool = True,
+        stats: CallStats | None = None,
     ) -> ImageResult:
         """
         Async :meth:`generate_background`; CPU work runs in a worker thread.
@@ -131,12 +135,13 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
         :param result_delivery: ``"bytes"`` or ``"url"``.
         :param filename: file name sent with the upload.
         :param check_input: run the local checks.
+        :param stats: the caller's live record of the call.
         """
         options = self._generate_options(scene, prompt, negative_prompt, image_transform, result_delivery)
         wire = await self.awire()
         image_input = await asyncio.to_thread(self._image_input, image, image_url, filename, check_input)
         request = wire.generate_background_request(image_input, options)
-        return await self._aimage_call(wire, request, image_input, _GENERATE_PLAN, options)
+        return await self._aimage_call(wire, request, image_input, _GENERATE_PLAN, options, stats)
 
     def estimate_generate_cost(self) -> Decimal:
         """Credits one generate-background call is expected to cost (from the cost table: 1)."""

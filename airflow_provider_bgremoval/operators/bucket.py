@@ -23,8 +23,19 @@ from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
-from airflow_provider_bgremoval.pipeline.engine import ON_ERROR_CHOICES, BatchResult, BatchRunner, HaltInfo
-from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_object_name
+from airflow_provider_bgremoval.pipeline.engine import (
+    DEFAULT_DRAIN_GRACE,
+    ON_ERROR_CHOICES,
+    BatchResult,
+    BatchRunner,
+    HaltInfo,
+    run_batch,
+)
+from airflow_provider_bgremoval.pipeline.manifest import (
+    ManifestWriter,
+    manifest_object_name,
+    manifest_part_name,
+)
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
@@ -49,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Verdicts for images left pending because another run holds their claims.
+ON_PENDING_CHOICES: tuple[str, ...] = ("fail", "warn")
 
 
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
@@ -115,6 +129,16 @@ class BucketImageOperator(BaseOperator):
     :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table).
     :param claim_lease: seconds a claim keeps other runs from processing the same output.
     :param progress_interval: seconds between progress lines at most.
+    :param on_pending: verdict when images stay ``pending`` because another run holds their claims:
+        ``fail`` (default: the task fails, retryably, naming the holder and its lease expiry, so a green
+        task always means every planned image is finished or was held back by a limit you set) or
+        ``warn`` (succeed with a warning and the holders in the summary).
+    :param drain_grace: seconds in-flight vendor calls get to finish and store their billed results
+        after ``execution_timeout`` or a termination (SIGTERM); keep it under Airflow's SIGTERM→SIGKILL
+        escalation (5 s). Calls still unanswered then are abandoned and counted as possibly charged.
+    :param manifest_checkpoint_rows: checkpoint the manifest to the bucket every this many rows…
+    :param manifest_checkpoint_seconds: …or every this many seconds, whichever comes first (a worker
+        killed with SIGKILL leaves every row up to its last checkpoint).
     """
 
     template_fields: Sequence[str] = (
@@ -154,6 +178,10 @@ class BucketImageOperator(BaseOperator):
         cost_per_image: float | str | None = None,
         claim_lease: float = 3600.0,
         progress_interval: float = 30.0,
+        on_pending: str = "fail",
+        drain_grace: float = DEFAULT_DRAIN_GRACE,
+        manifest_checkpoint_rows: int = 500,
+        manifest_checkpoint_seconds: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -175,6 +203,11 @@ class BucketImageOperator(BaseOperator):
         self.cost_per_image = cost_per_image
         self.claim_lease = claim_lease
         self.progress_interval = progress_interval
+        self.on_pending = on_pending
+        self.drain_grace = drain_grace
+        self.manifest_checkpoint_rows = manifest_checkpoint_rows
+        self.manifest_checkpoint_seconds = manifest_checkpoint_seconds
+        self._runner: BatchRunner | None = None
         # Fail at DAG parse for what is already known (templated values are checked at run time).
         if on_error not in ON_ERROR_CHOICES:
             raise InvalidOptionError("on_error", f"{on_error!r} is not one of {', '.join(ON_ERROR_CHOICES)}")
@@ -182,6 +215,16 @@ class BucketImageOperator(BaseOperator):
             raise InvalidOptionError("max_concurrency", "must be at least 1")
         if not 0 <= float(max_failure_rate) <= 1:
             raise InvalidOptionError("max_failure_rate", "must be between 0 and 1")
+        if on_pending not in ON_PENDING_CHOICES:
+            raise InvalidOptionError(
+                "on_pending", f"{on_pending!r} is not one of {', '.join(ON_PENDING_CHOICES)}"
+            )
+        if float(drain_grace) < 0:
+            raise InvalidOptionError("drain_grace", "must not be negative")
+        if int(manifest_checkpoint_rows) < 1 or float(manifest_checkpoint_seconds) <= 0:
+            raise InvalidOptionError(
+                "manifest_checkpoint_rows", "checkpoints need at least 1 row and a positive interval"
+            )
         for name in ("max_images",):
             if not _is_template(getattr(self, name)):
                 parse_count(getattr(self, name), name)
@@ -255,9 +298,30 @@ class BucketImageOperator(BaseOperator):
         if plan.total == 0:
             where = f"gs://{spec.source_bucket}/{spec.source_prefix}"
             log.info("Nothing to do: no source objects under %s match the filters", where)
-        manifest = ManifestWriter()
-        try:
-            runner = BatchRunner(
+        manifest_name = manifest_object_name(
+            spec.internal_prefix,
+            ti.dag_id,
+            ti.run_id,
+            ti.task_id,
+            getattr(ti, "map_index", None),
+            int(getattr(ti, "try_number", 1) or 1),
+        )
+
+        def store_part(number: int, data: bytes) -> None:
+            storage.write(
+                spec.destination_bucket,
+                manifest_part_name(manifest_name, number),
+                data,
+                content_type=JSON_LINES_CONTENT_TYPE,
+                idempotency_token=f"manifest:{owner}:{number}",
+            )
+
+        with ManifestWriter(
+            store_part,
+            every_rows=int(self.manifest_checkpoint_rows),
+            every_seconds=float(self.manifest_checkpoint_seconds),
+        ) as manifest:
+            runner = self._runner = BatchRunner(
                 storage,
                 processor,
                 plan,
@@ -277,38 +341,110 @@ class BucketImageOperator(BaseOperator):
                 ),
                 balance_probe=hook.aget_balance,
                 progress_every_seconds=float(self.progress_interval),
+                drain_grace=float(self.drain_grace),
             )
-
-            async def run() -> BatchResult:
-                try:
-                    return await runner.run()
-                finally:
-                    await hook.aclose()
-
-            result = run_coroutine(run())
-            manifest_name = manifest_object_name(
-                spec.internal_prefix,
-                ti.dag_id,
-                ti.run_id,
-                ti.task_id,
-                getattr(ti, "map_index", None),
-                int(getattr(ti, "try_number", 1) or 1),
-            )
-            storage.write(
+            try:
+                interrupt = run_batch(runner, cleanup=hook.aclose)
+            except Exception as exc:  # a defect in the engine: keep the record, then fail
+                self._keep_record(
+                    context,
+                    storage,
+                    spec.destination_bucket,
+                    manifest_name,
+                    manifest,
+                    processor,
+                    strict=False,
+                )
+                raise AirflowException(
+                    f"{processor.vendor}: the batch stopped unexpectedly: {exc!r}"
+                ) from exc
+            summary = self._keep_record(
+                context,
+                storage,
                 spec.destination_bucket,
+                manifest_name,
+                manifest,
+                processor,
+                strict=interrupt is None and runner.result.interrupted is None,
+            )
+        result = runner.result
+        self._report_lineage(hook, result)
+        if interrupt is not None:
+            raise interrupt
+        if result.interrupted is not None:  # terminated through on_kill: drained, record kept
+            raise AirflowException(
+                f"{processor.vendor}: {result.halt.message if result.halt else result.interrupted}; "
+                f"{result.counts['done']} image(s) done, {result.counts['pending']} pending "
+                f"(a retry skips what is done). Manifest: {summary['manifest_uri']}"
+            )
+        self._verdict(context, processor, result, summary)
+        return summary
+
+    def on_kill(self) -> None:
+        """SIGTERM: drain the batch (stop submitting, let in-flight calls store their billed results)."""
+        runner = self._runner
+        if runner is not None:
+            runner.request_stop("terminated", "the task was terminated (SIGTERM)")
+
+    def _keep_record(
+        self,
+        context: Context,
+        storage: GcsStorage,
+        bucket: str,
+        manifest_name: str,
+        manifest: ManifestWriter,
+        processor: ImageProcessor,
+        *,
+        strict: bool,
+    ) -> dict[str, Any]:
+        """
+        Store the final manifest and push the summary, however the batch ended.
+
+        On success the summary is also the task's return value; when the task then fails (verdict,
+        interrupt, defect) the ``summary`` XCom is what downstream alerts read. With ``strict``, a
+        manifest that cannot be stored fails the task; otherwise (the task is failing anyway) it is
+        logged, and the checkpoint parts hold the rows saved so far.
+        """
+        assert self._runner is not None
+        result = self._runner.result
+        manifest_uri = f"gs://{bucket}/{manifest_name}"
+        try:
+            storage.write(
+                bucket,
                 manifest_name,
                 manifest.getvalue(),
                 content_type=JSON_LINES_CONTENT_TYPE,
-                idempotency_token=f"manifest:{owner}",
+                idempotency_token=f"manifest:{manifest_name}",
             )
-        finally:
-            manifest.close()
-        manifest_uri = f"gs://{spec.destination_bucket}/{manifest_name}"
-        self._report_lineage(hook, result)
+        except Exception as exc:
+            if strict:
+                raise
+            log.error(
+                "Could not store the final manifest %s (its checkpoint parts hold %d of %d rows): %s",
+                manifest_uri,
+                manifest.rows - manifest.unsaved_rows,
+                manifest.rows,
+                exc,
+            )
         summary = self._summary(processor, result, manifest_uri)
         log.info("Batch summary (%s):\n%s", processor.vendor, summary_table(self._table(summary)))
-        self._verdict(context, processor, result, summary)
+        self._warn_about_claims(result)
+        try:
+            context["ti"].xcom_push(key="summary", value=summary)
+        except Exception as exc:  # a terminated task may no longer push; the manifest has the record
+            log.warning("Could not push the summary XCom: %s", exc)
         return summary
+
+    @staticmethod
+    def _warn_about_claims(result: BatchResult) -> None:
+        for holder in result.claims_elsewhere_summary():
+            log.warning(
+                "%d image(s) left pending: another run holds their claims: %s (lease expires %s). "
+                "That run is processing them; if it died, they can be processed once the lease expires.",
+                holder["images"],
+                holder["holder"],
+                holder["lease_expires"],
+            )
 
     def _summary(self, processor: ImageProcessor, result: BatchResult, manifest_uri: str) -> dict[str, Any]:
         counts = result.counts
@@ -322,8 +458,13 @@ class BucketImageOperator(BaseOperator):
             "failed": counts["failed"],
             "pending": counts["pending"],
             "credits_spent": str(result.credits_spent),
+            "credits_for_outputs": str(result.credits_for_outputs),
+            "credits_for_failed": str(result.credits_for_failed),
             "credits_estimated": result.credits_estimated,
             "possibly_charged": result.possibly_charged,
+            "pending_reasons": dict(result.pending_reasons),
+            "claims_elsewhere": result.claims_elsewhere_summary(),
+            "interrupted": result.interrupted,
             "manifest_uri": manifest_uri,
             "sample_outputs": list(result.sample_outputs),
             "halt": result.halt.as_dict() if result.halt else None,
@@ -340,6 +481,7 @@ class BucketImageOperator(BaseOperator):
             "failed",
             "pending",
             "credits_spent",
+            "credits_for_failed",
             "possibly_charged",
             "duration_s",
             "manifest_uri",
@@ -355,7 +497,6 @@ class BucketImageOperator(BaseOperator):
             # The same key and shape as the credits pre-flight's halt, so one alert serves both.
             context["ti"].xcom_push(key="halt", value=halt.as_dict())
         if halt is not None and (halt.fatal or halt.reason == "failure_rate"):
-            context["ti"].xcom_push(key="summary", value=summary)
             available = "unknown" if halt.available is None else str(halt.available)
             message = (
                 f"{processor.vendor}: {halt.message}. Stopped after {counts['done']} of {result.billable} "
@@ -375,7 +516,6 @@ class BucketImageOperator(BaseOperator):
             )
         bad = counts["failed"] + counts["rejected"]
         if self.on_error == "fail_at_end" and bad:
-            context["ti"].xcom_push(key="summary", value=summary)
             raise AirflowException(
                 f"{processor.vendor}: {counts['failed']} image(s) failed and "
                 f"{counts['rejected']} were rejected "
@@ -383,10 +523,20 @@ class BucketImageOperator(BaseOperator):
             )
         sent = counts["done"] + counts["failed"] + counts["rejected"]
         if self.on_error == "fail_rate" and sent and bad / sent > float(self.max_failure_rate):
-            context["ti"].xcom_push(key="summary", value=summary)
             raise AirflowException(
                 f"{processor.vendor}: failure rate {bad / sent:.0%} is over max_failure_rate "
                 f"{float(self.max_failure_rate):.0%}; see the manifest {summary['manifest_uri']}"
+            )
+        held = result.claims_elsewhere_summary()
+        if held and self.on_pending == "fail":
+            holders = "; ".join(
+                f"{h['images']} held by {h['holder']} until {h['lease_expires']}" for h in held
+            )
+            raise AirflowException(
+                f"{processor.vendor}: {sum(h['images'] for h in held)} image(s) left pending because another "
+                f"run holds their claims ({holders}); nothing was paid for them here. A retry after the "
+                f"holder finishes skips what it wrote (on_pending='warn' accepts this as success). "
+                f"Manifest: {summary['manifest_uri']}"
             )
 
     def _report_lineage(self, hook: BackgroundRemovalHook[Any], result: BatchResult) -> None:

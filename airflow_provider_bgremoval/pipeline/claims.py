@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -23,6 +25,29 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage
 META_OWNER = "bgremoval-claim-owner"
 META_EXPIRES = "bgremoval-claim-expires"
 META_DESTINATION = "bgremoval-claim-destination"
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """
+    Who holds a live claim on an output, and until when.
+
+    :param owner: the holding task instance (``dag/run/task/map_index``), or a description when unknown.
+    :param expires: when the holder's lease runs out (epoch seconds; 0 when unknown).
+    """
+
+    owner: str
+    expires: float = 0.0
+
+    @property
+    def expires_iso(self) -> str:
+        """The lease expiry as an ISO-8601 UTC timestamp (``unknown`` when not recorded)."""
+        if self.expires <= 0:
+            return "unknown"
+        return datetime.fromtimestamp(self.expires, tz=timezone.utc).isoformat(timespec="seconds")
+
+    def __str__(self) -> str:
+        return f"{self.owner} (lease expires {self.expires_iso})"
 
 
 class ClaimStore:
@@ -83,8 +108,8 @@ class ClaimStore:
         except WriteConflictError:
             pass  # somebody took it over after our lease ran out: nothing of ours to release
 
-    def acquire(self, destination: str) -> str | None:
-        """Claim ``destination``; return ``None`` on success or the owner holding a live claim."""
+    def acquire(self, destination: str) -> ClaimHolder | None:
+        """Claim ``destination``; return ``None`` on success or the :class:`ClaimHolder` of a live claim."""
         name = self.claim_name(destination)
         for _ in range(3):
             try:
@@ -105,7 +130,7 @@ class ClaimStore:
             except ValueError:
                 expires = 0.0
             if holder != self.owner and expires > self.clock():
-                return holder
+                return ClaimHolder(holder, expires)
             try:
                 info = self.storage.write(
                     self.bucket,
@@ -119,4 +144,4 @@ class ClaimStore:
                 return None
             except WriteConflictError:
                 continue  # somebody else took it over first: look again
-        return "unknown (claim contended)"
+        return ClaimHolder("unknown (claim contended)")

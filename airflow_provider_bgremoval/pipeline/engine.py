@@ -1,4 +1,4 @@
-"""The batch engine: download -> vendor call -> post-process -> conditional upload, concurrently.
+"""The batch engine: claim -> read -> vendor call -> store, concurrently, with one recorder.
 
 Memory is bounded by ``max_concurrency``: a fixed set of worker coroutines pulls work items one at a
 time, so only in-flight images are held, whatever the batch size. Blocking storage calls run in a
@@ -7,22 +7,32 @@ dedicated thread pool sized to the concurrency.
 Money rules:
 
 * ``max_images`` / ``max_credits`` stop submitting cleanly when reached (remaining images pending);
+  ``max_credits`` bounds the money *at risk* — credits charged, plus lost replies the vendor may have
+  billed, plus one reservation per image in flight — so spending never exceeds it, at any
+  concurrency and under any fault (a retry after a lost reply must fit the budget too);
 * an out-of-credits or authentication failure stops submitting at once; in-flight calls finish and
   are written; everything not done is recorded as pending; the task then fails without retries;
 * an output is written create-only (or generation-matched when replacing a stale output), and its
   metadata records what it was made from, so a rerun skips it and never pays twice;
-* a claim per output keeps overlapping runs from paying for the same image.
+* a claim per output keeps overlapping runs from paying for the same image;
+* nothing raised in one image's path (a decoder bomb, memory exhausted by a huge reply, a bug in
+  post-processing, a storage library error) takes the batch down: that image is ``failed`` with a
+  code and a message, and its charges are counted;
+* a timeout or termination drains: submitting stops, in-flight calls get ``drain_grace`` seconds to
+  finish and store their (billed) results, calls still unanswered then are abandoned and counted as
+  possibly charged, and every other image is recorded ``pending`` with its claim released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -34,8 +44,9 @@ from airflow_provider_bgremoval.exceptions import (
     InvalidOptionError,
     OutOfCreditsError,
     VendorAuthError,
+    safe_excerpt,
 )
-from airflow_provider_bgremoval.pipeline.claims import ClaimStore
+from airflow_provider_bgremoval.pipeline.claims import ClaimHolder, ClaimStore
 from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter
 from airflow_provider_bgremoval.pipeline.planning import (
     META_CREDITS,
@@ -52,9 +63,10 @@ from airflow_provider_bgremoval.pipeline.planning import (
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.pipeline.progress import ProgressReporter
-from airflow_provider_bgremoval.results import Balance
+from airflow_provider_bgremoval.results import Balance, ImageResult
+from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
-from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,14 +79,28 @@ FAILURE_RATE_MIN_SAMPLE = 10
 SAMPLE_OUTPUTS = 5
 #: Done (source, output) pairs kept for lineage reporting.
 LINEAGE_CAP = 1000
+#: Seconds in-flight calls get to finish (and store their billed results) after a timeout or a
+#: termination. Airflow's supervisor escalates SIGTERM to SIGKILL after 5 s.
+DEFAULT_DRAIN_GRACE = 3.0
+
+#: How Airflow's interrupts are named in manifests and summaries.
+_INTERRUPT_CODES = {
+    "AirflowTaskTimeout": ("execution_timeout", "the task hit its execution_timeout"),
+    "AirflowTaskTerminated": ("terminated", "the task was terminated"),
+    "KeyboardInterrupt": ("interrupted", "the task was interrupted (SIGINT)"),
+    "SystemExit": ("terminated", "the task process is exiting"),
+}
 
 
-def _possibly_charged(exc: BgRemovalError) -> int:
-    """Billed-but-lost attempts of a failed call (counted by the hook; else the error's own flag)."""
-    counted = getattr(exc, "possibly_charged_attempts", None)
-    if counted is not None:
-        return int(counted)
-    return int(bool(getattr(exc, "possibly_charged", False)))
+def describe_interrupt(exc: BaseException) -> tuple[str, str]:
+    """
+    The ``(code, message)`` recorded for images left undone by an interrupt.
+
+    :param exc: the interrupt (``AirflowTaskTimeout``, ``AirflowTaskTerminated``, ``KeyboardInterrupt``…).
+    """
+    return _INTERRUPT_CODES.get(
+        type(exc).__name__, ("interrupted", f"the task was interrupted ({type(exc).__name__})")
+    )
 
 
 @dataclass(frozen=True)
@@ -84,7 +110,8 @@ class HaltInfo:
     is reported by the mid-batch halt and by the credits pre-flight, so one alert handles both.
 
     :param reason: ``out_of_credits``, ``auth_failed``, ``max_images``, ``max_credits``,
-        ``failure_rate`` or ``insufficient_credits`` (pre-flight).
+        ``failure_rate``, ``insufficient_credits`` (pre-flight), or an interrupt: ``execution_timeout``,
+        ``terminated``, ``interrupted``.
     :param vendor: vendor name.
     :param message: human explanation.
     :param remaining_images: images not processed because of the halt.
@@ -117,34 +144,90 @@ class HaltInfo:
 @dataclass
 class BatchResult:
     """
-    The outcome of :meth:`BatchRunner.run`.
+    The outcome of :meth:`BatchRunner.run` (also kept up to date while it runs).
 
     :param counts: sources per final status.
-    :param credits_spent: credits charged (vendor-reported, or estimated from the cost table).
+    :param credits_spent: credits known to be charged: for outputs and for images that ended without
+        one (vendor-reported, or estimated from the cost table).
+    :param credits_for_failed: the part of ``credits_spent`` charged for images that have no output
+        from this task (a billed reply that could not be used or stored, another run writing first).
     :param credits_estimated: True when some of ``credits_spent`` is an estimate.
     :param possibly_charged: lost replies after a sent request (the vendor may have billed them).
     :param sample_outputs: a few output URIs.
     :param lineage: (source URI, output URI) pairs of done images, capped.
     :param halt: why the batch stopped early, if it did.
+    :param interrupted: the interrupt code (``execution_timeout``, ``terminated``…) when the batch
+        was drained by one.
+    :param claims_elsewhere: live claims of other runs that left images pending, per holder.
+    :param pending_reasons: pending images per reason code (``max_credits``, ``claimed_elsewhere``…).
     :param duration_s: wall time of the run.
     :param billable: images that were planned as billable.
     """
 
     counts: Counter[str] = field(default_factory=Counter)
     credits_spent: Decimal = Decimal(0)
+    credits_for_failed: Decimal = Decimal(0)
     credits_estimated: bool = False
     possibly_charged: int = 0
     sample_outputs: list[str] = field(default_factory=list)
     lineage: list[tuple[str, str]] = field(default_factory=list)
     halt: HaltInfo | None = None
+    interrupted: str | None = None
+    claims_elsewhere: dict[str, tuple[ClaimHolder, int]] = field(default_factory=dict)
+    pending_reasons: Counter[str] = field(default_factory=Counter)
     duration_s: float = 0.0
     billable: int = 0
 
     @property
-    def processed_per_second(self) -> float:
-        """Images sent through the vendor per second."""
-        sent = self.counts["done"] + self.counts["failed"]
-        return sent / self.duration_s if self.duration_s > 0 else 0.0
+    def credits_for_outputs(self) -> Decimal:
+        """Credits charged for the outputs this task wrote."""
+        return self.credits_spent - self.credits_for_failed
+
+    def note_claim_elsewhere(self, holder: ClaimHolder) -> None:
+        """Count one image left pending because ``holder`` holds its claim."""
+        known, count = self.claims_elsewhere.get(holder.owner, (holder, 0))
+        latest = holder if holder.expires >= known.expires else known
+        self.claims_elsewhere[holder.owner] = (latest, count + 1)
+
+    def claims_elsewhere_summary(self) -> list[dict[str, Any]]:
+        """Primitive form of :attr:`claims_elsewhere`: holder, lease expiry and image count."""
+        return [
+            {"holder": owner, "lease_expires": holder.expires_iso, "images": count}
+            for owner, (holder, count) in sorted(self.claims_elsewhere.items())
+        ]
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One image on its way through claim -> read -> call -> store, and what it has cost so far."""
+
+    item: WorkItem
+    stats: CallStats = field(default_factory=CallStats)
+    started: float = field(default_factory=time.monotonic)
+    stage: str = "claim"
+    task: asyncio.Task[Any] | None = None
+    claimed: bool = False
+    result: ImageResult | None = None
+    output_exists: bool = False
+    recorded: bool = False
+    abandoned: bool = False
+
+    @property
+    def source(self) -> ObjectInfo:
+        return self.item.source
+
+    @property
+    def destination(self) -> str:
+        return self.item.destination
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    @property
+    def attempt_unanswered(self) -> bool:
+        """True while a vendor attempt has been started and has neither been answered nor failed."""
+        stats = self.stats
+        return self.stage == "call" and not stats.billed_reply and stats.attempts > len(stats.waits)
 
 
 class BatchRunner:
@@ -154,10 +237,10 @@ class BatchRunner:
     :param storage: the storage layer.
     :param processor: the vendor operation.
     :param plan: the plan (its settled rows are written to the manifest as they are).
-    :param manifest: where rows go.
+    :param manifest: where rows go (and how often they are checkpointed).
     :param max_concurrency: images in flight at once.
     :param max_images: stop after submitting this many images (``None``: no limit).
-    :param max_credits: stop before spending more than this (``None``: no limit).
+    :param max_credits: never put more than this many credits at risk (``None``: no limit).
     :param on_error: ``fail_at_end``, ``fail_rate`` or ``continue`` (the verdict is the caller's; the
         runner only stops early for ``fail_rate``).
     :param max_failure_rate: failure rate above which ``fail_rate`` stops the batch.
@@ -165,6 +248,7 @@ class BatchRunner:
     :param claims: claim store (``None`` disables claims).
     :param balance_probe: coroutine reading the balance after an out-of-credits halt (free call).
     :param progress_every_seconds: progress log interval.
+    :param drain_grace: seconds in-flight vendor calls get to finish after :meth:`request_stop`.
     """
 
     def __init__(
@@ -183,6 +267,7 @@ class BatchRunner:
         claims: ClaimStore | None = None,
         balance_probe: Callable[[], Awaitable[Balance]] | None = None,
         progress_every_seconds: float = 30.0,
+        drain_grace: float = DEFAULT_DRAIN_GRACE,
     ) -> None:
         if max_concurrency < 1:
             raise InvalidOptionError("max_concurrency", "must be at least 1")
@@ -190,6 +275,8 @@ class BatchRunner:
             raise InvalidOptionError("on_error", f"{on_error!r} is not one of {', '.join(ON_ERROR_CHOICES)}")
         if not 0 <= max_failure_rate <= 1:
             raise InvalidOptionError("max_failure_rate", "must be between 0 and 1")
+        if drain_grace < 0:
+            raise InvalidOptionError("drain_grace", "must not be negative")
         self.storage = storage
         self.processor = processor
         self.plan = plan
@@ -202,13 +289,17 @@ class BatchRunner:
         self.writer_id = writer_id
         self.claims = claims
         self.balance_probe = balance_probe
+        self.drain_grace = drain_grace
         self.result = BatchResult(billable=len(plan.items))
         self._items: Iterator[WorkItem] = iter(plan.items)
+        self._flights: set[_Flight] = set()
         self._submitted = 0
-        self._in_flight = 0
         self._finished = 0
         self._halt_reason: tuple[str, str, bool] | None = None  # (reason, message, fatal)
-        self._halt_error: BgRemovalError | None = None
+        self._stop: tuple[str, str] | None = None  # an interrupt: (code, message)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._bad_in_run = 0
         self._max_seen_charge = Decimal(0)
@@ -216,48 +307,124 @@ class BatchRunner:
             len(plan.items), processor.vendor, every_seconds=progress_every_seconds
         )
 
+    # -- stopping from outside -------------------------------------------------------------------
+    def request_stop(self, code: str, message: str) -> None:
+        """
+        Stop submitting and drain (thread-safe; called for timeouts and terminations).
+
+        In-flight calls get ``drain_grace`` seconds to finish and store their results; calls still
+        unanswered then are abandoned (counted possibly charged); everything else is ``pending``.
+
+        :param code: the reason code recorded on pending rows (``execution_timeout``, ``terminated``…).
+        :param message: human explanation.
+        """
+        if self._stop is None:
+            self._stop = (code, message)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between: nothing left to drain
+                loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if self._stop is None or self._grace_timer is not None:
+            return
+        code, message = self._stop
+        self.result.interrupted = code
+        self._halt(code, message, fatal=False)
+        log.warning(
+            "%s: no new images are sent; %d call(s) in flight get %.1f s to finish and store their results",
+            message,
+            len(self._flights),
+            self.drain_grace,
+        )
+        assert self._loop is not None
+        self._grace_timer = self._loop.call_later(self.drain_grace, self._abandon_unanswered)
+
+    def _abandon_unanswered(self) -> None:
+        """The grace is over: give up vendor calls that have not been answered (results in hand are kept)."""
+        for flight in list(self._flights):
+            if flight.stage == "call" and not flight.stats.billed_reply and flight.task is not None:
+                flight.abandoned = True
+                flight.task.cancel()
+
     # -- helpers -------------------------------------------------------------------------------
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    def _row(self, item_source: Any, destination: str | None, status: str, **fields: Any) -> None:
+    def _row(self, source: ObjectInfo, destination: str | None, status: str, **fields: Any) -> None:
         row = ManifestRow(
-            source=item_source.uri,
-            source_generation=item_source.generation or None,
+            source=source.uri,
+            source_generation=source.generation or None,
             destination=None
             if destination is None
             else f"gs://{self.plan.spec.destination_bucket}/{destination}",
             status=status,
             vendor=self.processor.vendor,
             operation=self.processor.operation,
-            bytes_in=item_source.size or None,
+            bytes_in=source.size or None,
             **fields,
         )
         self.manifest.add(row)
         self.result.counts[status] += 1
+        if status == "pending":
+            self.result.pending_reasons[fields.get("error_code") or "pending"] += 1
+        if self.manifest.part_due():
+            self._schedule_checkpoint()
 
-    def _halt(self, reason: str, message: str, *, fatal: bool, error: BgRemovalError | None = None) -> None:
+    def _halt(self, reason: str, message: str, *, fatal: bool) -> None:
         if self._halt_reason is None:
             self._halt_reason = (reason, message, fatal)
-            self._halt_error = error
             log.warning("Stopping submissions: %s", message)
 
+    def _unit_cost(self) -> Decimal:
+        """Credits one image is expected to cost: the dearer of the cost table and what was charged."""
+        return max(self.processor.cost_per_image, self._max_seen_charge)
+
+    def credits_at_risk(self) -> Decimal:
+        """
+        Credits charged or possibly charged so far, plus one reservation per image in flight.
+
+        This is what ``max_credits`` bounds: known charges, lost replies (each at the unit cost),
+        billed replies not yet settled, and one call's worth for every image still on its way.
+        """
+        cost = self._unit_cost()
+        at_risk = self.result.credits_spent + cost * self.result.possibly_charged
+        for flight in self._flights:
+            if flight.recorded:
+                continue
+            stats = flight.stats
+            at_risk += cost * stats.possibly_charged
+            at_risk += (stats.credits_charged or cost) if stats.billed_reply else cost
+        return at_risk
+
+    def _may_retry(self, _exc: BaseException) -> bool:
+        """Retry guard: a retry after a lost reply must fit the budget (its reservation already does)."""
+        if self.max_credits is None or self.credits_at_risk() <= self.max_credits:
+            return True
+        self._halt(
+            "max_credits",
+            f"max_credits={self.max_credits} reached: a lost reply leaves no room to retry "
+            f"({self.credits_at_risk()} credits charged or at risk)",
+            fatal=False,
+        )
+        return False
+
     def _next_item(self) -> WorkItem | None:
-        if self._halt_reason is not None:
+        if self._halt_reason is not None or self._stop is not None:
             return None
         if self.max_images is not None and self._submitted >= self.max_images:
             self._halt("max_images", f"max_images={self.max_images} reached", fatal=False)
             return None
-        # Project with the dearest of the cost table and what the vendor actually charged so far.
-        cost = max(self.processor.cost_per_image, self._max_seen_charge)
         if self.max_credits is not None:
-            committed = self.result.credits_spent + cost * self._in_flight
-            if committed + cost > self.max_credits:
+            cost = self._unit_cost()
+            at_risk = self.credits_at_risk()
+            if at_risk + cost > self.max_credits:
                 self._halt(
                     "max_credits",
-                    f"max_credits={self.max_credits} reached (spent {self.result.credits_spent}, "
-                    f"{self._in_flight} in flight at {cost} each)",
+                    f"max_credits={self.max_credits} reached (charged {self.result.credits_spent}, "
+                    f"{self.result.possibly_charged} reply(s) lost and possibly charged, "
+                    f"{len(self._flights)} in flight at {cost} each)",
                     fatal=False,
                 )
                 return None
@@ -299,212 +466,314 @@ class BatchRunner:
                 fatal=False,
             )
 
-    def _error_row(
-        self, item: WorkItem, status: str, exc: BgRemovalError, code: str, message: str, duration_ms: int
+    # -- the one recorder ------------------------------------------------------------------------
+    def _settle(
+        self,
+        flight: _Flight,
+        status: str,
+        code: str | None = None,
+        message: str | None = None,
+        *,
+        request_id: str | None = None,
+        **fields: Any,
     ) -> None:
-        """Record a vendor call that ended in ``exc``, with its attempts and lost (maybe billed) replies."""
-        lost = _possibly_charged(exc)
+        """
+        Record the one manifest row of ``flight`` with what it cost: a success reply (or a billed
+        reply that could not be used) is a charge; lost replies are possibly charged.
+        """
+        if flight.recorded:
+            log.warning("%s was already recorded; ignoring a second outcome (%s)", flight.source.uri, status)
+            return
+        flight.recorded = True
+        stats, result = flight.stats, flight.result
+        if status in ("rejected", "failed"):
+            self._bad_in_run += 1
+        lost = stats.possibly_charged
+        if flight.abandoned or (status != "done" and result is None and flight.attempt_unanswered):
+            lost += 1  # the request was out when the call was given up: the vendor may bill it
+        money: dict[str, Any] = {"possibly_charged": lost, "attempts": stats.attempts}
+        if result is not None or stats.billed_reply:
+            credits, estimated = self._credits_of(
+                result.credits_charged if result is not None else stats.credits_charged
+            )
+            self.result.credits_spent += credits
+            self.result.credits_estimated |= estimated
+            if status != "done":
+                self.result.credits_for_failed += credits
+            money.update(credits=str(credits), credits_estimated=estimated)
         self.result.possibly_charged += lost
         self._row(
-            item.source,
-            item.destination,
+            flight.source,
+            flight.destination,
             status,
             error_code=code,
             error_message=message,
-            request_id=exc.request_id,
-            possibly_charged=lost,
-            attempts=int(getattr(exc, "attempts", 0) or 0),
-            duration_ms=duration_ms,
+            request_id=request_id if request_id is not None else (result.request_id if result else None),
+            duration_ms=flight.elapsed_ms(),
+            **money,
+            **fields,
         )
 
-    # -- one image -----------------------------------------------------------------------------
-    async def _process(self, item: WorkItem) -> bool:
-        """Process one image; True when its output exists afterwards (written by us or another run)."""
-        started = time.monotonic()
-        source, dest = item.source, item.destination
+    def _settle_unexpected(self, flight: _Flight, exc: Exception) -> None:
+        """Anything our code did not foresee fails this image alone, with the charges it incurred."""
+        log.warning(
+            "Unexpected %s while processing %s (%s stage); the image is failed, the batch goes on",
+            type(exc).__name__,
+            flight.source.uri,
+            flight.stage,
+            exc_info=exc,
+        )
+        if flight.recorded:
+            return
+        paid = flight.result is not None or flight.stats.billed_reply
+        self._settle(
+            flight,
+            "failed",
+            "internal_error",
+            f"unexpected {type(exc).__name__} during {flight.stage}: {safe_excerpt(str(exc)) or 'no details'}"
+            + ("; the vendor call was billed" if paid else ""),
+        )
 
-        def elapsed() -> int:
-            return int((time.monotonic() - started) * 1000)
+    def _settle_not_sent(self, flight: _Flight) -> None:
+        code, message = self._stop or ("not_started", "not started")
+        self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
 
-        if self.claims is not None:
-            try:
-                holder = await self._blocking(self.claims.acquire, dest)
-            except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
-                self._bad_in_run += 1
-                self._row(
-                    source,
-                    dest,
-                    "failed",
-                    error_code=type(exc).__name__,
-                    error_message=f"could not claim the output before the vendor call (nothing paid): {exc}",
-                    duration_ms=elapsed(),
-                )
-                return False  # nothing held: release() is a no-op
-            if holder is not None:
-                self._row(
-                    source,
-                    dest,
-                    "pending",
-                    error_code="claimed_elsewhere",
-                    error_message=f"another run is processing this output ({holder})",
-                    duration_ms=elapsed(),
-                )
-                return False
+    # -- one image: claim -> read -> call -> store ----------------------------------------------
+    async def _fly(self, flight: _Flight) -> None:
         try:
-            data = await self._blocking(
+            if not await self._claim(flight):
+                return
+            data = await self._read(flight)
+            if data is None:
+                return
+            flight.result = await self._call(flight, data)
+            del data
+            if flight.result is not None:
+                await self._store(flight, flight.result)
+        except asyncio.CancelledError:
+            if not flight.abandoned:
+                raise
+            code, message = self._stop or ("interrupted", "the batch was stopped")
+            self._settle(
+                flight,
+                "pending",
+                code,
+                f"{message}; the vendor had not answered within the {self.drain_grace:g} s grace, so the "
+                "call was abandoned (it may have been billed)",
+            )
+        except Exception as exc:  # one image's failure never takes the batch down
+            self._settle_unexpected(flight, exc)
+        finally:
+            if flight.claimed and not flight.output_exists:
+                await self._release(flight)
+
+    async def _claim(self, flight: _Flight) -> bool:
+        if self.claims is None:
+            return True
+        try:
+            holder = await self._blocking(self.claims.acquire, flight.destination)
+        except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
+            self._settle(
+                flight,
+                "failed",
+                type(exc).__name__,
+                f"could not claim the output before the vendor call (nothing paid): {exc}",
+            )
+            return False
+        if holder is not None:
+            self.result.note_claim_elsewhere(holder)
+            self._settle(
+                flight, "pending", "claimed_elsewhere", f"another run is processing this output: {holder}"
+            )
+            return False
+        flight.claimed = True
+        return True
+
+    async def _read(self, flight: _Flight) -> bytes | None:
+        flight.stage = "read"
+        source = flight.source
+        try:
+            return await self._blocking(
                 self.storage.read, source.bucket, source.name, generation=source.generation
             )
         except StorageError as exc:
-            self._bad_in_run += 1
-            self._row(
-                source,
-                dest,
-                "failed",
-                error_code=type(exc).__name__,
-                error_message=str(exc),
-                duration_ms=elapsed(),
-            )
-            return False
+            self._settle(flight, "failed", type(exc).__name__, str(exc))
+            return None
+
+    async def _call(self, flight: _Flight, data: bytes) -> ImageResult | None:
+        if self._stop is not None:
+            self._settle_not_sent(flight)
+            return None
+        flight.stage = "call"
+        flight.stats.retry_guard = self._may_retry
         try:
-            result = await self.processor.process(data, posixpath.basename(source.name) or "image")
-        except InputRejectedError as exc:
-            self._bad_in_run += 1
-            self._error_row(item, "rejected", exc, exc.code or "rejected", exc.message, elapsed())
-            return False
-        except (OutOfCreditsError, VendorAuthError) as exc:
-            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
-            self._halt(reason, str(exc), fatal=True, error=exc)
-            self._error_row(item, "pending", exc, exc.code or reason, str(exc), elapsed())
-            return False
+            return await self.processor.process(
+                data, posixpath.basename(flight.source.name) or "image", flight.stats
+            )
         except BgRemovalError as exc:
-            self._bad_in_run += 1
-            self._error_row(item, "failed", exc, exc.code or type(exc).__name__, str(exc), elapsed())
-            return False
-        finally:
-            del data
-        credits, estimated = self._credits_of(result.credits_charged)
-        self.result.credits_spent += credits
-        self.result.credits_estimated |= estimated
-        self.result.possibly_charged += result.possibly_charged_retries
-        common = {
-            "request_id": result.request_id,
-            "credits": str(credits),
-            "credits_estimated": estimated,
-            "possibly_charged": result.possibly_charged_retries,
-            "attempts": result.attempts,
-        }
+            self._settle_call_error(flight, exc)
+        return None
+
+    def _settle_call_error(self, flight: _Flight, exc: BgRemovalError) -> None:
+        stats = flight.stats
+        if stats.attempts == 0:  # a processor that does not fill in the live record reports on its error
+            stats.attempts = exc.attempts
+            stats.possibly_charged = exc.possibly_charged_attempts or int(
+                getattr(exc, "possibly_charged", False)
+            )
+        if isinstance(exc, InputRejectedError):
+            self._settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
+        elif isinstance(exc, (OutOfCreditsError, VendorAuthError)):
+            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
+            self._halt(reason, str(exc), fatal=True)
+            self._settle(flight, "pending", exc.code or reason, str(exc), request_id=exc.request_id)
+        else:
+            self._settle(
+                flight, "failed", exc.code or type(exc).__name__, str(exc), request_id=exc.request_id
+            )
+
+    async def _store(self, flight: _Flight, result: ImageResult) -> None:
+        flight.stage = "store"
+        item, bucket = flight.item, self.plan.spec.destination_bucket
+        credits, _ = self._credits_of(result.credits_charged)
         try:
             await self._blocking(
                 self.storage.write,
-                self.plan.spec.destination_bucket,
-                dest,
+                bucket,
+                item.destination,
                 result.content,
                 content_type=result.content_type,
                 metadata=self._metadata(item, result.request_id, credits),
                 if_generation_match=item.replace_generation if item.replace_generation is not None else 0,
-                idempotency_token=f"{self.writer_id}:{source.generation}:{self.processor.fingerprint}",
+                idempotency_token=f"{self.writer_id}:{item.source.generation}:{self.processor.fingerprint}",
             )
         except WriteConflictError:
-            try:
-                current = await self._blocking(self.storage.stat, self.plan.spec.destination_bucket, dest)
-            except StorageError:
-                current = None
-            if current is not None and is_finished(
-                current, source, self.processor.fingerprint, self.processor.vendor
-            ):
-                self._row(
-                    source,
-                    dest,
-                    "skipped",
-                    error_code="done_concurrently",
-                    error_message="another run wrote this output first",
-                    duration_ms=elapsed(),
-                    **common,
-                )
-            else:
-                self._bad_in_run += 1
-                self._row(
-                    source,
-                    dest,
-                    "failed",
-                    error_code="output_exists",
-                    error_message="the destination appeared during the run; not overwritten",
-                    duration_ms=elapsed(),
-                    **common,
-                )
-            return True
+            await self._settle_conflict(flight)
+            return
         except StorageError as exc:
-            self._bad_in_run += 1
-            self._row(
-                source,
-                dest,
+            self._settle(
+                flight,
                 "failed",
-                error_code="upload_failed",
-                error_message=f"vendor result could not be stored (it was paid for): {exc}",
-                duration_ms=elapsed(),
-                **common,
+                "upload_failed",
+                f"vendor result could not be stored (it was paid for): {exc}",
             )
-            return False
-        uri = f"gs://{self.plan.spec.destination_bucket}/{dest}"
+            return
+        flight.output_exists = True
+        uri = f"gs://{bucket}/{item.destination}"
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
             self.result.sample_outputs.append(uri)
         if len(self.result.lineage) < LINEAGE_CAP:
-            self.result.lineage.append((source.uri, uri))
-        self._row(source, dest, "done", duration_ms=elapsed(), bytes_out=len(result.content), **common)
-        return True
+            self.result.lineage.append((item.source.uri, uri))
+        self._settle(flight, "done", bytes_out=len(result.content))
 
-    async def _process_and_release(self, item: WorkItem) -> None:
-        written = await self._process(item)
-        if not written and self.claims is not None:
-            try:
-                await self._blocking(self.claims.release, item.destination)
-            except StorageError as exc:  # best effort: the claim's lease runs out by itself
-                log.warning(
-                    "Could not release the claim on %s (it expires with its lease): %s", item.destination, exc
-                )
+    async def _settle_conflict(self, flight: _Flight) -> None:
+        """The create-only write lost: another run wrote first, or something else is in the way."""
+        flight.output_exists = True  # not ours to release: the destination exists
+        try:
+            current = await self._blocking(
+                self.storage.stat, self.plan.spec.destination_bucket, flight.destination
+            )
+        except StorageError:
+            current = None
+        if current is not None and is_finished(
+            current, flight.source, self.processor.fingerprint, self.processor.vendor
+        ):
+            self._settle(flight, "skipped", "done_concurrently", "another run wrote this output first")
+        else:
+            self._settle(
+                flight,
+                "failed",
+                "output_exists",
+                "the destination appeared during the run; not overwritten",
+            )
+
+    async def _release(self, flight: _Flight) -> None:
+        assert self.claims is not None
+        try:
+            await self._blocking(self.claims.release, flight.destination)
+        except Exception as exc:  # best effort: the claim's lease runs out by itself
+            log.warning(
+                "Could not release the claim on %s (it expires with its lease): %s", flight.destination, exc
+            )
 
     async def _worker(self) -> None:
         while (item := self._next_item()) is not None:
-            self._in_flight += 1
+            flight = _Flight(item, task=asyncio.current_task())
+            self._flights.add(flight)
             try:
-                await self._process_and_release(item)
+                await self._fly(flight)
             finally:
-                self._in_flight -= 1
+                self._flights.discard(flight)
                 self._finished += 1
                 self._check_failure_rate()
                 self.progress.update(self._finished, self.result.counts, self.result.credits_spent)
 
+    # -- manifest checkpoints ------------------------------------------------------------------
+    def _schedule_checkpoint(self) -> None:
+        if self._executor is None or (self._checkpoint_task is not None and not self._checkpoint_task.done()):
+            return
+        self._checkpoint_task = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._blocking(self.manifest.save_part)
+        except Exception as exc:  # the rows stay spooled and are offered again at the next checkpoint
+            log.warning("Could not checkpoint the manifest (retried at the next checkpoint): %s", exc)
+
+    async def _checkpoint_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.manifest.every_seconds, 0.05))
+            if self.manifest.part_due():
+                self._schedule_checkpoint()
+
     # -- the run -------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
-        """Process every billable item (or until a halt) and return the result."""
+        """Process every billable item (or until a halt or a stop request) and return the result."""
         started = time.monotonic()
-        for outcome in self.plan.settled:
-            self._row(
-                outcome.source,
-                outcome.destination,
-                outcome.status,
-                error_code=outcome.code,
-                error_message=outcome.message,
-            )
+        self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_concurrency + 2, thread_name_prefix="bgremoval-io"
         )
+        ticker = asyncio.create_task(self._checkpoint_ticker()) if self.manifest.part_sink else None
+        failures: list[BaseException] = []
         try:
+            for outcome in self.plan.settled:
+                self._row(
+                    outcome.source,
+                    outcome.destination,
+                    outcome.status,
+                    error_code=outcome.code,
+                    error_message=outcome.message,
+                )
+            if self._stop is not None:
+                self._begin_drain()
             workers = min(self.max_concurrency, max(1, len(self.plan.items)))
-            await asyncio.gather(*(self._worker() for _ in range(workers)))
+            outcomes = await asyncio.gather(*(self._worker() for _ in range(workers)), return_exceptions=True)
+            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         finally:
+            self._record_unsubmitted()
+            if ticker is not None:
+                ticker.cancel()
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            if self._checkpoint_task is not None:
+                with contextlib.suppress(BaseException):
+                    await self._checkpoint_task
             self._executor.shutdown(wait=True)
             self._executor = None
-        reason = self._halt_reason
-        for item in self._items:  # never submitted
-            code = reason[0] if reason else "not_started"
-            message = reason[1] if reason else "not started"
-            self._row(item.source, item.destination, "pending", error_code=code, error_message=message)
-        self.result.duration_s = time.monotonic() - started
-        if reason is not None:
-            self.result.halt = await self._halt_info(reason)
+            self.result.duration_s = time.monotonic() - started
+        if self._halt_reason is not None:
+            self.result.halt = await self._halt_info(self._halt_reason)
         self.progress.update(self._finished, self.result.counts, self.result.credits_spent, force=True)
+        if failures:
+            raise failures[0]
         return self.result
+
+    def _record_unsubmitted(self) -> None:
+        reason = self._stop or (self._halt_reason[:2] if self._halt_reason else None)
+        code, message = reason if reason else ("not_started", "not started")
+        for item in self._items:
+            self._row(item.source, item.destination, "pending", error_code=code, error_message=message)
 
     async def _halt_info(self, reason: tuple[str, str, bool]) -> HaltInfo:
         code, message, fatal = reason
@@ -522,3 +791,43 @@ class BatchRunner:
             available=available,
             fatal=fatal,
         )
+
+
+def run_batch(
+    runner: BatchRunner, *, cleanup: Callable[[], Coroutine[Any, Any, None]] | None = None
+) -> BaseException | None:
+    """
+    Run ``runner`` on an event loop of its own thread and wait for it in this one.
+
+    Airflow delivers ``execution_timeout`` (``SIGALRM`` raising ``AirflowTaskTimeout``) and
+    termination (``SIGTERM`` calling the operator's ``on_kill``) to the task's main thread. Here they
+    interrupt only this wait, never the batch's own code: the batch is asked to drain
+    (:meth:`BatchRunner.request_stop`), this thread waits until it has, and the interrupt is
+    returned for the caller to re-raise once the record (manifest, summary) is stored.
+
+    :param runner: the batch.
+    :param cleanup: awaited on the batch's loop when the run ends (e.g. closing the hook's clients).
+    :return: the interrupt raised while waiting, or ``None``.
+    """
+
+    async def main() -> BatchResult:
+        try:
+            return await runner.run()
+        finally:
+            if cleanup is not None:
+                await cleanup()
+
+    interrupt: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgremoval-batch") as pool:
+        future = pool.submit(asyncio.run, main())
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return interrupt
+            except concurrent.futures.TimeoutError:
+                continue
+            except BaseException as exc:
+                if future.done() and not future.cancelled() and future.exception() is exc:
+                    raise  # the batch's own error (its record is in the runner's result)
+                interrupt = interrupt or exc
+                runner.request_stop(*describe_interrupt(exc))

@@ -1,16 +1,22 @@
 """The per-task-instance manifest: one JSON line per source, spooled to a temporary file.
 
 Rows are written to disk as they are produced, so a batch of 100,000 sources does not hold its
-manifest in memory; the file is uploaded create-only to the destination bucket when the batch ends.
+manifest in memory. During the batch the new rows are checkpointed to the bucket as numbered parts;
+when the batch ends (however it ends, short of SIGKILL) the whole file is uploaded create-only.
 
-Path: ``<destination_prefix>_bgremoval/manifests/<dag_id>/<run_id>/<task_id>[.<map_index>]/try-<n>.jsonl``.
+Paths, under ``<destination_prefix>_bgremoval/manifests/<dag_id>/<run_id>/<task_id>[.<map_index>]/``:
+``try-<n>.jsonl`` (the final manifest) and ``try-<n>.part-<k>.jsonl`` (checkpoints; a reader uses
+them only for a try that has no final manifest, see :func:`collate_manifests`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import tempfile
-from collections import Counter
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -64,24 +70,90 @@ class ManifestRow:
 
 
 class ManifestWriter:
-    """Spools :class:`ManifestRow` objects as JSON lines and counts them by status."""
+    """
+    Spools :class:`ManifestRow` objects as JSON lines and makes them durable as the batch goes.
 
-    def __init__(self) -> None:
+    Rows are appended to a temporary file. With a ``part_sink``, the rows added since the last
+    checkpoint are handed to it as a numbered *part* (``try-<n>.part-00001.jsonl``…) whenever
+    :meth:`part_due` says so — every ``every_rows`` rows or ``every_seconds`` seconds, whichever comes
+    first — so a worker killed without warning (SIGKILL) still leaves every row up to its last
+    checkpoint. The complete manifest (:meth:`getvalue`) is written when the batch ends, also when it
+    fails, times out or is terminated.
+
+    :param part_sink: stores one part: ``(part number, bytes)``; ``None`` disables checkpoints.
+    :param every_rows: checkpoint once this many rows are waiting.
+    :param every_seconds: checkpoint rows that have waited this long.
+    :param clock: monotonic clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        part_sink: Callable[[int, bytes], None] | None = None,
+        *,
+        every_rows: int = 500,
+        every_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._file: IO[bytes] = tempfile.TemporaryFile(prefix="bgremoval-manifest-")  # noqa: SIM115 - closed by close()
-        self.counts: Counter[str] = Counter()
+        self.part_sink = part_sink
+        self.every_rows = every_rows
+        self.every_seconds = every_seconds
+        self._clock = clock
+        self._rows = 0
+        self._size = 0
+        self._saved_rows = 0
+        self._saved_size = 0
+        self._saved_at = clock()
+        self.parts_saved = 0
 
     def add(self, row: ManifestRow) -> None:
         """Append one row."""
-        self._file.write(json.dumps(asdict(row), separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
-        self.counts[row.status] += 1
+        line = json.dumps(asdict(row), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self._file.write(line)
+        self._rows += 1
+        self._size += len(line)
+
+    @property
+    def rows(self) -> int:
+        """Rows added so far."""
+        return self._rows
+
+    @property
+    def unsaved_rows(self) -> int:
+        """Rows not yet in a checkpointed part."""
+        return self._rows - self._saved_rows
+
+    def part_due(self) -> bool:
+        """True when the rows waiting should be checkpointed now."""
+        if self.part_sink is None or not self.unsaved_rows:
+            return False
+        return self.unsaved_rows >= self.every_rows or self._clock() - self._saved_at >= self.every_seconds
+
+    def save_part(self) -> int:
+        """
+        Hand the rows added since the last checkpoint to ``part_sink`` as the next part.
+
+        Safe to call from a worker thread while rows are being added (the bytes of the part are read
+        by position, and the checkpoint only moves forward once the sink has stored them); a sink
+        error propagates and the same rows are offered again next time. Returns the rows saved.
+        """
+        if self.part_sink is None:
+            return 0
+        rows, size = self._rows, self._size
+        if rows == self._saved_rows:
+            return 0
+        self._file.flush()
+        data = os.pread(self._file.fileno(), size - self._saved_size, self._saved_size)
+        self.part_sink(self.parts_saved + 1, data)
+        self.parts_saved += 1
+        saved, self._saved_rows, self._saved_size = rows - self._saved_rows, rows, size
+        self._saved_at = self._clock()
+        return saved
 
     def getvalue(self) -> bytes:
         """The whole manifest."""
         self._file.flush()
-        self._file.seek(0)
-        data = self._file.read()
-        self._file.seek(0, 2)
-        return data
+        return os.pread(self._file.fileno(), self._size, 0)
 
     def close(self) -> None:
         """Delete the spool file."""
@@ -97,6 +169,44 @@ class ManifestWriter:
 def read_manifest(data: bytes) -> list[dict[str, Any]]:
     """Parse a manifest's bytes back into rows."""
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def manifest_part_name(manifest_name: str, part: int) -> str:
+    """
+    The object name of checkpoint part ``part`` of the manifest ``manifest_name``.
+
+    :param manifest_name: the final manifest's name (``…/try-<n>.jsonl``).
+    :param part: part number, from 1.
+    """
+    return f"{manifest_name.removesuffix('.jsonl')}.part-{part:05d}.jsonl"
+
+
+_PART = re.compile(r"^(?P<manifest>.*)\.part-(?P<part>\d+)\.jsonl$")
+
+
+def collate_manifests(objects: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """
+    One ``(name, bytes)`` manifest per task try from the objects under a manifest prefix.
+
+    A try whose final manifest exists is that manifest; a try that left only checkpoint parts (its
+    worker was killed before it could write the final one) is the concatenation of its parts in order,
+    named like the final manifest it never wrote.
+
+    :param objects: ``(name or URI, bytes)`` of the ``.jsonl`` objects found.
+    """
+    finals: dict[str, bytes] = {}
+    parts: dict[str, list[tuple[int, bytes]]] = {}
+    for name, data in objects:
+        match = _PART.match(name)
+        if match is None:
+            finals[name] = data
+        else:
+            parts.setdefault(f"{match['manifest']}.jsonl", []).append((int(match["part"]), data))
+    collated = dict(finals)
+    for name, numbered in parts.items():
+        if name not in finals:
+            collated[name] = b"".join(data for _, data in sorted(numbered))
+    return sorted(collated.items())
 
 
 def manifest_object_name(

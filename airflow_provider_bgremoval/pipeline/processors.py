@@ -16,6 +16,7 @@ from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, options_fingerprint
 from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
 
 
@@ -60,8 +61,15 @@ class ImageProcessor(Protocol):
     def cost_per_image(self) -> Decimal:
         """Expected credits per successful image."""
 
-    async def process(self, data: bytes, filename: str) -> ImageResult:
-        """Run the vendor call (and local post-processing) on one image."""
+    async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
+        """
+        Run the vendor call (and local post-processing) on one image.
+
+        :param data: the source bytes.
+        :param filename: file name sent with the upload.
+        :param stats: the engine's live record of the call (attempts, lost replies, billed reply,
+            the budget's retry guard), filled in by the hook.
+        """
 
 
 class RemovalProcessor:
@@ -119,10 +127,10 @@ class RemovalProcessor:
         """Expected credits per image."""
         return self._cost if self._cost is not None else self.hook.estimate_cost(self.vendor_options)
 
-    async def process(self, data: bytes, filename: str) -> ImageResult:
-        """Remove the background of one image."""
+    async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
+        """Remove the background of one image (parameters as :meth:`ImageProcessor.process`)."""
         return await self.hook.aremove_background(
-            data, options=self.options, vendor_options=self.vendor_options, filename=filename
+            data, options=self.options, vendor_options=self.vendor_options, filename=filename, stats=stats
         )
 
 
@@ -171,8 +179,8 @@ class GenerationProcessor:
         """Expected credits per image."""
         return self._cost if self._cost is not None else self.hook.estimate_generate_cost()
 
-    async def process(self, data: bytes, filename: str) -> ImageResult:
-        """Generate a background behind the subject of one image."""
+    async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
+        """Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`)."""
         options = self.options
         return await self.hook.agenerate_background(
             data,
@@ -182,4 +190,5 @@ class GenerationProcessor:
             image_transform=options.image_transform,
             result_delivery=options.result_delivery,
             filename=filename,
+            stats=stats,
         )

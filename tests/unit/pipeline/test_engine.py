@@ -31,6 +31,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     plan_batch,
 )
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ class ScriptedProcessor:
         self.fingerprint = "fp1"
         self.cost_per_image = Decimal(1)
 
-    async def process(self, data: bytes, filename: str) -> ImageResult:
+    async def process(self, data: bytes, filename: str, stats: CallStats | None = None) -> ImageResult:
         self.calls.append(filename)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
