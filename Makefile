@@ -3,6 +3,7 @@
 # Works from a fresh clone with only python3 and GNU make:
 #   make test          lint + format check + mypy + the whole pytest suite (newest Airflow, .venv)
 #   make test-compat   provider discovery + hook tests on the oldest supported Airflow (.venv-compat)
+#   make test-retry-floor  the retry tests on the oldest tenacity pyproject.toml allows
 #   make demo          the whole job offline on a real scheduler (demo-quick: with dag.test())
 #   make bench         pipeline benchmark figures (docs/benchmarks.md)
 #   make lint | typecheck | clean
@@ -80,6 +81,26 @@ test: lint typecheck pytest
 test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_BIN)/python -c 'import airflow; print("compat: apache-airflow", airflow.__version__)'
 	$(COMPAT_BIN)/python -m pytest -q $(wildcard $(COMPAT_TESTS)) $(PYTEST_ARGS)
+
+# -- the tenacity floor ----------------------------------------------------------------------------
+# retry.py must work on the oldest tenacity pyproject.toml allows. Airflow >= 3.1 itself requires
+# tenacity >= 8.3, so neither virtualenv can hold that release: the retry tests run with .venv's
+# interpreter and a directory holding only tenacity $(TENACITY_FLOOR) first on PYTHONPATH.
+TENACITY_FLOOR ?= 8.2.0
+TENACITY_FLOOR_DIR := $(VENV)/tenacity-floor
+.PHONY: test-retry-floor
+
+$(TENACITY_FLOOR_DIR)/.installed-$(TENACITY_FLOOR): | $(VENV)/.installed
+	rm -rf $(TENACITY_FLOOR_DIR)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(TENACITY_FLOOR_DIR) 'tenacity==$(TENACITY_FLOOR)'
+	touch $@
+
+test-retry-floor: $(VENV)/.installed $(TENACITY_FLOOR_DIR)/.installed-$(TENACITY_FLOOR)
+	PYTHONPATH=$(abspath $(TENACITY_FLOOR_DIR)) $(BIN)/python -c 'import importlib.metadata as m, tenacity; \
+		v = m.version("tenacity"); print("retry floor: tenacity", v, "from", tenacity.__file__); \
+		assert v == "$(TENACITY_FLOOR)", v'
+	PYTHONPATH=$(abspath $(TENACITY_FLOOR_DIR)) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/unit/test_retry.py $(PYTEST_ARGS)
 
 # -- demo / benchmarks -----------------------------------------------------------------------------
 # demo:        the whole job offline under a real scheduler (airflow standalone): fake-gcs-server,

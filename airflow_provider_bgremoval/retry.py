@@ -8,8 +8,16 @@
 * Everything else waits ``min(max_backoff, initial_backoff × 2^(n-1)) + U(0, jitter)``.
 * At most ``max_attempts`` attempts and ``max_wait`` seconds of waiting in total; then the last error
   is raised as it is.
+* Before a retry after a lost reply (an attempt the vendor may have billed), the caller's
+  :attr:`CallStats.retry_guard` may refuse it; then that attempt's error is raised as it is.
 
 Waiting goes through an injectable ``sleep`` so tests travel in time instead of sleeping.
+
+tenacity runs the loop, but every decision is made here, from what this module recorded itself:
+attempts and lost replies are counted as each attempt ends (in the attempt loop), the wait strategy
+only reads that record, and the stop decides from the attempt count and the waits actually slept.
+Nothing depends on the order in which tenacity consults its wait and stop strategies (which changed
+in tenacity 8.3).
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -28,7 +37,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
 )
-from tenacity.stop import stop_base
+from tenacity.retry import retry_base
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, RateLimitedError, TransientVendorError
 
@@ -78,6 +87,11 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, BgRemovalError) and exc.retryable
 
 
+def is_lost_reply(exc: BaseException) -> bool:
+    """True for a failed attempt the vendor may have billed: the request was sent, the reply lost."""
+    return isinstance(exc, TransientVendorError) and exc.possibly_charged
+
+
 @dataclass
 class CallStats:
     """
@@ -89,10 +103,12 @@ class CallStats:
     :param attempts: attempts made.
     :param possibly_charged: failed attempts whose request had been sent in full (billing unknown:
         lost replies).
-    :param waits: seconds waited before each retry.
+    :param waits: seconds actually slept before each retry.
     :param retry_guard: asked before retrying after an attempt that may have been billed (a lost
-        reply); returning False stops retrying and re-raises that attempt's error. The batch engine
-        uses it to keep ``max_credits`` a hard bound.
+        reply); returning False stops retrying and re-raises that attempt's error. Asked only when the
+        policy would otherwise retry, once per such retry, never after an error that cannot have been
+        billed; an exception it raises propagates to the caller. The batch engine uses it to keep
+        ``max_credits`` a hard bound.
     :param billed_reply: set by the hook when a billed request was answered 2xx (the vendor charged it,
         whatever happens to the result afterwards).
     :param credits_charged: set by the hook: what the vendor said the answered request cost, if it said.
@@ -106,64 +122,118 @@ class CallStats:
     credits_charged: Decimal | None = None
 
 
-class _Wait:
-    """Stateful wait strategy for one call (counts consecutive 429s for linear backoff)."""
+class _TenacityStrategies(TypedDict):
+    retry: retry_base
+    wait: Callable[[RetryCallState], float]
+    stop: Callable[[RetryCallState], bool]
+    reraise: bool
+
+
+class _CallDecisions:
+    """
+    The retry decisions of one call, shared by :func:`call_with_retry` and :func:`acall_with_retry`.
+
+    The record changes only in :meth:`attempt` (as an attempt ends) and in the sleep wrappers (once a
+    wait was slept). :meth:`wait` and :meth:`stop`, which tenacity calls in a version-dependent order
+    (stop first before 8.3, wait first since), only read it; the stop also remembers the retry guard's
+    answer, so the guard is asked at most once per retry however often the stop is consulted.
+
+    :param policy: the retry policy.
+    :param stats: the caller's statistics, updated live.
+    :param rng: source of the jitter.
+    """
 
     def __init__(self, policy: RetryPolicy, stats: CallStats, rng: random.Random) -> None:
         self.policy = policy
         self.stats = stats
         self.rng = rng
+        self.attempts = 0  # of this call (``stats`` may be shared with an earlier call)
+        self.slept = 0.0  # seconds actually slept between this call's attempts
         self.consecutive_429 = 0
+        self.last_error: BaseException | None = None
+        self.jitter_sample = 0.0  # drawn once per failed attempt, so every read of the wait agrees
+        self.guard_answers: dict[int, bool] = {}  # attempt number -> retry allowed (asked once)
 
-    def __call__(self, state: RetryCallState) -> float:
-        policy = self.policy
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, TransientVendorError) and exc.possibly_charged:
+    # -- recording (the attempt loop and the sleep) --------------------------------------------
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Wrap one attempt: count it and, when it fails, record what the next decisions need."""
+        self.attempts += 1
+        self.stats.attempts += 1
+        try:
+            yield
+        except BaseException as exc:
+            self._record_failure(exc)
+            raise
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self.last_error = exc
+        if is_lost_reply(exc):
             self.stats.possibly_charged += 1
+        self.consecutive_429 = self.consecutive_429 + 1 if isinstance(exc, RateLimitedError) else 0
+        self.jitter_sample = self.rng.uniform(0, self.policy.jitter) if is_retryable(exc) else 0.0
+
+    def _record_sleep(self, seconds: float) -> None:
+        self.slept += float(seconds)
+        self.stats.waits.append(float(seconds))
+
+    def sleeping_with(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
+        """``sleep``, recording each wait once it was slept."""
+
+        def recorded_sleep(seconds: float) -> None:
+            sleep(seconds)
+            self._record_sleep(seconds)
+
+        return recorded_sleep
+
+    def asleeping_with(self, sleep: Callable[[float], Awaitable[None]]) -> Callable[[float], Awaitable[None]]:
+        """Async :meth:`sleeping_with`."""
+
+        async def recorded_sleep(seconds: float) -> None:
+            await sleep(seconds)
+            self._record_sleep(seconds)
+
+        return recorded_sleep
+
+    # -- decisions (read-only, in any order) ---------------------------------------------------
+    def next_wait(self) -> float:
+        """Seconds to wait after the attempt that just failed (a pure function of the record)."""
+        policy, exc = self.policy, self.last_error
         if isinstance(exc, RateLimitedError):
-            self.consecutive_429 += 1
             if exc.retry_after is not None:
-                wait = min(max(exc.retry_after, 0.0), policy.max_retry_after)
-            elif policy.rate_limit_step is not None:
-                wait = policy.rate_limit_step * self.consecutive_429
-            else:
-                wait = self._exponential(state.attempt_number)
-        else:
-            self.consecutive_429 = 0
-            wait = self._exponential(state.attempt_number)
-        self.stats.waits.append(wait)
-        return wait
+                return min(max(exc.retry_after, 0.0), policy.max_retry_after)
+            if policy.rate_limit_step is not None:
+                return policy.rate_limit_step * self.consecutive_429
+        base = min(policy.max_backoff, policy.initial_backoff * 2.0 ** (self.attempts - 1))
+        return base + self.jitter_sample
 
-    def _exponential(self, attempt: int) -> float:
+    def wait(self, retry_state: RetryCallState) -> float:
+        """tenacity's wait strategy."""
+        return self.next_wait()
+
+    def stop(self, retry_state: RetryCallState) -> bool:
+        """
+        tenacity's stop strategy: stop after ``max_attempts``, before a wait that would take the
+        waiting past ``max_wait``, or when the retry guard refuses a retry after a lost reply.
+        """
         policy = self.policy
-        base = min(policy.max_backoff, policy.initial_backoff * (2 ** (attempt - 1)))
-        return base + self.rng.uniform(0, policy.jitter)
+        if self.attempts >= policy.max_attempts or self.slept + self.next_wait() > policy.max_wait:
+            return True
+        return not self._retry_allowed_by_guard()
 
+    def _retry_allowed_by_guard(self) -> bool:
+        guard, exc = self.stats.retry_guard, self.last_error
+        if guard is None or exc is None or not is_lost_reply(exc):
+            return True
+        if self.attempts not in self.guard_answers:  # the guard may reserve budget: ask it once
+            self.guard_answers[self.attempts] = bool(guard(exc))
+        return self.guard_answers[self.attempts]
 
-class _Stop(stop_base):
-    """Stop after ``max_attempts``, or when the next wait would take the total past ``max_wait``."""
-
-    def __init__(self, policy: RetryPolicy, wait: _Wait) -> None:
-        self.policy = policy
-        self.wait = wait
-
-    def __call__(self, state: RetryCallState) -> bool:
-        # tenacity computes the upcoming wait before asking whether to stop.
-        waits = self.wait.stats.waits
-        stop = state.attempt_number >= self.policy.max_attempts or sum(waits) > self.policy.max_wait
-        if stop and waits:
-            waits.pop()  # that wait will not happen
-        return stop
-
-
-def _retrying_kwargs(policy: RetryPolicy, stats: CallStats, rng: random.Random | None) -> dict[str, object]:
-    wait = _Wait(policy, stats, rng or random.Random())
-    return {
-        "retry": retry_if_exception(is_retryable),
-        "wait": wait,
-        "stop": _Stop(policy, wait),
-        "reraise": True,
-    }
+    def tenacity_kwargs(self) -> _TenacityStrategies:
+        """The strategies handed to tenacity."""
+        return _TenacityStrategies(
+            retry=retry_if_exception(is_retryable), wait=self.wait, stop=self.stop, reraise=True
+        )
 
 
 def call_with_retry(
@@ -174,12 +244,20 @@ def call_with_retry(
     stats: CallStats | None = None,
     rng: random.Random | None = None,
 ) -> T:
-    """Call ``fn`` under ``policy``; return its result or raise the last error."""
-    stats = stats if stats is not None else CallStats()
-    retrying = Retrying(sleep=sleep, **_retrying_kwargs(policy, stats, rng))  # type: ignore[arg-type]
+    """
+    Call ``fn`` under ``policy``; return its result or raise the last error.
+
+    :param fn: one attempt.
+    :param policy: the retry policy.
+    :param sleep: waits between attempts (tests record instead of sleeping).
+    :param stats: filled in as the call goes (attempts, lost replies, waits); its ``retry_guard`` is
+        asked before a retry after a lost reply.
+    :param rng: source of the jitter.
+    """
+    decisions = _CallDecisions(policy, stats if stats is not None else CallStats(), rng or random.Random())
+    retrying = Retrying(sleep=decisions.sleeping_with(sleep), **decisions.tenacity_kwargs())
     for attempt in retrying:
-        with attempt:
-            stats.attempts += 1
+        with attempt, decisions.attempt():
             return fn()
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
@@ -192,11 +270,18 @@ async def acall_with_retry(
     stats: CallStats | None = None,
     rng: random.Random | None = None,
 ) -> T:
-    """Await ``fn()`` under ``policy``; return its result or raise the last error."""
-    stats = stats if stats is not None else CallStats()
-    retrying = AsyncRetrying(sleep=sleep, **_retrying_kwargs(policy, stats, rng))  # type: ignore[arg-type]
+    """
+    Await ``fn()`` under ``policy``; return its result or raise the last error.
+
+    :param fn: one attempt.
+    :param policy: the retry policy.
+    :param sleep: waits between attempts (tests record instead of sleeping).
+    :param stats: as for :func:`call_with_retry`.
+    :param rng: source of the jitter.
+    """
+    decisions = _CallDecisions(policy, stats if stats is not None else CallStats(), rng or random.Random())
+    retrying = AsyncRetrying(sleep=decisions.asleeping_with(sleep), **decisions.tenacity_kwargs())
     async for attempt in retrying:
-        with attempt:
-            stats.attempts += 1
+        with attempt, decisions.attempt():
             return await fn()
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import pytest
+from tenacity import RetryCallState, Retrying
 
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
@@ -22,8 +24,10 @@ from airflow_provider_bgremoval.exceptions import (
 from airflow_provider_bgremoval.retry import (
     CallStats,
     RetryPolicy,
+    _CallDecisions,
     acall_with_retry,
     call_with_retry,
+    is_lost_reply,
     is_retryable,
 )
 from tests.support.connections import SleepRecorder
@@ -285,3 +289,242 @@ async def test_async_non_retryable_raised_at_once() -> None:
         await acall_with_retry(script.acall, RetryPolicy(), sleep=sleep.asleep)
     assert script.calls == 1
     assert sleep.waits == []
+
+
+# -- the retry guard (asked before a retry after a lost reply) ------------------------------------
+
+
+@dataclass
+class Guard:
+    """A retry guard that answers from a script (then ``default``) and records what it was asked."""
+
+    answers: list[bool] = field(default_factory=list)
+    default: bool = True
+    asked: list[BaseException] = field(default_factory=list)
+
+    def __call__(self, exc: BaseException) -> bool:
+        self.asked.append(exc)
+        return self.answers.pop(0) if self.answers else self.default
+
+
+def guarded_run(
+    script: Script, policy: RetryPolicy, guard: Guard
+) -> tuple[Callable[[], str], SleepRecorder, CallStats]:
+    sleep, stats = SleepRecorder(), CallStats(retry_guard=guard)
+    return (lambda: call_with_retry(script, policy, sleep=sleep, stats=stats)), sleep, stats
+
+
+def test_refusing_guard_stops_after_the_lost_reply_and_raises_it() -> None:
+    errors = [transient(True), transient(True)]
+    script, guard = Script(errors), Guard(default=False)
+    call, sleep, stats = guarded_run(script, RetryPolicy(jitter=0), guard)
+    with pytest.raises(TransientVendorError) as info:
+        call()
+    assert info.value is errors[0]
+    assert script.calls == 1
+    assert guard.asked == [errors[0]]
+    assert stats.attempts == 1
+    assert stats.possibly_charged == 1  # the lost reply stays counted
+    assert sleep.waits == [] == stats.waits
+
+
+def test_allowing_guard_lets_the_policy_retry() -> None:
+    errors = [transient(True), transient(False), transient(True)]
+    script, guard = Script(errors), Guard(default=True)
+    call, sleep, stats = guarded_run(script, RetryPolicy(jitter=0, initial_backoff=1, max_backoff=10), guard)
+    assert call() == "ok"
+    assert guard.asked == [errors[0], errors[2]]  # once per lost reply, not for the 502
+    assert stats.attempts == 4
+    assert stats.possibly_charged == 2
+    assert sleep.waits == [1, 2, 4]
+
+
+def test_guard_refusal_after_allowed_retries_raises_that_attempts_error() -> None:
+    errors = [transient(True), limited(1), transient(True), transient(True)]
+    script, guard = Script(errors), Guard(answers=[True, False])
+    call, sleep, stats = guarded_run(script, RetryPolicy(jitter=0, initial_backoff=1), guard)
+    with pytest.raises(TransientVendorError) as info:
+        call()
+    assert info.value is errors[2]
+    assert script.calls == 3
+    assert guard.asked == [errors[0], errors[2]]
+    assert stats.possibly_charged == 2
+    assert sleep.waits == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        transient(False),
+        TransientVendorError("connection refused", vendor="pixian"),
+        TransientVendorError("503", vendor="poof", status_code=503),
+        limited(2),
+        limited(),
+    ],
+    ids=["502", "connect", "503", "429-retry-after", "429"],
+)
+def test_guard_is_not_consulted_after_errors_that_cannot_have_been_billed(error: Exception) -> None:
+    script, guard = Script([error, error]), Guard(default=False)
+    call, sleep, stats = guarded_run(script, RetryPolicy(jitter=0, rate_limit_step=1), guard)
+    assert call() == "ok"
+    assert guard.asked == []
+    assert script.calls == 3
+    assert stats.possibly_charged == 0
+    assert len(sleep.waits) == 2
+
+
+def test_guard_is_not_consulted_when_the_policy_stops_anyway() -> None:
+    errors = [transient(True), transient(True)]
+    script, guard = Script(errors), Guard(default=True)
+    call, _, stats = guarded_run(script, RetryPolicy(max_attempts=2, jitter=0), guard)
+    with pytest.raises(TransientVendorError) as info:
+        call()
+    assert info.value is errors[1]
+    assert guard.asked == [errors[0]]  # not asked for a retry that max_attempts forbids
+    assert stats.possibly_charged == 2
+
+
+def test_guard_is_not_consulted_for_non_retryable_errors() -> None:
+    error = InvalidVendorResponseError("empty body", vendor="poof", possibly_charged=True)
+    script, guard = Script([error]), Guard(default=True)
+    call, _, stats = guarded_run(script, RetryPolicy(), guard)
+    with pytest.raises(InvalidVendorResponseError):
+        call()
+    assert guard.asked == []
+    assert stats.possibly_charged == 0  # the hook counts a final billed non-retryable error
+
+
+async def test_async_refusing_guard_stops_after_the_lost_reply() -> None:
+    errors = [transient(False), transient(True), transient(True)]
+    script, guard = Script(errors), Guard(default=False)
+    sleep, stats = SleepRecorder(), CallStats(retry_guard=guard)
+    with pytest.raises(TransientVendorError) as info:
+        await acall_with_retry(script.acall, RetryPolicy(jitter=0), sleep=sleep.asleep, stats=stats)
+    assert info.value is errors[1]
+    assert script.calls == 2
+    assert guard.asked == [errors[1]]
+    assert (stats.attempts, stats.possibly_charged) == (2, 1)
+    assert sleep.waits == [0.25] == stats.waits
+
+
+# -- independence from tenacity's call order -------------------------------------------------------
+# tenacity < 8.3 asks the stop strategy before the wait strategy (and skips the wait when it stops);
+# tenacity >= 8.3 computes the wait first. The decisions must not care: here the same scripts are
+# driven in both orders, and with every strategy asked twice, and must agree with each other and
+# with call_with_retry on the installed tenacity.
+
+ORDERS = ["stop_then_wait", "wait_then_stop", "each_twice"]
+
+
+@dataclass
+class Outcome:
+    result: str | None
+    raised: BaseException | None
+    waits: list[float]
+    attempts: int
+    possibly_charged: int
+    guard_asked: list[BaseException]
+
+
+def drive(script: Script, policy: RetryPolicy, order: str, guard: Guard | None, seed: int) -> Outcome:
+    """A retry loop in the given order over the same decisions call_with_retry hands to tenacity."""
+    stats, sleep = CallStats(retry_guard=guard), SleepRecorder()
+    decisions = _CallDecisions(policy, stats, random.Random(seed))
+    sleep_recorded = decisions.sleeping_with(sleep)
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    result: str | None = None
+    raised: BaseException | None = None
+    while True:
+        try:
+            with decisions.attempt():
+                result = script()
+            break
+        except BaseException as exc:
+            if not is_retryable(exc):
+                raised = exc
+                break
+            if order == "stop_then_wait":
+                stop = decisions.stop(state)
+                wait = None if stop else decisions.wait(state)
+            elif order == "wait_then_stop":
+                wait = decisions.wait(state)
+                stop = decisions.stop(state)
+            else:
+                wait, stop = decisions.wait(state), decisions.stop(state)
+                assert (decisions.wait(state), decisions.stop(state)) == (wait, stop)
+            if stop:
+                raised = exc
+                break
+            assert wait is not None
+            sleep_recorded(wait)
+    assert sleep.waits == stats.waits
+    return Outcome(
+        result, raised, stats.waits, stats.attempts, stats.possibly_charged, guard.asked if guard else []
+    )
+
+
+def real(script: Script, policy: RetryPolicy, guard: Guard | None, seed: int) -> Outcome:
+    stats, sleep = CallStats(retry_guard=guard), SleepRecorder()
+    result: str | None = None
+    raised: BaseException | None = None
+    try:
+        result = call_with_retry(script, policy, sleep=sleep, stats=stats, rng=random.Random(seed))
+    except BgRemovalError as exc:
+        raised = exc
+    assert sleep.waits == stats.waits
+    return Outcome(
+        result, raised, stats.waits, stats.attempts, stats.possibly_charged, guard.asked if guard else []
+    )
+
+
+ERRORS = [transient(True), transient(False), limited(), limited(3), limited(500)]
+ORDER_CASES = {
+    "max_attempts with lost replies": (
+        [transient(True), transient(False), transient(True), transient(True)],
+        RetryPolicy(max_attempts=3),
+        None,
+    ),
+    "max_wait stops before overrunning": (
+        [limited()] * 10,
+        RetryPolicy(max_attempts=100, max_wait=12, rate_limit_step=5),
+        None,
+    ),
+    "max_wait counts Retry-After": ([limited(20), limited(20)], RetryPolicy(max_wait=30), None),
+    "guard allows then refuses": ([transient(True)] * 5, RetryPolicy(), [True, True, False]),
+    "mixed, then success": (
+        [limited(), transient(True), limited(1), transient(False)],
+        RetryPolicy(rate_limit_step=5, max_attempts=10),
+        [True],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ORDER_CASES, ids=list(ORDER_CASES))
+def test_decisions_do_not_depend_on_the_order_tenacity_asks(case: str) -> None:
+    errors, policy, answers = ORDER_CASES[case]
+
+    def outcome(run_once: Callable[[Script, Guard | None], Outcome]) -> Outcome:
+        return run_once(Script(errors), Guard(answers=list(answers)) if answers is not None else None)
+
+    expected = outcome(lambda script, guard: real(script, policy, guard, seed=7))
+    for order in ORDERS:
+        assert outcome(lambda script, guard, o=order: drive(script, policy, o, guard, seed=7)) == expected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_scripts_agree_in_every_order(seed: int) -> None:
+    rng = random.Random(seed)
+    errors = [rng.choice(ERRORS) for _ in range(rng.randint(0, 9))]
+    policy = RetryPolicy(
+        max_attempts=rng.randint(1, 8),
+        max_wait=rng.choice([5.0, 20.0, 300.0]),
+        rate_limit_step=rng.choice([None, 2.0]),
+        max_retry_after=rng.choice([1.0, 120.0]),
+    )
+    answers = [rng.random() < 0.7 for _ in range(10)]
+    expected = real(Script(errors), policy, Guard(answers=list(answers)), seed)
+    assert expected.attempts <= policy.max_attempts
+    assert sum(expected.waits) <= policy.max_wait
+    assert expected.possibly_charged == sum(is_lost_reply(e) for e in errors[: expected.attempts])
+    for order in ORDERS:
+        assert drive(Script(errors), policy, order, Guard(answers=list(answers)), seed) == expected
