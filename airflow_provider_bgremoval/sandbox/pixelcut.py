@@ -7,7 +7,10 @@ Choices where the documents are silent (also listed in docs/sandbox.md):
   sandbox accepts, in multipart forms, ``shadow`` as ``true``/``false`` or as a JSON object string,
   ``image_transform`` as a JSON object string, and dotted fields (``shadow.opacity``,
   ``shadow.light_source.position.x``, ``image_transform.scale``...). In JSON bodies they are objects
-  (``shadow`` may also be the boolean ``true``, as the prose allows).
+  with JSON-typed values, and ``shadow`` may be the boolean ``true``, as the prose allows.
+* ``shadow: true`` (and an object without ``light_source``) asks for "automatic shadow estimation";
+  the sandbox renders that shadow with the documented default light (size 0.3 at x -0.3, y -0.6,
+  z 0.7). ``shadow: false`` (undocumented) means no shadow.
 * Inputs smaller than 64x64 px get 400 ``invalid_parameter`` (no code is documented for it).
 * Accepted input formats are undocumented: JPEG, PNG and WebP are accepted; other decodable formats
   get 400 ``unsupported_image_format``.
@@ -114,36 +117,56 @@ def _number(value: Any, name: str, low: float | None = None, high: float | None 
     return number
 
 
-def _parse_shadow(raw: Any) -> dict[str, float] | None:
-    """Validate ``shadow``; return the effective settings, or ``None`` when disabled."""
+#: The light the sandbox renders when none is given: the documented ``light_source`` defaults.
+DEFAULT_LIGHT = {"size": 0.3, "x": -0.3, "y": -0.6, "z": 0.7}
+
+
+def _json_number(value: Any, name: str, low: float, high: float) -> float:
+    """A JSON body's number: a JSON number (not a string, not a boolean) within the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"{name} must be a number")
+    return _number(value, name, low, high)
+
+
+def _parse_shadow(raw: Any, *, json_body: bool) -> dict[str, float] | None:
+    """Validate ``shadow``; return the effective settings, or ``None`` when there is no shadow.
+
+    As documented: ``true`` asks for automatic shadow estimation; the object needs ``enabled``,
+    takes an optional ``opacity`` (0-1, default 0.5) and an optional ``light_source``, which, when
+    given, needs ``size`` (0-1) and ``position`` with all of ``x``, ``y`` (-1..1) and ``z`` (0..2).
+    Without a light source the shadow is estimated automatically: the sandbox renders it with the
+    documented default light. In a JSON body the values have JSON types (``enabled`` a boolean,
+    numbers numbers); multipart text is parsed (``true``/``false``, numbers, JSON object text).
+    ``false`` (undocumented) means no shadow.
+
+    :param raw: the ``shadow`` field as received
+    :param json_body: whether it came from a JSON body
+    """
     if raw is None:
         return None
-    as_bool = parse_bool(raw)
-    if as_bool is not None:
-        raw = {"enabled": as_bool}
+    flag = raw if isinstance(raw, bool) else (None if json_body else parse_bool(raw))
+    if flag is not None:
+        return {"opacity": 0.5, **DEFAULT_LIGHT} if flag else None
+    if json_body and not isinstance(raw, dict):
+        raise _bad("shadow must be true or an object")
     obj = _coerce_object(raw, "shadow")
     if "enabled" not in obj:
         raise _bad("shadow.enabled is required")
-    enabled = parse_bool(obj["enabled"])
-    if enabled is None:
+    enabled = obj["enabled"] if isinstance(obj["enabled"], bool) or json_body else parse_bool(obj["enabled"])
+    if not isinstance(enabled, bool):
         raise _bad("shadow.enabled must be a boolean")
-    settings = {
-        "opacity": _number(obj.get("opacity", 0.5), "shadow.opacity", 0, 1),
-        "size": 0.3,
-        "x": -0.3,
-        "y": -0.6,
-        "z": 0.7,
-    }
-    if "light_source" in obj:
+    number = _json_number if json_body else _number
+    settings = {"opacity": number(obj.get("opacity", 0.5), "shadow.opacity", 0, 1), **DEFAULT_LIGHT}
+    if obj.get("light_source") is not None:
         light = _coerce_object(obj["light_source"], "shadow.light_source")
         if "size" not in light or "position" not in light:
             raise _bad("shadow.light_source requires size and position")
-        settings["size"] = _number(light["size"], "shadow.light_source.size", 0, 1)
+        settings["size"] = number(light["size"], "shadow.light_source.size", 0, 1)
         position = _coerce_object(light["position"], "shadow.light_source.position")
         for axis, low, high in (("x", -1, 1), ("y", -1, 1), ("z", 0, 2)):
             if axis not in position:
                 raise _bad(f"shadow.light_source.position.{axis} is required")
-            settings[axis] = _number(position[axis], f"shadow.light_source.position.{axis}", low, high)
+            settings[axis] = number(position[axis], f"shadow.light_source.position.{axis}", low, high)
     return settings if enabled else None
 
 
@@ -294,7 +317,7 @@ async def remove_background(request: Request) -> Response:
         crop = parse_bool(body.get("crop", False))
         if crop is None:
             raise _bad("crop must be a boolean")
-        shadow = _parse_shadow(body.get("shadow"))
+        shadow = _parse_shadow(body.get("shadow"), json_body=json_body)
         margins: dict[str, Any] = {}
         if "margin" in body:
             margins["all"] = _parse_margin(body["margin"], "margin")

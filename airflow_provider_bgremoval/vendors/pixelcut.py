@@ -8,6 +8,8 @@ Encoding (the docs are silent on some of it; the choices are ours and documented
 
 * an image given only by URL is sent as a JSON body, nested objects (``shadow``,
   ``image_transform``) as JSON objects;
+* an automatic AI shadow is the documented ``shadow: true`` ("pass ``true`` for automatic shadow
+  estimation"); a shadow with a light source (or an opacity) is the ``shadow`` object;
 * uploaded bytes go as ``multipart/form-data`` with the file in ``image``; booleans are the text
   ``true``/``false`` and the nested objects are JSON text in one form field each, which is also what
   OpenAPI 3.1 prescribes by default for object-typed multipart properties;
@@ -111,16 +113,33 @@ def _set(obj: object, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)  # normalising a frozen dataclass in __post_init__
 
 
+#: The light source Pixelcut documents as defaults (``light_source.size`` and ``position``).
+DEFAULT_LIGHT: dict[str, float] = {"light_size": 0.3, "x": -0.3, "y": -0.6, "z": 0.7}
+_LIGHT_FIELDS = tuple(DEFAULT_LIGHT)
+
+
+def _optional_number(parameter: str, value: Any, low: float, high: float) -> float | None:
+    return None if value is None else _number(parameter, value, low, high)
+
+
 @dataclass(frozen=True)
 class PixelcutShadow:
     """
     Pixelcut's AI shadow (``shadow`` field; costs 3 extra credits when enabled).
 
-    The defaults are the vendor's documented defaults. Constructing a shadow means asking for one, so
-    ``enabled`` defaults to True; leave :attr:`PixelcutOptions.shadow` at ``None`` for no shadow.
+    Pixelcut documents two forms: ``true`` for *automatic shadow estimation*, or an object with the
+    required ``enabled``, an optional ``opacity`` and an optional ``light_source`` "for custom
+    control". With every light field left at ``None`` the shadow is estimated automatically: the
+    request carries ``shadow: true`` (or, with an ``opacity``, the object without ``light_source``).
+    Setting any light field sends a light source; its other fields then take the vendor's
+    documented defaults, because ``size`` and all of ``position.x/y/z`` are required once a light
+    source is given.
+
+    Constructing a shadow means asking for one, so ``enabled`` defaults to True; leave
+    :attr:`PixelcutOptions.shadow` at ``None`` for no shadow.
 
     :param enabled: render the shadow.
-    :param opacity: final shadow opacity, 0-1 (vendor default 0.5).
+    :param opacity: final shadow opacity, 0-1; ``None`` leaves it to the vendor (default 0.5).
     :param light_size: apparent size/softness of the light, 0-1 (vendor default 0.3).
     :param x: light position from the image centre, -1..1 (vendor default -0.3).
     :param y: light position from the image centre, -1..1 (vendor default -0.6).
@@ -128,49 +147,95 @@ class PixelcutShadow:
     """
 
     enabled: bool = True
-    opacity: float = 0.5
-    light_size: float = 0.3
-    x: float = -0.3
-    y: float = -0.6
-    z: float = 0.7
+    opacity: float | None = None
+    light_size: float | None = None
+    x: float | None = None
+    y: float | None = None
+    z: float | None = None
 
     def __post_init__(self) -> None:
         _set(self, "enabled", _flag("shadow.enabled", self.enabled))
-        _set(self, "opacity", _number("shadow.opacity", self.opacity, 0, 1))
-        _set(self, "light_size", _number("shadow.light_size", self.light_size, 0, 1))
-        _set(self, "x", _number("shadow.x", self.x, -1, 1))
-        _set(self, "y", _number("shadow.y", self.y, -1, 1))
-        _set(self, "z", _number("shadow.z", self.z, 0, 2))
+        _set(self, "opacity", _optional_number("shadow.opacity", self.opacity, 0, 1))
+        _set(self, "light_size", _optional_number("shadow.light_size", self.light_size, 0, 1))
+        _set(self, "x", _optional_number("shadow.x", self.x, -1, 1))
+        _set(self, "y", _optional_number("shadow.y", self.y, -1, 1))
+        _set(self, "z", _optional_number("shadow.z", self.z, 0, 2))
 
     @classmethod
     def coerce(cls, value: Any) -> PixelcutShadow | None:
         """
         Build a shadow from user input.
 
-        :param value: ``None``/``False`` (no shadow), ``True`` (default shadow), a mapping of this
-            class's fields, or a :class:`PixelcutShadow`.
+        :param value: ``None``/``False`` (no shadow), ``True`` (automatic estimation), a mapping of
+            this class's fields, the vendor's own object (``{"enabled": true, "opacity": 0.5,
+            "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}}}``), or a
+            :class:`PixelcutShadow`.
         """
         if value is None or isinstance(value, PixelcutShadow):
             return value
         if isinstance(value, (bool, str)):
             return cls() if _flag("shadow", value) else None
         if isinstance(value, Mapping):
-            _check_keys("shadow", value, tuple(f.name for f in fields(cls)))
-            return cls(**value)
+            allowed = (*(f.name for f in fields(cls)), "light_source")
+            _check_keys("shadow", value, allowed)
+            flat = {name: item for name, item in value.items() if name != "light_source"}
+            if value.get("light_source") is not None:
+                flat.update(cls._flat_light(value["light_source"], flat))
+            return cls(**flat)
         raise InvalidOptionError(
             "shadow", f"{type(value).__name__} is not a shadow (use a bool or a mapping)"
         )
 
-    def as_wire(self) -> dict[str, Any]:
-        """The vendor's ``shadow`` object."""
-        return {
-            "enabled": self.enabled,
-            "opacity": self.opacity,
-            "light_source": {
-                "size": self.light_size,
-                "position": {"x": self.x, "y": self.y, "z": self.z},
-            },
+    @staticmethod
+    def _flat_light(light: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The flat fields of a vendor-form ``light_source`` object."""
+        if not isinstance(light, Mapping):
+            raise InvalidOptionError("shadow.light_source", f"{type(light).__name__} is not a mapping")
+        _check_keys("shadow.light_source", light, ("size", "position"))
+        position = light.get("position") or {}
+        if not isinstance(position, Mapping):
+            raise InvalidOptionError(
+                "shadow.light_source.position", f"{type(position).__name__} is not a mapping"
+            )
+        _check_keys("shadow.light_source.position", position, ("x", "y", "z"))
+        flat = {"light_size": light.get("size"), **{axis: position.get(axis) for axis in ("x", "y", "z")}}
+        clash = sorted(name for name in _LIGHT_FIELDS if name in given)
+        if clash:
+            raise InvalidOptionError(f"shadow.{clash[0]}", "give the light either flat or as light_source")
+        return flat
+
+    @property
+    def automatic(self) -> bool:
+        """True when Pixelcut estimates the shadow itself (no light source is sent)."""
+        return all(getattr(self, name) is None for name in _LIGHT_FIELDS)
+
+    def light_source(self) -> dict[str, Any] | None:
+        """The vendor's ``light_source`` object (documented defaults filled in), or ``None`` if automatic."""
+        if self.automatic:
+            return None
+        light = {
+            name: DEFAULT_LIGHT[name] if getattr(self, name) is None else getattr(self, name)
+            for name in _LIGHT_FIELDS
         }
+        return {
+            "size": light["light_size"],
+            "position": {"x": light["x"], "y": light["y"], "z": light["z"]},
+        }
+
+    def as_wire(self) -> bool | dict[str, Any]:
+        """
+        The vendor's ``shadow`` value: ``true`` for an automatic shadow at the vendor's opacity, else
+        the object (``enabled``, ``opacity`` when set, ``light_source`` when set).
+        """
+        if self.enabled and self.automatic and self.opacity is None:
+            return True
+        wire: dict[str, Any] = {"enabled": self.enabled}
+        if self.opacity is not None:
+            wire["opacity"] = self.opacity
+        light = self.light_source()
+        if light is not None:
+            wire["light_source"] = light
+        return wire
 
 
 def _check_delivery(value: Any) -> ResultDelivery:
@@ -230,8 +295,8 @@ class PixelcutOptions:
         Build the options from user input.
 
         :param value: ``None``, a :class:`PixelcutOptions`, or a mapping of its fields (``shadow`` may
-            be a bool or a mapping of :class:`PixelcutShadow` fields), e.g. from a templated operator
-            argument.
+            be a bool — ``True`` is an automatic shadow — or a mapping of :class:`PixelcutShadow`
+            fields), e.g. from a templated operator argument.
         """
         if value is None:
             return cls()

@@ -231,6 +231,61 @@ def test_shadow_in_json_body_validates_against_spec(client: httpx.Client, produc
     validate(r)
 
 
+DEFAULT_LIGHT = {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}}
+
+
+@pytest.mark.parametrize(
+    "shadow",
+    [True, {"enabled": True}, {"enabled": True, "opacity": 0.5}],
+    ids=["true", "object-without-light", "object-with-opacity"],
+)
+def test_automatic_shadow_estimation_in_json(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, shadow: Any
+) -> None:
+    # "Pass `true` for automatic shadow estimation or provide a light source for custom control."
+    url = remove(client, product_png, headers=KEY).json()["result_url"]
+    body = {"image_url": url, "shadow": shadow}
+    automatic = client.post("/v1/remove-background", headers=IMG, json=body)
+    assert automatic.status_code == 200
+    validate(automatic)
+    assert sandbox.admin.charges("pixelcut")[-1]["credits"] == 4
+    # The sandbox's estimate is the documented default light (docs/sandbox.md).
+    explicit = {"image_url": url, "shadow": {"enabled": True, "light_source": DEFAULT_LIGHT}}
+    assert client.post("/v1/remove-background", headers=IMG, json=explicit).content == automatic.content
+
+
+def test_automatic_shadow_in_multipart(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
+    as_text = remove(client, product_png, shadow="true")
+    as_object = remove(client, product_png, shadow='{"enabled":true,"opacity":0.5}')
+    assert as_text.status_code == as_object.status_code == 200
+    assert as_text.content == as_object.content
+    assert [c["credits"] for c in sandbox.admin.charges("pixelcut")] == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "shadow",
+    [
+        "true",  # a JSON string, not the boolean the docs mean
+        {"opacity": 0.5},  # enabled is required
+        {"enabled": "true"},  # enabled is a boolean
+        {"enabled": True, "opacity": "0.4"},  # numbers are numbers
+        {"enabled": True, "light_source": {"position": DEFAULT_LIGHT["position"]}},  # size is required
+        {"enabled": True, "light_source": {"size": 0.3, "position": {"x": 0, "y": 0}}},  # z is required
+        {"enabled": True, "light_source": {"size": "0.3", "position": DEFAULT_LIGHT["position"]}},
+    ],
+)
+def test_shadow_in_json_body_is_typed_as_documented(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, shadow: Any
+) -> None:
+    url = remove(client, product_png, headers=KEY).json()["result_url"]
+    r = client.post("/v1/remove-background", headers=IMG, json={"image_url": url, "shadow": shadow})
+    assert (r.status_code, r.json()["error_code"]) == (400, "invalid_parameter")
+    validate(r, request_too=False)
+    assert sandbox.admin.total_charged() == 1  # the upload that made the URL
+
+
 @pytest.mark.parametrize(
     ("data", "code"),
     [

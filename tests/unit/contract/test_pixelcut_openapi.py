@@ -176,6 +176,7 @@ REMOVE_CASES: dict[str, dict[str, Any]] = {
         ),
     },
     "shadow-true-url-delivery": {"vendor_options": {"shadow": True, "result_delivery": "url"}},
+    "shadow-automatic-with-opacity": {"vendor_options": {"shadow": {"opacity": 0.3}}},
     "local-crop-margin-colour": {
         "options": RemovalOptions.create(crop=True, margin="5%", background_color="red")
     },
@@ -307,7 +308,8 @@ def test_contract_violations_are_caught(spec, request_kwargs):
 
 
 def test_shadow_that_is_not_json_text_is_caught():
-    # (A bare `true` would pass: ShadowParameter has no `type`, and its prose allows "pass `true`".)
+    # (A bare `true` passes: ShadowParameter has no `type`, and its prose says "Pass `true` for
+    # automatic shadow estimation" — which is what PixelcutShadow() sends.)
     request = build(path="/v1/remove-background", data={"shadow": "enabled"}, files=IMAGE_FILE)
     with pytest.raises(RequestBodyValidationError):
         published("pixelcut-remove-background").validate_request(request)

@@ -233,7 +233,9 @@ async def test_remove_url_only_is_json(hook, fake, call):
         "remove_background",
         image_url="https://cdn.example/product.jpg",
         options=RemovalOptions.create(crop=True),
-        vendor_options=PixelcutOptions(shadow=PixelcutShadow(opacity=0.8), margin="10%", margin_left="4px"),
+        vendor_options=PixelcutOptions(
+            shadow=PixelcutShadow(opacity=0.8, x=0.2), margin="10%", margin_left="4px"
+        ),
     )
     (request,) = fake.requests
     assert request.headers["content-type"] == "application/json"
@@ -243,7 +245,7 @@ async def test_remove_url_only_is_json(hook, fake, call):
         "shadow": {
             "enabled": True,
             "opacity": 0.8,
-            "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}},
+            "light_source": {"size": 0.3, "position": {"x": 0.2, "y": -0.6, "z": 0.7}},
         },
         "crop": True,
         "margin": "10%",
@@ -259,12 +261,30 @@ async def test_remove_multipart_nested_shadow_is_a_json_string_field(hook, fake,
         "remove_background",
         photo("coffee.png"),
         options=RemovalOptions.create(crop=True),
-        vendor_options={"shadow": True, "margin_bottom": "0px"},
+        vendor_options={"shadow": {"opacity": 0.6, "z": 1.1}, "margin_bottom": "0px"},
     )
     fields, _ = parse_multipart(fake.requests[0])
     assert fields["crop"] == "true"
     assert fields["margin_bottom"] == "0px"
-    assert json.loads(fields["shadow"]) == PixelcutShadow().as_wire()
+    assert json.loads(fields["shadow"]) == {
+        "enabled": True,
+        "opacity": 0.6,
+        "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 1.1}},
+    }
+
+
+@pytest.mark.parametrize("by", ["upload", "url"])
+async def test_automatic_shadow_is_sent_as_true(hook, fake, call, by):
+    # Pixelcut: "Pass `true` for automatic shadow estimation or provide a light source for custom control."
+    source = {"image": photo("coffee.png")} if by == "upload" else {"image_url": "https://cdn.example/p.jpg"}
+    await call(hook, "remove_background", **source, vendor_options={"shadow": True})
+    (request,) = fake.requests
+    if by == "upload":
+        fields, _ = parse_multipart(request)
+        assert fields["shadow"] == "true"
+    else:
+        assert json.loads(request.content)["shadow"] is True
+    assert hook.estimate_cost({"shadow": True}) == Decimal(4)
 
 
 async def test_url_delivery_downloads_result_without_api_key(hook, fake, call):

@@ -49,13 +49,56 @@ def native(**kwargs: object) -> RemovalOptions:
 # -- typed options -----------------------------------------------------------------------------------
 
 
-def test_shadow_defaults_are_the_documented_ones():
+def test_default_shadow_is_automatic_estimation_sent_as_true():
+    # "Pass `true` for automatic shadow estimation or provide a light source for custom control."
     shadow = PixelcutShadow()
-    assert shadow.as_wire() == {
+    assert shadow.automatic
+    assert shadow.light_source() is None
+    assert shadow.as_wire() is True
+    assert PixelcutShadow.coerce(True) == shadow
+    assert PixelcutShadow.coerce("true") == shadow
+
+
+def test_automatic_shadow_with_opacity_is_the_object_without_light_source():
+    shadow = PixelcutShadow(opacity=0.25)
+    assert shadow.automatic
+    assert shadow.as_wire() == {"enabled": True, "opacity": 0.25}
+
+
+def test_any_light_field_sends_a_complete_light_source_with_the_documented_defaults():
+    assert PixelcutShadow(z=1.5).as_wire() == {
+        "enabled": True,
+        "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 1.5}},
+    }
+    assert PixelcutShadow(opacity=0.5, light_size=0.3, x=-0.3, y=-0.6, z=0.7).as_wire() == {
         "enabled": True,
         "opacity": 0.5,
         "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}},
     }
+    assert not PixelcutShadow(light_size=0.1).automatic
+
+
+def test_shadow_accepts_the_vendors_own_object():
+    vendor_form = {
+        "enabled": True,
+        "opacity": 0.4,
+        "light_source": {"size": 0.2, "position": {"x": 0.1, "y": -0.9, "z": 1.2}},
+    }
+    shadow = PixelcutShadow.coerce(vendor_form)
+    assert shadow == PixelcutShadow(opacity=0.4, light_size=0.2, x=0.1, y=-0.9, z=1.2)
+    assert shadow is not None and shadow.as_wire() == vendor_form
+    assert PixelcutShadow.coerce({"enabled": True}) == PixelcutShadow()
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutShadow.coerce({"light_source": {"size": 0.2}, "light_size": 0.3})
+    assert info.value.parameter == "shadow.light_size"
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutShadow.coerce({"light_source": {"position": {"w": 1}}})
+    assert info.value.parameter == "shadow.light_source.position.w"
+    with pytest.raises(InvalidOptionError) as info:
+        PixelcutShadow.coerce({"light_source": {"position": {"x": 3}}})
+    assert info.value.parameter == "shadow.x"
+    with pytest.raises(InvalidOptionError):
+        PixelcutShadow.coerce({"light_source": "overhead"})
 
 
 @pytest.mark.parametrize(
@@ -86,12 +129,21 @@ def test_shadow_bounds_are_inclusive_and_strings_from_templates_accepted():
 
 
 @pytest.mark.parametrize(
-    ("value", "enabled"),
-    [(None, None), (False, None), ("false", None), (True, True), ("true", True), ({"opacity": 0.2}, True)],
+    ("value", "enabled", "automatic"),
+    [
+        (None, None, None),
+        (False, None, None),
+        ("false", None, None),
+        (True, True, True),
+        ("true", True, True),
+        ({"opacity": 0.2}, True, True),
+        ({"x": 0.2}, True, False),
+    ],
 )
-def test_shadow_coercion(value, enabled):
+def test_shadow_coercion(value, enabled, automatic):
     shadow = PixelcutShadow.coerce(value)
     assert (shadow.enabled if shadow else None) == enabled
+    assert (shadow.automatic if shadow else None) == automatic
 
 
 @pytest.mark.parametrize("value", ["0%", "49%", "0px", "100px", "6000px"])
@@ -194,9 +246,7 @@ def test_remove_upload_request(wire):
     assert request.files == {"image": ("a.png", b"\x89PNG-bytes", "image/png")}
     assert request.data == {
         "format": "png",
-        "shadow": (
-            '{"enabled":true,"opacity":0.5,"light_source":{"size":0.3,"position":{"x":0.1,"y":-0.6,"z":0.7}}}'
-        ),
+        "shadow": '{"enabled":true,"light_source":{"size":0.3,"position":{"x":0.1,"y":-0.6,"z":0.7}}}',
         "crop": "true",
         "margin": "3%",
         "margin_top": "2px",
@@ -211,11 +261,16 @@ def test_remove_url_request_is_json(wire):
     assert request.headers == {"Accept": "application/json"}
     assert request.data is None
     assert request.files is None
-    assert request.json == {
-        "image_url": "https://cdn.example/a.jpg",
-        "format": "png",
-        "shadow": PixelcutShadow().as_wire(),
-    }
+    assert request.json == {"image_url": "https://cdn.example/a.jpg", "format": "png", "shadow": True}
+
+
+def test_automatic_shadow_in_a_multipart_form_is_the_text_true(wire):
+    request = wire.remove_background_request(UPLOAD, native(), PixelcutOptions(shadow=PixelcutShadow()))
+    assert request.data == {"format": "png", "shadow": "true"}
+    request = wire.remove_background_request(UPLOAD, native(), {"shadow": {"opacity": 0.3}})
+    assert request.data == {"format": "png", "shadow": '{"enabled":true,"opacity":0.3}'}
+    assert PixelcutWire.estimate_cost({"shadow": True}) == Decimal(4)
+    assert PixelcutOptions(shadow=PixelcutShadow()).as_dict()["shadow"] is True
 
 
 def test_remove_minimal_request(wire):
