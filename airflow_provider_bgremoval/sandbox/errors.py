@@ -17,7 +17,7 @@ PIXIAN_CODES: dict[str, int] = {
     "internal": 1000,  # invented
     "missing_image": 1001,  # invented
     "invalid_parameter": 1002,  # invented
-    "image_too_large": 1003,  # invented (over 32,000,000 pixels, or image.base64 over 1 MB)
+    "image_too_large": 1003,  # invented (over 32,000,000 pixels, or image.base64 over 1,000,000 characters)
     "unknown_foreground": 1007,  # invented
     "unauthorized": 1101,  # invented; status 401 is also an assumption (DESIGN.md)
     "insufficient_credits": 1102,  # invented; status 402 is also an assumption (DESIGN.md)

@@ -37,6 +37,7 @@ from airflow_provider_bgremoval.sandbox import imaging
 from airflow_provider_bgremoval.sandbox.errors import VendorError, render_error, unauthorized
 from airflow_provider_bgremoval.sandbox.ledger import InsufficientCredits, as_number, fingerprint
 from airflow_provider_bgremoval.sandbox.state import (
+    MEGABYTE,
     InputError,
     RequestContext,
     SandboxState,
@@ -48,7 +49,8 @@ from airflow_provider_bgremoval.sandbox.state import (
     upload_bytes,
 )
 
-MAX_BYTES = 25 * 1024 * 1024
+#: "Max size: 25MB" (decimal megabytes, see :data:`~.state.MEGABYTE`)
+MAX_BYTES = 25 * MEGABYTE
 MIN_SIDE = 64
 MAX_SIDE = 6000
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")

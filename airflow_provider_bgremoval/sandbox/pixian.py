@@ -11,7 +11,7 @@ Choices where the documents are silent (INVENTED; also listed in docs/sandbox.md
 * Binary uploads accept the formats Pillow decodes; anything else is 400 code 1006.
 * ``result.margin`` percentages are of the result's size on that axis (of the target size when
   ``result.target_size`` is set, where the margin is inset as documented).
-* Uploads over 32,000,000 pixels and ``image.base64`` over 1 MB (1,048,576 characters) → 400 (invented
+* Uploads over 32,000,000 pixels and ``image.base64`` over 1 MB (1,000,000 characters) → 400 (invented
   code 1003).
 """
 
@@ -33,6 +33,7 @@ from airflow_provider_bgremoval.sandbox import imaging
 from airflow_provider_bgremoval.sandbox.errors import VendorError, render_error, unauthorized
 from airflow_provider_bgremoval.sandbox.ledger import InsufficientCredits, as_number, fingerprint
 from airflow_provider_bgremoval.sandbox.state import (
+    MEGABYTE,
     InputError,
     RequestContext,
     SandboxState,
@@ -47,7 +48,8 @@ from airflow_provider_bgremoval.sandbox.state import (
 
 UPLOAD_PIXEL_CAP = 32_000_000
 MAX_PIXELS_RANGE = (100, 25_000_000)
-BASE64_MAX = 1024 * 1024
+#: ``image.base64``: "at most 1 megabyte" of text (decimal megabytes, see :data:`~.state.MEGABYTE`)
+BASE64_MAX = MEGABYTE
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _MARGIN_VALUE = re.compile(r"^(\d+(?:\.\d+)?)(px|%)$")

@@ -34,6 +34,7 @@ from airflow_provider_bgremoval.sandbox import imaging
 from airflow_provider_bgremoval.sandbox.errors import VendorError, render_error, unauthorized
 from airflow_provider_bgremoval.sandbox.ledger import InsufficientCredits, fingerprint
 from airflow_provider_bgremoval.sandbox.state import (
+    MEGABYTE,
     InputError,
     RequestContext,
     SandboxState,
@@ -44,7 +45,8 @@ from airflow_provider_bgremoval.sandbox.state import (
     upload_bytes,
 )
 
-MAX_BYTES = 20 * 1024 * 1024
+#: "Maximum size: 20MB" (decimal megabytes, see :data:`~.state.MEGABYTE`)
+MAX_BYTES = 20 * MEGABYTE
 SIZES: dict[str, int | None] = {"full": None, "preview": 256, "small": 512, "medium": 1024, "large": 2048}
 HD_PIXELS = 4_000_000
 FORMATS = {"png": ("png", "image/png"), "jpg": ("jpeg", "image/jpeg"), "webp": ("webp", "image/webp")}

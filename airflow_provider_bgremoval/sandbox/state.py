@@ -25,6 +25,12 @@ from airflow_provider_bgremoval.sandbox.ledger import Ledger
 
 log = logging.getLogger("airflow_provider_bgremoval.sandbox")
 
+#: A vendor's "MB" (Pixelcut "25MB", Poof "20MB", Pixian's "1 megabyte" of base64) read as a decimal
+#: megabyte, 1,000,000 bytes: the stricter reading, so whatever the sandbox accepts is within the
+#: vendor's limit under either reading. The provider's clients state the same value
+#: (``vendors.base.MEGABYTE``; the sandbox imports no client code) and a contract test checks it.
+MEGABYTE = 1_000_000
+
 #: The vendor endpoints: path -> (vendor, kind). ``process`` endpoints are billed.
 VENDOR_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/remove-background": ("pixelcut", "process"),

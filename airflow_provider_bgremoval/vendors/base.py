@@ -38,6 +38,12 @@ from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilitie
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 
+#: A vendor's "MB" — Pixelcut "Max size: 25MB", Poof "Maximum size: 20MB", Pixian "at most 1
+#: megabyte" of base64 — read as a decimal megabyte, 1,000,000 bytes: the smaller of the two
+#: readings, so nothing over a limit under either reading is sent. The sandbox states the same value
+#: (``sandbox.state.MEGABYTE``, docs/sandbox.md) and a contract test checks that the two agree.
+MEGABYTE = 1_000_000
+
 
 @dataclass(frozen=True)
 class ConnectionSettings:

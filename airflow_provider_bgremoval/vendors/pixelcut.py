@@ -42,6 +42,7 @@ from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilitie
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
+    MEGABYTE,
     ErrorReply,
     ImageInput,
     ResultLocation,
@@ -52,6 +53,7 @@ from airflow_provider_bgremoval.vendors.base import (
 )
 
 __all__ = [
+    "MAX_UPLOAD_BYTES",
     "PixelcutGenerateOptions",
     "PixelcutImageTransform",
     "PixelcutOptions",
@@ -67,6 +69,8 @@ ResultDelivery = Literal["bytes", "url"]
 _ACCEPT: dict[str, str] = {"bytes": "image/*", "url": "application/json"}
 _MARGIN_RE = re.compile(r"^(\d+)(px|%)$")
 _MARGIN_FIELDS = ("margin", "margin_left", "margin_right", "margin_top", "margin_bottom")
+#: "Max size: 25MB" (remove- and generate-background), read as 25,000,000 bytes (:data:`MEGABYTE`).
+MAX_UPLOAD_BYTES = 25 * MEGABYTE
 SHADOW_SURCHARGE = Decimal(3)
 GENERATE_COST = Decimal(1)
 
@@ -485,8 +489,8 @@ class PixelcutWire(VendorWire):
     #: No timeout is documented; generate-background runs an image model, so allow two idle minutes.
     default_timeout = 120.0
     capabilities = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=True)
-    #: "25MB" read as decimal megabytes (the stricter reading: nothing the vendor may refuse is sent).
-    limits = InputLimits(max_bytes=25_000_000, min_side=64, max_side=6000)
+    #: "Max size: 25MB" (:data:`MAX_UPLOAD_BYTES`), 64-6000 px per side.
+    limits = InputLimits(max_bytes=MAX_UPLOAD_BYTES, min_side=64, max_side=6000)
     #: The docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries.
     retry_policy = RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25)
     input_error_codes = frozenset(

@@ -59,6 +59,7 @@ from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilitie
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
+    MEGABYTE,
     ErrorReply,
     ImageInput,
     ResultLocation,
@@ -83,9 +84,9 @@ __all__ = [
 REMOVE_BACKGROUND_PATH = "/api/v2/remove-background"
 ACCOUNT_PATH = "/api/v2/account"
 
-#: ``image.base64`` may hold at most "1 megabyte" of base64 text; read as 10^6 characters (the
-#: stricter reading of the docs).
-MAX_BASE64_CHARS = 1_000_000
+#: ``image.base64`` may hold at most "1 megabyte" of base64 text: 1,000,000 characters
+#: (:data:`~.base.MEGABYTE`).
+MAX_BASE64_CHARS = MEGABYTE
 #: ``max_pixels`` range and default (the docs)
 MIN_MAX_PIXELS = 100
 MAX_MAX_PIXELS = 25_000_000

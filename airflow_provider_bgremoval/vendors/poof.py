@@ -44,6 +44,7 @@ from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilitie
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
+    MEGABYTE,
     ErrorReply,
     ImageInput,
     ResultLocation,
@@ -55,6 +56,7 @@ from airflow_provider_bgremoval.vendors.base import (
 )
 
 __all__ = [
+    "MAX_UPLOAD_BYTES",
     "POOF_SIZE_PRESETS",
     "AutoRechargeMode",
     "PoofAccount",
@@ -62,6 +64,9 @@ __all__ = [
     "PoofSize",
     "PoofWire",
 ]
+
+#: "Maximum size: 20MB", read as 20,000,000 bytes (:data:`~.base.MEGABYTE`).
+MAX_UPLOAD_BYTES = 20 * MEGABYTE
 
 PoofSize = Literal["full", "preview", "small", "medium", "large"]
 
@@ -243,11 +248,11 @@ class PoofWire(VendorWire):
     capabilities: ClassVar[VendorCapabilities] = VendorCapabilities(
         output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
     )
-    #: 20 MB uploads (read as 20,000,000 bytes, the stricter reading), JPEG/PNG/WebP (other formats are
-    #: converted to PNG locally), about 6000 px per side / 36 MP (Gen B's practical maximum). Poof
-    #: documents no minimum size: 1 px.
+    #: "Maximum size: 20MB" (:data:`MAX_UPLOAD_BYTES`), JPEG/PNG/WebP (other formats are converted to
+    #: PNG locally), about 6000 px per side / 36 MP (Gen B's practical maximum). Poof documents no
+    #: minimum size: 1 px.
     limits: ClassVar[InputLimits] = InputLimits(
-        max_bytes=20_000_000,
+        max_bytes=MAX_UPLOAD_BYTES,
         min_side=1,
         max_side=6000,
         max_pixels=36_000_000,

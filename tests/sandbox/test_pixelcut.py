@@ -354,6 +354,15 @@ def test_image_errors(client: httpx.Client, blank_png: bytes) -> None:
         validate(r, request_too=False)
 
 
+def test_25mb_is_25_000_000_bytes(client: httpx.Client, sandbox: RunningSandbox) -> None:
+    # "Max size: 25MB" in decimal megabytes, as the client reads it (tests/unit/contract).
+    at_limit = b"\x89PNG" + b"\0" * (25_000_000 - 4)
+    assert remove(client, at_limit).json()["error_code"] == "malformed_image"  # size accepted
+    over = remove(client, at_limit + b"\0")
+    assert (over.status_code, over.json()["error_code"]) == (400, "file_size_too_large")
+    assert sandbox.admin.total_charged() == 0
+
+
 def test_auth_errors(client: httpx.Client, product_png: bytes) -> None:
     for headers in ({"Accept": "image/*"}, {"X-API-KEY": "sk_wrong", "Accept": "image/*"}):
         r = remove(client, product_png, headers=headers)

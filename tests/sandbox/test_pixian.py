@@ -196,8 +196,11 @@ def test_base64_and_url_inputs(client: httpx.Client, sandbox: RunningSandbox, pr
     r = client.post(PATH, auth=AUTH, data={"image.base64": base64.b64encode(product_png).decode()})
     assert r.status_code == 200
     assert decode(r.content).size == (320, 240)
-    too_big = "A" * (1024 * 1024 + 4)
-    r = client.post(PATH, auth=AUTH, data={"image.base64": too_big})
+    # "at most 1 megabyte": 1,000,000 characters (decimal megabytes, as the client reads it)
+    at_limit = "A" * 1_000_000
+    r = client.post(PATH, auth=AUTH, data={"image.base64": at_limit})
+    assert (r.status_code, error_of(r)["code"]) == (400, 1006)  # size accepted, not an image
+    r = client.post(PATH, auth=AUTH, data={"image.base64": at_limit + "AAAA"})
     assert r.status_code == 400
     assert error_of(r)["code"] == 1003
     url = client.post(

@@ -120,6 +120,13 @@ def test_input_errors(client: httpx.Client, blank_png: bytes) -> None:
     envelope(poof(client, blank_png), 422, "invalid_image")
 
 
+def test_20mb_is_20_000_000_bytes(client: httpx.Client) -> None:
+    # "Maximum size: 20MB" in decimal megabytes, as the client reads it (tests/unit/contract).
+    at_limit = b"\x89PNG" + b"\0" * (20_000_000 - 4)
+    envelope(poof(client, at_limit), 422, "invalid_image")  # size accepted, content refused
+    envelope(poof(client, at_limit + b"\0"), 400, "image_too_large")
+
+
 def test_auth_payment_and_revoked(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:
     envelope(poof(client, product_png, headers={}), 401, "authentication_error")
     envelope(poof(client, product_png, headers={"x-api-key": "pk_nope"}), 401, "authentication_error")
