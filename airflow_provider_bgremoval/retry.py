@@ -112,6 +112,8 @@ class CallStats:
     :param billed_reply: set by the hook when a billed request was answered 2xx (the vendor charged it,
         whatever happens to the result afterwards).
     :param credits_charged: set by the hook: what the vendor said the answered request cost, if it said.
+    :param attempt_in_flight: True while an attempt is under way (and after it was cancelled): its
+        request may be with the vendor.
     """
 
     attempts: int = 0
@@ -120,6 +122,7 @@ class CallStats:
     retry_guard: Callable[[BaseException], bool] | None = None
     billed_reply: bool = False
     credits_charged: Decimal | None = None
+    attempt_in_flight: bool = False
 
 
 class _TenacityStrategies(TypedDict):
@@ -160,11 +163,16 @@ class _CallDecisions:
         """Wrap one attempt: count it and, when it fails, record what the next decisions need."""
         self.attempts += 1
         self.stats.attempts += 1
+        self.stats.attempt_in_flight = True
         try:
             yield
         except BaseException as exc:
+            # A cancellation (the batch giving up on the call) leaves the attempt marked in flight:
+            # its request may have reached the vendor.
+            self.stats.attempt_in_flight = not isinstance(exc, Exception)
             self._record_failure(exc)
             raise
+        self.stats.attempt_in_flight = False
 
     def _record_failure(self, exc: BaseException) -> None:
         self.last_error = exc

@@ -223,11 +223,6 @@ class _Flight:
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
-    @property
-    def attempt_unanswered(self) -> bool:
-        """True while a vendor attempt has been started and has neither been answered nor failed."""
-        stats = self.stats
-        return self.stage == "call" and not stats.billed_reply and stats.attempts > len(stats.waits)
 
 
 class BatchRunner:
@@ -489,7 +484,7 @@ class BatchRunner:
         if status in ("rejected", "failed"):
             self._bad_in_run += 1
         lost = stats.possibly_charged
-        if flight.abandoned or (status != "done" and result is None and flight.attempt_unanswered):
+        if flight.abandoned and stats.attempt_in_flight:
             lost += 1  # the request was out when the call was given up: the vendor may bill it
         money: dict[str, Any] = {"possibly_charged": lost, "attempts": stats.attempts}
         if result is not None or stats.billed_reply:

@@ -186,10 +186,11 @@ REPLY_FAULTS = {
 @pytest.mark.parametrize("vendor", vendors("poof"))
 async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> None:
     """
-    20 % of replies are lost or damaged. Lost replies (a dropped connection) are retried; damaged
-    200s (cut short, not an image, empty) fail that image. Every billed-but-lost reply is counted in
-    the manifest as possibly charged, so charged == recorded credits + possibly charged exactly
-    when the vendor bills them, and no damaged body is ever written.
+    20 % of replies are lost or damaged. Lost replies (a dropped connection) are retried and counted
+    as possibly charged; damaged 200s (cut short, not an image, empty) fail that image and are
+    counted as *charged* (the vendor answered success: it billed), in the failed row's ``credits``.
+    So charged == recorded credits + possibly charged exactly when the vendor bills them, and no
+    damaged body is ever written.
     """
     retried, billed = REPLY_FAULTS[fault]
     cell.sandbox.admin.set_faults(vendor, fault=fault, rate=0.2, seed=13)
@@ -202,15 +203,19 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
     else:
         assert run.counts["failed"] == len(hits) and run.counts["done"] == BATCH - len(hits)
         for row in run.by_status("failed"):
-            assert row["error_code"] and row["possibly_charged"] == 1, row
+            assert row["error_code"] and row["possibly_charged"] == 0 and Decimal(row["credits"]) > 0, row
             assert (
                 "not a complete image" in row["error_message"]
                 or "empty" in row["error_message"]
                 or ("result" in row["error_message"])
             ), row
-    if billed:
-        assert run.charged == BATCH + (len(hits) if retried else 0)
+    if billed and retried:
+        assert run.charged == BATCH + len(hits)
         assert run.possibly_charged == len(hits)
+    elif billed:  # damaged 200s: charged for sure, recorded as credits of the failed rows
+        assert run.charged == BATCH == run.known_credits
+        assert run.possibly_charged == 0
+        assert run.result.credits_for_failed == len(hits) * run.charged / BATCH
     else:
         assert run.charged == BATCH
         assert run.possibly_charged == len(hits)  # conservative: the client cannot tell
@@ -223,16 +228,19 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
 async def test_every_reply_lost_is_counted_attempt_by_attempt(cell: Cell, fault: str) -> None:
     """
     Every reply is lost (or cut short): each image ends failed, and the manifest counts every billed
-    attempt as possibly charged (a retried dropped reply is billed once per attempt).
+    attempt: a retried dropped reply as possibly charged once per attempt, a damaged 200 as charged.
     """
     vendor = "poof"
     cell.sandbox.admin.set_faults(vendor, fault=fault, rate=1.0)
     run = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst)
     check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
     assert run.counts["failed"] == BATCH
-    attempts = 6 if fault == "drop_after_processing" else 1
-    assert run.charged == BATCH * attempts == run.possibly_charged
-    assert all(row["possibly_charged"] == attempts for row in run.rows)
+    if fault == "drop_after_processing":
+        assert run.charged == BATCH * 6 == run.possibly_charged
+        assert all(row["possibly_charged"] == 6 for row in run.rows)
+    else:
+        assert run.charged == BATCH == run.known_credits == run.result.credits_for_failed
+        assert all(row["possibly_charged"] == 0 and row["attempts"] == 1 for row in run.rows)
     await _rerun_clean(cell, vendor, run)
 
 
@@ -241,8 +249,8 @@ async def test_every_reply_lost_is_counted_attempt_by_attempt(cell: Cell, fault:
 async def test_pixelcut_result_url_gone_when_fetched(cell: Cell, how: str) -> None:
     """
     Pixelcut answers with a ``result_url`` that is 404 (or already expired) when the hook fetches
-    it: the call was billed, the image fails with a clear reason and is counted as possibly charged;
-    a rerun redoes it (paying again: the vendor's result is gone).
+    it: the call was billed, the image fails with a clear reason and its charge is recorded (the
+    failed row's ``credits``); a rerun redoes it (paying again: the vendor's result is gone).
     """
     vendor = "pixelcut"
     if how == "404":
@@ -258,8 +266,8 @@ async def test_pixelcut_result_url_gone_when_fetched(cell: Cell, how: str) -> No
     assert run.counts["failed"] == BATCH
     for row in run.rows:
         assert row["error_code"] == "result_download" and "404" in row["error_message"], row
-        assert "billed" in row["error_message"] and row["possibly_charged"] == 1
-    assert run.charged == BATCH == run.possibly_charged
+        assert "billed" in row["error_message"] and row["possibly_charged"] == 0 and row["credits"] == "1"
+    assert run.charged == BATCH == run.known_credits == run.result.credits_for_failed
     rerun = await _rerun_clean(cell, vendor, run, vendor_options=options)
     assert rerun.charged == BATCH
 
