@@ -693,29 +693,65 @@ def scene_image(scene: str | None, prompt: str | None, negative_prompt: str | No
     return ImageChops.multiply(colored, Image.merge("RGB", [light_falloff] * 3))
 
 
+#: Largest magnification rendered: beyond it one subject pixel already covers the canvas many times
+#: over, so a larger ``scale`` looks the same (and would overflow the float arithmetic).
+MAX_SCENE_FACTOR = 1e9
+
+
+def _visible_part(
+    layer: Image.Image, size: tuple[int, int], at: tuple[int, int], canvas: tuple[int, int]
+) -> tuple[Image.Image, tuple[int, int]] | None:
+    """``layer`` scaled to ``size`` and placed at ``at``, cut to what falls on the canvas.
+
+    Only the visible part is resampled (Pillow's ``box``), so a subject scaled far beyond the canvas
+    costs no more than the canvas itself. When the whole layer is visible this is a plain resize.
+
+    :param layer: the image to place
+    :param size: its scaled size (may exceed the canvas)
+    :param at: the canvas position of its top-left corner (may be negative)
+    :param canvas: the canvas size
+    :returns: the rendered part and where to paste it, or ``None`` when nothing is visible
+    """
+    (nw, nh), (x, y), (cw, ch) = size, at, canvas
+    left, top, right, bottom = max(0, x), max(0, y), min(cw, x + nw), min(ch, y + nh)
+    if right <= left or bottom <= top:
+        return None
+    sx, sy = layer.width / nw, layer.height / nh
+    box = ((left - x) * sx, (top - y) * sy, (right - x) * sx, (bottom - y) * sy)
+    if (left, top, right, bottom) == (x, y, x + nw, y + nh):
+        return layer.resize((nw, nh), Image.Resampling.LANCZOS), (x, y)
+    return layer.resize((right - left, bottom - top), Image.Resampling.LANCZOS, box=box), (left, top)
+
+
 def compose_on_scene(
     subject: Image.Image, background: Image.Image, scale: float, x_center: float, y_center: float
 ) -> Image.Image:
     """Place an RGBA subject on a scene with a soft contact shadow; returns RGB.
 
+    Any positive ``scale`` works: a subject larger than the canvas is cut at its edges.
+
     :param subject: the RGBA subject (trimmed or not)
     :param background: the scene
-    :param scale: the subject's longest edge as a fraction of the canvas
+    :param scale: the subject's longest edge as a fraction of the canvas (> 0)
     :param x_center: horizontal centre 0..1
     :param y_center: vertical centre 0..1
     """
     canvas = background.copy().convert("RGBA")
     cw, ch = canvas.size
-    factor = scale * max(cw, ch) / max(subject.width, subject.height)
+    factor = min(scale * max(cw, ch) / max(subject.width, subject.height), MAX_SCENE_FACTOR)
     nw, nh = max(1, round(subject.width * factor)), max(1, round(subject.height * factor))
-    scaled = subject.resize((nw, nh), Image.Resampling.LANCZOS)
     x, y = round(x_center * cw - nw / 2), round(y_center * ch - nh / 2)
     shadow = Image.new("L", (cw, ch), 0)
-    shadow.paste(scaled.getchannel("A"), (x + nw // 40, y + nh // 30))
-    shadow = shadow.filter(ImageFilter.GaussianBlur(max(2, nw // 40))).point(lambda a: a * 2 // 5)
+    cast = _visible_part(subject.getchannel("A"), (nw, nh), (x + nw // 40, y + nh // 30), (cw, ch))
+    if cast is not None:
+        shadow.paste(*cast)
+    blur = min(max(2, nw // 40), max(cw, ch))
+    shadow = shadow.filter(ImageFilter.GaussianBlur(blur)).point(lambda a: a * 2 // 5)
     dark = Image.new("RGBA", (cw, ch), (0, 0, 0, 255))
     canvas.paste(dark, mask=shadow)
     layer = Image.new("RGBA", (cw, ch), (0, 0, 0, 0))
-    layer.paste(scaled, (x, y))
+    placed = _visible_part(subject, (nw, nh), (x, y), (cw, ch))
+    if placed is not None:
+        layer.paste(*placed)
     canvas.alpha_composite(layer)
     return canvas.convert("RGB")

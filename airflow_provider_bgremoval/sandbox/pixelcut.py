@@ -15,6 +15,9 @@ Choices where the documents are silent (also listed in docs/sandbox.md):
 * Accepted input formats are undocumented: JPEG, PNG and WebP are accepted; other decodable formats
   get 400 ``unsupported_image_format``.
 * ``image_url`` fetch failures get 400 ``invalid_parameter``.
+* ``image_transform.scale`` has no documented range: any positive number is accepted (a subject
+  larger than the canvas is cut at the canvas edges); 0, negative or non-finite scales get 400
+  ``invalid_parameter``.
 * ``margin`` percentages are of the input image's dimensions (width for left/right, height for
   top/bottom).
 * An expired ``result_url`` answers 404.
@@ -128,6 +131,20 @@ def _json_number(value: Any, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(f"{name} must be a number")
     return _number(value, name, low, high)
+
+
+def _scale(value: Any) -> float:
+    """``image_transform.scale``: the docs give no range, so any positive finite number is taken.
+
+    (A scale of 0 or below would show no subject at all: 400 ``invalid_parameter``.)
+    """
+    try:
+        scale = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise _bad("image_transform.scale must be a positive number")
+    return scale
 
 
 def _parse_shadow(raw: Any, *, json_body: bool) -> dict[str, float] | None:
@@ -385,10 +402,11 @@ async def generate_background(request: Request) -> Response:
         transform: dict[str, float | None] = {"scale": None, "x_center": None, "y_center": None}
         if body.get("image_transform") is not None:
             raw = _coerce_object(body["image_transform"], "image_transform")
-            for name in ("scale", "x_center", "y_center"):
+            for name in ("x_center", "y_center"):  # documented: "Ranges from 0 to 1"
                 if raw.get(name) is not None:
-                    low, high = (0.01, 10.0) if name == "scale" else (0.0, 1.0)
-                    transform[name] = _number(raw[name], f"image_transform.{name}", low, high)
+                    transform[name] = _number(raw[name], f"image_transform.{name}", 0.0, 1.0)
+            if raw.get("scale") is not None:
+                transform["scale"] = _scale(raw["scale"])
         scene = body.get("scene")
         if scene is not None and scene not in imaging.SCENES:
             raise _bad(f"scene must be one of {', '.join(imaging.SCENES)}")

@@ -13,6 +13,10 @@ Choices where the documents are silent (INVENTED; also listed in docs/sandbox.md
   ``result.target_size`` is set, where the margin is inset as documented).
 * Uploads over 32,000,000 pixels and ``image.base64`` over 1 MB (1,000,000 characters) → 400 (invented
   code 1003).
+* Limits the documents do not state, which the sandbox needs to stay within memory: inputs (uploads
+  and ``image.url`` downloads) of at most 128,000,000 bytes (:data:`MAX_INPUT_BYTES`, the same figure
+  the provider's client uses) and ``result.target_size`` of at most 25,000,000 pixels
+  (:data:`MAX_TARGET_PIXELS`); beyond them → 400 (invented codes 1003 and 1002).
 """
 
 from __future__ import annotations
@@ -50,7 +54,15 @@ UPLOAD_PIXEL_CAP = 32_000_000
 MAX_PIXELS_RANGE = (100, 25_000_000)
 #: ``image.base64``: "at most 1 megabyte" of text (decimal megabytes, see :data:`~.state.MEGABYTE`)
 BASE64_MAX = MEGABYTE
-FETCH_MAX_BYTES = 64 * 1024 * 1024
+#: Pixian documents no byte limit, only the 32,000,000-pixel cap. The sandbox still has to stop
+#: reading somewhere: uploads and ``image.url`` downloads of up to 128,000,000 bytes (the pixel cap
+#: times 4 bytes, an uncompressed 8-bit RGBA frame; the provider's client uses the same figure) are
+#: read, larger ones get 400 (invented code 1003). A sandbox choice, listed in docs/sandbox.md.
+MAX_INPUT_BYTES = UPLOAD_PIXEL_CAP * 4
+#: Pixian documents no range for ``result.target_size``. The sandbox renders results of at most
+#: 25,000,000 pixels (the largest ``max_pixels``, i.e. the most Pixian processes) and answers a
+#: larger target with 400 (invented code 1002). A sandbox choice, listed in docs/sandbox.md.
+MAX_TARGET_PIXELS = 25_000_000
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _MARGIN_VALUE = re.compile(r"^(\d+(?:\.\d+)?)(px|%)$")
 _TARGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)\s*$")
@@ -131,8 +143,10 @@ def _options(fields: dict[str, str]) -> Options:
         if not match:
             raise _bad("result.target_size must look like '1920 1080'")
         tw, th = round(float(match.group(1))), round(float(match.group(2)))
-        if not (1 <= tw <= 25_000 and 1 <= th <= 25_000) or tw * th > 25_000_000:
-            raise _bad("result.target_size is out of range")
+        if tw < 1 or th < 1:
+            raise _bad("result.target_size must be at least 1 pixel wide and high")
+        if tw * th > MAX_TARGET_PIXELS:
+            raise _bad(f"result.target_size: the sandbox renders at most {MAX_TARGET_PIXELS:,} pixels")
         opts.target = (tw, th)
     if "result.vertical_alignment" in fields:
         opts.valign = fields["result.vertical_alignment"].strip()
@@ -168,7 +182,7 @@ async def _input_bytes(state: SandboxState, form: Any) -> bytes:
     upload = form.get("image")
     if isinstance(upload, UploadFile):
         try:
-            return await upload_bytes(upload, FETCH_MAX_BYTES)
+            return await upload_bytes(upload, MAX_INPUT_BYTES)
         except InputError as exc:
             raise _bad("The image is too large", "image_too_large") from exc
     b64 = form.get("image.base64")
@@ -183,8 +197,10 @@ async def _input_bytes(state: SandboxState, form: Any) -> bytes:
     url = form.get("image.url")
     if isinstance(url, str) and url:
         try:
-            return await fetch_url(state, url, FETCH_MAX_BYTES)
+            return await fetch_url(state, url, MAX_INPUT_BYTES)
         except InputError as exc:
+            if exc.kind == "too_large":
+                raise _bad("The image is too large", "image_too_large") from exc
             raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
     raise _bad("One of image, image.base64 or image.url must be provided", "missing_image")
 

@@ -92,6 +92,8 @@ MIN_MAX_PIXELS = 100
 MAX_MAX_PIXELS = 25_000_000
 #: largest upload Pixian accepts, width x height (the docs)
 UPLOAD_MAX_PIXELS = 32_000_000
+#: the byte cap derived from it (undocumented; see :attr:`PixianWire.limits`)
+UPLOAD_MAX_BYTES = UPLOAD_MAX_PIXELS * 4
 
 _MARGIN_TOKEN = re.compile(r"^\d+(?:\.\d+)?(?:px|%)$")
 _CREDIT_WORDS = re.compile(r"\b(?:credits?|dormant|credit\s*pack)\b", re.IGNORECASE)
@@ -139,14 +141,16 @@ def parse_test_mode(value: Any) -> bool:
     return False if value is None else _bool(value, "test_mode")
 
 
-def _int_in(value: Any, parameter: str, low: int, high: int) -> int:
+def _int_in(value: Any, parameter: str, low: int, high: int | None) -> int:
     if isinstance(value, bool):
         raise InvalidOptionError(parameter, f"{value!r} is not an integer")
     try:
         number = int(str(value).strip())
     except ValueError:
         raise InvalidOptionError(parameter, f"{value!r} is not an integer") from None
-    if not low <= number <= high:
+    if high is None and number < low:
+        raise InvalidOptionError(parameter, f"{number} is below {low:,}")
+    if high is not None and not low <= number <= high:
         raise InvalidOptionError(parameter, f"{number} is not between {low:,} and {high:,}")
     return number
 
@@ -161,7 +165,8 @@ def _target_size(value: Any) -> tuple[int, int]:
             raise InvalidOptionError("target_size", f"{value!r} is not 'WIDTH HEIGHT'") from None
     if len(parts) != 2:
         raise InvalidOptionError("target_size", f"{value!r} is not 'WIDTH HEIGHT'")
-    width, height = (_int_in(p, "target_size", 1, 100_000) for p in parts)
+    # Pixian documents no upper bound: any positive size is sent (the vendor decides).
+    width, height = (_int_in(p, "target_size", 1, None) for p in parts)
     return width, height
 
 
@@ -189,7 +194,7 @@ class PixianOptions:
         (``"10px 20% 5px 15%"``), applied by Pixian whether or not the result is cropped; inset
         when ``target_size`` is set. Not combinable with the unified ``margin`` or ``delta_png``.
     :param target_size: native ``result.target_size`` ``(width, height)`` (or ``"1920 1080"``):
-        the result is scaled to fit and padded.
+        the result is scaled to fit and padded. Any positive size (Pixian documents no limit).
     :param vertical_alignment: native ``result.vertical_alignment`` (``top``/``middle``/``bottom``);
         only with ``target_size``.
     :param delta_png: ask for ``output.format=delta_png`` (smaller, faster replies); the hook decodes
@@ -301,13 +306,14 @@ class PixianWire(VendorWire):
     delta_capabilities: ClassVar[VendorCapabilities] = VendorCapabilities(
         output_formats=frozenset({"png"}), background_color=False, crop=False
     )
-    #: 32,000,000 pixels is documented. The docs give no byte cap for uploads: 128,000,000 bytes is
-    #: derived from the pixel cap (32 MP x 4 bytes, an uncompressed RGBA frame), so no compressed image
-    #: within the pixel cap is refused for its size. Uploads are sent as JPEG or PNG (the formats of
+    #: 32,000,000 pixels is documented. The docs give no byte cap for uploads: :data:`UPLOAD_MAX_BYTES`
+    #: (128,000,000) is derived from the pixel cap (32 MP x 4 bytes, an uncompressed 8-bit RGBA frame),
+    #: so no compressed 8-bit image within the pixel cap is refused for its size; the sandbox reads
+    #: inputs up to the same figure. Uploads are sent as JPEG or PNG (the formats of
     #: the docs' upload examples); any other format Pillow reads (WebP, BMP, GIF, TIFF…) is converted
     #: losslessly to PNG first, because the docs list accepted formats only for ``image.url``.
     limits = InputLimits(
-        max_bytes=128_000_000,
+        max_bytes=UPLOAD_MAX_BYTES,
         min_side=1,
         max_pixels=UPLOAD_MAX_PIXELS,
         formats=frozenset({"JPEG", "PNG"}),

@@ -532,6 +532,27 @@ def test_generate_background_rgba_alpha_used_as_is(client: httpx.Client) -> None
     assert not (g > 150 and r < 80 and b < 80)
 
 
+@pytest.mark.parametrize("scale", ["0.001", "20", "1e6"])
+def test_generate_background_scale_has_no_invented_range(
+    client: httpx.Client, product_png: bytes, scale: str
+) -> None:
+    # The docs give image_transform.scale no range (x_center and y_center are 0-1).
+    r = generate(client, product_png, scene="linen", image_transform=json.dumps({"scale": float(scale)}))
+    assert r.status_code == 200
+    assert decode(r.content).size == (1024, 1024)
+    validate(r)
+
+
+def test_generate_background_huge_scale_fills_the_canvas_with_the_subject(client: httpx.Client) -> None:
+    rgba = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    rgba.paste((0, 200, 0, 255), (100, 100, 200, 200))
+    out = decode(generate(client, png_bytes(rgba), scene="wood", **{"image_transform.scale": "50"}).content)
+    # 50 x the canvas: the middle third of the subject (the green square) covers all of it
+    for point in ((0, 0), (512, 512), (1023, 1023)):
+        r, g, b = out.convert("RGB").getpixel(point)
+        assert g > 150 and r < 80 and b < 80, point
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -539,6 +560,9 @@ def test_generate_background_rgba_alpha_used_as_is(client: httpx.Client) -> None
         {"image_transform": '{"x_center": 1.5}'},
         {"image_transform": "nope"},
         {"image_transform.scale": "-1"},
+        {"image_transform.scale": "0"},
+        {"image_transform.scale": "inf"},
+        {"image_transform.scale": "nan"},
     ],
 )
 def test_generate_background_invalid(client: httpx.Client, product_png: bytes, data: dict[str, str]) -> None:

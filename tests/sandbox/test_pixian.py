@@ -134,6 +134,27 @@ def test_crop_margin_target_size(client: httpx.Client, product_png: bytes) -> No
     assert left + width <= 350
 
 
+def test_target_size_has_no_invented_per_side_limit(client: httpx.Client, product_png: bytes) -> None:
+    # Pixian documents no range for result.target_size: any positive size renders ...
+    wide = pixian(client, product_png, **{"result.target_size": "30000 20"})
+    assert wide.status_code == 200
+    assert wide.headers["X-Result-Size"] == "30000 20"
+    # ... up to the sandbox's own rendering limit, a choice listed in docs/sandbox.md.
+    assert pixian(client, product_png, **{"result.target_size": "5000 5000"}).status_code == 200
+    too_big = pixian(client, product_png, **{"result.target_size": "5001 5000"})
+    assert (too_big.status_code, error_of(too_big)["code"]) == (400, 1002)
+    assert "25,000,000" in error_of(too_big)["message"]
+
+
+def test_no_invented_64_mib_upload_cap(client: httpx.Client, sandbox: RunningSandbox) -> None:
+    # Pixian documents a pixel cap, not a byte cap: a file over 64 MiB is read and judged by its
+    # content (here: not an image), not refused for its size.
+    big = b"\x89PNG" + b"\0" * (64 * 1024 * 1024)
+    r = pixian(client, big)
+    assert (r.status_code, error_of(r)["code"]) == (400, 1006)
+    assert sandbox.admin.total_charged() == 0
+
+
 def test_delta_png_decodes_back_to_the_full_cutout(client: httpx.Client, product_png: bytes) -> None:
     full = decode(pixian(client, product_png, **{"output.format": "png"}).content)
     delta_resp = pixian(

@@ -4,7 +4,8 @@ Pixelcut says "Max size: 25MB", Poof "Maximum size: 20MB" and Pixian lets ``imag
 most 1 megabyte". Both sides read MB as a decimal megabyte (1,000,000 bytes, docs/sandbox.md
 "Choices where the vendor documents are silent"). The sandbox imports no client code (DESIGN.md
 decision 10), so each side states the value itself; this test is what keeps the two in step, and it
-takes the Pixelcut figure from the vendor's own OpenAPI text.
+takes the Pixelcut figure from the vendor's own OpenAPI text. The same goes for the one byte cap
+neither side finds in the documents but both need (Pixian's, derived from its pixel cap).
 """
 
 from __future__ import annotations
@@ -55,3 +56,11 @@ def test_poof_20mb() -> None:
 
 def test_pixian_base64_1_megabyte() -> None:
     assert pixian.MAX_BASE64_CHARS == sandbox_pixian.BASE64_MAX == 1_000_000
+
+
+def test_pixian_byte_cap_is_one_choice_on_both_sides() -> None:
+    # Pixian documents a pixel cap and no byte cap. Both sides derive the same one from it
+    # (32,000,000 px x 4 bytes), so the sandbox never refuses for its size what the client sends.
+    assert pixian.UPLOAD_MAX_PIXELS == sandbox_pixian.UPLOAD_PIXEL_CAP == 32_000_000
+    assert pixian.UPLOAD_MAX_BYTES == pixian.PixianWire.limits.max_bytes == 128_000_000
+    assert sandbox_pixian.MAX_INPUT_BYTES == pixian.UPLOAD_MAX_BYTES

@@ -150,6 +150,14 @@ def test_options_normalise_template_strings() -> None:
     json.dumps(opts.as_dict())
 
 
+def test_target_size_has_no_invented_upper_limit() -> None:
+    # Pixian documents no range for result.target_size: the client sends any positive size.
+    assert PixianOptions(target_size=(200_000, 1)).target_size == (200_000, 1)
+    assert PixianOptions(target_size="30000 30000").target_size == (30_000, 30_000)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="below 1"):
+        PixianOptions(target_size=(0, 10))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "parameter"),
     [
