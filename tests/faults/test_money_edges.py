@@ -398,3 +398,63 @@ def test_pending_claims_of_another_run_are_explained(cell: Cell, dag_tester, on_
     assert run.task_states() == {"cutouts": "failed" if on_pending == "fail" else "success"}
     assert any(holder in r.getMessage() and "lease expires" in r.getMessage() for r in caplog.records)
     assert len(cell.sandbox.admin.charges("poof")) == BATCH - 8
+
+
+SIGTERM_DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+
+with DAG("money_sigterm", schedule=None, catchup=False) as dag:
+    RemoveBackgroundOperator(
+        task_id="cutouts",
+        conn_id="poof_default",
+        source_bucket={src!r},
+        source_prefix="raw/",
+        destination_bucket={dst!r},
+        destination_prefix="out/",
+        max_concurrency=8,
+        retries=0,
+    )
+"""
+
+
+def test_dag_sigterm_through_airflows_task_runner_drains(cell: Cell, airflow_db: None) -> None:
+    """
+    SIGTERM to a process running ``dag.test()``: Airflow's task runner calls the operator's
+    ``on_kill``, the batch drains, every billed result is stored, and the task fails with its
+    manifest and summary written.
+    """
+    cell.sandbox.admin.set_faults("poof", latency_ms=150)
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / "money_sigterm.py"
+    path.write_text(SIGTERM_DAG.format(src=cell.src, dst=cell.dst))
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.dag_runner", str(path), "money_sigterm"],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_for_charges(cell, process, 15)
+            os.kill(process.pid, signal.SIGTERM)
+            out, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        path.unlink(missing_ok=True)
+    assert process.returncode == 0, err.decode()[-3000:]
+    outcome = json.loads(out.decode().strip().splitlines()[-1])
+    assert outcome["states"] == {"cutouts": "failed"}
+    summary = outcome["summary"]
+    assert summary["interrupted"] == "terminated", summary
+    rows = read_manifest(cell.storage.read(cell.dst, summary["manifest_uri"].split("/", 3)[3]))
+    assert len(rows) == BATCH
+    done = {r["destination"] for r in rows if r["status"] == "done"}
+    assert {r["error_code"] for r in rows if r["status"] != "done"} == {"terminated"}
+    written = {f"gs://{cell.dst}/{name}" for name in output_objects(cell.storage, cell.dst, "out/")}
+    assert written == done
+    assert len(cell.sandbox.admin.charges("poof")) == len(done)  # no billed result thrown away
+    print(f"dag SIGTERM cell: {len(done)} stored, {BATCH - len(done)} pending")
