@@ -9,6 +9,8 @@ Choices where the documents are silent (INVENTED; also listed in docs/sandbox.md
 * Both multipart (``curl -F``) and urlencoded bodies (the docs' Python ``image.url`` sample) are
   accepted. When several inputs are sent, ``image`` wins over ``image.base64`` over ``image.url``.
 * Binary uploads accept the formats Pillow decodes; anything else is 400 code 1006.
+* ``image.url`` "Must be a .bmp, .gif, .jpeg, .png, or .tiff file": the sandbox judges the file type
+  by the fetched content, not by the URL's name; any other image type (WebP...) → 400 code 1006.
 * ``result.margin`` percentages are of the result's size on that axis (of the target size when
   ``result.target_size`` is set, where the margin is inset as documented).
 * Uploads over 32,000,000 pixels and ``image.base64`` over 1 MB (1,000,000 characters) → 400 (invented
@@ -63,6 +65,8 @@ MAX_INPUT_BYTES = UPLOAD_PIXEL_CAP * 4
 #: 25,000,000 pixels (the largest ``max_pixels``, i.e. the most Pixian processes) and answers a
 #: larger target with 400 (invented code 1002). A sandbox choice, listed in docs/sandbox.md.
 MAX_TARGET_PIXELS = 25_000_000
+#: The file types ``image.url`` may point to (Pillow format names; MPO is a multi-picture JPEG).
+URL_FORMATS = frozenset({"BMP", "GIF", "JPEG", "MPO", "PNG", "TIFF"})
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _MARGIN_VALUE = re.compile(r"^(\d+(?:\.\d+)?)(px|%)$")
 _TARGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)\s*$")
@@ -178,6 +182,23 @@ def _authenticate(request: Request, state: SandboxState, ctx: RequestContext) ->
     return api_id
 
 
+def _check_url_file_type(data: bytes) -> None:
+    """``image.url`` "Must be a .bmp, .gif, .jpeg, .png, or .tiff file": judged by what was fetched.
+
+    :param data: the downloaded bytes
+    """
+    try:
+        fmt, _size = imaging.probe(data)
+    except imaging.ImageDecodeError:
+        return  # not an image at all: the decoder answers 1006 as for any unreadable input
+    if fmt not in URL_FORMATS and fmt != "BOMB":
+        raise _bad(
+            "Failed to read the supplied image. image.url must point to a .bmp, .gif, .jpeg, .png "
+            f"or .tiff file, not {fmt}",
+            "unreadable_image",
+        )
+
+
 async def _input_bytes(state: SandboxState, form: Any) -> bytes:
     upload = form.get("image")
     if isinstance(upload, UploadFile):
@@ -197,11 +218,13 @@ async def _input_bytes(state: SandboxState, form: Any) -> bytes:
     url = form.get("image.url")
     if isinstance(url, str) and url:
         try:
-            return await fetch_url(state, url, MAX_INPUT_BYTES)
+            data = await fetch_url(state, url, MAX_INPUT_BYTES)
         except InputError as exc:
             if exc.kind == "too_large":
                 raise _bad("The image is too large", "image_too_large") from exc
             raise _bad("Failed to read the supplied image. ", "unreadable_image") from exc
+        _check_url_file_type(data)
+        return data
     raise _bad("One of image, image.base64 or image.url must be provided", "missing_image")
 
 

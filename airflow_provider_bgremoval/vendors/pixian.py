@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, NamedTuple, cast
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -74,10 +75,13 @@ from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_d
 
 __all__ = [
     "MAX_BASE64_CHARS",
+    "OTHER_IMAGE_EXTENSIONS",
+    "URL_FILE_TYPES",
     "ForegroundBox",
     "PixianOptions",
     "PixianWire",
     "Size",
+    "check_image_url_type",
     "parse_test_mode",
 ]
 
@@ -94,6 +98,29 @@ MAX_MAX_PIXELS = 25_000_000
 UPLOAD_MAX_PIXELS = 32_000_000
 #: the byte cap derived from it (undocumented; see :attr:`PixianWire.limits`)
 UPLOAD_MAX_BYTES = UPLOAD_MAX_PIXELS * 4
+
+#: ``image.url`` "Must be a .bmp, .gif, .jpeg, .png, or .tiff file": those five file types, by the
+#: extensions they are usually written with.
+URL_FILE_TYPES: Mapping[str, str] = {
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".jpeg": "JPEG",
+    ".jpg": "JPEG",
+    ".jpe": "JPEG",
+    ".png": "PNG",
+    ".tiff": "TIFF",
+    ".tif": "TIFF",
+}
+#: Extensions of other image types: an ``image.url`` whose path ends in one of them names a file type
+#: Pixian does not fetch, so it is refused before the call. A URL without a known extension is sent
+#: (the client cannot see what it serves without fetching it).
+OTHER_IMAGE_EXTENSIONS = frozenset(
+    {
+        ".webp", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".jpf", ".jpx", ".svg", ".svgz",
+        ".ico", ".psd", ".tga", ".dds", ".pcx", ".ppm", ".pgm", ".pbm", ".pnm", ".eps", ".raw",
+        ".dng", ".cr2", ".nef", ".arw",
+    }
+)  # fmt: skip
 
 _MARGIN_TOKEN = re.compile(r"^\d+(?:\.\d+)?(?:px|%)$")
 _CREDIT_WORDS = re.compile(r"\b(?:credits?|dormant|credit\s*pack)\b", re.IGNORECASE)
@@ -280,6 +307,29 @@ class PixianOptions:
         return data
 
 
+def check_image_url_type(url: str) -> str:
+    """
+    Refuse an ``image.url`` whose name says it is not one of the file types Pixian documents for it
+    (BMP, GIF, JPEG, PNG, TIFF); return the URL unchanged.
+
+    Judged by the extension of the URL's (decoded) path, query and fragment ignored, any case: one
+    of :data:`URL_FILE_TYPES` passes, one of :data:`OTHER_IMAGE_EXTENSIONS` is an
+    :class:`InvalidOptionError` before any call, anything else (no extension, ``.php``…) is left to
+    Pixian, which sees what the URL serves.
+
+    :param url: the URL input.
+    """
+    name = unquote(urlsplit(url).path).rsplit("/", 1)[-1].lower()
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if suffix in OTHER_IMAGE_EXTENSIONS:
+        raise InvalidOptionError(
+            "image_url",
+            f"Pixian's image.url must be a .bmp, .gif, .jpeg, .png or .tiff file, not {suffix}; "
+            "pass the image bytes instead (uploads of other formats are converted to PNG)",
+        )
+    return url
+
+
 def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
     if not value:
         return None
@@ -363,6 +413,8 @@ class PixianWire(VendorWire):
         """
         opts = PixianOptions.coerce(vendor_options)
         cls.check_options(options, opts)
+        if image_url is not None:
+            check_image_url_type(image_url)
         return opts
 
     @staticmethod
@@ -410,7 +462,7 @@ class PixianWire(VendorWire):
         fields: dict[str, str] = {}
         files: dict[str, tuple[str, bytes, str]] | None = None
         if image.url is not None:
-            fields["image.url"] = image.url
+            fields["image.url"] = check_image_url_type(image.url)
         elif opts.input_encoding == "base64":
             fields["image.base64"] = self._base64(cast(bytes, image.data))
         else:

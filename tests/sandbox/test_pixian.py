@@ -236,6 +236,36 @@ def test_base64_and_url_inputs(client: httpx.Client, sandbox: RunningSandbox, pr
     assert error_of(r)["code"] == 1006
 
 
+def served(sandbox: RunningSandbox, data: bytes, media_type: str, suffix: str) -> str:
+    """A URL on the sandbox that serves ``data`` (its result store, named ``<uuid>.<suffix>``)."""
+    return f"{sandbox.url}/_results/{sandbox.state.store_result(data, media_type, suffix)}"
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "JPEG", "PNG", "TIFF"])
+def test_image_url_documented_file_types(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, fmt: str
+) -> None:
+    # image.url "Must be a .bmp, .gif, .jpeg, .png, or .tiff file."
+    data = png_bytes(decode(product_png).convert("RGB"), fmt)
+    r = client.post(PATH, auth=AUTH, data={"image.url": served(sandbox, data, f"image/{fmt.lower()}", "bin")})
+    assert r.status_code == 200, r.text
+    assert decode(r.content).size == (320, 240)
+
+
+def test_image_url_of_another_file_type_is_refused(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
+    webp = png_bytes(decode(product_png), "WEBP")
+    # judged by what the URL serves, not by its name (docs/sandbox.md)
+    for url in (served(sandbox, webp, "image/webp", "webp"), served(sandbox, webp, "image/png", "png")):
+        r = client.post(PATH, auth=AUTH, data={"image.url": url})
+        assert (r.status_code, error_of(r)["code"]) == (400, 1006)
+        assert ".bmp, .gif, .jpeg, .png or .tiff" in error_of(r)["message"]
+    assert sandbox.admin.total_charged() == 0
+    # the same WebP bytes uploaded as a file are processed (the docs restrict only image.url)
+    assert pixian(client, webp).status_code == 200
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -328,7 +358,7 @@ def test_curl_examples_from_the_pixian_document(
     sandbox: RunningSandbox, tmp_path: Path, product_png: bytes
 ) -> None:
     example = tmp_path / "example.jpeg"
-    Image.open(__import__("io").BytesIO(product_png)).convert("RGB").save(example, "JPEG", quality=95)
+    decode(product_png).convert("RGB").save(example, "JPEG", quality=95)
     url = sandbox.url
     # $ curl https://api.pixian.ai/api/v2/remove-background \
     #     -u xyz123:[secret] -F image=@example.jpeg -o pixian_result.png

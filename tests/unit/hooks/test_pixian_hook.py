@@ -255,6 +255,19 @@ async def test_image_url_input(monkeypatch: pytest.MonkeyPatch, mode: str) -> No
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["remove_background", "estimate_with_test_call"])
+async def test_image_url_of_an_undocumented_file_type_is_refused_before_any_call(
+    monkeypatch: pytest.MonkeyPatch, mode: str, method: str
+) -> None:
+    # Pixian: image.url "Must be a .bmp, .gif, .jpeg, .png, or .tiff file."
+    hook, fake, _ = make_hook(monkeypatch, cutout_reply())
+    with pytest.raises(InvalidOptionError, match=r"\.webp") as info:
+        await run(mode, hook, method, image_url="https://cdn.example.com/photos/chelsea.webp?v=2")
+    assert info.value.parameter == "image_url"
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_base64_input(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     hook, fake, _ = make_hook(monkeypatch, cutout_reply())
     await run(mode, hook, "remove_background", CHELSEA, vendor_options=PixianOptions(input_encoding="base64"))

@@ -150,6 +150,48 @@ def test_options_normalise_template_strings() -> None:
     json.dumps(opts.as_dict())
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example/a.bmp",
+        "https://cdn.example/a.GIF",
+        "https://cdn.example/a.jpeg",
+        "https://cdn.example/a.jpg?X-Goog-Signature=abc",
+        "https://cdn.example/a.png#top",
+        "https://cdn.example/a.tif",
+        "https://cdn.example/a.TIFF",
+        "https://cdn.example/photos/1234",  # no extension: Pixian sees what it serves
+        "https://cdn.example/render.php?id=3",
+        "https://cdn.example/dir.webp/a.png",
+    ],
+)
+def test_image_url_of_a_documented_file_type_passes(url: str) -> None:
+    # image.url "Must be a .bmp, .gif, .jpeg, .png, or .tiff file."
+    assert PixianWire.check_call(RemovalOptions(), None, image_url=url) == PixianOptions()
+    request = make_wire().remove_background_request(ImageInput(url=url), RemovalOptions())
+    assert request.data is not None
+    assert request.data["image.url"] == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example/a.webp",
+        "https://cdn.example/a.WebP?sig=1",
+        "https://cdn.example/a.avif",
+        "https://cdn.example/IMG_1.HEIC",
+        "https://cdn.example/logo.svg",
+        "https://storage.googleapis.com/download/storage/v1/b/bkt/o/photos%2Fa.webp?alt=media",
+    ],
+)
+def test_image_url_of_another_image_type_is_refused_before_any_call(url: str) -> None:
+    with pytest.raises(InvalidOptionError, match=r"image\.url must be a \.bmp") as info:
+        PixianWire.check_call(RemovalOptions(), None, image_url=url)
+    assert info.value.parameter == "image_url"
+    with pytest.raises(InvalidOptionError):
+        make_wire().remove_background_request(ImageInput(url=url), RemovalOptions())
+
+
 def test_target_size_has_no_invented_upper_limit() -> None:
     # Pixian documents no range for result.target_size: the client sends any positive size.
     assert PixianOptions(target_size=(200_000, 1)).target_size == (200_000, 1)
