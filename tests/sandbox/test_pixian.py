@@ -404,26 +404,54 @@ def test_curl_examples_from_the_pixian_document(
     assert '"status":401' in done.stdout
 
 
-# -- the vendor's PyPI client (pixian-ai hard-codes its URL; redirect it) -------------------------
+# -- the vendor's PyPI client, pixian-ai 1.0.0 (every statement in docs/sandbox.md "The vendors' own
+# -- clients" has a test here) --------------------------------------------------------------------
 
 
-def test_pixian_ai_client_against_the_sandbox(
-    sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, product_png: bytes
-) -> None:
+def test_pixian_ai_has_no_base_url_and_posts_to_the_real_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    import pixian_ai.client
+    from pixian_ai import PixianAI
+
+    assert list(inspect.signature(PixianAI.__init__).parameters) == ["self", "api_id", "api_secret"]
+    seen: list[str] = []
+
+    def record(url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        seen.append(url)
+        response = requests.Response()
+        response.status_code, response._content = 200, b"PNG"
+        return response
+
+    monkeypatch.setattr(pixian_ai.client.requests, "post", record)  # nothing leaves the machine
+    PixianAI("px_sandbox_id", "px_sandbox_secret").remove_background(image_url="https://x.example/a.png")
+    assert seen == ["https://api.pixian.ai/api/v2/remove-background"]
+
+
+@pytest.fixture
+def pixian_ai_client(sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """pixian-ai's client with its hard-coded URL patched to the sandbox (the documented recipe)."""
     import pixian_ai.client
     from pixian_ai import PixianAI
 
     real_post = requests.post
-    seen: list[str] = []
 
     def redirected(url: str, *args: Any, **kwargs: Any) -> requests.Response:
-        seen.append(url)
         return real_post(url.replace("https://api.pixian.ai", sandbox.url), *args, **kwargs)
 
     monkeypatch.setattr(pixian_ai.client.requests, "post", redirected)
+    return PixianAI("px_sandbox_id", "px_sandbox_secret")
+
+
+def test_pixian_ai_client_against_the_sandbox(
+    sandbox: RunningSandbox, pixian_ai_client: Any, tmp_path: Path, product_png: bytes
+) -> None:
+    import pixian_ai.client
+    from pixian_ai import PixianAI
+
     path = tmp_path / "in.png"
     path.write_bytes(product_png)
-    client = PixianAI("px_sandbox_id", "px_sandbox_secret")
+    client = pixian_ai_client
     result = client.remove_background(
         image_path=str(path), result_crop_to_foreground=True, result_margin="10px"
     )
@@ -436,7 +464,65 @@ def test_pixian_ai_client_against_the_sandbox(
     assert decode(jpeg.content).format == "JPEG"
     delta = client.remove_background(image_path=str(path), output_format="delta_png")
     assert decode(delta.content).size == (320, 240)
-    assert seen == ["https://api.pixian.ai/api/v2/remove-background"] * 3
     with pytest.raises(pixian_ai.client.PixianAIException, match="401"):
         PixianAI("px_sandbox_id", "bad").remove_background(image_path=str(path))
     assert sandbox.admin.total_charged("pixian") == 3
+
+
+def test_pixian_ai_every_parameter_works(
+    sandbox: RunningSandbox, pixian_ai_client: Any, tmp_path: Path, product_png: bytes
+) -> None:
+    path = tmp_path / "in.png"
+    path.write_bytes(product_png)
+    client = pixian_ai_client
+    url = served(sandbox, product_png, "image/png", "png")
+    assert decode(client.remove_background(image_url=url).content).size == (320, 240)
+    fitted = client.remove_background(
+        image_path=str(path), result_target_size="400 600", result_vertical_alignment="bottom"
+    )
+    assert decode(fitted.content).size == (400, 600)
+    small = client.remove_background(image_path=str(path), max_pixels=10_000)
+    assert decode(small.content).width * decode(small.content).height <= 10_000
+    png = client.remove_background(image_path=str(path), output_format="png", background_color="#0055FF")
+    assert decode(png.content).format == "PNG"
+    low, high = (
+        client.remove_background(image_path=str(path), output_format="jpeg", output_jpeg_quality=quality)
+        for quality in (10, 95)
+    )
+    assert len(low.content) < len(high.content)
+    framed = client.remove_background(
+        image_path=str(path), result_crop_to_foreground=True, result_margin="10.0%"
+    )
+    assert decode(framed.content).width < 320
+    # pixian-ai always sends its defaults (max_pixels, result.margin=0px, output.format=auto ...)
+    # and booleans as Python's "False"/"True"; the sandbox takes them all.
+    first, last = (
+        sandbox.admin.requests("pixian")[0]["params"],
+        sandbox.admin.requests("pixian")[-1]["params"],
+    )
+    assert (first["result.crop_to_foreground"], last["result.crop_to_foreground"]) == ("False", "True")
+    assert (first["max_pixels"], first["result.margin"], first["output.format"]) == (
+        "25000000",
+        "0px",
+        "auto",
+    )
+    assert sandbox.admin.total_charged("pixian") == 7
+
+
+def test_pixian_ai_limits(
+    sandbox: RunningSandbox, pixian_ai_client: Any, tmp_path: Path, product_png: bytes
+) -> None:
+    import inspect
+
+    from pixian_ai import PixianAI
+
+    path = tmp_path / "in.png"
+    path.write_bytes(product_png)
+    # No test mode: remove_background has no `test` parameter, so every call is billed.
+    assert "test" not in inspect.signature(PixianAI.remove_background).parameters
+    pixian_ai_client.remove_background(image_path=str(path))
+    assert sandbox.admin.total_charged("pixian") == 1
+    # Its own check wants percentage margins with a decimal point: "10%" never reaches the server.
+    with pytest.raises(ValueError, match="result_margin"):
+        pixian_ai_client.remove_background(image_path=str(path), result_margin="10%")
+    assert len(sandbox.admin.requests("pixian")) == 1

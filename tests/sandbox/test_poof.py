@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -153,8 +155,12 @@ def test_me_reports_max_minus_used(client: httpx.Client, sandbox: RunningSandbox
     assert me["maxCredits"] - me["usedCredits"] == 10
 
 
+# -- the vendor's PyPI client, poofbg 0.4.1 (every statement in docs/sandbox.md "The vendors' own
+# -- clients" has a test here) --------------------------------------------------------------------
+
+
 def test_poofbg_client_against_the_sandbox(sandbox: RunningSandbox, product_png: bytes) -> None:
-    from poof import PaymentRequiredError, Poof, ValidationError
+    from poof import PaymentRequiredError, PermissionDeniedError, Poof, ValidationError
     from poof.exceptions import AuthError
 
     with Poof(api_key="pk_sandbox_poof_key", base_url=sandbox.poof_base_url, timeout=30) as client:
@@ -164,15 +170,141 @@ def test_poofbg_client_against_the_sandbox(sandbox: RunningSandbox, product_png:
         assert result.request_id.startswith("req_")
         assert result.width is not None
         assert result.width <= 256
-        img = Image.open(__import__("io").BytesIO(result.data))
+        img = Image.open(io.BytesIO(result.data))
         assert img.size == (result.width, result.height)
         info = client.me()
         assert info["maxCredits"] - info["usedCredits"] == 999
         with pytest.raises(ValidationError) as invalid:
             client.remove_background(product_png, format="gif")  # type: ignore[arg-type]
         assert invalid.value.code == "validation_error"
+        sandbox.admin.set_faults("poof", auth_revoked=True)
+        with pytest.raises(PermissionDeniedError):
+            client.remove_background(product_png)
+        sandbox.admin.clear_faults()
         sandbox.admin.set_balance("poof", 0)
         with pytest.raises(PaymentRequiredError):
             client.remove_background(product_png)
     with Poof(api_key="pk_wrong", base_url=sandbox.poof_base_url) as bad, pytest.raises(AuthError):
         bad.me()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "mode", "size"),
+    [
+        ({}, "RGBA", (320, 240)),
+        ({"format": "jpg"}, "RGB", (320, 240)),
+        ({"channels": "rgb", "bg_color": "#00ff00"}, "RGB", (320, 240)),
+        ({"channels": "alpha"}, "L", (320, 240)),
+        ({"crop": True}, "RGBA", None),
+    ],
+)
+def test_poofbg_parameters_that_work(
+    sandbox: RunningSandbox,
+    product_png: bytes,
+    tmp_path: Path,
+    kwargs: dict[str, Any],
+    mode: str,
+    size: tuple[int, int] | None,
+) -> None:
+    from poof import Poof
+
+    path = tmp_path / "in.png"
+    path.write_bytes(product_png)
+    with Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client:
+        for image in (product_png, path, io.BytesIO(product_png)):  # bytes, a path, a file object
+            result = client.remove_background(image, **kwargs)
+            img = decode(result.data)
+            assert img.mode == mode
+            if size is None:
+                assert img.width < 320
+            else:
+                assert img.size == size
+    assert sandbox.admin.total_charged("poof") == 3
+
+
+def test_poofbg_sizes_work(sandbox: RunningSandbox) -> None:
+    from poof import Poof
+
+    big = png_bytes(product_shot((2400, 1800)))
+    with Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client:
+        longest = {
+            size: max(decode(client.remove_background(big, size=size).data).size)  # type: ignore[arg-type]
+            for size in ("preview", "small", "medium", "large", "full")
+        }
+        hd = decode(client.remove_background(big, size="hd").data)
+    assert longest == {"preview": 256, "small": 512, "medium": 1024, "large": 2048, "full": 2400}
+    assert hd.width * hd.height <= 4_000_000 < 2400 * 1800
+
+
+def test_poofbg_url_input_does_not_work(sandbox: RunningSandbox, product_png: bytes) -> None:
+    from poof import Poof, ValidationError
+
+    url = f"{sandbox.url}/_results/{sandbox.state.store_result(product_png, 'image/png', 'png')}"
+    with (
+        Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client,
+        pytest.raises(ValidationError) as info,
+    ):
+        client.remove_background(url=url)  # a form without a file: not multipart
+    assert (info.value.status_code, info.value.code) == (400, "validation_error")
+    assert sandbox.admin.total_charged("poof") == 0
+
+
+@pytest.mark.parametrize("ratio", ["1:1", "16:9"])
+def test_poofbg_crop_ratios_do_not_work(sandbox: RunningSandbox, product_png: bytes, ratio: str) -> None:
+    from poof import Poof, ValidationError
+
+    with (
+        Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client,
+        pytest.raises(ValidationError) as info,
+    ):
+        client.remove_background(product_png, crop=ratio)
+    assert (info.value.status_code, info.value.code) == (400, "validation_error")
+    assert sandbox.admin.total_charged("poof") == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"width": 100},
+        {"height": 50},
+        {"width": 100, "height": 100, "fit": "cover"},
+        {"width": 600, "height": 600, "fit": "contain"},
+        {"fit": "scale-down"},
+    ],
+)
+def test_poofbg_width_height_fit_are_ignored_and_charged(
+    sandbox: RunningSandbox, product_png: bytes, kwargs: dict[str, Any]
+) -> None:
+    from poof import Poof
+
+    with Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client:
+        result = client.remove_background(product_png, **kwargs)
+    assert decode(result.data).size == (result.width, result.height) == (320, 240)  # not resized
+    assert sandbox.admin.total_charged("poof") == 1
+
+
+def test_poofbg_padding_is_ignored(sandbox: RunningSandbox, product_png: bytes) -> None:
+    from poof import Poof
+
+    with Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client:
+        tight = decode(client.remove_background(product_png, crop=True).data)
+        for padding in ("0", "25%", "0.5"):
+            padded = decode(client.remove_background(product_png, crop=True, padding=padding).data)
+            assert padded.size == tight.size  # generation A: a tight crop, no padding at all
+    assert sandbox.admin.total_charged("poof") == 4
+
+
+def test_poofbg_video_jobs_do_not_work(sandbox: RunningSandbox) -> None:
+    from poof import Poof, PoofError
+
+    mp4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
+    with Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client:
+        with pytest.raises(PoofError) as upload:
+            client.remove_background(mp4)
+        with pytest.raises(PoofError) as job:
+            client.get_job("job_8f3a1c2e9b7d4a10")
+        with pytest.raises(PoofError) as waited:
+            client.wait_for_job("job_8f3a1c2e9b7d4a10", timeout=1)
+    assert (upload.value.status_code, upload.value.code) == (422, "invalid_image")
+    assert job.value.status_code == waited.value.status_code == 404
+    assert sandbox.admin.total_charged("poof") == 0
