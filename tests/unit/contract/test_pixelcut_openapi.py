@@ -321,3 +321,22 @@ def test_missing_api_key_is_caught():
     )
     with pytest.raises(SecurityValidationError):
         published("pixelcut-get-credits").validate_request(request)
+
+
+def test_the_generate_schema_contradiction_is_documented() -> None:
+    # The published contradiction ...
+    schema = load_spec("pixelcut-generate-background")["paths"]["/v1/generate-background"]["post"][
+        "requestBody"
+    ]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["image"]
+    assert "image" not in schema["properties"]
+    assert "image_url" in schema["properties"]
+    # ... is stated on the Pixelcut page, with what the client sends instead.
+    page = " ".join(
+        (Path(__file__).resolve().parents[3] / "docs" / "vendors" / "pixelcut.md").read_text().split()
+    )
+    assert "generate-background's JSON schema contradicts itself" in page
+    assert "`required: [image]`" in page
+    assert "there is no `image` property" in page
+    assert "(`required: [image_url]`)" in page
+    assert '`{"image_url": "…", …options}`' in page
