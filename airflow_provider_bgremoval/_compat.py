@@ -29,6 +29,8 @@ __all__ = [
     "aextra_dejson",
     "aget_connection",
     "conf",
+    "get_connection",
+    "keep_secrets_out_of_in_process_supervisor_log",
     "mask_secret",
 ]
 
@@ -39,9 +41,93 @@ except ImportError:  # pragma: no cover - older task SDKs
 
 
 def mask_secret(secret: str | None) -> None:
-    """Register ``secret`` with Airflow's log masker (no-op for empty values)."""
+    """
+    Register ``secret`` with Airflow's log masker (no-op for empty values).
+
+    In a worker the task SDK also sends the value to the supervisor, which redacts the task's log;
+    under ``dag.test()`` that message would be logged in clear at DEBUG, so the in-process
+    supervisor's log is fixed first (:func:`keep_secrets_out_of_in_process_supervisor_log`).
+
+    :param secret: the value to mask.
+    """
     if secret:
+        keep_secrets_out_of_in_process_supervisor_log()
         _mask_secret(secret)
+
+
+def get_connection(conn_id: str) -> Connection:
+    """
+    ``BaseHook.get_connection`` without the secrets reaching the DEBUG log under ``dag.test()``.
+
+    The task SDK masks the connection's password and extras as it fetches it, through the same
+    supervisor message as :func:`mask_secret`.
+
+    :param conn_id: the connection id.
+    """
+    from airflow.sdk import BaseHook
+
+    keep_secrets_out_of_in_process_supervisor_log()
+    return BaseHook.get_connection(conn_id)  # type: ignore[no-any-return]
+
+
+_MASK_SECRET_MESSAGE = "MaskSecret"
+_IN_PROCESS_COMMS = "InProcessSupervisorComms"
+
+
+class _SecretBodyOmittingLogger:
+    """
+    Wraps the in-process supervisor's logger: ``MaskSecret`` requests are logged by type only.
+
+    That is what Airflow's real supervisor does (``ActivitySubprocess._handle_request`` logs
+    "Received message from task runner (body omitted)" for them), so the DEBUG log reads the same
+    under ``dag.test()`` and on a worker. Every other call and argument passes through unchanged.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @staticmethod
+    def _omit_secret(value: Any) -> Any:
+        return type(value) if type(value).__name__ == _MASK_SECRET_MESSAGE else value
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        def log_without_secret_bodies(*args: Any, **kwargs: Any) -> Any:
+            return attribute(
+                *(self._omit_secret(arg) for arg in args),
+                **{key: self._omit_secret(value) for key, value in kwargs.items()},
+            )
+
+        return log_without_secret_bodies
+
+
+def keep_secrets_out_of_in_process_supervisor_log() -> None:
+    """
+    Stop ``dag.test()``'s in-process supervisor from logging secrets in clear at DEBUG.
+
+    Airflow's ``InProcessSupervisorComms.send`` (``airflow/sdk/execution_time/supervisor.py``)
+    logs every request the task sends at DEBUG with its body, ``MaskSecret(value=<the secret>)``
+    included. The secrets masker already knows the value by then (``mask_secret`` registers it
+    locally before sending) but cannot see inside the pydantic model, which is rendered with
+    ``repr()`` after masking. This wraps that comms object's logger so ``MaskSecret`` bodies are
+    omitted, as the real supervisor omits them. It affects only the current ``dag.test()`` task run
+    (the comms object lives as long as the run), does nothing in a worker, the triggerer or outside
+    a task, and never fails the caller. Remove when Airflow fixes ``InProcessSupervisorComms.send``.
+    """
+    try:
+        from airflow.sdk.execution_time import task_runner
+
+        comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+        if comms is None or type(comms).__name__ != _IN_PROCESS_COMMS:
+            return
+        current = getattr(comms, "log", None)
+        if current is not None and not isinstance(current, _SecretBodyOmittingLogger):
+            comms.log = _SecretBodyOmittingLogger(current)
+    except Exception:  # pragma: no cover - a future Airflow shape; masking itself is unaffected
+        return
 
 
 def _masks_asynchronously() -> bool:
@@ -64,8 +150,9 @@ async def aget_connection(conn_id: str) -> Connection:
     from airflow.sdk import BaseHook
 
     if _masks_asynchronously():
+        keep_secrets_out_of_in_process_supervisor_log()
         return await BaseHook.aget_connection(conn_id)  # type: ignore[no-any-return]
-    return await asyncio.to_thread(BaseHook.get_connection, conn_id)
+    return await asyncio.to_thread(get_connection, conn_id)
 
 
 async def aextra_dejson(conn: Connection) -> dict[str, Any]:

@@ -67,9 +67,12 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
             raise InvalidOptionError(
                 "login", f"connection {conn.conn_id!r} has no API id (set the login field)"
             )
+        # The Authorization value (base64 of id:secret) is a secret Airflow does not know of:
+        # register it, and its bare token wherever that might be printed (through _compat, so
+        # dag.test()'s supervisor does not log them at DEBUG).
         header = basic_auth_header(settings.api_id, settings.api_key)
         mask_secret(header)
-        mask_secret(header.partition(" ")[2])  # the base64 token alone, wherever it might be printed
+        mask_secret(header.partition(" ")[2])
         parse_test_mode(settings.extras.get("test_mode"))  # a bad value fails here, not mid-batch
         return settings
 

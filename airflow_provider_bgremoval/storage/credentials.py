@@ -103,12 +103,10 @@ def parse_scopes(value: Any) -> list[str] | None:
 
 def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
     """The connection's extras, or ``None`` when the connection is not defined."""
-    from airflow.sdk import BaseHook
-
-    from airflow_provider_bgremoval._compat import AirflowNotFoundException
+    from airflow_provider_bgremoval._compat import AirflowNotFoundException, get_connection
 
     try:
-        conn = BaseHook.get_connection(gcp_conn_id)
+        conn = get_connection(gcp_conn_id)  # keeps the key material out of dag.test()'s DEBUG log
     except AirflowNotFoundException:
         return None
     extras = conn.extra_dejson
@@ -116,10 +114,8 @@ def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
 
 
 def _mask(value: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - older SDKs
-        return
+    from airflow_provider_bgremoval._compat import mask_secret  # not logged in clear by dag.test()
+
     mask_secret(value)
 
 

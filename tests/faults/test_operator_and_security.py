@@ -7,8 +7,11 @@ run produced for the API keys.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +25,7 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
 from airflow_provider_bgremoval.pipeline.naming import UnsafeNameError, destination_name
+from airflow_provider_bgremoval.vendors.base import basic_auth_header
 from tests.faults.conftest import Cell
 from tests.faults.matrix import BATCH, check_cell, make_hook, output_objects, run_batch, seed, small_batch
 from tests.support.connections import set_connection
@@ -47,6 +51,43 @@ with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
 """
 
 
+#: One message each layer logs only at DEBUG, asserted present in the DEBUG scan.
+DEBUG_MARKERS = {
+    "Airflow's in-process supervisor comms": "Sending request",
+    "Airflow's supervisor": "Received message from task runner",
+    "Airflow's connection lookup": "Connection Retrieved",
+    "httpx (vendor calls)": "HTTP Request: POST",
+    "httpcore (vendor calls)": "send_request_headers.started",
+    "urllib3 (GCS)": "Starting new HTTP connection",
+    "google-auth (GCS)": "Making request",
+}
+#: A stand-in service-account private key (never used: the emulator needs no credentials). The scan
+#: looks for its body, which survives JSON escaping of the PEM's newlines.
+GCS_PRIVATE_KEY_BODY = "MIIsecretsScanFakeKeyMaterial0123456789"
+GCS_PRIVATE_KEY = f"-----BEGIN PRIVATE KEY-----\n{GCS_PRIVATE_KEY_BODY}\n-----END PRIVATE KEY-----\n"
+
+
+DIRECT_HOOKS_DAG = """
+from airflow.sdk import DAG, task
+
+with DAG("faults_secrets_direct_hooks", schedule=None, catchup=False) as dag:
+
+    @task
+    def balances():
+        from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+        from airflow_provider_bgremoval.hooks.pixian import PixianHook
+        from airflow_provider_bgremoval.hooks.poof import PoofHook
+
+        found = {}
+        for hook in (PixianHook(), PixelcutHook(), PoofHook()):
+            with hook:
+                found[hook.conn_id] = str(hook.get_balance().remaining)
+        return found
+
+    balances()
+"""
+
+
 def dag_source(dag_id: str, conn_id: str, src: str, dst: str, prefix: str = "raw/", extra: str = "") -> str:
     return DAG.format(dag_id=dag_id, conn_id=conn_id, src=src, dst=dst, prefix=prefix, extra=extra)
 
@@ -61,6 +102,10 @@ def task_logs(dag_id: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and f"dag_id={dag_id}" in str(p)]
 
 
+#: Attributes every LogRecord has; anything else on a record came in through ``extra=``.
+_RECORD_ATTRIBUTES = {*vars(logging.makeLogRecord({})), "message", "asctime"}
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -68,17 +113,86 @@ class _Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.lines.append(self.format(record))
+            line = self.format(record)
         except Exception:
-            self.lines.append(f"{record.msg!r} {record.args!r}")
+            line = f"{record.msg!r} {record.args!r}"
+        # ``extra=`` payloads too (google-auth puts request headers and bodies there at DEBUG)
+        extras = {key: value for key, value in vars(record).items() if key not in _RECORD_ATTRIBUTES}
+        self.lines.append(f"{line} {extras!r}" if extras else line)
 
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
 
 
+class _CurrentStdout:
+    """A stream writing to whatever ``sys.stdout`` is at the time (pytest swaps it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 @pytest.fixture
-def log_records():
+def airflow_log_level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """
+    Airflow's ``[logging] logging_level`` for the test (indirect parameter; ``INFO`` when not given).
+
+    A level other than INFO is set the way users set it, ``AIRFLOW__LOGGING__LOGGING_LEVEL``, and
+    Airflow's logging is configured again from it (structlog's filtering level, the stdlib root and
+    ``airflow`` loggers); logging is configured once at import, so the variable alone would not take
+    effect mid-session. Everything is put back afterwards.
+    """
+    level = str(getattr(request, "param", "INFO")).upper()
+    if level == "INFO":
+        yield level
+        return
+    import structlog
+    from airflow import logging_config
+    from airflow._shared.logging.structlog import PER_LOGGER_LEVELS
+
+    manager = logging.Logger.manager
+    saved_structlog = structlog.get_config()
+    saved_levels = dict(PER_LOGGER_LEVELS.items())
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    saved_loggers = {
+        name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+        for name, logger in manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    monkeypatch.setenv("AIRFLOW__LOGGING__LOGGING_LEVEL", level)
+    logging_config.configure_logging()
+    for handler in root.handlers:  # the console handler is bound to the stdout of this moment
+        if isinstance(handler, logging.StreamHandler) and handler not in saved_root[1]:
+            handler.setStream(_CurrentStdout())  # type: ignore[arg-type]
+    logging.getLogger("httpx").setLevel(level)  # Airflow keeps httpx at WARNING; scan it too
+    google = logging.getLogger("google")  # google-auth logs only once its base logger is configured
+    google.setLevel(level)
+    google.propagate = True
+    try:
+        yield level
+    finally:
+        structlog.configure(**saved_structlog)
+        PER_LOGGER_LEVELS.clear()
+        PER_LOGGER_LEVELS.update(saved_levels)
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]
+        for name, logger in manager.loggerDict.items():
+            if not isinstance(logger, logging.Logger):
+                continue
+            if name in saved_loggers:
+                logger.level, handlers, logger.propagate, logger.disabled = saved_loggers[name]
+                logger.handlers[:] = handlers
+            else:
+                logger.setLevel(logging.NOTSET)
+        manager._clear_cache()
+
+
+@pytest.fixture
+def log_records(airflow_log_level: str) -> Iterator[_Records]:
     """Every log record of the test, at DEBUG (works with ``-p no:logging`` too, unlike caplog)."""
     handler = _Records()
     root = logging.getLogger()
@@ -157,25 +271,46 @@ def test_dag_templated_bad_parameter_fails_at_task_start(cell: Cell, dag_tester,
 
 
 # -- secrets ---------------------------------------------------------------------------------------
-def test_secrets_never_leak_anywhere(cell: Cell, dag_tester, capfd, log_records) -> None:
+@pytest.mark.parametrize("airflow_log_level", ["INFO", "DEBUG"], indirect=True)
+def test_secrets_never_leak_anywhere(
+    cell: Cell, dag_tester, capfd, log_records, airflow_log_level: str
+) -> None:
     """
     Run real DAGs for every vendor — successes, local rejects, vendor errors, an auth revocation —
     then scan the task logs, captured logs, manifests, XComs and every exception's str/repr for the
-    API keys and the Pixian secret.
+    API keys, the Pixian secret and its derived ``Basic …`` token; at INFO and again at DEBUG, where
+    Airflow's supervisor, httpx/httpcore and the GCS stack (urllib3, google-auth) log the most.
     """
     sandbox = cell.sandbox
-    secrets = [sandbox.pixelcut_key, sandbox.pixian_secret, sandbox.poof_key]
+    pixian_basic = basic_auth_header(sandbox.pixian_id, sandbox.pixian_secret)
+    secrets = {
+        "Pixelcut API key": sandbox.pixelcut_key,
+        "Pixian API secret": sandbox.pixian_secret,
+        "Pixian Basic token": pixian_basic.partition(" ")[2],
+        "Poof API key": sandbox.poof_key,
+        "GCS service-account private key": GCS_PRIVATE_KEY_BODY,
+    }
+    # The storage layer reads google_cloud_default (only its project, under the emulator): give it
+    # key material, which Airflow masks as it fetches the connection.
+    keyfile = {"type": "service_account", "project_id": "secrets-scan", "private_key": GCS_PRIVATE_KEY}
+    set_connection(
+        cell.monkeypatch,
+        "google_cloud_default",
+        "google_cloud_platform",
+        extra={"project": "secrets-scan", "keyfile_dict": json.dumps(keyfile)},
+    )
     extra_objects = {
         "raw2/bad.jpg": b"<html>not an image</html>",
         **dict(list(small_batch(6, "raw2/").items())),
     }
-    seed(cell.storage, cell.src, extra_objects)
+    source = cell.new_bucket("secrets-src")  # each log level seeds its own sources
+    seed(cell.storage, source, extra_objects)
     produced: list[str] = []
     for vendor in ("pixelcut", "pixian", "poof"):
         sandbox.admin.set_faults(vendor, error_rate=0.3, error_statuses=[500, 502], seed=1)
         dag_id = f"faults_secrets_{vendor}"
         run = dag_tester.run(
-            dag_source(dag_id, f"{vendor}_default", cell.src, cell.dst, "raw2/", 'on_error="continue",'),
+            dag_source(dag_id, f"{vendor}_default", source, cell.dst, "raw2/", 'on_error="continue",'),
             dag_id,
         )
         summary = run.xcom("cutouts")
@@ -185,7 +320,7 @@ def test_secrets_never_leak_anywhere(cell: Cell, dag_tester, capfd, log_records)
         sandbox.admin.set_faults(vendor, auth_revoked=True)
         revoked = dag_id + "_revoked"
         run = dag_tester.run(
-            dag_source(revoked, f"{vendor}_default", cell.src, cell.new_bucket("revoked"), "raw2/"), revoked
+            dag_source(revoked, f"{vendor}_default", source, cell.new_bucket("revoked"), "raw2/"), revoked
         )
         assert run.state == "failed"
         produced.append(repr(run.xcom("cutouts", key="summary")))
@@ -198,12 +333,20 @@ def test_secrets_never_leak_anywhere(cell: Cell, dag_tester, capfd, log_records)
         produced += [str(info.value), repr(info.value), repr(hook), str(info.value.as_dict())]
         hook.close()
         sandbox.admin.clear_faults(vendor)
+    # the hooks used directly in a task (no operator, no registry): their own connection reads
+    run = dag_tester.run(DIRECT_HOOKS_DAG, "faults_secrets_direct_hooks")
+    assert run.state == "success", run.task_states()
+    produced.append(repr(run.xcom("balances")))
+    produced.extend(capfd.readouterr())
     produced.append(log_records.text)
     blob = "\n".join(produced)
     assert "Task failed with exception" in blob and "Batch summary" in blob  # the task logs were scanned
     assert "invalid_auth_token" in blob or "Invalid" in blob or "revoked" in blob  # we scanned real errors
-    for secret in secrets:
-        assert secret not in blob, "an API key leaked"
+    if airflow_log_level == "DEBUG":  # the DEBUG lines of every layer were really in what we scanned
+        silent = [f"{layer} ({marker!r})" for layer, marker in DEBUG_MARKERS.items() if marker not in blob]
+        assert not silent, f"no DEBUG output scanned from {', '.join(silent)}"
+    leaked = sorted(name for name, secret in secrets.items() if secret in blob)
+    assert not leaked, f"leaked at {airflow_log_level}: {', '.join(leaked)}"
 
 
 # -- URLs ------------------------------------------------------------------------------------------

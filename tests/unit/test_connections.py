@@ -198,3 +198,104 @@ def test_registry_refuses_other_connection_types(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AIRFLOW_CONN_SOME_DB", "postgres://user:pw@db:5432/x")
     with pytest.raises(InvalidOptionError, match="not a background-removal vendor"):
         get_vendor_hook("some_db")
+
+
+# -- secrets and Airflow's supervisor log (dag.test() at DEBUG) ------------------------------------
+class _RecordingLogger:
+    """Stands in for a supervisor's structlog logger: keeps every call's event and key-values."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def debug(self, event: str, **values: Any) -> None:
+        self.calls.append((event, values))
+
+    def error(self, event: str, **values: Any) -> None:
+        self.calls.append((event, values))
+
+    @property
+    def text(self) -> str:
+        return repr(self.calls)
+
+
+def _in_process_comms(logger: _RecordingLogger) -> Any:
+    """dag.test()'s comms object, with a supervisor that answers every request with nothing."""
+    from airflow.sdk.execution_time.supervisor import InProcessSupervisorComms
+
+    supervisor = mock.Mock()
+    comms = InProcessSupervisorComms(supervisor=supervisor, log=logger)
+    supervisor._handle_request.side_effect = lambda msg, log, req_id: comms.messages.append(None)
+    return comms
+
+
+def test_in_process_supervisor_logs_mask_secret_values_in_clear_upstream() -> None:
+    """
+    The Airflow defect the shim works around: ``InProcessSupervisorComms.send`` logs the request
+    body, so the task SDK's own ``mask_secret`` puts the value in dag.test()'s DEBUG log.
+    """
+    from airflow.sdk.execution_time.supervisor import set_supervisor_comms
+    from airflow.sdk.log import mask_secret
+
+    logger = _RecordingLogger()
+    with set_supervisor_comms(_in_process_comms(logger)):
+        mask_secret("sk_upstream_leak_SECRET_1357")
+    assert "sk_upstream_leak_SECRET_1357" in logger.text  # fixed upstream when this fails
+
+
+def test_provider_masking_keeps_values_out_of_the_in_process_supervisor_log() -> None:
+    from airflow.sdk._shared.secrets_masker import redact
+    from airflow.sdk.execution_time.supervisor import set_supervisor_comms
+
+    from airflow_provider_bgremoval import _compat
+
+    logger = _RecordingLogger()
+    comms = _in_process_comms(logger)
+    with set_supervisor_comms(comms):
+        _compat.mask_secret(KEY)
+        _compat.mask_secret(KEY + "_2")  # the logger is wrapped once, not once per call
+    events = [event for event, _ in logger.calls]
+    assert events == ["Sending request", "Sending request"]
+    assert all(values["msg"].__name__ == "MaskSecret" for _, values in logger.calls)
+    assert KEY not in logger.text
+    assert type(comms.log).__name__ == "_SecretBodyOmittingLogger" and comms.log._inner is logger
+    assert redact(f"key={KEY}") == "key=***"  # still registered with the masker
+
+
+def test_connection_fetch_keeps_secrets_out_of_the_in_process_supervisor_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Airflow masks the password and extras as a hook reads the connection: through the shim too."""
+    from airflow.sdk.execution_time.supervisor import set_supervisor_comms
+
+    set_connection(monkeypatch, "pixian_default", "pixian", login=PIXIAN_ID, password=KEY)
+    basic_token = base64.b64encode(f"{PIXIAN_ID}:{KEY}".encode()).decode()
+    logger = _RecordingLogger()
+    with set_supervisor_comms(_in_process_comms(logger)):
+        PixianHook().get_settings()
+        get_vendor_hook("pixian_default")
+    assert len(logger.calls) >= 4  # password, extras, API key, Basic token
+    assert KEY not in logger.text and basic_token not in logger.text
+
+
+def test_outside_dag_test_comms_are_left_alone() -> None:
+    """In a worker the comms object is the socket decoder; the real supervisor omits the bodies."""
+    from airflow.sdk.execution_time.supervisor import set_supervisor_comms
+
+    from airflow_provider_bgremoval import _compat
+
+    comms = mock.Mock()
+    with set_supervisor_comms(comms):
+        _compat.mask_secret(KEY)
+    comms.send.assert_called_once()
+    assert not isinstance(comms.log, _compat._SecretBodyOmittingLogger)
+
+
+def test_real_supervisor_logs_mask_secret_requests_without_the_value() -> None:
+    """What a worker's supervisor (``ActivitySubprocess``) logs for the same request, at DEBUG."""
+    from airflow.sdk.execution_time.comms import MaskSecret
+    from airflow.sdk.execution_time.supervisor import ActivitySubprocess
+
+    logger = _RecordingLogger()
+    supervisor = mock.Mock()
+    ActivitySubprocess._handle_request(supervisor, MaskSecret(value=KEY), logger, 0)  # type: ignore[arg-type]
+    assert logger.calls == [("Received message from task runner (body omitted)", {"msg": MaskSecret})]
