@@ -480,6 +480,7 @@ class BatchRunner:
             log.warning("%s was already recorded; ignoring a second outcome (%s)", flight.source.uri, status)
             return
         flight.recorded = True
+        self._finished += 1
         stats, result = flight.stats, flight.result
         if status in ("rejected", "failed"):
             self._bad_in_run += 1
@@ -699,7 +700,8 @@ class BatchRunner:
                 await self._fly(flight)
             finally:
                 self._flights.discard(flight)
-                self._finished += 1
+                if not flight.recorded:  # cancelled from outside: still one finished image
+                    self._finished += 1
                 self._check_failure_rate()
                 self.progress.update(self._finished, self.result.counts, self.result.credits_spent)
 

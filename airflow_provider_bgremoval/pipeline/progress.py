@@ -56,6 +56,8 @@ class ProgressReporter:
         """Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line."""
         now = self.clock()
         step = max(1, int(self.total * self.every_fraction))
+        if force and self.lines and finished == self._last_done:
+            return  # the last line already said it
         if not force and finished - self._last_done < step and now - self._last_time < self.every_seconds:
             return
         self._last_done, self._last_time = finished, now

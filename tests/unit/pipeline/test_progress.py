@@ -1,0 +1,37 @@
+"""Progress lines: every 10 % or 30 s, and the final line only when it says something new."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+
+from airflow_provider_bgremoval.pipeline.progress import ProgressReporter
+
+
+def test_lines_every_ten_percent_and_no_repeated_final_line(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    reporter = ProgressReporter(20, "fake", clock=lambda: now[0], logger=logging.getLogger("progress-test"))
+    counts: Counter[str] = Counter()
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        for finished in range(1, 21):
+            counts["done"] += 1
+            now[0] += 0.1
+            reporter.update(finished, counts, Decimal(finished))
+        reporter.update(20, counts, Decimal(20), force=True)  # the batch ends: nothing new to say
+    assert reporter.lines == 10
+    assert sum("20/20 (100%)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_time_based_line_and_forced_final_line() -> None:
+    now = [0.0]
+    reporter = ProgressReporter(1000, "fake", clock=lambda: now[0], every_seconds=30.0)
+    reporter.update(1, Counter(done=1), Decimal(1))
+    assert reporter.lines == 0  # neither 10 % nor 30 s yet
+    now[0] = 31.0
+    reporter.update(2, Counter(done=2), Decimal(2))
+    assert reporter.lines == 1
+    reporter.update(3, Counter(done=3), Decimal(3), force=True)
+    assert reporter.lines == 2
