@@ -224,7 +224,6 @@ class _Flight:
         return int((time.monotonic() - self.started) * 1000)
 
 
-
 class BatchRunner:
     """
     Runs the billable part of a :class:`BatchPlan`.
