@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
@@ -16,6 +20,7 @@ from airflow_provider_bgremoval.options import (
     parse_format,
     plan_processing,
 )
+from tests.support.connections import set_connection
 
 # -- output format ---------------------------------------------------------------------------------
 
@@ -425,3 +430,221 @@ def test_plan_invariants(caps: VendorCapabilities, fmt: str, color: str | None, 
     )
     # the crop is done exactly once
     assert native.crop + local.crop == options.crop
+
+
+# -- fingerprints recorded on outputs (pinned) -----------------------------------------------------
+#
+# A finished output carries the fingerprint of the options that made it; a rerun skips an output whose
+# fingerprint matches (DESIGN.md decision 5). These hex strings were computed with the option code as
+# it was before the options moved to pydantic: a change to any of them makes every user pay again for
+# their whole catalogue. They are computed exactly as the batch computes them (the processors, with
+# real hooks), so option normalisation, ``as_dict()``, the hooks' ``output_settings`` and the hash
+# itself are all pinned. Update a value only on purpose, with a migration note.
+
+
+def _pixelcut_shadow(**kwargs: Any) -> Any:
+    from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions, PixelcutShadow
+
+    return PixelcutOptions(shadow=PixelcutShadow(**kwargs))
+
+
+def _pixelcut(**kwargs: Any) -> Any:
+    from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
+
+    return PixelcutOptions(**kwargs)
+
+
+def _pixian(**kwargs: Any) -> Any:
+    from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+
+    return PixianOptions(**kwargs)
+
+
+def _poof(**kwargs: Any) -> Any:
+    from airflow_provider_bgremoval.vendors.poof import PoofOptions
+
+    return PoofOptions(**kwargs)
+
+
+def _generate(**kwargs: Any) -> Any:
+    from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
+
+    return PixelcutGenerateOptions(**kwargs)
+
+
+def _nested_shadow_mapping() -> dict[str, Any]:
+    from airflow_provider_bgremoval.vendors.pixelcut import PixelcutShadow
+
+    return {"shadow": PixelcutShadow(opacity=0.3)}
+
+
+@dataclass(frozen=True)
+class RemovalCase:
+    """
+    One remove-background batch configuration and the fingerprint its outputs carry.
+
+    :param vendor: the hook's vendor.
+    :param options: ``RemovalOptions.create`` arguments.
+    :param vendor_options: builds the vendor options exactly as a user passes them (typed or a mapping).
+    :param expected: the pinned fingerprint.
+    :param test_mode: the Pixian connection's ``test_mode`` extra (``None``: not set).
+    """
+
+    vendor: str
+    options: dict[str, Any]
+    vendor_options: Callable[[], Any]
+    expected: str
+    test_mode: Any = None
+
+
+REMOVAL_CASES: dict[str, RemovalCase] = {
+    # Pixelcut
+    "pixelcut defaults": RemovalCase("pixelcut", {}, lambda: None, "e05ea72c12144874"),
+    "pixelcut webp white crop margin": RemovalCase(
+        "pixelcut",
+        {"output_format": "webp", "background_color": "#FFF", "crop": True, "margin": "5%"},
+        lambda: None,
+        "86d00c4c64ae6798",
+    ),
+    "pixelcut jpeg max size quality": RemovalCase(
+        "pixelcut",
+        {"output_format": "jpg", "max_size": "800x600", "jpeg_quality": "80"},
+        lambda: None,
+        "782a8646b984d8bd",
+    ),
+    "pixelcut empty options": RemovalCase("pixelcut", {}, _pixelcut, "ea6434598b837a25"),
+    "pixelcut automatic shadow": RemovalCase("pixelcut", {}, _pixelcut_shadow, "31e4b06464dd938b"),
+    "pixelcut shadow opacity": RemovalCase(
+        "pixelcut", {}, lambda: _pixelcut_shadow(opacity="0.25"), "3baa510fc5a7118e"
+    ),
+    "pixelcut shadow light": RemovalCase(
+        "pixelcut", {"crop": "yes"}, lambda: _pixelcut_shadow(opacity=0.5, x=1, z="1.5"), "7b0d88d2b3e3ae57"
+    ),
+    "pixelcut shadow off": RemovalCase(
+        "pixelcut", {}, lambda: _pixelcut_shadow(enabled=False), "ea6434598b837a25"
+    ),
+    "pixelcut native margins url": RemovalCase(
+        "pixelcut",
+        {"crop": True},
+        lambda: _pixelcut(margin="10px", margin_left="5%", margin_top=" 3px ", result_delivery="url"),
+        "0d37572d5b9ed624",
+    ),
+    "pixelcut mapping shadow true": RemovalCase("pixelcut", {}, lambda: {"shadow": True}, "0b5557ce3e7bd9aa"),
+    "pixelcut mapping vendor shadow object": RemovalCase(
+        "pixelcut",
+        {"background_color": "rgb(0, 128, 255)"},
+        lambda: {
+            "shadow": {
+                "enabled": True,
+                "opacity": 0.4,
+                "light_source": {"size": 0.2, "position": {"x": 0.1}},
+            },
+            "result_delivery": "url",
+        },
+        "318b580f60f9fa6c",
+    ),
+    "pixelcut mapping with a typed shadow": RemovalCase(
+        "pixelcut", {}, _nested_shadow_mapping, "56cb995d94fe3f6b"
+    ),
+    # Pixian
+    "pixian defaults": RemovalCase("pixian", {}, lambda: None, "4dac6bd53ae59b83"),
+    "pixian connection test mode": RemovalCase(
+        "pixian", {}, lambda: None, "4997939f25194de3", test_mode=True
+    ),
+    "pixian connection test mode text": RemovalCase(
+        "pixian", {}, _pixian, "8daa252560228240", test_mode="false"
+    ),
+    "pixian test option": RemovalCase("pixian", {}, lambda: _pixian(test="true"), "82fa8aab4c42e63b"),
+    "pixian production over test connection": RemovalCase(
+        "pixian", {}, lambda: _pixian(test=False), "2647c44bde10af89", test_mode=True
+    ),
+    "pixian jpeg quality base64 max pixels": RemovalCase(
+        "pixian",
+        {"output_format": "jpeg", "jpeg_quality": 70},
+        lambda: _pixian(max_pixels="1000000", input_encoding=" BASE64 ", jpeg_quality=95),
+        "f12d9d791a9a182d",
+    ),
+    "pixian result margin": RemovalCase(
+        "pixian", {"crop": True}, lambda: _pixian(result_margin="10px  20% 5px 15%"), "534d99be4c76c1a6"
+    ),
+    "pixian target size alignment": RemovalCase(
+        "pixian",
+        {"background_color": "navy"},
+        lambda: _pixian(target_size="1920x1080", vertical_alignment="Top"),
+        "5758a08777e7270d",
+    ),
+    "pixian delta png everything local": RemovalCase(
+        "pixian",
+        {"output_format": "webp", "crop": True, "margin": "10px 2.5%", "max_size": 512},
+        lambda: _pixian(delta_png="on"),
+        "b9bc09797d2effd6",
+    ),
+    "pixian mapping": RemovalCase(
+        "pixian", {}, lambda: {"delta_png": "true", "max_pixels": "500"}, "ff04cfb9179cf54c", test_mode="1"
+    ),
+    "pixian mapping target size tuple": RemovalCase(
+        "pixian", {}, lambda: {"target_size": (640, 480)}, "2196b8c3bd32d455"
+    ),
+    # Poof
+    "poof defaults": RemovalCase("poof", {}, lambda: None, "ce9f9b845dcd2786"),
+    "poof preview": RemovalCase("poof", {}, lambda: _poof(size="preview"), "c113565442687afe"),
+    "poof size normalised": RemovalCase("poof", {}, lambda: _poof(size=" Medium "), "700a01101ab2ef12"),
+    "poof mapping": RemovalCase("poof", {}, lambda: {"size": "small"}, "110e3b44552eeb0d"),
+    "poof everything": RemovalCase(
+        "poof",
+        {"output_format": "webp", "background_color": "white", "crop": "1", "max_size": [512, 256]},
+        lambda: _poof(size="large"),
+        "3c6bdf1c9dd9eae6",
+    ),
+    "poof jpeg": RemovalCase(
+        "poof", {"output_format": "JPEG", "jpeg_quality": 100}, lambda: None, "c1b5c6deb562b3b0"
+    ),
+}
+
+GENERATE_CASES: dict[str, tuple[Callable[[], Any], str]] = {
+    "generate scene": (lambda: _generate(scene="Marble"), "60ef042aa5681fe7"),
+    "generate prompt and placement": (
+        lambda: _generate(
+            prompt=" a marble kitchen counter ",
+            negative_prompt="people, text",
+            image_transform={"scale": "0.5", "x_center": 0.4},
+        ),
+        "398cc0d19422d80b",
+    ),
+    "generate url delivery": (
+        lambda: _generate(scene="", image_transform={"y_center": 1}, result_delivery="url"),
+        "178704cab19fba18",
+    ),
+    "generate defaults": (_generate, "c886937a09727ed0"),
+}
+
+
+def _hook(vendor: str, monkeypatch: pytest.MonkeyPatch, test_mode: Any = None) -> Any:
+    from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+    from airflow_provider_bgremoval.hooks.pixian import PixianHook
+    from airflow_provider_bgremoval.hooks.poof import PoofHook
+
+    extra = None if test_mode is None else {"test_mode": test_mode}
+    login = "px_pin_id" if vendor == "pixian" else None
+    set_connection(monkeypatch, f"{vendor}_default", vendor, login=login, password="pin_secret", extra=extra)
+    hook_class = {"pixelcut": PixelcutHook, "pixian": PixianHook, "poof": PoofHook}[vendor]
+    return hook_class()
+
+
+@pytest.mark.parametrize("case", list(REMOVAL_CASES))
+def test_removal_fingerprints_are_pinned(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
+
+    spec = REMOVAL_CASES[case]
+    hook = _hook(spec.vendor, monkeypatch, spec.test_mode)
+    processor = RemovalProcessor(hook, RemovalOptions.create(**spec.options), spec.vendor_options())
+    assert processor.fingerprint == spec.expected
+
+
+@pytest.mark.parametrize("case", list(GENERATE_CASES))
+def test_generate_fingerprints_are_pinned(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_bgremoval.pipeline.processors import GenerationProcessor
+
+    build, expected = GENERATE_CASES[case]
+    processor = GenerationProcessor(_hook("pixelcut", monkeypatch), build())
+    assert processor.fingerprint == expected
