@@ -6,25 +6,34 @@ import io
 import os
 import random
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError
 from airflow_provider_bgremoval.imaging import (
+    DEFAULT_RESULT_LIMITS,
+    RESULT_ERROR_CODES,
+    RESULT_HEADROOM,
+    RESULT_LIMITS,
     ImageInfo,
     InputLimits,
+    ResultLimits,
     apply_local_steps,
     check_limits,
     decode_result,
     encode,
     flatten,
+    normalise_mode,
     prepare_input,
     read_header,
+    result_limits,
 )
 from airflow_provider_bgremoval.options import LocalSteps, Margin
+from tests.support.reply_strategies import jpeg_declaring, png_bytes
 
 GENEROUS = InputLimits(max_bytes=50 * 1024 * 1024)
 
@@ -449,3 +458,403 @@ def test_jpeg_quality_is_used() -> None:
 def test_flatten_composites_alpha() -> None:
     half = Image.new("RGBA", (2, 2), (0, 0, 0, 128))
     assert flatten(half, "#ffffff").getpixel((0, 0)) == (127, 127, 127)
+
+
+# -- vendor results that cannot be used: one typed error, a clear code, plain words -------------------
+
+
+def _decode_error(data: bytes, vendor: str = "poof", **kwargs: object) -> InvalidVendorResponseError:
+    with pytest.raises(InvalidVendorResponseError) as info:
+        decode_result(data, vendor=vendor, **kwargs)  # type: ignore[arg-type]
+    error = info.value
+    assert error.code in RESULT_ERROR_CODES
+    assert error.vendor == vendor
+    assert error.possibly_charged is True  # the call was billed
+    assert error.retryable is False
+    return error
+
+
+def _steps_error(
+    data: bytes, steps: LocalSteps, vendor: str = "poof", **kwargs: object
+) -> InvalidVendorResponseError:
+    with pytest.raises(InvalidVendorResponseError) as info:
+        apply_local_steps(data, steps, vendor=vendor, **kwargs)  # type: ignore[arg-type]
+    assert info.value.code in RESULT_ERROR_CODES
+    assert info.value.possibly_charged is True
+    return info.value
+
+
+def test_a_20000_px_result_is_result_too_large_not_a_pillow_bomb_error() -> None:
+    """Issue 10, defect 1: Pillow's DecompressionBombError used to escape and abort the batch."""
+    bomb = _png_declaring(20_000, 20_000)
+    before = Image.MAX_IMAGE_PIXELS
+    for vendor in ("pixelcut", "pixian", "poof"):
+        error = _decode_error(bomb, vendor)
+        assert error.code == "result_too_large"
+        assert "decompression bomb" in error.message
+        assert "refused without decoding it" in error.message
+        steps_error = _steps_error(bomb, LocalSteps(crop=True, output_format="png"), vendor)
+        assert steps_error.code == "result_too_large"
+    assert before == Image.MAX_IMAGE_PIXELS  # the process-wide setting is left alone
+
+
+def test_result_over_the_vendors_documented_size_is_refused_before_decoding() -> None:
+    # 11000 x 11000 = 121 MP: under Pillow's bomb error, over Pixian's 25 MP x 4; a 13000 x 100 strip
+    # is over Poof's 6000 px x 2 per side. Both refused from the header alone.
+    error = _decode_error(_png_declaring(11_000, 11_000), "pixian")
+    assert error.code == "result_too_large"
+    assert "11000x11000 = 121,000,000 pixels" in error.message
+    assert "100,000,000 pixels accepted from pixian" in error.message
+    assert "max_pixels = 25,000,000" in error.message
+    strip = _png_declaring(13_000, 100)
+    error = _decode_error(strip, "poof")
+    assert error.code == "result_too_large"
+    assert "12000 px per side" in error.message
+    # Pixian documents no per-side limit: the strip passes the size check and fails as cut short.
+    assert _decode_error(strip, "pixian").code == "result_unreadable"
+
+
+def test_result_limits_come_from_the_vendors_documented_output() -> None:
+    from airflow_provider_bgremoval.vendors.pixelcut import PixelcutWire
+    from airflow_provider_bgremoval.vendors.pixian import MAX_MAX_PIXELS
+    from airflow_provider_bgremoval.vendors.poof import PoofWire
+
+    headroom = RESULT_HEADROOM
+    pixelcut_side = PixelcutWire.limits.max_side
+    assert pixelcut_side is not None
+    assert RESULT_LIMITS["pixelcut"] == ResultLimits(
+        max_pixels=pixelcut_side**2 * headroom**2,
+        max_side=pixelcut_side * headroom,
+        basis=RESULT_LIMITS["pixelcut"].basis,
+    )
+    assert RESULT_LIMITS["pixian"].max_pixels == MAX_MAX_PIXELS * headroom**2
+    assert RESULT_LIMITS["pixian"].max_side is None
+    assert PoofWire.limits.max_pixels is not None and PoofWire.limits.max_side is not None
+    assert RESULT_LIMITS["poof"].max_pixels == PoofWire.limits.max_pixels * headroom**2
+    assert RESULT_LIMITS["poof"].max_side == PoofWire.limits.max_side * headroom
+    # Pixelcut's native margin (at most 49 % per side) fits the headroom; unknown vendors get the widest.
+    assert pixelcut_side * (1 + 2 * 0.49) <= RESULT_LIMITS["pixelcut"].max_side  # type: ignore[operator]
+    assert result_limits("pixelcut") is RESULT_LIMITS["pixelcut"]
+    assert result_limits("acme") == DEFAULT_RESULT_LIMITS
+    assert DEFAULT_RESULT_LIMITS.max_pixels == max(limits.max_pixels for limits in RESULT_LIMITS.values())
+    # Below Pillow's own bomb error (2 x MAX_IMAGE_PIXELS), so the vendor limit is what decides.
+    assert max(limits.max_pixels for limits in RESULT_LIMITS.values()) < 2 * (Image.MAX_IMAGE_PIXELS or 0)
+
+
+def test_result_limits_can_be_widened_for_an_expected_size() -> None:
+    limits = RESULT_LIMITS["pixian"]
+    assert limits.covering(1000, 1000) is limits
+    wide = limits.covering(8000, 6000)  # e.g. a Pixian target_size of 8000 x 6000 (48 MP)
+    assert wide.max_pixels == 8000 * 6000 * RESULT_HEADROOM**2
+    assert "widened for an expected 8000x6000 result" in wide.basis
+    assert _decode_error(_png_declaring(13_000, 13_000), "pixian", limits=wide).code == "result_unreadable"
+
+
+def test_pillow_bomb_warning_is_ignored_and_its_error_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's global threshold does not decide: its warning is silenced, its error becomes ours."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns above 1000 px, errors above 2000
+    warned = _save(Image.new("RGBA", (40, 40), (255, 0, 0, 255)), "PNG")  # 1600 px
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would now be an exception
+        assert decode_result(warned, vendor="poof").size == (40, 40)
+        content, _, width, height = apply_local_steps(
+            warned, LocalSteps(crop=True, margin=Margin.parse("2px"), output_format="png"), vendor="poof"
+        )
+    assert (width, height) == (44, 44)
+    assert content.startswith(b"\x89PNG")
+    error = _decode_error(_save(Image.new("RGB", (50, 50)), "PNG"))  # 2500 px: Pillow's error
+    assert error.code == "result_too_large"
+    assert "decompression bomb" in error.message
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "fragment"),
+    [
+        pytest.param(b"", "result_empty", "empty body", id="empty"),
+        pytest.param(b'{"result_url": "https://x/y.png"}', "result_unreadable", "a JSON document", id="json"),
+        pytest.param(b'[{"error": "oops"}]', "result_unreadable", "a JSON document", id="json-array"),
+        pytest.param(b"<html><body>502 Bad Gateway</body></html>", "result_unreadable", "HTML", id="html"),
+        pytest.param(
+            b"\x89PNG\r\n\x1a\n garbage", "result_unreadable", "not a complete image", id="png-magic"
+        ),
+        pytest.param(
+            random.Random(3).randbytes(500), "result_unreadable", "not a complete image", id="garbage"
+        ),
+    ],
+)
+def test_bodies_that_are_not_images(data: bytes, code: str, fragment: str) -> None:
+    error = _decode_error(data)
+    assert error.code == code
+    assert fragment in error.message
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "ICO", "PPM"])
+def test_image_types_no_vendor_returns_are_the_wrong_type(fmt: str) -> None:
+    data = _save(Image.new("RGB", (16, 16), "blue"), fmt)
+    error = _decode_error(data)
+    assert error.code == "result_wrong_type"
+    assert f"a {fmt} image; vendors return PNG, JPEG or WebP" in error.message
+
+
+@pytest.mark.parametrize("name", ["horse.png", "rocket.jpg"])
+def test_truncated_results_are_unreadable(name: str, images_dir: Path) -> None:
+    data = (images_dir / name).read_bytes()
+    for cut in (len(data) // 2, len(data) - 100, 40):
+        error = _decode_error(data[:cut])
+        assert error.code == "result_unreadable"
+        assert "not a complete image" in error.message
+
+
+def test_lying_headers_are_unreadable() -> None:
+    rows = (b"\x00" + b"\x10" * 8 * 3) * 8  # pixel data for 8 x 8
+    declares_more = png_bytes(64, 64, rows=rows)
+    assert _decode_error(declares_more).code == "result_unreadable"
+    bad_crc = bytearray(_save(Image.new("RGB", (8, 8), "red"), "PNG"))
+    bad_crc[29] ^= 0xFF  # inside the IHDR CRC
+    assert _decode_error(bytes(bad_crc)).code == "result_unreadable"
+    # A JPEG whose frame header declares more rows than its scan holds, ending with a proper EOI
+    # marker, is completed by libjpeg with grey ("premature end of data" is only a warning there):
+    # it decodes, at the declared size, within the limits. No decoder can tell it from a real image.
+    assert decode_result(jpeg_declaring(3000, 3000), vendor="poof").size == (3000, 3000)
+    cut = jpeg_declaring(3000, 3000)
+    assert _decode_error(cut[: len(cut) - 40]).code == "result_unreadable"  # no EOI: cut short
+
+
+def _animation(fmt: str) -> bytes:
+    frames = [Image.new("RGBA", (24, 16), colour) for colour in ((255, 0, 0, 255), (0, 255, 0, 255))]
+    params: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    if fmt == "MPO":
+        frames = [frame.convert("RGB") for frame in frames]
+    else:
+        params["duration"] = 50
+    return _save(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "MPO"])
+def test_animated_results_use_the_first_frame(fmt: str) -> None:
+    data = _animation(fmt)
+    image = decode_result(data, vendor="poof")
+    assert image.format == ("JPEG" if fmt == "MPO" else fmt)  # an MPO is reported as the JPEG it is
+    content, content_type, width, height = apply_local_steps(
+        data, LocalSteps(output_format="png", background_color="#000000"), vendor="poof"
+    )
+    out = _open(content)
+    assert getattr(out, "n_frames", 1) == 1
+    red, green, _ = out.getpixel((5, 5))  # type: ignore[misc]
+    assert red > 200 > green
+    assert (content_type, width, height) == ("image/png", 24, 16)
+
+
+def _mode_bodies() -> dict[str, bytes]:
+    subject = Image.new("RGBA", (30, 20), (0, 0, 0, 0))
+    subject.paste((200, 40, 40, 255), (10, 5, 20, 15))
+    palette = Image.new("P", (30, 20), 0)
+    palette.putpalette([0, 0, 0, 200, 40, 40] + [0] * 762)
+    palette.paste(1, (10, 5, 20, 15))
+    # 16-bit gray, 0 around a 10x10 square of 100 x 256 (written by hand, big-endian samples)
+    gray16 = b"".join(
+        b"\x00"
+        + b"".join((25_600 if 10 <= x < 20 and 5 <= y < 15 else 0).to_bytes(2, "big") for x in range(30))
+        for y in range(20)
+    )
+    return {
+        "RGBA": _save(subject, "PNG"),
+        "RGB": _save(subject.convert("RGB"), "PNG"),
+        "RGB+tRNS": _save(subject.convert("RGB"), "PNG", transparency=(0, 0, 0)),
+        "L": _save(subject.convert("L"), "PNG"),
+        "L+tRNS": _save(subject.convert("L"), "PNG", transparency=0),
+        "LA": _save(subject.convert("LA"), "PNG"),
+        "P": _save(palette, "PNG"),
+        "P+tRNS": _save(palette, "PNG", transparency=0),
+        "1": _save(subject.convert("1"), "PNG"),
+        "I;16": png_bytes(30, 20, bit_depth=16, color_type=0, rows=gray16),
+        "16-bit RGBA": png_bytes(
+            30, 20, bit_depth=16, color_type=6, rows=(b"\x00" + b"\x80\x00" * 4 * 30) * 20
+        ),
+        "16-bit RGB": png_bytes(
+            30, 20, bit_depth=16, color_type=2, rows=(b"\x00" + b"\x40\x00" * 3 * 30) * 20
+        ),
+        "CMYK": _save(subject.convert("RGB").convert("CMYK"), "JPEG"),
+        "WEBP": _save(subject, "WEBP", lossless=True),
+    }
+
+
+MODE_BODIES = _mode_bodies()
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("crop", [False, True])
+@pytest.mark.parametrize("name", sorted(MODE_BODIES))
+def test_every_result_mode_goes_through_every_local_step(name: str, crop: bool, fmt: str) -> None:
+    """16-bit, CMYK, palette, bilevel, LA… results: crop, margin, flatten and encode all work."""
+    steps = LocalSteps(
+        crop=crop,
+        margin=Margin.parse("2px") if crop else None,
+        max_size=(25, 25),
+        output_format=fmt,  # type: ignore[arg-type]
+    )
+    content, content_type, width, height = apply_local_steps(MODE_BODIES[name], steps, vendor="poof")
+    out = _open(content)
+    assert out.size == (width, height)
+    assert content_type == f"image/{fmt}"
+    assert out.mode in ("RGB", "RGBA", "L", "LA")
+
+
+def test_16_bit_result_is_scaled_not_clipped() -> None:
+    content, _, _, _ = apply_local_steps(MODE_BODIES["I;16"], LocalSteps(output_format="png"), vendor="poof")
+    out = _open(content)
+    assert out.mode == "L"
+    assert out.getpixel((12, 8)) == 100
+    assert out.getpixel((0, 0)) == 0
+
+
+def test_cmyk_result_is_converted_for_png() -> None:
+    # Pillow cannot write CMYK as PNG: this used to fail in our own encode step.
+    content, _, _, _ = apply_local_steps(
+        MODE_BODIES["CMYK"], LocalSteps(output_format="png"), vendor="pixelcut"
+    )
+    red, green, blue = _open(content).convert("RGB").getpixel((12, 8))  # type: ignore[misc]
+    assert red > 150 > green
+
+
+def test_palette_transparency_becomes_alpha_for_the_crop() -> None:
+    content, _, width, height = apply_local_steps(
+        MODE_BODIES["P+tRNS"], LocalSteps(crop=True, output_format="png"), vendor="poof"
+    )
+    assert (width, height) == (10, 10)
+    assert _open(content).mode == "RGBA"
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("RGB", "RGB"),
+        ("RGBA", "RGBA"),
+        ("L", "L"),
+        ("LA", "LA"),
+        ("La", "LA"),
+        ("RGBa", "RGBA"),
+        ("PA", "RGBA"),
+        ("P", "RGB"),
+        ("1", "RGB"),
+        ("I", "L"),
+        ("I;16", "L"),
+        ("I;16B", "L"),
+        ("F", "L"),
+        ("CMYK", "RGB"),
+        ("YCbCr", "RGB"),
+        ("LAB", "RGB"),
+        ("HSV", "RGB"),
+    ],
+)
+def test_normalise_mode(mode: str, expected: str) -> None:
+    assert normalise_mode(Image.new(mode, (4, 4))).mode == expected
+
+
+@pytest.mark.parametrize(
+    "exif",
+    [
+        pytest.param(b"Exif\x00\x00" + b"\xde\xad\xbe\xef" * 8, id="garbage"),
+        pytest.param(b"Exif\x00\x00MM\x00\x2a\x00\x00\xff\xff", id="offset-past-the-end"),
+        pytest.param(None, id="orientation-77"),
+        pytest.param(b"", id="orientation-6"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+def test_exif_weirdness_in_results(exif: bytes | None, fmt: str) -> None:
+    """Broken or odd EXIF never fails a result; results are used as stored (they are not rotated)."""
+    if exif is None or exif == b"":
+        tags = Image.Exif()
+        tags[0x0112] = 77 if exif is None else 6
+        exif = tags.tobytes()
+    data = _save(Image.new("RGB", (30, 20), "orange"), fmt, exif=exif)
+    assert decode_result(data, vendor="pixian").size == (30, 20)
+    content, _, width, height = apply_local_steps(
+        data, LocalSteps(crop=True, output_format="png"), vendor="pixian"
+    )
+    assert (width, height) == (30, 20)
+    assert _open(content).size == (30, 20)
+
+
+def test_memory_error_while_decoding_is_result_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(self: Image.Image) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)
+    error = _decode_error(_cutout())
+    assert error.code == "result_too_large"
+    assert "not enough memory to decode the vendor's 100x80 result" in error.message
+
+
+def test_memory_error_in_a_local_step_is_result_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Image.Image.convert
+
+    def convert(self: Image.Image, mode: str | None = None, *args: object, **kwargs: object) -> Image.Image:
+        if mode == "RGBA":
+            raise MemoryError
+        return original(self, mode, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    error = _steps_error(_cutout(), LocalSteps(crop=True, output_format="png"))
+    assert error.code == "result_too_large"
+    assert "not enough memory for the local crop of the vendor's 100x80 RGBA result" in error.message
+
+
+def test_memory_error_checking_an_input_is_a_local_reject(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(self: Image.Image) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)
+    error = _rejected(_cutout())
+    assert error.code == "too_many_pixels"
+    assert "not enough memory" in error.message
+
+
+@pytest.mark.parametrize("raised", [struct.error("unpack"), IndexError("tile"), EOFError(), KeyError("x")])
+def test_any_decoder_failure_is_result_unreadable(monkeypatch: pytest.MonkeyPatch, raised: Exception) -> None:
+    def broken(self: Image.Image) -> None:
+        raise raised
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken)
+    error = _decode_error(_cutout())
+    assert error.code == "result_unreadable"
+    assert type(raised).__name__ in error.message
+    assert _rejected(_cutout()).code == "malformed_image"  # the same on the input side
+
+
+def test_a_failing_local_step_is_local_processing_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    cutout = _cutout()
+
+    def save(self: Image.Image, fp: object, format: str | None = None, **params: object) -> None:
+        raise OSError("encoder error -2")
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    error = _steps_error(cutout, LocalSteps(output_format="webp"))
+    assert error.code == "local_processing_failed"
+    assert "the local webp encoding of the vendor's 100x80 RGBA result failed" in error.message
+    assert "OSError: encoder error -2" in error.message
+    assert "the call was billed" in error.message
+
+
+def test_a_margin_that_makes_the_output_too_large_is_refused_before_allocating() -> None:
+    tight = ResultLimits(max_pixels=10_000, basis="test limit")
+    steps = LocalSteps(crop=True, margin=Margin.parse("100%"), output_format="png")
+    error = _steps_error(_cutout(), steps, limits=tight)  # the 40x40 subject + 100 % = 120x120
+    assert error.code == "result_too_large"
+    assert "the crop with its margin is 120x120 = 14,400 pixels" in error.message
+    apply_local_steps(_cutout(), LocalSteps(crop=True, output_format="png"), vendor="poof", limits=tight)
+
+
+def test_the_tasks_own_timeout_is_never_turned_into_an_image_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
+
+    for raised in (AirflowTaskTimeout("execution_timeout"), AirflowException("stop")):
+
+        def interrupted(self: Image.Image, raised: BaseException = raised) -> None:
+            raise raised
+
+        monkeypatch.setattr(ImageFile.ImageFile, "load", interrupted)
+        with pytest.raises(type(raised)):
+            decode_result(_cutout(), vendor="poof")
+        with pytest.raises(type(raised)):
+            prepare_input(_cutout(), GENEROUS)
