@@ -110,6 +110,19 @@ class SafetyMargin:
         return f"{self.percent}%" if self.percent is not None else str(self.credits or 0)
 
 
+def describe_header_only(billable: int, header_only: int) -> str:
+    """
+    The pre-flight's honesty note about images planning could check by header only.
+
+    :param billable: billable images in the estimate.
+    :param header_only: how many of them were checked by header only.
+    """
+    return (
+        f"{billable} billable, of which {header_only} were checked by header only; a truncated body "
+        "among them is rejected at run time without a charge"
+    )
+
+
 class CreditsPreflightMixin(BucketImageOperator):
     """
     Turns a bucket operator into its own pre-flight check (see :class:`CreditsCheckOperator`).
@@ -196,6 +209,7 @@ class CreditsPreflightMixin(BucketImageOperator):
             hook.close()
 
         billable = len(plan.items) if max_images is None else min(len(plan.items), max_images)
+        header_only = plan.header_only_among(billable)
         needed = cost * billable
         if max_credits is not None:
             needed = min(needed, max_credits)
@@ -210,6 +224,7 @@ class CreditsPreflightMixin(BucketImageOperator):
             "sources": plan.total,
             "billable_images": billable,
             "planned_billable": len(plan.items),
+            "checked_by_header_only": header_only,
             "already_done": plan.count("skipped"),
             "rejected_locally": plan.count("rejected"),
             "cost_per_image": str(cost),
@@ -239,6 +254,8 @@ class CreditsPreflightMixin(BucketImageOperator):
             available,
             "OK" if sufficient else "INSUFFICIENT",
         )
+        if header_only:
+            log.info("Credits pre-flight (%s): %s", self.conn_id, describe_header_only(billable, header_only))
         if sufficient:
             return estimate
         self._halt(context, processor.vendor, estimate, billable, required, available, balance)
@@ -298,6 +315,8 @@ class CreditsPreflightMixin(BucketImageOperator):
         ti.xcom_push(key="estimate", value=estimate)
         ti.xcom_push(key="halt", value=halt.as_dict())
         text = f"Credits pre-flight ({vendor}): {message}. Nothing was charged; top up or shrink the batch."
+        if estimate["checked_by_header_only"]:
+            text += f" ({describe_header_only(billable, estimate['checked_by_header_only'])}.)"
         if self.on_insufficient == "skip":
             raise AirflowSkipException(text)
         raise AirflowFailException(text)
@@ -328,7 +347,9 @@ class CreditsCheckOperator(CreditsPreflightMixin, RemoveBackgroundOperator):
         check >> RemoveBackgroundOperator(task_id="cutouts", ...same parameters...)
 
     Passes → returns the estimate (XCom ``return_value``): ``conn_id``, ``vendor``, ``operation``,
-    ``sources``, ``billable_images``, ``already_done``, ``rejected_locally``, ``cost_per_image``,
+    ``sources``, ``billable_images``, ``planned_billable``, ``checked_by_header_only`` (billable
+    images too large to verify without downloading them: a truncated one is rejected at run time,
+    free), ``already_done``, ``rejected_locally``, ``cost_per_image``,
     ``cost_source``, ``needed``, ``safety_margin``, ``margin_credits``, ``required``, ``available``,
     ``balance``, ``sufficient``.
     Halts → pushes XCom ``halt`` (the pipeline's ``HaltInfo`` shape, reason ``insufficient_credits``,

@@ -7,10 +7,19 @@
 3. skip outputs that are finished: an existing destination whose metadata records the same source
    generation, options hash and vendor (DESIGN.md decision 5);
 4. check every remaining source locally against the vendor's limits — the size from the listing and
-   a header-only decode of its first bytes — and record rejects.
+   a header-only decode of its first :data:`HEADER_BYTES` — and record rejects. When that read
+   already holds the whole object (a small file, or one whose header lay beyond the first bytes and
+   was read whole), the object is checked in full exactly as the run will check it
+   (:func:`~airflow_provider_bgremoval.imaging.prepare_input`: every pixel decoded), so a truncated
+   or corrupt small file is rejected here with the run's own code and message. Larger objects cannot
+   be verified without downloading them: they are billable but marked
+   :attr:`WorkItem.fully_checked` ``False`` and counted in
+   :attr:`BatchPlan.unverified_by_header_only`; a truncated body among them is rejected at run time,
+   before any vendor call (0 credits). Planning makes no more GCS requests for this than the header
+   read it always made.
 
 What remains is billable. The credits pre-flight uses the same plan, so its estimate counts exactly
-what the batch will pay for.
+what the batch will pay for, and says how many of those images were checked by header only.
 """
 
 from __future__ import annotations
@@ -18,12 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
-from airflow_provider_bgremoval.imaging import InputLimits, check_limits, check_size, read_header
+from airflow_provider_bgremoval.imaging import (
+    InputLimits,
+    check_limits,
+    check_size,
+    prepare_input,
+    read_header,
+)
 from airflow_provider_bgremoval.pipeline.naming import (
     INTERNAL_DIR,
     UnsafeNameError,
@@ -38,6 +53,10 @@ R = TypeVar("R")
 
 #: Bytes read from each source during planning for the header-only check.
 HEADER_BYTES = 64 * 1024
+#: Largest image (declared width x height) that planning decodes in full when it already holds the
+#: whole object: bounds the memory of a check running for up to ``concurrency`` files at once (a few
+#: KiB of flat colour can declare tens of megapixels). Larger ones are checked by header only.
+FULL_CHECK_MAX_PIXELS = 4_000_000
 #: Below this many sources, destinations are looked up one by one instead of listing the prefix.
 _STAT_THRESHOLD = 200
 
@@ -113,11 +132,15 @@ class WorkItem:
     :param destination: destination object name.
     :param replace_generation: generation of a stale output to replace (``overwrite=True``), or
         ``None`` for a create-only write.
+    :param fully_checked: True when planning decoded the whole object exactly as the run will (it
+        already held it); False when only its header and size were checked, so a truncated or corrupt
+        body is found only when the run reads it whole (and rejected then, before any vendor call).
     """
 
     source: ObjectInfo
     destination: str
     replace_generation: int | None = None
+    fully_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +188,20 @@ class BatchPlan:
     def estimated_credits(self, cost_per_image: Decimal) -> Decimal:
         """Credits the billable work is expected to cost."""
         return cost_per_image * len(self.items)
+
+    @property
+    def unverified_by_header_only(self) -> int:
+        """Billable items checked by header only (see :attr:`WorkItem.fully_checked`)."""
+        return self.header_only_among(len(self.items))
+
+    def header_only_among(self, first: int) -> int:
+        """
+        How many of the first ``first`` billable items were checked by header only (the run takes
+        items in order, so this is the count within a ``max_images`` cap).
+
+        :param first: number of leading items considered.
+        """
+        return sum(1 for item in self.items[: max(0, first)] if not item.fully_checked)
 
 
 def is_finished(existing: ObjectInfo, source: ObjectInfo, fingerprint: str, vendor: str) -> bool:
@@ -220,24 +257,53 @@ def _existing_outputs(
     }
 
 
-def _check_header(
-    storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str
-) -> InputRejectedError | None:
+@dataclass(frozen=True)
+class SourceCheck:
+    """
+    The verdict of planning's local check of one source.
+
+    :param rejection: why the run would reject it locally, or ``None`` when it is billable.
+    :param fully_checked: True when the whole object was decoded (see :attr:`WorkItem.fully_checked`).
+    """
+
+    rejection: InputRejectedError | None
+    fully_checked: bool = False
+
+
+def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> SourceCheck:
+    """
+    Check one source locally, with the GCS reads planning always made (one header read; the whole
+    object only when its header is not in the first :data:`HEADER_BYTES`).
+
+    When the bytes read hold the whole object and it declares at most
+    :data:`FULL_CHECK_MAX_PIXELS`, it is checked in full with
+    :func:`~airflow_provider_bgremoval.imaging.prepare_input`, the very check the run makes, so the
+    verdict (code and message) is the run's.
+
+    :param storage: the GCS storage.
+    :param source: the source object (pinned to its generation).
+    :param limits: the vendor's input limits.
+    :param vendor: vendor name (for the errors).
+    """
     try:
         check_size(source.size, limits, vendor=vendor)  # the listing's size alone may decide
-        head = storage.read_head(source.bucket, source.name, HEADER_BYTES, generation=source.generation)
+        data = storage.read_head(source.bucket, source.name, HEADER_BYTES, generation=source.generation)
         try:
-            info = read_header(head, vendor=vendor)
+            info = read_header(data, vendor=vendor)
         except InputRejectedError:
-            if len(head) < HEADER_BYTES or source.size <= HEADER_BYTES:
+            if len(data) < HEADER_BYTES or source.size <= HEADER_BYTES:
                 raise
             # The header may lie beyond the first bytes (e.g. a large EXIF block): read it all.
             data = storage.read(source.bucket, source.name, generation=source.generation)
             info = read_header(data, vendor=vendor)
         check_limits(info, source.size, limits, vendor=vendor)
+        holds_whole_object = len(data) >= source.size
+        if holds_whole_object and info.pixels <= FULL_CHECK_MAX_PIXELS:
+            prepare_input(data, limits, vendor=vendor)  # decodes every pixel, as the run will
+            return SourceCheck(None, fully_checked=True)
     except InputRejectedError as exc:
-        return exc
-    return None
+        return SourceCheck(exc)
+    return SourceCheck(None, fully_checked=False)
 
 
 async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], concurrency: int) -> list[R]:
@@ -335,23 +401,26 @@ async def plan_batch(
                 )
             )
 
-    def check(item: WorkItem) -> Awaitable[InputRejectedError | None]:
-        return asyncio.to_thread(_check_header, storage, item.source, limits, vendor)
+    def check(item: WorkItem) -> Awaitable[SourceCheck]:
+        return asyncio.to_thread(check_source, storage, item.source, limits, vendor)
 
     verdicts = await bounded_map(check, to_check, concurrency)
     for item, verdict in zip(to_check, verdicts, strict=True):
-        if verdict is None:
-            plan.items.append(item)
+        rejection = verdict.rejection
+        if rejection is None:
+            plan.items.append(replace(item, fully_checked=verdict.fully_checked))
         else:
             plan.settled.append(
                 PlannedOutcome(
-                    item.source, item.destination, "rejected", verdict.code or "rejected", verdict.message
+                    item.source, item.destination, "rejected", rejection.code or "rejected", rejection.message
                 )
             )
     log.info(
-        "Planned %d source(s): %d billable, %d already done, %d rejected locally",
+        "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "
+        "%d rejected locally",
         plan.total,
         len(plan.items),
+        plan.unverified_by_header_only,
         plan.count("skipped"),
         plan.count("rejected"),
     )

@@ -7,6 +7,7 @@ pricing and the verdict is checked quickly.
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any
 from unittest import mock
@@ -31,14 +32,17 @@ from tests.unit.credits.conftest import FakeVendors
 HALT_KEYS = set(HaltInfo("r", "v", "m").as_dict())
 
 
-def make_plan(billable: int, done: int = 0, rejected: int = 0) -> BatchPlan:
+def make_plan(billable: int, done: int = 0, rejected: int = 0, header_only: int = 0) -> BatchPlan:
+    """A plan whose last ``header_only`` billable items were checked by header only."""
     spec = BatchSpec(source_bucket="raw", destination_bucket="out")
 
     def info(i: int) -> ObjectInfo:
         return ObjectInfo(bucket="raw", name=f"img{i}.jpg", generation=i + 1, size=1000)
 
     plan = BatchPlan(spec=spec)
-    plan.items = [WorkItem(info(i), f"img{i}.png") for i in range(billable)]
+    plan.items = [
+        WorkItem(info(i), f"img{i}.png", fully_checked=i < billable - header_only) for i in range(billable)
+    ]
     plan.settled = [
         PlannedOutcome(info(100 + i), "x.png", "skipped", "already_done", "done") for i in range(done)
     ]
@@ -103,6 +107,7 @@ def test_passes_and_returns_the_estimate(vendors: FakeVendors, planned: dict[str
         "sources": 50,
         "billable_images": 40,
         "planned_billable": 40,
+        "checked_by_header_only": 0,
         "already_done": 7,
         "rejected_locally": 3,
         "cost_per_image": "1",
@@ -116,6 +121,40 @@ def test_passes_and_returns_the_estimate(vendors: FakeVendors, planned: dict[str
         "sufficient": True,
     }
     assert [r.url.path for r in vendors.requests] == ["/v1/credits"]  # one free call, nothing billed
+
+
+def test_images_checked_by_header_only_are_reported(
+    vendors: FakeVendors, planned: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pre-flight honesty: billable images too large to verify at planning are named as such."""
+    planned["plan"] = make_plan(40, done=2, header_only=6)
+    vendors.set_pixelcut(100)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.operators.credits"):
+        estimate, _, error = run(check())
+    assert error is None
+    assert estimate is not None
+    assert (estimate["billable_images"], estimate["checked_by_header_only"]) == (40, 6)
+    assert estimate["needed"] == "40"  # still counted billable: a truncated one costs nothing, later
+    assert (
+        "40 billable, of which 6 were checked by header only; a truncated body among them is rejected "
+        "at run time without a charge"
+    ) in caplog.text
+    # max_images caps the batch to the first images: only the header-only ones among them count
+    estimate, _, _ = run(check(max_images=36))
+    assert estimate is not None
+    assert (estimate["billable_images"], estimate["checked_by_header_only"]) == (36, 2)
+    estimate, _, _ = run(check(max_images=30))
+    assert estimate is not None
+    assert estimate["checked_by_header_only"] == 0
+
+
+def test_halt_names_the_images_checked_by_header_only(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(30, header_only=4)
+    vendors.set_pixelcut(20)
+    estimate, pushed, error = run(check())
+    assert isinstance(error, AirflowFailException)
+    assert "30 billable, of which 4 were checked by header only" in str(error)
+    assert pushed["estimate"]["checked_by_header_only"] == 4
 
 
 def test_equal_balance_passes(vendors: FakeVendors, planned: dict[str, Any]) -> None:
