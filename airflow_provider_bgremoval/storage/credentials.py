@@ -159,7 +159,8 @@ def resolve_gcs_credentials(
     :raises StorageConfigError: conflicting or unreadable key settings, or no credentials found.
     """
     extras = _load_extras(gcp_conn_id) if gcp_conn_id else None
-    conn_project = get_extra_field(extras, "project") if extras is not None else None
+    fields: Mapping[str, Any] = extras if extras is not None else {}
+    conn_project = get_extra_field(fields, "project")
 
     emulator_host = os.environ.get(EMULATOR_ENV_VAR)
     if emulator_host:
@@ -168,78 +169,104 @@ def resolve_gcs_credentials(
         )
         return ResolvedCredentials(
             credentials=None,
-            project=str(conn_project) if conn_project else EMULATOR_PROJECT,
+            project=_first_project(conn_project, EMULATOR_PROJECT),
             source="emulator",
             emulator_host=emulator_host,
         )
 
-    effective_scopes = list(scopes) if scopes else None
-    if effective_scopes is None and extras is not None:
-        effective_scopes = parse_scopes(get_extra_field(extras, "scope"))
-    if effective_scopes is None:
-        effective_scopes = list(DEFAULT_SCOPES)
-
-    key_path = get_extra_field(extras, "key_path") if extras is not None else None
-    keyfile_dict = get_extra_field(extras, "keyfile_dict") if extras is not None else None
-    if key_path and keyfile_dict:
-        raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
-        )
-
-    from google.oauth2 import service_account
-
-    credentials: Credentials
-    if keyfile_dict:
-        assert gcp_conn_id is not None
-        info = _keyfile_info(keyfile_dict, gcp_conn_id)
-        try:
-            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                info, scopes=effective_scopes
-            )
-        except (ValueError, KeyError) as exc:
-            raise StorageConfigError(
-                f"connection {gcp_conn_id!r}: 'keyfile_dict' is not a usable service-account key "
-                f"({type(exc).__name__})"
-            ) from None
-        key_project = info.get("project_id")
-        log.info("GCS credentials: service-account key from connection %r (keyfile_dict)", gcp_conn_id)
-        return ResolvedCredentials(
-            credentials, str(conn_project or key_project or "") or None, "keyfile_dict"
-        )
-
-    if key_path:
-        path = os.fspath(str(key_path))
-        if not path.endswith(".json"):
-            # providers-google refuses legacy P12 keys as well.
-            raise StorageConfigError(
-                f"connection {gcp_conn_id!r}: 'key_path' must name a JSON service-account key file"
-            )
-        try:
-            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-                path, scopes=effective_scopes
-            )
-        except FileNotFoundError:
-            raise StorageConfigError(
-                f"connection {gcp_conn_id!r}: key file {path!r} does not exist on this worker"
-            ) from None
-        except (ValueError, KeyError) as exc:
-            raise StorageConfigError(
-                f"connection {gcp_conn_id!r}: key file {path!r} is not a usable service-account key "
-                f"({type(exc).__name__})"
-            ) from None
-        log.info("GCS credentials: service-account key file from connection %r (key_path)", gcp_conn_id)
-        key_project = getattr(credentials, "project_id", None)
-        return ResolvedCredentials(credentials, str(conn_project or key_project or "") or None, "key_path")
-
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
+    effective_scopes = list(scopes or parse_scopes(get_extra_field(fields, "scope")) or DEFAULT_SCOPES)
+    key = _from_connection_key(fields, gcp_conn_id, effective_scopes)
+    if key is not None:
+        credentials, key_project, source = key
+        return ResolvedCredentials(credentials, _first_project(conn_project, key_project), source)
 
     if extras is None and gcp_conn_id:
         log.info("connection %r is not defined: using Application Default Credentials", gcp_conn_id)
     else:
         log.info("no service-account key configured: using Application Default Credentials")
+    credentials, adc_project = _from_adc(gcp_conn_id, effective_scopes)
+    return ResolvedCredentials(credentials, _first_project(conn_project, adc_project), "adc")
+
+
+def _from_connection_key(
+    fields: Mapping[str, Any], gcp_conn_id: str | None, scopes: list[str]
+) -> tuple[Credentials, Any, str] | None:
+    """
+    Credentials, the key's project and the source from the connection's key extras, or ``None``.
+
+    :raises StorageConfigError: both ``key_path`` and ``keyfile_dict`` are set, or the key is unusable.
+    """
+    key_path = get_extra_field(fields, "key_path")
+    keyfile_dict = get_extra_field(fields, "keyfile_dict")
+    if key_path and keyfile_dict:
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
+        )
+    if not (key_path or keyfile_dict):
+        return None
+    assert gcp_conn_id is not None  # extras come from a connection
+    if keyfile_dict:
+        return (*_from_keyfile_dict(keyfile_dict, gcp_conn_id, scopes), "keyfile_dict")
+    return (*_from_key_path(key_path, gcp_conn_id, scopes), "key_path")
+
+
+def _first_project(*candidates: Any) -> str | None:
+    """The first non-empty project id among ``candidates``."""
+    return next((str(project) for project in candidates if project), None)
+
+
+def _from_keyfile_dict(raw: Any, gcp_conn_id: str, scopes: list[str]) -> tuple[Credentials, Any]:
+    """Service-account credentials and the key's project from the ``keyfile_dict`` extra."""
+    from google.oauth2 import service_account
+
+    info = _keyfile_info(raw, gcp_conn_id)
     try:
-        credentials, adc_project = google.auth.default(scopes=effective_scopes)
+        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes
+        )
+    except (ValueError, KeyError) as exc:
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: 'keyfile_dict' is not a usable service-account key "
+            f"({type(exc).__name__})"
+        ) from None
+    log.info("GCS credentials: service-account key from connection %r (keyfile_dict)", gcp_conn_id)
+    return credentials, info.get("project_id")
+
+
+def _from_key_path(raw: Any, gcp_conn_id: str, scopes: list[str]) -> tuple[Credentials, Any]:
+    """Service-account credentials and the key's project from the file named by ``key_path``."""
+    from google.oauth2 import service_account
+
+    path = os.fspath(str(raw))
+    if not path.endswith(".json"):
+        # providers-google refuses legacy P12 keys as well.
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: 'key_path' must name a JSON service-account key file"
+        )
+    try:
+        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+            path, scopes=scopes
+        )
+    except FileNotFoundError:
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: key file {path!r} does not exist on this worker"
+        ) from None
+    except (ValueError, KeyError) as exc:
+        raise StorageConfigError(
+            f"connection {gcp_conn_id!r}: key file {path!r} is not a usable service-account key "
+            f"({type(exc).__name__})"
+        ) from None
+    log.info("GCS credentials: service-account key file from connection %r (key_path)", gcp_conn_id)
+    return credentials, getattr(credentials, "project_id", None)
+
+
+def _from_adc(gcp_conn_id: str | None, scopes: list[str]) -> tuple[Credentials, Any]:
+    """Application Default Credentials and their project."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        credentials, project = google.auth.default(scopes=scopes)
     except DefaultCredentialsError as exc:
         raise StorageConfigError(
             "no GCP credentials: define the Airflow connection "
@@ -247,4 +274,4 @@ def resolve_gcs_credentials(
             "Application Default Credentials, or set STORAGE_EMULATOR_HOST for an emulator "
             f"({exc})"
         ) from exc
-    return ResolvedCredentials(credentials, str(conn_project or adc_project or "") or None, "adc")
+    return credentials, project

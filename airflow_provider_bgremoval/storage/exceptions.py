@@ -12,7 +12,8 @@ classes (the google-cloud exception is kept as ``__cause__``), so callers never 
   of it) is gone.
 * :class:`ObjectTooLargeError`: a read exceeded its ``max_bytes`` cap.
 * :class:`DataCorruptionError`: downloaded bytes failed their checksum.
-* :class:`StorageUnavailableError`: transient errors outlasted the retry deadline (retryable later).
+* :class:`StorageUnavailableError`: transient errors outlasted the retry deadline (trying again later
+  may work).
 * :class:`StoragePermissionError`: 401/403 (fix the credentials; retrying cannot help).
 """
 
@@ -42,9 +43,6 @@ class StorageError(AirflowException):
     :param bucket: bucket concerned, if any.
     :param name: object name concerned, if any.
     """
-
-    #: True when repeating the operation later may succeed.
-    retryable: bool = False
 
     def __init__(self, message: str, *, bucket: str | None = None, name: str | None = None) -> None:
         super().__init__(message)
@@ -82,25 +80,24 @@ class StoragePermissionError(StorageError):
 class StorageUnavailableError(StorageError):
     """Transient failures (5xx, 429, connection errors, timeouts) outlasted the retry policy."""
 
-    retryable = True
-
 
 class DataCorruptionError(StorageError):
     """Downloaded bytes do not match the object's checksum (corrupted in transit); reading again may work."""
-
-    retryable = True
 
 
 class ObjectNotFoundError(StorageError):
     """The object (or its bucket) does not exist."""
 
 
-class ObjectChangedError(ObjectNotFoundError):
+class _GenerationMismatchError(StorageError):
     """
-    The generation that was planned no longer exists: the object was replaced or deleted meanwhile.
+    Base of the errors that compare the generation a caller expected with the live one.
 
-    :param expected_generation: the generation the caller pinned.
-    :param current_generation: the live generation now, or ``None`` if the object is gone.
+    :param message: human-readable explanation.
+    :param bucket: bucket concerned.
+    :param name: object name concerned.
+    :param expected_generation: the generation the caller expected.
+    :param current_generation: the live generation, or ``None`` if there is no object.
     """
 
     def __init__(
@@ -115,6 +112,15 @@ class ObjectChangedError(ObjectNotFoundError):
         super().__init__(message, bucket=bucket, name=name)
         self.expected_generation = expected_generation
         self.current_generation = current_generation
+
+
+class ObjectChangedError(ObjectNotFoundError, _GenerationMismatchError):
+    """
+    The generation that was planned no longer exists: the object was replaced or deleted meanwhile.
+
+    :param expected_generation: the generation the caller pinned.
+    :param current_generation: the live generation now, or ``None`` if the object is gone.
+    """
 
 
 class ObjectTooLargeError(StorageError):
@@ -131,26 +137,13 @@ class ObjectTooLargeError(StorageError):
         self.size = size
 
 
-class WriteConflictError(StorageError):
+class WriteConflictError(_GenerationMismatchError):
     """
     A conditional write failed its precondition (HTTP 412).
 
     :param expected_generation: the ``if_generation_match`` value sent (``0`` = "must not exist").
     :param current_generation: the generation found afterwards, or ``None`` if there is no object.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        bucket: str,
-        name: str,
-        expected_generation: int,
-        current_generation: int | None,
-    ) -> None:
-        super().__init__(message, bucket=bucket, name=name)
-        self.expected_generation = expected_generation
-        self.current_generation = current_generation
 
 
 class ObjectExistsError(WriteConflictError):

@@ -32,9 +32,23 @@ although the object is ours. On a 412, :meth:`GcsStorage.write` therefore reads 
 Otherwise :class:`~airflow_provider_bgremoval.storage.exceptions.ObjectExistsError` is raised with the
 existing generation.
 
-Uploads are single multipart requests carrying the precondition and a CRC32C, so the server rejects
-a corrupted body and a partial object never becomes visible (see :func:`_upload_single_request` for
-objects above google-cloud-storage's 8 MiB resumable threshold).
+Uploads use google-cloud-storage's public ``Blob.upload_from_string`` with the precondition and the
+payload's CRC32C. The library sends objects up to 8 MiB as one multipart request and larger ones as a
+resumable upload whose first request carries the whole object's CRC32C (``crc32c_checksum_value``).
+GCS checks ``ifGenerationMatch`` on both and creates the object only when all of it arrived with that
+checksum, so a corrupted or partial object never becomes visible. (fake-gcs-server ignores the
+precondition and the checksum on resumable uploads: see
+:mod:`airflow_provider_bgremoval.testing.gcs_emulator`.)
+
+**Environment lookups.** A ``requests`` session that trusts the environment (``trust_env``) re-reads
+the proxy variables, ``NO_PROXY``, the CA-bundle variables and ``~/.netrc`` on every request, a sixth
+of the client's CPU per image (docs/benchmarks.md). :class:`GcsStorage` decides once, when it creates
+the client: with ``trust_env=None`` (the default) the session trusts the environment only when a
+proxy applies to the GCS endpoint, with the semantics of ``requests.utils.get_environ_proxies`` (an
+``http_proxy``/``https_proxy``/``all_proxy`` variable, unless ``NO_PROXY`` names the endpoint's host);
+``trust_env=True`` or ``False`` decides explicitly. A CA bundle named by ``REQUESTS_CA_BUNDLE`` or
+``CURL_CA_BUNDLE`` is honoured either way (it becomes the session's ``verify``); ``~/.netrc`` is read
+only by a session that trusts the environment (GCS authenticates with OAuth tokens, not netrc).
 """
 
 from __future__ import annotations
@@ -42,10 +56,7 @@ from __future__ import annotations
 import base64
 import enum
 import fnmatch
-import functools
 import hashlib
-import inspect
-import io
 import logging
 import os
 import threading
@@ -71,6 +82,7 @@ from airflow_provider_bgremoval.storage.exceptions import (
 )
 
 if TYPE_CHECKING:
+    import requests
     from google.api_core.retry import Retry
     from google.cloud import storage
 
@@ -122,22 +134,23 @@ def md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
 
-_REQUESTS_ENV = (
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NETRC",
-)
+#: Variables naming a CA bundle, in the order ``requests`` reads them.
+_CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-def _environment_configures_requests() -> bool:
-    """True when proxies, CA bundles or a netrc could change how ``requests`` connects."""
-    if any(os.environ.get(name) or os.environ.get(name.lower()) for name in _REQUESTS_ENV):
-        return True
-    return os.path.exists(os.path.expanduser("~/.netrc")) or os.path.exists(os.path.expanduser("~/_netrc"))
+def _proxy_applies(endpoint: str) -> bool:
+    """Whether the environment configures a proxy that ``requests`` would apply to ``endpoint``."""
+    from requests.utils import get_environ_proxies
+
+    return any(key != "no" for key in get_environ_proxies(endpoint))  # "no" is NO_PROXY itself
+
+
+def _configure_environment_lookups(session: requests.Session, endpoint: str, trust_env: bool | None) -> None:
+    """Decide ``session.trust_env`` once and keep an environment CA bundle (module docstring)."""
+    session.trust_env = _proxy_applies(endpoint) if trust_env is None else trust_env
+    ca_bundle = next((os.environ[name] for name in _CA_BUNDLE_VARIABLES if os.environ.get(name)), None)
+    if ca_bundle is not None:
+        session.verify = ca_bundle
 
 
 # --------------------------------------------------------------------------------------------- ObjectInfo
@@ -314,43 +327,38 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+#: What :func:`_translate` says after ``<action> gs://bucket/name`` on a checksum mismatch.
+_CORRUPTED = ": checksum mismatch, the data was corrupted in transit"
+
+
 def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> StorageError:
     """Map a google/requests exception to the storage layer's errors (the original stays ``__cause__``)."""
     from google.api_core import exceptions as api_exceptions
     from google.cloud.storage.exceptions import DataCorruption
 
-    where = f"gs://{bucket}/{name}" if name is not None else f"gs://{bucket}"
     if isinstance(exc, StorageError):
         return exc
+    error: type[StorageError] = StorageError
+    outcome = f" failed: {_named(exc)}"
     if isinstance(exc, api_exceptions.RetryError):
         cause = exc.cause if exc.cause is not None else exc
-        return StorageUnavailableError(
-            f"{action} {where} failed: GCS stayed unavailable until the retry deadline "
-            f"({type(cause).__name__}: {_short(cause)})",
-            bucket=bucket,
-            name=name,
-        )
-    if _is_transient(exc):
-        return StorageUnavailableError(
-            f"{action} {where} failed: {type(exc).__name__}: {_short(exc)}", bucket=bucket, name=name
-        )
-    if isinstance(exc, api_exceptions.Unauthorized | api_exceptions.Forbidden):
-        return StoragePermissionError(
-            f"{action} {where} refused ({exc.code}): the credentials lack permission; {_short(exc)}",
-            bucket=bucket,
-            name=name,
-        )
-    if isinstance(exc, api_exceptions.NotFound):
-        return ObjectNotFoundError(f"{action} {where}: not found ({_short(exc)})", bucket=bucket, name=name)
-    if isinstance(exc, DataCorruption):
-        return DataCorruptionError(
-            f"{action} {where}: checksum mismatch, the data was corrupted in transit",
-            bucket=bucket,
-            name=name,
-        )
-    return StorageError(
-        f"{action} {where} failed: {type(exc).__name__}: {_short(exc)}", bucket=bucket, name=name
-    )
+        error = StorageUnavailableError
+        outcome = f" failed: GCS stayed unavailable until the retry deadline ({_named(cause)})"
+    elif _is_transient(exc):
+        error = StorageUnavailableError
+    elif isinstance(exc, api_exceptions.Unauthorized | api_exceptions.Forbidden):
+        error = StoragePermissionError
+        outcome = f" refused ({exc.code}): the credentials lack permission; {_short(exc)}"
+    elif isinstance(exc, api_exceptions.NotFound):
+        error, outcome = ObjectNotFoundError, f": not found ({_short(exc)})"
+    elif isinstance(exc, DataCorruption):
+        error, outcome = DataCorruptionError, _CORRUPTED
+    where = f"gs://{bucket}/{name}" if name is not None else f"gs://{bucket}"
+    return error(f"{action} {where}{outcome}", bucket=bucket, name=name)
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_short(exc)}"
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -376,6 +384,9 @@ class GcsStorage:
         ``google.api_core.retry.Retry``); ``None`` disables retries. Default: GCS's ``DEFAULT_RETRY``.
     :param timeout: per-request timeout in seconds (or ``(connect, read)``).
     :param max_pool_connections: HTTP connections kept per host (use at least the number of threads).
+    :param trust_env: whether the HTTP session reads proxy, CA-bundle and netrc settings from the
+        environment on every request; ``None`` (default): only when a proxy applies to the GCS endpoint.
+        A ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` bundle is honoured either way (module docstring).
     :param client: a ready ``storage.Client`` to use instead of resolving credentials (tests, the demo).
     """
 
@@ -388,6 +399,7 @@ class GcsStorage:
         retry: Retry | _Unset | None = _UNSET,
         timeout: float | tuple[float, float] = 60.0,
         max_pool_connections: int = 32,
+        trust_env: bool | None = None,
         client: storage.Client | None = None,
     ) -> None:
         self.gcp_conn_id = gcp_conn_id
@@ -402,6 +414,7 @@ class GcsStorage:
             self.retry = retry
         self.timeout = timeout
         self.max_pool_connections = max_pool_connections
+        self.trust_env = trust_env
         self._client = client
         self._client_injected = client is not None
         self._lock = threading.Lock()
@@ -450,15 +463,13 @@ class GcsStorage:
         )
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        # requests re-reads proxy, netrc and CA-bundle settings from the environment on every request
-        # (a sixth of the client's CPU per image in the benchmark); skip that when none are set.
-        session.trust_env = _environment_configures_requests()
         client = storage.Client(
             project=self.project or resolved.project,
             credentials=resolved.credentials,
             client_info=ClientInfo(user_agent=provider_user_agent()),  # type: ignore[no-untyped-call]
             _http=session,
         )
+        _configure_environment_lookups(session, client.api_endpoint, self.trust_env)
         log.debug("GCS client ready (credentials: %s, project: %s)", resolved.source, client.project)
         return client
 
@@ -588,47 +599,24 @@ class GcsStorage:
         :raises ObjectTooLargeError: the object is larger than ``max_bytes``.
         :raises DataCorruptionError: the bytes do not match the object's checksum.
         """
-        from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
-
         if max_bytes is not None and max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
-        blob = self.client.bucket(bucket).blob(name, generation=generation)
-        try:
-            if max_bytes is None:
-                data: bytes = blob.download_as_bytes(
-                    checksum="auto", retry=self._retry(retry), timeout=self._timeout(timeout)
-                )
-                return data
-            try:
-                data = blob.download_as_bytes(
-                    start=0,
-                    end=max_bytes,  # inclusive: at most max_bytes + 1 bytes
-                    checksum=None,  # the library skips checksums on ranges; verified below instead
-                    retry=self._retry(retry),
-                    timeout=self._timeout(timeout),
-                )
-            except RequestRangeNotSatisfiable:
-                return b""  # an empty object has no byte 0
-            if len(data) > max_bytes:
-                raise ObjectTooLargeError(
-                    f"gs://{bucket}/{name} is larger than the {max_bytes}-byte limit",
-                    bucket=bucket,
-                    name=name,
-                    max_bytes=max_bytes,
-                    size=None,
-                )
-            # The whole object arrived; the response headers carried its CRC32C (x-goog-hash).
-            if blob.crc32c and crc32c_b64(data) != blob.crc32c:
-                raise DataCorruptionError(
-                    f"reading gs://{bucket}/{name}: checksum mismatch, the data was corrupted in transit",
-                    bucket=bucket,
-                    name=name,
-                )
-            return data
-        except NotFound as exc:
-            raise self._missing(bucket, name, generation, exc) from exc
-        except Exception as exc:
-            raise _translate(exc, "reading", bucket, name) from exc
+        # With a cap, at most max_bytes + 1 bytes (the range end is inclusive).
+        data, crc32c = self._download(bucket, name, generation, max_bytes, retry, timeout)
+        if max_bytes is None:
+            return data  # checksum-verified by the library
+        if len(data) > max_bytes:
+            raise ObjectTooLargeError(
+                f"gs://{bucket}/{name} is larger than the {max_bytes}-byte limit",
+                bucket=bucket,
+                name=name,
+                max_bytes=max_bytes,
+                size=None,
+            )
+        # The whole object arrived; the response headers carried its CRC32C (x-goog-hash).
+        if crc32c and crc32c_b64(data) != crc32c:
+            raise DataCorruptionError(f"reading gs://{bucket}/{name}{_CORRUPTED}", bucket=bucket, name=name)
+        return data
 
     def read_head(
         self,
@@ -652,28 +640,45 @@ class GcsStorage:
         :raises ObjectNotFoundError: the object does not exist.
         :raises ObjectChangedError: the pinned generation no longer exists.
         """
-        from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
-
         if nbytes <= 0:
             raise ValueError("nbytes must be positive")
+        data, _ = self._download(bucket, name, generation, nbytes - 1, retry, timeout)
+        return data[:nbytes]
+
+    def _download(
+        self,
+        bucket: str,
+        name: str,
+        generation: int | None,
+        last_byte: int | None,
+        retry: Retry | _Unset | None,
+        timeout: float | tuple[float, float] | None,
+    ) -> tuple[bytes, str | None]:
+        """
+        Bytes ``0..last_byte`` (inclusive; the whole object, checksum-verified, when ``None``) and the
+        object's CRC32C from the response headers.
+        """
+        from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
+
         blob = self.client.bucket(bucket).blob(name, generation=generation)
+        ranged = last_byte is not None
         try:
             data: bytes = blob.download_as_bytes(
-                start=0,
-                end=nbytes - 1,
-                checksum=None,
+                start=0 if ranged else None,
+                end=last_byte,
+                checksum=None if ranged else "auto",  # the library skips checksums on ranges
                 retry=self._retry(retry),
                 timeout=self._timeout(timeout),
             )
         except RequestRangeNotSatisfiable:
-            return b""
+            return b"", None  # an empty object has no byte 0
         except NotFound as exc:
-            raise self._missing(bucket, name, generation, exc) from exc
+            raise self._missing(bucket, name, generation) from exc
         except Exception as exc:
             raise _translate(exc, "reading", bucket, name) from exc
-        return data[:nbytes]
+        return data, blob.crc32c
 
-    def _missing(self, bucket: str, name: str, generation: int | None, exc: Exception) -> StorageError:
+    def _missing(self, bucket: str, name: str, generation: int | None) -> StorageError:
         uri = f"gs://{bucket}/{name}"
         if generation is None:
             return ObjectNotFoundError(
@@ -747,7 +752,15 @@ class GcsStorage:
             attempts += 1
             blob = self.client.bucket(bucket).blob(name)
             blob.metadata = meta or None
-            _upload_single_request(blob, payload, content_type, if_generation_match, self._timeout(timeout))
+            blob.upload_from_string(
+                payload,
+                content_type=content_type,
+                if_generation_match=if_generation_match,
+                checksum="crc32c",  # multipart: sent with the body, checked by the server
+                crc32c_checksum_value=crc,  # resumable (> 8 MiB): sent first, checked when finalising
+                retry=None,  # retried here, so that write() knows whether an attempt may have landed
+                timeout=self._timeout(timeout),
+            )
             return blob
 
         from google.api_core.exceptions import PreconditionFailed
@@ -823,82 +836,6 @@ class GcsStorage:
             expected_generation=expected,
             current_generation=current,
         ) from exc
-
-
-_LIBRARY_MULTIPART_LIMIT = 8 * 1024 * 1024  # google.cloud.storage.blob._MAX_MULTIPART_SIZE
-
-
-@functools.cache
-def _private_multipart_available() -> bool:
-    from google.cloud import storage
-
-    method = getattr(storage.Blob, "_do_multipart_upload", None)
-    if method is None:
-        return False
-    wanted = {
-        "client",
-        "stream",
-        "content_type",
-        "size",
-        "if_generation_match",
-        "timeout",
-        "checksum",
-        "retry",
-    }
-    try:
-        return wanted <= set(inspect.signature(method).parameters)
-    except (TypeError, ValueError):  # pragma: no cover - defensive
-        return False
-
-
-def _upload_single_request(
-    blob: storage.Blob,
-    payload: bytes,
-    content_type: str,
-    if_generation_match: int | None,
-    timeout: float | tuple[float, float],
-) -> None:
-    """
-    Upload ``payload`` in one multipart request carrying the precondition and a CRC32C.
-
-    google-cloud-storage switches to a resumable upload above 8 MiB. For data already in memory one
-    request is simpler and atomic, and fake-gcs-server (v1.54) ignores ``ifGenerationMatch`` on
-    resumable uploads, which would hide create-only races in tests. Above 8 MiB the library's
-    (private) multipart method is therefore called directly; if a future library version changes it,
-    the public resumable path is used instead (also atomic, preconditions honoured by real GCS).
-    """
-    if len(payload) > _LIBRARY_MULTIPART_LIMIT and _private_multipart_available():
-        from google.cloud.storage import blob as blob_module
-        from google.cloud.storage.exceptions import InvalidResponse
-
-        client = blob.bucket.client
-        try:
-            response = blob._do_multipart_upload(
-                client,
-                io.BytesIO(payload),
-                content_type,
-                len(payload),
-                None,  # predefined_acl
-                if_generation_match,
-                None,  # if_generation_not_match
-                None,  # if_metageneration_match
-                None,  # if_metageneration_not_match
-                timeout=timeout,
-                checksum="crc32c",
-                retry=None,
-            )
-        except InvalidResponse as exc:
-            blob_module._raise_from_invalid_response(exc)
-        blob._set_properties(response.json())
-        return
-    blob.upload_from_string(
-        payload,
-        content_type=content_type,
-        if_generation_match=if_generation_match,
-        checksum="crc32c",  # sent with the request; the server rejects a corrupted body
-        retry=None,  # retried by GcsStorage.write, so that it knows whether an attempt may have landed
-        timeout=timeout,
-    )
 
 
 def _is_our_write(

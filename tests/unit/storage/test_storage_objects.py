@@ -205,29 +205,53 @@ def test_storage_survives_deepcopy_and_pickle(monkeypatch: pytest.MonkeyPatch) -
 
 # ----------------------------------------------------------------------------- error mapping
 @pytest.mark.parametrize(
-    ("exc", "expected", "retryable"),
+    ("exc", "expected"),
     [
-        (api_exceptions.ServiceUnavailable("down"), StorageUnavailableError, True),
-        (api_exceptions.TooManyRequests("slow down"), StorageUnavailableError, True),
-        (
-            api_exceptions.RetryError("deadline", cause=ConnectionError("refused")),
-            StorageUnavailableError,
-            True,
-        ),
-        (requests.exceptions.ConnectionError("refused"), StorageUnavailableError, True),
-        (requests.exceptions.ReadTimeout("slow"), StorageUnavailableError, True),
-        (api_exceptions.Forbidden("no"), StoragePermissionError, False),
-        (api_exceptions.Unauthorized("no"), StoragePermissionError, False),
-        (api_exceptions.NotFound("gone"), ObjectNotFoundError, False),
-        (api_exceptions.BadRequest("bad"), StorageError, False),
+        (api_exceptions.ServiceUnavailable("down"), StorageUnavailableError),
+        (api_exceptions.TooManyRequests("slow down"), StorageUnavailableError),
+        (api_exceptions.RetryError("deadline", cause=ConnectionError("refused")), StorageUnavailableError),
+        (requests.exceptions.ConnectionError("refused"), StorageUnavailableError),
+        (requests.exceptions.ReadTimeout("slow"), StorageUnavailableError),
+        (api_exceptions.Forbidden("no"), StoragePermissionError),
+        (api_exceptions.Unauthorized("no"), StoragePermissionError),
+        (api_exceptions.NotFound("gone"), ObjectNotFoundError),
+        (api_exceptions.BadRequest("bad"), StorageError),
     ],
 )
-def test_translate(exc: Exception, expected: type[StorageError], retryable: bool) -> None:
+def test_translate(exc: Exception, expected: type[StorageError]) -> None:
     error = _translate(exc, "reading", "bkt", "obj")
     assert type(error) is expected
-    assert error.retryable is retryable
     assert error.uri == "gs://bkt/obj"
     assert "gs://bkt/obj" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (
+            api_exceptions.RetryError("deadline", cause=ConnectionError("refused")),
+            "reading gs://bkt/obj failed: GCS stayed unavailable until the retry deadline "
+            "(ConnectionError: refused)",
+        ),
+        (requests.exceptions.ReadTimeout("slow"), "reading gs://bkt/obj failed: ReadTimeout: slow"),
+        (
+            api_exceptions.Forbidden("no"),
+            "reading gs://bkt/obj refused (403): the credentials lack permission; 403 no",
+        ),
+        (api_exceptions.NotFound("gone"), "reading gs://bkt/obj: not found (404 gone)"),
+        (api_exceptions.BadRequest("bad"), "reading gs://bkt/obj failed: BadRequest: 400 bad"),
+    ],
+)
+def test_translate_messages(exc: Exception, message: str) -> None:
+    assert str(_translate(exc, "reading", "bkt", "obj")) == message
+
+
+def test_translate_keeps_storage_errors_and_names_a_bucket() -> None:
+    original = StorageError("mine", bucket="b")
+    assert _translate(original, "writing", "b", "n") is original
+    assert str(_translate(api_exceptions.BadRequest("x"), "listing", "b", None)).startswith(
+        "listing gs://b failed"
+    )
 
 
 def test_translate_data_corruption() -> None:
@@ -235,7 +259,7 @@ def test_translate_data_corruption() -> None:
 
     error = _translate(DataCorruption(None, "bad"), "reading", "b", "n")  # type: ignore[no-untyped-call]
     assert isinstance(error, DataCorruptionError)
-    assert error.retryable
+    assert str(error) == "reading gs://b/n: checksum mismatch, the data was corrupted in transit"
 
 
 def test_errors_pickle_with_their_attributes() -> None:
