@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -220,15 +220,12 @@ def _from_keyfile_dict(raw: Any, gcp_conn_id: str, scopes: list[str]) -> tuple[C
     from google.oauth2 import service_account
 
     info = _keyfile_info(raw, gcp_conn_id)
-    try:
-        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-            info, scopes=scopes
-        )
-    except (ValueError, KeyError) as exc:
-        raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: 'keyfile_dict' is not a usable service-account key "
-            f"({type(exc).__name__})"
-        ) from None
+    credentials = _load_service_account(
+        service_account.Credentials.from_service_account_info,
+        info,
+        scopes,
+        f"connection {gcp_conn_id!r}: 'keyfile_dict'",
+    )
     log.info("GCS credentials: service-account key from connection %r (keyfile_dict)", gcp_conn_id)
     return credentials, info.get("project_id")
 
@@ -244,20 +241,34 @@ def _from_key_path(raw: Any, gcp_conn_id: str, scopes: list[str]) -> tuple[Crede
             f"connection {gcp_conn_id!r}: 'key_path' must name a JSON service-account key file"
         )
     try:
-        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-            path, scopes=scopes
+        credentials = _load_service_account(
+            service_account.Credentials.from_service_account_file,
+            path,
+            scopes,
+            f"connection {gcp_conn_id!r}: key file {path!r}",
         )
     except FileNotFoundError:
         raise StorageConfigError(
             f"connection {gcp_conn_id!r}: key file {path!r} does not exist on this worker"
         ) from None
-    except (ValueError, KeyError) as exc:
-        raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: key file {path!r} is not a usable service-account key "
-            f"({type(exc).__name__})"
-        ) from None
     log.info("GCS credentials: service-account key file from connection %r (key_path)", gcp_conn_id)
     return credentials, getattr(credentials, "project_id", None)
+
+
+def _load_service_account(
+    load: Callable[..., Credentials], key: Any, scopes: list[str], what: str
+) -> Credentials:
+    """
+    ``load(key, scopes=scopes)``; a key google-auth cannot use becomes :class:`StorageConfigError`.
+
+    The error names ``what`` and the exception's type only: its text can quote key material.
+    """
+    try:
+        return load(key, scopes=scopes)
+    except (ValueError, KeyError) as exc:
+        raise StorageConfigError(
+            f"{what} is not a usable service-account key ({type(exc).__name__})"
+        ) from None
 
 
 def _from_adc(gcp_conn_id: str | None, scopes: list[str]) -> tuple[Credentials, Any]:
