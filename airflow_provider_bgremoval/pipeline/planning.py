@@ -28,7 +28,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
@@ -185,10 +184,6 @@ class BatchPlan:
         """Number of settled sources with ``status``."""
         return sum(1 for outcome in self.settled if outcome.status == status)
 
-    def estimated_credits(self, cost_per_image: Decimal) -> Decimal:
-        """Credits the billable work is expected to cost."""
-        return cost_per_image * len(self.items)
-
     @property
     def unverified_by_header_only(self) -> int:
         """Billable items checked by header only (see :attr:`WorkItem.fully_checked`)."""
@@ -215,12 +210,25 @@ def is_finished(existing: ObjectInfo, source: ObjectInfo, fingerprint: str, vend
     )
 
 
-def _missing(bucket: str, name: str) -> ObjectInfo:
-    return ObjectInfo(bucket=bucket, name=name, generation=0, size=0)
+@dataclass(frozen=True)
+class MissingSource:
+    """
+    A name in ``source_objects`` that does not exist in the source bucket.
+
+    :param bucket: the source bucket.
+    :param name: the object name asked for.
+    """
+
+    bucket: str
+    name: str
+
+    def as_object(self) -> ObjectInfo:
+        """A stand-in :class:`ObjectInfo` (generation and size 0) for the manifest row."""
+        return ObjectInfo(bucket=self.bucket, name=self.name, generation=0, size=0)
 
 
-def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[ObjectInfo | tuple[str, str]]:
-    """Sources in order: :class:`ObjectInfo`, or ``(name, "missing")`` for a listed name that is absent."""
+def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[ObjectInfo | MissingSource]:
+    """The sources in order; a listed name that is absent comes as a :class:`MissingSource`."""
     if spec.source_objects is None:
         yield from storage.list_objects(
             spec.source_bucket, spec.source_prefix, include=spec.include, exclude=spec.exclude
@@ -237,7 +245,7 @@ def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[ObjectInfo | 
         if spec.source_prefix and not name.startswith(spec.source_prefix):
             name = spec.source_prefix + name.lstrip("/")
         info = storage.stat(spec.source_bucket, name)
-        yield info if info is not None else (name, "missing")
+        yield info if info is not None else MissingSource(spec.source_bucket, name)
 
 
 def _existing_outputs(
@@ -319,6 +327,84 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], concu
     return results  # type: ignore[return-value]
 
 
+def _list_and_map(storage: GcsStorage, spec: BatchSpec, extension: str, plan: BatchPlan) -> list[WorkItem]:
+    """
+    List the sources and map each to its output name; settle missing and unsafe names in ``plan``.
+
+    Raises :class:`DestinationCollisionError` when two sources would produce the same output.
+    """
+    candidates: list[WorkItem] = []
+    by_destination: dict[str, str] = {}
+    collisions: list[tuple[str, str, str]] = []
+    for entry in iter_sources(storage, spec):
+        if isinstance(entry, MissingSource):
+            plan.settled.append(
+                PlannedOutcome(
+                    entry.as_object(), None, "rejected", "not_found", "source object does not exist"
+                )
+            )
+            continue
+        try:
+            dest = destination_name(entry.name, spec.source_prefix, spec.destination_prefix, extension)
+        except UnsafeNameError as exc:
+            plan.settled.append(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
+            continue
+        first = by_destination.setdefault(dest, entry.name)
+        if first != entry.name:
+            collisions.append((first, entry.name, dest))
+        else:
+            candidates.append(WorkItem(entry, dest))
+    if collisions:
+        shown = "; ".join(f"{a!r} and {b!r} -> {d!r}" for a, b, d in collisions[:10])
+        more = f" (and {len(collisions) - 10} more)" if len(collisions) > 10 else ""
+        raise DestinationCollisionError(
+            f"{len(collisions)} source(s) would overwrite another source's output: {shown}{more}. "
+            "Rename the sources, narrow include/exclude, or split the batch; nothing was processed.",
+            code="destination_collision",
+        )
+    return candidates
+
+
+def _skip_finished(
+    candidates: list[WorkItem],
+    existing: dict[str, ObjectInfo],
+    spec: BatchSpec,
+    fingerprint: str,
+    vendor: str,
+    plan: BatchPlan,
+) -> list[WorkItem]:
+    """Settle finished (and, without ``overwrite``, foreign) outputs in ``plan``; return the rest."""
+    remaining: list[WorkItem] = []
+    for item in candidates:
+        current = existing.get(item.destination)
+        if current is None:
+            remaining.append(item)
+        elif is_finished(current, item.source, fingerprint, vendor):
+            plan.settled.append(
+                PlannedOutcome(
+                    item.source,
+                    item.destination,
+                    "skipped",
+                    "already_done",
+                    "output exists from this source and options",
+                )
+            )
+        elif spec.overwrite:
+            remaining.append(replace(item, replace_generation=current.generation))
+        else:
+            plan.settled.append(
+                PlannedOutcome(
+                    item.source,
+                    item.destination,
+                    "rejected",
+                    "output_exists",
+                    "the destination exists but was made from another source generation or other options; "
+                    "set overwrite=True to replace it",
+                )
+            )
+    return remaining
+
+
 async def plan_batch(
     storage: GcsStorage,
     spec: BatchSpec,
@@ -332,74 +418,21 @@ async def plan_batch(
     """
     Plan a batch (see the module docstring). Raises :class:`DestinationCollisionError` before any
     call when two sources would produce the same output.
+
+    :param storage: the GCS storage.
+    :param spec: what the batch works on.
+    :param extension: extension of the outputs (with the dot).
+    :param fingerprint: the options hash finished outputs must record.
+    :param vendor: vendor name finished outputs must record.
+    :param limits: the vendor's input limits for the local checks.
+    :param concurrency: local checks (header reads) at once.
     """
     plan = BatchPlan(spec=spec)
-    candidates: list[tuple[ObjectInfo, str]] = []
-    by_destination: dict[str, str] = {}
-    collisions: list[tuple[str, str, str]] = []
-
-    def list_and_map() -> None:
-        for entry in iter_sources(storage, spec):
-            if isinstance(entry, tuple):
-                name, _ = entry
-                plan.settled.append(
-                    PlannedOutcome(
-                        _missing(spec.source_bucket, name),
-                        None,
-                        "rejected",
-                        "not_found",
-                        "source object does not exist",
-                    )
-                )
-                continue
-            try:
-                dest = destination_name(entry.name, spec.source_prefix, spec.destination_prefix, extension)
-            except UnsafeNameError as exc:
-                plan.settled.append(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
-                continue
-            first = by_destination.setdefault(dest, entry.name)
-            if first != entry.name:
-                collisions.append((first, entry.name, dest))
-                continue
-            candidates.append((entry, dest))
-
-    await asyncio.to_thread(list_and_map)
-    if collisions:
-        shown = "; ".join(f"{a!r} and {b!r} -> {d!r}" for a, b, d in collisions[:10])
-        more = f" (and {len(collisions) - 10} more)" if len(collisions) > 10 else ""
-        raise DestinationCollisionError(
-            f"{len(collisions)} source(s) would overwrite another source's output: {shown}{more}. "
-            "Rename the sources, narrow include/exclude, or split the batch; nothing was processed.",
-            code="destination_collision",
-        )
-
+    candidates = await asyncio.to_thread(_list_and_map, storage, spec, extension, plan)
     existing = await asyncio.to_thread(
-        _existing_outputs, storage, spec, (dest for _, dest in candidates), len(candidates)
+        _existing_outputs, storage, spec, (item.destination for item in candidates), len(candidates)
     )
-    to_check: list[WorkItem] = []
-    for source, dest in candidates:
-        current = existing.get(dest)
-        if current is None:
-            to_check.append(WorkItem(source, dest))
-        elif is_finished(current, source, fingerprint, vendor):
-            plan.settled.append(
-                PlannedOutcome(
-                    source, dest, "skipped", "already_done", "output exists from this source and options"
-                )
-            )
-        elif spec.overwrite:
-            to_check.append(WorkItem(source, dest, replace_generation=current.generation))
-        else:
-            plan.settled.append(
-                PlannedOutcome(
-                    source,
-                    dest,
-                    "rejected",
-                    "output_exists",
-                    "the destination exists but was made from another source generation or other options; "
-                    "set overwrite=True to replace it",
-                )
-            )
+    to_check = _skip_finished(candidates, existing, spec, fingerprint, vendor, plan)
 
     def check(item: WorkItem) -> Awaitable[SourceCheck]:
         return asyncio.to_thread(check_source, storage, item.source, limits, vendor)
