@@ -24,6 +24,14 @@ From a shell (the demo script)::
     python -m airflow_provider_bgremoval.testing.gcs_emulator --port 4443 --bucket shop-raw
 
 prints the URL on stdout and runs until SIGTERM/SIGINT.
+
+Known difference from GCS that the tests compensate for (production code does not): the bundled
+fake-gcs-server ignores ``ifGenerationMatch`` and the object's CRC32C on **resumable** uploads
+(`fsouza/fake-gcs-server#1967 <https://github.com/fsouza/fake-gcs-server/issues/1967>`_, fixed upstream
+by pull request #2260); it enforces preconditions on multipart uploads. google-cloud-storage uploads
+objects above 8 MiB resumably, so the large-object tests in
+``tests/integration/storage/test_gcs_storage_integration.py`` raise the library's multipart threshold,
+and a test there pins the limitation so that it shows when the emulator is upgraded.
 """
 
 from __future__ import annotations
