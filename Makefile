@@ -6,6 +6,7 @@
 #   make test-retry-floor  the retry tests on the oldest tenacity pyproject.toml allows
 #   make demo          the whole job offline on a real scheduler (demo-quick: with dag.test())
 #   make bench         pipeline benchmark figures (docs/benchmarks.md)
+#   make docs          the documentation site (Sphinx + MyST + autodoc) into build/docs
 #   make lint | typecheck | clean
 #
 # Variables (override on the command line, e.g. `make test PYTEST_ARGS="-x -k pixian"`):
@@ -36,13 +37,14 @@ PACKAGE := airflow_provider_bgremoval
 COMPAT_TESTS ?= tests/unit/test_provider_info.py tests/unit/test_connections.py tests/unit/hooks \
 	tests/unit/vendors tests/compat
 
-.PHONY: test test-compat lint format typecheck pytest venv compat-venv clean
+.PHONY: test test-compat lint format typecheck pytest docs venv compat-venv clean
 
 # -- virtualenvs -----------------------------------------------------------------------------------
-# The stamp file is rebuilt when pyproject.toml changes (new dependency, new extra).
+# The stamp file is rebuilt when pyproject.toml changes (new dependency, new extra). `make test` and
+# `make docs` share this virtualenv.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,docs]'
 	touch $@
 
 $(COMPAT_VENV)/.installed: pyproject.toml
@@ -77,6 +79,15 @@ ifneq ($(strip $(STRICT_WARNING_TESTS)),)
 endif
 
 test: lint typecheck pytest
+
+# -- docs ------------------------------------------------------------------------------------------
+# The site (docs/conf.py): the Markdown pages through MyST, the API reference through autodoc, into
+# build/docs. Warnings are errors and every cross-reference into the package must resolve (-n);
+# -E re-reads every page, so a warning in an unchanged page still fails the build.
+DOCS_OUT ?= build/docs
+docs: $(VENV)/.installed
+	$(BIN)/python -m sphinx -b html -n -W --keep-going -E -q docs $(DOCS_OUT)
+	@echo "docs: $(DOCS_OUT)/index.html"
 
 test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_BIN)/python -c 'import airflow; print("compat: apache-airflow", airflow.__version__)'

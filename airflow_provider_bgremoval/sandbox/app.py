@@ -445,6 +445,7 @@ class SandboxApp:
 
     def __init__(self, app: ASGIApp, state: SandboxState) -> None:
         self.app = app
+        #: The sandbox state behind every route: balances, faults, results and the request log.
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-# Pixian documents only code 1006 ("Failed to read the supplied image"). Every other numeric code
-# below is INVENTED by the sandbox (DESIGN.md: "mark these as assumptions"); clients must key on
-# the HTTP status, never on these numbers.
+#: Pixian error codes by error kind. Pixian documents only code 1006 ("Failed to read the supplied
+#: image"). Every other numeric code here is INVENTED by the sandbox (DESIGN.md: "mark these as
+#: assumptions"); clients must key on the HTTP status, never on these numbers.
 PIXIAN_CODES: dict[str, int] = {
     "unreadable_image": 1006,  # documented
     "internal": 1000,  # invented

@@ -583,6 +583,7 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
 # Generated scenes (Pixelcut generate-background)
 # --------------------------------------------------------------------------------------------
 
+#: Scene presets the sandbox renders for generate-background's ``scene``.
 SCENES = ("marble", "wood", "industrial", "linen", "brick", "counter")
 SCENE_SIZE = 1024
 
