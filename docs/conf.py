@@ -171,9 +171,10 @@ def _resolve_short_name(
 ) -> nodes.reference | None:
     """Resolve a short Python reference (``:class:`InputRejectedError```) the way a reader would.
 
-    Sphinx looks such names up only in the current module and class. This tries the current class's
-    bases next (a subclass's docstring naming an inherited method), then the whole package by unique
-    suffix, as an explicit ``:class:`.InputRejectedError``` would; an ambiguous name still warns.
+    Sphinx looks such names up only in the current module and class. This tries, in order, what the
+    name is bound to by the current module's imports, the current class's bases (a subclass's
+    docstring naming an inherited method), then the whole package by unique suffix, as an explicit
+    ``:class:`.InputRejectedError``` would; a name that is still ambiguous warns.
 
     :param app: the Sphinx application.
     :param env: the build environment.
@@ -184,10 +185,14 @@ def _resolve_short_name(
         return None
     domain = env.get_domain("py")
     target = str(node["reftarget"])
-    for base_name in _base_class_names(node.get("py:module"), node.get("py:class")):
-        if f"{base_name}.{target}" in domain.objects:
-            target = f"{base_name}.{target}"
-            break
+    module_name, class_name = node.get("py:module"), node.get("py:class")
+    first_name, _, rest = target.partition(".")
+    imported = _module_imports(module_name).get(first_name) if module_name else None
+    candidates = [".".join(filter(None, (imported, rest)))] if imported else []
+    candidates += [f"{base}.{target}" for base in _base_class_names(module_name, class_name)]
+    known = [candidate for candidate in candidates if candidate in domain.objects]
+    if known:
+        target = known[0]
     else:
         node["refspecific"] = True
     return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
@@ -223,28 +228,30 @@ def _accept_external_imports(app: Sphinx, domain: Domain | None, node: pending_x
     module_name = node.get("py:module")
     if domain is None or domain.name != "py" or not module_name:
         return None
-    first_name = str(node["reftarget"]).split(".")[0]
-    return True if first_name in _external_imports(module_name) else None
+    imported = _module_imports(module_name).get(str(node["reftarget"]).split(".")[0])
+    return True if imported and not imported.startswith(f"{PACKAGE}.") else None
 
 
 @functools.cache
-def _external_imports(module_name: str) -> frozenset[str]:
-    """Names that a module of the package binds by importing them from outside the package.
+def _module_imports(module_name: str) -> dict[str, str]:
+    """The names a module binds by absolute imports (TYPE_CHECKING ones too), with what they name.
 
     :param module_name: the module, e.g. ``airflow_provider_bgremoval.hooks.base``.
+    :returns: bound name → qualified name, e.g. ``{"Connection": "airflow.sdk.Connection"}``.
     """
     spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        return frozenset()
-    names: set[str] = set()
+        return {}
+    bound: dict[str, str] = {}
     for statement in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
         if isinstance(statement, ast.ImportFrom) and statement.level == 0 and statement.module:
-            if not statement.module.startswith(PACKAGE):
-                names.update(alias.asname or alias.name for alias in statement.names)
+            for alias in statement.names:
+                bound[alias.asname or alias.name] = f"{statement.module}.{alias.name}"
         elif isinstance(statement, ast.Import):
-            names.update(
-                alias.asname or alias.name.split(".")[0]
-                for alias in statement.names
-                if not alias.name.startswith(PACKAGE)
-            )
-    return frozenset(names)
+            for alias in statement.names:
+                if alias.asname:
+                    bound[alias.asname] = alias.name
+                else:
+                    first = alias.name.split(".")[0]
+                    bound[first] = first
+    return bound
