@@ -1,4 +1,4 @@
-"""The one option set every vendor understands (DESIGN.md decision 7).
+"""The one option set every vendor understands (DESIGN.md decision 7), and how options are validated.
 
 A user asks for an output format, a background colour, a crop with a margin and a maximum size.
 :func:`plan_processing` splits that request, from a vendor's :class:`VendorCapabilities` (data, not
@@ -18,20 +18,70 @@ Semantics (the same for every vendor):
   differently, so a margin is always applied locally, identically for every vendor.
 * ``max_size``: ``(width, height)`` box the result is scaled down to fit (aspect ratio kept, never
   enlarged). Applied locally.
+
+Every option model (these and each vendor's, in :mod:`airflow_provider_bgremoval.vendors`) is a
+frozen pydantic dataclass made with :func:`option_model`: unknown keys are refused, values are
+validated once, on creation, and a mistake is an
+:class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` naming the parameter as the user
+wrote it (``background_color``, ``shadow.opacity``…). Text from templates is accepted, by one rule
+per type:
+
+* a boolean is ``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off``, any case, or the
+  empty string, which is false (a template that rendered nothing means "off");
+* a number may be numeric text, never a boolean; it must be finite;
+* for any other optional option, an empty (or blank) string means "not set";
+* names of choices (formats, presets, alignments) ignore case and surrounding spaces.
+
+``Model.model_json_schema()`` gives the JSON schema of any option model (for docs and trigger forms).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, cast
+from functools import update_wrapper
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args
 
+import pydantic
 from PIL import ImageColor
+from pydantic import BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import dataclasses as pydantic_dataclasses
+from typing_extensions import Self, dataclass_transform
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
+
+__all__ = [
+    "CONTENT_TYPES",
+    "EXTENSIONS",
+    "NUMBER",
+    "OUTPUT_FORMATS",
+    "Flag",
+    "Length",
+    "LocalSteps",
+    "Margin",
+    "OptionModel",
+    "OptionSet",
+    "OptionText",
+    "OptionValueError",
+    "OutputFormat",
+    "ProcessingPlan",
+    "RemovalOptions",
+    "VendorCapabilities",
+    "choice",
+    "option_model",
+    "options_fingerprint",
+    "parse_color",
+    "parse_flag",
+    "parse_format",
+    "parse_size",
+    "plan_processing",
+    "unset_or",
+    "validate_as",
+]
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "jpeg", "webp")
@@ -40,6 +90,350 @@ EXTENSIONS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
 _LENGTH_RE = re.compile(r"^(\d+(?:\.\d+)?)(px|%)$")
+_WHOLE_NUMBER_RE = re.compile(r"[+-]?\d+")
+_PARAM_RE = re.compile(r"^:param (\w+): (.*?)(?=^:param |\Z)", re.MULTILINE | re.DOTALL)
+_SIZE_SEPARATORS = re.compile(r"[x\u00d7, ]+")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+#: pydantic's error types for a key the model does not have
+_UNKNOWN_KEY_ERRORS = frozenset({"unexpected_keyword_argument", "extra_forbidden"})
+_T = TypeVar("_T")
+
+
+# -- one parser per type -----------------------------------------------------------------------------
+
+
+class OptionValueError(ValueError):
+    """
+    A bad option value, raised inside a validator; the hook boundary turns it into
+    :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError`.
+
+    :param message: what is wrong, in plain words.
+    :param parameter: the option at fault, relative to the model whose validator raises it (a
+        cross-field check names one of the fields); ``None``: the field being validated.
+    """
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def _named(parameter: str, parse: Callable[[Any], _T], value: Any) -> _T:
+    """Run a parser outside a model, naming ``parameter`` in the error."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise InvalidOptionError(parameter, str(exc)) from None
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
+
+
+def parse_flag(value: Any, *, parameter: str | None = None) -> bool:
+    """
+    Read a boolean the one way every option reads it (see the module docstring; ``""`` is false).
+
+    :param value: a bool, or its text from a template or a connection extra.
+    :param parameter: the option's name, for the :class:`InvalidOptionError`; ``None`` (inside a
+        validator): a plain :class:`ValueError`, which the model names.
+    """
+    return _flag(value) if parameter is None else _named(parameter, _flag, value)
+
+
+def _unset_if_blank(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    return _unset_if_blank(value)
+
+
+def unset_or(parse: Callable[[Any], Any]) -> BeforeValidator:
+    """
+    Metadata of an optional option read by ``parse``: ``None`` and blank text mean "not set".
+
+    :param parse: the parser of a given value (raises :class:`ValueError` with a plain message).
+    """
+    return BeforeValidator(lambda value: None if _unset_if_blank(value) is None else parse(value))
+
+
+def _normalised_name(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{type(value).__name__} is not text")
+    return value.strip() or None
+
+
+#: A boolean option (see :func:`parse_flag`).
+Flag = Annotated[bool, BeforeValidator(_flag)]
+#: Optional free text: surrounding spaces are dropped and blank text means "not set".
+OptionText = Annotated[str | None, BeforeValidator(_text)]
+#: Metadata of a numeric option: numeric text is accepted, a boolean is not, blank text means "not
+#: set"; put the range in a ``Field(ge=…, le=…, allow_inf_nan=False)`` *before* it (so the JSON
+#: schema shows the range).
+NUMBER = BeforeValidator(_not_a_boolean)
+
+
+def choice(*, optional: bool = False) -> BeforeValidator:
+    """
+    Metadata of a ``Literal`` choice: names compare without case or surrounding spaces.
+
+    :param optional: blank text means "not set" (the field's type must allow ``None``).
+    """
+    if optional:
+        return BeforeValidator(lambda value: _normalised_name(_unset_if_blank(value)))
+    return BeforeValidator(_normalised_name)
+
+
+def _whole_number(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    if isinstance(value, bool) or not _WHOLE_NUMBER_RE.fullmatch(text):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(text)
+
+
+def _size_parts(value: Any, square: bool) -> list[Any]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value] if square else [value]
+    if isinstance(value, str):
+        parts = _SIZE_SEPARATORS.split(value.strip().lower())
+        return parts * 2 if square and len(parts) == 1 else parts
+    return list(value) if isinstance(value, Sequence) else []
+
+
+def parse_size(value: Any, *, max_side: int | None = None, square: bool = False) -> tuple[int, int]:
+    """
+    Read a ``(width, height)`` pair: ``(800, 600)``, ``"800x600"``, ``"800×600"``, ``"800 600"``.
+
+    Raises :class:`ValueError` (inside a model: the field's error).
+
+    :param value: the size as given.
+    :param max_side: the largest allowed width or height (``None``: no upper bound).
+    :param square: one number (``512`` or ``"512"``) means a square.
+    """
+    parts = _size_parts(value, square)
+    if len(parts) != 2:
+        raise ValueError(f"{value!r} is not WIDTHxHEIGHT")
+    width, height = (_whole_number(part) for part in parts)
+    for side in (width, height):
+        if side < 1:
+            raise ValueError(f"{side} is below 1")
+        if max_side is not None and side > max_side:
+            raise ValueError(f"{side} is over {max_side:,} pixels")
+    return width, height
+
+
+def _color(value: Any) -> str:
+    try:
+        rgb = ImageColor.getrgb(str(value).strip())
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a colour (use '#rrggbb', '#rgb', 'rgb(r, g, b)' or a CSS name)"
+        ) from None
+    if len(rgb) == 4 and rgb[3] != 255:
+        raise ValueError("a background colour must be opaque")
+    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
+
+
+def parse_color(value: str, *, parameter: str = "background_color") -> str:
+    """
+    Normalise a colour to ``#rrggbb``; accepts ``#rgb``, ``#rrggbb``, ``rgb()`` and CSS names.
+
+    :param value: the colour as given.
+    :param parameter: the option's name, for the error.
+    """
+    return _named(parameter, _color, value)
+
+
+def _format(value: Any) -> OutputFormat:
+    fmt = _FORMAT_ALIASES.get(str(value).strip().lower())
+    if fmt is None:
+        raise ValueError(f"{value!r} is not one of png, jpeg, webp")
+    return cast(OutputFormat, fmt)
+
+
+def parse_format(value: str, *, parameter: str = "output_format") -> OutputFormat:
+    """
+    Normalise an output format name (``jpg`` is accepted for ``jpeg``).
+
+    :param value: the format as given.
+    :param parameter: the option's name, for the error.
+    """
+    return _named(parameter, _format, value)
+
+
+# -- option models -----------------------------------------------------------------------------------
+
+
+def _dotted(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
+
+
+def _nested_model(annotation: Any) -> Any:
+    """The option model a field holds (``X``, ``X | None``, ``Annotated[X | None, …]``), or ``None``."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and pydantic.dataclasses.is_pydantic_dataclass(candidate):
+            return candidate
+        if get_args(candidate):
+            nested = _nested_model(candidate)
+            if nested is not None:
+                return nested
+    return None
+
+
+def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
+    for name in path:
+        info = model.__pydantic_fields__.get(name) if model is not None else None
+        model = _nested_model(info.annotation) if info is not None else None
+    return list(model.__pydantic_fields__) if model is not None else []
+
+
+def invalid_option(error: ValidationError, model: type[OptionModel]) -> InvalidOptionError:
+    """
+    The :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` for a model's first error.
+
+    The parameter is the path the user wrote (``shadow.opacity``, ``image_transform.scale``); the
+    message is the validator's own, or pydantic's with the value that was given.
+
+    :param error: what pydantic found.
+    :param model: the model that was being validated.
+    """
+    detail = error.errors(include_url=False)[0]
+    path = [str(part) for part in detail["loc"]]
+    if detail["type"] in _UNKNOWN_KEY_ERRORS:
+        known = ", ".join(_known_keys(model, path[:-1]))
+        message = f"unknown option {path[-1]!r} (expected one of {known})"
+        if len(path) == 1 and model.unknown_key_parameter is not None:
+            return InvalidOptionError(model.unknown_key_parameter.format(key=path[0]), message)
+        return InvalidOptionError(_dotted(model.parameter_root, *path), message)
+    cause = detail.get("ctx", {}).get("error")
+    if isinstance(cause, ValueError):
+        if isinstance(cause, OptionValueError) and cause.parameter:
+            path.append(cause.parameter)
+        message = str(cause)
+    else:
+        text = str(detail["msg"])
+        message = f"{text[:1].lower()}{text[1:]} (got {safe_excerpt(repr(detail['input']), 60)})"
+    return InvalidOptionError(_dotted(model.parameter_root, *path) or "vendor_options", message)
+
+
+class OptionModel:
+    """
+    What every option model shares (add it with :func:`option_model`): errors naming the parameter
+    as the user wrote it, and a JSON schema.
+    """
+
+    #: the name a user gives this object, before its fields' names in errors (``"shadow"`` for
+    #: ``shadow.opacity``); empty for option sets whose fields a user names directly
+    parameter_root: ClassVar[str] = ""
+    #: how an unknown top-level key is named in errors (``{key}`` is the key); ``None``: by its path
+    unknown_key_parameter: ClassVar[str | None] = None
+
+    @classmethod
+    def model_json_schema(cls) -> dict[str, Any]:
+        """The JSON schema of these options (for docs and Airflow trigger forms)."""
+        return _adapter(cls).json_schema()
+
+
+class OptionSet(OptionModel):
+    """The options of one call (unified or a vendor's): ``None`` from a user means the defaults."""
+
+    @classmethod
+    def coerce(cls, value: object) -> Self:
+        """
+        The options from what a user passes: an instance (returned as is), a mapping of the fields
+        (e.g. a templated operator argument) or ``None`` (the defaults).
+
+        :param value: the options as given.
+        """
+        if value is None:
+            return cls()
+        if not isinstance(value, (cls, Mapping)):
+            raise InvalidOptionError(
+                cls.parameter_root or "vendor_options",
+                f"{type(value).__name__} is not {cls.__name__} or a mapping",
+            )
+        return cast(Self, validate_as(cls, cls, value))
+
+
+def validate_as(model: type[OptionModel], annotation: Any, value: Any) -> Any:
+    """
+    Validate ``value`` as ``annotation`` (a model, or a field type holding one), errors named for
+    ``model``.
+
+    :param model: the option model the errors are named for.
+    :param annotation: the type to validate as.
+    :param value: the user's value (a mapping is copied to a plain dict first).
+    """
+    try:
+        return _adapter(annotation).validate_python(dict(value) if isinstance(value, Mapping) else value)
+    except ValidationError as exc:
+        raise invalid_option(exc, model) from None
+
+
+_ADAPTERS: dict[Any, pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    """The validator of a type, built once."""
+    adapter = _ADAPTERS.get(annotation)
+    if adapter is None:
+        adapter = _ADAPTERS[annotation] = pydantic.TypeAdapter(annotation)
+    return adapter
+
+
+def _describe_from_docstring(schema: dict[str, Any], model: type[Any]) -> None:
+    """Titles and descriptions for a model's JSON schema, from its Sphinx docstring."""
+    doc = inspect.cleandoc(model.__doc__ or "")
+    schema["description"] = " ".join(doc.split("\n\n", 1)[0].split())
+    properties = schema.get("properties", {})
+    for name, text in _PARAM_RE.findall(doc):
+        if name in properties:
+            properties[name]["description"] = " ".join(text.split())
+
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", json_schema_extra=_describe_from_docstring)
+
+
+@dataclass_transform(frozen_default=True)
+def option_model(cls: type[_T]) -> type[_T]:
+    """
+    Make ``cls`` (an :class:`OptionModel`) a frozen pydantic dataclass that refuses unknown keys and
+    raises :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` on bad values.
+
+    :param cls: the class with the option fields (annotated with their types and validators).
+    """
+    model = cast("type[OptionModel]", pydantic_dataclasses.dataclass(frozen=True, config=_MODEL_CONFIG)(cls))
+    validate = model.__init__
+
+    def __init__(self: OptionModel, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise invalid_option(exc, type(self)) from None
+
+    model.__init__ = update_wrapper(__init__, validate)  # type: ignore[method-assign,assignment]
+    return cast("type[_T]", model)
+
+
+# -- the unified options -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -55,7 +449,11 @@ class Length:
     unit: Literal["px", "%"]
 
     def resolve(self, reference: int) -> int:
-        """Pixels for this length, with percentages taken of ``reference`` pixels."""
+        """
+        Pixels for this length, with percentages taken of ``reference`` pixels.
+
+        :param reference: the length in pixels a percentage is of.
+        """
         if self.unit == "px":
             return round(self.value)
         return round(reference * self.value / 100.0)
@@ -63,6 +461,22 @@ class Length:
     def __str__(self) -> str:
         number = int(self.value) if self.value == int(self.value) else self.value
         return f"{number}{self.unit}"
+
+
+def _length(part: str) -> Length:
+    match = _LENGTH_RE.match(part)
+    if not match:
+        raise ValueError(f"{part!r} is not a length like '5%' or '10px'")
+    value, unit = float(match.group(1)), cast(Literal["px", "%"], match.group(2))
+    if unit == "%" and value > 100:
+        raise ValueError(f"{part!r} is over 100%")
+    if unit == "px" and value > 10_000:
+        raise ValueError(f"{part!r} is over 10000px")
+    return Length(value, unit)
+
+
+#: CSS shorthand: which of the given lengths is top, right, bottom and left
+_CSS_SIDES = {1: (0, 0, 0, 0), 2: (0, 1, 0, 1), 3: (0, 1, 2, 1), 4: (0, 1, 2, 3)}
 
 
 @dataclass(frozen=True)
@@ -83,99 +497,72 @@ class Margin:
 
     @classmethod
     def parse(cls, text: str, *, parameter: str = "margin") -> Margin:
-        """Parse ``"5%"``, ``"10px 5%"``, ``"1px 2px 3px"`` or ``"1px 2px 3px 4px"``."""
-        parts = str(text).split()
-        if not 1 <= len(parts) <= 4:
-            raise InvalidOptionError(parameter, f"expected 1 to 4 lengths like '5%' or '10px', got {text!r}")
-        lengths = []
-        for part in parts:
-            match = _LENGTH_RE.match(part)
-            if not match:
-                raise InvalidOptionError(parameter, f"{part!r} is not a length like '5%' or '10px'")
-            value, unit = float(match.group(1)), cast(Literal["px", "%"], match.group(2))
-            if unit == "%" and value > 100:
-                raise InvalidOptionError(parameter, f"{part!r} is over 100%")
-            if unit == "px" and value > 10_000:
-                raise InvalidOptionError(parameter, f"{part!r} is over 10000px")
-            lengths.append(Length(value, unit))
-        if len(lengths) == 1:
-            lengths *= 4
-        elif len(lengths) == 2:
-            lengths = [lengths[0], lengths[1], lengths[0], lengths[1]]
-        elif len(lengths) == 3:
-            lengths = [lengths[0], lengths[1], lengths[2], lengths[1]]
-        return cls(*lengths)
+        """
+        Parse ``"5%"``, ``"10px 5%"``, ``"1px 2px 3px"`` or ``"1px 2px 3px 4px"``.
+
+        :param text: the margin as given.
+        :param parameter: the option's name, for the error.
+        """
+        return _named(parameter, _margin, text)
 
     def __str__(self) -> str:
         return f"{self.top} {self.right} {self.bottom} {self.left}"
 
 
-def parse_color(value: str, *, parameter: str = "background_color") -> str:
-    """Normalise a colour to ``#rrggbb``; accepts ``#rgb``, ``#rrggbb``, ``rgb()`` and CSS names."""
-    try:
-        rgb = ImageColor.getrgb(str(value).strip())
-    except ValueError:
-        raise InvalidOptionError(
-            parameter, f"{value!r} is not a colour (use '#rrggbb', '#rgb', 'rgb(r, g, b)' or a CSS name)"
-        ) from None
-    if len(rgb) == 4 and rgb[3] != 255:
-        raise InvalidOptionError(parameter, "a background colour must be opaque")
-    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
+def _margin(text: Any) -> Margin:
+    parts = str(text).split()
+    if len(parts) not in _CSS_SIDES:
+        raise ValueError(f"expected 1 to 4 lengths like '5%' or '10px', got {text!r}")
+    lengths = [_length(part) for part in parts]
+    return Margin(*(lengths[index] for index in _CSS_SIDES[len(lengths)]))
 
 
-def parse_format(value: str, *, parameter: str = "output_format") -> OutputFormat:
-    """Normalise an output format name (``jpg`` is accepted for ``jpeg``)."""
-    fmt = _FORMAT_ALIASES.get(str(value).strip().lower())
-    if fmt is None:
-        raise InvalidOptionError(parameter, f"{value!r} is not one of png, jpeg, webp")
-    return cast(OutputFormat, fmt)
+def _margin_input(value: Any) -> Margin | None:
+    if isinstance(value, Margin) or _unset_if_blank(value) is None:
+        return cast("Margin | None", value or None)
+    return _margin(value)
 
 
-def _parse_size(value: Any, parameter: str = "max_size") -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        width = height = value
-    elif isinstance(value, str):
-        parts = re.split(r"[x×, ]+", value.strip().lower())
-        if len(parts) == 1:
-            parts *= 2
-        try:
-            width, height = (int(p) for p in parts)
-        except ValueError:
-            raise InvalidOptionError(parameter, f"{value!r} is not WIDTHxHEIGHT") from None
-    else:
-        try:
-            width, height = (int(v) for v in value)
-        except (TypeError, ValueError):
-            raise InvalidOptionError(parameter, f"{value!r} is not (width, height)") from None
-    if not (1 <= width <= 20_000 and 1 <= height <= 20_000):
-        raise InvalidOptionError(parameter, f"{value!r} must be between 1 and 20000 pixels per side")
-    return width, height
+def _max_size(value: Any) -> tuple[int, int]:
+    return parse_size(value, max_side=20_000, square=True)
 
 
-@dataclass(frozen=True)
-class RemovalOptions:
+@option_model
+class RemovalOptions(OptionSet):
     """
     The unified background-removal options (see the module docstring for their meaning).
 
-    Build it with :meth:`create`, which validates and normalises user input and raises
+    Validated and normalised on creation (strings from templates are accepted); a bad value raises
     :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` naming the parameter.
 
-    :param output_format: ``png``, ``jpeg`` or ``webp``.
-    :param background_color: ``#rrggbb`` or ``None`` for transparent.
+    :param output_format: ``png``, ``jpeg`` (or ``jpg``) or ``webp``.
+    :param background_color: ``#rrggbb`` (or any colour form :func:`parse_color` reads), ``None`` for
+        transparent.
     :param crop: crop to the subject.
-    :param margin: margin around the cropped subject (requires ``crop``).
-    :param max_size: ``(width, height)`` to fit the result into, or ``None``.
+    :param margin: margin around the cropped subject (requires ``crop``), a :class:`Margin` or its text.
+    :param max_size: ``(width, height)`` (or ``"800x600"``, or one number for a square) to fit the
+        result into, or ``None``.
     :param jpeg_quality: JPEG/WebP quality for locally encoded lossy outputs (1–100).
     """
 
-    output_format: OutputFormat = "png"
-    background_color: str | None = None
-    crop: bool = False
-    margin: Margin | None = None
-    max_size: tuple[int, int] | None = None
-    jpeg_quality: int = 90
+    unknown_key_parameter = "{key}"
+
+    output_format: Annotated[OutputFormat, BeforeValidator(_format)] = "png"
+    background_color: Annotated[str | None, unset_or(_color)] = None
+    crop: Flag = False
+    margin: Annotated[
+        Margin | None,
+        PlainValidator(_margin_input),
+        WithJsonSchema({"type": ["string", "null"], "examples": ["5%", "10px 20px"]}),
+    ] = None
+    max_size: Annotated[tuple[int, int] | None, unset_or(_max_size)] = None
+    jpeg_quality: Annotated[int, Field(ge=1, le=100), NUMBER] = 90
+
+    @pydantic.model_validator(mode="after")
+    def _margin_needs_crop(self) -> Self:
+        if self.margin is not None and not self.crop:
+            raise OptionValueError("a margin only applies when crop=True", parameter="margin")
+        return self
 
     @classmethod
     def create(
@@ -188,33 +575,25 @@ class RemovalOptions:
         max_size: Any = None,
         jpeg_quality: int | str = 90,
     ) -> RemovalOptions:
-        """Validate user input (strings from templates are accepted) and build the options."""
-        fmt = parse_format(output_format)
-        color = parse_color(background_color) if background_color not in (None, "") else None
-        crop_flag = _parse_bool(crop, "crop")
-        parsed_margin = (
-            margin
-            if isinstance(margin, Margin)
-            else Margin.parse(margin)
-            if margin not in (None, "")
-            else None
-        )
-        if parsed_margin is not None and not crop_flag:
-            raise InvalidOptionError("margin", "a margin only applies when crop=True")
-        try:
-            quality = int(jpeg_quality)
-        except (TypeError, ValueError):
-            raise InvalidOptionError("jpeg_quality", f"{jpeg_quality!r} is not an integer") from None
-        if not 1 <= quality <= 100:
-            raise InvalidOptionError("jpeg_quality", f"{quality} is not between 1 and 100")
-        return cls(
-            output_format=fmt,
-            background_color=color,
-            crop=crop_flag,
-            margin=parsed_margin,
-            max_size=_parse_size(max_size),
-            jpeg_quality=quality,
-        )
+        """
+        Build the options from user input (the constructor, with the user-facing argument types).
+
+        :param output_format: see the class.
+        :param background_color: see the class.
+        :param crop: see the class.
+        :param margin: see the class.
+        :param max_size: see the class.
+        :param jpeg_quality: see the class.
+        """
+        values: dict[str, Any] = {
+            "output_format": output_format,
+            "background_color": background_color,
+            "crop": crop,
+            "margin": margin,
+            "max_size": max_size,
+            "jpeg_quality": jpeg_quality,
+        }
+        return cls(**values)
 
     @property
     def effective_background(self) -> str | None:
@@ -241,21 +620,17 @@ class RemovalOptions:
         return data
 
 
-def _parse_bool(value: bool | str | int, parameter: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", ""):
-        return False
-    raise InvalidOptionError(parameter, f"{value!r} is not a boolean")
-
-
 def options_fingerprint(*parts: Mapping[str, Any] | None) -> str:
-    """A stable short hash of option mappings, recorded on outputs to detect finished work."""
+    """
+    A stable short hash of option mappings, recorded on outputs to detect finished work.
+
+    :param parts: the option mappings (``None`` counts as empty).
+    """
     canonical = json.dumps([p or {} for p in parts], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# -- the native/local split ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -313,7 +688,12 @@ class ProcessingPlan:
 
 
 def plan_processing(options: RemovalOptions, caps: VendorCapabilities) -> ProcessingPlan:
-    """Split ``options`` into what the vendor does natively and what is done locally."""
+    """
+    Split ``options`` into what the vendor does natively and what is done locally.
+
+    :param options: the unified options.
+    :param caps: what the vendor does natively.
+    """
     background = options.effective_background
     local_crop = options.crop and (options.margin is not None or not caps.crop)
     # A local crop needs the alpha channel, so the background must then be applied locally too.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 
@@ -37,6 +37,22 @@ from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
+
+_N = TypeVar("_N", int, float)
+
+
+class VendorOptions(Protocol):
+    """A vendor's typed options (``PixelcutOptions``, ``PixianOptions``, ``PoofOptions``)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form (for option fingerprints and manifests)."""
+
+
+#: What a caller may pass as a call's vendor options: the vendor's typed options, a mapping of their
+#: fields (e.g. a templated operator argument), or ``None`` for the defaults. The hook turns it into
+#: the typed form once, with :meth:`VendorWire.check_call`; the typed form passes through every other
+#: method unchanged.
+VendorOptionsInput = VendorOptions | Mapping[str, Any] | None
 
 #: A vendor's "MB" — Pixelcut "Max size: 25MB", Poof "Maximum size: 20MB", Pixian "at most 1
 #: megabyte" of base64 — read as a decimal megabyte, 1,000,000 bytes: the smaller of the two
@@ -149,14 +165,31 @@ def parse_decimal(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
-def parse_int(value: str | None) -> int | None:
-    """Parse an integer header value."""
+def _header_number(value: str | None, kind: type[_N]) -> _N | None:
     if value is None:
         return None
     try:
-        return int(value.strip())
+        return kind(value.strip())
     except ValueError:
         return None
+
+
+def parse_int(value: str | None) -> int | None:
+    """
+    Parse an integer header value (``None`` when absent or not an integer).
+
+    :param value: the header's value.
+    """
+    return _header_number(value, int)
+
+
+def parse_float(value: str | None) -> float | None:
+    """
+    Parse a numeric header value (``None`` when absent or not a number).
+
+    :param value: the header's value.
+    """
+    return _header_number(value, float)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -230,9 +263,15 @@ class VendorWire(ABC):
 
     @abstractmethod
     def remove_background_request(
-        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+        self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        """Build the billed remove-background request from the *native* part of the options."""
+        """
+        Build the billed remove-background request from the *native* part of the options.
+
+        :param image: the image to send.
+        :param options: the native part of the unified options (from ``plan_processing``).
+        :param vendor_options: the vendor's options (typed, a mapping of their fields, or ``None``).
+        """
 
     @abstractmethod
     def balance_request(self) -> WireRequest:
@@ -251,69 +290,107 @@ class VendorWire(ABC):
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """Reduce an error reply (any body, JSON or not) to its facts."""
 
-    def capabilities_for(self, vendor_options: Any = None) -> VendorCapabilities:
-        """What the vendor does natively for a call with these vendor options (default: ``capabilities``)."""
-        return self.capabilities
+    # -- options -------------------------------------------------------------------------------
+    @classmethod
+    def coerce_options(cls, vendor_options: VendorOptionsInput) -> VendorOptionsInput:
+        """
+        The vendor options in their typed form (returned as they are when already typed). A vendor
+        without options of its own passes them on unchanged.
 
-    def finish_result(
-        self, result: ImageResult, image: ImageInput, vendor_options: Any = None
-    ) -> ImageResult:
-        """Vendor-specific decoding of a result before local post-processing (default: none)."""
-        return result
+        :param vendor_options: the vendor options as the user gave them.
+        """
+        return vendor_options
 
     @classmethod
-    def check_call(cls, options: RemovalOptions, vendor_options: Any, *, image_url: str | None = None) -> Any:
+    def check_call(
+        cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
+    ) -> VendorOptionsInput:
         """
         Validate a remove-background call before any I/O and return the vendor options in their typed
-        form (default: unchanged). Raises ``InvalidOptionError`` naming the parameter.
+        form (:meth:`coerce_options`). Raises ``InvalidOptionError`` naming the parameter.
 
         :param options: the unified options.
         :param vendor_options: the vendor options as the user gave them (typed, a mapping or ``None``).
         :param image_url: the URL input, when the call uses one.
         """
-        return vendor_options
+        return cls.coerce_options(vendor_options)
+
+    def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
+        """
+        What the vendor does natively for a call with these vendor options (default: ``capabilities``).
+
+        :param vendor_options: the call's vendor options.
+        """
+        return self.capabilities
+
+    def finish_result(
+        self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
+    ) -> ImageResult:
+        """
+        Vendor-specific decoding of a result before local post-processing (default: none).
+
+        :param result: the parsed reply.
+        :param image: the input exactly as it was sent.
+        :param vendor_options: the call's vendor options.
+        """
+        return result
 
     @classmethod
-    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
-        """Credits one successful remove-background call is expected to cost with these options."""
+    def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
+        """
+        Credits one successful remove-background call is expected to cost with these options
+        (default: :attr:`base_cost`, the options validated).
+
+        :param vendor_options: the vendor options (typed, a mapping or ``None``).
+        """
+        cls.coerce_options(vendor_options)
         return cls.base_cost
 
     # -- shared behaviour ----------------------------------------------------------------------
+    def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
+        """
+        Which error an error reply is, from its status and the vendor's code (the first rule that
+        applies; the code tables are the class attributes).
+
+        :param status: the HTTP status.
+        :param code: the vendor's error code, if any.
+        :param message: the vendor's message (vendors that document no codes read it).
+        """
+        server_error = status >= 500
+        rules: tuple[tuple[bool, type[BgRemovalError]], ...] = (
+            (code in self.credit_error_codes or status == 402, OutOfCreditsError),
+            (code in self.auth_error_codes or status in (401, 403), VendorAuthError),
+            (status == 429, RateLimitedError),
+            (server_error and code in self.permanent_server_codes, InputRejectedError),
+            (server_error or status == 408, TransientVendorError),
+            (code in self.input_error_codes or status in (413, 415, 422), InputRejectedError),
+        )
+        return next((kind for applies, kind in rules if applies), VendorRequestError)
+
     def error_from_reply(self, response: httpx.Response) -> BgRemovalError:
-        """Map an error reply to the provider's exception hierarchy."""
+        """
+        Map an error reply to the provider's exception hierarchy (:meth:`error_type`).
+
+        :param response: the error reply.
+        """
         reply = self.parse_error(response)
-        status = response.status_code
-        code = reply.code
+        message = reply.message or response.reason_phrase or "no message"
+        kind = self.error_type(response.status_code, reply.code, message)
         kwargs: dict[str, Any] = {
             "vendor": self.name,
-            "status_code": status,
-            "code": code,
+            "status_code": response.status_code,
+            "code": reply.code,
             "request_id": reply.request_id,
         }
-        message = reply.message or response.reason_phrase or "no message"
-        if code in self.credit_error_codes or status == 402:
-            return OutOfCreditsError(message, **kwargs)
-        if code in self.auth_error_codes or status in (401, 403):
-            return VendorAuthError(message, **kwargs)
-        if status == 429:
-            return RateLimitedError(
-                message, retry_after=parse_retry_after(response.headers.get("retry-after")), **kwargs
-            )
-        if status == 408:
-            return TransientVendorError(message, possibly_charged=False, **kwargs)
-        if status >= 500:
-            if code in self.permanent_server_codes:
-                return InputRejectedError(message, **kwargs)
-            return TransientVendorError(message, possibly_charged=False, **kwargs)
-        if code in self.input_error_codes or status in (413, 415, 422):
-            return InputRejectedError(message, **kwargs)
-        return VendorRequestError(message, **kwargs)
+        if kind is RateLimitedError:
+            kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+        return kind(message, **kwargs)
 
     @staticmethod
     def text_excerpt(response: httpx.Response) -> str:
-        """A short, single-line excerpt of a non-JSON body for error messages."""
-        try:
-            text = response.content.decode("utf-8", errors="replace")
-        except Exception:  # pragma: no cover - bytes always decode with errors="replace"
-            return ""
-        return safe_excerpt(text)
+        """
+        A short, single-line excerpt of a body for error messages (:func:`safe_excerpt` of its text).
+
+        :param response: the reply.
+        """
+        return safe_excerpt(response.content.decode("utf-8", errors="replace"))

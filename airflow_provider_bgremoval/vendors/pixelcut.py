@@ -26,19 +26,34 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import BeforeValidator, Field, model_validator
+from typing_extensions import Self
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.imaging import InputLimits
-from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.options import (
+    NUMBER,
+    Flag,
+    OptionModel,
+    OptionSet,
+    OptionText,
+    OptionValueError,
+    RemovalOptions,
+    VendorCapabilities,
+    choice,
+    option_model,
+    parse_flag,
+    unset_or,
+    validate_as,
+)
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
@@ -46,6 +61,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ErrorReply,
     ImageInput,
     ResultLocation,
+    VendorOptionsInput,
     VendorWire,
     WireRequest,
     json_body,
@@ -74,60 +90,31 @@ MAX_UPLOAD_BYTES = 25 * MEGABYTE
 SHADOW_SURCHARGE = Decimal(3)
 GENERATE_COST = Decimal(1)
 
-
-def _number(
-    parameter: str, value: Any, low: float | None, high: float | None, *, open_low: bool = False
-) -> float:
-    """Validate a number (numeric strings from templates accepted) against an inclusive range."""
-    if isinstance(value, bool):
-        raise InvalidOptionError(parameter, f"{value!r} is not a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidOptionError(parameter, f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise InvalidOptionError(parameter, f"{value!r} is not a finite number")
-    if low is not None and (number <= low if open_low else number < low):
-        raise InvalidOptionError(parameter, f"{number} must be {'>' if open_low else '>='} {low}")
-    if high is not None and number > high:
-        raise InvalidOptionError(parameter, f"{number} must be <= {high}")
-    return number
-
-
-def _flag(parameter: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise InvalidOptionError(parameter, f"{value!r} is not a boolean")
-
-
-def _check_keys(parameter: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise InvalidOptionError(
-            f"{parameter}.{unknown[0]}", f"unknown option (expected one of {', '.join(allowed)})"
-        )
-
-
-def _set(obj: object, name: str, value: Any) -> None:
-    object.__setattr__(obj, name, value)  # normalising a frozen dataclass in __post_init__
-
-
 #: The light source Pixelcut documents as defaults (``light_source.size`` and ``position``).
 DEFAULT_LIGHT: dict[str, float] = {"light_size": 0.3, "x": -0.3, "y": -0.6, "z": 0.7}
 _LIGHT_FIELDS = tuple(DEFAULT_LIGHT)
 
+#: A fraction, 0-1 (opacity, light size, canvas centres).
+Fraction = Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False), NUMBER]
+#: A light position from the image centre, -1..1.
+Offset = Annotated[float | None, Field(ge=-1, le=1, allow_inf_nan=False), NUMBER]
 
-def _optional_number(parameter: str, value: Any, low: float, high: float) -> float | None:
-    return None if value is None else _number(parameter, value, low, high)
+
+def _vendor_mapping(value: Any, parameter: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """One object of the vendor's nested ``light_source`` form, its keys checked."""
+    if not isinstance(value, Mapping):
+        raise OptionValueError(f"{type(value).__name__} is not a mapping", parameter=parameter)
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise OptionValueError(
+            f"unknown option {unknown[0]!r} (expected one of {', '.join(keys)})",
+            parameter=f"{parameter}.{unknown[0]}",
+        )
+    return value
 
 
-@dataclass(frozen=True)
-class PixelcutShadow:
+@option_model
+class PixelcutShadow(OptionModel):
     """
     Pixelcut's AI shadow (``shadow`` field; costs 3 extra credits when enabled).
 
@@ -140,7 +127,8 @@ class PixelcutShadow:
     source is given.
 
     Constructing a shadow means asking for one, so ``enabled`` defaults to True; leave
-    :attr:`PixelcutOptions.shadow` at ``None`` for no shadow.
+    :attr:`PixelcutOptions.shadow` at ``None`` for no shadow. A mapping may also give the light in the
+    vendor's own form, ``{"light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}}}``.
 
     :param enabled: render the shadow.
     :param opacity: final shadow opacity, 0-1; ``None`` leaves it to the vendor (default 0.5).
@@ -150,63 +138,41 @@ class PixelcutShadow:
     :param z: light height above the subject, 0..2 (vendor default 0.7).
     """
 
-    enabled: bool = True
-    opacity: float | None = None
-    light_size: float | None = None
-    x: float | None = None
-    y: float | None = None
-    z: float | None = None
+    parameter_root = "shadow"
 
-    def __post_init__(self) -> None:
-        _set(self, "enabled", _flag("shadow.enabled", self.enabled))
-        _set(self, "opacity", _optional_number("shadow.opacity", self.opacity, 0, 1))
-        _set(self, "light_size", _optional_number("shadow.light_size", self.light_size, 0, 1))
-        _set(self, "x", _optional_number("shadow.x", self.x, -1, 1))
-        _set(self, "y", _optional_number("shadow.y", self.y, -1, 1))
-        _set(self, "z", _optional_number("shadow.z", self.z, 0, 2))
+    enabled: Flag = True
+    opacity: Fraction = None
+    light_size: Fraction = None
+    x: Offset = None
+    y: Offset = None
+    z: Annotated[float | None, Field(ge=0, le=2, allow_inf_nan=False), NUMBER] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_light_source(cls, data: Any) -> Any:
+        """Read the vendor's ``light_source`` object into the flat light fields."""
+        if not isinstance(data, Mapping) or "light_source" not in data:
+            return data
+        flat = {name: item for name, item in data.items() if name != "light_source"}
+        if data["light_source"] is None:
+            return flat
+        light = _vendor_mapping(data["light_source"], "light_source", ("size", "position"))
+        position = _vendor_mapping(light.get("position") or {}, "light_source.position", ("x", "y", "z"))
+        clash = sorted(name for name in _LIGHT_FIELDS if name in flat)
+        if clash:
+            raise OptionValueError("give the light either flat or as light_source", parameter=clash[0])
+        return {**flat, "light_size": light.get("size"), **{axis: position.get(axis) for axis in "xyz"}}
 
     @classmethod
-    def coerce(cls, value: Any) -> PixelcutShadow | None:
+    def coerce(cls, value: object) -> PixelcutShadow | None:
         """
         Build a shadow from user input.
 
         :param value: ``None``/``False`` (no shadow), ``True`` (automatic estimation), a mapping of
-            this class's fields, the vendor's own object (``{"enabled": true, "opacity": 0.5,
-            "light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}}}``), or a
-            :class:`PixelcutShadow`.
+            this class's fields or in the vendor's own form, or a :class:`PixelcutShadow`.
         """
-        if value is None or isinstance(value, PixelcutShadow):
-            return value
-        if isinstance(value, (bool, str)):
-            return cls() if _flag("shadow", value) else None
-        if isinstance(value, Mapping):
-            allowed = (*(f.name for f in fields(cls)), "light_source")
-            _check_keys("shadow", value, allowed)
-            flat = {name: item for name, item in value.items() if name != "light_source"}
-            if value.get("light_source") is not None:
-                flat.update(cls._flat_light(value["light_source"], flat))
-            return cls(**flat)
-        raise InvalidOptionError(
-            "shadow", f"{type(value).__name__} is not a shadow (use a bool or a mapping)"
-        )
-
-    @staticmethod
-    def _flat_light(light: Any, given: Mapping[str, Any]) -> dict[str, Any]:
-        """The flat fields of a vendor-form ``light_source`` object."""
-        if not isinstance(light, Mapping):
-            raise InvalidOptionError("shadow.light_source", f"{type(light).__name__} is not a mapping")
-        _check_keys("shadow.light_source", light, ("size", "position"))
-        position = light.get("position") or {}
-        if not isinstance(position, Mapping):
-            raise InvalidOptionError(
-                "shadow.light_source.position", f"{type(position).__name__} is not a mapping"
-            )
-        _check_keys("shadow.light_source.position", position, ("x", "y", "z"))
-        flat = {"light_size": light.get("size"), **{axis: position.get(axis) for axis in ("x", "y", "z")}}
-        clash = sorted(name for name in _LIGHT_FIELDS if name in given)
-        if clash:
-            raise InvalidOptionError(f"shadow.{clash[0]}", "give the light either flat or as light_source")
-        return flat
+        shadow: PixelcutShadow | None = validate_as(cls, ShadowInput, value)
+        return shadow
 
     @property
     def automatic(self) -> bool:
@@ -242,26 +208,35 @@ class PixelcutShadow:
         return wire
 
 
-def _check_delivery(value: Any) -> ResultDelivery:
-    if value not in _ACCEPT:
-        raise InvalidOptionError("result_delivery", f"{value!r} is not 'bytes' or 'url'")
-    return cast(ResultDelivery, value)
+def _shadow_switch(value: Any) -> Any:
+    """A boolean (or its text) switches the automatic shadow on or off; anything else is read as a shadow."""
+    if isinstance(value, (bool, str)):
+        return {} if parse_flag(value) else None
+    return value
 
 
-def _check_margin(parameter: str, value: Any) -> str | None:
-    if value is None or value == "":
-        return None
+#: What a user may give as a shadow (see :meth:`PixelcutShadow.coerce`).
+ShadowInput = Annotated[PixelcutShadow | None, BeforeValidator(_shadow_switch)]
+
+
+def _native_margin(value: Any) -> str:
     text = str(value).strip()
     match = _MARGIN_RE.match(text)
     if not match:
-        raise InvalidOptionError(parameter, f"{value!r} is not Pixelcut's 'N%' (0-49) or 'Npx' syntax")
+        raise ValueError(f"{value!r} is not Pixelcut's 'N%' (0-49) or 'Npx' syntax")
     if match.group(2) == "%" and int(match.group(1)) > 49:
-        raise InvalidOptionError(parameter, f"{text} is over Pixelcut's 49% maximum")
+        raise ValueError(f"{text} is over Pixelcut's 49% maximum")
     return text
 
 
-@dataclass(frozen=True)
-class PixelcutOptions:
+#: One of Pixelcut's native margins: ``"N%"`` (0-49) or ``"Npx"``.
+NativeMargin = Annotated[str | None, unset_or(_native_margin)]
+#: The delivery of a result.
+Delivery = Annotated[ResultDelivery, choice()]
+
+
+@option_model
+class PixelcutOptions(OptionSet):
     """
     Pixelcut-only remove-background options (the unified options cover format, colour, crop, size).
 
@@ -269,7 +244,8 @@ class PixelcutOptions:
     the *image* dimensions, beta). They only apply with a native crop, i.e. ``crop=True`` in the
     unified options and no unified ``margin`` (the unified margin is always applied locally).
 
-    :param shadow: AI shadow, or ``None`` for none.
+    :param shadow: AI shadow, or ``None`` for none; ``True`` (or ``"true"``) is an automatic shadow,
+        a mapping is read as :class:`PixelcutShadow` fields.
     :param margin: native margin on every side: ``"N%"`` (0-49) or ``"Npx"`` (N ≥ 0).
     :param margin_left: native left margin, overrides ``margin`` on that side.
     :param margin_right: native right margin.
@@ -279,39 +255,15 @@ class PixelcutOptions:
         ``result_url``, downloaded by the hook with its size cap).
     """
 
-    shadow: PixelcutShadow | None = None
-    margin: str | None = None
-    margin_left: str | None = None
-    margin_right: str | None = None
-    margin_top: str | None = None
-    margin_bottom: str | None = None
-    result_delivery: ResultDelivery = "bytes"
+    unknown_key_parameter = "vendor_options.{key}"
 
-    def __post_init__(self) -> None:
-        _set(self, "shadow", PixelcutShadow.coerce(self.shadow))
-        for name in _MARGIN_FIELDS:
-            _set(self, name, _check_margin(name, getattr(self, name)))
-        _set(self, "result_delivery", _check_delivery(self.result_delivery))
-
-    @classmethod
-    def coerce(cls, value: Any) -> PixelcutOptions:
-        """
-        Build the options from user input.
-
-        :param value: ``None``, a :class:`PixelcutOptions`, or a mapping of its fields (``shadow`` may
-            be a bool — ``True`` is an automatic shadow — or a mapping of :class:`PixelcutShadow`
-            fields), e.g. from a templated operator argument.
-        """
-        if value is None:
-            return cls()
-        if isinstance(value, PixelcutOptions):
-            return value
-        if isinstance(value, Mapping):
-            _check_keys("vendor_options", value, tuple(f.name for f in fields(cls)))
-            return cls(**value)
-        raise InvalidOptionError(
-            "vendor_options", f"{type(value).__name__} is not PixelcutOptions or a mapping"
-        )
+    shadow: ShadowInput = None
+    margin: NativeMargin = None
+    margin_left: NativeMargin = None
+    margin_right: NativeMargin = None
+    margin_top: NativeMargin = None
+    margin_bottom: NativeMargin = None
+    result_delivery: Delivery = "bytes"
 
     @property
     def shadow_enabled(self) -> bool:
@@ -343,27 +295,34 @@ class PixelcutScene(str, enum.Enum):
     COUNTER = "counter"
 
 
-def parse_scene(value: PixelcutScene | str | None) -> PixelcutScene | None:
-    """
-    Normalise a scene name (case-insensitive); ``None`` or ``""`` means no scene.
-
-    :param value: a :class:`PixelcutScene` or its name.
-    """
+def _scene(value: Any) -> PixelcutScene | None:
     if value is None or isinstance(value, PixelcutScene):
         return value
     if not isinstance(value, str):
-        raise InvalidOptionError("scene", f"{type(value).__name__} is not a scene name")
+        raise ValueError(f"{type(value).__name__} is not a scene name")
     if not value.strip():
         return None
     try:
         return PixelcutScene(value.strip().lower())
     except ValueError:
         choices = ", ".join(s.value for s in PixelcutScene)
-        raise InvalidOptionError("scene", f"{value!r} is not one of {choices}") from None
+        raise ValueError(f"{value!r} is not one of {choices}") from None
 
 
-@dataclass(frozen=True)
-class PixelcutImageTransform:
+def parse_scene(value: PixelcutScene | str | None) -> PixelcutScene | None:
+    """
+    Normalise a scene name (case-insensitive); ``None`` or ``""`` means no scene.
+
+    :param value: a :class:`PixelcutScene` or its name.
+    """
+    try:
+        return _scene(value)
+    except ValueError as exc:
+        raise InvalidOptionError("scene", str(exc)) from None
+
+
+@option_model
+class PixelcutImageTransform(OptionModel):
     """
     Where the subject sits on the generated 1024x1024 canvas (``image_transform``).
 
@@ -375,47 +334,29 @@ class PixelcutImageTransform:
     :param y_center: vertical centre on the canvas, 0-1 (vendor default 0.5).
     """
 
-    scale: float | None = None
-    x_center: float | None = None
-    y_center: float | None = None
+    parameter_root = "image_transform"
 
-    def __post_init__(self) -> None:
-        if self.scale is not None:
-            _set(self, "scale", _number("image_transform.scale", self.scale, 0, None, open_low=True))
-        if self.x_center is not None:
-            _set(self, "x_center", _number("image_transform.x_center", self.x_center, 0, 1))
-        if self.y_center is not None:
-            _set(self, "y_center", _number("image_transform.y_center", self.y_center, 0, 1))
+    scale: Annotated[float | None, Field(gt=0, allow_inf_nan=False), NUMBER] = None
+    x_center: Fraction = None
+    y_center: Fraction = None
 
     @classmethod
-    def coerce(cls, value: Any) -> PixelcutImageTransform | None:
+    def coerce(cls, value: object) -> PixelcutImageTransform | None:
         """
         Build a transform from user input.
 
         :param value: ``None``, a :class:`PixelcutImageTransform` or a mapping of its fields.
         """
-        if value is None or isinstance(value, PixelcutImageTransform):
-            return value
-        if isinstance(value, Mapping):
-            _check_keys("image_transform", value, tuple(f.name for f in fields(cls)))
-            return cls(**value)
-        raise InvalidOptionError("image_transform", f"{type(value).__name__} is not a mapping")
+        transform: PixelcutImageTransform | None = validate_as(cls, PixelcutImageTransform | None, value)
+        return transform
 
     def as_wire(self) -> dict[str, float]:
         """The vendor's ``image_transform`` object (set fields only)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def _text(parameter: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidOptionError(parameter, f"{type(value).__name__} is not text")
-    return value.strip() or None
-
-
-@dataclass(frozen=True)
-class PixelcutGenerateOptions:
+@option_model
+class PixelcutGenerateOptions(OptionModel):
     """
     Options of ``POST /v1/generate-background`` (output: a 1024x1024 JPEG).
 
@@ -423,32 +364,28 @@ class PixelcutGenerateOptions:
     both is rejected here instead of paying for a result that ignores the prompt.
 
     :param scene: a preset scene (``marble``, ``wood``, ``industrial``, ``linen``, ``brick``,
-        ``counter``).
+        ``counter``), any case; ``""`` means none.
     :param prompt: description of the wanted scene.
     :param negative_prompt: comma-separated attributes to avoid.
-    :param image_transform: placement of the subject on the canvas.
+    :param image_transform: placement of the subject on the canvas (or a mapping of its fields).
     :param result_delivery: ``"bytes"`` (default) or ``"url"``.
     """
 
-    scene: PixelcutScene | None = None
-    prompt: str | None = None
-    negative_prompt: str | None = None
+    scene: Annotated[PixelcutScene | None, BeforeValidator(_scene)] = None
+    prompt: OptionText = None
+    negative_prompt: OptionText = None
     image_transform: PixelcutImageTransform | None = None
-    result_delivery: ResultDelivery = "bytes"
+    result_delivery: Delivery = "bytes"
 
-    def __post_init__(self) -> None:
-        scene = parse_scene(self.scene)
-        _set(self, "scene", scene)
-        _set(self, "prompt", _text("prompt", self.prompt))
-        _set(self, "negative_prompt", _text("negative_prompt", self.negative_prompt))
-        _set(self, "image_transform", PixelcutImageTransform.coerce(self.image_transform))
-        _set(self, "result_delivery", _check_delivery(self.result_delivery))
-        if scene is not None:
-            for name in ("prompt", "negative_prompt"):
-                if getattr(self, name) is not None:
-                    raise InvalidOptionError(
-                        name, f"Pixelcut ignores {name} when a scene is set; give either scene or {name}"
-                    )
+    @model_validator(mode="after")
+    def _scene_or_prompt(self) -> Self:
+        for name in ("prompt", "negative_prompt"):
+            if self.scene is not None and getattr(self, name) is not None:
+                raise OptionValueError(
+                    f"Pixelcut ignores {name} when a scene is set; give either scene or {name}",
+                    parameter=name,
+                )
+        return self
 
     def wire_fields(self) -> dict[str, Any]:
         """The request fields (nested ``image_transform`` as an object)."""
@@ -510,6 +447,15 @@ class PixelcutWire(VendorWire):
     GENERATE_PATH: ClassVar[str] = "/v1/generate-background"
     CREDITS_PATH: ClassVar[str] = "/v1/credits"
 
+    @classmethod
+    def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixelcutOptions:
+        """
+        The :class:`PixelcutOptions` of a call.
+
+        :param vendor_options: :class:`PixelcutOptions`, a mapping of its fields, or ``None``.
+        """
+        return PixelcutOptions.coerce(vendor_options)
+
     # -- requests ------------------------------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
         """The ``X-API-KEY`` header."""
@@ -533,7 +479,7 @@ class PixelcutWire(VendorWire):
         )
 
     def remove_background_request(
-        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+        self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
         """
         Build ``POST /v1/remove-background`` from the native part of the unified options.
@@ -542,7 +488,7 @@ class PixelcutWire(VendorWire):
         :param options: the native options (PNG, optionally crop without margin).
         :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
         """
-        extra = PixelcutOptions.coerce(vendor_options)
+        extra = self.coerce_options(vendor_options)
         if options.output_format != "png" or options.background_color or options.margin or options.max_size:
             raise ValueError("Pixelcut natively does PNG and crop only; plan the options first")
         margins = extra.native_margins
@@ -626,13 +572,13 @@ class PixelcutWire(VendorWire):
 
     # -- costs ---------------------------------------------------------------------------------
     @classmethod
-    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
+    def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """
         Credits one remove-background call is expected to cost: 1, plus 3 with an AI shadow.
 
         :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
         """
-        extra = PixelcutOptions.coerce(vendor_options)
+        extra = cls.coerce_options(vendor_options)
         return cls.base_cost + (SHADOW_SURCHARGE if extra.shadow_enabled else Decimal(0))
 
     @classmethod

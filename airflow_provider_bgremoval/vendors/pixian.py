@@ -40,12 +40,14 @@ import base64
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, NamedTuple, cast
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from pydantic import Field, model_validator
+from typing_extensions import Self
 
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
@@ -56,7 +58,19 @@ from airflow_provider_bgremoval.exceptions import (
     VendorRequestError,
 )
 from airflow_provider_bgremoval.imaging import InputLimits, encode, read_header
-from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.options import (
+    NUMBER,
+    Flag,
+    OptionSet,
+    OptionValueError,
+    RemovalOptions,
+    VendorCapabilities,
+    choice,
+    option_model,
+    parse_flag,
+    parse_size,
+    unset_or,
+)
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
@@ -64,6 +78,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ErrorReply,
     ImageInput,
     ResultLocation,
+    VendorOptionsInput,
     VendorWire,
     WireRequest,
     basic_auth_header,
@@ -125,8 +140,8 @@ OTHER_IMAGE_EXTENSIONS = frozenset(
 _MARGIN_TOKEN = re.compile(r"^\d+(?:\.\d+)?(?:px|%)$")
 _CREDIT_WORDS = re.compile(r"\b(?:credits?|dormant|credit\s*pack)\b", re.IGNORECASE)
 _IMAGE_WORDS = re.compile(r"\bimage\b", re.IGNORECASE)
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off", "")
+#: Pixian ignores these with ``delta_png``, and they have no local equivalent
+_GEOMETRY_OPTIONS = ("result_margin", "target_size", "vertical_alignment")
 
 VerticalAlignment = Literal["top", "middle", "bottom"]
 InputEncoding = Literal["file", "base64"]
@@ -148,66 +163,29 @@ class ForegroundBox(NamedTuple):
     height: int
 
 
-def _bool(value: Any, parameter: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InvalidOptionError(parameter, f"{value!r} is not a boolean")
-
-
 def parse_test_mode(value: Any) -> bool:
     """
     Read the connection's ``test_mode`` extra (a JSON boolean, or a string from a URI).
 
     :param value: the extra's value; ``None`` means off.
     """
-    return False if value is None else _bool(value, "test_mode")
+    return False if value is None else parse_flag(value, parameter="test_mode")
 
 
-def _int_in(value: Any, parameter: str, low: int, high: int | None) -> int:
-    if isinstance(value, bool):
-        raise InvalidOptionError(parameter, f"{value!r} is not an integer")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise InvalidOptionError(parameter, f"{value!r} is not an integer") from None
-    if high is None and number < low:
-        raise InvalidOptionError(parameter, f"{number} is below {low:,}")
-    if high is not None and not low <= number <= high:
-        raise InvalidOptionError(parameter, f"{number} is not between {low:,} and {high:,}")
-    return number
-
-
-def _target_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, str):
-        parts = re.split(r"[x\u00d7, ]+", value.strip().lower())
-    else:
-        try:
-            parts = [str(v) for v in value]
-        except TypeError:
-            raise InvalidOptionError("target_size", f"{value!r} is not 'WIDTH HEIGHT'") from None
-    if len(parts) != 2:
-        raise InvalidOptionError("target_size", f"{value!r} is not 'WIDTH HEIGHT'")
-    # Pixian documents no upper bound: any positive size is sent (the vendor decides).
-    width, height = (_int_in(p, "target_size", 1, None) for p in parts)
-    return width, height
-
-
-def _margin(value: Any) -> str:
+def _result_margin(value: Any) -> str:
     tokens = str(value).split()
     if not 1 <= len(tokens) <= 4 or not all(_MARGIN_TOKEN.match(t) for t in tokens):
-        raise InvalidOptionError(
-            "result_margin", f"{value!r} is not 1 to 4 CSS lengths in px or % (e.g. '10px 20% 5px 15%')"
-        )
+        raise ValueError(f"{value!r} is not 1 to 4 CSS lengths in px or % (e.g. '10px 20% 5px 15%')")
     return " ".join(tokens)
 
 
-@dataclass(frozen=True)
-class PixianOptions:
+def _target_size(value: Any) -> tuple[int, int]:
+    # Pixian documents no upper bound: any positive size is sent (the vendor decides).
+    return parse_size(value)
+
+
+@option_model
+class PixianOptions(OptionSet):
     """
     Pixian-only parameters (validated and normalised on creation; strings from templates accepted).
 
@@ -230,75 +208,29 @@ class PixianOptions:
         unified ``jpeg_quality``.
     """
 
-    test: bool | None = None
-    max_pixels: int | None = None
-    input_encoding: InputEncoding = "file"
-    result_margin: str | None = None
-    target_size: tuple[int, int] | None = None
-    vertical_alignment: VerticalAlignment | None = None
-    delta_png: bool = False
-    jpeg_quality: int | None = None
+    #: an unknown key is reported under the mapping's name, as it always was for Pixian
+    unknown_key_parameter = "vendor_options"
 
-    def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
+    test: Flag | None = None
+    max_pixels: Annotated[int | None, Field(ge=MIN_MAX_PIXELS, le=MAX_MAX_PIXELS), NUMBER] = None
+    input_encoding: Annotated[InputEncoding, choice()] = "file"
+    result_margin: Annotated[str | None, unset_or(_result_margin)] = None
+    target_size: Annotated[tuple[int, int] | None, unset_or(_target_size)] = None
+    vertical_alignment: Annotated[VerticalAlignment | None, choice(optional=True)] = None
+    delta_png: Flag = False
+    jpeg_quality: Annotated[int | None, Field(ge=1, le=100), NUMBER] = None
 
-        if self.test is not None:
-            put("test", _bool(self.test, "test"))
-        if self.max_pixels is not None:
-            put("max_pixels", _int_in(self.max_pixels, "max_pixels", MIN_MAX_PIXELS, MAX_MAX_PIXELS))
-        encoding = str(self.input_encoding).strip().lower()
-        if encoding not in ("file", "base64"):
-            raise InvalidOptionError("input_encoding", f"{self.input_encoding!r} is not 'file' or 'base64'")
-        put("input_encoding", encoding)
-        put("result_margin", _margin(self.result_margin) if self.result_margin not in (None, "") else None)
-        raw_size: Any = self.target_size
-        put("target_size", _target_size(raw_size) if raw_size not in (None, "") else None)
-        if self.vertical_alignment not in (None, ""):
-            alignment = str(self.vertical_alignment).strip().lower()
-            if alignment not in ("top", "middle", "bottom"):
-                raise InvalidOptionError(
-                    "vertical_alignment", f"{self.vertical_alignment!r} is not top, middle or bottom"
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.vertical_alignment is not None and self.target_size is None:
+            raise OptionValueError("only applies together with target_size", parameter="vertical_alignment")
+        for name in _GEOMETRY_OPTIONS if self.delta_png else ():
+            if getattr(self, name) is not None:
+                raise OptionValueError(
+                    "Pixian ignores it with delta_png (the result must match the input pixel for pixel)",
+                    parameter=name,
                 )
-            if self.target_size is None:
-                raise InvalidOptionError("vertical_alignment", "only applies together with target_size")
-            put("vertical_alignment", alignment)
-        else:
-            put("vertical_alignment", None)
-        put("delta_png", _bool(self.delta_png, "delta_png"))
-        if self.jpeg_quality is not None:
-            put("jpeg_quality", _int_in(self.jpeg_quality, "jpeg_quality", 1, 100))
-        if self.delta_png:
-            # Pixian ignores these with delta_png and they have no local equivalent.
-            for name in ("result_margin", "target_size", "vertical_alignment"):
-                if getattr(self, name) is not None:
-                    raise InvalidOptionError(
-                        name,
-                        "Pixian ignores it with delta_png (the result must match the input pixel for pixel)",
-                    )
-
-    @classmethod
-    def coerce(cls, value: PixianOptions | Mapping[str, Any] | None) -> PixianOptions:
-        """
-        Accept ``PixianOptions``, a mapping of its fields (e.g. a templated operator argument) or ``None``.
-
-        :param value: the vendor options as the user gave them.
-        """
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise InvalidOptionError(
-                    "vendor_options", f"unknown Pixian option(s) {unknown}; known: {sorted(known)}"
-                )
-            return cls(**dict(value))
-        raise InvalidOptionError(
-            "vendor_options", f"expected PixianOptions or a mapping, got {type(value).__name__}"
-        )
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form (for option fingerprints and manifests)."""
@@ -385,25 +317,36 @@ class PixianWire(VendorWire):
     base_cost = Decimal(1)
 
     # -- options ---------------------------------------------------------------------------------
-    def test_mode(self, vendor_options: PixianOptions | Mapping[str, Any] | None = None) -> bool:
+    @classmethod
+    def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixianOptions:
+        """
+        The :class:`PixianOptions` of a call.
+
+        :param vendor_options: :class:`PixianOptions`, a mapping of its fields, or ``None``.
+        """
+        return PixianOptions.coerce(vendor_options)
+
+    def test_mode(self, vendor_options: VendorOptionsInput = None) -> bool:
         """
         Whether calls run in test mode: the option when set, else the connection's ``test_mode`` extra.
 
         :param vendor_options: the call's Pixian options.
         """
-        opts = PixianOptions.coerce(vendor_options)
-        if opts.test is not None:
-            return opts.test
-        return parse_test_mode(self.settings.extras.get("test_mode"))
+        test = self.coerce_options(vendor_options).test
+        return parse_test_mode(self.settings.extras.get("test_mode")) if test is None else test
 
-    def capabilities_for(self, vendor_options: Any = None) -> VendorCapabilities:
-        """Native capabilities for a call: none of the unified options are native with ``delta_png``."""
-        return (
-            self.delta_capabilities if PixianOptions.coerce(vendor_options).delta_png else self.capabilities
-        )
+    def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
+        """
+        Native capabilities for a call: none of the unified options are native with ``delta_png``.
+
+        :param vendor_options: the call's Pixian options.
+        """
+        return self.delta_capabilities if self.coerce_options(vendor_options).delta_png else self.capabilities
 
     @classmethod
-    def check_call(cls, options: RemovalOptions, vendor_options: Any, *, image_url: str | None = None) -> Any:
+    def check_call(
+        cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
+    ) -> PixianOptions:
         """
         Coerce the Pixian options and reject contradictions with the unified options (before any call).
 
@@ -411,7 +354,7 @@ class PixianWire(VendorWire):
         :param vendor_options: :class:`PixianOptions`, a mapping of its fields, or ``None``.
         :param image_url: the URL input, when the call uses one.
         """
-        opts = PixianOptions.coerce(vendor_options)
+        opts = cls.coerce_options(vendor_options)
         cls.check_options(options, opts)
         if image_url is not None:
             check_image_url_type(image_url)
@@ -446,7 +389,7 @@ class PixianWire(VendorWire):
         return {"Authorization": basic_auth_header(self.settings.api_id, self.settings.api_key)}
 
     def remove_background_request(
-        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+        self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
         """
         Build ``POST /api/v2/remove-background`` from the *native* options and the Pixian options.
@@ -455,44 +398,18 @@ class PixianWire(VendorWire):
         :param options: the native part of the unified options (see :meth:`capabilities_for`).
         :param vendor_options: :class:`PixianOptions` or a mapping of its fields.
         """
-        opts = PixianOptions.coerce(vendor_options)
-        test = self.test_mode(opts)
+        opts = self.coerce_options(vendor_options)
         if opts.delta_png:
             self._check_delta(image, options, opts)
-        fields: dict[str, str] = {}
-        files: dict[str, tuple[str, bytes, str]] | None = None
-        if image.url is not None:
-            fields["image.url"] = check_image_url_type(image.url)
-        elif opts.input_encoding == "base64":
-            fields["image.base64"] = self._base64(cast(bytes, image.data))
-        else:
-            files = {"image": (image.filename, cast(bytes, image.data), image.content_type)}
+        test = self.test_mode(opts)
+        fields, files = self._input_fields(image, opts)
         if test:
             fields["test"] = "true"
         if opts.max_pixels is not None:
             fields["max_pixels"] = str(opts.max_pixels)
-        if opts.delta_png:
-            fields["output.format"] = "delta_png"
-        else:
-            if options.output_format not in self.capabilities.output_formats:
-                raise InvalidOptionError(
-                    "output_format",
-                    f"Pixian returns png or jpeg, not {options.output_format!r} (plan it locally)",
-                )
-            if options.background_color:
-                fields["background.color"] = options.background_color.upper()
-            if options.crop:
-                fields["result.crop_to_foreground"] = "true"
-            if opts.result_margin is not None:
-                fields["result.margin"] = opts.result_margin
-            if opts.target_size is not None:
-                fields["result.target_size"] = f"{opts.target_size[0]} {opts.target_size[1]}"
-            if opts.vertical_alignment is not None:
-                fields["result.vertical_alignment"] = opts.vertical_alignment
-            fields["output.format"] = options.output_format
-            if options.output_format == "jpeg":
-                quality = opts.jpeg_quality if opts.jpeg_quality is not None else options.jpeg_quality
-                fields["output.jpeg_quality"] = str(quality)
+        fields.update(
+            {"output.format": "delta_png"} if opts.delta_png else self._result_fields(options, opts)
+        )
         return WireRequest(
             method="POST",
             path=REMOVE_BACKGROUND_PATH,
@@ -501,6 +418,37 @@ class PixianWire(VendorWire):
             data=fields,
             files=files,
         )
+
+    def _input_fields(
+        self, image: ImageInput, opts: PixianOptions
+    ) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]] | None]:
+        """The image as ``image.url``, ``image.base64`` or the multipart ``image`` file."""
+        if image.url is not None:
+            return {"image.url": check_image_url_type(image.url)}, None
+        data = cast(bytes, image.data)
+        if opts.input_encoding == "base64":
+            return {"image.base64": self._base64(data)}, None
+        return {}, {"image": (image.filename, data, image.content_type)}
+
+    def _result_fields(self, options: RemovalOptions, opts: PixianOptions) -> dict[str, str]:
+        """The ``background.*``, ``result.*`` and ``output.*`` fields of a normal (not delta) call."""
+        if options.output_format not in self.capabilities.output_formats:
+            raise InvalidOptionError(
+                "output_format",
+                f"Pixian returns png or jpeg, not {options.output_format!r} (plan it locally)",
+            )
+        values: dict[str, object] = {
+            "background.color": options.background_color.upper() if options.background_color else None,
+            "result.crop_to_foreground": "true" if options.crop else None,
+            "result.margin": opts.result_margin,
+            "result.target_size": " ".join(map(str, opts.target_size)) if opts.target_size else None,
+            "result.vertical_alignment": opts.vertical_alignment,
+            "output.format": options.output_format,
+        }
+        if options.output_format == "jpeg":
+            quality = opts.jpeg_quality if opts.jpeg_quality is not None else options.jpeg_quality
+            values["output.jpeg_quality"] = quality
+        return {name: str(value) for name, value in values.items() if value is not None}
 
     def _base64(self, data: bytes) -> str:
         encoded = base64.b64encode(data).decode("ascii")
@@ -592,7 +540,7 @@ class PixianWire(VendorWire):
         )
 
     def finish_result(
-        self, result: ImageResult, image: ImageInput, vendor_options: Any = None
+        self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
     ) -> ImageResult:
         """
         Decode a delta PNG into the full cut-out (PNG); record ``test_mode`` in the metadata.
@@ -601,7 +549,7 @@ class PixianWire(VendorWire):
         :param image: the input exactly as it was sent.
         :param vendor_options: the call's Pixian options.
         """
-        opts = PixianOptions.coerce(vendor_options)
+        opts = self.coerce_options(vendor_options)
         metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
         if not opts.delta_png:
             return replace(result, metadata=metadata)
@@ -697,29 +645,31 @@ class PixianWire(VendorWire):
             return ErrorReply(code=None if code is None else str(code), message=message)
         return ErrorReply(code=None, message=self.text_excerpt(response))
 
-    def error_from_reply(self, response: httpx.Response) -> BgRemovalError:
+    def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         """
-        Map an error reply (Pixian documents statuses, not codes, except 1006).
+        Which error a reply is (Pixian documents statuses, not codes, except 1006).
 
         On top of the shared table (401/403 auth, 402 credits, 429 rate limit, 408/5xx transient):
         any other 4xx whose message speaks of credits or a dormant pack is :class:`OutOfCreditsError`
         (assumption: the docs give no status for it), and any other 4xx whose message names the
         image (e.g. ``image.url``) is :class:`InputRejectedError` — fatal for that image only.
 
-        :param response: an error reply.
+        :param status: the HTTP status.
+        :param code: Pixian's error code, if any.
+        :param message: Pixian's message.
         """
-        status = response.status_code
-        reply = self.parse_error(response)
-        kwargs: dict[str, Any] = {"vendor": self.name, "status_code": status, "code": reply.code}
-        message = reply.message or response.reason_phrase or "no message"
         if 400 <= status < 500 and status not in (401, 408, 429) and _CREDIT_WORDS.search(message):
-            return OutOfCreditsError(message, **kwargs)
-        error = super().error_from_reply(response)
-        if type(error) is VendorRequestError and _IMAGE_WORDS.search(message):
-            return InputRejectedError(message, **kwargs)
-        return error
+            return OutOfCreditsError
+        kind = super().error_type(status, code, message)
+        if kind is VendorRequestError and _IMAGE_WORDS.search(message):
+            return InputRejectedError
+        return kind
 
     @classmethod
-    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
-        """``0`` for test calls (free), else :attr:`base_cost` (undocumented per-image cost)."""
-        return Decimal(0) if PixianOptions.coerce(vendor_options).test else cls.base_cost
+    def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
+        """
+        ``0`` for test calls (free), else :attr:`base_cost` (undocumented per-image cost).
+
+        :param vendor_options: the Pixian options.
+        """
+        return Decimal(0) if cls.coerce_options(vendor_options).test else cls.base_cost

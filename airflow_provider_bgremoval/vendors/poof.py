@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,7 +40,13 @@ from airflow_provider_bgremoval.exceptions import (
     safe_excerpt,
 )
 from airflow_provider_bgremoval.imaging import InputLimits
-from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.options import (
+    OptionSet,
+    RemovalOptions,
+    VendorCapabilities,
+    choice,
+    option_model,
+)
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
@@ -48,10 +54,12 @@ from airflow_provider_bgremoval.vendors.base import (
     ErrorReply,
     ImageInput,
     ResultLocation,
+    VendorOptionsInput,
     VendorWire,
     WireRequest,
     json_body,
     parse_decimal,
+    parse_float,
     parse_int,
 )
 
@@ -87,56 +95,35 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _DETAILS_LIMIT = 200
 
 
-@dataclass(frozen=True)
-class PoofOptions:
+#: Poof's baseline API has no URL input (why a URL call is refused before any I/O)
+_NO_URL_INPUT = (
+    "Poof needs the image uploaded as bytes (its API has no documented URL input); "
+    "download the image and pass its bytes instead"
+)
+
+
+@option_model
+class PoofOptions(OptionSet):
     """
     Poof-only options, next to the unified :class:`~airflow_provider_bgremoval.options.RemovalOptions`.
 
     :param size: the Gen A output size preset: ``full`` (original resolution, default), ``preview``
-        (longest side at most 256 px), ``small`` (512), ``medium`` (1024) or ``large`` (2048). The cost
-        is 1 credit whatever the preset. Generation-B servers read ``preview``/``medium`` as megapixel
-        caps, treat ``small`` as ``preview`` and do not know ``large`` (VENDORS.md §7 item 9); use the
-        unified ``max_size`` when the exact size matters (it is applied locally, after the call).
+        (longest side at most 256 px), ``small`` (512), ``medium`` (1024) or ``large`` (2048), any
+        case. The cost is 1 credit whatever the preset. Generation-B servers read ``preview``/``medium``
+        as megapixel caps, treat ``small`` as ``preview`` and do not know ``large`` (VENDORS.md §7
+        item 9); use the unified ``max_size`` when the exact size matters (it is applied locally,
+        after the call).
     """
 
-    size: PoofSize = "full"
+    #: an unknown key is reported under the mapping's name, as it always was for Poof
+    unknown_key_parameter = "vendor_options"
 
-    def __post_init__(self) -> None:
-        size = str(self.size).strip().lower()
-        if size not in POOF_SIZE_PRESETS:
-            raise InvalidOptionError(
-                "size", f"{self.size!r} is not one of {', '.join(POOF_SIZE_PRESETS)} (Poof size presets)"
-            )
-        object.__setattr__(self, "size", size)
+    size: Annotated[PoofSize, choice()] = "full"
 
     @property
     def max_side(self) -> int | None:
         """Longest side in pixels the preset caps the result to (``None`` for ``full``)."""
         return POOF_SIZE_PRESETS[self.size]
-
-    @classmethod
-    def coerce(cls, value: PoofOptions | Mapping[str, Any] | None) -> PoofOptions:
-        """
-        Accept options as an instance, a mapping (e.g. from templated operator arguments) or ``None``.
-
-        :param value: the options as the user passed them.
-        """
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(str(k) for k in value if k not in known)
-            if unknown:
-                raise InvalidOptionError(
-                    "vendor_options",
-                    f"unknown Poof option(s) {', '.join(unknown)}; known: {', '.join(known)}",
-                )
-            return cls(**{str(k): v for k, v in value.items()})
-        raise InvalidOptionError(
-            "vendor_options", f"expected PoofOptions or a mapping, got {type(value).__name__}"
-        )
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form (for option fingerprints, manifests and XCom)."""
@@ -223,15 +210,6 @@ def _sniff_content_type(content: bytes) -> str | None:
     return None
 
 
-def _parse_float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value.strip())
-    except ValueError:
-        return None
-
-
 class PoofWire(VendorWire):
     """
     The Poof wire format (Gen A baseline, Gen B tolerant).
@@ -271,7 +249,18 @@ class PoofWire(VendorWire):
     base_cost: ClassVar[Decimal] = Decimal(1)
 
     @classmethod
-    def check_call(cls, options: RemovalOptions, vendor_options: Any, *, image_url: str | None = None) -> Any:
+    def coerce_options(cls, vendor_options: VendorOptionsInput) -> PoofOptions:
+        """
+        The :class:`PoofOptions` of a call.
+
+        :param vendor_options: :class:`PoofOptions`, a mapping of its fields, or ``None``.
+        """
+        return PoofOptions.coerce(vendor_options)
+
+    @classmethod
+    def check_call(
+        cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
+    ) -> PoofOptions:
         """
         Refuse URL inputs (Poof documents none) and coerce the Poof options, before any call.
 
@@ -280,12 +269,8 @@ class PoofWire(VendorWire):
         :param image_url: must be ``None`` for Poof.
         """
         if image_url is not None:
-            raise InvalidOptionError(
-                "image_url",
-                "Poof needs the image uploaded as bytes (its API has no documented URL input); "
-                "download the image and pass its bytes instead",
-            )
-        return PoofOptions.coerce(vendor_options)
+            raise InvalidOptionError("image_url", _NO_URL_INPUT)
+        return cls.coerce_options(vendor_options)
 
     # -- requests ------------------------------------------------------------------------------
     def endpoint(self, name: str) -> str:
@@ -306,7 +291,7 @@ class PoofWire(VendorWire):
         return {"x-api-key": self.settings.api_key}
 
     def remove_background_request(
-        self, image: ImageInput, options: RemovalOptions, vendor_options: Any = None
+        self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
         """
         Build ``POST /v1/remove`` from the native part of the unified options.
@@ -315,13 +300,9 @@ class PoofWire(VendorWire):
         :param options: the options Poof is asked to honour natively (from ``plan_processing``).
         :param vendor_options: :class:`PoofOptions` (or a mapping of its fields).
         """
-        poof_options = PoofOptions.coerce(vendor_options)
+        poof_options = self.coerce_options(vendor_options)
         if image.data is None:
-            raise InvalidOptionError(
-                "image_url",
-                "Poof needs the image uploaded as bytes (its API has no documented URL input); "
-                "download the image and pass its bytes instead",
-            )
+            raise InvalidOptionError("image_url", _NO_URL_INPUT)
         if options.margin is not None or options.max_size is not None:
             # plan_processing always moves these to the local steps; refuse a hand-built request
             # rather than silently dropping them.
@@ -390,8 +371,8 @@ class PoofWire(VendorWire):
             ("processing_time_ms", "x-processing-time-ms", parse_int),
             ("output_width", "x-image-width", parse_int),
             ("output_height", "x-image-height", parse_int),
-            ("matte_confidence", "x-matte-confidence", _parse_float),
-            ("matte_ambiguous_ratio", "x-matte-ambiguous-ratio", _parse_float),
+            ("matte_confidence", "x-matte-confidence", parse_float),
+            ("matte_ambiguous_ratio", "x-matte-ambiguous-ratio", parse_float),
         ):
             value = parser(headers.get(header))
             if value is not None:
@@ -412,7 +393,7 @@ class PoofWire(VendorWire):
         )
 
     def finish_result(
-        self, result: ImageResult, image: ImageInput, vendor_options: Any = None
+        self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
     ) -> ImageResult:
         """
         Record the size preset in the result's metadata.
@@ -421,7 +402,7 @@ class PoofWire(VendorWire):
         :param image: the image that was sent.
         :param vendor_options: the :class:`PoofOptions` the request was built with.
         """
-        poof_options = PoofOptions.coerce(vendor_options)
+        poof_options = self.coerce_options(vendor_options)
         return replace(result, metadata={**result.metadata, "size": poof_options.size})
 
     def parse_account(self, response: httpx.Response) -> PoofAccount:
@@ -431,27 +412,16 @@ class PoofWire(VendorWire):
         :param response: the 2xx reply.
         """
         body = json_body(response)
-        request_id = response.headers.get("x-request-id") or None
         if not isinstance(body, dict):
-            raise InvalidVendorResponseError(
-                f"Poof /v1/me did not answer a JSON object: {self.text_excerpt(response)!r}",
-                vendor=self.name,
-                status_code=response.status_code,
-                request_id=request_id,
-                possibly_charged=False,
+            raise self._bad_account(
+                response, f"Poof /v1/me did not answer a JSON object: {self.text_excerpt(response)!r}"
             )
         numbers: dict[str, Decimal] = {}
         for key in ("maxCredits", "usedCredits"):
             number = parse_decimal(body.get(key))
             if number is None:
                 shown = safe_excerpt(repr(body.get(key)), 60) if key in body else "missing"
-                raise InvalidVendorResponseError(
-                    f"Poof /v1/me has no numeric {key} ({shown})",
-                    vendor=self.name,
-                    status_code=response.status_code,
-                    request_id=request_id,
-                    possibly_charged=False,
-                )
+                raise self._bad_account(response, f"Poof /v1/me has no numeric {key} ({shown})")
             numbers[key] = number
         threshold = parse_decimal(body.get("autoRechargeThreshold"))
         if threshold is None or threshold <= 0:
@@ -471,6 +441,15 @@ class PoofWire(VendorWire):
             auto_recharge_threshold=threshold,
             auto_recharge_mode=mode,
             raw=body,
+        )
+
+    def _bad_account(self, response: httpx.Response, message: str) -> InvalidVendorResponseError:
+        return InvalidVendorResponseError(
+            message,
+            vendor=self.name,
+            status_code=response.status_code,
+            request_id=response.headers.get("x-request-id") or None,
+            possibly_charged=False,
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
@@ -517,13 +496,3 @@ class PoofWire(VendorWire):
         """Remove the API key should a reply ever echo it."""
         key = self.settings.api_key
         return text.replace(key, "***") if key and len(key) >= 4 else text
-
-    @classmethod
-    def estimate_cost(cls, vendor_options: Any = None) -> Decimal:
-        """
-        1 credit per successful call, whatever the options (a failed call is not billed).
-
-        :param vendor_options: :class:`PoofOptions` (validated, but they do not change the price).
-        """
-        PoofOptions.coerce(vendor_options)
-        return cls.base_cost
