@@ -209,10 +209,21 @@ def collate_manifests(objects: Iterable[tuple[str, bytes]]) -> list[tuple[str, b
     return sorted(collated.items())
 
 
+def manifest_run_prefix(internal_prefix: str, dag_id: str, run_id: str) -> str:
+    """
+    The folder of one DAG run's manifests (a folder per task instance below it).
+
+    :param internal_prefix: the provider's folder under the destination prefix
+        (:attr:`~airflow_provider_bgremoval.pipeline.planning.BatchSpec.internal_prefix`).
+    :param dag_id: the DAG id.
+    :param run_id: the DAG run id (``/`` becomes ``_``).
+    """
+    return f"{internal_prefix}manifests/{dag_id}/{run_id.replace('/', '_')}/"
+
+
 def manifest_object_name(
     internal_prefix: str, dag_id: str, run_id: str, task_id: str, map_index: int | None, try_number: int
 ) -> str:
     """The documented manifest path for a task instance."""
-    safe_run = run_id.replace("/", "_")
     task = task_id if map_index is None or map_index < 0 else f"{task_id}.{map_index}"
-    return f"{internal_prefix}manifests/{dag_id}/{safe_run}/{task}/try-{try_number}.jsonl"
+    return f"{manifest_run_prefix(internal_prefix, dag_id, run_id)}{task}/try-{try_number}.jsonl"
