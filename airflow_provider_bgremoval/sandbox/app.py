@@ -340,25 +340,8 @@ async def admin_settings(request: Request) -> Response:
     ``allow_private_urls``, ``fetch_timeout_seconds`` or ``costs`` at run time."""
     state = get_state(request)
     try:
-        body = await _json(request)
         cfg = state.config
-        if "result_ttl_seconds" in body:
-            cfg.result_ttl_seconds = float(body.pop("result_ttl_seconds"))
-        if "fetch_timeout_seconds" in body:
-            cfg.fetch_timeout_seconds = float(body.pop("fetch_timeout_seconds"))
-        if "allow_private_urls" in body:
-            cfg.allow_private_urls = bool(body.pop("allow_private_urls"))
-        if "pixelcut_credits_type" in body:
-            value = body.pop("pixelcut_credits_type")
-            if value not in ("number", "string"):
-                raise ConfigError("pixelcut_credits_type must be 'number' or 'string'")
-            cfg.pixelcut_credits_type = str(value)
-        for name, value in dict(body.pop("costs", {})).items():
-            if not hasattr(cfg.costs, name):
-                raise ConfigError(f"unknown cost {name!r}")
-            setattr(cfg.costs, name, to_decimal(value, name))
-        if body:
-            raise ConfigError(f"unknown settings: {', '.join(sorted(body))}")
+        cfg.update(await _json(request))
         return JSONResponse(
             {
                 "result_ttl_seconds": cfg.result_ttl_seconds,

@@ -1,17 +1,25 @@
 """Configuration of the vendor sandbox: keys, balances, costs, limits and faults.
 
 Everything can be given as a plain JSON document (``--config file.json`` on the command line, or a
-``dict`` to :func:`~airflow_provider_bgremoval.sandbox.testing.run_sandbox`). Unknown keys are an
-error so that typos do not silently configure nothing.
+``dict`` to :func:`~airflow_provider_bgremoval.sandbox.testing.run_sandbox`). The settings are
+pydantic dataclasses: values are validated and converted on load (numeric text is accepted), unknown
+keys are an error so that typos do not silently configure nothing, and every mistake is a
+:class:`ConfigError` naming the setting. ``TypeAdapter(SandboxConfig).json_schema()`` describes the
+typed form (the JSON form also takes the shorthands of :meth:`FaultConfig.from_dict` and
+:meth:`SandboxConfig.from_dict`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 VENDORS: tuple[str, ...] = ("pixelcut", "pixian", "poof")
 
@@ -22,8 +30,7 @@ DEFAULT_PIXIAN_SECRET = "px_sandbox_secret"
 DEFAULT_POOF_KEY = "pk_sandbox_poof_key"
 DEFAULT_BALANCE = Decimal(1000)
 
-#: Names of the fault kinds a fault rule may ask for (see :mod:`.faults`).
-FAULT_KINDS: tuple[str, ...] = (
+FaultKind = Literal[
     "error",
     "rate_limited",
     "slow",
@@ -33,11 +40,41 @@ FAULT_KINDS: tuple[str, ...] = (
     "truncated_body",
     "non_image_body",
     "empty_body",
-)
+]
+#: Names of the fault kinds a fault rule may ask for (see :mod:`.faults`).
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+#: The keys of one fault rule that the one-rule shorthand of :meth:`FaultConfig.from_dict` takes.
+_RULE_SHORTHAND_KEYS = ("rate", "next", "requests", "status", "statuses")
+_UNKNOWN_KEY_ERRORS = frozenset({"unexpected_keyword_argument", "extra_forbidden"})
+_SETTINGS = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class ConfigError(ValueError):
     """Raised for an invalid sandbox configuration or admin request."""
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    return str(value).strip() if isinstance(value, str) else value
+
+
+#: A non-negative amount of credits (a JSON number or numeric text).
+Credits = Annotated[Decimal, Field(ge=0, allow_inf_nan=False), BeforeValidator(_not_a_boolean)]
+
+
+def _validated(model: Any, data: Any, what: str) -> Any:
+    """``data`` validated as ``model``; a mistake is a :class:`ConfigError` naming the setting."""
+    try:
+        return TypeAdapter(model).validate_python(data)
+    except ValidationError as exc:
+        detail = exc.errors(include_url=False)[0]
+        path = ".".join(str(part) for part in detail["loc"] if part != "[key]")
+        if detail["type"] in _UNKNOWN_KEY_ERRORS:
+            raise ConfigError(f"unknown {what} settings: {path}") from None
+        cause = detail.get("ctx", {}).get("error")
+        message = str(cause) if isinstance(cause, ValueError) else str(detail["msg"])
+        raise ConfigError(f"{path}: {message}" if path else message) from None
 
 
 def to_decimal(value: Any, name: str) -> Decimal:
@@ -46,18 +83,14 @@ def to_decimal(value: Any, name: str) -> Decimal:
     :param value: the value to convert
     :param name: the setting's name, used in the error message
     """
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number")
     try:
-        result = Decimal(str(value))
-    except Exception as exc:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
-    if not result.is_finite() or result < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return result
+        number: Decimal = TypeAdapter(Credits).validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}") from exc
+    return number
 
 
-@dataclass
+@dataclass(config=_SETTINGS)
 class KeyConfig:
     """One API key (or Pixian API id) and its starting account state.
 
@@ -68,12 +101,21 @@ class KeyConfig:
     """
 
     key: str
-    credits: Decimal = DEFAULT_BALANCE
+    credits: Credits = DEFAULT_BALANCE
     secret: str | None = None
-    state: str = "active"
+    state: Literal["active", "dormant"] = "active"
 
 
-@dataclass
+def _fault_kind(value: Any) -> Any:
+    if value not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {value!r}; expected one of {', '.join(FAULT_KINDS)}")
+    return value
+
+
+HttpErrorStatus = Annotated[int, Field(ge=400, le=599)]
+
+
+@dataclass(config=_SETTINGS)
 class FaultRule:
     """One fault and the requests it applies to.
 
@@ -85,56 +127,48 @@ class FaultRule:
     :param rate: probability 0..1 of applying the fault to any request
     :param next: apply to the next N requests
     :param requests: apply to these request ordinals
-    :param statuses: for ``error``: the statuses to choose from (seeded choice)
+    :param statuses: for ``error``: the HTTP error statuses (400..599) to choose from (seeded choice)
     """
 
-    fault: str
-    rate: float = 0.0
+    fault: Annotated[FaultKind, BeforeValidator(_fault_kind)]
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     next: int = 0
     requests: list[int] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=lambda: [500, 502, 503])
+    statuses: Annotated[list[HttpErrorStatus], Field(min_length=1)] = field(
+        default_factory=lambda: [500, 502, 503]
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_status(cls, data: Any) -> Any:
+        """``status`` is the one-status form of ``statuses`` (which wins when both are given)."""
+        if not isinstance(data, Mapping) or "status" not in data:
+            return data
+        data = dict(data)
+        status = data.pop("status")
+        data.setdefault("statuses", [status])
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FaultRule:
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
         """Build a rule from its JSON form.
 
         :param data: ``{"fault": ..., "rate"|"next"|"requests": ..., "statuses"|"status": ...}``
         """
-        data = dict(data)
-        fault = data.pop("fault", None)
-        if fault not in FAULT_KINDS:
-            raise ConfigError(f"unknown fault {fault!r}; expected one of {', '.join(FAULT_KINDS)}")
-        rule = cls(fault=str(fault))
-        if "rate" in data:
-            rule.rate = float(data.pop("rate"))
-            if not 0.0 <= rule.rate <= 1.0:
-                raise ConfigError("rate must be within 0..1")
-        if "next" in data:
-            rule.next = int(data.pop("next"))
-        if "requests" in data:
-            rule.requests = [int(n) for n in data.pop("requests")]
-        if "status" in data:
-            rule.statuses = [int(data.pop("status"))]
-        if "statuses" in data:
-            rule.statuses = [int(s) for s in data.pop("statuses")]
-        if not rule.statuses or any(not 400 <= s <= 599 for s in rule.statuses):
-            raise ConfigError("statuses must be HTTP error statuses (400..599)")
-        if data:
-            raise ConfigError(f"unknown fault rule settings: {', '.join(sorted(data))}")
+        rule: FaultRule = _validated(cls, data, "fault rule")
         return rule
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form of this rule."""
-        return {
-            "fault": self.fault,
-            "rate": self.rate,
-            "next": self.next,
-            "requests": list(self.requests),
-            "statuses": list(self.statuses),
-        }
+        return asdict(self)
 
 
-@dataclass
+def _apply_to(value: Any) -> Any:
+    kinds = [value] if isinstance(value, str) else value
+    return ["process", "account"] if isinstance(kinds, list) and "all" in kinds else kinds
+
+
+@dataclass(config=_SETTINGS)
 class FaultConfig:
     """Operational behaviour of one vendor: latency, limits and injected faults.
 
@@ -151,25 +185,48 @@ class FaultConfig:
     :param exhaust_after: after this many more successful charged requests the key's balance
         drops to 0
     :param apply_to: which endpoint kinds latency, limits and fault rules apply to:
-        ``process`` (billed calls) and/or ``account`` (balance endpoints)
+        ``process`` (billed calls) and/or ``account`` (balance endpoints); ``all`` is both
     :param seed: seed of this vendor's random generator (default: the sandbox seed)
     """
 
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
+    latency_ms: Annotated[float, Field(ge=0)] = 0.0
+    jitter_ms: Annotated[float, Field(ge=0)] = 0.0
     rate_limit_rps: float | None = None
     max_concurrency: int | None = None
     retry_after: float | None = None
     rules: list[FaultRule] = field(default_factory=list)
-    slow_seconds: float = 30.0
+    slow_seconds: Annotated[float, Field(ge=0)] = 30.0
     auth_revoked: bool = False
     result_url_status: int | None = None
     exhaust_after: int | None = None
-    apply_to: list[str] = field(default_factory=lambda: ["process"])
+    apply_to: Annotated[list[Literal["process", "account"]], BeforeValidator(_apply_to)] = field(
+        default_factory=lambda: ["process"]
+    )
     seed: int | None = None
 
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FaultConfig:
+    def _rule_shorthands(cls, data: Any) -> Any:
+        """``error_rate`` (+ ``error_statuses``) and ``fault`` (+ its rule keys) each add one rule."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        rules = list(data.pop("rules", []))
+        if "error_rate" in data:
+            error_rule = {"fault": "error", "rate": data.pop("error_rate")}
+            if "error_statuses" in data:
+                error_rule["statuses"] = data.pop("error_statuses")
+            rules.append(error_rule)
+        if "fault" in data:
+            single = {"fault": data.pop("fault")}
+            single.update({name: data.pop(name) for name in _RULE_SHORTHAND_KEYS if name in data})
+            if not {"rate", "next", "requests"} & set(single):
+                single["rate"] = 1.0
+            rules.append(single)
+        return {**data, "rules": rules}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultConfig:
         """Build the fault settings of one vendor from their JSON form.
 
         Besides the attributes, two shorthands are accepted: ``error_rate`` (with optional
@@ -178,68 +235,15 @@ class FaultConfig:
 
         :param data: the settings
         """
-        data = dict(data)
-        cfg = cls()
-        for name in ("latency_ms", "jitter_ms", "slow_seconds"):
-            if name in data:
-                setattr(cfg, name, float(data.pop(name)))
-        for name in ("rate_limit_rps", "retry_after"):
-            if name in data:
-                value = data.pop(name)
-                setattr(cfg, name, None if value is None else float(value))
-        for name in ("max_concurrency", "result_url_status", "exhaust_after", "seed"):
-            if name in data:
-                value = data.pop(name)
-                setattr(cfg, name, None if value is None else int(value))
-        if "auth_revoked" in data:
-            cfg.auth_revoked = bool(data.pop("auth_revoked"))
-        if "apply_to" in data:
-            apply_to = data.pop("apply_to")
-            apply_to = [apply_to] if isinstance(apply_to, str) else list(apply_to)
-            if "all" in apply_to:
-                apply_to = ["process", "account"]
-            if any(kind not in ("process", "account") for kind in apply_to):
-                raise ConfigError("apply_to items must be 'process', 'account' or 'all'")
-            cfg.apply_to = apply_to
-        cfg.rules = [FaultRule.from_dict(rule) for rule in data.pop("rules", [])]
-        if "error_rate" in data:
-            error_rule: dict[str, Any] = {"fault": "error", "rate": data.pop("error_rate")}
-            if "error_statuses" in data:
-                error_rule["statuses"] = data.pop("error_statuses")
-            cfg.rules.append(FaultRule.from_dict(error_rule))
-        if "fault" in data:
-            single = {"fault": data.pop("fault")}
-            for name in ("rate", "next", "requests", "status", "statuses"):
-                if name in data:
-                    single[name] = data.pop(name)
-            if not any(name in single for name in ("rate", "next", "requests")):
-                single["rate"] = 1.0
-            cfg.rules.append(FaultRule.from_dict(single))
-        if data:
-            raise ConfigError(f"unknown fault settings: {', '.join(sorted(data))}")
-        if cfg.latency_ms < 0 or cfg.jitter_ms < 0 or cfg.slow_seconds < 0:
-            raise ConfigError("latency_ms, jitter_ms and slow_seconds must be >= 0")
-        return cfg
+        config: FaultConfig = _validated(cls, data, "fault")
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form of these settings."""
-        return {
-            "latency_ms": self.latency_ms,
-            "jitter_ms": self.jitter_ms,
-            "rate_limit_rps": self.rate_limit_rps,
-            "max_concurrency": self.max_concurrency,
-            "retry_after": self.retry_after,
-            "rules": [rule.to_dict() for rule in self.rules],
-            "slow_seconds": self.slow_seconds,
-            "auth_revoked": self.auth_revoked,
-            "result_url_status": self.result_url_status,
-            "exhaust_after": self.exhaust_after,
-            "apply_to": list(self.apply_to),
-            "seed": self.seed,
-        }
+        return asdict(self)
 
 
-@dataclass
+@dataclass(config=_SETTINGS)
 class Costs:
     """The cost table (credits charged per successful call).
 
@@ -250,23 +254,66 @@ class Costs:
     :param poof_per_image: Poof cost per successful ``/remove`` (documented: 1)
     """
 
-    pixelcut_remove_background: Decimal = Decimal(1)
-    pixelcut_shadow: Decimal = Decimal(3)
-    pixelcut_generate_background: Decimal = Decimal(1)
-    pixian_per_image: Decimal = Decimal(1)
-    poof_per_image: Decimal = Decimal(1)
+    pixelcut_remove_background: Credits = Decimal(1)
+    pixelcut_shadow: Credits = Decimal(3)
+    pixelcut_generate_background: Credits = Decimal(1)
+    pixian_per_image: Credits = Decimal(1)
+    poof_per_image: Credits = Decimal(1)
 
     def to_dict(self) -> dict[str, float]:
         """Return the JSON form of the cost table."""
-        return {name: float(value) for name, value in vars(self).items()}
+        return {name: float(value) for name, value in asdict(self).items()}
 
 
-@dataclass
+#: The settings :meth:`SandboxConfig.update` changes at run time (``POST /_sandbox/settings``).
+RUNTIME_SETTINGS = (
+    "result_ttl_seconds",
+    "fetch_timeout_seconds",
+    "allow_private_urls",
+    "pixelcut_credits_type",
+    "costs",
+)
+
+
+def _key_entries(value: Any) -> Any:
+    """``{"key": 50}`` or ``{"key": {"credits", "secret", "state"}}`` -> a list of key settings."""
+    if not isinstance(value, Mapping):
+        return value
+    return [
+        {**entry, "key": key} if isinstance(entry, Mapping) else {"key": key, "credits": entry}
+        for key, entry in value.items()
+    ]
+
+
+def _default_keys() -> dict[str, list[KeyConfig]]:
+    return {
+        "pixelcut": [KeyConfig(DEFAULT_PIXELCUT_KEY)],
+        "pixian": [KeyConfig(DEFAULT_PIXIAN_ID, secret=DEFAULT_PIXIAN_SECRET)],
+        "poof": [KeyConfig(DEFAULT_POOF_KEY)],
+    }
+
+
+def _vendor(value: Any) -> Any:
+    if value not in VENDORS:
+        raise ValueError(f"unknown vendor {value!r}; expected one of {', '.join(VENDORS)}")
+    return value
+
+
+#: A vendor's name, as the keys of ``keys`` and ``faults``.
+Vendor = Annotated[str, BeforeValidator(_vendor)]
+
+
+def _base_url(value: Any) -> Any:
+    return value.rstrip("/") if isinstance(value, str) else value
+
+
+@dataclass(config=_SETTINGS)
 class SandboxConfig:
     """Complete sandbox configuration.
 
     :param seed: seed of the fault random generators (per vendor: seed + vendor index)
-    :param keys: per vendor, the accepted keys with their starting balances
+    :param keys: per vendor, the accepted keys with their starting balances (vendors not named
+        keep their default key)
     :param costs: the cost table
     :param faults: per vendor, latency/limits/faults at start-up
     :param result_ttl_seconds: lifetime of Pixelcut ``result_url`` links (documented: 1 hour)
@@ -282,12 +329,14 @@ class SandboxConfig:
     """
 
     seed: int = 0
-    keys: dict[str, list[KeyConfig]] = field(default_factory=dict)
+    keys: dict[Vendor, Annotated[list[KeyConfig], BeforeValidator(_key_entries)]] = field(
+        default_factory=dict
+    )
     costs: Costs = field(default_factory=Costs)
-    faults: dict[str, FaultConfig] = field(default_factory=dict)
+    faults: dict[Vendor, FaultConfig] = field(default_factory=dict)
     result_ttl_seconds: float = 3600.0
-    public_base_url: str | None = None
-    pixelcut_credits_type: str = "number"
+    public_base_url: Annotated[str | None, BeforeValidator(_base_url)] = None
+    pixelcut_credits_type: Literal["number", "string"] = "number"
     fetch_timeout_seconds: float = 15.0
     allow_private_urls: bool = True
     poof_plan: str = "Pro"
@@ -295,17 +344,15 @@ class SandboxConfig:
     pixian_use_before: str = "2099-12-31T00:00:00Z"
 
     def __post_init__(self) -> None:
-        defaults = {
-            "pixelcut": [KeyConfig(DEFAULT_PIXELCUT_KEY)],
-            "pixian": [KeyConfig(DEFAULT_PIXIAN_ID, secret=DEFAULT_PIXIAN_SECRET)],
-            "poof": [KeyConfig(DEFAULT_POOF_KEY)],
-        }
-        for vendor in VENDORS:
-            self.keys.setdefault(vendor, defaults[vendor])
+        for vendor, entries in _default_keys().items():
+            self.keys.setdefault(vendor, entries)
             self.faults.setdefault(vendor, FaultConfig())
+        for entry in self.keys["pixian"]:
+            if entry.secret is None:
+                raise ConfigError(f"pixian key {entry.key!r} needs a secret")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SandboxConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> SandboxConfig:
         """Build a configuration from its JSON form.
 
         Example::
@@ -325,42 +372,22 @@ class SandboxConfig:
 
         :param data: the configuration
         """
-        data = dict(data)
-        cfg = cls()
-        simple: dict[str, type] = {
-            "seed": int,
-            "result_ttl_seconds": float,
-            "fetch_timeout_seconds": float,
-            "allow_private_urls": bool,
-            "poof_plan": str,
-            "pixian_credit_pack": str,
-            "pixian_use_before": str,
-        }
-        for name, kind in simple.items():
-            if name in data:
-                setattr(cfg, name, kind(data.pop(name)))
-        if "public_base_url" in data:
-            value = data.pop("public_base_url")
-            cfg.public_base_url = None if value is None else str(value).rstrip("/")
-        if "pixelcut_credits_type" in data:
-            cfg.pixelcut_credits_type = str(data.pop("pixelcut_credits_type"))
-            if cfg.pixelcut_credits_type not in ("number", "string"):
-                raise ConfigError("pixelcut_credits_type must be 'number' or 'string'")
-        for vendor, entries in dict(data.pop("keys", {})).items():
-            if vendor not in VENDORS:
-                raise ConfigError(f"unknown vendor {vendor!r} in keys")
-            cfg.keys[vendor] = [parse_key(vendor, key, value) for key, value in dict(entries).items()]
-        for name, value in dict(data.pop("costs", {})).items():
-            if not hasattr(cfg.costs, name):
-                raise ConfigError(f"unknown cost {name!r}")
-            setattr(cfg.costs, name, to_decimal(value, name))
-        for vendor, settings in dict(data.pop("faults", {})).items():
-            if vendor not in VENDORS:
-                raise ConfigError(f"unknown vendor {vendor!r} in faults")
-            cfg.faults[vendor] = FaultConfig.from_dict(dict(settings))
-        if data:
-            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(data))}")
-        return cfg
+        config: SandboxConfig = _validated(cls, data, "configuration")
+        return config
+
+    def update(self, settings: Mapping[str, Any]) -> None:
+        """Change the run-time settings (:data:`RUNTIME_SETTINGS`), validated as :meth:`from_dict` does.
+
+        :param settings: the settings to change; ``costs`` may name only some of the costs
+        """
+        unknown = sorted(set(settings) - set(RUNTIME_SETTINGS))
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+        current = {name: getattr(self, name) for name in RUNTIME_SETTINGS}
+        costs = {**asdict(self.costs), **settings.get("costs", {})}
+        changed = SandboxConfig.from_dict({**current, **settings, "costs": costs})
+        for name in RUNTIME_SETTINGS:
+            setattr(self, name, getattr(changed, name))
 
     @classmethod
     def from_file(cls, path: str | Path) -> SandboxConfig:
@@ -369,30 +396,3 @@ class SandboxConfig:
         :param path: the file
         """
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def parse_key(vendor: str, key: str, value: Any) -> KeyConfig:
-    """Parse one ``keys`` entry: a bare balance or ``{"credits", "secret", "state"}``.
-
-    :param vendor: the vendor the key belongs to
-    :param key: the key (Pixian: the API id)
-    :param value: a number, or an object
-    """
-    if isinstance(value, dict):
-        value = dict(value)
-        entry = KeyConfig(key=key)
-        if "credits" in value:
-            entry.credits = to_decimal(value.pop("credits"), f"{vendor}.{key}.credits")
-        if "secret" in value:
-            entry.secret = str(value.pop("secret"))
-        if "state" in value:
-            entry.state = str(value.pop("state"))
-        if value:
-            raise ConfigError(f"unknown key settings: {', '.join(sorted(value))}")
-    else:
-        entry = KeyConfig(key=key, credits=to_decimal(value, f"{vendor}.{key}"))
-    if entry.state not in ("active", "dormant"):
-        raise ConfigError("state must be 'active' or 'dormant'")
-    if vendor == "pixian" and entry.secret is None:
-        raise ConfigError(f"pixian key {key!r} needs a secret")
-    return entry
