@@ -16,7 +16,7 @@ import shutil
 import sys
 from importlib.metadata import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from docutils import nodes
@@ -108,6 +108,7 @@ _EXTERNAL_PACKAGES = (
     "httpx",
     "PIL",
     "pydantic",
+    "pydantic_core",
     "starlette",
     "tenacity",
     # standard-library modules whose types appear in the package's signatures
@@ -141,9 +142,40 @@ def setup(app: Sphinx) -> None:
 
     :param app: the Sphinx application.
     """
+    app.connect("builder-inited", _hide_annotated_metadata)
     app.connect("doctree-read", _link_repository_paths)
     app.connect("missing-reference", _resolve_short_name)
     app.connect("warn-missing-reference", _accept_external_imports)
+
+
+def _hide_annotated_metadata(app: Sphinx) -> None:
+    """Render ``Annotated[X, metadata]`` as ``X`` in signatures and attribute types.
+
+    The option models carry pydantic validators in ``Annotated`` metadata (``BeforeValidator``,
+    ``Field(ge=…)``): implementation details that Sphinx would print verbatim, lambdas and all, and
+    try to cross-reference (sphinx-doc/sphinx#12601). Sphinx has no setting to leave them out, so
+    its two annotation renderers are wrapped, in every Sphinx module that imported them.
+
+    :param app: the Sphinx application.
+    """
+    import typing
+
+    import sphinx.util.typing as sphinx_typing
+
+    for renderer_name in ("stringify_annotation", "restify"):
+        renderer = getattr(sphinx_typing, renderer_name)
+
+        @functools.wraps(renderer)
+        def without_metadata(
+            annotation: object, *args: object, _renderer: Any = renderer, **kwargs: object
+        ) -> str:
+            while typing.get_origin(annotation) is typing.Annotated:
+                annotation = typing.get_args(annotation)[0]
+            return str(_renderer(annotation, *args, **kwargs))
+
+        for module_name, module in list(sys.modules.items()):
+            if module_name.startswith("sphinx") and getattr(module, renderer_name, None) is renderer:
+                setattr(module, renderer_name, without_metadata)
 
 
 def _link_repository_paths(app: Sphinx, doctree: nodes.document) -> None:
