@@ -5,7 +5,7 @@ Vendors: Pixelcut, Pixian.AI and Poof. Importing this package imports nothing he
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+__all__ = ["USER_AGENT", "__version__"]
 
 try:
     from importlib.metadata import PackageNotFoundError, version
@@ -13,3 +13,6 @@ try:
     __version__ = version("airflow-provider-bgremoval")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
+
+#: The User-Agent of every HTTP request the provider makes (vendor APIs, result URLs, GCS).
+USER_AGENT = f"airflow-provider-bgremoval/{__version__}"

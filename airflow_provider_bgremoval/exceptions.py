@@ -19,7 +19,13 @@ body is quoted only through :func:`safe_excerpt`.
 
 from __future__ import annotations
 
+import warnings
+from typing import TYPE_CHECKING
+
 from airflow.sdk.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    from airflow_provider_bgremoval.retry import CallStats
 
 __all__ = [
     "BgRemovalError",
@@ -60,11 +66,11 @@ class BgRemovalError(AirflowException):
     fatal_for_batch: bool = False
     #: True when the retry policy may repeat the call.
     retryable: bool = False
-    #: HTTP attempts of the vendor call that ended in this error (set by the hook; 0 for local errors).
-    attempts: int = 0
-    #: Attempts of that call the vendor may have billed or did bill (lost replies, plus a billed
-    #: success reply that could not be turned into an image); set by the hook.
-    possibly_charged_attempts: int = 0
+    #: True when the vendor may have done (and billed) the work of the attempt that failed like this.
+    possibly_charged: bool = False
+    #: The outcome of the image call that ended in this error (attempts, lost replies, whether the
+    #: vendor answered and billed), set by the hook; ``None`` for errors outside an image call.
+    call: CallStats | None = None
 
     def __init__(
         self,
@@ -81,6 +87,25 @@ class BgRemovalError(AirflowException):
         self.status_code = status_code  # type: ignore[assignment]  # AirflowException: HTTPStatus
         self.code = code
         self.request_id = request_id
+
+    @property
+    def attempts(self) -> int:
+        """Deprecated alias of ``call.attempts`` (0 outside an image call)."""
+        warnings.warn(
+            "BgRemovalError.attempts is deprecated: use .call.attempts", DeprecationWarning, stacklevel=2
+        )
+        return self.call.attempts if self.call else 0
+
+    @property
+    def possibly_charged_attempts(self) -> int:
+        """Deprecated: ``call.possibly_charged`` plus one when ``call.billed_reply`` (0 outside a call)."""
+        warnings.warn(
+            "BgRemovalError.possibly_charged_attempts is deprecated: use .call.possibly_charged "
+            "(lost replies) and .call.billed_reply (an answered billed request)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.call.possibly_charged + int(self.call.billed_reply) if self.call else 0
 
     def __str__(self) -> str:
         parts = []

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from airflow_provider_bgremoval.retry import CallStats
 
 
 class AccountState(str, enum.Enum):
@@ -32,10 +35,10 @@ class ImageResult:
     :param credits_charged: credits this call cost, when the vendor says (Pixian) or the cost is fixed
         by contract; ``None`` when unknown.
     :param credits_calculated: what a production call would have cost (Pixian test mode only).
-    :param possibly_charged_retries: number of earlier attempts of this call whose reply was lost after
-        the request had been sent in full (the vendor may have billed them).
-    :param attempts: number of HTTP attempts the call took.
     :param metadata: vendor metadata parsed from headers (foreground boxes, processing time…).
+    :param call: the call's outcome, set by the hook: ``call.attempts`` (HTTP attempts the call took),
+        ``call.possibly_charged`` (earlier attempts whose reply was lost after the request had been
+        sent in full: the vendor may have billed them).
     """
 
     content: bytes
@@ -46,14 +49,31 @@ class ImageResult:
     request_id: str | None = None
     credits_charged: Decimal | None = None
     credits_calculated: Decimal | None = None
-    possibly_charged_retries: int = 0
-    attempts: int = 1
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    call: CallStats = field(default_factory=CallStats)
 
     @property
     def size(self) -> int:
         """Size of ``content`` in bytes."""
         return len(self.content)
+
+    @property
+    def attempts(self) -> int:
+        """Deprecated alias of ``call.attempts``."""
+        warnings.warn(
+            "ImageResult.attempts is deprecated: use .call.attempts", DeprecationWarning, stacklevel=2
+        )
+        return self.call.attempts
+
+    @property
+    def possibly_charged_retries(self) -> int:
+        """Deprecated alias of ``call.possibly_charged``."""
+        warnings.warn(
+            "ImageResult.possibly_charged_retries is deprecated: use .call.possibly_charged",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.call.possibly_charged
 
     def __repr__(self) -> str:  # never dump megabytes of image into a log line
         return (

@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TypedDict, TypeVar
 
@@ -95,10 +95,12 @@ def is_lost_reply(exc: BaseException) -> bool:
 @dataclass
 class CallStats:
     """
-    What happened while one call was retried.
+    What happened while one call was retried: the call's outcome, one name per fact end to end.
 
     One object per image call, created by the caller and filled in as the call goes, so the caller
-    sees the money at risk live (budgets) and after the call whatever it ended in.
+    sees the money at risk live (budgets) and after the call whatever it ended in. The hooks attach
+    a :meth:`snapshot` of it to what the call ends in: ``ImageResult.call`` and
+    ``BgRemovalError.call``.
 
     :param attempts: attempts made.
     :param possibly_charged: failed attempts whose request had been sent in full (billing unknown:
@@ -123,6 +125,10 @@ class CallStats:
     billed_reply: bool = False
     credits_charged: Decimal | None = None
     attempt_in_flight: bool = False
+
+    def snapshot(self) -> CallStats:
+        """The outcome as it stands, detached from the caller: a copy without the retry guard."""
+        return replace(self, waits=list(self.waits), retry_guard=None)
 
 
 class _TenacityStrategies(TypedDict):

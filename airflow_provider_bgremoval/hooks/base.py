@@ -4,28 +4,45 @@ A vendor hook is a subclass that names its connection type and its wire format
 (:class:`~airflow_provider_bgremoval.vendors.base.VendorWire`); everything else lives here once:
 
 * one ``httpx.Client`` and one ``httpx.AsyncClient`` per hook instance, created lazily, pooled and
-  kept alive, closed by :meth:`close` / :meth:`aclose` or the context-manager forms;
+  kept alive, closed by ``close()`` / ``aclose()`` or the context-manager forms;
 * the retry policy (:mod:`airflow_provider_bgremoval.retry`) around every request;
 * mapping of transport failures and error replies to the exception hierarchy;
 * local input checks before a billed call, vendor-specific result decoding, local post-processing;
 * size-capped downloads of result URLs (http(s) only, redirects checked, no API key sent).
+
+**One implementation per call path.** The vendor wire formats are sans-I/O (requests and replies
+as data); the hooks take the same shape one level up, httpx's sans-I/O core with thin sync and async
+shells. Each call path (read the connection, send under the retry policy, download a result, remove
+a background…) is written once, as a generator method that *yields* the I/O it needs as effects
+(one request, one streamed download, the connection read, a retried sub-path, CPU work) and returns
+its result; a failed effect raises inside the path, at its ``yield``, so error mapping is written
+once too. Two small drivers perform the effects: ``_run`` with ``httpx.Client`` and blocking calls,
+``_arun`` with ``httpx.AsyncClient``, ``await`` and CPU work in a worker thread (off the event
+loop). ``remove_background = _blocking(_remove_background)`` and ``aremove_background =
+_asynchronous(_remove_background)`` make the two public methods, with the path's signature and
+docstring. The alternative, httpcore's async source with an unasync-generated sync half, checks in a
+second, generated copy of every path and needs a generation check in CI; here only each effect's two
+executions (a few lines, side by side) exist twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from airflow.sdk import BaseHook
 from PIL import Image
 
-from airflow_provider_bgremoval import __version__
+from airflow_provider_bgremoval import USER_AGENT
 from airflow_provider_bgremoval._compat import aextra_dejson, aget_connection, mask_secret
 from airflow_provider_bgremoval._compat import get_connection as fetch_connection_unlogged
 from airflow_provider_bgremoval.exceptions import (
@@ -51,26 +68,245 @@ from airflow_provider_bgremoval.vendors.base import (
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
+__all__ = ["USER_AGENT", "BackgroundRemovalHook", "check_http_url", "format_credits", "is_http_url"]
+
+log = logging.getLogger(__name__)
+
 W = TypeVar("W", bound=VendorWire)
+T = TypeVar("T")
+P = ParamSpec("P")
+H = TypeVar("H", bound="BackgroundRemovalHook[Any]")
 
 #: Largest result accepted from a result URL (Pixelcut results are PNGs of at most 6000x6000).
 DEFAULT_MAX_RESULT_BYTES = 150 * 1024 * 1024
 _MAX_REDIRECTS = 3
-USER_AGENT = f"airflow-provider-bgremoval/{__version__}"
+#: ``test_connection`` (the connection form's Test button) makes one attempt with a short timeout.
+_PROBE_POLICY = RetryPolicy(max_attempts=1)
+_PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+#: form field -> the extra older connections used for it (read only when the field is empty)
+_LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
+
+
+def is_http_url(url: object) -> bool:
+    """
+    True for an absolute http(s) URL: the one URL check (inputs, base URLs, result URLs, redirects).
+
+    :param url: the URL.
+    """
+    parts = urlsplit(str(url))
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def check_http_url(url: str, *, parameter: str = "image_url") -> str:
-    """Accept only absolute http(s) URLs (no ``file:``, ``ftp:``, ``data:``…)."""
-    parts = urlsplit(str(url))
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """
+    Accept only absolute http(s) URLs (no ``file:``, ``ftp:``, ``data:``…).
+
+    :param url: the URL a user gave.
+    :param parameter: the parameter the error names.
+    """
+    if not is_http_url(url):
         raise InvalidOptionError(parameter, "only absolute http:// or https:// URLs are accepted")
     return str(url)
 
 
+def _shown_url(url: str) -> str:
+    """``url`` as a message may show it: without user info, query or fragment."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def format_credits(amount: Decimal) -> str:
+    """
+    A credit amount as a person writes it: ``1000`` (not ``1000.0`` or ``1E+3``), ``12.5``.
+
+    :param amount: the amount.
+    """
+    return f"{amount.normalize():f}"
+
+
+# -- effects: the I/O a call path yields to its driver ---------------------------------------------
+#: A call path: a generator that yields effects, is sent their results and returns ``T``.
+Flow: TypeAlias = Generator["_Effect[Any]", Any, T]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """An effect's error, raised again inside the call path, at its ``yield``."""
+
+    error: Exception
+
+
+class _Effect(Generic[T]):
+    """One I/O step, with its blocking and its async execution; ``yield from effect`` performs it."""
+
+    def __iter__(self) -> Generator[_Effect[Any], Any, T]:
+        outcome = yield self
+        if isinstance(outcome, _Failed):
+            raise outcome.error
+        return outcome  # type: ignore[no-any-return]
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> T:
+        raise NotImplementedError
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
+        raise NotImplementedError
+
+    def outcome(self, hook: BackgroundRemovalHook[Any]) -> T | _Failed:
+        try:
+            return self.run(hook)
+        except Exception as exc:
+            return _Failed(exc)
+
+    async def aoutcome(self, hook: BackgroundRemovalHook[Any]) -> T | _Failed:
+        try:
+            return await self.arun(hook)
+        except Exception as exc:
+            return _Failed(exc)
+
+
+@dataclass(frozen=True)
+class _ReadConnection(_Effect["tuple[Connection, dict[str, Any]]"]):
+    """Fetch the Airflow connection and its extras."""
+
+    conn_id: str
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> tuple[Connection, dict[str, Any]]:
+        conn = hook.get_connection(self.conn_id)
+        return conn, dict(conn.extra_dejson)
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> tuple[Connection, dict[str, Any]]:
+        conn = await aget_connection(self.conn_id)
+        return conn, await aextra_dejson(conn)
+
+
+@dataclass(frozen=True)
+class _Exchange(_Effect[httpx.Response]):
+    """One request on the hook's API client (``options``: headers, body, timeout), read in full."""
+
+    method: str
+    path: str
+    options: Mapping[str, Any]
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> httpx.Response:
+        return hook._get_client().request(self.method, self.path, **self.options)
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> httpx.Response:
+        return await (await hook._aget_client()).request(self.method, self.path, **self.options)
+
+
+@dataclass(frozen=True)
+class _Fetch(_Effect["str | bytes"]):
+    """
+    GET ``url`` with the API client (no API key sent, no redirect followed): ``read_head`` raises or
+    returns a redirect target; else the body, each chunk passed through ``keep`` (the size cap).
+    """
+
+    url: str
+    read_head: Callable[[httpx.Response], str | None]
+    keep: Callable[[bytearray, bytes], None]
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
+        body = bytearray()
+        with hook._get_client().stream("GET", self.url) as response:
+            if redirect := self.read_head(response):
+                return redirect
+            for chunk in response.iter_bytes():
+                self.keep(body, chunk)
+        return bytes(body)
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
+        body = bytearray()
+        async with (await hook._aget_client()).stream("GET", self.url) as response:
+            if redirect := self.read_head(response):
+                return redirect
+            async for chunk in response.aiter_bytes():
+                self.keep(body, chunk)
+        return bytes(body)
+
+
+@dataclass(frozen=True)
+class _Retried(_Effect[T]):
+    """Run ``attempt()`` under ``policy`` (the hook's when ``None``), counting into ``stats``."""
+
+    attempt: Callable[[], Flow[T]]
+    stats: CallStats | None = None
+    policy: RetryPolicy | None = None
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> T:
+        policy = self.policy or hook.retry_policy
+        return call_with_retry(lambda: hook._run(self.attempt()), policy, sleep=hook._sleep, stats=self.stats)
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
+        policy, sleep = self.policy or hook.retry_policy, hook._async_sleep
+        return await acall_with_retry(
+            lambda: hook._arun(self.attempt()), policy, sleep=sleep, stats=self.stats
+        )
+
+
+@dataclass(frozen=True)
+class _Offload(_Effect[T]):
+    """CPU work (checks, decoding, encoding): inline when sync, in a worker thread when async."""
+
+    work: Callable[[], T]
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> T:
+        return self.work()
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
+        return await asyncio.to_thread(self.work)
+
+
+class _Drive(Generic[T]):
+    """Iterates a call path's effects, sending each one's :attr:`reply` back; then :attr:`result`."""
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self.flow = flow
+        self.reply: Any = None
+        self.result: Any = None
+
+    def __iter__(self) -> Iterator[_Effect[Any]]:
+        with closing(self.flow):
+            try:
+                while True:
+                    yield self.flow.send(self.reply)
+            except StopIteration as done:
+                self.result = done.value
+
+
+# -- the two public methods of one call path -------------------------------------------------------
+def _described(method: Callable[..., Any], flow: Callable[..., Any], name: str) -> None:
+    """Give ``method`` the path's docstring and signature (returning what the path returns)."""
+    signature = inspect.signature(flow)
+    returned = str(signature.return_annotation).removeprefix("Flow[").removesuffix("]")
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = flow.__doc__
+    method.__signature__ = signature.replace(return_annotation=returned)  # type: ignore[attr-defined]
+
+
+def _blocking(flow: Callable[Concatenate[H, P], Flow[T]]) -> Callable[Concatenate[H, P], T]:
+    """The blocking method of call path ``_name`` (named ``name``; a subclass may override the path)."""
+
+    def method(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(getattr(self, flow.__name__)(*args, **kwargs))
+
+    _described(method, flow, flow.__name__.removeprefix("_"))
+    return method
+
+
+def _asynchronous(flow: Callable[Concatenate[H, P], Flow[T]]) -> Callable[Concatenate[H, P], Awaitable[T]]:
+    """The async method of call path ``_name`` (named ``aname``; CPU work in a worker thread)."""
+
+    async def method(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._arun(getattr(self, flow.__name__)(*args, **kwargs))
+
+    _described(method, flow, "a" + flow.__name__.removeprefix("_"))
+    return method
+
+
 def _note_call_stats(exc: BaseException, stats: CallStats) -> BgRemovalError:
     """
-    Turn the error an image call ends in into a typed error and record the call's statistics on it
-    and in ``stats`` (the caller's live record).
+    Turn the error an image call ends in into a typed error and record the call's outcome on it
+    (``error.call``, a snapshot) and in ``stats`` (the caller's live record).
 
     ``stats.possibly_charged`` already counts every retryable attempt whose reply was lost after the
     request was sent (the final one included); a final non-retryable error that says it may have
@@ -92,16 +328,19 @@ def _note_call_stats(exc: BaseException, stats: CallStats) -> BgRemovalError:
         error.__cause__ = exc
     else:
         error = exc
-        if getattr(exc, "possibly_charged", False) and not exc.retryable and not stats.billed_reply:
+        if exc.possibly_charged and not exc.retryable and not stats.billed_reply:
             stats.possibly_charged += 1
-    error.attempts = stats.attempts
-    error.possibly_charged_attempts = stats.possibly_charged + int(stats.billed_reply)
+    error.call = stats.snapshot()
     return error
 
 
 class BackgroundRemovalHook(BaseHook, Generic[W]):
     """
     Base class of the vendor hooks (sync and async methods over httpx).
+
+    One rule for the connection id in every vendor hook: the first argument ``conn_id``, or the
+    keyword :attr:`conn_name_attr` names (``pixelcut_conn_id``…, what ``Connection.get_hook()``
+    passes); two different ids are refused; neither means :attr:`default_conn_name`.
 
     :param conn_id: Airflow connection id; defaults to the vendor's ``<vendor>_default``.
     :param timeout: idle/read timeout in seconds; overrides the connection's ``timeout`` extra.
@@ -113,6 +352,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     :param async_transport: custom async httpx transport.
     :param sleep: sync sleep used between retries (tests travel in time with it).
     :param async_sleep: async sleep used between retries.
+    :param conn_id_by_name: the connection id under the hook's :attr:`conn_name_attr` keyword.
     """
 
     conn_name_attr = "conn_id"
@@ -133,9 +373,19 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         async_transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        **conn_id_by_name: str | None,
     ) -> None:
         super().__init__()
-        self.conn_id = conn_id or self.default_conn_name
+        unexpected = sorted(set(conn_id_by_name) - {self.conn_name_attr})
+        if unexpected:
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {unexpected[0]!r}")
+        named = conn_id_by_name.get(self.conn_name_attr)
+        if conn_id and named and conn_id != named:
+            raise InvalidOptionError(
+                "conn_id", f"give {self.conn_name_attr} or conn_id, not two different ids"
+            )
+        self.conn_id: str = conn_id or named or self.default_conn_name
+        setattr(self, self.conn_name_attr, self.conn_id)
         self._timeout_override = timeout
         self._retry_policy_override = retry_policy
         self.max_result_bytes = max_result_bytes
@@ -145,11 +395,79 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         self._sleep = sleep
         self._async_sleep = async_sleep
         self._settings: ConnectionSettings | None = None
+        self._wire_instance: W | None = None
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(conn_id={self.conn_id!r})"
+
+    def _run(self, flow: Flow[T]) -> T:
+        """Drive a call path with blocking I/O."""
+        drive = _Drive(flow)
+        for effect in drive:
+            drive.reply = effect.outcome(self)
+        return drive.result  # type: ignore[no-any-return]
+
+    async def _arun(self, flow: Flow[T]) -> T:
+        """Drive a call path with async I/O (CPU work in a worker thread)."""
+        drive = _Drive(flow)
+        for effect in drive:
+            drive.reply = await effect.aoutcome(self)
+        return drive.result  # type: ignore[no-any-return]
+
+    # -- finding the hook; the connection form -------------------------------------------------
+    @classmethod
+    def get_hook(cls, conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
+        """
+        The vendor hook serving ``conn_id``, found the Airflow way (``Connection.get_hook``: the
+        connection type -> provider info ``connection-types`` -> hook class).
+
+        :param conn_id: the connection id.
+        :param hook_params: keyword arguments for the hook (``timeout``, ``transport``…).
+        """
+        return cls._vendor_hook(cls.get_connection(conn_id), hook_params)
+
+    @classmethod
+    async def aget_hook(
+        cls, conn_id: str, hook_params: dict[str, Any] | None = None
+    ) -> BackgroundRemovalHook[Any]:
+        """
+        :meth:`get_hook` for async code (the connection is read without blocking the event loop).
+
+        :param conn_id: the connection id.
+        :param hook_params: keyword arguments for the hook.
+        """
+        return cls._vendor_hook(await aget_connection(conn_id), hook_params)
+
+    @classmethod
+    def _vendor_hook(cls, conn: Connection, hook_params: dict[str, Any] | None) -> BackgroundRemovalHook[Any]:
+        from airflow_provider_bgremoval.get_provider_info import get_provider_info
+
+        vendor_types = sorted(item["connection-type"] for item in get_provider_info()["connection-types"])
+        if conn.conn_type not in vendor_types:
+            raise InvalidOptionError(
+                "conn_id",
+                f"connection type {conn.conn_type!r} is not a background-removal vendor "
+                f"(expected one of {', '.join(vendor_types)})",
+            )
+        hook: BackgroundRemovalHook[Any] = conn.get_hook(hook_params=hook_params)  # type: ignore[no-untyped-call]
+        return hook
+
+    @classmethod
+    def _form(cls) -> dict[str, Any]:
+        """This connection type's entry in the provider info (empty for a type it does not declare)."""
+        from airflow_provider_bgremoval.get_provider_info import get_provider_info
+
+        entries = get_provider_info()["connection-types"]
+        return next((item for item in entries if item["connection-type"] == cls.conn_type), {})
+
+    @classmethod
+    def _label(cls, field_name: str) -> str:
+        """What the connection form calls a field (``password`` -> ``API key``)."""
+        return str(
+            cls._form().get("ui-field-behaviour", {}).get("relabeling", {}).get(field_name, field_name)
+        )
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -157,21 +475,14 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         Connection-form relabelling for Airflow releases that read it from the hook (before 3.2),
         built from the provider info so the two cannot drift apart.
         """
-        from airflow_provider_bgremoval.get_provider_info import get_provider_info
-
-        entry = next(
-            item
-            for item in get_provider_info()["connection-types"]
-            if item["connection-type"] == cls.conn_type
-        )
-        behaviour = entry["ui-field-behaviour"]
+        behaviour = cls._form()["ui-field-behaviour"]
         return {
             "hidden_fields": list(behaviour["hidden-fields"]),
             "relabeling": dict(behaviour["relabeling"]),
             "placeholders": dict(behaviour["placeholders"]),
         }
 
-    # -- connection ----------------------------------------------------------------------------
+    # -- the connection ------------------------------------------------------------------------
     @classmethod
     def get_connection(cls, conn_id: str) -> Connection:
         """
@@ -188,82 +499,97 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """
         Read a connection into :class:`ConnectionSettings` and register its secrets for masking.
 
-        The base URL is the ``base_url`` extra when set; else ``host`` (with its scheme, or https)
-        plus ``port``; else the vendor's production URL.
+        The visible form fields are the source: ``password`` is the API key, ``login`` the API id,
+        ``host`` (with its scheme, or https, plus ``port``) the base URL, else the vendor's production
+        URL. The ``base_url`` / ``api_key`` / ``api_id`` extras of older connections are read only when
+        their field is empty, with a warning; other extras the form does not declare are ignored, with
+        a warning.
+
+        :param conn: the Airflow connection.
+        :param extras: its extras.
+        :param timeout: a timeout overriding the ``timeout`` extra.
         """
-        wire = cls.wire_class
-        api_key = conn.password or extras.get("api_key") or ""
+        declared = cls._form().get("conn-fields")
+        undeclared = sorted(set(extras) - set(declared or extras) - set(_LEGACY_EXTRAS.values()))
+        if undeclared:
+            log.warning(
+                "Connection %r: extras %s are not fields of its form; ignored", conn.conn_id, undeclared
+            )
+        api_key = cls._field(conn, extras, "password")
         if not api_key:
+            label = cls._label("password")
             raise InvalidOptionError(
-                "password", f"connection {conn.conn_id!r} has no API key (set the password field)"
+                label, f"connection {conn.conn_id!r} has no API key: set the {label} field"
             )
         # The task SDK masked the password (and a sensitive-named ``api_key`` extra) as it fetched
         # the connection; this also covers connections that did not come through the SDK. Through
         # _compat, so that dag.test()'s supervisor does not log the value at DEBUG.
         mask_secret(api_key)
-        base_url = str(extras.get("base_url") or "").strip()
-        if not base_url and conn.host:
-            host = conn.host.strip()
-            base_url = host if "://" in host else f"https://{host}"
-            if conn.port and not urlsplit(base_url).port:
-                base_url = f"{base_url.rstrip('/')}:{conn.port}"
-        base_url = check_http_url(base_url or wire.default_base_url, parameter="base_url").rstrip("/")
         raw_timeout = timeout if timeout is not None else extras.get("timeout")
         try:
-            effective_timeout = float(raw_timeout) if raw_timeout not in (None, "") else wire.default_timeout
+            seconds = float(raw_timeout) if raw_timeout not in (None, "") else cls.wire_class.default_timeout
         except (TypeError, ValueError):
             raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds") from None
-        if effective_timeout <= 0:
+        if seconds <= 0:
             raise InvalidOptionError("timeout", "must be positive")
-        public_extras = {k: v for k, v in extras.items() if k not in ("api_key", "secret", "password")}
         return ConnectionSettings(
-            base_url=base_url,
+            base_url=cls._base_url(conn, extras),
             api_key=api_key,
-            api_id=conn.login or extras.get("api_id") or None,
-            timeout=effective_timeout,
-            extras=public_extras,
+            api_id=cls._field(conn, extras, "login") or None,
+            timeout=seconds,
+            extras={k: v for k, v in extras.items() if k not in ("api_key", "secret", "password")},
         )
 
-    def get_settings(self) -> ConnectionSettings:
-        """The connection's settings (read once per hook)."""
-        if self._settings is None:
-            conn = self.get_connection(self.conn_id)
-            self._settings = self.settings_from_connection(
-                conn, conn.extra_dejson, timeout=self._timeout_override
+    @classmethod
+    def _base_url(cls, conn: Connection, extras: Mapping[str, Any]) -> str:
+        url, parameter = cls._field(conn, extras, "host"), "host" if (conn.host or "").strip() else "base_url"
+        if parameter == "host":
+            url = url if "://" in url else f"https://{url}"
+            if conn.port and not urlsplit(url).port:
+                url = f"{url.rstrip('/')}:{conn.port}"
+        return check_http_url(url or cls.wire_class.default_base_url, parameter=parameter).rstrip("/")
+
+    @classmethod
+    def _field(cls, conn: Connection, extras: Mapping[str, Any], field_name: str) -> str:
+        """A form field's value; the extra it replaced only when the field is empty (with a warning)."""
+        value, legacy = str(getattr(conn, field_name) or "").strip(), _LEGACY_EXTRAS[field_name]
+        if extras.get(legacy):
+            what = "ignored: the {} field is set" if value else "deprecated: set the {} field instead"
+            log.warning(
+                "Connection %r: the %r extra is %s", conn.conn_id, legacy, what.format(cls._label(field_name))
             )
+        return value or str(extras.get(legacy) or "").strip()
+
+    def _get_settings(self) -> Flow[ConnectionSettings]:
+        """The connection's settings (read once per hook; the async form does not block the loop)."""
+        if self._settings is None:
+            conn, extras = yield from _ReadConnection(self.conn_id)
+            self._settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
         return self._settings
 
-    async def aget_settings(self) -> ConnectionSettings:
-        """The connection's settings, read without blocking the event loop."""
-        if self._settings is None:
-            conn = await aget_connection(self.conn_id)
-            self._settings = self.settings_from_connection(
-                conn, await aextra_dejson(conn), timeout=self._timeout_override
-            )
-        return self._settings
+    get_settings = _blocking(_get_settings)
+    aget_settings = _asynchronous(_get_settings)
 
-    def get_conn(self) -> httpx.Client:
-        """The hook's sync HTTP client (Airflow's conventional accessor)."""
-        return self._get_client()
+    def _wire(self) -> Flow[W]:
+        """The vendor wire format bound to this connection (``wire``; ``await awire()``)."""
+        if self._wire_instance is None:
+            settings = yield from self._get_settings()
+            self._wire_instance = self.wire_class(settings)  # type: ignore[assignment]
+        return self._wire_instance  # type: ignore[return-value]
 
-    @cached_property
+    @property
     def wire(self) -> W:
         """The vendor wire format bound to this connection."""
-        return self.wire_class(self.get_settings())  # type: ignore[return-value]
+        return self._run(self._wire())
 
-    async def awire(self) -> W:
-        """The vendor wire format, with the connection read the async way."""
-        if "wire" not in self.__dict__:
-            self.__dict__["wire"] = self.wire_class(await self.aget_settings())
-        return self.__dict__["wire"]  # type: ignore[no-any-return]
+    awire = _asynchronous(_wire)
 
     @property
     def retry_policy(self) -> RetryPolicy:
         """The effective retry policy."""
         if self._retry_policy_override is not None:
             return self._retry_policy_override
-        extras = self._settings.extras if self._settings else {}
-        max_retries = extras.get("max_retries")
+        max_retries = (self._settings.extras if self._settings else {}).get("max_retries")
         policy = self.wire_class.retry_policy
         if max_retries not in (None, ""):
             policy = policy.with_overrides(max_attempts=int(max_retries) + 1)
@@ -283,6 +609,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             "follow_redirects": False,
         }
 
+    def get_conn(self) -> httpx.Client:
+        """The hook's sync HTTP client (Airflow's conventional accessor)."""
+        return self._get_client()
+
     def _get_client(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(
@@ -292,10 +622,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     async def _aget_client(self) -> httpx.AsyncClient:
         if self._aclient is None:
-            settings = await self.aget_settings()
-            self._aclient = httpx.AsyncClient(
-                transport=self._async_transport, **self._client_options(settings)
-            )
+            options = self._client_options(await self.aget_settings())
+            self._aclient = httpx.AsyncClient(transport=self._async_transport, **options)
         return self._aclient
 
     def close(self) -> None:
@@ -324,18 +652,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         await self.aclose()
 
     # -- one request ---------------------------------------------------------------------------
-    def _transport_error(self, exc: httpx.HTTPError, request: WireRequest) -> TransientVendorError:
-        sent_in_full = isinstance(
-            exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
-        )
-        what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-        return TransientVendorError(
-            f"{request.method} {request.path} {what}: {type(exc).__name__}",
-            vendor=self.wire_class.name,
-            code=type(exc).__name__,
-            possibly_charged=sent_in_full and request.billed,
-        )
-
     def _httpx_kwargs(self, wire: VendorWire, request: WireRequest) -> dict[str, Any]:
         return {
             "headers": {**wire.auth_headers(), **request.headers},
@@ -344,40 +660,42 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             "json": request.json,
         }
 
-    def _send_once(self, wire: VendorWire, request: WireRequest) -> httpx.Response:
+    def _attempt(self, wire: VendorWire, request: WireRequest, probe: bool) -> Flow[httpx.Response]:
+        options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
         try:
-            response = self._get_client().request(
-                request.method, request.path, **self._httpx_kwargs(wire, request)
+            response = yield from _Exchange(request.method, request.path, options)
+        except httpx.HTTPError as exc:
+            sent_in_full = isinstance(
+                exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
             )
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, request) from None
+            what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+            url = _shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
+            raise TransientVendorError(
+                f"{request.method} {url} {what}: {safe_excerpt(str(exc)) or type(exc).__name__}",
+                vendor=self.wire_class.name,
+                code=type(exc).__name__,
+                possibly_charged=sent_in_full and request.billed,
+            ) from None
         if response.status_code >= 400:
             raise wire.error_from_reply(response)
         return response
 
-    async def _asend_once(self, wire: VendorWire, request: WireRequest) -> httpx.Response:
-        client = await self._aget_client()
-        try:
-            response = await client.request(request.method, request.path, **self._httpx_kwargs(wire, request))
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, request) from None
-        if response.status_code >= 400:
-            raise wire.error_from_reply(response)
-        return response
+    def _send(
+        self, request: WireRequest, stats: CallStats | None = None, *, probe: bool = False
+    ) -> Flow[httpx.Response]:
+        """
+        Send a request under the retry policy and return the successful reply.
 
-    def send(self, request: WireRequest, stats: CallStats | None = None) -> httpx.Response:
-        """Send a request under the retry policy and return the successful reply."""
-        wire = self.wire
-        return call_with_retry(
-            lambda: self._send_once(wire, request), self.retry_policy, sleep=self._sleep, stats=stats
-        )
+        :param request: the request.
+        :param stats: the caller's live record of the call.
+        :param probe: one attempt with a short timeout (what ``test_connection`` does).
+        """
+        wire = yield from self._wire()
+        policy = _PROBE_POLICY if probe else None
+        return (yield from _Retried(lambda: self._attempt(wire, request, probe), stats, policy))
 
-    async def asend(self, request: WireRequest, stats: CallStats | None = None) -> httpx.Response:
-        """Async :meth:`send`."""
-        wire = await self.awire()
-        return await acall_with_retry(
-            lambda: self._asend_once(wire, request), self.retry_policy, sleep=self._async_sleep, stats=stats
-        )
+    send = _blocking(_send)
+    asend = _asynchronous(_send)
 
     # -- result URLs ---------------------------------------------------------------------------
     def _download_error(self, message: str, status: int | None = None) -> ResultDownloadError:
@@ -385,102 +703,68 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             message, vendor=self.wire_class.name, status_code=status, code="result_download"
         )
 
-    def _check_download_status(self, response: httpx.Response, url: str) -> str | None:
-        """Return the next URL for a redirect, ``None`` for success; raise for failures."""
+    def _result_head(self, response: httpx.Response) -> str | None:
+        """Read a result reply's head: its redirect target, ``None`` for a body to read; else raise."""
+        status, declared = response.status_code, response.headers.get("content-length", "")
         if response.is_redirect:
-            target = urljoin(url, response.headers.get("location", ""))
-            parts = urlsplit(target)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            target = urljoin(str(response.url), response.headers.get("location", ""))
+            if not is_http_url(target):
                 raise self._download_error("result URL redirected to a non-http(s) location; refused")
             return target
-        if response.status_code >= 500 or response.status_code in (408, 429):
+        if status >= 500 or status in (408, 429):
             raise TransientVendorError(
-                f"result download answered {response.status_code}",
-                vendor=self.wire_class.name,
-                status_code=response.status_code,
+                f"result download answered {status}", vendor=self.wire_class.name, status_code=status
             )
-        if response.status_code >= 400:
+        if status >= 400:
             raise self._download_error(
-                f"result URL answered {response.status_code} (expired or missing); the call was billed",
-                response.status_code,
+                f"result URL answered {status} (expired or missing); the call was billed", status
             )
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_result_bytes:
+        if declared.isdigit() and int(declared) > self.max_result_bytes:
             raise self._download_error(
                 f"result is {declared} bytes, over the {self.max_result_bytes} byte cap"
             )
         return None
 
-    def _result_url(self, url: str) -> str:
-        """The vendor's result URL, if it is an absolute http(s) URL (the call was billed either way)."""
-        parts = urlsplit(str(url))
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise self._download_error("the vendor's result URL is not an absolute http(s) URL; refused")
-        return str(url)
-
-    def _cap(self, total: int) -> None:
-        if total > self.max_result_bytes:
+    def _keep_chunk(self, body: bytearray, chunk: bytes) -> None:
+        if len(body) + len(chunk) > self.max_result_bytes:
             raise self._download_error(f"result is larger than the {self.max_result_bytes} byte cap; cut off")
+        body += chunk
 
-    def download(self, url: str) -> bytes:
-        """Download a result URL (http(s) only, redirects checked, size-capped, no API key sent)."""
+    def _download_attempt(self, url: str) -> Flow[bytes]:
+        if not is_http_url(url):
+            raise self._download_error("the vendor's result URL is not an absolute http(s) URL; refused")
+        target = str(url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                got = yield from _Fetch(target, self._result_head, self._keep_chunk)
+            except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
+                raise self._download_error("result URL redirected to an invalid URL; refused") from None
+            except httpx.HTTPError as exc:
+                raise TransientVendorError(
+                    f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
+                ) from None
+            if isinstance(got, bytes):
+                return got
+            target = got
+        raise self._download_error("too many redirects")
 
-        def attempt() -> bytes:
-            target = self._result_url(url)
-            for _ in range(_MAX_REDIRECTS + 1):
-                try:
-                    with self._get_client().stream("GET", target) as response:
-                        next_url = self._check_download_status(response, target)
-                        if next_url is None:
-                            chunks, total = [], 0
-                            for chunk in response.iter_bytes():
-                                total += len(chunk)
-                                self._cap(total)
-                                chunks.append(chunk)
-                            return b"".join(chunks)
-                except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
-                    raise self._download_error("result URL redirected to an invalid URL; refused") from None
-                except httpx.HTTPError as exc:
-                    raise TransientVendorError(
-                        f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
-                    ) from None
-                target = next_url
-            raise self._download_error("too many redirects")
+    def _download(self, url: str) -> Flow[bytes]:
+        """
+        Download a result URL (http(s) only, redirects checked, size-capped, no API key sent).
 
-        return call_with_retry(attempt, self.retry_policy, sleep=self._sleep)
+        :param url: the result URL.
+        """
+        yield from self._get_settings()  # the client and the retry policy come from the connection
+        return (yield from _Retried(lambda: self._download_attempt(url)))
 
-    async def adownload(self, url: str) -> bytes:
-        """Async :meth:`download`."""
+    download = _blocking(_download)
+    adownload = _asynchronous(_download)
 
-        async def attempt() -> bytes:
-            client = await self._aget_client()
-            target = self._result_url(url)
-            for _ in range(_MAX_REDIRECTS + 1):
-                try:
-                    async with client.stream("GET", target) as response:
-                        next_url = self._check_download_status(response, target)
-                        if next_url is None:
-                            chunks, total = [], 0
-                            async for chunk in response.aiter_bytes():
-                                total += len(chunk)
-                                self._cap(total)
-                                chunks.append(chunk)
-                            return b"".join(chunks)
-                except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
-                    raise self._download_error("result URL redirected to an invalid URL; refused") from None
-                except httpx.HTTPError as exc:
-                    raise TransientVendorError(
-                        f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
-                    ) from None
-                target = next_url
-            raise self._download_error("too many redirects")
-
-        return await acall_with_retry(attempt, self.retry_policy, sleep=self._async_sleep)
-
-    # -- remove background ---------------------------------------------------------------------
+    # -- image calls ---------------------------------------------------------------------------
     def _image_input(
         self, image: bytes | None, image_url: str | None, filename: str, check_input: bool
-    ) -> ImageInput:
+    ) -> Flow[ImageInput]:
+        """The call's input: a checked URL, or the bytes checked against the vendor's limits."""
         if image is not None and image_url is not None:
             raise InvalidOptionError("image_url", "give either image bytes or image_url, not both")
         if image_url is not None:
@@ -489,7 +773,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise InvalidOptionError("image", "no image given")
         if not check_input:
             return ImageInput(data=image, filename=filename, content_type="application/octet-stream")
-        prepared = prepare_input(image, self.wire_class.limits, vendor=self.wire_class.name)
+        limits, vendor = self.wire_class.limits, self.wire_class.name
+        prepared = yield from _Offload(lambda: prepare_input(image, limits, vendor=vendor))
         return ImageInput(data=prepared.data, filename=filename, content_type=prepared.content_type)
 
     def _finish(
@@ -519,41 +804,22 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             request_id=result.request_id,
             credits_charged=result.credits_charged,
             credits_calculated=result.credits_calculated,
-            possibly_charged_retries=stats.possibly_charged,
-            attempts=stats.attempts,
             metadata=result.metadata,
+            call=stats.snapshot(),
         )
-
-    def _located_result(self, location: ResultLocation, content: bytes) -> ImageResult:
-        return ImageResult(
-            content=content,
-            content_type="image/png",
-            vendor=self.wire_class.name,
-            request_id=location.request_id,
-            credits_charged=location.credits_charged,
-            metadata={"result_url_host": urlsplit(location.url).netloc},
-        )
-
-    @staticmethod
-    def _note_reply(request: WireRequest, stats: CallStats) -> None:
-        """A success reply arrived: from here on, the call's charge is certain for a billed request."""
-        stats.billed_reply = request.billed
 
     def _image_call(
         self,
-        wire: VendorWire,
         request: WireRequest,
         image: ImageInput,
         plan: ProcessingPlan,
         vendor_options: Any = None,
         stats: CallStats | None = None,
-    ) -> ImageResult:
+    ) -> Flow[ImageResult]:
         """
-        Send a billed image request, download a located result, decode and post-process it.
+        Send a billed image request, download a located result, decode and post-process it: the one
+        path every image endpoint (remove-background, Pixelcut's generate-background…) takes.
 
-        The one path every image endpoint (remove-background, Pixelcut's generate-background…) takes.
-
-        :param wire: the vendor wire the request was built with.
         :param request: the billed request.
         :param image: the input (for vendor-specific result decoding).
         :param plan: the local post-processing plan (an empty :class:`LocalSteps` keeps the bytes).
@@ -563,45 +829,32 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """
         stats = stats if stats is not None else CallStats()
         try:
-            response = self.send(request, stats)
-            self._note_reply(request, stats)
+            wire = yield from self._wire()
+            response = yield from self._send(request, stats)
+            stats.billed_reply = request.billed  # a success reply: from here on the charge is certain
             reply = wire.parse_image_reply(response)
             stats.credits_charged = reply.credits_charged
             if isinstance(reply, ResultLocation):
-                reply = self._located_result(reply, self.download(reply.url))
-            return self._finish(wire, reply, image, plan, vendor_options, stats)
+                host = urlsplit(_shown_url(reply.url)).netloc
+                reply = ImageResult(
+                    content=(yield from self._download(reply.url)),
+                    content_type="image/png",
+                    vendor=wire.name,
+                    request_id=reply.request_id,
+                    credits_charged=reply.credits_charged,
+                    metadata={"result_url_host": host},
+                )
+            result = reply
+            return (
+                yield from _Offload(lambda: self._finish(wire, result, image, plan, vendor_options, stats))
+            )
         except Exception as exc:
             error = _note_call_stats(exc, stats)
             if error is exc:
                 raise
             raise error from exc
 
-    async def _aimage_call(
-        self,
-        wire: VendorWire,
-        request: WireRequest,
-        image: ImageInput,
-        plan: ProcessingPlan,
-        vendor_options: Any = None,
-        stats: CallStats | None = None,
-    ) -> ImageResult:
-        """Async :meth:`_image_call`; CPU work runs in a worker thread."""
-        stats = stats if stats is not None else CallStats()
-        try:
-            response = await self.asend(request, stats)
-            self._note_reply(request, stats)
-            reply = wire.parse_image_reply(response)
-            stats.credits_charged = reply.credits_charged
-            if isinstance(reply, ResultLocation):
-                reply = self._located_result(reply, await self.adownload(reply.url))
-            return await asyncio.to_thread(self._finish, wire, reply, image, plan, vendor_options, stats)
-        except Exception as exc:
-            error = _note_call_stats(exc, stats)
-            if error is exc:
-                raise
-            raise error from exc
-
-    def remove_background(
+    def _remove_background(
         self,
         image: bytes | None = None,
         *,
@@ -611,9 +864,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         filename: str = "image",
         check_input: bool = True,
         stats: CallStats | None = None,
-    ) -> ImageResult:
+    ) -> Flow[ImageResult]:
         """
-        Remove the background of one image (a billed call).
+        Remove the background of one image (a billed call; the async form runs CPU work in a thread).
 
         :param image: the image bytes; checked locally against the vendor's limits first.
         :param image_url: a public http(s) URL for the vendor to fetch instead.
@@ -626,42 +879,27 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """
         options = options or RemovalOptions()
         vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
-        wire = self.wire
-        image_input = self._image_input(image, image_url, filename, check_input)
+        wire = yield from self._wire()
+        image_input = yield from self._image_input(image, image_url, filename, check_input)
         plan = plan_processing(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        return self._image_call(wire, request, image_input, plan, vendor_options, stats)
+        return (yield from self._image_call(request, image_input, plan, vendor_options, stats))
 
-    async def aremove_background(
-        self,
-        image: bytes | None = None,
-        *,
-        image_url: str | None = None,
-        options: RemovalOptions | None = None,
-        vendor_options: Any = None,
-        filename: str = "image",
-        check_input: bool = True,
-        stats: CallStats | None = None,
-    ) -> ImageResult:
-        """Async :meth:`remove_background`; CPU work runs in a worker thread."""
-        options = options or RemovalOptions()
-        vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
-        wire = await self.awire()
-        image_input = await asyncio.to_thread(self._image_input, image, image_url, filename, check_input)
-        plan = plan_processing(options, wire.capabilities_for(vendor_options))
-        request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        return await self._aimage_call(wire, request, image_input, plan, vendor_options, stats)
+    remove_background = _blocking(_remove_background)
+    aremove_background = _asynchronous(_remove_background)
 
     # -- balance -------------------------------------------------------------------------------
-    def get_balance(self) -> Balance:
-        """The account's remaining credits (a free call)."""
-        wire = self.wire
-        return wire.parse_balance(self.send(wire.balance_request()))
+    def _get_balance(self, *, probe: bool = False) -> Flow[Balance]:
+        """
+        The account's remaining credits (a free call; the async form is safe in a trigger).
 
-    async def aget_balance(self) -> Balance:
-        """Async :meth:`get_balance`; safe to use in a trigger."""
-        wire = await self.awire()
-        return wire.parse_balance(await self.asend(wire.balance_request()))
+        :param probe: one attempt with a short timeout (what ``test_connection`` does).
+        """
+        wire = yield from self._wire()
+        return wire.parse_balance((yield from self._send(wire.balance_request(), probe=probe)))
+
+    get_balance = _blocking(_get_balance)
+    aget_balance = _asynchronous(_get_balance)
 
     def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
         """
@@ -673,20 +911,25 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return {}
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
-        """Credits one image is expected to cost with these vendor options (from the cost table)."""
+        """
+        Credits one image is expected to cost with these vendor options (from the cost table).
+
+        :param vendor_options: the call's vendor options.
+        """
         return self.wire_class.estimate_cost(vendor_options)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the credentials with the free balance endpoint."""
+        """
+        Check the credentials with the free balance endpoint: one attempt with a short timeout; a
+        failure names the URL and the cause.
+        """
         try:
-            balance = self.get_balance()
+            balance = self.get_balance(probe=True)
         except BgRemovalError as exc:
             return False, str(exc)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
         finally:
             self.close()
-        return (
-            True,
-            f"Connected to {self.hook_name}: {balance.remaining} credits remaining ({balance.state.value})",
-        )
+        remaining = format_credits(balance.remaining)
+        return True, f"Connected to {self.hook_name}: {remaining} credits remaining ({balance.state.value})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
@@ -10,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval._compat import mask_secret
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _asynchronous, _blocking
 from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
-from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, basic_auth_header
+from airflow_provider_bgremoval.vendors.base import ConnectionSettings, basic_auth_header
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire, parse_test_mode
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     Pixian.AI v2 over httpx (sync and async methods, one pooled client of each per hook).
 
     The connection (type ``pixian``): ``login`` = API id, ``password`` = API secret (HTTP Basic);
-    ``host`` or the ``base_url`` extra overrides ``https://api.pixian.ai`` (e.g. the sandbox);
+    ``host`` overrides ``https://api.pixian.ai`` (e.g. the sandbox);
     extras ``timeout`` (default 180 s, Pixian's advice), ``max_retries`` and ``test_mode`` (send
     ``test=true`` unless a call's :class:`PixianOptions` says otherwise).
 
@@ -34,10 +33,9 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     :meth:`aget_balance`, :meth:`estimate_cost`, :meth:`estimate_with_test_call` /
     :meth:`aestimate_with_test_call`, :meth:`test_connection`.
 
-    :param pixian_conn_id: the connection id (default ``pixian_default``).
+    :param conn_id: the connection id (default ``pixian_default``); ``pixian_conn_id=`` is the same.
     :param kwargs: the options of :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`
-        (``timeout``, ``retry_policy``, ``transport``, ``async_transport``, ``sleep``, ``async_sleep``…);
-        ``conn_id`` is accepted as an alias of ``pixian_conn_id``.
+        (``timeout``, ``retry_policy``, ``transport``, ``async_transport``, ``sleep``, ``async_sleep``…).
     """
 
     conn_name_attr = "pixian_conn_id"
@@ -45,11 +43,6 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     conn_type = "pixian"
     hook_name = "Pixian.AI"
     wire_class = PixianWire
-
-    def __init__(self, pixian_conn_id: str | None = None, **kwargs: Any) -> None:
-        conn_id = kwargs.pop("conn_id", None) or pixian_conn_id
-        super().__init__(conn_id, **kwargs)
-        self.pixian_conn_id = self.conn_id
 
     @classmethod
     def settings_from_connection(
@@ -64,8 +57,9 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         """
         settings = super().settings_from_connection(conn, extras, timeout=timeout)
         if not settings.api_id:
+            label = cls._label("login")
             raise InvalidOptionError(
-                "login", f"connection {conn.conn_id!r} has no API id (set the login field)"
+                label, f"connection {conn.conn_id!r} has no API id: set the {label} field"
             )
         # The Authorization value (base64 of id:secret) is a secret Airflow does not know of:
         # register it, and its bare token wherever that might be printed (through _compat, so
@@ -108,23 +102,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
             return Decimal(0)
         return self.wire_class.estimate_cost(vendor_options)
 
-    def _test_call_parts(
-        self,
-        wire: PixianWire,
-        image: bytes | None,
-        image_url: str | None,
-        options: RemovalOptions | None,
-        vendor_options: PixianOptions | Mapping[str, Any] | None,
-        filename: str,
-    ) -> tuple[ImageInput, Any]:
-        options = options or RemovalOptions()
-        opts = replace(PixianOptions.coerce(vendor_options), test=True)
-        PixianWire.check_options(options, opts)
-        image_input = self._image_input(image, image_url, filename, True)
-        plan = plan_processing(options, wire.capabilities_for(opts))
-        return image_input, wire.remove_background_request(image_input, plan.native, opts)
-
-    def estimate_with_test_call(
+    def _estimate_with_test_call(
         self,
         image: bytes | None = None,
         *,
@@ -132,7 +110,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         options: RemovalOptions | None = None,
         vendor_options: PixianOptions | Mapping[str, Any] | None = None,
         filename: str = "image",
-    ) -> Decimal:
+    ) -> Flow[Decimal]:
         """
         Ask Pixian what one image would cost: a free ``test=true`` call, returning ``X-Credits-Calculated``.
 
@@ -144,26 +122,16 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         :param vendor_options: the Pixian options the batch will use (``test`` is forced on).
         :param filename: file name sent with the upload.
         """
-        wire = self.wire
-        _, request = self._test_call_parts(wire, image, image_url, options, vendor_options, filename)
-        calculated = wire.credits_calculated(wire.parse_result(self.send(request)))
+        options = options or RemovalOptions()
+        opts = replace(PixianOptions.coerce(vendor_options), test=True)
+        PixianWire.check_options(options, opts)
+        wire = yield from self._wire()
+        image_input = yield from self._image_input(image, image_url, filename, True)
+        plan = plan_processing(options, wire.capabilities_for(opts))
+        response = yield from self._send(wire.remove_background_request(image_input, plan.native, opts))
+        calculated = wire.credits_calculated(wire.parse_result(response))
         self.log.info("Pixian test call: a production call would cost %s credits", calculated)
         return calculated
 
-    async def aestimate_with_test_call(
-        self,
-        image: bytes | None = None,
-        *,
-        image_url: str | None = None,
-        options: RemovalOptions | None = None,
-        vendor_options: PixianOptions | Mapping[str, Any] | None = None,
-        filename: str = "image",
-    ) -> Decimal:
-        """Async :meth:`estimate_with_test_call`."""
-        wire = await self.awire()
-        _, request = await asyncio.to_thread(
-            self._test_call_parts, wire, image, image_url, options, vendor_options, filename
-        )
-        calculated = wire.credits_calculated(wire.parse_result(await self.asend(request)))
-        self.log.info("Pixian test call: a production call would cost %s credits", calculated)
-        return calculated
+    estimate_with_test_call = _blocking(_estimate_with_test_call)
+    aestimate_with_test_call = _asynchronous(_estimate_with_test_call)

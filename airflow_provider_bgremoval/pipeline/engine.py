@@ -612,10 +612,8 @@ class BatchRunner:
     def _settle_call_error(self, flight: _Flight, exc: BgRemovalError) -> None:
         stats = flight.stats
         if stats.attempts == 0:  # a processor that does not fill in the live record reports on its error
-            stats.attempts = exc.attempts
-            stats.possibly_charged = exc.possibly_charged_attempts or int(
-                getattr(exc, "possibly_charged", False)
-            )
+            call = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
+            stats.attempts, stats.possibly_charged = call.attempts, call.possibly_charged + call.billed_reply
         if isinstance(exc, InputRejectedError):
             self._settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
         elif isinstance(exc, (OutOfCreditsError, VendorAuthError)):

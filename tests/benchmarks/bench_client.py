@@ -3,7 +3,7 @@
 Two workloads, each printing one JSON document (its figures) to the file given by ``--result``:
 
 * ``pipeline`` — what ``RemoveBackgroundOperator.execute`` does, without the Airflow task around it:
-  ``get_vendor_hook`` + :class:`GcsStorage`, :func:`plan_batch`, then :class:`BatchRunner` with
+  ``BackgroundRemovalHook.get_hook`` + :class:`GcsStorage`, :func:`plan_batch`, then :class:`BatchRunner` with
   claims, the balance probe and the manifest upload. Planning and execution are timed separately
   (wall and process CPU); the process RSS is measured before the batch (the baseline: Airflow, the
   provider, the hook and the storage client loaded) and sampled every 50 ms during it.
@@ -148,7 +148,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     import airflow  # noqa: F401 - part of the baseline, as in a task process
 
-    from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
+    from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
     from airflow_provider_bgremoval.options import RemovalOptions
     from airflow_provider_bgremoval.pipeline.claims import ClaimStore
     from airflow_provider_bgremoval.pipeline.engine import BatchRunner
@@ -157,7 +157,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
     from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
-    hook = get_vendor_hook(args.conn_id)
+    hook = BackgroundRemovalHook.get_hook(args.conn_id)
     storage = GcsStorage(gcp_conn_id=None)
     storage.client  # noqa: B018 - create the GCS client (credentials, session) before the baseline
     vendor_options: Any = None

@@ -26,7 +26,6 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchResult, BatchRunner
@@ -143,7 +142,7 @@ def make_hook(
     """The real vendor hook for ``vendor``'s default connection (``retry_policy=None``: the vendor's own)."""
     if retry_policy is not None:
         kwargs["retry_policy"] = retry_policy
-    return get_vendor_hook(CONN_IDS[vendor], **kwargs)
+    return BackgroundRemovalHook.get_hook(CONN_IDS[vendor], hook_params=kwargs)
 
 
 async def run_batch(

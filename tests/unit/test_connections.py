@@ -13,13 +13,13 @@ from unittest import mock
 
 import httpx
 import pytest
+from airflow.sdk import BaseHook
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, VendorAuthError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.hooks.poof import PoofHook
-from airflow_provider_bgremoval.hooks.registry import aget_vendor_hook, get_vendor_hook
 from tests.support.connections import SleepRecorder, set_connection
 
 pytestmark = pytest.mark.compat
@@ -146,7 +146,7 @@ def test_pixian_without_api_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     recorder = Recorder()
     with pytest.raises(InvalidOptionError) as info:
         _hook(PixianHook, recorder).get_balance()
-    assert info.value.parameter == "login"
+    assert info.value.parameter == "API id"  # the connection form's label of the login field
     assert recorder.requests == []
 
 
@@ -155,7 +155,9 @@ def test_missing_secret_is_a_clear_error(conn_type: str, monkeypatch: pytest.Mon
     set_connection(monkeypatch, f"{conn_type}_default", conn_type, login=_login(conn_type) or None)
     with pytest.raises(InvalidOptionError) as info:
         _hook(HOOKS[conn_type], Recorder()).get_settings()
-    assert info.value.parameter == "password"
+    label = HOOKS[conn_type].get_ui_field_behaviour()["relabeling"]["password"]  # API key / API secret
+    assert info.value.parameter == label
+    assert f"set the {label} field" in str(info.value)
 
 
 @pytest.mark.parametrize("conn_type", sorted(HOOKS))
@@ -186,18 +188,21 @@ def test_secret_is_masked_and_never_shown(
 
 
 @pytest.mark.parametrize("conn_type", sorted(HOOKS))
-async def test_registry_builds_the_right_hook(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_get_hook_builds_the_right_hook(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's mechanism (provider info ``connection-types`` -> hook class), hook kwargs included."""
     monkeypatch.setenv("AIRFLOW_CONN_SOME_VENDOR", f"{conn_type}://{_login(conn_type)}:{KEY}@127.0.0.1:9")
-    hook = get_vendor_hook("some_vendor")
+    hook = BackgroundRemovalHook.get_hook("some_vendor", hook_params={"timeout": 7})
     assert type(hook) is HOOKS[conn_type]
     assert hook.conn_id == "some_vendor"
-    assert type(await aget_vendor_hook("some_vendor")) is HOOKS[conn_type]
+    assert hook.get_settings().timeout == 7.0
+    assert type(await BackgroundRemovalHook.aget_hook("some_vendor")) is HOOKS[conn_type]
+    assert type(BaseHook.get_connection("some_vendor").get_hook()) is HOOKS[conn_type]
 
 
-def test_registry_refuses_other_connection_types(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_get_hook_refuses_other_connection_types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_SOME_DB", "postgres://user:pw@db:5432/x")
     with pytest.raises(InvalidOptionError, match="not a background-removal vendor"):
-        get_vendor_hook("some_db")
+        BackgroundRemovalHook.get_hook("some_db")
 
 
 # -- secrets and Airflow's supervisor log (dag.test() at DEBUG) ------------------------------------
@@ -272,7 +277,7 @@ def test_connection_fetch_keeps_secrets_out_of_the_in_process_supervisor_log(
     logger = _RecordingLogger()
     with set_supervisor_comms(_in_process_comms(logger)):
         PixianHook().get_settings()
-        get_vendor_hook("pixian_default")
+        BackgroundRemovalHook.get_hook("pixian_default")
     assert len(logger.calls) >= 4  # password, extras, API key, Basic token
     assert KEY not in logger.text and basic_token not in logger.text
 

@@ -260,9 +260,9 @@ def hook(conn: None, make_hook: Callable[..., FakeHook]) -> Iterator[FakeHook]:
         (f"fakevendor://:{KEY}@127.0.0.1:8080", "https://127.0.0.1:8080"),
         (f"fakevendor://:{KEY}@api.example.com", "https://api.example.com"),
         (f"fakevendor://:{KEY}@/?base_url=http%3A%2F%2F127.0.0.1%3A9", "http://127.0.0.1:9"),
-        (
-            f"fakevendor://:{KEY}@ignored.example/?base_url=http%3A%2F%2F127.0.0.1%3A9%2F",
-            "http://127.0.0.1:9",
+        (  # the visible host field wins over the undeclared extra (a warning says so)
+            f"fakevendor://:{KEY}@shown.example/?base_url=http%3A%2F%2F127.0.0.1%3A9%2F",
+            "https://shown.example",
         ),
         (f"fakevendor://:{KEY}@http%3A%2F%2F127.0.0.1:8080", "http://127.0.0.1:8080"),
         (f"fakevendor://:{KEY}@", "https://api.fake.example"),
@@ -299,7 +299,7 @@ def test_uri_extras_timeout_and_max_retries(
         ({"host": "https://h.example:1/", "port": 2}, "https://h.example:1"),
         ({"host": "api.example.com"}, "https://api.example.com"),
         ({"host": "http://127.0.0.1:7/"}, "http://127.0.0.1:7"),
-        ({"host": "http://ignored", "extra": {"base_url": "http://127.0.0.1:9"}}, "http://127.0.0.1:9"),
+        ({"host": "http://shown", "extra": {"base_url": "http://127.0.0.1:9"}}, "http://shown"),
         ({}, "https://api.fake.example"),
     ],
 )
@@ -428,8 +428,8 @@ def test_remove_background_uploads_and_decodes(hook: FakeHook, server: Server) -
     assert result.content == PNG
     assert (result.width, result.height) == (40, 30)
     assert result.request_id == "req-7"
-    assert result.attempts == 1
-    assert result.possibly_charged_retries == 0
+    assert result.call.attempts == 1
+    assert result.call.possibly_charged == 0
     body = server.requests[0].content
     assert b'filename="shoe.png"' in body
     assert b'name="format"' in body
@@ -529,7 +529,7 @@ def test_rate_limit_honours_retry_after(hook: FakeHook, server: Server, sleep: S
     server.on(f"{API}/v1/remove", error_reply(429, **{"retry-after": "3"}), png_reply())
     result = hook.remove_background(PNG)
     assert sleep.waits == [3]
-    assert result.attempts == 2
+    assert result.call.attempts == 2
 
 
 def test_rate_limit_gives_up_with_rate_limited_error(hook: FakeHook, server: Server) -> None:
@@ -583,17 +583,17 @@ def test_transport_errors_are_mapped(
     assert len(server.requests) == 3  # retried up to the policy's attempts
 
 
-def test_lost_reply_then_success_reports_possibly_charged_retries(hook: FakeHook, server: Server) -> None:
+def test_lost_reply_then_success_reports_possibly_charged(hook: FakeHook, server: Server) -> None:
     server.on(f"{API}/v1/remove", _raise(httpx.ReadTimeout), _raise(httpx.ConnectError), png_reply())
     result = hook.remove_background(PNG)
-    assert result.attempts == 3
-    assert result.possibly_charged_retries == 1
+    assert result.call.attempts == 3
+    assert result.call.possibly_charged == 1
 
 
 async def test_async_transport_errors_are_mapped(hook: FakeHook, server: Server) -> None:
     server.on(f"{API}/v1/remove", _raise(httpx.RemoteProtocolError), png_reply())
     result = await hook.aremove_background(PNG)
-    assert result.possibly_charged_retries == 1
+    assert result.call.possibly_charged == 1
     server.on(f"{API}/v1/credits", _raise(httpx.ConnectError))
     with pytest.raises(TransientVendorError) as info:
         await hook.aget_balance()

@@ -223,7 +223,7 @@ async def test_remove_bytes_is_multipart_png_with_image_accept(hook, fake, call)
     assert (result.width, result.height) == (451, 300)
     assert result.vendor == "pixelcut"
     assert result.credits_charged is None  # Pixelcut reports no per-call cost
-    assert result.attempts == 1
+    assert result.call.attempts == 1
     assert Image.open(io.BytesIO(result.content)).mode == "RGBA"
 
 
@@ -717,7 +717,7 @@ async def test_429_storm_then_success(connection, sleeper, call):
     hook = make_hook(fake, sleeper)
     result = await call(hook, "remove_background", photo("horse.png"))
     assert len(fake.requests) == 4
-    assert result.attempts == 4
+    assert result.call.attempts == 4
     assert len(sleeper.waits) == 3
     assert_backoff(sleeper.waits)
 
@@ -726,7 +726,7 @@ async def test_5xx_then_success(connection, sleeper, call):
     fake = FakePixelcut([httpx.Response(500), httpx.Response(503, text="unavailable")])
     hook = make_hook(fake, sleeper)
     result = await call(hook, "generate_background", photo("horse.png"), scene="counter")
-    assert result.attempts == 3
+    assert result.call.attempts == 3
     assert len(sleeper.waits) == 2
     assert_backoff(sleeper.waits)
 
@@ -780,8 +780,8 @@ async def test_timeouts_retry_and_count_possibly_charged(connection, sleeper, ca
     hook = make_hook(fake, sleeper)
     result = await call(hook, "remove_background", photo("horse.png"))
     assert len(attempts) == 2
-    assert result.attempts == 3
-    assert result.possibly_charged_retries == 2  # the upload was complete: Pixelcut may have billed
+    assert result.call.attempts == 3
+    assert result.call.possibly_charged == 2  # the upload was complete: Pixelcut may have billed
 
 
 # -- connections and secrets -------------------------------------------------------------------------

@@ -147,7 +147,7 @@ async def test_remove_background_default(monkeypatch: pytest.MonkeyPatch, mode: 
     assert result.content_type == "image/png"
     assert (result.width, result.height) == (451, 300)
     assert result.credits_charged == Decimal(1)
-    assert result.attempts == 1
+    assert result.call.attempts == 1
     assert result.metadata["test_mode"] is False
 
 
@@ -571,7 +571,7 @@ async def test_5xx_backoff_is_exponential_with_jitter(monkeypatch: pytest.Monkey
         monkeypatch, error_reply(503), error_reply(502), error_reply(500, 1000), cutout_reply()
     )
     result = await run(mode, hook, "remove_background", CHELSEA)
-    assert result.attempts == 4
+    assert result.call.attempts == 4
     assert len(sleeper.waits) == 3
     for wait, base in zip(sleeper.waits, (1.0, 2.0, 4.0), strict=True):
         assert base <= wait <= base + 1.0
@@ -593,7 +593,7 @@ async def test_linear_429_backoff_resets_after_a_success(monkeypatch: pytest.Mon
         second = await hook.aremove_background(CHELSEA)
         await hook.aclose()
     assert sleeper.waits == [5.0, 10.0, 15.0, 5.0, 10.0]  # the counter restarted after the success
-    assert (first.attempts, second.attempts) == (4, 3)
+    assert (first.call.attempts, second.call.attempts) == (4, 3)
     assert len(fake.requests) == 7
 
 
@@ -742,14 +742,14 @@ def test_missing_api_id_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     hook, _, _ = make_hook(monkeypatch, login=None)
     with pytest.raises(InvalidOptionError, match="API id") as info:
         hook.get_balance()
-    assert info.value.parameter == "login"
+    assert info.value.parameter == "API id"  # the connection form's name for the login field
 
 
 def test_missing_secret_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     hook, _, _ = make_hook(monkeypatch, password=None)
     with pytest.raises(InvalidOptionError) as info:
         hook.get_balance()
-    assert info.value.parameter == "password"
+    assert info.value.parameter == "API secret"  # the connection form's name for the password field
 
 
 @pytest.mark.parametrize("mode", MODES)

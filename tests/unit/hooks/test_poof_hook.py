@@ -261,15 +261,21 @@ class TestHookIdentity:
         await call(hook, mode, "get_balance")
         assert str(fake.requests[0].url) == "http://127.0.0.1:8765/v1/me"
 
-    async def test_base_url_extra_wins(self, monkeypatch, make_hook):
+    async def test_host_field_wins_over_base_url_extra(self, monkeypatch, make_hook):
         set_connection(
             monkeypatch,
             "poof_x",
             "poof",
             password=KEY,
-            host="ignored.example",
+            host="http://shown.example",
             extra={"base_url": "http://sb:9/"},
         )
+        fake = FakePoof()
+        make_hook(fake, poof_conn_id="poof_x").get_balance()
+        assert str(fake.requests[0].url) == "http://shown.example/v1/me"
+
+    async def test_base_url_extra_is_still_read_without_host(self, monkeypatch, make_hook):
+        set_connection(monkeypatch, "poof_x", "poof", password=KEY, extra={"base_url": "http://sb:9/"})
         fake = FakePoof()
         make_hook(fake, poof_conn_id="poof_x").get_balance()
         assert str(fake.requests[0].url) == "http://sb:9/v1/me"
@@ -294,7 +300,7 @@ class TestHookIdentity:
         fake = FakePoof()
         with pytest.raises(InvalidOptionError) as exc:
             make_hook(fake, poof_conn_id="poof_nokey").get_balance()
-        assert exc.value.parameter == "password"
+        assert exc.value.parameter == "API key"  # the connection form's name for the password field
         assert fake.requests == []
 
     async def test_context_managers_close_clients(self, poof_conn, make_hook):
@@ -329,8 +335,8 @@ class TestRemoveBackground:
         assert (result.width, result.height) == (400, 328)
         assert result.request_id == "req_abc123xyz"
         assert result.credits_charged == Decimal(1)
-        assert result.attempts == 1
-        assert result.possibly_charged_retries == 0
+        assert result.call.attempts == 1
+        assert result.call.possibly_charged == 0
         assert result.metadata == {
             "processing_time_ms": 321,
             "output_width": 400,
@@ -677,8 +683,8 @@ class TestRetries:
         fake = FakePoof(failure, failure)
         result = await call(make_hook(fake), mode, "remove_background", photo_bytes["horse.png"])
         assert len(fake.requests) == 3
-        assert result.attempts == 3
-        assert result.possibly_charged_retries == 0
+        assert result.call.attempts == 3
+        assert result.call.possibly_charged == 0
         assert len(sleeper.waits) == 2
         assert_exponential(sleeper.waits)
 
@@ -702,14 +708,14 @@ class TestRetries:
         fake = FakePoof(error(429, "rate_limit_exceeded", headers={"Retry-After": "7"}))
         result = await call(make_hook(fake), mode, "remove_background", photo_bytes["horse.png"])
         assert sleeper.waits == [7.0]
-        assert result.attempts == 2
+        assert result.call.attempts == 2
 
     async def test_429_without_retry_after_backs_off_exponentially(
         self, poof_conn, make_hook, sleeper, photo_bytes, mode
     ):
         fake = FakePoof(*[error(429, "rate_limit_exceeded")] * 3)
         result = await call(make_hook(fake), mode, "remove_background", photo_bytes["horse.png"])
-        assert result.attempts == 4
+        assert result.call.attempts == 4
         assert len(sleeper.waits) == 3
         assert_exponential(sleeper.waits)
 
@@ -726,8 +732,8 @@ class TestRetries:
     ):
         fake = FakePoof(httpx.ReadTimeout("slow"))
         result = await call(make_hook(fake), mode, "remove_background", photo_bytes["horse.png"])
-        assert result.attempts == 2
-        assert result.possibly_charged_retries == 1
+        assert result.call.attempts == 2
+        assert result.call.possibly_charged == 1
 
 
 # -- secrets ---------------------------------------------------------------------------------------
