@@ -6,7 +6,7 @@ the hooks send the requests (with the retry policy) and run the local post-proce
 
 Differences between vendors are data: :class:`VendorCapabilities`, :class:`InputLimits`,
 :class:`RetryPolicy`, the default cost table, and an error-code table consumed by the shared
-:func:`error_from_reply`.
+:meth:`VendorWire.error_from_reply`.
 """
 
 from __future__ import annotations
