@@ -36,6 +36,7 @@ _airflow_home = REPO / "build" / "docs-airflow-home"
 _airflow_home.mkdir(parents=True, exist_ok=True)
 os.environ["AIRFLOW_HOME"] = str(_airflow_home)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 from airflow_provider_bgremoval import __version__  # noqa: E402
 
