@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,9 @@ from airflow_provider_bgremoval.options import (
     VendorCapabilities,
     options_fingerprint,
     parse_color,
+    parse_flag,
     parse_format,
+    parse_size,
     plan_processing,
 )
 from tests.support.connections import set_connection
@@ -648,3 +651,190 @@ def test_generate_fingerprints_are_pinned(case: str, monkeypatch: pytest.MonkeyP
     build, expected = GENERATE_CASES[case]
     processor = GenerationProcessor(_hook("pixelcut", monkeypatch), build())
     assert processor.fingerprint == expected
+
+
+# -- how every option model reads user input ---------------------------------------------------------
+
+
+def _option_models() -> list[Any]:
+    from airflow_provider_bgremoval.vendors.pixelcut import (
+        PixelcutGenerateOptions,
+        PixelcutImageTransform,
+        PixelcutOptions,
+        PixelcutShadow,
+    )
+    from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+    from airflow_provider_bgremoval.vendors.poof import PoofOptions
+
+    return [
+        RemovalOptions,
+        PixelcutOptions,
+        PixelcutShadow,
+        PixelcutGenerateOptions,
+        PixelcutImageTransform,
+        PixianOptions,
+        PoofOptions,
+    ]
+
+
+@pytest.mark.parametrize("model", _option_models(), ids=lambda model: model.__name__)
+def test_every_model_has_a_valid_json_schema_that_refuses_unknown_keys(model: Any) -> None:
+    import jsonschema
+
+    schema = model.model_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False
+    assert schema["description"]  # the docstring's first paragraph
+    fields = {f.name for f in dataclasses.fields(model)}
+    assert set(schema["properties"]) == fields
+    for name, prop in schema["properties"].items():
+        assert prop.get("description"), f"{model.__name__}.{name} has no description"
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate({})  # every option has a default
+    assert not validator.is_valid({"no_such_option": 1})
+
+
+def test_json_schema_carries_choices_ranges_and_defaults() -> None:
+    from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+    from airflow_provider_bgremoval.vendors.poof import PoofOptions
+
+    unified = RemovalOptions.model_json_schema()["properties"]
+    assert unified["output_format"]["enum"] == ["png", "jpeg", "webp"]
+    assert unified["output_format"]["default"] == "png"
+    assert (unified["jpeg_quality"]["minimum"], unified["jpeg_quality"]["maximum"]) == (1, 100)
+    assert unified["margin"]["type"] == ["string", "null"]
+    assert PoofOptions.model_json_schema()["properties"]["size"]["enum"] == [
+        "full",
+        "preview",
+        "small",
+        "medium",
+        "large",
+    ]
+    max_pixels = PixianOptions.model_json_schema()["properties"]["max_pixels"]["anyOf"][0]
+    assert (max_pixels["minimum"], max_pixels["maximum"]) == (100, 25_000_000)
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: RemovalOptions(crop=""), False),
+        (lambda: _pixian(test="").test, False),
+        (lambda: _pixian(delta_png=" OFF ").delta_png, False),
+        (lambda: _pixian(delta_png="Yes").delta_png, True),
+        (lambda: _pixelcut_shadow(enabled="0").shadow.enabled, False),
+        (lambda: _pixelcut(shadow="").shadow, None),
+        (lambda: _pixelcut(shadow="on").shadow.automatic, True),
+    ],
+)
+def test_one_boolean_rule_everywhere(build: Callable[[], Any], expected: Any) -> None:
+    """``true/1/yes/on`` and ``false/0/no/off/""`` for every boolean option (any case and spaces)."""
+    result = build()
+    assert (result.crop if isinstance(result, RemovalOptions) else result) is expected
+
+
+@pytest.mark.parametrize(
+    ("build", "parameter"),
+    [
+        (lambda: RemovalOptions(crop="t"), "crop"),
+        (lambda: _pixian(test=2), "test"),
+        (lambda: _pixelcut(shadow="sometimes"), "shadow"),
+        (lambda: _pixelcut_shadow(enabled=None), "shadow.enabled"),
+    ],
+)
+def test_anything_else_is_not_a_boolean(build: Callable[[], Any], parameter: str) -> None:
+    with pytest.raises(InvalidOptionError, match="is not a boolean") as info:
+        build()
+    assert info.value.parameter == parameter
+
+
+def test_blank_text_means_not_set_for_optional_options() -> None:
+    assert (
+        RemovalOptions(background_color=" ", margin="", max_size="").as_dict() == RemovalOptions().as_dict()
+    )
+    assert _pixian(max_pixels="", target_size=" ", result_margin="", jpeg_quality="") == _pixian()
+    assert _pixelcut(margin=" ", margin_top="") == _pixelcut()
+    assert _pixelcut_shadow(opacity="").shadow == _pixelcut_shadow().shadow
+    assert _generate(prompt=" ", scene="") == _generate()
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions(jpeg_quality="")  # not optional: blank is not a value
+    assert info.value.parameter == "jpeg_quality"
+
+
+def test_numbers_accept_numeric_text_but_not_booleans_or_infinities() -> None:
+    assert _pixian(max_pixels=" 1000 ", jpeg_quality=80.0) == _pixian(max_pixels=1000, jpeg_quality=80)
+    for bad in (True, "1e400", float("inf"), "many", 80.5):
+        with pytest.raises(InvalidOptionError) as info:
+            _pixian(jpeg_quality=bad)
+        assert info.value.parameter == "jpeg_quality"
+
+
+def test_errors_name_the_parameter_with_a_plain_message() -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        _pixelcut(shadow={"opacity": 2})
+    assert info.value.parameter == "shadow.opacity"
+    assert str(info.value).endswith(
+        "invalid 'shadow.opacity': input should be less than or equal to 1 (got 2)"
+    )
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions(background_colour="red")  # type: ignore[call-arg]
+    assert info.value.parameter == "background_colour"
+    assert "expected one of output_format, background_color" in info.value.message
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.coerce({"crop": "maybe"})
+    assert info.value.parameter == "crop"
+    assert "Value error" not in str(info.value)
+
+
+def test_replace_revalidates_and_coerce_keeps_an_instance() -> None:
+    options = RemovalOptions.create(crop=True, margin="5%")
+    assert RemovalOptions.coerce(options) is options
+    assert RemovalOptions.coerce(None) == RemovalOptions()
+    assert RemovalOptions.coerce({"output_format": "jpg"}).output_format == "jpeg"
+    assert dataclasses.replace(options, max_size="10x20").max_size == (10, 20)
+    with pytest.raises(InvalidOptionError) as info:
+        dataclasses.replace(options, crop=False)
+    assert info.value.parameter == "margin"
+    with pytest.raises(InvalidOptionError) as info:
+        RemovalOptions.coerce(["png"])
+    assert info.value.parameter == "vendor_options"
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "expected"),
+    [
+        ("800x600", {}, (800, 600)),
+        (" 800 × 600 ", {}, (800, 600)),
+        ("1920 1080", {}, (1920, 1080)),
+        ([10.0, "20"], {}, (10, 20)),
+        (512, {"square": True}, (512, 512)),
+        ("512", {"square": True}, (512, 512)),
+        ("100000x1", {}, (100_000, 1)),
+    ],
+)
+def test_parse_size(value: Any, kwargs: dict[str, Any], expected: tuple[int, int]) -> None:
+    assert parse_size(value, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "fragment"),
+    [
+        (512, {}, "WIDTHxHEIGHT"),
+        ("512", {}, "WIDTHxHEIGHT"),
+        ((1, 2, 3), {}, "WIDTHxHEIGHT"),
+        ((True, 2), {}, "whole number"),
+        ("0x5", {}, "below 1"),
+        ("30x20001", {"max_side": 20_000}, "over 20,000"),
+    ],
+)
+def test_parse_size_errors(value: Any, kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_size(value, **kwargs)
+
+
+def test_parse_flag_outside_a_model_names_the_parameter() -> None:
+    assert parse_flag(" Off ", parameter="test_mode") is False
+    with pytest.raises(InvalidOptionError) as info:
+        parse_flag("sometimes", parameter="test_mode")
+    assert info.value.parameter == "test_mode"
+    with pytest.raises(ValueError, match="not a boolean"):
+        parse_flag("sometimes")

@@ -1,0 +1,113 @@
+"""What every vendor wire format shares: header numbers, the error-mapping table, option handling."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InputRejectedError,
+    InvalidOptionError,
+    OutOfCreditsError,
+    RateLimitedError,
+    TransientVendorError,
+    VendorAuthError,
+    VendorRequestError,
+)
+from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.vendors.base import ConnectionSettings, VendorWire, parse_float, parse_int
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions, PixelcutWire
+from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire
+from airflow_provider_bgremoval.vendors.poof import PoofOptions, PoofWire
+
+
+@pytest.mark.parametrize(
+    ("value", "as_int", "as_float"),
+    [(None, None, None), (" 42 ", 42, 42.0), ("0.75", None, 0.75), ("n/a", None, None), ("", None, None)],
+)
+def test_header_numbers(value: str | None, as_int: int | None, as_float: float | None) -> None:
+    assert parse_int(value) == as_int
+    assert parse_float(value) == as_float
+
+
+def poof_wire() -> PoofWire:
+    return PoofWire(ConnectionSettings(base_url=PoofWire.default_base_url, api_key="pk_base_test_key"))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (402, None, OutOfCreditsError),
+        (400, "payment_required", OutOfCreditsError),  # a credit code wins over any status
+        (401, None, VendorAuthError),
+        (500, "authentication_error", VendorAuthError),
+        (403, None, VendorAuthError),
+        (429, None, RateLimitedError),
+        (408, None, TransientVendorError),
+        (503, None, TransientVendorError),
+        (500, "processing_failed", InputRejectedError),  # deterministic for the input
+        (422, None, InputRejectedError),
+        (400, "invalid_image", InputRejectedError),
+        (400, None, VendorRequestError),
+        (404, "not_found", VendorRequestError),
+    ],
+)
+def test_error_type_is_the_first_rule_that_applies(
+    status: int, code: str | None, expected: type[BgRemovalError]
+) -> None:
+    assert poof_wire().error_type(status, code, "message") is expected
+
+
+def test_error_from_reply_carries_the_facts_and_retry_after() -> None:
+    reply = httpx.Response(
+        429,
+        json={"code": "rate_limited", "message": "slow down", "request_id": "req-9"},
+        headers={"retry-after": "7"},
+    )
+    error = poof_wire().error_from_reply(reply)
+    assert isinstance(error, RateLimitedError)
+    assert (error.retry_after, error.status_code, error.code, error.request_id) == (
+        7.0,
+        429,
+        "rate_limited",
+        "req-9",
+    )
+    transient = poof_wire().error_from_reply(httpx.Response(502, text="<h1>Bad Gateway</h1>"))
+    assert isinstance(transient, TransientVendorError)
+    assert transient.possibly_charged is False
+
+
+@pytest.mark.parametrize(
+    ("wire", "options"),
+    [(PixelcutWire, PixelcutOptions), (PixianWire, PixianOptions), (PoofWire, PoofOptions)],
+)
+def test_each_wire_coerces_its_own_options_once(wire: type[VendorWire], options: type) -> None:
+    typed = options()
+    assert wire.coerce_options(typed) is typed  # already typed: passed through, not re-validated
+    assert wire.coerce_options(None) == typed
+    assert wire.check_call(RemovalOptions(), None) == typed
+    with pytest.raises(InvalidOptionError):
+        wire.coerce_options({"no_such_option": 1})
+    others = [o() for o in (PixelcutOptions, PixianOptions, PoofOptions) if o is not options]
+    for other in others:  # another vendor's options are not these
+        with pytest.raises(InvalidOptionError) as info:
+            wire.coerce_options(other)
+        assert info.value.parameter == "vendor_options"
+
+
+def test_default_cost_validates_the_options() -> None:
+    assert PoofWire.estimate_cost({"size": "small"}) == Decimal(1)
+    with pytest.raises(InvalidOptionError) as info:
+        PoofWire.estimate_cost({"size": "hd"})
+    assert info.value.parameter == "size"
+
+
+def test_text_excerpt_is_one_short_line() -> None:
+    body = "<html>\n<body>" + "x" * 1000 + "</body></html>"
+    excerpt = VendorWire.text_excerpt(httpx.Response(500, content=body.encode() + b"\xff"))
+    assert "\n" not in excerpt
+    assert len(excerpt) <= 300
+    assert excerpt.startswith("<html> <body>x")
