@@ -6,6 +6,8 @@ from typing import Any
 
 _PACKAGE = "airflow_provider_bgremoval"
 _INTEGRATIONS = ("Pixelcut", "Pixian.AI", "Poof")
+#: Modules of ``airflow_provider_bgremoval.operators`` that define operators (every one is listed).
+_OPERATORS = ("bucket", "preflight", "monitor", "report", "sharding")
 
 _COMMON_FIELDS: dict[str, Any] = {
     "timeout": {
@@ -49,10 +51,11 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-bgremoval",
         "name": "Background Removal (Pixelcut, Pixian.AI, Poof)",
+        # Plain words: Airflow's Providers page strips RST syntax, links only bare URLs and drops the
+        # space after each link. The vendors' documentation is each integration's external-doc-url.
         "description": (
-            "Remove and generate image backgrounds over Google Cloud Storage buckets with "
-            "`Pixelcut <https://www.pixelcut.ai/>`__, `Pixian.AI <https://pixian.ai/>`__ and "
-            "`Poof <https://poof.bg/>`__."
+            "Remove and generate image backgrounds in Google Cloud Storage buckets with Pixelcut, "
+            "Pixian.AI and Poof."
         ),
         "integrations": [
             {
@@ -74,14 +77,7 @@ def get_provider_info() -> dict[str, Any]:
         ],
         # The credits sensor, trigger and operators serve every vendor (picked by connection type).
         "operators": [
-            {
-                "integration-name": name,
-                "python-modules": [
-                    f"{_PACKAGE}.operators.bucket",
-                    f"{_PACKAGE}.operators.sharding",
-                    f"{_PACKAGE}.operators.credits",
-                ],
-            }
+            {"integration-name": name, "python-modules": [f"{_PACKAGE}.operators.{m}" for m in _OPERATORS]}
             for name in _INTEGRATIONS
         ],
         "sensors": [

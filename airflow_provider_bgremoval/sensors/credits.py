@@ -10,18 +10,15 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_bgremoval._compat import AirflowFailException, AirflowSkipException, conf
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.hooks.registry import get_vendor_hook
-from airflow_provider_bgremoval.triggers.credits import (
-    DEFAULT_MAX_POLL_INTERVAL,
-    CreditsTrigger,
+from airflow_provider_bgremoval.credits import (
     describe_error,
     has_enough,
     is_fatal_balance_error,
     parse_min_credits,
-    usable_credits,
 )
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -87,7 +84,7 @@ class CreditsSensor(BaseSensorOperator):
 
     def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``."""
-        return get_vendor_hook(self.conn_id)
+        return BackgroundRemovalHook.get_hook(self.conn_id)
 
     def _fail(self, message: str) -> AirflowFailException:
         return AirflowFailException(f"{type(self).__name__} on connection {self.conn_id!r}: {message}")
@@ -115,13 +112,12 @@ class CreditsSensor(BaseSensorOperator):
             return PokeReturnValue(is_done=False)
         finally:
             hook.close()
-        usable = usable_credits(balance)
         if has_enough(balance, threshold):
             self.log.info(
                 "%s (%s): %s credits remaining, threshold %s: met",
                 self.conn_id,
                 balance.vendor,
-                usable,
+                balance.remaining,
                 threshold,
             )
             return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
@@ -129,7 +125,7 @@ class CreditsSensor(BaseSensorOperator):
             "%s (%s): %s usable credits (state %s), threshold %s: waiting",
             self.conn_id,
             balance.vendor,
-            usable,
+            balance.remaining,
             balance.state.value,
             threshold,
         )

@@ -2,10 +2,9 @@
 
 The trigger only *reads* balances (a free call on every vendor) through the hooks' async methods;
 it never makes a billed call (DESIGN.md decision 4: a triggerer restart replays triggers). It holds
-only primitives, reads its connection the async way and never blocks the event loop.
-
-The helpers at the top (threshold parsing, error classification) are shared with
-:class:`~airflow_provider_bgremoval.sensors.credits.CreditsSensor` so that poke, reschedule and
+only primitives, reads its connection the async way and never blocks the event loop. It decides with
+the rules of :mod:`airflow_provider_bgremoval.credits`, as
+:class:`~airflow_provider_bgremoval.sensors.credits.CreditsSensor` does, so that poke, reschedule and
 deferrable modes decide identically.
 """
 
@@ -14,94 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_bgremoval._compat import AirflowNotFoundException
-from airflow_provider_bgremoval.exceptions import (
-    BgRemovalError,
-    InvalidOptionError,
-    InvalidVendorResponseError,
-    OutOfCreditsError,
-    RateLimitedError,
-    TransientVendorError,
+from airflow_provider_bgremoval.credits import (
+    describe_error,
+    has_enough,
+    is_fatal_balance_error,
+    parse_min_credits,
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.hooks.registry import aget_vendor_hook
-from airflow_provider_bgremoval.results import Balance
 
 log = logging.getLogger(__name__)
 
 #: Longest wait between two polls when exponential backoff is on and no ``max_wait`` was given.
 DEFAULT_MAX_POLL_INTERVAL = 900.0
-
-#: Errors after which a later poll may succeed: logged, and polling goes on (until the timeout).
-#: ``OutOfCreditsError`` from a balance endpoint means "nothing usable yet", which is what we wait for.
-_POLL_AGAIN_ERRORS: tuple[type[BgRemovalError], ...] = (
-    TransientVendorError,
-    RateLimitedError,
-    InvalidVendorResponseError,
-    OutOfCreditsError,
-)
-
-
-def parse_min_credits(value: Any, parameter: str = "min_credits") -> Decimal:
-    """
-    A credit threshold as an exact :class:`~decimal.Decimal` (``Decimal(str(value))``: ``0.1`` stays 0.1).
-
-    :param value: a number or a numeric string (e.g. a rendered template).
-    :param parameter: the parameter name used in the error message.
-    """
-    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
-        raise InvalidOptionError(parameter, f"{value!r} is not a number of credits")
-    try:
-        number = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise InvalidOptionError(parameter, f"{value!r} is not a number of credits") from None
-    if not number.is_finite() or number < 0:
-        raise InvalidOptionError(parameter, f"{value!r} must be a non-negative number of credits")
-    return number
-
-
-def has_enough(balance: Balance, min_credits: Decimal) -> bool:
-    """
-    True when the *usable* balance reaches ``min_credits`` (equal passes).
-
-    Dormant and suspended accounts have 0 usable credits, whatever number the vendor reports.
-
-    :param balance: the normalised balance.
-    :param min_credits: the threshold.
-    """
-    return usable_credits(balance) >= min_credits
-
-
-def usable_credits(balance: Balance) -> Decimal:
-    """
-    Credits that can be spent now (0 for dormant or suspended accounts).
-
-    :param balance: the normalised balance.
-    """
-    return balance.remaining if balance.usable else Decimal(0)
-
-
-def is_fatal_balance_error(exc: BaseException) -> bool:
-    """
-    True when no later balance poll can succeed: bad credentials, a missing or misconfigured
-    connection, or a 4xx the vendor will repeat. Transient failures (5xx, 429, timeouts, garbled
-    replies) are not fatal: the poll is logged and polling continues until the sensor's timeout.
-
-    :param exc: the error a balance call raised.
-    """
-    if isinstance(exc, _POLL_AGAIN_ERRORS):
-        return False
-    return isinstance(exc, (BgRemovalError, AirflowNotFoundException, ValueError, TypeError))
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line description of a balance error (exception texts never carry secrets)."""
-    return f"{type(exc).__name__}: {exc}"
 
 
 class CreditsTrigger(BaseTrigger):
@@ -161,7 +89,7 @@ class CreditsTrigger(BaseTrigger):
 
     async def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``, connection read without blocking (tests override this)."""
-        return await aget_vendor_hook(self.conn_id)
+        return await BackgroundRemovalHook.aget_hook(self.conn_id)
 
     def next_interval(self, polls: int) -> float:
         """
@@ -198,45 +126,54 @@ class CreditsTrigger(BaseTrigger):
         try:
             while True:
                 polls += 1
-                try:
-                    balance = await hook.aget_balance()
-                except Exception as exc:
-                    if is_fatal_balance_error(exc):
-                        return self._error(exc, fatal=True)
-                    log.warning(
-                        "Balance poll %d on %s failed after retries (%s); polling again",
-                        polls,
-                        self.conn_id,
-                        describe_error(exc),
-                    )
-                else:
-                    if has_enough(balance, threshold):
-                        log.info(
-                            "%s (%s): %s usable credits, threshold %s: met after %d poll(s)",
-                            self.conn_id,
-                            balance.vendor,
-                            usable_credits(balance),
-                            threshold,
-                            polls,
-                        )
-                        return {
-                            "status": "success",
-                            "conn_id": self.conn_id,
-                            "min_credits": str(threshold),
-                            "balance": balance.as_dict(),
-                            "polls": polls,
-                        }
-                    log.info(
-                        "%s (%s): %s usable credits (state %s), threshold %s: waiting",
-                        self.conn_id,
-                        balance.vendor,
-                        usable_credits(balance),
-                        balance.state.value,
-                        threshold,
-                    )
+                event = await self._poll_once(hook, threshold, polls)
+                if event is not None:
+                    return event
                 await self.sleep(self.next_interval(polls))
         finally:
             await hook.aclose()
+
+    async def _poll_once(
+        self, hook: BackgroundRemovalHook[Any], threshold: Decimal, polls: int
+    ) -> dict[str, Any] | None:
+        """One balance read: the event to fire, or ``None`` to poll again."""
+        try:
+            balance = await hook.aget_balance()
+        except Exception as exc:
+            if is_fatal_balance_error(exc):
+                return self._error(exc, fatal=True)
+            log.warning(
+                "Balance poll %d on %s failed after retries (%s); polling again",
+                polls,
+                self.conn_id,
+                describe_error(exc),
+            )
+            return None
+        if not has_enough(balance, threshold):
+            log.info(
+                "%s (%s): %s usable credits (state %s), threshold %s: waiting",
+                self.conn_id,
+                balance.vendor,
+                balance.remaining,
+                balance.state.value,
+                threshold,
+            )
+            return None
+        log.info(
+            "%s (%s): %s usable credits, threshold %s: met after %d poll(s)",
+            self.conn_id,
+            balance.vendor,
+            balance.remaining,
+            threshold,
+            polls,
+        )
+        return {
+            "status": "success",
+            "conn_id": self.conn_id,
+            "min_credits": str(threshold),
+            "balance": balance.as_dict(),
+            "polls": polls,
+        }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the threshold is met (or a fatal error), yield one event, return."""

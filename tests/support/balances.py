@@ -1,8 +1,10 @@
-"""Fixtures for the credits tests: three fake vendor balance endpoints behind one httpx.MockTransport.
+"""Three fake vendor balance endpoints behind one httpx.MockTransport, for the credit tests.
 
 ``vendors`` defines ``pixelcut_default``, ``pixian_default`` and ``poof_default`` connections and
 replaces the hook factories used by the sensor, the trigger and the operators with ones that inject
-the mock transport and a time-travel sleep, so every hook (sync and async) talks to the fake.
+the mock transport and a time-travel sleep, so every hook (sync and async) talks to the fake. ``sb``
+gives the session sandbox with ``sb_pixelcut``/``sb_pixian``/``sb_poof`` connections. A test folder
+uses them by importing the fixtures into its ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from airflow_provider_bgremoval.hooks import registry
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.sandbox import RunningSandbox
 from tests.support.connections import SleepRecorder, set_connection
@@ -123,24 +124,19 @@ def vendors(monkeypatch: pytest.MonkeyPatch, sleeper: SleepRecorder) -> FakeVend
             "async_sleep": sleeper.asleep,
         }
 
-    real_get, real_aget = registry.get_vendor_hook, registry.aget_vendor_hook
+    real_get, real_aget = BackgroundRemovalHook.get_hook, BackgroundRemovalHook.aget_hook
 
-    def get_vendor_hook(conn_id: str, **hook_kwargs: Any) -> BackgroundRemovalHook[Any]:
-        return real_get(conn_id, **{**kwargs(), **hook_kwargs})
+    def get_hook(conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
+        return real_get(conn_id, {**kwargs(), **(hook_params or {})})
 
-    async def aget_vendor_hook(conn_id: str, **hook_kwargs: Any) -> BackgroundRemovalHook[Any]:
-        return await real_aget(conn_id, **{**kwargs(), **hook_kwargs})
+    async def aget_hook(
+        conn_id: str, hook_params: dict[str, Any] | None = None
+    ) -> BackgroundRemovalHook[Any]:
+        return await real_aget(conn_id, {**kwargs(), **(hook_params or {})})
 
-    for module in (
-        "airflow_provider_bgremoval.sensors.credits",
-        "airflow_provider_bgremoval.operators.bucket",
-    ):
-        monkeypatch.setattr(f"{module}.get_vendor_hook", get_vendor_hook)
-    for module in (
-        "airflow_provider_bgremoval.triggers.credits",
-        "airflow_provider_bgremoval.operators.credits",
-    ):
-        monkeypatch.setattr(f"{module}.aget_vendor_hook", aget_vendor_hook)
+    # Every caller (operators, sensor, trigger) finds its hook through these two class methods.
+    monkeypatch.setattr(BackgroundRemovalHook, "get_hook", staticmethod(get_hook))
+    monkeypatch.setattr(BackgroundRemovalHook, "aget_hook", staticmethod(aget_hook))
     return fake
 
 

@@ -127,6 +127,49 @@ def test_every_listed_module_imports(info: dict[str, Any]) -> None:
         importlib.import_module(module)
 
 
+def _modules_defining(base: type, *, but_not: type | None = None) -> set[str]:
+    """The package's modules that define a usable subclass of ``base`` (deprecated shims define none)."""
+    import inspect
+    import pkgutil
+
+    import airflow_provider_bgremoval as package
+
+    found = set()
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if not (inspect.isclass(value) and value.__module__ == module.__name__):
+                continue
+            excluded = but_not is not None and issubclass(value, but_not)
+            if issubclass(value, base) and not excluded and _is_usable(value):
+                found.add(module.__name__)
+    return found
+
+
+def _is_usable(cls: type) -> bool:
+    """An operator with its own ``execute`` (a base holding parameters only is not registered)."""
+    from airflow.sdk import BaseOperator
+
+    return not issubclass(cls, BaseOperator) or cls.execute is not BaseOperator.execute
+
+
+def _listed(info: dict[str, Any], section: str) -> set[str]:
+    return {module for entry in info[section] for module in entry["python-modules"]}
+
+
+def test_every_operator_sensor_and_trigger_module_is_registered(info: dict[str, Any]) -> None:
+    from airflow.sdk import BaseOperator, BaseSensorOperator
+    from airflow.triggers.base import BaseTrigger
+
+    operators = _modules_defining(BaseOperator, but_not=BaseSensorOperator)
+    assert "airflow_provider_bgremoval.operators.report" in operators  # RunReportOperator
+    assert _listed(info, "operators") == operators
+    assert _listed(info, "sensors") == _modules_defining(BaseSensorOperator)
+    assert _listed(info, "triggers") == _modules_defining(BaseTrigger)
+    for section in ("operators", "sensors", "triggers"):  # every vendor integration lists them all
+        assert len({tuple(entry["python-modules"]) for entry in info[section]}) == 1, section
+
+
 @pytest.mark.parametrize(("conn_type", "dotted"), sorted(HOOKS.items()))
 def test_legacy_ui_field_behaviour_matches_the_provider_info(
     conn_type: str, dotted: str, info: dict[str, Any]

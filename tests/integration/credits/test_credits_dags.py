@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 PREFLIGHT_DAG = """
 from airflow.sdk import DAG
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
-from airflow_provider_bgremoval.operators.credits import CreditsCheckOperator
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
 
 BATCH = dict(
     conn_id={conn_id!r},
@@ -273,7 +273,7 @@ def test_deferrable_sensor_auth_failure_fails_without_waiting(
 
 MONITOR_DAG = """
 from airflow.sdk import DAG
-from airflow_provider_bgremoval.operators.credits import CreditMonitorOperator
+from airflow_provider_bgremoval.operators.monitor import CreditMonitorOperator
 
 with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
     CreditMonitorOperator(

@@ -14,13 +14,13 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.operators.credits import (
+from airflow_provider_bgremoval.operators.monitor import (
     BalanceCheck,
     CreditMonitorOperator,
     acheck_balances,
     check_balances,
 )
-from tests.unit.credits.conftest import SECRETS, FakeVendors
+from tests.support.balances import SECRETS, FakeVendors
 
 THRESHOLDS = {"pixelcut_default": 100, "pixian_default": "50.5", "poof_default": 20}
 

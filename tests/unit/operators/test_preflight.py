@@ -1,8 +1,8 @@
 """CreditsCheckOperator arithmetic and halts, with a synthetic plan and MockTransport vendors.
 
 Planning itself is the bucket pipeline's ``plan_batch`` (exercised with fake-gcs-server in the
-integration tests); here ``plan()`` returns a prepared :class:`BatchPlan` so every branch of the
-pricing and the verdict is checked quickly.
+integration tests); here ``BucketJob.plan()`` returns a prepared :class:`BatchPlan` so every branch
+of the pricing and the verdict is checked quickly.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
-from airflow_provider_bgremoval.operators.credits import (
+from airflow_provider_bgremoval.operators.bucket_job import BucketJob
+from airflow_provider_bgremoval.operators.preflight import (
     CreditsCheckOperator,
     GenerateCreditsCheckOperator,
     SafetyMargin,
@@ -27,7 +27,7 @@ from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, P
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
 from tests.conftest import IMAGES
-from tests.unit.credits.conftest import FakeVendors
+from tests.support.balances import FakeVendors
 
 HALT_KEYS = set(HaltInfo("r", "v", "m").as_dict())
 
@@ -57,11 +57,11 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> dict[str, BatchPlan]:
     """``planned["plan"] = make_plan(...)`` sets what ``plan()`` returns; records the processor used."""
     box: dict[str, Any] = {"plan": make_plan(0)}
 
-    def plan(self: Any, storage: Any, processor: Any, spec: Any) -> BatchPlan:
-        box["processor"] = processor
+    def plan(self: BucketJob) -> BatchPlan:
+        box["processor"] = self.processor
         return box["plan"]
 
-    monkeypatch.setattr(RemoveBackgroundOperator, "plan", plan)
+    monkeypatch.setattr(BucketJob, "plan", plan)
     monkeypatch.setattr(
         GcsStorage, "read", lambda self, bucket, name, **kw: (IMAGES / "chelsea.png").read_bytes()
     )
@@ -129,7 +129,7 @@ def test_images_checked_by_header_only_are_reported(
     """Pre-flight honesty: billable images too large to verify at planning are named as such."""
     planned["plan"] = make_plan(40, done=2, header_only=6)
     vendors.set_pixelcut(100)
-    with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.operators.credits"):
+    with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.operators.preflight"):
         estimate, _, error = run(check())
     assert error is None
     assert estimate is not None
@@ -226,8 +226,8 @@ def test_nothing_billable_passes_even_when_broke(vendors: FakeVendors, planned: 
 def test_pixian_test_mode_connection_costs_nothing(
     vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tests.support.balances import PIXIAN_ID, PIXIAN_SECRET
     from tests.support.connections import set_connection
-    from tests.unit.credits.conftest import PIXIAN_ID, PIXIAN_SECRET
 
     set_connection(
         monkeypatch,
@@ -351,12 +351,7 @@ def test_safety_margin_parsing() -> None:
     assert str(SafetyMargin.parse(" 10 % ")) == "10%"
 
 
-def test_generate_preflight_is_pixelcut_generate(
-    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from airflow_provider_bgremoval.operators.bucket import GenerateBackgroundOperator
-
-    monkeypatch.setattr(GenerateBackgroundOperator, "plan", RemoveBackgroundOperator.plan)
+def test_generate_preflight_is_pixelcut_generate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     planned["plan"] = make_plan(5)
     vendors.set_pixelcut(4)
     op = GenerateCreditsCheckOperator(

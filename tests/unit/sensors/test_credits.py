@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import (
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.sensors.credits import CreditsSensor
 from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
-from tests.unit.credits.conftest import SECRETS, FakeVendors
+from tests.support.balances import SECRETS, FakeVendors
 
 CONNS = {"pixelcut": "pixelcut_default", "pixian": "pixian_default", "poof": "poof_default"}
 

@@ -13,8 +13,8 @@ from airflow.triggers.base import TriggerEvent
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.sandbox import RunningSandbox
 from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
+from tests.support.balances import SECRETS, FakeVendors
 from tests.support.connections import set_connection
-from tests.unit.credits.conftest import SECRETS, FakeVendors
 
 
 class TimeTravel:

@@ -1,0 +1,124 @@
+"""The before/after contact sheet of a run: thumbnails of sources next to their results.
+
+Results sit on a checkerboard so that transparency shows. :func:`contact_sheet_size` is the single
+source of the geometry; :func:`render_contact_sheet` draws the sheet as PNG bytes. Both are usable
+outside Airflow.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from airflow_provider_bgremoval.exceptions import safe_excerpt
+
+log = logging.getLogger(__name__)
+
+# Layout (pixels).
+_PAD = 8
+_LABEL = 16
+_HEADER = 28
+_CHECKER = 8
+_BACKGROUND = (250, 250, 250)
+_INK = (40, 40, 40)
+
+
+def contact_sheet_size(pairs: int, *, thumb: int = 160, columns: int = 3) -> tuple[int, int]:
+    """
+    The exact ``(width, height)`` of a contact sheet with ``pairs`` before/after pairs.
+
+    Pairs are laid out in ``min(pairs, columns)`` columns; each cell is two ``thumb``-pixel squares
+    side by side with a label line under them; a header line runs across the top.
+
+    :param pairs: number of before/after pairs (at least 1).
+    :param thumb: edge of each thumbnail square.
+    :param columns: pairs per row.
+    """
+    if pairs < 1:
+        raise ValueError("a contact sheet needs at least one pair")
+    cols = min(pairs, columns)
+    rows = -(-pairs // cols)
+    cell_w = 2 * thumb + _PAD
+    cell_h = thumb + _LABEL
+    return (_PAD + cols * (cell_w + _PAD), _HEADER + rows * (cell_h + _PAD))
+
+
+def checkerboard(size: tuple[int, int], square: int = _CHECKER) -> Image.Image:
+    """
+    A light grey checkerboard (the usual "transparent" backdrop).
+
+    :param size: ``(width, height)``.
+    :param square: edge of one square.
+    """
+    board = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(board)
+    for y in range(0, size[1], square):
+        for x in range((y // square) % 2 * square, size[0], 2 * square):
+            draw.rectangle((x, y, x + square - 1, y + square - 1), fill=(204, 204, 204))
+    return board
+
+
+def _thumbnail(data: bytes, thumb: int, *, on_checkerboard: bool) -> Image.Image:
+    """``thumb`` x ``thumb`` tile: the image fitted and centred; alpha shown over a checkerboard."""
+    tile = (
+        checkerboard((thumb, thumb)) if on_checkerboard else Image.new("RGB", (thumb, thumb), (255, 255, 255))
+    )
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.thumbnail((thumb, thumb))
+            image = image.convert("RGBA")
+    except Exception as exc:  # a damaged object must not break the report
+        log.warning("Contact sheet: cannot decode an image (%s)", exc)
+        ImageDraw.Draw(tile).text((6, thumb // 2 - 6), "unreadable", fill=(180, 0, 0))
+        return tile
+    offset = ((thumb - image.width) // 2, (thumb - image.height) // 2)
+    tile.paste(image, offset, image)
+    return tile
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def render_contact_sheet(
+    pairs: Sequence[tuple[str, bytes, bytes]],
+    *,
+    title: str = "",
+    thumb: int = 160,
+    columns: int = 3,
+    colors: int | None = 256,
+) -> bytes:
+    """
+    Render a before/after contact sheet as PNG bytes.
+
+    :param pairs: ``(label, source bytes, result bytes)`` per pair, in display order.
+    :param title: header text.
+    :param thumb: edge of each thumbnail square (see :func:`contact_sheet_size`).
+    :param columns: pairs per row.
+    :param colors: reduce to a palette of this many colours (small files); ``None`` keeps true colour.
+    """
+    width, height = contact_sheet_size(len(pairs), thumb=thumb, columns=columns)
+    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((_PAD, 7), safe_excerpt(title, 2 * width // 7), fill=_INK, font=_font(13))
+    cols = min(len(pairs), columns)
+    label_font = _font(11)
+    label_limit = (2 * thumb + _PAD) // 6
+    for index, (label, before, after) in enumerate(pairs):
+        row, col = divmod(index, cols)
+        x = _PAD + col * (2 * thumb + 2 * _PAD)
+        y = _HEADER + row * (thumb + _LABEL + _PAD)
+        sheet.paste(_thumbnail(before, thumb, on_checkerboard=False), (x, y))
+        sheet.paste(_thumbnail(after, thumb, on_checkerboard=True), (x + thumb + _PAD, y))
+        draw.text((x, y + thumb + 2), safe_excerpt(label, label_limit), fill=_INK, font=label_font)
+    out = io.BytesIO()
+    final = sheet.quantize(colors=colors, method=Image.Quantize.MEDIANCUT) if colors else sheet
+    final.save(out, format="PNG", optimize=True)
+    return out.getvalue()

@@ -1,0 +1,96 @@
+"""Credit rules shared by the sensor, the trigger, the pre-flight and the monitor.
+
+One place decides what a credit amount is (:func:`parse_min_credits`, :func:`parse_credits`), when a
+balance reaches a threshold (:func:`has_enough`) and which balance errors no later poll can fix
+(:func:`is_fatal_balance_error`), so that poke, reschedule and deferrable modes, the pre-flight and
+the monitor decide identically. The usable amount of a balance is
+:attr:`~airflow_provider_bgremoval.results.Balance.remaining` (0 for dormant or suspended accounts),
+whether it can pay for work is :attr:`~airflow_provider_bgremoval.results.Balance.usable`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from airflow_provider_bgremoval._compat import AirflowNotFoundException
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InvalidOptionError,
+    InvalidVendorResponseError,
+    OutOfCreditsError,
+    RateLimitedError,
+    TransientVendorError,
+)
+from airflow_provider_bgremoval.results import Balance
+
+#: Errors after which a later poll may succeed: logged, and polling goes on (until the timeout).
+#: ``OutOfCreditsError`` from a balance endpoint means "nothing usable yet", which is what we wait for.
+_POLL_AGAIN_ERRORS: tuple[type[BgRemovalError], ...] = (
+    TransientVendorError,
+    RateLimitedError,
+    InvalidVendorResponseError,
+    OutOfCreditsError,
+)
+
+
+def parse_min_credits(value: Any, parameter: str = "min_credits") -> Decimal:
+    """
+    A credit amount as an exact :class:`~decimal.Decimal` (``Decimal(str(value))``: ``0.1`` stays 0.1).
+
+    :param value: a number or a numeric string (e.g. a rendered template).
+    :param parameter: the parameter name used in the error message.
+    """
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidOptionError(parameter, f"{value!r} is not a number of credits")
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise InvalidOptionError(parameter, f"{value!r} is not a number of credits") from None
+    if not number.is_finite() or number < 0:
+        raise InvalidOptionError(parameter, f"{value!r} must be a non-negative number of credits")
+    return number
+
+
+def parse_credits(value: Any, parameter: str) -> Decimal | None:
+    """
+    An optional credit amount: ``None`` when not given (``None`` or ``""``), else :func:`parse_min_credits`.
+
+    :param value: a number, a numeric string, ``None`` or ``""``.
+    :param parameter: the parameter name used in the error message.
+    """
+    return None if value in (None, "") else parse_min_credits(value, parameter)
+
+
+def has_enough(balance: Balance, min_credits: Decimal) -> bool:
+    """
+    True when the account can spend ``min_credits`` now (equal passes; a threshold of 0 always passes).
+
+    Dormant and suspended accounts can spend nothing, whatever number the vendor reports.
+
+    :param balance: the normalised balance.
+    :param min_credits: the threshold.
+    """
+    return min_credits <= 0 or (balance.usable and balance.remaining >= min_credits)
+
+
+def is_fatal_balance_error(exc: BaseException) -> bool:
+    """
+    True when no later balance poll can succeed: bad credentials, a missing or misconfigured
+    connection, or a 4xx the vendor will repeat. Transient failures (5xx, 429, timeouts, garbled
+    replies) are not fatal: the poll is logged and polling continues until the sensor's timeout.
+
+    :param exc: the error a balance call raised.
+    """
+    if isinstance(exc, _POLL_AGAIN_ERRORS):
+        return False
+    return isinstance(exc, (BgRemovalError, AirflowNotFoundException, ValueError, TypeError))
+
+
+def describe_error(exc: BaseException) -> str:
+    """
+    A one-line description of a balance error (exception texts never carry secrets).
+
+    :param exc: the error.
+    """
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,265 @@
+"""The bucket job: what a bucket task works on, shared by the batch operators and the credits pre-flight.
+
+A :class:`BucketJob` holds the batch spec (sources, outputs, filters), the GCS storage, the vendor hook
+and the image processor; :meth:`BucketJob.plan` plans it with
+:func:`~airflow_provider_bgremoval.pipeline.planning.plan_batch`. The removal and generation operators
+(:mod:`~airflow_provider_bgremoval.operators.bucket`) run the plan; the credits pre-flight
+(:mod:`~airflow_provider_bgremoval.operators.preflight`) prices the same plan without running it.
+
+:class:`BucketJobOperator` holds the parameters that describe a job (templated, validated at DAG parse
+when they are literal) and builds the job from them once they are rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_bgremoval.credits import parse_credits
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+T = TypeVar("T")
+
+#: Builds the processor of a job from its vendor hook and the ``cost_per_image`` override.
+ProcessorFactory = Callable[[BackgroundRemovalHook[Any], Decimal | None], ImageProcessor]
+
+#: Fewest local checks planning runs at once, whatever ``max_concurrency`` is.
+MIN_PLANNING_CONCURRENCY = 4
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """
+    Run ``coro`` to completion from sync code, also when an event loop is already running.
+
+    :param coro: the coroutine.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def is_template(value: Any) -> bool:
+    """
+    True when ``value`` is a Jinja template, checked only once it is rendered.
+
+    :param value: a parameter value.
+    """
+    return isinstance(value, str) and "{{" in value
+
+
+def parse_count(value: Any, parameter: str, *, minimum: int = 0) -> int | None:
+    """
+    ``None`` (not given: ``None`` or ``""``) or an integer ≥ ``minimum``.
+
+    :param value: an integer or an integer string.
+    :param parameter: the parameter name used in the error message.
+    :param minimum: the smallest value allowed.
+    """
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(parameter, f"{value!r} is not an integer") from None
+    if number < minimum:
+        raise InvalidOptionError(parameter, f"must be at least {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class BucketJob:
+    """
+    What one bucket task works on: the batch spec, the GCS storage, the vendor hook and the processor.
+
+    :param spec: sources, outputs and filters.
+    :param storage: the GCS storage.
+    :param hook: the vendor hook (the caller closes it).
+    :param processor: the vendor operation applied to each image.
+    :param planning_concurrency: local checks planning runs at once.
+    """
+
+    spec: BatchSpec
+    storage: GcsStorage
+    hook: BackgroundRemovalHook[Any]
+    processor: ImageProcessor
+    planning_concurrency: int = MIN_PLANNING_CONCURRENCY
+
+    @classmethod
+    def prepare(
+        cls,
+        spec: BatchSpec,
+        *,
+        conn_id: str,
+        gcp_conn_id: str | None,
+        build_processor: ProcessorFactory,
+        cost_per_image: Any = None,
+        max_concurrency: int = MIN_PLANNING_CONCURRENCY,
+    ) -> BucketJob:
+        """
+        Build the storage, hook and processor of a job (no calls yet).
+
+        :param spec: sources, outputs and filters.
+        :param conn_id: the vendor connection (its type picks the hook).
+        :param gcp_conn_id: the Google Cloud connection.
+        :param build_processor: makes the processor from the hook and the cost override.
+        :param cost_per_image: credits per image overriding the vendor's cost table (number or text).
+        :param max_concurrency: the task's concurrency; planning runs at least
+            :data:`MIN_PLANNING_CONCURRENCY` checks at once.
+        """
+        cost = parse_credits(cost_per_image, "cost_per_image")
+        storage = GcsStorage(gcp_conn_id=gcp_conn_id)
+        hook = BackgroundRemovalHook.get_hook(conn_id)
+        return cls(
+            spec=spec,
+            storage=storage,
+            hook=hook,
+            processor=build_processor(hook, cost),
+            planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(max_concurrency)),
+        )
+
+    def plan(self) -> BatchPlan:
+        """Plan the batch: list, map names, skip finished outputs, check locally (no vendor call)."""
+        processor = self.processor
+        return run_coroutine(
+            plan_batch(
+                self.storage,
+                self.spec,
+                extension=processor.extension,
+                fingerprint=processor.fingerprint,
+                vendor=processor.vendor,
+                limits=processor.limits,
+                concurrency=self.planning_concurrency,
+            )
+        )
+
+
+def _patterns(value: str | Sequence[str] | None) -> Sequence[str] | None:
+    if value in (None, "", []):
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+class BucketJobOperator(BaseOperator):
+    """
+    Base of the operators that work on a :class:`BucketJob`: the parameters that describe the job.
+
+    :param conn_id: vendor connection (its type picks the vendor: ``pixelcut``, ``pixian``, ``poof``).
+    :param source_bucket: bucket of the source images.
+    :param destination_bucket: bucket for the outputs.
+    :param source_prefix: prefix to list; kept out of output names.
+    :param source_objects: explicit object names instead of listing (mappable).
+    :param destination_prefix: prefix of the outputs.
+    :param include: glob pattern(s) a source must match, e.g. ``"*.jpg"``.
+    :param exclude: glob pattern(s) to leave out.
+    :param overwrite: replace outputs made from another source generation or other options.
+    :param gcp_conn_id: Google Cloud connection (ADC when absent; emulator via ``STORAGE_EMULATOR_HOST``).
+    :param max_concurrency: images in flight at once in this task.
+    :param max_images: process at most this many billable images, then stop cleanly.
+    :param max_credits: spend at most this many credits, then stop cleanly.
+    :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table).
+    """
+
+    template_fields: Sequence[str] = (
+        "conn_id",
+        "source_bucket",
+        "source_prefix",
+        "source_objects",
+        "destination_bucket",
+        "destination_prefix",
+        "include",
+        "exclude",
+        "max_images",
+        "max_credits",
+        "gcp_conn_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        source_bucket: str,
+        destination_bucket: str,
+        source_prefix: str = "",
+        source_objects: Sequence[str] | None = None,
+        destination_prefix: str = "",
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        overwrite: bool = False,
+        gcp_conn_id: str | None = "google_cloud_default",
+        max_concurrency: int = 16,
+        max_images: int | str | None = None,
+        max_credits: float | str | None = None,
+        cost_per_image: float | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.source_bucket = source_bucket
+        self.destination_bucket = destination_bucket
+        self.source_prefix = source_prefix
+        self.source_objects = source_objects
+        self.destination_prefix = destination_prefix
+        self.include = include
+        self.exclude = exclude
+        self.overwrite = overwrite
+        self.gcp_conn_id = gcp_conn_id
+        self.max_concurrency = max_concurrency
+        self.max_images = max_images
+        self.max_credits = max_credits
+        self.cost_per_image = cost_per_image
+        # Fail at DAG parse for what is already known (templated values are checked at run time).
+        if int(max_concurrency) < 1:
+            raise InvalidOptionError("max_concurrency", "must be at least 1")
+        if not is_template(max_images):
+            parse_count(max_images, "max_images")
+        for name in ("max_credits", "cost_per_image"):
+            if not is_template(getattr(self, name)):
+                parse_credits(getattr(self, name), name)
+
+    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+        """
+        The vendor operation applied to each image (defined by the removal and generation operators).
+
+        :param hook: the vendor hook.
+        :param cost: the ``cost_per_image`` override, when given.
+        """
+        raise TypeError(f"{type(self).__name__} must define build_processor()")
+
+    def _spec(self) -> BatchSpec:
+        objects = self.source_objects
+        if isinstance(objects, str):
+            raise InvalidOptionError("source_objects", "expected a list of object names, got a string")
+        return BatchSpec(
+            source_bucket=self.source_bucket,
+            destination_bucket=self.destination_bucket,
+            source_prefix=self.source_prefix or "",
+            source_objects=None if objects is None else list(objects),
+            destination_prefix=self.destination_prefix or "",
+            include=_patterns(self.include),
+            exclude=_patterns(self.exclude),
+            overwrite=bool(self.overwrite),
+        )
+
+    def prepare_job(self) -> BucketJob:
+        """The job described by the rendered parameters (validated; storage, hook and processor built)."""
+        return BucketJob.prepare(
+            self._spec(),
+            conn_id=self.conn_id,
+            gcp_conn_id=self.gcp_conn_id,
+            build_processor=self.build_processor,
+            cost_per_image=self.cost_per_image,
+            max_concurrency=self.max_concurrency,
+        )

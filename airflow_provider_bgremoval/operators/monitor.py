@@ -1,0 +1,232 @@
+"""The credit monitor: read the balances of several vendor connections and report the low ones.
+
+:class:`CreditMonitorOperator` (and :func:`check_balances` / :func:`acheck_balances` for a ``@task``)
+reads every balance concurrently (free calls) and compares each with its threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseNotifier, BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval.credits import describe_error, parse_min_credits
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.operators.bucket_job import is_template, run_coroutine
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+ON_LOW_CHOICES = ("fail", "warn")
+
+
+@dataclass(frozen=True)
+class BalanceCheck:
+    """
+    One connection's balance against its threshold.
+
+    :param conn_id: the connection.
+    :param threshold: the minimum usable credits wanted.
+    :param vendor: vendor name (``None`` when the connection could not be resolved).
+    :param remaining: usable credits (``None`` when the balance could not be read).
+    :param state: the account state.
+    :param plan: plan or credit-pack name.
+    :param error: why the balance could not be read.
+    """
+
+    conn_id: str
+    threshold: Decimal
+    vendor: str | None = None
+    remaining: Decimal | None = None
+    state: str | None = None
+    plan: str | None = None
+    error: str | None = None
+
+    @property
+    def low(self) -> bool:
+        """True when the usable balance is below the threshold (equal is fine)."""
+        return self.remaining is not None and self.remaining < self.threshold
+
+    @property
+    def ok(self) -> bool:
+        """True when the balance was read and reaches the threshold."""
+        return self.error is None and not self.low
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form for XCom, logs and callbacks."""
+        return {
+            "conn_id": self.conn_id,
+            "vendor": self.vendor,
+            "remaining": None if self.remaining is None else str(self.remaining),
+            "threshold": str(self.threshold),
+            "state": self.state,
+            "plan": self.plan,
+            "low": self.low,
+            "error": self.error,
+        }
+
+    def describe(self) -> str:
+        """One log line: connection, vendor, remaining, threshold, verdict."""
+        who = f"{self.conn_id} ({self.vendor or 'unknown vendor'})"
+        if self.error is not None:
+            return f"{who}: balance unavailable ({self.error}), threshold {self.threshold}"
+        state = f" [{self.state}]" if self.state not in (None, "active") else ""
+        verdict = "LOW" if self.low else "ok"
+        return f"{who}: {self.remaining} credits remaining{state}, threshold {self.threshold}: {verdict}"
+
+
+def parse_thresholds(thresholds: Mapping[str, Any]) -> dict[str, Decimal]:
+    """
+    ``{conn_id: number}`` with exact Decimal thresholds.
+
+    :param thresholds: connection id → minimum credits (number or numeric string).
+    """
+    if not isinstance(thresholds, Mapping) or not thresholds:
+        raise InvalidOptionError(
+            "thresholds", "expected a non-empty mapping of connection id -> minimum credits"
+        )
+    return {
+        str(conn_id): parse_min_credits(value, f"thresholds[{conn_id!r}]")
+        for conn_id, value in thresholds.items()
+    }
+
+
+async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str, Any]) -> BalanceCheck:
+    hook: BackgroundRemovalHook[Any] | None = None
+    try:
+        hook = await BackgroundRemovalHook.aget_hook(conn_id, dict(hook_kwargs))
+        balance = await hook.aget_balance()
+    except Exception as exc:
+        vendor = hook.wire_class.name if hook is not None else None
+        return BalanceCheck(conn_id=conn_id, threshold=threshold, vendor=vendor, error=describe_error(exc))
+    finally:
+        if hook is not None:
+            await hook.aclose()
+    return BalanceCheck(
+        conn_id=conn_id,
+        threshold=threshold,
+        vendor=balance.vendor,
+        remaining=balance.remaining,
+        state=balance.state.value,
+        plan=balance.plan,
+    )
+
+
+async def acheck_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[BalanceCheck]:
+    """
+    Read every connection's balance concurrently (async hooks) and compare with its threshold.
+
+    :param thresholds: connection id → minimum usable credits.
+    :param hook_kwargs: passed to every hook (e.g. ``timeout``).
+    """
+    parsed = parse_thresholds(thresholds)
+    return list(
+        await asyncio.gather(*(_acheck_one(conn_id, value, hook_kwargs) for conn_id, value in parsed.items()))
+    )
+
+
+def check_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[BalanceCheck]:
+    """
+    Sync :func:`acheck_balances` (e.g. inside a ``@task``).
+
+    :param thresholds: connection id → minimum usable credits.
+    :param hook_kwargs: passed to every hook.
+    """
+    return run_coroutine(acheck_balances(thresholds, **hook_kwargs))
+
+
+LowBalanceCallback = Callable[[list[dict[str, Any]]], None]
+
+
+class CreditMonitorOperator(BaseOperator):
+    """
+    Check the balances of several vendor connections in one task.
+
+    .. code-block:: python
+
+        CreditMonitorOperator(
+            task_id="credit_monitor",
+            thresholds={"pixelcut_default": 100, "pixian_default": "50.5", "poof_default": 20},
+            on_low="fail",
+            on_low_callback=SlackNotifier(text="Low credits: {{ low_balances }}"),
+        )
+
+    Balances are read concurrently (free calls). Each account gets a log line with vendor,
+    remaining credits and threshold. The return value (XCom) maps every connection id to
+    ``{conn_id, vendor, remaining, threshold, state, plan, low, error}``.
+
+    When an account is below its threshold (equal is fine; dormant accounts count as 0), or its
+    balance cannot be read, ``on_low_callback`` is called first, then the task fails with a message
+    listing every such account (``on_low="fail"``: without retries when only balances are low, as a
+    retryable failure when a balance could not be read) or logs a warning (``on_low="warn"``).
+
+    :param thresholds: connection id → minimum usable credits (templated; numbers or numeric strings).
+    :param on_low: ``"fail"`` or ``"warn"``.
+    :param on_low_callback: a callable receiving the list of problem accounts (dicts as above), or an
+        Airflow notifier (``BaseNotifier``) called with the task context plus ``low_balances`` and
+        ``balances``.
+    """
+
+    template_fields: Sequence[str] = ("thresholds",)
+    template_fields_renderers = {"thresholds": "json"}
+    ui_color = "#fdf1d6"
+
+    def __init__(
+        self,
+        *,
+        thresholds: Mapping[str, float | int | str],
+        on_low: str = "fail",
+        on_low_callback: LowBalanceCallback | BaseNotifier | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = thresholds
+        self.on_low = on_low
+        self.on_low_callback = on_low_callback
+        if on_low not in ON_LOW_CHOICES:
+            raise InvalidOptionError("on_low", f"{on_low!r} is not one of {', '.join(ON_LOW_CHOICES)}")
+        if isinstance(thresholds, Mapping) and not any(is_template(v) for v in thresholds.values()):
+            parse_thresholds(thresholds)
+
+    def execute(self, context: Context) -> dict[str, dict[str, Any]]:
+        """Read every balance, log it, call back and fail or warn when any is low."""
+        checks = check_balances(self.thresholds)
+        for check in checks:
+            if check.ok:
+                self.log.info("%s", check.describe())
+            else:
+                self.log.warning("%s", check.describe())
+        result = {check.conn_id: check.as_dict() for check in checks}
+        problems = [check for check in checks if not check.ok]
+        if not problems:
+            return result
+        payload = [check.as_dict() for check in problems]
+        self._notify(context, payload, list(result.values()))
+        message = f"{len(problems)} of {len(checks)} account(s) need attention: " + "; ".join(
+            check.describe() for check in problems
+        )
+        if self.on_low == "warn":
+            self.log.warning("%s", message)
+            return result
+        if any(check.error is not None for check in problems):
+            raise AirflowException(message)
+        raise AirflowFailException(message)
+
+    def _notify(
+        self, context: Context, problems: list[dict[str, Any]], balances: list[dict[str, Any]]
+    ) -> None:
+        callback = self.on_low_callback
+        if callback is None:
+            return
+        if isinstance(callback, BaseNotifier):
+            notifier_context: Any = {**context, "low_balances": problems, "balances": balances}
+            callback(notifier_context)
+        else:
+            callback(problems)

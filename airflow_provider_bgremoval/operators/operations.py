@@ -1,0 +1,159 @@
+"""What a bucket task does to each image: the removal and generation parameters and their processors.
+
+Each operation is declared once and shared by the batch operator that runs it
+(:class:`~airflow_provider_bgremoval.operators.bucket.RemoveBackgroundOperator`,
+:class:`~airflow_provider_bgremoval.operators.bucket.GenerateBackgroundOperator`) and by the credits
+pre-flight that prices it (:mod:`~airflow_provider_bgremoval.operators.preflight`), so both build the
+same processor (same fingerprint, same cost) from the same parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, is_template
+from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pipeline.processors import (
+    GenerationProcessor,
+    ImageProcessor,
+    RemovalProcessor,
+)
+from airflow_provider_bgremoval.vendors.pixelcut import (
+    PixelcutGenerateOptions,
+    PixelcutImageTransform,
+    parse_scene,
+)
+
+
+class RemovalParameters(BucketJobOperator):
+    """
+    Remove the backgrounds of a bucket job's images with any vendor.
+
+    :param output_format: ``png``, ``jpeg`` or ``webp``.
+    :param background_color: flatten on this colour (``None``: transparent).
+    :param crop: crop to the subject.
+    :param margin: margin around the cropped subject (CSS-style, px or %).
+    :param max_size: fit the result into ``(width, height)``.
+    :param jpeg_quality: quality of lossy outputs.
+    :param vendor_options: the vendor's typed options (e.g. ``PixelcutOptions(shadow=...)``).
+    :param kwargs: the bucket job's parameters (:class:`BucketJobOperator`).
+    """
+
+    template_fields: Sequence[str] = (
+        *BucketJobOperator.template_fields,
+        "output_format",
+        "background_color",
+        "crop",
+        "margin",
+        "max_size",
+    )
+
+    def __init__(
+        self,
+        *,
+        output_format: str = "png",
+        background_color: str | None = None,
+        crop: bool | str = False,
+        margin: str | None = None,
+        max_size: Any = None,
+        jpeg_quality: int = 90,
+        vendor_options: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.output_format = output_format
+        self.background_color = background_color
+        self.crop = crop
+        self.margin = margin
+        self.max_size = max_size
+        self.jpeg_quality = jpeg_quality
+        self.vendor_options = vendor_options
+        if not any(is_template(v) for v in (output_format, background_color, crop, margin, max_size)):
+            self.removal_options()  # fail at DAG parse on bad options
+
+    def removal_options(self) -> RemovalOptions:
+        """The validated unified options."""
+        return RemovalOptions.create(
+            output_format=self.output_format,
+            background_color=self.background_color,
+            crop=self.crop,
+            margin=self.margin,
+            max_size=self.max_size,
+            jpeg_quality=self.jpeg_quality,
+        )
+
+    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+        """
+        A :class:`~airflow_provider_bgremoval.pipeline.processors.RemovalProcessor` with these options.
+
+        :param hook: the vendor hook.
+        :param cost: the ``cost_per_image`` override, when given.
+        """
+        return RemovalProcessor(hook, self.removal_options(), self.vendor_options, cost_per_image=cost)
+
+
+class GenerationParameters(BucketJobOperator):
+    """
+    Generate new backgrounds (Pixelcut) behind the subjects of a bucket job's images.
+
+    :param conn_id: a Pixelcut connection.
+    :param scene: a preset scene: ``marble``, ``wood``, ``industrial``, ``linen``, ``brick`` or ``counter``.
+    :param prompt: a description of the scene (not together with ``scene``).
+    :param negative_prompt: comma-separated attributes to avoid (not together with ``scene``).
+    :param image_transform: placement of the subject: ``{"scale": 0.8, "x_center": 0.5, "y_center": 0.6}``.
+    :param kwargs: the bucket job's parameters (:class:`BucketJobOperator`).
+    """
+
+    template_fields: Sequence[str] = (
+        *BucketJobOperator.template_fields,
+        "scene",
+        "prompt",
+        "negative_prompt",
+    )
+
+    def __init__(
+        self,
+        *,
+        conn_id: str = "pixelcut_default",
+        scene: str | None = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        image_transform: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(conn_id=conn_id, **kwargs)
+        self.scene = scene
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.image_transform = image_transform
+        if not any(is_template(v) for v in (scene, prompt, negative_prompt)):
+            self.generate_options()  # fail at DAG parse on bad or conflicting options
+
+    def generate_options(self) -> PixelcutGenerateOptions:
+        """The validated generate-background options."""
+        return PixelcutGenerateOptions(
+            scene=parse_scene(self.scene or None),
+            prompt=self.prompt or None,
+            negative_prompt=self.negative_prompt or None,
+            image_transform=PixelcutImageTransform.coerce(self.image_transform),
+        )
+
+    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+        """
+        A :class:`~airflow_provider_bgremoval.pipeline.processors.GenerationProcessor` (Pixelcut only).
+
+        :param hook: the vendor hook (must be Pixelcut).
+        :param cost: the ``cost_per_image`` override, when given.
+        """
+        if not isinstance(hook, PixelcutHook):
+            raise InvalidOptionError(
+                "conn_id",
+                f"generate-background is a Pixelcut feature; "
+                f"{self.conn_id!r} is a {hook.conn_type} connection",
+            )
+        return GenerationProcessor(hook, self.generate_options(), cost_per_image=cost)

@@ -1,0 +1,267 @@
+"""Run reports: one JSON report and a before/after contact sheet per DAG run, in the destination bucket.
+
+:class:`RunReportOperator` runs after the bucket tasks of a DAG run (mapped or not). It reads the
+run's manifests back from the destination bucket (:mod:`~airflow_provider_bgremoval.run_summary`) and
+writes:
+
+* ``<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/report.json``: counts by status, credits
+  spent, manifest URIs, the rejected and failed sources with their reasons, pending images, and the
+  credits pre-flight estimate when one is given;
+* ``<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/contact-sheet.png``: thumbnails of a
+  sample of processed sources next to their results
+  (:func:`~airflow_provider_bgremoval.contact_sheet.render_contact_sheet`).
+
+.. code-block:: python
+
+    cutouts = RemoveBackgroundOperator.partial(...).expand(source_objects=shards.output)
+    report = RunReportOperator(
+        task_id="run_report",
+        destination_bucket="shop-cutouts",
+        destination_prefix="2026/11/",
+        estimate="{{ ti.xcom_pull(task_ids='check_credits') }}",
+        trigger_rule="all_done_min_one_success",
+    )
+    cutouts >> report
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval.contact_sheet import render_contact_sheet
+from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
+from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, normalise_prefix
+from airflow_provider_bgremoval.run_summary import RunSummary, summarise_manifests
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Upstream task states that make the report task fail after writing the report.
+_BAD_UPSTREAM_STATES = frozenset({"failed", "upstream_failed"})
+
+
+def _internal_prefix(destination_prefix: str) -> str:
+    return f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}"
+
+
+def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
+    """
+    The folder of a run's report and contact sheet.
+
+    :param destination_prefix: the bucket tasks' destination prefix.
+    :param dag_id: the DAG id.
+    :param run_id: the DAG run id.
+    """
+    safe_run = re.sub(r"[^A-Za-z0-9._+=@-]", "_", run_id)
+    return f"{_internal_prefix(destination_prefix)}reports/{dag_id}/{safe_run}/"
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("gs://") or "/" not in uri[5:]:
+        raise ValueError(f"not a gs:// object URI: {uri!r}")
+    bucket, _, name = uri[5:].partition("/")
+    return bucket, name
+
+
+def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"source": row["source"], "error_code": row.get("error_code"), "message": row.get("error_message")}
+
+
+def parse_estimate(value: Any) -> dict[str, Any] | None:
+    """
+    The pre-flight estimate as a dict: given as one, or as its XCom rendered to JSON or a Python repr.
+
+    :param value: the ``estimate`` parameter (``None``, ``""`` and ``"None"`` mean none was given).
+    """
+    if value in (None, "", "None"):
+        return None
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(str(value))
+    except ValueError:
+        try:
+            parsed = ast.literal_eval(str(value))
+        except (ValueError, SyntaxError):
+            return {"raw": str(value)}
+    return dict(parsed) if isinstance(parsed, Mapping) else {"raw": parsed}
+
+
+class RunReportOperator(BaseOperator):
+    """
+    Write a DAG run's report (JSON) and before/after contact sheet (PNG) to the destination bucket.
+
+    It reads every manifest the run's bucket tasks wrote under ``destination_prefix`` (all tasks, all
+    map indexes, all tries), so put it downstream of them with
+    ``trigger_rule="all_done_min_one_success"``: the report is then written also when a shard failed
+    (mid-batch out of credits, ``on_error="fail_at_end"``), and not when every bucket task was skipped
+    or never ran (e.g. the credits pre-flight halted). After writing, the task fails when any
+    direct upstream task failed (``fail_on_upstream_failure``), so the DAG run still fails as it should.
+
+    Returns (XCom): ``report_uri``, ``contact_sheet_uri`` (``None`` without processed images),
+    ``counts``, ``credits_spent``, ``manifests``, ``sample_pairs``.
+
+    :param destination_bucket: bucket of the outputs (and of the manifests).
+    :param destination_prefix: the bucket tasks' destination prefix.
+    :param estimate: the credits pre-flight's estimate (a dict, or its XCom pulled by a template).
+    :param sample_size: pairs on the contact sheet (the first processed sources in name order).
+    :param thumb: thumbnail edge in pixels.
+    :param columns: pairs per contact-sheet row.
+    :param colors: palette size of the PNG (``None``: true colour).
+    :param fail_on_upstream_failure: fail after writing when a direct upstream task failed.
+    :param gcp_conn_id: Google Cloud connection (ADC when absent; emulator via ``STORAGE_EMULATOR_HOST``).
+    """
+
+    template_fields: Sequence[str] = ("destination_bucket", "destination_prefix", "estimate", "sample_size")
+    ui_color = "#e8e3f5"
+
+    def __init__(
+        self,
+        *,
+        destination_bucket: str,
+        destination_prefix: str = "",
+        estimate: Mapping[str, Any] | str | None = None,
+        sample_size: int | str = 6,
+        thumb: int = 160,
+        columns: int = 3,
+        colors: int | None = 256,
+        fail_on_upstream_failure: bool = True,
+        gcp_conn_id: str | None = "google_cloud_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.destination_bucket = destination_bucket
+        self.destination_prefix = destination_prefix
+        self.estimate = estimate
+        self.sample_size = sample_size
+        self.thumb = thumb
+        self.columns = columns
+        self.colors = colors
+        self.fail_on_upstream_failure = fail_on_upstream_failure
+        self.gcp_conn_id = gcp_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Read the run's manifests, write the report and the contact sheet, then judge upstream."""
+        ti = context["ti"]
+        dag_id, run_id = ti.dag_id, ti.run_id
+        storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
+        summary = self._read_summary(storage, dag_id, run_id)
+        folder = report_prefix(self.destination_prefix or "", dag_id, run_id)
+        sample = summary.by_status("done")[: int(self.sample_size)]
+        title = (
+            f"{dag_id} · {run_id} · done {summary.counts['done']} · skipped {summary.counts['skipped']} · "
+            f"rejected {summary.counts['rejected']} · credits {summary.credits_spent}"
+        )
+        contact_sheet_uri = self._write_contact_sheet(storage, f"{folder}contact-sheet.png", sample, title)
+        report = self._report(dag_id, run_id, summary, sample, contact_sheet_uri)
+        report_info = storage.write(
+            self.destination_bucket,
+            f"{folder}report.json",
+            json.dumps(report, indent=2).encode(),
+            content_type="application/json",
+            if_generation_match=None,
+        )
+        self.log.info(
+            "Run report %s: %s; %s credits spent; contact sheet %s",
+            report_info.uri,
+            ", ".join(f"{status} {count}" for status, count in summary.counts.items()),
+            summary.credits_spent,
+            contact_sheet_uri or "(no processed images)",
+        )
+        result = {
+            "report_uri": report_info.uri,
+            "contact_sheet_uri": contact_sheet_uri,
+            "counts": summary.counts,
+            "credits_spent": str(summary.credits_spent),
+            "manifests": summary.manifests,
+            "sample_pairs": len(sample),
+        }
+        if self.fail_on_upstream_failure:
+            self._judge_upstream(context, result)
+        return result
+
+    def _read_summary(self, storage: GcsStorage, dag_id: str, run_id: str) -> RunSummary:
+        bucket = self.destination_bucket
+        where = manifest_run_prefix(_internal_prefix(self.destination_prefix or ""), dag_id, run_id)
+        return summarise_manifests(
+            (info.uri, storage.read(bucket, info.name))
+            for info in storage.list_objects(bucket, where)
+            if info.name.endswith(".jsonl")
+        )
+
+    def _write_contact_sheet(
+        self, storage: GcsStorage, name: str, sample: list[dict[str, Any]], title: str
+    ) -> str | None:
+        """Render the sample's before/after pairs to ``name``; ``None`` when there is nothing to show."""
+        if not sample:
+            return None
+        pairs = []
+        for row in sample:
+            src_bucket, src_name = _split_uri(row["source"])
+            dst_bucket, dst_name = _split_uri(row["destination"])
+            before, after = storage.read(src_bucket, src_name), storage.read(dst_bucket, dst_name)
+            pairs.append((src_name.rsplit("/", 1)[-1], before, after))
+        png = render_contact_sheet(
+            pairs, title=title, thumb=int(self.thumb), columns=int(self.columns), colors=self.colors
+        )
+        info = storage.write(
+            self.destination_bucket, name, png, content_type="image/png", if_generation_match=None
+        )
+        return info.uri
+
+    def _report(
+        self,
+        dag_id: str,
+        run_id: str,
+        summary: RunSummary,
+        sample: list[dict[str, Any]],
+        contact_sheet_uri: str | None,
+    ) -> dict[str, Any]:
+        destination = normalise_prefix(self.destination_prefix or "")
+        return {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "destination": f"gs://{self.destination_bucket}/{destination}",
+            "counts": summary.counts,
+            "total": sum(summary.counts.values()),
+            "credits_spent": str(summary.credits_spent),
+            "vendors": sorted({str(row.get("vendor")) for row in summary.rows if row.get("vendor")}),
+            "manifests": summary.manifests,
+            "estimate": parse_estimate(self.estimate),
+            "contact_sheet_uri": contact_sheet_uri,
+            "sample_pairs": [{"source": row["source"], "output": row["destination"]} for row in sample],
+            "rejected": [_problem(row) for row in summary.by_status("rejected")],
+            "failed": [_problem(row) for row in summary.by_status("failed")],
+            "pending": [row["source"] for row in summary.by_status("pending")],
+        }
+
+    def _judge_upstream(self, context: Context, result: dict[str, Any]) -> None:
+        upstream = sorted(self.upstream_task_ids)
+        if not upstream:
+            return
+        ti = context["ti"]
+        try:
+            states = ti.get_task_states(dag_id=ti.dag_id, task_ids=upstream, run_ids=[ti.run_id])
+        except Exception as exc:  # pragma: no cover - the API is there on Airflow 3.x
+            self.log.warning("Cannot read upstream task states (%s); judging by the manifests", exc)
+            states = {}
+        bad = sorted(
+            key for key, state in (states.get(ti.run_id) or {}).items() if str(state) in _BAD_UPSTREAM_STATES
+        )
+        pending = result["counts"].get("pending", 0)
+        if bad or (not states and (pending or result["counts"].get("failed", 0))):
+            ti.xcom_push(key="report", value=result)
+            raise AirflowFailException(
+                f"Run report written to {result['report_uri']}, but upstream task(s) did not succeed: "
+                f"{', '.join(bad) or 'see the report'} ({pending} image(s) pending)"
+            )

@@ -1,0 +1,86 @@
+"""What one DAG run did, folded from the manifests its bucket tasks wrote (usable outside Airflow).
+
+The manifests are the record of what happened, so the summary is right also when a shard failed, was
+retried, halted on credits or was killed (a try that left only checkpoint parts is read from them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from airflow_provider_bgremoval.pipeline.manifest import STATUSES, collate_manifests, read_manifest
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value)) if value not in (None, "") else Decimal(0)
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+
+
+def _try_number(name: str) -> int:
+    match = re.search(r"try-(\d+)\.jsonl$", name)
+    return int(match.group(1)) if match else 0
+
+
+@dataclass
+class RunSummary:
+    """
+    What one DAG run did, from its manifests.
+
+    :param counts: sources by final status (``done`` wins over a later ``skipped`` of the same run).
+    :param credits_spent: credits charged over every try of the run.
+    :param manifests: ``gs://`` URIs of the manifests read.
+    :param rows: the final row of each source (manifest row dicts).
+    """
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
+    credits_spent: Decimal = Decimal(0)
+    manifests: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[dict[str, Any]]:
+        """
+        The final rows with ``status``.
+
+        :param status: one of :data:`~airflow_provider_bgremoval.pipeline.manifest.STATUSES`.
+        """
+        return [row for row in self.rows if row["status"] == status]
+
+
+def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
+    """
+    Fold the manifests of one DAG run into a :class:`RunSummary`.
+
+    Each source's final status is its row from the latest try, except that ``done`` in an earlier try
+    of the same run stays ``done`` (the retry then skipped it). Credits add up over every try.
+
+    :param manifests: ``(uri, bytes)`` pairs of the manifest objects found, checkpoint parts included
+        (a try that left only parts is read from them, see
+        :func:`~airflow_provider_bgremoval.pipeline.manifest.collate_manifests`); the try number is read
+        from the name (``try-<n>.jsonl``).
+    """
+    manifests = collate_manifests(manifests)
+    summary = RunSummary()
+    final: dict[str, tuple[int, dict[str, Any]]] = {}
+    done_rows: dict[str, dict[str, Any]] = {}
+    for uri, data in sorted(manifests, key=lambda item: _try_number(item[0])):
+        summary.manifests.append(uri)
+        attempt = _try_number(uri)
+        for row in read_manifest(data):
+            summary.credits_spent += _decimal(row.get("credits"))
+            source = row["source"]
+            if row["status"] == "done":
+                done_rows[source] = row
+            previous = final.get(source)
+            if previous is None or attempt >= previous[0]:
+                final[source] = (attempt, row)
+    for source, (_, row) in sorted(final.items()):
+        chosen = done_rows.get(source, row) if row["status"] == "skipped" else row
+        summary.rows.append(chosen)
+        summary.counts[chosen["status"]] = summary.counts.get(chosen["status"], 0) + 1
+    return summary

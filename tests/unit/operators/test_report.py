@@ -1,0 +1,149 @@
+"""RunReportOperator over an in-memory bucket: what it reads, what it writes, how it judges upstream."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval.operators import report
+from airflow_provider_bgremoval.operators.report import RunReportOperator, parse_estimate, report_prefix
+from airflow_provider_bgremoval.pipeline.manifest import manifest_object_name
+from airflow_provider_bgremoval.storage.gcs import ObjectInfo
+
+
+def png(colour: tuple[int, int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (40, 30), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+class MemoryStorage:
+    """The three ``GcsStorage`` calls the report makes, over a dict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        for (b, name), data in sorted(self.objects.items()):
+            if b == bucket and name.startswith(prefix):
+                yield ObjectInfo(bucket=b, name=name, generation=1, size=len(data))
+
+    def read(self, bucket: str, name: str) -> bytes:
+        return self.objects[bucket, name]
+
+    def write(self, bucket: str, name: str, data: bytes, **kwargs: Any) -> ObjectInfo:
+        self.objects[bucket, name] = data
+        return ObjectInfo(bucket=bucket, name=name, generation=1, size=len(data))
+
+
+def row(source: str, status: str, **extra: Any) -> dict[str, Any]:
+    destination = f"gs://out/cut/{source}.png" if status in ("done", "skipped") else None
+    return {"source": f"gs://raw/{source}.jpg", "destination": destination, "status": status, **extra}
+
+
+def manifest(*rows: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+@pytest.fixture
+def bucket(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], bytes]:
+    storage = MemoryStorage()
+    monkeypatch.setattr(report, "GcsStorage", lambda gcp_conn_id: storage)
+    objects = storage.objects
+    for name in ("a", "b", "c"):
+        objects["raw", f"{name}.jpg"] = png((200, 30, 40, 255))
+        objects["out", f"cut/{name}.png"] = png((200, 30, 40, 128))
+    # try 1 did "a", failed "b"; try 2 skipped "a" (done before) and did "b"; "c" pending; "d" rejected
+    first = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "cutouts", 0, 1)
+    second = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "cutouts", 0, 2)
+    objects["out", first] = manifest(
+        row("a", "done", vendor="poof", credits="1"),
+        row("b", "failed", vendor="poof", credits="1", error_code="result_empty", error_message="empty"),
+    )
+    objects["out", second] = manifest(
+        row("a", "skipped", vendor="poof"),
+        row("b", "done", vendor="poof", credits="1"),
+        row("c", "pending", vendor="poof"),
+        row("d", "rejected", vendor="poof", error_code="too_large", error_message="big"),
+    )
+    objects["out", "cut/_bgremoval/manifests/other_dag/manual__1/t/try-1.jsonl"] = manifest(row("z", "done"))
+    return objects
+
+
+def run(op: RunReportOperator, states: dict[str, str] | None = None) -> tuple[Any, mock.MagicMock]:
+    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
+    ti.get_task_states.return_value = {"manual__1": states or {}}
+    return op.execute({"ti": ti}), ti  # type: ignore[arg-type]
+
+
+def test_report_and_contact_sheet(bucket: dict[tuple[str, str], bytes]) -> None:
+    op = RunReportOperator(
+        task_id="run_report",
+        destination_bucket="out",
+        destination_prefix="cut",
+        estimate="{'needed': '3', 'sufficient': True}",
+        gcp_conn_id=None,
+    )
+    result, _ = run(op)
+    folder = report_prefix("cut", "dag", "manual__1")
+    assert folder == "cut/_bgremoval/reports/dag/manual__1/"
+    assert result == {
+        "report_uri": f"gs://out/{folder}report.json",
+        "contact_sheet_uri": f"gs://out/{folder}contact-sheet.png",
+        "counts": {"done": 2, "skipped": 0, "rejected": 1, "failed": 0, "pending": 1},
+        "credits_spent": "3",
+        "manifests": [
+            "gs://out/cut/_bgremoval/manifests/dag/manual__1/cutouts.0/try-1.jsonl",
+            "gs://out/cut/_bgremoval/manifests/dag/manual__1/cutouts.0/try-2.jsonl",
+        ],
+        "sample_pairs": 2,
+    }
+    written = json.loads(bucket["out", f"{folder}report.json"])
+    assert written["estimate"] == {"needed": "3", "sufficient": True}
+    assert written["vendors"] == ["poof"]
+    assert written["rejected"] == [{"source": "gs://raw/d.jpg", "error_code": "too_large", "message": "big"}]
+    assert written["pending"] == ["gs://raw/c.jpg"]
+    assert [pair["source"] for pair in written["sample_pairs"]] == ["gs://raw/a.jpg", "gs://raw/b.jpg"]
+    with Image.open(io.BytesIO(bucket["out", f"{folder}contact-sheet.png"])) as sheet:
+        assert sheet.format == "PNG"
+
+
+def test_no_processed_images_no_contact_sheet(bucket: dict[tuple[str, str], bytes]) -> None:
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="elsewhere")
+    result, _ = run(op)
+    assert result["contact_sheet_uri"] is None
+    assert result["counts"] == {"done": 0, "skipped": 0, "rejected": 0, "failed": 0, "pending": 0}
+
+
+def test_failed_upstream_fails_after_writing(bucket: dict[tuple[str, str], bytes]) -> None:
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    op.upstream_task_ids.add("cutouts")
+    with pytest.raises(AirflowFailException, match="upstream task\\(s\\) did not succeed: cutouts"):
+        run(op, {"cutouts": "failed"})
+    assert ("out", f"{report_prefix('cut', 'dag', 'manual__1')}report.json") in bucket
+    result, _ = run(op, {"cutouts": "success"})
+    assert result["counts"]["done"] == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("None", None),
+        ({"needed": "3"}, {"needed": "3"}),
+        ('{"needed": "3"}', {"needed": "3"}),
+        ("{'needed': '3'}", {"needed": "3"}),
+        ("[1, 2]", {"raw": [1, 2]}),
+        ("not an estimate", {"raw": "not an estimate"}),
+    ],
+)
+def test_parse_estimate(value: Any, expected: Any) -> None:
+    assert parse_estimate(value) == expected

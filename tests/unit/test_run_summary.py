@@ -1,0 +1,59 @@
+"""summarise_manifests: one final row per source over every try, credits over every try."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_bgremoval.pipeline.manifest import STATUSES, manifest_part_name
+from airflow_provider_bgremoval.run_summary import RunSummary, summarise_manifests
+
+FOLDER = "gs://out/_bgremoval/manifests/dag/run/task"
+
+
+def lines(*rows: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def test_latest_try_wins_but_done_stays_done() -> None:
+    summary = summarise_manifests(
+        [
+            (
+                f"{FOLDER}/try-2.jsonl",
+                lines(
+                    {"source": "a", "status": "skipped"}, {"source": "b", "status": "done", "credits": "1"}
+                ),
+            ),
+            (
+                f"{FOLDER}/try-1.jsonl",
+                lines(
+                    {"source": "a", "status": "done", "credits": "1.5"},
+                    {"source": "b", "status": "failed", "credits": "1"},
+                ),
+            ),
+        ]
+    )
+    assert [(row["source"], row["status"]) for row in summary.rows] == [("a", "done"), ("b", "done")]
+    assert summary.counts == {"done": 2, "skipped": 0, "rejected": 0, "failed": 0, "pending": 0}
+    assert summary.credits_spent == Decimal("3.5")  # the failed try's charge counts too
+    assert summary.manifests == [f"{FOLDER}/try-1.jsonl", f"{FOLDER}/try-2.jsonl"]
+
+
+def test_a_try_that_left_only_checkpoint_parts_is_read_from_them() -> None:
+    final = f"{FOLDER}/try-1.jsonl"
+    summary = summarise_manifests(
+        [
+            (manifest_part_name(final, 2), lines({"source": "b", "status": "pending"})),
+            (manifest_part_name(final, 1), lines({"source": "a", "status": "done", "credits": "x"})),
+        ]
+    )
+    assert summary.manifests == [final]
+    assert summary.by_status("done") == [{"source": "a", "status": "done", "credits": "x"}]
+    assert summary.by_status("pending") == [{"source": "b", "status": "pending"}]
+    assert summary.credits_spent == 0  # an unreadable amount counts as nothing
+
+
+def test_empty_run() -> None:
+    assert summarise_manifests([]) == RunSummary()
+    assert tuple(RunSummary().counts) == STATUSES
