@@ -188,6 +188,23 @@ def test_secret_is_masked_and_never_shown(
 
 
 @pytest.mark.parametrize("conn_type", sorted(HOOKS))
+def test_extras_the_form_does_not_declare_are_named_in_a_warning(
+    conn_type: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_connection(
+        monkeypatch,
+        f"{conn_type}_default",
+        conn_type,
+        login=_login(conn_type) or None,
+        password=KEY,
+        extra={"timeout": 30, "max_retries": 1, "proxy": "http://p:3128", "retries": 9},
+    )
+    settings = _hook(HOOKS[conn_type], Recorder()).get_settings()
+    assert settings.timeout == 30.0
+    assert "extras ['proxy', 'retries'] are not fields of its form; ignored" in caplog.text
+
+
+@pytest.mark.parametrize("conn_type", sorted(HOOKS))
 async def test_get_hook_builds_the_right_hook(conn_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Airflow's mechanism (provider info ``connection-types`` -> hook class), hook kwargs included."""
     monkeypatch.setenv("AIRFLOW_CONN_SOME_VENDOR", f"{conn_type}://{_login(conn_type)}:{KEY}@127.0.0.1:9")

@@ -528,3 +528,13 @@ def test_random_scripts_agree_in_every_order(seed: int) -> None:
     assert expected.possibly_charged == sum(is_lost_reply(e) for e in errors[: expected.attempts])
     for order in ORDERS:
         assert drive(Script(errors), policy, order, Guard(answers=list(answers)), seed) == expected
+
+
+def test_snapshot_is_the_outcome_without_the_guard() -> None:
+    stats = CallStats(attempts=2, possibly_charged=1, waits=[0.5], retry_guard=lambda exc: True)
+    snapshot = stats.snapshot()
+    assert (snapshot.attempts, snapshot.possibly_charged, snapshot.waits) == (2, 1, [0.5])
+    assert snapshot.retry_guard is None
+    stats.waits.append(1.0)
+    stats.attempts += 1
+    assert (snapshot.attempts, snapshot.waits) == (2, [0.5])  # detached from the live record

@@ -656,6 +656,11 @@ def test_test_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SECRET not in message
 
 
+def test_test_connection_prints_a_whole_balance_without_a_decimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook, _, _ = make_hook(monkeypatch, httpx.Response(200, json={**ACCOUNT, "credits": 1000.0}))
+    assert hook.test_connection() == (True, "Connected to Pixian.AI: 1000 credits remaining (active)")
+
+
 # -- estimates ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 async def test_estimate_with_test_call(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
@@ -706,6 +711,8 @@ def test_hook_attributes_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert hook.get_conn().timeout.read == 180.0
     assert PixianHook(pixian_conn_id="other").conn_id == "other"
     assert PixianHook(conn_id="other").pixian_conn_id == "other"
+    with pytest.raises(InvalidOptionError):  # the base's rule, as for Pixelcut and Poof
+        PixianHook(pixian_conn_id="a", conn_id="b")
     behaviour = PixianHook.get_ui_field_behaviour()
     assert behaviour["relabeling"] == {
         "login": "API id",

@@ -10,6 +10,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
+import socket
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -34,7 +39,7 @@ from airflow_provider_bgremoval.hooks.base import USER_AGENT, BackgroundRemovalH
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
 from airflow_provider_bgremoval.results import Balance, ImageResult
-from airflow_provider_bgremoval.retry import RetryPolicy
+from airflow_provider_bgremoval.retry import CallStats, RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
     ErrorReply,
     ImageInput,
@@ -394,6 +399,28 @@ async def test_async_settings_match_sync(
     assert await make_hook().aget_settings() == make_hook().get_settings()
 
 
+def test_visible_fields_win_over_legacy_extras_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], caplog: pytest.LogCaptureFixture
+) -> None:
+    set_connection(
+        monkeypatch, CONN_ID, "fakevendor", password=KEY, host=API, extra={"api_key": "sk_other_key_123"}
+    )
+    assert make_hook().get_settings().api_key == KEY
+    assert "the 'api_key' extra is ignored: the password field is set" in caplog.text
+    set_connection(monkeypatch, CONN_ID, "fakevendor", host=API, extra={"api_key": KEY})
+    caplog.clear()
+    assert make_hook().get_settings().api_key == KEY
+    assert "the 'api_key' extra is deprecated: set the password field instead" in caplog.text
+    assert KEY not in caplog.text and "sk_other_key_123" not in caplog.text
+
+
+def test_one_conn_id_rule(conn: None) -> None:
+    assert FakeHook().conn_id == CONN_ID
+    assert FakeHook("other").conn_id == "other"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fakevendor_conn_id'"):
+        FakeHook(fakevendor_conn_id="x")  # type: ignore[call-arg]
+
+
 def test_default_conn_id_and_explicit_conn_id(
     monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
 ) -> None:
@@ -598,6 +625,87 @@ async def test_async_transport_errors_are_mapped(hook: FakeHook, server: Server)
     with pytest.raises(TransientVendorError) as info:
         await hook.aget_balance()
     assert info.value.possibly_charged is False
+
+
+# -- the call's outcome ----------------------------------------------------------------------------
+
+
+def test_an_error_carries_the_calls_outcome(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", _raise(httpx.ReadTimeout))
+    stats = CallStats(retry_guard=lambda exc: True)
+    with pytest.raises(TransientVendorError) as info:
+        hook.remove_background(PNG, stats=stats)
+    call = info.value.call
+    assert call is not None and call is not stats  # a snapshot; the caller's record stays live
+    assert (call.attempts, call.possibly_charged, call.billed_reply) == (3, 3, False)
+    assert (stats.attempts, stats.possibly_charged) == (3, 3)
+    assert call.retry_guard is None and len(call.waits) == 2
+    assert pickle.loads(pickle.dumps(info.value)).call == call
+
+
+def test_a_billed_reply_that_cannot_be_used_is_a_certain_charge(hook: FakeHook, server: Server) -> None:
+    server.on(
+        f"{API}/v1/remove",
+        httpx.Response(200, content=b"not an image", headers={"content-type": "image/png"}),
+    )
+    with pytest.raises(BgRemovalError) as info:
+        hook.remove_background(PNG)
+    assert info.value.call is not None
+    assert (info.value.call.attempts, info.value.call.possibly_charged, info.value.call.billed_reply) == (
+        1,
+        0,
+        True,
+    )
+
+
+def test_deprecated_error_attributes_read_the_outcome(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/remove", _raise(httpx.ReadTimeout), _raise(httpx.ReadTimeout), error_reply(404))
+    with pytest.raises(VendorRequestError) as info:
+        hook.remove_background(PNG)
+    with pytest.warns(DeprecationWarning, match=r"\.call\.attempts"):
+        assert info.value.attempts == 3
+    with pytest.warns(DeprecationWarning, match=r"\.call\.possibly_charged"):
+        assert info.value.possibly_charged_attempts == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert (BgRemovalError("local").attempts, BgRemovalError("local").possibly_charged_attempts) == (0, 0)
+    assert BgRemovalError("local").call is None
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_cpu_steps_run_inline_when_sync_and_in_a_thread_when_async(
+    mode: str, hook: FakeHook, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_bgremoval.hooks import base
+
+    threads: list[threading.Thread] = []
+
+    def recording(function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread())
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(base, "prepare_input", recording(base.prepare_input))
+    monkeypatch.setattr(base, "decode_result", recording(base.decode_result))
+    server.on(f"{API}/v1/remove", png_reply())
+    result = hook.remove_background(PNG) if mode == "sync" else await hook.aremove_background(PNG)
+    assert result.content == PNG and len(threads) == 2
+    assert all((thread is threading.main_thread()) is (mode == "sync") for thread in threads)
+
+
+def test_public_methods_carry_the_call_paths_signature_and_docs() -> None:
+    import inspect
+
+    for name in ("remove_background", "aremove_background"):
+        method = getattr(FakeHook, name)
+        assert method.__name__ == name
+        assert "stats" in inspect.signature(method).parameters
+        assert inspect.signature(method).return_annotation == "ImageResult"
+        assert ":param image_url:" in method.__doc__
+    assert inspect.iscoroutinefunction(FakeHook.aget_balance)
+    assert not inspect.iscoroutinefunction(FakeHook.get_balance)
 
 
 # -- result-URL downloads --------------------------------------------------------------------------
@@ -899,6 +1007,52 @@ def test_test_connection_without_key(
     ok, message = make_hook().test_connection()
     assert ok is False
     assert "password" in message
+
+
+def test_test_connection_is_one_short_attempt_naming_the_url_and_the_cause(
+    hook: FakeHook, server: Server, sleep: SleepRecorder
+) -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    server.on(f"{API}/v1/credits", refused)
+    ok, message = hook.test_connection()
+    assert ok is False
+    assert f"GET {API}/v1/credits failed: [Errno 111] Connection refused" in message
+    assert len(server.requests) == 1 and sleep.waits == []  # no retries behind the Test button
+    assert server.requests[0].extensions["timeout"] == {
+        "connect": 5.0,
+        "read": 10.0,
+        "write": 10.0,
+        "pool": 10.0,
+    }
+    server.on(f"{API}/v1/credits", balance_reply())
+    assert hook.get_balance().remaining == Decimal("12.5")
+    assert server.requests[-1].extensions["timeout"]["read"] == 42.0  # other calls keep theirs
+
+
+def test_test_connection_against_a_closed_port_answers_at_once(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    ok, message = FakeHook().test_connection()  # the real transport, the real retry sleep
+    assert ok is False
+    assert f"http://127.0.0.1:{port}/v1/credits" in message and "ConnectError" in message
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("credits", "shown"), [("1000.0", "1000"), ("12.50", "12.5"), (7, "7"), ("0.000", "0"), ("1E+3", "1000")]
+)
+def test_test_connection_writes_credits_as_a_person_does(
+    credits: object, shown: str, hook: FakeHook, server: Server
+) -> None:
+    server.on(f"{API}/v1/credits", balance_reply(credits))
+    assert hook.test_connection() == (True, f"Connected to Fake vendor: {shown} credits remaining (active)")
 
 
 def test_estimate_cost_defaults_to_the_base_cost(hook: FakeHook) -> None:
