@@ -55,10 +55,12 @@ from typing_extensions import Self, dataclass_transform
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 
 __all__ = [
+    "CHOICE",
     "CONTENT_TYPES",
     "EXTENSIONS",
     "NUMBER",
     "OUTPUT_FORMATS",
+    "UNSET_IF_BLANK",
     "Flag",
     "Length",
     "LocalSteps",
@@ -71,7 +73,6 @@ __all__ = [
     "ProcessingPlan",
     "RemovalOptions",
     "VendorCapabilities",
-    "choice",
     "option_model",
     "options_fingerprint",
     "parse_color",
@@ -105,7 +106,7 @@ _T = TypeVar("_T")
 
 class OptionValueError(ValueError):
     """
-    A bad option value, raised inside a validator; the hook boundary turns it into
+    A bad option value, raised inside a validator; the model turns it into
     :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError`.
 
     :param message: what is wrong, in plain words.
@@ -155,7 +156,7 @@ def _unset_if_blank(value: Any) -> Any:
 def _not_a_boolean(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a number")
-    return _unset_if_blank(value)
+    return value
 
 
 def unset_or(parse: Callable[[Any], Any]) -> BeforeValidator:
@@ -183,21 +184,16 @@ def _text(value: Any) -> str | None:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 #: Optional free text: surrounding spaces are dropped and blank text means "not set".
 OptionText = Annotated[str | None, BeforeValidator(_text)]
-#: Metadata of a numeric option: numeric text is accepted, a boolean is not, blank text means "not
-#: set"; put the range in a ``Field(ge=…, le=…, allow_inf_nan=False)`` *before* it (so the JSON
-#: schema shows the range).
+#: Metadata of a numeric option: numeric text is accepted, a boolean is not; put the range in a
+#: ``Field(ge=…, le=…, allow_inf_nan=False)`` *before* it (so the JSON schema shows the range).
 NUMBER = BeforeValidator(_not_a_boolean)
+#: Metadata of an optional option whose type reads text itself (numbers, ``Literal`` choices): blank
+#: text means "not set". Put it last (it runs first).
+UNSET_IF_BLANK = BeforeValidator(_unset_if_blank)
 
 
-def choice(*, optional: bool = False) -> BeforeValidator:
-    """
-    Metadata of a ``Literal`` choice: names compare without case or surrounding spaces.
-
-    :param optional: blank text means "not set" (the field's type must allow ``None``).
-    """
-    if optional:
-        return BeforeValidator(lambda value: _normalised_name(_unset_if_blank(value)))
-    return BeforeValidator(_normalised_name)
+#: Metadata of a ``Literal`` choice: names compare without case or surrounding spaces.
+CHOICE = BeforeValidator(_normalised_name)
 
 
 def _whole_number(value: Any) -> int:

@@ -40,7 +40,9 @@ from typing_extensions import Self
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
+    CHOICE,
     NUMBER,
+    UNSET_IF_BLANK,
     Flag,
     OptionModel,
     OptionSet,
@@ -48,7 +50,6 @@ from airflow_provider_bgremoval.options import (
     OptionValueError,
     RemovalOptions,
     VendorCapabilities,
-    choice,
     option_model,
     parse_flag,
     unset_or,
@@ -95,9 +96,9 @@ DEFAULT_LIGHT: dict[str, float] = {"light_size": 0.3, "x": -0.3, "y": -0.6, "z":
 _LIGHT_FIELDS = tuple(DEFAULT_LIGHT)
 
 #: A fraction, 0-1 (opacity, light size, canvas centres).
-Fraction = Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False), NUMBER]
+Fraction = Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False), NUMBER, UNSET_IF_BLANK]
 #: A light position from the image centre, -1..1.
-Offset = Annotated[float | None, Field(ge=-1, le=1, allow_inf_nan=False), NUMBER]
+Offset = Annotated[float | None, Field(ge=-1, le=1, allow_inf_nan=False), NUMBER, UNSET_IF_BLANK]
 
 
 def _vendor_mapping(value: Any, parameter: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
@@ -145,7 +146,7 @@ class PixelcutShadow(OptionModel):
     light_size: Fraction = None
     x: Offset = None
     y: Offset = None
-    z: Annotated[float | None, Field(ge=0, le=2, allow_inf_nan=False), NUMBER] = None
+    z: Annotated[float | None, Field(ge=0, le=2, allow_inf_nan=False), NUMBER, UNSET_IF_BLANK] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -232,7 +233,7 @@ def _native_margin(value: Any) -> str:
 #: One of Pixelcut's native margins: ``"N%"`` (0-49) or ``"Npx"``.
 NativeMargin = Annotated[str | None, unset_or(_native_margin)]
 #: The delivery of a result.
-Delivery = Annotated[ResultDelivery, choice()]
+Delivery = Annotated[ResultDelivery, CHOICE]
 
 
 @option_model
@@ -336,7 +337,7 @@ class PixelcutImageTransform(OptionModel):
 
     parameter_root = "image_transform"
 
-    scale: Annotated[float | None, Field(gt=0, allow_inf_nan=False), NUMBER] = None
+    scale: Annotated[float | None, Field(gt=0, allow_inf_nan=False), NUMBER, UNSET_IF_BLANK] = None
     x_center: Fraction = None
     y_center: Fraction = None
 

@@ -59,13 +59,14 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.imaging import InputLimits, encode, read_header
 from airflow_provider_bgremoval.options import (
+    CHOICE,
     NUMBER,
+    UNSET_IF_BLANK,
     Flag,
     OptionSet,
     OptionValueError,
     RemovalOptions,
     VendorCapabilities,
-    choice,
     option_model,
     parse_flag,
     parse_size,
@@ -179,11 +180,6 @@ def _result_margin(value: Any) -> str:
     return " ".join(tokens)
 
 
-def _target_size(value: Any) -> tuple[int, int]:
-    # Pixian documents no upper bound: any positive size is sent (the vendor decides).
-    return parse_size(value)
-
-
 @option_model
 class PixianOptions(OptionSet):
     """
@@ -212,13 +208,16 @@ class PixianOptions(OptionSet):
     unknown_key_parameter = "vendor_options"
 
     test: Flag | None = None
-    max_pixels: Annotated[int | None, Field(ge=MIN_MAX_PIXELS, le=MAX_MAX_PIXELS), NUMBER] = None
-    input_encoding: Annotated[InputEncoding, choice()] = "file"
+    max_pixels: Annotated[int | None, Field(ge=MIN_MAX_PIXELS, le=MAX_MAX_PIXELS), NUMBER, UNSET_IF_BLANK] = (
+        None
+    )
+    input_encoding: Annotated[InputEncoding, CHOICE] = "file"
     result_margin: Annotated[str | None, unset_or(_result_margin)] = None
-    target_size: Annotated[tuple[int, int] | None, unset_or(_target_size)] = None
-    vertical_alignment: Annotated[VerticalAlignment | None, choice(optional=True)] = None
+    #: Pixian documents no upper bound: any positive size is sent (the vendor decides)
+    target_size: Annotated[tuple[int, int] | None, unset_or(parse_size)] = None
+    vertical_alignment: Annotated[VerticalAlignment | None, CHOICE, UNSET_IF_BLANK] = None
     delta_png: Flag = False
-    jpeg_quality: Annotated[int | None, Field(ge=1, le=100), NUMBER] = None
+    jpeg_quality: Annotated[int | None, Field(ge=1, le=100), NUMBER, UNSET_IF_BLANK] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

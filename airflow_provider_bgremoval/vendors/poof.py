@@ -41,10 +41,10 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
+    CHOICE,
     OptionSet,
     RemovalOptions,
     VendorCapabilities,
-    choice,
     option_model,
 )
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
@@ -118,7 +118,7 @@ class PoofOptions(OptionSet):
     #: an unknown key is reported under the mapping's name, as it always was for Poof
     unknown_key_parameter = "vendor_options"
 
-    size: Annotated[PoofSize, choice()] = "full"
+    size: Annotated[PoofSize, CHOICE] = "full"
 
     @property
     def max_side(self) -> int | None:
