@@ -1,22 +1,4 @@
-"""
-Credit monitoring: an hourly balance check of every vendor account, and a DAG that waits for a top-up.
-
-``example_credit_monitor`` (hourly) reads the balance of each configured vendor connection (free
-calls, concurrently) and compares it with its threshold. Each account gets a log line (vendor,
-remaining, threshold). When any is below its threshold — or its balance cannot be read — the
-notifier hook point :class:`LowCreditsNotifier` is called first and then the task fails with a
-message naming every such account. Replace the notifier with your own (Slack, e-mail, PagerDuty:
-any ``BaseNotifier`` or a plain callable taking the list of problem accounts).
-
-``example_credit_monitor_wait_for_topup`` (manual, or triggered by your alerting) waits in the
-triggerer — a deferrable :class:`CreditsSensor` holds no worker slot — until an account has at least
-``min_credits`` again, then resumes (here: logs the new balance; in production, trigger the batch
-DAG, e.g. with ``TriggerDagRunOperator``).
-
-Settings: trigger ``conf``/params, else the Variable ``bgremoval_<name>``
-(``bgremoval_credit_thresholds`` is JSON such as ``{"pixelcut_default": 100}``), else :data:`DEFAULTS`.
-Only list connections that exist: a missing connection counts as a problem.
-"""
+"""Credit monitoring: an hourly balance check of every vendor account, and a DAG that waits for a top-up."""
 
 from __future__ import annotations
 
@@ -24,56 +6,60 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, BaseNotifier, Param, Variable, task
+from airflow.sdk import DAG, BaseNotifier, Param, task
 
-from airflow_provider_bgremoval.operators.credits import CreditMonitorOperator
+from airflow_provider_bgremoval.operators.monitor import CreditMonitorOperator
 from airflow_provider_bgremoval.sensors.credits import CreditsSensor
 
 log = logging.getLogger(__name__)
 
-#: Built-in defaults (lowest precedence).
-DEFAULTS: dict[str, Any] = {
-    "credit_thresholds": {"pixelcut_default": 100, "pixian_default": 50, "poof_default": 20},
-    "topup_conn_id": "pixelcut_default",
-    "topup_min_credits": 100,
-}
+#: Connection id → the fewest credits that account should have. List only connections that exist:
+#: a missing connection counts as a problem.
+CREDIT_THRESHOLDS = {"pixelcut_default": 100, "pixian_default": 50, "poof_default": 20}
 
-#: How often the top-up sensor polls (the trigger backs off exponentially up to 15 minutes).
-TOPUP_POLL_INTERVAL = timedelta(minutes=5)
+MONITOR_DOC = """
+### Vendor balances against thresholds, every hour
+
+**check_balances** reads the balance of every account in `CREDIT_THRESHOLDS` at the top of the file
+(free calls) and logs one line per account: vendor, remaining credits, threshold. When an account is
+below its threshold, or its balance cannot be read, it calls `LowCreditsNotifier`, then fails naming
+every such account. The notifier logs the alert and keeps it in the XCom `low_balances`; pass any
+Airflow notifier instead (Slack, e-mail) to send it somewhere.
+
+**Before the first run:** one connection per account in `CREDIT_THRESHOLDS` (a missing connection
+counts as a problem).
+"""
+
+TOPUP_DOC = """
+### Wait until a vendor account is topped up
+
+**wait_for_topup** waits until the account *Vendor connection* has at least *Minimum credits*,
+deferred in the triggerer (no worker slot held), checking every 5 minutes at first and less often
+later, for up to 12 hours. Then **resume** runs: here it logs the balance; in production it would
+trigger the batch, e.g. with `TriggerDagRunOperator`. Trigger it by hand, or from your alerting.
+"""
 
 
-def setting(params: dict[str, Any], name: str) -> Any:
-    """Trigger ``conf``/param, else Variable ``bgremoval_<name>`` (JSON), else :data:`DEFAULTS`."""
-    value = params.get(name)
-    if value not in (None, ""):
-        return value
-    return Variable.get(f"bgremoval_{name}", default=DEFAULTS[name], deserialize_json=True)
-
-
+# [START howto_notifier_low_credits]
 class LowCreditsNotifier(BaseNotifier):
-    """
-    The notifier hook point: called with the task context plus ``low_balances`` and ``balances``.
-
-    This one logs the alert and keeps it in XCom (``low_balances``) for a downstream or external
-    consumer; subclass it or pass another notifier to send the alert somewhere.
-    """
+    """Logs the low accounts and pushes them to XCom ``low_balances``; replace it to alert elsewhere."""
 
     template_fields = ()
 
     def notify(self, context: Any) -> None:
-        """Log the low accounts and push them to XCom ``low_balances``."""
-        low = context["low_balances"]
-        for account in low:
-            self.log.warning(
-                "LOW CREDITS: %s (%s) has %s, threshold %s%s",
-                account["conn_id"],
-                account["vendor"],
-                account["remaining"],
-                account["threshold"],
-                f" — {account['error']}" if account.get("error") else "",
-            )
-        context["ti"].xcom_push(key="low_balances", value=low)
+        """
+        Log one warning per low account and keep the list in XCom.
 
+        :param context: the task context plus ``low_balances`` and ``balances``.
+        """
+        for account in context["low_balances"]:
+            self.log.warning(
+                "LOW CREDITS: %(conn_id)s (%(vendor)s) has %(remaining)s, threshold %(threshold)s", account
+            )
+        context["ti"].xcom_push(key="low_balances", value=context["low_balances"])
+
+
+# [END howto_notifier_low_credits]
 
 with DAG(
     dag_id="example_credit_monitor",
@@ -82,25 +68,18 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    render_template_as_native_obj=True,
-    user_defined_macros={"setting": setting},
-    params={
-        "credit_thresholds": Param(
-            None,
-            type=["null", "object"],
-            description=f"connection id -> minimum credits (default: {DEFAULTS['credit_thresholds']})",
-        ),
-    },
     tags=["bgremoval", "example", "credits"],
-    doc_md=__doc__,
+    doc_md=MONITOR_DOC,
 ) as monitor_dag:
+    # [START howto_operator_credit_monitor]
     CreditMonitorOperator(
         task_id="check_balances",
-        thresholds="{{ setting(params, 'credit_thresholds') }}",
+        thresholds=CREDIT_THRESHOLDS,
         on_low="fail",
         on_low_callback=LowCreditsNotifier(),
         retries=0,
     )
+    # [END howto_operator_credit_monitor]
 
 
 with DAG(
@@ -109,28 +88,39 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    render_template_as_native_obj=True,
-    user_defined_macros={"setting": setting},
     params={
-        "topup_conn_id": Param(None, type=["null", "string"], description="default: pixelcut_default"),
-        "topup_min_credits": Param(None, type=["null", "number", "string"], description="default: 100"),
+        "topup_conn_id": Param(
+            "pixelcut_default",
+            type="string",
+            title="Vendor connection",
+            description="A vendor connection id.",
+        ),
+        "topup_min_credits": Param(
+            100, type="number", minimum=0, title="Minimum credits", description="Wait until at least this."
+        ),
     },
     tags=["bgremoval", "example", "credits"],
-    doc_md=__doc__,
+    doc_md=TOPUP_DOC,
 ) as topup_dag:
+    # [START howto_sensor_credits_deferrable]
     wait = CreditsSensor(
         task_id="wait_for_topup",
-        conn_id="{{ setting(params, 'topup_conn_id') }}",
-        min_credits="{{ setting(params, 'topup_min_credits') }}",
+        conn_id="{{ params.topup_conn_id }}",
+        min_credits="{{ params.topup_min_credits }}",
         deferrable=True,
-        poke_interval=TOPUP_POLL_INTERVAL.total_seconds(),
+        poke_interval=timedelta(minutes=5).total_seconds(),
         exponential_backoff=True,
         timeout=timedelta(hours=12).total_seconds(),
     )
+    # [END howto_sensor_credits_deferrable]
 
     @task
     def resume(balance: dict[str, Any]) -> dict[str, Any]:
-        """Credits are back: hand over to the batch (here: report the balance)."""
+        """
+        Credits are back: hand over to the batch (here: log the balance).
+
+        :param balance: the sensor's reading (vendor, remaining credits).
+        """
         log.info("Topped up: %s has %s credits", balance.get("vendor"), balance.get("remaining"))
         return balance
 

@@ -1,59 +1,35 @@
 """
-Pixelcut generate-background over a prefix of cut-outs: once with a preset scene, once with a prompt.
+### Pixelcut generated backgrounds behind cut-outs: a preset scene and a prompt
 
-Sources are earlier cut-outs (RGBA PNG/WebP, e.g. the outputs of
-``example_bucket_remove_background``); the provider's own ``_bgremoval/`` folder (manifests, reports)
-is excluded. Each task writes 1024x1024 JPEGs named like their sources, plus a manifest, under its own
-destination prefix:
+The sources are earlier cut-outs (transparent PNG or WebP, e.g. the outputs of
+`example_bucket_remove_background`) under `<cutouts_prefix>`; the provider's own `_bgremoval/`
+folder (manifests, reports) is left out. Each task writes 1024x1024 JPEGs named like their sources,
+plus a manifest, to the scenes bucket:
 
-* ``scene`` — the preset ``scene`` (``marble``, ``wood``, ``industrial``, ``linen``, ``brick``,
-  ``counter``) → ``<destination_prefix>scene-<scene>/``;
-* ``prompt`` — a free-text ``prompt`` (and ``negative_prompt``) → ``<destination_prefix>prompt/``.
+* **scene** puts each subject on the preset *Scene* → `<scenes_prefix>scene-<scene>/`;
+* **prompt** generates the scene described by *Prompt* (without what *Negative prompt* names) →
+  `<scenes_prefix>prompt/`.
 
-A rerun skips finished outputs and charges 0 credits. Generation is a Pixelcut feature: ``conn_id``
-must be a ``pixelcut`` connection. Both tasks run in the ``pixelcut_api`` pool (create it once:
-``airflow pools set pixelcut_api 4 "Pixelcut API"``).
+A rerun skips finished outputs and charges 0 credits.
 
-Settings: trigger ``conf``/params, else the Variable ``bgremoval_<name>``, else :data:`DEFAULTS`.
+**Before the first run:** generation is a Pixelcut feature: a `pixelcut_default` connection; the
+`pixelcut_api` pool, e.g. `airflow pools set pixelcut_api 4 "Pixelcut API"`; a
+`google_cloud_default` connection for the buckets (else Application Default Credentials).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from airflow.sdk import DAG, Param, Variable
+from airflow.sdk import DAG, Param
 
 from airflow_provider_bgremoval.operators.bucket import GenerateBackgroundOperator
 
-#: Pool of the Pixelcut calls.
+#: A Pixelcut connection and its pool.
+VENDOR_CONN_ID = "pixelcut_default"
 POOL = "pixelcut_api"
 
-#: Built-in defaults (lowest precedence).
-DEFAULTS: dict[str, Any] = {
-    "conn_id": "pixelcut_default",
-    "gcp_conn_id": "google_cloud_default",
-    "cutouts_bucket": "shop-cutouts",
-    "cutouts_prefix": "cutouts/",
-    "scenes_bucket": "shop-scenes",
-    "scenes_prefix": "scenes/",
-    "scene": "marble",
-    "prompt": "a product photo on a sunlit oak table, soft shadows, shallow depth of field",
-    "negative_prompt": "text, watermark, people",
-}
-
-
-def setting(params: dict[str, Any], name: str) -> Any:
-    """Trigger ``conf``/param, else Variable ``bgremoval_<name>``, else :data:`DEFAULTS` (runtime only)."""
-    value = params.get(name)
-    if value not in (None, ""):
-        return value
-    return Variable.get(f"bgremoval_{name}", default=DEFAULTS[name])
-
-
-def _t(name: str) -> str:
-    return f"{{{{ setting(params, {name!r}) }}}}"
-
+SCENES = ["marble", "wood", "industrial", "linen", "brick", "counter"]
 
 with DAG(
     dag_id="example_generate_background",
@@ -61,39 +37,72 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    user_defined_macros={"setting": setting},
     params={
-        name: Param(None, type=["null", "string"], description=f"default: {default!r}")
-        for name, default in DEFAULTS.items()
+        "cutouts_bucket": Param(
+            "shop-cutouts", type="string", title="Cut-outs bucket", description="Bucket of the cut-outs."
+        ),
+        "cutouts_prefix": Param(
+            "cutouts/", type="string", title="Cut-outs prefix", description="Cut-outs under this prefix."
+        ),
+        "scenes_bucket": Param(
+            "shop-scenes", type="string", title="Scenes bucket", description="Bucket of the new images."
+        ),
+        "scenes_prefix": Param(
+            "scenes/", type="string", title="Scenes prefix", description="Prefix of the new images."
+        ),
+        "scene": Param(
+            "marble",
+            type="string",
+            enum=SCENES,
+            values_display={name: name.capitalize() for name in SCENES},
+            title="Scene",
+            description="The scene task's preset.",
+        ),
+        "prompt": Param(
+            "a product photo on a sunlit oak table, soft shadows, shallow depth of field",
+            type="string",
+            minLength=1,
+            title="Prompt",
+            description="The prompt task's scene.",
+        ),
+        "negative_prompt": Param(
+            "text, watermark, people",
+            type="string",
+            title="Negative prompt",
+            description="What its scenes avoid (may be empty).",
+        ),
     },
     tags=["bgremoval", "example", "pixelcut"],
     doc_md=__doc__,
 ) as dag:
-    common: dict[str, Any] = {
-        "conn_id": _t("conn_id"),
-        "gcp_conn_id": _t("gcp_conn_id"),
-        "source_bucket": _t("cutouts_bucket"),
-        "source_prefix": _t("cutouts_prefix"),
-        "destination_bucket": _t("scenes_bucket"),
+    cutouts = {
+        "conn_id": VENDOR_CONN_ID,
+        "pool": POOL,
+        "source_bucket": "{{ params.cutouts_bucket }}",
+        "source_prefix": "{{ params.cutouts_prefix }}",
+        "destination_bucket": "{{ params.scenes_bucket }}",
         "include": ["*.png", "*.webp"],
         "exclude": ["_bgremoval/*"],
-        "pool": POOL,
         "max_concurrency": 4,
         "retries": 1,
     }
 
+    # [START howto_operator_generate_background_scene]
     scene = GenerateBackgroundOperator(
         task_id="scene",
-        scene=_t("scene"),
-        destination_prefix="{{ setting(params, 'scenes_prefix') }}scene-{{ setting(params, 'scene') }}/",
+        scene="{{ params.scene }}",
         image_transform={"scale": 0.8, "x_center": 0.5, "y_center": 0.55},
-        **common,
+        destination_prefix="{{ params.scenes_prefix }}scene-{{ params.scene }}/",
+        **cutouts,
     )
+    # [END howto_operator_generate_background_scene]
 
+    # [START howto_operator_generate_background_prompt]
     prompt = GenerateBackgroundOperator(
         task_id="prompt",
-        prompt=_t("prompt"),
-        negative_prompt=_t("negative_prompt"),
-        destination_prefix="{{ setting(params, 'scenes_prefix') }}prompt/",
-        **common,
+        prompt="{{ params.prompt }}",
+        negative_prompt="{{ params.negative_prompt }}",
+        destination_prefix="{{ params.scenes_prefix }}prompt/",
+        **cutouts,
     )
+    # [END howto_operator_generate_background_prompt]

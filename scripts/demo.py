@@ -5,9 +5,10 @@
 2. creates two buckets and uploads the sample photos of ``tests/data/images`` plus derived variants
    and one deliberately broken file;
 3. starts Airflow (``airflow standalone``: scheduler, DAG processor, triggerer, API server; LocalExecutor,
-   SQLite) on ``example_dags/``, with the connections and settings given as ``AIRFLOW_CONN_*`` /
-   ``AIRFLOW_VAR_*`` environment variables, creates the ``pixelcut_api`` pool through the REST API;
-4. run 1: triggers ``example_bucket_remove_background`` through the REST API and follows it;
+   SQLite) on ``example_dags/``, with the connections given as ``AIRFLOW_CONN_*`` environment
+   variables, creates the ``pixelcut_api`` pool through the REST API;
+4. run 1: triggers ``example_bucket_remove_background`` through the REST API with the demo's buckets as
+   the run's params (:data:`RUN_CONF`) and follows it;
 5. run 2: new photos arrive but the balance is low → the credits pre-flight halts the run before
    anything is spent (charge log unchanged);
 6. run 3: balance restored → only the new photos are processed (nothing is charged twice);
@@ -48,6 +49,15 @@ DEST_BUCKET = "demo-cutouts"
 SOURCE_PREFIX = "products/"
 DEST_PREFIX = "cutouts/"
 VENDOR = "pixelcut"
+#: Every run's trigger conf: the example DAG's params for the demo buckets (its connection is
+#: ``pixelcut_default``).
+RUN_CONF: dict[str, Any] = {
+    "source_bucket": SOURCE_BUCKET,
+    "source_prefix": SOURCE_PREFIX,
+    "destination_bucket": DEST_BUCKET,
+    "destination_prefix": DEST_PREFIX,
+    "max_shards": 3,
+}
 
 
 class DemoFailure(Exception):
@@ -280,19 +290,6 @@ def connection_env(sandbox_url: str) -> dict[str, str]:
     return {f"AIRFLOW_CONN_{cid.upper()}": json.dumps({**c, "extra": extra}) for cid, c in conns.items()}
 
 
-def settings_env() -> dict[str, str]:
-    """The example DAG's settings as Airflow Variables (``AIRFLOW_VAR_BGREMOVAL_*``)."""
-    values = {
-        "conn_id": f"{VENDOR}_default",
-        "source_bucket": SOURCE_BUCKET,
-        "source_prefix": SOURCE_PREFIX,
-        "destination_bucket": DEST_BUCKET,
-        "destination_prefix": DEST_PREFIX,
-        "max_shards": "3",
-    }
-    return {f"AIRFLOW_VAR_BGREMOVAL_{key.upper()}": value for key, value in values.items()}
-
-
 def report_of(outcome: Outcome) -> dict[str, Any]:
     report = outcome.xcom("run_report")
     check(isinstance(report, dict), f"run {outcome.run_id}: no run report in XCom ({outcome.task_states})")
@@ -335,12 +332,142 @@ def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
     return count
 
 
+@dataclass
+class Demo:
+    """What every run step works with: the runner, the sandbox's admin API, the storage, the record."""
+
+    runner: SchedulerRunner | DagTestRunner
+    admin: Any
+    storage: Any
+    good_first: int  # the first delivery's processable photos
+    ledger: Ledger = field(default_factory=Ledger)
+    reports: list[str] = field(default_factory=list)
+    cost: float = 1.0  # the sandbox's Pixelcut remove-background price per image
+
+
+def run_first_delivery(demo: Demo) -> Outcome:
+    """Run 1: everything is processed but the broken upload; the batch is sharded."""
+    admin, good_first, cost = demo.admin, demo.good_first, demo.cost
+    first = demo.runner.run(RUN_CONF)
+    expect_success(first)
+    report = report_of(first)
+    charged = admin.total_charged(VENDOR)
+    say(f"    task states: {first.task_states}")
+    check(report["counts"]["done"] == good_first, f"expected {good_first} processed: {report['counts']}")
+    check(report["counts"]["rejected"] == 1, f"expected 1 rejected (the broken upload): {report['counts']}")
+    check(charged == good_first * cost, f"sandbox charged {charged}, expected {good_first * cost}")
+    check(float(report["credits_spent"]) == charged, f"report says {report['credits_spent']} credits")
+    check(bool(report["contact_sheet_uri"]), "no contact sheet was written")
+    mapped = [k for k in first.task_states if k.startswith("remove_background[")]
+    check(len(mapped) >= 2, f"expected the batch to be sharded: {first.task_states}")
+    demo.ledger.rows.append(describe("1 first delivery", first, report, charged))
+    demo.reports.append(report["report_uri"])
+    return first
+
+
+def run_low_balance_halt(demo: Demo) -> None:
+    """Run 2: new photos, too few credits: the pre-flight halts before any billed call."""
+    admin = demo.admin
+    for name, data in second_delivery().items():
+        demo.storage.write(SOURCE_BUCKET, name, data, content_type="application/octet-stream")
+    admin.set_balance(VENDOR, 2)
+    charges_before = len(admin.charges(VENDOR))
+    billed_before = len([r for r in admin.requests(VENDOR) if r.get("charged")])
+    halted = demo.runner.run(RUN_CONF)
+    states = halted.task_states
+    say(f"    task states: {states}")
+    check(halted.state == "failed", f"the low-credit run should fail, it is {halted.state}")
+    check(states.get("check_credits") == "failed", f"pre-flight did not halt: {states}")
+    processed = any(k.startswith("remove_background") and v == "success" for k, v in states.items())
+    check(not processed, f"images were processed despite the halt: {states}")
+    halt = halted.xcom("check_credits", "halt")
+    check(isinstance(halt, dict) and halt.get("reason") == "insufficient_credits", f"halt XCom: {halt}")
+    check(len(admin.charges(VENDOR)) == charges_before, "the charge log changed during the halted run")
+    billed_after = len([r for r in admin.requests(VENDOR) if r.get("charged")])
+    check(billed_after == billed_before, "a billed vendor call was made during the halted run")
+    say(
+        f"    halted before spending: need {halt['needed']} credits "
+        f"for {halt['remaining_images']} image(s), "
+        f"{halt['available']} available; charge log unchanged ({charges_before} charges)"
+    )
+    demo.ledger.rows.append(describe("2 low balance: pre-flight halt", halted, None, 0))
+
+
+def run_topped_up(demo: Demo, start_balance: float) -> None:
+    """Run 3: balance restored: only the three new photos are processed and charged."""
+    admin, good_first, cost = demo.admin, demo.good_first, demo.cost
+    admin.set_balance(VENDOR, start_balance - good_first * cost)
+    before = admin.total_charged(VENDOR)
+    third = demo.runner.run(RUN_CONF)
+    expect_success(third)
+    report = report_of(third)
+    spent = admin.total_charged(VENDOR) - before
+    check(report["counts"]["done"] == 3, f"expected the 3 new photos processed: {report['counts']}")
+    check(report["counts"]["skipped"] == good_first, f"expected {good_first} skipped: {report['counts']}")
+    check(spent == 3 * cost, f"run 3 charged {spent}, expected {3 * cost}")
+    demo.ledger.rows.append(describe("3 topped up: the remainder", third, report, spent))
+    demo.reports.append(report["report_uri"])
+
+
+def run_rerun(demo: Demo) -> None:
+    """Run 4: a plain rerun: everything is skipped, 0 credits."""
+    admin = demo.admin
+    before = admin.total_charged(VENDOR)
+    charges_before = len(admin.charges(VENDOR))
+    fourth = demo.runner.run(RUN_CONF)
+    expect_success(fourth)
+    report = report_of(fourth)
+    spent = admin.total_charged(VENDOR) - before
+    check(report["counts"]["done"] == 0, f"a rerun processed images: {report['counts']}")
+    check(report["counts"]["skipped"] == demo.good_first + 3, f"expected all skipped: {report['counts']}")
+    check(spent == 0 and len(admin.charges(VENDOR)) == charges_before, f"the rerun charged {spent}")
+    demo.ledger.rows.append(describe("4 rerun", fourth, report, spent))
+
+
+def copy_outputs(demo: Demo, out: Path) -> int:
+    """Copy the cut-outs, the reports and the first run's contact sheet to ``demo-output/``."""
+    copied = download_outputs(demo.storage, out, demo.reports)
+    sheet = out / "reports" / "run-1" / "contact-sheet.png"
+    check(sheet.is_file(), f"{sheet} missing")
+    shutil.copy(sheet, out / "contact-sheet.png")
+    shutil.copy(out / "reports" / "run-1" / "report.json", out / "report.json")
+    check(copied == demo.good_first + 3, f"expected {demo.good_first + 3} outputs, found {copied}")
+    return copied
+
+
+def print_report(demo: Demo, first: Outcome, out: Path, copied: int, seconds: float) -> None:
+    """The final report: the runs, the sandbox's charge log and where the outputs are."""
+    admin = demo.admin
+    total_charges = admin.charges(VENDOR)
+    rel = out.relative_to(REPO)
+    say("")
+    say(f"Demo report ({demo.runner.name}; {seconds:.0f} s in all)")
+    say(
+        f"  source gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} -> gs://{DEST_BUCKET}/{DEST_PREFIX} "
+        f"via {VENDOR} (sandbox)"
+    )
+    for row in demo.ledger.rows:
+        say(row)
+    say(
+        f"  sandbox charge log: {len(total_charges)} charges, "
+        f"{admin.total_charged(VENDOR):g} credits for "
+        f"{demo.good_first + 3} distinct images: none charged twice; the broken upload was never sent"
+    )
+    say(f"  outputs:       {rel}/{DEST_PREFIX} ({copied} cut-outs)")
+    say(
+        f"  contact sheet: {rel}/contact-sheet.png  "
+        f"(in the bucket: {first.xcom('run_report')['contact_sheet_uri']})"
+    )
+    say(f"  run report:    {rel}/report.json; all runs' reports under {rel}/reports/")
+    say(f"  manifests:     gs://{DEST_BUCKET}/{DEST_PREFIX}_bgremoval/manifests/{DAG_ID}/...")
+    check(len(total_charges) == demo.good_first + 3, "the charge log does not match the processed images")
+
+
 def run_demo(quick: bool, work: Path, out: Path) -> None:
     from airflow_provider_bgremoval.sandbox.testing import run_sandbox
     from airflow_provider_bgremoval.testing.gcs_emulator import FakeGcsServer
 
     total_started = time.monotonic()
-    ledger = Ledger()
     with ExitStack() as stack:
         with step("Starting fake-gcs-server (memory backend) and the vendor sandbox on free ports"):
             gcs = stack.enter_context(FakeGcsServer(log_path=work / "fake-gcs-server.log"))
@@ -348,9 +475,8 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             sandbox_log.addHandler(logging.FileHandler(work / "sandbox.log"))
             sandbox_log.propagate = False  # its request log goes to .demo/sandbox.log, not the report
             sandbox = stack.enter_context(run_sandbox())
-            admin = sandbox.admin
             say(f"    fake-gcs-server {gcs.url} (pid {gcs.pid}); sandbox {sandbox.url}")
-        env = {**gcs.env(), **connection_env(sandbox.url), **settings_env()}
+        env = {**gcs.env(), **connection_env(sandbox.url)}
         os.environ.update(gcs.env())
 
         from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -366,7 +492,6 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
                 f"    {len(delivery)} objects under gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} "
                 "(1 broken on purpose)"
             )
-        good_first = len(delivery) - 1
 
         runner: SchedulerRunner | DagTestRunner = (
             DagTestRunner(env, work) if quick else SchedulerRunner(env, work)
@@ -375,125 +500,19 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             stack.callback(runner.stop)
             runner.start()
 
-        cost = 1.0  # the sandbox's Pixelcut remove-background price per image
-        start_balance = admin.get_balance(VENDOR)
-
+        demo = Demo(runner=runner, admin=sandbox.admin, storage=storage, good_first=len(delivery) - 1)
+        start_balance = demo.admin.get_balance(VENDOR)
         with step(f"Run 1: trigger {DAG_ID} and follow it to completion"):
-            first = runner.run({})
-            expect_success(first)
-            report = report_of(first)
-            charged = admin.total_charged(VENDOR)
-            say(f"    task states: {first.task_states}")
-            check(
-                report["counts"]["done"] == good_first, f"expected {good_first} processed: {report['counts']}"
-            )
-            check(
-                report["counts"]["rejected"] == 1,
-                f"expected 1 rejected (the broken upload): {report['counts']}",
-            )
-            check(charged == good_first * cost, f"sandbox charged {charged}, expected {good_first * cost}")
-            check(float(report["credits_spent"]) == charged, f"report says {report['credits_spent']} credits")
-            check(bool(report["contact_sheet_uri"]), "no contact sheet was written")
-            mapped = [k for k in first.task_states if k.startswith("remove_background[")]
-            check(len(mapped) >= 2, f"expected the batch to be sharded: {first.task_states}")
-            ledger.rows.append(describe("1 first delivery", first, report, charged))
-            reports = [report["report_uri"]]
-
+            first = run_first_delivery(demo)
         with step("Run 2: three new photos arrive, but the balance is lowered to 2 credits"):
-            for name, data in second_delivery().items():
-                storage.write(SOURCE_BUCKET, name, data, content_type="application/octet-stream")
-            admin.set_balance(VENDOR, 2)
-            charges_before = len(admin.charges(VENDOR))
-            billed_before = len([r for r in admin.requests(VENDOR) if r.get("charged")])
-            halted = runner.run({})
-            say(f"    task states: {halted.task_states}")
-            check(halted.state == "failed", f"the low-credit run should fail, it is {halted.state}")
-            check(
-                halted.task_states.get("check_credits") == "failed",
-                f"pre-flight did not halt: {halted.task_states}",
-            )
-            check(
-                not any(
-                    k.startswith("remove_background") and v == "success"
-                    for k, v in halted.task_states.items()
-                ),
-                f"images were processed despite the halt: {halted.task_states}",
-            )
-            halt = halted.xcom("check_credits", "halt")
-            check(
-                isinstance(halt, dict) and halt.get("reason") == "insufficient_credits", f"halt XCom: {halt}"
-            )
-            check(
-                len(admin.charges(VENDOR)) == charges_before, "the charge log changed during the halted run"
-            )
-            billed_after = len([r for r in admin.requests(VENDOR) if r.get("charged")])
-            check(billed_after == billed_before, "a billed vendor call was made during the halted run")
-            say(
-                f"    halted before spending: need {halt['needed']} credits "
-                f"for {halt['remaining_images']} image(s), "
-                f"{halt['available']} available; charge log unchanged ({charges_before} charges)"
-            )
-            ledger.rows.append(describe("2 low balance: pre-flight halt", halted, None, 0))
-
+            run_low_balance_halt(demo)
         with step("Run 3: balance restored; only the new photos are processed"):
-            admin.set_balance(VENDOR, start_balance - good_first * cost)
-            before = admin.total_charged(VENDOR)
-            third = runner.run({})
-            expect_success(third)
-            report = report_of(third)
-            spent = admin.total_charged(VENDOR) - before
-            check(report["counts"]["done"] == 3, f"expected the 3 new photos processed: {report['counts']}")
-            check(
-                report["counts"]["skipped"] == good_first,
-                f"expected {good_first} skipped: {report['counts']}",
-            )
-            check(spent == 3 * cost, f"run 3 charged {spent}, expected {3 * cost}")
-            ledger.rows.append(describe("3 topped up: the remainder", third, report, spent))
-            reports.append(report["report_uri"])
-
+            run_topped_up(demo, start_balance)
         with step("Run 4: rerun: everything is skipped, 0 credits"):
-            before = admin.total_charged(VENDOR)
-            charges_before = len(admin.charges(VENDOR))
-            fourth = runner.run({})
-            expect_success(fourth)
-            report = report_of(fourth)
-            spent = admin.total_charged(VENDOR) - before
-            check(report["counts"]["done"] == 0, f"a rerun processed images: {report['counts']}")
-            check(report["counts"]["skipped"] == good_first + 3, f"expected all skipped: {report['counts']}")
-            check(spent == 0 and len(admin.charges(VENDOR)) == charges_before, f"the rerun charged {spent}")
-            ledger.rows.append(describe("4 rerun", fourth, report, spent))
-
+            run_rerun(demo)
         with step(f"Copying outputs, reports and the contact sheet to {out.relative_to(REPO)}/"):
-            copied = download_outputs(storage, out, reports)
-            sheet = out / "reports" / "run-1" / "contact-sheet.png"
-            check(sheet.is_file(), f"{sheet} missing")
-            shutil.copy(sheet, out / "contact-sheet.png")
-            shutil.copy(out / "reports" / "run-1" / "report.json", out / "report.json")
-            check(copied == good_first + 3, f"expected {good_first + 3} outputs, found {copied}")
-
-        total_charges = admin.charges(VENDOR)
-        rel = out.relative_to(REPO)
-        say("")
-        say(f"Demo report ({runner.name}; {time.monotonic() - total_started:.0f} s in all)")
-        say(
-            f"  source gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} -> gs://{DEST_BUCKET}/{DEST_PREFIX} "
-            f"via {VENDOR} (sandbox)"
-        )
-        for row in ledger.rows:
-            say(row)
-        say(
-            f"  sandbox charge log: {len(total_charges)} charges, "
-            f"{admin.total_charged(VENDOR):g} credits for "
-            f"{good_first + 3} distinct images: none charged twice; the broken upload was never sent"
-        )
-        say(f"  outputs:       {rel}/{DEST_PREFIX} ({copied} cut-outs)")
-        say(
-            f"  contact sheet: {rel}/contact-sheet.png  "
-            f"(in the bucket: {first.xcom('run_report')['contact_sheet_uri']})"
-        )
-        say(f"  run report:    {rel}/report.json; all runs' reports under {rel}/reports/")
-        say(f"  manifests:     gs://{DEST_BUCKET}/{DEST_PREFIX}_bgremoval/manifests/{DAG_ID}/...")
-        check(len(total_charges) == good_first + 3, "the charge log does not match the processed images")
+            copied = copy_outputs(demo, out)
+        print_report(demo, first, out, copied, time.monotonic() - total_started)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,12 @@ EXAMPLE_DAG_IDS = {
 }
 
 
+def seed(storage: Any, bucket: str, objects: dict[str, bytes]) -> None:
+    """Upload ``objects`` (name -> bytes) to ``bucket`` as untyped octet streams."""
+    for name, data in objects.items():
+        storage.write(bucket, name, data, content_type="application/octet-stream")
+
+
 def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
     """Image -> bytes in ``fmt``."""
     out = io.BytesIO()

@@ -12,9 +12,9 @@ import io
 import pytest
 from PIL import Image
 
-from airflow_provider_bgremoval.reporting import contact_sheet_size
+from airflow_provider_bgremoval.contact_sheet import contact_sheet_size
 from airflow_provider_bgremoval.testing.standalone import AirflowStandalone, live_group_members
-from tests.integration.examples.conftest import EXAMPLES
+from tests.integration.examples.conftest import EXAMPLES, seed
 from tests.support.sandbox import connection_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,8 +31,7 @@ def test_bucket_example_under_a_real_scheduler(
         f"products/{p.name}": p.read_bytes() for p in sorted(images_dir.glob("*.*")) if p.suffix != ".md"
     }
     photos["products/broken.jpg"] = photos["products/rocket.jpg"][:2000]
-    for name, data in photos.items():
-        gcs_storage.write(src, name, data, content_type="application/octet-stream")
+    seed(gcs_storage, src, photos)
     good = len(photos) - 1
     conf = {
         "source_bucket": src,

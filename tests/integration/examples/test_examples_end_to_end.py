@@ -6,6 +6,7 @@ Settings reach the DAGs as trigger ``conf`` (their params); connections as ``AIR
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import threading
 from collections.abc import Callable
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
+from airflow_provider_bgremoval.contact_sheet import contact_sheet_size
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
-from airflow_provider_bgremoval.reporting import contact_sheet_size
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
-from tests.integration.examples.conftest import EXAMPLES, encode
+from tests.integration.examples.conftest import EXAMPLES, encode, seed
+from tests.support.airflow import DagRunResult
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +55,62 @@ def photos(images_dir: Path) -> dict[str, bytes]:
     }
 
 
+def assert_cutouts(storage: GcsStorage, src: str, dst: str, good: list[str]) -> None:
+    """One WebP cut-out per good photo, with provenance metadata; none for the broken one."""
+    for name in good:
+        out = "cutouts/" + name.removeprefix("products/").rsplit(".", 1)[0] + ".webp"
+        info = storage.stat(dst, out)
+        assert info is not None, out
+        assert info.metadata["bgremoval-source"] == f"gs://{src}/{name}"
+        image = Image.open(io.BytesIO(storage.read(dst, out)))
+        assert image.format == "WEBP" and image.mode == "RGBA"
+    assert storage.stat(dst, "cutouts/broken.webp") is None
+
+
+def assert_first_report(
+    storage: GcsStorage, src: str, dst: str, run: DagRunResult, photos: dict[str, bytes], good: list[str]
+) -> None:
+    """The run report, its manifests, report.json and the contact sheet of the first run."""
+    estimate = run.xcom("check_credits")
+    report = run.xcom("run_report")
+    assert report["counts"] == {"done": len(good), "skipped": 0, "rejected": 1, "failed": 0, "pending": 0}
+    assert report["credits_spent"] == str(len(good))
+    assert len(report["manifests"]) == 2
+    rows = [row for uri in report["manifests"] for row in read_manifest(storage.read(dst, name_of(uri)))]
+    assert sorted(r["source"] for r in rows) == sorted(f"gs://{src}/{n}" for n in photos)
+    assert {r["status"] for r in rows} == {"done", "rejected"}
+
+    written = json.loads(storage.read(dst, name_of(report["report_uri"])))
+    assert written["counts"] == report["counts"]
+    assert written["estimate"]["billable_images"] == estimate["billable_images"]
+    assert [r["source"] for r in written["rejected"]] == [f"gs://{src}/products/broken.jpg"]
+
+    # the contact sheet: a valid PNG of the documented size, with the sample pairs
+    sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
+    sheet.verify()
+    sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
+    assert sheet.format == "PNG"
+    assert sheet.size == contact_sheet_size(6)
+    assert report["sample_pairs"] == 6  # the example's sample_size
+
+
+def assert_halted_before_spending(
+    halted: DagRunResult, sandbox: RunningSandbox, requests_before: int
+) -> None:
+    """The pre-flight failed the run; no billed call was made."""
+    assert halted.state == "failed"
+    states = halted.task_states()
+    assert states["check_credits"] == "failed"
+    assert states["run_report"] == "upstream_failed"
+    halt = halted.xcom("check_credits", key="halt")
+    assert halt["reason"] == "insufficient_credits" and halt["available"] == "0.5"
+    billed = [r for r in sandbox.admin.requests("pixelcut")[requests_before:] if r.get("charged")]
+    assert billed == []
+
+
 def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, images_dir) -> None:
     sandbox, storage, src, dst = env
-    for name, data in photos.items():
-        storage.write(src, name, data, content_type="application/octet-stream")
+    seed(storage, src, photos)
     conf = {
         "source_bucket": src,
         "source_prefix": "products/",
@@ -74,43 +128,11 @@ def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, image
     assert len([k for k in states if k.startswith("remove_background[")]) == 2
     estimate = run.xcom("check_credits")
     assert estimate["sufficient"] is True and estimate["vendor"] == "pixelcut"
-
-    # bucket contents: one WebP cut-out per good photo, with provenance metadata
-    for name in good:
-        out = "cutouts/" + name.removeprefix("products/").rsplit(".", 1)[0] + ".webp"
-        info = storage.stat(dst, out)
-        assert info is not None, out
-        assert info.metadata["bgremoval-source"] == f"gs://{src}/{name}"
-        image = Image.open(io.BytesIO(storage.read(dst, out)))
-        assert image.format == "WEBP" and image.mode == "RGBA"
-    assert storage.stat(dst, "cutouts/broken.webp") is None
-
+    assert_cutouts(storage, src, dst, good)
     # the sandbox charged exactly one credit per good photo
     assert sandbox.admin.total_charged("pixelcut") == len(good)
     assert len(sandbox.admin.charges("pixelcut")) == len(good)
-
-    # report + manifests
-    report = run.xcom("run_report")
-    assert report["counts"] == {"done": len(good), "skipped": 0, "rejected": 1, "failed": 0, "pending": 0}
-    assert report["credits_spent"] == str(len(good))
-    assert len(report["manifests"]) == 2
-    rows = [row for uri in report["manifests"] for row in read_manifest(storage.read(dst, name_of(uri)))]
-    assert sorted(r["source"] for r in rows) == sorted(f"gs://{src}/{n}" for n in photos)
-    assert {r["status"] for r in rows} == {"done", "rejected"}
-    import json
-
-    written = json.loads(storage.read(dst, name_of(report["report_uri"])))
-    assert written["counts"] == report["counts"]
-    assert written["estimate"]["billable_images"] == estimate["billable_images"]
-    assert [r["source"] for r in written["rejected"]] == [f"gs://{src}/products/broken.jpg"]
-
-    # the contact sheet: a valid PNG of the documented size, with the sample pairs
-    sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
-    sheet.verify()
-    sheet = Image.open(io.BytesIO(storage.read(dst, name_of(report["contact_sheet_uri"]))))
-    assert sheet.format == "PNG"
-    assert sheet.size == contact_sheet_size(6)
-    assert report["sample_pairs"] == 6  # the example's sample_size
+    assert_first_report(storage, src, dst, run, photos, good)
 
     # low balance + new photos: the pre-flight halts before any charge
     new = encode(ImageOps.mirror(Image.open(images_dir / "chelsea.png").convert("RGB")), "JPEG")
@@ -118,15 +140,8 @@ def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, image
     sandbox.admin.set_balance("pixelcut", 0.5)
     requests_before = len(sandbox.admin.requests("pixelcut"))
     halted = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
-    assert halted.state == "failed"
-    states = halted.task_states()
-    assert states["check_credits"] == "failed"
-    assert states["run_report"] == "upstream_failed"
-    halt = halted.xcom("check_credits", key="halt")
-    assert halt["reason"] == "insufficient_credits" and halt["available"] == "0.5"
+    assert_halted_before_spending(halted, sandbox, requests_before)
     assert len(sandbox.admin.charges("pixelcut")) == len(good)
-    billed = [r for r in sandbox.admin.requests("pixelcut")[requests_before:] if r.get("charged")]
-    assert billed == []
 
     # topped up: only the new photo is charged; a further rerun charges nothing
     sandbox.admin.set_balance("pixelcut", 100)
@@ -152,8 +167,7 @@ def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, image
         "cutouts/small/horse.webp": encode(Image.open(images_dir / "horse.png").resize((200, 164)), "WEBP"),
         "cutouts/_bgremoval/manifests/x/try-1.jsonl": b"{}\n",  # the provider's own files are excluded
     }
-    for name, data in cut.items():
-        storage.write(cutouts, name, data, content_type="application/octet-stream")
+    seed(storage, cutouts, cut)
     conf = {
         "cutouts_bucket": cutouts,
         "cutouts_prefix": "cutouts/",
@@ -182,15 +196,15 @@ def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, image
 
 def test_credit_monitor_example_passes_then_fails_and_notifies(vendor_connections, dag_tester) -> None:
     sandbox = vendor_connections
-    conf = {"credit_thresholds": {"pixelcut_default": 100, "pixian_default": 50, "poof_default": 20}}
-    ok = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor", conf=conf)
+    # the example's literal thresholds: pixelcut_default 100, pixian_default 50, poof_default 20
+    ok = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor")
     assert ok.state == "success", ok.task_states()
     balances = ok.xcom("check_balances")
     assert set(balances) == {"pixelcut_default", "pixian_default", "poof_default"}
     assert not any(b["low"] for b in balances.values())
 
     sandbox.admin.set_balance("poof", 5)
-    low = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor", conf=conf)
+    low = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor")
     assert low.state == "failed"
     alert = low.xcom("check_balances", key="low_balances")  # pushed by the notifier hook point
     assert [(a["conn_id"], a["remaining"], a["threshold"]) for a in alert] == [("poof_default", "5", "20")]
