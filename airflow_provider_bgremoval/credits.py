@@ -74,6 +74,20 @@ def has_enough(balance: Balance, min_credits: Decimal) -> bool:
     return min_credits <= 0 or (balance.usable and balance.remaining >= min_credits)
 
 
+def describe_wait(conn_id: str, balance: Balance, threshold: Decimal) -> str:
+    """
+    The log line of an account that has not reached its threshold yet.
+
+    :param conn_id: the connection.
+    :param balance: its balance.
+    :param threshold: the credits waited for.
+    """
+    return (
+        f"{conn_id} ({balance.vendor}): {balance.remaining} usable credits "
+        f"(state {balance.state.value}), threshold {threshold}: waiting"
+    )
+
+
 def is_fatal_balance_error(exc: BaseException) -> bool:
     """
     True when no later balance poll can succeed: bad credentials, a missing or misconfigured

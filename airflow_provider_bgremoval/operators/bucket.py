@@ -8,6 +8,7 @@ prices); see :mod:`airflow_provider_bgremoval.pipeline` for the engine.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -175,30 +176,17 @@ class BucketImageOperator(BucketJobOperator):
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),
             )
+            keep_record = functools.partial(
+                self._keep_record, context, storage, spec.destination_bucket, manifest_name, manifest
+            )
             try:
                 interrupt = run_batch(runner, cleanup=hook.aclose)
             except Exception as exc:  # a defect in the engine: keep the record, then fail
-                self._keep_record(
-                    context,
-                    storage,
-                    spec.destination_bucket,
-                    manifest_name,
-                    manifest,
-                    processor,
-                    strict=False,
-                )
+                keep_record(processor, strict=False)
                 raise AirflowException(
                     f"{processor.vendor}: the batch stopped unexpectedly: {exc!r}"
                 ) from exc
-            summary = self._keep_record(
-                context,
-                storage,
-                spec.destination_bucket,
-                manifest_name,
-                manifest,
-                processor,
-                strict=interrupt is None and runner.result.interrupted is None,
-            )
+            summary = keep_record(processor, strict=interrupt is None and runner.result.interrupted is None)
         result = runner.result
         self._report_lineage(hook, result)
         if interrupt is not None:

@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_bgremoval._compat import AirflowFailException, AirflowSkipException, conf
 from airflow_provider_bgremoval.credits import (
     describe_error,
+    describe_wait,
     has_enough,
     is_fatal_balance_error,
     parse_min_credits,
@@ -121,14 +122,7 @@ class CreditsSensor(BaseSensorOperator):
                 threshold,
             )
             return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
-        self.log.info(
-            "%s (%s): %s usable credits (state %s), threshold %s: waiting",
-            self.conn_id,
-            balance.vendor,
-            balance.remaining,
-            balance.state.value,
-            threshold,
-        )
+        self.log.info("%s", describe_wait(self.conn_id, balance, threshold))
         return PokeReturnValue(is_done=False)
 
     def trigger(self) -> CreditsTrigger:

@@ -20,6 +20,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_bgremoval.credits import (
     describe_error,
+    describe_wait,
     has_enough,
     is_fatal_balance_error,
     parse_min_credits,
@@ -150,14 +151,7 @@ class CreditsTrigger(BaseTrigger):
             )
             return None
         if not has_enough(balance, threshold):
-            log.info(
-                "%s (%s): %s usable credits (state %s), threshold %s: waiting",
-                self.conn_id,
-                balance.vendor,
-                balance.remaining,
-                balance.state.value,
-                threshold,
-            )
+            log.info("%s", describe_wait(self.conn_id, balance, threshold))
             return None
         log.info(
             "%s (%s): %s usable credits, threshold %s: met after %d poll(s)",
