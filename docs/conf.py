@@ -12,7 +12,6 @@ import functools
 import importlib.util
 import inspect
 import os
-import shutil
 import sys
 from importlib.metadata import metadata
 from pathlib import Path
@@ -64,6 +63,7 @@ exclude_patterns = ["api/_templates"]
 html_theme = "furo"
 html_title = f"{project} {release}"
 html_show_sourcelink = False
+html_copy_source = False
 
 # -- MyST ------------------------------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist"]
@@ -74,9 +74,16 @@ suppress_warnings = ["myst.header"]
 
 # -- API reference ---------------------------------------------------------------------------------
 # autosummary writes one page per module under docs/api/_generated (git-ignored), from the template
-# in docs/api/_templates: the module's automodule output, then its submodules. The folder is emptied
-# first so that a module removed or renamed leaves no stale page behind.
-shutil.rmtree(DOCS / "api" / "_generated", ignore_errors=True)
+# in docs/api/_templates: the module's automodule output, then its submodules. The page of a module
+# that was removed or renamed is deleted first (pages of existing modules stay, so that two builds of
+# one tree do not pull the pages from under each other).
+for _page in (DOCS / "api" / "_generated").glob("*.rst"):
+    try:
+        _module_exists = importlib.util.find_spec(_page.stem) is not None
+    except (ImportError, ValueError):
+        _module_exists = False
+    if not _module_exists:
+        _page.unlink(missing_ok=True)
 autosummary_generate = True
 autodoc_default_options = {
     "members": True,
