@@ -54,36 +54,6 @@ from typing_extensions import Self, dataclass_transform
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 
-__all__ = [
-    "CHOICE",
-    "CONTENT_TYPES",
-    "EXTENSIONS",
-    "NUMBER",
-    "OUTPUT_FORMATS",
-    "UNSET_IF_BLANK",
-    "Flag",
-    "Length",
-    "LocalSteps",
-    "Margin",
-    "OptionModel",
-    "OptionSet",
-    "OptionText",
-    "OptionValueError",
-    "OutputFormat",
-    "ProcessingPlan",
-    "RemovalOptions",
-    "VendorCapabilities",
-    "option_model",
-    "options_fingerprint",
-    "parse_color",
-    "parse_flag",
-    "parse_format",
-    "parse_size",
-    "plan_processing",
-    "unset_or",
-    "validate_as",
-]
-
 OutputFormat = Literal["png", "jpeg", "webp"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "jpeg", "webp")
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -282,23 +252,15 @@ def _dotted(*parts: str) -> str:
     return ".".join(part for part in parts if part)
 
 
-def _nested_model(annotation: Any) -> Any:
-    """The option model a field holds (``X``, ``X | None``, ``Annotated[X | None, …]``), or ``None``."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and pydantic.dataclasses.is_pydantic_dataclass(candidate):
-            return candidate
-        if get_args(candidate):
-            nested = _nested_model(candidate)
-            if nested is not None:
-                return nested
-    return None
-
-
 def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
+    """The keys the model at ``path`` (``[]``: ``model`` itself, else a nested model) accepts."""
     for name in path:
-        info = model.__pydantic_fields__.get(name) if model is not None else None
-        model = _nested_model(info.annotation) if info is not None else None
-    return list(model.__pydantic_fields__) if model is not None else []
+        annotation = model.__pydantic_fields__[name].annotation
+        types = (annotation, *get_args(annotation))
+        model = next((kind for kind in types if pydantic.dataclasses.is_pydantic_dataclass(kind)), None)
+        if model is None:
+            return []
+    return list(model.__pydantic_fields__)
 
 
 def invalid_option(error: ValidationError, model: type[OptionModel]) -> InvalidOptionError:
@@ -561,35 +523,13 @@ class RemovalOptions(OptionSet):
         return self
 
     @classmethod
-    def create(
-        cls,
-        *,
-        output_format: str = "png",
-        background_color: str | None = None,
-        crop: bool | str = False,
-        margin: str | Margin | None = None,
-        max_size: Any = None,
-        jpeg_quality: int | str = 90,
-    ) -> RemovalOptions:
+    def create(cls, **options: Any) -> RemovalOptions:
         """
-        Build the options from user input (the constructor, with the user-facing argument types).
+        The options from user input (the constructor, kept for callers written before it validated).
 
-        :param output_format: see the class.
-        :param background_color: see the class.
-        :param crop: see the class.
-        :param margin: see the class.
-        :param max_size: see the class.
-        :param jpeg_quality: see the class.
+        :param options: the fields, as the constructor takes them (text from templates accepted).
         """
-        values: dict[str, Any] = {
-            "output_format": output_format,
-            "background_color": background_color,
-            "crop": crop,
-            "margin": margin,
-            "max_size": max_size,
-            "jpeg_quality": jpeg_quality,
-        }
-        return cls(**values)
+        return cls(**options)
 
     @property
     def effective_background(self) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -34,25 +34,18 @@ from airflow_provider_bgremoval.exceptions import (
     safe_excerpt,
 )
 from airflow_provider_bgremoval.imaging import InputLimits
-from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.options import OptionSet, RemovalOptions, VendorCapabilities
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 
 _N = TypeVar("_N", int, float)
 
 
-class VendorOptions(Protocol):
-    """A vendor's typed options (``PixelcutOptions``, ``PixianOptions``, ``PoofOptions``)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Primitive form (for option fingerprints and manifests)."""
-
-
-#: What a caller may pass as a call's vendor options: the vendor's typed options, a mapping of their
-#: fields (e.g. a templated operator argument), or ``None`` for the defaults. The hook turns it into
-#: the typed form once, with :meth:`VendorWire.check_call`; the typed form passes through every other
-#: method unchanged.
-VendorOptionsInput = VendorOptions | Mapping[str, Any] | None
+#: What a caller may pass as a call's vendor options: the vendor's typed options (``PixelcutOptions``,
+#: ``PixianOptions``, ``PoofOptions``), a mapping of their fields (e.g. a templated operator
+#: argument), or ``None`` for the defaults. The hook turns it into the typed form once, with
+#: :meth:`VendorWire.check_call`; the typed form passes through every other method unchanged.
+VendorOptionsInput = OptionSet | Mapping[str, Any] | None
 
 #: A vendor's "MB" — Pixelcut "Max size: 25MB", Poof "Maximum size: 20MB", Pixian "at most 1
 #: megabyte" of base64 — read as a decimal megabyte, 1,000,000 bytes: the smaller of the two
