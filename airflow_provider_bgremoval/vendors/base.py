@@ -26,6 +26,7 @@ import httpx
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
+    InvalidVendorResponseError,
     OutOfCreditsError,
     RateLimitedError,
     TransientVendorError,
@@ -378,6 +379,28 @@ class VendorWire(ABC):
         if kind is RateLimitedError:
             kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
         return kind(message, **kwargs)
+
+    def invalid_reply(
+        self,
+        message: str,
+        response: httpx.Response | None = None,
+        *,
+        possibly_charged: bool = True,
+        **details: Any,
+    ) -> InvalidVendorResponseError:
+        """
+        The error for a success reply that cannot be used.
+
+        :param message: what is wrong with it.
+        :param response: the reply, when its status belongs in the error.
+        :param possibly_charged: False for free calls (balances, test calls).
+        :param details: other fields of the error (``code``, ``request_id``).
+        """
+        if response is not None:
+            details.setdefault("status_code", response.status_code)
+        return InvalidVendorResponseError(
+            message, vendor=self.name, possibly_charged=possibly_charged, **details
+        )
 
     @staticmethod
     def text_excerpt(response: httpx.Response) -> str:

@@ -37,7 +37,7 @@ import httpx
 from pydantic import BeforeValidator, Field, model_validator
 from typing_extensions import Self
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError, InvalidVendorResponseError, safe_excerpt
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
     CHOICE,
@@ -521,9 +521,6 @@ class PixelcutWire(VendorWire):
         return WireRequest("GET", self.CREDITS_PATH, headers={"Accept": "application/json"})
 
     # -- replies -------------------------------------------------------------------------------
-    def _invalid(self, message: str, *, possibly_charged: bool = True) -> InvalidVendorResponseError:
-        return InvalidVendorResponseError(message, vendor=self.name, possibly_charged=possibly_charged)
-
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
         """
         Read a 200 from remove- or generate-background: image bytes, or JSON with ``result_url``.
@@ -535,7 +532,7 @@ class PixelcutWire(VendorWire):
             body = json_body(response)
             url = body.get("result_url") if isinstance(body, dict) else None
             if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-                raise self._invalid(
+                raise self.invalid_reply(
                     f"expected a JSON object with an http(s) result_url, got {self.text_excerpt(response)!r}"
                 )
             return ResultLocation(url=url)
@@ -547,13 +544,13 @@ class PixelcutWire(VendorWire):
         """Read ``{"credits_remaining": 42}`` (a number or a numeric string)."""
         body = json_body(response)
         if not isinstance(body, dict) or "credits_remaining" not in body:
-            raise self._invalid(
+            raise self.invalid_reply(
                 f"expected {{'credits_remaining': ...}}, got {self.text_excerpt(response)!r}",
                 possibly_charged=False,
             )
         remaining = parse_decimal(body["credits_remaining"])
         if remaining is None:
-            raise self._invalid(
+            raise self.invalid_reply(
                 f"credits_remaining is not a number: {safe_excerpt(repr(body['credits_remaining']), 60)}",
                 possibly_charged=False,
             )

@@ -53,7 +53,6 @@ from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
     InvalidOptionError,
-    InvalidVendorResponseError,
     OutOfCreditsError,
     VendorRequestError,
 )
@@ -508,7 +507,7 @@ class PixianWire(VendorWire):
         :param response: a 2xx reply.
         """
         if not response.content:
-            raise InvalidVendorResponseError("Pixian returned an empty body", vendor=self.name)
+            raise self.invalid_reply("Pixian returned an empty body")
         headers = response.headers
         metadata: dict[str, Any] = {}
         orientation = parse_int(headers.get("x-input-orientation"))
@@ -559,9 +558,7 @@ class PixianWire(VendorWire):
                 result.content, image.data, orientation=metadata.get("input_orientation")
             )
         except DeltaPngError as exc:
-            raise InvalidVendorResponseError(
-                f"cannot decode Pixian's delta PNG: {exc}", vendor=self.name, code="delta_png"
-            ) from None
+            raise self.invalid_reply(f"cannot decode Pixian's delta PNG: {exc}", code="delta_png") from None
         metadata.update(delta_png=True, delta_png_bytes=len(result.content))
         return replace(
             result,
@@ -579,10 +576,8 @@ class PixianWire(VendorWire):
         :param result: the parsed reply of a ``test=true`` call.
         """
         if result.credits_calculated is None:
-            raise InvalidVendorResponseError(
-                "Pixian's test reply has no X-Credits-Calculated header",
-                vendor=self.name,
-                possibly_charged=False,
+            raise self.invalid_reply(
+                "Pixian's test reply has no X-Credits-Calculated header", possibly_charged=False
             )
         return result.credits_calculated
 
@@ -598,18 +593,16 @@ class PixianWire(VendorWire):
         """
         body = json_body(response)
         if not isinstance(body, Mapping):
-            raise InvalidVendorResponseError(
+            raise self.invalid_reply(
                 f"Pixian's account reply is not a JSON object: {self.text_excerpt(response)!r}",
-                vendor=self.name,
-                status_code=response.status_code,
+                response,
                 possibly_charged=False,
             )
         credits = parse_decimal(body.get("credits"))
         if credits is None:
-            raise InvalidVendorResponseError(
+            raise self.invalid_reply(
                 f"Pixian's account reply has no numeric 'credits' ({body.get('credits')!r})",
-                vendor=self.name,
-                status_code=response.status_code,
+                response,
                 possibly_charged=False,
             )
         raw_state = str(body.get("state") or "").strip().lower()

@@ -350,20 +350,15 @@ class PoofWire(VendorWire):
         declared = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         sniffed = _sniff_content_type(content)
         if not content:
-            raise InvalidVendorResponseError(
-                "Poof answered success with an empty body",
-                vendor=self.name,
-                status_code=response.status_code,
-                request_id=request_id,
+            raise self.invalid_reply(
+                "Poof answered success with an empty body", response, request_id=request_id
             )
         if sniffed is None and not declared.startswith("image/"):
             what = declared or "an untyped body"
             message = f"Poof answered success with {what}, not an image"
             if declared.startswith(("text/", "application/json")):
                 message = f"{message}: {self._redact(self.text_excerpt(response))}"
-            raise InvalidVendorResponseError(
-                message, vendor=self.name, status_code=response.status_code, request_id=request_id
-            )
+            raise self.invalid_reply(message, response, request_id=request_id)
         charged_header = headers.get("x-credits-charged")
         charged = parse_decimal(charged_header) if charged_header is not None else None
         metadata: dict[str, Any] = {}
@@ -444,13 +439,8 @@ class PoofWire(VendorWire):
         )
 
     def _bad_account(self, response: httpx.Response, message: str) -> InvalidVendorResponseError:
-        return InvalidVendorResponseError(
-            message,
-            vendor=self.name,
-            status_code=response.status_code,
-            request_id=response.headers.get("x-request-id") or None,
-            possibly_charged=False,
-        )
+        request_id = response.headers.get("x-request-id") or None
+        return self.invalid_reply(message, response, possibly_charged=False, request_id=request_id)
 
     def parse_balance(self, response: httpx.Response) -> Balance:
         """
