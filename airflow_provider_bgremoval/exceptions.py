@@ -20,7 +20,7 @@ body is quoted only through :func:`safe_excerpt`.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from airflow.sdk.exceptions import AirflowException
 
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _EXCERPT_LIMIT = 300
+E = TypeVar("E", bound=AirflowException)
 
 
 def safe_excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
@@ -134,7 +135,8 @@ class BgRemovalError(AirflowException):
         }
 
 
-def _rebuild(cls: type[BgRemovalError], message: str, state: dict[str, object]) -> BgRemovalError:
+def _rebuild(cls: type[E], message: str, state: dict[str, object]) -> E:
+    """Unpickle an exception built with keyword arguments (any ``AirflowException`` subclass)."""
     obj = cls.__new__(cls)
     AirflowException.__init__(obj, message)
     obj.__dict__.update(state)

@@ -1,28 +1,22 @@
 """The behaviour every vendor hook shares: connection -> configured httpx clients, retries, results.
 
-A vendor hook is a subclass that names its connection type and its wire format
-(:class:`~airflow_provider_bgremoval.vendors.base.VendorWire`); everything else lives here once:
+A vendor hook names its connection type and its wire format
+(:class:`~airflow_provider_bgremoval.vendors.base.VendorWire`); the rest lives here once: one pooled
+``httpx.Client`` and ``httpx.AsyncClient`` per hook, the retry policy
+(:mod:`airflow_provider_bgremoval.retry`) around every request, transport failures and error replies
+mapped to the exception hierarchy, local input checks before a billed call, result decoding and
+post-processing, and size-capped result-URL downloads (http(s) only, redirects checked, no API key).
 
-* one ``httpx.Client`` and one ``httpx.AsyncClient`` per hook instance, created lazily, pooled and
-  kept alive, closed by ``close()`` / ``aclose()`` or the context-manager forms;
-* the retry policy (:mod:`airflow_provider_bgremoval.retry`) around every request;
-* mapping of transport failures and error replies to the exception hierarchy;
-* local input checks before a billed call, vendor-specific result decoding, local post-processing;
-* size-capped downloads of result URLs (http(s) only, redirects checked, no API key sent).
-
-**One implementation per call path.** The vendor wire formats are sans-I/O (requests and replies
-as data); the hooks take the same shape one level up, httpx's sans-I/O core with thin sync and async
-shells. Each call path (read the connection, send under the retry policy, download a result, remove
-a background…) is written once, as a generator method that *yields* the I/O it needs as effects
-(one request, one streamed download, the connection read, a retried sub-path, CPU work) and returns
-its result; a failed effect raises inside the path, at its ``yield``, so error mapping is written
-once too. Two small drivers perform the effects: ``_run`` with ``httpx.Client`` and blocking calls,
-``_arun`` with ``httpx.AsyncClient``, ``await`` and CPU work in a worker thread (off the event
-loop). ``remove_background = _blocking(_remove_background)`` and ``aremove_background =
-_asynchronous(_remove_background)`` make the two public methods, with the path's signature and
-docstring. The alternative, httpcore's async source with an unasync-generated sync half, checks in a
-second, generated copy of every path and needs a generation check in CI; here only each effect's two
-executions (a few lines, side by side) exist twice.
+**One implementation per call path**, in the shape of httpx's sans-I/O core with thin sync and async
+shells (the wire formats are sans-I/O already). Each call path is one generator method that *yields*
+the I/O it needs as effects (a request, a streamed download, the connection read, a retried
+sub-path, CPU work) and returns its result; a failed effect raises at its ``yield``, so errors are
+mapped once too. ``_run`` performs the effects with ``httpx.Client`` and blocking calls, ``_arun``
+with ``httpx.AsyncClient`` and CPU work in a worker thread; ``remove_background =
+_blocking(_remove_background)`` and ``aremove_background = _asynchronous(_remove_background)`` make
+the public methods, with the path's signature and docstring. (httpcore's alternative, an async source
+with an unasync-generated sync half, checks in a generated copy of every path and needs a CI check;
+here only each effect's two executions, a few lines side by side, exist twice.)
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -196,31 +190,26 @@ class _Exchange(_Effect[httpx.Response]):
 
 @dataclass(frozen=True)
 class _Fetch(_Effect["str | bytes"]):
-    """
-    GET ``url`` with the API client (no API key sent, no redirect followed): ``read_head`` raises or
-    returns a redirect target; else the body, each chunk passed through ``keep`` (the size cap).
-    """
+    """GET a result URL (no API key, no redirect followed): a redirect target, or the capped body."""
 
     url: str
-    read_head: Callable[[httpx.Response], str | None]
-    keep: Callable[[bytearray, bytes], None]
 
     def run(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
         body = bytearray()
         with hook._get_client().stream("GET", self.url) as response:
-            if redirect := self.read_head(response):
+            if redirect := hook._result_head(response):
                 return redirect
             for chunk in response.iter_bytes():
-                self.keep(body, chunk)
+                hook._keep_chunk(body, chunk)
         return bytes(body)
 
     async def arun(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
         body = bytearray()
         async with (await hook._aget_client()).stream("GET", self.url) as response:
-            if redirect := self.read_head(response):
+            if redirect := hook._result_head(response):
                 return redirect
             async for chunk in response.aiter_bytes():
-                self.keep(body, chunk)
+                hook._keep_chunk(body, chunk)
         return bytes(body)
 
 
@@ -542,7 +531,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     @classmethod
     def _base_url(cls, conn: Connection, extras: Mapping[str, Any]) -> str:
-        url, parameter = cls._field(conn, extras, "host"), "host" if (conn.host or "").strip() else "base_url"
+        url = cls._field(conn, extras, "host")  # the host field, else the legacy base_url extra
+        parameter = "host" if (conn.host or "").strip() else "base_url"
         if parameter == "host":
             url = url if "://" in url else f"https://{url}"
             if conn.port and not urlsplit(url).port:
@@ -736,7 +726,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         target = str(url)
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                got = yield from _Fetch(target, self._result_head, self._keep_chunk)
+                got = yield from _Fetch(target)
             except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
             except httpx.HTTPError as exc:
@@ -795,16 +785,12 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             decoded = decode_result(result.content, vendor=wire.name)
             content, width, height = result.content, decoded.width, decoded.height
             content_type = Image.MIME.get(decoded.format or "", result.content_type)
-        return ImageResult(
+        return replace(
+            result,
             content=content,
             content_type=content_type,
-            vendor=wire.name,
             width=width,
             height=height,
-            request_id=result.request_id,
-            credits_charged=result.credits_charged,
-            credits_calculated=result.credits_calculated,
-            metadata=result.metadata,
             call=stats.snapshot(),
         )
 
@@ -817,15 +803,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         stats: CallStats | None = None,
     ) -> Flow[ImageResult]:
         """
-        Send a billed image request, download a located result, decode and post-process it: the one
-        path every image endpoint (remove-background, Pixelcut's generate-background…) takes.
-
-        :param request: the billed request.
-        :param image: the input (for vendor-specific result decoding).
-        :param plan: the local post-processing plan (an empty :class:`LocalSteps` keeps the bytes).
-        :param vendor_options: the vendor options, handed to :meth:`VendorWire.finish_result`.
-        :param stats: the caller's live record of the call (attempts, lost replies, whether the vendor
-            answered and billed, a retry guard); a fresh one when ``None``.
+        The one path of every image endpoint: send the billed request, download a located result,
+        decode and post-process it (``plan.local``), counting into ``stats`` (a fresh one if ``None``).
         """
         stats = stats if stats is not None else CallStats()
         try:
