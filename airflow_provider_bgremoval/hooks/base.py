@@ -87,7 +87,10 @@ def is_http_url(url: object) -> bool:
 
     :param url: the URL.
     """
-    parts = urlsplit(str(url))
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:  # e.g. "http://[bad": an invalid IPv6 host
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
@@ -697,7 +700,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """Read a result reply's head: its redirect target, ``None`` for a body to read; else raise."""
         status, declared = response.status_code, response.headers.get("content-length", "")
         if response.is_redirect:
-            target = urljoin(str(response.url), response.headers.get("location", ""))
+            try:
+                target = urljoin(str(response.url), response.headers.get("location", ""))
+            except ValueError:  # an invalid URL in Location
+                target = ""
             if not is_http_url(target):
                 raise self._download_error("result URL redirected to a non-http(s) location; refused")
             return target

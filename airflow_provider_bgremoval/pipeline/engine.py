@@ -613,7 +613,8 @@ class BatchRunner:
         stats = flight.stats
         if stats.attempts == 0:  # a processor that does not fill in the live record reports on its error
             call = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
-            stats.attempts, stats.possibly_charged = call.attempts, call.possibly_charged + call.billed_reply
+            stats.attempts, stats.possibly_charged = call.attempts, call.possibly_charged
+            stats.billed_reply, stats.credits_charged = call.billed_reply, call.credits_charged
         if isinstance(exc, InputRejectedError):
             self._settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
         elif isinstance(exc, (OutOfCreditsError, VendorAuthError)):

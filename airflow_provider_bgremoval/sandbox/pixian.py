@@ -121,45 +121,63 @@ def _parse_margin(value: str) -> tuple[tuple[float, str], ...]:
     return tuple(parsed)
 
 
+def _flag(fields: dict[str, str], name: str) -> bool | None:
+    """A true/false field, ``None`` when absent."""
+    if name not in fields:
+        return None
+    value = parse_bool(fields[name])
+    if value is None:
+        raise _bad(f"{name} must be true or false")
+    return value
+
+
+def _choice(fields: dict[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    """A field from a closed set, ``None`` when absent."""
+    if name not in fields:
+        return None
+    value = fields[name].strip()
+    if value not in choices:
+        raise _bad(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}")
+    return value
+
+
+def _color(value: str) -> tuple[int, int, int]:
+    color = value.strip()
+    if not _COLOR.match(color):
+        raise _bad("background.color must look like #RRGGBB")
+    return (int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16))
+
+
+def _target_size(value: str) -> tuple[int, int]:
+    match = _TARGET.match(value)
+    if not match:
+        raise _bad("result.target_size must look like '1920 1080'")
+    tw, th = round(float(match.group(1))), round(float(match.group(2)))
+    if tw < 1 or th < 1:
+        raise _bad("result.target_size must be at least 1 pixel wide and high")
+    if tw * th > MAX_TARGET_PIXELS:
+        raise _bad(f"result.target_size: the sandbox renders at most {MAX_TARGET_PIXELS:,} pixels")
+    return tw, th
+
+
 def _options(fields: dict[str, str]) -> Options:
     opts = Options()
-    if "test" in fields:
-        test = parse_bool(fields["test"])
-        if test is None:
-            raise _bad("test must be true or false")
+    if (test := _flag(fields, "test")) is not None:
         opts.test = test
     if "max_pixels" in fields:
         opts.max_pixels = _int(fields["max_pixels"], "max_pixels", *MAX_PIXELS_RANGE)
     if fields.get("background.color"):
-        color = fields["background.color"].strip()
-        if not _COLOR.match(color):
-            raise _bad("background.color must look like #RRGGBB")
-        opts.background = (int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16))
-    if "result.crop_to_foreground" in fields:
-        crop = parse_bool(fields["result.crop_to_foreground"])
-        if crop is None:
-            raise _bad("result.crop_to_foreground must be true or false")
+        opts.background = _color(fields["background.color"])
+    if (crop := _flag(fields, "result.crop_to_foreground")) is not None:
         opts.crop = crop
     if fields.get("result.margin"):
         opts.margin = _parse_margin(fields["result.margin"])
     if fields.get("result.target_size"):
-        match = _TARGET.match(fields["result.target_size"])
-        if not match:
-            raise _bad("result.target_size must look like '1920 1080'")
-        tw, th = round(float(match.group(1))), round(float(match.group(2)))
-        if tw < 1 or th < 1:
-            raise _bad("result.target_size must be at least 1 pixel wide and high")
-        if tw * th > MAX_TARGET_PIXELS:
-            raise _bad(f"result.target_size: the sandbox renders at most {MAX_TARGET_PIXELS:,} pixels")
-        opts.target = (tw, th)
-    if "result.vertical_alignment" in fields:
-        opts.valign = fields["result.vertical_alignment"].strip()
-        if opts.valign not in ("top", "middle", "bottom"):
-            raise _bad("result.vertical_alignment must be top, middle or bottom")
-    if "output.format" in fields:
-        opts.output = fields["output.format"].strip()
-        if opts.output not in ("auto", "png", "jpeg", "delta_png"):
-            raise _bad("output.format must be auto, png, jpeg or delta_png")
+        opts.target = _target_size(fields["result.target_size"])
+    if (valign := _choice(fields, "result.vertical_alignment", ("top", "middle", "bottom"))) is not None:
+        opts.valign = valign
+    if (output := _choice(fields, "output.format", ("auto", "png", "jpeg", "delta_png"))) is not None:
+        opts.output = output
     if "output.jpeg_quality" in fields:
         opts.quality = _int(fields["output.jpeg_quality"], "output.jpeg_quality", 1, 100)
     return opts

@@ -114,6 +114,35 @@ def _work(data: bytes, fields: dict[str, Any]) -> tuple[bytes, int, int]:
     return imaging.encode(out, encoder, quality=90), out.width, out.height
 
 
+def _fields(raw: dict[str, str]) -> dict[str, Any]:
+    """The remove parameters, validated as Poof documents them."""
+    fields: dict[str, Any] = {
+        "format": raw.get("format", "png").strip().lower(),
+        "channels": raw.get("channels", "rgba").strip().lower(),
+        "size": raw.get("size", "full").strip().lower(),
+        "bg_color": parse_color(raw["bg_color"]) if raw.get("bg_color") else None,
+        "crop": parse_bool(raw.get("crop", "false")),
+    }
+    if fields["format"] not in FORMATS:
+        raise _invalid("format must be one of: png, jpg, webp")
+    if fields["channels"] not in ("rgba", "rgb", "alpha"):
+        raise _invalid("channels must be one of: rgba, rgb")
+    if fields["size"] not in SIZES and fields["size"] != "hd":
+        raise _invalid("size must be one of: full, preview, small, medium, large")
+    if fields["crop"] is None:
+        raise _invalid("crop must be true or false")
+    return fields
+
+
+def _upload(form: Any) -> UploadFile:
+    """The uploaded image (``image_file``; poofbg >= 0.4 sends it as ``file``)."""
+    for name in ("image_file", "file"):
+        upload = form.get(name)
+        if isinstance(upload, UploadFile):
+            return upload
+    raise VendorError(400, "missing_image", "No image file provided (field image_file)")
+
+
 async def remove(request: Request) -> Response:
     """``POST /v1/remove``.
 
@@ -132,26 +161,8 @@ async def remove(request: Request) -> Response:
             raise _invalid(exc.message) from exc
         raw = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         ctx.params = {k: v[:200] for k, v in raw.items()}
-        fields: dict[str, Any] = {
-            "format": raw.get("format", "png").strip().lower(),
-            "channels": raw.get("channels", "rgba").strip().lower(),
-            "size": raw.get("size", "full").strip().lower(),
-            "bg_color": parse_color(raw["bg_color"]) if raw.get("bg_color") else None,
-            "crop": parse_bool(raw.get("crop", "false")),
-        }
-        if fields["format"] not in FORMATS:
-            raise _invalid("format must be one of: png, jpg, webp")
-        if fields["channels"] not in ("rgba", "rgb", "alpha"):
-            raise _invalid("channels must be one of: rgba, rgb")
-        if fields["size"] not in SIZES and fields["size"] != "hd":
-            raise _invalid("size must be one of: full, preview, small, medium, large")
-        if fields["crop"] is None:
-            raise _invalid("crop must be true or false")
-        upload = form.get("image_file")
-        if not isinstance(upload, UploadFile):
-            upload = form.get("file")  # poofbg >= 0.4 sends the file as `file`
-        if not isinstance(upload, UploadFile):
-            raise VendorError(400, "missing_image", "No image file provided (field image_file)")
+        fields = _fields(raw)
+        upload = _upload(form)
         ctx.params["image_file"] = f"<file {upload.filename or ''}>"
         cost: Decimal = state.config.costs.poof_per_image
         if not state.ledger.check("poof", key, cost):

@@ -268,7 +268,7 @@ def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
         return None
     try:
         return tuple(round(float(p)) for p in parts)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or inf / 1e400
         return None
 
 

@@ -744,7 +744,7 @@ def test_relative_redirect_is_followed(hook: FakeHook, server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["file:///etc/passwd", "ftp://cdn.test/r/1.png", "data:image/png;base64,AAAA"]
+    "target", ["file:///etc/passwd", "ftp://cdn.test/r/1.png", "data:image/png;base64,AAAA", "http://[bad"]
 )
 def test_redirect_off_http_is_refused(
     target: str, hook: FakeHook, server: Server, sleep: SleepRecorder

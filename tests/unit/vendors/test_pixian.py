@@ -505,6 +505,7 @@ def test_missing_or_malformed_headers_are_left_out(wire: PixianWire) -> None:
             "x-input-orientation": "12",
             "x-input-size": "4000",
             "x-result-foreground": "1 2 three 4",
+            "x-result-size": "1e400 5",  # overflows an int: left out, never an OverflowError
         },
         content=b"jpeg",
     )
