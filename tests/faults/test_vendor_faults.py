@@ -165,8 +165,12 @@ async def test_responses_slower_than_the_timeout(cell: Cell, vendor: str) -> Non
     assert run.counts["done"] == BATCH
     slow = _requests(cell, vendor, fault="slow (client gave up)")
     assert len(slow) >= 3
-    assert run.charged == BATCH  # a hung-up stalled call is not billed
-    assert run.possibly_charged == len(slow)  # ... but the client reports each as unknown
+    # A hung-up stalled call is not billed, but the client reports each as unknown. On a loaded
+    # machine an ordinary call can also outlast the 0.4 s timeout: the sandbox finishes and bills
+    # it, and the client counts it as possibly charged too — so the extra charges are bounded by
+    # the client's timeouts that were not stalls.
+    assert run.possibly_charged >= len(slow)
+    assert BATCH <= run.charged <= BATCH + run.possibly_charged - len(slow)
     assert all("ReadTimeout" in str(r) or r["attempts"] >= 1 for r in run.rows)
     await _rerun_clean(cell, vendor, run)
 
