@@ -25,6 +25,7 @@ import asyncio
 import inspect
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -133,7 +134,7 @@ class _Failed:
     error: Exception
 
 
-class _Effect(Generic[T]):
+class _Effect(ABC, Generic[T]):
     """One I/O step, with its blocking and its async execution; ``yield from effect`` performs it."""
 
     def __iter__(self) -> Generator[_Effect[Any], Any, T]:
@@ -142,11 +143,13 @@ class _Effect(Generic[T]):
             raise outcome.error
         return outcome  # type: ignore[no-any-return]
 
+    @abstractmethod
     def run(self, hook: BackgroundRemovalHook[Any]) -> T:
-        raise NotImplementedError
+        """Perform the step with the hook's blocking client."""
 
+    @abstractmethod
     async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
-        raise NotImplementedError
+        """Perform the step with the hook's async client."""
 
     def outcome(self, hook: BackgroundRemovalHook[Any]) -> T | _Failed:
         try:
