@@ -1,7 +1,7 @@
 """The one option set every vendor understands (DESIGN.md decision 7), and how options are validated.
 
 A user asks for an output format, a background colour, a crop with a margin and a maximum size.
-:func:`plan_processing` splits that request, from a vendor's :class:`VendorCapabilities` (data, not
+:func:`split_options` splits that request, from a vendor's :class:`VendorCapabilities` (data, not
 code), into what the vendor is asked to do natively and what is done locally with Pillow after the
 call, so every vendor produces the same kind of result.
 
@@ -611,7 +611,7 @@ class LocalSteps:
 
 
 @dataclass(frozen=True)
-class ProcessingPlan:
+class OptionSplit:
     """
     The split of :class:`RemovalOptions` between a vendor and local post-processing.
 
@@ -623,7 +623,7 @@ class ProcessingPlan:
     local: LocalSteps = field(default_factory=LocalSteps)
 
 
-def plan_processing(options: RemovalOptions, caps: VendorCapabilities) -> ProcessingPlan:
+def split_options(options: RemovalOptions, caps: VendorCapabilities) -> OptionSplit:
     """
     Split ``options`` into what the vendor does natively and what is done locally.
 
@@ -656,4 +656,4 @@ def plan_processing(options: RemovalOptions, caps: VendorCapabilities) -> Proces
         output_format=local_format,
         quality=options.jpeg_quality,
     )
-    return ProcessingPlan(native=native, local=local)
+    return OptionSplit(native=native, local=local)

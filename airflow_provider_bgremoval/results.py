@@ -91,14 +91,14 @@ class Balance:
     :param vendor: vendor name.
     :param remaining: credits that can still be spent (0 when the account is dormant or suspended).
     :param state: normalised account state.
-    :param plan: plan or credit-pack name when the vendor reports one.
+    :param credit_pack: credit-pack or subscription-plan name when the vendor reports one.
     :param raw: the vendor's reply as parsed JSON (never contains secrets).
     """
 
     vendor: str
     remaining: Decimal
     state: AccountState = AccountState.ACTIVE
-    plan: str | None = None
+    credit_pack: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -112,5 +112,5 @@ class Balance:
             "vendor": self.vendor,
             "remaining": str(self.remaining),
             "state": self.state.value,
-            "plan": self.plan,
+            "credit_pack": self.credit_pack,
         }

@@ -49,7 +49,7 @@ from airflow_provider_bgremoval.exceptions import (
     safe_excerpt,
 )
 from airflow_provider_bgremoval.imaging import apply_local_steps, decode_result, prepare_input
-from airflow_provider_bgremoval.options import ProcessingPlan, RemovalOptions, plan_processing
+from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import CallStats, RetryPolicy, acall_with_retry, call_with_retry
 from airflow_provider_bgremoval.vendors.base import (
@@ -781,7 +781,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         wire: VendorWire,
         result: ImageResult,
         image: ImageInput,
-        plan: ProcessingPlan,
+        plan: OptionSplit,
         vendor_options: Any,
         stats: CallStats,
     ) -> ImageResult:
@@ -807,7 +807,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         self,
         request: WireRequest,
         image: ImageInput,
-        plan: ProcessingPlan,
+        plan: OptionSplit,
         vendor_options: Any = None,
         stats: CallStats | None = None,
     ) -> Flow[ImageResult]:
@@ -869,7 +869,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
         wire = yield from self._wire()
         image_input = yield from self._image_input(image, image_url, filename, check_input)
-        plan = plan_processing(options, wire.capabilities_for(vendor_options))
+        plan = split_options(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
         return (yield from self._image_call(request, image_input, plan, vendor_options, stats))
 

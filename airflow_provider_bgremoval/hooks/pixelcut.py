@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _asynchronous, _blocking
-from airflow_provider_bgremoval.options import LocalSteps, ProcessingPlan, RemovalOptions
+from airflow_provider_bgremoval.options import LocalSteps, OptionSplit, RemovalOptions
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.vendors.pixelcut import (
@@ -21,7 +21,7 @@ from airflow_provider_bgremoval.vendors.pixelcut import (
 __all__ = ["PixelcutHook"]
 
 #: Generate-background returns a ready JPEG: nothing is re-encoded locally, only decode-checked.
-_GENERATE_PLAN = ProcessingPlan(native=RemovalOptions(output_format="jpeg"), local=LocalSteps())
+_GENERATE_PLAN = OptionSplit(native=RemovalOptions(output_format="jpeg"), local=LocalSteps())
 
 
 class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):

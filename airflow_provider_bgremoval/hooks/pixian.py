@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_bgremoval._compat import mask_secret
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _asynchronous, _blocking
-from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
+from airflow_provider_bgremoval.options import RemovalOptions, split_options
 from airflow_provider_bgremoval.vendors.base import ConnectionSettings, basic_auth_header
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire, parse_test_mode
 
@@ -127,7 +127,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         PixianWire.check_options(options, opts)
         wire = yield from self._wire()
         image_input = yield from self._image_input(image, image_url, filename, True)
-        plan = plan_processing(options, wire.capabilities_for(opts))
+        plan = split_options(options, wire.capabilities_for(opts))
         response = yield from self._send(wire.remove_background_request(image_input, plan.native, opts))
         calculated = wire.credits_calculated(wire.parse_result(response))
         self.log.info("Pixian test call: a production call would cost %s credits", calculated)

@@ -121,7 +121,7 @@ class BucketImageOperator(BucketJobOperator):
             max_images = parse_count(self.max_images, "max_images")
             max_credits = parse_credits(self.max_credits, "max_credits")
             job = self.prepare_job()
-            plan = job.plan()
+            plan = job.plan_batch()
         except (InvalidOptionError, DestinationCollisionError) as exc:
             # Bad parameters and colliding outputs cannot be fixed by retrying: fail at once.
             raise AirflowFailException(str(exc)) from exc

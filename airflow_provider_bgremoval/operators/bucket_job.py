@@ -1,7 +1,7 @@
 """The bucket job: what a bucket task works on, shared by the batch operators and the credits pre-flight.
 
 A :class:`BucketJob` holds the batch spec (sources, outputs, filters), the GCS storage, the vendor hook
-and the image processor; :meth:`BucketJob.plan` plans it with
+and the image processor; :meth:`BucketJob.plan_batch` plans it with
 :func:`~airflow_provider_bgremoval.pipeline.planning.plan_batch`. The removal and generation operators
 (:mod:`~airflow_provider_bgremoval.operators.bucket`) run the plan; the credits pre-flight
 (:mod:`~airflow_provider_bgremoval.operators.preflight`) prices the same plan without running it.
@@ -130,7 +130,7 @@ class BucketJob:
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(max_concurrency)),
         )
 
-    def plan(self) -> BatchPlan:
+    def plan_batch(self) -> BatchPlan:
         """Plan the batch: list, map names, skip finished outputs, check locally (no vendor call)."""
         processor = self.processor
         return run_coroutine(

@@ -37,7 +37,7 @@ class BalanceCheck:
     :param vendor: vendor name (``None`` when the connection could not be resolved).
     :param remaining: usable credits (``None`` when the balance could not be read).
     :param state: the account state.
-    :param plan: plan or credit-pack name.
+    :param credit_pack: credit-pack or subscription-plan name.
     :param error: why the balance could not be read.
     """
 
@@ -46,7 +46,7 @@ class BalanceCheck:
     vendor: str | None = None
     remaining: Decimal | None = None
     state: str | None = None
-    plan: str | None = None
+    credit_pack: str | None = None
     error: str | None = None
 
     @property
@@ -67,7 +67,7 @@ class BalanceCheck:
             "remaining": None if self.remaining is None else str(self.remaining),
             "threshold": str(self.threshold),
             "state": self.state,
-            "plan": self.plan,
+            "credit_pack": self.credit_pack,
             "low": self.low,
             "error": self.error,
         }
@@ -115,7 +115,7 @@ async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str
         vendor=balance.vendor,
         remaining=balance.remaining,
         state=balance.state.value,
-        plan=balance.plan,
+        credit_pack=balance.credit_pack,
     )
 
 
@@ -160,7 +160,7 @@ class CreditMonitorOperator(BaseOperator):
 
     Balances are read concurrently (free calls). Each account gets a log line with vendor,
     remaining credits and threshold. The return value (XCom) maps every connection id to
-    ``{conn_id, vendor, remaining, threshold, state, plan, low, error}``.
+    ``{conn_id, vendor, remaining, threshold, state, credit_pack, low, error}``.
 
     When an account is below its threshold (equal is fine; dormant accounts count as 0), or its
     balance cannot be read, ``on_low_callback`` is called first, then the task fails with a message

@@ -2,8 +2,8 @@
 
 :class:`CreditsCheckOperator` (and :class:`GenerateCreditsCheckOperator`) prepares the *same*
 :class:`~airflow_provider_bgremoval.operators.bucket_job.BucketJob` as the bucket task it guards, from
-the same parameters, plans it with the same code (:meth:`BucketJob.plan
-<airflow_provider_bgremoval.operators.bucket_job.BucketJob.plan>` → ``plan_batch``), prices the
+the same parameters, plans it with the same code (:meth:`BucketJob.plan_batch
+<airflow_provider_bgremoval.operators.bucket_job.BucketJob.plan_batch>` → ``plan_batch``), prices the
 billable work with the same processor cost logic, and compares it with the balance. It spends 0
 credits: planning is local plus GCS, the balance endpoint is free, and Pixian's optional estimate is a
 free ``test=true`` call.
@@ -214,7 +214,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_credits = parse_credits(self.max_credits, "max_credits")
         job = self.prepare_job()  # exactly the bucket operator's job
         try:
-            plan = job.plan()
+            plan = job.plan_batch()
             cost, cost_source = self._price(job, plan)
             balance = self._balance(context, job.hook, job.processor.vendor, len(plan.items))
         finally:

@@ -54,7 +54,7 @@ class CreditsSensor(BaseSensorOperator):
     failures (5xx, 429, timeouts) are retried by the hook's retry policy; a poll that still fails is
     logged and the sensor keeps waiting until its timeout.
 
-    On success the balance (``Balance.as_dict()``: vendor, remaining, state, plan) is the task's
+    On success the balance (``Balance.as_dict()``: vendor, remaining, state, credit_pack) is the task's
     return value (XCom).
 
     :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection.

@@ -263,7 +263,7 @@ class VendorWire(ABC):
         Build the billed remove-background request from the *native* part of the options.
 
         :param image: the image to send.
-        :param options: the native part of the unified options (from ``plan_processing``).
+        :param options: the native part of the unified options (from ``split_options``).
         :param vendor_options: the vendor's options (typed, a mapping of their fields, or ``None``).
         """
 

@@ -587,7 +587,7 @@ class PixianWire(VendorWire):
 
         ``remaining`` is ``credits`` (fractional, as Decimal) for an ``active`` account and 0 for a
         ``dormant`` one (its credits cannot be spent until a new pack is bought; the reported number
-        stays in ``raw["credits"]``). ``plan`` is ``creditPack``.
+        stays in ``raw["credits"]``). ``credit_pack`` is ``creditPack``.
 
         :param response: a 2xx reply.
         """
@@ -615,7 +615,7 @@ class PixianWire(VendorWire):
             vendor=self.name,
             remaining=remaining,
             state=state,
-            plan=str(pack) if pack is not None else None,
+            credit_pack=str(pack) if pack is not None else None,
             raw=dict(body),
         )
 

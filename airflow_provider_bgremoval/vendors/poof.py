@@ -174,7 +174,7 @@ class PoofAccount:
             vendor=PoofWire.name,
             remaining=self.remaining,
             state=AccountState.ACTIVE,
-            plan=self.plan,
+            credit_pack=self.plan,
             raw=self.raw,
         )
 
@@ -297,14 +297,14 @@ class PoofWire(VendorWire):
         Build ``POST /v1/remove`` from the native part of the unified options.
 
         :param image: the image; must carry bytes (Poof's baseline API has no URL input).
-        :param options: the options Poof is asked to honour natively (from ``plan_processing``).
+        :param options: the options Poof is asked to honour natively (from ``split_options``).
         :param vendor_options: :class:`PoofOptions` (or a mapping of its fields).
         """
         poof_options = self.coerce_options(vendor_options)
         if image.data is None:
             raise InvalidOptionError("image_url", _NO_URL_INPUT)
         if options.margin is not None or options.max_size is not None:
-            # plan_processing always moves these to the local steps; refuse a hand-built request
+            # split_options always moves these to the local steps; refuse a hand-built request
             # rather than silently dropping them.
             raise InvalidOptionError("options", "margin and max_size are applied locally, not by Poof")
         background = options.effective_background

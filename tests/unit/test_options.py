@@ -21,7 +21,7 @@ from airflow_provider_bgremoval.options import (
     parse_flag,
     parse_format,
     parse_size,
-    plan_processing,
+    split_options,
 )
 from tests.support.connections import set_connection
 
@@ -303,7 +303,7 @@ def test_fingerprint_changes_with_any_option() -> None:
     assert len(seen) == 7
 
 
-# -- plan_processing -------------------------------------------------------------------------------
+# -- split_options -------------------------------------------------------------------------------
 
 PNG_ONLY = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
 NATIVE_BG_JPEG = VendorCapabilities(
@@ -321,7 +321,7 @@ def _opts(**kwargs: object) -> RemovalOptions:
 
 def test_png_only_vendor_asked_for_webp_white_crop_margin() -> None:
     options = _opts(output_format="webp", background_color="white", crop=True, margin="5%")
-    plan = plan_processing(options, PNG_ONLY)
+    plan = split_options(options, PNG_ONLY)
     assert plan.native == RemovalOptions(output_format="png", jpeg_quality=90)
     assert plan.local == LocalSteps(
         crop=True, margin=Margin.parse("5%"), background_color="#ffffff", output_format="webp", quality=90
@@ -330,7 +330,7 @@ def test_png_only_vendor_asked_for_webp_white_crop_margin() -> None:
 
 
 def test_native_background_and_jpeg_vendor_asked_for_jpeg() -> None:
-    plan = plan_processing(_opts(output_format="jpeg"), NATIVE_BG_JPEG)
+    plan = split_options(_opts(output_format="jpeg"), NATIVE_BG_JPEG)
     # JPEG has no alpha: the vendor flattens on white itself and its bytes are kept as they are.
     assert plan.native.output_format == "jpeg"
     assert plan.native.background_color == "#ffffff"
@@ -339,20 +339,20 @@ def test_native_background_and_jpeg_vendor_asked_for_jpeg() -> None:
 
 
 def test_png_only_vendor_asked_for_jpeg_flattens_locally() -> None:
-    plan = plan_processing(_opts(output_format="jpeg", jpeg_quality=70), PNG_ONLY)
+    plan = split_options(_opts(output_format="jpeg", jpeg_quality=70), PNG_ONLY)
     assert plan.native.output_format == "png"
     assert plan.native.background_color is None
     assert plan.local == LocalSteps(background_color="#ffffff", output_format="jpeg", quality=70)
 
 
 def test_crop_without_margin_is_native_where_supported() -> None:
-    plan = plan_processing(_opts(crop=True), NATIVE_BG_JPEG)
+    plan = split_options(_opts(crop=True), NATIVE_BG_JPEG)
     assert plan.native.crop is True
     assert plan.local == LocalSteps()
 
 
 def test_crop_without_margin_is_local_where_not_supported() -> None:
-    plan = plan_processing(_opts(crop=True), PNG_ONLY)
+    plan = split_options(_opts(crop=True), PNG_ONLY)
     assert plan.native.crop is False
     assert plan.local.crop is True
     assert plan.local.margin is None
@@ -360,7 +360,7 @@ def test_crop_without_margin_is_local_where_not_supported() -> None:
 
 
 def test_margin_always_crops_locally_and_pulls_the_background_with_it() -> None:
-    plan = plan_processing(_opts(crop=True, margin="10px", background_color="red"), EVERYTHING)
+    plan = split_options(_opts(crop=True, margin="10px", background_color="red"), EVERYTHING)
     # The local crop needs the alpha channel, so the vendor must not flatten first.
     assert plan.native.crop is False
     assert plan.native.margin is None
@@ -372,7 +372,7 @@ def test_margin_always_crops_locally_and_pulls_the_background_with_it() -> None:
 
 @pytest.mark.parametrize("caps", [PNG_ONLY, NATIVE_BG_JPEG, EVERYTHING, BG_PNG_ONLY])
 def test_max_size_is_always_local(caps: VendorCapabilities) -> None:
-    plan = plan_processing(_opts(max_size=256), caps)
+    plan = split_options(_opts(max_size=256), caps)
     assert plan.native.max_size is None
     assert plan.local.max_size == (256, 256)
     assert plan.local.output_format == "png"  # pixels change locally, so the result is re-encoded
@@ -380,7 +380,7 @@ def test_max_size_is_always_local(caps: VendorCapabilities) -> None:
 
 
 def test_max_size_with_native_background_keeps_the_background_native() -> None:
-    plan = plan_processing(_opts(output_format="jpeg", max_size="100x100"), NATIVE_BG_JPEG)
+    plan = split_options(_opts(output_format="jpeg", max_size="100x100"), NATIVE_BG_JPEG)
     assert plan.native.background_color == "#ffffff"
     assert plan.native.output_format == "png"  # re-encoded locally after the resize anyway
     assert plan.local.background_color is None
@@ -388,7 +388,7 @@ def test_max_size_with_native_background_keeps_the_background_native() -> None:
 
 
 def test_background_native_but_format_local() -> None:
-    plan = plan_processing(_opts(output_format="webp", background_color="#123456"), BG_PNG_ONLY)
+    plan = split_options(_opts(output_format="webp", background_color="#123456"), BG_PNG_ONLY)
     assert plan.native.background_color == "#123456"
     assert plan.native.output_format == "png"
     assert plan.local == LocalSteps(output_format="webp")
@@ -397,14 +397,14 @@ def test_background_native_but_format_local() -> None:
 
 def test_everything_native() -> None:
     options = _opts(output_format="webp", background_color="#123456", crop=True)
-    plan = plan_processing(options, EVERYTHING)
+    plan = split_options(options, EVERYTHING)
     assert plan.native == options
     assert not plan.local.needed
 
 
 def test_default_options_need_nothing_local_anywhere() -> None:
     for caps in (PNG_ONLY, NATIVE_BG_JPEG, EVERYTHING, BG_PNG_ONLY):
-        plan = plan_processing(RemovalOptions(), caps)
+        plan = split_options(RemovalOptions(), caps)
         assert plan.native == RemovalOptions()
         assert not plan.local.needed
 
@@ -416,7 +416,7 @@ def test_default_options_need_nothing_local_anywhere() -> None:
 def test_plan_invariants(caps: VendorCapabilities, fmt: str, color: str | None, crop: bool) -> None:
     """Whatever the split, the vendor is only asked what it can do and the result ends as asked."""
     options = _opts(output_format=fmt, background_color=color, crop=crop)
-    plan = plan_processing(options, caps)
+    plan = split_options(options, caps)
     native, local = plan.native, plan.local
     assert native.output_format in caps.output_formats
     assert native.margin is None

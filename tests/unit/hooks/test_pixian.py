@@ -630,7 +630,7 @@ async def test_balance(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     assert request.headers["authorization"] == BASIC
     assert balance.remaining == Decimal("123.5")
     assert balance.state is AccountState.ACTIVE
-    assert balance.plan == "pack_500"
+    assert balance.credit_pack == "pack_500"
     assert balance.raw["useBefore"] == "2027-03-01T00:00:00Z"
 
 

@@ -587,7 +587,7 @@ class TestBalance:
         assert (request.method, str(request.url)) == ("GET", "https://api.poof.bg/v1/me")
         assert request.headers["x-api-key"] == KEY
         assert balance.remaining == Decimal(766)
-        assert balance.plan == "Pro"
+        assert balance.credit_pack == "Pro"
         assert balance.raw == ME
 
     async def test_account(self, poof_conn, make_hook, mode):

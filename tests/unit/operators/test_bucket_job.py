@@ -58,7 +58,7 @@ def test_plan_runs_plan_batch_with_the_processors_identity(
     job = RemoveBackgroundOperator(
         task_id="t", conn_id="poof_default", max_concurrency=1, **BUCKETS
     ).prepare_job()
-    plan = job.plan()
+    plan = job.plan_batch()
     assert plan.spec == job.spec
     assert seen == {
         "storage": job.storage,

@@ -1,7 +1,7 @@
 """CreditsCheckOperator arithmetic and halts, with a synthetic plan and MockTransport vendors.
 
 Planning itself is the bucket pipeline's ``plan_batch`` (exercised with fake-gcs-server in the
-integration tests); here ``BucketJob.plan()`` returns a prepared :class:`BatchPlan` so every branch
+integration tests); here ``BucketJob.plan_batch()`` returns a prepared :class:`BatchPlan` so every branch
 of the pricing and the verdict is checked quickly.
 """
 
@@ -54,14 +54,14 @@ def make_plan(billable: int, done: int = 0, rejected: int = 0, header_only: int 
 
 @pytest.fixture
 def planned(monkeypatch: pytest.MonkeyPatch) -> dict[str, BatchPlan]:
-    """``planned["plan"] = make_plan(...)`` sets what ``plan()`` returns; records the processor used."""
+    """``planned["plan"] = make_plan(...)`` sets what ``plan_batch()`` returns; records the processor used."""
     box: dict[str, Any] = {"plan": make_plan(0)}
 
     def plan(self: BucketJob) -> BatchPlan:
         box["processor"] = self.processor
         return box["plan"]
 
-    monkeypatch.setattr(BucketJob, "plan", plan)
+    monkeypatch.setattr(BucketJob, "plan_batch", plan)
     monkeypatch.setattr(
         GcsStorage, "read", lambda self, bucket, name, **kw: (IMAGES / "chelsea.png").read_bytes()
     )
@@ -117,7 +117,7 @@ def test_passes_and_returns_the_estimate(vendors: FakeVendors, planned: dict[str
         "margin_credits": "0",
         "required": "40",
         "available": "100",
-        "balance": {"vendor": "pixelcut", "remaining": "100", "state": "active", "plan": None},
+        "balance": {"vendor": "pixelcut", "remaining": "100", "state": "active", "credit_pack": None},
         "sufficient": True,
     }
     assert [r.url.path for r in vendors.requests] == ["/v1/credits"]  # one free call, nothing billed

@@ -57,7 +57,7 @@ def test_poke_thresholds_pixelcut(vendors: FakeVendors, balance: int, minimum: A
             "vendor": "pixelcut",
             "remaining": str(balance),
             "state": "active",
-            "plan": None,
+            "credit_pack": None,
         }
     else:
         assert result.xcom_value is None
@@ -101,7 +101,7 @@ def test_poof_remaining_is_max_minus_used(vendors: FakeVendors) -> None:
     vendors.set_poof(2000, 1234)
     result = poke(sensor("poof_default", 766))
     assert result.is_done
-    assert result.xcom_value == {"vendor": "poof", "remaining": "766", "state": "active", "plan": "Pro"}
+    assert result.xcom_value == {"vendor": "poof", "remaining": "766", "state": "active", "credit_pack": "Pro"}
     assert not poke(sensor("poof_default", 767)).is_done
     vendors.set_poof(100, 150)  # over-used: clamped at 0
     assert not poke(sensor("poof_default", "0.5")).is_done
@@ -213,7 +213,7 @@ def test_deferrable_does_not_defer_when_enough(vendors: FakeVendors) -> None:
 
 def test_execute_complete_events() -> None:
     s = sensor(deferrable=True)
-    balance = {"vendor": "pixelcut", "remaining": "12", "state": "active", "plan": None}
+    balance = {"vendor": "pixelcut", "remaining": "12", "state": "active", "credit_pack": None}
     event = {
         "status": "success",
         "balance": balance,

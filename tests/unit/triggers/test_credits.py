@@ -78,7 +78,7 @@ async def test_success_at_first_poll(vendors: FakeVendors, travel: TimeTravel) -
         "status": "success",
         "conn_id": "poof_default",
         "min_credits": "400",
-        "balance": {"vendor": "poof", "remaining": "400", "state": "active", "plan": "Pro"},
+        "balance": {"vendor": "poof", "remaining": "400", "state": "active", "credit_pack": "Pro"},
         "polls": 1,
     }
     assert travel.waits == []
@@ -118,7 +118,7 @@ async def test_dormant_waits_until_active(vendors: FakeVendors, travel: TimeTrav
         "vendor": "pixian",
         "remaining": "500",
         "state": "active",
-        "plan": "pack_500",
+        "credit_pack": "pack_500",
     }
     assert event.payload["polls"] == 3
 

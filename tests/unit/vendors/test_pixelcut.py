@@ -18,7 +18,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
     VendorRequestError,
 )
-from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
+from airflow_provider_bgremoval.options import RemovalOptions, split_options
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, ResultLocation
 from airflow_provider_bgremoval.vendors.pixelcut import (
@@ -43,7 +43,7 @@ BY_URL = ImageInput(url="https://cdn.example/a.jpg")
 
 
 def native(**kwargs: object) -> RemovalOptions:
-    return plan_processing(RemovalOptions.create(**kwargs), PixelcutWire.capabilities).native  # type: ignore[arg-type]
+    return split_options(RemovalOptions.create(**kwargs), PixelcutWire.capabilities).native  # type: ignore[arg-type]
 
 
 # -- typed options -----------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_generate_options():
 
 
 def test_capabilities_plan():
-    plan = plan_processing(
+    plan = split_options(
         RemovalOptions.create(output_format="webp", background_color="white", crop=True),
         PixelcutWire.capabilities,
     )
@@ -205,7 +205,7 @@ def test_capabilities_plan():
         "#ffffff",
         False,
     )
-    plan = plan_processing(RemovalOptions.create(crop=True, margin="5%"), PixelcutWire.capabilities)
+    plan = split_options(RemovalOptions.create(crop=True, margin="5%"), PixelcutWire.capabilities)
     assert not plan.native.crop
     assert plan.local.crop
 
@@ -342,7 +342,7 @@ def test_parse_image_reply(wire):
 def test_parse_balance(wire, body, expected):
     balance = wire.parse_balance(httpx.Response(200, json=body))
     assert balance.remaining == expected
-    assert balance.plan is None
+    assert balance.credit_pack is None
 
 
 @pytest.mark.parametrize("body", [{"credits_remaining": "many"}, {"credits_remaining": None}, {}, [], "42"])

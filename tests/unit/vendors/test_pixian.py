@@ -24,7 +24,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
     VendorRequestError,
 )
-from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
+from airflow_provider_bgremoval.options import RemovalOptions, split_options
 from airflow_provider_bgremoval.results import AccountState
 from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, WireRequest
 from airflow_provider_bgremoval.vendors.pixian import (
@@ -101,7 +101,7 @@ def build(
 ) -> tuple[WireRequest, dict[str, str], dict[str, tuple[str | None, bytes]]]:
     """Plan like the hook, build the native request, encode it with httpx, read the form back."""
     options = options or RemovalOptions()
-    plan = plan_processing(options, wire.capabilities_for(vendor_options))
+    plan = split_options(options, wire.capabilities_for(vendor_options))
     wire_request = wire.remove_background_request(image, plan.native, vendor_options)
     fields, files = multipart_fields(encode(wire, wire_request))
     return wire_request, fields, files
@@ -422,7 +422,7 @@ def test_delta_png_rejects_native_options_the_vendor_would_ignore(
     wire: PixianWire, options: dict[str, Any], parameter: str
 ) -> None:
     """A plan made for Pixian's normal capabilities asks for things delta_png ignores: refuse it."""
-    native = plan_processing(RemovalOptions.create(**options), wire.capabilities).native
+    native = split_options(RemovalOptions.create(**options), wire.capabilities).native
     with pytest.raises(InvalidOptionError) as info:
         wire.remove_background_request(IMAGE, native, PixianOptions(delta_png=True))
     assert info.value.parameter == parameter
@@ -547,7 +547,7 @@ def test_balance_active_fractional(wire: PixianWire) -> None:
     assert balance.vendor == "pixian"
     assert balance.remaining == Decimal("12.75")
     assert balance.state is AccountState.ACTIVE
-    assert balance.plan == "pack_1000"
+    assert balance.credit_pack == "pack_1000"
     assert balance.raw == body
     assert balance.usable
 
@@ -569,14 +569,14 @@ def test_balance_dormant_has_nothing_usable(wire: PixianWire) -> None:
 def test_balance_documented_example(wire: PixianWire) -> None:
     body = {"creditPack": "none", "state": "dormant", "useBefore": "1970-01-01T00:00:00Z", "credits": 0}
     balance = wire.parse_balance(httpx.Response(200, json=body))
-    assert (balance.remaining, balance.state, balance.plan) == (Decimal(0), AccountState.DORMANT, "none")
+    assert (balance.remaining, balance.state, balance.credit_pack) == (Decimal(0), AccountState.DORMANT, "none")
 
 
 def test_balance_unknown_state_and_string_credits(wire: PixianWire) -> None:
     balance = wire.parse_balance(httpx.Response(200, json={"state": "frozen", "credits": "3.125"}))
     assert balance.state is AccountState.UNKNOWN
     assert balance.remaining == Decimal("3.125")
-    assert balance.plan is None
+    assert balance.credit_pack is None
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
     VendorRequestError,
 )
-from airflow_provider_bgremoval.options import RemovalOptions, plan_processing
+from airflow_provider_bgremoval.options import RemovalOptions, split_options
 from airflow_provider_bgremoval.results import AccountState
 from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput
 from airflow_provider_bgremoval.vendors.poof import (
@@ -50,7 +50,7 @@ def png_bytes(mode: str = "RGBA", size: tuple[int, int] = (8, 6)) -> bytes:
 
 def encode_request(wire: PoofWire, image: ImageInput, options: RemovalOptions, vendor_options: Any = None):
     """Build the native request the way the hook does, and encode it with httpx (real multipart)."""
-    plan = plan_processing(options, wire.capabilities)
+    plan = split_options(options, wire.capabilities)
     wire_request = wire.remove_background_request(image, plan.native, vendor_options)
     request = httpx.Request(
         wire_request.method,
@@ -223,7 +223,7 @@ class TestRemoveRequest:
             assert text["channels"] == "rgba"
 
     def test_jpeg_built_directly_uses_effective_background(self, wire):
-        # Even when called without plan_processing, a JPEG is never requested with alpha.
+        # Even when called without split_options, a JPEG is never requested with alpha.
         request = wire.remove_background_request(ImageInput(data=b"x"), RemovalOptions(output_format="jpeg"))
         assert request.data == {
             "format": "jpg",
@@ -446,7 +446,7 @@ class TestBalance:
         balance = wire.parse_balance(reply(json=body))
         assert balance.vendor == "poof"
         assert balance.remaining == Decimal(766)
-        assert balance.plan == "Pro"
+        assert balance.credit_pack == "Pro"
         assert balance.state is AccountState.ACTIVE
         assert balance.usable
         assert balance.raw == body
