@@ -522,7 +522,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         mask_secret(api_key)
         raw_timeout = timeout if timeout is not None else extras.get("timeout")
         try:
-            seconds = float(raw_timeout) if raw_timeout not in (None, "") else cls.wire_class.default_timeout
+            seconds = (
+                float(raw_timeout) if raw_timeout not in (None, "") else cls.wire_class.spec.default_timeout
+            )
         except (TypeError, ValueError):
             raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds") from None
         if seconds <= 0:
@@ -543,7 +545,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             url = url if "://" in url else f"https://{url}"
             if conn.port and not urlsplit(url).port:
                 url = f"{url.rstrip('/')}:{conn.port}"
-        return check_http_url(url or cls.wire_class.default_base_url, parameter=parameter).rstrip("/")
+        return check_http_url(url or cls.wire_class.spec.default_base_url, parameter=parameter).rstrip("/")
 
     @classmethod
     def _field(cls, conn: Connection, extras: Mapping[str, Any], field_name: str) -> str:
@@ -586,7 +588,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         if self._retry_policy_override is not None:
             return self._retry_policy_override
         max_retries = (self._settings.extras if self._settings else {}).get("max_retries")
-        policy = self.wire_class.retry_policy
+        policy = self.wire_class.spec.retry_policy
         if max_retries not in (None, ""):
             policy = policy.with_overrides(max_attempts=int(max_retries) + 1)
         return policy
@@ -668,7 +670,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             url = _shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
             raise TransientVendorError(
                 f"{request.method} {url} {what}: {safe_excerpt(str(exc)) or type(exc).__name__}",
-                vendor=self.wire_class.name,
+                vendor=self.wire_class.spec.name,
                 code=type(exc).__name__,
                 possibly_charged=sent_in_full and request.billed,
             ) from None
@@ -696,7 +698,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     # -- result URLs ---------------------------------------------------------------------------
     def _download_error(self, message: str, status: int | None = None) -> ResultDownloadError:
         return ResultDownloadError(
-            message, vendor=self.wire_class.name, status_code=status, code="result_download"
+            message, vendor=self.wire_class.spec.name, status_code=status, code="result_download"
         )
 
     def _result_head(self, response: httpx.Response) -> str | None:
@@ -712,7 +714,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             return target
         if status >= 500 or status in (408, 429):
             raise TransientVendorError(
-                f"result download answered {status}", vendor=self.wire_class.name, status_code=status
+                f"result download answered {status}", vendor=self.wire_class.spec.name, status_code=status
             )
         if status >= 400:
             raise self._download_error(
@@ -740,7 +742,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
             except httpx.HTTPError as exc:
                 raise TransientVendorError(
-                    f"result download failed: {type(exc).__name__}", vendor=self.wire_class.name
+                    f"result download failed: {type(exc).__name__}", vendor=self.wire_class.spec.name
                 ) from None
             if isinstance(got, bytes):
                 return got
@@ -772,7 +774,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise InvalidOptionError("image", "no image given")
         if not check_input:
             return ImageInput(data=image, filename=filename, content_type="application/octet-stream")
-        limits, vendor = self.wire_class.limits, self.wire_class.name
+        limits, vendor = self.wire_class.spec.limits, self.wire_class.spec.name
         prepared = yield from _Offload(lambda: prepare_input(image, limits, vendor=vendor))
         return ImageInput(data=prepared.data, filename=filename, content_type=prepared.content_type)
 
@@ -788,10 +790,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         result = wire.finish_result(result, image, vendor_options)
         if plan.local.needed:
             content, content_type, width, height = apply_local_steps(
-                result.content, plan.local, vendor=wire.name
+                result.content, plan.local, vendor=wire.spec.name
             )
         else:
-            decoded = decode_result(result.content, vendor=wire.name)
+            decoded = decode_result(result.content, vendor=wire.spec.name)
             content, width, height = result.content, decoded.width, decoded.height
             content_type = Image.MIME.get(decoded.format or "", result.content_type)
         return replace(
@@ -827,7 +829,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 reply = ImageResult(
                     content=(yield from self._download(reply.url)),
                     content_type="image/png",
-                    vendor=wire.name,
+                    vendor=wire.spec.name,
                     request_id=reply.request_id,
                     credits_charged=reply.credits_charged,
                     metadata={"result_url_host": host},

@@ -104,7 +104,7 @@ async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str
         hook = await BackgroundRemovalHook.aget_hook(conn_id, dict(hook_kwargs))
         balance = await hook.aget_balance()
     except Exception as exc:
-        vendor = hook.wire_class.name if hook is not None else None
+        vendor = hook.wire_class.spec.name if hook is not None else None
         return BalanceCheck(conn_id=conn_id, threshold=threshold, vendor=vendor, error=describe_error(exc))
     finally:
         if hook is not None:

@@ -100,7 +100,7 @@ class RemovalProcessor:
     @property
     def vendor(self) -> str:
         """Vendor name."""
-        return self.hook.wire_class.name
+        return self.hook.wire_class.spec.name
 
     @property
     def extension(self) -> str:
@@ -110,7 +110,7 @@ class RemovalProcessor:
     @property
     def limits(self) -> InputLimits:
         """The vendor's input limits."""
-        return self.hook.wire_class.limits
+        return self.hook.wire_class.spec.limits
 
     @property
     def fingerprint(self) -> str:
@@ -160,12 +160,12 @@ class GenerationProcessor:
     @property
     def vendor(self) -> str:
         """Vendor name."""
-        return self.hook.wire_class.name
+        return self.hook.wire_class.spec.name
 
     @property
     def limits(self) -> InputLimits:
         """Pixelcut's input limits."""
-        return self.hook.wire_class.limits
+        return self.hook.wire_class.spec.limits
 
     @property
     def fingerprint(self) -> str:

@@ -4,9 +4,8 @@ A vendor module (``pixelcut``, ``pixian``, ``poof``) only knows its wire format:
 request from the unified options, how to read a reply, and how its errors look. It performs no I/O;
 the hooks send the requests (with the retry policy) and run the local post-processing.
 
-Differences between vendors are data: :class:`VendorCapabilities`, :class:`InputLimits`,
-:class:`RetryPolicy`, the default cost table, and an error-code table consumed by the shared
-:meth:`VendorWire.error_from_reply`.
+Differences between vendors are data: a :class:`VendorSpec` per vendor (capabilities, limits, retry
+policy, cost, and the error-code tables consumed by the shared :meth:`VendorWire.error_from_reply`).
 """
 
 from __future__ import annotations
@@ -217,35 +216,47 @@ def basic_auth_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+@dataclass(frozen=True)
+class VendorSpec:
+    """
+    What a vendor is, as data (the sources of each value: VENDORS.md).
+
+    :param name: vendor name used in results, errors, manifests and logs.
+    :param default_base_url: production API origin.
+    :param capabilities: what the vendor does natively with the unified options.
+    :param limits: documented input limits.
+    :param retry_policy: default retry policy.
+    :param default_timeout: default idle/read timeout in seconds.
+    :param input_error_codes: codes meaning "this image (or an image parameter) is bad".
+    :param credit_error_codes: codes meaning out of credits, whatever the status.
+    :param auth_error_codes: codes meaning bad or revoked credentials, whatever the status.
+    :param permanent_server_codes: 5xx codes that are deterministic for the input (retrying cannot help).
+    :param base_cost: credits one successful remove-background call costs by default (DESIGN.md).
+    """
+
+    name: str
+    default_base_url: str
+    capabilities: VendorCapabilities
+    limits: InputLimits
+    retry_policy: RetryPolicy
+    default_timeout: float = 60.0
+    input_error_codes: frozenset[str] = frozenset()
+    credit_error_codes: frozenset[str] = frozenset()
+    auth_error_codes: frozenset[str] = frozenset()
+    permanent_server_codes: frozenset[str] = frozenset()
+    base_cost: Decimal = Decimal(1)
+
+
 class VendorWire(ABC):
     """
-    One vendor's wire format. Subclasses set the class attributes and implement the abstract methods.
+    One vendor's wire format, bound to a connection's settings. Subclasses set :attr:`spec` and
+    implement the abstract methods.
 
     :param settings: the connection settings the requests are built for.
     """
 
-    #: vendor name used in results, errors, manifests and logs
-    name: ClassVar[str]
-    #: production API origin
-    default_base_url: ClassVar[str]
-    #: default idle/read timeout in seconds
-    default_timeout: ClassVar[float] = 60.0
-    #: what the vendor does natively with the unified options
-    capabilities: ClassVar[VendorCapabilities]
-    #: documented input limits
-    limits: ClassVar[InputLimits]
-    #: default retry policy
-    retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
-    #: vendor error codes that mean "this image (or an image parameter) is bad"
-    input_error_codes: ClassVar[frozenset[str]] = frozenset()
-    #: vendor error codes that mean out of credits, whatever the status
-    credit_error_codes: ClassVar[frozenset[str]] = frozenset()
-    #: vendor error codes that mean bad or revoked credentials, whatever the status
-    auth_error_codes: ClassVar[frozenset[str]] = frozenset()
-    #: 5xx codes that are deterministic for the input (retrying the same image will not help)
-    permanent_server_codes: ClassVar[frozenset[str]] = frozenset()
-    #: credits one successful remove-background call costs by default (DESIGN.md cost defaults)
-    base_cost: ClassVar[Decimal] = Decimal(1)
+    #: what the vendor is (name, defaults, limits, retry policy, error codes, cost)
+    spec: ClassVar[VendorSpec]
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -315,7 +326,7 @@ class VendorWire(ABC):
 
         :param vendor_options: the call's vendor options.
         """
-        return self.capabilities
+        return self.spec.capabilities
 
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
@@ -333,18 +344,18 @@ class VendorWire(ABC):
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """
         Credits one successful remove-background call is expected to cost with these options
-        (default: :attr:`base_cost`, the options validated).
+        (default: the spec's ``base_cost``, the options validated).
 
         :param vendor_options: the vendor options (typed, a mapping or ``None``).
         """
         cls.coerce_options(vendor_options)
-        return cls.base_cost
+        return cls.spec.base_cost
 
     # -- shared behaviour ----------------------------------------------------------------------
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         """
         Which error an error reply is, from its status and the vendor's code (the first rule that
-        applies; the code tables are the class attributes).
+        applies; the code tables are in :attr:`spec`).
 
         :param status: the HTTP status.
         :param code: the vendor's error code, if any.
@@ -352,12 +363,12 @@ class VendorWire(ABC):
         """
         server_error = status >= 500
         rules: tuple[tuple[bool, type[BgRemovalError]], ...] = (
-            (code in self.credit_error_codes or status == 402, OutOfCreditsError),
-            (code in self.auth_error_codes or status in (401, 403), VendorAuthError),
+            (code in self.spec.credit_error_codes or status == 402, OutOfCreditsError),
+            (code in self.spec.auth_error_codes or status in (401, 403), VendorAuthError),
             (status == 429, RateLimitedError),
-            (server_error and code in self.permanent_server_codes, InputRejectedError),
+            (server_error and code in self.spec.permanent_server_codes, InputRejectedError),
             (server_error or status == 408, TransientVendorError),
-            (code in self.input_error_codes or status in (413, 415, 422), InputRejectedError),
+            (code in self.spec.input_error_codes or status in (413, 415, 422), InputRejectedError),
         )
         return next((kind for applies, kind in rules if applies), VendorRequestError)
 
@@ -371,7 +382,7 @@ class VendorWire(ABC):
         message = reply.message or response.reason_phrase or "no message"
         kind = self.error_type(response.status_code, reply.code, message)
         kwargs: dict[str, Any] = {
-            "vendor": self.name,
+            "vendor": self.spec.name,
             "status_code": response.status_code,
             "code": reply.code,
             "request_id": reply.request_id,
@@ -399,7 +410,7 @@ class VendorWire(ABC):
         if response is not None:
             details.setdefault("status_code", response.status_code)
         return InvalidVendorResponseError(
-            message, vendor=self.name, possibly_charged=possibly_charged, **details
+            message, vendor=self.spec.name, possibly_charged=possibly_charged, **details
         )
 
     @staticmethod

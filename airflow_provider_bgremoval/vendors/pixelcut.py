@@ -63,6 +63,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ImageInput,
     ResultLocation,
     VendorOptionsInput,
+    VendorSpec,
     VendorWire,
     WireRequest,
     json_body,
@@ -71,6 +72,7 @@ from airflow_provider_bgremoval.vendors.base import (
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
+    "PIXELCUT_SPEC",
     "PixelcutGenerateOptions",
     "PixelcutImageTransform",
     "PixelcutOptions",
@@ -415,23 +417,17 @@ def _form_value(value: Any) -> str:
     return str(value)
 
 
-class PixelcutWire(VendorWire):
-    """
-    Pixelcut's wire format.
-
-    :param settings: the connection settings the requests are built for.
-    """
-
-    name = "pixelcut"
-    default_base_url = "https://api.developer.pixelcut.ai"
-    #: No timeout is documented; generate-background runs an image model, so allow two idle minutes.
-    default_timeout = 120.0
-    capabilities = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=True)
-    #: "Max size: 25MB" (:data:`MAX_UPLOAD_BYTES`), 64-6000 px per side.
-    limits = InputLimits(max_bytes=MAX_UPLOAD_BYTES, min_side=64, max_side=6000)
-    #: The docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries.
-    retry_policy = RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25)
-    input_error_codes = frozenset(
+PIXELCUT_SPEC = VendorSpec(
+    name="pixelcut",
+    default_base_url="https://api.developer.pixelcut.ai",
+    capabilities=VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=True),
+    # "Max size: 25MB" (:data:`MAX_UPLOAD_BYTES`), 64-6000 px per side
+    limits=InputLimits(max_bytes=MAX_UPLOAD_BYTES, min_side=64, max_side=6000),
+    # the docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries
+    retry_policy=RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25),
+    # no timeout is documented; generate-background runs an image model, so allow two idle minutes
+    default_timeout=120.0,
+    input_error_codes=frozenset(
         {
             "malformed_image",
             "unsupported_image_format",
@@ -439,10 +435,20 @@ class PixelcutWire(VendorWire):
             "resolution_too_high",
             "unknown_foreground",
         }
-    )
-    credit_error_codes = frozenset({"insufficient_api_credits"})
-    auth_error_codes = frozenset({"invalid_auth_token"})
-    base_cost = Decimal(1)
+    ),
+    credit_error_codes=frozenset({"insufficient_api_credits"}),
+    auth_error_codes=frozenset({"invalid_auth_token"}),
+)
+
+
+class PixelcutWire(VendorWire):
+    """
+    Pixelcut's wire format.
+
+    :param settings: the connection settings the requests are built for.
+    """
+
+    spec = PIXELCUT_SPEC
 
     REMOVE_PATH: ClassVar[str] = "/v1/remove-background"
     GENERATE_PATH: ClassVar[str] = "/v1/generate-background"
@@ -537,7 +543,7 @@ class PixelcutWire(VendorWire):
                 )
             return ResultLocation(url=url)
         return ImageResult(
-            content=response.content, content_type=content_type or "image/png", vendor=self.name
+            content=response.content, content_type=content_type or "image/png", vendor=self.spec.name
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
@@ -554,7 +560,7 @@ class PixelcutWire(VendorWire):
                 f"credits_remaining is not a number: {safe_excerpt(repr(body['credits_remaining']), 60)}",
                 possibly_charged=False,
             )
-        return Balance(vendor=self.name, remaining=remaining, state=AccountState.ACTIVE, raw=body)
+        return Balance(vendor=self.spec.name, remaining=remaining, state=AccountState.ACTIVE, raw=body)
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """Read ``{"error": "...", "error_code": "..."}``; any other body (a bare 500) is quoted."""
@@ -577,7 +583,7 @@ class PixelcutWire(VendorWire):
         :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
         """
         extra = cls.coerce_options(vendor_options)
-        return cls.base_cost + (SHADOW_SURCHARGE if extra.shadow_enabled else Decimal(0))
+        return cls.spec.base_cost + (SHADOW_SURCHARGE if extra.shadow_enabled else Decimal(0))
 
     @classmethod
     def estimate_generate_cost(cls) -> Decimal:

@@ -5,7 +5,7 @@
 * ``GET /api/v2/account`` — ``{"creditPack", "state", "useBefore", "credits"}``.
 * HTTP Basic authentication: API id as the user name, API secret as the password.
 
-How the unified options map (:data:`PixianWire.capabilities`):
+How the unified options map (:data:`PIXIAN_SPEC`):
 
 ============================  ============================================================
 unified option                Pixian
@@ -42,7 +42,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, cast
+from typing import Annotated, Any, Literal, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -79,6 +79,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ImageInput,
     ResultLocation,
     VendorOptionsInput,
+    VendorSpec,
     VendorWire,
     WireRequest,
     basic_auth_header,
@@ -91,6 +92,7 @@ from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_d
 __all__ = [
     "MAX_BASE64_CHARS",
     "OTHER_IMAGE_EXTENSIONS",
+    "PIXIAN_SPEC",
     "URL_FILE_TYPES",
     "ForegroundBox",
     "PixianOptions",
@@ -111,7 +113,7 @@ MIN_MAX_PIXELS = 100
 MAX_MAX_PIXELS = 25_000_000
 #: largest upload Pixian accepts, width x height (the docs)
 UPLOAD_MAX_PIXELS = 32_000_000
-#: the byte cap derived from it (undocumented; see :attr:`PixianWire.limits`)
+#: the byte cap derived from it (undocumented; see :data:`PIXIAN_SPEC`)
 UPLOAD_MAX_BYTES = UPLOAD_MAX_PIXELS * 4
 
 #: ``image.url`` "Must be a .bmp, .gif, .jpeg, .png, or .tiff file": those five file types, by the
@@ -272,35 +274,22 @@ def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
         return None
 
 
-class PixianWire(VendorWire):
-    """Pixian.AI v2: request building, reply parsing, error envelope (no I/O)."""
-
-    name = "pixian"
-    default_base_url = "https://api.pixian.ai"
-    #: Pixian: "configured with an idle timeout of at least 180 seconds"
-    default_timeout = 180.0
-    capabilities = VendorCapabilities(
+#: 32,000,000 pixels is documented; the byte cap :data:`UPLOAD_MAX_BYTES` is derived from it
+#: (docs/vendors/pixian.md). Uploads are sent as JPEG or PNG; other formats are converted to PNG.
+PIXIAN_SPEC = VendorSpec(
+    name="pixian",
+    default_base_url="https://api.pixian.ai",
+    capabilities=VendorCapabilities(
         output_formats=frozenset({"png", "jpeg"}), background_color=True, crop=True
-    )
-    #: with ``delta_png`` Pixian does none of the unified options itself: all of them run locally
-    delta_capabilities: ClassVar[VendorCapabilities] = VendorCapabilities(
-        output_formats=frozenset({"png"}), background_color=False, crop=False
-    )
-    #: 32,000,000 pixels is documented. The docs give no byte cap for uploads: :data:`UPLOAD_MAX_BYTES`
-    #: (128,000,000) is derived from the pixel cap (32 MP x 4 bytes, an uncompressed 8-bit RGBA frame),
-    #: so no compressed 8-bit image within the pixel cap is refused for its size; the sandbox reads
-    #: inputs up to the same figure. Uploads are sent as JPEG or PNG (the formats of
-    #: the docs' upload examples); any other format Pillow reads (WebP, BMP, GIF, TIFF…) is converted
-    #: losslessly to PNG first, because the docs list accepted formats only for ``image.url``.
-    limits = InputLimits(
+    ),
+    limits=InputLimits(
         max_bytes=UPLOAD_MAX_BYTES,
         min_side=1,
         max_pixels=UPLOAD_MAX_PIXELS,
         formats=frozenset({"JPEG", "PNG"}),
-    )
-    #: Pixian: linear backoff on consecutive 429s (5 s x n, reset after a success); "wait a moment,
-    #: then try again" on 5xx: exponential with jitter.
-    retry_policy = RetryPolicy(
+    ),
+    # linear backoff on consecutive 429s (5 s x n); exponential with jitter on 5xx
+    retry_policy=RetryPolicy(
         max_attempts=7,
         max_wait=300.0,
         initial_backoff=1.0,
@@ -308,11 +297,20 @@ class PixianWire(VendorWire):
         jitter=1.0,
         rate_limit_step=5.0,
         max_retry_after=120.0,
-    )
-    #: 1006 "Failed to read the supplied image" is the only documented code.
-    input_error_codes = frozenset({"1006"})
-    #: undocumented; results carry the real ``X-Credits-Charged``
-    base_cost = Decimal(1)
+    ),
+    # "configured with an idle timeout of at least 180 seconds"
+    default_timeout=180.0,
+    # 1006 "Failed to read the supplied image" is the only documented code
+    input_error_codes=frozenset({"1006"}),
+)
+#: with ``delta_png`` Pixian does none of the unified options itself: all of them run locally
+DELTA_CAPABILITIES = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
+
+
+class PixianWire(VendorWire):
+    """Pixian.AI v2: request building, reply parsing, error envelope (no I/O)."""
+
+    spec = PIXIAN_SPEC
 
     # -- options ---------------------------------------------------------------------------------
     @classmethod
@@ -339,7 +337,7 @@ class PixianWire(VendorWire):
 
         :param vendor_options: the call's Pixian options.
         """
-        return self.delta_capabilities if self.coerce_options(vendor_options).delta_png else self.capabilities
+        return DELTA_CAPABILITIES if self.coerce_options(vendor_options).delta_png else self.spec.capabilities
 
     @classmethod
     def check_call(
@@ -430,7 +428,7 @@ class PixianWire(VendorWire):
 
     def _result_fields(self, options: RemovalOptions, opts: PixianOptions) -> dict[str, str]:
         """The ``background.*``, ``result.*`` and ``output.*`` fields of a normal (not delta) call."""
-        if options.output_format not in self.capabilities.output_formats:
+        if options.output_format not in self.spec.capabilities.output_formats:
             raise InvalidOptionError(
                 "output_format",
                 f"Pixian returns png or jpeg, not {options.output_format!r} (plan it locally)",
@@ -455,7 +453,7 @@ class PixianWire(VendorWire):
                 f"the image is {len(encoded):,} characters as base64; Pixian's image.base64 limit is "
                 f"{MAX_BASE64_CHARS:,} (about {MAX_BASE64_CHARS * 3 // 4:,} bytes of image): "
                 "use input_encoding='file'",
-                vendor=self.name,
+                vendor=self.spec.name,
                 code="file_size_too_large",
                 local=True,
             )
@@ -474,13 +472,13 @@ class PixianWire(VendorWire):
             raise InvalidOptionError(
                 "delta_png", "needs the image bytes to decode the result; image_url cannot be used with it"
             )
-        info = read_header(image.data, vendor=self.name)
+        info = read_header(image.data, vendor=self.spec.name)
         limit = opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
         if info.pixels > limit:
             raise InputRejectedError(
                 f"image is {info.width}x{info.height} = {info.pixels:,} pixels; with delta_png it must not "
                 f"exceed max_pixels ({limit:,}) or Pixian shrinks it and the delta cannot be decoded",
-                vendor=self.name,
+                vendor=self.spec.name,
                 code="too_many_pixels",
                 local=True,
             )
@@ -529,7 +527,7 @@ class PixianWire(VendorWire):
         return ImageResult(
             content=response.content,
             content_type=content_type,
-            vendor=self.name,
+            vendor=self.spec.name,
             width=result_size.width if result_size else None,
             height=result_size.height if result_size else None,
             credits_charged=parse_decimal(headers.get("x-credits-charged")),
@@ -612,7 +610,7 @@ class PixianWire(VendorWire):
         remaining = Decimal(0) if state is AccountState.DORMANT else max(credits, Decimal(0))
         pack = body.get("creditPack")
         return Balance(
-            vendor=self.name,
+            vendor=self.spec.name,
             remaining=remaining,
             state=state,
             credit_pack=str(pack) if pack is not None else None,
@@ -660,8 +658,8 @@ class PixianWire(VendorWire):
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """
-        ``0`` for test calls (free), else :attr:`base_cost` (undocumented per-image cost).
+        ``0`` for test calls (free), else :attr:`~.base.VendorSpec.base_cost` (undocumented per-image cost).
 
         :param vendor_options: the Pixian options.
         """
-        return Decimal(0) if cls.coerce_options(vendor_options).test else cls.base_cost
+        return Decimal(0) if cls.coerce_options(vendor_options).test else cls.spec.base_cost

@@ -29,7 +29,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -55,6 +55,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ImageInput,
     ResultLocation,
     VendorOptionsInput,
+    VendorSpec,
     VendorWire,
     WireRequest,
     json_body,
@@ -66,6 +67,7 @@ from airflow_provider_bgremoval.vendors.base import (
 __all__ = [
     "MAX_UPLOAD_BYTES",
     "POOF_SIZE_PRESETS",
+    "POOF_SPEC",
     "AutoRechargeMode",
     "PoofAccount",
     "PoofOptions",
@@ -99,6 +101,38 @@ _DETAILS_LIMIT = 200
 _NO_URL_INPUT = (
     "Poof needs the image uploaded as bytes (its API has no documented URL input); "
     "download the image and pass its bytes instead"
+)
+
+
+#: API version prefix; not repeated when the connection's base URL already ends with it
+API_PREFIX = "/v1"
+
+POOF_SPEC = VendorSpec(
+    name="poof",
+    default_base_url="https://api.poof.bg",
+    capabilities=VendorCapabilities(
+        output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
+    ),
+    # "Maximum size: 20MB" (:data:`MAX_UPLOAD_BYTES`), JPEG/PNG/WebP (others converted to PNG locally),
+    # about 6000 px per side / 36 MP (Gen B's practical maximum); no documented minimum: 1 px
+    limits=InputLimits(
+        max_bytes=MAX_UPLOAD_BYTES,
+        min_side=1,
+        max_side=6000,
+        max_pixels=36_000_000,
+        formats=frozenset({"JPEG", "PNG", "WEBP"}),
+    ),
+    # the documented advice: ``2^attempt + U(0, 1)`` seconds, up to 5 tries
+    retry_policy=RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=16.0, jitter=1.0),
+    # the SDKs' default; Poof documents no server-side timeout
+    default_timeout=60.0,
+    input_error_codes=frozenset({"image_too_large", "invalid_image"}),
+    credit_error_codes=frozenset({"payment_required"}),
+    auth_error_codes=frozenset({"authentication_error", "permission_denied"}),
+    # "usually deterministic, so retrying the same input rarely helps" (Gen B processing_failed page)
+    permanent_server_codes=frozenset({"processing_failed"}),
+    # 1 credit per successful ``/remove``, whatever the parameters (Gen B pricing)
+    base_cost=Decimal(1),
 )
 
 
@@ -171,7 +205,7 @@ class PoofAccount:
     def to_balance(self) -> Balance:
         """The unified :class:`~airflow_provider_bgremoval.results.Balance`."""
         return Balance(
-            vendor=PoofWire.name,
+            vendor=POOF_SPEC.name,
             remaining=self.remaining,
             state=AccountState.ACTIVE,
             credit_pack=self.plan,
@@ -217,36 +251,7 @@ class PoofWire(VendorWire):
     :param settings: the connection settings; ``base_url`` is the API origin (``https://api.poof.bg``).
     """
 
-    name: ClassVar[str] = "poof"
-    default_base_url: ClassVar[str] = "https://api.poof.bg"
-    #: the SDKs' default; Poof documents no server-side timeout
-    default_timeout: ClassVar[float] = 60.0
-    #: API version prefix; not repeated when the connection's base URL already ends with it
-    api_prefix: ClassVar[str] = "/v1"
-    capabilities: ClassVar[VendorCapabilities] = VendorCapabilities(
-        output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
-    )
-    #: "Maximum size: 20MB" (:data:`MAX_UPLOAD_BYTES`), JPEG/PNG/WebP (other formats are converted to
-    #: PNG locally), about 6000 px per side / 36 MP (Gen B's practical maximum). Poof documents no
-    #: minimum size: 1 px.
-    limits: ClassVar[InputLimits] = InputLimits(
-        max_bytes=MAX_UPLOAD_BYTES,
-        min_side=1,
-        max_side=6000,
-        max_pixels=36_000_000,
-        formats=frozenset({"JPEG", "PNG", "WEBP"}),
-    )
-    #: the documented advice: ``2^attempt + U(0, 1)`` seconds, up to 5 tries.
-    retry_policy: ClassVar[RetryPolicy] = RetryPolicy(
-        max_attempts=5, initial_backoff=1.0, max_backoff=16.0, jitter=1.0
-    )
-    input_error_codes: ClassVar[frozenset[str]] = frozenset({"image_too_large", "invalid_image"})
-    credit_error_codes: ClassVar[frozenset[str]] = frozenset({"payment_required"})
-    auth_error_codes: ClassVar[frozenset[str]] = frozenset({"authentication_error", "permission_denied"})
-    #: "usually deterministic, so retrying the same input rarely helps" (Gen B processing_failed page)
-    permanent_server_codes: ClassVar[frozenset[str]] = frozenset({"processing_failed"})
-    #: 1 credit per successful ``/remove``, whatever the parameters (Gen B pricing)
-    base_cost: ClassVar[Decimal] = Decimal(1)
+    spec = POOF_SPEC
 
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PoofOptions:
@@ -283,7 +288,7 @@ class PoofWire(VendorWire):
         :param name: ``remove`` or ``me``.
         """
         base_path = urlsplit(self.settings.base_url).path.rstrip("/")
-        prefix = "" if base_path.endswith(self.api_prefix) else self.api_prefix
+        prefix = "" if base_path.endswith(API_PREFIX) else API_PREFIX
         return f"{prefix}/{name}"
 
     def auth_headers(self) -> dict[str, str]:
@@ -379,11 +384,11 @@ class PoofWire(VendorWire):
         return ImageResult(
             content=content,
             content_type=sniffed or declared,
-            vendor=self.name,
+            vendor=self.spec.name,
             width=width,
             height=height,
             request_id=request_id,
-            credits_charged=charged if charged is not None else self.base_cost,
+            credits_charged=charged if charged is not None else self.spec.base_cost,
             metadata=metadata,
         )
 

@@ -81,7 +81,7 @@ async def test_429_storm_without_retry_after_real_policy_time_travel(cell: Cell,
     cell.sandbox.admin.set_faults(vendor, fault="rate_limited", rate=0.35, seed=11)
     sleeper = SleepRecorder()
     hook = make_hook(vendor, retry_policy=None, async_sleep=sleeper.asleep)
-    policy = hook.wire_class.retry_policy
+    policy = hook.wire_class.spec.retry_policy
     run = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst, hook=hook)
     check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
     assert run.counts["done"] == BATCH

@@ -123,13 +123,13 @@ def test_defaults_without_host(conn_type: str, monkeypatch: pytest.MonkeyPatch) 
     )
     cls = HOOKS[conn_type]
     settings = _hook(cls, Recorder()).get_settings()
-    assert settings.base_url == cls.wire_class.default_base_url
+    assert settings.base_url == cls.wire_class.spec.default_base_url
     assert settings.base_url.startswith("https://")
-    assert settings.timeout == cls.wire_class.default_timeout
+    assert settings.timeout == cls.wire_class.spec.default_timeout
 
 
 def test_pixian_idle_timeout_is_at_least_180_seconds() -> None:
-    assert PixianHook.wire_class.default_timeout >= 180
+    assert PixianHook.wire_class.spec.default_timeout >= 180
 
 
 def test_pixian_test_mode_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -520,7 +520,7 @@ def test_result_limits_come_from_the_vendors_documented_output() -> None:
     from airflow_provider_bgremoval.vendors.poof import PoofWire
 
     headroom = RESULT_HEADROOM
-    pixelcut_side = PixelcutWire.limits.max_side
+    pixelcut_side = PixelcutWire.spec.limits.max_side
     assert pixelcut_side is not None
     assert RESULT_LIMITS["pixelcut"] == ResultLimits(
         max_pixels=pixelcut_side**2 * headroom**2,
@@ -529,9 +529,9 @@ def test_result_limits_come_from_the_vendors_documented_output() -> None:
     )
     assert RESULT_LIMITS["pixian"].max_pixels == MAX_MAX_PIXELS * headroom**2
     assert RESULT_LIMITS["pixian"].max_side is None
-    assert PoofWire.limits.max_pixels is not None and PoofWire.limits.max_side is not None
-    assert RESULT_LIMITS["poof"].max_pixels == PoofWire.limits.max_pixels * headroom**2
-    assert RESULT_LIMITS["poof"].max_side == PoofWire.limits.max_side * headroom
+    assert PoofWire.spec.limits.max_pixels is not None and PoofWire.spec.limits.max_side is not None
+    assert RESULT_LIMITS["poof"].max_pixels == PoofWire.spec.limits.max_pixels * headroom**2
+    assert RESULT_LIMITS["poof"].max_side == PoofWire.spec.limits.max_side * headroom
     # Pixelcut's native margin (at most 49 % per side) fits the headroom; unknown vendors get the widest.
     assert pixelcut_side * (1 + 2 * 0.49) <= RESULT_LIMITS["pixelcut"].max_side  # type: ignore[operator]
     assert result_limits("pixelcut") is RESULT_LIMITS["pixelcut"]

@@ -44,13 +44,13 @@ def test_pixelcut_25mb(spec: str) -> None:
         if "Max size" in line
     }
     assert figures == {25}
-    assert pixelcut.MAX_UPLOAD_BYTES == pixelcut.PixelcutWire.limits.max_bytes == 25_000_000
+    assert pixelcut.MAX_UPLOAD_BYTES == pixelcut.PixelcutWire.spec.limits.max_bytes == 25_000_000
     assert sandbox_pixelcut.MAX_BYTES == pixelcut.MAX_UPLOAD_BYTES
 
 
 def test_poof_20mb() -> None:
     assert documented_megabytes(POOF_DOCUMENTED) * base.MEGABYTE == 20_000_000
-    assert poof.MAX_UPLOAD_BYTES == poof.PoofWire.limits.max_bytes == 20_000_000
+    assert poof.MAX_UPLOAD_BYTES == poof.PoofWire.spec.limits.max_bytes == 20_000_000
     assert sandbox_poof.MAX_BYTES == poof.MAX_UPLOAD_BYTES
 
 
@@ -62,5 +62,5 @@ def test_pixian_byte_cap_is_one_choice_on_both_sides() -> None:
     # Pixian documents a pixel cap and no byte cap. Both sides derive the same one from it
     # (32,000,000 px x 4 bytes), so the sandbox never refuses for its size what the client sends.
     assert pixian.UPLOAD_MAX_PIXELS == sandbox_pixian.UPLOAD_PIXEL_CAP == 32_000_000
-    assert pixian.UPLOAD_MAX_BYTES == pixian.PixianWire.limits.max_bytes == 128_000_000
+    assert pixian.UPLOAD_MAX_BYTES == pixian.PixianWire.spec.limits.max_bytes == 128_000_000
     assert sandbox_pixian.MAX_INPUT_BYTES == pixian.UPLOAD_MAX_BYTES

@@ -44,6 +44,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ErrorReply,
     ImageInput,
     ResultLocation,
+    VendorSpec,
     VendorWire,
     WireRequest,
     json_body,
@@ -63,13 +64,17 @@ CDN = "http://cdn.test"
 class FakeWire(VendorWire):
     """A minimal wire format: API key header, multipart or JSON upload, JSON errors."""
 
-    name = "fakevendor"
-    default_base_url = "https://api.fake.example"
-    default_timeout = 42.0
-    capabilities = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
-    limits = InputLimits(max_bytes=5_000_000)
-    retry_policy = RetryPolicy(max_attempts=3, initial_backoff=1, max_backoff=1, jitter=0)
-    input_error_codes = frozenset({"bad_image"})
+    spec = VendorSpec(
+        name="fakevendor",
+        default_base_url="https://api.fake.example",
+        default_timeout=42.0,
+        capabilities=VendorCapabilities(
+            output_formats=frozenset({"png"}), background_color=False, crop=False
+        ),
+        limits=InputLimits(max_bytes=5_000_000),
+        retry_policy=RetryPolicy(max_attempts=3, initial_backoff=1, max_backoff=1, jitter=0),
+        input_error_codes=frozenset({"bad_image"}),
+    )
 
     def auth_headers(self) -> dict[str, str]:
         return {"X-API-Key": self.settings.api_key}
@@ -103,14 +108,14 @@ class FakeWire(VendorWire):
         return ImageResult(
             content=response.content,
             content_type=response.headers.get("content-type", "image/png"),
-            vendor=self.name,
+            vendor=self.spec.name,
             request_id=request_id,
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
         remaining = parse_decimal(json_body(response)["credits"])
         assert remaining is not None
-        return Balance(vendor=self.name, remaining=remaining)
+        return Balance(vendor=self.spec.name, remaining=remaining)
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         body = json_body(response)
@@ -293,7 +298,7 @@ def test_uri_extras_timeout_and_max_retries(
     settings = hook.get_settings()
     assert settings.timeout == 200.0
     assert hook.retry_policy.max_attempts == 6
-    assert hook.retry_policy.initial_backoff == FakeWire.retry_policy.initial_backoff
+    assert hook.retry_policy.initial_backoff == FakeWire.spec.retry_policy.initial_backoff
     assert settings.extras["max_retries"] in ("5", 5)
 
 

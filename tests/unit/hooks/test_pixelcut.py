@@ -494,7 +494,7 @@ async def test_image_and_url_are_exclusive(hook, fake, call):
 
 
 def test_limits_are_pixelcuts(hook):
-    limits = hook.wire_class.limits
+    limits = hook.wire_class.spec.limits
     assert (limits.max_bytes, limits.min_side, limits.max_side) == (25_000_000, 64, 6000)
 
 

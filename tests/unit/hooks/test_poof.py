@@ -242,7 +242,7 @@ class TestHookIdentity:
         assert settings.base_url == "https://api.poof.bg"
         assert settings.timeout == 60.0
         assert hook.get_conn().timeout.read == 60.0
-        assert hook.retry_policy == PoofWire.retry_policy
+        assert hook.retry_policy == PoofWire.spec.retry_policy
 
     def test_uri_connection_with_extras(self, monkeypatch, make_hook):
         monkeypatch.setenv("AIRFLOW_CONN_POOF_URI", f"poof://:{KEY}@api.poof.bg/?timeout=90&max_retries=2")
@@ -569,12 +569,12 @@ class TestLocalRejection:
 
 def test_limit_boundaries():
     info = read_header(encoded("PNG", (6000, 1), mode="L"))
-    check_limits(info, 20_000_000, PoofWire.limits)  # at the limits: accepted
+    check_limits(info, 20_000_000, PoofWire.spec.limits)  # at the limits: accepted
     with pytest.raises(InputRejectedError) as exc:
-        check_limits(info, 20_000_001, PoofWire.limits)
+        check_limits(info, 20_000_001, PoofWire.spec.limits)
     assert exc.value.code == "file_size_too_large"
     one_pixel = read_header(encoded("PNG", (1, 1)))
-    check_limits(one_pixel, 100, PoofWire.limits)  # Poof documents no minimum: 1 px is accepted
+    check_limits(one_pixel, 100, PoofWire.spec.limits)  # Poof documents no minimum: 1 px is accepted
 
 
 # -- balance and account ---------------------------------------------------------------------------

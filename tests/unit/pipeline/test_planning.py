@@ -38,7 +38,7 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.poof import PoofWire
 from tests.support.connections import SleepRecorder, set_connection
 
-LIMITS = PoofWire.limits
+LIMITS = PoofWire.spec.limits
 VENDOR = "poof"
 
 

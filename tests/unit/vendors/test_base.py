@@ -34,7 +34,7 @@ def test_header_numbers(value: str | None, as_int: int | None, as_float: float |
 
 
 def poof_wire() -> PoofWire:
-    return PoofWire(ConnectionSettings(base_url=PoofWire.default_base_url, api_key="pk_base_test_key"))
+    return PoofWire(ConnectionSettings(base_url=PoofWire.spec.default_base_url, api_key="pk_base_test_key"))
 
 
 @pytest.mark.parametrize(

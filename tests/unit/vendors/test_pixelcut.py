@@ -35,7 +35,7 @@ KEY = "sk_wire_test_key_123456"
 
 @pytest.fixture
 def wire() -> PixelcutWire:
-    return PixelcutWire(ConnectionSettings(base_url=PixelcutWire.default_base_url, api_key=KEY))
+    return PixelcutWire(ConnectionSettings(base_url=PixelcutWire.spec.default_base_url, api_key=KEY))
 
 
 UPLOAD = ImageInput(data=b"\x89PNG-bytes", filename="a.png", content_type="image/png")
@@ -43,7 +43,7 @@ BY_URL = ImageInput(url="https://cdn.example/a.jpg")
 
 
 def native(**kwargs: object) -> RemovalOptions:
-    return split_options(RemovalOptions.create(**kwargs), PixelcutWire.capabilities).native  # type: ignore[arg-type]
+    return split_options(RemovalOptions.create(**kwargs), PixelcutWire.spec.capabilities).native  # type: ignore[arg-type]
 
 
 # -- typed options -----------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_generate_options():
 def test_capabilities_plan():
     plan = split_options(
         RemovalOptions.create(output_format="webp", background_color="white", crop=True),
-        PixelcutWire.capabilities,
+        PixelcutWire.spec.capabilities,
     )
     assert (plan.native.output_format, plan.native.background_color, plan.native.crop) == ("png", None, True)
     assert (plan.local.output_format, plan.local.background_color, plan.local.crop) == (
@@ -205,7 +205,7 @@ def test_capabilities_plan():
         "#ffffff",
         False,
     )
-    plan = split_options(RemovalOptions.create(crop=True, margin="5%"), PixelcutWire.capabilities)
+    plan = split_options(RemovalOptions.create(crop=True, margin="5%"), PixelcutWire.spec.capabilities)
     assert not plan.native.crop
     assert plan.local.crop
 
@@ -216,7 +216,7 @@ def test_costs_and_policy():
     assert PixelcutWire.estimate_cost({"shadow": True}) == Decimal(4)
     assert PixelcutWire.estimate_cost(PixelcutOptions(shadow=PixelcutShadow(enabled=False))) == Decimal(1)
     assert PixelcutWire.estimate_generate_cost() == Decimal(1)
-    policy = PixelcutWire.retry_policy
+    policy = PixelcutWire.spec.retry_policy
     assert (policy.max_attempts, policy.initial_backoff, policy.max_backoff, policy.jitter) == (
         6,
         0.25,

@@ -109,18 +109,18 @@ def build(
 
 # -- vendor data ---------------------------------------------------------------------------------
 def test_vendor_data() -> None:
-    assert PixianWire.name == "pixian"
-    assert PixianWire.default_base_url == "https://api.pixian.ai"
-    assert PixianWire.default_timeout == 180.0
-    caps = PixianWire.capabilities
+    assert PixianWire.spec.name == "pixian"
+    assert PixianWire.spec.default_base_url == "https://api.pixian.ai"
+    assert PixianWire.spec.default_timeout == 180.0
+    caps = PixianWire.spec.capabilities
     assert caps.output_formats == frozenset({"png", "jpeg"})
     assert caps.background_color is True
     assert caps.crop is True
-    assert PixianWire.limits.max_pixels == 32_000_000
-    assert PixianWire.limits.max_bytes == 128_000_000
-    assert PixianWire.limits.formats == frozenset({"JPEG", "PNG"})
-    assert PixianWire.retry_policy.rate_limit_step == 5.0
-    assert PixianWire.base_cost == Decimal(1)
+    assert PixianWire.spec.limits.max_pixels == 32_000_000
+    assert PixianWire.spec.limits.max_bytes == 128_000_000
+    assert PixianWire.spec.limits.formats == frozenset({"JPEG", "PNG"})
+    assert PixianWire.spec.retry_policy.rate_limit_step == 5.0
+    assert PixianWire.spec.base_cost == Decimal(1)
     assert MAX_BASE64_CHARS == 1_000_000
 
 
@@ -422,7 +422,7 @@ def test_delta_png_rejects_native_options_the_vendor_would_ignore(
     wire: PixianWire, options: dict[str, Any], parameter: str
 ) -> None:
     """A plan made for Pixian's normal capabilities asks for things delta_png ignores: refuse it."""
-    native = split_options(RemovalOptions.create(**options), wire.capabilities).native
+    native = split_options(RemovalOptions.create(**options), wire.spec.capabilities).native
     with pytest.raises(InvalidOptionError) as info:
         wire.remove_background_request(IMAGE, native, PixianOptions(delta_png=True))
     assert info.value.parameter == parameter
@@ -569,7 +569,11 @@ def test_balance_dormant_has_nothing_usable(wire: PixianWire) -> None:
 def test_balance_documented_example(wire: PixianWire) -> None:
     body = {"creditPack": "none", "state": "dormant", "useBefore": "1970-01-01T00:00:00Z", "credits": 0}
     balance = wire.parse_balance(httpx.Response(200, json=body))
-    assert (balance.remaining, balance.state, balance.credit_pack) == (Decimal(0), AccountState.DORMANT, "none")
+    assert (balance.remaining, balance.state, balance.credit_pack) == (
+        Decimal(0),
+        AccountState.DORMANT,
+        "none",
+    )
 
 
 def test_balance_unknown_state_and_string_credits(wire: PixianWire) -> None:
@@ -672,7 +676,7 @@ def test_estimate_cost() -> None:
 
 
 def test_capabilities_for(wire: PixianWire) -> None:
-    assert wire.capabilities_for(None) is PixianWire.capabilities
+    assert wire.capabilities_for(None) is PixianWire.spec.capabilities
     delta = wire.capabilities_for({"delta_png": True})
     assert delta.output_formats == frozenset({"png"})
     assert delta.background_color is False

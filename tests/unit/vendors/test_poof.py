@@ -50,7 +50,7 @@ def png_bytes(mode: str = "RGBA", size: tuple[int, int] = (8, 6)) -> bytes:
 
 def encode_request(wire: PoofWire, image: ImageInput, options: RemovalOptions, vendor_options: Any = None):
     """Build the native request the way the hook does, and encode it with httpx (real multipart)."""
-    plan = split_options(options, wire.capabilities)
+    plan = split_options(options, wire.spec.capabilities)
     wire_request = wire.remove_background_request(image, plan.native, vendor_options)
     request = httpx.Request(
         wire_request.method,
@@ -304,20 +304,20 @@ class TestRemoveRequest:
             PoofWire.estimate_cost({"size": "nope"})
 
     def test_contract_data(self):
-        assert PoofWire.default_base_url == "https://api.poof.bg"
-        assert PoofWire.default_timeout == 60.0
-        caps = PoofWire.capabilities
+        assert PoofWire.spec.default_base_url == "https://api.poof.bg"
+        assert PoofWire.spec.default_timeout == 60.0
+        caps = PoofWire.spec.capabilities
         assert caps.output_formats == frozenset({"png", "jpeg", "webp"})
         assert caps.background_color
         assert caps.crop
-        limits = PoofWire.limits
+        limits = PoofWire.spec.limits
         assert (limits.max_bytes, limits.min_side, limits.max_side, limits.max_pixels) == (
             20_000_000,
             1,
             6000,
             36_000_000,
         )
-        policy = PoofWire.retry_policy
+        policy = PoofWire.spec.retry_policy
         assert (policy.max_attempts, policy.initial_backoff, policy.max_backoff, policy.jitter) == (
             5,
             1.0,
