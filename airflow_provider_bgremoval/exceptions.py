@@ -1,20 +1,8 @@
-"""The provider's exception hierarchy.
+"""The provider's exception hierarchy: every failure of a vendor call maps to exactly one class.
 
-Every failure a vendor call can end in maps to exactly one of these classes, whatever the vendor's
-own status codes and error envelopes look like. The pipeline and the operators decide what to do
-from the class alone:
-
-* :class:`VendorAuthError` and :class:`OutOfCreditsError` are *fatal for the batch*: nothing else can
-  succeed with this connection, so submitting stops at once and the task fails without retries.
-* :class:`InputRejectedError` is *fatal for one image*: the image is recorded as rejected and the
-  batch goes on. Local checks raise it too (``local=True``), before any money is spent.
-* :class:`RateLimitedError` and :class:`TransientVendorError` are *retryable*; the retry policy in
-  :mod:`airflow_provider_bgremoval.retry` retries them and re-raises the last one when it gives up.
-* :class:`VendorRequestError` is any other 4xx: a request the vendor refused that retrying cannot fix.
-* :class:`InvalidVendorResponseError` is a 2xx whose body is unusable (empty, not an image, cut short).
-
-Exception texts never contain API keys or secrets: they are built from the vendor's reply, whose
-body is quoted only through :func:`safe_excerpt`.
+The pipeline and the operators decide what to do from the class alone (table in
+docs/retry-and-errors.md). Texts never contain secrets: reply bodies are quoted only through
+:func:`safe_excerpt`.
 """
 
 from __future__ import annotations
@@ -52,7 +40,25 @@ def safe_excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-class BgRemovalError(AirflowException):
+class _KeywordError(AirflowException):
+    """An error whose keyword-only attributes survive pickling (multiprocessing, Airflow's serialisation)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[E], message: str, state: dict[str, object]) -> E:
+    obj = cls.__new__(cls)
+    AirflowException.__init__(obj, message)
+    obj.__dict__.update(state)
+    return obj
+
+
+class BgRemovalError(_KeywordError):
     """
     Base class of every error raised by the provider's vendor clients.
 
@@ -61,6 +67,8 @@ class BgRemovalError(AirflowException):
     :param status_code: HTTP status of the vendor reply, if there was one.
     :param code: the vendor's error code (``malformed_image``, ``1006``…) or a local code.
     :param request_id: the vendor's request id, when it sent one.
+    :param possibly_charged: whether the vendor may have done (and billed) the work; ``None``: the
+        class's default.
     """
 
     #: True when no further call on the same connection can succeed (stop the batch, do not retry).
@@ -69,8 +77,7 @@ class BgRemovalError(AirflowException):
     retryable: bool = False
     #: True when the vendor may have done (and billed) the work of the attempt that failed like this.
     possibly_charged: bool = False
-    #: The outcome of the image call that ended in this error (attempts, lost replies, whether the
-    #: vendor answered and billed), set by the hook; ``None`` for errors outside an image call.
+    #: The outcome of the image call that ended in this error, set by the hook (``None`` outside one).
     call: CallStats | None = None
 
     def __init__(
@@ -81,13 +88,15 @@ class BgRemovalError(AirflowException):
         status_code: int | None = None,
         code: str | None = None,
         request_id: str | None = None,
+        possibly_charged: bool | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.vendor = vendor
         self.status_code = status_code  # type: ignore[assignment]  # AirflowException: HTTPStatus
         self.code = code
         self.request_id = request_id
+        if possibly_charged is not None:
+            self.possibly_charged = possibly_charged
 
     @property
     def attempts(self) -> int:
@@ -109,19 +118,8 @@ class BgRemovalError(AirflowException):
         return self.call.possibly_charged + int(self.call.billed_reply) if self.call else 0
 
     def __str__(self) -> str:
-        parts = []
-        if self.vendor:
-            parts.append(self.vendor)
-        if self.status_code is not None:
-            parts.append(str(self.status_code))
-        if self.code:
-            parts.append(self.code)
-        prefix = f"[{' '.join(parts)}] " if parts else ""
-        return f"{prefix}{self.message}"
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keep keyword arguments across pickling (multiprocessing, Airflow's own serialisation).
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+        parts = [str(part) for part in (self.vendor, self.status_code, self.code) if part not in (None, "")]
+        return f"[{' '.join(parts)}] {self.message}" if parts else self.message
 
     def as_dict(self) -> dict[str, object]:
         """Primitive form for manifests and XCom."""
@@ -133,14 +131,6 @@ class BgRemovalError(AirflowException):
             "message": self.message,
             "request_id": self.request_id,
         }
-
-
-def _rebuild(cls: type[E], message: str, state: dict[str, object]) -> E:
-    """Unpickle an exception built with keyword arguments (any ``AirflowException`` subclass)."""
-    obj = cls.__new__(cls)
-    AirflowException.__init__(obj, message)
-    obj.__dict__.update(state)
-    return obj
 
 
 class VendorAuthError(BgRemovalError):
@@ -173,15 +163,10 @@ class TransientVendorError(BgRemovalError):
     """
     A failure that may pass: 408, 5xx, a dropped connection or a timeout. Retryable.
 
-    :param possibly_charged: True when the request had been sent in full before the failure, so the
-        vendor may have done (and billed) the work although the reply was lost.
+    :param possibly_charged: the request had been sent in full before the failure (a lost reply).
     """
 
     retryable = True
-
-    def __init__(self, message: str, *, possibly_charged: bool = False, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.possibly_charged = possibly_charged
 
 
 class InputRejectedError(BgRemovalError):
@@ -203,25 +188,17 @@ class VendorRequestError(BgRemovalError):
 class InvalidVendorResponseError(BgRemovalError):
     """A success status whose body is unusable (empty, not the promised image, truncated)."""
 
-    def __init__(self, message: str, *, possibly_charged: bool = True, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.possibly_charged = possibly_charged
+    possibly_charged = True
 
 
 class ResultDownloadError(BgRemovalError):
     """Fetching a result URL failed (expired, 404, too large, not http(s)); the call was billed."""
 
-    def __init__(self, message: str, *, possibly_charged: bool = True, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.possibly_charged = possibly_charged
+    possibly_charged = True
 
 
 class ResultProcessingError(BgRemovalError):
-    """
-    The vendor answered a billed call with success, but turning its reply into the output failed
-    locally (an unexpected decoder or post-processing error, or memory exhausted by a huge result).
-    The call was billed; the image fails alone and the batch goes on.
-    """
+    """A billed call's success reply could not be turned into the output locally; the image fails alone."""
 
 
 class InvalidOptionError(BgRemovalError, ValueError):

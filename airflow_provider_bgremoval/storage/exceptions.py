@@ -1,25 +1,12 @@
-"""
-Errors raised by the GCS storage layer.
+"""Errors of the GCS storage layer, so callers never import ``google.api_core.exceptions``.
 
-Every failure of :class:`~airflow_provider_bgremoval.storage.gcs.GcsStorage` surfaces as one of these
-classes (the google-cloud exception is kept as ``__cause__``), so callers never need to import
-``google.api_core.exceptions``:
-
-* :class:`ObjectExistsError`: a create-only write found the object already there (the normal "someone
-  else finished it first" outcome; not a failure of the pipeline).
-* :class:`WriteConflictError`: a generation-matched write found another generation (or no object).
-* :class:`ObjectNotFoundError` / :class:`ObjectChangedError`: the object (or the planned generation
-  of it) is gone.
-* :class:`ObjectTooLargeError`: a read exceeded its ``max_bytes`` cap.
-* :class:`DataCorruptionError`: downloaded bytes failed their checksum.
-* :class:`StorageUnavailableError`: transient errors outlasted the retry deadline (trying again later
-  may work).
-* :class:`StoragePermissionError`: 401/403 (fix the credentials; retrying cannot help).
+Every failure of :class:`~airflow_provider_bgremoval.storage.gcs.GcsStorage` surfaces as one of these,
+with the google-cloud exception kept as ``__cause__``.
 """
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from airflow_provider_bgremoval.exceptions import _KeywordError
 
 __all__ = [
     "DataCorruptionError",
@@ -35,7 +22,7 @@ __all__ = [
 ]
 
 
-class StorageError(AirflowException):
+class StorageError(_KeywordError):
     """
     Base class of the storage layer's errors.
 
@@ -46,7 +33,6 @@ class StorageError(AirflowException):
 
     def __init__(self, message: str, *, bucket: str | None = None, name: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.bucket = bucket
         self.name = name
 
@@ -56,17 +42,6 @@ class StorageError(AirflowException):
         if self.bucket is None:
             return None
         return f"gs://{self.bucket}/{self.name}" if self.name is not None else f"gs://{self.bucket}"
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keep the keyword-only attributes across pickling (multiprocessing, Airflow serialisation).
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
-
-
-def _rebuild(cls: type[StorageError], message: str, state: dict[str, object]) -> StorageError:
-    obj = cls.__new__(cls)
-    AirflowException.__init__(obj, message)
-    obj.__dict__.update(state)
-    return obj
 
 
 class StorageConfigError(StorageError):
@@ -90,15 +65,7 @@ class ObjectNotFoundError(StorageError):
 
 
 class _GenerationMismatchError(StorageError):
-    """
-    Base of the errors that compare the generation a caller expected with the live one.
-
-    :param message: human-readable explanation.
-    :param bucket: bucket concerned.
-    :param name: object name concerned.
-    :param expected_generation: the generation the caller expected.
-    :param current_generation: the live generation, or ``None`` if there is no object.
-    """
+    """Base of the errors that compare the generation a caller expected with the live one."""
 
     def __init__(
         self,
