@@ -1,9 +1,4 @@
-"""
-GCS storage layer: credentials, listing, reads and conditional writes.
-
-See :mod:`airflow_provider_bgremoval.storage.gcs` for the retry rules and the create-only write
-semantics, and :mod:`airflow_provider_bgremoval.storage.credentials` for how credentials are found.
-"""
+"""GCS storage layer: credentials, listing, reads and conditional writes (docs/storage.md)."""
 
 from __future__ import annotations
 

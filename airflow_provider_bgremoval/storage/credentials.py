@@ -1,27 +1,10 @@
 """
 GCP credentials without ``apache-airflow-providers-google``.
 
-The provider reuses the connection users already have for Google Cloud (``google_cloud_default``,
-type ``google_cloud_platform``, owned by providers-google) and reads the same extras providers-google
-reads, bare or with the form prefix ``extra__google_cloud_platform__``:
-
-* ``project``: project id (for the client's billing/quota project);
-* ``keyfile_dict``: a service-account key, as a JSON string or a dict;
-* ``key_path``: path of a service-account key file on the worker;
-* ``scope``: comma-separated OAuth scopes.
-
-Resolution order (:func:`resolve_gcs_credentials`):
-
-1. ``STORAGE_EMULATOR_HOST`` is set: no credentials at all (google-cloud-storage then talks to the
-   emulator anonymously); only ``project`` is read from the connection if it exists.
-2. ``keyfile_dict`` (``key_path`` together with it is a configuration error, as in providers-google).
-3. ``key_path``.
-4. Otherwise (no connection id, connection not defined, or no key in it): Application Default
-   Credentials via ``google.auth.default`` (gcloud ADC, ``GOOGLE_APPLICATION_CREDENTIALS``, Workload
-   Identity, Composer's service account).
-
-Key material is never logged or put in exception texts; the private key is registered with Airflow's
-secret masker in case anything downstream prints it.
+Reads providers-google's ``google_cloud_platform`` connection extras (``project``, ``keyfile_dict``,
+``key_path``, ``scope``) and falls back to Application Default Credentials; with
+``STORAGE_EMULATOR_HOST`` set no credentials are used. The resolution order and the handling of key
+material are described in docs/storage.md.
 """
 
 from __future__ import annotations
@@ -55,7 +38,6 @@ DEFAULT_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/devstorage.r
 EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 #: Project reported to the emulator when the connection names none.
 EMULATOR_PROJECT = "emulator"
-_CONN_TYPE = "google_cloud_platform"
 
 
 @dataclass(frozen=True)
@@ -80,16 +62,14 @@ class ResolvedCredentials:
 
 def get_extra_field(extras: Mapping[str, Any], field: str) -> Any:
     """
-    Read a connection extra the way providers-google's ``GoogleBaseHook._get_field`` does.
-
-    The bare key wins when present (even if empty); otherwise ``extra__google_cloud_platform__<field>``.
+    A connection extra as providers-google reads it: the bare key if present, else the prefixed one.
 
     :param extras: the connection's ``extra_dejson``.
     :param field: bare field name (``project``, ``key_path``, ``keyfile_dict``, ``scope``).
     """
     if field in extras:
         return extras[field] or None
-    return extras.get(f"extra__{_CONN_TYPE}__{field}") or None
+    return extras.get(f"extra__google_cloud_platform__{field}") or None
 
 
 def parse_scopes(value: Any) -> list[str] | None:
@@ -97,8 +77,7 @@ def parse_scopes(value: Any) -> list[str] | None:
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    scopes = [s.strip() for s in items if s and s.strip()]
-    return scopes or None
+    return [s.strip() for s in items if s and s.strip()] or None
 
 
 def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
@@ -119,30 +98,8 @@ def _mask(value: str) -> None:
     mask_secret(value)
 
 
-def _keyfile_info(raw: Any, gcp_conn_id: str) -> dict[str, Any]:
-    if isinstance(raw, Mapping):
-        info = dict(raw)
-    elif isinstance(raw, str):
-        try:
-            info = json.loads(raw)
-        except ValueError:
-            # Do not echo the value: it is key material.
-            raise StorageConfigError(
-                f"connection {gcp_conn_id!r}: extra 'keyfile_dict' is not valid JSON"
-            ) from None
-        if not isinstance(info, dict):
-            raise StorageConfigError(
-                f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON object"
-            )
-    else:
-        raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: extra 'keyfile_dict' must be a JSON string or an object, "
-            f"not {type(raw).__name__}"
-        )
-    private_key = info.get("private_key")
-    if isinstance(private_key, str) and private_key:
-        _mask(private_key)
-    return info
+def _first_project(*candidates: Any) -> str | None:
+    return next((str(project) for project in candidates if project), None)
 
 
 def resolve_gcs_credentials(
@@ -151,7 +108,7 @@ def resolve_gcs_credentials(
     scopes: Sequence[str] | None = None,
 ) -> ResolvedCredentials:
     """
-    Resolve credentials and project for google-cloud-storage (see the module docstring for the order).
+    Resolve credentials and project for google-cloud-storage (order: docs/storage.md).
 
     :param gcp_conn_id: Airflow connection id of a ``google_cloud_platform`` connection; ``None``
         skips the connection and goes to ADC (or the emulator).
@@ -167,17 +124,14 @@ def resolve_gcs_credentials(
         log.info(
             "STORAGE_EMULATOR_HOST is set: using the GCS emulator at %s without credentials", emulator_host
         )
-        return ResolvedCredentials(
-            credentials=None,
-            project=_first_project(conn_project, EMULATOR_PROJECT),
-            source="emulator",
-            emulator_host=emulator_host,
-        )
+        project = _first_project(conn_project, EMULATOR_PROJECT)
+        return ResolvedCredentials(None, project, "emulator", emulator_host=emulator_host)
 
     effective_scopes = list(scopes or parse_scopes(get_extra_field(fields, "scope")) or DEFAULT_SCOPES)
     key = _from_connection_key(fields, gcp_conn_id, effective_scopes)
     if key is not None:
-        credentials, key_project, source = key
+        source, credentials = key
+        key_project = getattr(credentials, "project_id", None)
         return ResolvedCredentials(credentials, _first_project(conn_project, key_project), source)
 
     if extras is None and gcp_conn_id:
@@ -190,81 +144,61 @@ def resolve_gcs_credentials(
 
 def _from_connection_key(
     fields: Mapping[str, Any], gcp_conn_id: str | None, scopes: list[str]
-) -> tuple[Credentials, Any, str] | None:
-    """
-    Credentials, the key's project and the source from the connection's key extras, or ``None``.
+) -> tuple[str, Credentials] | None:
+    """The source and service-account credentials from the connection's key extras, or ``None``."""
+    from google.oauth2 import service_account
 
-    :raises StorageConfigError: both ``key_path`` and ``keyfile_dict`` are set, or the key is unusable.
-    """
     key_path = get_extra_field(fields, "key_path")
     keyfile_dict = get_extra_field(fields, "keyfile_dict")
+    where = f"connection {gcp_conn_id!r}"
     if key_path and keyfile_dict:
         raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
+            f"{where}: 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
         )
-    if not (key_path or keyfile_dict):
-        return None
-    assert gcp_conn_id is not None  # extras come from a connection
     if keyfile_dict:
-        return (*_from_keyfile_dict(keyfile_dict, gcp_conn_id, scopes), "keyfile_dict")
-    return (*_from_key_path(key_path, gcp_conn_id, scopes), "key_path")
+        info = _keyfile_info(keyfile_dict, f"{where}: extra 'keyfile_dict'")
+        load: Callable[..., Credentials] = service_account.Credentials.from_service_account_info
+        credentials = _load_service_account(load, info, scopes, f"{where}: 'keyfile_dict'")
+        source = "keyfile_dict"
+    elif key_path:
+        path = str(key_path)
+        if not path.endswith(".json"):  # providers-google refuses legacy P12 keys as well
+            raise StorageConfigError(f"{where}: 'key_path' must name a JSON service-account key file")
+        load = service_account.Credentials.from_service_account_file
+        credentials = _load_service_account(load, path, scopes, f"{where}: key file {path!r}")
+        source = "key_path"
+    else:
+        return None
+    log.info("GCS credentials: service-account key from connection %r (%s)", gcp_conn_id, source)
+    return source, credentials
 
 
-def _first_project(*candidates: Any) -> str | None:
-    """The first non-empty project id among ``candidates``."""
-    return next((str(project) for project in candidates if project), None)
-
-
-def _from_keyfile_dict(raw: Any, gcp_conn_id: str, scopes: list[str]) -> tuple[Credentials, Any]:
-    """Service-account credentials and the key's project from the ``keyfile_dict`` extra."""
-    from google.oauth2 import service_account
-
-    info = _keyfile_info(raw, gcp_conn_id)
-    credentials = _load_service_account(
-        service_account.Credentials.from_service_account_info,
-        info,
-        scopes,
-        f"connection {gcp_conn_id!r}: 'keyfile_dict'",
-    )
-    log.info("GCS credentials: service-account key from connection %r (keyfile_dict)", gcp_conn_id)
-    return credentials, info.get("project_id")
-
-
-def _from_key_path(raw: Any, gcp_conn_id: str, scopes: list[str]) -> tuple[Credentials, Any]:
-    """Service-account credentials and the key's project from the file named by ``key_path``."""
-    from google.oauth2 import service_account
-
-    path = os.fspath(str(raw))
-    if not path.endswith(".json"):
-        # providers-google refuses legacy P12 keys as well.
-        raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: 'key_path' must name a JSON service-account key file"
-        )
+def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:
+    """The ``keyfile_dict`` extra as a dict, its private key registered with the secret masker."""
     try:
-        credentials = _load_service_account(
-            service_account.Credentials.from_service_account_file,
-            path,
-            scopes,
-            f"connection {gcp_conn_id!r}: key file {path!r}",
-        )
-    except FileNotFoundError:
+        info = dict(raw) if isinstance(raw, Mapping) else json.loads(raw)
+    except ValueError:
+        raise StorageConfigError(f"{what} is not valid JSON") from None  # never echo key material
+    except TypeError:
         raise StorageConfigError(
-            f"connection {gcp_conn_id!r}: key file {path!r} does not exist on this worker"
+            f"{what} must be a JSON string or an object, not {type(raw).__name__}"
         ) from None
-    log.info("GCS credentials: service-account key file from connection %r (key_path)", gcp_conn_id)
-    return credentials, getattr(credentials, "project_id", None)
+    if not isinstance(info, dict):
+        raise StorageConfigError(f"{what} must be a JSON object")
+    private_key = info.get("private_key")
+    if isinstance(private_key, str) and private_key:
+        _mask(private_key)
+    return info
 
 
 def _load_service_account(
     load: Callable[..., Credentials], key: Any, scopes: list[str], what: str
 ) -> Credentials:
-    """
-    ``load(key, scopes=scopes)``; a key google-auth cannot use becomes :class:`StorageConfigError`.
-
-    The error names ``what`` and the exception's type only: its text can quote key material.
-    """
+    """``load(key, scopes=scopes)``; errors name ``what`` and the exception's type only (never the key)."""
     try:
         return load(key, scopes=scopes)
+    except FileNotFoundError:
+        raise StorageConfigError(f"{what} does not exist on this worker") from None
     except (ValueError, KeyError) as exc:
         raise StorageConfigError(
             f"{what} is not a usable service-account key ({type(exc).__name__})"

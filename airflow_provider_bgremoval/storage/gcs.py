@@ -1,54 +1,9 @@
 """
 Google Cloud Storage access for the provider: listing, reads and conditional writes.
 
-:class:`GcsStorage` wraps one ``google.cloud.storage.Client`` (created lazily, shared by threads; the
-async pipeline calls it through ``asyncio.to_thread``). Credentials come from
-:mod:`airflow_provider_bgremoval.storage.credentials` (``google_cloud_default`` extras, ADC fallback,
-``STORAGE_EMULATOR_HOST`` for fake-gcs-server).
-
-Retries follow GCS's own rules
-(`retry strategy <https://cloud.google.com/storage/docs/retry-strategy>`_):
-
-* listing, ``stat`` and reads are idempotent and use ``DEFAULT_RETRY`` (429, 408, 5xx, connection
-  errors, timeouts; exponential backoff; 120 s deadline by default);
-* writes are retried **only when conditional** (``if_generation_match`` is an int: ``0`` for
-  create-only, or the generation we expect to replace), which is what
-  ``DEFAULT_RETRY_IF_GENERATION_SPECIFIED`` does; an unconditional overwrite
-  (``if_generation_match=None``) is attempted exactly once.
-
-**A retried create-only write can hit its own first attempt.** If attempt 1 reached the server and
-created the object but the reply was lost (connection reset, timeout), attempt 2 gets HTTP 412
-although the object is ours. On a 412, :meth:`GcsStorage.write` therefore reads the object's metadata
-(one ``stat``) and treats the write as done when the object is provably ours:
-
-* with ``idempotency_token``: the object carries that token in its metadata
-  (:data:`WRITE_TOKEN_METADATA_KEY`) **and** the CRC32C/MD5 of our bytes. Any 412 counts, retried or
-  not, so a task retry that repeats the same logical write with the same token also recognises it;
-* without a token: only when one of our attempts failed in a way that may have reached the server,
-  and the object has the CRC32C/MD5 of our bytes and every metadata pair we sent. (Another writer
-  racing us with byte-identical content and metadata would be taken for us; the result is the same
-  object, so nothing is lost.)
-
-Otherwise :class:`~airflow_provider_bgremoval.storage.exceptions.ObjectExistsError` is raised with the
-existing generation.
-
-Uploads use google-cloud-storage's public ``Blob.upload_from_string`` with the precondition and the
-payload's CRC32C. The library sends objects up to 8 MiB as one multipart request and larger ones as a
-resumable upload whose first request carries the whole object's CRC32C (``crc32c_checksum_value``).
-GCS checks ``ifGenerationMatch`` on both and creates the object only when all of it arrived with that
-checksum, so a corrupted or partial object never becomes visible. (fake-gcs-server ignores the
-precondition and the checksum on resumable uploads: see
-:mod:`airflow_provider_bgremoval.testing.gcs_emulator`.)
-
-**Environment lookups.** A ``requests`` session that trusts the environment (``trust_env``) re-reads
-the proxy variables, ``NO_PROXY``, the CA-bundle variables and ``~/.netrc`` on every request, a sixth
-of the client's CPU per image (docs/benchmarks.md). :class:`GcsStorage` decides once, when it creates
-the client: with ``trust_env=None`` (the default) the session trusts the environment only when a
-proxy applies to the GCS endpoint, with the semantics of ``requests.utils.get_environ_proxies`` (an
-``http_proxy``/``https_proxy``/``all_proxy`` variable, unless ``NO_PROXY`` names the endpoint's host);
-``trust_env=True`` or ``False`` decides explicitly. A CA bundle named by ``REQUESTS_CA_BUNDLE`` or
-``CURL_CA_BUNDLE`` is honoured either way (it becomes the session's ``verify``); ``~/.netrc`` is read
-only by a session that trusts the environment (GCS authenticates with OAuth tokens, not netrc).
+:class:`GcsStorage` wraps one lazily created ``google.cloud.storage.Client`` shared by threads. The retry
+rules, create-only writes (and how a retried write recognises its own first attempt), checksums and the
+``trust_env`` decision are described in docs/storage.md.
 """
 
 from __future__ import annotations
@@ -61,28 +16,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_bgremoval.storage.credentials import (
-    DEFAULT_GCP_CONN_ID,
-    resolve_gcs_credentials,
-)
-from airflow_provider_bgremoval.storage.exceptions import (
-    DataCorruptionError,
-    ObjectChangedError,
-    ObjectExistsError,
-    ObjectNotFoundError,
-    ObjectTooLargeError,
-    StorageError,
-    StoragePermissionError,
-    StorageUnavailableError,
-    WriteConflictError,
-)
+from airflow_provider_bgremoval import USER_AGENT
+from airflow_provider_bgremoval.storage import exceptions as errors
+from airflow_provider_bgremoval.storage.credentials import DEFAULT_GCP_CONN_ID, resolve_gcs_credentials
 
 if TYPE_CHECKING:
-    import requests
     from google.api_core.retry import Retry
     from google.cloud import storage
 
@@ -95,7 +37,6 @@ __all__ = [
     "ObjectInfo",
     "crc32c_b64",
     "md5_b64",
-    "provider_user_agent",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,16 +53,6 @@ class _Unset(enum.Enum):
     UNSET = "UNSET"
 
 
-_UNSET = _Unset.UNSET
-
-
-def provider_user_agent() -> str:
-    """``airflow-provider-bgremoval/<installed version>`` for GCS's User-Agent header."""
-    from airflow_provider_bgremoval import __version__
-
-    return f"airflow-provider-bgremoval/{__version__}"
-
-
 def crc32c_b64(data: bytes) -> str:
     """CRC32C of ``data`` in GCS's notation (base64 of the big-endian 32-bit value)."""
     import google_crc32c
@@ -134,10 +65,6 @@ def md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
 
-#: Variables naming a CA bundle, in the order ``requests`` reads them.
-_CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
-
 def _proxy_applies(endpoint: str) -> bool:
     """Whether the environment configures a proxy that ``requests`` would apply to ``endpoint``."""
     from requests.utils import get_environ_proxies
@@ -145,15 +72,6 @@ def _proxy_applies(endpoint: str) -> bool:
     return any(key != "no" for key in get_environ_proxies(endpoint))  # "no" is NO_PROXY itself
 
 
-def _configure_environment_lookups(session: requests.Session, endpoint: str, trust_env: bool | None) -> None:
-    """Decide ``session.trust_env`` once and keep an environment CA bundle (module docstring)."""
-    session.trust_env = _proxy_applies(endpoint) if trust_env is None else trust_env
-    ca_bundle = next((os.environ[name] for name in _CA_BUNDLE_VARIABLES if os.environ.get(name)), None)
-    if ca_bundle is not None:
-        session.verify = ca_bundle
-
-
-# --------------------------------------------------------------------------------------------- ObjectInfo
 @dataclass(frozen=True)
 class ObjectInfo:
     """
@@ -200,63 +118,25 @@ class ObjectInfo:
             updated=blob.updated,
         )
 
-    @classmethod
-    def from_resource(cls, resource: Mapping[str, Any]) -> ObjectInfo:
-        """Build from a JSON API object resource (``storage#object``)."""
-        updated_raw = resource.get("updated")
-        updated = None
-        if updated_raw:
-            updated = datetime.fromisoformat(str(updated_raw).replace("Z", "+00:00"))
-        return cls(
-            bucket=str(resource["bucket"]),
-            name=str(resource["name"]),
-            generation=int(resource.get("generation") or 0),
-            size=int(resource.get("size") or 0),
-            content_type=resource.get("contentType"),
-            md5_hash=resource.get("md5Hash"),
-            crc32c=resource.get("crc32c"),
-            metadata={str(k): str(v) for k, v in (resource.get("metadata") or {}).items()},
-            updated=updated,
-        )
-
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for manifests and XCom)."""
-        return {
-            "uri": self.uri,
-            "bucket": self.bucket,
-            "name": self.name,
-            "generation": self.generation,
-            "size": self.size,
-            "content_type": self.content_type,
-            "md5_hash": self.md5_hash,
-            "crc32c": self.crc32c,
-            "metadata": dict(self.metadata),
-            "updated": self.updated.isoformat() if self.updated else None,
-        }
+        updated = self.updated.isoformat() if self.updated else None
+        return {"uri": self.uri, **asdict(self), "updated": updated}
 
 
-# --------------------------------------------------------------------------------------------- patterns
 def _as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    return tuple(p for p in (v.strip() for v in value) if p)
+    values = [value] if isinstance(value, str) else value or ()
+    return tuple(v.strip() for v in values if v.strip())
 
 
 class ObjectFilter:
     """
     Include/exclude glob patterns for object names.
 
-    A pattern is an :mod:`fnmatch` glob (``*``, ``?``, ``[seq]``; ``*`` also crosses ``/``). It is
-    tried against two forms of each name and matches if either matches:
-
-    * the name **relative to the listing prefix** (``2026/11/sub/a.jpg`` under prefix ``2026/11/`` →
-      ``sub/a.jpg``), so ``sub/*`` selects a sub-folder;
-    * the **basename** (``a.jpg``), so ``*.jpg`` or ``IMG_*`` select files wherever they are.
-
-    Matching is case-insensitive by default (``*.jpg`` matches ``A.JPG``). An object is kept when it
-    matches at least one include pattern (or there are none) and no exclude pattern.
+    A pattern is an :mod:`fnmatch` glob (``*`` also crosses ``/``) matched against the name relative to
+    the listing prefix (``sub/*`` selects a sub-folder) and against the basename (``*.jpg`` or ``IMG_*``
+    select files wherever they are), case-insensitively by default. An object is kept when it matches an
+    include pattern (or there are none) and no exclude pattern.
 
     :param include: pattern or patterns to keep; ``None``/empty keeps everything.
     :param exclude: pattern or patterns to drop (wins over ``include``).
@@ -303,22 +183,19 @@ class ObjectFilter:
         return not any(fnmatch.fnmatchcase(c, p) for p in self._exclude for c in candidates)
 
 
-# --------------------------------------------------------------------------------------------- errors
 def _is_transient(exc: BaseException) -> bool:
     import requests
     import urllib3
     from google.api_core import exceptions as api_exceptions
     from google.auth import exceptions as auth_exceptions
 
-    if isinstance(exc, api_exceptions.RetryError):
-        return True
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return exc.code in _TRANSIENT_STATUS
-    if isinstance(exc, auth_exceptions.TransportError):
-        return True
     return isinstance(
         exc,
-        ConnectionError
+        api_exceptions.RetryError
+        | auth_exceptions.TransportError
+        | ConnectionError
         | TimeoutError
         | requests.exceptions.ConnectionError
         | requests.exceptions.Timeout
@@ -331,28 +208,28 @@ def _is_transient(exc: BaseException) -> bool:
 _CORRUPTED = ": checksum mismatch, the data was corrupted in transit"
 
 
-def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> StorageError:
+def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> errors.StorageError:
     """Map a google/requests exception to the storage layer's errors (the original stays ``__cause__``)."""
     from google.api_core import exceptions as api_exceptions
     from google.cloud.storage.exceptions import DataCorruption
 
-    if isinstance(exc, StorageError):
+    if isinstance(exc, errors.StorageError):
         return exc
-    error: type[StorageError] = StorageError
+    error: type[errors.StorageError] = errors.StorageError
     outcome = f" failed: {_named(exc)}"
     if isinstance(exc, api_exceptions.RetryError):
         cause = exc.cause if exc.cause is not None else exc
-        error = StorageUnavailableError
+        error = errors.StorageUnavailableError
         outcome = f" failed: GCS stayed unavailable until the retry deadline ({_named(cause)})"
     elif _is_transient(exc):
-        error = StorageUnavailableError
+        error = errors.StorageUnavailableError
     elif isinstance(exc, api_exceptions.Unauthorized | api_exceptions.Forbidden):
-        error = StoragePermissionError
+        error = errors.StoragePermissionError
         outcome = f" refused ({exc.code}): the credentials lack permission; {_short(exc)}"
     elif isinstance(exc, api_exceptions.NotFound):
-        error, outcome = ObjectNotFoundError, f": not found ({_short(exc)})"
+        error, outcome = errors.ObjectNotFoundError, f": not found ({_short(exc)})"
     elif isinstance(exc, DataCorruption):
-        error, outcome = DataCorruptionError, _CORRUPTED
+        error, outcome = errors.DataCorruptionError, _CORRUPTED
     where = f"gs://{bucket}/{name}" if name is not None else f"gs://{bucket}"
     return error(f"{action} {where}{outcome}", bucket=bucket, name=name)
 
@@ -366,27 +243,20 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# --------------------------------------------------------------------------------------------- storage
 class GcsStorage:
     """
-    Thread-safe access to GCS buckets with the provider's safety rules.
+    Thread-safe access to GCS buckets with the provider's safety rules (docs/storage.md).
 
-    One ``google.cloud.storage.Client`` is created on first use and shared by all threads.
-
-    :param gcp_conn_id: Airflow connection of type ``google_cloud_platform`` (providers-google's
-        extras ``project``, ``key_path``, ``keyfile_dict``, ``scope`` are honoured); ``None`` uses
-        Application Default Credentials. Ignored for credentials when ``STORAGE_EMULATOR_HOST`` is set.
-    :param project: project id for the client; default: the connection's ``project``, the key's or
-        ADC's project (``"emulator"`` for an emulator).
-    :param scopes: OAuth scopes; default: the connection's ``scope`` extra, else
-        ``devstorage.read_write``.
+    :param gcp_conn_id: Airflow connection of type ``google_cloud_platform``; ``None`` uses Application
+        Default Credentials. Ignored for credentials when ``STORAGE_EMULATOR_HOST`` is set.
+    :param project: project id for the client; default: the connection's, the key's or ADC's project.
+    :param scopes: OAuth scopes; default: the connection's ``scope`` extra, else ``devstorage.read_write``.
     :param retry: retry policy for idempotent calls and conditional writes (a
         ``google.api_core.retry.Retry``); ``None`` disables retries. Default: GCS's ``DEFAULT_RETRY``.
     :param timeout: per-request timeout in seconds (or ``(connect, read)``).
     :param max_pool_connections: HTTP connections kept per host (use at least the number of threads).
     :param trust_env: whether the HTTP session reads proxy, CA-bundle and netrc settings from the
         environment on every request; ``None`` (default): only when a proxy applies to the GCS endpoint.
-        A ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` bundle is honoured either way (module docstring).
     :param client: a ready ``storage.Client`` to use instead of resolving credentials (tests, the demo).
     """
 
@@ -396,7 +266,7 @@ class GcsStorage:
         *,
         project: str | None = None,
         scopes: Sequence[str] | None = None,
-        retry: Retry | _Unset | None = _UNSET,
+        retry: Retry | _Unset | None = _Unset.UNSET,
         timeout: float | tuple[float, float] = 60.0,
         max_pool_connections: int = 32,
         trust_env: bool | None = None,
@@ -434,17 +304,14 @@ class GcsStorage:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------ client
     @property
     def client(self) -> storage.Client:
         """The shared ``storage.Client`` (created on first access)."""
-        client = self._client
-        if client is None:
+        if self._client is None:
             with self._lock:
-                client = self._client
-                if client is None:
-                    client = self._client = self._make_client()
-        return client
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
 
     def _make_client(self) -> storage.Client:
         import requests.adapters
@@ -466,20 +333,18 @@ class GcsStorage:
         client = storage.Client(
             project=self.project or resolved.project,
             credentials=resolved.credentials,
-            client_info=ClientInfo(user_agent=provider_user_agent()),  # type: ignore[no-untyped-call]
+            client_info=ClientInfo(user_agent=USER_AGENT),  # type: ignore[no-untyped-call]
             _http=session,
         )
-        _configure_environment_lookups(session, client.api_endpoint, self.trust_env)
+        # Environment lookups are decided once; a CA bundle from the environment is kept either way.
+        trust_env = self.trust_env
+        session.trust_env = _proxy_applies(client.api_endpoint) if trust_env is None else trust_env
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            session.verify = ca_bundle
         log.debug("GCS client ready (credentials: %s, project: %s)", resolved.source, client.project)
         return client
 
-    def _retry(self, retry: Retry | _Unset | None) -> Retry | None:
-        return self.retry if isinstance(retry, _Unset) else retry
-
-    def _timeout(self, timeout: float | tuple[float, float] | None) -> float | tuple[float, float]:
-        return self.timeout if timeout is None else timeout
-
-    # ------------------------------------------------------------------ listing
     def list_objects(
         self,
         bucket: str,
@@ -489,124 +354,78 @@ class GcsStorage:
         exclude: str | Sequence[str] | None = None,
         case_sensitive: bool = False,
         page_size: int = DEFAULT_PAGE_SIZE,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
     ) -> Iterator[ObjectInfo]:
         """
-        Yield the objects under ``prefix`` in name order, one page at a time (lazily).
-
-        Only one page (``page_size`` objects) is held at a time, so a prefix of 100,000 objects streams.
-        "Folder" placeholder objects (names ending in ``/``) are skipped. See :class:`ObjectFilter`
-        for the pattern rules (relative name *or* basename; case-insensitive by default).
+        Yield the objects under ``prefix`` in name order, lazily; "folder" placeholders are skipped.
 
         :param bucket: bucket name.
         :param prefix: name prefix (``""`` for the whole bucket); include the trailing ``/`` for a folder.
-        :param include: glob pattern(s) to keep, e.g. ``"*.jpg"`` or ``["*.jpg", "*.png"]``.
-        :param exclude: glob pattern(s) to drop, e.g. ``"thumbs/*"``.
+        :param include: :class:`ObjectFilter` pattern(s) to keep, e.g. ``"*.jpg"``.
+        :param exclude: pattern(s) to drop, e.g. ``"thumbs/*"``.
         :param case_sensitive: match patterns case-sensitively.
         :param page_size: objects per list request (GCS allows at most 1000).
-        :param retry: retry policy for each page request (default: the instance's).
-        :param timeout: per-request timeout (default: the instance's).
         :raises ObjectNotFoundError: the bucket does not exist.
         """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
-        object_filter = ObjectFilter(include, exclude, case_sensitive=case_sensitive)
-        return self._iter_objects(bucket, prefix, object_filter, page_size, self._retry(retry), timeout)
+        return self._iter_objects(
+            bucket, prefix, ObjectFilter(include, exclude, case_sensitive=case_sensitive), page_size
+        )
 
     def _iter_objects(
-        self,
-        bucket: str,
-        prefix: str,
-        object_filter: ObjectFilter,
-        page_size: int,
-        retry: Retry | None,
-        timeout: float | tuple[float, float] | None,
+        self, bucket: str, prefix: str, object_filter: ObjectFilter, page_size: int
     ) -> Iterator[ObjectInfo]:
         iterator = self.client.list_blobs(
             bucket,
             prefix=prefix or None,
             page_size=min(page_size, 1000),
             fields=_LIST_FIELDS,
-            retry=retry,
-            timeout=self._timeout(timeout),
+            retry=self.retry,
+            timeout=self.timeout,
         )
         seen = kept = 0
         try:
             for blob in iterator:
                 seen += 1
-                if blob.name.endswith("/"):
-                    continue
-                if not object_filter.matches(blob.name, prefix):
-                    continue
-                kept += 1
-                yield ObjectInfo.from_blob(blob)
+                if not blob.name.endswith("/") and object_filter.matches(blob.name, prefix):
+                    kept += 1
+                    yield ObjectInfo.from_blob(blob)
         except Exception as exc:
             raise _translate(exc, "listing", bucket, prefix or None) from exc
         log.debug("listed gs://%s/%s: %d objects, %d kept by %r", bucket, prefix, seen, kept, object_filter)
 
-    # ------------------------------------------------------------------ metadata
-    def stat(
-        self,
-        bucket: str,
-        name: str,
-        *,
-        generation: int | None = None,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
-    ) -> ObjectInfo | None:
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
         """
-        The object's metadata, or ``None`` when it (or that generation, or the bucket) does not exist.
+        The live object's metadata, or ``None`` when it (or the bucket) does not exist.
 
         :param bucket: bucket name.
         :param name: object name.
-        :param generation: a specific generation (default: the live one).
-        :param retry: retry policy (default: the instance's).
-        :param timeout: per-request timeout (default: the instance's).
         """
         try:
-            blob = self.client.bucket(bucket).get_blob(
-                name, generation=generation, retry=self._retry(retry), timeout=self._timeout(timeout)
-            )
+            blob = self.client.bucket(bucket).get_blob(name, retry=self.retry, timeout=self.timeout)
         except Exception as exc:
             raise _translate(exc, "reading metadata of", bucket, name) from exc
         return ObjectInfo.from_blob(blob) if blob is not None else None
 
-    # ------------------------------------------------------------------ reads
     def read(
-        self,
-        bucket: str,
-        name: str,
-        *,
-        generation: int | None = None,
-        max_bytes: int | None = None,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
+        self, bucket: str, name: str, *, generation: int | None = None, max_bytes: int | None = None
     ) -> bytes:
         """
-        Download an object, checksum-verified.
+        Download an object, checksum-verified (:class:`DataCorruptionError` on a mismatch).
 
         :param bucket: bucket name.
         :param name: object name.
-        :param generation: the generation that was planned. If the object has been replaced or deleted
-            since, :class:`ObjectChangedError` is raised instead of silently reading other bytes.
-        :param max_bytes: refuse objects larger than this. The download asks for at most
-            ``max_bytes + 1`` bytes, so an oversized object is never downloaded in full.
-        :param retry: retry policy (default: the instance's).
-        :param timeout: per-request timeout (default: the instance's).
+        :param generation: the generation that was planned; :class:`ObjectChangedError` if it is gone.
+        :param max_bytes: :class:`ObjectTooLargeError` above this (at most ``max_bytes + 1`` bytes are read).
         :raises ObjectNotFoundError: the object does not exist.
-        :raises ObjectChangedError: the pinned generation no longer exists.
-        :raises ObjectTooLargeError: the object is larger than ``max_bytes``.
-        :raises DataCorruptionError: the bytes do not match the object's checksum.
         """
         if max_bytes is not None and max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
-        # With a cap, at most max_bytes + 1 bytes (the range end is inclusive).
-        data, crc32c = self._download(bucket, name, generation, max_bytes, retry, timeout)
+        data, crc32c = self._download(bucket, name, generation, max_bytes)
         if max_bytes is None:
             return data  # checksum-verified by the library
         if len(data) > max_bytes:
-            raise ObjectTooLargeError(
+            raise errors.ObjectTooLargeError(
                 f"gs://{bucket}/{name} is larger than the {max_bytes}-byte limit",
                 bucket=bucket,
                 name=name,
@@ -615,49 +434,28 @@ class GcsStorage:
             )
         # The whole object arrived; the response headers carried its CRC32C (x-goog-hash).
         if crc32c and crc32c_b64(data) != crc32c:
-            raise DataCorruptionError(f"reading gs://{bucket}/{name}{_CORRUPTED}", bucket=bucket, name=name)
+            raise errors.DataCorruptionError(
+                f"reading gs://{bucket}/{name}{_CORRUPTED}", bucket=bucket, name=name
+            )
         return data
 
-    def read_head(
-        self,
-        bucket: str,
-        name: str,
-        nbytes: int,
-        *,
-        generation: int | None = None,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
-    ) -> bytes:
+    def read_head(self, bucket: str, name: str, nbytes: int, *, generation: int | None = None) -> bytes:
         """
         The first ``nbytes`` bytes of an object (fewer if it is shorter), for header-only checks.
 
         :param bucket: bucket name.
         :param name: object name.
         :param nbytes: how many bytes to read (> 0).
-        :param generation: the generation that was planned (see :meth:`read`).
-        :param retry: retry policy (default: the instance's).
-        :param timeout: per-request timeout (default: the instance's).
-        :raises ObjectNotFoundError: the object does not exist.
-        :raises ObjectChangedError: the pinned generation no longer exists.
+        :param generation: the generation that was planned (as in :meth:`read`).
         """
         if nbytes <= 0:
             raise ValueError("nbytes must be positive")
-        data, _ = self._download(bucket, name, generation, nbytes - 1, retry, timeout)
-        return data[:nbytes]
+        return self._download(bucket, name, generation, nbytes - 1)[0][:nbytes]
 
     def _download(
-        self,
-        bucket: str,
-        name: str,
-        generation: int | None,
-        last_byte: int | None,
-        retry: Retry | _Unset | None,
-        timeout: float | tuple[float, float] | None,
+        self, bucket: str, name: str, generation: int | None, last_byte: int | None
     ) -> tuple[bytes, str | None]:
-        """
-        Bytes ``0..last_byte`` (inclusive; the whole object, checksum-verified, when ``None``) and the
-        object's CRC32C from the response headers.
-        """
+        """Bytes ``0..last_byte`` (all, checksum-verified, when ``None``) and the object's CRC32C."""
         from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
         blob = self.client.bucket(bucket).blob(name, generation=generation)
@@ -667,8 +465,8 @@ class GcsStorage:
                 start=0 if ranged else None,
                 end=last_byte,
                 checksum=None if ranged else "auto",  # the library skips checksums on ranges
-                retry=self._retry(retry),
-                timeout=self._timeout(timeout),
+                retry=self.retry,
+                timeout=self.timeout,
             )
         except RequestRangeNotSatisfiable:
             return b"", None  # an empty object has no byte 0
@@ -678,31 +476,27 @@ class GcsStorage:
             raise _translate(exc, "reading", bucket, name) from exc
         return data, blob.crc32c
 
-    def _missing(self, bucket: str, name: str, generation: int | None) -> StorageError:
+    def _missing(self, bucket: str, name: str, generation: int | None) -> errors.StorageError:
         uri = f"gs://{bucket}/{name}"
         if generation is None:
-            return ObjectNotFoundError(
+            return errors.ObjectNotFoundError(
                 f"{uri} does not exist (or its bucket does not)", bucket=bucket, name=name
             )
         current = self.stat(bucket, name)
-        if current is None:
-            message = (
-                f"{uri} generation {generation} no longer exists: the object was deleted after it was listed"
+        fate = "deleted after it was listed"
+        if current is not None:
+            fate = (
+                f"replaced after it was listed (now generation {current.generation}); "
+                "list again to process the new version"
             )
-        else:
-            message = (
-                f"{uri} generation {generation} no longer exists: the object was replaced after it was "
-                f"listed (now generation {current.generation}); list again to process the new version"
-            )
-        return ObjectChangedError(
-            message,
+        return errors.ObjectChangedError(
+            f"{uri} generation {generation} no longer exists: the object was {fate}",
             bucket=bucket,
             name=name,
             expected_generation=generation,
             current_generation=current.generation if current is not None else None,
         )
 
-    # ------------------------------------------------------------------ writes
     def write(
         self,
         bucket: str,
@@ -713,8 +507,6 @@ class GcsStorage:
         metadata: Mapping[str, str] | None = None,
         if_generation_match: int | None = 0,
         idempotency_token: str | None = None,
-        retry: Retry | _Unset | None = _UNSET,
-        timeout: float | tuple[float, float] | None = None,
     ) -> ObjectInfo:
         """
         Upload ``data`` as one object, atomically; create-only by default.
@@ -724,27 +516,18 @@ class GcsStorage:
         :param data: the object's bytes.
         :param content_type: MIME type to store.
         :param metadata: custom metadata (string keys and values).
-        :param if_generation_match: ``0`` (default): create only, fail if the object exists; an int
-            generation: replace only that generation; ``None``: unconditional overwrite (use only when the
-            user asked to overwrite; never retried, see the module docstring).
-        :param idempotency_token: an id of this logical write, stored in the metadata under
-            :data:`WRITE_TOKEN_METADATA_KEY`. On a 412, an object carrying the same token and our bytes
-            is taken as this write having succeeded (a lost reply, or a task retry repeating it).
-        :param retry: retry policy for conditional writes (default: the instance's); ignored (no retry)
-            when ``if_generation_match`` is ``None``.
-        :param timeout: per-request timeout (default: the instance's).
+        :param if_generation_match: ``0`` (default): create only; an int generation: replace only that
+            generation; ``None``: unconditional overwrite (never retried).
+        :param idempotency_token: an id of this logical write, stored under :data:`WRITE_TOKEN_METADATA_KEY`;
+            on a 412 an object with this token and our bytes counts as this write having succeeded.
         :returns: the written object's metadata (or the already-present object that is provably ours).
-        :raises ObjectExistsError: create-only write and the object exists (and is not ours).
-        :raises WriteConflictError: generation-matched write and the live generation differs.
-        :raises StorageUnavailableError: transient failures outlasted the retry policy.
+        :raises WriteConflictError: the precondition failed (:class:`ObjectExistsError` when create-only).
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         payload = bytes(data)
         meta = self._metadata(metadata, idempotency_token)
         crc, md5 = crc32c_b64(payload), md5_b64(payload)
-
-        effective_retry = None if if_generation_match is None else self._retry(retry)
         attempts = 0
 
         def attempt() -> storage.Blob:
@@ -759,19 +542,30 @@ class GcsStorage:
                 checksum="crc32c",  # multipart: sent with the body, checked by the server
                 crc32c_checksum_value=crc,  # resumable (> 8 MiB): sent first, checked when finalising
                 retry=None,  # retried here, so that write() knows whether an attempt may have landed
-                timeout=self._timeout(timeout),
+                timeout=self.timeout,
             )
             return blob
 
         from google.api_core.exceptions import PreconditionFailed
 
+        retry = self.retry if if_generation_match is not None else None
         try:
-            blob = effective_retry(attempt)() if effective_retry is not None else attempt()
+            blob = retry(attempt)() if retry is not None else attempt()
         except PreconditionFailed as exc:
             assert if_generation_match is not None  # 412 needs a precondition
-            return self._on_precondition_failed(
-                bucket, name, if_generation_match, crc, md5, meta, idempotency_token, attempts, exc
-            )
+            existing = self.stat(bucket, name)
+            token = idempotency_token
+            if existing is not None and _is_our_write(existing, crc, md5, meta, token, retried=attempts > 1):
+                why = "same idempotency token" if token is not None else "an earlier attempt's reply was lost"
+                log.info(
+                    "%s: precondition failed on attempt %d but generation %s is this write's result (%s)",
+                    existing.uri,
+                    attempts,
+                    existing.generation,
+                    why,
+                )
+                return existing
+            raise _conflict(bucket, name, if_generation_match, existing) from exc
         except Exception as exc:
             raise _translate(exc, "writing", bucket, name) from exc
         info = ObjectInfo.from_blob(blob)
@@ -795,65 +589,28 @@ class GcsStorage:
             meta[WRITE_TOKEN_METADATA_KEY] = token
         return meta
 
-    def _on_precondition_failed(
-        self,
-        bucket: str,
-        name: str,
-        expected: int,
-        crc: str,
-        md5: str,
-        meta: Mapping[str, str],
-        token: str | None,
-        attempts: int,
-        exc: Exception,
-    ) -> ObjectInfo:
-        uri = f"gs://{bucket}/{name}"
-        existing = self.stat(bucket, name)
-        if existing is not None and _is_our_write(existing, crc, md5, meta, token, retried=attempts > 1):
-            log.info(
-                "%s: precondition failed on attempt %d but the object (generation %s) is this write's "
-                "result (%s); treating the write as done",
-                uri,
-                attempts,
-                existing.generation,
-                "same idempotency token" if token is not None else "an earlier attempt's reply was lost",
-            )
-            return existing
-        current = existing.generation if existing is not None else None
-        if expected == 0:
-            raise ObjectExistsError(
-                f"{uri} already exists (generation {current}); create-only write refused",
-                bucket=bucket,
-                name=name,
-                expected_generation=0,
-                current_generation=current,
-            ) from exc
+
+def _conflict(
+    bucket: str, name: str, expected: int, existing: ObjectInfo | None
+) -> errors.WriteConflictError:
+    """The error for a failed precondition that was not this write's own earlier attempt."""
+    current = existing.generation if existing is not None else None
+    if expected == 0:
+        message = f"gs://{bucket}/{name} already exists (generation {current}); create-only write refused"
+        error: type[errors.WriteConflictError] = errors.ObjectExistsError
+    else:
         state = f"is now generation {current}" if current is not None else "no longer exists"
-        raise WriteConflictError(
-            f"{uri} {state}, not the expected generation {expected}; write refused",
-            bucket=bucket,
-            name=name,
-            expected_generation=expected,
-            current_generation=current,
-        ) from exc
+        message = f"gs://{bucket}/{name} {state}, not the expected generation {expected}; write refused"
+        error = errors.WriteConflictError
+    return error(message, bucket=bucket, name=name, expected_generation=expected, current_generation=current)
 
 
 def _is_our_write(
-    existing: ObjectInfo,
-    crc: str,
-    md5: str,
-    meta: Mapping[str, str],
-    token: str | None,
-    *,
-    retried: bool,
+    existing: ObjectInfo, crc: str, md5: str, meta: Mapping[str, str], token: str | None, *, retried: bool
 ) -> bool:
-    """Whether the object found after a 412 is provably the result of this write (module docstring)."""
-    if existing.crc32c != crc:
-        return False
-    if existing.md5_hash is not None and existing.md5_hash != md5:
+    """Whether the object found after a 412 is provably the result of this write (docs/storage.md)."""
+    if existing.crc32c != crc or existing.md5_hash not in (None, md5):
         return False
     if token is not None:
         return existing.metadata.get(WRITE_TOKEN_METADATA_KEY) == token
-    if not retried:
-        return False
-    return all(existing.metadata.get(k) == v for k, v in meta.items())
+    return retried and all(existing.metadata.get(k) == v for k, v in meta.items())

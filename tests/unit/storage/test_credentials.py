@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.exceptions import DefaultCredentialsError
 from google.oauth2 import service_account
 
+from airflow_provider_bgremoval import USER_AGENT
 from airflow_provider_bgremoval.storage import credentials as creds_module
 from airflow_provider_bgremoval.storage.credentials import (
     DEFAULT_SCOPES,
@@ -21,7 +22,7 @@ from airflow_provider_bgremoval.storage.credentials import (
     resolve_gcs_credentials,
 )
 from airflow_provider_bgremoval.storage.exceptions import StorageConfigError
-from airflow_provider_bgremoval.storage.gcs import GcsStorage, provider_user_agent
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from tests.support.connections import set_connection
 
 GCP = "google_cloud_platform"
@@ -297,8 +298,8 @@ def test_client_uses_resolved_credentials_and_user_agent(
     assert client is gcs.client  # created once
     assert client.project == "conn-project"
     assert isinstance(client._credentials, service_account.Credentials)
-    assert provider_user_agent() in client._connection.user_agent
-    assert provider_user_agent().startswith("airflow-provider-bgremoval/")
+    assert USER_AGENT in client._connection.user_agent
+    assert USER_AGENT.startswith("airflow-provider-bgremoval/")
 
 
 def test_client_in_emulator_mode(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
