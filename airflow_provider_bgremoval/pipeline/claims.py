@@ -1,14 +1,6 @@
 """Claims: who is processing which output right now, so overlapping runs never pay twice.
 
-Before a billed call, the batch creates a tiny claim object for the output, create-only. Another run
-that finds a live claim owned by someone else leaves that image pending instead of paying for it
-again. A claim belongs to a task instance (dag, run, task, map index), not to one try, so a retried
-or cleared task takes its own claims over at once; a claim whose lease has expired (its owner died)
-can be taken over by anyone, with a generation-matched write so two takers cannot both win.
-
-Claims live under ``<destination_prefix>_bgremoval/claims/`` and are never deleted by the provider
-(it deletes nothing); a bucket lifecycle rule that deletes that folder's objects after a few days
-keeps it small.
+How claims are held, taken over and cleaned up: docs/pipeline.md ("Never paying twice").
 """
 
 from __future__ import annotations
@@ -84,12 +76,19 @@ class ClaimStore:
         """Object name of the claim for ``destination``."""
         return self.prefix + hashlib.sha256(destination.encode()).hexdigest()[:40]
 
-    def _metadata(self, destination: str, *, released: bool = False) -> dict[str, str]:
-        return {
-            META_OWNER: self.owner,
-            META_EXPIRES: "0" if released else f"{self.clock() + self.lease_seconds:.0f}",
-            META_DESTINATION: destination,
-        }
+    def _write(self, destination: str, generation: int, *, released: bool = False) -> None:
+        """Write our claim object over ``generation`` (0: create-only) and remember its new generation."""
+        expires = "0" if released else f"{self.clock() + self.lease_seconds:.0f}"
+        info = self.storage.write(
+            self.bucket,
+            self.claim_name(destination),
+            b"",
+            content_type="text/plain",
+            metadata={META_OWNER: self.owner, META_EXPIRES: expires, META_DESTINATION: destination},
+            if_generation_match=generation,
+        )
+        if not released:
+            self._held[destination] = info.generation
 
     def release(self, destination: str) -> None:
         """Give up our claim on ``destination`` (its output was not written): anyone may take it."""
@@ -97,14 +96,7 @@ class ClaimStore:
         if generation is None:
             return
         try:
-            self.storage.write(
-                self.bucket,
-                self.claim_name(destination),
-                b"",
-                content_type="text/plain",
-                metadata=self._metadata(destination, released=True),
-                if_generation_match=generation,
-            )
+            self._write(destination, generation, released=True)
         except WriteConflictError:
             pass  # somebody took it over after our lease ran out: nothing of ours to release
 
@@ -113,10 +105,7 @@ class ClaimStore:
         name = self.claim_name(destination)
         for _ in range(3):
             try:
-                info = self.storage.write(
-                    self.bucket, name, b"", content_type="text/plain", metadata=self._metadata(destination)
-                )
-                self._held[destination] = info.generation
+                self._write(destination, 0)
                 return None
             except WriteConflictError:
                 pass
@@ -132,15 +121,7 @@ class ClaimStore:
             if holder != self.owner and expires > self.clock():
                 return ClaimHolder(holder, expires)
             try:
-                info = self.storage.write(
-                    self.bucket,
-                    name,
-                    b"",
-                    content_type="text/plain",
-                    metadata=self._metadata(destination),
-                    if_generation_match=current.generation,
-                )
-                self._held[destination] = info.generation
+                self._write(destination, current.generation)
                 return None
             except WriteConflictError:
                 continue  # somebody else took it over first: look again

@@ -1,26 +1,7 @@
 """The batch engine: claim -> read -> vendor call -> store, concurrently, with one recorder.
 
-Memory is bounded by ``max_concurrency``: a fixed set of worker coroutines pulls work items one at a
-time, so only in-flight images are held, whatever the batch size. Blocking storage calls run in a
-dedicated thread pool sized to the concurrency.
-
-Money rules:
-
-* ``max_images`` / ``max_credits`` stop submitting cleanly when reached (remaining images pending);
-  ``max_credits`` bounds the money *at risk* — credits charged, plus lost replies the vendor may have
-  billed, plus one reservation per image in flight — so spending never exceeds it, at any
-  concurrency and under any fault (a retry after a lost reply must fit the budget too);
-* an out-of-credits or authentication failure stops submitting at once; in-flight calls finish and
-  are written; everything not done is recorded as pending; the task then fails without retries;
-* an output is written create-only (or generation-matched when replacing a stale output), and its
-  metadata records what it was made from, so a rerun skips it and never pays twice;
-* a claim per output keeps overlapping runs from paying for the same image;
-* nothing raised in one image's path (a decoder bomb, memory exhausted by a huge reply, a bug in
-  post-processing, a storage library error) takes the batch down: that image is ``failed`` with a
-  code and a message, and its charges are counted;
-* a timeout or termination drains: submitting stops, in-flight calls get ``drain_grace`` seconds to
-  finish and store their (billed) results, calls still unanswered then are abandoned and counted as
-  possibly charged, and every other image is recorded ``pending`` with its claim released.
+A fixed set of ``max_concurrency`` workers pulls work items one at a time, so only in-flight images
+are held. The money rules (budgets count money at risk, halts, draining) are in docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -34,9 +15,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
@@ -71,7 +52,6 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-OnError = Literal["fail_at_end", "fail_rate", "continue"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("fail_at_end", "fail_rate", "continue")
 #: Finished images needed before the failure-rate rule can stop a batch.
 FAILURE_RATE_MIN_SAMPLE = 10
@@ -79,8 +59,7 @@ FAILURE_RATE_MIN_SAMPLE = 10
 SAMPLE_OUTPUTS = 5
 #: Done (source, output) pairs kept for lineage reporting.
 LINEAGE_CAP = 1000
-#: Seconds in-flight calls get to finish (and store their billed results) after a timeout or a
-#: termination. Airflow's supervisor escalates SIGTERM to SIGKILL after 5 s.
+#: Seconds in-flight calls get to finish after a timeout or a termination (SIGKILL follows in 5 s).
 DEFAULT_DRAIN_GRACE = 3.0
 
 #: How Airflow's interrupts are named in manifests and summaries.
@@ -92,26 +71,13 @@ _INTERRUPT_CODES = {
 }
 
 
-def describe_interrupt(exc: BaseException) -> tuple[str, str]:
-    """
-    The ``(code, message)`` recorded for images left undone by an interrupt.
-
-    :param exc: the interrupt (``AirflowTaskTimeout``, ``AirflowTaskTerminated``, ``KeyboardInterrupt``…).
-    """
-    return _INTERRUPT_CODES.get(
-        type(exc).__name__, ("interrupted", f"the task was interrupted ({type(exc).__name__})")
-    )
-
-
 @dataclass(frozen=True)
 class HaltInfo:
     """
-    Why a batch (or a pre-flight check) stopped before all billable work was done. The same shape
-    is reported by the mid-batch halt and by the credits pre-flight, so one alert handles both.
+    Why a batch (or the credits pre-flight, same shape for one alert) stopped before all billable work.
 
-    :param reason: ``out_of_credits``, ``auth_failed``, ``max_images``, ``max_credits``,
-        ``failure_rate``, ``insufficient_credits`` (pre-flight), or an interrupt: ``execution_timeout``,
-        ``terminated``, ``interrupted``.
+    :param reason: ``out_of_credits``, ``auth_failed``, ``max_images``, ``max_credits``, ``failure_rate``,
+        ``insufficient_credits`` (pre-flight), or an interrupt (``execution_timeout``, ``terminated``…).
     :param vendor: vendor name.
     :param message: human explanation.
     :param remaining_images: images not processed because of the halt.
@@ -131,13 +97,7 @@ class HaltInfo:
     def as_dict(self) -> dict[str, Any]:
         """Primitive form for XCom and alerts."""
         return {
-            "reason": self.reason,
-            "vendor": self.vendor,
-            "message": self.message,
-            "remaining_images": self.remaining_images,
-            "needed": None if self.needed is None else str(self.needed),
-            "available": None if self.available is None else str(self.available),
-            "fatal": self.fatal,
+            key: str(value) if isinstance(value, Decimal) else value for key, value in asdict(self).items()
         }
 
 
@@ -147,17 +107,14 @@ class BatchResult:
     The outcome of :meth:`BatchRunner.run` (also kept up to date while it runs).
 
     :param counts: sources per final status.
-    :param credits_spent: credits known to be charged: for outputs and for images that ended without
-        one (vendor-reported, or estimated from the cost table).
-    :param credits_for_failed: the part of ``credits_spent`` charged for images that have no output
-        from this task (a billed reply that could not be used or stored, another run writing first).
+    :param credits_spent: credits known to be charged (vendor-reported, or from the cost table).
+    :param credits_for_failed: the part of ``credits_spent`` for images without an output from this task.
     :param credits_estimated: True when some of ``credits_spent`` is an estimate.
-    :param possibly_charged: lost replies after a sent request (the vendor may have billed them).
+    :param possibly_charged: replies lost after a sent request (the vendor may have billed them).
     :param sample_outputs: a few output URIs.
     :param lineage: (source URI, output URI) pairs of done images, capped.
     :param halt: why the batch stopped early, if it did.
-    :param interrupted: the interrupt code (``execution_timeout``, ``terminated``…) when the batch
-        was drained by one.
+    :param interrupted: the interrupt code (``execution_timeout``, ``terminated``…) that drained the batch.
     :param claims_elsewhere: live claims of other runs that left images pending, per holder.
     :param pending_reasons: pending images per reason code (``max_credits``, ``claimed_elsewhere``…).
     :param duration_s: wall time of the run.
@@ -212,18 +169,8 @@ class _Flight:
     recorded: bool = False
     abandoned: bool = False
 
-    @property
-    def source(self) -> ObjectInfo:
-        return self.item.source
 
-    @property
-    def destination(self) -> str:
-        return self.item.destination
-
-    def elapsed_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
-
-
+@dataclass(eq=False, repr=False)
 class BatchRunner:
     """
     Runs the billable part of a :class:`BatchPlan`.
@@ -235,8 +182,7 @@ class BatchRunner:
     :param max_concurrency: images in flight at once.
     :param max_images: stop after submitting this many images (``None``: no limit).
     :param max_credits: never put more than this many credits at risk (``None``: no limit).
-    :param on_error: ``fail_at_end``, ``fail_rate`` or ``continue`` (the verdict is the caller's; the
-        runner only stops early for ``fail_rate``).
+    :param on_error: ``fail_at_end``, ``fail_rate`` or ``continue`` (only ``fail_rate`` stops the run early).
     :param max_failure_rate: failure rate above which ``fail_rate`` stops the batch.
     :param writer_id: identity recorded on outputs and claims.
     :param claims: claim store (``None`` disables claims).
@@ -245,45 +191,33 @@ class BatchRunner:
     :param drain_grace: seconds in-flight vendor calls get to finish after :meth:`request_stop`.
     """
 
-    def __init__(
-        self,
-        storage: GcsStorage,
-        processor: ImageProcessor,
-        plan: BatchPlan,
-        manifest: ManifestWriter,
-        *,
-        max_concurrency: int = 16,
-        max_images: int | None = None,
-        max_credits: Decimal | None = None,
-        on_error: str = "fail_at_end",
-        max_failure_rate: float = 0.1,
-        writer_id: str = "bgremoval",
-        claims: ClaimStore | None = None,
-        balance_probe: Callable[[], Awaitable[Balance]] | None = None,
-        progress_every_seconds: float = 30.0,
-        drain_grace: float = DEFAULT_DRAIN_GRACE,
-    ) -> None:
-        if max_concurrency < 1:
+    storage: GcsStorage
+    processor: ImageProcessor
+    plan: BatchPlan
+    manifest: ManifestWriter
+    _: KW_ONLY
+    max_concurrency: int = 16
+    max_images: int | None = None
+    max_credits: Decimal | None = None
+    on_error: str = "fail_at_end"
+    max_failure_rate: float = 0.1
+    writer_id: str = "bgremoval"
+    claims: ClaimStore | None = None
+    balance_probe: Callable[[], Awaitable[Balance]] | None = None
+    progress_every_seconds: float = 30.0
+    drain_grace: float = DEFAULT_DRAIN_GRACE
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
             raise InvalidOptionError("max_concurrency", "must be at least 1")
-        if on_error not in ON_ERROR_CHOICES:
-            raise InvalidOptionError("on_error", f"{on_error!r} is not one of {', '.join(ON_ERROR_CHOICES)}")
-        if not 0 <= max_failure_rate <= 1:
+        if self.on_error not in ON_ERROR_CHOICES:
+            choices = ", ".join(ON_ERROR_CHOICES)
+            raise InvalidOptionError("on_error", f"{self.on_error!r} is not one of {choices}")
+        if not 0 <= self.max_failure_rate <= 1:
             raise InvalidOptionError("max_failure_rate", "must be between 0 and 1")
-        if drain_grace < 0:
+        if self.drain_grace < 0:
             raise InvalidOptionError("drain_grace", "must not be negative")
-        self.storage = storage
-        self.processor = processor
-        self.plan = plan
-        self.manifest = manifest
-        self.max_concurrency = max_concurrency
-        self.max_images = max_images
-        self.max_credits = max_credits
-        self.on_error = on_error
-        self.max_failure_rate = max_failure_rate
-        self.writer_id = writer_id
-        self.claims = claims
-        self.balance_probe = balance_probe
-        self.drain_grace = drain_grace
+        plan = self.plan
         self.result = BatchResult(billable=len(plan.items))
         self._items: Iterator[WorkItem] = iter(plan.items)
         self._flights: set[_Flight] = set()
@@ -298,33 +232,28 @@ class BatchRunner:
         self._bad_in_run = 0
         self._max_seen_charge = Decimal(0)
         self.progress = ProgressReporter(
-            len(plan.items), processor.vendor, every_seconds=progress_every_seconds
+            len(plan.items), self.processor.vendor, every_seconds=self.progress_every_seconds
         )
 
     # -- stopping from outside -------------------------------------------------------------------
     def request_stop(self, code: str, message: str) -> None:
         """
-        Stop submitting and drain (thread-safe; called for timeouts and terminations).
-
-        In-flight calls get ``drain_grace`` seconds to finish and store their results; calls still
-        unanswered then are abandoned (counted possibly charged); everything else is ``pending``.
+        Stop submitting and drain: in-flight calls get ``drain_grace`` seconds (thread-safe).
 
         :param code: the reason code recorded on pending rows (``execution_timeout``, ``terminated``…).
         :param message: human explanation.
         """
-        if self._stop is None:
-            self._stop = (code, message)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
+        self._stop = self._stop or (code, message)
+        if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed in between: nothing left to drain
-                loop.call_soon_threadsafe(self._begin_drain)
+                self._loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:
         if self._stop is None or self._grace_timer is not None:
             return
         code, message = self._stop
         self.result.interrupted = code
-        self._halt(code, message, fatal=False)
+        self._halt(code, message)
         log.warning(
             "%s: no new images are sent; %d call(s) in flight get %.1f s to finish and store their results",
             message,
@@ -335,7 +264,7 @@ class BatchRunner:
         self._grace_timer = self._loop.call_later(self.drain_grace, self._abandon_unanswered)
 
     def _abandon_unanswered(self) -> None:
-        """The grace is over: give up vendor calls that have not been answered (results in hand are kept)."""
+        """The grace is over: give up unanswered vendor calls (results in hand are kept)."""
         for flight in list(self._flights):
             if flight.stage == "call" and not flight.stats.billed_reply and flight.task is not None:
                 flight.abandoned = True
@@ -350,9 +279,7 @@ class BatchRunner:
         row = ManifestRow(
             source=source.uri,
             source_generation=source.generation or None,
-            destination=None
-            if destination is None
-            else f"gs://{self.plan.spec.destination_bucket}/{destination}",
+            destination=destination and f"gs://{self.plan.spec.destination_bucket}/{destination}",
             status=status,
             vendor=self.processor.vendor,
             operation=self.processor.operation,
@@ -366,7 +293,7 @@ class BatchRunner:
         if self.manifest.part_due():
             self._schedule_checkpoint()
 
-    def _halt(self, reason: str, message: str, *, fatal: bool) -> None:
+    def _halt(self, reason: str, message: str, *, fatal: bool = False) -> None:
         if self._halt_reason is None:
             self._halt_reason = (reason, message, fatal)
             log.warning("Stopping submissions: %s", message)
@@ -376,12 +303,7 @@ class BatchRunner:
         return max(self.processor.cost_per_image, self._max_seen_charge)
 
     def credits_at_risk(self) -> Decimal:
-        """
-        Credits charged or possibly charged so far, plus one reservation per image in flight.
-
-        This is what ``max_credits`` bounds: known charges, lost replies (each at the unit cost),
-        billed replies not yet settled, and one call's worth for every image still on its way.
-        """
+        """What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight."""
         cost = self._unit_cost()
         at_risk = self.result.credits_spent + cost * self.result.possibly_charged
         for flight in self._flights:
@@ -400,7 +322,6 @@ class BatchRunner:
             "max_credits",
             f"max_credits={self.max_credits} reached: a lost reply leaves no room to retry "
             f"({self.credits_at_risk()} credits charged or at risk)",
-            fatal=False,
         )
         return False
 
@@ -408,7 +329,7 @@ class BatchRunner:
         if self._halt_reason is not None or self._stop is not None:
             return None
         if self.max_images is not None and self._submitted >= self.max_images:
-            self._halt("max_images", f"max_images={self.max_images} reached", fatal=False)
+            self._halt("max_images", f"max_images={self.max_images} reached")
             return None
         if self.max_credits is not None:
             cost = self._unit_cost()
@@ -419,7 +340,6 @@ class BatchRunner:
                     f"max_credits={self.max_credits} reached (charged {self.result.credits_spent}, "
                     f"{self.result.possibly_charged} reply(s) lost and possibly charged, "
                     f"{len(self._flights)} in flight at {cost} each)",
-                    fatal=False,
                 )
                 return None
         item = next(self._items, None)
@@ -434,7 +354,7 @@ class BatchRunner:
         return self.processor.cost_per_image, True
 
     def _metadata(self, item: WorkItem, request_id: str | None, credits: Decimal) -> dict[str, str]:
-        meta = {
+        return {
             META_SOURCE: item.source.uri,
             META_SOURCE_GENERATION: str(item.source.generation),
             META_OPTIONS_HASH: self.processor.fingerprint,
@@ -442,10 +362,8 @@ class BatchRunner:
             META_OPERATION: self.processor.operation,
             META_CREDITS: str(credits),
             META_WRITER: self.writer_id,
+            **({META_REQUEST_ID: request_id} if request_id else {}),
         }
-        if request_id:
-            meta[META_REQUEST_ID] = request_id
-        return meta
 
     def _check_failure_rate(self) -> None:
         if self.on_error != "fail_rate" or self._finished < FAILURE_RATE_MIN_SAMPLE:
@@ -457,7 +375,6 @@ class BatchRunner:
                 "failure_rate",
                 f"{bad} of {self._finished} images failed "
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
-                fatal=False,
             )
 
     # -- the one recorder ------------------------------------------------------------------------
@@ -471,12 +388,11 @@ class BatchRunner:
         request_id: str | None = None,
         **fields: Any,
     ) -> None:
-        """
-        Record the one manifest row of ``flight`` with what it cost: a success reply (or a billed
-        reply that could not be used) is a charge; lost replies are possibly charged.
-        """
+        """Record the one row of ``flight`` with what it cost (billed: charged; lost: possibly)."""
         if flight.recorded:
-            log.warning("%s was already recorded; ignoring a second outcome (%s)", flight.source.uri, status)
+            log.warning(
+                "%s was already recorded; ignoring a second outcome (%s)", flight.item.source.uri, status
+            )
             return
         flight.recorded = True
         self._finished += 1
@@ -498,13 +414,13 @@ class BatchRunner:
             money.update(credits=str(credits), credits_estimated=estimated)
         self.result.possibly_charged += lost
         self._row(
-            flight.source,
-            flight.destination,
+            flight.item.source,
+            flight.item.destination,
             status,
             error_code=code,
             error_message=message,
             request_id=request_id if request_id is not None else (result.request_id if result else None),
-            duration_ms=flight.elapsed_ms(),
+            duration_ms=int((time.monotonic() - flight.started) * 1000),
             **money,
             **fields,
         )
@@ -514,7 +430,7 @@ class BatchRunner:
         log.warning(
             "Unexpected %s while processing %s (%s stage); the image is failed, the batch goes on",
             type(exc).__name__,
-            flight.source.uri,
+            flight.item.source.uri,
             flight.stage,
             exc_info=exc,
         )
@@ -528,10 +444,6 @@ class BatchRunner:
             f"unexpected {type(exc).__name__} during {flight.stage}: {safe_excerpt(str(exc)) or 'no details'}"
             + ("; the vendor call was billed" if paid else ""),
         )
-
-    def _settle_not_sent(self, flight: _Flight) -> None:
-        code, message = self._stop or ("not_started", "not started")
-        self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
 
     # -- one image: claim -> read -> call -> store ----------------------------------------------
     async def _fly(self, flight: _Flight) -> None:
@@ -566,7 +478,7 @@ class BatchRunner:
         if self.claims is None:
             return True
         try:
-            holder = await self._blocking(self.claims.acquire, flight.destination)
+            holder = await self._blocking(self.claims.acquire, flight.item.destination)
         except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
             self._settle(
                 flight,
@@ -586,7 +498,7 @@ class BatchRunner:
 
     async def _read(self, flight: _Flight) -> bytes | None:
         flight.stage = "read"
-        source = flight.source
+        source = flight.item.source
         try:
             return await self._blocking(
                 self.storage.read, source.bucket, source.name, generation=source.generation
@@ -597,24 +509,22 @@ class BatchRunner:
 
     async def _call(self, flight: _Flight, data: bytes) -> ImageResult | None:
         if self._stop is not None:
-            self._settle_not_sent(flight)
+            code, message = self._stop
+            self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
             return None
         flight.stage = "call"
         flight.stats.retry_guard = self._may_retry
         try:
             return await self.processor.process(
-                data, posixpath.basename(flight.source.name) or "image", flight.stats
+                data, posixpath.basename(flight.item.source.name) or "image", flight.stats
             )
         except BgRemovalError as exc:
             self._settle_call_error(flight, exc)
         return None
 
     def _settle_call_error(self, flight: _Flight, exc: BgRemovalError) -> None:
-        stats = flight.stats
-        if stats.attempts == 0:  # a processor that does not fill in the live record reports on its error
-            call = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
-            stats.attempts, stats.possibly_charged = call.attempts, call.possibly_charged
-            stats.billed_reply, stats.credits_charged = call.billed_reply, call.credits_charged
+        if flight.stats.attempts == 0:  # a processor that does not fill in the live record: its error has it
+            flight.stats = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
         if isinstance(exc, InputRejectedError):
             self._settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
         elif isinstance(exc, (OutOfCreditsError, VendorAuthError)):
@@ -638,7 +548,7 @@ class BatchRunner:
                 result.content,
                 content_type=result.content_type,
                 metadata=self._metadata(item, result.request_id, credits),
-                if_generation_match=item.replace_generation if item.replace_generation is not None else 0,
+                if_generation_match=item.replace_generation or 0,
                 idempotency_token=f"{self.writer_id}:{item.source.generation}:{self.processor.fingerprint}",
             )
         except WriteConflictError:
@@ -665,12 +575,12 @@ class BatchRunner:
         flight.output_exists = True  # not ours to release: the destination exists
         try:
             current = await self._blocking(
-                self.storage.stat, self.plan.spec.destination_bucket, flight.destination
+                self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
             )
         except StorageError:
             current = None
         if current is not None and is_finished(
-            current, flight.source, self.processor.fingerprint, self.processor.vendor
+            current, flight.item.source, self.processor.fingerprint, self.processor.vendor
         ):
             self._settle(flight, "skipped", "done_concurrently", "another run wrote this output first")
         else:
@@ -684,10 +594,12 @@ class BatchRunner:
     async def _release(self, flight: _Flight) -> None:
         assert self.claims is not None
         try:
-            await self._blocking(self.claims.release, flight.destination)
+            await self._blocking(self.claims.release, flight.item.destination)
         except Exception as exc:  # best effort: the claim's lease runs out by itself
             log.warning(
-                "Could not release the claim on %s (it expires with its lease): %s", flight.destination, exc
+                "Could not release the claim on %s (it expires with its lease): %s",
+                flight.item.destination,
+                exc,
             )
 
     async def _worker(self) -> None:
@@ -794,11 +706,9 @@ def run_batch(
     """
     Run ``runner`` on an event loop of its own thread and wait for it in this one.
 
-    Airflow delivers ``execution_timeout`` (``SIGALRM`` raising ``AirflowTaskTimeout``) and
-    termination (``SIGTERM`` calling the operator's ``on_kill``) to the task's main thread. Here they
-    interrupt only this wait, never the batch's own code: the batch is asked to drain
-    (:meth:`BatchRunner.request_stop`), this thread waits until it has, and the interrupt is
-    returned for the caller to re-raise once the record (manifest, summary) is stored.
+    An interrupt raised in this (main) thread — ``execution_timeout``, termination — only asks the batch
+    to drain (:meth:`BatchRunner.request_stop`); it is returned for the caller to re-raise once the
+    record is stored.
 
     :param runner: the batch.
     :param cleanup: awaited on the batch's loop when the run ends (e.g. closing the hook's clients).
@@ -825,4 +735,7 @@ def run_batch(
                 if future.done() and not future.cancelled() and future.exception() is exc:
                     raise  # the batch's own error (its record is in the runner's result)
                 interrupt = interrupt or exc
-                runner.request_stop(*describe_interrupt(exc))
+                name = type(exc).__name__
+                runner.request_stop(
+                    *_INTERRUPT_CODES.get(name, ("interrupted", f"the task was interrupted ({name})"))
+                )

@@ -1,12 +1,7 @@
 """The per-task-instance manifest: one JSON line per source, spooled to a temporary file.
 
-Rows are written to disk as they are produced, so a batch of 100,000 sources does not hold its
-manifest in memory. During the batch the new rows are checkpointed to the bucket as numbered parts;
-when the batch ends (however it ends, short of SIGKILL) the whole file is uploaded create-only.
-
-Paths, under ``<destination_prefix>_bgremoval/manifests/<dag_id>/<run_id>/<task_id>[.<map_index>]/``:
-``try-<n>.jsonl`` (the final manifest) and ``try-<n>.part-<k>.jsonl`` (checkpoints; a reader uses
-them only for a try that has no final manifest, see :func:`collate_manifests`).
+New rows are checkpointed to the bucket as numbered parts while the batch runs; the whole file is
+uploaded when it ends. Paths and fields: docs/pipeline.md ("Manifest and XCom").
 """
 
 from __future__ import annotations
@@ -71,14 +66,9 @@ class ManifestRow:
 
 class ManifestWriter:
     """
-    Spools :class:`ManifestRow` objects as JSON lines and makes them durable as the batch goes.
-
-    Rows are appended to a temporary file. With a ``part_sink``, the rows added since the last
-    checkpoint are handed to it as a numbered *part* (``try-<n>.part-00001.jsonl``…) whenever
-    :meth:`part_due` says so — every ``every_rows`` rows or ``every_seconds`` seconds, whichever comes
-    first — so a worker killed without warning (SIGKILL) still leaves every row up to its last
-    checkpoint. The complete manifest (:meth:`getvalue`) is written when the batch ends, also when it
-    fails, times out or is terminated.
+    Spools :class:`ManifestRow` objects as JSON lines; with a ``part_sink``, the rows added since the
+    last checkpoint are handed to it as a numbered part when :meth:`part_due` says so (a worker killed
+    by SIGKILL still leaves every row up to its last checkpoint).
 
     :param part_sink: stores one part: ``(part number, bytes)``; ``None`` disables checkpoints.
     :param every_rows: checkpoint once this many rows are waiting.
@@ -99,7 +89,8 @@ class ManifestWriter:
         self.every_rows = every_rows
         self.every_seconds = every_seconds
         self._clock = clock
-        self._rows = 0
+        #: rows added so far
+        self.rows = 0
         self._size = 0
         self._saved_rows = 0
         self._saved_size = 0
@@ -110,18 +101,13 @@ class ManifestWriter:
         """Append one row."""
         line = json.dumps(asdict(row), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         self._file.write(line)
-        self._rows += 1
+        self.rows += 1
         self._size += len(line)
-
-    @property
-    def rows(self) -> int:
-        """Rows added so far."""
-        return self._rows
 
     @property
     def unsaved_rows(self) -> int:
         """Rows not yet in a checkpointed part."""
-        return self._rows - self._saved_rows
+        return self.rows - self._saved_rows
 
     def part_due(self) -> bool:
         """True when the rows waiting should be checkpointed now."""
@@ -131,15 +117,14 @@ class ManifestWriter:
 
     def save_part(self) -> int:
         """
-        Hand the rows added since the last checkpoint to ``part_sink`` as the next part.
+        Hand the rows added since the last checkpoint to ``part_sink``; return how many.
 
-        Safe to call from a worker thread while rows are being added (the bytes of the part are read
-        by position, and the checkpoint only moves forward once the sink has stored them); a sink
-        error propagates and the same rows are offered again next time. Returns the rows saved.
+        Safe from a worker thread while rows are added (bytes are read by position); after a sink error
+        (which propagates) the same rows are offered again next time.
         """
         if self.part_sink is None:
             return 0
-        rows, size = self._rows, self._size
+        rows, size = self.rows, self._size
         if rows == self._saved_rows:
             return 0
         self._file.flush()
@@ -186,11 +171,8 @@ _PART = re.compile(r"^(?P<manifest>.*)\.part-(?P<part>\d+)\.jsonl$")
 
 def collate_manifests(objects: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """
-    One ``(name, bytes)`` manifest per task try from the objects under a manifest prefix.
-
-    A try whose final manifest exists is that manifest; a try that left only checkpoint parts (its
-    worker was killed before it could write the final one) is the concatenation of its parts in order,
-    named like the final manifest it never wrote.
+    One ``(name, bytes)`` manifest per task try: its final manifest, or else its checkpoint parts joined
+    in order under the final manifest's name.
 
     :param objects: ``(name or URI, bytes)`` of the ``.jsonl`` objects found.
     """

@@ -1,9 +1,7 @@
 """Deterministic, safe destination names (DESIGN.md decision 5).
 
-``<source_prefix>2026/11/shoe.jpg`` becomes ``<destination_prefix>2026/11/shoe.png`` for a PNG output:
-the path relative to the source prefix is kept and the extension follows the output format. A name
-that could escape the destination prefix (``..`` segments, a leading ``/``, backslashes, control
-characters) is refused.
+``<source_prefix>2026/11/shoe.jpg`` becomes ``<destination_prefix>2026/11/shoe.png``; a name that could
+escape the destination prefix is refused.
 """
 
 from __future__ import annotations
@@ -26,13 +24,6 @@ def normalise_prefix(prefix: str | None) -> str:
     return prefix
 
 
-def relative_name(source_name: str, source_prefix: str) -> str:
-    """The part of ``source_name`` below ``source_prefix`` (the whole name if it is not below it)."""
-    if source_prefix and source_name.startswith(source_prefix):
-        return source_name[len(source_prefix) :]
-    return source_name
-
-
 def check_safe(relative: str) -> str:
     """Raise :class:`UnsafeNameError` if ``relative`` could escape the destination prefix."""
     if not relative:
@@ -43,8 +34,7 @@ def check_safe(relative: str) -> str:
         raise UnsafeNameError(f"absolute object name {relative!r}")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in relative):
         raise UnsafeNameError("control character in object name")
-    segments = relative.split("/")
-    if any(segment in ("..", ".") for segment in segments):
+    if any(segment in ("..", ".") for segment in relative.split("/")):
         raise UnsafeNameError(f"'..' or '.' path segment in object name {relative!r}")
     if relative.startswith(INTERNAL_DIR):
         raise UnsafeNameError(f"object name {relative!r} is inside the provider's own {INTERNAL_DIR} folder")
@@ -53,7 +43,7 @@ def check_safe(relative: str) -> str:
 
 def destination_name(source_name: str, source_prefix: str, destination_prefix: str, extension: str) -> str:
     """Map a source object name to its destination object name."""
-    relative = check_safe(relative_name(source_name, source_prefix))
+    relative = check_safe(source_name.removeprefix(source_prefix))
     stem, _ = posixpath.splitext(relative)
     if not posixpath.basename(stem):  # e.g. ".jpg" alone: keep the whole name as the stem
         stem = relative

@@ -1,25 +1,8 @@
 """Planning before spending: list, map names, refuse collisions, skip finished work, check locally.
 
-:func:`plan_batch` turns a :class:`BatchSpec` into a :class:`BatchPlan` without any vendor call:
-
-1. list the sources (a prefix with include/exclude patterns, or an explicit object list);
-2. map each to its deterministic destination name and refuse the batch on collisions;
-3. skip outputs that are finished: an existing destination whose metadata records the same source
-   generation, options hash and vendor (DESIGN.md decision 5);
-4. check every remaining source locally against the vendor's limits — the size from the listing and
-   a header-only decode of its first :data:`HEADER_BYTES` — and record rejects. When that read
-   already holds the whole object (a small file, or one whose header lay beyond the first bytes and
-   was read whole), the object is checked in full exactly as the run will check it
-   (:func:`~airflow_provider_bgremoval.imaging.prepare_input`: every pixel decoded), so a truncated
-   or corrupt small file is rejected here with the run's own code and message. Larger objects cannot
-   be verified without downloading them: they are billable but marked
-   :attr:`WorkItem.fully_checked` ``False`` and counted in
-   :attr:`BatchPlan.unverified_by_header_only`; a truncated body among them is rejected at run time,
-   before any vendor call (0 credits). Planning makes no more GCS requests for this than the header
-   read it always made.
-
-What remains is billable. The credits pre-flight uses the same plan, so its estimate counts exactly
-what the batch will pay for, and says how many of those images were checked by header only.
+:func:`plan_batch` turns a :class:`BatchSpec` into a :class:`BatchPlan` without any vendor call; what
+remains in it is billable, so the credits pre-flight counts exactly what the batch will pay for. How
+truncated files are judged with header reads only: docs/reliability.md ("Truncated files").
 """
 
 from __future__ import annotations
@@ -52,9 +35,8 @@ R = TypeVar("R")
 
 #: Bytes read from each source during planning for the header-only check.
 HEADER_BYTES = 64 * 1024
-#: Largest image (declared width x height) that planning decodes in full when it already holds the
-#: whole object: bounds the memory of a check running for up to ``concurrency`` files at once (a few
-#: KiB of flat colour can declare tens of megapixels). Larger ones are checked by header only.
+#: Largest image (declared pixels) planning decodes in full when it holds the whole object: bounds the
+#: memory of ``concurrency`` checks at once (a few KiB of flat colour can declare tens of megapixels).
 FULL_CHECK_MAX_PIXELS = 4_000_000
 #: Below this many sources, destinations are looked up one by one instead of listing the prefix.
 _STAT_THRESHOLD = 200
@@ -129,11 +111,9 @@ class WorkItem:
 
     :param source: the source object, pinned to the generation that was planned.
     :param destination: destination object name.
-    :param replace_generation: generation of a stale output to replace (``overwrite=True``), or
-        ``None`` for a create-only write.
-    :param fully_checked: True when planning decoded the whole object exactly as the run will (it
-        already held it); False when only its header and size were checked, so a truncated or corrupt
-        body is found only when the run reads it whole (and rejected then, before any vendor call).
+    :param replace_generation: generation of a stale output to replace (``overwrite=True``), or ``None``.
+    :param fully_checked: True when planning decoded the whole object as the run will; False when only
+        its header and size were checked (a corrupt body is then rejected at run time, unbilled).
     """
 
     source: ObjectInfo
@@ -191,8 +171,7 @@ class BatchPlan:
 
     def header_only_among(self, first: int) -> int:
         """
-        How many of the first ``first`` billable items were checked by header only (the run takes
-        items in order, so this is the count within a ``max_images`` cap).
+        How many of the first ``first`` billable items were checked by header only (within ``max_images``).
 
         :param first: number of leading items considered.
         """
@@ -280,13 +259,8 @@ class SourceCheck:
 
 def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> SourceCheck:
     """
-    Check one source locally, with the GCS reads planning always made (one header read; the whole
-    object only when its header is not in the first :data:`HEADER_BYTES`).
-
-    When the bytes read hold the whole object and it declares at most
-    :data:`FULL_CHECK_MAX_PIXELS`, it is checked in full with
-    :func:`~airflow_provider_bgremoval.imaging.prepare_input`, the very check the run makes, so the
-    verdict (code and message) is the run's.
+    Check one source locally: a header read (the whole object only when its header lies further in),
+    and the run's own full check (``prepare_input``) when the bytes read hold a small enough object.
 
     :param storage: the GCS storage.
     :param source: the source object (pinned to its generation).
@@ -327,27 +301,25 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], concu
     return results  # type: ignore[return-value]
 
 
-def _list_and_map(storage: GcsStorage, spec: BatchSpec, extension: str, plan: BatchPlan) -> list[WorkItem]:
-    """
-    List the sources and map each to its output name; settle missing and unsafe names in ``plan``.
+def _settle(
+    plan: BatchPlan, source: ObjectInfo, destination: str | None, status: str, code: str, message: str
+) -> None:
+    plan.settled.append(PlannedOutcome(source, destination, status, code, message))
 
-    Raises :class:`DestinationCollisionError` when two sources would produce the same output.
-    """
+
+def _list_and_map(storage: GcsStorage, spec: BatchSpec, extension: str, plan: BatchPlan) -> list[WorkItem]:
+    """List the sources and map each to its output; settle missing and unsafe names; refuse collisions."""
     candidates: list[WorkItem] = []
     by_destination: dict[str, str] = {}
     collisions: list[tuple[str, str, str]] = []
     for entry in iter_sources(storage, spec):
         if isinstance(entry, MissingSource):
-            plan.settled.append(
-                PlannedOutcome(
-                    entry.as_object(), None, "rejected", "not_found", "source object does not exist"
-                )
-            )
+            _settle(plan, entry.as_object(), None, "rejected", "not_found", "source object does not exist")
             continue
         try:
             dest = destination_name(entry.name, spec.source_prefix, spec.destination_prefix, extension)
         except UnsafeNameError as exc:
-            plan.settled.append(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
+            _settle(plan, entry, None, "rejected", "unsafe_name", str(exc))
             continue
         first = by_destination.setdefault(dest, entry.name)
         if first != entry.name:
@@ -380,28 +352,16 @@ def _skip_finished(
         if current is None:
             remaining.append(item)
         elif is_finished(current, item.source, fingerprint, vendor):
-            plan.settled.append(
-                PlannedOutcome(
-                    item.source,
-                    item.destination,
-                    "skipped",
-                    "already_done",
-                    "output exists from this source and options",
-                )
-            )
+            message = "output exists from this source and options"
+            _settle(plan, item.source, item.destination, "skipped", "already_done", message)
         elif spec.overwrite:
             remaining.append(replace(item, replace_generation=current.generation))
         else:
-            plan.settled.append(
-                PlannedOutcome(
-                    item.source,
-                    item.destination,
-                    "rejected",
-                    "output_exists",
-                    "the destination exists but was made from another source generation or other options; "
-                    "set overwrite=True to replace it",
-                )
+            message = (
+                "the destination exists but was made from another source generation or other options; "
+                "set overwrite=True to replace it"
             )
+            _settle(plan, item.source, item.destination, "rejected", "output_exists", message)
     return remaining
 
 
@@ -416,8 +376,7 @@ async def plan_batch(
     concurrency: int = 16,
 ) -> BatchPlan:
     """
-    Plan a batch (see the module docstring). Raises :class:`DestinationCollisionError` before any
-    call when two sources would produce the same output.
+    Plan a batch; :class:`DestinationCollisionError` when two sources would produce the same output.
 
     :param storage: the GCS storage.
     :param spec: what the batch works on.
@@ -439,15 +398,11 @@ async def plan_batch(
 
     verdicts = await bounded_map(check, to_check, concurrency)
     for item, verdict in zip(to_check, verdicts, strict=True):
-        rejection = verdict.rejection
-        if rejection is None:
+        if (rejection := verdict.rejection) is None:
             plan.items.append(replace(item, fully_checked=verdict.fully_checked))
         else:
-            plan.settled.append(
-                PlannedOutcome(
-                    item.source, item.destination, "rejected", rejection.code or "rejected", rejection.message
-                )
-            )
+            code = rejection.code or "rejected"
+            _settle(plan, item.source, item.destination, "rejected", code, rejection.message)
     log.info(
         "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "
         "%d rejected locally",

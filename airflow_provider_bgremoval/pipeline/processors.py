@@ -1,15 +1,11 @@
-"""What the batch engine does to one image: the vendor operation, its options, its cost, its output.
-
-The engine is the same for removing and generating backgrounds; a processor supplies the
-differences (as data plus one ``process`` coroutine).
-"""
+"""What the batch engine does to one image: the vendor operation, its options, its cost, its output."""
 
 from __future__ import annotations
 
-import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
@@ -18,20 +14,6 @@ from airflow_provider_bgremoval.options import RemovalOptions, options_fingerpri
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
-
-
-def options_as_dict(options: Any) -> dict[str, Any]:
-    """Primitive form of an options object (dataclass, mapping or ``None``) for hashing and manifests."""
-    if options is None:
-        return {}
-    as_dict = getattr(options, "as_dict", None)
-    if callable(as_dict):
-        return dict(as_dict())
-    if dataclasses.is_dataclass(options) and not isinstance(options, type):
-        return dataclasses.asdict(options)
-    if isinstance(options, Mapping):
-        return dict(options)
-    raise TypeError(f"cannot describe options of type {type(options).__name__}")
 
 
 class ImageProcessor(Protocol):
@@ -67,22 +49,61 @@ class ImageProcessor(Protocol):
 
         :param data: the source bytes.
         :param filename: file name sent with the upload.
-        :param stats: the engine's live record of the call (attempts, lost replies, billed reply,
-            the budget's retry guard), filled in by the hook.
+        :param stats: the engine's live record of the call, filled in by the hook.
         """
 
 
-class RemovalProcessor:
+class _HookProcessor(ABC):
+    """A vendor hook's operation with fixed options; subclasses supply what differs."""
+
+    operation: ClassVar[str]
+
+    def __init__(
+        self, hook: BackgroundRemovalHook[Any], options: Any, cost_per_image: Decimal | None
+    ) -> None:
+        self.hook = hook
+        self.options = options
+        self._cost = cost_per_image
+
+    @property
+    def vendor(self) -> str:
+        """Vendor name."""
+        return self.hook.wire_class.spec.name
+
+    @property
+    def limits(self) -> InputLimits:
+        """The vendor's input limits."""
+        return self.hook.wire_class.spec.limits
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the operation, the vendor and everything else that shapes the output."""
+        return options_fingerprint({"operation": self.operation, "vendor": self.vendor}, *self._shaping())
+
+    @property
+    def cost_per_image(self) -> Decimal:
+        """Expected credits per image: the override, or the vendor's cost table."""
+        return self._table_cost() if self._cost is None else self._cost
+
+    def _shaping(self) -> list[Mapping[str, Any]]:
+        return [self.options.as_dict()]
+
+    @abstractmethod
+    def _table_cost(self) -> Decimal: ...
+
+
+class RemovalProcessor(_HookProcessor):
     """
     Background removal with any vendor hook.
 
     :param hook: the vendor hook.
     :param options: unified options.
-    :param vendor_options: the vendor's typed options.
-    :param cost_per_image: credits per image, overriding the vendor's default cost table.
+    :param vendor_options: the vendor's typed options (or a mapping of their fields).
+    :param cost_per_image: credits per image, overriding the vendor's cost table.
     """
 
     operation = "remove_background"
+    options: RemovalOptions
 
     def __init__(
         self,
@@ -92,40 +113,21 @@ class RemovalProcessor:
         *,
         cost_per_image: Decimal | None = None,
     ) -> None:
-        self.hook = hook
-        self.options = options
+        super().__init__(hook, options, cost_per_image)
         self.vendor_options = vendor_options
-        self._cost = cost_per_image
-
-    @property
-    def vendor(self) -> str:
-        """Vendor name."""
-        return self.hook.wire_class.spec.name
 
     @property
     def extension(self) -> str:
         """Extension of the outputs."""
         return self.options.extension
 
-    @property
-    def limits(self) -> InputLimits:
-        """The vendor's input limits."""
-        return self.hook.wire_class.spec.limits
+    def _shaping(self) -> list[Mapping[str, Any]]:
+        vendor_options = self.vendor_options
+        as_dict = vendor_options.as_dict() if hasattr(vendor_options, "as_dict") else vendor_options
+        return [*super()._shaping(), dict(as_dict or {}), self.hook.output_settings(vendor_options)]
 
-    @property
-    def fingerprint(self) -> str:
-        """Hash of operation, vendor, options and vendor options."""
-        return options_fingerprint(
-            {"operation": self.operation, "vendor": self.vendor},
-            self.options.as_dict(),
-            options_as_dict(self.vendor_options),
-            self.hook.output_settings(self.vendor_options),
-        )
-
-    @property
-    def cost_per_image(self) -> Decimal:
-        """Expected credits per image."""
-        return self._cost if self._cost is not None else self.hook.estimate_cost(self.vendor_options)
+    def _table_cost(self) -> Decimal:
+        return self.hook.estimate_cost(self.vendor_options)
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """Remove the background of one image (parameters as :meth:`ImageProcessor.process`)."""
@@ -134,7 +136,7 @@ class RemovalProcessor:
         )
 
 
-class GenerationProcessor:
+class GenerationProcessor(_HookProcessor):
     """
     Pixelcut generate-background: the subject on a generated scene (a 1024x1024 JPEG).
 
@@ -145,39 +147,16 @@ class GenerationProcessor:
 
     operation = "generate_background"
     extension = ".jpg"
+    hook: PixelcutHook
+    options: PixelcutGenerateOptions
 
     def __init__(
-        self,
-        hook: PixelcutHook,
-        options: PixelcutGenerateOptions,
-        *,
-        cost_per_image: Decimal | None = None,
+        self, hook: PixelcutHook, options: PixelcutGenerateOptions, *, cost_per_image: Decimal | None = None
     ) -> None:
-        self.hook = hook
-        self.options = options
-        self._cost = cost_per_image
+        super().__init__(hook, options, cost_per_image)
 
-    @property
-    def vendor(self) -> str:
-        """Vendor name."""
-        return self.hook.wire_class.spec.name
-
-    @property
-    def limits(self) -> InputLimits:
-        """Pixelcut's input limits."""
-        return self.hook.wire_class.spec.limits
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of operation, vendor and options."""
-        return options_fingerprint(
-            {"operation": self.operation, "vendor": self.vendor}, self.options.as_dict()
-        )
-
-    @property
-    def cost_per_image(self) -> Decimal:
-        """Expected credits per image."""
-        return self._cost if self._cost is not None else self.hook.estimate_generate_cost()
+    def _table_cost(self) -> Decimal:
+        return self.hook.estimate_generate_cost()
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`)."""
