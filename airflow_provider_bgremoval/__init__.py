@@ -1,7 +1,4 @@
-"""Apache Airflow provider: background removal and generation over GCS buckets.
-
-Vendors: Pixelcut, Pixian.AI and Poof. Importing this package imports nothing heavy.
-"""
+"""Apache Airflow provider: background removal and generation over GCS buckets (Pixelcut, Pixian.AI, Poof)."""
 
 from __future__ import annotations
 

@@ -1,37 +1,43 @@
-"""Old import paths kept for one release: a module-level ``__getattr__`` that warns and forwards."""
+"""Old names kept for one release: each use warns (DeprecationWarning) and forwards to the new name."""
 
 from __future__ import annotations
 
 import importlib
+import operator
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 
+def warn_moved(old: str, new: str) -> None:
+    """Warn the caller's caller that ``old`` is deprecated: ``new`` says what to use instead."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release: {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 def moved_names(old_module: str, new_homes: Mapping[str, str]) -> Callable[[str], Any]:
-    """
-    A module ``__getattr__`` (PEP 562) serving names that moved, each with a DeprecationWarning.
-
-    .. code-block:: python
-
-        __getattr__ = moved_names(__name__, {"OldName": "package.new_module:NewName"})
-
-    :param old_module: the module the names used to live in (``__name__``).
-    :param new_homes: old name → ``"module:name"`` (or just ``"module"`` when the name is unchanged).
-    """
+    """A module ``__getattr__`` (PEP 562): ``{"module" or "module:NewName": "OldName OtherOldName"}``."""
+    homes = {name: home for home, names in new_homes.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
-        home = new_homes.get(name)
-        if home is None:
+        if name not in homes:
             raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
-        module, _, new_name = home.partition(":")
-        new_name = new_name or name
-        warnings.warn(
-            f"{old_module}.{name} is deprecated and will be removed in the next release: "
-            f"import {new_name} from {module}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module(module), new_name)
+        module, _, new_name = homes[name].partition(":")
+        warn_moved(f"{old_module}.{name}", f"import {new_name or name} from {module}")
+        return getattr(importlib.import_module(module), new_name or name)
 
     return __getattr__
+
+
+def moved_attribute(old: str, path: str) -> Any:
+    """A read-only property: the instance's attribute ``path`` (dotted), read with a warning."""
+    getter = operator.attrgetter(path)
+
+    def read(self: object) -> Any:
+        warn_moved(old, f"use .{path}")
+        return getter(self)
+
+    return property(read)

@@ -1,9 +1,4 @@
-"""The before/after contact sheet of a run: thumbnails of sources next to their results.
-
-Results sit on a checkerboard so that transparency shows. :func:`contact_sheet_size` is the single
-source of the geometry; :func:`render_contact_sheet` draws the sheet as PNG bytes. Both are usable
-outside Airflow.
-"""
+"""The before/after contact sheet of a run: source thumbnails next to their results on a checkerboard."""
 
 from __future__ import annotations
 
@@ -28,10 +23,7 @@ _INK = (40, 40, 40)
 
 def contact_sheet_size(pairs: int, *, thumb: int = 160, columns: int = 3) -> tuple[int, int]:
     """
-    The exact ``(width, height)`` of a contact sheet with ``pairs`` before/after pairs.
-
-    Pairs are laid out in ``min(pairs, columns)`` columns; each cell is two ``thumb``-pixel squares
-    side by side with a label line under them; a header line runs across the top.
+    The exact ``(width, height)`` of a contact sheet: a header, then cells of two squares and a label.
 
     :param pairs: number of before/after pairs (at least 1).
     :param thumb: edge of each thumbnail square.
@@ -41,9 +33,7 @@ def contact_sheet_size(pairs: int, *, thumb: int = 160, columns: int = 3) -> tup
         raise ValueError("a contact sheet needs at least one pair")
     cols = min(pairs, columns)
     rows = -(-pairs // cols)
-    cell_w = 2 * thumb + _PAD
-    cell_h = thumb + _LABEL
-    return (_PAD + cols * (cell_w + _PAD), _HEADER + rows * (cell_h + _PAD))
+    return (_PAD + cols * (2 * thumb + 2 * _PAD), _HEADER + rows * (thumb + _LABEL + _PAD))
 
 
 def checkerboard(size: tuple[int, int], square: int = _CHECKER) -> Image.Image:
@@ -62,7 +52,7 @@ def checkerboard(size: tuple[int, int], square: int = _CHECKER) -> Image.Image:
 
 
 def _thumbnail(data: bytes, thumb: int, *, on_checkerboard: bool) -> Image.Image:
-    """``thumb`` x ``thumb`` tile: the image fitted and centred; alpha shown over a checkerboard."""
+    """The image fitted and centred on a ``thumb``-pixel square (over a checkerboard: alpha shows)."""
     tile = (
         checkerboard((thumb, thumb)) if on_checkerboard else Image.new("RGB", (thumb, thumb), (255, 255, 255))
     )
@@ -100,7 +90,7 @@ def render_contact_sheet(
 
     :param pairs: ``(label, source bytes, result bytes)`` per pair, in display order.
     :param title: header text.
-    :param thumb: edge of each thumbnail square (see :func:`contact_sheet_size`).
+    :param thumb: edge of each thumbnail square.
     :param columns: pairs per row.
     :param colors: reduce to a palette of this many colours (small files); ``None`` keeps true colour.
     """

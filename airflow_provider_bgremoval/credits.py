@@ -1,11 +1,7 @@
 """Credit rules shared by the sensor, the trigger, the pre-flight and the monitor.
 
-One place decides what a credit amount is (:func:`parse_min_credits`, :func:`parse_credits`), when a
-balance reaches a threshold (:func:`has_enough`) and which balance errors no later poll can fix
-(:func:`is_fatal_balance_error`), so that poke, reschedule and deferrable modes, the pre-flight and
-the monitor decide identically. The usable amount of a balance is
-:attr:`~airflow_provider_bgremoval.results.Balance.remaining` (0 for dormant or suspended accounts),
-whether it can pay for work is :attr:`~airflow_provider_bgremoval.results.Balance.usable`.
+One place parses credit amounts, decides when a balance reaches a threshold and which balance errors
+no later poll can fix, so that every mode and operator decides identically.
 """
 
 from __future__ import annotations
@@ -22,10 +18,11 @@ from airflow_provider_bgremoval.exceptions import (
     RateLimitedError,
     TransientVendorError,
 )
+from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.results import Balance
 
-#: Errors after which a later poll may succeed: logged, and polling goes on (until the timeout).
-#: ``OutOfCreditsError`` from a balance endpoint means "nothing usable yet", which is what we wait for.
+#: Errors after which a later poll may succeed. ``OutOfCreditsError`` from a balance endpoint means
+#: "nothing usable yet", which is what we wait for.
 _POLL_AGAIN_ERRORS: tuple[type[BgRemovalError], ...] = (
     TransientVendorError,
     RateLimitedError,
@@ -64,11 +61,9 @@ def parse_credits(value: Any, parameter: str) -> Decimal | None:
 
 def has_enough(balance: Balance, min_credits: Decimal) -> bool:
     """
-    True when the account can spend ``min_credits`` now (equal passes; a threshold of 0 always passes).
+    True when the account can spend ``min_credits`` now (equal passes; 0 always passes).
 
-    Dormant and suspended accounts can spend nothing, whatever number the vendor reports.
-
-    :param balance: the normalised balance.
+    :param balance: the normalised balance (dormant and suspended accounts can spend nothing).
     :param min_credits: the threshold.
     """
     return min_credits <= 0 or (balance.usable and balance.remaining >= min_credits)
@@ -76,23 +71,22 @@ def has_enough(balance: Balance, min_credits: Decimal) -> bool:
 
 def describe_wait(conn_id: str, balance: Balance, threshold: Decimal) -> str:
     """
-    The log line of an account that has not reached its threshold yet.
+    The log line of one balance poll: usable credits against the threshold, ``met`` or ``waiting``.
 
     :param conn_id: the connection.
     :param balance: its balance.
     :param threshold: the credits waited for.
     """
+    verdict = "met" if has_enough(balance, threshold) else "waiting"
     return (
-        f"{conn_id} ({balance.vendor}): {balance.remaining} usable credits "
-        f"(state {balance.state.value}), threshold {threshold}: waiting"
+        f"{conn_id} ({balance.vendor}): {format_credits(balance.remaining)} usable credits "
+        f"(state {balance.state.value}), threshold {format_credits(threshold)}: {verdict}"
     )
 
 
 def is_fatal_balance_error(exc: BaseException) -> bool:
     """
-    True when no later balance poll can succeed: bad credentials, a missing or misconfigured
-    connection, or a 4xx the vendor will repeat. Transient failures (5xx, 429, timeouts, garbled
-    replies) are not fatal: the poll is logged and polling continues until the sensor's timeout.
+    True when no later balance poll can succeed (bad credentials, a missing connection, a repeated 4xx).
 
     :param exc: the error a balance call raised.
     """

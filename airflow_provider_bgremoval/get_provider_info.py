@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 _PACKAGE = "airflow_provider_bgremoval"
-_INTEGRATIONS = ("Pixelcut", "Pixian.AI", "Poof")
-#: Modules of ``airflow_provider_bgremoval.operators`` that define operators (every one is listed).
-_OPERATORS = ("bucket", "preflight", "monitor", "report", "sharding")
-
+#: Modules of ``airflow_provider_bgremoval`` with operators, sensors, triggers (every one is listed).
+_MODULES = {
+    "operators": ("bucket", "preflight", "monitor", "report", "sharding"),
+    "sensors": ("credits",),
+    "triggers": ("credits",),
+}
 _COMMON_FIELDS: dict[str, Any] = {
     "timeout": {
         "label": "Timeout (s)",
@@ -21,33 +23,66 @@ _COMMON_FIELDS: dict[str, Any] = {
         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
     },
 }
+_API_KEY = {"relabeling": {"password": "API key"}, "hidden": ["schema", "login", "port"]}
+#: integration name, docs URL, hook class, connection form (the host field is the base-URL override).
+_VENDORS: dict[str, dict[str, Any]] = {
+    "pixelcut": {
+        "name": "Pixelcut",
+        "docs": "https://www.pixelcut.ai/docs",
+        "hook": "PixelcutHook",
+        **_API_KEY,
+        "placeholders": {"host": "https://api.developer.pixelcut.ai", "password": "sk_..."},
+    },
+    "pixian": {
+        "name": "Pixian.AI",
+        "docs": "https://pixian.ai/api",
+        "hook": "PixianHook",
+        "relabeling": {"login": "API id", "password": "API secret"},
+        "hidden": ["schema", "port"],
+        "placeholders": {"host": "https://api.pixian.ai", "login": "px..."},
+        "fields": {
+            "test_mode": {
+                "label": "Test mode",
+                "description": "Send test=true: free, watermarked results (for integration tests).",
+                "schema": {"type": ["boolean", "null"], "default": False},
+            },
+        },
+    },
+    "poof": {
+        "name": "Poof",
+        "docs": "https://docs.poof.bg/",
+        "hook": "PoofHook",
+        **_API_KEY,
+        "placeholders": {"host": "https://api.poof.bg", "password": "pk_..."},
+    },
+}
 
 
-def _connection_type(
-    conn_type: str,
-    hook: str,
-    hook_name: str,
-    *,
-    relabeling: dict[str, str],
-    hidden: list[str],
-    placeholders: dict[str, str],
-    extra_fields: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def _connection_type(conn_type: str, vendor: dict[str, Any]) -> dict[str, Any]:
     return {
         "connection-type": conn_type,
-        "hook-class-name": f"{_PACKAGE}.hooks.{hook}",
-        "hook-name": hook_name,
+        "hook-class-name": f"{_PACKAGE}.hooks.{conn_type}.{vendor['hook']}",
+        "hook-name": vendor["name"],
         "ui-field-behaviour": {
-            "hidden-fields": hidden,
-            "relabeling": relabeling,
-            "placeholders": placeholders,
+            "hidden-fields": vendor["hidden"],
+            "relabeling": {**vendor["relabeling"], "host": "Base URL override"},
+            "placeholders": vendor["placeholders"],
         },
-        "conn-fields": {**_COMMON_FIELDS, **(extra_fields or {})},
+        "conn-fields": {**_COMMON_FIELDS, **vendor.get("fields", {})},
     }
 
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider's metadata (validated against Airflow's provider-info schema in tests)."""
+    names = [vendor["name"] for vendor in _VENDORS.values()]
+    # The credits sensor, trigger and operators serve every vendor (picked by connection type).
+    sections = {
+        section: [
+            {"integration-name": name, "python-modules": [f"{_PACKAGE}.{section}.{m}" for m in modules]}
+            for name in names
+        ]
+        for section, modules in _MODULES.items()
+    }
     return {
         "package-name": "airflow-provider-bgremoval",
         "name": "Background Removal (Pixelcut, Pixian.AI, Poof)",
@@ -58,67 +93,13 @@ def get_provider_info() -> dict[str, Any]:
             "Pixian.AI and Poof."
         ),
         "integrations": [
-            {
-                "integration-name": "Pixelcut",
-                "external-doc-url": "https://www.pixelcut.ai/docs",
-                "tags": ["service"],
-            },
-            {
-                "integration-name": "Pixian.AI",
-                "external-doc-url": "https://pixian.ai/api",
-                "tags": ["service"],
-            },
-            {"integration-name": "Poof", "external-doc-url": "https://docs.poof.bg/", "tags": ["service"]},
+            {"integration-name": vendor["name"], "external-doc-url": vendor["docs"], "tags": ["service"]}
+            for vendor in _VENDORS.values()
         ],
         "hooks": [
-            {"integration-name": "Pixelcut", "python-modules": [f"{_PACKAGE}.hooks.pixelcut"]},
-            {"integration-name": "Pixian.AI", "python-modules": [f"{_PACKAGE}.hooks.pixian"]},
-            {"integration-name": "Poof", "python-modules": [f"{_PACKAGE}.hooks.poof"]},
+            {"integration-name": vendor["name"], "python-modules": [f"{_PACKAGE}.hooks.{conn_type}"]}
+            for conn_type, vendor in _VENDORS.items()
         ],
-        # The credits sensor, trigger and operators serve every vendor (picked by connection type).
-        "operators": [
-            {"integration-name": name, "python-modules": [f"{_PACKAGE}.operators.{m}" for m in _OPERATORS]}
-            for name in _INTEGRATIONS
-        ],
-        "sensors": [
-            {"integration-name": name, "python-modules": [f"{_PACKAGE}.sensors.credits"]}
-            for name in _INTEGRATIONS
-        ],
-        "triggers": [
-            {"integration-name": name, "python-modules": [f"{_PACKAGE}.triggers.credits"]}
-            for name in _INTEGRATIONS
-        ],
-        "connection-types": [
-            _connection_type(
-                "pixelcut",
-                "pixelcut.PixelcutHook",
-                "Pixelcut",
-                relabeling={"password": "API key", "host": "Base URL override"},
-                hidden=["schema", "login", "port"],
-                placeholders={"host": "https://api.developer.pixelcut.ai", "password": "sk_..."},
-            ),
-            _connection_type(
-                "pixian",
-                "pixian.PixianHook",
-                "Pixian.AI",
-                relabeling={"login": "API id", "password": "API secret", "host": "Base URL override"},
-                hidden=["schema", "port"],
-                placeholders={"host": "https://api.pixian.ai", "login": "px..."},
-                extra_fields={
-                    "test_mode": {
-                        "label": "Test mode",
-                        "description": "Send test=true: free, watermarked results (for integration tests).",
-                        "schema": {"type": ["boolean", "null"], "default": False},
-                    },
-                },
-            ),
-            _connection_type(
-                "poof",
-                "poof.PoofHook",
-                "Poof",
-                relabeling={"password": "API key", "host": "Base URL override"},
-                hidden=["schema", "login", "port"],
-                placeholders={"host": "https://api.poof.bg", "password": "pk_..."},
-            ),
-        ],
+        **sections,
+        "connection-types": [_connection_type(conn_type, vendor) for conn_type, vendor in _VENDORS.items()],
     }

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import enum
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from airflow_provider_bgremoval._moved import moved_attribute
 from airflow_provider_bgremoval.retry import CallStats
 
 
@@ -32,16 +32,14 @@ class ImageResult:
     :param width: pixel width of ``content`` when known.
     :param height: pixel height of ``content`` when known.
     :param request_id: the vendor's request id, when it sends one.
-    :param credits_charged: credits this call cost, when the vendor says (Pixian) or the cost is fixed
-        by contract; ``None`` when unknown.
+    :param credits_charged: credits this call cost, when the vendor says (Pixian) or the contract fixes
+        it; ``None`` when unknown.
     :param credits_calculated: what a production call would have cost (Pixian test mode only).
     :param metadata: vendor metadata parsed from headers (foreground boxes, processing time…).
-    :param call: the call's outcome, set by the hook: ``call.attempts`` (HTTP attempts the call took),
-        ``call.possibly_charged`` (earlier attempts whose reply was lost after the request had been
-        sent in full: the vendor may have billed them).
+    :param call: the call's outcome, set by the hook (attempts, possibly charged lost replies).
     """
 
-    content: bytes
+    content: bytes = field(repr=False)  # never dump megabytes of image into a log line
     content_type: str
     vendor: str
     width: int | None = None
@@ -49,38 +47,18 @@ class ImageResult:
     request_id: str | None = None
     credits_charged: Decimal | None = None
     credits_calculated: Decimal | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    call: CallStats = field(default_factory=CallStats)
+    metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    call: CallStats = field(default_factory=CallStats, repr=False)
 
     @property
     def size(self) -> int:
         """Size of ``content`` in bytes."""
         return len(self.content)
 
-    @property
-    def attempts(self) -> int:
-        """Deprecated alias of ``call.attempts``."""
-        warnings.warn(
-            "ImageResult.attempts is deprecated: use .call.attempts", DeprecationWarning, stacklevel=2
-        )
-        return self.call.attempts
-
-    @property
-    def possibly_charged_retries(self) -> int:
-        """Deprecated alias of ``call.possibly_charged``."""
-        warnings.warn(
-            "ImageResult.possibly_charged_retries is deprecated: use .call.possibly_charged",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.call.possibly_charged
-
-    def __repr__(self) -> str:  # never dump megabytes of image into a log line
-        return (
-            f"ImageResult(vendor={self.vendor!r}, content_type={self.content_type!r}, size={self.size}, "
-            f"width={self.width}, height={self.height}, request_id={self.request_id!r}, "
-            f"credits_charged={self.credits_charged})"
-        )
+    attempts = moved_attribute("ImageResult.attempts", "call.attempts")
+    possibly_charged_retries = moved_attribute(
+        "ImageResult.possibly_charged_retries", "call.possibly_charged"
+    )
 
 
 @dataclass(frozen=True)

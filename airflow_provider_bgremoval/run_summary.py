@@ -1,8 +1,4 @@
-"""What one DAG run did, folded from the manifests its bucket tasks wrote (usable outside Airflow).
-
-The manifests are the record of what happened, so the summary is right also when a shard failed, was
-retried, halted on credits or was killed (a try that left only checkpoint parts is read from them).
-"""
+"""What one DAG run did, folded from the manifests its bucket tasks wrote (usable outside Airflow)."""
 
 from __future__ import annotations
 
@@ -56,31 +52,23 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
     """
     Fold the manifests of one DAG run into a :class:`RunSummary`.
 
-    Each source's final status is its row from the latest try, except that ``done`` in an earlier try
-    of the same run stays ``done`` (the retry then skipped it). Credits add up over every try.
+    A source's final row is from its latest try, but ``done`` in an earlier try stays ``done`` (the
+    retry skipped it). Credits add up over every try.
 
-    :param manifests: ``(uri, bytes)`` pairs of the manifest objects found, checkpoint parts included
-        (a try that left only parts is read from them, see
-        :func:`~airflow_provider_bgremoval.pipeline.manifest.collate_manifests`); the try number is read
-        from the name (``try-<n>.jsonl``).
+    :param manifests: ``(uri, bytes)`` of the manifest objects (``try-<n>.jsonl``), checkpoint parts included.
     """
-    manifests = collate_manifests(manifests)
     summary = RunSummary()
-    final: dict[str, tuple[int, dict[str, Any]]] = {}
-    done_rows: dict[str, dict[str, Any]] = {}
-    for uri, data in sorted(manifests, key=lambda item: _try_number(item[0])):
+    latest: dict[str, dict[str, Any]] = {}
+    done: dict[str, dict[str, Any]] = {}
+    for uri, data in sorted(collate_manifests(manifests), key=lambda item: _try_number(item[0])):
         summary.manifests.append(uri)
-        attempt = _try_number(uri)
         for row in read_manifest(data):
             summary.credits_spent += _decimal(row.get("credits"))
-            source = row["source"]
+            latest[row["source"]] = row
             if row["status"] == "done":
-                done_rows[source] = row
-            previous = final.get(source)
-            if previous is None or attempt >= previous[0]:
-                final[source] = (attempt, row)
-    for source, (_, row) in sorted(final.items()):
-        chosen = done_rows.get(source, row) if row["status"] == "skipped" else row
+                done[row["source"]] = row
+    for source, row in sorted(latest.items()):
+        chosen = done.get(source, row) if row["status"] == "skipped" else row
         summary.rows.append(chosen)
         summary.counts[chosen["status"]] = summary.counts.get(chosen["status"], 0) + 1
     return summary

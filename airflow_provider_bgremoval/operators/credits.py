@@ -1,15 +1,4 @@
-"""Deprecated module, kept for one release: the pre-flight and the monitor have a module each.
-
-* :class:`~airflow_provider_bgremoval.operators.preflight.CreditsCheckOperator`,
-  :class:`~airflow_provider_bgremoval.operators.preflight.GenerateCreditsCheckOperator` and
-  :class:`~airflow_provider_bgremoval.operators.preflight.SafetyMargin`:
-  :mod:`airflow_provider_bgremoval.operators.preflight`;
-* :class:`~airflow_provider_bgremoval.operators.monitor.CreditMonitorOperator`,
-  :func:`~airflow_provider_bgremoval.operators.monitor.check_balances` and friends:
-  :mod:`airflow_provider_bgremoval.operators.monitor`.
-
-Importing a name from here still works and warns (DeprecationWarning).
-"""
+"""Deprecated (one release): the pre-flight and the monitor have a module each; old names warn."""
 
 from __future__ import annotations
 
@@ -21,18 +10,10 @@ _MONITOR = "airflow_provider_bgremoval.operators.monitor"
 __getattr__ = moved_names(
     __name__,
     {
-        "CreditsCheckOperator": _PREFLIGHT,
-        "GenerateCreditsCheckOperator": _PREFLIGHT,
-        "CreditsPreflightMixin": f"{_PREFLIGHT}:CreditsPreflightOperator",
-        "SafetyMargin": _PREFLIGHT,
-        "describe_header_only": _PREFLIGHT,
-        "ON_INSUFFICIENT_CHOICES": _PREFLIGHT,
-        "CreditMonitorOperator": _MONITOR,
-        "BalanceCheck": _MONITOR,
-        "LowBalanceCallback": _MONITOR,
-        "check_balances": _MONITOR,
-        "acheck_balances": _MONITOR,
-        "parse_thresholds": _MONITOR,
-        "ON_LOW_CHOICES": _MONITOR,
+        _PREFLIGHT: "CreditsCheckOperator GenerateCreditsCheckOperator SafetyMargin describe_header_only "
+        "ON_INSUFFICIENT_CHOICES",
+        f"{_PREFLIGHT}:CreditsPreflightOperator": "CreditsPreflightMixin",
+        _MONITOR: "CreditMonitorOperator BalanceCheck LowBalanceCallback "
+        "check_balances acheck_balances parse_thresholds ON_LOW_CHOICES",
     },
 )

@@ -1,14 +1,14 @@
 """The credit monitor: read the balances of several vendor connections and report the low ones.
 
-:class:`CreditMonitorOperator` (and :func:`check_balances` / :func:`acheck_balances` for a ``@task``)
-reads every balance concurrently (free calls) and compares each with its threshold.
+Behaviour in detail: docs/credits.md ("CreditMonitorOperator").
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.credits import describe_error, parse_min_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import is_template, run_coroutine
 
 if TYPE_CHECKING:
@@ -61,25 +61,19 @@ class BalanceCheck:
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form for XCom, logs and callbacks."""
-        return {
-            "conn_id": self.conn_id,
-            "vendor": self.vendor,
-            "remaining": None if self.remaining is None else str(self.remaining),
-            "threshold": str(self.threshold),
-            "state": self.state,
-            "credit_pack": self.credit_pack,
-            "low": self.low,
-            "error": self.error,
-        }
+        remaining = None if self.remaining is None else str(self.remaining)
+        return {**asdict(self), "remaining": remaining, "threshold": str(self.threshold), "low": self.low}
 
     def describe(self) -> str:
         """One log line: connection, vendor, remaining, threshold, verdict."""
         who = f"{self.conn_id} ({self.vendor or 'unknown vendor'})"
-        if self.error is not None:
-            return f"{who}: balance unavailable ({self.error}), threshold {self.threshold}"
+        threshold = format_credits(self.threshold)
+        if self.remaining is None:
+            return f"{who}: balance unavailable ({self.error}), threshold {threshold}"
         state = f" [{self.state}]" if self.state not in (None, "active") else ""
         verdict = "LOW" if self.low else "ok"
-        return f"{who}: {self.remaining} credits remaining{state}, threshold {self.threshold}: {verdict}"
+        remaining = format_credits(self.remaining)
+        return f"{who}: {remaining} credits remaining{state}, threshold {threshold}: {verdict}"
 
 
 def parse_thresholds(thresholds: Mapping[str, Any]) -> dict[str, Decimal]:
@@ -110,12 +104,7 @@ async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str
         if hook is not None:
             await hook.aclose()
     return BalanceCheck(
-        conn_id=conn_id,
-        threshold=threshold,
-        vendor=balance.vendor,
-        remaining=balance.remaining,
-        state=balance.state.value,
-        credit_pack=balance.credit_pack,
+        conn_id, threshold, balance.vendor, balance.remaining, balance.state.value, balance.credit_pack
     )
 
 
@@ -126,10 +115,10 @@ async def acheck_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> 
     :param thresholds: connection id → minimum usable credits.
     :param hook_kwargs: passed to every hook (e.g. ``timeout``).
     """
-    parsed = parse_thresholds(thresholds)
-    return list(
-        await asyncio.gather(*(_acheck_one(conn_id, value, hook_kwargs) for conn_id, value in parsed.items()))
+    checks = (
+        _acheck_one(conn_id, value, hook_kwargs) for conn_id, value in parse_thresholds(thresholds).items()
     )
+    return list(await asyncio.gather(*checks))
 
 
 def check_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[BalanceCheck]:
@@ -147,31 +136,23 @@ LowBalanceCallback = Callable[[list[dict[str, Any]]], None]
 
 class CreditMonitorOperator(BaseOperator):
     """
-    Check the balances of several vendor connections in one task.
+    Check the balances of several vendor connections in one task; call back and fail or warn on low ones.
 
     .. code-block:: python
 
         CreditMonitorOperator(
             task_id="credit_monitor",
             thresholds={"pixelcut_default": 100, "pixian_default": "50.5", "poof_default": 20},
-            on_low="fail",
             on_low_callback=SlackNotifier(text="Low credits: {{ low_balances }}"),
         )
 
-    Balances are read concurrently (free calls). Each account gets a log line with vendor,
-    remaining credits and threshold. The return value (XCom) maps every connection id to
-    ``{conn_id, vendor, remaining, threshold, state, credit_pack, low, error}``.
+    Returns (XCom) ``{conn_id: BalanceCheck.as_dict()}``. An account is a problem when below its
+    threshold or unreadable; the failure is not retried when only balances are low (docs/credits.md).
 
-    When an account is below its threshold (equal is fine; dormant accounts count as 0), or its
-    balance cannot be read, ``on_low_callback`` is called first, then the task fails with a message
-    listing every such account (``on_low="fail"``: without retries when only balances are low, as a
-    retryable failure when a balance could not be read) or logs a warning (``on_low="warn"``).
-
-    :param thresholds: connection id → minimum usable credits (templated; numbers or numeric strings).
+    :param thresholds: connection id → minimum usable credits (templated).
     :param on_low: ``"fail"`` or ``"warn"``.
-    :param on_low_callback: a callable receiving the list of problem accounts (dicts as above), or an
-        Airflow notifier (``BaseNotifier``) called with the task context plus ``low_balances`` and
-        ``balances``.
+    :param on_low_callback: a callable receiving the problem accounts (dicts), or a ``BaseNotifier``
+        whose context gets ``low_balances`` and ``balances``.
     """
 
     template_fields: Sequence[str] = ("thresholds",)
@@ -199,16 +180,17 @@ class CreditMonitorOperator(BaseOperator):
         """Read every balance, log it, call back and fail or warn when any is low."""
         checks = check_balances(self.thresholds)
         for check in checks:
-            if check.ok:
-                self.log.info("%s", check.describe())
-            else:
-                self.log.warning("%s", check.describe())
+            self.log.log(logging.INFO if check.ok else logging.WARNING, "%s", check.describe())
         result = {check.conn_id: check.as_dict() for check in checks}
         problems = [check for check in checks if not check.ok]
         if not problems:
             return result
         payload = [check.as_dict() for check in problems]
-        self._notify(context, payload, list(result.values()))
+        if isinstance(self.on_low_callback, BaseNotifier):
+            notifier_context: Any = {**context, "low_balances": payload, "balances": list(result.values())}
+            self.on_low_callback(notifier_context)
+        elif self.on_low_callback is not None:
+            self.on_low_callback(payload)
         message = f"{len(problems)} of {len(checks)} account(s) need attention: " + "; ".join(
             check.describe() for check in problems
         )
@@ -218,15 +200,3 @@ class CreditMonitorOperator(BaseOperator):
         if any(check.error is not None for check in problems):
             raise AirflowException(message)
         raise AirflowFailException(message)
-
-    def _notify(
-        self, context: Context, problems: list[dict[str, Any]], balances: list[dict[str, Any]]
-    ) -> None:
-        callback = self.on_low_callback
-        if callback is None:
-            return
-        if isinstance(callback, BaseNotifier):
-            notifier_context: Any = {**context, "low_balances": problems, "balances": balances}
-            callback(notifier_context)
-        else:
-            callback(problems)

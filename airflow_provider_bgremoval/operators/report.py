@@ -1,27 +1,7 @@
 """Run reports: one JSON report and a before/after contact sheet per DAG run, in the destination bucket.
 
-:class:`RunReportOperator` runs after the bucket tasks of a DAG run (mapped or not). It reads the
-run's manifests back from the destination bucket (:mod:`~airflow_provider_bgremoval.run_summary`) and
-writes:
-
-* ``<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/report.json``: counts by status, credits
-  spent, manifest URIs, the rejected and failed sources with their reasons, pending images, and the
-  credits pre-flight estimate when one is given;
-* ``<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/contact-sheet.png``: thumbnails of a
-  sample of processed sources next to their results
-  (:func:`~airflow_provider_bgremoval.contact_sheet.render_contact_sheet`).
-
-.. code-block:: python
-
-    cutouts = RemoveBackgroundOperator.partial(...).expand(source_objects=shards.output)
-    report = RunReportOperator(
-        task_id="run_report",
-        destination_bucket="shop-cutouts",
-        destination_prefix="2026/11/",
-        estimate="{{ ti.xcom_pull(task_ids='check_credits') }}",
-        trigger_rule="all_done_min_one_success",
-    )
-    cutouts >> report
+:class:`RunReportOperator` folds the run's manifests (:mod:`~airflow_provider_bgremoval.run_summary`)
+into ``report.json`` and ``contact-sheet.png`` under :func:`report_prefix`; see docs/examples.md.
 """
 
 from __future__ import annotations
@@ -37,9 +17,10 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.contact_sheet import render_contact_sheet
+from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, normalise_prefix
-from airflow_provider_bgremoval.run_summary import RunSummary, summarise_manifests
+from airflow_provider_bgremoval.run_summary import summarise_manifests
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
@@ -66,9 +47,7 @@ def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
 
 
 def _split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("gs://") or "/" not in uri[5:]:
-        raise ValueError(f"not a gs:// object URI: {uri!r}")
-    bucket, _, name = uri[5:].partition("/")
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
     return bucket, name
 
 
@@ -100,12 +79,8 @@ class RunReportOperator(BaseOperator):
     """
     Write a DAG run's report (JSON) and before/after contact sheet (PNG) to the destination bucket.
 
-    It reads every manifest the run's bucket tasks wrote under ``destination_prefix`` (all tasks, all
-    map indexes, all tries), so put it downstream of them with
-    ``trigger_rule="all_done_min_one_success"``: the report is then written also when a shard failed
-    (mid-batch out of credits, ``on_error="fail_at_end"``), and not when every bucket task was skipped
-    or never ran (e.g. the credits pre-flight halted). After writing, the task fails when any
-    direct upstream task failed (``fail_on_upstream_failure``), so the DAG run still fails as it should.
+    It reads every manifest the run's bucket tasks wrote (all tasks, map indexes and tries): put it
+    downstream of them with ``trigger_rule="all_done_min_one_success"`` (example: docs/examples.md).
 
     Returns (XCom): ``report_uri``, ``contact_sheet_uri`` (``None`` without processed images),
     ``counts``, ``credits_spent``, ``manifests``, ``sample_pairs``.
@@ -154,96 +129,74 @@ class RunReportOperator(BaseOperator):
         ti = context["ti"]
         dag_id, run_id = ti.dag_id, ti.run_id
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
-        summary = self._read_summary(storage, dag_id, run_id)
-        folder = report_prefix(self.destination_prefix or "", dag_id, run_id)
-        sample = summary.by_status("done")[: int(self.sample_size)]
-        title = (
-            f"{dag_id} · {run_id} · done {summary.counts['done']} · skipped {summary.counts['skipped']} · "
-            f"rejected {summary.counts['rejected']} · credits {summary.credits_spent}"
-        )
-        contact_sheet_uri = self._write_contact_sheet(storage, f"{folder}contact-sheet.png", sample, title)
-        report = self._report(dag_id, run_id, summary, sample, contact_sheet_uri)
-        report_info = storage.write(
-            self.destination_bucket,
-            f"{folder}report.json",
-            json.dumps(report, indent=2).encode(),
-            content_type="application/json",
-            if_generation_match=None,
-        )
-        self.log.info(
-            "Run report %s: %s; %s credits spent; contact sheet %s",
-            report_info.uri,
-            ", ".join(f"{status} {count}" for status, count in summary.counts.items()),
-            summary.credits_spent,
-            contact_sheet_uri or "(no processed images)",
-        )
-        result = {
-            "report_uri": report_info.uri,
-            "contact_sheet_uri": contact_sheet_uri,
-            "counts": summary.counts,
-            "credits_spent": str(summary.credits_spent),
-            "manifests": summary.manifests,
-            "sample_pairs": len(sample),
-        }
-        if self.fail_on_upstream_failure:
-            self._judge_upstream(context, result)
-        return result
-
-    def _read_summary(self, storage: GcsStorage, dag_id: str, run_id: str) -> RunSummary:
-        bucket = self.destination_bucket
-        where = manifest_run_prefix(_internal_prefix(self.destination_prefix or ""), dag_id, run_id)
-        return summarise_manifests(
-            (info.uri, storage.read(bucket, info.name))
-            for info in storage.list_objects(bucket, where)
+        where = manifest_run_prefix(_internal_prefix(self.destination_prefix), dag_id, run_id)
+        summary = summarise_manifests(
+            (info.uri, storage.read(info.bucket, info.name))
+            for info in storage.list_objects(self.destination_bucket, where)
             if info.name.endswith(".jsonl")
         )
-
-    def _write_contact_sheet(
-        self, storage: GcsStorage, name: str, sample: list[dict[str, Any]], title: str
-    ) -> str | None:
-        """Render the sample's before/after pairs to ``name``; ``None`` when there is nothing to show."""
-        if not sample:
-            return None
-        pairs = []
-        for row in sample:
-            src_bucket, src_name = _split_uri(row["source"])
-            dst_bucket, dst_name = _split_uri(row["destination"])
-            before, after = storage.read(src_bucket, src_name), storage.read(dst_bucket, dst_name)
-            pairs.append((src_name.rsplit("/", 1)[-1], before, after))
-        png = render_contact_sheet(
-            pairs, title=title, thumb=int(self.thumb), columns=int(self.columns), colors=self.colors
+        folder = report_prefix(self.destination_prefix, dag_id, run_id)
+        sample = summary.by_status("done")[: int(self.sample_size)]
+        counts, credits_spent = summary.counts, format_credits(summary.credits_spent)
+        title = (
+            f"{dag_id} · {run_id} · done {counts['done']} · skipped {counts['skipped']} · "
+            f"rejected {counts['rejected']} · credits {credits_spent}"
         )
-        info = storage.write(
-            self.destination_bucket, name, png, content_type="image/png", if_generation_match=None
-        )
-        return info.uri
-
-    def _report(
-        self,
-        dag_id: str,
-        run_id: str,
-        summary: RunSummary,
-        sample: list[dict[str, Any]],
-        contact_sheet_uri: str | None,
-    ) -> dict[str, Any]:
-        destination = normalise_prefix(self.destination_prefix or "")
-        return {
+        contact_sheet_uri = self._write_contact_sheet(storage, f"{folder}contact-sheet.png", sample, title)
+        common = {
+            "contact_sheet_uri": contact_sheet_uri,
+            "counts": counts,
+            "credits_spent": str(summary.credits_spent),
+            "manifests": summary.manifests,
+        }
+        report = {
             "dag_id": dag_id,
             "run_id": run_id,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "destination": f"gs://{self.destination_bucket}/{destination}",
-            "counts": summary.counts,
-            "total": sum(summary.counts.values()),
-            "credits_spent": str(summary.credits_spent),
-            "vendors": sorted({str(row.get("vendor")) for row in summary.rows if row.get("vendor")}),
-            "manifests": summary.manifests,
+            "destination": f"gs://{self.destination_bucket}/{normalise_prefix(self.destination_prefix)}",
+            **common,
+            "total": sum(counts.values()),
+            "vendors": sorted({str(row["vendor"]) for row in summary.rows if row.get("vendor")}),
             "estimate": parse_estimate(self.estimate),
-            "contact_sheet_uri": contact_sheet_uri,
             "sample_pairs": [{"source": row["source"], "output": row["destination"]} for row in sample],
             "rejected": [_problem(row) for row in summary.by_status("rejected")],
             "failed": [_problem(row) for row in summary.by_status("failed")],
             "pending": [row["source"] for row in summary.by_status("pending")],
         }
+        report_uri = self._write(
+            storage, f"{folder}report.json", json.dumps(report, indent=2).encode(), "application/json"
+        )
+        self.log.info(
+            "Run report %s: %s; %s credits spent; contact sheet %s",
+            report_uri,
+            ", ".join(f"{status} {count}" for status, count in counts.items()),
+            credits_spent,
+            contact_sheet_uri or "(no processed images)",
+        )
+        result = {"report_uri": report_uri, **common, "sample_pairs": len(sample)}
+        if self.fail_on_upstream_failure:
+            self._judge_upstream(context, result)
+        return result
+
+    def _write(self, storage: GcsStorage, name: str, data: bytes, content_type: str) -> str:
+        info = storage.write(
+            self.destination_bucket, name, data, content_type=content_type, if_generation_match=None
+        )
+        return info.uri
+
+    def _write_contact_sheet(
+        self, storage: GcsStorage, name: str, sample: list[dict[str, Any]], title: str
+    ) -> str | None:
+        if not sample:
+            return None
+        pairs = []
+        for row in sample:
+            source, result = _split_uri(row["source"]), _split_uri(row["destination"])
+            pairs.append((source[1].rsplit("/", 1)[-1], storage.read(*source), storage.read(*result)))
+        png = render_contact_sheet(
+            pairs, title=title, thumb=int(self.thumb), columns=int(self.columns), colors=self.colors
+        )
+        return self._write(storage, name, png, "image/png")
 
     def _judge_upstream(self, context: Context, result: dict[str, Any]) -> None:
         upstream = sorted(self.upstream_task_ids)

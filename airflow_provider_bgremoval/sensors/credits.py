@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -17,8 +19,8 @@ from airflow_provider_bgremoval.credits import (
     is_fatal_balance_error,
     parse_min_credits,
 )
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
+from airflow_provider_bgremoval.operators.bucket_job import is_template
 from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
 
 if TYPE_CHECKING:
@@ -27,10 +29,7 @@ if TYPE_CHECKING:
 
 class CreditsSensor(BaseSensorOperator):
     """
-    Wait until a vendor account has at least ``min_credits`` usable credits.
-
-    One class for Pixelcut, Pixian.AI and Poof: the connection's type picks the vendor hook. Only the
-    free balance endpoint is called. Dormant or suspended accounts count as 0 usable credits.
+    Wait until a vendor account has at least ``min_credits`` usable credits (free balance calls only).
 
     .. code-block:: python
 
@@ -43,23 +42,12 @@ class CreditsSensor(BaseSensorOperator):
             deferrable=True,
         )
 
-    Modes: ``mode="poke"`` (holds a worker slot), ``mode="reschedule"`` (frees it between pokes) and
-    ``deferrable=True`` (one poke on the worker, then a :class:`CreditsTrigger` in the triggerer).
-    ``timeout``, ``soft_fail``, ``exponential_backoff`` and ``max_wait`` behave as on every Airflow
-    sensor; with ``deferrable=True`` the trigger doubles its poll interval up to ``max_wait`` (default
-    900 s) when ``exponential_backoff`` is set.
-
-    Failures: bad credentials, a missing connection or another non-retryable vendor refusal fail the
-    task at once (``AirflowFailException``, no retries; skipped with ``soft_fail``). Transient vendor
-    failures (5xx, 429, timeouts) are retried by the hook's retry policy; a poll that still fails is
-    logged and the sensor keeps waiting until its timeout.
-
-    On success the balance (``Balance.as_dict()``: vendor, remaining, state, credit_pack) is the task's
-    return value (XCom).
+    Works in ``poke`` and ``reschedule`` mode and deferrable (one poke, then a :class:`CreditsTrigger`).
+    Non-retryable failures (credentials, missing connection) fail at once; transient ones are logged
+    and polled again until the timeout. Returns (XCom) ``Balance.as_dict()``. See docs/credits.md.
 
     :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection.
-    :param min_credits: the threshold (templated): a number or numeric string; compared exactly as
-        ``Decimal(str(min_credits))``; a balance equal to it passes.
+    :param min_credits: the threshold (templated), compared exactly; a balance equal to it passes.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     :param kwargs: the :class:`~airflow.sdk.BaseSensorOperator` options (``poke_interval``, ``timeout``,
         ``mode``, ``soft_fail``, ``exponential_backoff``, ``max_wait``…).
@@ -80,50 +68,40 @@ class CreditsSensor(BaseSensorOperator):
         self.conn_id = conn_id
         self.min_credits = min_credits
         self.deferrable = deferrable
-        if not (isinstance(min_credits, str) and "{{" in min_credits):
+        if not is_template(min_credits):
             parse_min_credits(min_credits)  # fail at DAG parse when the value is already known
 
     def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``."""
         return BackgroundRemovalHook.get_hook(self.conn_id)
 
-    def _fail(self, message: str) -> AirflowFailException:
-        return AirflowFailException(f"{type(self).__name__} on connection {self.conn_id!r}: {message}")
+    def _fail(self, exc: Exception) -> AirflowFailException:
+        return AirflowFailException(
+            f"{type(self).__name__} on connection {self.conn_id!r}: {describe_error(exc)}"
+        )
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Read the balance once; done when the usable balance reaches ``min_credits``."""
         try:
-            threshold = parse_min_credits(self.min_credits)
-        except InvalidOptionError as exc:  # e.g. a template that rendered to a non-number
-            raise self._fail(str(exc)) from exc
-        try:
+            threshold = parse_min_credits(self.min_credits)  # a template may render to a non-number
             hook = self.get_hook()
         except Exception as exc:
-            raise self._fail(describe_error(exc)) from exc
+            raise self._fail(exc) from exc
         try:
-            balance = hook.get_balance()
+            with closing(hook):
+                balance = hook.get_balance()
         except Exception as exc:
             if is_fatal_balance_error(exc):
-                raise self._fail(describe_error(exc)) from exc
+                raise self._fail(exc) from exc
             self.log.warning(
                 "Balance poll on %s failed after retries (%s); polling again",
                 self.conn_id,
                 describe_error(exc),
             )
             return PokeReturnValue(is_done=False)
-        finally:
-            hook.close()
-        if has_enough(balance, threshold):
-            self.log.info(
-                "%s (%s): %s credits remaining, threshold %s: met",
-                self.conn_id,
-                balance.vendor,
-                balance.remaining,
-                threshold,
-            )
-            return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
         self.log.info("%s", describe_wait(self.conn_id, balance, threshold))
-        return PokeReturnValue(is_done=False)
+        met = has_enough(balance, threshold)
+        return PokeReturnValue(is_done=met, xcom_value=balance.as_dict() if met else None)
 
     def trigger(self) -> CreditsTrigger:
         """The trigger this sensor defers to (primitives only)."""
@@ -150,9 +128,7 @@ class CreditsSensor(BaseSensorOperator):
         if result.is_done:
             return result.xcom_value
         self.defer(
-            trigger=self.trigger(),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout),
+            trigger=self.trigger(), method_name="execute_complete", timeout=timedelta(seconds=self.timeout)
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -164,19 +140,18 @@ class CreditsSensor(BaseSensorOperator):
         """
         if not event:
             raise AirflowException(f"{type(self).__name__}: resumed without a trigger event")
-        status = event.get("status")
-        if status == "success":
+        if event.get("status") == "success":
             balance: dict[str, Any] = dict(event.get("balance") or {})
             self.log.info(
                 "%s (%s): %s credits remaining, threshold %s: met after %s poll(s) in the triggerer",
                 self.conn_id,
                 balance.get("vendor"),
-                balance.get("remaining"),
-                event.get("min_credits"),
+                format_credits(Decimal(balance.get("remaining", 0))),
+                format_credits(Decimal(event.get("min_credits", 0))),
                 event.get("polls"),
             )
             return balance
-        message = str(event.get("message") or f"trigger reported {status!r}")
+        message = str(event.get("message") or f"trigger reported {event.get('status')!r}")
         if event.get("fatal"):
             raise AirflowFailException(message)
         raise AirflowException(message)

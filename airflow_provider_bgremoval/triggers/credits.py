@@ -1,11 +1,7 @@
 """Deferrable credit waiting: :class:`CreditsTrigger` polls a vendor balance in the triggerer.
 
-The trigger only *reads* balances (a free call on every vendor) through the hooks' async methods;
-it never makes a billed call (DESIGN.md decision 4: a triggerer restart replays triggers). It holds
-only primitives, reads its connection the async way and never blocks the event loop. It decides with
-the rules of :mod:`airflow_provider_bgremoval.credits`, as
-:class:`~airflow_provider_bgremoval.sensors.credits.CreditsSensor` does, so that poke, reschedule and
-deferrable modes decide identically.
+It only reads balances (free calls) through the hooks' async methods, never a billed call (DESIGN.md
+decision 4), and decides with :mod:`airflow_provider_bgremoval.credits` as the sensor does.
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from decimal import Decimal
+from contextlib import aclosing
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -35,14 +31,11 @@ DEFAULT_MAX_POLL_INTERVAL = 900.0
 
 class CreditsTrigger(BaseTrigger):
     """
-    Poll a vendor account until its usable balance reaches ``min_credits``.
-
-    Yields one event and returns:
+    Poll a vendor account until its usable balance reaches ``min_credits``; yield one event.
 
     * ``{"status": "success", "conn_id", "min_credits", "balance": Balance.as_dict(), "polls"}``;
-    * ``{"status": "error", "fatal": True, "message", "error_type", "conn_id"}`` for failures no
-      later poll can fix (auth, missing connection, non-retryable 4xx). Transient failures are
-      logged and polled again; the deferral ``timeout`` set by the sensor ends the wait.
+    * ``{"status": "error", "fatal", "message", "error_type", "conn_id"}``: ``fatal`` for failures no
+      later poll can fix. Transient failures are logged and polled again until the deferral timeout.
 
     :param conn_id: the vendor connection (its type picks the hook).
     :param min_credits: the threshold, as a string (exact decimal).
@@ -68,16 +61,10 @@ class CreditsTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "conn_id": self.conn_id,
-                "min_credits": self.min_credits,
-                "poll_interval": self.poll_interval,
-                "exponential_backoff": self.exponential_backoff,
-                "max_poll_interval": self.max_poll_interval,
-            },
-        )
+        names = ("conn_id", "min_credits", "poll_interval", "exponential_backoff", "max_poll_interval")
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            name: getattr(self, name) for name in names
+        }
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CreditsTrigger) and self.serialize() == other.serialize()
@@ -105,7 +92,7 @@ class CreditsTrigger(BaseTrigger):
         return float(min(cap, self.poll_interval * (2 ** min(max(polls - 1, 0), 32))))
 
     async def sleep(self, seconds: float) -> None:
-        """Wait between polls (an ``asyncio.sleep``; tests may replace it to travel in time)."""
+        """Wait between polls (tests replace it to travel in time)."""
         await asyncio.sleep(seconds)
 
     def _error(self, exc: BaseException, *, fatal: bool) -> dict[str, Any]:
@@ -124,50 +111,31 @@ class CreditsTrigger(BaseTrigger):
         except Exception as exc:  # bad threshold or missing connection: nothing will change that
             return self._error(exc, fatal=True)
         polls = 0
-        try:
+        async with aclosing(hook):
             while True:
                 polls += 1
-                event = await self._poll_once(hook, threshold, polls)
-                if event is not None:
-                    return event
+                try:
+                    balance = await hook.aget_balance()
+                except Exception as exc:
+                    if is_fatal_balance_error(exc):
+                        return self._error(exc, fatal=True)
+                    log.warning(
+                        "Balance poll %d on %s failed after retries (%s); polling again",
+                        polls,
+                        self.conn_id,
+                        describe_error(exc),
+                    )
+                else:
+                    log.info("Poll %d: %s", polls, describe_wait(self.conn_id, balance, threshold))
+                    if has_enough(balance, threshold):
+                        return {
+                            "status": "success",
+                            "conn_id": self.conn_id,
+                            "min_credits": str(threshold),
+                            "balance": balance.as_dict(),
+                            "polls": polls,
+                        }
                 await self.sleep(self.next_interval(polls))
-        finally:
-            await hook.aclose()
-
-    async def _poll_once(
-        self, hook: BackgroundRemovalHook[Any], threshold: Decimal, polls: int
-    ) -> dict[str, Any] | None:
-        """One balance read: the event to fire, or ``None`` to poll again."""
-        try:
-            balance = await hook.aget_balance()
-        except Exception as exc:
-            if is_fatal_balance_error(exc):
-                return self._error(exc, fatal=True)
-            log.warning(
-                "Balance poll %d on %s failed after retries (%s); polling again",
-                polls,
-                self.conn_id,
-                describe_error(exc),
-            )
-            return None
-        if not has_enough(balance, threshold):
-            log.info("%s", describe_wait(self.conn_id, balance, threshold))
-            return None
-        log.info(
-            "%s (%s): %s usable credits, threshold %s: met after %d poll(s)",
-            self.conn_id,
-            balance.vendor,
-            balance.remaining,
-            threshold,
-            polls,
-        )
-        return {
-            "status": "success",
-            "conn_id": self.conn_id,
-            "min_credits": str(threshold),
-            "balance": balance.as_dict(),
-            "polls": polls,
-        }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the threshold is met (or a fatal error), yield one event, return."""
