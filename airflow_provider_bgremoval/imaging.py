@@ -1,18 +1,9 @@
 """Local image work with Pillow: input checks before spending, and post-processing after the call.
 
-Everything here is CPU-bound and synchronous; async callers run it in a worker thread.
-
-Inputs that cannot be sent raise :class:`InputRejectedError` (``local=True``: nothing was spent).
-A vendor result that cannot be used — empty, not an image, an image type no vendor returns, cut
-short or corrupt, larger than the vendor can produce (a decompression bomb), too big for memory —
-and any failure of the local post-processing raise :class:`InvalidVendorResponseError` with one of
-the :data:`RESULT_ERROR_CODES` and a plain-words message (the call was billed:
-``possibly_charged=True``). Nothing else escapes :func:`decode_result` or
-:func:`apply_local_steps` (the task's own timeouts and cancellations excepted).
-
-Result sizes are judged against :class:`ResultLimits` derived from each vendor's documented
-output, before any pixel is decoded; Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is left as it
-is (its warning is silenced here, its error is mapped to ``result_too_large``).
+CPU-bound and synchronous (async callers use a worker thread). An input that cannot be sent raises
+:class:`InputRejectedError` (``local=True``: nothing spent); an unusable vendor result, or a failure of
+the local steps, raises :class:`InvalidVendorResponseError` with one of :data:`RESULT_ERROR_CODES`
+(billed: ``possibly_charged=True``). How results are judged: docs/options.md.
 """
 
 from __future__ import annotations
@@ -27,16 +18,9 @@ from dataclasses import dataclass
 from airflow.sdk.exceptions import AirflowException
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from airflow_provider_bgremoval.exceptions import (
-    InputRejectedError,
-    InvalidVendorResponseError,
-    safe_excerpt,
-)
-from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps, Margin
+from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
+from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps
 
-#: Formats any vendor accepts as input; others are converted to PNG before sending (see
-#: :func:`prepare_input`) or rejected when they cannot be decoded.
-_PILLOW_TO_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _EXIF_ORIENTATION = 0x0112
 
 #: Codes of the :class:`InvalidVendorResponseError` raised for unusable results.
@@ -47,17 +31,10 @@ RESULT_ERROR_CODES = (
     "result_too_large",  # declares more pixels than the vendor can produce, or exhausts memory
     "local_processing_failed",  # our own post-processing (crop, margin, flatten, encode) failed
 )
-#: Image types the vendors return (Pixelcut PNG/JPEG, Pixian PNG/JPEG, Poof PNG/JPEG/WebP). An MPO
-#: is a JPEG with further pictures appended (some cameras write them); its first picture is a JPEG.
-RESULT_FORMATS = ("PNG", "JPEG", "WEBP", "MPO")
-#: What :func:`decode_result` asks Pillow to try (its JPEG reader also opens MPOs).
-_RESULT_READERS = ("PNG", "JPEG", "WEBP")
-#: Per-side headroom over a vendor's largest documented result, for margins and padding the vendor
-#: adds around it: Pixelcut's native margin is at most 49 % of the image on each side (1 + 2 x 0.49
-#: < 2); Poof's padding and Pixian's ``result.margin`` are documented without a cap.
+#: Pillow readers tried on a result (the JPEG one also opens an MPO, a JPEG with pictures appended).
+RESULT_FORMATS = ("PNG", "JPEG", "WEBP")
+#: Per-side headroom over a vendor's largest documented result, for the margins and padding it adds.
 RESULT_HEADROOM = 2
-#: Errors that belong to the task, not to the image: never turned into an image's error.
-_PASS_THROUGH: tuple[type[BaseException], ...] = (AirflowException,)
 
 
 @dataclass(frozen=True)
@@ -82,8 +59,7 @@ class InputLimits:
 @dataclass(frozen=True)
 class ResultLimits:
     """
-    The largest result accepted from a vendor, judged on the size its header declares, before any
-    pixel is decoded (so a decompression bomb costs no memory).
+    The largest result accepted from a vendor, judged on its declared size before any pixel is decoded.
 
     :param max_pixels: largest accepted width × height.
     :param max_side: largest accepted width and height (``None``: no per-side limit).
@@ -94,26 +70,9 @@ class ResultLimits:
     max_side: int | None = None
     basis: str = ""
 
-    @classmethod
-    def from_documented_output(cls, *, max_pixels: int, max_side: int | None, basis: str) -> ResultLimits:
-        """
-        Limits for a vendor whose largest documented result is ``max_side`` / ``max_pixels``, with
-        :data:`RESULT_HEADROOM` per side for margins and padding.
-
-        :param max_pixels: the largest documented result, width × height.
-        :param max_side: the largest documented result side (``None``: none documented).
-        :param basis: the documented fact the numbers come from.
-        """
-        return cls(
-            max_pixels=max_pixels * RESULT_HEADROOM**2,
-            max_side=None if max_side is None else max_side * RESULT_HEADROOM,
-            basis=f"{basis}, x{RESULT_HEADROOM} per side for margins",
-        )
-
     def covering(self, width: int, height: int) -> ResultLimits:
         """
-        These limits, widened when needed to accept an expected result of ``width`` × ``height``
-        (e.g. an explicitly requested target size) with the same headroom.
+        These limits, widened with the same headroom to accept an expected ``width`` × ``height`` result.
 
         :param width: expected result width.
         :param height: expected result height.
@@ -134,29 +93,19 @@ class ResultLimits:
         return pixels if self.max_side is None else f"{self.max_side} px per side and {pixels}"
 
 
-#: Result limits per vendor, from the largest result each vendor documents (VENDORS.md; the input
-#: limits in ``vendors/*.py`` — tests/unit/test_imaging.py checks that the two agree):
+#: Result limits per vendor: its largest documented result (docs/options.md), x :data:`RESULT_HEADROOM`
+#: per side (tests/unit/test_imaging.py checks them against the input limits in ``vendors/*.py``).
 RESULT_LIMITS: Mapping[str, ResultLimits] = {
-    # remove-background returns the input's size at most (inputs 64-6000 px per side);
-    # generate-background returns 1024x1024; upscale is capped at 6000x6000.
-    "pixelcut": ResultLimits.from_documented_output(
-        max_pixels=6000 * 6000,
-        max_side=6000,
-        basis="Pixelcut results are at most 6000x6000 px",
-    ),
-    # inputs (up to 32 MP) are shrunk to max_pixels, at most 25,000,000, before processing; no
-    # per-side limit is documented.
-    "pixian": ResultLimits.from_documented_output(
-        max_pixels=25_000_000,
-        max_side=None,
-        basis="Pixian results are at most max_pixels = 25,000,000 pixels",
-    ),
-    # "full" returns the input's size (about 6000 px per side / 36 MP at most); width/height <= 6000.
-    "poof": ResultLimits.from_documented_output(
-        max_pixels=36_000_000,
-        max_side=6000,
-        basis="Poof results are at most 6000 px per side and 36,000,000 pixels",
-    ),
+    vendor: ResultLimits(
+        max_pixels=pixels * RESULT_HEADROOM**2,
+        max_side=None if side is None else side * RESULT_HEADROOM,
+        basis=f"{vendor.title()} results are at most {largest}, x{RESULT_HEADROOM} per side for margins",
+    )
+    for vendor, pixels, side, largest in (
+        ("pixelcut", 6000 * 6000, 6000, "6000x6000 px"),
+        ("pixian", 25_000_000, None, "max_pixels = 25,000,000 pixels"),
+        ("poof", 36_000_000, 6000, "6000 px per side and 36,000,000 pixels"),
+    )
 }
 #: For a vendor not in :data:`RESULT_LIMITS`: the most generous of them.
 DEFAULT_RESULT_LIMITS = ResultLimits(
@@ -177,13 +126,7 @@ def result_limits(vendor: str | None) -> ResultLimits:
 
 @contextlib.contextmanager
 def _bomb_warnings_ignored() -> Iterator[None]:
-    """
-    Silence Pillow's ``DecompressionBombWarning``: sizes are judged by the caller's own limits.
-
-    ``warnings.catch_warnings`` swaps the process-wide filter list (not thread-safe before Python
-    3.14): when threads overlap, the worst outcome is that this one "ignore" filter outlives the
-    block, which only hides the same warning elsewhere. No other filter is touched.
-    """
+    """Silence Pillow's ``DecompressionBombWarning``: our own limits judge sizes (docs/options.md)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         yield
@@ -236,11 +179,10 @@ def _frames(image: Image.Image) -> int:
 
 def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     """
-    Identify an image from its bytes without decoding its pixels.
+    Identify an image from its bytes (or a prefix holding its header) without decoding its pixels.
 
-    Works on a prefix of the file too (e.g. the first 64 KiB read during planning), as long as the
-    prefix holds the header. Raises :class:`InputRejectedError` (``local=True``) when the bytes are
-    empty or not an image Pillow knows.
+    :param data: the image bytes.
+    :param vendor: vendor name, for the :class:`InputRejectedError` on empty or unknown bytes.
     """
     if not data:
         raise _reject("empty_file", "the file is empty (0 bytes)", vendor)
@@ -255,7 +197,7 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
                     orientation=_orientation(image),
                     frames=_frames(image),
                 )
-        except _PASS_THROUGH:
+        except AirflowException:
             raise
         except Image.DecompressionBombError as exc:
             raise _reject("too_many_pixels", f"declared dimensions are absurd ({exc})", vendor) from None
@@ -307,8 +249,7 @@ class PreparedInput:
     :param data: bytes to upload (the original when it needed no change).
     :param content_type: MIME type of ``data``.
     :param info: header facts of the original.
-    :param converted: True when ``data`` was re-encoded (EXIF rotation applied, unusual mode or
-        format converted, first frame of an animation taken).
+    :param converted: True when ``data`` was re-encoded.
     """
 
     data: bytes
@@ -319,18 +260,13 @@ class PreparedInput:
 
 def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None) -> PreparedInput:
     """
-    Check an image fully and make it safe to send.
+    Check an image fully (header and limits, then every pixel: a damaged file is rejected before it
+    is paid for) and make it safe to send: EXIF rotation applied, unusual modes, formats the vendor
+    does not take and animations (first frame) converted to PNG, which is checked again.
 
-    * header and limits are checked first (cheap), then the pixels are decoded in full, so truncated
-      or corrupt files are rejected locally instead of being paid for;
-    * EXIF orientation is applied (every vendor then sees an upright image, and all vendors give the
-      same orientation), CMYK, 16-bit, palette and grayscale images are converted, formats the vendor
-      does not take are converted, and animations are reduced to their first frame — each of these
-      re-encodes losslessly to PNG;
-    * the converted image is checked against the limits again.
-
-    The planning step calls this on objects it already holds whole, so a pre-flight rejects them
-    with exactly the code and message the run would give.
+    :param data: the image bytes.
+    :param limits: the vendor's input limits.
+    :param vendor: vendor name, for the :class:`InputRejectedError`.
     """
     info = read_header(data, vendor=vendor)
     check_limits(info, len(data), limits, vendor=vendor)
@@ -345,23 +281,16 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
                 or (image.mode in ("L", "LA") and info.format != "PNG")
             )
             if not needs_conversion:
-                return PreparedInput(data, _PILLOW_TO_MIME[info.format], info, converted=False)
-            upright = ImageOps.exif_transpose(image) or image
-            if upright.mode.startswith("I;16") or upright.mode == "I":
-                # 16-bit grayscale: Pillow's direct conversion clips at 255 (a white image); scale.
-                upright = upright.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-            has_alpha = upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info
-            upright = upright.convert("RGBA" if has_alpha else "RGB")
+                return PreparedInput(data, CONTENT_TYPES[info.format.lower()], info, converted=False)
+            upright = normalise_mode(ImageOps.exif_transpose(image) or image)
+            upright = upright.convert("RGBA" if "A" in upright.mode else "RGB")
             out = io.BytesIO()
             upright.save(out, format="PNG", compress_level=1)
-    except _PASS_THROUGH:
+    except AirflowException:
         raise
     except MemoryError:
-        raise _reject(
-            "too_many_pixels",
-            f"image is {info.width}x{info.height}: not enough memory to check and convert it",
-            vendor,
-        ) from None
+        message = f"image is {info.width}x{info.height}: not enough memory to check and convert it"
+        raise _reject("too_many_pixels", message, vendor) from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
         raise _reject("malformed_image", f"the image data is corrupt or truncated ({exc})", vendor) from None
     converted = out.getvalue()
@@ -377,6 +306,16 @@ def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorRespo
     return InvalidVendorResponseError(message, vendor=vendor, code=code, possibly_charged=True)
 
 
+def _failed(
+    exc: Exception, vendor: str, code: str, *, doing: str, failure: str
+) -> InvalidVendorResponseError:
+    """The error for what Pillow raised while ``doing`` its work on a billed result."""
+    if isinstance(exc, MemoryError):
+        return _unusable("result_too_large", f"not enough memory {doing}", vendor)
+    detail = safe_excerpt(str(exc), 120) or "no details"
+    return _unusable(code, f"{failure} ({type(exc).__name__}: {detail})", vendor)
+
+
 def _describe_body(data: bytes) -> tuple[str, str]:
     """``(code, what the body is)`` for a body that is not an image of :data:`RESULT_FORMATS`."""
     head = data[:4096].lstrip()
@@ -390,9 +329,9 @@ def _describe_body(data: bytes) -> tuple[str, str]:
     if head[:1] == b"<":
         return "result_unreadable", "an HTML/XML document, not an image"
     try:
-        with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as other:
+        with Image.open(io.BytesIO(data)) as other:
             kind = other.format or "unknown"
-    except _PASS_THROUGH:
+    except AirflowException:
         raise
     except Exception:
         return "result_unreadable", "not a complete image (its header is unreadable)"
@@ -415,12 +354,9 @@ def _check_result_size(
 
 def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = None) -> Image.Image:
     """
-    Decode a vendor's result fully; any unusable body raises :class:`InvalidVendorResponseError`.
-
-    The body must be a PNG, JPEG or WebP (:data:`RESULT_FORMATS`) whose declared size is within
-    ``limits``; the size is checked from the header before any pixel is decoded. An animation is
-    decoded to its first frame (an MPO's first picture is reported as the JPEG it is). The mode is
-    the file's own (``RGBA``, ``P``, ``I;16``, ``CMYK``…): :func:`normalise_mode` converts it.
+    Decode a vendor's result fully: a PNG, JPEG or WebP whose declared size, read first, is within
+    ``limits``. An animation gives its first frame (an MPO reports itself as JPEG); the mode is the
+    file's own (:func:`normalise_mode` converts it).
 
     :param data: the reply body.
     :param vendor: vendor name (for the limits and the error).
@@ -435,7 +371,7 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
     try:
         with _bomb_warnings_ignored():
             try:
-                image = Image.open(io.BytesIO(data), formats=_RESULT_READERS)
+                image = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
             except UnidentifiedImageError:
                 code, what = _describe_body(data)
                 raise _unusable(code, f"the vendor's result is {what}", vendor) from None
@@ -444,7 +380,7 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
             image.load()
             if image.format == "MPO":
                 image.format = "JPEG"
-    except _PASS_THROUGH:
+    except AirflowException:  # the task's own errors (timeouts) and our typed ones
         raise
     except Image.DecompressionBombError:
         raise _unusable(
@@ -454,28 +390,17 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
             f"{vendor} ({limits.basis})",
             vendor,
         ) from None
-    except MemoryError:
-        raise _unusable(
-            "result_too_large",
-            f"not enough memory to decode the vendor's {size} result",
-            vendor,
-        ) from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
-        raise _unusable(
-            "result_unreadable",
-            f"the vendor's result is not a complete image ({type(exc).__name__}: "
-            f"{safe_excerpt(str(exc), 120) or 'no details'})",
-            vendor,
-        ) from None
+        doing = f"to decode the vendor's {size} result"
+        failure = "the vendor's result is not a complete image"
+        raise _failed(exc, vendor, "result_unreadable", doing=doing, failure=failure) from None
     return image
 
 
 def normalise_mode(image: Image.Image) -> Image.Image:
     """
-    ``image`` in a mode every local step handles: ``RGB``, ``RGBA``, ``L`` or ``LA`` (8 bits).
-
-    16-bit and 32-bit grayscale are scaled (not clipped) to 8 bits; palette, bilevel, CMYK and other
-    colour spaces are converted, keeping transparency (a palette's or a ``tRNS`` colour) as alpha.
+    ``image`` in a mode every local step handles: ``RGB``, ``RGBA``, ``L`` or ``LA`` (8 bits); 16- and
+    32-bit grayscale is scaled, not clipped, and transparency (palette or ``tRNS``) becomes alpha.
 
     :param image: a decoded image.
     """
@@ -491,21 +416,8 @@ def normalise_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if image.has_transparency_data else "RGB")
 
 
-def _margin_box(bbox: tuple[int, int, int, int], margin: Margin | None) -> tuple[int, int, int, int]:
-    left, top, right, bottom = bbox
-    if margin is None:
-        return bbox
-    width, height = right - left, bottom - top
-    return (
-        left - margin.left.resolve(width),
-        top - margin.top.resolve(height),
-        right + margin.right.resolve(width),
-        bottom + margin.bottom.resolve(height),
-    )
-
-
 def encode(image: Image.Image, fmt: str, quality: int) -> bytes:
-    """Encode ``image`` as ``png``, ``jpeg`` or ``webp``."""
+    """Encode ``image`` as ``png``, ``jpeg`` (flattened on white) or ``webp``."""
     out = io.BytesIO()
     if fmt == "jpeg":
         if image.mode != "RGB":
@@ -527,27 +439,35 @@ def flatten(image: Image.Image, color: str) -> Image.Image:
 
 
 def apply_local_steps(
-    data: bytes, steps: LocalSteps, *, vendor: str, limits: ResultLimits | None = None
+    data: bytes,
+    steps: LocalSteps,
+    *,
+    vendor: str,
+    limits: ResultLimits | None = None,
+    requested_format: str | None = None,
 ) -> tuple[bytes, str, int, int]:
     """
-    Run the local post-processing on a vendor result.
-
-    The result is decoded with :func:`decode_result`, converted with :func:`normalise_mode`, then
-    cropped (with the margin), flattened, resized and encoded. A crop whose margin would make the
-    output larger than ``limits`` is refused before it is allocated. Any failure of these steps is
-    an :class:`InvalidVendorResponseError` (``local_processing_failed``, or ``result_too_large`` when
-    memory runs out): the call was billed, the image fails alone. A cut-out without foreground to
-    crop to stays :class:`InputRejectedError` (``unknown_foreground``).
+    Decode a vendor result (:func:`decode_result`), run the local steps and encode it; the vendor's
+    bytes are kept when no step runs and their format is the one wanted. A crop whose margin makes the
+    output larger than ``limits`` is refused before it is allocated.
 
     :param data: the vendor's reply body.
     :param steps: the local steps.
     :param vendor: vendor name.
     :param limits: result limits; defaults to :func:`result_limits` of ``vendor``.
+    :param requested_format: the format asked of the vendor: a result in another one is re-encoded to
+        it (``steps.output_format`` first; ``None``: any format is kept).
     :return: ``(bytes, content_type, width, height)``.
+    :raises InvalidVendorResponseError: ``local_processing_failed``, ``result_too_large`` (memory), or
+        a :func:`decode_result` code: the call was billed, the image fails alone.
+    :raises InputRejectedError: ``unknown_foreground``: no subject to crop to.
     """
     limits = limits or result_limits(vendor)
     image = decode_result(data, vendor=vendor, limits=limits)
-    vendor_format = "jpeg" if image.format == "JPEG" else (image.format or "PNG").lower()
+    vendor_format = (image.format or "PNG").lower()
+    fmt = steps.output_format or requested_format or vendor_format
+    if fmt == vendor_format and not steps.needed:
+        return data, CONTENT_TYPES[fmt], image.width, image.height
     received = f"{image.width}x{image.height} {image.mode}"
     step = "mode conversion"
     try:
@@ -555,17 +475,23 @@ def apply_local_steps(
             image = normalise_mode(image)
             if steps.crop:
                 step = "crop"
-                rgba = image.convert("RGBA")
-                bbox = rgba.getchannel("A").getbbox()
+                image = image.convert("RGBA")
+                bbox = image.getchannel("A").getbbox()
                 if bbox is None:
                     raise InputRejectedError(
                         "the vendor found no foreground to crop to", vendor=vendor, code="unknown_foreground"
                     )
-                left, top, right, bottom = _margin_box(bbox, steps.margin)
+                left, top, right, bottom = bbox
+                if steps.margin is not None:
+                    width, height = right - left, bottom - top
+                    left -= steps.margin.left.resolve(width)
+                    top -= steps.margin.top.resolve(height)
+                    right += steps.margin.right.resolve(width)
+                    bottom += steps.margin.bottom.resolve(height)
                 _check_result_size(
                     right - left, bottom - top, limits, vendor, what="the crop with its margin"
                 )
-                image = rgba.crop((left, top, right, bottom))  # outside the image becomes transparent
+                image = image.crop((left, top, right, bottom))  # outside the image becomes transparent
             if steps.background_color:
                 step = "background flattening"
                 image = flatten(image, steps.background_color)
@@ -573,24 +499,14 @@ def apply_local_steps(
                 step = "resize"
                 image = image.copy()
                 image.thumbnail(steps.max_size, Image.Resampling.LANCZOS)
-            fmt = steps.output_format or vendor_format
-            fmt = "jpeg" if fmt == "jpg" else fmt
             step = f"{fmt} encoding"
             content = encode(image, fmt, steps.quality)
-            content_type = CONTENT_TYPES[fmt]
-    except _PASS_THROUGH:  # our typed errors (unknown_foreground, result_too_large) included
+    except AirflowException:  # our typed errors (unknown_foreground, result_too_large) included
         raise
-    except MemoryError:
-        raise _unusable(
-            "result_too_large",
-            f"not enough memory for the local {step} of the vendor's {received} result",
-            vendor,
-        ) from None
     except Exception as exc:
-        raise _unusable(
-            "local_processing_failed",
-            f"the local {step} of the vendor's {received} result failed ({type(exc).__name__}: "
-            f"{safe_excerpt(str(exc), 120) or 'no details'}); the call was billed",
-            vendor,
+        work = f"local {step} of the vendor's {received} result"
+        failure = f"the call was billed, but the {work} failed"
+        raise _failed(
+            exc, vendor, "local_processing_failed", doing=f"for the {work}", failure=failure
         ) from None
-    return content, content_type, image.width, image.height
+    return content, CONTENT_TYPES[fmt], image.width, image.height

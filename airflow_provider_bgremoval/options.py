@@ -1,49 +1,20 @@
 """The one option set every vendor understands (DESIGN.md decision 7), and how options are validated.
 
-A user asks for an output format, a background colour, a crop with a margin and a maximum size.
-:func:`split_options` splits that request, from a vendor's :class:`VendorCapabilities` (data, not
-code), into what the vendor is asked to do natively and what is done locally with Pillow after the
-call, so every vendor produces the same kind of result.
-
-Semantics (the same for every vendor):
-
-* ``output_format``: ``png`` (default), ``jpeg`` or ``webp``. JPEG has no alpha: without a
-  ``background_color`` a JPEG result is flattened on white.
-* ``background_color``: ``None`` keeps transparency; otherwise the cut-out is flattened on that
-  colour. Accepts ``#rgb``, ``#rrggbb``, ``rgb(r, g, b)`` and CSS colour names.
-* ``crop``: crop to the subject's bounding box.
-* ``margin``: space kept around the subject when cropping, as CSS-style 1–4 values in ``px`` or
-  ``%`` (``"5%"``, ``"10px 20px"``). Percentages are of the subject box (width for left/right,
-  height for top/bottom), 0–100 %. Requires ``crop=True``. Vendors define their native margins
-  differently, so a margin is always applied locally, identically for every vendor.
-* ``max_size``: ``(width, height)`` box the result is scaled down to fit (aspect ratio kept, never
-  enlarged). Applied locally.
-
-Every option model (these and each vendor's, in :mod:`airflow_provider_bgremoval.vendors`) is a
-frozen pydantic dataclass made with :func:`option_model`: unknown keys are refused, values are
-validated once, on creation, and a mistake is an
-:class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` naming the parameter as the user
-wrote it (``background_color``, ``shadow.opacity``…). Text from templates is accepted, by one rule
-per type:
-
-* a boolean is ``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off``, any case, or the
-  empty string, which is false (a template that rendered nothing means "off");
-* a number may be numeric text, never a boolean; it must be finite;
-* for any other optional option, an empty (or blank) string means "not set";
-* names of choices (formats, presets, alignments) ignore case and surrounding spaces.
-
-``Model.model_json_schema()`` gives the JSON schema of any option model (for docs and trigger forms).
+:func:`split_options` splits a :class:`RemovalOptions` request, from a vendor's
+:class:`VendorCapabilities` (data, not code), into what the vendor does natively and what is done
+locally with Pillow. Every option model is made with :func:`option_model`. The options' meaning, the
+split and the one parsing rule per type: docs/options.md.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import update_wrapper
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args
 
 import pydantic
@@ -55,12 +26,12 @@ from typing_extensions import Self, dataclass_transform
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 
 OutputFormat = Literal["png", "jpeg", "webp"]
-OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "jpeg", "webp")
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
-_FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
 _LENGTH_RE = re.compile(r"^(\d+(?:\.\d+)?)(px|%)$")
+_LENGTH_MAX = {"%": 100, "px": 10_000}
 _WHOLE_NUMBER_RE = re.compile(r"[+-]?\d+")
 _PARAM_RE = re.compile(r"^:param (\w+): (.*?)(?=^:param |\Z)", re.MULTILINE | re.DOTALL)
 _SIZE_SEPARATORS = re.compile(r"[x\u00d7, ]+")
@@ -76,12 +47,10 @@ _T = TypeVar("_T")
 
 class OptionValueError(ValueError):
     """
-    A bad option value, raised inside a validator; the model turns it into
-    :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError`.
+    A bad option value raised inside a validator; the model makes it an :class:`InvalidOptionError`.
 
     :param message: what is wrong, in plain words.
-    :param parameter: the option at fault, relative to the model whose validator raises it (a
-        cross-field check names one of the fields); ``None``: the field being validated.
+    :param parameter: the option at fault, relative to the validated model (``None``: the field).
     """
 
     def __init__(self, message: str, *, parameter: str | None = None) -> None:
@@ -110,11 +79,10 @@ def _flag(value: Any) -> bool:
 
 def parse_flag(value: Any, *, parameter: str | None = None) -> bool:
     """
-    Read a boolean the one way every option reads it (see the module docstring; ``""`` is false).
+    Read a boolean the one way every option does (``""`` is false).
 
     :param value: a bool, or its text from a template or a connection extra.
-    :param parameter: the option's name, for the :class:`InvalidOptionError`; ``None`` (inside a
-        validator): a plain :class:`ValueError`, which the model names.
+    :param parameter: the option's name for an :class:`InvalidOptionError` (``None``: a ``ValueError``).
     """
     return _flag(value) if parameter is None else _named(parameter, _flag, value)
 
@@ -154,15 +122,11 @@ def _text(value: Any) -> str | None:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 #: Optional free text: surrounding spaces are dropped and blank text means "not set".
 OptionText = Annotated[str | None, BeforeValidator(_text)]
-#: Metadata of a numeric option: numeric text is accepted, a boolean is not; put the range in a
-#: ``Field(ge=…, le=…, allow_inf_nan=False)`` *before* it (so the JSON schema shows the range).
+#: A numeric option: numeric text is accepted, a boolean is not (put ``Field(ge=…)`` before it).
 NUMBER = BeforeValidator(_not_a_boolean)
-#: Metadata of an optional option whose type reads text itself (numbers, ``Literal`` choices): blank
-#: text means "not set". Put it last (it runs first).
+#: An optional option whose type reads text itself: blank text means "not set" (put it last).
 UNSET_IF_BLANK = BeforeValidator(_unset_if_blank)
-
-
-#: Metadata of a ``Literal`` choice: names compare without case or surrounding spaces.
+#: A ``Literal`` choice: names compare without case or surrounding spaces.
 CHOICE = BeforeValidator(_normalised_name)
 
 
@@ -175,26 +139,21 @@ def _whole_number(value: Any) -> int:
     return int(text)
 
 
-def _size_parts(value: Any, square: bool) -> list[Any]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value, value] if square else [value]
-    if isinstance(value, str):
-        parts = _SIZE_SEPARATORS.split(value.strip().lower())
-        return parts * 2 if square and len(parts) == 1 else parts
-    return list(value) if isinstance(value, Sequence) else []
-
-
 def parse_size(value: Any, *, max_side: int | None = None, square: bool = False) -> tuple[int, int]:
     """
     Read a ``(width, height)`` pair: ``(800, 600)``, ``"800x600"``, ``"800×600"``, ``"800 600"``.
 
-    Raises :class:`ValueError` (inside a model: the field's error).
-
     :param value: the size as given.
     :param max_side: the largest allowed width or height (``None``: no upper bound).
     :param square: one number (``512`` or ``"512"``) means a square.
+    :raises ValueError: a plain message (inside a model: the field's error).
     """
-    parts = _size_parts(value, square)
+    given = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(given, str):
+        parts: list[Any] = _SIZE_SEPARATORS.split(given.strip().lower())
+        parts = parts * 2 if square and len(parts) == 1 else parts
+    else:
+        parts = list(given) if isinstance(given, Sequence) else []
     if len(parts) != 2:
         raise ValueError(f"{value!r} is not WIDTHxHEIGHT")
     width, height = (_whole_number(part) for part in parts)
@@ -220,7 +179,7 @@ def _color(value: Any) -> str:
 
 def parse_color(value: str, *, parameter: str = "background_color") -> str:
     """
-    Normalise a colour to ``#rrggbb``; accepts ``#rgb``, ``#rrggbb``, ``rgb()`` and CSS names.
+    Normalise a colour (``#rgb``, ``#rrggbb``, ``rgb()`` or a CSS name) to ``#rrggbb``.
 
     :param value: the colour as given.
     :param parameter: the option's name, for the error.
@@ -229,10 +188,11 @@ def parse_color(value: str, *, parameter: str = "background_color") -> str:
 
 
 def _format(value: Any) -> OutputFormat:
-    fmt = _FORMAT_ALIASES.get(str(value).strip().lower())
-    if fmt is None:
+    text = str(value).strip().lower()
+    fmt = {"jpg": "jpeg"}.get(text, text)
+    if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"{value!r} is not one of png, jpeg, webp")
-    return cast(OutputFormat, fmt)
+    return fmt
 
 
 def parse_format(value: str, *, parameter: str = "output_format") -> OutputFormat:
@@ -248,10 +208,6 @@ def parse_format(value: str, *, parameter: str = "output_format") -> OutputForma
 # -- option models -----------------------------------------------------------------------------------
 
 
-def _dotted(*parts: str) -> str:
-    return ".".join(part for part in parts if part)
-
-
 def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
     """The keys the model at ``path`` (``[]``: ``model`` itself, else a nested model) accepts."""
     for name in path:
@@ -265,41 +221,32 @@ def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
 
 def invalid_option(error: ValidationError, model: type[OptionModel]) -> InvalidOptionError:
     """
-    The :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` for a model's first error.
-
-    The parameter is the path the user wrote (``shadow.opacity``, ``image_transform.scale``); the
-    message is the validator's own, or pydantic's with the value that was given.
+    The :class:`InvalidOptionError` for a model's first error, named by the path the user wrote
+    (``shadow.opacity``), with the validator's message or pydantic's and the value given.
 
     :param error: what pydantic found.
     :param model: the model that was being validated.
     """
     detail = error.errors(include_url=False)[0]
-    path = [str(part) for part in detail["loc"]]
+    path = [model.parameter_root, *(str(part) for part in detail["loc"])]
     if detail["type"] in _UNKNOWN_KEY_ERRORS:
-        known = ", ".join(_known_keys(model, path[:-1]))
-        message = f"unknown option {path[-1]!r} (expected one of {known})"
-        if len(path) == 1 and model.unknown_key_parameter is not None:
-            return InvalidOptionError(model.unknown_key_parameter.format(key=path[0]), message)
-        return InvalidOptionError(_dotted(model.parameter_root, *path), message)
-    cause = detail.get("ctx", {}).get("error")
-    if isinstance(cause, ValueError):
+        message = f"unknown option {path[-1]!r} (expected one of {', '.join(_known_keys(model, path[1:-1]))})"
+        if len(path) == 2 and model.unknown_key_parameter is not None:
+            return InvalidOptionError(model.unknown_key_parameter.format(key=path[1]), message)
+    elif isinstance(cause := detail.get("ctx", {}).get("error"), ValueError):
         if isinstance(cause, OptionValueError) and cause.parameter:
             path.append(cause.parameter)
         message = str(cause)
     else:
         text = str(detail["msg"])
         message = f"{text[:1].lower()}{text[1:]} (got {safe_excerpt(repr(detail['input']), 60)})"
-    return InvalidOptionError(_dotted(model.parameter_root, *path) or "vendor_options", message)
+    return InvalidOptionError(".".join(part for part in path if part) or "vendor_options", message)
 
 
 class OptionModel:
-    """
-    What every option model shares (add it with :func:`option_model`): errors naming the parameter
-    as the user wrote it, and a JSON schema.
-    """
+    """What every option model shares (add it with :func:`option_model`): errors and a JSON schema."""
 
-    #: the name a user gives this object, before its fields' names in errors (``"shadow"`` for
-    #: ``shadow.opacity``); empty for option sets whose fields a user names directly
+    #: the name a user gives this object, before its fields' names in errors (``"shadow"``)
     parameter_root: ClassVar[str] = ""
     #: how an unknown top-level key is named in errors (``{key}`` is the key); ``None``: by its path
     unknown_key_parameter: ClassVar[str | None] = None
@@ -307,7 +254,7 @@ class OptionModel:
     @classmethod
     def model_json_schema(cls) -> dict[str, Any]:
         """The JSON schema of these options (for docs and Airflow trigger forms)."""
-        return _adapter(cls).json_schema()
+        return pydantic.TypeAdapter(cls).json_schema()
 
 
 class OptionSet(OptionModel):
@@ -316,8 +263,7 @@ class OptionSet(OptionModel):
     @classmethod
     def coerce(cls, value: object) -> Self:
         """
-        The options from what a user passes: an instance (returned as is), a mapping of the fields
-        (e.g. a templated operator argument) or ``None`` (the defaults).
+        The options from what a user passes: an instance (as is), a mapping of the fields or ``None``.
 
         :param value: the options as given.
         """
@@ -333,8 +279,7 @@ class OptionSet(OptionModel):
 
 def validate_as(model: type[OptionModel], annotation: Any, value: Any) -> Any:
     """
-    Validate ``value`` as ``annotation`` (a model, or a field type holding one), errors named for
-    ``model``.
+    Validate ``value`` as ``annotation`` (a model, or a field type holding one), errors named for ``model``.
 
     :param model: the option model the errors are named for.
     :param annotation: the type to validate as.
@@ -346,15 +291,9 @@ def validate_as(model: type[OptionModel], annotation: Any, value: Any) -> Any:
         raise invalid_option(exc, model) from None
 
 
-_ADAPTERS: dict[Any, pydantic.TypeAdapter[Any]] = {}
-
-
+@functools.cache
 def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
-    """The validator of a type, built once."""
-    adapter = _ADAPTERS.get(annotation)
-    if adapter is None:
-        adapter = _ADAPTERS[annotation] = pydantic.TypeAdapter(annotation)
-    return adapter
+    return pydantic.TypeAdapter(annotation)
 
 
 def _describe_from_docstring(schema: dict[str, Any], model: type[Any]) -> None:
@@ -373,8 +312,8 @@ _MODEL_CONFIG = ConfigDict(extra="forbid", json_schema_extra=_describe_from_docs
 @dataclass_transform(frozen_default=True)
 def option_model(cls: type[_T]) -> type[_T]:
     """
-    Make ``cls`` (an :class:`OptionModel`) a frozen pydantic dataclass that refuses unknown keys and
-    raises :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` on bad values.
+    Make ``cls`` (an :class:`OptionModel`) a frozen pydantic dataclass refusing unknown keys and
+    raising :class:`InvalidOptionError` on bad values.
 
     :param cls: the class with the option fields (annotated with their types and validators).
     """
@@ -387,7 +326,7 @@ def option_model(cls: type[_T]) -> type[_T]:
         except ValidationError as exc:
             raise invalid_option(exc, type(self)) from None
 
-    model.__init__ = update_wrapper(__init__, validate)  # type: ignore[method-assign,assignment]
+    model.__init__ = functools.update_wrapper(__init__, validate)  # type: ignore[method-assign,assignment]
     return cast("type[_T]", model)
 
 
@@ -412,9 +351,7 @@ class Length:
 
         :param reference: the length in pixels a percentage is of.
         """
-        if self.unit == "px":
-            return round(self.value)
-        return round(reference * self.value / 100.0)
+        return round(self.value if self.unit == "px" else reference * self.value / 100.0)
 
     def __str__(self) -> str:
         number = int(self.value) if self.value == int(self.value) else self.value
@@ -426,10 +363,8 @@ def _length(part: str) -> Length:
     if not match:
         raise ValueError(f"{part!r} is not a length like '5%' or '10px'")
     value, unit = float(match.group(1)), cast(Literal["px", "%"], match.group(2))
-    if unit == "%" and value > 100:
-        raise ValueError(f"{part!r} is over 100%")
-    if unit == "px" and value > 10_000:
-        raise ValueError(f"{part!r} is over 10000px")
+    if value > _LENGTH_MAX[unit]:
+        raise ValueError(f"{part!r} is over {_LENGTH_MAX[unit]}{unit}")
     return Length(value, unit)
 
 
@@ -488,14 +423,10 @@ def _max_size(value: Any) -> tuple[int, int]:
 @option_model
 class RemovalOptions(OptionSet):
     """
-    The unified background-removal options (see the module docstring for their meaning).
-
-    Validated and normalised on creation (strings from templates are accepted); a bad value raises
-    :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` naming the parameter.
+    The unified background-removal options (docs/options.md), validated and normalised on creation.
 
     :param output_format: ``png``, ``jpeg`` (or ``jpg``) or ``webp``.
-    :param background_color: ``#rrggbb`` (or any colour form :func:`parse_color` reads), ``None`` for
-        transparent.
+    :param background_color: ``#rrggbb`` (or any form :func:`parse_color` reads); ``None``: transparent.
     :param crop: crop to the subject.
     :param margin: margin around the cropped subject (requires ``crop``), a :class:`Margin` or its text.
     :param max_size: ``(width, height)`` (or ``"800x600"``, or one number for a square) to fit the
@@ -572,7 +503,7 @@ def options_fingerprint(*parts: Mapping[str, Any] | None) -> str:
 @dataclass(frozen=True)
 class VendorCapabilities:
     """
-    What a vendor does natively with the unified options (vendor differences as data).
+    What a vendor does natively with the unified options.
 
     :param output_formats: unified formats the vendor can return directly.
     :param background_color: the vendor can flatten on a colour.
@@ -593,7 +524,7 @@ class LocalSteps:
     :param margin: margin added around the crop (transparent, or the background colour).
     :param background_color: flatten on this colour.
     :param max_size: scale down to fit this box.
-    :param output_format: re-encode to this format (``None``: keep the vendor's bytes).
+    :param output_format: re-encode to this format (``None``: the format asked of the vendor).
     :param quality: quality for lossy re-encoding.
     """
 
@@ -634,12 +565,10 @@ def split_options(options: RemovalOptions, caps: VendorCapabilities) -> OptionSp
     local_crop = options.crop and (options.margin is not None or not caps.crop)
     # A local crop needs the alpha channel, so the background must then be applied locally too.
     local_background = background is not None and (local_crop or not caps.background_color)
-    local_resize = options.max_size is not None
-    any_local_pixels = local_crop or local_background or local_resize
-    native_format_ok = options.output_format in caps.output_formats
-    local_format: OutputFormat | None = None
-    if any_local_pixels or not native_format_ok:
-        local_format = options.output_format
+    local_pixels = local_crop or local_background or options.max_size is not None
+    local_format = (
+        options.output_format if local_pixels or options.output_format not in caps.output_formats else None
+    )
     native = replace(
         options,
         output_format=options.output_format if local_format is None else "png",

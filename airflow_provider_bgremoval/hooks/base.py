@@ -35,7 +35,6 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from airflow.sdk import BaseHook
-from PIL import Image
 
 from airflow_provider_bgremoval import USER_AGENT
 from airflow_provider_bgremoval._compat import aextra_dejson, aget_connection, mask_secret
@@ -48,7 +47,7 @@ from airflow_provider_bgremoval.exceptions import (
     TransientVendorError,
     safe_excerpt,
 )
-from airflow_provider_bgremoval.imaging import apply_local_steps, decode_result, prepare_input
+from airflow_provider_bgremoval.imaging import apply_local_steps, prepare_input
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import CallStats, RetryPolicy, acall_with_retry, call_with_retry
@@ -788,14 +787,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         stats: CallStats,
     ) -> ImageResult:
         result = wire.finish_result(result, image, vendor_options)
-        if plan.local.needed:
-            content, content_type, width, height = apply_local_steps(
-                result.content, plan.local, vendor=wire.spec.name
-            )
-        else:
-            decoded = decode_result(result.content, vendor=wire.spec.name)
-            content, width, height = result.content, decoded.width, decoded.height
-            content_type = Image.MIME.get(decoded.format or "", result.content_type)
+        content, content_type, width, height = apply_local_steps(
+            result.content, plan.local, vendor=wire.spec.name, requested_format=plan.native.output_format
+        )
         return replace(
             result,
             content=content,

@@ -448,6 +448,36 @@ def test_no_format_keeps_the_vendor_format() -> None:
     assert content_type == "image/png"
 
 
+@pytest.mark.parametrize(
+    ("body_format", "requested", "magic"),
+    [("JPEG", "png", b"\x89PNG"), ("PNG", "jpeg", b"\xff\xd8\xff"), ("JPEG", "webp", b"RIFF")],
+)
+def test_a_result_in_another_format_than_requested_is_re_encoded(
+    body_format: str, requested: str, magic: bytes
+) -> None:
+    """A vendor answering a PNG request with a JPEG, no local step: the stored bytes are still a PNG."""
+    body = _save(Image.new("RGB", (30, 20), "orange"), body_format)
+    content, content_type, width, height = apply_local_steps(
+        body, LocalSteps(), vendor="poof", requested_format=requested
+    )
+    assert content.startswith(magic)
+    assert content_type == f"image/{requested}"
+    assert _open(content).format == requested.upper()
+    assert (width, height) == (30, 20)
+
+
+def test_a_result_in_the_requested_format_is_kept_as_it_came() -> None:
+    for body in (_cutout(), _save(Image.new("RGB", (30, 20), "orange"), "JPEG")):
+        fmt = _open(body).format.lower()  # type: ignore[union-attr]
+        content, content_type, _, _ = apply_local_steps(
+            body, LocalSteps(), vendor="poof", requested_format=fmt
+        )
+        assert content is body
+        assert content_type == f"image/{fmt}"
+    content, content_type, _, _ = apply_local_steps(_cutout(), LocalSteps(), vendor="poof")
+    assert (content, content_type) == (_cutout(), "image/png")  # nothing requested: the vendor's format
+
+
 def test_jpeg_quality_is_used() -> None:
     noisy = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
     low = encode(noisy, "jpeg", 10)

@@ -693,11 +693,23 @@ async def test_cpu_steps_run_inline_when_sync_and_in_a_thread_when_async(
         return wrapper
 
     monkeypatch.setattr(base, "prepare_input", recording(base.prepare_input))
-    monkeypatch.setattr(base, "decode_result", recording(base.decode_result))
+    monkeypatch.setattr(base, "apply_local_steps", recording(base.apply_local_steps))
     server.on(f"{API}/v1/remove", png_reply())
     result = hook.remove_background(PNG) if mode == "sync" else await hook.aremove_background(PNG)
     assert result.content == PNG and len(threads) == 2
     assert all((thread is threading.main_thread()) is (mode == "sync") for thread in threads)
+
+
+def test_a_jpeg_answer_to_a_png_request_is_stored_as_png(hook: FakeHook, server: Server) -> None:
+    """No local step is planned for a plain PNG, yet the bytes must match the ``.png`` name."""
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(out, format="JPEG")
+    server.on(f"{API}/v1/remove", httpx.Response(200, content=out.getvalue()))
+    result = hook.remove_background(PNG)
+    assert result.content.startswith(b"\x89PNG")
+    assert (result.content_type, result.width, result.height) == ("image/png", 40, 30)
+    server.on(f"{API}/v1/remove", png_reply())
+    assert hook.remove_background(PNG).content == PNG  # a PNG for a PNG: the vendor's bytes kept
 
 
 def test_public_methods_carry_the_call_paths_signature_and_docs() -> None:
