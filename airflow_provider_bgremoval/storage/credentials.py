@@ -1,10 +1,6 @@
 """
-GCP credentials without ``apache-airflow-providers-google``.
-
-Reads providers-google's ``google_cloud_platform`` connection extras (``project``, ``keyfile_dict``,
-``key_path``, ``scope``) and falls back to Application Default Credentials; with
-``STORAGE_EMULATOR_HOST`` set no credentials are used. The resolution order and the handling of key
-material are described in docs/storage.md.
+GCP credentials without ``apache-airflow-providers-google``: providers-google's connection extras, then
+Application Default Credentials; none for an emulator. Resolution order and key handling: docs/storage.md.
 """
 
 from __future__ import annotations
@@ -98,10 +94,6 @@ def _mask(value: str) -> None:
     mask_secret(value)
 
 
-def _first_project(*candidates: Any) -> str | None:
-    return next((str(project) for project in candidates if project), None)
-
-
 def resolve_gcs_credentials(
     gcp_conn_id: str | None = DEFAULT_GCP_CONN_ID,
     *,
@@ -124,22 +116,22 @@ def resolve_gcs_credentials(
         log.info(
             "STORAGE_EMULATOR_HOST is set: using the GCS emulator at %s without credentials", emulator_host
         )
-        project = _first_project(conn_project, EMULATOR_PROJECT)
-        return ResolvedCredentials(None, project, "emulator", emulator_host=emulator_host)
+        return ResolvedCredentials(None, str(conn_project or EMULATOR_PROJECT), "emulator", emulator_host)
 
     effective_scopes = list(scopes or parse_scopes(get_extra_field(fields, "scope")) or DEFAULT_SCOPES)
     key = _from_connection_key(fields, gcp_conn_id, effective_scopes)
     if key is not None:
         source, credentials = key
-        key_project = getattr(credentials, "project_id", None)
-        return ResolvedCredentials(credentials, _first_project(conn_project, key_project), source)
-
-    if extras is None and gcp_conn_id:
-        log.info("connection %r is not defined: using Application Default Credentials", gcp_conn_id)
+        found_project = getattr(credentials, "project_id", None)
     else:
-        log.info("no service-account key configured: using Application Default Credentials")
-    credentials, adc_project = _from_adc(gcp_conn_id, effective_scopes)
-    return ResolvedCredentials(credentials, _first_project(conn_project, adc_project), "adc")
+        if extras is None and gcp_conn_id:
+            log.info("connection %r is not defined: using Application Default Credentials", gcp_conn_id)
+        else:
+            log.info("no service-account key configured: using Application Default Credentials")
+        source = "adc"
+        credentials, found_project = _from_adc(gcp_conn_id, effective_scopes)
+    project = conn_project or found_project
+    return ResolvedCredentials(credentials, str(project) if project else None, source)
 
 
 def _from_connection_key(
