@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.log import mask_secret as _mask_secret
+
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
@@ -34,19 +36,11 @@ __all__ = [
     "mask_secret",
 ]
 
-try:  # Airflow 3.1+
-    from airflow.sdk.log import mask_secret as _mask_secret
-except ImportError:  # pragma: no cover - older task SDKs
-    from airflow.sdk.execution_time.secrets_masker import mask_secret as _mask_secret  # type: ignore[no-redef]
-
 
 def mask_secret(secret: str | None) -> None:
     """
-    Register ``secret`` with Airflow's log masker (no-op for empty values).
-
-    In a worker the task SDK also sends the value to the supervisor, which redacts the task's log;
-    under ``dag.test()`` that message would be logged in clear at DEBUG, so the in-process
-    supervisor's log is fixed first (:func:`keep_secrets_out_of_in_process_supervisor_log`).
+    Register ``secret`` with Airflow's log masker (no-op for empty values), without ``dag.test()``
+    logging it in clear at DEBUG (:func:`keep_secrets_out_of_in_process_supervisor_log`).
 
     :param secret: the value to mask.
     """
@@ -57,10 +51,8 @@ def mask_secret(secret: str | None) -> None:
 
 def get_connection(conn_id: str) -> Connection:
     """
-    ``BaseHook.get_connection`` without the secrets reaching the DEBUG log under ``dag.test()``.
-
-    The task SDK masks the connection's password and extras as it fetches it, through the same
-    supervisor message as :func:`mask_secret`.
+    ``BaseHook.get_connection`` (which masks the password and extras) without the secrets reaching
+    the DEBUG log under ``dag.test()``.
 
     :param conn_id: the connection id.
     """
@@ -70,17 +62,10 @@ def get_connection(conn_id: str) -> Connection:
     return BaseHook.get_connection(conn_id)  # type: ignore[no-any-return]
 
 
-_MASK_SECRET_MESSAGE = "MaskSecret"
-_IN_PROCESS_COMMS = "InProcessSupervisorComms"
-
-
 class _SecretBodyOmittingLogger:
     """
-    Wraps the in-process supervisor's logger: ``MaskSecret`` requests are logged by type only.
-
-    That is what Airflow's real supervisor does (``ActivitySubprocess._handle_request`` logs
-    "Received message from task runner (body omitted)" for them), so the DEBUG log reads the same
-    under ``dag.test()`` and on a worker. Every other call and argument passes through unchanged.
+    Wraps the in-process supervisor's logger: ``MaskSecret`` requests are logged by type only, as
+    Airflow's real supervisor logs them ("body omitted"); everything else passes through unchanged.
     """
 
     def __init__(self, inner: Any) -> None:
@@ -88,7 +73,7 @@ class _SecretBodyOmittingLogger:
 
     @staticmethod
     def _omit_secret(value: Any) -> Any:
-        return type(value) if type(value).__name__ == _MASK_SECRET_MESSAGE else value
+        return type(value) if type(value).__name__ == "MaskSecret" else value
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
@@ -108,20 +93,16 @@ def keep_secrets_out_of_in_process_supervisor_log() -> None:
     """
     Stop ``dag.test()``'s in-process supervisor from logging secrets in clear at DEBUG.
 
-    Airflow's ``InProcessSupervisorComms.send`` (``airflow/sdk/execution_time/supervisor.py``)
-    logs every request the task sends at DEBUG with its body, ``MaskSecret(value=<the secret>)``
-    included. The secrets masker already knows the value by then (``mask_secret`` registers it
-    locally before sending) but cannot see inside the pydantic model, which is rendered with
-    ``repr()`` after masking. This wraps that comms object's logger so ``MaskSecret`` bodies are
-    omitted, as the real supervisor omits them. It affects only the current ``dag.test()`` task run
-    (the comms object lives as long as the run), does nothing in a worker, the triggerer or outside
-    a task, and never fails the caller. Remove when Airflow fixes ``InProcessSupervisorComms.send``.
+    ``InProcessSupervisorComms.send`` (``airflow/sdk/execution_time/supervisor.py``) logs each request
+    with its body, ``MaskSecret(value=<the secret>)`` included, which the masker cannot see inside.
+    This wraps that comms object's logger for the current run only; it does nothing in a worker, the
+    triggerer or outside a task, and never fails. Remove when Airflow fixes ``send``.
     """
     try:
         from airflow.sdk.execution_time import task_runner
 
         comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
-        if comms is None or type(comms).__name__ != _IN_PROCESS_COMMS:
+        if comms is None or type(comms).__name__ != "InProcessSupervisorComms":
             return
         current = getattr(comms, "log", None)
         if current is not None and not isinstance(current, _SecretBodyOmittingLogger):
@@ -134,11 +115,8 @@ def _masks_asynchronously() -> bool:
     """
     True on Airflow 3.3.2+, whose ``BaseHook.aget_connection`` masks secrets without blocking.
 
-    Before 3.3.2 (3.1.x, 3.2.x) ``aget_connection`` and ``extra_dejson`` mask the connection's
-    secrets with a *synchronous* call to the supervisor, which raises ``DeadlockImminentError`` in
-    the triggerer when another async call is in flight. ``Connection.aextra_dejson`` arrived with
-    the fix, so it marks the safe releases (the same test as the common-compat provider's
-    ``get_async_connection``).
+    Before, masking is a synchronous supervisor call (``DeadlockImminentError`` in the triggerer when
+    another async call is in flight); ``Connection.aextra_dejson`` arrived with the fix.
     """
     from airflow.sdk import BaseHook, Connection
 

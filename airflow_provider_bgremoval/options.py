@@ -1,9 +1,7 @@
 """The one option set every vendor understands (DESIGN.md decision 7), and how options are validated.
 
-:func:`split_options` splits a :class:`RemovalOptions` request, from a vendor's
-:class:`VendorCapabilities` (data, not code), into what the vendor does natively and what is done
-locally with Pillow. Every option model is made with :func:`option_model`. The options' meaning, the
-split and the one parsing rule per type: docs/options.md.
+Every option model is made with :func:`option_model`; :func:`split_options` splits the unified options
+between a vendor and local steps. Their meaning, the split and the parsing rules: docs/options.md.
 """
 
 from __future__ import annotations
@@ -67,14 +65,10 @@ def _named(parameter: str, parse: Callable[[Any], _T], value: Any) -> _T:
 
 
 def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{value!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
+    text = str(value).strip().lower()  # True and False read as "true" and "false"
+    if text not in _TRUE | _FALSE:
+        raise ValueError(f"{value!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
+    return text in _TRUE
 
 
 def parse_flag(value: Any, *, parameter: str | None = None) -> bool:
@@ -110,24 +104,18 @@ def _normalised_name(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{type(value).__name__} is not text")
-    return value.strip() or None
-
-
 #: A boolean option (see :func:`parse_flag`).
 Flag = Annotated[bool, BeforeValidator(_flag)]
-#: Optional free text: surrounding spaces are dropped and blank text means "not set".
-OptionText = Annotated[str | None, BeforeValidator(_text)]
 #: A numeric option: numeric text is accepted, a boolean is not (put ``Field(ge=…)`` before it).
 NUMBER = BeforeValidator(_not_a_boolean)
 #: An optional option whose type reads text itself: blank text means "not set" (put it last).
 UNSET_IF_BLANK = BeforeValidator(_unset_if_blank)
 #: A ``Literal`` choice: names compare without case or surrounding spaces.
 CHOICE = BeforeValidator(_normalised_name)
+#: Optional free text: surrounding spaces are dropped and blank text means "not set".
+OptionText = Annotated[
+    Annotated[str, pydantic.StringConstraints(strip_whitespace=True)] | None, UNSET_IF_BLANK
+]
 
 
 def _whole_number(value: Any) -> int:
@@ -416,10 +404,6 @@ def _margin_input(value: Any) -> Margin | None:
     return _margin(value)
 
 
-def _max_size(value: Any) -> tuple[int, int]:
-    return parse_size(value, max_side=20_000, square=True)
-
-
 @option_model
 class RemovalOptions(OptionSet):
     """
@@ -444,7 +428,9 @@ class RemovalOptions(OptionSet):
         PlainValidator(_margin_input),
         WithJsonSchema({"type": ["string", "null"], "examples": ["5%", "10px 20px"]}),
     ] = None
-    max_size: Annotated[tuple[int, int] | None, unset_or(_max_size)] = None
+    max_size: Annotated[
+        tuple[int, int] | None, unset_or(functools.partial(parse_size, max_side=20_000, square=True))
+    ] = None
     jpeg_quality: Annotated[int, Field(ge=1, le=100), NUMBER] = 90
 
     @pydantic.model_validator(mode="after")
