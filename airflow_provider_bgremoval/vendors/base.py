@@ -1,11 +1,7 @@
-"""What every vendor wire format provides, and the behaviour they share.
+"""What every vendor wire format provides, and the behaviour they share (no I/O: the hooks send).
 
-A vendor module (``pixelcut``, ``pixian``, ``poof``) only knows its wire format: how to build a
-request from the unified options, how to read a reply, and how its errors look. It performs no I/O;
-the hooks send the requests (with the retry policy) and run the local post-processing.
-
-Differences between vendors are data: a :class:`VendorSpec` per vendor (capabilities, limits, retry
-policy, cost, and the error-code tables consumed by the shared :meth:`VendorWire.error_from_reply`).
+Differences between vendors are data: a :class:`VendorSpec` per vendor, whose error-code tables drive
+the shared :meth:`VendorWire.error_from_reply`.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import httpx
 
@@ -41,16 +37,11 @@ from airflow_provider_bgremoval.retry import RetryPolicy
 _N = TypeVar("_N", int, float)
 
 
-#: What a caller may pass as a call's vendor options: the vendor's typed options (``PixelcutOptions``,
-#: ``PixianOptions``, ``PoofOptions``), a mapping of their fields (e.g. a templated operator
-#: argument), or ``None`` for the defaults. The hook turns it into the typed form once, with
-#: :meth:`VendorWire.check_call`; the typed form passes through every other method unchanged.
+#: A call's vendor options: the vendor's typed options, a mapping of their fields, or ``None``. The hook
+#: types them once (:meth:`VendorWire.check_call`); typed options pass every other method unchanged.
 VendorOptionsInput = OptionSet | Mapping[str, Any] | None
 
-#: A vendor's "MB" — Pixelcut "Max size: 25MB", Poof "Maximum size: 20MB", Pixian "at most 1
-#: megabyte" of base64 — read as a decimal megabyte, 1,000,000 bytes: the smaller of the two
-#: readings, so nothing over a limit under either reading is sent. The sandbox states the same value
-#: (``sandbox.state.MEGABYTE``, docs/sandbox.md) and a contract test checks that the two agree.
+#: A vendor's "MB", read as the smaller (decimal) megabyte, as the sandbox does (docs/sandbox.md).
 MEGABYTE = 1_000_000
 
 
@@ -159,10 +150,8 @@ def parse_decimal(value: Any) -> Decimal | None:
 
 
 def _header_number(value: str | None, kind: type[_N]) -> _N | None:
-    if value is None:
-        return None
     try:
-        return kind(value.strip())
+        return None if value is None else kind(value.strip())
     except ValueError:
         return None
 
@@ -189,13 +178,11 @@ def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     if not value:
         return None
-    value = value.strip()
+    seconds = parse_float(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
@@ -216,6 +203,15 @@ def basic_auth_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def credits_left(credits: Decimal) -> Decimal:
+    """
+    The credits a balance leaves to spend: a negative count reads as 0.
+
+    :param credits: the count the vendor reports.
+    """
+    return max(credits, Decimal(0))
+
+
 @dataclass(frozen=True)
 class VendorSpec:
     """
@@ -227,6 +223,7 @@ class VendorSpec:
     :param limits: documented input limits.
     :param retry_policy: default retry policy.
     :param default_timeout: default idle/read timeout in seconds.
+    :param api_key_header: the header that carries the API key (Pixian authenticates otherwise).
     :param input_error_codes: codes meaning "this image (or an image parameter) is bad".
     :param credit_error_codes: codes meaning out of credits, whatever the status.
     :param auth_error_codes: codes meaning bad or revoked credentials, whatever the status.
@@ -240,6 +237,7 @@ class VendorSpec:
     limits: InputLimits
     retry_policy: RetryPolicy
     default_timeout: float = 60.0
+    api_key_header: str = "X-API-Key"
     input_error_codes: frozenset[str] = frozenset()
     credit_error_codes: frozenset[str] = frozenset()
     auth_error_codes: frozenset[str] = frozenset()
@@ -262,9 +260,9 @@ class VendorWire(ABC):
         self.settings = settings
 
     # -- requests ------------------------------------------------------------------------------
-    @abstractmethod
     def auth_headers(self) -> dict[str, str]:
-        """Headers that authenticate a request (never logged)."""
+        """Headers that authenticate a request (never logged): the API key in the spec's header."""
+        return {self.spec.api_key_header: self.settings.api_key}
 
     @abstractmethod
     def remove_background_request(
@@ -299,8 +297,7 @@ class VendorWire(ABC):
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> VendorOptionsInput:
         """
-        The vendor options in their typed form (returned as they are when already typed). A vendor
-        without options of its own passes them on unchanged.
+        The vendor options in their typed form (typed options are returned as they are).
 
         :param vendor_options: the vendor options as the user gave them.
         """
@@ -311,18 +308,18 @@ class VendorWire(ABC):
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> VendorOptionsInput:
         """
-        Validate a remove-background call before any I/O and return the vendor options in their typed
-        form (:meth:`coerce_options`). Raises ``InvalidOptionError`` naming the parameter.
+        Validate a call before any I/O (``InvalidOptionError`` naming the parameter) and return the
+        typed vendor options.
 
         :param options: the unified options.
-        :param vendor_options: the vendor options as the user gave them (typed, a mapping or ``None``).
+        :param vendor_options: the vendor options as the user gave them.
         :param image_url: the URL input, when the call uses one.
         """
         return cls.coerce_options(vendor_options)
 
     def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
         """
-        What the vendor does natively for a call with these vendor options (default: ``capabilities``).
+        What the vendor does natively for a call with these vendor options (default: the spec's).
 
         :param vendor_options: the call's vendor options.
         """
@@ -343,10 +340,10 @@ class VendorWire(ABC):
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """
-        Credits one successful remove-background call is expected to cost with these options
-        (default: the spec's ``base_cost``, the options validated).
+        Credits one successful remove-background call is expected to cost (default: the spec's
+        ``base_cost``, the options validated).
 
-        :param vendor_options: the vendor options (typed, a mapping or ``None``).
+        :param vendor_options: the vendor options.
         """
         cls.coerce_options(vendor_options)
         return cls.spec.base_cost
@@ -354,21 +351,20 @@ class VendorWire(ABC):
     # -- shared behaviour ----------------------------------------------------------------------
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         """
-        Which error an error reply is, from its status and the vendor's code (the first rule that
-        applies; the code tables are in :attr:`spec`).
+        Which error an error reply is: the first rule that applies (the code tables are the spec's).
 
         :param status: the HTTP status.
         :param code: the vendor's error code, if any.
         :param message: the vendor's message (vendors that document no codes read it).
         """
-        server_error = status >= 500
+        spec, server_error = self.spec, status >= 500
         rules: tuple[tuple[bool, type[BgRemovalError]], ...] = (
-            (code in self.spec.credit_error_codes or status == 402, OutOfCreditsError),
-            (code in self.spec.auth_error_codes or status in (401, 403), VendorAuthError),
+            (code in spec.credit_error_codes or status == 402, OutOfCreditsError),
+            (code in spec.auth_error_codes or status in (401, 403), VendorAuthError),
             (status == 429, RateLimitedError),
-            (server_error and code in self.spec.permanent_server_codes, InputRejectedError),
+            (server_error and code in spec.permanent_server_codes, InputRejectedError),
             (server_error or status == 408, TransientVendorError),
-            (code in self.spec.input_error_codes or status in (413, 415, 422), InputRejectedError),
+            (code in spec.input_error_codes or status in (413, 415, 422), InputRejectedError),
         )
         return next((kind for applies, kind in rules if applies), VendorRequestError)
 
@@ -411,6 +407,34 @@ class VendorWire(ABC):
             details.setdefault("status_code", response.status_code)
         return InvalidVendorResponseError(
             message, vendor=self.spec.name, possibly_charged=possibly_charged, **details
+        )
+
+    def balance_numbers(
+        self, response: httpx.Response, *keys: str, request_id: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, Decimal]]:
+        """
+        The JSON object of a balance (or account) reply and its members ``keys`` as numbers; an
+        :class:`InvalidVendorResponseError` when it is no object or one of them is not a number.
+
+        :param response: the 2xx reply.
+        :param keys: the members that must be numbers.
+        :param request_id: the vendor's request id, for the error.
+        """
+        body = json_body(response)
+        if not isinstance(body, dict):
+            problem = f"is not a JSON object: {self.text_excerpt(response)!r}"
+        else:
+            numbers = {key: parse_decimal(body.get(key)) for key in keys}
+            missing = [key for key, number in numbers.items() if number is None]
+            if not missing:
+                return body, cast(dict[str, Decimal], numbers)
+            shown = safe_excerpt(repr(body[missing[0]]), 60) if missing[0] in body else "missing"
+            problem = f"has no numeric {missing[0]} ({shown})"
+        raise self.invalid_reply(
+            f"{self.spec.name}'s balance reply {problem}",
+            response,
+            possibly_charged=False,
+            request_id=request_id,
         )
 
     @staticmethod

@@ -1,25 +1,6 @@
-"""Pixelcut's wire format (``https://api.developer.pixelcut.ai``): requests, replies and errors.
+"""Pixelcut's wire format (``https://api.developer.pixelcut.ai``, VENDORS.md §1): requests, replies, errors.
 
-Endpoints: ``POST /v1/remove-background``, ``POST /v1/generate-background`` and ``GET /v1/credits``,
-authenticated with the ``X-API-KEY`` header (see ``VENDORS.md`` §1).
-
-Encoding (the docs are silent on some of it; the choices are ours and documented in
-``docs/vendors/pixelcut.md``):
-
-* an image given only by URL is sent as a JSON body, nested objects (``shadow``,
-  ``image_transform``) as JSON objects;
-* an automatic AI shadow is the documented ``shadow: true`` ("pass ``true`` for automatic shadow
-  estimation"); a shadow with a light source (or an opacity) is the ``shadow`` object;
-* uploaded bytes go as ``multipart/form-data`` with the file in ``image``; booleans are the text
-  ``true``/``false`` and the nested objects are JSON text in one form field each, which is also what
-  OpenAPI 3.1 prescribes by default for object-typed multipart properties;
-* the result is asked for as bytes (``Accept: image/*``) unless the caller wants the JSON
-  ``result_url`` form (``Accept: application/json``, the vendor's own default), which the hook then
-  downloads with its size cap.
-
-Pixelcut does not report what a call cost, so results carry ``credits_charged=None``; the pipeline
-estimates spending from :meth:`PixelcutWire.estimate_cost` (1 credit, +3 with an AI shadow) and
-:meth:`PixelcutWire.estimate_generate_cost` (1 credit).
+How options and nested objects are encoded, and why: docs/vendors/pixelcut.md.
 """
 
 from __future__ import annotations
@@ -66,8 +47,8 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    credits_left,
     json_body,
-    parse_decimal,
 )
 
 __all__ = [
@@ -119,19 +100,9 @@ def _vendor_mapping(value: Any, parameter: str, keys: tuple[str, ...]) -> Mappin
 @option_model
 class PixelcutShadow(OptionModel):
     """
-    Pixelcut's AI shadow (``shadow`` field; costs 3 extra credits when enabled).
-
-    Pixelcut documents two forms: ``true`` for *automatic shadow estimation*, or an object with the
-    required ``enabled``, an optional ``opacity`` and an optional ``light_source`` "for custom
-    control". With every light field left at ``None`` the shadow is estimated automatically: the
-    request carries ``shadow: true`` (or, with an ``opacity``, the object without ``light_source``).
-    Setting any light field sends a light source; its other fields then take the vendor's
-    documented defaults, because ``size`` and all of ``position.x/y/z`` are required once a light
-    source is given.
-
-    Constructing a shadow means asking for one, so ``enabled`` defaults to True; leave
-    :attr:`PixelcutOptions.shadow` at ``None`` for no shadow. A mapping may also give the light in the
-    vendor's own form, ``{"light_source": {"size": 0.3, "position": {"x": -0.3, "y": -0.6, "z": 0.7}}}``.
+    Pixelcut's AI shadow (``shadow``; 3 extra credits). With no light field set Pixelcut estimates it
+    (``shadow: true``); any light field sends a light source, the others at the documented defaults.
+    A mapping may give the light in the vendor's ``light_source`` form (docs/vendors/pixelcut.md).
 
     :param enabled: render the shadow.
     :param opacity: final shadow opacity, 0-1; ``None`` leaves it to the vendor (default 0.5).
@@ -171,8 +142,7 @@ class PixelcutShadow(OptionModel):
         """
         Build a shadow from user input.
 
-        :param value: ``None``/``False`` (no shadow), ``True`` (automatic estimation), a mapping of
-            this class's fields or in the vendor's own form, or a :class:`PixelcutShadow`.
+        :param value: ``None``/``False`` (no shadow), ``True`` (automatic), a mapping or a shadow.
         """
         shadow: PixelcutShadow | None = validate_as(cls, ShadowInput, value)
         return shadow
@@ -196,10 +166,7 @@ class PixelcutShadow(OptionModel):
         }
 
     def as_wire(self) -> bool | dict[str, Any]:
-        """
-        The vendor's ``shadow`` value: ``true`` for an automatic shadow at the vendor's opacity, else
-        the object (``enabled``, ``opacity`` when set, ``light_source`` when set).
-        """
+        """The vendor's ``shadow`` value: ``true`` (automatic, vendor's opacity), else the object."""
         if self.enabled and self.automatic and self.opacity is None:
             return True
         wire: dict[str, Any] = {"enabled": self.enabled}
@@ -241,21 +208,16 @@ Delivery = Annotated[ResultDelivery, CHOICE]
 @option_model
 class PixelcutOptions(OptionSet):
     """
-    Pixelcut-only remove-background options (the unified options cover format, colour, crop, size).
+    Pixelcut-only remove-background options. The native margins (a percentage of the *image*) only
+    apply with a native crop: ``crop=True`` and no unified ``margin``.
 
-    The native margin fields are for users who want Pixelcut's own margin semantics (a percentage of
-    the *image* dimensions, beta). They only apply with a native crop, i.e. ``crop=True`` in the
-    unified options and no unified ``margin`` (the unified margin is always applied locally).
-
-    :param shadow: AI shadow, or ``None`` for none; ``True`` (or ``"true"``) is an automatic shadow,
-        a mapping is read as :class:`PixelcutShadow` fields.
+    :param shadow: AI shadow (:meth:`PixelcutShadow.coerce` input), or ``None`` for none.
     :param margin: native margin on every side: ``"N%"`` (0-49) or ``"Npx"`` (N ≥ 0).
     :param margin_left: native left margin, overrides ``margin`` on that side.
     :param margin_right: native right margin.
     :param margin_top: native top margin.
     :param margin_bottom: native bottom margin.
-    :param result_delivery: ``"bytes"`` (``Accept: image/*``, default) or ``"url"`` (JSON
-        ``result_url``, downloaded by the hook with its size cap).
+    :param result_delivery: ``"bytes"`` (default) or ``"url"`` (a ``result_url`` the hook downloads).
     """
 
     unknown_key_parameter = "vendor_options.{key}"
@@ -327,10 +289,8 @@ def parse_scene(value: PixelcutScene | str | None) -> PixelcutScene | None:
 @option_model
 class PixelcutImageTransform(OptionModel):
     """
-    Where the subject sits on the generated 1024x1024 canvas (``image_transform``).
-
-    Fields left at ``None`` are not sent, so the vendor's defaults apply (notably a scale of 0.6
-    instead of 1 when it removed the background itself).
+    Where the subject sits on the generated 1024x1024 canvas (``image_transform``); unset fields are
+    not sent, so the vendor's defaults apply.
 
     :param scale: scale of the subject; 1 fits the longest edge to the canvas. Must be > 0.
     :param x_center: horizontal centre on the canvas, 0-1 (vendor default 0.5).
@@ -361,10 +321,8 @@ class PixelcutImageTransform(OptionModel):
 @option_model
 class PixelcutGenerateOptions(OptionModel):
     """
-    Options of ``POST /v1/generate-background`` (output: a 1024x1024 JPEG).
-
-    Pixelcut silently ignores ``prompt`` and ``negative_prompt`` when a ``scene`` is set, so giving
-    both is rejected here instead of paying for a result that ignores the prompt.
+    Options of ``POST /v1/generate-background`` (a 1024x1024 JPEG). A ``scene`` with a prompt is
+    refused: Pixelcut would silently ignore the prompt.
 
     :param scene: a preset scene (``marble``, ``wood``, ``industrial``, ``linen``, ``brick``,
         ``counter``), any case; ``""`` means none.
@@ -392,16 +350,13 @@ class PixelcutGenerateOptions(OptionModel):
 
     def wire_fields(self) -> dict[str, Any]:
         """The request fields (nested ``image_transform`` as an object)."""
-        body: dict[str, Any] = {}
-        if self.image_transform is not None and self.image_transform.as_wire():
-            body["image_transform"] = self.image_transform.as_wire()
-        if self.scene is not None:
-            body["scene"] = self.scene.value
-        if self.prompt is not None:
-            body["prompt"] = self.prompt
-        if self.negative_prompt is not None:
-            body["negative_prompt"] = self.negative_prompt
-        return body
+        body = {
+            "image_transform": self.image_transform.as_wire() if self.image_transform else None,
+            "scene": self.scene.value if self.scene else None,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+        }
+        return {name: value for name, value in body.items() if value}
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form (for option fingerprints and manifests)."""
@@ -421,12 +376,13 @@ PIXELCUT_SPEC = VendorSpec(
     name="pixelcut",
     default_base_url="https://api.developer.pixelcut.ai",
     capabilities=VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=True),
-    # "Max size: 25MB" (:data:`MAX_UPLOAD_BYTES`), 64-6000 px per side
+    # "Max size: 25MB" (MAX_UPLOAD_BYTES), 64-6000 px per side
     limits=InputLimits(max_bytes=MAX_UPLOAD_BYTES, min_side=64, max_side=6000),
     # the docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries
     retry_policy=RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25),
     # no timeout is documented; generate-background runs an image model, so allow two idle minutes
     default_timeout=120.0,
+    api_key_header="X-API-KEY",
     input_error_codes=frozenset(
         {
             "malformed_image",
@@ -449,25 +405,15 @@ class PixelcutWire(VendorWire):
     """
 
     spec = PIXELCUT_SPEC
-
     REMOVE_PATH: ClassVar[str] = "/v1/remove-background"
     GENERATE_PATH: ClassVar[str] = "/v1/generate-background"
     CREDITS_PATH: ClassVar[str] = "/v1/credits"
 
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixelcutOptions:
-        """
-        The :class:`PixelcutOptions` of a call.
-
-        :param vendor_options: :class:`PixelcutOptions`, a mapping of its fields, or ``None``.
-        """
         return PixelcutOptions.coerce(vendor_options)
 
     # -- requests ------------------------------------------------------------------------------
-    def auth_headers(self) -> dict[str, str]:
-        """The ``X-API-KEY`` header."""
-        return {"X-API-KEY": self.settings.api_key}
-
     def _image_request(
         self, path: str, image: ImageInput, body: Mapping[str, Any], delivery: ResultDelivery
     ) -> WireRequest:
@@ -489,9 +435,9 @@ class PixelcutWire(VendorWire):
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
         """
-        Build ``POST /v1/remove-background`` from the native part of the unified options.
+        Build ``POST /v1/remove-background`` (bytes as multipart, a URL as JSON).
 
-        :param image: the image (bytes → multipart, URL only → JSON).
+        :param image: the image.
         :param options: the native options (PNG, optionally crop without margin).
         :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
         """
@@ -517,7 +463,7 @@ class PixelcutWire(VendorWire):
         """
         Build ``POST /v1/generate-background``.
 
-        :param image: the subject (bytes → multipart, URL only → JSON).
+        :param image: the subject (bytes as multipart, a URL as JSON).
         :param options: the generate options.
         """
         return self._image_request(self.GENERATE_PATH, image, options.wire_fields(), options.result_delivery)
@@ -528,11 +474,7 @@ class PixelcutWire(VendorWire):
 
     # -- replies -------------------------------------------------------------------------------
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
-        """
-        Read a 200 from remove- or generate-background: image bytes, or JSON with ``result_url``.
-
-        The reply's own content type decides, whatever was asked for in ``Accept``.
-        """
+        """Read a 200 of remove- or generate-background: image bytes, or JSON with ``result_url``."""
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json" or content_type.endswith("+json"):
             body = json_body(response)
@@ -547,19 +489,9 @@ class PixelcutWire(VendorWire):
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
-        """Read ``{"credits_remaining": 42}`` (a number or a numeric string)."""
-        body = json_body(response)
-        if not isinstance(body, dict) or "credits_remaining" not in body:
-            raise self.invalid_reply(
-                f"expected {{'credits_remaining': ...}}, got {self.text_excerpt(response)!r}",
-                possibly_charged=False,
-            )
-        remaining = parse_decimal(body["credits_remaining"])
-        if remaining is None:
-            raise self.invalid_reply(
-                f"credits_remaining is not a number: {safe_excerpt(repr(body['credits_remaining']), 60)}",
-                possibly_charged=False,
-            )
+        """Read ``{"credits_remaining": 42}`` (a number or a numeric string; a negative count is 0)."""
+        body, numbers = self.balance_numbers(response, "credits_remaining")
+        remaining = credits_left(numbers["credits_remaining"])
         return Balance(vendor=self.spec.name, remaining=remaining, state=AccountState.ACTIVE, raw=body)
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:

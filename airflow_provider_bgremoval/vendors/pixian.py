@@ -1,37 +1,6 @@
-"""Pixian.AI v2 wire format (https://pixian.ai/api, VENDORS.md §3).
+"""Pixian.AI v2 wire format (https://pixian.ai/api, VENDORS.md §3): remove-background and account.
 
-* ``POST /api/v2/remove-background`` — multipart form with dotted field names; the reply is the
-  image bytes plus ``X-*`` metadata headers.
-* ``GET /api/v2/account`` — ``{"creditPack", "state", "useBefore", "credits"}``.
-* HTTP Basic authentication: API id as the user name, API secret as the password.
-
-How the unified options map (:data:`PIXIAN_SPEC`):
-
-============================  ============================================================
-unified option                Pixian
-============================  ============================================================
-``output_format=png``         ``output.format=png``
-``output_format=jpeg``        ``output.format=jpeg`` + ``output.jpeg_quality``
-``output_format=webp``        local: Pixian returns PNG, re-encoded with Pillow
-``background_color``          ``background.color=#RRGGBB`` (local when the crop is local)
-``crop`` (without margin)     ``result.crop_to_foreground=true``
-``margin``                    local (with a local crop), the same for every vendor
-``max_size``                  local
-============================  ============================================================
-
-Vendor-only parameters (``test``, ``max_pixels``, ``image.base64``, ``result.margin``,
-``result.target_size``, ``result.vertical_alignment``, ``delta_png``, a JPEG quality of its own) are
-reached through :class:`PixianOptions`.
-
-``delta_png``: Pixian then ignores ``background.color``, ``result.crop_to_foreground``,
-``result.margin``, ``result.target_size`` and ``result.vertical_alignment``. The provider therefore
-plans every unified option as a local step for a delta call (:meth:`PixianWire.capabilities_for`):
-the delta is decoded into the full cut-out first (:mod:`~airflow_provider_bgremoval.vendors.delta_png`),
-then crop, margin, background, resize and format run locally — so any unified option works with
-``delta_png`` and gives the same result as without it. What cannot work is rejected locally before
-any call: the Pixian-only ``result_margin`` / ``target_size`` / ``vertical_alignment`` (no local
-equivalent), an ``image_url`` input (the original is needed to decode), and an input with more pixels
-than ``max_pixels`` (Pixian would shrink it and the delta would no longer fit the original).
+How the unified options map, and how ``delta_png`` calls are planned locally: docs/vendors/pixian.md.
 """
 
 from __future__ import annotations
@@ -77,12 +46,12 @@ from airflow_provider_bgremoval.vendors.base import (
     MEGABYTE,
     ErrorReply,
     ImageInput,
-    ResultLocation,
     VendorOptionsInput,
     VendorSpec,
     VendorWire,
     WireRequest,
     basic_auth_header,
+    credits_left,
     json_body,
     parse_decimal,
     parse_int,
@@ -93,7 +62,6 @@ __all__ = [
     "MAX_BASE64_CHARS",
     "OTHER_IMAGE_EXTENSIONS",
     "PIXIAN_SPEC",
-    "URL_FILE_TYPES",
     "ForegroundBox",
     "PixianOptions",
     "PixianWire",
@@ -105,32 +73,17 @@ __all__ = [
 REMOVE_BACKGROUND_PATH = "/api/v2/remove-background"
 ACCOUNT_PATH = "/api/v2/account"
 
-#: ``image.base64`` may hold at most "1 megabyte" of base64 text: 1,000,000 characters
-#: (:data:`~.base.MEGABYTE`).
+#: ``image.base64`` may hold at most "1 megabyte" of base64 text (:data:`~.base.MEGABYTE` characters)
 MAX_BASE64_CHARS = MEGABYTE
 #: ``max_pixels`` range and default (the docs)
 MIN_MAX_PIXELS = 100
 MAX_MAX_PIXELS = 25_000_000
 #: largest upload Pixian accepts, width x height (the docs)
 UPLOAD_MAX_PIXELS = 32_000_000
-#: the byte cap derived from it (undocumented; see :data:`PIXIAN_SPEC`)
+#: the byte cap derived from it: 32 MP x 4 bytes (undocumented; docs/vendors/pixian.md)
 UPLOAD_MAX_BYTES = UPLOAD_MAX_PIXELS * 4
 
-#: ``image.url`` "Must be a .bmp, .gif, .jpeg, .png, or .tiff file": those five file types, by the
-#: extensions they are usually written with.
-URL_FILE_TYPES: Mapping[str, str] = {
-    ".bmp": "BMP",
-    ".gif": "GIF",
-    ".jpeg": "JPEG",
-    ".jpg": "JPEG",
-    ".jpe": "JPEG",
-    ".png": "PNG",
-    ".tiff": "TIFF",
-    ".tif": "TIFF",
-}
-#: Extensions of other image types: an ``image.url`` whose path ends in one of them names a file type
-#: Pixian does not fetch, so it is refused before the call. A URL without a known extension is sent
-#: (the client cannot see what it serves without fetching it).
+#: Image types other than the ones ``image.url`` documents (BMP, GIF, JPEG, PNG, TIFF): refused locally.
 OTHER_IMAGE_EXTENSIONS = frozenset(
     {
         ".webp", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".jpf", ".jpx", ".svg", ".svgz",
@@ -184,25 +137,19 @@ def _result_margin(value: Any) -> str:
 @option_model
 class PixianOptions(OptionSet):
     """
-    Pixian-only parameters (validated and normalised on creation; strings from templates accepted).
+    Pixian-only parameters (validated on creation; strings from templates accepted).
 
-    :param test: ``test=true``: free, watermarked results. ``None`` uses the connection's
-        ``test_mode`` extra (default off).
+    :param test: ``test=true`` (free, watermarked); ``None`` uses the connection's ``test_mode`` extra.
     :param max_pixels: ``max_pixels`` (100-25,000,000): larger inputs are shrunk by Pixian first.
     :param input_encoding: ``"file"`` (multipart ``image``, default) or ``"base64"`` (``image.base64``,
-        at most 1,000,000 base64 characters, i.e. about 750 kB of image; larger images are rejected
-        locally).
-    :param result_margin: native ``result.margin``: 1-4 CSS lengths in ``px``/``%``
-        (``"10px 20% 5px 15%"``), applied by Pixian whether or not the result is cropped; inset
-        when ``target_size`` is set. Not combinable with the unified ``margin`` or ``delta_png``.
-    :param target_size: native ``result.target_size`` ``(width, height)`` (or ``"1920 1080"``):
-        the result is scaled to fit and padded. Any positive size (Pixian documents no limit).
-    :param vertical_alignment: native ``result.vertical_alignment`` (``top``/``middle``/``bottom``);
-        only with ``target_size``.
-    :param delta_png: ask for ``output.format=delta_png`` (smaller, faster replies); the hook decodes
-        it with the original into the full cut-out, then runs every unified option locally.
-    :param jpeg_quality: ``output.jpeg_quality`` (1-100) for native JPEG results; ``None`` uses the
-        unified ``jpeg_quality``.
+        at most :data:`MAX_BASE64_CHARS` characters).
+    :param result_margin: native ``result.margin``: 1-4 CSS lengths in ``px``/``%`` (``"10px 20%"``);
+        not with the unified ``margin`` or ``delta_png``.
+    :param target_size: native ``result.target_size`` ``(width, height)`` (or ``"1920 1080"``).
+    :param vertical_alignment: native ``result.vertical_alignment``; only with ``target_size``.
+    :param delta_png: ask for ``output.format=delta_png``; the hook decodes it, then runs every unified
+        option locally.
+    :param jpeg_quality: ``output.jpeg_quality`` (1-100); ``None`` uses the unified ``jpeg_quality``.
     """
 
     #: an unknown key is reported under the mapping's name, as it always was for Pixian
@@ -214,7 +161,6 @@ class PixianOptions(OptionSet):
     )
     input_encoding: Annotated[InputEncoding, CHOICE] = "file"
     result_margin: Annotated[str | None, unset_or(_result_margin)] = None
-    #: Pixian documents no upper bound: any positive size is sent (the vendor decides)
     target_size: Annotated[tuple[int, int] | None, unset_or(parse_size)] = None
     vertical_alignment: Annotated[VerticalAlignment | None, CHOICE, UNSET_IF_BLANK] = None
     delta_png: Flag = False
@@ -241,13 +187,8 @@ class PixianOptions(OptionSet):
 
 def check_image_url_type(url: str) -> str:
     """
-    Refuse an ``image.url`` whose name says it is not one of the file types Pixian documents for it
-    (BMP, GIF, JPEG, PNG, TIFF); return the URL unchanged.
-
-    Judged by the extension of the URL's (decoded) path, query and fragment ignored, any case: one
-    of :data:`URL_FILE_TYPES` passes, one of :data:`OTHER_IMAGE_EXTENSIONS` is an
-    :class:`InvalidOptionError` before any call, anything else (no extension, ``.php``…) is left to
-    Pixian, which sees what the URL serves.
+    Refuse an ``image.url`` whose (decoded) path ends in one of :data:`OTHER_IMAGE_EXTENSIONS`, any
+    case; return the URL unchanged (anything else is left to Pixian).
 
     :param url: the URL input.
     """
@@ -274,8 +215,6 @@ def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
         return None
 
 
-#: 32,000,000 pixels is documented; the byte cap :data:`UPLOAD_MAX_BYTES` is derived from it
-#: (docs/vendors/pixian.md). Uploads are sent as JPEG or PNG; other formats are converted to PNG.
 PIXIAN_SPEC = VendorSpec(
     name="pixian",
     default_base_url="https://api.pixian.ai",
@@ -315,11 +254,6 @@ class PixianWire(VendorWire):
     # -- options ---------------------------------------------------------------------------------
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixianOptions:
-        """
-        The :class:`PixianOptions` of a call.
-
-        :param vendor_options: :class:`PixianOptions`, a mapping of its fields, or ``None``.
-        """
         return PixianOptions.coerce(vendor_options)
 
     def test_mode(self, vendor_options: VendorOptionsInput = None) -> bool:
@@ -333,7 +267,7 @@ class PixianWire(VendorWire):
 
     def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
         """
-        Native capabilities for a call: none of the unified options are native with ``delta_png``.
+        The spec's capabilities, or none of the unified options with ``delta_png``.
 
         :param vendor_options: the call's Pixian options.
         """
@@ -344,7 +278,7 @@ class PixianWire(VendorWire):
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> PixianOptions:
         """
-        Coerce the Pixian options and reject contradictions with the unified options (before any call).
+        Coerce the Pixian options and reject contradictions (:meth:`check_options`, the URL's type).
 
         :param options: the unified options.
         :param vendor_options: :class:`PixianOptions`, a mapping of its fields, or ``None``.
@@ -359,10 +293,7 @@ class PixianWire(VendorWire):
     @staticmethod
     def check_options(options: RemovalOptions, vendor_options: PixianOptions) -> None:
         """
-        Reject unified and Pixian options that contradict each other (before any call).
-
-        A unified ``margin`` makes the crop local, after Pixian's result: that crop would cut away the
-        padding of ``result_margin`` / ``target_size``.
+        Reject a unified ``margin`` (a local crop) with ``result_margin``/``target_size`` (its padding).
 
         :param options: the unified options as the user gave them.
         :param vendor_options: the Pixian options.
@@ -388,7 +319,7 @@ class PixianWire(VendorWire):
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
         """
-        Build ``POST /api/v2/remove-background`` from the *native* options and the Pixian options.
+        Build ``POST /api/v2/remove-background``.
 
         :param image: the image (bytes or URL).
         :param options: the native part of the unified options (see :meth:`capabilities_for`).
@@ -460,8 +391,7 @@ class PixianWire(VendorWire):
         return encoded
 
     def _check_delta(self, image: ImageInput, options: RemovalOptions, opts: PixianOptions) -> None:
-        # Pixian ignores these with delta_png; the hook plans them locally (capabilities_for), so
-        # reaching here with any of them set means the plan was made for the wrong capabilities.
+        # planned locally for a delta call (capabilities_for): set here, the plan was made wrongly
         if options.background_color is not None:
             raise InvalidOptionError("background_color", "Pixian ignores background.color with delta_png")
         if options.crop:
@@ -488,19 +418,10 @@ class PixianWire(VendorWire):
         return WireRequest(method="GET", path=ACCOUNT_PATH, headers={"Accept": "application/json"})
 
     # -- replies ---------------------------------------------------------------------------------
-    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
-        """Read the image bytes and every documented result header."""
-        return self.parse_result(response)
-
     def parse_result(self, response: httpx.Response) -> ImageResult:
         """
-        Read a remove-background reply into an :class:`ImageResult`.
-
-        ``credits_charged`` is ``X-Credits-Charged`` and ``credits_calculated`` is
-        ``X-Credits-Calculated`` (Decimals, may be fractional). ``metadata`` holds, when sent:
-        ``input_orientation`` (int, ``X-Input-Orientation``), ``input_size`` / ``result_size``
-        (:class:`Size`), ``input_foreground`` / ``result_foreground`` (:class:`ForegroundBox`).
-        Malformed header values are left out rather than failing a paid call.
+        Read a remove-background reply: the image, ``X-Credits-*`` and the ``X-Input-*``/``X-Result-*``
+        headers as metadata (docs/vendors/pixian.md); malformed header values are left out.
 
         :param response: a 2xx reply.
         """
@@ -511,17 +432,11 @@ class PixianWire(VendorWire):
         orientation = parse_int(headers.get("x-input-orientation"))
         if orientation is not None and 1 <= orientation <= 8:
             metadata["input_orientation"] = orientation
-        for key, header in (("input_size", "x-input-size"), ("result_size", "x-result-size")):
-            size = _ints(headers.get(header), 2)
-            if size is not None:
-                metadata[key] = Size(*size)
-        for key, header in (
-            ("input_foreground", "x-input-foreground"),
-            ("result_foreground", "x-result-foreground"),
-        ):
-            box = _ints(headers.get(header), 4)
-            if box is not None:
-                metadata[key] = ForegroundBox(*box)
+        for key, kind in (("size", Size), ("foreground", ForegroundBox)):
+            for side in ("input", "result"):
+                values = _ints(headers.get(f"x-{side}-{key}"), len(kind._fields))
+                if values is not None:
+                    metadata[f"{side}_{key}"] = kind(*values)
         result_size = metadata.get("result_size")
         content_type = headers.get("content-type", "image/png").split(";")[0].strip().lower() or "image/png"
         return ImageResult(
@@ -534,6 +449,9 @@ class PixianWire(VendorWire):
             credits_calculated=parse_decimal(headers.get("x-credits-calculated")),
             metadata=metadata,
         )
+
+    #: Pixian's image replies always carry the image
+    parse_image_reply = parse_result
 
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
@@ -581,37 +499,19 @@ class PixianWire(VendorWire):
 
     def parse_balance(self, response: httpx.Response) -> Balance:
         """
-        Read ``GET /api/v2/account``.
-
-        ``remaining`` is ``credits`` (fractional, as Decimal) for an ``active`` account and 0 for a
-        ``dormant`` one (its credits cannot be spent until a new pack is bought; the reported number
-        stays in ``raw["credits"]``). ``credit_pack`` is ``creditPack``.
+        Read ``GET /api/v2/account``: ``remaining`` is ``credits``, 0 for a ``dormant`` account.
 
         :param response: a 2xx reply.
         """
-        body = json_body(response)
-        if not isinstance(body, Mapping):
-            raise self.invalid_reply(
-                f"Pixian's account reply is not a JSON object: {self.text_excerpt(response)!r}",
-                response,
-                possibly_charged=False,
-            )
-        credits = parse_decimal(body.get("credits"))
-        if credits is None:
-            raise self.invalid_reply(
-                f"Pixian's account reply has no numeric 'credits' ({body.get('credits')!r})",
-                response,
-                possibly_charged=False,
-            )
+        body, numbers = self.balance_numbers(response, "credits")
         raw_state = str(body.get("state") or "").strip().lower()
         state = {"active": AccountState.ACTIVE, "dormant": AccountState.DORMANT}.get(
             raw_state, AccountState.UNKNOWN
         )
-        remaining = Decimal(0) if state is AccountState.DORMANT else max(credits, Decimal(0))
         pack = body.get("creditPack")
         return Balance(
             vendor=self.spec.name,
-            remaining=remaining,
+            remaining=Decimal(0) if state is AccountState.DORMANT else credits_left(numbers["credits"]),
             state=state,
             credit_pack=str(pack) if pack is not None else None,
             raw=dict(body),
@@ -619,9 +519,7 @@ class PixianWire(VendorWire):
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """
-        Read ``{"error": {"status", "code", "message"}}`` (also the flat form of the docs' table).
-
-        Internal failures may not be JSON: their text (shortened) becomes the message.
+        Read ``{"error": {"status", "code", "message"}}`` or its flat form; other bodies are quoted.
 
         :param response: an error reply.
         """
@@ -637,12 +535,8 @@ class PixianWire(VendorWire):
 
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         """
-        Which error a reply is (Pixian documents statuses, not codes, except 1006).
-
-        On top of the shared table (401/403 auth, 402 credits, 429 rate limit, 408/5xx transient):
-        any other 4xx whose message speaks of credits or a dormant pack is :class:`OutOfCreditsError`
-        (assumption: the docs give no status for it), and any other 4xx whose message names the
-        image (e.g. ``image.url``) is :class:`InputRejectedError` — fatal for that image only.
+        The shared rules, and (Pixian documents statuses, not codes) any other 4xx whose message
+        speaks of credits is :class:`OutOfCreditsError`, one naming the image :class:`InputRejectedError`.
 
         :param status: the HTTP status.
         :param code: Pixian's error code, if any.
@@ -658,7 +552,7 @@ class PixianWire(VendorWire):
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """
-        ``0`` for test calls (free), else :attr:`~.base.VendorSpec.base_cost` (undocumented per-image cost).
+        ``0`` for test calls (free), else the spec's ``base_cost`` (undocumented per-image cost).
 
         :param vendor_options: the Pixian options.
         """

@@ -1,26 +1,7 @@
-"""Poof (poof.bg) wire format: ``POST /v1/remove`` and ``GET /v1/me``.
+"""Poof (poof.bg) wire format: ``POST /v1/remove`` and ``GET /v1/me`` (VENDORS.md §2, §7 items 9-20).
 
-Contract (DESIGN.md "Poof and Pixian contract decisions"): the *generation A* documents (the seed
-reference page, ``poof-bg/docs`` up to 2026-06 and the 0.1.0 SDKs) are the baseline; replies of the
-newer *generation B* documents are tolerated as well (extra result headers, ``details`` as an object,
-``doc_url``, statuses 413/422/502/503/504). See VENDORS.md §2 and §7 (items 9-20).
-
-Requests are ``multipart/form-data`` only, authenticated with the ``x-api-key`` header:
-
-=============  ==========================================================================
-field          value sent
-=============  ==========================================================================
-image_file     the (locally checked) image bytes; Gen A has no URL or base64 input
-format         ``png`` / ``jpg`` / ``webp`` (unified ``jpeg`` is sent as ``jpg``)
-channels       ``rgba`` (transparent) or ``rgb`` (flattened on ``bg_color``)
-bg_color       ``#rrggbb``; only sent with ``channels=rgb`` (Gen A ignores it otherwise)
-size           :class:`PoofOptions` ``size`` preset (default ``full``)
-crop           ``true`` / ``false``
-=============  ==========================================================================
-
-The reply body is the image; metadata comes in headers (``X-Request-ID``, ``X-Processing-Time-Ms``,
-``X-Image-Width``/``X-Image-Height``; Gen B adds ``X-Matte-Confidence``, ``X-Matte-Ambiguous-Ratio``
-and, from its remove.bg compatibility layer, ``X-Credits-Charged``/``X-Width``/``X-Height``).
+Generation A documents are the baseline, generation B replies are tolerated (DESIGN.md "Poof and
+Pixian contract decisions"); fields and headers: docs/vendors/poof.md.
 """
 
 from __future__ import annotations
@@ -34,11 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from airflow_provider_bgremoval.exceptions import (
-    InvalidOptionError,
-    InvalidVendorResponseError,
-    safe_excerpt,
-)
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
     CHOICE,
@@ -58,6 +35,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    credits_left,
     json_body,
     parse_decimal,
     parse_float,
@@ -95,8 +73,6 @@ _NATIVE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _UPLOAD_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _DETAILS_LIMIT = 200
-
-
 #: Poof's baseline API has no URL input (why a URL call is refused before any I/O)
 _NO_URL_INPUT = (
     "Poof needs the image uploaded as bytes (its API has no documented URL input); "
@@ -113,7 +89,7 @@ POOF_SPEC = VendorSpec(
     capabilities=VendorCapabilities(
         output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
     ),
-    # "Maximum size: 20MB" (:data:`MAX_UPLOAD_BYTES`), JPEG/PNG/WebP (others converted to PNG locally),
+    # "Maximum size: 20MB" (MAX_UPLOAD_BYTES), JPEG/PNG/WebP (others converted to PNG locally),
     # about 6000 px per side / 36 MP (Gen B's practical maximum); no documented minimum: 1 px
     limits=InputLimits(
         max_bytes=MAX_UPLOAD_BYTES,
@@ -126,6 +102,7 @@ POOF_SPEC = VendorSpec(
     retry_policy=RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=16.0, jitter=1.0),
     # the SDKs' default; Poof documents no server-side timeout
     default_timeout=60.0,
+    api_key_header="x-api-key",
     input_error_codes=frozenset({"image_too_large", "invalid_image"}),
     credit_error_codes=frozenset({"payment_required"}),
     auth_error_codes=frozenset({"authentication_error", "permission_denied"}),
@@ -141,12 +118,8 @@ class PoofOptions(OptionSet):
     """
     Poof-only options, next to the unified :class:`~airflow_provider_bgremoval.options.RemovalOptions`.
 
-    :param size: the Gen A output size preset: ``full`` (original resolution, default), ``preview``
-        (longest side at most 256 px), ``small`` (512), ``medium`` (1024) or ``large`` (2048), any
-        case. The cost is 1 credit whatever the preset. Generation-B servers read ``preview``/``medium``
-        as megapixel caps, treat ``small`` as ``preview`` and do not know ``large`` (VENDORS.md §7
-        item 9); use the unified ``max_size`` when the exact size matters (it is applied locally,
-        after the call).
+    :param size: the Gen A output size preset (:data:`POOF_SIZE_PRESETS`, default ``full``), any case;
+        Gen B servers read them differently (VENDORS.md §7 item 9), so use ``max_size`` for exact sizes.
     """
 
     #: an unknown key is reported under the mapping's name, as it always was for Poof
@@ -200,7 +173,7 @@ class PoofAccount:
     @property
     def remaining(self) -> Decimal:
         """Credits left in this cycle: ``maxCredits - usedCredits``, never below zero."""
-        return max(Decimal(0), self.max_credits - self.used_credits)
+        return credits_left(self.max_credits - self.used_credits)
 
     def to_balance(self) -> Balance:
         """The unified :class:`~airflow_provider_bgremoval.results.Balance`."""
@@ -255,11 +228,6 @@ class PoofWire(VendorWire):
 
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PoofOptions:
-        """
-        The :class:`PoofOptions` of a call.
-
-        :param vendor_options: :class:`PoofOptions`, a mapping of its fields, or ``None``.
-        """
         return PoofOptions.coerce(vendor_options)
 
     @classmethod
@@ -280,20 +248,13 @@ class PoofWire(VendorWire):
     # -- requests ------------------------------------------------------------------------------
     def endpoint(self, name: str) -> str:
         """
-        Path of an endpoint below the connection's base URL.
-
-        The base URL is normally the origin (``https://api.poof.bg`` -> ``/v1/remove``); a base URL
-        that already ends in ``/v1`` (the form Poof's SDKs and docs use) gets ``/remove``.
+        Path of an endpoint below the base URL: ``/v1/remove``, or ``/remove`` when it ends in ``/v1``.
 
         :param name: ``remove`` or ``me``.
         """
         base_path = urlsplit(self.settings.base_url).path.rstrip("/")
         prefix = "" if base_path.endswith(API_PREFIX) else API_PREFIX
         return f"{prefix}/{name}"
-
-    def auth_headers(self) -> dict[str, str]:
-        """The ``x-api-key`` header."""
-        return {"x-api-key": self.settings.api_key}
 
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
@@ -308,9 +269,7 @@ class PoofWire(VendorWire):
         poof_options = self.coerce_options(vendor_options)
         if image.data is None:
             raise InvalidOptionError("image_url", _NO_URL_INPUT)
-        if options.margin is not None or options.max_size is not None:
-            # split_options always moves these to the local steps; refuse a hand-built request
-            # rather than silently dropping them.
+        if options.margin is not None or options.max_size is not None:  # only a hand-built request
             raise InvalidOptionError("options", "margin and max_size are applied locally, not by Poof")
         background = options.effective_background
         fields_: dict[str, str] = {
@@ -364,8 +323,7 @@ class PoofWire(VendorWire):
             if declared.startswith(("text/", "application/json")):
                 message = f"{message}: {self._redact(self.text_excerpt(response))}"
             raise self.invalid_reply(message, response, request_id=request_id)
-        charged_header = headers.get("x-credits-charged")
-        charged = parse_decimal(charged_header) if charged_header is not None else None
+        charged = parse_decimal(headers.get("x-credits-charged"))
         metadata: dict[str, Any] = {}
         for key, header, parser in (
             ("processing_time_ms", "x-processing-time-ms", parse_int),
@@ -411,18 +369,8 @@ class PoofWire(VendorWire):
 
         :param response: the 2xx reply.
         """
-        body = json_body(response)
-        if not isinstance(body, dict):
-            raise self._bad_account(
-                response, f"Poof /v1/me did not answer a JSON object: {self.text_excerpt(response)!r}"
-            )
-        numbers: dict[str, Decimal] = {}
-        for key in ("maxCredits", "usedCredits"):
-            number = parse_decimal(body.get(key))
-            if number is None:
-                shown = safe_excerpt(repr(body.get(key)), 60) if key in body else "missing"
-                raise self._bad_account(response, f"Poof /v1/me has no numeric {key} ({shown})")
-            numbers[key] = number
+        request_id = response.headers.get("x-request-id") or None
+        body, numbers = self.balance_numbers(response, "maxCredits", "usedCredits", request_id=request_id)
         threshold = parse_decimal(body.get("autoRechargeThreshold"))
         if threshold is None or threshold <= 0:
             mode = AutoRechargeMode.OFF
@@ -443,10 +391,6 @@ class PoofWire(VendorWire):
             raw=body,
         )
 
-    def _bad_account(self, response: httpx.Response, message: str) -> InvalidVendorResponseError:
-        request_id = response.headers.get("x-request-id") or None
-        return self.invalid_reply(message, response, possibly_charged=False, request_id=request_id)
-
     def parse_balance(self, response: httpx.Response) -> Balance:
         """
         Read ``GET /v1/me``: remaining = ``maxCredits - usedCredits`` (clamped at 0).
@@ -457,13 +401,10 @@ class PoofWire(VendorWire):
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """
-        Reduce an error reply to its facts.
+        Read ``{"code", "message", "details", "request_id"}`` (Gen B: ``details`` an object, ``doc_url``);
+        other bodies are quoted. The request id falls back to the ``X-Request-ID`` header.
 
-        Gen A: ``{"code", "message", "details" (string), "request_id"}``; Gen B adds ``doc_url`` and
-        may send ``details`` as a field -> messages object. Non-JSON bodies (proxies, gateways) are
-        quoted shortly. The request id comes from the body or the ``X-Request-ID`` header.
-
-        :param response: the error reply (status >= 400).
+        :param response: the error reply.
         """
         header_id = response.headers.get("x-request-id") or None
         body = json_body(response)

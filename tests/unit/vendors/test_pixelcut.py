@@ -345,6 +345,12 @@ def test_parse_balance(wire, body, expected):
     assert balance.credit_pack is None
 
 
+def test_negative_credits_remaining_is_clamped_to_zero(wire):
+    balance = wire.parse_balance(httpx.Response(200, json={"credits_remaining": -3}))
+    assert balance.remaining == Decimal(0)
+    assert balance.raw == {"credits_remaining": -3}
+
+
 @pytest.mark.parametrize("body", [{"credits_remaining": "many"}, {"credits_remaining": None}, {}, [], "42"])
 def test_parse_balance_garbage(wire, body):
     with pytest.raises(InvalidVendorResponseError):
