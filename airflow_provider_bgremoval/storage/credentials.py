@@ -5,11 +5,11 @@ Application Default Credentials; none for an emulator. Resolution order and key 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval.storage.exceptions import StorageConfigError
@@ -36,7 +36,7 @@ EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 EMULATOR_PROJECT = "emulator"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ResolvedCredentials:
     """
     Outcome of :func:`resolve_gcs_credentials`.
@@ -47,13 +47,10 @@ class ResolvedCredentials:
     :param emulator_host: the value of ``STORAGE_EMULATOR_HOST`` when ``source == "emulator"``.
     """
 
-    credentials: Credentials | None
+    credentials: Credentials | None = dataclasses.field(repr=False)  # never shown: it can carry tokens
     project: str | None
     source: str
-    emulator_host: str | None = None
-
-    def __repr__(self) -> str:  # never show the credentials object (it can carry tokens)
-        return f"ResolvedCredentials(source={self.source!r}, project={self.project!r})"
+    emulator_host: str | None = dataclasses.field(default=None, repr=False)
 
 
 def get_extra_field(extras: Mapping[str, Any], field: str) -> Any:
