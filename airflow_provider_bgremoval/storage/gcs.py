@@ -153,10 +153,9 @@ class ObjectFilter:
         self.case_sensitive = case_sensitive
         self.include = _as_patterns(include)
         self.exclude = _as_patterns(exclude)
-        fold: Callable[[str], str] = (lambda s: s) if case_sensitive else str.casefold
-        self._fold = fold
-        self._include = tuple(fold(p) for p in self.include)
-        self._exclude = tuple(fold(p) for p in self.exclude)
+        self._fold: Callable[[str], str] = (lambda s: s) if case_sensitive else str.casefold
+        self._include = tuple(map(self._fold, self.include))
+        self._exclude = tuple(map(self._fold, self.exclude))
 
     def __repr__(self) -> str:
         return f"ObjectFilter(include={self.include!r}, exclude={self.exclude!r})"
@@ -175,8 +174,7 @@ class ObjectFilter:
         """
         if self.is_noop:
             return True
-        relative = name[len(prefix) :] if prefix and name.startswith(prefix) else name
-        relative = relative.lstrip("/")
+        relative = (name[len(prefix) :] if prefix and name.startswith(prefix) else name).lstrip("/")
         candidates = {self._fold(relative), self._fold(relative.rsplit("/", 1)[-1])}
         if self._include and not any(fnmatch.fnmatchcase(c, p) for p in self._include for c in candidates):
             return False
