@@ -21,6 +21,7 @@ import httpx
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
+    InvalidOptionError,
     InvalidVendorResponseError,
     OutOfCreditsError,
     RateLimitedError,
@@ -275,6 +276,24 @@ class VendorWire(ABC):
         :param options: the native part of the unified options (from ``split_options``).
         :param vendor_options: the vendor's options (typed, a mapping of their fields, or ``None``).
         """
+
+    def check_native(self, options: RemovalOptions, capabilities: VendorCapabilities) -> None:
+        """
+        Refuse native options beyond ``capabilities`` (a request built without ``split_options``).
+
+        :param options: the options the request is asked to carry natively.
+        :param capabilities: what the vendor does natively for this call.
+        """
+        beyond = {
+            "background_color": options.background_color is not None and not capabilities.background_color,
+            "crop": options.crop and not capabilities.crop,
+            "output_format": options.output_format not in capabilities.output_formats,
+            "margin": options.margin is not None,
+            "max_size": options.max_size is not None,
+        }
+        refused = next((name for name, applies in beyond.items() if applies), None)
+        if refused is not None:
+            raise InvalidOptionError(refused, f"{self.spec.name} cannot do it natively here; plan it locally")
 
     @abstractmethod
     def balance_request(self) -> WireRequest:

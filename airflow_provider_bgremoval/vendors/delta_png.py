@@ -1,27 +1,6 @@
-"""Decoder of Pixian's ``delta_png`` output format (pure Pillow, no per-pixel Python).
+"""Decoder of Pixian's ``delta_png`` output format (VENDORS.md §3.3; rules: docs/vendors/pixian.md).
 
-A delta PNG is an ordinary RGBA PNG at the size of the (EXIF-oriented) input, whose pixels say how to
-rebuild the cut-out from the original (VENDORS.md §3.3, https://pixian.ai/api/deltaPng):
-
-============================  ==========================  ====================================
-delta pixel (RGBA)            meaning                     decoded pixel
-============================  ==========================  ====================================
-alpha = 0, colour white       solid foreground            the original's colour, alpha 255
-alpha = 0, colour not white   background                  kept as is (transparent black)
-alpha > 0                     edge / partly transparent   kept as is
-============================  ==========================  ====================================
-
-"White" means R = G = B = 255. (The vendor's reference decoder tests the red channel only; on every
-value the format defines — ``0x00000000`` and ``0x00FFFFFF`` — both rules agree.) The copied pixels
-are made opaque, as the vendor's table shows (a regular PNG has ``0xFFrrggbb`` there), even if the
-original had an alpha channel of its own.
-
-The original is oriented the way the vendor oriented it before the delta was computed: by the
-``X-Input-Orientation`` the vendor reported when it is known, else by the original's own EXIF
-orientation tag (Pixian applies it; see the ``X-Input-Orientation`` result header).
-
-Everything runs as whole-image Pillow operations (``point`` look-up tables, ``ImageChops.darker``,
-a masked ``paste``), i.e. in C: a 24-megapixel image decodes in about half a second on one core.
+Whole-image Pillow operations (``point`` tables, ``ImageChops.darker``, a masked ``paste``), i.e. in C.
 """
 
 from __future__ import annotations
@@ -66,13 +45,7 @@ def _open(data: bytes | Image.Image, what: str) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
-        except (
-            UnidentifiedImageError,
-            OSError,
-            SyntaxError,
-            ValueError,
-            Image.DecompressionBombError,
-        ) as exc:
+        except _READ_ERRORS as exc:
             raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
     return image
 
@@ -116,11 +89,10 @@ def decode_delta_png(
 
     :param delta: the delta PNG (bytes as returned by Pixian, or an opened image).
     :param original: the input image exactly as it was sent (bytes or an opened image).
-    :param orientation: the EXIF orientation the vendor applied to the input (``X-Input-Orientation``);
-        ``None`` reads it from the original's EXIF.
+    :param orientation: the EXIF orientation Pixian applied (``X-Input-Orientation``); ``None`` reads
+        the original's EXIF.
     :return: an ``RGBA`` image the size of the delta PNG.
-    :raises DeltaPngError: when either image is unreadable, the delta has no alpha channel, or the
-        sizes differ (the input was shrunk by ``max_pixels`` or oriented differently).
+    :raises DeltaPngError: an unreadable image, a delta without alpha, or sizes that differ.
     """
     delta_image = _open(delta, "delta PNG")
     if not _has_alpha(delta_image):

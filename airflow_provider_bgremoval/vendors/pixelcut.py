@@ -260,30 +260,16 @@ class PixelcutScene(str, enum.Enum):
     COUNTER = "counter"
 
 
-def _scene(value: Any) -> PixelcutScene | None:
-    if value is None or isinstance(value, PixelcutScene):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"{type(value).__name__} is not a scene name")
-    if not value.strip():
-        return None
-    try:
-        return PixelcutScene(value.strip().lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in PixelcutScene)
-        raise ValueError(f"{value!r} is not one of {choices}") from None
-
-
 def parse_scene(value: PixelcutScene | str | None) -> PixelcutScene | None:
     """
     Normalise a scene name (case-insensitive); ``None`` or ``""`` means no scene.
 
     :param value: a :class:`PixelcutScene` or its name.
     """
-    try:
-        return _scene(value)
-    except ValueError as exc:
-        raise InvalidOptionError("scene", str(exc)) from None
+    scene: PixelcutScene | None = validate_as(
+        PixelcutGenerateOptions, PixelcutGenerateOptions, {"scene": value}
+    ).scene
+    return scene
 
 
 @option_model
@@ -332,7 +318,7 @@ class PixelcutGenerateOptions(OptionModel):
     :param result_delivery: ``"bytes"`` (default) or ``"url"``.
     """
 
-    scene: Annotated[PixelcutScene | None, BeforeValidator(_scene)] = None
+    scene: Annotated[PixelcutScene | None, CHOICE, UNSET_IF_BLANK] = None
     prompt: OptionText = None
     negative_prompt: OptionText = None
     image_transform: PixelcutImageTransform | None = None
@@ -442,8 +428,7 @@ class PixelcutWire(VendorWire):
         :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
         """
         extra = self.coerce_options(vendor_options)
-        if options.output_format != "png" or options.background_color or options.margin or options.max_size:
-            raise ValueError("Pixelcut natively does PNG and crop only; plan the options first")
+        self.check_native(options, self.spec.capabilities)
         margins = extra.native_margins
         if margins and not options.crop:
             raise InvalidOptionError(

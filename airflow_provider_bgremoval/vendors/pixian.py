@@ -326,8 +326,9 @@ class PixianWire(VendorWire):
         :param vendor_options: :class:`PixianOptions` or a mapping of its fields.
         """
         opts = self.coerce_options(vendor_options)
+        self.check_native(options, self.capabilities_for(opts))
         if opts.delta_png:
-            self._check_delta(image, options, opts)
+            self._check_delta(image, opts)
         test = self.test_mode(opts)
         fields, files = self._input_fields(image, opts)
         if test:
@@ -359,11 +360,6 @@ class PixianWire(VendorWire):
 
     def _result_fields(self, options: RemovalOptions, opts: PixianOptions) -> dict[str, str]:
         """The ``background.*``, ``result.*`` and ``output.*`` fields of a normal (not delta) call."""
-        if options.output_format not in self.spec.capabilities.output_formats:
-            raise InvalidOptionError(
-                "output_format",
-                f"Pixian returns png or jpeg, not {options.output_format!r} (plan it locally)",
-            )
         values: dict[str, object] = {
             "background.color": options.background_color.upper() if options.background_color else None,
             "result.crop_to_foreground": "true" if options.crop else None,
@@ -390,14 +386,7 @@ class PixianWire(VendorWire):
             )
         return encoded
 
-    def _check_delta(self, image: ImageInput, options: RemovalOptions, opts: PixianOptions) -> None:
-        # planned locally for a delta call (capabilities_for): set here, the plan was made wrongly
-        if options.background_color is not None:
-            raise InvalidOptionError("background_color", "Pixian ignores background.color with delta_png")
-        if options.crop:
-            raise InvalidOptionError("crop", "Pixian ignores result.crop_to_foreground with delta_png")
-        if options.output_format != "png":
-            raise InvalidOptionError("output_format", "a delta_png call returns a PNG")
+    def _check_delta(self, image: ImageInput, opts: PixianOptions) -> None:
         if image.data is None:
             raise InvalidOptionError(
                 "delta_png", "needs the image bytes to decode the result; image_url cannot be used with it"

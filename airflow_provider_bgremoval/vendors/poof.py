@@ -269,8 +269,7 @@ class PoofWire(VendorWire):
         poof_options = self.coerce_options(vendor_options)
         if image.data is None:
             raise InvalidOptionError("image_url", _NO_URL_INPUT)
-        if options.margin is not None or options.max_size is not None:  # only a hand-built request
-            raise InvalidOptionError("options", "margin and max_size are applied locally, not by Poof")
+        self.check_native(options, self.spec.capabilities)
         background = options.effective_background
         fields_: dict[str, str] = {
             "format": _NATIVE_FORMATS[options.output_format],
