@@ -231,12 +231,8 @@ def _existing_outputs(
     storage: GcsStorage, spec: BatchSpec, destinations: Iterable[str], count: int
 ) -> dict[str, ObjectInfo]:
     if count < _STAT_THRESHOLD:
-        found = {}
-        for name in destinations:
-            info = storage.stat(spec.destination_bucket, name)
-            if info is not None:
-                found[name] = info
-        return found
+        infos = (storage.stat(spec.destination_bucket, name) for name in destinations)
+        return {info.name: info for info in infos if info is not None}
     return {
         info.name: info
         for info in storage.list_objects(spec.destination_bucket, spec.destination_prefix)
