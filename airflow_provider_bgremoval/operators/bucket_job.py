@@ -1,19 +1,13 @@
 """The bucket job: what a bucket task works on, shared by the batch operators and the credits pre-flight.
 
-A :class:`BucketJob` holds the batch spec (sources, outputs, filters), the GCS storage, the vendor hook
-and the image processor; :meth:`BucketJob.plan_batch` plans it with
-:func:`~airflow_provider_bgremoval.pipeline.planning.plan_batch`. The removal and generation operators
-(:mod:`~airflow_provider_bgremoval.operators.bucket`) run the plan; the credits pre-flight
-(:mod:`~airflow_provider_bgremoval.operators.preflight`) prices the same plan without running it.
-
-:class:`BucketJobOperator` holds the parameters that describe a job (templated, validated at DAG parse
-when they are literal) and builds the job from them once they are rendered.
+:class:`BucketJobOperator` holds the job's parameters and builds the :class:`BucketJob` from them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from abc import abstractmethod
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -60,6 +54,18 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
+def check_choice(value: Any, choices: Sequence[str], parameter: str) -> None:
+    """
+    Raise :class:`~airflow_provider_bgremoval.exceptions.InvalidOptionError` unless ``value`` is a choice.
+
+    :param value: the parameter value.
+    :param choices: the values allowed.
+    :param parameter: the parameter name used in the error message.
+    """
+    if value not in choices:
+        raise InvalidOptionError(parameter, f"{value!r} is not one of {', '.join(choices)}")
+
+
 def parse_count(value: Any, parameter: str, *, minimum: int = 0) -> int | None:
     """
     ``None`` (not given: ``None`` or ``""``) or an integer ≥ ``minimum``.
@@ -82,7 +88,7 @@ def parse_count(value: Any, parameter: str, *, minimum: int = 0) -> int | None:
 @dataclass(frozen=True)
 class BucketJob:
     """
-    What one bucket task works on: the batch spec, the GCS storage, the vendor hook and the processor.
+    What one bucket task works on.
 
     :param spec: sources, outputs and filters.
     :param storage: the GCS storage.
@@ -115,9 +121,8 @@ class BucketJob:
         :param conn_id: the vendor connection (its type picks the hook).
         :param gcp_conn_id: the Google Cloud connection.
         :param build_processor: makes the processor from the hook and the cost override.
-        :param cost_per_image: credits per image overriding the vendor's cost table (number or text).
-        :param max_concurrency: the task's concurrency; planning runs at least
-            :data:`MIN_PLANNING_CONCURRENCY` checks at once.
+        :param cost_per_image: credits per image overriding the vendor's cost table.
+        :param max_concurrency: the task's concurrency (planning runs at least 4 checks at once).
         """
         cost = parse_credits(cost_per_image, "cost_per_image")
         storage = GcsStorage(gcp_conn_id=gcp_conn_id)
@@ -146,15 +151,9 @@ class BucketJob:
         )
 
 
-def _patterns(value: str | Sequence[str] | None) -> Sequence[str] | None:
-    if value in (None, "", []):
-        return None
-    return [value] if isinstance(value, str) else list(value)
-
-
 class BucketJobOperator(BaseOperator):
     """
-    Base of the operators that work on a :class:`BucketJob`: the parameters that describe the job.
+    Base of the operators that work on a :class:`BucketJob`; parameters in detail: docs/pipeline.md.
 
     :param conn_id: vendor connection (its type picks the vendor: ``pixelcut``, ``pixian``, ``poof``).
     :param source_bucket: bucket of the source images.
@@ -162,7 +161,7 @@ class BucketJobOperator(BaseOperator):
     :param source_prefix: prefix to list; kept out of output names.
     :param source_objects: explicit object names instead of listing (mappable).
     :param destination_prefix: prefix of the outputs.
-    :param include: glob pattern(s) a source must match, e.g. ``"*.jpg"``.
+    :param include: glob pattern(s) a source must match, e.g. ``"*.jpg"`` (empty: all).
     :param exclude: glob pattern(s) to leave out.
     :param overwrite: replace outputs made from another source generation or other options.
     :param gcp_conn_id: Google Cloud connection (ADC when absent; emulator via ``STORAGE_EMULATOR_HOST``).
@@ -229,14 +228,14 @@ class BucketJobOperator(BaseOperator):
             if not is_template(getattr(self, name)):
                 parse_credits(getattr(self, name), name)
 
+    @abstractmethod
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
         """
-        The vendor operation applied to each image (defined by the removal and generation operators).
+        The vendor operation applied to each image (defined by the operation's parameters class).
 
         :param hook: the vendor hook.
         :param cost: the ``cost_per_image`` override, when given.
         """
-        raise TypeError(f"{type(self).__name__} must define build_processor()")
 
     def _spec(self) -> BatchSpec:
         objects = self.source_objects
@@ -248,8 +247,8 @@ class BucketJobOperator(BaseOperator):
             source_prefix=self.source_prefix or "",
             source_objects=None if objects is None else list(objects),
             destination_prefix=self.destination_prefix or "",
-            include=_patterns(self.include),
-            exclude=_patterns(self.exclude),
+            include=self.include,
+            exclude=self.exclude,
             overwrite=bool(self.overwrite),
         )
 

@@ -1,9 +1,6 @@
 """What a bucket task does to each image: the removal and generation parameters and their processors.
 
-Each operation is declared once and shared by the batch operator that runs it
-(:class:`~airflow_provider_bgremoval.operators.bucket.RemoveBackgroundOperator`,
-:class:`~airflow_provider_bgremoval.operators.bucket.GenerateBackgroundOperator`) and by the credits
-pre-flight that prices it (:mod:`~airflow_provider_bgremoval.operators.preflight`), so both build the
+The batch operator and the credits pre-flight of one operation share its class here, so both build the
 same processor (same fingerprint, same cost) from the same parameters.
 """
 
@@ -147,7 +144,7 @@ class GenerationParameters(BucketJobOperator):
         """
         A :class:`~airflow_provider_bgremoval.pipeline.processors.GenerationProcessor` (Pixelcut only).
 
-        :param hook: the vendor hook (must be Pixelcut).
+        :param hook: the vendor hook.
         :param cost: the ``cost_per_image`` override, when given.
         """
         if not isinstance(hook, PixelcutHook):

@@ -1,20 +1,12 @@
 """The credits pre-flight: can the balance pay for this batch? If not, halt before any image is sent.
 
-:class:`CreditsCheckOperator` (and :class:`GenerateCreditsCheckOperator`) prepares the *same*
-:class:`~airflow_provider_bgremoval.operators.bucket_job.BucketJob` as the bucket task it guards, from
-the same parameters, plans it with the same code (:meth:`BucketJob.plan_batch
-<airflow_provider_bgremoval.operators.bucket_job.BucketJob.plan_batch>` → ``plan_batch``), prices the
-billable work with the same processor cost logic, and compares it with the balance. It spends 0
-credits: planning is local plus GCS, the balance endpoint is free, and Pixian's optional estimate is a
-free ``test=true`` call.
-
-A pre-flight halt reports the same shape as the bucket pipeline's mid-batch halt
-(:class:`~airflow_provider_bgremoval.pipeline.engine.HaltInfo`, reason ``insufficient_credits``), so
-one alert can handle both.
+It prepares and plans the bucket task's own :class:`BucketJob`, prices it and spends 0 credits;
+behaviour in detail: docs/credits.md ("CreditsCheckOperator").
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Sequence
@@ -33,10 +25,12 @@ from airflow_provider_bgremoval.credits import (
     parse_min_credits,
 )
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidOptionError
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
+from airflow_provider_bgremoval.operators.bucket import BucketImageOperator
 from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJob,
     BucketJobOperator,
+    check_choice,
     is_template,
     parse_count,
 )
@@ -54,18 +48,14 @@ log = logging.getLogger(__name__)
 ON_INSUFFICIENT_CHOICES = ("fail", "skip")
 #: Samples tried for Pixian's test-mode estimate when a sample is refused by the vendor.
 _TEST_ESTIMATE_SAMPLES = 3
-#: Parameters of the batch alone, which the pre-flight accepted while it inherited the bucket
-#: operator; they are ignored with a DeprecationWarning until the next release.
-_BATCH_ONLY_PARAMETERS = (
-    "on_error",
-    "max_failure_rate",
-    "claim_lease",
-    "progress_interval",
-    "on_pending",
-    "drain_grace",
-    "manifest_checkpoint_rows",
-    "manifest_checkpoint_seconds",
-)
+#: The batch's own parameters: the pre-flight ignores them with a DeprecationWarning until the next release.
+_BATCH_ONLY_PARAMETERS = [
+    name
+    for name, parameter in inspect.signature(BucketImageOperator.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+]
+#: The credit amounts of an estimate, written as a person writes them in logs and messages.
+_AMOUNTS = ("cost_per_image", "needed", "margin_credits", "required", "available")
 
 
 @dataclass(frozen=True)
@@ -90,15 +80,15 @@ class SafetyMargin:
         if value in (None, ""):
             return cls(credits=Decimal(0))
         text = str(value).strip()
-        if text.endswith("%"):
-            try:
-                percent = Decimal(text[:-1].strip())
-            except (InvalidOperation, ValueError):
-                raise InvalidOptionError("safety_margin", f"{value!r} is not a percentage") from None
-            if not percent.is_finite() or percent < 0:
-                raise InvalidOptionError("safety_margin", "must be a non-negative percentage")
-            return cls(percent=percent)
-        return cls(credits=parse_min_credits(value, "safety_margin"))
+        if not text.endswith("%"):
+            return cls(credits=parse_min_credits(value, "safety_margin"))
+        try:
+            percent = Decimal(text[:-1].strip())
+        except (InvalidOperation, ValueError):
+            raise InvalidOptionError("safety_margin", f"{value!r} is not a percentage") from None
+        if not percent.is_finite() or percent < 0:
+            raise InvalidOptionError("safety_margin", "must be a non-negative percentage")
+        return cls(percent=percent)
 
     def on(self, needed: Decimal) -> Decimal:
         """
@@ -127,30 +117,14 @@ def describe_header_only(billable: int, header_only: int) -> str:
     )
 
 
-def _check_on_insufficient(value: Any) -> None:
-    if value not in ON_INSUFFICIENT_CHOICES:
-        raise InvalidOptionError(
-            "on_insufficient", f"{value!r} is not one of {', '.join(ON_INSUFFICIENT_CHOICES)}"
-        )
-
-
 class CreditsPreflightOperator(BucketJobOperator):
     """
-    The credits pre-flight of a bucket job (see :class:`CreditsCheckOperator`).
+    The credits pre-flight of a bucket job; a subclass adds the operation's parameters.
 
-    The job (planning, processor, cost logic) is the bucket operator's own
-    :class:`~airflow_provider_bgremoval.operators.bucket_job.BucketJob`; a subclass adds the
-    operation's parameters (:class:`~airflow_provider_bgremoval.operators.operations.RemovalParameters`
-    or :class:`~airflow_provider_bgremoval.operators.operations.GenerationParameters`).
-
-    :param safety_margin: extra credits required on top of the estimate: a number of credits or a
-        percentage of the estimate such as ``"10%"`` (templated).
-    :param on_insufficient: ``"fail"`` (fail without retries) or ``"skip"`` (skip this task and,
-        through the default trigger rule, everything downstream).
-    :param use_test_estimate: Pixian only: price one image with a free ``test=true`` call on a sample
-        (``X-Credits-Calculated``) instead of the cost table.
-    :param kwargs: the bucket job's parameters (same meaning as on the bucket task; ``max_images`` and
-        ``max_credits`` cap the estimate as they cap the batch). The batch's own parameters
+    :param safety_margin: extra credits required on top of the estimate: credits, or a percentage (``"10%"``).
+    :param on_insufficient: ``"fail"`` (without retries) or ``"skip"`` (this task and its downstream).
+    :param use_test_estimate: Pixian only: price an image with a free ``test=true`` call on a sample.
+    :param kwargs: the bucket job's parameters (:class:`BucketJobOperator`); the batch's own
         (``on_error``, ``claim_lease``…) are ignored, with a DeprecationWarning.
     """
 
@@ -177,7 +151,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         self.on_insufficient = on_insufficient
         self.use_test_estimate = use_test_estimate
         if not is_template(on_insufficient):
-            _check_on_insufficient(on_insufficient)
+            check_choice(on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         if not is_template(safety_margin):
             SafetyMargin.parse(safety_margin)
         if use_test_estimate and self.cost_per_image not in (None, ""):
@@ -185,7 +159,6 @@ class CreditsPreflightOperator(BucketJobOperator):
                 "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
             )
 
-    # -- pricing -------------------------------------------------------------------------------
     def test_estimate(
         self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan
     ) -> Decimal:
@@ -205,10 +178,9 @@ class CreditsPreflightOperator(BucketJobOperator):
             return self.test_estimate(job.hook, job.storage, plan), "test_estimate"
         return job.processor.cost_per_image, "cost_table"
 
-    # -- the check -----------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         """Plan, price, read the balance, and pass (estimate to XCom) or halt."""
-        _check_on_insufficient(self.on_insufficient)
+        check_choice(self.on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         margin = SafetyMargin.parse(self.safety_margin)
         max_images = parse_count(self.max_images, "max_images")
         max_credits = parse_credits(self.max_credits, "max_credits")
@@ -244,35 +216,20 @@ class CreditsPreflightOperator(BucketJobOperator):
             "balance": balance.as_dict(),
             "sufficient": billable == 0 or has_enough(balance, needed + extra),
         }
-        self._log_estimate(estimate)
+        amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
+        log.info(
+            "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
+            "source(s) (%(already_done)d done, %(rejected_locally)d rejected locally) x %(cost_per_image)s "
+            "credits (%(cost_source)s) = %(needed)s; + margin %(margin_credits)s = %(required)s required; "
+            "%(available)s available: %(verdict)s",
+            {**estimate, **amounts, "verdict": "OK" if estimate["sufficient"] else "INSUFFICIENT"},
+        )
+        header_only = estimate["checked_by_header_only"]
+        if header_only:
+            log.info("Credits pre-flight (%s): %s", self.conn_id, describe_header_only(billable, header_only))
         if estimate["sufficient"]:
             return estimate
-        self._halt(context, estimate, balance)
-
-    def _log_estimate(self, estimate: dict[str, Any]) -> None:
-        log.info(
-            "Credits pre-flight (%s, %s): %d billable of %d source(s) (%d done, %d rejected locally) x %s "
-            "credits (%s) = %s; + margin %s = %s required; %s available: %s",
-            self.conn_id,
-            estimate["vendor"],
-            estimate["billable_images"],
-            estimate["sources"],
-            estimate["already_done"],
-            estimate["rejected_locally"],
-            estimate["cost_per_image"],
-            estimate["cost_source"],
-            estimate["needed"],
-            estimate["margin_credits"],
-            estimate["required"],
-            estimate["available"],
-            "OK" if estimate["sufficient"] else "INSUFFICIENT",
-        )
-        if estimate["checked_by_header_only"]:
-            log.info(
-                "Credits pre-flight (%s): %s",
-                self.conn_id,
-                describe_header_only(estimate["billable_images"], estimate["checked_by_header_only"]),
-            )
+        self._halt(context, estimate, amounts, balance)
 
     def _balance(
         self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int
@@ -295,18 +252,18 @@ class CreditsPreflightOperator(BucketJobOperator):
             context["ti"].xcom_push(key="halt", value=halt.as_dict())
             raise AirflowFailException(f"credits pre-flight: {halt.message}") from exc
 
-    def _halt(self, context: Context, estimate: dict[str, Any], balance: Balance) -> NoReturn:
-        billable = estimate["billable_images"]
-        margin_text = (
-            f" incl. safety margin {estimate['margin_credits']}"
-            if Decimal(estimate["margin_credits"])
-            else ""
+    def _halt(
+        self, context: Context, estimate: dict[str, Any], amounts: dict[str, str], balance: Balance
+    ) -> NoReturn:
+        billable, header_only = estimate["billable_images"], estimate["checked_by_header_only"]
+        margin = (
+            f" incl. safety margin {amounts['margin_credits']}" if Decimal(estimate["margin_credits"]) else ""
         )
         state = "" if balance.state is AccountState.ACTIVE else f" (account {balance.state.value})"
         message = (
             f"insufficient credits on {self.conn_id!r}: {billable} billable image(s) x "
-            f"{estimate['cost_per_image']} credits need {estimate['required']}{margin_text}, "
-            f"but only {estimate['available']} are available{state}"
+            f"{amounts['cost_per_image']} credits need {amounts['required']}{margin}, "
+            f"but only {amounts['available']} are available{state}"
         )
         halt = HaltInfo(
             reason="insufficient_credits",
@@ -317,15 +274,14 @@ class CreditsPreflightOperator(BucketJobOperator):
             available=Decimal(estimate["available"]),
             fatal=self.on_insufficient == "fail",
         )
-        ti = context["ti"]
-        ti.xcom_push(key="estimate", value=estimate)
-        ti.xcom_push(key="halt", value=halt.as_dict())
+        context["ti"].xcom_push(key="estimate", value=estimate)
+        context["ti"].xcom_push(key="halt", value=halt.as_dict())
         text = (
             f"Credits pre-flight ({estimate['vendor']}): {message}. "
             "Nothing was charged; top up or shrink the batch."
         )
-        if estimate["checked_by_header_only"]:
-            text += f" ({describe_header_only(billable, estimate['checked_by_header_only'])}.)"
+        if header_only:
+            text += f" ({describe_header_only(billable, header_only)}.)"
         if self.on_insufficient == "skip":
             raise AirflowSkipException(text)
         raise AirflowFailException(text)
@@ -337,44 +293,13 @@ _PREFLIGHT_TEMPLATE_FIELDS = ("safety_margin", "on_insufficient")
 
 class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
     """
-    Pre-flight budget for
-    :class:`~airflow_provider_bgremoval.operators.bucket.RemoveBackgroundOperator`: never start what
-    you cannot finish.
+    Pre-flight budget for :class:`~airflow_provider_bgremoval.operators.bucket.RemoveBackgroundOperator`.
 
-    Give it the same parameters as the bucket task it guards. It plans the batch with the same code
-    (finished outputs and local rejects are not billable), prices each billable image with the
-    vendor's cost table (or ``cost_per_image``, or Pixian's free test-mode estimate), adds the
-    ``safety_margin`` and compares with the usable balance (dormant accounts: 0). It charges nothing.
-
-    .. code-block:: python
-
-        check = CreditsCheckOperator(
-            task_id="check_credits",
-            conn_id="pixian_default",
-            source_bucket="shop-raw",
-            source_prefix="2026/11/",
-            destination_bucket="shop-cutouts",
-            destination_prefix="2026/11/",
-            output_format="webp",
-            safety_margin="10%",
-            on_insufficient="fail",
-        )
-        check >> RemoveBackgroundOperator(task_id="cutouts", ...same parameters...)
-
-    Passes → returns the estimate (XCom ``return_value``): ``conn_id``, ``vendor``, ``operation``,
-    ``sources``, ``billable_images``, ``planned_billable``, ``checked_by_header_only`` (billable
-    images too large to verify without downloading them: a truncated one is rejected at run time,
-    free), ``already_done``, ``rejected_locally``, ``cost_per_image``,
-    ``cost_source``, ``needed``, ``safety_margin``, ``margin_credits``, ``required``, ``available``,
-    ``balance``, ``sufficient``.
-    Halts → pushes XCom ``halt`` (the pipeline's ``HaltInfo`` shape, reason ``insufficient_credits``,
-    ``needed`` = estimate + margin) and ``estimate``, then fails without retries
-    (``on_insufficient="fail"``) or skips (``"skip"``).
-
-    The pre-flight's parameters (``safety_margin``, ``on_insufficient``, ``use_test_estimate``: one
-    free Pixian ``test=true`` call on a sample reads ``X-Credits-Calculated`` as the per-image cost)
-    are documented on :class:`CreditsPreflightOperator`; the image parameters on
-    :class:`~airflow_provider_bgremoval.operators.operations.RemovalParameters`.
+    Give it the same parameters as the bucket task it guards and put it upstream. It passes with the
+    estimate as its return value, or pushes XCom ``estimate`` and ``halt`` (the pipeline's halt shape)
+    and fails or skips (``on_insufficient``); fields and rules: docs/credits.md. The pre-flight's
+    parameters are documented on :class:`CreditsPreflightOperator`, the image parameters on
+    :class:`RemovalParameters`.
     """
 
     template_fields: Sequence[str] = (*RemovalParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)
@@ -383,9 +308,7 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
         self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan
     ) -> Decimal:
         """
-        Pixian's free estimate: a ``test=true`` call on a sample, read from ``X-Credits-Calculated``.
-
-        Tries up to three samples when the vendor refuses one image.
+        Pixian's free estimate: ``X-Credits-Calculated`` of a ``test=true`` call on one of the first samples.
 
         :param hook: the vendor hook (must be Pixian).
         :param storage: the GCS storage.
@@ -415,20 +338,20 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
                 )
                 last = exc
                 continue
-            log.info("Pixian test-mode estimate on %s: %s credits per image", item.source.uri, cost)
+            log.info(
+                "Pixian test-mode estimate on %s: %s credits per image", item.source.uri, format_credits(cost)
+            )
             return cost
         raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
 
 class GenerateCreditsCheckOperator(GenerationParameters, CreditsPreflightOperator):
     """
-    Pre-flight budget for
-    :class:`~airflow_provider_bgremoval.operators.bucket.GenerateBackgroundOperator` (Pixelcut): same
-    checks and results as :class:`CreditsCheckOperator`, priced with the generate-background cost
-    (1 credit by default). ``use_test_estimate`` is not available for Pixelcut (raises).
+    Pre-flight budget for :class:`~airflow_provider_bgremoval.operators.bucket.GenerateBackgroundOperator`.
 
-    The pre-flight's parameters are documented on :class:`CreditsPreflightOperator`; the scene
-    parameters on :class:`~airflow_provider_bgremoval.operators.operations.GenerationParameters`.
+    The same checks and results as :class:`CreditsCheckOperator`, priced with the generate-background
+    cost; ``use_test_estimate`` is not available for Pixelcut (raises). The scene parameters are
+    documented on :class:`GenerationParameters`.
     """
 
     template_fields: Sequence[str] = (*GenerationParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)

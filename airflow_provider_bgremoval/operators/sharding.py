@@ -1,19 +1,6 @@
 """Scale-out: list a prefix once and split it into shards for ``.expand()`` (DESIGN.md decision 9).
 
-.. code-block:: python
-
-    shards = ListImageShardsOperator(
-        task_id="shards", source_bucket="shop-raw", source_prefix="2026/11/", include="*.jpg", max_shards=8
-    )
-    RemoveBackgroundOperator.partial(
-        task_id="cutouts", conn_id="pixian_default", pool="pixian_api",
-        source_bucket="shop-raw", source_prefix="2026/11/",
-        destination_bucket="shop-cutouts", destination_prefix="2026/11/",
-    ).expand(source_objects=shards.output)
-
-Each mapped task processes one shard with its own bounded concurrency; a pool per vendor caps how
-many shards run at once across workers. Keep ``max_shards`` well under Airflow's
-``[core] max_map_length`` (1024).
+Usage and pools: docs/pipeline.md ("Scale-out: shards and pools").
 """
 
 from __future__ import annotations
@@ -38,8 +25,11 @@ def split_into_shards(
     names: Sequence[str], *, max_shards: int = 16, min_shard_size: int = 1
 ) -> list[list[str]]:
     """
-    Split ``names`` into at most ``max_shards`` contiguous shards of nearly equal size, none smaller
-    than ``min_shard_size`` (except when there are fewer names than that). Order is kept.
+    Split ``names`` into at most ``max_shards`` contiguous shards of nearly equal size, in order.
+
+    :param names: the object names.
+    :param max_shards: at most this many shards.
+    :param min_shard_size: no shard smaller than this (unless there are fewer names).
     """
     if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
         raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
@@ -101,15 +91,11 @@ class ListImageShardsOperator(BaseOperator):
         self.gcp_conn_id = gcp_conn_id
 
     def execute(self, context: Context) -> list[list[str]]:
+        """List the prefix (filtered) and return its shards."""
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
-        include = [self.include] if isinstance(self.include, str) else self.include
-        exclude = [self.exclude] if isinstance(self.exclude, str) else self.exclude
-        names = [
-            info.name
-            for info in storage.list_objects(
-                self.source_bucket, normalise_prefix(self.source_prefix), include=include, exclude=exclude
-            )
-        ]
+        prefix = normalise_prefix(self.source_prefix)
+        listing = storage.list_objects(self.source_bucket, prefix, include=self.include, exclude=self.exclude)
+        names = [info.name for info in listing]
         shards = split_into_shards(
             names, max_shards=int(self.max_shards), min_shard_size=int(self.min_shard_size)
         )
