@@ -189,13 +189,9 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     with _bomb_warnings_ignored():
         try:
             with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format or "UNKNOWN"
                 return ImageInfo(
-                    format=image.format or "UNKNOWN",
-                    width=image.width,
-                    height=image.height,
-                    mode=image.mode,
-                    orientation=_orientation(image),
-                    frames=_frames(image),
+                    fmt, image.width, image.height, image.mode, _orientation(image), _frames(image)
                 )
         except AirflowException:
             raise
@@ -297,9 +293,6 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     new_info = ImageInfo("PNG", upright.width, upright.height, upright.mode)
     check_limits(new_info, len(converted), limits, vendor=vendor)
     return PreparedInput(converted, "image/png", new_info, converted=True)
-
-
-# -- vendor results --------------------------------------------------------------------------------
 
 
 def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorResponseError:
@@ -447,20 +440,16 @@ def apply_local_steps(
     requested_format: str | None = None,
 ) -> tuple[bytes, str, int, int]:
     """
-    Decode a vendor result (:func:`decode_result`), run the local steps and encode it; the vendor's
-    bytes are kept when no step runs and their format is the one wanted. A crop whose margin makes the
-    output larger than ``limits`` is refused before it is allocated.
+    Decode a vendor result, run the local steps and encode it (the vendor's bytes are kept when no
+    step runs and they are in the format wanted). Failures are billed, typed errors (docs/options.md).
 
     :param data: the vendor's reply body.
     :param steps: the local steps.
     :param vendor: vendor name.
-    :param limits: result limits; defaults to :func:`result_limits` of ``vendor``.
-    :param requested_format: the format asked of the vendor: a result in another one is re-encoded to
-        it (``steps.output_format`` first; ``None``: any format is kept).
+    :param limits: result limits (the crop with its margin too); default: :func:`result_limits`.
+    :param requested_format: the format asked of the vendor, to re-encode a result in another one to
+        (``steps.output_format`` first; ``None``: any format is kept).
     :return: ``(bytes, content_type, width, height)``.
-    :raises InvalidVendorResponseError: ``local_processing_failed``, ``result_too_large`` (memory), or
-        a :func:`decode_result` code: the call was billed, the image fails alone.
-    :raises InputRejectedError: ``unknown_foreground``: no subject to crop to.
     """
     limits = limits or result_limits(vendor)
     image = decode_result(data, vendor=vendor, limits=limits)

@@ -40,9 +40,6 @@ _UNKNOWN_KEY_ERRORS = frozenset({"unexpected_keyword_argument", "extra_forbidden
 _T = TypeVar("_T")
 
 
-# -- one parser per type -----------------------------------------------------------------------------
-
-
 class OptionValueError(ValueError):
     """
     A bad option value raised inside a validator; the model makes it an :class:`InvalidOptionError`.
@@ -193,9 +190,6 @@ def parse_format(value: str, *, parameter: str = "output_format") -> OutputForma
     return _named(parameter, _format, value)
 
 
-# -- option models -----------------------------------------------------------------------------------
-
-
 def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
     """The keys the model at ``path`` (``[]``: ``model`` itself, else a nested model) accepts."""
     for name in path:
@@ -316,9 +310,6 @@ def option_model(cls: type[_T]) -> type[_T]:
 
     model.__init__ = functools.update_wrapper(__init__, validate)  # type: ignore[method-assign,assignment]
     return cast("type[_T]", model)
-
-
-# -- the unified options -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -481,9 +472,6 @@ def options_fingerprint(*parts: Mapping[str, Any] | None) -> str:
     """
     canonical = json.dumps([p or {} for p in parts], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-# -- the native/local split ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
