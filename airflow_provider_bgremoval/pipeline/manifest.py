@@ -122,10 +122,8 @@ class ManifestWriter:
         Safe from a worker thread while rows are added (bytes are read by position); after a sink error
         (which propagates) the same rows are offered again next time.
         """
-        if self.part_sink is None:
-            return 0
         rows, size = self.rows, self._size
-        if rows == self._saved_rows:
+        if self.part_sink is None or rows == self._saved_rows:
             return 0
         self._file.flush()
         data = os.pread(self._file.fileno(), size - self._saved_size, self._saved_size)
@@ -184,11 +182,8 @@ def collate_manifests(objects: Iterable[tuple[str, bytes]]) -> list[tuple[str, b
             finals[name] = data
         else:
             parts.setdefault(f"{match['manifest']}.jsonl", []).append((int(match["part"]), data))
-    collated = dict(finals)
-    for name, numbered in parts.items():
-        if name not in finals:
-            collated[name] = b"".join(data for _, data in sorted(numbered))
-    return sorted(collated.items())
+    joined = {name: b"".join(data for _, data in sorted(numbered)) for name, numbered in parts.items()}
+    return sorted({**joined, **finals}.items())
 
 
 def manifest_run_prefix(internal_prefix: str, dag_id: str, run_id: str) -> str:
