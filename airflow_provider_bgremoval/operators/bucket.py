@@ -49,11 +49,7 @@ ON_PENDING_CHOICES: tuple[str, ...] = ("fail", "warn")
 #: The summary fields of the log's final table.
 _TABLE_KEYS = (
     "total",
-    "done",
-    "skipped",
-    "rejected",
-    "failed",
-    "pending",
+    *STATUSES,
     "credits_spent",
     "credits_for_failed",
     "possibly_charged",
@@ -207,12 +203,7 @@ class BucketImageOperator(BucketJobOperator):
     def _keep_record(
         self, context: Context, job: BucketJob, name: str, manifest: ManifestWriter, *, strict: bool
     ) -> dict[str, Any]:
-        """
-        Store the final manifest and push the ``summary`` XCom (what alerts read), however the batch ended.
-
-        With ``strict``, a manifest that cannot be stored fails the task; otherwise (it is failing
-        anyway) that is logged, and the checkpoint parts hold the rows saved so far.
-        """
+        """Store the final manifest (unless ``strict``, a failed store is only logged); push ``summary``."""
         assert self._runner is not None
         result = self._runner.result
         manifest_uri = f"gs://{job.spec.destination_bucket}/{name}"

@@ -24,9 +24,6 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 T = TypeVar("T")
 
-#: Builds the processor of a job from its vendor hook and the ``cost_per_image`` override.
-ProcessorFactory = Callable[[BackgroundRemovalHook[Any], Decimal | None], ImageProcessor]
-
 #: Fewest local checks planning runs at once, whatever ``max_concurrency`` is.
 MIN_PLANNING_CONCURRENCY = 4
 
@@ -110,7 +107,7 @@ class BucketJob:
         *,
         conn_id: str,
         gcp_conn_id: str | None,
-        build_processor: ProcessorFactory,
+        build_processor: Callable[[BackgroundRemovalHook[Any], Decimal | None], ImageProcessor],
         cost_per_image: Any = None,
         max_concurrency: int = MIN_PLANNING_CONCURRENCY,
     ) -> BucketJob:
