@@ -16,12 +16,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from airflow.sdk.exceptions import AirflowException
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps
-
-_EXIF_ORIENTATION = 0x0112
 
 #: Codes of the :class:`InvalidVendorResponseError` raised for unusable results.
 RESULT_ERROR_CODES = (
@@ -164,7 +162,7 @@ def _reject(code: str, message: str, vendor: str | None) -> InputRejectedError:
 
 def _orientation(image: Image.Image) -> int:
     try:
-        value = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        value = int(image.getexif().get(ExifTags.Base.Orientation, 1) or 1)
     except Exception:  # a broken EXIF block is not fatal: treat as upright
         return 1
     return value if 1 <= value <= 8 else 1
