@@ -85,12 +85,6 @@ class RemovalParameters(BucketJobOperator):
         )
 
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
-        """
-        A :class:`~airflow_provider_bgremoval.pipeline.processors.RemovalProcessor` with these options.
-
-        :param hook: the vendor hook.
-        :param cost: the ``cost_per_image`` override, when given.
-        """
         return RemovalProcessor(hook, self.removal_options(), self.vendor_options, cost_per_image=cost)
 
 
@@ -141,12 +135,6 @@ class GenerationParameters(BucketJobOperator):
         )
 
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
-        """
-        A :class:`~airflow_provider_bgremoval.pipeline.processors.GenerationProcessor` (Pixelcut only).
-
-        :param hook: the vendor hook.
-        :param cost: the ``cost_per_image`` override, when given.
-        """
         if not isinstance(hook, PixelcutHook):
             raise InvalidOptionError(
                 "conn_id",
