@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 _PAD = 8
 _LABEL = 16
 _HEADER = 28
-_CHECKER = 8
 _BACKGROUND = (250, 250, 250)
 _INK = (40, 40, 40)
 
@@ -36,7 +35,7 @@ def contact_sheet_size(pairs: int, *, thumb: int = 160, columns: int = 3) -> tup
     return (_PAD + cols * (2 * thumb + 2 * _PAD), _HEADER + rows * (thumb + _LABEL + _PAD))
 
 
-def checkerboard(size: tuple[int, int], square: int = _CHECKER) -> Image.Image:
+def checkerboard(size: tuple[int, int], square: int = 8) -> Image.Image:
     """
     A light grey checkerboard (the usual "transparent" backdrop).
 
@@ -51,11 +50,9 @@ def checkerboard(size: tuple[int, int], square: int = _CHECKER) -> Image.Image:
     return board
 
 
-def _thumbnail(data: bytes, thumb: int, *, on_checkerboard: bool) -> Image.Image:
-    """The image fitted and centred on a ``thumb``-pixel square (over a checkerboard: alpha shows)."""
-    tile = (
-        checkerboard((thumb, thumb)) if on_checkerboard else Image.new("RGB", (thumb, thumb), (255, 255, 255))
-    )
+def _thumbnail(data: bytes, tile: Image.Image) -> Image.Image:
+    """The image fitted and centred on the square ``tile`` (a checkerboard shows alpha)."""
+    thumb = tile.width
     try:
         with Image.open(io.BytesIO(data)) as opened:
             image = ImageOps.exif_transpose(opened)
@@ -105,8 +102,8 @@ def render_contact_sheet(
         row, col = divmod(index, cols)
         x = _PAD + col * (2 * thumb + 2 * _PAD)
         y = _HEADER + row * (thumb + _LABEL + _PAD)
-        sheet.paste(_thumbnail(before, thumb, on_checkerboard=False), (x, y))
-        sheet.paste(_thumbnail(after, thumb, on_checkerboard=True), (x + thumb + _PAD, y))
+        sheet.paste(_thumbnail(before, Image.new("RGB", (thumb, thumb), (255, 255, 255))), (x, y))
+        sheet.paste(_thumbnail(after, checkerboard((thumb, thumb))), (x + thumb + _PAD, y))
         draw.text((x, y + thumb + 2), safe_excerpt(label, label_limit), fill=_INK, font=label_font)
     out = io.BytesIO()
     final = sheet.quantize(colors=colors, method=Image.Quantize.MEDIANCUT) if colors else sheet

@@ -19,16 +19,10 @@ from airflow_provider_bgremoval.exceptions import (
     TransientVendorError,
 )
 from airflow_provider_bgremoval.hooks.base import format_credits
-from airflow_provider_bgremoval.results import Balance
+from airflow_provider_bgremoval.results import AccountState, Balance
 
-#: Errors after which a later poll may succeed. ``OutOfCreditsError`` from a balance endpoint means
-#: "nothing usable yet", which is what we wait for.
-_POLL_AGAIN_ERRORS: tuple[type[BgRemovalError], ...] = (
-    TransientVendorError,
-    RateLimitedError,
-    InvalidVendorResponseError,
-    OutOfCreditsError,
-)
+#: Errors after which a later poll may succeed (``OutOfCreditsError``: nothing usable yet, as waited for).
+_POLL_AGAIN_ERRORS = (TransientVendorError, RateLimitedError, InvalidVendorResponseError, OutOfCreditsError)
 
 
 def parse_min_credits(value: Any, parameter: str = "min_credits") -> Decimal:
@@ -38,9 +32,7 @@ def parse_min_credits(value: Any, parameter: str = "min_credits") -> Decimal:
     :param value: a number or a numeric string (e.g. a rendered template).
     :param parameter: the parameter name used in the error message.
     """
-    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
-        raise InvalidOptionError(parameter, f"{value!r} is not a number of credits")
-    try:
+    try:  # None, True and "" are no numbers either: Decimal("None") etc. refuses them
         number = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
         raise InvalidOptionError(parameter, f"{value!r} is not a number of credits") from None
@@ -77,10 +69,11 @@ def describe_wait(conn_id: str, balance: Balance, threshold: Decimal) -> str:
     :param balance: its balance.
     :param threshold: the credits waited for.
     """
+    state = "" if balance.state is AccountState.ACTIVE else f" (state {balance.state.value})"
     verdict = "met" if has_enough(balance, threshold) else "waiting"
     return (
-        f"{conn_id} ({balance.vendor}): {format_credits(balance.remaining)} usable credits "
-        f"(state {balance.state.value}), threshold {format_credits(threshold)}: {verdict}"
+        f"{conn_id} ({balance.vendor}): {format_credits(balance.remaining)} usable credits{state}, "
+        f"threshold {format_credits(threshold)}: {verdict}"
     )
 
 

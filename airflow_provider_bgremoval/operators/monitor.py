@@ -19,7 +19,7 @@ from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.credits import describe_error, parse_min_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
-from airflow_provider_bgremoval.operators.bucket_job import is_template, run_coroutine
+from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -83,9 +83,7 @@ def parse_thresholds(thresholds: Mapping[str, Any]) -> dict[str, Decimal]:
     :param thresholds: connection id → minimum credits (number or numeric string).
     """
     if not isinstance(thresholds, Mapping) or not thresholds:
-        raise InvalidOptionError(
-            "thresholds", "expected a non-empty mapping of connection id -> minimum credits"
-        )
+        raise InvalidOptionError("thresholds", "expected a non-empty {conn_id: minimum credits} mapping")
     return {
         str(conn_id): parse_min_credits(value, f"thresholds[{conn_id!r}]")
         for conn_id, value in thresholds.items()
@@ -138,14 +136,6 @@ class CreditMonitorOperator(BaseOperator):
     """
     Check the balances of several vendor connections in one task; call back and fail or warn on low ones.
 
-    .. code-block:: python
-
-        CreditMonitorOperator(
-            task_id="credit_monitor",
-            thresholds={"pixelcut_default": 100, "pixian_default": "50.5", "poof_default": 20},
-            on_low_callback=SlackNotifier(text="Low credits: {{ low_balances }}"),
-        )
-
     Returns (XCom) ``{conn_id: BalanceCheck.as_dict()}``. An account is a problem when below its
     threshold or unreadable; the failure is not retried when only balances are low (docs/credits.md).
 
@@ -171,8 +161,7 @@ class CreditMonitorOperator(BaseOperator):
         self.thresholds = thresholds
         self.on_low = on_low
         self.on_low_callback = on_low_callback
-        if on_low not in ON_LOW_CHOICES:
-            raise InvalidOptionError("on_low", f"{on_low!r} is not one of {', '.join(ON_LOW_CHOICES)}")
+        check_choice(on_low, ON_LOW_CHOICES, "on_low")
         if isinstance(thresholds, Mapping) and not any(is_template(v) for v in thresholds.values()):
             parse_thresholds(thresholds)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_bgremoval._compat import AirflowFailException, AirflowSkipException, conf
+from airflow_provider_bgremoval._compat import AirflowFailException, conf
 from airflow_provider_bgremoval.credits import (
     describe_error,
     describe_wait,
@@ -30,17 +30,6 @@ if TYPE_CHECKING:
 class CreditsSensor(BaseSensorOperator):
     """
     Wait until a vendor account has at least ``min_credits`` usable credits (free balance calls only).
-
-    .. code-block:: python
-
-        CreditsSensor(
-            task_id="wait_for_credits",
-            conn_id="pixelcut_default",
-            min_credits="{{ params.batch_size }}",
-            poke_interval=300,
-            timeout=6 * 3600,
-            deferrable=True,
-        )
 
     Works in ``poke`` and ``reschedule`` mode and deferrable (one poke, then a :class:`CreditsTrigger`).
     Non-retryable failures (credentials, missing connection) fail at once; transient ones are logged
@@ -81,7 +70,7 @@ class CreditsSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
-        """Read the balance once; done when the usable balance reaches ``min_credits``."""
+        """Read the balance once; done when the usable balance reaches ``min_credits`` (else maybe defer)."""
         try:
             threshold = parse_min_credits(self.min_credits)  # a template may render to a non-number
             hook = self.get_hook()
@@ -100,8 +89,15 @@ class CreditsSensor(BaseSensorOperator):
             )
             return PokeReturnValue(is_done=False)
         self.log.info("%s", describe_wait(self.conn_id, balance, threshold))
-        met = has_enough(balance, threshold)
-        return PokeReturnValue(is_done=met, xcom_value=balance.as_dict() if met else None)
+        if has_enough(balance, threshold):
+            return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
+        if self.deferrable:  # after one poke on the worker, wait in the triggerer
+            self.defer(
+                trigger=self.trigger(),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout),
+            )
+        return PokeReturnValue(is_done=False)
 
     def trigger(self) -> CreditsTrigger:
         """The trigger this sensor defers to (primitives only)."""
@@ -112,23 +108,6 @@ class CreditsSensor(BaseSensorOperator):
             poll_interval=float(self.poke_interval),
             exponential_backoff=bool(self.exponential_backoff),
             max_poll_interval=float(max_wait),
-        )
-
-    def execute(self, context: Context) -> Any:
-        """Poke/reschedule through the base sensor, or poke once and defer."""
-        if not self.deferrable:
-            return super().execute(context)
-        try:
-            result = self.poke(context)
-        except AirflowFailException as exc:
-            if self.soft_fail or self.never_fail:
-                flag = "soft_fail" if self.soft_fail else "never_fail"
-                raise AirflowSkipException(f"Skipping ({flag}): {exc}") from exc
-            raise
-        if result.is_done:
-            return result.xcom_value
-        self.defer(
-            trigger=self.trigger(), method_name="execute_complete", timeout=timedelta(seconds=self.timeout)
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:

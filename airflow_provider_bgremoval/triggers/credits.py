@@ -62,9 +62,8 @@ class CreditsTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
         names = ("conn_id", "min_credits", "poll_interval", "exponential_backoff", "max_poll_interval")
-        return f"{type(self).__module__}.{type(self).__qualname__}", {
-            name: getattr(self, name) for name in names
-        }
+        kwargs = {name: getattr(self, name) for name in names}
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CreditsTrigger) and self.serialize() == other.serialize()
@@ -126,7 +125,7 @@ class CreditsTrigger(BaseTrigger):
                         describe_error(exc),
                     )
                 else:
-                    log.info("Poll %d: %s", polls, describe_wait(self.conn_id, balance, threshold))
+                    log.info("%s after %d poll(s)", describe_wait(self.conn_id, balance, threshold), polls)
                     if has_enough(balance, threshold):
                         return {
                             "status": "success",
@@ -141,8 +140,6 @@ class CreditsTrigger(BaseTrigger):
         """Poll until the threshold is met (or a fatal error), yield one event, return."""
         try:
             event = await self._poll()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug must not kill the triggerer: report it to the task
+        except Exception as exc:  # a bug must not kill the triggerer (cancellation is no Exception)
             event = self._error(exc, fatal=False)
         yield TriggerEvent(event)  # type: ignore[no-untyped-call]

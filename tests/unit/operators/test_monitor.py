@@ -183,3 +183,9 @@ def test_thresholds_validation() -> None:
 def test_balance_check_equal_is_not_low() -> None:
     assert not BalanceCheck("c", Decimal("10.5"), remaining=Decimal("10.5")).low
     assert BalanceCheck("c", Decimal("10.5"), remaining=Decimal("10.49")).low
+
+
+def test_describe_writes_credit_amounts_as_people_do() -> None:
+    check = BalanceCheck("pixian_default", Decimal("50.50"), "pixian", Decimal("1000.0"), "active")
+    assert check.describe() == "pixian_default (pixian): 1000 credits remaining, threshold 50.5: ok"
+    assert check.as_dict()["remaining"] == "1000.0"

@@ -101,7 +101,12 @@ def test_poof_remaining_is_max_minus_used(vendors: FakeVendors) -> None:
     vendors.set_poof(2000, 1234)
     result = poke(sensor("poof_default", 766))
     assert result.is_done
-    assert result.xcom_value == {"vendor": "poof", "remaining": "766", "state": "active", "credit_pack": "Pro"}
+    assert result.xcom_value == {
+        "vendor": "poof",
+        "remaining": "766",
+        "state": "active",
+        "credit_pack": "Pro",
+    }
     assert not poke(sensor("poof_default", 767)).is_done
     vendors.set_poof(100, 150)  # over-used: clamped at 0
     assert not poke(sensor("poof_default", "0.5")).is_done
@@ -297,3 +302,16 @@ def test_secrets_are_masked(vendors: FakeVendors) -> None:
     with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
         poke(sensor(min_credits=1))
     masked.assert_any_call("sk_unit_pixelcut_secret_0123456789")
+
+
+def test_credit_amounts_are_logged_as_people_write_them(
+    vendors: FakeVendors, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vendors.set_pixian("1000.0")  # Pixian's own notation
+    with caplog.at_level(logging.INFO):
+        result = poke(sensor("pixian_default", "12.50"))
+    assert result.xcom_value["remaining"] == "1000.0"  # XCom keeps the vendor's value
+    logs = caplog.text + capsys.readouterr().out
+    assert "1000 usable credits" in logs
+    assert "threshold 12.5: met" in logs
+    assert "1000.0" not in logs

@@ -290,3 +290,13 @@ async def test_sandbox_revoked_key_is_fatal(sb: RunningSandbox) -> None:
     assert event.payload["status"] == "error"
     assert event.payload["fatal"] is True
     assert len(sb.admin.requests("pixelcut")) == 1
+
+
+async def test_credit_amounts_are_logged_as_people_write_them(
+    vendors: FakeVendors, travel: TimeTravel, caplog: pytest.LogCaptureFixture
+) -> None:
+    vendors.set_pixian("1000.0")
+    with caplog.at_level("INFO"):
+        [event] = await events(CreditsTrigger("pixian_default", "10.0"))
+    assert event.payload["balance"]["remaining"] == "1000.0"
+    assert "1000 usable credits, threshold 10: met after 1 poll(s)" in caplog.text
