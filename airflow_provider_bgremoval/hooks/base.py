@@ -1,22 +1,7 @@
-"""The behaviour every vendor hook shares: connection -> configured httpx clients, retries, results.
+"""What every vendor hook shares: connection -> pooled httpx clients, retries, typed errors, results.
 
-A vendor hook names its connection type and its wire format
-(:class:`~airflow_provider_bgremoval.vendors.base.VendorWire`); the rest lives here once: one pooled
-``httpx.Client`` and ``httpx.AsyncClient`` per hook, the retry policy
-(:mod:`airflow_provider_bgremoval.retry`) around every request, transport failures and error replies
-mapped to the exception hierarchy, local input checks before a billed call, result decoding and
-post-processing, and size-capped result-URL downloads (http(s) only, redirects checked, no API key).
-
-**One implementation per call path**, in the shape of httpx's sans-I/O core with thin sync and async
-shells (the wire formats are sans-I/O already). Each call path is one generator method that *yields*
-the I/O it needs as effects (a request, a streamed download, the connection read, a retried
-sub-path, CPU work) and returns its result; a failed effect raises at its ``yield``, so errors are
-mapped once too. ``_run`` performs the effects with ``httpx.Client`` and blocking calls, ``_arun``
-with ``httpx.AsyncClient`` and CPU work in a worker thread; ``remove_background =
-_blocking(_remove_background)`` and ``aremove_background = _asynchronous(_remove_background)`` make
-the public methods, with the path's signature and docstring. (httpcore's alternative, an async source
-with an unasync-generated sync half, checks in a generated copy of every path and needs a CI check;
-here only each effect's two executions, a few lines side by side, exist twice.)
+Each call path is one generator (a *flow*) that yields the I/O it needs as effects; ``_run`` performs
+them with blocking calls, ``_arun`` with async ones (see "How a call runs" in docs/retry-and-errors.md).
 """
 
 from __future__ import annotations
@@ -79,6 +64,8 @@ _PROBE_POLICY = RetryPolicy(max_attempts=1)
 _PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 #: form field -> the extra older connections used for it (read only when the field is empty)
 _LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
+#: form field -> what a connection that leaves it empty has not got
+_FIELD_MEANING = {"password": "API key", "login": "API id"}
 
 
 def is_http_url(url: object) -> bool:
@@ -121,26 +108,16 @@ def format_credits(amount: Decimal) -> str:
     return f"{amount.normalize():f}"
 
 
-# -- effects: the I/O a call path yields to its driver ---------------------------------------------
+# -- effects: the I/O a flow yields to its driver --------------------------------------------------
 #: A call path: a generator that yields effects, is sent their results and returns ``T``.
 Flow: TypeAlias = Generator["_Effect[Any]", Any, T]
 
 
-@dataclass(frozen=True)
-class _Failed:
-    """An effect's error, raised again inside the call path, at its ``yield``."""
-
-    error: Exception
-
-
 class _Effect(ABC, Generic[T]):
-    """One I/O step, with its blocking and its async execution; ``yield from effect`` performs it."""
+    """One I/O step; ``yield from effect`` returns its result, or raises its error, in the flow."""
 
     def __iter__(self) -> Generator[_Effect[Any], Any, T]:
-        outcome = yield self
-        if isinstance(outcome, _Failed):
-            raise outcome.error
-        return outcome  # type: ignore[no-any-return]
+        return (yield self)  # type: ignore[no-any-return]
 
     @abstractmethod
     def run(self, hook: BackgroundRemovalHook[Any]) -> T:
@@ -150,23 +127,9 @@ class _Effect(ABC, Generic[T]):
     async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
         """Perform the step with the hook's async client."""
 
-    def outcome(self, hook: BackgroundRemovalHook[Any]) -> T | _Failed:
-        try:
-            return self.run(hook)
-        except Exception as exc:
-            return _Failed(exc)
-
-    async def aoutcome(self, hook: BackgroundRemovalHook[Any]) -> T | _Failed:
-        try:
-            return await self.arun(hook)
-        except Exception as exc:
-            return _Failed(exc)
-
 
 @dataclass(frozen=True)
 class _ReadConnection(_Effect["tuple[Connection, dict[str, Any]]"]):
-    """Fetch the Airflow connection and its extras."""
-
     conn_id: str
 
     def run(self, hook: BackgroundRemovalHook[Any]) -> tuple[Connection, dict[str, Any]]:
@@ -220,7 +183,7 @@ class _Fetch(_Effect["str | bytes"]):
 
 @dataclass(frozen=True)
 class _Retried(_Effect[T]):
-    """Run ``attempt()`` under ``policy`` (the hook's when ``None``), counting into ``stats``."""
+    """Run ``attempt()``'s flow under ``policy`` (the hook's when ``None``), counting into ``stats``."""
 
     attempt: Callable[[], Flow[T]]
     stats: CallStats | None = None
@@ -251,67 +214,52 @@ class _Offload(_Effect[T]):
 
 
 class _Drive(Generic[T]):
-    """Iterates a call path's effects, sending each one's :attr:`reply` back; then :attr:`result`."""
+    """Steps a flow: sends each effect's ``reply`` back or throws its ``error`` in; then ``result``."""
 
     def __init__(self, flow: Flow[T]) -> None:
         self.flow = flow
         self.reply: Any = None
+        self.error: Exception | None = None
         self.result: Any = None
 
     def __iter__(self) -> Iterator[_Effect[Any]]:
         with closing(self.flow):
             try:
                 while True:
-                    yield self.flow.send(self.reply)
+                    error, self.error = self.error, None
+                    yield self.flow.send(self.reply) if error is None else self.flow.throw(error)
             except StopIteration as done:
                 self.result = done.value
 
 
-# -- the two public methods of one call path -------------------------------------------------------
-def _described(method: Callable[..., Any], flow: Callable[..., Any], name: str) -> None:
-    """Give ``method`` the path's docstring and signature (returning what the path returns)."""
-    signature = inspect.signature(flow)
-    returned = str(signature.return_annotation).removeprefix("Flow[").removesuffix("]")
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = flow.__doc__
-    method.__signature__ = signature.replace(return_annotation=returned)  # type: ignore[attr-defined]
+def _methods(
+    flow: Callable[Concatenate[H, P], Flow[T]],
+) -> tuple[Callable[Concatenate[H, P], T], Callable[Concatenate[H, P], Awaitable[T]]]:
+    """
+    The blocking method ``name`` and the async method ``aname`` of flow ``_name``, with its signature
+    and docstring (the flow is looked up by name, so a subclass may override it).
+    """
 
-
-def _blocking(flow: Callable[Concatenate[H, P], Flow[T]]) -> Callable[Concatenate[H, P], T]:
-    """The blocking method of call path ``_name`` (named ``name``; a subclass may override the path)."""
-
-    def method(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def blocking(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(getattr(self, flow.__name__)(*args, **kwargs))
 
-    _described(method, flow, flow.__name__.removeprefix("_"))
-    return method
-
-
-def _asynchronous(flow: Callable[Concatenate[H, P], Flow[T]]) -> Callable[Concatenate[H, P], Awaitable[T]]:
-    """The async method of call path ``_name`` (named ``aname``; CPU work in a worker thread)."""
-
-    async def method(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def asynchronous(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._arun(getattr(self, flow.__name__)(*args, **kwargs))
 
-    _described(method, flow, "a" + flow.__name__.removeprefix("_"))
-    return method
+    signature = inspect.signature(flow)
+    returned = str(signature.return_annotation).removeprefix("Flow[").removesuffix("]")
+    for method, prefix in ((blocking, ""), (asynchronous, "a")):
+        method.__name__ = method.__qualname__ = prefix + flow.__name__.removeprefix("_")
+        method.__doc__ = flow.__doc__
+        method.__signature__ = signature.replace(return_annotation=returned)  # type: ignore[union-attr]
+    return blocking, asynchronous
 
 
 def _note_call_stats(exc: BaseException, stats: CallStats) -> BgRemovalError:
     """
-    Turn the error an image call ends in into a typed error and record the call's outcome on it
-    (``error.call``, a snapshot) and in ``stats`` (the caller's live record).
-
-    ``stats.possibly_charged`` already counts every retryable attempt whose reply was lost after the
-    request was sent (the final one included); a final non-retryable error that says it may have
-    been billed counts once more, unless the vendor answered the billed request (then the charge is
-    certain: ``stats.billed_reply``). Anything that is not a :class:`BgRemovalError` (a decoder or
-    post-processing failure, memory exhausted by a huge result) becomes a
-    :class:`ResultProcessingError` when the vendor had answered, so no exception of one image's path
-    escapes untyped.
-
-    :param exc: the error the call ends with.
-    :param stats: the call's statistics.
+    The typed error an image call ends in, carrying a snapshot of ``stats``. A final non-retryable
+    error that may have been billed counts as possibly charged, unless the vendor answered (then the
+    charge is certain); an untyped error becomes a :class:`ResultProcessingError`.
     """
     if not isinstance(exc, BgRemovalError):
         what = "turning the vendor's result into the output" if stats.billed_reply else "preparing the call"
@@ -332,14 +280,13 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     """
     Base class of the vendor hooks (sync and async methods over httpx).
 
-    One rule for the connection id in every vendor hook: the first argument ``conn_id``, or the
-    keyword :attr:`conn_name_attr` names (``pixelcut_conn_id``…, what ``Connection.get_hook()``
-    passes); two different ids are refused; neither means :attr:`default_conn_name`.
+    The connection id is ``conn_id``, or the keyword :attr:`conn_name_attr` names (``pixelcut_conn_id``…,
+    what ``Connection.get_hook()`` passes); two different ids are refused; neither means
+    :attr:`default_conn_name`.
 
     :param conn_id: Airflow connection id; defaults to the vendor's ``<vendor>_default``.
     :param timeout: idle/read timeout in seconds; overrides the connection's ``timeout`` extra.
-    :param retry_policy: retry policy; defaults to the vendor's documented policy, adjusted by the
-        connection's ``max_retries`` extra.
+    :param retry_policy: retry policy; defaults to the vendor's, adjusted by the ``max_retries`` extra.
     :param max_result_bytes: cap on downloaded result URLs.
     :param max_connections: size of the HTTP connection pool.
     :param transport: custom sync httpx transport (tests use ``httpx.MockTransport``).
@@ -354,6 +301,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     conn_type: ClassVar[str]
     hook_name: ClassVar[str]
     wire_class: ClassVar[type[VendorWire]]
+    #: form fields a connection must fill
+    _required_fields: ClassVar[tuple[str, ...]] = ("password",)
+    #: extra -> its parser, run as the connection is read (a bad value fails then, not mid-batch)
+    _extra_parsers: ClassVar[Mapping[str, Callable[[Any], object]]] = {}
 
     def __init__(
         self,
@@ -397,25 +348,30 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return f"{type(self).__name__}(conn_id={self.conn_id!r})"
 
     def _run(self, flow: Flow[T]) -> T:
-        """Drive a call path with blocking I/O."""
+        """Drive a flow with blocking I/O."""
         drive = _Drive(flow)
         for effect in drive:
-            drive.reply = effect.outcome(self)
+            try:
+                drive.reply = effect.run(self)
+            except Exception as exc:
+                drive.error = exc
         return drive.result  # type: ignore[no-any-return]
 
     async def _arun(self, flow: Flow[T]) -> T:
-        """Drive a call path with async I/O (CPU work in a worker thread)."""
+        """Drive a flow with async I/O (CPU work in a worker thread)."""
         drive = _Drive(flow)
         for effect in drive:
-            drive.reply = await effect.aoutcome(self)
+            try:
+                drive.reply = await effect.arun(self)
+            except Exception as exc:
+                drive.error = exc
         return drive.result  # type: ignore[no-any-return]
 
     # -- finding the hook; the connection form -------------------------------------------------
     @classmethod
     def get_hook(cls, conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
         """
-        The vendor hook serving ``conn_id``, found the Airflow way (``Connection.get_hook``: the
-        connection type -> provider info ``connection-types`` -> hook class).
+        The vendor hook serving ``conn_id``, found the Airflow way (``Connection.get_hook``).
 
         :param conn_id: the connection id.
         :param hook_params: keyword arguments for the hook (``timeout``, ``transport``…).
@@ -465,10 +421,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """
-        Connection-form relabelling for Airflow releases that read it from the hook (before 3.2),
-        built from the provider info so the two cannot drift apart.
-        """
+        """Connection-form relabelling for Airflow before 3.2, built from the provider info."""
         behaviour = cls._form()["ui-field-behaviour"]
         return {
             "hidden_fields": list(behaviour["hidden-fields"]),
@@ -493,11 +446,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """
         Read a connection into :class:`ConnectionSettings` and register its secrets for masking.
 
-        The visible form fields are the source: ``password`` is the API key, ``login`` the API id,
-        ``host`` (with its scheme, or https, plus ``port``) the base URL, else the vendor's production
-        URL. The ``base_url`` / ``api_key`` / ``api_id`` extras of older connections are read only when
-        their field is empty, with a warning; other extras the form does not declare are ignored, with
-        a warning.
+        ``password`` is the API key, ``login`` the API id, ``host`` (plus ``port``) the base URL; the
+        ``base_url`` / ``api_key`` / ``api_id`` extras of older connections are read only when their
+        field is empty. Extras the form does not declare are ignored, with a warning.
 
         :param conn: the Airflow connection.
         :param extras: its extras.
@@ -509,16 +460,14 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             log.warning(
                 "Connection %r: extras %s are not fields of its form; ignored", conn.conn_id, undeclared
             )
-        api_key = cls._field(conn, extras, "password")
-        if not api_key:
-            label = cls._label("password")
-            raise InvalidOptionError(
-                label, f"connection {conn.conn_id!r} has no API key: set the {label} field"
-            )
-        # The task SDK masked the password (and a sensitive-named ``api_key`` extra) as it fetched
-        # the connection; this also covers connections that did not come through the SDK. Through
-        # _compat, so that dag.test()'s supervisor does not log the value at DEBUG.
-        mask_secret(api_key)
+        fields = {name: cls._field(conn, extras, name) for name in ("password", "login")}
+        for name in cls._required_fields:
+            if not fields[name]:
+                label = cls._label(name)
+                raise InvalidOptionError(
+                    label, f"connection {conn.conn_id!r} has no {_FIELD_MEANING[name]}: set the {label} field"
+                )
+        mask_secret(fields["password"])  # through _compat: dag.test()'s supervisor must not log it
         raw_timeout = timeout if timeout is not None else extras.get("timeout")
         try:
             seconds = (
@@ -528,13 +477,19 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds") from None
         if seconds <= 0:
             raise InvalidOptionError("timeout", "must be positive")
-        return ConnectionSettings(
+        for name, parse in cls._extra_parsers.items():
+            parse(extras.get(name))
+        settings = ConnectionSettings(
             base_url=cls._base_url(conn, extras),
-            api_key=api_key,
-            api_id=cls._field(conn, extras, "login") or None,
+            api_key=fields["password"],
+            api_id=fields["login"] or None,
             timeout=seconds,
             extras={k: v for k, v in extras.items() if k not in ("api_key", "secret", "password")},
         )
+        for value in cls.wire_class(settings).auth_headers().values():  # derived: Pixian's Basic token
+            mask_secret(value)
+            mask_secret(value.rpartition(" ")[2])
+        return settings
 
     @classmethod
     def _base_url(cls, conn: Connection, extras: Mapping[str, Any]) -> str:
@@ -564,11 +519,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             self._settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
         return self._settings
 
-    get_settings = _blocking(_get_settings)
-    aget_settings = _asynchronous(_get_settings)
+    get_settings, aget_settings = _methods(_get_settings)
 
     def _wire(self) -> Flow[W]:
-        """The vendor wire format bound to this connection (``wire``; ``await awire()``)."""
         if self._wire_instance is None:
             settings = yield from self._get_settings()
             self._wire_instance = self.wire_class(settings)  # type: ignore[assignment]
@@ -578,8 +531,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     def wire(self) -> W:
         """The vendor wire format bound to this connection."""
         return self._run(self._wire())
-
-    awire = _asynchronous(_wire)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -669,7 +620,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             url = _shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
             raise TransientVendorError(
                 f"{request.method} {url} {what}: {safe_excerpt(str(exc)) or type(exc).__name__}",
-                vendor=self.wire_class.spec.name,
+                vendor=wire.spec.name,
                 code=type(exc).__name__,
                 possibly_charged=sent_in_full and request.billed,
             ) from None
@@ -691,8 +642,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         policy = _PROBE_POLICY if probe else None
         return (yield from _Retried(lambda: self._attempt(wire, request, probe), stats, policy))
 
-    send = _blocking(_send)
-    asend = _asynchronous(_send)
+    send, asend = _methods(_send)
 
     # -- result URLs ---------------------------------------------------------------------------
     def _download_error(self, message: str, status: int | None = None) -> ResultDownloadError:
@@ -757,8 +707,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         yield from self._get_settings()  # the client and the retry policy come from the connection
         return (yield from _Retried(lambda: self._download_attempt(url)))
 
-    download = _blocking(_download)
-    adownload = _asynchronous(_download)
+    download, adownload = _methods(_download)
 
     # -- image calls ---------------------------------------------------------------------------
     def _image_input(
@@ -838,6 +787,24 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 raise
             raise error from exc
 
+    def _removal_request(
+        self,
+        image: bytes | None,
+        image_url: str | None,
+        options: RemovalOptions | None,
+        vendor_options: Any,
+        filename: str,
+        check_input: bool,
+    ) -> Flow[tuple[WireRequest, ImageInput, OptionSplit, Any]]:
+        """A remove-background request, checked: with its input, option split and vendor options."""
+        options = options or RemovalOptions()
+        vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
+        wire = yield from self._wire()
+        image_input = yield from self._image_input(image, image_url, filename, check_input)
+        plan = split_options(options, wire.capabilities_for(vendor_options))
+        request = wire.remove_background_request(image_input, plan.native, vendor_options)
+        return request, image_input, plan, vendor_options
+
     def _remove_background(
         self,
         image: bytes | None = None,
@@ -861,16 +828,12 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param stats: a :class:`~airflow_provider_bgremoval.retry.CallStats` the call fills in as it
             goes (attempts, lost replies, billed reply), for callers that account for money.
         """
-        options = options or RemovalOptions()
-        vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
-        wire = yield from self._wire()
-        image_input = yield from self._image_input(image, image_url, filename, check_input)
-        plan = split_options(options, wire.capabilities_for(vendor_options))
-        request = wire.remove_background_request(image_input, plan.native, vendor_options)
-        return (yield from self._image_call(request, image_input, plan, vendor_options, stats))
+        request, image_input, plan, checked = yield from self._removal_request(
+            image, image_url, options, vendor_options, filename, check_input
+        )
+        return (yield from self._image_call(request, image_input, plan, checked, stats))
 
-    remove_background = _blocking(_remove_background)
-    aremove_background = _asynchronous(_remove_background)
+    remove_background, aremove_background = _methods(_remove_background)
 
     # -- balance -------------------------------------------------------------------------------
     def _get_balance(self, *, probe: bool = False) -> Flow[Balance]:
@@ -882,13 +845,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         wire = yield from self._wire()
         return wire.parse_balance((yield from self._send(wire.balance_request(), probe=probe)))
 
-    get_balance = _blocking(_get_balance)
-    aget_balance = _asynchronous(_get_balance)
+    get_balance, aget_balance = _methods(_get_balance)
 
     def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
         """
-        Connection-level settings that change the output, for the options fingerprint recorded on
-        outputs (e.g. Pixian test mode: watermarked results must not count as finished work later).
+        Connection-level settings that change the output, for the options fingerprint of outputs.
 
         :param vendor_options: the call's vendor options.
         """
@@ -903,10 +864,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return self.wire_class.estimate_cost(vendor_options)
 
     def test_connection(self) -> tuple[bool, str]:
-        """
-        Check the credentials with the free balance endpoint: one attempt with a short timeout; a
-        failure names the URL and the cause.
-        """
+        """Check the credentials with the free balance endpoint: one attempt, a short timeout."""
         try:
             balance = self.get_balance(probe=True)
         except BgRemovalError as exc:

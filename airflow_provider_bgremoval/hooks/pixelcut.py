@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _asynchronous, _blocking
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _methods
 from airflow_provider_bgremoval.options import LocalSteps, OptionSplit, RemovalOptions
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
@@ -28,11 +28,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
     """
     Pixelcut (``https://api.developer.pixelcut.ai``): remove and generate backgrounds, read credits.
 
-    The connection's password is the API key (sent as ``X-API-KEY``); ``host`` overrides the API
-    origin (e.g. the sandbox); extras ``timeout`` and ``max_retries``.
-
-    Pixelcut returns PNG cut-outs and crops natively (without a margin); every other unified option
-    (jpeg/webp, background colour, margin, max size) is applied locally with Pillow.
+    The connection's password is the API key; ``host`` overrides the API origin (e.g. the sandbox).
     Vendor options: :class:`~airflow_provider_bgremoval.vendors.pixelcut.PixelcutOptions`.
 
     :param conn_id: connection id (default ``pixelcut_default``); ``pixelcut_conn_id=`` is the same.
@@ -62,9 +58,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
     ) -> Flow[ImageResult]:
         """
         Generate a new background behind the subject (a billed call; result: 1024x1024 JPEG).
-
         An RGB input has its background removed by Pixelcut first; an RGBA input's alpha is used.
-        The async form runs CPU work in a worker thread.
 
         :param image: the image bytes; checked locally against Pixelcut's limits first.
         :param image_url: a public http(s) URL for Pixelcut to fetch instead.
@@ -90,8 +84,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
         request = wire.generate_background_request(image_input, options)
         return (yield from self._image_call(request, image_input, _GENERATE_PLAN, options, stats))
 
-    generate_background = _blocking(_generate_background)
-    agenerate_background = _asynchronous(_generate_background)
+    generate_background, agenerate_background = _methods(_generate_background)
 
     def estimate_generate_cost(self) -> Decimal:
         """Credits one generate-background call is expected to cost (from the cost table: 1)."""

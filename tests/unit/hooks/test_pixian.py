@@ -770,10 +770,7 @@ async def test_secrets_are_masked_and_never_leak(
         error_reply(500, message="boom"),
     ]
     hook, _, _ = make_hook(monkeypatch, *replies, retry_policy=RetryPolicy(max_attempts=1))
-    with (
-        mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as base_mask,
-        mock.patch("airflow_provider_bgremoval.hooks.pixian.mask_secret") as pixian_mask,
-    ):
+    with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as base_mask:
         await run(mode, hook, "estimate_with_test_call", CHELSEA)
         errors: list[BgRemovalError] = []
         for _ in range(2):
@@ -781,8 +778,8 @@ async def test_secrets_are_masked_and_never_leak(
                 await run(mode, hook, "get_balance")
             errors.append(info.value)
     base_mask.assert_any_call(SECRET)
-    pixian_mask.assert_any_call(BASIC)
-    pixian_mask.assert_any_call(BASIC.split()[1])
+    base_mask.assert_any_call(BASIC)  # the derived Authorization value and its bare token
+    base_mask.assert_any_call(BASIC.split()[1])
     token = BASIC.split()[1]
     texts = [repr(hook), str(hook.get_settings()), repr(hook.wire.settings), caplog.text]
     texts += [str(e) for e in errors] + [repr(e) for e in errors] + [json.dumps(e.as_dict()) for e in errors]
