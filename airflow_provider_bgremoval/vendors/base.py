@@ -32,7 +32,7 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import OptionSet, RemovalOptions, VendorCapabilities
-from airflow_provider_bgremoval.results import Balance, ImageResult
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 
 _N = TypeVar("_N", int, float)
@@ -204,6 +204,10 @@ def basic_auth_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def _text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value).strip()
+
+
 def credits_left(credits: Decimal) -> Decimal:
     """
     The credits a balance leaves to spend: a negative count reads as 0.
@@ -260,7 +264,6 @@ class VendorWire(ABC):
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
 
-    # -- requests ------------------------------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a request (never logged): the API key in the spec's header."""
         return {self.spec.api_key_header: self.settings.api_key}
@@ -299,7 +302,6 @@ class VendorWire(ABC):
     def balance_request(self) -> WireRequest:
         """Build the free balance request."""
 
-    # -- replies -------------------------------------------------------------------------------
     @abstractmethod
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
         """Read a successful image reply (status 2xx)."""
@@ -308,11 +310,41 @@ class VendorWire(ABC):
     def parse_balance(self, response: httpx.Response) -> Balance:
         """Read a successful balance reply."""
 
-    @abstractmethod
     def parse_error(self, response: httpx.Response) -> ErrorReply:
-        """Reduce an error reply (any body, JSON or not) to its facts."""
+        """
+        Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`), else the
+        quoted body; the request id falls back to ``X-Request-ID``; the API key is redacted.
 
-    # -- options -------------------------------------------------------------------------------
+        :param response: the error reply.
+        """
+        body = json_body(response)
+        fields = self.error_fields(body, response) if isinstance(body, dict) else None
+        quoted = self.text_excerpt(response) or response.reason_phrase or f"HTTP {response.status_code}"
+        code, message, request_id = fields or (None, quoted, None)
+        return ErrorReply(
+            code=_text(code),
+            message=self.redact(message),
+            request_id=_text(request_id) or response.headers.get("x-request-id") or None,
+        )
+
+    def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
+        """
+        The vendor's error code, message and request id in a JSON error body (``None``: not its envelope).
+
+        :param body: the reply's JSON object.
+        :param response: the error reply.
+        """
+        return None
+
+    def redact(self, text: str) -> str:
+        """
+        ``text`` with the connection's API key replaced by ``***``, should a reply echo it.
+
+        :param text: a message from the vendor.
+        """
+        key = self.settings.api_key
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> VendorOptionsInput:
         """
@@ -367,7 +399,6 @@ class VendorWire(ABC):
         cls.coerce_options(vendor_options)
         return cls.spec.base_cost
 
-    # -- shared behaviour ----------------------------------------------------------------------
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         """
         Which error an error reply is: the first rule that applies (the code tables are the spec's).
@@ -455,6 +486,18 @@ class VendorWire(ABC):
             possibly_charged=False,
             request_id=request_id,
         )
+
+    def balance(
+        self, remaining: Decimal, state: AccountState = AccountState.ACTIVE, **fields: Any
+    ) -> Balance:
+        """
+        This vendor's :class:`Balance`, a negative ``remaining`` read as 0 (:func:`credits_left`).
+
+        :param remaining: the credits the vendor reports.
+        :param state: the account's state.
+        :param fields: the other fields of the balance (``credit_pack``, ``raw``).
+        """
+        return Balance(vendor=self.spec.name, remaining=credits_left(remaining), state=state, **fields)
 
     @staticmethod
     def text_excerpt(response: httpx.Response) -> str:

@@ -36,18 +36,16 @@ from airflow_provider_bgremoval.options import (
     unset_or,
     validate_as,
 )
-from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
     MEGABYTE,
-    ErrorReply,
     ImageInput,
     ResultLocation,
     VendorOptionsInput,
     VendorSpec,
     VendorWire,
     WireRequest,
-    credits_left,
     json_body,
 )
 
@@ -160,22 +158,14 @@ class PixelcutShadow(OptionModel):
             name: DEFAULT_LIGHT[name] if getattr(self, name) is None else getattr(self, name)
             for name in _LIGHT_FIELDS
         }
-        return {
-            "size": light["light_size"],
-            "position": {"x": light["x"], "y": light["y"], "z": light["z"]},
-        }
+        return {"size": light.pop("light_size"), "position": light}
 
     def as_wire(self) -> bool | dict[str, Any]:
         """The vendor's ``shadow`` value: ``true`` (automatic, vendor's opacity), else the object."""
         if self.enabled and self.automatic and self.opacity is None:
             return True
-        wire: dict[str, Any] = {"enabled": self.enabled}
-        if self.opacity is not None:
-            wire["opacity"] = self.opacity
-        light = self.light_source()
-        if light is not None:
-            wire["light_source"] = light
-        return wire
+        wire = {"enabled": self.enabled, "opacity": self.opacity, "light_source": self.light_source()}
+        return {name: value for name, value in wire.items() if value is not None}
 
 
 def _shadow_switch(value: Any) -> Any:
@@ -399,7 +389,6 @@ class PixelcutWire(VendorWire):
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixelcutOptions:
         return PixelcutOptions.coerce(vendor_options)
 
-    # -- requests ------------------------------------------------------------------------------
     def _image_request(
         self, path: str, image: ImageInput, body: Mapping[str, Any], delivery: ResultDelivery
     ) -> WireRequest:
@@ -420,13 +409,6 @@ class PixelcutWire(VendorWire):
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        """
-        Build ``POST /v1/remove-background`` (bytes as multipart, a URL as JSON).
-
-        :param image: the image.
-        :param options: the native options (PNG, optionally crop without margin).
-        :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
-        """
         extra = self.coerce_options(vendor_options)
         self.check_native(options, self.spec.capabilities)
         margins = extra.native_margins
@@ -457,7 +439,6 @@ class PixelcutWire(VendorWire):
         """Build the free ``GET /v1/credits``."""
         return WireRequest("GET", self.CREDITS_PATH, headers={"Accept": "application/json"})
 
-    # -- replies -------------------------------------------------------------------------------
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
         """Read a 200 of remove- or generate-background: image bytes, or JSON with ``result_url``."""
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -476,22 +457,20 @@ class PixelcutWire(VendorWire):
     def parse_balance(self, response: httpx.Response) -> Balance:
         """Read ``{"credits_remaining": 42}`` (a number or a numeric string; a negative count is 0)."""
         body, numbers = self.balance_numbers(response, "credits_remaining")
-        remaining = credits_left(numbers["credits_remaining"])
-        return Balance(vendor=self.spec.name, remaining=remaining, state=AccountState.ACTIVE, raw=body)
+        return self.balance(numbers["credits_remaining"], raw=body)
 
-    def parse_error(self, response: httpx.Response) -> ErrorReply:
-        """Read ``{"error": "...", "error_code": "..."}``; any other body (a bare 500) is quoted."""
-        body = json_body(response)
-        if isinstance(body, dict) and ("error" in body or "error_code" in body):
-            code = body.get("error_code")
-            message = body.get("error")
-            return ErrorReply(
-                code=str(code) if code not in (None, "") else None,
-                message=safe_excerpt(str(message)) if message not in (None, "") else "",
-            )
-        return ErrorReply(code=None, message=self.text_excerpt(response))
+    def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
+        """
+        Read ``{"error": "...", "error_code": "..."}``.
 
-    # -- costs ---------------------------------------------------------------------------------
+        :param body: the reply's JSON object.
+        :param response: the error reply.
+        """
+        if "error" not in body and "error_code" not in body:
+            return None
+        message = body.get("error")
+        return body.get("error_code"), safe_excerpt(str(message)) if message not in (None, "") else "", None
+
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """

@@ -44,15 +44,12 @@ from airflow_provider_bgremoval.results import AccountState, Balance, ImageResul
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
     MEGABYTE,
-    ErrorReply,
     ImageInput,
     VendorOptionsInput,
     VendorSpec,
     VendorWire,
     WireRequest,
     basic_auth_header,
-    credits_left,
-    json_body,
     parse_decimal,
     parse_int,
 )
@@ -251,7 +248,6 @@ class PixianWire(VendorWire):
 
     spec = PIXIAN_SPEC
 
-    # -- options ---------------------------------------------------------------------------------
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixianOptions:
         return PixianOptions.coerce(vendor_options)
@@ -266,24 +262,12 @@ class PixianWire(VendorWire):
         return parse_test_mode(self.settings.extras.get("test_mode")) if test is None else test
 
     def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
-        """
-        The spec's capabilities, or none of the unified options with ``delta_png``.
-
-        :param vendor_options: the call's Pixian options.
-        """
         return DELTA_CAPABILITIES if self.coerce_options(vendor_options).delta_png else self.spec.capabilities
 
     @classmethod
     def check_call(
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> PixianOptions:
-        """
-        Coerce the Pixian options and reject contradictions (:meth:`check_options`, the URL's type).
-
-        :param options: the unified options.
-        :param vendor_options: :class:`PixianOptions`, a mapping of its fields, or ``None``.
-        :param image_url: the URL input, when the call uses one.
-        """
         opts = cls.coerce_options(vendor_options)
         cls.check_options(options, opts)
         if image_url is not None:
@@ -308,7 +292,6 @@ class PixianWire(VendorWire):
                     "cut Pixian's padding away); use crop=True with result_margin instead",
                 )
 
-    # -- requests --------------------------------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
         """HTTP Basic with the API id and secret."""
         if not self.settings.api_id:
@@ -318,13 +301,6 @@ class PixianWire(VendorWire):
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        """
-        Build ``POST /api/v2/remove-background``.
-
-        :param image: the image (bytes or URL).
-        :param options: the native part of the unified options (see :meth:`capabilities_for`).
-        :param vendor_options: :class:`PixianOptions` or a mapping of its fields.
-        """
         opts = self.coerce_options(vendor_options)
         self.check_native(options, self.capabilities_for(opts))
         if opts.delta_png:
@@ -406,7 +382,6 @@ class PixianWire(VendorWire):
         """``GET /api/v2/account`` (free)."""
         return WireRequest(method="GET", path=ACCOUNT_PATH, headers={"Accept": "application/json"})
 
-    # -- replies ---------------------------------------------------------------------------------
     def parse_result(self, response: httpx.Response) -> ImageResult:
         """
         Read a remove-background reply: the image, ``X-Credits-*`` and the ``X-Input-*``/``X-Result-*``
@@ -445,13 +420,6 @@ class PixianWire(VendorWire):
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
     ) -> ImageResult:
-        """
-        Decode a delta PNG into the full cut-out (PNG); record ``test_mode`` in the metadata.
-
-        :param result: the parsed reply.
-        :param image: the input exactly as it was sent.
-        :param vendor_options: the call's Pixian options.
-        """
         opts = self.coerce_options(vendor_options)
         metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
         if not opts.delta_png:
@@ -498,29 +466,26 @@ class PixianWire(VendorWire):
             raw_state, AccountState.UNKNOWN
         )
         pack = body.get("creditPack")
-        return Balance(
-            vendor=self.spec.name,
-            remaining=Decimal(0) if state is AccountState.DORMANT else credits_left(numbers["credits"]),
-            state=state,
+        return self.balance(
+            Decimal(0) if state is AccountState.DORMANT else numbers["credits"],
+            state,
             credit_pack=str(pack) if pack is not None else None,
             raw=dict(body),
         )
 
-    def parse_error(self, response: httpx.Response) -> ErrorReply:
+    def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         """
-        Read ``{"error": {"status", "code", "message"}}`` or its flat form; other bodies are quoted.
+        Read ``{"error": {"status", "code", "message"}}`` or its flat form.
 
-        :param response: an error reply.
+        :param body: the reply's JSON object.
+        :param response: the error reply.
         """
-        body = json_body(response)
-        envelope: Any = body.get("error") if isinstance(body, Mapping) else None
-        if not isinstance(envelope, Mapping) and isinstance(body, Mapping) and "message" in body:
-            envelope = body
-        if isinstance(envelope, Mapping):
-            code = envelope.get("code")
-            message = str(envelope.get("message") or "").strip()
-            return ErrorReply(code=None if code is None else str(code), message=message)
-        return ErrorReply(code=None, message=self.text_excerpt(response))
+        envelope = body.get("error")
+        if not isinstance(envelope, Mapping):
+            envelope = body if "message" in body else None
+        if envelope is None:
+            return None
+        return envelope.get("code"), str(envelope.get("message") or "").strip(), None
 
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         """

@@ -28,15 +28,12 @@ from airflow_provider_bgremoval.results import AccountState, Balance, ImageResul
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
     MEGABYTE,
-    ErrorReply,
     ImageInput,
-    ResultLocation,
     VendorOptionsInput,
     VendorSpec,
     VendorWire,
     WireRequest,
     credits_left,
-    json_body,
     parse_decimal,
     parse_float,
     parse_int,
@@ -234,18 +231,10 @@ class PoofWire(VendorWire):
     def check_call(
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> PoofOptions:
-        """
-        Refuse URL inputs (Poof documents none) and coerce the Poof options, before any call.
-
-        :param options: the unified options.
-        :param vendor_options: :class:`PoofOptions`, a mapping of its fields, or ``None``.
-        :param image_url: must be ``None`` for Poof.
-        """
         if image_url is not None:
             raise InvalidOptionError("image_url", _NO_URL_INPUT)
         return cls.coerce_options(vendor_options)
 
-    # -- requests ------------------------------------------------------------------------------
     def endpoint(self, name: str) -> str:
         """
         Path of an endpoint below the base URL: ``/v1/remove``, or ``/remove`` when it ends in ``/v1``.
@@ -259,13 +248,6 @@ class PoofWire(VendorWire):
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        """
-        Build ``POST /v1/remove`` from the native part of the unified options.
-
-        :param image: the image; must carry bytes (Poof's baseline API has no URL input).
-        :param options: the options Poof is asked to honour natively (from ``split_options``).
-        :param vendor_options: :class:`PoofOptions` (or a mapping of its fields).
-        """
         poof_options = self.coerce_options(vendor_options)
         if image.data is None:
             raise InvalidOptionError("image_url", _NO_URL_INPUT)
@@ -300,8 +282,7 @@ class PoofWire(VendorWire):
         """Build the free ``GET /v1/me``."""
         return WireRequest(method="GET", path=self.endpoint("me"), headers={"Accept": "application/json"})
 
-    # -- replies -------------------------------------------------------------------------------
-    def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult:
         """
         Read a ``/v1/remove`` success: the body is the image, metadata is in headers.
 
@@ -320,7 +301,7 @@ class PoofWire(VendorWire):
             what = declared or "an untyped body"
             message = f"Poof answered success with {what}, not an image"
             if declared.startswith(("text/", "application/json")):
-                message = f"{message}: {self._redact(self.text_excerpt(response))}"
+                message = f"{message}: {self.redact(self.text_excerpt(response))}"
             raise self.invalid_reply(message, response, request_id=request_id)
         charged = parse_decimal(headers.get("x-credits-charged"))
         metadata: dict[str, Any] = {}
@@ -352,13 +333,6 @@ class PoofWire(VendorWire):
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
     ) -> ImageResult:
-        """
-        Record the size preset in the result's metadata.
-
-        :param result: the parsed reply.
-        :param image: the image that was sent.
-        :param vendor_options: the :class:`PoofOptions` the request was built with.
-        """
         poof_options = self.coerce_options(vendor_options)
         return replace(result, metadata={**result.metadata, "size": poof_options.size})
 
@@ -391,28 +365,15 @@ class PoofWire(VendorWire):
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
-        """
-        Read ``GET /v1/me``: remaining = ``maxCredits - usedCredits`` (clamped at 0).
-
-        :param response: the 2xx reply.
-        """
         return self.parse_account(response).to_balance()
 
-    def parse_error(self, response: httpx.Response) -> ErrorReply:
+    def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         """
-        Read ``{"code", "message", "details", "request_id"}`` (Gen B: ``details`` an object, ``doc_url``);
-        other bodies are quoted. The request id falls back to the ``X-Request-ID`` header.
+        Read ``{"code", "message", "details", "request_id"}`` (Gen B: ``details`` an object, ``doc_url``).
 
+        :param body: the reply's JSON object.
         :param response: the error reply.
         """
-        header_id = response.headers.get("x-request-id") or None
-        body = json_body(response)
-        if not isinstance(body, dict):
-            excerpt = self.text_excerpt(response)
-            message = excerpt or response.reason_phrase or f"HTTP {response.status_code}"
-            return ErrorReply(code=None, message=self._redact(message), request_id=header_id)
-        raw_code = body.get("code")
-        code = str(raw_code).strip() if raw_code not in (None, "") else None
         message = safe_excerpt(str(body.get("message") or response.reason_phrase or "no message"))
         details = format_details(body.get("details"))
         if details and details != message:
@@ -420,14 +381,4 @@ class PoofWire(VendorWire):
         doc_url = body.get("doc_url")
         if isinstance(doc_url, str) and doc_url.startswith(("https://", "http://")):
             message = f"{message}; see {safe_excerpt(doc_url, 120)}"
-        request_id = body.get("request_id")
-        return ErrorReply(
-            code=code,
-            message=self._redact(message),
-            request_id=str(request_id) if request_id not in (None, "") else header_id,
-        )
-
-    def _redact(self, text: str) -> str:
-        """Remove the API key should a reply ever echo it."""
-        key = self.settings.api_key
-        return text.replace(key, "***") if key and len(key) >= 4 else text
+        return body.get("code"), message, body.get("request_id")
