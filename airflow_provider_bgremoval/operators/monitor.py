@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -91,18 +92,16 @@ def parse_thresholds(thresholds: Mapping[str, Any]) -> dict[str, Decimal]:
 
 
 async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str, Any]) -> BalanceCheck:
-    hook: BackgroundRemovalHook[Any] | None = None
+    check = BalanceCheck(conn_id, threshold)
     try:
         hook = await BackgroundRemovalHook.aget_hook(conn_id, dict(hook_kwargs))
-        balance = await hook.aget_balance()
+        check = replace(check, vendor=hook.wire_class.spec.name)
+        async with aclosing(hook):
+            balance = await hook.aget_balance()
     except Exception as exc:
-        vendor = hook.wire_class.spec.name if hook is not None else None
-        return BalanceCheck(conn_id=conn_id, threshold=threshold, vendor=vendor, error=describe_error(exc))
-    finally:
-        if hook is not None:
-            await hook.aclose()
-    return BalanceCheck(
-        conn_id, threshold, balance.vendor, balance.remaining, balance.state.value, balance.credit_pack
+        return replace(check, error=describe_error(exc))
+    return replace(
+        check, remaining=balance.remaining, state=balance.state.value, credit_pack=balance.credit_pack
     )
 
 
