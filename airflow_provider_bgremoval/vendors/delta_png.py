@@ -105,12 +105,8 @@ def decode_delta_png(
             f"the delta PNG is {delta_image.width}x{delta_image.height} but the original is "
             f"{upright.width}x{upright.height} (orientation {turn}); was the input shrunk by max_pixels?"
         )
-    if delta_image.mode != "RGBA":
-        result = delta_image.convert("RGBA")
-    elif isinstance(delta, Image.Image):
-        result = delta_image.copy()  # never modify the caller's image
-    else:
-        result = delta_image
+    fresh = delta_image is not delta and delta_image.mode == "RGBA"
+    result = delta_image if fresh else delta_image.convert("RGBA")  # a copy: the caller's image is kept
     red, green, blue, alpha = result.split()
     transparent = alpha.point(_IS_ZERO)
     white = ImageChops.darker(ImageChops.darker(red, green), blue).point(_IS_FULL)

@@ -201,9 +201,7 @@ def check_image_url_type(url: str) -> str:
 
 
 def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
-    if not value:
-        return None
-    parts = value.split()
+    parts = (value or "").split()
     if len(parts) != count:
         return None
     try:

@@ -193,16 +193,12 @@ def format_details(details: Any, limit: int = _DETAILS_LIMIT) -> str:
     if details is None or details in ("", {}, []):
         return ""
     if isinstance(details, Mapping):
-        parts = []
-        for key, value in details.items():
-            text = "; ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-            parts.append(f"{key}: {text}")
-        rendered = ", ".join(parts)
-    elif isinstance(details, (list, tuple)):
-        rendered = "; ".join(str(v) for v in details)
-    else:
-        rendered = str(details)
-    return safe_excerpt(rendered, limit)
+        return safe_excerpt(", ".join(f"{key}: {_listed(value)}" for key, value in details.items()), limit)
+    return safe_excerpt(_listed(details), limit)
+
+
+def _listed(value: Any) -> str:
+    return "; ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _sniff_content_type(content: bytes) -> str | None:
