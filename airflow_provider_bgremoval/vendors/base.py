@@ -229,6 +229,7 @@ class VendorSpec:
     :param retry_policy: default retry policy.
     :param default_timeout: default idle/read timeout in seconds.
     :param api_key_header: the header that carries the API key (Pixian authenticates otherwise).
+    :param no_url_input: why an ``image_url`` input is refused; ``None`` when the vendor fetches URLs.
     :param input_error_codes: codes meaning "this image (or an image parameter) is bad".
     :param credit_error_codes: codes meaning out of credits, whatever the status.
     :param auth_error_codes: codes meaning bad or revoked credentials, whatever the status.
@@ -243,6 +244,7 @@ class VendorSpec:
     retry_policy: RetryPolicy
     default_timeout: float = 60.0
     api_key_header: str = "X-API-Key"
+    no_url_input: str | None = None
     input_error_codes: frozenset[str] = frozenset()
     credit_error_codes: frozenset[str] = frozenset()
     auth_error_codes: frozenset[str] = frozenset()
@@ -366,6 +368,8 @@ class VendorWire(ABC):
         :param vendor_options: the vendor options as the user gave them.
         :param image_url: the URL input, when the call uses one.
         """
+        if image_url is not None and cls.spec.no_url_input:
+            raise InvalidOptionError("image_url", cls.spec.no_url_input)
         return cls.coerce_options(vendor_options)
 
     def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:

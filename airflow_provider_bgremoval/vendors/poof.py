@@ -100,6 +100,7 @@ POOF_SPEC = VendorSpec(
     # the SDKs' default; Poof documents no server-side timeout
     default_timeout=60.0,
     api_key_header="x-api-key",
+    no_url_input=_NO_URL_INPUT,
     input_error_codes=frozenset({"image_too_large", "invalid_image"}),
     credit_error_codes=frozenset({"payment_required"}),
     auth_error_codes=frozenset({"authentication_error", "permission_denied"}),
@@ -222,14 +223,6 @@ class PoofWire(VendorWire):
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PoofOptions:
         return PoofOptions.coerce(vendor_options)
-
-    @classmethod
-    def check_call(
-        cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
-    ) -> PoofOptions:
-        if image_url is not None:
-            raise InvalidOptionError("image_url", _NO_URL_INPUT)
-        return cls.coerce_options(vendor_options)
 
     def endpoint(self, name: str) -> str:
         """
