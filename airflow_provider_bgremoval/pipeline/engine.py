@@ -57,8 +57,6 @@ ON_ERROR_CHOICES: tuple[str, ...] = ("fail_at_end", "fail_rate", "continue")
 FAILURE_RATE_MIN_SAMPLE = 10
 #: Sample output URIs kept for XCom.
 SAMPLE_OUTPUTS = 5
-#: Done (source, output) pairs kept for lineage reporting.
-LINEAGE_CAP = 1000
 #: Seconds in-flight calls get to finish after a timeout or a termination (SIGKILL follows in 5 s).
 DEFAULT_DRAIN_GRACE = 3.0
 
@@ -112,7 +110,6 @@ class BatchResult:
     :param credits_estimated: True when some of ``credits_spent`` is an estimate.
     :param possibly_charged: replies lost after a sent request (the vendor may have billed them).
     :param sample_outputs: a few output URIs.
-    :param lineage: (source URI, output URI) pairs of done images, capped.
     :param halt: why the batch stopped early, if it did.
     :param interrupted: the interrupt code (``execution_timeout``, ``terminated``…) that drained the batch.
     :param claims_elsewhere: live claims of other runs that left images pending, per holder.
@@ -127,7 +124,6 @@ class BatchResult:
     credits_estimated: bool = False
     possibly_charged: int = 0
     sample_outputs: list[str] = field(default_factory=list)
-    lineage: list[tuple[str, str]] = field(default_factory=list)
     halt: HaltInfo | None = None
     interrupted: str | None = None
     claims_elsewhere: dict[str, tuple[ClaimHolder, int]] = field(default_factory=dict)
@@ -566,8 +562,6 @@ class BatchRunner:
         uri = f"gs://{bucket}/{item.destination}"
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
             self.result.sample_outputs.append(uri)
-        if len(self.result.lineage) < LINEAGE_CAP:
-            self.result.lineage.append((item.source.uri, uri))
         self._settle(flight, "done", bytes_out=len(result.content))
 
     async def _settle_conflict(self, flight: _Flight) -> None:
