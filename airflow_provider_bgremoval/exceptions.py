@@ -15,23 +15,8 @@ from airflow.sdk.exceptions import AirflowException
 if TYPE_CHECKING:
     from airflow_provider_bgremoval.retry import CallStats
 
-__all__ = [
-    "BgRemovalError",
-    "InputRejectedError",
-    "InvalidOptionError",
-    "InvalidVendorResponseError",
-    "OutOfCreditsError",
-    "RateLimitedError",
-    "ResultDownloadError",
-    "ResultProcessingError",
-    "TransientVendorError",
-    "VendorAuthError",
-    "VendorRequestError",
-    "safe_excerpt",
-]
-
 _EXCERPT_LIMIT = 300
-E = TypeVar("E", bound=AirflowException)
+_E = TypeVar("_E", bound=AirflowException)
 
 
 def safe_excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
@@ -51,7 +36,7 @@ class _KeywordError(AirflowException):
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))
 
 
-def _rebuild(cls: type[E], message: str, state: dict[str, object]) -> E:
+def _rebuild(cls: type[_E], message: str, state: dict[str, object]) -> _E:
     obj = cls.__new__(cls)
     AirflowException.__init__(obj, message)
     obj.__dict__.update(state)
@@ -123,14 +108,8 @@ class BgRemovalError(_KeywordError):
 
     def as_dict(self) -> dict[str, object]:
         """Primitive form for manifests and XCom."""
-        return {
-            "error_type": type(self).__name__,
-            "vendor": self.vendor,
-            "status_code": self.status_code,
-            "code": self.code,
-            "message": self.message,
-            "request_id": self.request_id,
-        }
+        fields = ("vendor", "status_code", "code", "message", "request_id")
+        return {"error_type": type(self).__name__} | {name: getattr(self, name) for name in fields}
 
 
 class VendorAuthError(BgRemovalError):

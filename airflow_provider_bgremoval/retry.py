@@ -100,22 +100,22 @@ class CallStats:
         return replace(self, waits=list(self.waits), retry_guard=None)
 
 
+@dataclass(eq=False)
 class _CallDecisions:
     """
     The retry decisions of one call. The record changes only in :meth:`attempt` and once a wait was
     slept; :meth:`wait` and :meth:`stop` only read it, in whatever order tenacity asks them.
     """
 
-    def __init__(self, policy: RetryPolicy, stats: CallStats, rng: random.Random) -> None:
-        self.policy = policy
-        self.stats = stats
-        self.rng = rng
-        self.attempts = 0  # of this call (``stats`` may be shared with an earlier call)
-        self.slept = 0.0
-        self.consecutive_429 = 0
-        self.last_error: BaseException | None = None
-        self.jitter_sample = 0.0  # drawn once per failed attempt, so every read of the wait agrees
-        self.guard_answers: dict[int, bool] = {}  # attempt number -> retry allowed (asked once)
+    policy: RetryPolicy
+    stats: CallStats
+    rng: random.Random
+    attempts: int = 0  # of this call (``stats`` may be shared with an earlier call)
+    slept: float = 0.0
+    consecutive_429: int = 0
+    last_error: BaseException | None = None
+    jitter_sample: float = 0.0  # drawn once per failed attempt, so every read of the wait agrees
+    guard_answers: dict[int, bool] = field(default_factory=dict)  # attempt -> retry allowed (asked once)
 
     @contextmanager
     def attempt(self) -> Iterator[None]:

@@ -150,7 +150,7 @@ class _Exchange(_Effect[httpx.Response]):
     options: Mapping[str, Any]
 
     def run(self, hook: BackgroundRemovalHook[Any]) -> httpx.Response:
-        return hook._get_client().request(self.method, self.path, **self.options)
+        return hook.get_conn().request(self.method, self.path, **self.options)
 
     async def arun(self, hook: BackgroundRemovalHook[Any]) -> httpx.Response:
         return await (await hook._aget_client()).request(self.method, self.path, **self.options)
@@ -164,7 +164,7 @@ class _Fetch(_Effect["str | bytes"]):
 
     def run(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
         body = bytearray()
-        with hook._get_client().stream("GET", self.url) as response:
+        with hook.get_conn().stream("GET", self.url) as response:
             if redirect := hook._result_head(response):
                 return redirect
             for chunk in response.iter_bytes():
@@ -235,13 +235,10 @@ class _Drive(Generic[T]):
 def _methods(
     flow: Callable[Concatenate[H, P], Flow[T]],
 ) -> tuple[Callable[Concatenate[H, P], T], Callable[Concatenate[H, P], Awaitable[T]]]:
-    """
-    The blocking method ``name`` and the async method ``aname`` of flow ``_name``, with its signature
-    and docstring (the flow is looked up by name, so a subclass may override it).
-    """
+    """Flow ``_name``'s methods ``name`` and ``aname``, with its signature and docstring."""
 
     def blocking(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._run(getattr(self, flow.__name__)(*args, **kwargs))
+        return self._run(getattr(self, flow.__name__)(*args, **kwargs))  # by name: subclasses override
 
     async def asynchronous(self: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._arun(getattr(self, flow.__name__)(*args, **kwargs))
@@ -256,11 +253,7 @@ def _methods(
 
 
 def _note_call_stats(exc: BaseException, stats: CallStats) -> BgRemovalError:
-    """
-    The typed error an image call ends in, carrying a snapshot of ``stats``. A final non-retryable
-    error that may have been billed counts as possibly charged, unless the vendor answered (then the
-    charge is certain); an untyped error becomes a :class:`ResultProcessingError`.
-    """
+    """The typed error an image call ends in, with ``stats`` (counting a billable final error) attached."""
     if not isinstance(exc, BgRemovalError):
         what = "turning the vendor's result into the output" if stats.billed_reply else "preparing the call"
         error: BgRemovalError = ResultProcessingError(
@@ -280,11 +273,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     """
     Base class of the vendor hooks (sync and async methods over httpx).
 
-    The connection id is ``conn_id``, or the keyword :attr:`conn_name_attr` names (``pixelcut_conn_id``…,
-    what ``Connection.get_hook()`` passes); two different ids are refused; neither means
-    :attr:`default_conn_name`.
-
-    :param conn_id: Airflow connection id; defaults to the vendor's ``<vendor>_default``.
+    :param conn_id: Airflow connection id (default :attr:`default_conn_name`).
     :param timeout: idle/read timeout in seconds; overrides the connection's ``timeout`` extra.
     :param retry_policy: retry policy; defaults to the vendor's, adjusted by the ``max_retries`` extra.
     :param max_result_bytes: cap on downloaded result URLs.
@@ -293,7 +282,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     :param async_transport: custom async httpx transport.
     :param sleep: sync sleep used between retries (tests travel in time with it).
     :param async_sleep: async sleep used between retries.
-    :param conn_id_by_name: the connection id under the hook's :attr:`conn_name_attr` keyword.
+    :param conn_id_by_name: the connection id under the :attr:`conn_name_attr` keyword (what
+        ``Connection.get_hook()`` passes); a different ``conn_id`` beside it is refused.
     """
 
     conn_name_attr = "conn_id"
@@ -371,7 +361,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     @classmethod
     def get_hook(cls, conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
         """
-        The vendor hook serving ``conn_id``, found the Airflow way (``Connection.get_hook``).
+        The vendor hook serving ``conn_id`` (``Connection.get_hook``).
 
         :param conn_id: the connection id.
         :param hook_params: keyword arguments for the hook (``timeout``, ``transport``…).
@@ -444,11 +434,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         cls, conn: Connection, extras: Mapping[str, Any], *, timeout: float | None = None
     ) -> ConnectionSettings:
         """
-        Read a connection into :class:`ConnectionSettings` and register its secrets for masking.
-
-        ``password`` is the API key, ``login`` the API id, ``host`` (plus ``port``) the base URL; the
-        ``base_url`` / ``api_key`` / ``api_id`` extras of older connections are read only when their
-        field is empty. Extras the form does not declare are ignored, with a warning.
+        Read a connection into :class:`ConnectionSettings` (``password``: API key, ``login``: API id,
+        ``host``: base URL) and register its secrets for masking.
 
         :param conn: the Airflow connection.
         :param extras: its extras.
@@ -559,9 +546,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     def get_conn(self) -> httpx.Client:
         """The hook's sync HTTP client (Airflow's conventional accessor)."""
-        return self._get_client()
-
-    def _get_client(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(
                 transport=self._transport, **self._client_options(self.get_settings())
@@ -683,10 +667,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     def _download_attempt(self, url: str) -> Flow[bytes]:
         if not is_http_url(url):
             raise self._download_error("the vendor's result URL is not an absolute http(s) URL; refused")
-        target = str(url)
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                got = yield from _Fetch(target)
+                got = yield from _Fetch(url)
             except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
             except httpx.HTTPError as exc:
@@ -695,7 +678,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 ) from None
             if isinstance(got, bytes):
                 return got
-            target = got
+            url = got
         raise self._download_error("too many redirects")
 
     def _download(self, url: str) -> Flow[bytes]:

@@ -8,19 +8,6 @@ from __future__ import annotations
 
 from airflow_provider_bgremoval.exceptions import _KeywordError
 
-__all__ = [
-    "DataCorruptionError",
-    "ObjectChangedError",
-    "ObjectExistsError",
-    "ObjectNotFoundError",
-    "ObjectTooLargeError",
-    "StorageConfigError",
-    "StorageError",
-    "StoragePermissionError",
-    "StorageUnavailableError",
-    "WriteConflictError",
-]
-
 
 class StorageError(_KeywordError):
     """
