@@ -8,7 +8,7 @@ docs/retry-and-errors.md). Texts never contain secrets: reply bodies are quoted 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowException
 
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from airflow_provider_bgremoval.retry import CallStats
 
 _EXCERPT_LIMIT = 300
-_E = TypeVar("_E", bound=AirflowException)
 
 
 def safe_excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
@@ -33,14 +32,8 @@ class _KeywordError(AirflowException):
         self.message = message
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
-
-
-def _rebuild(cls: type[_E], message: str, state: dict[str, object]) -> _E:
-    obj = cls.__new__(cls)
-    AirflowException.__init__(obj, message)
-    obj.__dict__.update(state)
-    return obj
+        # Rebuilt without __init__ (whose signature differs per class), then given its attributes.
+        return (type(self).__new__, (type(self), self.message), self.__dict__.copy())
 
 
 class BgRemovalError(_KeywordError):
