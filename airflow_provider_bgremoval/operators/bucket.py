@@ -1,7 +1,6 @@
-"""Operators that run a :class:`~airflow_provider_bgremoval.operators.bucket_job.BucketJob` through a vendor.
+"""The bucket operators: list -> plan -> vendor call -> post-process -> write -> manifest -> XCom summary.
 
-Listing -> plan -> vendor call -> post-process -> conditional write -> manifest -> XCom summary; the
-engine is :mod:`airflow_provider_bgremoval.pipeline`, the behaviour in detail docs/pipeline.md.
+The engine is :mod:`airflow_provider_bgremoval.pipeline`; the behaviour in detail: docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -120,20 +119,17 @@ class BucketImageOperator(BucketJobOperator):
             raise AirflowFailException(str(exc)) from exc
         spec, vendor = job.spec, job.processor.vendor
         ti = context["ti"]
-        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+        map_index = getattr(ti, "map_index", -1)
+        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{map_index}"
         if plan.total == 0:
             log.info(
                 "Nothing to do: no source objects under gs://%s/%s match the filters",
                 spec.source_bucket,
                 spec.source_prefix,
             )
+        try_number = int(getattr(ti, "try_number", 1) or 1)
         manifest_name = manifest_object_name(
-            spec.internal_prefix,
-            ti.dag_id,
-            ti.run_id,
-            ti.task_id,
-            getattr(ti, "map_index", None),
-            int(getattr(ti, "try_number", 1) or 1),
+            spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, map_index, try_number
         )
 
         def store_part(number: int, data: bytes) -> None:
@@ -325,8 +321,7 @@ class RemoveBackgroundOperator(RemovalParameters, BucketImageOperator):
     """
     Remove the backgrounds of the images under a GCS prefix (or of ``source_objects``) with any vendor.
 
-    Example: ``example_dags/example_bucket_remove_background.py``; the parameters are documented on
-    :class:`RemovalParameters` (image), :class:`BucketJobOperator` (job) and
+    Parameters: :class:`RemovalParameters` (image), :class:`BucketJobOperator` (job) and
     :class:`BucketImageOperator` (batch).
     """
 
@@ -335,8 +330,6 @@ class GenerateBackgroundOperator(GenerationParameters, BucketImageOperator):
     """
     Generate new backgrounds (Pixelcut) behind the subjects of the images under a GCS prefix.
 
-    Outputs are 1024x1024 JPEGs named like their sources with a ``.jpg`` extension; RGB sources have
-    their background removed first, RGBA sources keep their alpha. The parameters are documented on
-    :class:`GenerationParameters` (scene), :class:`BucketJobOperator` (job) and :class:`BucketImageOperator`
-    (batch).
+    Outputs are 1024x1024 JPEGs named like their sources with a ``.jpg`` extension. Parameters:
+    :class:`GenerationParameters` (scene), :class:`BucketJobOperator` (job), :class:`BucketImageOperator`.
     """

@@ -1,14 +1,11 @@
-"""The bucket job: what a bucket task works on, shared by the batch operators and the credits pre-flight.
-
-:class:`BucketJobOperator` holds the job's parameters and builds the :class:`BucketJob` from them.
-"""
+"""The bucket job (what a bucket task works on) and the operator base that holds its parameters."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 from abc import abstractmethod
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -30,7 +27,7 @@ MIN_PLANNING_CONCURRENCY = 4
 
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     """
-    Run ``coro`` to completion from sync code, also when an event loop is already running.
+    Run ``coro`` to completion from sync code, also inside a running event loop.
 
     :param coro: the coroutine.
     """
@@ -44,7 +41,7 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
 
 def is_template(value: Any) -> bool:
     """
-    True when ``value`` is a Jinja template, checked only once it is rendered.
+    True when ``value`` is a Jinja template (checked once rendered).
 
     :param value: a parameter value.
     """
@@ -63,13 +60,12 @@ def check_choice(value: Any, choices: Sequence[str], parameter: str) -> None:
         raise InvalidOptionError(parameter, f"{value!r} is not one of {', '.join(choices)}")
 
 
-def parse_count(value: Any, parameter: str, *, minimum: int = 0) -> int | None:
+def parse_count(value: Any, parameter: str) -> int | None:
     """
-    ``None`` (not given: ``None`` or ``""``) or an integer ≥ ``minimum``.
+    ``None`` (not given: ``None`` or ``""``) or a non-negative integer.
 
     :param value: an integer or an integer string.
     :param parameter: the parameter name used in the error message.
-    :param minimum: the smallest value allowed.
     """
     if value in (None, ""):
         return None
@@ -77,8 +73,8 @@ def parse_count(value: Any, parameter: str, *, minimum: int = 0) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         raise InvalidOptionError(parameter, f"{value!r} is not an integer") from None
-    if number < minimum:
-        raise InvalidOptionError(parameter, f"must be at least {minimum}")
+    if number < 0:
+        raise InvalidOptionError(parameter, "must be at least 0")
     return number
 
 
@@ -99,38 +95,6 @@ class BucketJob:
     hook: BackgroundRemovalHook[Any]
     processor: ImageProcessor
     planning_concurrency: int = MIN_PLANNING_CONCURRENCY
-
-    @classmethod
-    def prepare(
-        cls,
-        spec: BatchSpec,
-        *,
-        conn_id: str,
-        gcp_conn_id: str | None,
-        build_processor: Callable[[BackgroundRemovalHook[Any], Decimal | None], ImageProcessor],
-        cost_per_image: Any = None,
-        max_concurrency: int = MIN_PLANNING_CONCURRENCY,
-    ) -> BucketJob:
-        """
-        Build the storage, hook and processor of a job (no calls yet).
-
-        :param spec: sources, outputs and filters.
-        :param conn_id: the vendor connection (its type picks the hook).
-        :param gcp_conn_id: the Google Cloud connection.
-        :param build_processor: makes the processor from the hook and the cost override.
-        :param cost_per_image: credits per image overriding the vendor's cost table.
-        :param max_concurrency: the task's concurrency (planning runs at least 4 checks at once).
-        """
-        cost = parse_credits(cost_per_image, "cost_per_image")
-        storage = GcsStorage(gcp_conn_id=gcp_conn_id)
-        hook = BackgroundRemovalHook.get_hook(conn_id)
-        return cls(
-            spec=spec,
-            storage=storage,
-            hook=hook,
-            processor=build_processor(hook, cost),
-            planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(max_concurrency)),
-        )
 
     def plan_batch(self) -> BatchPlan:
         """Plan the batch: list, map names, skip finished outputs, check locally (no vendor call)."""
@@ -179,6 +143,7 @@ class BucketJobOperator(BaseOperator):
         "exclude",
         "max_images",
         "max_credits",
+        "cost_per_image",
         "gcp_conn_id",
     )
 
@@ -250,12 +215,15 @@ class BucketJobOperator(BaseOperator):
         )
 
     def prepare_job(self) -> BucketJob:
-        """The job described by the rendered parameters (validated; storage, hook and processor built)."""
-        return BucketJob.prepare(
-            self._spec(),
-            conn_id=self.conn_id,
-            gcp_conn_id=self.gcp_conn_id,
-            build_processor=self.build_processor,
-            cost_per_image=self.cost_per_image,
-            max_concurrency=self.max_concurrency,
+        """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""
+        spec = self._spec()
+        cost = parse_credits(self.cost_per_image, "cost_per_image")
+        storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
+        hook = BackgroundRemovalHook.get_hook(self.conn_id)
+        return BucketJob(
+            spec=spec,
+            storage=storage,
+            hook=hook,
+            processor=self.build_processor(hook, cost),
+            planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
         )

@@ -1,7 +1,6 @@
-"""The credits pre-flight: can the balance pay for this batch? If not, halt before any image is sent.
+"""The credits pre-flight: plan and price the bucket task's own job, and halt if the balance cannot pay.
 
-It prepares and plans the bucket task's own :class:`BucketJob`, prices it and spends 0 credits;
-behaviour in detail: docs/credits.md ("CreditsCheckOperator").
+Behaviour in detail: docs/credits.md ("CreditsCheckOperator").
 """
 
 from __future__ import annotations
@@ -63,11 +62,11 @@ class SafetyMargin:
     """
     Extra credits required on top of the estimate: an absolute number or a percentage of it.
 
-    :param credits: absolute credits (``None`` when a percentage).
+    :param credits: absolute credits (unused with a percentage).
     :param percent: percentage of the estimate (``None`` when absolute).
     """
 
-    credits: Decimal | None = None
+    credits: Decimal = Decimal(0)
     percent: Decimal | None = None
 
     @classmethod
@@ -78,7 +77,7 @@ class SafetyMargin:
         :param value: the ``safety_margin`` parameter.
         """
         if value in (None, ""):
-            return cls(credits=Decimal(0))
+            return cls()
         text = str(value).strip()
         if not text.endswith("%"):
             return cls(credits=parse_min_credits(value, "safety_margin"))
@@ -96,12 +95,10 @@ class SafetyMargin:
 
         :param needed: the estimate.
         """
-        if self.percent is not None:
-            return needed * self.percent / Decimal(100)
-        return self.credits or Decimal(0)
+        return self.credits if self.percent is None else needed * self.percent / Decimal(100)
 
     def __str__(self) -> str:
-        return f"{self.percent}%" if self.percent is not None else str(self.credits or 0)
+        return str(self.credits) if self.percent is None else f"{self.percent}%"
 
 
 def describe_header_only(billable: int, header_only: int) -> str:
@@ -163,7 +160,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan
     ) -> Decimal:
         """
-        Price one image with a free vendor test call on a sample of the plan (vendor-specific).
+        Price one image with a free vendor test call on a sample of the plan.
 
         :param hook: the vendor hook.
         :param storage: the GCS storage.
@@ -172,11 +169,10 @@ class CreditsPreflightOperator(BucketJobOperator):
         raise InvalidOptionError("use_test_estimate", f"{type(self).__name__} has no test-mode estimate")
 
     def _price(self, job: BucketJob, plan: BatchPlan) -> tuple[Decimal, str]:
-        if self.cost_per_image not in (None, ""):
-            return job.processor.cost_per_image, "cost_per_image"
-        if self.use_test_estimate and plan.items:
+        if self.use_test_estimate and plan.items:  # never with a cost_per_image (refused at parse)
             return self.test_estimate(job.hook, job.storage, plan), "test_estimate"
-        return job.processor.cost_per_image, "cost_table"
+        source = "cost_table" if self.cost_per_image in (None, "") else "cost_per_image"
+        return job.processor.cost_per_image, source
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Plan, price, read the balance, and pass (estimate to XCom) or halt."""
@@ -295,11 +291,9 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
     """
     Pre-flight budget for :class:`~airflow_provider_bgremoval.operators.bucket.RemoveBackgroundOperator`.
 
-    Give it the same parameters as the bucket task it guards and put it upstream. It passes with the
-    estimate as its return value, or pushes XCom ``estimate`` and ``halt`` (the pipeline's halt shape)
-    and fails or skips (``on_insufficient``); fields and rules: docs/credits.md. The pre-flight's
-    parameters are documented on :class:`CreditsPreflightOperator`, the image parameters on
-    :class:`RemovalParameters`.
+    Give it the bucket task's parameters and put it upstream; it returns the estimate, or pushes XCom
+    ``estimate`` and ``halt`` and fails or skips (docs/credits.md). Parameters:
+    :class:`CreditsPreflightOperator` (pre-flight), :class:`RemovalParameters` (image).
     """
 
     template_fields: Sequence[str] = (*RemovalParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)
@@ -349,9 +343,8 @@ class GenerateCreditsCheckOperator(GenerationParameters, CreditsPreflightOperato
     """
     Pre-flight budget for :class:`~airflow_provider_bgremoval.operators.bucket.GenerateBackgroundOperator`.
 
-    The same checks and results as :class:`CreditsCheckOperator`, priced with the generate-background
-    cost; ``use_test_estimate`` is not available for Pixelcut (raises). The scene parameters are
-    documented on :class:`GenerationParameters`.
+    As :class:`CreditsCheckOperator`, priced with the generate-background cost (no ``use_test_estimate``);
+    scene parameters: :class:`GenerationParameters`.
     """
 
     template_fields: Sequence[str] = (*GenerationParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)

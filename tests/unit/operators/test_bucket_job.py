@@ -17,7 +17,7 @@ from airflow_provider_bgremoval.operators.bucket import (
     GenerateBackgroundOperator,
     RemoveBackgroundOperator,
 )
-from airflow_provider_bgremoval.operators.bucket_job import BucketJob, BucketJobOperator, parse_count
+from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, parse_count
 from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator, GenerateCreditsCheckOperator
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec
 from airflow_provider_bgremoval.pipeline.processors import GenerationProcessor, RemovalProcessor
@@ -27,17 +27,16 @@ BUCKETS = {"source_bucket": "raw", "destination_bucket": "out", "gcp_conn_id": N
 
 
 def test_prepare_builds_storage_hook_and_processor(vendors: FakeVendors) -> None:
-    spec = BatchSpec(source_bucket="raw", destination_bucket="out", destination_prefix="cut")
-    op = RemoveBackgroundOperator(task_id="t", conn_id="pixian_default", output_format="webp", **BUCKETS)
-    job = BucketJob.prepare(
-        spec,
+    op = RemoveBackgroundOperator(
+        task_id="t",
         conn_id="pixian_default",
-        gcp_conn_id=None,
-        build_processor=op.build_processor,
+        output_format="webp",
+        destination_prefix="cut",
         cost_per_image="0.5",
-        max_concurrency=16,
+        **BUCKETS,
     )
-    assert job.spec is spec
+    job = op.prepare_job()
+    assert job.spec == BatchSpec(source_bucket="raw", destination_bucket="out", destination_prefix="cut")
     assert isinstance(job.hook, PixianHook)
     assert isinstance(job.processor, RemovalProcessor)
     assert (job.processor.extension, job.processor.cost_per_image) == (".webp", Decimal("0.5"))
@@ -128,9 +127,10 @@ def test_templated_job_parameters_wait_for_rendering() -> None:
         conn_id="poof_default",
         max_images="{{ params.n }}",
         max_credits="{{ params.c }}",
+        cost_per_image="{{ params.cost }}",
         **BUCKETS,
     )
-    assert {"max_images", "max_credits", "source_prefix"} <= set(op.template_fields)
+    assert {"max_images", "max_credits", "cost_per_image", "source_prefix"} <= set(op.template_fields)
 
 
 def test_source_objects_must_be_a_list() -> None:
@@ -143,5 +143,5 @@ def test_parse_count() -> None:
     assert parse_count(None, "max_images") is None
     assert parse_count("", "max_images") is None
     assert parse_count("7", "max_images") == 7
-    with pytest.raises(InvalidOptionError, match="at least 1"):
-        parse_count(0, "shards", minimum=1)
+    with pytest.raises(InvalidOptionError, match="at least 0"):
+        parse_count(-1, "max_images")
