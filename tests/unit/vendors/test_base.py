@@ -11,6 +11,7 @@ from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
     InvalidOptionError,
+    InvalidVendorResponseError,
     OutOfCreditsError,
     RateLimitedError,
     TransientVendorError,
@@ -18,7 +19,13 @@ from airflow_provider_bgremoval.exceptions import (
     VendorRequestError,
 )
 from airflow_provider_bgremoval.options import RemovalOptions
-from airflow_provider_bgremoval.vendors.base import ConnectionSettings, VendorWire, parse_float, parse_int
+from airflow_provider_bgremoval.vendors.base import (
+    ConnectionSettings,
+    ImageInput,
+    VendorWire,
+    parse_float,
+    parse_int,
+)
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions, PixelcutWire
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire
 from airflow_provider_bgremoval.vendors.poof import PoofOptions, PoofWire
@@ -111,3 +118,42 @@ def test_text_excerpt_is_one_short_line() -> None:
     assert "\n" not in excerpt
     assert len(excerpt) <= 300
     assert excerpt.startswith("<html> <body>x")
+
+
+@pytest.mark.parametrize(
+    ("options", "parameter"),
+    [
+        (RemovalOptions(output_format="webp"), "output_format"),
+        (RemovalOptions(background_color="#ffffff"), "background_color"),
+        (RemovalOptions.create(max_size=10), "max_size"),
+    ],
+)
+def test_a_hand_built_request_beyond_the_capabilities_is_refused(
+    options: RemovalOptions, parameter: str
+) -> None:
+    wire = PixelcutWire(ConnectionSettings(base_url=PixelcutWire.spec.default_base_url, api_key="sk_test"))
+    with pytest.raises(InvalidOptionError) as info:
+        wire.remove_background_request(ImageInput(data=b"x"), options)
+    assert info.value.parameter == parameter
+
+
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+def test_every_vendor_redacts_an_echoed_key_and_reads_the_request_id_header(
+    wire_class: type[VendorWire],
+) -> None:
+    key = "sk_secret_0123456789"
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key=key, api_id="id"))
+    reply = wire.parse_error(httpx.Response(500, text=f"bad key {key}", headers={"x-request-id": "req-7"}))
+    assert key not in reply.message
+    assert "***" in reply.message
+    assert reply.request_id == "req-7"
+
+
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+def test_a_balance_reply_without_a_number_is_invalid(wire_class: type[VendorWire]) -> None:
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key="sk_test", api_id="id"))
+    with pytest.raises(InvalidVendorResponseError) as info:
+        wire.parse_balance(
+            httpx.Response(200, json={"credits_remaining": "x", "credits": "x", "maxCredits": "x"})
+        )
+    assert info.value.possibly_charged is False
