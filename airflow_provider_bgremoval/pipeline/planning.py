@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.imaging import (
@@ -30,8 +30,6 @@ from airflow_provider_bgremoval.pipeline.naming import (
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 
 #: Bytes read from each source during planning for the header-only check.
 HEADER_BYTES = 64 * 1024
@@ -189,29 +187,13 @@ def is_finished(existing: ObjectInfo, source: ObjectInfo, fingerprint: str, vend
     )
 
 
-@dataclass(frozen=True)
-class MissingSource:
-    """
-    A name in ``source_objects`` that does not exist in the source bucket.
-
-    :param bucket: the source bucket.
-    :param name: the object name asked for.
-    """
-
-    bucket: str
-    name: str
-
-    def as_object(self) -> ObjectInfo:
-        """A stand-in :class:`ObjectInfo` (generation and size 0) for the manifest row."""
-        return ObjectInfo(bucket=self.bucket, name=self.name, generation=0, size=0)
-
-
-def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[ObjectInfo | MissingSource]:
-    """The sources in order; a listed name that is absent comes as a :class:`MissingSource`."""
+def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[tuple[str, ObjectInfo | None]]:
+    """The sources in order as ``(name, object)``; the object is ``None`` for a listed name that is absent."""
     if spec.source_objects is None:
-        yield from storage.list_objects(
+        for info in storage.list_objects(
             spec.source_bucket, spec.source_prefix, include=spec.include, exclude=spec.exclude
-        )
+        ):
+            yield info.name, info
         return
     for raw in spec.source_objects:
         name = str(raw)
@@ -223,14 +205,11 @@ def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[ObjectInfo | 
                 )
         if spec.source_prefix and not name.startswith(spec.source_prefix):
             name = spec.source_prefix + name.lstrip("/")
-        info = storage.stat(spec.source_bucket, name)
-        yield info if info is not None else MissingSource(spec.source_bucket, name)
+        yield name, storage.stat(spec.source_bucket, name)
 
 
-def _existing_outputs(
-    storage: GcsStorage, spec: BatchSpec, destinations: Iterable[str], count: int
-) -> dict[str, ObjectInfo]:
-    if count < _STAT_THRESHOLD:
+def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[str]) -> dict[str, ObjectInfo]:
+    if len(destinations) < _STAT_THRESHOLD:
         infos = (storage.stat(spec.destination_bucket, name) for name in destinations)
         return {info.name: info for info in infos if info is not None}
     return {
@@ -240,61 +219,33 @@ def _existing_outputs(
     }
 
 
-@dataclass(frozen=True)
-class SourceCheck:
+def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> bool:
     """
-    The verdict of planning's local check of one source.
-
-    :param rejection: why the run would reject it locally, or ``None`` when it is billable.
-    :param fully_checked: True when the whole object was decoded (see :attr:`WorkItem.fully_checked`).
-    """
-
-    rejection: InputRejectedError | None
-    fully_checked: bool = False
-
-
-def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> SourceCheck:
-    """
-    Check one source locally: a header read (the whole object only when its header lies further in),
-    and the run's own full check (``prepare_input``) when the bytes read hold a small enough object.
+    Check one source locally, raising the run's :class:`InputRejectedError` for what it would reject: a
+    header read (the whole object only when its header lies further in), and the run's own full check
+    (``prepare_input``) when the bytes read hold a small enough object.
 
     :param storage: the GCS storage.
     :param source: the source object (pinned to its generation).
     :param limits: the vendor's input limits.
     :param vendor: vendor name (for the errors).
+    :return: True when the whole object was decoded (see :attr:`WorkItem.fully_checked`).
     """
+    check_size(source.size, limits, vendor=vendor)  # the listing's size alone may decide
+    data = storage.read_head(source.bucket, source.name, HEADER_BYTES, generation=source.generation)
     try:
-        check_size(source.size, limits, vendor=vendor)  # the listing's size alone may decide
-        data = storage.read_head(source.bucket, source.name, HEADER_BYTES, generation=source.generation)
-        try:
-            info = read_header(data, vendor=vendor)
-        except InputRejectedError:
-            if len(data) < HEADER_BYTES or source.size <= HEADER_BYTES:
-                raise
-            # The header may lie beyond the first bytes (e.g. a large EXIF block): read it all.
-            data = storage.read(source.bucket, source.name, generation=source.generation)
-            info = read_header(data, vendor=vendor)
-        check_limits(info, source.size, limits, vendor=vendor)
-        holds_whole_object = len(data) >= source.size
-        if holds_whole_object and info.pixels <= FULL_CHECK_MAX_PIXELS:
-            prepare_input(data, limits, vendor=vendor)  # decodes every pixel, as the run will
-            return SourceCheck(None, fully_checked=True)
-    except InputRejectedError as exc:
-        return SourceCheck(exc)
-    return SourceCheck(None, fully_checked=False)
-
-
-async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], concurrency: int) -> list[R]:
-    """``[await fn(x) for x in items]`` with at most ``concurrency`` running at once, in order."""
-    results: list[R | None] = [None] * len(items)
-    indexes = iter(range(len(items)))
-
-    async def worker() -> None:
-        for index in indexes:
-            results[index] = await fn(items[index])
-
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
-    return results  # type: ignore[return-value]
+        info = read_header(data, vendor=vendor)
+    except InputRejectedError:
+        if len(data) < HEADER_BYTES or source.size <= HEADER_BYTES:
+            raise
+        # The header may lie beyond the first bytes (e.g. a large EXIF block): read it all.
+        data = storage.read(source.bucket, source.name, generation=source.generation)
+        info = read_header(data, vendor=vendor)
+    check_limits(info, source.size, limits, vendor=vendor)
+    fully_checked = len(data) >= source.size and info.pixels <= FULL_CHECK_MAX_PIXELS
+    if fully_checked:
+        prepare_input(data, limits, vendor=vendor)  # decodes every pixel, as the run will
+    return fully_checked
 
 
 def _settle(
@@ -308,18 +259,19 @@ def _list_and_map(storage: GcsStorage, spec: BatchSpec, extension: str, plan: Ba
     candidates: list[WorkItem] = []
     by_destination: dict[str, str] = {}
     collisions: list[tuple[str, str, str]] = []
-    for entry in iter_sources(storage, spec):
-        if isinstance(entry, MissingSource):
-            _settle(plan, entry.as_object(), None, "rejected", "not_found", "source object does not exist")
+    for name, entry in iter_sources(storage, spec):
+        if entry is None:
+            missing = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
+            _settle(plan, missing, None, "rejected", "not_found", "source object does not exist")
             continue
         try:
-            dest = destination_name(entry.name, spec.source_prefix, spec.destination_prefix, extension)
+            dest = destination_name(name, spec.source_prefix, spec.destination_prefix, extension)
         except UnsafeNameError as exc:
             _settle(plan, entry, None, "rejected", "unsafe_name", str(exc))
             continue
-        first = by_destination.setdefault(dest, entry.name)
-        if first != entry.name:
-            collisions.append((first, entry.name, dest))
+        first = by_destination.setdefault(dest, name)
+        if first != name:
+            collisions.append((first, name, dest))
         else:
             candidates.append(WorkItem(entry, dest))
     if collisions:
@@ -384,21 +336,23 @@ async def plan_batch(
     """
     plan = BatchPlan(spec=spec)
     candidates = await asyncio.to_thread(_list_and_map, storage, spec, extension, plan)
-    existing = await asyncio.to_thread(
-        _existing_outputs, storage, spec, (item.destination for item in candidates), len(candidates)
-    )
+    destinations = [item.destination for item in candidates]
+    existing = await asyncio.to_thread(_existing_outputs, storage, spec, destinations)
     to_check = _skip_finished(candidates, existing, spec, fingerprint, vendor, plan)
 
-    def check(item: WorkItem) -> Awaitable[SourceCheck]:
-        return asyncio.to_thread(check_source, storage, item.source, limits, vendor)
+    def check(item: WorkItem) -> WorkItem | PlannedOutcome:
+        try:
+            fully_checked = check_source(storage, item.source, limits, vendor)
+        except InputRejectedError as exc:
+            return PlannedOutcome(
+                item.source, item.destination, "rejected", exc.code or "rejected", exc.message
+            )
+        return replace(item, fully_checked=fully_checked)
 
-    verdicts = await bounded_map(check, to_check, concurrency)
-    for item, verdict in zip(to_check, verdicts, strict=True):
-        if (rejection := verdict.rejection) is None:
-            plan.items.append(replace(item, fully_checked=verdict.fully_checked))
-        else:
-            code = rejection.code or "rejected"
-            _settle(plan, item.source, item.destination, "rejected", code, rejection.message)
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
+        verdicts = await asyncio.to_thread(list, pool.map(check, to_check))
+    plan.items.extend(verdict for verdict in verdicts if isinstance(verdict, WorkItem))
+    plan.settled.extend(verdict for verdict in verdicts if isinstance(verdict, PlannedOutcome))
     log.info(
         "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "
         "%d rejected locally",

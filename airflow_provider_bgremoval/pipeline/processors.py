@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
@@ -17,31 +16,23 @@ from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
 
 
 class ImageProcessor(Protocol):
-    """One billed operation applied to every image of a batch."""
+    """
+    One billed operation applied to every image of a batch.
 
-    @property
-    def vendor(self) -> str:
-        """Vendor name."""
+    :ivar vendor: vendor name.
+    :ivar operation: operation name recorded on outputs and in the manifest.
+    :ivar extension: extension of the outputs (with the dot).
+    :ivar limits: the vendor's input limits for local checks.
+    :ivar fingerprint: hash of everything that shapes the output (recorded on outputs to find finished work).
+    :ivar cost_per_image: expected credits per successful image.
+    """
 
-    @property
-    def operation(self) -> str:
-        """Operation name recorded on outputs and in the manifest."""
-
-    @property
-    def extension(self) -> str:
-        """Extension of the outputs (with the dot)."""
-
-    @property
-    def limits(self) -> InputLimits:
-        """The vendor's input limits for local checks."""
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of everything that shapes the output (recorded on outputs to detect finished work)."""
-
-    @property
-    def cost_per_image(self) -> Decimal:
-        """Expected credits per successful image."""
+    vendor: str
+    operation: str
+    extension: str
+    limits: InputLimits
+    fingerprint: str
+    cost_per_image: Decimal
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """
@@ -53,43 +44,21 @@ class ImageProcessor(Protocol):
         """
 
 
-class _HookProcessor(ABC):
-    """A vendor hook's operation with fixed options; subclasses supply what differs."""
+class _HookProcessor:
+    """A vendor hook's operation with fixed options: identity and cost worked out once."""
 
-    operation: ClassVar[str]
+    operation: str
 
     def __init__(
-        self, hook: BackgroundRemovalHook[Any], options: Any, cost_per_image: Decimal | None
+        self, hook: BackgroundRemovalHook[Any], options: Any, cost: Decimal, *shaping: Mapping[str, Any]
     ) -> None:
         self.hook = hook
         self.options = options
-        self._cost = cost_per_image
-
-    @property
-    def vendor(self) -> str:
-        """Vendor name."""
-        return self.hook.wire_class.spec.name
-
-    @property
-    def limits(self) -> InputLimits:
-        """The vendor's input limits."""
-        return self.hook.wire_class.spec.limits
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the operation, the vendor and everything else that shapes the output."""
-        return options_fingerprint({"operation": self.operation, "vendor": self.vendor}, *self._shaping())
-
-    @property
-    def cost_per_image(self) -> Decimal:
-        """Expected credits per image: the override, or the vendor's cost table."""
-        return self._table_cost() if self._cost is None else self._cost
-
-    def _shaping(self) -> list[Mapping[str, Any]]:
-        return [self.options.as_dict()]
-
-    @abstractmethod
-    def _table_cost(self) -> Decimal: ...
+        self.vendor = hook.wire_class.spec.name
+        self.limits = hook.wire_class.spec.limits
+        self.cost_per_image = cost
+        identity = {"operation": self.operation, "vendor": self.vendor}
+        self.fingerprint = options_fingerprint(identity, options.as_dict(), *shaping)
 
 
 class RemovalProcessor(_HookProcessor):
@@ -113,21 +82,11 @@ class RemovalProcessor(_HookProcessor):
         *,
         cost_per_image: Decimal | None = None,
     ) -> None:
-        super().__init__(hook, options, cost_per_image)
+        fields = vendor_options.as_dict() if hasattr(vendor_options, "as_dict") else vendor_options
+        cost = hook.estimate_cost(vendor_options) if cost_per_image is None else cost_per_image
+        super().__init__(hook, options, cost, dict(fields or {}), hook.output_settings(vendor_options))
         self.vendor_options = vendor_options
-
-    @property
-    def extension(self) -> str:
-        """Extension of the outputs."""
-        return self.options.extension
-
-    def _shaping(self) -> list[Mapping[str, Any]]:
-        vendor_options = self.vendor_options
-        as_dict = vendor_options.as_dict() if hasattr(vendor_options, "as_dict") else vendor_options
-        return [*super()._shaping(), dict(as_dict or {}), self.hook.output_settings(vendor_options)]
-
-    def _table_cost(self) -> Decimal:
-        return self.hook.estimate_cost(self.vendor_options)
+        self.extension = options.extension
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """Remove the background of one image (parameters as :meth:`ImageProcessor.process`)."""
@@ -153,10 +112,8 @@ class GenerationProcessor(_HookProcessor):
     def __init__(
         self, hook: PixelcutHook, options: PixelcutGenerateOptions, *, cost_per_image: Decimal | None = None
     ) -> None:
-        super().__init__(hook, options, cost_per_image)
-
-    def _table_cost(self) -> Decimal:
-        return self.hook.estimate_generate_cost()
+        cost = hook.estimate_generate_cost() if cost_per_image is None else cost_per_image
+        super().__init__(hook, options, cost)
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`)."""

@@ -224,9 +224,10 @@ def test_check_source_verdicts(photos: dict[str, bytes]) -> None:
         info = ObjectInfo(bucket="src", name=name, generation=1, size=len(storage.objects[name]))
         return check_source(storage, info, LIMITS, VENDOR)  # type: ignore[arg-type]
 
-    assert verdict("a.png").rejection is None
-    assert verdict("a.png").fully_checked is True
-    assert verdict("b.png").rejection.code == "malformed_image"
+    assert verdict("a.png") is True  # no rejection, and fully checked
+    with pytest.raises(InputRejectedError) as rejection:
+        verdict("b.png")
+    assert rejection.value.code == "malformed_image"
 
 
 # -- against fake-gcs-server, and the run's own hook ------------------------------------------------
