@@ -102,10 +102,7 @@ class CallStats:
 
 @dataclass(eq=False)
 class _CallDecisions:
-    """
-    The retry decisions of one call. The record changes only in :meth:`attempt` and once a wait was
-    slept; :meth:`wait` and :meth:`stop` only read it, in whatever order tenacity asks them.
-    """
+    """One call's retry record, changed by :meth:`attempt` and the sleep; ``wait``/``stop`` only read it."""
 
     policy: RetryPolicy
     stats: CallStats

@@ -739,10 +739,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         vendor_options: Any = None,
         stats: CallStats | None = None,
     ) -> Flow[ImageResult]:
-        """
-        The one path of every image endpoint: send the billed request, download a located result,
-        decode and post-process it (``plan.local``), counting into ``stats`` (a fresh one if ``None``).
-        """
+        """Every image endpoint: send, download a located result, post-process (``plan.local``), count."""
         stats = stats if stats is not None else CallStats()
         try:
             wire = yield from self._wire()
