@@ -420,14 +420,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         }
 
     # -- the connection ------------------------------------------------------------------------
-    @classmethod
-    def get_connection(cls, conn_id: str) -> Connection:
-        """
-        Airflow's ``BaseHook.get_connection``, keeping the secrets out of ``dag.test()``'s DEBUG log.
-
-        :param conn_id: the connection id.
-        """
-        return fetch_connection_unlogged(conn_id)
+    #: Airflow's ``BaseHook.get_connection``, keeping the secrets out of ``dag.test()``'s DEBUG log.
+    get_connection = staticmethod(fetch_connection_unlogged)
 
     @classmethod
     def settings_from_connection(

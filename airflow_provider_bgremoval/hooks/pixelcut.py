@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _methods
 from airflow_provider_bgremoval.options import LocalSteps, OptionSplit, RemovalOptions
@@ -86,6 +85,5 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
 
     generate_background, agenerate_background = _methods(_generate_background)
 
-    def estimate_generate_cost(self) -> Decimal:
-        """Credits one generate-background call is expected to cost (from the cost table: 1)."""
-        return PixelcutWire.estimate_generate_cost()
+    #: Credits one generate-background call is expected to cost (from the cost table: 1).
+    estimate_generate_cost = staticmethod(PixelcutWire.estimate_generate_cost)
