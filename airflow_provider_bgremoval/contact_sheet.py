@@ -51,7 +51,7 @@ def checkerboard(size: tuple[int, int], square: int = 8) -> Image.Image:
 
 
 def _thumbnail(data: bytes, tile: Image.Image) -> Image.Image:
-    """The image fitted and centred on the square ``tile`` (a checkerboard shows alpha)."""
+    """The image fitted and centred on the square ``tile``."""
     thumb = tile.width
     try:
         with Image.open(io.BytesIO(data)) as opened:
@@ -65,13 +65,6 @@ def _thumbnail(data: bytes, tile: Image.Image) -> Image.Image:
     offset = ((thumb - image.width) // 2, (thumb - image.height) // 2)
     tile.paste(image, offset, image)
     return tile
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType
-        return ImageFont.load_default()
 
 
 def render_contact_sheet(
@@ -94,9 +87,9 @@ def render_contact_sheet(
     width, height = contact_sheet_size(len(pairs), thumb=thumb, columns=columns)
     sheet = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    draw.text((_PAD, 7), safe_excerpt(title, 2 * width // 7), fill=_INK, font=_font(13))
+    draw.text((_PAD, 7), safe_excerpt(title, 2 * width // 7), fill=_INK, font=ImageFont.load_default(size=13))
     cols = min(len(pairs), columns)
-    label_font = _font(11)
+    label_font = ImageFont.load_default(size=11)
     label_limit = (2 * thumb + _PAD) // 6
     for index, (label, before, after) in enumerate(pairs):
         row, col = divmod(index, cols)

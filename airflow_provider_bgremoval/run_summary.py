@@ -50,10 +50,7 @@ class RunSummary:
 
 def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
     """
-    Fold the manifests of one DAG run into a :class:`RunSummary`.
-
-    A source's final row is from its latest try, but ``done`` in an earlier try stays ``done`` (the
-    retry skipped it). Credits add up over every try.
+    Fold the manifests of one DAG run into a :class:`RunSummary` (a source's row is its latest try's).
 
     :param manifests: ``(uri, bytes)`` of the manifest objects (``try-<n>.jsonl``), checkpoint parts included.
     """

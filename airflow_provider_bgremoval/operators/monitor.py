@@ -1,7 +1,4 @@
-"""The credit monitor: read the balances of several vendor connections and report the low ones.
-
-Behaviour in detail: docs/credits.md ("CreditMonitorOperator").
-"""
+"""The credit monitor: read the balances of several vendor connections and report the low ones."""
 
 from __future__ import annotations
 

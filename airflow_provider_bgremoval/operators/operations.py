@@ -1,8 +1,4 @@
-"""What a bucket task does to each image: the removal and generation parameters and their processors.
-
-The batch operator and the credits pre-flight of one operation share its class here, so both build the
-same processor (same fingerprint, same cost) from the same parameters.
-"""
+"""The removal and generation parameters and their processors, shared by each batch and its pre-flight."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from airflow_provider_bgremoval.credits import (
 )
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
+from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.operators.bucket import BucketImageOperator
 from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJob,
@@ -160,13 +161,39 @@ class CreditsPreflightOperator(BucketJobOperator):
         self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan
     ) -> Decimal:
         """
-        Price one image with a free vendor test call on a sample of the plan.
+        Pixian's free estimate of a removal: ``X-Credits-Calculated`` of a ``test=true`` call on a sample.
 
-        :param hook: the vendor hook.
+        :param hook: the vendor hook (must be Pixian).
         :param storage: the GCS storage.
-        :param plan: the batch plan (its first billable items are the samples).
+        :param plan: the batch plan.
         """
-        raise InvalidOptionError("use_test_estimate", f"{type(self).__name__} has no test-mode estimate")
+        if not isinstance(hook, PixianHook) or not isinstance(self, RemovalParameters):
+            raise InvalidOptionError(
+                "use_test_estimate",
+                f"only Pixian offers a free test-mode estimate (of a removal); "
+                f"{self.conn_id!r} is a {hook.conn_type} connection",
+            )
+        last: InputRejectedError | None = None
+        for item in plan.items[:_TEST_ESTIMATE_SAMPLES]:
+            data = storage.read(item.source.bucket, item.source.name, generation=item.source.generation)
+            try:
+                cost = hook.estimate_with_test_call(
+                    data,
+                    options=self.removal_options(),
+                    vendor_options=self.vendor_options,
+                    filename=item.source.name.rsplit("/", 1)[-1],
+                )
+            except InputRejectedError as exc:
+                log.warning(
+                    "Pixian refused sample %s for the estimate (%s); trying another", item.source.uri, exc
+                )
+                last = exc
+                continue
+            log.info(
+                "Pixian test-mode estimate on %s: %s credits per image", item.source.uri, format_credits(cost)
+            )
+            return cost
+        raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
     def _price(self, job: BucketJob, plan: BatchPlan) -> tuple[Decimal, str]:
         if self.use_test_estimate and plan.items:  # never with a cost_per_image (refused at parse)
@@ -297,46 +324,6 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
     """
 
     template_fields: Sequence[str] = (*RemovalParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)
-
-    def test_estimate(
-        self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan
-    ) -> Decimal:
-        """
-        Pixian's free estimate: ``X-Credits-Calculated`` of a ``test=true`` call on one of the first samples.
-
-        :param hook: the vendor hook (must be Pixian).
-        :param storage: the GCS storage.
-        :param plan: the batch plan.
-        """
-        from airflow_provider_bgremoval.hooks.pixian import PixianHook
-
-        if not isinstance(hook, PixianHook):
-            raise InvalidOptionError(
-                "use_test_estimate",
-                f"only Pixian offers a free test-mode estimate; "
-                f"{self.conn_id!r} is a {hook.conn_type} connection",
-            )
-        last: InputRejectedError | None = None
-        for item in plan.items[:_TEST_ESTIMATE_SAMPLES]:
-            data = storage.read(item.source.bucket, item.source.name, generation=item.source.generation)
-            try:
-                cost = hook.estimate_with_test_call(
-                    data,
-                    options=self.removal_options(),
-                    vendor_options=self.vendor_options,
-                    filename=item.source.name.rsplit("/", 1)[-1],
-                )
-            except InputRejectedError as exc:
-                log.warning(
-                    "Pixian refused sample %s for the estimate (%s); trying another", item.source.uri, exc
-                )
-                last = exc
-                continue
-            log.info(
-                "Pixian test-mode estimate on %s: %s credits per image", item.source.uri, format_credits(cost)
-            )
-            return cost
-        raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
 
 class GenerateCreditsCheckOperator(GenerationParameters, CreditsPreflightOperator):

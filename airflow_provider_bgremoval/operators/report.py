@@ -1,8 +1,4 @@
-"""Run reports: one JSON report and a before/after contact sheet per DAG run, in the destination bucket.
-
-:class:`RunReportOperator` folds the run's manifests (:mod:`~airflow_provider_bgremoval.run_summary`)
-into ``report.json`` and ``contact-sheet.png`` under :func:`report_prefix`; see docs/examples.md.
-"""
+"""Run reports: a DAG run's manifests folded into ``report.json`` and ``contact-sheet.png``."""
 
 from __future__ import annotations
 
@@ -179,10 +175,8 @@ class RunReportOperator(BaseOperator):
         return result
 
     def _write(self, storage: GcsStorage, name: str, data: bytes, content_type: str) -> str:
-        info = storage.write(
-            self.destination_bucket, name, data, content_type=content_type, if_generation_match=None
-        )
-        return info.uri
+        bucket = self.destination_bucket
+        return storage.write(bucket, name, data, content_type=content_type, if_generation_match=None).uri
 
     def _write_contact_sheet(
         self, storage: GcsStorage, name: str, sample: list[dict[str, Any]], title: str

@@ -1,11 +1,9 @@
-"""Scale-out: list a prefix once and split it into shards for ``.expand()`` (DESIGN.md decision 9).
-
-Usage and pools: docs/pipeline.md ("Scale-out: shards and pools").
-"""
+"""Scale-out: list a prefix once and split it into shards for ``.expand()`` (docs/pipeline.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -39,12 +37,8 @@ def split_into_shards(
         return []
     count = max(1, min(max_shards, len(names) // min_shard_size))
     base, extra = divmod(len(names), count)
-    shards, start = [], 0
-    for index in range(count):
-        size = base + (1 if index < extra else 0)
-        shards.append(list(names[start : start + size]))
-        start += size
-    return shards
+    bounds = [index * base + min(index, extra) for index in range(count + 1)]
+    return [list(names[start:end]) for start, end in pairwise(bounds)]
 
 
 class ListImageShardsOperator(BaseOperator):
