@@ -32,6 +32,7 @@ from airflow_provider_bgremoval.exceptions import (
     TransientVendorError,
     safe_excerpt,
 )
+from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.imaging import apply_local_steps, prepare_input
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.results import Balance, ImageResult
@@ -382,8 +383,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     @classmethod
     def _vendor_hook(cls, conn: Connection, hook_params: dict[str, Any] | None) -> BackgroundRemovalHook[Any]:
-        from airflow_provider_bgremoval.get_provider_info import get_provider_info
-
         vendor_types = sorted(item["connection-type"] for item in get_provider_info()["connection-types"])
         if conn.conn_type not in vendor_types:
             raise InvalidOptionError(
@@ -397,8 +396,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     @classmethod
     def _form(cls) -> dict[str, Any]:
         """This connection type's entry in the provider info (empty for a type it does not declare)."""
-        from airflow_provider_bgremoval.get_provider_info import get_provider_info
-
         entries = get_provider_info()["connection-types"]
         return next((item for item in entries if item["connection-type"] == cls.conn_type), {})
 
