@@ -24,23 +24,12 @@ try:  # Airflow 3.2+
 except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
 
-__all__ = [
-    "AirflowFailException",
-    "AirflowNotFoundException",
-    "AirflowSkipException",
-    "aextra_dejson",
-    "aget_connection",
-    "conf",
-    "get_connection",
-    "keep_secrets_out_of_in_process_supervisor_log",
-    "mask_secret",
-]
+__all__ = ["AirflowFailException", "AirflowNotFoundException", "AirflowSkipException", "conf"]  # re-exported
 
 
 def mask_secret(secret: str | None) -> None:
     """
-    Register ``secret`` with Airflow's log masker (no-op for empty values), without ``dag.test()``
-    logging it in clear at DEBUG (:func:`keep_secrets_out_of_in_process_supervisor_log`).
+    Register ``secret`` with Airflow's log masker (no-op when empty), kept out of ``dag.test()``'s DEBUG log.
 
     :param secret: the value to mask.
     """
@@ -51,8 +40,7 @@ def mask_secret(secret: str | None) -> None:
 
 def get_connection(conn_id: str) -> Connection:
     """
-    ``BaseHook.get_connection`` (which masks the password and extras) without the secrets reaching
-    the DEBUG log under ``dag.test()``.
+    ``BaseHook.get_connection`` without the secrets reaching ``dag.test()``'s DEBUG log.
 
     :param conn_id: the connection id.
     """
@@ -63,10 +51,7 @@ def get_connection(conn_id: str) -> Connection:
 
 
 class _SecretBodyOmittingLogger:
-    """
-    Wraps the in-process supervisor's logger: ``MaskSecret`` requests are logged by type only, as
-    Airflow's real supervisor logs them ("body omitted"); everything else passes through unchanged.
-    """
+    """The in-process supervisor's logger, logging ``MaskSecret`` requests by type only (as a worker does)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -91,12 +76,9 @@ class _SecretBodyOmittingLogger:
 
 def keep_secrets_out_of_in_process_supervisor_log() -> None:
     """
-    Stop ``dag.test()``'s in-process supervisor from logging secrets in clear at DEBUG.
+    Stop ``dag.test()``'s in-process supervisor logging secrets in clear at DEBUG (docs/reliability.md).
 
-    ``InProcessSupervisorComms.send`` (``airflow/sdk/execution_time/supervisor.py``) logs each request
-    with its body, ``MaskSecret(value=<the secret>)`` included, which the masker cannot see inside.
-    This wraps that comms object's logger for the current run only; it does nothing in a worker, the
-    triggerer or outside a task, and never fails. Remove when Airflow fixes ``send``.
+    Wraps that comms object's logger for the current run only; a no-op elsewhere, and never fails.
     """
     try:
         from airflow.sdk.execution_time import task_runner
@@ -113,10 +95,8 @@ def keep_secrets_out_of_in_process_supervisor_log() -> None:
 
 def _masks_asynchronously() -> bool:
     """
-    True on Airflow 3.3.2+, whose ``BaseHook.aget_connection`` masks secrets without blocking.
-
-    Before, masking is a synchronous supervisor call (``DeadlockImminentError`` in the triggerer when
-    another async call is in flight); ``Connection.aextra_dejson`` arrived with the fix.
+    True on Airflow 3.3.2+, whose ``aget_connection`` masks without blocking (before, a synchronous
+    supervisor call: ``DeadlockImminentError`` in the triggerer); ``aextra_dejson`` came with the fix.
     """
     from airflow.sdk import BaseHook, Connection
 

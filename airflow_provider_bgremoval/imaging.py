@@ -1,9 +1,7 @@
-"""Local image work with Pillow: input checks before spending, and post-processing after the call.
+"""Local image work with Pillow (synchronous): input checks before spending, post-processing after.
 
-CPU-bound and synchronous (async callers use a worker thread). An input that cannot be sent raises
-:class:`InputRejectedError` (``local=True``: nothing spent); an unusable vendor result, or a failure of
-the local steps, raises :class:`InvalidVendorResponseError` with one of :data:`RESULT_ERROR_CODES`
-(billed: ``possibly_charged=True``). How results are judged: docs/options.md.
+Inputs that cannot be sent raise :class:`InputRejectedError` (nothing spent); unusable, billed results
+raise :class:`InvalidVendorResponseError` with one of :data:`RESULT_ERROR_CODES` (docs/options.md).
 """
 
 from __future__ import annotations
@@ -67,23 +65,6 @@ class ResultLimits:
     max_pixels: int
     max_side: int | None = None
     basis: str = ""
-
-    def covering(self, width: int, height: int) -> ResultLimits:
-        """
-        These limits, widened with the same headroom to accept an expected ``width`` × ``height`` result.
-
-        :param width: expected result width.
-        :param height: expected result height.
-        """
-        pixels = width * height * RESULT_HEADROOM**2
-        side = max(width, height) * RESULT_HEADROOM
-        if pixels <= self.max_pixels and (self.max_side is None or side <= self.max_side):
-            return self
-        return ResultLimits(
-            max_pixels=max(self.max_pixels, pixels),
-            max_side=None if self.max_side is None else max(self.max_side, side),
-            basis=f"{self.basis}; widened for an expected {width}x{height} result",
-        )
 
     def describe(self) -> str:
         """The limits in words, e.g. ``12000 px per side and 144,000,000 pixels``."""
@@ -254,9 +235,8 @@ class PreparedInput:
 
 def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None) -> PreparedInput:
     """
-    Check an image fully (header and limits, then every pixel: a damaged file is rejected before it
-    is paid for) and make it safe to send: EXIF rotation applied, unusual modes, formats the vendor
-    does not take and animations (first frame) converted to PNG, which is checked again.
+    Check an image fully (header, limits, every pixel) and make it safe to send: EXIF rotation, unusual
+    modes, formats the vendor does not take and animations (first frame) become a PNG, checked again.
 
     :param data: the image bytes.
     :param limits: the vendor's input limits.
@@ -311,16 +291,13 @@ def _describe_body(data: bytes) -> tuple[str, str]:
     """``(code, what the body is)`` for a body that is not an image of :data:`RESULT_FORMATS`."""
     head = data[:4096].lstrip()
     if head[:1] in (b"{", b"["):
-        try:
+        with contextlib.suppress(ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            pass
-        else:
             return "result_unreadable", "a JSON document, not an image"
     if head[:1] == b"<":
         return "result_unreadable", "an HTML/XML document, not an image"
     try:
-        with Image.open(io.BytesIO(data)) as other:
+        with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as other:
             kind = other.format or "unknown"
     except AirflowException:
         raise
@@ -345,15 +322,12 @@ def _check_result_size(
 
 def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = None) -> Image.Image:
     """
-    Decode a vendor's result fully: a PNG, JPEG or WebP whose declared size, read first, is within
-    ``limits``. An animation gives its first frame (an MPO reports itself as JPEG); the mode is the
-    file's own (:func:`normalise_mode` converts it).
+    Decode a vendor's result fully: a PNG, JPEG or WebP (an animation's first frame, an MPO as JPEG,
+    in the file's own mode) whose declared size, read first, is within ``limits``.
 
     :param data: the reply body.
     :param vendor: vendor name (for the limits and the error).
     :param limits: result limits; defaults to :func:`result_limits` of ``vendor``.
-    :raises InvalidVendorResponseError: code ``result_empty``, ``result_unreadable``,
-        ``result_wrong_type`` or ``result_too_large``.
     """
     limits = limits or result_limits(vendor)
     if not data:
@@ -361,11 +335,7 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
     size = "its declared size"
     try:
         with _bomb_warnings_ignored():
-            try:
-                image = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
-            except UnidentifiedImageError:
-                code, what = _describe_body(data)
-                raise _unusable(code, f"the vendor's result is {what}", vendor) from None
+            image = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
             size = f"{image.width}x{image.height}"
             _check_result_size(image.width, image.height, limits, vendor, what="the vendor's result")
             image.load()
@@ -373,6 +343,9 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
                 image.format = "JPEG"
     except AirflowException:  # the task's own errors (timeouts) and our typed ones
         raise
+    except UnidentifiedImageError:
+        code, what = _describe_body(data)
+        raise _unusable(code, f"the vendor's result is {what}", vendor) from None
     except Image.DecompressionBombError:
         raise _unusable(
             "result_too_large",
@@ -445,8 +418,7 @@ def apply_local_steps(
     :param steps: the local steps.
     :param vendor: vendor name.
     :param limits: result limits (the crop with its margin too); default: :func:`result_limits`.
-    :param requested_format: the format asked of the vendor, to re-encode a result in another one to
-        (``steps.output_format`` first; ``None``: any format is kept).
+    :param requested_format: the format asked of the vendor (after ``steps.output_format``; ``None``: any).
     :return: ``(bytes, content_type, width, height)``.
     """
     limits = limits or result_limits(vendor)

@@ -12,12 +12,12 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args
 
 import pydantic
 from PIL import ImageColor
-from pydantic import BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic import dataclasses as pydantic_dataclasses
 from typing_extensions import Self, dataclass_transform
 
@@ -131,7 +131,6 @@ def parse_size(value: Any, *, max_side: int | None = None, square: bool = False)
     :param value: the size as given.
     :param max_side: the largest allowed width or height (``None``: no upper bound).
     :param square: one number (``512`` or ``"512"``) means a square.
-    :raises ValueError: a plain message (inside a model: the field's error).
     """
     given = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if isinstance(given, str):
@@ -162,32 +161,12 @@ def _color(value: Any) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
 
 
-def parse_color(value: str, *, parameter: str = "background_color") -> str:
-    """
-    Normalise a colour (``#rgb``, ``#rrggbb``, ``rgb()`` or a CSS name) to ``#rrggbb``.
-
-    :param value: the colour as given.
-    :param parameter: the option's name, for the error.
-    """
-    return _named(parameter, _color, value)
-
-
 def _format(value: Any) -> OutputFormat:
     text = str(value).strip().lower()
     fmt = {"jpg": "jpeg"}.get(text, text)
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"{value!r} is not one of png, jpeg, webp")
     return fmt
-
-
-def parse_format(value: str, *, parameter: str = "output_format") -> OutputFormat:
-    """
-    Normalise an output format name (``jpg`` is accepted for ``jpeg``).
-
-    :param value: the format as given.
-    :param parameter: the option's name, for the error.
-    """
-    return _named(parameter, _format, value)
 
 
 def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
@@ -201,14 +180,8 @@ def _known_keys(model: Any, path: Sequence[str]) -> list[str]:
     return list(model.__pydantic_fields__)
 
 
-def invalid_option(error: ValidationError, model: type[OptionModel]) -> InvalidOptionError:
-    """
-    The :class:`InvalidOptionError` for a model's first error, named by the path the user wrote
-    (``shadow.opacity``), with the validator's message or pydantic's and the value given.
-
-    :param error: what pydantic found.
-    :param model: the model that was being validated.
-    """
+def _invalid_option(error: ValidationError, model: type[OptionModel]) -> InvalidOptionError:
+    """The error for a model's first error, named by the path the user wrote (``shadow.opacity``)."""
     detail = error.errors(include_url=False)[0]
     path = [model.parameter_root, *(str(part) for part in detail["loc"])]
     if detail["type"] in _UNKNOWN_KEY_ERRORS:
@@ -270,7 +243,7 @@ def validate_as(model: type[OptionModel], annotation: Any, value: Any) -> Any:
     try:
         return _adapter(annotation).validate_python(dict(value) if isinstance(value, Mapping) else value)
     except ValidationError as exc:
-        raise invalid_option(exc, model) from None
+        raise _invalid_option(exc, model) from None
 
 
 @functools.cache
@@ -294,8 +267,7 @@ _MODEL_CONFIG = ConfigDict(extra="forbid", json_schema_extra=_describe_from_docs
 @dataclass_transform(frozen_default=True)
 def option_model(cls: type[_T]) -> type[_T]:
     """
-    Make ``cls`` (an :class:`OptionModel`) a frozen pydantic dataclass refusing unknown keys and
-    raising :class:`InvalidOptionError` on bad values.
+    Make ``cls`` (an :class:`OptionModel`) a frozen pydantic dataclass (docs/options.md).
 
     :param cls: the class with the option fields (annotated with their types and validators).
     """
@@ -306,7 +278,7 @@ def option_model(cls: type[_T]) -> type[_T]:
         try:
             validate(self, *args, **kwargs)
         except ValidationError as exc:
-            raise invalid_option(exc, type(self)) from None
+            raise _invalid_option(exc, type(self)) from None
 
     model.__init__ = functools.update_wrapper(__init__, validate)  # type: ignore[method-assign,assignment]
     return cast("type[_T]", model)
@@ -382,17 +354,13 @@ class Margin:
 
 
 def _margin(text: Any) -> Margin:
+    if isinstance(text, Margin):
+        return text
     parts = str(text).split()
     if len(parts) not in _CSS_SIDES:
         raise ValueError(f"expected 1 to 4 lengths like '5%' or '10px', got {text!r}")
     lengths = [_length(part) for part in parts]
     return Margin(*(lengths[index] for index in _CSS_SIDES[len(lengths)]))
-
-
-def _margin_input(value: Any) -> Margin | None:
-    if isinstance(value, Margin) or _unset_if_blank(value) is None:
-        return cast("Margin | None", value or None)
-    return _margin(value)
 
 
 @option_model
@@ -401,11 +369,10 @@ class RemovalOptions(OptionSet):
     The unified background-removal options (docs/options.md), validated and normalised on creation.
 
     :param output_format: ``png``, ``jpeg`` (or ``jpg``) or ``webp``.
-    :param background_color: ``#rrggbb`` (or any form :func:`parse_color` reads); ``None``: transparent.
+    :param background_color: ``#rrggbb``, ``#rgb``, ``rgb(r, g, b)`` or a CSS name; ``None``: transparent.
     :param crop: crop to the subject.
     :param margin: margin around the cropped subject (requires ``crop``), a :class:`Margin` or its text.
-    :param max_size: ``(width, height)`` (or ``"800x600"``, or one number for a square) to fit the
-        result into, or ``None``.
+    :param max_size: ``(width, height)``, ``"800x600"`` or one number (a square) to fit the result into.
     :param jpeg_quality: JPEG/WebP quality for locally encoded lossy outputs (1–100).
     """
 
@@ -416,7 +383,7 @@ class RemovalOptions(OptionSet):
     crop: Flag = False
     margin: Annotated[
         Margin | None,
-        PlainValidator(_margin_input),
+        unset_or(_margin),
         WithJsonSchema({"type": ["string", "null"], "examples": ["5%", "10px 20px"]}),
     ] = None
     max_size: Annotated[
@@ -525,7 +492,7 @@ class OptionSplit:
     """
 
     native: RemovalOptions
-    local: LocalSteps = field(default_factory=LocalSteps)
+    local: LocalSteps
 
 
 def split_options(options: RemovalOptions, caps: VendorCapabilities) -> OptionSplit:

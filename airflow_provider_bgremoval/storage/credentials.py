@@ -12,19 +12,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_bgremoval._compat import AirflowNotFoundException, get_connection, mask_secret
 from airflow_provider_bgremoval.storage.exceptions import StorageConfigError
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
-
-__all__ = [
-    "DEFAULT_GCP_CONN_ID",
-    "DEFAULT_SCOPES",
-    "EMULATOR_ENV_VAR",
-    "EMULATOR_PROJECT",
-    "ResolvedCredentials",
-    "resolve_gcs_credentials",
-]
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +67,12 @@ def parse_scopes(value: Any) -> list[str] | None:
 
 def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
     """The connection's extras, or ``None`` when the connection is not defined."""
-    from airflow_provider_bgremoval._compat import AirflowNotFoundException, get_connection
-
     try:
         conn = get_connection(gcp_conn_id)  # keeps the key material out of dag.test()'s DEBUG log
     except AirflowNotFoundException:
         return None
     extras = conn.extra_dejson
     return extras if isinstance(extras, Mapping) else {}
-
-
-def _mask(value: str) -> None:
-    from airflow_provider_bgremoval._compat import mask_secret  # not logged in clear by dag.test()
-
-    mask_secret(value)
 
 
 def resolve_gcs_credentials(
@@ -99,8 +83,7 @@ def resolve_gcs_credentials(
     """
     Resolve credentials and project for google-cloud-storage (order: docs/storage.md).
 
-    :param gcp_conn_id: Airflow connection id of a ``google_cloud_platform`` connection; ``None``
-        skips the connection and goes to ADC (or the emulator).
+    :param gcp_conn_id: a ``google_cloud_platform`` connection id; ``None``: ADC (or the emulator).
     :param scopes: OAuth scopes; default: the connection's ``scope`` extra, else :data:`DEFAULT_SCOPES`.
     :raises StorageConfigError: conflicting or unreadable key settings, or no credentials found.
     """
@@ -117,24 +100,22 @@ def resolve_gcs_credentials(
 
     effective_scopes = list(scopes or parse_scopes(get_extra_field(fields, "scope")) or DEFAULT_SCOPES)
     key = _from_connection_key(fields, gcp_conn_id, effective_scopes)
-    if key is not None:
-        source, credentials = key
-        found_project = getattr(credentials, "project_id", None)
-    else:
-        if extras is None and gcp_conn_id:
-            log.info("connection %r is not defined: using Application Default Credentials", gcp_conn_id)
-        else:
-            log.info("no service-account key configured: using Application Default Credentials")
-        source = "adc"
-        credentials, found_project = _from_adc(gcp_conn_id, effective_scopes)
+    if key is None:
+        undefined = extras is None and gcp_conn_id
+        why = (
+            f"connection {gcp_conn_id!r} is not defined" if undefined else "no service-account key configured"
+        )
+        log.info("%s: using Application Default Credentials", why)
+        key = ("adc", *_from_adc(gcp_conn_id, effective_scopes))
+    source, credentials, found_project = key
     project = conn_project or found_project
     return ResolvedCredentials(credentials, str(project) if project else None, source)
 
 
 def _from_connection_key(
     fields: Mapping[str, Any], gcp_conn_id: str | None, scopes: list[str]
-) -> tuple[str, Credentials] | None:
-    """The source and service-account credentials from the connection's key extras, or ``None``."""
+) -> tuple[str, Credentials, Any] | None:
+    """The source, service-account credentials and project from the connection's key, or ``None``."""
     from google.oauth2 import service_account
 
     key_path = get_extra_field(fields, "key_path")
@@ -159,7 +140,7 @@ def _from_connection_key(
     else:
         return None
     log.info("GCS credentials: service-account key from connection %r (%s)", gcp_conn_id, source)
-    return source, credentials
+    return source, credentials, getattr(credentials, "project_id", None)
 
 
 def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:
@@ -176,7 +157,7 @@ def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:
         raise StorageConfigError(f"{what} must be a JSON object")
     private_key = info.get("private_key")
     if isinstance(private_key, str) and private_key:
-        _mask(private_key)
+        mask_secret(private_key)  # through _compat: not logged in clear by dag.test()
     return info
 
 

@@ -1,10 +1,4 @@
-"""
-Google Cloud Storage access for the provider: listing, reads and conditional writes.
-
-:class:`GcsStorage` wraps one lazily created ``google.cloud.storage.Client`` shared by threads. The retry
-rules, create-only writes (and how a retried write recognises its own first attempt), checksums and the
-``trust_env`` decision are described in docs/storage.md.
-"""
+"""GCS listing, checksum-verified reads and create-only writes through one shared client (docs/storage.md)."""
 
 from __future__ import annotations
 
@@ -21,23 +15,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval import USER_AGENT
+from airflow_provider_bgremoval.exceptions import safe_excerpt
 from airflow_provider_bgremoval.storage import exceptions as errors
 from airflow_provider_bgremoval.storage.credentials import DEFAULT_GCP_CONN_ID, resolve_gcs_credentials
 
 if TYPE_CHECKING:
     from google.api_core.retry import Retry
     from google.cloud import storage
-
-__all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "JSON_LINES_CONTENT_TYPE",
-    "WRITE_TOKEN_METADATA_KEY",
-    "GcsStorage",
-    "ObjectFilter",
-    "ObjectInfo",
-    "crc32c_b64",
-    "md5_b64",
-]
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +134,6 @@ class ObjectFilter:
         *,
         case_sensitive: bool = False,
     ) -> None:
-        self.case_sensitive = case_sensitive
         self.include = _as_patterns(include)
         self.exclude = _as_patterns(exclude)
         self._fold: Callable[[str], str] = (lambda s: s) if case_sensitive else str.casefold
@@ -181,34 +164,16 @@ class ObjectFilter:
         return not any(fnmatch.fnmatchcase(c, p) for p in self._exclude for c in candidates)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    import requests
-    import urllib3
-    from google.api_core import exceptions as api_exceptions
-    from google.auth import exceptions as auth_exceptions
-
-    if isinstance(exc, api_exceptions.GoogleAPICallError):
-        return exc.code in _TRANSIENT_STATUS
-    return isinstance(
-        exc,
-        api_exceptions.RetryError
-        | auth_exceptions.TransportError
-        | ConnectionError
-        | TimeoutError
-        | requests.exceptions.ConnectionError
-        | requests.exceptions.Timeout
-        | requests.exceptions.ChunkedEncodingError
-        | urllib3.exceptions.HTTPError,
-    )
-
-
 #: What :func:`_translate` says after ``<action> gs://bucket/name`` on a checksum mismatch.
 _CORRUPTED = ": checksum mismatch, the data was corrupted in transit"
 
 
 def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> errors.StorageError:
     """Map a google/requests exception to the storage layer's errors (the original stays ``__cause__``)."""
+    import requests
+    import urllib3
     from google.api_core import exceptions as api_exceptions
+    from google.auth.exceptions import TransportError
     from google.cloud.storage.exceptions import DataCorruption
 
     if isinstance(exc, errors.StorageError):
@@ -219,13 +184,22 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
         cause = exc.cause if exc.cause is not None else exc
         error = errors.StorageUnavailableError
         outcome = f" failed: GCS stayed unavailable until the retry deadline ({_named(cause)})"
-    elif _is_transient(exc):
+    elif (isinstance(exc, api_exceptions.GoogleAPICallError) and exc.code in _TRANSIENT_STATUS) or isinstance(
+        exc,
+        TransportError
+        | ConnectionError
+        | TimeoutError
+        | requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | urllib3.exceptions.HTTPError,
+    ):
         error = errors.StorageUnavailableError
     elif isinstance(exc, api_exceptions.Unauthorized | api_exceptions.Forbidden):
         error = errors.StoragePermissionError
-        outcome = f" refused ({exc.code}): the credentials lack permission; {_short(exc)}"
+        outcome = f" refused ({exc.code}): the credentials lack permission; {safe_excerpt(str(exc), 300)}"
     elif isinstance(exc, api_exceptions.NotFound):
-        error, outcome = errors.ObjectNotFoundError, f": not found ({_short(exc)})"
+        error, outcome = errors.ObjectNotFoundError, f": not found ({safe_excerpt(str(exc), 300)})"
     elif isinstance(exc, DataCorruption):
         error, outcome = errors.DataCorruptionError, _CORRUPTED
     where = f"gs://{bucket}/{name}" if name is not None else f"gs://{bucket}"
@@ -233,29 +207,21 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
 
 
 def _named(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_short(exc)}"
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {safe_excerpt(str(exc), 300)}"
 
 
 class GcsStorage:
     """
     Thread-safe access to GCS buckets with the provider's safety rules (docs/storage.md).
 
-    :param gcp_conn_id: Airflow connection of type ``google_cloud_platform``; ``None`` uses Application
-        Default Credentials. Ignored for credentials when ``STORAGE_EMULATOR_HOST`` is set.
-    :param project: project id for the client; default: the connection's, the key's or ADC's project.
+    :param gcp_conn_id: a ``google_cloud_platform`` connection; ``None``: Application Default Credentials.
+    :param project: project id for the client; default: the connection's, the key's or ADC's.
     :param scopes: OAuth scopes; default: the connection's ``scope`` extra, else ``devstorage.read_write``.
-    :param retry: retry policy for idempotent calls and conditional writes (a
-        ``google.api_core.retry.Retry``); ``None`` disables retries. Default: GCS's ``DEFAULT_RETRY``.
+    :param retry: retry policy for idempotent calls and conditional writes; ``None``: no retries.
     :param timeout: per-request timeout in seconds (or ``(connect, read)``).
-    :param max_pool_connections: HTTP connections kept per host (use at least the number of threads).
-    :param trust_env: whether the HTTP session reads proxy, CA-bundle and netrc settings from the
-        environment on every request; ``None`` (default): only when a proxy applies to the GCS endpoint.
-    :param client: a ready ``storage.Client`` to use instead of resolving credentials (tests, the demo).
+    :param max_pool_connections: HTTP connections kept per host (at least the number of threads).
+    :param trust_env: read proxy/CA/netrc settings from the environment; ``None``: only if a proxy applies.
+    :param client: a ready ``storage.Client`` instead of resolving credentials (tests, the demo).
     """
 
     def __init__(
@@ -357,12 +323,11 @@ class GcsStorage:
         Yield the objects under ``prefix`` in name order, lazily; "folder" placeholders are skipped.
 
         :param bucket: bucket name.
-        :param prefix: name prefix (``""`` for the whole bucket); include the trailing ``/`` for a folder.
+        :param prefix: name prefix (``""``: the whole bucket; a folder ends with ``/``).
         :param include: :class:`ObjectFilter` pattern(s) to keep, e.g. ``"*.jpg"``.
         :param exclude: pattern(s) to drop, e.g. ``"thumbs/*"``.
         :param case_sensitive: match patterns case-sensitively.
-        :param page_size: objects per list request (GCS allows at most 1000).
-        :raises ObjectNotFoundError: the bucket does not exist.
+        :param page_size: objects per list request (at most 1000).
         """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
@@ -415,7 +380,6 @@ class GcsStorage:
         :param name: object name.
         :param generation: the generation that was planned; :class:`ObjectChangedError` if it is gone.
         :param max_bytes: :class:`ObjectTooLargeError` above this (at most ``max_bytes + 1`` bytes are read).
-        :raises ObjectNotFoundError: the object does not exist.
         """
         if max_bytes is not None and max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
@@ -514,11 +478,9 @@ class GcsStorage:
         :param data: the object's bytes.
         :param content_type: MIME type to store.
         :param metadata: custom metadata (string keys and values).
-        :param if_generation_match: ``0`` (default): create only; an int generation: replace only that
-            generation; ``None``: unconditional overwrite (never retried).
-        :param idempotency_token: an id of this logical write, stored under :data:`WRITE_TOKEN_METADATA_KEY`;
-            on a 412 an object with this token and our bytes counts as this write having succeeded.
-        :returns: the written object's metadata (or the already-present object that is provably ours).
+        :param if_generation_match: ``0``: create only; a generation: replace only it; ``None``: overwrite.
+        :param idempotency_token: an id of this logical write, to recognise it after a 412 (docs/storage.md).
+        :returns: the written object's metadata (or the present object that is provably ours).
         :raises WriteConflictError: the precondition failed (:class:`ObjectExistsError` when create-only).
         """
         if not isinstance(data, bytes | bytearray | memoryview):

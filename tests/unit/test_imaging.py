@@ -571,12 +571,8 @@ def test_result_limits_come_from_the_vendors_documented_output() -> None:
     assert max(limits.max_pixels for limits in RESULT_LIMITS.values()) < 2 * (Image.MAX_IMAGE_PIXELS or 0)
 
 
-def test_result_limits_can_be_widened_for_an_expected_size() -> None:
-    limits = RESULT_LIMITS["pixian"]
-    assert limits.covering(1000, 1000) is limits
-    wide = limits.covering(8000, 6000)  # e.g. a Pixian target_size of 8000 x 6000 (48 MP)
-    assert wide.max_pixels == 8000 * 6000 * RESULT_HEADROOM**2
-    assert "widened for an expected 8000x6000 result" in wide.basis
+def test_result_limits_can_be_given() -> None:
+    wide = ResultLimits(max_pixels=13_000 * 13_000)  # over Pixian's own: the header is read, then the data
     assert _decode_error(_png_declaring(13_000, 13_000), "pixian", limits=wide).code == "result_unreadable"
 
 

@@ -17,9 +17,7 @@ from airflow_provider_bgremoval.options import (
     RemovalOptions,
     VendorCapabilities,
     options_fingerprint,
-    parse_color,
     parse_flag,
-    parse_format,
     parse_size,
     split_options,
 )
@@ -33,7 +31,6 @@ from tests.support.connections import set_connection
     [("png", "png"), ("PNG", "png"), ("jpg", "jpeg"), (" JPEG ", "jpeg"), ("webp", "webp"), ("WebP", "webp")],
 )
 def test_format_aliases_are_normalised(given: str, expected: str) -> None:
-    assert parse_format(given) == expected
     assert RemovalOptions.create(output_format=given).output_format == expected
 
 
@@ -73,7 +70,6 @@ def test_content_type_and_extension(fmt: str, content_type: str, extension: str)
     ],
 )
 def test_colour_forms(given: str, expected: str) -> None:
-    assert parse_color(given) == expected
     assert RemovalOptions.create(background_color=given).background_color == expected
 
 
@@ -87,7 +83,7 @@ def test_bad_colour_names_the_parameter(given: str) -> None:
 
 def test_translucent_colour_is_refused() -> None:
     with pytest.raises(InvalidOptionError, match="opaque") as info:
-        parse_color("#ff000080")
+        RemovalOptions.create(background_color="#ff000080")
     assert info.value.parameter == "background_color"
 
 

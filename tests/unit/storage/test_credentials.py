@@ -77,7 +77,7 @@ def _no_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def masked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
-    monkeypatch.setattr(creds_module, "_mask", seen.append)
+    monkeypatch.setattr(creds_module, "mask_secret", seen.append)
     return seen
 
 
