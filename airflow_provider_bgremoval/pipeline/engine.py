@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
-    InvalidOptionError,
     OutOfCreditsError,
     VendorAuthError,
     safe_excerpt,
@@ -203,16 +202,7 @@ class BatchRunner:
     progress_every_seconds: float = 30.0
     drain_grace: float = DEFAULT_DRAIN_GRACE
 
-    def __post_init__(self) -> None:
-        if self.max_concurrency < 1:
-            raise InvalidOptionError("max_concurrency", "must be at least 1")
-        if self.on_error not in ON_ERROR_CHOICES:
-            choices = ", ".join(ON_ERROR_CHOICES)
-            raise InvalidOptionError("on_error", f"{self.on_error!r} is not one of {choices}")
-        if not 0 <= self.max_failure_rate <= 1:
-            raise InvalidOptionError("max_failure_rate", "must be between 0 and 1")
-        if self.drain_grace < 0:
-            raise InvalidOptionError("drain_grace", "must not be negative")
+    def __post_init__(self) -> None:  # the parameters are validated by the operator
         plan = self.plan
         self.result = BatchResult(billable=len(plan.items))
         self._items: Iterator[WorkItem] = iter(plan.items)
@@ -231,7 +221,6 @@ class BatchRunner:
             len(plan.items), self.processor.vendor, every_seconds=self.progress_every_seconds
         )
 
-    # -- stopping from outside -------------------------------------------------------------------
     def request_stop(self, code: str, message: str) -> None:
         """
         Stop submitting and drain: in-flight calls get ``drain_grace`` seconds (thread-safe).
@@ -266,7 +255,6 @@ class BatchRunner:
                 flight.abandoned = True
                 flight.task.cancel()
 
-    # -- helpers -------------------------------------------------------------------------------
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
@@ -327,17 +315,15 @@ class BatchRunner:
         if self.max_images is not None and self._submitted >= self.max_images:
             self._halt("max_images", f"max_images={self.max_images} reached")
             return None
-        if self.max_credits is not None:
-            cost = self._unit_cost()
-            at_risk = self.credits_at_risk()
-            if at_risk + cost > self.max_credits:
-                self._halt(
-                    "max_credits",
-                    f"max_credits={self.max_credits} reached (charged {self.result.credits_spent}, "
-                    f"{self.result.possibly_charged} reply(s) lost and possibly charged, "
-                    f"{len(self._flights)} in flight at {cost} each)",
-                )
-                return None
+        cost = self._unit_cost()
+        if self.max_credits is not None and self.credits_at_risk() + cost > self.max_credits:
+            self._halt(
+                "max_credits",
+                f"max_credits={self.max_credits} reached (charged {self.result.credits_spent}, "
+                f"{self.result.possibly_charged} reply(s) lost and possibly charged, "
+                f"{len(self._flights)} in flight at {cost} each)",
+            )
+            return None
         item = next(self._items, None)
         if item is not None:
             self._submitted += 1
@@ -373,7 +359,6 @@ class BatchRunner:
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
             )
 
-    # -- the one recorder ------------------------------------------------------------------------
     def _settle(
         self,
         flight: _Flight,
@@ -441,7 +426,6 @@ class BatchRunner:
             + ("; the vendor call was billed" if paid else ""),
         )
 
-    # -- one image: claim -> read -> call -> store ----------------------------------------------
     async def _fly(self, flight: _Flight) -> None:
         try:
             if not await self._claim(flight):
@@ -609,9 +593,8 @@ class BatchRunner:
                 self._check_failure_rate()
                 self.progress.update(self._finished, self.result.counts, self.result.credits_spent)
 
-    # -- manifest checkpoints ------------------------------------------------------------------
     def _schedule_checkpoint(self) -> None:
-        if self._executor is None or (self._checkpoint_task is not None and not self._checkpoint_task.done()):
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
         self._checkpoint_task = asyncio.get_running_loop().create_task(self._checkpoint())
 
@@ -627,7 +610,6 @@ class BatchRunner:
             if self.manifest.part_due():
                 self._schedule_checkpoint()
 
-    # -- the run -------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
         """Process every billable item (or until a halt or a stop request) and return the result."""
         started = time.monotonic()

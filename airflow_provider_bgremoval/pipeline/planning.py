@@ -285,34 +285,6 @@ def _list_and_map(storage: GcsStorage, spec: BatchSpec, extension: str, plan: Ba
     return candidates
 
 
-def _skip_finished(
-    candidates: list[WorkItem],
-    existing: dict[str, ObjectInfo],
-    spec: BatchSpec,
-    fingerprint: str,
-    vendor: str,
-    plan: BatchPlan,
-) -> list[WorkItem]:
-    """Settle finished (and, without ``overwrite``, foreign) outputs in ``plan``; return the rest."""
-    remaining: list[WorkItem] = []
-    for item in candidates:
-        current = existing.get(item.destination)
-        if current is None:
-            remaining.append(item)
-        elif is_finished(current, item.source, fingerprint, vendor):
-            message = "output exists from this source and options"
-            _settle(plan, item.source, item.destination, "skipped", "already_done", message)
-        elif spec.overwrite:
-            remaining.append(replace(item, replace_generation=current.generation))
-        else:
-            message = (
-                "the destination exists but was made from another source generation or other options; "
-                "set overwrite=True to replace it"
-            )
-            _settle(plan, item.source, item.destination, "rejected", "output_exists", message)
-    return remaining
-
-
 async def plan_batch(
     storage: GcsStorage,
     spec: BatchSpec,
@@ -338,7 +310,22 @@ async def plan_batch(
     candidates = await asyncio.to_thread(_list_and_map, storage, spec, extension, plan)
     destinations = [item.destination for item in candidates]
     existing = await asyncio.to_thread(_existing_outputs, storage, spec, destinations)
-    to_check = _skip_finished(candidates, existing, spec, fingerprint, vendor, plan)
+    to_check: list[WorkItem] = []
+    for item in candidates:  # finished (and, without overwrite, foreign) outputs are settled
+        current = existing.get(item.destination)
+        if current is None:
+            to_check.append(item)
+        elif is_finished(current, item.source, fingerprint, vendor):
+            message = "output exists from this source and options"
+            _settle(plan, item.source, item.destination, "skipped", "already_done", message)
+        elif spec.overwrite:
+            to_check.append(replace(item, replace_generation=current.generation))
+        else:
+            message = (
+                "the destination exists but was made from another source generation or other options; "
+                "set overwrite=True to replace it"
+            )
+            _settle(plan, item.source, item.destination, "rejected", "output_exists", message)
 
     def check(item: WorkItem) -> WorkItem | PlannedOutcome:
         try:
