@@ -10,8 +10,6 @@ import warnings
 
 from PIL import Image, ImageChops, UnidentifiedImageError
 
-__all__ = ["DeltaPngError", "apply_orientation", "decode_delta_png", "exif_orientation"]
-
 _EXIF_ORIENTATION = 0x0112
 
 #: EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``)

@@ -49,19 +49,6 @@ from airflow_provider_bgremoval.vendors.base import (
     json_body,
 )
 
-__all__ = [
-    "MAX_UPLOAD_BYTES",
-    "PIXELCUT_SPEC",
-    "PixelcutGenerateOptions",
-    "PixelcutImageTransform",
-    "PixelcutOptions",
-    "PixelcutScene",
-    "PixelcutShadow",
-    "PixelcutWire",
-    "ResultDelivery",
-    "parse_scene",
-]
-
 #: How a result comes back: the image bytes (``Accept: image/*``) or a temporary ``result_url``.
 ResultDelivery = Literal["bytes", "url"]
 _ACCEPT: dict[str, str] = {"bytes": "image/*", "url": "application/json"}

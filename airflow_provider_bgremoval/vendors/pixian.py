@@ -55,18 +55,6 @@ from airflow_provider_bgremoval.vendors.base import (
 )
 from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_delta_png
 
-__all__ = [
-    "MAX_BASE64_CHARS",
-    "OTHER_IMAGE_EXTENSIONS",
-    "PIXIAN_SPEC",
-    "ForegroundBox",
-    "PixianOptions",
-    "PixianWire",
-    "Size",
-    "check_image_url_type",
-    "parse_test_mode",
-]
-
 REMOVE_BACKGROUND_PATH = "/api/v2/remove-background"
 ACCOUNT_PATH = "/api/v2/account"
 

@@ -39,17 +39,6 @@ from airflow_provider_bgremoval.vendors.base import (
     parse_int,
 )
 
-__all__ = [
-    "MAX_UPLOAD_BYTES",
-    "POOF_SIZE_PRESETS",
-    "POOF_SPEC",
-    "AutoRechargeMode",
-    "PoofAccount",
-    "PoofOptions",
-    "PoofSize",
-    "PoofWire",
-]
-
 #: "Maximum size: 20MB", read as 20,000,000 bytes (:data:`~.base.MEGABYTE`).
 MAX_UPLOAD_BYTES = 20 * MEGABYTE
 
