@@ -235,7 +235,6 @@ class BucketImageOperator(BucketJobOperator):
     def _verdict(self, context: Context, vendor: str, result: BatchResult, summary: dict[str, Any]) -> None:
         halt, counts, manifest_uri = result.halt, result.counts, summary["manifest_uri"]
         if halt is not None:
-            # The same key and shape as the credits pre-flight's halt, so one alert serves both.
             context["ti"].xcom_push(key="halt", value=halt.as_dict())
             if halt.fatal or halt.reason == "failure_rate":
                 available = "unknown" if halt.available is None else str(halt.available)

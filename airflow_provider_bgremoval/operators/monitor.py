@@ -132,8 +132,7 @@ class CreditMonitorOperator(BaseOperator):
     """
     Check the balances of several vendor connections in one task; call back and fail or warn on low ones.
 
-    Returns (XCom) ``{conn_id: BalanceCheck.as_dict()}``. An account is a problem when below its
-    threshold or unreadable; the failure is not retried when only balances are low (docs/credits.md).
+    Returns ``{conn_id: BalanceCheck.as_dict()}``; problem accounts and retries: docs/credits.md.
 
     :param thresholds: connection id → minimum usable credits (templated).
     :param on_low: ``"fail"`` or ``"warn"``.

@@ -73,13 +73,10 @@ def parse_estimate(value: Any) -> dict[str, Any] | None:
 
 class RunReportOperator(BaseOperator):
     """
-    Write a DAG run's report (JSON) and before/after contact sheet (PNG) to the destination bucket.
+    Write a DAG run's report (JSON) and before/after contact sheet (PNG) from every manifest of the run.
 
-    It reads every manifest the run's bucket tasks wrote (all tasks, map indexes and tries): put it
-    downstream of them with ``trigger_rule="all_done_min_one_success"`` (example: docs/examples.md).
-
-    Returns (XCom): ``report_uri``, ``contact_sheet_uri`` (``None`` without processed images),
-    ``counts``, ``credits_spent``, ``manifests``, ``sample_pairs``.
+    Put it downstream of the bucket tasks with ``trigger_rule="all_done_min_one_success"``; its files and
+    return value: docs/examples.md.
 
     :param destination_bucket: bucket of the outputs (and of the manifests).
     :param destination_prefix: the bucket tasks' destination prefix.
