@@ -43,12 +43,13 @@ from airflow_provider_bgremoval.vendors.base import (
     ResultLocation,
     VendorWire,
     WireRequest,
+    is_http_url,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-__all__ = ["USER_AGENT", "BackgroundRemovalHook", "check_http_url", "format_credits", "is_http_url"]
+__all__ = ["USER_AGENT", "BackgroundRemovalHook", "check_http_url", "format_credits"]
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,6 @@ _PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
 #: form field -> what a connection that leaves it empty has not got
 _FIELD_MEANING = {"password": "API key", "login": "API id"}
-
-
-def is_http_url(url: object) -> bool:
-    """
-    True for an absolute http(s) URL: the one URL check (inputs, base URLs, result URLs, redirects).
-
-    :param url: the URL.
-    """
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:  # e.g. "http://[bad": an invalid IPv6 host
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def check_http_url(url: str, *, parameter: str = "image_url") -> str:

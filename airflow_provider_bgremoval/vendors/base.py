@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -189,6 +190,19 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def is_http_url(url: object) -> bool:
+    """
+    True for an absolute http(s) URL: the one URL check (inputs, base URLs, result URLs, redirects).
+
+    :param url: the URL.
+    """
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:  # e.g. "http://[bad": an invalid IPv6 host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def json_body(response: httpx.Response) -> Any:

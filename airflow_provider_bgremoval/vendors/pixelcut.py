@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import fields
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BeforeValidator, Field, model_validator
@@ -46,6 +45,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    is_http_url,
     json_body,
 )
 
@@ -432,7 +432,7 @@ class PixelcutWire(VendorWire):
         if content_type == "application/json" or content_type.endswith("+json"):
             body = json_body(response)
             url = body.get("result_url") if isinstance(body, dict) else None
-            if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            if not isinstance(url, str) or not is_http_url(url):
                 raise self.invalid_reply(
                     f"expected a JSON object with an http(s) result_url, got {self.text_excerpt(response)!r}"
                 )

@@ -335,6 +335,13 @@ def test_parse_image_reply(wire):
         )
 
 
+@pytest.mark.parametrize("url", ["http://[bad", "ftp://assets.pixelcut.app/r.png", "https://", "/r.png"])
+def test_a_result_url_that_is_not_an_http_url_is_an_invalid_reply(wire, url):
+    """The one URL check (``is_http_url``): an unparsable URL is an invalid reply, not a ValueError."""
+    with pytest.raises(InvalidVendorResponseError, match="result_url"):
+        wire.parse_image_reply(httpx.Response(200, json={"result_url": url}))
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [({"credits_remaining": 42}, Decimal(42)), ({"credits_remaining": " 3.25 "}, Decimal("3.25"))],
