@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timezone
 
 from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
@@ -42,6 +43,7 @@ class ClaimHolder:
         return f"{self.owner} (lease expires {self.expires_iso})"
 
 
+@dataclass(eq=False)
 class ClaimStore:
     """
     Create-only claim objects in the destination bucket.
@@ -54,22 +56,16 @@ class ClaimStore:
     :param clock: wall clock (injectable for tests).
     """
 
-    def __init__(
-        self,
-        storage: GcsStorage,
-        bucket: str,
-        internal_prefix: str,
-        owner: str,
-        *,
-        lease_seconds: float = 3600.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.storage = storage
-        self.bucket = bucket
-        self.prefix = f"{internal_prefix}claims/"
-        self.owner = owner
-        self.lease_seconds = lease_seconds
-        self.clock = clock
+    storage: GcsStorage
+    bucket: str
+    internal_prefix: str
+    owner: str
+    _: KW_ONLY
+    lease_seconds: float = 3600.0
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.prefix = f"{self.internal_prefix}claims/"
         self._held: dict[str, int] = {}  # destination -> generation of our claim object
 
     def claim_name(self, destination: str) -> str:
@@ -93,22 +89,17 @@ class ClaimStore:
     def release(self, destination: str) -> None:
         """Give up our claim on ``destination`` (its output was not written): anyone may take it."""
         generation = self._held.pop(destination, None)
-        if generation is None:
-            return
-        try:
-            self._write(destination, generation, released=True)
-        except WriteConflictError:
-            pass  # somebody took it over after our lease ran out: nothing of ours to release
+        if generation is not None:
+            with suppress(WriteConflictError):  # taken over after our lease ran out: nothing of ours to free
+                self._write(destination, generation, released=True)
 
     def acquire(self, destination: str) -> ClaimHolder | None:
         """Claim ``destination``; return ``None`` on success or the :class:`ClaimHolder` of a live claim."""
         name = self.claim_name(destination)
         for _ in range(3):
-            try:
+            with suppress(WriteConflictError):
                 self._write(destination, 0)
                 return None
-            except WriteConflictError:
-                pass
             current = self.storage.stat(self.bucket, name)
             if current is None:
                 continue  # vanished between the write and the look: try again
@@ -120,9 +111,7 @@ class ClaimStore:
                 expires = 0.0
             if holder != self.owner and expires > self.clock():
                 return ClaimHolder(holder, expires)
-            try:
+            with suppress(WriteConflictError):  # somebody else took it over first: look again
                 self._write(destination, current.generation)
                 return None
-            except WriteConflictError:
-                continue  # somebody else took it over first: look again
         return ClaimHolder("unknown (claim contended)")

@@ -543,9 +543,8 @@ class BatchRunner:
             )
             return
         flight.output_exists = True
-        uri = f"gs://{bucket}/{item.destination}"
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
-            self.result.sample_outputs.append(uri)
+            self.result.sample_outputs.append(f"gs://{bucket}/{item.destination}")
         self._settle(flight, "done", bytes_out=len(result.content))
 
     async def _settle_conflict(self, flight: _Flight) -> None:
@@ -701,17 +700,14 @@ def run_batch(
     interrupt: BaseException | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgremoval-batch") as pool:
         future = pool.submit(asyncio.run, main())
-        while True:
+        while not future.done():
             try:
-                future.result(timeout=0.5)
-                return interrupt
-            except concurrent.futures.TimeoutError:
-                continue
-            except BaseException as exc:
-                if future.done() and not future.cancelled() and future.exception() is exc:
-                    raise  # the batch's own error (its record is in the runner's result)
+                concurrent.futures.wait([future], timeout=0.5)
+            except BaseException as exc:  # an interrupt of this thread: drain the batch, re-raise later
                 interrupt = interrupt or exc
                 name = type(exc).__name__
                 runner.request_stop(
                     *_INTERRUPT_CODES.get(name, ("interrupted", f"the task was interrupted ({name})"))
                 )
+        future.result()  # the batch's own error (its record is in the runner's result)
+    return interrupt

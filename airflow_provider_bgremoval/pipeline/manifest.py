@@ -12,7 +12,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import IO, Any
 
 #: Final states of a source.
@@ -64,6 +64,7 @@ class ManifestRow:
             raise ValueError(f"unknown manifest status {self.status!r}")
 
 
+@dataclass(eq=False)
 class ManifestWriter:
     """
     Spools :class:`ManifestRow` objects as JSON lines; with a ``part_sink``, the rows added since the
@@ -76,25 +77,19 @@ class ManifestWriter:
     :param clock: monotonic clock (injectable for tests).
     """
 
-    def __init__(
-        self,
-        part_sink: Callable[[int, bytes], None] | None = None,
-        *,
-        every_rows: int = 500,
-        every_seconds: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    part_sink: Callable[[int, bytes], None] | None = None
+    _: KW_ONLY
+    every_rows: int = 500
+    every_seconds: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
         self._file: IO[bytes] = tempfile.TemporaryFile(prefix="bgremoval-manifest-")  # noqa: SIM115 - closed by close()
-        self.part_sink = part_sink
-        self.every_rows = every_rows
-        self.every_seconds = every_seconds
-        self._clock = clock
-        #: rows added so far
         self.rows = 0
         self._size = 0
         self._saved_rows = 0
         self._saved_size = 0
-        self._saved_at = clock()
+        self._saved_at = self.clock()
         self.parts_saved = 0
 
     def add(self, row: ManifestRow) -> None:
@@ -113,7 +108,7 @@ class ManifestWriter:
         """True when the rows waiting should be checkpointed now."""
         if self.part_sink is None or not self.unsaved_rows:
             return False
-        return self.unsaved_rows >= self.every_rows or self._clock() - self._saved_at >= self.every_seconds
+        return self.unsaved_rows >= self.every_rows or self.clock() - self._saved_at >= self.every_seconds
 
     def save_part(self) -> int:
         """
@@ -130,7 +125,7 @@ class ManifestWriter:
         self.part_sink(self.parts_saved + 1, data)
         self.parts_saved += 1
         saved, self._saved_rows, self._saved_size = rows - self._saved_rows, rows, size
-        self._saved_at = self._clock()
+        self._saved_at = self.clock()
         return saved
 
     def getvalue(self) -> bytes:
@@ -190,8 +185,7 @@ def manifest_run_prefix(internal_prefix: str, dag_id: str, run_id: str) -> str:
     """
     The folder of one DAG run's manifests (a folder per task instance below it).
 
-    :param internal_prefix: the provider's folder under the destination prefix
-        (:attr:`~airflow_provider_bgremoval.pipeline.planning.BatchSpec.internal_prefix`).
+    :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
     :param run_id: the DAG run id (``/`` becomes ``_``).
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
 from decimal import Decimal
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+@dataclass(eq=False)
 class ProgressReporter:
     """
     Logs batch progress.
@@ -29,23 +31,16 @@ class ProgressReporter:
     :param logger: where to log.
     """
 
-    def __init__(
-        self,
-        total: int,
-        vendor: str,
-        *,
-        every_fraction: float = 0.1,
-        every_seconds: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        self.total = total
-        self.vendor = vendor
-        self.every_fraction = every_fraction
-        self.every_seconds = every_seconds
-        self.clock = clock
-        self.log = logger or log
-        self.started = clock()
+    total: int
+    vendor: str
+    _: KW_ONLY
+    every_fraction: float = 0.1
+    every_seconds: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    logger: logging.Logger | None = None
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
         self._last_time = self.started
         self._last_done = 0
         self.lines = 0
@@ -64,9 +59,9 @@ class ProgressReporter:
         self.lines += 1
         elapsed = max(now - self.started, 1e-9)
         rate = finished / elapsed * 60.0
-        eta = (self.total - finished) / (finished / elapsed) if finished else float("nan")
+        eta = _duration((self.total - finished) / (finished / elapsed)) if finished else "unknown"
         percent = 100.0 * finished / self.total if self.total else 100.0
-        self.log.info(
+        (self.logger or log).info(
             "[%s] %d/%d (%.0f%%) done=%d failed=%d rejected=%d pending=%d"
             " | %.1f images/min | ETA %s | credits %s",
             self.vendor,
@@ -78,7 +73,7 @@ class ProgressReporter:
             counts.get("rejected", 0),
             counts.get("pending", 0),
             rate,
-            _duration(eta) if finished else "unknown",
+            eta,
             credits,
         )
 
