@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_bgremoval._compat import AirflowFailException, AirflowSkipException
+from airflow_provider_bgremoval._moved import warn_moved
 from airflow_provider_bgremoval.credits import (
     describe_error,
     has_enough,
@@ -139,11 +139,10 @@ class CreditsPreflightOperator(BucketJobOperator):
         ignored = [name for name in _BATCH_ONLY_PARAMETERS if kwargs.pop(name, None) is not None]
         super().__init__(**kwargs)
         if ignored:
-            warnings.warn(
-                f"{type(self).__name__}: {', '.join(ignored)} only apply to the bucket task and are "
-                "ignored by the pre-flight; passing them is deprecated",
-                DeprecationWarning,
-                stacklevel=3,
+            names = ", ".join(ignored)
+            warn_moved(
+                f"{type(self).__name__}({names})",
+                f"{names} only apply to the bucket task; the pre-flight ignores them",
             )
         self.safety_margin = safety_margin
         self.on_insufficient = on_insufficient
