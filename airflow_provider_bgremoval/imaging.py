@@ -185,35 +185,23 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
 def check_size(size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
     """Raise :class:`InputRejectedError` when a file of ``size`` bytes is over the vendor's limit."""
     if size > limits.max_bytes:
-        raise _reject(
-            "file_size_too_large",
-            f"file is {size:,} bytes; the vendor's limit is {limits.max_bytes:,} bytes",
-            vendor,
-        )
+        message = f"file is {size:,} bytes; the vendor's limit is {limits.max_bytes:,} bytes"
+        raise _reject("file_size_too_large", message, vendor)
 
 
 def check_limits(info: ImageInfo, size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
     """Raise :class:`InputRejectedError` naming the limit when ``info``/``size`` break ``limits``."""
     check_size(size, limits, vendor=vendor)
+    shape = f"image is {info.width}x{info.height}"
     if limits.max_pixels is not None and info.pixels > limits.max_pixels:
-        raise _reject(
-            "too_many_pixels",
-            f"image is {info.width}x{info.height} = {info.pixels:,} pixels; "
-            f"the vendor's limit is {limits.max_pixels:,} pixels",
-            vendor,
-        )
+        message = f"{shape} = {info.pixels:,} pixels; the vendor's limit is {limits.max_pixels:,} pixels"
+        raise _reject("too_many_pixels", message, vendor)
     if limits.max_side is not None and max(info.width, info.height) > limits.max_side:
-        raise _reject(
-            "resolution_too_high",
-            f"image is {info.width}x{info.height}; the vendor's limit is {limits.max_side} px per side",
-            vendor,
-        )
+        message = f"{shape}; the vendor's limit is {limits.max_side} px per side"
+        raise _reject("resolution_too_high", message, vendor)
     if min(info.width, info.height) < limits.min_side:
-        raise _reject(
-            "resolution_too_low",
-            f"image is {info.width}x{info.height}; the vendor's minimum is {limits.min_side} px per side",
-            vendor,
-        )
+        message = f"{shape}; the vendor's minimum is {limits.min_side} px per side"
+        raise _reject("resolution_too_low", message, vendor)
 
 
 @dataclass(frozen=True)
@@ -311,13 +299,11 @@ def _check_result_size(
 ) -> None:
     too_wide = limits.max_side is not None and max(width, height) > limits.max_side
     if width * height > limits.max_pixels or too_wide:
-        raise _unusable(
-            "result_too_large",
-            f"{what} is {width}x{height} = {width * height:,} pixels, over the "
-            f"{limits.describe()} accepted from {vendor or 'this vendor'} ({limits.basis}); "
-            "refused without decoding it",
-            vendor,
+        message = (
+            f"{what} is {width}x{height} = {width * height:,} pixels, over the {limits.describe()} "
+            f"accepted from {vendor or 'this vendor'} ({limits.basis}); refused without decoding it"
         )
+        raise _unusable("result_too_large", message, vendor)
 
 
 def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = None) -> Image.Image:
@@ -347,13 +333,12 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
         code, what = _describe_body(data)
         raise _unusable(code, f"the vendor's result is {what}", vendor) from None
     except Image.DecompressionBombError:
-        raise _unusable(
-            "result_too_large",
-            "the vendor's result declares more pixels than can be decoded safely (a decompression "
-            f"bomb); refused without decoding it. At most {limits.describe()} are accepted from "
-            f"{vendor} ({limits.basis})",
-            vendor,
-        ) from None
+        message = (
+            "the vendor's result declares more pixels than can be decoded safely (a decompression bomb); "
+            f"refused without decoding it. At most {limits.describe()} are accepted from {vendor} "
+            f"({limits.basis})"
+        )
+        raise _unusable("result_too_large", message, vendor) from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
         doing = f"to decode the vendor's {size} result"
         failure = "the vendor's result is not a complete image"

@@ -1,8 +1,4 @@
-"""The one option set every vendor understands (DESIGN.md decision 7), and how options are validated.
-
-Every option model is made with :func:`option_model`; :func:`split_options` splits the unified options
-between a vendor and local steps. Their meaning, the split and the parsing rules: docs/options.md.
-"""
+"""The unified options (DESIGN.md decision 7), the option-model factory and the split (docs/options.md)."""
 
 from __future__ import annotations
 
@@ -504,7 +500,6 @@ def split_options(options: RemovalOptions, caps: VendorCapabilities) -> OptionSp
     """
     background = options.effective_background
     local_crop = options.crop and (options.margin is not None or not caps.crop)
-    # A local crop needs the alpha channel, so the background must then be applied locally too.
     local_background = background is not None and (local_crop or not caps.background_color)
     local_pixels = local_crop or local_background or options.max_size is not None
     local_format = (

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 DEFAULT_GCP_CONN_ID = "google_cloud_default"
 #: Least privilege for what the provider does (list, read, create objects). Override with ``scope``.
 DEFAULT_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/devstorage.read_write",)
-EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 #: Project reported to the emulator when the connection names none.
 EMULATOR_PROJECT = "emulator"
 
@@ -36,13 +35,11 @@ class ResolvedCredentials:
     :param credentials: google-auth credentials, or ``None`` for the emulator (anonymous).
     :param project: project id to give ``storage.Client``, if known.
     :param source: where they came from: ``emulator``, ``keyfile_dict``, ``key_path`` or ``adc``.
-    :param emulator_host: the value of ``STORAGE_EMULATOR_HOST`` when ``source == "emulator"``.
     """
 
     credentials: Credentials | None = dataclasses.field(repr=False)  # never shown: it can carry tokens
     project: str | None
     source: str
-    emulator_host: str | None = dataclasses.field(default=None, repr=False)
 
 
 def get_extra_field(extras: Mapping[str, Any], field: str) -> Any:
@@ -91,12 +88,10 @@ def resolve_gcs_credentials(
     fields: Mapping[str, Any] = extras if extras is not None else {}
     conn_project = get_extra_field(fields, "project")
 
-    emulator_host = os.environ.get(EMULATOR_ENV_VAR)
+    emulator_host = os.environ.get("STORAGE_EMULATOR_HOST")
     if emulator_host:
-        log.info(
-            "STORAGE_EMULATOR_HOST is set: using the GCS emulator at %s without credentials", emulator_host
-        )
-        return ResolvedCredentials(None, str(conn_project or EMULATOR_PROJECT), "emulator", emulator_host)
+        log.info("STORAGE_EMULATOR_HOST is set: the GCS emulator at %s, without credentials", emulator_host)
+        return ResolvedCredentials(None, str(conn_project or EMULATOR_PROJECT), "emulator")
 
     effective_scopes = list(scopes or parse_scopes(get_extra_field(fields, "scope")) or DEFAULT_SCOPES)
     key = _from_connection_key(fields, gcp_conn_id, effective_scopes)
@@ -147,14 +142,10 @@ def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:
     """The ``keyfile_dict`` extra as a dict, its private key registered with the secret masker."""
     try:
         info = dict(raw) if isinstance(raw, Mapping) else json.loads(raw)
-    except ValueError:
-        raise StorageConfigError(f"{what} is not valid JSON") from None  # never echo key material
-    except TypeError:
-        raise StorageConfigError(
-            f"{what} must be a JSON string or an object, not {type(raw).__name__}"
-        ) from None
-    if not isinstance(info, dict):
-        raise StorageConfigError(f"{what} must be a JSON object")
+    except (TypeError, ValueError):
+        info = None
+    if not isinstance(info, dict):  # never echo key material
+        raise StorageConfigError(f"{what} is not valid JSON of a key object (got {type(raw).__name__})")
     private_key = info.get("private_key")
     if isinstance(private_key, str) and private_key:
         mask_secret(private_key)  # through _compat: not logged in clear by dag.test()

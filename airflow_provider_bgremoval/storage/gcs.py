@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 1000
 #: Custom-metadata key that carries a write's idempotency token.
 WRITE_TOKEN_METADATA_KEY = "bgremoval-write-token"
 JSON_LINES_CONTENT_TYPE = "application/x-ndjson"
@@ -301,8 +300,7 @@ class GcsStorage:
             _http=session,
         )
         # Environment lookups are decided once; a CA bundle from the environment is kept either way.
-        trust_env = self.trust_env
-        session.trust_env = _proxy_applies(client.api_endpoint) if trust_env is None else trust_env
+        session.trust_env = _proxy_applies(client.api_endpoint) if self.trust_env is None else self.trust_env
         ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if ca_bundle:
             session.verify = ca_bundle
@@ -317,7 +315,7 @@ class GcsStorage:
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         case_sensitive: bool = False,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        page_size: int = 1000,
     ) -> Iterator[ObjectInfo]:
         """
         Yield the objects under ``prefix`` in name order, lazily; "folder" placeholders are skipped.
@@ -387,12 +385,9 @@ class GcsStorage:
         if max_bytes is None:
             return data  # checksum-verified by the library
         if len(data) > max_bytes:
+            message = f"gs://{bucket}/{name} is larger than the {max_bytes}-byte limit"
             raise errors.ObjectTooLargeError(
-                f"gs://{bucket}/{name} is larger than the {max_bytes}-byte limit",
-                bucket=bucket,
-                name=name,
-                max_bytes=max_bytes,
-                size=None,
+                message, bucket=bucket, name=name, max_bytes=max_bytes, size=None
             )
         # The whole object arrived; the response headers carried its CRC32C (x-goog-hash).
         if crc32c and crc32c_b64(data) != crc32c:
@@ -445,18 +440,15 @@ class GcsStorage:
                 f"{uri} does not exist (or its bucket does not)", bucket=bucket, name=name
             )
         current = self.stat(bucket, name)
+        now = current.generation if current is not None else None
         fate = "deleted after it was listed"
-        if current is not None:
+        if now is not None:
             fate = (
-                f"replaced after it was listed (now generation {current.generation}); "
-                "list again to process the new version"
+                f"replaced after it was listed (now generation {now}); list again to process the new version"
             )
+        message = f"{uri} generation {generation} no longer exists: the object was {fate}"
         return errors.ObjectChangedError(
-            f"{uri} generation {generation} no longer exists: the object was {fate}",
-            bucket=bucket,
-            name=name,
-            expected_generation=generation,
-            current_generation=current.generation if current is not None else None,
+            message, bucket=bucket, name=name, expected_generation=generation, current_generation=now
         )
 
     def write(

@@ -87,7 +87,6 @@ def test_emulator_skips_credentials(monkeypatch: pytest.MonkeyPatch, adc: AdcRec
     assert resolved.source == "emulator"
     assert resolved.credentials is None
     assert resolved.project == EMULATOR_PROJECT
-    assert resolved.emulator_host == "http://127.0.0.1:1"
     assert adc.calls == []
 
 
