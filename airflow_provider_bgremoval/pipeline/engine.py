@@ -1,7 +1,6 @@
-"""The batch engine: claim -> read -> vendor call -> store, concurrently, with one recorder.
+"""The batch engine: claim -> read -> vendor call -> store by ``max_concurrency`` workers, one recorder.
 
-A fixed set of ``max_concurrency`` workers pulls work items one at a time, so only in-flight images
-are held. The money rules (budgets count money at risk, halts, draining) are in docs/pipeline.md.
+The money rules (budgets count money at risk, halts, draining) are in docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import KW_ONLY, asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -73,8 +72,7 @@ class HaltInfo:
     """
     Why a batch (or the credits pre-flight, same shape for one alert) stopped before all billable work.
 
-    :param reason: ``out_of_credits``, ``auth_failed``, ``max_images``, ``max_credits``, ``failure_rate``,
-        ``insufficient_credits`` (pre-flight), or an interrupt (``execution_timeout``, ``terminated``…).
+    :param reason: ``out_of_credits``, ``max_credits``… (docs/pipeline.md, "Halts"), or an interrupt code.
     :param vendor: vendor name.
     :param message: human explanation.
     :param remaining_images: images not processed because of the halt.
@@ -203,13 +201,12 @@ class BatchRunner:
     drain_grace: float = DEFAULT_DRAIN_GRACE
 
     def __post_init__(self) -> None:  # the parameters are validated by the operator
-        plan = self.plan
-        self.result = BatchResult(billable=len(plan.items))
-        self._items: Iterator[WorkItem] = iter(plan.items)
+        self.result = BatchResult(billable=len(self.plan.items))
+        self._items: Iterator[WorkItem] = iter(self.plan.items)
         self._flights: set[_Flight] = set()
         self._submitted = 0
         self._finished = 0
-        self._halt_reason: tuple[str, str, bool] | None = None  # (reason, message, fatal)
+        self._halt_reason: HaltInfo | None = None  # completed when the run ends
         self._stop: tuple[str, str] | None = None  # an interrupt: (code, message)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -218,7 +215,7 @@ class BatchRunner:
         self._bad_in_run = 0
         self._max_seen_charge = Decimal(0)
         self.progress = ProgressReporter(
-            len(plan.items), self.processor.vendor, every_seconds=self.progress_every_seconds
+            len(self.plan.items), self.processor.vendor, every_seconds=self.progress_every_seconds
         )
 
     def request_stop(self, code: str, message: str) -> None:
@@ -279,7 +276,7 @@ class BatchRunner:
 
     def _halt(self, reason: str, message: str, *, fatal: bool = False) -> None:
         if self._halt_reason is None:
-            self._halt_reason = (reason, message, fatal)
+            self._halt_reason = HaltInfo(reason, self.processor.vendor, message, fatal=fatal)
             log.warning("Stopping submissions: %s", message)
 
     def _unit_cost(self) -> Decimal:
@@ -290,10 +287,7 @@ class BatchRunner:
         """What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight."""
         cost = self._unit_cost()
         at_risk = self.result.credits_spent + cost * self.result.possibly_charged
-        for flight in self._flights:
-            if flight.recorded:
-                continue
-            stats = flight.stats
+        for stats in (flight.stats for flight in self._flights if not flight.recorded):
             at_risk += cost * stats.possibly_charged
             at_risk += (stats.credits_charged or cost) if stats.billed_reply else cost
         return at_risk
@@ -350,12 +344,11 @@ class BatchRunner:
     def _check_failure_rate(self) -> None:
         if self.on_error != "fail_rate" or self._finished < FAILURE_RATE_MIN_SAMPLE:
             return
-        bad = self._bad_in_run
-        rate = bad / self._finished
+        rate = self._bad_in_run / self._finished
         if rate > self.max_failure_rate:
             self._halt(
                 "failure_rate",
-                f"{bad} of {self._finished} images failed "
+                f"{self._bad_in_run} of {self._finished} images failed "
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
             )
 
@@ -593,9 +586,8 @@ class BatchRunner:
                 self.progress.update(self._finished, self.result.counts, self.result.credits_spent)
 
     def _schedule_checkpoint(self) -> None:
-        if self._checkpoint_task is not None and not self._checkpoint_task.done():
-            return
-        self._checkpoint_task = asyncio.get_running_loop().create_task(self._checkpoint())
+        if self._checkpoint_task is None or self._checkpoint_task.done():
+            self._checkpoint_task = asyncio.create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
         try:
@@ -616,7 +608,7 @@ class BatchRunner:
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_concurrency + 2, thread_name_prefix="bgremoval-io"
         )
-        ticker = asyncio.create_task(self._checkpoint_ticker()) if self.manifest.part_sink else None
+        ticker = asyncio.create_task(self._checkpoint_ticker())
         failures: list[BaseException] = []
         try:
             for outcome in self.plan.settled:
@@ -634,8 +626,7 @@ class BatchRunner:
             failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         finally:
             self._record_unsubmitted()
-            if ticker is not None:
-                ticker.cancel()
+            ticker.cancel()
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             if self._checkpoint_task is not None:
@@ -652,27 +643,21 @@ class BatchRunner:
         return self.result
 
     def _record_unsubmitted(self) -> None:
-        reason = self._stop or (self._halt_reason[:2] if self._halt_reason else None)
-        code, message = reason if reason else ("not_started", "not started")
+        halt = self._halt_reason
+        code, message = self._stop or (
+            (halt.reason, halt.message) if halt else ("not_started", "not started")
+        )
         for item in self._items:
             self._row(item.source, item.destination, "pending", error_code=code, error_message=message)
 
-    async def _halt_info(self, reason: tuple[str, str, bool]) -> HaltInfo:
-        code, message, fatal = reason
+    async def _halt_info(self, halt: HaltInfo) -> HaltInfo:
         pending = self.result.counts["pending"]
         available: Decimal | None = None
-        if code == "out_of_credits" and self.balance_probe is not None:
+        if halt.reason == "out_of_credits" and self.balance_probe is not None:
             with contextlib.suppress(BgRemovalError):
                 available = (await self.balance_probe()).remaining
-        return HaltInfo(
-            reason=code,
-            vendor=self.processor.vendor,
-            message=message,
-            remaining_images=pending,
-            needed=self.processor.cost_per_image * pending,
-            available=available,
-            fatal=fatal,
-        )
+        needed = self.processor.cost_per_image * pending
+        return replace(halt, remaining_images=pending, needed=needed, available=available)
 
 
 def run_batch(
@@ -681,9 +666,8 @@ def run_batch(
     """
     Run ``runner`` on an event loop of its own thread and wait for it in this one.
 
-    An interrupt raised in this (main) thread — ``execution_timeout``, termination — only asks the batch
-    to drain (:meth:`BatchRunner.request_stop`); it is returned for the caller to re-raise once the
-    record is stored.
+    An interrupt of this (main) thread (``execution_timeout``, termination) only drains the batch
+    (:meth:`BatchRunner.request_stop`); it is returned, to be re-raised once the record is stored.
 
     :param runner: the batch.
     :param cleanup: awaited on the batch's loop when the run ends (e.g. closing the hook's clients).

@@ -112,10 +112,8 @@ class ManifestWriter:
 
     def save_part(self) -> int:
         """
-        Hand the rows added since the last checkpoint to ``part_sink``; return how many.
-
-        Safe from a worker thread while rows are added (bytes are read by position); after a sink error
-        (which propagates) the same rows are offered again next time.
+        Hand the rows added since the last checkpoint to ``part_sink``; return how many. Safe from a worker
+        thread while rows are added; after a sink error (raised) the same rows are offered again next time.
         """
         rows, size = self.rows, self._size
         if self.part_sink is None or rows == self._saved_rows:

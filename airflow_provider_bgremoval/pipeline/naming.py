@@ -1,7 +1,5 @@
-"""Deterministic, safe destination names (DESIGN.md decision 5).
-
-``<source_prefix>2026/11/shoe.jpg`` becomes ``<destination_prefix>2026/11/shoe.png``; a name that could
-escape the destination prefix is refused.
+"""Deterministic, safe destination names (DESIGN.md decision 5): ``<source_prefix>2026/11/shoe.jpg``
+becomes ``<destination_prefix>2026/11/shoe.png``; a name that could escape the destination prefix is refused.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Planning before spending: list, map names, refuse collisions, skip finished work, check locally.
 
-:func:`plan_batch` turns a :class:`BatchSpec` into a :class:`BatchPlan` without any vendor call; what
-remains in it is billable, so the credits pre-flight counts exactly what the batch will pay for. How
-truncated files are judged with header reads only: docs/reliability.md ("Truncated files").
+What :func:`plan_batch` leaves billable is what the batch (and the credits pre-flight) pays for; header
+checks of truncated files: docs/reliability.md ("Truncated files").
 """
 
 from __future__ import annotations
@@ -79,10 +78,9 @@ class BatchSpec:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if not self.source_bucket:
-            raise InvalidOptionError("source_bucket", "is required")
-        if not self.destination_bucket:
-            raise InvalidOptionError("destination_bucket", "is required")
+        for name in ("source_bucket", "destination_bucket"):
+            if not getattr(self, name):
+                raise InvalidOptionError(name, "is required")
         object.__setattr__(self, "source_prefix", normalise_prefix(self.source_prefix))
         object.__setattr__(self, "destination_prefix", normalise_prefix(self.destination_prefix))
         if (
@@ -110,8 +108,7 @@ class WorkItem:
     :param source: the source object, pinned to the generation that was planned.
     :param destination: destination object name.
     :param replace_generation: generation of a stale output to replace (``overwrite=True``), or ``None``.
-    :param fully_checked: True when planning decoded the whole object as the run will; False when only
-        its header and size were checked (a corrupt body is then rejected at run time, unbilled).
+    :param fully_checked: planning decoded the whole object as the run will (else header and size only).
     """
 
     source: ObjectInfo

@@ -81,5 +81,4 @@ class ProgressReporter:
 def summary_table(rows: Mapping[str, object]) -> str:
     """A two-column text table for the final log line."""
     width = max((len(key) for key in rows), default=0)
-    lines = [f"  {key.ljust(width)}  {value}" for key, value in rows.items()]
-    return "\n".join(lines)
+    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows.items())
