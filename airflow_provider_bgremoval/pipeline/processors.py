@@ -117,14 +117,13 @@ class GenerationProcessor(_HookProcessor):
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`)."""
-        options = self.options
         return await self.hook.agenerate_background(
             data,
-            scene=options.scene,
-            prompt=options.prompt,
-            negative_prompt=options.negative_prompt,
-            image_transform=options.image_transform,
-            result_delivery=options.result_delivery,
+            scene=self.options.scene,
+            prompt=self.options.prompt,
+            negative_prompt=self.options.negative_prompt,
+            image_transform=self.options.image_transform,
+            result_delivery=self.options.result_delivery,
             filename=filename,
             stats=stats,
         )
