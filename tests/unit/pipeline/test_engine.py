@@ -23,7 +23,7 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
-from airflow_provider_bgremoval.pipeline.engine import BatchRunner
+from airflow_provider_bgremoval.pipeline.engine import BatchRunner, run_batch
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchSpec,
@@ -326,3 +326,28 @@ def test_unsafe_names_are_rejected(buckets) -> None:
         "unsafe_name",
         "unsafe_name",
     ]
+
+
+class _RaisingRunner:
+    """Stands in for a BatchRunner whose run fails with ``error`` (run_batch only awaits run())."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.stops: list[tuple[str, str]] = []
+
+    async def run(self) -> None:
+        await asyncio.sleep(0.6)  # outlast one 0.5 s wait of run_batch
+        raise self.error
+
+    def request_stop(self, code: str, message: str) -> None:
+        self.stops.append((code, message))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("error", [TimeoutError("vendor took too long"), RuntimeError("bug")])
+def test_run_batch_raises_the_batch_s_own_error(error: BaseException) -> None:
+    """The batch's own error (a TimeoutError too) is raised, not taken for the wait's timeout."""
+    runner = _RaisingRunner(error)
+    with pytest.raises(type(error), match=str(error)):
+        run_batch(runner)  # type: ignore[arg-type]
+    assert runner.stops == []
