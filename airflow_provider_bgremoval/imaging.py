@@ -72,8 +72,7 @@ class ResultLimits:
         return pixels if self.max_side is None else f"{self.max_side} px per side and {pixels}"
 
 
-#: Result limits per vendor: its largest documented result (docs/options.md), x :data:`RESULT_HEADROOM`
-#: per side (tests/unit/test_imaging.py checks them against the input limits in ``vendors/*.py``).
+#: Per vendor: its largest documented result (docs/options.md) x :data:`RESULT_HEADROOM` per side.
 RESULT_LIMITS: Mapping[str, ResultLimits] = {
     vendor: ResultLimits(
         max_pixels=pixels * RESULT_HEADROOM**2,
@@ -165,21 +164,16 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     """
     if not data:
         raise _reject("empty_file", "the file is empty (0 bytes)", vendor)
-    with _bomb_warnings_ignored():
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format or "UNKNOWN"
-                return ImageInfo(
-                    fmt, image.width, image.height, image.mode, _orientation(image), _frames(image)
-                )
-        except AirflowException:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise _reject("too_many_pixels", f"declared dimensions are absurd ({exc})", vendor) from None
-        except Exception as exc:  # Pillow's parsers raise many types on hostile bytes
-            raise _reject(
-                "unsupported_image", f"not a readable image ({type(exc).__name__})", vendor
-            ) from None
+    try:
+        with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+            fmt = image.format or "UNKNOWN"
+            return ImageInfo(fmt, image.width, image.height, image.mode, _orientation(image), _frames(image))
+    except AirflowException:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _reject("too_many_pixels", f"declared dimensions are absurd ({exc})", vendor) from None
+    except Exception as exc:  # Pillow's parsers raise many types on hostile bytes
+        raise _reject("unsupported_image", f"not a readable image ({type(exc).__name__})", vendor) from None
 
 
 def check_size(size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
@@ -265,9 +259,7 @@ def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorRespo
     return InvalidVendorResponseError(message, vendor=vendor, code=code, possibly_charged=True)
 
 
-def _failed(
-    exc: Exception, vendor: str, code: str, *, doing: str, failure: str
-) -> InvalidVendorResponseError:
+def _failed(exc: Exception, vendor: str, code: str, doing: str, failure: str) -> InvalidVendorResponseError:
     """The error for what Pillow raised while ``doing`` its work on a billed result."""
     if isinstance(exc, MemoryError):
         return _unusable("result_too_large", f"not enough memory {doing}", vendor)
@@ -342,7 +334,7 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
         doing = f"to decode the vendor's {size} result"
         failure = "the vendor's result is not a complete image"
-        raise _failed(exc, vendor, "result_unreadable", doing=doing, failure=failure) from None
+        raise _failed(exc, vendor, "result_unreadable", doing, failure) from None
     return image
 
 
@@ -450,7 +442,5 @@ def apply_local_steps(
     except Exception as exc:
         work = f"local {step} of the vendor's {received} result"
         failure = f"the call was billed, but the {work} failed"
-        raise _failed(
-            exc, vendor, "local_processing_failed", doing=f"for the {work}", failure=failure
-        ) from None
+        raise _failed(exc, vendor, "local_processing_failed", f"for the {work}", failure) from None
     return content, CONTENT_TYPES[fmt], image.width, image.height

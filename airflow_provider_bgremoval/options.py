@@ -221,10 +221,8 @@ class OptionSet(OptionModel):
         if value is None:
             return cls()
         if not isinstance(value, (cls, Mapping)):
-            raise InvalidOptionError(
-                cls.parameter_root or "vendor_options",
-                f"{type(value).__name__} is not {cls.__name__} or a mapping",
-            )
+            message = f"{type(value).__name__} is not {cls.__name__} or a mapping"
+            raise InvalidOptionError(cls.parameter_root or "vendor_options", message)
         return cast(Self, validate_as(cls, cls, value))
 
 

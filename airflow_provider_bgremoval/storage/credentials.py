@@ -117,23 +117,27 @@ def _from_connection_key(
     keyfile_dict = get_extra_field(fields, "keyfile_dict")
     where = f"connection {gcp_conn_id!r}"
     if key_path and keyfile_dict:
-        raise StorageConfigError(
-            f"{where}: 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
-        )
+        raise StorageConfigError(f"{where}: 'key_path' and 'keyfile_dict' are mutually exclusive")
     if keyfile_dict:
-        info = _keyfile_info(keyfile_dict, f"{where}: extra 'keyfile_dict'")
+        key: Any = _keyfile_info(keyfile_dict, f"{where}: extra 'keyfile_dict'")
         load: Callable[..., Credentials] = service_account.Credentials.from_service_account_info
-        credentials = _load_service_account(load, info, scopes, f"{where}: 'keyfile_dict'")
-        source = "keyfile_dict"
+        source, what = "keyfile_dict", f"{where}: 'keyfile_dict'"
     elif key_path:
-        path = str(key_path)
-        if not path.endswith(".json"):  # providers-google refuses legacy P12 keys as well
+        key = str(key_path)
+        if not key.endswith(".json"):  # providers-google refuses legacy P12 keys as well
             raise StorageConfigError(f"{where}: 'key_path' must name a JSON service-account key file")
         load = service_account.Credentials.from_service_account_file
-        credentials = _load_service_account(load, path, scopes, f"{where}: key file {path!r}")
-        source = "key_path"
+        source, what = "key_path", f"{where}: key file {key!r}"
     else:
         return None
+    try:  # errors name the key's place and the exception's type only, never the key
+        credentials = load(key, scopes=scopes)
+    except FileNotFoundError:
+        raise StorageConfigError(f"{what} does not exist on this worker") from None
+    except (ValueError, KeyError) as exc:
+        raise StorageConfigError(
+            f"{what} is not a usable service-account key ({type(exc).__name__})"
+        ) from None
     log.info("GCS credentials: service-account key from connection %r (%s)", gcp_conn_id, source)
     return source, credentials, getattr(credentials, "project_id", None)
 
@@ -150,20 +154,6 @@ def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:
     if isinstance(private_key, str) and private_key:
         mask_secret(private_key)  # through _compat: not logged in clear by dag.test()
     return info
-
-
-def _load_service_account(
-    load: Callable[..., Credentials], key: Any, scopes: list[str], what: str
-) -> Credentials:
-    """``load(key, scopes=scopes)``; errors name ``what`` and the exception's type only (never the key)."""
-    try:
-        return load(key, scopes=scopes)
-    except FileNotFoundError:
-        raise StorageConfigError(f"{what} does not exist on this worker") from None
-    except (ValueError, KeyError) as exc:
-        raise StorageConfigError(
-            f"{what} is not a usable service-account key ({type(exc).__name__})"
-        ) from None
 
 
 def _from_adc(gcp_conn_id: str | None, scopes: list[str]) -> tuple[Credentials, Any]:

@@ -142,11 +142,6 @@ class ObjectFilter:
     def __repr__(self) -> str:
         return f"ObjectFilter(include={self.include!r}, exclude={self.exclude!r})"
 
-    @property
-    def is_noop(self) -> bool:
-        """True when the filter keeps every name."""
-        return not self._include and not self._exclude
-
     def matches(self, name: str, prefix: str = "") -> bool:
         """
         Whether ``name`` passes the filter.
@@ -154,8 +149,6 @@ class ObjectFilter:
         :param name: full object name.
         :param prefix: the listing prefix that ``name`` is relative to.
         """
-        if self.is_noop:
-            return True
         relative = (name[len(prefix) :] if prefix and name.startswith(prefix) else name).lstrip("/")
         candidates = {self._fold(relative), self._fold(relative.rsplit("/", 1)[-1])}
         if self._include and not any(fnmatch.fnmatchcase(c, p) for p in self._include for c in candidates):

@@ -71,7 +71,7 @@ def test_object_filter_case_sensitive() -> None:
 def test_object_filter_without_prefix_and_prefix_without_slash() -> None:
     assert ObjectFilter("sub/*.jpg").matches("sub/a.jpg")
     assert ObjectFilter("sub/*.jpg").matches("2026/11/sub/a.jpg", "2026/11")  # leading '/' stripped
-    assert ObjectFilter().is_noop
+    assert ObjectFilter().matches("any/name.txt", "any/")  # no patterns: everything is kept
     assert "include=('*.jpg',)" in repr(ObjectFilter("*.jpg"))
 
 
