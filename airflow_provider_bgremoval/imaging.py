@@ -140,10 +140,15 @@ def _reject(code: str, message: str, vendor: str | None) -> InputRejectedError:
     return InputRejectedError(message, code=code, vendor=vendor, local=True)
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
+    """
+    The EXIF orientation tag of ``image`` (1 when absent or invalid).
+
+    :param image: an opened image.
+    """
     try:
         value = int(image.getexif().get(ExifTags.Base.Orientation, 1) or 1)
-    except Exception:  # a broken EXIF block is not fatal: treat as upright
+    except Exception:  # a broken EXIF block: treat as upright, as Pillow's exif_transpose does
         return 1
     return value if 1 <= value <= 8 else 1
 
@@ -167,7 +172,9 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     try:
         with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
             fmt = image.format or "UNKNOWN"
-            return ImageInfo(fmt, image.width, image.height, image.mode, _orientation(image), _frames(image))
+            return ImageInfo(
+                fmt, image.width, image.height, image.mode, exif_orientation(image), _frames(image)
+            )
     except AirflowException:
         raise
     except Image.DecompressionBombError as exc:

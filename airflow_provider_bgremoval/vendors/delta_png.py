@@ -10,7 +10,7 @@ import warnings
 
 from PIL import Image, ImageChops, UnidentifiedImageError
 
-_EXIF_ORIENTATION = 0x0112
+from airflow_provider_bgremoval.imaging import exif_orientation
 
 #: EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``)
 _TRANSPOSE: dict[int, Image.Transpose] = {
@@ -46,19 +46,6 @@ def _open(data: bytes | Image.Image, what: str) -> Image.Image:
         except _READ_ERRORS as exc:
             raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
     return image
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """
-    The EXIF orientation tag of ``image`` (1 when absent or invalid).
-
-    :param image: an opened image.
-    """
-    try:
-        value = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # a broken EXIF block: treat as upright, as Pillow's exif_transpose does
-        return 1
-    return value if 1 <= value <= 8 else 1
 
 
 def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
