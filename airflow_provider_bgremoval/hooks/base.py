@@ -49,8 +49,6 @@ from airflow_provider_bgremoval.vendors.base import (
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-__all__ = ["USER_AGENT", "BackgroundRemovalHook", "check_http_url", "format_credits"]
-
 log = logging.getLogger(__name__)
 
 W = TypeVar("W", bound=VendorWire)

@@ -14,10 +14,7 @@ from airflow_provider_bgremoval.vendors.pixelcut import (
     PixelcutScene,
     PixelcutWire,
     ResultDelivery,
-    parse_scene,
 )
-
-__all__ = ["PixelcutHook"]
 
 #: Generate-background returns a ready JPEG: nothing is re-encoded locally, only decode-checked.
 _GENERATE_PLAN = OptionSplit(native=RemovalOptions(output_format="jpeg"), local=LocalSteps())
@@ -71,12 +68,14 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
         :param check_input: run the local checks (set False only when the caller already did).
         :param stats: the caller's live record of the call (see :meth:`remove_background`).
         """
-        options = PixelcutGenerateOptions(
-            scene=parse_scene(scene),
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            image_transform=PixelcutImageTransform.coerce(image_transform),
-            result_delivery=result_delivery,
+        options = PixelcutGenerateOptions.coerce(
+            {
+                "scene": scene,
+                "prompt": prompt,
+                "negative_prompt": negative_prompt,
+                "image_transform": image_transform,
+                "result_delivery": result_delivery,
+            }
         )
         wire = yield from self._wire()
         image_input = yield from self._image_input(image, image_url, filename, check_input)

@@ -11,8 +11,6 @@ from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire, parse_test_mode
 
-__all__ = ["PixianHook", "PixianOptions"]
-
 
 class PixianHook(BackgroundRemovalHook[PixianWire]):
     """

@@ -5,8 +5,6 @@ from __future__ import annotations
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _methods
 from airflow_provider_bgremoval.vendors.poof import PoofAccount, PoofWire
 
-__all__ = ["PoofHook"]
-
 
 class PoofHook(BackgroundRemovalHook[PoofWire]):
     """

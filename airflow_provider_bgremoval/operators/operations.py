@@ -16,11 +16,7 @@ from airflow_provider_bgremoval.pipeline.processors import (
     ImageProcessor,
     RemovalProcessor,
 )
-from airflow_provider_bgremoval.vendors.pixelcut import (
-    PixelcutGenerateOptions,
-    PixelcutImageTransform,
-    parse_scene,
-)
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
 
 
 class RemovalParameters(BucketJobOperator):
@@ -123,11 +119,13 @@ class GenerationParameters(BucketJobOperator):
 
     def generate_options(self) -> PixelcutGenerateOptions:
         """The validated generate-background options."""
-        return PixelcutGenerateOptions(
-            scene=parse_scene(self.scene or None),
-            prompt=self.prompt or None,
-            negative_prompt=self.negative_prompt or None,
-            image_transform=PixelcutImageTransform.coerce(self.image_transform),
+        return PixelcutGenerateOptions.coerce(
+            {
+                "scene": self.scene,
+                "prompt": self.prompt,
+                "negative_prompt": self.negative_prompt,
+                "image_transform": self.image_transform,
+            }
         )
 
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:

@@ -1,8 +1,5 @@
-"""What every vendor wire format provides, and the behaviour they share (no I/O: the hooks send).
-
-Differences between vendors are data: a :class:`VendorSpec` per vendor, whose error-code tables drive
-the shared :meth:`VendorWire.error_from_reply`.
-"""
+"""What every vendor wire format provides and shares (no I/O: the hooks send); vendor differences are
+data, a :class:`VendorSpec` per vendor."""
 
 from __future__ import annotations
 
@@ -39,8 +36,7 @@ from airflow_provider_bgremoval.retry import RetryPolicy
 _N = TypeVar("_N", int, float)
 
 
-#: A call's vendor options: the vendor's typed options, a mapping of their fields, or ``None``. The hook
-#: types them once (:meth:`VendorWire.check_call`); typed options pass every other method unchanged.
+#: A call's vendor options: typed, a mapping of their fields, or ``None`` (typed once by ``check_call``).
 VendorOptionsInput = OptionSet | Mapping[str, Any] | None
 
 #: A vendor's "MB", read as the smaller (decimal) megabyte, as the sandbox does (docs/sandbox.md).
@@ -220,15 +216,6 @@ def basic_auth_header(user: str, password: str) -> str:
 
 def _text(value: Any) -> str | None:
     return None if value in (None, "") else str(value).strip()
-
-
-def credits_left(credits: Decimal) -> Decimal:
-    """
-    The credits a balance leaves to spend: a negative count reads as 0.
-
-    :param credits: the count the vendor reports.
-    """
-    return max(credits, Decimal(0))
 
 
 @dataclass(frozen=True)
@@ -509,13 +496,13 @@ class VendorWire(ABC):
         self, remaining: Decimal, state: AccountState = AccountState.ACTIVE, **fields: Any
     ) -> Balance:
         """
-        This vendor's :class:`Balance`, a negative ``remaining`` read as 0 (:func:`credits_left`).
+        This vendor's :class:`Balance`, a negative ``remaining`` read as 0.
 
         :param remaining: the credits the vendor reports.
         :param state: the account's state.
         :param fields: the other fields of the balance (``credit_pack``, ``raw``).
         """
-        return Balance(vendor=self.spec.name, remaining=credits_left(remaining), state=state, **fields)
+        return Balance(vendor=self.spec.name, remaining=max(remaining, Decimal(0)), state=state, **fields)
 
     @staticmethod
     def text_excerpt(response: httpx.Response) -> str:

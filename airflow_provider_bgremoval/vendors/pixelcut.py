@@ -237,18 +237,6 @@ class PixelcutScene(str, enum.Enum):
     COUNTER = "counter"
 
 
-def parse_scene(value: PixelcutScene | str | None) -> PixelcutScene | None:
-    """
-    Normalise a scene name (case-insensitive); ``None`` or ``""`` means no scene.
-
-    :param value: a :class:`PixelcutScene` or its name.
-    """
-    scene: PixelcutScene | None = validate_as(
-        PixelcutGenerateOptions, PixelcutGenerateOptions, {"scene": value}
-    ).scene
-    return scene
-
-
 @option_model
 class PixelcutImageTransform(OptionModel):
     """
@@ -266,23 +254,13 @@ class PixelcutImageTransform(OptionModel):
     x_center: Fraction = None
     y_center: Fraction = None
 
-    @classmethod
-    def coerce(cls, value: object) -> PixelcutImageTransform | None:
-        """
-        Build a transform from user input.
-
-        :param value: ``None``, a :class:`PixelcutImageTransform` or a mapping of its fields.
-        """
-        transform: PixelcutImageTransform | None = validate_as(cls, PixelcutImageTransform | None, value)
-        return transform
-
     def as_wire(self) -> dict[str, float]:
         """The vendor's ``image_transform`` object (set fields only)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 @option_model
-class PixelcutGenerateOptions(OptionModel):
+class PixelcutGenerateOptions(OptionSet):
     """
     Options of ``POST /v1/generate-background`` (a 1024x1024 JPEG). A ``scene`` with a prompt is
     refused: Pixelcut would silently ignore the prompt.
@@ -361,11 +339,7 @@ PIXELCUT_SPEC = VendorSpec(
 
 
 class PixelcutWire(VendorWire):
-    """
-    Pixelcut's wire format.
-
-    :param settings: the connection settings the requests are built for.
-    """
+    """Pixelcut's wire format."""
 
     spec = PIXELCUT_SPEC
     REMOVE_PATH: ClassVar[str] = "/v1/remove-background"

@@ -24,7 +24,7 @@ from airflow_provider_bgremoval.options import (
     VendorCapabilities,
     option_model,
 )
-from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
     MEGABYTE,
@@ -33,7 +33,6 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
-    credits_left,
     parse_decimal,
     parse_float,
     parse_int,
@@ -160,17 +159,7 @@ class PoofAccount:
     @property
     def remaining(self) -> Decimal:
         """Credits left in this cycle: ``maxCredits - usedCredits``, never below zero."""
-        return credits_left(self.max_credits - self.used_credits)
-
-    def to_balance(self) -> Balance:
-        """The unified :class:`~airflow_provider_bgremoval.results.Balance`."""
-        return Balance(
-            vendor=POOF_SPEC.name,
-            remaining=self.remaining,
-            state=AccountState.ACTIVE,
-            credit_pack=self.plan,
-            raw=self.raw,
-        )
+        return max(self.max_credits - self.used_credits, Decimal(0))
 
 
 def format_details(details: Any, limit: int = _DETAILS_LIMIT) -> str:
@@ -201,11 +190,7 @@ def _sniff_content_type(content: bytes) -> str | None:
 
 
 class PoofWire(VendorWire):
-    """
-    The Poof wire format (Gen A baseline, Gen B tolerant).
-
-    :param settings: the connection settings; ``base_url`` is the API origin (``https://api.poof.bg``).
-    """
+    """The Poof wire format (Gen A baseline, Gen B tolerant)."""
 
     spec = POOF_SPEC
 
@@ -343,7 +328,8 @@ class PoofWire(VendorWire):
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
-        return self.parse_account(response).to_balance()
+        account = self.parse_account(response)
+        return self.balance(account.remaining, credit_pack=account.plan, raw=account.raw)
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         """
