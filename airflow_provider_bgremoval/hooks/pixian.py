@@ -41,8 +41,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
 
     def is_test_mode(self, vendor_options: PixianOptions | Mapping[str, Any] | None = None) -> bool:
         """
-        Whether a call with these options runs with ``test=true`` (option first, then the connection,
-        which is read only when the option leaves ``test`` unset).
+        Whether a call runs with ``test=true`` (the option, else the connection's ``test_mode`` extra).
 
         :param vendor_options: the call's Pixian options.
         """
@@ -51,14 +50,12 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
         """
-        Credits one image is expected to cost: 0 in test mode (option or connection), else 1 (Pixian
-        does not document it; :meth:`estimate_with_test_call` asks Pixian for free).
+        Credits one image is expected to cost: 0 in test mode (option or connection), else the spec's
+        undocumented 1 (:meth:`estimate_with_test_call` asks Pixian for free).
 
         :param vendor_options: the Pixian options the batch uses.
         """
-        if self.is_test_mode(vendor_options):
-            return Decimal(0)
-        return self.wire_class.estimate_cost(vendor_options)
+        return Decimal(0) if self.is_test_mode(vendor_options) else self.wire_class.spec.base_cost
 
     def _estimate_with_test_call(
         self,

@@ -147,36 +147,24 @@ def parse_decimal(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
-def _header_number(value: str | None, kind: type[_N]) -> _N | None:
+def parse_number(value: str | None, kind: type[_N]) -> _N | None:
+    """
+    Parse a numeric header value as ``kind`` (``None`` when absent or not of that kind).
+
+    :param value: the header's value.
+    :param kind: ``int`` or ``float``.
+    """
     try:
         return None if value is None else kind(value.strip())
     except ValueError:
         return None
 
 
-def parse_int(value: str | None) -> int | None:
-    """
-    Parse an integer header value (``None`` when absent or not an integer).
-
-    :param value: the header's value.
-    """
-    return _header_number(value, int)
-
-
-def parse_float(value: str | None) -> float | None:
-    """
-    Parse a numeric header value (``None`` when absent or not a number).
-
-    :param value: the header's value.
-    """
-    return _header_number(value, float)
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     if not value:
         return None
-    seconds = parse_float(value)
+    seconds = parse_number(value, float)
     if seconds is not None:
         return max(0.0, seconds)
     try:
@@ -255,8 +243,7 @@ class VendorSpec:
 
 class VendorWire(ABC):
     """
-    One vendor's wire format, bound to a connection's settings. Subclasses set :attr:`spec` and
-    implement the abstract methods.
+    One vendor's wire format, bound to a connection's settings (subclasses set :attr:`spec`).
 
     :param settings: the connection settings the requests are built for.
     """
@@ -362,8 +349,7 @@ class VendorWire(ABC):
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> VendorOptionsInput:
         """
-        Validate a call before any I/O (``InvalidOptionError`` naming the parameter) and return the
-        typed vendor options.
+        Validate a call before any I/O and return the typed vendor options.
 
         :param options: the unified options.
         :param vendor_options: the vendor options as the user gave them.
@@ -396,8 +382,7 @@ class VendorWire(ABC):
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         """
-        Credits one successful remove-background call is expected to cost (default: the spec's
-        ``base_cost``, the options validated).
+        Credits one remove-background call is expected to cost (default: the spec's ``base_cost``).
 
         :param vendor_options: the vendor options.
         """

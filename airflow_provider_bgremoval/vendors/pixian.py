@@ -51,7 +51,7 @@ from airflow_provider_bgremoval.vendors.base import (
     WireRequest,
     basic_auth_header,
     parse_decimal,
-    parse_int,
+    parse_number,
 )
 from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_delta_png
 
@@ -379,7 +379,7 @@ class PixianWire(VendorWire):
             raise self.invalid_reply("Pixian returned an empty body")
         headers = response.headers
         metadata: dict[str, Any] = {}
-        orientation = parse_int(headers.get("x-input-orientation"))
+        orientation = parse_number(headers.get("x-input-orientation"), int)
         if orientation is not None and 1 <= orientation <= 8:
             metadata["input_orientation"] = orientation
         for key, kind in (("size", Size), ("foreground", ForegroundBox)):
@@ -410,11 +410,10 @@ class PixianWire(VendorWire):
         metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
         if not opts.delta_png:
             return replace(result, metadata=metadata)
-        if image.data is None:  # rejected before the call; kept for callers of the wire alone
-            raise InvalidOptionError("delta_png", "needs the image bytes to decode the result")
+        original = cast(bytes, image.data)  # a delta_png request needs the bytes (_check_delta)
         try:
             decoded = decode_delta_png(
-                result.content, image.data, orientation=metadata.get("input_orientation")
+                result.content, original, orientation=metadata.get("input_orientation")
             )
         except DeltaPngError as exc:
             raise self.invalid_reply(f"cannot decode Pixian's delta PNG: {exc}", code="delta_png") from None
@@ -448,9 +447,7 @@ class PixianWire(VendorWire):
         """
         body, numbers = self.balance_numbers(response, "credits")
         raw_state = str(body.get("state") or "").strip().lower()
-        state = {"active": AccountState.ACTIVE, "dormant": AccountState.DORMANT}.get(
-            raw_state, AccountState.UNKNOWN
-        )
+        state = AccountState(raw_state) if raw_state in ("active", "dormant") else AccountState.UNKNOWN
         pack = body.get("creditPack")
         return self.balance(
             Decimal(0) if state is AccountState.DORMANT else numbers["credits"],

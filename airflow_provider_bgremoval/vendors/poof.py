@@ -34,8 +34,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorWire,
     WireRequest,
     parse_decimal,
-    parse_float,
-    parse_int,
+    parse_number,
 )
 
 #: "Maximum size: 20MB", read as 20,000,000 bytes (:data:`~.base.MEGABYTE`).
@@ -58,11 +57,6 @@ _NATIVE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _UPLOAD_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _DETAILS_LIMIT = 200
-#: Poof's baseline API has no URL input (why a URL call is refused before any I/O)
-_NO_URL_INPUT = (
-    "Poof needs the image uploaded as bytes (its API has no documented URL input); "
-    "download the image and pass its bytes instead"
-)
 
 
 #: API version prefix; not repeated when the connection's base URL already ends with it
@@ -88,7 +82,8 @@ POOF_SPEC = VendorSpec(
     # the SDKs' default; Poof documents no server-side timeout
     default_timeout=60.0,
     api_key_header="x-api-key",
-    no_url_input=_NO_URL_INPUT,
+    no_url_input="Poof needs the image uploaded as bytes (its API has no documented URL input); "
+    "download the image and pass its bytes instead",
     input_error_codes=frozenset({"image_too_large", "invalid_image"}),
     credit_error_codes=frozenset({"payment_required"}),
     auth_error_codes=frozenset({"authentication_error", "permission_denied"}),
@@ -112,11 +107,6 @@ class PoofOptions(OptionSet):
     unknown_key_parameter = "vendor_options"
 
     size: Annotated[PoofSize, CHOICE] = "full"
-
-    @property
-    def max_side(self) -> int | None:
-        """Longest side in pixels the preset caps the result to (``None`` for ``full``)."""
-        return POOF_SIZE_PRESETS[self.size]
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form (for option fingerprints, manifests and XCom)."""
@@ -213,7 +203,7 @@ class PoofWire(VendorWire):
     ) -> WireRequest:
         poof_options = self.coerce_options(vendor_options)
         if image.data is None:
-            raise InvalidOptionError("image_url", _NO_URL_INPUT)
+            raise InvalidOptionError("image_url", str(self.spec.no_url_input))
         self.check_native(options, self.spec.capabilities)
         background = options.effective_background
         fields_: dict[str, str] = {
@@ -268,18 +258,18 @@ class PoofWire(VendorWire):
             raise self.invalid_reply(message, response, request_id=request_id)
         charged = parse_decimal(headers.get("x-credits-charged"))
         metadata: dict[str, Any] = {}
-        for key, header, parser in (
-            ("processing_time_ms", "x-processing-time-ms", parse_int),
-            ("output_width", "x-image-width", parse_int),
-            ("output_height", "x-image-height", parse_int),
-            ("matte_confidence", "x-matte-confidence", parse_float),
-            ("matte_ambiguous_ratio", "x-matte-ambiguous-ratio", parse_float),
+        for key, header, kind in (
+            ("processing_time_ms", "x-processing-time-ms", int),
+            ("output_width", "x-image-width", int),
+            ("output_height", "x-image-height", int),
+            ("matte_confidence", "x-matte-confidence", float),
+            ("matte_ambiguous_ratio", "x-matte-ambiguous-ratio", float),
         ):
-            value = parser(headers.get(header))
+            value = parse_number(headers.get(header), kind)
             if value is not None:
                 metadata[key] = value
-        width = metadata.get("output_width", parse_int(headers.get("x-width")))
-        height = metadata.get("output_height", parse_int(headers.get("x-height")))
+        width = metadata.get("output_width", parse_number(headers.get("x-width"), int))
+        height = metadata.get("output_height", parse_number(headers.get("x-height"), int))
         if charged is not None:
             metadata["credits_charged_header"] = str(charged)
         return ImageResult(

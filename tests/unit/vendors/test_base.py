@@ -23,8 +23,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ConnectionSettings,
     ImageInput,
     VendorWire,
-    parse_float,
-    parse_int,
+    parse_number,
 )
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions, PixelcutWire
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire
@@ -36,8 +35,8 @@ from airflow_provider_bgremoval.vendors.poof import PoofOptions, PoofWire
     [(None, None, None), (" 42 ", 42, 42.0), ("0.75", None, 0.75), ("n/a", None, None), ("", None, None)],
 )
 def test_header_numbers(value: str | None, as_int: int | None, as_float: float | None) -> None:
-    assert parse_int(value) == as_int
-    assert parse_float(value) == as_float
+    assert parse_number(value, int) == as_int
+    assert parse_number(value, float) == as_float
 
 
 def poof_wire() -> PoofWire:

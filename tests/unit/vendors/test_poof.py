@@ -83,11 +83,6 @@ def multipart_fields(request: httpx.Request) -> tuple[dict[str, str], dict[str, 
 class TestPoofOptions:
     def test_default_is_full(self):
         assert PoofOptions().size == "full"
-        assert PoofOptions().max_side is None
-
-    @pytest.mark.parametrize(("size", "side"), list(POOF_SIZE_PRESETS.items()))
-    def test_presets_and_caps(self, size, side):
-        assert PoofOptions(size=size).max_side == side
 
     def test_gen_a_caps(self):
         assert dict(POOF_SIZE_PRESETS) == {
