@@ -32,12 +32,12 @@ def moved_names(old_module: str, new_homes: Mapping[str, str]) -> Callable[[str]
     return __getattr__
 
 
-def moved_attribute(old: str, path: str) -> Any:
-    """A read-only property: the instance's attribute ``path`` (dotted), read with a warning."""
-    getter = operator.attrgetter(path)
+def moved_attribute(old: str, path: str, read: Callable[[Any], Any] | None = None) -> Any:
+    """A read-only property that warns: ``read(instance)``, by default the attribute ``path`` (dotted)."""
+    getter = read or operator.attrgetter(path)
 
-    def read(self: object) -> Any:
+    def read_moved(self: object) -> Any:
         warn_moved(old, f"use .{path}")
         return getter(self)
 
-    return property(read)
+    return property(read_moved)

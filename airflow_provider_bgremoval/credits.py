@@ -1,8 +1,4 @@
-"""Credit rules shared by the sensor, the trigger, the pre-flight and the monitor.
-
-One place parses credit amounts, decides when a balance reaches a threshold and which balance errors
-no later poll can fix, so that every mode and operator decides identically.
-"""
+"""Credit rules (parsing, thresholds, fatal balance errors) shared by the sensor, trigger and operators."""
 
 from __future__ import annotations
 

@@ -1,24 +1,18 @@
-"""The provider's exception hierarchy: every failure of a vendor call maps to exactly one class.
-
-The pipeline and the operators decide what to do from the class alone (table in
-docs/retry-and-errors.md). Texts never contain secrets: reply bodies are quoted only through
-:func:`safe_excerpt`.
-"""
+"""The provider's exceptions: one class per kind of failure (see docs/retry-and-errors.md)."""
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_bgremoval._moved import moved_attribute
+
 if TYPE_CHECKING:
     from airflow_provider_bgremoval.retry import CallStats
 
-_EXCERPT_LIMIT = 300
 
-
-def safe_excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
+def safe_excerpt(text: str, limit: int = 300) -> str:
     """Shorten a reply body for an error message (one line, at most ``limit`` characters)."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -45,8 +39,7 @@ class BgRemovalError(_KeywordError):
     :param status_code: HTTP status of the vendor reply, if there was one.
     :param code: the vendor's error code (``malformed_image``, ``1006``…) or a local code.
     :param request_id: the vendor's request id, when it sent one.
-    :param possibly_charged: whether the vendor may have done (and billed) the work; ``None``: the
-        class's default.
+    :param possibly_charged: whether the vendor may have billed the work (``None``: the class's default).
     """
 
     #: True when no further call on the same connection can succeed (stop the batch, do not retry).
@@ -76,24 +69,18 @@ class BgRemovalError(_KeywordError):
         if possibly_charged is not None:
             self.possibly_charged = possibly_charged
 
-    @property
-    def attempts(self) -> int:
-        """Deprecated alias of ``call.attempts`` (0 outside an image call)."""
-        warnings.warn(
-            "BgRemovalError.attempts is deprecated: use .call.attempts", DeprecationWarning, stacklevel=2
-        )
+    def _attempts(self) -> int:
         return self.call.attempts if self.call else 0
 
-    @property
-    def possibly_charged_attempts(self) -> int:
-        """Deprecated: ``call.possibly_charged`` plus one when ``call.billed_reply`` (0 outside a call)."""
-        warnings.warn(
-            "BgRemovalError.possibly_charged_attempts is deprecated: use .call.possibly_charged "
-            "(lost replies) and .call.billed_reply (an answered billed request)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+    def _charged_attempts(self) -> int:
         return self.call.possibly_charged + int(self.call.billed_reply) if self.call else 0
+
+    attempts = moved_attribute("BgRemovalError.attempts", "call.attempts", _attempts)
+    possibly_charged_attempts = moved_attribute(
+        "BgRemovalError.possibly_charged_attempts",
+        "call.possibly_charged and .call.billed_reply",
+        _charged_attempts,
+    )
 
     def __str__(self) -> str:
         parts = [str(part) for part in (self.vendor, self.status_code, self.code) if part not in (None, "")]
@@ -132,11 +119,7 @@ class RateLimitedError(BgRemovalError):
 
 
 class TransientVendorError(BgRemovalError):
-    """
-    A failure that may pass: 408, 5xx, a dropped connection or a timeout. Retryable.
-
-    :param possibly_charged: the request had been sent in full before the failure (a lost reply).
-    """
+    """A failure that may pass (408, 5xx, network, timeout). Retryable. ``possibly_charged``: a lost reply."""
 
     retryable = True
 

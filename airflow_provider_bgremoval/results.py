@@ -32,8 +32,7 @@ class ImageResult:
     :param width: pixel width of ``content`` when known.
     :param height: pixel height of ``content`` when known.
     :param request_id: the vendor's request id, when it sends one.
-    :param credits_charged: credits this call cost, when the vendor says (Pixian) or the contract fixes
-        it; ``None`` when unknown.
+    :param credits_charged: credits this call cost, when the vendor says or the contract fixes it.
     :param credits_calculated: what a production call would have cost (Pixian test mode only).
     :param metadata: vendor metadata parsed from headers (foreground boxes, processing time…).
     :param call: the call's outcome, set by the hook (attempts, possibly charged lost replies).
@@ -49,11 +48,6 @@ class ImageResult:
     credits_calculated: Decimal | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
     call: CallStats = field(default_factory=CallStats, repr=False)
-
-    @property
-    def size(self) -> int:
-        """Size of ``content`` in bytes."""
-        return len(self.content)
 
     attempts = moved_attribute("ImageResult.attempts", "call.attempts")
     possibly_charged_retries = moved_attribute(

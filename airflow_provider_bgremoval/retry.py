@@ -1,8 +1,4 @@
-"""The retry policy: whether, when and how often a vendor call repeats (see docs/retry-and-errors.md).
-
-tenacity runs the loop; every decision is made here from this module's own record, so nothing
-depends on the order in which tenacity consults its wait and stop strategies (it changed in 8.3).
-"""
+"""The retry policy: whether, when and how often a vendor call repeats (see docs/retry-and-errors.md)."""
 
 from __future__ import annotations
 
@@ -32,8 +28,7 @@ class RetryPolicy:
     :param initial_backoff: first exponential wait in seconds.
     :param max_backoff: cap of one exponential wait.
     :param jitter: random seconds (0..jitter) added to exponential waits.
-    :param rate_limit_step: linear step for consecutive 429s without ``Retry-After`` (``None``: use
-        the exponential backoff).
+    :param rate_limit_step: linear step for consecutive 429s without ``Retry-After`` (``None``: exponential).
     :param max_retry_after: cap on a vendor's ``Retry-After``.
     """
 
@@ -74,14 +69,13 @@ def is_lost_reply(exc: BaseException) -> bool:
 @dataclass
 class CallStats:
     """
-    What happened while one call was retried, filled in live by the call (the hooks attach a
-    :meth:`snapshot` to what the call ends in: ``ImageResult.call``, ``BgRemovalError.call``).
+    What happened while one call was retried, filled in live (its :meth:`snapshot` becomes
+    ``ImageResult.call`` or ``BgRemovalError.call``).
 
     :param attempts: attempts made.
     :param possibly_charged: lost replies: failed attempts whose request had been sent in full.
-    :param waits: seconds actually slept before each retry.
-    :param retry_guard: asked once before each retry after a lost reply; False stops retrying and
-        re-raises that attempt's error (the batch engine keeps ``max_credits`` a hard bound with it).
+    :param waits: seconds slept before each retry.
+    :param retry_guard: asked once before a retry after a lost reply; False re-raises that error.
     :param billed_reply: set by the hook when a billed request was answered 2xx.
     :param credits_charged: set by the hook: what the vendor said the answered request cost.
     :param attempt_in_flight: True while an attempt is under way (and after it was cancelled).
@@ -102,7 +96,7 @@ class CallStats:
 
 @dataclass(eq=False)
 class _CallDecisions:
-    """One call's retry record, changed by :meth:`attempt` and the sleep; ``wait``/``stop`` only read it."""
+    """One call's retry record, changed only by :meth:`attempt`; ``wait`` and ``stop`` only read it."""
 
     policy: RetryPolicy
     stats: CallStats
@@ -116,7 +110,11 @@ class _CallDecisions:
 
     @contextmanager
     def attempt(self) -> Iterator[None]:
-        """Count one attempt and, when it fails, record what the next decisions need."""
+        """Count one attempt (and the wait slept before it); when it fails, record what decisions need."""
+        if self.attempts:  # a retry: tenacity slept ``wait()`` before it
+            seconds = float(self.wait())
+            self.slept += seconds
+            self.stats.waits.append(seconds)
         self.attempts += 1
         self.stats.attempts += 1
         self.stats.attempt_in_flight = True
@@ -131,28 +129,6 @@ class _CallDecisions:
             self.jitter_sample = self.rng.uniform(0, self.policy.jitter) if is_retryable(exc) else 0.0
             raise
         self.stats.attempt_in_flight = False
-
-    def _slept(self, seconds: float) -> None:
-        self.slept += float(seconds)
-        self.stats.waits.append(float(seconds))
-
-    def sleeping_with(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
-        """``sleep``, recording each wait once it was slept."""
-
-        def recorded_sleep(seconds: float) -> None:
-            sleep(seconds)
-            self._slept(seconds)
-
-        return recorded_sleep
-
-    def asleeping_with(self, sleep: Callable[[float], Awaitable[None]]) -> Callable[[float], Awaitable[None]]:
-        """Async :meth:`sleeping_with`."""
-
-        async def recorded_sleep(seconds: float) -> None:
-            await sleep(seconds)
-            self._slept(seconds)
-
-        return recorded_sleep
 
     def wait(self, retry_state: RetryCallState | None = None) -> float:
         """tenacity's wait strategy: seconds to wait after the attempt that just failed."""
@@ -200,12 +176,11 @@ def call_with_retry(
     :param fn: one attempt.
     :param policy: the retry policy.
     :param sleep: waits between attempts (tests record instead of sleeping).
-    :param stats: filled in as the call goes; its ``retry_guard`` is asked before a retry after a
-        lost reply.
+    :param stats: filled in as the call goes (its ``retry_guard`` included).
     :param rng: source of the jitter.
     """
     decisions = _CallDecisions(policy, stats if stats is not None else CallStats(), rng or random.Random())
-    for attempt in Retrying(sleep=decisions.sleeping_with(sleep), **decisions.strategies()):
+    for attempt in Retrying(sleep=sleep, **decisions.strategies()):
         with attempt, decisions.attempt():
             return fn()
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
@@ -229,7 +204,7 @@ async def acall_with_retry(
     :param rng: source of the jitter.
     """
     decisions = _CallDecisions(policy, stats if stats is not None else CallStats(), rng or random.Random())
-    async for attempt in AsyncRetrying(sleep=decisions.asleeping_with(sleep), **decisions.strategies()):
+    async for attempt in AsyncRetrying(sleep=sleep, **decisions.strategies()):
         with attempt, decisions.attempt():
             return await fn()
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover

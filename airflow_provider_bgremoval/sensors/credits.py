@@ -21,7 +21,7 @@ from airflow_provider_bgremoval.credits import (
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import is_template
-from airflow_provider_bgremoval.triggers.credits import DEFAULT_MAX_POLL_INTERVAL, CreditsTrigger
+from airflow_provider_bgremoval.triggers.credits import CreditsTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -29,11 +29,8 @@ if TYPE_CHECKING:
 
 class CreditsSensor(BaseSensorOperator):
     """
-    Wait until a vendor account has at least ``min_credits`` usable credits (free balance calls only).
-
-    Works in ``poke`` and ``reschedule`` mode and deferrable (one poke, then a :class:`CreditsTrigger`).
-    Non-retryable failures (credentials, missing connection) fail at once; transient ones are logged
-    and polled again until the timeout. Returns (XCom) ``Balance.as_dict()``. See docs/credits.md.
+    Wait until a vendor account has at least ``min_credits`` usable credits (free balance calls only);
+    return ``Balance.as_dict()``. Modes, deferral and failures: docs/credits.md.
 
     :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection.
     :param min_credits: the threshold (templated), compared exactly; a balance equal to it passes.
@@ -64,24 +61,17 @@ class CreditsSensor(BaseSensorOperator):
         """The vendor hook for ``conn_id``."""
         return BackgroundRemovalHook.get_hook(self.conn_id)
 
-    def _fail(self, exc: Exception) -> AirflowFailException:
-        return AirflowFailException(
-            f"{type(self).__name__} on connection {self.conn_id!r}: {describe_error(exc)}"
-        )
-
     def poke(self, context: Context) -> PokeReturnValue:
         """Read the balance once; done when the usable balance reaches ``min_credits`` (else maybe defer)."""
         try:
             threshold = parse_min_credits(self.min_credits)  # a template may render to a non-number
-            hook = self.get_hook()
-        except Exception as exc:
-            raise self._fail(exc) from exc
-        try:
-            with closing(hook):
+            with closing(self.get_hook()) as hook:
                 balance = hook.get_balance()
         except Exception as exc:
-            if is_fatal_balance_error(exc):
-                raise self._fail(exc) from exc
+            if is_fatal_balance_error(exc):  # a bad threshold and a missing connection are, too
+                raise AirflowFailException(
+                    f"{type(self).__name__} on connection {self.conn_id!r}: {describe_error(exc)}"
+                ) from exc
             self.log.warning(
                 "Balance poll on %s failed after retries (%s); polling again",
                 self.conn_id,
@@ -101,13 +91,12 @@ class CreditsSensor(BaseSensorOperator):
 
     def trigger(self) -> CreditsTrigger:
         """The trigger this sensor defers to (primitives only)."""
-        max_wait = self.max_wait.total_seconds() if self.max_wait is not None else DEFAULT_MAX_POLL_INTERVAL
         return CreditsTrigger(
             conn_id=self.conn_id,
             min_credits=str(parse_min_credits(self.min_credits)),
             poll_interval=float(self.poke_interval),
             exponential_backoff=bool(self.exponential_backoff),
-            max_poll_interval=float(max_wait),
+            max_poll_interval=self.max_wait.total_seconds() if self.max_wait is not None else None,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,8 +1,4 @@
-"""Errors of the GCS storage layer, so callers never import ``google.api_core.exceptions``.
-
-Every failure of :class:`~airflow_provider_bgremoval.storage.gcs.GcsStorage` surfaces as one of these,
-with the google-cloud exception kept as ``__cause__``.
-"""
+"""The GCS storage errors, each with the google-cloud exception (if any) as ``__cause__``."""
 
 from __future__ import annotations
 

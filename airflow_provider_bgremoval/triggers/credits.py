@@ -1,8 +1,4 @@
-"""Deferrable credit waiting: :class:`CreditsTrigger` polls a vendor balance in the triggerer.
-
-It only reads balances (free calls) through the hooks' async methods, never a billed call (DESIGN.md
-decision 4), and decides with :mod:`airflow_provider_bgremoval.credits` as the sensor does.
-"""
+"""Deferrable credit waiting: :class:`CreditsTrigger` polls a balance (a free call) in the triggerer."""
 
 from __future__ import annotations
 
@@ -57,7 +53,9 @@ class CreditsTrigger(BaseTrigger):
         self.min_credits = str(min_credits)
         self.poll_interval = float(poll_interval)
         self.exponential_backoff = bool(exponential_backoff)
-        self.max_poll_interval = None if max_poll_interval is None else float(max_poll_interval)
+        self.max_poll_interval = (
+            DEFAULT_MAX_POLL_INTERVAL if max_poll_interval is None else float(max_poll_interval)
+        )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
@@ -71,9 +69,6 @@ class CreditsTrigger(BaseTrigger):
     def __hash__(self) -> int:
         return hash(repr(self.serialize()))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(conn_id={self.conn_id!r}, min_credits={self.min_credits!r})"
-
     async def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``, connection read without blocking (tests override this)."""
         return await BackgroundRemovalHook.aget_hook(self.conn_id)
@@ -86,8 +81,7 @@ class CreditsTrigger(BaseTrigger):
         """
         if not self.exponential_backoff:
             return self.poll_interval
-        cap = self.max_poll_interval if self.max_poll_interval is not None else DEFAULT_MAX_POLL_INTERVAL
-        cap = max(cap, self.poll_interval)
+        cap = max(self.max_poll_interval, self.poll_interval)
         return float(min(cap, self.poll_interval * (2 ** min(max(polls - 1, 0), 32))))
 
     async def sleep(self, seconds: float) -> None:

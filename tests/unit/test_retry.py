@@ -430,7 +430,6 @@ def drive(script: Script, policy: RetryPolicy, order: str, guard: Guard | None, 
     """A retry loop in the given order over the same decisions call_with_retry hands to tenacity."""
     stats, sleep = CallStats(retry_guard=guard), SleepRecorder()
     decisions = _CallDecisions(policy, stats, random.Random(seed))
-    sleep_recorded = decisions.sleeping_with(sleep)
     state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
     result: str | None = None
     raised: BaseException | None = None
@@ -456,7 +455,7 @@ def drive(script: Script, policy: RetryPolicy, order: str, guard: Guard | None, 
                 raised = exc
                 break
             assert wait is not None
-            sleep_recorded(wait)
+            sleep(wait)  # recorded by the next attempt
     assert sleep.waits == stats.waits
     return Outcome(
         result, raised, stats.waits, stats.attempts, stats.possibly_charged, guard.asked if guard else []
