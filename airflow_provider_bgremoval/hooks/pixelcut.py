@@ -28,8 +28,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
     Vendor options: :class:`~airflow_provider_bgremoval.vendors.pixelcut.PixelcutOptions`.
 
     :param conn_id: connection id (default ``pixelcut_default``); ``pixelcut_conn_id=`` is the same.
-    :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`
-        (``timeout``, ``retry_policy``, ``max_result_bytes``, ``transport``, ``sleep``…).
+    :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`.
     """
 
     conn_name_attr = "pixelcut_conn_id"
@@ -58,8 +57,7 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
 
         :param image: the image bytes; checked locally against Pixelcut's limits first.
         :param image_url: a public http(s) URL for Pixelcut to fetch instead.
-        :param scene: a preset scene (``marble``, ``wood``, ``industrial``, ``linen``, ``brick``,
-            ``counter``); cannot be combined with ``prompt``/``negative_prompt``.
+        :param scene: a :class:`PixelcutScene` (any case); not with ``prompt``/``negative_prompt``.
         :param prompt: description of the wanted scene.
         :param negative_prompt: comma-separated attributes to avoid.
         :param image_transform: placement of the subject (``scale``, ``x_center``, ``y_center``).

@@ -19,8 +19,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     call's :class:`PixianOptions` says otherwise.
 
     :param conn_id: the connection id (default ``pixian_default``); ``pixian_conn_id=`` is the same.
-    :param kwargs: the options of :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`
-        (``timeout``, ``retry_policy``, ``transport``, ``async_transport``, ``sleep``, ``async_sleep``…).
+    :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`.
     """
 
     conn_name_attr = "pixian_conn_id"
@@ -32,11 +31,6 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     _extra_parsers = {"test_mode": parse_test_mode}
 
     def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
-        """
-        Test mode changes the output (watermark), so it is part of the options fingerprint.
-
-        :param vendor_options: the call's Pixian options.
-        """
         return {"test": self.is_test_mode(vendor_options)}
 
     def is_test_mode(self, vendor_options: PixianOptions | Mapping[str, Any] | None = None) -> bool:
@@ -49,12 +43,6 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         return opts.test if opts.test is not None else self.wire.test_mode(opts)
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
-        """
-        Credits one image is expected to cost: 0 in test mode (option or connection), else the spec's
-        undocumented 1 (:meth:`estimate_with_test_call` asks Pixian for free).
-
-        :param vendor_options: the Pixian options the batch uses.
-        """
         return Decimal(0) if self.is_test_mode(vendor_options) else self.wire_class.spec.base_cost
 
     def _estimate_with_test_call(

@@ -13,8 +13,7 @@ class PoofHook(BackgroundRemovalHook[PoofWire]):
     The connection's password is the API key; ``host`` overrides ``https://api.poof.bg`` (e.g. the sandbox).
 
     :param conn_id: Airflow connection id (default ``poof_default``); ``poof_conn_id=`` is the same.
-    :param kwargs: passed to :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`
-        (``timeout``, ``retry_policy``, ``transport``, ``async_transport``, ``sleep``, ``async_sleep``…).
+    :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`.
     """
 
     conn_name_attr = "poof_conn_id"

@@ -265,8 +265,7 @@ class PixelcutGenerateOptions(OptionSet):
     Options of ``POST /v1/generate-background`` (a 1024x1024 JPEG). A ``scene`` with a prompt is
     refused: Pixelcut would silently ignore the prompt.
 
-    :param scene: a preset scene (``marble``, ``wood``, ``industrial``, ``linen``, ``brick``,
-        ``counter``), any case; ``""`` means none.
+    :param scene: a :class:`PixelcutScene` (any case); ``""`` means none.
     :param prompt: description of the wanted scene.
     :param negative_prompt: comma-separated attributes to avoid.
     :param image_transform: placement of the subject on the canvas (or a mapping of its fields).
@@ -397,11 +396,9 @@ class PixelcutWire(VendorWire):
         return self._image_request(self.GENERATE_PATH, image, options.wire_fields(), options.result_delivery)
 
     def balance_request(self) -> WireRequest:
-        """Build the free ``GET /v1/credits``."""
         return WireRequest("GET", self.CREDITS_PATH, headers={"Accept": "application/json"})
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
-        """Read a 200 of remove- or generate-background: image bytes, or JSON with ``result_url``."""
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json" or content_type.endswith("+json"):
             body = json_body(response)
@@ -416,17 +413,10 @@ class PixelcutWire(VendorWire):
         )
 
     def parse_balance(self, response: httpx.Response) -> Balance:
-        """Read ``{"credits_remaining": 42}`` (a number or a numeric string; a negative count is 0)."""
         body, numbers = self.balance_numbers(response, "credits_remaining")
         return self.balance(numbers["credits_remaining"], raw=body)
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
-        """
-        Read ``{"error": "...", "error_code": "..."}``.
-
-        :param body: the reply's JSON object.
-        :param response: the error reply.
-        """
         if "error" not in body and "error_code" not in body:
             return None
         message = body.get("error")
@@ -434,11 +424,6 @@ class PixelcutWire(VendorWire):
 
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
-        """
-        Credits one remove-background call is expected to cost: 1, plus 3 with an AI shadow.
-
-        :param vendor_options: :class:`PixelcutOptions` or a mapping of its fields.
-        """
         extra = cls.coerce_options(vendor_options)
         return cls.spec.base_cost + (SHADOW_SURCHARGE if extra.shadow_enabled else Decimal(0))
 

@@ -279,7 +279,6 @@ class PixianWire(VendorWire):
                 )
 
     def auth_headers(self) -> dict[str, str]:
-        """HTTP Basic with the API id and secret."""
         if not self.settings.api_id:
             raise InvalidOptionError("login", "the Pixian connection has no API id (set the login field)")
         return {"Authorization": basic_auth_header(self.settings.api_id, self.settings.api_key)}
@@ -365,7 +364,6 @@ class PixianWire(VendorWire):
             )
 
     def balance_request(self) -> WireRequest:
-        """``GET /api/v2/account`` (free)."""
         return WireRequest(method="GET", path=ACCOUNT_PATH, headers={"Accept": "application/json"})
 
     def parse_result(self, response: httpx.Response) -> ImageResult:
@@ -440,11 +438,6 @@ class PixianWire(VendorWire):
         return result.credits_calculated
 
     def parse_balance(self, response: httpx.Response) -> Balance:
-        """
-        Read ``GET /api/v2/account``: ``remaining`` is ``credits``, 0 for a ``dormant`` account.
-
-        :param response: a 2xx reply.
-        """
         body, numbers = self.balance_numbers(response, "credits")
         raw_state = str(body.get("state") or "").strip().lower()
         state = AccountState(raw_state) if raw_state in ("active", "dormant") else AccountState.UNKNOWN
@@ -457,12 +450,6 @@ class PixianWire(VendorWire):
         )
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
-        """
-        Read ``{"error": {"status", "code", "message"}}`` or its flat form.
-
-        :param body: the reply's JSON object.
-        :param response: the error reply.
-        """
         envelope = body.get("error")
         if not isinstance(envelope, Mapping):
             envelope = body if "message" in body else None
@@ -471,14 +458,6 @@ class PixianWire(VendorWire):
         return envelope.get("code"), str(envelope.get("message") or "").strip(), None
 
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
-        """
-        The shared rules, and (Pixian documents statuses, not codes) any other 4xx whose message
-        speaks of credits is :class:`OutOfCreditsError`, one naming the image :class:`InputRejectedError`.
-
-        :param status: the HTTP status.
-        :param code: Pixian's error code, if any.
-        :param message: Pixian's message.
-        """
         if 400 <= status < 500 and status not in (401, 408, 429) and _CREDIT_WORDS.search(message):
             return OutOfCreditsError
         kind = super().error_type(status, code, message)
@@ -488,9 +467,4 @@ class PixianWire(VendorWire):
 
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
-        """
-        ``0`` for test calls (free), else the spec's ``base_cost`` (undocumented per-image cost).
-
-        :param vendor_options: the Pixian options.
-        """
         return Decimal(0) if cls.coerce_options(vendor_options).test else cls.spec.base_cost

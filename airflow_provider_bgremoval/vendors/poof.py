@@ -232,15 +232,9 @@ class PoofWire(VendorWire):
         return name
 
     def balance_request(self) -> WireRequest:
-        """Build the free ``GET /v1/me``."""
         return WireRequest(method="GET", path=self.endpoint("me"), headers={"Accept": "application/json"})
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult:
-        """
-        Read a ``/v1/remove`` success: the body is the image, metadata is in headers.
-
-        :param response: the 2xx reply.
-        """
         headers = response.headers
         request_id = headers.get("x-request-id") or None
         content = response.content
@@ -322,12 +316,6 @@ class PoofWire(VendorWire):
         return self.balance(account.remaining, credit_pack=account.plan, raw=account.raw)
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
-        """
-        Read ``{"code", "message", "details", "request_id"}`` (Gen B: ``details`` an object, ``doc_url``).
-
-        :param body: the reply's JSON object.
-        :param response: the error reply.
-        """
         message = safe_excerpt(str(body.get("message") or response.reason_phrase or "no message"))
         details = format_details(body.get("details"))
         if details and details != message:
