@@ -723,7 +723,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             response = yield from self._send(request, stats)
             stats.billed_reply = request.billed  # a success reply: from here on the charge is certain
             reply = wire.parse_image_reply(response)
-            stats.credits_charged = reply.credits_charged
             if isinstance(reply, ResultLocation):
                 host = urlsplit(_shown_url(reply.url)).netloc
                 reply = ImageResult(
@@ -731,10 +730,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                     content_type="image/png",
                     vendor=wire.spec.name,
                     request_id=reply.request_id,
-                    credits_charged=reply.credits_charged,
                     metadata={"result_url_host": host},
                 )
             result = reply
+            stats.credits_charged = result.credits_charged
             return (
                 yield from _Offload(lambda: self._finish(wire, result, image, plan, vendor_options, stats))
             )

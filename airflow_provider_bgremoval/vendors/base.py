@@ -113,12 +113,10 @@ class ResultLocation:
 
     :param url: where to download the result from (without the API key).
     :param request_id: the vendor's request id, if any.
-    :param credits_charged: credits the call cost, when known.
     """
 
     url: str
     request_id: str | None = None
-    credits_charged: Decimal | None = None
 
 
 @dataclass(frozen=True)

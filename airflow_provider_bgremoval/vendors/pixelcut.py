@@ -316,7 +316,6 @@ PIXELCUT_SPEC = VendorSpec(
     name="pixelcut",
     default_base_url="https://api.developer.pixelcut.ai",
     capabilities=VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=True),
-    # "Max size: 25MB" (MAX_UPLOAD_BYTES), 64-6000 px per side
     limits=InputLimits(max_bytes=MAX_UPLOAD_BYTES, min_side=64, max_side=6000),
     # the docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries
     retry_policy=RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25),

@@ -68,8 +68,8 @@ POOF_SPEC = VendorSpec(
     capabilities=VendorCapabilities(
         output_formats=frozenset({"png", "jpeg", "webp"}), background_color=True, crop=True
     ),
-    # "Maximum size: 20MB" (MAX_UPLOAD_BYTES), JPEG/PNG/WebP (others converted to PNG locally),
-    # about 6000 px per side / 36 MP (Gen B's practical maximum); no documented minimum: 1 px
+    # JPEG/PNG/WebP (others converted to PNG locally), about 6000 px per side / 36 MP (Gen B's
+    # practical maximum); no documented minimum: 1 px
     limits=InputLimits(
         max_bytes=MAX_UPLOAD_BYTES,
         min_side=1,
@@ -89,8 +89,6 @@ POOF_SPEC = VendorSpec(
     auth_error_codes=frozenset({"authentication_error", "permission_denied"}),
     # "usually deterministic, so retrying the same input rarely helps" (Gen B processing_failed page)
     permanent_server_codes=frozenset({"processing_failed"}),
-    # 1 credit per successful ``/remove``, whatever the parameters (Gen B pricing)
-    base_cost=Decimal(1),
 )
 
 
@@ -152,18 +150,17 @@ class PoofAccount:
         return max(self.max_credits - self.used_credits, Decimal(0))
 
 
-def format_details(details: Any, limit: int = _DETAILS_LIMIT) -> str:
+def format_details(details: Any) -> str:
     """
     Render an error ``details`` value (Gen A string, Gen B field -> messages object) in one short line.
 
     :param details: the ``details`` member of a Poof error body.
-    :param limit: maximum length of the result.
     """
     if details is None or details in ("", {}, []):
         return ""
     if isinstance(details, Mapping):
-        return safe_excerpt(", ".join(f"{key}: {_listed(value)}" for key, value in details.items()), limit)
-    return safe_excerpt(_listed(details), limit)
+        details = ", ".join(f"{key}: {_listed(value)}" for key, value in details.items())
+    return safe_excerpt(_listed(details), _DETAILS_LIMIT)
 
 
 def _listed(value: Any) -> str:
