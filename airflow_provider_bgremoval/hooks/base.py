@@ -95,7 +95,6 @@ def format_credits(amount: Decimal) -> str:
     return f"{amount.normalize():f}"
 
 
-# -- effects: the I/O a flow yields to its driver --------------------------------------------------
 #: A call path: a generator that yields effects, is sent their results and returns ``T``.
 Flow: TypeAlias = Generator["_Effect[Any]", Any, T]
 
@@ -344,7 +343,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 drive.error = exc
         return drive.result  # type: ignore[no-any-return]
 
-    # -- finding the hook; the connection form -------------------------------------------------
     @classmethod
     def get_hook(cls, conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
         """
@@ -402,7 +400,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             "placeholders": dict(behaviour["placeholders"]),
         }
 
-    # -- the connection ------------------------------------------------------------------------
     #: Airflow's ``BaseHook.get_connection``, keeping the secrets out of ``dag.test()``'s DEBUG log.
     get_connection = staticmethod(fetch_connection_unlogged)
 
@@ -507,7 +504,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             policy = policy.with_overrides(max_attempts=int(max_retries) + 1)
         return policy
 
-    # -- clients -------------------------------------------------------------------------------
     def _client_options(self, settings: ConnectionSettings) -> dict[str, Any]:
         return {
             "base_url": settings.base_url,
@@ -560,7 +556,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- one request ---------------------------------------------------------------------------
     def _httpx_kwargs(self, wire: VendorWire, request: WireRequest) -> dict[str, Any]:
         return {
             "headers": {**wire.auth_headers(), **request.headers},
@@ -605,7 +600,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     send, asend = _methods(_send)
 
-    # -- result URLs ---------------------------------------------------------------------------
     def _download_error(self, message: str, status: int | None = None) -> ResultDownloadError:
         return ResultDownloadError(
             message, vendor=self.wire_class.spec.name, status_code=status, code="result_download"
@@ -669,7 +663,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     download, adownload = _methods(_download)
 
-    # -- image calls ---------------------------------------------------------------------------
     def _image_input(
         self, image: bytes | None, image_url: str | None, filename: str, check_input: bool
     ) -> Flow[ImageInput]:
@@ -791,7 +784,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     remove_background, aremove_background = _methods(_remove_background)
 
-    # -- balance -------------------------------------------------------------------------------
     def _get_balance(self, *, probe: bool = False) -> Flow[Balance]:
         """
         The account's remaining credits (a free call; the async form is safe in a trigger).

@@ -76,8 +76,7 @@ def decode_delta_png(
     :param original: the input image exactly as it was sent (bytes or an opened image).
     :param orientation: the EXIF orientation Pixian applied (``X-Input-Orientation``); ``None`` reads
         the original's EXIF.
-    :return: an ``RGBA`` image the size of the delta PNG.
-    :raises DeltaPngError: an unreadable image, a delta without alpha, or sizes that differ.
+    :return: an ``RGBA`` image the size of the delta PNG (:class:`DeltaPngError` when it cannot be).
     """
     delta_image = _open(delta, "delta PNG")
     if not _has_alpha(delta_image):

@@ -178,7 +178,6 @@ def _native_margin(value: Any) -> str:
 
 #: One of Pixelcut's native margins: ``"N%"`` (0-49) or ``"Npx"``.
 NativeMargin = Annotated[str | None, unset_or(_native_margin)]
-#: The delivery of a result.
 Delivery = Annotated[ResultDelivery, CHOICE]
 
 
