@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["USER_AGENT", "__version__"]
-
 try:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -19,6 +19,7 @@ from airflow_provider_bgremoval.results import AccountState, Balance
 
 #: Errors after which a later poll may succeed (``OutOfCreditsError``: nothing usable yet, as waited for).
 _POLL_AGAIN_ERRORS = (TransientVendorError, RateLimitedError, InvalidVendorResponseError, OutOfCreditsError)
+_FATAL_ERRORS = (BgRemovalError, AirflowNotFoundException, ValueError, TypeError)
 
 
 def parse_min_credits(value: Any, parameter: str = "min_credits") -> Decimal:
@@ -79,9 +80,7 @@ def is_fatal_balance_error(exc: BaseException) -> bool:
 
     :param exc: the error a balance call raised.
     """
-    if isinstance(exc, _POLL_AGAIN_ERRORS):
-        return False
-    return isinstance(exc, (BgRemovalError, AirflowNotFoundException, ValueError, TypeError))
+    return isinstance(exc, _FATAL_ERRORS) and not isinstance(exc, _POLL_AGAIN_ERRORS)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _PACKAGE = "airflow_provider_bgremoval"
-#: Modules of ``airflow_provider_bgremoval`` with operators, sensors, triggers (every one is listed).
+#: Every module with operators, sensors, triggers; each serves every vendor (picked by connection type).
 _MODULES = {
     "operators": ("bucket", "preflight", "monitor", "report", "sharding"),
     "sensors": ("credits",),
@@ -24,19 +24,17 @@ _COMMON_FIELDS: dict[str, Any] = {
     },
 }
 _API_KEY = {"relabeling": {"password": "API key"}, "hidden": ["schema", "login", "port"]}
-#: integration name, docs URL, hook class, connection form (the host field is the base-URL override).
+#: integration name, docs URL, connection form (host: the base-URL override); the hook is ``<Type>Hook``.
 _VENDORS: dict[str, dict[str, Any]] = {
     "pixelcut": {
         "name": "Pixelcut",
         "docs": "https://www.pixelcut.ai/docs",
-        "hook": "PixelcutHook",
         **_API_KEY,
         "placeholders": {"host": "https://api.developer.pixelcut.ai", "password": "sk_..."},
     },
     "pixian": {
         "name": "Pixian.AI",
         "docs": "https://pixian.ai/api",
-        "hook": "PixianHook",
         "relabeling": {"login": "API id", "password": "API secret"},
         "hidden": ["schema", "port"],
         "placeholders": {"host": "https://api.pixian.ai", "login": "px..."},
@@ -51,7 +49,6 @@ _VENDORS: dict[str, dict[str, Any]] = {
     "poof": {
         "name": "Poof",
         "docs": "https://docs.poof.bg/",
-        "hook": "PoofHook",
         **_API_KEY,
         "placeholders": {"host": "https://api.poof.bg", "password": "pk_..."},
     },
@@ -61,7 +58,7 @@ _VENDORS: dict[str, dict[str, Any]] = {
 def _connection_type(conn_type: str, vendor: dict[str, Any]) -> dict[str, Any]:
     return {
         "connection-type": conn_type,
-        "hook-class-name": f"{_PACKAGE}.hooks.{conn_type}.{vendor['hook']}",
+        "hook-class-name": f"{_PACKAGE}.hooks.{conn_type}.{conn_type.capitalize()}Hook",
         "hook-name": vendor["name"],
         "ui-field-behaviour": {
             "hidden-fields": vendor["hidden"],
@@ -75,7 +72,6 @@ def _connection_type(conn_type: str, vendor: dict[str, Any]) -> dict[str, Any]:
 def get_provider_info() -> dict[str, Any]:
     """Return the provider's metadata (validated against Airflow's provider-info schema in tests)."""
     names = [vendor["name"] for vendor in _VENDORS.values()]
-    # The credits sensor, trigger and operators serve every vendor (picked by connection type).
     sections = {
         section: [
             {"integration-name": name, "python-modules": [f"{_PACKAGE}.{section}.{m}" for m in modules]}
@@ -86,8 +82,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-bgremoval",
         "name": "Background Removal (Pixelcut, Pixian.AI, Poof)",
-        # Plain words: Airflow's Providers page strips RST syntax, links only bare URLs and drops the
-        # space after each link. The vendors' documentation is each integration's external-doc-url.
+        # Plain words: the Providers page strips RST and mangles links (vendor docs: external-doc-url).
         "description": (
             "Remove and generate image backgrounds in Google Cloud Storage buckets with Pixelcut, "
             "Pixian.AI and Poof."

@@ -69,8 +69,7 @@ def is_lost_reply(exc: BaseException) -> bool:
 @dataclass
 class CallStats:
     """
-    What happened while one call was retried, filled in live (its :meth:`snapshot` becomes
-    ``ImageResult.call`` or ``BgRemovalError.call``).
+    One call's retry outcome, filled in live; the hooks attach a :meth:`snapshot` to the result or error.
 
     :param attempts: attempts made.
     :param possibly_charged: lost replies: failed attempts whose request had been sent in full.

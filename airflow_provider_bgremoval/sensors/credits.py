@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -19,7 +18,7 @@ from airflow_provider_bgremoval.credits import (
     is_fatal_balance_error,
     parse_min_credits,
 )
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket_job import is_template
 from airflow_provider_bgremoval.triggers.credits import CreditsTrigger
 
@@ -35,8 +34,7 @@ class CreditsSensor(BaseSensorOperator):
     :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection.
     :param min_credits: the threshold (templated), compared exactly; a balance equal to it passes.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
-    :param kwargs: the :class:`~airflow.sdk.BaseSensorOperator` options (``poke_interval``, ``timeout``,
-        ``mode``, ``soft_fail``, ``exponential_backoff``, ``max_wait``…).
+    :param kwargs: the :class:`~airflow.sdk.BaseSensorOperator` options (``mode``, ``timeout``…).
     """
 
     template_fields: Sequence[str] = ("conn_id", "min_credits")
@@ -109,16 +107,9 @@ class CreditsSensor(BaseSensorOperator):
         if not event:
             raise AirflowException(f"{type(self).__name__}: resumed without a trigger event")
         if event.get("status") == "success":
-            balance: dict[str, Any] = dict(event.get("balance") or {})
-            self.log.info(
-                "%s (%s): %s credits remaining, threshold %s: met after %s poll(s) in the triggerer",
-                self.conn_id,
-                balance.get("vendor"),
-                format_credits(Decimal(balance.get("remaining", 0))),
-                format_credits(Decimal(event.get("min_credits", 0))),
-                event.get("polls"),
-            )
-            return balance
+            # The trigger's last log line (in this task's log) has the balance against the threshold.
+            self.log.info("%s: met after %s poll(s) in the triggerer", self.conn_id, event.get("polls"))
+            return dict(event.get("balance") or {})
         message = str(event.get("message") or f"trigger reported {event.get('status')!r}")
         if event.get("fatal"):
             raise AirflowFailException(message)

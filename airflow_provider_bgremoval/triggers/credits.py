@@ -53,8 +53,8 @@ class CreditsTrigger(BaseTrigger):
         self.min_credits = str(min_credits)
         self.poll_interval = float(poll_interval)
         self.exponential_backoff = bool(exponential_backoff)
-        self.max_poll_interval = (
-            DEFAULT_MAX_POLL_INTERVAL if max_poll_interval is None else float(max_poll_interval)
+        self.max_poll_interval = float(
+            DEFAULT_MAX_POLL_INTERVAL if max_poll_interval is None else max_poll_interval
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
