@@ -195,6 +195,11 @@ def json_body(response: httpx.Response) -> Any:
         return None
 
 
+def media_type(response: httpx.Response) -> str:
+    """The reply's ``Content-Type`` without parameters, in lower case (``""`` when absent)."""
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def basic_auth_header(user: str, password: str) -> str:
     """The ``Authorization`` value for HTTP Basic."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")

@@ -47,6 +47,7 @@ from airflow_provider_bgremoval.vendors.base import (
     WireRequest,
     is_http_url,
     json_body,
+    media_type,
 )
 
 #: How a result comes back: the image bytes (``Accept: image/*``) or a temporary ``result_url``.
@@ -397,7 +398,7 @@ class PixelcutWire(VendorWire):
         return WireRequest("GET", self.CREDITS_PATH, headers={"Accept": "application/json"})
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = media_type(response)
         if content_type == "application/json" or content_type.endswith("+json"):
             body = json_body(response)
             url = body.get("result_url") if isinstance(body, dict) else None

@@ -50,6 +50,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorWire,
     WireRequest,
     basic_auth_header,
+    media_type,
     parse_decimal,
     parse_number,
 )
@@ -386,10 +387,9 @@ class PixianWire(VendorWire):
                 if values is not None:
                     metadata[f"{side}_{key}"] = kind(*values)
         result_size = metadata.get("result_size")
-        content_type = headers.get("content-type", "image/png").split(";")[0].strip().lower() or "image/png"
         return ImageResult(
             content=response.content,
-            content_type=content_type,
+            content_type=media_type(response) or "image/png",
             vendor=self.spec.name,
             width=result_size.width if result_size else None,
             height=result_size.height if result_size else None,

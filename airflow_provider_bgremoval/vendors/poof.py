@@ -33,6 +33,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    media_type,
     parse_decimal,
     parse_number,
 )
@@ -235,7 +236,7 @@ class PoofWire(VendorWire):
         headers = response.headers
         request_id = headers.get("x-request-id") or None
         content = response.content
-        declared = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        declared = media_type(response)
         sniffed = _sniff_content_type(content)
         if not content:
             raise self.invalid_reply(
