@@ -268,8 +268,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     :param async_transport: custom async httpx transport.
     :param sleep: sync sleep used between retries (tests travel in time with it).
     :param async_sleep: async sleep used between retries.
-    :param conn_id_by_name: the connection id under the :attr:`conn_name_attr` keyword (what
-        ``Connection.get_hook()`` passes); a different ``conn_id`` beside it is refused.
+    :param conn_id_by_name: the connection id under the :attr:`conn_name_attr` keyword (``get_hook()``).
     """
 
     conn_name_attr = "conn_id"
@@ -774,8 +773,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param vendor_options: the vendor's typed extra options.
         :param filename: file name sent with the upload.
         :param check_input: run the local checks (set False only when the caller already did).
-        :param stats: a :class:`~airflow_provider_bgremoval.retry.CallStats` the call fills in as it
-            goes (attempts, lost replies, billed reply), for callers that account for money.
+        :param stats: a :class:`~airflow_provider_bgremoval.retry.CallStats` the call fills in as it goes.
         """
         request, image_input, plan, checked = yield from self._removal_request(
             image, image_url, options, vendor_options, filename, check_input

@@ -67,7 +67,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         opts = replace(PixianOptions.coerce(vendor_options), test=True)
         request, *_ = yield from self._removal_request(image, image_url, options, opts, filename, True)
         wire = yield from self._wire()
-        calculated = wire.credits_calculated(wire.parse_result((yield from self._send(request))))
+        calculated = wire.credits_calculated(wire.parse_image_reply((yield from self._send(request))))
         self.log.info("Pixian test call: a production call would cost %s credits", calculated)
         return calculated
 

@@ -367,7 +367,7 @@ class PixianWire(VendorWire):
     def balance_request(self) -> WireRequest:
         return WireRequest(method="GET", path=ACCOUNT_PATH, headers={"Accept": "application/json"})
 
-    def parse_result(self, response: httpx.Response) -> ImageResult:
+    def parse_image_reply(self, response: httpx.Response) -> ImageResult:
         """
         Read a remove-background reply: the image, ``X-Credits-*`` and the ``X-Input-*``/``X-Result-*``
         headers as metadata (docs/vendors/pixian.md); malformed header values are left out.
@@ -397,9 +397,6 @@ class PixianWire(VendorWire):
             credits_calculated=parse_decimal(headers.get("x-credits-calculated")),
             metadata=metadata,
         )
-
-    #: Pixian's image replies always carry the image
-    parse_image_reply = parse_result
 
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None

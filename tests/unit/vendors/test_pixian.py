@@ -477,7 +477,7 @@ ALL_HEADERS = {
 
 def test_every_result_header_is_parsed(wire: PixianWire) -> None:
     response = httpx.Response(200, headers=ALL_HEADERS, content=png_bytes())
-    result = wire.parse_result(response)
+    result = wire.parse_image_reply(response)
     assert result.content == png_bytes()
     assert result.content_type == "image/png"
     assert result.vendor == "pixian"
@@ -509,7 +509,7 @@ def test_missing_or_malformed_headers_are_left_out(wire: PixianWire) -> None:
         },
         content=b"jpeg",
     )
-    result = wire.parse_result(response)
+    result = wire.parse_image_reply(response)
     assert result.credits_charged is None
     assert result.credits_calculated is None
     assert result.metadata == {}
@@ -518,19 +518,21 @@ def test_missing_or_malformed_headers_are_left_out(wire: PixianWire) -> None:
 
 def test_empty_image_reply_is_invalid(wire: PixianWire) -> None:
     with pytest.raises(InvalidVendorResponseError):
-        wire.parse_result(httpx.Response(200, content=b""))
+        wire.parse_image_reply(httpx.Response(200, content=b""))
 
 
 def test_credits_calculated_helper(wire: PixianWire) -> None:
-    result = wire.parse_result(httpx.Response(200, headers={"x-credits-calculated": "0.5"}, content=b"x"))
+    result = wire.parse_image_reply(
+        httpx.Response(200, headers={"x-credits-calculated": "0.5"}, content=b"x")
+    )
     assert wire.credits_calculated(result) == Decimal("0.5")
     with pytest.raises(InvalidVendorResponseError, match="X-Credits-Calculated") as info:
-        wire.credits_calculated(wire.parse_result(httpx.Response(200, content=b"x")))
+        wire.credits_calculated(wire.parse_image_reply(httpx.Response(200, content=b"x")))
     assert info.value.possibly_charged is False
 
 
 def test_finish_result_records_test_mode(wire: PixianWire) -> None:
-    result = wire.parse_result(httpx.Response(200, content=png_bytes()))
+    result = wire.parse_image_reply(httpx.Response(200, content=png_bytes()))
     assert wire.finish_result(result, IMAGE, None).metadata["test_mode"] is False
     assert make_wire(test_mode=True).finish_result(result, IMAGE, None).metadata["test_mode"] is True
 
