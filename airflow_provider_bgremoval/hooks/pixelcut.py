@@ -57,7 +57,8 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
 
         :param image: the image bytes; checked locally against Pixelcut's limits first.
         :param image_url: a public http(s) URL for Pixelcut to fetch instead.
-        :param scene: a :class:`PixelcutScene` (any case); not with ``prompt``/``negative_prompt``.
+        :param scene: a :class:`~airflow_provider_bgremoval.vendors.pixelcut.PixelcutScene` (any case);
+            not with ``prompt``/``negative_prompt``.
         :param prompt: description of the wanted scene.
         :param negative_prompt: comma-separated attributes to avoid.
         :param image_transform: placement of the subject (``scale``, ``x_center``, ``y_center``).
@@ -82,5 +83,4 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
 
     generate_background, agenerate_background = _methods(_generate_background)
 
-    #: Credits one generate-background call is expected to cost (from the cost table: 1).
     estimate_generate_cost = staticmethod(PixelcutWire.estimate_generate_cost)
