@@ -7,6 +7,7 @@ them with blocking calls, ``_arun`` with async ones (see "How a call runs" in do
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import time
@@ -238,23 +239,6 @@ def _methods(
     return blocking, asynchronous
 
 
-def _note_call_stats(exc: BaseException, stats: CallStats) -> BgRemovalError:
-    """The typed error an image call ends in, with ``stats`` (counting a billable final error) attached."""
-    if not isinstance(exc, BgRemovalError):
-        what = "turning the vendor's result into the output" if stats.billed_reply else "preparing the call"
-        error: BgRemovalError = ResultProcessingError(
-            f"unexpected {type(exc).__name__} while {what}: {safe_excerpt(str(exc)) or 'no details'}",
-            code="result_processing_failed" if stats.billed_reply else "call_failed",
-        )
-        error.__cause__ = exc
-    else:
-        error = exc
-        if exc.possibly_charged and not exc.retryable and not stats.billed_reply:
-            stats.possibly_charged += 1
-    error.call = stats.snapshot()
-    return error
-
-
 class BackgroundRemovalHook(BaseHook, Generic[W]):
     """
     Base class of the vendor hooks (sync and async methods over httpx).
@@ -393,11 +377,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Connection-form relabelling for Airflow before 3.2, built from the provider info."""
         behaviour = cls._form()["ui-field-behaviour"]
-        return {
-            "hidden_fields": list(behaviour["hidden-fields"]),
-            "relabeling": dict(behaviour["relabeling"]),
-            "placeholders": dict(behaviour["placeholders"]),
-        }
+        return {name.replace("-", "_"): copy.deepcopy(value) for name, value in behaviour.items()}
 
     #: Airflow's ``BaseHook.get_connection``, keeping the secrets out of ``dag.test()``'s DEBUG log.
     get_connection = staticmethod(fetch_connection_unlogged)
@@ -729,10 +709,20 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             return (
                 yield from _Offload(lambda: self._finish(wire, result, image, plan, vendor_options, stats))
             )
+        except BgRemovalError as exc:  # typed: with the call's outcome, a billable final error counted
+            if exc.possibly_charged and not exc.retryable and not stats.billed_reply:
+                stats.possibly_charged += 1
+            exc.call = stats.snapshot()
+            raise
         except Exception as exc:
-            error = _note_call_stats(exc, stats)
-            if error is exc:
-                raise
+            what = (
+                "turning the vendor's result into the output" if stats.billed_reply else "preparing the call"
+            )
+            error = ResultProcessingError(
+                f"unexpected {type(exc).__name__} while {what}: {safe_excerpt(str(exc)) or 'no details'}",
+                code="result_processing_failed" if stats.billed_reply else "call_failed",
+            )
+            error.call = stats.snapshot()
             raise error from exc
 
     def _removal_request(
