@@ -22,19 +22,20 @@ _POLL_AGAIN_ERRORS = (TransientVendorError, RateLimitedError, InvalidVendorRespo
 _FATAL_ERRORS = (BgRemovalError, AirflowNotFoundException, ValueError, TypeError)
 
 
-def parse_min_credits(value: Any, parameter: str = "min_credits") -> Decimal:
+def parse_min_credits(value: Any, parameter: str = "min_credits", unit: str = "credits") -> Decimal:
     """
     A credit amount as an exact :class:`~decimal.Decimal` (``Decimal(str(value))``: ``0.1`` stays 0.1).
 
     :param value: a number or a numeric string (e.g. a rendered template).
     :param parameter: the parameter name used in the error message.
+    :param unit: what the number counts, for the error message.
     """
     try:  # None, True and "" are no numbers either: Decimal("None") etc. refuses them
         number = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
-        raise InvalidOptionError(parameter, f"{value!r} is not a number of credits") from None
+        raise InvalidOptionError(parameter, f"{value!r} is not a number of {unit}") from None
     if not number.is_finite() or number < 0:
-        raise InvalidOptionError(parameter, f"{value!r} must be a non-negative number of credits")
+        raise InvalidOptionError(parameter, f"{value!r} must be a non-negative number of {unit}")
     return number
 
 
@@ -90,3 +91,13 @@ def describe_error(exc: BaseException) -> str:
     :param exc: the error.
     """
     return f"{type(exc).__name__}: {exc}"
+
+
+def describe_poll_failure(conn_id: str, exc: BaseException) -> str:
+    """
+    The log line of a failed balance poll that a later poll may fix.
+
+    :param conn_id: the connection.
+    :param exc: the error the balance call raised after its retries.
+    """
+    return f"Balance poll on {conn_id} failed after retries ({describe_error(exc)}); polling again"

@@ -9,7 +9,7 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk.exceptions import AirflowException
@@ -80,15 +80,9 @@ class SafetyMargin:
         if value in (None, ""):
             return cls()
         text = str(value).strip()
-        if not text.endswith("%"):
-            return cls(credits=parse_min_credits(value, "safety_margin"))
-        try:
-            percent = Decimal(text[:-1].strip())
-        except (InvalidOperation, ValueError):
-            raise InvalidOptionError("safety_margin", f"{value!r} is not a percentage") from None
-        if not percent.is_finite() or percent < 0:
-            raise InvalidOptionError("safety_margin", "must be a non-negative percentage")
-        return cls(percent=percent)
+        if text.endswith("%"):
+            return cls(percent=parse_min_credits(text[:-1], "safety_margin", unit="percent"))
+        return cls(credits=parse_min_credits(value, "safety_margin"))
 
     def on(self, needed: Decimal) -> Decimal:
         """

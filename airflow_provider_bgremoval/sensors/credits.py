@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_bgremoval._compat import AirflowFailException, conf
 from airflow_provider_bgremoval.credits import (
     describe_error,
+    describe_poll_failure,
     describe_wait,
     has_enough,
     is_fatal_balance_error,
@@ -70,11 +71,7 @@ class CreditsSensor(BaseSensorOperator):
                 raise AirflowFailException(
                     f"{type(self).__name__} on connection {self.conn_id!r}: {describe_error(exc)}"
                 ) from exc
-            self.log.warning(
-                "Balance poll on %s failed after retries (%s); polling again",
-                self.conn_id,
-                describe_error(exc),
-            )
+            self.log.warning("%s", describe_poll_failure(self.conn_id, exc))
             return PokeReturnValue(is_done=False)
         self.log.info("%s", describe_wait(self.conn_id, balance, threshold))
         if has_enough(balance, threshold):

@@ -11,7 +11,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_bgremoval.credits import (
-    describe_error,
+    describe_poll_failure,
     describe_wait,
     has_enough,
     is_fatal_balance_error,
@@ -112,12 +112,7 @@ class CreditsTrigger(BaseTrigger):
                 except Exception as exc:
                     if is_fatal_balance_error(exc):
                         return self._error(exc, fatal=True)
-                    log.warning(
-                        "Balance poll %d on %s failed after retries (%s); polling again",
-                        polls,
-                        self.conn_id,
-                        describe_error(exc),
-                    )
+                    log.warning("Poll %d: %s", polls, describe_poll_failure(self.conn_id, exc))
                 else:
                     log.info("%s after %d poll(s)", describe_wait(self.conn_id, balance, threshold), polls)
                     if has_enough(balance, threshold):

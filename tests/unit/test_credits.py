@@ -10,6 +10,7 @@ import pytest
 from airflow_provider_bgremoval._compat import AirflowNotFoundException
 from airflow_provider_bgremoval.credits import (
     describe_error,
+    describe_poll_failure,
     has_enough,
     is_fatal_balance_error,
     parse_credits,
@@ -79,3 +80,8 @@ def test_is_fatal_balance_error(exc: BaseException, fatal: bool) -> None:
 
 def test_describe_error_names_the_type() -> None:
     assert describe_error(ValueError("bad extra")) == "ValueError: bad extra"
+
+
+def test_describe_poll_failure_says_it_polls_again() -> None:
+    line = describe_poll_failure("pixian_default", ValueError("flaky"))
+    assert line == "Balance poll on pixian_default failed after retries (ValueError: flaky); polling again"
