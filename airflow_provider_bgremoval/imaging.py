@@ -103,7 +103,7 @@ def result_limits(vendor: str | None) -> ResultLimits:
 
 
 @contextlib.contextmanager
-def _bomb_warnings_ignored() -> Iterator[None]:
+def bomb_warnings_ignored() -> Iterator[None]:
     """Silence Pillow's ``DecompressionBombWarning``: our own limits judge sizes (docs/options.md)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -170,7 +170,7 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     if not data:
         raise _reject("empty_file", "the file is empty (0 bytes)", vendor)
     try:
-        with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
             fmt = image.format or "UNKNOWN"
             return ImageInfo(
                 fmt, image.width, image.height, image.mode, exif_orientation(image), _frames(image)
@@ -234,7 +234,7 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     info = read_header(data, vendor=vendor)
     check_limits(info, len(data), limits, vendor=vendor)
     try:
-        with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
             image.load()
             needs_conversion = (
                 info.orientation != 1
@@ -284,7 +284,7 @@ def _describe_body(data: bytes) -> tuple[str, str]:
     if head[:1] == b"<":
         return "result_unreadable", "an HTML/XML document, not an image"
     try:
-        with _bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as other:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as other:
             kind = other.format or "unknown"
     except AirflowException:
         raise
@@ -319,7 +319,7 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
         raise _unusable("result_empty", "the vendor returned an empty body", vendor)
     size = "its declared size"
     try:
-        with _bomb_warnings_ignored():
+        with bomb_warnings_ignored():
             image = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
             size = f"{image.width}x{image.height}"
             _check_result_size(image.width, image.height, limits, vendor, what="the vendor's result")
@@ -414,7 +414,7 @@ def apply_local_steps(
     received = f"{image.width}x{image.height} {image.mode}"
     step = "mode conversion"
     try:
-        with _bomb_warnings_ignored():
+        with bomb_warnings_ignored():
             image = normalise_mode(image)
             if steps.crop:
                 step = "crop"

@@ -6,11 +6,10 @@ Whole-image Pillow operations (``point`` tables, ``ImageChops.darker``, a masked
 from __future__ import annotations
 
 import io
-import warnings
 
 from PIL import Image, ImageChops, UnidentifiedImageError
 
-from airflow_provider_bgremoval.imaging import exif_orientation
+from airflow_provider_bgremoval.imaging import bomb_warnings_ignored, exif_orientation
 
 #: EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``)
 _TRANSPOSE: dict[int, Image.Transpose] = {
@@ -38,13 +37,12 @@ def _open(data: bytes | Image.Image, what: str) -> Image.Image:
         return data
     if not data:
         raise DeltaPngError(f"the {what} is empty")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
+    try:
+        with bomb_warnings_ignored():
             image = Image.open(io.BytesIO(data))
             image.load()
-        except _READ_ERRORS as exc:
-            raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
+    except _READ_ERRORS as exc:
+        raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
     return image
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import fields
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import httpx
 from pydantic import BeforeValidator, Field, model_validator
@@ -130,8 +130,7 @@ class PixelcutShadow(OptionModel):
 
         :param value: ``None``/``False`` (no shadow), ``True`` (automatic), a mapping or a shadow.
         """
-        shadow: PixelcutShadow | None = validate_as(cls, ShadowInput, value)
-        return shadow
+        return cast("PixelcutShadow | None", validate_as(cls, ShadowInput, value))
 
     @property
     def automatic(self) -> bool:
