@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow_provider_bgremoval._moved import moved_names, warn_moved
 from airflow_provider_bgremoval.pipeline import manifest
-from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import internal_prefix
 
 __getattr__ = moved_names(
     __name__,
@@ -29,5 +29,4 @@ def manifest_run_prefix(destination_prefix: str, dag_id: str, run_id: str) -> st
         f"{__name__}.manifest_run_prefix",
         f"use {manifest.__name__}.manifest_run_prefix(internal_prefix, dag_id, run_id)",
     )
-    internal_prefix = f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}"
-    return manifest.manifest_run_prefix(internal_prefix, dag_id, run_id)
+    return manifest.manifest_run_prefix(internal_prefix(destination_prefix), dag_id, run_id)

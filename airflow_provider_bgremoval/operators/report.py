@@ -15,7 +15,7 @@ from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.contact_sheet import render_contact_sheet
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
-from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.run_summary import summarise_manifests
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 
 #: Upstream task states that make the report task fail after writing the report.
 _BAD_UPSTREAM_STATES = frozenset({"failed", "upstream_failed"})
-
-
-def _internal_prefix(destination_prefix: str) -> str:
-    return f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}"
 
 
 def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
@@ -39,7 +35,7 @@ def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
     :param run_id: the DAG run id.
     """
     safe_run = re.sub(r"[^A-Za-z0-9._+=@-]", "_", run_id)
-    return f"{_internal_prefix(destination_prefix)}reports/{dag_id}/{safe_run}/"
+    return f"{internal_prefix(destination_prefix)}reports/{dag_id}/{safe_run}/"
 
 
 def _split_uri(uri: str) -> tuple[str, str]:
@@ -122,7 +118,7 @@ class RunReportOperator(BaseOperator):
         ti = context["ti"]
         dag_id, run_id = ti.dag_id, ti.run_id
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
-        where = manifest_run_prefix(_internal_prefix(self.destination_prefix), dag_id, run_id)
+        where = manifest_run_prefix(internal_prefix(self.destination_prefix), dag_id, run_id)
         summary = summarise_manifests(
             (info.uri, storage.read(info.bucket, info.name))
             for info in storage.list_objects(self.destination_bucket, where)

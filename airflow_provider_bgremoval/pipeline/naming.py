@@ -22,6 +22,11 @@ def normalise_prefix(prefix: str | None) -> str:
     return prefix
 
 
+def internal_prefix(destination_prefix: str | None) -> str:
+    """The provider's own folder (:data:`INTERNAL_DIR`) under ``destination_prefix``."""
+    return f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}"
+
+
 def check_safe(relative: str) -> str:
     """Raise :class:`UnsafeNameError` if ``relative`` could escape the destination prefix."""
     if not relative:

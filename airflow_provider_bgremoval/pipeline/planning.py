@@ -21,9 +21,9 @@ from airflow_provider_bgremoval.imaging import (
     read_header,
 )
 from airflow_provider_bgremoval.pipeline.naming import (
-    INTERNAL_DIR,
     UnsafeNameError,
     destination_name,
+    internal_prefix,
     normalise_prefix,
 )
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
@@ -97,7 +97,7 @@ class BatchSpec:
     @property
     def internal_prefix(self) -> str:
         """Where the provider keeps manifests, reports and claims for this destination."""
-        return f"{self.destination_prefix}{INTERNAL_DIR}"
+        return internal_prefix(self.destination_prefix)
 
 
 @dataclass(frozen=True)
