@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -117,13 +118,5 @@ class GenerationProcessor(_HookProcessor):
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`)."""
-        return await self.hook.agenerate_background(
-            data,
-            scene=self.options.scene,
-            prompt=self.options.prompt,
-            negative_prompt=self.options.negative_prompt,
-            image_transform=self.options.image_transform,
-            result_delivery=self.options.result_delivery,
-            filename=filename,
-            stats=stats,
-        )
+        fields = asdict(self.options)  # the hook's scene, prompt, negative_prompt... parameters
+        return await self.hook.agenerate_background(data, filename=filename, stats=stats, **fields)

@@ -25,7 +25,6 @@ class ProgressReporter:
 
     :param total: number of billable images.
     :param vendor: vendor name for the log lines.
-    :param every_fraction: log whenever this fraction of ``total`` more is finished.
     :param every_seconds: log at least this often while images finish.
     :param clock: monotonic clock (injectable for tests).
     :param logger: where to log.
@@ -34,7 +33,6 @@ class ProgressReporter:
     total: int
     vendor: str
     _: KW_ONLY
-    every_fraction: float = 0.1
     every_seconds: float = 30.0
     clock: Callable[[], float] = time.monotonic
     logger: logging.Logger | None = None
@@ -50,7 +48,7 @@ class ProgressReporter:
     ) -> None:
         """Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line."""
         now = self.clock()
-        step = max(1, int(self.total * self.every_fraction))
+        step = max(1, self.total // 10)
         if force and self.lines and finished == self._last_done:
             return  # the last line already said it
         if not force and finished - self._last_done < step and now - self._last_time < self.every_seconds:
