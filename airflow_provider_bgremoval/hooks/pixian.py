@@ -39,8 +39,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
 
         :param vendor_options: the call's Pixian options.
         """
-        opts = PixianOptions.coerce(vendor_options)
-        return opts.test if opts.test is not None else self.wire.test_mode(opts)
+        return self.wire.test_mode(vendor_options)
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
         return Decimal(0) if self.is_test_mode(vendor_options) else self.wire_class.spec.base_cost
