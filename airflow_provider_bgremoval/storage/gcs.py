@@ -114,12 +114,7 @@ def _as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 class ObjectFilter:
     """
-    Include/exclude glob patterns for object names.
-
-    A pattern is an :mod:`fnmatch` glob (``*`` also crosses ``/``) matched against the name relative to
-    the listing prefix (``sub/*`` selects a sub-folder) and against the basename (``*.jpg`` or ``IMG_*``
-    select files wherever they are), case-insensitively by default. An object is kept when it matches an
-    include pattern (or there are none) and no exclude pattern.
+    Include/exclude :mod:`fnmatch` globs for object names, matched as docs/storage.md describes.
 
     :param include: pattern or patterns to keep; ``None``/empty keeps everything.
     :param exclude: pattern or patterns to drop (wins over ``include``).
