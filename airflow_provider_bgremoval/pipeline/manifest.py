@@ -67,9 +67,8 @@ class ManifestRow:
 @dataclass(eq=False)
 class ManifestWriter:
     """
-    Spools :class:`ManifestRow` objects as JSON lines; with a ``part_sink``, the rows added since the
-    last checkpoint are handed to it as a numbered part when :meth:`part_due` says so (a worker killed
-    by SIGKILL still leaves every row up to its last checkpoint).
+    Spools :class:`ManifestRow` objects as JSON lines; new rows go to ``part_sink`` as numbered checkpoint
+    parts when :meth:`part_due` (docs/pipeline.md, "Manifest and XCom").
 
     :param part_sink: stores one part: ``(part number, bytes)``; ``None`` disables checkpoints.
     :param every_rows: checkpoint once this many rows are waiting.
@@ -111,10 +110,7 @@ class ManifestWriter:
         return self.unsaved_rows >= self.every_rows or self.clock() - self._saved_at >= self.every_seconds
 
     def save_part(self) -> int:
-        """
-        Hand the rows added since the last checkpoint to ``part_sink``; return how many. Safe from a worker
-        thread while rows are added; after a sink error (raised) the same rows are offered again next time.
-        """
+        """Hand the new rows to ``part_sink``, return how many (thread-safe; after an error: next time)."""
         rows, size = self.rows, self._size
         if self.part_sink is None or rows == self._saved_rows:
             return 0

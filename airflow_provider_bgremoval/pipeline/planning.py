@@ -218,9 +218,7 @@ def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[s
 
 def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> bool:
     """
-    Check one source locally, raising the run's :class:`InputRejectedError` for what it would reject: a
-    header read (the whole object only when its header lies further in), and the run's own full check
-    (``prepare_input``) when the bytes read hold a small enough object.
+    Raise the :class:`InputRejectedError` the run would raise for ``source`` (docs/reliability.md).
 
     :param storage: the GCS storage.
     :param source: the source object (pinned to its generation).
