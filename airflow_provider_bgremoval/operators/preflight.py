@@ -1,7 +1,4 @@
-"""The credits pre-flight: plan and price the bucket task's own job, and halt if the balance cannot pay.
-
-Behaviour in detail: docs/credits.md ("CreditsCheckOperator").
-"""
+"""Credits pre-flight: price the bucket task's own job, halt if the balance cannot pay (docs/credits.md)."""
 
 from __future__ import annotations
 
