@@ -225,6 +225,11 @@ class OptionSet(OptionModel):
             raise InvalidOptionError(cls.parameter_root or "vendor_options", message)
         return cast(Self, validate_as(cls, cls, value))
 
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive, canonical form (for option fingerprints, manifests and XCom): pairs as lists."""
+        data = asdict(cast(Any, self))
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
+
 
 def validate_as(model: type[OptionModel], annotation: Any, value: Any) -> Any:
     """
@@ -418,11 +423,7 @@ class RemovalOptions(OptionSet):
         return EXTENSIONS[self.output_format]
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive, canonical form (for hashing, manifests and XCom)."""
-        data = asdict(self)
-        data["margin"] = str(self.margin) if self.margin else None
-        data["max_size"] = list(self.max_size) if self.max_size else None
-        return data
+        return {**super().as_dict(), "margin": str(self.margin) if self.margin else None}
 
 
 def options_fingerprint(*parts: Mapping[str, Any] | None) -> str:

@@ -6,7 +6,6 @@ How the unified options map, and how ``delta_png`` calls are planned locally: do
 from __future__ import annotations
 
 import base64
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -163,12 +162,6 @@ class PixianOptions(OptionSet):
                     parameter=name,
                 )
         return self
-
-    def as_dict(self) -> dict[str, Any]:
-        """Primitive form (for option fingerprints and manifests)."""
-        data = dataclasses.asdict(self)
-        data["target_size"] = list(self.target_size) if self.target_size else None
-        return data
 
 
 def check_image_url_type(url: str) -> str:

@@ -107,10 +107,6 @@ class PoofOptions(OptionSet):
 
     size: Annotated[PoofSize, CHOICE] = "full"
 
-    def as_dict(self) -> dict[str, Any]:
-        """Primitive form (for option fingerprints, manifests and XCom)."""
-        return {"size": self.size}
-
 
 class AutoRechargeMode(str, enum.Enum):
     """How ``autoRechargeThreshold`` from ``GET /v1/me`` is to be read."""
