@@ -199,10 +199,7 @@ PIXIAN_SPEC = VendorSpec(
         output_formats=frozenset({"png", "jpeg"}), background_color=True, crop=True
     ),
     limits=InputLimits(
-        max_bytes=UPLOAD_MAX_BYTES,
-        min_side=1,
-        max_pixels=UPLOAD_MAX_PIXELS,
-        formats=frozenset({"JPEG", "PNG"}),
+        max_bytes=UPLOAD_MAX_BYTES, max_pixels=UPLOAD_MAX_PIXELS, formats=frozenset({"JPEG", "PNG"})
     ),
     # linear backoff on consecutive 429s (5 s x n); exponential with jitter on 5xx
     retry_policy=RetryPolicy(

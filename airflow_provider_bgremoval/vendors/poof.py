@@ -71,17 +71,9 @@ POOF_SPEC = VendorSpec(
     ),
     # JPEG/PNG/WebP (others converted to PNG locally), about 6000 px per side / 36 MP (Gen B's
     # practical maximum); no documented minimum: 1 px
-    limits=InputLimits(
-        max_bytes=MAX_UPLOAD_BYTES,
-        min_side=1,
-        max_side=6000,
-        max_pixels=36_000_000,
-        formats=frozenset({"JPEG", "PNG", "WEBP"}),
-    ),
+    limits=InputLimits(max_bytes=MAX_UPLOAD_BYTES, max_side=6000, max_pixels=36_000_000),
     # the documented advice: ``2^attempt + U(0, 1)`` seconds, up to 5 tries
     retry_policy=RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=16.0, jitter=1.0),
-    # the SDKs' default; Poof documents no server-side timeout
-    default_timeout=60.0,
     api_key_header="x-api-key",
     no_url_input="Poof needs the image uploaded as bytes (its API has no documented URL input); "
     "download the image and pass its bytes instead",
