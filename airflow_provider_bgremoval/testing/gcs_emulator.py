@@ -203,9 +203,12 @@ class FakeGcsServer:
             for _ in range(attempts):
                 if self._port is None:
                     self._port = _free_port(self.host)
+                # Something already answering on the port would pass the readiness probe for us while
+                # our binary is still failing to bind: then only our process's exit (or not) decides.
+                taken = self._port_answers()
                 try:
                     self._spawn(binary)
-                    self._wait_ready()
+                    self._wait_ready(trust_probe=not taken)
                 except FakeGcsServerError as exc:
                     exited_early = self._process is not None and self._process.poll() is not None
                     last_error = exc
@@ -343,7 +346,12 @@ class FakeGcsServer:
             start_new_session=True,  # a Ctrl-C in the terminal is handled by us, not sent to the child
         )
 
-    def _wait_ready(self) -> None:
+    def _port_answers(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+            return True
+        return False
+
+    def _wait_ready(self, *, trust_probe: bool = True) -> None:
         process = self._process
         assert process is not None
         deadline = time.monotonic() + self.startup_timeout
@@ -356,14 +364,15 @@ class FakeGcsServer:
                         f"port {self.port}; log tail:\n{self.read_log()[-2000:]}"
                     )
                 try:
-                    if http.get(probe).status_code == 200:
+                    if trust_probe and http.get(probe).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
+                    taken = "" if trust_probe else f" (port {self.port} was already taken by another process)"
                     raise FakeGcsServerError(
-                        f"fake-gcs-server did not answer on {probe} within {self.startup_timeout:.0f}s; "
-                        f"log tail:\n{self.read_log()[-2000:]}"
+                        f"fake-gcs-server did not answer on {probe} within {self.startup_timeout:.0f}s"
+                        f"{taken}; log tail:\n{self.read_log()[-2000:]}"
                     )
                 # Doubles as the poll interval and as an early-exit check.
                 with contextlib.suppress(subprocess.TimeoutExpired):
