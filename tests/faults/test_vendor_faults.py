@@ -18,6 +18,7 @@ from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
 from tests.faults.conftest import Cell
 from tests.faults.matrix import (
     BATCH,
+    FAST_POLICY,
     VENDORS,
     check_cell,
     check_rerun,
@@ -203,7 +204,13 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
     hits = _requests(cell, vendor, fault=fault)
     assert len(hits) >= 5
     if retried:
-        assert run.counts["done"] == BATCH, dumps(run.by_status("failed"))
+        # Every lost reply is retried. An image fails only when all of its attempts were lost: the
+        # seeded fault stream holds a run of five faults, and on a loaded box one image's fast retries
+        # can draw them all. Such an image is recorded exactly (every attempt possibly charged).
+        for row in run.by_status("failed"):
+            assert row["attempts"] == FAST_POLICY.max_attempts == row["possibly_charged"], dumps(row)
+        assert run.counts["done"] + run.counts["failed"] == BATCH
+        assert run.counts["failed"] <= 1, dumps(run.by_status("failed"))
     else:
         assert run.counts["failed"] == len(hits) and run.counts["done"] == BATCH - len(hits)
         for row in run.by_status("failed"):
@@ -214,14 +221,14 @@ async def test_lost_and_damaged_replies(cell: Cell, vendor: str, fault: str) -> 
                 or ("result" in row["error_message"])
             ), row
     if billed and retried:
-        assert run.charged == BATCH + len(hits)
+        assert run.charged == run.counts["done"] + len(hits)
         assert run.possibly_charged == len(hits)
     elif billed:  # damaged 200s: charged for sure, recorded as credits of the failed rows
         assert run.charged == BATCH == run.known_credits
         assert run.possibly_charged == 0
         assert run.result.credits_for_failed == len(hits) * run.charged / BATCH
     else:
-        assert run.charged == BATCH
+        assert run.charged == run.counts["done"]
         assert run.possibly_charged == len(hits)  # conservative: the client cannot tell
     await _rerun_clean(cell, vendor, run)
 
