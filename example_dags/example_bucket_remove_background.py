@@ -1,12 +1,13 @@
 """
 ### Remove backgrounds from a GCS prefix, with a credits pre-flight and a run report
 
-1. **check_credits** prices the whole batch (finished outputs and broken files are not billable) and
-   compares it with the vendor balance plus *Safety margin (%)*. When credits are short the run fails
-   (or skips, see *When credits are short*) before anything is spent.
-2. **list_shards** splits the source prefix into at most *Max shards* lists of at least 4 photos.
-3. **remove_background** runs once per shard in the `pixelcut_api` pool. A rerun skips finished
-   outputs and charges 0 credits; broken files are recorded, not fatal.
+1. **check_credits** plans the run once: it lists the photos, skips finished outputs, checks each
+   file locally, keeps the plan in the destination bucket as at most *Max shards* shards of at least
+   4 photos, and prices exactly that plan against the vendor balance plus *Safety margin (%)*. When
+   credits are short the run fails (or skips, see *When credits are short*) before anything is spent.
+2. **shards** hands the plan's shard descriptors on (Airflow maps only over a return value).
+3. **remove_background** runs once per shard in the `pixelcut_api` pool, on exactly the photos
+   priced. A rerun skips finished outputs and charges 0 credits; broken files are recorded, not fatal.
 4. **run_report** writes `report.json` and a before/after `contact-sheet.png` to
    `<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/`, also when a shard failed (the run
    still fails).
@@ -29,7 +30,7 @@ from airflow.sdk import DAG, Param
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
 from airflow_provider_bgremoval.operators.report import RunReportOperator
-from airflow_provider_bgremoval.operators.sharding import ListImageShardsOperator
+from airflow_provider_bgremoval.operators.sharding import PlannedShardsOperator
 
 #: The vendor connection (``pixelcut``, ``pixian`` or ``poof``) and its pool: change them together.
 VENDOR_CONN_ID = "pixelcut_default"
@@ -108,21 +109,16 @@ with DAG(
         task_id="check_credits",
         safety_margin="{{ params.safety_margin_percent }}%",
         on_insufficient="{{ params.on_insufficient }}",
+        max_shards="{{ params.max_shards }}",  # keep the plan in the bucket, in shards
+        min_shard_size=4,
         retries=0,
         **batch,
     )
     # [END howto_operator_credits_check]
 
-    # [START howto_operator_list_image_shards]
-    shards = ListImageShardsOperator(
-        task_id="list_shards",
-        source_bucket="{{ params.source_bucket }}",
-        source_prefix="{{ params.source_prefix }}",
-        include=INCLUDE,
-        max_shards="{{ params.max_shards }}",
-        min_shard_size=4,
-    )
-    # [END howto_operator_list_image_shards]
+    # [START howto_operator_planned_shards]
+    shards = PlannedShardsOperator(task_id="shards", preflight_task_id="check_credits")
+    # [END howto_operator_planned_shards]
 
     # [START howto_operator_remove_background]
     cutouts = RemoveBackgroundOperator.partial(
@@ -132,7 +128,7 @@ with DAG(
         on_error="continue",  # broken files are recorded (manifest, report), not fatal
         map_index_template="shard {{ ti.map_index }}",
         **batch,
-    ).expand(source_objects=shards.output)
+    ).expand(shard=shards.output)
     # [END howto_operator_remove_background]
 
     # [START howto_operator_run_report]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from abc import abstractmethod
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from airflow.sdk import BaseOperator
 from airflow_provider_bgremoval.credits import parse_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, ShardRef, read_shard
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch, plan_into
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -88,6 +90,7 @@ class BucketJob:
     :param hook: the vendor hook (the caller closes it).
     :param processor: the vendor operation applied to each image.
     :param planning_concurrency: local checks planning runs at once.
+    :param shard: the share of a plan kept in the bucket this task works on (instead of planning).
     """
 
     spec: BatchSpec
@@ -95,10 +98,14 @@ class BucketJob:
     hook: BackgroundRemovalHook[Any]
     processor: ImageProcessor
     planning_concurrency: int = MIN_PLANNING_CONCURRENCY
+    shard: ShardRef | None = None
 
     def plan_batch(self) -> BatchPlan:
-        """Plan the batch: list, map names, skip finished outputs, check locally (no vendor call)."""
+        """The batch's plan: the shard's part of the run's plan, or planned here (no vendor call)."""
         processor = self.processor
+        if self.shard is not None:
+            self.shard.check_matches(self.spec, processor.vendor, processor.fingerprint)
+            return read_shard(self.storage, self.spec, self.shard)
         return run_coroutine(
             plan_batch(
                 self.storage,
@@ -109,6 +116,25 @@ class BucketJob:
                 limits=processor.limits,
                 concurrency=self.planning_concurrency,
             )
+        )
+
+    def keep_plan(self, prefix: str) -> PlanWriter:
+        """
+        Plan the batch into the bucket under ``prefix`` (for mapped tasks to read; docs/pipeline.md).
+
+        :param prefix: the plan folder (:func:`~airflow_provider_bgremoval.pipeline.plan_store.plan_prefix`).
+        """
+        processor = self.processor
+        writer = PlanWriter(self.storage, self.spec, prefix, processor.vendor, processor.fingerprint)
+        return plan_into(
+            self.storage,
+            self.spec,
+            writer,
+            extension=processor.extension,
+            fingerprint=processor.fingerprint,
+            vendor=processor.vendor,
+            limits=processor.limits,
+            concurrency=self.planning_concurrency,
         )
 
 
@@ -130,6 +156,7 @@ class BucketJobOperator(BaseOperator):
     :param max_images: process at most this many billable images, then stop cleanly.
     :param max_credits: spend at most this many credits, then stop cleanly.
     :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table).
+    :param shard: a shard of the run's plan (the pre-flight's XCom ``shards``, mapped): work on exactly it.
     """
 
     template_fields: Sequence[str] = (
@@ -145,6 +172,7 @@ class BucketJobOperator(BaseOperator):
         "max_credits",
         "cost_per_image",
         "gcp_conn_id",
+        "shard",
     )
 
     def __init__(
@@ -164,6 +192,7 @@ class BucketJobOperator(BaseOperator):
         max_images: int | str | None = None,
         max_credits: float | str | None = None,
         cost_per_image: float | str | None = None,
+        shard: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -181,6 +210,7 @@ class BucketJobOperator(BaseOperator):
         self.max_images = max_images
         self.max_credits = max_credits
         self.cost_per_image = cost_per_image
+        self.shard = shard
         # Fail at DAG parse for what is already known (templated values are checked at run time).
         if int(max_concurrency) < 1:
             raise InvalidOptionError("max_concurrency", "must be at least 1")
@@ -203,6 +233,8 @@ class BucketJobOperator(BaseOperator):
         objects = self.source_objects
         if isinstance(objects, str):
             raise InvalidOptionError("source_objects", "expected a list of object names, got a string")
+        if objects is not None and self.shard not in (None, ""):
+            raise InvalidOptionError("shard", "give either shard or source_objects, not both")
         return BatchSpec(
             source_bucket=self.source_bucket,
             destination_bucket=self.destination_bucket,
@@ -226,4 +258,14 @@ class BucketJobOperator(BaseOperator):
             hook=hook,
             processor=self.build_processor(hook, cost),
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
+            shard=self._shard(),
         )
+
+    def _shard(self) -> ShardRef | None:
+        if self.shard in (None, ""):
+            return None
+        try:
+            shard = json.loads(self.shard) if isinstance(self.shard, str) else self.shard
+            return ShardRef.model_validate(shard)
+        except ValueError as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
+            raise InvalidOptionError("shard", f"not a shard of a plan: {exc}") from None

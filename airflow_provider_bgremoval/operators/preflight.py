@@ -33,6 +33,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
 from airflow_provider_bgremoval.pipeline.engine import HaltInfo
+from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, plan_prefix
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan
 from airflow_provider_bgremoval.results import AccountState, Balance
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -113,6 +114,9 @@ class CreditsPreflightOperator(BucketJobOperator):
     :param safety_margin: extra credits required on top of the estimate: credits, or a percentage (``"10%"``).
     :param on_insufficient: ``"fail"`` (without retries) or ``"skip"`` (this task and its downstream).
     :param use_test_estimate: Pixian only: price an image with a free ``test=true`` call on a sample.
+    :param max_shards: keep the plan in the bucket and push XCom ``shards``: at most this many shard
+        descriptors for the mapped bucket tasks' ``shard`` (``None``: the plan is not kept).
+    :param min_shard_size: fewest sources per shard (unless there are fewer).
     :param kwargs: the bucket job's parameters (:class:`BucketJobOperator`); the batch's own
         (``on_error``, ``claim_lease``…) are ignored, with a DeprecationWarning.
     """
@@ -125,6 +129,8 @@ class CreditsPreflightOperator(BucketJobOperator):
         safety_margin: float | int | str | None = None,
         on_insufficient: str = "fail",
         use_test_estimate: bool = False,
+        max_shards: int | str | None = None,
+        min_shard_size: int | str = 50,
         **kwargs: Any,
     ) -> None:
         ignored = [name for name in _BATCH_ONLY_PARAMETERS if kwargs.pop(name, None) is not None]
@@ -138,6 +144,8 @@ class CreditsPreflightOperator(BucketJobOperator):
         self.safety_margin = safety_margin
         self.on_insufficient = on_insufficient
         self.use_test_estimate = use_test_estimate
+        self.max_shards = max_shards
+        self.min_shard_size = min_shard_size
         if not is_template(on_insufficient):
             check_choice(on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         if not is_template(safety_margin):
@@ -148,7 +156,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             )
 
     def test_estimate(
-        self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan
+        self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan | PlanWriter
     ) -> Decimal:
         """
         Pixian's free estimate of a removal: ``X-Credits-Calculated`` of a ``test=true`` call on a sample.
@@ -164,7 +172,7 @@ class CreditsPreflightOperator(BucketJobOperator):
                 f"{self.conn_id!r} is a {hook.conn_type} connection",
             )
         last: InputRejectedError | None = None
-        for item in plan.items[:_TEST_ESTIMATE_SAMPLES]:
+        for item in plan.samples(_TEST_ESTIMATE_SAMPLES):
             data = storage.read(item.source.bucket, item.source.name, generation=item.source.generation)
             try:
                 cost = hook.estimate_with_test_call(
@@ -185,8 +193,8 @@ class CreditsPreflightOperator(BucketJobOperator):
             return cost
         raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
-    def _price(self, job: BucketJob, plan: BatchPlan) -> tuple[Decimal, str]:
-        if self.use_test_estimate and plan.items:  # never with a cost_per_image (refused at parse)
+    def _price(self, job: BucketJob, plan: BatchPlan | PlanWriter) -> tuple[Decimal, str]:
+        if self.use_test_estimate and plan.billable:  # never with a cost_per_image (refused at parse)
             return self.test_estimate(job.hook, job.storage, plan), "test_estimate"
         source = "cost_table" if self.cost_per_image in (None, "") else "cost_per_image"
         return job.processor.cost_per_image, source
@@ -197,14 +205,19 @@ class CreditsPreflightOperator(BucketJobOperator):
         margin = SafetyMargin.parse(self.safety_margin)
         max_images = parse_count(self.max_images, "max_images")
         max_credits = parse_credits(self.max_credits, "max_credits")
+        shards = parse_count(self.max_shards, "max_shards")
+        min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
         job = self.prepare_job()  # exactly the bucket operator's job
         try:
-            plan = job.plan_batch()
+            plan = job.plan_batch() if shards is None else job.keep_plan(self._plan_prefix(context, job))
             cost, cost_source = self._price(job, plan)
-            balance = self._balance(context, job.hook, job.processor.vendor, len(plan.items))
+            balance = self._balance(context, job.hook, job.processor.vendor, plan.billable)
         finally:
             job.hook.close()
-        billable = len(plan.items) if max_images is None else min(len(plan.items), max_images)
+        if isinstance(plan, PlanWriter):
+            refs = plan.finish(max_shards=shards or 0, min_shard_size=min_shard_size)
+            context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
+        billable = plan.billable if max_images is None else min(plan.billable, max_images)
         needed = cost * billable
         if max_credits is not None:
             needed = min(needed, max_credits)
@@ -215,7 +228,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             "operation": job.processor.operation,
             "sources": plan.total,
             "billable_images": billable,
-            "planned_billable": len(plan.items),
+            "planned_billable": plan.billable,
             "checked_by_header_only": plan.header_only_among(billable),
             "already_done": plan.count("skipped"),
             "rejected_locally": plan.count("rejected"),
@@ -243,6 +256,12 @@ class CreditsPreflightOperator(BucketJobOperator):
         if estimate["sufficient"]:
             return estimate
         self._halt(context, estimate, amounts, balance)
+
+    @staticmethod
+    def _plan_prefix(context: Context, job: BucketJob) -> str:
+        ti = context["ti"]
+        try_number = int(getattr(ti, "try_number", 1) or 1)
+        return plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
 
     def _balance(
         self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int
@@ -301,7 +320,7 @@ class CreditsPreflightOperator(BucketJobOperator):
 
 
 #: Template fields the pre-flight adds to its operation's.
-_PREFLIGHT_TEMPLATE_FIELDS = ("safety_margin", "on_insufficient")
+_PREFLIGHT_TEMPLATE_FIELDS = ("safety_margin", "on_insufficient", "max_shards", "min_shard_size")
 
 
 class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):

@@ -1,22 +1,20 @@
-"""Scale-out: list a prefix once and split it into shards for ``.expand()`` (docs/pipeline.md)."""
+"""Scale-out: shards for ``.expand()``: of the pre-flight's plan, or of a listing (docs/pipeline.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
+from airflow_provider_bgremoval.pipeline.plan_store import AIRFLOW_MAX_MAP_LENGTH, shard_bounds
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-#: Airflow's default ``[core] max_map_length``.
-AIRFLOW_MAX_MAP_LENGTH = 1024
 
 
 def split_into_shards(
@@ -36,9 +34,7 @@ def split_into_shards(
     if not names:
         return []
     count = max(1, min(max_shards, len(names) // min_shard_size))
-    base, extra = divmod(len(names), count)
-    bounds = [index * base + min(index, extra) for index in range(count + 1)]
-    return [list(names[start:end]) for start, end in pairwise(bounds)]
+    return [list(names[start:end]) for start, end in shard_bounds(len(names), count)]
 
 
 class ListImageShardsOperator(BaseOperator):
@@ -101,3 +97,30 @@ class ListImageShardsOperator(BaseOperator):
             len(shards),
         )
         return shards
+
+
+class PlannedShardsOperator(BaseOperator):
+    """
+    Return the shards of the plan a credits pre-flight kept in the bucket, for ``.expand(shard=...)``.
+
+    Airflow maps only over a task's return value, and the pre-flight returns its estimate; this task hands
+    on the pre-flight's XCom ``shards`` and reads no object (docs/pipeline.md, "The plan").
+
+    :param preflight_task_id: the pre-flight task (given ``max_shards``) whose plan to hand on.
+    """
+
+    template_fields: Sequence[str] = ("preflight_task_id",)
+
+    def __init__(self, *, preflight_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.preflight_task_id = preflight_task_id
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        """The pre-flight's shard descriptors."""
+        shards = context["ti"].xcom_pull(task_ids=self.preflight_task_id, key="shards")
+        if shards is None:
+            raise AirflowFailException(
+                f"{self.preflight_task_id!r} kept no plan: give that pre-flight max_shards"
+            )
+        self.log.info("The plan of %r has %d shard(s)", self.preflight_task_id, len(shards))
+        return list(shards)

@@ -1,16 +1,20 @@
 """Planning before spending: list, map names, refuse collisions, skip finished work, check locally.
 
-What :func:`plan_batch` leaves billable is what the batch (and the credits pre-flight) pays for; header
-checks of truncated files: docs/reliability.md ("Truncated files").
+Sources are planned in windows of :data:`WINDOW` in listing order: one name-range listing finds a
+window's finished outputs, and the window's header checks run on a pool of ``concurrency`` threads, so
+memory is bounded by a window, not by the prefix. What :func:`plan_batch` leaves billable is what the
+batch (and the credits pre-flight) pays for; the plan's life: docs/pipeline.md ("The plan").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import islice
+from typing import Protocol, TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.imaging import (
@@ -21,6 +25,7 @@ from airflow_provider_bgremoval.imaging import (
     read_header,
 )
 from airflow_provider_bgremoval.pipeline.naming import (
+    INTERNAL_DIR,
     UnsafeNameError,
     destination_name,
     internal_prefix,
@@ -35,7 +40,9 @@ HEADER_BYTES = 64 * 1024
 #: Largest image (declared pixels) planning decodes in full when it holds the whole object: bounds the
 #: memory of ``concurrency`` checks at once (a few KiB of flat colour can declare tens of megapixels).
 FULL_CHECK_MAX_PIXELS = 4_000_000
-#: Below this many sources, destinations are looked up one by one instead of listing the prefix.
+#: Sources planned together: their finished outputs are found with one name-range listing.
+WINDOW = 1000
+#: An explicit ``source_objects`` window smaller than this looks its outputs up one by one.
 _STAT_THRESHOLD = 200
 
 # Object metadata recorded on every output (DESIGN.md decision 5).
@@ -150,6 +157,27 @@ class BatchPlan:
     items: list[WorkItem] = field(default_factory=list)
     settled: list[PlannedOutcome] = field(default_factory=list)
 
+    def add(self, item: WorkItem) -> None:
+        """Record a billable item (the :class:`PlanSink` protocol)."""
+        self.items.append(item)
+
+    def settle(self, outcome: PlannedOutcome) -> None:
+        """Record a source settled during planning (the :class:`PlanSink` protocol)."""
+        self.settled.append(outcome)
+
+    @property
+    def billable(self) -> int:
+        """Number of billable items."""
+        return len(self.items)
+
+    def samples(self, count: int) -> list[WorkItem]:
+        """
+        The first ``count`` billable items (e.g. for a test-mode estimate).
+
+        :param count: how many.
+        """
+        return self.items[:count]
+
     @property
     def total(self) -> int:
         """Number of sources."""
@@ -171,6 +199,19 @@ class BatchPlan:
         :param first: number of leading items considered.
         """
         return sum(1 for item in self.items[: max(0, first)] if not item.fully_checked)
+
+
+class PlanSink(Protocol):
+    """Where planning puts its verdicts: :class:`BatchPlan` in memory, or a plan kept in the bucket."""
+
+    def add(self, item: WorkItem) -> None:
+        """Record a billable item."""
+
+    def settle(self, outcome: PlannedOutcome) -> None:
+        """Record a source settled during planning."""
+
+
+SinkT = TypeVar("SinkT", bound=PlanSink)
 
 
 def is_finished(existing: ObjectInfo, source: ObjectInfo, fingerprint: str, vendor: str) -> bool:
@@ -205,15 +246,37 @@ def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[tuple[str, Ob
         yield name, storage.stat(spec.source_bucket, name)
 
 
+def outputs_between(storage: GcsStorage, spec: BatchSpec, first: str, last: str) -> Iterator[ObjectInfo]:
+    """
+    The destination objects named from ``first`` to ``last`` (inclusive), never the provider's own.
+
+    A name range costs one listing request per 1,000 names in it; the range skips the internal folder.
+
+    :param storage: the GCS storage.
+    :param spec: the batch spec (destination bucket and prefix).
+    :param first: the lowest output name wanted.
+    :param last: the highest output name wanted.
+    """
+    internal = spec.internal_prefix
+    after_internal = internal[:-1] + chr(ord(INTERNAL_DIR[-1]) + 1)
+    ranges = [(first, last + "\0")]
+    if first < after_internal and internal <= last:
+        ranges = [(first, internal), (after_internal, last + "\0")]
+    for start, end in ranges:
+        if start < end:
+            yield from storage.list_objects(
+                spec.destination_bucket, spec.destination_prefix, start_offset=start, end_offset=end
+            )
+
+
 def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[str]) -> dict[str, ObjectInfo]:
-    if len(destinations) < _STAT_THRESHOLD:
+    """The existing outputs among ``destinations`` (one window): a name-range listing, or stats for a few."""
+    if spec.source_objects is not None and len(destinations) < _STAT_THRESHOLD:
         infos = (storage.stat(spec.destination_bucket, name) for name in destinations)
         return {info.name: info for info in infos if info is not None}
-    return {
-        info.name: info
-        for info in storage.list_objects(spec.destination_bucket, spec.destination_prefix)
-        if not info.name.startswith(spec.internal_prefix)
-    }
+    wanted = set(destinations)
+    found = outputs_between(storage, spec, min(destinations), max(destinations))
+    return {info.name: info for info in found if info.name in wanted}
 
 
 def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> bool:
@@ -243,41 +306,153 @@ def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, v
     return fully_checked
 
 
-def _settle(
-    plan: BatchPlan, source: ObjectInfo, destination: str | None, status: str, code: str, message: str
-) -> None:
-    plan.settled.append(PlannedOutcome(source, destination, status, code, message))
+class _Collisions:
+    """
+    Sources that map to one output. A listing is in name order, and names sharing a stem are adjacent,
+    so a stack of the stems on the current name's path finds every collision in bounded memory; an
+    explicit ``source_objects`` list (any order, already in memory) is checked against all names.
+    """
+
+    def __init__(self, ordered: bool) -> None:
+        self.ordered = ordered
+        self.open: dict[str, tuple[str, str]] = {}  # destination -> (stem, source name) of earlier names
+        self.found: list[tuple[str, str, str]] = []
+
+    def first(self, name: str, stem: str, destination: str) -> str | None:
+        """The earlier source mapped to ``destination`` (recorded as a collision), or ``None``."""
+        if self.ordered:  # the stems that are no prefix of this name can never recur
+            while self.open and not name.startswith(next(reversed(self.open.values()))[0]):
+                self.open.popitem()
+        earlier = self.open.get(destination)
+        if earlier is None:
+            self.open[destination] = (stem, name)
+            return None
+        self.found.append((earlier[1], name, destination))
+        return earlier[1]
+
+    def raise_if_any(self) -> None:
+        """Raise :class:`DestinationCollisionError` when any collision was found."""
+        if not self.found:
+            return
+        shown = "; ".join(f"{a!r} and {b!r} -> {d!r}" for a, b, d in self.found[:10])
+        more = f" (and {len(self.found) - 10} more)" if len(self.found) > 10 else ""
+        raise DestinationCollisionError(
+            f"{len(self.found)} source(s) would overwrite another source's output: {shown}{more}. "
+            "Rename the sources, narrow include/exclude, or split the batch; nothing was processed.",
+            code="destination_collision",
+        )
 
 
-def _list_and_map(storage: GcsStorage, spec: BatchSpec, extension: str, plan: BatchPlan) -> list[WorkItem]:
-    """List the sources and map each to its output; settle missing and unsafe names; refuse collisions."""
-    candidates: list[WorkItem] = []
-    by_destination: dict[str, str] = {}
-    collisions: list[tuple[str, str, str]] = []
+def _windows(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
+    """``items`` in lists of :data:`WINDOW` (``itertools.batched`` needs Python 3.12)."""
+    while window := list(islice(items, WINDOW)):
+        yield window
+
+
+def _map_sources(
+    storage: GcsStorage, spec: BatchSpec, extension: str, sink: PlanSink, collisions: _Collisions
+) -> Iterator[WorkItem]:
+    """Map each source to its output; settle missing and unsafe names; note collisions."""
     for name, entry in iter_sources(storage, spec):
         if entry is None:
             missing = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
-            _settle(plan, missing, None, "rejected", "not_found", "source object does not exist")
+            sink.settle(
+                PlannedOutcome(missing, None, "rejected", "not_found", "source object does not exist")
+            )
             continue
         try:
             dest = destination_name(name, spec.source_prefix, spec.destination_prefix, extension)
         except UnsafeNameError as exc:
-            _settle(plan, entry, None, "rejected", "unsafe_name", str(exc))
+            sink.settle(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
             continue
-        first = by_destination.setdefault(dest, name)
-        if first != name:
-            collisions.append((first, name, dest))
+        stem = spec.source_prefix + dest[len(spec.destination_prefix) : len(dest) - len(extension)]
+        if collisions.first(name, stem, dest) is None:
+            yield WorkItem(entry, dest)
+
+
+@dataclass(frozen=True)
+class _Planner:
+    """The plan's per-window steps, bound to one batch."""
+
+    storage: GcsStorage
+    spec: BatchSpec
+    fingerprint: str
+    vendor: str
+    limits: InputLimits
+
+    def unfinished(self, window: Sequence[WorkItem], sink: PlanSink) -> list[WorkItem]:
+        """Settle the window's finished (and, without overwrite, foreign) outputs; return the rest."""
+        existing = _existing_outputs(self.storage, self.spec, [item.destination for item in window])
+        to_check: list[WorkItem] = []
+        for item in window:
+            current = existing.get(item.destination)
+            if current is None:
+                to_check.append(item)
+            elif is_finished(current, item.source, self.fingerprint, self.vendor):
+                message = "output exists from this source and options"
+                sink.settle(PlannedOutcome(item.source, item.destination, "skipped", "already_done", message))
+            elif self.spec.overwrite:
+                to_check.append(replace(item, replace_generation=current.generation))
+            else:
+                message = (
+                    "the destination exists but was made from another source generation or other options; "
+                    "set overwrite=True to replace it"
+                )
+                sink.settle(
+                    PlannedOutcome(item.source, item.destination, "rejected", "output_exists", message)
+                )
+        return to_check
+
+    def check(self, item: WorkItem) -> WorkItem | PlannedOutcome:
+        """The item with its local verdict, or its rejection."""
+        try:
+            fully_checked = check_source(self.storage, item.source, self.limits, self.vendor)
+        except InputRejectedError as exc:
+            return PlannedOutcome(
+                item.source, item.destination, "rejected", exc.code or "rejected", exc.message
+            )
+        return replace(item, fully_checked=fully_checked)
+
+
+def _record(sink: PlanSink, verdicts: Iterable[WorkItem | PlannedOutcome]) -> None:
+    for verdict in verdicts:
+        if isinstance(verdict, WorkItem):
+            sink.add(verdict)
         else:
-            candidates.append(WorkItem(entry, dest))
-    if collisions:
-        shown = "; ".join(f"{a!r} and {b!r} -> {d!r}" for a, b, d in collisions[:10])
-        more = f" (and {len(collisions) - 10} more)" if len(collisions) > 10 else ""
-        raise DestinationCollisionError(
-            f"{len(collisions)} source(s) would overwrite another source's output: {shown}{more}. "
-            "Rename the sources, narrow include/exclude, or split the batch; nothing was processed.",
-            code="destination_collision",
-        )
-    return candidates
+            sink.settle(verdict)
+
+
+def plan_into(
+    storage: GcsStorage,
+    spec: BatchSpec,
+    sink: SinkT,
+    *,
+    extension: str,
+    fingerprint: str,
+    vendor: str,
+    limits: InputLimits,
+    concurrency: int = 16,
+) -> SinkT:
+    """
+    Plan a batch into ``sink``, window by window; :class:`DestinationCollisionError` when two sources
+    would produce the same output (raised once every source was seen, so it names them all).
+
+    :param storage: the GCS storage.
+    :param spec: what the batch works on.
+    :param sink: receives the billable items and the settled sources, in listing order per window.
+    :param extension: extension of the outputs (with the dot).
+    :param fingerprint: the options hash finished outputs must record.
+    :param vendor: vendor name finished outputs must record.
+    :param limits: the vendor's input limits for the local checks.
+    :param concurrency: local checks (header reads) at once.
+    """
+    planner = _Planner(storage, spec, fingerprint, vendor, limits)
+    collisions = _Collisions(ordered=spec.source_objects is None)
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
+        for window in _windows(_map_sources(storage, spec, extension, sink, collisions)):
+            _record(sink, pool.map(planner.check, planner.unfinished(window, sink)))
+    collisions.raise_if_any()
+    return sink
 
 
 async def plan_batch(
@@ -291,7 +466,7 @@ async def plan_batch(
     concurrency: int = 16,
 ) -> BatchPlan:
     """
-    Plan a batch; :class:`DestinationCollisionError` when two sources would produce the same output.
+    Plan a batch in memory (:func:`plan_into` a :class:`BatchPlan`), off the event loop.
 
     :param storage: the GCS storage.
     :param spec: what the batch works on.
@@ -301,40 +476,17 @@ async def plan_batch(
     :param limits: the vendor's input limits for the local checks.
     :param concurrency: local checks (header reads) at once.
     """
-    plan = BatchPlan(spec=spec)
-    candidates = await asyncio.to_thread(_list_and_map, storage, spec, extension, plan)
-    destinations = [item.destination for item in candidates]
-    existing = await asyncio.to_thread(_existing_outputs, storage, spec, destinations)
-    to_check: list[WorkItem] = []
-    for item in candidates:  # finished (and, without overwrite, foreign) outputs are settled
-        current = existing.get(item.destination)
-        if current is None:
-            to_check.append(item)
-        elif is_finished(current, item.source, fingerprint, vendor):
-            message = "output exists from this source and options"
-            _settle(plan, item.source, item.destination, "skipped", "already_done", message)
-        elif spec.overwrite:
-            to_check.append(replace(item, replace_generation=current.generation))
-        else:
-            message = (
-                "the destination exists but was made from another source generation or other options; "
-                "set overwrite=True to replace it"
-            )
-            _settle(plan, item.source, item.destination, "rejected", "output_exists", message)
-
-    def check(item: WorkItem) -> WorkItem | PlannedOutcome:
-        try:
-            fully_checked = check_source(storage, item.source, limits, vendor)
-        except InputRejectedError as exc:
-            return PlannedOutcome(
-                item.source, item.destination, "rejected", exc.code or "rejected", exc.message
-            )
-        return replace(item, fully_checked=fully_checked)
-
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
-        verdicts = await asyncio.to_thread(list, pool.map(check, to_check))
-    plan.items.extend(verdict for verdict in verdicts if isinstance(verdict, WorkItem))
-    plan.settled.extend(verdict for verdict in verdicts if isinstance(verdict, PlannedOutcome))
+    plan = await asyncio.to_thread(
+        plan_into,
+        storage,
+        spec,
+        BatchPlan(spec=spec),
+        extension=extension,
+        fingerprint=fingerprint,
+        vendor=vendor,
+        limits=limits,
+        concurrency=concurrency,
+    )
     log.info(
         "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "
         "%d rejected locally",

@@ -304,6 +304,8 @@ class GcsStorage:
         exclude: str | Sequence[str] | None = None,
         case_sensitive: bool = False,
         page_size: int = 1000,
+        start_offset: str | None = None,
+        end_offset: str | None = None,
     ) -> Iterator[ObjectInfo]:
         """
         Yield the objects under ``prefix`` in name order, lazily; "folder" placeholders are skipped.
@@ -314,19 +316,27 @@ class GcsStorage:
         :param exclude: pattern(s) to drop, e.g. ``"thumbs/*"``.
         :param case_sensitive: match patterns case-sensitively.
         :param page_size: objects per list request (at most 1000).
+        :param start_offset: only names ``>=`` this (a name range: one request per 1,000 names in it).
+        :param end_offset: only names ``<`` this.
         """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
-        return self._iter_objects(
-            bucket, prefix, ObjectFilter(include, exclude, case_sensitive=case_sensitive), page_size
-        )
+        object_filter = ObjectFilter(include, exclude, case_sensitive=case_sensitive)
+        return self._iter_objects(bucket, prefix, object_filter, page_size, (start_offset, end_offset))
 
     def _iter_objects(
-        self, bucket: str, prefix: str, object_filter: ObjectFilter, page_size: int
+        self,
+        bucket: str,
+        prefix: str,
+        object_filter: ObjectFilter,
+        page_size: int,
+        offsets: tuple[str | None, str | None],
     ) -> Iterator[ObjectInfo]:
         iterator = self.client.list_blobs(
             bucket,
             prefix=prefix or None,
+            start_offset=offsets[0],
+            end_offset=offsets[1],
             page_size=min(page_size, 1000),
             fields=_LIST_FIELDS,
             retry=self.retry,

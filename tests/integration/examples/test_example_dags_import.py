@@ -99,11 +99,11 @@ def test_dagbag_has_no_import_errors_and_the_documented_shape(monkeypatch) -> No
 
     bucket = bag.dags["example_bucket_remove_background"]
     assert bucket.schedule == "@daily"
-    assert set(bucket.task_ids) == {"check_credits", "list_shards", "remove_background", "run_report"}
+    assert set(bucket.task_ids) == {"check_credits", "shards", "remove_background", "run_report"}
     remove = bucket.get_task("remove_background")
     assert remove.partial_kwargs["pool"] == "pixelcut_api"
     assert bucket.get_task("run_report").trigger_rule == "all_done_min_one_success"
-    assert bucket.get_task("check_credits").downstream_task_ids == {"list_shards"}
+    assert bucket.get_task("check_credits").downstream_task_ids == {"shards"}  # the run's one plan
 
     generate = bag.dags["example_generate_background"]
     assert set(generate.task_ids) == {"scene", "prompt"}

@@ -160,8 +160,8 @@ def test_planning_makes_the_same_gcs_requests_as_a_header_only_check(photos: dic
     objects["empty.png"] = b""
     objects["notes.jpg"] = b"<html>not an image</html>"
     plan, storage = _plan(objects)
-    # one listing, one destination look-up per candidate, one header read per source with bytes
-    assert storage.requests == {"list": 1, "stat": len(objects), "read_head": len(objects)}
+    # one listing of the sources, one name-range listing of their outputs, one header read per source
+    assert storage.requests == {"list": 2, "read_head": len(objects)}
     codes = {o.source.name: o.code for o in plan.settled}
     assert codes == {
         "cut-astronaut.jpg": "malformed_image",

@@ -1,0 +1,324 @@
+"""The run's one plan kept in the bucket, read by the mapped bucket tasks (docs/pipeline.md, "The plan").
+
+The planning task (the credits pre-flight) streams its billable items and its settled sources into two
+sequences of JSON Lines chunks under ``<internal prefix>plans/<dag>/<run>/<task>/try-<n>/``, and returns
+small :class:`ShardRef` descriptors (XCom) that each name a slice of both sequences. A mapped task reads its
+slice (a request per :data:`CHUNK_ROWS` rows) and processes exactly what was priced: no listing, no stat and
+no header read again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage, ObjectInfo
+
+#: Rows per chunk object.
+CHUNK_ROWS = 1000
+#: At most this many rows (billable and settled) per shard unless ``max_shards`` is reached: a mapped
+#: task's memory is bounded by its shard, not by the prefix.
+MAX_SHARD_ROWS = 20_000
+#: Billable items the writer keeps in memory as samples (e.g. for Pixian's test-mode estimate).
+SAMPLES = 3
+#: Airflow's default ``[core] max_map_length``.
+AIRFLOW_MAX_MAP_LENGTH = 1024
+
+
+def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    """
+    The folder of one planning task try's plan.
+
+    :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
+    :param dag_id: the DAG id.
+    :param run_id: the DAG run id (``/`` becomes ``_``).
+    :param task_id: the planning task's id.
+    :param try_number: the planning task's try.
+    """
+    return f"{internal_prefix}plans/{dag_id}/{run_id.replace('/', '_')}/{task_id}/try-{try_number}/"
+
+
+def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
+    """
+    ``shards`` contiguous ``[start, stop)`` ranges covering ``range(count)``, sizes differing by at most 1.
+
+    :param count: number of rows.
+    :param shards: number of ranges (at least 1).
+    """
+    base, extra = divmod(count, shards)
+    bounds = [index * base + min(index, extra) for index in range(shards + 1)]
+    return list(pairwise(bounds))
+
+
+class ShardRef(BaseModel):
+    """
+    One mapped task's share of a plan kept in the bucket (the XCom a bucket task's ``shard`` takes).
+
+    :param plan: ``gs://`` URI of the plan folder.
+    :param shard: this shard's number, from 0.
+    :param shards: number of shards of the plan.
+    :param items: ``[start, stop)`` of the billable items.
+    :param settled: ``[start, stop)`` of the settled sources (recorded in this task's manifest).
+    :param chunk_rows: rows per chunk object.
+    :param source_bucket: the planned batch's source bucket.
+    :param destination_bucket: the planned batch's destination bucket.
+    :param destination_prefix: the planned batch's destination prefix.
+    :param vendor: the vendor the plan was made for.
+    :param fingerprint: the options hash the plan was made for.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plan: str
+    shard: int
+    shards: int
+    items: tuple[int, int]
+    settled: tuple[int, int]
+    chunk_rows: int
+    source_bucket: str
+    destination_bucket: str
+    destination_prefix: str
+    vendor: str
+    fingerprint: str
+
+    @property
+    def images(self) -> int:
+        """Billable images in this shard."""
+        return self.items[1] - self.items[0]
+
+    def check_matches(self, spec: BatchSpec, vendor: str, fingerprint: str) -> None:
+        """
+        Raise :class:`InvalidOptionError` unless the plan was made for this batch (buckets, vendor, options).
+
+        :param spec: the bucket task's batch spec.
+        :param vendor: the bucket task's vendor.
+        :param fingerprint: the bucket task's options hash.
+        """
+        wanted = (spec.source_bucket, spec.destination_bucket, spec.destination_prefix, vendor, fingerprint)
+        planned = (
+            self.source_bucket,
+            self.destination_bucket,
+            self.destination_prefix,
+            self.vendor,
+            self.fingerprint,
+        )
+        if wanted != planned:
+            raise InvalidOptionError(
+                "shard",
+                f"the shard was planned for {planned[:4]} with options {planned[4]}, but this task works on "
+                f"{wanted[:4]} with options {wanted[4]}: give the pre-flight the bucket task's parameters",
+            )
+
+
+def _source_row(info: ObjectInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "generation": info.generation,
+        "size": info.size,
+        "content_type": info.content_type,
+        "md5_hash": info.md5_hash,
+        "crc32c": info.crc32c,
+    }
+
+
+def _item_row(item: WorkItem) -> dict[str, Any]:
+    return {
+        **_source_row(item.source),
+        "destination": item.destination,
+        "replace_generation": item.replace_generation,
+        "fully_checked": item.fully_checked,
+    }
+
+
+def _settled_row(outcome: PlannedOutcome) -> dict[str, Any]:
+    return {
+        **_source_row(outcome.source),
+        "destination": outcome.destination,
+        "status": outcome.status,
+        "code": outcome.code,
+        "message": outcome.message,
+    }
+
+
+def _source(bucket: str, row: dict[str, Any]) -> ObjectInfo:
+    fields = ("name", "generation", "size", "content_type", "md5_hash", "crc32c")
+    return ObjectInfo(bucket=bucket, **{key: row[key] for key in fields})
+
+
+@dataclass(eq=False)
+class _ChunkStream:
+    """One sequence of chunk objects (``items-000000.jsonl``…), written as rows arrive."""
+
+    write: Callable[[str, bytes], None]
+    kind: str
+    rows: int = 0
+    _buffer: list[bytes] = field(default_factory=list)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._buffer.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self.rows += 1
+        if len(self._buffer) == CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.write(chunk_name(self.kind, (self.rows - 1) // CHUNK_ROWS), b"".join(self._buffer))
+            self._buffer.clear()
+
+
+def chunk_name(kind: str, number: int) -> str:
+    """
+    The name of chunk ``number`` of sequence ``kind`` (``items`` or ``settled``) inside a plan folder.
+
+    :param kind: ``items`` or ``settled``.
+    :param number: chunk number, from 0.
+    """
+    return f"{kind}-{number:06d}.jsonl"
+
+
+@dataclass(eq=False)
+class PlanWriter:
+    """
+    A :class:`~airflow_provider_bgremoval.pipeline.planning.PlanSink` that keeps the plan in the bucket.
+
+    Memory holds one chunk per sequence, a few samples and one flag per billable item (header-only or not).
+
+    :param storage: the GCS storage.
+    :param spec: the planned batch.
+    :param prefix: the plan folder (:func:`plan_prefix`).
+    :param vendor: the vendor planned for.
+    :param fingerprint: the options hash planned for.
+    """
+
+    storage: GcsStorage
+    spec: BatchSpec
+    prefix: str
+    vendor: str
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        self._items = _ChunkStream(self._write, "items")
+        self._settled = _ChunkStream(self._write, "settled")
+        self._header_only = bytearray()
+        self._status_counts: dict[str, int] = {}
+        self._samples: list[WorkItem] = []
+
+    def _write(self, name: str, data: bytes) -> None:
+        self.storage.write(
+            self.spec.destination_bucket,
+            self.prefix + name,
+            data,
+            content_type=JSON_LINES_CONTENT_TYPE,
+            idempotency_token=f"plan:{self.prefix}{name}",
+        )
+
+    def add(self, item: WorkItem) -> None:
+        """Record a billable item."""
+        self._items.append(_item_row(item))
+        self._header_only.append(not item.fully_checked)
+        if len(self._samples) < SAMPLES:
+            self._samples.append(item)
+
+    def settle(self, outcome: PlannedOutcome) -> None:
+        """Record a source settled during planning."""
+        self._settled.append(_settled_row(outcome))
+        self._status_counts[outcome.status] = self._status_counts.get(outcome.status, 0) + 1
+
+    @property
+    def billable(self) -> int:
+        """Number of billable items."""
+        return self._items.rows
+
+    @property
+    def total(self) -> int:
+        """Number of sources."""
+        return self._items.rows + self._settled.rows
+
+    def count(self, status: str) -> int:
+        """Number of settled sources with ``status``."""
+        return self._status_counts.get(status, 0)
+
+    def header_only_among(self, first: int) -> int:
+        """How many of the first ``first`` billable items were checked by header only."""
+        return sum(self._header_only[: max(0, first)])
+
+    def samples(self, count: int) -> list[WorkItem]:
+        """The first ``count`` (at most :data:`SAMPLES`) billable items."""
+        return self._samples[:count]
+
+    def finish(self, *, max_shards: int, min_shard_size: int) -> list[ShardRef]:
+        """
+        Store the last chunks and split the plan into shards of at least ``min_shard_size`` sources (at
+        most :data:`MAX_SHARD_ROWS` unless ``max_shards`` is reached), billable items spread evenly.
+
+        :param max_shards: at most this many shards.
+        :param min_shard_size: fewest sources per shard (unless there are fewer).
+        """
+        if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
+            raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
+        if min_shard_size < 1:
+            raise InvalidOptionError("min_shard_size", "must be at least 1")
+        self._items.flush()
+        self._settled.flush()
+        if not self.total:
+            return []
+        wanted = max(self.total // min_shard_size, math.ceil(self.total / MAX_SHARD_ROWS), 1)
+        count = min(max_shards, wanted)
+        plan = f"gs://{self.spec.destination_bucket}/{self.prefix}"
+        slices = zip(shard_bounds(self.billable, count), shard_bounds(self._settled.rows, count), strict=True)
+        return [
+            ShardRef(
+                plan=plan,
+                shard=number,
+                shards=count,
+                items=items,
+                settled=settled,
+                chunk_rows=CHUNK_ROWS,
+                source_bucket=self.spec.source_bucket,
+                destination_bucket=self.spec.destination_bucket,
+                destination_prefix=self.spec.destination_prefix,
+                vendor=self.vendor,
+                fingerprint=self.fingerprint,
+            )
+            for number, (items, settled) in enumerate(slices)
+        ]
+
+
+def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]) -> Iterator[dict[str, Any]]:
+    """The rows ``[start, stop)`` of one sequence, reading only the chunks they lie in."""
+    start, stop = span
+    if start >= stop:
+        return
+    bucket, _, prefix = shard.plan.removeprefix("gs://").partition("/")
+    for number in range(start // shard.chunk_rows, (stop - 1) // shard.chunk_rows + 1):
+        data = storage.read(bucket, prefix + chunk_name(kind, number))
+        first = number * shard.chunk_rows
+        for offset, line in enumerate(data.splitlines()):
+            if start <= first + offset < stop:
+                yield json.loads(line)
+
+
+def read_shard(storage: GcsStorage, spec: BatchSpec, shard: ShardRef) -> BatchPlan:
+    """
+    The shard's part of the plan, as the :class:`BatchPlan` a bucket task runs.
+
+    :param storage: the GCS storage.
+    :param spec: the bucket task's batch spec (checked against the plan's by the caller).
+    :param shard: the shard descriptor.
+    """
+    plan = BatchPlan(spec=spec)
+    for row in _rows(storage, shard, "items", shard.items):
+        source = _source(spec.source_bucket, row)
+        plan.add(WorkItem(source, row["destination"], row["replace_generation"], row["fully_checked"]))
+    for row in _rows(storage, shard, "settled", shard.settled):
+        source = _source(spec.source_bucket, row)
+        plan.settle(PlannedOutcome(source, row["destination"], row["status"], row["code"], row["message"]))
+    return plan
