@@ -100,8 +100,12 @@ class BucketJob:
     planning_concurrency: int = MIN_PLANNING_CONCURRENCY
     shard: ShardRef | None = None
 
-    def plan_batch(self) -> BatchPlan:
-        """The batch's plan: the shard's part of the run's plan, or planned here (no vendor call)."""
+    def plan_batch(self, *, check: bool = True) -> BatchPlan:
+        """
+        The batch's plan: the shard's part of the run's plan, or planned here (no vendor call).
+
+        :param check: run the local checks when planning here (see :func:`plan_into`).
+        """
         processor = self.processor
         if self.shard is not None:
             self.shard.check_matches(self.spec, processor.vendor, processor.fingerprint)
@@ -115,17 +119,21 @@ class BucketJob:
                 vendor=processor.vendor,
                 limits=processor.limits,
                 concurrency=self.planning_concurrency,
+                check=check,
             )
         )
 
-    def keep_plan(self, prefix: str) -> PlanWriter:
+    def keep_plan(self, prefix: str, *, check: bool = True) -> PlanWriter:
         """
         Plan the batch into the bucket under ``prefix`` (for mapped tasks to read; docs/pipeline.md).
 
         :param prefix: the plan folder (:func:`~airflow_provider_bgremoval.pipeline.plan_store.plan_prefix`).
+        :param check: run the local checks (see :func:`plan_into`).
         """
         processor = self.processor
-        writer = PlanWriter(self.storage, self.spec, prefix, processor.vendor, processor.fingerprint)
+        writer = PlanWriter(
+            self.storage, self.spec, prefix, processor.vendor, processor.fingerprint, checked=check
+        )
         return plan_into(
             self.storage,
             self.spec,
@@ -135,6 +143,7 @@ class BucketJob:
             vendor=processor.vendor,
             limits=processor.limits,
             concurrency=self.planning_concurrency,
+            check=check,
         )
 
 

@@ -150,6 +150,9 @@ class CreditsPreflightOperator(BucketJobOperator):
             check_choice(on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         if not is_template(safety_margin):
             SafetyMargin.parse(safety_margin)
+        for name in ("max_shards", "min_shard_size"):
+            if not is_template(getattr(self, name)):
+                parse_count(getattr(self, name), name)
         if use_test_estimate and self.cost_per_image not in (None, ""):
             raise InvalidOptionError(
                 "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
@@ -203,33 +206,88 @@ class CreditsPreflightOperator(BucketJobOperator):
         """Plan, price, read the balance, and pass (estimate to XCom) or halt."""
         check_choice(self.on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         margin = SafetyMargin.parse(self.safety_margin)
-        max_images = parse_count(self.max_images, "max_images")
-        max_credits = parse_credits(self.max_credits, "max_credits")
-        shards = parse_count(self.max_shards, "max_shards")
-        min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
+        max_shards = parse_count(self.max_shards, "max_shards")
         job = self.prepare_job()  # exactly the bucket operator's job
         try:
-            plan = job.plan_batch() if shards is None else job.keep_plan(self._plan_prefix(context, job))
+            # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
+            plan = self._plan(context, job, max_shards, check=False)
             cost, cost_source = self._price(job, plan)
             balance = self._balance(context, job.hook, job.processor.vendor, plan.billable)
+            estimate = self._estimate(job, plan, cost, cost_source, margin, balance)
+            if not estimate["sufficient"] and not plan.checked:  # too close to call: check files, price again
+                plan = self._plan(context, job, max_shards, check=True)
+                estimate = self._estimate(job, plan, cost, cost_source, margin, balance)
         finally:
             job.hook.close()
         if isinstance(plan, PlanWriter):
-            refs = plan.finish(max_shards=shards or 0, min_shard_size=min_shard_size)
+            refs = plan.finish(
+                max_shards=max_shards or 0,
+                min_shard_size=parse_count(self.min_shard_size, "min_shard_size") or 0,
+            )
             context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
+            estimate["shards"] = len(refs)
+        amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
+        log.info(
+            "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
+            "source(s) (%(already_done)d done, %(rejected_locally)d rejected locally) x %(cost_per_image)s "
+            "credits (%(cost_source)s) = %(needed)s; + margin %(margin_credits)s = %(required)s required; "
+            "%(available)s available: %(verdict)s",
+            {**estimate, **amounts, "verdict": "OK" if estimate["sufficient"] else "INSUFFICIENT"},
+        )
+        if estimate["local_checks"] == "batch" and estimate["billable_images"]:
+            log.info(
+                "Credits pre-flight (%s): the balance covers every unfinished source, so files were not read "
+                "here; each is checked in the batch before its call (a broken one is never charged)",
+                self.conn_id,
+            )
+        header_only = estimate["checked_by_header_only"]
+        if header_only:
+            log.info(
+                "Credits pre-flight (%s): %s",
+                self.conn_id,
+                describe_header_only(estimate["billable_images"], header_only),
+            )
+        if estimate["sufficient"]:
+            return estimate
+        self._halt(context, estimate, amounts, balance)
+
+    def _plan(
+        self, context: Context, job: BucketJob, max_shards: int | None, *, check: bool
+    ) -> BatchPlan | PlanWriter:
+        """The run's plan: in memory, or kept in the bucket when ``max_shards`` is given."""
+        if max_shards is None:
+            return job.plan_batch(check=check)
+        ti = context["ti"]
+        try_number = int(getattr(ti, "try_number", 1) or 1)
+        prefix = plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
+        return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
+
+    def _estimate(
+        self,
+        job: BucketJob,
+        plan: BatchPlan | PlanWriter,
+        cost: Decimal,
+        cost_source: str,
+        margin: SafetyMargin,
+        balance: Balance,
+    ) -> dict[str, Any]:
+        """The estimate of ``plan`` (fields: docs/credits.md)."""
+        max_images = parse_count(self.max_images, "max_images")
+        max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
         needed = cost * billable
         if max_credits is not None:
             needed = min(needed, max_credits)
         extra = margin.on(needed) if billable else Decimal(0)
-        estimate: dict[str, Any] = {
+        return {
             "conn_id": self.conn_id,
             "vendor": job.processor.vendor,
             "operation": job.processor.operation,
             "sources": plan.total,
             "billable_images": billable,
             "planned_billable": plan.billable,
-            "checked_by_header_only": plan.header_only_among(billable),
+            "local_checks": "plan" if plan.checked else "batch",
+            "checked_by_header_only": plan.header_only_among(billable) if plan.checked else 0,
             "already_done": plan.count("skipped"),
             "rejected_locally": plan.count("rejected"),
             "cost_per_image": str(cost),
@@ -242,26 +300,6 @@ class CreditsPreflightOperator(BucketJobOperator):
             "balance": balance.as_dict(),
             "sufficient": billable == 0 or has_enough(balance, needed + extra),
         }
-        amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
-        log.info(
-            "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
-            "source(s) (%(already_done)d done, %(rejected_locally)d rejected locally) x %(cost_per_image)s "
-            "credits (%(cost_source)s) = %(needed)s; + margin %(margin_credits)s = %(required)s required; "
-            "%(available)s available: %(verdict)s",
-            {**estimate, **amounts, "verdict": "OK" if estimate["sufficient"] else "INSUFFICIENT"},
-        )
-        header_only = estimate["checked_by_header_only"]
-        if header_only:
-            log.info("Credits pre-flight (%s): %s", self.conn_id, describe_header_only(billable, header_only))
-        if estimate["sufficient"]:
-            return estimate
-        self._halt(context, estimate, amounts, balance)
-
-    @staticmethod
-    def _plan_prefix(context: Context, job: BucketJob) -> str:
-        ti = context["ti"]
-        try_number = int(getattr(ti, "try_number", 1) or 1)
-        return plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
 
     def _balance(
         self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int

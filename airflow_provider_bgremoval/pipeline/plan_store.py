@@ -196,6 +196,7 @@ class PlanWriter:
     :param prefix: the plan folder (:func:`plan_prefix`).
     :param vendor: the vendor planned for.
     :param fingerprint: the options hash planned for.
+    :param checked: the local checks run (else every unfinished source is billable, unchecked).
     """
 
     storage: GcsStorage
@@ -203,6 +204,7 @@ class PlanWriter:
     prefix: str
     vendor: str
     fingerprint: str
+    checked: bool = True
 
     def __post_init__(self) -> None:
         self._items = _ChunkStream(self._write, "items")

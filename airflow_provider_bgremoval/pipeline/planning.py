@@ -151,11 +151,13 @@ class BatchPlan:
     :param spec: the batch spec.
     :param items: billable work, in listing order.
     :param settled: sources skipped or rejected during planning.
+    :param checked: the local checks ran (else every unfinished source is billable, unchecked).
     """
 
     spec: BatchSpec
     items: list[WorkItem] = field(default_factory=list)
     settled: list[PlannedOutcome] = field(default_factory=list)
+    checked: bool = True
 
     def add(self, item: WorkItem) -> None:
         """Record a billable item (the :class:`PlanSink` protocol)."""
@@ -432,10 +434,14 @@ def plan_into(
     vendor: str,
     limits: InputLimits,
     concurrency: int = 16,
+    check: bool = True,
 ) -> SinkT:
     """
     Plan a batch into ``sink``, window by window; :class:`DestinationCollisionError` when two sources
     would produce the same output (raised once every source was seen, so it names them all).
+
+    Without ``check`` no source is read: every unfinished source is billable, unchecked (an upper bound;
+    the batch checks each file before its call, so a broken one is still never charged).
 
     :param storage: the GCS storage.
     :param spec: what the batch works on.
@@ -445,12 +451,14 @@ def plan_into(
     :param vendor: vendor name finished outputs must record.
     :param limits: the vendor's input limits for the local checks.
     :param concurrency: local checks (header reads) at once.
+    :param check: run the local checks (a header read per unfinished source).
     """
     planner = _Planner(storage, spec, fingerprint, vendor, limits)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
         for window in _windows(_map_sources(storage, spec, extension, sink, collisions)):
-            _record(sink, pool.map(planner.check, planner.unfinished(window, sink)))
+            unfinished = planner.unfinished(window, sink)
+            _record(sink, pool.map(planner.check, unfinished) if check else unfinished)
     collisions.raise_if_any()
     return sink
 
@@ -464,6 +472,7 @@ async def plan_batch(
     vendor: str,
     limits: InputLimits,
     concurrency: int = 16,
+    check: bool = True,
 ) -> BatchPlan:
     """
     Plan a batch in memory (:func:`plan_into` a :class:`BatchPlan`), off the event loop.
@@ -475,17 +484,19 @@ async def plan_batch(
     :param vendor: vendor name finished outputs must record.
     :param limits: the vendor's input limits for the local checks.
     :param concurrency: local checks (header reads) at once.
+    :param check: run the local checks (see :func:`plan_into`).
     """
     plan = await asyncio.to_thread(
         plan_into,
         storage,
         spec,
-        BatchPlan(spec=spec),
+        BatchPlan(spec=spec, checked=check),
         extension=extension,
         fingerprint=fingerprint,
         vendor=vendor,
         limits=limits,
         concurrency=concurrency,
+        check=check,
     )
     log.info(
         "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "

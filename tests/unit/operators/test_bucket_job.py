@@ -66,6 +66,7 @@ def test_plan_runs_plan_batch_with_the_processors_identity(
         "vendor": "poof",
         "limits": job.processor.limits,
         "concurrency": bucket_job.MIN_PLANNING_CONCURRENCY,  # planning never runs fewer than 4 checks
+        "check": True,
     }
 
 

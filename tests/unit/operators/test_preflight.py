@@ -57,7 +57,7 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> dict[str, BatchPlan]:
     """``planned["plan"] = make_plan(...)`` sets what ``plan_batch()`` returns; records the processor used."""
     box: dict[str, Any] = {"plan": make_plan(0)}
 
-    def plan(self: BucketJob) -> BatchPlan:
+    def plan(self: BucketJob, *, check: bool = True) -> BatchPlan:
         box["processor"] = self.processor
         return box["plan"]
 
@@ -107,6 +107,7 @@ def test_passes_and_returns_the_estimate(vendors: FakeVendors, planned: dict[str
         "sources": 50,
         "billable_images": 40,
         "planned_billable": 40,
+        "local_checks": "plan",
         "checked_by_header_only": 0,
         "already_done": 7,
         "rejected_locally": 3,
