@@ -6,16 +6,16 @@ planning with the run's code and message. A larger one is billable but counted a
 only; the run then rejects a truncated body locally, before any vendor call. Planning's GCS requests
 stay what they were: one header read per source (and a whole read only for a header beyond it).
 
-The first tests use an in-memory stand-in for the storage that counts requests; the last one runs
-planning against fake-gcs-server.
+The first tests use an in-memory stand-in for the storage that counts requests
+(:mod:`tests.support.memory_storage`); the last one runs planning against fake-gcs-server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import io
-from collections.abc import Iterator
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,48 +26,29 @@ from PIL import Image
 from airflow_provider_bgremoval.exceptions import InputRejectedError
 from airflow_provider_bgremoval.hooks.poof import PoofHook
 from airflow_provider_bgremoval.imaging import prepare_input
+from airflow_provider_bgremoval.pipeline import planning
 from airflow_provider_bgremoval.pipeline.planning import (
     FULL_CHECK_MAX_PIXELS,
     HEADER_BYTES,
+    META_OPTIONS_HASH,
+    META_SOURCE,
+    META_SOURCE_GENERATION,
+    META_VENDOR,
+    WINDOW,
     BatchPlan,
     BatchSpec,
+    DestinationCollisionError,
     check_source,
+    outputs_between,
     plan_batch,
 )
-from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from airflow_provider_bgremoval.vendors.poof import PoofWire
 from tests.support.connections import SleepRecorder, set_connection
+from tests.support.memory_storage import MemoryStorage
 
 LIMITS = PoofWire.spec.limits
 VENDOR = "poof"
-
-
-class MemoryStorage:
-    """The part of :class:`GcsStorage` planning uses, over a dict, counting each kind of request."""
-
-    def __init__(self, objects: dict[str, bytes]) -> None:
-        self.objects = objects
-        self.requests: collections.Counter[str] = collections.Counter()
-
-    def _info(self, bucket: str, name: str) -> ObjectInfo:
-        return ObjectInfo(bucket=bucket, name=name, generation=1, size=len(self.objects[name]))
-
-    def list_objects(self, bucket: str, prefix: str = "", **_: Any) -> Iterator[ObjectInfo]:
-        self.requests["list"] += 1
-        if bucket == "src":
-            yield from (self._info(bucket, name) for name in sorted(self.objects) if name.startswith(prefix))
-
-    def stat(self, bucket: str, name: str, **_: Any) -> ObjectInfo | None:
-        self.requests["stat"] += 1
-        return self._info(bucket, name) if bucket == "src" and name in self.objects else None
-
-    def read_head(self, bucket: str, name: str, nbytes: int, **_: Any) -> bytes:
-        self.requests["read_head"] += 1
-        return self.objects[name][:nbytes]
-
-    def read(self, bucket: str, name: str, **_: Any) -> bytes:
-        self.requests["read"] += 1
-        return self.objects[name]
 
 
 def _save(image: Image.Image, fmt: str, **params: Any) -> bytes:
@@ -221,13 +202,239 @@ def test_check_source_verdicts(photos: dict[str, bytes]) -> None:
     storage = MemoryStorage({"a.png": photos["horse.png"], "b.png": _truncated(photos["horse.png"])})
 
     def verdict(name: str) -> Any:
-        info = ObjectInfo(bucket="src", name=name, generation=1, size=len(storage.objects[name]))
+        info = storage.info("src", name)
         return check_source(storage, info, LIMITS, VENDOR)  # type: ignore[arg-type]
 
     assert verdict("a.png") is True  # no rejection, and fully checked
     with pytest.raises(InputRejectedError) as rejection:
         verdict("b.png")
     assert rejection.value.code == "malformed_image"
+
+
+# -- windows, finished-output look-ups and collisions (issue 12) ---------------------------------------
+
+DONE_META = {META_OPTIONS_HASH: "fp", META_VENDOR: VENDOR}
+
+
+@pytest.fixture(scope="module")
+def tiny_png() -> bytes:
+    return _save(Image.new("RGB", (16, 16), "white"), "PNG")
+
+
+def _plan_in(storage: MemoryStorage, spec: BatchSpec) -> BatchPlan:
+    return asyncio.run(
+        plan_batch(
+            storage,  # type: ignore[arg-type]
+            spec,
+            extension=".png",
+            fingerprint="fp",
+            vendor=VENDOR,
+            limits=LIMITS,
+        )
+    )
+
+
+def _finish(storage: MemoryStorage, spec: BatchSpec, source: str, output: str) -> None:
+    """Store ``output`` as this batch's finished output of ``source``."""
+    info = storage.info(spec.source_bucket, source)
+    meta = {**DONE_META, META_SOURCE: info.uri, META_SOURCE_GENERATION: str(info.generation)}
+    storage.put(spec.destination_bucket, output, b"cut-out", meta)
+
+
+def _claims(storage: MemoryStorage, bucket: str, internal: str, count: int) -> None:
+    """``count`` claim objects in the provider's internal folder, as a busy destination holds."""
+    for number in range(count):
+        storage.put(bucket, f"{internal}claims/{number:05d}.json", b"{}")
+
+
+def _destination_listings(storage: MemoryStorage) -> list[tuple[str | None, str | None]]:
+    return [(start, end) for bucket, _, start, end in storage.listings if bucket == "dst"]
+
+
+def test_sources_are_planned_in_windows_with_name_range_output_lookups(tiny_png: bytes) -> None:
+    """2,500 sources: three windows, each finding its finished outputs with one name-range listing."""
+    names = [f"raw/P-{i:04d}.jpg" for i in range(600)] + [f"raw/p-{i:04d}.jpg" for i in range(1900)]
+    storage = MemoryStorage(dict.fromkeys(names, tiny_png))
+    spec = BatchSpec(
+        source_bucket="src", source_prefix="raw/", destination_bucket="dst", destination_prefix="cut/"
+    )
+    finished = names[::10]  # a tenth already done, in every window
+    for name in finished:
+        _finish(storage, spec, name, "cut/" + name.removeprefix("raw/").replace(".jpg", ".png"))
+    _claims(storage, "dst", spec.internal_prefix, 3000)  # "cut/_bgremoval/" sorts between P- and p-
+    storage.put("dst", "cut/notes.txt", b"a foreign object inside a window's range")
+
+    plan = _plan_in(storage, spec)
+
+    assert WINDOW == 1000
+    assert plan.total == len(names) and plan.count("skipped") == len(finished)
+    assert plan.billable == len(names) - len(finished)
+    assert {o.code for o in plan.settled} == {"already_done"}
+    # window 1 = P-0000..P-0599 + p-0000..p-0399 spans the internal folder: its range is split around it
+    assert _destination_listings(storage) == [
+        ("cut/P-0000.png", "cut/_bgremoval/"),
+        ("cut/_bgremoval0", "cut/p-0399.png\0"),
+        ("cut/p-0400.png", "cut/p-1399.png\0"),
+        ("cut/p-1400.png", "cut/p-1899.png\0"),
+    ]
+    listed_outputs = sorted(name for name in storage.listed if name.startswith("cut/"))
+    internal = storage.names("dst", spec.internal_prefix)
+    assert len(internal) == 3000 and not set(listed_outputs) & set(internal)
+    assert listed_outputs == [name for name in storage.names("dst") if name not in internal]  # each once
+    # 3 source pages + 4 output ranges of < 1,000 names; one header read per unfinished source
+    assert storage.requests == {"list": 7, "read_head": plan.billable}
+
+
+def test_a_range_over_the_internal_folder_at_the_destination_root(tiny_png: bytes) -> None:
+    """Destination prefix "": ``Z.png`` < ``_bgremoval/`` < ``a.png``; the claims are never listed."""
+    storage = MemoryStorage(dict.fromkeys(["Z.jpg", "_bgremoval.jpg", "_bgremoval0.jpg", "a.jpg"], tiny_png))
+    spec = BatchSpec(source_bucket="src", destination_bucket="dst")
+    assert spec.internal_prefix == "_bgremoval/"
+    for source in ("Z.jpg", "_bgremoval.jpg", "_bgremoval0.jpg", "a.jpg"):
+        _finish(storage, spec, source, source.replace(".jpg", ".png"))
+    _claims(storage, "dst", spec.internal_prefix, 5000)
+
+    plan = _plan_in(storage, spec)
+
+    assert plan.billable == 0
+    assert sorted(o.source.name for o in plan.settled if o.code == "already_done") == sorted(
+        ["Z.jpg", "_bgremoval.jpg", "_bgremoval0.jpg", "a.jpg"]
+    )
+    dst_listed = [name for name in storage.listed if name in storage.buckets["dst"]]
+    assert sorted(dst_listed) == ["Z.png", "_bgremoval.png", "_bgremoval0.png", "a.png"]  # not one claim
+    assert _destination_listings(storage) == [("Z.png", "_bgremoval/"), ("_bgremoval0", "a.png\0")]
+    assert storage.requests["list"] == 3
+
+
+def test_outputs_between_yields_the_range_and_nothing_of_the_provider() -> None:
+    storage = MemoryStorage()
+    spec = BatchSpec(source_bucket="src", destination_bucket="dst", destination_prefix="out")
+    inside = [
+        "out/Y.png",
+        "out/Z.png",
+        "out/_bgremoval",
+        "out/_bgremoval.png",
+        "out/_bgremoval0.png",
+        "out/a.png",
+    ]
+    outside = ["out/X.png", "out/b.png", "outX.png", "other/Z.png"]
+    for name in [*inside, *outside]:
+        storage.put("dst", name, b"x")
+    _claims(storage, "dst", "out/_bgremoval/", 50)
+    storage.put("dst", "out/_bgremoval/reports/r/report.json", b"{}")
+
+    found = [info.name for info in outputs_between(storage, spec, "out/Y.png", "out/a.png")]  # type: ignore[arg-type]
+
+    assert found == inside
+    assert not [name for name in storage.listed if name.startswith("out/_bgremoval/")]
+    # a range that does not reach the internal folder is one listing
+    storage.listings.clear()
+    assert [i.name for i in outputs_between(storage, spec, "out/a.png", "out/b.png")] == [
+        "out/a.png",
+        "out/b.png",
+    ]  # type: ignore[arg-type]
+    assert storage.listings == [("dst", "out/", "out/a.png", "out/b.png\0")]
+
+
+def _collisions(excinfo: pytest.ExceptionInfo[DestinationCollisionError]) -> list[tuple[str, str, str]]:
+    """The ``(earlier source, later source, output)`` triples the error names."""
+    return re.findall(r"'([^']*)' and '([^']*)' -> '([^']*)'", str(excinfo.value))
+
+
+def test_collisions_within_a_window_and_across_window_boundaries(tiny_png: bytes) -> None:
+    names = [f"f-{i:04d}.jpg" for i in range(900)]
+    names += ["a.jpg", "a.png", "b", "b.png", "c.jp.png", "c.jpeg", "c.png", "d.jpg", "d.jpg.png"]
+    names += ["k.0", *(f"k.1/{i:04d}.jpg" for i in range(1200)), "k.2"]  # 1,200 names between k.0 and k.2
+    names += ["zz.jpg", "zz.png"]
+    ordered = sorted(names)
+    assert ordered.index("k.0") < WINDOW <= 2 * WINDOW <= ordered.index("k.2")  # windows 1 and 3
+    storage = MemoryStorage(dict.fromkeys(names, tiny_png))
+
+    with pytest.raises(DestinationCollisionError) as excinfo:
+        _plan_in(storage, BatchSpec(source_bucket="src", destination_bucket="dst"))
+
+    assert excinfo.value.code == "destination_collision"
+    assert _collisions(excinfo) == [
+        ("a.jpg", "a.png", "a.png"),
+        ("b", "b.png", "b.png"),
+        ("c.jpeg", "c.png", "c.png"),  # c.jp.png -> c.jp.png, listed between them, collides with nothing
+        ("k.0", "k.2", "k.png"),
+        ("zz.jpg", "zz.png", "zz.png"),
+    ]
+    assert str(excinfo.value).startswith(
+        "[destination_collision] 5 source(s) would overwrite another source's output"
+    )
+
+
+def test_a_collision_at_a_window_boundary(tiny_png: bytes) -> None:
+    names = [f"f-{i:04d}.jpg" for i in range(WINDOW - 1)] + ["g.jpg", "g.webp"]  # g.jpg ends window 1
+    storage = MemoryStorage(dict.fromkeys(names, tiny_png))
+    with pytest.raises(DestinationCollisionError) as excinfo:
+        _plan_in(storage, BatchSpec(source_bucket="src", destination_bucket="dst"))
+    assert _collisions(excinfo) == [("g.jpg", "g.webp", "g.png")]
+
+
+def test_more_than_ten_collisions_are_counted_and_the_first_ten_named(tiny_png: bytes) -> None:
+    names = [f"{i:02d}.{ext}" for i in range(12) for ext in ("jpg", "png")]
+    storage = MemoryStorage(dict.fromkeys(names, tiny_png))
+    with pytest.raises(DestinationCollisionError, match=r"\] 12 source\(s\).*\(and 2 more\)") as excinfo:
+        _plan_in(storage, BatchSpec(source_bucket="src", destination_bucket="dst"))
+    assert len(_collisions(excinfo)) == 10
+
+
+def test_explicit_source_objects_in_any_order_still_find_collisions(tiny_png: bytes) -> None:
+    names = [f"n-{i:04d}.jpg" for i in range(1500)] + ["x.jpg", "x.png", "y", "y.webp"]
+    storage = MemoryStorage(dict.fromkeys(names, tiny_png))
+    shuffled = ["x.png", *random.Random(12).sample(names[:1500], 1500), "y.webp", "gs://src/y", "x.jpg"]
+    with pytest.raises(DestinationCollisionError) as excinfo:
+        _plan_in(storage, BatchSpec(source_bucket="src", destination_bucket="dst", source_objects=shuffled))
+    assert _collisions(excinfo) == [("y.webp", "y", "y.png"), ("x.png", "x.jpg", "x.png")]
+
+
+def test_explicit_source_objects_find_their_finished_outputs(tiny_png: bytes) -> None:
+    """Unordered names: a few are looked up one by one, a large window by one name range."""
+    names = [f"n-{i:04d}.jpg" for i in range(1200)]
+    storage = MemoryStorage(dict.fromkeys(names, tiny_png))
+    spec_few = BatchSpec(
+        source_bucket="src", destination_bucket="dst", source_objects=["n-0007.jpg", "n-0003.jpg"]
+    )
+    _finish(storage, spec_few, "n-0003.jpg", "n-0003.png")
+    plan = _plan_in(storage, spec_few)
+    assert [i.source.name for i in plan.items] == ["n-0007.jpg"]
+    assert [(o.source.name, o.code) for o in plan.settled] == [("n-0003.jpg", "already_done")]
+    assert storage.requests == {"stat": 4, "read_head": 1}  # 2 sources + 2 outputs, no listing
+
+    for name in names[::7]:
+        if name != "n-0003.jpg":
+            _finish(storage, spec_few, name, name.replace(".jpg", ".png"))
+    storage.requests.clear()
+    shuffled = random.Random(3).sample(names, len(names))
+    plan = _plan_in(
+        storage, BatchSpec(source_bucket="src", destination_bucket="dst", source_objects=shuffled)
+    )
+    done = {o.source.name for o in plan.settled if o.code == "already_done"}
+    assert done == {*names[::7], "n-0003.jpg"}
+    assert [i.source.name for i in plan.items] == [n for n in shuffled if n not in done]  # the given order
+    assert storage.requests["list"] == 2  # one range per window of 1,000 (then 200) names
+    assert storage.requests["stat"] == len(names)  # each given source is looked up (the listing is skipped)
+
+
+def test_the_collision_check_of_a_listing_holds_only_the_stems_on_the_current_path() -> None:
+    """Bounded memory: a listing is in name order, so a stem no prefix of the current name is dropped."""
+    ordered = planning._Collisions(ordered=True)
+    for i in range(3000):
+        name = f"d{i // 1000}/{i:05d}.jpg"
+        assert ordered.first(name, name[:-4], name[:-4] + ".png") is None
+        assert len(ordered.open) == 1
+    assert ordered.first("e.0", "e", "e.png") is None
+    assert ordered.first("e.1/x.jpg", "e.1/x", "e.1/x.png") is None
+    assert len(ordered.open) == 2  # e stays open below e.1/x: e.2 may still come
+    assert ordered.first("e.2", "e", "e.png") == "e.0"
+    explicit = planning._Collisions(ordered=False)  # any order: every destination is kept
+    for name in ("b.jpg", "a.jpg", "c.jpg"):
+        explicit.first(name, name[:-4], name[:-4] + ".png")
+    assert len(explicit.open) == 3
+    explicit.raise_if_any()  # none found: no error
 
 
 # -- against fake-gcs-server, and the run's own hook ------------------------------------------------
