@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
@@ -58,6 +58,16 @@ def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
     return list(pairwise(bounds))
 
 
+def _span(span: tuple[int, int]) -> tuple[int, int]:
+    if not 0 <= span[0] <= span[1]:
+        raise ValueError(f"a [start, stop) range needs 0 <= start <= stop, got {list(span)}")
+    return span
+
+
+#: ``[start, stop)`` of a sequence's rows.
+Span = Annotated[tuple[int, int], AfterValidator(_span)]
+
+
 class ShardRef(BaseModel):
     """
     One mapped task's share of a plan kept in the bucket (the XCom a bucket task's ``shard`` takes).
@@ -77,17 +87,23 @@ class ShardRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    plan: str
-    shard: int
-    shards: int
-    items: tuple[int, int]
-    settled: tuple[int, int]
-    chunk_rows: int
+    plan: Annotated[str, Field(pattern=r"^gs://[^/]+/")]
+    shard: Annotated[int, Field(ge=0)]
+    shards: Annotated[int, Field(ge=1)]
+    items: Span
+    settled: Span
+    chunk_rows: Annotated[int, Field(ge=1)]
     source_bucket: str
     destination_bucket: str
     destination_prefix: str
     vendor: str
     fingerprint: str
+
+    @model_validator(mode="after")
+    def _shard_of_shards(self) -> ShardRef:
+        if self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} of {self.shards} (shards are numbered from 0)")
+        return self
 
     @property
     def images(self) -> int:
@@ -275,7 +291,13 @@ class PlanWriter:
         wanted = max(self.total // min_shard_size, math.ceil(self.total / MAX_SHARD_ROWS), 1)
         count = min(max_shards, wanted)
         plan = f"gs://{self.spec.destination_bucket}/{self.prefix}"
-        slices = zip(shard_bounds(self.billable, count), shard_bounds(self._settled.rows, count), strict=True)
+        # billable items spread evenly, and the settled sources so that every shard has its share of sources
+        items = shard_bounds(self.billable, count)
+        totals = shard_bounds(self.total, count)
+        slices = [
+            (part, (start - part[0], stop - part[1]))
+            for part, (start, stop) in zip(items, totals, strict=True)
+        ]
         return [
             ShardRef(
                 plan=plan,

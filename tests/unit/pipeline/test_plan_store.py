@@ -1,0 +1,391 @@
+"""The run's one plan kept in the bucket: chunks, shards, reading a shard back, and its descriptor.
+
+The storage is the in-memory stand-in of :mod:`tests.support.memory_storage`, which counts every
+request and records every object read, so a shard is shown to read only the chunks its ranges touch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.pipeline.plan_store import (
+    AIRFLOW_MAX_MAP_LENGTH,
+    CHUNK_ROWS,
+    MAX_SHARD_ROWS,
+    SAMPLES,
+    PlanWriter,
+    ShardRef,
+    chunk_name,
+    plan_prefix,
+    read_shard,
+    shard_bounds,
+)
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, ObjectInfo
+from tests.support.memory_storage import MemoryStorage
+
+SPEC = BatchSpec(
+    source_bucket="raw", destination_bucket="out", source_prefix="in/", destination_prefix="cut/"
+)
+PREFIX = plan_prefix(SPEC.internal_prefix, "dag", "manual__2026-12-01T10:00:00+00:00", "check", 1)
+PLAN_URI = f"gs://out/{PREFIX}"
+
+
+def _source(number: int, **fields: Any) -> ObjectInfo:
+    return ObjectInfo(
+        bucket="raw", name=f"in/{number:06d}.jpg", generation=10_000 + number, size=number, **fields
+    )
+
+
+def _item(number: int) -> WorkItem:
+    return WorkItem(_source(number), f"cut/{number:06d}.png")
+
+
+def _done(number: int) -> PlannedOutcome:
+    return PlannedOutcome(_source(number), f"cut/{number:06d}.png", "skipped", "already_done", "done")
+
+
+def _writer(storage: MemoryStorage, spec: BatchSpec = SPEC) -> PlanWriter:
+    return PlanWriter(storage, spec, PREFIX, "poof", "fp")  # type: ignore[arg-type]
+
+
+def _written(items: int, settled: int) -> tuple[MemoryStorage, PlanWriter]:
+    """A writer that received ``items`` billable items and ``settled`` settled sources, interleaved."""
+    storage = MemoryStorage()
+    writer = _writer(storage)
+    for number in range(max(items, settled)):
+        if number < items:
+            writer.add(_item(number))
+        if number < settled:
+            writer.settle(_done(1_000_000 + number))
+    return storage, writer
+
+
+def _read_all(storage: MemoryStorage, refs: list[ShardRef]) -> list[BatchPlan]:
+    return [read_shard(storage, SPEC, ref) for ref in refs]  # type: ignore[arg-type]
+
+
+# -- chunks ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [0, 1, 999, 1000, 1001, 2500])
+def test_rows_are_stored_in_chunks_of_chunk_rows(rows: int) -> None:
+    storage, writer = _written(rows, rows // 2)
+    writes_before_finish = storage.requests["write"]
+    assert writes_before_finish == rows // CHUNK_ROWS + (rows // 2) // CHUNK_ROWS  # full chunks go at once
+    refs = writer.finish(max_shards=1, min_shard_size=1)
+
+    items = [n for n in storage.names("out", PREFIX) if n.removeprefix(PREFIX).startswith("items-")]
+    settled = [n for n in storage.names("out", PREFIX) if n.removeprefix(PREFIX).startswith("settled-")]
+    assert items == [PREFIX + chunk_name("items", k) for k in range(math.ceil(rows / CHUNK_ROWS))]
+    assert settled == [PREFIX + chunk_name("settled", k) for k in range(math.ceil(rows // 2 / CHUNK_ROWS))]
+    assert storage.requests == ({"write": len(items) + len(settled)} if rows else {})
+    for name in items:
+        lines = storage.buckets["out"][name].data.splitlines()
+        last = name == items[-1]
+        assert len(lines) == (rows - CHUNK_ROWS * (len(items) - 1) if last else CHUNK_ROWS)
+    if not rows:
+        assert refs == []
+        return
+    [ref] = refs
+    assert (ref.items, ref.settled, ref.shard, ref.shards) == ((0, rows), (0, rows // 2), 0, 1)
+    [plan] = _read_all(storage, refs)
+    assert [item.source.name for item in plan.items] == [_item(n).source.name for n in range(rows)]
+    assert len(plan.settled) == rows // 2
+    assert storage.requests["read"] == len(items) + len(settled)  # each chunk read once
+
+
+def test_chunks_are_json_lines_written_create_only_under_the_plan_folder() -> None:
+    storage, writer = _written(3, 2)
+    writer.finish(max_shards=2, min_shard_size=1)
+    assert storage.names("out") == [PREFIX + "items-000000.jsonl", PREFIX + "settled-000000.jsonl"]
+    assert PREFIX.startswith("cut/_bgremoval/plans/dag/")
+    first = storage.buckets["out"][PREFIX + "items-000000.jsonl"].data.splitlines()[0]
+    assert json.loads(first)["name"] == "in/000000.jpg"
+    with pytest.raises(Exception, match="is generation"):  # a chunk is never overwritten
+        storage.write("out", PREFIX + "items-000000.jsonl", b"", content_type=JSON_LINES_CONTENT_TYPE)
+
+
+def test_the_writer_counts_and_samples_like_a_batch_plan() -> None:
+    storage = MemoryStorage()
+    writer = _writer(storage)
+    memory = BatchPlan(spec=SPEC)
+    outcomes = [
+        _done(90),
+        PlannedOutcome(_source(91), None, "rejected", "unsafe_name", "bad"),
+        PlannedOutcome(_source(92), "cut/x.png", "rejected", "output_exists", "foreign"),
+    ]
+    for sink in (writer, memory):
+        for number in range(5):
+            sink.add(WorkItem(_source(number), f"cut/{number}.png", fully_checked=number % 2 == 0))
+        for outcome in outcomes:
+            sink.settle(outcome)
+    assert (writer.billable, writer.total) == (memory.billable, memory.total) == (5, 8)
+    assert [writer.count(s) for s in ("skipped", "rejected", "done")] == [1, 2, 0]
+    assert [memory.count(s) for s in ("skipped", "rejected", "done")] == [1, 2, 0]
+    for first in range(7):
+        assert writer.header_only_among(first) == memory.header_only_among(first)
+    assert writer.samples(10) == memory.items[:SAMPLES]
+    assert writer.samples(2) == memory.samples(2)
+
+
+# -- shards ----------------------------------------------------------------------------------------
+def test_shard_bounds_are_contiguous_and_differ_by_at_most_one() -> None:
+    assert shard_bounds(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert shard_bounds(0, 3) == [(0, 0), (0, 0), (0, 0)]
+    assert shard_bounds(2, 3) == [(0, 1), (1, 2), (2, 2)]
+    for count, shards in ((1001, 7), (5, 5), (20_000, 1)):
+        bounds = shard_bounds(count, shards)
+        assert bounds[0][0] == 0 and bounds[-1][1] == count
+        assert all(a[1] == b[0] for a, b in pairwise(bounds))
+        sizes = {stop - start for start, stop in bounds}
+        assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize(
+    ("sources", "max_shards", "min_shard_size", "expected"),
+    [
+        (1000, 4, 1, 4),  # max_shards caps
+        (1000, 16, 300, 3),  # 1000 // 300
+        (1000, 16, 50, 16),
+        (10, 8, 50, 1),  # fewer sources than min_shard_size: one shard
+        (3, 8, 1, 3),
+        (1, AIRFLOW_MAX_MAP_LENGTH, 1, 1),
+    ],
+)
+def test_shard_count(sources: int, max_shards: int, min_shard_size: int, expected: int) -> None:
+    storage, writer = _written(sources // 2, sources - sources // 2)
+    refs = writer.finish(max_shards=max_shards, min_shard_size=min_shard_size)
+    assert len(refs) == expected
+    assert [ref.shard for ref in refs] == list(range(expected))
+    assert {ref.shards for ref in refs} == {expected}
+    plans = _read_all(storage, refs)
+    sizes = [plan.total for plan in plans]
+    assert sum(sizes) == sources and max(sizes) - min(sizes) <= 1  # sources, billable or not, spread evenly
+    assert min(sizes) >= min(min_shard_size, sources)
+
+
+def test_max_shard_rows_bounds_a_shard_below_max_shards() -> None:
+    """45,000 sources with min_shard_size 100,000: still 3 shards of 15,000 (a task's memory is bounded)."""
+    storage, writer = _written(30_000, 15_000)
+    refs = writer.finish(max_shards=16, min_shard_size=100_000)
+    assert len(refs) == math.ceil(45_000 / MAX_SHARD_ROWS) == 3
+    assert all(ref.images + ref.settled[1] - ref.settled[0] <= MAX_SHARD_ROWS for ref in refs)
+    # max_shards wins over the bound
+    storage, writer = _written(30_000, 15_000)
+    assert len(writer.finish(max_shards=2, min_shard_size=1)) == 2
+
+
+def test_new_work_of_a_rerun_is_spread_over_every_shard() -> None:
+    """A +1 % rerun of 1,000 sources (the 10 new ones listed last) over 4 shards: 3/3/2/2 billable."""
+    storage = MemoryStorage()
+    writer = _writer(storage)
+    for number in range(990):
+        writer.settle(_done(number))
+    for number in range(990, 1000):
+        writer.add(_item(number))
+    refs = writer.finish(max_shards=4, min_shard_size=50)
+    assert [ref.images for ref in refs] == [3, 3, 2, 2]
+    assert [ref.settled[1] - ref.settled[0] for ref in refs] == [247, 247, 248, 248]
+    plans = _read_all(storage, refs)
+    assert [item.source.name for plan in plans for item in plan.items] == [
+        _item(n).source.name for n in range(990, 1000)
+    ]
+    assert sorted(o.source.name for plan in plans for o in plan.settled) == [
+        _done(n).source.name for n in range(990)
+    ]
+
+
+def test_an_empty_plan_has_no_shard_and_writes_nothing() -> None:
+    storage = MemoryStorage()
+    assert _writer(storage).finish(max_shards=4, min_shard_size=1) == []
+    assert storage.requests == {}
+
+
+def test_a_plan_with_nothing_billable_still_shards_its_settled_sources() -> None:
+    storage, writer = _written(0, 100)
+    refs = writer.finish(max_shards=4, min_shard_size=25)
+    assert [ref.images for ref in refs] == [0, 0, 0, 0]
+    assert [plan.count("skipped") for plan in _read_all(storage, refs)] == [25, 25, 25, 25]
+    assert storage.reads == [("out", PREFIX + "settled-000000.jsonl")] * 4  # no items chunk exists
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"max_shards": 0, "min_shard_size": 1}, "max_shards"),
+        ({"max_shards": AIRFLOW_MAX_MAP_LENGTH + 1, "min_shard_size": 1}, "max_shards"),
+        ({"max_shards": 4, "min_shard_size": 0}, "min_shard_size"),
+    ],
+)
+def test_finish_refuses_bad_shard_parameters(kwargs: dict[str, int], parameter: str) -> None:
+    _, writer = _written(5, 5)
+    with pytest.raises(InvalidOptionError, match=parameter):
+        writer.finish(**kwargs)
+
+
+def test_descriptors_name_the_plan_and_what_it_was_made_for() -> None:
+    _, writer = _written(4, 0)
+    [ref] = writer.finish(max_shards=1, min_shard_size=10)
+    assert ref.model_dump(mode="json") == {
+        "plan": PLAN_URI,
+        "shard": 0,
+        "shards": 1,
+        "items": [0, 4],
+        "settled": [0, 0],
+        "chunk_rows": CHUNK_ROWS,
+        "source_bucket": "raw",
+        "destination_bucket": "out",
+        "destination_prefix": "cut/",
+        "vendor": "poof",
+        "fingerprint": "fp",
+    }
+    assert len(json.dumps(ref.model_dump(mode="json"))) < 400  # XCom stays small, whatever the shard's size
+
+
+# -- reading a shard -------------------------------------------------------------------------------
+def test_a_shard_reads_only_the_chunks_its_ranges_touch() -> None:
+    storage, writer = _written(2500, 2500)
+    refs = writer.finish(max_shards=3, min_shard_size=1)
+    assert [ref.items for ref in refs] == [(0, 834), (834, 1667), (1667, 2500)]
+    expected_chunks = [[0], [0, 1], [1, 2]]
+    for ref, chunks in zip(refs, expected_chunks, strict=True):
+        storage.reads.clear()
+        storage.requests.clear()
+        plan = read_shard(storage, SPEC, ref)  # type: ignore[arg-type]
+        assert storage.reads == [("out", PREFIX + chunk_name("items", k)) for k in chunks] + [
+            ("out", PREFIX + chunk_name("settled", k)) for k in chunks
+        ]
+        assert storage.requests == {"read": 2 * len(chunks)}  # no listing, no stat, no header read
+        assert [item.source.name for item in plan.items] == [_item(n).source.name for n in range(*ref.items)]
+
+
+def test_every_field_of_items_and_settled_sources_survives_the_round_trip() -> None:
+    storage = MemoryStorage()
+    writer = _writer(storage)
+    fields = {"content_type": "image/jpeg", "md5_hash": "1B2M2Y8AsgTpgAmY7PhCfg==", "crc32c": "AAAAAA=="}
+    odd = ObjectInfo(bucket="raw", name='in/façade "quoted" ✓ 雪.jpg', generation=2**62, size=0, **fields)
+    items = [
+        WorkItem(
+            odd, 'cut/façade "quoted" ✓ 雪.png', replace_generation=1_700_000_000_000_001, fully_checked=True
+        ),
+        WorkItem(_source(2), "cut/000002.png", replace_generation=None, fully_checked=False),
+    ]
+    outcomes = [
+        PlannedOutcome(
+            ObjectInfo(bucket="raw", name="in/gone.jpg", generation=0, size=0),
+            None,
+            "rejected",
+            "not_found",
+            "source object does not exist",
+        ),
+        PlannedOutcome(_source(3, content_type=None), None, "rejected", "unsafe_name", "backslash in 'a\\b'"),
+        PlannedOutcome(_source(4, **fields), "cut/000004.png", "skipped", "already_done", "déjà fait\tok"),
+    ]
+    for item in items:
+        writer.add(item)
+    for outcome in outcomes:
+        writer.settle(outcome)
+    [ref] = writer.finish(max_shards=1, min_shard_size=1)
+    plan = read_shard(storage, SPEC, ref)  # type: ignore[arg-type]
+    assert plan.spec == SPEC
+    assert plan.items == items
+    assert plan.settled == outcomes
+
+
+# -- the descriptor --------------------------------------------------------------------------------
+def _ref(**changes: Any) -> dict[str, Any]:
+    _, writer = _written(10, 10)
+    [ref] = writer.finish(max_shards=1, min_shard_size=1)
+    return {**ref.model_dump(mode="json"), **changes}
+
+
+def test_a_descriptor_survives_json_and_xcom() -> None:
+    data = _ref()
+    ref = ShardRef.model_validate(json.loads(json.dumps(data)))
+    assert ref.model_dump(mode="json") == data
+    assert ref.items == (0, 10) and ref.images == 10
+
+
+def test_a_descriptor_refuses_extra_and_missing_keys_and_is_frozen() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        ShardRef.model_validate(_ref(items_override=[0, 1]))
+    data = _ref()
+    del data["fingerprint"]
+    with pytest.raises(ValidationError, match="fingerprint"):
+        ShardRef.model_validate(data)
+    ref = ShardRef.model_validate(_ref())
+    with pytest.raises(ValidationError, match="frozen"):
+        ref.items = (0, 1)  # type: ignore[misc]
+    assert hash(ref) == hash(ShardRef.model_validate(_ref()))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"items": [5, 2]},
+        {"settled": [-1, 3]},
+        {"items": [0, 1, 2]},
+        {"chunk_rows": 0},
+        {"shard": 1, "shards": 1},
+        {"shard": -1},
+        {"plan": "out/plan/"},
+    ],
+)
+def test_a_malformed_descriptor_is_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ShardRef.model_validate(_ref(**changes))
+
+
+@pytest.mark.parametrize(
+    ("spec", "vendor", "fingerprint", "named"),
+    [
+        (
+            BatchSpec(source_bucket="other", destination_bucket="out", destination_prefix="cut/"),
+            "poof",
+            "fp",
+            "other",
+        ),
+        (
+            BatchSpec(source_bucket="raw", destination_bucket="elsewhere", destination_prefix="cut/"),
+            "poof",
+            "fp",
+            "elsewhere",
+        ),
+        (
+            BatchSpec(source_bucket="raw", destination_bucket="out", destination_prefix="v2/"),
+            "poof",
+            "fp",
+            "v2/",
+        ),
+        (SPEC, "pixian", "fp", "pixian"),
+        (SPEC, "poof", "fp-crop", "fp-crop"),
+    ],
+)
+def test_check_matches_refuses_a_plan_made_for_another_batch(
+    spec: BatchSpec, vendor: str, fingerprint: str, named: str
+) -> None:
+    ref = ShardRef.model_validate(_ref())
+    ref.check_matches(SPEC, "poof", "fp")  # the batch it was made for
+    with pytest.raises(InvalidOptionError) as excinfo:
+        ref.check_matches(spec, vendor, fingerprint)
+    message = str(excinfo.value)
+    assert excinfo.value.parameter == "shard"
+    assert named in message
+    assert "give the pre-flight the bucket task's parameters" in message
+
+
+def test_plan_prefix_keeps_one_folder_per_run_whatever_its_id() -> None:
+    assert plan_prefix("cut/_bgremoval/", "dag", "scheduled__2026-12-01T00:00:00+00:00", "check", 2) == (
+        "cut/_bgremoval/plans/dag/scheduled__2026-12-01T00:00:00+00:00/check/try-2/"
+    )
+    slashed = plan_prefix("_bgremoval/", "dag", "backfill/2026/12/01", "check", 1)
+    assert slashed == "_bgremoval/plans/dag/backfill_2026_12_01/check/try-1/"
+    assert slashed.count("/") == "_bgremoval/plans/dag/x/check/try-1/".count("/")  # one folder level per part
+    tries = {plan_prefix("_bgremoval/", "dag", "run", "check", n) for n in (1, 2)}
+    assert len(tries) == 2  # a retried pre-flight never writes into its earlier try's plan
