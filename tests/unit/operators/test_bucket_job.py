@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import warnings
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
@@ -19,9 +23,11 @@ from airflow_provider_bgremoval.operators.bucket import (
 )
 from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, parse_count
 from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator, GenerateCreditsCheckOperator
+from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec
 from airflow_provider_bgremoval.pipeline.processors import GenerationProcessor, RemovalProcessor
 from tests.support.balances import FakeVendors
+from tests.support.memory_storage import MemoryStorage
 
 BUCKETS = {"source_bucket": "raw", "destination_bucket": "out", "gcp_conn_id": None}
 
@@ -146,3 +152,125 @@ def test_parse_count() -> None:
     assert parse_count("7", "max_images") == 7
     with pytest.raises(InvalidOptionError, match="at least 0"):
         parse_count(-1, "max_images")
+
+
+# -- a shard of the run's plan (issue 12) ------------------------------------------------------------
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), "white").save(out, format="PNG")
+    return out.getvalue()
+
+
+def _kept_plan(sources: int = 10, shards: int = 2, **params: Any) -> tuple[MemoryStorage, list[ShardRef]]:
+    """The pre-flight's job keeps a plan of ``sources`` images in (memory) GCS, in ``shards`` shards."""
+    storage = MemoryStorage({f"img/{i:03d}.png": _png() for i in range(sources)}, bucket="raw")
+    job = CreditsCheckOperator(task_id="check", conn_id="poof_default", **BUCKETS, **params).prepare_job()
+    job = dataclasses.replace(job, storage=storage)  # type: ignore[arg-type]
+    writer = job.keep_plan("_bgremoval/plans/dag/run/check/try-1/")
+    job.hook.close()
+    return storage, writer.finish(max_shards=shards, min_shard_size=1)
+
+
+def test_a_shard_is_given_as_a_dict_or_a_json_string(vendors: FakeVendors) -> None:
+    _, refs = _kept_plan()
+    given = refs[1].model_dump(mode="json")
+    assert "shard" in RemoveBackgroundOperator.template_fields
+    for shard in (given, json.dumps(given)):
+        op = RemoveBackgroundOperator(task_id="t", conn_id="poof_default", shard=shard, **BUCKETS)
+        assert op.prepare_job().shard == refs[1]
+    for empty in (None, ""):
+        op = RemoveBackgroundOperator(task_id="t", conn_id="poof_default", shard=empty, **BUCKETS)
+        assert op.prepare_job().shard is None
+
+
+def test_shard_and_source_objects_are_exclusive(vendors: FakeVendors) -> None:
+    _, refs = _kept_plan()
+    op = RemoveBackgroundOperator(
+        task_id="t",
+        conn_id="poof_default",
+        shard=refs[0].model_dump(mode="json"),
+        source_objects=["img/000.png"],
+        **BUCKETS,
+    )
+    with pytest.raises(InvalidOptionError, match="give either shard or source_objects") as excinfo:
+        op.prepare_job()
+    assert excinfo.value.parameter == "shard"
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        "not json",
+        "[0, 10]",
+        7,
+        {"plan": "gs://out/p/"},
+        {"items": [5, 2]},
+        {"chunk_rows": 0},
+        {"surprise": True},
+    ],
+)
+def test_a_malformed_shard_is_refused_before_anything_is_read(vendors: FakeVendors, shard: Any) -> None:
+    if isinstance(shard, dict) and "plan" not in shard:
+        _, refs = _kept_plan()
+        shard = {**refs[0].model_dump(mode="json"), **shard}
+    op = RemoveBackgroundOperator(task_id="t", conn_id="poof_default", shard=shard, **BUCKETS)
+    with pytest.raises(InvalidOptionError, match="not a shard of a plan") as excinfo:
+        op.prepare_job()
+    assert excinfo.value.parameter == "shard"
+    assert vendors.requests == []
+
+
+def test_a_shard_task_reads_its_shard_instead_of_planning(vendors: FakeVendors) -> None:
+    storage, refs = _kept_plan(sources=10, shards=2)
+    op = RemoveBackgroundOperator(
+        task_id="t", conn_id="poof_default", shard=refs[1].model_dump(mode="json"), **BUCKETS
+    )
+    job = dataclasses.replace(op.prepare_job(), storage=storage)  # type: ignore[arg-type]
+    storage.requests.clear()
+    plan = job.plan_batch()
+    job.hook.close()
+    assert [item.source.name for item in plan.items] == [f"img/{i:03d}.png" for i in range(5, 10)]
+    assert all(
+        item.source.generation == storage.info("raw", item.source.name).generation for item in plan.items
+    )
+    assert plan.spec == job.spec
+    assert storage.requests == {"read": 1}  # its one chunk: no listing, no stat, no header read
+    assert vendors.requests == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"output_format": "webp"}, "options"),
+        ({"conn_id": "pixian_default"}, "pixian"),
+        ({"destination_prefix": "v2/"}, "v2/"),
+        ({"destination_bucket": "elsewhere"}, "elsewhere"),
+    ],
+)
+def test_a_shard_planned_for_another_batch_is_refused(
+    vendors: FakeVendors, changes: dict[str, Any], named: str
+) -> None:
+    storage, refs = _kept_plan()
+    params = {"conn_id": "poof_default", **BUCKETS, **changes}
+    op = RemoveBackgroundOperator(task_id="t", shard=refs[0].model_dump(mode="json"), **params)
+    job = dataclasses.replace(op.prepare_job(), storage=storage)  # type: ignore[arg-type]
+    storage.requests.clear()
+    with pytest.raises(
+        InvalidOptionError, match="give the pre-flight the bucket task's parameters"
+    ) as excinfo:
+        job.plan_batch()
+    job.hook.close()
+    assert named in str(excinfo.value)
+    assert storage.requests == {}  # refused before reading the plan
+
+
+def test_keep_plan_streams_the_plan_into_the_bucket(vendors: FakeVendors) -> None:
+    storage, refs = _kept_plan(sources=7, shards=3)
+    assert storage.names("out") == [
+        "_bgremoval/plans/dag/run/check/try-1/items-000000.jsonl"
+    ]  # nothing settled: no settled chunk
+    assert [ref.images for ref in refs] == [3, 2, 2]
+    assert {ref.plan for ref in refs} == {"gs://out/_bgremoval/plans/dag/run/check/try-1/"}
+    assert {(ref.vendor, ref.source_bucket, ref.destination_bucket) for ref in refs} == {
+        ("poof", "raw", "out")
+    }
