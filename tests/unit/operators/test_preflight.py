@@ -23,7 +23,17 @@ from airflow_provider_bgremoval.operators.preflight import (
     SafetyMargin,
 )
 from airflow_provider_bgremoval.pipeline.engine import HaltInfo
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
+from airflow_provider_bgremoval.pipeline.planning import (
+    META_OPTIONS_HASH,
+    META_SOURCE,
+    META_SOURCE_GENERATION,
+    META_VENDOR,
+    BatchPlan,
+    BatchSpec,
+    PlannedOutcome,
+    WorkItem,
+)
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions
 from tests.conftest import IMAGES
@@ -80,7 +90,8 @@ def check(conn_id: str = "pixelcut_default", **kwargs: Any) -> CreditsCheckOpera
 
 
 def run(op: CreditsCheckOperator) -> tuple[dict[str, Any] | None, dict[str, Any], BaseException | None]:
-    ti = mock.MagicMock()
+    ti = mock.MagicMock(dag_id="dag", run_id="manual__2026-12-01T10:00:00+00:00", task_id=op.task_id)
+    ti.try_number = 1
     pushed: dict[str, Any] = {}
 
     def push(key: str, value: Any) -> None:
@@ -366,3 +377,97 @@ def test_generate_preflight_is_pixelcut_generate(vendors: FakeVendors, planned: 
     assert isinstance(error, AirflowFailException)
     assert pushed["estimate"]["operation"] == "generate_background"
     assert pushed["halt"]["needed"] == "5"
+
+
+# -- the run's one plan, kept in the bucket (max_shards; fake-gcs-server) ------------------------------
+def _seed_batch(storage: GcsStorage, src: str, dst: str) -> str:
+    """Nine photos (one already cut out by this batch) and one broken file; returns the options hash."""
+    photo = (IMAGES / "horse.png").read_bytes()
+    for number in range(9):
+        storage.write(src, f"in/{number}.png", photo, content_type="image/png")
+    storage.write(src, "in/broken.png", b"<html>not an image</html>", content_type="image/png")
+    fingerprint = _sharded(src, dst).prepare_job().processor.fingerprint
+    done = storage.stat(src, "in/0.png")
+    assert done is not None
+    meta = {
+        META_SOURCE: done.uri,
+        META_SOURCE_GENERATION: str(done.generation),
+        META_OPTIONS_HASH: fingerprint,
+        META_VENDOR: "pixelcut",
+    }
+    storage.write(dst, "cut/0.png", photo, content_type="image/png", metadata=meta)
+    return fingerprint
+
+
+def _sharded(src: str, dst: str, **kwargs: Any) -> CreditsCheckOperator:
+    return CreditsCheckOperator(
+        task_id="check_credits",
+        conn_id="pixelcut_default",
+        source_bucket=src,
+        source_prefix="in/",
+        destination_bucket=dst,
+        destination_prefix="cut/",
+        gcp_conn_id=None,
+        **kwargs,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("balance", "local_checks", "billable"), [(100, "batch", 9), (8, "plan", 8)])
+def test_max_shards_keeps_the_plan_it_prices_and_prices_as_without(
+    vendors: FakeVendors,
+    gcs_storage: GcsStorage,
+    gcs_bucket_factory: Any,
+    balance: int,
+    local_checks: str,
+    billable: int,
+) -> None:
+    """Unchecked, the broken file is billable (an upper bound); a tight balance checks files, then prices."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    fingerprint = _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixelcut(balance)
+    without, pushed_without, error = run(_sharded(src, dst))
+    assert error is None and without is not None
+    assert "shards" not in pushed_without and "shards" not in without
+    kept, pushed, error = run(_sharded(src, dst, max_shards=3, min_shard_size=1))
+    assert error is None and kept is not None
+
+    assert {key: value for key, value in kept.items() if key != "shards"} == without
+    assert (kept["sources"], kept["already_done"], kept["billable_images"]) == (10, 1, billable)
+    assert (kept["local_checks"], kept["rejected_locally"]) == (local_checks, 9 - billable)
+    refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+    assert kept["shards"] == len(refs) == 3
+    assert sum(ref.images for ref in refs) == billable  # the shards hold exactly what was priced
+    assert sum(ref.settled[1] - ref.settled[0] for ref in refs) == 10 - billable
+    for ref in refs:
+        ref.check_matches(
+            BatchSpec(src, dst, source_prefix="in/", destination_prefix="cut/"), "pixelcut", fingerprint
+        )
+    plan = f"gs://{dst}/cut/_bgremoval/plans/dag/manual__2026-12-01T10:00:00+00:00/check_credits/try-1/"
+    assert {ref.plan for ref in refs} == {plan + ("checked/" if local_checks == "plan" else "")}
+    stored = [info.name for info in gcs_storage.list_objects(dst, "cut/_bgremoval/plans/")]
+    assert all(name.endswith(".jsonl") for name in stored)
+    assert [r.url.path for r in vendors.requests].count("/v1/credits") == 2  # one balance read per run
+
+
+@pytest.mark.integration
+def test_a_halted_preflight_still_names_its_plan_but_nothing_runs(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixelcut(3)
+    _, pushed, error = run(_sharded(src, dst, max_shards=2, min_shard_size=1))
+    assert isinstance(error, AirflowFailException)
+    assert pushed["halt"]["reason"] == "insufficient_credits"
+    assert pushed["estimate"]["billable_images"] == 8  # the checked plan was priced
+    assert sum(ShardRef.model_validate(ref).images for ref in pushed["shards"]) == 8
+
+
+def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:
+    with pytest.raises(InvalidOptionError, match="max_shards"):
+        check(max_shards="many")
+    with pytest.raises(InvalidOptionError, match="min_shard_size"):
+        check(min_shard_size=-1)
+    templated = check(max_shards="{{ params.max_shards }}", min_shard_size="{{ params.size }}")
+    assert {"max_shards", "min_shard_size"} <= set(templated.template_fields)
