@@ -6,12 +6,16 @@ over sockets through the real hooks, and read and write the emulated buckets.
 
 from __future__ import annotations
 
+import collections
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+import requests
 from PIL import Image
 
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
@@ -278,3 +282,191 @@ def test_mapped_shards_match_a_single_task(env, dag_tester, photo_sources) -> No
     for name, data in one.items():  # the sandbox is deterministic: same input and options -> same pixels
         assert Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(sharded[name])).tobytes()
     assert charged(sandbox, "pixian") == pytest.approx(2 * len(photo_sources))
+
+
+# -- the run's one plan: a pre-flight keeps it, mapped tasks work on its shards (issue 12) -------------
+
+PLANNED_TEMPLATE = """
+from airflow.sdk import DAG, task
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+from airflow_provider_bgremoval.operators.sharding import PlannedShardsOperator
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+BATCH = dict(
+    conn_id="poof_default",
+    source_bucket={src!r},
+    source_prefix="raw/",
+    destination_bucket={dst!r},
+    destination_prefix={dst_prefix!r},
+)
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    check = CreditsCheckOperator(task_id="check_credits", max_shards=3, min_shard_size=1, retries=0, **BATCH)
+    shards = PlannedShardsOperator(task_id="shards", preflight_task_id="check_credits")
+    cutouts = RemoveBackgroundOperator.partial(
+        task_id="cutouts", max_concurrency=2, on_error="continue", retries=0, **BATCH
+    ).expand(shard=shards.output)
+
+    @task
+    def meanwhile():
+        # what happens to the sources between the plan and the shard tasks
+        replace = {replace!r}
+        if replace:
+            storage = GcsStorage(gcp_conn_id=None)
+            data = storage.read({src!r}, replace[1])
+            storage.write({src!r}, replace[0], data, content_type="image/jpeg", if_generation_match=None)
+
+    check >> shards >> meanwhile() >> cutouts
+"""
+
+
+def planned_dag(
+    dag_id: str, src: str, dst: str, dst_prefix: str, replace: tuple[str, str] | None = None
+) -> str:
+    """A pre-flight keeping its plan in 3 shards, mapped removal over them; ``replace`` = (source, by)."""
+    return PLANNED_TEMPLATE.format(dag_id=dag_id, src=src, dst=dst, dst_prefix=dst_prefix, replace=replace)
+
+
+class GcsRequests:
+    """Every request this process sends to fake-gcs-server (``dag.test()`` runs the tasks in-process)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str]] = []
+        host = os.environ["STORAGE_EMULATOR_HOST"]
+        real = requests.Session.request
+
+        def request(session: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            if url.startswith(host):
+                self.calls.append((method, url))
+            return real(session, method, url, *args, **kwargs)
+
+        monkeypatch.setattr(requests.Session, "request", request)
+
+    def kinds(self) -> list[tuple[str, str]]:
+        """Each request as ``(kind, name)``: ``list`` (its prefix), ``read`` or ``stat`` (the object)…"""
+        found = []
+        for method, url in self.calls:
+            parts = urlsplit(url)
+            query = parse_qs(parts.query)
+            if method == "GET" and parts.path.endswith("/o"):
+                found.append(("list", query.get("prefix", [""])[0]))
+            elif method == "GET" and "/o/" in parts.path:
+                name = unquote(parts.path.split("/o/", 1)[1])
+                found.append(("read" if query.get("alt") == ["media"] else "stat", name))
+            elif method == "POST" and "/upload/" in parts.path:
+                found.append(("write", ""))
+            else:
+                found.append((method.lower(), unquote(parts.path)))
+        return found
+
+
+def shard_rows(run: Any, shards: int) -> list[dict[str, Any]]:
+    """The manifest rows of every mapped ``cutouts`` task of ``run``."""
+    storage = GcsStorage(gcp_conn_id=None)
+    rows: list[dict[str, Any]] = []
+    for index in range(shards):
+        uri = run.xcom("cutouts", map_index=index)["manifest_uri"]
+        bucket, name = uri.removeprefix("gs://").split("/", 1)
+        rows += read_manifest(storage.read(bucket, name))
+    return rows
+
+
+def broken_and_photos(photo_sources: dict[str, bytes]) -> dict[str, bytes]:
+    return {**photo_sources, "raw/empty.jpg": b"", "raw/html.jpg": b"<!doctype html><title>404</title>"}
+
+
+def test_a_preflight_plan_is_processed_by_mapped_shards_once(
+    env, dag_tester, photo_sources, monkeypatch
+) -> None:
+    sandbox, storage, src, dst = env
+    objects = broken_and_photos(photo_sources)
+    generations = seed(storage, src, objects)
+    source = planned_dag("bucket_planned", src, dst, "cut/")
+
+    run = dag_tester.run(source, "bucket_planned")
+
+    assert run.state == "success", run.task_states()
+    assert sorted(k for k in run.task_states() if k.startswith("cutouts[")) == [
+        f"cutouts[{i}]" for i in range(3)
+    ]
+    estimate, shards = run.xcom("check_credits"), run.xcom("shards")
+    assert (estimate["sources"], estimate["billable_images"], estimate["shards"]) == (8, 8, 3)
+    assert estimate["local_checks"] == "batch"  # the balance covers every source: files checked in the batch
+    assert [shard["shard"] for shard in shards] == [0, 1, 2]
+    rows = shard_rows(run, 3)
+    assert sorted(row["source"] for row in rows) == sorted(
+        f"gs://{src}/{name}" for name in objects
+    )  # once each
+    assert all(row["source_generation"] == generations[row["source"].split("/", 3)[3]] for row in rows)
+    statuses = {row["source"].rsplit("/", 1)[1]: (row["status"], row["error_code"]) for row in rows}
+    assert statuses.pop("empty.jpg") == ("rejected", "empty_file")  # the batch's local check: no call
+    assert statuses.pop("html.jpg") == ("rejected", "unsupported_image")
+    assert set(statuses.values()) == {("done", None)}
+    charges = sandbox.admin.charges("poof")
+    assert sorted(c["request_id"] for c in charges) == sorted(
+        r["request_id"] for r in rows if r["status"] == "done"
+    )
+
+    # A rerun: the pre-flight lists and looks outputs up once; each shard reads its plan chunks, no source
+    # beyond the two broken files its plan still holds as billable (unchecked, no output), and no listing.
+    gcs = GcsRequests(monkeypatch)
+    rerun = dag_tester.run(source, "bucket_planned")
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("check_credits")["already_done"] == 6
+    assert len(sandbox.admin.charges("poof")) == len(charges)  # nothing charged again
+    rows = shard_rows(rerun, 3)
+    assert sorted(row["source"] for row in rows) == sorted(f"gs://{src}/{name}" for name in objects)
+    assert collections.Counter(row["status"] for row in rows) == {"skipped": 6, "rejected": 2}
+    kinds = gcs.kinds()
+    listings = [name for kind, name in kinds if kind == "list"]
+    assert listings.count("raw/") == 1  # the sources are listed once per run, by the pre-flight
+    assert not [name for name in listings if name.startswith("cut/_bgremoval")]
+    reads = [
+        name for kind, name in kinds if kind in ("read", "stat") and not name.startswith("cut/_bgremoval/")
+    ]
+    assert sorted(set(reads)) == ["raw/empty.jpg", "raw/html.jpg"]  # the batch's own check of billable files
+    chunks = [name for kind, name in kinds if kind == "read" and "/plans/" in name]
+    touched = [
+        kind
+        for shard in rerun.xcom("shards")
+        for kind in ("items", "settled")
+        if shard[kind][0] < shard[kind][1]
+    ]
+    assert len(touched) == 5  # 2 billable and 6 settled over 3 shards: [1, 1, 0] items, [2, 2, 2] settled
+    assert len(chunks) == len(touched)  # each shard reads the chunk of each range it has, once
+    assert len(set(chunks)) == 2  # the plan has one chunk of each
+
+
+def test_a_source_replaced_after_the_plan_is_reported_not_processed(env, dag_tester, photo_sources) -> None:
+    """The generation priced is the one processed: a replaced source fails with ObjectChangedError, unpaid."""
+    sandbox, storage, src, dst = env
+    generations = seed(storage, src, photo_sources)
+    source = planned_dag("bucket_replaced", src, dst, "cut/", replace=("raw/horse.png", "raw/rocket.jpg"))
+
+    run = dag_tester.run(source, "bucket_replaced")
+
+    assert run.state == "success", run.task_states()
+    assert run.xcom("check_credits")["billable_images"] == len(photo_sources)  # horse.png priced as planned
+    replaced = storage.stat(src, "raw/horse.png")
+    assert replaced is not None and replaced.generation != generations["raw/horse.png"]
+    rows = {row["source"].split("/", 3)[3]: row for row in shard_rows(run, 3)}
+    assert sorted(rows) == sorted(photo_sources)
+    horse = rows.pop("raw/horse.png")
+    assert (horse["status"], horse["error_code"]) == ("failed", "ObjectChangedError")
+    assert horse["source_generation"] == generations["raw/horse.png"]  # the generation that was planned
+    assert f"now generation {replaced.generation}" in horse["error_message"]
+    assert (horse["request_id"], horse["credits"], horse["attempts"]) == (None, None, 0)  # never sent
+    assert {row["status"] for row in rows.values()} == {"done"}
+    charges = sandbox.admin.charges("poof")
+    assert sorted(c["request_id"] for c in charges) == sorted(row["request_id"] for row in rows.values())
+    assert storage.stat(dst, "cut/horse.png") is None  # no output of the stale generation
+
+    # The next run plans the new generation and processes it; the others are done.
+    rerun = dag_tester.run(planned_dag("bucket_replaced", src, dst, "cut/"), "bucket_replaced")
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("check_credits")["billable_images"] == 1
+    output = storage.stat(dst, "cut/horse.png")
+    assert output is not None
+    assert output.metadata["bgremoval-source-generation"] == str(replaced.generation)
+    assert len(sandbox.admin.charges("poof")) == len(charges) + 1
