@@ -98,8 +98,10 @@ def free_port() -> int:
 
 # -- servers ---------------------------------------------------------------------------------------
 @contextmanager
-def fake_gcs_server(workdir: Path, backend: str) -> Iterator[tuple[str, psutil.Process]]:
-    """fake-gcs-server in its own process; yields its URL and process."""
+def fake_gcs_server(
+    workdir: Path, backend: str, log_level: str = "warn"
+) -> Iterator[tuple[str, psutil.Process]]:
+    """fake-gcs-server in its own process; yields its URL and process (``info`` logs every request)."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     root = workdir / "gcs-root"
@@ -109,7 +111,7 @@ def fake_gcs_server(workdir: Path, backend: str) -> Iterator[tuple[str, psutil.P
         "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
         "-backend", backend, "-filesystem-root", str(root),
         "-public-host", address, "-external-url", f"http://{address}",
-        "-log-level", "warn",
+        "-log-level", log_level,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://{address}"
