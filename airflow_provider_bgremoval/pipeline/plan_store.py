@@ -83,6 +83,7 @@ class ShardRef(BaseModel):
     :param destination_prefix: the planned batch's destination prefix.
     :param vendor: the vendor the plan was made for.
     :param fingerprint: the options hash the plan was made for.
+    :param overwrite: the planned batch's ``overwrite`` (its items may replace stale outputs).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -98,6 +99,7 @@ class ShardRef(BaseModel):
     destination_prefix: str
     vendor: str
     fingerprint: str
+    overwrite: bool = False
 
     @model_validator(mode="after")
     def _shard_of_shards(self) -> ShardRef:
@@ -112,25 +114,32 @@ class ShardRef(BaseModel):
 
     def check_matches(self, spec: BatchSpec, vendor: str, fingerprint: str) -> None:
         """
-        Raise :class:`InvalidOptionError` unless the plan was made for this batch (buckets, vendor, options).
+        Raise :class:`InvalidOptionError` unless the plan was made for this batch (buckets, destination
+        prefix, overwrite, vendor, options), naming what differs.
 
         :param spec: the bucket task's batch spec.
         :param vendor: the bucket task's vendor.
         :param fingerprint: the bucket task's options hash.
         """
-        wanted = (spec.source_bucket, spec.destination_bucket, spec.destination_prefix, vendor, fingerprint)
-        planned = (
-            self.source_bucket,
-            self.destination_bucket,
-            self.destination_prefix,
-            self.vendor,
-            self.fingerprint,
-        )
-        if wanted != planned:
+        wanted = {
+            "source_bucket": spec.source_bucket,
+            "destination_bucket": spec.destination_bucket,
+            "destination_prefix": spec.destination_prefix,
+            "overwrite": spec.overwrite,
+            "vendor": vendor,
+            "options": fingerprint,
+        }
+        planned = {**self.model_dump(include=set(wanted)), "options": self.fingerprint}
+        differ = [
+            f"{key} {planned[key]!r} (this task: {wanted[key]!r})"
+            for key in wanted
+            if planned[key] != wanted[key]
+        ]
+        if differ:
             raise InvalidOptionError(
                 "shard",
-                f"the shard was planned for {planned[:4]} with options {planned[4]}, but this task works on "
-                f"{wanted[:4]} with options {wanted[4]}: give the pre-flight the bucket task's parameters",
+                f"the shard was planned for another batch: {'; '.join(differ)}; "
+                "give the pre-flight the bucket task's parameters",
             )
 
 
@@ -311,6 +320,7 @@ class PlanWriter:
                 destination_prefix=self.spec.destination_prefix,
                 vendor=self.vendor,
                 fingerprint=self.fingerprint,
+                overwrite=self.spec.overwrite,
             )
             for number, (items, settled) in enumerate(slices)
         ]

@@ -244,7 +244,8 @@ def test_a_shard_task_reads_its_shard_instead_of_planning(vendors: FakeVendors) 
         ({"output_format": "webp"}, "options"),
         ({"conn_id": "pixian_default"}, "pixian"),
         ({"destination_prefix": "v2/"}, "v2/"),
-        ({"destination_bucket": "elsewhere"}, "elsewhere"),
+        ({"destination_bucket": "elsewhere"}, "destination_bucket 'out' (this task: 'elsewhere')"),
+        ({"overwrite": True}, "overwrite False (this task: True)"),
     ],
 )
 def test_a_shard_planned_for_another_batch_is_refused(

@@ -244,6 +244,7 @@ def test_descriptors_name_the_plan_and_what_it_was_made_for() -> None:
         "destination_prefix": "cut/",
         "vendor": "poof",
         "fingerprint": "fp",
+        "overwrite": False,
     }
     assert len(json.dumps(ref.model_dump(mode="json"))) < 400  # XCom stays small, whatever the shard's size
 
@@ -285,7 +286,9 @@ def test_every_field_of_items_and_settled_sources_survives_the_round_trip() -> N
             "source object does not exist",
         ),
         PlannedOutcome(_source(3, content_type=None), None, "rejected", "unsafe_name", "backslash in 'a\\b'"),
-        PlannedOutcome(_source(4, **fields), "cut/000004.png", "skipped", "already_done", "déjà fait\tok"),
+        PlannedOutcome(
+            _source(4, **fields), "cut/000004.png", "skipped", "already_done", "déjà fait\tok\u2028\x85\r\n"
+        ),
     ]
     for item in items:
         writer.add(item)
@@ -364,7 +367,15 @@ def test_a_malformed_descriptor_is_refused(changes: dict[str, Any]) -> None:
             "v2/",
         ),
         (SPEC, "pixian", "fp", "pixian"),
-        (SPEC, "poof", "fp-crop", "fp-crop"),
+        (SPEC, "poof", "fp-crop", "options 'fp' (this task: 'fp-crop')"),
+        (
+            BatchSpec(
+                source_bucket="raw", destination_bucket="out", destination_prefix="cut/", overwrite=True
+            ),
+            "poof",
+            "fp",
+            "overwrite False (this task: True)",
+        ),
     ],
 )
 def test_check_matches_refuses_a_plan_made_for_another_batch(
@@ -389,3 +400,16 @@ def test_plan_prefix_keeps_one_folder_per_run_whatever_its_id() -> None:
     assert slashed.count("/") == "_bgremoval/plans/dag/x/check/try-1/".count("/")  # one folder level per part
     tries = {plan_prefix("_bgremoval/", "dag", "run", "check", n) for n in (1, 2)}
     assert len(tries) == 2  # a retried pre-flight never writes into its earlier try's plan
+
+
+def test_a_plan_of_an_overwriting_batch_is_only_for_an_overwriting_task() -> None:
+    """Its items may carry a stale output's generation to replace: a task without overwrite refuses it."""
+    spec = BatchSpec(source_bucket="raw", destination_bucket="out", destination_prefix="cut/", overwrite=True)
+    storage = MemoryStorage()
+    writer = _writer(storage, spec)
+    writer.add(WorkItem(_source(1), "cut/000001.png", replace_generation=77))
+    [ref] = writer.finish(max_shards=1, min_shard_size=1)
+    assert ref.overwrite is True
+    ref.check_matches(spec, "poof", "fp")
+    with pytest.raises(InvalidOptionError, match=r"overwrite True \(this task: False\)"):
+        ref.check_matches(SPEC, "poof", "fp")
