@@ -106,22 +106,10 @@ class BucketJob:
 
         :param check: run the local checks when planning here (see :func:`plan_into`).
         """
-        processor = self.processor
         if self.shard is not None:
-            self.shard.check_matches(self.spec, processor.vendor, processor.fingerprint)
+            self.shard.check_matches(self.spec, self.processor.vendor, self.processor.fingerprint)
             return read_shard(self.storage, self.spec, self.shard)
-        return run_coroutine(
-            plan_batch(
-                self.storage,
-                self.spec,
-                extension=processor.extension,
-                fingerprint=processor.fingerprint,
-                vendor=processor.vendor,
-                limits=processor.limits,
-                concurrency=self.planning_concurrency,
-                check=check,
-            )
-        )
+        return run_coroutine(plan_batch(self.storage, self.spec, **self._planning(check)))
 
     def keep_plan(self, prefix: str, *, check: bool = True) -> PlanWriter:
         """
@@ -134,17 +122,19 @@ class BucketJob:
         writer = PlanWriter(
             self.storage, self.spec, prefix, processor.vendor, processor.fingerprint, checked=check
         )
-        return plan_into(
-            self.storage,
-            self.spec,
-            writer,
-            extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
-            limits=processor.limits,
-            concurrency=self.planning_concurrency,
-            check=check,
-        )
+        return plan_into(self.storage, self.spec, writer, **self._planning(check))
+
+    def _planning(self, check: bool) -> dict[str, Any]:
+        """What planning needs of the processor: output extension, identity, input limits."""
+        processor = self.processor
+        return {
+            "extension": processor.extension,
+            "fingerprint": processor.fingerprint,
+            "vendor": processor.vendor,
+            "limits": processor.limits,
+            "concurrency": self.planning_concurrency,
+            "check": check,
+        }
 
 
 class BucketJobOperator(BaseOperator):

@@ -474,18 +474,7 @@ async def plan_batch(
     concurrency: int = 16,
     check: bool = True,
 ) -> BatchPlan:
-    """
-    Plan a batch in memory (:func:`plan_into` a :class:`BatchPlan`), off the event loop.
-
-    :param storage: the GCS storage.
-    :param spec: what the batch works on.
-    :param extension: extension of the outputs (with the dot).
-    :param fingerprint: the options hash finished outputs must record.
-    :param vendor: vendor name finished outputs must record.
-    :param limits: the vendor's input limits for the local checks.
-    :param concurrency: local checks (header reads) at once.
-    :param check: run the local checks (see :func:`plan_into`).
-    """
+    """Plan a batch in memory, off the event loop: :func:`plan_into` a :class:`BatchPlan` (same arguments)."""
     plan = await asyncio.to_thread(
         plan_into,
         storage,

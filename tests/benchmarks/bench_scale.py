@@ -4,7 +4,8 @@ Run ``python -m tests.benchmarks.bench_scale [--quick] [--baseline-rev REV]``. f
 backend) logs every request it serves (``-log-level info``); the figures count those lines, so they are
 exact and include everything the DAG run does (listings, reads, claims, outputs, manifests, plan chunks,
 the report). Each DAG run is ``dag.test()`` of ``example_dags/example_bucket_remove_background.py`` in
-its own client process (:mod:`.bench_dag`) against the vendor sandbox (Pixelcut, no latency).
+its own client process (:mod:`.bench_dag`) against the vendor sandbox (Pixelcut, no latency, no rate
+limit, the connection's request pacing off).
 
 1. GCS requests per source image: first run, no-op rerun, and a rerun with 1 % new images spread over the
    listing, at N = 1,000 and 10,000 (quick: 1,000); and the planning task's time per 1,000 sources.
@@ -104,6 +105,10 @@ class Bench:
         self.seeder = Seeder(gcs_url, threads=8)
         self.sandbox = httpx.Client(base_url=sandbox_url, timeout=60, trust_env=False)
         self.env = client_env(workdir, gcs_url, sandbox_url)
+        # Request counts, not the vendor's pace, are measured: the sandbox has no rate limit, no pacing.
+        conn = json.loads(self.env["AIRFLOW_CONN_PIXELCUT_DEFAULT"])
+        conn["extra"]["requests_per_second"] = 0
+        self.env["AIRFLOW_CONN_PIXELCUT_DEFAULT"] = json.dumps(conn)
         self.dags_folder = self.env["AIRFLOW__CORE__DAGS_FOLDER"]
         self.runs = 0
 
