@@ -16,6 +16,7 @@ import asyncio
 import io
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -493,3 +494,48 @@ def test_plan_on_gcs_agrees_with_the_hooks_local_check(
     assert planned_reject.source.name == "small-cut.png"
     assert vendor_requests == []  # nothing was sent, so nothing was charged
     hook.close()
+
+
+@pytest.mark.integration
+def test_output_ranges_on_gcs_skip_the_internal_folder(
+    tiny_png: bytes, gcs_storage: GcsStorage, gcs_bucket_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fake-gcs-server honours the name ranges: 1,500 claims at the destination root are never listed."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    client = gcs_storage.client
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda n: client.bucket(dst).blob(f"_bgremoval/claims/{n:05d}").upload_from_string(b"{}"),
+                range(1500),
+            )
+        )
+    for name in ("Z.jpg", "a.jpg", "b.jpg"):
+        info = gcs_storage.write(src, name, tiny_png, content_type="image/png")
+        if name != "b.jpg":
+            meta = {**DONE_META, META_SOURCE: info.uri, META_SOURCE_GENERATION: str(info.generation)}
+            gcs_storage.write(
+                dst, name.replace(".jpg", ".png"), b"cut", content_type="image/png", metadata=meta
+            )
+    listed: list[tuple[str, int]] = []
+    session = gcs_storage.client._http
+    real = session.request
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        response = real(method, url, *args, **kwargs)
+        if method == "GET" and f"/b/{dst}/o?" in url:
+            listed.append((url, len(response.json().get("items", []))))
+        return response
+
+    monkeypatch.setattr(session, "request", request)
+    plan = asyncio.run(
+        plan_batch(gcs_storage, spec, extension=".png", fingerprint="fp", vendor=VENDOR, limits=LIMITS)
+    )
+    assert [i.source.name for i in plan.items] == ["b.jpg"]
+    assert sorted((o.source.name, o.code) for o in plan.settled) == [
+        ("Z.jpg", "already_done"),
+        ("a.jpg", "already_done"),
+    ]
+    assert [count for _, count in listed] == [1, 1]  # Z.png, then a.png: no claim in either range
+    assert all("startOffset=" in url and "endOffset=" in url for url, _ in listed)
