@@ -26,6 +26,7 @@ trigger happen; pass ``scheduled_runs=True`` to let ``@daily``/``@hourly`` DAGs 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,19 +38,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-__all__ = ["AirflowRestClient", "AirflowStandalone", "StandaloneError", "free_port"]
+__all__ = [
+    "CELERY_EXECUTOR",
+    "AirflowRestClient",
+    "AirflowStandalone",
+    "CeleryWorker",
+    "StandaloneError",
+    "free_port",
+    "live_group_members",
+    "live_session_members",
+    "worker_hostname",
+]
 
 log = logging.getLogger(__name__)
 
 #: Components reported by ``/api/v2/monitor/health`` that must be healthy.
 COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+#: The environment variable :func:`worker_hostname` reads (each Celery worker's own name).
+WORKER_HOSTNAME_ENV = "BGREMOVAL_WORKER_HOSTNAME"
+#: ``[core] executor`` for Celery (``apache-airflow-providers-celery``; Airflow 3 has no short alias).
+CELERY_EXECUTOR = "airflow.providers.celery.executors.celery_executor.CeleryExecutor"
 #: Final DAG run states.
 FINAL_RUN_STATES = frozenset({"success", "failed"})
 
@@ -258,6 +273,21 @@ class AirflowRestClient:
             states[key] = ti["state"]
         return dict(sorted(states.items()))
 
+    def task_tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict[str, Any]]:
+        """
+        Every try of one task instance (``try_number``, ``state``, ``hostname``, ...), oldest first.
+
+        :param dag_id: the DAG id.
+        :param run_id: the run id.
+        :param task_id: the task id.
+        :param map_index: the map index (-1: not mapped).
+        """
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+        if map_index < 0:
+            path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries"
+        tries: list[dict[str, Any]] = self.request("GET", path).json()["task_instances"]
+        return sorted(tries, key=lambda t: int(t["try_number"]))
+
     def xcom(
         self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", *, map_index: int = -1
     ) -> Any:
@@ -332,9 +362,76 @@ class AirflowRestClient:
             self.request("POST", "/api/v2/pools", json=body)
 
 
+class CeleryWorker:
+    """
+    One ``airflow celery worker`` of an :class:`AirflowStandalone`, in its own session and its own
+    ``AIRFLOW_HOME`` (its task logs stay there); made by :meth:`AirflowStandalone.start_celery_worker`.
+
+    :param name: the worker's name; also the ``hostname`` its task instances record.
+    :param home: its ``AIRFLOW_HOME``.
+    :param process: the ``airflow celery worker`` process (its session leader).
+    :param log_path: the file receiving its output.
+    """
+
+    def __init__(self, name: str, home: Path, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name = name
+        self.home = home
+        self.process = process
+        self.log_path = log_path
+
+    def __repr__(self) -> str:
+        return f"CeleryWorker({self.name!r}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id (its process group and session id too)."""
+        return self.process.pid
+
+    def members(self) -> list[int]:
+        """The worker's live processes: its own group and the task runners' groups of its session."""
+        return live_session_members(self.pid)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """
+        Wait until Celery reports the worker ready (``... ready.`` in its output).
+
+        :param timeout: seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while "ready." not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+                raise StandaloneError(f"celery worker {self.name} is not ready:\n{tail}")
+            time.sleep(0.3)
+
+    def kill(self) -> list[int]:
+        """
+        ``SIGKILL`` every process of the worker at once, as when its machine dies: its process group
+        and the task runners, which Airflow puts in process groups of their own (a ``killpg`` of the
+        worker's group alone leaves them running). Returns the pids killed.
+        """
+        killed = self.members()
+        for pid in killed:
+            _signal_pid(pid, signal.SIGKILL)
+        _wait_gone(self.members, 10.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        return killed
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """
+        ``SIGTERM`` the worker's group, then ``SIGKILL`` what is left of its session; idempotent.
+
+        :param timeout: seconds between the two.
+        """
+        _stop_session(self.process, timeout)
+
+
 class AirflowStandalone:
     """
-    ``airflow standalone`` in its own ``AIRFLOW_HOME``, as a context manager.
+    A real Airflow in its own ``AIRFLOW_HOME``, as a context manager: ``airflow standalone`` (one
+    process, LocalExecutor), or the ``components`` as separate processes, e.g. for the
+    CeleryExecutor with workers from :meth:`start_celery_worker` (see ``docs/executors.md``).
 
     :param dags_folder: the DAGs folder to serve.
     :param home: ``AIRFLOW_HOME`` (default: a fresh temporary directory, removed on exit).
@@ -342,10 +439,18 @@ class AirflowStandalone:
     :param airflow_bin: the ``airflow`` executable (default: next to this Python).
     :param all_admins: no login at all (``SIMPLE_AUTH_MANAGER_ALL_ADMINS``) instead of a password.
     :param scheduled_runs: let the scheduler create scheduled runs (``use_job_schedule``).
-    :param parallelism: ``[core] parallelism`` (worker processes of the LocalExecutor).
+    :param parallelism: ``[core] parallelism`` (running tasks; the LocalExecutor's worker processes).
     :param startup_timeout: seconds to wait for all components to be healthy.
     :param stop_timeout: seconds between ``SIGTERM`` and ``SIGKILL`` of the process group.
     :param log_path: file receiving the components' output (default: ``<home>/standalone.log``).
+    :param executor: ``[core] executor``; anything but the LocalExecutor needs ``components``
+        (``airflow standalone`` forces the LocalExecutor).
+    :param components: ``None`` runs ``airflow standalone``; a list such as
+        ``("api-server", "scheduler", "dag-processor")`` runs ``airflow db migrate`` and then each
+        ``airflow <component>`` in its own session.
+    :param broker_url: ``[celery] broker_url`` (and result backend), e.g. ``redis://127.0.0.1:6390/0``.
+    :param local_settings: the text of an ``airflow_local_settings.py`` (cluster policies) written to
+        ``<home>/config/`` of every component and worker.
     """
 
     def __init__(
@@ -361,7 +466,15 @@ class AirflowStandalone:
         startup_timeout: float = 120.0,
         stop_timeout: float = 20.0,
         log_path: str | os.PathLike[str] | None = None,
+        executor: str = "LocalExecutor",
+        components: Sequence[str] | None = None,
+        broker_url: str | None = None,
+        local_settings: str | None = None,
     ) -> None:
+        if components is None and executor != "LocalExecutor":
+            raise ValueError(
+                f"airflow standalone runs only the LocalExecutor: pass components for {executor}"
+            )
         self.dags_folder = Path(dags_folder).resolve()
         self._own_home = home is None
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="bgremoval-standalone-"))
@@ -373,11 +486,17 @@ class AirflowStandalone:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.log_path = Path(log_path) if log_path is not None else self.home / "standalone.log"
+        self.executor = executor
+        self.components = tuple(components) if components is not None else None
+        self.broker_url = broker_url
+        self.local_settings = local_settings
         self.api_port = free_port()
         self.username = "admin"
         self.password = secrets.token_urlsafe(16)
-        self._process: subprocess.Popen[bytes] | None = None
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self.workers: list[CeleryWorker] = []
         self._client: AirflowRestClient | None = None
+        self._jwt_secret = secrets.token_urlsafe(64)
 
     @property
     def url(self) -> str:
@@ -393,8 +512,8 @@ class AirflowStandalone:
 
     @property
     def pid(self) -> int | None:
-        """The ``airflow standalone`` process id (its process group id too)."""
-        return self._process.pid if self._process is not None else None
+        """The first process's id (``airflow standalone``; its process group id too)."""
+        return self._processes[0].pid if self._processes else None
 
     def environment(self) -> dict[str, str]:
         """The full environment the components run with."""
@@ -408,7 +527,7 @@ class AirflowStandalone:
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
@@ -419,12 +538,15 @@ class AirflowStandalone:
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.scheduled_runs),
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             }
         )
+        if self.broker_url is not None:
+            env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = self.broker_url
         if self.all_admins:
             env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
         else:
@@ -433,50 +555,126 @@ class AirflowStandalone:
         env.update(self.extra_env)
         return env
 
+    def worker_environment(self, name: str, home: Path) -> dict[str, str]:
+        """
+        The environment of one Celery worker: the components' one with its own ``AIRFLOW_HOME``
+        and a hostname of its own (:func:`worker_hostname`), so that several workers on one machine
+        are told apart in the task instances.
+
+        :param name: the worker's name.
+        :param home: its ``AIRFLOW_HOME``.
+        """
+        env = self.environment()
+        env["AIRFLOW_HOME"] = str(home)
+        env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] = f"{__name__}.worker_hostname"
+        env[WORKER_HOSTNAME_ENV] = name
+        return env
+
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> AirflowStandalone:
-        """Start ``airflow standalone`` and wait until every component is healthy."""
-        if self._process is not None:
+        """Start Airflow and wait until every component is healthy."""
+        if self._processes:
             return self
-        self.home.mkdir(parents=True, exist_ok=True)
+        self._prepare_home(self.home)
         if not self.all_admins:
             (self.home / "passwords.json").write_text(json.dumps({self.username: self.password}))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            self._process = subprocess.Popen(
-                [self.airflow_bin, "standalone"],
-                cwd=self.home,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # setsid: its own process group, stopped as a whole
-            )
         self._client = AirflowRestClient(
             self.url,
             username=None if self.all_admins else self.username,
             password=None if self.all_admins else self.password,
         )
         try:
+            self._start_components(self.environment())
             self._wait_healthy()
         except BaseException:
             self.stop()
             raise
-        log.info("Airflow standalone pid %s healthy at %s (log: %s)", self.pid, self.url, self.log_path)
+        log.info("Airflow (pid %s) healthy at %s (log: %s)", self.pid, self.url, self.log_path)
         return self
 
+    def _prepare_home(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        if self.local_settings is not None:
+            (home / "config").mkdir(exist_ok=True)
+            (home / "config" / "airflow_local_settings.py").write_text(self.local_settings)
+
+    def _start_components(self, env: dict[str, str]) -> None:
+        if self.components is None:
+            self._processes.append(self._spawn(["standalone"], env, self.log_path))
+            return
+        with self.log_path.open("ab") as log_file:
+            migrated = subprocess.run(
+                [self.airflow_bin, "db", "migrate"],
+                cwd=self.home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                timeout=self.startup_timeout,
+                check=False,
+            )
+        if migrated.returncode != 0:
+            raise StandaloneError(f"airflow db migrate exited with {migrated.returncode}:\n{self.log_tail()}")
+        for component in self.components:
+            self._processes.append(self._spawn([component], env, self.log_path))
+
+    def _spawn(self, args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log_file:
+            return subprocess.Popen(
+                [self.airflow_bin, *args],
+                cwd=env["AIRFLOW_HOME"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # setsid: its own session and process group, stopped as a whole
+            )
+
+    def start_celery_worker(
+        self, name: str, *, concurrency: int = 1, ready_timeout: float = 120.0
+    ) -> CeleryWorker:
+        """
+        Start ``airflow celery worker`` named ``name`` in ``<home>/workers/<name>`` and wait until it
+        is ready (needs ``executor=CELERY_EXECUTOR`` and a ``broker_url``).
+
+        :param name: the worker's name (its task instances' ``hostname``).
+        :param concurrency: tasks it runs at once (``--concurrency``).
+        :param ready_timeout: seconds to wait for it.
+        """
+        if self.executor != CELERY_EXECUTOR or self.broker_url is None:
+            raise StandaloneError("Celery workers need executor=CELERY_EXECUTOR and a broker_url")
+        home = self.home / "workers" / name
+        self._prepare_home(home)
+        args = ["celery", "worker", "--concurrency", str(concurrency), "--celery-hostname", f"{name}@%h"]
+        args += ["--skip-serve-logs", "--without-gossip", "--without-mingle"]
+        log_path = home / "worker.log"
+        process = self._spawn(args, self.worker_environment(name, home), log_path)
+        worker = CeleryWorker(name, home, process, log_path)
+        self.workers.append(worker)
+        worker.wait_ready(ready_timeout)
+        return worker
+
+    def _required_health(self) -> tuple[str, ...]:
+        if self.components is None:
+            return COMPONENTS
+        started = {c.replace("-", "_") for c in self.components}
+        return tuple(name for name in COMPONENTS if name == "metadatabase" or name in started)
+
     def _wait_healthy(self) -> None:
-        assert self._process is not None and self._client is not None
+        assert self._client is not None
         deadline = time.monotonic() + self.startup_timeout
+        required = self._required_health()
         last: Any = None
         while True:
-            if self._process.poll() is not None:
-                raise StandaloneError(
-                    f"airflow standalone exited with {self._process.returncode}:\n{self.log_tail()}"
-                )
+            for process in self._processes:
+                if process.poll() is not None:
+                    raise StandaloneError(
+                        f"{process.args!r} exited with {process.returncode}:\n{self.log_tail()}"
+                    )
             try:
                 last = self._client.health()
-                if all((last.get(name) or {}).get("status") == "healthy" for name in COMPONENTS):
+                if all((last.get(name) or {}).get("status") == "healthy" for name in required):
                     return
             except (httpx.HTTPError, ValueError) as exc:
                 last = exc
@@ -499,32 +697,19 @@ class AirflowStandalone:
             return "(no log)"
 
     def stop(self) -> None:
-        """``kill -TERM -- -PGID``, wait, then ``KILL`` what is left of the group; idempotent."""
+        """
+        Stop the workers, then the components: ``kill -TERM -- -PGID``, wait, then ``KILL`` what is
+        left of each session (task runners included); idempotent.
+        """
         if self._client is not None:
             self._client.close()
             self._client = None
-        process, self._process = self._process, None
-        if process is None:
-            return
-        pgid = process.pid
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            process.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("airflow standalone did not stop in %.0f s: killing the group", self.stop_timeout)
-        deadline = time.monotonic() + 5.0
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _group_alive(pgid):
-            log.warning("Killing what is left of process group %s: %s", pgid, live_group_members(pgid))
-            _signal_group(pgid, signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
-            while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.stop(min(self.stop_timeout, 10.0))
+        processes, self._processes = self._processes, []
+        for process in processes:
+            _stop_session(process, self.stop_timeout)
 
     def cleanup(self) -> None:
         """Remove a temporary ``AIRFLOW_HOME`` created by this object."""
@@ -540,11 +725,49 @@ class AirflowStandalone:
         self.stop()
 
 
+def worker_hostname() -> str:
+    """
+    ``[core] hostname_callable`` for several workers on one machine: the worker's name from
+    ``$BGREMOVAL_WORKER_HOSTNAME`` (set by :meth:`AirflowStandalone.start_celery_worker`), else the
+    machine's FQDN as Airflow's default.
+    """
+    return os.environ.get(WORKER_HOSTNAME_ENV) or socket.getfqdn()
+
+
+def _stop_session(process: subprocess.Popen[bytes], timeout: float) -> None:
+    sid = process.pid
+    _signal_group(sid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop in %.0f s: killing its session", process.args, timeout)
+    _wait_gone(lambda: live_session_members(sid), 5.0)
+    left = live_session_members(sid)
+    if left:
+        log.warning("Killing what is left of session %s: %s", sid, left)
+        for pid in left:
+            _signal_pid(pid, signal.SIGKILL)
+        _wait_gone(lambda: live_session_members(sid), 5.0)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL cannot be ignored
+        process.wait(timeout=5)
+
+
+def _wait_gone(members: Callable[[], list[int]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while members() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -554,15 +777,29 @@ def live_group_members(pgid: int) -> list[int]:
 
     :param pgid: the process group id.
     """
+    return _live_members(2, pgid)
+
+
+def live_session_members(sid: int) -> list[int]:
+    """
+    Process ids in session ``sid`` that are still running (zombies excluded), whatever their
+    process group: Airflow's task runners put themselves in groups of their own.
+
+    :param sid: the session id (the pid of the process started with ``setsid``).
+    """
+    return _live_members(3, sid)
+
+
+def _live_members(field: int, value: int) -> list[int]:
     proc = Path("/proc")
-    if not proc.is_dir():  # pragma: no cover - not Linux: ask the kernel about the whole group
+    if not proc.is_dir():  # pragma: no cover - not Linux: ask the kernel about the group
         try:
-            os.killpg(pgid, 0)
+            os.killpg(value, 0)
         except ProcessLookupError:
             return []
         except PermissionError:
             pass
-        return [pgid]
+        return [value]
     members = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -571,12 +808,8 @@ def live_group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
+        # pid (comm) state ppid pgrp session ...; comm may contain spaces and parentheses
         fields = stat[stat.rindex(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+        if len(fields) > field and fields[0] not in ("Z", "X") and int(fields[field]) == value:
             members.append(int(entry.name))
     return sorted(members)
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(live_group_members(pgid))
