@@ -67,6 +67,9 @@ class ClaimStore:
     def __post_init__(self) -> None:
         self.prefix = f"{self.internal_prefix}claims/"
         self._held: dict[str, int] = {}  # destination -> generation of our claim object
+        #: Destinations whose claim object was already there (an earlier try of this task instance,
+        #: or a holder whose lease ran out): their output may exist, so look before paying.
+        self.taken_over: set[str] = set()
 
     def claim_name(self, destination: str) -> str:
         """Object name of the claim for ``destination``."""
@@ -113,5 +116,6 @@ class ClaimStore:
                 return ClaimHolder(holder, expires)
             with suppress(WriteConflictError):  # somebody else took it over first: look again
                 self._write(destination, current.generation)
+                self.taken_over.add(destination)
                 return None
         return ClaimHolder("unknown (claim contended)")

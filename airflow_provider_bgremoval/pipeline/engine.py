@@ -467,6 +467,27 @@ class BatchRunner:
             )
             return False
         flight.claimed = True
+        if flight.item.destination in self.claims.taken_over:
+            return not await self._stored_earlier(flight)
+        return True
+
+    async def _stored_earlier(self, flight: _Flight) -> bool:
+        """
+        A claim taken over (from an earlier try of this task instance, e.g. on a worker that died, or
+        from a holder whose lease ran out): skip the image when that holder already stored its output.
+        """
+        try:
+            current = await self._blocking(
+                self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
+            )
+        except StorageError:
+            return False  # cannot tell: the create-only write still protects the output
+        if current is None or not is_finished(
+            current, flight.item.source, self.processor.fingerprint, self.processor.vendor
+        ):
+            return False
+        flight.output_exists = True  # finished: its claim stays
+        self._settle(flight, "skipped", "already_done", "an earlier try stored this output (not paid again)")
         return True
 
     async def _read(self, flight: _Flight) -> bytes | None:

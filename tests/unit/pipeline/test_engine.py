@@ -305,6 +305,38 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     assert late.acquire("o/1.png") is None
 
 
+def test_a_retry_skips_what_its_dead_try_stored_under_its_claims(buckets) -> None:
+    """A plan made before the try died lists every image; the retry takes its own claims over and
+    skips the outputs the dead try stored instead of paying for them again."""
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(8)])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    owner = "dag/run1/t/0"
+
+    async def go() -> tuple[Any, Any, list[str]]:
+        processor = ScriptedProcessor()
+        plan = await plan_batch(
+            storage,
+            spec,
+            extension=processor.extension,
+            fingerprint=processor.fingerprint,
+            vendor=processor.vendor,
+            limits=processor.limits,
+        )
+        dead = ClaimStore(storage, dst, spec.internal_prefix, owner)
+        await BatchRunner(storage, processor, plan, ManifestWriter(), max_images=4, claims=dead).run()
+        retry_processor = ScriptedProcessor()
+        manifest = ManifestWriter()
+        claims = ClaimStore(storage, dst, spec.internal_prefix, owner)
+        result = await BatchRunner(storage, retry_processor, plan, manifest, claims=claims).run()
+        return result, read_manifest(manifest.getvalue()), retry_processor.calls
+
+    result, rows, calls = asyncio.run(go())
+    assert len(calls) == 4 and result.counts == {"skipped": 4, "done": 4}
+    assert {row["error_code"] for row in rows if row["status"] == "skipped"} == {"already_done"}
+    assert {row["source"].rsplit("/", 1)[-1] for row in rows if row["status"] == "skipped"}.isdisjoint(calls)
+
+
 def test_empty_prefix_is_nothing_to_do(buckets) -> None:
     storage, src, dst = buckets
     processor = ScriptedProcessor()
