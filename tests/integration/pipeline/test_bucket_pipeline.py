@@ -438,6 +438,51 @@ def test_a_preflight_plan_is_processed_by_mapped_shards_once(
     assert len(set(chunks)) == 2  # the plan has one chunk of each
 
 
+def test_a_checked_plan_hands_its_rejects_to_the_shard_manifests(
+    env, dag_tester, photo_sources, monkeypatch
+) -> None:
+    """A tight balance: the pre-flight checks files; the shards record its rejects without reading them."""
+    sandbox, storage, src, dst = env
+    objects = broken_and_photos(photo_sources)
+    seed(storage, src, objects)
+    sandbox.admin.set_balance("poof", len(photo_sources))  # below the unchecked bound of 8
+    source = planned_dag("bucket_checked", src, dst, "cut/")
+
+    run = dag_tester.run(source, "bucket_checked")
+
+    assert run.state == "success", run.task_states()
+    estimate = run.xcom("check_credits")
+    assert (estimate["local_checks"], estimate["billable_images"], estimate["rejected_locally"]) == (
+        "plan",
+        6,
+        2,
+    )
+    rows = shard_rows(run, 3)
+    statuses = {row["source"].rsplit("/", 1)[1]: (row["status"], row["error_code"]) for row in rows}
+    assert statuses.pop("empty.jpg") == ("rejected", "empty_file")  # planned, recorded by a shard
+    assert statuses.pop("html.jpg") == ("rejected", "unsupported_image")
+    assert set(statuses.values()) == {("done", None)}
+    assert len(sandbox.admin.charges("poof")) == 6
+
+    # A rerun with nothing billable: the shard tasks read their plan chunks and no source at all.
+    gcs = GcsRequests(monkeypatch)
+    rerun = dag_tester.run(source, "bucket_checked")
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("check_credits")["billable_images"] == 0
+    assert [shard["items"] for shard in rerun.xcom("shards")] == [[0, 0]] * 3
+    assert collections.Counter(row["status"] for row in shard_rows(rerun, 3)) == {"skipped": 6, "rejected": 2}
+    kinds = gcs.kinds()
+    source_reads = collections.Counter(
+        name for kind, name in kinds if kind in ("read", "stat") and name.startswith("raw/")
+    )
+    assert set(source_reads) <= {"raw/empty.jpg", "raw/html.jpg"}  # the pre-flight's header checks only
+    assert all(count == 1 for count in source_reads.values())  # read once per run, never by a shard
+    chunks = [name for kind, name in kinds if kind == "read" and "/plans/" in name]
+    assert len(chunks) == 3 and {name.rsplit("/", 1)[1] for name in chunks} == {"settled-000000.jsonl"}
+    assert [name for kind, name in kinds if kind == "list"].count("raw/") == 2  # unchecked, then checked pass
+    assert len(sandbox.admin.charges("poof")) == 6
+
+
 def test_a_source_replaced_after_the_plan_is_reported_not_processed(env, dag_tester, photo_sources) -> None:
     """The generation priced is the one processed: a replaced source fails with ObjectChangedError, unpaid."""
     sandbox, storage, src, dst = env
