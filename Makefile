@@ -4,6 +4,7 @@
 #   make test          lint + format check + mypy + the whole pytest suite (newest Airflow, .venv)
 #   make test-compat   provider discovery + hook tests on the oldest supported Airflow (.venv-compat)
 #   make test-retry-floor  the retry tests on the oldest tenacity pyproject.toml allows
+#   make test-distributed  the example DAG on the CeleryExecutor: Redis, two workers, one killed
 #   make demo          the whole job offline on a real scheduler (demo-quick: with dag.test())
 #   make bench         pipeline benchmark figures (docs/benchmarks.md)
 #   make docs          the documentation site (Sphinx + MyST + autodoc) into build/docs
@@ -112,6 +113,15 @@ test-retry-floor: $(VENV)/.installed $(TENACITY_FLOOR_DIR)/.installed-$(TENACITY
 		assert v == "$(TENACITY_FLOOR)", v'
 	PYTHONPATH=$(abspath $(TENACITY_FLOOR_DIR)) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/unit/test_retry.py $(PYTEST_ARGS)
+
+# -- the distributed executor ----------------------------------------------------------------------
+# test-distributed: example_bucket_remove_background under the CeleryExecutor with two Celery workers
+# and Debian's redis-server as the broker (installed with apt-get when missing), one worker killed
+# mid-shard; prints a figure line (docs/executors.md). Not part of `make test`: it needs the broker.
+.PHONY: test-distributed
+test-distributed: $(VENV)/.installed
+	bash scripts/ensure-redis.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/distributed $(PYTEST_ARGS)
 
 # -- demo / benchmarks -----------------------------------------------------------------------------
 # demo:        the whole job offline under a real scheduler (airflow standalone): fake-gcs-server,
