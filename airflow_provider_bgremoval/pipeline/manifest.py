@@ -12,7 +12,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import KW_ONLY, asdict, dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import IO, Any
 
 #: Final states of a source.
@@ -93,7 +93,9 @@ class ManifestWriter:
 
     def add(self, row: ManifestRow) -> None:
         """Append one row."""
-        line = json.dumps(asdict(row), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        # The row's own field dict (every value is a primitive): ``asdict`` deep-copies each field and
+        # cost 4x the encoding itself, once per image.
+        line = json.dumps(vars(row), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         self._file.write(line)
         self.rows += 1
         self._size += len(line)

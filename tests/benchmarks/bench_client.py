@@ -16,6 +16,7 @@ The environment (``AIRFLOW_HOME``, ``AIRFLOW_CONN_*``, ``STORAGE_EMULATOR_HOST``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -33,6 +34,12 @@ _PROCESS = psutil.Process()
 def rss_mb() -> float:
     """Current resident set size of this process, MB."""
     return _PROCESS.memory_info().rss / 2**20
+
+
+def cpu_split() -> tuple[float, float]:
+    """User and system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -228,7 +235,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     if profiler is not None:
         profiler.start()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, split = time.perf_counter(), time.process_time(), cpu_split()
     result = asyncio.run(run())
     storage.write(
         spec.destination_bucket,
@@ -237,8 +244,10 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         content_type="application/x-ndjson",
     )
     exec_wall, exec_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    exec_user, exec_sys = (after - before for after, before in zip(cpu_split(), split, strict=True))
     if profiler is not None:
         profiler.stop(Path(args.profile))
+    image_ms = image_wall_ms(manifest.getvalue())
     manifest.close()
     sampler.stop()
     allocations: list[str] = []
@@ -269,6 +278,11 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "exec_cpu_s": exec_cpu,
         "images_per_s": done / exec_wall if exec_wall else 0.0,
         "cpu_ms_per_image": 1000 * exec_cpu / done if done else None,
+        "image_wall_ms": image_ms,  # claim -> read -> call -> store of one image, mean of the done rows
+        "latency_ceiling_images_per_s": 1000 * args.concurrency / image_ms if image_ms else None,
+        "exec_user_s": exec_user,
+        "exec_sys_s": exec_sys,
+        "components": measure_components(args, storage, processor) if args.components else {},
         "baseline_rss_mb": baseline,
         "rss_after_plan_mb": rss_after_plan,
         "peak_rss_sampled_mb": max(sampler.peak, baseline),
@@ -282,6 +296,106 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def image_wall_ms(manifest: bytes) -> float | None:
+    """Mean wall time of one image (its manifest ``duration_ms``: claim to stored) over the done rows."""
+    from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+
+    durations = [row["duration_ms"] for row in read_manifest(manifest) if row["status"] == "done"]
+    return sum(durations) / len(durations) if durations else None
+
+
+def _cpu_ms(step: Any, count: int) -> float:
+    """Process CPU ms per call of ``step(i)`` for ``i`` in ``1..count`` (call 0 warms up)."""
+    step(0)
+    cpu = time.process_time()
+    for index in range(1, count + 1):
+        step(index)
+    return 1000 * (time.process_time() - cpu) / count
+
+
+def measure_components(args: argparse.Namespace, storage: Any, processor: Any) -> dict[str, float]:
+    """
+    Client CPU (ms) of each per-image step of the batch on its own, and of the naive loop's steps.
+
+    The pipeline's steps use its own objects (the pooled ``GcsStorage`` session, the claim store, the
+    processor and its hook); GCS steps run one at a time, the vendor call 16 at a time as in the batch.
+    The naive steps are the naive loop's calls (a default ``storage.Client``, one ``requests.post``
+    each). Objects go under ``components/`` in the destination bucket.
+    """
+    import asyncio
+
+    import requests
+    from google.cloud import storage as gcs
+
+    from airflow_provider_bgremoval.pipeline.claims import ClaimStore
+    from airflow_provider_bgremoval.retry import CallStats
+
+    sources = list(
+        itertools.islice(storage.list_objects(args.bucket, args.prefix), args.components_count + 1)
+    )
+    count = len(sources) - 1
+    data = storage.read(sources[0].bucket, sources[0].name)
+    claims = ClaimStore(storage, args.dst_bucket, "components/_bgremoval/", "bench/components")
+    meta = {f"bgremoval-{key}": "x" * 40 for key in ("source", "options", "vendor", "credits", "writer")}
+    figures = {
+        "claim (create-only, metadata)": _cpu_ms(lambda i: claims.acquire(f"components/c/{i}.png"), count),
+        "read (pinned generation, checksum)": _cpu_ms(
+            lambda i: storage.read(sources[i].bucket, sources[i].name, generation=sources[i].generation),
+            count,
+        ),
+        "output write (create-only, metadata)": _cpu_ms(
+            lambda i: storage.write(
+                args.dst_bucket,
+                f"components/o/{i}.png",
+                data,
+                content_type="image/png",
+                metadata=meta,
+                idempotency_token=f"bench:{i}",
+            ),
+            count,
+        ),
+        "stat (one JSON GET, for reference)": _cpu_ms(
+            lambda i: storage.stat(sources[i].bucket, sources[i].name), count
+        ),
+    }
+
+    async def calls() -> float:
+        gate = asyncio.Semaphore(16)
+
+        async def one(_: int) -> None:
+            async with gate:
+                await processor.process(data, "component.png", CallStats())
+
+        await one(0)
+        cpu = time.process_time()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        used = time.process_time() - cpu
+        await processor.hook.aclose()
+        return 1000 * used / count
+
+    figures["vendor call (hook, 16 in flight)"] = asyncio.run(calls())
+    client = gcs.Client()
+    source, destination = client.bucket(args.bucket), client.bucket(args.dst_bucket)
+    figures["naive: download"] = _cpu_ms(lambda i: source.blob(sources[i].name).download_as_bytes(), count)
+    figures["naive: upload"] = _cpu_ms(
+        lambda i: destination.blob(f"components/n/{i}.png").upload_from_string(
+            data, content_type="image/png"
+        ),
+        count,
+    )
+    if args.vendor_url:
+        figures["naive: requests.post"] = _cpu_ms(
+            lambda _: requests.post(
+                f"{args.vendor_url.rstrip('/')}/v1/remove",
+                headers={"x-api-key": args.api_key},
+                files={"image_file": ("component.png", data)},
+                timeout=60,
+            ).raise_for_status(),
+            max(4, count // 4),  # sequential: 200 ms each
+        )
+    return figures
+
+
 def run_naive(args: argparse.Namespace) -> dict[str, Any]:
     """The loop a user writes in a PythonOperator (no provider code); return the figures."""
     import requests
@@ -290,7 +404,7 @@ def run_naive(args: argparse.Namespace) -> dict[str, Any]:
     client = storage.Client()  # STORAGE_EMULATOR_HOST: anonymous, bound to the emulator
     source = client.bucket(args.bucket)
     destination = client.bucket(args.dst_bucket)
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, split = time.perf_counter(), time.process_time(), cpu_split()
     done = 0
     for blob in client.list_blobs(args.bucket, prefix=args.prefix, max_results=args.limit):
         data = source.blob(blob.name).download_as_bytes()
@@ -305,8 +419,11 @@ def run_naive(args: argparse.Namespace) -> dict[str, Any]:
         destination.blob(name).upload_from_string(reply.content, content_type="image/png")
         done += 1
     elapsed, used = time.perf_counter() - wall, time.process_time() - cpu
+    user, system = (after - before for after, before in zip(cpu_split(), split, strict=True))
     return {
         "mode": "naive",
+        "exec_user_s": user,
+        "exec_sys_s": system,
         "images": done,
         "exec_wall_s": elapsed,
         "exec_cpu_s": used,
@@ -334,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tracemalloc", action="store_true", help="report the Python allocations alive after the batch"
     )
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="pipeline: after the batch, measure the client CPU of each per-image step on its own",
+    )
+    parser.add_argument("--components-count", type=int, default=100, help="calls per component")
     parser.add_argument("--limit", type=int, default=50, help="naive: images to process")
     parser.add_argument("--vendor-url", default="", help="naive: the sandbox URL")
     parser.add_argument("--api-key", default=os.environ.get("BENCH_POOF_KEY", ""), help="naive: Poof key")
