@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 #: Custom-metadata key that carries a write's idempotency token.
 WRITE_TOKEN_METADATA_KEY = "bgremoval-write-token"
 JSON_LINES_CONTENT_TYPE = "application/x-ndjson"
-_LIST_FIELDS = "items(name,bucket,generation,size,contentType,md5Hash,crc32c,metadata,updated),nextPageToken"
+#: What a listing returns per object; not ``updated``, which nothing decides on (``stat`` returns it).
+_LIST_FIELDS = "items(name,bucket,generation,size,contentType,md5Hash,crc32c,metadata),nextPageToken"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -87,8 +88,13 @@ class ObjectInfo:
         return f"gs://{self.bucket}/{self.name}"
 
     @classmethod
-    def from_blob(cls, blob: storage.Blob) -> ObjectInfo:
-        """Build from a ``google.cloud.storage.Blob`` whose properties are loaded."""
+    def from_blob(cls, blob: storage.Blob, *, updated: bool = True) -> ObjectInfo:
+        """
+        Build from a ``google.cloud.storage.Blob`` whose properties are loaded.
+
+        :param blob: the blob.
+        :param updated: read the modification time (listings don't: parsing it cost a third of planning).
+        """
         return cls(
             bucket=blob.bucket.name,
             name=blob.name,
@@ -98,7 +104,7 @@ class ObjectInfo:
             md5_hash=blob.md5_hash,
             crc32c=blob.crc32c,
             metadata=dict(blob.metadata or {}),
-            updated=blob.updated,
+            updated=blob.updated if updated else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -348,7 +354,7 @@ class GcsStorage:
                 seen += 1
                 if not blob.name.endswith("/") and object_filter.matches(blob.name, prefix):
                     kept += 1
-                    yield ObjectInfo.from_blob(blob)
+                    yield ObjectInfo.from_blob(blob, updated=False)
         except Exception as exc:
             raise _translate(exc, "listing", bucket, prefix or None) from exc
         log.debug("listed gs://%s/%s: %d objects, %d kept by %r", bucket, prefix, seen, kept, object_filter)
