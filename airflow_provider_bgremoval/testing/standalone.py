@@ -20,6 +20,22 @@ also when the ``with`` block raises or is interrupted.
         run = api.wait_for_run("example_bucket_remove_background", run_id, timeout=300)
         states = api.task_states("example_bucket_remove_background", run_id)
 
+For the CeleryExecutor (``airflow standalone`` forces the LocalExecutor) the components run as
+separate processes and each worker gets its own ``AIRFLOW_HOME`` and hostname (``make
+test-distributed``, ``docs/executors.md``):
+
+.. code-block:: python
+
+    with AirflowStandalone(
+        "example_dags",
+        executor=CELERY_EXECUTOR,
+        components=("api-server", "scheduler", "dag-processor"),
+        broker_url="redis://127.0.0.1:6390/0",
+    ) as airflow:
+        worker = airflow.start_celery_worker("worker-a")
+        ...
+        worker.kill()  # every process of it, task runners included
+
 Scheduled runs are off by default (``[scheduler] use_job_schedule = False``), so only the runs you
 trigger happen; pass ``scheduled_runs=True`` to let ``@daily``/``@hourly`` DAGs run on their own.
 """
