@@ -151,8 +151,9 @@ class CreditsPreflightOperator(BucketJobOperator):
         if not is_template(safety_margin):
             SafetyMargin.parse(safety_margin)
         for name in ("max_shards", "min_shard_size"):
-            if not is_template(getattr(self, name)):
-                parse_count(getattr(self, name), name)
+            value = getattr(self, name)
+            if not is_template(value) and parse_count(value, name) == 0:
+                raise InvalidOptionError(name, "must be at least 1")
         if use_test_estimate and self.cost_per_image not in (None, ""):
             raise InvalidOptionError(
                 "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
@@ -207,6 +208,8 @@ class CreditsPreflightOperator(BucketJobOperator):
         check_choice(self.on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         margin = SafetyMargin.parse(self.safety_margin)
         max_shards = parse_count(self.max_shards, "max_shards")
+        if max_shards == 0:
+            raise InvalidOptionError("max_shards", "must be at least 1")
         job = self.prepare_job()  # exactly the bucket operator's job
         try:
             # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
@@ -220,12 +223,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         finally:
             job.hook.close()
         if isinstance(plan, PlanWriter):
-            refs = plan.finish(
-                max_shards=max_shards or 0,
-                min_shard_size=parse_count(self.min_shard_size, "min_shard_size") or 0,
-            )
-            context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
-            estimate["shards"] = len(refs)
+            estimate["shards"] = self._push_shards(context, plan, max_shards or 0, cost)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
         log.info(
             "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
@@ -261,6 +259,26 @@ class CreditsPreflightOperator(BucketJobOperator):
         try_number = int(getattr(ti, "try_number", 1) or 1)
         prefix = plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
         return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
+
+    def _push_shards(self, context: Context, plan: PlanWriter, max_shards: int, cost: Decimal) -> int:
+        """Split the kept plan into shards within the run's budget, push XCom ``shards``; their number."""
+        budget = parse_count(self.max_images, "max_images")
+        max_credits = parse_credits(self.max_credits, "max_credits")
+        if max_credits is not None and cost > 0:
+            affordable = int(max_credits // cost)
+            budget = affordable if budget is None else min(budget, affordable)
+        if budget is not None and budget < plan.billable:
+            log.info(
+                "Credits pre-flight (%s): the run's budget covers %d of %d billable image(s); the shards "
+                "hold those, the rest wait for a later run",
+                self.conn_id,
+                budget,
+                plan.billable,
+            )
+        min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
+        refs = plan.finish(max_shards=max_shards, min_shard_size=min_shard_size, max_items=budget)
+        context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
+        return len(refs)
 
     def _estimate(
         self,

@@ -281,13 +281,16 @@ class PlanWriter:
         """The first ``count`` (at most :data:`SAMPLES`) billable items."""
         return self._samples[:count]
 
-    def finish(self, *, max_shards: int, min_shard_size: int) -> list[ShardRef]:
+    def finish(self, *, max_shards: int, min_shard_size: int, max_items: int | None = None) -> list[ShardRef]:
         """
         Store the last chunks and split the plan into shards of at least ``min_shard_size`` sources (at
         most :data:`MAX_SHARD_ROWS` unless ``max_shards`` is reached), billable items spread evenly.
 
         :param max_shards: at most this many shards.
         :param min_shard_size: fewest sources per shard (unless there are fewer).
+        :param max_items: only the first this many billable items go into shards (the run's budget:
+            ``max_images`` / ``max_credits`` apply to the run, not once per shard); the rest wait for a
+            later run.
         """
         if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
             raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
@@ -295,14 +298,16 @@ class PlanWriter:
             raise InvalidOptionError("min_shard_size", "must be at least 1")
         self._items.flush()
         self._settled.flush()
-        if not self.total:
+        billable = self.billable if max_items is None else min(self.billable, max_items)
+        total = billable + self._settled.rows
+        if not total:
             return []
-        wanted = max(self.total // min_shard_size, math.ceil(self.total / MAX_SHARD_ROWS), 1)
+        wanted = max(total // min_shard_size, math.ceil(total / MAX_SHARD_ROWS), 1)
         count = min(max_shards, wanted)
         plan = f"gs://{self.spec.destination_bucket}/{self.prefix}"
         # billable items spread evenly, and the settled sources so that every shard has its share of sources
-        items = shard_bounds(self.billable, count)
-        totals = shard_bounds(self.total, count)
+        items = shard_bounds(billable, count)
+        totals = shard_bounds(total, count)
         slices = [
             (part, (start - part[0], stop - part[1]))
             for part, (start, stop) in zip(items, totals, strict=True)

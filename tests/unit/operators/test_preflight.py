@@ -464,10 +464,32 @@ def test_a_halted_preflight_still_names_its_plan_but_nothing_runs(
     assert sum(ShardRef.model_validate(ref).images for ref in pushed["shards"]) == 8
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize(("budget", "images"), [({"max_images": 4}, 4), ({"max_credits": 5.5}, 5)])
+def test_the_runs_budget_bounds_what_all_shards_hold_together(
+    vendors: FakeVendors,
+    gcs_storage: GcsStorage,
+    gcs_bucket_factory: Any,
+    budget: dict[str, Any],
+    images: int,
+) -> None:
+    """max_images / max_credits cap the run: the shards together hold what was priced, not 3x that."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixelcut(100)
+    estimate, pushed, error = run(_sharded(src, dst, max_shards=3, min_shard_size=1, **budget))
+    assert error is None and estimate is not None
+    assert estimate["planned_billable"] == 9
+    assert sum(ShardRef.model_validate(ref).images for ref in pushed["shards"]) == images
+
+
 def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:
     with pytest.raises(InvalidOptionError, match="max_shards"):
         check(max_shards="many")
     with pytest.raises(InvalidOptionError, match="min_shard_size"):
         check(min_shard_size=-1)
+    for name in ("max_shards", "min_shard_size"):
+        with pytest.raises(InvalidOptionError, match=f"{name}.*at least 1"):
+            check(**{name: 0})
     templated = check(max_shards="{{ params.max_shards }}", min_shard_size="{{ params.size }}")
     assert {"max_shards", "min_shard_size"} <= set(templated.template_fields)

@@ -201,6 +201,18 @@ def test_new_work_of_a_rerun_is_spread_over_every_shard() -> None:
     ]
 
 
+def test_the_runs_budget_bounds_the_billable_items_of_all_shards_together() -> None:
+    """``max_items`` (the run's max_images / max_credits) applies to the run, not once per shard."""
+    storage, writer = _written(items=100, settled=20)
+    refs = writer.finish(max_shards=4, min_shard_size=1, max_items=10)
+    assert [ref.images for ref in refs] == [3, 3, 2, 2]
+    plans = _read_all(storage, refs)
+    assert [item.source.name for plan in plans for item in plan.items] == [
+        _item(n).source.name for n in range(10)
+    ]  # the first ten in plan order; the other 90 wait for a later run
+    assert sum(len(plan.settled) for plan in plans) == 20
+
+
 def test_an_empty_plan_has_no_shard_and_writes_nothing() -> None:
     storage = MemoryStorage()
     assert _writer(storage).finish(max_shards=4, min_shard_size=1) == []
