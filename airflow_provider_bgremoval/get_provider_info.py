@@ -22,6 +22,12 @@ _COMMON_FIELDS: dict[str, Any] = {
         "description": "Retries of a failed call (429, 5xx, network) before giving up.",
         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
     },
+    "requests_per_second": {
+        "label": "Requests per second",
+        "description": "The account's request-rate limit (empty: the vendor's documented rate; 0: no "
+        "pacing). Each task paces itself under it and slows down on 429s.",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
 }
 _API_KEY = {"relabeling": {"password": "API key"}, "hidden": ["schema", "login", "port"]}
 #: integration name, docs URL, connection form (host: the base-URL override); the hook is ``<Type>Hook``.

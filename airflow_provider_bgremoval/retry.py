@@ -77,7 +77,7 @@ class CallStats:
     :param retry_guard: asked once before a retry after a lost reply; False re-raises that error.
     :param billed_reply: set by the hook when a billed request was answered 2xx.
     :param credits_charged: set by the hook: what the vendor said the answered request cost.
-    :param attempt_in_flight: True while an attempt is under way (and after it was cancelled).
+    :param attempt_in_flight: True while an attempt's request may be out (and after it was cancelled then).
     """
 
     attempts: int = 0
@@ -120,8 +120,9 @@ class _CallDecisions:
         try:
             yield
         except BaseException as exc:
-            # A cancelled attempt stays in flight: its request may have reached the vendor.
-            self.stats.attempt_in_flight = not isinstance(exc, Exception)
+            # A cancelled attempt stays in flight (its request may have reached the vendor), unless
+            # it was cancelled before its request went (the hook clears the flag while pacing).
+            self.stats.attempt_in_flight &= not isinstance(exc, Exception)
             self.last_error = exc
             self.stats.possibly_charged += is_lost_reply(exc)
             self.consecutive_429 = self.consecutive_429 + 1 if isinstance(exc, RateLimitedError) else 0

@@ -28,6 +28,7 @@ from airflow_provider_bgremoval._compat import get_connection as fetch_connectio
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InvalidOptionError,
+    RateLimitedError,
     ResultDownloadError,
     ResultProcessingError,
     TransientVendorError,
@@ -36,6 +37,7 @@ from airflow_provider_bgremoval.exceptions import (
 from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.imaging import apply_local_steps, prepare_input
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
+from airflow_provider_bgremoval.pacing import Clock, Pacer, PacingPolicy, parse_requests_per_second
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import CallStats, RetryPolicy, acall_with_retry, call_with_retry
 from airflow_provider_bgremoval.vendors.base import (
@@ -169,6 +171,20 @@ class _Fetch(_Effect["str | bytes"]):
 
 
 @dataclass(frozen=True)
+class _Pause(_Effect[None]):
+    """Wait for a request slot on the pacer's clock (not the retry sleep: retries count their own waits)."""
+
+    clock: Clock
+    seconds: float
+
+    def run(self, hook: BackgroundRemovalHook[Any]) -> None:
+        self.clock.sleep(self.seconds)
+
+    async def arun(self, hook: BackgroundRemovalHook[Any]) -> None:
+        await self.clock.asleep(self.seconds)
+
+
+@dataclass(frozen=True)
 class _Retried(_Effect[T]):
     """Run ``attempt()``'s flow under ``policy`` (the hook's when ``None``), counting into ``stats``."""
 
@@ -252,6 +268,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     :param async_transport: custom async httpx transport.
     :param sleep: sync sleep used between retries (tests travel in time with it).
     :param async_sleep: async sleep used between retries.
+    :param requests_per_second: the account's request rate; overrides the connection's
+        ``requests_per_second`` extra (``0``: no pacing; see docs/rate-limits.md).
+    :param pacing_clock: the clock request pacing reads and waits on (tests pass a
+        :class:`~airflow_provider_bgremoval.pacing.ManualClock`).
     :param conn_id_by_name: the connection id under the :attr:`conn_name_attr` keyword (``get_hook()``).
     """
 
@@ -277,6 +297,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         async_transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        requests_per_second: float | None = None,
+        pacing_clock: Clock | None = None,
         **conn_id_by_name: str | None,
     ) -> None:
         super().__init__()
@@ -298,6 +320,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         self._async_transport = async_transport
         self._sleep = sleep
         self._async_sleep = async_sleep
+        self._rate_override = parse_requests_per_second(requests_per_second)
+        self._pacing_clock = pacing_clock
+        self._pacer: Pacer | None = None
         self._settings: ConnectionSettings | None = None
         self._wire_instance: W | None = None
         self._client: httpx.Client | None = None
@@ -417,6 +442,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds") from None
         if seconds <= 0:
             raise InvalidOptionError("timeout", "must be positive")
+        parse_requests_per_second(extras.get("requests_per_second"))
         for name, parse in cls._extra_parsers.items():
             parse(extras.get(name))
         settings = ConnectionSettings(
@@ -456,10 +482,27 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """The connection's settings (read once per hook; the async form does not block the loop)."""
         if self._settings is None:
             conn, extras = yield from _ReadConnection(self.conn_id)
-            self._settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
+            settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
+            self._pacer = self._new_pacer(settings)
+            self._settings = settings
         return self._settings
 
     get_settings, aget_settings = _methods(_get_settings)
+
+    def _new_pacer(self, settings: ConnectionSettings) -> Pacer | None:
+        """The hook's pacer: the override, else the extra, else the vendor's documented rate (0: none)."""
+        limit = self._rate_override
+        if limit is None:
+            limit = parse_requests_per_second(settings.extras.get("requests_per_second"))
+        if limit == 0:
+            return None
+        limit = limit if limit is not None else self.wire_class.spec.requests_per_second
+        return Pacer(PacingPolicy(requests_per_second=limit), self._pacing_clock)
+
+    @property
+    def pacer(self) -> Pacer | None:
+        """The request pacer (``None``: pacing is off, or the connection was not read yet)."""
+        return self._pacer
 
     def _wire(self) -> Flow[W]:
         if self._wire_instance is None:
@@ -543,8 +586,32 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             "json": request.json,
         }
 
-    def _attempt(self, wire: VendorWire, request: WireRequest, probe: bool) -> Flow[httpx.Response]:
+    def _slot(self, pacer: Pacer, stats: CallStats) -> Flow[tuple[float, bool]]:
+        """Wait for the pacer to let a request go: when it went, and whether it had to wait."""
+        waited, stats.attempt_in_flight = False, False  # nothing is out while waiting for a slot
+        while (seconds := pacer.wait_time()) > 0:
+            waited = True
+            yield from _Pause(pacer.clock, seconds)
+        stats.attempt_in_flight = True
+        return pacer.now(), waited
+
+    def _paced(self, pacer: Pacer, sent_at: float, waited: bool, error: BgRemovalError | None) -> None:
+        """Tell the pacer how a request it let go was answered (a success or a 429; other errors: nothing)."""
+        if error is None:
+            pacer.on_success(paced=waited)
+        if not isinstance(error, RateLimitedError):
+            return
+        retry_after = error.retry_after
+        if retry_after is not None:
+            retry_after = min(retry_after, self.retry_policy.max_retry_after)
+        pacer.on_rate_limited(sent_at, retry_after)
+
+    def _attempt(
+        self, wire: VendorWire, request: WireRequest, probe: bool, stats: CallStats
+    ) -> Flow[httpx.Response]:
         options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
+        pacer = None if probe else self._pacer
+        sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
         try:
             response = yield from _Exchange(request.method, request.path, options)
         except httpx.HTTPError as exc:
@@ -559,8 +626,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 code=type(exc).__name__,
                 possibly_charged=sent_in_full and request.billed,
             ) from None
-        if response.status_code >= 400:
-            raise wire.error_from_reply(response)
+        error = wire.error_from_reply(response) if response.status_code >= 400 else None
+        if pacer is not None:
+            self._paced(pacer, sent_at, waited, error)
+        if error is not None:
+            raise error
         return response
 
     def _send(
@@ -574,8 +644,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param probe: one attempt with a short timeout (what ``test_connection`` does).
         """
         wire = yield from self._wire()
-        policy = _PROBE_POLICY if probe else None
-        return (yield from _Retried(lambda: self._attempt(wire, request, probe), stats, policy))
+        policy, stats = _PROBE_POLICY if probe else None, stats if stats is not None else CallStats()
+        return (yield from _Retried(lambda: self._attempt(wire, request, probe, stats), stats, policy))
 
     send, asend = _methods(_send)
 

@@ -104,7 +104,8 @@ class SandboxAdmin:
     def set_faults(self, vendor: str, **faults: Any) -> dict[str, Any]:
         """Replace one vendor's latency, limits and faults.
 
-        Settings (all optional): ``latency_ms``, ``jitter_ms``, ``rate_limit_rps``,
+        Settings (all optional): ``latency_ms``, ``jitter_ms``, ``rate_limit_rps`` (+
+        ``rate_limit_burst``),
         ``max_concurrency``, ``retry_after``, ``error_rate`` + ``error_statuses``, ``fault`` (+
         ``rate`` | ``next`` | ``requests``, ``status``), ``rules`` (a list of such dicts),
         ``slow_seconds``, ``auth_revoked``, ``result_url_status``, ``exhaust_after``, ``apply_to``,

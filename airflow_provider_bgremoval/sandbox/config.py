@@ -174,7 +174,10 @@ class FaultConfig:
 
     :param latency_ms: fixed latency added to every request (an ``asyncio.sleep``)
     :param jitter_ms: extra uniformly distributed latency 0..jitter_ms (seeded)
-    :param rate_limit_rps: at most this many requests per second are accepted; others get 429
+    :param rate_limit_rps: at most this many requests per second are accepted; others get 429 (counted
+        over a sliding one-second window of the accepted requests; rejected ones do not count)
+    :param rate_limit_burst: with ``rate_limit_rps``: a token bucket of this many requests, refilled at
+        ``rate_limit_rps``, instead of the sliding window (``None``: the window)
     :param max_concurrency: at most this many requests in flight; others get 429
     :param retry_after: ``Retry-After`` seconds sent with 429 answers (``None``: no header, as the
         vendors document)
@@ -192,6 +195,7 @@ class FaultConfig:
     latency_ms: Annotated[float, Field(ge=0)] = 0.0
     jitter_ms: Annotated[float, Field(ge=0)] = 0.0
     rate_limit_rps: float | None = None
+    rate_limit_burst: Annotated[float, Field(ge=1)] | None = None
     max_concurrency: int | None = None
     retry_after: float | None = None
     rules: list[FaultRule] = field(default_factory=list)

@@ -39,6 +39,7 @@ class VendorFaults:
         self._ordinal = 0
         self._rules = [FaultRule(**vars(rule)) for rule in config.rules]
         self._window: deque[float] = deque()
+        self._tokens: tuple[float, float] | None = None  # (tokens, when) of the token bucket
         self.inflight = 0
 
     def admit(self, now: float) -> bool:
@@ -50,14 +51,25 @@ class VendorFaults:
             cfg = self.config
             if cfg.max_concurrency is not None and self.inflight >= cfg.max_concurrency:
                 return False
-            if cfg.rate_limit_rps is not None:
-                while self._window and now - self._window[0] >= 1.0:
-                    self._window.popleft()
-                if len(self._window) >= cfg.rate_limit_rps:
-                    return False
-                self._window.append(now)
+            if cfg.rate_limit_rps is not None and not self._take_rate_slot(cfg.rate_limit_rps, now):
+                return False
             self.inflight += 1
             return True
+
+    def _take_rate_slot(self, rps: float, now: float) -> bool:
+        """Count one request against the rate limit (the lock is held); ``False``: over the limit."""
+        burst = self.config.rate_limit_burst
+        if burst is not None:
+            tokens, when = self._tokens or (burst, now)
+            tokens = min(burst, tokens + (now - when) * rps)
+            self._tokens = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+            return tokens >= 1
+        while self._window and now - self._window[0] >= 1.0:
+            self._window.popleft()
+        if len(self._window) >= rps:
+            return False
+        self._window.append(now)
+        return True
 
     def release(self) -> None:
         """Mark an admitted request as finished."""

@@ -227,6 +227,8 @@ class VendorSpec:
     :param auth_error_codes: codes meaning bad or revoked credentials, whatever the status.
     :param permanent_server_codes: 5xx codes that are deterministic for the input (retrying cannot help).
     :param base_cost: credits one successful remove-background call costs by default (DESIGN.md).
+    :param requests_per_second: the account's documented request rate, the hooks' default pacing cap
+        (``None``: none documented; the rate is then only adapted to 429s; docs/rate-limits.md).
     """
 
     name: str
@@ -242,6 +244,7 @@ class VendorSpec:
     auth_error_codes: frozenset[str] = frozenset()
     permanent_server_codes: frozenset[str] = frozenset()
     base_cost: Decimal = Decimal(1)
+    requests_per_second: float | None = None
 
 
 class VendorWire(ABC):

@@ -318,6 +318,8 @@ PIXELCUT_SPEC = VendorSpec(
     limits=InputLimits(max_bytes=MAX_UPLOAD_BYTES, min_side=64, max_side=6000),
     # the docs' sample: min(5 s, 250 ms·2^attempt + U(0, 250 ms)), at most 5 retries
     retry_policy=RetryPolicy(max_attempts=6, initial_backoff=0.25, max_backoff=5.0, jitter=0.25),
+    # "commonly 5 requests per second per account" (developer-guide/core-concepts/rate-limits)
+    requests_per_second=5.0,
     # no timeout is documented; generate-background runs an image model, so allow two idle minutes
     default_timeout=120.0,
     api_key_header="X-API-KEY",

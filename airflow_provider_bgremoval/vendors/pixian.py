@@ -213,6 +213,7 @@ PIXIAN_SPEC = VendorSpec(
     ),
     # "configured with an idle timeout of at least 180 seconds"
     default_timeout=180.0,
+    # no request rate: "generous, no fixed ceiling" (requests_per_second=None: adapted to 429s only)
     # 1006 "Failed to read the supplied image" is the only documented code
     input_error_codes=frozenset({"1006"}),
 )

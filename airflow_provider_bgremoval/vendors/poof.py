@@ -74,6 +74,8 @@ POOF_SPEC = VendorSpec(
     limits=InputLimits(max_bytes=MAX_UPLOAD_BYTES, max_side=6000, max_pixels=36_000_000),
     # the documented advice: ``2^attempt + U(0, 1)`` seconds, up to 5 tries
     retry_policy=RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=16.0, jitter=1.0),
+    # per-plan rates that conflict (10/min to 50 rps) and now point at poof.bg/pricing: no default cap
+    # (requests_per_second=None: adapted to 429s; set the plan's rate on the connection)
     api_key_header="x-api-key",
     no_url_input="Poof needs the image uploaded as bytes (its API has no documented URL input); "
     "download the image and pass its bytes instead",

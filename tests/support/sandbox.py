@@ -12,9 +12,16 @@ from airflow_provider_bgremoval.sandbox.testing import RunningSandbox, run_sandb
 VENDOR_CONN_IDS = {"pixelcut": "pixelcut_default", "pixian": "pixian_default", "poof": "poof_default"}
 
 
-def connection_env(sandbox: RunningSandbox, *, timeout: float = 30, max_retries: int = 3) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables (JSON form) for the three vendors, pointing at ``sandbox``."""
-    extra = {"timeout": timeout, "max_retries": max_retries}
+def connection_env(
+    sandbox: RunningSandbox, *, timeout: float = 30, max_retries: int = 3, requests_per_second: float = 0
+) -> dict[str, str]:
+    """
+    ``AIRFLOW_CONN_*`` variables (JSON form) for the three vendors, pointing at ``sandbox``.
+
+    ``requests_per_second`` is 0 (no request pacing) unless a test asks for it: pacing runs on the real
+    clock, and the tests of pacing against the sandbox are in tests/integration/test_pacing.py.
+    """
+    extra = {"timeout": timeout, "max_retries": max_retries, "requests_per_second": requests_per_second}
     conns = {
         "pixelcut_default": {"conn_type": "pixelcut", "host": sandbox.url, "password": sandbox.pixelcut_key},
         "pixian_default": {

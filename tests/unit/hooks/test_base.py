@@ -7,7 +7,9 @@ and ``test_connection``. The real vendors' wire formats are tested in ``tests/un
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import json
 import logging
 import pickle
@@ -16,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, ClassVar
 from unittest import mock
@@ -38,6 +41,7 @@ from airflow_provider_bgremoval.exceptions import (
 from airflow_provider_bgremoval.hooks.base import USER_AGENT, BackgroundRemovalHook
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, VendorCapabilities
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import CallStats, RetryPolicy
 from airflow_provider_bgremoval.vendors.base import (
@@ -240,9 +244,16 @@ def conn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def make_hook(server: Server, sleep: SleepRecorder) -> Callable[..., FakeHook]:
+def clock() -> ManualClock:
+    """The hooks' pacing clock: pacing waits move it, nothing sleeps."""
+    return ManualClock(1000.0)
+
+
+@pytest.fixture
+def make_hook(server: Server, sleep: SleepRecorder, clock: ManualClock) -> Callable[..., FakeHook]:
     def make(conn_id: str | None = None, **kwargs: Any) -> FakeHook:
         transport = httpx.MockTransport(server)
+        kwargs.setdefault("pacing_clock", clock)
         return FakeHook(
             conn_id,
             transport=transport,
@@ -1074,3 +1085,127 @@ def test_test_connection_writes_credits_as_a_person_does(
 
 def test_estimate_cost_defaults_to_the_base_cost(hook: FakeHook) -> None:
     assert hook.estimate_cost() == Decimal(1)
+
+
+# -- request pacing (docs/rate-limits.md) ----------------------------------------------------------
+
+
+def _paced_conn(monkeypatch: pytest.MonkeyPatch, rate: Any) -> None:
+    set_connection(
+        monkeypatch, CONN_ID, "fakevendor", password=KEY, host=API, extra={"requests_per_second": rate}
+    )
+
+
+def test_pacing_spaces_requests_at_the_connections_rate(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server, clock: ManualClock
+) -> None:
+    _paced_conn(monkeypatch, 16)
+    sent: list[float] = []
+    server.on(f"{API}/v1/remove", lambda request: (sent.append(clock.now()), png_reply())[1])
+    with make_hook() as hook:
+        for _ in range(6):
+            hook.remove_background(PNG)
+        assert hook.pacer is not None and hook.pacer.policy.requests_per_second == 16
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(sent)]
+    first = 1 / (16 * hook.pacer.policy.initial_fraction)  # the first rate: an eighth of the cap
+    assert gaps[0] == 0  # the first second's credit (an idle hook)
+    assert all(0 < gap <= first for gap in gaps[1:])
+    assert gaps[-1] < gaps[1]  # slow start: each paced success raises the rate
+
+
+def test_pacing_is_off_at_zero_and_the_hook_argument_overrides_the_extra(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    _paced_conn(monkeypatch, 0)
+    hook = make_hook()
+    assert hook.pacer is None  # the connection is not read yet
+    hook.get_settings()
+    assert hook.pacer is None
+    overridden = make_hook(requests_per_second=3)
+    overridden.get_settings()
+    assert overridden.pacer is not None and overridden.pacer.policy.requests_per_second == 3
+
+
+def test_pacing_default_is_the_vendors_documented_rate(
+    conn: None, make_hook: Callable[..., FakeHook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = make_hook()
+    hook.get_settings()
+    assert hook.pacer is not None and hook.pacer.policy.requests_per_second is None  # FakeWire: none
+    assert hook.pacer.rate is None  # unpaced until the first 429
+    monkeypatch.setattr(FakeWire, "spec", replace(FakeWire.spec, requests_per_second=2.5))
+    documented = make_hook()
+    documented.get_settings()
+    assert documented.pacer is not None and documented.pacer.policy.requests_per_second == 2.5
+
+
+@pytest.mark.parametrize("value", ["fast", -1, True, "inf"])
+def test_a_bad_requests_per_second_extra_fails_when_the_connection_is_read(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], value: Any
+) -> None:
+    _paced_conn(monkeypatch, value)
+    with pytest.raises(InvalidOptionError, match="requests_per_second"):
+        make_hook().get_settings()
+
+
+def test_a_429_cuts_the_rate_and_retry_after_holds_every_request(
+    monkeypatch: pytest.MonkeyPatch,
+    make_hook: Callable[..., FakeHook],
+    server: Server,
+    clock: ManualClock,
+    sleep: SleepRecorder,
+) -> None:
+    _paced_conn(monkeypatch, 4)
+    server.on(f"{API}/v1/remove", png_reply(), error_reply(429, **{"retry-after": "7"}), png_reply())
+    with make_hook() as hook:
+        hook.remove_background(PNG)
+        assert hook.pacer is not None
+        before = hook.pacer.rate
+        assert before is not None
+        cut_at = clock.now()
+        hook.remove_background(PNG)  # 429, Retry-After 7, then answered
+        assert hook.pacer.rate is not None and hook.pacer.rate < before
+    assert sleep.waits == [7]  # the retry policy's wait (time travel: the pacing clock did not move)
+    assert clock.now() - cut_at >= 7  # ... and the pacer held the retry as long again on its own clock
+
+
+def test_retry_after_held_by_the_pacer_is_capped_by_the_retry_policy(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server, clock: ManualClock
+) -> None:
+    _paced_conn(monkeypatch, 4)
+    server.on(f"{API}/v1/remove", error_reply(429, **{"retry-after": "100000"}), png_reply())
+    policy = RetryPolicy(max_attempts=2, max_wait=1e6, max_retry_after=30)
+    start = clock.now()
+    with make_hook(retry_policy=policy) as hook:
+        hook.remove_background(PNG)
+    assert 30 <= clock.now() - start < 31
+
+
+def test_test_connection_is_not_paced(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server, clock: ManualClock
+) -> None:
+    _paced_conn(monkeypatch, 0.01)  # one request per 100 s
+    server.on(f"{API}/v1/credits", httpx.Response(200, json={"credits": 5}))
+    hook = make_hook()
+    for _ in range(3):
+        assert hook.test_connection()[0]
+    assert clock.now() == 1000.0
+
+
+async def test_a_call_cancelled_while_waiting_for_its_slot_was_never_sent(
+    monkeypatch: pytest.MonkeyPatch, server: Server, sleep: SleepRecorder
+) -> None:
+    _paced_conn(monkeypatch, 0.01)
+    server.on(f"{API}/v1/remove", png_reply())
+    transport = httpx.MockTransport(server)
+    hook = FakeHook(transport=transport, async_transport=transport, async_sleep=sleep.asleep)  # real clock
+    await hook.aremove_background(PNG)  # the idle hook's credit
+    stats = CallStats()
+    task = asyncio.create_task(hook.aremove_background(PNG, stats=stats))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await hook.aclose()
+    assert server.calls(f"{API}/v1/remove") == 1
+    assert stats.attempts == 1 and not stats.attempt_in_flight  # not counted as possibly charged

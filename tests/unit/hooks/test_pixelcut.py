@@ -32,6 +32,7 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.pixelcut import (
     PixelcutImageTransform,
@@ -177,7 +178,11 @@ def make_hook(fake: FakePixelcut, sleeper: SleepRecorder | None = None, **kwargs
     sleeper = sleeper or SleepRecorder()
     transport = httpx.MockTransport(fake)
     return PixelcutHook(
-        transport=transport, async_transport=transport, sleep=sleeper, async_sleep=sleeper.asleep, **kwargs
+        transport=transport,
+        async_transport=transport,
+        sleep=sleeper,
+        async_sleep=sleeper.asleep,
+        **{"pacing_clock": ManualClock(), **kwargs},  # pacing waits move a fake clock, nothing sleeps
     )
 
 

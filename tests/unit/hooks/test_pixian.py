@@ -29,6 +29,7 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.results import AccountState, ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.vendors.pixian import ForegroundBox, PixianOptions, Size
@@ -85,7 +86,7 @@ def make_hook(
         async_transport=httpx.MockTransport(fake),
         sleep=sleeper,
         async_sleep=sleeper.asleep,
-        **hook_kwargs,
+        **{"pacing_clock": ManualClock(), **hook_kwargs},  # pacing waits move a fake clock
     )
     return hook, fake, sleeper
 

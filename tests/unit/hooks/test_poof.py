@@ -31,6 +31,7 @@ from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.hooks.poof import PoofHook
 from airflow_provider_bgremoval.imaging import check_limits, read_header
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.vendors.poof import POOF_SIZE_PRESETS, AutoRechargeMode, PoofOptions, PoofWire
 from tests.support.connections import SleepRecorder, set_connection
 
@@ -176,7 +177,7 @@ def make_hook(sleeper: SleepRecorder) -> Iterator[Callable[..., PoofHook]]:
             async_transport=transport,
             sleep=sleeper,
             async_sleep=sleeper.asleep,
-            **kwargs,
+            **{"pacing_clock": ManualClock(), **kwargs},  # pacing waits move a fake clock
         )
         hooks.append(hook)
         return hook

@@ -41,6 +41,7 @@ from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.hooks.poof import PoofHook
 from airflow_provider_bgremoval.imaging import RESULT_ERROR_CODES, apply_local_steps, decode_result
 from airflow_provider_bgremoval.options import LocalSteps, Margin, RemovalOptions
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.results import ImageResult
 from tests.support.connections import SleepRecorder, set_connection
 from tests.support.reply_strategies import (
@@ -183,7 +184,13 @@ def _outcome(call: Callable[[], Any], tally: Tally) -> str:
 def _hook(cls: type[BackgroundRemovalHook[Any]], vendor: ScriptedVendor) -> BackgroundRemovalHook[Any]:
     sleeper = SleepRecorder()
     transport = httpx.MockTransport(vendor)
-    return cls(transport=transport, async_transport=transport, sleep=sleeper, async_sleep=sleeper.asleep)
+    return cls(
+        transport=transport,
+        async_transport=transport,
+        sleep=sleeper,
+        async_sleep=sleeper.asleep,
+        pacing_clock=ManualClock(),  # paced as in production, on a clock that only moves when waited on
+    )
 
 
 def _run(hook: BackgroundRemovalHook[Any], mode: str, method: str, **kwargs: Any) -> Callable[[], Any]:

@@ -33,6 +33,7 @@ from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.hooks.poof import PoofHook
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import STATUSES, ManifestWriter, read_manifest
@@ -135,7 +136,10 @@ TALLY: collections.Counter[str] = collections.Counter()
 
 def _run(storage: GcsStorage, src: str, dst: str, vendor: str, vendor_options: Any, handler: Vendor) -> None:
     hook = HOOKS[vendor](
-        retry_policy=FAST, async_transport=httpx.MockTransport(handler), async_sleep=_no_sleep
+        retry_policy=FAST,
+        async_transport=httpx.MockTransport(handler),
+        async_sleep=_no_sleep,
+        pacing_clock=ManualClock(),  # pacing waits move a fake clock
     )
     processor = RemovalProcessor(hook, RemovalOptions(), vendor_options)
     prefix = f"{uuid.uuid4().hex[:12]}/"

@@ -1,0 +1,165 @@
+"""The pacer on a fake clock: spacing, slow start, multiplicative decrease, additive increase, convergence."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+
+import pytest
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.pacing import ManualClock, Pacer, PacingPolicy, parse_requests_per_second
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("  ", None), ("5", 5.0), (2.5, 2.5), (0, 0.0), ("0", 0.0)],
+)
+def test_requests_per_second_extra(value: object, expected: float | None) -> None:
+    assert parse_requests_per_second(value) == expected
+
+
+@pytest.mark.parametrize("value", ["fast", -1, "-0.5", True, "inf", "nan", [5]])
+def test_requests_per_second_extra_rejects_what_is_not_a_rate(value: object) -> None:
+    with pytest.raises(InvalidOptionError, match="requests_per_second"):
+        parse_requests_per_second(value)
+
+
+def _take(pacer: Pacer, clock: ManualClock) -> float:
+    """Wait for a slot the way the hook does; return when it was taken."""
+    while (seconds := pacer.wait_time()) > 0:
+        clock.sleep(seconds)
+    return clock.now()
+
+
+def test_the_first_rate_is_a_share_of_the_cap_and_an_idle_pacer_has_a_seconds_credit() -> None:
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(requests_per_second=16), clock)
+    assert pacer.rate == 2.0  # initial_fraction 1/8
+    times = [_take(pacer, clock) for _ in range(5)]
+    assert times[:2] == [0.0, 0.0]  # one second's worth (2 requests) minus the slot itself: a burst of 2
+    assert [b - a for a, b in itertools.pairwise(times[1:])] == [0.5, 0.5, 0.5]
+
+
+def test_slow_start_until_the_first_429_then_additive_increase() -> None:
+    clock = ManualClock()
+    policy = PacingPolicy(requests_per_second=10)
+    pacer = Pacer(policy, clock)
+    pacer.on_success(paced=False)
+    assert pacer.rate == 1.25  # a hook that is not held back by its rate keeps it
+    pacer.on_success(paced=True)
+    assert pacer.rate == pytest.approx(1.25 + policy.slow_start * 1.25)
+    pacer.on_rate_limited(sent_at=clock.now())
+    cut = pacer.rate
+    assert cut == pytest.approx((1.25 + 0.25) * policy.decrease)
+    pacer.on_success(paced=True)
+    assert pacer.rate == pytest.approx(cut + policy.increase * (10 / 8) / 10)  # the least step: limit / 8
+    for _ in range(200):
+        pacer.on_success(paced=True)
+    before = pacer.rate
+    assert before is not None and before > 10 / 8
+    pacer.on_success(paced=True)
+    assert pacer.rate == pytest.approx(before + policy.increase * before / 10)  # rate² / limit per second
+
+
+def test_the_rate_never_exceeds_the_cap() -> None:
+    pacer = Pacer(PacingPolicy(requests_per_second=4, initial_fraction=1.0), ManualClock())
+    for _ in range(50):
+        pacer.on_success(paced=True)
+    assert pacer.rate == 4
+
+
+def test_a_429_cuts_once_for_the_requests_sent_before_the_cut() -> None:
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(requests_per_second=10, initial_fraction=1.0), clock)
+    sent = [_take(pacer, clock) for _ in range(4)]
+    pacer.on_rate_limited(sent[0])
+    assert pacer.rate == pytest.approx(7.0)
+    for earlier in sent[1:]:  # in flight at the old rate when the cut came
+        pacer.on_rate_limited(earlier)
+    assert pacer.rate == pytest.approx(7.0)
+    pacer.on_rate_limited(_take(pacer, clock))  # sent at the new rate: another cut
+    assert pacer.rate == pytest.approx(4.9)
+
+
+def test_the_rate_has_a_floor() -> None:
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(requests_per_second=10), clock)
+    for _ in range(60):
+        pacer.on_rate_limited(_take(pacer, clock))
+    assert pacer.rate == pytest.approx(10 / 64)  # min_fraction of the limit, above min_rate (0.1)
+
+
+def test_a_cut_drops_the_idle_credit_and_retry_after_holds_every_request() -> None:
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(requests_per_second=10, initial_fraction=1.0), clock)
+    pacer.on_success(paced=True)
+    pacer.on_rate_limited(_take(pacer, clock), retry_after=12.0)
+    assert pacer.wait_time() == 12.0
+    clock.advance(12.0)
+    assert pacer.wait_time() == 0.0
+
+
+def test_without_a_cap_the_pacer_is_off_until_the_first_429() -> None:
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(), clock)
+    for _ in range(20):
+        assert pacer.wait_time() == 0.0
+        clock.advance(0.05)  # 20 per second
+    assert pacer.rate is None
+    pacer.on_rate_limited(clock.now())
+    assert pacer.rate == pytest.approx(20 * 0.7)  # what it was sending in the last second, cut
+    assert pacer.wait_time() > 0
+
+
+def test_several_pacers_with_no_shared_state_converge_under_the_limit() -> None:
+    """
+    Eight simulated shards (one pacer each, 16 workers, 300-400 ms calls) against a 10 req/s token
+    bucket: the 429s drive the sum of their rates down to the limit, where it stays.
+    """
+    limit, shards, seconds = 10.0, 8, 120.0
+    clock, rng = ManualClock(), random.Random(7)
+    pacers = [Pacer(PacingPolicy(requests_per_second=limit), clock) for _ in range(shards)]
+    outcomes = _simulate(pacers, clock, rng, limit, seconds)
+    accepted_late = sum(1 for t, ok in outcomes if ok and t >= seconds / 2)
+    rejected_late = sum(1 for t, ok in outcomes if not ok and t >= seconds / 2)
+    assert accepted_late / (seconds / 2) > 0.85 * limit  # the account is used
+    assert rejected_late / (accepted_late + rejected_late) < 0.05  # and hardly ever over-asked
+    assert sum(p.rate or 0 for p in pacers) < 3 * limit  # from 8 x 10 = 80 requests/s allowed
+
+
+def _simulate(
+    pacers: list[Pacer], clock: ManualClock, rng: random.Random, limit: float, seconds: float
+) -> list[tuple[float, bool]]:
+    """A discrete-event run: each pacer's workers ask for slots, the vendor's bucket answers."""
+
+    events: list[tuple[float, int, int, bool]] = []  # (time, order, pacer, waited)
+    order = 0
+    for index in range(len(pacers)):
+        for _ in range(16):
+            order += 1
+            heapq.heappush(events, (rng.uniform(0, 0.5), order, index, False))
+    tokens, refilled = limit, 0.0
+    outcomes: list[tuple[float, bool]] = []
+    while events and events[0][0] < seconds:
+        when, _, index, waited = heapq.heappop(events)
+        clock.time = when
+        pacer = pacers[index]
+        if (wait := pacer.wait_time()) > 0:
+            order += 1
+            heapq.heappush(events, (when + wait, order, index, True))
+            continue
+        tokens, refilled = min(limit, tokens + (when - refilled) * limit), when
+        accepted = tokens >= 1
+        tokens -= accepted
+        outcomes.append((when, accepted))
+        if accepted:
+            pacer.on_success(paced=waited)
+            done = when + rng.uniform(0.3, 0.4)
+        else:
+            pacer.on_rate_limited(when)
+            done = when + 0.25 + rng.uniform(0, 0.25)  # the retry policy's first wait
+        order += 1
+        heapq.heappush(events, (done, order, index, False))
+    return outcomes
