@@ -213,6 +213,7 @@ class PlanSink(Protocol):
         """Record a source settled during planning."""
 
 
+#: The sink type :func:`plan_into` fills and returns.
 SinkT = TypeVar("SinkT", bound=PlanSink)
 
 
