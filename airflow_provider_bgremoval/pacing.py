@@ -32,7 +32,7 @@ class PacingPolicy:
     :param initial_fraction: the first rate as a fraction of the cap (a shard's guess of its share).
     :param slow_start: until the first 429, a paced success adds this fraction of the first rate.
     :param min_rate: the rate never goes below this (requests per second) nor below
-        ``limit · min_fraction``.
+        ``limit · min_fraction``, unless the cap is lower.
     :param min_fraction: see ``min_rate``.
     :param burst_seconds: an idle hook may send up to this many seconds' worth of requests at once.
     """
@@ -149,7 +149,7 @@ class Pacer:
         self._sent: deque[float] = deque()  # slots taken within the last second
 
     def _first_rate(self, cap: float) -> float:
-        return max(self.policy.min_rate, cap * self.policy.initial_fraction)
+        return min(cap, max(self.policy.min_rate, cap * self.policy.initial_fraction))
 
     @property
     def rate(self) -> float | None:
@@ -209,7 +209,7 @@ class Pacer:
             rate = self._rate if self._rate is not None else max(policy.min_rate, float(len(self._sent)))
             if self._reference is None:
                 self._reference = rate
-            floor = max(policy.min_rate, self._reference * policy.min_fraction)
+            floor = min(self._reference, max(policy.min_rate, self._reference * policy.min_fraction))
             self._rate = max(floor, rate * policy.decrease)
             self._slow_start = False
             self._last_decrease = now

@@ -607,10 +607,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         pacer.on_rate_limited(sent_at, retry_after)
 
     def _attempt(
-        self, wire: VendorWire, request: WireRequest, probe: bool, stats: CallStats
+        self, wire: VendorWire, request: WireRequest, probe: bool, stats: CallStats, pacer: Pacer | None
     ) -> Flow[httpx.Response]:
         options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
-        pacer = None if probe else self._pacer
         sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
         try:
             response = yield from _Exchange(request.method, request.path, options)
@@ -634,18 +633,25 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return response
 
     def _send(
-        self, request: WireRequest, stats: CallStats | None = None, *, probe: bool = False
+        self,
+        request: WireRequest,
+        stats: CallStats | None = None,
+        *,
+        probe: bool = False,
+        paced: bool = True,
     ) -> Flow[httpx.Response]:
         """
         Send a request under the retry policy and return the successful reply.
 
         :param request: the request.
         :param stats: the caller's live record of the call.
-        :param probe: one attempt with a short timeout (what ``test_connection`` does).
+        :param probe: one attempt with a short timeout, not paced (what ``test_connection`` does).
+        :param paced: wait for the pacer's slot (the account endpoints are not paced).
         """
         wire = yield from self._wire()
         policy, stats = _PROBE_POLICY if probe else None, stats if stats is not None else CallStats()
-        return (yield from _Retried(lambda: self._attempt(wire, request, probe, stats), stats, policy))
+        pacer = self._pacer if paced and not probe else None
+        return (yield from _Retried(lambda: self._attempt(wire, request, probe, stats, pacer), stats, policy))
 
     send, asend = _methods(_send)
 
@@ -849,7 +855,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param probe: one attempt with a short timeout (what ``test_connection`` does).
         """
         wire = yield from self._wire()
-        return wire.parse_balance((yield from self._send(wire.balance_request(), probe=probe)))
+        return wire.parse_balance((yield from self._send(wire.balance_request(), probe=probe, paced=False)))
 
     get_balance, aget_balance = _methods(_get_balance)
 

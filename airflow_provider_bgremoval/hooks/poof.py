@@ -25,6 +25,6 @@ class PoofHook(BackgroundRemovalHook[PoofWire]):
     def _get_account(self) -> Flow[PoofAccount]:
         """The account as ``GET /v1/me`` reports it (plan, max/used credits, auto recharge); free."""
         wire = yield from self._wire()
-        return wire.parse_account((yield from self._send(wire.balance_request())))
+        return wire.parse_account((yield from self._send(wire.balance_request(), paced=False)))
 
     get_account, aget_account = _methods(_get_account)

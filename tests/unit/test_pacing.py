@@ -68,6 +68,10 @@ def test_the_rate_never_exceeds_the_cap() -> None:
     for _ in range(50):
         pacer.on_success(paced=True)
     assert pacer.rate == 4
+    slow = Pacer(PacingPolicy(requests_per_second=0.02), ManualClock())  # under min_rate: the cap wins
+    assert slow.rate == 0.02
+    slow.on_rate_limited(slow.now())
+    assert slow.rate == 0.02
 
 
 def test_a_429_cuts_once_for_the_requests_sent_before_the_cut() -> None:

@@ -1209,3 +1209,15 @@ async def test_a_call_cancelled_while_waiting_for_its_slot_was_never_sent(
     await hook.aclose()
     assert server.calls(f"{API}/v1/remove") == 1
     assert stats.attempts == 1 and not stats.attempt_in_flight  # not counted as possibly charged
+
+
+def test_balance_reads_are_not_paced_and_do_not_move_the_rate(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server, clock: ManualClock
+) -> None:
+    _paced_conn(monkeypatch, 0.01)  # one image request per 100 s
+    server.on(f"{API}/v1/credits", error_reply(429), httpx.Response(200, json={"credits": 5}))
+    with make_hook(retry_policy=RetryPolicy(max_attempts=2, initial_backoff=0, jitter=0)) as hook:
+        assert hook.get_balance().remaining == 5
+        assert hook.get_balance().remaining == 5
+        assert hook.pacer is not None and hook.pacer.rate == pytest.approx(0.01)  # not cut
+    assert clock.now() == 1000.0
