@@ -116,6 +116,7 @@ class ClaimStore:
                 return ClaimHolder(holder, expires)
             with suppress(WriteConflictError):  # somebody else took it over first: look again
                 self._write(destination, current.generation)
-                self.taken_over.add(destination)
+                if meta.get(META_EXPIRES) != "0":  # a released claim's holder stored no output
+                    self.taken_over.add(destination)
                 return None
         return ClaimHolder("unknown (claim contended)")
