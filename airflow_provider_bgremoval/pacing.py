@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
@@ -45,14 +45,6 @@ class PacingPolicy:
     min_rate: float = 0.1
     min_fraction: float = 1 / 64
     burst_seconds: float = 1.0
-
-    def with_limit(self, requests_per_second: float | None) -> PacingPolicy:
-        """
-        A copy with another account limit.
-
-        :param requests_per_second: the limit (``None``: no cap).
-        """
-        return replace(self, requests_per_second=requests_per_second)
 
 
 def parse_requests_per_second(value: Any) -> float | None:
