@@ -215,6 +215,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     # -- execution -----------------------------------------------------------------------------
     owner = "bench/run/cutouts/-1"
     manifest = ManifestWriter()
+    stages = StageTimer(storage, processor)
     runner = BatchRunner(
         storage,
         processor,
@@ -278,6 +279,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "exec_cpu_s": exec_cpu,
         "images_per_s": done / exec_wall if exec_wall else 0.0,
         "cpu_ms_per_image": 1000 * exec_cpu / done if done else None,
+        "stage_wall_ms": stages.mean_ms(),
         "image_wall_ms": image_ms,  # claim -> read -> call -> store of one image, mean of the done rows
         "latency_ceiling_images_per_s": 1000 * args.concurrency / image_ms if image_ms else None,
         "exec_user_s": exec_user,
@@ -294,6 +296,51 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "python_allocations": allocations,
         "experiments": args.experiment,
     }
+
+
+def _write_stage(name: str) -> str:
+    internal = next((kind for kind in ("claims", "manifests") if f"/{kind}/" in name), None)
+    return {"claims": "claim", "manifests": "manifest"}.get(internal or "", "output write")
+
+
+class StageTimer:
+    """
+    Wall time of each stage of an image, by wrapping the storage and processor calls the batch makes.
+
+    ``claim``, ``output write`` and ``manifest`` are all :meth:`GcsStorage.write` (told apart by folder).
+    """
+
+    def __init__(self, storage: Any, processor: Any) -> None:
+        self.walls: dict[str, list[float]] = {}
+        self._wrap(storage, "read", lambda *_a, **_k: "read")
+        self._wrap(storage, "write", lambda _b, name, *_a, **_k: _write_stage(name))
+        self._wrap(processor, "process", lambda *_a, **_k: "vendor call", coroutine=True)
+
+    def _wrap(self, target: Any, method: str, stage_of: Any, *, coroutine: bool = False) -> None:
+        original = getattr(target, method)
+
+        def note(stage: str, started: float) -> None:
+            self.walls.setdefault(stage, []).append(time.perf_counter() - started)  # list.append: atomic
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                note(stage_of(*args, **kwargs), started)
+
+        async def atimed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                note(stage_of(*args, **kwargs), started)
+
+        setattr(target, method, atimed if coroutine else timed)
+
+    def mean_ms(self) -> dict[str, float]:
+        """Mean wall ms per call of each stage."""
+        return {stage: 1000 * sum(walls) / len(walls) for stage, walls in self.walls.items() if walls}
 
 
 def image_wall_ms(manifest: bytes) -> float | None:
