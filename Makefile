@@ -136,12 +136,19 @@ demo-quick: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py --quick
 
 # bench: throughput, peak RSS and CPU per image of the bucket pipeline against the sandbox (200 ms
-# latency) and fake-gcs-server, each in its own process; prints a figure table (docs/benchmarks.md).
-# Figures, not a test: nothing fails on a slow machine. `make bench BENCH_ARGS=--quick` is a smoke run.
+# latency) and fake-gcs-server, each in its own process; then the scale section: the example DAG's
+# GCS requests per image (counted exactly), time to first paid call, per-shard planning RSS, against
+# this checkout and BENCH_BASELINE, the code before one-plan-per-run (a git worktree); then 8 shard
+# processes against a 10 requests/s sandbox account (request pacing, docs/rate-limits.md). Prints tables
+# (docs/benchmarks.md). Figures, not a test: nothing fails on a slow machine.
+# `make bench BENCH_ARGS=--quick` is a smoke run.
 BENCH_ARGS ?=
+BENCH_BASELINE ?= 0a8ad57
 .PHONY: bench
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks.bench_pipeline $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_scale $(BENCH_ARGS) --baseline-rev $(BENCH_BASELINE)
+	$(BIN)/python -m tests.benchmarks.bench_rate_limit $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
