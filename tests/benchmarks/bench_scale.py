@@ -236,9 +236,7 @@ def measure_first_call(bench: Bench, checkouts: list[Checkout], count: int) -> d
     for checkout in checkouts:
         dst = bench.seeder.bucket(f"cut-big-{checkout.key}")
         say(f"{checkout.label}: time to first paid call over {count:,} sources")
-        seconds[checkout.label] = bench.first_paid_call(
-            checkout, conf_for(src, dst), f"{checkout.key}-ttfpc"
-        )
+        seconds[checkout.label] = bench.first_paid_call(checkout, conf_for(src, dst), f"{checkout.key}-ttfpc")
         say(f"  {seconds[checkout.label]:.1f} s")
     return seconds
 
