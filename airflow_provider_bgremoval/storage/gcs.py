@@ -69,7 +69,7 @@ class ObjectInfo:
     :param md5_hash: base64 MD5 (absent for composite objects).
     :param crc32c: base64 CRC32C.
     :param metadata: custom metadata (``x-goog-meta-*``).
-    :param updated: last modification time.
+    :param updated: last modification time (``None`` from a listing; not part of equality).
     """
 
     bucket: str
@@ -80,7 +80,7 @@ class ObjectInfo:
     md5_hash: str | None = None
     crc32c: str | None = None
     metadata: dict[str, str] = field(default_factory=dict, hash=False)
-    updated: datetime | None = None
+    updated: datetime | None = field(default=None, compare=False)  # listings leave it out
 
     @property
     def uri(self) -> str:
