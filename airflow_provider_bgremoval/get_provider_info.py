@@ -9,7 +9,7 @@ _PACKAGE = "airflow_provider_bgremoval"
 _MODULES = {
     "operators": ("bucket", "preflight", "monitor", "report", "sharding"),
     "sensors": ("credits",),
-    "triggers": ("credits",),
+    "triggers": ("credits", "arrivals"),
 }
 _COMMON_FIELDS: dict[str, Any] = {
     "timeout": {

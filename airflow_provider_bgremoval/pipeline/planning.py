@@ -353,10 +353,14 @@ def _windows(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
 
 
 def _map_sources(
-    storage: GcsStorage, spec: BatchSpec, extension: str, sink: PlanSink, collisions: _Collisions
+    sources: Iterable[tuple[str, ObjectInfo | None]],
+    spec: BatchSpec,
+    extension: str,
+    sink: PlanSink,
+    collisions: _Collisions,
 ) -> Iterator[WorkItem]:
     """Map each source to its output; settle missing and unsafe names; note collisions."""
-    for name, entry in iter_sources(storage, spec):
+    for name, entry in sources:
         if entry is None:
             missing = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
             sink.settle(
@@ -436,6 +440,7 @@ def plan_into(
     limits: InputLimits,
     concurrency: int = 16,
     check: bool = True,
+    sources: Iterable[tuple[str, ObjectInfo | None]] | None = None,
 ) -> SinkT:
     """
     Plan a batch into ``sink``, window by window; :class:`DestinationCollisionError` when two sources
@@ -453,11 +458,14 @@ def plan_into(
     :param limits: the vendor's input limits for the local checks.
     :param concurrency: local checks (header reads) at once.
     :param check: run the local checks (a header read per unfinished source).
+    :param sources: ``(name, object)`` pairs already listed (in name order when ``spec`` lists a
+        prefix), instead of :func:`iter_sources` (the arrivals trigger plans only what is new).
     """
+    listed = iter_sources(storage, spec) if sources is None else sources
     planner = _Planner(storage, spec, fingerprint, vendor, limits)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
-        for window in _windows(_map_sources(storage, spec, extension, sink, collisions)):
+        for window in _windows(_map_sources(listed, spec, extension, sink, collisions)):
             unfinished = planner.unfinished(window, sink)
             _record(sink, pool.map(planner.check, unfinished) if check else unfinished)
     collisions.raise_if_any()

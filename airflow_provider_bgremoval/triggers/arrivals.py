@@ -1,0 +1,519 @@
+"""Event-driven scheduling on new photos: :class:`NewImagesTrigger` watches a source prefix (lists only).
+
+Use it in an ``AssetWatcher``; a DAG scheduled on that asset runs once per settled burst of uploads
+(docs/arrivals.md: the watermark, the settle rules, the cost per poll, restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchSpec,
+    DestinationCollisionError,
+    PlannedOutcome,
+    WorkItem,
+    plan_into,
+)
+from airflow_provider_bgremoval.pipeline.processors import (
+    GenerationProcessor,
+    ImageProcessor,
+    RemovalProcessor,
+)
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
+
+log = logging.getLogger(__name__)
+
+#: The operations a watcher can match (the bucket operators' ``operation``).
+OPERATIONS = ("remove_background", "generate_background")
+#: Key prefix of the watermark in the watched asset's state store.
+STATE_KEY_PREFIX = "bgremoval.arrivals:"
+#: The unified options the trigger accepts, as :class:`RemoveBackgroundOperator` takes them.
+_REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
+#: The generate-background options, as :class:`GenerateBackgroundOperator` takes them.
+_GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """
+    How far the trigger has accounted for the source prefix: every source whose generation is at most
+    ``generation`` was fired for, or found finished. GCS generations are creation times in microseconds.
+
+    :param generation: the highest source generation accounted for (0: nothing yet).
+    :param name: the highest source name accounted for (the listing's start with ``ordered_names``).
+    :param fires: events fired so far.
+    """
+
+    generation: int = 0
+    name: str = ""
+    fires: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the event payload, the asset state store)."""
+        return {"generation": self.generation, "name": self.name, "fires": self.fires}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Watermark:
+        """
+        A watermark from its stored form (anything else: the empty watermark).
+
+        :param value: what the state store returned.
+        """
+        if not isinstance(value, Mapping):
+            return cls()
+        return cls(
+            int(value.get("generation") or 0), str(value.get("name") or ""), int(value.get("fires") or 0)
+        )
+
+    def advanced(self, sources: Sequence[ObjectInfo], *, fired: bool) -> Watermark:
+        """
+        The watermark once ``sources`` are accounted for.
+
+        :param sources: the sources beyond this watermark that were evaluated.
+        :param fired: an event is fired for them.
+        """
+        generation = max([self.generation, *(s.generation for s in sources)])
+        name = max([self.name, *(s.name for s in sources)])
+        return Watermark(generation, name, self.fires + (1 if fired else 0))
+
+
+@dataclass
+class Arrivals:
+    """
+    What the polls saw beyond the watermark, on the trigger's monotonic clock (the settle rules).
+
+    :param count: sources beyond the watermark in the last listing.
+    :param newest: their highest generation.
+    :param changed_at: when ``count``/``newest`` last changed.
+    :param first_seen_at: when sources beyond the watermark were first seen (for ``max_wait``).
+    :param evaluated: the ``(count, newest)`` last found too few to fire (not evaluated again).
+    """
+
+    count: int = 0
+    newest: int = 0
+    changed_at: float | None = None
+    first_seen_at: float | None = None
+    evaluated: tuple[int, int] | None = field(default=None)
+
+    def observe(self, sources: Sequence[ObjectInfo], now: float) -> None:
+        """
+        Record one poll's sources beyond the watermark.
+
+        :param sources: the sources listed beyond the watermark.
+        :param now: the clock.
+        """
+        newest = max((s.generation for s in sources), default=0)
+        if (len(sources), newest) != (self.count, self.newest):
+            self.count, self.newest, self.changed_at = len(sources), newest, now
+        if sources and self.first_seen_at is None:
+            self.first_seen_at = now
+        if not sources:
+            self.first_seen_at = None
+
+    def ready(self, now: float, settle_seconds: float, max_wait: float) -> str | None:
+        """
+        ``"settled"`` (no change for ``settle_seconds``), ``"max_wait"`` (waiting that long), or ``None``.
+
+        :param now: the clock.
+        :param settle_seconds: quiet time that settles a burst.
+        :param max_wait: longest wait since the first source was seen.
+        """
+        if not self.count or self.changed_at is None or self.first_seen_at is None:
+            return None
+        if now - self.first_seen_at >= max_wait:
+            return "max_wait"
+        if now - self.changed_at >= settle_seconds and self.evaluated != (self.count, self.newest):
+            return "settled"
+        return None
+
+
+class _Counts:
+    """A plan sink that only counts (the trigger needs verdicts, not items)."""
+
+    def __init__(self) -> None:
+        self.unfinished = 0
+        self.settled: dict[str, int] = {}
+
+    def add(self, item: WorkItem) -> None:
+        self.unfinished += 1
+
+    def settle(self, outcome: PlannedOutcome) -> None:
+        self.settled[outcome.status] = self.settled.get(outcome.status, 0) + 1
+
+
+def _primitive(value: Any) -> Any:
+    """Options as JSON primitives (typed vendor options as their fields, tuples as lists)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _primitive(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_primitive(v) for v in value]
+    return value
+
+
+class NewImagesTrigger(BaseEventTrigger):
+    """
+    Fire when images without a finished output arrived under a source prefix and the arrivals settled.
+
+    It lists only: the source prefix every ``poll_interval`` seconds, and the destination's name range
+    once a burst has settled, to leave out sources whose output is finished (the bucket operators'
+    rule: same name mapping, options fingerprint and vendor). No vendor call, nothing billed. It fires
+    when at least ``min_batch`` such images wait and no new object arrived for ``settle_seconds``, or
+    when images have waited ``max_wait`` seconds. The event carries counts and the watermark:
+    ``{"status": "new_images", "images", "finished", "rejected", "listed", "settled_by",
+    "waited_seconds", "source", "destination", "watermark", "previous_watermark"}``.
+
+    The watermark (docs/arrivals.md) is kept in the watched asset's state store, so a restarted
+    triggerer does not fire again for sources it already fired for. The image parameters must be
+    those of the bucket task the asset schedules (share one dict between both).
+
+    :param source_bucket: bucket of the photos.
+    :param destination_bucket: bucket of the outputs.
+    :param source_prefix: prefix watched.
+    :param destination_prefix: prefix of the outputs.
+    :param conn_id: the bucket task's vendor connection (read, never called: it shapes the fingerprint).
+    :param operation: ``remove_background`` (RemoveBackgroundOperator) or ``generate_background``.
+    :param include: glob pattern(s) a photo must match, as the bucket task's.
+    :param exclude: glob pattern(s) to leave out.
+    :param overwrite: the bucket task replaces outputs made from another generation or other options.
+    :param gcp_conn_id: Google Cloud connection (ADC when absent; the emulator via ``STORAGE_EMULATOR_HOST``).
+    :param poll_interval: seconds between two listings of the source prefix.
+    :param settle_seconds: quiet seconds (no new object) that settle a burst.
+    :param max_wait: fire after images have waited this long, settled or not, however few.
+    :param min_batch: fewest waiting images a settled burst fires for (fewer wait for ``max_wait``).
+    :param ordered_names: names sort by arrival (``incoming/20261201T1800-…``): list from the watermark's
+        name only (one request per poll whatever the prefix holds).
+    :param output_format: as the removal task's.
+    :param background_color: as the removal task's.
+    :param crop: as the removal task's.
+    :param margin: as the removal task's.
+    :param max_size: as the removal task's.
+    :param jpeg_quality: as the removal task's.
+    :param vendor_options: as the removal task's (a mapping of the vendor options' fields).
+    :param scene: as the generation task's.
+    :param prompt: as the generation task's.
+    :param negative_prompt: as the generation task's.
+    :param image_transform: as the generation task's.
+    """
+
+    def __init__(
+        self,
+        source_bucket: str,
+        destination_bucket: str,
+        source_prefix: str = "",
+        destination_prefix: str = "",
+        *,
+        conn_id: str,
+        operation: str = "remove_background",
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        overwrite: bool = False,
+        gcp_conn_id: str | None = "google_cloud_default",
+        poll_interval: float = 30.0,
+        settle_seconds: float = 60.0,
+        max_wait: float = 900.0,
+        min_batch: int = 1,
+        ordered_names: bool = False,
+        output_format: str = "png",
+        background_color: str | None = None,
+        crop: bool | str = False,
+        margin: str | None = None,
+        max_size: Any = None,
+        jpeg_quality: int = 90,
+        vendor_options: Any = None,
+        scene: str | None = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        image_transform: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.spec = BatchSpec(
+            source_bucket=source_bucket,
+            destination_bucket=destination_bucket,
+            source_prefix=source_prefix,
+            destination_prefix=destination_prefix,
+            include=[include] if isinstance(include, str) else _primitive(include),
+            exclude=[exclude] if isinstance(exclude, str) else _primitive(exclude),
+            overwrite=bool(overwrite),
+        )
+        if operation not in OPERATIONS:
+            raise InvalidOptionError("operation", f"{operation!r} is not one of {', '.join(OPERATIONS)}")
+        self.conn_id, self.operation, self.gcp_conn_id = str(conn_id), operation, gcp_conn_id
+        self.poll_interval, self.settle_seconds = float(poll_interval), float(settle_seconds)
+        self.max_wait, self.min_batch, self.ordered_names = (
+            float(max_wait),
+            int(min_batch),
+            bool(ordered_names),
+        )
+        if self.poll_interval <= 0 or self.settle_seconds < 0 or self.max_wait <= 0 or self.min_batch < 1:
+            raise InvalidOptionError(
+                "poll_interval",
+                "poll_interval and max_wait must be positive, settle_seconds not "
+                "negative, min_batch at least 1",
+            )
+        given = {
+            "output_format": output_format,
+            "background_color": background_color,
+            "crop": crop,
+            "margin": margin,
+            "max_size": max_size,
+            "jpeg_quality": jpeg_quality,
+            "vendor_options": vendor_options,
+            "scene": scene,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "image_transform": image_transform,
+        }
+        self.options: dict[str, Any] = {name: _primitive(value) for name, value in given.items()}
+        self._options_identity()  # fail at DAG parse on bad options, as the operators do
+
+    # -- serialisation ---------------------------------------------------------------------------------
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and primitive kwargs that rebuild this trigger."""
+        spec = self.spec
+        kwargs: dict[str, Any] = {
+            "source_bucket": spec.source_bucket,
+            "destination_bucket": spec.destination_bucket,
+            "source_prefix": spec.source_prefix,
+            "destination_prefix": spec.destination_prefix,
+            "conn_id": self.conn_id,
+            "operation": self.operation,
+            "include": None if spec.include is None else list(spec.include),
+            "exclude": None if spec.exclude is None else list(spec.exclude),
+            "overwrite": spec.overwrite,
+            "gcp_conn_id": self.gcp_conn_id,
+            "poll_interval": self.poll_interval,
+            "settle_seconds": self.settle_seconds,
+            "max_wait": self.max_wait,
+            "min_batch": self.min_batch,
+            "ordered_names": self.ordered_names,
+            **self.options,
+        }
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NewImagesTrigger) and self.serialize() == other.serialize()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.serialize(), sort_keys=True, default=str))
+
+    @property
+    def state_key(self) -> str:
+        """The watermark's key in the asset state store: what is watched and what finishes it."""
+        _, kwargs = self.serialize()
+        timing = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
+        identity = {k: v for k, v in kwargs.items() if k not in timing}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        return f"{STATE_KEY_PREFIX}{digest[:16]}"
+
+    # -- what finishes an image: the bucket operators' processor identity -----------------------------------
+    def _options_identity(self) -> RemovalOptions | PixelcutGenerateOptions:
+        if self.operation == "generate_background":
+            return PixelcutGenerateOptions.coerce({name: self.options[name] for name in _GENERATION_FIELDS})
+        return RemovalOptions.create(**{name: self.options[name] for name in _REMOVAL_FIELDS})
+
+    def build_processor(self, hook: BackgroundRemovalHook[Any]) -> ImageProcessor:
+        """
+        The bucket task's processor (extension, fingerprint, vendor, limits); it is never called.
+
+        :param hook: the vendor hook of ``conn_id``.
+        """
+        options = self._options_identity()
+        if isinstance(options, PixelcutGenerateOptions):
+            if not isinstance(hook, PixelcutHook):
+                raise InvalidOptionError(
+                    "conn_id", f"generate-background needs Pixelcut, not {hook.conn_type}"
+                )
+            return GenerationProcessor(hook, options)
+        return RemovalProcessor(hook, options, self.options["vendor_options"])
+
+    async def get_processor(self) -> ImageProcessor:
+        """The processor for ``conn_id``, its connection read without blocking (tests override this)."""
+        hook = await BackgroundRemovalHook.aget_hook(self.conn_id)
+        try:
+            return self.build_processor(hook)
+        finally:
+            await hook.aclose()
+
+    def get_storage(self) -> GcsStorage:
+        """The GCS storage (tests override this)."""
+        return GcsStorage(gcp_conn_id=self.gcp_conn_id)
+
+    # -- clock and state (tests replace them) -------------------------------------------------------------
+    def clock(self) -> float:
+        """The monotonic clock the settle rules run on."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """
+        Wait between polls.
+
+        :param seconds: how long.
+        """
+        await asyncio.sleep(seconds)
+
+    async def load_watermark(self) -> Watermark:
+        """The watermark kept in the watched asset's state store (empty without a store)."""
+        if self.asset_state_store is None:
+            return Watermark()
+        try:
+            return Watermark.from_value(await self.asset_state_store.aget(self.state_key))
+        except ValueError as exc:  # a trigger watching several assets: no single store to read
+            log.warning("No asset state store for the watermark (%s): kept in memory only", exc)
+            self.asset_state_store = None
+            return Watermark()
+
+    async def save_watermark(self, watermark: Watermark) -> None:
+        """
+        Keep ``watermark`` in the watched asset's state store (before its event is yielded).
+
+        :param watermark: the new watermark.
+        """
+        if self.asset_state_store is not None:
+            await self.asset_state_store.aset(self.state_key, watermark.as_dict())
+
+    # -- polling ------------------------------------------------------------------------------------------
+    def list_new(self, storage: GcsStorage, watermark: Watermark) -> list[ObjectInfo]:
+        """
+        The sources beyond ``watermark``, in name order (blocking: run in a thread).
+
+        :param storage: the GCS storage.
+        :param watermark: the current watermark.
+        """
+        spec = self.spec
+        start = watermark.name if self.ordered_names and watermark.name else None
+        listing = storage.list_objects(
+            spec.source_bucket,
+            spec.source_prefix,
+            include=spec.include,
+            exclude=spec.exclude,
+            start_offset=start,
+        )
+        return [info for info in listing if info.generation > watermark.generation]
+
+    def count_unfinished(
+        self, storage: GcsStorage, processor: ImageProcessor, sources: Sequence[ObjectInfo]
+    ) -> _Counts:
+        """
+        Plan ``sources`` as the bucket task would, without reading them (blocking: run in a thread).
+
+        :param storage: the GCS storage.
+        :param processor: the bucket task's processor identity.
+        :param sources: the sources beyond the watermark, in name order.
+        """
+        counts = _Counts()
+        try:
+            plan_into(
+                storage,
+                self.spec,
+                counts,
+                extension=processor.extension,
+                fingerprint=processor.fingerprint,
+                vendor=processor.vendor,
+                limits=processor.limits,
+                check=False,
+                sources=[(info.name, info) for info in sources],
+            )
+        except DestinationCollisionError as exc:  # the run refuses the batch and says why: let it
+            log.warning("New sources collide (the run will refuse them): %s", exc)
+            counts.unfinished, counts.settled = len(sources), {}
+        return counts
+
+    def _event(
+        self,
+        counts: _Counts,
+        sources: Sequence[ObjectInfo],
+        reason: str,
+        waited: float,
+        old: Watermark,
+        new: Watermark,
+    ) -> TriggerEvent:
+        spec = self.spec
+        payload = {
+            "status": "new_images",
+            "images": counts.unfinished,
+            "finished": counts.settled.get("skipped", 0),
+            "rejected": counts.settled.get("rejected", 0),
+            "listed": len(sources),
+            "settled_by": reason,
+            "waited_seconds": round(waited, 1),
+            "source": f"gs://{spec.source_bucket}/{spec.source_prefix}",
+            "destination": f"gs://{spec.destination_bucket}/{spec.destination_prefix}",
+            "watermark": new.as_dict(),
+            "previous_watermark": old.as_dict(),
+        }
+        return TriggerEvent(payload)  # type: ignore[no-untyped-call]
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll forever; yield an event per settled burst of images without a finished output."""
+        processor = await self.get_processor()  # a bad connection or options: fail visibly, once
+        storage = self.get_storage()
+        watermark = await self.load_watermark()
+        arrivals = Arrivals()
+        log.info(
+            "Watching gs://%s/%s from watermark %s",
+            self.spec.source_bucket,
+            self.spec.source_prefix,
+            watermark,
+        )
+        while True:
+            try:
+                sources = await asyncio.to_thread(self.list_new, storage, watermark)
+            except Exception as exc:  # a transient storage error: the next poll tries again
+                log.warning(
+                    "Listing gs://%s/%s failed: %s", self.spec.source_bucket, self.spec.source_prefix, exc
+                )
+            else:
+                arrivals.observe(sources, self.clock())
+                event, watermark, arrivals = await self._consider(
+                    processor, storage, sources, arrivals, watermark
+                )
+                if event is not None:
+                    yield event
+            await self.sleep(self.poll_interval)
+
+    async def _consider(
+        self,
+        processor: ImageProcessor,
+        storage: GcsStorage,
+        sources: list[ObjectInfo],
+        arrivals: Arrivals,
+        watermark: Watermark,
+    ) -> tuple[TriggerEvent | None, Watermark, Arrivals]:
+        """One poll's decision: the event to fire (if any), the watermark and arrivals after it."""
+        now = self.clock()
+        reason = arrivals.ready(now, self.settle_seconds, self.max_wait)
+        if reason is None:
+            return None, watermark, arrivals
+        counts = await asyncio.to_thread(self.count_unfinished, storage, processor, sources)
+        enough = counts.unfinished >= self.min_batch or (reason == "max_wait" and counts.unfinished)
+        if counts.unfinished and not enough:  # too few after a settled burst: wait for more or max_wait
+            arrivals.evaluated = (arrivals.count, arrivals.newest)
+            log.info("%d image(s) waiting, fewer than min_batch=%d", counts.unfinished, self.min_batch)
+            return None, watermark, arrivals
+        new = watermark.advanced(sources, fired=bool(enough))
+        await self.save_watermark(new)  # first: a restarted triggerer never fires twice for these
+        if not enough:
+            log.info("%d new source(s), all finished or refused: watermark %s", len(sources), new)
+            return None, new, Arrivals()
+        waited = now - (arrivals.first_seen_at or now)
+        log.info(
+            "%d image(s) to process (%s after %.1f s): watermark %s", counts.unfinished, reason, waited, new
+        )
+        return self._event(counts, sources, reason, waited, watermark, new), new, Arrivals()

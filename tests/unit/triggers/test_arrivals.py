@@ -1,0 +1,374 @@
+"""NewImagesTrigger: settle rules on a controllable clock, serialisation, watermark, restarts, poll cost.
+
+The trigger runs for real (its listing, its plan of the new sources with the package's planning, its
+processor identity from a real hook over an ``AIRFLOW_CONN_*`` connection) against the in-memory
+storage of the planning tests; only the clock, the sleep and Airflow's asset state store are
+replaced (the store by a dict with its ``aget``/``aset``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.operators.bucket import GenerateBackgroundOperator, RemoveBackgroundOperator
+from airflow_provider_bgremoval.pipeline.planning import (
+    META_OPTIONS_HASH,
+    META_SOURCE,
+    META_SOURCE_GENERATION,
+    META_VENDOR,
+)
+from airflow_provider_bgremoval.triggers.arrivals import Arrivals, NewImagesTrigger, Watermark
+from tests.support.connections import set_connection
+from tests.support.memory_storage import MemoryStorage
+
+BATCH: dict[str, Any] = {
+    "conn_id": "pixian_default",
+    "source_bucket": "src",
+    "source_prefix": "incoming/",
+    "destination_bucket": "dst",
+    "destination_prefix": "cutouts/",
+    "include": ["*.jpg", "*.png"],
+    "output_format": "webp",
+    "background_color": "#ffffff",
+}
+TIMING = {"poll_interval": 2.0, "settle_seconds": 10.0, "max_wait": 120.0}
+
+
+@pytest.fixture(autouse=True)
+def pixian(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "pixian_default", "pixian", login="px-id", password="px-secret-123")
+    set_connection(monkeypatch, "pixelcut_default", "pixelcut", password="sk-secret-123")
+
+
+class StateStore:
+    """Airflow's asset state store accessor as the triggerer injects it (``aget``/``aset``), in a dict."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return json.loads(json.dumps(self.values.get(key, default)))
+
+    async def aset(self, key: str, value: Any) -> None:
+        self.values[key] = json.loads(json.dumps(value))
+
+
+class Stop(Exception):
+    """Ends a timeline (the trigger polls forever)."""
+
+
+class Timeline:
+    """
+    Runs a trigger on a fake clock: each sleep advances it; uploads happen at their scheduled times.
+
+    :param storage: the in-memory buckets.
+    :param until: the clock value that ends the run.
+    """
+
+    def __init__(self, storage: MemoryStorage, until: float) -> None:
+        self.storage = storage
+        self.until = until
+        self.now = 0.0
+        self.uploads: list[tuple[float, str]] = []
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.on_poll: Callable[[float], None] | None = None
+
+    def upload(self, at: float, *names: str) -> None:
+        self.uploads.extend((at, name) for name in names)
+
+    def _deliver(self) -> None:
+        due = [u for u in self.uploads if u[0] <= self.now]
+        self.uploads = [u for u in self.uploads if u[0] > self.now]
+        for _, name in sorted(due):
+            self.storage.put("src", name, b"photo")
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.now > self.until:
+            raise Stop
+        self._deliver()
+        await asyncio.sleep(0)
+
+    def run(self, trigger: NewImagesTrigger) -> list[tuple[float, dict[str, Any]]]:
+        trigger.clock = lambda: self.now  # type: ignore[method-assign]
+        trigger.sleep = self.sleep  # type: ignore[method-assign]
+        trigger.get_storage = lambda: self.storage  # type: ignore[method-assign,assignment,return-value]
+        self._deliver()
+
+        async def consume() -> None:
+            event: TriggerEvent
+            async for event in trigger.run():
+                self.events.append((self.now, event.payload))
+
+        try:
+            asyncio.run(consume())
+        except Stop:
+            pass
+        return self.events
+
+
+def make(**overrides: Any) -> NewImagesTrigger:
+    return NewImagesTrigger(**{**BATCH, **TIMING, **overrides})
+
+
+def finish(storage: MemoryStorage, trigger: NewImagesTrigger, source: str, output: str) -> None:
+    """Store ``output`` as the bucket task's finished output of ``source`` (its metadata)."""
+    processor = trigger.build_processor(BackgroundRemovalHook.get_hook(trigger.conn_id))
+    info = storage.info("src", source)
+    meta = {
+        META_SOURCE: info.uri,
+        META_SOURCE_GENERATION: str(info.generation),
+        META_OPTIONS_HASH: processor.fingerprint,
+        META_VENDOR: processor.vendor,
+    }
+    storage.put("dst", output, b"cut-out", meta)
+
+
+# -- serialisation ---------------------------------------------------------------------------------
+def test_serialize_round_trips_with_primitives_only() -> None:
+    trigger = make(vendor_options={"test": True}, max_size=(800, 600), min_batch=3, ordered_names=True)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_bgremoval.triggers.arrivals.NewImagesTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert kwargs["max_size"] == [800, 600] and kwargs["include"] == ["*.jpg", "*.png"]
+    rebuilt = NewImagesTrigger(**kwargs)
+    assert rebuilt == trigger and rebuilt.serialize() == trigger.serialize()
+    assert rebuilt.state_key == trigger.state_key
+
+
+def test_serialize_round_trips_through_airflow_serde() -> None:
+    from airflow.sdk.serde import deserialize, serialize
+
+    trigger = make(include="*.jpg")
+    _, kwargs = trigger.serialize()
+    assert NewImagesTrigger(**deserialize(serialize(kwargs))) == trigger
+
+
+def test_the_state_key_ignores_timing_but_not_what_is_watched() -> None:
+    assert make().state_key == make(poll_interval=60, settle_seconds=300, min_batch=5).state_key
+    assert make().state_key != make(output_format="png").state_key
+    assert make().state_key != make(source_prefix="other/").state_key
+
+
+def test_bad_options_fail_at_construction() -> None:
+    with pytest.raises(InvalidOptionError, match="output_format"):
+        make(output_format="gif")
+    with pytest.raises(InvalidOptionError, match="destination_prefix"):
+        make(destination_bucket="src", destination_prefix="incoming/cut/")
+    with pytest.raises(InvalidOptionError, match="operation"):
+        make(operation="upscale")
+    with pytest.raises(InvalidOptionError):
+        make(min_batch=0)
+
+
+# -- the bucket operators' identity ------------------------------------------------------------------
+def test_the_fingerprint_is_the_removal_operators() -> None:
+    options = {**BATCH, "crop": True, "margin": "5%", "vendor_options": {"test": True}}
+    trigger = NewImagesTrigger(**options)
+    operator = RemoveBackgroundOperator(task_id="cut", **options)
+    hook = BackgroundRemovalHook.get_hook("pixian_default")
+    mine, theirs = trigger.build_processor(hook), operator.build_processor(hook, None)
+    assert (mine.fingerprint, mine.vendor, mine.extension) == (theirs.fingerprint, theirs.vendor, ".webp")
+    assert mine.fingerprint != make().build_processor(hook).fingerprint
+
+
+def test_the_fingerprint_is_the_generation_operators() -> None:
+    options = {**BATCH, "conn_id": "pixelcut_default", "scene": "marble"}
+    for name in ("output_format", "background_color"):
+        options.pop(name)
+    trigger = NewImagesTrigger(operation="generate_background", **options)
+    operator = GenerateBackgroundOperator(task_id="scenes", **options)
+    hook = BackgroundRemovalHook.get_hook("pixelcut_default")
+    assert trigger.build_processor(hook).fingerprint == operator.build_processor(hook, None).fingerprint
+    with pytest.raises(InvalidOptionError, match="Pixelcut"):
+        trigger.build_processor(BackgroundRemovalHook.get_hook("pixian_default"))
+
+
+# -- settle rules ----------------------------------------------------------------------------------
+def test_a_burst_fires_once_after_it_settled() -> None:
+    storage = MemoryStorage()
+    timeline = Timeline(storage, until=80)
+    timeline.upload(3, *(f"incoming/a{i}.jpg" for i in range(3)))
+    timeline.upload(7, "incoming/a3.jpg", "incoming/a4.png", "incoming/notes.txt")
+    events = timeline.run(make())
+    assert len(events) == 1
+    at, payload = events[0]
+    assert 7 + 10 <= at <= 7 + 10 + 2 * 2  # settle_seconds + 2 x poll_interval after the last upload
+    assert payload["status"] == "new_images" and payload["settled_by"] == "settled"
+    assert (payload["images"], payload["listed"], payload["finished"]) == (5, 5, 0)
+    assert payload["watermark"]["generation"] == storage.info("src", "incoming/a4.png").generation
+    assert payload["watermark"]["fires"] == 1 and payload["previous_watermark"]["generation"] == 0
+    assert payload["source"] == "gs://src/incoming/" and payload["destination"] == "gs://dst/cutouts/"
+    assert "objects" not in payload and len(json.dumps(payload)) < 600
+
+
+def test_two_bursts_fire_twice_and_the_second_counts_only_its_own() -> None:
+    timeline = Timeline(MemoryStorage(), until=120)
+    timeline.upload(1, "incoming/a.jpg", "incoming/b.jpg")
+    timeline.upload(40, "incoming/c.jpg")
+    events = timeline.run(make())
+    assert [payload["images"] for _, payload in events] == [2, 1]
+    assert events[1][1]["previous_watermark"] == events[0][1]["watermark"]
+
+
+def test_no_uploads_no_event() -> None:
+    assert Timeline(MemoryStorage(), until=200).run(make()) == []
+
+
+def test_a_trickle_that_never_settles_fires_at_max_wait() -> None:
+    timeline = Timeline(MemoryStorage(), until=100)
+    for second in range(1, 100, 5):
+        timeline.upload(second, f"incoming/t{second:03d}.jpg")
+    events = timeline.run(make(max_wait=30))
+    assert events and events[0][1]["settled_by"] == "max_wait"
+    assert 30 <= events[0][0] <= 34 and events[0][1]["waited_seconds"] >= 30
+
+
+def test_fewer_than_min_batch_wait_for_max_wait() -> None:
+    storage = MemoryStorage()
+    timeline = Timeline(storage, until=100)
+    timeline.upload(1, "incoming/a.jpg", "incoming/b.jpg")
+    events = timeline.run(make(min_batch=5, max_wait=60))
+    assert [(p["images"], p["settled_by"]) for _, p in events] == [(2, "max_wait")]
+    assert 60 <= events[0][0] <= 64
+    # the settled pair was planned once, not on every poll while it waited
+    destination_listings = [entry for entry in storage.listings if entry[0] == "dst"]
+    assert len(destination_listings) == 2
+
+
+def test_min_batch_reached_fires_at_settle() -> None:
+    timeline = Timeline(MemoryStorage(), until=60)
+    timeline.upload(1, *(f"incoming/{i}.jpg" for i in range(5)))
+    events = timeline.run(make(min_batch=5))
+    assert [(p["images"], p["settled_by"]) for _, p in events] == [(5, "settled")]
+
+
+# -- finished outputs and the watermark --------------------------------------------------------------
+def test_images_with_finished_outputs_do_not_fire_and_advance_the_watermark() -> None:
+    storage = MemoryStorage()
+    store = StateStore()
+    trigger = make()
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    for name in ("a", "b"):
+        storage.put("src", f"incoming/{name}.jpg", b"photo")
+        finish(storage, trigger, f"incoming/{name}.jpg", f"cutouts/{name}.webp")
+    storage.put("dst", "cutouts/c.webp", b"made from something else")
+    storage.put("src", "incoming/c.jpg", b"photo")  # its output exists from another source: refused
+    assert Timeline(storage, until=40).run(trigger) == []
+    kept = Watermark.from_value(store.values[trigger.state_key])
+    assert kept.generation == storage.info("src", "incoming/c.jpg").generation and kept.fires == 0
+
+
+def test_the_backlog_fires_once_counting_only_the_unfinished() -> None:
+    storage = MemoryStorage()
+    trigger = make()
+    storage.put("src", "incoming/done.jpg", b"photo")
+    finish(storage, trigger, "incoming/done.jpg", "cutouts/done.webp")
+    storage.put("src", "incoming/new.jpg", b"photo")
+    events = Timeline(storage, until=40).run(trigger)
+    assert [(p["images"], p["finished"], p["listed"]) for _, p in events] == [(1, 1, 2)]
+
+
+def test_a_restarted_trigger_does_not_fire_again_for_what_it_fired_for() -> None:
+    storage, store = MemoryStorage(), StateStore()
+    first = make()
+    first.asset_state_store = store  # type: ignore[assignment]
+    timeline = Timeline(storage, until=40)
+    timeline.upload(1, "incoming/a.jpg", "incoming/b.jpg")
+    assert len(timeline.run(first)) == 1  # fired; the run has not written any output yet
+    assert store.values[first.state_key]["fires"] == 1
+
+    second = NewImagesTrigger(**first.serialize()[1])  # the triggerer rebuilds it from its kwargs
+    second.asset_state_store = store  # type: ignore[assignment]
+    again = Timeline(storage, until=60)
+    again.upload(30, "incoming/c.jpg")
+    events = again.run(second)
+    assert [(p["images"], p["listed"]) for _, p in events] == [(1, 1)]
+    assert events[0][1]["watermark"]["fires"] == 2
+
+
+def test_a_restart_mid_settle_fires_once_for_the_burst() -> None:
+    storage, store = MemoryStorage(), StateStore()
+    first = make()
+    first.asset_state_store = store  # type: ignore[assignment]
+    timeline = Timeline(storage, until=6)  # stopped while the burst settles
+    timeline.upload(1, "incoming/a.jpg", "incoming/b.jpg")
+    assert timeline.run(first) == []
+    second = NewImagesTrigger(**first.serialize()[1])
+    second.asset_state_store = store  # type: ignore[assignment]
+    events = Timeline(storage, until=60).run(second)
+    assert [p["images"] for _, p in events] == [2]
+
+
+def test_without_a_state_store_the_watermark_is_kept_in_memory() -> None:
+    timeline = Timeline(MemoryStorage(), until=60)
+    timeline.upload(1, "incoming/a.jpg")
+    trigger = make()
+    assert trigger.asset_state_store is None
+    assert len(timeline.run(trigger)) == 1
+
+
+def test_a_failed_listing_is_polled_again() -> None:
+    storage = MemoryStorage()
+    real = storage.list_objects
+    failures = iter([True, True])
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if args[0] == "src" and next(failures, False):
+            raise ConnectionError("listing timed out")
+        return real(*args, **kwargs)
+
+    storage.list_objects = flaky  # type: ignore[method-assign]
+    storage.put("src", "incoming/a.jpg", b"photo")
+    assert [p["images"] for _, p in Timeline(storage, until=40).run(make())] == [1]
+
+
+# -- cost per poll -----------------------------------------------------------------------------------
+def test_a_poll_lists_the_prefix_once_per_thousand_names() -> None:
+    storage = MemoryStorage()
+    for number in range(2500):
+        storage.put("src", f"incoming/{number:05d}.txt", b"not a photo")
+    Timeline(storage, until=20).run(make())
+    source_listings = [entry for entry in storage.listings if entry[0] == "src"]
+    assert len(source_listings) == 11  # polls at 0, 2, ..., 20
+    assert storage.requests["list"] == 11 * 3  # 2,500 names: 3 pages each
+
+
+def test_ordered_names_list_from_the_watermark() -> None:
+    storage = MemoryStorage()
+    for number in range(2500):
+        storage.put("src", f"incoming/2026-11-{number:05d}.txt", b"old")
+    timeline = Timeline(storage, until=80)
+    timeline.upload(1, "incoming/2026-12-01T10.jpg")
+    timeline.upload(40, "incoming/2026-12-01T11.jpg")
+    events = timeline.run(make(ordered_names=True))
+    assert [p["images"] for _, p in events] == [1, 1]
+    starts = [start for bucket, _, start, _ in storage.listings if bucket == "src"]
+    # the whole prefix is listed until a first source is accounted for, then only from the watermark
+    first = starts.index("incoming/2026-12-01T10.jpg")
+    assert set(starts[:first]) == {None} and first <= 1 + (1 + 10) // 2 + 1
+    assert set(starts[first:]) == {"incoming/2026-12-01T10.jpg", "incoming/2026-12-01T11.jpg"}
+    assert starts[-1] == "incoming/2026-12-01T11.jpg"
+    after = [e for e in storage.listings if e[0] == "src" and e[2] is not None]
+    ranges = [e for e in storage.listings if e[0] == "dst"]  # the output lookups of the two fires
+    assert storage.requests["list"] == 3 * first + len(after) + len(ranges)  # 1 request a poll after
+
+
+def test_arrivals_settle_rules_directly() -> None:
+    arrivals = Arrivals()
+    assert arrivals.ready(0, 10, 60) is None
+    one = [MemoryStorage().put("src", "incoming/a.jpg", b"x")]
+    arrivals.observe(one, 5)
+    assert arrivals.ready(14, 10, 60) is None and arrivals.ready(15, 10, 60) == "settled"
+    arrivals.evaluated = (arrivals.count, arrivals.newest)
+    assert arrivals.ready(20, 10, 60) is None and arrivals.ready(65, 10, 60) == "max_wait"
+    arrivals.observe([], 66)
+    assert arrivals.ready(100, 10, 60) is None
