@@ -179,6 +179,7 @@ class BucketImageOperator(BucketJobOperator):
                 f"(a retry skips what is done). Manifest: {summary['manifest_uri']}"
             )
         self._verdict(context, vendor, result, summary)
+        self._announce(context, job, summary)
         return summary
 
     def on_kill(self) -> None:
@@ -274,6 +275,15 @@ class BucketImageOperator(BucketJobOperator):
                 f"holder finishes skips what it wrote (on_pending='warn' accepts this as success). "
                 f"Manifest: {manifest_uri}"
             )
+
+    def _announce(self, context: Context, job: BucketJob, summary: dict[str, Any]) -> None:
+        """Put the summary counts on the asset event of an outlet naming the destination (if any)."""
+        destination = f"gs://{job.spec.destination_bucket}/{job.spec.destination_prefix}".rstrip("/")
+        extra = {key: summary[key] for key in ("done", "skipped", "rejected", "failed", "pending")}
+        extra.update(credits=summary["credits_spent"], manifest_uri=summary["manifest_uri"])
+        for outlet in self.outlets:
+            if getattr(outlet, "uri", "").rstrip("/") == destination:
+                context["outlet_events"][outlet].extra.update(extra)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """

@@ -82,6 +82,8 @@ def test_every_example_dag_is_found(dags: dict[str, DAG]) -> None:
         "example_generate_background",
         "example_credit_monitor",
         "example_credit_monitor_wait_for_topup",
+        "example_process_on_arrival",
+        "example_publish_cutouts",
     }
 
 
@@ -195,6 +197,8 @@ def test_each_dag_has_its_own_doc(dags: dict[str, DAG]) -> None:
         "example_generate_background",
         "example_credit_monitor",
         "example_credit_monitor_wait_for_topup",
+        "example_process_on_arrival",
+        "example_publish_cutouts",
     ],
 )
 def test_doc_md_is_plain_markdown_for_a_dag_author(dags: dict[str, DAG], dag_id: str) -> None:

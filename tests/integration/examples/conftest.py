@@ -16,6 +16,8 @@ EXAMPLE_DAG_IDS = {
     "example_generate_background",
     "example_credit_monitor",
     "example_credit_monitor_wait_for_topup",
+    "example_process_on_arrival",
+    "example_publish_cutouts",
 }
 
 

@@ -73,7 +73,7 @@ def test_examples_parse_without_warnings_or_network(tmp_path) -> None:
     assert result["network"] == []
     found = {dag_id for ids in result["dags"].values() for dag_id in ids}
     assert found == EXAMPLE_DAG_IDS
-    assert len(result["dags"]) == 3
+    assert len(result["dags"]) == len(EXAMPLE_FILES)
 
 
 def test_dagbag_has_no_import_errors_and_the_documented_shape(monkeypatch) -> None:
@@ -114,3 +114,12 @@ def test_dagbag_has_no_import_errors_and_the_documented_shape(monkeypatch) -> No
     assert monitor.get_task("check_balances").on_low_callback is not None
     topup = bag.dags["example_credit_monitor_wait_for_topup"]
     assert topup.get_task("wait_for_topup").deferrable is True
+
+    arrival = bag.dags["example_process_on_arrival"]  # watcher -> remove backgrounds -> outlet
+    [watched] = arrival.timetable.asset_condition.objects
+    [watcher] = watched.watchers
+    assert type(watcher.trigger).__name__ == "NewImagesTrigger" and arrival.max_active_runs == 1
+    [outlet] = arrival.get_task("remove_backgrounds").outlets
+    publish = bag.dags["example_publish_cutouts"]  # scheduled on that outlet
+    assert list(publish.timetable.asset_condition.objects) == [outlet]
+    assert set(publish.task_ids) == {"new_cutouts", "publish"}

@@ -1,0 +1,63 @@
+"""
+### Publish the new cut-outs when a background-removal run made some
+
+Scheduled on the cut-outs' prefix (the outlet of `example_process_on_arrival`): each run starts after
+a removal task succeeded there, and reads the asset events that started it. Each event carries the
+counts of the task's batch and the URI of its manifest.
+
+* **new_cutouts** reads each manifest and lists the cut-outs the runs made (rows `done`; skipped
+  photos already had theirs), as `gs://` URIs;
+* **publish** hands them to the storefront (here it logs them; put the shop's upload or cache purge
+  here).
+
+**Before the first run:** a `google_cloud_default` connection for the cut-outs' bucket (else
+Application Default Credentials).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from airflow.sdk import DAG, Asset, task
+
+#: The cut-outs' prefix: the outlet of the removal task.
+DESTINATION_BUCKET, DESTINATION_PREFIX = "shop-cutouts", "cutouts/"
+
+log = logging.getLogger(__name__)
+cutouts = Asset(f"gs://{DESTINATION_BUCKET}/{DESTINATION_PREFIX}")
+
+with DAG(
+    dag_id="example_publish_cutouts",
+    description="Publish the new cut-outs when a background-removal run made some",
+    schedule=[cutouts],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["bgremoval", "example"],
+    doc_md=__doc__,
+) as dag:
+    # [START howto_read_outlet_manifest]
+    @task
+    def new_cutouts(triggering_asset_events=None) -> list[str]:
+        """The cut-outs the triggering runs made, from their manifests."""
+        from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+        from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+        storage, made = GcsStorage(), []
+        for event in triggering_asset_events[cutouts]:
+            log.info("Run %s: %s", event.source_run_id, event.extra)
+            bucket, _, name = event.extra["manifest_uri"].removeprefix("gs://").partition("/")
+            rows = read_manifest(storage.read(bucket, name))
+            made += [row["destination"] for row in rows if row["status"] == "done"]
+        return made
+
+    # [END howto_read_outlet_manifest]
+
+    @task
+    def publish(uris: list[str]) -> int:
+        """Publish each new cut-out (here: log it)."""
+        for uri in uris:
+            log.info("Publishing %s", uri)
+        return len(uris)
+
+    publish(new_cutouts())
