@@ -671,6 +671,18 @@ class AirflowStandalone:
         worker.wait_ready(ready_timeout)
         return worker
 
+    def restart_component(self, component: str) -> None:
+        """
+        Stop one of the ``components`` (its whole session) and start it again, e.g. the triggerer.
+
+        :param component: a name given in ``components``.
+        """
+        if self.components is None or component not in self.components:
+            raise StandaloneError(f"{component!r} is not one of the separately started components")
+        index = self.components.index(component)
+        _stop_session(self._processes[index], self.stop_timeout)
+        self._processes[index] = self._spawn([component], self.environment(), self.log_path)
+
     def _required_health(self) -> tuple[str, ...]:
         if self.components is None:
             return COMPONENTS

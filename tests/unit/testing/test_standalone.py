@@ -101,3 +101,11 @@ def test_kill_takes_the_processes_in_groups_of_their_own(tmp_path: Path) -> None
     assert sorted(worker.kill()) == sorted([process.pid, child])
     assert live_session_members(process.pid) == []
     assert process.returncode == -9
+
+
+def test_only_separately_started_components_can_be_restarted(tmp_path: Path) -> None:
+    with pytest.raises(StandaloneError, match="triggerer"):
+        AirflowStandalone(tmp_path, home=tmp_path / "home").restart_component("triggerer")
+    split = AirflowStandalone(tmp_path, home=tmp_path / "home", components=("api-server", "scheduler"))
+    with pytest.raises(StandaloneError, match="triggerer"):
+        split.restart_component("triggerer")
