@@ -1,0 +1,466 @@
+"""The local renderer: every rendition of one image from one decoded master (docs/renditions.md).
+
+Pure CPU, no I/O, no shared mutable state: safe to call from worker threads. The master is decoded,
+turned upright, converted to sRGB and premultiplied once (:func:`prepare_master`); each rendition
+then crops, resizes in premultiplied alpha, composites on its background in sRGB, places the result
+on its canvas, encodes it and is checked on the bytes written (:mod:`.compliance`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException
+from PIL import ExifTags, Image, ImageCms, ImageOps
+
+from airflow_provider_bgremoval.exceptions import ResultProcessingError, safe_excerpt
+from airflow_provider_bgremoval.imaging import bomb_warnings_ignored, normalise_mode
+from airflow_provider_bgremoval.renditions.compliance import Measured, Verdict, judge, measure
+from airflow_provider_bgremoval.renditions.spec import MAX_SIDE, Rendition, RenditionSpec, margin_shares
+
+#: The sRGB profile embedded in every rendition (``embed_srgb``), from littleCMS.
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_ICC: bytes = SRGB_PROFILE.tobytes()
+#: Formats a master may come in (the vendor's lossless cut-out, or an older output being adopted).
+MASTER_FORMATS = ("PNG", "WEBP", "JPEG", "TIFF")
+_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+_EPSILON = 1e-6
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Master:
+    """
+    A master ready for rendering: upright, sRGB, RGBA, and premultiplied once for every rendition.
+
+    :param image: the master, RGBA with straight alpha, sRGB.
+    :param premultiplied: the same pixels in Pillow's premultiplied mode ``RGBa`` (what is resized).
+    :param subject: the bounding box of its pixels with alpha above 0 (``None``: fully transparent).
+    :param exif: the master's EXIF, orientation removed (written only with ``metadata="keep"``).
+    :param source_profile: description of the ICC profile it was converted from (``None``: untagged).
+    """
+
+    image: Image.Image
+    premultiplied: Image.Image
+    subject: Box | None
+    exif: bytes | None
+    source_profile: str | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)``."""
+        return self.image.size
+
+
+def _processing_error(code: str, message: str) -> ResultProcessingError:
+    return ResultProcessingError(message, code=code)
+
+
+def _decode(data: bytes) -> Image.Image:
+    try:
+        with bomb_warnings_ignored():
+            image = Image.open(io.BytesIO(data), formats=MASTER_FORMATS)
+            image.load()
+    except Exception as exc:  # Pillow's decoders raise many types on damaged data
+        detail = safe_excerpt(str(exc), 120) or type(exc).__name__
+        raise _processing_error(
+            "master_unreadable", f"the master is not a readable image ({detail})"
+        ) from None
+    return image
+
+
+def _profile_base_mode(mode: str) -> str | None:
+    """The mode a profile conversion reads (alpha set aside), ``None`` for modes converted first."""
+    return {"RGB": "RGB", "RGBA": "RGB", "RGBX": "RGB", "L": "L", "LA": "L", "CMYK": "CMYK"}.get(mode)
+
+
+def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """
+    ``image`` converted to sRGB with its embedded ICC profile (relative colorimetric, black-point
+    compensation), alpha kept; an untagged image is read as sRGB. Returns the image and the profile's
+    description.
+
+    :param image: a decoded image.
+    """
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return image, None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(source).strip() or "unnamed profile"
+        if _profile_base_mode(image.mode) is None:
+            image = normalise_mode(image)
+        base_mode = _profile_base_mode(image.mode) or "RGB"
+        alpha = image.getchannel("A") if "A" in image.mode else None
+        converted = ImageCms.profileToProfile(
+            image.convert(base_mode) if image.mode != base_mode else image,
+            source,
+            SRGB_PROFILE,
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            outputMode="RGB",
+            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+    except (OSError, ValueError, ImageCms.PyCMSError) as exc:
+        message = f"the master's ICC profile cannot convert its {image.mode} pixels to sRGB ({exc})"
+        raise _processing_error("master_colour", message) from None
+    assert converted is not None  # not in place
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted, description
+
+
+def _kept_exif(image: Image.Image) -> bytes | None:
+    exif = image.getexif()
+    exif.pop(ExifTags.Base.Orientation, None)
+    return exif.tobytes() if len(exif) else None
+
+
+def prepare_master(master: Image.Image | bytes) -> Master:
+    """
+    Decode (once) and prepare a master for :func:`render_one`: EXIF orientation applied, converted to
+    sRGB, RGBA (an image without alpha is fully opaque), premultiplied, its subject's box found.
+
+    :param master: the master's bytes or a decoded image (not modified).
+    """
+    image = _decode(master) if isinstance(master, bytes) else master
+    try:
+        with bomb_warnings_ignored():
+            upright = ImageOps.exif_transpose(image) or image
+            exif = _kept_exif(upright)
+            srgb, profile = to_srgb(upright)
+            rgba = normalise_mode(srgb).convert("RGBA")
+            premultiplied = rgba.convert("RGBa")
+    except AirflowException:
+        raise
+    except Exception as exc:  # Pillow raises many types on unusual images
+        detail = safe_excerpt(str(exc), 120) or type(exc).__name__
+        raise _processing_error("master_unreadable", f"the master cannot be prepared ({detail})") from None
+    return Master(rgba, premultiplied, rgba.getchannel("A").getbbox(), exif, profile)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """
+    Where the content goes on a rendition's canvas.
+
+    :param canvas: ``(width, height)`` of the canvas.
+    :param size: ``(width, height)`` of the scaled content.
+    :param offset: the content's top-left corner on the canvas (negative when ``cover`` crops it).
+    :param scale: the scale applied to the content.
+    :param refused_upscale: the enlargement the spec asked for and ``upscale=False`` refused (1: none).
+    """
+
+    canvas: tuple[int, int]
+    size: tuple[int, int]
+    offset: tuple[int, int]
+    scale: float
+    refused_upscale: float = 1.0
+
+
+def _margins(spec: RenditionSpec, canvas: tuple[int, int]) -> Box:
+    """``(left, top, right, bottom)`` margins in pixels on ``canvas``."""
+    if spec.margin is None:
+        return 0, 0, 0, 0
+    width, height = canvas
+    margin = spec.margin
+    return (
+        margin.left.resolve(width),
+        margin.top.resolve(height),
+        margin.right.resolve(width),
+        margin.bottom.resolve(height),
+    )
+
+
+def _wanted_scale(
+    content: tuple[int, int], canvas: tuple[int, int], inner: tuple[int, int], spec: RenditionSpec
+) -> float:
+    width, height = content
+    if spec.fill is not None:
+        return min(spec.fill * canvas[0] / width, spec.fill * canvas[1] / height)
+    if spec.fit == "contain":
+        return min(inner[0] / width, inner[1] / height)
+    if spec.fit == "cover":
+        return max(inner[0] / width, inner[1] / height)
+    return 1.0
+
+
+def place(content: tuple[int, int], canvas: tuple[int, int], spec: RenditionSpec, max_scale: float) -> Layout:
+    """
+    Scale and centre ``content`` on ``canvas`` by the spec's fill, fit and margin.
+
+    :param content: ``(width, height)`` of the content (the master or its subject's box).
+    :param canvas: ``(width, height)`` of the canvas.
+    :param spec: the rendition spec.
+    :param max_scale: the largest scale allowed.
+    """
+    left, top, right, bottom = _margins(spec, canvas)
+    inner = (max(1, canvas[0] - left - right), max(1, canvas[1] - top - bottom))
+    wanted = _wanted_scale(content, canvas, inner, spec)
+    scale = min(wanted, max_scale)
+    # with a fill, round up: the subject's box must reach the fill it was asked for
+    rounding = math.ceil if spec.fill is not None else round
+    size = tuple(max(1, int(rounding(side * scale - _EPSILON))) for side in content)
+    if spec.fill is not None:
+        left, top, inner = 0, 0, canvas
+    offset = (left + (inner[0] - size[0]) // 2, top + (inner[1] - size[1]) // 2)
+    refused = wanted / scale if wanted > scale + _EPSILON and not spec.upscale else 1.0
+    return Layout(canvas, (size[0], size[1]), offset, scale, refused)
+
+
+def _to_aspect(width: float, height: float, ratio: float, *, grow: bool) -> tuple[float, float]:
+    if (width / height < ratio) == grow:
+        return height * ratio, height
+    return width, width / ratio
+
+
+def _natural_canvas(content: tuple[int, int], spec: RenditionSpec) -> tuple[float, float]:
+    """The canvas at the content's own scale (before max/min size)."""
+    width, height = content
+    if spec.fill is not None:
+        canvas = (width / spec.fill, height / spec.fill)
+    else:
+        left, top, right, bottom = _margins(spec, (0, 0))  # the pixel lengths alone
+        share_x, share_y = (0.0, 0.0) if spec.margin is None else margin_shares(spec.margin)
+        canvas = ((width + left + right) / (1 - share_x), (height + top + bottom) / (1 - share_y))
+    if spec.aspect is not None:
+        canvas = _to_aspect(*canvas, spec.aspect, grow=spec.fit != "cover")
+    return canvas
+
+
+def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
+    """
+    The layout of a rendition: its exact ``size``, or a canvas derived from the content (its aspect,
+    fill or margin) scaled to the long-side bounds, upscaled only when the spec allows it.
+
+    :param content: ``(width, height)`` of the content.
+    :param spec: the rendition spec.
+    """
+    if spec.size is not None:
+        return place(content, spec.size, spec, math.inf if spec.upscale else 1.0)
+    natural = _natural_canvas(content, spec)
+    long_side = max(natural)
+    wanted = 1.0
+    if spec.max_size is not None and long_side > spec.max_size:
+        wanted = spec.max_size / long_side
+    if spec.min_size is not None and long_side < spec.min_size:
+        wanted = spec.min_size / long_side
+    scale = wanted if spec.upscale or wanted <= 1 else 1.0
+    limit = MAX_SIDE / long_side
+    scale = min(scale, limit)
+    # with a fill, round the canvas down (the subject then spans at least the fill); otherwise up
+    if spec.fill is not None:
+        canvas = tuple(max(1, math.floor(side * scale + _EPSILON)) for side in natural)
+    else:
+        canvas = tuple(max(1, math.ceil(side * scale - _EPSILON)) for side in natural)
+    placed = place(content, (canvas[0], canvas[1]), spec, scale)
+    refused = wanted / scale if wanted > scale + _EPSILON and not spec.upscale else 1.0
+    return Layout(
+        placed.canvas, placed.size, placed.offset, placed.scale, max(refused, placed.refused_upscale)
+    )
+
+
+def _visible(
+    size: tuple[int, int], offset: tuple[int, int], canvas: tuple[int, int]
+) -> tuple[Box, tuple[int, int]]:
+    """The part of a layer at ``offset`` that lies on the canvas, and where it goes."""
+    x, y = offset
+    box = (max(0, -x), max(0, -y), min(size[0], canvas[0] - x), min(size[1], canvas[1] - y))
+    return box, (max(0, x), max(0, y))
+
+
+def compose(
+    master: Master, content: Box, plan: Layout, background: tuple[int, int, int] | None
+) -> Image.Image:
+    """
+    The canvas of one rendition: the content resized in premultiplied alpha (no dark or light fringes
+    from the colours hidden under transparent pixels), then placed over the background in sRGB.
+
+    :param master: the prepared master.
+    :param content: the box of the master to use.
+    :param plan: the layout.
+    :param background: the background colour (``None``: transparent).
+    """
+    source = master.premultiplied
+    width, height = content[2] - content[0], content[3] - content[1]
+    if plan.size == (width, height):
+        layer = source.crop(content)
+    else:
+        layer = source.resize(plan.size, Image.Resampling.LANCZOS, box=content, reducing_gap=3.0)
+    box, dest = _visible(layer.size, plan.offset, plan.canvas)
+    if box != (0, 0, *layer.size):
+        layer = layer.crop(box)
+    straight = layer.convert("RGBA")
+    if background is None:
+        canvas = Image.new("RGBA", plan.canvas, (0, 0, 0, 0))
+        canvas.paste(straight, dest)
+        return canvas
+    canvas = Image.new("RGBA", plan.canvas, (*background, 255))
+    canvas.alpha_composite(straight, dest)
+    return canvas.convert("RGB")
+
+
+def encode(canvas: Image.Image, spec: RenditionSpec, exif: bytes | None) -> bytes:
+    """
+    Encode a canvas as the spec says: sRGB profile, DPI, EXIF only when kept, JPEG chroma subsampling.
+
+    :param canvas: the rendered canvas (RGB, or RGBA when transparent).
+    :param spec: the rendition spec.
+    :param exif: EXIF to write (``metadata="keep"``), else ``None``.
+    """
+    params: dict[str, Any] = {}
+    if spec.embed_srgb:
+        params["icc_profile"] = SRGB_ICC
+    if spec.dpi is not None:
+        params["dpi"] = (spec.dpi, spec.dpi)
+    if exif is not None and spec.metadata == "keep":
+        params["exif"] = exif
+    if spec.format == "jpeg":
+        params.update(quality=spec.quality, subsampling=_SUBSAMPLING[spec.subsampling], optimize=True)
+    elif spec.format == "webp":
+        params.update(quality=spec.quality, lossless=spec.lossless, method=4)
+    else:
+        params.update(compress_level=6)
+    out = io.BytesIO()
+    canvas.save(out, format=spec.format.upper(), **params)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class RenderedRendition:
+    """
+    One rendition, rendered, encoded and checked.
+
+    :param rendition: the rendition.
+    :param data: the encoded bytes.
+    :param layout: where the content went.
+    :param measured: facts read back from ``data``.
+    :param verdict: the compliance checks.
+    """
+
+    rendition: Rendition
+    data: bytes
+    layout: Layout
+    measured: Measured
+    verdict: Verdict
+
+    ok = True
+
+    @property
+    def name(self) -> str:
+        """The rendition's name."""
+        return self.rendition.name
+
+    @property
+    def compliant(self) -> bool:
+        """True when every required check passed."""
+        return self.verdict.compliant
+
+    @property
+    def content_type(self) -> str:
+        """MIME type of :attr:`data`."""
+        return self.rendition.spec.content_type
+
+    @property
+    def extension(self) -> str:
+        """File extension (with the dot)."""
+        return self.rendition.spec.extension
+
+    def facts(self) -> dict[str, Any]:
+        """What the manifest records (no pixels): size, format, fill, bytes, upscaling and the verdict."""
+        measured = self.measured
+        return {
+            "name": self.name,
+            "preset": self.rendition.spec.preset,
+            "fingerprint": self.rendition.fingerprint,
+            "status": "rendered",
+            "format": measured.format,
+            "content_type": self.content_type,
+            "width": measured.width,
+            "height": measured.height,
+            "bytes": measured.nbytes,
+            "fill": round(measured.fill, 4),
+            "scale": round(self.layout.scale, 4),
+            "refused_upscale": round(self.layout.refused_upscale, 4),
+            **self.verdict.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class RenderFailure:
+    """
+    A rendition that could not be rendered (the others of the image still are).
+
+    :param rendition: the rendition.
+    :param error: why.
+    """
+
+    rendition: Rendition
+    error: ResultProcessingError
+
+    ok = False
+    compliant = False
+
+    @property
+    def name(self) -> str:
+        """The rendition's name."""
+        return self.rendition.name
+
+    def facts(self) -> dict[str, Any]:
+        """What the manifest records."""
+        return {
+            "name": self.name,
+            "preset": self.rendition.spec.preset,
+            "fingerprint": self.rendition.fingerprint,
+            "status": "failed",
+            "compliant": False,
+            "error": self.error.as_dict(),
+        }
+
+
+RenderOutcome = RenderedRendition | RenderFailure
+
+
+def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOutcome:
+    """
+    Render, encode and check one rendition of a prepared master.
+
+    :param master: the master (:func:`prepare_master`).
+    :param rendition: the rendition (a bare spec is checked against its own rules only).
+    """
+    rendition = rendition if isinstance(rendition, Rendition) else Rendition(rendition)
+    spec = rendition.spec
+    content = master.subject if spec.crops else (0, 0, *master.size)
+    if content is None:
+        error = _processing_error(
+            "unknown_foreground", "the master has no subject (every pixel is transparent)"
+        )
+        return RenderFailure(rendition, error)
+    try:
+        with bomb_warnings_ignored():
+            plan = layout((content[2] - content[0], content[3] - content[1]), spec)
+            data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
+            measured = measure(data, spec.background_rgb)
+    except Exception as exc:  # Pillow's encoders raise many types; MemoryError on huge canvases
+        detail = safe_excerpt(str(exc), 120) or "no details"
+        message = f"rendition {rendition.name!r} failed ({type(exc).__name__}: {detail})"
+        return RenderFailure(rendition, _processing_error("rendition_failed", message))
+    return RenderedRendition(rendition, data, plan, measured, judge(rendition, measured))
+
+
+def render(
+    master: Image.Image | bytes | Master, renditions: Sequence[Rendition | RenditionSpec]
+) -> list[RenderOutcome]:
+    """
+    Every rendition of one image from one decoded master, in order.
+
+    :param master: the master's bytes, a decoded image, or a :class:`Master` already prepared.
+    :param renditions: the renditions (:func:`~airflow_provider_bgremoval.renditions.spec.parse_renditions`).
+    :raises ResultProcessingError: the master cannot be decoded or converted (``master_unreadable``,
+        ``master_colour``); a single rendition's failure is a :class:`RenderFailure` in the list instead.
+    """
+    prepared = master if isinstance(master, Master) else prepare_master(master)
+    return [render_one(prepared, rendition) for rendition in renditions]
