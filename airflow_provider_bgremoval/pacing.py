@@ -2,7 +2,8 @@
 
 A :class:`Pacer` spaces the requests of one hook. It knows nothing of other processes: several
 shards sharing an account converge under its limit because each one cuts its own rate when it is
-answered 429 and adds back slowly on successes (multiplicative decrease, additive increase).
+answered 429 and adds back slowly on successes (multiplicative decrease, additive increase), and
+because each spaces its requests in whole requests per window, their shares add up per vendor second.
 Retries (their waits, ``Retry-After``, Pixian's linear back-off) stay in :mod:`.retry`.
 """
 
@@ -34,7 +35,9 @@ class PacingPolicy:
     :param min_rate: the rate never goes below this (requests per second) nor below
         ``limit · min_fraction``, unless the cap is lower.
     :param min_fraction: see ``min_rate``.
-    :param burst_seconds: an idle hook may send up to this many seconds' worth of requests at once.
+    :param window: seconds; from one request per window up, the rate is a whole number of requests
+        per window, spaced evenly, so independent hooks' requests add up per vendor second whatever
+        way the vendor counts (a little over one second: a margin for network jitter).
     """
 
     requests_per_second: float | None = None
@@ -44,7 +47,7 @@ class PacingPolicy:
     slow_start: float = 0.2
     min_rate: float = 0.1
     min_fraction: float = 1 / 64
-    burst_seconds: float = 1.0
+    window: float = 1.03
 
 
 def parse_requests_per_second(value: Any) -> float | None:
@@ -152,6 +155,15 @@ class Pacer:
         """The pacer's clock."""
         return self._clock()
 
+    def interval(self, rate: float) -> float:
+        """
+        Seconds between two requests at ``rate``: a whole number of them per window, else ``1 / rate``.
+
+        :param rate: requests per second.
+        """
+        per_window = int(rate * self.policy.window)
+        return self.policy.window / per_window if per_window else 1.0 / rate
+
     def wait_time(self) -> float:
         """Seconds to wait before asking again; ``0.0``: a request may go now (its slot is taken)."""
         with self._lock:
@@ -159,9 +171,7 @@ class Pacer:
             if self._rate is not None:
                 if now < self._next:
                     return self._next - now
-                interval = 1.0 / self._rate
-                credit = max(0.0, self.policy.burst_seconds - interval)  # what an idle hook may burst
-                self._next = max(self._next, now - credit) + interval
+                self._next = max(self._next, now) + self.interval(self._rate)
             self._sent.append(now)
             while now - self._sent[0] > 1.0:
                 self._sent.popleft()
@@ -205,4 +215,4 @@ class Pacer:
             self._rate = max(floor, rate * policy.decrease)
             self._slow_start = False
             self._last_decrease = now
-            self._next = max(self._next, now + 1.0 / self._rate)
+            self._next = max(self._next, now + self.interval(self._rate))

@@ -1107,10 +1107,10 @@ def test_pacing_spaces_requests_at_the_connections_rate(
             hook.remove_background(PNG)
         assert hook.pacer is not None and hook.pacer.policy.requests_per_second == 16
     gaps = [round(b - a, 6) for a, b in itertools.pairwise(sent)]
-    first = 1 / (16 * hook.pacer.policy.initial_fraction)  # the first rate: an eighth of the cap
-    assert gaps[0] == 0  # the first second's credit (an idle hook)
-    assert all(0 < gap <= first for gap in gaps[1:])
-    assert gaps[-1] < gaps[1]  # slow start: each paced success raises the rate
+    first = hook.pacer.interval(16 * hook.pacer.policy.initial_fraction)  # an eighth of the cap: 2 per window
+    assert gaps[0] == pytest.approx(first)  # no burst: the second request waits for its slot
+    assert all(0 < gap <= first + 1e-9 for gap in gaps)
+    assert gaps[-1] < gaps[0]  # slow start: each paced success raises the rate
 
 
 def test_pacing_is_off_at_zero_and_the_hook_argument_overrides_the_extra(
