@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 OPERATIONS = ("remove_background", "generate_background")
 #: Key prefix of the watermark in the watched asset's state store.
 STATE_KEY_PREFIX = "bgremoval.arrivals:"
-#: The unified options the trigger accepts, as :class:`RemoveBackgroundOperator` takes them.
+#: The unified options the trigger accepts, as ``RemoveBackgroundOperator`` takes them.
 _REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
-#: The generate-background options, as :class:`GenerateBackgroundOperator` takes them.
+#: The generate-background options, as ``GenerateBackgroundOperator`` takes them.
 _GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
 
 
