@@ -475,15 +475,15 @@ class NewImagesTrigger(BaseEventTrigger):
         while True:
             try:
                 sources = await asyncio.to_thread(self.list_new, storage, watermark)
-            except Exception as exc:  # a transient storage error: the next poll tries again
-                log.warning(
-                    "Listing gs://%s/%s failed: %s", self.spec.source_bucket, self.spec.source_prefix, exc
-                )
-            else:
                 arrivals.observe(sources, self.clock())
                 event, watermark, arrivals = await self._consider(
                     processor, storage, sources, arrivals, watermark
                 )
+            except Exception as exc:  # a storage or state-store error: the next poll tries again
+                log.warning(
+                    "Poll of gs://%s/%s failed: %s", self.spec.source_bucket, self.spec.source_prefix, exc
+                )
+            else:
                 if event is not None:
                     yield event
             await self.sleep(self.poll_interval)

@@ -372,3 +372,23 @@ def test_arrivals_settle_rules_directly() -> None:
     assert arrivals.ready(20, 10, 60) is None and arrivals.ready(65, 10, 60) == "max_wait"
     arrivals.observe([], 66)
     assert arrivals.ready(100, 10, 60) is None
+
+
+def test_a_failed_watermark_write_fires_nothing_until_it_is_kept() -> None:
+    class FlakyStore(StateStore):
+        failures = 1
+
+        async def aset(self, key: str, value: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("the API server is restarting")
+            await super().aset(key, value)
+
+    store = FlakyStore()
+    trigger = make()
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    timeline = Timeline(MemoryStorage(), until=60)
+    timeline.upload(1, "incoming/a.jpg")
+    events = timeline.run(trigger)
+    assert [p["images"] for _, p in events] == [1]  # one poll later, once the watermark was kept
+    assert store.values[trigger.state_key]["fires"] == 1
