@@ -1,0 +1,222 @@
+"""Compliance checks, measured on encoded bytes: each rule, and a wrong preset caught."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from airflow_provider_bgremoval.renditions.compliance import (
+    Aspect,
+    BorderColor,
+    BorderLight,
+    CheckResult,
+    Dpi,
+    ExactSize,
+    Fill,
+    Formats,
+    Limits,
+    Measured,
+    NoMetadata,
+    Opaque,
+    Sides,
+    Srgb,
+    Verdict,
+    fill_ratio,
+    judge,
+    measure,
+    spec_rules,
+)
+from airflow_provider_bgremoval.renditions.render import SRGB_ICC, RenderedRendition, render
+from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
+from tests.unit.renditions.synthetic import png_bytes, product_photo, rgb_profile
+
+WHITE = (255, 255, 255)
+
+
+def _canvas(
+    size: tuple[int, int] = (100, 100), box: tuple[int, int, int, int] = (10, 30, 90, 70)
+) -> Image.Image:
+    image = Image.new("RGB", size, WHITE)
+    image.paste((20, 20, 20), box)
+    return image
+
+
+def _measured(
+    image: Image.Image, fmt: str = "PNG", background: tuple[int, int, int] | None = WHITE, **params: object
+) -> Measured:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return measure(out.getvalue(), background)
+
+
+def _passes(rule: object, measured: Measured) -> bool:
+    return rule.evaluate(measured).passed  # type: ignore[attr-defined, no-any-return]
+
+
+class TestMeasure:
+    def test_fill_and_box_on_an_opaque_background(self) -> None:
+        measured = _measured(_canvas())
+        assert measured.subject_box == (10, 30, 90, 70)
+        assert measured.fill == pytest.approx(0.8)
+        assert (measured.format, measured.width, measured.min_alpha) == ("png", 100, 255)
+
+    def test_fill_on_a_transparent_background(self) -> None:
+        image = Image.new("RGBA", (200, 100), (255, 255, 255, 0))
+        image.paste((1, 2, 3, 10), (50, 10, 150, 90))
+        measured = _measured(image, background=None)
+        assert measured.subject_box == (50, 10, 150, 90)
+        assert measured.fill == pytest.approx(0.8)  # the height constrains: 80 / 100
+        assert measured.min_alpha == 0
+
+    def test_fill_ratio(self) -> None:
+        assert fill_ratio(None, (10, 10)) == 0
+        assert fill_ratio((0, 0, 85, 40), (100, 100)) == pytest.approx(0.85)
+
+
+class TestRules:
+    def test_border_colour_is_exact(self) -> None:
+        image = _canvas()
+        assert _passes(BorderColor(rgb=WHITE), _measured(image))
+        image.putpixel((99, 50), (254, 255, 255))  # one near-white pixel on the right edge
+        measured = _measured(image)
+        result = BorderColor(rgb=WHITE).evaluate(measured)
+        assert not result.passed
+        assert "worst channel deviation 1" in result.message
+        assert _passes(BorderColor(rgb=WHITE, tolerance=1), measured)
+
+    def test_a_transparent_border_is_not_white(self) -> None:
+        image = Image.new("RGBA", (20, 20), (255, 255, 255, 0))
+        measured = _measured(image, background=None)
+        assert not _passes(BorderColor(rgb=WHITE), measured)
+        assert not _passes(Opaque(), measured)
+
+    def test_border_light(self) -> None:
+        image = _canvas()
+        assert _passes(BorderLight(minimum=240), _measured(image))
+        image.putpixel((0, 0), (230, 250, 250))
+        assert not _passes(BorderLight(minimum=240), _measured(image))
+
+    def test_opaque(self) -> None:
+        image = Image.new("RGBA", (10, 10), (255, 255, 255, 255))
+        assert _passes(Opaque(), _measured(image))
+        image.putpixel((5, 5), (0, 0, 0, 254))
+        assert not _passes(Opaque(), _measured(image))
+
+    def test_fill(self) -> None:
+        measured = _measured(_canvas())  # 0.8
+        assert _passes(Fill(minimum=0.8), measured)
+        assert not _passes(Fill(minimum=0.85), measured)
+        assert not _passes(Fill(minimum=0.5, maximum=0.75), measured)
+
+    def test_sides_size_and_aspect(self) -> None:
+        measured = _measured(_canvas((1000, 800), (0, 0, 10, 10)))
+        assert _passes(Sides(min_long=1000), measured)
+        assert not _passes(Sides(min_long=1001), measured)
+        assert not _passes(Sides(max_long=999), measured)
+        assert not _passes(Sides(min_short=801), measured)
+        assert _passes(ExactSize(size=(1000, 800)), measured)
+        assert not _passes(ExactSize(size=(800, 1000)), measured)
+        assert _passes(Aspect(ratio=1.25), measured)
+        assert not _passes(Aspect(ratio=1.0), measured)
+        assert Sides(min_long=1000).check_name == "long_side_min_1000"
+
+    def test_limits_and_formats(self) -> None:
+        measured = _measured(_canvas(), "JPEG")
+        assert _passes(Limits(max_bytes=measured.nbytes, max_pixels=10_000), measured)
+        assert not _passes(Limits(max_bytes=measured.nbytes - 1), measured)
+        assert not _passes(Limits(max_pixels=9_999), measured)
+        assert _passes(Formats(allowed=("jpeg", "png")), measured)
+        assert not _passes(Formats(allowed=("png",)), measured)
+
+    def test_srgb(self) -> None:
+        untagged = _measured(_canvas())
+        assert _passes(Srgb(), untagged)
+        assert not _passes(Srgb(tagged=True), untagged)
+        assert _passes(Srgb(tagged=True), _measured(_canvas(), icc_profile=SRGB_ICC))
+        assert not _passes(Srgb(), _measured(_canvas(), icc_profile=rgb_profile()))
+        cmyk = _measured(_canvas().convert("CMYK"), "JPEG")
+        assert not _passes(Srgb(), cmyk)
+
+    def test_metadata_and_dpi(self) -> None:
+        exif = Image.Exif()
+        exif[0x010F] = "TestCam"
+        assert not _passes(NoMetadata(), _measured(_canvas(), exif=exif))
+        assert _passes(NoMetadata(), _measured(_canvas()))
+        assert _passes(Dpi(dpi=300), _measured(_canvas(), dpi=(300, 300)))
+        assert not _passes(Dpi(dpi=300), _measured(_canvas()))
+
+    def test_spec_rules(self) -> None:
+        spec = RenditionSpec(name="r", format="jpeg", aspect="1:1", fill=0.8, min_size=100, dpi=72)
+        names = [rule.check_name for rule in spec_rules(spec)]
+        assert names == [
+            "format",
+            "square",
+            "min_size",
+            "fill",
+            "background",
+            "srgb",
+            "metadata_stripped",
+            "dpi",
+        ]
+
+
+class TestVerdicts:
+    def test_advice_does_not_fail(self) -> None:
+        verdict = Verdict(
+            (
+                CheckResult("a", True, ""),
+                CheckResult("b", False, "", required=False),
+            )
+        )
+        assert verdict.compliant
+        assert (verdict.failed, verdict.advice) == ((), ("b",))
+        assert verdict.as_dict()["passed"] == ["a"]
+
+    def _render(
+        self, renditions: list[dict[str, object]], presets: dict[str, object] | None = None
+    ) -> list[RenderedRendition]:
+        outcomes = render(product_photo((2400, 2000)), parse_renditions(renditions, presets))  # type: ignore[arg-type]
+        assert all(isinstance(outcome, RenderedRendition) for outcome in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def test_a_deliberately_wrong_preset_is_caught(self) -> None:
+        presets = {
+            "near_white": {"preset": "amazon_main", "background": "#f8fafc"},  # rejected by Amazon's checks
+            "webp_main": {"preset": "amazon_main", "format": "webp"},
+            "loose": {"preset": "amazon_main", "fill": 0.6},
+        }
+        good, near_white, webp, loose = self._render(
+            [
+                {"name": "good", "preset": "amazon_main"},
+                {"name": "near-white", "preset": "near_white"},
+                {"name": "webp", "preset": "webp_main"},
+                {"name": "loose", "preset": "loose"},
+            ],
+            presets,  # type: ignore[arg-type]
+        )
+        assert good.compliant, good.verdict.as_dict()
+        assert not near_white.compliant
+        assert near_white.verdict.failed == ("border_white",)
+        assert not webp.compliant
+        # the spec's own format check passes, Amazon's fails; lossy WebP's white is not exact either
+        assert set(webp.verdict.failed) == {"format", "border_white"}
+        assert not loose.compliant
+        assert loose.verdict.failed == ("fill",)
+        origins = {check.origin for check in near_white.verdict.checks if not check.passed}
+        assert origins == {"preset:near_white"}
+
+    def test_the_verdict_judges_the_bytes_written(self) -> None:
+        (good,) = self._render([{"name": "good", "preset": "amazon_main"}])
+        image = Image.open(io.BytesIO(good.data)).convert("RGB")
+        image.putpixel((0, 0), (254, 254, 254))
+        tampered = measure(png_bytes(image), (255, 255, 255))
+        verdict = judge(good.rendition, tampered)
+        assert not verdict.compliant
+        assert "border_white" in verdict.failed
+
+    def test_recommendations_are_reported(self) -> None:
+        (small,) = self._render([{"name": "amazon", "preset": "amazon_main", "max_size": 1200}])
+        assert small.compliant
+        assert small.verdict.advice == ("long_side_recommended_1600",)
