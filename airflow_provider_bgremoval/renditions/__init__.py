@@ -2,7 +2,7 @@
 
 * :mod:`.spec` — the typed :class:`RenditionSpec`, presets by name, :func:`parse_renditions`;
 * :mod:`.presets` — the built-in marketplace presets, as data citing their rules;
-* :mod:`.render` — :func:`render`: every rendition of one image from one decoded master;
+* :mod:`.renderer` — :func:`render`: every rendition of one image from one decoded master;
 * :mod:`.compliance` — the checks, measured on the bytes written.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow_provider_bgremoval.renditions.compliance import CheckResult, Verdict
 from airflow_provider_bgremoval.renditions.presets import PRESETS
-from airflow_provider_bgremoval.renditions.render import (
+from airflow_provider_bgremoval.renditions.renderer import (
     Master,
     RenderedRendition,
     RenderFailure,

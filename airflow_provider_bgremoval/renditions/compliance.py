@@ -132,7 +132,7 @@ class Verdict:
 @dataclass(frozen=True)
 class Rule:
     """
-    One compliance rule (subclasses implement :meth:`_check`).
+    One compliance rule (subclasses implement ``_check``).
 
     :param required: False for a recommendation (reported, not failing).
     :param name: the check's name; default: the rule's own.
@@ -458,34 +458,35 @@ def _profile(image: Image.Image) -> str | None:
         return "unreadable profile"
 
 
-def _border(rgba: Image.Image) -> tuple[tuple[int, int], ...]:
-    width, height = rgba.size
+def _border(image: Image.Image) -> tuple[tuple[int, int], ...]:
+    """Per RGBA channel ``(min, max)`` of the outermost pixel ring of an RGB or RGBA image."""
+    width, height = image.size
     strips = [
         (0, 0, width, 1),
         (0, height - 1, width, height),
         (0, 0, 1, height),
         (width - 1, 0, width, height),
     ]
-    extremes = [rgba.crop(box).getextrema() for box in strips]
-    return tuple(
-        (min(strip[band][0] for strip in extremes), max(strip[band][1] for strip in extremes))  # type: ignore[index]
-        for band in range(4)
+    extremes: list[Any] = [image.crop(box).getextrema() for box in strips]
+    bands = tuple(
+        (min(strip[band][0] for strip in extremes), max(strip[band][1] for strip in extremes))
+        for band in range(len(image.getbands()))
     )
+    return bands if len(bands) == 4 else (*bands, (255, 255))
 
 
-def subject_box(rgba: Image.Image, background: Rgb | None) -> tuple[int, int, int, int] | None:
+def subject_box(image: Image.Image, background: Rgb | None) -> tuple[int, int, int, int] | None:
     """
     The bounding box of the non-background pixels: alpha above 0 on a transparent background, any
     channel differing from ``background`` on an opaque one.
 
-    :param rgba: the image, RGBA.
+    :param image: the image, RGB or RGBA.
     :param background: the background colour (``None``: transparent).
     """
     if background is None:
-        return rgba.getchannel("A").getbbox()
-    difference = ImageChops.difference(rgba.convert("RGB"), Image.new("RGB", rgba.size, background))
-    red, green, blue = difference.split()
-    return ImageChops.lighter(ImageChops.lighter(red, green), blue).getbbox()
+        return image.getchannel("A").getbbox() if image.mode == "RGBA" else (0, 0, *image.size)
+    rgb = image.convert("RGB") if image.mode != "RGB" else image
+    return ImageChops.difference(rgb, Image.new("RGB", rgb.size, background)).getbbox()
 
 
 def fill_ratio(box: tuple[int, int, int, int] | None, size: tuple[int, int]) -> float:
@@ -513,8 +514,9 @@ def measure(data: bytes, background: Rgb | None) -> Measured:
         image.load()
         exif = image.getexif()
         dpi = image.info.get("dpi")
-        rgba = image.convert("RGBA")
-        box = subject_box(rgba, background)
+        pixels = image if image.mode in ("RGB", "RGBA") else image.convert("RGBA")
+        box = subject_box(pixels, background)
+        alpha = pixels.getchannel("A").getextrema()[0] if pixels.mode == "RGBA" else 255
         return Measured(
             format=(image.format or "").lower(),
             width=image.width,
@@ -525,9 +527,9 @@ def measure(data: bytes, background: Rgb | None) -> Measured:
             exif_tags=len(exif),
             gps=GPS_IFD in exif,
             dpi=None if dpi is None else float(dpi[0]),
-            min_alpha=int(rgba.getchannel("A").getextrema()[0]),  # type: ignore[index]
-            border=_border(rgba),
-            fill=fill_ratio(box, rgba.size),
+            min_alpha=int(alpha),  # type: ignore[arg-type]
+            border=_border(pixels),
+            fill=fill_ratio(box, pixels.size),
             subject_box=box,
         )
 

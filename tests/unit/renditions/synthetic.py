@@ -41,8 +41,13 @@ def soft_subject(
     return image
 
 
-def product_photo(size: tuple[int, int] = (3000, 2000)) -> Image.Image:
-    """A cut-out like a vendor's: a shaded ellipse with an anti-aliased edge on transparency."""
+def product_photo(size: tuple[int, int] = (3000, 2000), *, texture: bool = False) -> Image.Image:
+    """
+    A cut-out like a vendor's: a shaded ellipse with an anti-aliased edge on transparency.
+
+    :param size: the master's size.
+    :param texture: add sensor-like noise (a photo's PNG size and decoding cost, not a gradient's).
+    """
     width, height = size
     scale = 4
     mask = Image.new("L", (width * scale // 8, height * scale // 8), 0)
@@ -54,6 +59,13 @@ def product_photo(size: tuple[int, int] = (3000, 2000)) -> Image.Image:
     image = Image.merge(
         "RGB", (gradient, Image.new("L", size, 90), gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     )
+    if texture:
+        noise = Image.effect_noise(size, 24)
+        image = Image.blend(
+            image,
+            Image.merge("RGB", (noise, noise.rotate(180), noise.transpose(Image.Transpose.FLIP_LEFT_RIGHT))),
+            0.2,
+        )
     image.putalpha(alpha)
     return image
 

@@ -28,7 +28,7 @@ from airflow_provider_bgremoval.renditions.compliance import (
     measure,
     spec_rules,
 )
-from airflow_provider_bgremoval.renditions.render import SRGB_ICC, RenderedRendition, render
+from airflow_provider_bgremoval.renditions.renderer import SRGB_ICC, RenderedRendition, render
 from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
 from tests.unit.renditions.synthetic import png_bytes, product_photo, rgb_profile
 

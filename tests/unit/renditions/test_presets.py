@@ -6,7 +6,7 @@ import pytest
 
 from airflow_provider_bgremoval.renditions.compliance import BorderColor, Fill, Formats, Opaque, Sides
 from airflow_provider_bgremoval.renditions.presets import PRESETS
-from airflow_provider_bgremoval.renditions.render import RenderedRendition, render
+from airflow_provider_bgremoval.renditions.renderer import RenderedRendition, render
 from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
 from tests.unit.renditions.synthetic import product_photo
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw
 
 from airflow_provider_bgremoval.exceptions import ResultProcessingError
-from airflow_provider_bgremoval.renditions.render import (
+from airflow_provider_bgremoval.renditions.renderer import (
     SRGB_ICC,
     Master,
     RenderedRendition,
