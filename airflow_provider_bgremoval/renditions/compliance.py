@@ -418,6 +418,13 @@ class Dpi(Rule):
         return passed, f"{'no' if written is None else round(written)} dpi written ({self.dpi} wanted)"
 
 
+def _background_tolerance(spec: RenditionSpec) -> int:
+    """How far a flat background may drift per channel: 0 lossless, 2 JPEG, 6 lossy WebP (4:2:0)."""
+    if spec.format == "jpeg":
+        return 2
+    return 6 if spec.format == "webp" and not spec.lossless else 0
+
+
 def spec_rules(spec: RenditionSpec) -> tuple[Rule, ...]:
     """
     The checks a spec implies: its format, size, aspect, long-side bounds, fill, background, colour,
@@ -438,8 +445,7 @@ def spec_rules(spec: RenditionSpec) -> tuple[Rule, ...]:
         rules.append(Fill(minimum=spec.fill))
     rgb = spec.background_rgb
     if rgb is not None:
-        lossy = spec.format == "jpeg" or (spec.format == "webp" and not spec.lossless)
-        rules.append(BorderColor(rgb=rgb, tolerance=2 if lossy else 0, name="background"))
+        rules.append(BorderColor(rgb=rgb, tolerance=_background_tolerance(spec), name="background"))
     rules.append(Srgb(tagged=spec.embed_srgb))
     if spec.metadata == "strip":
         rules.append(NoMetadata())

@@ -20,7 +20,13 @@ from PIL import ExifTags, Image, ImageCms, ImageOps
 from airflow_provider_bgremoval.exceptions import ResultProcessingError, safe_excerpt
 from airflow_provider_bgremoval.imaging import bomb_warnings_ignored, normalise_mode
 from airflow_provider_bgremoval.renditions.compliance import Measured, Verdict, judge, measure
-from airflow_provider_bgremoval.renditions.spec import MAX_SIDE, Rendition, RenditionSpec, margin_shares
+from airflow_provider_bgremoval.renditions.spec import (
+    MAX_PIXELS,
+    MAX_SIDE,
+    Rendition,
+    RenditionSpec,
+    margin_shares,
+)
 
 #: The sRGB profile embedded in every rendition (``embed_srgb``), from littleCMS.
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -249,18 +255,16 @@ def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
     if spec.min_size is not None and long_side < spec.min_size:
         wanted = spec.min_size / long_side
     scale = wanted if spec.upscale or wanted <= 1 else 1.0
-    limit = MAX_SIDE / long_side
-    scale = min(scale, limit)
+    scale = min(scale, MAX_SIDE / long_side, math.sqrt(MAX_PIXELS / (natural[0] * natural[1])))
     # with a fill, round the canvas down (the subject then spans at least the fill); otherwise up
     if spec.fill is not None:
         canvas = tuple(max(1, math.floor(side * scale + _EPSILON)) for side in natural)
     else:
         canvas = tuple(max(1, math.ceil(side * scale - _EPSILON)) for side in natural)
+    # the canvas is already at the scale chosen: the content follows it (with fit=none too)
     placed = place(content, (canvas[0], canvas[1]), spec, scale)
     refused = wanted / scale if wanted > scale + _EPSILON and not spec.upscale else 1.0
-    return Layout(
-        placed.canvas, placed.size, placed.offset, placed.scale, max(refused, placed.refused_upscale)
-    )
+    return Layout(placed.canvas, placed.size, placed.offset, placed.scale, refused)
 
 
 def _visible(
@@ -440,10 +444,9 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
         )
         return RenderFailure(rendition, error)
     try:
-        with bomb_warnings_ignored():
-            plan = layout((content[2] - content[0], content[3] - content[1]), spec)
-            data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
-            measured = measure(data, spec.background_rgb)
+        plan = layout((content[2] - content[0], content[3] - content[1]), spec)
+        data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
+        measured = measure(data, spec.background_rgb)
     except Exception as exc:  # Pillow's encoders raise many types; MemoryError on huge canvases
         detail = safe_excerpt(str(exc), 120) or "no details"
         message = f"rendition {rendition.name!r} failed ({type(exc).__name__}: {detail})"

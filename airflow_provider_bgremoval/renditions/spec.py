@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 RENDERER_VERSION = 1
 #: The largest canvas side a spec may ask for.
 MAX_SIDE = 20_000
+#: The largest canvas (width x height): 100 MP, over every marketplace's limit and under the size
+#: Pillow refuses to decode again as a decompression bomb (about 179 MP), which the checks do.
+MAX_PIXELS = 100_000_000
 TRANSPARENT = "transparent"
 Fit = Literal["contain", "cover", "none"]
 Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]
@@ -228,6 +231,8 @@ def _conflict(spec: RenditionSpec) -> tuple[str, str] | None:  # noqa: PLR0911 -
         return "background", "JPEG has no transparency: use png or webp, or a colour such as '#ffffff'"
     if spec.lossless and spec.format == "jpeg":
         return "lossless", "JPEG is always lossy: use png or webp for a lossless rendition"
+    if spec.size is not None and spec.size[0] * spec.size[1] > MAX_PIXELS:
+        return "size", f"{spec.size[0]}x{spec.size[1]} is over {MAX_PIXELS:,} pixels"
     if spec.size is not None and spec.aspect is not None:
         return "aspect", "give an exact size or an aspect ratio, not both"
     if spec.size is not None and (spec.max_size is not None or spec.min_size is not None):

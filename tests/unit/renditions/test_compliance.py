@@ -220,3 +220,30 @@ class TestVerdicts:
         (small,) = self._render([{"name": "amazon", "preset": "amazon_main", "max_size": 1200}])
         assert small.compliant
         assert small.verdict.advice == ("long_side_recommended_1600",)
+
+
+@pytest.mark.parametrize(
+    ("fields", "tolerance"),
+    [
+        ({"format": "png"}, 0),
+        ({"format": "webp", "lossless": True}, 0),
+        ({"format": "jpeg"}, 2),
+        ({"format": "webp"}, 6),
+    ],
+)
+def test_the_background_check_allows_what_the_format_loses(fields: dict[str, object], tolerance: int) -> None:
+    spec = RenditionSpec(name="r", background="#123456", **fields)  # type: ignore[arg-type]
+    (rule,) = (rule for rule in spec_rules(spec) if rule.check_name == "background")
+    assert isinstance(rule, BorderColor)
+    assert (rule.rgb, rule.tolerance) == ((0x12, 0x34, 0x56), tolerance)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+@pytest.mark.parametrize("background", ["#ffffff", "#f4f4f4", "#ff0000", "#123456", "#00ff00"])
+def test_lossy_backgrounds_pass_their_own_check(fmt: str, background: str) -> None:
+    (outcome,) = render(
+        product_photo((800, 600)), [RenditionSpec(name="r", format=fmt, background=background, quality=75)]
+    )
+    assert isinstance(outcome, RenderedRendition)
+    (check,) = (check for check in outcome.verdict.checks if check.name == "background")
+    assert check.passed, check.message

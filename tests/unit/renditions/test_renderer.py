@@ -22,7 +22,15 @@ from airflow_provider_bgremoval.renditions.renderer import (
     render_one,
 )
 from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
-from tests.unit.renditions.synthetic import decode, png_bytes, product_photo, rgb_profile, soft_subject
+from tests.unit.renditions.synthetic import (
+    SRGB_GREEN,
+    SRGB_RED,
+    decode,
+    png_bytes,
+    product_photo,
+    rgb_profile,
+    soft_subject,
+)
 
 
 def _rendered(outcome: RenderOutcome) -> RenderedRendition:
@@ -158,6 +166,12 @@ class TestPlacement:
     def test_max_size_scales_the_long_side_down(self) -> None:
         rendered = _one(product_photo((1200, 800)), format="webp", max_size=300)
         assert (rendered.measured.width, rendered.measured.height) == (300, 200)
+        assert rendered.layout.refused_upscale == 1.0  # nothing was refused
+
+    def test_a_derived_canvas_stays_under_100_megapixels(self) -> None:
+        plan = layout((20_000, 10_000), RenditionSpec(name="r", aspect="1:1", fill=0.5, upscale=True))
+        assert plan.canvas[0] * plan.canvas[1] <= 100_000_000
+        assert plan.canvas[0] == plan.canvas[1]
 
     def test_a_minimum_that_needs_upscaling_is_flagged_not_met(self) -> None:
         master = product_photo((400, 300))
@@ -213,6 +227,16 @@ class TestColour:
             steps = [abs(int(b) - int(a)) for a, b in itertools.pairwise(row)]  # type: ignore[call-overload]
             assert max(steps) <= worst_step, fmt
             assert len(set(row)) >= 240, fmt  # the levels are kept, not merged into bands
+
+    def test_no_banding_after_a_colour_conversion(self) -> None:
+        # a gamma-1.8 master converted to sRGB's curve in 8 bits: a level is skipped at most
+        ramp = Image.linear_gradient("L").rotate(90, expand=True).resize((1024, 64))
+        master = Image.merge("RGBA", (ramp, ramp, ramp, Image.new("L", ramp.size, 255)))
+        profile = rgb_profile("gamma 1.8, sRGB primaries", red=SRGB_RED, green=SRGB_GREEN, gamma=1.8)
+        out = decode(_one(png_bytes(master, icc_profile=profile), format="png", max_size=512).data)
+        row = [out.convert("L").getpixel((x, 16)) for x in range(out.width)]
+        assert max(abs(int(b) - int(a)) for a, b in itertools.pairwise(row)) <= 2  # type: ignore[call-overload]
+        assert len(set(row)) >= 220
 
 
 class TestMetadata:

@@ -89,6 +89,7 @@ class TestFields:
             ({"fit": "stretch"}, "fit", "contain"),
             ({"margin": "5 px"}, "margin", "length"),
             ({"size": "0x10"}, "size", "below 1"),
+            ({"size": [12_000, 12_000]}, "size", "over 100,000,000 pixels"),
             ({"max_size": 30_000}, "max_size", "over 20,000"),
             ({"metadata": "some"}, "metadata", "strip"),
             ({"colour": "srgb"}, "colour", "unknown option"),
