@@ -87,8 +87,8 @@ def _profile_base_mode(mode: str) -> str | None:
 def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """
     ``image`` converted to sRGB with its embedded ICC profile (relative colorimetric, black-point
-    compensation), alpha kept; an untagged image is read as sRGB. Returns the image and the profile's
-    description.
+    compensation), alpha kept; an untagged image, or an RGB one tagged with an sRGB profile (its
+    description starts with "sRGB"), is kept as it is. Returns the image and the profile's description.
 
     :param image: a decoded image.
     """
@@ -98,6 +98,8 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         description = ImageCms.getProfileDescription(source).strip() or "unnamed profile"
+        if image.mode in ("RGB", "RGBA") and description.lower().startswith("srgb"):
+            return image, description
         if _profile_base_mode(image.mode) is None:
             image = normalise_mode(image)
         base_mode = _profile_base_mode(image.mode) or "RGB"

@@ -210,6 +210,18 @@ class TestColour:
         out = decode(rendered.data)
         assert out.getpixel((0, 0)) == (244, 244, 244)  # the background colour is exact sRGB
 
+    def test_srgb_tagged_masters_keep_their_pixels(self) -> None:
+        data = png_bytes(Image.new("RGB", (8, 8), (12, 34, 56)), icc_profile=SRGB_ICC)
+        assert decode(_one(data, format="png").data).getpixel((4, 4)) == (12, 34, 56, 255)
+        assert prepare_master(data).source_profile == "sRGB built-in"
+
+    def test_a_broken_profile_is_a_typed_error(self) -> None:
+        with pytest.raises(ResultProcessingError) as caught:
+            render(
+                png_bytes(Image.new("RGB", (8, 8)), icc_profile=b"not a profile"), [RenditionSpec(name="a")]
+            )
+        assert caught.value.code == "master_colour"
+
     def test_untagged_masters_are_read_as_srgb(self) -> None:
         rendered = _one(Image.new("RGB", (8, 8), (12, 34, 56)), format="png", embed_srgb=False)
         out = decode(rendered.data)
