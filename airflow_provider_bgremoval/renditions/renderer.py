@@ -28,9 +28,9 @@ from airflow_provider_bgremoval.renditions.spec import (
     margin_shares,
 )
 
-#: The sRGB profile embedded in every rendition (``embed_srgb``), from littleCMS.
-SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-SRGB_ICC: bytes = SRGB_PROFILE.tobytes()
+#: The sRGB profile embedded in every rendition (``embed_srgb``), from littleCMS. Conversions open
+#: their own copy of it: no littleCMS object is shared between threads.
+SRGB_ICC: bytes = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 #: Formats a master may come in (the vendor's lossless cut-out, or an older output being adopted).
 MASTER_FORMATS = ("PNG", "WEBP", "JPEG", "TIFF")
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
@@ -107,7 +107,7 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
         converted = ImageCms.profileToProfile(
             image.convert(base_mode) if image.mode != base_mode else image,
             source,
-            SRGB_PROFILE,
+            ImageCms.ImageCmsProfile(io.BytesIO(SRGB_ICC)),
             renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
             outputMode="RGB",
             flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,

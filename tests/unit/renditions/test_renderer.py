@@ -340,6 +340,24 @@ class TestRender:
             thread.join()
         assert [results[index] for index in range(len(specs))] == expected
 
+    def test_threads_prepare_and_render_the_same_bytes(self) -> None:
+        data = [
+            png_bytes(product_photo((300 + 50 * index, 200)), icc_profile=rgb_profile()) for index in range(4)
+        ]
+        specs = [RenditionSpec(name="a", format="jpeg", aspect="1:1", fill=0.8), RenditionSpec(name="b")]
+        expected = [[_rendered(outcome).data for outcome in render(item, specs)] for item in data]
+        results: dict[int, list[bytes]] = {}
+
+        def work(index: int) -> None:
+            results[index] = [_rendered(outcome).data for outcome in render(data[index], specs)]
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(len(data))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [results[index] for index in range(len(data))] == expected
+
     def test_a_master_without_subject_fails_only_the_renditions_that_crop(self) -> None:
         empty = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
         cropped, whole = render(
