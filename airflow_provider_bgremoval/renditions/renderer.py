@@ -26,6 +26,7 @@ from airflow_provider_bgremoval.renditions.spec import (
     Rendition,
     RenditionSpec,
     margin_shares,
+    resolve_rendition,
 )
 
 #: The sRGB profile embedded in every rendition (``embed_srgb``), from littleCMS. Conversions open
@@ -435,9 +436,9 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
     Render, encode and check one rendition of a prepared master.
 
     :param master: the master (:func:`prepare_master`).
-    :param rendition: the rendition (a bare spec is checked against its own rules only).
+    :param rendition: the rendition (a spec gets the rules of the built-in preset it names, if any).
     """
-    rendition = rendition if isinstance(rendition, Rendition) else Rendition(rendition)
+    rendition = resolve_rendition(rendition)
     spec = rendition.spec
     content = master.subject if spec.crops else (0, 0, *master.size)
     if content is None:

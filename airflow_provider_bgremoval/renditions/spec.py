@@ -357,8 +357,9 @@ def resolve_rendition(
     parameter: str = "rendition",
 ) -> Rendition:
     """
-    A :class:`Rendition` from a spec, or from a mapping of spec fields with an optional ``preset`` whose
-    fields the mapping overrides (``{"name": "amazon", "preset": "amazon_main", "quality": 92}``).
+    A :class:`Rendition` from a mapping of spec fields with an optional ``preset`` whose fields the
+    mapping overrides (``{"name": "amazon", "preset": "amazon_main", "quality": 92}``), or from a spec
+    (or its :meth:`~RenditionSpec.as_dict`), which gets the rules of the preset it names.
 
     :param value: the rendition as given.
     :param registry: the presets by name (:func:`preset_registry`; default: the built-in ones).
@@ -366,8 +367,8 @@ def resolve_rendition(
     """
     if isinstance(value, Rendition):
         return value
-    if isinstance(value, RenditionSpec):
-        return Rendition(value)
+    if isinstance(value, RenditionSpec):  # its fields are all set: the preset only brings its rules
+        value = value.as_dict()
     if not isinstance(value, Mapping):
         raise InvalidOptionError(parameter, f"{type(value).__name__} is not a rendition spec or a mapping")
     registry = preset_registry() if registry is None else registry

@@ -182,3 +182,15 @@ class TestParseRenditions:
 
     def test_not_a_mapping(self) -> None:
         assert _error(parse_renditions, ["amazon"]).parameter == "renditions[0]"
+
+
+class TestRoundTrip:
+    def test_a_spec_gets_the_rules_of_the_preset_it_names(self) -> None:
+        resolved = resolve_rendition({"name": "amazon", "preset": "amazon_main", "quality": 92})
+        again = resolve_rendition(resolved.spec)
+        assert again == resolved
+        assert again.fingerprint == resolved.fingerprint
+
+    def test_as_dict_round_trips(self) -> None:
+        resolved = resolve_rendition({"name": "t", "size": 256, "margin": "6%", "background": "#f4f4f4"})
+        assert resolve_rendition(resolved.spec.as_dict()) == resolved
