@@ -42,16 +42,15 @@ Box = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class Master:
     """
-    A master ready for rendering: upright, sRGB, RGBA, and premultiplied once for every rendition.
+    A master ready for rendering: upright, sRGB, and premultiplied once for every rendition (only that
+    copy is kept: 4 bytes per pixel).
 
-    :param image: the master, RGBA with straight alpha, sRGB.
-    :param premultiplied: the same pixels in Pillow's premultiplied mode ``RGBa`` (what is resized).
+    :param premultiplied: the master in Pillow's premultiplied mode ``RGBa`` (what is resized).
     :param subject: the bounding box of its pixels with alpha above 0 (``None``: fully transparent).
     :param exif: the master's EXIF, orientation removed (written only with ``metadata="keep"``).
     :param source_profile: description of the ICC profile it was converted from (``None``: untagged).
     """
 
-    image: Image.Image
     premultiplied: Image.Image
     subject: Box | None
     exif: bytes | None
@@ -60,7 +59,7 @@ class Master:
     @property
     def size(self) -> tuple[int, int]:
         """``(width, height)``."""
-        return self.image.size
+        return self.premultiplied.size
 
 
 def _processing_error(code: str, message: str) -> ResultProcessingError:
@@ -148,7 +147,7 @@ def prepare_master(master: Image.Image | bytes) -> Master:
     except Exception as exc:  # Pillow raises many types on unusual images
         detail = safe_excerpt(str(exc), 120) or type(exc).__name__
         raise _processing_error("master_unreadable", f"the master cannot be prepared ({detail})") from None
-    return Master(rgba, premultiplied, rgba.getchannel("A").getbbox(), exif, profile)
+    return Master(premultiplied, premultiplied.getchannel("A").getbbox(), exif, profile)
 
 
 @dataclass(frozen=True)
