@@ -147,7 +147,7 @@ def prepare_master(master: Image.Image | bytes) -> Master:
     except Exception as exc:  # Pillow raises many types on unusual images
         detail = safe_excerpt(str(exc), 120) or type(exc).__name__
         raise _processing_error("master_unreadable", f"the master cannot be prepared ({detail})") from None
-    return Master(premultiplied, premultiplied.getchannel("A").getbbox(), exif, profile)
+    return Master(premultiplied, rgba.getchannel("A").getbbox(), exif, profile)
 
 
 @dataclass(frozen=True)
