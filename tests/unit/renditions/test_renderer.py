@@ -379,6 +379,21 @@ class TestRender:
         assert rendered.measured.width == 600
         assert rendered.verdict.compliant
 
+    @pytest.mark.parametrize("mode", ["P", "LA", "L", "I;16", "CMYK", "RGB"])
+    def test_masters_in_any_mode(self, mode: str) -> None:
+        master = soft_subject((80, 60), box=(20, 15, 60, 45), colour=(200, 200, 200)).convert(
+            "RGBA" if mode in ("P", "LA") else "RGB"
+        )
+        if mode == "I;16":
+            master = master.convert("L").convert("I;16")
+        elif mode != "RGB":
+            master = master.convert(mode)
+        rendered = _one(png_bytes(master) if mode != "CMYK" else master, format="png", crop=True)
+        assert rendered.verdict.compliant
+        has_alpha = mode in ("P", "LA")
+        out = decode(rendered.data)
+        assert (out.width, out.height) == ((40, 30) if has_alpha else (80, 60))  # cropped to the alpha
+
     def test_transparent_webp_and_png_keep_alpha(self) -> None:
         for fields in ({"format": "webp", "lossless": True}, {"format": "png"}):
             rendered = _one(soft_subject(), **fields)
