@@ -100,8 +100,10 @@ def _number(value: Any) -> float:
 
 
 def _side(value: Any) -> int:
-    width, _ = parse_size(value, max_side=MAX_SIDE, square=True)
-    return width
+    side = _whole_number(value)
+    if not 1 <= side <= MAX_SIDE:
+        raise ValueError(f"{side} is not between 1 and {MAX_SIDE:,} pixels")
+    return side
 
 
 def _margin_json() -> WithJsonSchema:
