@@ -6,6 +6,7 @@ The engine is :mod:`airflow_provider_bgremoval.pipeline`; the behaviour in detai
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException
@@ -17,6 +18,8 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJob,
     BucketJobOperator,
     check_choice,
+    check_master_options,
+    is_template,
     parse_count,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
@@ -36,6 +39,7 @@ from airflow_provider_bgremoval.pipeline.manifest import (
 )
 from airflow_provider_bgremoval.pipeline.planning import DestinationCollisionError
 from airflow_provider_bgremoval.pipeline.progress import summary_table
+from airflow_provider_bgremoval.pipeline.rendering import RENDITION_STATUSES
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -158,12 +162,12 @@ class BucketImageOperator(BucketJobOperator):
                     owner,
                     lease_seconds=self.claim_lease,
                 ),
-                balance_probe=job.hook.aget_balance,
+                balance_probe=job.hook.aget_balance if job.hook is not None else None,
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),
             )
             try:
-                interrupt = run_batch(runner, cleanup=job.hook.aclose)
+                interrupt = run_batch(runner, cleanup=job.hook.aclose if job.hook is not None else None)
             except Exception as exc:  # a defect in the engine: keep the record, then fail
                 self._keep_record(context, job, manifest_name, manifest, strict=False)
                 raise AirflowException(f"{vendor}: the batch stopped unexpectedly: {exc!r}") from exc
@@ -253,10 +257,15 @@ class BucketImageOperator(BucketJobOperator):
                 halt.remaining_images,
             )
         bad = counts["failed"] + counts["rejected"]
-        if self.on_error == "fail_at_end" and bad:
+        if self.on_error == "fail_at_end" and (bad or result.bad_renditions):
+            renditions = (
+                f" ({result.bad_renditions} rendition(s) non-compliant or failed)"
+                if result.bad_renditions
+                else ""
+            )
             raise AirflowException(
                 f"{vendor}: {counts['failed']} image(s) failed and {counts['rejected']} were rejected "
-                f"of {summary['total']}; see the manifest {manifest_uri}"
+                f"of {summary['total']}{renditions}; see the manifest {manifest_uri}"
             )
         sent = counts["done"] + bad
         if self.on_error == "fail_rate" and sent and bad / sent > float(self.max_failure_rate):
@@ -323,6 +332,23 @@ def _summary(job: BucketJob, result: BatchResult, manifest_uri: str) -> dict[str
         "sample_outputs": list(result.sample_outputs),
         "halt": result.halt.as_dict() if result.halt else None,
         "duration_s": round(result.duration_s, 3),
+        **_rendition_summary(job, result),
+    }
+
+
+def _rendition_summary(job: BucketJob, result: BatchResult) -> dict[str, Any]:
+    """With renditions: the masters' prefix and, per rendition, sources per status (docs/pipeline.md)."""
+    if job.renditions is None:
+        return {}
+    return {
+        "masters_prefix": f"gs://{job.spec.destination_bucket}/{job.spec.output_prefix}",
+        "renditions": {
+            rendition.name: {
+                status: result.renditions.get(rendition.name, Counter())[status]
+                for status in RENDITION_STATUSES
+            }
+            for rendition in job.renditions.renditions
+        },
     }
 
 
@@ -330,9 +356,19 @@ class RemoveBackgroundOperator(RemovalParameters, BucketImageOperator):
     """
     Remove the backgrounds of the images under a GCS prefix (or of ``source_objects``) with any vendor.
 
-    Parameters: :class:`RemovalParameters` (image), :class:`BucketJobOperator` (job) and
+    With ``renditions``, each source's one vendor call makes a master (the lossless cut-out, under
+    ``masters_prefix``) and every rendition is rendered from it locally (docs/pipeline.md, "Renditions").
+    Parameters: :class:`RemovalParameters` (image), :class:`BucketJobOperator` (job and renditions) and
     :class:`BucketImageOperator` (batch).
+
+    :param kwargs: the parameters of the classes above.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        templated = (self.output_format, self.background_color, self.crop, self.margin, self.max_size)
+        if self.renditions and not any(is_template(value) for value in templated):
+            check_master_options(self.removal_options())  # fail at DAG parse
 
 
 class GenerateBackgroundOperator(GenerationParameters, BucketImageOperator):

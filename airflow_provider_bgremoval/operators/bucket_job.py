@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import json
 from abc import abstractmethod
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -16,9 +16,13 @@ from airflow.sdk import BaseOperator
 from airflow_provider_bgremoval.credits import parse_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, ShardRef, read_shard
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch, plan_into
-from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
+from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RemovalProcessor
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
+from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 T = TypeVar("T")
@@ -91,14 +95,25 @@ class BucketJob:
     :param processor: the vendor operation applied to each image.
     :param planning_concurrency: local checks planning runs at once.
     :param shard: the share of a plan kept in the bucket this task works on (instead of planning).
+    :param renditions: the renditions of each source (``None``: one output per source, as always).
+    :param masters_are_sources: the sources are masters already (render-only: no vendor call).
     """
 
     spec: BatchSpec
     storage: GcsStorage
-    hook: BackgroundRemovalHook[Any]
+    hook: BackgroundRemovalHook[Any] | None
     processor: ImageProcessor
     planning_concurrency: int = MIN_PLANNING_CONCURRENCY
     shard: ShardRef | None = None
+    renditions: RenditionLayout | None = None
+    masters_are_sources: bool = False
+
+    @property
+    def vendor_hook(self) -> BackgroundRemovalHook[Any]:
+        """The vendor hook (a render-only job has none)."""
+        if self.hook is None:
+            raise InvalidOptionError("conn_id", "this job renders from stored masters and has no vendor")
+        return self.hook
 
     def plan_batch(self, *, check: bool = True) -> BatchPlan:
         """
@@ -118,6 +133,8 @@ class BucketJob:
         :param prefix: the plan folder (:func:`~airflow_provider_bgremoval.pipeline.plan_store.plan_prefix`).
         :param check: run the local checks (see :func:`plan_into`).
         """
+        if self.renditions is not None:
+            raise InvalidOptionError("max_shards", "a plan kept in the bucket does not carry renditions yet")
         processor = self.processor
         writer = PlanWriter(
             self.storage, self.spec, prefix, processor.vendor, processor.fingerprint, checked=check
@@ -133,7 +150,12 @@ class BucketJob:
             "vendor": processor.vendor,
             "limits": processor.limits,
             "concurrency": self.planning_concurrency,
-            "check": check,
+            "check": check and not self.masters_are_sources,
+            **(
+                {"renditions": self.renditions, "masters_are_sources": self.masters_are_sources}
+                if self.renditions is not None
+                else {}
+            ),
         }
 
 
@@ -156,6 +178,10 @@ class BucketJobOperator(BaseOperator):
     :param max_credits: spend at most this many credits, then stop cleanly.
     :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table).
     :param shard: a shard of the run's plan (the pre-flight's XCom ``shards``, mapped): work on exactly it.
+    :param renditions: renditions rendered locally from one master per source (docs/renditions.md):
+        a list of specs (``{"name": "amazon", "preset": "amazon_main"}``…); ``None``: one output per source.
+    :param masters_prefix: where the masters go with ``renditions`` (``<destination_prefix>masters/``).
+    :param rendition_presets: user-defined rendition presets by name.
     """
 
     template_fields: Sequence[str] = (
@@ -172,6 +198,7 @@ class BucketJobOperator(BaseOperator):
         "cost_per_image",
         "gcp_conn_id",
         "shard",
+        "masters_prefix",
     )
 
     def __init__(
@@ -192,6 +219,9 @@ class BucketJobOperator(BaseOperator):
         max_credits: float | str | None = None,
         cost_per_image: float | str | None = None,
         shard: dict[str, Any] | str | None = None,
+        renditions: Sequence[Mapping[str, Any] | Rendition] | None = None,
+        masters_prefix: str | None = None,
+        rendition_presets: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -210,6 +240,10 @@ class BucketJobOperator(BaseOperator):
         self.max_credits = max_credits
         self.cost_per_image = cost_per_image
         self.shard = shard
+        self.renditions = renditions
+        self.masters_prefix = masters_prefix
+        self.rendition_presets = rendition_presets
+        parse_renditions(renditions, rendition_presets)  # fail at DAG parse on a bad spec or preset
         # Fail at DAG parse for what is already known (templated values are checked at run time).
         if int(max_concurrency) < 1:
             raise InvalidOptionError("max_concurrency", "must be at least 1")
@@ -243,7 +277,29 @@ class BucketJobOperator(BaseOperator):
             include=self.include,
             exclude=self.exclude,
             overwrite=bool(self.overwrite),
+            masters_prefix=self._masters_prefix(),
         )
+
+    def _masters_prefix(self) -> str | None:
+        """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""
+        if not self.renditions:
+            return None
+        return self.masters_prefix or f"{normalise_prefix(self.destination_prefix)}masters/"
+
+    def rendition_layout(self, spec: BatchSpec, processor: ImageProcessor) -> RenditionLayout | None:
+        """
+        Where the renditions go (``None`` without renditions); the master must be lossless with alpha.
+
+        :param spec: the batch spec.
+        :param processor: the vendor operation making the masters.
+        """
+        renditions = parse_renditions(self.renditions, self.rendition_presets)
+        if not renditions:
+            return None
+        if self.shard not in (None, ""):
+            raise InvalidOptionError("shard", "a plan kept in the bucket does not carry renditions yet")
+        check_master(processor)
+        return RenditionLayout(renditions, spec.destination_prefix, spec.output_prefix, processor.extension)
 
     def prepare_job(self) -> BucketJob:
         """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""
@@ -251,13 +307,15 @@ class BucketJobOperator(BaseOperator):
         cost = parse_credits(self.cost_per_image, "cost_per_image")
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         hook = BackgroundRemovalHook.get_hook(self.conn_id)
+        processor = self.build_processor(hook, cost)
         return BucketJob(
             spec=spec,
             storage=storage,
             hook=hook,
-            processor=self.build_processor(hook, cost),
+            processor=processor,
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
             shard=self._shard(),
+            renditions=self.rendition_layout(spec, processor),
         )
 
     def _shard(self) -> ShardRef | None:
@@ -268,3 +326,33 @@ class BucketJobOperator(BaseOperator):
             return ShardRef.model_validate(shard)
         except ValueError as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
             raise InvalidOptionError("shard", f"not a shard of a plan: {exc}") from None
+
+
+def check_master(processor: ImageProcessor) -> None:
+    """
+    Refuse a vendor operation that would not make a master (see :func:`check_master_options`).
+
+    :param processor: the vendor operation (generate-background's JPEG is its master: no alpha).
+    """
+    if isinstance(processor, RemovalProcessor):
+        check_master_options(processor.options)
+
+
+def check_master_options(options: RemovalOptions) -> None:
+    """
+    Refuse removal options that would not make a master: the vendor's cut-out as a lossless PNG with alpha.
+
+    :param options: the unified options.
+    """
+    local = [
+        name for name in ("background_color", "margin", "max_size") if getattr(options, name) is not None
+    ]
+    local += ["crop"] if options.crop else []
+    if options.output_format != "png":
+        local.insert(0, "output_format")
+    if local:
+        raise InvalidOptionError(
+            "renditions",
+            f"with renditions the master is the vendor's cut-out as a lossless PNG with alpha: leave "
+            f"{', '.join(local)} unset and put them in the renditions instead",
+        )

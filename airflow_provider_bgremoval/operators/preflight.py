@@ -199,7 +199,7 @@ class CreditsPreflightOperator(BucketJobOperator):
 
     def _price(self, job: BucketJob, plan: BatchPlan | PlanWriter) -> tuple[Decimal, str]:
         if self.use_test_estimate and plan.billable:  # never with a cost_per_image (refused at parse)
-            return self.test_estimate(job.hook, job.storage, plan), "test_estimate"
+            return self.test_estimate(job.vendor_hook, job.storage, plan), "test_estimate"
         source = "cost_table" if self.cost_per_image in (None, "") else "cost_per_image"
         return job.processor.cost_per_image, source
 
@@ -215,13 +215,13 @@ class CreditsPreflightOperator(BucketJobOperator):
             # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
             plan = self._plan(context, job, max_shards, check=False)
             cost, cost_source = self._price(job, plan)
-            balance = self._balance(context, job.hook, job.processor.vendor, plan.billable)
+            balance = self._balance(context, job.vendor_hook, job.processor.vendor, plan.billable)
             estimate = self._estimate(job, plan, cost, cost_source, margin, balance)
             if not estimate["sufficient"] and not plan.checked:  # too close to call: check files, price again
                 plan = self._plan(context, job, max_shards, check=True)
                 estimate = self._estimate(job, plan, cost, cost_source, margin, balance)
         finally:
-            job.hook.close()
+            job.vendor_hook.close()
         if isinstance(plan, PlanWriter):
             estimate["shards"] = self._push_shards(context, plan, max_shards or 0, cost)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}

@@ -42,6 +42,12 @@ from airflow_provider_bgremoval.pipeline.planning import (
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.pipeline.progress import ProgressReporter
+from airflow_provider_bgremoval.pipeline.rendering import (
+    BAD_RENDITION_STATUSES,
+    RenditionStage,
+    recorded_source,
+    render_verdict,
+)
 from airflow_provider_bgremoval.results import Balance, ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
@@ -113,6 +119,7 @@ class BatchResult:
     :param pending_reasons: pending images per reason code (``max_credits``, ``claimed_elsewhere``…).
     :param duration_s: wall time of the run.
     :param billable: images that were planned as billable.
+    :param renditions: per rendition name, sources per rendition status (``done``, ``replaced``…).
     """
 
     counts: Counter[str] = field(default_factory=Counter)
@@ -127,6 +134,12 @@ class BatchResult:
     pending_reasons: Counter[str] = field(default_factory=Counter)
     duration_s: float = 0.0
     billable: int = 0
+    renditions: dict[str, Counter[str]] = field(default_factory=dict)
+
+    @property
+    def bad_renditions(self) -> int:
+        """Renditions rejected (non-compliant) or failed."""
+        return sum(counts[status] for counts in self.renditions.values() for status in BAD_RENDITION_STATUSES)
 
     @property
     def credits_for_outputs(self) -> Decimal:
@@ -203,6 +216,8 @@ class BatchRunner:
     def __post_init__(self) -> None:  # the parameters are validated by the operator
         self.result = BatchResult(billable=len(self.plan.items))
         self._items: Iterator[WorkItem] = iter(self.plan.items)
+        self._render_items: Iterator[WorkItem] = iter(self.plan.render)
+        self._stage = RenditionStage(self.storage, self.plan.spec.destination_bucket, self.writer_id)
         self._flights: set[_Flight] = set()
         self._submitted = 0
         self._finished = 0
@@ -215,7 +230,9 @@ class BatchRunner:
         self._bad_in_run = 0
         self._max_seen_charge = Decimal(0)
         self.progress = ProgressReporter(
-            len(self.plan.items), self.processor.vendor, every_seconds=self.progress_every_seconds
+            len(self.plan.items) + len(self.plan.render),
+            self.processor.vendor,
+            every_seconds=self.progress_every_seconds,
         )
 
     def request_stop(self, code: str, message: str) -> None:
@@ -257,6 +274,8 @@ class BatchRunner:
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     def _row(self, source: ObjectInfo, destination: str | None, status: str, **fields: Any) -> None:
+        for entry in fields.get("renditions") or ():
+            self.result.renditions.setdefault(entry["name"], Counter())[entry["status"]] += 1
         row = ManifestRow(
             source=source.uri,
             source_generation=source.generation or None,
@@ -287,7 +306,10 @@ class BatchRunner:
         """What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight."""
         cost = self._unit_cost()
         at_risk = self.result.credits_spent + cost * self.result.possibly_charged
-        for stats in (flight.stats for flight in self._flights if not flight.recorded):
+        unsettled = (
+            flight for flight in self._flights if not flight.recorded and not flight.item.render_only
+        )
+        for stats in (flight.stats for flight in unsettled):
             at_risk += cost * stats.possibly_charged
             at_risk += (stats.credits_charged or cost) if stats.billed_reply else cost
         return at_risk
@@ -304,8 +326,16 @@ class BatchRunner:
         return False
 
     def _next_item(self) -> WorkItem | None:
-        if self._halt_reason is not None or self._stop is not None:
+        """The next billable item the budgets allow, else the next render-only one (free: never halted)."""
+        if self._stop is not None:
             return None
+        if self._halt_reason is None:
+            item = self._next_billable()
+            if item is not None:
+                return item
+        return next(self._render_items, None)
+
+    def _next_billable(self) -> WorkItem | None:
         if self.max_images is not None and self._submitted >= self.max_images:
             self._halt("max_images", f"max_images={self.max_images} reached")
             return None
@@ -387,9 +417,10 @@ class BatchRunner:
                 self.result.credits_for_failed += credits
             money.update(credits=str(credits), credits_estimated=estimated)
         self.result.possibly_charged += lost
+        item = flight.item
         self._row(
-            flight.item.source,
-            flight.item.destination,
+            item.source,
+            None if item.master is not None and item.master == item.source else item.destination,
             status,
             error_code=code,
             error_message=message,
@@ -421,6 +452,9 @@ class BatchRunner:
 
     async def _fly(self, flight: _Flight) -> None:
         try:
+            if flight.item.render_only:
+                await self._render_only(flight)
+                return
             if not await self._claim(flight):
                 return
             data = await self._read(flight)
@@ -535,7 +569,7 @@ class BatchRunner:
         item, bucket = flight.item, self.plan.spec.destination_bucket
         credits, _ = self._credits_of(result.credits_charged)
         try:
-            await self._blocking(
+            written = await self._blocking(
                 self.storage.write,
                 bucket,
                 item.destination,
@@ -559,7 +593,49 @@ class BatchRunner:
         flight.output_exists = True
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
             self.result.sample_outputs.append(f"gs://{bucket}/{item.destination}")
-        self._settle(flight, "done", bytes_out=len(result.content))
+        renditions: dict[str, Any] = {}
+        if item.renditions:  # from the bytes in hand: the master is not read back
+            flight.stage = "render"
+            master = self._master_facts(written, "replaced" if item.replace_generation else "done")
+            facts = await self._blocking(
+                self._stage.run, result.content, written, item.source, item.renditions
+            )
+            renditions = {"master": master, "renditions": facts}
+        self._settle(flight, "done", bytes_out=len(result.content), **renditions)
+
+    @staticmethod
+    def _master_facts(master: ObjectInfo, status: str) -> dict[str, Any]:
+        return {"object": master.uri, "generation": master.generation, "status": status}
+
+    async def _render_only(self, flight: _Flight) -> None:
+        """A finished master: read it (pinned), render the missing or stale renditions, store them."""
+        item, master = flight.item, flight.item.master
+        assert master is not None
+        flight.stage = "read"
+        try:
+            data = await self._blocking(
+                self.storage.read, master.bucket, master.name, generation=master.generation
+            )
+        except StorageError as exc:
+            reason = f"the master could not be read (nothing paid): {exc}"
+            self._settle(
+                flight, "failed", type(exc).__name__, reason, master=self._master_facts(master, "failed")
+            )
+            return
+        flight.stage = "render"
+        source = item.source if master != item.source else recorded_source(master)
+        facts = await self._blocking(self._stage.run, data, master, source, item.renditions)
+        status, code, message = render_verdict(facts)
+        written = sum(f.get("bytes") or 0 for f in facts if f["status"] in ("done", "replaced"))
+        self._settle(
+            flight,
+            status,
+            code,
+            message,
+            bytes_out=written or None,
+            master=self._master_facts(master, "skipped"),
+            renditions=facts,
+        )
 
     async def _settle_conflict(self, flight: _Flight) -> None:
         """The create-only write lost: another run wrote first, or something else is in the way."""
@@ -639,10 +715,11 @@ class BatchRunner:
                     outcome.status,
                     error_code=outcome.code,
                     error_message=outcome.message,
+                    **(outcome.extra or {}),
                 )
             if self._stop is not None:
                 self._begin_drain()
-            workers = min(self.max_concurrency, max(1, len(self.plan.items)))
+            workers = min(self.max_concurrency, max(1, len(self.plan.items) + len(self.plan.render)))
             outcomes = await asyncio.gather(*(self._worker() for _ in range(workers)), return_exceptions=True)
             failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         finally:
@@ -668,7 +745,7 @@ class BatchRunner:
         code, message = self._stop or (
             (halt.reason, halt.message) if halt else ("not_started", "not started")
         )
-        for item in self._items:
+        for item in (*self._items, *self._render_items):
             self._row(item.source, item.destination, "pending", error_code=code, error_message=message)
 
     async def _halt_info(self, halt: HaltInfo) -> HaltInfo:

@@ -40,6 +40,8 @@ class ManifestRow:
     :param duration_ms: wall time spent on this source.
     :param bytes_in: size of the source.
     :param bytes_out: size of the output.
+    :param master: with renditions: the master's ``object``, ``generation`` and ``status``.
+    :param renditions: with renditions: one entry per rendition (name, object, status, facts, checks).
     """
 
     source: str
@@ -58,6 +60,8 @@ class ManifestRow:
     duration_ms: int | None = None
     bytes_in: int | None = None
     bytes_out: int | None = None
+    master: dict[str, Any] | None = None
+    renditions: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

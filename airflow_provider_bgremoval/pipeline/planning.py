@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.imaging import (
@@ -32,6 +32,9 @@ from airflow_provider_bgremoval.pipeline.naming import (
     normalise_prefix,
 )
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+
+if TYPE_CHECKING:
+    from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class BatchSpec:
     :param include: glob patterns a source must match (``*.jpg``); ``None`` for all.
     :param exclude: glob patterns excluding sources.
     :param overwrite: replace outputs made from another source generation or other options.
+    :param masters_prefix: where the outputs (masters) go when renditions are made (``None``: under
+        ``destination_prefix`` as without renditions); manifests and claims stay under ``destination_prefix``.
     """
 
     source_bucket: str
@@ -83,6 +88,7 @@ class BatchSpec:
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
     overwrite: bool = False
+    masters_prefix: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("source_bucket", "destination_bucket"):
@@ -90,16 +96,28 @@ class BatchSpec:
                 raise InvalidOptionError(name, "is required")
         object.__setattr__(self, "source_prefix", normalise_prefix(self.source_prefix))
         object.__setattr__(self, "destination_prefix", normalise_prefix(self.destination_prefix))
-        if (
-            self.source_bucket == self.destination_bucket
-            and self.source_objects is None
-            and self.destination_prefix.startswith(self.source_prefix)
+        if self.masters_prefix is not None:
+            object.__setattr__(self, "masters_prefix", normalise_prefix(self.masters_prefix))
+        for parameter, prefix in (
+            ("destination_prefix", self.destination_prefix),
+            ("masters_prefix", self.masters_prefix),
         ):
-            raise InvalidOptionError(
-                "destination_prefix",
-                f"gs://{self.destination_bucket}/{self.destination_prefix} lies inside the source prefix "
-                f"gs://{self.source_bucket}/{self.source_prefix}: outputs would be read back as sources",
-            )
+            if (
+                prefix is not None
+                and self.source_bucket == self.destination_bucket
+                and self.source_objects is None
+                and prefix.startswith(self.source_prefix)
+            ):
+                raise InvalidOptionError(
+                    parameter,
+                    f"gs://{self.destination_bucket}/{prefix} lies inside the source prefix "
+                    f"gs://{self.source_bucket}/{self.source_prefix}: outputs would be read back as sources",
+                )
+
+    @property
+    def output_prefix(self) -> str:
+        """Where the outputs go: ``masters_prefix`` with renditions, else ``destination_prefix``."""
+        return self.destination_prefix if self.masters_prefix is None else self.masters_prefix
 
     @property
     def internal_prefix(self) -> str:
@@ -116,12 +134,21 @@ class WorkItem:
     :param destination: destination object name.
     :param replace_generation: generation of a stale output to replace (``overwrite=True``), or ``None``.
     :param fully_checked: planning decoded the whole object as the run will (else header and size only).
+    :param master: a finished master to render from (a render-only item: no claim, no vendor call).
+    :param renditions: the source's renditions, with what exists of each (empty without renditions).
     """
 
     source: ObjectInfo
     destination: str
     replace_generation: int | None = None
     fully_checked: bool = False
+    master: ObjectInfo | None = None
+    renditions: tuple[RenditionTarget, ...] = ()
+
+    @property
+    def render_only(self) -> bool:
+        """True when the master exists: only renditions are made (0 credits)."""
+        return self.master is not None
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,7 @@ class PlannedOutcome:
     :param status: ``skipped`` or ``rejected``.
     :param code: reason code.
     :param message: human explanation.
+    :param extra: more manifest fields (``master``, ``renditions``), if any.
     """
 
     source: ObjectInfo
@@ -141,6 +169,7 @@ class PlannedOutcome:
     status: str
     code: str
     message: str
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -152,16 +181,22 @@ class BatchPlan:
     :param items: billable work, in listing order.
     :param settled: sources skipped or rejected during planning.
     :param checked: the local checks ran (else every unfinished source is billable, unchecked).
+    :param render: render-only items (a finished master, renditions to make): free, never billable.
     """
 
     spec: BatchSpec
     items: list[WorkItem] = field(default_factory=list)
     settled: list[PlannedOutcome] = field(default_factory=list)
     checked: bool = True
+    render: list[WorkItem] = field(default_factory=list)
 
     def add(self, item: WorkItem) -> None:
         """Record a billable item (the :class:`PlanSink` protocol)."""
         self.items.append(item)
+
+    def add_render(self, item: WorkItem) -> None:
+        """Record a render-only item (0 credits)."""
+        self.render.append(item)
 
     def settle(self, outcome: PlannedOutcome) -> None:
         """Record a source settled during planning (the :class:`PlanSink` protocol)."""
@@ -183,7 +218,7 @@ class BatchPlan:
     @property
     def total(self) -> int:
         """Number of sources."""
-        return len(self.items) + len(self.settled)
+        return len(self.items) + len(self.settled) + len(self.render)
 
     def count(self, status: str) -> int:
         """Number of settled sources with ``status``."""
@@ -268,13 +303,18 @@ def outputs_between(storage: GcsStorage, spec: BatchSpec, first: str, last: str)
     for start, end in ranges:
         if start < end:
             yield from storage.list_objects(
-                spec.destination_bucket, spec.destination_prefix, start_offset=start, end_offset=end
+                spec.destination_bucket, spec.output_prefix, start_offset=start, end_offset=end
             )
+
+
+def _few(spec: BatchSpec, count: int) -> bool:
+    """A small window of explicit ``source_objects``: look its outputs up one by one."""
+    return spec.source_objects is not None and count < _STAT_THRESHOLD
 
 
 def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[str]) -> dict[str, ObjectInfo]:
     """The existing outputs among ``destinations`` (one window): a name-range listing, or stats for a few."""
-    if spec.source_objects is not None and len(destinations) < _STAT_THRESHOLD:
+    if _few(spec, len(destinations)):
         infos = (storage.stat(spec.destination_bucket, name) for name in destinations)
         return {info.name: info for info in infos if info is not None}
     wanted = set(destinations)
@@ -368,11 +408,11 @@ def _map_sources(
             )
             continue
         try:
-            dest = destination_name(name, spec.source_prefix, spec.destination_prefix, extension)
+            dest = destination_name(name, spec.source_prefix, spec.output_prefix, extension)
         except UnsafeNameError as exc:
             sink.settle(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
             continue
-        stem = spec.source_prefix + dest[len(spec.destination_prefix) : len(dest) - len(extension)]
+        stem = spec.source_prefix + dest[len(spec.output_prefix) : len(dest) - len(extension)]
         if collisions.first(name, stem, dest) is None:
             yield WorkItem(entry, dest)
 
@@ -386,20 +426,26 @@ class _Planner:
     fingerprint: str
     vendor: str
     limits: InputLimits
+    layout: RenditionLayout | None = None
+    masters_are_sources: bool = False
 
     def unfinished(self, window: Sequence[WorkItem], sink: PlanSink) -> list[WorkItem]:
         """Settle the window's finished (and, without overwrite, foreign) outputs; return the rest."""
+        if self.masters_are_sources:
+            self._render_sources(window, sink)
+            return []
         existing = _existing_outputs(self.storage, self.spec, [item.destination for item in window])
+        renditions = self._renditions(window)
         to_check: list[WorkItem] = []
         for item in window:
             current = existing.get(item.destination)
             if current is None:
-                to_check.append(item)
+                to_check.append(self._with_renditions(item, renditions))
             elif is_finished(current, item.source, self.fingerprint, self.vendor):
-                message = "output exists from this source and options"
-                sink.settle(PlannedOutcome(item.source, item.destination, "skipped", "already_done", message))
+                self._finished(item, current, renditions, sink)
             elif self.spec.overwrite:
-                to_check.append(replace(item, replace_generation=current.generation))
+                stale = replace(item, replace_generation=current.generation)
+                to_check.append(self._with_renditions(stale, renditions))
             else:
                 message = (
                     "the destination exists but was made from another source generation or other options; "
@@ -410,6 +456,49 @@ class _Planner:
                 )
         return to_check
 
+    def _renditions(self, window: Sequence[WorkItem]) -> dict[str, ObjectInfo]:
+        """The window's existing renditions: one name-range listing per rendition folder."""
+        if self.layout is None:
+            return {}
+        masters = [item.source.name if self.masters_are_sources else item.destination for item in window]
+        return self.layout.existing(
+            self.storage, self.spec.destination_bucket, masters, stat=_few(self.spec, len(window))
+        )
+
+    def _with_renditions(self, item: WorkItem, found: Mapping[str, ObjectInfo]) -> WorkItem:
+        """A billable item with its renditions (all to render: its master is still to be made)."""
+        if self.layout is None:
+            return item
+        return replace(item, renditions=self.layout.targets(item.destination, found, None))
+
+    def _finished(
+        self, item: WorkItem, master: ObjectInfo, found: Mapping[str, ObjectInfo], sink: PlanSink
+    ) -> None:
+        """A finished master: skipped, or a render-only item when a rendition is missing or stale."""
+        if self.layout is None:
+            message = "output exists from this source and options"
+            sink.settle(PlannedOutcome(item.source, item.destination, "skipped", "already_done", message))
+            return
+        name = item.source.name if self.masters_are_sources else item.destination
+        targets = self.layout.targets(name, found, master)
+        if not all(target.finished for target in targets):
+            _add_render(sink, replace(item, master=master, renditions=targets))
+            return
+        bucket = self.spec.destination_bucket
+        extra = {
+            "master": {"object": master.uri, "generation": master.generation, "status": "skipped"},
+            "renditions": [target.skipped_facts(bucket) for target in targets],
+        }
+        message = "master and every rendition exist from this source and options"
+        destination = None if self.masters_are_sources else item.destination
+        sink.settle(PlannedOutcome(item.source, destination, "skipped", "already_done", message, extra))
+
+    def _render_sources(self, window: Sequence[WorkItem], sink: PlanSink) -> None:
+        """Render-only planning: every source is a master (``RenderRenditionsOperator``)."""
+        found = self._renditions(window)
+        for item in window:
+            self._finished(item, item.source, found, sink)
+
     def check(self, item: WorkItem) -> WorkItem | PlannedOutcome:
         """The item with its local verdict, or its rejection."""
         try:
@@ -419,6 +508,14 @@ class _Planner:
                 item.source, item.destination, "rejected", exc.code or "rejected", exc.message
             )
         return replace(item, fully_checked=fully_checked)
+
+
+def _add_render(sink: PlanSink, item: WorkItem) -> None:
+    if not isinstance(sink, BatchPlan):
+        raise InvalidOptionError(
+            "renditions", "a plan kept in the bucket (max_shards, shard) does not carry renditions"
+        )
+    sink.add_render(item)
 
 
 def _record(sink: PlanSink, verdicts: Iterable[WorkItem | PlannedOutcome]) -> None:
@@ -441,6 +538,8 @@ def plan_into(
     concurrency: int = 16,
     check: bool = True,
     sources: Iterable[tuple[str, ObjectInfo | None]] | None = None,
+    renditions: RenditionLayout | None = None,
+    masters_are_sources: bool = False,
 ) -> SinkT:
     """
     Plan a batch into ``sink``, window by window; :class:`DestinationCollisionError` when two sources
@@ -460,9 +559,11 @@ def plan_into(
     :param check: run the local checks (a header read per unfinished source).
     :param sources: ``(name, object)`` pairs already listed (in name order when ``spec`` lists a
         prefix), instead of :func:`iter_sources` (the arrivals trigger plans only what is new).
+    :param renditions: the renditions each source gets (``None``: none, a single output per source).
+    :param masters_are_sources: every source is a finished master (render-only planning, no check).
     """
     listed = iter_sources(storage, spec) if sources is None else sources
-    planner = _Planner(storage, spec, fingerprint, vendor, limits)
+    planner = _Planner(storage, spec, fingerprint, vendor, limits, renditions, masters_are_sources)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
         for window in _windows(_map_sources(listed, spec, extension, sink, collisions)):
@@ -482,6 +583,8 @@ async def plan_batch(
     limits: InputLimits,
     concurrency: int = 16,
     check: bool = True,
+    renditions: RenditionLayout | None = None,
+    masters_are_sources: bool = False,
 ) -> BatchPlan:
     """Plan a batch in memory, off the event loop: :func:`plan_into` a :class:`BatchPlan` (same arguments)."""
     plan = await asyncio.to_thread(
@@ -495,14 +598,17 @@ async def plan_batch(
         limits=limits,
         concurrency=concurrency,
         check=check,
+        renditions=renditions,
+        masters_are_sources=masters_are_sources,
     )
     log.info(
         "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "
-        "%d rejected locally",
+        "%d rejected locally, %d render-only (0 credits)",
         plan.total,
         len(plan.items),
         plan.unverified_by_header_only,
         plan.count("skipped"),
         plan.count("rejected"),
+        len(plan.render),
     )
     return plan

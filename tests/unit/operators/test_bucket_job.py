@@ -275,3 +275,76 @@ def test_keep_plan_streams_the_plan_into_the_bucket(vendors: FakeVendors) -> Non
     assert {(ref.vendor, ref.source_bucket, ref.destination_bucket) for ref in refs} == {
         ("poof", "raw", "out")
     }
+
+
+RENDITIONS = [{"name": "amazon", "preset": "amazon_main"}, {"name": "thumb", "format": "webp", "size": 256}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"output_format": "jpeg"}, "output_format"),
+        ({"crop": True}, "crop"),
+        ({"background_color": "#ffffff"}, "background_color"),
+        ({"max_size": 512}, "max_size"),
+    ],
+)
+def test_renditions_refuse_master_options_with_local_steps_at_parse(
+    extra: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(InvalidOptionError, match=f"renditions.*{named}"):
+        RemoveBackgroundOperator(
+            task_id="t", conn_id="pixian_default", renditions=RENDITIONS, **extra, **BUCKETS
+        )
+
+
+def test_renditions_layout_masters_prefix_default_and_explicit(vendors: FakeVendors) -> None:
+    op = RemoveBackgroundOperator(
+        task_id="t", conn_id="pixian_default", destination_prefix="products", renditions=RENDITIONS, **BUCKETS
+    )
+    job = op.prepare_job()
+    assert job.spec.masters_prefix == "products/masters/" and job.spec.output_prefix == "products/masters/"
+    assert job.spec.internal_prefix == "products/_bgremoval/"  # manifests and claims stay put
+    assert job.renditions is not None
+    assert [r.name for r in job.renditions.renditions] == ["amazon", "thumb"]
+    assert (
+        job.renditions.name_of(job.renditions.renditions[1], "products/masters/a/b.png")
+        == "products/thumb/a/b.webp"
+    )
+    adopted = RemoveBackgroundOperator(
+        task_id="t",
+        conn_id="pixian_default",
+        destination_prefix="renditions",
+        masters_prefix="cutouts/",
+        renditions=RENDITIONS,
+        **BUCKETS,
+    ).prepare_job()
+    assert adopted.spec.output_prefix == "cutouts/" and adopted.spec.destination_prefix == "renditions/"
+    plain = RemoveBackgroundOperator(task_id="t", conn_id="pixian_default", **BUCKETS).prepare_job()
+    assert plain.renditions is None and plain.spec.masters_prefix is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"renditions": [{"name": "masters", "format": "png"}]}, "renditions[0].name"),
+        ({"renditions": RENDITIONS, "masters_prefix": "products/"}, "renditions[0].name"),
+        ({"renditions": RENDITIONS, "shard": {"plan": "x"}}, "shard"),
+    ],
+)
+def test_renditions_refuse_overlapping_folders_and_shards(
+    vendors: FakeVendors, kwargs: dict[str, Any], field: str
+) -> None:
+    op = RemoveBackgroundOperator(
+        task_id="t", conn_id="pixian_default", destination_prefix="products/", **kwargs, **BUCKETS
+    )
+    with pytest.raises(InvalidOptionError) as info:
+        op.prepare_job()
+    assert info.value.parameter == field
+
+
+def test_a_bad_rendition_spec_fails_at_parse() -> None:
+    with pytest.raises(InvalidOptionError, match=r"renditions\[0\]"):
+        RemoveBackgroundOperator(
+            task_id="t", conn_id="pixian_default", renditions=[{"name": "x", "format": "gif"}], **BUCKETS
+        )

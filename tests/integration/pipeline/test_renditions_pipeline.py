@@ -1,0 +1,237 @@
+"""Renditions end to end: real Airflow (dag.test), fake-gcs-server and the vendor sandbox's charge ledger.
+
+One vendor call per source makes a master; every rendition is rendered locally from it. Nothing of
+ours is mocked.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+pytestmark = pytest.mark.integration
+
+RENDITIONS = [
+    {"name": "amazon", "preset": "amazon_main"},
+    {"name": "shopify", "preset": "shopify_square"},
+    {"name": "web", "format": "webp", "max_size": 1024, "background": "transparent"},
+    {
+        "name": "thumb",
+        "format": "jpeg",
+        "size": [256, 256],
+        "fit": "contain",
+        "background": "#f4f4f4",
+        "margin": "6%",
+    },
+]
+
+DAG_TEMPLATE = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    RemoveBackgroundOperator(
+        task_id="cutouts",
+        conn_id={conn_id!r},
+        source_bucket={src!r},
+        source_prefix="raw/",
+        destination_bucket={dst!r},
+        destination_prefix="products/",
+        max_concurrency=3,
+        retries=0,
+        renditions={renditions!r},
+        {extra}
+    )
+"""
+
+
+def studio_shot(size: tuple[int, int], colour: tuple[int, int, int] = (180, 40, 40)) -> bytes:
+    """A product on a plain studio backdrop (the sandbox cuts it out reliably), large enough for Amazon."""
+    image = Image.new("RGB", size, (235, 235, 235))
+    w, h = size
+    ImageDraw.Draw(image).ellipse((w // 10, h // 10, 9 * w // 10, 9 * h // 10), fill=colour)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+SOURCES = {
+    "raw/shoe.png": studio_shot((1400, 1100)),
+    "raw/bags/tote.png": studio_shot((1200, 1300), (40, 90, 180)),
+    "raw/bags/clutch.png": studio_shot((1300, 1000), (30, 140, 60)),
+}
+
+
+def dag_source(dag_id: str, src: str, dst: str, renditions: list[dict[str, Any]], extra: str = "") -> str:
+    return DAG_TEMPLATE.format(
+        dag_id=dag_id, conn_id="pixian_default", src=src, dst=dst, renditions=renditions, extra=extra
+    )
+
+
+@pytest.fixture
+def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_factory: Callable[..., str]):
+    sandbox, storage, src, dst = (
+        vendor_connections,
+        gcs_storage,
+        gcs_bucket_factory("src"),
+        gcs_bucket_factory("dst"),
+    )
+    generations = {
+        name: storage.write(src, name, data, content_type="image/png").generation
+        for name, data in SOURCES.items()
+    }
+    return sandbox, storage, src, dst, generations
+
+
+def manifest_rows(storage: GcsStorage, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    bucket, _, name = summary["manifest_uri"].removeprefix("gs://").partition("/")
+    return {row["source"].rsplit("/raw/", 1)[1]: row for row in read_manifest(storage.read(bucket, name))}
+
+
+def stem(name: str) -> str:
+    return name.removeprefix("raw/").rsplit(".", 1)[0]
+
+
+def test_one_charge_per_source_for_four_renditions_then_a_new_rendition_costs_no_call(
+    env, dag_tester
+) -> None:
+    sandbox, storage, src, dst, generations = env
+    source = dag_source("renditions_four", src, dst, RENDITIONS)
+    run = dag_tester.run(source, "renditions_four")
+    assert run.state == "success", run.task_states()
+    summary = run.xcom("cutouts")
+    assert summary["done"] == len(SOURCES) and summary["credits_spent"] != "0"
+    # The charge ledger: exactly one charge per source photo, for four renditions each.
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+    assert summary["masters_prefix"] == f"gs://{dst}/products/masters/"
+    assert summary["renditions"] == {
+        r["name"]: {"done": 3, "replaced": 0, "skipped": 0, "rejected": 0, "failed": 0} for r in RENDITIONS
+    }
+    rows = manifest_rows(storage, summary)
+    for name in SOURCES:
+        master_name = f"products/masters/{stem(name)}.png"
+        master = storage.stat(dst, master_name)
+        assert master is not None and master.content_type == "image/png"
+        assert master.metadata["bgremoval-source"] == f"gs://{src}/{name}"
+        assert master.metadata["bgremoval-source-generation"] == str(generations[name])
+        image = Image.open(io.BytesIO(storage.read(dst, master_name)))
+        assert image.mode == "RGBA" and image.getchannel("A").getextrema()[0] == 0  # lossless, with alpha
+        row = rows[name.removeprefix("raw/")]
+        assert row["status"] == "done" and row["destination"] == f"gs://{dst}/{master_name}"
+        assert row["master"] == {"object": master.uri, "generation": master.generation, "status": "done"}
+        assert [entry["name"] for entry in row["renditions"]] == [r["name"] for r in RENDITIONS]
+        for entry in row["renditions"]:
+            assert entry["status"] == "done" and entry["compliant"] is True, entry
+            ext = {"amazon": "jpg", "shopify": "jpg", "web": "webp", "thumb": "jpg"}[entry["name"]]
+            object_name = f"products/{entry['name']}/{stem(name)}.{ext}"
+            assert entry["object"] == f"gs://{dst}/{object_name}"
+            info = storage.stat(dst, object_name)
+            assert info is not None and info.generation == entry["generation"]
+            assert info.metadata["bgremoval-master"] == master.uri
+            assert info.metadata["bgremoval-master-generation"] == str(master.generation)
+            assert info.metadata["bgremoval-rendition-fingerprint"] == entry["fingerprint"]
+            assert info.metadata["bgremoval-source-generation"] == str(generations[name])
+            assert info.metadata["bgremoval-compliant"] == "true"
+            assert entry["bytes"] == info.size and entry["width"] and entry["height"]
+            assert any(check["name"] for check in entry["checks"])
+        amazon = Image.open(io.BytesIO(storage.read(dst, f"products/amazon/{stem(name)}.jpg")))
+        assert amazon.format == "JPEG" and max(amazon.size) >= 1000
+        assert amazon.convert("RGB").getpixel((0, 0)) == (255, 255, 255)
+        thumb = Image.open(io.BytesIO(storage.read(dst, f"products/thumb/{stem(name)}.jpg")))
+        assert thumb.size == (256, 256)
+    # A rerun: nothing to do, nothing paid.
+    rerun = dag_tester.run(source, "renditions_four")
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("cutouts")["skipped"] == len(SOURCES)
+    assert rerun.xcom("cutouts")["renditions"]["amazon"]["skipped"] == len(SOURCES)
+    # Marketing asks for a new rendition next month: rendered from the stored masters, 0 vendor calls.
+    calls_before = len(sandbox.admin.requests("pixian"))
+    more = [*RENDITIONS, {"name": "square", "format": "png", "aspect": "1:1", "background": "transparent"}]
+    later = dag_tester.run(dag_source("renditions_four", src, dst, more), "renditions_four")
+    assert later.state == "success", later.task_states()
+    summary = later.xcom("cutouts")
+    assert len(sandbox.admin.requests("pixian")) == calls_before
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+    assert summary["credits_spent"] == "0" and summary["done"] == len(SOURCES)
+    assert summary["renditions"]["square"]["done"] == len(SOURCES)
+    assert summary["renditions"]["amazon"]["skipped"] == len(SOURCES)
+    for row in manifest_rows(storage, summary).values():
+        assert row["master"]["status"] == "skipped" and row["credits"] is None
+    for name in SOURCES:
+        square = Image.open(io.BytesIO(storage.read(dst, f"products/square/{stem(name)}.png")))
+        assert square.size[0] == square.size[1] and square.mode == "RGBA"
+    for name, data in SOURCES.items():
+        assert storage.read(src, name) == data
+
+
+def test_a_changed_source_pays_exactly_once_more_and_replaces_its_stale_renditions(env, dag_tester) -> None:
+    sandbox, storage, src, dst, _ = env
+    renditions = RENDITIONS[2:]
+    names = {"web": "products/web/shoe.webp", "thumb": "products/thumb/shoe.jpg"}
+    # overwrite=True: a master of another source generation is replaced, as any output (else refused).
+    # A stored output keeps its claim for claim_lease seconds (docs/pipeline.md): a short lease here.
+    source = dag_source("renditions_change", src, dst, renditions, extra="overwrite=True, claim_lease=1,")
+    assert dag_tester.run(source, "renditions_change").state == "success"
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+    before = {key: storage.stat(dst, name) for key, name in names.items()}
+    old_master = storage.stat(dst, "products/masters/shoe.png")
+    changed = studio_shot((1400, 1100), (200, 160, 20))
+    new_generation = storage.write(
+        src, "raw/shoe.png", changed, content_type="image/png", if_generation_match=None
+    ).generation
+    time.sleep(1.2)  # the first run's claims expire
+    run = dag_tester.run(source, "renditions_change")
+    assert run.state == "success", run.task_states()
+    summary = run.xcom("cutouts")
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES) + 1  # exactly once more
+    assert summary["done"] == 1 and summary["skipped"] == len(SOURCES) - 1
+    master = storage.stat(dst, "products/masters/shoe.png")
+    assert master is not None and old_master is not None and master.generation != old_master.generation
+    assert master.metadata["bgremoval-source-generation"] == str(new_generation)
+    row = manifest_rows(storage, summary)["shoe.png"]
+    assert row["master"]["status"] == "replaced"
+    for key, name in names.items():
+        old, info = before[key], storage.stat(dst, name)
+        assert old is not None and info is not None
+        assert info.generation != old.generation  # replaced with if_generation_match=<old generation>
+        assert info.metadata["bgremoval-master-generation"] == str(master.generation)
+        assert summary["renditions"][key] == {
+            "done": 0,
+            "replaced": 1,
+            "skipped": 2,
+            "rejected": 0,
+            "failed": 0,
+        }
+
+
+def test_a_deliberately_wrong_preset_is_caught_and_never_written(env, dag_tester) -> None:
+    sandbox, storage, src, dst, _ = env
+    wrong = [{"name": "amazon", "preset": "amazon_main", "background": "#f4f4f4"}, RENDITIONS[3]]
+    run = dag_tester.run(dag_source("renditions_wrong", src, dst, wrong), "renditions_wrong")
+    assert run.state == "failed"  # on_error="fail_at_end": a non-compliant rendition fails the task
+    summary = run.xcom("cutouts", key="summary")
+    assert summary["renditions"]["amazon"]["rejected"] == len(SOURCES)
+    assert summary["renditions"]["thumb"]["done"] == len(SOURCES)
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)  # the masters were paid for and kept
+    for row in manifest_rows(storage, summary).values():
+        amazon = row["renditions"][0]
+        assert amazon["status"] == "rejected" and amazon["compliant"] is False
+        assert "border_white" in amazon["failed"] or any(not c["passed"] for c in amazon["checks"])
+    assert list(storage.list_objects(dst, "products/amazon/")) == []
+    # With on_error="continue" the same is reported and the task succeeds; still nothing paid again.
+    run = dag_tester.run(
+        dag_source("renditions_wrong_ok", src, dst, wrong, extra='on_error="continue",'),
+        "renditions_wrong_ok",
+    )
+    assert run.state == "success", run.task_states()
+    assert run.xcom("cutouts")["renditions"]["amazon"]["rejected"] == len(SOURCES)
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
