@@ -149,6 +149,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks.bench_pipeline $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_scale $(BENCH_ARGS) --baseline-rev $(BENCH_BASELINE)
 	$(BIN)/python -m tests.benchmarks.bench_rate_limit $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_renditions $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
