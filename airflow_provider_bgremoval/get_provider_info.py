@@ -7,7 +7,7 @@ from typing import Any
 _PACKAGE = "airflow_provider_bgremoval"
 #: Every module with operators, sensors, triggers; each serves every vendor (picked by connection type).
 _MODULES = {
-    "operators": ("bucket", "preflight", "monitor", "report", "sharding"),
+    "operators": ("bucket", "preflight", "monitor", "report", "sharding", "render"),
     "sensors": ("credits",),
     "triggers": ("credits", "arrivals"),
 }

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from decimal import Decimal
 from typing import Any, Protocol
 
+from airflow_provider_bgremoval.exceptions import BgRemovalError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.imaging import InputLimits
@@ -120,3 +121,22 @@ class GenerationProcessor(_HookProcessor):
         """Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`)."""
         fields = asdict(self.options)  # the hook's scene, prompt, negative_prompt... parameters
         return await self.hook.agenerate_background(data, filename=filename, stats=stats, **fields)
+
+
+class RenderProcessor:
+    """
+    No vendor at all: the processor of a render-only job (``RenderRenditionsOperator``), cost 0.
+
+    Its items are all render-only (the sources are masters), so the engine never calls :meth:`process`.
+    """
+
+    vendor = "local"
+    operation = "render_renditions"
+    extension = ""
+    limits = InputLimits(max_bytes=2**40)
+    fingerprint = "render_renditions"
+    cost_per_image = Decimal(0)
+
+    async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
+        """Never called: a render-only job makes no vendor call (see :meth:`ImageProcessor.process`)."""
+        raise BgRemovalError(f"{filename}: a render-only job makes no vendor call", code="internal_error")

@@ -1,0 +1,95 @@
+"""Render renditions from stored masters only: no vendor, no connection, 0 credits (docs/pipeline.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.operators.bucket import BucketImageOperator
+from airflow_provider_bgremoval.operators.bucket_job import (
+    MIN_PLANNING_CONCURRENCY,
+    BucketJob,
+    BucketJobOperator,
+)
+from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RenderProcessor
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
+from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+#: Job parameters that mean nothing without a vendor.
+_VENDOR_ONLY = ("conn_id", "cost_per_image", "shard", "masters_prefix", "max_credits")
+
+
+class RenderRenditionsOperator(BucketImageOperator):
+    """
+    Render renditions from the images under a prefix (the masters), never calling a vendor.
+
+    The way to add a rendition to a whole catalogue for free: ``source_prefix`` is the masters prefix
+    of the bucket operators (or any folder of cut-outs), renditions go to
+    ``<destination_prefix><name>/<relative stem><ext>`` exactly as theirs do, and what is finished is
+    skipped the same way. It needs no vendor connection.
+
+    :param renditions: the renditions (docs/renditions.md), at least one.
+    :param source_bucket: bucket of the masters.
+    :param destination_bucket: bucket of the renditions.
+    :param source_prefix: the masters' prefix (e.g. ``products/masters/``).
+    :param destination_prefix: the rendition folders' parent (e.g. ``products/``).
+    :param rendition_presets: user-defined presets by name.
+    :param kwargs: the batch's other parameters (``include``, ``max_concurrency``, ``on_error``…).
+    """
+
+    template_fields: Sequence[str] = tuple(
+        name for name in BucketJobOperator.template_fields if name not in _VENDOR_ONLY
+    )
+    ui_color = "#e8e3f4"
+
+    def __init__(
+        self,
+        *,
+        renditions: Sequence[Mapping[str, Any] | Rendition],
+        source_bucket: str,
+        destination_bucket: str,
+        source_prefix: str = "",
+        destination_prefix: str = "",
+        rendition_presets: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for name in _VENDOR_ONLY:
+            if kwargs.get(name) is not None:
+                raise InvalidOptionError(name, "a render-only job has no vendor: leave it unset")
+        super().__init__(
+            conn_id="",
+            source_bucket=source_bucket,
+            destination_bucket=destination_bucket,
+            source_prefix=source_prefix,
+            destination_prefix=destination_prefix,
+            renditions=renditions,
+            rendition_presets=rendition_presets,
+            **kwargs,
+        )
+        if not renditions:
+            raise InvalidOptionError("renditions", "give at least one rendition")
+
+    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+        """The render-only stand-in for a vendor (never called)."""
+        return RenderProcessor()
+
+    def _masters_prefix(self) -> str | None:
+        return None  # the sources are the masters
+
+    def prepare_job(self) -> BucketJob:
+        """The render-only job: storage, no hook, every source a master."""
+        spec = self._spec()
+        renditions = parse_renditions(self.renditions, self.rendition_presets)
+        return BucketJob(
+            spec=spec,
+            storage=GcsStorage(gcp_conn_id=self.gcp_conn_id),
+            hook=None,
+            processor=RenderProcessor(),
+            planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
+            renditions=RenditionLayout(renditions, spec.destination_prefix, spec.source_prefix),
+            masters_are_sources=True,
+        )

@@ -1,0 +1,65 @@
+"""RenderRenditionsOperator: a render-only job with no vendor."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.operators.render import RenderRenditionsOperator
+from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
+
+KW = {"source_bucket": "shop", "destination_bucket": "shop", "gcp_conn_id": None}
+
+
+def test_the_job_renders_from_the_sources_with_no_hook_and_no_cost() -> None:
+    op = RenderRenditionsOperator(
+        task_id="r",
+        source_prefix="products/masters",
+        destination_prefix="products",
+        renditions=[{"name": "thumb", "format": "jpeg", "size": 256}],
+        **KW,
+    )
+    job = op.prepare_job()
+    assert job.hook is None and job.masters_are_sources
+    assert isinstance(job.processor, RenderProcessor) and job.processor.cost_per_image == 0
+    assert job.spec.masters_prefix is None and job.spec.source_prefix == "products/masters/"
+    assert job.renditions is not None
+    assert (
+        job.renditions.name_of(job.renditions.renditions[0], "products/masters/a/b.png")
+        == "products/thumb/a/b.jpg"
+    )
+    with pytest.raises(InvalidOptionError):
+        _ = job.vendor_hook
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"renditions": []}, "renditions"),
+        ({"renditions": [{"name": "x", "size": 0}]}, "renditions[0].size"),
+        ({"renditions": [{"name": "x"}], "conn_id": "pixian_default"}, "conn_id"),
+        ({"renditions": [{"name": "x"}], "max_credits": 5}, "max_credits"),
+    ],
+)
+def test_refuses_vendor_parameters_and_bad_renditions_at_parse(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        RenderRenditionsOperator(task_id="r", source_prefix="m/", destination_prefix="out/", **kwargs, **KW)
+    assert info.value.parameter == field
+
+
+def test_a_rendition_folder_inside_the_masters_is_refused() -> None:
+    op = RenderRenditionsOperator(
+        task_id="r", source_prefix="products/", destination_prefix="out/", renditions=[{"name": "x"}], **KW
+    )
+    assert op.prepare_job().renditions is not None  # different prefixes: fine
+    inside = RenderRenditionsOperator(
+        task_id="r",
+        source_bucket="a",
+        destination_bucket="b",
+        source_prefix="products/",
+        destination_prefix="products/",
+        renditions=[{"name": "x"}],
+        gcp_conn_id=None,
+    )
+    with pytest.raises(InvalidOptionError, match="overlaps"):
+        inside.prepare_job()
