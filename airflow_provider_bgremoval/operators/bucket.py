@@ -18,8 +18,6 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJob,
     BucketJobOperator,
     check_choice,
-    check_master_options,
-    is_template,
     parse_count,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
@@ -366,9 +364,7 @@ class RemoveBackgroundOperator(RemovalParameters, BucketImageOperator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        templated = (self.output_format, self.background_color, self.crop, self.margin, self.max_size)
-        if self.renditions and not any(is_template(value) for value in templated):
-            check_master_options(self.removal_options())  # fail at DAG parse
+        self.check_master_at_parse()
 
 
 class GenerateBackgroundOperator(GenerationParameters, BucketImageOperator):

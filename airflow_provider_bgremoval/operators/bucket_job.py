@@ -280,6 +280,13 @@ class BucketJobOperator(BaseOperator):
             masters_prefix=self._masters_prefix(),
         )
 
+    def check_master_at_parse(self) -> None:
+        """With renditions, refuse removal options that would not make a master (unless templated)."""
+        options = getattr(self, "removal_options", None)
+        names = ("output_format", "background_color", "crop", "margin", "max_size")
+        if self.renditions and options is not None and not any(is_template(getattr(self, n)) for n in names):
+            check_master_options(options())
+
     def _masters_prefix(self) -> str | None:
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""
         if not self.renditions:

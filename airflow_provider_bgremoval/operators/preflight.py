@@ -317,7 +317,15 @@ class CreditsPreflightOperator(BucketJobOperator):
             "available": str(balance.remaining),
             "balance": balance.as_dict(),
             "sufficient": billable == 0 or has_enough(balance, needed + extra),
+            **self._render_only(job, plan),
         }
+
+    @staticmethod
+    def _render_only(job: BucketJob, plan: BatchPlan | PlanWriter) -> dict[str, Any]:
+        """With renditions: the render-only sources (a finished master, renditions to make), priced at 0."""
+        if job.renditions is None:
+            return {}
+        return {"render_only_images": len(plan.render) if isinstance(plan, BatchPlan) else 0}
 
     def _balance(
         self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int
@@ -389,6 +397,12 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
     """
 
     template_fields: Sequence[str] = (*RemovalParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_master_at_parse()
+        if self.renditions and self.max_shards not in (None, ""):
+            raise InvalidOptionError("max_shards", "a plan kept in the bucket does not carry renditions yet")
 
 
 class GenerateCreditsCheckOperator(GenerationParameters, CreditsPreflightOperator):

@@ -493,3 +493,13 @@ def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:
             check(**{name: 0})
     templated = check(max_shards="{{ params.max_shards }}", min_shard_size="{{ params.size }}")
     assert {"max_shards", "min_shard_size"} <= set(templated.template_fields)
+
+
+def test_renditions_are_validated_at_parse() -> None:
+    renditions = [{"name": "thumb", "format": "jpeg", "size": 256}]
+    with pytest.raises(InvalidOptionError, match="lossless PNG"):
+        check(renditions=renditions, output_format="webp")
+    with pytest.raises(InvalidOptionError, match="renditions") as info:
+        check(renditions=renditions, max_shards=4)
+    assert info.value.parameter == "max_shards"
+    assert check(renditions=renditions).renditions == renditions
