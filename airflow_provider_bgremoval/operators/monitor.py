@@ -3,26 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier, BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.observability.stats import Stats
 
 from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval.credit_chart import render_chart
 from airflow_provider_bgremoval.credits import describe_error, parse_min_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.forecast import (
+    DEFAULT_BURN_WINDOW_DAYS,
+    DEFAULT_HISTORY_LIMIT,
+    Forecast,
+    HistoryStore,
+    Sample,
+    as_utc,
+    forecast,
+    object_name,
+    spend_between,
+)
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
+from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 ON_LOW_CHOICES = ("fail", "warn")
+OBSERVED_AT_CHOICES = ("now", "data_interval_end", "logical_date")
+#: Prefix of the monitor's metric names (docs/credits.md, "Metrics").
+METRIC_PREFIX = "bgremoval.credits"
 
 
 @dataclass(frozen=True)
@@ -128,16 +148,68 @@ def check_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[Ba
 LowBalanceCallback = Callable[[list[dict[str, Any]]], None]
 
 
+def emit_metrics(check: BalanceCheck, samples: Sequence[Sample], fc: Forecast | None) -> None:
+    """
+    Airflow metrics of one reading: ``bgremoval.credits.<metric>.<conn_id>`` (docs/credits.md, "Metrics").
+
+    :param check: the balance read.
+    :param samples: its history including this reading (empty without a history).
+    :param fc: its forecast (``None`` without a history).
+    """
+    if check.remaining is None:
+        return
+    name = object_name("", check.conn_id, "")  # only the characters stats names allow
+    tags = {"conn_id": check.conn_id, "vendor": check.vendor or "unknown"}
+    Stats.gauge(f"{METRIC_PREFIX}.remaining.{name}", float(check.remaining), tags=tags)
+    if len(samples) >= 2:
+        earlier, later = samples[-2], samples[-1]
+        Stats.gauge(f"{METRIC_PREFIX}.spent.{name}", float(spend_between(earlier, later)), tags=tags)
+        if later.remaining > earlier.remaining:
+            Stats.incr(f"{METRIC_PREFIX}.top_ups.{name}", tags=tags)
+    if fc is not None and fc.burn_rate is not None:
+        Stats.gauge(f"{METRIC_PREFIX}.burn_rate.{name}", float(fc.burn_rate), tags=tags)
+        if fc.days_left is not None:
+            Stats.gauge(f"{METRIC_PREFIX}.days_left.{name}", float(fc.days_left), tags=tags)
+        if fc.alert:
+            Stats.incr(f"{METRIC_PREFIX}.forecast_alerts.{name}", tags=tags)
+
+
+def parse_forecast_days(value: Any) -> float:
+    """
+    ``forecast_days`` as a positive number of days.
+
+    :param value: a number or numeric string.
+    """
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError("forecast_days", f"{value!r} is not a number of days") from None
+    if not math.isfinite(days) or days <= 0:
+        raise InvalidOptionError("forecast_days", f"{value!r} must be a positive number of days")
+    return days
+
+
 class CreditMonitorOperator(BaseOperator):
     """
     Check the balances of several vendor connections in one task; call back and fail or warn on low ones.
+    With ``forecast_days`` it keeps each account's balance history in GCS, forecasts the day its
+    credits run out, alerts when that is within ``forecast_days`` and writes a PNG chart per account.
 
-    Returns ``{conn_id: BalanceCheck.as_dict()}``; problem accounts and retries: docs/credits.md.
+    Returns ``{conn_id: BalanceCheck.as_dict()}`` (plus ``forecast`` and ``chart`` when forecasting);
+    problem accounts, forecasts, metrics and retries: docs/credits.md.
 
     :param thresholds: connection id → minimum usable credits (templated).
-    :param on_low: ``"fail"`` or ``"warn"``.
+    :param on_low: ``"fail"`` or ``"warn"`` (forecast alerts alone never fail the task).
     :param on_low_callback: a callable receiving the problem accounts (dicts), or a ``BaseNotifier``
-        whose context gets ``low_balances`` and ``balances``.
+        whose context gets ``low_balances``, ``balances``, ``forecast_alerts`` and ``alert_text``.
+    :param forecast_days: alert when credits would run out within this many days; needs ``history_bucket``.
+    :param history_bucket: the bucket of the balance histories, run reports and charts.
+    :param history_prefix: their folder in it.
+    :param history_limit: readings kept per connection.
+    :param burn_window_days: days of history the burn rate is computed over.
+    :param observed_at: the time recorded for the readings: ``"now"`` (when read), ``"data_interval_end"``
+        or ``"logical_date"`` (the run's, e.g. to space a schedule's readings evenly).
+    :param gcp_conn_id: the GCS connection (``None``: Application Default Credentials).
     """
 
     template_fields: Sequence[str] = ("thresholds",)
@@ -150,31 +222,137 @@ class CreditMonitorOperator(BaseOperator):
         thresholds: Mapping[str, float | int | str],
         on_low: str = "fail",
         on_low_callback: LowBalanceCallback | BaseNotifier | None = None,
+        forecast_days: float | None = None,
+        history_bucket: str | None = None,
+        history_prefix: str = "_credit_history/",
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        burn_window_days: float = DEFAULT_BURN_WINDOW_DAYS,
+        observed_at: str = "now",
+        gcp_conn_id: str | None = DEFAULT_GCP_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.thresholds = thresholds
         self.on_low = on_low
         self.on_low_callback = on_low_callback
+        self.forecast_days = None if forecast_days is None else parse_forecast_days(forecast_days)
+        self.history_bucket = history_bucket
+        self.history_prefix = history_prefix
+        self.history_limit = history_limit
+        self.burn_window_days = burn_window_days
+        self.observed_at = observed_at
+        self.gcp_conn_id = gcp_conn_id
         check_choice(on_low, ON_LOW_CHOICES, "on_low")
+        check_choice(observed_at, OBSERVED_AT_CHOICES, "observed_at")
+        if (forecast_days is None) != (history_bucket is None):
+            raise InvalidOptionError(
+                "forecast_days",
+                "forecast_days and history_bucket go together (the forecast needs the history)",
+            )
+        if history_limit < 2:
+            raise InvalidOptionError("history_limit", "a burn rate needs at least 2 readings")
         if isinstance(thresholds, Mapping) and not any(is_template(v) for v in thresholds.values()):
             parse_thresholds(thresholds)
 
     def execute(self, context: Context) -> dict[str, dict[str, Any]]:
-        """Read every balance, log it, call back and fail or warn when any is low."""
+        """Read every balance, log it, forecast, call back and fail or warn when any needs attention."""
         checks = check_balances(self.thresholds)
+        at = self.reading_time(context)
         for check in checks:
             self.log.log(logging.INFO if check.ok else logging.WARNING, "%s", check.describe())
         result = {check.conn_id: check.as_dict() for check in checks}
+        forecasts = self._forecast(checks, at, context, result) if self.forecast_days is not None else {}
+        if self.forecast_days is None:
+            for check in checks:
+                emit_metrics(check, [], None)
         problems = [check for check in checks if not check.ok]
-        if not problems:
+        alerts = [fc for fc in forecasts.values() if fc.alert]
+        if not problems and not alerts:
             return result
-        payload = [check.as_dict() for check in problems]
+        self._call_back(context, result, problems, alerts)
+        return self._verdict(result, checks, problems, alerts)
+
+    def reading_time(self, context: Context) -> datetime:
+        """
+        The time recorded for this run's readings (``observed_at``; a run without that date: now).
+
+        :param context: the task context.
+        """
+        moment: Any = None if self.observed_at == "now" else context.get(self.observed_at)  # type: ignore[misc]
+        return datetime.now(timezone.utc) if moment is None else as_utc(moment)
+
+    def _forecast(
+        self,
+        checks: Sequence[BalanceCheck],
+        at: datetime,
+        context: Context,
+        result: dict[str, dict[str, Any]],
+    ) -> dict[str, Forecast]:
+        """Record each reading, forecast, chart and report; add ``forecast``/``chart`` to ``result``."""
+        assert self.history_bucket is not None and self.forecast_days is not None
+        storage = GcsStorage(self.gcp_conn_id)
+        store = HistoryStore(storage, self.history_bucket, self.history_prefix, self.history_limit)
+        run_folder = f"{self.history_prefix}runs/{context['ti'].dag_id}/{context.get('run_id') or 'run'}/"
+        forecasts: dict[str, Forecast] = {}
+        for check in checks:
+            if check.remaining is None:
+                emit_metrics(check, [], None)
+                continue
+            samples = store.record(check.conn_id, Sample(at, check.remaining))
+            fc = forecast(check.conn_id, check.vendor, samples, self.forecast_days, self.burn_window_days)
+            forecasts[check.conn_id] = fc
+            emit_metrics(check, samples, fc)
+            self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
+            chart = object_name(run_folder, check.conn_id, ".png")
+            _replace(storage, self.history_bucket, chart, render_chart(samples, fc), "image/png")
+            result[check.conn_id] = {
+                **result[check.conn_id],
+                "forecast": fc.as_dict(),
+                "chart": _uri(self.history_bucket, chart),
+            }
+        report = json.dumps({"observed_at": at.isoformat(), "balances": result}, indent=2).encode()
+        _replace(storage, self.history_bucket, f"{run_folder}report.json", report, "application/json")
+        self.log.info("Run report and charts in %s", _uri(self.history_bucket, run_folder))
+        return forecasts
+
+    def _call_back(
+        self,
+        context: Context,
+        result: dict[str, dict[str, Any]],
+        problems: Sequence[BalanceCheck],
+        alerts: Sequence[Forecast],
+    ) -> None:
+        names = [check.conn_id for check in problems] + [fc.conn_id for fc in alerts]
+        payload = [result[name] for name in dict.fromkeys(names)]
         if isinstance(self.on_low_callback, BaseNotifier):
-            notifier_context: Any = {**context, "low_balances": payload, "balances": list(result.values())}
+            lines = [check.describe() for check in problems] + [fc.describe() for fc in alerts]
+            notifier_context: Any = {
+                **context,
+                "low_balances": payload,
+                "balances": list(result.values()),
+                "forecast_alerts": [fc.as_dict() for fc in alerts],
+                "alert_text": "\n".join(lines),
+            }
             self.on_low_callback(notifier_context)
         elif self.on_low_callback is not None:
             self.on_low_callback(payload)
+
+    def _verdict(
+        self,
+        result: dict[str, dict[str, Any]],
+        checks: Sequence[BalanceCheck],
+        problems: Sequence[BalanceCheck],
+        alerts: Sequence[Forecast],
+    ) -> dict[str, dict[str, Any]]:
+        if alerts:
+            self.log.warning(
+                "%d account(s) forecast to run out within %s day(s): %s",
+                len(alerts),
+                f"{self.forecast_days:g}",
+                "; ".join(fc.describe() for fc in alerts),
+            )
+        if not problems:
+            return result
         message = f"{len(problems)} of {len(checks)} account(s) need attention: " + "; ".join(
             check.describe() for check in problems
         )
@@ -184,3 +362,19 @@ class CreditMonitorOperator(BaseOperator):
         if any(check.error is not None for check in problems):
             raise AirflowException(message)
         raise AirflowFailException(message)
+
+
+def _uri(bucket: str, name: str) -> str:
+    return f"gs://{bucket}/{name}"
+
+
+def _replace(storage: GcsStorage, bucket: str, name: str, data: bytes, content_type: str) -> None:
+    """Write a whole object: created, or replacing the generation just seen (never a partial write)."""
+    info = storage.stat(bucket, name)
+    storage.write(
+        bucket,
+        name,
+        data,
+        content_type=content_type,
+        if_generation_match=0 if info is None else info.generation,
+    )

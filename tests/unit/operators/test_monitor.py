@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from unittest import mock
@@ -11,6 +13,7 @@ from unittest import mock
 import pytest
 from airflow.sdk import BaseNotifier
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.observability.stats import Stats
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
@@ -20,6 +23,7 @@ from airflow_provider_bgremoval.operators.monitor import (
     acheck_balances,
     check_balances,
 )
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from tests.support.balances import SECRETS, FakeVendors
 
 THRESHOLDS = {"pixelcut_default": 100, "pixian_default": "50.5", "poof_default": 20}
@@ -189,3 +193,135 @@ def test_describe_writes_credit_amounts_as_people_do() -> None:
     check = BalanceCheck("pixian_default", Decimal("50.50"), "pixian", Decimal("1000.0"), "active")
     assert check.describe() == "pixian_default (pixian): 1000 credits remaining, threshold 50.5: ok"
     assert check.as_dict()["remaining"] == "1000.0"
+
+
+# ----- forecasts ----------------------------------------------------------------------------------
+
+DAY0 = datetime(2026, 3, 1, 8, tzinfo=timezone.utc)
+
+
+def forecasting(bucket: str, **kwargs: Any) -> CreditMonitorOperator:
+    kwargs.setdefault("thresholds", {"poof_default": 20})
+    return monitor(
+        forecast_days=7, history_bucket=bucket, gcp_conn_id=None, observed_at="logical_date", **kwargs
+    )
+
+
+def run_on(op: CreditMonitorOperator, day: int) -> Any:
+    ti = mock.MagicMock(dag_id="credit_dag")
+    context = {"ti": ti, "run_id": f"day_{day}", "logical_date": DAY0 + timedelta(days=day)}
+    return op.execute(context)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def metrics(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """Airflow's Stats calls, recorded (Airflow's own object; the monitor under test is real)."""
+    seen: list[tuple[str, str, float, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        Stats, "gauge", lambda name, value, *a, tags=None, **k: seen.append(("gauge", name, value, tags))
+    )
+    monkeypatch.setattr(
+        Stats, "incr", lambda name, count=1, *a, tags=None, **k: seen.append(("incr", name, count, tags))
+    )
+    return seen
+
+
+def test_forecast_alert_calls_back_warns_and_charts(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str, metrics: list[Any]
+) -> None:
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(gcs_bucket, on_low_callback=received.append)
+    for day, used in enumerate((1000, 1100, 1200)):  # 1000, 900, 800 credits left: 100 a day
+        vendors.set_poof(2000, used)
+        result = run_on(op, day)
+    assert received == []  # 800 credits last 8 days: no alert
+    fc = result["poof_default"]["forecast"]
+    assert (fc["burn_rate"], fc["runs_out_on"], fc["alert"], fc["samples"]) == ("100", "2026-03-11", False, 3)
+    vendors.set_poof(2000, 1350)  # 650 left: 6.5 days at 100/day
+    result = run_on(op, 3)  # on_low="fail", but a forecast alone never fails the task
+    [[entry]] = received
+    assert entry["conn_id"] == "poof_default" and entry["low"] is False
+    assert entry["forecast"]["alert"] is True  # 650 left at 350/3 a day: 5.6 days
+    assert (entry["forecast"]["top_up"], entry["forecast"]["burn_rate"]) == ("167", "116.67")
+    chart = result["poof_default"]["chart"]
+    assert chart == f"gs://{gcs_bucket}/_credit_history/runs/credit_dag/day_3/poof_default.png"
+    png = gcs_storage.read(gcs_bucket, chart.split("/", 3)[3])
+    assert png.startswith(b"\x89PNG")
+    report = json.loads(gcs_storage.read(gcs_bucket, "_credit_history/runs/credit_dag/day_3/report.json"))
+    assert report["balances"]["poof_default"]["forecast"]["runs_out_on"] == "2026-03-09"
+    tags = {"conn_id": "poof_default", "vendor": "poof"}
+    assert all(seen_tags == tags for *_, seen_tags in metrics)
+    gauges = {name: value for kind, name, value, _ in metrics if kind == "gauge"}  # the last of each
+    assert gauges["bgremoval.credits.remaining.poof_default"] == 650
+    assert gauges["bgremoval.credits.spent.poof_default"] == 150
+    assert gauges["bgremoval.credits.burn_rate.poof_default"] == pytest.approx(350 / 3)
+    assert gauges["bgremoval.credits.days_left.poof_default"] == pytest.approx(650 / (350 / 3))
+    assert ("incr", "bgremoval.credits.forecast_alerts.poof_default", 1, tags) in metrics
+
+
+def test_a_top_up_counts_and_a_rerun_records_once(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str, metrics: list[Any]
+) -> None:
+    op = forecasting(gcs_bucket)
+    for day, used in enumerate((1000, 1100, 500)):  # the third day: +600 (top-up)
+        vendors.set_poof(2000, used)
+        result = run_on(op, day)
+    run_on(op, 2)  # a retried run: same logical date, one reading
+    assert result["poof_default"]["forecast"]["burn_rate"] == "100"
+    assert result["poof_default"]["forecast"]["samples"] == 3
+    history = gcs_storage.read(gcs_bucket, "_credit_history/poof_default.jsonl").decode().splitlines()
+    assert len(history) == 3
+    assert (
+        "incr",
+        "bgremoval.credits.top_ups.poof_default",
+        1,
+        {"conn_id": "poof_default", "vendor": "poof"},
+    ) in metrics
+    assert not any(name.startswith("bgremoval.credits.spent") and value < 0 for _, name, value, _ in metrics)
+
+
+def test_threshold_still_fails_with_forecasting(vendors: FakeVendors, gcs_bucket: str) -> None:
+    vendors.set_poof(2000, 1990)
+    with pytest.raises(AirflowFailException, match="poof_default \\(poof\\): 10 credits remaining"):
+        run_on(forecasting(gcs_bucket), 0)
+
+
+def test_notifier_gets_forecast_alerts_and_alert_text(vendors: FakeVendors, gcs_bucket: str) -> None:
+    class Recorder(BaseNotifier):
+        template_fields = ("text",)
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+        def notify(self, context: Any) -> None:
+            self.seen = (self.text, context["forecast_alerts"])
+
+    notifier = Recorder("{{ alert_text }}")
+    op = forecasting(gcs_bucket, on_low_callback=notifier, on_low="warn")
+    for day, used in enumerate((1500, 1700)):
+        vendors.set_poof(2000, used)
+        run_on(op, day)
+    text, alerts = notifier.seen
+    assert text == (
+        "poof_default (poof): 300 credits, burning 200 credits/day, runs out on 2026-03-03 (in 1.5 days): "
+        "FORECAST LOW within 7 days; a top-up of 1100 credits covers 7 days"
+    )
+    assert [a["conn_id"] for a in alerts] == ["poof_default"]
+
+
+def test_forecast_options_are_validated(gcs_bucket: str) -> None:
+    with pytest.raises(InvalidOptionError, match="forecast_days"):
+        monitor(forecast_days=7)
+    with pytest.raises(InvalidOptionError, match="forecast_days"):
+        monitor(forecast_days=0, history_bucket=gcs_bucket)
+    with pytest.raises(InvalidOptionError, match="observed_at"):
+        monitor(observed_at="yesterday")
+    with pytest.raises(InvalidOptionError, match="history_limit"):
+        monitor(forecast_days=7, history_bucket=gcs_bucket, history_limit=1)
+
+
+def test_metrics_without_history(vendors: FakeVendors, metrics: list[Any]) -> None:
+    execute(monitor())
+    names = {name for _, name, _, _ in metrics}
+    assert names == {f"bgremoval.credits.remaining.{conn}" for conn in THRESHOLDS}

@@ -1,0 +1,339 @@
+"""Credit forecasts: a bounded balance history per connection, its burn rate and the day credits run out.
+
+The history of one connection is a JSON Lines object in GCS, one ``{"at", "remaining"}`` line per
+reading, oldest first, at most ``limit`` lines (docs/credits.md, "Forecasts"). It is replaced only
+with ``if_generation_match`` (created with ``0``), so two monitors writing at once never lose a
+reading and a reader never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_CEILING, Decimal
+from itertools import pairwise
+from typing import Any
+
+from airflow_provider_bgremoval.hooks.base import format_credits
+from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+log = logging.getLogger(__name__)
+
+#: Readings kept per connection: 30 days of hourly checks, about two years of daily ones (~45 KB).
+DEFAULT_HISTORY_LIMIT = 720
+#: Days of history the burn rate is computed over.
+DEFAULT_BURN_WINDOW_DAYS = 14
+#: Conditional-write attempts before a history update gives up (another writer kept winning).
+_WRITE_ATTEMPTS = 10
+_DAY = Decimal(86400)
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """
+    One balance reading.
+
+    :param at: when it was read (timezone-aware, UTC).
+    :param remaining: usable credits.
+    """
+
+    at: datetime
+    remaining: Decimal
+
+    def to_json(self) -> str:
+        """One JSON Lines line (without the newline)."""
+        return json.dumps({"at": self.at.isoformat(), "remaining": str(self.remaining)})
+
+    @classmethod
+    def from_json(cls, line: str) -> Sample:
+        """
+        Parse one line written by :meth:`to_json`.
+
+        :param line: the line.
+        """
+        data = json.loads(line)
+        return cls(as_utc(data["at"]), Decimal(str(data["remaining"])))
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """
+    A timezone-aware UTC datetime from a datetime or an ISO 8601 string (naive means UTC).
+
+    :param value: the time.
+    """
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def parse_history(data: bytes) -> list[Sample]:
+    """
+    The readings of a history object, oldest first (blank lines ignored).
+
+    :param data: the object's bytes.
+    """
+    samples = [Sample.from_json(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    return sorted(samples, key=lambda s: s.at)
+
+
+def dump_history(samples: Iterable[Sample]) -> bytes:
+    """
+    The JSON Lines bytes of ``samples``.
+
+    :param samples: the readings, oldest first.
+    """
+    return "".join(sample.to_json() + "\n" for sample in samples).encode("utf-8")
+
+
+def add_sample(samples: Sequence[Sample], sample: Sample, limit: int = DEFAULT_HISTORY_LIMIT) -> list[Sample]:
+    """
+    ``samples`` with ``sample`` in time order; a reading at the same time is replaced (a retried task
+    records once); only the newest ``limit`` readings are kept.
+
+    :param samples: the history, oldest first.
+    :param sample: the new reading.
+    :param limit: how many readings to keep (at least 2).
+    """
+    merged = sorted([s for s in samples if s.at != sample.at] + [sample], key=lambda s: s.at)
+    return merged[-max(limit, 2) :]
+
+
+def spend_between(earlier: Sample, later: Sample) -> Decimal:
+    """
+    Credits spent from one reading to the next: the drop, or 0 when the balance rose (a top-up).
+
+    :param earlier: the first reading.
+    :param later: the next one.
+    """
+    return max(earlier.remaining - later.remaining, Decimal(0))
+
+
+def burn_rate(samples: Sequence[Sample], window_days: float = DEFAULT_BURN_WINDOW_DAYS) -> Decimal | None:
+    """
+    Credits spent per day over the last ``window_days`` of readings, robust to top-ups.
+
+    Only intervals where the balance did not rise count: their drops are summed and divided by their
+    total length. An interval with a top-up is left out entirely (its spend is hidden by the top-up,
+    so counting its time would dilute the rate and counting its rise would read as negative spend).
+    ``None`` when fewer than two readings span a spending interval.
+
+    :param samples: the history, oldest first.
+    :param window_days: how far back to look from the newest reading.
+    """
+    if len(samples) < 2:
+        return None
+    start = samples[-1].at - timedelta(days=window_days)
+    recent = [s for s in samples if s.at >= start]
+    spent, seconds = Decimal(0), Decimal(0)
+    for earlier, later in pairwise(recent):
+        if later.remaining > earlier.remaining:
+            continue  # a top-up
+        spent += earlier.remaining - later.remaining
+        seconds += Decimal(str((later.at - earlier.at).total_seconds()))
+    if seconds <= 0:
+        return None
+    return spent * _DAY / seconds
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """
+    When one account's credits run out at its current burn rate.
+
+    :param conn_id: the connection.
+    :param vendor: the vendor name.
+    :param remaining: usable credits at the newest reading.
+    :param at: the time of the newest reading.
+    :param burn_rate: credits per day (``None``: not enough history).
+    :param forecast_days: the lead time wanted, in days.
+    :param samples: readings the rate was computed from (the history's length).
+    """
+
+    conn_id: str
+    vendor: str | None
+    remaining: Decimal
+    at: datetime
+    burn_rate: Decimal | None
+    forecast_days: float
+    samples: int
+
+    @property
+    def days_left(self) -> Decimal | None:
+        """Days until the balance reaches 0 (``None``: no spend, or no rate yet)."""
+        if self.burn_rate is None or self.burn_rate <= 0:
+            return None
+        return self.remaining / self.burn_rate
+
+    @property
+    def runs_out_at(self) -> datetime | None:
+        """The moment the balance reaches 0 at the burn rate."""
+        days = self.days_left
+        return None if days is None else self.at + timedelta(days=float(days))
+
+    @property
+    def alert(self) -> bool:
+        """True when credits run out in less than ``forecast_days``."""
+        days = self.days_left
+        return days is not None and days < Decimal(str(self.forecast_days))
+
+    @property
+    def top_up(self) -> Decimal:
+        """Whole credits that would make the balance last ``forecast_days`` (0 when it already does)."""
+        if self.burn_rate is None:
+            return Decimal(0)
+        needed = self.burn_rate * Decimal(str(self.forecast_days)) - self.remaining
+        return max(needed.to_integral_value(rounding=ROUND_CEILING), Decimal(0))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form for XCom, reports and notifiers."""
+        rate, days, out = self.burn_rate, self.days_left, self.runs_out_at
+        return {
+            "conn_id": self.conn_id,
+            "vendor": self.vendor,
+            "remaining": str(self.remaining),
+            "at": self.at.isoformat(),
+            "burn_rate": None if rate is None else format_credits(rate.quantize(Decimal("0.01"))),
+            "days_left": None if days is None else round(float(days), 2),
+            "runs_out_on": None if out is None else out.date().isoformat(),
+            "forecast_days": self.forecast_days,
+            "top_up": format_credits(self.top_up),
+            "alert": self.alert,
+            "samples": self.samples,
+        }
+
+    def describe(self) -> str:
+        """One line: account, balance, burn rate, run-out date and the top-up covering the lead time."""
+        who = f"{self.conn_id} ({self.vendor or 'unknown vendor'})"
+        remaining = format_credits(self.remaining)
+        if self.burn_rate is None:
+            return f"{who}: {remaining} credits, no burn rate yet ({self.samples} reading(s))"
+        rate = format_credits(self.burn_rate.quantize(Decimal("0.01")))
+        out, days = self.runs_out_at, self.days_left
+        if out is None or days is None:
+            return f"{who}: {remaining} credits, burning {rate} credits/day: no run-out in sight"
+        lead = _days(self.forecast_days)
+        head = (
+            f"{who}: {remaining} credits, burning {rate} credits/day, runs out on {out.date().isoformat()} "
+            f"(in {float(days):.1f} days)"
+        )
+        if not self.alert:
+            return f"{head}: lasts the {lead} forecast window"
+        top_up = format_credits(self.top_up)
+        return f"{head}: FORECAST LOW within {lead}; a top-up of {top_up} credits covers {lead}"
+
+
+def _days(value: float) -> str:
+    number = int(value) if float(value).is_integer() else value
+    return f"{number} day" if number == 1 else f"{number} days"
+
+
+def forecast(
+    conn_id: str,
+    vendor: str | None,
+    samples: Sequence[Sample],
+    forecast_days: float,
+    window_days: float = DEFAULT_BURN_WINDOW_DAYS,
+) -> Forecast:
+    """
+    The forecast from a connection's history (the newest reading is the current balance).
+
+    :param conn_id: the connection.
+    :param vendor: its vendor.
+    :param samples: the history, oldest first (not empty).
+    :param forecast_days: the lead time wanted.
+    :param window_days: the burn-rate window.
+    """
+    if not samples:
+        raise ValueError("a forecast needs at least one reading")
+    if not math.isfinite(forecast_days) or forecast_days <= 0:
+        raise ValueError("forecast_days must be a positive number of days")
+    newest = samples[-1]
+    rate = burn_rate(samples, window_days)
+    return Forecast(conn_id, vendor, newest.remaining, newest.at, rate, forecast_days, len(samples))
+
+
+def object_name(prefix: str, conn_id: str, suffix: str) -> str:
+    """
+    ``<prefix><conn_id><suffix>`` with characters GCS tools dislike replaced by ``_``.
+
+    :param prefix: the folder (ends with ``/`` or is empty).
+    :param conn_id: the connection id.
+    :param suffix: e.g. ``.jsonl``.
+    """
+    return f"{prefix}{_UNSAFE_NAME.sub('_', conn_id)}{suffix}"
+
+
+class HistoryStore:
+    """
+    The balance histories in ``gs://<bucket>/<prefix><conn_id>.jsonl``, updated by generation match.
+
+    :param storage: the GCS access.
+    :param bucket: the bucket.
+    :param prefix: the folder of the histories (e.g. ``_credit_history/``).
+    :param limit: readings kept per connection.
+    """
+
+    def __init__(
+        self, storage: GcsStorage, bucket: str, prefix: str, limit: int = DEFAULT_HISTORY_LIMIT
+    ) -> None:
+        if limit < 2:
+            raise ValueError("history_limit must be at least 2 (a burn rate needs two readings)")
+        self.storage = storage
+        self.bucket = bucket
+        self.prefix = prefix
+        self.limit = limit
+
+    def name(self, conn_id: str) -> str:
+        """
+        The history object of a connection.
+
+        :param conn_id: the connection.
+        """
+        return object_name(self.prefix, conn_id, ".jsonl")
+
+    def load(self, conn_id: str) -> tuple[list[Sample], int]:
+        """
+        A connection's readings and the generation they were read at (``0``: no history yet).
+
+        :param conn_id: the connection.
+        """
+        info = self.storage.stat(self.bucket, self.name(conn_id))
+        if info is None:
+            return [], 0
+        data = self.storage.read(self.bucket, info.name)
+        return parse_history(data), info.generation
+
+    def record(self, conn_id: str, sample: Sample) -> list[Sample]:
+        """
+        Add a reading and return the history with it; retried when another writer got in first.
+
+        :param conn_id: the connection.
+        :param sample: the reading.
+        """
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            samples, generation = self.load(conn_id)
+            updated = add_sample(samples, sample, self.limit)
+            try:
+                self.storage.write(
+                    self.bucket,
+                    self.name(conn_id),
+                    dump_history(updated),
+                    content_type="application/x-ndjson",
+                    if_generation_match=generation,
+                )
+            except WriteConflictError:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+                log.info("History of %s changed while updating it (attempt %d); again", conn_id, attempt)
+                time.sleep(random.uniform(0, 0.05 * attempt))  # jitter, so racing writers spread out
+            else:
+                return updated
+        raise AssertionError("unreachable")  # the last attempt returns or raises

@@ -1,0 +1,114 @@
+"""Balance history, burn rate and forecast; the history store over fake-gcs-server."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from airflow_provider_bgremoval.forecast import (
+    HistoryStore,
+    Sample,
+    add_sample,
+    burn_rate,
+    dump_history,
+    forecast,
+    object_name,
+    parse_history,
+)
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+DAY0 = datetime(2026, 1, 1, 6, tzinfo=timezone.utc)
+
+
+def daily(*balances: float) -> list[Sample]:
+    return [Sample(DAY0 + timedelta(days=d), Decimal(str(b))) for d, b in enumerate(balances)]
+
+
+def test_history_round_trips_as_json_lines() -> None:
+    samples = daily(100, 97.5, 90)
+    data = dump_history(samples)
+    assert data.decode().splitlines()[1] == '{"at": "2026-01-02T06:00:00+00:00", "remaining": "97.5"}'
+    assert parse_history(data + b"\n") == samples
+
+
+def test_add_sample_keeps_order_replaces_same_time_and_bounds() -> None:
+    samples = daily(10, 9, 8)
+    again = add_sample(samples, Sample(samples[1].at, Decimal(7)), limit=10)
+    assert [s.remaining for s in again] == [10, 7, 8]
+    late = add_sample(samples, Sample(DAY0 - timedelta(days=1), Decimal(11)), limit=10)
+    assert late[0].remaining == 11
+    assert [s.remaining for s in add_sample(samples, Sample(DAY0 + timedelta(days=5), Decimal(1)), 3)] == [
+        9,
+        8,
+        1,
+    ]
+
+
+def test_burn_rate_ignores_top_ups() -> None:
+    # 50 a day; +200 between day 3 and 4: the rise is no negative spend and its interval is left out
+    samples = daily(600, 550, 500, 450, 600, 550)
+    assert burn_rate(samples) == 50
+    assert burn_rate(daily(100)) is None
+    assert burn_rate(daily(100, 300)) is None  # only a top-up so far
+    assert burn_rate(daily(100, 100, 100)) == 0
+
+
+def test_burn_rate_window_and_fractions() -> None:
+    samples = daily(1000, 900, 800, 799.5, 799, 798.5)
+    assert burn_rate(samples, window_days=2) == Decimal("0.5")
+    hourly = [Sample(DAY0 + timedelta(hours=h), Decimal(100 - h)) for h in range(5)]
+    assert burn_rate(hourly) == 24
+
+
+def test_forecast_alerts_within_the_lead_time_with_the_covering_top_up() -> None:
+    fc = forecast("pixian_default", "pixian", daily(800, 750, 700, 650, 600, 550, 500, 450, 400, 340), 7)
+    assert fc.burn_rate == Decimal(460) / 9
+    assert fc.alert  # 340 credits at ~51.1/day last 6.65 days
+    assert fc.top_up == 18  # 7 x 51.11 - 340 = 17.8 -> 18 whole credits
+    assert fc.as_dict()["runs_out_on"] == "2026-01-16"
+    assert fc.describe() == (
+        "pixian_default (pixian): 340 credits, burning 51.11 credits/day, runs out on 2026-01-16 "
+        "(in 6.7 days): FORECAST LOW within 7 days; a top-up of 18 credits covers 7 days"
+    )
+    calm = forecast("poof_default", "poof", daily(800, 750), 7)
+    assert not calm.alert and calm.top_up == 0
+    assert "lasts the 7 days forecast window" in calm.describe()
+    assert (
+        forecast("c", None, daily(5), 7).describe()
+        == "c (unknown vendor): 5 credits, no burn rate yet (1 reading(s))"
+    )
+    idle = forecast("c", "poof", daily(5, 5), 1)
+    assert idle.runs_out_at is None and not idle.alert
+    with pytest.raises(ValueError, match="forecast_days"):
+        forecast("c", None, daily(5), 0)
+
+
+def test_object_names_are_safe() -> None:
+    assert object_name("h/", "my conn/1", ".jsonl") == "h/my_conn_1.jsonl"
+
+
+def test_store_creates_appends_and_bounds(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
+    store = HistoryStore(gcs_storage, gcs_bucket, "_credit_history/", limit=3)
+    for sample in daily(10, 9, 8, 7):
+        store.record("poof_default", sample)
+    samples, generation = store.load("poof_default")
+    assert [s.remaining for s in samples] == [9, 8, 7]
+    assert generation > 0
+    info = gcs_storage.stat(gcs_bucket, "_credit_history/poof_default.jsonl")
+    assert info is not None and info.content_type == "application/x-ndjson"
+    with pytest.raises(ValueError, match="history_limit"):
+        HistoryStore(gcs_storage, gcs_bucket, "p/", limit=1)
+
+
+def test_concurrent_writers_lose_no_reading(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
+    store = HistoryStore(gcs_storage, gcs_bucket, "h/")
+    samples = daily(*range(100, 92, -1))
+    threads = [threading.Thread(target=store.record, args=("c", s)) for s in samples]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.load("c")[0] == samples
