@@ -1,10 +1,14 @@
-"""The before/after contact sheet of a run: source thumbnails next to their results on a checkerboard."""
+"""The before/after contact sheet of a run: source thumbnails next to their results on a checkerboard.
+
+With renditions, each result (the master) is followed by its renditions, each labelled with its name.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -18,21 +22,49 @@ _LABEL = 16
 _HEADER = 28
 _BACKGROUND = (250, 250, 250)
 _INK = (40, 40, 40)
+#: Rendition statuses whose object exists (written now, or finished before).
+_STORED = ("done", "replaced", "skipped")
+
+#: ``(label, source bytes, result bytes)``, optionally with ``[(rendition name, bytes), ...]``.
+Pair = tuple[str, bytes, bytes] | tuple[str, bytes, bytes, Sequence[tuple[str, bytes]]]
 
 
-def contact_sheet_size(pairs: int, *, thumb: int = 160, columns: int = 3) -> tuple[int, int]:
+def contact_sheet_size(
+    pairs: int, *, thumb: int = 160, columns: int = 3, renditions: int = 0
+) -> tuple[int, int]:
     """
     The exact ``(width, height)`` of a contact sheet: a header, then cells of two squares and a label.
 
     :param pairs: number of before/after pairs (at least 1).
     :param thumb: edge of each thumbnail square.
     :param columns: pairs per row.
+    :param renditions: rendition squares after each result (the most any pair has).
     """
     if pairs < 1:
         raise ValueError("a contact sheet needs at least one pair")
     cols = min(pairs, columns)
     rows = -(-pairs // cols)
-    return (_PAD + cols * (2 * thumb + 2 * _PAD), _HEADER + rows * (thumb + _LABEL + _PAD))
+    return (_PAD + cols * _cell_width(thumb, renditions), _HEADER + rows * (thumb + _LABEL + _PAD))
+
+
+def _cell_width(thumb: int, renditions: int) -> int:
+    """Source, result and renditions squares, each followed by a gap."""
+    return (2 + renditions) * (thumb + _PAD)
+
+
+def rendition_images(row: Mapping[str, Any], read: Callable[[str, str], bytes]) -> list[tuple[str, bytes]]:
+    """
+    The stored renditions of a manifest row, as ``(name, bytes)`` for :func:`render_contact_sheet`.
+
+    :param row: a manifest row (its ``renditions`` entries).
+    :param read: reads ``(bucket, object name)``.
+    """
+    images = []
+    for entry in row.get("renditions") or ():
+        if entry.get("status") in _STORED and entry.get("object"):
+            bucket, _, name = str(entry["object"]).removeprefix("gs://").partition("/")
+            images.append((str(entry["name"]), read(bucket, name)))
+    return images
 
 
 def checkerboard(size: tuple[int, int], square: int = 8) -> Image.Image:
@@ -68,7 +100,7 @@ def _thumbnail(data: bytes, tile: Image.Image) -> Image.Image:
 
 
 def render_contact_sheet(
-    pairs: Sequence[tuple[str, bytes, bytes]],
+    pairs: Sequence[Pair],
     *,
     title: str = "",
     thumb: int = 160,
@@ -78,26 +110,33 @@ def render_contact_sheet(
     """
     Render a before/after contact sheet as PNG bytes.
 
-    :param pairs: ``(label, source bytes, result bytes)`` per pair, in display order.
+    :param pairs: ``(label, source bytes, result bytes)`` per pair, in display order, optionally with
+        the result's renditions ``[(name, bytes), ...]`` shown after it (:func:`rendition_images`).
     :param title: header text.
     :param thumb: edge of each thumbnail square.
     :param columns: pairs per row.
     :param colors: reduce to a palette of this many colours (small files); ``None`` keeps true colour.
     """
-    width, height = contact_sheet_size(len(pairs), thumb=thumb, columns=columns)
+    extra = max((len(pair[3]) for pair in pairs if len(pair) == 4), default=0)
+    width, height = contact_sheet_size(len(pairs), thumb=thumb, columns=columns, renditions=extra)
     sheet = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     draw.text((_PAD, 7), safe_excerpt(title, 2 * width // 7), fill=_INK, font=ImageFont.load_default(size=13))
     cols = min(len(pairs), columns)
     label_font = ImageFont.load_default(size=11)
     label_limit = (2 * thumb + _PAD) // 6
-    for index, (label, before, after) in enumerate(pairs):
+    for index, pair in enumerate(pairs):
+        label, before, after = pair[0], pair[1], pair[2]
         row, col = divmod(index, cols)
-        x = _PAD + col * (2 * thumb + 2 * _PAD)
+        x = _PAD + col * _cell_width(thumb, extra)
         y = _HEADER + row * (thumb + _LABEL + _PAD)
         sheet.paste(_thumbnail(before, Image.new("RGB", (thumb, thumb), (255, 255, 255))), (x, y))
         sheet.paste(_thumbnail(after, checkerboard((thumb, thumb))), (x + thumb + _PAD, y))
         draw.text((x, y + thumb + 2), safe_excerpt(label, label_limit), fill=_INK, font=label_font)
+        for slot, (name, data) in enumerate(pair[3] if len(pair) == 4 else (), start=2):
+            left = x + slot * (thumb + _PAD)
+            sheet.paste(_thumbnail(data, checkerboard((thumb, thumb))), (left, y))
+            draw.text((left, y + thumb + 2), safe_excerpt(name, thumb // 6), fill=_INK, font=label_font)
     out = io.BytesIO()
     final = sheet.quantize(colors=colors, method=Image.Quantize.MEDIANCUT) if colors else sheet
     final.save(out, format="PNG", optimize=True)

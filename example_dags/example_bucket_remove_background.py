@@ -11,6 +11,11 @@
 4. **run_report** writes `report.json` and a before/after `contact-sheet.png` to
    `<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/`, also when a shard failed (the run
    still fails).
+5. **renditions** renders marketplace images (Amazon, Shopify, a thumbnail) of the PNG cut-outs,
+   one folder each under `<renditions_prefix>`, locally: no vendor call, 0 credits. A rerun renders
+   only new or changed cut-outs, and a rendition added to the list is rendered for the whole
+   catalogue for free. Images that break a marketplace's rules (e.g. too small for Amazon) are
+   reported, never written.
 
 Scheduled runs use the parameters' defaults; a manual run can change them in the trigger form.
 
@@ -29,6 +34,7 @@ from airflow.sdk import DAG, Param
 
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+from airflow_provider_bgremoval.operators.render import RenderRenditionsOperator
 from airflow_provider_bgremoval.operators.report import RunReportOperator
 from airflow_provider_bgremoval.operators.sharding import PlannedShardsOperator
 
@@ -38,6 +44,15 @@ POOL = "pixelcut_api"
 
 #: The sources: photos matching one of these patterns.
 INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp"]
+
+# [START howto_bgremoval_renditions]
+#: Rendered from each PNG cut-out (free); add one here and the next run renders it for every photo.
+RENDITIONS = [
+    {"name": "amazon", "preset": "amazon_main"},  # JPEG on pure white, 85 % fill, >= 1000 px
+    {"name": "shopify", "preset": "shopify_square"},  # 2048 px square JPEG
+    {"name": "thumb", "format": "webp", "size": 256, "background": "transparent", "margin": "4%"},
+]
+# [END howto_bgremoval_renditions]
 
 with DAG(
     dag_id="example_bucket_remove_background",
@@ -68,6 +83,12 @@ with DAG(
             values_display={"png": "PNG", "webp": "WebP", "jpeg": "JPEG (on white)"},
             title="Output format",
             description="Format of the cut-outs.",
+        ),
+        "renditions_prefix": Param(
+            "renditions/",
+            type="string",
+            title="Renditions prefix",
+            description="Marketplace renditions of the PNG cut-outs under this prefix.",
         ),
         "max_shards": Param(
             4, type="integer", minimum=1, title="Max shards", description="At most this many parallel tasks."
@@ -142,5 +163,19 @@ with DAG(
     )
     # [END howto_operator_run_report]
 
+    # [START howto_operator_render_renditions]
+    renditions = RenderRenditionsOperator(  # no vendor call: the cut-outs are the masters
+        task_id="renditions",
+        source_bucket="{{ params.destination_bucket }}",
+        source_prefix="{{ params.destination_prefix }}",
+        destination_bucket="{{ params.destination_bucket }}",
+        destination_prefix="{{ params.renditions_prefix }}",
+        include=["*.png"],
+        renditions=RENDITIONS,
+        on_error="continue",  # a non-compliant rendition is reported, not fatal
+        trigger_rule="all_done_min_one_success",
+    )
+    # [END howto_operator_render_renditions]
+
     check_credits >> shards
-    cutouts >> report
+    cutouts >> [report, renditions]

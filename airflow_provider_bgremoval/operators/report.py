@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.contact_sheet import render_contact_sheet
+from airflow_provider_bgremoval.contact_sheet import render_contact_sheet, rendition_images
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
@@ -178,8 +178,12 @@ class RunReportOperator(BaseOperator):
             return None
         pairs = []
         for row in sample:
-            source, result = _split_uri(row["source"]), _split_uri(row["destination"])
-            pairs.append((source[1].rsplit("/", 1)[-1], storage.read(*source), storage.read(*result)))
+            source, result = (
+                _split_uri(row["source"]),
+                _split_uri(row["destination"] or row["master"]["object"]),
+            )
+            images = (source[1].rsplit("/", 1)[-1], storage.read(*source), storage.read(*result))
+            pairs.append((*images, rendition_images(row, storage.read)) if row.get("renditions") else images)
         png = render_contact_sheet(
             pairs, title=title, thumb=int(self.thumb), columns=int(self.columns), colors=self.colors
         )

@@ -7,7 +7,12 @@ import io
 import pytest
 from PIL import Image
 
-from airflow_provider_bgremoval.contact_sheet import checkerboard, contact_sheet_size, render_contact_sheet
+from airflow_provider_bgremoval.contact_sheet import (
+    checkerboard,
+    contact_sheet_size,
+    render_contact_sheet,
+    rendition_images,
+)
 
 
 def png(size: tuple[int, int], colour: tuple[int, int, int, int]) -> bytes:
@@ -52,3 +57,42 @@ def test_checkerboard() -> None:
     board = checkerboard((16, 16), square=8)
     assert board.getpixel((0, 0)) == board.getpixel((8, 8)) == (204, 204, 204)
     assert board.getpixel((8, 0)) == board.getpixel((0, 8)) == (255, 255, 255)
+
+
+def test_renditions_follow_their_master_with_their_names() -> None:
+    before = png((300, 200), (200, 30, 40, 255))
+    master = png((300, 200), (0, 0, 0, 0))
+    white = png((100, 100), (255, 255, 255, 255))
+    pairs = [
+        ("a.jpg", before, master, [("amazon", white), ("thumb", white)]),
+        ("b.jpg", before, master, [("amazon", white)]),
+        ("c.jpg", before, master),
+    ]
+    data = render_contact_sheet(pairs, thumb=80, columns=2, colors=None)
+    with Image.open(io.BytesIO(data)) as sheet:
+        assert sheet.size == contact_sheet_size(3, thumb=80, columns=2, renditions=2)
+        assert sheet.size == (8 + 2 * 4 * 88, 28 + 2 * (80 + 16 + 8))
+        rgb = sheet.convert("RGB")
+        # a's first rendition square (x from 8 + 2 * 88) is opaque white, not the checkerboard
+        assert {rgb.getpixel((184 + dx, 28 + 40)) for dx in (1, 9, 40)} == {(255, 255, 255)}
+        # b has one rendition: its second rendition square is the sheet's background
+        assert rgb.getpixel((8 + 4 * 88 + 3 * 88 + 40, 28 + 40)) == (250, 250, 250)
+
+
+def test_rendition_images_reads_the_stored_renditions_of_a_row() -> None:
+    row = {
+        "renditions": [
+            {"name": "amazon", "status": "rejected", "object": "gs://b/p/amazon/a.jpg"},
+            {"name": "thumb", "status": "skipped", "object": "gs://b/p/thumb/a.webp"},
+            {"name": "web", "status": "done", "object": "gs://b/p/web/a.webp"},
+        ]
+    }
+    reads: list[tuple[str, str]] = []
+
+    def read(bucket: str, name: str) -> bytes:
+        reads.append((bucket, name))
+        return name.encode()
+
+    assert rendition_images(row, read) == [("thumb", b"p/thumb/a.webp"), ("web", b"p/web/a.webp")]
+    assert reads == [("b", "p/thumb/a.webp"), ("b", "p/web/a.webp")]
+    assert rendition_images({"renditions": None}, read) == []

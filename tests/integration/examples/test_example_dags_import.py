@@ -99,7 +99,14 @@ def test_dagbag_has_no_import_errors_and_the_documented_shape(monkeypatch) -> No
 
     bucket = bag.dags["example_bucket_remove_background"]
     assert bucket.schedule == "@daily"
-    assert set(bucket.task_ids) == {"check_credits", "shards", "remove_background", "run_report"}
+    assert set(bucket.task_ids) == {
+        "check_credits",
+        "shards",
+        "remove_background",
+        "run_report",
+        "renditions",
+    }
+    assert bucket.get_task("renditions").upstream_task_ids == {"remove_background"}
     remove = bucket.get_task("remove_background")
     assert remove.partial_kwargs["pool"] == "pixelcut_api"
     assert bucket.get_task("run_report").trigger_rule == "all_done_min_one_success"

@@ -159,6 +159,43 @@ def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, image
         assert storage.read(src, name) == data
 
 
+def test_bucket_example_renders_renditions_of_png_cutouts_for_free(
+    env, dag_tester, pixelcut_pool, photos
+) -> None:
+    sandbox, storage, src, dst = env
+    seed(storage, src, photos)
+    conf = {
+        "source_bucket": src,
+        "source_prefix": "products/",
+        "destination_bucket": dst,
+        "destination_prefix": "cutouts/",
+        "renditions_prefix": "renditions/",
+        "max_shards": 2,
+        "output_format": "png",
+    }
+    good = sorted(n for n in photos if "broken" not in n)
+    run = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
+    assert run.state == "success", run.task_states()
+    assert run.task_states()["renditions"] == "success"
+    summary = run.xcom("renditions")
+    assert summary["vendor"] == "local" and summary["credits_spent"] == "0"
+    assert len(sandbox.admin.charges("pixelcut")) == len(good)  # the cut-outs only
+    counts = summary["renditions"]
+    assert counts["thumb"]["done"] == counts["shopify"]["done"] == len(good)
+    # The sample photos are smaller than Amazon's 1,000 px minimum: reported, never written.
+    assert counts["amazon"]["rejected"] == len(good)
+    assert list(storage.list_objects(dst, "renditions/amazon/")) == []
+    for name in good:
+        stem = name.removeprefix("products/").rsplit(".", 1)[0]
+        thumb = Image.open(io.BytesIO(storage.read(dst, f"renditions/thumb/{stem}.webp")))
+        assert thumb.size == (256, 256) and thumb.mode == "RGBA"
+    # A rerun: nothing paid, nothing rendered again (the rejected ones are tried again, for free).
+    rerun = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("renditions")["renditions"]["thumb"]["skipped"] == len(good)
+    assert len(sandbox.admin.charges("pixelcut")) == len(good)
+
+
 def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, images_dir) -> None:
     sandbox, storage, cutouts, scenes = env
     horse = (images_dir / "horse.png").read_bytes()

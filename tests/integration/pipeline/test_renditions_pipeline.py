@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
+from airflow_provider_bgremoval.contact_sheet import contact_sheet_size
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -235,3 +236,30 @@ def test_a_deliberately_wrong_preset_is_caught_and_never_written(env, dag_tester
     assert run.state == "success", run.task_states()
     assert run.xcom("cutouts")["renditions"]["amazon"]["rejected"] == len(SOURCES)
     assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+
+
+REPORT_DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.report import RunReportOperator
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    cutouts = RemoveBackgroundOperator(
+        task_id="cutouts", conn_id="pixian_default", source_bucket={src!r}, source_prefix="raw/",
+        destination_bucket={dst!r}, destination_prefix="products/", renditions={renditions!r}, retries=0,
+    )
+    cutouts >> RunReportOperator(
+        task_id="report", destination_bucket={dst!r}, destination_prefix="products/", sample_size=3, columns=1
+    )
+"""
+
+
+def test_the_run_report_contact_sheet_shows_each_master_and_its_renditions(env, dag_tester) -> None:
+    _, storage, src, dst, _ = env
+    source = REPORT_DAG.format(dag_id="renditions_report", src=src, dst=dst, renditions=RENDITIONS[2:])
+    run = dag_tester.run(source, "renditions_report")
+    assert run.state == "success", run.task_states()
+    report = run.xcom("report")
+    bucket, _, name = report["contact_sheet_uri"].removeprefix("gs://").partition("/")
+    sheet = Image.open(io.BytesIO(storage.read(bucket, name)))
+    assert sheet.size == contact_sheet_size(3, columns=1, renditions=2)
