@@ -51,7 +51,7 @@ class Sample:
 
     def to_json(self) -> str:
         """One JSON Lines line (without the newline)."""
-        return json.dumps({"at": self.at.isoformat(), "remaining": str(self.remaining)})
+        return json.dumps({"at": self.at.isoformat(), "remaining": format_credits(self.remaining)})
 
     @classmethod
     def from_json(cls, line: str) -> Sample:
@@ -71,7 +71,9 @@ def as_utc(value: datetime | str) -> datetime:
     :param value: the time.
     """
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    # a plain datetime (Airflow's context dates are pendulum's, which mix badly with the stdlib's)
+    return datetime.fromtimestamp(moment.timestamp(), timezone.utc)
 
 
 def parse_history(data: bytes) -> list[Sample]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -333,7 +334,9 @@ class CreditMonitorOperator(BaseOperator):
                 "forecast_alerts": [fc.as_dict() for fc in alerts],
                 "alert_text": "\n".join(lines),
             }
-            self.on_low_callback(notifier_context)
+            # A copy renders the templates: the operator's notifier keeps them for the next run in
+            # this process (dag.test(), a task retried in line), instead of last run's rendered text.
+            copy.copy(self.on_low_callback)(notifier_context)
         elif self.on_low_callback is not None:
             self.on_low_callback(payload)
 

@@ -101,6 +101,20 @@ class SandboxAdmin:
         result: dict[str, Any] = self._call("GET", "balances", params=params)
         return result
 
+    def set_spend(self, vendor: str, credits_per_day: float, key: str | None = None) -> dict[str, Any]:
+        """Make a key spend ``credits_per_day`` per simulated day: each whole 86,400 s of the sandbox
+        clock (:meth:`advance_clock`) lowers its balance by that much (never below 0), without
+        charge-log entries.
+
+        :param vendor: the vendor
+        :param credits_per_day: the drain (0 stops it)
+        :param key: the key (default: the vendor's default sandbox key)
+        :returns: the account (``credits``, ``used``, ``spend_per_day``...)
+        """
+        body: dict[str, Any] = {"vendor": vendor, "credits_per_day": credits_per_day, "key": key}
+        result: dict[str, Any] = self._call("PUT", "spend", json=body)
+        return result
+
     def set_faults(self, vendor: str, **faults: Any) -> dict[str, Any]:
         """Replace one vendor's latency, limits and faults.
 

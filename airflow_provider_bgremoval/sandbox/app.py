@@ -311,6 +311,22 @@ async def admin_balances(request: Request) -> Response:
         return _bad_request(str(exc))
 
 
+async def admin_spend(request: Request) -> Response:
+    """``PUT|POST /_sandbox/spend`` with ``{"vendor", "credits_per_day", "key"?}``: the account spends
+    that much per simulated day (86,400 s of the sandbox clock; ``/_sandbox/clock`` advances it)."""
+    state = get_state(request)
+    try:
+        body = await _json(request)
+        vendor = _vendor(body.get("vendor"))
+        key = str(body.get("key") or DEFAULT_KEYS[vendor])
+        state.ledger.set_spend(vendor, key, to_decimal(body.get("credits_per_day"), "credits_per_day"))
+        return JSONResponse(_balance_view(state, vendor, key))
+    except KeyError as exc:
+        return _bad_request(str(exc.args[0]))
+    except ConfigError as exc:
+        return _bad_request(str(exc))
+
+
 async def admin_faults(request: Request) -> Response:
     """``GET /_sandbox/faults`` reads; ``POST|PUT`` with ``{"vendor", ...settings}`` replaces one
     vendor's settings (see :class:`~.config.FaultConfig`); ``DELETE ?vendor=`` clears (all when no
@@ -406,6 +422,7 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
         Route("/_sandbox/state", admin_state, methods=["GET"]),
         Route("/_sandbox/reset", admin_reset, methods=["POST"]),
         Route("/_sandbox/balances", admin_balances, methods=["GET", "PUT", "POST"]),
+        Route("/_sandbox/spend", admin_spend, methods=["PUT", "POST"]),
         Route("/_sandbox/faults", admin_faults, methods=["GET", "PUT", "POST", "DELETE"]),
         Route("/_sandbox/settings", admin_settings, methods=["POST", "PUT"]),
         Route("/_sandbox/requests", admin_requests, methods=["GET"]),

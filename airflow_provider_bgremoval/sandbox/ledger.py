@@ -5,6 +5,11 @@ worker threads and from the admin API at the same time. A request first calls :m
 (before any processing, so out-of-credit answers are cheap) and then :meth:`Ledger.charge` at the
 moment its success response is committed; ``charge`` re-checks the balance atomically, so
 concurrent requests can never overdraw an account.
+
+An account can also **spend over simulated days** (:meth:`Ledger.set_spend`): it loses
+``credits_per_day`` for every whole 86,400 seconds of the sandbox clock (``advance_clock`` moves it),
+as if other users of the key were working, without entries in the charge log. The drain is settled
+(balance lowered, ``used`` raised, never below 0) whenever the account is read or charged.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -45,6 +51,8 @@ class Account:
     :param balance: credits left
     :param used: credits used since the account was created (Poof ``usedCredits``)
     :param state: Pixian account state (``active``/``dormant``)
+    :param spend_per_day: credits drained per simulated day (0: none)
+    :param settled_at: the sandbox clock time the drain was last settled
     """
 
     vendor: str
@@ -53,6 +61,24 @@ class Account:
     balance: Decimal
     used: Decimal = Decimal(0)
     state: str = "active"
+    spend_per_day: Decimal = Decimal(0)
+    settled_at: float = 0.0
+
+    def settle(self, now: float) -> None:
+        """Apply the drain of every whole simulated day since :attr:`settled_at` (never below 0).
+
+        Whole days keep the numbers exact while the real clock runs on between two admin calls.
+
+        :param now: the sandbox clock
+        """
+        if self.spend_per_day <= 0 or now < self.settled_at:
+            self.settled_at = now
+            return
+        days = int((now - self.settled_at) // 86400)
+        drained = min(self.balance, self.spend_per_day * days)
+        self.balance -= drained
+        self.used += drained
+        self.settled_at += days * 86400
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (never the key itself, only its fingerprint)."""
@@ -62,6 +88,7 @@ class Account:
             "balance": as_number(self.balance),
             "used": as_number(self.used),
             "state": self.state,
+            "spend_per_day": as_number(self.spend_per_day),
         }
 
 
@@ -73,9 +100,11 @@ class Ledger:
     """Balances and charges of every sandbox key.
 
     :param config: the sandbox configuration (keys and starting balances)
+    :param clock: the sandbox clock (seconds), for spend over simulated days; default: monotonic time
     """
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._accounts: dict[tuple[str, str], Account] = {}
         self._charges: list[dict[str, Any]] = []
@@ -95,9 +124,32 @@ class Ledger:
             self._charges = []
             self._exhaust_after = {vendor: config.faults[vendor].exhaust_after for vendor in VENDORS}
 
-    @staticmethod
-    def _new_account(vendor: str, entry: KeyConfig) -> Account:
-        return Account(vendor, entry.key, entry.secret, entry.credits, state=entry.state)
+    def _new_account(self, vendor: str, entry: KeyConfig) -> Account:
+        account = Account(vendor, entry.key, entry.secret, entry.credits, state=entry.state)
+        account.settled_at = self._clock()
+        return account
+
+    def _account(self, vendor: str, key: str | None) -> Account | None:
+        """The live account with its drain settled (call with the lock held)."""
+        account = self._accounts.get((vendor, key)) if key else None
+        if account is not None:
+            account.settle(self._clock())
+        return account
+
+    def set_spend(self, vendor: str, key: str, credits_per_day: Decimal) -> Account:
+        """Make an account spend ``credits_per_day`` per simulated day of the sandbox clock (0 stops).
+
+        :param vendor: the vendor
+        :param key: the key (Pixian: the API id)
+        :param credits_per_day: the drain
+        :raises KeyError: for an unknown key
+        """
+        with self._lock:
+            account = self._account(vendor, key)
+            if account is None:
+                raise KeyError(f"unknown {vendor} key")
+            account.spend_per_day = credits_per_day
+            return Account(**vars(account))
 
     def set_exhaust_after(self, vendor: str, count: int | None) -> None:
         """After ``count`` more successful charges of ``vendor``, drop the charged key to 0.
@@ -115,7 +167,7 @@ class Ledger:
         :param key: the key (Pixian: the API id)
         """
         with self._lock:
-            account = self._accounts.get((vendor, key))
+            account = self._account(vendor, key)
             return None if account is None else Account(**vars(account))
 
     def authenticate(self, vendor: str, key: str | None, secret: str | None = None) -> bool:
@@ -150,9 +202,9 @@ class Ledger:
         :param secret: Pixian API secret, needed when the account is new
         """
         with self._lock:
-            account = self._accounts.get((vendor, key))
+            account = self._account(vendor, key)
             if account is None:
-                account = Account(vendor, key, secret, Decimal(0))
+                account = Account(vendor, key, secret, Decimal(0), settled_at=self._clock())
                 self._accounts[(vendor, key)] = account
             if secret is not None:
                 account.secret = secret
@@ -170,7 +222,7 @@ class Ledger:
         :param cost: the credits the call would cost
         """
         with self._lock:
-            account = self._accounts.get((vendor, key))
+            account = self._account(vendor, key)
             return account is not None and account.state == "active" and account.balance >= cost
 
     def charge(self, vendor: str, key: str, cost: Decimal, endpoint: str, request_id: str) -> Decimal:
@@ -185,7 +237,7 @@ class Ledger:
         :raises InsufficientCredits: when the balance does not cover the cost
         """
         with self._lock:
-            account = self._accounts.get((vendor, key))
+            account = self._account(vendor, key)
             if account is None or account.balance < cost:
                 raise InsufficientCredits(f"{vendor} balance too low")
             account.balance -= cost
@@ -221,4 +273,7 @@ class Ledger:
     def accounts(self) -> list[dict[str, Any]]:
         """Return every account in JSON form (keys as fingerprints)."""
         with self._lock:
+            now = self._clock()
+            for account in self._accounts.values():
+                account.settle(now)
             return [account.to_dict() for account in self._accounts.values()]

@@ -103,7 +103,7 @@ class SandboxState:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.clock = Clock()
-        self.ledger = Ledger(config)
+        self.ledger = Ledger(config, self.clock.now)
         self.faults: dict[str, VendorFaults] = {}
         self.results: dict[str, StoredResult] = {}
         self.request_log: deque[dict[str, Any]] = deque(maxlen=20000)

@@ -305,3 +305,38 @@ def test_request_log_has_fingerprints_not_secrets(
     assert [e["vendor"] for e in entries] == ["pixelcut", "pixian"]
     assert all(e["key"].startswith("fp_") and e["status"] == 200 for e in entries)
     assert sandbox.admin.requests(limit=1)[0]["vendor"] == "pixian"
+
+
+# -- spend over simulated days --------------------------------------------------------------------
+
+
+def test_spend_over_simulated_days_as_every_vendor_reports_it(
+    sandbox: RunningSandbox, client: httpx.Client
+) -> None:
+    admin = sandbox.admin
+    admin.set_balance("poof", 600)
+    assert admin.set_spend("poof", 50)["spend_per_day"] == 50
+    admin.set_balance("pixian", 10)
+    admin.set_spend("pixian", 2.5)
+    admin.advance_clock(86400)
+    assert admin.get_balance("poof") == 550
+    me = client.get("/v1/me", headers=POOF).json()
+    assert me["maxCredits"] - me["usedCredits"] == 550
+    admin.advance_clock(2 * 86400)
+    assert admin.get_balance("pixian") == 2.5
+    admin.set_balance("poof", 700)  # a top-up: the drain goes on from the new balance
+    admin.advance_clock(43200)
+    assert admin.get_balance("poof") == 700  # whole days only
+    admin.advance_clock(43200)
+    assert admin.get_balance("poof") == 650
+    admin.advance_clock(100 * 86400)
+    assert admin.get_balance("poof") == 0  # never below 0
+    assert admin.charges() == []  # the drain is no charge
+    admin.set_spend("poof", 0)
+    admin.set_balance("poof", 5)
+    admin.advance_clock(86400)
+    assert admin.get_balance("poof") == 5
+    with pytest.raises(ValueError, match="credits_per_day"):
+        admin.set_spend("poof", -1)
+    with pytest.raises(ValueError, match="unknown poof key"):
+        admin.set_spend("poof", 1, key="pk_nobody")

@@ -12,6 +12,7 @@ from airflow_provider_bgremoval.forecast import (
     HistoryStore,
     Sample,
     add_sample,
+    as_utc,
     burn_rate,
     dump_history,
     forecast,
@@ -112,3 +113,12 @@ def test_concurrent_writers_lose_no_reading(gcs_storage: GcsStorage, gcs_bucket:
     for thread in threads:
         thread.join()
     assert store.load("c")[0] == samples
+
+
+def test_as_utc_gives_plain_utc_datetimes() -> None:
+    import pendulum
+
+    moment = as_utc(pendulum.datetime(2026, 1, 1, 7, tz="Europe/Berlin"))
+    assert type(moment) is datetime and moment == DAY0
+    assert moment - DAY0 == timedelta(0)
+    assert as_utc("2026-01-01T06:00:00") == DAY0

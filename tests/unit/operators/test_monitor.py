@@ -293,16 +293,18 @@ def test_notifier_gets_forecast_alerts_and_alert_text(vendors: FakeVendors, gcs_
         def __init__(self, text: str) -> None:
             super().__init__()
             self.text = text
+            self.seen: list[Any] = []
 
         def notify(self, context: Any) -> None:
-            self.seen = (self.text, context["forecast_alerts"])
+            self.seen.append((self.text, context["forecast_alerts"]))
 
     notifier = Recorder("{{ alert_text }}")
     op = forecasting(gcs_bucket, on_low_callback=notifier, on_low="warn")
     for day, used in enumerate((1500, 1700)):
         vendors.set_poof(2000, used)
         run_on(op, day)
-    text, alerts = notifier.seen
+    [(text, alerts)] = notifier.seen
+    assert notifier.text == "{{ alert_text }}"  # rendered on a copy: the next run renders afresh
     assert text == (
         "poof_default (poof): 300 credits, burning 200 credits/day, runs out on 2026-03-03 (in 1.5 days): "
         "FORECAST LOW within 7 days; a top-up of 1100 credits covers 7 days"
