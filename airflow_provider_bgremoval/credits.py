@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval._compat import AirflowNotFoundException
 from airflow_provider_bgremoval.exceptions import (
@@ -16,6 +20,12 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.results import AccountState, Balance
+
+if TYPE_CHECKING:
+    from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+
+#: How a list of accounts is pooled: ``any`` (one account has enough) or ``total`` (their sum).
+POOLING_CHOICES = ("any", "total")
 
 #: Errors after which a later poll may succeed (``OutOfCreditsError``: nothing usable yet, as waited for).
 _POLL_AGAIN_ERRORS = (TransientVendorError, RateLimitedError, InvalidVendorResponseError, OutOfCreditsError)
@@ -101,3 +111,169 @@ def describe_poll_failure(conn_id: str, exc: BaseException) -> str:
     :param exc: the error the balance call raised after its retries.
     """
     return f"Balance poll on {conn_id} failed after retries ({describe_error(exc)}); polling again"
+
+
+# ----- pooled accounts ----------------------------------------------------------------------------
+
+
+def parse_min_images(value: Any) -> int:
+    """
+    A whole, positive number of images.
+
+    :param value: a number or numeric string.
+    """
+    number = parse_min_credits(value, "min_images", unit="images")
+    if number != number.to_integral_value() or number == 0:
+        raise InvalidOptionError("min_images", f"{value!r} must be a whole number of images, at least 1")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    """
+    What a pool of accounts waits for: ``min_credits`` credits, or ``min_images`` images, each account
+    at its own cost per image.
+
+    :param conn_ids: the accounts, in order.
+    :param pooling: ``any`` (one account alone) or ``total`` (the sum of the usable balances).
+    :param min_credits: credits wanted (``None`` when counting images).
+    :param min_images: images wanted (``None`` when counting credits).
+    :param costs: cost per image of each account (only with ``min_images``).
+    """
+
+    conn_ids: tuple[str, ...]
+    pooling: str
+    min_credits: Decimal | None = None
+    min_images: int | None = None
+    costs: Mapping[str, Decimal] | None = None
+
+    @property
+    def unit(self) -> str:
+        """``credits`` or ``images``."""
+        return "credits" if self.min_images is None else "images"
+
+    @property
+    def needed(self) -> Decimal:
+        """The amount waited for, in :attr:`unit`."""
+        return Decimal(self.min_images) if self.min_images is not None else Decimal(self.min_credits or 0)
+
+    def amount(self, conn_id: str, balance: Balance) -> Decimal:
+        """
+        What one account contributes: its usable credits, or the whole images they pay for.
+
+        :param conn_id: the account.
+        :param balance: its balance (dormant and suspended accounts give 0).
+        """
+        usable = balance.remaining if balance.usable else Decimal(0)
+        if self.min_images is None:
+            return usable
+        cost = (self.costs or {}).get(conn_id, Decimal(0))
+        if cost <= 0:
+            return Decimal(self.min_images) if balance.usable else Decimal(0)  # free calls: no limit
+        return (usable / cost).to_integral_value(rounding=ROUND_FLOOR)
+
+    def verdict(self, readings: Mapping[str, Balance | BaseException]) -> PoolVerdict:
+        """
+        Whether the pool has enough now.
+
+        :param readings: each account's balance, or the error reading it.
+        """
+        amounts = {c: self.amount(c, r) for c, r in readings.items() if isinstance(r, Balance)}
+        total = sum(amounts.values(), Decimal(0))
+        if self.pooling == "any":
+            met_by = tuple(c for c in self.conn_ids if c in amounts and amounts[c] >= self.needed)
+            met = bool(met_by) or self.needed <= 0
+        else:
+            met = total >= self.needed
+            met_by = tuple(c for c in self.conn_ids if amounts.get(c, Decimal(0)) > 0) if met else ()
+        return PoolVerdict(self, met, met_by, amounts, total, dict(readings))
+
+
+@dataclass(frozen=True)
+class PoolVerdict:
+    """
+    One poll of a pool.
+
+    :param target: what was waited for.
+    :param met: whether it has enough.
+    :param met_by: ``any``: the accounts that have enough alone; ``total``: the accounts contributing.
+    :param amounts: each readable account's contribution (credits or images).
+    :param total: their sum.
+    :param readings: each account's balance or error.
+    """
+
+    target: PoolTarget
+    met: bool
+    met_by: tuple[str, ...]
+    amounts: Mapping[str, Decimal]
+    total: Decimal
+    readings: Mapping[str, Balance | BaseException]
+
+    @property
+    def fatal_error(self) -> str | None:
+        """The first error no later poll can fix (bad credentials, a missing connection), if any."""
+        for conn_id in self.target.conn_ids:
+            reading = self.readings.get(conn_id)
+            if isinstance(reading, BaseException) and is_fatal_balance_error(reading):
+                return f"{conn_id}: {describe_error(reading)}"
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The XCom value and event payload: what was wanted, who has what, and who met it."""
+        target = self.target
+        balances = {c: r.as_dict() if isinstance(r, Balance) else None for c, r in self.readings.items()}
+        errors = {c: describe_error(r) for c, r in self.readings.items() if isinstance(r, BaseException)}
+        return {
+            "pooling": target.pooling,
+            "conn_ids": list(target.conn_ids),
+            "unit": target.unit,
+            "needed": format_credits(target.needed),
+            "total": format_credits(self.total),
+            "amounts": {c: format_credits(a) for c, a in self.amounts.items()},
+            "costs": {c: str(v) for c, v in (target.costs or {}).items()},
+            "met": self.met,
+            "met_by": list(self.met_by),
+            "balances": balances,
+            "errors": errors,
+        }
+
+    def describe(self) -> str:
+        """One log line: each account's contribution, the pooled amount against the target, the verdict."""
+        target, unit = self.target, self.target.unit
+        parts = []
+        for conn_id in target.conn_ids:
+            reading = self.readings.get(conn_id)
+            if isinstance(reading, Balance):
+                parts.append(f"{conn_id} ({reading.vendor}) {format_credits(self.amounts[conn_id])}")
+            else:
+                parts.append(f"{conn_id} unavailable ({describe_error(reading) if reading else 'not read'})")
+        pooled = (
+            f"one account with {format_credits(target.needed)}"
+            if target.pooling == "any"
+            else (f"{format_credits(self.total)} in total of {format_credits(target.needed)}")
+        )
+        verdict = f"met by {', '.join(self.met_by)}" if self.met else "waiting"
+        return f"pool ({target.pooling}) in {unit}: {'; '.join(parts)}; wanted {pooled}: {verdict}"
+
+
+HookFactory = Callable[[str], Awaitable["BackgroundRemovalHook[Any]"]]
+
+
+async def _aread(conn_id: str, get_hook: HookFactory) -> Balance | BaseException:
+    try:
+        hook = await get_hook(conn_id)
+        async with aclosing(hook):
+            return await hook.aget_balance()
+    except Exception as exc:  # reported per account; the verdict decides
+        return exc
+
+
+async def aread_pool(conn_ids: Sequence[str], get_hook: HookFactory) -> dict[str, Balance | BaseException]:
+    """
+    Every account's balance (a free call), read concurrently; an account that fails gives its error.
+
+    :param conn_ids: the accounts.
+    :param get_hook: builds the async hook of an account.
+    """
+    readings = await asyncio.gather(*(_aread(conn_id, get_hook) for conn_id in conn_ids))
+    return dict(zip(conn_ids, readings, strict=True))

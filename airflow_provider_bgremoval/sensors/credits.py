@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -12,15 +13,20 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_bgremoval._compat import AirflowFailException, conf
 from airflow_provider_bgremoval.credits import (
+    POOLING_CHOICES,
+    PoolTarget,
+    aread_pool,
     describe_error,
     describe_poll_failure,
     describe_wait,
     has_enough,
     is_fatal_balance_error,
     parse_min_credits,
+    parse_min_images,
 )
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.operators.bucket_job import is_template
+from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
 from airflow_provider_bgremoval.triggers.credits import CreditsTrigger
 
 if TYPE_CHECKING:
@@ -30,50 +36,126 @@ if TYPE_CHECKING:
 class CreditsSensor(BaseSensorOperator):
     """
     Wait until a vendor account has at least ``min_credits`` usable credits (free balance calls only);
-    return ``Balance.as_dict()``. Modes, deferral and failures: docs/credits.md.
+    return ``Balance.as_dict()``. With a list of accounts, wait until the pool has enough: ``pooling="any"``
+    (one account alone) or ``"total"`` (the sum), in credits or in images (``min_images``, each account
+    at its own cost per image); return ``PoolVerdict.as_dict()``. Modes, deferral and failures:
+    docs/credits.md.
 
-    :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection.
+    :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection, or a list of them (a pool).
     :param min_credits: the threshold (templated), compared exactly; a balance equal to it passes.
+    :param min_images: instead of ``min_credits``: the images the pool must pay for (templated).
+    :param cost_per_image: with ``min_images``: credits per image, one number or ``{conn_id: number}``;
+        default: each vendor's cost table.
+    :param pooling: ``"any"`` or ``"total"`` (for a list of connections).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     :param kwargs: the :class:`~airflow.sdk.BaseSensorOperator` options (``mode``, ``timeout``…).
     """
 
-    template_fields: Sequence[str] = ("conn_id", "min_credits")
+    template_fields: Sequence[str] = ("conn_id", "min_credits", "min_images")
     ui_color = "#fdf1d6"
 
     def __init__(
         self,
         *,
-        conn_id: str,
-        min_credits: float | int | str,
+        conn_id: str | Sequence[str],
+        min_credits: float | int | str | None = None,
+        min_images: int | str | None = None,
+        cost_per_image: float | int | str | Mapping[str, float | int | str] | None = None,
+        pooling: str = "any",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
         self.min_credits = min_credits
+        self.min_images = min_images
+        self.cost_per_image = cost_per_image
+        self.pooling = pooling
         self.deferrable = deferrable
-        if not is_template(min_credits):
+        check_choice(pooling, POOLING_CHOICES, "pooling")
+        if (min_credits is None) == (min_images is None):
+            raise InvalidOptionError("min_credits", "give either min_credits or min_images")
+        if not isinstance(conn_id, str) and not conn_id:
+            raise InvalidOptionError("conn_id", "expected a connection id or a non-empty list of them")
+        if min_credits is not None and not is_template(min_credits):
             parse_min_credits(min_credits)  # fail at DAG parse when the value is already known
+        if min_images is not None and not is_template(min_images):
+            parse_min_images(min_images)
+
+    @property
+    def pooled(self) -> bool:
+        """True for a list of connections or a target in images (the pool's XCom and trigger)."""
+        return not isinstance(self.conn_id, str) or self.min_images is not None
+
+    @property
+    def conn_ids(self) -> list[str]:
+        """The connections, in order (one for a single connection)."""
+        return [self.conn_id] if isinstance(self.conn_id, str) else [str(c) for c in self.conn_id]
 
     def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``."""
-        return BackgroundRemovalHook.get_hook(self.conn_id)
+        return BackgroundRemovalHook.get_hook(str(self.conn_id))
+
+    def pool_target(self) -> PoolTarget:
+        """What the pool waits for, with each account's cost per image when counting images."""
+        costs: dict[str, Decimal] = {}
+        if self.min_images is not None:
+            for conn_id in self.conn_ids:
+                given = self.cost_per_image
+                value = given.get(conn_id) if isinstance(given, Mapping) else given
+                if value is None:
+                    with closing(BackgroundRemovalHook.get_hook(conn_id)) as hook:
+                        costs[conn_id] = hook.estimate_cost()
+                else:
+                    costs[conn_id] = parse_min_credits(value, f"cost_per_image[{conn_id!r}]")
+        return PoolTarget(
+            tuple(self.conn_ids),
+            self.pooling,
+            min_credits=None if self.min_credits is None else parse_min_credits(self.min_credits),
+            min_images=None if self.min_images is None else parse_min_images(self.min_images),
+            costs=costs,
+        )
+
+    def _fail(self, detail: str, exc: BaseException | None = None) -> AirflowFailException:
+        error = AirflowFailException(f"{type(self).__name__} on connection {self.conn_id!r}: {detail}")
+        error.__cause__ = exc
+        return error
+
+    def _poke_pool(self) -> PokeReturnValue:
+        try:
+            target = self.pool_target()
+        except Exception as exc:  # a bad target or cost, a missing connection: nothing will change that
+            raise self._fail(describe_error(exc), exc) from exc
+        verdict = target.verdict(run_coroutine(aread_pool(target.conn_ids, BackgroundRemovalHook.aget_hook)))
+        self.log.info("%s", verdict.describe())
+        if verdict.met:
+            return PokeReturnValue(is_done=True, xcom_value=verdict.as_dict())
+        fatal = verdict.fatal_error
+        if fatal is not None:
+            raise self._fail(fatal)
+        if self.deferrable:
+            costs = {c: str(v) for c, v in (target.costs or {}).items()}
+            self.defer(
+                trigger=self.trigger(costs),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout),
+            )
+        return PokeReturnValue(is_done=False)
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Read the balance once; done when the usable balance reaches ``min_credits`` (else maybe defer)."""
+        if self.pooled:
+            return self._poke_pool()
         try:
             threshold = parse_min_credits(self.min_credits)  # a template may render to a non-number
             with closing(self.get_hook()) as hook:
                 balance = hook.get_balance()
         except Exception as exc:
             if is_fatal_balance_error(exc):  # a bad threshold and a missing connection are, too
-                raise AirflowFailException(
-                    f"{type(self).__name__} on connection {self.conn_id!r}: {describe_error(exc)}"
-                ) from exc
-            self.log.warning("%s", describe_poll_failure(self.conn_id, exc))
+                raise self._fail(describe_error(exc), exc) from exc
+            self.log.warning("%s", describe_poll_failure(str(self.conn_id), exc))
             return PokeReturnValue(is_done=False)
-        self.log.info("%s", describe_wait(self.conn_id, balance, threshold))
+        self.log.info("%s", describe_wait(str(self.conn_id), balance, threshold))
         if has_enough(balance, threshold):
             return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
         if self.deferrable:  # after one poke on the worker, wait in the triggerer
@@ -84,14 +166,24 @@ class CreditsSensor(BaseSensorOperator):
             )
         return PokeReturnValue(is_done=False)
 
-    def trigger(self) -> CreditsTrigger:
-        """The trigger this sensor defers to (primitives only)."""
+    def trigger(self, costs: Mapping[str, str] | None = None) -> CreditsTrigger:
+        """
+        The trigger this sensor defers to (primitives only).
+
+        :param costs: a pool's cost per image of each account, as strings (with ``min_images``).
+        """
+        minimum = None if self.min_credits is None else str(parse_min_credits(self.min_credits))
+        pool: dict[str, Any] = {}
+        if self.pooled:
+            images = None if self.min_images is None else parse_min_images(self.min_images)
+            pool = {"pooling": self.pooling, "min_images": images, "costs": dict(costs or {})}
         return CreditsTrigger(
-            conn_id=self.conn_id,
-            min_credits=str(parse_min_credits(self.min_credits)),
+            conn_id=self.conn_ids if self.pooled else str(self.conn_id),
+            min_credits=minimum,
             poll_interval=float(self.poke_interval),
             exponential_backoff=bool(self.exponential_backoff),
             max_poll_interval=self.max_wait.total_seconds() if self.max_wait is not None else None,
+            **pool,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -106,7 +198,7 @@ class CreditsSensor(BaseSensorOperator):
         if event.get("status") == "success":
             # The trigger's last log line (in this task's log) has the balance against the threshold.
             self.log.info("%s: met after %s poll(s) in the triggerer", self.conn_id, event.get("polls"))
-            return dict(event.get("balance") or {})
+            return dict(event.get("pool") or event.get("balance") or {})
         message = str(event.get("message") or f"trigger reported {event.get('status')!r}")
         if event.get("fatal"):
             raise AirflowFailException(message)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
+from decimal import Decimal
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_bgremoval.credits import (
+    PoolTarget,
+    aread_pool,
     describe_poll_failure,
     describe_wait,
     has_enough,
     is_fatal_balance_error,
     parse_min_credits,
+    parse_min_images,
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 
@@ -28,29 +32,42 @@ DEFAULT_MAX_POLL_INTERVAL = 900.0
 class CreditsTrigger(BaseTrigger):
     """
     Poll a vendor account until its usable balance reaches ``min_credits``; yield one event.
+    With a list of connections, poll the pool until it has enough (``pooling``, docs/credits.md).
 
-    * ``{"status": "success", "conn_id", "min_credits", "balance": Balance.as_dict(), "polls"}``;
+    * ``{"status": "success", "conn_id", "min_credits", "balance": Balance.as_dict(), "polls"}``
+      (a pool: ``{"status": "success", "conn_id": [...], "pool": PoolVerdict.as_dict(), "polls"}``);
     * ``{"status": "error", "fatal", "message", "error_type", "conn_id"}``: ``fatal`` for failures no
       later poll can fix. Transient failures are logged and polled again until the deferral timeout.
 
-    :param conn_id: the vendor connection (its type picks the hook).
-    :param min_credits: the threshold, as a string (exact decimal).
+    :param conn_id: the vendor connection (its type picks the hook), or a list of them (a pool).
+    :param min_credits: the threshold, as a string (exact decimal); ``None`` with ``min_images``.
     :param poll_interval: seconds between polls.
     :param exponential_backoff: double the wait after each unsuccessful poll (capped).
     :param max_poll_interval: cap of one wait with exponential backoff (default 900 s).
+    :param pooling: a pool's rule, ``any`` or ``total``.
+    :param min_images: a pool's target in images (instead of ``min_credits``).
+    :param costs: a pool's cost per image for each connection, as strings (with ``min_images``).
     """
 
     def __init__(
         self,
-        conn_id: str,
-        min_credits: str,
+        conn_id: str | Sequence[str],
+        min_credits: str | None,
         poll_interval: float = 60.0,
         exponential_backoff: bool = False,
         max_poll_interval: float | None = None,
+        pooling: str | None = None,
+        min_images: int | None = None,
+        costs: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.conn_id = str(conn_id)
-        self.min_credits = str(min_credits)
+        self.conn_id: str | list[str] = (
+            str(conn_id) if isinstance(conn_id, str) else [str(c) for c in conn_id]
+        )
+        self.min_credits = None if min_credits is None else str(min_credits)
+        self.pooling = pooling
+        self.min_images = min_images
+        self.costs = None if costs is None else {str(k): str(v) for k, v in costs.items()}
         self.poll_interval = float(poll_interval)
         self.exponential_backoff = bool(exponential_backoff)
         self.max_poll_interval = float(
@@ -59,7 +76,15 @@ class CreditsTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
-        names = ("conn_id", "min_credits", "poll_interval", "exponential_backoff", "max_poll_interval")
+        names: tuple[str, ...] = (
+            "conn_id",
+            "min_credits",
+            "poll_interval",
+            "exponential_backoff",
+            "max_poll_interval",
+        )
+        if self.pooled:  # a single connection keeps its five kwargs
+            names += ("pooling", "min_images", "costs")
         kwargs = {name: getattr(self, name) for name in names}
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
@@ -69,9 +94,33 @@ class CreditsTrigger(BaseTrigger):
     def __hash__(self) -> int:
         return hash(repr(self.serialize()))
 
+    @property
+    def pooled(self) -> bool:
+        """True when this trigger polls a list of connections."""
+        return isinstance(self.conn_id, list)
+
     async def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``, connection read without blocking (tests override this)."""
-        return await BackgroundRemovalHook.aget_hook(self.conn_id)
+        return await self.get_hook_for(str(self.conn_id))
+
+    async def get_hook_for(self, conn_id: str) -> BackgroundRemovalHook[Any]:
+        """
+        The vendor hook of one connection of the pool, connection read without blocking.
+
+        :param conn_id: the connection.
+        """
+        return await BackgroundRemovalHook.aget_hook(conn_id)
+
+    def pool_target(self) -> PoolTarget:
+        """What the pool waits for (raises on a bad target: a fatal error)."""
+        assert isinstance(self.conn_id, list)
+        return PoolTarget(
+            tuple(self.conn_id),
+            self.pooling or "any",
+            min_credits=None if self.min_credits is None else parse_min_credits(self.min_credits),
+            min_images=None if self.min_images is None else parse_min_images(self.min_images),
+            costs={c: Decimal(v) for c, v in (self.costs or {}).items()},
+        )
 
     def next_interval(self, polls: int) -> float:
         """
@@ -97,7 +146,38 @@ class CreditsTrigger(BaseTrigger):
             "message": f"credits check on connection {self.conn_id!r} failed: {exc}",
         }
 
+    async def _poll_pool(self) -> dict[str, Any]:
+        try:
+            target = self.pool_target()
+        except Exception as exc:
+            return self._error(exc, fatal=True)
+        polls = 0
+        while True:
+            polls += 1
+            verdict = target.verdict(await aread_pool(target.conn_ids, self.get_hook_for))
+            log.info("%s after %d poll(s)", verdict.describe(), polls)
+            if verdict.met:
+                return {
+                    "status": "success",
+                    "conn_id": self.conn_id,
+                    "pool": verdict.as_dict(),
+                    "polls": polls,
+                }
+            fatal = verdict.fatal_error
+            if fatal is not None:
+                message = f"credits check on pool {self.conn_id!r} failed: {fatal}"
+                return {
+                    "status": "error",
+                    "fatal": True,
+                    "conn_id": self.conn_id,
+                    "error_type": "PoolAccountError",
+                    "message": message,
+                }
+            await self.sleep(self.next_interval(polls))
+
     async def _poll(self) -> dict[str, Any]:
+        if self.pooled:
+            return await self._poll_pool()
         try:
             threshold = parse_min_credits(self.min_credits)
             hook = await self.get_hook()
@@ -112,9 +192,11 @@ class CreditsTrigger(BaseTrigger):
                 except Exception as exc:
                     if is_fatal_balance_error(exc):
                         return self._error(exc, fatal=True)
-                    log.warning("Poll %d: %s", polls, describe_poll_failure(self.conn_id, exc))
+                    log.warning("Poll %d: %s", polls, describe_poll_failure(str(self.conn_id), exc))
                 else:
-                    log.info("%s after %d poll(s)", describe_wait(self.conn_id, balance, threshold), polls)
+                    log.info(
+                        "%s after %d poll(s)", describe_wait(str(self.conn_id), balance, threshold), polls
+                    )
                     if has_enough(balance, threshold):
                         return {
                             "status": "success",

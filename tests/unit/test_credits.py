@@ -9,12 +9,14 @@ import pytest
 
 from airflow_provider_bgremoval._compat import AirflowNotFoundException
 from airflow_provider_bgremoval.credits import (
+    PoolTarget,
     describe_error,
     describe_poll_failure,
     has_enough,
     is_fatal_balance_error,
     parse_credits,
     parse_min_credits,
+    parse_min_images,
 )
 from airflow_provider_bgremoval.exceptions import (
     InvalidOptionError,
@@ -85,3 +87,70 @@ def test_describe_error_names_the_type() -> None:
 def test_describe_poll_failure_says_it_polls_again() -> None:
     line = describe_poll_failure("pixian_default", ValueError("flaky"))
     assert line == "Balance poll on pixian_default failed after retries (ValueError: flaky); polling again"
+
+
+# -- pooled accounts -------------------------------------------------------------------------------
+def bal(vendor: str, remaining: str, state: AccountState = AccountState.ACTIVE) -> Balance:
+    return Balance(vendor=vendor, remaining=Decimal(remaining), state=state)
+
+
+POOL = ("pixian_default", "poof_default")
+
+
+def test_pool_any_needs_one_account_with_enough() -> None:
+    target = PoolTarget(POOL, "any", min_credits=Decimal(10))
+    verdict = target.verdict({"pixian_default": bal("pixian", "9.5"), "poof_default": bal("poof", "6")})
+    assert not verdict.met and verdict.total == Decimal("15.5")
+    verdict = target.verdict({"pixian_default": bal("pixian", "9.5"), "poof_default": bal("poof", "10")})
+    assert verdict.met and verdict.met_by == ("poof_default",)
+    assert verdict.describe() == (
+        "pool (any) in credits: pixian_default (pixian) 9.5; poof_default (poof) 10; "
+        "wanted one account with 10: met by poof_default"
+    )
+
+
+def test_pool_total_sums_usable_balances_dormant_counts_zero() -> None:
+    target = PoolTarget(POOL, "total", min_credits=Decimal(15))
+    readings: dict[str, Balance | BaseException] = {
+        "pixian_default": bal("pixian", "9.5"),
+        "poof_default": bal("poof", "6"),
+    }
+    verdict = target.verdict(readings)
+    assert verdict.met and verdict.met_by == POOL and verdict.total == Decimal("15.5")
+    readings["pixian_default"] = bal("pixian", "0", AccountState.DORMANT)
+    assert not target.verdict(readings).met
+
+
+def test_pool_in_images_each_account_at_its_own_cost() -> None:
+    costs = {"pixian_default": Decimal("0.75"), "poof_default": Decimal(2)}
+    target = PoolTarget(POOL, "total", min_images=10, costs=costs)
+    # 5 credits at 0.75 pay for 6 images; 9 at 2 for 4: 10 in total
+    verdict = target.verdict({"pixian_default": bal("pixian", "5"), "poof_default": bal("poof", "9")})
+    assert verdict.met and dict(verdict.amounts) == {"pixian_default": 6, "poof_default": 4}
+    assert verdict.as_dict()["unit"] == "images" and verdict.as_dict()["total"] == "10"
+    assert not PoolTarget(POOL, "any", min_images=10, costs=costs).verdict(verdict.readings).met
+    free = PoolTarget(POOL, "any", min_images=3, costs={"pixian_default": Decimal(0)})
+    assert free.verdict({"pixian_default": bal("pixian", "1")}).met_by == ("pixian_default",)
+
+
+def test_pool_errors_fatal_and_transient() -> None:
+    target = PoolTarget(POOL, "any", min_credits=Decimal(5))
+    readings: dict[str, Balance | BaseException] = {
+        "pixian_default": TransientVendorError("HTTP 503", vendor="pixian", status_code=503),
+        "poof_default": bal("poof", "6"),
+    }
+    verdict = target.verdict(readings)
+    assert verdict.met and verdict.fatal_error is None  # met by the readable account
+    readings["poof_default"] = VendorAuthError("invalid API key", vendor="poof", status_code=401)
+    verdict = target.verdict(readings)
+    assert not verdict.met and verdict.fatal_error is not None
+    assert verdict.fatal_error.startswith("poof_default: VendorAuthError")
+    assert verdict.as_dict()["balances"] == {"pixian_default": None, "poof_default": None}
+    assert set(verdict.as_dict()["errors"]) == set(POOL)
+
+
+@pytest.mark.parametrize("bad", [0, "1.5", -2, "many"])
+def test_min_images_is_a_whole_positive_number(bad: Any) -> None:
+    with pytest.raises(InvalidOptionError, match="min_images"):
+        parse_min_images(bad)
+    assert parse_min_images("12") == 12

@@ -315,3 +315,91 @@ def test_credit_amounts_are_logged_as_people_write_them(
     assert "1000 usable credits" in logs
     assert "threshold 12.5: met" in logs
     assert "1000.0" not in logs
+
+
+# -- pooled accounts -------------------------------------------------------------------------------
+POOL = ["pixian_default", "poof_default"]
+
+
+def pool_sensor(**kwargs: Any) -> CreditsSensor:
+    kwargs.setdefault("poke_interval", 0)
+    kwargs.setdefault("timeout", 60)
+    return CreditsSensor(task_id="credits", conn_id=POOL, **kwargs)
+
+
+def test_pool_any_waits_for_one_account(vendors: FakeVendors) -> None:
+    vendors.set_pixian("9.5")
+    vendors.set_poof(100, 94)
+    s = pool_sensor(min_credits=10, pooling="any")
+    assert not poke(s).is_done
+    vendors.set_poof(100, 90)
+    result = poke(s)
+    assert result.is_done
+    pool = result.xcom_value
+    assert (pool["met_by"], pool["total"], pool["unit"]) == (["poof_default"], "19.5", "credits")
+    assert pool["balances"]["poof_default"]["remaining"] == "10"
+
+
+def test_pool_total_in_images_at_each_vendors_cost(vendors: FakeVendors) -> None:
+    vendors.set_pixian("4.5")  # 4.5 credits at 1.5 per image: 3 images
+    vendors.set_poof(100, 98)  # 2 credits at the cost table's 1: 2 images
+    s = pool_sensor(min_images=5, pooling="total", cost_per_image={"pixian_default": "1.5"})
+    pool = poke(s).xcom_value
+    assert pool["amounts"] == {"pixian_default": "3", "poof_default": "2"}
+    assert pool["costs"] == {"pixian_default": "1.5", "poof_default": "1"}
+    assert pool["met_by"] == POOL
+    assert not poke(
+        pool_sensor(min_images=6, pooling="total", cost_per_image={"pixian_default": 1.5})
+    ).is_done
+
+
+def test_pool_fatal_error_fails_unless_met(vendors: FakeVendors) -> None:
+    vendors.set_poof(100, 0)
+    vendors.script["pixian"] = [401, 401]
+    assert poke(pool_sensor(min_credits=50)).is_done  # poof alone has enough
+    with pytest.raises(AirflowFailException, match="pixian_default: VendorAuthError"):
+        poke(pool_sensor(min_credits=500))
+    with pytest.raises(AirflowFailException, match="ghost"):
+        poke(CreditsSensor(task_id="c", conn_id=["ghost"], min_images=1, poke_interval=0))
+
+
+def test_pool_defers_to_a_pool_trigger_that_round_trips(vendors: FakeVendors) -> None:
+    from airflow.sdk.serde import deserialize, serialize
+
+    vendors.set_pixian("1")
+    vendors.set_poof(100, 99)
+    s = pool_sensor(min_images=4, pooling="total", deferrable=True, poke_interval=30, timeout=600)
+    with pytest.raises(TaskDeferred) as info:
+        s.execute(context())  # type: ignore[arg-type]
+    trigger = info.value.trigger
+    path, kwargs = trigger.serialize()
+    assert kwargs == {
+        "conn_id": POOL,
+        "min_credits": None,
+        "poll_interval": 30.0,
+        "exponential_backoff": False,
+        "max_poll_interval": DEFAULT_MAX_POLL_INTERVAL,
+        "pooling": "total",
+        "min_images": 4,
+        "costs": {"pixian_default": "1", "poof_default": "1"},
+    }
+    assert CreditsTrigger(**deserialize(serialize(kwargs))) == trigger
+    pool = {"met": True, "met_by": POOL, "total": "4"}
+    event = {"status": "success", "conn_id": POOL, "pool": pool, "polls": 2}
+    assert s.execute_complete(context(), event) == pool  # type: ignore[arg-type]
+
+
+def test_pool_options_are_validated() -> None:
+    with pytest.raises(InvalidOptionError, match="min_credits"):
+        CreditsSensor(task_id="c", conn_id=POOL)
+    with pytest.raises(InvalidOptionError, match="min_credits"):
+        CreditsSensor(task_id="c", conn_id=POOL, min_credits=1, min_images=1)
+    with pytest.raises(InvalidOptionError, match="pooling"):
+        CreditsSensor(task_id="c", conn_id=POOL, min_credits=1, pooling="some")
+    with pytest.raises(InvalidOptionError, match="conn_id"):
+        CreditsSensor(task_id="c", conn_id=[], min_credits=1)
+    with pytest.raises(InvalidOptionError, match="min_images"):
+        CreditsSensor(task_id="c", conn_id=POOL, min_images="2.5")
+    assert (
+        "min_images" in CreditsSensor(task_id="c", conn_id=POOL, min_images="{{ params.n }}").template_fields
+    )

@@ -300,3 +300,58 @@ async def test_credit_amounts_are_logged_as_people_write_them(
         [event] = await events(CreditsTrigger("pixian_default", "10.0"))
     assert event.payload["balance"]["remaining"] == "1000.0"
     assert "1000 usable credits, threshold 10: met after 1 poll(s)" in caplog.text
+
+
+# -- pooled accounts -------------------------------------------------------------------------------
+POOL = ["pixian_default", "poof_default"]
+
+
+def test_pool_serialisation_round_trips() -> None:
+    from airflow.sdk.serde import deserialize, serialize
+
+    trigger = CreditsTrigger(POOL, "12", poll_interval=5, pooling="total")
+    path, kwargs = trigger.serialize()
+    assert kwargs["conn_id"] == POOL and kwargs["pooling"] == "total" and kwargs["costs"] is None
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert CreditsTrigger(**deserialize(serialize(kwargs))) == trigger
+    assert CreditsTrigger(**kwargs) != CreditsTrigger(POOL, "12", poll_interval=5, pooling="any")
+
+
+async def test_pool_total_waits_until_the_sum_is_enough(vendors: FakeVendors, travel: TimeTravel) -> None:
+    vendors.set_pixian("4")
+    vendors.set_poof(10, 9)
+
+    def top_up(vendor: str, calls: int) -> None:
+        if vendor == "poof" and calls == 3:
+            vendors.set_poof(10, 2)  # 8 on the third poll: 12 in total
+
+    vendors.on_request = top_up
+    [event] = await events(CreditsTrigger(POOL, "12", poll_interval=7, pooling="total"))
+    payload = event.payload
+    assert (payload["status"], payload["polls"], payload["conn_id"]) == ("success", 3, POOL)
+    assert (payload["pool"]["total"], payload["pool"]["met_by"]) == ("12", POOL)
+    assert travel.waits == [7, 7]
+
+
+async def test_pool_images_and_a_fatal_account(vendors: FakeVendors, travel: TimeTravel) -> None:
+    vendors.set_pixian("3")
+    vendors.set_poof(10, 10)
+    vendors.script["poof"] = [401] * 4
+    trigger = CreditsTrigger(POOL, None, pooling="any", min_images=5, costs={"pixian_default": "0.5"})
+    [event] = await events(trigger)  # pixian: 3 credits at 0.5 = 6 images
+    assert event.payload["pool"]["met_by"] == ["pixian_default"]
+    vendors.set_pixian("1")
+    vendors.script["poof"] = [401] * 4
+    [event] = await events(trigger)
+    assert (event.payload["status"], event.payload["fatal"]) == ("error", True)
+    assert "poof_default: VendorAuthError" in event.payload["message"]
+    for secret in SECRETS:
+        assert secret not in json.dumps(event.payload)
+
+
+async def test_pool_over_the_sandbox(sb: RunningSandbox, travel: TimeTravel) -> None:
+    sb.admin.set_balance("pixian", 2.5)
+    sb.admin.set_balance("poof", 3)
+    [event] = await events(CreditsTrigger(["sb_pixian", "sb_poof"], "5.5", pooling="total"))
+    assert event.payload["pool"]["total"] == "5.5"
+    assert sb.admin.charges() == []
