@@ -1,4 +1,5 @@
-"""Credit monitoring: an hourly balance check of every vendor account, and a DAG that waits for a top-up."""
+"""Credit monitoring: an hourly balance check and forecast of every vendor account, and a DAG that waits
+for a top-up."""
 
 from __future__ import annotations
 
@@ -16,18 +17,28 @@ log = logging.getLogger(__name__)
 #: Connection id → the fewest credits that account should have. List only connections that exist:
 #: a missing connection counts as a problem.
 CREDIT_THRESHOLDS = {"pixelcut_default": 100, "pixian_default": 50, "poof_default": 20}
+#: Where the monitor keeps each account's balance history, its run reports and charts.
+CREDIT_HISTORY_BUCKET = "ops-credit-history"
 
 MONITOR_DOC = """
-### Vendor balances against thresholds, every hour
+### Vendor balances against thresholds and a 7-day forecast, every hour
 
 **check_balances** reads the balance of every account in `CREDIT_THRESHOLDS` at the top of the file
-(free calls) and logs one line per account: vendor, remaining credits, threshold. When an account is
-below its threshold, or its balance cannot be read, it calls `LowCreditsNotifier`, then fails naming
-every such account. The notifier logs the alert and keeps it in the XCom `low_balances`; pass any
-Airflow notifier instead (Slack, e-mail) to send it somewhere.
+(free calls) and logs one line per account: vendor, remaining credits, threshold. It adds the
+reading to the account's history in the bucket `CREDIT_HISTORY_BUCKET`, computes how many credits
+the account spends a day (top-ups do not count as spending) and forecasts the day its credits run
+out, with a chart per account beside the run's report in that bucket.
+
+When an account is below its threshold, its balance cannot be read, or its credits would run out
+within 7 days, it calls `LowCreditsNotifier`. The forecast alert names the account, the balance,
+the credits spent per day, the date and the top-up that covers the 7 days. A low or unreadable
+account then fails the task; a forecast alone only warns. The notifier logs the alert and keeps it
+in the XCom `low_balances`; pass any Airflow notifier instead, for example
+`SmtpNotifier(to=..., html_content="{{ alert_text }}")`, to mail it.
 
 **Before the first run:** one connection per account in `CREDIT_THRESHOLDS` (a missing connection
-counts as a problem).
+counts as a problem), and the bucket `CREDIT_HISTORY_BUCKET` with a `google_cloud_default`
+connection that may write to it (else Application Default Credentials).
 """
 
 TOPUP_DOC = """
@@ -42,20 +53,20 @@ trigger the batch, e.g. with `TriggerDagRunOperator`. Trigger it by hand, or fro
 
 # [START howto_notifier_low_credits]
 class LowCreditsNotifier(BaseNotifier):
-    """Logs the low accounts and pushes them to XCom ``low_balances``; replace it to alert elsewhere."""
+    """Logs the alert and pushes the accounts to XCom ``low_balances``; replace it to alert elsewhere."""
 
     template_fields = ()
 
     def notify(self, context: Any) -> None:
         """
-        Log one warning per low account and keep the list in XCom.
+        Log one warning per account needing attention (low, unreadable or forecast to run out) and
+        keep the list in XCom.
 
-        :param context: the task context plus ``low_balances`` and ``balances``.
+        :param context: the task context plus ``low_balances``, ``balances``, ``forecast_alerts`` and
+            ``alert_text`` (one line per account).
         """
-        for account in context["low_balances"]:
-            self.log.warning(
-                "LOW CREDITS: %(conn_id)s (%(vendor)s) has %(remaining)s, threshold %(threshold)s", account
-            )
+        for line in context["alert_text"].splitlines():
+            self.log.warning("CREDITS: %s", line)
         context["ti"].xcom_push(key="low_balances", value=context["low_balances"])
 
 
@@ -63,7 +74,7 @@ class LowCreditsNotifier(BaseNotifier):
 
 with DAG(
     dag_id="example_credit_monitor",
-    description="Hourly vendor balances vs thresholds; alert and fail when low",
+    description="Hourly vendor balances vs thresholds and a 7-day forecast; alert before credits run out",
     schedule="@hourly",
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -75,6 +86,9 @@ with DAG(
     CreditMonitorOperator(
         task_id="check_balances",
         thresholds=CREDIT_THRESHOLDS,
+        forecast_days=7,  # alert while a top-up still has 7 days to arrive
+        history_bucket=CREDIT_HISTORY_BUCKET,
+        observed_at="data_interval_end",  # hourly readings, evenly spaced
         on_low="fail",
         on_low_callback=LowCreditsNotifier(),
         retries=0,

@@ -231,8 +231,12 @@ def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, image
     assert sandbox.admin.total_charged("pixelcut") == 4
 
 
-def test_credit_monitor_example_passes_then_fails_and_notifies(vendor_connections, dag_tester) -> None:
+def test_credit_monitor_example_passes_then_fails_and_notifies(
+    vendor_connections, dag_tester, gcs_storage, gcs_client
+) -> None:
     sandbox = vendor_connections
+    if gcs_client.lookup_bucket("ops-credit-history") is None:  # the example's literal history bucket
+        gcs_client.create_bucket("ops-credit-history")
     # the example's literal thresholds: pixelcut_default 100, pixian_default 50, poof_default 20
     ok = dag_tester.run_file(MONITOR_DAG, "example_credit_monitor")
     assert ok.state == "success", ok.task_states()
@@ -245,6 +249,12 @@ def test_credit_monitor_example_passes_then_fails_and_notifies(vendor_connection
     assert low.state == "failed"
     alert = low.xcom("check_balances", key="low_balances")  # pushed by the notifier hook point
     assert [(a["conn_id"], a["remaining"], a["threshold"]) for a in alert] == [("poof_default", "5", "20")]
+    # observed_at="data_interval_end": two runs in one hourly interval keep one reading
+    forecast = alert[0]["forecast"]
+    history = gcs_storage.read("ops-credit-history", "_credit_history/poof_default.jsonl").splitlines()
+    assert forecast["remaining"] == "5" and forecast["samples"] == len(history)
+    chart = name_of(alert[0]["chart"])
+    assert gcs_storage.read("ops-credit-history", chart).startswith(b"\x89PNG")
     assert sandbox.admin.total_charged() == 0  # balance checks are free
 
 
