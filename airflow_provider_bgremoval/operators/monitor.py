@@ -35,7 +35,7 @@ from airflow_provider_bgremoval.forecast import (
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
-from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage
+from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -258,20 +258,24 @@ class CreditMonitorOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, dict[str, Any]]:
         """Read every balance, log it, forecast, call back and fail or warn when any needs attention."""
         checks = check_balances(self.thresholds)
-        at = self.reading_time(context)
         for check in checks:
             self.log.log(logging.INFO if check.ok else logging.WARNING, "%s", check.describe())
         result = {check.conn_id: check.as_dict() for check in checks}
-        forecasts = self._forecast(checks, at, context, result) if self.forecast_days is not None else {}
+        forecasts: dict[str, Forecast] = {}
+        history_errors: list[str] = []
         if self.forecast_days is None:
             for check in checks:
                 emit_metrics(check, [], None)
+        else:
+            forecasts, history_errors = self._forecast(checks, self.reading_time(context), context, result)
         problems = [check for check in checks if not check.ok]
         alerts = [fc for fc in forecasts.values() if fc.alert]
-        if not problems and not alerts:
-            return result
-        self._call_back(context, result, problems, alerts)
-        return self._verdict(result, checks, problems, alerts)
+        if problems or alerts:
+            self._call_back(context, result, problems, alerts)
+            self._verdict(checks, problems, alerts)
+        if history_errors:  # after the alerts: a broken history must not hide a low balance
+            raise AirflowException("credit history: " + "; ".join(history_errors))
+        return result
 
     def reading_time(self, context: Context) -> datetime:
         """
@@ -288,33 +292,53 @@ class CreditMonitorOperator(BaseOperator):
         at: datetime,
         context: Context,
         result: dict[str, dict[str, Any]],
-    ) -> dict[str, Forecast]:
-        """Record each reading, forecast, chart and report; add ``forecast``/``chart`` to ``result``."""
-        assert self.history_bucket is not None and self.forecast_days is not None
+    ) -> tuple[dict[str, Forecast], list[str]]:
+        """
+        Record each reading, forecast, chart and report; add ``forecast``/``chart`` to ``result``.
+        Returns the forecasts and the history errors (an account without its history is not forecast).
+        """
+        assert self.history_bucket is not None
         storage = GcsStorage(self.gcp_conn_id)
         store = HistoryStore(storage, self.history_bucket, self.history_prefix, self.history_limit)
         run_folder = f"{self.history_prefix}runs/{context['ti'].dag_id}/{context.get('run_id') or 'run'}/"
         forecasts: dict[str, Forecast] = {}
+        errors: list[str] = []
         for check in checks:
             if check.remaining is None:
-                emit_metrics(check, [], None)
                 continue
-            samples = store.record(check.conn_id, Sample(at, check.remaining))
-            fc = forecast(check.conn_id, check.vendor, samples, self.forecast_days, self.burn_window_days)
-            forecasts[check.conn_id] = fc
-            emit_metrics(check, samples, fc)
-            self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
-            chart = object_name(run_folder, check.conn_id, ".png")
-            _replace(storage, self.history_bucket, chart, render_chart(samples, fc), "image/png")
-            result[check.conn_id] = {
-                **result[check.conn_id],
-                "forecast": fc.as_dict(),
-                "chart": _uri(self.history_bucket, chart),
-            }
+            try:
+                forecasts[check.conn_id] = self._forecast_one(store, run_folder, check, at, result)
+            except StorageError as exc:
+                errors.append(f"{check.conn_id}: history unavailable ({describe_error(exc)})")
+                self.log.warning("%s", errors[-1])
+                result[check.conn_id] = {**result[check.conn_id], "forecast": None, "chart": None}
         report = json.dumps({"observed_at": at.isoformat(), "balances": result}, indent=2).encode()
-        _replace(storage, self.history_bucket, f"{run_folder}report.json", report, "application/json")
-        self.log.info("Run report and charts in %s", _uri(self.history_bucket, run_folder))
-        return forecasts
+        try:
+            _replace(storage, self.history_bucket, f"{run_folder}report.json", report, "application/json")
+            self.log.info("Run report and charts in %s", _uri(self.history_bucket, run_folder))
+        except StorageError as exc:
+            errors.append(f"run report not written ({describe_error(exc)})")
+            self.log.warning("%s", errors[-1])
+        return forecasts, errors
+
+    def _forecast_one(
+        self,
+        store: HistoryStore,
+        run_folder: str,
+        check: BalanceCheck,
+        at: datetime,
+        result: dict[str, dict[str, Any]],
+    ) -> Forecast:
+        assert check.remaining is not None and self.forecast_days is not None
+        samples = store.record(check.conn_id, Sample(at, check.remaining))
+        fc = forecast(check.conn_id, check.vendor, samples, self.forecast_days, self.burn_window_days)
+        emit_metrics(check, samples, fc)
+        self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
+        chart = object_name(run_folder, check.conn_id, ".png")
+        _replace(store.storage, store.bucket, chart, render_chart(samples, fc), "image/png")
+        entry = {"forecast": fc.as_dict(), "chart": _uri(store.bucket, chart)}
+        result[check.conn_id] = {**result[check.conn_id], **entry}
+        return fc
 
     def _call_back(
         self,
@@ -342,11 +366,11 @@ class CreditMonitorOperator(BaseOperator):
 
     def _verdict(
         self,
-        result: dict[str, dict[str, Any]],
         checks: Sequence[BalanceCheck],
         problems: Sequence[BalanceCheck],
         alerts: Sequence[Forecast],
-    ) -> dict[str, dict[str, Any]]:
+    ) -> None:
+        """Warn about forecast alerts; fail (``on_low="fail"``) or warn about low and unreadable accounts."""
         if alerts:
             self.log.warning(
                 "%d account(s) forecast to run out within %s day(s): %s",
@@ -355,13 +379,13 @@ class CreditMonitorOperator(BaseOperator):
                 "; ".join(fc.describe() for fc in alerts),
             )
         if not problems:
-            return result
+            return
         message = f"{len(problems)} of {len(checks)} account(s) need attention: " + "; ".join(
             check.describe() for check in problems
         )
         if self.on_low == "warn":
             self.log.warning("%s", message)
-            return result
+            return
         if any(check.error is not None for check in problems):
             raise AirflowException(message)
         raise AirflowFailException(message)

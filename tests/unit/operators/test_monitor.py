@@ -327,3 +327,16 @@ def test_metrics_without_history(vendors: FakeVendors, metrics: list[Any]) -> No
     execute(monitor())
     names = {name for _, name, _, _ in metrics}
     assert names == {f"bgremoval.credits.remaining.{conn}" for conn in THRESHOLDS}
+
+
+def test_a_missing_history_bucket_fails_retryably_after_the_alerts(
+    vendors: FakeVendors, fake_gcs: Any
+) -> None:
+    vendors.set_poof(2000, 1990)  # 10 left: under the threshold of 20
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting("no-such-bucket-for-credit-history", on_low="warn", on_low_callback=received.append)
+    with pytest.raises(AirflowException, match="poof_default: history unavailable") as info:
+        run_on(op, 0)
+    assert not isinstance(info.value, AirflowFailException)
+    assert [entry["conn_id"] for entry in received[0]] == ["poof_default"]  # the low balance was alerted
+    assert received[0][0]["forecast"] is None
