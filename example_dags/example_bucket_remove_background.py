@@ -13,9 +13,9 @@
    still fails).
 5. **renditions** renders marketplace images (Amazon, Shopify, a thumbnail) of the PNG cut-outs,
    one folder each under `<renditions_prefix>`, locally: no vendor call, 0 credits. A rerun renders
-   only new or changed cut-outs, and a rendition added to the list is rendered for the whole
-   catalogue for free. Images that break a marketplace's rules (e.g. too small for Amazon) are
-   reported, never written.
+   only new or changed cut-outs, and a rendition added to *Renditions* (in the trigger form, or to
+   `RENDITIONS` for every run) is rendered for the whole catalogue for free. Images that break a
+   marketplace's rules (e.g. too small for Amazon) are reported, never written.
 
 Scheduled runs use the parameters' defaults; a manual run can change them in the trigger form.
 
@@ -46,7 +46,7 @@ POOL = "pixelcut_api"
 INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp"]
 
 # [START howto_bgremoval_renditions]
-#: Rendered from each PNG cut-out (free); add one here and the next run renders it for every photo.
+#: Rendered from each PNG cut-out (free); add one and the next run renders it for every photo.
 RENDITIONS = [
     {"name": "amazon", "preset": "amazon_main"},  # JPEG on pure white, 85 % fill, >= 1000 px
     {"name": "shopify", "preset": "shopify_square"},  # 2048 px square JPEG
@@ -89,6 +89,12 @@ with DAG(
             type="string",
             title="Renditions prefix",
             description="Marketplace renditions of the PNG cut-outs under this prefix.",
+        ),
+        "renditions": Param(
+            RENDITIONS,
+            type="array",
+            title="Renditions",
+            description="Images rendered from each PNG cut-out, free (docs/renditions.md).",
         ),
         "max_shards": Param(
             4, type="integer", minimum=1, title="Max shards", description="At most this many parallel tasks."
@@ -171,7 +177,7 @@ with DAG(
         destination_bucket="{{ params.destination_bucket }}",
         destination_prefix="{{ params.renditions_prefix }}",
         include=["*.png"],
-        renditions=RENDITIONS,
+        renditions="{{ params.renditions }}",
         on_error="continue",  # a non-compliant rendition is reported, not fatal
         trigger_rule="all_done_min_one_success",
     )

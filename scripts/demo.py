@@ -13,7 +13,9 @@
    anything is spent (charge log unchanged);
 6. run 3: balance restored → only the new photos are processed (nothing is charged twice);
 7. run 4: a plain rerun → everything skipped, 0 credits;
-8. prints a report and copies the outputs, report and contact sheet to ``demo-output/``.
+8. run 5: marketing asks for a new rendition (a square PNG), added in the run's conf → the DAG's
+   ``renditions`` task renders it from the stored cut-outs for every photo: 0 vendor calls, 0 credits;
+9. prints a report and copies the outputs, report and contact sheet to ``demo-output/``.
 
 Every step is checked; the script exits non-zero when anything did not go as described, and stops
 every process it started (also on Ctrl-C or SIGTERM). ``--quick`` runs the same flow with
@@ -49,6 +51,9 @@ DEST_BUCKET = "demo-cutouts"
 SOURCE_PREFIX = "products/"
 DEST_PREFIX = "cutouts/"
 VENDOR = "pixelcut"
+RENDITIONS_PREFIX = "renditions/"
+#: Run 5's new rendition, added to the example's own list.
+SQUARE = {"name": "square", "format": "png", "aspect": "1:1", "background": "transparent", "margin": "5%"}
 #: Every run's trigger conf: the example DAG's params for the demo buckets (its connection is
 #: ``pixelcut_default``).
 RUN_CONF: dict[str, Any] = {
@@ -57,6 +62,7 @@ RUN_CONF: dict[str, Any] = {
     "destination_bucket": DEST_BUCKET,
     "destination_prefix": DEST_PREFIX,
     "max_shards": 3,
+    "renditions_prefix": RENDITIONS_PREFIX,
 }
 
 
@@ -312,7 +318,7 @@ def describe(label: str, outcome: Outcome, report: dict[str, Any] | None, charge
 
 
 def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
-    """Copy the cut-outs and the run reports to ``demo-output/``."""
+    """Copy the cut-outs, their renditions and the run reports to ``demo-output/``."""
     shutil.rmtree(out, ignore_errors=True)
     count = 0
     for info in storage.list_objects(DEST_BUCKET, DEST_PREFIX):
@@ -322,6 +328,11 @@ def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(storage.read(DEST_BUCKET, info.name))
         count += 1
+    for info in storage.list_objects(DEST_BUCKET, RENDITIONS_PREFIX):  # not counted: cut-outs only
+        if "/_bgremoval/" not in "/" + info.name:
+            target = out / info.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read(DEST_BUCKET, info.name))
     for index, uri in enumerate(reports, start=1):
         bucket, _, name = uri[5:].partition("/")
         folder = name.rsplit("/", 1)[0] + "/"
@@ -424,6 +435,38 @@ def run_rerun(demo: Demo) -> None:
     demo.ledger.rows.append(describe("4 rerun", fourth, report, spent))
 
 
+def run_new_rendition(demo: Demo) -> None:
+    """Run 5: a new rendition in the run's conf: rendered from the stored cut-outs, 0 vendor calls."""
+    import runpy
+
+    admin = demo.admin
+    before, charges_before = admin.total_charged(VENDOR), len(admin.charges(VENDOR))
+    calls_before = len([r for r in admin.requests(VENDOR) if r.get("kind") == "process"])
+    example = runpy.run_path(str(DAGS / f"{DAG_ID}.py"))
+    renditions = [*example["RENDITIONS"], SQUARE]
+    fifth = demo.runner.run({**RUN_CONF, "renditions": renditions})
+    expect_success(fifth)
+    summary = fifth.xcom("renditions")
+    check(isinstance(summary, dict), f"no renditions summary in XCom ({fifth.task_states})")
+    counts = summary["renditions"]
+    photos = demo.good_first + 3
+    spent = admin.total_charged(VENDOR) - before
+    calls = len([r for r in admin.requests(VENDOR) if r.get("kind") == "process"]) - calls_before
+    check(counts["square"]["done"] == photos, f"expected {photos} square renditions: {counts['square']}")
+    check(spent == 0 and len(admin.charges(VENDOR)) == charges_before, f"the new rendition charged {spent}")
+    check(calls == 0, f"{calls} vendor call(s) for a rendition")
+    check(summary["credits_spent"] == "0", f"renditions summary says {summary['credits_spent']} credits")
+    for name in (r["name"] for r in example["RENDITIONS"]):
+        say(f"    {name}: {counts[name]}")
+    if counts["amazon"]["rejected"]:
+        say("    (amazon: the sample photos are below Amazon's 1,000 px minimum: reported, never written)")
+    say(f"    square: {counts['square']['done']} rendered from the stored cut-outs, {calls} vendor calls")
+    demo.ledger.rows.append(
+        f"  {'5 new rendition: square':<34} {fifth.state:<8} rendered {counts['square']['done']:>2}  "
+        f"vendor calls {calls}  credits {spent:g}  ({fifth.seconds:.0f} s)"
+    )
+
+
 def copy_outputs(demo: Demo, out: Path) -> int:
     """Copy the cut-outs, the reports and the first run's contact sheet to ``demo-output/``."""
     copied = download_outputs(demo.storage, out, demo.reports)
@@ -454,6 +497,7 @@ def print_report(demo: Demo, first: Outcome, out: Path, copied: int, seconds: fl
         f"{demo.good_first + 3} distinct images: none charged twice; the broken upload was never sent"
     )
     say(f"  outputs:       {rel}/{DEST_PREFIX} ({copied} cut-outs)")
+    say(f"  renditions:    {rel}/{RENDITIONS_PREFIX}<name>/ (shopify, thumb, square; amazon refused)")
     say(
         f"  contact sheet: {rel}/contact-sheet.png  "
         f"(in the bucket: {first.xcom('run_report')['contact_sheet_uri']})"
@@ -510,6 +554,8 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             run_topped_up(demo, start_balance)
         with step("Run 4: rerun: everything is skipped, 0 credits"):
             run_rerun(demo)
+        with step("Run 5: marketing asks for a square rendition of every photo"):
+            run_new_rendition(demo)
         with step(f"Copying outputs, reports and the contact sheet to {out.relative_to(REPO)}/"):
             copied = copy_outputs(demo, out)
         print_report(demo, first, out, copied, time.monotonic() - total_started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures
 import json
@@ -179,7 +180,8 @@ class BucketJobOperator(BaseOperator):
     :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table).
     :param shard: a shard of the run's plan (the pre-flight's XCom ``shards``, mapped): work on exactly it.
     :param renditions: renditions rendered locally from one master per source (docs/renditions.md):
-        a list of specs (``{"name": "amazon", "preset": "amazon_main"}``…); ``None``: one output per source.
+        a list of specs (``{"name": "amazon", "preset": "amazon_main"}``…), or a template rendering one
+        (``"{{ params.renditions }}"``); ``None``: one output per source.
     :param masters_prefix: where the masters go with ``renditions`` (``<destination_prefix>masters/``).
     :param rendition_presets: user-defined rendition presets by name.
     """
@@ -199,6 +201,7 @@ class BucketJobOperator(BaseOperator):
         "gcp_conn_id",
         "shard",
         "masters_prefix",
+        "renditions",
     )
 
     def __init__(
@@ -219,7 +222,7 @@ class BucketJobOperator(BaseOperator):
         max_credits: float | str | None = None,
         cost_per_image: float | str | None = None,
         shard: dict[str, Any] | str | None = None,
-        renditions: Sequence[Mapping[str, Any] | Rendition] | None = None,
+        renditions: Sequence[Mapping[str, Any] | Rendition] | str | None = None,
         masters_prefix: str | None = None,
         rendition_presets: Mapping[str, Any] | None = None,
         **kwargs: Any,
@@ -243,7 +246,8 @@ class BucketJobOperator(BaseOperator):
         self.renditions = renditions
         self.masters_prefix = masters_prefix
         self.rendition_presets = rendition_presets
-        parse_renditions(renditions, rendition_presets)  # fail at DAG parse on a bad spec or preset
+        if not is_template(renditions):
+            self.parsed_renditions()  # fail at DAG parse on a bad spec or preset
         # Fail at DAG parse for what is already known (templated values are checked at run time).
         if int(max_concurrency) < 1:
             raise InvalidOptionError("max_concurrency", "must be at least 1")
@@ -280,16 +284,20 @@ class BucketJobOperator(BaseOperator):
             masters_prefix=self._masters_prefix(),
         )
 
+    def parsed_renditions(self) -> tuple[Rendition, ...]:
+        """The validated renditions (a rendered template: the list as JSON or as Jinja prints it)."""
+        return parse_renditions(load_list(self.renditions, "renditions"), self.rendition_presets)
+
     def check_master_at_parse(self) -> None:
         """With renditions, refuse removal options that would not make a master (unless templated)."""
         options = getattr(self, "removal_options", None)
-        names = ("output_format", "background_color", "crop", "margin", "max_size")
+        names = ("output_format", "background_color", "crop", "margin", "max_size", "renditions")
         if self.renditions and options is not None and not any(is_template(getattr(self, n)) for n in names):
             check_master_options(options())
 
     def _masters_prefix(self) -> str | None:
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""
-        if not self.renditions:
+        if not self.parsed_renditions():
             return None
         return self.masters_prefix or f"{normalise_prefix(self.destination_prefix)}masters/"
 
@@ -300,7 +308,7 @@ class BucketJobOperator(BaseOperator):
         :param spec: the batch spec.
         :param processor: the vendor operation making the masters.
         """
-        renditions = parse_renditions(self.renditions, self.rendition_presets)
+        renditions = self.parsed_renditions()
         if not renditions:
             return None
         if self.shard not in (None, ""):
@@ -363,3 +371,24 @@ def check_master_options(options: RemovalOptions) -> None:
             f"with renditions the master is the vendor's cut-out as a lossless PNG with alpha: leave "
             f"{', '.join(local)} unset and put them in the renditions instead",
         )
+
+
+def load_list(value: Any, parameter: str) -> Any:
+    """
+    ``value``, or the list a rendered template's text holds: JSON, or a Python literal as Jinja prints one.
+
+    :param value: the parameter value.
+    :param parameter: the parameter name used in the error message.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise InvalidOptionError(
+            parameter, f"{value[:60]!r} is not a list (JSON or a Python literal)"
+        ) from None

@@ -17,7 +17,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
-from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
+from airflow_provider_bgremoval.renditions import Rendition
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 #: Sources never read as masters: the provider's own folder under the masters prefix.
@@ -35,7 +35,7 @@ class RenderRenditionsOperator(BucketImageOperator):
     ``<destination_prefix><name>/<relative stem><ext>`` exactly as theirs do, and what is finished is
     skipped the same way. It needs no vendor connection.
 
-    :param renditions: the renditions (docs/renditions.md), at least one.
+    :param renditions: the renditions (docs/renditions.md), at least one (or a template rendering them).
     :param source_bucket: bucket of the masters.
     :param destination_bucket: bucket of the renditions.
     :param source_prefix: the masters' prefix (e.g. ``products/masters/``).
@@ -52,7 +52,7 @@ class RenderRenditionsOperator(BucketImageOperator):
     def __init__(
         self,
         *,
-        renditions: Sequence[Mapping[str, Any] | Rendition],
+        renditions: Sequence[Mapping[str, Any] | Rendition] | str,
         source_bucket: str,
         destination_bucket: str,
         source_prefix: str = "",
@@ -89,7 +89,7 @@ class RenderRenditionsOperator(BucketImageOperator):
     def prepare_job(self) -> BucketJob:
         """The render-only job: storage, no hook, every source a master."""
         spec = self._spec()
-        renditions = parse_renditions(self.renditions, self.rendition_presets)
+        renditions = self.parsed_renditions()
         return BucketJob(
             spec=spec,
             storage=GcsStorage(gcp_conn_id=self.gcp_conn_id),

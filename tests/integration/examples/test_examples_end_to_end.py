@@ -159,6 +159,15 @@ def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, image
         assert storage.read(src, name) == data
 
 
+def bag_renditions() -> list[dict[str, object]]:
+    """The example's default renditions, as its trigger form holds them."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(BUCKET_DAG)).get_dag("example_bucket_remove_background")
+    assert dag is not None
+    return list(dag.params["renditions"])
+
+
 def test_bucket_example_renders_renditions_of_png_cutouts_for_free(
     env, dag_tester, pixelcut_pool, photos
 ) -> None:
@@ -194,6 +203,18 @@ def test_bucket_example_renders_renditions_of_png_cutouts_for_free(
     assert rerun.state == "success", rerun.task_states()
     assert rerun.xcom("renditions")["renditions"]["thumb"]["skipped"] == len(good)
     assert len(sandbox.admin.charges("pixelcut")) == len(good)
+    # Marketing asks for a square PNG: added in the trigger form, rendered for every photo, 0 calls.
+    calls = len(sandbox.admin.requests("pixelcut"))
+    square = {"name": "square", "format": "png", "aspect": "1:1", "background": "transparent"}
+    renditions = [*bag_renditions(), square]
+    later = dag_tester.run_file(
+        BUCKET_DAG, "example_bucket_remove_background", conf={**conf, "renditions": renditions}
+    )
+    assert later.state == "success", later.task_states()
+    counts = later.xcom("renditions")["renditions"]
+    assert counts["square"]["done"] == len(good) and counts["thumb"]["skipped"] == len(good)
+    assert len(sandbox.admin.charges("pixelcut")) == len(good)
+    assert [r for r in sandbox.admin.requests("pixelcut")[calls:] if r["kind"] == "process"] == []
 
 
 def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, images_dir) -> None:

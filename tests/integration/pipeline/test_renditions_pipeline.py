@@ -263,3 +263,37 @@ def test_the_run_report_contact_sheet_shows_each_master_and_its_renditions(env, 
     bucket, _, name = report["contact_sheet_uri"].removeprefix("gs://").partition("/")
     sheet = Image.open(io.BytesIO(storage.read(bucket, name)))
     assert sheet.size == contact_sheet_size(3, columns=1, renditions=2)
+
+
+GENERATE_DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import GenerateBackgroundOperator
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    GenerateBackgroundOperator(
+        task_id="scenes", conn_id="pixelcut_default", source_bucket={src!r}, source_prefix="raw/",
+        destination_bucket={dst!r}, destination_prefix="scenes/", scene="wood", retries=0,
+        renditions={renditions!r},
+    )
+"""
+
+
+def test_generate_background_scenes_are_masters_too(env, dag_tester) -> None:
+    sandbox, storage, src, dst, _ = env
+    # No alpha: the whole scene is the subject; a background shows only in the margin around it.
+    renditions = [
+        {"name": "thumb", "format": "webp", "size": 300, "background": "#ffffff", "margin": "5%"},
+        {"name": "banner", "format": "jpeg", "size": [1200, 400], "background": "#202020", "margin": "4%"},
+    ]
+    source = GENERATE_DAG.format(dag_id="renditions_scenes", src=src, dst=dst, renditions=renditions)
+    run = dag_tester.run(source, "renditions_scenes")
+    assert run.state == "success", run.task_states()
+    assert len(sandbox.admin.charges("pixelcut")) == len(SOURCES)  # one generate call per photo
+    summary = run.xcom("scenes")
+    assert summary["renditions"]["thumb"]["done"] == summary["renditions"]["banner"]["done"] == len(SOURCES)
+    master = Image.open(io.BytesIO(storage.read(dst, "scenes/masters/shoe.jpg")))
+    assert master.format == "JPEG" and master.size == (1024, 1024)  # the scene's JPEG is the master
+    thumb = Image.open(io.BytesIO(storage.read(dst, "scenes/thumb/shoe.webp")))
+    assert thumb.size == (300, 300)
+    banner = Image.open(io.BytesIO(storage.read(dst, "scenes/banner/bags/tote.jpg")))
+    assert banner.size == (1200, 400)

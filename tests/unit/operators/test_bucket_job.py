@@ -348,3 +348,21 @@ def test_a_bad_rendition_spec_fails_at_parse() -> None:
         RemoveBackgroundOperator(
             task_id="t", conn_id="pixian_default", renditions=[{"name": "x", "format": "gif"}], **BUCKETS
         )
+
+
+def test_templated_renditions_are_read_once_rendered(vendors: FakeVendors) -> None:
+    op = RemoveBackgroundOperator(
+        task_id="t", conn_id="pixian_default", renditions="{{ params.r }}", **BUCKETS
+    )
+    assert "renditions" in op.template_fields
+    for rendered in ('[{"name": "web", "format": "webp"}]', "[{'name': 'web', 'format': 'webp'}]"):
+        op.renditions = rendered  # as Airflow leaves it: JSON, or the list as Jinja prints it
+        job = op.prepare_job()
+        assert job.renditions is not None and [r.name for r in job.renditions.renditions] == ["web"]
+        assert job.spec.masters_prefix == "masters/"
+    op.renditions = "[]"
+    assert op.prepare_job().renditions is None and op.prepare_job().spec.masters_prefix is None
+    op.renditions = "amazon please"
+    with pytest.raises(InvalidOptionError, match="not a list") as info:
+        op.prepare_job()
+    assert info.value.parameter == "renditions"
