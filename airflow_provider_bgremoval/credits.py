@@ -256,10 +256,10 @@ class PoolVerdict:
         return f"pool ({target.pooling}) in {unit}: {'; '.join(parts)}; wanted {pooled}: {verdict}"
 
 
-HookFactory = Callable[[str], Awaitable["BackgroundRemovalHook[Any]"]]
+_HookFactory = Callable[[str], Awaitable["BackgroundRemovalHook[Any]"]]
 
 
-async def _aread(conn_id: str, get_hook: HookFactory) -> Balance | BaseException:
+async def _aread(conn_id: str, get_hook: _HookFactory) -> Balance | BaseException:
     try:
         hook = await get_hook(conn_id)
         async with aclosing(hook):
@@ -268,7 +268,7 @@ async def _aread(conn_id: str, get_hook: HookFactory) -> Balance | BaseException
         return exc
 
 
-async def aread_pool(conn_ids: Sequence[str], get_hook: HookFactory) -> dict[str, Balance | BaseException]:
+async def aread_pool(conn_ids: Sequence[str], get_hook: _HookFactory) -> dict[str, Balance | BaseException]:
     """
     Every account's balance (a free call), read concurrently; an account that fails gives its error.
 
