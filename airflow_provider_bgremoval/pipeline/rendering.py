@@ -89,7 +89,7 @@ class RenditionLayout:
     """
     Where a batch's renditions go and how their names follow from the masters'.
 
-    :param renditions: the renditions (:func:`~airflow_provider_bgremoval.renditions.parse_renditions`).
+    :param renditions: the renditions (:func:`~airflow_provider_bgremoval.renditions.spec.parse_renditions`).
     :param destination_prefix: the rendition folders' parent (normalised, ends with ``/`` or empty).
     :param masters_prefix: where the masters are (the prefix stripped from a master's name for its stem).
     :param master_extension: the masters' extension, stripped too (``""``: any, by ``splitext``).

@@ -193,3 +193,41 @@ def test_render_verdict_and_recorded_source() -> None:
     )
     assert (recorded_source(master).uri, recorded_source(master).generation) == ("gs://s/raw/x.jpg", 3)
     assert recorded_source(ObjectInfo("b", "old.png", 1, 1)).uri == "gs://b/old.png"
+
+
+def test_explicit_source_objects_look_renditions_up_by_name(buckets) -> None:
+    storage, src, dst = buckets
+    spec = BatchSpec(src, dst, source_objects=["a.png"], **SPEC_KW)  # a few names: a stat each
+    vendor = CutoutProcessor()
+    _, result, rows = batch(storage, spec, vendor, layout(WEB))
+    assert [row["status"] for row in rows] == ["done"] and result.renditions["web"]["done"] == 1
+    plan, _, rows = batch(storage, spec, vendor, layout(WEB, THUMB))
+    assert len(plan.render) == 1 and [e["status"] for e in rows[0]["renditions"]] == ["skipped", "done"]
+    assert len(vendor.calls) == 1
+
+
+def test_a_stop_request_leaves_render_only_items_pending(buckets) -> None:
+    storage, src, dst = buckets
+    spec = BatchSpec(src, dst, **SPEC_KW)
+    vendor = CutoutProcessor()
+    batch(storage, spec, vendor, layout(WEB))
+
+    async def go():
+        plan = await plan_batch(
+            storage,
+            spec,
+            extension=".png",
+            fingerprint=vendor.fingerprint,
+            vendor=vendor.vendor,
+            limits=vendor.limits,
+            renditions=layout(WEB, THUMB),
+        )
+        manifest = ManifestWriter()
+        runner = BatchRunner(storage, vendor, plan, manifest)
+        runner.request_stop("terminated", "the task was terminated")
+        result = await runner.run()
+        return result, read_manifest(manifest.getvalue())
+
+    result, rows = asyncio.run(go())
+    assert {row["status"] for row in rows} == {"pending"} and result.interrupted == "terminated"
+    assert list(storage.list_objects(dst, "out/thumb/")) == []
