@@ -66,42 +66,56 @@ class ClaimStore:
 
     def __post_init__(self) -> None:
         self.prefix = f"{self.internal_prefix}claims/"
-        self._held: dict[str, int] = {}  # destination -> generation of our claim object
+        self._held: dict[str, tuple[str, int]] = {}  # destination -> our claim object, its generation
         #: Destinations whose claim object was already there (an earlier try of this task instance,
         #: or a holder whose lease ran out): their output may exist, so look before paying.
         self.taken_over: set[str] = set()
 
-    def claim_name(self, destination: str) -> str:
-        """Object name of the claim for ``destination``."""
-        return self.prefix + hashlib.sha256(destination.encode()).hexdigest()[:40]
+    def claim_name(self, destination: str, source_generation: int = 0) -> str:
+        """
+        Object name of the claim for ``destination`` made from ``source_generation``: a new generation
+        of the source is new work, with a claim of its own (the run that made the old output holds no
+        claim on it).
 
-    def _write(self, destination: str, generation: int, *, released: bool = False) -> None:
+        :param destination: the output's object name.
+        :param source_generation: the source generation the output is made from (0: not known).
+        """
+        key = f"{destination}\n{source_generation}" if source_generation else destination
+        return self.prefix + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+    def _write(self, destination: str, name: str, generation: int, *, released: bool = False) -> None:
         """Write our claim object over ``generation`` (0: create-only) and remember its new generation."""
         expires = "0" if released else f"{self.clock() + self.lease_seconds:.0f}"
         info = self.storage.write(
             self.bucket,
-            self.claim_name(destination),
+            name,
             b"",
             content_type="text/plain",
             metadata={META_OWNER: self.owner, META_EXPIRES: expires, META_DESTINATION: destination},
             if_generation_match=generation,
         )
         if not released:
-            self._held[destination] = info.generation
+            self._held[destination] = (name, info.generation)
 
     def release(self, destination: str) -> None:
         """Give up our claim on ``destination`` (its output was not written): anyone may take it."""
-        generation = self._held.pop(destination, None)
-        if generation is not None:
+        held = self._held.pop(destination, None)
+        if held is not None:
             with suppress(WriteConflictError):  # taken over after our lease ran out: nothing of ours to free
-                self._write(destination, generation, released=True)
+                self._write(destination, *held, released=True)
 
-    def acquire(self, destination: str) -> ClaimHolder | None:
-        """Claim ``destination``; return ``None`` on success or the :class:`ClaimHolder` of a live claim."""
-        name = self.claim_name(destination)
+    def acquire(self, destination: str, source_generation: int = 0) -> ClaimHolder | None:
+        """
+        Claim ``destination`` made from ``source_generation``.
+
+        :param destination: the output's object name.
+        :param source_generation: the source generation the output is made from (0: not known).
+        :return: ``None`` on success, else the :class:`ClaimHolder` of a live claim.
+        """
+        name = self.claim_name(destination, source_generation)
         for _ in range(3):
             with suppress(WriteConflictError):
-                self._write(destination, 0)
+                self._write(destination, name, 0)
                 return None
             current = self.storage.stat(self.bucket, name)
             if current is None:
@@ -115,7 +129,7 @@ class ClaimStore:
             if holder != self.owner and expires > self.clock():
                 return ClaimHolder(holder, expires)
             with suppress(WriteConflictError):  # somebody else took it over first: look again
-                self._write(destination, current.generation)
+                self._write(destination, name, current.generation)
                 if meta.get(META_EXPIRES) != "0":  # a released claim's holder stored no output
                     self.taken_over.add(destination)
                 return None

@@ -485,7 +485,8 @@ class BatchRunner:
         if self.claims is None:
             return True
         try:
-            holder = await self._blocking(self.claims.acquire, flight.item.destination)
+            item = flight.item
+            holder = await self._blocking(self.claims.acquire, item.destination, item.source.generation)
         except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
             self._settle(
                 flight,

@@ -107,7 +107,11 @@ async def test_cleared_task_rerun_takes_over_its_own_claims(cell: Cell) -> None:
     vendor = "pixian"
     dead_try = ClaimStore(cell.storage, cell.dst, "out/_bgremoval/", OWNER_A)
     for name in sorted(cell.objects)[:20]:
-        assert dead_try.acquire("out/" + name.removeprefix("raw/").rsplit(".", 1)[0] + ".png") is None
+        generation = cell.storage.stat(cell.src, name).generation  # claims are per source generation
+        assert (
+            dead_try.acquire("out/" + name.removeprefix("raw/").rsplit(".", 1)[0] + ".png", generation)
+            is None
+        )
     stranger = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst, owner=OWNER_B)
     check_cell(stranger, cell.storage, cell.dst, total=BATCH)
     assert stranger.counts["pending"] == 20 and stranger.counts["done"] == BATCH - 20

@@ -388,7 +388,10 @@ def test_pending_claims_of_another_run_are_explained(cell: Cell, dag_tester, on_
     holder = "other_dag/manual__x/cutouts/-1"
     claims = ClaimStore(cell.storage, cell.dst, "out/_bgremoval/", holder)
     for name in sorted(cell.objects)[:8]:
-        assert claims.acquire("out/" + name.removeprefix("raw/").rsplit(".", 1)[0] + ".png") is None
+        generation = cell.storage.stat(cell.src, name).generation  # claims are per source generation
+        assert (
+            claims.acquire("out/" + name.removeprefix("raw/").rsplit(".", 1)[0] + ".png", generation) is None
+        )
     extra = "" if on_pending == "fail" else "on_pending='warn',"
     run = dag_tester.run(
         PENDING_DAG.format(dag_id=f"money_pending_{on_pending}", src=cell.src, dst=cell.dst, extra=extra),

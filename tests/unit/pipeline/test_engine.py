@@ -289,8 +289,9 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     seed(storage, src, [f"{i}.png" for i in range(8)])
     spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
     first = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
+    generations = [storage.stat(src, f"{i}.png").generation for i in range(8)]  # claims are per generation
     for i in range(4):  # run 1 is busy with half of the images
-        assert first.acquire(f"o/{i}.png") is None
+        assert first.acquire(f"o/{i}.png", generations[i]) is None
     processor = ScriptedProcessor()
     claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
     _, result, rows = run(storage, spec, processor, claims=claims)
@@ -299,10 +300,10 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     assert {row["error_code"] for row in rows if row["status"] == "pending"} == {"claimed_elsewhere"}
     # The same task instance (a retry) takes its own claims over at once.
     again = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
-    assert again.acquire("o/0.png") is None
+    assert again.acquire("o/0.png", generations[0]) is None
     # An expired claim can be taken over by anyone.
     late = ClaimStore(storage, dst, spec.internal_prefix, "dag/run3/t/-1", clock=lambda: 1e12)
-    assert late.acquire("o/1.png") is None
+    assert late.acquire("o/1.png", generations[1]) is None
 
 
 def test_a_retry_skips_what_its_dead_try_stored_under_its_claims(buckets) -> None:
