@@ -306,6 +306,33 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     assert late.acquire("o/1.png", generations[1]) is None
 
 
+def test_a_changed_source_is_paid_once_more_while_the_last_run_s_claims_are_live(buckets) -> None:
+    """Claims are per source generation: a run that made the old output holds no claim on the new one,
+    so a rerun with ``overwrite=True`` pays for the changed source at once (the other is skipped)."""
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png", "b.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/", overwrite=True)
+    first = ScriptedProcessor()
+    _, result, _ = run(
+        storage, spec, first, claims=ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
+    )
+    assert result.counts["done"] == 2  # run 1's claims stay live for the lease (an hour)
+    old = storage.stat(src, "a.png")
+    assert old is not None
+    storage.write(  # a new generation of a.png
+        src, "a.png", png(color="blue"), content_type="image/png", if_generation_match=old.generation
+    )
+    again = ScriptedProcessor()
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
+    _, result, rows = run(storage, spec, again, claims=claims)
+    assert again.calls == ["a.png"] and result.counts["done"] == 1 and result.counts["skipped"] == 1
+    assert not result.counts["pending"]
+    # the same generation is still protected: a third run finds run 2's live claim
+    assert claims.acquire("o/a.png", storage.stat(src, "a.png").generation) is None  # its own claim
+    other = ClaimStore(storage, dst, spec.internal_prefix, "dag/run3/t/-1")
+    assert other.acquire("o/a.png", storage.stat(src, "a.png").generation) is not None
+
+
 def test_a_retry_skips_what_its_dead_try_stored_under_its_claims(buckets) -> None:
     """A plan made before the try died lists every image; the retry takes its own claims over and
     skips the outputs the dead try stored instead of paying for them again."""
