@@ -217,7 +217,8 @@ class BatchRunner:
         self.result = BatchResult(billable=len(self.plan.items))
         self._items: Iterator[WorkItem] = iter(self.plan.items)
         self._render_items: Iterator[WorkItem] = iter(self.plan.render)
-        self._stage = RenditionStage(self.storage, self.plan.spec.destination_bucket, self.writer_id)
+        spec = self.plan.spec
+        self._stage = RenditionStage(self.storage, spec.destination_bucket, self.writer_id, spec.overwrite)
         self._flights: set[_Flight] = set()
         self._submitted = 0
         self._finished = 0

@@ -70,6 +70,28 @@ class RenditionTarget:
     existing: ObjectInfo | None = None
     finished: bool = False
 
+    @property
+    def foreign(self) -> bool:
+        """An object is in the way that is not a rendition of this name (no master recorded on it)."""
+        if self.existing is None:
+            return False
+        meta = self.existing.metadata or {}
+        return meta.get(META_RENDITION) != self.rendition.name or not meta.get(META_MASTER)
+
+    def blocked_facts(self, bucket: str) -> dict[str, Any]:
+        """The manifest entry of a rendition not written because a foreign object holds its name."""
+        return {
+            "name": self.rendition.name,
+            "preset": self.rendition.spec.preset,
+            "object": f"gs://{bucket}/{self.name}",
+            "fingerprint": self.rendition.fingerprint,
+            "status": "rejected",
+            "compliant": False,
+            "error_code": "output_exists",
+            "error_message": "an object the provider did not render is at this name; "
+            "not overwritten (set overwrite=True to replace it)",
+        }
+
     def skipped_facts(self, bucket: str) -> dict[str, Any]:
         """The manifest entry of a finished rendition."""
         assert self.existing is not None
@@ -183,11 +205,14 @@ class RenditionStage:
     :param storage: the storage.
     :param bucket: the destination bucket.
     :param writer_id: identity recorded on the renditions.
+    :param overwrite: replace objects found at a rendition's name that are not renditions of it
+        (else they are left alone and the rendition is ``rejected`` with ``output_exists``).
     """
 
     storage: GcsStorage
     bucket: str
     writer_id: str
+    overwrite: bool = False
 
     def run(
         self, data: bytes, master: ObjectInfo, source: ObjectInfo, targets: Sequence[RenditionTarget]
@@ -200,8 +225,10 @@ class RenditionStage:
         :param source: the source photo the master was made from.
         :param targets: every rendition of this image (finished ones are reported as skipped).
         """
-        todo = [target for target in targets if not target.finished]
+        blocked = [t for t in targets if not t.finished and t.foreign and not self.overwrite]
+        todo = [target for target in targets if not target.finished and target not in blocked]
         facts = {t.rendition.name: t.skipped_facts(self.bucket) for t in targets if t.finished}
+        facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)
         if todo:
             try:
                 outcomes = render(prepare_master(data), [target.rendition for target in todo])
@@ -302,7 +329,8 @@ def render_verdict(facts: Sequence[Mapping[str, Any]]) -> tuple[str, str | None,
     if bad["failed"]:
         return "failed", "rendition_failed", f"rendition(s) {message}"
     if bad["rejected"]:
-        return "rejected", "rendition_noncompliant", f"rendition(s) {message}"
+        exists = all(f.get("error_code") == "output_exists" for f in facts if f["status"] == "rejected")
+        return "rejected", "output_exists" if exists else "rendition_noncompliant", f"rendition(s) {message}"
     return "done", None, None
 
 

@@ -231,3 +231,30 @@ def test_a_stop_request_leaves_render_only_items_pending(buckets) -> None:
     result, rows = asyncio.run(go())
     assert {row["status"] for row in rows} == {"pending"} and result.interrupted == "terminated"
     assert list(storage.list_objects(dst, "out/thumb/")) == []
+
+
+def test_an_object_the_provider_did_not_render_is_never_replaced_without_overwrite(buckets) -> None:
+    storage, src, dst = buckets
+    storage.write(dst, "out/thumb/a.jpg", b"someone else's file", content_type="image/jpeg")
+    vendor = CutoutProcessor()
+    _, result, rows = batch(storage, BatchSpec(src, dst, **SPEC_KW), vendor, layout(WEB, THUMB))
+    by_source = {row["source"].rsplit("/raw/", 1)[1]: row for row in rows}
+    web, thumb = by_source["a.png"]["renditions"]
+    assert web["status"] == "done"
+    assert thumb["status"] == "rejected" and thumb["error_code"] == "output_exists"
+    assert storage.read(dst, "out/thumb/a.jpg") == b"someone else's file"
+    assert [e["status"] for e in by_source["b/c.png"]["renditions"]] == ["done", "done"]
+    assert result.bad_renditions == 1
+    # Render-only now (the masters are finished): still refused, and the row says why.
+    plan, _, rows = batch(storage, BatchSpec(src, dst, **SPEC_KW), vendor, layout(WEB, THUMB))
+    assert len(plan.render) == 1 and len(vendor.calls) == 2
+    row = next(row for row in rows if row["source"].endswith("/a.png"))
+    assert row["status"] == "rejected" and row["error_code"] == "output_exists"
+    assert storage.read(dst, "out/thumb/a.jpg") == b"someone else's file"
+    # overwrite=True: the foreign object is replaced by the rendition.
+    _, _, rows = batch(storage, BatchSpec(src, dst, overwrite=True, **SPEC_KW), vendor, layout(WEB, THUMB))
+    row = next(row for row in rows if row["source"].endswith("/a.png"))
+    assert [e["status"] for e in row["renditions"]] == ["skipped", "replaced"]
+    replaced = storage.stat(dst, "out/thumb/a.jpg")
+    assert replaced is not None and (replaced.metadata or {})["bgremoval-rendition"] == "thumb"
+    assert len(vendor.calls) == 2
