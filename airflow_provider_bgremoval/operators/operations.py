@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,59 @@ from airflow_provider_bgremoval.pipeline.processors import (
     RemovalProcessor,
 )
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
+
+#: The bucket operations (the arrivals trigger's ``operation``).
+OPERATIONS = ("remove_background", "generate_background")
+#: The unified removal options, as ``RemoveBackgroundOperator`` takes them (and ``vendor_options``).
+REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
+#: The generate-background options, as ``GenerateBackgroundOperator`` takes them.
+GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
+
+
+def removal_options_of(options: Mapping[str, Any]) -> RemovalOptions:
+    """
+    The validated unified options from the removal parameters (absent ones: the operator's defaults).
+
+    :param options: the parameters by name (:data:`REMOVAL_FIELDS`; others are ignored).
+    """
+    return RemovalOptions.create(**{name: options[name] for name in REMOVAL_FIELDS if name in options})
+
+
+def generation_options_of(options: Mapping[str, Any]) -> PixelcutGenerateOptions:
+    """
+    The validated generate-background options from their parameters.
+
+    :param options: the parameters by name (:data:`GENERATION_FIELDS`; others are ignored).
+    """
+    return PixelcutGenerateOptions.coerce({name: options.get(name) for name in GENERATION_FIELDS})
+
+
+def processor_for(
+    operation: str,
+    hook: BackgroundRemovalHook[Any],
+    options: Mapping[str, Any],
+    cost: Decimal | None = None,
+) -> ImageProcessor:
+    """
+    The vendor operation a bucket task of ``operation`` applies to each image (its fingerprint, vendor,
+    extension and limits too); generate-background needs a Pixelcut hook.
+
+    :param operation: ``remove_background`` or ``generate_background``.
+    :param hook: the vendor hook.
+    :param options: the operation's parameters by name (:data:`REMOVAL_FIELDS` and ``vendor_options``,
+        or :data:`GENERATION_FIELDS`).
+    :param cost: the ``cost_per_image`` override, when given.
+    """
+    if operation == "generate_background":
+        if not isinstance(hook, PixelcutHook):
+            raise InvalidOptionError(
+                "conn_id",
+                f"generate-background is a Pixelcut feature; "
+                f"{hook.conn_id!r} is a {hook.conn_type} connection",
+            )
+        return GenerationProcessor(hook, generation_options_of(options), cost_per_image=cost)
+    removal = removal_options_of(options)
+    return RemovalProcessor(hook, removal, options.get("vendor_options"), cost_per_image=cost)
 
 
 class RemovalParameters(BucketJobOperator):
@@ -65,19 +118,15 @@ class RemovalParameters(BucketJobOperator):
         if not any(is_template(v) for v in (output_format, background_color, crop, margin, max_size)):
             self.removal_options()  # fail at DAG parse on bad options
 
+    def _options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (*REMOVAL_FIELDS, "vendor_options")}
+
     def removal_options(self) -> RemovalOptions:
         """The validated unified options."""
-        return RemovalOptions.create(
-            output_format=self.output_format,
-            background_color=self.background_color,
-            crop=self.crop,
-            margin=self.margin,
-            max_size=self.max_size,
-            jpeg_quality=self.jpeg_quality,
-        )
+        return removal_options_of(self._options())
 
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
-        return RemovalProcessor(hook, self.removal_options(), self.vendor_options, cost_per_image=cost)
+        return processor_for("remove_background", hook, self._options(), cost)
 
 
 class GenerationParameters(BucketJobOperator):
@@ -117,22 +166,12 @@ class GenerationParameters(BucketJobOperator):
         if not any(is_template(v) for v in (scene, prompt, negative_prompt)):
             self.generate_options()  # fail at DAG parse on bad or conflicting options
 
+    def _options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in GENERATION_FIELDS}
+
     def generate_options(self) -> PixelcutGenerateOptions:
         """The validated generate-background options."""
-        return PixelcutGenerateOptions.coerce(
-            {
-                "scene": self.scene,
-                "prompt": self.prompt,
-                "negative_prompt": self.negative_prompt,
-                "image_transform": self.image_transform,
-            }
-        )
+        return generation_options_of(self._options())
 
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
-        if not isinstance(hook, PixelcutHook):
-            raise InvalidOptionError(
-                "conn_id",
-                f"generate-background is a Pixelcut feature; "
-                f"{self.conn_id!r} is a {hook.conn_type} connection",
-            )
-        return GenerationProcessor(hook, self.generate_options(), cost_per_image=cost)
+        return processor_for("generate_background", hook, self._options(), cost)

@@ -19,8 +19,12 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
-from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.operators.operations import (
+    OPERATIONS,
+    generation_options_of,
+    processor_for,
+    removal_options_of,
+)
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchSpec,
     DestinationCollisionError,
@@ -28,24 +32,13 @@ from airflow_provider_bgremoval.pipeline.planning import (
     WorkItem,
     plan_into,
 )
-from airflow_provider_bgremoval.pipeline.processors import (
-    GenerationProcessor,
-    ImageProcessor,
-    RemovalProcessor,
-)
+from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
-from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
 
 log = logging.getLogger(__name__)
 
-#: The operations a watcher can match (the bucket operators' ``operation``).
-OPERATIONS = ("remove_background", "generate_background")
 #: Key prefix of the watermark in the watched asset's state store.
 STATE_KEY_PREFIX = "bgremoval.arrivals:"
-#: The unified options the trigger accepts, as ``RemoveBackgroundOperator`` takes them.
-_REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
-#: The generate-background options, as ``GenerateBackgroundOperator`` takes them.
-_GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
 
 
 @dataclass(frozen=True)
@@ -281,7 +274,10 @@ class NewImagesTrigger(BaseEventTrigger):
             "image_transform": image_transform,
         }
         self.options: dict[str, Any] = {name: _primitive(value) for name, value in given.items()}
-        self._options_identity()  # fail at DAG parse on bad options, as the operators do
+        if operation == "generate_background":  # fail at DAG parse on bad options, as the operators do
+            generation_options_of(self.options)
+        else:
+            removal_options_of(self.options)
 
     # -- serialisation ---------------------------------------------------------------------------------
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -323,25 +319,13 @@ class NewImagesTrigger(BaseEventTrigger):
         return f"{STATE_KEY_PREFIX}{digest[:16]}"
 
     # -- what finishes an image: the bucket operators' processor identity -----------------------------------
-    def _options_identity(self) -> RemovalOptions | PixelcutGenerateOptions:
-        if self.operation == "generate_background":
-            return PixelcutGenerateOptions.coerce({name: self.options[name] for name in _GENERATION_FIELDS})
-        return RemovalOptions.create(**{name: self.options[name] for name in _REMOVAL_FIELDS})
-
     def build_processor(self, hook: BackgroundRemovalHook[Any]) -> ImageProcessor:
         """
         The bucket task's processor (extension, fingerprint, vendor, limits); it is never called.
 
         :param hook: the vendor hook of ``conn_id``.
         """
-        options = self._options_identity()
-        if isinstance(options, PixelcutGenerateOptions):
-            if not isinstance(hook, PixelcutHook):
-                raise InvalidOptionError(
-                    "conn_id", f"generate-background needs Pixelcut, not {hook.conn_type}"
-                )
-            return GenerationProcessor(hook, options)
-        return RemovalProcessor(hook, options, self.options["vendor_options"])
+        return processor_for(self.operation, hook, self.options)
 
     async def get_processor(self) -> ImageProcessor:
         """The processor for ``conn_id``, its connection read without blocking (tests override this)."""

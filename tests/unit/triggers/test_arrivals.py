@@ -188,8 +188,31 @@ def test_the_fingerprint_is_the_generation_operators() -> None:
     operator = GenerateBackgroundOperator(task_id="scenes", **options)
     hook = BackgroundRemovalHook.get_hook("pixelcut_default")
     assert trigger.build_processor(hook).fingerprint == operator.build_processor(hook, None).fingerprint
-    with pytest.raises(InvalidOptionError, match="Pixelcut"):
-        trigger.build_processor(BackgroundRemovalHook.get_hook("pixian_default"))
+    pixian = BackgroundRemovalHook.get_hook("pixian_default")
+    with pytest.raises(InvalidOptionError, match="Pixelcut") as mine:
+        trigger.build_processor(pixian)
+    with pytest.raises(InvalidOptionError) as theirs:
+        operator.build_processor(pixian, None)
+    assert str(mine.value) == str(theirs.value)  # one check, operations.processor_for, for both
+
+
+def test_trigger_and_operators_build_processors_with_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_bgremoval.operators import operations
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    real = operations.processor_for
+
+    def spy(operation: str, hook: Any, options: Any, cost: Any = None) -> Any:
+        calls.append((operation, dict(options)))
+        return real(operation, hook, options, cost)
+
+    monkeypatch.setattr(operations, "processor_for", spy)
+    monkeypatch.setattr("airflow_provider_bgremoval.triggers.arrivals.processor_for", spy)
+    hook = BackgroundRemovalHook.get_hook("pixian_default")
+    make().build_processor(hook)
+    RemoveBackgroundOperator(task_id="cut", **BATCH).build_processor(hook, None)
+    assert [operation for operation, _ in calls] == ["remove_background"] * 2
+    assert calls[0][1]["background_color"] == calls[1][1]["background_color"] == "#ffffff"
 
 
 # -- settle rules ----------------------------------------------------------------------------------
