@@ -19,23 +19,34 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.operators.bucket_job import (
+    check_master,
+    check_master_options,
+    is_template,
+    load_list,
+)
 from airflow_provider_bgremoval.operators.operations import (
     OPERATIONS,
     generation_options_of,
     processor_for,
     removal_options_of,
 )
+from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
+    BatchPlan,
     BatchSpec,
     DestinationCollisionError,
-    PlannedOutcome,
-    WorkItem,
     plan_into,
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
+from airflow_provider_bgremoval.renditions import Rendition, RenditionSpec, parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
+
+#: The rendition parameters (left out of the state key when unset, so it is the one kept before them).
+_RENDITION_PARAMETERS = ("renditions", "masters_prefix", "rendition_presets")
 
 #: Key prefix of the watermark in the watched asset's state store.
 STATE_KEY_PREFIX = "bgremoval.arrivals:"
@@ -135,18 +146,35 @@ class Arrivals:
         return None
 
 
-class _Counts:
-    """A plan sink that only counts (the trigger needs verdicts, not items)."""
+@dataclass(frozen=True)
+class PlanCounts:
+    """
+    The verdicts of the new sources' plan (the trigger needs counts, not items).
 
-    def __init__(self) -> None:
-        self.unfinished = 0
-        self.settled: dict[str, int] = {}
+    :param billable: sources without a finished output (a vendor call each).
+    :param render_only: sources with a finished master and a rendition missing or stale (0 credits).
+    :param finished: sources whose output (and every rendition) is finished.
+    :param rejected: sources the run would refuse (``output_exists`` without ``overwrite``).
+    """
 
-    def add(self, item: WorkItem) -> None:
-        self.unfinished += 1
+    billable: int = 0
+    render_only: int = 0
+    finished: int = 0
+    rejected: int = 0
 
-    def settle(self, outcome: PlannedOutcome) -> None:
-        self.settled[outcome.status] = self.settled.get(outcome.status, 0) + 1
+    @property
+    def unfinished(self) -> int:
+        """Sources the bucket task has work for."""
+        return self.billable + self.render_only
+
+    @classmethod
+    def of(cls, plan: BatchPlan) -> PlanCounts:
+        """
+        The counts of ``plan``.
+
+        :param plan: the plan of the new sources.
+        """
+        return cls(len(plan.items), len(plan.render), plan.count("skipped"), plan.count("rejected"))
 
 
 def _primitive(value: Any) -> Any:
@@ -160,6 +188,15 @@ def _primitive(value: Any) -> Any:
     return value
 
 
+def _rendition_primitive(value: Any) -> Any:
+    """A rendition as given, as JSON primitives (a spec or a validated rendition as its spec's fields)."""
+    if isinstance(value, Rendition):
+        value = value.spec
+    if isinstance(value, RenditionSpec):
+        value = value.as_dict()
+    return _primitive(value)
+
+
 class NewImagesTrigger(BaseEventTrigger):
     """
     Fire when images without a finished output arrived under a source prefix and the arrivals settled.
@@ -169,7 +206,7 @@ class NewImagesTrigger(BaseEventTrigger):
     rule: same name mapping, options fingerprint and vendor). No vendor call, nothing billed. It fires
     when at least ``min_batch`` such images wait and no new object arrived for ``settle_seconds``, or
     when images have waited ``max_wait`` seconds. The event carries counts and the watermark:
-    ``{"status": "new_images", "images", "finished", "rejected", "listed", "settled_by",
+    ``{"status": "new_images", "images", "render_only", "finished", "rejected", "listed", "settled_by",
     "waited_seconds", "source", "destination", "watermark", "previous_watermark"}``.
 
     The watermark (docs/arrivals.md) is kept in the watched asset's state store, so a restarted
@@ -203,6 +240,10 @@ class NewImagesTrigger(BaseEventTrigger):
     :param prompt: as the generation task's.
     :param negative_prompt: as the generation task's.
     :param image_transform: as the generation task's.
+    :param renditions: as the bucket task's (docs/pipeline.md "Renditions"): a source whose master is
+        finished but a rendition missing or stale counts as an image to process (render-only, 0 credits).
+    :param masters_prefix: as the bucket task's (with ``renditions``; ``<destination_prefix>masters/``).
+    :param rendition_presets: as the bucket task's (user-defined presets, as mappings of spec fields).
     """
 
     def __init__(
@@ -234,8 +275,17 @@ class NewImagesTrigger(BaseEventTrigger):
         prompt: str | None = None,
         negative_prompt: str | None = None,
         image_transform: Mapping[str, float] | None = None,
+        renditions: Sequence[Mapping[str, Any] | Rendition | RenditionSpec] | str | None = None,
+        masters_prefix: str | None = None,
+        rendition_presets: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        if is_template(renditions):
+            raise InvalidOptionError("renditions", "a trigger is not templated: give the list itself")
+        self.renditions: Any = _rendition_primitive(load_list(renditions, "renditions"))
+        self.rendition_presets: Any = _primitive(rendition_presets)
+        self.masters_prefix = masters_prefix
+        self.parsed_renditions = self._parse_renditions(renditions, rendition_presets)
         self.spec = BatchSpec(
             source_bucket=source_bucket,
             destination_bucket=destination_bucket,
@@ -244,6 +294,7 @@ class NewImagesTrigger(BaseEventTrigger):
             include=[include] if isinstance(include, str) else _primitive(include),
             exclude=[exclude] if isinstance(exclude, str) else _primitive(exclude),
             overwrite=bool(overwrite),
+            masters_prefix=self._masters_prefix(destination_prefix),
         )
         if operation not in OPERATIONS:
             raise InvalidOptionError("operation", f"{operation!r} is not one of {', '.join(OPERATIONS)}")
@@ -276,8 +327,30 @@ class NewImagesTrigger(BaseEventTrigger):
         self.options: dict[str, Any] = {name: _primitive(value) for name, value in given.items()}
         if operation == "generate_background":  # fail at DAG parse on bad options, as the operators do
             generation_options_of(self.options)
+        elif self.parsed_renditions:
+            check_master_options(removal_options_of(self.options))
         else:
             removal_options_of(self.options)
+        if self.parsed_renditions:  # a rendition folder overlapping the masters: refused here too
+            RenditionLayout(self.parsed_renditions, self.spec.destination_prefix, self.spec.output_prefix)
+
+    def _parse_renditions(self, given: Any, presets: Mapping[str, Any] | None) -> tuple[Rendition, ...]:
+        """The validated renditions; those given must survive serialisation unchanged."""
+        parsed = parse_renditions(self.renditions, self.rendition_presets)
+        as_given = parse_renditions(load_list(given, "renditions"), presets)
+        if [r.fingerprint for r in parsed] != [r.fingerprint for r in as_given]:
+            raise InvalidOptionError(
+                "renditions",
+                "give the renditions and presets as mappings of spec fields (a trigger "
+                "serialises to primitives, and these do not round-trip)",
+            )
+        return parsed
+
+    def _masters_prefix(self, destination_prefix: str) -> str | None:
+        """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/`` (as operators)."""
+        if not self.parsed_renditions:
+            return None
+        return self.masters_prefix or f"{normalise_prefix(destination_prefix)}masters/"
 
     # -- serialisation ---------------------------------------------------------------------------------
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -300,6 +373,9 @@ class NewImagesTrigger(BaseEventTrigger):
             "min_batch": self.min_batch,
             "ordered_names": self.ordered_names,
             **self.options,
+            "renditions": self.renditions,
+            "masters_prefix": self.masters_prefix,
+            "rendition_presets": self.rendition_presets,
         }
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
@@ -314,7 +390,12 @@ class NewImagesTrigger(BaseEventTrigger):
         """The watermark's key in the asset state store: what is watched and what finishes it."""
         _, kwargs = self.serialize()
         timing = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
-        identity = {k: v for k, v in kwargs.items() if k not in timing}
+        identity = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in timing
+            and not (k in _RENDITION_PARAMETERS and v is None)  # the keys before renditions
+        }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         return f"{STATE_KEY_PREFIX}{digest[:16]}"
 
@@ -326,6 +407,20 @@ class NewImagesTrigger(BaseEventTrigger):
         :param hook: the vendor hook of ``conn_id``.
         """
         return processor_for(self.operation, hook, self.options)
+
+    def rendition_layout(self, processor: ImageProcessor) -> RenditionLayout | None:
+        """
+        Where the bucket task's renditions go (``None`` without renditions), as the operators lay them out.
+
+        :param processor: the bucket task's processor (it makes the masters).
+        """
+        if not self.parsed_renditions:
+            return None
+        check_master(processor)
+        spec = self.spec
+        return RenditionLayout(
+            self.parsed_renditions, spec.destination_prefix, spec.output_prefix, processor.extension
+        )
 
     async def get_processor(self) -> ImageProcessor:
         """The processor for ``conn_id``, its connection read without blocking (tests override this)."""
@@ -393,7 +488,7 @@ class NewImagesTrigger(BaseEventTrigger):
 
     def count_unfinished(
         self, storage: GcsStorage, processor: ImageProcessor, sources: Sequence[ObjectInfo]
-    ) -> _Counts:
+    ) -> PlanCounts:
         """
         Plan ``sources`` as the bucket task would, without reading them (blocking: run in a thread).
 
@@ -401,27 +496,27 @@ class NewImagesTrigger(BaseEventTrigger):
         :param processor: the bucket task's processor identity.
         :param sources: the sources beyond the watermark, in name order.
         """
-        counts = _Counts()
         try:
-            plan_into(
+            plan = plan_into(
                 storage,
                 self.spec,
-                counts,
+                BatchPlan(spec=self.spec, checked=False),
                 extension=processor.extension,
                 fingerprint=processor.fingerprint,
                 vendor=processor.vendor,
                 limits=processor.limits,
                 check=False,
                 sources=[(info.name, info) for info in sources],
+                renditions=self.rendition_layout(processor),
             )
         except DestinationCollisionError as exc:  # the run refuses the batch and says why: let it
             log.warning("New sources collide (the run will refuse them): %s", exc)
-            counts.unfinished, counts.settled = len(sources), {}
-        return counts
+            return PlanCounts(billable=len(sources))
+        return PlanCounts.of(plan)
 
     def _event(
         self,
-        counts: _Counts,
+        counts: PlanCounts,
         sources: Sequence[ObjectInfo],
         reason: str,
         waited: float,
@@ -432,8 +527,9 @@ class NewImagesTrigger(BaseEventTrigger):
         payload = {
             "status": "new_images",
             "images": counts.unfinished,
-            "finished": counts.settled.get("skipped", 0),
-            "rejected": counts.settled.get("rejected", 0),
+            "render_only": counts.render_only,
+            "finished": counts.finished,
+            "rejected": counts.rejected,
             "listed": len(sources),
             "settled_by": reason,
             "waited_seconds": round(waited, 1),

@@ -9,6 +9,7 @@ replaced (the store by a dict with its ``aget``/``aset``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,12 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE,
     META_SOURCE_GENERATION,
     META_VENDOR,
+)
+from airflow_provider_bgremoval.pipeline.rendering import (
+    META_MASTER,
+    META_MASTER_GENERATION,
+    META_RENDITION,
+    META_RENDITION_FINGERPRINT,
 )
 from airflow_provider_bgremoval.triggers.arrivals import Arrivals, NewImagesTrigger, Watermark
 from tests.support.connections import set_connection
@@ -415,3 +422,125 @@ def test_a_failed_watermark_write_fires_nothing_until_it_is_kept() -> None:
     events = timeline.run(trigger)
     assert [p["images"] for _, p in events] == [1]  # one poll later, once the watermark was kept
     assert store.values[trigger.state_key]["fires"] == 1
+
+
+# -- renditions: the trigger mirrors a renditions task -------------------------------------------------
+RENDITIONS_BATCH: dict[str, Any] = {
+    **{k: v for k, v in BATCH.items() if k not in ("output_format", "background_color")},
+    "renditions": [{"name": "web", "format": "webp", "max_size": 512}, {"name": "shop", "preset": "square"}],
+    "rendition_presets": {"square": {"format": "jpeg", "size": [400, 400], "background": "#ffffff"}},
+}
+
+
+def finish_rendition(storage: MemoryStorage, trigger: NewImagesTrigger, master: str, rendition: str) -> None:
+    """Store ``rendition`` of the stored ``master`` as the bucket task renders it (its metadata)."""
+    layout = trigger.rendition_layout(
+        trigger.build_processor(BackgroundRemovalHook.get_hook(trigger.conn_id))
+    )
+    assert layout is not None
+    wanted = next(r for r in layout.renditions if r.name == rendition)
+    info = storage.info("dst", master)
+    meta = {
+        META_MASTER: info.uri,
+        META_MASTER_GENERATION: str(info.generation),
+        META_RENDITION: wanted.name,
+        META_RENDITION_FINGERPRINT: wanted.fingerprint,
+    }
+    storage.put("dst", layout.name_of(wanted, master), b"rendition", meta)
+
+
+def test_the_shared_batch_dict_with_renditions_builds_the_operators_layout() -> None:
+    batch = {**RENDITIONS_BATCH, "masters_prefix": "originals/"}
+    trigger = NewImagesTrigger(**batch)  # the documented pattern: one dict for the trigger and the task
+    operator = RemoveBackgroundOperator(task_id="cut", **batch)
+    hook = BackgroundRemovalHook.get_hook("pixian_default")
+    processor = operator.build_processor(hook, None)
+    assert trigger.spec == operator._spec() and trigger.spec.output_prefix == "originals/"
+    mine = trigger.rendition_layout(trigger.build_processor(hook))
+    theirs = operator.rendition_layout(operator._spec(), processor)
+    assert mine is not None and theirs is not None
+    assert (mine.renditions, mine.destination_prefix, mine.masters_prefix, mine.master_extension) == (
+        theirs.renditions,
+        theirs.destination_prefix,
+        theirs.masters_prefix,
+        theirs.master_extension,
+    )
+    master = "originals/2026/shoe.png"
+    assert [mine.name_of(r, master) for r in mine.renditions] == [
+        theirs.name_of(r, master) for r in theirs.renditions
+    ]
+    default = NewImagesTrigger(**RENDITIONS_BATCH)
+    assert (
+        default.spec.output_prefix
+        == "cutouts/masters/"
+        == RemoveBackgroundOperator(task_id="cut", **RENDITIONS_BATCH)._spec().output_prefix
+    )
+    assert (
+        make().rendition_layout(make().build_processor(hook)) is None and make().spec.masters_prefix is None
+    )
+
+
+def test_renditions_serialise_as_primitives_and_shape_the_state_key() -> None:
+    from airflow_provider_bgremoval.renditions import RenditionSpec
+
+    spec = RenditionSpec.coerce(
+        {"name": "thumb", "format": "jpeg", "size": [256, 256], "background": "#f4f4f4"}
+    )
+    trigger = NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": [spec, *RENDITIONS_BATCH["renditions"]]})
+    _, kwargs = trigger.serialize()
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    rebuilt = NewImagesTrigger(**kwargs)
+    assert rebuilt == trigger and rebuilt.state_key == trigger.state_key
+    assert [r.fingerprint for r in rebuilt.parsed_renditions] == [
+        r.fingerprint for r in trigger.parsed_renditions
+    ]
+    assert trigger.state_key != NewImagesTrigger(**RENDITIONS_BATCH).state_key
+    # without renditions the key is the one kept before the rendition parameters existed
+    _, plain = make().serialize()
+    before = {
+        k: v for k, v in plain.items() if k not in ("renditions", "masters_prefix", "rendition_presets")
+    }
+    timing = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
+    digest = hashlib.sha256(
+        json.dumps({k: v for k, v in before.items() if k not in timing}, sort_keys=True).encode()
+    ).hexdigest()
+    assert make().state_key == f"bgremoval.arrivals:{digest[:16]}"
+
+
+def test_bad_renditions_fail_at_construction() -> None:
+    with pytest.raises(InvalidOptionError, match="renditions"):  # a master must be a lossless cut-out
+        NewImagesTrigger(**{**RENDITIONS_BATCH, "output_format": "jpeg"})
+    with pytest.raises(InvalidOptionError, match=r"renditions\[0\]"):
+        NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": [{"name": "web", "format": "gif"}]})
+    with pytest.raises(InvalidOptionError, match="masters"):
+        NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": [{"name": "masters", "format": "png"}]})
+    with pytest.raises(InvalidOptionError, match="templated"):
+        NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": "{{ params.renditions }}"})
+
+
+def test_a_finished_master_with_a_missing_rendition_fires_render_only_work() -> None:
+    storage = MemoryStorage()
+    trigger = NewImagesTrigger(**RENDITIONS_BATCH, **TIMING)
+    for name in ("a", "b", "c"):
+        storage.put("src", f"incoming/{name}.jpg", b"photo")
+    for name in ("a", "b"):  # masters made; b has all its renditions, a lacks "shop"
+        finish(storage, trigger, f"incoming/{name}.jpg", f"cutouts/masters/{name}.png")
+        finish_rendition(storage, trigger, f"cutouts/masters/{name}.png", "web")
+    finish_rendition(storage, trigger, "cutouts/masters/b.png", "shop")
+    events = Timeline(storage, until=40).run(trigger)
+    assert [(p["images"], p["render_only"], p["finished"], p["listed"]) for _, p in events] == [(2, 1, 1, 3)]
+
+
+def test_a_master_with_every_rendition_finished_fires_nothing() -> None:
+    storage = MemoryStorage()
+    trigger = NewImagesTrigger(**RENDITIONS_BATCH, **TIMING)
+    storage.put("src", "incoming/a.jpg", b"photo")
+    finish(storage, trigger, "incoming/a.jpg", "cutouts/masters/a.png")
+    for rendition in ("web", "shop"):
+        finish_rendition(storage, trigger, "cutouts/masters/a.png", rendition)
+    # an output under destination_prefix itself is not the master: it does not finish the source
+    assert Timeline(storage, until=40).run(trigger) == []
+    storage.put("src", "incoming/b.jpg", b"photo")
+    finish(storage, trigger, "incoming/b.jpg", "cutouts/b.png")
+    events = Timeline(storage, until=40).run(trigger)
+    assert [(p["images"], p["render_only"]) for _, p in events] == [(1, 0)]
