@@ -46,6 +46,19 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
+#: The parameters the rendition layout follows from (its checks wait for them to be rendered).
+_LAYOUT_FIELDS = (
+    "renditions",
+    "source_bucket",
+    "destination_bucket",
+    "source_prefix",
+    "source_objects",
+    "destination_prefix",
+    "masters_prefix",
+    "shard",
+)
+
+
 def is_template(value: Any) -> bool:
     """
     True when ``value`` is a Jinja template (checked once rendered).
@@ -256,6 +269,7 @@ class BucketJobOperator(BaseOperator):
         for name in ("max_credits", "cost_per_image"):
             if not is_template(getattr(self, name)):
                 parse_credits(getattr(self, name), name)
+        self.check_layout_at_parse()
 
     @abstractmethod
     def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
@@ -288,6 +302,17 @@ class BucketJobOperator(BaseOperator):
         """The validated renditions (a rendered template: the list as JSON or as Jinja prints it)."""
         return parse_renditions(load_list(self.renditions, "renditions"), self.rendition_presets)
 
+    @property
+    def single_output(self) -> bool:
+        """No renditions: one output per source."""
+        return not self.parsed_renditions()
+
+    def check_layout_at_parse(self) -> None:
+        """At DAG parse, refuse rendition folders overlapping the masters or sources (unless templated)."""
+        if any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS) or self.single_output:
+            return
+        self.layout_of(self._spec(), self.parsed_renditions())
+
     def check_master_at_parse(self) -> None:
         """With renditions, refuse removal options that would not make a master (unless templated)."""
         options = getattr(self, "removal_options", None)
@@ -297,7 +322,7 @@ class BucketJobOperator(BaseOperator):
 
     def _masters_prefix(self) -> str | None:
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""
-        if not self.parsed_renditions():
+        if self.single_output:
             return None
         return self.masters_prefix or f"{normalise_prefix(self.destination_prefix)}masters/"
 
@@ -308,13 +333,34 @@ class BucketJobOperator(BaseOperator):
         :param spec: the batch spec.
         :param processor: the vendor operation making the masters.
         """
-        renditions = self.parsed_renditions()
-        if not renditions:
+        if self.single_output:
             return None
+        layout = self.layout_of(spec, self.parsed_renditions(), processor.extension)
         if self.shard not in (None, ""):
             raise InvalidOptionError("shard", "a plan kept in the bucket does not carry renditions yet")
         check_master(processor)
-        return RenditionLayout(renditions, spec.destination_prefix, spec.output_prefix, processor.extension)
+        return layout
+
+    def layout_of(
+        self, spec: BatchSpec, renditions: tuple[Rendition, ...], extension: str = ""
+    ) -> RenditionLayout:
+        """
+        The renditions' layout: masters under ``spec.output_prefix`` of the destination bucket.
+
+        :param spec: the batch spec.
+        :param renditions: the parsed renditions (empty: refused).
+        :param extension: the masters' extension.
+        """
+        return RenditionLayout(
+            renditions,
+            spec.destination_prefix,
+            spec.output_prefix,
+            extension,
+            destination_bucket=spec.destination_bucket,
+            masters_bucket=spec.destination_bucket,
+            source_bucket=spec.source_bucket,
+            source_prefix=spec.source_prefix,
+        )
 
     def prepare_job(self) -> BucketJob:
         """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""

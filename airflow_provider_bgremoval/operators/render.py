@@ -15,6 +15,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJobOperator,
 )
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.renditions import Rendition
@@ -86,16 +87,33 @@ class RenderRenditionsOperator(BucketImageOperator):
     def _masters_prefix(self) -> str | None:
         return None  # the sources are the masters
 
+    def layout_of(
+        self, spec: BatchSpec, renditions: tuple[Rendition, ...], extension: str = ""
+    ) -> RenditionLayout:
+        """
+        The renditions' layout: the sources are the masters (of any extension).
+
+        :param spec: the batch spec.
+        :param renditions: the parsed renditions.
+        :param extension: unused (the masters keep their own extensions).
+        """
+        return RenditionLayout(
+            renditions,
+            spec.destination_prefix,
+            spec.source_prefix,
+            destination_bucket=spec.destination_bucket,
+            masters_bucket=spec.source_bucket,
+        )
+
     def prepare_job(self) -> BucketJob:
         """The render-only job: storage, no hook, every source a master."""
         spec = self._spec()
-        renditions = self.parsed_renditions()
         return BucketJob(
             spec=spec,
             storage=GcsStorage(gcp_conn_id=self.gcp_conn_id),
             hook=None,
             processor=RenderProcessor(),
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
-            renditions=RenditionLayout(renditions, spec.destination_prefix, spec.source_prefix),
+            renditions=self.layout_of(spec, self.parsed_renditions()),
             masters_are_sources=True,
         )

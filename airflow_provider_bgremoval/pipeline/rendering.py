@@ -115,26 +115,48 @@ class RenditionLayout:
     :param destination_prefix: the rendition folders' parent (normalised, ends with ``/`` or empty).
     :param masters_prefix: where the masters are (the prefix stripped from a master's name for its stem).
     :param master_extension: the masters' extension, stripped too (``""``: any, by ``splitext``).
+    :param destination_bucket: the renditions' bucket (the overlap checks compare it with the others).
+    :param masters_bucket: the masters' bucket (a rendition folder may not overlap the masters prefix
+        when it is the destination bucket).
+    :param source_bucket: the source photos' bucket.
+    :param source_prefix: the source photos' prefix (``None``: the masters are the sources); a rendition
+        folder may not overlap it when ``source_bucket`` is the destination bucket.
     """
 
     renditions: tuple[Rendition, ...]
     destination_prefix: str
     masters_prefix: str
     master_extension: str = ""
+    destination_bucket: str = ""
+    masters_bucket: str = ""
+    source_bucket: str = ""
+    source_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if not self.renditions:
             raise InvalidOptionError("renditions", "give at least one rendition (or leave renditions unset)")
         for index, rendition in enumerate(self.renditions):
-            folder = self.folder(rendition)
-            if folder.startswith(self.masters_prefix) or self.masters_prefix.startswith(folder):
-                raise InvalidOptionError(
-                    f"renditions[{index}].name",
-                    f"{rendition.name!r}: its folder {folder} overlaps the masters prefix "
-                    f"{self.masters_prefix or '(the bucket root)'}; rename it or move masters_prefix",
-                )
+            self._refuse_overlap(index, rendition, self.masters_bucket, self.masters_prefix, "masters")
+            if self.source_prefix is not None:
+                self._refuse_overlap(index, rendition, self.source_bucket, self.source_prefix, "source")
             if rendition.name + "/" == INTERNAL_DIR:
                 raise InvalidOptionError(f"renditions[{index}].name", "is the provider's own folder")
+
+    def _refuse_overlap(self, index: int, rendition: Rendition, bucket: str, prefix: str, what: str) -> None:
+        """Refuse a rendition folder in ``bucket`` that contains ``prefix`` or lies inside it."""
+        folder = self.folder(rendition)
+        if bucket != self.destination_bucket or not (folder.startswith(prefix) or prefix.startswith(folder)):
+            return
+        hint = (
+            "move masters_prefix"
+            if what == "masters"
+            else "move destination_prefix (its renditions would overwrite the source photos)"
+        )
+        raise InvalidOptionError(
+            f"renditions[{index}].name",
+            f"{rendition.name!r}: its folder {folder} overlaps the {what} prefix "
+            f"{prefix or '(the bucket root)'} of the same bucket; rename it or {hint}",
+        )
 
     def folder(self, rendition: Rendition) -> str:
         """``<destination_prefix><name>/``."""

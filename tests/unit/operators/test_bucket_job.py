@@ -335,12 +335,35 @@ def test_renditions_layout_masters_prefix_default_and_explicit(vendors: FakeVend
 def test_renditions_refuse_overlapping_folders_and_shards(
     vendors: FakeVendors, kwargs: dict[str, Any], field: str
 ) -> None:
-    op = RemoveBackgroundOperator(
-        task_id="t", conn_id="pixian_default", destination_prefix="products/", **kwargs, **BUCKETS
-    )
-    with pytest.raises(InvalidOptionError) as info:
-        op.prepare_job()
+    with pytest.raises(InvalidOptionError) as info:  # overlaps at parse, the shard once prepared
+        RemoveBackgroundOperator(
+            task_id="t", conn_id="pixian_default", destination_prefix="products/", **kwargs, **BUCKETS
+        ).prepare_job()
     assert info.value.parameter == field
+
+
+@pytest.mark.parametrize(
+    ("destination_prefix", "name"),
+    [("shop/", "raw"), ("", "shop"), ("shop/raw/", "x")],
+)
+def test_a_rendition_folder_overlapping_the_source_prefix_is_refused_at_parse(
+    vendors: FakeVendors, destination_prefix: str, name: str
+) -> None:
+    job = {
+        "task_id": "t",
+        "conn_id": "pixian_default",
+        "source_prefix": "shop/raw/",
+        "destination_prefix": destination_prefix,
+        "masters_prefix": "masters/",
+        "renditions": [{"name": name, "format": "jpeg"}],
+        "gcp_conn_id": None,
+    }
+    if not destination_prefix.startswith("shop/raw/"):  # (a destination inside the sources: refused anyway)
+        with pytest.raises(InvalidOptionError, match="overlaps the source prefix") as info:
+            RemoveBackgroundOperator(source_bucket="shop", destination_bucket="shop", **job)
+        assert info.value.parameter == "renditions[0].name"
+    other = RemoveBackgroundOperator(source_bucket="shop", destination_bucket="site", **job).prepare_job()
+    assert other.renditions is not None  # another bucket: the sources are safe
 
 
 def test_a_bad_rendition_spec_fails_at_parse() -> None:

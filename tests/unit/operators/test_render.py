@@ -48,19 +48,17 @@ def test_refuses_vendor_parameters_and_bad_renditions_at_parse(kwargs: dict, fie
     assert info.value.parameter == field
 
 
-def test_a_rendition_folder_inside_the_masters_is_refused() -> None:
+def test_a_rendition_folder_inside_the_masters_is_refused_in_their_bucket_only() -> None:
     op = RenderRenditionsOperator(
         task_id="r", source_prefix="products/", destination_prefix="out/", renditions=[{"name": "x"}], **KW
     )
     assert op.prepare_job().renditions is not None  # different prefixes: fine
-    inside = RenderRenditionsOperator(
-        task_id="r",
-        source_bucket="a",
-        destination_bucket="b",
-        source_prefix="products/",
-        destination_prefix="products/",
-        renditions=[{"name": "x"}],
-        gcp_conn_id=None,
+    inside = {"source_prefix": "products/masters/", "destination_prefix": "products/"}
+    with pytest.raises(InvalidOptionError, match="overlaps the masters prefix"):
+        RenderRenditionsOperator(renditions=[{"name": "masters"}], task_id="r", **inside, **KW)
+    # Masters at the root of another bucket: the renditions cannot touch them.
+    other = RenderRenditionsOperator(
+        task_id="r", source_bucket="a", destination_bucket="b", renditions=[{"name": "x"}], gcp_conn_id=None
     )
-    with pytest.raises(InvalidOptionError, match="overlaps"):
-        inside.prepare_job()
+    layout = other.prepare_job().renditions
+    assert layout is not None and layout.name_of(layout.renditions[0], "products/a.png") == "x/products/a.png"

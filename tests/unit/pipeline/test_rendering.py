@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
@@ -258,3 +259,24 @@ def test_an_object_the_provider_did_not_render_is_never_replaced_without_overwri
     replaced = storage.stat(dst, "out/thumb/a.jpg")
     assert replaced is not None and (replaced.metadata or {})["bgremoval-rendition"] == "thumb"
     assert len(vendor.calls) == 2
+
+
+def test_a_rendition_folder_over_the_sources_or_masters_of_the_same_bucket_is_refused() -> None:
+    raw = parse_renditions([{"name": "raw", "format": "jpeg", "background": "#ffffff"}])
+    sources = {"source_bucket": "shop", "source_prefix": "shop/raw/"}
+    with pytest.raises(InvalidOptionError, match="overlaps the source prefix") as info:
+        RenditionLayout(
+            raw, "shop/", "shop/masters/", destination_bucket="shop", masters_bucket="shop", **sources
+        )
+    assert info.value.parameter == "renditions[0].name"
+    elsewhere = RenditionLayout(
+        raw, "shop/", "shop/masters/", destination_bucket="site", masters_bucket="site", **sources
+    )
+    assert elsewhere.name_of(raw[0], "shop/masters/a.png") == "shop/raw/a.jpg"
+    # Masters at a bucket root: refused in their bucket, fine rendered into another one.
+    with pytest.raises(InvalidOptionError, match="overlaps the masters prefix"):
+        RenditionLayout(raw, "", "", destination_bucket="a", masters_bucket="a")
+    assert (
+        RenditionLayout(raw, "", "", destination_bucket="b", masters_bucket="a").name_of(raw[0], "p.png")
+        == "raw/p.jpg"
+    )
