@@ -304,8 +304,8 @@ class BucketJobOperator(BaseOperator):
 
     @property
     def single_output(self) -> bool:
-        """No renditions: one output per source."""
-        return not self.parsed_renditions()
+        """No renditions: one output per source (only ``renditions=None``; an empty list is refused)."""
+        return load_list(self.renditions, "renditions") is None
 
     def check_layout_at_parse(self) -> None:
         """At DAG parse, refuse rendition folders overlapping the masters or sources (unless templated)."""

@@ -74,8 +74,6 @@ class RenderRenditionsOperator(BucketImageOperator):
             rendition_presets=rendition_presets,
             **kwargs,
         )
-        if not renditions:
-            raise InvalidOptionError("renditions", "give at least one rendition")
         # The provider's own folder (manifests, reports) is never a master.
         exclude = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude or [])
         self.exclude = [*exclude, INTERNAL_EXCLUDE]

@@ -366,6 +366,15 @@ def test_a_rendition_folder_overlapping_the_source_prefix_is_refused_at_parse(
     assert other.renditions is not None  # another bucket: the sources are safe
 
 
+def test_an_empty_renditions_list_is_refused_not_single_output() -> None:
+    with pytest.raises(
+        InvalidOptionError, match=r"give at least one rendition \(or leave renditions unset\)"
+    ):
+        RemoveBackgroundOperator(task_id="t", conn_id="pixian_default", renditions=[], **BUCKETS)
+    plain = RemoveBackgroundOperator(task_id="t", conn_id="pixian_default", renditions=None, **BUCKETS)
+    assert plain.single_output
+
+
 def test_a_bad_rendition_spec_fails_at_parse() -> None:
     with pytest.raises(InvalidOptionError, match=r"renditions\[0\]"):
         RemoveBackgroundOperator(
@@ -383,8 +392,11 @@ def test_templated_renditions_are_read_once_rendered(vendors: FakeVendors) -> No
         job = op.prepare_job()
         assert job.renditions is not None and [r.name for r in job.renditions.renditions] == ["web"]
         assert job.spec.masters_prefix == "masters/"
-    op.renditions = "[]"
+    op.renditions = "None"  # only None is the single-output mode
     assert op.prepare_job().renditions is None and op.prepare_job().spec.masters_prefix is None
+    op.renditions = "[]"
+    with pytest.raises(InvalidOptionError, match="give at least one rendition"):
+        op.prepare_job()
     op.renditions = "amazon please"
     with pytest.raises(InvalidOptionError, match="not a list") as info:
         op.prepare_job()
