@@ -44,6 +44,7 @@ from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.pipeline.progress import ProgressReporter
 from airflow_provider_bgremoval.pipeline.rendering import (
     BAD_RENDITION_STATUSES,
+    MASTER_MAX_BYTES,
     RenditionStage,
     recorded_source,
     render_verdict,
@@ -195,6 +196,7 @@ class BatchRunner:
     :param balance_probe: coroutine reading the balance after an out-of-credits halt (free call).
     :param progress_every_seconds: progress log interval.
     :param drain_grace: seconds in-flight vendor calls get to finish after :meth:`request_stop`.
+    :param master_max_bytes: largest master a render-only item reads (larger: failed, not read whole).
     """
 
     storage: GcsStorage
@@ -212,6 +214,7 @@ class BatchRunner:
     balance_probe: Callable[[], Awaitable[Balance]] | None = None
     progress_every_seconds: float = 30.0
     drain_grace: float = DEFAULT_DRAIN_GRACE
+    master_max_bytes: int = MASTER_MAX_BYTES
 
     def __post_init__(self) -> None:  # the parameters are validated by the operator
         self.result = BatchResult(billable=len(self.plan.items))
@@ -616,7 +619,11 @@ class BatchRunner:
         flight.stage = "read"
         try:
             data = await self._blocking(
-                self.storage.read, master.bucket, master.name, generation=master.generation
+                self.storage.read,
+                master.bucket,
+                master.name,
+                generation=master.generation,
+                max_bytes=self.master_max_bytes,
             )
         except StorageError as exc:
             reason = f"the master could not be read (nothing paid): {exc}"

@@ -12,6 +12,7 @@ from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, options_fingerprint
+from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
@@ -133,7 +134,7 @@ class RenderProcessor:
     vendor = "local"
     operation = "render_renditions"
     extension = ""
-    limits = InputLimits(max_bytes=2**40)
+    limits = InputLimits(max_bytes=MASTER_MAX_BYTES)
     fingerprint = "render_renditions"
     cost_per_image = Decimal(0)
 

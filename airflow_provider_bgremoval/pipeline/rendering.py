@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError, safe_excerpt
+from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR
 from airflow_provider_bgremoval.pipeline.planning import META_SOURCE, META_SOURCE_GENERATION, META_WRITER
 from airflow_provider_bgremoval.renditions import (
@@ -31,6 +32,11 @@ META_MASTER_GENERATION = "bgremoval-master-generation"
 META_RENDITION = "bgremoval-rendition"
 META_RENDITION_FINGERPRINT = "bgremoval-rendition-fingerprint"
 META_COMPLIANT = "bgremoval-compliant"
+
+#: The largest master read for rendering: the largest decoded result any vendor documents
+#: (:data:`~airflow_provider_bgremoval.imaging.DEFAULT_RESULT_LIMITS`) as uncompressed 8-bit RGBA. A real
+#: master (compressed) is smaller; anything larger is refused unread (``ObjectTooLargeError``).
+MASTER_MAX_BYTES = DEFAULT_RESULT_LIMITS.max_pixels * 4
 
 #: What can happen to one rendition of one source (the manifest's ``renditions[].status``).
 RENDITION_STATUSES = ("done", "replaced", "skipped", "rejected", "failed")

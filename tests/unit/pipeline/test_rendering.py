@@ -14,7 +14,13 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
-from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, recorded_source, render_verdict
+from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
+from airflow_provider_bgremoval.pipeline.rendering import (
+    MASTER_MAX_BYTES,
+    RenditionLayout,
+    recorded_source,
+    render_verdict,
+)
 from airflow_provider_bgremoval.renditions import parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from tests.unit.pipeline.test_engine import ScriptedProcessor
@@ -280,3 +286,18 @@ def test_a_rendition_folder_over_the_sources_or_masters_of_the_same_bucket_is_re
         RenditionLayout(raw, "", "", destination_bucket="b", masters_bucket="a").name_of(raw[0], "p.png")
         == "raw/p.jpg"
     )
+
+
+def test_a_master_over_the_size_limit_is_refused_unread(buckets) -> None:
+    storage, src, dst = buckets
+    spec = BatchSpec(src, dst, **SPEC_KW)
+    vendor = CutoutProcessor()
+    batch(storage, spec, vendor, layout(WEB))
+    master = storage.stat(dst, "out/masters/a.png")
+    assert master is not None and master.size > 64
+    _, result, rows = batch(storage, spec, vendor, layout(WEB, THUMB), master_max_bytes=64)
+    assert {row["status"] for row in rows} == {"failed"} and result.counts["failed"] == 2
+    assert {row["error_code"] for row in rows} == {"ObjectTooLargeError"}
+    assert {row["master"]["status"] for row in rows} == {"failed"}
+    assert list(storage.list_objects(dst, "out/thumb/")) == [] and len(vendor.calls) == 2
+    assert RenderProcessor.limits.max_bytes == MASTER_MAX_BYTES < 2**40  # the render-only job's bound too
