@@ -544,3 +544,19 @@ def test_a_master_with_every_rendition_finished_fires_nothing() -> None:
     finish(storage, trigger, "incoming/b.jpg", "cutouts/b.png")
     events = Timeline(storage, until=40).run(trigger)
     assert [(p["images"], p["render_only"]) for _, p in events] == [(1, 0)]
+
+
+def test_photos_a_fired_run_left_unfinished_wait_for_the_next_run() -> None:
+    """docs/arrivals.md "Photos a fired run did not finish": no second event below the watermark."""
+    storage, store = MemoryStorage(), StateStore()
+    trigger = make(max_wait=30)
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    first = Timeline(storage, until=40)
+    first.upload(1, "incoming/a.jpg", "incoming/b.jpg")
+    assert [p["images"] for _, p in first.run(trigger)] == [2]
+    finish(storage, trigger, "incoming/a.jpg", "cutouts/a.webp")  # its run stopped after a.jpg (a budget)
+    later = Timeline(storage, until=400)
+    later.upload(300, "incoming/c.jpg")
+    events = later.run(trigger)  # b.jpg is not fired for again, not even after many max_wait periods
+    assert [(p["images"], p["listed"]) for _, p in events] == [(1, 1)]  # the next burst: its run plans all
+    assert events[0][0] >= 300
