@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HISTORY_LIMIT = 720
 #: Days of history the burn rate is computed over.
 DEFAULT_BURN_WINDOW_DAYS = 14
+#: Beyond this many days a run-out is "not in sight" (and past the range of dates).
+_HORIZON_DAYS = Decimal(36525)
 #: Conditional-write attempts before a history update gives up (another writer kept winning).
 _WRITE_ATTEMPTS = 10
 _DAY = Decimal(86400)
@@ -61,7 +63,10 @@ class Sample:
         :param line: the line.
         """
         data = json.loads(line)
-        return cls(as_utc(data["at"]), Decimal(str(data["remaining"])))
+        remaining = Decimal(str(data["remaining"]))
+        if not remaining.is_finite():
+            raise ValueError(f"remaining {data['remaining']!r} is not a number of credits")
+        return cls(as_utc(data["at"]), remaining)
 
 
 def as_utc(value: datetime | str) -> datetime:
@@ -76,13 +81,22 @@ def as_utc(value: datetime | str) -> datetime:
     return datetime.fromtimestamp(moment.timestamp(), timezone.utc)
 
 
-def parse_history(data: bytes) -> list[Sample]:
+def parse_history(data: bytes, name: str = "history") -> list[Sample]:
     """
-    The readings of a history object, oldest first (blank lines ignored).
+    The readings of a history object, oldest first (blank lines ignored; an unreadable line, e.g.
+    edited by hand, is skipped with a warning, and left out when the history is next written).
 
     :param data: the object's bytes.
+    :param name: the object, for the warning.
     """
-    samples = [Sample.from_json(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    samples = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(Sample.from_json(line))
+        except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+            log.warning("%s line %d skipped, not a reading (%s: %s)", name, number, type(exc).__name__, exc)
     return sorted(samples, key=lambda s: s.at)
 
 
@@ -169,16 +183,22 @@ class Forecast:
 
     @property
     def days_left(self) -> Decimal | None:
-        """Days until the balance reaches 0 (``None``: no spend, or no rate yet)."""
+        """Days until the balance reaches 0 (``None``: no spend, no rate yet, or beyond a century)."""
         if self.burn_rate is None or self.burn_rate <= 0:
             return None
-        return self.remaining / self.burn_rate
+        days = self.remaining / self.burn_rate
+        return None if days > _HORIZON_DAYS else days
 
     @property
     def runs_out_at(self) -> datetime | None:
-        """The moment the balance reaches 0 at the burn rate."""
+        """The moment the balance reaches 0 at the burn rate (``None``: not in sight, or past year 9999)."""
         days = self.days_left
-        return None if days is None else self.at + timedelta(days=float(days))
+        if days is None:
+            return None
+        try:
+            return self.at + timedelta(days=float(days))
+        except OverflowError:  # a reading dated near the end of the calendar
+            return None
 
     @property
     def alert(self) -> bool:
@@ -311,7 +331,7 @@ class HistoryStore:
         if info is None:
             return [], 0
         data = self.storage.read(self.bucket, info.name)
-        return parse_history(data), info.generation
+        return parse_history(data, f"gs://{self.bucket}/{info.name}"), info.generation
 
     def record(self, conn_id: str, sample: Sample) -> list[Sample]:
         """

@@ -308,9 +308,10 @@ class CreditMonitorOperator(BaseOperator):
                 continue
             try:
                 forecasts[check.conn_id] = self._forecast_one(store, run_folder, check, at, result)
-            except StorageError as exc:
-                errors.append(f"{check.conn_id}: history unavailable ({describe_error(exc)})")
-                self.log.warning("%s", errors[-1])
+            except Exception as exc:  # any failure: the thresholds and the callback must still run
+                what = "history unavailable" if isinstance(exc, StorageError) else "forecast failed"
+                errors.append(f"{check.conn_id}: {what} ({describe_error(exc)})")
+                self.log.warning("%s", errors[-1], exc_info=not isinstance(exc, StorageError))
                 result[check.conn_id] = {**result[check.conn_id], "forecast": None, "chart": None}
         report = json.dumps({"observed_at": at.isoformat(), "balances": result}, indent=2).encode()
         try:

@@ -122,3 +122,35 @@ def test_as_utc_gives_plain_utc_datetimes() -> None:
     assert type(moment) is datetime and moment == DAY0
     assert moment - DAY0 == timedelta(0)
     assert as_utc("2026-01-01T06:00:00") == DAY0
+
+
+def test_an_idle_large_account_has_no_run_out_in_sight() -> None:
+    # 0.1 credits in 14 days of 100,000: a run-out ~38 million years away is past the range of dates
+    samples = [Sample(DAY0, Decimal(100000)), Sample(DAY0 + timedelta(days=14), Decimal("99999.9"))]
+    fc = forecast("pixian_default", "pixian", samples, 7)
+    assert fc.burn_rate is not None and fc.burn_rate > 0
+    assert fc.days_left is None and fc.runs_out_at is None and not fc.alert
+    assert fc.as_dict()["runs_out_on"] is None and fc.as_dict()["days_left"] is None
+    assert fc.describe().endswith("credits/day: no run-out in sight")
+    # within a century it is still forecast
+    century = [Sample(DAY0, Decimal(36000)), Sample(DAY0 + timedelta(days=1), Decimal(35999))]
+    assert forecast("c", None, century, 7).days_left == 35999
+
+
+def test_unreadable_history_lines_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    good = daily(100, 90)
+    lines = [
+        good[0].to_json(),
+        '{"at": "2026-01-01T12:00:00+00:00", "remaining": "12 credits"}',
+        '{"at": "yesterday", "remaining": "5"}',
+        '{"at": "2026-01-01T13:00:00+00:00", "remaining": "NaN"}',
+        '{"remaining": "5"}',
+        '["not", "a", "reading"]',
+        '{"at": 5, "remaining": "5"}',
+        "not json",
+        good[1].to_json(),
+    ]
+    data = ("\n".join(lines) + "\n").encode() + b"\xff\n"
+    assert parse_history(data, "gs://b/h.jsonl") == good
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 8 and skipped[0].startswith("gs://b/h.jsonl line 2 skipped")

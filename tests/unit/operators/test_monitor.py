@@ -17,6 +17,7 @@ from airflow.sdk.observability.stats import Stats
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.operators import monitor as monitor_module
 from airflow_provider_bgremoval.operators.monitor import (
     BalanceCheck,
     CreditMonitorOperator,
@@ -340,3 +341,72 @@ def test_a_missing_history_bucket_fails_retryably_after_the_alerts(
     assert not isinstance(info.value, AirflowFailException)
     assert [entry["conn_id"] for entry in received[0]] == ["poof_default"]  # the low balance was alerted
     assert received[0][0]["forecast"] is None
+
+
+def run_at(op: CreditMonitorOperator, at: datetime, run_id: str) -> Any:
+    context = {"ti": mock.MagicMock(dag_id="credit_dag"), "run_id": run_id, "logical_date": at}
+    return op.execute(context)  # type: ignore[arg-type]
+
+
+def history_lines(gcs_storage: GcsStorage, bucket: str, conn_id: str) -> list[dict[str, Any]]:
+    data = gcs_storage.read(bucket, f"_credit_history/{conn_id}.jsonl").decode()
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_an_idle_large_account_is_forecast_without_overflow(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str
+) -> None:
+    # 0.1 credits spent in 14 days of 100,000: the run-out date would be past year 9999
+    op = forecasting(gcs_bucket, thresholds={"pixian_default": 20})
+    vendors.set_pixian("100000")
+    run_on(op, 0)
+    vendors.set_pixian("99999.9")
+    fc = run_on(op, 14)["pixian_default"]["forecast"]
+    assert (fc["burn_rate"], fc["days_left"], fc["runs_out_on"], fc["alert"]) == ("0.01", None, None, False)
+
+
+def test_a_hand_edited_history_line_is_skipped(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [
+        '{"at": "2026-03-01T08:00:00+00:00", "remaining": "1000"}',
+        '{"at": "2026-03-02T08:00:00+00:00", "remaining": "12 credits"}',
+        '{"at": "2026-03-03T08:00:00+00:00", "remaining": "800"}',
+    ]
+    name = "_credit_history/poof_default.jsonl"
+    gcs_storage.write(
+        gcs_bucket, name, ("\n".join(lines) + "\n").encode(), content_type="application/x-ndjson"
+    )
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(gcs_bucket, on_low="warn", on_low_callback=received.append)
+    vendors.set_poof(2000, 1990)  # 10 left: under the threshold of 20
+    result = run_on(op, 4)
+    assert [entry["conn_id"] for entry in received[0]] == ["poof_default"]
+    assert result["poof_default"]["forecast"]["burn_rate"] == "247.5"  # 990 in 4 days
+    assert "line 2 skipped, not a reading (InvalidOperation" in caplog.text
+    assert [line["remaining"] for line in history_lines(gcs_storage, gcs_bucket, "poof_default")] == [
+        "1000",
+        "800",
+        "10",
+    ]
+
+
+def test_a_broken_forecast_never_hides_a_low_balance(
+    vendors: FakeVendors, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_chart(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("chart renderer broke")
+
+    monkeypatch.setattr(monitor_module, "render_chart", broken_chart)  # an unexpected failure
+    vendors.set_poof(2000, 1990)
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(gcs_bucket, on_low_callback=received.append)
+    with pytest.raises(AirflowFailException, match="poof_default \\(poof\\): 10 credits remaining"):
+        run_on(op, 0)  # the threshold's verdict, after the callback
+    assert received[0][0]["conn_id"] == "poof_default" and received[0][0]["forecast"] is None
+    op = forecasting(gcs_bucket, on_low="warn", on_low_callback=received.append)
+    with pytest.raises(
+        AirflowException, match="poof_default: forecast failed \\(RuntimeError: chart renderer"
+    ):
+        run_on(op, 1)  # warn mode: the broken forecast still fails the task, retryably, after the alert
+    assert len(received) == 2
