@@ -424,7 +424,7 @@ class BatchRunner:
         item = flight.item
         self._row(
             item.source,
-            None if item.master is not None and item.master == item.source else item.destination,
+            _destination_of(item),
             status,
             error_code=code,
             error_message=message,
@@ -755,7 +755,7 @@ class BatchRunner:
             (halt.reason, halt.message) if halt else ("not_started", "not started")
         )
         for item in (*self._items, *self._render_items):
-            self._row(item.source, item.destination, "pending", error_code=code, error_message=message)
+            self._row(item.source, _destination_of(item), "pending", error_code=code, error_message=message)
 
     async def _halt_info(self, halt: HaltInfo) -> HaltInfo:
         pending = self.result.counts["pending"]
@@ -765,6 +765,11 @@ class BatchRunner:
                 available = (await self.balance_probe()).remaining
         needed = self.processor.cost_per_image * pending
         return replace(halt, remaining_images=pending, needed=needed, available=available)
+
+
+def _destination_of(item: WorkItem) -> str | None:
+    """The row's destination: none when the source is its own master (render-only, its renditions only)."""
+    return None if item.master is not None and item.master == item.source else item.destination
 
 
 def run_batch(

@@ -301,3 +301,43 @@ def test_a_master_over_the_size_limit_is_refused_unread(buckets) -> None:
     assert {row["master"]["status"] for row in rows} == {"failed"}
     assert list(storage.list_objects(dst, "out/thumb/")) == [] and len(vendor.calls) == 2
     assert RenderProcessor.limits.max_bytes == MASTER_MAX_BYTES < 2**40  # the render-only job's bound too
+
+
+def render_only_plan(storage: GcsStorage, src: str, dst: str, *renditions: dict[str, Any]):
+    """A ``RenderRenditionsOperator`` plan: the sources under raw/ are the masters."""
+    spec = BatchSpec(src, dst, source_prefix="raw/", destination_prefix="out/")
+    lay = RenditionLayout(
+        parse_renditions(list(renditions)), "out/", "raw/", destination_bucket=dst, masters_bucket=src
+    )
+    processor = RenderProcessor()
+    return asyncio.run(
+        plan_batch(
+            storage,
+            spec,
+            extension=processor.extension,
+            fingerprint=processor.fingerprint,
+            vendor=processor.vendor,
+            limits=processor.limits,
+            renditions=lay,
+            masters_are_sources=True,
+        )
+    )
+
+
+def test_render_only_rows_have_no_destination_also_when_left_pending(buckets) -> None:
+    storage, src, dst = buckets
+
+    def run(stop: bool) -> list[dict[str, Any]]:
+        manifest = ManifestWriter()
+        runner = BatchRunner(storage, RenderProcessor(), render_only_plan(storage, src, dst, WEB), manifest)
+        if stop:
+            runner.request_stop("terminated", "the task was terminated")
+        asyncio.run(runner.run())
+        return read_manifest(manifest.getvalue())
+
+    pending = run(stop=True)
+    assert [row["status"] for row in pending] == ["pending", "pending"]
+    assert [row["destination"] for row in pending] == [None, None]
+    done = run(stop=False)
+    assert [row["status"] for row in done] == ["done", "done"]
+    assert [row["destination"] for row in done] == [None, None]
