@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HISTORY_LIMIT = 720
 #: Days of history the burn rate is computed over.
 DEFAULT_BURN_WINDOW_DAYS = 14
+#: The shortest span of spending intervals, in days, a burn rate is computed from (a shorter one
+#: extrapolates a minute's drop to a day: a false alarm).
+DEFAULT_MIN_SPAN_DAYS = 1.0
 #: Beyond this many days a run-out is "not in sight" (and past the range of dates).
 _HORIZON_DAYS = Decimal(36525)
 #: Conditional-write attempts before a history update gives up (another writer kept winning).
@@ -132,17 +135,22 @@ def spend_between(earlier: Sample, later: Sample) -> Decimal:
     return max(earlier.remaining - later.remaining, Decimal(0))
 
 
-def burn_rate(samples: Sequence[Sample], window_days: float = DEFAULT_BURN_WINDOW_DAYS) -> Decimal | None:
+def burn_rate(
+    samples: Sequence[Sample],
+    window_days: float = DEFAULT_BURN_WINDOW_DAYS,
+    min_span_days: float = DEFAULT_MIN_SPAN_DAYS,
+) -> Decimal | None:
     """
     Credits spent per day over the last ``window_days`` of readings, robust to top-ups.
 
     Only intervals where the balance did not rise count: their drops are summed and divided by their
     total length. An interval with a top-up is left out entirely (its spend is hidden by the top-up,
     so counting its time would dilute the rate and counting its rise would read as negative spend).
-    ``None`` when fewer than two readings span a spending interval.
+    ``None`` when the spending intervals span less than ``min_span_days`` (or there are none).
 
     :param samples: the history, oldest first.
     :param window_days: how far back to look from the newest reading.
+    :param min_span_days: the shortest total length of the spending intervals giving a rate.
     """
     if len(samples) < 2:
         return None
@@ -154,7 +162,7 @@ def burn_rate(samples: Sequence[Sample], window_days: float = DEFAULT_BURN_WINDO
             continue  # a top-up
         spent += earlier.remaining - later.remaining
         seconds += Decimal(str((later.at - earlier.at).total_seconds()))
-    if seconds <= 0:
+    if seconds <= 0 or seconds < Decimal(str(min_span_days)) * _DAY:
         return None
     return spent * _DAY / seconds
 
@@ -263,6 +271,7 @@ def forecast(
     samples: Sequence[Sample],
     forecast_days: float,
     window_days: float = DEFAULT_BURN_WINDOW_DAYS,
+    min_span_days: float = DEFAULT_MIN_SPAN_DAYS,
 ) -> Forecast:
     """
     The forecast from a connection's history (the newest reading is the current balance).
@@ -272,13 +281,14 @@ def forecast(
     :param samples: the history, oldest first (not empty).
     :param forecast_days: the lead time wanted.
     :param window_days: the burn-rate window.
+    :param min_span_days: the shortest span of spending intervals giving a rate.
     """
     if not samples:
         raise ValueError("a forecast needs at least one reading")
     if not math.isfinite(forecast_days) or forecast_days <= 0:
         raise ValueError("forecast_days must be a positive number of days")
     newest = samples[-1]
-    rate = burn_rate(samples, window_days)
+    rate = burn_rate(samples, window_days, min_span_days)
     return Forecast(conn_id, vendor, newest.remaining, newest.at, rate, forecast_days, len(samples))
 
 

@@ -25,6 +25,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.forecast import (
     DEFAULT_BURN_WINDOW_DAYS,
     DEFAULT_HISTORY_LIMIT,
+    DEFAULT_MIN_SPAN_DAYS,
     Forecast,
     HistoryStore,
     Sample,
@@ -208,6 +209,8 @@ class CreditMonitorOperator(BaseOperator):
     :param history_prefix: their folder in it.
     :param history_limit: readings kept per connection.
     :param burn_window_days: days of history the burn rate is computed over.
+    :param forecast_min_span_days: no burn rate, so no forecast, until the spending intervals in the
+        window span this many days (a shorter span would turn a minute's drop into a daily rate).
     :param observed_at: the time recorded for the readings: ``"now"`` (when read), ``"data_interval_end"``
         or ``"logical_date"`` (the run's, e.g. to space a schedule's readings evenly).
     :param gcp_conn_id: the GCS connection (``None``: Application Default Credentials).
@@ -228,6 +231,7 @@ class CreditMonitorOperator(BaseOperator):
         history_prefix: str = "_credit_history/",
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         burn_window_days: float = DEFAULT_BURN_WINDOW_DAYS,
+        forecast_min_span_days: float = DEFAULT_MIN_SPAN_DAYS,
         observed_at: str = "now",
         gcp_conn_id: str | None = DEFAULT_GCP_CONN_ID,
         **kwargs: Any,
@@ -241,6 +245,7 @@ class CreditMonitorOperator(BaseOperator):
         self.history_prefix = history_prefix
         self.history_limit = history_limit
         self.burn_window_days = burn_window_days
+        self.forecast_min_span_days = forecast_min_span_days
         self.observed_at = observed_at
         self.gcp_conn_id = gcp_conn_id
         check_choice(on_low, ON_LOW_CHOICES, "on_low")
@@ -250,6 +255,8 @@ class CreditMonitorOperator(BaseOperator):
                 "forecast_days",
                 "forecast_days and history_bucket go together (the forecast needs the history)",
             )
+        if not math.isfinite(forecast_min_span_days) or forecast_min_span_days < 0:
+            raise InvalidOptionError("forecast_min_span_days", "expected a number of days, 0 or more")
         if history_limit < 2:
             raise InvalidOptionError("history_limit", "a burn rate needs at least 2 readings")
         if isinstance(thresholds, Mapping) and not any(is_template(v) for v in thresholds.values()):
@@ -332,7 +339,14 @@ class CreditMonitorOperator(BaseOperator):
     ) -> Forecast:
         assert check.remaining is not None and self.forecast_days is not None
         samples = store.record(check.conn_id, Sample(at, check.remaining))
-        fc = forecast(check.conn_id, check.vendor, samples, self.forecast_days, self.burn_window_days)
+        fc = forecast(
+            check.conn_id,
+            check.vendor,
+            samples,
+            self.forecast_days,
+            self.burn_window_days,
+            self.forecast_min_span_days,
+        )
         emit_metrics(check, samples, fc)
         self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
         chart = object_name(run_folder, check.conn_id, ".png")

@@ -60,7 +60,7 @@ def test_burn_rate_ignores_top_ups() -> None:
 def test_burn_rate_window_and_fractions() -> None:
     samples = daily(1000, 900, 800, 799.5, 799, 798.5)
     assert burn_rate(samples, window_days=2) == Decimal("0.5")
-    hourly = [Sample(DAY0 + timedelta(hours=h), Decimal(100 - h)) for h in range(5)]
+    hourly = [Sample(DAY0 + timedelta(hours=h), Decimal(100 - h)) for h in range(25)]
     assert burn_rate(hourly) == 24
 
 
@@ -154,3 +154,18 @@ def test_unreadable_history_lines_are_skipped_with_a_warning(caplog: pytest.LogC
     assert parse_history(data, "gs://b/h.jsonl") == good
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 8 and skipped[0].startswith("gs://b/h.jsonl line 2 skipped")
+
+
+def test_a_short_span_gives_no_rate_until_the_minimum() -> None:
+    # 1000 then 999 a minute apart would be 1440 a day, running out in 0.7 days: a false alarm
+    minute = [Sample(DAY0, Decimal(1000)), Sample(DAY0 + timedelta(minutes=1), Decimal(999))]
+    assert burn_rate(minute) is None
+    fc = forecast("c", "poof", minute, 7)
+    assert not fc.alert and fc.burn_rate is None and "no burn rate yet" in fc.describe()
+    assert burn_rate(minute, min_span_days=0) == 1440  # the minimum is a parameter
+    # the span counts spending intervals only: a day with a top-up in it is not a day of spending
+    topped = [*daily(100, 200), Sample(DAY0 + timedelta(days=1, hours=1), Decimal(199))]
+    assert burn_rate(topped) is None
+    assert burn_rate([*daily(100, 99), Sample(DAY0 + timedelta(days=1, hours=12), Decimal(98))]) == Decimal(
+        "2"
+    ) / Decimal("1.5")

@@ -410,3 +410,18 @@ def test_a_broken_forecast_never_hides_a_low_balance(
     ):
         run_on(op, 1)  # warn mode: the broken forecast still fails the task, retryably, after the alert
     assert len(received) == 2
+
+
+def test_a_short_reading_span_gives_no_forecast(vendors: FakeVendors, gcs_bucket: str) -> None:
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(gcs_bucket, on_low_callback=received.append)
+    for minute, used in enumerate((1000, 1001)):  # 1000 then 999 a minute apart: not 1440 a day
+        vendors.set_poof(2000, used)
+        result = run_at(op, DAY0 + timedelta(minutes=minute), f"m{minute}")
+    assert result["poof_default"]["forecast"]["burn_rate"] is None and received == []
+    eager = forecasting(gcs_bucket, on_low_callback=received.append, forecast_min_span_days=0)
+    vendors.set_poof(2000, 1002)
+    result = run_at(eager, DAY0 + timedelta(minutes=2), "m2")
+    assert result["poof_default"]["forecast"]["burn_rate"] == "1440" and len(received) == 1
+    with pytest.raises(InvalidOptionError, match="forecast_min_span_days"):
+        forecasting(gcs_bucket, forecast_min_span_days=-1)
