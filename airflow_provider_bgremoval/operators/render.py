@@ -23,8 +23,8 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 #: Sources never read as masters: the provider's own folder under the masters prefix.
 INTERNAL_EXCLUDE = f"{INTERNAL_DIR}*"
-#: Job parameters that mean nothing without a vendor.
-_VENDOR_ONLY = ("conn_id", "cost_per_image", "shard", "masters_prefix", "max_credits")
+#: Job parameters that mean nothing without a vendor (``max_images`` bounds vendor calls: there are none).
+_VENDOR_ONLY = ("conn_id", "cost_per_image", "shard", "masters_prefix", "max_credits", "max_images")
 
 
 class RenderRenditionsOperator(BucketImageOperator):

@@ -40,6 +40,7 @@ def test_the_job_renders_from_the_sources_with_no_hook_and_no_cost() -> None:
         ({"renditions": [{"name": "x", "size": 0}]}, "renditions[0].size"),
         ({"renditions": [{"name": "x"}], "conn_id": "pixian_default"}, "conn_id"),
         ({"renditions": [{"name": "x"}], "max_credits": 5}, "max_credits"),
+        ({"renditions": [{"name": "x"}], "max_images": 10}, "max_images"),
     ],
 )
 def test_refuses_vendor_parameters_and_bad_renditions_at_parse(kwargs: dict, field: str) -> None:
