@@ -34,6 +34,9 @@ DEFAULT_BURN_WINDOW_DAYS = 14
 #: The shortest span of spending intervals, in days, a burn rate is computed from (a shorter one
 #: extrapolates a minute's drop to a day: a false alarm).
 DEFAULT_MIN_SPAN_DAYS = 1.0
+#: How much older than the newest recorded reading a new one may be and still be recorded (two
+#: monitors racing); an older one (a cleared or backfilled run's date) is not recorded.
+LATE_TOLERANCE = timedelta(minutes=5)
 #: Beyond this many days a run-out is "not in sight" (and past the range of dates).
 _HORIZON_DAYS = Decimal(36525)
 #: Conditional-write attempts before a history update gives up (another writer kept winning).
@@ -110,6 +113,30 @@ def dump_history(samples: Iterable[Sample]) -> bytes:
     :param samples: the readings, oldest first.
     """
     return "".join(sample.to_json() + "\n" for sample in samples).encode("utf-8")
+
+
+def is_late(samples: Sequence[Sample], sample: Sample, tolerance: timedelta = LATE_TOLERANCE) -> bool:
+    """
+    True when ``sample`` is older than the newest reading by more than ``tolerance``: a balance read
+    now but dated in the past (a cleared or backfilled run's date), which would replace or fake the
+    reading of that time.
+
+    :param samples: the history, oldest first.
+    :param sample: the new reading.
+    :param tolerance: how much older is still recorded (monitors racing).
+    """
+    return bool(samples) and sample.at < samples[-1].at - tolerance
+
+
+def predecessor(samples: Sequence[Sample], sample: Sample) -> Sample | None:
+    """
+    The reading just before ``sample`` in the history (``None``: it is the first).
+
+    :param samples: the history, oldest first.
+    :param sample: a reading.
+    """
+    earlier = [s for s in samples if s.at < sample.at]
+    return earlier[-1] if earlier else None
 
 
 def add_sample(samples: Sequence[Sample], sample: Sample, limit: int = DEFAULT_HISTORY_LIMIT) -> list[Sample]:
@@ -343,15 +370,25 @@ class HistoryStore:
         data = self.storage.read(self.bucket, info.name)
         return parse_history(data, f"gs://{self.bucket}/{info.name}"), info.generation
 
-    def record(self, conn_id: str, sample: Sample) -> list[Sample]:
+    def record(self, conn_id: str, sample: Sample) -> tuple[list[Sample], bool]:
         """
-        Add a reading and return the history with it; retried when another writer got in first.
+        Add a reading; retried when another writer got in first. Returns the history and whether the
+        reading is in it: one older than the newest reading (:func:`is_late`) is logged, not recorded.
 
         :param conn_id: the connection.
         :param sample: the reading.
         """
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             samples, generation = self.load(conn_id)
+            if is_late(samples, sample):
+                log.warning(
+                    "Reading of %s at %s not recorded: the history already has a newer one (%s); "
+                    "a balance read now is not that time's balance",
+                    conn_id,
+                    sample.at.isoformat(),
+                    samples[-1].at.isoformat(),
+                )
+                return samples, False
             updated = add_sample(samples, sample, self.limit)
             try:
                 self.storage.write(
@@ -367,5 +404,5 @@ class HistoryStore:
                 log.info("History of %s changed while updating it (attempt %d); again", conn_id, attempt)
                 time.sleep(random.uniform(0, 0.05 * attempt))  # jitter, so racing writers spread out
             else:
-                return updated
+                return updated, True
         raise AssertionError("unreachable")  # the last attempt returns or raises

@@ -32,6 +32,7 @@ from airflow_provider_bgremoval.forecast import (
     as_utc,
     forecast,
     object_name,
+    predecessor,
     spend_between,
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
@@ -150,21 +151,26 @@ def check_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[Ba
 LowBalanceCallback = Callable[[list[dict[str, Any]]], None]
 
 
-def emit_metrics(check: BalanceCheck, samples: Sequence[Sample], fc: Forecast | None) -> None:
+def emit_metrics(
+    check: BalanceCheck, samples: Sequence[Sample], fc: Forecast | None, reading: Sample | None = None
+) -> None:
     """
     Airflow metrics of one reading: ``bgremoval.credits.<metric>.<conn_id>`` (docs/credits.md, "Metrics").
 
     :param check: the balance read.
     :param samples: its history including this reading (empty without a history).
     :param fc: its forecast (``None`` without a history).
+    :param reading: the reading recorded in ``samples`` (``None``: not recorded, no spend metrics);
+        its spend is from the reading before it, which need not be the second newest.
     """
     if check.remaining is None:
         return
     name = object_name("", check.conn_id, "")  # only the characters stats names allow
     tags = {"conn_id": check.conn_id, "vendor": check.vendor or "unknown"}
     Stats.gauge(f"{METRIC_PREFIX}.remaining.{name}", float(check.remaining), tags=tags)
-    if len(samples) >= 2:
-        earlier, later = samples[-2], samples[-1]
+    earlier = None if reading is None else predecessor(samples, reading)
+    if reading is not None and earlier is not None:
+        later = reading
         Stats.gauge(f"{METRIC_PREFIX}.spent.{name}", float(spend_between(earlier, later)), tags=tags)
         if later.remaining > earlier.remaining:
             Stats.incr(f"{METRIC_PREFIX}.top_ups.{name}", tags=tags)
@@ -212,7 +218,8 @@ class CreditMonitorOperator(BaseOperator):
     :param forecast_min_span_days: no burn rate, so no forecast, until the spending intervals in the
         window span this many days (a shorter span would turn a minute's drop into a daily rate).
     :param observed_at: the time recorded for the readings: ``"now"`` (when read), ``"data_interval_end"``
-        or ``"logical_date"`` (the run's, e.g. to space a schedule's readings evenly).
+        or ``"logical_date"`` (the run's, e.g. to space a schedule's readings evenly); a reading dated
+        before the history's newest (a cleared or backfilled run) is logged and not recorded.
     :param gcp_conn_id: the GCS connection (``None``: Application Default Credentials).
     """
 
@@ -338,7 +345,8 @@ class CreditMonitorOperator(BaseOperator):
         result: dict[str, dict[str, Any]],
     ) -> Forecast:
         assert check.remaining is not None and self.forecast_days is not None
-        samples = store.record(check.conn_id, Sample(at, check.remaining))
+        reading = Sample(at, check.remaining)
+        samples, recorded = store.record(check.conn_id, reading)
         fc = forecast(
             check.conn_id,
             check.vendor,
@@ -347,7 +355,7 @@ class CreditMonitorOperator(BaseOperator):
             self.burn_window_days,
             self.forecast_min_span_days,
         )
-        emit_metrics(check, samples, fc)
+        emit_metrics(check, samples, fc, reading if recorded else None)
         self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
         chart = object_name(run_folder, check.conn_id, ".png")
         _replace(store.storage, store.bucket, chart, render_chart(samples, fc), "image/png")

@@ -16,8 +16,10 @@ from airflow_provider_bgremoval.forecast import (
     burn_rate,
     dump_history,
     forecast,
+    is_late,
     object_name,
     parse_history,
+    predecessor,
 )
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -106,7 +108,8 @@ def test_store_creates_appends_and_bounds(gcs_storage: GcsStorage, gcs_bucket: s
 
 def test_concurrent_writers_lose_no_reading(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
     store = HistoryStore(gcs_storage, gcs_bucket, "h/")
-    samples = daily(*range(100, 92, -1))
+    # racing monitors read seconds apart (a reading older than the newest beyond a few minutes is late)
+    samples = [Sample(DAY0 + timedelta(seconds=i), Decimal(100 - i)) for i in range(8)]
     threads = [threading.Thread(target=store.record, args=("c", s)) for s in samples]
     for thread in threads:
         thread.start()
@@ -169,3 +172,22 @@ def test_a_short_span_gives_no_rate_until_the_minimum() -> None:
     assert burn_rate([*daily(100, 99), Sample(DAY0 + timedelta(days=1, hours=12), Decimal(98))]) == Decimal(
         "2"
     ) / Decimal("1.5")
+
+
+def test_a_reading_older_than_the_newest_is_late() -> None:
+    samples = daily(10, 9, 8)
+    assert is_late(samples, Sample(samples[1].at, Decimal(3)))
+    assert not is_late(samples, Sample(samples[-1].at - timedelta(minutes=1), Decimal(3)))  # racing
+    assert not is_late(samples, Sample(samples[-1].at, Decimal(3)))  # a retry
+    assert not is_late([], Sample(DAY0, Decimal(3)))
+    assert predecessor(samples, samples[2]) == samples[1]
+    assert predecessor(samples, samples[0]) is None
+
+
+def test_store_does_not_record_a_late_reading(gcs_storage: GcsStorage, gcs_bucket: str) -> None:
+    store = HistoryStore(gcs_storage, gcs_bucket, "_credit_history/")
+    for sample in daily(10, 9, 8):
+        assert store.record("poof_default", sample)[1]
+    samples, recorded = store.record("poof_default", Sample(DAY0 + timedelta(days=1), Decimal(500)))
+    assert not recorded and [s.remaining for s in samples] == [10, 9, 8]
+    assert [s.remaining for s in store.load("poof_default")[0]] == [10, 9, 8]

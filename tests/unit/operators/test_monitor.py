@@ -425,3 +425,41 @@ def test_a_short_reading_span_gives_no_forecast(vendors: FakeVendors, gcs_bucket
     assert result["poof_default"]["forecast"]["burn_rate"] == "1440" and len(received) == 1
     with pytest.raises(InvalidOptionError, match="forecast_min_span_days"):
         forecasting(gcs_bucket, forecast_min_span_days=-1)
+
+
+def test_a_cleared_old_run_does_not_rewrite_the_past(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str, metrics: list[Any]
+) -> None:
+    op = forecasting(gcs_bucket)
+    for day, used in enumerate((1000, 1100, 1200)):  # 1000, 900, 800 left
+        vendors.set_poof(2000, used)
+        run_on(op, day)
+    metrics.clear()
+    vendors.set_poof(2000, 1500)  # 500 left today; day 1's run cleared and run again
+    result = run_on(op, 1)
+    assert [line["remaining"] for line in history_lines(gcs_storage, gcs_bucket, "poof_default")] == [
+        "1000",
+        "900",
+        "800",
+    ]
+    assert result["poof_default"]["remaining"] == "500"  # the threshold sees today's balance
+    assert result["poof_default"]["forecast"]["remaining"] == "800"  # the history's newest reading
+    names = {name for _, name, _, _ in metrics}
+    assert "bgremoval.credits.remaining.poof_default" in names
+    assert not any(".spent." in name or ".top_ups." in name for name in names)
+
+
+def test_spent_is_from_the_readings_predecessor(
+    vendors: FakeVendors, gcs_bucket: str, metrics: list[Any]
+) -> None:
+    op = forecasting(gcs_bucket)
+    for day, used in enumerate((1000, 1100)):  # 1000, 900 left
+        vendors.set_poof(2000, used)
+        run_on(op, day)
+    vendors.set_poof(2000, 1200)  # 800 left on day 2
+    run_on(op, 2)
+    vendors.set_poof(2000, 1180)  # 820 read a minute before day 2's reading by a racing monitor
+    metrics.clear()
+    run_at(op, DAY0 + timedelta(days=2, minutes=-1), "racing")
+    gauges = {name: value for kind, name, value, _ in metrics if kind == "gauge"}
+    assert gauges["bgremoval.credits.spent.poof_default"] == 80  # from day 1's 900, not day 2's 800
