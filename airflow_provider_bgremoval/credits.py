@@ -138,7 +138,8 @@ class PoolTarget:
     :param pooling: ``any`` (one account alone) or ``total`` (the sum of the usable balances).
     :param min_credits: credits wanted (``None`` when counting images).
     :param min_images: images wanted (``None`` when counting credits).
-    :param costs: cost per image of each account (only with ``min_images``).
+    :param costs: cost per image of each account (with ``min_images``: every account's, ``0`` for
+        free calls; a missing one is an :class:`InvalidOptionError`).
     """
 
     conn_ids: tuple[str, ...]
@@ -146,6 +147,13 @@ class PoolTarget:
     min_credits: Decimal | None = None
     min_images: int | None = None
     costs: Mapping[str, Decimal] | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_images is None:
+            return
+        missing = [c for c in self.conn_ids if c not in (self.costs or {})]
+        if missing:  # counting images needs every account's cost; a missing one is not a free account
+            raise InvalidOptionError("costs", f"min_images needs a cost per image for {', '.join(missing)}")
 
     @property
     def unit(self) -> str:
@@ -167,7 +175,7 @@ class PoolTarget:
         usable = balance.remaining if balance.usable else Decimal(0)
         if self.min_images is None:
             return usable
-        cost = (self.costs or {}).get(conn_id, Decimal(0))
+        cost = (self.costs or {})[conn_id]
         if cost <= 0:
             return Decimal(self.min_images) if balance.usable else Decimal(0)  # free calls: no limit
         return (usable / cost).to_integral_value(rounding=ROUND_FLOOR)

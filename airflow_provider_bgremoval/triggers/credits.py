@@ -46,7 +46,8 @@ class CreditsTrigger(BaseTrigger):
     :param max_poll_interval: cap of one wait with exponential backoff (default 900 s).
     :param pooling: a pool's rule, ``any`` or ``total``.
     :param min_images: a pool's target in images (instead of ``min_credits``).
-    :param costs: a pool's cost per image for each connection, as strings (with ``min_images``).
+    :param costs: a pool's cost per image for each connection, as strings (with ``min_images``:
+        every connection's; a missing one is a fatal ``InvalidOptionError`` event, not a free account).
     """
 
     def __init__(

@@ -129,8 +129,19 @@ def test_pool_in_images_each_account_at_its_own_cost() -> None:
     assert verdict.met and dict(verdict.amounts) == {"pixian_default": 6, "poof_default": 4}
     assert verdict.as_dict()["unit"] == "images" and verdict.as_dict()["total"] == "10"
     assert not PoolTarget(POOL, "any", min_images=10, costs=costs).verdict(verdict.readings).met
-    free = PoolTarget(POOL, "any", min_images=3, costs={"pixian_default": Decimal(0)})
+    free = PoolTarget(
+        POOL, "any", min_images=3, costs={"pixian_default": Decimal(0), "poof_default": Decimal(2)}
+    )
     assert free.verdict({"pixian_default": bal("pixian", "1")}).met_by == ("pixian_default",)
+
+
+def test_pool_in_images_needs_every_accounts_cost() -> None:
+    # a missing cost is no free account (which would meet any min_images at once)
+    with pytest.raises(InvalidOptionError, match="cost per image for poof_default"):
+        PoolTarget(POOL, "any", min_images=3, costs={"pixian_default": Decimal(1)})
+    with pytest.raises(InvalidOptionError, match="pixian_default, poof_default"):
+        PoolTarget(POOL, "total", min_images=3)
+    assert PoolTarget(POOL, "total", min_credits=Decimal(3)).unit == "credits"  # credits need no costs
 
 
 def test_pool_errors_fatal_and_transient() -> None:

@@ -337,7 +337,9 @@ async def test_pool_images_and_a_fatal_account(vendors: FakeVendors, travel: Tim
     vendors.set_pixian("3")
     vendors.set_poof(10, 10)
     vendors.script["poof"] = [401] * 4
-    trigger = CreditsTrigger(POOL, None, pooling="any", min_images=5, costs={"pixian_default": "0.5"})
+    trigger = CreditsTrigger(
+        POOL, None, pooling="any", min_images=5, costs={"pixian_default": "0.5", "poof_default": "1"}
+    )
     [event] = await events(trigger)  # pixian: 3 credits at 0.5 = 6 images
     assert event.payload["pool"]["met_by"] == ["pixian_default"]
     vendors.set_pixian("1")
@@ -347,6 +349,18 @@ async def test_pool_images_and_a_fatal_account(vendors: FakeVendors, travel: Tim
     assert "poof_default: VendorAuthError" in event.payload["message"]
     for secret in SECRETS:
         assert secret not in json.dumps(event.payload)
+
+
+async def test_pool_images_without_a_cost_is_a_fatal_error(vendors: FakeVendors, travel: TimeTravel) -> None:
+    # a missing cost is no free account: it would meet any min_images without a credit
+    vendors.set_pixian("0")
+    vendors.set_poof(10, 10)
+    for costs in (None, {"pixian_default": "0.5"}):
+        [event] = await events(CreditsTrigger(POOL, None, pooling="any", min_images=5, costs=costs))
+        assert (event.payload["status"], event.payload["fatal"]) == ("error", True)
+        assert "invalid 'costs': min_images needs a cost per image for" in event.payload["message"]
+        assert "poof_default" in event.payload["message"].split("for")[-1]
+    assert travel.waits == []
 
 
 async def test_pool_over_the_sandbox(sb: RunningSandbox, travel: TimeTravel) -> None:
