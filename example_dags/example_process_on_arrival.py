@@ -11,7 +11,9 @@ photos makes one run, not 300.
   outlet, the cut-outs' prefix, gets an asset event carrying the counts (done, skipped, rejected,
   failed, pending), the credits spent and the manifest's URI: `example_publish_cutouts` runs on it.
 
-Runs never overlap: photos that land during a run start the next one once it is over.
+Runs never overlap: photos that land during a run start the next one once it is over. Photos a run
+leaves unfinished (a budget halt, vendor failures) wait for the next run: for a catch-up without new
+uploads, schedule the DAG daily as well (docs/arrivals.md, "Photos a fired run did not finish").
 
 **Before the first run:** a `pixelcut_default` connection (for Pixian.AI or Poof, change
 `VENDOR_CONN_ID` and `POOL` at the top of the file); the pool, e.g.
