@@ -242,8 +242,9 @@ class BucketImageOperator(BucketJobOperator):
             if halt.fatal or halt.reason == "failure_rate":
                 available = "unknown" if halt.available is None else str(halt.available)
                 error = AirflowFailException if halt.fatal else AirflowException
+                done = result.billable_counts["done"]
                 raise error(
-                    f"{vendor}: {halt.message}. Stopped after {counts['done']} of {result.billable} "
+                    f"{vendor}: {halt.message}. Stopped after {done} of {result.billable} "
                     f"billable images; {halt.remaining_images} image(s) remain pending "
                     f"(need about {halt.needed} credits; available: {available}). "
                     f"Finished images are skipped on rerun. Manifest: {manifest_uri}"
@@ -265,10 +266,12 @@ class BucketImageOperator(BucketJobOperator):
                 f"{vendor}: {counts['failed']} image(s) failed and {counts['rejected']} were rejected "
                 f"of {summary['total']}{renditions}; see the manifest {manifest_uri}"
             )
-        sent = counts["done"] + bad
-        if self.on_error == "fail_rate" and sent and bad / sent > float(self.max_failure_rate):
+        billable = result.billable_counts  # render-only rows are not vendor calls: not in the rate
+        billable_bad = billable["failed"] + billable["rejected"]
+        sent = billable["done"] + billable_bad
+        if self.on_error == "fail_rate" and sent and billable_bad / sent > float(self.max_failure_rate):
             raise AirflowException(
-                f"{vendor}: failure rate {bad / sent:.0%} is over max_failure_rate "
+                f"{vendor}: failure rate {billable_bad / sent:.0%} is over max_failure_rate "
                 f"{float(self.max_failure_rate):.0%}; see the manifest {manifest_uri}"
             )
         held = summary["claims_elsewhere"]

@@ -121,6 +121,7 @@ class BatchResult:
     :param duration_s: wall time of the run.
     :param billable: images that were planned as billable.
     :param renditions: per rendition name, sources per rendition status (``done``, ``replaced``…).
+    :param render_only: the render-only rows (no vendor call) per final status; included in ``counts``.
     """
 
     counts: Counter[str] = field(default_factory=Counter)
@@ -136,6 +137,12 @@ class BatchResult:
     duration_s: float = 0.0
     billable: int = 0
     renditions: dict[str, Counter[str]] = field(default_factory=dict)
+    render_only: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def billable_counts(self) -> Counter[str]:
+        """Sources per final status without the render-only rows (what the failure rate judges)."""
+        return self.counts - self.render_only
 
     @property
     def bad_renditions(self) -> int:
@@ -225,6 +232,7 @@ class BatchRunner:
         self._flights: set[_Flight] = set()
         self._submitted = 0
         self._finished = 0
+        self._billable_finished = 0  # what the failure rate judges: render-only items are not counted
         self._halt_reason: HaltInfo | None = None  # completed when the run ends
         self._stop: tuple[str, str] | None = None  # an interrupt: (code, message)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -277,7 +285,14 @@ class BatchRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    def _row(self, source: ObjectInfo, destination: str | None, status: str, **fields: Any) -> None:
+    def _row(
+        self,
+        source: ObjectInfo,
+        destination: str | None,
+        status: str,
+        render_only: bool = False,
+        **fields: Any,
+    ) -> None:
         for entry in fields.get("renditions") or ():
             self.result.renditions.setdefault(entry["name"], Counter())[entry["status"]] += 1
         row = ManifestRow(
@@ -292,6 +307,8 @@ class BatchRunner:
         )
         self.manifest.add(row)
         self.result.counts[status] += 1
+        if render_only:
+            self.result.render_only[status] += 1
         if status == "pending":
             self.result.pending_reasons[fields.get("error_code") or "pending"] += 1
         if self.manifest.part_due():
@@ -376,13 +393,14 @@ class BatchRunner:
         }
 
     def _check_failure_rate(self) -> None:
-        if self.on_error != "fail_rate" or self._finished < FAILURE_RATE_MIN_SAMPLE:
+        finished = self._billable_finished
+        if self.on_error != "fail_rate" or finished < FAILURE_RATE_MIN_SAMPLE:
             return
-        rate = self._bad_in_run / self._finished
+        rate = self._bad_in_run / finished
         if rate > self.max_failure_rate:
             self._halt(
                 "failure_rate",
-                f"{self._bad_in_run} of {self._finished} images failed "
+                f"{self._bad_in_run} of {finished} images failed "
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
             )
 
@@ -403,10 +421,8 @@ class BatchRunner:
             )
             return
         flight.recorded = True
-        self._finished += 1
+        self._count_finished(flight, bad=status in ("rejected", "failed"))
         stats, result = flight.stats, flight.result
-        if status in ("rejected", "failed"):
-            self._bad_in_run += 1
         lost = stats.possibly_charged
         if flight.abandoned and stats.attempt_in_flight:
             lost += 1  # the request was out when the call was given up: the vendor may bill it
@@ -426,6 +442,7 @@ class BatchRunner:
             item.source,
             _destination_of(item),
             status,
+            item.render_only,
             error_code=code,
             error_message=message,
             request_id=request_id if request_id is not None else (result.request_id if result else None),
@@ -433,6 +450,13 @@ class BatchRunner:
             **money,
             **fields,
         )
+
+    def _count_finished(self, flight: _Flight, *, bad: bool = False) -> None:
+        """One more finished image; a billable one also counts for the failure rate."""
+        self._finished += 1
+        if not flight.item.render_only:
+            self._billable_finished += 1
+            self._bad_in_run += int(bad)
 
     def _settle_unexpected(self, flight: _Flight, exc: Exception) -> None:
         """Anything our code did not foresee fails this image alone, with the charges it incurred."""
@@ -687,7 +711,7 @@ class BatchRunner:
             finally:
                 self._flights.discard(flight)
                 if not flight.recorded:  # cancelled from outside: still one finished image
-                    self._finished += 1
+                    self._count_finished(flight)
                 self._check_failure_rate()
                 self.progress.update(self._finished, self.result.counts, self.result.credits_spent)
 
@@ -755,7 +779,14 @@ class BatchRunner:
             (halt.reason, halt.message) if halt else ("not_started", "not started")
         )
         for item in (*self._items, *self._render_items):
-            self._row(item.source, _destination_of(item), "pending", error_code=code, error_message=message)
+            self._row(
+                item.source,
+                _destination_of(item),
+                "pending",
+                item.render_only,
+                error_code=code,
+                error_message=message,
+            )
 
     async def _halt_info(self, halt: HaltInfo) -> HaltInfo:
         pending = self.result.counts["pending"]

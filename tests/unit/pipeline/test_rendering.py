@@ -341,3 +341,28 @@ def test_render_only_rows_have_no_destination_also_when_left_pending(buckets) ->
     done = run(stop=False)
     assert [row["status"] for row in done] == ["done", "done"]
     assert [row["destination"] for row in done] == [None, None]
+
+
+def test_failed_render_only_items_do_not_count_for_the_failure_rate(buckets) -> None:
+    storage, src, dst = buckets
+    png = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(png, format="PNG")
+    for index in range(10):
+        storage.write(src, f"raw/more/{index}.png", png.getvalue(), content_type="image/png")
+    spec = BatchSpec(src, dst, **SPEC_KW)
+    vendor = CutoutProcessor()
+    batch(storage, spec, vendor, layout(WEB))  # 12 masters
+    storage.write(src, "raw/new.png", png.getvalue(), content_type="image/png")
+    # 12 render-only items fail (their masters are over the limit); the one billable image is done.
+    _, result, rows = batch(
+        storage,
+        spec,
+        vendor,
+        layout(WEB, THUMB),
+        master_max_bytes=64,
+        on_error="fail_rate",
+        max_failure_rate=0.1,
+    )
+    assert result.counts["failed"] == 12 and result.render_only["failed"] == 12
+    assert result.halt is None and result.billable_counts == {"done": 1}
+    assert len(vendor.calls) == 13
