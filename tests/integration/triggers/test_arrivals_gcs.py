@@ -147,3 +147,42 @@ def test_trigger_fires_for_a_burst_then_the_run_finishes_it_and_nothing_fires_ag
     assert late is not None and (late["images"], late["listed"]) == (1, 1)
     assert late["previous_watermark"]["generation"] == newest
     assert sandbox.admin.total_charged("poof") == len(photos)
+
+
+RENDITIONS_DAG_ID = "arrivals_renditions"
+
+
+def test_a_renditions_batch_shared_with_the_task_fires_render_only_for_a_stale_rendition(
+    vendor_connections: RunningSandbox,
+    gcs_storage: GcsStorage,
+    batch: dict[str, Any],
+    photo_bytes: dict[str, bytes],
+    dag_tester: Any,
+) -> None:
+    sandbox, src, dst = vendor_connections, batch["source_bucket"], batch["destination_bucket"]
+    batch = {**batch, "renditions": [{"name": "web", "format": "webp", "max_size": 256}]}
+    photos = {f"incoming/{name}": data for name, data in list(photo_bytes.items())[:2]}
+    for name, data in photos.items():
+        gcs_storage.write(src, name, data, content_type="application/octet-stream")
+    store = StateStore()
+    event = asyncio.run(first_event(watcher(batch, store), within=20))
+    assert event is not None and (event["images"], event["render_only"]) == (len(photos), 0)
+
+    run = dag_tester.run(DAG.format(dag_id=RENDITIONS_DAG_ID, dst=dst, batch=batch), RENDITIONS_DAG_ID)
+    assert run.state == "success", run.task_states()
+    assert run.xcom("cutouts")["done"] == len(photos)
+    charged = sandbox.admin.total_charged("poof")
+    assert charged == len(photos)
+
+    # masters under cut/masters/ and every rendition finished: nothing to do for a fresh watcher
+    assert asyncio.run(first_event(watcher(batch, StateStore()), within=3)) is None
+
+    # a rendition made stale (another spec's object in its place): render-only work, 0 credits
+    stale = "cut/web/" + next(iter(photos)).removeprefix("incoming/").rsplit(".", 1)[0] + ".webp"
+    current = gcs_storage.stat(dst, stale)
+    assert current is not None  # the task wrote it where the trigger's layout looks for it
+    gcs_storage.write(dst, stale, b"old", content_type="image/webp", if_generation_match=current.generation)
+    again = asyncio.run(first_event(watcher(batch, StateStore()), within=20))
+    assert again is not None
+    assert (again["images"], again["render_only"], again["finished"]) == (1, 1, len(photos) - 1)
+    assert sandbox.admin.total_charged("poof") == charged
