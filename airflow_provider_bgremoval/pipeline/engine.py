@@ -794,7 +794,7 @@ class BatchRunner:
         if halt.reason == "out_of_credits" and self.balance_probe is not None:
             with contextlib.suppress(BgRemovalError):
                 available = (await self.balance_probe()).remaining
-        needed = self.processor.cost_per_image * pending
+        needed = self.processor.cost_per_image * self.result.billable_counts["pending"]  # render-only: free
         return replace(halt, remaining_images=pending, needed=needed, available=available)
 
 

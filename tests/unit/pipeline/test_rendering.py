@@ -366,3 +366,32 @@ def test_failed_render_only_items_do_not_count_for_the_failure_rate(buckets) -> 
     assert result.counts["failed"] == 12 and result.render_only["failed"] == 12
     assert result.halt is None and result.billable_counts == {"done": 1}
     assert len(vendor.calls) == 13
+
+
+def test_an_interrupt_prices_only_the_billable_items_left_pending(buckets) -> None:
+    storage, src, dst = buckets
+    spec = BatchSpec(src, dst, **SPEC_KW)
+    vendor = CutoutProcessor()
+    batch(storage, spec, vendor, layout(WEB))
+    png = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(png, format="PNG")
+    storage.write(src, "raw/new.png", png.getvalue(), content_type="image/png")
+
+    async def go():
+        plan = await plan_batch(
+            storage,
+            spec,
+            extension=".png",
+            fingerprint=vendor.fingerprint,
+            vendor=vendor.vendor,
+            limits=vendor.limits,
+            renditions=layout(WEB, THUMB),
+        )
+        runner = BatchRunner(storage, vendor, plan, ManifestWriter())
+        runner.request_stop("terminated", "the task was terminated")
+        return plan, await runner.run()
+
+    plan, result = asyncio.run(go())
+    assert plan.billable == 1 and len(plan.render) == 2 and result.counts["pending"] == 3
+    assert result.halt is not None and result.halt.remaining_images == 3
+    assert result.halt.needed == vendor.cost_per_image * 1  # the two render-only items cost nothing
