@@ -327,12 +327,12 @@ class NewImagesTrigger(BaseEventTrigger):
         self.options: dict[str, Any] = {name: _primitive(value) for name, value in given.items()}
         if operation == "generate_background":  # fail at DAG parse on bad options, as the operators do
             generation_options_of(self.options)
-        elif self.parsed_renditions:
+        elif not self.single_output:
             check_master_options(removal_options_of(self.options))
         else:
             removal_options_of(self.options)
-        if self.parsed_renditions:  # a rendition folder overlapping the masters: refused here too
-            RenditionLayout(self.parsed_renditions, self.spec.destination_prefix, self.spec.output_prefix)
+        if not self.single_output:  # a rendition folder overlapping the masters or sources: refused here too
+            self._layout()
 
     def _parse_renditions(self, given: Any, presets: Mapping[str, Any] | None) -> tuple[Rendition, ...]:
         """The validated renditions; those given must survive serialisation unchanged."""
@@ -346,9 +346,14 @@ class NewImagesTrigger(BaseEventTrigger):
             )
         return parsed
 
+    @property
+    def single_output(self) -> bool:
+        """No renditions: one output per source (only ``renditions=None``; an empty list is refused)."""
+        return self.renditions is None
+
     def _masters_prefix(self, destination_prefix: str) -> str | None:
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/`` (as operators)."""
-        if not self.parsed_renditions:
+        if self.single_output:
             return None
         return self.masters_prefix or f"{normalise_prefix(destination_prefix)}masters/"
 
@@ -414,12 +419,23 @@ class NewImagesTrigger(BaseEventTrigger):
 
         :param processor: the bucket task's processor (it makes the masters).
         """
-        if not self.parsed_renditions:
+        if self.single_output:
             return None
         check_master(processor)
+        return self._layout(processor.extension)
+
+    def _layout(self, extension: str = "") -> RenditionLayout:
+        """The operators' layout (``BucketJobOperator.layout_of``): masters in the destination bucket."""
         spec = self.spec
         return RenditionLayout(
-            self.parsed_renditions, spec.destination_prefix, spec.output_prefix, processor.extension
+            self.parsed_renditions,
+            spec.destination_prefix,
+            spec.output_prefix,
+            extension,
+            destination_bucket=spec.destination_bucket,
+            masters_bucket=spec.destination_bucket,
+            source_bucket=spec.source_bucket,
+            source_prefix=spec.source_prefix,
         )
 
     async def get_processor(self) -> ImageProcessor:

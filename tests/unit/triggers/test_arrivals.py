@@ -456,19 +456,9 @@ def test_the_shared_batch_dict_with_renditions_builds_the_operators_layout() -> 
     hook = BackgroundRemovalHook.get_hook("pixian_default")
     processor = operator.build_processor(hook, None)
     assert trigger.spec == operator._spec() and trigger.spec.output_prefix == "originals/"
-    mine = trigger.rendition_layout(trigger.build_processor(hook))
-    theirs = operator.rendition_layout(operator._spec(), processor)
-    assert mine is not None and theirs is not None
-    assert (mine.renditions, mine.destination_prefix, mine.masters_prefix, mine.master_extension) == (
-        theirs.renditions,
-        theirs.destination_prefix,
-        theirs.masters_prefix,
-        theirs.master_extension,
+    assert trigger.rendition_layout(trigger.build_processor(hook)) == operator.rendition_layout(
+        operator._spec(), processor
     )
-    master = "originals/2026/shoe.png"
-    assert [mine.name_of(r, master) for r in mine.renditions] == [
-        theirs.name_of(r, master) for r in theirs.renditions
-    ]
     default = NewImagesTrigger(**RENDITIONS_BATCH)
     assert (
         default.spec.output_prefix
@@ -514,6 +504,19 @@ def test_bad_renditions_fail_at_construction() -> None:
         NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": [{"name": "web", "format": "gif"}]})
     with pytest.raises(InvalidOptionError, match="masters"):
         NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": [{"name": "masters", "format": "png"}]})
+    with pytest.raises(InvalidOptionError, match="at least one rendition"):  # as the operators: None, not []
+        NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": []})
+    overlapping = {  # a rendition folder in the source bucket on the photos' prefix: it would overwrite them
+        **RENDITIONS_BATCH,
+        "destination_bucket": "src",
+        "destination_prefix": "",
+        "renditions": [{"name": "incoming", "format": "png"}],
+    }
+    with pytest.raises(InvalidOptionError, match="source") as mine:
+        NewImagesTrigger(**overlapping)
+    with pytest.raises(InvalidOptionError) as theirs:
+        RemoveBackgroundOperator(task_id="cut", **overlapping)
+    assert str(mine.value) == str(theirs.value)
     with pytest.raises(InvalidOptionError, match="templated"):
         NewImagesTrigger(**{**RENDITIONS_BATCH, "renditions": "{{ params.renditions }}"})
 
