@@ -351,16 +351,7 @@ class BucketJobOperator(BaseOperator):
         :param renditions: the parsed renditions (empty: refused).
         :param extension: the masters' extension.
         """
-        return RenditionLayout(
-            renditions,
-            spec.destination_prefix,
-            spec.output_prefix,
-            extension,
-            destination_bucket=spec.destination_bucket,
-            masters_bucket=spec.destination_bucket,
-            source_bucket=spec.source_bucket,
-            source_prefix=spec.source_prefix,
-        )
+        return RenditionLayout.of_batch(spec, renditions, extension)
 
     def prepare_job(self) -> BucketJob:
         """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""

@@ -16,7 +16,12 @@ from typing import Any
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError, safe_excerpt
 from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR
-from airflow_provider_bgremoval.pipeline.planning import META_SOURCE, META_SOURCE_GENERATION, META_WRITER
+from airflow_provider_bgremoval.pipeline.planning import (
+    META_SOURCE,
+    META_SOURCE_GENERATION,
+    META_WRITER,
+    BatchSpec,
+)
 from airflow_provider_bgremoval.renditions import (
     RenderedRendition,
     RenderFailure,
@@ -137,6 +142,29 @@ class RenditionLayout:
     masters_bucket: str = ""
     source_bucket: str = ""
     source_prefix: str | None = None
+
+    @classmethod
+    def of_batch(
+        cls, spec: BatchSpec, renditions: tuple[Rendition, ...], extension: str = ""
+    ) -> RenditionLayout:
+        """
+        The layout of a bucket batch: masters under ``spec.output_prefix`` of the destination bucket,
+        rendition folders under its destination prefix, checked against its masters and sources.
+
+        :param spec: the batch spec.
+        :param renditions: the parsed renditions (empty: refused).
+        :param extension: the masters' extension.
+        """
+        return cls(
+            renditions,
+            spec.destination_prefix,
+            spec.output_prefix,
+            extension,
+            destination_bucket=spec.destination_bucket,
+            masters_bucket=spec.destination_bucket,
+            source_bucket=spec.source_bucket,
+            source_prefix=spec.source_prefix,
+        )
 
     def __post_init__(self) -> None:
         if not self.renditions:

@@ -425,18 +425,8 @@ class NewImagesTrigger(BaseEventTrigger):
         return self._layout(processor.extension)
 
     def _layout(self, extension: str = "") -> RenditionLayout:
-        """The operators' layout (``BucketJobOperator.layout_of``): masters in the destination bucket."""
-        spec = self.spec
-        return RenditionLayout(
-            self.parsed_renditions,
-            spec.destination_prefix,
-            spec.output_prefix,
-            extension,
-            destination_bucket=spec.destination_bucket,
-            masters_bucket=spec.destination_bucket,
-            source_bucket=spec.source_bucket,
-            source_prefix=spec.source_prefix,
-        )
+        """The bucket operators' layout (:meth:`RenditionLayout.of_batch`)."""
+        return RenditionLayout.of_batch(self.spec, self.parsed_renditions, extension)
 
     async def get_processor(self) -> ImageProcessor:
         """The processor for ``conn_id``, its connection read without blocking (tests override this)."""
