@@ -24,7 +24,18 @@ try:  # Airflow 3.2+
 except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
 
-__all__ = ["AirflowFailException", "AirflowNotFoundException", "AirflowSkipException", "conf"]  # re-exported
+try:  # Airflow 3.2+
+    from airflow.sdk.observability.stats import Stats
+except ImportError:  # Airflow 3.1
+    from airflow.stats import Stats  # type: ignore[no-redef]
+
+__all__ = [  # re-exported
+    "AirflowFailException",
+    "AirflowNotFoundException",
+    "AirflowSkipException",
+    "Stats",
+    "conf",
+]
 
 
 def mask_secret(secret: str | None) -> None:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier, BaseOperator
 from airflow.sdk.exceptions import AirflowException
-from airflow.sdk.observability.stats import Stats
 
-from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval._compat import AirflowFailException, Stats
 from airflow_provider_bgremoval.credit_chart import render_chart
 from airflow_provider_bgremoval.credits import describe_error, parse_min_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
