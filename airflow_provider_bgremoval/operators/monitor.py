@@ -181,9 +181,15 @@ def emit_metrics(
             Stats.incr(f"{METRIC_PREFIX}.forecast_alerts.{name}", tags=tags)
 
 
+#: The longest lead time a forecast may look ahead: a burn rate measured over the last
+#: :data:`~airflow_provider_bgremoval.forecast.DEFAULT_BURN_WINDOW_DAYS` days says little about
+#: the spend months away.
+MAX_FORECAST_DAYS = 90
+
+
 def parse_forecast_days(value: Any) -> float:
     """
-    ``forecast_days`` as a positive number of days.
+    ``forecast_days`` as a positive number of days, at most :data:`MAX_FORECAST_DAYS`.
 
     :param value: a number or numeric string.
     """
@@ -193,6 +199,12 @@ def parse_forecast_days(value: Any) -> float:
         raise InvalidOptionError("forecast_days", f"{value!r} is not a number of days") from None
     if not math.isfinite(days) or days <= 0:
         raise InvalidOptionError("forecast_days", f"{value!r} must be a positive number of days")
+    if days > MAX_FORECAST_DAYS:
+        raise InvalidOptionError(
+            "forecast_days",
+            f"{value!r} is more than {MAX_FORECAST_DAYS} days: a burn rate measured over recent days "
+            "cannot forecast that far; use a threshold for a long-range floor",
+        )
     return days
 
 

@@ -318,6 +318,9 @@ def test_forecast_options_are_validated(gcs_bucket: str) -> None:
         monitor(forecast_days=7)
     with pytest.raises(InvalidOptionError, match="forecast_days"):
         monitor(forecast_days=0, history_bucket=gcs_bucket)
+    with pytest.raises(InvalidOptionError, match="more than 90 days"):
+        monitor(forecast_days=365, history_bucket=gcs_bucket)
+    assert monitor(forecast_days=90, history_bucket=gcs_bucket).forecast_days == 90
     with pytest.raises(InvalidOptionError, match="observed_at"):
         monitor(observed_at="yesterday")
     with pytest.raises(InvalidOptionError, match="history_limit"):
