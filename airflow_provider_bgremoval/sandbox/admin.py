@@ -121,7 +121,8 @@ class SandboxAdmin:
         Settings (all optional): ``latency_ms``, ``jitter_ms``, ``rate_limit_rps`` (+
         ``rate_limit_burst``),
         ``max_concurrency``, ``retry_after``, ``error_rate`` + ``error_statuses``, ``fault`` (+
-        ``rate`` | ``next`` | ``requests``, ``status``), ``rules`` (a list of such dicts),
+        ``rate`` | ``next`` | ``requests``, ``status``, a time window ``from_s``/``until_s`` in
+        sandbox-clock seconds from now), ``rules`` (a list of such dicts),
         ``slow_seconds``, ``auth_revoked``, ``result_url_status``, ``exhaust_after``, ``apply_to``,
         ``seed``. Fault kinds: ``error``, ``rate_limited``, ``slow``, ``drop_before_headers``,
         ``drop_after_processing``, ``drop_mid_body``, ``truncated_body``, ``non_image_body``,
@@ -133,6 +134,28 @@ class SandboxAdmin:
         """
         result: dict[str, Any] = self._call("POST", "faults", json={"vendor": vendor, **faults})
         return result
+
+    def outage(
+        self, vendor: str, seconds: float | None, *, status: int = 503, after: float = 0.0, **settings: Any
+    ) -> dict[str, Any]:
+        """Make every billed call of ``vendor`` fail with ``status`` over a window of the sandbox
+        clock: from ``after`` seconds from now, for ``seconds`` (``None``: until cleared); then it
+        recovers by itself. ``advance_clock`` moves through the window without waiting.
+
+        Replaces the vendor's faults like :meth:`set_faults` (``settings`` are added to the same
+        call, e.g. ``latency_ms`` or ``apply_to="all"`` to take the balance endpoint down too).
+
+        :param vendor: the vendor
+        :param seconds: how long the outage lasts (``None``: until :meth:`clear_faults`)
+        :param status: the HTTP status of every failed call (5xx for an outage)
+        :param after: seconds from now until it starts
+        :param settings: further fault settings, as :meth:`set_faults` takes them
+        :returns: the vendor's new fault state (its rule shows ``from_s``, ``until_s``, ``active``)
+        """
+        window: dict[str, Any] = {"from_s": after}
+        if seconds is not None:
+            window["until_s"] = after + seconds
+        return self.set_faults(vendor, fault="error", status=status, **window, **settings)
 
     def fail_next(self, vendor: str, count: int = 1, fault: str = "error", status: int = 500) -> None:
         """Make the vendor's next ``count`` billed requests fail with ``fault``.

@@ -106,7 +106,7 @@ class FaultMiddleware:
             delay = faults.latency()
             if delay > 0:
                 await asyncio.sleep(delay)
-            ctx.ordinal, decision = faults.decide()
+            ctx.ordinal, decision = faults.decide(self.state.now())
             if decision is None:
                 await self.app(scope, receive, capture)
                 return
@@ -263,7 +263,7 @@ async def admin_state(request: Request) -> Response:
         {
             "accounts": state.ledger.accounts(),
             "costs": state.config.costs.to_dict(),
-            "faults": {v: state.faults[v].state() for v in VENDORS},
+            "faults": {v: state.faults[v].state(state.now()) for v in VENDORS},
             "result_ttl_seconds": state.config.result_ttl_seconds,
             "pixelcut_credits_type": state.config.pixelcut_credits_type,
             "clock_offset": state.clock.offset,
@@ -334,19 +334,19 @@ async def admin_faults(request: Request) -> Response:
     state = get_state(request)
     try:
         if request.method == "GET":
-            return JSONResponse({v: state.faults[v].state() for v in VENDORS})
+            return JSONResponse({v: state.faults[v].state(state.now()) for v in VENDORS})
         if request.method == "DELETE":
             vendor = request.query_params.get("vendor")
             for v in [_vendor(vendor)] if vendor else list(VENDORS):
-                state.faults[v] = VendorFaults(v, FaultConfig(), state.config.seed)
+                state.faults[v] = state.new_faults(v, FaultConfig())
                 state.ledger.set_exhaust_after(v, None)
-            return JSONResponse({v: state.faults[v].state() for v in VENDORS})
+            return JSONResponse({v: state.faults[v].state(state.now()) for v in VENDORS})
         body = await _json(request)
         vendor = _vendor(body.pop("vendor", None))
         cfg = FaultConfig.from_dict(body)
-        state.faults[vendor] = VendorFaults(vendor, cfg, state.config.seed)
+        state.faults[vendor] = state.new_faults(vendor, cfg)
         state.ledger.set_exhaust_after(vendor, cfg.exhaust_after)
-        return JSONResponse(state.faults[vendor].state())
+        return JSONResponse(state.faults[vendor].state(state.now()))
     except (ConfigError, ValueError, TypeError) as exc:
         return _bad_request(str(exc))
 

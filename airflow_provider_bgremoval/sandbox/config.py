@@ -44,7 +44,9 @@ FaultKind = Literal[
 #: Names of the fault kinds a fault rule may ask for (see :mod:`.faults`).
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 #: The keys of one fault rule that the one-rule shorthand of :meth:`FaultConfig.from_dict` takes.
-_RULE_SHORTHAND_KEYS = ("rate", "next", "requests", "status", "statuses")
+_RULE_SHORTHAND_KEYS = ("rate", "next", "requests", "status", "statuses", "from_s", "until_s")
+#: The keys that choose which requests a rule applies to (a rule naming none applies to every request).
+_SELECTOR_KEYS = frozenset({"rate", "next", "requests"})
 _UNKNOWN_KEY_ERRORS = frozenset({"unexpected_keyword_argument", "extra_forbidden"})
 _SETTINGS = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
@@ -123,11 +125,20 @@ class FaultRule:
     the faults were last set) is in ``requests``, or while ``next`` is positive (it is decremented),
     or with probability ``rate`` drawn from the vendor's seeded random generator.
 
+    A **time window** (``from_s``/``until_s``, seconds of the sandbox clock since the faults were
+    set) confines the rule: outside it the rule never applies (``next`` is not used up, the random
+    draws still happen so the sequence stays seeded). A rule with a window and no ``rate``/``next``/
+    ``requests`` applies to every request inside it: ``{"fault": "error", "status": 503,
+    "until_s": 20}`` is a 20-second outage from the moment it is set. The window follows the sandbox
+    clock, so ``advance_clock`` ends (or starts) it exactly, without waiting.
+
     :param fault: one of :data:`FAULT_KINDS`
     :param rate: probability 0..1 of applying the fault to any request
     :param next: apply to the next N requests
     :param requests: apply to these request ordinals
     :param statuses: for ``error``: the HTTP error statuses (400..599) to choose from (seeded choice)
+    :param from_s: the window opens this many seconds after the faults were set (default 0)
+    :param until_s: the window closes this many seconds after the faults were set (``None``: never)
     """
 
     fault: Annotated[FaultKind, BeforeValidator(_fault_kind)]
@@ -137,17 +148,36 @@ class FaultRule:
     statuses: Annotated[list[HttpErrorStatus], Field(min_length=1)] = field(
         default_factory=lambda: [500, 502, 503]
     )
+    from_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    until_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _one_status(cls, data: Any) -> Any:
-        """``status`` is the one-status form of ``statuses`` (which wins when both are given)."""
-        if not isinstance(data, Mapping) or "status" not in data:
+    def _shorthands(cls, data: Any) -> Any:
+        """``status`` is the one-status form of ``statuses`` (which wins when both are given); a
+        window without a selector applies to every request in it (``rate`` 1)."""
+        if not isinstance(data, Mapping):
             return data
         data = dict(data)
-        status = data.pop("status")
-        data.setdefault("statuses", [status])
+        if "status" in data:
+            data.setdefault("statuses", [data.pop("status")])
+        windowed = data.get("from_s") is not None or data.get("until_s") is not None
+        if windowed and not _SELECTOR_KEYS & set(data):
+            data["rate"] = 1.0
         return data
+
+    @model_validator(mode="after")
+    def _window_order(self) -> FaultRule:
+        if self.until_s is not None and self.until_s <= self.from_s:
+            raise ValueError(f"until_s ({self.until_s}) must be after from_s ({self.from_s})")
+        return self
+
+    def in_window(self, elapsed: float) -> bool:
+        """Return whether the rule's window holds ``elapsed`` seconds since the faults were set.
+
+        :param elapsed: sandbox-clock seconds since the faults were set
+        """
+        return self.from_s <= elapsed and (self.until_s is None or elapsed < self.until_s)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
@@ -224,7 +254,7 @@ class FaultConfig:
         if "fault" in data:
             single = {"fault": data.pop("fault")}
             single.update({name: data.pop(name) for name in _RULE_SHORTHAND_KEYS if name in data})
-            if not {"rate", "next", "requests"} & set(single):
+            if not _SELECTOR_KEYS & set(single):
                 single["rate"] = 1.0
             rules.append(single)
         return {**data, "rules": rules}
@@ -235,7 +265,7 @@ class FaultConfig:
 
         Besides the attributes, two shorthands are accepted: ``error_rate`` (with optional
         ``error_statuses``) adds an ``error`` rule, and ``fault`` (with ``rate``/``next``/
-        ``requests``/``status``) adds one rule of that kind.
+        ``requests``/``status`` and a window ``from_s``/``until_s``) adds one rule of that kind.
 
         :param data: the settings
         """

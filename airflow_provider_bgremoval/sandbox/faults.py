@@ -28,11 +28,13 @@ class VendorFaults:
     :param vendor: the vendor
     :param config: its fault settings
     :param seed: the sandbox seed (used when the settings carry none)
+    :param set_at: the sandbox clock when the settings were set (rule windows count from it)
     """
 
-    def __init__(self, vendor: str, config: FaultConfig, seed: int) -> None:
+    def __init__(self, vendor: str, config: FaultConfig, seed: int, set_at: float = 0.0) -> None:
         self.vendor = vendor
         self.config = config
+        self.set_at = set_at
         base = config.seed if config.seed is not None else seed
         self._rng = random.Random(base * 1000 + VENDORS.index(vendor))
         self._lock = threading.Lock()
@@ -82,14 +84,17 @@ class VendorFaults:
             jitter = self._rng.uniform(0, self.config.jitter_ms) if self.config.jitter_ms else 0.0
         return (self.config.latency_ms + jitter) / 1000.0
 
-    def decide(self) -> tuple[int, Decision | None]:
+    def decide(self, now: float) -> tuple[int, Decision | None]:
         """Count the request and choose its fault (the first matching rule wins).
 
         One random number is drawn per rule per request, whatever matches, so the fault sequence
-        only depends on the seed and the request order.
+        only depends on the seed and the request order. A rule outside its time window does not
+        apply (and its ``next`` is not used up).
 
+        :param now: the sandbox clock
         :returns: the request's ordinal and the decision (``None``: behave normally)
         """
+        elapsed = now - self.set_at
         with self._lock:
             self._ordinal += 1
             n = self._ordinal
@@ -98,17 +103,25 @@ class VendorFaults:
                 draw = self._rng.random()
                 pick = self._rng.choice(rule.statuses)
                 hit = n in rule.requests or rule.next > 0 or draw < rule.rate
-                if hit and chosen is None:
+                if hit and chosen is None and rule.in_window(elapsed):
                     if rule.next > 0 and n not in rule.requests:
                         rule.next -= 1
                     chosen = Decision(rule.fault, pick)
             return n, chosen
 
-    def state(self) -> dict[str, object]:
-        """Return the settings plus counters, for ``GET /_sandbox/state``."""
+    def state(self, now: float) -> dict[str, object]:
+        """Return the settings plus counters, for ``GET /_sandbox/state``: ``elapsed_s`` (sandbox
+        seconds since the settings were set, what rule windows are compared with) and, per rule,
+        ``active`` (inside its window now).
+
+        :param now: the sandbox clock
+        """
+        elapsed = now - self.set_at
         with self._lock:
             data: dict[str, object] = dict(self.config.to_dict())
-            data["rules"] = [rule.to_dict() for rule in self._rules]
+            rules = [{**rule.to_dict(), "active": rule.in_window(elapsed)} for rule in self._rules]
+            data["elapsed_s"] = elapsed
+            data["rules"] = rules
             data["requests_seen"] = self._ordinal
             data["inflight"] = self.inflight
             return data

@@ -19,7 +19,7 @@ import httpx
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from airflow_provider_bgremoval.sandbox.config import VENDORS, SandboxConfig
+from airflow_provider_bgremoval.sandbox.config import VENDORS, FaultConfig, SandboxConfig
 from airflow_provider_bgremoval.sandbox.faults import VendorFaults
 from airflow_provider_bgremoval.sandbox.ledger import Ledger
 
@@ -114,8 +114,8 @@ class SandboxState:
     def reset(self) -> None:
         """Restore balances, faults, clock; clear logs and stored results."""
         self.ledger.reset(self.config)
-        self.faults = {v: VendorFaults(v, self.config.faults[v], self.config.seed) for v in VENDORS}
         self.clock.offset = 0.0
+        self.faults = {v: self.new_faults(v, self.config.faults[v]) for v in VENDORS}
         with self._lock:
             self.results.clear()
             self.request_log.clear()
@@ -124,6 +124,14 @@ class SandboxState:
     def now(self) -> float:
         """The sandbox clock."""
         return self.clock.now()
+
+    def new_faults(self, vendor: str, config: FaultConfig) -> VendorFaults:
+        """Fault state for ``vendor`` set now (its rules' time windows count from this moment).
+
+        :param vendor: the vendor
+        :param config: its fault settings
+        """
+        return VendorFaults(vendor, config, self.config.seed, set_at=self.now())
 
     # ----- results (Pixelcut result_url) -------------------------------------------------------
 
@@ -169,6 +177,7 @@ class SandboxState:
             entry = {
                 "seq": self._seq,
                 "timestamp": time.time(),
+                "clock": self.now(),
                 "vendor": ctx.vendor,
                 "method": ctx.method,
                 "endpoint": ctx.endpoint,

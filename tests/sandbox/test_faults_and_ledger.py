@@ -224,6 +224,51 @@ def test_auth_revoked_and_account_endpoint_faults(
     assert client.get("/v1/credits", headers=PC).json() == {"credits_remaining": 999}
 
 
+# -- outages over a window of the sandbox clock ---------------------------------------------------
+
+
+def test_an_outage_for_20_seconds_ends_by_itself_on_the_sandbox_clock(
+    client: httpx.Client, sandbox: RunningSandbox, small_png: bytes
+) -> None:
+    admin = sandbox.admin
+    rule = admin.outage("poof", 20)["rules"][0]
+    assert (rule["until_s"], rule["statuses"], rule["active"]) == (20, [503], True)
+    assert [poof(client, small_png).status_code for _ in range(3)] == [503, 503, 503]
+    assert client.get("/v1/me", headers=POOF).status_code == 200  # balance endpoint untouched
+    admin.advance_clock(19.0)
+    assert poof(client, small_png).status_code == 503
+    admin.advance_clock(1.0)  # the window has closed: the vendor has recovered by itself
+    assert [poof(client, small_png).status_code for _ in range(2)] == [200, 200]
+    assert admin.state()["faults"]["poof"]["rules"][0]["active"] is False
+    assert admin.total_charged("poof") == 2  # failures are free
+    log = [r for r in admin.requests("poof") if r["kind"] == "process"]
+    assert [(r["status"], r["fault"]) for r in log] == [(503, "error")] * 4 + [(200, None)] * 2
+    clocks = [r["clock"] for r in log]
+    assert clocks == sorted(clocks) and clocks[-1] - clocks[0] >= 20  # logged in sandbox time
+
+
+def test_an_outage_later_and_of_every_endpoint(
+    client: httpx.Client, sandbox: RunningSandbox, small_png: bytes
+) -> None:
+    admin = sandbox.admin
+    admin.outage("pixian", 30, after=10, status=502, apply_to="all")
+    account = ("/api/v2/account", PIXIAN)
+    assert client.get(account[0], auth=account[1]).status_code == 200
+    admin.advance_clock(10)
+    assert client.get(account[0], auth=account[1]).status_code == 502
+    files = {"image": ("p.png", small_png)}
+    assert client.post("/api/v2/remove-background", auth=PIXIAN, files=files).status_code == 502
+    assert poof(client, small_png).status_code == 200  # one vendor's outage only
+    admin.advance_clock(30)
+    assert client.post("/api/v2/remove-background", auth=PIXIAN, files=files).status_code == 200
+    admin.outage("pixian", None)  # until cleared
+    admin.advance_clock(10 * 86400)
+    assert client.get(account[0], auth=account[1]).status_code == 200
+    assert client.post("/api/v2/remove-background", auth=PIXIAN, files=files).status_code == 503
+    admin.clear_faults("pixian")
+    assert client.post("/api/v2/remove-background", auth=PIXIAN, files=files).status_code == 200
+
+
 def test_bad_fault_settings_are_rejected(sandbox: RunningSandbox) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         sandbox.admin.set_faults("poof", fault="explode")
@@ -231,6 +276,8 @@ def test_bad_fault_settings_are_rejected(sandbox: RunningSandbox) -> None:
         sandbox.admin.set_faults("poof", latency=3)
     with pytest.raises(ValueError, match="vendor"):
         sandbox.admin.set_faults("acme", latency_ms=3)
+    with pytest.raises(ValueError, match=r"until_s \(5.0\) must be after from_s \(5.0\)"):
+        sandbox.admin.outage("poof", 0, after=5)
 
 
 # -- ledger ---------------------------------------------------------------------------------------

@@ -68,8 +68,28 @@ def test_round_trip() -> None:
     config = FaultConfig.from_dict({"fault": "error", "requests": [1, 3], "latency_ms": 5, "seed": 9})
     assert FaultConfig.from_dict(config.to_dict()) == config
     assert config.to_dict()["rules"] == [
-        {"fault": "error", "rate": 0.0, "next": 0, "requests": [1, 3], "statuses": [500, 502, 503]}
+        {
+            "fault": "error",
+            "rate": 0.0,
+            "next": 0,
+            "requests": [1, 3],
+            "statuses": [500, 502, 503],
+            "from_s": 0.0,
+            "until_s": None,
+        }
     ]
+
+
+def test_a_window_without_a_selector_covers_every_request_in_it() -> None:
+    outage = FaultConfig.from_dict({"rules": [{"fault": "error", "status": 503, "until_s": 20}]})
+    assert outage.rules == [FaultRule("error", rate=1.0, statuses=[503], until_s=20)]
+    later = FaultConfig.from_dict({"fault": "error", "from_s": 5, "until_s": 25})
+    assert later.rules == [FaultRule("error", rate=1.0, from_s=5, until_s=25)]
+    # a selector inside a window is kept as given
+    assert FaultRule.from_dict({"fault": "slow", "next": 2, "until_s": 9}) == FaultRule(
+        "slow", next=2, until_s=9
+    )
+    assert FaultConfig.from_dict(outage.to_dict()) == outage
 
 
 @pytest.mark.parametrize(
@@ -100,6 +120,9 @@ def test_round_trip() -> None:
             "apply_to.0: Input should be 'process' or 'account'",
         ),
         ({"faults": {"poof": {"rate": 0.5}}}, "unknown configuration settings: faults.poof.rate"),
+        ({"faults": {"poof": {"fault": "error", "from_s": 9, "until_s": 3}}}, "until_s (3.0) must be after"),
+        ({"faults": {"poof": {"fault": "error", "until_s": 0}}}, "until_s: Input should be greater than 0"),
+        ({"faults": {"poof": {"fault": "error", "from_s": -1}}}, "from_s: Input should be greater than or"),
     ],
 )
 def test_errors_name_the_setting(data: dict[str, Any], message: str) -> None:
