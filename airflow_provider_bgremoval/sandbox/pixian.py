@@ -345,8 +345,9 @@ async def remove_background(request: Request) -> Response:
             raise _bad(exc.message) from exc
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         ctx.params = {k: (v if k != "image.base64" else f"<{len(v)} chars>")[:200] for k, v in fields.items()}
-        if isinstance(form.get("image"), UploadFile):
-            ctx.params["image"] = "<file>"
+        upload = form.get("image")
+        if isinstance(upload, UploadFile):
+            ctx.params["image"] = f"<file {upload.filename or ''}>"
         opts = _options(fields)
         cost = state.config.costs.pixian_per_image
         account = state.ledger.get("pixian", api_id)
