@@ -20,7 +20,13 @@ from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, ShardRef, read_shard
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch, plan_into
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchPlan,
+    BatchSpec,
+    OutputIdentity,
+    plan_batch,
+    plan_into,
+)
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RemovalProcessor
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
@@ -129,6 +135,11 @@ class BucketJob:
             raise InvalidOptionError("conn_id", "this job renders from stored masters and has no vendor")
         return self.hook
 
+    @property
+    def identity(self) -> OutputIdentity:
+        """The outputs this job accepts as finished: its processor's vendor and fingerprint."""
+        return OutputIdentity.of(self.processor)
+
     def plan_batch(self, *, check: bool = True) -> BatchPlan:
         """
         The batch's plan: the shard's part of the run's plan, or planned here (no vendor call).
@@ -160,8 +171,7 @@ class BucketJob:
         processor = self.processor
         return {
             "extension": processor.extension,
-            "fingerprint": processor.fingerprint,
-            "vendor": processor.vendor,
+            "identity": self.identity,
             "limits": processor.limits,
             "concurrency": self.planning_concurrency,
             "check": check and not self.masters_are_sources,

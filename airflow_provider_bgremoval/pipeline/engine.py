@@ -37,6 +37,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_VENDOR,
     META_WRITER,
     BatchPlan,
+    OutputIdentity,
     WorkItem,
     is_finished,
 )
@@ -225,6 +226,7 @@ class BatchRunner:
 
     def __post_init__(self) -> None:  # the parameters are validated by the operator
         self.result = BatchResult(billable=len(self.plan.items))
+        self.identity = OutputIdentity.of(self.processor)
         self._items: Iterator[WorkItem] = iter(self.plan.items)
         self._render_items: Iterator[WorkItem] = iter(self.plan.render)
         spec = self.plan.spec
@@ -545,9 +547,7 @@ class BatchRunner:
             )
         except StorageError:
             return False  # cannot tell: the create-only write still protects the output
-        if current is None or not is_finished(
-            current, flight.item.source, self.processor.fingerprint, self.processor.vendor
-        ):
+        if current is None or not is_finished(current, flight.item.source, self.identity):
             return False
         flight.output_exists = True  # finished: its claim stays
         self._settle(flight, "skipped", "already_done", "an earlier try stored this output (not paid again)")
@@ -679,9 +679,7 @@ class BatchRunner:
             )
         except StorageError:
             current = None
-        if current is not None and is_finished(
-            current, flight.item.source, self.processor.fingerprint, self.processor.vendor
-        ):
+        if current is not None and is_finished(current, flight.item.source, self.identity):
             self._settle(flight, "skipped", "done_concurrently", "another run wrote this output first")
         else:
             self._settle(

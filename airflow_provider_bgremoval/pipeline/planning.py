@@ -252,13 +252,70 @@ class PlanSink(Protocol):
 SinkT = TypeVar("SinkT", bound=PlanSink)
 
 
-def is_finished(existing: ObjectInfo, source: ObjectInfo, fingerprint: str, vendor: str) -> bool:
-    """True when ``existing`` records that it was made from ``source`` with the same options."""
+@dataclass(frozen=True)
+class OutputIdentity:
+    """
+    The outputs a batch accepts as finished: the ``(vendor, options fingerprint)`` pairs of its accounts.
+
+    One connection accepts its own pair; a failover chain accepts the pair of every account, so an
+    output made by any vendor of the chain with the same options counts as finished (docs/pipeline.md,
+    "Failover").
+
+    :param accepted: the ``(vendor, fingerprint)`` pairs, the primary's first.
+    """
+
+    accepted: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.accepted:
+            raise InvalidOptionError("conn_id", "a batch needs at least one vendor account")
+
+    @classmethod
+    def of(cls, *processors: _Identified) -> OutputIdentity:
+        """
+        The identity accepting what any of ``processors`` makes (duplicates kept once, order kept).
+
+        :param processors: objects with ``vendor`` and ``fingerprint`` (the chain's processors).
+        """
+        pairs = dict.fromkeys((processor.vendor, processor.fingerprint) for processor in processors)
+        return cls(tuple(pairs))
+
+    @property
+    def vendor(self) -> str:
+        """The primary's vendor."""
+        return self.accepted[0][0]
+
+    @property
+    def fingerprint(self) -> str:
+        """The primary's fingerprint."""
+        return self.accepted[0][1]
+
+    def accepts(self, metadata: Mapping[str, str]) -> bool:
+        """
+        True when ``metadata`` records a vendor and options hash of this identity.
+
+        :param metadata: an output's object metadata.
+        """
+        return (metadata.get(META_VENDOR), metadata.get(META_OPTIONS_HASH)) in self.accepted
+
+
+class _Identified(Protocol):
+    vendor: str
+    fingerprint: str
+
+
+def is_finished(existing: ObjectInfo, source: ObjectInfo, identity: OutputIdentity) -> bool:
+    """
+    True when ``existing`` records that it was made from ``source`` with options ``identity`` accepts.
+
+    :param existing: the output object.
+    :param source: the source object (pinned to its generation).
+    :param identity: the accepted ``(vendor, fingerprint)`` pairs.
+    """
     meta = existing.metadata or {}
     return (
         meta.get(META_SOURCE_GENERATION) == str(source.generation)
-        and meta.get(META_OPTIONS_HASH) == fingerprint
-        and meta.get(META_VENDOR) == vendor
+        and identity.accepts(meta)
         and meta.get(META_SOURCE) == source.uri
     )
 
@@ -423,8 +480,7 @@ class _Planner:
 
     storage: GcsStorage
     spec: BatchSpec
-    fingerprint: str
-    vendor: str
+    identity: OutputIdentity
     limits: InputLimits
     layout: RenditionLayout | None = None
     masters_are_sources: bool = False
@@ -441,7 +497,7 @@ class _Planner:
             current = existing.get(item.destination)
             if current is None:
                 to_check.append(self._with_renditions(item, renditions))
-            elif is_finished(current, item.source, self.fingerprint, self.vendor):
+            elif is_finished(current, item.source, self.identity):
                 self._finished(item, current, renditions, sink)
             elif self.spec.overwrite:
                 stale = replace(item, replace_generation=current.generation)
@@ -502,7 +558,7 @@ class _Planner:
     def check(self, item: WorkItem) -> WorkItem | PlannedOutcome:
         """The item with its local verdict, or its rejection."""
         try:
-            fully_checked = check_source(self.storage, item.source, self.limits, self.vendor)
+            fully_checked = check_source(self.storage, item.source, self.limits, self.identity.vendor)
         except InputRejectedError as exc:
             return PlannedOutcome(
                 item.source, item.destination, "rejected", exc.code or "rejected", exc.message
@@ -532,8 +588,7 @@ def plan_into(
     sink: SinkT,
     *,
     extension: str,
-    fingerprint: str,
-    vendor: str,
+    identity: OutputIdentity,
     limits: InputLimits,
     concurrency: int = 16,
     check: bool = True,
@@ -552,9 +607,8 @@ def plan_into(
     :param spec: what the batch works on.
     :param sink: receives the billable items and the settled sources, in listing order per window.
     :param extension: extension of the outputs (with the dot).
-    :param fingerprint: the options hash finished outputs must record.
-    :param vendor: vendor name finished outputs must record.
-    :param limits: the vendor's input limits for the local checks.
+    :param identity: the ``(vendor, options hash)`` pairs a finished output may record.
+    :param limits: the (primary) vendor's input limits for the local checks.
     :param concurrency: local checks (header reads) at once.
     :param check: run the local checks (a header read per unfinished source).
     :param sources: ``(name, object)`` pairs already listed (in name order when ``spec`` lists a
@@ -563,7 +617,7 @@ def plan_into(
     :param masters_are_sources: every source is a finished master (render-only planning, no check).
     """
     listed = iter_sources(storage, spec) if sources is None else sources
-    planner = _Planner(storage, spec, fingerprint, vendor, limits, renditions, masters_are_sources)
+    planner = _Planner(storage, spec, identity, limits, renditions, masters_are_sources)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
         for window in _windows(_map_sources(listed, spec, extension, sink, collisions)):
@@ -578,8 +632,7 @@ async def plan_batch(
     spec: BatchSpec,
     *,
     extension: str,
-    fingerprint: str,
-    vendor: str,
+    identity: OutputIdentity,
     limits: InputLimits,
     concurrency: int = 16,
     check: bool = True,
@@ -593,8 +646,7 @@ async def plan_batch(
         spec,
         BatchPlan(spec=spec, checked=check),
         extension=extension,
-        fingerprint=fingerprint,
-        vendor=vendor,
+        identity=identity,
         limits=limits,
         concurrency=concurrency,
         check=check,

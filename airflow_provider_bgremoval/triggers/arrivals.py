@@ -36,6 +36,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
     DestinationCollisionError,
+    OutputIdentity,
     plan_into,
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
@@ -508,8 +509,7 @@ class NewImagesTrigger(BaseEventTrigger):
                 self.spec,
                 BatchPlan(spec=self.spec, checked=False),
                 extension=processor.extension,
-                fingerprint=processor.fingerprint,
-                vendor=processor.vendor,
+                identity=OutputIdentity.of(processor),
                 limits=processor.limits,
                 check=False,
                 sources=[(info.name, info) for info in sources],

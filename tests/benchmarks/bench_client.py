@@ -160,7 +160,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from airflow_provider_bgremoval.pipeline.claims import ClaimStore
     from airflow_provider_bgremoval.pipeline.engine import BatchRunner
     from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_object_name
-    from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+    from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
     from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
     from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -203,8 +203,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
             concurrency=max(4, args.concurrency),
         )

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     from airflow_provider_bgremoval.pipeline.claims import ClaimStore
     from airflow_provider_bgremoval.pipeline.engine import BatchRunner, run_batch
     from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_part_name
-    from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+    from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
     from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
     from airflow_provider_bgremoval.storage.gcs import GcsStorage
     from tests.faults.matrix import make_hook
@@ -43,8 +43,7 @@ def main(argv: list[str]) -> int:
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
         )
 

@@ -30,7 +30,7 @@ from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchResult, BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import STATUSES, ManifestWriter, read_manifest
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, OutputIdentity, plan_batch
 from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
@@ -177,8 +177,7 @@ async def run_batch(
         storage,
         spec,
         extension=processor.extension,
-        fingerprint=processor.fingerprint,
-        vendor=processor.vendor,
+        identity=OutputIdentity.of(processor),
         limits=processor.limits,
     )
     runner_kwargs.setdefault("max_concurrency", 8)

@@ -24,7 +24,7 @@ from airflow_provider_bgremoval.operators.bucket import (
 from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, parse_count
 from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator, GenerateCreditsCheckOperator
 from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, OutputIdentity
 from airflow_provider_bgremoval.pipeline.processors import GenerationProcessor, RemovalProcessor
 from tests.support.balances import FakeVendors
 from tests.support.memory_storage import MemoryStorage
@@ -68,8 +68,7 @@ def test_plan_runs_plan_batch_with_the_processors_identity(
     assert seen == {
         "storage": job.storage,
         "extension": job.processor.extension,
-        "fingerprint": job.processor.fingerprint,
-        "vendor": "poof",
+        "identity": OutputIdentity((("poof", job.processor.fingerprint),)),
         "limits": job.processor.limits,
         "concurrency": bucket_job.MIN_PLANNING_CONCURRENCY,  # planning never runs fewer than 4 checks
         "check": True,

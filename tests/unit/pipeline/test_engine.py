@@ -28,6 +28,7 @@ from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_ma
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchSpec,
     DestinationCollisionError,
+    OutputIdentity,
     plan_batch,
 )
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
@@ -91,8 +92,7 @@ def run(storage: GcsStorage, spec: BatchSpec, processor: ScriptedProcessor, **kw
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
         )
         manifest = ManifestWriter()
@@ -347,8 +347,7 @@ def test_a_retry_skips_what_its_dead_try_stored_under_its_claims(buckets) -> Non
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
         )
         dead = ClaimStore(storage, dst, spec.internal_prefix, owner)

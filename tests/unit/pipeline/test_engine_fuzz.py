@@ -37,7 +37,7 @@ from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import STATUSES, ManifestWriter, read_manifest
-from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
 from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
 from airflow_provider_bgremoval.retry import RetryPolicy
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -152,8 +152,7 @@ def _run(storage: GcsStorage, src: str, dst: str, vendor: str, vendor_options: A
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
         )
         with ManifestWriter() as manifest:

@@ -39,6 +39,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
     DestinationCollisionError,
+    OutputIdentity,
     check_source,
     outputs_between,
     plan_batch,
@@ -50,6 +51,7 @@ from tests.support.memory_storage import MemoryStorage
 
 LIMITS = PoofWire.spec.limits
 VENDOR = "poof"
+IDENTITY = OutputIdentity(((VENDOR, "fp"),))
 
 
 def _save(image: Image.Image, fmt: str, **params: Any) -> bytes:
@@ -65,8 +67,7 @@ def _plan(objects: dict[str, bytes]) -> tuple[BatchPlan, MemoryStorage]:
             storage,  # type: ignore[arg-type]
             BatchSpec(source_bucket="src", destination_bucket="dst"),
             extension=".png",
-            fingerprint="fp",
-            vendor=VENDOR,
+            identity=IDENTITY,
             limits=LIMITS,
         )
     )
@@ -228,8 +229,7 @@ def _plan_in(storage: MemoryStorage, spec: BatchSpec) -> BatchPlan:
             storage,  # type: ignore[arg-type]
             spec,
             extension=".png",
-            fingerprint="fp",
-            vendor=VENDOR,
+            identity=IDENTITY,
             limits=LIMITS,
         )
     )
@@ -463,8 +463,7 @@ def test_plan_on_gcs_agrees_with_the_hooks_local_check(
             gcs_storage,
             BatchSpec(source_bucket=src, destination_bucket=dst),
             extension=".png",
-            fingerprint="fp",
-            vendor=VENDOR,
+            identity=IDENTITY,
             limits=LIMITS,
         )
     )
@@ -529,9 +528,7 @@ def test_output_ranges_on_gcs_skip_the_internal_folder(
         return response
 
     monkeypatch.setattr(session, "request", request)
-    plan = asyncio.run(
-        plan_batch(gcs_storage, spec, extension=".png", fingerprint="fp", vendor=VENDOR, limits=LIMITS)
-    )
+    plan = asyncio.run(plan_batch(gcs_storage, spec, extension=".png", identity=IDENTITY, limits=LIMITS))
     assert [i.source.name for i in plan.items] == ["b.jpg"]
     assert sorted((o.source.name, o.code) for o in plan.settled) == [
         ("Z.jpg", "already_done"),

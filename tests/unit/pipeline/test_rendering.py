@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
-from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
 from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import (
     MASTER_MAX_BYTES,
@@ -59,8 +59,7 @@ def batch(
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
             renditions=renditions,
         )
@@ -124,8 +123,7 @@ def test_a_stale_rendition_is_replaced_and_one_changed_meanwhile_is_not_overwrit
             storage,
             spec,
             extension=".png",
-            fingerprint=vendor.fingerprint,
-            vendor=vendor.vendor,
+            identity=OutputIdentity.of(vendor),
             limits=vendor.limits,
             renditions=layout(changed),
         )
@@ -224,8 +222,7 @@ def test_a_stop_request_leaves_render_only_items_pending(buckets) -> None:
             storage,
             spec,
             extension=".png",
-            fingerprint=vendor.fingerprint,
-            vendor=vendor.vendor,
+            identity=OutputIdentity.of(vendor),
             limits=vendor.limits,
             renditions=layout(WEB, THUMB),
         )
@@ -315,8 +312,7 @@ def render_only_plan(storage: GcsStorage, src: str, dst: str, *renditions: dict[
             storage,
             spec,
             extension=processor.extension,
-            fingerprint=processor.fingerprint,
-            vendor=processor.vendor,
+            identity=OutputIdentity.of(processor),
             limits=processor.limits,
             renditions=lay,
             masters_are_sources=True,
@@ -382,8 +378,7 @@ def test_an_interrupt_prices_only_the_billable_items_left_pending(buckets) -> No
             storage,
             spec,
             extension=".png",
-            fingerprint=vendor.fingerprint,
-            vendor=vendor.vendor,
+            identity=OutputIdentity.of(vendor),
             limits=vendor.limits,
             renditions=layout(WEB, THUMB),
         )
