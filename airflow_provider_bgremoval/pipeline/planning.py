@@ -34,7 +34,11 @@ from airflow_provider_bgremoval.pipeline.naming import (
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 if TYPE_CHECKING:
-    from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
+    from airflow_provider_bgremoval.pipeline.rendering import (
+        RenditionLayout,
+        RenditionTarget,
+        WindowRenditions,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -512,42 +516,47 @@ class _Planner:
                 )
         return to_check
 
-    def _renditions(self, window: Sequence[WorkItem]) -> dict[str, ObjectInfo]:
-        """The window's existing renditions: one name-range listing per rendition folder."""
+    def _renditions(self, window: Sequence[WorkItem]) -> WindowRenditions | None:
+        """
+        The window's existing renditions (one name-range listing per rendition folder) and, when first
+        needed, its non-compliance records (one name-range listing; ignored with ``overwrite``).
+        """
         if self.layout is None:
-            return {}
+            return None
         masters = [item.source.name if self.masters_are_sources else item.destination for item in window]
-        return self.layout.existing(
-            self.storage, self.spec.destination_bucket, masters, stat=_few(self.spec, len(window))
+        return self.layout.window(
+            self.storage,
+            self.spec.destination_bucket,
+            masters,
+            stat=_few(self.spec, len(window)),
+            records=not self.spec.overwrite,
         )
 
-    def _with_renditions(self, item: WorkItem, found: Mapping[str, ObjectInfo]) -> WorkItem:
+    def _with_renditions(self, item: WorkItem, found: WindowRenditions | None) -> WorkItem:
         """A billable item with its renditions (all to render: its master is still to be made)."""
-        if self.layout is None:
+        if found is None:
             return item
-        return replace(item, renditions=self.layout.targets(item.destination, found, None))
+        return replace(item, renditions=found.targets(item.destination, None))
 
     def _finished(
-        self, item: WorkItem, master: ObjectInfo, found: Mapping[str, ObjectInfo], sink: PlanSink
+        self, item: WorkItem, master: ObjectInfo, found: WindowRenditions | None, sink: PlanSink
     ) -> None:
-        """A finished master: skipped, or a render-only item when a rendition is missing or stale."""
-        if self.layout is None:
+        """
+        A finished master: skipped (or, a rendition recorded non-compliant, rejected again without a read),
+        or a render-only item when a rendition is missing or stale.
+        """
+        if found is None:
             message = "output exists from this source and options"
             sink.settle(PlannedOutcome(item.source, item.destination, "skipped", "already_done", message))
             return
         name = item.source.name if self.masters_are_sources else item.destination
-        targets = self.layout.targets(name, found, master)
-        if not all(target.finished for target in targets):
+        targets = found.targets(name, master)
+        if not all(target.settled for target in targets):
             _add_render(sink, replace(item, master=master, renditions=targets))
             return
-        bucket = self.spec.destination_bucket
-        extra = {
-            "master": {"object": master.uri, "generation": master.generation, "status": "skipped"},
-            "renditions": [target.skipped_facts(bucket) for target in targets],
-        }
-        message = "master and every rendition exist from this source and options"
+        status, code, message, extra = found.verdict(targets, master)
         destination = None if self.masters_are_sources else item.destination
-        sink.settle(PlannedOutcome(item.source, destination, "skipped", "already_done", message, extra))
+        sink.settle(PlannedOutcome(item.source, destination, status, code, message, extra))
 
     def _render_sources(self, window: Sequence[WorkItem], sink: PlanSink) -> None:
         """Render-only planning: every source is a master (``RenderRenditionsOperator``)."""

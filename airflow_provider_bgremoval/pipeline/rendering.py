@@ -4,18 +4,26 @@ A master is the vendor's lossless cut-out (or any stored image, for :class:`Rend
 each rendition of it is written to ``<destination_prefix><rendition name>/<relative stem><ext>`` with
 metadata naming its source, its master (and generation) and its spec fingerprint. Layout, statuses and
 the manifest fields: docs/pipeline.md ("Renditions").
+
+A rendition that fails its compliance checks is never written; its verdict is recorded instead, as a small
+object ``<internal prefix>noncompliant/<relative stem>/<rendition name>`` naming the master generation and
+the spec fingerprint it was judged for, so a later run reports it again without reading the master or
+rendering (docs/renditions.md, "Non-compliant renditions are recorded").
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError, safe_excerpt
 from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS
-from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR
+from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, internal_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE,
     META_SOURCE_GENERATION,
@@ -32,11 +40,21 @@ from airflow_provider_bgremoval.renditions import (
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
+log = logging.getLogger(__name__)
+
 META_MASTER = "bgremoval-master"
 META_MASTER_GENERATION = "bgremoval-master-generation"
 META_RENDITION = "bgremoval-rendition"
 META_RENDITION_FINGERPRINT = "bgremoval-rendition-fingerprint"
 META_COMPLIANT = "bgremoval-compliant"
+#: On a non-compliance record: the required checks that failed (comma-separated, at most 512 characters).
+META_FAILED_CHECKS = "bgremoval-failed-checks"
+#: On a non-compliance record: when the verdict was recorded (ISO 8601, UTC).
+META_RECORDED = "bgremoval-recorded"
+
+#: The folder of the non-compliance records, inside the provider's folder of the rendition destination.
+RECORDS_DIR = "noncompliant/"
+_FAILED_CHECKS_MAX = 512
 
 #: The largest master read for rendering: the largest decoded result any vendor documents
 #: (:data:`~airflow_provider_bgremoval.imaging.DEFAULT_RESULT_LIMITS`) as uncompressed 8-bit RGBA. A real
@@ -74,12 +92,35 @@ class RenditionTarget:
     :param name: its object name.
     :param existing: the object found there (``None``: missing).
     :param finished: ``existing`` is up to date (rendered from the current master with this spec).
+    :param record_name: the name of its non-compliance record (``""``: none is kept).
+    :param record: the record found there, if it was looked up (any master or spec: replaced when the
+        rendition is found non-compliant again).
+    :param recorded: ``record`` judged this very spec on the current master non-compliant: the rendition
+        is reported ``rejected`` again without a read or a render.
     """
 
     rendition: Rendition
     name: str
     existing: ObjectInfo | None = None
     finished: bool = False
+    record_name: str = ""
+    record: ObjectInfo | None = None
+    recorded: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """Nothing to render: finished, or recorded non-compliant for this master and spec."""
+        return self.finished or self.recorded
+
+    def with_record(self, record: ObjectInfo | None, master: ObjectInfo) -> RenditionTarget:
+        """
+        This target with the record found at :attr:`record_name` (``recorded`` when it matches ``master``).
+
+        :param record: the record object, or ``None``.
+        :param master: the current master.
+        """
+        matches = record is not None and rendition_finished(record, self.rendition, master)
+        return replace(self, record=record, recorded=matches and not self.finished)
 
     @property
     def foreign(self) -> bool:
@@ -115,6 +156,38 @@ class RenditionTarget:
             "compliant": (self.existing.metadata or {}).get(META_COMPLIANT) == "true",
             "bytes": self.existing.size,
         }
+
+    def recorded_facts(self, bucket: str) -> dict[str, Any]:
+        """The manifest entry of a rendition recorded non-compliant for this master and spec."""
+        assert self.record is not None
+        meta = self.record.metadata or {}
+        failed = [name for name in meta.get(META_FAILED_CHECKS, "").split(",") if name]
+        return {
+            "name": self.rendition.name,
+            "preset": self.rendition.spec.preset,
+            "object": f"gs://{bucket}/{self.name}",
+            "fingerprint": self.rendition.fingerprint,
+            "status": "rejected",
+            "compliant": False,
+            "failed": failed,
+            "error_code": "rendition_noncompliant",
+            "error_message": f"recorded non-compliant on {recorded_on(self.record)}, not re-rendered"
+            f" (failed: {', '.join(failed) or 'see the record'})",
+            "record": self.record.uri,
+        }
+
+    def settled_facts(self, bucket: str) -> dict[str, Any]:
+        """The manifest entry of a settled rendition: skipped, or rejected as recorded."""
+        return self.skipped_facts(bucket) if self.finished else self.recorded_facts(bucket)
+
+
+def recorded_on(record: ObjectInfo) -> str:
+    """
+    The date (UTC) a non-compliance record was written, from its metadata.
+
+    :param record: the record object.
+    """
+    return (record.metadata or {}).get(META_RECORDED, "")[:10] or "an unknown date"
 
 
 @dataclass(frozen=True)
@@ -208,6 +281,23 @@ class RenditionLayout:
         """The object name of ``rendition`` of the master ``master_name``."""
         return f"{self.folder(rendition)}{self.stem(master_name)}{rendition.spec.extension}"
 
+    @property
+    def records_prefix(self) -> str:
+        """Where the non-compliance records are: ``<destination_prefix>_bgremoval/noncompliant/``."""
+        return f"{internal_prefix(self.destination_prefix)}{RECORDS_DIR}"
+
+    def record_name(self, rendition: Rendition, master_name: str) -> str:
+        """
+        The name of the non-compliance record of ``rendition`` of the master ``master_name``.
+
+        ``<records prefix><stem>/<rendition name>``: a window's records lie in one name range, in the order
+        of its masters (a rendition name has no ``/``, so the name is unambiguous).
+
+        :param rendition: the rendition.
+        :param master_name: the master's object name.
+        """
+        return f"{self.records_prefix}{self.stem(master_name)}/{rendition.name}"
+
     def existing(
         self, storage: GcsStorage, bucket: str, master_names: Sequence[str], *, stat: bool = False
     ) -> dict[str, ObjectInfo]:
@@ -249,8 +339,122 @@ class RenditionLayout:
             name = self.name_of(rendition, master_name)
             found = existing.get(name)
             done = found is not None and master is not None and rendition_finished(found, rendition, master)
-            targets.append(RenditionTarget(rendition, name, found, done))
+            record = self.record_name(rendition, master_name)
+            targets.append(RenditionTarget(rendition, name, found, done, record))
         return tuple(targets)
+
+    def window(
+        self,
+        storage: GcsStorage,
+        bucket: str,
+        master_names: Sequence[str],
+        *,
+        stat: bool = False,
+        records: bool = True,
+    ) -> WindowRenditions:
+        """
+        What exists of a planning window's renditions (:meth:`existing`), its records looked up when needed.
+
+        :param storage: the storage.
+        :param bucket: the destination bucket.
+        :param master_names: the window's masters' object names.
+        :param stat: look names up one by one instead of listing ranges (a few explicit sources).
+        :param records: consult the non-compliance records (``False`` with ``overwrite``: re-render them).
+        """
+        found = self.existing(storage, bucket, master_names, stat=stat)
+        return WindowRenditions(self, storage, bucket, tuple(master_names), found, stat=stat, records=records)
+
+
+@dataclass
+class WindowRenditions:
+    """
+    One planning window's renditions: those found, and the non-compliance records, read only when a
+    finished master of the window has a rendition to make (one name-range listing for the whole window,
+    or a stat per record name for a few explicit sources).
+
+    :param layout: the layout.
+    :param storage: the storage.
+    :param bucket: the destination bucket.
+    :param masters: the window's masters' names.
+    :param found: the renditions found (:meth:`RenditionLayout.existing`).
+    :param stat: look records up one by one.
+    :param records: consult the records at all.
+    """
+
+    layout: RenditionLayout
+    storage: GcsStorage
+    bucket: str
+    masters: tuple[str, ...]
+    found: Mapping[str, ObjectInfo]
+    stat: bool = False
+    records: bool = True
+    _listed: dict[str, ObjectInfo] | None = field(default=None, repr=False)
+
+    def targets(self, master_name: str, master: ObjectInfo | None) -> tuple[RenditionTarget, ...]:
+        """
+        Every rendition of one master (:meth:`RenditionLayout.targets`), an unfinished one of a finished
+        master with its record, if any.
+
+        :param master_name: the master's object name.
+        :param master: the finished master (``None``: still to be made; no record can match it).
+        """
+        targets = self.layout.targets(master_name, self.found, master)
+        if master is None or not self.records or all(target.finished for target in targets):
+            return targets
+        names = [target.record_name for target in targets if not target.finished]
+        found = self._records(names)
+        return tuple(
+            target if target.finished else target.with_record(found.get(target.record_name), master)
+            for target in targets
+        )
+
+    def verdict(
+        self, targets: Sequence[RenditionTarget], master: ObjectInfo
+    ) -> tuple[str, str, str, dict[str, Any]]:
+        """
+        The planning verdict of a finished master whose every rendition is settled
+        (:attr:`RenditionTarget.settled`): ``(status, code, message, extra manifest fields)``.
+
+        Every rendition finished: ``skipped``. Some recorded non-compliant: ``rejected``
+        (``rendition_noncompliant``), as the render-only row that found them non-compliant was, and
+        counted as a render-only row (0 credits, not in the failure rate): the task's verdict is the same
+        on every run.
+
+        :param targets: every rendition of the master (:meth:`targets`).
+        :param master: the master.
+        """
+        extra: dict[str, Any] = {
+            "master": {"object": master.uri, "generation": master.generation, "status": "skipped"},
+            "renditions": [target.settled_facts(self.bucket) for target in targets],
+        }
+        recorded = [target.record for target in targets if target.recorded and target.record is not None]
+        if not recorded:
+            message = "master and every rendition exist from this source and options"
+            return "skipped", "already_done", message, extra
+        dates = ", ".join(sorted({recorded_on(record) for record in recorded}))
+        names = ", ".join(target.rendition.name for target in targets if target.recorded)
+        extra["render_only"] = True  # BatchRunner._row's flag: a free row, outside the failure rate
+        message = f"rendition(s) {names} recorded non-compliant on {dates}, not re-rendered"
+        return "rejected", "rendition_noncompliant", message, extra
+
+    def _records(self, names: Sequence[str]) -> Mapping[str, ObjectInfo]:
+        if self.stat:
+            infos = (self.storage.stat(self.bucket, name) for name in names)
+            return {info.name: info for info in infos if info is not None}
+        if self._listed is None:
+            every = {
+                self.layout.record_name(rendition, master)
+                for master in self.masters
+                for rendition in self.layout.renditions
+            }
+            listed = self.storage.list_objects(
+                self.bucket,
+                self.layout.records_prefix,
+                start_offset=min(every),
+                end_offset=max(every) + "\0",
+            )
+            self._listed = {info.name: info for info in listed if info.name in every}
+        return self._listed
 
 
 @dataclass(frozen=True)
@@ -279,11 +483,12 @@ class RenditionStage:
         :param data: the master's bytes.
         :param master: the master object (its generation is recorded on each rendition).
         :param source: the source photo the master was made from.
-        :param targets: every rendition of this image (finished ones are reported as skipped).
+        :param targets: every rendition of this image (finished ones are reported as skipped, recorded
+            non-compliant ones as rejected, neither rendered).
         """
-        blocked = [t for t in targets if not t.finished and t.foreign and not self.overwrite]
-        todo = [target for target in targets if not target.finished and target not in blocked]
-        facts = {t.rendition.name: t.skipped_facts(self.bucket) for t in targets if t.finished}
+        blocked = [t for t in targets if not t.settled and t.foreign and not self.overwrite]
+        todo = [target for target in targets if not target.settled and target not in blocked]
+        facts = {t.rendition.name: t.settled_facts(self.bucket) for t in targets if t.settled}
         facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)
         if todo:
             try:
@@ -319,6 +524,9 @@ class RenditionStage:
             return facts
         if not outcome.compliant:  # never written: a feed reading the folder must not pick it up
             facts.update(status="rejected", error_code="rendition_noncompliant")
+            record = self._record(target, outcome, master, source)
+            if record is not None:
+                facts["record"] = record.uri
             return facts
         replacing = target.existing.generation if target.existing is not None else 0
         try:
@@ -339,6 +547,57 @@ class RenditionStage:
         facts.update(status="replaced" if replacing else "done", generation=written.generation)
         return facts
 
+    def _record(
+        self, target: RenditionTarget, outcome: RenderedRendition, master: ObjectInfo, source: ObjectInfo
+    ) -> ObjectInfo | None:
+        """
+        Record the non-compliant verdict (create-only; a stale record of another master or spec is
+        replaced, generation-matched). Best effort: without a record the next run renders it again.
+        """
+        if not target.record_name:
+            return None
+        failed = _failed_checks(outcome.verdict.failed)
+        recorded = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        metadata = {
+            **self._metadata(target, master, source),
+            META_COMPLIANT: "false",
+            META_FAILED_CHECKS: failed,
+            META_RECORDED: recorded,
+        }
+        body = {
+            "rendition": target.rendition.name,
+            "object": f"gs://{self.bucket}/{target.name}",
+            "master": master.uri,
+            "master_generation": master.generation,
+            "fingerprint": target.rendition.fingerprint,
+            "recorded": recorded,
+            "failed": [c.as_dict() for c in outcome.verdict.checks if c.required and not c.passed],
+        }
+        data = json.dumps(body, separators=(",", ":")).encode()
+        expected = target.record.generation if target.record is not None else 0
+        try:
+            for _ in range(2):  # a record in the way (another master or spec): replace that generation
+                try:
+                    return self.storage.write(
+                        self.bucket,
+                        target.record_name,
+                        data,
+                        content_type="application/json",
+                        metadata=metadata,
+                        if_generation_match=expected,
+                        idempotency_token=f"{self.writer_id}:{master.generation}:{target.rendition.fingerprint}",
+                    )
+                except WriteConflictError:
+                    current = self.storage.stat(self.bucket, target.record_name)
+                    if current is not None and rendition_finished(current, target.rendition, master):
+                        return current  # another writer recorded the same verdict
+                    expected = current.generation if current is not None else 0
+        except StorageError as exc:
+            log.warning(
+                "Could not record %s as non-compliant (the next run renders it again): %s", target.name, exc
+            )
+        return None
+
     def _conflict(self, target: RenditionTarget, master: ObjectInfo, facts: dict[str, Any]) -> dict[str, Any]:
         """Another writer got there first: fine when it wrote this very rendition of this master."""
         try:
@@ -351,6 +610,16 @@ class RenditionStage:
             message = "the rendition changed during the run; not overwritten (the next run renders it)"
             facts.update(status="failed", error_code="rendition_conflict", error_message=message)
         return facts
+
+
+def _failed_checks(names: Sequence[str]) -> str:
+    """The failed checks' names, comma-separated, as many as fit in a metadata value's budget."""
+    kept: list[str] = []
+    for name in names:
+        if len(",".join([*kept, name])) > _FAILED_CHECKS_MAX:
+            break
+        kept.append(name)
+    return ",".join(kept)
 
 
 def _render_error(exc: Exception) -> ResultProcessingError:

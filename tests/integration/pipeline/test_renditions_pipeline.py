@@ -7,8 +7,11 @@ ours is mocked.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image, ImageDraw
@@ -17,6 +20,8 @@ from airflow_provider_bgremoval.contact_sheet import contact_sheet_size
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.testing.gcs_emulator import FakeGcsServer
+from tests.support.gcs import fast_retry, unique_bucket_name
 
 pytestmark = pytest.mark.integration
 
@@ -235,6 +240,81 @@ def test_a_deliberately_wrong_preset_is_caught_and_never_written(env, dag_tester
     assert run.state == "success", run.task_states()
     assert run.xcom("cutouts")["renditions"]["amazon"]["rejected"] == len(SOURCES)
     assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+
+
+def logged(log: Path, start: int) -> list[str]:
+    """The requests (``GET /path?query``, unquoted) fake-gcs-server logged since byte ``start``."""
+    with log.open("rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode(errors="replace")
+    return [unquote(f"{m} {p}") for m, p in re.findall(r'\\"([A-Z]+) (\S+) HTTP/1\.1\\"', text)]
+
+
+def reads_under(requests: list[str], bucket: str, folder: str) -> int:
+    """Object reads (whole or ranged) under ``folder`` of ``bucket``."""
+    return sum(1 for r in requests if f"/b/{bucket}/o/{folder}" in r and "alt=media" in r)
+
+
+def listings_of(requests: list[str], bucket: str, prefix: str) -> int:
+    """Listing requests of ``prefix`` in ``bucket``."""
+    return sum(
+        1 for r in requests if r.startswith(f"GET /storage/v1/b/{bucket}/o?") and f"prefix={prefix}&" in r
+    )
+
+
+@pytest.fixture
+def counted_env(
+    vendor_connections: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RunningSandbox, GcsStorage, FakeGcsServer, str, str]]:
+    """A fake-gcs-server of this test's own that logs every request (the session's logs warnings only)."""
+    with FakeGcsServer(log_path=tmp_path / "gcs.log", log_level="info") as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        src, dst = unique_bucket_name("src"), unique_bucket_name("dst")
+        server.create_bucket(src)
+        server.create_bucket(dst)
+        storage = GcsStorage(gcp_conn_id=None, retry=fast_retry(10.0), timeout=10.0)
+        for name, data in SOURCES.items():
+            storage.write(src, name, data, content_type="image/png")
+        yield vendor_connections, storage, server, src, dst
+
+
+def test_a_rejected_rendition_is_recorded_and_not_rendered_again_until_its_spec_changes(
+    counted_env, dag_tester
+) -> None:
+    sandbox, storage, server, src, dst = counted_env
+    wrong = [{"name": "amazon", "preset": "amazon_main", "background": "#f4f4f4"}, RENDITIONS[3]]
+    source = dag_source("renditions_recorded", src, dst, wrong, extra='on_error="continue",')
+    assert dag_tester.run(source, "renditions_recorded").state == "success"
+    records = [info.name for info in storage.list_objects(dst, "products/_bgremoval/noncompliant/")]
+    assert records == sorted(f"products/_bgremoval/noncompliant/{stem(name)}/amazon" for name in SOURCES)
+    first = {name: storage.stat(dst, name) for name in records}
+    # Run 2: every amazon rendition is settled from its record: no master read, nothing rendered.
+    start = server.log_path.stat().st_size
+    run = dag_tester.run(source, "renditions_recorded")
+    assert run.state == "success", run.task_states()
+    requests = logged(server.log_path, start)
+    assert reads_under(requests, dst, "products/masters/") == 0
+    assert listings_of(requests, dst, "products/_bgremoval/noncompliant/") == 1  # one for the window
+    assert list(storage.list_objects(dst, "products/amazon/")) == []
+    assert {name: storage.stat(dst, name) for name in records} == first  # not rewritten
+    summary = run.xcom("cutouts")
+    assert summary["rejected"] == len(SOURCES) and summary["renditions"]["amazon"]["rejected"] == len(SOURCES)
+    assert summary["renditions"]["thumb"]["skipped"] == len(SOURCES)
+    for row in manifest_rows(storage, summary).values():
+        assert row["status"] == "rejected" and row["error_code"] == "rendition_noncompliant"
+        amazon = row["renditions"][0]
+        assert amazon["status"] == "rejected" and "not re-rendered" in amazon["error_message"]
+        assert amazon["record"].startswith(f"gs://{dst}/products/_bgremoval/noncompliant/")
+    # The preset is fixed (its spec, so its fingerprint, changes): rendered from the masters, written.
+    start = server.log_path.stat().st_size
+    fixed = dag_source("renditions_recorded", src, dst, [RENDITIONS[0], RENDITIONS[3]])
+    run = dag_tester.run(fixed, "renditions_recorded")
+    assert run.state == "success", run.task_states()
+    assert reads_under(logged(server.log_path, start), dst, "products/masters/") == len(SOURCES)
+    assert run.xcom("cutouts")["renditions"]["amazon"]["done"] == len(SOURCES)
+    assert len(list(storage.list_objects(dst, "products/amazon/"))) == len(SOURCES)
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)  # paid once, in run 1
 
 
 REPORT_DAG = """

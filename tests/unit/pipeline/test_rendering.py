@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -13,7 +14,12 @@ from PIL import Image, ImageDraw
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
-from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchSpec,
+    OutputIdentity,
+    outputs_between,
+    plan_batch,
+)
 from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import (
     MASTER_MAX_BYTES,
@@ -23,6 +29,7 @@ from airflow_provider_bgremoval.pipeline.rendering import (
 )
 from airflow_provider_bgremoval.renditions import parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from tests.support.memory_storage import MemoryStorage
 from tests.unit.pipeline.test_engine import ScriptedProcessor
 
 pytestmark = pytest.mark.integration
@@ -390,3 +397,167 @@ def test_an_interrupt_prices_only_the_billable_items_left_pending(buckets) -> No
     assert plan.billable == 1 and len(plan.render) == 2 and result.counts["pending"] == 3
     assert result.halt is not None and result.halt.remaining_images == 3
     assert result.halt.needed == vendor.cost_per_image * 1  # the two render-only items cost nothing
+
+
+# -- Non-compliance records: a rejected rendition is settled without a read (MemoryStorage counts requests)
+
+WRONG = {"name": "amazon", "preset": "amazon_main", "background": "#f4f4f4", "min_size": 100}
+FIXED = {"name": "amazon", "preset": "amazon_main", "upscale": True}  # 1000 px from the 120 px master
+
+
+def memory_buckets() -> MemoryStorage:
+    png = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(png, format="PNG")
+    return MemoryStorage({"raw/a.png": png.getvalue(), "raw/b/c.png": png.getvalue()})
+
+
+def by_source(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["source"].rsplit("/raw/", 1)[1]: row for row in rows}
+
+
+def memory_batch(storage: MemoryStorage, vendor: ScriptedProcessor, *renditions: dict[str, Any], **kw: Any):
+    return batch(storage, BatchSpec("src", "dst", **SPEC_KW, **kw), vendor, layout(*renditions))  # type: ignore[arg-type]
+
+
+def test_a_noncompliant_rendition_is_recorded_and_the_next_run_settles_it_without_a_read() -> None:
+    storage, vendor = memory_buckets(), CutoutProcessor()
+    _, result, rows = memory_batch(storage, vendor, WRONG, THUMB)
+    assert result.renditions["amazon"]["rejected"] == 2 and len(vendor.calls) == 2
+    assert storage.names("dst", "out/amazon/") == []  # never written
+    records = storage.names("dst", "out/_bgremoval/noncompliant/")
+    assert records == ["out/_bgremoval/noncompliant/a/amazon", "out/_bgremoval/noncompliant/b/c/amazon"]
+    record = storage.info("dst", records[0])
+    master = storage.info("dst", "out/masters/a.png")
+    amazon = by_source(rows)["a.png"]["renditions"][0]
+    assert amazon["record"] == f"gs://dst/{records[0]}"
+    meta = record.metadata
+    assert meta["bgremoval-master"] == master.uri
+    assert meta["bgremoval-master-generation"] == str(master.generation)
+    assert meta["bgremoval-rendition-fingerprint"] == amazon["fingerprint"]
+    assert meta["bgremoval-compliant"] == "false" and meta["bgremoval-writer"]
+    assert (
+        meta["bgremoval-failed-checks"].split(",") == amazon["failed"] and "border_white" in amazon["failed"]
+    )
+    assert meta["bgremoval-recorded"].startswith(datetime.now(timezone.utc).strftime("%Y-%m-%d")[:4])
+
+    # The next run: settled at planning, no master read, no render, no write.
+    storage.requests.clear()
+    plan, result, rows = memory_batch(storage, vendor, WRONG, THUMB)
+    assert plan.render == [] and plan.billable == 0
+    # sources, masters, the two rendition folders, and ONE listing of the window's records
+    assert storage.requests == {"list": 5}
+    assert storage.listings[-1][1:] == (
+        "out/_bgremoval/noncompliant/",
+        "out/_bgremoval/noncompliant/a/amazon",
+        "out/_bgremoval/noncompliant/b/c/thumb\0",
+    )
+    assert [row["status"] for row in rows] == ["rejected", "rejected"]
+    assert {row["error_code"] for row in rows} == {"rendition_noncompliant"}
+    assert "recorded non-compliant on 20" in rows[0]["error_message"]
+    amazon, thumb = by_source(rows)["a.png"]["renditions"]
+    assert thumb["status"] == "skipped"
+    assert amazon["status"] == "rejected" and amazon["error_code"] == "rendition_noncompliant"
+    assert amazon["error_message"].startswith("recorded non-compliant on ")
+    assert "not re-rendered" in amazon["error_message"] and amazon["failed"] == meta[
+        "bgremoval-failed-checks"
+    ].split(",")
+    # The same verdict as the run that rendered it: the renditions are bad, the rows are free.
+    assert result.renditions["amazon"]["rejected"] == 2 and result.bad_renditions == 2
+    assert result.render_only["rejected"] == 2 and result.billable_counts["rejected"] == 0
+    assert len(vendor.calls) == 2
+
+
+def test_a_recorded_rendition_is_rendered_again_for_a_new_spec_a_new_master_or_overwrite() -> None:
+    storage, vendor = memory_buckets(), CutoutProcessor()
+    memory_batch(storage, vendor, WRONG, THUMB)
+    # overwrite=True: the records are not consulted, both are rendered (and rejected) again; the
+    # create-only record write then finds the same verdict recorded, and keeps it.
+    before = storage.info("dst", "out/_bgremoval/noncompliant/a/amazon")
+    storage.requests.clear()
+    plan, result, _ = memory_batch(storage, vendor, WRONG, THUMB, overwrite=True)
+    assert len(plan.render) == 2 and storage.requests["read"] == 2
+    assert result.renditions["amazon"]["rejected"] == 2
+    assert (storage.requests["write"], storage.requests["stat"]) == (2, 2)  # each refused, then looked at
+    assert storage.info("dst", "out/_bgremoval/noncompliant/a/amazon") == before
+    # A new master generation for a.png: its record is stale, so it is rendered again (and replaced).
+    master = storage.info("dst", "out/masters/a.png")
+    old_record = storage.info("dst", "out/_bgremoval/noncompliant/a/amazon")
+    storage.put("dst", master.name, storage.buckets["dst"][master.name].data, master.metadata)
+    storage.requests.clear()
+    plan, result, rows = memory_batch(storage, vendor, WRONG, THUMB)
+    assert [item.source.name for item in plan.render] == ["raw/a.png"]
+    assert storage.reads[-1] == ("dst", "out/masters/a.png") and storage.requests["read"] == 1
+    new_record = storage.info("dst", "out/_bgremoval/noncompliant/a/amazon")
+    assert new_record.generation != old_record.generation
+    assert new_record.metadata["bgremoval-master-generation"] == str(
+        storage.info("dst", master.name).generation
+    )
+    # The preset is fixed: another fingerprint, so it is rendered, compliant, and written.
+    storage.requests.clear()
+    plan, result, rows = memory_batch(storage, vendor, FIXED, THUMB)
+    assert len(plan.render) == 2 and result.renditions["amazon"]["done"] == 2
+    assert storage.names("dst", "out/amazon/") == ["out/amazon/a.jpg", "out/amazon/b/c.jpg"]
+    # ... and then everything is finished: the records are not even listed.
+    storage.requests.clear()
+    plan, result, rows = memory_batch(storage, vendor, FIXED, THUMB)
+    assert storage.requests == {"list": 4} and {row["status"] for row in rows} == {"skipped"}
+    assert len(vendor.calls) == 2  # never paid again
+
+
+def test_records_of_explicit_sources_are_looked_up_by_name_and_only_when_needed() -> None:
+    storage, vendor = memory_buckets(), CutoutProcessor()
+    memory_batch(storage, vendor, WRONG, THUMB, source_objects=["a.png"])
+    storage.requests.clear()
+    plan, _, rows = memory_batch(storage, vendor, WRONG, THUMB, source_objects=["a.png"])
+    # the source, its master, its two renditions and the missing one's record: a stat each
+    assert storage.requests == {"stat": 5} and plan.render == []
+    assert rows[0]["status"] == "rejected" and rows[0]["renditions"][0]["status"] == "rejected"
+
+
+def test_render_only_records_settle_the_next_run_and_stay_out_of_output_listings() -> None:
+    storage = memory_buckets()
+    for name in ("raw/a.png", "raw/b/c.png"):
+        storage.put("src", name, cutout())
+    lay = RenditionLayout(
+        parse_renditions([WRONG, THUMB]), "out/", "raw/", destination_bucket="dst", masters_bucket="src"
+    )
+    spec = BatchSpec("src", "dst", source_prefix="raw/", destination_prefix="out/")
+
+    def run() -> tuple[Any, Any, list[dict[str, Any]]]:
+        async def go():
+            processor = RenderProcessor()
+            plan = await plan_batch(
+                storage,  # type: ignore[arg-type]
+                spec,
+                extension=processor.extension,
+                identity=OutputIdentity.of(processor),
+                limits=processor.limits,
+                renditions=lay,
+                masters_are_sources=True,
+            )
+            manifest = ManifestWriter()
+            result = await BatchRunner(storage, processor, plan, manifest).run()  # type: ignore[arg-type]
+            return plan, result, read_manifest(manifest.getvalue())
+
+        return asyncio.run(go())
+
+    _, result, rows = run()
+    assert [row["status"] for row in rows] == ["rejected", "rejected"] and result.render_only["rejected"] == 2
+    assert storage.names("dst", "out/_bgremoval/noncompliant/") == [
+        "out/_bgremoval/noncompliant/a/amazon",
+        "out/_bgremoval/noncompliant/b/c/amazon",
+    ]
+    storage.requests.clear()
+    plan, result, rows = run()
+    assert plan.render == [] and storage.requests == {"list": 4} and storage.reads[-1][0] == "src"
+    assert len(storage.reads) == 2  # the first run's two master reads, none since
+    assert [row["status"] for row in rows] == ["rejected", "rejected"]
+    assert result.render_only["rejected"] == 2 and result.renditions["thumb"]["skipped"] == 2
+    # A records listing never yields the outputs' listing its internal folder.
+    names = [
+        info.name
+        for info in outputs_between(
+            storage, BatchSpec("src", "dst", destination_prefix="out/"), "out/", "out/~"
+        )
+    ]  # type: ignore[arg-type]
+    assert names and not any("_bgremoval" in name for name in names)
