@@ -11,6 +11,11 @@ checks the same invariants:
   plus the possibly-charged lost replies bound what the vendor billed (exactly, for faults where
   the vendor always bills a lost reply);
 * a rerun without faults completes exactly the rest and charges nothing for what was done.
+
+The failover cells run a bucket task over a chain of accounts through real Airflow instead
+(:func:`run_chain`, ``dag.test()``) and check the same invariants on its manifest and summary XCom
+(:class:`ChainRun`), with the charge logs of every vendor of the chain joined to the request logs
+image by image (:func:`charges_by_image`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 VENDORS = ("pixelcut", "pixian", "poof")
 CONN_IDS = {"pixelcut": "pixelcut_default", "pixian": "pixian_default", "poof": "poof_default"}
+VENDOR_OF = {conn_id: vendor for vendor, conn_id in CONN_IDS.items()}
 #: Images per vendor-fault cell (the issue asks for at least 50).
 BATCH = 50
 
@@ -90,26 +96,37 @@ def seed(storage: GcsStorage, bucket: str, objects: dict[str, bytes]) -> dict[st
     }
 
 
-@dataclass
-class BatchRun:
-    """
-    One batch through the engine.
+class CellRun:
+    """What :func:`check_cell` reads of a run, whether it went through the engine or through Airflow.
 
-    :param plan: the plan.
-    :param result: the engine's result.
-    :param rows: the manifest rows.
-    :param charged: credits the sandbox charged during this run.
-    :param charges: charge-log entries of this run.
-    :param hook: the hook used (closed).
+    Subclasses hold ``rows`` (the manifest rows), ``charged`` (credits the sandbox charged during the
+    run) and ``vendors`` (the vendors that may have made an output), and report what the run itself
+    said (the engine's result, or the task's summary XCom) as :attr:`reported_counts`,
+    :attr:`reported_credits` and :attr:`reported_possibly_charged`.
     """
 
-    plan: BatchPlan
-    result: BatchResult
     rows: list[dict[str, Any]]
     charged: Decimal
-    vendor: str = ""
-    charges: list[dict[str, Any]] = field(default_factory=list)
-    manifest_bytes: bytes = b""
+
+    @property
+    def vendors(self) -> set[str]:
+        """The vendors whose outputs this run may find or write."""
+        raise NotImplementedError
+
+    @property
+    def reported_counts(self) -> dict[str, int]:
+        """Sources per status, as the run reported them."""
+        raise NotImplementedError
+
+    @property
+    def reported_credits(self) -> Decimal:
+        """Credits spent, as the run reported them."""
+        raise NotImplementedError
+
+    @property
+    def reported_possibly_charged(self) -> int:
+        """Lost replies, as the run reported them."""
+        raise NotImplementedError
 
     @property
     def counts(self) -> Counter[str]:
@@ -129,6 +146,49 @@ class BatchRun:
     def possibly_charged(self) -> int:
         """Lost replies the manifest reports as possibly charged."""
         return sum(int(row.get("possibly_charged") or 0) for row in self.rows)
+
+
+@dataclass
+class BatchRun(CellRun):
+    """
+    One batch through the engine.
+
+    :param plan: the plan.
+    :param result: the engine's result.
+    :param rows: the manifest rows.
+    :param charged: credits the sandbox charged during this run.
+    :param vendor: the vendor.
+    :param charges: charge-log entries of this run.
+    :param manifest_bytes: the manifest as written.
+    """
+
+    plan: BatchPlan
+    result: BatchResult
+    rows: list[dict[str, Any]]
+    charged: Decimal
+    vendor: str = ""
+    charges: list[dict[str, Any]] = field(default_factory=list)
+    manifest_bytes: bytes = b""
+
+    @property
+    def vendors(self) -> set[str]:
+        """The one vendor of the batch."""
+        return {self.vendor}
+
+    @property
+    def reported_counts(self) -> dict[str, int]:
+        """The engine's counts."""
+        return dict(self.result.counts)
+
+    @property
+    def reported_credits(self) -> Decimal:
+        """The engine's ``credits_spent``."""
+        return Decimal(self.result.credits_spent)
+
+    @property
+    def reported_possibly_charged(self) -> int:
+        """The engine's ``possibly_charged``."""
+        return self.result.possibly_charged
 
 
 def charges_of(sandbox: RunningSandbox, vendor: str) -> list[dict[str, Any]]:
@@ -203,6 +263,138 @@ async def run_batch(
     return BatchRun(plan, result, read_manifest(data), charged, vendor, charges, data)
 
 
+def charges_by_image(sandbox: RunningSandbox, vendor: str) -> Counter[str]:
+    """How many times ``vendor`` charged each image, by uploaded file name (the source's base name).
+
+    The sandbox's charge log names the request; its request log names the file of that request.
+    """
+    files = {
+        entry["request_id"]: str(next(iter(_uploads(entry)), ""))
+        for entry in sandbox.admin.requests(vendor)
+        if entry["kind"] == "process"
+    }
+    return Counter(files[charge["request_id"]] for charge in sandbox.admin.charges(vendor))
+
+
+def _uploads(entry: dict[str, Any]) -> list[str]:
+    """The uploaded file names a request log entry records (``<file NAME>`` parameters)."""
+    return [
+        value[len("<file ") : -1]
+        for value in entry["params"].values()
+        if isinstance(value, str) and value.startswith("<file ")
+    ]
+
+
+#: A bucket task over an ordered chain of vendor accounts, run with ``dag.test()`` by :func:`run_chain`.
+CHAIN_DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    RemoveBackgroundOperator(
+        task_id="cutouts",
+        conn_id={chain!r},
+        source_bucket={src!r},
+        source_prefix="raw/",
+        destination_bucket={dst!r},
+        destination_prefix="out/",
+        retries=0,
+        {arguments}
+    )
+"""
+
+
+@dataclass
+class ChainRun(CellRun):
+    """
+    One bucket task over a chain of accounts, through real Airflow (``dag.test()``).
+
+    :param chain: the vendors of the chain, in order.
+    :param task_state: the task's final state.
+    :param summary: the task's ``summary`` XCom.
+    :param halt: the task's ``halt`` XCom (``None`` without a halt).
+    :param rows: the manifest rows.
+    :param charged_images: per vendor of the chain, the charges of this run by image file name.
+    """
+
+    chain: list[str]
+    task_state: str
+    summary: dict[str, Any]
+    halt: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+    charged_images: dict[str, Counter[str]]
+
+    @property
+    def charged(self) -> Decimal:  # type: ignore[override]
+        """Credits the chain's vendors charged during this run (one credit per image in the sandbox)."""
+        return Decimal(sum(sum(counter.values()) for counter in self.charged_images.values()))
+
+    @property
+    def vendors(self) -> set[str]:
+        """The chain's vendors."""
+        return set(self.chain)
+
+    @property
+    def reported_counts(self) -> dict[str, int]:
+        """The summary's counts."""
+        return {status: int(self.summary[status]) for status in STATUSES}
+
+    @property
+    def reported_credits(self) -> Decimal:
+        """The summary's ``credits_spent``."""
+        return Decimal(self.summary["credits_spent"])
+
+    @property
+    def reported_possibly_charged(self) -> int:
+        """The summary's ``possibly_charged``."""
+        return int(self.summary["possibly_charged"])
+
+    @property
+    def accounts(self) -> dict[str, dict[str, Any]]:
+        """The summary's per-account block, by connection id."""
+        return {entry["conn_id"]: entry for entry in self.summary["accounts"]}
+
+
+def run_chain(
+    sandbox: RunningSandbox,
+    storage: GcsStorage,
+    dag_tester: Any,
+    src: str,
+    dst: str,
+    dag_id: str,
+    chain: Sequence[str],
+    **arguments: Any,
+) -> ChainRun:
+    """
+    Run a bucket task over the chain of vendor connection ids ``chain`` with ``dag.test()``.
+
+    :param arguments: further operator arguments (e.g. ``max_concurrency=1``), given as Python literals.
+    """
+    arguments.setdefault("max_concurrency", 8)
+    vendors = [VENDOR_OF[conn_id] for conn_id in chain]
+    before = {vendor: charges_by_image(sandbox, vendor) for vendor in vendors}
+    source = CHAIN_DAG.format(
+        dag_id=dag_id,
+        chain=list(chain),
+        src=src,
+        dst=dst,
+        arguments="\n        ".join(f"{name}={value!r}," for name, value in arguments.items()),
+    )
+    run = dag_tester.run(source, dag_id)
+    summary = run.xcom("cutouts", "summary")
+    assert summary is not None, f"no summary XCom: {run.task_states()}"
+    rows = read_manifest(storage.read(dst, summary["manifest_uri"].split("/", 3)[3]))
+    charged = {vendor: charges_by_image(sandbox, vendor) - before[vendor] for vendor in vendors}
+    return ChainRun(
+        chain=vendors,
+        task_state=run.task_states()["cutouts"],
+        summary=summary,
+        halt=run.xcom("cutouts", "halt"),
+        rows=rows,
+        charged_images=charged,
+    )
+
+
 def output_objects(storage: GcsStorage, bucket: str, prefix: str) -> dict[str, Any]:
     """Objects under ``prefix`` except the provider's own ``_bgremoval/`` folder, by name."""
     return {
@@ -221,7 +413,7 @@ def assert_decodes(data: bytes, name: str) -> Image.Image:
 
 
 def check_cell(
-    run: BatchRun,
+    run: CellRun,
     storage: GcsStorage,
     dst: str,
     *,
@@ -246,15 +438,17 @@ def check_cell(
         assert row["status"] in STATUSES, row
         if row["status"] != "done":
             assert row["error_code"] and row["error_message"], f"no reason given: {row}"
-    assert sum(run.result.counts.values()) == total
-    assert run.result.counts == run.counts
-    # Outputs: complete images with their provenance, and only for done sources.
+    assert sum(run.reported_counts.values()) == total
+    assert run.reported_counts == run.counts
+    # Outputs: complete images with their provenance (the vendor that made each), only for done sources.
     outputs = output_objects(storage, dst, destination_prefix)
-    done = {row["destination"] for row in rows if row["status"] == "done"}
+    made_by = {row["destination"]: row["vendor"] for row in rows if row["status"] == "done"}
+    done = set(made_by)
     for name, info in outputs.items():
         image = assert_decodes(storage.read(dst, name), name)
         assert info.metadata.get("bgremoval-source", "").startswith("gs://"), name
-        assert info.metadata.get("bgremoval-vendor") == run.vendor, name
+        vendor = info.metadata.get("bgremoval-vendor")
+        assert vendor == made_by.get(f"gs://{dst}/{name}", vendor) and vendor in run.vendors, (name, vendor)
         assert image.mode in ("RGBA", "RGB", "LA", "L", "P"), (name, image.mode)
     written = {f"gs://{dst}/{name}" for name in outputs}
     assert done <= written, f"done rows without an output: {sorted(done - written)[:5]}"
@@ -262,8 +456,8 @@ def check_cell(
     assert finished <= written, f"skipped rows without an output: {sorted(finished - written)[:5]}"
     if not written_elsewhere:
         assert written == finished, f"outputs for sources that are not done: {sorted(written - finished)[:5]}"
-    assert Decimal(run.result.credits_spent) == run.known_credits
-    assert run.result.possibly_charged == run.possibly_charged
+    assert run.reported_credits == run.known_credits
+    assert run.reported_possibly_charged == run.possibly_charged
     if not money:
         return
     # Money: the charge log agrees with the manifest.
@@ -276,7 +470,7 @@ def check_cell(
         assert run.charged == known + lost, (run.charged, known, lost)
 
 
-def check_rerun(first: BatchRun, rerun: BatchRun, *, total: int) -> None:
+def check_rerun(first: CellRun, rerun: CellRun, *, total: int) -> None:
     """A fault-free rerun completes exactly what the first run did not, paying only for that."""
     before = {row["source"]: row["status"] for row in first.rows}
     after = {row["source"]: row for row in rerun.rows}
