@@ -8,7 +8,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args
 
 import pydantic
@@ -211,6 +211,11 @@ class OptionModel:
 class OptionSet(OptionModel):
     """The options of one call (unified or a vendor's): ``None`` from a user means the defaults."""
 
+    #: field -> values that change only how the result travels, never the result (e.g. Pixian's
+    #: ``delta_png="auto"``): :meth:`as_dict` records them as the field's default, so an output made
+    #: with or without them has the same options fingerprint
+    transfer_only: ClassVar[Mapping[str, frozenset[Any]]] = {}
+
     @classmethod
     def coerce(cls, value: object) -> Self:
         """
@@ -228,6 +233,9 @@ class OptionSet(OptionModel):
     def as_dict(self) -> dict[str, Any]:
         """Primitive, canonical form (for option fingerprints, manifests and XCom): pairs as lists."""
         data = asdict(cast(Any, self))
+        for field in fields(cast(Any, self)):
+            if data[field.name] in self.transfer_only.get(field.name, ()):
+                data[field.name] = field.default  # transfer-only: the same output as the default
         return {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
 
 

@@ -74,7 +74,9 @@ def decode_delta_png(
     :param original: the input image exactly as it was sent (bytes or an opened image).
     :param orientation: the EXIF orientation Pixian applied (``X-Input-Orientation``); ``None`` reads
         the original's EXIF.
-    :return: an ``RGBA`` image the size of the delta PNG (:class:`DeltaPngError` when it cannot be).
+    :return: an ``RGBA`` image the size of the delta PNG (:class:`DeltaPngError` when it cannot be);
+        it carries the delta's ICC profile, else the original's: the copied pixels are the original's
+        values, in its colour space.
     """
     delta_image = _open(delta, "delta PNG")
     if not _has_alpha(delta_image):
@@ -96,4 +98,7 @@ def decode_delta_png(
     # Pasting an RGB image into an RGBA one through a 0/255 mask copies the colour with alpha 255
     # where the mask is 255 and leaves every other pixel untouched: the decoding rule, exactly.
     result.paste(upright if upright.mode == "RGB" else upright.convert("RGB"), (0, 0), copy_original)
+    profile = delta_image.info.get("icc_profile") or source.info.get("icc_profile")
+    if profile:
+        result.info["icc_profile"] = profile
     return result

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import httpx
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from typing_extensions import Self
 
 from airflow_provider_bgremoval.exceptions import (
@@ -37,6 +37,7 @@ from airflow_provider_bgremoval.options import (
     option_model,
     parse_flag,
     parse_size,
+    split_options,
     unset_or,
 )
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
@@ -85,6 +86,11 @@ _GEOMETRY_OPTIONS = ("result_margin", "target_size", "vertical_alignment")
 
 VerticalAlignment = Literal["top", "middle", "bottom"]
 InputEncoding = Literal["file", "base64"]
+#: ``delta_png``: ``False`` (the normal PNG), ``True`` (always a delta; every unified option local) or
+#: ``"auto"`` (a delta only where the decoded result is the same image: transfer-only)
+DeltaMode = bool | Literal["auto"]
+#: input modes whose pixels a delta's "copy the input pixel" reproduces exactly (opaque, 8-bit)
+_OPAQUE_MODES = frozenset({"RGB", "L"})
 
 
 class Size(NamedTuple):
@@ -112,6 +118,12 @@ def parse_test_mode(value: Any) -> bool:
     return False if value is None else parse_flag(value, parameter="test_mode")
 
 
+def _delta_mode(value: Any) -> DeltaMode:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return parse_flag(value)
+
+
 def _result_margin(value: Any) -> str:
     tokens = str(value).split()
     if not 1 <= len(tokens) <= 4 or not all(_MARGIN_TOKEN.match(t) for t in tokens):
@@ -132,13 +144,18 @@ class PixianOptions(OptionSet):
         not with the unified ``margin`` or ``delta_png``.
     :param target_size: native ``result.target_size`` ``(width, height)`` (or ``"1920 1080"``).
     :param vertical_alignment: native ``result.vertical_alignment``; only with ``target_size``.
-    :param delta_png: ask for ``output.format=delta_png``; the hook decodes it, then runs every unified
-        option locally.
+    :param delta_png: ``True``: ask for ``output.format=delta_png`` on every call; the hook decodes it,
+        then runs every unified option locally. ``"auto"``: transfer-only, decided per image before the
+        call: a delta where the decoded result is the same image as the normal PNG (the image bytes in
+        hand, an opaque input within ``max_pixels``, no option Pixian ignores with it, not test mode),
+        else the normal result; it never changes the options fingerprint. ``False`` (default): never.
     :param jpeg_quality: ``output.jpeg_quality`` (1-100); ``None`` uses the unified ``jpeg_quality``.
     """
 
     #: an unknown key is reported under the mapping's name, as it always was for Pixian
     unknown_key_parameter = "vendor_options"
+    #: ``delta_png="auto"`` makes the same output as the default: left out of the fingerprint
+    transfer_only = {"delta_png": frozenset({"auto"})}
 
     test: Flag | None = None
     max_pixels: Annotated[int | None, Field(ge=MIN_MAX_PIXELS, le=MAX_MAX_PIXELS), NUMBER, UNSET_IF_BLANK] = (
@@ -148,14 +165,14 @@ class PixianOptions(OptionSet):
     result_margin: Annotated[str | None, unset_or(_result_margin)] = None
     target_size: Annotated[tuple[int, int] | None, unset_or(parse_size)] = None
     vertical_alignment: Annotated[VerticalAlignment | None, CHOICE, UNSET_IF_BLANK] = None
-    delta_png: Flag = False
+    delta_png: Annotated[DeltaMode, BeforeValidator(_delta_mode)] = False
     jpeg_quality: Annotated[int | None, Field(ge=1, le=100), NUMBER, UNSET_IF_BLANK] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.vertical_alignment is not None and self.target_size is None:
             raise OptionValueError("only applies together with target_size", parameter="vertical_alignment")
-        for name in _GEOMETRY_OPTIONS if self.delta_png else ():
+        for name in _GEOMETRY_OPTIONS if self.delta_png is True else ():
             if getattr(self, name) is not None:
                 raise OptionValueError(
                     "Pixian ignores it with delta_png (the result must match the input pixel for pixel)",
@@ -221,6 +238,26 @@ PIXIAN_SPEC = VendorSpec(
 DELTA_CAPABILITIES = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
 
 
+def _image_fallback(data: bytes, opts: PixianOptions) -> str | None:
+    """Why a delta of this input would not decode to Pixian's normal result (``None``: it would)."""
+    try:
+        info = read_header(data, vendor=PIXIAN_SPEC.name)
+    except InputRejectedError:
+        return "the input's header is unreadable"
+    limit = opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
+    if info.pixels > limit:
+        return f"{info.pixels:,} pixels is over max_pixels ({limit:,}): Pixian would shrink it"
+    if info.mode not in _OPAQUE_MODES or info.format not in ("JPEG", "PNG"):
+        return f"a {info.format} {info.mode} input (only opaque 8-bit JPEG/PNG inputs are copied exactly)"
+    return None
+
+
+def _delta_keeps_result(options: RemovalOptions) -> bool:
+    """True when Pixian's normal request for ``options`` is a plain transparent PNG (what a delta carries)."""
+    native = split_options(options, PIXIAN_SPEC.capabilities).native
+    return native.output_format == "png" and native.background_color is None and not native.crop
+
+
 class PixianWire(VendorWire):
     """Pixian.AI v2: request building, reply parsing, error envelope (no I/O)."""
 
@@ -240,6 +277,7 @@ class PixianWire(VendorWire):
         return parse_test_mode(self.settings.extras.get("test_mode")) if test is None else test
 
     def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
+        # "auto" left by check_call means the unified options need nothing native: both plans agree
         return DELTA_CAPABILITIES if self.coerce_options(vendor_options).delta_png else self.spec.capabilities
 
     @classmethod
@@ -250,6 +288,8 @@ class PixianWire(VendorWire):
         cls.check_options(options, opts)
         if image_url is not None:
             check_image_url_type(image_url)
+        if opts.delta_png == "auto" and not _delta_keeps_result(options):
+            return replace(opts, delta_png=False)  # Pixian would ignore part of the request
         return opts
 
     @staticmethod
@@ -280,17 +320,16 @@ class PixianWire(VendorWire):
     ) -> WireRequest:
         opts = self.coerce_options(vendor_options)
         self.check_native(options, self.capabilities_for(opts))
-        if opts.delta_png:
+        if opts.delta_png is True:
             self._check_delta(image, opts)
+        delta = self.uses_delta(image, opts)
         test = self.test_mode(opts)
         fields, files = self._input_fields(image, opts)
         if test:
             fields["test"] = "true"
         if opts.max_pixels is not None:
             fields["max_pixels"] = str(opts.max_pixels)
-        fields.update(
-            {"output.format": "delta_png"} if opts.delta_png else self._result_fields(options, opts)
-        )
+        fields.update({"output.format": "delta_png"} if delta else self._result_fields(options, opts))
         return WireRequest(
             method="POST",
             path=REMOVE_BACKGROUND_PATH,
@@ -338,6 +377,36 @@ class PixianWire(VendorWire):
                 local=True,
             )
         return encoded
+
+    def uses_delta(self, image: ImageInput, vendor_options: VendorOptionsInput = None) -> bool:
+        """
+        Whether this call asks for ``output.format=delta_png`` (and its reply is decoded).
+
+        :param image: the call's input.
+        :param vendor_options: the call's Pixian options, as :meth:`check_call` returned them.
+        """
+        opts = self.coerce_options(vendor_options)
+        if opts.delta_png == "auto":
+            return self.delta_fallback(image, opts) is None
+        return opts.delta_png
+
+    def delta_fallback(self, image: ImageInput, vendor_options: VendorOptionsInput = None) -> str | None:
+        """
+        Why ``delta_png="auto"`` takes the normal PNG for this image (``None``: it takes a delta, whose
+        decoded result is the same image). Local, from the options and the image header: no call.
+
+        :param image: the call's input.
+        :param vendor_options: the call's Pixian options.
+        """
+        opts = self.coerce_options(vendor_options)
+        set_geometry = [name for name in _GEOMETRY_OPTIONS if getattr(opts, name) is not None]
+        if set_geometry:
+            return f"{set_geometry[0]} is set (Pixian ignores it with delta_png)"
+        if self.test_mode(opts):
+            return "test mode (a delta cannot carry the watermark on solid pixels)"
+        if image.data is None:
+            return "no image bytes to decode a delta with (image_url)"
+        return _image_fallback(image.data, opts)
 
     def _check_delta(self, image: ImageInput, opts: PixianOptions) -> None:
         if image.data is None:
@@ -394,7 +463,11 @@ class PixianWire(VendorWire):
     ) -> ImageResult:
         opts = self.coerce_options(vendor_options)
         metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
-        if not opts.delta_png:
+        if opts.delta_png == "auto":
+            metadata["delta_png"] = False
+            if (reason := self.delta_fallback(image, opts)) is not None:
+                metadata["delta_png_fallback"] = reason
+        if not self.uses_delta(image, opts):
             return replace(result, metadata=metadata)
         original = cast(bytes, image.data)  # a delta_png request needs the bytes (_check_delta)
         try:
