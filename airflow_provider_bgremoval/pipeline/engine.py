@@ -22,9 +22,12 @@ from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
     OutOfCreditsError,
+    TransientVendorError,
     VendorAuthError,
     safe_excerpt,
 )
+from airflow_provider_bgremoval.imaging import check_limits, read_header
+from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
 from airflow_provider_bgremoval.pipeline.claims import ClaimHolder, ClaimStore
 from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter
 from airflow_provider_bgremoval.pipeline.planning import (
@@ -37,7 +40,6 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_VENDOR,
     META_WRITER,
     BatchPlan,
-    OutputIdentity,
     WorkItem,
     is_finished,
 )
@@ -87,6 +89,11 @@ class HaltInfo:
     :param needed: credits the remaining images need (estimate).
     :param available: credits available when the halt happened (``None`` when unknown).
     :param fatal: True when the task must fail without retries.
+    :param accounts: a failover chain's pooled shortfall, per account in chain order: ``conn_id``,
+        ``vendor``, ``state``, ``cost_per_image``, ``needed`` (the pending images at its cost),
+        ``available`` (its balance read after the halt, ``None`` when unknown) and ``covers``
+        (images that balance pays for); empty for one connection.
+    :param shortfall_images: pending images no account's balance covers (a chain; ``None``: unknown).
     """
 
     reason: str
@@ -96,12 +103,16 @@ class HaltInfo:
     needed: Decimal | None = None
     available: Decimal | None = None
     fatal: bool = False
+    accounts: tuple[dict[str, Any], ...] = ()
+    shortfall_images: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form for XCom and alerts."""
         return {
-            key: str(value) if isinstance(value, Decimal) else value for key, value in asdict(self).items()
-        }
+            key: str(value) if isinstance(value, Decimal) else value
+            for key, value in asdict(self).items()
+            if key not in ("accounts", "shortfall_images") or self.accounts
+        } | ({"accounts": [dict(entry) for entry in self.accounts]} if self.accounts else {})
 
 
 @dataclass
@@ -183,6 +194,13 @@ class _Flight:
     output_exists: bool = False
     recorded: bool = False
     abandoned: bool = False
+    account: Account | None = None  # the account of the current (or last) call
+    probe: bool = False  # that call is its account's half-open probe
+    outcome_due: bool = False  # its outcome is still owed to the account's breaker
+    lost_base: int = 0  # lost replies of the call stats booked to earlier accounts
+    tried: list[Account] = field(default_factory=list)  # accounts this image may not go back to
+    handoffs: list[dict[str, Any]] = field(default_factory=list)  # why earlier accounts handed it on
+    last_error: BgRemovalError | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -191,7 +209,7 @@ class BatchRunner:
     Runs the billable part of a :class:`BatchPlan`.
 
     :param storage: the storage layer.
-    :param processor: the vendor operation.
+    :param processor: the vendor operation (of the primary account, with ``accounts``).
     :param plan: the plan (its settled rows are written to the manifest as they are).
     :param manifest: where rows go (and how often they are checkpointed).
     :param max_concurrency: images in flight at once.
@@ -205,6 +223,7 @@ class BatchRunner:
     :param progress_every_seconds: progress log interval.
     :param drain_grace: seconds in-flight vendor calls get to finish after :meth:`request_stop`.
     :param master_max_bytes: largest master a render-only item reads (larger: failed, not read whole).
+    :param accounts: the failover chain (``None``: ``processor`` alone, docs/pipeline.md "Failover").
     """
 
     storage: GcsStorage
@@ -223,10 +242,13 @@ class BatchRunner:
     progress_every_seconds: float = 30.0
     drain_grace: float = DEFAULT_DRAIN_GRACE
     master_max_bytes: int = MASTER_MAX_BYTES
+    accounts: AccountChain | None = None
 
     def __post_init__(self) -> None:  # the parameters are validated by the operator
         self.result = BatchResult(billable=len(self.plan.items))
-        self.identity = OutputIdentity.of(self.processor)
+        self.chain = self.accounts or AccountChain.single(self.processor)
+        self.identity = self.chain.identity
+        self._last_disabled: Account | None = None
         self._items: Iterator[WorkItem] = iter(self.plan.items)
         self._render_items: Iterator[WorkItem] = iter(self.plan.render)
         spec = self.plan.spec
@@ -242,7 +264,6 @@ class BatchRunner:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._bad_in_run = 0
-        self._max_seen_charge = Decimal(0)
         self.progress = ProgressReporter(
             len(self.plan.items) + len(self.plan.render),
             self.processor.vendor,
@@ -293,8 +314,12 @@ class BatchRunner:
         destination: str | None,
         status: str,
         render_only: bool = False,
+        account: Account | None = None,
         **fields: Any,
     ) -> None:
+        if account is not None:
+            account.counts[status] += 1
+            fields["account"] = account.conn_id
         for entry in fields.get("renditions") or ():
             self.result.renditions.setdefault(entry["name"], Counter())[entry["status"]] += 1
         row = ManifestRow(
@@ -302,7 +327,7 @@ class BatchRunner:
             source_generation=source.generation or None,
             destination=destination and f"gs://{self.plan.spec.destination_bucket}/{destination}",
             status=status,
-            vendor=self.processor.vendor,
+            vendor=(account or self.chain.primary).vendor,
             operation=self.processor.operation,
             bytes_in=source.size or None,
             **fields,
@@ -316,26 +341,68 @@ class BatchRunner:
         if self.manifest.part_due():
             self._schedule_checkpoint()
 
-    def _halt(self, reason: str, message: str, *, fatal: bool = False) -> None:
+    def _halt(self, reason: str, message: str, *, fatal: bool = False, vendor: str | None = None) -> None:
         if self._halt_reason is None:
-            self._halt_reason = HaltInfo(reason, self.processor.vendor, message, fatal=fatal)
+            self._halt_reason = HaltInfo(reason, vendor or self.processor.vendor, message, fatal=fatal)
             log.warning("Stopping submissions: %s", message)
 
     def _unit_cost(self) -> Decimal:
-        """Credits one image is expected to cost: the dearer of the cost table and what was charged."""
-        return max(self.processor.cost_per_image, self._max_seen_charge)
+        """Credits one image is expected to cost on the account that takes the next one."""
+        return (self.chain.preferred() or self.chain.primary).unit_cost()
 
-    def credits_at_risk(self) -> Decimal:
-        """What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight."""
-        cost = self._unit_cost()
-        at_risk = self.result.credits_spent + cost * self.result.possibly_charged
-        unsettled = (
-            flight for flight in self._flights if not flight.recorded and not flight.item.render_only
+    def credits_at_risk(self, account: Account | None = None) -> Decimal:
+        """
+        What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight.
+
+        :param account: only what is at risk on this account (``max_credits_per_account``); ``None``: all.
+        """
+        accounts = self.chain.accounts if account is None else (account,)
+        at_risk = sum(
+            (each.credits_spent + each.unit_cost() * each.possibly_charged for each in accounts), Decimal(0)
         )
-        for stats in (flight.stats for flight in unsettled):
-            at_risk += cost * stats.possibly_charged
+        default = self._unit_cost()  # an image not yet at a vendor: the account that would take it
+        for flight in self._flights:
+            if flight.recorded or flight.item.render_only:
+                continue
+            if account is not None and flight.account is not account:
+                continue
+            cost = default if flight.account is None else flight.account.unit_cost()
+            stats = flight.stats
+            at_risk += cost * (stats.possibly_charged - flight.lost_base)
             at_risk += (stats.credits_charged or cost) if stats.billed_reply else cost
         return at_risk
+
+    def _fits(self, account: Account) -> bool:
+        """Whether ``account``'s own budget allows one more image (if not, it leaves the chain)."""
+        if account.budget is None:
+            return True
+        at_risk = self.credits_at_risk(account)
+        if at_risk + account.unit_cost() <= account.budget:
+            return True
+        message = (
+            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached "
+            f"({at_risk} credits charged or at risk)"
+        )
+        self._disable(account, "max_credits", message)
+        return False
+
+    def _disable(self, account: Account, state: str, message: str) -> None:
+        if account.usable:
+            account.disable(state, message)
+            self._last_disabled = account
+            if self.chain.usable():
+                log.warning("Account %s (%s) leaves the chain: %s", account.conn_id, account.vendor, message)
+
+    def _halt_exhausted(self) -> None:
+        """Every account is unusable: halt as one connection would, naming each account's state."""
+        last = self._last_disabled or self.chain.primary
+        message = last.state_message or last.state
+        if len(self.chain.accounts) > 1:
+            states = "; ".join(
+                f"{a.conn_id} ({a.vendor}): {a.state} ({a.state_message})" for a in self.chain.accounts
+            )
+            message = f"every account of the chain is unusable: {states}"
+        self._halt(last.state, message, fatal=last.state != "max_credits", vendor=last.vendor)
 
     def _may_retry(self, _exc: BaseException) -> bool:
         """Retry guard: a retry after a lost reply must fit the budget (its reservation already does)."""
@@ -362,6 +429,12 @@ class BatchRunner:
         if self.max_images is not None and self._submitted >= self.max_images:
             self._halt("max_images", f"max_images={self.max_images} reached")
             return None
+        account = self.chain.preferred()
+        while account is not None and not self._fits(account):  # its budget is spent: it leaves
+            account = self.chain.preferred()
+        if account is None:
+            self._halt_exhausted()
+            return None
         cost = self._unit_cost()
         if self.max_credits is not None and self.credits_at_risk() + cost > self.max_credits:
             self._halt(
@@ -376,19 +449,23 @@ class BatchRunner:
             self._submitted += 1
         return item
 
-    def _credits_of(self, charged: Decimal | None) -> tuple[Decimal, bool]:
+    @staticmethod
+    def _credits_of(account: Account, charged: Decimal | None) -> tuple[Decimal, bool]:
         if charged is not None:
-            self._max_seen_charge = max(self._max_seen_charge, charged)
+            account.max_seen_charge = max(account.max_seen_charge, charged)
             return charged, False
-        return self.processor.cost_per_image, True
+        return account.processor.cost_per_image, True
 
-    def _metadata(self, item: WorkItem, request_id: str | None, credits: Decimal) -> dict[str, str]:
+    def _metadata(
+        self, item: WorkItem, account: Account, request_id: str | None, credits: Decimal
+    ) -> dict[str, str]:
+        processor = account.processor
         return {
             META_SOURCE: item.source.uri,
             META_SOURCE_GENERATION: str(item.source.generation),
-            META_OPTIONS_HASH: self.processor.fingerprint,
-            META_VENDOR: self.processor.vendor,
-            META_OPERATION: self.processor.operation,
+            META_OPTIONS_HASH: processor.fingerprint,
+            META_VENDOR: processor.vendor,
+            META_OPERATION: processor.operation,
             META_CREDITS: str(credits),
             META_WRITER: self.writer_id,
             **({META_REQUEST_ID: request_id} if request_id else {}),
@@ -423,16 +500,23 @@ class BatchRunner:
             )
             return
         flight.recorded = True
+        self._breaker(flight, "neutral")  # a probe that ended without a verdict (stop, cancel, defect)
         self._count_finished(flight, bad=status in ("rejected", "failed"))
-        stats, result = flight.stats, flight.result
+        stats, result, account = flight.stats, flight.result, flight.account
         lost = stats.possibly_charged
         if flight.abandoned and stats.attempt_in_flight:
             lost += 1  # the request was out when the call was given up: the vendor may bill it
         money: dict[str, Any] = {"possibly_charged": lost, "attempts": stats.attempts}
+        if flight.handoffs:
+            money["handoffs"] = flight.handoffs
+        if account is not None:
+            account.possibly_charged += lost - flight.lost_base
         if result is not None or stats.billed_reply:
+            account = account or self.chain.primary
             credits, estimated = self._credits_of(
-                result.credits_charged if result is not None else stats.credits_charged
+                account, result.credits_charged if result is not None else stats.credits_charged
             )
+            account.credits_spent += credits
             self.result.credits_spent += credits
             self.result.credits_estimated |= estimated
             if status != "done":
@@ -445,6 +529,7 @@ class BatchRunner:
             _destination_of(item),
             status,
             item.render_only,
+            account,
             error_code=code,
             error_message=message,
             request_id=request_id if request_id is not None else (result.request_id if result else None),
@@ -565,29 +650,159 @@ class BatchRunner:
             return None
 
     async def _call(self, flight: _Flight, data: bytes) -> ImageResult | None:
-        if self._stop is not None:
-            code, message = self._stop
-            self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
-            return None
-        flight.stage = "call"
-        flight.stats.retry_guard = self._may_retry
+        """The vendor call, on the chain's account for it; failover moves it on to the next one."""
+        name = posixpath.basename(flight.item.source.name) or "image"
+        while True:
+            if self._stop is not None:
+                code, message = self._stop
+                self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
+                return None
+            account = await self._account_for(flight, data)
+            if account is None:
+                return None
+            flight.stage = "call"
+            flight.stats.retry_guard = self._may_retry
+            try:
+                result = await account.processor.process(data, name, flight.stats)
+            except BgRemovalError as exc:
+                if not self._after_call_error(flight, account, exc):
+                    return None
+            else:
+                self._breaker(flight, "success")
+                return result
+
+    async def _account_for(self, flight: _Flight, data: bytes) -> Account | None:
+        """The account for the image's next call; ``None`` when it is settled instead (no account left)."""
+        while True:
+            choice = self.chain.choose(flight.tried, self._fits)
+            if isinstance(choice, tuple):
+                account, probe = choice
+                rejection = self._local_rejection(account, data)
+                if rejection is None:
+                    self._assign(flight, account, probe)
+                    return account
+                if probe:
+                    account.breaker.record("neutral", probe=True)
+                flight.tried.append(account)
+                self._hand_on(flight, account, "rejected", rejection)
+                continue
+            if choice is None:
+                self._no_account(flight)
+                return None
+            if self._stop is not None:
+                code, message = self._stop
+                self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
+                return None
+            flight.stage = "wait"  # every account left is in an outage: wait for the first probe
+            await asyncio.sleep(min(max(choice, 0.01), 0.5))
+
+    def _local_rejection(self, account: Account, data: bytes) -> InputRejectedError | None:
+        """Another account's input limits, checked on the bytes in hand before any call (free)."""
+        limits = account.processor.limits
+        if limits == self.processor.limits:
+            return None  # planning checked these
         try:
-            return await self.processor.process(
-                data, posixpath.basename(flight.item.source.name) or "image", flight.stats
-            )
-        except BgRemovalError as exc:
-            self._settle_call_error(flight, exc)
+            check_limits(read_header(data, vendor=account.vendor), len(data), limits, vendor=account.vendor)
+        except InputRejectedError as exc:
+            return exc
         return None
 
-    def _settle_call_error(self, flight: _Flight, exc: BgRemovalError) -> None:
+    def _assign(self, flight: _Flight, account: Account, probe: bool) -> None:
+        previous = flight.account
+        if previous is not None and previous is not account:  # its lost replies stay booked there
+            previous.possibly_charged += flight.stats.possibly_charged - flight.lost_base
+            flight.lost_base = flight.stats.possibly_charged
+        flight.account, flight.probe, flight.outcome_due = account, probe, True
+
+    def _breaker(self, flight: _Flight, outcome: str) -> None:
+        """Report the call's outcome to its account's breaker (once per call)."""
+        if flight.outcome_due and flight.account is not None:
+            flight.outcome_due = False
+            flight.account.breaker.record(outcome, probe=flight.probe)
+
+    def _hand_on(self, flight: _Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
+        """Note on the image's row why ``account`` handed it on."""
+        flight.last_error = exc
+        flight.handoffs.append(
+            {
+                "account": account.conn_id,
+                "vendor": account.vendor,
+                "reason": reason,
+                "code": exc.code,
+                "message": safe_excerpt(exc.message),
+            }
+        )
+        log.info("%s: %s on %s, handed on", flight.item.source.uri, reason, account.conn_id)
+
+    def _untried(self, flight: _Flight, other_vendor_than: str | None = None) -> bool:
+        return any(
+            account not in flight.tried and account.vendor != other_vendor_than
+            for account in self.chain.usable()
+        )
+
+    def _after_call_error(self, flight: _Flight, account: Account, exc: BgRemovalError) -> bool:
+        """Settle the failed call, or return True to move the image on to the next account."""
         if flight.stats.attempts == 0:  # a processor that does not fill in the live record: its error has it
             flight.stats = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
+        self._breaker(flight, "transient" if isinstance(exc, TransientVendorError) else "neutral")
+        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
+            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
+            if self.chain.fails_over(reason) and len(self.chain.accounts) > 1:  # one: halts as always
+                self._disable(account, reason, str(exc))
+                if self.chain.usable():
+                    self._hand_on(flight, account, reason, exc)
+                    return True
+            self._halt_on(flight, account, reason, exc)
+            return False
+        chain = self.chain
+        if flight.stats.billed_reply:  # paid here: never sent to another vendor
+            pass
+        elif isinstance(exc, TransientVendorError) and "outage" in chain.failover_on:
+            flight.tried.append(account)  # an outage here: the image goes on, never back
+            if self._untried(flight) and self._may_retry(exc):
+                self._hand_on(flight, account, "outage", exc)
+                return True
+        elif (
+            isinstance(exc, InputRejectedError)
+            and chain.retry_rejected_on_next
+            and self._untried(flight, other_vendor_than=account.vendor)
+        ):
+            flight.tried.extend(a for a in chain.accounts if a.vendor == account.vendor)
+            self._hand_on(flight, account, "rejected", exc)
+            return True
+        self._settle_call_error(flight, exc)
+        return False
+
+    def _halt_on(self, flight: _Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
+        """An account refused for good and nothing takes over: halt, the image stays pending."""
+        if self.chain.usable() or len(self.chain.accounts) == 1:
+            self._halt(reason, str(exc), fatal=True, vendor=account.vendor)
+        else:
+            self._halt_exhausted()
+        self._settle(flight, "pending", exc.code or reason, str(exc), request_id=exc.request_id)
+
+    def _no_account(self, flight: _Flight) -> None:
+        """No account is left for this image: settle it with what the last one said."""
+        exc = flight.last_error
+        if not self.chain.usable():
+            self._halt_exhausted()
+            halt = self._halt_reason
+            assert halt is not None
+            if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
+                self._settle(flight, "pending", halt.reason, f"{halt.message}; this image was not sent")
+            else:
+                self._settle(flight, "pending", exc.code or halt.reason, str(exc), request_id=exc.request_id)
+            return
+        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
+            self._settle(flight, "pending", exc.code, str(exc), request_id=exc.request_id)
+        elif exc is not None:
+            self._settle_call_error(flight, exc)
+        else:  # unreachable: an image is only refused by every account after their answers
+            self._settle(flight, "failed", "no_account", "no account of the chain could take this image")
+
+    def _settle_call_error(self, flight: _Flight, exc: BgRemovalError) -> None:
         if isinstance(exc, InputRejectedError):
             self._settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
-        elif isinstance(exc, (OutOfCreditsError, VendorAuthError)):
-            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
-            self._halt(reason, str(exc), fatal=True)
-            self._settle(flight, "pending", exc.code or reason, str(exc), request_id=exc.request_id)
         else:
             self._settle(
                 flight, "failed", exc.code or type(exc).__name__, str(exc), request_id=exc.request_id
@@ -596,7 +811,8 @@ class BatchRunner:
     async def _store(self, flight: _Flight, result: ImageResult) -> None:
         flight.stage = "store"
         item, bucket = flight.item, self.plan.spec.destination_bucket
-        credits, _ = self._credits_of(result.credits_charged)
+        account = flight.account or self.chain.primary
+        credits, _ = self._credits_of(account, result.credits_charged)
         try:
             written = await self._blocking(
                 self.storage.write,
@@ -604,9 +820,9 @@ class BatchRunner:
                 item.destination,
                 result.content,
                 content_type=result.content_type,
-                metadata=self._metadata(item, result.request_id, credits),
+                metadata=self._metadata(item, account, result.request_id, credits),
                 if_generation_match=item.replace_generation or 0,
-                idempotency_token=f"{self.writer_id}:{item.source.generation}:{self.processor.fingerprint}",
+                idempotency_token=f"{self.writer_id}:{item.source.generation}:{account.processor.fingerprint}",
             )
         except WriteConflictError:
             await self._settle_conflict(flight)
@@ -788,12 +1004,62 @@ class BatchRunner:
 
     async def _halt_info(self, halt: HaltInfo) -> HaltInfo:
         pending = self.result.counts["pending"]
+        billable = self.result.billable_counts["pending"]  # render-only: free
+        needed = self.processor.cost_per_image * billable
+        if len(self.chain.accounts) > 1:
+            return await self._pooled_shortfall(replace(halt, remaining_images=pending, needed=needed))
         available: Decimal | None = None
         if halt.reason == "out_of_credits" and self.balance_probe is not None:
             with contextlib.suppress(BgRemovalError):
                 available = (await self.balance_probe()).remaining
-        needed = self.processor.cost_per_image * self.result.billable_counts["pending"]  # render-only: free
         return replace(halt, remaining_images=pending, needed=needed, available=available)
+
+    async def _pooled_shortfall(self, halt: HaltInfo) -> HaltInfo:
+        """A chain's halt: every account's balance (free calls) against the pending images at its cost."""
+        left = billable = self.result.billable_counts["pending"]
+        entries: list[dict[str, Any]] = []
+        known: list[Decimal] = []
+        for account in self.chain.accounts:
+            available = await _balance_of(account)
+            cost = account.unit_cost()
+            covers = min(left, int(available // cost)) if available is not None and cost > 0 else None
+            left -= covers or 0
+            known += [available] if available is not None else []
+            entries.append(
+                {
+                    "conn_id": account.conn_id,
+                    "vendor": account.vendor,
+                    "state": account.state,
+                    "cost_per_image": str(cost),
+                    "needed": str(cost * billable),
+                    "available": None if available is None else str(available),
+                    "covers": covers,
+                }
+            )
+        unknown = any(entry["covers"] is None for entry in entries)
+        pooled = "; ".join(
+            f"{e['conn_id']} ({e['vendor']}, {e['state']}): {e['available'] or 'unknown'} available "
+            f"at {e['cost_per_image']} per image"
+            for e in entries
+        )
+        short = "unknown" if unknown else f"{left} image(s)"
+        message = f"{halt.message}. Pooled shortfall: {short} of {halt.remaining_images} pending; {pooled}"
+        return replace(
+            halt,
+            message=message,
+            available=sum(known, Decimal(0)) if known else None,
+            accounts=tuple(entries),
+            shortfall_images=None if unknown else left,
+        )
+
+
+async def _balance_of(account: Account) -> Decimal | None:
+    """The account's balance read from its free endpoint (``None`` without a hook or on an error)."""
+    if account.hook is None:
+        return None
+    with contextlib.suppress(BgRemovalError):
+        return (await account.hook.aget_balance()).remaining
+    return None
 
 
 def _destination_of(item: WorkItem) -> str | None:

@@ -42,6 +42,9 @@ class ManifestRow:
     :param bytes_out: size of the output.
     :param master: with renditions: the master's ``object``, ``generation`` and ``status``.
     :param renditions: with renditions: one entry per rendition (name, object, status, facts, checks).
+    :param account: the vendor connection (``conn_id``) of the image's last call, when it reached one.
+    :param handoffs: in a failover chain, why earlier accounts handed the image on (``account``,
+        ``vendor``, ``reason``, ``code``, ``message`` each).
     """
 
     source: str
@@ -62,6 +65,8 @@ class ManifestRow:
     bytes_out: int | None = None
     master: dict[str, Any] | None = None
     renditions: list[dict[str, Any]] | None = None
+    account: str | None = None
+    handoffs: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

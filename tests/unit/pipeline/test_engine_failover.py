@@ -1,0 +1,283 @@
+"""The batch engine over a failover chain (real fake-gcs-server, scripted processors standing in for vendors).
+
+The circuit breakers run on a clock the vendors move by hand, so the outage cells are exact without sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from airflow_provider_bgremoval.exceptions import (
+    InputRejectedError,
+    OutOfCreditsError,
+    TransientVendorError,
+    VendorAuthError,
+)
+from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, BreakerPolicy, CircuitBreaker
+from airflow_provider_bgremoval.pipeline.engine import BatchRunner
+from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from tests.unit.pipeline.test_engine import ScriptedProcessor, seed
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Vendor(ScriptedProcessor):
+    """A scripted vendor with its own name, fingerprint and cost."""
+
+    def __init__(self, vendor: str, script: Callable[[str, int], Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(script, **kwargs)
+        self.vendor = vendor
+        self.fingerprint = f"fp-{vendor}"
+        self.done: list[str] = []
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        result = await super().process(data, filename, stats)
+        self.done.append(filename)
+        return result
+
+
+class BalanceHook:
+    """The free balance endpoint of an account (all the engine asks a hook for)."""
+
+    def __init__(self, vendor: str, remaining: str) -> None:
+        self.vendor, self.remaining = vendor, Decimal(remaining)
+
+    async def aget_balance(self) -> Balance:
+        return Balance(vendor=self.vendor, remaining=self.remaining, state=AccountState.ACTIVE)
+
+
+def chain(
+    *vendors: Vendor,
+    clock: Clock | None = None,
+    budgets: dict[str, str] | None = None,
+    hooks: dict[str, BalanceHook] | None = None,
+    policy: BreakerPolicy | None = None,
+    **kwargs: Any,
+) -> AccountChain:
+    clock = clock or Clock()
+    return AccountChain(
+        [
+            Account(
+                f"{v.vendor}_conn",
+                v,
+                hook=(hooks or {}).get(v.vendor),  # type: ignore[arg-type]
+                budget=Decimal((budgets or {})[v.vendor]) if v.vendor in (budgets or {}) else None,
+                breaker=CircuitBreaker(policy or BreakerPolicy(), clock),
+            )
+            for v in vendors
+        ],
+        **kwargs,
+    )
+
+
+def run_chain(storage: GcsStorage, spec: BatchSpec, accounts: AccountChain, **kwargs: Any):
+    async def go():
+        primary = accounts.primary.processor
+        plan = await plan_batch(
+            storage, spec, extension=".png", identity=accounts.identity, limits=primary.limits
+        )
+        manifest = ManifestWriter()
+        runner = BatchRunner(storage, primary, plan, manifest, accounts=accounts, **kwargs)
+        result = await runner.run()
+        return result, read_manifest(manifest.getvalue())
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def batch(gcs_bucket_factory: Callable[..., str], gcs_storage: GcsStorage):
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    return gcs_storage, src, BatchSpec(source_bucket=src, destination_bucket=dst)
+
+
+def names(count: int) -> list[str]:
+    return [f"{i:02d}.png" for i in range(count)]
+
+
+def test_the_primary_runs_out_at_image_20_of_50_and_the_secondary_does_the_other_30(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(50))
+    out = OutOfCreditsError("no credits left", vendor="pixian", status_code=402, code="out_of_credits")
+    primary = Vendor("pixian", lambda n, count: out if count >= 20 else None)
+    secondary = Vendor("poof")
+    accounts = chain(primary, secondary)
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    assert result.counts["done"] == 50 and result.halt is None
+    assert len(primary.done) == 19 and len(secondary.done) == 31  # image 20 was refused, not charged
+    assert sorted(primary.done + secondary.done) == names(50)  # no image made (charged) twice
+    assert result.credits_spent == 50
+    by_account = {row["source"].rsplit("/", 1)[1]: row for row in rows}
+    assert {row["account"] for row in rows} == {"pixian_conn", "poof_conn"}
+    handed = by_account["19.png"]
+    assert (handed["vendor"], handed["account"], handed["status"]) == ("poof", "poof_conn", "done")
+    assert handed["handoffs"] == [
+        {
+            "account": "pixian_conn",
+            "vendor": "pixian",
+            "reason": "out_of_credits",
+            "code": "out_of_credits",
+            "message": "no credits left",
+        }
+    ]
+    summary = {entry["conn_id"]: entry for entry in accounts.summary()}
+    assert (summary["pixian_conn"]["done"], summary["pixian_conn"]["state"]) == (19, "out_of_credits")
+    assert (summary["poof_conn"]["done"], summary["poof_conn"]["credits_spent"]) == (31, "31")
+    assert summary["poof_conn"]["state"] == "active" and summary["poof_conn"]["breaker"] == "closed"
+    output = storage.stat(spec.destination_bucket, "40.png")
+    assert output is not None and output.metadata["bgremoval-vendor"] == "poof"
+    assert output.metadata["bgremoval-options-hash"] == "fp-poof"
+
+    # Rerun with the primary topped up: whatever vendor made an output, it is finished (0 charges).
+    again = Vendor("pixian")
+    result, rows = run_chain(storage, spec, chain(again, Vendor("poof")))
+    assert again.calls == [] and result.counts["skipped"] == 50 and result.credits_spent == 0
+
+
+def test_an_outage_opens_the_breaker_the_rest_go_on_and_a_probe_returns_to_the_primary(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(12))
+    clock = Clock()
+    down = {"until": 0}
+
+    def primary_script(name: str, count: int) -> Any:
+        if count <= down["until"] or down["until"] == 0:
+            return TransientVendorError("503 after retries", vendor="pixelcut", status_code=503)
+        return None
+
+    def secondary_script(name: str, count: int) -> Any:
+        clock.now += 1.0  # each image on the secondary takes a second
+        if count == 6:
+            down["until"] = 4  # the primary's outage is over from its 5th call on
+        return None
+
+    primary = Vendor("pixelcut", primary_script)
+    secondary = Vendor("poof", secondary_script)
+    policy = BreakerPolicy(consecutive_failures=3, cooldown_seconds=2.5, max_cooldown_seconds=10)
+    accounts = chain(primary, secondary, clock=clock, policy=policy)
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    assert result.counts["done"] == 12 and result.counts["failed"] == 0
+    breaker = accounts.primary.breaker
+    # 3 transient failures opened it (each image went on to the secondary); after the cooldown the
+    # 4th call was a probe that failed (cooldown doubled to 5 s), the 5th a probe that succeeded.
+    assert primary.calls[:3] == names(3) and breaker.times_opened == 2
+    assert breaker.state == "closed"
+    assert len(primary.calls) == 4 + len(primary.done) and primary.done  # back on the primary
+    assert sorted(primary.done + secondary.done) == names(12)
+    assert primary.done == names(12)[-len(primary.done) :]  # once closed, the primary takes the rest
+    handed = [row for row in rows if row.get("handoffs")]
+    assert {row["handoffs"][0]["reason"] for row in handed} == {"outage"}
+    assert len(handed) == 4 and all(row["vendor"] == "poof" for row in handed)
+
+
+def test_without_outage_in_failover_on_a_transient_failure_fails_the_image_as_before(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    primary = Vendor("pixelcut", lambda n, c: TransientVendorError("503", vendor="pixelcut", status_code=503))
+    secondary = Vendor("poof")
+    accounts = chain(primary, secondary, failover_on=("out_of_credits",))
+    result, _ = run_chain(storage, spec, accounts, max_concurrency=1)
+    assert result.counts["failed"] == 3 and secondary.calls == []
+
+
+def test_both_accounts_out_halts_with_every_image_pending_and_the_pooled_shortfall(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(10))
+    refused = lambda vendor: lambda n, c: OutOfCreditsError("no credits", vendor=vendor, code="402")  # noqa: E731
+    primary, secondary = Vendor("pixian", refused("pixian")), Vendor("poof", refused("poof"))
+    secondary.cost_per_image = Decimal(2)
+    hooks = {"pixian": BalanceHook("pixian", "3"), "poof": BalanceHook("poof", "4.5")}
+    result, rows = run_chain(storage, spec, chain(primary, secondary, hooks=hooks), max_concurrency=1)
+    assert result.counts["pending"] == 10 and result.credits_spent == 0
+    assert len(primary.calls) == 1 and len(secondary.calls) == 1
+    halt = result.halt
+    assert halt is not None and halt.reason == "out_of_credits" and halt.fatal
+    assert halt.remaining_images == 10 and halt.needed == 10 and halt.available == Decimal("7.5")
+    assert halt.shortfall_images == 5  # 3 at 1 credit, 2 at 2 credits: 5 of 10 covered
+    assert [(a["conn_id"], a["covers"], a["needed"], a["available"]) for a in halt.accounts] == [
+        ("pixian_conn", 3, "10", "3"),
+        ("poof_conn", 2, "20", "4.5"),
+    ]
+    assert "every account of the chain is unusable" in halt.message
+    assert "Pooled shortfall: 5 image(s) of 10 pending" in halt.message
+    assert halt.as_dict()["accounts"][1]["state"] == "out_of_credits"
+    assert {row["status"] for row in rows} == {"pending"}
+
+
+def test_a_refused_key_fails_over_and_a_per_account_budget_moves_the_rest_on(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(8))
+    revoked = Vendor("pixian", lambda n, c: VendorAuthError("revoked", vendor="pixian", status_code=401))
+    budgeted, spare = Vendor("poof"), Vendor("pixelcut")
+    accounts = chain(revoked, budgeted, spare, budgets={"poof": "3"})
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1, max_credits=Decimal(7))
+    assert len(revoked.calls) == 1 and len(budgeted.done) == 3
+    assert result.counts["done"] == 7 and result.counts["pending"] == 1  # the total budget: 7
+    assert result.halt is not None and result.halt.reason == "max_credits" and not result.halt.fatal
+    states = [(a.conn_id, a.state) for a in accounts.accounts]
+    assert states == [
+        ("pixian_conn", "auth_failed"),
+        ("poof_conn", "max_credits"),
+        ("pixelcut_conn", "active"),
+    ]
+    assert accounts.accounts[1].state_message.startswith("max_credits_per_account['poof_conn']=3 reached")
+    assert {row["account"] for row in rows if row["status"] == "done"} == {"poof_conn", "pixelcut_conn"}
+
+
+def test_a_rejection_is_tried_on_another_vendor_only_when_asked(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, ["a.png", "b.png"])
+
+    def picky(name: str, count: int) -> Any:
+        if name == "b.png":
+            return InputRejectedError("no foreground", vendor="pixian", code="unknown_foreground")
+        return None
+
+    result, rows = run_chain(storage, spec, chain(Vendor("pixian", picky), Vendor("poof")))
+    assert result.counts["rejected"] == 1
+    primary, other = Vendor("pixian", picky), Vendor("poof")
+    same_vendor = Vendor("pixian")
+    same_vendor.fingerprint = "fp-pixian-2"
+    accounts = AccountChain(
+        [Account("a", primary), Account("b", same_vendor), Account("c", other)], retry_rejected_on_next=True
+    )
+    spec = BatchSpec(
+        source_bucket=spec.source_bucket, destination_bucket=spec.destination_bucket, overwrite=True
+    )
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    row = next(row for row in rows if row["source"].endswith("b.png"))
+    assert (row["status"], row["account"], row["vendor"]) == ("done", "c", "poof")  # not b: same vendor
+    assert row["handoffs"][0]["code"] == "unknown_foreground" and same_vendor.calls == []
+
+
+def test_the_next_accounts_limits_are_checked_locally_before_failing_over(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(2))  # 80x60 images
+    out = OutOfCreditsError("empty", vendor="pixian", code="402")
+    primary = Vendor("pixian", lambda n, c: out)
+    tiny = Vendor("poof")
+    tiny.limits = InputLimits(max_bytes=1_000_000, min_side=32, max_side=50)
+    result, rows = run_chain(storage, spec, chain(primary, tiny), max_concurrency=1)
+    # the secondary cannot take them: rejected locally (free), before any call
+    assert tiny.calls == [] and result.counts["rejected"] == 2 and result.halt is None
+    assert [(h["account"], h["reason"]) for h in rows[0]["handoffs"]] == [
+        ("pixian_conn", "out_of_credits"),
+        ("poof_conn", "rejected"),
+    ]
+    assert rows[0]["account"] == "pixian_conn" and rows[1]["handoffs"][0]["account"] == "poof_conn"
