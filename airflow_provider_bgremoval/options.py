@@ -8,7 +8,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args
 
 import pydantic
@@ -211,10 +211,10 @@ class OptionModel:
 class OptionSet(OptionModel):
     """The options of one call (unified or a vendor's): ``None`` from a user means the defaults."""
 
-    #: field -> values that change only how the result travels, never the result (e.g. Pixian's
-    #: ``delta_png="auto"``): :meth:`as_dict` records them as the field's default, so an output made
-    #: with or without them has the same options fingerprint
-    transfer_only: ClassVar[Mapping[str, frozenset[Any]]] = {}
+    #: field -> {value: recorded as}: values that change only how the result travels, never the
+    #: result (e.g. Pixian's ``delta_png="auto"``); :meth:`as_dict` records each as the value making
+    #: the same output, so an output made with or without them has the same options fingerprint
+    transfer_only: ClassVar[Mapping[str, Mapping[Any, Any]]] = {}
 
     @classmethod
     def coerce(cls, value: object) -> Self:
@@ -233,9 +233,9 @@ class OptionSet(OptionModel):
     def as_dict(self) -> dict[str, Any]:
         """Primitive, canonical form (for option fingerprints, manifests and XCom): pairs as lists."""
         data = asdict(cast(Any, self))
-        for field in fields(cast(Any, self)):
-            if data[field.name] in self.transfer_only.get(field.name, ()):
-                data[field.name] = field.default  # transfer-only: the same output as the default
+        for name, recorded in self.transfer_only.items():
+            if data[name] in recorded:
+                data[name] = recorded[data[name]]  # transfer-only: recorded as the same output
         return {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
 
 

@@ -8,8 +8,14 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _methods
-from airflow_provider_bgremoval.options import RemovalOptions
-from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire, parse_test_mode
+from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions
+from airflow_provider_bgremoval.vendors.base import ImageInput, WireRequest
+from airflow_provider_bgremoval.vendors.pixian import (
+    DeltaMode,
+    PixianOptions,
+    PixianWire,
+    parse_test_mode,
+)
 
 
 class PixianHook(BackgroundRemovalHook[PixianWire]):
@@ -19,6 +25,9 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     call's :class:`PixianOptions` says otherwise.
 
     :param conn_id: the connection id (default ``pixian_default``); ``pixian_conn_id=`` is the same.
+    :param delta_png_default: ``delta_png`` for calls whose :class:`PixianOptions` leave it unset
+        (``None``): ``False`` (the normal PNG), ``"auto"`` (a delta where it decodes to the same image:
+        transfer-only, the recommended setting for renditions masters) or ``True``.
     :param kwargs: see :class:`~airflow_provider_bgremoval.hooks.base.BackgroundRemovalHook`.
     """
 
@@ -29,6 +38,29 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     wire_class = PixianWire
     _required_fields = ("password", "login")
     _extra_parsers = {"test_mode": parse_test_mode}
+
+    def __init__(
+        self, conn_id: str | None = None, *, delta_png_default: DeltaMode = False, **kwargs: Any
+    ) -> None:
+        super().__init__(conn_id, **kwargs)
+        #: ``delta_png`` for calls that leave it unset; transfer-only for ``False``/``"auto"`` (no
+        #: fingerprint changes), so it may be set on a built hook (``hook.delta_png_default = "auto"``)
+        self.delta_png_default: DeltaMode = PixianOptions(delta_png=delta_png_default).delta_png or False
+
+    def _removal_request(
+        self,
+        image: bytes | None,
+        image_url: str | None,
+        options: RemovalOptions | None,
+        vendor_options: Any,
+        filename: str,
+        check_input: bool,
+    ) -> Flow[tuple[WireRequest, ImageInput, OptionSplit, Any]]:
+        """The base request, with an unset ``delta_png`` taken from :attr:`delta_png_default`."""
+        opts = PixianOptions.coerce(vendor_options)
+        if opts.delta_png is None:
+            opts = replace(opts, delta_png=self.delta_png_default)
+        return (yield from super()._removal_request(image, image_url, options, opts, filename, check_input))
 
     def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
         return {"test": self.is_test_mode(vendor_options)}

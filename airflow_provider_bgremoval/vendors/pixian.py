@@ -118,7 +118,9 @@ def parse_test_mode(value: Any) -> bool:
     return False if value is None else parse_flag(value, parameter="test_mode")
 
 
-def _delta_mode(value: Any) -> DeltaMode:
+def _delta_mode(value: Any) -> DeltaMode | None:
+    if value is None:
+        return None
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     return parse_flag(value)
@@ -148,14 +150,16 @@ class PixianOptions(OptionSet):
         then runs every unified option locally. ``"auto"``: transfer-only, decided per image before the
         call: a delta where the decoded result is the same image as the normal PNG (the image bytes in
         hand, an opaque input within ``max_pixels``, no option Pixian ignores with it, not test mode),
-        else the normal result; it never changes the options fingerprint. ``False`` (default): never.
+        else the normal result; it never changes the options fingerprint. ``False``: never. ``None``
+        (not set): the hook's :attr:`~airflow_provider_bgremoval.hooks.pixian.PixianHook.delta_png_default`
+        (``False`` unless set; ``"auto"`` is the recommended setting for renditions masters).
     :param jpeg_quality: ``output.jpeg_quality`` (1-100); ``None`` uses the unified ``jpeg_quality``.
     """
 
     #: an unknown key is reported under the mapping's name, as it always was for Pixian
     unknown_key_parameter = "vendor_options"
-    #: ``delta_png="auto"`` makes the same output as the default: left out of the fingerprint
-    transfer_only = {"delta_png": frozenset({"auto"})}
+    #: ``delta_png`` unset or ``"auto"`` makes the same output as ``False``: recorded as ``False``
+    transfer_only = {"delta_png": {None: False, "auto": False}}
 
     test: Flag | None = None
     max_pixels: Annotated[int | None, Field(ge=MIN_MAX_PIXELS, le=MAX_MAX_PIXELS), NUMBER, UNSET_IF_BLANK] = (
@@ -165,7 +169,7 @@ class PixianOptions(OptionSet):
     result_margin: Annotated[str | None, unset_or(_result_margin)] = None
     target_size: Annotated[tuple[int, int] | None, unset_or(parse_size)] = None
     vertical_alignment: Annotated[VerticalAlignment | None, CHOICE, UNSET_IF_BLANK] = None
-    delta_png: Annotated[DeltaMode, BeforeValidator(_delta_mode)] = False
+    delta_png: Annotated[DeltaMode | None, BeforeValidator(_delta_mode)] = None
     jpeg_quality: Annotated[int | None, Field(ge=1, le=100), NUMBER, UNSET_IF_BLANK] = None
 
     @model_validator(mode="after")
@@ -388,7 +392,7 @@ class PixianWire(VendorWire):
         opts = self.coerce_options(vendor_options)
         if opts.delta_png == "auto":
             return self.delta_fallback(image, opts) is None
-        return opts.delta_png
+        return opts.delta_png is True
 
     def delta_fallback(self, image: ImageInput, vendor_options: VendorOptionsInput = None) -> str | None:
         """

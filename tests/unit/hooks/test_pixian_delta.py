@@ -136,3 +136,19 @@ def test_why_test_mode_takes_the_normal_result(
     assert formats_sent(vendor_connections) == ["png", "delta_png", "png"]
     assert premultiplied(opened(forced)).tobytes() != premultiplied(opened(watermarked)).tobytes()
     assert_same_image(opened(auto), opened(watermarked))
+
+
+def test_the_hook_default_fills_unset_calls_only(
+    photo_bytes: dict[str, bytes], vendor_connections: RunningSandbox
+) -> None:
+    """``delta_png_default="auto"`` (renditions masters): unset calls take it, explicit ones keep theirs."""
+    data = photo_bytes["rocket.jpg"]
+    hook = PixianHook(delta_png_default="auto")
+    unset = hook.remove_background(data)
+    mapping = hook.remove_background(data, vendor_options={"max_pixels": 25_000_000})
+    opted_out = hook.remove_background(data, vendor_options=PixianOptions(delta_png=False))
+    assert formats_sent(vendor_connections) == ["delta_png", "delta_png", "png"]
+    assert unset.metadata["delta_png"] is mapping.metadata["delta_png"] is True
+    assert "delta_png" not in opted_out.metadata
+    assert_same_image(opened(unset), opened(opted_out))
+    assert_same_image(opened(mapping), opened(opted_out))

@@ -236,3 +236,23 @@ def test_large_image_decodes_quickly() -> None:
     decoded = decode_delta_png(delta, photo)
     assert time.perf_counter() - started < 5.0
     assert decoded.size == photo.size
+
+
+@pytest.mark.parametrize("name", ["rocket.jpg", "chelsea.png"])
+def test_the_decoded_result_keeps_the_originals_icc_profile(name: str) -> None:
+    """The copied pixels are the original's values: without its profile they would be read as sRGB."""
+    original = (IMAGES / name).read_bytes()
+    profile = Image.open(io.BytesIO(original)).info["icc_profile"]
+    case = build_case(original)  # a delta PNG without a profile of its own
+    decoded = decode_delta_png(case.delta_png, original)
+    assert decoded.info["icc_profile"] == profile
+    reread = Image.open(io.BytesIO(png(decoded)))
+    assert reread.info["icc_profile"] == profile  # and it is embedded when the result is encoded
+    tagged = io.BytesIO()
+    case.delta.save(tagged, format="PNG", icc_profile=b"delta-profile")
+    assert decode_delta_png(tagged.getvalue(), original).info["icc_profile"] == b"delta-profile"
+
+
+def test_an_untagged_original_gives_an_untagged_result() -> None:
+    case = build_case((IMAGES / "coffee.png").read_bytes())
+    assert "icc_profile" not in decode_delta_png(case.delta_png, case.original).info

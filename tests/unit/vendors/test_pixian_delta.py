@@ -44,7 +44,16 @@ def checked(options: RemovalOptions, vendor_options: Any, *, image_url: str | No
 # -- the option -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [("auto", "auto"), (" AUTO ", "auto"), ("Auto", "auto"), (True, True), ("on", True), ("0", False)],
+    [
+        ("auto", "auto"),
+        (" AUTO ", "auto"),
+        ("Auto", "auto"),
+        (True, True),
+        ("on", True),
+        ("0", False),
+        ("", False),
+        (None, None),
+    ],
 )
 def test_delta_png_reads_auto_and_booleans(given: Any, expected: Any) -> None:
     assert PixianOptions(delta_png=given).delta_png == expected
@@ -75,9 +84,11 @@ def test_auto_accepts_geometry_options_and_takes_the_normal_result_with_them() -
     [{}, {"max_pixels": 1_000_000, "input_encoding": "base64"}, {"test": True}, {"result_margin": "5px"}],
 )
 def test_auto_records_as_the_default_in_as_dict(fields: dict[str, Any]) -> None:
-    auto = PixianOptions(**fields, delta_png="auto")
-    assert auto.as_dict() == PixianOptions(**fields).as_dict()
-    assert auto.as_dict()["delta_png"] is False
+    unset = PixianOptions(**fields)
+    assert unset.delta_png is None  # not set: the hook's delta_png_default
+    for same_output in ("auto", False):
+        assert PixianOptions(**fields, delta_png=same_output).as_dict() == unset.as_dict()
+    assert unset.as_dict()["delta_png"] is False  # as before "auto" and None existed: same fingerprints
 
 
 def test_true_is_recorded_it_shapes_the_output() -> None:
@@ -97,7 +108,13 @@ def test_auto_keeps_the_removal_fingerprint_and_true_changes_it(monkeypatch: pyt
 
     for base in (PixianOptions(), PixianOptions(max_pixels=2_000_000)):
         assert fingerprint(replace(base, delta_png="auto")) == fingerprint(base)
+        assert fingerprint(replace(base, delta_png=False)) == fingerprint(base)
         assert fingerprint(replace(base, delta_png=True)) != fingerprint(base)
+    # the hook's default for unset calls is transfer-only too: not in its output settings
+    auto_hook = PixianHook(delta_png_default="auto")
+    assert auto_hook.output_settings(None) == hook.output_settings(None)
+    for given in (None, PixianOptions(), {"max_pixels": "500"}):
+        assert RemovalProcessor(auto_hook, RemovalOptions(), given).fingerprint == fingerprint(given)
     webp = RemovalOptions(output_format="webp", max_size=(512, 512))
     assert fingerprint(PixianOptions(delta_png="auto"), webp) == fingerprint(PixianOptions(), webp)
 
@@ -203,8 +220,28 @@ def test_decision_without_bytes_and_in_test_mode() -> None:
     assert make_wire(test_mode=True).uses_delta(RGB_PNG, {"delta_png": "auto", "test": False})
 
 
-def test_true_and_false_do_not_look_at_the_image() -> None:
+def test_true_false_and_unset_do_not_look_at_the_image() -> None:
     wire = make_wire()
     rgba = image_input(encoded("RGBA"))
     assert wire.uses_delta(rgba, PixianOptions(delta_png=True))
-    assert not wire.uses_delta(RGB_PNG, PixianOptions())
+    assert not wire.uses_delta(RGB_PNG, PixianOptions(delta_png=False))
+    assert not wire.uses_delta(RGB_PNG, PixianOptions())  # unset on the wire: the hook fills it in
+    assert wire.capabilities_for(PixianOptions()) is PIXIAN_SPEC.capabilities
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("auto", "auto"), (" Auto", "auto"), ("yes", True), (False, False)]
+)
+def test_the_hook_default_reads_like_the_option(
+    given: Any, expected: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+    from airflow_provider_bgremoval.hooks.pixian import PixianHook
+
+    assert PixianHook(delta_png_default=given).delta_png_default == expected
+    set_connection(monkeypatch, "pixian_default", "pixian", login="px_id", password="px_secret")
+    hook = BackgroundRemovalHook.get_hook("pixian_default", {"delta_png_default": given})
+    assert isinstance(hook, PixianHook)
+    assert hook.delta_png_default == expected
+    with pytest.raises(InvalidOptionError):
+        PixianHook(delta_png_default="sometimes")
