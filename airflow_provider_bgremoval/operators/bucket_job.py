@@ -148,7 +148,7 @@ class BucketJob:
         """
         if self.shard is not None:
             self.shard.check_matches(self.spec, self.processor.vendor, self.processor.fingerprint)
-            return read_shard(self.storage, self.spec, self.shard)
+            return read_shard(self.storage, self.spec, self.shard, self.renditions)
         return run_coroutine(plan_batch(self.storage, self.spec, **self._planning(check)))
 
     def keep_plan(self, prefix: str, *, check: bool = True) -> PlanWriter:
@@ -158,11 +158,15 @@ class BucketJob:
         :param prefix: the plan folder (:func:`~airflow_provider_bgremoval.pipeline.plan_store.plan_prefix`).
         :param check: run the local checks (see :func:`plan_into`).
         """
-        if self.renditions is not None:
-            raise InvalidOptionError("max_shards", "a plan kept in the bucket does not carry renditions yet")
         processor = self.processor
         writer = PlanWriter(
-            self.storage, self.spec, prefix, processor.vendor, processor.fingerprint, checked=check
+            self.storage,
+            self.spec,
+            prefix,
+            processor.vendor,
+            processor.fingerprint,
+            checked=check,
+            renditions=self.renditions,
         )
         return plan_into(self.storage, self.spec, writer, **self._planning(check))
 
@@ -346,8 +350,6 @@ class BucketJobOperator(BaseOperator):
         if self.single_output:
             return None
         layout = self.layout_of(spec, self.parsed_renditions(), processor.extension)
-        if self.shard not in (None, ""):
-            raise InvalidOptionError("shard", "a plan kept in the bucket does not carry renditions yet")
         check_master(processor)
         return layout
 

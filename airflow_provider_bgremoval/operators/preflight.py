@@ -325,7 +325,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         """With renditions: the render-only sources (a finished master, renditions to make), priced at 0."""
         if job.renditions is None:
             return {}
-        return {"render_only_images": len(plan.render) if isinstance(plan, BatchPlan) else 0}
+        return {"render_only_images": len(plan.render) if isinstance(plan, BatchPlan) else plan.render_only}
 
     def _balance(
         self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int
@@ -401,8 +401,6 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check_master_at_parse()
-        if self.renditions and self.max_shards not in (None, ""):
-            raise InvalidOptionError("max_shards", "a plan kept in the bucket does not carry renditions yet")
 
 
 class GenerateCreditsCheckOperator(GenerationParameters, CreditsPreflightOperator):

@@ -1,10 +1,12 @@
 """The run's one plan kept in the bucket, read by the mapped bucket tasks (docs/pipeline.md, "The plan").
 
-The planning task (the credits pre-flight) streams its billable items and its settled sources into two
-sequences of JSON Lines chunks under ``<internal prefix>plans/<dag>/<run>/<task>/try-<n>/``, and returns
-small :class:`ShardRef` descriptors (XCom) that each name a slice of both sequences. A mapped task reads its
-slice (a request per :data:`CHUNK_ROWS` rows) and processes exactly what was priced: no listing, no stat and
-no header read again.
+The planning task (the credits pre-flight) streams its billable items, its settled sources and, with
+renditions, its render-only items into sequences of JSON Lines chunks under
+``<internal prefix>plans/<dag>/<run>/<task>/try-<n>/``, and returns small :class:`ShardRef` descriptors
+(XCom) that each name a slice of every sequence. A mapped task reads its slices (a request per
+:data:`CHUNK_ROWS` rows) and processes exactly what was priced: no listing, no stat and no header read
+again. With renditions a row carries what planning found of each rendition (the object, its record) and a
+render-only row its master, so the mapped task looks nothing up either.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
+from airflow_provider_bgremoval.renditions import Rendition
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage, ObjectInfo
 
 #: Rows per chunk object.
@@ -84,6 +88,9 @@ class ShardRef(BaseModel):
     :param vendor: the vendor the plan was made for.
     :param fingerprint: the options hash the plan was made for.
     :param overwrite: the planned batch's ``overwrite`` (its items may replace stale outputs).
+    :param render: ``[start, stop)`` of the render-only items (renditions of finished masters).
+    :param renditions: the planned renditions as ``(name, spec fingerprint)`` pairs, in order (``None``:
+        planned without renditions).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -100,6 +107,8 @@ class ShardRef(BaseModel):
     vendor: str
     fingerprint: str
     overwrite: bool = False
+    render: Span = (0, 0)
+    renditions: tuple[tuple[str, str], ...] | None = None
 
     @model_validator(mode="after")
     def _shard_of_shards(self) -> ShardRef:
@@ -143,6 +152,31 @@ class ShardRef(BaseModel):
             )
 
 
+def _object_row(info: ObjectInfo | None) -> dict[str, Any] | None:
+    """A master, a rendition or a record as found at planning (its metadata is what is judged)."""
+    if info is None:
+        return None
+    return {"bucket": info.bucket, **_source_row(info), "metadata": info.metadata}
+
+
+def _object(row: dict[str, Any] | None) -> ObjectInfo | None:
+    if row is None:
+        return None
+    return ObjectInfo(**row)
+
+
+def _target_row(target: RenditionTarget) -> dict[str, Any]:
+    return {
+        "rendition": target.rendition.name,
+        "name": target.name,
+        "existing": _object_row(target.existing),
+        "finished": target.finished,
+        "record_name": target.record_name,
+        "record": _object_row(target.record),
+        "recorded": target.recorded,
+    }
+
+
 def _source_row(info: ObjectInfo) -> dict[str, Any]:
     return {
         "name": info.name,
@@ -160,6 +194,8 @@ def _item_row(item: WorkItem) -> dict[str, Any]:
         "destination": item.destination,
         "replace_generation": item.replace_generation,
         "fully_checked": item.fully_checked,
+        "master": _object_row(item.master),
+        "renditions": [_target_row(target) for target in item.renditions],
     }
 
 
@@ -170,6 +206,7 @@ def _settled_row(outcome: PlannedOutcome) -> dict[str, Any]:
         "status": outcome.status,
         "code": outcome.code,
         "message": outcome.message,
+        "extra": dict(outcome.extra) if outcome.extra is not None else None,
     }
 
 
@@ -222,6 +259,8 @@ class PlanWriter:
     :param vendor: the vendor planned for.
     :param fingerprint: the options hash planned for.
     :param checked: the local checks run (else every unfinished source is billable, unchecked).
+    :param renditions: the renditions planned (``None``: one output per source); the shards name their
+        fingerprints, so a bucket task with other renditions refuses them.
     """
 
     storage: GcsStorage
@@ -230,10 +269,12 @@ class PlanWriter:
     vendor: str
     fingerprint: str
     checked: bool = True
+    renditions: RenditionLayout | None = None
 
     def __post_init__(self) -> None:
         self._items = _ChunkStream(self._write, "items")
         self._settled = _ChunkStream(self._write, "settled")
+        self._render = _ChunkStream(self._write, "render")
         self._header_only = bytearray()
         self._status_counts: dict[str, int] = {}
         self._samples: list[WorkItem] = []
@@ -254,6 +295,15 @@ class PlanWriter:
         if len(self._samples) < SAMPLES:
             self._samples.append(item)
 
+    def add_render(self, item: WorkItem) -> None:
+        """Record a render-only item (a finished master, renditions to make: 0 credits)."""
+        self._render.append(_item_row(item))
+
+    @property
+    def render_only(self) -> int:
+        """Number of render-only items."""
+        return self._render.rows
+
     def settle(self, outcome: PlannedOutcome) -> None:
         """Record a source settled during planning."""
         self._settled.append(_settled_row(outcome))
@@ -267,7 +317,7 @@ class PlanWriter:
     @property
     def total(self) -> int:
         """Number of sources."""
-        return self._items.rows + self._settled.rows
+        return self._items.rows + self._settled.rows + self._render.rows
 
     def count(self, status: str) -> int:
         """Number of settled sources with ``status``."""
@@ -296,21 +346,24 @@ class PlanWriter:
             raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
         if min_shard_size < 1:
             raise InvalidOptionError("min_shard_size", "must be at least 1")
-        self._items.flush()
-        self._settled.flush()
+        for stream in (self._items, self._settled, self._render):
+            stream.flush()
         billable = self.billable if max_items is None else min(self.billable, max_items)
-        total = billable + self._settled.rows
+        total = billable + self._settled.rows + self._render.rows
         if not total:
             return []
         wanted = max(total // min_shard_size, math.ceil(total / MAX_SHARD_ROWS), 1)
         count = min(max_shards, wanted)
         plan = f"gs://{self.spec.destination_bucket}/{self.prefix}"
-        # billable items spread evenly, and the settled sources so that every shard has its share of sources
+        # billable items spread evenly, and the settled sources so that every shard has its share of sources;
+        # render-only items (free, never bounded by the budget) spread evenly too
         items = shard_bounds(billable, count)
-        totals = shard_bounds(total, count)
+        totals = shard_bounds(billable + self._settled.rows, count)
+        renders = shard_bounds(self._render.rows, count)
+        planned = _fingerprints(self.renditions)
         slices = [
-            (part, (start - part[0], stop - part[1]))
-            for part, (start, stop) in zip(items, totals, strict=True)
+            (part, (start - part[0], stop - part[1]), render)
+            for part, (start, stop), render in zip(items, totals, renders, strict=True)
         ]
         return [
             ShardRef(
@@ -326,8 +379,10 @@ class PlanWriter:
                 vendor=self.vendor,
                 fingerprint=self.fingerprint,
                 overwrite=self.spec.overwrite,
+                render=render,
+                renditions=planned,
             )
-            for number, (items, settled) in enumerate(slices)
+            for number, (items, settled, render) in enumerate(slices)
         ]
 
 
@@ -345,19 +400,66 @@ def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]
                 yield json.loads(line)
 
 
-def read_shard(storage: GcsStorage, spec: BatchSpec, shard: ShardRef) -> BatchPlan:
+def read_shard(
+    storage: GcsStorage, spec: BatchSpec, shard: ShardRef, layout: RenditionLayout | None = None
+) -> BatchPlan:
     """
     The shard's part of the plan, as the :class:`BatchPlan` a bucket task runs.
 
     :param storage: the GCS storage.
     :param spec: the bucket task's batch spec (checked against the plan's by the caller).
     :param shard: the shard descriptor.
+    :param layout: the bucket task's renditions (refused unless the plan was made for the same ones).
     """
+    renditions = _check_renditions(shard, layout)
     plan = BatchPlan(spec=spec)
     for row in _rows(storage, shard, "items", shard.items):
-        source = _source(spec.source_bucket, row)
-        plan.add(WorkItem(source, row["destination"], row["replace_generation"], row["fully_checked"]))
+        plan.add(_work_item(spec, row, renditions))
+    for row in _rows(storage, shard, "render", shard.render):
+        plan.add_render(_work_item(spec, row, renditions))
     for row in _rows(storage, shard, "settled", shard.settled):
         source = _source(spec.source_bucket, row)
-        plan.settle(PlannedOutcome(source, row["destination"], row["status"], row["code"], row["message"]))
+        outcome = PlannedOutcome(
+            source, row["destination"], row["status"], row["code"], row["message"], row.get("extra")
+        )
+        plan.settle(outcome)
     return plan
+
+
+def _fingerprints(layout: RenditionLayout | None) -> tuple[tuple[str, str], ...] | None:
+    return None if layout is None else tuple((r.name, r.fingerprint) for r in layout.renditions)
+
+
+def _check_renditions(shard: ShardRef, layout: RenditionLayout | None) -> dict[str, Rendition]:
+    """The bucket task's renditions by name, when they are the plan's (same names, same fingerprints)."""
+    if _fingerprints(layout) != shard.renditions:
+        planned = ", ".join(name for name, _ in shard.renditions or ())
+        raise InvalidOptionError(
+            "shard",
+            f"the shard was planned with other renditions ({planned or 'none'}, or other specs); "
+            "give the pre-flight the bucket task's renditions",
+        )
+    return {} if layout is None else {rendition.name: rendition for rendition in layout.renditions}
+
+
+def _work_item(spec: BatchSpec, row: dict[str, Any], renditions: dict[str, Rendition]) -> WorkItem:
+    targets = tuple(
+        RenditionTarget(
+            renditions[target["rendition"]],
+            target["name"],
+            _object(target["existing"]),
+            target["finished"],
+            target["record_name"],
+            _object(target["record"]),
+            target["recorded"],
+        )
+        for target in row.get("renditions") or ()
+    )
+    return WorkItem(
+        _source(spec.source_bucket, row),
+        row["destination"],
+        row["replace_generation"],
+        row["fully_checked"],
+        master=_object(row.get("master")),
+        renditions=targets,
+    )

@@ -248,6 +248,9 @@ class PlanSink(Protocol):
     def add(self, item: WorkItem) -> None:
         """Record a billable item."""
 
+    def add_render(self, item: WorkItem) -> None:
+        """Record a render-only item (renditions of a finished master: 0 credits)."""
+
     def settle(self, outcome: PlannedOutcome) -> None:
         """Record a source settled during planning."""
 
@@ -576,11 +579,7 @@ class _Planner:
 
 
 def _add_render(sink: PlanSink, item: WorkItem) -> None:
-    if not isinstance(sink, BatchPlan):
-        raise InvalidOptionError(
-            "renditions", "a plan kept in the bucket (max_shards, shard) does not carry renditions"
-        )
-    sink.add_render(item)
+    sink.add_render(item)  # in memory, or kept in the bucket with what each rendition was found to be
 
 
 def _record(sink: PlanSink, verdicts: Iterable[WorkItem | PlannedOutcome]) -> None:

@@ -317,6 +317,76 @@ def test_a_rejected_rendition_is_recorded_and_not_rendered_again_until_its_spec_
     assert len(sandbox.admin.charges("pixian")) == len(SOURCES)  # paid once, in run 1
 
 
+SHARDED_DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+from airflow_provider_bgremoval.operators.sharding import PlannedShardsOperator
+
+BATCH = dict(
+    conn_id="pixian_default", source_bucket={src!r}, source_prefix="raw/", destination_bucket={dst!r},
+    destination_prefix="products/", renditions={renditions!r},
+)
+
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    check = CreditsCheckOperator(task_id="check_credits", max_shards=2, min_shard_size=1, retries=0, **BATCH)
+    shards = PlannedShardsOperator(task_id="shards", preflight_task_id="check_credits")
+    check >> shards >> RemoveBackgroundOperator.partial(
+        task_id="cutouts", max_concurrency=2, on_error="continue", retries=0, **BATCH
+    ).expand(shard=shards.output)
+"""
+
+
+def shard_summaries(run: Any) -> list[dict[str, Any]]:
+    return [run.xcom("cutouts", map_index=index) for index in range(2)]
+
+
+def test_a_plan_kept_in_the_bucket_carries_renditions_to_mapped_tasks(counted_env, dag_tester) -> None:
+    sandbox, storage, server, src, dst = counted_env
+    wrong = {"name": "amazon", "preset": "amazon_main", "background": "#f4f4f4"}
+    renditions = [RENDITIONS[3], wrong]
+    source = SHARDED_DAG.format(dag_id="renditions_sharded", src=src, dst=dst, renditions=renditions)
+    run = dag_tester.run(source, "renditions_sharded")
+    assert run.state == "success", run.task_states()
+    summaries = shard_summaries(run)
+    assert sum(summary["done"] for summary in summaries) == len(SOURCES)
+    assert sum(s["renditions"]["thumb"]["done"] for s in summaries) == len(SOURCES)
+    assert sum(s["renditions"]["amazon"]["rejected"] for s in summaries) == len(SOURCES)
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+    assert len(list(storage.list_objects(dst, "products/_bgremoval/noncompliant/"))) == len(SOURCES)
+    # A rendition added: render-only items in the kept plan, their masters and renditions found at
+    # planning; the mapped tasks read each master once and list nothing.
+    more = SHARDED_DAG.format(
+        dag_id="renditions_sharded", src=src, dst=dst, renditions=[*renditions, RENDITIONS[2]]
+    )
+    start = server.log_path.stat().st_size
+    run = dag_tester.run(more, "renditions_sharded")
+    assert run.state == "success", run.task_states()
+    requests = logged(server.log_path, start)
+    assert reads_under(requests, dst, "products/masters/") == len(SOURCES)
+    for folder in ("products/masters/", "products/web/", "products/_bgremoval/noncompliant/"):
+        assert listings_of(requests, dst, folder) == 1, folder  # the pre-flight's planning only
+    assert run.xcom("check_credits")["render_only_images"] == len(SOURCES)
+    summaries = shard_summaries(run)
+    assert sum(s["renditions"]["web"]["done"] for s in summaries) == len(SOURCES)
+    assert sum(s["renditions"]["amazon"]["rejected"] for s in summaries) == len(SOURCES)  # from records
+    assert sum(s["renditions"]["thumb"]["skipped"] for s in summaries) == len(SOURCES)
+    assert sum(s["credits_spent"] != "0" for s in summaries) == 0
+    assert len(list(storage.list_objects(dst, "products/web/"))) == len(SOURCES)
+    # Nothing left to render: settled in the plan (rejected from the records), nothing read.
+    start = server.log_path.stat().st_size
+    run = dag_tester.run(more, "renditions_sharded")
+    assert run.state == "success", run.task_states()
+    assert reads_under(logged(server.log_path, start), dst, "products/masters/") == 0
+    summaries = shard_summaries(run)
+    assert sum(s["rejected"] for s in summaries) == len(SOURCES)
+    for summary in summaries:
+        for row in manifest_rows(storage, summary).values():
+            assert row["error_code"] == "rendition_noncompliant"
+            assert [entry["status"] for entry in row["renditions"]] == ["skipped", "rejected", "skipped"]
+    assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+
+
 REPORT_DAG = """
 from airflow.sdk import DAG
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator

@@ -28,6 +28,8 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     shard_bounds,
 )
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
+from airflow_provider_bgremoval.renditions import parse_renditions
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, ObjectInfo
 from tests.support.memory_storage import MemoryStorage
 
@@ -257,6 +259,8 @@ def test_descriptors_name_the_plan_and_what_it_was_made_for() -> None:
         "vendor": "poof",
         "fingerprint": "fp",
         "overwrite": False,
+        "render": [0, 0],
+        "renditions": None,
     }
     assert len(json.dumps(ref.model_dump(mode="json"))) < 400  # XCom stays small, whatever the shard's size
 
@@ -425,3 +429,117 @@ def test_a_plan_of_an_overwriting_batch_is_only_for_an_overwriting_task() -> Non
     ref.check_matches(spec, "poof", "fp")
     with pytest.raises(InvalidOptionError, match=r"overwrite True \(this task: False\)"):
         ref.check_matches(SPEC, "poof", "fp")
+
+
+# -- renditions ------------------------------------------------------------------------------------
+LAYOUT = RenditionLayout(
+    parse_renditions([{"name": "web", "format": "webp"}, {"name": "thumb", "format": "jpeg", "size": 64}]),
+    "cut/",
+    "cut/masters/",
+    ".png",
+)
+
+
+def _master(number: int) -> ObjectInfo:
+    meta = {"bgremoval-source": f"gs://raw/in/{number:06d}.jpg", "bgremoval-source-generation": "7"}
+    return ObjectInfo(
+        bucket="out", name=f"cut/masters/{number:06d}.png", generation=50 + number, size=9, metadata=meta
+    )
+
+
+def _targets(number: int, master: ObjectInfo | None) -> tuple[RenditionTarget, ...]:
+    """What planning found: web rendered (finished when the master is known), thumb recorded non-compliant."""
+    name = f"cut/masters/{number:06d}.png"
+    web, thumb = LAYOUT.renditions
+    found = ObjectInfo(
+        bucket="out",
+        name=LAYOUT.name_of(web, name),
+        generation=70 + number,
+        size=5,
+        metadata={
+            "bgremoval-rendition": "web",
+            "bgremoval-master": f"gs://out/{name}",
+            "bgremoval-compliant": "true",
+        },
+    )
+    record = ObjectInfo(
+        bucket="out",
+        name=LAYOUT.record_name(thumb, name),
+        generation=90 + number,
+        size=2,
+        metadata={
+            "bgremoval-failed-checks": "size,background",
+            "bgremoval-recorded": "2026-11-30T10:00:00+00:00",
+        },
+    )
+    return (
+        RenditionTarget(web, found.name, found, master is not None, LAYOUT.record_name(web, name)),
+        RenditionTarget(
+            thumb, LAYOUT.name_of(thumb, name), None, False, record.name, record, master is not None
+        ),
+    )
+
+
+def test_billable_and_render_only_items_carry_their_renditions_and_master_through_the_plan() -> None:
+    storage = MemoryStorage()
+    writer = PlanWriter(storage, SPEC, PREFIX, "poof", "fp", renditions=LAYOUT)  # type: ignore[arg-type]
+    billable = WorkItem(
+        _source(1), "cut/masters/000001.png", replace_generation=3, renditions=_targets(1, None)
+    )
+    render = [
+        WorkItem(
+            _source(n), f"cut/masters/{n:06d}.png", master=_master(n), renditions=_targets(n, _master(n))
+        )
+        for n in (2, 3, 4)
+    ]
+    facts = {"master": {"object": "gs://out/cut/masters/000005.png", "generation": 55, "status": "skipped"}}
+    settled = PlannedOutcome(
+        _source(5),
+        "cut/masters/000005.png",
+        "rejected",
+        "rendition_noncompliant",
+        "recorded",
+        {**facts, "render_only": True},
+    )
+    writer.add(billable)
+    for item in render:
+        writer.add_render(item)
+    writer.settle(settled)
+    assert (writer.billable, writer.render_only, writer.total) == (1, 3, 5)
+    refs = writer.finish(max_shards=2, min_shard_size=1)
+    assert [ref.render for ref in refs] == [(0, 2), (2, 3)] and [ref.items for ref in refs] == [
+        (0, 1),
+        (1, 1),
+    ]
+    assert refs[0].renditions == (
+        ("web", LAYOUT.renditions[0].fingerprint),
+        ("thumb", LAYOUT.renditions[1].fingerprint),
+    )
+    assert len(json.dumps(refs[0].model_dump(mode="json"))) < 600  # XCom: a descriptor, never the rows
+    storage.requests.clear()
+    plans = [read_shard(storage, SPEC, ref, LAYOUT) for ref in refs]  # type: ignore[arg-type]
+    # shard 0 reads the items and render chunks, shard 1 the render and settled ones: nothing else
+    assert storage.requests == {"read": 4}
+    assert plans[0].items == [billable] and plans[1].items == []
+    assert plans[0].render + plans[1].render == render
+    assert plans[0].settled + plans[1].settled == [settled]
+    assert plans[0].render[0].renditions[1].recorded and plans[0].render[0].master == _master(2)
+
+
+def test_a_shard_planned_with_other_renditions_or_none_is_refused() -> None:
+    storage = MemoryStorage()
+    writer = PlanWriter(storage, SPEC, PREFIX, "poof", "fp", renditions=LAYOUT)  # type: ignore[arg-type]
+    writer.add(WorkItem(_source(1), "cut/masters/000001.png", renditions=_targets(1, None)))
+    [ref] = writer.finish(max_shards=1, min_shard_size=1)
+    other = RenditionLayout(
+        parse_renditions([{"name": "web", "format": "png"}]), "cut/", "cut/masters/", ".png"
+    )
+    for layout in (None, other):
+        with pytest.raises(InvalidOptionError, match="other renditions") as info:
+            read_shard(storage, SPEC, ref, layout)  # type: ignore[arg-type]
+        assert info.value.parameter == "shard"
+    _, plain = _written(2, 0)
+    [plain_ref] = plain.finish(max_shards=1, min_shard_size=1)
+    assert plain_ref.renditions is None
+    with pytest.raises(InvalidOptionError, match="other renditions"):
+        read_shard(storage, SPEC, plain_ref, LAYOUT)  # type: ignore[arg-type]
