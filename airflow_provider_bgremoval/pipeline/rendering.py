@@ -556,12 +556,11 @@ class RenditionStage:
         """
         if not target.record_name:
             return None
-        failed = _failed_checks(outcome.verdict.failed)
         recorded = datetime.now(timezone.utc).isoformat(timespec="seconds")
         metadata = {
             **self._metadata(target, master, source),
             META_COMPLIANT: "false",
-            META_FAILED_CHECKS: failed,
+            META_FAILED_CHECKS: _failed_checks(outcome.verdict.failed),
             META_RECORDED: recorded,
         }
         body = {
@@ -573,29 +572,36 @@ class RenditionStage:
             "recorded": recorded,
             "failed": [c.as_dict() for c in outcome.verdict.checks if c.required and not c.passed],
         }
-        data = json.dumps(body, separators=(",", ":")).encode()
-        expected = target.record.generation if target.record is not None else 0
         try:
-            for _ in range(2):  # a record in the way (another master or spec): replace that generation
-                try:
-                    return self.storage.write(
-                        self.bucket,
-                        target.record_name,
-                        data,
-                        content_type="application/json",
-                        metadata=metadata,
-                        if_generation_match=expected,
-                        idempotency_token=f"{self.writer_id}:{master.generation}:{target.rendition.fingerprint}",
-                    )
-                except WriteConflictError:
-                    current = self.storage.stat(self.bucket, target.record_name)
-                    if current is not None and rendition_finished(current, target.rendition, master):
-                        return current  # another writer recorded the same verdict
-                    expected = current.generation if current is not None else 0
+            return self._write_record(
+                target, master, metadata, json.dumps(body, separators=(",", ":")).encode()
+            )
         except StorageError as exc:
             log.warning(
-                "Could not record %s as non-compliant (the next run renders it again): %s", target.name, exc
+                "Could not record %s as non-compliant (the next run renders it): %s", target.name, exc
             )
+            return None
+
+    def _write_record(
+        self, target: RenditionTarget, master: ObjectInfo, metadata: dict[str, str], data: bytes
+    ) -> ObjectInfo | None:
+        expected = target.record.generation if target.record is not None else 0
+        for _ in range(2):  # a record in the way (another master or spec): replace that generation
+            try:
+                return self.storage.write(
+                    self.bucket,
+                    target.record_name,
+                    data,
+                    content_type="application/json",
+                    metadata=metadata,
+                    if_generation_match=expected,
+                    idempotency_token=f"{self.writer_id}:{master.generation}:{target.rendition.fingerprint}",
+                )
+            except WriteConflictError:
+                current = self.storage.stat(self.bucket, target.record_name)
+                if current is not None and rendition_finished(current, target.rendition, master):
+                    return current  # this verdict is recorded already (an earlier try, another writer)
+                expected = current.generation if current is not None else 0
         return None
 
     def _conflict(self, target: RenditionTarget, master: ObjectInfo, facts: dict[str, Any]) -> dict[str, Any]:

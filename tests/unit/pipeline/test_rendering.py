@@ -502,6 +502,16 @@ def test_a_recorded_rendition_is_rendered_again_for_a_new_spec_a_new_master_or_o
     plan, result, rows = memory_batch(storage, vendor, FIXED, THUMB)
     assert storage.requests == {"list": 4} and {row["status"] for row in rows} == {"skipped"}
     assert len(vendor.calls) == 2  # never paid again
+    # A changed source with overwrite=True: a new master, judged again; a record of the old master in
+    # the way (unknown to a billable item) is replaced, generation-matched.
+    storage.put("src", "raw/b/c.png", storage.buckets["src"]["raw/b/c.png"].data)
+    stale = storage.info("dst", "out/_bgremoval/noncompliant/b/c/amazon")  # WRONG's, of the old master
+    memory_batch(storage, vendor, WRONG, THUMB, overwrite=True)
+    record = storage.info("dst", "out/_bgremoval/noncompliant/b/c/amazon")
+    assert len(vendor.calls) == 3 and record.generation != stale.generation
+    assert record.metadata["bgremoval-master-generation"] == str(
+        storage.info("dst", "out/masters/b/c.png").generation
+    )
 
 
 def test_records_of_explicit_sources_are_looked_up_by_name_and_only_when_needed() -> None:
