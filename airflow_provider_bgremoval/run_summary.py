@@ -32,12 +32,34 @@ class RunSummary:
     :param credits_spent: credits charged over every try of the run.
     :param manifests: ``gs://`` URIs of the manifests read.
     :param rows: the final row of each source (manifest row dicts).
+    :param accounts: per vendor connection (rows with an ``account``), in order of first appearance:
+        ``conn_id``, ``vendor``, ``done`` (final rows), ``credits_spent`` (every try) and
+        ``handed_on`` (images it handed to the next account, by reason).
     """
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     credits_spent: Decimal = Decimal(0)
     manifests: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def _account(self, conn_id: str, vendor: Any) -> dict[str, Any]:
+        return self.accounts.setdefault(
+            conn_id,
+            {"conn_id": conn_id, "vendor": vendor, "done": 0, "credits_spent": Decimal(0), "handed_on": {}},
+        )
+
+    def _note_accounts(self, row: dict[str, Any]) -> None:
+        """One row's credits on its account, and the accounts that handed it on."""
+        if row.get("account"):
+            self._account(row["account"], row.get("vendor"))["credits_spent"] += _decimal(row.get("credits"))
+        for handoff in row.get("handoffs") or ():
+            handed = self._account(str(handoff.get("account")), handoff.get("vendor"))["handed_on"]
+            handed[handoff.get("reason")] = handed.get(handoff.get("reason"), 0) + 1
+
+    def account_summary(self) -> list[dict[str, Any]]:
+        """:attr:`accounts` in primitive form (credits as text)."""
+        return [entry | {"credits_spent": str(entry["credits_spent"])} for entry in self.accounts.values()]
 
     def by_status(self, status: str) -> list[dict[str, Any]]:
         """
@@ -61,6 +83,7 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
         summary.manifests.append(uri)
         for row in read_manifest(data):
             summary.credits_spent += _decimal(row.get("credits"))
+            summary._note_accounts(row)
             latest[row["source"]] = row
             if row["status"] == "done":
                 done[row["source"]] = row
@@ -68,4 +91,6 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
         chosen = done.get(source, row) if row["status"] == "skipped" else row
         summary.rows.append(chosen)
         summary.counts[chosen["status"]] = summary.counts.get(chosen["status"], 0) + 1
+        if chosen["status"] == "done" and chosen.get("account"):
+            summary._account(chosen["account"], chosen.get("vendor"))["done"] += 1
     return summary

@@ -163,9 +163,10 @@ class BucketImageOperator(BucketJobOperator):
                 balance_probe=job.hook.aget_balance if job.hook is not None else None,
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),
+                accounts=job.chain,
             )
             try:
-                interrupt = run_batch(runner, cleanup=job.hook.aclose if job.hook is not None else None)
+                interrupt = run_batch(runner, cleanup=job.aclose_hooks)
             except Exception as exc:  # a defect in the engine: keep the record, then fail
                 self._keep_record(context, job, manifest_name, manifest, strict=False)
                 raise AirflowException(f"{vendor}: the batch stopped unexpectedly: {exc!r}") from exc
@@ -204,7 +205,6 @@ class BucketImageOperator(BucketJobOperator):
     ) -> dict[str, Any]:
         """Store the final manifest (unless ``strict``, a failed store is only logged); push ``summary``."""
         assert self._runner is not None
-        result = self._runner.result
         manifest_uri = f"gs://{job.spec.destination_bucket}/{name}"
         try:
             self._store_manifest(job, name, manifest.getvalue(), name)
@@ -218,7 +218,7 @@ class BucketImageOperator(BucketJobOperator):
                 manifest.rows,
                 exc,
             )
-        summary = _summary(job, result, manifest_uri)
+        summary = _summary(job, self._runner, manifest_uri)
         table = summary_table({key: summary[key] for key in _TABLE_KEYS})
         log.info("Batch summary (%s):\n%s", job.processor.vendor, table)
         for holder in summary["claims_elsewhere"]:
@@ -313,8 +313,9 @@ class BucketImageOperator(BucketJobOperator):
         )
 
 
-def _summary(job: BucketJob, result: BatchResult, manifest_uri: str) -> dict[str, Any]:
+def _summary(job: BucketJob, runner: BatchRunner, manifest_uri: str) -> dict[str, Any]:
     """The task's summary: the XCom ``return_value`` and ``summary`` (fields: docs/pipeline.md)."""
+    result = runner.result
     counts = result.counts
     return {
         "vendor": job.processor.vendor,
@@ -334,7 +335,28 @@ def _summary(job: BucketJob, result: BatchResult, manifest_uri: str) -> dict[str
         "halt": result.halt.as_dict() if result.halt else None,
         "duration_s": round(result.duration_s, 3),
         **_rendition_summary(job, result),
+        **_account_summary(job, runner),
     }
+
+
+def _account_summary(job: BucketJob, runner: BatchRunner) -> dict[str, Any]:
+    """Per vendor account (a render-only job has none): conn_id, vendor, images, credits, final state."""
+    if job.chain is None:
+        return {}
+    accounts = runner.chain.summary()
+    for account in accounts:
+        log.info(
+            "Account %s (%s): %d done of %d image(s), %s credits, %s, breaker %s (opened %d time(s))",
+            account["conn_id"],
+            account["vendor"],
+            account["done"],
+            account["images"],
+            account["credits_spent"],
+            account["state"],
+            account["breaker"],
+            account["breaker_opened"],
+        )
+    return {"accounts": accounts}
 
 
 def _rendition_summary(job: BucketJob, result: BatchResult) -> dict[str, Any]:

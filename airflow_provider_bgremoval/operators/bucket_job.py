@@ -18,6 +18,13 @@ from airflow_provider_bgremoval.credits import parse_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pipeline.accounts import (
+    Account,
+    AccountChain,
+    BreakerPolicy,
+    CircuitBreaker,
+    parse_failover_on,
+)
 from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, ShardRef, read_shard
 from airflow_provider_bgremoval.pipeline.planning import (
@@ -117,6 +124,8 @@ class BucketJob:
     :param shard: the share of a plan kept in the bucket this task works on (instead of planning).
     :param renditions: the renditions of each source (``None``: one output per source, as always).
     :param masters_are_sources: the sources are masters already (render-only: no vendor call).
+    :param chain: the vendor accounts in failover order (``hook`` and ``processor`` are its primary's);
+        ``None`` for a render-only job.
     """
 
     spec: BatchSpec
@@ -127,6 +136,24 @@ class BucketJob:
     shard: ShardRef | None = None
     renditions: RenditionLayout | None = None
     masters_are_sources: bool = False
+    chain: AccountChain | None = None
+
+    @property
+    def hooks(self) -> list[BackgroundRemovalHook[Any]]:
+        """Every vendor hook of the job (the caller closes them)."""
+        if self.chain is None:
+            return [] if self.hook is None else [self.hook]
+        return [account.hook for account in self.chain.accounts if account.hook is not None]
+
+    async def aclose_hooks(self) -> None:
+        """Close every vendor hook's clients (on the batch's event loop)."""
+        for hook in self.hooks:
+            await hook.aclose()
+
+    def close_hooks(self) -> None:
+        """Close every vendor hook's clients (sync code)."""
+        for hook in self.hooks:
+            hook.close()
 
     @property
     def vendor_hook(self) -> BackgroundRemovalHook[Any]:
@@ -137,8 +164,10 @@ class BucketJob:
 
     @property
     def identity(self) -> OutputIdentity:
-        """The outputs this job accepts as finished: its processor's vendor and fingerprint."""
-        return OutputIdentity.of(self.processor)
+        """The outputs this job accepts as finished: the vendor and fingerprint of any of its accounts."""
+        if self.chain is None:
+            return OutputIdentity.of(self.processor)
+        return self.chain.identity
 
     def plan_batch(self, *, check: bool = True) -> BatchPlan:
         """
@@ -191,7 +220,8 @@ class BucketJobOperator(BaseOperator):
     """
     Base of the operators that work on a :class:`BucketJob`; parameters in detail: docs/pipeline.md.
 
-    :param conn_id: vendor connection (its type picks the vendor: ``pixelcut``, ``pixian``, ``poof``).
+    :param conn_id: vendor connection (its type picks the vendor: ``pixelcut``, ``pixian``, ``poof``),
+        or an ordered list of them: a failover chain, primary first (docs/pipeline.md, "Failover").
     :param source_bucket: bucket of the source images.
     :param destination_bucket: bucket for the outputs.
     :param source_prefix: prefix to list; kept out of output names.
@@ -204,7 +234,17 @@ class BucketJobOperator(BaseOperator):
     :param max_concurrency: images in flight at once in this task.
     :param max_images: process at most this many billable images, then stop cleanly.
     :param max_credits: spend at most this many credits, then stop cleanly.
-    :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table).
+    :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table);
+        a number for every account, or a mapping by ``conn_id``.
+    :param max_credits_per_account: with a chain, credits each account may spend, by ``conn_id``
+        (reached: the rest go on to the next account); ``max_credits`` stays the total.
+    :param failover_on: what moves the rest of a chain's batch to the next account: any of
+        ``out_of_credits``, ``auth_failed``, ``outage`` (default: all three).
+    :param retry_rejected_on_next: with a chain, an image a vendor rejected is tried on the next account
+        of another vendor.
+    :param circuit_breaker: each account's circuit breaker settings (``consecutive_failures``,
+        ``failure_rate``, ``window``, ``min_calls``, ``cooldown_seconds``, ``max_cooldown_seconds``;
+        :class:`~airflow_provider_bgremoval.pipeline.accounts.BreakerPolicy`).
     :param shard: a shard of the run's plan (the pre-flight's XCom ``shards``, mapped): work on exactly it.
     :param renditions: renditions rendered locally from one master per source (docs/renditions.md):
         a list of specs (``{"name": "amazon", "preset": "amazon_main"}``…), or a template rendering one
@@ -234,7 +274,7 @@ class BucketJobOperator(BaseOperator):
     def __init__(
         self,
         *,
-        conn_id: str,
+        conn_id: str | Sequence[str],
         source_bucket: str,
         destination_bucket: str,
         source_prefix: str = "",
@@ -247,7 +287,11 @@ class BucketJobOperator(BaseOperator):
         max_concurrency: int = 16,
         max_images: int | str | None = None,
         max_credits: float | str | None = None,
-        cost_per_image: float | str | None = None,
+        cost_per_image: float | str | Mapping[str, float | str] | None = None,
+        max_credits_per_account: Mapping[str, float | str] | None = None,
+        failover_on: str | Sequence[str] | None = None,
+        retry_rejected_on_next: bool = False,
+        circuit_breaker: BreakerPolicy | Mapping[str, float] | None = None,
         shard: dict[str, Any] | str | None = None,
         renditions: Sequence[Mapping[str, Any] | Rendition] | str | None = None,
         masters_prefix: str | None = None,
@@ -269,6 +313,10 @@ class BucketJobOperator(BaseOperator):
         self.max_images = max_images
         self.max_credits = max_credits
         self.cost_per_image = cost_per_image
+        self.max_credits_per_account = max_credits_per_account
+        self.failover_on = parse_failover_on(failover_on)
+        self.retry_rejected_on_next = bool(retry_rejected_on_next)
+        self.circuit_breaker = BreakerPolicy.create(circuit_breaker)
         self.shard = shard
         self.renditions = renditions
         self.masters_prefix = masters_prefix
@@ -280,19 +328,65 @@ class BucketJobOperator(BaseOperator):
             raise InvalidOptionError("max_concurrency", "must be at least 1")
         if not is_template(max_images):
             parse_count(max_images, "max_images")
-        for name in ("max_credits", "cost_per_image"):
-            if not is_template(getattr(self, name)):
-                parse_credits(getattr(self, name), name)
+        if not is_template(max_credits):
+            parse_credits(max_credits, "max_credits")
+        if conn_id != "" and not is_template(conn_id):  # "": a render-only job, no vendor
+            self.check_accounts()
         self.check_layout_at_parse()
 
     @abstractmethod
-    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+    def build_processor(
+        self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False
+    ) -> ImageProcessor:
         """
         The vendor operation applied to each image (defined by the operation's parameters class).
 
         :param hook: the vendor hook.
         :param cost: the ``cost_per_image`` override, when given.
+        :param chained: the hook is one of a chain's connections (vendor options per vendor).
         """
+
+    def conn_ids(self) -> list[str]:
+        """The vendor connections in chain order (one for a single ``conn_id``)."""
+        value = self.conn_id
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            value = load_list(value, "conn_id")  # a rendered template of a list
+        ids = [value] if isinstance(value, str) else [str(conn) for conn in value or ()]
+        if not ids or not all(ids):
+            raise InvalidOptionError("conn_id", "give a connection id or a non-empty list of them")
+        if len(set(ids)) != len(ids):
+            raise InvalidOptionError("conn_id", f"a connection is listed twice: {ids}")
+        return ids
+
+    def _per_account(self, name: str, value: Any, ids: Sequence[str]) -> dict[str, Decimal | None]:
+        """A credits amount per connection: one for all, or a mapping by ``conn_id`` (others: ``None``)."""
+        if not isinstance(value, Mapping):
+            amount = None if is_template(value) else parse_credits(value, name)
+            return dict.fromkeys(ids, amount)
+        unknown = sorted(set(map(str, value)) - set(ids))
+        if unknown:
+            raise InvalidOptionError(name, f"{', '.join(unknown)} not among conn_id {ids}")
+        return {conn: parse_credits(value.get(conn), f"{name}[{conn!r}]") for conn in ids}
+
+    def check_accounts(self) -> None:
+        """Validate the chain's parameters (at DAG parse, or once rendered)."""
+        ids = self.conn_ids()
+        self.costs = self._per_account("cost_per_image", self.cost_per_image, ids)
+        if self.max_credits_per_account is not None and not isinstance(self.max_credits_per_account, Mapping):
+            raise InvalidOptionError("max_credits_per_account", "expected a mapping of credits by conn_id")
+        self.budgets = self._per_account("max_credits_per_account", self.max_credits_per_account or {}, ids)
+
+    def build_chain(self) -> AccountChain:
+        """The vendor accounts of the rendered parameters: a hook and processor each (no call yet)."""
+        self.check_accounts()
+        ids = self.conn_ids()
+        accounts = []
+        for conn in ids:
+            hook = BackgroundRemovalHook.get_hook(conn)
+            processor = self.build_processor(hook, self.costs[conn], chained=len(ids) > 1)
+            breaker = CircuitBreaker(self.circuit_breaker)
+            accounts.append(Account(conn, processor, hook, self.budgets[conn], breaker))
+        return AccountChain(accounts, self.failover_on, self.retry_rejected_on_next)
 
     def _spec(self) -> BatchSpec:
         objects = self.source_objects
@@ -368,15 +462,17 @@ class BucketJobOperator(BaseOperator):
     def prepare_job(self) -> BucketJob:
         """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""
         spec = self._spec()
-        cost = parse_credits(self.cost_per_image, "cost_per_image")
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
-        hook = BackgroundRemovalHook.get_hook(self.conn_id)
-        processor = self.build_processor(hook, cost)
+        chain = self.build_chain()
+        processor = chain.primary.processor
+        for account in chain.accounts[1:]:  # every vendor of the chain makes masters of the same kind
+            self.rendition_layout(spec, account.processor)
         return BucketJob(
             spec=spec,
             storage=storage,
-            hook=hook,
+            hook=chain.primary.hook,
             processor=processor,
+            chain=chain,
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
             shard=self._shard(),
             renditions=self.rendition_layout(spec, processor),

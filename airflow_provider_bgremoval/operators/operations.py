@@ -16,7 +16,9 @@ from airflow_provider_bgremoval.pipeline.processors import (
     ImageProcessor,
     RemovalProcessor,
 )
-from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions
+from airflow_provider_bgremoval.vendors.pixelcut import PixelcutGenerateOptions, PixelcutOptions
+from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+from airflow_provider_bgremoval.vendors.poof import PoofOptions
 
 #: The bucket operations (the arrivals trigger's ``operation``).
 OPERATIONS = ("remove_background", "generate_background")
@@ -24,6 +26,42 @@ OPERATIONS = ("remove_background", "generate_background")
 REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
 #: The generate-background options, as ``GenerateBackgroundOperator`` takes them.
 GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
+#: Each vendor's typed removal options (in a chain of connections, typed options apply to their vendor only).
+VENDOR_OPTION_TYPES: dict[type, str] = {
+    PixelcutOptions: "pixelcut",
+    PixianOptions: "pixian",
+    PoofOptions: "poof",
+}
+#: The vendor names a ``{vendor name: options}`` mapping of ``vendor_options`` is keyed by.
+VENDOR_NAMES = tuple(VENDOR_OPTION_TYPES.values())
+
+
+def vendor_options_for(vendor_options: Any, vendor: str | None, *, chained: bool = False) -> Any:
+    """
+    The vendor options a connection of ``vendor`` gets (docs/pipeline.md, "Failover").
+
+    A mapping keyed by vendor names gives each vendor its own; in a chain, typed options apply to their
+    own vendor only, and a plain mapping of fields is refused (whose vendor would it be for?); one
+    connection takes any form as it always did.
+
+    :param vendor_options: the ``vendor_options`` parameter.
+    :param vendor: the connection's vendor (``None``: only validate).
+    :param chained: the task has more than one connection.
+    """
+    if vendor_options is None:
+        return None
+    if isinstance(vendor_options, Mapping) and vendor_options and set(vendor_options) <= set(VENDOR_NAMES):
+        return vendor_options.get(vendor) if vendor is not None else vendor_options
+    if not chained:
+        return vendor_options
+    owner = VENDOR_OPTION_TYPES.get(type(vendor_options))
+    if owner is None:
+        raise InvalidOptionError(
+            "vendor_options",
+            "with a chain of connections give typed vendor options (PixianOptions(...), which apply to "
+            f"their vendor only) or a mapping by vendor name ({', '.join(VENDOR_NAMES)})",
+        )
+    return vendor_options if vendor in (owner, None) else None
 
 
 def removal_options_of(options: Mapping[str, Any]) -> RemovalOptions:
@@ -49,6 +87,8 @@ def processor_for(
     hook: BackgroundRemovalHook[Any],
     options: Mapping[str, Any],
     cost: Decimal | None = None,
+    *,
+    chained: bool = False,
 ) -> ImageProcessor:
     """
     The vendor operation a bucket task of ``operation`` applies to each image (its fingerprint, vendor,
@@ -59,6 +99,7 @@ def processor_for(
     :param options: the operation's parameters by name (:data:`REMOVAL_FIELDS` and ``vendor_options``,
         or :data:`GENERATION_FIELDS`).
     :param cost: the ``cost_per_image`` override, when given.
+    :param chained: the hook is one of a chain's connections (see :func:`vendor_options_for`).
     """
     if operation == "generate_background":
         if not isinstance(hook, PixelcutHook):
@@ -69,7 +110,9 @@ def processor_for(
             )
         return GenerationProcessor(hook, generation_options_of(options), cost_per_image=cost)
     removal = removal_options_of(options)
-    return RemovalProcessor(hook, removal, options.get("vendor_options"), cost_per_image=cost)
+    vendor = hook.wire_class.spec.name
+    vendor_options = vendor_options_for(options.get("vendor_options"), vendor, chained=chained)
+    return RemovalProcessor(hook, removal, vendor_options, cost_per_image=cost)
 
 
 class RemovalParameters(BucketJobOperator):
@@ -117,6 +160,8 @@ class RemovalParameters(BucketJobOperator):
         self.vendor_options = vendor_options
         if not any(is_template(v) for v in (output_format, background_color, crop, margin, max_size)):
             self.removal_options()  # fail at DAG parse on bad options
+        if self.conn_id != "" and not is_template(self.conn_id):
+            vendor_options_for(vendor_options, None, chained=len(self.conn_ids()) > 1)
 
     def _options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (*REMOVAL_FIELDS, "vendor_options")}
@@ -125,15 +170,17 @@ class RemovalParameters(BucketJobOperator):
         """The validated unified options."""
         return removal_options_of(self._options())
 
-    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
-        return processor_for("remove_background", hook, self._options(), cost)
+    def build_processor(
+        self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False
+    ) -> ImageProcessor:
+        return processor_for("remove_background", hook, self._options(), cost, chained=chained)
 
 
 class GenerationParameters(BucketJobOperator):
     """
     Generate new backgrounds (Pixelcut) behind the subjects of a bucket job's images.
 
-    :param conn_id: a Pixelcut connection.
+    :param conn_id: a Pixelcut connection, or an ordered chain of them (docs/pipeline.md, "Failover").
     :param scene: a preset scene: ``marble``, ``wood``, ``industrial``, ``linen``, ``brick`` or ``counter``.
     :param prompt: a description of the scene (not together with ``scene``).
     :param negative_prompt: comma-separated attributes to avoid (not together with ``scene``).
@@ -151,7 +198,7 @@ class GenerationParameters(BucketJobOperator):
     def __init__(
         self,
         *,
-        conn_id: str = "pixelcut_default",
+        conn_id: str | Sequence[str] = "pixelcut_default",
         scene: str | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
@@ -173,5 +220,7 @@ class GenerationParameters(BucketJobOperator):
         """The validated generate-background options."""
         return generation_options_of(self._options())
 
-    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
-        return processor_for("generate_background", hook, self._options(), cost)
+    def build_processor(
+        self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False
+    ) -> ImageProcessor:
+        return processor_for("generate_background", hook, self._options(), cost, chained=chained)

@@ -78,7 +78,9 @@ class RenderRenditionsOperator(BucketImageOperator):
         exclude = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude or [])
         self.exclude = [*exclude, INTERNAL_EXCLUDE]
 
-    def build_processor(self, hook: BackgroundRemovalHook[Any], cost: Decimal | None) -> ImageProcessor:
+    def build_processor(
+        self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False
+    ) -> ImageProcessor:
         """The render-only stand-in for a vendor (never called)."""
         return RenderProcessor()
 

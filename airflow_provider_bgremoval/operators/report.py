@@ -146,6 +146,7 @@ class RunReportOperator(BaseOperator):
             **common,
             "total": sum(counts.values()),
             "vendors": sorted({str(row["vendor"]) for row in summary.rows if row.get("vendor")}),
+            "accounts": summary.account_summary(),
             "estimate": parse_estimate(self.estimate),
             "sample_pairs": [{"source": row["source"], "output": row["destination"]} for row in sample],
             "rejected": [_problem(row) for row in summary.by_status("rejected")],

@@ -218,7 +218,8 @@ class NewImagesTrigger(BaseEventTrigger):
     :param destination_bucket: bucket of the outputs.
     :param source_prefix: prefix watched.
     :param destination_prefix: prefix of the outputs.
-    :param conn_id: the bucket task's vendor connection (read, never called: it shapes the fingerprint).
+    :param conn_id: the bucket task's vendor connection (read, never called: it shapes the fingerprint),
+        or its failover chain (a list): an output made by any of them counts as finished.
     :param operation: ``remove_background`` (RemoveBackgroundOperator) or ``generate_background``.
     :param include: glob pattern(s) a photo must match, as the bucket task's.
     :param exclude: glob pattern(s) to leave out.
@@ -254,7 +255,7 @@ class NewImagesTrigger(BaseEventTrigger):
         source_prefix: str = "",
         destination_prefix: str = "",
         *,
-        conn_id: str,
+        conn_id: str | Sequence[str],
         operation: str = "remove_background",
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
@@ -299,7 +300,13 @@ class NewImagesTrigger(BaseEventTrigger):
         )
         if operation not in OPERATIONS:
             raise InvalidOptionError("operation", f"{operation!r} is not one of {', '.join(OPERATIONS)}")
-        self.conn_id, self.operation, self.gcp_conn_id = str(conn_id), operation, gcp_conn_id
+        self.conn_id: str | list[str] = conn_id if isinstance(conn_id, str) else [str(c) for c in conn_id]
+        self.conn_ids = [self.conn_id] if isinstance(self.conn_id, str) else self.conn_id
+        if not self.conn_ids or len(set(self.conn_ids)) != len(self.conn_ids):
+            raise InvalidOptionError(
+                "conn_id", f"give one connection id or a list of distinct ones: {conn_id!r}"
+            )
+        self.operation, self.gcp_conn_id = operation, gcp_conn_id
         self.poll_interval, self.settle_seconds = float(poll_interval), float(settle_seconds)
         self.max_wait, self.min_batch, self.ordered_names = (
             float(max_wait),
@@ -406,13 +413,14 @@ class NewImagesTrigger(BaseEventTrigger):
         return f"{STATE_KEY_PREFIX}{digest[:16]}"
 
     # -- what finishes an image: the bucket operators' processor identity -----------------------------------
-    def build_processor(self, hook: BackgroundRemovalHook[Any]) -> ImageProcessor:
+    def build_processor(self, hook: BackgroundRemovalHook[Any], *, chained: bool = False) -> ImageProcessor:
         """
         The bucket task's processor (extension, fingerprint, vendor, limits); it is never called.
 
-        :param hook: the vendor hook of ``conn_id``.
+        :param hook: the vendor hook of ``conn_id`` (or of one connection of the chain).
+        :param chained: the hook is one of a chain's connections (vendor options per vendor).
         """
-        return processor_for(self.operation, hook, self.options)
+        return processor_for(self.operation, hook, self.options, chained=chained)
 
     def rendition_layout(self, processor: ImageProcessor) -> RenditionLayout | None:
         """
@@ -429,13 +437,16 @@ class NewImagesTrigger(BaseEventTrigger):
         """The bucket operators' layout (:meth:`RenditionLayout.of_batch`)."""
         return RenditionLayout.of_batch(self.spec, self.parsed_renditions, extension)
 
-    async def get_processor(self) -> ImageProcessor:
-        """The processor for ``conn_id``, its connection read without blocking (tests override this)."""
-        hook = await BackgroundRemovalHook.aget_hook(self.conn_id)
-        try:
-            return self.build_processor(hook)
-        finally:
-            await hook.aclose()
+    async def get_processors(self) -> list[ImageProcessor]:
+        """The processor of each connection in chain order, read without blocking (tests override this)."""
+        processors = []
+        for conn_id in self.conn_ids:
+            hook = await BackgroundRemovalHook.aget_hook(conn_id)
+            try:
+                processors.append(self.build_processor(hook, chained=len(self.conn_ids) > 1))
+            finally:
+                await hook.aclose()
+        return processors
 
     def get_storage(self) -> GcsStorage:
         """The GCS storage (tests override this)."""
@@ -494,22 +505,25 @@ class NewImagesTrigger(BaseEventTrigger):
         return [info for info in listing if info.generation > watermark.generation]
 
     def count_unfinished(
-        self, storage: GcsStorage, processor: ImageProcessor, sources: Sequence[ObjectInfo]
+        self, storage: GcsStorage, processors: Sequence[ImageProcessor], sources: Sequence[ObjectInfo]
     ) -> PlanCounts:
         """
         Plan ``sources`` as the bucket task would, without reading them (blocking: run in a thread).
 
         :param storage: the GCS storage.
-        :param processor: the bucket task's processor identity.
+        :param processors: the bucket task's processors, primary first (what makes an output finished).
         :param sources: the sources beyond the watermark, in name order.
         """
+        processor = processors[0]
+        for other in processors[1:]:
+            self.rendition_layout(other)  # every vendor of the chain must make a master
         try:
             plan = plan_into(
                 storage,
                 self.spec,
                 BatchPlan(spec=self.spec, checked=False),
                 extension=processor.extension,
-                identity=OutputIdentity.of(processor),
+                identity=OutputIdentity.of(*processors),
                 limits=processor.limits,
                 check=False,
                 sources=[(info.name, info) for info in sources],
@@ -548,7 +562,7 @@ class NewImagesTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll forever; yield an event per settled burst of images without a finished output."""
-        processor = await self.get_processor()  # a bad connection or options: fail visibly, once
+        processors = await self.get_processors()  # a bad connection or options: fail visibly, once
         storage = self.get_storage()
         watermark = await self.load_watermark()
         arrivals = Arrivals()
@@ -563,7 +577,7 @@ class NewImagesTrigger(BaseEventTrigger):
                 sources = await asyncio.to_thread(self.list_new, storage, watermark)
                 arrivals.observe(sources, self.clock())
                 event, watermark, arrivals = await self._consider(
-                    processor, storage, sources, arrivals, watermark
+                    processors, storage, sources, arrivals, watermark
                 )
             except Exception as exc:  # a storage or state-store error: the next poll tries again
                 log.warning(
@@ -576,7 +590,7 @@ class NewImagesTrigger(BaseEventTrigger):
 
     async def _consider(
         self,
-        processor: ImageProcessor,
+        processors: Sequence[ImageProcessor],
         storage: GcsStorage,
         sources: list[ObjectInfo],
         arrivals: Arrivals,
@@ -587,7 +601,7 @@ class NewImagesTrigger(BaseEventTrigger):
         reason = arrivals.ready(now, self.settle_seconds, self.max_wait)
         if reason is None:
             return None, watermark, arrivals
-        counts = await asyncio.to_thread(self.count_unfinished, storage, processor, sources)
+        counts = await asyncio.to_thread(self.count_unfinished, storage, processors, sources)
         enough = counts.unfinished >= self.min_batch or (reason == "max_wait" and counts.unfinished)
         if counts.unfinished and not enough:  # too few after a settled burst: wait for more or max_wait
             arrivals.evaluated = (arrivals.count, arrivals.newest)

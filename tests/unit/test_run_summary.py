@@ -57,3 +57,37 @@ def test_a_try_that_left_only_checkpoint_parts_is_read_from_them() -> None:
 def test_empty_run() -> None:
     assert summarise_manifests([]) == RunSummary()
     assert tuple(RunSummary().counts) == STATUSES
+
+
+def test_per_account_block_of_a_failover_chain() -> None:
+    handoff = {"account": "px", "vendor": "pixian", "reason": "out_of_credits", "code": "402", "message": "-"}
+    summary = summarise_manifests(
+        [
+            (
+                f"{FOLDER}/try-1.jsonl",
+                lines(
+                    {"source": "a", "status": "done", "credits": "1", "account": "px", "vendor": "pixian"},
+                    {
+                        "source": "b",
+                        "status": "done",
+                        "credits": "2",
+                        "account": "pf",
+                        "vendor": "poof",
+                        "handoffs": [handoff],
+                    },
+                    {"source": "c", "status": "pending", "account": "pf", "vendor": "poof"},
+                    {"source": "d", "status": "skipped"},
+                ),
+            )
+        ]
+    )
+    assert summary.account_summary() == [
+        {
+            "conn_id": "px",
+            "vendor": "pixian",
+            "done": 1,
+            "credits_spent": "1",
+            "handed_on": {"out_of_credits": 1},
+        },
+        {"conn_id": "pf", "vendor": "poof", "done": 1, "credits_spent": "2", "handed_on": {}},
+    ]

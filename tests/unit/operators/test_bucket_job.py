@@ -400,3 +400,87 @@ def test_templated_renditions_are_read_once_rendered(vendors: FakeVendors) -> No
     with pytest.raises(InvalidOptionError, match="not a list") as info:
         op.prepare_job()
     assert info.value.parameter == "renditions"
+
+
+# -- failover chains (docs/pipeline.md "Failover") ------------------------------------------------------
+
+CHAIN = ["pixian_default", "poof_default", "pixelcut_default"]
+
+
+def test_a_chain_builds_one_account_per_connection_with_its_own_cost_budget_and_breaker(
+    vendors: FakeVendors,
+) -> None:
+    from airflow_provider_bgremoval.pipeline.accounts import BreakerPolicy
+
+    op = RemoveBackgroundOperator(
+        task_id="t",
+        conn_id=CHAIN,
+        cost_per_image={"poof_default": "2"},
+        max_credits_per_account={"pixian_default": 5},
+        circuit_breaker={"consecutive_failures": 2, "cooldown_seconds": 1},
+        failover_on=["out_of_credits", "outage"],
+        retry_rejected_on_next=True,
+        **BUCKETS,
+    )
+    job = op.prepare_job()
+    assert job.chain is not None and vendors.requests == []
+    accounts = job.chain.accounts
+    assert [(a.conn_id, a.vendor) for a in accounts] == [
+        ("pixian_default", "pixian"),
+        ("poof_default", "poof"),
+        ("pixelcut_default", "pixelcut"),
+    ]
+    assert job.hook is accounts[0].hook and job.processor is accounts[0].processor
+    assert accounts[1].processor.cost_per_image == 2
+    assert accounts[0].processor.cost_per_image == accounts[0].hook.estimate_cost(None)
+    assert [a.budget for a in accounts] == [5, None, None]
+    policy = BreakerPolicy(consecutive_failures=2, cooldown_seconds=1)
+    assert all(a.breaker.policy == policy for a in accounts)
+    assert job.chain.failover_on == ("out_of_credits", "outage") and job.chain.retry_rejected_on_next
+    assert job.identity.accepted == tuple((a.vendor, a.processor.fingerprint) for a in accounts)
+    # The fingerprint rule: each account's is what a single-connection task of its vendor records.
+    alone = RemoveBackgroundOperator(task_id="u", conn_id="poof_default", **BUCKETS).prepare_job()
+    assert alone.processor.fingerprint == accounts[1].processor.fingerprint
+    assert alone.chain is not None and [a.conn_id for a in alone.chain.accounts] == ["poof_default"]
+
+
+def test_vendor_options_in_a_chain_apply_to_their_own_vendor(vendors: FakeVendors) -> None:
+    from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+
+    typed = RemoveBackgroundOperator(
+        task_id="t", conn_id=CHAIN[:2], vendor_options=PixianOptions(test=True), **BUCKETS
+    ).prepare_job()
+    pixian, poof = (a.processor for a in typed.chain.accounts)  # type: ignore[union-attr]
+    assert isinstance(pixian, RemovalProcessor) and isinstance(poof, RemovalProcessor)
+    assert pixian.vendor_options == PixianOptions(test=True) and poof.vendor_options is None
+    by_vendor = RemoveBackgroundOperator(
+        task_id="t", conn_id=CHAIN[:2], vendor_options={"poof": {"size": "preview"}}, **BUCKETS
+    ).prepare_job()
+    pixian, poof = (a.processor for a in by_vendor.chain.accounts)  # type: ignore[union-attr]
+    assert pixian.vendor_options is None and poof.vendor_options == {"size": "preview"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"conn_id": ["pixian_default", "pixian_default"]}, "conn_id"),
+        ({"conn_id": []}, "conn_id"),
+        ({"failover_on": ["out_of_credits", "rejected"]}, "failover_on"),
+        ({"circuit_breaker": {"consecutive_failures": 0}}, "circuit_breaker"),
+        ({"circuit_breaker": {"cool": 3}}, "circuit_breaker"),
+        ({"max_credits_per_account": {"other_conn": 3}}, "max_credits_per_account"),
+        ({"max_credits_per_account": 3}, "max_credits_per_account"),
+        ({"max_credits_per_account": {"poof_default": "lots"}}, "max_credits_per_account['poof_default']"),
+        ({"cost_per_image": {"other_conn": 1}}, "cost_per_image"),
+        ({"vendor_options": {"test": True}}, "vendor_options"),
+    ],
+)
+def test_chain_parameters_are_validated_at_parse(kwargs: dict[str, Any], parameter: str) -> None:
+    arguments = {"conn_id": CHAIN[:2], **kwargs}
+    with pytest.raises(InvalidOptionError) as raised:
+        RemoveBackgroundOperator(task_id="t", **arguments, **BUCKETS)
+    assert raised.value.parameter == parameter
+
+
+def test_one_connection_keeps_a_plain_vendor_options_mapping() -> None:
+    RemoveBackgroundOperator(task_id="t", conn_id="pixian_default", vendor_options={"test": True}, **BUCKETS)

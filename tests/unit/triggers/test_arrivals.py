@@ -209,9 +209,9 @@ def test_trigger_and_operators_build_processors_with_one_function(monkeypatch: p
     calls: list[tuple[str, dict[str, Any]]] = []
     real = operations.processor_for
 
-    def spy(operation: str, hook: Any, options: Any, cost: Any = None) -> Any:
+    def spy(operation: str, hook: Any, options: Any, cost: Any = None, **kwargs: Any) -> Any:
         calls.append((operation, dict(options)))
-        return real(operation, hook, options, cost)
+        return real(operation, hook, options, cost, **kwargs)
 
     monkeypatch.setattr(operations, "processor_for", spy)
     monkeypatch.setattr("airflow_provider_bgremoval.triggers.arrivals.processor_for", spy)
@@ -563,3 +563,29 @@ def test_photos_a_fired_run_left_unfinished_wait_for_the_next_run() -> None:
     events = later.run(trigger)  # b.jpg is not fired for again, not even after many max_wait periods
     assert [(p["images"], p["listed"]) for _, p in events] == [(1, 1)]  # the next burst: its run plans all
     assert events[0][0] >= 300
+
+
+# -- a failover chain: an output made by any vendor of the chain is finished ----------------------------
+
+
+def test_a_chain_trigger_counts_outputs_of_any_of_its_vendors_as_finished() -> None:
+    storage = MemoryStorage()
+    chain = make(conn_id=["pixian_default", "pixelcut_default"])
+    assert make().state_key != chain.state_key and NewImagesTrigger(**chain.serialize()[1]) == chain
+    assert make(conn_id="pixian_default").state_key == make().state_key  # one id: the key of before
+    by_secondary = make(conn_id="pixelcut_default")
+    storage.put("src", "incoming/a.jpg", b"photo")
+    finish(storage, make(), "incoming/a.jpg", "cutouts/a.webp")  # made by the primary's vendor
+    storage.put("src", "incoming/b.jpg", b"photo")
+    finish(storage, by_secondary, "incoming/b.jpg", "cutouts/b.webp")  # made by the secondary's
+    storage.put("src", "incoming/c.jpg", b"photo")
+    events = Timeline(storage, until=40).run(chain)
+    assert [(p["images"], p["finished"]) for _, p in events] == [(1, 2)]
+    # the primary alone does not accept the secondary's output: b would be refused (output_exists)
+    alone = Timeline(storage, until=40).run(make())
+    assert [(p["images"], p["finished"]) for _, p in alone] == [(1, 1)]
+
+
+def test_a_chain_trigger_refuses_a_connection_listed_twice() -> None:
+    with pytest.raises(InvalidOptionError, match="conn_id"):
+        make(conn_id=["pixian_default", "pixian_default"])
