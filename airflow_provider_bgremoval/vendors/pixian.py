@@ -242,14 +242,18 @@ PIXIAN_SPEC = VendorSpec(
 DELTA_CAPABILITIES = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
 
 
+def _pixel_limit(opts: PixianOptions) -> int:
+    """The most pixels Pixian processes unshrunk with these options (``max_pixels``, or its default)."""
+    return opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
+
+
 def _image_fallback(data: bytes, opts: PixianOptions) -> str | None:
     """Why a delta of this input would not decode to Pixian's normal result (``None``: it would)."""
     try:
         info = read_header(data, vendor=PIXIAN_SPEC.name)
     except InputRejectedError:
         return "the input's header is unreadable"
-    limit = opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
-    if info.pixels > limit:
+    if info.pixels > (limit := _pixel_limit(opts)):
         return f"{info.pixels:,} pixels is over max_pixels ({limit:,}): Pixian would shrink it"
     if info.mode not in _OPAQUE_MODES or info.format not in ("JPEG", "PNG"):
         return f"a {info.format} {info.mode} input (only opaque 8-bit JPEG/PNG inputs are copied exactly)"
@@ -418,8 +422,7 @@ class PixianWire(VendorWire):
                 "delta_png", "needs the image bytes to decode the result; image_url cannot be used with it"
             )
         info = read_header(image.data, vendor=self.spec.name)
-        limit = opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
-        if info.pixels > limit:
+        if info.pixels > (limit := _pixel_limit(opts)):
             raise InputRejectedError(
                 f"image is {info.width}x{info.height} = {info.pixels:,} pixels; with delta_png it must not "
                 f"exceed max_pixels ({limit:,}) or Pixian shrinks it and the delta cannot be decoded",
@@ -467,11 +470,10 @@ class PixianWire(VendorWire):
     ) -> ImageResult:
         opts = self.coerce_options(vendor_options)
         metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
-        if opts.delta_png == "auto":
-            metadata["delta_png"] = False
-            if (reason := self.delta_fallback(image, opts)) is not None:
-                metadata["delta_png_fallback"] = reason
-        if not self.uses_delta(image, opts):
+        fallback = self.delta_fallback(image, opts) if opts.delta_png == "auto" else None
+        if fallback is not None:
+            metadata.update(delta_png=False, delta_png_fallback=fallback)
+        if fallback is not None or opts.delta_png not in (True, "auto"):
             return replace(result, metadata=metadata)
         original = cast(bytes, image.data)  # a delta_png request needs the bytes (_check_delta)
         try:
