@@ -198,6 +198,11 @@ class CreditsPreflightOperator(BucketJobOperator):
         raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
     def _price(self, job: BucketJob, plan: BatchPlan | PlanWriter) -> tuple[Decimal, str]:
+        if self.use_test_estimate and len(self.conn_ids()) > 1:
+            raise InvalidOptionError(
+                "use_test_estimate",
+                "a chain of connections is priced from each one's cost: give cost_per_image",
+            )
         if self.use_test_estimate and plan.billable:  # never with a cost_per_image (refused at parse)
             return self.test_estimate(job.vendor_hook, job.storage, plan), "test_estimate"
         source = "cost_table" if self.cost_per_image in (None, "") else "cost_per_image"
@@ -215,13 +220,14 @@ class CreditsPreflightOperator(BucketJobOperator):
             # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
             plan = self._plan(context, job, max_shards, check=False)
             cost, cost_source = self._price(job, plan)
-            balance = self._balance(context, job.vendor_hook, job.processor.vendor, plan.billable)
-            estimate = self._estimate(job, plan, cost, cost_source, margin, balance)
+            balances = self._balances(context, job, plan.billable)
+            balance = balances[0]
+            estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
             if not estimate["sufficient"] and not plan.checked:  # too close to call: check files, price again
                 plan = self._plan(context, job, max_shards, check=True)
-                estimate = self._estimate(job, plan, cost, cost_source, margin, balance)
+                estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
-            job.vendor_hook.close()
+            job.close_hooks()
         if isinstance(plan, PlanWriter):
             estimate["shards"] = self._push_shards(context, plan, max_shards or 0, cost)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
@@ -287,12 +293,15 @@ class CreditsPreflightOperator(BucketJobOperator):
         cost: Decimal,
         cost_source: str,
         margin: SafetyMargin,
-        balance: Balance,
+        balances: Sequence[Balance],
     ) -> dict[str, Any]:
-        """The estimate of ``plan`` (fields: docs/credits.md)."""
+        """The estimate of ``plan`` (fields: docs/credits.md); a chain's is pooled over its accounts."""
         max_images = parse_count(self.max_images, "max_images")
         max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
+        if len(balances) > 1:
+            return self._pooled(job, plan, billable, margin, balances)
+        balance = balances[0]
         needed = cost * billable
         if max_credits is not None:
             needed = min(needed, max_credits)
@@ -320,6 +329,73 @@ class CreditsPreflightOperator(BucketJobOperator):
             **self._render_only(job, plan),
         }
 
+    def _pooled(
+        self,
+        job: BucketJob,
+        plan: BatchPlan | PlanWriter,
+        billable: int,
+        margin: SafetyMargin,
+        balances: Sequence[Balance],
+    ) -> dict[str, Any]:
+        """
+        A chain's estimate: the images priced in chain order, each account's usable balance (capped by
+        its ``max_credits_per_account``) at its own cost; what no account covers is the shortfall.
+        """
+        assert job.chain is not None
+        max_credits = parse_credits(self.max_credits, "max_credits")
+        left, needed, accounts = billable, Decimal(0), []
+        for account, balance in zip(job.chain.accounts, balances, strict=True):
+            cost = account.processor.cost_per_image
+            usable = balance.remaining if balance.usable else Decimal(0)
+            if account.budget is not None:
+                usable = min(usable, account.budget)
+            images = left if cost <= 0 else min(left, int(max(usable, Decimal(0)) // cost))
+            left -= images
+            needed += cost * images
+            accounts.append(
+                {
+                    "conn_id": account.conn_id,
+                    "vendor": account.vendor,
+                    "cost_per_image": str(cost),
+                    "available": str(balance.remaining),
+                    "state": balance.state.value,
+                    "usable": str(usable),
+                    "images": images,
+                    "credits": str(cost * images),
+                }
+            )
+        needed += job.chain.primary.processor.cost_per_image * left  # the shortfall at the primary's cost
+        if max_credits is not None:
+            needed = min(needed, max_credits)
+        extra = margin.on(needed) if billable else Decimal(0)
+        usable_total = sum((Decimal(entry["usable"]) for entry in accounts), Decimal(0))
+        primary = job.chain.primary
+        return {
+            "conn_id": self.conn_ids(),
+            "vendor": primary.vendor,
+            "operation": primary.processor.operation,
+            "sources": plan.total,
+            "billable_images": billable,
+            "planned_billable": plan.billable,
+            "local_checks": "plan" if plan.checked else "batch",
+            "checked_by_header_only": plan.header_only_among(billable) if plan.checked else 0,
+            "already_done": plan.count("skipped"),
+            "rejected_locally": plan.count("rejected"),
+            "cost_per_image": str(primary.processor.cost_per_image),
+            "cost_source": "cost_table" if self.cost_per_image in (None, "") else "cost_per_image",
+            "needed": str(needed),
+            "safety_margin": str(margin),
+            "margin_credits": str(extra),
+            "required": str(needed + extra),
+            "available": str(usable_total),
+            "balance": balances[0].as_dict(),
+            "accounts": accounts,
+            "used_accounts": [entry["conn_id"] for entry in accounts if entry["images"]],
+            "shortfall_images": left,
+            "sufficient": billable == 0 or (left == 0 and usable_total >= needed + extra),
+            **self._render_only(job, plan),
+        }
+
     @staticmethod
     def _render_only(job: BucketJob, plan: BatchPlan | PlanWriter) -> dict[str, Any]:
         """With renditions: the render-only sources (a finished master, renditions to make), priced at 0."""
@@ -327,21 +403,43 @@ class CreditsPreflightOperator(BucketJobOperator):
             return {}
         return {"render_only_images": len(plan.render) if isinstance(plan, BatchPlan) else plan.render_only}
 
+    def _balances(self, context: Context, job: BucketJob, billable: int) -> list[Balance]:
+        """The balance of each account in chain order (one connection: its own, as always)."""
+        if job.chain is None or len(job.chain.accounts) == 1:
+            return [self._balance(context, job.vendor_hook, job.processor.vendor, billable)]
+        return [
+            self._balance(
+                context, account.hook, account.vendor, billable, conn_id=account.conn_id, chained=True
+            )
+            for account in job.chain.accounts
+            if account.hook is not None
+        ]
+
     def _balance(
-        self, context: Context, hook: BackgroundRemovalHook[Any], vendor: str, billable: int
+        self,
+        context: Context,
+        hook: BackgroundRemovalHook[Any],
+        vendor: str,
+        billable: int,
+        *,
+        conn_id: str | None = None,
+        chained: bool = False,
     ) -> Balance:
+        conn_id = conn_id or str(self.conn_id)
         try:
             return hook.get_balance()
         except Exception as exc:
             if not is_fatal_balance_error(exc):
                 raise AirflowException(
-                    f"credits pre-flight on {self.conn_id!r}: could not read the balance "
-                    f"({describe_error(exc)})"
+                    f"credits pre-flight on {conn_id!r}: could not read the balance ({describe_error(exc)})"
                 ) from exc
+            if chained:  # a refused key in a chain: the batch fails over past it, so it pays nothing
+                log.warning("Credits pre-flight: %r refused its key (%s); counted as 0 credits", conn_id, exc)
+                return Balance(vendor=vendor, remaining=Decimal(0), state=AccountState.SUSPENDED)
             halt = HaltInfo(
                 reason="auth_failed",
                 vendor=vendor,
-                message=f"could not read the balance of {self.conn_id!r}: {exc}",
+                message=f"could not read the balance of {conn_id!r}: {exc}",
                 remaining_images=billable,
                 fatal=True,
             )
@@ -361,6 +459,18 @@ class CreditsPreflightOperator(BucketJobOperator):
             f"{amounts['cost_per_image']} credits need {amounts['required']}{margin}, "
             f"but only {amounts['available']} are available{state}"
         )
+        pooled = estimate.get("accounts") or ()
+        if pooled:
+            shares = "; ".join(
+                f"{a['conn_id']} ({a['vendor']}): {a['usable']} usable at {a['cost_per_image']} per image "
+                f"-> {a['images']} image(s)"
+                for a in pooled
+            )
+            message = (
+                f"insufficient pooled credits on {', '.join(estimate['conn_id'])}: {billable} billable "
+                f"image(s), {estimate['shortfall_images']} not covered by any account ({shares}); "
+                f"{amounts['required']} required{margin}, {amounts['available']} usable in all"
+            )
         halt = HaltInfo(
             reason="insufficient_credits",
             vendor=estimate["vendor"],
@@ -369,6 +479,8 @@ class CreditsPreflightOperator(BucketJobOperator):
             needed=Decimal(estimate["required"]),
             available=Decimal(estimate["available"]),
             fatal=self.on_insufficient == "fail",
+            accounts=tuple(pooled),
+            shortfall_images=estimate.get("shortfall_images"),
         )
         context["ti"].xcom_push(key="estimate", value=estimate)
         context["ti"].xcom_push(key="halt", value=halt.as_dict())

@@ -501,3 +501,68 @@ def test_renditions_are_validated_at_parse() -> None:
         check(renditions=renditions, output_format="webp")
     assert check(renditions=renditions, max_shards=4).renditions == renditions  # a kept plan carries them
     assert check(renditions=renditions).renditions == renditions
+
+
+# -- a failover chain: pooled pre-flight (docs/credits.md "Pooled pre-flight") ---------------------------
+CHAIN = ["pixian_default", "poof_default", "pixelcut_default"]
+COSTS = {"pixian_default": "1", "poof_default": "2", "pixelcut_default": "1"}
+TWO_COSTS = {"pixian_default": "1", "poof_default": "2"}
+
+
+def test_a_chain_prices_the_plan_in_chain_order_at_each_accounts_cost(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    planned["plan"] = make_plan(8, done=2)
+    vendors.set_pixian(3)
+    vendors.set_poof(100, 95)  # 5 left: 2 images at 2 credits
+    vendors.set_pixelcut(10)
+    estimate, pushed, error = run(
+        check(CHAIN, cost_per_image=COSTS, max_credits_per_account={"pixelcut_default": 3})
+    )
+    assert error is None and pushed == {} and estimate is not None
+    assert [(a["conn_id"], a["images"], a["credits"], a["usable"]) for a in estimate["accounts"]] == [
+        ("pixian_default", 3, "3", "3"),
+        ("poof_default", 2, "4", "5"),
+        ("pixelcut_default", 3, "3", "3"),  # its balance is 10, its budget 3
+    ]
+    assert estimate["used_accounts"] == CHAIN and estimate["shortfall_images"] == 0
+    assert (estimate["needed"], estimate["available"], estimate["sufficient"]) == ("10", "11", True)
+    assert estimate["conn_id"] == CHAIN and estimate["vendor"] == "pixian"
+    assert sorted(r.url.path for r in vendors.requests) == sorted(
+        ["/v1/credits", "/v1/me", "/api/v2/account"]
+    )
+
+
+def test_a_chain_short_of_credits_halts_stating_the_pooled_shortfall(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    planned["plan"] = make_plan(7)
+    vendors.set_pixian(2)
+    vendors.set_poof(10, 7)  # 3 left: 1 image at 2 credits
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS))
+    assert isinstance(error, AirflowFailException)
+    assert "insufficient pooled credits on pixian_default, poof_default" in str(error)
+    assert "4 not covered by any account" in str(error)
+    halt = pushed["halt"]
+    assert halt["reason"] == "insufficient_credits" and halt["shortfall_images"] == 4
+    assert [(a["conn_id"], a["images"]) for a in halt["accounts"]] == [
+        ("pixian_default", 2),
+        ("poof_default", 1),
+    ]
+    assert pushed["estimate"]["used_accounts"] == CHAIN[:2]
+
+
+def test_a_refused_key_in_a_chain_counts_as_no_credits(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(4)
+    vendors.script["pixian"] = [401]
+    vendors.set_poof(10, 0)
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS))
+    assert error is None and estimate is not None
+    assert [(a["state"], a["images"]) for a in estimate["accounts"]] == [("suspended", 0), ("active", 4)]
+    assert estimate["used_accounts"] == ["poof_default"]
+
+
+def test_a_chain_has_no_test_mode_estimate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    planned["plan"] = make_plan(2)
+    _, _, error = run(check(CHAIN[:2], use_test_estimate=True))
+    assert isinstance(error, InvalidOptionError) and error.parameter == "use_test_estimate"
