@@ -139,7 +139,8 @@ demo-quick: $(VENV)/.installed
 # latency) and fake-gcs-server, each in its own process; then the scale section: the example DAG's
 # GCS requests per image (counted exactly), time to first paid call, per-shard planning RSS, against
 # this checkout and BENCH_BASELINE, the code before one-plan-per-run (a git worktree); then 8 shard
-# processes against a 10 requests/s sandbox account (request pacing, docs/rate-limits.md). Prints tables
+# processes against a 10 requests/s sandbox account (request pacing, docs/rate-limits.md); then the
+# renditions' rendering cost and Pixian's delta_png masters (bytes, CPU). Prints tables
 # (docs/benchmarks.md). Figures, not a test: nothing fails on a slow machine.
 # `make bench BENCH_ARGS=--quick` is a smoke run.
 BENCH_ARGS ?=
@@ -150,6 +151,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks.bench_scale $(BENCH_ARGS) --baseline-rev $(BENCH_BASELINE)
 	$(BIN)/python -m tests.benchmarks.bench_rate_limit $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_renditions $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_delta $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info

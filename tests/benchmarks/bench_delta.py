@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import statistics
 import time
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
+    logging.getLogger("airflow_provider_bgremoval.sandbox").setLevel(logging.WARNING)  # one line per call
     with run_sandbox() as sandbox:
         hook = PixianHook(bench_connection(sandbox))
         transfer(hook, photos(args.quick))
