@@ -18,6 +18,7 @@ from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from airflow_provider_bgremoval._compat import Stats
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
@@ -26,6 +27,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
     safe_excerpt,
 )
+from airflow_provider_bgremoval.forecast import object_name
 from airflow_provider_bgremoval.imaging import check_limits, read_header
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
 from airflow_provider_bgremoval.pipeline.claims import ClaimHolder, ClaimStore
@@ -67,6 +69,9 @@ FAILURE_RATE_MIN_SAMPLE = 10
 SAMPLE_OUTPUTS = 5
 #: Seconds in-flight calls get to finish after a timeout or a termination (SIGKILL follows in 5 s).
 DEFAULT_DRAIN_GRACE = 3.0
+
+#: Prefix of the failover metrics (docs/pipeline.md, "Failover"): ``<prefix>.<event>.<conn_id>``.
+FAILOVER_METRIC_PREFIX = "bgremoval.failover"
 
 #: How Airflow's interrupts are named in manifests and summaries.
 _INTERRUPT_CODES = {
@@ -390,6 +395,7 @@ class BatchRunner:
         if account.usable:
             account.disable(state, message)
             self._last_disabled = account
+            _metric("account_unusable", account, reason=state)
             if self.chain.usable():
                 log.warning("Account %s (%s) leaves the chain: %s", account.conn_id, account.vendor, message)
 
@@ -716,9 +722,20 @@ class BatchRunner:
 
     def _breaker(self, flight: _Flight, outcome: str) -> None:
         """Report the call's outcome to its account's breaker (once per call)."""
-        if flight.outcome_due and flight.account is not None:
+        account = flight.account
+        if flight.outcome_due and account is not None:
             flight.outcome_due = False
-            flight.account.breaker.record(outcome, probe=flight.probe)
+            opened = account.breaker.times_opened
+            account.breaker.record(outcome, probe=flight.probe)
+            if account.breaker.times_opened > opened:
+                _metric("breaker_opened", account)
+                log.warning(
+                    "Account %s (%s): circuit breaker open (%d time(s) so far); new images go on to the "
+                    "next account until a probe succeeds",
+                    account.conn_id,
+                    account.vendor,
+                    account.breaker.times_opened,
+                )
 
     def _hand_on(self, flight: _Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
         """Note on the image's row why ``account`` handed it on."""
@@ -733,6 +750,7 @@ class BatchRunner:
             }
         )
         log.info("%s: %s on %s, handed on", flight.item.source.uri, reason, account.conn_id)
+        _metric("handoffs", account, reason=reason)
 
     def _untried(self, flight: _Flight, other_vendor_than: str | None = None) -> bool:
         return any(
@@ -1051,6 +1069,13 @@ class BatchRunner:
             accounts=tuple(entries),
             shortfall_images=None if unknown else left,
         )
+
+
+def _metric(event: str, account: Account, **tags: str) -> None:
+    """Count one failover event of ``account`` (``bgremoval.failover.<event>.<conn_id>``)."""
+    name = object_name("", account.conn_id, "")  # only the characters stats names allow
+    tags = {"conn_id": account.conn_id, "vendor": account.vendor, **tags}
+    Stats.incr(f"{FAILOVER_METRIC_PREFIX}.{event}.{name}", tags=tags)
 
 
 async def _balance_of(account: Account) -> Decimal | None:

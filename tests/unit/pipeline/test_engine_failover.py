@@ -19,6 +19,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
 )
 from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.pipeline import engine
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, BreakerPolicy, CircuitBreaker
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
@@ -150,7 +151,19 @@ def test_the_primary_runs_out_at_image_20_of_50_and_the_secondary_does_the_other
     assert again.calls == [] and result.counts["skipped"] == 50 and result.credits_spent == 0
 
 
-def test_an_outage_opens_the_breaker_the_rest_go_on_and_a_probe_returns_to_the_primary(batch) -> None:
+class StatsRecorder:
+    def __init__(self) -> None:
+        self.counts: list[tuple[str, dict[str, str]]] = []
+
+    def incr(self, name: str, tags: dict[str, str] | None = None) -> None:
+        self.counts.append((name, dict(tags or {})))
+
+
+def test_an_outage_opens_the_breaker_the_rest_go_on_and_a_probe_returns_to_the_primary(
+    batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = StatsRecorder()
+    monkeypatch.setattr(engine, "Stats", stats)
     storage, src, spec = batch
     seed(storage, src, names(12))
     clock = Clock()
@@ -184,6 +197,10 @@ def test_an_outage_opens_the_breaker_the_rest_go_on_and_a_probe_returns_to_the_p
     handed = [row for row in rows if row.get("handoffs")]
     assert {row["handoffs"][0]["reason"] for row in handed} == {"outage"}
     assert len(handed) == 4 and all(row["vendor"] == "poof" for row in handed)
+    metrics = [name for name, _ in stats.counts]
+    assert metrics.count("bgremoval.failover.breaker_opened.pixelcut_conn") == 2
+    assert metrics.count("bgremoval.failover.handoffs.pixelcut_conn") == 4
+    assert stats.counts[0][1] == {"conn_id": "pixelcut_conn", "vendor": "pixelcut", "reason": "outage"}
 
 
 def test_without_outage_in_failover_on_a_transient_failure_fails_the_image_as_before(batch) -> None:
