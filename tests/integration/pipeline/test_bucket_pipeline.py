@@ -516,3 +516,62 @@ def test_a_source_replaced_after_the_plan_is_reported_not_processed(env, dag_tes
     assert output is not None
     assert output.metadata["bgremoval-source-generation"] == str(replaced.generation)
     assert len(sandbox.admin.charges("poof")) == len(charges) + 1
+
+
+CHAIN_TEMPLATE = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+
+BATCH = dict(
+    conn_id=["poof_default", "pixelcut_default"],
+    source_bucket={src!r},
+    source_prefix="raw/",
+    destination_bucket={dst!r},
+    destination_prefix="cut/",
+    max_concurrency=3,
+    retries=0,
+)
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    CreditsCheckOperator(task_id="preflight", **BATCH) >> RemoveBackgroundOperator(task_id="cutouts", **BATCH)
+"""
+
+
+def test_a_chain_is_priced_pooled_fails_over_when_the_primary_runs_out_and_a_rerun_pays_nothing(
+    env, dag_tester
+) -> None:
+    sandbox, storage, src, dst = env
+    objects = {f"raw/item-{i:02d}.png": encode(studio_shot((96 + i, 80)), "PNG") for i in range(12)}
+    seed(storage, src, objects)
+    sandbox.admin.set_balance("poof", 5)
+    sandbox.admin.set_balance("pixelcut", 20)
+    source = CHAIN_TEMPLATE.format(dag_id="bucket_chain", src=src, dst=dst)
+    run = dag_tester.run(source, "bucket_chain")
+    assert run.state == "success", run.task_states()
+    estimate = run.xcom("preflight")
+    assert [(a["conn_id"], a["images"]) for a in estimate["accounts"]] == [
+        ("poof_default", 5),
+        ("pixelcut_default", 7),
+    ]
+    assert estimate["used_accounts"] == ["poof_default", "pixelcut_default"] and estimate["sufficient"]
+    summary = run.xcom("cutouts")
+    assert summary["done"] == 12 and summary["pending"] == summary["failed"] == 0
+    accounts = {entry["conn_id"]: entry for entry in summary["accounts"]}
+    assert (accounts["poof_default"]["done"], accounts["poof_default"]["state"]) == (5, "out_of_credits")
+    assert (accounts["pixelcut_default"]["done"], accounts["pixelcut_default"]["state"]) == (7, "active")
+    assert len(sandbox.admin.charges("poof")) == 5 and len(sandbox.admin.charges("pixelcut")) == 7
+    manifest = read_manifest(storage.read(dst, summary["manifest_uri"].split("/", 3)[3]))
+    assert {(row["vendor"], row["account"]) for row in manifest} == {
+        ("poof", "poof_default"),
+        ("pixelcut", "pixelcut_default"),
+    }
+    for row in manifest:
+        info = storage.stat(dst, row["destination"].split("/", 3)[3])
+        assert info is not None and info.metadata["bgremoval-vendor"] == row["vendor"]
+    # Topped up, the rerun finds every output finished, whichever vendor made it: nothing is charged.
+    sandbox.admin.set_balance("poof", 100)
+    rerun = dag_tester.run(source, "bucket_chain")
+    assert rerun.state == "success", rerun.task_states()
+    assert rerun.xcom("cutouts")["skipped"] == 12 and rerun.xcom("preflight")["billable_images"] == 0
+    assert len(sandbox.admin.charges("poof")) == 5 and len(sandbox.admin.charges("pixelcut")) == 7
+    assert_sources_untouched(storage, src, objects)
