@@ -30,6 +30,7 @@ from airflow_provider_bgremoval.operators.operations import (
     generation_options_of,
     processor_for,
     removal_options_of,
+    vendor_options_for,
 )
 from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
@@ -237,7 +238,8 @@ class NewImagesTrigger(BaseEventTrigger):
     :param margin: as the removal task's.
     :param max_size: as the removal task's.
     :param jpeg_quality: as the removal task's.
-    :param vendor_options: as the removal task's (a mapping of the vendor options' fields).
+    :param vendor_options: as the removal task's (a mapping of the vendor options' fields; with a chain,
+        a mapping by vendor name).
     :param scene: as the generation task's.
     :param prompt: as the generation task's.
     :param negative_prompt: as the generation task's.
@@ -333,6 +335,7 @@ class NewImagesTrigger(BaseEventTrigger):
             "image_transform": image_transform,
         }
         self.options: dict[str, Any] = {name: _primitive(value) for name, value in given.items()}
+        vendor_options_for(self.options["vendor_options"], None, chained=len(self.conn_ids) > 1)
         if operation == "generate_background":  # fail at DAG parse on bad options, as the operators do
             generation_options_of(self.options)
         elif not self.single_output:

@@ -589,3 +589,9 @@ def test_a_chain_trigger_counts_outputs_of_any_of_its_vendors_as_finished() -> N
 def test_a_chain_trigger_refuses_a_connection_listed_twice() -> None:
     with pytest.raises(InvalidOptionError, match="conn_id"):
         make(conn_id=["pixian_default", "pixian_default"])
+    with pytest.raises(InvalidOptionError, match="vendor_options"):  # whose vendor's fields?
+        make(conn_id=["pixian_default", "pixelcut_default"], vendor_options={"test": True})
+    by_vendor = make(
+        conn_id=["pixian_default", "pixelcut_default"], vendor_options={"pixian": {"test": True}}
+    )
+    assert by_vendor.options["vendor_options"] == {"pixian": {"test": True}}
