@@ -772,15 +772,21 @@ class BatchRunner:
                     return True
             self._halt_on(flight, account, reason, exc)
             return False
+        if not flight.stats.billed_reply and self._moves_on(flight, account, exc):  # paid: stays here
+            return True
+        self._settle_call_error(flight, exc)
+        return False
+
+    def _moves_on(self, flight: _Flight, account: Account, exc: BgRemovalError) -> bool:
+        """True when the image goes on to the next account (after an outage; a rejection, if asked)."""
         chain = self.chain
-        if flight.stats.billed_reply:  # paid here: never sent to another vendor
-            pass
-        elif isinstance(exc, TransientVendorError) and "outage" in chain.failover_on:
+        if isinstance(exc, TransientVendorError) and "outage" in chain.failover_on:
             flight.tried.append(account)  # an outage here: the image goes on, never back
             if self._untried(flight) and self._may_retry(exc):
                 self._hand_on(flight, account, "outage", exc)
                 return True
-        elif (
+            return False
+        if (
             isinstance(exc, InputRejectedError)
             and chain.retry_rejected_on_next
             and self._untried(flight, other_vendor_than=account.vendor)
@@ -788,7 +794,6 @@ class BatchRunner:
             flight.tried.extend(a for a in chain.accounts if a.vendor == account.vendor)
             self._hand_on(flight, account, "rejected", exc)
             return True
-        self._settle_call_error(flight, exc)
         return False
 
     def _halt_on(self, flight: _Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
@@ -812,7 +817,8 @@ class BatchRunner:
                 self._settle(flight, "pending", exc.code or halt.reason, str(exc), request_id=exc.request_id)
             return
         if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
-            self._settle(flight, "pending", exc.code, str(exc), request_id=exc.request_id)
+            code = exc.code or ("out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed")
+            self._settle(flight, "pending", code, str(exc), request_id=exc.request_id)
         elif exc is not None:
             self._settle_call_error(flight, exc)
         else:  # unreachable: an image is only refused by every account after their answers
