@@ -298,3 +298,32 @@ def test_the_next_accounts_limits_are_checked_locally_before_failing_over(batch)
         ("poof_conn", "rejected"),
     ]
     assert rows[0]["account"] == "pixian_conn" and rows[1]["handoffs"][0]["account"] == "poof_conn"
+
+
+def test_a_lost_reply_stays_booked_to_its_account_and_counts_against_the_budget_on_failover(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+
+    def lost(name: str, count: int) -> Any:
+        if count == 1:
+            return TransientVendorError("reply lost", vendor="pixian", possibly_charged=True)
+        return None
+
+    accounts = chain(Vendor("pixian", lost), Vendor("poof"))
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    assert result.counts["done"] == 2 and result.possibly_charged == 1
+    first = rows[0]
+    assert (first["account"], first["possibly_charged"], first["credits"]) == ("poof_conn", 1, "1")
+    summary = {entry["conn_id"]: entry for entry in accounts.summary()}
+    assert summary["pixian_conn"]["possibly_charged"] == 1 and summary["poof_conn"]["possibly_charged"] == 0
+    assert summary["pixian_conn"]["credits_spent"] == "1"  # image 2 went back to the primary
+
+    # With a total budget of 1 the lost reply leaves no room to send the image anywhere else.
+    dst = spec.destination_bucket
+    secondary = Vendor("poof")
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="again/")
+    result, rows = run_chain(
+        storage, spec, chain(Vendor("pixian", lost), secondary), max_concurrency=1, max_credits=Decimal(1)
+    )
+    assert secondary.calls == [] and rows[0]["status"] == "failed" and rows[0]["possibly_charged"] == 1
+    assert result.halt is not None and result.halt.reason == "max_credits"
