@@ -3,11 +3,15 @@
 
 1. **check_credits** plans the run once: it lists the photos, skips finished outputs, checks each
    file locally, keeps the plan in the destination bucket as at most *Max shards* shards of at least
-   4 photos, and prices exactly that plan against the vendor balance plus *Safety margin (%)*. When
-   credits are short the run fails (or skips, see *When credits are short*) before anything is spent.
+   4 photos, and prices exactly that plan plus *Safety margin (%)* against both vendor accounts
+   (the primary's balance first, then the secondary's). When their credits together are short the run
+   fails (or skips, see *When credits are short*) before anything is spent.
 2. **shards** hands the plan's shard descriptors on (Airflow maps only over a return value).
 3. **remove_background** runs once per shard in the `pixelcut_api` pool, on exactly the photos
-   priced. A rerun skips finished outputs and charges 0 credits; broken files are recorded, not fatal.
+   priced, with Pixelcut first; when Pixelcut runs out of credits, refuses the key or is down, the
+   rest of the shard goes on with Poof in the same task, and comes back to Pixelcut once it answers
+   again. A rerun skips finished outputs, whichever vendor made them, and charges 0 credits; broken
+   files are recorded, not fatal.
 4. **run_report** writes `report.json` and a before/after `contact-sheet.png` to
    `<destination_prefix>_bgremoval/reports/<dag_id>/<run_id>/`, also when a shard failed (the run
    still fails).
@@ -19,8 +23,8 @@
 
 Scheduled runs use the parameters' defaults; a manual run can change them in the trigger form.
 
-**Before the first run:** a `pixelcut_default` connection (for Pixian.AI or Poof, change
-`VENDOR_CONN_ID` and `POOL` at the top of the file); the pool, e.g.
+**Before the first run:** the `pixelcut_default` and `poof_default` connections (for other
+accounts or another order, change `VENDOR_CONN_IDS` and `POOL` at the top of the file); the pool, e.g.
 `airflow pools set pixelcut_api 4 "Pixelcut API"` (a task whose pool does not exist is never
 scheduled); a `google_cloud_default` connection for the buckets (else Application Default
 Credentials).
@@ -38,8 +42,9 @@ from airflow_provider_bgremoval.operators.render import RenderRenditionsOperator
 from airflow_provider_bgremoval.operators.report import RunReportOperator
 from airflow_provider_bgremoval.operators.sharding import PlannedShardsOperator
 
-#: The vendor connection (``pixelcut``, ``pixian`` or ``poof``) and its pool: change them together.
-VENDOR_CONN_ID = "pixelcut_default"
+#: The vendor accounts, primary first: the batch moves on to the next when one runs out of credits,
+#: refuses its key or is down (one id alone: no failover). The pool is the primary's.
+VENDOR_CONN_IDS = ["pixelcut_default", "poof_default"]
 POOL = "pixelcut_api"
 
 #: The sources: photos matching one of these patterns.
@@ -121,7 +126,7 @@ with DAG(
 ) as dag:
     # [START howto_bgremoval_batch]
     batch = {  # what the pre-flight prices and the remove tasks do: the same batch
-        "conn_id": VENDOR_CONN_ID,
+        "conn_id": VENDOR_CONN_IDS,
         "source_bucket": "{{ params.source_bucket }}",
         "source_prefix": "{{ params.source_prefix }}",
         "destination_bucket": "{{ params.destination_bucket }}",

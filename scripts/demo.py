@@ -6,12 +6,14 @@
    and one deliberately broken file;
 3. starts Airflow (``airflow standalone``: scheduler, DAG processor, triggerer, API server; LocalExecutor,
    SQLite) on ``example_dags/``, with the connections given as ``AIRFLOW_CONN_*`` environment
-   variables, creates the ``pixelcut_api`` pool through the REST API;
+   variables (the example's chain: ``pixelcut_default`` first, then ``poof_default``), creates the
+   ``pixelcut_api`` pool through the REST API;
 4. run 1: triggers ``example_bucket_remove_background`` through the REST API with the demo's buckets as
    the run's params (:data:`RUN_CONF`) and follows it;
-5. run 2: new photos arrive but the balance is low → the credits pre-flight halts the run before
-   anything is spent (charge log unchanged);
-6. run 3: balance restored → only the new photos are processed (nothing is charged twice);
+5. run 2: new photos arrive but both accounts are low (Pixelcut 2 credits, Poof 0) → the credits
+   pre-flight halts the run before anything is spent (charge logs unchanged);
+6. run 3: Poof topped up, Pixelcut still at 2 credits → Pixelcut makes 2 of the new photos, runs out,
+   and Poof makes the third in the same task (failover; nothing is charged twice);
 7. run 4: a plain rerun → everything skipped, 0 credits;
 8. run 5: marketing asks for a new rendition (a square PNG), added in the run's conf → the DAG's
    ``renditions`` task renders it from the stored cut-outs for every photo: 0 vendor calls, 0 credits;
@@ -51,11 +53,13 @@ DEST_BUCKET = "demo-cutouts"
 SOURCE_PREFIX = "products/"
 DEST_PREFIX = "cutouts/"
 VENDOR = "pixelcut"
+#: The example's secondary account: the batch fails over to it when Pixelcut cannot pay.
+SECONDARY = "poof"
 RENDITIONS_PREFIX = "renditions/"
 #: Run 5's new rendition, added to the example's own list.
 SQUARE = {"name": "square", "format": "png", "aspect": "1:1", "background": "transparent", "margin": "5%"}
-#: Every run's trigger conf: the example DAG's params for the demo buckets (its connection is
-#: ``pixelcut_default``).
+#: Every run's trigger conf: the example DAG's params for the demo buckets (its connections are
+#: ``pixelcut_default`` then ``poof_default``).
 RUN_CONF: dict[str, Any] = {
     "source_bucket": SOURCE_BUCKET,
     "source_prefix": SOURCE_PREFIX,
@@ -364,6 +368,7 @@ def run_first_delivery(demo: Demo) -> Outcome:
     report = report_of(first)
     charged = admin.total_charged(VENDOR)
     say(f"    task states: {first.task_states}")
+    check(admin.charges(SECONDARY) == [], "the secondary account was charged with the primary paid up")
     check(report["counts"]["done"] == good_first, f"expected {good_first} processed: {report['counts']}")
     check(report["counts"]["rejected"] == 1, f"expected 1 rejected (the broken upload): {report['counts']}")
     check(charged == good_first * cost, f"sandbox charged {charged}, expected {good_first * cost}")
@@ -382,8 +387,9 @@ def run_low_balance_halt(demo: Demo) -> None:
     for name, data in second_delivery().items():
         demo.storage.write(SOURCE_BUCKET, name, data, content_type="application/octet-stream")
     admin.set_balance(VENDOR, 2)
-    charges_before = len(admin.charges(VENDOR))
-    billed_before = len([r for r in admin.requests(VENDOR) if r.get("charged")])
+    admin.set_balance(SECONDARY, 0)
+    charges_before = len(admin.charges())
+    billed_before = len([r for r in admin.requests() if r.get("charged")])
     halted = demo.runner.run(RUN_CONF)
     states = halted.task_states
     say(f"    task states: {states}")
@@ -393,45 +399,50 @@ def run_low_balance_halt(demo: Demo) -> None:
     check(not processed, f"images were processed despite the halt: {states}")
     halt = halted.xcom("check_credits", "halt")
     check(isinstance(halt, dict) and halt.get("reason") == "insufficient_credits", f"halt XCom: {halt}")
-    check(len(admin.charges(VENDOR)) == charges_before, "the charge log changed during the halted run")
-    billed_after = len([r for r in admin.requests(VENDOR) if r.get("charged")])
+    check(len(admin.charges()) == charges_before, "the charge log changed during the halted run")
+    billed_after = len([r for r in admin.requests() if r.get("charged")])
     check(billed_after == billed_before, "a billed vendor call was made during the halted run")
+    pooled = {entry["conn_id"]: entry["available"] for entry in halt.get("accounts", [])}
+    check(len(pooled) == 2, f"the halt does not price both accounts of the chain: {halt}")
     say(
         f"    halted before spending: need {halt['needed']} credits "
-        f"for {halt['remaining_images']} image(s), "
-        f"{halt['available']} available; charge log unchanged ({charges_before} charges)"
+        f"for {halt['remaining_images']} image(s), {halt['available']} available "
+        f"({', '.join(f'{conn} {credits}' for conn, credits in pooled.items())}); "
+        f"charge logs unchanged ({charges_before} charges)"
     )
     demo.ledger.rows.append(describe("2 low balance: pre-flight halt", halted, None, 0))
 
 
-def run_topped_up(demo: Demo, start_balance: float) -> None:
-    """Run 3: balance restored: only the three new photos are processed and charged."""
+def run_failover(demo: Demo, secondary_balance: float) -> None:
+    """Run 3: Poof topped up, Pixelcut still at 2 credits: Pixelcut makes 2 new photos, Poof the third."""
     admin, good_first, cost = demo.admin, demo.good_first, demo.cost
-    admin.set_balance(VENDOR, start_balance - good_first * cost)
-    before = admin.total_charged(VENDOR)
+    admin.set_balance(SECONDARY, secondary_balance)
+    before = {vendor: len(admin.charges(vendor)) for vendor in (VENDOR, SECONDARY)}
     third = demo.runner.run(RUN_CONF)
     expect_success(third)
     report = report_of(third)
-    spent = admin.total_charged(VENDOR) - before
+    made = {vendor: len(admin.charges(vendor)) - before[vendor] for vendor in (VENDOR, SECONDARY)}
     check(report["counts"]["done"] == 3, f"expected the 3 new photos processed: {report['counts']}")
     check(report["counts"]["skipped"] == good_first, f"expected {good_first} skipped: {report['counts']}")
-    check(spent == 3 * cost, f"run 3 charged {spent}, expected {3 * cost}")
-    demo.ledger.rows.append(describe("3 topped up: the remainder", third, report, spent))
+    check(made == {VENDOR: 2, SECONDARY: 1}, f"expected 2 on {VENDOR} and 1 on {SECONDARY}: {made}")
+    check(float(report["credits_spent"]) == 3 * cost, f"run 3 spent {report['credits_spent']}")
+    say(f"    {VENDOR} made {made[VENDOR]} and ran out; {SECONDARY} made {made[SECONDARY]} in the same task")
+    demo.ledger.rows.append(describe(f"3 failover: {VENDOR} -> {SECONDARY}", third, report, 3 * cost))
     demo.reports.append(report["report_uri"])
 
 
 def run_rerun(demo: Demo) -> None:
     """Run 4: a plain rerun: everything is skipped, 0 credits."""
     admin = demo.admin
-    before = admin.total_charged(VENDOR)
-    charges_before = len(admin.charges(VENDOR))
+    before = admin.total_charged()
+    charges_before = len(admin.charges())
     fourth = demo.runner.run(RUN_CONF)
     expect_success(fourth)
     report = report_of(fourth)
-    spent = admin.total_charged(VENDOR) - before
+    spent = admin.total_charged() - before
     check(report["counts"]["done"] == 0, f"a rerun processed images: {report['counts']}")
     check(report["counts"]["skipped"] == demo.good_first + 3, f"expected all skipped: {report['counts']}")
-    check(spent == 0 and len(admin.charges(VENDOR)) == charges_before, f"the rerun charged {spent}")
+    check(spent == 0 and len(admin.charges()) == charges_before, f"the rerun charged {spent}")
     demo.ledger.rows.append(describe("4 rerun", fourth, report, spent))
 
 
@@ -440,8 +451,8 @@ def run_new_rendition(demo: Demo) -> None:
     import runpy
 
     admin = demo.admin
-    before, charges_before = admin.total_charged(VENDOR), len(admin.charges(VENDOR))
-    calls_before = len([r for r in admin.requests(VENDOR) if r.get("kind") == "process"])
+    before, charges_before = admin.total_charged(), len(admin.charges())
+    calls_before = len([r for r in admin.requests() if r.get("kind") == "process"])
     example = runpy.run_path(str(DAGS / f"{DAG_ID}.py"))
     renditions = [*example["RENDITIONS"], SQUARE]
     fifth = demo.runner.run({**RUN_CONF, "renditions": renditions})
@@ -450,10 +461,10 @@ def run_new_rendition(demo: Demo) -> None:
     check(isinstance(summary, dict), f"no renditions summary in XCom ({fifth.task_states})")
     counts = summary["renditions"]
     photos = demo.good_first + 3
-    spent = admin.total_charged(VENDOR) - before
-    calls = len([r for r in admin.requests(VENDOR) if r.get("kind") == "process"]) - calls_before
+    spent = admin.total_charged() - before
+    calls = len([r for r in admin.requests() if r.get("kind") == "process"]) - calls_before
     check(counts["square"]["done"] == photos, f"expected {photos} square renditions: {counts['square']}")
-    check(spent == 0 and len(admin.charges(VENDOR)) == charges_before, f"the new rendition charged {spent}")
+    check(spent == 0 and len(admin.charges()) == charges_before, f"the new rendition charged {spent}")
     check(calls == 0, f"{calls} vendor call(s) for a rendition")
     check(summary["credits_spent"] == "0", f"renditions summary says {summary['credits_spent']} credits")
     for name in (r["name"] for r in example["RENDITIONS"]):
@@ -481,19 +492,20 @@ def copy_outputs(demo: Demo, out: Path) -> int:
 def print_report(demo: Demo, first: Outcome, out: Path, copied: int, seconds: float) -> None:
     """The final report: the runs, the sandbox's charge log and where the outputs are."""
     admin = demo.admin
-    total_charges = admin.charges(VENDOR)
+    total_charges = admin.charges()  # both accounts of the chain
     rel = out.relative_to(REPO)
     say("")
     say(f"Demo report ({demo.runner.name}; {seconds:.0f} s in all)")
     say(
         f"  source gs://{SOURCE_BUCKET}/{SOURCE_PREFIX} -> gs://{DEST_BUCKET}/{DEST_PREFIX} "
-        f"via {VENDOR} (sandbox)"
+        f"via {VENDOR}, then {SECONDARY} (sandbox)"
     )
     for row in demo.ledger.rows:
         say(row)
     say(
         f"  sandbox charge log: {len(total_charges)} charges, "
-        f"{admin.total_charged(VENDOR):g} credits for "
+        f"{admin.total_charged():g} credits ({len(admin.charges(VENDOR))} {VENDOR}, "
+        f"{len(admin.charges(SECONDARY))} {SECONDARY}) for "
         f"{demo.good_first + 3} distinct images: none charged twice; the broken upload was never sent"
     )
     say(f"  outputs:       {rel}/{DEST_PREFIX} ({copied} cut-outs)")
@@ -545,13 +557,13 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             runner.start()
 
         demo = Demo(runner=runner, admin=sandbox.admin, storage=storage, good_first=len(delivery) - 1)
-        start_balance = demo.admin.get_balance(VENDOR)
+        secondary_balance = demo.admin.get_balance(SECONDARY)
         with step(f"Run 1: trigger {DAG_ID} and follow it to completion"):
             first = run_first_delivery(demo)
-        with step("Run 2: three new photos arrive, but the balance is lowered to 2 credits"):
+        with step(f"Run 2: three new photos arrive, but {VENDOR} holds 2 credits and {SECONDARY} 0"):
             run_low_balance_halt(demo)
-        with step("Run 3: balance restored; only the new photos are processed"):
-            run_topped_up(demo, start_balance)
+        with step(f"Run 3: {SECONDARY} topped up, {VENDOR} still at 2 credits: the batch fails over"):
+            run_failover(demo, secondary_balance)
         with step("Run 4: rerun: everything is skipped, 0 credits"):
             run_rerun(demo)
         with step("Run 5: marketing asks for a square rendition of every photo"):

@@ -54,22 +54,23 @@ def test_bucket_example_under_a_real_scheduler(
         assert set(states.values()) == {"success"}
         report = api.xcom(DAG_ID, run_id, "run_report")
         assert report["counts"]["done"] == good and report["counts"]["rejected"] == 1
-        assert sandbox.admin.total_charged("pixelcut") == good
+        assert sandbox.admin.total_charged("pixelcut") == good and sandbox.admin.charges("poof") == []
         sheet_name = report["contact_sheet_uri"].split("/", 3)[3]
         sheet = Image.open(io.BytesIO(gcs_storage.read(dst, sheet_name)))
         assert sheet.format == "PNG" and sheet.size == contact_sheet_size(min(good, 6))
 
-        # the low-credit halt, through the scheduler: nothing spent
+        # the low-credit halt, through the scheduler: both accounts of the chain short, nothing spent
         gcs_storage.write(
             src, "products/new/horse.png", photos["products/horse.png"], content_type="image/png"
         )
         sandbox.admin.set_balance("pixelcut", 0)
+        sandbox.admin.set_balance("poof", 0)
         halted_id = api.trigger(DAG_ID, conf)
         halted = api.wait_for_run(DAG_ID, halted_id, timeout=300)
         assert halted["state"] == "failed"
         assert api.task_states(DAG_ID, halted_id)["check_credits"] == "failed"
         assert api.xcom(DAG_ID, halted_id, "check_credits", "halt")["reason"] == "insufficient_credits"
-        assert sandbox.admin.total_charged("pixelcut") == good
+        assert sandbox.admin.total_charged() == good
         pgid = airflow.pid
     # every process of the group is gone after the with block (zombies left to a non-reaping PID 1
     # in containers do not count)

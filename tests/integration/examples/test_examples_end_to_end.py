@@ -97,14 +97,18 @@ def assert_first_report(
 def assert_halted_before_spending(
     halted: DagRunResult, sandbox: RunningSandbox, requests_before: int
 ) -> None:
-    """The pre-flight failed the run; no billed call was made."""
+    """The pre-flight failed the run, pricing both accounts of the chain; no billed call was made."""
     assert halted.state == "failed"
     states = halted.task_states()
     assert states["check_credits"] == "failed"
     assert states["run_report"] == "upstream_failed"
     halt = halted.xcom("check_credits", key="halt")
-    assert halt["reason"] == "insufficient_credits" and halt["available"] == "0.5"
-    billed = [r for r in sandbox.admin.requests("pixelcut")[requests_before:] if r.get("charged")]
+    assert halt["reason"] == "insufficient_credits" and halt["available"] == "0.5"  # 0.5 + 0
+    assert [(a["conn_id"], a["available"]) for a in halt["accounts"]] == [
+        ("pixelcut_default", "0.5"),
+        ("poof_default", "0"),
+    ]
+    billed = [r for r in sandbox.admin.requests()[requests_before:] if r.get("charged")]
     assert billed == []
 
 
@@ -128,33 +132,43 @@ def test_bucket_example_end_to_end(env, dag_tester, pixelcut_pool, photos, image
     assert len([k for k in states if k.startswith("remove_background[")]) == 2
     estimate = run.xcom("check_credits")
     assert estimate["sufficient"] is True and estimate["vendor"] == "pixelcut"
+    assert estimate["used_accounts"] == ["pixelcut_default"]  # the primary pays for everything
     assert_cutouts(storage, src, dst, good)
-    # the sandbox charged exactly one credit per good photo
+    # the sandbox charged exactly one credit per good photo, all on the primary
     assert sandbox.admin.total_charged("pixelcut") == len(good)
-    assert len(sandbox.admin.charges("pixelcut")) == len(good)
+    assert len(sandbox.admin.charges("pixelcut")) == len(good) and sandbox.admin.charges("poof") == []
     assert_first_report(storage, src, dst, run, photos, good)
 
-    # low balance + new photos: the pre-flight halts before any charge
+    # low balance on both accounts + new photos: the pre-flight halts before any charge
     new = encode(ImageOps.mirror(Image.open(images_dir / "chelsea.png").convert("RGB")), "JPEG")
     storage.write(src, "products/new/chelsea-mirrored.jpg", new, content_type="image/jpeg")
     sandbox.admin.set_balance("pixelcut", 0.5)
-    requests_before = len(sandbox.admin.requests("pixelcut"))
+    sandbox.admin.set_balance("poof", 0)
+    requests_before = len(sandbox.admin.requests())
     halted = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
     assert_halted_before_spending(halted, sandbox, requests_before)
-    assert len(sandbox.admin.charges("pixelcut")) == len(good)
+    assert len(sandbox.admin.charges("pixelcut")) == len(good) and sandbox.admin.charges("poof") == []
 
-    # topped up: only the new photo is charged; a further rerun charges nothing
-    sandbox.admin.set_balance("pixelcut", 100)
+    # the secondary topped up, the primary still short: Poof makes the new photo in the same task
+    sandbox.admin.set_balance("poof", 100)
     resumed = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
     assert resumed.state == "success", resumed.task_states()
-    counts = resumed.xcom("run_report")["counts"]
-    assert counts["done"] == 1 and counts["skipped"] == len(good)
-    assert len(sandbox.admin.charges("pixelcut")) == len(good) + 1
+    assert resumed.xcom("check_credits")["used_accounts"] == ["poof_default"]
+    report = resumed.xcom("run_report")
+    assert report["counts"]["done"] == 1 and report["counts"]["skipped"] == len(good)
+    written = json.loads(storage.read(dst, name_of(report["report_uri"])))  # report.json
+    by_account = {a["conn_id"]: a for a in written["accounts"]}
+    assert by_account["poof_default"]["done"] == 1 and by_account["poof_default"]["vendor"] == "poof"
+    assert len(sandbox.admin.charges("pixelcut")) == len(good) and len(sandbox.admin.charges("poof")) == 1
+    made = storage.stat(dst, "cutouts/new/chelsea-mirrored.webp")
+    assert made is not None and made.metadata["bgremoval-vendor"] == "poof"
+    # topped up again: a rerun charges nothing, whichever vendor made the cut-outs
+    sandbox.admin.set_balance("pixelcut", 100)
     rerun = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
     assert rerun.state == "success"
     assert rerun.xcom("run_report")["counts"]["skipped"] == len(good) + 1
     assert rerun.xcom("run_report")["contact_sheet_uri"] is None
-    assert len(sandbox.admin.charges("pixelcut")) == len(good) + 1
+    assert len(sandbox.admin.charges("pixelcut")) == len(good) and len(sandbox.admin.charges("poof")) == 1
     for name, data in photos.items():
         assert storage.read(src, name) == data
 
