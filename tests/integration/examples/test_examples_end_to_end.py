@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -290,6 +292,53 @@ def test_credit_monitor_example_passes_then_fails_and_notifies(
     assert forecast["remaining"] == "5" and forecast["samples"] == len(history)
     chart = name_of(alert[0]["chart"])
     assert gcs_storage.read("ops-credit-history", chart).startswith(b"\x89PNG")
+    assert sandbox.admin.total_charged() == 0  # balance checks are free
+
+
+def test_credit_monitor_example_forecasts_a_steady_spend_and_notifies_before_the_threshold(
+    vendor_connections, airflow_db, gcs_storage, gcs_client
+) -> None:
+    """
+    Poof spends 100 credits a simulated day from 1,000 (the sandbox's ``set_spend``, one
+    ``advance_clock`` day per daily run of the example): far above its threshold of 20 all along,
+    yet the notifier gets the forecast alert once the credits would run out within the example's
+    7 days (600 left on day 4), and the task only warns.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    sandbox = vendor_connections
+    if gcs_client.lookup_bucket("ops-credit-history") is None:  # the example's literal history bucket
+        gcs_client.create_bucket("ops-credit-history")
+    for blob in gcs_client.list_blobs("ops-credit-history", prefix="_credit_history/"):  # its own history
+        blob.delete()
+    sandbox.admin.set_spend("poof", 100)
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / MONITOR_DAG.name  # dag.test() runs bundled DAGs
+    path.write_text(MONITOR_DAG.read_text())
+    alerts: dict[int, list[dict]] = {}
+    try:
+        dag = DagBag(dag_folder=str(path)).get_dag("example_credit_monitor")
+        assert dag is not None
+        for day in range(6):
+            if day:
+                sandbox.admin.advance_clock(86400)  # one simulated day of spend
+            run = dag.test(logical_date=datetime(2026, 3, 1, 8, tzinfo=timezone.utc) + timedelta(days=day))
+            assert str(run.state) == "success", day  # a forecast alone only warns
+            result = DagRunResult(run, "example_credit_monitor")
+            alerts[day] = result.xcom("check_balances", "low_balances") or []
+    finally:
+        path.unlink(missing_ok=True)
+    assert sandbox.admin.get_balance("poof") == 500
+    assert [day for day, entries in alerts.items() if entries] == [4, 5]  # 700 on day 3 last exactly 7 days
+    [alert] = alerts[4]
+    assert alert["conn_id"] == "poof_default" and alert["remaining"] == "600" and not alert["low"]
+    forecast = alert["forecast"]
+    assert (forecast["burn_rate"], forecast["days_left"], forecast["runs_out_on"]) == (
+        "100",
+        6.0,
+        "2026-03-11",
+    )
+    assert forecast["alert"] is True and forecast["top_up"] == "100"  # 100 more credits cover the 7 days
+    assert gcs_storage.read("ops-credit-history", name_of(alert["chart"])).startswith(b"\x89PNG")
     assert sandbox.admin.total_charged() == 0  # balance checks are free
 
 
