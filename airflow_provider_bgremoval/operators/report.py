@@ -47,6 +47,26 @@ def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"source": row["source"], "error_code": row.get("error_code"), "message": row.get("error_message")}
 
 
+#: What the report takes of each account from the bucket tasks' summaries (the manifests have the rest).
+_ACCOUNT_STATE_KEYS = ("state", "state_message", "breaker", "breaker_opened")
+
+
+def _summaries(pulled: Any) -> list[Mapping[str, Any]]:
+    """The summaries among what ``xcom_pull`` returned (one, a list of them, or lists of mapped ones)."""
+    if isinstance(pulled, Mapping):
+        return [pulled]
+    if isinstance(pulled, (list, tuple)):
+        return [summary for item in pulled for summary in _summaries(item)]
+    return []
+
+
+def _with_states(
+    accounts: list[dict[str, Any]], states: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The manifests' per-account block with each account's final state (the last bucket task's word)."""
+    return [entry | dict(states.get(entry["conn_id"], {})) for entry in accounts]
+
+
 def parse_estimate(value: Any) -> dict[str, Any] | None:
     """
     The pre-flight estimate as a dict: given as one, or as its XCom rendered to JSON or a Python repr.
@@ -146,7 +166,7 @@ class RunReportOperator(BaseOperator):
             **common,
             "total": sum(counts.values()),
             "vendors": sorted({str(row["vendor"]) for row in summary.rows if row.get("vendor")}),
-            "accounts": summary.account_summary(),
+            "accounts": _with_states(summary.account_summary(), self._account_states(context)),
             "estimate": parse_estimate(self.estimate),
             "sample_pairs": [{"source": row["source"], "output": row["destination"]} for row in sample],
             "rejected": [_problem(row) for row in summary.by_status("rejected")],
@@ -167,6 +187,23 @@ class RunReportOperator(BaseOperator):
         if self.fail_on_upstream_failure:
             self._judge_upstream(context, result)
         return result
+
+    def _account_states(self, context: Context) -> dict[str, dict[str, Any]]:
+        """Each account's final state and breaker, as the upstream bucket tasks' summaries report them."""
+        upstream = sorted(self.upstream_task_ids)
+        if not upstream:
+            return {}
+        try:
+            pulled = context["ti"].xcom_pull(task_ids=upstream, key="summary")
+        except Exception as exc:  # the report stands without them: the manifests hold the rest
+            self.log.warning("Cannot read the bucket tasks' summaries (%s); accounts without states", exc)
+            return {}
+        states: dict[str, dict[str, Any]] = {}
+        for summary in _summaries(pulled):
+            for entry in summary.get("accounts") or ():
+                if isinstance(entry, Mapping) and entry.get("conn_id"):
+                    states[str(entry["conn_id"])] = {key: entry.get(key) for key in _ACCOUNT_STATE_KEYS}
+        return states
 
     def _write(self, storage: GcsStorage, name: str, data: bytes, content_type: str) -> str:
         bucket = self.destination_bucket

@@ -147,3 +147,39 @@ def test_failed_upstream_fails_after_writing(bucket: dict[tuple[str, str], bytes
 )
 def test_parse_estimate(value: Any, expected: Any) -> None:
     assert parse_estimate(value) == expected
+
+
+def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states(
+    bucket: dict[tuple[str, str], bytes],
+) -> None:
+    name = manifest_object_name("chain/_bgremoval/", "dag", "manual__1", "cutouts", -1, 1)
+    handoff = {"account": "px", "vendor": "pixian", "reason": "out_of_credits", "code": "402", "message": "-"}
+    bucket["out", name] = manifest(
+        row("a", "done", vendor="pixian", account="px", credits="1"),
+        row("b", "done", vendor="poof", account="pf", credits="2", handoffs=[handoff]),
+    )
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="chain")
+    op.upstream_task_ids.add("cutouts")
+    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
+    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
+    final = {
+        "state": "out_of_credits",
+        "state_message": "no credits",
+        "breaker": "closed",
+        "breaker_opened": 0,
+    }
+    ti.xcom_pull.return_value = [{"accounts": [{"conn_id": "px", "vendor": "pixian", "done": 1, **final}]}]
+    op.execute({"ti": ti})  # type: ignore[arg-type]
+    written = json.loads(bucket["out", f"{report_prefix('chain', 'dag', 'manual__1')}report.json"])
+    assert written["accounts"] == [
+        {
+            "conn_id": "px",
+            "vendor": "pixian",
+            "done": 1,
+            "credits_spent": "1",
+            "handed_on": {"out_of_credits": 1},
+            **final,
+        },
+        {"conn_id": "pf", "vendor": "poof", "done": 1, "credits_spent": "2", "handed_on": {}},
+    ]
+    assert ti.xcom_pull.call_args.kwargs == {"task_ids": ["cutouts"], "key": "summary"}
