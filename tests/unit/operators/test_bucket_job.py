@@ -484,3 +484,23 @@ def test_chain_parameters_are_validated_at_parse(kwargs: dict[str, Any], paramet
 
 def test_one_connection_keeps_a_plain_vendor_options_mapping() -> None:
     RemoveBackgroundOperator(task_id="t", conn_id="pixian_default", vendor_options={"test": True}, **BUCKETS)
+
+
+def test_generate_background_takes_a_chain_of_pixelcut_connections(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.connections import set_connection
+
+    set_connection(monkeypatch, "pixelcut_spare", "pixelcut", password="sk-spare-123")
+    job = GenerateBackgroundOperator(
+        task_id="g", conn_id=["pixelcut_default", "pixelcut_spare"], scene="marble", **BUCKETS
+    ).prepare_job()
+    assert job.chain is not None
+    first, second = (account.processor for account in job.chain.accounts)
+    assert isinstance(first, GenerationProcessor) and isinstance(second, GenerationProcessor)
+    assert first.fingerprint == second.fingerprint  # one vendor, same options: one identity
+    assert job.identity.accepted == (("pixelcut", first.fingerprint),)
+    with pytest.raises(InvalidOptionError, match="Pixelcut feature"):
+        GenerateBackgroundOperator(
+            task_id="g", conn_id=["pixelcut_default", "poof_default"], scene="marble", **BUCKETS
+        ).prepare_job()
