@@ -9,6 +9,7 @@ from typing import Any
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
+from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, is_template
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.processors import (
@@ -173,6 +174,10 @@ class RemovalParameters(BucketJobOperator):
     def build_processor(
         self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False
     ) -> ImageProcessor:
+        if not self.single_output and isinstance(hook, PixianHook):
+            # masters: a transfer-only delta PNG where it decodes to the same image (docs/vendors/pixian.md);
+            # ``vendor_options=PixianOptions(delta_png=False)`` keeps the normal PNG
+            hook.delta_png_default = "auto"
         return processor_for("remove_background", hook, self._options(), cost, chained=chained)
 
 

@@ -117,6 +117,9 @@ def test_one_charge_per_source_for_four_renditions_then_a_new_rendition_costs_no
     assert summary["done"] == len(SOURCES) and summary["credits_spent"] != "0"
     # The charge ledger: exactly one charge per source photo, for four renditions each.
     assert len(sandbox.admin.charges("pixian")) == len(SOURCES)
+    # Pixian masters travel as delta PNGs (transfer-only: decoded to the same cut-out, same fingerprint).
+    formats = [entry["params"].get("output.format") for entry in sandbox.admin.requests("pixian")]
+    assert formats == ["delta_png"] * len(SOURCES)
     assert summary["masters_prefix"] == f"gs://{dst}/products/masters/"
     assert summary["renditions"] == {
         r["name"]: {"done": 3, "replaced": 0, "skipped": 0, "rejected": 0, "failed": 0} for r in RENDITIONS
