@@ -14,15 +14,12 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJob,
     BucketJobOperator,
 )
-from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.renditions import Rendition
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
-#: Sources never read as masters: the provider's own folder under the masters prefix.
-INTERNAL_EXCLUDE = f"{INTERNAL_DIR}*"
 #: Job parameters that mean nothing without a vendor (``max_images`` bounds vendor calls: there are none).
 _VENDOR_ONLY = ("conn_id", "cost_per_image", "shard", "masters_prefix", "max_credits", "max_images")
 
@@ -74,9 +71,6 @@ class RenderRenditionsOperator(BucketImageOperator):
             rendition_presets=rendition_presets,
             **kwargs,
         )
-        # The provider's own folder (manifests, reports) is never a master.
-        exclude = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude or [])
-        self.exclude = [*exclude, INTERNAL_EXCLUDE]
 
     def build_processor(
         self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False

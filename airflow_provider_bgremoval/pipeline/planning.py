@@ -25,7 +25,6 @@ from airflow_provider_bgremoval.imaging import (
     read_header,
 )
 from airflow_provider_bgremoval.pipeline.naming import (
-    INTERNAL_DIR,
     UnsafeNameError,
     destination_name,
     internal_prefix,
@@ -327,13 +326,31 @@ def is_finished(existing: ObjectInfo, source: ObjectInfo, identity: OutputIdenti
     )
 
 
-def iter_sources(storage: GcsStorage, spec: BatchSpec) -> Iterator[tuple[str, ObjectInfo | None]]:
-    """The sources in order as ``(name, object)``; the object is ``None`` for a listed name that is absent."""
+def iter_sources(
+    storage: GcsStorage, spec: BatchSpec, *, outputs: bool = False
+) -> Iterator[tuple[str, ObjectInfo | None]]:
+    """
+    The sources in order as ``(name, object)``; the object is ``None`` for a listed name that is absent.
+
+    :param storage: the GCS storage.
+    :param spec: what the batch works on.
+    :param outputs: the sources are another job's outputs (a render job reading masters), where the
+        provider's own folder (claims, plans, manifests) may sit right under the prefix: the listing
+        skips its name range, at one more listing request.
+    """
     if spec.source_objects is None:
-        for info in storage.list_objects(
-            spec.source_bucket, spec.source_prefix, include=spec.include, exclude=spec.exclude
-        ):
-            yield info.name, info
+        prefix = spec.source_prefix
+        ranges = ranges_outside(internal_prefix(prefix), prefix, None) if outputs else [("", None)]
+        for start, end in ranges:
+            for info in storage.list_objects(
+                spec.source_bucket,
+                spec.source_prefix,
+                include=spec.include,
+                exclude=spec.exclude,
+                start_offset=start or None,
+                end_offset=end,
+            ):
+                yield info.name, info
         return
     for raw in spec.source_objects:
         name = str(raw)
@@ -359,16 +376,25 @@ def outputs_between(storage: GcsStorage, spec: BatchSpec, first: str, last: str)
     :param first: the lowest output name wanted.
     :param last: the highest output name wanted.
     """
-    internal = spec.internal_prefix
-    after_internal = internal[:-1] + chr(ord(INTERNAL_DIR[-1]) + 1)
-    ranges = [(first, last + "\0")]
-    if first < after_internal and internal <= last:
-        ranges = [(first, internal), (after_internal, last + "\0")]
-    for start, end in ranges:
-        if start < end:
-            yield from storage.list_objects(
-                spec.destination_bucket, spec.output_prefix, start_offset=start, end_offset=end
-            )
+    for start, end in ranges_outside(spec.internal_prefix, first, last + "\0"):
+        yield from storage.list_objects(
+            spec.destination_bucket, spec.output_prefix, start_offset=start, end_offset=end
+        )
+
+
+def ranges_outside(folder: str, first: str, end: str | None) -> list[tuple[str, str | None]]:
+    """
+    The name ranges ``[start, end)`` covering ``[first, end)`` without the names under ``folder``.
+
+    :param folder: a folder name ending with ``/`` (names starting with it are left out).
+    :param first: the lowest name wanted.
+    :param end: the first name not wanted (``None``: no upper bound).
+    """
+    after_folder = folder[:-1] + chr(ord(folder[-1]) + 1)  # the first name past every "<folder>…"
+    ranges = [(first, end)]
+    if first < after_folder and (end is None or folder < end):
+        ranges = [(first, folder), (after_folder, end)]
+    return [(start, stop) for start, stop in ranges if stop is None or start < stop]
 
 
 def _few(spec: BatchSpec, count: int) -> bool:
@@ -624,7 +650,7 @@ def plan_into(
     :param renditions: the renditions each source gets (``None``: none, a single output per source).
     :param masters_are_sources: every source is a finished master (render-only planning, no check).
     """
-    listed = iter_sources(storage, spec) if sources is None else sources
+    listed = iter_sources(storage, spec, outputs=masters_are_sources) if sources is None else sources
     planner = _Planner(storage, spec, identity, limits, renditions, masters_are_sources)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:

@@ -20,7 +20,7 @@ def test_the_job_renders_from_the_sources_with_no_hook_and_no_cost() -> None:
         **KW,
     )
     job = op.prepare_job()
-    assert job.spec.exclude == ["_bgremoval/*"]  # the provider's own folder is never a master
+    assert job.spec.exclude is None  # the provider's own folder is left out by the source listing itself
     assert job.hook is None and job.masters_are_sources
     assert isinstance(job.processor, RenderProcessor) and job.processor.cost_per_image == 0
     assert job.spec.masters_prefix is None and job.spec.source_prefix == "products/masters/"

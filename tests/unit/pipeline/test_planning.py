@@ -41,8 +41,10 @@ from airflow_provider_bgremoval.pipeline.planning import (
     DestinationCollisionError,
     OutputIdentity,
     check_source,
+    iter_sources,
     outputs_between,
     plan_batch,
+    ranges_outside,
 )
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from airflow_provider_bgremoval.vendors.poof import PoofWire
@@ -335,6 +337,28 @@ def test_outputs_between_yields_the_range_and_nothing_of_the_provider() -> None:
         "out/b.png",
     ]  # type: ignore[arg-type]
     assert storage.listings == [("dst", "out/", "out/a.png", "out/b.png\0")]
+
+
+def test_ranges_outside_leave_out_the_folder_only() -> None:
+    assert ranges_outside("o/_b/", "o/", None) == [("o/", "o/_b/"), ("o/_b0", None)]
+    assert ranges_outside("o/_b/", "o/a", "o/b") == [("o/a", "o/b")]  # past the folder: one range
+    assert ranges_outside("o/_b/", "o/A", "o/B") == [("o/A", "o/B")]  # before it
+    assert ranges_outside("o/_b/", "o/_b/x", "o/_b/y") == []  # inside it: nothing to list
+    assert ranges_outside("o/_b/", "o/_b/x", "o/c") == [("o/_b0", "o/c")]
+
+
+def test_a_listing_of_outputs_as_sources_skips_the_providers_folder() -> None:
+    """A render job reading a bucket job's outputs never pages through its claims, plans and manifests."""
+    storage = MemoryStorage()
+    spec = BatchSpec(source_bucket="b", destination_bucket="d", source_prefix="cutouts/")
+    names = ["cutouts/A.png", "cutouts/_bgremoval.png", "cutouts/a.png", "cutouts/z/_bgremoval/x.png"]
+    for name in names:
+        storage.put("b", name, b"x")
+    _claims(storage, "b", "cutouts/_bgremoval/", 50)
+
+    assert [name for name, _ in iter_sources(storage, spec, outputs=True)] == names  # type: ignore[arg-type]
+    assert not [name for name in storage.listed if name.startswith("cutouts/_bgremoval/")]
+    assert len(storage.listings) == 2  # the name ranges either side of the provider's folder
 
 
 def _collisions(excinfo: pytest.ExceptionInfo[DestinationCollisionError]) -> list[tuple[str, str, str]]:
