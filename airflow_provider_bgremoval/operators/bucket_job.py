@@ -146,14 +146,9 @@ class BucketJob:
         return [account.hook for account in self.chain.accounts if account.hook is not None]
 
     async def aclose_hooks(self) -> None:
-        """Close every vendor hook's clients (on the batch's event loop)."""
+        """Close every vendor hook's clients (on the batch's event loop; sync code: :func:`run_coroutine`)."""
         for hook in self.hooks:
             await hook.aclose()
-
-    def close_hooks(self) -> None:
-        """Close every vendor hook's clients (sync code)."""
-        for hook in self.hooks:
-            hook.close()
 
     @property
     def vendor_hook(self) -> BackgroundRemovalHook[Any]:

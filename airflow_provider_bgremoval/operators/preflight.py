@@ -30,6 +30,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     check_choice,
     is_template,
     parse_count,
+    run_coroutine,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
 from airflow_provider_bgremoval.pipeline.engine import HaltInfo
@@ -227,7 +228,7 @@ class CreditsPreflightOperator(BucketJobOperator):
                 plan = self._plan(context, job, max_shards, check=True)
                 estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
-            job.close_hooks()
+            run_coroutine(job.aclose_hooks())
         if isinstance(plan, PlanWriter):
             estimate["shards"] = self._push_shards(context, plan, max_shards or 0, cost)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}

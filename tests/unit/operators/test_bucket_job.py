@@ -504,3 +504,13 @@ def test_generate_background_takes_a_chain_of_pixelcut_connections(
         GenerateBackgroundOperator(
             task_id="g", conn_id=["pixelcut_default", "poof_default"], scene="marble", **BUCKETS
         ).prepare_job()
+
+
+def test_one_close_closes_every_account_hooks_clients_from_sync_code_too(vendors: FakeVendors) -> None:
+    """The pre-flight (sync) and the batch (its event loop) close a chain's hooks with one coroutine."""
+    job = RemoveBackgroundOperator(task_id="t", conn_id=CHAIN, **BUCKETS).prepare_job()
+    for hook in job.hooks:
+        hook.get_balance()  # opens each hook's sync client
+    assert len(job.hooks) == 3 and all(hook._client is not None for hook in job.hooks)
+    bucket_job.run_coroutine(job.aclose_hooks())
+    assert all(hook._client is None and hook._aclient is None for hook in job.hooks)
