@@ -366,16 +366,53 @@ class BatchRunner:
             (each.credits_spent + each.unit_cost() * each.possibly_charged for each in accounts), Decimal(0)
         )
         default = self._unit_cost()  # an image not yet at a vendor: the account that would take it
-        for flight in self._flights:
-            if flight.recorded or flight.item.render_only:
-                continue
+        for flight in self._billable_flights():
             if account is not None and flight.account is not account:
                 continue
             cost = default if flight.account is None else flight.account.unit_cost()
-            stats = flight.stats
-            at_risk += cost * (stats.possibly_charged - flight.lost_base)
-            at_risk += (stats.credits_charged or cost) if stats.billed_reply else cost
+            at_risk += cost * (flight.stats.possibly_charged - flight.lost_base)
+            at_risk += self._reservation(flight, default)
         return at_risk
+
+    def _billable_flights(self) -> list[_Flight]:
+        """The images in flight that put credits at risk (not yet recorded, not render-only)."""
+        return [f for f in self._flights if not f.recorded and not f.item.render_only]
+
+    @staticmethod
+    def _reservation(flight: _Flight, default: Decimal) -> Decimal:
+        """
+        What ``flight``'s call holds of a budget: its charge once billed, else its account's cost.
+
+        :param flight: the image.
+        :param default: the cost of an image not yet at a vendor.
+        """
+        cost = default if flight.account is None else flight.account.unit_cost()
+        stats = flight.stats
+        return (stats.credits_charged or cost) if stats.billed_reply else cost
+
+    def _fits_total(self, flight: _Flight, account: Account, probe: bool) -> bool:
+        """
+        Whether ``max_credits`` allows ``flight``'s call on ``account``, repriced at its cost.
+
+        An image is admitted at the preferred account's cost; handed on (or sent as a dearer
+        account's half-open probe) it may cost more. If that does not fit, the batch halts
+        ``max_credits`` and the image is settled pending, not sent (docs/pipeline.md, "Failover").
+        """
+        if self.max_credits is None:
+            return True
+        others = self.credits_at_risk() - self._reservation(flight, self._unit_cost())
+        cost = account.unit_cost()
+        if others + cost <= self.max_credits:
+            return True
+        if probe:  # the probe is not made: the breaker lets the next one through
+            account.breaker.record("neutral", probe=True)
+        message = (
+            f"max_credits={self.max_credits} reached: the next call on {account.conn_id} "
+            f"({account.vendor}) costs {cost} and {others} credits are charged or at risk"
+        )
+        self._halt("max_credits", message, vendor=account.vendor)
+        self._settle(flight, "pending", "max_credits", f"{message}; this image was not sent")
+        return False
 
     def _fits(self, account: Account) -> bool:
         """Whether ``account``'s own budget allows one more image (if not, it leaves the chain)."""
@@ -447,13 +484,23 @@ class BatchRunner:
                 "max_credits",
                 f"max_credits={self.max_credits} reached (charged {self.result.credits_spent}, "
                 f"{self.result.possibly_charged} reply(s) lost and possibly charged, "
-                f"{len(self._flights)} in flight at {cost} each)",
+                f"{self._in_flight_summary()}; the next image costs {cost})",
             )
             return None
         item = next(self._items, None)
         if item is not None:
             self._submitted += 1
         return item
+
+    def _in_flight_summary(self) -> str:
+        """The images in flight, each priced at its own account (``2 in flight: 3 on poof_conn...``)."""
+        default = self._unit_cost()
+        held: Counter[tuple[str, Decimal]] = Counter()
+        for flight in self._billable_flights():
+            where = flight.account.conn_id if flight.account is not None else "not yet sent"
+            held[(where, self._reservation(flight, default))] += 1
+        parts = ", ".join(f"{n} at {cost} ({where})" for (where, cost), n in sorted(held.items()))
+        return f"{sum(held.values())} in flight" + (f": {parts}" if parts else "")
 
     @staticmethod
     def _credits_of(account: Account, charged: Decimal | None) -> tuple[Decimal, bool]:
@@ -685,6 +732,8 @@ class BatchRunner:
                 account, probe = choice
                 rejection = self._local_rejection(account, data)
                 if rejection is None:
+                    if not self._fits_total(flight, account, probe):
+                        return None
                     self._assign(flight, account, probe)
                     return account
                 if probe:
