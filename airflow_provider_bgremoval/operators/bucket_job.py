@@ -171,7 +171,7 @@ class BucketJob:
         :param check: run the local checks when planning here (see :func:`plan_into`).
         """
         if self.shard is not None:
-            self.shard.check_matches(self.spec, self.processor.vendor, self.processor.fingerprint)
+            self.shard.check_matches(self.spec, self.identity)
             return read_shard(self.storage, self.spec, self.shard, self.renditions)
         return run_coroutine(plan_batch(self.storage, self.spec, **self._planning(check)))
 
@@ -182,13 +182,11 @@ class BucketJob:
         :param prefix: the plan folder (:func:`~airflow_provider_bgremoval.pipeline.plan_store.plan_prefix`).
         :param check: run the local checks (see :func:`plan_into`).
         """
-        processor = self.processor
         writer = PlanWriter(
             self.storage,
             self.spec,
             prefix,
-            processor.vendor,
-            processor.fingerprint,
+            self.identity,
             checked=check,
             renditions=self.renditions,
         )

@@ -21,7 +21,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchPlan,
+    BatchSpec,
+    OutputIdentity,
+    PlannedOutcome,
+    WorkItem,
+)
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
 from airflow_provider_bgremoval.renditions import Rendition
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage, ObjectInfo
@@ -85,8 +91,8 @@ class ShardRef(BaseModel):
     :param source_bucket: the planned batch's source bucket.
     :param destination_bucket: the planned batch's destination bucket.
     :param destination_prefix: the planned batch's destination prefix.
-    :param vendor: the vendor the plan was made for.
-    :param fingerprint: the options hash the plan was made for.
+    :param accepted: the ``(vendor, options hash)`` pairs the plan was made for: every account of its
+        chain, the primary's first (:attr:`OutputIdentity.accepted`).
     :param overwrite: the planned batch's ``overwrite`` (its items may replace stale outputs).
     :param render: ``[start, stop)`` of the render-only items (renditions of finished masters).
     :param renditions: the planned renditions as ``(name, spec fingerprint)`` pairs, in order (``None``:
@@ -104,8 +110,7 @@ class ShardRef(BaseModel):
     source_bucket: str
     destination_bucket: str
     destination_prefix: str
-    vendor: str
-    fingerprint: str
+    accepted: Annotated[tuple[tuple[str, str], ...], Field(min_length=1)]
     overwrite: bool = False
     render: Span = (0, 0)
     renditions: tuple[tuple[str, str], ...] | None = None
@@ -121,24 +126,32 @@ class ShardRef(BaseModel):
         """Billable images in this shard."""
         return self.items[1] - self.items[0]
 
-    def check_matches(self, spec: BatchSpec, vendor: str, fingerprint: str) -> None:
+    @property
+    def vendor(self) -> str:
+        """The vendor of the plan's primary account."""
+        return self.accepted[0][0]
+
+    def check_matches(self, spec: BatchSpec, identity: OutputIdentity) -> None:
         """
         Raise :class:`InvalidOptionError` unless the plan was made for this batch (buckets, destination
-        prefix, overwrite, vendor, options), naming what differs.
+        prefix, overwrite, and every account's vendor and options, in chain order), naming what differs.
 
         :param spec: the bucket task's batch spec.
-        :param vendor: the bucket task's vendor.
-        :param fingerprint: the bucket task's options hash.
+        :param identity: the bucket task's output identity (its chain's vendors and options hashes).
         """
         wanted = {
             "source_bucket": spec.source_bucket,
             "destination_bucket": spec.destination_bucket,
             "destination_prefix": spec.destination_prefix,
             "overwrite": spec.overwrite,
-            "vendor": vendor,
-            "options": fingerprint,
+            "vendors": [vendor for vendor, _ in identity.accepted],
+            "options": [fingerprint for _, fingerprint in identity.accepted],
         }
-        planned = {**self.model_dump(include=set(wanted)), "options": self.fingerprint}
+        planned = {
+            **self.model_dump(include=set(wanted)),
+            "vendors": [vendor for vendor, _ in self.accepted],
+            "options": [fingerprint for _, fingerprint in self.accepted],
+        }
         differ = [
             f"{key} {planned[key]!r} (this task: {wanted[key]!r})"
             for key in wanted
@@ -256,8 +269,7 @@ class PlanWriter:
     :param storage: the GCS storage.
     :param spec: the planned batch.
     :param prefix: the plan folder (:func:`plan_prefix`).
-    :param vendor: the vendor planned for.
-    :param fingerprint: the options hash planned for.
+    :param identity: the outputs planned for (every account's vendor and options hash).
     :param checked: the local checks run (else every unfinished source is billable, unchecked).
     :param renditions: the renditions planned (``None``: one output per source); the shards name their
         fingerprints, so a bucket task with other renditions refuses them.
@@ -266,8 +278,7 @@ class PlanWriter:
     storage: GcsStorage
     spec: BatchSpec
     prefix: str
-    vendor: str
-    fingerprint: str
+    identity: OutputIdentity
     checked: bool = True
     renditions: RenditionLayout | None = None
 
@@ -376,8 +387,7 @@ class PlanWriter:
                 source_bucket=self.spec.source_bucket,
                 destination_bucket=self.spec.destination_bucket,
                 destination_prefix=self.spec.destination_prefix,
-                vendor=self.vendor,
-                fingerprint=self.fingerprint,
+                accepted=self.identity.accepted,
                 overwrite=self.spec.overwrite,
                 render=render,
                 renditions=planned,

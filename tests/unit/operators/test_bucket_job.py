@@ -163,10 +163,11 @@ def _png() -> bytes:
 def _kept_plan(sources: int = 10, shards: int = 2, **params: Any) -> tuple[MemoryStorage, list[ShardRef]]:
     """The pre-flight's job keeps a plan of ``sources`` images in (memory) GCS, in ``shards`` shards."""
     storage = MemoryStorage({f"img/{i:03d}.png": _png() for i in range(sources)}, bucket="raw")
-    job = CreditsCheckOperator(task_id="check", conn_id="poof_default", **BUCKETS, **params).prepare_job()
+    params = {"conn_id": "poof_default", **BUCKETS, **params}
+    job = CreditsCheckOperator(task_id="check", **params).prepare_job()
     job = dataclasses.replace(job, storage=storage)  # type: ignore[arg-type]
     writer = job.keep_plan("_bgremoval/plans/dag/run/check/try-1/")
-    job.hook.close()
+    bucket_job.run_coroutine(job.aclose_hooks())
     return storage, writer.finish(max_shards=shards, min_shard_size=1)
 
 
@@ -245,6 +246,8 @@ def test_a_shard_task_reads_its_shard_instead_of_planning(vendors: FakeVendors) 
         ({"destination_prefix": "v2/"}, "v2/"),
         ({"destination_bucket": "elsewhere"}, "destination_bucket 'out' (this task: 'elsewhere')"),
         ({"overwrite": True}, "overwrite False (this task: True)"),
+        # the same primary, but another chain: outputs of a vendor the plan does not hold would be re-paid
+        ({"conn_id": ["poof_default", "pixian_default"]}, "vendors ['poof'] (this task: ['poof', 'pixian'])"),
     ],
 )
 def test_a_shard_planned_for_another_batch_is_refused(
@@ -259,7 +262,7 @@ def test_a_shard_planned_for_another_batch_is_refused(
         InvalidOptionError, match="give the pre-flight the bucket task's parameters"
     ) as excinfo:
         job.plan_batch()
-    job.hook.close()
+    bucket_job.run_coroutine(job.aclose_hooks())
     assert named in str(excinfo.value)
     assert storage.requests == {}  # refused before reading the plan
 
@@ -514,3 +517,18 @@ def test_one_close_closes_every_account_hooks_clients_from_sync_code_too(vendors
     assert len(job.hooks) == 3 and all(hook._client is not None for hook in job.hooks)
     bucket_job.run_coroutine(job.aclose_hooks())
     assert all(hook._client is None and hook._aclient is None for hook in job.hooks)
+
+
+def test_a_shard_planned_for_a_chain_is_taken_by_the_same_chain_only(vendors: FakeVendors) -> None:
+    chain = ["poof_default", "pixian_default"]
+    storage, refs = _kept_plan(conn_id=chain)
+    job = RemoveBackgroundOperator(task_id="t", conn_id=chain, **BUCKETS).prepare_job()
+    assert refs[0].accepted == job.identity.accepted and len(refs[0].accepted) == 2
+    ran = dataclasses.replace(job, storage=storage, shard=refs[0])  # type: ignore[arg-type]
+    assert len(ran.plan_batch().items) == 5
+    alone = RemoveBackgroundOperator(task_id="u", conn_id="poof_default", **BUCKETS).prepare_job()
+    alone = dataclasses.replace(alone, storage=storage, shard=refs[0])  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match=r"vendors \['poof', 'pixian'\] \(this task: \['poof'\]\)"):
+        alone.plan_batch()
+    for closing in (job, alone):
+        bucket_job.run_coroutine(closing.aclose_hooks())

@@ -31,6 +31,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_VENDOR,
     BatchPlan,
     BatchSpec,
+    OutputIdentity,
     PlannedOutcome,
     WorkItem,
 )
@@ -441,7 +442,8 @@ def test_max_shards_keeps_the_plan_it_prices_and_prices_as_without(
     assert sum(ref.settled[1] - ref.settled[0] for ref in refs) == 10 - billable
     for ref in refs:
         ref.check_matches(
-            BatchSpec(src, dst, source_prefix="in/", destination_prefix="cut/"), "pixelcut", fingerprint
+            BatchSpec(src, dst, source_prefix="in/", destination_prefix="cut/"),
+            OutputIdentity((("pixelcut", fingerprint),)),
         )
     plan = f"gs://{dst}/cut/_bgremoval/plans/dag/manual__2026-12-01T10:00:00+00:00/check_credits/try-1/"
     assert {ref.plan for ref in refs} == {plan + ("checked/" if local_checks == "plan" else "")}

@@ -27,7 +27,13 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     read_shard,
     shard_bounds,
 )
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, PlannedOutcome, WorkItem
+from airflow_provider_bgremoval.pipeline.planning import (
+    BatchPlan,
+    BatchSpec,
+    OutputIdentity,
+    PlannedOutcome,
+    WorkItem,
+)
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
 from airflow_provider_bgremoval.renditions import parse_renditions
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, ObjectInfo
@@ -38,6 +44,7 @@ SPEC = BatchSpec(
 )
 PREFIX = plan_prefix(SPEC.internal_prefix, "dag", "manual__2026-12-01T10:00:00+00:00", "check", 1)
 PLAN_URI = f"gs://out/{PREFIX}"
+POOF = OutputIdentity((("poof", "fp"),))
 
 
 def _source(number: int, **fields: Any) -> ObjectInfo:
@@ -55,7 +62,7 @@ def _done(number: int) -> PlannedOutcome:
 
 
 def _writer(storage: MemoryStorage, spec: BatchSpec = SPEC) -> PlanWriter:
-    return PlanWriter(storage, spec, PREFIX, "poof", "fp")  # type: ignore[arg-type]
+    return PlanWriter(storage, spec, PREFIX, POOF)  # type: ignore[arg-type]
 
 
 def _written(items: int, settled: int) -> tuple[MemoryStorage, PlanWriter]:
@@ -256,8 +263,7 @@ def test_descriptors_name_the_plan_and_what_it_was_made_for() -> None:
         "source_bucket": "raw",
         "destination_bucket": "out",
         "destination_prefix": "cut/",
-        "vendor": "poof",
-        "fingerprint": "fp",
+        "accepted": [["poof", "fp"]],
         "overwrite": False,
         "render": [0, 0],
         "renditions": None,
@@ -335,8 +341,8 @@ def test_a_descriptor_refuses_extra_and_missing_keys_and_is_frozen() -> None:
     with pytest.raises(ValidationError, match="extra"):
         ShardRef.model_validate(_ref(items_override=[0, 1]))
     data = _ref()
-    del data["fingerprint"]
-    with pytest.raises(ValidationError, match="fingerprint"):
+    del data["accepted"]
+    with pytest.raises(ValidationError, match="accepted"):
         ShardRef.model_validate(data)
     ref = ShardRef.model_validate(_ref())
     with pytest.raises(ValidationError, match="frozen"):
@@ -354,6 +360,7 @@ def test_a_descriptor_refuses_extra_and_missing_keys_and_is_frozen() -> None:
         {"shard": 1, "shards": 1},
         {"shard": -1},
         {"plan": "out/plan/"},
+        {"accepted": []},
     ],
 )
 def test_a_malformed_descriptor_is_refused(changes: dict[str, Any]) -> None:
@@ -362,45 +369,43 @@ def test_a_malformed_descriptor_is_refused(changes: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "vendor", "fingerprint", "named"),
+    ("spec", "accepted", "named"),
     [
         (
             BatchSpec(source_bucket="other", destination_bucket="out", destination_prefix="cut/"),
-            "poof",
-            "fp",
+            (("poof", "fp"),),
             "other",
         ),
         (
             BatchSpec(source_bucket="raw", destination_bucket="elsewhere", destination_prefix="cut/"),
-            "poof",
-            "fp",
+            (("poof", "fp"),),
             "elsewhere",
         ),
         (
             BatchSpec(source_bucket="raw", destination_bucket="out", destination_prefix="v2/"),
-            "poof",
-            "fp",
+            (("poof", "fp"),),
             "v2/",
         ),
-        (SPEC, "pixian", "fp", "pixian"),
-        (SPEC, "poof", "fp-crop", "options 'fp' (this task: 'fp-crop')"),
+        (SPEC, (("pixian", "fp"),), "vendors ['poof'] (this task: ['pixian'])"),
+        (SPEC, (("poof", "fp-crop"),), "options ['fp'] (this task: ['fp-crop'])"),
+        # a chain: every account counts, in order (an output of any of them is taken as finished)
+        (SPEC, (("poof", "fp"), ("pixian", "fp-x")), "vendors ['poof'] (this task: ['poof', 'pixian'])"),
         (
             BatchSpec(
                 source_bucket="raw", destination_bucket="out", destination_prefix="cut/", overwrite=True
             ),
-            "poof",
-            "fp",
+            (("poof", "fp"),),
             "overwrite False (this task: True)",
         ),
     ],
 )
 def test_check_matches_refuses_a_plan_made_for_another_batch(
-    spec: BatchSpec, vendor: str, fingerprint: str, named: str
+    spec: BatchSpec, accepted: tuple[tuple[str, str], ...], named: str
 ) -> None:
     ref = ShardRef.model_validate(_ref())
-    ref.check_matches(SPEC, "poof", "fp")  # the batch it was made for
+    ref.check_matches(SPEC, POOF)  # the batch it was made for
     with pytest.raises(InvalidOptionError) as excinfo:
-        ref.check_matches(spec, vendor, fingerprint)
+        ref.check_matches(spec, OutputIdentity(accepted))
     message = str(excinfo.value)
     assert excinfo.value.parameter == "shard"
     assert named in message
@@ -426,9 +431,9 @@ def test_a_plan_of_an_overwriting_batch_is_only_for_an_overwriting_task() -> Non
     writer.add(WorkItem(_source(1), "cut/000001.png", replace_generation=77))
     [ref] = writer.finish(max_shards=1, min_shard_size=1)
     assert ref.overwrite is True
-    ref.check_matches(spec, "poof", "fp")
+    ref.check_matches(spec, POOF)
     with pytest.raises(InvalidOptionError, match=r"overwrite True \(this task: False\)"):
-        ref.check_matches(SPEC, "poof", "fp")
+        ref.check_matches(SPEC, POOF)
 
 
 # -- renditions ------------------------------------------------------------------------------------
@@ -482,7 +487,7 @@ def _targets(number: int, master: ObjectInfo | None) -> tuple[RenditionTarget, .
 
 def test_billable_and_render_only_items_carry_their_renditions_and_master_through_the_plan() -> None:
     storage = MemoryStorage()
-    writer = PlanWriter(storage, SPEC, PREFIX, "poof", "fp", renditions=LAYOUT)  # type: ignore[arg-type]
+    writer = PlanWriter(storage, SPEC, PREFIX, POOF, renditions=LAYOUT)  # type: ignore[arg-type]
     billable = WorkItem(
         _source(1), "cut/masters/000001.png", replace_generation=3, renditions=_targets(1, None)
     )
@@ -528,7 +533,7 @@ def test_billable_and_render_only_items_carry_their_renditions_and_master_throug
 
 def test_a_shard_planned_with_other_renditions_or_none_is_refused() -> None:
     storage = MemoryStorage()
-    writer = PlanWriter(storage, SPEC, PREFIX, "poof", "fp", renditions=LAYOUT)  # type: ignore[arg-type]
+    writer = PlanWriter(storage, SPEC, PREFIX, POOF, renditions=LAYOUT)  # type: ignore[arg-type]
     writer.add(WorkItem(_source(1), "cut/masters/000001.png", renditions=_targets(1, None)))
     [ref] = writer.finish(max_shards=1, min_shard_size=1)
     other = RenditionLayout(
