@@ -301,11 +301,41 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
         if len(balances) > 1:
-            return self._pooled(job, plan, billable, margin, balances)
+            pooled = self._pooled(job, billable, balances, max_credits)
+            needed, usable = Decimal(pooled["needed"]), Decimal(pooled.pop("usable_total"))
+            estimate = self._estimate_fields(job, plan, billable, cost, cost_source, margin, needed)
+            sufficient = pooled["shortfall_images"] == 0 and usable >= Decimal(estimate["required"])
+            return {
+                **estimate,
+                **pooled,
+                "conn_id": self.conn_ids(),
+                "available": str(usable),
+                "balance": balances[0].as_dict(),
+                "sufficient": billable == 0 or sufficient,
+            }
         balance = balances[0]
         needed = cost * billable
         if max_credits is not None:
             needed = min(needed, max_credits)
+        estimate = self._estimate_fields(job, plan, billable, cost, cost_source, margin, needed)
+        return {
+            **estimate,
+            "available": str(balance.remaining),
+            "balance": balance.as_dict(),
+            "sufficient": billable == 0 or has_enough(balance, Decimal(estimate["required"])),
+        }
+
+    def _estimate_fields(
+        self,
+        job: BucketJob,
+        plan: BatchPlan | PlanWriter,
+        billable: int,
+        cost: Decimal,
+        cost_source: str,
+        margin: SafetyMargin,
+        needed: Decimal,
+    ) -> dict[str, Any]:
+        """The fields every estimate has (one connection or a chain): the plan's counts, price and margin."""
         extra = margin.on(needed) if billable else Decimal(0)
         return {
             "conn_id": self.conn_id,
@@ -324,35 +354,30 @@ class CreditsPreflightOperator(BucketJobOperator):
             "safety_margin": str(margin),
             "margin_credits": str(extra),
             "required": str(needed + extra),
-            "available": str(balance.remaining),
-            "balance": balance.as_dict(),
-            "sufficient": billable == 0 or has_enough(balance, needed + extra),
             **self._render_only(job, plan),
         }
 
+    @staticmethod
     def _pooled(
-        self,
-        job: BucketJob,
-        plan: BatchPlan | PlanWriter,
-        billable: int,
-        margin: SafetyMargin,
-        balances: Sequence[Balance],
+        job: BucketJob, billable: int, balances: Sequence[Balance], max_credits: Decimal | None
     ) -> dict[str, Any]:
         """
-        A chain's estimate: the images priced in chain order, each account's usable balance (capped by
-        its ``max_credits_per_account``) at its own cost; what no account covers is the shortfall.
+        A chain's share of the estimate: the images priced in chain order, each account's usable balance
+        (capped by its ``max_credits_per_account``) at its own cost, all within ``max_credits`` (what the
+        cap leaves out waits for a later run, as with one connection); what no account covers within the
+        cap is the shortfall, priced at the primary's cost.
         """
         assert job.chain is not None
-        max_credits = parse_credits(self.max_credits, "max_credits")
-        left, needed, accounts = billable, Decimal(0), []
+        left, needed, cap, accounts = billable, Decimal(0), max_credits, []
         for account, balance in zip(job.chain.accounts, balances, strict=True):
             cost = account.processor.cost_per_image
             usable = balance.remaining if balance.usable else Decimal(0)
             if account.budget is not None:
                 usable = min(usable, account.budget)
-            images = left if cost <= 0 else min(left, int(max(usable, Decimal(0)) // cost))
+            images = left if cost <= 0 else min(left, _images_within(usable, cost, cap))
             left -= images
             needed += cost * images
+            cap = None if cap is None else cap - cost * images
             accounts.append(
                 {
                     "conn_id": account.conn_id,
@@ -365,36 +390,17 @@ class CreditsPreflightOperator(BucketJobOperator):
                     "credits": str(cost * images),
                 }
             )
-        needed += job.chain.primary.processor.cost_per_image * left  # the shortfall at the primary's cost
+        primary_cost = job.chain.primary.processor.cost_per_image
+        shortfall = left if cap is None or primary_cost <= 0 else min(left, int(cap // primary_cost))
+        needed += primary_cost * shortfall
         if max_credits is not None:
             needed = min(needed, max_credits)
-        extra = margin.on(needed) if billable else Decimal(0)
-        usable_total = sum((Decimal(entry["usable"]) for entry in accounts), Decimal(0))
-        primary = job.chain.primary
         return {
-            "conn_id": self.conn_ids(),
-            "vendor": primary.vendor,
-            "operation": primary.processor.operation,
-            "sources": plan.total,
-            "billable_images": billable,
-            "planned_billable": plan.billable,
-            "local_checks": "plan" if plan.checked else "batch",
-            "checked_by_header_only": plan.header_only_among(billable) if plan.checked else 0,
-            "already_done": plan.count("skipped"),
-            "rejected_locally": plan.count("rejected"),
-            "cost_per_image": str(primary.processor.cost_per_image),
-            "cost_source": "cost_table" if self.cost_per_image in (None, "") else "cost_per_image",
             "needed": str(needed),
-            "safety_margin": str(margin),
-            "margin_credits": str(extra),
-            "required": str(needed + extra),
-            "available": str(usable_total),
-            "balance": balances[0].as_dict(),
+            "usable_total": str(sum((Decimal(entry["usable"]) for entry in accounts), Decimal(0))),
             "accounts": accounts,
             "used_accounts": [entry["conn_id"] for entry in accounts if entry["images"]],
-            "shortfall_images": left,
-            "sufficient": billable == 0 or (left == 0 and usable_total >= needed + extra),
-            **self._render_only(job, plan),
+            "shortfall_images": shortfall,
         }
 
     @staticmethod
@@ -494,6 +500,12 @@ class CreditsPreflightOperator(BucketJobOperator):
         if self.on_insufficient == "skip":
             raise AirflowSkipException(text)
         raise AirflowFailException(text)
+
+
+def _images_within(usable: Decimal, cost: Decimal, cap: Decimal | None) -> int:
+    """Whole images at ``cost`` (> 0) that ``usable`` credits pay within the ``cap`` left (``None``: none)."""
+    limit = max(usable, Decimal(0)) if cap is None else max(min(usable, cap), Decimal(0))
+    return int(limit // cost)
 
 
 #: Template fields the pre-flight adds to its operation's.

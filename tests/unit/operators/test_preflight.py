@@ -554,6 +554,45 @@ def test_a_chain_short_of_credits_halts_stating_the_pooled_shortfall(
     assert pushed["estimate"]["used_accounts"] == CHAIN[:2]
 
 
+def test_a_chain_counts_its_shortfall_within_max_credits_as_one_connection_does(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """50 billable, 10 + 10 credits at 1, max_credits=15: the run spends 15 and stops, so it passes."""
+    planned["plan"] = make_plan(50)
+    vendors.set_pixian(10)
+    vendors.set_poof(10, 0)
+    costs = {"pixian_default": "1", "poof_default": "1"}
+    estimate, pushed, error = run(check(CHAIN[:2], cost_per_image=costs, max_credits=15))
+    assert error is None and pushed == {} and estimate is not None
+    assert [(a["conn_id"], a["images"], a["credits"]) for a in estimate["accounts"]] == [
+        ("pixian_default", 10, "10"),
+        ("poof_default", 5, "5"),  # the cap leaves 5 of its 10
+    ]
+    assert (estimate["shortfall_images"], estimate["needed"], estimate["required"]) == (0, "15", "15")
+    assert (estimate["available"], estimate["sufficient"]) == ("20", True)
+    vendors.set_pixelcut(20)  # one connection with the same credits and cap: the same verdict
+    alone, _, error = run(check("pixelcut_default", cost_per_image=1, max_credits=15))
+    assert error is None and alone is not None
+    assert (alone["needed"], alone["sufficient"]) == (estimate["needed"], True)
+    common = set(alone) - {"available", "balance"}
+    assert common <= set(estimate)  # one builder: a chain's estimate has every field of one connection's
+
+
+def test_a_chain_short_within_max_credits_counts_only_what_the_cap_lets_run(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    planned["plan"] = make_plan(50)
+    vendors.set_pixian(4)
+    vendors.set_poof(10, 7)  # 3 left: 1 image at 2 credits
+    estimate, pushed, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, max_credits=12))
+    assert isinstance(error, AirflowFailException) and estimate is None
+    shares = [(a["conn_id"], a["images"]) for a in pushed["estimate"]["accounts"]]
+    assert shares == [("pixian_default", 4), ("poof_default", 1)]  # 6 credits of the 12
+    # 6 credits of the cap left, at the primary's 1 each: 6 images short (not the 45 left unplanned)
+    assert pushed["halt"]["shortfall_images"] == 6 and pushed["estimate"]["needed"] == "12"
+    assert "6 not covered by any account" in str(error)
+
+
 def test_a_refused_key_in_a_chain_counts_as_no_credits(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     planned["plan"] = make_plan(4)
     vendors.script["pixian"] = [401]
