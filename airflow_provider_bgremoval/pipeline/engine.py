@@ -263,6 +263,7 @@ class BatchRunner:
         self._finished = 0
         self._billable_finished = 0  # what the failure rate judges: render-only items are not counted
         self._halt_reason: HaltInfo | None = None  # completed when the run ends
+        self._exhausted = False  # the halt is a chain's every account unusable: state the pooled shortfall
         self._stop: tuple[str, str] | None = None  # an interrupt: (code, message)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -445,6 +446,7 @@ class BatchRunner:
                 f"{a.conn_id} ({a.vendor}): {a.state} ({a.state_message})" for a in self.chain.accounts
             )
             message = f"every account of the chain is unusable: {states}"
+            self._exhausted = self._exhausted or self._halt_reason is None
         self._halt(last.state, message, fatal=last.state != "max_credits", vendor=last.vendor)
 
     def _may_retry(self, _exc: BaseException) -> bool:
@@ -1076,24 +1078,32 @@ class BatchRunner:
             )
 
     async def _halt_info(self, halt: HaltInfo) -> HaltInfo:
+        """
+        The halt with what is left; balances are read (free calls) only for a credits halt.
+
+        Never after a stop request: the record must be stored before the task is killed.
+        """
         pending = self.result.counts["pending"]
         billable = self.result.billable_counts["pending"]  # render-only: free
         needed = self.processor.cost_per_image * billable
-        if len(self.chain.accounts) > 1:
-            return await self._pooled_shortfall(replace(halt, remaining_images=pending, needed=needed))
+        halt = replace(halt, remaining_images=pending, needed=needed)
+        if self._stop is not None:
+            return halt
+        if self._exhausted:
+            return await self._pooled_shortfall(halt)
         available: Decimal | None = None
         if halt.reason == "out_of_credits" and self.balance_probe is not None:
             with contextlib.suppress(BgRemovalError):
                 available = (await self.balance_probe()).remaining
-        return replace(halt, remaining_images=pending, needed=needed, available=available)
+        return replace(halt, available=available)
 
     async def _pooled_shortfall(self, halt: HaltInfo) -> HaltInfo:
-        """A chain's halt: every account's balance (free calls) against the pending images at its cost."""
+        """Every account unusable: its balance (read at once, free) against the pending images at its cost."""
         left = billable = self.result.billable_counts["pending"]
         entries: list[dict[str, Any]] = []
         known: list[Decimal] = []
-        for account in self.chain.accounts:
-            available = await _balance_of(account)
+        balances = await asyncio.gather(*(_balance_of(account) for account in self.chain.accounts))
+        for account, available in zip(self.chain.accounts, balances, strict=True):
             cost = account.unit_cost()
             covers = min(left, int(available // cost)) if available is not None and cost > 0 else None
             left -= covers or 0
@@ -1134,11 +1144,15 @@ def _metric(event: str, account: Account, **tags: str) -> None:
 
 
 async def _balance_of(account: Account) -> Decimal | None:
-    """The account's balance read from its free endpoint (``None`` without a hook or on an error)."""
+    """
+    The account's balance from its free endpoint, one attempt with a short timeout (the probe path).
+
+    :return: the remaining credits; ``None`` without a hook or on an error.
+    """
     if account.hook is None:
         return None
     with contextlib.suppress(BgRemovalError):
-        return (await account.hook.aget_balance()).remaining
+        return (await account.hook.aget_balance(probe=True)).remaining
     return None
 
 

@@ -57,10 +57,13 @@ class Vendor(ScriptedProcessor):
 class BalanceHook:
     """The free balance endpoint of an account (all the engine asks a hook for)."""
 
-    def __init__(self, vendor: str, remaining: str) -> None:
-        self.vendor, self.remaining = vendor, Decimal(remaining)
+    def __init__(self, vendor: str, remaining: str, delay: float = 0.0) -> None:
+        self.vendor, self.remaining, self.delay = vendor, Decimal(remaining), delay
+        self.reads: list[bool] = []  # each read's probe flag
 
-    async def aget_balance(self) -> Balance:
+    async def aget_balance(self, *, probe: bool = False) -> Balance:
+        self.reads.append(probe)
+        await asyncio.sleep(self.delay)
         return Balance(vendor=self.vendor, remaining=self.remaining, state=AccountState.ACTIVE)
 
 
@@ -415,3 +418,74 @@ def test_the_max_credits_halt_prices_each_image_in_flight_at_its_own_account(bat
         "2 in flight: 1 at 1 (pixian_conn), 1 at 3 (poof_conn); the next image costs 1" in result.halt.message
     )
     assert result.credits_spent == 5 and [row["status"] for row in rows] == ["done"] * 3 + ["pending"]
+
+
+class SharedBalances:
+    """Balance hooks of several accounts that count how many of their reads overlap."""
+
+    def __init__(self) -> None:
+        self.reading = self.most = 0
+
+    def hook(self, vendor: str, remaining: str) -> BalanceHook:
+        shared = self
+
+        class Hook(BalanceHook):
+            async def aget_balance(self, *, probe: bool = False) -> Balance:
+                shared.reading += 1
+                shared.most = max(shared.most, shared.reading)
+                try:
+                    return await super().aget_balance(probe=probe)
+                finally:
+                    shared.reading -= 1
+
+        return Hook(vendor, remaining, delay=0.05)
+
+
+def test_every_account_out_reads_the_balances_once_each_concurrently_with_the_probe_timeout(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    refused = lambda vendor: lambda n, c: OutOfCreditsError("no credits", vendor=vendor, code="402")  # noqa: E731
+    shared = SharedBalances()
+    hooks = {v: shared.hook(v, "1") for v in ("pixian", "poof", "pixelcut")}
+    vendors = [Vendor(v, refused(v)) for v in hooks]
+    result, _ = run_chain(storage, spec, chain(*vendors, hooks=hooks), max_concurrency=1)
+    assert result.halt is not None and result.halt.shortfall_images == 0
+    assert [hook.reads for hook in hooks.values()] == [[True]] * 3  # one probe read each
+    assert shared.most == 3  # all at once
+
+
+@pytest.mark.parametrize("halt", ["terminated", "max_images"])
+def test_a_stopped_or_budget_halted_chain_reads_no_balance_before_the_record_is_stored(
+    batch, halt: str
+) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(6))
+    hooks = {"pixian": BalanceHook("pixian", "5"), "poof": BalanceHook("poof", "5")}
+    accounts = chain(Vendor("pixian", delay=0.2), Vendor("poof"), hooks=hooks)
+
+    async def go() -> Any:
+        primary = accounts.primary.processor
+        plan = await plan_batch(
+            storage, spec, extension=".png", identity=accounts.identity, limits=primary.limits
+        )
+        budget = {"max_images": 2} if halt == "max_images" else {}
+        runner = BatchRunner(
+            storage,
+            primary,
+            plan,
+            ManifestWriter(),
+            accounts=accounts,
+            max_concurrency=1,
+            drain_grace=0.1,
+            **budget,
+        )
+        if halt == "terminated":
+            asyncio.get_running_loop().call_later(0.3, runner.request_stop, "terminated", "SIGTERM")
+        return await runner.run()
+
+    result = asyncio.run(go())
+    assert result.halt is not None and result.halt.reason == halt
+    assert result.halt.accounts == () and result.halt.shortfall_images is None
+    assert "Pooled shortfall" not in result.halt.message
+    assert hooks["pixian"].reads == [] and hooks["poof"].reads == []
+    assert result.halt.remaining_images == result.counts["pending"] > 0
