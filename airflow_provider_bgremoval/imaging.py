@@ -121,6 +121,10 @@ class ImageInfo:
     :param mode: Pillow mode (``RGB``, ``RGBA``, ``CMYK``, ``I;16``…).
     :param orientation: EXIF orientation tag (1 when absent).
     :param frames: number of frames (animated GIF/WebP/APNG have more than one).
+    :param bit_depth: the bit depth in a PNG's ``IHDR`` (``None`` for other formats): bits per sample,
+        or per palette index; a 16-bit RGB PNG has mode ``RGB`` too.
+    :param transparency: the image declares a transparent colour or palette entries outside its mode
+        (PNG ``tRNS``, GIF): an ``RGB`` or ``L`` PNG with ``tRNS`` is not opaque.
     """
 
     format: str
@@ -129,6 +133,8 @@ class ImageInfo:
     mode: str
     orientation: int = 1
     frames: int = 1
+    bit_depth: int | None = None
+    transparency: bool = False
 
     @property
     def pixels(self) -> int:
@@ -160,6 +166,11 @@ def _frames(image: Image.Image) -> int:
         return 1
 
 
+def _png_bit_depth(data: bytes) -> int | None:
+    """The bit depth in a PNG's ``IHDR``, the chunk that must come first (``None`` when it does not)."""
+    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else None
+
+
 def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     """
     Identify an image from its bytes (or a prefix holding its header) without decoding its pixels.
@@ -173,7 +184,14 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
         with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
             fmt = image.format or "UNKNOWN"
             return ImageInfo(
-                fmt, image.width, image.height, image.mode, exif_orientation(image), _frames(image)
+                fmt,
+                image.width,
+                image.height,
+                image.mode,
+                exif_orientation(image),
+                _frames(image),
+                bit_depth=_png_bit_depth(data) if fmt == "PNG" else None,
+                transparency="transparency" in image.info,
             )
     except AirflowException:
         raise

@@ -24,7 +24,7 @@ from airflow_provider_bgremoval.exceptions import (
     OutOfCreditsError,
     VendorRequestError,
 )
-from airflow_provider_bgremoval.imaging import InputLimits, encode, read_header
+from airflow_provider_bgremoval.imaging import ImageInfo, InputLimits, encode, read_header
 from airflow_provider_bgremoval.options import (
     CHOICE,
     NUMBER,
@@ -89,7 +89,8 @@ InputEncoding = Literal["file", "base64"]
 #: ``delta_png``: ``False`` (the normal PNG), ``True`` (always a delta; every unified option local) or
 #: ``"auto"`` (a delta only where the decoded result is the same image: transfer-only)
 DeltaMode = bool | Literal["auto"]
-#: input modes whose pixels a delta's "copy the input pixel" reproduces exactly (opaque, 8-bit)
+#: input modes whose pixels a delta's "copy the input pixel" reproduces exactly (opaque, 8-bit) when the
+#: header has no ``tRNS`` and a bit depth of 8
 _OPAQUE_MODES = frozenset({"RGB", "L"})
 
 
@@ -255,9 +256,23 @@ def _image_fallback(data: bytes, opts: PixianOptions) -> str | None:
         return "the input's header is unreadable"
     if info.pixels > (limit := _pixel_limit(opts)):
         return f"{info.pixels:,} pixels is over max_pixels ({limit:,}): Pixian would shrink it"
-    if info.mode not in _OPAQUE_MODES or info.format not in ("JPEG", "PNG"):
-        return f"a {info.format} {info.mode} input (only opaque 8-bit JPEG/PNG inputs are copied exactly)"
-    return None
+    kind = _not_opaque_8_bit(info)
+    return None if kind is None else f"{kind} (only opaque 8-bit JPEG/PNG inputs are copied exactly)"
+
+
+def _not_opaque_8_bit(info: ImageInfo) -> str | None:
+    """
+    What the input is, when it is not an opaque 8-bit JPEG/PNG (``None``: it is one). Pillow reads a
+    16-bit RGB PNG and an RGB/L PNG with a ``tRNS`` transparent colour as mode ``RGB``/``L`` too: the
+    header's bit depth and transparency say so.
+    """
+    depth = 8 if info.bit_depth is None else info.bit_depth
+    opaque = info.mode in _OPAQUE_MODES and not info.transparency
+    if opaque and depth == 8 and info.format in ("JPEG", "PNG"):
+        return None
+    bits = f"{depth}-bit " if depth != 8 and info.mode in _OPAQUE_MODES else ""  # a palette's are index bits
+    keyed = " with tRNS transparency" if info.transparency and info.format == "PNG" else ""
+    return f"a {bits}{info.format} {info.mode} input{keyed}"
 
 
 def _delta_keeps_result(options: RemovalOptions) -> bool:

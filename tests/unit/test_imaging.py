@@ -107,6 +107,29 @@ def test_photos_pass_unchanged(name: str, images_dir: Path) -> None:
     assert prepared.content_type == ("image/png" if name.endswith(".png") else "image/jpeg")
 
 
+@pytest.mark.parametrize(
+    ("data", "mode", "bit_depth", "transparency"),
+    [
+        (_save(Image.new("RGB", (8, 8)), "PNG"), "RGB", 8, False),
+        (png_bytes(8, 8, bit_depth=16), "RGB", 16, False),
+        (_save(Image.new("L", (8, 8)), "PNG", bits=2), "L", 2, False),
+        (_save(Image.new("RGB", (8, 8)), "PNG", transparency=(1, 2, 3)), "RGB", 8, True),
+        (_save(Image.new("L", (8, 8)), "PNG", transparency=7), "L", 8, True),
+        (_save(Image.new("RGB", (8, 8)), "JPEG"), "RGB", None, False),
+        (_save(Image.new("P", (8, 8)), "GIF", transparency=0), "P", None, True),
+    ],
+    ids=["png", "16-bit rgb png", "2-bit gray png", "rgb png trns", "gray png trns", "jpeg", "gif"],
+)
+def test_read_header_reports_what_the_mode_hides(
+    data: bytes, mode: str, bit_depth: int | None, transparency: bool
+) -> None:
+    """Pillow opens a 16-bit RGB PNG and a PNG with a ``tRNS`` colour as plain ``RGB``/``L``."""
+    info = read_header(data)
+    assert (info.mode, info.bit_depth, info.transparency) == (mode, bit_depth, transparency)
+    if info.format == "PNG":
+        assert read_header(data[:64]).bit_depth == bit_depth  # IHDR is the first chunk
+
+
 def test_read_header_works_on_a_prefix(images_dir: Path) -> None:
     data = (images_dir / "rocket.jpg").read_bytes()
     assert read_header(data[: 64 * 1024]) == read_header(data)

@@ -21,12 +21,13 @@ from airflow_provider_bgremoval.vendors.pixian import (
     PixianWire,
 )
 from tests.support.connections import set_connection
+from tests.support.reply_strategies import png_bytes
 from tests.unit.vendors.test_pixian import build, make_wire
 
 
-def encoded(mode: str = "RGB", size: tuple[int, int] = (40, 30), fmt: str = "PNG") -> bytes:
+def encoded(mode: str = "RGB", size: tuple[int, int] = (40, 30), fmt: str = "PNG", **params: Any) -> bytes:
     out = io.BytesIO()
-    Image.new(mode, size).save(out, format=fmt)
+    Image.new(mode, size).save(out, format=fmt, **params)
     return out.getvalue()
 
 
@@ -174,8 +175,27 @@ def test_auto_resolves_to_the_normal_result_where_pixian_would_do_more(options: 
         (encoded("P"), "a PNG P input"),
         (encoded("RGB", fmt="WEBP"), "a WEBP RGB input"),
         (b"not an image", "the input's header is unreadable"),
+        # Pillow reads these as mode RGB/L: the PNG header's bit depth and tRNS chunk show them
+        (png_bytes(40, 30, bit_depth=16), "a 16-bit PNG RGB input"),
+        (encoded("L", bits=4), "a 4-bit PNG L input"),
+        (encoded("RGB", transparency=(0, 0, 0)), "a PNG RGB input with tRNS transparency"),
+        (encoded("L", transparency=0), "a PNG L input with tRNS transparency"),
     ],
-    ids=["jpeg", "gray jpeg", "png", "gray png", "rgba", "la", "palette", "webp", "garbage"],
+    ids=[
+        "jpeg",
+        "gray jpeg",
+        "png",
+        "gray png",
+        "rgba",
+        "la",
+        "palette",
+        "webp",
+        "garbage",
+        "16-bit rgb",
+        "4-bit gray",
+        "rgb trns",
+        "gray trns",
+    ],
 )
 def test_decision_by_the_input(data: bytes, reason: str | None) -> None:
     wire = make_wire()
@@ -183,6 +203,18 @@ def test_decision_by_the_input(data: bytes, reason: str | None) -> None:
     fallback = wire.delta_fallback(image_input(data), opts)
     assert fallback == reason if reason is None else (fallback or "").startswith(reason)
     assert wire.uses_delta(image_input(data), opts) is (reason is None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [png_bytes(40, 30, bit_depth=16), encoded("RGB", transparency=(0, 0, 0))],
+    ids=["16-bit rgb", "rgb trns"],
+)
+def test_an_rgb_png_that_is_not_opaque_8_bit_takes_the_normal_call(data: bytes) -> None:
+    """Pillow opens both as mode ``RGB``; a delta of them would not decode to Pixian's normal result."""
+    wire = make_wire()
+    _, fields, _ = build(wire, RemovalOptions(), PixianOptions(delta_png="auto"), image_input(data))
+    assert fields == {"output.format": "png"}
 
 
 def test_decision_by_max_pixels() -> None:
