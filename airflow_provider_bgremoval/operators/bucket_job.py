@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import json
 from abc import abstractmethod
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_bgremoval.credits import parse_credits
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.accounts import (
     Account,
@@ -164,6 +165,16 @@ class BucketJob:
             return OutputIdentity.of(self.processor)
         return self.chain.identity
 
+    @property
+    def planning_limits(self) -> InputLimits:
+        """
+        The input limits planning checks: a chain's widest (:func:`widest_limits`), so an image only
+        another account takes stays billable; each account's own are checked before its call.
+        """
+        if self.chain is None:
+            return self.processor.limits
+        return widest_limits(account.processor.limits for account in self.chain.accounts)
+
     def plan_batch(self, *, check: bool = True) -> BatchPlan:
         """
         The batch's plan: the shard's part of the run's plan, or planned here (no vendor call).
@@ -193,12 +204,11 @@ class BucketJob:
         return plan_into(self.storage, self.spec, writer, **self._planning(check))
 
     def _planning(self, check: bool) -> dict[str, Any]:
-        """What planning needs of the processor: output extension, identity, input limits."""
-        processor = self.processor
+        """What planning needs of the job: output extension, identity, input limits."""
         return {
-            "extension": processor.extension,
+            "extension": self.processor.extension,
             "identity": self.identity,
-            "limits": processor.limits,
+            "limits": self.planning_limits,
             "concurrency": self.planning_concurrency,
             "check": check and not self.masters_are_sources,
             **(
@@ -479,6 +489,28 @@ class BucketJobOperator(BaseOperator):
             return ShardRef.model_validate(shard)
         except ValueError as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
             raise InvalidOptionError("shard", f"not a shard of a plan: {exc}") from None
+
+
+def widest_limits(limits: Iterable[InputLimits]) -> InputLimits:
+    """
+    The most permissive of several vendors' input limits, limit by limit (largest upload, smallest
+    minimum side, largest maximum side and pixel count, ``None`` when any has none, every format).
+
+    :param limits: the limits of a chain's accounts (at least one).
+    """
+    given = list(limits)
+    first = given[0]
+    if all(other == first for other in given):
+        return first
+    sides = [item.max_side for item in given]
+    pixels = [item.max_pixels for item in given]
+    return InputLimits(
+        max_bytes=max(item.max_bytes for item in given),
+        min_side=min(item.min_side for item in given),
+        max_side=None if None in sides else max(side for side in sides if side is not None),
+        max_pixels=None if None in pixels else max(count for count in pixels if count is not None),
+        formats=frozenset().union(*(item.formats for item in given)),
+    )
 
 
 def check_master(processor: ImageProcessor) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
+from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.operators import bucket_job
 from airflow_provider_bgremoval.operators.bucket import (
     BucketImageOperator,
@@ -532,3 +533,41 @@ def test_a_shard_planned_for_a_chain_is_taken_by_the_same_chain_only(vendors: Fa
         alone.plan_batch()
     for closing in (job, alone):
         bucket_job.run_coroutine(closing.aclose_hooks())
+
+
+def test_a_chain_plans_with_its_widest_limits(vendors: FakeVendors) -> None:
+    """16x16 is under Pixelcut's 64 px minimum, not Pixian's: with Pixian in the chain it is billable."""
+    storage = MemoryStorage({"img/small.png": _png()}, bucket="raw")
+    alone = RemoveBackgroundOperator(task_id="a", conn_id="pixelcut_default", **BUCKETS).prepare_job()
+    chain = RemoveBackgroundOperator(
+        task_id="c", conn_id=["pixelcut_default", "pixian_default"], **BUCKETS
+    ).prepare_job()
+    [rejected] = dataclasses.replace(alone, storage=storage).plan_batch().settled  # type: ignore[arg-type]
+    assert (rejected.status, rejected.code) == ("rejected", "resolution_too_low")
+    plan = dataclasses.replace(chain, storage=storage).plan_batch()  # type: ignore[arg-type]
+    assert [item.source.name for item in plan.items] == ["img/small.png"] and plan.settled == []
+    assert alone.planning_limits == alone.processor.limits  # one connection: its own, as always
+    pixelcut, pixian = (account.processor.limits for account in chain.chain.accounts)  # type: ignore[union-attr]
+    assert (
+        chain.planning_limits
+        == bucket_job.widest_limits([pixelcut, pixian])
+        == InputLimits(
+            max_bytes=max(pixelcut.max_bytes, pixian.max_bytes),
+            min_side=1,  # Pixian has no minimum
+            max_side=None,  # nor a maximum side (its limit is in pixels)
+            max_pixels=None,  # Pixelcut has no pixel limit
+            formats=pixelcut.formats | pixian.formats,
+        )
+    )
+    assert vendors.requests == []  # planning makes no call
+    for job in (alone, chain):
+        bucket_job.run_coroutine(job.aclose_hooks())
+
+
+def test_widest_limits_takes_each_limit_from_the_most_permissive_account() -> None:
+    small = InputLimits(max_bytes=10, min_side=64, max_side=6000, max_pixels=100, formats=frozenset({"PNG"}))
+    large = InputLimits(max_bytes=20, min_side=32, max_side=8000, max_pixels=50, formats=frozenset({"JPEG"}))
+    assert bucket_job.widest_limits([small]) is small
+    assert bucket_job.widest_limits([small, large]) == InputLimits(
+        max_bytes=20, min_side=32, max_side=8000, max_pixels=100, formats=frozenset({"PNG", "JPEG"})
+    )
