@@ -302,14 +302,13 @@ class CreditsPreflightOperator(BucketJobOperator):
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
         if len(balances) > 1:
             pooled = self._pooled(job, billable, balances, max_credits)
-            needed, usable = Decimal(pooled["needed"]), Decimal(pooled.pop("usable_total"))
+            needed, usable = Decimal(pooled["needed"]), Decimal(pooled["available"])
             estimate = self._estimate_fields(job, plan, billable, cost, cost_source, margin, needed)
             sufficient = pooled["shortfall_images"] == 0 and usable >= Decimal(estimate["required"])
             return {
                 **estimate,
                 **pooled,
                 "conn_id": self.conn_ids(),
-                "available": str(usable),
                 "balance": balances[0].as_dict(),
                 "sufficient": billable == 0 or sufficient,
             }
@@ -365,7 +364,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         A chain's share of the estimate: the images priced in chain order, each account's usable balance
         (capped by its ``max_credits_per_account``) at its own cost, all within ``max_credits`` (what the
         cap leaves out waits for a later run, as with one connection); what no account covers within the
-        cap is the shortfall, priced at the primary's cost.
+        cap is the shortfall, priced at the primary's cost; ``available`` is the usable credits of all.
         """
         assert job.chain is not None
         left, needed, cap, accounts = billable, Decimal(0), max_credits, []
@@ -397,7 +396,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             needed = min(needed, max_credits)
         return {
             "needed": str(needed),
-            "usable_total": str(sum((Decimal(entry["usable"]) for entry in accounts), Decimal(0))),
+            "available": str(sum((Decimal(entry["usable"]) for entry in accounts), Decimal(0))),
             "accounts": accounts,
             "used_accounts": [entry["conn_id"] for entry in accounts if entry["images"]],
             "shortfall_images": shortfall,
