@@ -44,6 +44,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     WorkItem,
     is_finished,
+    made_by_vendor,
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.pipeline.progress import ProgressReporter
@@ -321,8 +322,12 @@ class BatchRunner:
         status: str,
         render_only: bool = False,
         account: Account | None = None,
+        vendor: str | None = None,
         **fields: Any,
     ) -> None:
+        """
+        Record one row; its vendor is ``vendor`` (the one that made an existing output), else the account's.
+        """
         if account is not None:
             account.counts[status] += 1
             fields["account"] = account.conn_id
@@ -333,7 +338,7 @@ class BatchRunner:
             source_generation=source.generation or None,
             destination=destination and f"gs://{self.plan.spec.destination_bucket}/{destination}",
             status=status,
-            vendor=(account or self.chain.primary).vendor,
+            vendor=vendor or (account or self.chain.primary).vendor,
             operation=self.processor.operation,
             bytes_in=source.size or None,
             **fields,
@@ -690,7 +695,8 @@ class BatchRunner:
         if current is None or not is_finished(current, flight.item.source, self.identity):
             return False
         flight.output_exists = True  # finished: its claim stays
-        self._settle(flight, "skipped", "already_done", "an earlier try stored this output (not paid again)")
+        message = "an earlier try stored this output (not paid again)"
+        self._settle(flight, "skipped", "already_done", message, vendor=made_by_vendor(current))
         return True
 
     async def _read(self, flight: _Flight) -> bytes | None:
@@ -943,7 +949,12 @@ class BatchRunner:
         except StorageError as exc:
             reason = f"the master could not be read (nothing paid): {exc}"
             self._settle(
-                flight, "failed", type(exc).__name__, reason, master=self._master_facts(master, "failed")
+                flight,
+                "failed",
+                type(exc).__name__,
+                reason,
+                master=self._master_facts(master, "failed"),
+                vendor=made_by_vendor(master),
             )
             return
         flight.stage = "render"
@@ -959,6 +970,7 @@ class BatchRunner:
             bytes_out=written or None,
             master=self._master_facts(master, "skipped"),
             renditions=facts,
+            vendor=made_by_vendor(master),
         )
 
     async def _settle_conflict(self, flight: _Flight) -> None:
@@ -971,7 +983,8 @@ class BatchRunner:
         except StorageError:
             current = None
         if current is not None and is_finished(current, flight.item.source, self.identity):
-            self._settle(flight, "skipped", "done_concurrently", "another run wrote this output first")
+            message = "another run wrote this output first"
+            self._settle(flight, "skipped", "done_concurrently", message, vendor=made_by_vendor(current))
         else:
             self._settle(
                 flight,
@@ -1073,6 +1086,7 @@ class BatchRunner:
                 _destination_of(item),
                 "pending",
                 item.render_only,
+                vendor=made_by_vendor(item.master),
                 error_code=code,
                 error_message=message,
             )

@@ -28,7 +28,8 @@ class ManifestRow:
     :param source_generation: the source generation that was planned.
     :param destination: ``gs://`` URI of the output (when one was computed).
     :param status: one of :data:`STATUSES`.
-    :param vendor: vendor name.
+    :param vendor: the vendor that made the output: the image's last call's, or for an output that
+        already exists (skipped, render-only) the one its ``bgremoval-vendor`` metadata records.
     :param operation: operation name.
     :param request_id: the vendor's request id, when known.
     :param credits: credits charged (text), when a vendor call succeeded.

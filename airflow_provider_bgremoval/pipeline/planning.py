@@ -164,7 +164,8 @@ class PlannedOutcome:
     :param status: ``skipped`` or ``rejected``.
     :param code: reason code.
     :param message: human explanation.
-    :param extra: more manifest fields (``master``, ``renditions``), if any.
+    :param extra: more manifest fields (``master``, ``renditions``; ``vendor``: the vendor that made a
+        finished output, from its metadata), if any.
     """
 
     source: ObjectInfo
@@ -308,6 +309,17 @@ class OutputIdentity:
 class _Identified(Protocol):
     vendor: str
     fingerprint: str
+
+
+def made_by_vendor(output: ObjectInfo | None) -> str | None:
+    """
+    The vendor that made an output, as its metadata records it (``None``: not recorded).
+
+    :param output: the output (or master), if any.
+    """
+    if output is None:
+        return None
+    return output.metadata.get(META_VENDOR) or None
 
 
 def is_finished(existing: ObjectInfo, source: ObjectInfo, identity: OutputIdentity) -> bool:
@@ -574,9 +586,14 @@ class _Planner:
         A finished master: skipped (or, a rendition recorded non-compliant, rejected again without a read),
         or a render-only item when a rendition is missing or stale.
         """
+        made_by = {"vendor": vendor} if (vendor := made_by_vendor(master)) else {}
         if found is None:
             message = "output exists from this source and options"
-            sink.settle(PlannedOutcome(item.source, item.destination, "skipped", "already_done", message))
+            sink.settle(
+                PlannedOutcome(
+                    item.source, item.destination, "skipped", "already_done", message, made_by or None
+                )
+            )
             return
         name = item.source.name if self.masters_are_sources else item.destination
         targets = found.targets(name, master)
@@ -585,7 +602,7 @@ class _Planner:
             return
         status, code, message, extra = found.verdict(targets, master)
         destination = None if self.masters_are_sources else item.destination
-        sink.settle(PlannedOutcome(item.source, destination, status, code, message, extra))
+        sink.settle(PlannedOutcome(item.source, destination, status, code, message, {**extra, **made_by}))
 
     def _render_sources(self, window: Sequence[WorkItem], sink: PlanSink) -> None:
         """Render-only planning: every source is a master (``RenderRenditionsOperator``)."""

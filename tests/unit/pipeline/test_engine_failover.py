@@ -24,9 +24,11 @@ from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, 
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from tests.unit.pipeline.test_engine import ScriptedProcessor, seed
+from tests.unit.pipeline.test_rendering import SPEC_KW, THUMB, WEB, cutout, layout
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +93,22 @@ def chain(
     )
 
 
-def run_chain(storage: GcsStorage, spec: BatchSpec, accounts: AccountChain, **kwargs: Any):
+def run_chain(
+    storage: GcsStorage,
+    spec: BatchSpec,
+    accounts: AccountChain,
+    renditions: RenditionLayout | None = None,
+    **kwargs: Any,
+):
     async def go():
         primary = accounts.primary.processor
         plan = await plan_batch(
-            storage, spec, extension=".png", identity=accounts.identity, limits=primary.limits
+            storage,
+            spec,
+            extension=".png",
+            identity=accounts.identity,
+            limits=primary.limits,
+            renditions=renditions,
         )
         manifest = ManifestWriter()
         runner = BatchRunner(storage, primary, plan, manifest, accounts=accounts, **kwargs)
@@ -489,3 +502,36 @@ def test_a_stopped_or_budget_halted_chain_reads_no_balance_before_the_record_is_
     assert "Pooled shortfall" not in result.halt.message
     assert hooks["pixian"].reads == [] and hooks["poof"].reads == []
     assert result.halt.remaining_images == result.counts["pending"] > 0
+
+
+class CutoutVendor(Vendor):
+    """A scripted vendor answering with a real cut-out (the renditions need a subject)."""
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        await super().process(data, filename, stats)  # the script, the ledger
+        return ImageResult(content=cutout(), content_type="image/png", vendor=self.vendor)
+
+
+def test_rows_of_existing_outputs_name_the_vendor_that_made_them_not_the_primary(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, [f"raw/{name}" for name in names(2)])
+    spec = BatchSpec(src, spec.destination_bucket, **SPEC_KW)
+    out = OutOfCreditsError("no credits", vendor="pixian", status_code=402, code="out_of_credits")
+
+    def go(*renditions: dict[str, Any]) -> list[dict[str, Any]]:
+        accounts = chain(CutoutVendor("pixian", lambda n, c: out), CutoutVendor("poof"))
+        return run_chain(storage, spec, accounts, renditions=layout(*renditions), max_concurrency=1)[1]
+
+    made = go(WEB)  # the primary is out: poof makes every master
+    assert {(row["status"], row["vendor"]) for row in made} == {("done", "poof")}
+    again = go(WEB, THUMB)  # a new rendition: render-only rows of poof's masters (no call)
+    assert [(row["status"], row["master"]["status"]) for row in again] == [("done", "skipped")] * 2
+    assert {row["vendor"] for row in again} == {"poof"}
+    settled = go(WEB, THUMB)  # every rendition exists: settled at planning
+    assert {(row["status"], row["vendor"]) for row in settled} == {("skipped", "poof")}
+    plain = BatchSpec(src, spec.destination_bucket, source_prefix="raw/", destination_prefix="out/masters/")
+    accounts = chain(Vendor("pixian"), Vendor("poof"))
+    _, rows = run_chain(storage, plain, accounts)  # the masters as plain outputs: already done
+    assert {(row["status"], row["error_code"], row["vendor"]) for row in rows} == {
+        ("skipped", "already_done", "poof")
+    }

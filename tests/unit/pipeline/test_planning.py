@@ -560,3 +560,14 @@ def test_output_ranges_on_gcs_skip_the_internal_folder(
     ]
     assert [count for _, count in listed] == [1, 1]  # Z.png, then a.png: no claim in either range
     assert all("startOffset=" in url and "endOffset=" in url for url, _ in listed)
+
+
+def test_a_finished_output_s_outcome_names_the_vendor_that_made_it(tiny_png: bytes) -> None:
+    """The row of an output made earlier names its maker (in a chain: not necessarily the primary)."""
+    storage = MemoryStorage({"a.jpg": tiny_png, "b.jpg": tiny_png})
+    spec = BatchSpec(source_bucket="src", destination_bucket="dst")
+    _finish(storage, spec, "a.jpg", "a.png")
+    plan = _plan_in(storage, spec)
+    assert [(o.source.name, o.code, o.extra) for o in plan.settled] == [
+        ("a.jpg", "already_done", {"vendor": VENDOR})
+    ]
