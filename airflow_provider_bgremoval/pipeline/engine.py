@@ -760,9 +760,13 @@ class BatchRunner:
             await asyncio.sleep(min(max(choice, 0.01), 0.5))
 
     def _local_rejection(self, account: Account, data: bytes) -> InputRejectedError | None:
-        """Another account's input limits, checked on the bytes in hand before any call (free)."""
+        """
+        The account's own input limits, checked on the bytes in hand before its call (free).
+
+        Planning checked a chain's widest limits: when the accounts' limits differ, each is checked here.
+        """
         limits = account.processor.limits
-        if limits == self.processor.limits:
+        if all(other.processor.limits == limits for other in self.chain.accounts):
             return None  # planning checked these
         try:
             check_limits(read_header(data, vendor=account.vendor), len(data), limits, vendor=account.vendor)

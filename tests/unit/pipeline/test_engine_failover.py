@@ -98,6 +98,7 @@ def run_chain(
     spec: BatchSpec,
     accounts: AccountChain,
     renditions: RenditionLayout | None = None,
+    limits: InputLimits | None = None,
     **kwargs: Any,
 ):
     async def go():
@@ -107,7 +108,7 @@ def run_chain(
             spec,
             extension=".png",
             identity=accounts.identity,
-            limits=primary.limits,
+            limits=limits or primary.limits,
             renditions=renditions,
         )
         manifest = ManifestWriter()
@@ -535,3 +536,18 @@ def test_rows_of_existing_outputs_name_the_vendor_that_made_them_not_the_primary
     assert {(row["status"], row["error_code"], row["vendor"]) for row in rows} == {
         ("skipped", "already_done", "poof")
     }
+
+
+def test_an_image_outside_the_primary_s_limits_goes_to_the_next_account_without_a_primary_call(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(2))  # 80x60 images
+    primary, secondary = Vendor("pixelcut"), Vendor("poof")
+    primary.limits = InputLimits(max_bytes=1_000_000, min_side=64, max_side=4000)  # 60 px: too small
+    # planning checked the chain's widest limits (the secondary's): both are billable
+    result, rows = run_chain(storage, spec, chain(primary, secondary), limits=secondary.limits)
+    assert primary.calls == [] and sorted(secondary.done) == names(2)
+    assert result.counts["done"] == 2 and result.credits_spent == 2
+    assert {(h["account"], h["reason"]) for row in rows for h in row["handoffs"]} == {
+        ("pixelcut_conn", "rejected")
+    }
+    assert {row["account"] for row in rows} == {"poof_conn"}
