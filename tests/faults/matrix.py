@@ -440,10 +440,11 @@ def check_cell(
             assert row["error_code"] and row["error_message"], f"no reason given: {row}"
     assert sum(run.reported_counts.values()) == total
     assert Counter(run.reported_counts) == run.counts
-    # Outputs: complete images with their provenance (the vendor that made each), only for done sources.
+    # Outputs: complete images with their provenance (the vendor that made each, also named by the row
+    # of a skipped source), only for done sources.
     outputs = output_objects(storage, dst, destination_prefix)
-    made_by = {row["destination"]: row["vendor"] for row in rows if row["status"] == "done"}
-    done = set(made_by)
+    made_by = {row["destination"]: row["vendor"] for row in rows if row["status"] in ("done", "skipped")}
+    done = {row["destination"] for row in rows if row["status"] == "done"}
     for name, info in outputs.items():
         image = assert_decodes(storage.read(dst, name), name)
         assert info.metadata.get("bgremoval-source", "").startswith("gs://"), name
