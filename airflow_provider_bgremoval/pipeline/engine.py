@@ -273,7 +273,7 @@ class BatchRunner:
         self._bad_in_run = 0
         self.progress = ProgressReporter(
             len(self.plan.items) + len(self.plan.render),
-            self.processor.vendor,
+            "->".join(dict.fromkeys(account.vendor for account in self.chain.accounts)),  # pixian->poof
             every_seconds=self.progress_every_seconds,
         )
 

@@ -6,6 +6,7 @@ The circuit breakers run on a clock the vendors move by hand, so the outage cell
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -551,3 +552,15 @@ def test_an_image_outside_the_primary_s_limits_goes_to_the_next_account_without_
         ("pixelcut_conn", "rejected")
     }
     assert {row["account"] for row in rows} == {"poof_conn"}
+
+
+def test_progress_lines_name_the_chain_not_only_the_primary(batch, caplog: pytest.LogCaptureFixture) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    primary, secondary = Vendor("pixian"), Vendor("poof")
+    with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.pipeline.progress"):
+        result, _ = run_chain(storage, spec, chain(primary, secondary), progress_every_seconds=0)
+    assert result.counts["done"] == 2
+    logger = "airflow_provider_bgremoval.pipeline.progress"
+    lines = [r.getMessage() for r in caplog.records if r.name == logger]
+    assert lines and all(line.startswith("[pixian->poof] ") for line in lines)
