@@ -21,7 +21,18 @@ from airflow_provider_bgremoval.renditions import Rendition
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 #: Job parameters that mean nothing without a vendor (``max_images`` bounds vendor calls: there are none).
-_VENDOR_ONLY = ("conn_id", "cost_per_image", "shard", "masters_prefix", "max_credits", "max_images")
+_VENDOR_ONLY = (
+    "conn_id",
+    "cost_per_image",
+    "shard",
+    "masters_prefix",
+    "max_credits",
+    "max_images",
+    "max_credits_per_account",
+    "failover_on",
+    "retry_rejected_on_next",
+    "circuit_breaker",
+)
 
 
 class RenderRenditionsOperator(BucketImageOperator):

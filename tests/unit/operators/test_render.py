@@ -41,6 +41,9 @@ def test_the_job_renders_from_the_sources_with_no_hook_and_no_cost() -> None:
         ({"renditions": [{"name": "x"}], "conn_id": "pixian_default"}, "conn_id"),
         ({"renditions": [{"name": "x"}], "max_credits": 5}, "max_credits"),
         ({"renditions": [{"name": "x"}], "max_images": 10}, "max_images"),
+        ({"renditions": [{"name": "x"}], "failover_on": ["outage"]}, "failover_on"),
+        ({"renditions": [{"name": "x"}], "circuit_breaker": {"window": 5}}, "circuit_breaker"),
+        ({"renditions": [{"name": "x"}], "max_credits_per_account": {"a": 1}}, "max_credits_per_account"),
     ],
 )
 def test_refuses_vendor_parameters_and_bad_renditions_at_parse(kwargs: dict, field: str) -> None:
