@@ -130,8 +130,8 @@ class RenditionTarget:
         meta = self.existing.metadata or {}
         return meta.get(META_RENDITION) != self.rendition.name or not meta.get(META_MASTER)
 
-    def blocked_facts(self, bucket: str) -> dict[str, Any]:
-        """The manifest entry of a rendition not written because a foreign object holds its name."""
+    def _rejected_facts(self, bucket: str, code: str, message: str) -> dict[str, Any]:
+        """The manifest entry of a rendition not written (``rejected``), with why."""
         return {
             "name": self.rendition.name,
             "preset": self.rendition.spec.preset,
@@ -139,10 +139,17 @@ class RenditionTarget:
             "fingerprint": self.rendition.fingerprint,
             "status": "rejected",
             "compliant": False,
-            "error_code": "output_exists",
-            "error_message": "an object the provider did not render is at this name; "
-            "not overwritten (set overwrite=True to replace it)",
+            "error_code": code,
+            "error_message": message,
         }
+
+    def blocked_facts(self, bucket: str) -> dict[str, Any]:
+        """The manifest entry of a rendition not written because a foreign object holds its name."""
+        message = (
+            "an object the provider did not render is at this name; "
+            "not overwritten (set overwrite=True to replace it)"
+        )
+        return self._rejected_facts(bucket, "output_exists", message)
 
     def skipped_facts(self, bucket: str) -> dict[str, Any]:
         """The manifest entry of a finished rendition."""
@@ -162,19 +169,12 @@ class RenditionTarget:
         assert self.record is not None
         meta = self.record.metadata or {}
         failed = [name for name in meta.get(META_FAILED_CHECKS, "").split(",") if name]
-        return {
-            "name": self.rendition.name,
-            "preset": self.rendition.spec.preset,
-            "object": f"gs://{bucket}/{self.name}",
-            "fingerprint": self.rendition.fingerprint,
-            "status": "rejected",
-            "compliant": False,
-            "failed": failed,
-            "error_code": "rendition_noncompliant",
-            "error_message": f"recorded non-compliant on {recorded_on(self.record)}, not re-rendered"
-            f" (failed: {', '.join(failed) or 'see the record'})",
-            "record": self.record.uri,
-        }
+        message = (
+            f"recorded non-compliant on {recorded_on(self.record)}, not re-rendered"
+            f" (failed: {', '.join(failed) or 'see the record'})"
+        )
+        facts = self._rejected_facts(bucket, "rendition_noncompliant", message)
+        return {**facts, "failed": failed, "record": self.record.uri}
 
     def settled_facts(self, bucket: str) -> dict[str, Any]:
         """The manifest entry of a settled rendition: skipped, or rejected as recorded."""
