@@ -25,9 +25,6 @@ import io
 import json
 import logging
 import os
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,20 +35,11 @@ from airflow_provider_bgremoval.imaging import encode
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox, run_sandbox
 from airflow_provider_bgremoval.vendors.delta_png import decode_delta_png
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+from tests.benchmarks.bench_renditions import cpu_ms
 
 IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 #: about 1, 4 and 12 megapixels, 3:2
 SIZES = {1: (1224, 816), 4: (2448, 1632), 12: (4242, 2828)}
-
-
-def cpu_ms(work: Callable[[], object], repeats: int) -> float:
-    """Median CPU milliseconds of ``work()`` over ``repeats`` runs."""
-    samples = []
-    for _ in range(repeats):
-        start = time.process_time()
-        work()
-        samples.append((time.process_time() - start) * 1000)
-    return statistics.median(samples)
 
 
 def scaled_photo(megapixels: int) -> bytes:
