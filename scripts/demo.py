@@ -321,22 +321,49 @@ def describe(label: str, outcome: Outcome, report: dict[str, Any] | None, charge
     )
 
 
+def shown(path: Path) -> str:
+    """
+    ``path`` as the report prints it: relative to the working directory when inside it, else absolute.
+
+    :param path: a file or folder (absolute or relative, existing or not).
+    """
+    absolute = Path(os.path.abspath(path))
+    try:
+        relative = absolute.relative_to(Path.cwd())
+    except ValueError:
+        return str(absolute)
+    return str(relative) if relative.parts else "."
+
+
+def outputs_under(storage: Any, bucket: str, prefix: str) -> Iterator[Any]:
+    """
+    The objects under ``prefix`` but not under its provider folder (``_bgremoval/``: claims, plans,
+    manifests and reports of every past run), which the listing skips by name range.
+
+    :param storage: the GCS storage.
+    :param bucket: the bucket.
+    :param prefix: a folder (ending with ``/``).
+    """
+    from airflow_provider_bgremoval.pipeline.naming import internal_prefix
+    from airflow_provider_bgremoval.pipeline.planning import ranges_outside
+
+    for start, end in ranges_outside(internal_prefix(prefix), prefix, None):
+        yield from storage.list_objects(bucket, prefix, start_offset=start or None, end_offset=end)
+
+
 def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
-    """Copy the cut-outs, their renditions and the run reports to ``demo-output/``."""
+    """Copy the cut-outs, their renditions and the run reports to ``out`` (``demo-output/``)."""
     shutil.rmtree(out, ignore_errors=True)
     count = 0
-    for info in storage.list_objects(DEST_BUCKET, DEST_PREFIX):
-        if "/_bgremoval/" in "/" + info.name:
-            continue
+    for info in outputs_under(storage, DEST_BUCKET, DEST_PREFIX):
         target = out / info.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(storage.read(DEST_BUCKET, info.name))
         count += 1
-    for info in storage.list_objects(DEST_BUCKET, RENDITIONS_PREFIX):  # not counted: cut-outs only
-        if "/_bgremoval/" not in "/" + info.name:
-            target = out / info.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(storage.read(DEST_BUCKET, info.name))
+    for info in outputs_under(storage, DEST_BUCKET, RENDITIONS_PREFIX):  # not counted: cut-outs only
+        target = out / info.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read(DEST_BUCKET, info.name))
     for index, uri in enumerate(reports, start=1):
         bucket, _, name = uri[5:].partition("/")
         folder = name.rsplit("/", 1)[0] + "/"
@@ -493,7 +520,7 @@ def print_report(demo: Demo, first: Outcome, out: Path, copied: int, seconds: fl
     """The final report: the runs, the sandbox's charge log and where the outputs are."""
     admin = demo.admin
     total_charges = admin.charges()  # both accounts of the chain
-    rel = out.relative_to(REPO)
+    rel = shown(out)
     say("")
     say(f"Demo report ({demo.runner.name}; {seconds:.0f} s in all)")
     say(
@@ -568,7 +595,7 @@ def run_demo(quick: bool, work: Path, out: Path) -> None:
             run_rerun(demo)
         with step("Run 5: marketing asks for a square rendition of every photo"):
             run_new_rendition(demo)
-        with step(f"Copying outputs, reports and the contact sheet to {out.relative_to(REPO)}/"):
+        with step(f"Copying outputs, reports and the contact sheet to {shown(out)}/"):
             copied = copy_outputs(demo, out)
         print_report(demo, first, out, copied, time.monotonic() - total_started)
 
