@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -43,17 +44,36 @@ SAMPLES = 3
 AIRFLOW_MAX_MAP_LENGTH = 1024
 
 
+#: Characters kept as they are in a plan folder's id parts (letters and digits too); every other
+#: character, ``%`` included, is percent-encoded, so the mapping is injective.
+_ID_SAFE = "_.-~:+=@,"
+
+
+def _id_part(value: str) -> str:
+    """One id as one readable folder name: percent-encoded (``/`` -> ``%2F``); ``.``/``..`` too."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe=_ID_SAFE)
+
+
 def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
     """
     The folder of one planning task try's plan.
 
+    Each id becomes one folder name, percent-encoded (every character but letters, digits and
+    ``_.-~:+=@,``; ``scheduled__2026-12-01T00:00:00+00:00`` stays as it is, ``backfill/12`` becomes
+    ``backfill%2F12``), so two runs get two folders whatever their ids (``/`` used to become ``_``, so
+    ``a/b`` and ``a_b`` shared one, where the second run's create-only chunk writes were refused). A
+    plan is only read during its own run, so plans kept under the earlier naming need no migration.
+
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
-    :param run_id: the DAG run id (``/`` becomes ``_``).
+    :param run_id: the DAG run id.
     :param task_id: the planning task's id.
     :param try_number: the planning task's try.
     """
-    return f"{internal_prefix}plans/{dag_id}/{run_id.replace('/', '_')}/{task_id}/try-{try_number}/"
+    parts = "/".join(_id_part(value) for value in (dag_id, run_id, task_id))
+    return f"{internal_prefix}plans/{parts}/try-{try_number}/"
 
 
 def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:

@@ -417,10 +417,59 @@ def test_plan_prefix_keeps_one_folder_per_run_whatever_its_id() -> None:
         "cut/_bgremoval/plans/dag/scheduled__2026-12-01T00:00:00+00:00/check/try-2/"
     )
     slashed = plan_prefix("_bgremoval/", "dag", "backfill/2026/12/01", "check", 1)
-    assert slashed == "_bgremoval/plans/dag/backfill_2026_12_01/check/try-1/"
+    assert slashed == "_bgremoval/plans/dag/backfill%2F2026%2F12%2F01/check/try-1/"
     assert slashed.count("/") == "_bgremoval/plans/dag/x/check/try-1/".count("/")  # one folder level per part
     tries = {plan_prefix("_bgremoval/", "dag", "run", "check", n) for n in (1, 2)}
     assert len(tries) == 2  # a retried pre-flight never writes into its earlier try's plan
+
+
+@pytest.mark.parametrize(
+    "run_ids",
+    [
+        ("a/b", "a_b"),  # the old mapping's collision
+        ("a/b", "a%2Fb"),  # an id that looks like another's encoding
+        ("a#b", "a_b"),
+        ("a b", "a+b"),
+        ("..", "%2E%2E"),
+        ("x\ny", "x_ny"),
+    ],
+)
+def test_runs_whose_ids_differ_only_in_mapped_characters_keep_separate_plans(run_ids) -> None:
+    first, second = (plan_prefix("_bgremoval/", "dag", run_id, "check", 1) for run_id in run_ids)
+    assert first != second
+    for prefix in (first, second):
+        run_folder = prefix.split("/")[3]
+        assert run_folder not in ("", ".", "..")
+        assert not set(run_folder) & set("#[]*?\n\r /")  # what GCS names dislike, and no new folder level
+
+
+@pytest.mark.parametrize("part", ["dag_id", "task_id"])
+def test_dag_and_task_ids_are_mapped_the_same_way(part) -> None:
+    ids = {"dag_id": "dag", "task_id": "check"}
+    folders = set()
+    for value in ("a/b", "a_b"):
+        ids[part] = value
+        folders.add(plan_prefix("_bgremoval/", ids["dag_id"], "run", ids["task_id"], 1))
+    assert len(folders) == 2
+    assert all(folder.count("/") == "_bgremoval/plans/d/r/t/try-1/".count("/") for folder in folders)
+
+
+def test_two_runs_whose_ids_differ_only_by_slash_and_underscore_both_plan_and_read_their_own() -> None:
+    """With one shared folder the second run's create-only chunk writes were refused (another run's plan)."""
+    storage = MemoryStorage()
+    shards = {}
+    for run_id, first in (("nightly/42", 0), ("nightly_42", 500)):
+        prefix = plan_prefix(SPEC.internal_prefix, "dag", run_id, "check", 1)
+        writer = PlanWriter(storage, SPEC, prefix, POOF)  # type: ignore[arg-type]
+        for number in range(first, first + 3):
+            writer.add(_item(number))
+        shards[run_id] = writer.finish(max_shards=1, min_shard_size=1)
+    for run_id, first in (("nightly/42", 0), ("nightly_42", 500)):
+        (shard,) = shards[run_id]
+        plan = read_shard(storage, SPEC, shard)  # type: ignore[arg-type]
+        assert [item.source.generation for item in plan.items] == [
+            10_000 + n for n in range(first, first + 3)
+        ]
 
 
 def test_a_plan_of_an_overwriting_batch_is_only_for_an_overwriting_task() -> None:
