@@ -47,8 +47,10 @@ def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"source": row["source"], "error_code": row.get("error_code"), "message": row.get("error_message")}
 
 
-#: What the report takes of each account from the bucket tasks' summaries (the manifests have the rest).
-_ACCOUNT_STATE_KEYS = ("state", "state_message", "breaker", "breaker_opened")
+#: An account's states from best to worst: its run state is the worst state any bucket task ended it in.
+ACCOUNT_STATE_ORDER: tuple[str, ...] = ("active", "max_credits", "out_of_credits", "auth_failed")
+#: Circuit-breaker states from best to worst (the run's is the worst any task ended with).
+BREAKER_STATE_ORDER: tuple[str, ...] = ("closed", "half_open", "open")
 
 
 def _summaries(pulled: Any) -> list[Mapping[str, Any]]:
@@ -63,8 +65,58 @@ def _summaries(pulled: Any) -> list[Mapping[str, Any]]:
 def _with_states(
     accounts: list[dict[str, Any]], states: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The manifests' per-account block with each account's final state (the last bucket task's word)."""
+    """The manifests' per-account block with each account's run state (:func:`account_states`)."""
     return [entry | dict(states.get(entry["conn_id"], {})) for entry in accounts]
+
+
+def _rank(order: tuple[str, ...], state: Any) -> int:
+    """Position of ``state`` in ``order`` (an unknown state ranks worst, a missing one best)."""
+    if state is None:
+        return -1
+    return order.index(state) if state in order else len(order)
+
+
+def _fold_account(total: dict[str, Any], entry: Mapping[str, Any]) -> None:
+    """Add one bucket task's account entry to the account's run totals."""
+    total["images"] += int(entry.get("images") or 0)
+    total["possibly_charged"] += int(entry.get("possibly_charged") or 0)
+    total["breaker_opened"] += int(entry.get("breaker_opened") or 0)
+    state = entry.get("state")
+    if _rank(ACCOUNT_STATE_ORDER, state) > _rank(ACCOUNT_STATE_ORDER, total["state"]):
+        total["state"], total["state_message"] = state, entry.get("state_message")
+    if _rank(BREAKER_STATE_ORDER, entry.get("breaker")) > _rank(BREAKER_STATE_ORDER, total["breaker"]):
+        total["breaker"] = entry.get("breaker")
+    shards = total["shard_states"]
+    shards[str(state)] = shards.get(str(state), 0) + 1
+
+
+def account_states(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """
+    Each account's run totals over the bucket tasks' summaries (one per mapped shard): ``images``,
+    ``possibly_charged`` and ``breaker_opened`` summed; ``state`` (with its ``state_message``) and
+    ``breaker`` the worst any task ended with (:data:`ACCOUNT_STATE_ORDER`, :data:`BREAKER_STATE_ORDER`);
+    ``shard_states`` how many tasks ended it in each state.
+
+    :param summaries: the bucket tasks' ``summary`` XComs.
+    """
+    totals: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        for entry in summary.get("accounts") or ():
+            if isinstance(entry, Mapping) and entry.get("conn_id"):
+                total = totals.setdefault(
+                    str(entry["conn_id"]),
+                    {
+                        "images": 0,
+                        "possibly_charged": 0,
+                        "state": None,
+                        "state_message": None,
+                        "breaker": None,
+                        "breaker_opened": 0,
+                        "shard_states": {},
+                    },
+                )
+                _fold_account(total, entry)
+    return totals
 
 
 def parse_estimate(value: Any) -> dict[str, Any] | None:
@@ -189,7 +241,7 @@ class RunReportOperator(BaseOperator):
         return result
 
     def _account_states(self, context: Context) -> dict[str, dict[str, Any]]:
-        """Each account's final state and breaker, as the upstream bucket tasks' summaries report them."""
+        """Each account's run totals and state over the upstream bucket tasks' summaries."""
         upstream = sorted(self.upstream_task_ids)
         if not upstream:
             return {}
@@ -198,12 +250,7 @@ class RunReportOperator(BaseOperator):
         except Exception as exc:  # the report stands without them: the manifests hold the rest
             self.log.warning("Cannot read the bucket tasks' summaries (%s); accounts without states", exc)
             return {}
-        states: dict[str, dict[str, Any]] = {}
-        for summary in _summaries(pulled):
-            for entry in summary.get("accounts") or ():
-                if isinstance(entry, Mapping) and entry.get("conn_id"):
-                    states[str(entry["conn_id"])] = {key: entry.get(key) for key in _ACCOUNT_STATE_KEYS}
-        return states
+        return account_states(_summaries(pulled))
 
     def _write(self, storage: GcsStorage, name: str, data: bytes, content_type: str) -> str:
         bucket = self.destination_bucket

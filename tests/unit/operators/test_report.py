@@ -163,6 +163,8 @@ def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states
     ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
     ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
     final = {
+        "images": 2,
+        "possibly_charged": 0,
         "state": "out_of_credits",
         "state_message": "no credits",
         "breaker": "closed",
@@ -179,7 +181,83 @@ def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states
             "credits_spent": "1",
             "handed_on": {"out_of_credits": 1},
             **final,
+            "shard_states": {"out_of_credits": 1},
         },
         {"conn_id": "pf", "vendor": "poof", "done": 1, "credits_spent": "2", "handed_on": {}},
     ]
     assert ti.xcom_pull.call_args.kwargs == {"task_ids": ["cutouts"], "key": "summary"}
+
+
+def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
+    bucket: dict[tuple[str, str], bytes],
+) -> None:
+    """Three shards of a chain: shard 1 ran Pixian out of credits, shards 0 and 2 did not."""
+    for shard, rows in enumerate(
+        (
+            [row("a", "done", vendor="pixian", account="px", credits="1")],
+            [row("b", "done", vendor="poof", account="pf", credits="2")],
+            [row("c", "done", vendor="pixian", account="px", credits="1")],
+        )
+    ):
+        bucket["out", manifest_object_name("chain/_bgremoval/", "dag", "manual__1", "cutouts", shard, 1)] = (
+            manifest(*rows)
+        )
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="chain")
+    op.upstream_task_ids.add("cutouts")
+    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
+    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
+
+    def account(conn_id: str, images: int, state: str = "active", **fields: Any) -> dict[str, Any]:
+        return {
+            "conn_id": conn_id,
+            "images": images,
+            "possibly_charged": 0,
+            "state": state,
+            "state_message": None if state == "active" else f"{conn_id}: {state}",
+            "breaker": "closed",
+            "breaker_opened": 0,
+            **fields,
+        }
+
+    ti.xcom_pull.return_value = [  # one summary per mapped task, in map order
+        {"accounts": [account("px", 1), account("pf", 0)]},
+        {"accounts": [account("px", 1, "out_of_credits", breaker_opened=1), account("pf", 1)]},
+        {"accounts": [account("px", 1, possibly_charged=1), account("pf", 0, breaker="open")]},
+    ]
+    op.execute({"ti": ti})  # type: ignore[arg-type]
+    written = json.loads(bucket["out", f"{report_prefix('chain', 'dag', 'manual__1')}report.json"])
+    px, pf = written["accounts"]
+    assert px == {
+        "conn_id": "px",
+        "vendor": "pixian",
+        "done": 2,
+        "credits_spent": "2",
+        "handed_on": {},
+        "images": 3,
+        "possibly_charged": 1,
+        "state": "out_of_credits",  # the worst of its shards, not the last one's "active"
+        "state_message": "px: out_of_credits",
+        "breaker": "closed",
+        "breaker_opened": 1,
+        "shard_states": {"active": 2, "out_of_credits": 1},
+    }
+    assert (pf["images"], pf["state"], pf["breaker"], pf["shard_states"]) == (
+        1,
+        "active",
+        "open",
+        {"active": 3},
+    )
+
+
+@pytest.mark.parametrize(
+    ("states", "worst"),
+    [
+        (["active", "max_credits"], "max_credits"),
+        (["max_credits", "out_of_credits", "active"], "out_of_credits"),
+        (["out_of_credits", "auth_failed"], "auth_failed"),
+        (["active", "active"], "active"),
+    ],
+)
+def test_an_accounts_run_state_is_the_worst_of_its_shards(states: list[str], worst: str) -> None:
+    summaries = [{"accounts": [{"conn_id": "px", "state": state, "images": 1}]} for state in states]
+    assert report.account_states(summaries)["px"]["state"] == worst
