@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import closing
+from contextlib import aclosing, closing
 from datetime import timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -14,12 +13,8 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_bgremoval._compat import AirflowFailException, conf
 from airflow_provider_bgremoval.credits import (
     POOLING_CHOICES,
-    PoolTarget,
-    aread_pool,
     describe_error,
     describe_poll_failure,
-    describe_wait,
-    has_enough,
     is_fatal_balance_error,
     parse_min_credits,
     parse_min_images,
@@ -27,7 +22,7 @@ from airflow_provider_bgremoval.credits import (
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
-from airflow_provider_bgremoval.triggers.credits import CreditsTrigger
+from airflow_provider_bgremoval.triggers.credits import CreditsTrigger, Poll
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -92,75 +87,53 @@ class CreditsSensor(BaseSensorOperator):
         """The connections, in order (one for a single connection)."""
         return [self.conn_id] if isinstance(self.conn_id, str) else [str(c) for c in self.conn_id]
 
-    def get_hook(self) -> BackgroundRemovalHook[Any]:
-        """The vendor hook for ``conn_id``."""
-        return BackgroundRemovalHook.get_hook(str(self.conn_id))
+    def pool_costs(self) -> dict[str, str]:
+        """With ``min_images``: each account's cost per image (given, else its vendor's), as strings."""
+        costs: dict[str, str] = {}
+        for conn_id in self.conn_ids if self.min_images is not None else ():
+            given = self.cost_per_image
+            value = given.get(conn_id) if isinstance(given, Mapping) else given
+            if value is None:
+                with closing(BackgroundRemovalHook.get_hook(conn_id)) as hook:
+                    costs[conn_id] = str(hook.estimate_cost())
+            else:
+                costs[conn_id] = str(parse_min_credits(value, f"cost_per_image[{conn_id!r}]"))
+        return costs
 
-    def pool_target(self) -> PoolTarget:
-        """What the pool waits for, with each account's cost per image when counting images."""
-        costs: dict[str, Decimal] = {}
-        if self.min_images is not None:
-            for conn_id in self.conn_ids:
-                given = self.cost_per_image
-                value = given.get(conn_id) if isinstance(given, Mapping) else given
-                if value is None:
-                    with closing(BackgroundRemovalHook.get_hook(conn_id)) as hook:
-                        costs[conn_id] = hook.estimate_cost()
-                else:
-                    costs[conn_id] = parse_min_credits(value, f"cost_per_image[{conn_id!r}]")
-        return PoolTarget(
-            tuple(self.conn_ids),
-            self.pooling,
-            min_credits=None if self.min_credits is None else parse_min_credits(self.min_credits),
-            min_images=None if self.min_images is None else parse_min_images(self.min_images),
-            costs=costs,
-        )
-
-    def _fail(self, detail: str, exc: BaseException | None = None) -> AirflowFailException:
-        error = AirflowFailException(f"{type(self).__name__} on connection {self.conn_id!r}: {detail}")
-        error.__cause__ = exc
+    def _fail(self, detail: BaseException | str) -> AirflowFailException:
+        text = detail if isinstance(detail, str) else describe_error(detail)
+        error = AirflowFailException(f"{type(self).__name__} on connection {self.conn_id!r}: {text}")
+        error.__cause__ = detail if isinstance(detail, BaseException) else None
         return error
 
-    def _poke_pool(self) -> PokeReturnValue:
-        try:
-            target = self.pool_target()
-        except Exception as exc:  # a bad target or cost, a missing connection: nothing will change that
-            raise self._fail(describe_error(exc), exc) from exc
-        verdict = target.verdict(run_coroutine(aread_pool(target.conn_ids, BackgroundRemovalHook.aget_hook)))
-        self.log.info("%s", verdict.describe())
-        if verdict.met:
-            return PokeReturnValue(is_done=True, xcom_value=verdict.as_dict())
-        fatal = verdict.fatal_error
-        if fatal is not None:
-            raise self._fail(fatal)
-        if self.deferrable:
-            costs = {c: str(v) for c, v in (target.costs or {}).items()}
-            self.defer(
-                trigger=self.trigger(costs),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=self.timeout),
-            )
-        return PokeReturnValue(is_done=False)
+    async def _poll(self, trigger: CreditsTrigger) -> Poll:
+        """The trigger's one poll, logged in this task's log."""
+        if trigger.pooled:
+            return await trigger.poll_pool(trigger.pool_target(), logger=self.log)
+        threshold = parse_min_credits(trigger.min_credits)
+        async with aclosing(await trigger.get_hook()) as hook:
+            return await trigger.poll_account(hook, threshold, logger=self.log)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        """Read the balance once; done when the usable balance reaches ``min_credits`` (else maybe defer)."""
-        if self.pooled:
-            return self._poke_pool()
+        """Poll once, as the trigger does; done when the target is met (else maybe defer)."""
         try:
-            threshold = parse_min_credits(self.min_credits)  # a template may render to a non-number
-            with closing(self.get_hook()) as hook:
-                balance = hook.get_balance()
-        except Exception as exc:
-            if is_fatal_balance_error(exc):  # a bad threshold and a missing connection are, too
-                raise self._fail(describe_error(exc), exc) from exc
+            trigger = self.trigger(self.pool_costs())
+        except Exception as exc:  # a bad target or cost, a missing connection: nothing will change that
+            raise self._fail(exc) from exc
+        try:
+            poll = run_coroutine(self._poll(trigger))
+        except Exception as exc:  # the connection could not be read
+            if is_fatal_balance_error(exc) or trigger.pooled:
+                raise self._fail(exc) from exc
             self.log.warning("%s", describe_poll_failure(str(self.conn_id), exc))
             return PokeReturnValue(is_done=False)
-        self.log.info("%s", describe_wait(str(self.conn_id), balance, threshold))
-        if has_enough(balance, threshold):
-            return PokeReturnValue(is_done=True, xcom_value=balance.as_dict())
+        if poll.met is not None:
+            return PokeReturnValue(is_done=True, xcom_value=poll.met)
+        if poll.fatal is not None:
+            raise self._fail(poll.fatal)
         if self.deferrable:  # after one poke on the worker, wait in the triggerer
             self.defer(
-                trigger=self.trigger(),
+                trigger=trigger,
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout),
             )

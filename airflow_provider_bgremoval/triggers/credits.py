@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -27,6 +29,27 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between two polls when exponential backoff is on and no ``max_wait`` was given.
 DEFAULT_MAX_POLL_INTERVAL = 900.0
+
+
+class PollLog(Protocol):
+    """Where a poll's verdict is logged: the trigger's logger, or the sensor task's log."""
+
+    def info(self, msg: str, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Poll:
+    """
+    One poll's outcome, the same for the sensor's poke and the trigger's loop: met, fatal, or neither.
+
+    :param met: the target is met: the balance's (a pool: the verdict's) ``as_dict()``.
+    :param fatal: a failure no later poll can fix: the error, or a pool's account error as text.
+    """
+
+    met: dict[str, Any] | None = None
+    fatal: BaseException | str | None = None
 
 
 class CreditsTrigger(BaseTrigger):
@@ -138,75 +161,89 @@ class CreditsTrigger(BaseTrigger):
         """Wait between polls (tests replace it to travel in time)."""
         await asyncio.sleep(seconds)
 
-    def _error(self, exc: BaseException, *, fatal: bool) -> dict[str, Any]:
+    async def poll_account(
+        self,
+        hook: BackgroundRemovalHook[Any],
+        threshold: Decimal,
+        polls: int | None = None,
+        logger: PollLog = log,
+    ) -> Poll:
+        """
+        One balance poll of the single account (the sensor's poke, a step of :meth:`run`).
+
+        :param hook: the account's open hook.
+        :param threshold: the credits waited for.
+        :param polls: the poll's number, for the log (``None``: a poke).
+        :param logger: where the verdict is logged.
+        """
+        conn_id = str(self.conn_id)
+        try:
+            balance = await hook.aget_balance()
+        except Exception as exc:
+            if is_fatal_balance_error(exc):
+                return Poll(fatal=exc)
+            logger.warning(
+                "%s%s", "" if polls is None else f"Poll {polls}: ", describe_poll_failure(conn_id, exc)
+            )
+            return Poll()
+        logger.info("%s", _numbered(describe_wait(conn_id, balance, threshold), polls))
+        return Poll(met=balance.as_dict() if has_enough(balance, threshold) else None)
+
+    async def poll_pool(
+        self,
+        target: PoolTarget,
+        polls: int | None = None,
+        logger: PollLog = log,
+    ) -> Poll:
+        """
+        One poll of every account of the pool (the sensor's poke, a step of :meth:`run`).
+
+        :param target: what the pool waits for (:meth:`pool_target`).
+        :param polls: the poll's number, for the log (``None``: a poke).
+        :param logger: where the verdict is logged.
+        """
+        verdict = target.verdict(await aread_pool(target.conn_ids, self.get_hook_for))
+        logger.info("%s", _numbered(verdict.describe(), polls))
+        return Poll(met=verdict.as_dict()) if verdict.met else Poll(fatal=verdict.fatal_error)
+
+    def _error(self, exc: BaseException | str, *, fatal: bool) -> dict[str, Any]:
+        if isinstance(exc, str):  # a pool's account error
+            kind, message = "PoolAccountError", f"credits check on pool {self.conn_id!r} failed: {exc}"
+        else:
+            kind, message = type(exc).__name__, f"credits check on connection {self.conn_id!r} failed: {exc}"
         return {
             "status": "error",
             "fatal": fatal,
             "conn_id": self.conn_id,
-            "error_type": type(exc).__name__,
-            "message": f"credits check on connection {self.conn_id!r} failed: {exc}",
+            "error_type": kind,
+            "message": message,
         }
 
-    async def _poll_pool(self) -> dict[str, Any]:
-        try:
-            target = self.pool_target()
-        except Exception as exc:
-            return self._error(exc, fatal=True)
+    async def _repeat(self, poll: Callable[[int], Awaitable[Poll]], met: dict[str, Any]) -> dict[str, Any]:
+        """Poll until met or fatal; the event (``met``: the success event's fields but the reading's)."""
         polls = 0
         while True:
             polls += 1
-            verdict = target.verdict(await aread_pool(target.conn_ids, self.get_hook_for))
-            log.info("%s after %d poll(s)", verdict.describe(), polls)
-            if verdict.met:
-                return {
-                    "status": "success",
-                    "conn_id": self.conn_id,
-                    "pool": verdict.as_dict(),
-                    "polls": polls,
-                }
-            fatal = verdict.fatal_error
-            if fatal is not None:
-                message = f"credits check on pool {self.conn_id!r} failed: {fatal}"
-                return {
-                    "status": "error",
-                    "fatal": True,
-                    "conn_id": self.conn_id,
-                    "error_type": "PoolAccountError",
-                    "message": message,
-                }
+            outcome = await poll(polls)
+            if outcome.fatal is not None:
+                return self._error(outcome.fatal, fatal=True)
+            if outcome.met is not None:
+                key = "pool" if self.pooled else "balance"
+                return {"status": "success", "conn_id": self.conn_id, **met, key: outcome.met, "polls": polls}
             await self.sleep(self.next_interval(polls))
 
     async def _poll(self) -> dict[str, Any]:
-        if self.pooled:
-            return await self._poll_pool()
         try:
-            threshold = parse_min_credits(self.min_credits)
-            hook = await self.get_hook()
-        except Exception as exc:  # bad threshold or missing connection: nothing will change that
+            target = self.pool_target() if self.pooled else parse_min_credits(self.min_credits)
+            hook = None if isinstance(target, PoolTarget) else await self.get_hook()
+        except Exception as exc:  # bad target or missing connection: nothing will change that
             return self._error(exc, fatal=True)
-        polls = 0
+        if isinstance(target, PoolTarget):
+            return await self._repeat(lambda polls: self.poll_pool(target, polls), {})
+        assert hook is not None
         async with aclosing(hook):
-            while True:
-                polls += 1
-                try:
-                    balance = await hook.aget_balance()
-                except Exception as exc:
-                    if is_fatal_balance_error(exc):
-                        return self._error(exc, fatal=True)
-                    log.warning("Poll %d: %s", polls, describe_poll_failure(str(self.conn_id), exc))
-                else:
-                    log.info(
-                        "%s after %d poll(s)", describe_wait(str(self.conn_id), balance, threshold), polls
-                    )
-                    if has_enough(balance, threshold):
-                        return {
-                            "status": "success",
-                            "conn_id": self.conn_id,
-                            "min_credits": str(threshold),
-                            "balance": balance.as_dict(),
-                            "polls": polls,
-                        }
-                await self.sleep(self.next_interval(polls))
+            poll = functools.partial(self.poll_account, hook, target)
+            return await self._repeat(poll, {"min_credits": str(target)})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the threshold is met (or a fatal error), yield one event, return."""
@@ -215,3 +252,7 @@ class CreditsTrigger(BaseTrigger):
         except Exception as exc:  # a bug must not kill the triggerer (cancellation is no Exception)
             event = self._error(exc, fatal=False)
         yield TriggerEvent(event)  # type: ignore[no-untyped-call]
+
+
+def _numbered(text: str, polls: int | None) -> str:
+    return text if polls is None else f"{text} after {polls} poll(s)"
