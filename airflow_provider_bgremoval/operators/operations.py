@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,8 @@ OPERATIONS = ("remove_background", "generate_background")
 REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
 #: The generate-background options, as ``GenerateBackgroundOperator`` takes them.
 GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
+#: Every image parameter of the bucket operations by name (the arrivals trigger takes them all).
+IMAGE_FIELDS = (*REMOVAL_FIELDS, "vendor_options", *GENERATION_FIELDS)
 #: Each vendor's typed removal options (in a chain of connections, typed options apply to their vendor only).
 VENDOR_OPTION_TYPES: dict[type, str] = {
     PixelcutOptions: "pixelcut",
@@ -81,6 +84,23 @@ def generation_options_of(options: Mapping[str, Any]) -> PixelcutGenerateOptions
     :param options: the parameters by name (:data:`GENERATION_FIELDS`; others are ignored).
     """
     return PixelcutGenerateOptions.coerce({name: options.get(name) for name in GENERATION_FIELDS})
+
+
+def image_parameters(given: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Every image parameter (:data:`IMAGE_FIELDS`): those given, the operators' own defaults for the rest.
+
+    :param given: parameters by name (another name is refused).
+    """
+    unknown = sorted(set(given) - set(IMAGE_FIELDS))
+    if unknown:
+        raise InvalidOptionError(unknown[0], f"is not an image parameter ({', '.join(IMAGE_FIELDS)})")
+    defaults = {
+        name: parameter.default
+        for operator in (RemovalParameters, GenerationParameters)
+        for name, parameter in inspect.signature(operator.__init__).parameters.items()
+    }
+    return {name: given.get(name, defaults[name]) for name in IMAGE_FIELDS}
 
 
 def processor_for(

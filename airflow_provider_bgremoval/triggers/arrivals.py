@@ -28,6 +28,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
 from airflow_provider_bgremoval.operators.operations import (
     OPERATIONS,
     generation_options_of,
+    image_parameters,
     processor_for,
     removal_options_of,
     vendor_options_for,
@@ -232,22 +233,14 @@ class NewImagesTrigger(BaseEventTrigger):
     :param min_batch: fewest waiting images a settled burst fires for (fewer wait for ``max_wait``).
     :param ordered_names: names sort by arrival (``incoming/20261201T1800-…``): list from the watermark's
         name only (one request per poll whatever the prefix holds).
-    :param output_format: as the removal task's.
-    :param background_color: as the removal task's.
-    :param crop: as the removal task's.
-    :param margin: as the removal task's.
-    :param max_size: as the removal task's.
-    :param jpeg_quality: as the removal task's.
-    :param vendor_options: as the removal task's (a mapping of the vendor options' fields; with a chain,
-        a mapping by vendor name).
-    :param scene: as the generation task's.
-    :param prompt: as the generation task's.
-    :param negative_prompt: as the generation task's.
-    :param image_transform: as the generation task's.
     :param renditions: as the bucket task's (docs/pipeline.md "Renditions"): a source whose master is
         finished but a rendition missing or stale counts as an image to process (render-only, 0 credits).
     :param masters_prefix: as the bucket task's (with ``renditions``; ``<destination_prefix>masters/``).
     :param rendition_presets: as the bucket task's (user-defined presets, as mappings of spec fields).
+    :param image_options: the image parameters, as the bucket task's (same names and defaults:
+        :data:`~airflow_provider_bgremoval.operators.operations.IMAGE_FIELDS`, the removal ones and the
+        generation ones); ``vendor_options`` as a mapping of the vendor options' fields (with a chain, a
+        mapping by vendor name).
     """
 
     def __init__(
@@ -268,20 +261,10 @@ class NewImagesTrigger(BaseEventTrigger):
         max_wait: float = 900.0,
         min_batch: int = 1,
         ordered_names: bool = False,
-        output_format: str = "png",
-        background_color: str | None = None,
-        crop: bool | str = False,
-        margin: str | None = None,
-        max_size: Any = None,
-        jpeg_quality: int = 90,
-        vendor_options: Any = None,
-        scene: str | None = None,
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
-        image_transform: Mapping[str, float] | None = None,
         renditions: Sequence[Mapping[str, Any] | Rendition | RenditionSpec] | str | None = None,
         masters_prefix: str | None = None,
         rendition_presets: Mapping[str, Any] | None = None,
+        **image_options: Any,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if is_template(renditions):
@@ -321,20 +304,7 @@ class NewImagesTrigger(BaseEventTrigger):
                 "poll_interval and max_wait must be positive, settle_seconds not "
                 "negative, min_batch at least 1",
             )
-        given = {
-            "output_format": output_format,
-            "background_color": background_color,
-            "crop": crop,
-            "margin": margin,
-            "max_size": max_size,
-            "jpeg_quality": jpeg_quality,
-            "vendor_options": vendor_options,
-            "scene": scene,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "image_transform": image_transform,
-        }
-        self.options: dict[str, Any] = {name: _primitive(value) for name, value in given.items()}
+        self.options = {name: _primitive(value) for name, value in image_parameters(image_options).items()}
         vendor_options_for(self.options["vendor_options"], None, chained=len(self.conn_ids) > 1)
         if operation == "generate_background":  # fail at DAG parse on bad options, as the operators do
             generation_options_of(self.options)
