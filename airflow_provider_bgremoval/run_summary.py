@@ -18,9 +18,30 @@ def _decimal(value: Any) -> Decimal:
         return Decimal(0)
 
 
+#: The end of a task try's final manifest's name (its checkpoint parts end ``try-<n>.part-<k>.jsonl``).
+_FINAL = re.compile(r"try-(\d+)\.jsonl$")
+#: What separates a checkpoint part's name from its final manifest's stem (``manifest_part_name``).
+_PART_MARK = ".part-"
+
+
 def _try_number(name: str) -> int:
-    match = re.search(r"try-(\d+)\.jsonl$", name)
+    match = _FINAL.search(name)
     return int(match.group(1)) if match else 0
+
+
+def manifests_to_read(names: Iterable[str]) -> list[str]:
+    """
+    Of the ``.jsonl`` names listed in a run's manifest folder, those :func:`summarise_manifests` needs:
+    each task try's final manifest, or its checkpoint parts when it has none (a try stopped before
+    storing it); the parts of a try whose final manifest exists hold nothing more and are not read.
+
+    :param names: object names (or URIs), in any order; other names are dropped.
+    """
+    listed = [name for name in names if name.endswith(".jsonl")]
+    finals = {name for name in listed if _FINAL.search(name)}
+    return [
+        name for name in listed if name in finals or f"{name.rpartition(_PART_MARK)[0]}.jsonl" not in finals
+    ]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from airflow_provider_bgremoval.contact_sheet import render_contact_sheet, rendi
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
-from airflow_provider_bgremoval.run_summary import summarise_manifests
+from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
@@ -191,10 +191,10 @@ class RunReportOperator(BaseOperator):
         dag_id, run_id = ti.dag_id, ti.run_id
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         where = manifest_run_prefix(internal_prefix(self.destination_prefix), dag_id, run_id)
+        listed = [info.name for info in storage.list_objects(self.destination_bucket, where)]
         summary = summarise_manifests(
-            (info.uri, storage.read(info.bucket, info.name))
-            for info in storage.list_objects(self.destination_bucket, where)
-            if info.name.endswith(".jsonl")
+            (f"gs://{self.destination_bucket}/{name}", storage.read(self.destination_bucket, name))
+            for name in manifests_to_read(listed)
         )
         folder = report_prefix(self.destination_prefix, dag_id, run_id)
         sample = summary.by_status("done")[: int(self.sample_size)]

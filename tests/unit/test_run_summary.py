@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_bgremoval.pipeline.manifest import STATUSES, manifest_part_name
-from airflow_provider_bgremoval.run_summary import RunSummary, summarise_manifests
+from airflow_provider_bgremoval.run_summary import RunSummary, manifests_to_read, summarise_manifests
 
 FOLDER = "gs://out/_bgremoval/manifests/dag/run/task"
 
@@ -91,3 +91,18 @@ def test_per_account_block_of_a_failover_chain() -> None:
         },
         {"conn_id": "pf", "vendor": "poof", "done": 1, "credits_spent": "2", "handed_on": {}},
     ]
+
+
+def test_only_the_manifests_that_hold_the_record_are_read() -> None:
+    """A try's final manifest holds every row of its checkpoint parts: the parts are read only without it."""
+    final, stopped = f"{FOLDER}/try-1.jsonl", f"{FOLDER}.1/try-2.jsonl"
+    names = [
+        manifest_part_name(final, 1),
+        manifest_part_name(final, 2),
+        final,
+        manifest_part_name(stopped, 1),  # try 2 of another task stopped before its final manifest
+        manifest_part_name(stopped, 2),
+        f"{FOLDER}/notes.txt",
+    ]
+    assert manifests_to_read(names) == [final, manifest_part_name(stopped, 1), manifest_part_name(stopped, 2)]
+    assert manifests_to_read([]) == []

@@ -261,3 +261,46 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
 def test_an_accounts_run_state_is_the_worst_of_its_shards(states: list[str], worst: str) -> None:
     summaries = [{"accounts": [{"conn_id": "px", "state": state, "images": 1}]} for state in states]
     assert report.account_states(summaries)["px"]["state"] == worst
+
+
+def test_the_report_lists_only_its_runs_manifests_and_reads_each_try_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination with 300 past runs (manifests, reports, plans, claims); this run: 3 shards, one with
+    12 checkpoint parts and its final manifest, one whose try stopped before its final (parts only)."""
+    from airflow_provider_bgremoval.pipeline.manifest import manifest_part_name
+    from tests.support.memory_storage import MemoryStorage as CountingStorage
+
+    storage = CountingStorage()
+    internal = "cut/_bgremoval/"
+    for past in range(300):
+        run_id = f"scheduled__2026-{1 + past // 28:02d}-{1 + past % 28:02d}T00:00:00+00:00"
+        for shard in range(3):
+            name = manifest_object_name(internal, "dag", run_id, "cutouts", shard, 1)
+            storage.put("out", name, manifest(row(f"p{past}-{shard}", "done", credits="1")))
+        storage.put("out", f"{report_prefix('cut', 'dag', run_id)}report.json", b"{}")
+        storage.put("out", f"{internal}plans/dag/{run_id}/check/try-1/items-000000.jsonl", b"{}\n")
+        storage.put("out", f"{internal}claims/p{past}.json", b"{}")
+    finals = [manifest_object_name(internal, "dag", "manual__1", "cutouts", shard, 1) for shard in range(3)]
+    for part in range(1, 13):  # shard 0: checkpoints, then its final manifest holding every row
+        storage.put(
+            "out", manifest_part_name(finals[0], part), manifest(row(f"a{part}", "done", credits="1"))
+        )
+    storage.put("out", finals[0], manifest(*(row(f"a{part}", "done", credits="1") for part in range(1, 13))))
+    storage.put("out", finals[1], manifest(row("b", "done", credits="1")))
+    for part in (1, 2):  # shard 2: killed before its final manifest: its parts are the record
+        storage.put("out", manifest_part_name(finals[2], part), manifest(row(f"c{part}", "pending")))
+    monkeypatch.setattr(report, "GcsStorage", lambda gcp_conn_id: storage)
+    op = RunReportOperator(
+        task_id="run_report", destination_bucket="out", destination_prefix="cut", sample_size=0
+    )
+    result, _ = run(op)
+
+    assert result["counts"] == {"done": 13, "skipped": 0, "rejected": 0, "failed": 0, "pending": 2}
+    assert result["credits_spent"] == "13"
+    run_folder = f"{internal}manifests/dag/manual__1/"
+    assert storage.listed and all(name.startswith(run_folder) for name in storage.listed)
+    assert len(storage.listed) == 12 + 1 + 1 + 2  # this run's objects only, not 300 runs' 1,800
+    assert storage.requests["list"] == 1
+    read = sorted(name for _, name in storage.reads)
+    assert read == sorted([finals[0], finals[1], *(manifest_part_name(finals[2], part) for part in (1, 2))])
