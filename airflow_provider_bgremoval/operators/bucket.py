@@ -160,7 +160,6 @@ class BucketImageOperator(BucketJobOperator):
                     owner,
                     lease_seconds=self.claim_lease,
                 ),
-                balance_probe=job.hook.aget_balance if job.hook is not None else None,
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),
                 accounts=job.chain,
@@ -295,21 +294,40 @@ class BucketImageOperator(BucketJobOperator):
             if getattr(outlet, "uri", "").rstrip("/") == destination:
                 context["outlet_events"][outlet].extra.update(extra)
 
+    def lineage_datasets(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """
+        Every dataset the task reads and writes, as ``(namespace, name)`` pairs: ``("gs://bucket", prefix)``.
+
+        Inputs: the source prefix and, with renditions, the masters (the renditions of stored masters are
+        rendered from them). Outputs: the destination prefix or, with renditions, the masters and every
+        rendition folder (``<destination_prefix><name>/``). Masters that are the task's own sources
+        (:class:`~airflow_provider_bgremoval.operators.render.RenderRenditionsOperator`) are an input
+        only; the provider's ``_bgremoval/`` folder is never named.
+        """
+        spec = self._spec()
+        sources = (f"gs://{spec.source_bucket}", spec.source_prefix or "/")
+        if self.single_output:
+            return [sources], [(f"gs://{spec.destination_bucket}", spec.destination_prefix or "/")]
+        layout = self.layout_of(spec, self.parsed_renditions())
+        masters = (f"gs://{layout.masters_bucket}", layout.masters_prefix or "/")
+        folders = [(f"gs://{layout.destination_bucket}", layout.folder(r)) for r in layout.renditions]
+        if masters == sources:
+            return [sources], folders
+        return [sources, masters], [masters, *folders]
+
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """
-        OpenLineage inputs and outputs: the source and destination prefixes.
+        OpenLineage inputs and outputs: :meth:`lineage_datasets`.
 
         :param task_instance: the finished task instance.
         """
         from airflow.providers.common.compat.openlineage.facet import Dataset
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        spec = self._spec()
+        inputs, outputs = self.lineage_datasets()
         return OperatorLineage(
-            inputs=[Dataset(namespace=f"gs://{spec.source_bucket}", name=spec.source_prefix or "/")],
-            outputs=[
-                Dataset(namespace=f"gs://{spec.destination_bucket}", name=spec.destination_prefix or "/")
-            ],
+            inputs=[Dataset(namespace=namespace, name=name) for namespace, name in inputs],
+            outputs=[Dataset(namespace=namespace, name=name) for namespace, name in outputs],
         )
 
 

@@ -29,3 +29,71 @@ def test_the_failure_rate_counts_billable_rows_only() -> None:
     sent = BatchResult(counts=Counter(done=5, failed=6), billable=11)
     with pytest.raises(AirflowException, match="failure rate 55% is over max_failure_rate 10%"):
         op._verdict({}, "pixian", sent, SUMMARY)  # type: ignore[arg-type]
+
+
+BUCKETS = {
+    "conn_id": "pixian_default",
+    "source_bucket": "raw",
+    "destination_bucket": "out",
+    "gcp_conn_id": None,
+}
+RENDITIONS = [{"name": "thumb", "format": "jpeg", "size": 256}, {"name": "web", "format": "webp"}]
+
+
+def test_lineage_without_renditions_is_the_source_and_destination_prefixes() -> None:
+    op = RemoveBackgroundOperator(task_id="t", source_prefix="in", destination_prefix="cut/", **BUCKETS)
+    assert op.lineage_datasets() == ([("gs://raw", "in/")], [("gs://out", "cut/")])
+    whole = RemoveBackgroundOperator(task_id="t", **BUCKETS)
+    assert whole.lineage_datasets() == ([("gs://raw", "/")], [("gs://out", "/")])
+
+
+@pytest.mark.parametrize(
+    ("masters_prefix", "masters"), [(None, "cut/masters/"), ("archive/masters/", "archive/masters/")]
+)
+def test_lineage_with_renditions_names_the_masters_and_every_rendition_folder(
+    masters_prefix: str | None, masters: str
+) -> None:
+    op = RemoveBackgroundOperator(
+        task_id="t",
+        source_prefix="in/",
+        destination_prefix="cut/",
+        renditions=RENDITIONS,
+        masters_prefix=masters_prefix,
+        **BUCKETS,
+    )
+    inputs, outputs = op.lineage_datasets()
+    # the stored masters are read too: the renditions of finished masters are rendered from them
+    assert inputs == [("gs://raw", "in/"), ("gs://out", masters)]
+    assert outputs == [("gs://out", masters), ("gs://out", "cut/thumb/"), ("gs://out", "cut/web/")]
+    assert not any("_bgremoval" in name for _, name in inputs + outputs)
+
+
+def test_openlineage_facets_carry_the_lineage_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenLineage's own classes (the provider is not installed here) stand in as plain records."""
+    import dataclasses
+    import sys
+    import types
+
+    from airflow.providers.common.compat.openlineage import facet
+
+    @dataclasses.dataclass
+    class Dataset:
+        namespace: str
+        name: str
+
+    @dataclasses.dataclass
+    class OperatorLineage:
+        inputs: list[Dataset]
+        outputs: list[Dataset]
+
+    extractors = types.ModuleType("airflow.providers.openlineage.extractors")
+    extractors.OperatorLineage = OperatorLineage  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "airflow.providers.openlineage", types.ModuleType("openlineage"))
+    monkeypatch.setitem(sys.modules, "airflow.providers.openlineage.extractors", extractors)
+    monkeypatch.setattr(facet, "Dataset", Dataset, raising=False)
+    op = RemoveBackgroundOperator(
+        task_id="t", source_prefix="in/", destination_prefix="cut/", renditions=RENDITIONS, **BUCKETS
+    )
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert lineage.inputs == [Dataset("gs://raw", "in/"), Dataset("gs://out", "cut/masters/")]
+    assert [d.name for d in lineage.outputs] == ["cut/masters/", "cut/thumb/", "cut/web/"]

@@ -66,3 +66,18 @@ def test_a_rendition_folder_inside_the_masters_is_refused_in_their_bucket_only()
     )
     layout = other.prepare_job().renditions
     assert layout is not None and layout.name_of(layout.renditions[0], "products/a.png") == "x/products/a.png"
+
+
+def test_lineage_reads_the_masters_and_writes_every_rendition_folder() -> None:
+    op = RenderRenditionsOperator(
+        task_id="r",
+        source_prefix="products/masters",
+        destination_prefix="products",
+        renditions=[{"name": "thumb", "format": "jpeg", "size": 256}, {"name": "web", "format": "webp"}],
+        source_bucket="shop",
+        destination_bucket="site",
+        gcp_conn_id=None,
+    )
+    inputs, outputs = op.lineage_datasets()
+    assert inputs == [("gs://shop", "products/masters/")]  # the masters are its sources: read, not written
+    assert outputs == [("gs://site", "products/thumb/"), ("gs://site", "products/web/")]
