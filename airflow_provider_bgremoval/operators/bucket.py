@@ -160,7 +160,6 @@ class BucketImageOperator(BucketJobOperator):
                     owner,
                     lease_seconds=self.claim_lease,
                 ),
-                balance_probe=job.hook.aget_balance if job.hook is not None else None,
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),
                 accounts=job.chain,

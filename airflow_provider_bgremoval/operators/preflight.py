@@ -33,7 +33,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     run_coroutine,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
-from airflow_provider_bgremoval.pipeline.engine import HaltInfo
+from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, plan_prefix
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan
 from airflow_provider_bgremoval.results import AccountState, Balance

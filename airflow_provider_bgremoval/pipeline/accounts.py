@@ -7,6 +7,7 @@ docs/pipeline.md ("Failover").
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -14,12 +15,16 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_bgremoval._compat import Stats
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.forecast import object_name
 from airflow_provider_bgremoval.pipeline.planning import OutputIdentity
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 
 if TYPE_CHECKING:
     from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+
+log = logging.getLogger(__name__)
 
 #: What may move the rest of a batch to the next account (``failover_on``).
 FAILOVER_REASONS: tuple[str, ...] = ("out_of_credits", "auth_failed", "outage")
@@ -27,6 +32,8 @@ FAILOVER_REASONS: tuple[str, ...] = ("out_of_credits", "auth_failed", "outage")
 DEFAULT_FAILOVER_ON: tuple[str, ...] = FAILOVER_REASONS
 #: Account states (``active`` takes calls; the others are final for the run).
 ACCOUNT_STATES: tuple[str, ...] = ("active", "out_of_credits", "auth_failed", "max_credits")
+#: Prefix of the failover metrics (docs/pipeline.md, "Failover"): ``<prefix>.<event>.<conn_id>``.
+FAILOVER_METRIC_PREFIX = "bgremoval.failover"
 
 
 def parse_failover_on(value: Any) -> tuple[str, ...]:
@@ -268,6 +275,7 @@ class AccountChain:
     accounts: Sequence[Account]
     failover_on: tuple[str, ...] = DEFAULT_FAILOVER_ON
     retry_rejected_on_next: bool = False
+    last_disabled: Account | None = field(default=None, init=False)  # the account that left last
 
     def __post_init__(self) -> None:
         if not self.accounts:
@@ -277,14 +285,20 @@ class AccountChain:
             raise InvalidOptionError("conn_id", f"a connection is listed twice: {ids}")
 
     @classmethod
-    def single(cls, processor: ImageProcessor, conn_id: str = "default") -> AccountChain:
+    def single(
+        cls,
+        processor: ImageProcessor,
+        conn_id: str = "default",
+        hook: BackgroundRemovalHook[Any] | None = None,
+    ) -> AccountChain:
         """
         A chain of one account: the batch as it always was (no failover, no breaker gating).
 
         :param processor: the vendor operation.
         :param conn_id: the connection id recorded on rows.
+        :param hook: the connection's hook (its balance is read after an out-of-credits halt), if any.
         """
-        return cls([Account(conn_id, processor)])
+        return cls([Account(conn_id, processor, hook)])
 
     @property
     def primary(self) -> Account:
@@ -308,6 +322,21 @@ class AccountChain:
         :param reason: ``out_of_credits``, ``auth_failed``, ``outage`` or ``max_credits``.
         """
         return reason == "max_credits" or reason in self.failover_on
+
+    def disable(self, account: Account, state: str, message: str) -> None:
+        """
+        Take ``account`` out of the chain for the rest of the run (counted; logged while others remain).
+
+        :param account: one of :attr:`accounts`.
+        :param state: one of :data:`ACCOUNT_STATES` but ``active``.
+        :param message: why.
+        """
+        if account.usable:
+            account.disable(state, message)
+            self.last_disabled = account
+            failover_metric("account_unusable", account, reason=state)
+            if self.usable():
+                log.warning("Account %s (%s) leaves the chain: %s", account.conn_id, account.vendor, message)
 
     def usable(self) -> list[Account]:
         """The accounts still taking calls, in chain order."""
@@ -348,3 +377,16 @@ class AccountChain:
     def summary(self) -> list[dict[str, Any]]:
         """Per account: conn_id, vendor, images, credits, state and breaker (the run summary's block)."""
         return [account.summary() for account in self.accounts]
+
+
+def failover_metric(event: str, account: Account, **tags: str) -> None:
+    """
+    Count one failover event of ``account`` (``bgremoval.failover.<event>.<conn_id>``).
+
+    :param event: ``account_unusable``, ``breaker_opened`` or ``handoffs``.
+    :param account: the account concerned.
+    :param tags: more metric tags (``reason``).
+    """
+    name = object_name("", account.conn_id, "")  # only the characters stats names allow
+    tags = {"conn_id": account.conn_id, "vendor": account.vendor, **tags}
+    Stats.incr(f"{FAILOVER_METRIC_PREFIX}.{event}.{name}", tags=tags)

@@ -9,28 +9,21 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import posixpath
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import KW_ONLY, asdict, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from airflow_provider_bgremoval._compat import Stats
-from airflow_provider_bgremoval.exceptions import (
-    BgRemovalError,
-    InputRejectedError,
-    OutOfCreditsError,
-    TransientVendorError,
-    VendorAuthError,
-    safe_excerpt,
-)
-from airflow_provider_bgremoval.forecast import object_name
-from airflow_provider_bgremoval.imaging import check_limits, read_header
+from airflow_provider_bgremoval.exceptions import safe_excerpt
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
+from airflow_provider_bgremoval.pipeline.budgets import Budgets
 from airflow_provider_bgremoval.pipeline.claims import ClaimHolder, ClaimStore
+from airflow_provider_bgremoval.pipeline.failover import CallStage
+from airflow_provider_bgremoval.pipeline.flight import Flight
+from airflow_provider_bgremoval.pipeline.halts import HaltInfo, Halts
 from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter
 from airflow_provider_bgremoval.pipeline.planning import (
     META_CREDITS,
@@ -55,8 +48,7 @@ from airflow_provider_bgremoval.pipeline.rendering import (
     recorded_source,
     render_verdict,
 )
-from airflow_provider_bgremoval.results import Balance, ImageResult
-from airflow_provider_bgremoval.retry import CallStats
+from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
@@ -71,9 +63,6 @@ SAMPLE_OUTPUTS = 5
 #: Seconds in-flight calls get to finish after a timeout or a termination (SIGKILL follows in 5 s).
 DEFAULT_DRAIN_GRACE = 3.0
 
-#: Prefix of the failover metrics (docs/pipeline.md, "Failover"): ``<prefix>.<event>.<conn_id>``.
-FAILOVER_METRIC_PREFIX = "bgremoval.failover"
-
 #: How Airflow's interrupts are named in manifests and summaries.
 _INTERRUPT_CODES = {
     "AirflowTaskTimeout": ("execution_timeout", "the task hit its execution_timeout"),
@@ -81,44 +70,6 @@ _INTERRUPT_CODES = {
     "KeyboardInterrupt": ("interrupted", "the task was interrupted (SIGINT)"),
     "SystemExit": ("terminated", "the task process is exiting"),
 }
-
-
-@dataclass(frozen=True)
-class HaltInfo:
-    """
-    Why a batch (or the credits pre-flight, same shape for one alert) stopped before all billable work.
-
-    :param reason: ``out_of_credits``, ``max_credits``… (docs/pipeline.md, "Halts"), or an interrupt code.
-    :param vendor: vendor name.
-    :param message: human explanation.
-    :param remaining_images: images not processed because of the halt.
-    :param needed: credits the remaining images need (estimate).
-    :param available: credits available when the halt happened (``None`` when unknown).
-    :param fatal: True when the task must fail without retries.
-    :param accounts: a failover chain's pooled shortfall, per account in chain order: ``conn_id``,
-        ``vendor``, ``state``, ``cost_per_image``, ``needed`` (the pending images at its cost),
-        ``available`` (its balance read after the halt, ``None`` when unknown) and ``covers``
-        (images that balance pays for); empty for one connection.
-    :param shortfall_images: pending images no account's balance covers (a chain; ``None``: unknown).
-    """
-
-    reason: str
-    vendor: str
-    message: str
-    remaining_images: int = 0
-    needed: Decimal | None = None
-    available: Decimal | None = None
-    fatal: bool = False
-    accounts: tuple[dict[str, Any], ...] = ()
-    shortfall_images: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Primitive form for XCom and alerts."""
-        return {
-            key: str(value) if isinstance(value, Decimal) else value
-            for key, value in asdict(self).items()
-            if key not in ("accounts", "shortfall_images") or self.accounts
-        } | ({"accounts": [dict(entry) for entry in self.accounts]} if self.accounts else {})
 
 
 @dataclass
@@ -186,29 +137,6 @@ class BatchResult:
         ]
 
 
-@dataclass(eq=False)
-class _Flight:
-    """One image on its way through claim -> read -> call -> store, and what it has cost so far."""
-
-    item: WorkItem
-    stats: CallStats = field(default_factory=CallStats)
-    started: float = field(default_factory=time.monotonic)
-    stage: str = "claim"
-    task: asyncio.Task[Any] | None = None
-    claimed: bool = False
-    result: ImageResult | None = None
-    output_exists: bool = False
-    recorded: bool = False
-    abandoned: bool = False
-    account: Account | None = None  # the account of the current (or last) call
-    probe: bool = False  # that call is its account's half-open probe
-    outcome_due: bool = False  # its outcome is still owed to the account's breaker
-    lost_base: int = 0  # lost replies of the call stats booked to earlier accounts
-    tried: list[Account] = field(default_factory=list)  # accounts this image may not go back to
-    handoffs: list[dict[str, Any]] = field(default_factory=list)  # why earlier accounts handed it on
-    last_error: BgRemovalError | None = None
-
-
 @dataclass(eq=False, repr=False)
 class BatchRunner:
     """
@@ -225,7 +153,6 @@ class BatchRunner:
     :param max_failure_rate: failure rate above which ``fail_rate`` stops the batch.
     :param writer_id: identity recorded on outputs and claims.
     :param claims: claim store (``None`` disables claims).
-    :param balance_probe: coroutine reading the balance after an out-of-credits halt (free call).
     :param progress_every_seconds: progress log interval.
     :param drain_grace: seconds in-flight vendor calls get to finish after :meth:`request_stop`.
     :param master_max_bytes: largest master a render-only item reads (larger: failed, not read whole).
@@ -244,7 +171,6 @@ class BatchRunner:
     max_failure_rate: float = 0.1
     writer_id: str = "bgremoval"
     claims: ClaimStore | None = None
-    balance_probe: Callable[[], Awaitable[Balance]] | None = None
     progress_every_seconds: float = 30.0
     drain_grace: float = DEFAULT_DRAIN_GRACE
     master_max_bytes: int = MASTER_MAX_BYTES
@@ -254,18 +180,17 @@ class BatchRunner:
         self.result = BatchResult(billable=len(self.plan.items))
         self.chain = self.accounts or AccountChain.single(self.processor)
         self.identity = self.chain.identity
-        self._last_disabled: Account | None = None
         self._items: Iterator[WorkItem] = iter(self.plan.items)
         self._render_items: Iterator[WorkItem] = iter(self.plan.render)
         spec = self.plan.spec
         self._stage = RenditionStage(self.storage, spec.destination_bucket, self.writer_id, spec.overwrite)
-        self._flights: set[_Flight] = set()
+        self._flights: set[Flight] = set()
+        self.halts = Halts(self.processor.vendor)
+        self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
+        self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle)
         self._submitted = 0
         self._finished = 0
         self._billable_finished = 0  # what the failure rate judges: render-only items are not counted
-        self._halt_reason: HaltInfo | None = None  # completed when the run ends
-        self._exhausted = False  # the halt is a chain's every account unusable: state the pooled shortfall
-        self._stop: tuple[str, str] | None = None  # an interrupt: (code, message)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -284,17 +209,17 @@ class BatchRunner:
         :param code: the reason code recorded on pending rows (``execution_timeout``, ``terminated``…).
         :param message: human explanation.
         """
-        self._stop = self._stop or (code, message)
+        self.halts.stop = self.halts.stop or (code, message)
         if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed in between: nothing left to drain
                 self._loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:
-        if self._stop is None or self._grace_timer is not None:
+        if self.halts.stop is None or self._grace_timer is not None:
             return
-        code, message = self._stop
+        code, message = self.halts.stop
         self.result.interrupted = code
-        self._halt(code, message)
+        self.halts.record(code, message)
         log.warning(
             "%s: no new images are sent; %d call(s) in flight get %.1f s to finish and store their results",
             message,
@@ -352,124 +277,11 @@ class BatchRunner:
         if self.manifest.part_due():
             self._schedule_checkpoint()
 
-    def _halt(self, reason: str, message: str, *, fatal: bool = False, vendor: str | None = None) -> None:
-        if self._halt_reason is None:
-            self._halt_reason = HaltInfo(reason, vendor or self.processor.vendor, message, fatal=fatal)
-            log.warning("Stopping submissions: %s", message)
-
-    def _unit_cost(self) -> Decimal:
-        """Credits one image is expected to cost on the account that takes the next one."""
-        return (self.chain.preferred() or self.chain.primary).unit_cost()
-
-    def credits_at_risk(self, account: Account | None = None) -> Decimal:
-        """
-        What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight.
-
-        :param account: only what is at risk on this account (``max_credits_per_account``); ``None``: all.
-        """
-        accounts = self.chain.accounts if account is None else (account,)
-        at_risk = sum(
-            (each.credits_spent + each.unit_cost() * each.possibly_charged for each in accounts), Decimal(0)
-        )
-        default = self._unit_cost()  # an image not yet at a vendor: the account that would take it
-        for flight in self._billable_flights():
-            if account is not None and flight.account is not account:
-                continue
-            cost = default if flight.account is None else flight.account.unit_cost()
-            at_risk += cost * (flight.stats.possibly_charged - flight.lost_base)
-            at_risk += self._reservation(flight, default)
-        return at_risk
-
-    def _billable_flights(self) -> list[_Flight]:
-        """The images in flight that put credits at risk (not yet recorded, not render-only)."""
-        return [f for f in self._flights if not f.recorded and not f.item.render_only]
-
-    @staticmethod
-    def _reservation(flight: _Flight, default: Decimal) -> Decimal:
-        """
-        What ``flight``'s call holds of a budget: its charge once billed, else its account's cost.
-
-        :param flight: the image.
-        :param default: the cost of an image not yet at a vendor.
-        """
-        cost = default if flight.account is None else flight.account.unit_cost()
-        stats = flight.stats
-        return (stats.credits_charged or cost) if stats.billed_reply else cost
-
-    def _fits_total(self, flight: _Flight, account: Account, probe: bool) -> bool:
-        """
-        Whether ``max_credits`` allows ``flight``'s call on ``account``, repriced at its cost.
-
-        An image is admitted at the preferred account's cost; handed on (or sent as a dearer
-        account's half-open probe) it may cost more. If that does not fit, the batch halts
-        ``max_credits`` and the image is settled pending, not sent (docs/pipeline.md, "Failover").
-        """
-        if self.max_credits is None:
-            return True
-        others = self.credits_at_risk() - self._reservation(flight, self._unit_cost())
-        cost = account.unit_cost()
-        if others + cost <= self.max_credits:
-            return True
-        if probe:  # the probe is not made: the breaker lets the next one through
-            account.breaker.record("neutral", probe=True)
-        message = (
-            f"max_credits={self.max_credits} reached: the next call on {account.conn_id} "
-            f"({account.vendor}) costs {cost} and {others} credits are charged or at risk"
-        )
-        self._halt("max_credits", message, vendor=account.vendor)
-        self._settle(flight, "pending", "max_credits", f"{message}; this image was not sent")
-        return False
-
-    def _fits(self, account: Account) -> bool:
-        """Whether ``account``'s own budget allows one more image (if not, it leaves the chain)."""
-        if account.budget is None:
-            return True
-        at_risk = self.credits_at_risk(account)
-        if at_risk + account.unit_cost() <= account.budget:
-            return True
-        message = (
-            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached "
-            f"({at_risk} credits charged or at risk)"
-        )
-        self._disable(account, "max_credits", message)
-        return False
-
-    def _disable(self, account: Account, state: str, message: str) -> None:
-        if account.usable:
-            account.disable(state, message)
-            self._last_disabled = account
-            _metric("account_unusable", account, reason=state)
-            if self.chain.usable():
-                log.warning("Account %s (%s) leaves the chain: %s", account.conn_id, account.vendor, message)
-
-    def _halt_exhausted(self) -> None:
-        """Every account is unusable: halt as one connection would, naming each account's state."""
-        last = self._last_disabled or self.chain.primary
-        message = last.state_message or last.state
-        if len(self.chain.accounts) > 1:
-            states = "; ".join(
-                f"{a.conn_id} ({a.vendor}): {a.state} ({a.state_message})" for a in self.chain.accounts
-            )
-            message = f"every account of the chain is unusable: {states}"
-            self._exhausted = self._exhausted or self._halt_reason is None
-        self._halt(last.state, message, fatal=last.state != "max_credits", vendor=last.vendor)
-
-    def _may_retry(self, _exc: BaseException) -> bool:
-        """Retry guard: a retry after a lost reply must fit the budget (its reservation already does)."""
-        if self.max_credits is None or self.credits_at_risk() <= self.max_credits:
-            return True
-        self._halt(
-            "max_credits",
-            f"max_credits={self.max_credits} reached: a lost reply leaves no room to retry "
-            f"({self.credits_at_risk()} credits charged or at risk)",
-        )
-        return False
-
     def _next_item(self) -> WorkItem | None:
         """The next billable item the budgets allow, else the next render-only one (free: never halted)."""
-        if self._stop is not None:
+        if self.halts.stop is not None:
             return None
-        if self._halt_reason is None:
+        if self.halts.halt is None:
             item = self._next_billable()
             if item is not None:
                 return item
@@ -477,37 +289,20 @@ class BatchRunner:
 
     def _next_billable(self) -> WorkItem | None:
         if self.max_images is not None and self._submitted >= self.max_images:
-            self._halt("max_images", f"max_images={self.max_images} reached")
+            self.halts.record("max_images", f"max_images={self.max_images} reached")
             return None
         account = self.chain.preferred()
-        while account is not None and not self._fits(account):  # its budget is spent: it leaves
+        while account is not None and not self.budgets.fits(account):  # its budget is spent: it leaves
             account = self.chain.preferred()
         if account is None:
-            self._halt_exhausted()
+            self.halts.exhaust(self.chain)
             return None
-        cost = self._unit_cost()
-        if self.max_credits is not None and self.credits_at_risk() + cost > self.max_credits:
-            self._halt(
-                "max_credits",
-                f"max_credits={self.max_credits} reached (charged {self.result.credits_spent}, "
-                f"{self.result.possibly_charged} reply(s) lost and possibly charged, "
-                f"{self._in_flight_summary()}; the next image costs {cost})",
-            )
+        if not self.budgets.admits_next(self.result.credits_spent, self.result.possibly_charged):
             return None
         item = next(self._items, None)
         if item is not None:
             self._submitted += 1
         return item
-
-    def _in_flight_summary(self) -> str:
-        """The images in flight, each priced at its own account (``2 in flight: 3 on poof_conn...``)."""
-        default = self._unit_cost()
-        held: Counter[tuple[str, Decimal]] = Counter()
-        for flight in self._billable_flights():
-            where = flight.account.conn_id if flight.account is not None else "not yet sent"
-            held[(where, self._reservation(flight, default))] += 1
-        parts = ", ".join(f"{n} at {cost} ({where})" for (where, cost), n in sorted(held.items()))
-        return f"{sum(held.values())} in flight" + (f": {parts}" if parts else "")
 
     @staticmethod
     def _credits_of(account: Account, charged: Decimal | None) -> tuple[Decimal, bool]:
@@ -537,7 +332,7 @@ class BatchRunner:
             return
         rate = self._bad_in_run / finished
         if rate > self.max_failure_rate:
-            self._halt(
+            self.halts.record(
                 "failure_rate",
                 f"{self._bad_in_run} of {finished} images failed "
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
@@ -545,7 +340,7 @@ class BatchRunner:
 
     def _settle(
         self,
-        flight: _Flight,
+        flight: Flight,
         status: str,
         code: str | None = None,
         message: str | None = None,
@@ -560,7 +355,7 @@ class BatchRunner:
             )
             return
         flight.recorded = True
-        self._breaker(flight, "neutral")  # a probe that ended without a verdict (stop, cancel, defect)
+        self.calls.report(flight, "neutral")  # a probe that ended without a verdict (stop, cancel, defect)
         self._count_finished(flight, bad=status in ("rejected", "failed"))
         stats, result, account = flight.stats, flight.result, flight.account
         lost = stats.possibly_charged
@@ -598,14 +393,14 @@ class BatchRunner:
             **fields,
         )
 
-    def _count_finished(self, flight: _Flight, *, bad: bool = False) -> None:
+    def _count_finished(self, flight: Flight, *, bad: bool = False) -> None:
         """One more finished image; a billable one also counts for the failure rate."""
         self._finished += 1
         if not flight.item.render_only:
             self._billable_finished += 1
             self._bad_in_run += int(bad)
 
-    def _settle_unexpected(self, flight: _Flight, exc: Exception) -> None:
+    def _settle_unexpected(self, flight: Flight, exc: Exception) -> None:
         """Anything our code did not foresee fails this image alone, with the charges it incurred."""
         log.warning(
             "Unexpected %s while processing %s (%s stage); the image is failed, the batch goes on",
@@ -625,7 +420,7 @@ class BatchRunner:
             + ("; the vendor call was billed" if paid else ""),
         )
 
-    async def _fly(self, flight: _Flight) -> None:
+    async def _fly(self, flight: Flight) -> None:
         try:
             if flight.item.render_only:
                 await self._render_only(flight)
@@ -635,14 +430,14 @@ class BatchRunner:
             data = await self._read(flight)
             if data is None:
                 return
-            flight.result = await self._call(flight, data)
+            flight.result = await self.calls.call(flight, data)
             del data
             if flight.result is not None:
                 await self._store(flight, flight.result)
         except asyncio.CancelledError:
             if not flight.abandoned:
                 raise
-            code, message = self._stop or ("interrupted", "the batch was stopped")
+            code, message = self.halts.stop or ("interrupted", "the batch was stopped")
             self._settle(
                 flight,
                 "pending",
@@ -656,7 +451,7 @@ class BatchRunner:
             if flight.claimed and not flight.output_exists:
                 await self._release(flight)
 
-    async def _claim(self, flight: _Flight) -> bool:
+    async def _claim(self, flight: Flight) -> bool:
         if self.claims is None:
             return True
         try:
@@ -681,7 +476,7 @@ class BatchRunner:
             return not await self._stored_earlier(flight)
         return True
 
-    async def _stored_earlier(self, flight: _Flight) -> bool:
+    async def _stored_earlier(self, flight: Flight) -> bool:
         """
         A claim taken over (from an earlier try of this task instance, e.g. on a worker that died, or
         from a holder whose lease ran out): skip the image when that holder already stored its output.
@@ -699,7 +494,7 @@ class BatchRunner:
         self._settle(flight, "skipped", "already_done", message, vendor=made_by_vendor(current))
         return True
 
-    async def _read(self, flight: _Flight) -> bytes | None:
+    async def _read(self, flight: Flight) -> bytes | None:
         flight.stage = "read"
         source = flight.item.source
         try:
@@ -710,190 +505,7 @@ class BatchRunner:
             self._settle(flight, "failed", type(exc).__name__, str(exc))
             return None
 
-    async def _call(self, flight: _Flight, data: bytes) -> ImageResult | None:
-        """The vendor call, on the chain's account for it; failover moves it on to the next one."""
-        name = posixpath.basename(flight.item.source.name) or "image"
-        while True:
-            if self._stop is not None:
-                code, message = self._stop
-                self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
-                return None
-            account = await self._account_for(flight, data)
-            if account is None:
-                return None
-            flight.stage = "call"
-            flight.stats.retry_guard = self._may_retry
-            try:
-                result = await account.processor.process(data, name, flight.stats)
-            except BgRemovalError as exc:
-                if not self._after_call_error(flight, account, exc):
-                    return None
-            else:
-                self._breaker(flight, "success")
-                return result
-
-    async def _account_for(self, flight: _Flight, data: bytes) -> Account | None:
-        """The account for the image's next call; ``None`` when it is settled instead (no account left)."""
-        while True:
-            choice = self.chain.choose(flight.tried, self._fits)
-            if isinstance(choice, tuple):
-                account, probe = choice
-                rejection = self._local_rejection(account, data)
-                if rejection is None:
-                    if not self._fits_total(flight, account, probe):
-                        return None
-                    self._assign(flight, account, probe)
-                    return account
-                if probe:
-                    account.breaker.record("neutral", probe=True)
-                flight.tried.append(account)
-                self._hand_on(flight, account, "rejected", rejection)
-                continue
-            if choice is None:
-                self._no_account(flight)
-                return None
-            if self._stop is not None:
-                code, message = self._stop
-                self._settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
-                return None
-            flight.stage = "wait"  # every account left is in an outage: wait for the first probe
-            await asyncio.sleep(min(max(choice, 0.01), 0.5))
-
-    def _local_rejection(self, account: Account, data: bytes) -> InputRejectedError | None:
-        """
-        The account's own input limits, checked on the bytes in hand before its call (free).
-
-        Planning checked a chain's widest limits: when the accounts' limits differ, each is checked here.
-        """
-        limits = account.processor.limits
-        if all(other.processor.limits == limits for other in self.chain.accounts):
-            return None  # planning checked these
-        try:
-            check_limits(read_header(data, vendor=account.vendor), len(data), limits, vendor=account.vendor)
-        except InputRejectedError as exc:
-            return exc
-        return None
-
-    def _assign(self, flight: _Flight, account: Account, probe: bool) -> None:
-        previous = flight.account
-        if previous is not None and previous is not account:  # its lost replies stay booked there
-            previous.possibly_charged += flight.stats.possibly_charged - flight.lost_base
-            flight.lost_base = flight.stats.possibly_charged
-        flight.account, flight.probe, flight.outcome_due = account, probe, True
-
-    def _breaker(self, flight: _Flight, outcome: str) -> None:
-        """Report the call's outcome to its account's breaker (once per call)."""
-        account = flight.account
-        if flight.outcome_due and account is not None:
-            flight.outcome_due = False
-            opened = account.breaker.times_opened
-            account.breaker.record(outcome, probe=flight.probe)
-            if account.breaker.times_opened > opened:
-                _metric("breaker_opened", account)
-                log.warning(
-                    "Account %s (%s): circuit breaker open (%d time(s) so far); new images go on to the "
-                    "next account until a probe succeeds",
-                    account.conn_id,
-                    account.vendor,
-                    account.breaker.times_opened,
-                )
-
-    def _hand_on(self, flight: _Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
-        """Note on the image's row why ``account`` handed it on."""
-        flight.last_error = exc
-        flight.handoffs.append(
-            {
-                "account": account.conn_id,
-                "vendor": account.vendor,
-                "reason": reason,
-                "code": exc.code,
-                "message": safe_excerpt(exc.message),
-            }
-        )
-        log.info("%s: %s on %s, handed on", flight.item.source.uri, reason, account.conn_id)
-        _metric("handoffs", account, reason=reason)
-
-    def _untried(self, flight: _Flight, other_vendor_than: str | None = None) -> bool:
-        return any(
-            account not in flight.tried and account.vendor != other_vendor_than
-            for account in self.chain.usable()
-        )
-
-    def _after_call_error(self, flight: _Flight, account: Account, exc: BgRemovalError) -> bool:
-        """Settle the failed call, or return True to move the image on to the next account."""
-        if flight.stats.attempts == 0:  # a processor that does not fill in the live record: its error has it
-            flight.stats = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
-        self._breaker(flight, "transient" if isinstance(exc, TransientVendorError) else "neutral")
-        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
-            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
-            if self.chain.fails_over(reason) and len(self.chain.accounts) > 1:  # one: halts as always
-                self._disable(account, reason, str(exc))
-                if self.chain.usable():
-                    self._hand_on(flight, account, reason, exc)
-                    return True
-            self._halt_on(flight, account, reason, exc)
-            return False
-        if not flight.stats.billed_reply and self._moves_on(flight, account, exc):  # paid: stays here
-            return True
-        self._settle_call_error(flight, exc)
-        return False
-
-    def _moves_on(self, flight: _Flight, account: Account, exc: BgRemovalError) -> bool:
-        """True when the image goes on to the next account (after an outage; a rejection, if asked)."""
-        chain = self.chain
-        if isinstance(exc, TransientVendorError) and "outage" in chain.failover_on:
-            flight.tried.append(account)  # an outage here: the image goes on, never back
-            if self._untried(flight) and self._may_retry(exc):
-                self._hand_on(flight, account, "outage", exc)
-                return True
-            return False
-        if (
-            isinstance(exc, InputRejectedError)
-            and chain.retry_rejected_on_next
-            and self._untried(flight, other_vendor_than=account.vendor)
-        ):
-            flight.tried.extend(a for a in chain.accounts if a.vendor == account.vendor)
-            self._hand_on(flight, account, "rejected", exc)
-            return True
-        return False
-
-    def _halt_on(self, flight: _Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
-        """An account refused for good and nothing takes over: halt, the image stays pending."""
-        if self.chain.usable() or len(self.chain.accounts) == 1:
-            self._halt(reason, str(exc), fatal=True, vendor=account.vendor)
-        else:
-            self._halt_exhausted()
-        self._settle(flight, "pending", exc.code or reason, str(exc), request_id=exc.request_id)
-
-    def _no_account(self, flight: _Flight) -> None:
-        """No account is left for this image: settle it with what the last one said."""
-        exc = flight.last_error
-        if not self.chain.usable():
-            self._halt_exhausted()
-            halt = self._halt_reason
-            assert halt is not None
-            if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
-                self._settle(flight, "pending", halt.reason, f"{halt.message}; this image was not sent")
-            else:
-                self._settle(flight, "pending", exc.code or halt.reason, str(exc), request_id=exc.request_id)
-            return
-        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
-            code = exc.code or ("out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed")
-            self._settle(flight, "pending", code, str(exc), request_id=exc.request_id)
-        elif exc is not None:
-            self._settle_call_error(flight, exc)
-        else:  # unreachable: an image is only refused by every account after their answers
-            self._settle(flight, "failed", "no_account", "no account of the chain could take this image")
-
-    def _settle_call_error(self, flight: _Flight, exc: BgRemovalError) -> None:
-        if isinstance(exc, InputRejectedError):
-            self._settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
-        else:
-            self._settle(
-                flight, "failed", exc.code or type(exc).__name__, str(exc), request_id=exc.request_id
-            )
-
-    async def _store(self, flight: _Flight, result: ImageResult) -> None:
+    async def _store(self, flight: Flight, result: ImageResult) -> None:
         flight.stage = "store"
         item, bucket = flight.item, self.plan.spec.destination_bucket
         account = flight.account or self.chain.primary
@@ -937,7 +549,7 @@ class BatchRunner:
     def _master_facts(master: ObjectInfo, status: str) -> dict[str, Any]:
         return {"object": master.uri, "generation": master.generation, "status": status}
 
-    async def _render_only(self, flight: _Flight) -> None:
+    async def _render_only(self, flight: Flight) -> None:
         """A finished master: read it (pinned), render the missing or stale renditions, store them."""
         item, master = flight.item, flight.item.master
         assert master is not None
@@ -977,7 +589,7 @@ class BatchRunner:
             vendor=made_by_vendor(master),
         )
 
-    async def _settle_conflict(self, flight: _Flight) -> None:
+    async def _settle_conflict(self, flight: Flight) -> None:
         """The create-only write lost: another run wrote first, or something else is in the way."""
         flight.output_exists = True  # not ours to release: the destination exists
         try:
@@ -997,7 +609,7 @@ class BatchRunner:
                 "the destination appeared during the run; not overwritten",
             )
 
-    async def _release(self, flight: _Flight) -> None:
+    async def _release(self, flight: Flight) -> None:
         assert self.claims is not None
         try:
             await self._blocking(self.claims.release, flight.item.destination)
@@ -1010,7 +622,7 @@ class BatchRunner:
 
     async def _worker(self) -> None:
         while (item := self._next_item()) is not None:
-            flight = _Flight(item, task=asyncio.current_task())
+            flight = Flight(item, task=asyncio.current_task())
             self._flights.add(flight)
             try:
                 await self._fly(flight)
@@ -1056,7 +668,7 @@ class BatchRunner:
                     error_message=outcome.message,
                     **(outcome.extra or {}),
                 )
-            if self._stop is not None:
+            if self.halts.stop is not None:
                 self._begin_drain()
             workers = min(self.max_concurrency, max(1, len(self.plan.items) + len(self.plan.render)))
             outcomes = await asyncio.gather(*(self._worker() for _ in range(workers)), return_exceptions=True)
@@ -1072,16 +684,20 @@ class BatchRunner:
             self._executor.shutdown(wait=True)
             self._executor = None
             self.result.duration_s = time.monotonic() - started
-        if self._halt_reason is not None:
-            self.result.halt = await self._halt_info(self._halt_reason)
+        self.result.halt = await self.halts.complete(
+            self.chain,
+            pending=self.result.counts["pending"],
+            billable=self.result.billable_counts["pending"],  # render-only: free
+            cost=self.processor.cost_per_image,
+        )
         self.progress.update(self._finished, self.result.counts, self.result.credits_spent, force=True)
         if failures:
             raise failures[0]
         return self.result
 
     def _record_unsubmitted(self) -> None:
-        halt = self._halt_reason
-        code, message = self._stop or (
+        halt = self.halts.halt
+        code, message = self.halts.stop or (
             (halt.reason, halt.message) if halt else ("not_started", "not started")
         )
         for item in (*self._items, *self._render_items):
@@ -1094,84 +710,6 @@ class BatchRunner:
                 error_code=code,
                 error_message=message,
             )
-
-    async def _halt_info(self, halt: HaltInfo) -> HaltInfo:
-        """
-        The halt with what is left; balances are read (free calls) only for a credits halt.
-
-        Never after a stop request: the record must be stored before the task is killed.
-        """
-        pending = self.result.counts["pending"]
-        billable = self.result.billable_counts["pending"]  # render-only: free
-        needed = self.processor.cost_per_image * billable
-        halt = replace(halt, remaining_images=pending, needed=needed)
-        if self._stop is not None:
-            return halt
-        if self._exhausted:
-            return await self._pooled_shortfall(halt)
-        available: Decimal | None = None
-        if halt.reason == "out_of_credits" and self.balance_probe is not None:
-            with contextlib.suppress(BgRemovalError):
-                available = (await self.balance_probe()).remaining
-        return replace(halt, available=available)
-
-    async def _pooled_shortfall(self, halt: HaltInfo) -> HaltInfo:
-        """Every account unusable: its balance (read at once, free) against the pending images at its cost."""
-        left = billable = self.result.billable_counts["pending"]
-        entries: list[dict[str, Any]] = []
-        known: list[Decimal] = []
-        balances = await asyncio.gather(*(_balance_of(account) for account in self.chain.accounts))
-        for account, available in zip(self.chain.accounts, balances, strict=True):
-            cost = account.unit_cost()
-            covers = min(left, int(available // cost)) if available is not None and cost > 0 else None
-            left -= covers or 0
-            known += [available] if available is not None else []
-            entries.append(
-                {
-                    "conn_id": account.conn_id,
-                    "vendor": account.vendor,
-                    "state": account.state,
-                    "cost_per_image": str(cost),
-                    "needed": str(cost * billable),
-                    "available": None if available is None else str(available),
-                    "covers": covers,
-                }
-            )
-        unknown = any(entry["covers"] is None for entry in entries)
-        pooled = "; ".join(
-            f"{e['conn_id']} ({e['vendor']}, {e['state']}): {e['available'] or 'unknown'} available "
-            f"at {e['cost_per_image']} per image"
-            for e in entries
-        )
-        short = "unknown" if unknown else f"{left} image(s)"
-        message = f"{halt.message}. Pooled shortfall: {short} of {halt.remaining_images} pending; {pooled}"
-        return replace(
-            halt,
-            message=message,
-            available=sum(known, Decimal(0)) if known else None,
-            accounts=tuple(entries),
-            shortfall_images=None if unknown else left,
-        )
-
-
-def _metric(event: str, account: Account, **tags: str) -> None:
-    """Count one failover event of ``account`` (``bgremoval.failover.<event>.<conn_id>``)."""
-    name = object_name("", account.conn_id, "")  # only the characters stats names allow
-    tags = {"conn_id": account.conn_id, "vendor": account.vendor, **tags}
-    Stats.incr(f"{FAILOVER_METRIC_PREFIX}.{event}.{name}", tags=tags)
-
-
-async def _balance_of(account: Account) -> Decimal | None:
-    """
-    The account's balance from its free endpoint, one attempt with a short timeout (the probe path).
-
-    :return: the remaining credits; ``None`` without a hook or on an error.
-    """
-    if account.hook is None:
-        return None
-    with contextlib.suppress(BgRemovalError):
-        return (await account.hook.aget_balance(probe=True)).remaining
-    return None
 
 
 def _destination_of(item: WorkItem) -> str | None:

@@ -157,6 +157,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
     from airflow_provider_bgremoval.options import RemovalOptions
+    from airflow_provider_bgremoval.pipeline.accounts import AccountChain
     from airflow_provider_bgremoval.pipeline.claims import ClaimStore
     from airflow_provider_bgremoval.pipeline.engine import BatchRunner
     from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, manifest_object_name
@@ -223,7 +224,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         max_concurrency=args.concurrency,
         writer_id=owner,
         claims=ClaimStore(storage, spec.destination_bucket, spec.internal_prefix, owner),
-        balance_probe=hook.aget_balance,
+        accounts=AccountChain.single(processor, hook=hook),
         progress_every_seconds=30.0,
     )
 

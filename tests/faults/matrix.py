@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.pipeline.accounts import AccountChain
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchResult, BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import STATUSES, ManifestWriter, read_manifest
@@ -250,7 +251,7 @@ async def run_batch(
             manifest,
             writer_id=owner,
             claims=ClaimStore(storage, dst, spec.internal_prefix, owner) if claims else None,
-            balance_probe=hook.aget_balance,
+            accounts=AccountChain.single(processor, hook=hook),
             **runner_kwargs,
         )
         try:

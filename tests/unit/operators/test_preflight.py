@@ -22,7 +22,7 @@ from airflow_provider_bgremoval.operators.preflight import (
     GenerateCreditsCheckOperator,
     SafetyMargin,
 )
-from airflow_provider_bgremoval.pipeline.engine import HaltInfo
+from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
 from airflow_provider_bgremoval.pipeline.planning import (
     META_OPTIONS_HASH,

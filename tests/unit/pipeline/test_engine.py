@@ -17,7 +17,6 @@ from PIL import Image
 
 from airflow_provider_bgremoval.exceptions import (
     InputRejectedError,
-    OutOfCreditsError,
     TransientVendorError,
     VendorAuthError,
 )
@@ -31,7 +30,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     OutputIdentity,
     plan_batch,
 )
-from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -101,11 +100,6 @@ def run(storage: GcsStorage, spec: BatchSpec, processor: ScriptedProcessor, **kw
         return plan, result, read_manifest(manifest.getvalue())
 
     return asyncio.run(go())
-
-
-@pytest.fixture
-def buckets(gcs_bucket_factory: Callable[..., str], gcs_storage: GcsStorage) -> tuple[GcsStorage, str, str]:
-    return gcs_storage, gcs_bucket_factory("src"), gcs_bucket_factory("dst")
 
 
 def test_processes_every_image_writes_metadata_and_rerun_skips(buckets) -> None:
@@ -180,31 +174,6 @@ def test_local_rejects_cost_nothing(buckets) -> None:
     }
 
 
-def test_out_of_credits_stops_submitting_and_marks_the_rest_pending(buckets) -> None:
-    storage, src, dst = buckets
-    seed(storage, src, [f"{i:02d}.png" for i in range(20)])
-
-    def script(name: str, call: int) -> Any:
-        return OutOfCreditsError("no credits", vendor="fake", status_code=402) if call > 5 else None
-
-    processor = ScriptedProcessor(script)
-
-    async def probe() -> Balance:
-        return Balance(vendor="fake", remaining=Decimal(0), state=AccountState.ACTIVE)
-
-    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
-    _, result, rows = run(storage, spec, processor, max_concurrency=1, balance_probe=probe)
-    assert result.counts["done"] == 5
-    assert result.counts["pending"] == 15
-    assert len(processor.calls) == 6  # one refused call, then nothing more was submitted
-    assert result.halt is not None and result.halt.fatal and result.halt.reason == "out_of_credits"
-    assert result.halt.remaining_images == 15 and result.halt.needed == 15 and result.halt.available == 0
-    # Rerun after a top-up completes exactly the remainder.
-    processor2 = ScriptedProcessor()
-    _, result2, _ = run(storage, spec, processor2)
-    assert len(processor2.calls) == 15 and result2.counts["skipped"] == 5
-
-
 def test_auth_failure_is_fatal_for_the_batch(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(6)])
@@ -214,30 +183,6 @@ def test_auth_failure_is_fatal_for_the_batch(buckets) -> None:
     )
     assert result.halt is not None and result.halt.reason == "auth_failed" and result.halt.fatal
     assert result.counts["pending"] == 6 and len(processor.calls) == 2
-
-
-def test_budgets_stop_cleanly(buckets) -> None:
-    storage, src, dst = buckets
-    seed(storage, src, [f"{i}.png" for i in range(10)])
-    processor = ScriptedProcessor()
-    _, result, _ = run(
-        storage,
-        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
-        processor,
-        max_images=4,
-        max_concurrency=3,
-    )
-    assert result.counts["done"] == 4 and result.counts["pending"] == 6
-    assert result.halt is not None and result.halt.reason == "max_images" and not result.halt.fatal
-    processor = ScriptedProcessor(lambda n, c: Decimal("2.5"))
-    _, result, _ = run(
-        storage,
-        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
-        processor,
-        max_credits=Decimal(7),
-        max_concurrency=1,
-    )
-    assert result.credits_spent == Decimal("2.5") * 2  # a third image could exceed the budget
 
 
 def test_per_image_errors_do_not_stop_the_batch_and_failure_rate_does(buckets) -> None:

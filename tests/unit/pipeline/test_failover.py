@@ -1,4 +1,4 @@
-"""The batch engine over a failover chain (real fake-gcs-server, scripted processors standing in for vendors).
+"""The call stage over a failover chain (real fake-gcs-server, scripted processors standing in for vendors).
 
 The circuit breakers run on a clock the vendors move by hand, so the outage cells are exact without sleeps.
 """
@@ -20,7 +20,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
 )
 from airflow_provider_bgremoval.imaging import InputLimits
-from airflow_provider_bgremoval.pipeline import engine
+from airflow_provider_bgremoval.pipeline import accounts as accounts_module
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, BreakerPolicy, CircuitBreaker
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
@@ -120,12 +120,6 @@ def run_chain(
     return asyncio.run(go())
 
 
-@pytest.fixture
-def batch(gcs_bucket_factory: Callable[..., str], gcs_storage: GcsStorage):
-    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
-    return gcs_storage, src, BatchSpec(source_bucket=src, destination_bucket=dst)
-
-
 def names(count: int) -> list[str]:
     return [f"{i:02d}.png" for i in range(count)]
 
@@ -181,7 +175,7 @@ def test_an_outage_opens_the_breaker_the_rest_go_on_and_a_probe_returns_to_the_p
     batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stats = StatsRecorder()
-    monkeypatch.setattr(engine, "Stats", stats)
+    monkeypatch.setattr(accounts_module, "Stats", stats)
     storage, src, spec = batch
     seed(storage, src, names(12))
     clock = Clock()
@@ -229,30 +223,6 @@ def test_without_outage_in_failover_on_a_transient_failure_fails_the_image_as_be
     accounts = chain(primary, secondary, failover_on=("out_of_credits",))
     result, _ = run_chain(storage, spec, accounts, max_concurrency=1)
     assert result.counts["failed"] == 3 and secondary.calls == []
-
-
-def test_both_accounts_out_halts_with_every_image_pending_and_the_pooled_shortfall(batch) -> None:
-    storage, src, spec = batch
-    seed(storage, src, names(10))
-    refused = lambda vendor: lambda n, c: OutOfCreditsError("no credits", vendor=vendor, code="402")  # noqa: E731
-    primary, secondary = Vendor("pixian", refused("pixian")), Vendor("poof", refused("poof"))
-    secondary.cost_per_image = Decimal(2)
-    hooks = {"pixian": BalanceHook("pixian", "3"), "poof": BalanceHook("poof", "4.5")}
-    result, rows = run_chain(storage, spec, chain(primary, secondary, hooks=hooks), max_concurrency=1)
-    assert result.counts["pending"] == 10 and result.credits_spent == 0
-    assert len(primary.calls) == 1 and len(secondary.calls) == 1
-    halt = result.halt
-    assert halt is not None and halt.reason == "out_of_credits" and halt.fatal
-    assert halt.remaining_images == 10 and halt.needed == 10 and halt.available == Decimal("7.5")
-    assert halt.shortfall_images == 5  # 3 at 1 credit, 2 at 2 credits: 5 of 10 covered
-    assert [(a["conn_id"], a["covers"], a["needed"], a["available"]) for a in halt.accounts] == [
-        ("pixian_conn", 3, "10", "3"),
-        ("poof_conn", 2, "20", "4.5"),
-    ]
-    assert "every account of the chain is unusable" in halt.message
-    assert "Pooled shortfall: 5 image(s) of 10 pending" in halt.message
-    assert halt.as_dict()["accounts"][1]["state"] == "out_of_credits"
-    assert {row["status"] for row in rows} == {"pending"}
 
 
 def test_a_refused_key_fails_over_and_a_per_account_budget_moves_the_rest_on(batch) -> None:
@@ -345,165 +315,6 @@ def test_a_lost_reply_stays_booked_to_its_account_and_counts_against_the_budget_
     )
     assert secondary.calls == [] and rows[0]["status"] == "failed" and rows[0]["possibly_charged"] == 1
     assert result.halt is not None and result.halt.reason == "max_credits"
-
-
-def _dear(vendor: Vendor, cost: int = 3) -> Vendor:
-    vendor.cost_per_image = Decimal(cost)
-    return vendor
-
-
-@pytest.mark.parametrize(
-    "refusal",
-    [
-        OutOfCreditsError("no credits", vendor="pixian", status_code=402, code="out_of_credits"),
-        TransientVendorError("503 after retries", vendor="pixian", status_code=503),
-    ],
-    ids=["out_of_credits", "outage"],
-)
-def test_an_image_handed_on_to_a_dearer_account_is_repriced_against_max_credits(
-    batch, refusal: Exception
-) -> None:
-    storage, src, spec = batch
-    seed(storage, src, names(6))
-    primary = Vendor("pixian", lambda n, c: refusal if c >= 4 else Decimal(1))
-    dearer = _dear(Vendor("poof", lambda n, c: Decimal(3)))
-    result, rows = run_chain(storage, spec, chain(primary, dearer), max_concurrency=1, max_credits=Decimal(5))
-    # 3 done at 1 credit; the 4th image would cost 3 on poof: 3 + 3 > 5, so it is not sent.
-    assert result.credits_spent == 3 and dearer.calls == []
-    assert result.halt is not None and result.halt.reason == "max_credits" and not result.halt.fatal
-    handed = rows[3]
-    assert (handed["status"], handed["error_code"]) == ("pending", "max_credits")
-    assert "the next call on poof_conn (poof) costs 3" in handed["error_message"]
-    assert handed["error_message"].endswith("this image was not sent")
-    assert [row["status"] for row in rows] == ["done"] * 3 + ["pending"] * 3
-
-
-def test_a_half_open_probe_on_a_dearer_primary_is_repriced_against_max_credits(batch) -> None:
-    storage, src, spec = batch
-    seed(storage, src, names(3))
-    clock = Clock()
-    outage = TransientVendorError("503 after retries", vendor="pixian", status_code=503)
-    primary = _dear(Vendor("pixian", lambda n, c: outage))
-
-    def cheap(name: str, count: int) -> Any:
-        clock.now += 10  # past the cooldown: the primary's next call is a half-open probe
-        return Decimal(1)
-
-    accounts = chain(
-        primary,
-        Vendor("poof", cheap),
-        clock=clock,
-        policy=BreakerPolicy(consecutive_failures=1, cooldown_seconds=5, max_cooldown_seconds=5),
-    )
-    result, rows = run_chain(storage, spec, accounts, max_concurrency=1, max_credits=Decimal(3))
-    # Image 1: the primary fails (breaker open), poof makes it for 1. Image 2 is admitted at poof's
-    # cost (the primary's breaker is open) but the chain sends it as the primary's probe at 3: 1 + 3 > 3.
-    assert primary.calls == ["00.png"] and result.credits_spent == 1
-    assert result.halt is not None and result.halt.reason == "max_credits"
-    assert [row["status"] for row in rows] == ["done", "pending", "pending"]
-    assert (
-        rows[1]["error_code"] == "max_credits" and "pixian_conn (pixian) costs 3" in rows[1]["error_message"]
-    )
-    assert accounts.primary.breaker.state == "half_open" and not accounts.primary.breaker.probing
-
-
-class Paced(Vendor):
-    """A vendor whose calls take a scripted time per file name."""
-
-    def __init__(self, vendor: str, delays: dict[str, float], script: Any = None) -> None:
-        super().__init__(vendor, script)
-        self.delays = delays
-
-    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
-        await asyncio.sleep(self.delays.get(filename, 0.0))
-        return await super().process(data, filename, stats)
-
-
-def test_the_max_credits_halt_prices_each_image_in_flight_at_its_own_account(batch) -> None:
-    storage, src, spec = batch
-    seed(storage, src, names(4))
-    outage = TransientVendorError("503 after retries", vendor="pixian", status_code=503)
-    primary = Paced("pixian", {"01.png": 0.1, "02.png": 0.4}, lambda n, c: outage if n == "00.png" else None)
-    dearer = _dear(Paced("poof", {"00.png": 0.6}))
-    result, rows = run_chain(storage, spec, chain(primary, dearer), max_concurrency=3, max_credits=Decimal(5))
-    # 00 failed on pixian and went on to poof (3 reserved); when 01 is done (1 charged), 02 is still
-    # on pixian (1 reserved): 1 + 3 + 1 = 5, and the next image (1 on pixian) does not fit.
-    assert result.halt is not None and result.halt.reason == "max_credits"
-    assert (
-        "2 in flight: 1 at 1 (pixian_conn), 1 at 3 (poof_conn); the next image costs 1" in result.halt.message
-    )
-    assert result.credits_spent == 5 and [row["status"] for row in rows] == ["done"] * 3 + ["pending"]
-
-
-class SharedBalances:
-    """Balance hooks of several accounts that count how many of their reads overlap."""
-
-    def __init__(self) -> None:
-        self.reading = self.most = 0
-
-    def hook(self, vendor: str, remaining: str) -> BalanceHook:
-        shared = self
-
-        class Hook(BalanceHook):
-            async def aget_balance(self, *, probe: bool = False) -> Balance:
-                shared.reading += 1
-                shared.most = max(shared.most, shared.reading)
-                try:
-                    return await super().aget_balance(probe=probe)
-                finally:
-                    shared.reading -= 1
-
-        return Hook(vendor, remaining, delay=0.05)
-
-
-def test_every_account_out_reads_the_balances_once_each_concurrently_with_the_probe_timeout(batch) -> None:
-    storage, src, spec = batch
-    seed(storage, src, names(3))
-    refused = lambda vendor: lambda n, c: OutOfCreditsError("no credits", vendor=vendor, code="402")  # noqa: E731
-    shared = SharedBalances()
-    hooks = {v: shared.hook(v, "1") for v in ("pixian", "poof", "pixelcut")}
-    vendors = [Vendor(v, refused(v)) for v in hooks]
-    result, _ = run_chain(storage, spec, chain(*vendors, hooks=hooks), max_concurrency=1)
-    assert result.halt is not None and result.halt.shortfall_images == 0
-    assert [hook.reads for hook in hooks.values()] == [[True]] * 3  # one probe read each
-    assert shared.most == 3  # all at once
-
-
-@pytest.mark.parametrize("halt", ["terminated", "max_images"])
-def test_a_stopped_or_budget_halted_chain_reads_no_balance_before_the_record_is_stored(
-    batch, halt: str
-) -> None:
-    storage, src, spec = batch
-    seed(storage, src, names(6))
-    hooks = {"pixian": BalanceHook("pixian", "5"), "poof": BalanceHook("poof", "5")}
-    accounts = chain(Vendor("pixian", delay=0.2), Vendor("poof"), hooks=hooks)
-
-    async def go() -> Any:
-        primary = accounts.primary.processor
-        plan = await plan_batch(
-            storage, spec, extension=".png", identity=accounts.identity, limits=primary.limits
-        )
-        budget = {"max_images": 2} if halt == "max_images" else {}
-        runner = BatchRunner(
-            storage,
-            primary,
-            plan,
-            ManifestWriter(),
-            accounts=accounts,
-            max_concurrency=1,
-            drain_grace=0.1,
-            **budget,
-        )
-        if halt == "terminated":
-            asyncio.get_running_loop().call_later(0.3, runner.request_stop, "terminated", "SIGTERM")
-        return await runner.run()
-
-    result = asyncio.run(go())
-    assert result.halt is not None and result.halt.reason == halt
-    assert result.halt.accounts == () and result.halt.shortfall_images is None
-    assert "Pooled shortfall" not in result.halt.message
-    assert hooks["pixian"].reads == [] and hooks["poof"].reads == []
-    assert result.halt.remaining_images == result.counts["pending"] > 0
 
 
 class CutoutVendor(Vendor):

@@ -1,0 +1,148 @@
+"""The batch's budgets: ``max_credits`` and ``max_credits_per_account`` count money at risk.
+
+At risk: credits charged, lost replies (possibly charged) and a reservation per image in flight, each
+priced at its own account (docs/pipeline.md, "Budgets count money at risk" and "Failover").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Set
+from dataclasses import dataclass
+from decimal import Decimal
+
+from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
+from airflow_provider_bgremoval.pipeline.flight import Flight
+from airflow_provider_bgremoval.pipeline.halts import Halts
+
+
+@dataclass(eq=False)
+class Budgets:
+    """
+    Whether the next image, call or retry fits the budgets; a budget reached halts (or disables an account).
+
+    :param chain: the run's accounts (each with its own ``budget``).
+    :param flights: the images in flight (the engine's live set).
+    :param halts: the run's halts.
+    :param max_credits: never put more than this many credits at risk in total (``None``: no limit).
+    """
+
+    chain: AccountChain
+    flights: Set[Flight]
+    halts: Halts
+    max_credits: Decimal | None = None
+
+    def unit_cost(self) -> Decimal:
+        """Credits one image is expected to cost on the account that takes the next one."""
+        return (self.chain.preferred() or self.chain.primary).unit_cost()
+
+    def credits_at_risk(self, account: Account | None = None) -> Decimal:
+        """
+        What ``max_credits`` bounds: charged, lost replies and a reservation per image in flight.
+
+        :param account: only what is at risk on this account (``max_credits_per_account``); ``None``: all.
+        """
+        accounts = self.chain.accounts if account is None else (account,)
+        at_risk = sum(
+            (each.credits_spent + each.unit_cost() * each.possibly_charged for each in accounts), Decimal(0)
+        )
+        default = self.unit_cost()  # an image not yet at a vendor: the account that would take it
+        for flight in self._billable_flights():
+            if account is not None and flight.account is not account:
+                continue
+            cost = default if flight.account is None else flight.account.unit_cost()
+            at_risk += cost * (flight.stats.possibly_charged - flight.lost_base)
+            at_risk += self._reservation(flight, default)
+        return at_risk
+
+    def _billable_flights(self) -> list[Flight]:
+        """The images in flight that put credits at risk (not yet recorded, not render-only)."""
+        return [f for f in self.flights if not f.recorded and not f.item.render_only]
+
+    @staticmethod
+    def _reservation(flight: Flight, default: Decimal) -> Decimal:
+        """
+        What ``flight``'s call holds of a budget: its charge once billed, else its account's cost.
+
+        :param flight: the image.
+        :param default: the cost of an image not yet at a vendor.
+        """
+        cost = default if flight.account is None else flight.account.unit_cost()
+        stats = flight.stats
+        return (stats.credits_charged or cost) if stats.billed_reply else cost
+
+    def admits_next(self, charged: Decimal, lost: int) -> bool:
+        """
+        Whether ``max_credits`` leaves room for one more image at the next account's cost (if not: halt).
+
+        :param charged: credits charged so far (for the message).
+        :param lost: replies lost and possibly charged so far (for the message).
+        """
+        cost = self.unit_cost()
+        if self.max_credits is None or self.credits_at_risk() + cost <= self.max_credits:
+            return True
+        self.halts.record(
+            "max_credits",
+            f"max_credits={self.max_credits} reached (charged {charged}, "
+            f"{lost} reply(s) lost and possibly charged, "
+            f"{self._in_flight_summary()}; the next image costs {cost})",
+        )
+        return False
+
+    def refusal(self, flight: Flight, account: Account, probe: bool) -> str | None:
+        """
+        Why ``max_credits`` refuses ``flight``'s call on ``account`` at its cost (``None``: it fits).
+
+        An image is admitted at the preferred account's cost; handed on (or sent as a dearer
+        account's half-open probe) it may cost more. If that does not fit, the batch halts
+        ``max_credits`` and the image is to be settled pending, not sent (docs/pipeline.md, "Failover").
+        """
+        if self.max_credits is None:
+            return None
+        others = self.credits_at_risk() - self._reservation(flight, self.unit_cost())
+        cost = account.unit_cost()
+        if others + cost <= self.max_credits:
+            return None
+        if probe:  # the probe is not made: the breaker lets the next one through
+            account.breaker.record("neutral", probe=True)
+        message = (
+            f"max_credits={self.max_credits} reached: the next call on {account.conn_id} "
+            f"({account.vendor}) costs {cost} and {others} credits are charged or at risk"
+        )
+        self.halts.record("max_credits", message, vendor=account.vendor)
+        return message
+
+    def fits(self, account: Account) -> bool:
+        """Whether ``account``'s own budget allows one more image (if not, it leaves the chain)."""
+        if account.budget is None:
+            return True
+        at_risk = self.credits_at_risk(account)
+        if at_risk + account.unit_cost() <= account.budget:
+            return True
+        message = (
+            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached "
+            f"({at_risk} credits charged or at risk)"
+        )
+        self.chain.disable(account, "max_credits", message)
+        return False
+
+    def may_retry(self, _exc: BaseException) -> bool:
+        """Retry guard: a retry after a lost reply must fit the budget (its reservation already does)."""
+        if self.max_credits is None or self.credits_at_risk() <= self.max_credits:
+            return True
+        self.halts.record(
+            "max_credits",
+            f"max_credits={self.max_credits} reached: a lost reply leaves no room to retry "
+            f"({self.credits_at_risk()} credits charged or at risk)",
+        )
+        return False
+
+    def _in_flight_summary(self) -> str:
+        """The images in flight, each priced at its own account (``2 in flight: 3 on poof_conn...``)."""
+        default = self.unit_cost()
+        held: Counter[tuple[str, Decimal]] = Counter()
+        for flight in self._billable_flights():
+            where = flight.account.conn_id if flight.account is not None else "not yet sent"
+            held[(where, self._reservation(flight, default))] += 1
+        parts = ", ".join(f"{n} at {cost} ({where})" for (where, cost), n in sorted(held.items()))
+        return f"{sum(held.values())} in flight" + (f": {parts}" if parts else "")

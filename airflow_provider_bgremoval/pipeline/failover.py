@@ -1,0 +1,254 @@
+"""The engine's call stage: the vendor call on the chain's account for it, and failover to the next one.
+
+Which account takes a call, when an image is handed on, when the chain halts: docs/pipeline.md ("Failover").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InputRejectedError,
+    OutOfCreditsError,
+    TransientVendorError,
+    VendorAuthError,
+    safe_excerpt,
+)
+from airflow_provider_bgremoval.imaging import check_limits, read_header
+from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, failover_metric
+from airflow_provider_bgremoval.pipeline.budgets import Budgets
+from airflow_provider_bgremoval.pipeline.flight import Flight
+from airflow_provider_bgremoval.pipeline.halts import Halts
+from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.retry import CallStats
+
+log = logging.getLogger(__name__)
+
+
+class Settle(Protocol):
+    """The engine's recorder: the image's one row with what it cost (``request_id=`` among the fields)."""
+
+    def __call__(
+        self, flight: Flight, status: str, code: str | None = None, message: str | None = None, **fields: Any
+    ) -> None: ...
+
+
+@dataclass(eq=False)
+class CallStage:
+    """
+    Sends an image to the chain's account for it; failover moves it on, a refusal for good halts.
+
+    :param chain: the run's accounts.
+    :param budgets: the run's budgets (a call must fit them).
+    :param halts: the run's halts and stop request.
+    :param settle: the engine's recorder (an image the stage gives up on is settled here).
+    """
+
+    chain: AccountChain
+    budgets: Budgets
+    halts: Halts
+    settle: Settle
+
+    async def call(self, flight: Flight, data: bytes) -> ImageResult | None:
+        """
+        The vendor call on the chain's account for it, moved on to the next account on failover.
+
+        :param flight: the image.
+        :param data: its bytes.
+        :return: the result, or ``None`` when the image was settled instead.
+        """
+        name = posixpath.basename(flight.item.source.name) or "image"
+        while True:
+            if self._settled_on_stop(flight):
+                return None
+            account = await self._account_for(flight, data)
+            if account is None:
+                return None
+            flight.stage = "call"
+            flight.stats.retry_guard = self.budgets.may_retry
+            try:
+                result = await account.processor.process(data, name, flight.stats)
+            except BgRemovalError as exc:
+                if not self._after_call_error(flight, account, exc):
+                    return None
+            else:
+                self.report(flight, "success")
+                return result
+
+    def _settled_on_stop(self, flight: Flight) -> bool:
+        """A stop request: the image is not sent (pending, nothing paid)."""
+        if self.halts.stop is None:
+            return False
+        code, message = self.halts.stop
+        self.settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
+        return True
+
+    async def _account_for(self, flight: Flight, data: bytes) -> Account | None:
+        """The account for the image's next call; ``None`` when it is settled instead (no account left)."""
+        while True:
+            choice = self.chain.choose(flight.tried, self.budgets.fits)
+            if isinstance(choice, tuple):
+                account, probe = choice
+                rejection = self._local_rejection(account, data)
+                if rejection is None:
+                    return account if self._admitted(flight, account, probe) else None
+                if probe:
+                    account.breaker.record("neutral", probe=True)
+                flight.tried.append(account)
+                self._hand_on(flight, account, "rejected", rejection)
+                continue
+            if choice is None:
+                self._no_account(flight)
+                return None
+            if self._settled_on_stop(flight):
+                return None
+            flight.stage = "wait"  # every account left is in an outage: wait for the first probe
+            await asyncio.sleep(min(max(choice, 0.01), 0.5))
+
+    def _admitted(self, flight: Flight, account: Account, probe: bool) -> bool:
+        """The call fits ``max_credits`` at ``account``'s cost: it goes there (else: settled pending)."""
+        refusal = self.budgets.refusal(flight, account, probe)
+        if refusal is not None:
+            self.settle(flight, "pending", "max_credits", f"{refusal}; this image was not sent")
+            return False
+        previous = flight.account
+        if previous is not None and previous is not account:  # its lost replies stay booked there
+            previous.possibly_charged += flight.stats.possibly_charged - flight.lost_base
+            flight.lost_base = flight.stats.possibly_charged
+        flight.account, flight.probe, flight.outcome_due = account, probe, True
+        return True
+
+    def _local_rejection(self, account: Account, data: bytes) -> InputRejectedError | None:
+        """
+        The account's own input limits, checked on the bytes in hand before its call (free).
+
+        Planning checked a chain's widest limits: when the accounts' limits differ, each is checked here.
+        """
+        limits = account.processor.limits
+        if all(other.processor.limits == limits for other in self.chain.accounts):
+            return None  # planning checked these
+        try:
+            check_limits(read_header(data, vendor=account.vendor), len(data), limits, vendor=account.vendor)
+        except InputRejectedError as exc:
+            return exc
+        return None
+
+    def report(self, flight: Flight, outcome: str) -> None:
+        """
+        Report the call's outcome to its account's breaker (once per call).
+
+        :param flight: the image.
+        :param outcome: ``success``, ``transient`` or ``neutral`` (:meth:`.CircuitBreaker.record`).
+        """
+        account = flight.account
+        if flight.outcome_due and account is not None:
+            flight.outcome_due = False
+            opened = account.breaker.times_opened
+            account.breaker.record(outcome, probe=flight.probe)
+            if account.breaker.times_opened > opened:
+                failover_metric("breaker_opened", account)
+                log.warning(
+                    "Account %s (%s): circuit breaker open (%d time(s) so far); new images go on to the "
+                    "next account until a probe succeeds",
+                    account.conn_id,
+                    account.vendor,
+                    account.breaker.times_opened,
+                )
+
+    def _hand_on(self, flight: Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
+        """Note on the image's row why ``account`` handed it on."""
+        flight.last_error = exc
+        flight.handoffs.append(
+            {
+                "account": account.conn_id,
+                "vendor": account.vendor,
+                "reason": reason,
+                "code": exc.code,
+                "message": safe_excerpt(exc.message),
+            }
+        )
+        log.info("%s: %s on %s, handed on", flight.item.source.uri, reason, account.conn_id)
+        failover_metric("handoffs", account, reason=reason)
+
+    def _untried(self, flight: Flight, other_vendor_than: str | None = None) -> bool:
+        return any(
+            account not in flight.tried and account.vendor != other_vendor_than
+            for account in self.chain.usable()
+        )
+
+    def _after_call_error(self, flight: Flight, account: Account, exc: BgRemovalError) -> bool:
+        """Settle the failed call, or return True to move the image on to the next account."""
+        if flight.stats.attempts == 0:  # a processor that does not fill in the live record: its error has it
+            flight.stats = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
+        self.report(flight, "transient" if isinstance(exc, TransientVendorError) else "neutral")
+        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
+            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
+            if self.chain.fails_over(reason) and len(self.chain.accounts) > 1:  # one: halts as always
+                self.chain.disable(account, reason, str(exc))
+                if self.chain.usable():
+                    self._hand_on(flight, account, reason, exc)
+                    return True
+            self._halt_on(flight, account, reason, exc)
+            return False
+        if not flight.stats.billed_reply and self._moves_on(flight, account, exc):  # paid: stays here
+            return True
+        self._settle_call_error(flight, exc)
+        return False
+
+    def _moves_on(self, flight: Flight, account: Account, exc: BgRemovalError) -> bool:
+        """True when the image goes on to the next account (after an outage; a rejection, if asked)."""
+        chain = self.chain
+        if isinstance(exc, TransientVendorError) and "outage" in chain.failover_on:
+            flight.tried.append(account)  # an outage here: the image goes on, never back
+            if self._untried(flight) and self.budgets.may_retry(exc):
+                self._hand_on(flight, account, "outage", exc)
+                return True
+            return False
+        if (
+            isinstance(exc, InputRejectedError)
+            and chain.retry_rejected_on_next
+            and self._untried(flight, other_vendor_than=account.vendor)
+        ):
+            flight.tried.extend(a for a in chain.accounts if a.vendor == account.vendor)
+            self._hand_on(flight, account, "rejected", exc)
+            return True
+        return False
+
+    def _halt_on(self, flight: Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
+        """An account refused for good and nothing takes over: halt, the image stays pending."""
+        if self.chain.usable() or len(self.chain.accounts) == 1:
+            self.halts.record(reason, str(exc), fatal=True, vendor=account.vendor, account=account)
+        else:
+            self.halts.exhaust(self.chain)
+        self.settle(flight, "pending", exc.code or reason, str(exc), request_id=exc.request_id)
+
+    def _no_account(self, flight: Flight) -> None:
+        """No account is left for this image: settle it with what the last one said."""
+        exc = flight.last_error
+        if not self.chain.usable():
+            self.halts.exhaust(self.chain)
+            halt = self.halts.halt
+            assert halt is not None
+            if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
+                self.settle(flight, "pending", halt.reason, f"{halt.message}; this image was not sent")
+            else:
+                self.settle(flight, "pending", exc.code or halt.reason, str(exc), request_id=exc.request_id)
+            return
+        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
+            code = exc.code or ("out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed")
+            self.settle(flight, "pending", code, str(exc), request_id=exc.request_id)
+        elif exc is not None:
+            self._settle_call_error(flight, exc)
+        else:  # unreachable: an image is only refused by every account after their answers
+            self.settle(flight, "failed", "no_account", "no account of the chain could take this image")
+
+    def _settle_call_error(self, flight: Flight, exc: BgRemovalError) -> None:
+        if isinstance(exc, InputRejectedError):
+            self.settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
+        else:
+            self.settle(flight, "failed", exc.code or type(exc).__name__, str(exc), request_id=exc.request_id)

@@ -1,0 +1,202 @@
+"""Why a batch stops early: the halt record, the stop request, and the balances read after a credits halt.
+
+The rules (which halts are fatal, what a halt reports): docs/pipeline.md ("Halts", "Failover").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_bgremoval.exceptions import BgRemovalError
+from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HaltInfo:
+    """
+    Why a batch (or the credits pre-flight, same shape for one alert) stopped before all billable work.
+
+    :param reason: ``out_of_credits``, ``max_credits``… (docs/pipeline.md, "Halts"), or an interrupt code.
+    :param vendor: vendor name.
+    :param message: human explanation.
+    :param remaining_images: images not processed because of the halt.
+    :param needed: credits the remaining images need (estimate).
+    :param available: credits available when the halt happened (``None`` when unknown).
+    :param fatal: True when the task must fail without retries.
+    :param accounts: a failover chain's pooled shortfall, per account in chain order: ``conn_id``,
+        ``vendor``, ``state``, ``cost_per_image``, ``needed`` (the pending images at its cost),
+        ``available`` (its balance read after the halt, ``None`` when unknown) and ``covers``
+        (images that balance pays for); empty for one connection.
+    :param shortfall_images: pending images no account's balance covers (a chain; ``None``: unknown).
+    """
+
+    reason: str
+    vendor: str
+    message: str
+    remaining_images: int = 0
+    needed: Decimal | None = None
+    available: Decimal | None = None
+    fatal: bool = False
+    accounts: tuple[dict[str, Any], ...] = ()
+    shortfall_images: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Primitive form for XCom and alerts."""
+        return {
+            key: str(value) if isinstance(value, Decimal) else value
+            for key, value in asdict(self).items()
+            if key not in ("accounts", "shortfall_images") or self.accounts
+        } | ({"accounts": [dict(entry) for entry in self.accounts]} if self.accounts else {})
+
+
+@dataclass(eq=False)
+class Halts:
+    """
+    A run's halt (the first one wins) and its stop request (an interrupt: drain, then store the record).
+
+    :param vendor: the vendor a halt names when its cause names none (the primary's).
+    """
+
+    vendor: str
+    halt: HaltInfo | None = None
+    stop: tuple[str, str] | None = None  # an interrupt: (code, message)
+    exhausted: bool = False  # the halt is a chain's every account unusable: state the pooled shortfall
+    refused_by: Account | None = None  # the account whose refusal halted the run (its balance is read)
+
+    def record(
+        self,
+        reason: str,
+        message: str,
+        *,
+        fatal: bool = False,
+        vendor: str | None = None,
+        account: Account | None = None,
+    ) -> None:
+        """
+        Halt the run (no new image is submitted), unless it halted already.
+
+        :param reason: the reason code (docs/pipeline.md, "Halts").
+        :param message: human explanation.
+        :param fatal: the task must fail without retries.
+        :param vendor: the vendor concerned (default: the run's ``vendor``).
+        :param account: the account that refused the work (its balance is read after an out-of-credits halt).
+        """
+        if self.halt is None:
+            self.halt = HaltInfo(reason, vendor or self.vendor, message, fatal=fatal)
+            self.refused_by = account
+            log.warning("Stopping submissions: %s", message)
+
+    def exhaust(self, chain: AccountChain) -> None:
+        """
+        Every account is unusable: halt as one connection would, naming each account's state.
+
+        :param chain: the run's accounts.
+        """
+        last = chain.last_disabled or chain.primary
+        message = last.state_message or last.state
+        if len(chain.accounts) > 1:
+            states = "; ".join(
+                f"{a.conn_id} ({a.vendor}): {a.state} ({a.state_message})" for a in chain.accounts
+            )
+            message = f"every account of the chain is unusable: {states}"
+            self.exhausted = self.exhausted or self.halt is None
+        self.record(last.state, message, fatal=last.state != "max_credits", vendor=last.vendor)
+
+    async def complete(
+        self, chain: AccountChain, *, pending: int, billable: int, cost: Decimal
+    ) -> HaltInfo | None:
+        """
+        The halt (if any) with what is left; balances are read (free calls) only for a credits halt.
+
+        Never after a stop request: the record must be stored before the task is killed.
+
+        :param chain: the run's accounts.
+        :param pending: images left pending.
+        :param billable: the billable part of them (render-only images are free).
+        :param cost: credits one image costs (what ``needed`` is priced at).
+        """
+        if self.halt is None:
+            return None
+        halt = replace(self.halt, remaining_images=pending, needed=cost * billable)
+        if self.stop is not None:
+            return halt
+        if self.exhausted:
+            return pooled_shortfall(halt, chain.accounts, await read_balances(chain.accounts), billable)
+        if halt.reason == "out_of_credits" and self.refused_by is not None:
+            (available,) = await read_balances([self.refused_by])
+            return replace(halt, available=available)
+        return halt
+
+
+async def read_balances(accounts: Sequence[Account]) -> list[Decimal | None]:
+    """
+    The accounts' balances from their free endpoints, all at once, each read once with the short timeout
+    of the connection test (``aget_balance(probe=True)``): a halt never waits on a flaky account's retries.
+
+    :param accounts: the accounts to read.
+    :return: per account, the remaining credits; ``None`` without a hook or on an error.
+    """
+    return list(await asyncio.gather(*(_balance_of(account) for account in accounts)))
+
+
+async def _balance_of(account: Account) -> Decimal | None:
+    if account.hook is None:
+        return None
+    with contextlib.suppress(BgRemovalError):
+        return (await account.hook.aget_balance(probe=True)).remaining
+    return None
+
+
+def pooled_shortfall(
+    halt: HaltInfo, accounts: Sequence[Account], balances: Sequence[Decimal | None], billable: int
+) -> HaltInfo:
+    """
+    Every account unusable: each balance against the pending images, priced in chain order at its cost.
+
+    :param halt: the halt with its remaining images.
+    :param accounts: the chain's accounts, in order.
+    :param balances: their balances read after the halt (``None``: unknown).
+    :param billable: the billable images left pending.
+    """
+    left = billable
+    entries: list[dict[str, Any]] = []
+    known: list[Decimal] = []
+    for account, available in zip(accounts, balances, strict=True):
+        cost = account.unit_cost()
+        covers = min(left, int(available // cost)) if available is not None and cost > 0 else None
+        left -= covers or 0
+        known += [available] if available is not None else []
+        entries.append(
+            {
+                "conn_id": account.conn_id,
+                "vendor": account.vendor,
+                "state": account.state,
+                "cost_per_image": str(cost),
+                "needed": str(cost * billable),
+                "available": None if available is None else str(available),
+                "covers": covers,
+            }
+        )
+    unknown = any(entry["covers"] is None for entry in entries)
+    pooled = "; ".join(
+        f"{e['conn_id']} ({e['vendor']}, {e['state']}): {e['available'] or 'unknown'} available "
+        f"at {e['cost_per_image']} per image"
+        for e in entries
+    )
+    short = "unknown" if unknown else f"{left} image(s)"
+    message = f"{halt.message}. Pooled shortfall: {short} of {halt.remaining_images} pending; {pooled}"
+    return replace(
+        halt,
+        message=message,
+        available=sum(known, Decimal(0)) if known else None,
+        accounts=tuple(entries),
+        shortfall_images=None if unknown else left,
+    )

@@ -1,0 +1,133 @@
+"""The budgets: ``max_credits`` and ``max_credits_per_account`` count money at risk, per account.
+
+Through the engine over real fake-gcs-server, scripted processors standing in for vendors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from airflow_provider_bgremoval.exceptions import OutOfCreditsError, TransientVendorError
+from airflow_provider_bgremoval.pipeline.accounts import BreakerPolicy
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec
+from airflow_provider_bgremoval.results import ImageResult
+from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed
+from tests.unit.pipeline.test_failover import Clock, Vendor, chain, names, run_chain
+
+pytestmark = pytest.mark.integration
+
+
+def test_budgets_stop_cleanly(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(10)])
+    processor = ScriptedProcessor()
+    _, result, _ = run(
+        storage,
+        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="a/"),
+        processor,
+        max_images=4,
+        max_concurrency=3,
+    )
+    assert result.counts["done"] == 4 and result.counts["pending"] == 6
+    assert result.halt is not None and result.halt.reason == "max_images" and not result.halt.fatal
+    processor = ScriptedProcessor(lambda n, c: Decimal("2.5"))
+    _, result, _ = run(
+        storage,
+        BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="b/"),
+        processor,
+        max_credits=Decimal(7),
+        max_concurrency=1,
+    )
+    assert result.credits_spent == Decimal("2.5") * 2  # a third image could exceed the budget
+
+
+def _dear(vendor: Vendor, cost: int = 3) -> Vendor:
+    vendor.cost_per_image = Decimal(cost)
+    return vendor
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        OutOfCreditsError("no credits", vendor="pixian", status_code=402, code="out_of_credits"),
+        TransientVendorError("503 after retries", vendor="pixian", status_code=503),
+    ],
+    ids=["out_of_credits", "outage"],
+)
+def test_an_image_handed_on_to_a_dearer_account_is_repriced_against_max_credits(
+    batch, refusal: Exception
+) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(6))
+    primary = Vendor("pixian", lambda n, c: refusal if c >= 4 else Decimal(1))
+    dearer = _dear(Vendor("poof", lambda n, c: Decimal(3)))
+    result, rows = run_chain(storage, spec, chain(primary, dearer), max_concurrency=1, max_credits=Decimal(5))
+    # 3 done at 1 credit; the 4th image would cost 3 on poof: 3 + 3 > 5, so it is not sent.
+    assert result.credits_spent == 3 and dearer.calls == []
+    assert result.halt is not None and result.halt.reason == "max_credits" and not result.halt.fatal
+    handed = rows[3]
+    assert (handed["status"], handed["error_code"]) == ("pending", "max_credits")
+    assert "the next call on poof_conn (poof) costs 3" in handed["error_message"]
+    assert handed["error_message"].endswith("this image was not sent")
+    assert [row["status"] for row in rows] == ["done"] * 3 + ["pending"] * 3
+
+
+def test_a_half_open_probe_on_a_dearer_primary_is_repriced_against_max_credits(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    clock = Clock()
+    outage = TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+    primary = _dear(Vendor("pixian", lambda n, c: outage))
+
+    def cheap(name: str, count: int) -> Any:
+        clock.now += 10  # past the cooldown: the primary's next call is a half-open probe
+        return Decimal(1)
+
+    accounts = chain(
+        primary,
+        Vendor("poof", cheap),
+        clock=clock,
+        policy=BreakerPolicy(consecutive_failures=1, cooldown_seconds=5, max_cooldown_seconds=5),
+    )
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1, max_credits=Decimal(3))
+    # Image 1: the primary fails (breaker open), poof makes it for 1. Image 2 is admitted at poof's
+    # cost (the primary's breaker is open) but the chain sends it as the primary's probe at 3: 1 + 3 > 3.
+    assert primary.calls == ["00.png"] and result.credits_spent == 1
+    assert result.halt is not None and result.halt.reason == "max_credits"
+    assert [row["status"] for row in rows] == ["done", "pending", "pending"]
+    assert (
+        rows[1]["error_code"] == "max_credits" and "pixian_conn (pixian) costs 3" in rows[1]["error_message"]
+    )
+    assert accounts.primary.breaker.state == "half_open" and not accounts.primary.breaker.probing
+
+
+class Paced(Vendor):
+    """A vendor whose calls take a scripted time per file name."""
+
+    def __init__(self, vendor: str, delays: dict[str, float], script: Any = None) -> None:
+        super().__init__(vendor, script)
+        self.delays = delays
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        await asyncio.sleep(self.delays.get(filename, 0.0))
+        return await super().process(data, filename, stats)
+
+
+def test_the_max_credits_halt_prices_each_image_in_flight_at_its_own_account(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(4))
+    outage = TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+    primary = Paced("pixian", {"01.png": 0.1, "02.png": 0.4}, lambda n, c: outage if n == "00.png" else None)
+    dearer = _dear(Paced("poof", {"00.png": 0.6}))
+    result, rows = run_chain(storage, spec, chain(primary, dearer), max_concurrency=3, max_credits=Decimal(5))
+    # 00 failed on pixian and went on to poof (3 reserved); when 01 is done (1 charged), 02 is still
+    # on pixian (1 reserved): 1 + 3 + 1 = 5, and the next image (1 on pixian) does not fit.
+    assert result.halt is not None and result.halt.reason == "max_credits"
+    assert (
+        "2 in flight: 1 at 1 (pixian_conn), 1 at 3 (poof_conn); the next image costs 1" in result.halt.message
+    )
+    assert result.credits_spent == 5 and [row["status"] for row in rows] == ["done"] * 3 + ["pending"]

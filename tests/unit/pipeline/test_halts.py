@@ -1,0 +1,242 @@
+"""Halts: the first halt wins, nothing is read after a stop, and a credits halt reads each balance once.
+
+Through the engine over real fake-gcs-server, scripted processors standing in for vendors; the balance
+endpoints are the fake vendors of :mod:`tests.support.balances` (httpx.MockTransport) or scripted hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_bgremoval.exceptions import OutOfCreditsError
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.pipeline.accounts import AccountChain
+from airflow_provider_bgremoval.pipeline.engine import BatchResult, BatchRunner
+from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
+from airflow_provider_bgremoval.results import Balance
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from tests.support.balances import FakeVendors
+from tests.support.connections import SleepRecorder
+from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed
+from tests.unit.pipeline.test_failover import BalanceHook, Vendor, chain, names, run_chain
+
+pytestmark = pytest.mark.integration
+
+
+def refused(vendor: str) -> Any:
+    """A vendor script refusing every call: out of credits."""
+    return lambda name, count: OutOfCreditsError("no credits", vendor=vendor, status_code=402, code="402")
+
+
+def run_single(
+    storage: GcsStorage,
+    spec: BatchSpec,
+    processor: ScriptedProcessor,
+    hook: Any,
+    on_runner: Any = None,
+) -> BatchResult:
+    """One connection (``pixian_default``) with its hook; ``on_runner`` sees the runner before it runs."""
+
+    async def go() -> BatchResult:
+        plan = await plan_batch(
+            storage, spec, extension=".png", identity=OutputIdentity.of(processor), limits=processor.limits
+        )
+        accounts = AccountChain.single(processor, "pixian_default", hook)  # type: ignore[arg-type]
+        runner = BatchRunner(storage, processor, plan, ManifestWriter(), accounts=accounts, max_concurrency=1)
+        if on_runner is not None:
+            on_runner(runner)
+        try:
+            return await runner.run()
+        finally:
+            if isinstance(hook, BackgroundRemovalHook):
+                await hook.aclose()
+
+    return asyncio.run(go())
+
+
+def test_one_connection_out_of_credits_reads_its_balance_once_with_the_probe_timeout(
+    buckets, vendors: FakeVendors, sleeper: SleepRecorder
+) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, names(4))
+    vendors.set_pixian(7)
+    processor = ScriptedProcessor(refused("pixian"))
+    hook = BackgroundRemovalHook.get_hook("pixian_default")
+    result = run_single(storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, hook)
+    assert result.halt is not None and result.halt.reason == "out_of_credits" and result.halt.fatal
+    assert result.halt.available == 7 and result.halt.remaining_images == 4
+    assert vendors.calls("pixian") == 1 and sleeper.waits == []
+
+
+def test_a_balance_read_that_times_out_is_one_request_and_leaves_the_balance_unknown(
+    buckets, vendors: FakeVendors, sleeper: SleepRecorder
+) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, names(4))
+
+    def timeout(vendor: str, count: int) -> None:
+        raise httpx.ReadTimeout("the balance endpoint did not answer")
+
+    vendors.on_request = timeout
+    processor = ScriptedProcessor(refused("pixian"))
+    hook = BackgroundRemovalHook.get_hook("pixian_default")
+    connection_timeout = hook.get_settings().timeout
+    result = run_single(storage, BatchSpec(source_bucket=src, destination_bucket=dst), processor, hook)
+    # One attempt (the hook's full policy would retry it with backoff), bounded by the probe's timeout.
+    assert vendors.calls("pixian") == 1 and sleeper.waits == []
+    assert vendors.requests[0].extensions["timeout"]["read"] < connection_timeout
+    halt = result.halt
+    assert halt is not None and halt.reason == "out_of_credits" and halt.available is None
+    assert halt.as_dict()["available"] is None and "accounts" not in halt.as_dict()
+    op = RemoveBackgroundOperator(
+        task_id="t", conn_id="pixian_default", source_bucket=src, destination_bucket=dst, gcp_conn_id=None
+    )
+    summary = {"manifest_uri": f"gs://{dst}/manifest.jsonl", "total": 4, "claims_elsewhere": []}
+    with pytest.raises(AirflowFailException, match=r"need about 4 credits; available: unknown\)"):
+        op._verdict({"ti": mock.MagicMock()}, "pixian", result, summary)  # type: ignore[arg-type]
+
+
+def test_one_connection_reads_no_balance_after_a_stop(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, names(3))
+    hook = BalanceHook("pixian", "5")
+    box: dict[str, BatchRunner] = {}
+
+    def stop_and_refuse(name: str, count: int) -> Exception:
+        box["runner"].request_stop("terminated", "the task was terminated (SIGTERM)")
+        return refused("pixian")(name, count)
+
+    processor = ScriptedProcessor(stop_and_refuse)
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    result = run_single(storage, spec, processor, hook, on_runner=lambda runner: box.update(runner=runner))
+    assert result.halt is not None and result.halt.reason == "out_of_credits"
+    assert result.interrupted == "terminated" and result.halt.available is None
+    assert hook.reads == []  # the record is stored first: the task may be killed any moment
+
+
+def test_out_of_credits_stops_submitting_and_marks_the_rest_pending(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i:02d}.png" for i in range(20)])
+
+    def script(name: str, call: int) -> Any:
+        return OutOfCreditsError("no credits", vendor="fake", status_code=402) if call > 5 else None
+
+    processor = ScriptedProcessor(script)
+    hook = BalanceHook("fake", "0")
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    accounts = AccountChain.single(processor, hook=hook)  # type: ignore[arg-type]
+    _, result, rows = run(storage, spec, processor, max_concurrency=1, accounts=accounts)
+    assert result.counts["done"] == 5
+    assert result.counts["pending"] == 15
+    assert len(processor.calls) == 6  # one refused call, then nothing more was submitted
+    assert result.halt is not None and result.halt.fatal and result.halt.reason == "out_of_credits"
+    assert result.halt.remaining_images == 15 and result.halt.needed == 15 and result.halt.available == 0
+    assert hook.reads == [True]  # read once, as the connection test does
+    # Rerun after a top-up completes exactly the remainder.
+    processor2 = ScriptedProcessor()
+    _, result2, _ = run(storage, spec, processor2)
+    assert len(processor2.calls) == 15 and result2.counts["skipped"] == 5
+
+
+def test_both_accounts_out_halts_with_every_image_pending_and_the_pooled_shortfall(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(10))
+    refused = lambda vendor: lambda n, c: OutOfCreditsError("no credits", vendor=vendor, code="402")  # noqa: E731
+    primary, secondary = Vendor("pixian", refused("pixian")), Vendor("poof", refused("poof"))
+    secondary.cost_per_image = Decimal(2)
+    hooks = {"pixian": BalanceHook("pixian", "3"), "poof": BalanceHook("poof", "4.5")}
+    result, rows = run_chain(storage, spec, chain(primary, secondary, hooks=hooks), max_concurrency=1)
+    assert result.counts["pending"] == 10 and result.credits_spent == 0
+    assert len(primary.calls) == 1 and len(secondary.calls) == 1
+    halt = result.halt
+    assert halt is not None and halt.reason == "out_of_credits" and halt.fatal
+    assert halt.remaining_images == 10 and halt.needed == 10 and halt.available == Decimal("7.5")
+    assert halt.shortfall_images == 5  # 3 at 1 credit, 2 at 2 credits: 5 of 10 covered
+    assert [(a["conn_id"], a["covers"], a["needed"], a["available"]) for a in halt.accounts] == [
+        ("pixian_conn", 3, "10", "3"),
+        ("poof_conn", 2, "20", "4.5"),
+    ]
+    assert "every account of the chain is unusable" in halt.message
+    assert "Pooled shortfall: 5 image(s) of 10 pending" in halt.message
+    assert halt.as_dict()["accounts"][1]["state"] == "out_of_credits"
+    assert {row["status"] for row in rows} == {"pending"}
+
+
+class SharedBalances:
+    """Balance hooks of several accounts that count how many of their reads overlap."""
+
+    def __init__(self) -> None:
+        self.reading = self.most = 0
+
+    def hook(self, vendor: str, remaining: str) -> BalanceHook:
+        shared = self
+
+        class Hook(BalanceHook):
+            async def aget_balance(self, *, probe: bool = False) -> Balance:
+                shared.reading += 1
+                shared.most = max(shared.most, shared.reading)
+                try:
+                    return await super().aget_balance(probe=probe)
+                finally:
+                    shared.reading -= 1
+
+        return Hook(vendor, remaining, delay=0.05)
+
+
+def test_every_account_out_reads_the_balances_once_each_concurrently_with_the_probe_timeout(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    refused = lambda vendor: lambda n, c: OutOfCreditsError("no credits", vendor=vendor, code="402")  # noqa: E731
+    shared = SharedBalances()
+    hooks = {v: shared.hook(v, "1") for v in ("pixian", "poof", "pixelcut")}
+    refusing = [Vendor(v, refused(v)) for v in hooks]
+    result, _ = run_chain(storage, spec, chain(*refusing, hooks=hooks), max_concurrency=1)
+    assert result.halt is not None and result.halt.shortfall_images == 0
+    assert [hook.reads for hook in hooks.values()] == [[True]] * 3  # one probe read each
+    assert shared.most == 3  # all at once
+
+
+@pytest.mark.parametrize("halt", ["terminated", "max_images"])
+def test_a_stopped_or_budget_halted_chain_reads_no_balance_before_the_record_is_stored(
+    batch, halt: str
+) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(6))
+    hooks = {"pixian": BalanceHook("pixian", "5"), "poof": BalanceHook("poof", "5")}
+    accounts = chain(Vendor("pixian", delay=0.2), Vendor("poof"), hooks=hooks)
+
+    async def go() -> Any:
+        primary = accounts.primary.processor
+        plan = await plan_batch(
+            storage, spec, extension=".png", identity=accounts.identity, limits=primary.limits
+        )
+        budget = {"max_images": 2} if halt == "max_images" else {}
+        runner = BatchRunner(
+            storage,
+            primary,
+            plan,
+            ManifestWriter(),
+            accounts=accounts,
+            max_concurrency=1,
+            drain_grace=0.1,
+            **budget,
+        )
+        if halt == "terminated":
+            asyncio.get_running_loop().call_later(0.3, runner.request_stop, "terminated", "SIGTERM")
+        return await runner.run()
+
+    result = asyncio.run(go())
+    assert result.halt is not None and result.halt.reason == halt
+    assert result.halt.accounts == () and result.halt.shortfall_images is None
+    assert "Pooled shortfall" not in result.halt.message
+    assert hooks["pixian"].reads == [] and hooks["poof"].reads == []
+    assert result.halt.remaining_images == result.counts["pending"] > 0
