@@ -8,7 +8,7 @@ import concurrent.futures
 import json
 from abc import abstractmethod
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -32,11 +32,12 @@ from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
     OutputIdentity,
+    check_plan,
     plan_batch,
     plan_into,
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RemovalProcessor
-from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, master_within_source
 from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -175,6 +176,29 @@ class BucketJob:
             return self.processor.limits
         return widest_limits(account.processor.limits for account in self.chain.accounts)
 
+    @property
+    def account_limits(self) -> tuple[tuple[str, InputLimits], ...]:
+        """``(vendor, limits)`` of each account of a chain whose limits differ (else empty)."""
+        if self.chain is None or len({account.processor.limits for account in self.chain.accounts}) < 2:
+            return ()
+        return tuple((account.vendor, account.processor.limits) for account in self.chain.accounts)
+
+    def check_plan(self, plan: BatchPlan) -> BatchPlan:
+        """
+        The local checks on an unchecked plan's billable items, without listing again (:func:`check_plan`).
+
+        :param plan: the plan made with ``check=False``.
+        """
+        return check_plan(
+            self.storage,
+            plan,
+            identity=self.identity,
+            limits=self.planning_limits,
+            concurrency=self.planning_concurrency,
+            renditions=self.renditions,
+            account_limits=self.account_limits,
+        )
+
     def plan_batch(self, *, check: bool = True) -> BatchPlan:
         """
         The batch's plan: the shard's part of the run's plan, or planned here (no vendor call).
@@ -211,6 +235,7 @@ class BucketJob:
             "limits": self.planning_limits,
             "concurrency": self.planning_concurrency,
             "check": check and not self.masters_are_sources,
+            **({"account_limits": self.account_limits} if self.account_limits else {}),
             **(
                 {"renditions": self.renditions, "masters_are_sources": self.masters_are_sources}
                 if self.renditions is not None
@@ -470,6 +495,10 @@ class BucketJobOperator(BaseOperator):
         processor = chain.primary.processor
         for account in chain.accounts[1:]:  # every vendor of the chain makes masters of the same kind
             self.rendition_layout(spec, account.processor)
+        layout = self.rendition_layout(spec, processor)
+        if layout is not None:  # planning may judge renditions by the source's size (docs/renditions.md)
+            bounded = all(master_within_source(account.processor) for account in chain.accounts)
+            layout = replace(layout, masters_within_source=bounded)
         return BucketJob(
             spec=spec,
             storage=storage,
@@ -478,7 +507,7 @@ class BucketJobOperator(BaseOperator):
             chain=chain,
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
             shard=self._shard(),
-            renditions=self.rendition_layout(spec, processor),
+            renditions=layout,
         )
 
     def _shard(self) -> ShardRef | None:

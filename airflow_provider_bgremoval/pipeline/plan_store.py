@@ -307,7 +307,9 @@ class PlanWriter:
         self._settled = _ChunkStream(self._write, "settled")
         self._render = _ChunkStream(self._write, "render")
         self._header_only = bytearray()
+        self._accepted: list[int | None] | None = None  # only once an item names its accounts
         self._status_counts: dict[str, int] = {}
+        self._kind_counts: dict[str, int] = {}
         self._samples: list[WorkItem] = []
 
     def _write(self, name: str, data: bytes) -> None:
@@ -322,6 +324,10 @@ class PlanWriter:
     def add(self, item: WorkItem) -> None:
         """Record a billable item."""
         self._items.append(_item_row(item))
+        if item.accepted is not None and self._accepted is None:
+            self._accepted = [None] * len(self._header_only)
+        if self._accepted is not None:
+            self._accepted.append(item.accepted)
         self._header_only.append(not item.fully_checked)
         if len(self._samples) < SAMPLES:
             self._samples.append(item)
@@ -339,6 +345,7 @@ class PlanWriter:
         """Record a source settled during planning."""
         self._settled.append(_settled_row(outcome))
         self._status_counts[outcome.status] = self._status_counts.get(outcome.status, 0) + 1
+        self._kind_counts[outcome.kind] = self._kind_counts.get(outcome.kind, 0) + 1
 
     @property
     def billable(self) -> int:
@@ -354,9 +361,18 @@ class PlanWriter:
         """Number of settled sources with ``status``."""
         return self._status_counts.get(status, 0)
 
+    def count_kind(self, kind: str) -> int:
+        """Number of settled sources of ``kind`` (:attr:`~.planning.PlannedOutcome.kind`)."""
+        return self._kind_counts.get(kind, 0)
+
     def header_only_among(self, first: int) -> int:
         """How many of the first ``first`` billable items were checked by header only."""
         return sum(self._header_only[: max(0, first)])
+
+    def accepted_among(self, first: int) -> list[int | None]:
+        """The accounts taking each of the first ``first`` billable items (``WorkItem.accepted``)."""
+        first = min(max(0, first), len(self._header_only))
+        return [None] * first if self._accepted is None else self._accepted[:first]
 
     def samples(self, count: int) -> list[WorkItem]:
         """The first ``count`` (at most :data:`SAMPLES`) billable items."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.imaging import (
+    ImageInfo,
     InputLimits,
     check_limits,
     check_size,
@@ -60,6 +61,13 @@ META_OPERATION = "bgremoval-operation"
 META_REQUEST_ID = "bgremoval-request-id"
 META_CREDITS = "bgremoval-credits"
 META_WRITER = "bgremoval-writer"
+
+
+#: The code of a row whose renditions are non-compliant (recorded by an earlier run, or certain from the
+#: source's size at planning).
+NONCOMPLIANT = "rendition_noncompliant"
+#: What a settled row is (:attr:`PlannedOutcome.kind`), for the pre-flight's counts.
+SETTLED_KINDS = ("already_done", "rejected_locally", "noncompliant_at_planning", "recorded_noncompliant")
 
 
 class DestinationCollisionError(BgRemovalError, ValueError):
@@ -139,6 +147,8 @@ class WorkItem:
     :param fully_checked: planning decoded the whole object as the run will (else header and size only).
     :param master: a finished master to render from (a render-only item: no claim, no vendor call).
     :param renditions: the source's renditions, with what exists of each (empty without renditions).
+    :param accepted: with a chain whose accounts' input limits differ, the accounts whose own limits take
+        it (bit ``i``: the chain's account ``i``), from its header; ``None``: every account (or unchecked).
     """
 
     source: ObjectInfo
@@ -147,6 +157,7 @@ class WorkItem:
     fully_checked: bool = False
     master: ObjectInfo | None = None
     renditions: tuple[RenditionTarget, ...] = ()
+    accepted: int | None = None
 
     @property
     def render_only(self) -> bool:
@@ -174,6 +185,21 @@ class PlannedOutcome:
     code: str
     message: str
     extra: Mapping[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        """
+        One of :data:`SETTLED_KINDS`: ``already_done`` (skipped), ``recorded_noncompliant`` (a finished
+        master whose renditions an earlier run recorded non-compliant: a render-only row),
+        ``noncompliant_at_planning`` (every rendition certain to be non-compliant from the source's size),
+        else ``rejected_locally`` (missing, unsafe name, an output in the way, or the local checks).
+        """
+        if self.status == "skipped":
+            return "already_done"
+        if self.code == NONCOMPLIANT:
+            recorded = bool((self.extra or {}).get("render_only"))
+            return "recorded_noncompliant" if recorded else "noncompliant_at_planning"
+        return "rejected_locally"
 
 
 @dataclass
@@ -228,6 +254,14 @@ class BatchPlan:
         """Number of settled sources with ``status``."""
         return sum(1 for outcome in self.settled if outcome.status == status)
 
+    def count_kind(self, kind: str) -> int:
+        """
+        Number of settled sources of ``kind`` (:attr:`PlannedOutcome.kind`).
+
+        :param kind: one of :data:`SETTLED_KINDS`.
+        """
+        return sum(1 for outcome in self.settled if outcome.kind == kind)
+
     @property
     def unverified_by_header_only(self) -> int:
         """Billable items checked by header only (see :attr:`WorkItem.fully_checked`)."""
@@ -240,6 +274,14 @@ class BatchPlan:
         :param first: number of leading items considered.
         """
         return sum(1 for item in self.items[: max(0, first)] if not item.fully_checked)
+
+    def accepted_among(self, first: int) -> list[int | None]:
+        """
+        :attr:`WorkItem.accepted` of the first ``first`` billable items, in order.
+
+        :param first: number of leading items considered.
+        """
+        return [item.accepted for item in self.items[: max(0, first)]]
 
 
 class PlanSink(Protocol):
@@ -424,7 +466,20 @@ def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[s
     return {info.name: info for info in found if info.name in wanted}
 
 
-def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> bool:
+@dataclass(frozen=True)
+class CheckedSource:
+    """
+    What the local checks learnt of a source that passed them.
+
+    :param info: its header.
+    :param fully_checked: the whole object was decoded (see :attr:`WorkItem.fully_checked`).
+    """
+
+    info: ImageInfo
+    fully_checked: bool
+
+
+def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, vendor: str) -> CheckedSource:
     """
     Raise the :class:`InputRejectedError` the run would raise for ``source`` (docs/reliability.md).
 
@@ -432,7 +487,7 @@ def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, v
     :param source: the source object (pinned to its generation).
     :param limits: the vendor's input limits.
     :param vendor: vendor name (for the errors).
-    :return: True when the whole object was decoded (see :attr:`WorkItem.fully_checked`).
+    :return: its header, and whether the whole object was decoded.
     """
     check_size(source.size, limits, vendor=vendor)  # the listing's size alone may decide
     data = storage.read_head(source.bucket, source.name, HEADER_BYTES, generation=source.generation)
@@ -448,7 +503,7 @@ def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, v
     fully_checked = len(data) >= source.size and info.pixels <= FULL_CHECK_MAX_PIXELS
     if fully_checked:
         prepare_input(data, limits, vendor=vendor)  # decodes every pixel, as the run will
-    return fully_checked
+    return CheckedSource(info, fully_checked)
 
 
 class _Collisions:
@@ -529,6 +584,7 @@ class _Planner:
     limits: InputLimits
     layout: RenditionLayout | None = None
     masters_are_sources: bool = False
+    accounts: Sequence[tuple[str, InputLimits]] = ()
 
     def unfinished(self, window: Sequence[WorkItem], sink: PlanSink) -> list[WorkItem]:
         """Settle the window's finished (and, without overwrite, foreign) outputs; return the rest."""
@@ -611,14 +667,52 @@ class _Planner:
             self._finished(item, item.source, found, sink)
 
     def check(self, item: WorkItem) -> WorkItem | PlannedOutcome:
-        """The item with its local verdict, or its rejection."""
+        """
+        The item with its local verdict, or its rejection; or, when every rendition of it is certain to be
+        non-compliant from its header's size, settled as such (no vendor call).
+        """
         try:
-            fully_checked = check_source(self.storage, item.source, self.limits, self.identity.vendor)
+            checked = check_source(self.storage, item.source, self.limits, self.identity.vendor)
         except InputRejectedError as exc:
             return PlannedOutcome(
                 item.source, item.destination, "rejected", exc.code or "rejected", exc.message
             )
-        return replace(item, fully_checked=fully_checked)
+        if self.layout is not None and item.renditions:
+            source = (checked.info.width, checked.info.height)
+            found = self.layout.unreachable(self.spec.destination_bucket, item.renditions, source)
+            if found is not None:
+                message, facts = found
+                return PlannedOutcome(
+                    item.source,
+                    item.destination,
+                    "rejected",
+                    NONCOMPLIANT,
+                    message,
+                    {"renditions": facts},
+                )
+        accepted = accepted_by(self.accounts, checked.info, item.source.size)
+        return replace(item, fully_checked=checked.fully_checked, accepted=accepted)
+
+
+def accepted_by(accounts: Sequence[tuple[str, InputLimits]], info: ImageInfo, size: int) -> int | None:
+    """
+    The accounts whose own input limits take an image (the check the batch runs before each account's
+    call, :func:`~airflow_provider_bgremoval.imaging.check_limits`), as a bit mask in chain order.
+
+    :param accounts: ``(vendor, limits)`` of each account of a chain whose limits differ (empty: ``None``).
+    :param info: the image's header.
+    :param size: its bytes.
+    """
+    if not accounts:
+        return None
+    mask = 0
+    for index, (vendor, limits) in enumerate(accounts):
+        try:
+            check_limits(info, size, limits, vendor=vendor)
+        except InputRejectedError:
+            continue
+        mask |= 1 << index
+    return mask
 
 
 def _add_render(sink: PlanSink, item: WorkItem) -> None:
@@ -646,6 +740,7 @@ def plan_into(
     sources: Iterable[tuple[str, ObjectInfo | None]] | None = None,
     renditions: RenditionLayout | None = None,
     masters_are_sources: bool = False,
+    account_limits: Sequence[tuple[str, InputLimits]] = (),
 ) -> SinkT:
     """
     Plan a batch into ``sink``, window by window; :class:`DestinationCollisionError` when two sources
@@ -666,9 +761,11 @@ def plan_into(
         prefix), instead of :func:`iter_sources` (the arrivals trigger plans only what is new).
     :param renditions: the renditions each source gets (``None``: none, a single output per source).
     :param masters_are_sources: every source is a finished master (render-only planning, no check).
+    :param account_limits: ``(vendor, limits)`` of each account of a chain whose limits differ: the
+        local checks note which accounts take each image (:attr:`WorkItem.accepted`).
     """
     listed = iter_sources(storage, spec, outputs=masters_are_sources) if sources is None else sources
-    planner = _Planner(storage, spec, identity, limits, renditions, masters_are_sources)
+    planner = _Planner(storage, spec, identity, limits, renditions, masters_are_sources, account_limits)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
         for window in _windows(_map_sources(listed, spec, extension, sink, collisions)):
@@ -676,6 +773,37 @@ def plan_into(
             _record(sink, pool.map(planner.check, unfinished) if check else unfinished)
     collisions.raise_if_any()
     return sink
+
+
+def check_plan(
+    storage: GcsStorage,
+    plan: BatchPlan,
+    *,
+    identity: OutputIdentity,
+    limits: InputLimits,
+    concurrency: int = 16,
+    renditions: RenditionLayout | None = None,
+    account_limits: Sequence[tuple[str, InputLimits]] = (),
+) -> BatchPlan:
+    """
+    The local checks on an unchecked plan's billable items: the plan :func:`plan_into` makes with
+    ``check``, without listing the sources and outputs again (its rejections follow the earlier settled
+    rows). Arguments as :func:`plan_into`'s.
+
+    :param storage: the GCS storage.
+    :param plan: a plan made without the local checks (``checked`` False).
+    :param identity: the accepted ``(vendor, options hash)`` pairs.
+    :param limits: the input limits checked.
+    :param concurrency: local checks at once.
+    :param renditions: the renditions each source gets.
+    :param account_limits: each account's limits when a chain's differ.
+    """
+    planner = _Planner(storage, plan.spec, identity, limits, renditions, False, account_limits)
+    checked = BatchPlan(spec=plan.spec, settled=list(plan.settled), render=list(plan.render))
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
+        _record(checked, pool.map(planner.check, plan.items))
+    _log_plan(checked)
+    return checked
 
 
 async def plan_batch(
@@ -689,6 +817,7 @@ async def plan_batch(
     check: bool = True,
     renditions: RenditionLayout | None = None,
     masters_are_sources: bool = False,
+    account_limits: Sequence[tuple[str, InputLimits]] = (),
 ) -> BatchPlan:
     """Plan a batch in memory, off the event loop: :func:`plan_into` a :class:`BatchPlan` (same arguments)."""
     plan = await asyncio.to_thread(
@@ -703,15 +832,20 @@ async def plan_batch(
         check=check,
         renditions=renditions,
         masters_are_sources=masters_are_sources,
+        account_limits=account_limits,
     )
+    _log_plan(plan)
+    return plan
+
+
+def _log_plan(plan: BatchPlan) -> None:
     log.info(
         "Planned %d source(s): %d billable (%d of them checked by header only), %d already done, "
-        "%d rejected locally, %d render-only (0 credits)",
+        "%d rejected locally, %d non-compliant from the source's size, %d recorded non-compliant, "
+        "%d render-only (0 credits)",
         plan.total,
         len(plan.items),
         plan.unverified_by_header_only,
-        plan.count("skipped"),
-        plan.count("rejected"),
+        *(plan.count_kind(kind) for kind in SETTLED_KINDS),
         len(plan.render),
     )
-    return plan

@@ -28,15 +28,19 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE,
     META_SOURCE_GENERATION,
     META_WRITER,
+    NONCOMPLIANT,
     BatchSpec,
 )
 from airflow_provider_bgremoval.renditions import (
+    CheckResult,
     RenderedRendition,
     RenderFailure,
     Rendition,
     prepare_master,
     render,
 )
+from airflow_provider_bgremoval.renditions.compliance import unreachable
+from airflow_provider_bgremoval.renditions.renderer import largest_long_side
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
@@ -60,6 +64,19 @@ _FAILED_CHECKS_MAX = 512
 #: (:data:`~airflow_provider_bgremoval.imaging.DEFAULT_RESULT_LIMITS`) as uncompressed 8-bit RGBA. A real
 #: master (compressed) is smaller; anything larger is refused unread (``ObjectTooLargeError``).
 MASTER_MAX_BYTES = DEFAULT_RESULT_LIMITS.max_pixels * 4
+
+#: Vendor options that can make a cut-out larger than its source (padding, a target size, a shadow):
+#: with any of them set, planning never judges a rendition by the source's size (VENDORS.md).
+ENLARGING_VENDOR_OPTIONS = (
+    "result_margin",
+    "target_size",
+    "margin",
+    "margin_left",
+    "margin_right",
+    "margin_top",
+    "margin_bottom",
+    "shadow",
+)
 
 #: What can happen to one rendition of one source (the manifest's ``renditions[].status``).
 RENDITION_STATUSES = ("done", "replaced", "skipped", "rejected", "failed")
@@ -173,12 +190,56 @@ class RenditionTarget:
             f"recorded non-compliant on {recorded_on(self.record)}, not re-rendered"
             f" (failed: {', '.join(failed) or 'see the record'})"
         )
-        facts = self._rejected_facts(bucket, "rendition_noncompliant", message)
+        facts = self._rejected_facts(bucket, NONCOMPLIANT, message)
         return {**facts, "failed": failed, "record": self.record.uri}
+
+    def unreachable_facts(
+        self, bucket: str, source: tuple[int, int], checks: Sequence[CheckResult]
+    ) -> dict[str, Any]:
+        """
+        The manifest entry of a rendition settled at planning: by its source's size it fails ``checks``.
+
+        :param bucket: the destination bucket.
+        :param source: the source's ``(width, height)`` from its header.
+        :param checks: the required checks it cannot pass (:func:`unreachable_checks`).
+        """
+        failed = [check.name for check in checks]
+        message = (
+            f"a {source[0]}x{source[1]} px source cannot make it compliant without upscaling: "
+            f"{'; '.join(f'{check.name}: {check.message}' for check in checks)}; set upscale=True to enlarge"
+        )
+        facts = self._rejected_facts(bucket, NONCOMPLIANT, message)
+        return {**facts, "failed": failed, "checks": [check.as_dict() for check in checks]}
 
     def settled_facts(self, bucket: str) -> dict[str, Any]:
         """The manifest entry of a settled rendition: skipped, or rejected as recorded."""
         return self.skipped_facts(bucket) if self.finished else self.recorded_facts(bucket)
+
+
+def unreachable_checks(rendition: Rendition, source: tuple[int, int]) -> tuple[CheckResult, ...]:
+    """
+    The required checks ``rendition`` is certain to fail from a master no larger than ``source`` (the
+    renderer's largest long side against the compliance minimums; empty: it may comply).
+
+    :param rendition: the rendition.
+    :param source: the ``(width, height)`` the master cannot exceed.
+    """
+    longest = largest_long_side(source, rendition.spec)
+    return () if longest is None else unreachable(rendition, longest)
+
+
+def master_within_source(processor: Any) -> bool:
+    """
+    True when the vendor operation's cut-out is never larger than its source: a removal without an
+    :data:`ENLARGING_VENDOR_OPTIONS` option (generate-background makes its own 1024 px scene).
+
+    :param processor: the batch's :class:`~airflow_provider_bgremoval.pipeline.processors.ImageProcessor`.
+    """
+    if getattr(processor, "operation", None) != "remove_background":
+        return False
+    options: Any = getattr(processor, "vendor_options", None)
+    fields = options.as_dict() if hasattr(options, "as_dict") else dict(options or {})
+    return not any(fields.get(name) not in (None, "", False) for name in ENLARGING_VENDOR_OPTIONS)
 
 
 def recorded_on(record: ObjectInfo) -> str:
@@ -205,6 +266,9 @@ class RenditionLayout:
     :param source_bucket: the source photos' bucket.
     :param source_prefix: the source photos' prefix (``None``: the masters are the sources); a rendition
         folder may not overlap it when ``source_bucket`` is the destination bucket.
+    :param masters_within_source: every vendor of the batch makes masters no larger than their source
+        (:func:`master_within_source`), so planning settles a source whose every rendition is certain to
+        be non-compliant from its header's size (:meth:`unreachable`) without a vendor call.
     """
 
     renditions: tuple[Rendition, ...]
@@ -215,6 +279,7 @@ class RenditionLayout:
     masters_bucket: str = ""
     source_bucket: str = ""
     source_prefix: str | None = None
+    masters_within_source: bool = False
 
     @classmethod
     def of_batch(
@@ -343,6 +408,33 @@ class RenditionLayout:
             targets.append(RenditionTarget(rendition, name, found, done, record))
         return tuple(targets)
 
+    def unreachable(
+        self, bucket: str, targets: Sequence[RenditionTarget], source: tuple[int, int]
+    ) -> tuple[str, list[dict[str, Any]]] | None:
+        """
+        When every rendition of a source still to be sent is certain to be non-compliant from the source's
+        size (``masters_within_source`` only): the row's message and the renditions' manifest entries.
+
+        :param bucket: the destination bucket.
+        :param targets: the source's renditions (:meth:`targets`).
+        :param source: the source's ``(width, height)`` from its header.
+        """
+        if not self.masters_within_source or not targets:
+            return None
+        failing = [(target, unreachable_checks(target.rendition, source)) for target in targets]
+        if not all(checks for _, checks in failing):
+            return None
+        facts = [target.unreachable_facts(bucket, source, checks) for target, checks in failing]
+        reasons = "; ".join(
+            f"{target.rendition.name}: {', '.join(check.message for check in checks[:1])} ({checks[0].name})"
+            for target, checks in failing
+        )
+        message = (
+            f"every rendition is certain to be non-compliant from the {source[0]}x{source[1]} px source "
+            f"({reasons}); not sent to the vendor (0 credits); set upscale=True to enlarge"
+        )
+        return message, facts
+
     def window(
         self,
         storage: GcsStorage,
@@ -435,7 +527,7 @@ class WindowRenditions:
         names = ", ".join(target.rendition.name for target in targets if target.recorded)
         extra["render_only"] = True  # BatchRunner._row's flag: a free row, outside the failure rate
         message = f"rendition(s) {names} recorded non-compliant on {dates}, not re-rendered"
-        return "rejected", "rendition_noncompliant", message, extra
+        return "rejected", NONCOMPLIANT, message, extra
 
     def _records(self, names: Sequence[str]) -> Mapping[str, ObjectInfo]:
         if self.stat:
@@ -523,7 +615,7 @@ class RenditionStage:
         if isinstance(outcome, RenderFailure):
             return facts
         if not outcome.compliant:  # never written: a feed reading the folder must not pick it up
-            facts.update(status="rejected", error_code="rendition_noncompliant")
+            facts.update(status="rejected", error_code=NONCOMPLIANT)
             record = self._record(target, outcome, master, source)
             if record is not None:
                 facts["record"] = record.uri
@@ -661,7 +753,7 @@ def render_verdict(facts: Sequence[Mapping[str, Any]]) -> tuple[str, str | None,
         return "failed", "rendition_failed", f"rendition(s) {message}"
     if bad["rejected"]:
         exists = all(f.get("error_code") == "output_exists" for f in facts if f["status"] == "rejected")
-        return "rejected", "output_exists" if exists else "rendition_noncompliant", f"rendition(s) {message}"
+        return "rejected", "output_exists" if exists else NONCOMPLIANT, f"rendition(s) {message}"
     return "done", None, None
 
 

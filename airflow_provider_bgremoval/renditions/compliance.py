@@ -253,10 +253,18 @@ class Sides(Rule):
             return f"long_side_min_{self.min_long}"
         return f"long_side_max_{self.max_long}"
 
+    def long_side_too_short(self, long: int) -> bool:
+        """
+        True when a long side of ``long`` px fails this rule's ``min_long``.
+
+        :param long: the long side, px.
+        """
+        return self.min_long is not None and long < self.min_long
+
     def _check(self, measured: Measured) -> tuple[bool, str]:
         long, short = measured.long_side, min(measured.width, measured.height)
         passed = (
-            (self.min_long is None or long >= self.min_long)
+            not self.long_side_too_short(long)
             and (self.max_long is None or long <= self.max_long)
             and (self.min_short is None or short >= self.min_short)
         )
@@ -540,6 +548,14 @@ def measure(data: bytes, background: Rgb | None) -> Measured:
         )
 
 
+def _rules(rendition: Rendition) -> list[tuple[Rule, str]]:
+    """Every rule of a rendition with its origin: the spec's (:func:`spec_rules`), then its preset's."""
+    origin = f"preset:{rendition.spec.preset}" if rendition.spec.preset else "spec"
+    return [(rule, "spec") for rule in spec_rules(rendition.spec)] + [
+        (rule, origin) for rule in rendition.rules
+    ]
+
+
 def judge(rendition: Rendition, measured: Measured) -> Verdict:
     """
     The verdict of a rendition: the spec's checks (:func:`spec_rules`), then its preset's.
@@ -547,7 +563,26 @@ def judge(rendition: Rendition, measured: Measured) -> Verdict:
     :param rendition: the rendition (spec and preset rules).
     :param measured: facts read back from its bytes (:func:`measure`).
     """
-    origin = f"preset:{rendition.spec.preset}" if rendition.spec.preset else "spec"
-    checks = [rule.evaluate(measured) for rule in spec_rules(rendition.spec)]
-    checks += [rule.evaluate(measured, origin) for rule in rendition.rules]
-    return Verdict(tuple(checks))
+    return Verdict(tuple(rule.evaluate(measured, origin) for rule, origin in _rules(rendition)))
+
+
+def unreachable(rendition: Rendition, longest: int) -> tuple[CheckResult, ...]:
+    """
+    The required checks a rendition is certain to fail when its long side can be at most ``longest`` px:
+    each long-side minimum (the spec's ``min_size``, a preset's ``Sides``) above it. Empty: it may comply.
+
+    :param rendition: the rendition.
+    :param longest: the largest long side it can have
+        (:func:`~airflow_provider_bgremoval.renditions.renderer.largest_long_side`).
+    """
+    return tuple(
+        CheckResult(
+            rule.check_name,
+            False,
+            f"at most {longest} px on the long side ({rule.min_long} wanted)",
+            rule.required,
+            origin,
+        )
+        for rule, origin in _rules(rendition)
+        if isinstance(rule, Sides) and rule.required and rule.long_side_too_short(longest)
+    )

@@ -239,6 +239,30 @@ def _natural_canvas(content: tuple[int, int], spec: RenditionSpec) -> tuple[floa
     return canvas
 
 
+def largest_long_side(source: tuple[int, int], spec: RenditionSpec) -> int | None:
+    """
+    The longest side a rendition can have when its master is no larger than ``source`` (either way up:
+    the master may be turned upright), or ``None`` when the source does not bound it (``upscale``
+    enlarges, an exact ``size`` fixes the canvas).
+
+    Sound for any content the master yields: the canvas at the content's own scale
+    (:func:`_natural_canvas`: its fill, margin and aspect) grows with the content, a cropped subject is
+    never larger than the master, and without ``upscale`` the canvas is never scaled up (only down, to
+    ``max_size``).
+
+    :param source: ``(width, height)`` the master cannot exceed (the source photo's, from its header).
+    :param spec: the rendition spec.
+    """
+    if spec.upscale or spec.size is not None:
+        return None
+    width, height = source
+    longest = max(
+        math.ceil(max(_natural_canvas(content, spec)) - _EPSILON)
+        for content in ((width, height), (height, width))
+    )
+    return longest if spec.max_size is None else min(longest, spec.max_size)
+
+
 def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
     """
     The layout of a rendition: its exact ``size``, or a canvas derived from the content (its aspect,

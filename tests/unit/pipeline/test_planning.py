@@ -26,7 +26,7 @@ from PIL import Image
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError
 from airflow_provider_bgremoval.hooks.poof import PoofHook
-from airflow_provider_bgremoval.imaging import prepare_input
+from airflow_provider_bgremoval.imaging import InputLimits, prepare_input
 from airflow_provider_bgremoval.pipeline import planning
 from airflow_provider_bgremoval.pipeline.planning import (
     FULL_CHECK_MAX_PIXELS,
@@ -40,13 +40,15 @@ from airflow_provider_bgremoval.pipeline.planning import (
     BatchSpec,
     DestinationCollisionError,
     OutputIdentity,
+    PlannedOutcome,
+    check_plan,
     check_source,
     iter_sources,
     outputs_between,
     plan_batch,
     ranges_outside,
 )
-from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.poof import PoofWire
 from tests.support.connections import SleepRecorder, set_connection
 from tests.support.memory_storage import MemoryStorage
@@ -209,7 +211,9 @@ def test_check_source_verdicts(photos: dict[str, bytes]) -> None:
         info = storage.info("src", name)
         return check_source(storage, info, LIMITS, VENDOR)  # type: ignore[arg-type]
 
-    assert verdict("a.png") is True  # no rejection, and fully checked
+    checked = verdict("a.png")  # no rejection, and fully checked
+    assert checked.fully_checked is True
+    assert (checked.info.width, checked.info.height) == Image.open(io.BytesIO(photos["horse.png"])).size
     with pytest.raises(InputRejectedError) as rejection:
         verdict("b.png")
     assert rejection.value.code == "malformed_image"
@@ -571,3 +575,70 @@ def test_a_finished_output_s_outcome_names_the_vendor_that_made_it(tiny_png: byt
     assert [(o.source.name, o.code, o.extra) for o in plan.settled] == [
         ("a.jpg", "already_done", {"vendor": VENDOR})
     ]
+
+
+# -- Checking an unchecked plan without listing again; which accounts of a chain take each image ---------
+
+
+def test_checking_an_unchecked_plan_reads_headers_but_lists_nothing_again(photos: dict[str, bytes]) -> None:
+    objects = {
+        "a.png": photos["horse.png"],
+        "b.png": _truncated(photos["horse.png"]),
+        "c.jpg": photos["rocket.jpg"],
+    }
+    storage = MemoryStorage(objects)
+    spec = BatchSpec(source_bucket="src", destination_bucket="dst")
+    kwargs: dict[str, Any] = {"identity": IDENTITY, "limits": LIMITS}
+    unchecked = asyncio.run(plan_batch(storage, spec, extension=".png", check=False, **kwargs))  # type: ignore[arg-type]
+    assert unchecked.billable == 3 and storage.requests["read_head"] == 0
+    listed = storage.requests["list"]
+    storage.requests.clear()
+    checked = check_plan(storage, unchecked, **kwargs)  # type: ignore[arg-type]
+    assert storage.requests["list"] == 0 and storage.requests["read_head"] == 3
+    fresh = asyncio.run(plan_batch(MemoryStorage(objects), spec, extension=".png", **kwargs))  # type: ignore[arg-type]
+    assert checked.checked and [i.source.name for i in checked.items] == [i.source.name for i in fresh.items]
+    assert [(o.source.name, o.code) for o in checked.settled] == [
+        (o.source.name, o.code) for o in fresh.settled
+    ]
+    assert [i.fully_checked for i in checked.items] == [i.fully_checked for i in fresh.items]
+    assert listed >= 2  # the sources and the outputs: what the second pass no longer repeats
+
+
+def test_the_local_checks_note_which_accounts_of_a_chain_take_each_image() -> None:
+    small = _save(Image.new("RGB", (100, 80), "white"), "PNG")
+    large = _save(Image.new("RGB", (1200, 900), "white"), "PNG")
+    narrow = InputLimits(max_bytes=10_000_000, max_pixels=500_000)
+    wide = InputLimits(max_bytes=10_000_000, max_pixels=2_000_000)
+    storage = MemoryStorage({"a.png": small, "b.png": large})
+    plan = asyncio.run(
+        plan_batch(
+            storage,  # type: ignore[arg-type]
+            BatchSpec(source_bucket="src", destination_bucket="dst"),
+            extension=".png",
+            identity=IDENTITY,
+            limits=wide,
+            account_limits=(("pixian", narrow), ("poof", wide)),
+        )
+    )
+    assert plan.accepted_among(2) == [0b11, 0b10]  # the large one only the second account takes
+    assert plan.accepted_among(1) == [0b11]
+    info = planning.read_header(large, vendor="poof")
+    assert planning.accepted_by((("pixian", narrow),), info, len(large)) == 0
+    assert planning.accepted_by((), info, len(large)) is None  # one set of limits: every account
+
+
+def test_settled_rows_have_one_kind_each() -> None:
+    source = ObjectInfo(bucket="src", name="a.png", generation=1, size=1)
+
+    def kind(status: str, code: str, extra: dict[str, Any] | None = None) -> str:
+        return PlannedOutcome(source, None, status, code, "", extra).kind
+
+    assert kind("skipped", "already_done") == "already_done"
+    assert kind("rejected", "rendition_noncompliant", {"render_only": True}) == "recorded_noncompliant"
+    assert kind("rejected", "rendition_noncompliant", {"renditions": []}) == "noncompliant_at_planning"
+    for code in ("not_found", "unsafe_name", "output_exists", "malformed_image", "file_too_large"):
+        assert kind("rejected", code) == "rejected_locally"
+    plan = BatchPlan(spec=BatchSpec(source_bucket="src", destination_bucket="dst"))
+    for status, code in (("skipped", "already_done"), ("rejected", "not_found")):
+        plan.settle(PlannedOutcome(source, None, status, code, ""))
+    assert [plan.count_kind(k) for k in planning.SETTLED_KINDS] == [1, 1, 0, 0]

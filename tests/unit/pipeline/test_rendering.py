@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,11 +26,14 @@ from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import (
     MASTER_MAX_BYTES,
     RenditionLayout,
+    master_within_source,
     recorded_source,
     render_verdict,
 )
 from airflow_provider_bgremoval.renditions import parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from airflow_provider_bgremoval.vendors.pixian import PixianOptions
+from airflow_provider_bgremoval.vendors.poof import PoofOptions
 from tests.support.memory_storage import MemoryStorage
 from tests.unit.pipeline.test_engine import ScriptedProcessor
 
@@ -572,3 +577,99 @@ def test_render_only_records_settle_the_next_run_and_stay_out_of_output_listings
         )
     ]  # type: ignore[arg-type]
     assert names and not any("_bgremoval" in name for name in names)
+
+
+# -- Renditions no master can make compliant: settled at planning, no vendor call (MemoryStorage) --------
+
+AMAZON = {"name": "amazon", "preset": "amazon_main"}  # fill 0.85 on 1:1, min_size 1000, no upscale
+WEB = {"name": "web", "format": "webp", "max_size": 1024}
+
+
+def photo(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 60, 60)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def bounded(*renditions: dict[str, Any]) -> RenditionLayout:
+    return replace(layout(*renditions), masters_within_source=True)
+
+
+def small_and_big() -> MemoryStorage:
+    return MemoryStorage({"raw/small.png": photo((800, 600)), "raw/big.png": photo((1300, 1000))})
+
+
+def test_a_source_no_rendition_can_make_compliant_is_settled_at_planning_without_a_call() -> None:
+    storage, vendor = small_and_big(), CutoutProcessor()
+    plan, result, rows = batch(storage, BatchSpec("src", "dst", **SPEC_KW), vendor, bounded(AMAZON))
+    assert vendor.calls == ["big.png"] and plan.billable == 1  # 1300 px could reach 1000: paid, judged
+    assert plan.count_kind("noncompliant_at_planning") == 1 and plan.count_kind("rejected_locally") == 0
+    small = by_source(rows)["small.png"]
+    assert (small["status"], small["error_code"]) == ("rejected", "rendition_noncompliant")
+    assert "800x600 px source" in small["error_message"] and "upscale=True" in small["error_message"]
+    assert "amazon: at most 942 px on the long side (1000 wanted) (min_size)" in small["error_message"]
+    assert "0 credits" in small["error_message"]
+    (amazon,) = small["renditions"]
+    assert (amazon["status"], amazon["error_code"], amazon["compliant"]) == (
+        "rejected",
+        "rendition_noncompliant",
+        False,
+    )
+    assert amazon["failed"] == ["min_size", "long_side_min_1000"]
+    assert amazon["object"] == "gs://dst/out/amazon/small.jpg"
+    assert [check["message"] for check in amazon["checks"]] == [
+        "at most 942 px on the long side (1000 wanted)"
+    ] * 2
+    # the same verdict as a rendition judged after its render: a bad rendition, a free row
+    assert result.renditions["amazon"]["rejected"] == 2 and result.bad_renditions == 2
+    assert result.billable_counts["rejected"] == 1 and result.counts["done"] == 1
+    # nothing is written for it: no master, no record (a record names the master it judged)
+    assert storage.names("dst", "out/masters/") == ["out/masters/big.png"]
+    assert storage.names("dst", "out/_bgremoval/noncompliant/") == ["out/_bgremoval/noncompliant/big/amazon"]
+
+
+def test_a_source_with_one_reachable_rendition_is_still_processed() -> None:
+    storage, vendor = small_and_big(), CutoutProcessor()
+    plan, result, rows = batch(storage, BatchSpec("src", "dst", **SPEC_KW), vendor, bounded(AMAZON, WEB))
+    assert (
+        sorted(vendor.calls) == ["big.png", "small.png"] and plan.count_kind("noncompliant_at_planning") == 0
+    )
+    amazon, web = by_source(rows)["small.png"]["renditions"]
+    assert web["status"] == "done"
+    assert amazon["status"] == "rejected" and amazon["record"]  # judged after its render, recorded, as before
+
+
+@pytest.mark.parametrize(
+    ("rendition", "within"),
+    [
+        ({**AMAZON, "upscale": True}, True),  # upscale may enlarge it to 1000 px
+        ({"name": "exact", "format": "jpeg", "size": 2048}, True),  # an exact canvas: not the source's
+        (AMAZON, False),  # a vendor that may enlarge the cut-out
+    ],
+    ids=["upscale", "exact-size", "unbounded-master"],
+)
+def test_planning_never_settles_what_the_source_does_not_bound(
+    rendition: dict[str, Any], within: bool
+) -> None:
+    storage, vendor = small_and_big(), CutoutProcessor()
+    chosen = replace(layout(rendition), masters_within_source=within)
+    plan, _, _ = batch(storage, BatchSpec("src", "dst", **SPEC_KW), vendor, chosen)
+    assert plan.billable == 2 and len(vendor.calls) == 2
+
+
+def test_a_master_is_within_its_source_unless_an_option_can_enlarge_it() -> None:
+    removal = SimpleNamespace(operation="remove_background", vendor_options=None)
+    assert master_within_source(removal)
+    assert master_within_source(replace_ns(removal, vendor_options=PoofOptions(size="preview")))
+    assert master_within_source(replace_ns(removal, vendor_options=PixianOptions(max_pixels=1_000_000)))
+    assert not master_within_source(
+        replace_ns(removal, vendor_options=PixianOptions(target_size=(2000, 2000)))
+    )
+    assert not master_within_source(replace_ns(removal, vendor_options={"result_margin": "10%"}))
+    assert not master_within_source(replace_ns(removal, vendor_options={"shadow": True}))
+    # generate-background makes its own 1024 px scene, whatever the source's size
+    assert not master_within_source(SimpleNamespace(operation="generate_background", vendor_options=None))
+
+
+def replace_ns(namespace: SimpleNamespace, **changes: Any) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(namespace), **changes})

@@ -27,6 +27,7 @@ from airflow_provider_bgremoval.renditions.compliance import (
     judge,
     measure,
     spec_rules,
+    unreachable,
 )
 from airflow_provider_bgremoval.renditions.renderer import SRGB_ICC, RenderedRendition, render
 from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
@@ -247,3 +248,25 @@ def test_lossy_backgrounds_pass_their_own_check(fmt: str, background: str) -> No
     assert isinstance(outcome, RenderedRendition)
     (check,) = (check for check in outcome.verdict.checks if check.name == "background")
     assert check.passed, check.message
+
+
+def test_unreachable_names_the_long_side_minimums_a_bounded_rendition_must_fail() -> None:
+    (amazon,) = parse_renditions([{"name": "amazon", "preset": "amazon_main"}])
+    names = [check.name for check in unreachable(amazon, 942)]
+    assert names == ["min_size", "long_side_min_1000"]  # the 1,600 px advice is not required
+    below = unreachable(amazon, 400)
+    assert [check.name for check in below] == ["min_size", "long_side_min_1000", "long_side_hard_min_500"]
+    assert [check.origin for check in below] == ["spec", "preset:amazon_main", "preset:amazon_main"]
+    assert all(not check.passed and check.required for check in below)
+    assert below[0].message == "at most 400 px on the long side (1000 wanted)"
+    assert unreachable(amazon, 1000) == ()
+    (plain,) = parse_renditions([{"name": "web", "format": "webp", "max_size": 1024}])
+    assert unreachable(plain, 10) == ()  # no minimum: it may comply at any size
+
+
+def test_unreachable_agrees_with_the_verdict_of_a_rendition_of_that_size() -> None:
+    (amazon,) = parse_renditions([{"name": "amazon", "preset": "amazon_main"}])
+    (rendered,) = render(png_bytes(product_photo((300, 200))), [amazon])
+    assert isinstance(rendered, RenderedRendition)
+    expected = {check.name for check in unreachable(amazon, rendered.measured.long_side)}
+    assert expected and expected <= set(rendered.verdict.failed)

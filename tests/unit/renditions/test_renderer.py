@@ -16,6 +16,7 @@ from airflow_provider_bgremoval.renditions.renderer import (
     RenderedRendition,
     RenderFailure,
     RenderOutcome,
+    largest_long_side,
     layout,
     prepare_master,
     render,
@@ -412,3 +413,56 @@ class TestRender:
         assert facts["compliant"] is True
         assert "format" in facts["passed"] and facts["failed"] == []
         assert rendered.content_type == "image/jpeg" and rendered.extension == ".jpg"
+
+
+# -- The largest rendition a source allows (planning settles renditions no master can make compliant) -----
+
+BOUND_SPECS = [
+    {"name": "amazon", "preset": "amazon_main"},  # fill 0.85 on a 1:1 canvas: larger than the subject
+    {"name": "margin", "format": "png", "margin": "10px 20%", "min_size": 2000},
+    {"name": "wide", "format": "png", "aspect": "4:3", "min_size": 2000},
+    {"name": "cover", "format": "png", "aspect": "4:3", "fit": "cover", "min_size": 2000},
+    {"name": "crop", "format": "png", "crop": True, "max_size": 150, "min_size": 100},
+    {"name": "plain", "format": "webp", "min_size": 2000},
+]
+
+
+@pytest.mark.parametrize("spec", BOUND_SPECS, ids=[spec["name"] for spec in BOUND_SPECS])
+def test_no_master_within_the_source_renders_past_the_largest_long_side(spec: dict[str, object]) -> None:
+    (rendition,) = parse_renditions([spec])
+    source = (300, 200)
+    bound = largest_long_side(source, rendition.spec)
+    assert bound is not None
+    masters = [
+        soft_subject((300, 200), (0, 0, 300, 200)),  # the subject fills the source
+        soft_subject((200, 300), (0, 0, 200, 300)),  # turned upright (EXIF orientation)
+        soft_subject((300, 200), (100, 20, 140, 180)),  # a tall narrow subject
+        soft_subject((120, 200), (10, 10, 110, 190)),  # a smaller master (the vendor shrank it)
+    ]
+    sides = [max(layout_of(render_one(prepare_master(master), rendition))) for master in masters]
+    assert max(sides) <= bound
+    assert max(sides) >= bound - 1  # and the bound is tight: a master fills it (within rounding)
+
+
+def layout_of(outcome: object) -> tuple[int, int]:
+    assert isinstance(outcome, RenderedRendition), outcome
+    return outcome.layout.canvas
+
+
+def test_the_largest_long_side_of_amazon_main_from_a_small_source() -> None:
+    (amazon,) = parse_renditions([{"name": "amazon", "preset": "amazon_main"}])
+    # fill 0.85 on a square: a 900 px subject can make a 1059 px canvas, over the 1000 px minimum
+    assert largest_long_side((900, 700), amazon.spec) == 1059
+    assert largest_long_side((800, 600), amazon.spec) == 942
+    assert largest_long_side((600, 800), amazon.spec) == 942
+
+
+def test_upscaling_or_an_exact_canvas_is_not_bounded_by_the_source() -> None:
+    upscale, exact = parse_renditions(
+        [
+            {"name": "up", "preset": "amazon_main", "upscale": True},
+            {"name": "exact", "format": "jpeg", "size": [2048, 2048]},
+        ]
+    )
+    assert largest_long_side((100, 100), upscale.spec) is None
+    assert largest_long_side((100, 100), exact.spec) is None
