@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import groupby
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk.exceptions import AirflowException
@@ -160,22 +161,39 @@ class CreditsPreflightOperator(BucketJobOperator):
                 "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
             )
 
-    def test_estimate(
-        self, hook: BackgroundRemovalHook[Any], storage: GcsStorage, plan: BatchPlan | PlanWriter
-    ) -> Decimal:
+    def test_estimate_hook(self, job: BucketJob) -> PixianHook | None:
         """
-        Pixian's free estimate of a removal: ``X-Credits-Calculated`` of a ``test=true`` call on a sample.
+        The hook ``use_test_estimate`` asks, checked once before planning: ``None`` when not asked, or when
+        the run's calls are themselves in Pixian test mode (the hook's own check; its cost table then
+        prices them at 0, and a test call's production price would not apply).
 
-        :param hook: the vendor hook (must be Pixian).
-        :param storage: the GCS storage.
-        :param plan: the batch plan.
+        :param job: the prepared job.
         """
+        if not self.use_test_estimate:
+            return None
+        if len(self.conn_ids()) > 1:
+            raise InvalidOptionError(
+                "use_test_estimate",
+                "a chain of connections is priced from each one's cost: give cost_per_image",
+            )
+        hook = job.vendor_hook
         if not isinstance(hook, PixianHook) or not isinstance(self, RemovalParameters):
             raise InvalidOptionError(
                 "use_test_estimate",
                 f"only Pixian offers a free test-mode estimate (of a removal); "
                 f"{self.conn_id!r} is a {hook.conn_type} connection",
             )
+        return None if hook.is_test_mode(self.vendor_options) else hook
+
+    def test_estimate(self, hook: PixianHook, storage: GcsStorage, plan: BatchPlan | PlanWriter) -> Decimal:
+        """
+        Pixian's free estimate of a removal: ``X-Credits-Calculated`` of a ``test=true`` call on a sample.
+
+        :param hook: the Pixian hook (:meth:`test_estimate_hook`).
+        :param storage: the GCS storage.
+        :param plan: the batch plan.
+        """
+        assert isinstance(self, RemovalParameters)  # test_estimate_hook refused anything else
         last: InputRejectedError | None = None
         for item in plan.samples(_TEST_ESTIMATE_SAMPLES):
             data = storage.read(item.source.bucket, item.source.name, generation=item.source.generation)
@@ -198,14 +216,11 @@ class CreditsPreflightOperator(BucketJobOperator):
             return cost
         raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
-    def _price(self, job: BucketJob, plan: BatchPlan | PlanWriter) -> tuple[Decimal, str]:
-        if self.use_test_estimate and len(self.conn_ids()) > 1:
-            raise InvalidOptionError(
-                "use_test_estimate",
-                "a chain of connections is priced from each one's cost: give cost_per_image",
-            )
-        if self.use_test_estimate and plan.billable:  # never with a cost_per_image (refused at parse)
-            return self.test_estimate(job.vendor_hook, job.storage, plan), "test_estimate"
+    def _price(
+        self, job: BucketJob, plan: BatchPlan | PlanWriter, hook: PixianHook | None
+    ) -> tuple[Decimal, str]:
+        if hook is not None and plan.billable:  # never with a cost_per_image (refused at parse)
+            return self.test_estimate(hook, job.storage, plan), "test_estimate"
         source = "cost_table" if self.cost_per_image in (None, "") else "cost_per_image"
         return job.processor.cost_per_image, source
 
@@ -218,14 +233,17 @@ class CreditsPreflightOperator(BucketJobOperator):
             raise InvalidOptionError("max_shards", "must be at least 1")
         job = self.prepare_job()  # exactly the bucket operator's job
         try:
+            test_hook = self.test_estimate_hook(job)
             # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
             plan = self._plan(context, job, max_shards, check=False)
-            cost, cost_source = self._price(job, plan)
+            cost, cost_source = self._price(job, plan, test_hook)
             balances = self._balances(context, job, plan.billable)
             balance = balances[0]
             estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
-            if not estimate["sufficient"] and not plan.checked:  # too close to call: check files, price again
-                plan = self._plan(context, job, max_shards, check=True)
+            # Too close to call, or a chain whose accounts' limits differ (only a header says which takes
+            # an image): check the files, price again.
+            if not plan.checked and (not estimate["sufficient"] or job.account_limits):
+                plan = self._checked(context, job, plan, max_shards)
                 estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
             run_coroutine(job.aclose_hooks())
@@ -267,6 +285,18 @@ class CreditsPreflightOperator(BucketJobOperator):
         prefix = plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
         return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
 
+    def _checked(
+        self, context: Context, job: BucketJob, plan: BatchPlan | PlanWriter, max_shards: int | None
+    ) -> BatchPlan | PlanWriter:
+        """
+        The plan with the local checks: an in-memory plan's billable items checked as they are (the
+        sources are not listed again); a plan kept in the bucket is planned again into its ``checked/``
+        folder (its items are in the bucket, not in memory: docs/credits.md).
+        """
+        if isinstance(plan, BatchPlan):
+            return job.check_plan(plan)
+        return self._plan(context, job, max_shards, check=True)
+
     def _push_shards(self, context: Context, plan: PlanWriter, max_shards: int, cost: Decimal) -> int:
         """Split the kept plan into shards within the run's budget, push XCom ``shards``; their number."""
         budget = parse_count(self.max_images, "max_images")
@@ -301,7 +331,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
         if len(balances) > 1:
-            pooled = self._pooled(job, billable, balances, max_credits)
+            pooled = self._pooled(job, plan.accepted_among(billable), balances, max_credits)
             needed, usable = Decimal(pooled["needed"]), Decimal(pooled["available"])
             estimate = self._estimate_fields(job, plan, billable, cost, cost_source, margin, needed)
             sufficient = pooled["shortfall_images"] == 0 and usable >= Decimal(estimate["required"])
@@ -345,8 +375,8 @@ class CreditsPreflightOperator(BucketJobOperator):
             "planned_billable": plan.billable,
             "local_checks": "plan" if plan.checked else "batch",
             "checked_by_header_only": plan.header_only_among(billable) if plan.checked else 0,
-            "already_done": plan.count("skipped"),
-            "rejected_locally": plan.count("rejected"),
+            "already_done": plan.count_kind("already_done"),
+            "rejected_locally": plan.count_kind("rejected_locally"),
             "cost_per_image": str(cost),
             "cost_source": cost_source,
             "needed": str(needed),
@@ -358,56 +388,66 @@ class CreditsPreflightOperator(BucketJobOperator):
 
     @staticmethod
     def _pooled(
-        job: BucketJob, billable: int, balances: Sequence[Balance], max_credits: Decimal | None
+        job: BucketJob,
+        accepted: Sequence[int | None],
+        balances: Sequence[Balance],
+        max_credits: Decimal | None,
     ) -> dict[str, Any]:
         """
-        A chain's share of the estimate: the images priced in chain order, each account's usable balance
-        (capped by its ``max_credits_per_account``) at its own cost, all within ``max_credits`` (what the
+        A chain's share of the estimate: each billable image priced in chain order at the first account
+        whose own input limits take it (``accepted``, from the plan) and whose usable balance (capped by its
+        ``max_credits_per_account``) still pays for it at its own cost, all within ``max_credits`` (what the
         cap leaves out waits for a later run, as with one connection); what no account covers within the
-        cap is the shortfall, priced at the primary's cost; ``available`` is the usable credits of all.
+        cap is the shortfall, priced at the first account taking it; an image no account's limits take is
+        rejected by the batch before any call (free); ``available`` is the usable credits of all.
         """
         assert job.chain is not None
-        left, needed, cap, accounts = billable, Decimal(0), max_credits, []
-        for account, balance in zip(job.chain.accounts, balances, strict=True):
-            cost = account.processor.cost_per_image
-            usable = balance.remaining if balance.usable else Decimal(0)
-            if account.budget is not None:
-                usable = min(usable, account.budget)
-            images = left if cost <= 0 else min(left, _images_within(usable, cost, cap))
-            left -= images
-            needed += cost * images
-            cap = None if cap is None else cap - cost * images
-            accounts.append(
-                {
-                    "conn_id": account.conn_id,
-                    "vendor": account.vendor,
-                    "cost_per_image": str(cost),
-                    "available": str(balance.remaining),
-                    "state": balance.state.value,
-                    "usable": str(usable),
-                    "images": images,
-                    "credits": str(cost * images),
-                }
+        accounts = list(job.chain.accounts)
+        pool = _Pool(
+            [account.processor.cost_per_image for account in accounts],
+            [_usable(account.budget, balance) for account, balance in zip(accounts, balances, strict=True)],
+            max_credits,
+        )
+        for mask, run in groupby(accepted):
+            pool.take(sum(1 for _ in run), [i for i in range(len(accounts)) if mask is None or mask >> i & 1])
+        entries = [
+            {
+                "conn_id": account.conn_id,
+                "vendor": account.vendor,
+                "cost_per_image": str(cost),
+                "available": str(balance.remaining),
+                "state": balance.state.value,
+                "usable": str(usable),
+                "images": images,
+                "credits": str(cost * images),
+            }
+            for account, balance, cost, usable, images in zip(
+                accounts, balances, pool.costs, pool.usable, pool.images, strict=True
             )
-        primary_cost = job.chain.primary.processor.cost_per_image
-        shortfall = left if cap is None or primary_cost <= 0 else min(left, int(cap // primary_cost))
-        needed += primary_cost * shortfall
-        if max_credits is not None:
-            needed = min(needed, max_credits)
+        ]
+        needed = pool.needed if max_credits is None else min(pool.needed, max_credits)
         return {
             "needed": str(needed),
-            "available": str(sum((Decimal(entry["usable"]) for entry in accounts), Decimal(0))),
-            "accounts": accounts,
-            "used_accounts": [entry["conn_id"] for entry in accounts if entry["images"]],
-            "shortfall_images": shortfall,
+            "available": str(sum(pool.usable, Decimal(0))),
+            "accounts": entries,
+            "used_accounts": [entry["conn_id"] for entry in entries if entry["images"]],
+            "shortfall_images": pool.shortfall,
+            "unaccepted_images": pool.unaccepted,
         }
 
     @staticmethod
     def _render_only(job: BucketJob, plan: BatchPlan | PlanWriter) -> dict[str, Any]:
-        """With renditions: the render-only sources (a finished master, renditions to make), priced at 0."""
+        """
+        With renditions, the free sources: render-only (a finished master, renditions to make), settled as
+        certain to be non-compliant from their size, or recorded non-compliant by an earlier run.
+        """
         if job.renditions is None:
             return {}
-        return {"render_only_images": len(plan.render) if isinstance(plan, BatchPlan) else plan.render_only}
+        return {
+            "render_only_images": len(plan.render) if isinstance(plan, BatchPlan) else plan.render_only,
+            "noncompliant_at_planning": plan.count_kind("noncompliant_at_planning"),
+            "recorded_noncompliant": plan.count_kind("recorded_noncompliant"),
+        }
 
     def _balances(self, context: Context, job: BucketJob, billable: int) -> list[Balance]:
         """The balance of each account in chain order (one connection: its own, as always)."""
@@ -505,6 +545,64 @@ def _images_within(usable: Decimal, cost: Decimal, cap: Decimal | None) -> int:
     """Whole images at ``cost`` (> 0) that ``usable`` credits pay within the ``cap`` left (``None``: none)."""
     limit = max(usable, Decimal(0)) if cap is None else max(min(usable, cap), Decimal(0))
     return int(limit // cost)
+
+
+def _usable(budget: Decimal | None, balance: Balance) -> Decimal:
+    """An account's usable credits for the run: its balance (0 when unusable), capped by its budget."""
+    usable = balance.remaining if balance.usable else Decimal(0)
+    return usable if budget is None else min(usable, budget)
+
+
+@dataclass
+class _Pool:
+    """
+    A chain's accounts taking images in order (the pooled pre-flight's allocation).
+
+    :param costs: each account's cost per image.
+    :param usable: each account's usable credits (what is left of them).
+    :param cap: the credits ``max_credits`` leaves (``None``: no cap).
+    """
+
+    costs: list[Decimal]
+    usable: list[Decimal]
+    cap: Decimal | None
+    images: list[int] = field(default_factory=list)
+    needed: Decimal = Decimal(0)
+    shortfall: int = 0
+    unaccepted: int = 0
+
+    def __post_init__(self) -> None:
+        self.images = [0] * len(self.costs)
+        self.left = list(self.usable)
+
+    def take(self, count: int, order: Sequence[int]) -> None:
+        """
+        ``count`` images the accounts ``order`` (indices, in chain order) accept, in turn.
+
+        :param count: how many images.
+        :param order: the accounts whose limits take them.
+        """
+        if not order:  # the batch rejects them before any call
+            self.unaccepted += count
+            return
+        for index in order:
+            cost = self.costs[index]
+            images = count if cost <= 0 else min(count, _images_within(self.left[index], cost, self.cap))
+            self._book(index, images, cost)
+            count -= images
+        first = self.costs[order[0]]
+        short = count if self.cap is None or first <= 0 else min(count, int(self.cap // first))
+        self.shortfall += short
+        self.needed += first * short
+        if self.cap is not None:
+            self.cap -= first * short
+
+    def _book(self, index: int, images: int, cost: Decimal) -> None:
+        self.images[index] += images
+        self.left[index] -= cost * images
+        self.needed += cost * images
+        if self.cap is not None:
+            self.cap -= cost * images
 
 
 #: Template fields the pre-flight adds to its operation's.

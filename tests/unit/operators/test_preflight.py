@@ -8,6 +8,7 @@ of the pricing and the verdict is checked quickly.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 from unittest import mock
@@ -607,3 +608,108 @@ def test_a_chain_has_no_test_mode_estimate(vendors: FakeVendors, planned: dict[s
     planned["plan"] = make_plan(2)
     _, _, error = run(check(CHAIN[:2], use_test_estimate=True))
     assert isinstance(error, InvalidOptionError) and error.parameter == "use_test_estimate"
+
+
+def test_a_chain_prices_each_image_at_the_first_account_whose_limits_take_it(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """Two images only poof's limits take (bit 1), one no account takes: pixian's credits don't cover them."""
+    plan = make_plan(5)
+    masks = [0b11, 0b10, 0b11, 0b10, 0b00]
+    plan.items = [replace(item, accepted=mask) for item, mask in zip(plan.items, masks, strict=True)]
+    planned["plan"] = plan
+    vendors.set_pixian(10)  # enough for all five at 1
+    vendors.set_poof(10, 6)  # 4 left: 2 images at 2 credits
+    estimate, pushed, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS))
+    assert error is None and pushed == {} and estimate is not None
+    assert [(a["conn_id"], a["images"], a["credits"]) for a in estimate["accounts"]] == [
+        ("pixian_default", 2, "2"),
+        ("poof_default", 2, "4"),
+    ]
+    assert (estimate["needed"], estimate["shortfall_images"], estimate["unaccepted_images"]) == ("6", 0, 1)
+    # poof with only 1 image's worth: the other image pixian cannot take is short, priced at poof's cost
+    vendors.set_poof(10, 8)
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS))
+    assert isinstance(error, AirflowFailException) and pushed["halt"]["shortfall_images"] == 1
+    assert [a["images"] for a in pushed["estimate"]["accounts"]] == [2, 1]
+    assert pushed["estimate"]["needed"] == "6"  # 2 x 1 + 1 x 2, and the short one at poof's 2
+
+
+def test_the_counts_tell_local_rejections_from_rows_settled_without_a_check(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    plan = make_plan(2, done=3, rejected=1)
+    source = ObjectInfo(bucket="raw", name="x.jpg", generation=1, size=10)
+    recorded = {"render_only": True, "renditions": []}
+    plan.settled += [
+        PlannedOutcome(source, "x.png", "rejected", "rendition_noncompliant", "rec", recorded)
+    ] * 2
+    plan.settled += [PlannedOutcome(source, "y.png", "rejected", "rendition_noncompliant", "small", {})]
+    planned["plan"] = plan
+    vendors.set_pixelcut(10)
+    estimate, _, error = run(check(renditions=[{"name": "web", "format": "webp"}]))
+    assert error is None and estimate is not None
+    assert (estimate["already_done"], estimate["rejected_locally"]) == (3, 1)
+    assert (estimate["recorded_noncompliant"], estimate["noncompliant_at_planning"]) == (2, 1)
+    assert estimate["sources"] == 2 + 3 + 1 + 2 + 1
+
+
+def test_a_test_mode_run_is_free_and_makes_no_test_call(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.balances import PIXIAN_ID, PIXIAN_SECRET
+    from tests.support.connections import set_connection
+
+    set_connection(
+        monkeypatch,
+        "pixian_default",
+        "pixian",
+        login=PIXIAN_ID,
+        password=PIXIAN_SECRET,
+        extra={"test_mode": True},
+    )
+    planned["plan"] = make_plan(20)
+    vendors.calculated = "0.5"
+    vendors.set_pixian(0)
+    estimate, _, error = run(check("pixian_default", use_test_estimate=True))
+    assert error is None and estimate is not None
+    assert (estimate["cost_source"], estimate["needed"], estimate["sufficient"]) == ("cost_table", "0", True)
+    assert [r.url.path for r in vendors.requests] == ["/api/v2/account"]  # no test call: the run is free
+
+
+def test_use_test_estimate_is_refused_before_planning(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planned: list[bool] = []
+    monkeypatch.setattr(BucketJob, "plan_batch", lambda self, *, check=True: planned.append(check))
+    for conn_id in ("poof_default", CHAIN[:2]):
+        _, _, error = run(check(conn_id, use_test_estimate=True))
+        assert isinstance(error, InvalidOptionError) and error.parameter == "use_test_estimate"
+    assert planned == [] and vendors.requests == []
+
+
+@pytest.mark.integration
+def test_the_checked_pass_lists_the_sources_once(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A balance under the unchecked bound: the files are checked, without listing the prefix again."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    listed: list[tuple[str, str]] = []
+    real = GcsStorage.list_objects
+
+    def counting(self: GcsStorage, bucket: str, prefix: str = "", **kwargs: Any) -> Any:
+        listed.append((bucket, prefix))
+        return real(self, bucket, prefix, **kwargs)
+
+    monkeypatch.setattr(GcsStorage, "list_objects", counting)
+    vendors.set_pixelcut(8)  # 9 unfinished, one broken: only the checked plan fits
+    estimate, _, error = run(_sharded(src, dst))
+    assert error is None and estimate is not None
+    assert (estimate["local_checks"], estimate["billable_images"], estimate["rejected_locally"]) == (
+        "plan",
+        8,
+        1,
+    )
+    # one listing of the sources, one pass over the outputs (two name ranges around cut/_bgremoval/)
+    assert listed == [(src, "in/"), (dst, "cut/"), (dst, "cut/")]
