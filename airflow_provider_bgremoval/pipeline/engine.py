@@ -1,6 +1,8 @@
 """The batch engine: claim -> read -> vendor call -> store by ``max_concurrency`` workers, one recorder.
 
-The money rules (budgets count money at risk, halts, draining) are in docs/pipeline.md.
+The call stage and failover are :mod:`.failover`, the budgets :mod:`.budgets`, the halts and the
+balance read after one :mod:`.halts`. The money rules (budgets count money at risk, halts, draining)
+are in docs/pipeline.md.
 """
 
 from __future__ import annotations
