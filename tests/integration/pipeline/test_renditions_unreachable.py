@@ -1,0 +1,122 @@
+"""Renditions no master can make compliant: settled at planning, never paid for (dag.test(), fake-gcs-server,
+the sandbox's balance and charge ledger; nothing of ours is mocked).
+
+A rendition with a ``min_size`` and no ``upscale`` can never be larger than what its source allows (a
+cut-out is never larger than its source; docs/renditions.md, "Renditions no source can make
+compliant"): when every rendition of a source is certain to fail that way, the source is settled at
+planning without a vendor call, and the pre-flight does not price it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from tests.integration.pipeline.test_renditions_pipeline import SOURCES, studio_shot
+
+pytestmark = pytest.mark.integration
+
+DAG = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+
+BATCH = dict(
+    conn_id="pixian_default",
+    source_bucket={src!r},
+    source_prefix="raw/",
+    destination_bucket={dst!r},
+    destination_prefix="products/",
+    gcp_conn_id=None,
+    max_concurrency=3,
+    renditions={renditions!r},
+)
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    check = CreditsCheckOperator(task_id="check_credits", retries=0, safety_margin=0, **BATCH)
+    cutouts = RemoveBackgroundOperator(task_id="cutouts", retries=0, on_error="continue", **BATCH)
+    check >> cutouts
+"""
+AMAZON = {"name": "amazon", "preset": "amazon_main"}  # min_size 1000, fill 0.85 on 1:1, no upscale
+WEB = {"name": "web", "format": "webp", "max_size": 1024, "background": "transparent"}
+#: 700 px on its long side: a 1:1 canvas at fill 0.85 reaches 824 px at most, short of Amazon's 1,000
+TINY = {"raw/tiny.png": studio_shot((700, 600))}
+
+
+def dag(dag_id: str, src: str, dst: str, renditions: list[dict[str, Any]]) -> str:
+    return DAG.format(dag_id=dag_id, src=src, dst=dst, renditions=renditions)
+
+
+def calls_made(sandbox: RunningSandbox) -> int:
+    """Processing calls the sandbox received (balance reads are free and not counted)."""
+    return sum(1 for request in sandbox.admin.requests("pixian") if request["kind"] == "process")
+
+
+def rows(storage: GcsStorage, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    bucket, _, name = summary["manifest_uri"].removeprefix("gs://").partition("/")
+    return {row["source"].rsplit("/raw/", 1)[1]: row for row in read_manifest(storage.read(bucket, name))}
+
+
+@pytest.fixture
+def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_factory: Callable[..., str]):
+    sandbox, storage, src, dst = (
+        vendor_connections,
+        gcs_storage,
+        gcs_bucket_factory("src"),
+        gcs_bucket_factory("dst"),
+    )
+    for name, data in {**SOURCES, **TINY}.items():
+        storage.write(src, name, data, content_type="image/png")
+    return sandbox, storage, src, dst
+
+
+def test_a_source_too_small_for_every_rendition_is_never_sent_nor_priced(env, dag_tester) -> None:
+    sandbox, storage, src, dst = env
+    sandbox.admin.set_balance("pixian", len(SOURCES))  # under the unchecked bound of 4: files are checked
+    calls = calls_made(sandbox)
+    run = dag_tester.run(dag("unreachable_amazon", src, dst, [AMAZON]), "unreachable_amazon")
+    assert run.state == "success", run.task_states()
+    estimate = run.xcom("check_credits")
+    assert (estimate["local_checks"], estimate["billable_images"], estimate["needed"]) == ("plan", 3, "3")
+    assert (estimate["noncompliant_at_planning"], estimate["rejected_locally"]) == (1, 0)
+    assert estimate["sufficient"] is True  # 3 credits pay for the 3 images that can comply
+    assert calls_made(sandbox) - calls == len(SOURCES) and len(sandbox.admin.charges("pixian")) == len(
+        SOURCES
+    )
+    summary = run.xcom("cutouts")
+    assert (summary["renditions"]["amazon"]["done"], summary["renditions"]["amazon"]["rejected"]) == (3, 1)
+    tiny = rows(storage, summary)["tiny.png"]
+    assert (tiny["status"], tiny["error_code"]) == ("rejected", "rendition_noncompliant")
+    assert "700x600 px source" in tiny["error_message"] and "set upscale=True" in tiny["error_message"]
+    assert "at most 824 px on the long side (1000 wanted)" in tiny["error_message"]
+    (amazon,) = tiny["renditions"]
+    assert amazon["status"] == "rejected" and amazon["failed"] == ["min_size", "long_side_min_1000"]
+    assert storage.stat(dst, "products/masters/tiny.png") is None  # nothing made, nothing recorded
+    assert list(storage.list_objects(dst, "products/_bgremoval/noncompliant/")) == []
+    # The next run settles it again from the header, still without a call.
+    sandbox.admin.set_balance("pixian", 0)
+    run = dag_tester.run(dag("unreachable_amazon", src, dst, [AMAZON]), "unreachable_amazon")
+    assert run.state == "success", run.task_states()
+    assert run.xcom("check_credits")["billable_images"] == 0
+    assert calls_made(sandbox) - calls == len(SOURCES)
+
+
+def test_one_rendition_that_can_comply_makes_the_source_billable(env, dag_tester) -> None:
+    sandbox, storage, src, dst = env
+    sandbox.admin.set_balance("pixian", 10)
+    charges = len(sandbox.admin.charges("pixian"))
+    run = dag_tester.run(dag("unreachable_some", src, dst, [AMAZON, WEB]), "unreachable_some")
+    assert run.state == "success", run.task_states()
+    assert run.xcom("check_credits")["billable_images"] == 4
+    assert len(sandbox.admin.charges("pixian")) - charges == 4  # the tiny source pays for its web rendition
+    tiny = rows(storage, run.xcom("cutouts"))["tiny.png"]
+    amazon, web = tiny["renditions"]
+    assert web["status"] == "done"
+    assert (
+        amazon["status"] == "rejected" and amazon["record"]
+    )  # judged after the render and recorded, as before
+    assert "min_size" in amazon["failed"]
