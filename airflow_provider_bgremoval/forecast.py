@@ -23,7 +23,7 @@ from typing import Any
 
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
-from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ class HistoryStore:
                     self.bucket,
                     self.name(conn_id),
                     dump_history(updated),
-                    content_type="application/x-ndjson",
+                    content_type=JSON_LINES_CONTENT_TYPE,
                     if_generation_match=generation,
                 )
             except WriteConflictError:

@@ -36,7 +36,7 @@ from airflow_provider_bgremoval.forecast import (
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
-from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError
+from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, ObjectInfo, StorageError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -341,7 +341,7 @@ class CreditMonitorOperator(BaseOperator):
         report = json.dumps({"observed_at": at.isoformat(), "balances": result}, indent=2).encode()
         try:
             _replace(storage, self.history_bucket, f"{run_folder}report.json", report, "application/json")
-            self.log.info("Run report and charts in %s", _uri(self.history_bucket, run_folder))
+            self.log.info("Run report and charts in gs://%s/%s", self.history_bucket, run_folder)
         except StorageError as exc:
             errors.append(f"run report not written ({describe_error(exc)})")
             self.log.warning("%s", errors[-1])
@@ -369,8 +369,8 @@ class CreditMonitorOperator(BaseOperator):
         emit_metrics(check, samples, fc, reading if recorded else None)
         self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
         chart = object_name(run_folder, check.conn_id, ".png")
-        _replace(store.storage, store.bucket, chart, render_chart(samples, fc), "image/png")
-        entry = {"forecast": fc.as_dict(), "chart": _uri(store.bucket, chart)}
+        written = _replace(store.storage, store.bucket, chart, render_chart(samples, fc), "image/png")
+        entry = {"forecast": fc.as_dict(), "chart": written.uri}
         result[check.conn_id] = {**result[check.conn_id], **entry}
         return fc
 
@@ -425,14 +425,10 @@ class CreditMonitorOperator(BaseOperator):
         raise AirflowFailException(message)
 
 
-def _uri(bucket: str, name: str) -> str:
-    return f"gs://{bucket}/{name}"
-
-
-def _replace(storage: GcsStorage, bucket: str, name: str, data: bytes, content_type: str) -> None:
+def _replace(storage: GcsStorage, bucket: str, name: str, data: bytes, content_type: str) -> ObjectInfo:
     """Write a whole object: created, or replacing the generation just seen (never a partial write)."""
     info = storage.stat(bucket, name)
-    storage.write(
+    return storage.write(
         bucket,
         name,
         data,
