@@ -21,13 +21,15 @@ class Flight:
 
     :param item: the planned image.
     :param stats: the live record of its vendor calls (attempts, lost replies, credits charged).
-    :param task: the worker task carrying it (cancelled when the drain grace is over).
     """
 
     item: WorkItem
     stats: CallStats = field(default_factory=CallStats)
     started: float = field(default_factory=time.monotonic)
     stage: str = "claim"
+    #: The worker task carrying it (cancelled after the drain grace).
+    #:
+    #: :meta private:
     task: asyncio.Task[Any] | None = None
     claimed: bool = False
     result: ImageResult | None = None
