@@ -174,6 +174,8 @@ def test_bad_options_fail_at_construction() -> None:
         make(operation="upscale")
     with pytest.raises(InvalidOptionError):
         make(min_batch=0)
+    with pytest.raises(InvalidOptionError, match="'outputformat'"):  # not an image parameter
+        make(outputformat="png")
 
 
 # -- the bucket operators' identity ------------------------------------------------------------------
