@@ -483,13 +483,8 @@ class BatchRunner:
         A claim taken over (from an earlier try of this task instance, e.g. on a worker that died, or
         from a holder whose lease ran out): skip the image when that holder already stored its output.
         """
-        try:
-            current = await self._blocking(
-                self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
-            )
-        except StorageError:
-            return False  # cannot tell: the create-only write still protects the output
-        if current is None or not is_finished(current, flight.item.source, self.identity):
+        current = await self._finished_output(flight)
+        if current is None:  # not stored, or cannot tell: the create-only write still protects the output
             return False
         flight.output_exists = True  # finished: its claim stays
         message = "an earlier try stored this output (not paid again)"
@@ -594,13 +589,8 @@ class BatchRunner:
     async def _settle_conflict(self, flight: Flight) -> None:
         """The create-only write lost: another run wrote first, or something else is in the way."""
         flight.output_exists = True  # not ours to release: the destination exists
-        try:
-            current = await self._blocking(
-                self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
-            )
-        except StorageError:
-            current = None
-        if current is not None and is_finished(current, flight.item.source, self.identity):
+        current = await self._finished_output(flight)
+        if current is not None:
             message = "another run wrote this output first"
             self._settle(flight, "skipped", "done_concurrently", message, vendor=made_by_vendor(current))
         else:
@@ -610,6 +600,17 @@ class BatchRunner:
                 "output_exists",
                 "the destination appeared during the run; not overwritten",
             )
+
+    async def _finished_output(self, flight: Flight) -> ObjectInfo | None:
+        """The image's stored output if it is finished (made from this source by the chain), else ``None``."""
+        try:
+            current = await self._blocking(
+                self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
+            )
+        except StorageError:
+            return None
+        finished = current is not None and is_finished(current, flight.item.source, self.identity)
+        return current if finished else None
 
     async def _release(self, flight: Flight) -> None:
         assert self.claims is not None

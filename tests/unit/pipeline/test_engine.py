@@ -25,6 +25,10 @@ from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner, run_batch
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import (
+    META_OPTIONS_HASH,
+    META_SOURCE,
+    META_SOURCE_GENERATION,
+    META_VENDOR,
     BatchSpec,
     DestinationCollisionError,
     OutputIdentity,
@@ -141,6 +145,36 @@ def test_changed_options_are_not_overwritten_without_overwrite(buckets) -> None:
     _, result, _ = run(storage, spec_overwrite, other)
     assert result.counts["done"] == 1
     assert storage.stat(dst, "o/a.png").metadata["bgremoval-options-hash"] == "fp2"
+
+
+def test_a_write_lost_to_another_run_is_skipped_and_to_a_foreign_object_failed(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["mine.png", "theirs.png"])
+    source = {name: storage.stat(src, name) for name in ("mine.png", "theirs.png")}
+
+    def another_writer(name: str, count: int) -> None:  # during the call, the output appears
+        info = source[name]
+        assert info is not None
+        finished = {
+            META_SOURCE: info.uri,
+            META_SOURCE_GENERATION: str(info.generation),
+            META_VENDOR: "fake",
+            META_OPTIONS_HASH: "fp1",
+        }
+        storage.write(
+            dst, name, png(), content_type="image/png", metadata=finished if name == "theirs.png" else {}
+        )
+
+    _, result, rows = run(
+        storage, BatchSpec(source_bucket=src, destination_bucket=dst), ScriptedProcessor(another_writer)
+    )
+    by_name = {row["source"].rsplit("/", 1)[-1]: row for row in rows}
+    assert (by_name["theirs.png"]["status"], by_name["theirs.png"]["error_code"]) == (
+        "skipped",
+        "done_concurrently",
+    )
+    assert (by_name["mine.png"]["status"], by_name["mine.png"]["error_code"]) == ("failed", "output_exists")
+    assert result.credits_spent == 2  # both calls were paid; neither output was overwritten
 
 
 def test_collisions_are_refused_before_any_call(buckets) -> None:
