@@ -368,7 +368,7 @@ class HistoryStore:
         if info is None:
             return [], 0
         data = self.storage.read(self.bucket, info.name)
-        return parse_history(data, f"gs://{self.bucket}/{info.name}"), info.generation
+        return parse_history(data, info.uri), info.generation
 
     def record(self, conn_id: str, sample: Sample) -> tuple[list[Sample], bool]:
         """

@@ -36,7 +36,13 @@ from airflow_provider_bgremoval.forecast import (
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
-from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, ObjectInfo, StorageError
+from airflow_provider_bgremoval.storage import (
+    DEFAULT_GCP_CONN_ID,
+    GcsStorage,
+    ObjectInfo,
+    StorageError,
+    gs_uri,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -341,7 +347,7 @@ class CreditMonitorOperator(BaseOperator):
         report = json.dumps({"observed_at": at.isoformat(), "balances": result}, indent=2).encode()
         try:
             _replace(storage, self.history_bucket, f"{run_folder}report.json", report, "application/json")
-            self.log.info("Run report and charts in gs://%s/%s", self.history_bucket, run_folder)
+            self.log.info("Run report and charts in %s", gs_uri(self.history_bucket, run_folder))
         except StorageError as exc:
             errors.append(f"run report not written ({describe_error(exc)})")
             self.log.warning("%s", errors[-1])

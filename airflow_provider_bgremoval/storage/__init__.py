@@ -18,6 +18,7 @@ from airflow_provider_bgremoval.storage.exceptions import (
     StoragePermissionError,
     StorageUnavailableError,
     WriteConflictError,
+    gs_uri,
 )
 from airflow_provider_bgremoval.storage.gcs import (
     WRITE_TOKEN_METADATA_KEY,
@@ -43,5 +44,6 @@ __all__ = [
     "StoragePermissionError",
     "StorageUnavailableError",
     "WriteConflictError",
+    "gs_uri",
     "resolve_gcs_credentials",
 ]

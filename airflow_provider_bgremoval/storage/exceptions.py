@@ -5,6 +5,16 @@ from __future__ import annotations
 from airflow_provider_bgremoval.exceptions import _KeywordError
 
 
+def gs_uri(bucket: str, name: str | None = None) -> str:
+    """
+    ``gs://bucket/name``, or ``gs://bucket`` without a name (one formatter for every GCS URI).
+
+    :param bucket: the bucket.
+    :param name: the object name (or a prefix), if any.
+    """
+    return f"gs://{bucket}" if name is None else f"gs://{bucket}/{name}"
+
+
 class StorageError(_KeywordError):
     """
     Base class of the storage layer's errors.
@@ -22,9 +32,7 @@ class StorageError(_KeywordError):
     @property
     def uri(self) -> str | None:
         """``gs://bucket/name`` (or ``gs://bucket``) of the object concerned."""
-        if self.bucket is None:
-            return None
-        return f"gs://{self.bucket}/{self.name}" if self.name is not None else f"gs://{self.bucket}"
+        return None if self.bucket is None else gs_uri(self.bucket, self.name)
 
 
 class StorageConfigError(StorageError):

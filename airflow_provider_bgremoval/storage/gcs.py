@@ -85,7 +85,7 @@ class ObjectInfo:
     @property
     def uri(self) -> str:
         """``gs://bucket/name``."""
-        return f"gs://{self.bucket}/{self.name}"
+        return errors.gs_uri(self.bucket, self.name)
 
     @classmethod
     def from_blob(cls, blob: storage.Blob, *, updated: bool = True) -> ObjectInfo:
@@ -195,8 +195,7 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
         error, outcome = errors.ObjectNotFoundError, f": not found ({safe_excerpt(str(exc), 300)})"
     elif isinstance(exc, DataCorruption):
         error, outcome = errors.DataCorruptionError, _CORRUPTED
-    where = f"gs://{bucket}/{name}" if name is not None else f"gs://{bucket}"
-    return error(f"{action} {where}{outcome}", bucket=bucket, name=name)
+    return error(f"{action} {errors.gs_uri(bucket, name)}{outcome}", bucket=bucket, name=name)
 
 
 def _named(exc: BaseException) -> str:
@@ -389,14 +388,14 @@ class GcsStorage:
         if max_bytes is None:
             return data  # checksum-verified by the library
         if len(data) > max_bytes:
-            message = f"gs://{bucket}/{name} is larger than the {max_bytes}-byte limit"
+            message = f"{errors.gs_uri(bucket, name)} is larger than the {max_bytes}-byte limit"
             raise errors.ObjectTooLargeError(
                 message, bucket=bucket, name=name, max_bytes=max_bytes, size=None
             )
         # The whole object arrived; the response headers carried its CRC32C (x-goog-hash).
         if crc32c and crc32c_b64(data) != crc32c:
             raise errors.DataCorruptionError(
-                f"reading gs://{bucket}/{name}{_CORRUPTED}", bucket=bucket, name=name
+                f"reading {errors.gs_uri(bucket, name)}{_CORRUPTED}", bucket=bucket, name=name
             )
         return data
 
@@ -438,7 +437,7 @@ class GcsStorage:
         return data, blob.crc32c
 
     def _missing(self, bucket: str, name: str, generation: int | None) -> errors.StorageError:
-        uri = f"gs://{bucket}/{name}"
+        uri = errors.gs_uri(bucket, name)
         if generation is None:
             return errors.ObjectNotFoundError(
                 f"{uri} does not exist (or its bucket does not)", bucket=bucket, name=name
@@ -552,11 +551,15 @@ def _conflict(
     """The error for a failed precondition that was not this write's own earlier attempt."""
     current = existing.generation if existing is not None else None
     if expected == 0:
-        message = f"gs://{bucket}/{name} already exists (generation {current}); create-only write refused"
+        message = (
+            f"{errors.gs_uri(bucket, name)} already exists (generation {current}); create-only write refused"
+        )
         error: type[errors.WriteConflictError] = errors.ObjectExistsError
     else:
         state = f"is now generation {current}" if current is not None else "no longer exists"
-        message = f"gs://{bucket}/{name} {state}, not the expected generation {expected}; write refused"
+        message = (
+            f"{errors.gs_uri(bucket, name)} {state}, not the expected generation {expected}; write refused"
+        )
         error = errors.WriteConflictError
     return error(message, bucket=bucket, name=name, expected_generation=expected, current_generation=current)
 

@@ -44,6 +44,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.renditions import Rendition, RenditionSpec, parse_renditions
+from airflow_provider_bgremoval.storage.exceptions import gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -526,8 +527,8 @@ class NewImagesTrigger(BaseEventTrigger):
             "listed": len(sources),
             "settled_by": reason,
             "waited_seconds": round(waited, 1),
-            "source": f"gs://{spec.source_bucket}/{spec.source_prefix}",
-            "destination": f"gs://{spec.destination_bucket}/{spec.destination_prefix}",
+            "source": gs_uri(spec.source_bucket, spec.source_prefix),
+            "destination": gs_uri(spec.destination_bucket, spec.destination_prefix),
             "watermark": new.as_dict(),
             "previous_watermark": old.as_dict(),
         }
