@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import io
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -21,6 +22,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from airflow.sdk import BaseHook
+from PIL import Image
 
 from airflow_provider_bgremoval import USER_AGENT
 from airflow_provider_bgremoval._compat import aextra_dejson, aget_connection, mask_secret
@@ -35,7 +37,8 @@ from airflow_provider_bgremoval.exceptions import (
     safe_excerpt,
 )
 from airflow_provider_bgremoval.get_provider_info import get_provider_info
-from airflow_provider_bgremoval.imaging import apply_local_steps, prepare_input
+from airflow_provider_bgremoval.hooks.transport import PooledTransport
+from airflow_provider_bgremoval.imaging import apply_local_steps, bomb_warnings_ignored, prepare_input
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.pacing import Clock, Pacer, PacingPolicy, parse_requests_per_second
 from airflow_provider_bgremoval.results import Balance, ImageResult
@@ -205,16 +208,33 @@ class _Retried(_Effect[T]):
         )
 
 
+def _pixels(data: bytes) -> int | None:
+    """The pixel count an image's header declares (``None``: not a readable image); nothing decoded."""
+    try:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+            return int(image.width * image.height)
+    except Exception:  # Pillow's parsers raise many types on hostile bytes; the work itself reports them
+        return None
+
+
 @dataclass(frozen=True)
 class _Offload(_Effect[T]):
-    """CPU work (checks, decoding, encoding): inline when sync, in a worker thread when async."""
+    """
+    CPU work (checks, decoding, encoding) on the image ``data``: inline when sync; when async, inline if
+    its header declares at most the hook's :attr:`~BackgroundRemovalHook.inline_work_pixels`, else in a
+    worker thread (the hop costs more than a small image's work; a big one must not stall the loop).
+    """
 
     work: Callable[[], T]
+    data: bytes
 
     def run(self, hook: BackgroundRemovalHook[Any]) -> T:
         return self.work()
 
     async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
+        pixels = _pixels(self.data) if hook.inline_work_pixels else None
+        if pixels is not None and pixels <= hook.inline_work_pixels:
+            return self.work()
         return await asyncio.to_thread(self.work)
 
 
@@ -286,6 +306,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     _required_fields: ClassVar[tuple[str, ...]] = ("password",)
     #: extra -> its parser, run as the connection is read (a bad value fails then, not mid-batch)
     _extra_parsers: ClassVar[Mapping[str, Callable[[Any], object]]] = {}
+    #: the async calls check an input, or decode a result, of up to this many pixels on the event loop
+    #: (~2 ms at most; a worker-thread hop costs more than a small image's work), larger ones in a
+    #: worker thread; ``0``: always in a thread
+    inline_work_pixels: int = 640 * 480
 
     def __init__(
         self,
@@ -344,7 +368,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return drive.result  # type: ignore[no-any-return]
 
     async def _arun(self, flow: Flow[T]) -> T:
-        """Drive a flow with async I/O (CPU work in a worker thread)."""
+        """Drive a flow with async I/O (CPU work on a big image in a worker thread)."""
         drive = _Drive(flow)
         for effect in drive:
             try:
@@ -552,7 +576,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     async def _aget_client(self) -> httpx.AsyncClient:
         if self._aclient is None:
             options = self._client_options(await self.aget_settings())
-            self._aclient = httpx.AsyncClient(transport=self._async_transport, **options)
+            transport = self._async_transport or PooledTransport(limits=options["limits"])
+            self._aclient = httpx.AsyncClient(transport=transport, **options)
         return self._aclient
 
     def close(self) -> None:
@@ -737,7 +762,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         if not check_input:
             return ImageInput(data=image, filename=filename, content_type="application/octet-stream")
         limits, vendor = self.wire_class.spec.limits, self.wire_class.spec.name
-        prepared = yield from _Offload(lambda: prepare_input(image, limits, vendor=vendor))
+        prepared = yield from _Offload(lambda: prepare_input(image, limits, vendor=vendor), image)
         return ImageInput(data=prepared.data, filename=filename, content_type=prepared.content_type)
 
     def _finish(
@@ -789,7 +814,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             result = reply
             stats.credits_charged = result.credits_charged
             return (
-                yield from _Offload(lambda: self._finish(wire, result, image, plan, vendor_options, stats))
+                yield from _Offload(
+                    lambda: self._finish(wire, result, image, plan, vendor_options, stats), result.content
+                )
             )
         except BgRemovalError as exc:  # typed: with the call's outcome, a billable final error counted
             if exc.possibly_charged and not exc.retryable and not stats.billed_reply:
@@ -837,7 +864,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         stats: CallStats | None = None,
     ) -> Flow[ImageResult]:
         """
-        Remove the background of one image (a billed call; the async form runs CPU work in a thread).
+        Remove the background of one image (a billed call; async: a big image's CPU work in a thread).
 
         :param image: the image bytes; checked locally against the vendor's limits first.
         :param image_url: a public http(s) URL for the vendor to fetch instead.

@@ -688,9 +688,22 @@ def test_deprecated_error_attributes_read_the_outcome(hook: FakeHook, server: Se
     assert BgRemovalError("local").call is None
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_cpu_steps_run_inline_when_sync_and_in_a_thread_when_async(
-    mode: str, hook: FakeHook, server: Server, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("mode", "inline_work_pixels", "inline"),
+    [
+        ("sync", 0, True),  # the sync calls run everything inline
+        ("async", FakeHook.inline_work_pixels, True),  # a 40x30 image: cheaper than a thread hop
+        ("async", 40 * 30 - 1, False),  # one pixel over the limit: in a worker thread
+        ("async", 0, False),  # 0: always in a thread
+    ],
+)
+async def test_cpu_steps_of_small_images_run_inline_and_of_big_ones_in_a_thread(
+    mode: str,
+    inline_work_pixels: int,
+    inline: bool,
+    hook: FakeHook,
+    server: Server,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from airflow_provider_bgremoval.hooks import base
 
@@ -705,10 +718,30 @@ async def test_cpu_steps_run_inline_when_sync_and_in_a_thread_when_async(
 
     monkeypatch.setattr(base, "prepare_input", recording(base.prepare_input))
     monkeypatch.setattr(base, "apply_local_steps", recording(base.apply_local_steps))
+    hook.inline_work_pixels = inline_work_pixels
     server.on(f"{API}/v1/remove", png_reply())
     result = hook.remove_background(PNG) if mode == "sync" else await hook.aremove_background(PNG)
     assert result.content == PNG and len(threads) == 2
-    assert all((thread is threading.main_thread()) is (mode == "sync") for thread in threads)
+    assert all((thread is threading.main_thread()) is inline for thread in threads)
+
+
+async def test_unreadable_bytes_are_checked_in_a_thread_and_rejected_as_before(
+    hook: FakeHook, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_bgremoval.hooks import base
+
+    threads: list[threading.Thread] = []
+    original = base.prepare_input
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(base, "prepare_input", recording)
+    with pytest.raises(InputRejectedError) as info:
+        await hook.aremove_background(b"not an image at all")
+    assert info.value.code == "unsupported_image" and threads != [threading.main_thread()]
+    assert server.requests == []
 
 
 def test_a_jpeg_answer_to_a_png_request_is_stored_as_png(hook: FakeHook, server: Server) -> None:
