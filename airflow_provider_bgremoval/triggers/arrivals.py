@@ -182,7 +182,12 @@ class PlanCounts:
 
 
 def _primitive(value: Any) -> Any:
-    """Options as JSON primitives (typed vendor options as their fields, tuples as lists)."""
+    """
+    Parameters as JSON primitives: typed options and rendition specs as their fields (a validated
+    rendition as its spec's), tuples as lists.
+    """
+    if isinstance(value, Rendition):
+        value = value.spec
     if hasattr(value, "as_dict"):
         value = value.as_dict()
     if isinstance(value, Mapping):
@@ -190,15 +195,6 @@ def _primitive(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_primitive(v) for v in value]
     return value
-
-
-def _rendition_primitive(value: Any) -> Any:
-    """A rendition as given, as JSON primitives (a spec or a validated rendition as its spec's fields)."""
-    if isinstance(value, Rendition):
-        value = value.spec
-    if isinstance(value, RenditionSpec):
-        value = value.as_dict()
-    return _primitive(value)
 
 
 class NewImagesTrigger(BaseEventTrigger):
@@ -270,7 +266,7 @@ class NewImagesTrigger(BaseEventTrigger):
         super().__init__()  # type: ignore[no-untyped-call]
         if is_template(renditions):
             raise InvalidOptionError("renditions", "a trigger is not templated: give the list itself")
-        self.renditions: Any = _rendition_primitive(load_list(renditions, "renditions"))
+        self.renditions: Any = _primitive(load_list(renditions, "renditions"))
         self.rendition_presets: Any = _primitive(rendition_presets)
         self.masters_prefix = masters_prefix
         self.parsed_renditions = self._parse_renditions(renditions, rendition_presets)

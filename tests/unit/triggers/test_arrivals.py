@@ -473,7 +473,7 @@ def test_the_shared_batch_dict_with_renditions_builds_the_operators_layout() -> 
 
 
 def test_renditions_serialise_as_primitives_and_shape_the_state_key() -> None:
-    from airflow_provider_bgremoval.renditions import RenditionSpec
+    from airflow_provider_bgremoval.renditions import RenditionSpec, parse_renditions
 
     spec = RenditionSpec.coerce(
         {"name": "thumb", "format": "jpeg", "size": [256, 256], "background": "#f4f4f4"}
@@ -487,6 +487,12 @@ def test_renditions_serialise_as_primitives_and_shape_the_state_key() -> None:
         r.fingerprint for r in trigger.parsed_renditions
     ]
     assert trigger.state_key != NewImagesTrigger(**RENDITIONS_BATCH).state_key
+    # a validated rendition serialises as its spec's fields too
+    [validated] = parse_renditions([spec])
+    as_rendition = NewImagesTrigger(
+        **{**RENDITIONS_BATCH, "renditions": [validated, *RENDITIONS_BATCH["renditions"]]}
+    )
+    assert as_rendition.serialize() == trigger.serialize()
     # without renditions the key is the one kept before the rendition parameters existed
     _, plain = make().serialize()
     before = {
