@@ -9,51 +9,21 @@ planning without a vendor call, and the pre-flight does not price it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
-from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from tests.integration.credits.test_renditions_preflight import WEB, calls_made, dag
+from tests.integration.credits.test_renditions_preflight import env as preflight_env  # noqa: F401
 from tests.integration.pipeline.test_renditions_pipeline import SOURCES, studio_shot
 
 pytestmark = pytest.mark.integration
 
-DAG = """
-from airflow.sdk import DAG
-from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
-from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
-
-BATCH = dict(
-    conn_id="pixian_default",
-    source_bucket={src!r},
-    source_prefix="raw/",
-    destination_bucket={dst!r},
-    destination_prefix="products/",
-    gcp_conn_id=None,
-    max_concurrency=3,
-    renditions={renditions!r},
-)
-with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
-    check = CreditsCheckOperator(task_id="check_credits", retries=0, safety_margin=0, **BATCH)
-    cutouts = RemoveBackgroundOperator(task_id="cutouts", retries=0, on_error="continue", **BATCH)
-    check >> cutouts
-"""
 AMAZON = {"name": "amazon", "preset": "amazon_main"}  # min_size 1000, fill 0.85 on 1:1, no upscale
-WEB = {"name": "web", "format": "webp", "max_size": 1024, "background": "transparent"}
 #: 700 px on its long side: a 1:1 canvas at fill 0.85 reaches 824 px at most, short of Amazon's 1,000
-TINY = {"raw/tiny.png": studio_shot((700, 600))}
-
-
-def dag(dag_id: str, src: str, dst: str, renditions: list[dict[str, Any]]) -> str:
-    return DAG.format(dag_id=dag_id, src=src, dst=dst, renditions=renditions)
-
-
-def calls_made(sandbox: RunningSandbox) -> int:
-    """Processing calls the sandbox received (balance reads are free and not counted)."""
-    return sum(1 for request in sandbox.admin.requests("pixian") if request["kind"] == "process")
+TINY = studio_shot((700, 600))
 
 
 def rows(storage: GcsStorage, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -62,15 +32,9 @@ def rows(storage: GcsStorage, summary: dict[str, Any]) -> dict[str, dict[str, An
 
 
 @pytest.fixture
-def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_factory: Callable[..., str]):
-    sandbox, storage, src, dst = (
-        vendor_connections,
-        gcs_storage,
-        gcs_bucket_factory("src"),
-        gcs_bucket_factory("dst"),
-    )
-    for name, data in {**SOURCES, **TINY}.items():
-        storage.write(src, name, data, content_type="image/png")
+def env(preflight_env):  # noqa: F811 - the pre-flight suite's buckets, with the tiny photo added
+    sandbox, storage, src, dst = preflight_env
+    storage.write(src, "raw/tiny.png", TINY, content_type="image/png")
     return sandbox, storage, src, dst
 
 
@@ -78,8 +42,9 @@ def test_a_source_too_small_for_every_rendition_is_never_sent_nor_priced(env, da
     sandbox, storage, src, dst = env
     sandbox.admin.set_balance("pixian", len(SOURCES))  # under the unchecked bound of 4: files are checked
     calls = calls_made(sandbox)
-    run = dag_tester.run(dag("unreachable_amazon", src, dst, [AMAZON]), "unreachable_amazon")
-    assert run.state == "success", run.task_states()
+    run = dag_tester.run(dag("unreachable_amazon", src, dst, renditions=[AMAZON]), "unreachable_amazon")
+    # the batch fails at the end (on_error="fail_at_end"): one rendition is non-compliant, as after a render
+    assert run.task_states() == {"check_credits": "success", "cutouts": "failed"}
     estimate = run.xcom("check_credits")
     assert (estimate["local_checks"], estimate["billable_images"], estimate["needed"]) == ("plan", 3, "3")
     assert (estimate["noncompliant_at_planning"], estimate["rejected_locally"]) == (1, 0)
@@ -87,7 +52,7 @@ def test_a_source_too_small_for_every_rendition_is_never_sent_nor_priced(env, da
     assert calls_made(sandbox) - calls == len(SOURCES) and len(sandbox.admin.charges("pixian")) == len(
         SOURCES
     )
-    summary = run.xcom("cutouts")
+    summary = run.xcom("cutouts", key="summary")
     assert (summary["renditions"]["amazon"]["done"], summary["renditions"]["amazon"]["rejected"]) == (3, 1)
     tiny = rows(storage, summary)["tiny.png"]
     assert (tiny["status"], tiny["error_code"]) == ("rejected", "rendition_noncompliant")
@@ -99,8 +64,7 @@ def test_a_source_too_small_for_every_rendition_is_never_sent_nor_priced(env, da
     assert list(storage.list_objects(dst, "products/_bgremoval/noncompliant/")) == []
     # The next run settles it again from the header, still without a call.
     sandbox.admin.set_balance("pixian", 0)
-    run = dag_tester.run(dag("unreachable_amazon", src, dst, [AMAZON]), "unreachable_amazon")
-    assert run.state == "success", run.task_states()
+    run = dag_tester.run(dag("unreachable_amazon", src, dst, renditions=[AMAZON]), "unreachable_amazon")
     assert run.xcom("check_credits")["billable_images"] == 0
     assert calls_made(sandbox) - calls == len(SOURCES)
 
@@ -109,11 +73,11 @@ def test_one_rendition_that_can_comply_makes_the_source_billable(env, dag_tester
     sandbox, storage, src, dst = env
     sandbox.admin.set_balance("pixian", 10)
     charges = len(sandbox.admin.charges("pixian"))
-    run = dag_tester.run(dag("unreachable_some", src, dst, [AMAZON, WEB]), "unreachable_some")
-    assert run.state == "success", run.task_states()
+    run = dag_tester.run(dag("unreachable_some", src, dst, renditions=[AMAZON, WEB]), "unreachable_some")
+    assert run.task_states() == {"check_credits": "success", "cutouts": "failed"}  # amazon, as before
     assert run.xcom("check_credits")["billable_images"] == 4
     assert len(sandbox.admin.charges("pixian")) - charges == 4  # the tiny source pays for its web rendition
-    tiny = rows(storage, run.xcom("cutouts"))["tiny.png"]
+    tiny = rows(storage, run.xcom("cutouts", key="summary"))["tiny.png"]
     amazon, web = tiny["renditions"]
     assert web["status"] == "done"
     assert (

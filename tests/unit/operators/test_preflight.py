@@ -237,9 +237,8 @@ def test_nothing_billable_passes_even_when_broke(vendors: FakeVendors, planned: 
     assert estimate["required"] == "0"  # type: ignore[index]
 
 
-def test_pixian_test_mode_connection_costs_nothing(
-    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def pixian_in_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pixian_default`` with the ``test_mode`` extra: its calls are free."""
     from tests.support.balances import PIXIAN_ID, PIXIAN_SECRET
     from tests.support.connections import set_connection
 
@@ -251,6 +250,12 @@ def test_pixian_test_mode_connection_costs_nothing(
         password=PIXIAN_SECRET,
         extra={"test_mode": True},
     )
+
+
+def test_pixian_test_mode_connection_costs_nothing(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixian_in_test_mode(monkeypatch)
     planned["plan"] = make_plan(50)
     vendors.set_pixian(0)
     estimate, _, error = run(check("pixian_default"))
@@ -657,17 +662,7 @@ def test_the_counts_tell_local_rejections_from_rows_settled_without_a_check(
 def test_a_test_mode_run_is_free_and_makes_no_test_call(
     vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.support.balances import PIXIAN_ID, PIXIAN_SECRET
-    from tests.support.connections import set_connection
-
-    set_connection(
-        monkeypatch,
-        "pixian_default",
-        "pixian",
-        login=PIXIAN_ID,
-        password=PIXIAN_SECRET,
-        extra={"test_mode": True},
-    )
+    pixian_in_test_mode(monkeypatch)
     planned["plan"] = make_plan(20)
     vendors.calculated = "0.5"
     vendors.set_pixian(0)

@@ -64,7 +64,8 @@ def _save(image: Image.Image, fmt: str, **params: Any) -> bytes:
     return out.getvalue()
 
 
-def _plan(objects: dict[str, bytes]) -> tuple[BatchPlan, MemoryStorage]:
+def _plan(objects: dict[str, bytes], **kwargs: Any) -> tuple[BatchPlan, MemoryStorage]:
+    """Plan ``objects`` in memory (``kwargs``: more of ``plan_batch``'s arguments, ``limits`` included)."""
     storage = MemoryStorage(objects)
     plan = asyncio.run(
         plan_batch(
@@ -72,7 +73,7 @@ def _plan(objects: dict[str, bytes]) -> tuple[BatchPlan, MemoryStorage]:
             BatchSpec(source_bucket="src", destination_bucket="dst"),
             extension=".png",
             identity=IDENTITY,
-            limits=LIMITS,
+            **{"limits": LIMITS, **kwargs},
         )
     )
     return plan, storage
@@ -609,16 +610,8 @@ def test_the_local_checks_note_which_accounts_of_a_chain_take_each_image() -> No
     large = _save(Image.new("RGB", (1200, 900), "white"), "PNG")
     narrow = InputLimits(max_bytes=10_000_000, max_pixels=500_000)
     wide = InputLimits(max_bytes=10_000_000, max_pixels=2_000_000)
-    storage = MemoryStorage({"a.png": small, "b.png": large})
-    plan = asyncio.run(
-        plan_batch(
-            storage,  # type: ignore[arg-type]
-            BatchSpec(source_bucket="src", destination_bucket="dst"),
-            extension=".png",
-            identity=IDENTITY,
-            limits=wide,
-            account_limits=(("pixian", narrow), ("poof", wide)),
-        )
+    plan, _ = _plan(
+        {"a.png": small, "b.png": large}, limits=wide, account_limits=(("pixian", narrow), ("poof", wide))
     )
     assert plan.accepted_among(2) == [0b11, 0b10]  # the large one only the second account takes
     assert plan.accepted_among(1) == [0b11]
