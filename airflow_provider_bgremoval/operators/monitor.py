@@ -36,13 +36,7 @@ from airflow_provider_bgremoval.forecast import (
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
-from airflow_provider_bgremoval.storage import (
-    DEFAULT_GCP_CONN_ID,
-    GcsStorage,
-    ObjectInfo,
-    StorageError,
-    gs_uri,
-)
+from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError, gs_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -375,8 +369,8 @@ class CreditMonitorOperator(BaseOperator):
         emit_metrics(check, samples, fc, reading if recorded else None)
         self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
         chart = object_name(run_folder, check.conn_id, ".png")
-        written = _replace(store.storage, store.bucket, chart, render_chart(samples, fc), "image/png")
-        entry = {"forecast": fc.as_dict(), "chart": written.uri}
+        _replace(store.storage, store.bucket, chart, render_chart(samples, fc), "image/png")
+        entry = {"forecast": fc.as_dict(), "chart": gs_uri(store.bucket, chart)}
         result[check.conn_id] = {**result[check.conn_id], **entry}
         return fc
 
@@ -431,10 +425,10 @@ class CreditMonitorOperator(BaseOperator):
         raise AirflowFailException(message)
 
 
-def _replace(storage: GcsStorage, bucket: str, name: str, data: bytes, content_type: str) -> ObjectInfo:
+def _replace(storage: GcsStorage, bucket: str, name: str, data: bytes, content_type: str) -> None:
     """Write a whole object: created, or replacing the generation just seen (never a partial write)."""
     info = storage.stat(bucket, name)
-    return storage.write(
+    storage.write(
         bucket,
         name,
         data,
