@@ -125,15 +125,7 @@ class CreditsTrigger(BaseTrigger):
 
     async def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``, connection read without blocking (tests override this)."""
-        return await self.get_hook_for(str(self.conn_id))
-
-    async def get_hook_for(self, conn_id: str) -> BackgroundRemovalHook[Any]:
-        """
-        The vendor hook of one connection of the pool, connection read without blocking.
-
-        :param conn_id: the connection.
-        """
-        return await BackgroundRemovalHook.aget_hook(conn_id)
+        return await BackgroundRemovalHook.aget_hook(str(self.conn_id))
 
     def pool_target(self) -> PoolTarget:
         """What the pool waits for (raises on a bad target: a fatal error)."""
@@ -202,7 +194,7 @@ class CreditsTrigger(BaseTrigger):
         :param polls: the poll's number, for the log (``None``: a poke).
         :param logger: where the verdict is logged.
         """
-        verdict = target.verdict(await aread_pool(target.conn_ids, self.get_hook_for))
+        verdict = target.verdict(await aread_pool(target.conn_ids, BackgroundRemovalHook.aget_hook))
         logger.info("%s", _numbered(verdict.describe(), polls))
         return Poll(met=verdict.as_dict()) if verdict.met else Poll(fatal=verdict.fatal_error)
 
