@@ -408,6 +408,18 @@ class RenditionLayout:
             targets.append(RenditionTarget(rendition, name, found, done, record))
         return tuple(targets)
 
+    @property
+    def judged_by_source_size(self) -> bool:
+        """
+        Planning may settle a source by its size (:meth:`unreachable`): the masters are within their
+        sources and every rendition has a required long-side minimum the source bounds (no ``upscale``,
+        no exact ``size``).
+        """
+        return self.masters_within_source and all(
+            not rendition.spec.upscale and rendition.spec.size is None and unreachable(rendition, 0)
+            for rendition in self.renditions
+        )
+
     def unreachable(
         self, bucket: str, targets: Sequence[RenditionTarget], source: tuple[int, int]
     ) -> tuple[str, list[dict[str, Any]]] | None:

@@ -84,3 +84,39 @@ def test_one_rendition_that_can_comply_makes_the_source_billable(env, dag_tester
         amazon["status"] == "rejected" and amazon["record"]
     )  # judged after the render and recorded, as before
     assert "min_size" in amazon["failed"]
+
+
+SHARDED = """
+from airflow.sdk import DAG
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+from airflow_provider_bgremoval.operators.sharding import PlannedShardsOperator
+
+BATCH = dict(
+    conn_id="pixian_default", source_bucket={src!r}, source_prefix="raw/", destination_bucket={dst!r},
+    destination_prefix="products/", gcp_conn_id=None, renditions={renditions!r},
+)
+with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
+    check = CreditsCheckOperator(task_id="check_credits", max_shards=2, min_shard_size=1, retries=0, **BATCH)
+    shards = PlannedShardsOperator(task_id="shards", preflight_task_id="check_credits")
+    check >> shards >> RemoveBackgroundOperator.partial(
+        task_id="cutouts", max_concurrency=2, on_error="continue", retries=0, **BATCH
+    ).expand(shard=shards.output)
+"""
+
+
+def test_a_kept_plan_settles_the_source_too_small_so_no_shard_pays_for_it(env, dag_tester) -> None:
+    sandbox, storage, src, dst = env
+    sandbox.admin.set_balance("pixian", 100)  # the unchecked bound fits: the files are checked all the same
+    calls = calls_made(sandbox)
+    source = SHARDED.format(dag_id="unreachable_sharded", src=src, dst=dst, renditions=[AMAZON])
+    run = dag_tester.run(source, "unreachable_sharded")
+    assert run.state == "success", run.task_states()
+    estimate = run.xcom("check_credits")
+    assert (estimate["local_checks"], estimate["billable_images"]) == ("plan", len(SOURCES))
+    assert estimate["noncompliant_at_planning"] == 1
+    assert calls_made(sandbox) - calls == len(SOURCES)
+    summaries = [run.xcom("cutouts", key="summary", map_index=index) for index in range(2)]
+    found = [row for summary in summaries for row in rows(storage, summary).values()]
+    tiny = [row for row in found if row["source"].endswith("/raw/tiny.png")]
+    assert [(row["status"], row["error_code"]) for row in tiny] == [("rejected", "rendition_noncompliant")]

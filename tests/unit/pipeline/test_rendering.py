@@ -673,3 +673,11 @@ def test_a_master_is_within_its_source_unless_an_option_can_enlarge_it() -> None
 
 def replace_ns(namespace: SimpleNamespace, **changes: Any) -> SimpleNamespace:
     return SimpleNamespace(**{**vars(namespace), **changes})
+
+
+def test_a_layout_is_judged_by_source_size_only_when_every_rendition_has_a_bounded_minimum() -> None:
+    assert bounded(AMAZON).judged_by_source_size
+    assert bounded(AMAZON, {"name": "ebay", "preset": "ebay"}).judged_by_source_size
+    assert not bounded(AMAZON, WEB).judged_by_source_size  # the web rendition may always comply
+    assert not bounded({**AMAZON, "upscale": True}).judged_by_source_size
+    assert not layout(AMAZON).judged_by_source_size  # masters that may be larger than their source
