@@ -246,7 +246,7 @@ def largest_long_side(source: tuple[int, int], spec: RenditionSpec) -> int | Non
     enlarges, an exact ``size`` fixes the canvas).
 
     Sound for any content the master yields: the canvas at the content's own scale
-    (:func:`_natural_canvas`: its fill, margin and aspect) grows with the content, a cropped subject is
+    (``_natural_canvas``: its fill, margin and aspect) grows with the content, a cropped subject is
     never larger than the master, and without ``upscale`` the canvas is never scaled up (only down, to
     ``max_size``).
 
