@@ -37,7 +37,7 @@ from airflow_provider_bgremoval.exceptions import (
     safe_excerpt,
 )
 from airflow_provider_bgremoval.get_provider_info import get_provider_info
-from airflow_provider_bgremoval.hooks.transport import PooledTransport
+from airflow_provider_bgremoval.hooks.transport import hook_transport
 from airflow_provider_bgremoval.imaging import apply_local_steps, bomb_warnings_ignored, prepare_input
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.pacing import Clock, Pacer, PacingPolicy, parse_requests_per_second
@@ -576,7 +576,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     async def _aget_client(self) -> httpx.AsyncClient:
         if self._aclient is None:
             options = self._client_options(await self.aget_settings())
-            transport = self._async_transport or PooledTransport(limits=options["limits"])
+            transport = self._async_transport or hook_transport(options["limits"])
             self._aclient = httpx.AsyncClient(transport=transport, **options)
         return self._aclient
 

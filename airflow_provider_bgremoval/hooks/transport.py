@@ -12,9 +12,10 @@ the response hands the connection back. Requests, responses and httpcore's error
 ``httpx.AsyncHTTPTransport`` maps them, so callers see the same ``httpx.ConnectError``,
 ``httpx.ReadTimeout``, ``httpx.RemoteProtocolError``, ``httpx.PoolTimeout``...
 
-Proxies stay httpx's: a client given this transport still mounts httpx's own proxy transports for the
-URLs its proxy environment (``trust_env``) or ``proxy=`` covers, and sends only the others here. HTTP/2,
-Unix sockets and local addresses are not offered (the hooks use none of them; httpx's transport does).
+Proxies stay httpx's: a client given a transport no longer reads the proxy environment, so
+:func:`hook_transport` gives the hooks this transport only when the environment configures no proxy
+(``urllib.request.getproxies()``, which httpx reads too), and ``None`` (httpx's own transport and proxy
+mounts) otherwise. HTTP/2, Unix sockets and local addresses are not offered (the hooks use none of them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import typing
+import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
@@ -221,3 +223,15 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._idle_count = 0
         self._busy.clear()
         await _close(connections)
+
+
+def hook_transport(limits: httpx.Limits) -> PooledTransport | None:
+    """
+    The transport of a hook's async client: a :class:`PooledTransport`, or ``None`` (httpx's default
+    transport, with its proxy mounts) when the environment configures a proxy.
+
+    :param limits: the client's connection limits.
+    """
+    if any(scheme != "no" for scheme in urllib.request.getproxies()):  # "no": NO_PROXY alone
+        return None
+    return PooledTransport(limits=limits)
