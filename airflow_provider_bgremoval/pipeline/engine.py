@@ -19,7 +19,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from airflow_provider_bgremoval.exceptions import safe_excerpt
+from airflow_provider_bgremoval.exceptions import InputRejectedError, safe_excerpt
+from airflow_provider_bgremoval.imaging import read_header
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
 from airflow_provider_bgremoval.pipeline.budgets import Budgets
 from airflow_provider_bgremoval.pipeline.claims import ClaimHolder, ClaimStore
@@ -36,6 +37,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE_GENERATION,
     META_VENDOR,
     META_WRITER,
+    NONCOMPLIANT,
     BatchPlan,
     WorkItem,
     is_finished,
@@ -348,9 +350,13 @@ class BatchRunner:
         message: str | None = None,
         *,
         request_id: str | None = None,
+        rated: bool = True,
         **fields: Any,
     ) -> None:
-        """Record the one row of ``flight`` with what it cost (billed: charged; lost: possibly)."""
+        """
+        Record the one row of ``flight`` with what it cost (billed: charged; lost: possibly); ``rated``:
+        it counts for the failure rate (a verdict planning could have given does not).
+        """
         if flight.recorded:
             log.warning(
                 "%s was already recorded; ignoring a second outcome (%s)", flight.item.source.uri, status
@@ -358,7 +364,7 @@ class BatchRunner:
             return
         flight.recorded = True
         self.calls.report(flight, "neutral")  # a probe that ended without a verdict (stop, cancel, defect)
-        self._count_finished(flight, bad=status in ("rejected", "failed"))
+        self._count_finished(flight, bad=status in ("rejected", "failed"), rated=rated)
         stats, result, account = flight.stats, flight.result, flight.account
         lost = stats.possibly_charged
         if flight.abandoned and stats.attempt_in_flight:
@@ -395,10 +401,10 @@ class BatchRunner:
             **fields,
         )
 
-    def _count_finished(self, flight: Flight, *, bad: bool = False) -> None:
-        """One more finished image; a billable one also counts for the failure rate."""
+    def _count_finished(self, flight: Flight, *, bad: bool = False, rated: bool = True) -> None:
+        """One more finished image; a billable one also counts for the failure rate (unless not ``rated``)."""
         self._finished += 1
-        if not flight.item.render_only:
+        if rated and not flight.item.render_only:
             self._billable_finished += 1
             self._bad_in_run += int(bad)
 
@@ -430,7 +436,7 @@ class BatchRunner:
             if not await self._claim(flight):
                 return
             data = await self._read(flight)
-            if data is None:
+            if data is None or self._settled_by_size(flight, data):
                 return
             flight.result = await self.calls.call(flight, data)
             del data
@@ -501,6 +507,27 @@ class BatchRunner:
         except StorageError as exc:
             self._settle(flight, "failed", type(exc).__name__, str(exc))
             return None
+
+    def _settled_by_size(self, flight: Flight, data: bytes) -> bool:
+        """
+        Every rendition is certain to be non-compliant from the source's size: settled as planning settles
+        it (:meth:`.RenditionLayout.unreachable`), not sent (0 credits). A plan kept unchecked (its shards
+        run as they are, e.g. one kept by an older version) has not judged its items.
+        """
+        layout, item = self.plan.layout, flight.item
+        if layout is None or not item.renditions or not layout.judged_by_source_size:
+            return False
+        try:
+            info = read_header(data, vendor=self.chain.primary.vendor)
+        except InputRejectedError:
+            return False  # not an image: the call stage's local checks reject it (free)
+        bucket = self.plan.spec.destination_bucket
+        found = layout.unreachable(bucket, item.renditions, (info.width, info.height))
+        if found is None:
+            return False
+        message, facts = found
+        self._settle(flight, "rejected", NONCOMPLIANT, message, rated=False, renditions=facts)
+        return True
 
     async def _store(self, flight: Flight, result: ImageResult) -> None:
         flight.stage = "store"

@@ -458,7 +458,7 @@ def read_shard(
     :param layout: the bucket task's renditions (refused unless the plan was made for the same ones).
     """
     renditions = _check_renditions(shard, layout)
-    plan = BatchPlan(spec=spec)
+    plan = BatchPlan(spec=spec, layout=layout)
     for row in _rows(storage, shard, "items", shard.items):
         plan.add(_work_item(spec, row, renditions))
     for row in _rows(storage, shard, "render", shard.render):

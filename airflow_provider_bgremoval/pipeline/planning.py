@@ -212,6 +212,8 @@ class BatchPlan:
     :param settled: sources skipped or rejected during planning.
     :param checked: the local checks ran (else every unfinished source is billable, unchecked).
     :param render: render-only items (a finished master, renditions to make): free, never billable.
+    :param layout: the renditions its items' targets follow (``None``: none); the batch judges each item
+        by its source's size before its call, as planning does (a plan kept unchecked has not).
     """
 
     spec: BatchSpec
@@ -219,6 +221,7 @@ class BatchPlan:
     settled: list[PlannedOutcome] = field(default_factory=list)
     checked: bool = True
     render: list[WorkItem] = field(default_factory=list)
+    layout: RenditionLayout | None = None
 
     def add(self, item: WorkItem) -> None:
         """Record a billable item (the :class:`PlanSink` protocol)."""
@@ -799,7 +802,7 @@ def check_plan(
     :param account_limits: each account's limits when a chain's differ.
     """
     planner = _Planner(storage, plan.spec, identity, limits, renditions, False, account_limits)
-    checked = BatchPlan(spec=plan.spec, settled=list(plan.settled), render=list(plan.render))
+    checked = BatchPlan(plan.spec, settled=list(plan.settled), render=list(plan.render), layout=renditions)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
         _record(checked, pool.map(planner.check, plan.items))
     _log_plan(checked)
@@ -824,7 +827,7 @@ async def plan_batch(
         plan_into,
         storage,
         spec,
-        BatchPlan(spec=spec, checked=check),
+        BatchPlan(spec=spec, checked=check, layout=renditions),
         extension=extension,
         identity=identity,
         limits=limits,

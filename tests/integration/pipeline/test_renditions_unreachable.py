@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_bgremoval.pipeline.claims import META_DESTINATION, META_EXPIRES
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from tests.integration.credits.test_renditions_preflight import WEB, calls_made, dag
@@ -120,3 +121,47 @@ def test_a_kept_plan_settles_the_source_too_small_so_no_shard_pays_for_it(env, d
     found = [row for summary in summaries for row in rows(storage, summary).values()]
     tiny = [row for row in found if row["source"].endswith("/raw/tiny.png")]
     assert [(row["status"], row["error_code"]) for row in tiny] == [("rejected", "rendition_noncompliant")]
+
+
+#: The pre-flight of a version before the engine judged sizes: it kept the plan unchecked whenever the
+#: balance covered every unfinished source (only a chain's differing limits made it read headers).
+OLDER_PREFLIGHT = """
+from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
+
+
+class OlderCreditsCheck(CreditsCheckOperator):
+    @staticmethod
+    def _headers_decide(job, plan):
+        return bool(job.account_limits)
+"""
+
+
+def test_a_kept_plan_left_unchecked_never_pays_for_the_source_too_small(env, dag_tester) -> None:
+    sandbox, storage, src, dst = env
+    sandbox.admin.set_balance("pixian", 100)  # covers the unchecked bound: the older pre-flight reads nothing
+    calls, charges = calls_made(sandbox), len(sandbox.admin.charges("pixian"))
+    source = OLDER_PREFLIGHT + SHARDED.format(
+        dag_id="unreachable_unchecked", src=src, dst=dst, renditions=[AMAZON]
+    ).replace("CreditsCheckOperator(task_id=", "OlderCreditsCheck(task_id=")
+    run = dag_tester.run(source, "unreachable_unchecked")
+    assert run.state == "success", run.task_states()
+    estimate = run.xcom("check_credits")
+    assert (estimate["local_checks"], estimate["billable_images"]) == ("batch", len(SOURCES) + 1)
+    assert estimate["noncompliant_at_planning"] == 0  # the plan the shards run has the tiny source billable
+    assert calls_made(sandbox) - calls == len(SOURCES)  # the mapped task judged it from the bytes in hand
+    assert len(sandbox.admin.charges("pixian")) - charges == len(SOURCES)
+    summaries = [run.xcom("cutouts", key="summary", map_index=index) for index in range(2)]
+    found = [row for summary in summaries for row in rows(storage, summary).values()]
+    (tiny,) = [row for row in found if row["source"].endswith("/raw/tiny.png")]
+    assert (tiny["status"], tiny["error_code"]) == ("rejected", "rendition_noncompliant")
+    assert "700x600 px source" in tiny["error_message"] and "set upscale=True" in tiny["error_message"]
+    assert (tiny["possibly_charged"], tiny["attempts"], tiny["credits"]) == (0, 0, None)
+    (amazon,) = tiny["renditions"]
+    assert amazon["status"] == "rejected" and amazon["failed"] == ["min_size", "long_side_min_1000"]
+    assert storage.stat(dst, "products/masters/tiny.png") is None  # nothing made, nothing recorded
+    assert list(storage.list_objects(dst, "products/_bgremoval/noncompliant/")) == []
+    claims = storage.list_objects(dst, "products/_bgremoval/claims/")
+    tiny_claims = [
+        claim for claim in claims if claim.metadata[META_DESTINATION] == "products/masters/tiny.png"
+    ]
+    assert [claim.metadata[META_EXPIRES] for claim in tiny_claims] == ["0"]  # released, as a local rejection

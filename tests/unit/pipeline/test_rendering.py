@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import (
@@ -681,3 +682,81 @@ def test_a_layout_is_judged_by_source_size_only_when_every_rendition_has_a_bound
     assert not bounded(AMAZON, WEB).judged_by_source_size  # the web rendition may always comply
     assert not bounded({**AMAZON, "upscale": True}).judged_by_source_size
     assert not layout(AMAZON).judged_by_source_size  # masters that may be larger than their source
+
+
+def test_an_unchecked_plan_s_source_too_small_for_every_rendition_is_settled_before_its_call() -> None:
+    """A plan kept unchecked (its shards run as they are): the engine gives planning's verdict, unpaid."""
+    spec, vendor = BatchSpec("src", "dst", **SPEC_KW), CutoutProcessor()
+    checked, _, checked_rows = batch(small_and_big(), spec, vendor, bounded(AMAZON))
+    storage, vendor = small_and_big(), CutoutProcessor()
+    claims = ClaimStore(storage, "dst", spec.internal_prefix, "test-run")  # type: ignore[arg-type]
+
+    async def go():
+        plan = await plan_batch(
+            storage,  # type: ignore[arg-type]
+            spec,
+            extension=vendor.extension,
+            identity=OutputIdentity.of(vendor),
+            limits=vendor.limits,
+            check=False,
+            renditions=bounded(AMAZON),
+        )
+        manifest = ManifestWriter()
+        result = await BatchRunner(
+            storage,  # type: ignore[arg-type]
+            vendor,
+            plan,
+            manifest,
+            claims=claims,
+        ).run()
+        return plan, result, read_manifest(manifest.getvalue())
+
+    plan, result, rows = asyncio.run(go())
+    assert plan.billable == 2 and not plan.checked  # both planned billable: nothing was read
+    assert vendor.calls == ["big.png"]  # the small source is never sent
+    small, planned = by_source(rows)["small.png"], by_source(checked_rows)["small.png"]
+    for key in ("status", "error_code", "error_message", "renditions", "destination"):
+        assert small[key] == planned[key], key  # the row planning writes for it
+    assert (small["possibly_charged"], small["attempts"], small["credits"]) == (0, 0, None)
+    assert result.credits_spent == 1 and result.counts["rejected"] == 1 and result.counts["done"] == 1
+    assert result.renditions["amazon"]["rejected"] == 2
+    other = ClaimStore(storage, "dst", spec.internal_prefix, "another-run")  # type: ignore[arg-type]
+    generation = {name: by_source(rows)[name]["source_generation"] for name in ("small.png", "big.png")}
+    assert (
+        other.acquire("out/masters/small.png", generation["small.png"]) is None
+    )  # released, as any rejection
+    assert other.acquire("out/masters/big.png", generation["big.png"]) is not None  # its output's claim stays
+    assert storage.names("dst", "out/masters/") == ["out/masters/big.png"]
+    assert storage.names("dst", "out/_bgremoval/noncompliant/") == ["out/_bgremoval/noncompliant/big/amazon"]
+
+
+def unchecked_run(storage: MemoryStorage, vendor: ScriptedProcessor, renditions: RenditionLayout, **kw: Any):
+    async def go():
+        plan = await plan_batch(
+            storage,  # type: ignore[arg-type]
+            BatchSpec("src", "dst", **SPEC_KW),
+            extension=vendor.extension,
+            identity=OutputIdentity.of(vendor),
+            limits=vendor.limits,
+            check=False,
+            renditions=renditions,
+        )
+        return await BatchRunner(storage, vendor, plan, ManifestWriter(), **kw).run()  # type: ignore[arg-type]
+
+    return asyncio.run(go())
+
+
+def test_an_unchecked_plan_s_source_with_one_reachable_rendition_is_still_sent() -> None:
+    storage, vendor = small_and_big(), CutoutProcessor()
+    result = unchecked_run(storage, vendor, bounded(AMAZON, WEB))
+    assert sorted(vendor.calls) == ["big.png", "small.png"] and result.renditions["web"]["done"] == 2
+
+
+def test_sources_settled_by_size_before_their_call_do_not_count_for_the_failure_rate() -> None:
+    """As planning's rows: a checked plan and an unchecked one stop (or not) alike."""
+    storage = MemoryStorage({f"raw/small{i:02}.png": photo((800, 600)) for i in range(12)})
+    storage.put("src", "raw/big.png", photo((1300, 1000)))
+    vendor = CutoutProcessor()
+    result = unchecked_run(storage, vendor, bounded(AMAZON), on_error="fail_rate", max_failure_rate=0.0)
+    assert result.halt is None and vendor.calls == ["big.png"]
+    assert (result.counts["rejected"], result.counts["done"]) == (12, 1)
