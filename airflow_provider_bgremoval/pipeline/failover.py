@@ -19,11 +19,12 @@ from airflow_provider_bgremoval.exceptions import (
     VendorAuthError,
     safe_excerpt,
 )
-from airflow_provider_bgremoval.imaging import check_limits, read_header
+from airflow_provider_bgremoval.imaging import read_header
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, failover_metric
 from airflow_provider_bgremoval.pipeline.budgets import Budgets
 from airflow_provider_bgremoval.pipeline.flight import Flight
 from airflow_provider_bgremoval.pipeline.halts import Halts
+from airflow_provider_bgremoval.pipeline.planning import limits_rejection
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 
@@ -133,10 +134,10 @@ class CallStage:
         if all(other.processor.limits == limits for other in self.chain.accounts):
             return None  # planning checked these
         try:
-            check_limits(read_header(data, vendor=account.vendor), len(data), limits, vendor=account.vendor)
-        except InputRejectedError as exc:
+            info = read_header(data, vendor=account.vendor)
+        except InputRejectedError as exc:  # not an image: no account takes it
             return exc
-        return None
+        return limits_rejection(account.vendor, limits, info, len(data))
 
     def report(self, flight: Flight, outcome: str) -> None:
         """

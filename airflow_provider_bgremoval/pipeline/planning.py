@@ -697,10 +697,30 @@ class _Planner:
         return replace(item, fully_checked=checked.fully_checked, accepted=accepted)
 
 
+def limits_rejection(
+    vendor: str, limits: InputLimits, info: ImageInfo, size: int
+) -> InputRejectedError | None:
+    """
+    The :class:`InputRejectedError` an account's own input limits raise for an image, ``None`` when they
+    take it: the check the batch runs before each account's call (free), and planning per account
+    (:func:`accepted_by`).
+
+    :param vendor: the account's vendor (for the error).
+    :param limits: its input limits.
+    :param info: the image's header.
+    :param size: its bytes.
+    """
+    try:
+        check_limits(info, size, limits, vendor=vendor)
+    except InputRejectedError as exc:
+        return exc
+    return None
+
+
 def accepted_by(accounts: Sequence[tuple[str, InputLimits]], info: ImageInfo, size: int) -> int | None:
     """
-    The accounts whose own input limits take an image (the check the batch runs before each account's
-    call, :func:`~airflow_provider_bgremoval.imaging.check_limits`), as a bit mask in chain order.
+    The accounts whose own input limits take an image (:func:`limits_rejection`), as a bit mask in chain
+    order.
 
     :param accounts: ``(vendor, limits)`` of each account of a chain whose limits differ (empty: ``None``).
     :param info: the image's header.
@@ -708,14 +728,8 @@ def accepted_by(accounts: Sequence[tuple[str, InputLimits]], info: ImageInfo, si
     """
     if not accounts:
         return None
-    mask = 0
-    for index, (vendor, limits) in enumerate(accounts):
-        try:
-            check_limits(info, size, limits, vendor=vendor)
-        except InputRejectedError:
-            continue
-        mask |= 1 << index
-    return mask
+    taken = (limits_rejection(vendor, limits, info, size) is None for vendor, limits in accounts)
+    return sum(1 << index for index, takes in enumerate(taken) if takes)
 
 
 def _add_render(sink: PlanSink, item: WorkItem) -> None:

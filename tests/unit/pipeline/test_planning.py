@@ -618,6 +618,10 @@ def test_the_local_checks_note_which_accounts_of_a_chain_take_each_image() -> No
     info = planning.read_header(large, vendor="poof")
     assert planning.accepted_by((("pixian", narrow),), info, len(large)) == 0
     assert planning.accepted_by((), info, len(large)) is None  # one set of limits: every account
+    # the one check both planning and the batch (before an account's call) run on an account's limits
+    refusal = planning.limits_rejection("pixian", narrow, info, len(large))
+    assert refusal is not None and (refusal.code, refusal.vendor) == ("too_many_pixels", "pixian")
+    assert planning.limits_rejection("poof", wide, info, len(large)) is None
 
 
 def test_settled_rows_have_one_kind_each() -> None:
