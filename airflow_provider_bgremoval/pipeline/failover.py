@@ -16,7 +16,6 @@ from airflow_provider_bgremoval.exceptions import (
     InputRejectedError,
     OutOfCreditsError,
     TransientVendorError,
-    VendorAuthError,
     safe_excerpt,
 )
 from airflow_provider_bgremoval.imaging import read_header
@@ -29,6 +28,16 @@ from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 
 log = logging.getLogger(__name__)
+
+
+def _refusal_reason(exc: BgRemovalError) -> str:
+    """
+    The failover reason of an error after which no call on its account can succeed
+    (:attr:`~airflow_provider_bgremoval.exceptions.BgRemovalError.fatal_for_batch`).
+
+    :param exc: the error.
+    """
+    return "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
 
 
 class Settle(Protocol):
@@ -187,8 +196,8 @@ class CallStage:
         if flight.stats.attempts == 0:  # a processor that does not fill in the live record: its error has it
             flight.stats = exc.call or CallStats(possibly_charged=int(exc.possibly_charged))
         self.report(flight, "transient" if isinstance(exc, TransientVendorError) else "neutral")
-        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
-            reason = "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
+        if exc.fatal_for_batch:  # no further call on this account can succeed
+            reason = _refusal_reason(exc)
             if self.chain.fails_over(reason) and len(self.chain.accounts) > 1:  # one: halts as always
                 self.chain.disable(account, reason, str(exc))
                 if self.chain.usable():
@@ -240,9 +249,10 @@ class CallStage:
             else:
                 self.settle(flight, "pending", exc.code or halt.reason, str(exc), request_id=exc.request_id)
             return
-        if isinstance(exc, (OutOfCreditsError, VendorAuthError)):
-            code = exc.code or ("out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed")
-            self.settle(flight, "pending", code, str(exc), request_id=exc.request_id)
+        if exc is not None and exc.fatal_for_batch:
+            self.settle(
+                flight, "pending", exc.code or _refusal_reason(exc), str(exc), request_id=exc.request_id
+            )
         elif exc is not None:
             self._settle_call_error(flight, exc)
         else:  # unreachable: an image is only refused by every account after their answers
