@@ -26,7 +26,7 @@ from airflow_provider_bgremoval.pipeline.accounts import (
     CircuitBreaker,
     parse_failover_on,
 )
-from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import masters_prefix
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, ShardRef, read_shard
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
@@ -460,7 +460,7 @@ class BucketJobOperator(BaseOperator):
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""
         if self.single_output:
             return None
-        return self.masters_prefix or f"{normalise_prefix(self.destination_prefix)}masters/"
+        return masters_prefix(self.destination_prefix, self.masters_prefix)
 
     def rendition_layout(self, spec: BatchSpec, processor: ImageProcessor) -> RenditionLayout | None:
         """

@@ -27,6 +27,20 @@ def internal_prefix(destination_prefix: str | None) -> str:
     return f"{normalise_prefix(destination_prefix)}{INTERNAL_DIR}"
 
 
+#: The masters' folder under the destination prefix, with renditions and no ``masters_prefix`` given.
+MASTERS_DIR = "masters/"
+
+
+def masters_prefix(destination_prefix: str | None, masters_prefix: str | None = None) -> str:
+    """
+    Where the masters go with renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``.
+
+    :param destination_prefix: the destination prefix (the rendition folders' parent).
+    :param masters_prefix: the prefix given, if any (``None`` or ``""``: the default).
+    """
+    return masters_prefix or f"{normalise_prefix(destination_prefix)}{MASTERS_DIR}"
+
+
 def check_safe(relative: str) -> str:
     """Raise :class:`UnsafeNameError` if ``relative`` could escape the destination prefix."""
     if not relative:

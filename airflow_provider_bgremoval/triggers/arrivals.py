@@ -33,7 +33,7 @@ from airflow_provider_bgremoval.operators.operations import (
     removal_options_of,
     vendor_options_for,
 )
-from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import masters_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
@@ -333,7 +333,7 @@ class NewImagesTrigger(BaseEventTrigger):
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/`` (as operators)."""
         if self.single_output:
             return None
-        return self.masters_prefix or f"{normalise_prefix(destination_prefix)}masters/"
+        return masters_prefix(destination_prefix, self.masters_prefix)
 
     # -- serialisation ---------------------------------------------------------------------------------
     def serialize(self) -> tuple[str, dict[str, Any]]:
