@@ -16,7 +16,7 @@ Variants (``--variants``, comma-separated):
   backend answering "is this idle socket readable" with one ``poll(0)`` on a kept socket;
 * ``pooled-threads`` — the provider's :class:`PooledTransport` alone (CPU steps in threads);
 * ``httpx-inline`` — small images' CPU steps inline alone (httpx's transport);
-* ``sync-threads`` — the sync hook from 16 threads (``run_in_executor``), for reference;
+* ``sync-threads`` — the sync hook from a pool of 16 threads, for reference;
 * ``requests`` — the naive loop's call: ``requests.post`` (a new session each), one at a time.
 
 Run: ``python -m tests.benchmarks.bench_vendor_call [--calls 320] [--latencies 0,200]``; ``--profile
