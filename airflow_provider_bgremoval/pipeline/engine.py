@@ -53,7 +53,7 @@ from airflow_provider_bgremoval.pipeline.rendering import (
     render_verdict,
 )
 from airflow_provider_bgremoval.results import ImageResult
-from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
+from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError, gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class BatchRunner:
         row = ManifestRow(
             source=source.uri,
             source_generation=source.generation or None,
-            destination=destination and f"gs://{self.plan.spec.destination_bucket}/{destination}",
+            destination=destination and gs_uri(self.plan.spec.destination_bucket, destination),
             status=status,
             vendor=vendor or (account or self.chain.primary).vendor,
             operation=self.processor.operation,
@@ -558,7 +558,7 @@ class BatchRunner:
             return
         flight.output_exists = True
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
-            self.result.sample_outputs.append(f"gs://{bucket}/{item.destination}")
+            self.result.sample_outputs.append(gs_uri(bucket, item.destination))
         renditions: dict[str, Any] = {}
         if item.renditions:  # from the bytes in hand: the master is not read back
             flight.stage = "render"

@@ -31,6 +31,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
 )
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
 from airflow_provider_bgremoval.renditions import Rendition
+from airflow_provider_bgremoval.storage.exceptions import gs_uri
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage, ObjectInfo
 
 #: Rows per chunk object.
@@ -401,7 +402,7 @@ class PlanWriter:
             return []
         wanted = max(total // min_shard_size, math.ceil(total / MAX_SHARD_ROWS), 1)
         count = min(max_shards, wanted)
-        plan = f"gs://{self.spec.destination_bucket}/{self.prefix}"
+        plan = gs_uri(self.spec.destination_bucket, self.prefix)
         # billable items spread evenly, and the settled sources so that every shard has its share of sources;
         # render-only items (free, never bounded by the budget) spread evenly too
         items = shard_bounds(billable, count)

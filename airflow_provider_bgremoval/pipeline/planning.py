@@ -31,6 +31,7 @@ from airflow_provider_bgremoval.pipeline.naming import (
     internal_prefix,
     normalise_prefix,
 )
+from airflow_provider_bgremoval.storage.exceptions import gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 if TYPE_CHECKING:
@@ -121,8 +122,9 @@ class BatchSpec:
             ):
                 raise InvalidOptionError(
                     parameter,
-                    f"gs://{self.destination_bucket}/{prefix} lies inside the source prefix "
-                    f"gs://{self.source_bucket}/{self.source_prefix}: outputs would be read back as sources",
+                    f"{gs_uri(self.destination_bucket, prefix)} lies inside the source prefix "
+                    f"{gs_uri(self.source_bucket, self.source_prefix)}: outputs would be read back as "
+                    "sources",
                 )
 
     @property
@@ -415,7 +417,7 @@ def iter_sources(
             bucket, _, name = name[5:].partition("/")
             if bucket != spec.source_bucket:
                 raise InvalidOptionError(
-                    "source_objects", f"gs://{bucket}/{name} is not in source bucket {spec.source_bucket!r}"
+                    "source_objects", f"{gs_uri(bucket, name)} is not in source bucket {spec.source_bucket!r}"
                 )
         if spec.source_prefix and not name.startswith(spec.source_prefix):
             name = spec.source_prefix + name.lstrip("/")

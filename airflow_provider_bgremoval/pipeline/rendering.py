@@ -41,7 +41,7 @@ from airflow_provider_bgremoval.renditions import (
 )
 from airflow_provider_bgremoval.renditions.compliance import unreachable
 from airflow_provider_bgremoval.renditions.renderer import largest_long_side
-from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
+from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError, gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class RenditionTarget:
         return {
             "name": self.rendition.name,
             "preset": self.rendition.spec.preset,
-            "object": f"gs://{bucket}/{self.name}",
+            "object": gs_uri(bucket, self.name),
             "fingerprint": self.rendition.fingerprint,
             "status": "rejected",
             "compliant": False,
@@ -173,7 +173,7 @@ class RenditionTarget:
         assert self.existing is not None
         return {
             "name": self.rendition.name,
-            "object": f"gs://{bucket}/{self.name}",
+            "object": gs_uri(bucket, self.name),
             "generation": self.existing.generation,
             "fingerprint": self.rendition.fingerprint,
             "status": "skipped",
@@ -623,7 +623,7 @@ class RenditionStage:
         master: ObjectInfo,
         source: ObjectInfo,
     ) -> dict[str, Any]:
-        facts = {"object": f"gs://{self.bucket}/{target.name}", **outcome.facts()}
+        facts = {"object": gs_uri(self.bucket, target.name), **outcome.facts()}
         if isinstance(outcome, RenderFailure):
             return facts
         if not outcome.compliant:  # never written: a feed reading the folder must not pick it up
@@ -669,7 +669,7 @@ class RenditionStage:
         }
         body = {
             "rendition": target.rendition.name,
-            "object": f"gs://{self.bucket}/{target.name}",
+            "object": gs_uri(self.bucket, target.name),
             "master": master.uri,
             "master_generation": master.generation,
             "fingerprint": target.rendition.fingerprint,
