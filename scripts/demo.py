@@ -351,9 +351,49 @@ def outputs_under(storage: Any, bucket: str, prefix: str) -> Iterator[Any]:
         yield from storage.list_objects(bucket, prefix, start_offset=start or None, end_offset=end)
 
 
+#: What the demo writes in its output folder; only these are replaced on the next run.
+OUTPUT_ENTRIES = (
+    DEST_PREFIX.rstrip("/"),
+    RENDITIONS_PREFIX.rstrip("/"),
+    "reports",
+    "contact-sheet.png",
+    "report.json",
+)
+#: The file that marks a folder as the demo's output (the default ``demo-output/`` is the demo's anyway).
+OUTPUT_MARKER = ".bgremoval-demo-output"
+DEFAULT_OUTPUT = REPO / "demo-output"
+
+
+def output_conflicts(out: Path) -> list[str]:
+    """
+    The entries of ``out`` the demo would replace although it did not write them (empty: safe to use).
+
+    :param out: the ``--output`` folder, absolute.
+    """
+    if out == DEFAULT_OUTPUT or (out / OUTPUT_MARKER).is_file():
+        return []
+    return [name for name in OUTPUT_ENTRIES if (out / name).exists()]
+
+
+def clear_output(out: Path) -> None:
+    """Remove what an earlier demo run wrote in ``out``, nothing else, and mark the folder as the demo's."""
+    conflicts = output_conflicts(out)
+    check(not conflicts, f"{shown(out)} holds {', '.join(conflicts)} the demo did not write")
+    for name in OUTPUT_ENTRIES:
+        entry = out / name
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text(
+        f"written by scripts/demo.py, which replaces {', '.join(OUTPUT_ENTRIES)}\n"
+    )
+
+
 def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
     """Copy the cut-outs, their renditions and the run reports to ``out`` (``demo-output/``)."""
-    shutil.rmtree(out, ignore_errors=True)
+    clear_output(out)
     count = 0
     for info in outputs_under(storage, DEST_BUCKET, DEST_PREFIX):
         target = out / info.name
@@ -604,8 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--quick", action="store_true", help="dag.test() instead of a real scheduler")
     parser.add_argument("--work", type=Path, default=REPO / ".demo", help="scratch folder (default .demo/)")
-    parser.add_argument("--output", type=Path, default=REPO / "demo-output", help="where outputs are copied")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where outputs are copied")
     args = parser.parse_args(argv)
+    conflicts = output_conflicts(args.output.resolve())
+    if conflicts:  # refused before anything runs: the demo never replaces what it did not write
+        parser.error(f"--output {shown(args.output)} holds {', '.join(conflicts)}, not written by the demo")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(work)  # keep scratch files (emulator logs) out of /tmp clutter

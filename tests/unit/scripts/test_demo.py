@@ -48,3 +48,61 @@ def test_a_relative_folder_outside_the_working_directory_is_shown_absolute(
     work.mkdir()
     monkeypatch.chdir(work)
     assert demo.shown(Path("../elsewhere")) == str(tmp_path / "elsewhere")
+
+
+class _NoObjects:
+    """A storage with nothing in it: the copy step then only clears and marks the folder."""
+
+    def list_objects(self, bucket: str, prefix: str, **ranges: object) -> list[object]:
+        return []
+
+
+def test_the_copy_keeps_what_the_demo_did_not_write(demo, tmp_path) -> None:
+    out = tmp_path / "Documents"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "mine.txt").write_text("keep me")
+    (out / "photo.jpg").write_bytes(b"keep me too")
+
+    assert demo.download_outputs(_NoObjects(), out, []) == 0
+
+    assert (out / "notes" / "mine.txt").read_text() == "keep me"
+    assert (out / "photo.jpg").read_bytes() == b"keep me too"
+    assert (out / demo.OUTPUT_MARKER).is_file()
+
+
+def test_a_second_run_replaces_only_its_own_outputs(demo, tmp_path) -> None:
+    out = tmp_path / "out"
+    demo.download_outputs(_NoObjects(), out, [])  # the first run marks the folder
+    (out / "cutouts").mkdir()
+    (out / "cutouts" / "old.png").write_bytes(b"from the last run")
+    (out / "report.json").write_text("{}")
+    (out / "mine.txt").write_text("keep me")
+
+    demo.download_outputs(_NoObjects(), out, [])
+
+    assert not (out / "cutouts").exists()
+    assert not (out / "report.json").exists()
+    assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_a_folder_holding_entries_the_demo_would_replace_is_refused_before_anything_runs(
+    demo, tmp_path, capsys
+) -> None:
+    out = tmp_path / "project"
+    (out / "reports").mkdir(parents=True)
+    (out / "reports" / "q3.pdf").write_bytes(b"a user's report")
+
+    with pytest.raises(SystemExit) as refused:
+        demo.main(["--quick", "--work", str(tmp_path / "work"), "--output", str(out)])
+
+    assert refused.value.code == 2
+    assert "holds reports, not written by the demo" in capsys.readouterr().err
+    assert (out / "reports" / "q3.pdf").read_bytes() == b"a user's report"
+    assert not (tmp_path / "work").exists()  # refused before the scratch folder or any process
+    with pytest.raises(demo.DemoFailure, match="the demo did not write"):
+        demo.download_outputs(_NoObjects(), out, [])
+    assert (out / "reports" / "q3.pdf").exists()
+
+
+def test_the_default_folder_is_the_demos_own(demo) -> None:
+    assert demo.output_conflicts(demo.DEFAULT_OUTPUT) == []
