@@ -231,12 +231,35 @@ class OptionSet(OptionModel):
         return cast(Self, validate_as(cls, cls, value))
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive, canonical form (for option fingerprints, manifests and XCom): pairs as lists."""
+        """
+        Primitive, canonical form (for option fingerprints, manifests and XCom): pairs as lists, a
+        :class:`Margin` as its text.
+        """
         data = asdict(cast(Any, self))
         for name, recorded in self.transfer_only.items():
             if data[name] in recorded:
                 data[name] = recorded[data[name]]  # transfer-only: recorded as the same output
+        for name in data:
+            if isinstance(value := getattr(self, name), Margin):
+                data[name] = str(value)
         return {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
+
+
+class EncodedOptionSet(OptionSet):
+    """The options of one encoded image: its MIME type and extension follow from its format field."""
+
+    #: the field naming the format (``png``, ``jpeg``, ``webp``)
+    format_field: ClassVar[str] = "format"
+
+    @property
+    def content_type(self) -> str:
+        """MIME type of the image."""
+        return CONTENT_TYPES[getattr(self, self.format_field)]
+
+    @property
+    def extension(self) -> str:
+        """File extension of the image (with the dot)."""
+        return EXTENSIONS[getattr(self, self.format_field)]
 
 
 def validate_as(model: type[OptionModel], annotation: Any, value: Any) -> Any:
@@ -371,7 +394,7 @@ def _margin(text: Any) -> Margin:
 
 
 @option_model
-class RemovalOptions(OptionSet):
+class RemovalOptions(EncodedOptionSet):
     """
     The unified background-removal options (docs/options.md), validated and normalised on creation.
 
@@ -384,6 +407,7 @@ class RemovalOptions(OptionSet):
     """
 
     unknown_key_parameter = "{key}"
+    format_field = "output_format"
 
     output_format: Annotated[OutputFormat, BeforeValidator(_format)] = "png"
     background_color: Annotated[str | None, unset_or(_color)] = None
@@ -419,19 +443,6 @@ class RemovalOptions(OptionSet):
         if self.background_color is None and self.output_format == "jpeg":
             return "#ffffff"
         return self.background_color
-
-    @property
-    def content_type(self) -> str:
-        """MIME type of the final result."""
-        return CONTENT_TYPES[self.output_format]
-
-    @property
-    def extension(self) -> str:
-        """File extension of the final result (with the dot)."""
-        return EXTENSIONS[self.output_format]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "margin": str(self.margin) if self.margin else None}
 
 
 def options_fingerprint(*parts: Mapping[str, Any] | None) -> str:

@@ -16,12 +16,10 @@ from typing_extensions import Self
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.options import (
     CHOICE,
-    CONTENT_TYPES,
-    EXTENSIONS,
     NUMBER,
+    EncodedOptionSet,
     Flag,
     Margin,
-    OptionSet,
     OptionValueError,
     OutputFormat,
     _color,
@@ -111,7 +109,7 @@ def _margin_json() -> WithJsonSchema:
 
 
 @option_model
-class RenditionSpec(OptionSet):
+class RenditionSpec(EncodedOptionSet):
     """
     One rendition of a master cut-out, validated once on creation (docs/renditions.md).
 
@@ -201,19 +199,6 @@ class RenditionSpec(OptionSet):
     def crops(self) -> bool:
         """True when the master is cropped to its subject first (``crop``, or ``fill`` set)."""
         return self.crop or self.fill is not None
-
-    @property
-    def content_type(self) -> str:
-        """MIME type of the rendition."""
-        return CONTENT_TYPES[self.format]
-
-    @property
-    def extension(self) -> str:
-        """File extension of the rendition (with the dot)."""
-        return EXTENSIONS[self.format]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "margin": str(self.margin) if self.margin else None}
 
 
 def margin_shares(margin: Margin) -> tuple[float, float]:

@@ -21,6 +21,7 @@ from airflow_provider_bgremoval.options import (
     parse_size,
     split_options,
 )
+from airflow_provider_bgremoval.renditions.spec import RenditionSpec
 from tests.support.connections import set_connection
 
 # -- output format ---------------------------------------------------------------------------------
@@ -50,6 +51,9 @@ def test_content_type_and_extension(fmt: str, content_type: str, extension: str)
     options = RemovalOptions.create(output_format=fmt)
     assert options.content_type == content_type
     assert options.extension == extension
+    # a rendition's file follows its own format field the same way (one EncodedOptionSet)
+    spec = RenditionSpec(name="r", format=fmt)
+    assert (spec.content_type, spec.extension) == (content_type, extension)
 
 
 # -- background colour -----------------------------------------------------------------------------
@@ -258,6 +262,7 @@ def test_defaults_and_as_dict() -> None:
         "jpeg_quality": 90,
     }
     assert RemovalOptions().as_dict()["margin"] is None
+    assert RenditionSpec(name="r", margin="6%").as_dict()["margin"] == "6% 6% 6% 6%"  # any Margin field
 
 
 def test_options_are_frozen() -> None:
