@@ -11,8 +11,10 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_bgremoval._compat import AirflowFailException, conf
+from airflow_provider_bgremoval._moved import warn_moved
 from airflow_provider_bgremoval.credits import (
     POOLING_CHOICES,
+    PoolTarget,
     describe_error,
     describe_poll_failure,
     is_fatal_balance_error,
@@ -138,6 +140,16 @@ class CreditsSensor(BaseSensorOperator):
                 timeout=timedelta(seconds=self.timeout),
             )
         return PokeReturnValue(is_done=False)
+
+    def get_hook(self) -> BackgroundRemovalHook[Any]:
+        """Deprecated: the vendor hook for ``conn_id`` (use ``BackgroundRemovalHook.get_hook(conn_id)``)."""
+        warn_moved("CreditsSensor.get_hook()", "use BackgroundRemovalHook.get_hook(conn_id)")
+        return BackgroundRemovalHook.get_hook(str(self.conn_id))
+
+    def pool_target(self) -> PoolTarget:
+        """Deprecated: what the pool waits for (use ``sensor.trigger(sensor.pool_costs()).pool_target()``)."""
+        warn_moved("CreditsSensor.pool_target()", "use sensor.trigger(sensor.pool_costs()).pool_target()")
+        return self.trigger(self.pool_costs()).pool_target()
 
     def trigger(self, costs: Mapping[str, str] | None = None) -> CreditsTrigger:
         """

@@ -403,3 +403,19 @@ def test_pool_options_are_validated() -> None:
     assert (
         "min_images" in CreditsSensor(task_id="c", conn_id=POOL, min_images="{{ params.n }}").template_fields
     )
+
+
+# -- names kept for one release ---------------------------------------------------------------------
+def test_get_hook_still_answers_and_warns(vendors: FakeVendors) -> None:
+    with pytest.warns(DeprecationWarning, match=r"CreditsSensor\.get_hook\(\) is deprecated"):
+        hook = sensor("poof_default").get_hook()
+    assert hook.conn_id == "poof_default"
+
+
+def test_pool_target_still_answers_with_each_accounts_cost_and_warns(vendors: FakeVendors) -> None:
+    s = pool_sensor(min_images=5, pooling="total", cost_per_image={"pixian_default": "1.5"})
+    with pytest.warns(DeprecationWarning, match=r"CreditsSensor\.pool_target\(\) is deprecated"):
+        target = s.pool_target()
+    assert target.conn_ids == tuple(POOL)
+    assert target.min_images == 5
+    assert {k: str(v) for k, v in target.costs.items()} == {"pixian_default": "1.5", "poof_default": "1"}
