@@ -65,7 +65,12 @@ def layout(*renditions: dict[str, Any]) -> RenditionLayout:
 
 
 def batch(
-    storage: GcsStorage, spec: BatchSpec, processor: ScriptedProcessor, renditions: RenditionLayout, **kw: Any
+    storage: GcsStorage,
+    spec: BatchSpec,
+    processor: ScriptedProcessor,
+    renditions: RenditionLayout,
+    check: bool = True,
+    **kw: Any,
 ):
     async def go():
         plan = await plan_batch(
@@ -74,6 +79,7 @@ def batch(
             extension=processor.extension,
             identity=OutputIdentity.of(processor),
             limits=processor.limits,
+            check=check,
             renditions=renditions,
         )
         manifest = ManifestWriter()
@@ -690,28 +696,14 @@ def test_an_unchecked_plan_s_source_too_small_for_every_rendition_is_settled_bef
     checked, _, checked_rows = batch(small_and_big(), spec, vendor, bounded(AMAZON))
     storage, vendor = small_and_big(), CutoutProcessor()
     claims = ClaimStore(storage, "dst", spec.internal_prefix, "test-run")  # type: ignore[arg-type]
-
-    async def go():
-        plan = await plan_batch(
-            storage,  # type: ignore[arg-type]
-            spec,
-            extension=vendor.extension,
-            identity=OutputIdentity.of(vendor),
-            limits=vendor.limits,
-            check=False,
-            renditions=bounded(AMAZON),
-        )
-        manifest = ManifestWriter()
-        result = await BatchRunner(
-            storage,  # type: ignore[arg-type]
-            vendor,
-            plan,
-            manifest,
-            claims=claims,
-        ).run()
-        return plan, result, read_manifest(manifest.getvalue())
-
-    plan, result, rows = asyncio.run(go())
+    plan, result, rows = batch(
+        storage,  # type: ignore[arg-type]
+        spec,
+        vendor,
+        bounded(AMAZON),
+        check=False,
+        claims=claims,
+    )
     assert plan.billable == 2 and not plan.checked  # both planned billable: nothing was read
     assert vendor.calls == ["big.png"]  # the small source is never sent
     small, planned = by_source(rows)["small.png"], by_source(checked_rows)["small.png"]
@@ -722,33 +714,18 @@ def test_an_unchecked_plan_s_source_too_small_for_every_rendition_is_settled_bef
     assert result.renditions["amazon"]["rejected"] == 2
     other = ClaimStore(storage, "dst", spec.internal_prefix, "another-run")  # type: ignore[arg-type]
     generation = {name: by_source(rows)[name]["source_generation"] for name in ("small.png", "big.png")}
-    assert (
-        other.acquire("out/masters/small.png", generation["small.png"]) is None
-    )  # released, as any rejection
+    assert other.acquire("out/masters/small.png", generation["small.png"]) is None  # released
     assert other.acquire("out/masters/big.png", generation["big.png"]) is not None  # its output's claim stays
     assert storage.names("dst", "out/masters/") == ["out/masters/big.png"]
     assert storage.names("dst", "out/_bgremoval/noncompliant/") == ["out/_bgremoval/noncompliant/big/amazon"]
 
 
-def unchecked_run(storage: MemoryStorage, vendor: ScriptedProcessor, renditions: RenditionLayout, **kw: Any):
-    async def go():
-        plan = await plan_batch(
-            storage,  # type: ignore[arg-type]
-            BatchSpec("src", "dst", **SPEC_KW),
-            extension=vendor.extension,
-            identity=OutputIdentity.of(vendor),
-            limits=vendor.limits,
-            check=False,
-            renditions=renditions,
-        )
-        return await BatchRunner(storage, vendor, plan, ManifestWriter(), **kw).run()  # type: ignore[arg-type]
-
-    return asyncio.run(go())
+SPEC = BatchSpec("src", "dst", **SPEC_KW)
 
 
 def test_an_unchecked_plan_s_source_with_one_reachable_rendition_is_still_sent() -> None:
     storage, vendor = small_and_big(), CutoutProcessor()
-    result = unchecked_run(storage, vendor, bounded(AMAZON, WEB))
+    _, result, _ = batch(storage, SPEC, vendor, bounded(AMAZON, WEB), check=False)  # type: ignore[arg-type]
     assert sorted(vendor.calls) == ["big.png", "small.png"] and result.renditions["web"]["done"] == 2
 
 
@@ -757,6 +734,7 @@ def test_sources_settled_by_size_before_their_call_do_not_count_for_the_failure_
     storage = MemoryStorage({f"raw/small{i:02}.png": photo((800, 600)) for i in range(12)})
     storage.put("src", "raw/big.png", photo((1300, 1000)))
     vendor = CutoutProcessor()
-    result = unchecked_run(storage, vendor, bounded(AMAZON), on_error="fail_rate", max_failure_rate=0.0)
+    rated = {"on_error": "fail_rate", "max_failure_rate": 0.0}
+    _, result, _ = batch(storage, SPEC, vendor, bounded(AMAZON), check=False, **rated)  # type: ignore[arg-type]
     assert result.halt is None and vendor.calls == ["big.png"]
     assert (result.counts["rejected"], result.counts["done"]) == (12, 1)
