@@ -346,7 +346,8 @@ def resolve_rendition(
     """
     A :class:`Rendition` from a mapping of spec fields with an optional ``preset`` whose fields the
     mapping overrides (``{"name": "amazon", "preset": "amazon_main", "quality": 92}``), or from a spec
-    (or its :meth:`~RenditionSpec.as_dict`), which gets the rules of the preset it names.
+    (or its :meth:`~airflow_provider_bgremoval.options.OptionSet.as_dict`), which gets the rules of the
+    preset it names.
 
     :param value: the rendition as given.
     :param registry: the presets by name (:func:`preset_registry`; default: the built-in ones).
