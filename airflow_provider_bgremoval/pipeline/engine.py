@@ -19,6 +19,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from airflow_provider_bgremoval._moved import moved_attribute, moved_names
 from airflow_provider_bgremoval.exceptions import InputRejectedError, safe_excerpt
 from airflow_provider_bgremoval.imaging import read_header
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
@@ -58,6 +59,10 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Names that moved out of this module with the split by job, kept for one release.
+__getattr__ = moved_names(
+    __name__, {"airflow_provider_bgremoval.pipeline.accounts": "FAILOVER_METRIC_PREFIX"}
+)
 
 ON_ERROR_CHOICES: tuple[str, ...] = ("fail_at_end", "fail_rate", "continue")
 #: Finished images needed before the failure-rate rule can stop a batch.
@@ -179,6 +184,9 @@ class BatchRunner:
     drain_grace: float = DEFAULT_DRAIN_GRACE
     master_max_bytes: int = MASTER_MAX_BYTES
     accounts: AccountChain | None = None
+
+    #: Deprecated: ``runner.budgets.credits_at_risk`` (kept for one release).
+    credits_at_risk = moved_attribute("BatchRunner.credits_at_risk", "budgets.credits_at_risk")
 
     def __post_init__(self) -> None:  # the parameters are validated by the operator
         self.result = BatchResult(billable=len(self.plan.items))

@@ -13,7 +13,9 @@ import pytest
 
 from airflow_provider_bgremoval.exceptions import OutOfCreditsError, TransientVendorError
 from airflow_provider_bgremoval.pipeline.accounts import BreakerPolicy
-from airflow_provider_bgremoval.pipeline.planning import BatchSpec
+from airflow_provider_bgremoval.pipeline.engine import BatchRunner
+from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
 from airflow_provider_bgremoval.results import ImageResult
 from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed
 from tests.unit.pipeline.test_failover import Clock, Vendor, chain, names, run_chain
@@ -131,3 +133,31 @@ def test_the_max_credits_halt_prices_each_image_in_flight_at_its_own_account(bat
         "2 in flight: 1 at 1 (pixian_conn), 1 at 3 (poof_conn); the next image costs 1" in result.halt.message
     )
     assert result.credits_spent == 5 and [row["status"] for row in rows] == ["done"] * 3 + ["pending"]
+
+
+def test_the_runners_old_credits_at_risk_still_answers_and_warns(buckets) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png", "b.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="moved/")
+    processor = ScriptedProcessor(lambda n, c: Decimal(2))
+
+    async def go() -> tuple[Decimal, Decimal]:
+        identity = OutputIdentity.of(processor)
+        plan = await plan_batch(
+            storage, spec, extension=processor.extension, identity=identity, limits=processor.limits
+        )
+        runner = BatchRunner(storage, processor, plan, ManifestWriter())
+        await runner.run()
+        with pytest.warns(DeprecationWarning, match=r"BatchRunner\.credits_at_risk is deprecated"):
+            old = runner.credits_at_risk()
+        return old, runner.budgets.credits_at_risk()
+
+    old, new = asyncio.run(go())
+    assert old == new == Decimal(4)
+
+
+def test_the_engines_old_failover_metric_prefix_still_imports_and_warns() -> None:
+    from airflow_provider_bgremoval.pipeline import accounts, engine
+
+    with pytest.warns(DeprecationWarning, match=r"engine\.FAILOVER_METRIC_PREFIX is deprecated"):
+        assert engine.FAILOVER_METRIC_PREFIX == accounts.FAILOVER_METRIC_PREFIX
