@@ -18,6 +18,14 @@ def _decimal(value: Any) -> Decimal:
         return Decimal(0)
 
 
+def _count(value: Any) -> int:
+    """A row's count field as a number (absent or unreadable: 0)."""
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 #: The end of a task try's final manifest's name (its checkpoint parts end ``try-<n>.part-<k>.jsonl``).
 _FINAL = re.compile(r"try-(\d+)\.jsonl$")
 #: What separates a checkpoint part's name from its final manifest's stem (``manifest_part_name``).
@@ -54,8 +62,11 @@ class RunSummary:
     :param manifests: ``gs://`` URIs of the manifests read.
     :param rows: the final row of each source (manifest row dicts).
     :param accounts: per vendor connection (rows with an ``account``), in order of first appearance:
-        ``conn_id``, ``vendor``, ``done`` (final rows), ``credits_spent`` (every try) and
-        ``handed_on`` (images it handed to the next account, by reason).
+        ``conn_id``, ``vendor``, ``done`` (final rows); over every try: ``images`` (rows whose
+        ``account`` it is: the images it took the last call of, whatever their status),
+        ``credits_spent``, ``possibly_charged`` (its share of the rows' lost replies: a handoff's
+        ``possibly_charged`` to the account that handed the image on, the rest to the row's
+        ``account``) and ``handed_on`` (images it handed to the next account, by reason).
     """
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
@@ -67,16 +78,32 @@ class RunSummary:
     def _account(self, conn_id: str, vendor: Any) -> dict[str, Any]:
         return self.accounts.setdefault(
             conn_id,
-            {"conn_id": conn_id, "vendor": vendor, "done": 0, "credits_spent": Decimal(0), "handed_on": {}},
+            {
+                "conn_id": conn_id,
+                "vendor": vendor,
+                "done": 0,
+                "images": 0,
+                "credits_spent": Decimal(0),
+                "possibly_charged": 0,
+                "handed_on": {},
+            },
         )
 
     def _note_accounts(self, row: dict[str, Any]) -> None:
-        """One row's credits on its account, and the accounts that handed it on."""
-        if row.get("account"):
-            self._account(row["account"], row.get("vendor"))["credits_spent"] += _decimal(row.get("credits"))
+        """One row on its account (an image, credits, lost replies) and on the accounts that handed it on."""
+        own = self._account(row["account"], row.get("vendor")) if row.get("account") else None
+        lost = _count(row.get("possibly_charged"))
         for handoff in row.get("handoffs") or ():
-            handed = self._account(str(handoff.get("account")), handoff.get("vendor"))["handed_on"]
-            handed[handoff.get("reason")] = handed.get(handoff.get("reason"), 0) + 1
+            entry = self._account(str(handoff.get("account")), handoff.get("vendor"))
+            reason = handoff.get("reason")
+            entry["handed_on"][reason] = entry["handed_on"].get(reason, 0) + 1
+            share = min(_count(handoff.get("possibly_charged")), lost)
+            entry["possibly_charged"] += share
+            lost -= share
+        if own is not None:
+            own["images"] += 1
+            own["credits_spent"] += _decimal(row.get("credits"))
+            own["possibly_charged"] += lost
 
     def account_summary(self) -> list[dict[str, Any]]:
         """:attr:`accounts` in primitive form (credits as text)."""

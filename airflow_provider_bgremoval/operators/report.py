@@ -65,7 +65,10 @@ def _summaries(pulled: Any) -> list[Mapping[str, Any]]:
 def _with_states(
     accounts: list[dict[str, Any]], states: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The manifests' per-account block with each account's run state (:func:`account_states`)."""
+    """
+    The manifests' per-account block (its figures over every try) with each account's run state from
+    the bucket tasks' summaries (:func:`account_states`: only what rows cannot tell).
+    """
     return [entry | dict(states.get(entry["conn_id"], {})) for entry in accounts]
 
 
@@ -77,25 +80,28 @@ def _rank(order: tuple[str, ...], state: Any) -> int:
 
 
 def _fold_account(total: dict[str, Any], entry: Mapping[str, Any]) -> None:
-    """Add one bucket task's account entry to the account's run totals."""
-    total["images"] += int(entry.get("images") or 0)
-    total["possibly_charged"] += int(entry.get("possibly_charged") or 0)
+    """Add one bucket task's account entry to the account's run state."""
     total["breaker_opened"] += int(entry.get("breaker_opened") or 0)
     state = entry.get("state")
     if _rank(ACCOUNT_STATE_ORDER, state) > _rank(ACCOUNT_STATE_ORDER, total["state"]):
         total["state"], total["state_message"] = state, entry.get("state_message")
     if _rank(BREAKER_STATE_ORDER, entry.get("breaker")) > _rank(BREAKER_STATE_ORDER, total["breaker"]):
         total["breaker"] = entry.get("breaker")
-    shards = total["shard_states"]
-    shards[str(state)] = shards.get(str(state), 0) + 1
+    if state is not None:  # an entry without a state says nothing about how the task left the account
+        shards = total["shard_states"]
+        shards[str(state)] = shards.get(str(state), 0) + 1
 
 
 def account_states(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """
-    Each account's run totals over the bucket tasks' summaries (one per mapped shard): ``images``,
-    ``possibly_charged`` and ``breaker_opened`` summed; ``state`` (with its ``state_message``) and
-    ``breaker`` the worst any task ended with (:data:`ACCOUNT_STATE_ORDER`, :data:`BREAKER_STATE_ORDER`);
-    ``shard_states`` how many tasks ended it in each state.
+    Each account's run state over the bucket tasks' summaries (one per mapped shard), what its manifest
+    rows cannot tell: ``state`` (with its ``state_message``) and ``breaker`` the worst any task ended
+    with (:data:`ACCOUNT_STATE_ORDER`, :data:`BREAKER_STATE_ORDER`); ``breaker_opened`` summed;
+    ``shard_states`` how many tasks ended it in each state (entries without a state are not counted).
+
+    A task's XCom holds its last try only, so the figures that every try adds to (``images``,
+    ``credits_spent``, ``possibly_charged``) come from the manifests instead
+    (:meth:`~airflow_provider_bgremoval.run_summary.RunSummary.account_summary`).
 
     :param summaries: the bucket tasks' ``summary`` XComs.
     """
@@ -106,8 +112,6 @@ def account_states(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str
                 total = totals.setdefault(
                     str(entry["conn_id"]),
                     {
-                        "images": 0,
-                        "possibly_charged": 0,
                         "state": None,
                         "state_message": None,
                         "breaker": None,
@@ -241,7 +245,7 @@ class RunReportOperator(BaseOperator):
         return result
 
     def _account_states(self, context: Context) -> dict[str, dict[str, Any]]:
-        """Each account's run totals and state over the upstream bucket tasks' summaries."""
+        """Each account's run state over the upstream bucket tasks' summaries (:func:`account_states`)."""
         upstream = sorted(self.upstream_task_ids)
         if not upstream:
             return {}

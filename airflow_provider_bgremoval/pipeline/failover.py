@@ -128,7 +128,7 @@ class CallStage:
             return False
         previous = flight.account
         if previous is not None and previous is not account:  # its lost replies stay booked there
-            previous.possibly_charged += flight.stats.possibly_charged - flight.lost_base
+            previous.possibly_charged += flight.unbooked_lost()
             flight.lost_base = flight.stats.possibly_charged
         flight.account, flight.probe, flight.outcome_due = account, probe, True
         return True
@@ -171,7 +171,11 @@ class CallStage:
                 )
 
     def _hand_on(self, flight: Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
-        """Note on the image's row why ``account`` handed it on."""
+        """
+        Note on the image's row why ``account`` handed it on, with the lost replies of its calls there
+        (what :meth:`_admitted` books to it when the next account takes the image; ``0`` for an account
+        that refused the image without a call).
+        """
         flight.last_error = exc
         flight.handoffs.append(
             {
@@ -180,6 +184,7 @@ class CallStage:
                 "reason": reason,
                 "code": exc.code,
                 "message": safe_excerpt(exc.message),
+                "possibly_charged": flight.unbooked_lost() if account is flight.account else 0,
             }
         )
         log.info("%s: %s on %s, handed on", flight.item.source.uri, reason, account.conn_id)

@@ -43,3 +43,7 @@ class Flight:
     tried: list[Account] = field(default_factory=list)  # accounts this image may not go back to
     handoffs: list[dict[str, Any]] = field(default_factory=list)  # why earlier accounts handed it on
     last_error: BgRemovalError | None = None
+
+    def unbooked_lost(self) -> int:
+        """Lost replies of :attr:`stats` not yet booked to an earlier account: the current account's share."""
+        return self.stats.possibly_charged - self.lost_base

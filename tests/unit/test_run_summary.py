@@ -86,11 +86,76 @@ def test_per_account_block_of_a_failover_chain() -> None:
             "conn_id": "px",
             "vendor": "pixian",
             "done": 1,
+            "images": 1,
             "credits_spent": "1",
+            "possibly_charged": 0,
             "handed_on": {"out_of_credits": 1},
         },
-        {"conn_id": "pf", "vendor": "poof", "done": 1, "credits_spent": "2", "handed_on": {}},
+        {
+            "conn_id": "pf",
+            "vendor": "poof",
+            "done": 1,
+            "images": 2,  # every row it took the last call of, done or not
+            "credits_spent": "2",
+            "possibly_charged": 0,
+            "handed_on": {},
+        },
     ]
+
+
+def test_a_rows_lost_replies_are_split_over_its_chain_and_every_try_counts() -> None:
+    """Handoff shares go to the accounts that handed the image on, the rest to the row's account."""
+
+    def handoff(account: str, lost: int | None) -> dict[str, Any]:
+        entry = {"account": account, "vendor": account, "reason": "outage", "code": "503", "message": "-"}
+        return entry if lost is None else entry | {"possibly_charged": lost}
+
+    summary = summarise_manifests(
+        [
+            (
+                f"{FOLDER}/try-1.jsonl",
+                lines(
+                    {"source": "a", "status": "failed", "account": "px", "possibly_charged": 2},
+                    {
+                        "source": "b",
+                        "status": "done",
+                        "credits": "1",
+                        "account": "pf",
+                        "possibly_charged": 4,
+                        "handoffs": [handoff("px", 1), handoff("pc", 2)],
+                    },
+                ),
+            ),
+            (  # try 2 made "a" on pf after px lost one more reply; a manifest from before handoff
+                # shares (no possibly_charged on the entry) books the row's lost replies to its account
+                f"{FOLDER}/try-2.jsonl",
+                lines(
+                    {
+                        "source": "a",
+                        "status": "done",
+                        "credits": "1",
+                        "account": "pf",
+                        "possibly_charged": 1,
+                        "handoffs": [handoff("px", 1)],
+                    },
+                    {"source": "b", "status": "skipped"},
+                    {
+                        "source": "c",
+                        "status": "done",
+                        "credits": "1",
+                        "account": "pf",
+                        "possibly_charged": 3,
+                        "handoffs": [handoff("px", None)],
+                    },
+                ),
+            ),
+        ]
+    )
+    figures = {
+        e["conn_id"]: (e["images"], e["possibly_charged"], e["done"]) for e in summary.accounts.values()
+    }
+    assert figures == {"px": (1, 2 + 1 + 1, 0), "pc": (0, 2, 0), "pf": (3, 1 + 0 + 3, 3)}
+    assert sum(lost for _, lost, _ in figures.values()) == 2 + 4 + 1 + 3  # every row's, once
 
 
 def test_only_the_manifests_that_hold_the_record_are_read() -> None:

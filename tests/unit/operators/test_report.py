@@ -163,7 +163,7 @@ def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states
     ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
     ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
     final = {
-        "images": 2,
+        "images": 1,  # the task's summary agrees with its manifest (one try)
         "possibly_charged": 0,
         "state": "out_of_credits",
         "state_message": "no credits",
@@ -183,7 +183,15 @@ def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states
             **final,
             "shard_states": {"out_of_credits": 1},
         },
-        {"conn_id": "pf", "vendor": "poof", "done": 1, "credits_spent": "2", "handed_on": {}},
+        {
+            "conn_id": "pf",
+            "vendor": "poof",
+            "done": 1,
+            "images": 1,
+            "credits_spent": "2",
+            "possibly_charged": 0,
+            "handed_on": {},
+        },
     ]
     assert ti.xcom_pull.call_args.kwargs == {"task_ids": ["cutouts"], "key": "summary"}
 
@@ -192,11 +200,12 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
     bucket: dict[tuple[str, str], bytes],
 ) -> None:
     """Three shards of a chain: shard 1 ran Pixian out of credits, shards 0 and 2 did not."""
+    out_of_credits = {"account": "px", "vendor": "pixian", "reason": "out_of_credits", "possibly_charged": 0}
     for shard, rows in enumerate(
         (
             [row("a", "done", vendor="pixian", account="px", credits="1")],
-            [row("b", "done", vendor="poof", account="pf", credits="2")],
-            [row("c", "done", vendor="pixian", account="px", credits="1")],
+            [row("b", "done", vendor="poof", account="pf", credits="2", handoffs=[out_of_credits])],
+            [row("c", "done", vendor="pixian", account="px", credits="1", possibly_charged=1)],
         )
     ):
         bucket["out", manifest_object_name("chain/_bgremoval/", "dag", "manual__1", "cutouts", shard, 1)] = (
@@ -221,7 +230,7 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
 
     ti.xcom_pull.return_value = [  # one summary per mapped task, in map order
         {"accounts": [account("px", 1), account("pf", 0)]},
-        {"accounts": [account("px", 1, "out_of_credits", breaker_opened=1), account("pf", 1)]},
+        {"accounts": [account("px", 0, "out_of_credits", breaker_opened=1), account("pf", 1)]},
         {"accounts": [account("px", 1, possibly_charged=1), account("pf", 0, breaker="open")]},
     ]
     op.execute({"ti": ti})  # type: ignore[arg-type]
@@ -232,8 +241,8 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
         "vendor": "pixian",
         "done": 2,
         "credits_spent": "2",
-        "handed_on": {},
-        "images": 3,
+        "handed_on": {"out_of_credits": 1},
+        "images": 2,  # the manifests' rows, as the shards' summaries say (one try each)
         "possibly_charged": 1,
         "state": "out_of_credits",  # the worst of its shards, not the last one's "active"
         "state_message": "px: out_of_credits",
@@ -261,6 +270,89 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
 def test_an_accounts_run_state_is_the_worst_of_its_shards(states: list[str], worst: str) -> None:
     summaries = [{"accounts": [{"conn_id": "px", "state": state, "images": 1}]} for state in states]
     assert report.account_states(summaries)["px"]["state"] == worst
+
+
+def test_an_account_entry_without_a_state_counts_in_no_shard_state() -> None:
+    summaries = [
+        {"accounts": [{"conn_id": "px", "state": "active", "images": 1}]},
+        {"accounts": [{"conn_id": "px", "breaker": "open", "breaker_opened": 1}]},  # no state
+    ]
+    assert report.account_states(summaries) == {
+        "px": {
+            "state": "active",
+            "state_message": None,
+            "breaker": "open",
+            "breaker_opened": 1,
+            "shard_states": {"active": 1},  # not {"active": 1, "None": 1}
+        }
+    }
+
+
+def test_a_retried_tasks_accounts_count_every_try_not_only_the_last_try_s_summary(
+    bucket: dict[tuple[str, str], bytes],
+) -> None:
+    """Try 1 lost replies on px and failed "b"; try 2 lost one more there and handed "b" on to pf.
+    Airflow cleared try 1's summary XCom: the accounts' images and lost replies come from both tries."""
+    tries = [manifest_object_name("retry/_bgremoval/", "dag", "manual__1", "cutouts", -1, n) for n in (1, 2)]
+    bucket["out", tries[0]] = manifest(
+        row("a", "done", vendor="pixian", account="px", credits="1", possibly_charged=1),
+        row("b", "failed", vendor="pixian", account="px", possibly_charged=2, error_code="timeout"),
+    )
+    outage = {"account": "px", "vendor": "pixian", "reason": "outage", "code": "503", "possibly_charged": 1}
+    bucket["out", tries[1]] = manifest(
+        row("a", "skipped", vendor="pixian"),
+        row("b", "done", vendor="poof", account="pf", credits="2", possibly_charged=1, handoffs=[outage]),
+    )
+    states = {"state": "active", "state_message": None}
+    last_try = {  # try 2's summary, the only one Airflow kept
+        "accounts": [
+            {
+                "conn_id": "px",
+                "vendor": "pixian",
+                "done": 0,
+                "images": 0,
+                "credits_spent": "0",
+                "possibly_charged": 1,
+                **states,
+                "breaker": "open",
+                "breaker_opened": 1,
+            },
+            {
+                "conn_id": "pf",
+                "vendor": "poof",
+                "done": 1,
+                "images": 1,
+                "credits_spent": "2",
+                "possibly_charged": 0,
+                **states,
+                "breaker": "closed",
+                "breaker_opened": 0,
+            },
+        ]
+    }
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="retry")
+    op.upstream_task_ids.add("cutouts")
+    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
+    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
+    ti.xcom_pull.return_value = [last_try]
+    op.execute({"ti": ti})  # type: ignore[arg-type]
+    written = json.loads(bucket["out", f"{report_prefix('retry', 'dag', 'manual__1')}report.json"])
+    px, pf = written["accounts"]
+    assert px == {
+        "conn_id": "px",
+        "vendor": "pixian",
+        "done": 1,
+        "images": 2,  # "a" and "b" of try 1 (try 2's summary: 0)
+        "credits_spent": "1",
+        "possibly_charged": 1 + 2 + 1,  # try 1's rows, and its share of try 2's "b" (summary: 1)
+        "handed_on": {"outage": 1},
+        **states,
+        "breaker": "open",
+        "breaker_opened": 1,
+        "shard_states": {"active": 1},
+    }
+    assert (pf["images"], pf["possibly_charged"], pf["credits_spent"]) == (1, 0, "2")
+    assert sum(entry["possibly_charged"] for entry in written["accounts"]) == 1 + 2 + 1  # every row, once
 
 
 def test_the_report_lists_only_its_runs_manifests_and_reads_each_try_once(

@@ -6,6 +6,7 @@ The circuit breakers run on a clock the vendors move by hand, so the outage cell
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from decimal import Decimal
@@ -27,6 +28,7 @@ from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_ma
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.run_summary import summarise_manifests
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from tests.unit.pipeline.test_engine import ScriptedProcessor, seed
 from tests.unit.pipeline.test_rendering import SPEC_KW, THUMB, WEB, cutout, layout
@@ -147,6 +149,7 @@ def test_the_primary_runs_out_at_image_20_of_50_and_the_secondary_does_the_other
             "reason": "out_of_credits",
             "code": "out_of_credits",
             "message": "no credits left",
+            "possibly_charged": 0,
         }
     ]
     summary = {entry["conn_id"]: entry for entry in accounts.summary()}
@@ -315,6 +318,60 @@ def test_a_lost_reply_stays_booked_to_its_account_and_counts_against_the_budget_
     )
     assert secondary.calls == [] and rows[0]["status"] == "failed" and rows[0]["possibly_charged"] == 1
     assert result.halt is not None and result.halt.reason == "max_credits"
+
+
+class LossyVendor(Vendor):
+    """A vendor filling in the live call record as hooks do: ``losses[name]`` replies lost, then an error."""
+
+    def __init__(self, vendor: str, losses: dict[str, int]) -> None:
+        super().__init__(vendor)
+        self.losses = losses
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        lost = self.losses.get(filename, 0)
+        if not lost:
+            return await super().process(data, filename, stats)
+        self.calls.append(filename)
+        stats.attempts += lost
+        stats.possibly_charged += lost
+        raise TransientVendorError("reply lost", vendor=self.vendor, possibly_charged=True)
+
+
+def test_each_handoff_carries_the_lost_replies_its_account_booked_and_the_rows_add_up_to_the_summary(
+    batch,
+) -> None:
+    """Lost replies on every account of a chain: the rows split them exactly as the engine booked them."""
+    storage, src, spec = batch
+    seed(storage, src, names(4))
+    accounts = chain(
+        LossyVendor("pixian", {"00.png": 1, "01.png": 2, "03.png": 1}),
+        LossyVendor("pixelcut", {"00.png": 3, "03.png": 1}),
+        LossyVendor("poof", {"03.png": 2}),
+    )
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    by_name = {row["source"].rsplit("/", 1)[1]: row for row in rows}
+    shares = {
+        name: [(h["account"], h["possibly_charged"]) for h in row.get("handoffs") or ()]
+        for name, row in by_name.items()
+    }
+    assert shares == {
+        "00.png": [("pixian_conn", 1), ("pixelcut_conn", 3)],  # then made by poof
+        "01.png": [("pixian_conn", 2)],  # then made by pixelcut
+        "02.png": [],
+        "03.png": [("pixian_conn", 1), ("pixelcut_conn", 1)],  # poof lost 2 more: failed there
+    }
+    assert [(by_name[n]["account"], by_name[n]["possibly_charged"]) for n in sorted(by_name)] == [
+        ("poof_conn", 4),
+        ("pixelcut_conn", 2),
+        ("pixian_conn", 0),
+        ("poof_conn", 4),
+    ]
+    assert result.possibly_charged == 10
+    engine = {entry["conn_id"]: (entry["images"], entry["possibly_charged"]) for entry in accounts.summary()}
+    assert engine == {"pixian_conn": (1, 4), "pixelcut_conn": (1, 4), "poof_conn": (2, 2)}
+    manifest = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    from_rows = summarise_manifests([("gs://dst/try-1.jsonl", manifest)]).account_summary()
+    assert {entry["conn_id"]: (entry["images"], entry["possibly_charged"]) for entry in from_rows} == engine
 
 
 class CutoutVendor(Vendor):
