@@ -242,7 +242,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
             # Too close to call, or only a header can tell (a chain's differing limits, sources too small
             # for every rendition in a plan the batch runs as it is): check the files, price again.
-            if not plan.checked and (not estimate["sufficient"] or self._headers_decide(job, plan)):
+            if not plan.checked and not estimate["sufficient"]:
                 plan = self._checked(context, job, plan, max_shards)
                 estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
@@ -284,17 +284,6 @@ class CreditsPreflightOperator(BucketJobOperator):
         try_number = int(getattr(ti, "try_number", 1) or 1)
         prefix = plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
         return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
-
-    @staticmethod
-    def _headers_decide(job: BucketJob, plan: BatchPlan | PlanWriter) -> bool:
-        """
-        Only the checked plan can be priced or handed on: a chain whose accounts' limits differ (which
-        account takes an image), or a kept plan whose every rendition a source may be too small for (the
-        mapped tasks run its shards as they are, so planning must settle those sources, unpaid).
-        """
-        layout = job.renditions
-        sizes = isinstance(plan, PlanWriter) and layout is not None and layout.judged_by_source_size
-        return bool(job.account_limits) or sizes
 
     def _checked(
         self, context: Context, job: BucketJob, plan: BatchPlan | PlanWriter, max_shards: int | None

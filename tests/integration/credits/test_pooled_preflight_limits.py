@@ -50,7 +50,8 @@ def wide_photo() -> bytes:
 @pytest.fixture
 def env(vendor_connections: RunningSandbox, gcs_storage: GcsStorage, gcs_bucket_factory: Callable[..., str]):
     src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
-    for name, data in {**SOURCES, "raw/banner.png": wide_photo()}.items():
+    photos = {**SOURCES, "raw/banner.png": wide_photo(), "raw/broken.png": b"not a PNG at all"}
+    for name, data in photos.items():
         gcs_storage.write(src, name, data, content_type="image/png")
     return vendor_connections, src, dst
 
@@ -59,14 +60,15 @@ def shares(estimate: dict[str, Any]) -> list[tuple[str, int]]:
     return [(account["conn_id"], account["images"]) for account in estimate["accounts"]]
 
 
-def test_an_image_only_a_later_account_takes_is_priced_there(env, dag_tester) -> None:
+def test_the_checked_pass_prices_an_image_only_a_later_account_takes_there(env, dag_tester) -> None:
     sandbox, src, dst = env
-    sandbox.admin.set_balance("pixelcut", 10)  # enough for all four, but its limits refuse the banner
+    sandbox.admin.set_balance("pixelcut", 3)  # 3 + 1 under the unchecked bound of 5 (broken.png counted)
     sandbox.admin.set_balance("pixian", 1)
     run = dag_tester.run(DAG.format(dag_id="pooled_limits", src=src, dst=dst), "pooled_limits")
     assert run.state == "success", run.task_states()
     estimate = run.xcom("check_credits")
-    assert estimate["local_checks"] == "plan"  # limits differ: only a header says which account takes it
+    assert estimate["local_checks"] == "plan"  # the checked pass: headers say which account takes each
+    assert estimate["rejected_locally"] == 1  # broken.png
     assert shares(estimate) == [("pixelcut_default", 3), ("pixian_default", 1)]
     assert (estimate["shortfall_images"], estimate["needed"]) == (0, "4")
     # Pixian empty: the banner has no account that both takes and pays for it (the balance alone would)
@@ -79,4 +81,20 @@ def test_an_image_only_a_later_account_takes_is_priced_there(env, dag_tester) ->
         ("pixelcut_default", 3),
         ("pixian_default", 0),
     ]
+    assert sandbox.admin.charges("pixelcut") == [] and sandbox.admin.charges("pixian") == []
+
+
+def test_a_balance_covering_the_unchecked_bound_passes_without_reading_headers(env, dag_tester) -> None:
+    sandbox, src, dst = env
+    sandbox.admin.set_balance("pixelcut", 10)  # 10 + 1 covers all five, whichever account takes each
+    sandbox.admin.set_balance("pixian", 1)
+    run = dag_tester.run(
+        DAG.format(dag_id="pooled_limits_unchecked", src=src, dst=dst), "pooled_limits_unchecked"
+    )
+    assert run.state == "success", run.task_states()
+    estimate = run.xcom("check_credits")
+    # Priced in chain order without a header read (each image's account is decided in the batch, by the
+    # engine's check of every account's own limits before its call: docs/credits.md).
+    assert estimate["local_checks"] == "batch"
+    assert shares(estimate) == [("pixelcut_default", 5), ("pixian_default", 0)]
     assert sandbox.admin.charges("pixelcut") == [] and sandbox.admin.charges("pixian") == []

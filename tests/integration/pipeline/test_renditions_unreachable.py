@@ -106,9 +106,9 @@ with DAG({dag_id!r}, schedule=None, catchup=False) as dag:
 """
 
 
-def test_a_kept_plan_settles_the_source_too_small_so_no_shard_pays_for_it(env, dag_tester) -> None:
+def test_a_checked_kept_plan_settles_the_source_too_small_so_no_shard_pays_for_it(env, dag_tester) -> None:
     sandbox, storage, src, dst = env
-    sandbox.admin.set_balance("pixian", 100)  # the unchecked bound fits: the files are checked all the same
+    sandbox.admin.set_balance("pixian", len(SOURCES))  # under the unchecked bound of 4: files are checked
     calls = calls_made(sandbox)
     source = SHARDED.format(dag_id="unreachable_sharded", src=src, dst=dst, renditions=[AMAZON])
     run = dag_tester.run(source, "unreachable_sharded")
@@ -123,26 +123,11 @@ def test_a_kept_plan_settles_the_source_too_small_so_no_shard_pays_for_it(env, d
     assert [(row["status"], row["error_code"]) for row in tiny] == [("rejected", "rendition_noncompliant")]
 
 
-#: The pre-flight of a version before the engine judged sizes: it kept the plan unchecked whenever the
-#: balance covered every unfinished source (only a chain's differing limits made it read headers).
-OLDER_PREFLIGHT = """
-from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator
-
-
-class OlderCreditsCheck(CreditsCheckOperator):
-    @staticmethod
-    def _headers_decide(job, plan):
-        return bool(job.account_limits)
-"""
-
-
 def test_a_kept_plan_left_unchecked_never_pays_for_the_source_too_small(env, dag_tester) -> None:
     sandbox, storage, src, dst = env
-    sandbox.admin.set_balance("pixian", 100)  # covers the unchecked bound: the older pre-flight reads nothing
+    sandbox.admin.set_balance("pixian", 100)  # covers the unchecked bound: the pre-flight reads no file
     calls, charges = calls_made(sandbox), len(sandbox.admin.charges("pixian"))
-    source = OLDER_PREFLIGHT + SHARDED.format(
-        dag_id="unreachable_unchecked", src=src, dst=dst, renditions=[AMAZON]
-    ).replace("CreditsCheckOperator(task_id=", "OlderCreditsCheck(task_id=")
+    source = SHARDED.format(dag_id="unreachable_unchecked", src=src, dst=dst, renditions=[AMAZON])
     run = dag_tester.run(source, "unreachable_unchecked")
     assert run.state == "success", run.task_states()
     estimate = run.xcom("check_credits")
