@@ -359,36 +359,64 @@ OUTPUT_ENTRIES = (
     "contact-sheet.png",
     "report.json",
 )
-#: The file that marks a folder as the demo's output (the default ``demo-output/`` is the demo's anyway).
+#: The demo's list of the files it wrote in its output folder: only those are ever replaced.
 OUTPUT_MARKER = ".bgremoval-demo-output"
 DEFAULT_OUTPUT = REPO / "demo-output"
 
 
+def _entry_files(out: Path) -> set[str]:
+    """Every file now under the demo's entries of ``out``, relative to ``out``."""
+    found: set[str] = set()
+    for name in OUTPUT_ENTRIES:
+        entry = out / name
+        paths = [entry] if entry.is_file() or entry.is_symlink() else sorted(entry.rglob("*"))
+        found.update(str(path.relative_to(out)) for path in paths if path.is_file() or path.is_symlink())
+    return found
+
+
+def _written_before(out: Path) -> set[str] | None:
+    """The files the demo's last run wrote in ``out`` (its marker), ``None`` for an unmarked folder."""
+    marker = out / OUTPUT_MARKER
+    if not marker.is_file():
+        return None
+    return {line for line in marker.read_text().splitlines()[1:] if line}
+
+
 def output_conflicts(out: Path) -> list[str]:
     """
-    The entries of ``out`` the demo would replace although it did not write them (empty: safe to use).
+    The files in the demo's entries of ``out`` that the demo did not write (empty: safe to use).
+
+    The default ``demo-output/`` of a version without a marker is the demo's anyway.
 
     :param out: the ``--output`` folder, absolute.
     """
-    if out == DEFAULT_OUTPUT or (out / OUTPUT_MARKER).is_file():
+    written = _written_before(out)
+    if written is None and out == DEFAULT_OUTPUT:
         return []
-    return [name for name in OUTPUT_ENTRIES if (out / name).exists()]
+    return sorted(_entry_files(out) - (written or set()))
 
 
 def clear_output(out: Path) -> None:
-    """Remove what an earlier demo run wrote in ``out``, nothing else, and mark the folder as the demo's."""
+    """Remove the files an earlier demo run wrote in ``out``, nothing else (refused if others are there)."""
     conflicts = output_conflicts(out)
-    check(not conflicts, f"{shown(out)} holds {', '.join(conflicts)} the demo did not write")
-    for name in OUTPUT_ENTRIES:
-        entry = out / name
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink(missing_ok=True)
+    check(not conflicts, f"{shown(out)} holds {', '.join(conflicts[:5])} the demo did not write")
+    for name in sorted(_entry_files(out), reverse=True):
+        (out / name).unlink()
+    for name in OUTPUT_ENTRIES:  # the folders left empty
+        folders = sorted((out / name).rglob("*"), reverse=True) if (out / name).is_dir() else []
+        for folder in [*folders, out / name]:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     out.mkdir(parents=True, exist_ok=True)
-    (out / OUTPUT_MARKER).write_text(
-        f"written by scripts/demo.py, which replaces {', '.join(OUTPUT_ENTRIES)}\n"
-    )
+
+
+def mark_output(out: Path) -> None:
+    """List, in ``out``'s marker, the files this run wrote there (what the next run may replace)."""
+    lines = [
+        "written by scripts/demo.py: the next run replaces these files, nothing else",
+        *sorted(_entry_files(out)),
+    ]
+    (out / OUTPUT_MARKER).write_text("\n".join(lines) + "\n")
 
 
 def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
@@ -411,6 +439,7 @@ def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
             target = out / "reports" / f"run-{index}" / info.name.rsplit("/", 1)[-1]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(storage.read(bucket, info.name))
+    mark_output(out)
     return count
 
 
@@ -552,6 +581,7 @@ def copy_outputs(demo: Demo, out: Path) -> int:
     check(sheet.is_file(), f"{sheet} missing")
     shutil.copy(sheet, out / "contact-sheet.png")
     shutil.copy(out / "reports" / "run-1" / "report.json", out / "report.json")
+    mark_output(out)
     check(copied == demo.good_first + 3, f"expected {demo.good_first + 3} outputs, found {copied}")
     return copied
 
@@ -648,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     conflicts = output_conflicts(args.output.resolve())
     if conflicts:  # refused before anything runs: the demo never replaces what it did not write
-        parser.error(f"--output {shown(args.output)} holds {', '.join(conflicts)}, not written by the demo")
+        held = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
+        parser.error(f"--output {shown(args.output)} holds {held}, not written by the demo")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(work)  # keep scratch files (emulator logs) out of /tmp clutter

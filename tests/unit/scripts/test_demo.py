@@ -70,12 +70,13 @@ def test_the_copy_keeps_what_the_demo_did_not_write(demo, tmp_path) -> None:
     assert (out / demo.OUTPUT_MARKER).is_file()
 
 
-def test_a_second_run_replaces_only_its_own_outputs(demo, tmp_path) -> None:
+def test_a_second_run_replaces_only_the_files_the_first_one_wrote(demo, tmp_path) -> None:
     out = tmp_path / "out"
-    demo.download_outputs(_NoObjects(), out, [])  # the first run marks the folder
+    demo.download_outputs(_NoObjects(), out, [])
     (out / "cutouts").mkdir()
     (out / "cutouts" / "old.png").write_bytes(b"from the last run")
     (out / "report.json").write_text("{}")
+    demo.mark_output(out)  # as the first run's copy step leaves it: these are the demo's
     (out / "mine.txt").write_text("keep me")
 
     demo.download_outputs(_NoObjects(), out, [])
@@ -83,6 +84,19 @@ def test_a_second_run_replaces_only_its_own_outputs(demo, tmp_path) -> None:
     assert not (out / "cutouts").exists()
     assert not (out / "report.json").exists()
     assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_a_file_added_after_a_run_under_the_demos_names_is_refused(demo, tmp_path) -> None:
+    out = tmp_path / "Documents"
+    (out / "reports" / "run-1").mkdir(parents=True)
+    (out / "reports" / "run-1" / "report.json").write_text("{}")
+    demo.mark_output(out)
+    (out / "reports" / "q3.pdf").write_bytes(b"a user's report, made after the demo ran")
+
+    assert demo.output_conflicts(out) == ["reports/q3.pdf"]
+    with pytest.raises(demo.DemoFailure, match="the demo did not write"):
+        demo.download_outputs(_NoObjects(), out, [])
+    assert (out / "reports" / "q3.pdf").exists() and (out / "reports" / "run-1" / "report.json").exists()
 
 
 def test_a_folder_holding_entries_the_demo_would_replace_is_refused_before_anything_runs(
@@ -96,7 +110,7 @@ def test_a_folder_holding_entries_the_demo_would_replace_is_refused_before_anyth
         demo.main(["--quick", "--work", str(tmp_path / "work"), "--output", str(out)])
 
     assert refused.value.code == 2
-    assert "holds reports, not written by the demo" in capsys.readouterr().err
+    assert "holds reports/q3.pdf, not written by the demo" in capsys.readouterr().err
     assert (out / "reports" / "q3.pdf").read_bytes() == b"a user's report"
     assert not (tmp_path / "work").exists()  # refused before the scratch folder or any process
     with pytest.raises(demo.DemoFailure, match="the demo did not write"):
