@@ -419,3 +419,14 @@ def test_pool_target_still_answers_with_each_accounts_cost_and_warns(vendors: Fa
     assert target.conn_ids == tuple(POOL)
     assert target.min_images == 5
     assert {k: str(v) for k, v in target.costs.items()} == {"pixian_default": "1.5", "poof_default": "1"}
+
+
+def test_pool_target_of_a_one_connection_sensor_still_answers(vendors: FakeVendors) -> None:
+    with pytest.warns(DeprecationWarning, match=r"CreditsSensor\.pool_target\(\) is deprecated"):
+        target = sensor("poof_default", min_credits=10).pool_target()
+    assert (target.conn_ids, target.pooling, target.min_credits, target.min_images) == (
+        ("poof_default",),
+        "any",
+        10,
+        None,
+    )
