@@ -45,5 +45,5 @@ class Flight:
     last_error: BgRemovalError | None = None
 
     def unbooked_lost(self) -> int:
-        """Lost replies of :attr:`stats` not yet booked to an earlier account: the current account's share."""
+        """Lost replies of ``stats`` not yet booked to an earlier account: the current account's share."""
         return self.stats.possibly_charged - self.lost_base

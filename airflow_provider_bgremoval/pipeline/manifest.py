@@ -45,7 +45,8 @@ class ManifestRow:
     :param renditions: with renditions: one entry per rendition (name, object, status, facts, checks).
     :param account: the vendor connection (``conn_id``) of the image's last call, when it reached one.
     :param handoffs: in a failover chain, why earlier accounts handed the image on (``account``,
-        ``vendor``, ``reason``, ``code``, ``message`` each).
+        ``vendor``, ``reason``, ``code``, ``message`` each, and ``possibly_charged``: the lost replies
+        of this image booked to that account; the rest of the row's are its ``account``'s).
     """
 
     source: str

@@ -367,11 +367,19 @@ def test_each_handoff_carries_the_lost_replies_its_account_booked_and_the_rows_a
         ("poof_conn", 4),
     ]
     assert result.possibly_charged == 10
-    engine = {entry["conn_id"]: (entry["images"], entry["possibly_charged"]) for entry in accounts.summary()}
-    assert engine == {"pixian_conn": (1, 4), "pixelcut_conn": (1, 4), "poof_conn": (2, 2)}
+
+    def figures(entries: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        keys = ("images", "possibly_charged", "done", "credits_spent")
+        return {entry["conn_id"]: tuple(entry[key] for key in keys) for entry in entries}
+
+    engine = figures(accounts.summary())  # what the task's summary XCom says
+    assert engine == {
+        "pixian_conn": (1, 4, 1, "1"),
+        "pixelcut_conn": (1, 4, 1, "1"),
+        "poof_conn": (2, 2, 1, "1"),
+    }
     manifest = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
-    from_rows = summarise_manifests([("gs://dst/try-1.jsonl", manifest)]).account_summary()
-    assert {entry["conn_id"]: (entry["images"], entry["possibly_charged"]) for entry in from_rows} == engine
+    assert figures(summarise_manifests([("gs://dst/try-1.jsonl", manifest)]).account_summary()) == engine
 
 
 class CutoutVendor(Vendor):
