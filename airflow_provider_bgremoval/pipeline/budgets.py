@@ -51,7 +51,7 @@ class Budgets:
             if account is not None and flight.account is not account:
                 continue
             cost = default if flight.account is None else flight.account.unit_cost()
-            at_risk += cost * (flight.stats.possibly_charged - flight.lost_base)
+            at_risk += cost * flight.unbooked_lost()
             at_risk += self._reservation(flight, default)
         return at_risk
 
