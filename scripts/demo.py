@@ -397,7 +397,10 @@ def output_conflicts(out: Path) -> list[str]:
 
 
 def clear_output(out: Path) -> None:
-    """Remove the files an earlier demo run wrote in ``out``, nothing else (refused if others are there)."""
+    """
+    Remove the files an earlier demo run wrote in ``out``, nothing else (refused if others are there),
+    and start this run's marker: an empty list that :func:`write_output` adds each file to as it lands.
+    """
     conflicts = output_conflicts(out)
     check(not conflicts, f"{shown(out)} holds {', '.join(conflicts[:5])} the demo did not write")
     for name in sorted(_entry_files(out), reverse=True):
@@ -408,15 +411,21 @@ def clear_output(out: Path) -> None:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text(
+        "written by scripts/demo.py: the next run replaces these files, nothing else\n"
+    )
 
 
-def mark_output(out: Path) -> None:
-    """List, in ``out``'s marker, the files this run wrote there (what the next run may replace)."""
-    lines = [
-        "written by scripts/demo.py: the next run replaces these files, nothing else",
-        *sorted(_entry_files(out)),
-    ]
-    (out / OUTPUT_MARKER).write_text("\n".join(lines) + "\n")
+def write_output(out: Path, name: str, data: bytes) -> None:
+    """
+    Write ``name`` (relative, under one of :data:`OUTPUT_ENTRIES`) in ``out`` and list it in the marker
+    first, so an interrupted copy leaves a folder the next run may clear, and nothing else is listed.
+    """
+    with (out / OUTPUT_MARKER).open("a") as marker:
+        marker.write(f"{name}\n")
+    target = out / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
 
 
 def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
@@ -424,22 +433,16 @@ def download_outputs(storage: Any, out: Path, reports: list[str]) -> int:
     clear_output(out)
     count = 0
     for info in outputs_under(storage, DEST_BUCKET, DEST_PREFIX):
-        target = out / info.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read(DEST_BUCKET, info.name))
+        write_output(out, info.name, storage.read(DEST_BUCKET, info.name))
         count += 1
     for info in outputs_under(storage, DEST_BUCKET, RENDITIONS_PREFIX):  # not counted: cut-outs only
-        target = out / info.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read(DEST_BUCKET, info.name))
+        write_output(out, info.name, storage.read(DEST_BUCKET, info.name))
     for index, uri in enumerate(reports, start=1):
         bucket, _, name = uri[5:].partition("/")
         folder = name.rsplit("/", 1)[0] + "/"
         for info in storage.list_objects(bucket, folder):
-            target = out / "reports" / f"run-{index}" / info.name.rsplit("/", 1)[-1]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(storage.read(bucket, info.name))
-    mark_output(out)
+            target = f"reports/run-{index}/{info.name.rsplit('/', 1)[-1]}"
+            write_output(out, target, storage.read(bucket, info.name))
     return count
 
 
@@ -579,9 +582,8 @@ def copy_outputs(demo: Demo, out: Path) -> int:
     copied = download_outputs(demo.storage, out, demo.reports)
     sheet = out / "reports" / "run-1" / "contact-sheet.png"
     check(sheet.is_file(), f"{sheet} missing")
-    shutil.copy(sheet, out / "contact-sheet.png")
-    shutil.copy(out / "reports" / "run-1" / "report.json", out / "report.json")
-    mark_output(out)
+    write_output(out, "contact-sheet.png", sheet.read_bytes())
+    write_output(out, "report.json", (out / "reports" / "run-1" / "report.json").read_bytes())
     check(copied == demo.good_first + 3, f"expected {demo.good_first + 3} outputs, found {copied}")
     return copied
 

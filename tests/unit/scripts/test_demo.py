@@ -73,10 +73,8 @@ def test_the_copy_keeps_what_the_demo_did_not_write(demo, tmp_path) -> None:
 def test_a_second_run_replaces_only_the_files_the_first_one_wrote(demo, tmp_path) -> None:
     out = tmp_path / "out"
     demo.download_outputs(_NoObjects(), out, [])
-    (out / "cutouts").mkdir()
-    (out / "cutouts" / "old.png").write_bytes(b"from the last run")
-    (out / "report.json").write_text("{}")
-    demo.mark_output(out)  # as the first run's copy step leaves it: these are the demo's
+    demo.write_output(out, "cutouts/old.png", b"from the last run")
+    demo.write_output(out, "report.json", b"{}")
     (out / "mine.txt").write_text("keep me")
 
     demo.download_outputs(_NoObjects(), out, [])
@@ -88,10 +86,9 @@ def test_a_second_run_replaces_only_the_files_the_first_one_wrote(demo, tmp_path
 
 def test_a_file_added_after_a_run_under_the_demos_names_is_refused(demo, tmp_path) -> None:
     out = tmp_path / "Documents"
-    (out / "reports" / "run-1").mkdir(parents=True)
-    (out / "reports" / "run-1" / "report.json").write_text("{}")
-    demo.mark_output(out)
-    (out / "reports" / "q3.pdf").write_bytes(b"a user's report, made after the demo ran")
+    demo.clear_output(out)
+    demo.write_output(out, "reports/run-1/report.json", b"{}")
+    (out / "reports" / "q3.pdf").write_bytes(b"a user's report, saved while or after the demo ran")
 
     assert demo.output_conflicts(out) == ["reports/q3.pdf"]
     with pytest.raises(demo.DemoFailure, match="the demo did not write"):
@@ -120,3 +117,13 @@ def test_a_folder_holding_entries_the_demo_would_replace_is_refused_before_anyth
 
 def test_the_default_folder_is_the_demos_own(demo) -> None:
     assert demo.output_conflicts(demo.DEFAULT_OUTPUT) == []
+
+
+def test_a_copy_interrupted_midway_leaves_a_folder_the_next_run_clears(demo, tmp_path) -> None:
+    out = tmp_path / "out"
+    demo.clear_output(out)
+    demo.write_output(out, "cutouts/a.png", b"landed before the interruption")
+
+    assert demo.output_conflicts(out) == []
+    demo.download_outputs(_NoObjects(), out, [])
+    assert not (out / "cutouts").exists()
