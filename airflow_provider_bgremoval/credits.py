@@ -155,6 +155,32 @@ class PoolTarget:
         if missing:  # counting images needs every account's cost; a missing one is not a free account
             raise InvalidOptionError("costs", f"min_images needs a cost per image for {', '.join(missing)}")
 
+    @classmethod
+    def parse(
+        cls,
+        conn_ids: Sequence[str],
+        pooling: str | None,
+        min_credits: Any,
+        min_images: Any,
+        costs: Mapping[str, Any] | None,
+    ) -> PoolTarget:
+        """
+        A target from a sensor's or trigger's parameters (raises on a bad one: a fatal error).
+
+        :param conn_ids: the accounts, in order.
+        :param pooling: ``any`` or ``total`` (``None``: ``any``).
+        :param min_credits: credits wanted, as given (``None`` when counting images).
+        :param min_images: images wanted, as given (``None`` when counting credits).
+        :param costs: each account's cost per image, as given (strings or numbers).
+        """
+        return cls(
+            tuple(conn_ids),
+            pooling or "any",
+            min_credits=None if min_credits is None else parse_min_credits(min_credits),
+            min_images=None if min_images is None else parse_min_images(min_images),
+            costs={conn_id: Decimal(cost) for conn_id, cost in (costs or {}).items()},
+        )
+
     @property
     def unit(self) -> str:
         """``credits`` or ``images``."""

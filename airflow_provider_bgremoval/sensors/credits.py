@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing, closing
 from datetime import timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -150,12 +149,8 @@ class CreditsSensor(BaseSensorOperator):
     def pool_target(self) -> PoolTarget:
         """Deprecated: what the pool waits for (use ``sensor.trigger(sensor.pool_costs()).pool_target()``)."""
         warn_moved("CreditsSensor.pool_target()", "use sensor.trigger(sensor.pool_costs()).pool_target()")
-        return PoolTarget(  # built here: a one-connection sensor's trigger has no pool
-            tuple(self.conn_ids),
-            self.pooling or "any",
-            min_credits=None if self.min_credits is None else parse_min_credits(self.min_credits),
-            min_images=None if self.min_images is None else parse_min_images(self.min_images),
-            costs={conn_id: Decimal(cost) for conn_id, cost in self.pool_costs().items()},
+        return PoolTarget.parse(  # not the trigger's: a one-connection sensor's trigger has no pool
+            self.conn_ids, self.pooling, self.min_credits, self.min_images, self.pool_costs()
         )
 
     def trigger(self, costs: Mapping[str, str] | None = None) -> CreditsTrigger:

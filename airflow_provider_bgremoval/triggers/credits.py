@@ -21,7 +21,6 @@ from airflow_provider_bgremoval.credits import (
     has_enough,
     is_fatal_balance_error,
     parse_min_credits,
-    parse_min_images,
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 
@@ -130,13 +129,7 @@ class CreditsTrigger(BaseTrigger):
     def pool_target(self) -> PoolTarget:
         """What the pool waits for (raises on a bad target: a fatal error)."""
         assert isinstance(self.conn_id, list)
-        return PoolTarget(
-            tuple(self.conn_id),
-            self.pooling or "any",
-            min_credits=None if self.min_credits is None else parse_min_credits(self.min_credits),
-            min_images=None if self.min_images is None else parse_min_images(self.min_images),
-            costs={c: Decimal(v) for c, v in (self.costs or {}).items()},
-        )
+        return PoolTarget.parse(self.conn_id, self.pooling, self.min_credits, self.min_images, self.costs)
 
     def next_interval(self, polls: int) -> float:
         """
