@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import groupby
@@ -240,9 +240,9 @@ class CreditsPreflightOperator(BucketJobOperator):
             balances = self._balances(context, job, plan.billable)
             balance = balances[0]
             estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
-            # Too close to call, or only a header can tell (a chain's differing limits, sources too small
-            # for every rendition in a plan the batch runs as it is): check the files, price again.
-            if not plan.checked and not estimate["sufficient"]:
+            # Too close to call, or only a header can tell (which account of a chain takes an image):
+            # check the files, price again.
+            if not plan.checked and (not estimate["sufficient"] or self._limits_decide(job, estimate)):
                 plan = self._checked(context, job, plan, max_shards)
                 estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
@@ -284,6 +284,21 @@ class CreditsPreflightOperator(BucketJobOperator):
         try_number = int(getattr(ti, "try_number", 1) or 1)
         prefix = plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
         return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
+
+    @staticmethod
+    def _limits_decide(job: BucketJob, estimate: Mapping[str, Any]) -> bool:
+        """
+        A chain whose accounts' input limits differ passes on the unchecked plan only when every account
+        alone could pay for every billable image: otherwise an image only one account takes may land on an
+        account that cannot pay, and only a header says which (the checked pass reads one per source).
+        """
+        if not job.account_limits:
+            return False
+        wanted = int(estimate["billable_images"])
+        return any(
+            Decimal(entry["usable"]) < Decimal(entry["cost_per_image"]) * wanted
+            for entry in estimate.get("accounts") or ()
+        )
 
     def _checked(
         self, context: Context, job: BucketJob, plan: BatchPlan | PlanWriter, max_shards: int | None

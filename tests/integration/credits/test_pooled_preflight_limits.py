@@ -84,10 +84,25 @@ def test_the_checked_pass_prices_an_image_only_a_later_account_takes_there(env, 
     assert sandbox.admin.charges("pixelcut") == [] and sandbox.admin.charges("pixian") == []
 
 
-def test_a_balance_covering_the_unchecked_bound_passes_without_reading_headers(env, dag_tester) -> None:
+def test_an_account_that_could_not_pay_for_every_image_makes_the_pre_flight_read_headers(
+    env, dag_tester
+) -> None:
     sandbox, src, dst = env
-    sandbox.admin.set_balance("pixelcut", 10)  # 10 + 1 covers all five, whichever account takes each
-    sandbox.admin.set_balance("pixian", 1)
+    sandbox.admin.set_balance("pixelcut", 10)  # the pool covers all five, but Pixian alone could not: a
+    sandbox.admin.set_balance("pixian", 0)  # header may show an image only Pixian takes (the banner)
+    run = dag_tester.run(
+        DAG.format(dag_id="pooled_limits_pixian_empty", src=src, dst=dst), "pooled_limits_pixian_empty"
+    )
+    assert run.state == "failed"
+    halt = run.xcom("check_credits", key="halt")
+    assert halt["reason"] == "insufficient_credits" and halt["shortfall_images"] == 1
+    assert sandbox.admin.charges("pixelcut") == [] and sandbox.admin.charges("pixian") == []
+
+
+def test_accounts_that_could_each_pay_for_every_image_pass_without_reading_headers(env, dag_tester) -> None:
+    sandbox, src, dst = env
+    sandbox.admin.set_balance("pixelcut", 10)  # each account alone covers all five: whichever account
+    sandbox.admin.set_balance("pixian", 5)  # a header would name, it can pay
     run = dag_tester.run(
         DAG.format(dag_id="pooled_limits_unchecked", src=src, dst=dst), "pooled_limits_unchecked"
     )
