@@ -45,7 +45,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from tests.benchmarks.bench_pipeline import sandbox_server, say, small_shot
+from tests.benchmarks.bench_pipeline import client_env, sandbox_server, say, small_shot
 
 IN_FLIGHT = 16
 WARM_UP = 32
@@ -62,34 +62,10 @@ VARIANTS = (
 
 def setup_env(workdir: Path, sandbox_url: str) -> None:
     """A private AIRFLOW_HOME and the vendor connections (no pacing), before Airflow is imported."""
-    from types import SimpleNamespace
-
-    from airflow_provider_bgremoval.sandbox.config import (
-        DEFAULT_PIXELCUT_KEY,
-        DEFAULT_PIXIAN_ID,
-        DEFAULT_PIXIAN_SECRET,
-        DEFAULT_POOF_KEY,
-    )
-    from tests.support.sandbox import connection_env
-
-    home = workdir / "airflow-home"
-    (home / "dags").mkdir(parents=True, exist_ok=True)
-    running = SimpleNamespace(
-        url=sandbox_url,
-        pixelcut_key=DEFAULT_PIXELCUT_KEY,
-        pixian_id=DEFAULT_PIXIAN_ID,
-        pixian_secret=DEFAULT_PIXIAN_SECRET,
-        poof_key=DEFAULT_POOF_KEY,
-    )
-    os.environ.update(connection_env(running, timeout=60, max_retries=3))  # type: ignore[arg-type]
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        }
-    )
+    env = client_env(workdir, gcs_url="", sandbox_url=sandbox_url)  # no GCS in this benchmark
+    env.pop("STORAGE_EMULATOR_HOST")
+    os.environ.clear()
+    os.environ.update(env)
 
 
 # -- candidate (a), measured here only: httpx's transport, its httpcore pool's idle check made cheap --
