@@ -277,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latencies", default="0,200", help="sandbox latencies in ms")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--profile", default="", help="profile one variant (at the first latency)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 160 calls, 1 repetition")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.repetitions = 160, 1
     variants = [name for name in args.variants.split(",") if name]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
