@@ -83,6 +83,20 @@ def run(op: RunReportOperator, states: dict[str, str] | None = None) -> tuple[An
     return op.execute({"ti": ti}), ti  # type: ignore[arg-type]
 
 
+def reported_accounts(
+    bucket: dict[tuple[str, str], bytes], prefix: str, summaries: list[Any]
+) -> tuple[Any, mock.MagicMock]:
+    """The run report's account block, its bucket task ``cutouts`` having pushed ``summaries``; the ti."""
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix=prefix)
+    op.upstream_task_ids.add("cutouts")
+    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
+    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
+    ti.xcom_pull.return_value = summaries
+    op.execute({"ti": ti})  # type: ignore[arg-type]
+    written = json.loads(bucket["out", f"{report_prefix(prefix, 'dag', 'manual__1')}report.json"])
+    return written["accounts"], ti
+
+
 def test_report_and_contact_sheet(bucket: dict[tuple[str, str], bytes]) -> None:
     op = RunReportOperator(
         task_id="run_report",
@@ -158,10 +172,6 @@ def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states
         row("a", "done", vendor="pixian", account="px", credits="1"),
         row("b", "done", vendor="poof", account="pf", credits="2", handoffs=[handoff]),
     )
-    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="chain")
-    op.upstream_task_ids.add("cutouts")
-    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
-    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
     final = {
         "images": 1,  # the task's summary agrees with its manifest (one try)
         "possibly_charged": 0,
@@ -170,10 +180,9 @@ def test_a_chains_accounts_block_joins_the_manifests_with_the_tasks_final_states
         "breaker": "closed",
         "breaker_opened": 0,
     }
-    ti.xcom_pull.return_value = [{"accounts": [{"conn_id": "px", "vendor": "pixian", "done": 1, **final}]}]
-    op.execute({"ti": ti})  # type: ignore[arg-type]
-    written = json.loads(bucket["out", f"{report_prefix('chain', 'dag', 'manual__1')}report.json"])
-    assert written["accounts"] == [
+    summaries = [{"accounts": [{"conn_id": "px", "vendor": "pixian", "done": 1, **final}]}]
+    accounts, ti = reported_accounts(bucket, "chain", summaries)
+    assert accounts == [
         {
             "conn_id": "px",
             "vendor": "pixian",
@@ -211,10 +220,6 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
         bucket["out", manifest_object_name("chain/_bgremoval/", "dag", "manual__1", "cutouts", shard, 1)] = (
             manifest(*rows)
         )
-    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="chain")
-    op.upstream_task_ids.add("cutouts")
-    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
-    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
 
     def account(conn_id: str, images: int, state: str = "active", **fields: Any) -> dict[str, Any]:
         return {
@@ -228,14 +233,12 @@ def test_mapped_shards_accounts_are_aggregated_not_the_last_shard_read(
             **fields,
         }
 
-    ti.xcom_pull.return_value = [  # one summary per mapped task, in map order
+    summaries = [  # one summary per mapped task, in map order
         {"accounts": [account("px", 1), account("pf", 0)]},
         {"accounts": [account("px", 0, "out_of_credits", breaker_opened=1), account("pf", 1)]},
         {"accounts": [account("px", 1, possibly_charged=1), account("pf", 0, breaker="open")]},
     ]
-    op.execute({"ti": ti})  # type: ignore[arg-type]
-    written = json.loads(bucket["out", f"{report_prefix('chain', 'dag', 'manual__1')}report.json"])
-    px, pf = written["accounts"]
+    (px, pf), _ = reported_accounts(bucket, "chain", summaries)
     assert px == {
         "conn_id": "px",
         "vendor": "pixian",
@@ -330,14 +333,8 @@ def test_a_retried_tasks_accounts_count_every_try_not_only_the_last_try_s_summar
             },
         ]
     }
-    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="retry")
-    op.upstream_task_ids.add("cutouts")
-    ti = mock.MagicMock(dag_id="dag", run_id="manual__1")
-    ti.get_task_states.return_value = {"manual__1": {"cutouts": "success"}}
-    ti.xcom_pull.return_value = [last_try]
-    op.execute({"ti": ti})  # type: ignore[arg-type]
-    written = json.loads(bucket["out", f"{report_prefix('retry', 'dag', 'manual__1')}report.json"])
-    px, pf = written["accounts"]
+    accounts, _ = reported_accounts(bucket, "retry", [last_try])
+    px, pf = accounts
     assert px == {
         "conn_id": "px",
         "vendor": "pixian",
@@ -352,7 +349,7 @@ def test_a_retried_tasks_accounts_count_every_try_not_only_the_last_try_s_summar
         "shard_states": {"active": 1},
     }
     assert (pf["images"], pf["possibly_charged"], pf["credits_spent"]) == (1, 0, "2")
-    assert sum(entry["possibly_charged"] for entry in written["accounts"]) == 1 + 2 + 1  # every row, once
+    assert sum(entry["possibly_charged"] for entry in accounts) == 1 + 2 + 1  # every row, once
 
 
 def test_the_report_lists_only_its_runs_manifests_and_reads_each_try_once(
