@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,7 +22,7 @@ from airflow_provider_bgremoval.credits import (
     parse_min_credits,
 )
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidOptionError
-from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
+from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.operators.bucket import BucketImageOperator
 from airflow_provider_bgremoval.operators.bucket_job import (
@@ -34,6 +34,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     run_coroutine,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
+from airflow_provider_bgremoval.pipeline.accounts import Account
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, plan_prefix
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan
@@ -345,44 +346,19 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_images = parse_count(self.max_images, "max_images")
         max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
+        pooled: dict[str, Any] = {}
         if len(balances) > 1:
             pooled = self._pooled(job, plan.accepted_among(billable), balances, max_credits)
-            needed, usable = Decimal(pooled["needed"]), Decimal(pooled["available"])
-            estimate = self._estimate_fields(job, plan, billable, cost, cost_source, margin, needed)
-            sufficient = pooled["shortfall_images"] == 0 and usable >= Decimal(estimate["required"])
-            return {
-                **estimate,
-                **pooled,
-                "conn_id": self.conn_ids(),
-                "balance": balances[0].as_dict(),
-                "sufficient": billable == 0 or sufficient,
-            }
-        balance = balances[0]
-        needed = cost * billable
-        if max_credits is not None:
-            needed = min(needed, max_credits)
-        estimate = self._estimate_fields(job, plan, billable, cost, cost_source, margin, needed)
-        return {
-            **estimate,
-            "available": str(balance.remaining),
-            "balance": balance.as_dict(),
-            "sufficient": billable == 0 or has_enough(balance, Decimal(estimate["required"])),
-        }
-
-    def _estimate_fields(
-        self,
-        job: BucketJob,
-        plan: BatchPlan | PlanWriter,
-        billable: int,
-        cost: Decimal,
-        cost_source: str,
-        margin: SafetyMargin,
-        needed: Decimal,
-    ) -> dict[str, Any]:
-        """The fields every estimate has (one connection or a chain): the plan's counts, price and margin."""
+            needed = Decimal(pooled["needed"])
+        else:
+            needed = cost * billable if max_credits is None else min(cost * billable, max_credits)
         extra = margin.on(needed) if billable else Decimal(0)
+        if pooled:
+            sufficient = pooled["shortfall_images"] == 0 and Decimal(pooled["available"]) >= needed + extra
+        else:
+            sufficient = has_enough(balances[0], needed + extra)
         return {
-            "conn_id": self.conn_id,
+            "conn_id": self.conn_ids() if pooled else self.conn_id,
             "vendor": job.processor.vendor,
             "operation": job.processor.operation,
             "sources": plan.total,
@@ -399,6 +375,10 @@ class CreditsPreflightOperator(BucketJobOperator):
             "margin_credits": str(extra),
             "required": str(needed + extra),
             **self._render_only(job, plan),
+            "available": str(balances[0].remaining),
+            **pooled,  # a chain's "available" is its accounts' usable credits in all
+            "balance": balances[0].as_dict(),
+            "sufficient": billable == 0 or sufficient,
         }
 
     @staticmethod
@@ -466,27 +446,13 @@ class CreditsPreflightOperator(BucketJobOperator):
 
     def _balances(self, context: Context, job: BucketJob, billable: int) -> list[Balance]:
         """The balance of each account in chain order (one connection: its own, as always)."""
-        if job.chain is None or len(job.chain.accounts) == 1:
-            return [self._balance(context, job.vendor_hook, job.processor.vendor, billable)]
-        return [
-            self._balance(
-                context, account.hook, account.vendor, billable, conn_id=account.conn_id, chained=True
-            )
-            for account in job.chain.accounts
-            if account.hook is not None
-        ]
+        assert job.chain is not None
+        accounts = job.chain.accounts
+        return [self._balance(context, account, billable, chained=len(accounts) > 1) for account in accounts]
 
-    def _balance(
-        self,
-        context: Context,
-        hook: BackgroundRemovalHook[Any],
-        vendor: str,
-        billable: int,
-        *,
-        conn_id: str | None = None,
-        chained: bool = False,
-    ) -> Balance:
-        conn_id = conn_id or str(self.conn_id)
+    def _balance(self, context: Context, account: Account, billable: int, *, chained: bool) -> Balance:
+        conn_id, vendor, hook = account.conn_id, account.vendor, account.hook
+        assert hook is not None
         try:
             return hook.get_balance()
         except Exception as exc:
@@ -556,12 +522,6 @@ class CreditsPreflightOperator(BucketJobOperator):
         raise AirflowFailException(text)
 
 
-def _images_within(usable: Decimal, cost: Decimal, cap: Decimal | None) -> int:
-    """Whole images at ``cost`` (> 0) that ``usable`` credits pay within the ``cap`` left (``None``: none)."""
-    limit = max(usable, Decimal(0)) if cap is None else max(min(usable, cap), Decimal(0))
-    return int(limit // cost)
-
-
 def _usable(budget: Decimal | None, balance: Balance) -> Decimal:
     """An account's usable credits for the run: its balance (0 when unusable), capped by its budget."""
     usable = balance.remaining if balance.usable else Decimal(0)
@@ -581,7 +541,6 @@ class _Pool:
     costs: list[Decimal]
     usable: list[Decimal]
     cap: Decimal | None
-    images: list[int] = field(default_factory=list)
     needed: Decimal = Decimal(0)
     shortfall: int = 0
     unaccepted: int = 0
@@ -602,22 +561,21 @@ class _Pool:
             return
         for index in order:
             cost = self.costs[index]
-            images = count if cost <= 0 else min(count, _images_within(self.left[index], cost, self.cap))
-            self._book(index, images, cost)
+            left = self.left[index] if self.cap is None else min(self.left[index], self.cap)
+            images = count if cost <= 0 else min(count, int(max(left, Decimal(0)) // cost))
+            self.images[index] += images
+            self.left[index] -= cost * images
+            self._spend(cost * images)
             count -= images
         first = self.costs[order[0]]
         short = count if self.cap is None or first <= 0 else min(count, int(self.cap // first))
         self.shortfall += short
-        self.needed += first * short
-        if self.cap is not None:
-            self.cap -= first * short
+        self._spend(first * short)
 
-    def _book(self, index: int, images: int, cost: Decimal) -> None:
-        self.images[index] += images
-        self.left[index] -= cost * images
-        self.needed += cost * images
+    def _spend(self, credits: Decimal) -> None:
+        self.needed += credits
         if self.cap is not None:
-            self.cap -= cost * images
+            self.cap -= credits
 
 
 #: Template fields the pre-flight adds to its operation's.
