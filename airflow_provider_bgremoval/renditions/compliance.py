@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image, ImageChops, ImageCms
 
@@ -83,13 +83,7 @@ class CheckResult:
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form for the manifest."""
-        return {
-            "name": self.name,
-            "passed": self.passed,
-            "required": self.required,
-            "origin": self.origin,
-            "message": self.message,
-        }
+        return {key: getattr(self, key) for key in ("name", "passed", "required", "origin", "message")}
 
 
 @dataclass(frozen=True)
@@ -140,6 +134,8 @@ class Rule:
 
     required: bool = field(default=True, kw_only=True)
     name: str = field(default="", kw_only=True)
+    #: The check's name when ``name`` is unset (default: the class name in lower case).
+    default_name: ClassVar[str] = ""
 
     @property
     def check_name(self) -> str:
@@ -147,7 +143,7 @@ class Rule:
         return self.name or self._default_name()
 
     def _default_name(self) -> str:
-        return type(self).__name__.lower()
+        return self.default_name or type(self).__name__.lower()
 
     def describe(self) -> str:
         """A stable text of the rule (for fingerprints and docs)."""
@@ -165,6 +161,11 @@ class Rule:
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         raise NotImplementedError
+
+
+def _bounds(number_format: str, *bounds: tuple[str, int | None]) -> str:
+    """The bounds that are set, ``"<label> <value>"`` joined by commas, values in ``number_format``."""
+    return ", ".join(f"{label} {value:{number_format}}" for label, value in bounds if value is not None)
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,7 @@ class BorderLight(Rule):
 
     minimum: int = 235
 
-    def _default_name(self) -> str:
-        return "border_light"
+    default_name: ClassVar[str] = "border_light"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         darkest = min(low for low, _ in measured.border)
@@ -222,9 +222,6 @@ class Fill(Rule):
 
     minimum: float = 0.0
     maximum: float = 1.0
-
-    def _default_name(self) -> str:
-        return "fill"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         passed = self.minimum <= measured.fill <= self.maximum
@@ -268,16 +265,13 @@ class Sides(Rule):
             and (self.max_long is None or long <= self.max_long)
             and (self.min_short is None or short >= self.min_short)
         )
-        bounds = [
-            f"{label} {value}"
-            for label, value in (
-                ("long side >=", self.min_long),
-                ("long side <=", self.max_long),
-                ("short side >=", self.min_short),
-            )
-            if value is not None
-        ]
-        return passed, f"{measured.width}x{measured.height} px ({', '.join(bounds)} wanted)"
+        bounds = _bounds(
+            "",
+            ("long side >=", self.min_long),
+            ("long side <=", self.max_long),
+            ("short side >=", self.min_short),
+        )
+        return passed, f"{measured.width}x{measured.height} px ({bounds} wanted)"
 
 
 @dataclass(frozen=True)
@@ -290,8 +284,7 @@ class ExactSize(Rule):
 
     size: tuple[int, int] = (1, 1)
 
-    def _default_name(self) -> str:
-        return "size"
+    default_name: ClassVar[str] = "size"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         width, height = self.size
@@ -331,20 +324,15 @@ class Limits(Rule):
     max_bytes: int | None = None
     max_pixels: int | None = None
 
-    def _default_name(self) -> str:
-        return "file_limits"
+    default_name: ClassVar[str] = "file_limits"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         pixels = measured.width * measured.height
         passed = (self.max_bytes is None or measured.nbytes <= self.max_bytes) and (
             self.max_pixels is None or pixels <= self.max_pixels
         )
-        wanted = [
-            f"{label} {value:,}"
-            for label, value in (("bytes <=", self.max_bytes), ("pixels <=", self.max_pixels))
-            if value is not None
-        ]
-        return passed, f"{measured.nbytes:,} bytes, {pixels:,} pixels ({', '.join(wanted)} wanted)"
+        wanted = _bounds(",", ("bytes <=", self.max_bytes), ("pixels <=", self.max_pixels))
+        return passed, f"{measured.nbytes:,} bytes, {pixels:,} pixels ({wanted} wanted)"
 
 
 @dataclass(frozen=True)
@@ -357,8 +345,7 @@ class Formats(Rule):
 
     allowed: tuple[str, ...] = ()
 
-    def _default_name(self) -> str:
-        return "format"
+    default_name: ClassVar[str] = "format"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         return measured.format in self.allowed, f"{measured.format} ({' or '.join(self.allowed)} allowed)"
@@ -367,9 +354,6 @@ class Formats(Rule):
 @dataclass(frozen=True)
 class Opaque(Rule):
     """Every pixel is fully opaque (the marketplace does not render transparency)."""
-
-    def _default_name(self) -> str:
-        return "opaque"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         return measured.min_alpha == 255, f"smallest alpha {measured.min_alpha} (255 wanted everywhere)"
@@ -385,9 +369,6 @@ class Srgb(Rule):
 
     tagged: bool = False
 
-    def _default_name(self) -> str:
-        return "srgb"
-
     def _check(self, measured: Measured) -> tuple[bool, str]:
         rgb = measured.mode in ("RGB", "RGBA", "L", "LA")
         profile = measured.profile
@@ -399,8 +380,7 @@ class Srgb(Rule):
 class NoMetadata(Rule):
     """No EXIF (hence no GPS) block was written."""
 
-    def _default_name(self) -> str:
-        return "metadata_stripped"
+    default_name: ClassVar[str] = "metadata_stripped"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         passed = measured.exif_tags == 0 and not measured.gps
@@ -416,9 +396,6 @@ class Dpi(Rule):
     """
 
     dpi: int = 72
-
-    def _default_name(self) -> str:
-        return "dpi"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         written = measured.dpi
