@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -33,7 +33,7 @@ from airflow_provider_bgremoval.operators.operations import (
     removal_options_of,
     vendor_options_for,
 )
-from airflow_provider_bgremoval.pipeline.naming import masters_prefix
+from airflow_provider_bgremoval.pipeline import naming
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
@@ -51,6 +51,18 @@ log = logging.getLogger(__name__)
 
 #: The rendition parameters (left out of the state key when unset, so it is the one kept before them).
 _RENDITION_PARAMETERS = ("renditions", "masters_prefix", "rendition_presets")
+#: The :class:`BatchSpec` fields among the trigger's parameters.
+_SPEC_PARAMETERS = (
+    "source_bucket",
+    "destination_bucket",
+    "source_prefix",
+    "destination_prefix",
+    "include",
+    "exclude",
+    "overwrite",
+)
+#: The polling parameters (not part of the state key: retiming a watcher keeps its watermark).
+_TIMING_PARAMETERS = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
 
 #: Key prefix of the watermark in the watched asset's state store.
 STATE_KEY_PREFIX = "bgremoval.arrivals:"
@@ -73,7 +85,7 @@ class Watermark:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (the event payload, the asset state store)."""
-        return {"generation": self.generation, "name": self.name, "fires": self.fires}
+        return asdict(self)
 
     @classmethod
     def from_value(cls, value: Any) -> Watermark:
@@ -116,7 +128,7 @@ class Arrivals:
     newest: int = 0
     changed_at: float | None = None
     first_seen_at: float | None = None
-    evaluated: tuple[int, int] | None = field(default=None)
+    evaluated: tuple[int, int] | None = None
 
     def observe(self, sources: Sequence[ObjectInfo], now: float) -> None:
         """
@@ -170,15 +182,6 @@ class PlanCounts:
     def unfinished(self) -> int:
         """Sources the bucket task has work for."""
         return self.billable + self.render_only
-
-    @classmethod
-    def of(cls, plan: BatchPlan) -> PlanCounts:
-        """
-        The counts of ``plan``.
-
-        :param plan: the plan of the new sources.
-        """
-        return cls(len(plan.items), len(plan.render), plan.count("skipped"), plan.count("rejected"))
 
 
 def _primitive(value: Any) -> Any:
@@ -270,6 +273,7 @@ class NewImagesTrigger(BaseEventTrigger):
         self.rendition_presets: Any = _primitive(rendition_presets)
         self.masters_prefix = masters_prefix
         self.parsed_renditions = self._parse_renditions(renditions, rendition_presets)
+        masters = None if self.single_output else naming.masters_prefix(destination_prefix, masters_prefix)
         self.spec = BatchSpec(
             source_bucket=source_bucket,
             destination_bucket=destination_bucket,
@@ -278,7 +282,7 @@ class NewImagesTrigger(BaseEventTrigger):
             include=[include] if isinstance(include, str) else _primitive(include),
             exclude=[exclude] if isinstance(exclude, str) else _primitive(exclude),
             overwrite=bool(overwrite),
-            masters_prefix=self._masters_prefix(destination_prefix),
+            masters_prefix=masters,
         )
         if operation not in OPERATIONS:
             raise InvalidOptionError("operation", f"{operation!r} is not one of {', '.join(OPERATIONS)}")
@@ -290,11 +294,8 @@ class NewImagesTrigger(BaseEventTrigger):
             )
         self.operation, self.gcp_conn_id = operation, gcp_conn_id
         self.poll_interval, self.settle_seconds = float(poll_interval), float(settle_seconds)
-        self.max_wait, self.min_batch, self.ordered_names = (
-            float(max_wait),
-            int(min_batch),
-            bool(ordered_names),
-        )
+        self.max_wait, self.min_batch = float(max_wait), int(min_batch)
+        self.ordered_names = bool(ordered_names)
         if self.poll_interval <= 0 or self.settle_seconds < 0 or self.max_wait <= 0 or self.min_batch < 1:
             raise InvalidOptionError(
                 "poll_interval",
@@ -329,37 +330,12 @@ class NewImagesTrigger(BaseEventTrigger):
         """No renditions: one output per source (only ``renditions=None``; an empty list is refused)."""
         return self.renditions is None
 
-    def _masters_prefix(self, destination_prefix: str) -> str | None:
-        """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/`` (as operators)."""
-        if self.single_output:
-            return None
-        return masters_prefix(destination_prefix, self.masters_prefix)
-
     # -- serialisation ---------------------------------------------------------------------------------
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
-        spec = self.spec
-        kwargs: dict[str, Any] = {
-            "source_bucket": spec.source_bucket,
-            "destination_bucket": spec.destination_bucket,
-            "source_prefix": spec.source_prefix,
-            "destination_prefix": spec.destination_prefix,
-            "conn_id": self.conn_id,
-            "operation": self.operation,
-            "include": None if spec.include is None else list(spec.include),
-            "exclude": None if spec.exclude is None else list(spec.exclude),
-            "overwrite": spec.overwrite,
-            "gcp_conn_id": self.gcp_conn_id,
-            "poll_interval": self.poll_interval,
-            "settle_seconds": self.settle_seconds,
-            "max_wait": self.max_wait,
-            "min_batch": self.min_batch,
-            "ordered_names": self.ordered_names,
-            **self.options,
-            "renditions": self.renditions,
-            "masters_prefix": self.masters_prefix,
-            "rendition_presets": self.rendition_presets,
-        }
+        own = ("conn_id", "operation", "gcp_conn_id", *_TIMING_PARAMETERS, *_RENDITION_PARAMETERS)
+        kwargs = {name: getattr(self.spec, name) for name in _SPEC_PARAMETERS}
+        kwargs |= {name: getattr(self, name) for name in own} | self.options
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def __eq__(self, other: object) -> bool:
@@ -372,11 +348,10 @@ class NewImagesTrigger(BaseEventTrigger):
     def state_key(self) -> str:
         """The watermark's key in the asset state store: what is watched and what finishes it."""
         _, kwargs = self.serialize()
-        timing = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
         identity = {
             k: v
             for k, v in kwargs.items()
-            if k not in timing
+            if k not in _TIMING_PARAMETERS
             and not (k in _RENDITION_PARAMETERS and v is None)  # the keys before renditions
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
@@ -502,33 +477,7 @@ class NewImagesTrigger(BaseEventTrigger):
         except DestinationCollisionError as exc:  # the run refuses the batch and says why: let it
             log.warning("New sources collide (the run will refuse them): %s", exc)
             return PlanCounts(billable=len(sources))
-        return PlanCounts.of(plan)
-
-    def _event(
-        self,
-        counts: PlanCounts,
-        sources: Sequence[ObjectInfo],
-        reason: str,
-        waited: float,
-        old: Watermark,
-        new: Watermark,
-    ) -> TriggerEvent:
-        spec = self.spec
-        payload = {
-            "status": "new_images",
-            "images": counts.unfinished,
-            "render_only": counts.render_only,
-            "finished": counts.finished,
-            "rejected": counts.rejected,
-            "listed": len(sources),
-            "settled_by": reason,
-            "waited_seconds": round(waited, 1),
-            "source": gs_uri(spec.source_bucket, spec.source_prefix),
-            "destination": gs_uri(spec.destination_bucket, spec.destination_prefix),
-            "watermark": new.as_dict(),
-            "previous_watermark": old.as_dict(),
-        }
-        return TriggerEvent(payload)  # type: ignore[no-untyped-call]
+        return PlanCounts(len(plan.items), len(plan.render), plan.count("skipped"), plan.count("rejected"))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll forever; yield an event per settled burst of images without a finished output."""
@@ -536,12 +485,8 @@ class NewImagesTrigger(BaseEventTrigger):
         storage = self.get_storage()
         watermark = await self.load_watermark()
         arrivals = Arrivals()
-        log.info(
-            "Watching gs://%s/%s from watermark %s",
-            self.spec.source_bucket,
-            self.spec.source_prefix,
-            watermark,
-        )
+        source = gs_uri(self.spec.source_bucket, self.spec.source_prefix)
+        log.info("Watching %s from watermark %s", source, watermark)
         while True:
             try:
                 sources = await asyncio.to_thread(self.list_new, storage, watermark)
@@ -550,9 +495,7 @@ class NewImagesTrigger(BaseEventTrigger):
                     processors, storage, sources, arrivals, watermark
                 )
             except Exception as exc:  # a storage or state-store error: the next poll tries again
-                log.warning(
-                    "Poll of gs://%s/%s failed: %s", self.spec.source_bucket, self.spec.source_prefix, exc
-                )
+                log.warning("Poll of %s failed: %s", source, exc)
             else:
                 if event is not None:
                     yield event
@@ -586,4 +529,19 @@ class NewImagesTrigger(BaseEventTrigger):
         log.info(
             "%d image(s) to process (%s after %.1f s): watermark %s", counts.unfinished, reason, waited, new
         )
-        return self._event(counts, sources, reason, waited, watermark, new), new, Arrivals()
+        spec = self.spec
+        payload = {
+            "status": "new_images",
+            "images": counts.unfinished,
+            "render_only": counts.render_only,
+            "finished": counts.finished,
+            "rejected": counts.rejected,
+            "listed": len(sources),
+            "settled_by": reason,
+            "waited_seconds": round(waited, 1),
+            "source": gs_uri(spec.source_bucket, spec.source_prefix),
+            "destination": gs_uri(spec.destination_bucket, spec.destination_prefix),
+            "watermark": new.as_dict(),
+            "previous_watermark": watermark.as_dict(),
+        }
+        return TriggerEvent(payload), new, Arrivals()  # type: ignore[no-untyped-call]
