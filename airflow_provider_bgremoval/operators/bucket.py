@@ -405,10 +405,6 @@ class RemoveBackgroundOperator(RemovalParameters, BucketImageOperator):
     :param kwargs: the parameters of the classes above.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.check_master_at_parse()
-
 
 class GenerateBackgroundOperator(GenerationParameters, BucketImageOperator):
     """

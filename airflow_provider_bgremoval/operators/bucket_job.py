@@ -189,15 +189,7 @@ class BucketJob:
 
         :param plan: the plan made with ``check=False``.
         """
-        return check_plan(
-            self.storage,
-            plan,
-            identity=self.identity,
-            limits=self.planning_limits,
-            concurrency=self.planning_concurrency,
-            renditions=self.renditions,
-            account_limits=self.account_limits,
-        )
+        return check_plan(self.storage, plan, **self._checks())
 
     def plan_batch(self, *, check: bool = True) -> BatchPlan:
         """
@@ -227,20 +219,23 @@ class BucketJob:
         )
         return plan_into(self.storage, self.spec, writer, **self._planning(check))
 
-    def _planning(self, check: bool) -> dict[str, Any]:
-        """What planning needs of the job: output extension, identity, input limits."""
+    def _checks(self) -> dict[str, Any]:
+        """What the local checks need of the job (:func:`check_plan`'s arguments; defaults left out)."""
         return {
-            "extension": self.processor.extension,
             "identity": self.identity,
             "limits": self.planning_limits,
             "concurrency": self.planning_concurrency,
-            "check": check and not self.masters_are_sources,
             **({"account_limits": self.account_limits} if self.account_limits else {}),
-            **(
-                {"renditions": self.renditions, "masters_are_sources": self.masters_are_sources}
-                if self.renditions is not None
-                else {}
-            ),
+            **({"renditions": self.renditions} if self.renditions is not None else {}),
+        }
+
+    def _planning(self, check: bool) -> dict[str, Any]:
+        """What planning needs of the job: the checks' arguments, the output extension, the sources' kind."""
+        return {
+            **self._checks(),
+            "extension": self.processor.extension,
+            "check": check and not self.masters_are_sources,
+            **({"masters_are_sources": self.masters_are_sources} if self.renditions is not None else {}),
         }
 
 
@@ -448,13 +443,6 @@ class BucketJobOperator(BaseOperator):
         if any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS) or self.single_output:
             return
         self.layout_of(self._spec(), self.parsed_renditions())
-
-    def check_master_at_parse(self) -> None:
-        """With renditions, refuse removal options that would not make a master (unless templated)."""
-        options = getattr(self, "removal_options", None)
-        names = ("output_format", "background_color", "crop", "margin", "max_size", "renditions")
-        if self.renditions and options is not None and not any(is_template(getattr(self, n)) for n in names):
-            check_master_options(options())
 
     def _masters_prefix(self) -> str | None:
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""

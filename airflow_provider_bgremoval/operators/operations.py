@@ -11,7 +11,11 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
-from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, is_template
+from airflow_provider_bgremoval.operators.bucket_job import (
+    BucketJobOperator,
+    check_master_options,
+    is_template,
+)
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pipeline.processors import (
     GenerationProcessor,
@@ -179,10 +183,12 @@ class RemovalParameters(BucketJobOperator):
         self.max_size = max_size
         self.jpeg_quality = jpeg_quality
         self.vendor_options = vendor_options
-        if not any(is_template(v) for v in (output_format, background_color, crop, margin, max_size)):
-            self.removal_options()  # fail at DAG parse on bad options
+        templated = any(is_template(v) for v in (output_format, background_color, crop, margin, max_size))
+        options = None if templated else self.removal_options()  # fail at DAG parse on bad options
         if self.conn_id != "" and not is_template(self.conn_id):
             vendor_options_for(vendor_options, None, chained=len(self.conn_ids()) > 1)
+        if options is not None and self.renditions and not is_template(self.renditions):
+            check_master_options(options)  # with renditions, options that would not make a master
 
     def _options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (*REMOVAL_FIELDS, "vendor_options")}

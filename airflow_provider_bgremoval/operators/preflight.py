@@ -593,10 +593,6 @@ class CreditsCheckOperator(RemovalParameters, CreditsPreflightOperator):
 
     template_fields: Sequence[str] = (*RemovalParameters.template_fields, *_PREFLIGHT_TEMPLATE_FIELDS)
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.check_master_at_parse()
-
 
 class GenerateCreditsCheckOperator(GenerationParameters, CreditsPreflightOperator):
     """

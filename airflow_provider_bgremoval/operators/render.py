@@ -58,30 +58,11 @@ class RenderRenditionsOperator(BucketImageOperator):
     )
     ui_color = "#e8e3f4"
 
-    def __init__(
-        self,
-        *,
-        renditions: Sequence[Mapping[str, Any] | Rendition] | str,
-        source_bucket: str,
-        destination_bucket: str,
-        source_prefix: str = "",
-        destination_prefix: str = "",
-        rendition_presets: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, renditions: Sequence[Mapping[str, Any] | Rendition] | str, **kwargs: Any) -> None:
         for name in _VENDOR_ONLY:
             if kwargs.get(name) is not None:
                 raise InvalidOptionError(name, "a render-only job has no vendor: leave it unset")
-        super().__init__(
-            conn_id="",
-            source_bucket=source_bucket,
-            destination_bucket=destination_bucket,
-            source_prefix=source_prefix,
-            destination_prefix=destination_prefix,
-            renditions=renditions,
-            rendition_presets=rendition_presets,
-            **kwargs,
-        )
+        super().__init__(conn_id="", renditions=renditions, **kwargs)
 
     def build_processor(
         self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False
