@@ -1,20 +1,17 @@
 """The run's one plan kept in the bucket, read by the mapped bucket tasks (docs/pipeline.md, "The plan").
 
-The planning task (the credits pre-flight) streams its billable items, its settled sources and, with
-renditions, its render-only items into sequences of JSON Lines chunks under
-``<internal prefix>plans/<dag>/<run>/<task>/try-<n>/``, and returns small :class:`ShardRef` descriptors
-(XCom) that each name a slice of every sequence. A mapped task reads its slices (a request per
-:data:`CHUNK_ROWS` rows) and processes exactly what was priced: no listing, no stat and no header read
-again. With renditions a row carries what planning found of each rendition (the object, its record) and a
-render-only row its master, so the mapped task looks nothing up either.
+The pre-flight streams its billable, settled and render-only rows into JSON Lines chunks under
+:func:`plan_prefix` and returns :class:`ShardRef` descriptors (XCom), each naming a slice of every sequence;
+a mapped task reads its slices and processes exactly what was priced, looking nothing up again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import pairwise
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -59,13 +56,8 @@ def _id_part(value: str) -> str:
 
 def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
     """
-    The folder of one planning task try's plan.
-
-    Each id becomes one folder name, percent-encoded (every character but letters, digits and
-    ``_.-~:+=@,``; ``scheduled__2026-12-01T00:00:00+00:00`` stays as it is, ``backfill/12`` becomes
-    ``backfill%2F12``), so two runs get two folders whatever their ids (``/`` used to become ``_``, so
-    ``a/b`` and ``a_b`` shared one, where the second run's create-only chunk writes were refused). A
-    plan is only read during its own run, so plans kept under the earlier naming need no migration.
+    The folder of one planning task try's plan: each id one folder name, percent-encoded but for letters,
+    digits and ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``), so two runs never share a folder.
 
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
@@ -160,19 +152,8 @@ class ShardRef(BaseModel):
         :param spec: the bucket task's batch spec.
         :param identity: the bucket task's output identity (its chain's vendors and options hashes).
         """
-        wanted = {
-            "source_bucket": spec.source_bucket,
-            "destination_bucket": spec.destination_bucket,
-            "destination_prefix": spec.destination_prefix,
-            "overwrite": spec.overwrite,
-            "vendors": [vendor for vendor, _ in identity.accepted],
-            "options": [fingerprint for _, fingerprint in identity.accepted],
-        }
-        planned = {
-            **self.model_dump(include=set(wanted)),
-            "vendors": [vendor for vendor, _ in self.accepted],
-            "options": [fingerprint for _, fingerprint in self.accepted],
-        }
+        wanted = _batch_facts(spec, identity.accepted)
+        planned = _batch_facts(self, self.accepted)
         differ = [
             f"{key} {planned[key]!r} (this task: {wanted[key]!r})"
             for key in wanted
@@ -184,6 +165,23 @@ class ShardRef(BaseModel):
                 f"the shard was planned for another batch: {'; '.join(differ)}; "
                 "give the pre-flight the bucket task's parameters",
             )
+
+
+#: The batch a plan was made for, besides its accounts (kept in every :class:`ShardRef`).
+_BATCH_KEYS = ("source_bucket", "destination_bucket", "destination_prefix", "overwrite")
+
+
+def _batch_facts(batch: BatchSpec | ShardRef, accepted: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """What :meth:`ShardRef.check_matches` compares, in the order its message names them."""
+    return {
+        **{key: getattr(batch, key) for key in _BATCH_KEYS},
+        "vendors": [vendor for vendor, _ in accepted],
+        "options": [fingerprint for _, fingerprint in accepted],
+    }
+
+
+#: The fields of a source in a row, in the order written (with ``bucket`` and ``metadata``: an object's).
+_SOURCE_FIELDS = ("name", "generation", "size", "content_type", "md5_hash", "crc32c")
 
 
 def _object_row(info: ObjectInfo | None) -> dict[str, Any] | None:
@@ -200,26 +198,13 @@ def _object(row: dict[str, Any] | None) -> ObjectInfo | None:
 
 
 def _target_row(target: RenditionTarget) -> dict[str, Any]:
-    return {
-        "rendition": target.rendition.name,
-        "name": target.name,
-        "existing": _object_row(target.existing),
-        "finished": target.finished,
-        "record_name": target.record_name,
-        "record": _object_row(target.record),
-        "recorded": target.recorded,
-    }
+    row = {each.name: getattr(target, each.name) for each in fields(target)}
+    objects = {"existing": _object_row(target.existing), "record": _object_row(target.record)}
+    return {**row, "rendition": target.rendition.name, **objects}
 
 
 def _source_row(info: ObjectInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "generation": info.generation,
-        "size": info.size,
-        "content_type": info.content_type,
-        "md5_hash": info.md5_hash,
-        "crc32c": info.crc32c,
-    }
+    return {key: getattr(info, key) for key in _SOURCE_FIELDS}
 
 
 def _item_row(item: WorkItem) -> dict[str, Any]:
@@ -245,8 +230,7 @@ def _settled_row(outcome: PlannedOutcome) -> dict[str, Any]:
 
 
 def _source(bucket: str, row: dict[str, Any]) -> ObjectInfo:
-    fields = ("name", "generation", "size", "content_type", "md5_hash", "crc32c")
-    return ObjectInfo(bucket=bucket, **{key: row[key] for key in fields})
+    return ObjectInfo(bucket=bucket, **{key: row[key] for key in _SOURCE_FIELDS})
 
 
 @dataclass(eq=False)
@@ -309,8 +293,7 @@ class PlanWriter:
         self._render = _ChunkStream(self._write, "render")
         self._header_only = bytearray()
         self._accepted: list[int | None] | None = None  # only once an item names its accounts
-        self._status_counts: dict[str, int] = {}
-        self._kind_counts: dict[str, int] = {}
+        self._counts: Counter[str] = Counter()  # statuses and kinds (disjoint names)
         self._samples: list[WorkItem] = []
 
     def _write(self, name: str, data: bytes) -> None:
@@ -345,8 +328,7 @@ class PlanWriter:
     def settle(self, outcome: PlannedOutcome) -> None:
         """Record a source settled during planning."""
         self._settled.append(_settled_row(outcome))
-        self._status_counts[outcome.status] = self._status_counts.get(outcome.status, 0) + 1
-        self._kind_counts[outcome.kind] = self._kind_counts.get(outcome.kind, 0) + 1
+        self._counts.update((outcome.status, outcome.kind))
 
     @property
     def billable(self) -> int:
@@ -360,11 +342,11 @@ class PlanWriter:
 
     def count(self, status: str) -> int:
         """Number of settled sources with ``status``."""
-        return self._status_counts.get(status, 0)
+        return self._counts[status]
 
     def count_kind(self, kind: str) -> int:
         """Number of settled sources of ``kind`` (:attr:`~.planning.PlannedOutcome.kind`)."""
-        return self._kind_counts.get(kind, 0)
+        return self._counts[kind]
 
     def header_only_among(self, first: int) -> int:
         """How many of the first ``first`` billable items were checked by header only."""
@@ -408,28 +390,21 @@ class PlanWriter:
         items = shard_bounds(billable, count)
         totals = shard_bounds(billable + self._settled.rows, count)
         renders = shard_bounds(self._render.rows, count)
-        planned = _fingerprints(self.renditions)
-        slices = [
-            (part, (start - part[0], stop - part[1]), render)
-            for part, (start, stop), render in zip(items, totals, renders, strict=True)
-        ]
+        batch = {key: getattr(self.spec, key) for key in _BATCH_KEYS}
+        planned = {"accepted": self.identity.accepted, "renditions": _fingerprints(self.renditions), **batch}
+        shards = zip(items, totals, renders, strict=True)
         return [
             ShardRef(
                 plan=plan,
                 shard=number,
                 shards=count,
-                items=items,
-                settled=settled,
+                items=part,
+                settled=(start - part[0], stop - part[1]),
                 chunk_rows=CHUNK_ROWS,
-                source_bucket=self.spec.source_bucket,
-                destination_bucket=self.spec.destination_bucket,
-                destination_prefix=self.spec.destination_prefix,
-                accepted=self.identity.accepted,
-                overwrite=self.spec.overwrite,
                 render=render,
-                renditions=planned,
+                **planned,
             )
-            for number, (items, settled, render) in enumerate(slices)
+            for number, (part, (start, stop), render) in enumerate(shards)
         ]
 
 
@@ -492,13 +467,12 @@ def _check_renditions(shard: ShardRef, layout: RenditionLayout | None) -> dict[s
 def _work_item(spec: BatchSpec, row: dict[str, Any], renditions: dict[str, Rendition]) -> WorkItem:
     targets = tuple(
         RenditionTarget(
-            renditions[target["rendition"]],
-            target["name"],
-            _object(target["existing"]),
-            target["finished"],
-            target["record_name"],
-            _object(target["record"]),
-            target["recorded"],
+            **{
+                **target,
+                "rendition": renditions[target["rendition"]],
+                "existing": _object(target["existing"]),
+                "record": _object(target["record"]),
+            }
         )
         for target in row.get("renditions") or ()
     )

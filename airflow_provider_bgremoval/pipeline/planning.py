@@ -64,6 +64,10 @@ META_CREDITS = "bgremoval-credits"
 META_WRITER = "bgremoval-writer"
 
 
+_OUTPUT_EXISTS = (
+    "the destination exists but was made from another source generation or other options; "
+    "set overwrite=True to replace it"
+)
 #: The code of a row whose renditions are non-compliant (recorded by an earlier run, or certain from the
 #: source's size at planning).
 NONCOMPLIANT = "rendition_noncompliant"
@@ -166,6 +170,19 @@ class WorkItem:
         """True when the master exists: only renditions are made (0 credits)."""
         return self.master is not None
 
+    def outcome(
+        self, status: str, code: str, message: str, extra: Mapping[str, Any] | None = None
+    ) -> PlannedOutcome:
+        """
+        This source settled during planning.
+
+        :param status: ``skipped`` or ``rejected``.
+        :param code: reason code.
+        :param message: human explanation.
+        :param extra: more manifest fields, if any.
+        """
+        return PlannedOutcome(self.source, self.destination, status, code, message, extra)
+
 
 @dataclass(frozen=True)
 class PlannedOutcome:
@@ -190,12 +207,7 @@ class PlannedOutcome:
 
     @property
     def kind(self) -> str:
-        """
-        One of :data:`SETTLED_KINDS`: ``already_done`` (skipped), ``recorded_noncompliant`` (a finished
-        master whose renditions an earlier run recorded non-compliant: a render-only row),
-        ``noncompliant_at_planning`` (every rendition certain to be non-compliant from the source's size),
-        else ``rejected_locally`` (missing, unsafe name, an output in the way, or the local checks).
-        """
+        """One of :data:`SETTLED_KINDS` (``rejected_locally``: missing, unsafe, output in the way, checks)."""
         if self.status == "skipped":
             return "already_done"
         if self.code == NONCOMPLIANT:
@@ -309,11 +321,8 @@ SinkT = TypeVar("SinkT", bound=PlanSink)
 @dataclass(frozen=True)
 class OutputIdentity:
     """
-    The outputs a batch accepts as finished: the ``(vendor, options fingerprint)`` pairs of its accounts.
-
-    One connection accepts its own pair; a failover chain accepts the pair of every account, so an
-    output made by any vendor of the chain with the same options counts as finished (docs/pipeline.md,
-    "Failover").
+    The outputs a batch accepts as finished: the ``(vendor, options fingerprint)`` pairs of its accounts
+    (a failover chain's every account: docs/pipeline.md, "Failover").
 
     :param accepted: the ``(vendor, fingerprint)`` pairs, the primary's first.
     """
@@ -338,11 +347,6 @@ class OutputIdentity:
     def vendor(self) -> str:
         """The primary's vendor."""
         return self.accepted[0][0]
-
-    @property
-    def fingerprint(self) -> str:
-        """The primary's fingerprint."""
-        return self.accepted[0][1]
 
     def accepts(self, metadata: Mapping[str, str]) -> bool:
         """
@@ -393,9 +397,8 @@ def iter_sources(
 
     :param storage: the GCS storage.
     :param spec: what the batch works on.
-    :param outputs: the sources are another job's outputs (a render job reading masters), where the
-        provider's own folder (claims, plans, manifests) may sit right under the prefix: the listing
-        skips its name range, at one more listing request.
+    :param outputs: the sources are another job's outputs (masters): the listing skips the provider's
+        own folder under the prefix (one more listing request).
     """
     if spec.source_objects is None:
         prefix = spec.source_prefix
@@ -426,9 +429,8 @@ def iter_sources(
 
 def outputs_between(storage: GcsStorage, spec: BatchSpec, first: str, last: str) -> Iterator[ObjectInfo]:
     """
-    The destination objects named from ``first`` to ``last`` (inclusive), never the provider's own.
-
-    A name range costs one listing request per 1,000 names in it; the range skips the internal folder.
+    The destination objects named from ``first`` to ``last`` (inclusive), never the provider's own
+    (a listing request per 1,000 names).
 
     :param storage: the GCS storage.
     :param spec: the batch spec (destination bucket and prefix).
@@ -513,9 +515,8 @@ def check_source(storage: GcsStorage, source: ObjectInfo, limits: InputLimits, v
 
 class _Collisions:
     """
-    Sources that map to one output. A listing is in name order, and names sharing a stem are adjacent,
-    so a stack of the stems on the current name's path finds every collision in bounded memory; an
-    explicit ``source_objects`` list (any order, already in memory) is checked against all names.
+    Sources that map to one output. A listing is in name order, names sharing a stem adjacent, so a stack
+    of the stems on the current name's path is bounded memory; explicit ``source_objects`` keep all names.
     """
 
     def __init__(self, ordered: bool) -> None:
@@ -593,8 +594,10 @@ class _Planner:
 
     def unfinished(self, window: Sequence[WorkItem], sink: PlanSink) -> list[WorkItem]:
         """Settle the window's finished (and, without overwrite, foreign) outputs; return the rest."""
-        if self.masters_are_sources:
-            self._render_sources(window, sink)
+        if self.masters_are_sources:  # render-only planning: every source is a finished master
+            found = self._renditions(window)
+            for item in window:
+                self._finished(item, item.source, found, sink)
             return []
         existing = _existing_outputs(self.storage, self.spec, [item.destination for item in window])
         renditions = self._renditions(window)
@@ -609,20 +612,11 @@ class _Planner:
                 stale = replace(item, replace_generation=current.generation)
                 to_check.append(self._with_renditions(stale, renditions))
             else:
-                message = (
-                    "the destination exists but was made from another source generation or other options; "
-                    "set overwrite=True to replace it"
-                )
-                sink.settle(
-                    PlannedOutcome(item.source, item.destination, "rejected", "output_exists", message)
-                )
+                sink.settle(item.outcome("rejected", "output_exists", _OUTPUT_EXISTS))
         return to_check
 
     def _renditions(self, window: Sequence[WorkItem]) -> WindowRenditions | None:
-        """
-        The window's existing renditions (one name-range listing per rendition folder) and, when first
-        needed, its non-compliance records (one name-range listing; ignored with ``overwrite``).
-        """
+        """The window's renditions and (unless ``overwrite``) non-compliance records, a listing a folder."""
         if self.layout is None:
             return None
         masters = [item.source.name if self.masters_are_sources else item.destination for item in window]
@@ -643,58 +637,33 @@ class _Planner:
     def _finished(
         self, item: WorkItem, master: ObjectInfo, found: WindowRenditions | None, sink: PlanSink
     ) -> None:
-        """
-        A finished master: skipped (or, a rendition recorded non-compliant, rejected again without a read),
-        or a render-only item when a rendition is missing or stale.
-        """
+        """A finished master: settled (skipped, recorded non-compliant), or render-only (renditions due)."""
         made_by = {"vendor": vendor} if (vendor := made_by_vendor(master)) else {}
         if found is None:
             message = "output exists from this source and options"
-            sink.settle(
-                PlannedOutcome(
-                    item.source, item.destination, "skipped", "already_done", message, made_by or None
-                )
-            )
+            sink.settle(item.outcome("skipped", "already_done", message, made_by or None))
             return
         name = item.source.name if self.masters_are_sources else item.destination
         targets = found.targets(name, master)
         if not all(target.settled for target in targets):
-            _add_render(sink, replace(item, master=master, renditions=targets))
+            sink.add_render(replace(item, master=master, renditions=targets))
             return
         status, code, message, extra = found.verdict(targets, master)
         destination = None if self.masters_are_sources else item.destination
         sink.settle(PlannedOutcome(item.source, destination, status, code, message, {**extra, **made_by}))
 
-    def _render_sources(self, window: Sequence[WorkItem], sink: PlanSink) -> None:
-        """Render-only planning: every source is a master (``RenderRenditionsOperator``)."""
-        found = self._renditions(window)
-        for item in window:
-            self._finished(item, item.source, found, sink)
-
     def check(self, item: WorkItem) -> WorkItem | PlannedOutcome:
-        """
-        The item with its local verdict, or its rejection; or, when every rendition of it is certain to be
-        non-compliant from its header's size, settled as such (no vendor call).
-        """
+        """The item with its local verdict, or rejected (by the checks, or every rendition out of reach)."""
         try:
             checked = check_source(self.storage, item.source, self.limits, self.identity.vendor)
         except InputRejectedError as exc:
-            return PlannedOutcome(
-                item.source, item.destination, "rejected", exc.code or "rejected", exc.message
-            )
+            return item.outcome("rejected", exc.code or "rejected", exc.message)
         if self.layout is not None and item.renditions:
             source = (checked.info.width, checked.info.height)
             found = self.layout.unreachable(self.spec.destination_bucket, item.renditions, source)
             if found is not None:
                 message, facts = found
-                return PlannedOutcome(
-                    item.source,
-                    item.destination,
-                    "rejected",
-                    NONCOMPLIANT,
-                    message,
-                    {"renditions": facts},
-                )
+                return item.outcome("rejected", NONCOMPLIANT, message, {"renditions": facts})
         accepted = accepted_by(self.accounts, checked.info, item.source.size)
         return replace(item, fully_checked=checked.fully_checked, accepted=accepted)
 
@@ -732,10 +701,6 @@ def accepted_by(accounts: Sequence[tuple[str, InputLimits]], info: ImageInfo, si
         return None
     taken = (limits_rejection(vendor, limits, info, size) is None for vendor, limits in accounts)
     return sum(1 << index for index, takes in enumerate(taken) if takes)
-
-
-def _add_render(sink: PlanSink, item: WorkItem) -> None:
-    sink.add_render(item)  # in memory, or kept in the bucket with what each rendition was found to be
 
 
 def _record(sink: PlanSink, verdicts: Iterable[WorkItem | PlannedOutcome]) -> None:
