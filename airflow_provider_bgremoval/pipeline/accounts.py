@@ -26,29 +26,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: What may move the rest of a batch to the next account (``failover_on``).
-FAILOVER_REASONS: tuple[str, ...] = ("out_of_credits", "auth_failed", "outage")
-#: The documented default of ``failover_on``: every reason.
-DEFAULT_FAILOVER_ON: tuple[str, ...] = FAILOVER_REASONS
-#: Account states (``active`` takes calls; the others are final for the run).
-ACCOUNT_STATES: tuple[str, ...] = ("active", "out_of_credits", "auth_failed", "max_credits")
+#: What may move the rest of a batch to the next account (``failover_on``); its default is every one.
+DEFAULT_FAILOVER_ON: tuple[str, ...] = ("out_of_credits", "auth_failed", "outage")
 #: Prefix of the failover metrics (docs/pipeline.md, "Failover"): ``<prefix>.<event>.<conn_id>``.
 FAILOVER_METRIC_PREFIX = "bgremoval.failover"
 
 
 def parse_failover_on(value: Any) -> tuple[str, ...]:
     """
-    The validated ``failover_on`` reasons (a name or a list of names of :data:`FAILOVER_REASONS`).
+    The validated ``failover_on`` reasons (a name or a list of names of :data:`DEFAULT_FAILOVER_ON`).
 
     :param value: the parameter value (``None``: the default).
     """
     if value is None:
         return DEFAULT_FAILOVER_ON
     reasons = (value,) if isinstance(value, str) else tuple(value)
-    unknown = [reason for reason in reasons if reason not in FAILOVER_REASONS]
+    unknown = [reason for reason in reasons if reason not in DEFAULT_FAILOVER_ON]
     if unknown:
         raise InvalidOptionError(
-            "failover_on", f"{', '.join(map(repr, unknown))} not one of {', '.join(FAILOVER_REASONS)}"
+            "failover_on", f"{', '.join(map(repr, unknown))} not one of {', '.join(DEFAULT_FAILOVER_ON)}"
         )
     return tuple(dict.fromkeys(reasons))
 
@@ -98,8 +94,7 @@ class BreakerPolicy:
             return value
         if not isinstance(value, Mapping):
             raise InvalidOptionError("circuit_breaker", f"expected a mapping of settings, got {value!r}")
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(value) - set(known))
+        unknown = sorted(set(value) - {f.name for f in fields(cls)})
         if unknown:
             raise InvalidOptionError("circuit_breaker", f"unknown setting(s) {', '.join(unknown)}")
         try:
@@ -236,16 +231,6 @@ class Account:
         """Credits one image is expected to cost here: the dearer of the cost table and what was charged."""
         return max(self.processor.cost_per_image, self.max_seen_charge)
 
-    def disable(self, state: str, message: str) -> None:
-        """
-        Take the account out of the chain for the rest of the run.
-
-        :param state: one of :data:`ACCOUNT_STATES` but ``active``.
-        :param message: why.
-        """
-        if self.state == "active":
-            self.state, self.state_message = state, message
-
     def summary(self) -> dict[str, Any]:
         """Primitive form for the run summary and report."""
         return {
@@ -328,11 +313,11 @@ class AccountChain:
         Take ``account`` out of the chain for the rest of the run (counted; logged while others remain).
 
         :param account: one of :attr:`accounts`.
-        :param state: one of :data:`ACCOUNT_STATES` but ``active``.
+        :param state: ``out_of_credits``, ``auth_failed`` or ``max_credits`` (final for the run).
         :param message: why.
         """
         if account.usable:
-            account.disable(state, message)
+            account.state, account.state_message = state, message
             self.last_disabled = account
             failover_metric("account_unusable", account, reason=state)
             if self.usable():

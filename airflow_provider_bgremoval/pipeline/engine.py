@@ -262,9 +262,7 @@ class BatchRunner:
         vendor: str | None = None,
         **fields: Any,
     ) -> None:
-        """
-        Record one row; its vendor is ``vendor`` (the one that made an existing output), else the account's.
-        """
+        """One manifest row; its vendor: ``vendor`` (the maker of an existing output), else the account's."""
         if account is not None:
             account.counts[status] += 1
             fields["account"] = account.conn_id
@@ -361,10 +359,7 @@ class BatchRunner:
         rated: bool = True,
         **fields: Any,
     ) -> None:
-        """
-        Record the one row of ``flight`` with what it cost (billed: charged; lost: possibly); ``rated``:
-        it counts for the failure rate (a verdict planning could have given does not).
-        """
+        """The image's one row with its cost; ``rated``: it counts for the failure rate (planning's don't)."""
         if flight.recorded:
             log.warning(
                 "%s was already recorded; ignoring a second outcome (%s)", flight.item.source.uri, status
@@ -443,7 +438,7 @@ class BatchRunner:
                 return
             if not await self._claim(flight):
                 return
-            data = await self._read(flight)
+            data = await self._read(flight, flight.item.source)
             if data is None or self._settled_by_size(flight, data):
                 return
             flight.result = await self.calls.call(flight, data)
@@ -454,13 +449,8 @@ class BatchRunner:
             if not flight.abandoned:
                 raise
             code, message = self.halts.stop or ("interrupted", "the batch was stopped")
-            self._settle(
-                flight,
-                "pending",
-                code,
-                f"{message}; the vendor had not answered within the {self.drain_grace:g} s grace, so the "
-                "call was abandoned (it may have been billed)",
-            )
+            message += f"; the vendor had not answered within the {self.drain_grace:g} s grace, so the call "
+            self._settle(flight, "pending", code, message + "was abandoned (it may have been billed)")
         except Exception as exc:  # one image's failure never takes the batch down
             self._settle_unexpected(flight, exc)
         finally:
@@ -474,53 +464,39 @@ class BatchRunner:
             item = flight.item
             holder = await self._blocking(self.claims.acquire, item.destination, item.source.generation)
         except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
-            self._settle(
-                flight,
-                "failed",
-                type(exc).__name__,
-                f"could not claim the output before the vendor call (nothing paid): {exc}",
-            )
+            message = f"could not claim the output before the vendor call (nothing paid): {exc}"
+            self._settle(flight, "failed", type(exc).__name__, message)
             return False
         if holder is not None:
             self.result.note_claim_elsewhere(holder)
-            self._settle(
-                flight, "pending", "claimed_elsewhere", f"another run is processing this output: {holder}"
-            )
+            message = f"another run is processing this output: {holder}"
+            self._settle(flight, "pending", "claimed_elsewhere", message)
             return False
         flight.claimed = True
-        if flight.item.destination in self.claims.taken_over:
-            return not await self._stored_earlier(flight)
-        return True
+        if flight.item.destination not in self.claims.taken_over:
+            return True
+        # Taken over (an earlier try of this task instance, or a holder whose lease ran out): skip the
+        # image when that holder stored its output; if not, the create-only write still protects it.
+        earlier = "an earlier try stored this output (not paid again)"
+        return not await self._skipped_as_finished(flight, "already_done", earlier)
 
-    async def _stored_earlier(self, flight: Flight) -> bool:
-        """
-        A claim taken over (from an earlier try of this task instance, e.g. on a worker that died, or
-        from a holder whose lease ran out): skip the image when that holder already stored its output.
-        """
-        current = await self._finished_output(flight)
-        if current is None:  # not stored, or cannot tell: the create-only write still protects the output
-            return False
-        flight.output_exists = True  # finished: its claim stays
-        message = "an earlier try stored this output (not paid again)"
-        self._settle(flight, "skipped", "already_done", message, vendor=made_by_vendor(current))
-        return True
-
-    async def _read(self, flight: Flight) -> bytes | None:
+    async def _read(
+        self, flight: Flight, obj: ObjectInfo, max_bytes: int | None = None, why: str = "", **fields: Any
+    ) -> bytes | None:
+        """``obj``'s pinned bytes, else ``None``: the image was settled failed (``why`` leads the reason)."""
         flight.stage = "read"
-        source = flight.item.source
         try:
             return await self._blocking(
-                self.storage.read, source.bucket, source.name, generation=source.generation
+                self.storage.read, obj.bucket, obj.name, generation=obj.generation, max_bytes=max_bytes
             )
         except StorageError as exc:
-            self._settle(flight, "failed", type(exc).__name__, str(exc))
+            self._settle(flight, "failed", type(exc).__name__, f"{why}{exc}", **fields)
             return None
 
     def _settled_by_size(self, flight: Flight, data: bytes) -> bool:
         """
         Every rendition is certain to be non-compliant from the source's size: settled as planning settles
-        it (:meth:`.RenditionLayout.unreachable`), not sent (0 credits). A plan kept unchecked (its shards
-        run as they are, e.g. one kept by an older version) has not judged its items.
+        it (:meth:`.RenditionLayout.unreachable`), not sent; a plan kept unchecked has not judged its items.
         """
         layout, item = self.plan.layout, flight.item
         if layout is None or not item.renditions or not layout.judged_by_source_size:
@@ -557,12 +533,8 @@ class BatchRunner:
             await self._settle_conflict(flight)
             return
         except StorageError as exc:
-            self._settle(
-                flight,
-                "failed",
-                "upload_failed",
-                f"vendor result could not be stored (it was paid for): {exc}",
-            )
+            message = f"vendor result could not be stored (it was paid for): {exc}"
+            self._settle(flight, "failed", "upload_failed", message)
             return
         flight.output_exists = True
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
@@ -585,25 +557,11 @@ class BatchRunner:
         """A finished master: read it (pinned), render the missing or stale renditions, store them."""
         item, master = flight.item, flight.item.master
         assert master is not None
-        flight.stage = "read"
-        try:
-            data = await self._blocking(
-                self.storage.read,
-                master.bucket,
-                master.name,
-                generation=master.generation,
-                max_bytes=self.master_max_bytes,
-            )
-        except StorageError as exc:
-            reason = f"the master could not be read (nothing paid): {exc}"
-            self._settle(
-                flight,
-                "failed",
-                type(exc).__name__,
-                reason,
-                master=self._master_facts(master, "failed"),
-                vendor=made_by_vendor(master),
-            )
+        why, failed = "the master could not be read (nothing paid): ", self._master_facts(master, "failed")
+        data = await self._read(
+            flight, master, self.master_max_bytes, why, master=failed, vendor=made_by_vendor(master)
+        )
+        if data is None:
             return
         flight.stage = "render"
         source = item.source if master != item.source else recorded_source(master)
@@ -624,28 +582,25 @@ class BatchRunner:
     async def _settle_conflict(self, flight: Flight) -> None:
         """The create-only write lost: another run wrote first, or something else is in the way."""
         flight.output_exists = True  # not ours to release: the destination exists
-        current = await self._finished_output(flight)
-        if current is not None:
-            message = "another run wrote this output first"
-            self._settle(flight, "skipped", "done_concurrently", message, vendor=made_by_vendor(current))
-        else:
-            self._settle(
-                flight,
-                "failed",
-                "output_exists",
-                "the destination appeared during the run; not overwritten",
-            )
+        if not await self._skipped_as_finished(
+            flight, "done_concurrently", "another run wrote this output first"
+        ):
+            message = "the destination appeared during the run; not overwritten"
+            self._settle(flight, "failed", "output_exists", message)
 
-    async def _finished_output(self, flight: Flight) -> ObjectInfo | None:
-        """The image's stored output if it is finished (made from this source by the chain), else ``None``."""
+    async def _skipped_as_finished(self, flight: Flight, code: str, message: str) -> bool:
+        """Settle the image skipped if its stored output is finished (made from this source by the chain)."""
         try:
             current = await self._blocking(
                 self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
             )
         except StorageError:
-            return None
-        finished = current is not None and is_finished(current, flight.item.source, self.identity)
-        return current if finished else None
+            return False  # cannot tell
+        if current is None or not is_finished(current, flight.item.source, self.identity):
+            return False
+        flight.output_exists = True  # finished: its claim stays
+        self._settle(flight, "skipped", code, message, vendor=made_by_vendor(current))
+        return True
 
     async def _release(self, flight: Flight) -> None:
         assert self.claims is not None

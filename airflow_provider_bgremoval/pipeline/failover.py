@@ -31,12 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _refusal_reason(exc: BgRemovalError) -> str:
-    """
-    The failover reason of an error after which no call on its account can succeed
-    (:attr:`~airflow_provider_bgremoval.exceptions.BgRemovalError.fatal_for_batch`).
-
-    :param exc: the error.
-    """
+    """The failover reason of an error after which no call on its account succeeds (``fatal_for_batch``)."""
     return "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
 
 
@@ -240,7 +235,7 @@ class CallStage:
             self.halts.record(reason, str(exc), fatal=True, vendor=account.vendor, account=account)
         else:
             self.halts.exhaust(self.chain)
-        self.settle(flight, "pending", exc.code or reason, str(exc), request_id=exc.request_id)
+        self._settle_error(flight, "pending", reason, exc)
 
     def _no_account(self, flight: Flight) -> None:
         """No account is left for this image: settle it with what the last one said."""
@@ -252,12 +247,10 @@ class CallStage:
             if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
                 self.settle(flight, "pending", halt.reason, f"{halt.message}; this image was not sent")
             else:
-                self.settle(flight, "pending", exc.code or halt.reason, str(exc), request_id=exc.request_id)
+                self._settle_error(flight, "pending", halt.reason, exc)
             return
         if exc is not None and exc.fatal_for_batch:
-            self.settle(
-                flight, "pending", exc.code or _refusal_reason(exc), str(exc), request_id=exc.request_id
-            )
+            self._settle_error(flight, "pending", _refusal_reason(exc), exc)
         elif exc is not None:
             self._settle_call_error(flight, exc)
         else:  # unreachable: an image is only refused by every account after their answers
@@ -265,6 +258,13 @@ class CallStage:
 
     def _settle_call_error(self, flight: Flight, exc: BgRemovalError) -> None:
         if isinstance(exc, InputRejectedError):
-            self.settle(flight, "rejected", exc.code or "rejected", exc.message, request_id=exc.request_id)
+            self._settle_error(flight, "rejected", "rejected", exc, exc.message)
         else:
-            self.settle(flight, "failed", exc.code or type(exc).__name__, str(exc), request_id=exc.request_id)
+            self._settle_error(flight, "failed", type(exc).__name__, exc)
+
+    def _settle_error(
+        self, flight: Flight, status: str, code: str, exc: BgRemovalError, message: str | None = None
+    ) -> None:
+        """Settle the image with ``exc``'s code (else ``code``), request id, message (else ``str(exc)``)."""
+        message = str(exc) if message is None else message
+        self.settle(flight, status, exc.code or code, message, request_id=exc.request_id)

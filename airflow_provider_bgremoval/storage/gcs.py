@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import enum
 import fnmatch
 import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval import USER_AGENT
@@ -31,10 +31,6 @@ JSON_LINES_CONTENT_TYPE = "application/x-ndjson"
 #: What a listing returns per object; not ``updated``, which nothing decides on (``stat`` returns it).
 _LIST_FIELDS = "items(name,bucket,generation,size,contentType,md5Hash,crc32c,metadata),nextPageToken"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class _Unset(enum.Enum):
-    UNSET = "UNSET"
 
 
 def crc32c_b64(data: bytes) -> str:
@@ -106,11 +102,6 @@ class ObjectInfo:
             metadata=dict(blob.metadata or {}),
             updated=blob.updated if updated else None,
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for manifests and XCom)."""
-        updated = self.updated.isoformat() if self.updated else None
-        return {"uri": self.uri, **asdict(self), "updated": updated}
 
 
 def _as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -198,6 +189,12 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
     return error(f"{action} {errors.gs_uri(bucket, name)}{outcome}", bucket=bucket, name=name)
 
 
+def _default_retry() -> Retry:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
 def _named(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {safe_excerpt(str(exc), 300)}"
 
@@ -222,7 +219,7 @@ class GcsStorage:
         *,
         project: str | None = None,
         scopes: Sequence[str] | None = None,
-        retry: Retry | _Unset | None = _Unset.UNSET,
+        retry: Retry | EllipsisType | None = ...,
         timeout: float | tuple[float, float] = 60.0,
         max_pool_connections: int = 32,
         trust_env: bool | None = None,
@@ -231,13 +228,7 @@ class GcsStorage:
         self.gcp_conn_id = gcp_conn_id
         self.project = project
         self.scopes = tuple(scopes) if scopes else None
-        self.retry: Retry | None
-        if isinstance(retry, _Unset):
-            from google.cloud.storage.retry import DEFAULT_RETRY
-
-            self.retry = DEFAULT_RETRY
-        else:
-            self.retry = retry
+        self.retry = _default_retry() if isinstance(retry, EllipsisType) else retry
         self.timeout = timeout
         self.max_pool_connections = max_pool_connections
         self.trust_env = trust_env
@@ -327,36 +318,32 @@ class GcsStorage:
         if page_size <= 0:
             raise ValueError("page_size must be positive")
         object_filter = ObjectFilter(include, exclude, case_sensitive=case_sensitive)
-        return self._iter_objects(bucket, prefix, object_filter, page_size, (start_offset, end_offset))
 
-    def _iter_objects(
-        self,
-        bucket: str,
-        prefix: str,
-        object_filter: ObjectFilter,
-        page_size: int,
-        offsets: tuple[str | None, str | None],
-    ) -> Iterator[ObjectInfo]:
-        iterator = self.client.list_blobs(
-            bucket,
-            prefix=prefix or None,
-            start_offset=offsets[0],
-            end_offset=offsets[1],
-            page_size=min(page_size, 1000),
-            fields=_LIST_FIELDS,
-            retry=self.retry,
-            timeout=self.timeout,
-        )
-        seen = kept = 0
-        try:
-            for blob in iterator:
-                seen += 1
-                if not blob.name.endswith("/") and object_filter.matches(blob.name, prefix):
-                    kept += 1
-                    yield ObjectInfo.from_blob(blob, updated=False)
-        except Exception as exc:
-            raise _translate(exc, "listing", bucket, prefix or None) from exc
-        log.debug("listed gs://%s/%s: %d objects, %d kept by %r", bucket, prefix, seen, kept, object_filter)
+        def objects() -> Iterator[ObjectInfo]:  # lazy: nothing is asked before the first object is
+            iterator = self.client.list_blobs(
+                bucket,
+                prefix=prefix or None,
+                start_offset=start_offset,
+                end_offset=end_offset,
+                page_size=min(page_size, 1000),
+                fields=_LIST_FIELDS,
+                retry=self.retry,
+                timeout=self.timeout,
+            )
+            seen = kept = 0
+            try:
+                for blob in iterator:
+                    seen += 1
+                    if not blob.name.endswith("/") and object_filter.matches(blob.name, prefix):
+                        kept += 1
+                        yield ObjectInfo.from_blob(blob, updated=False)
+            except Exception as exc:
+                raise _translate(exc, "listing", bucket, prefix or None) from exc
+            log.debug(
+                "listed gs://%s/%s: %d objects, %d kept by %r", bucket, prefix, seen, kept, object_filter
+            )
+
+        return objects()
 
     def stat(self, bucket: str, name: str) -> ObjectInfo | None:
         """

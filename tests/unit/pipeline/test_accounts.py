@@ -168,8 +168,8 @@ def test_the_chain_prefers_the_primary_skips_spent_budgets_and_waits_for_the_ear
     assert accounts.choose([], lambda a: True) == (primary, True)
     primary.breaker.record("success", probe=True)
     assert accounts.preferred() is primary
-    primary.disable("out_of_credits", "no credits")
-    secondary.disable("max_credits", "budget")
+    accounts.disable(primary, "out_of_credits", "no credits")
+    accounts.disable(secondary, "max_credits", "budget")
     assert accounts.choose([], lambda a: True) is None and accounts.usable() == []
 
 
