@@ -57,23 +57,6 @@ class Sample:
     at: datetime
     remaining: Decimal
 
-    def to_json(self) -> str:
-        """One JSON Lines line (without the newline)."""
-        return json.dumps({"at": self.at.isoformat(), "remaining": format_credits(self.remaining)})
-
-    @classmethod
-    def from_json(cls, line: str) -> Sample:
-        """
-        Parse one line written by :meth:`to_json`.
-
-        :param line: the line.
-        """
-        data = json.loads(line)
-        remaining = Decimal(str(data["remaining"]))
-        if not remaining.is_finite():
-            raise ValueError(f"remaining {data['remaining']!r} is not a number of credits")
-        return cls(as_utc(data["at"]), remaining)
-
 
 def as_utc(value: datetime | str) -> datetime:
     """
@@ -100,7 +83,11 @@ def parse_history(data: bytes, name: str = "history") -> list[Sample]:
         if not line.strip():
             continue
         try:
-            samples.append(Sample.from_json(line))
+            reading = json.loads(line)
+            remaining = Decimal(str(reading["remaining"]))
+            if not remaining.is_finite():
+                raise ValueError(f"remaining {reading['remaining']!r} is not a number of credits")
+            samples.append(Sample(as_utc(reading["at"]), remaining))
         except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             log.warning("%s line %d skipped, not a reading (%s: %s)", name, number, type(exc).__name__, exc)
     return sorted(samples, key=lambda s: s.at)
@@ -112,14 +99,14 @@ def dump_history(samples: Iterable[Sample]) -> bytes:
 
     :param samples: the readings, oldest first.
     """
-    return "".join(sample.to_json() + "\n" for sample in samples).encode("utf-8")
+    lines = (json.dumps({"at": s.at.isoformat(), "remaining": format_credits(s.remaining)}) for s in samples)
+    return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
 def is_late(samples: Sequence[Sample], sample: Sample, tolerance: timedelta = LATE_TOLERANCE) -> bool:
     """
-    True when ``sample`` is older than the newest reading by more than ``tolerance``: a balance read
-    now but dated in the past (a cleared or backfilled run's date), which would replace or fake the
-    reading of that time.
+    True when ``sample`` is older than the newest reading by more than ``tolerance``: a balance read now
+    but dated in the past (a cleared or backfilled run) would replace or fake that time's reading.
 
     :param samples: the history, oldest first.
     :param sample: the new reading.
@@ -168,12 +155,9 @@ def burn_rate(
     min_span_days: float = DEFAULT_MIN_SPAN_DAYS,
 ) -> Decimal | None:
     """
-    Credits spent per day over the last ``window_days`` of readings, robust to top-ups.
-
-    Only intervals where the balance did not rise count: their drops are summed and divided by their
-    total length. An interval with a top-up is left out entirely (its spend is hidden by the top-up,
-    so counting its time would dilute the rate and counting its rise would read as negative spend).
-    ``None`` when the spending intervals span less than ``min_span_days`` (or there are none).
+    Credits spent per day over the last ``window_days`` of readings: the drops of the intervals where the
+    balance did not rise, over their total length; an interval with a top-up is left out entirely
+    (docs/credits.md, "Forecasts"). ``None`` when those intervals span less than ``min_span_days``.
 
     :param samples: the history, oldest first.
     :param window_days: how far back to look from the newest reading.

@@ -84,9 +84,7 @@ class CreditsTrigger(BaseTrigger):
         costs: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.conn_id: str | list[str] = (
-            str(conn_id) if isinstance(conn_id, str) else [str(c) for c in conn_id]
-        )
+        self.conn_id: str | list[str] = conn_id if isinstance(conn_id, str) else [str(c) for c in conn_id]
         self.min_credits = None if min_credits is None else str(min_credits)
         self.pooling = pooling
         self.min_images = min_images
@@ -99,15 +97,9 @@ class CreditsTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
-        names: tuple[str, ...] = (
-            "conn_id",
-            "min_credits",
-            "poll_interval",
-            "exponential_backoff",
-            "max_poll_interval",
-        )
+        names = ["conn_id", "min_credits", "poll_interval", "exponential_backoff", "max_poll_interval"]
         if self.pooled:  # a single connection keeps its five kwargs
-            names += ("pooling", "min_images", "costs")
+            names += ["pooling", "min_images", "costs"]
         kwargs = {name: getattr(self, name) for name in names}
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
@@ -192,16 +184,13 @@ class CreditsTrigger(BaseTrigger):
         return Poll(met=verdict.as_dict()) if verdict.met else Poll(fatal=verdict.fatal_error)
 
     def _error(self, exc: BaseException | str, *, fatal: bool) -> dict[str, Any]:
-        if isinstance(exc, str):  # a pool's account error
-            kind, message = "PoolAccountError", f"credits check on pool {self.conn_id!r} failed: {exc}"
-        else:
-            kind, message = type(exc).__name__, f"credits check on connection {self.conn_id!r} failed: {exc}"
+        pool = isinstance(exc, str)  # a pool's account error
         return {
             "status": "error",
             "fatal": fatal,
             "conn_id": self.conn_id,
-            "error_type": kind,
-            "message": message,
+            "error_type": "PoolAccountError" if pool else type(exc).__name__,
+            "message": f"credits check on {'pool' if pool else 'connection'} {self.conn_id!r} failed: {exc}",
         }
 
     async def _repeat(self, poll: Callable[[int], Awaitable[Poll]], met: dict[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def test_an_idle_large_account_has_no_run_out_in_sight() -> None:
 def test_unreadable_history_lines_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     good = daily(100, 90)
     lines = [
-        good[0].to_json(),
+        dump_history(good[:1]).decode().strip(),
         '{"at": "2026-01-01T12:00:00+00:00", "remaining": "12 credits"}',
         '{"at": "yesterday", "remaining": "5"}',
         '{"at": "2026-01-01T13:00:00+00:00", "remaining": "NaN"}',
@@ -151,7 +151,7 @@ def test_unreadable_history_lines_are_skipped_with_a_warning(caplog: pytest.LogC
         '["not", "a", "reading"]',
         '{"at": 5, "remaining": "5"}',
         "not json",
-        good[1].to_json(),
+        dump_history(good[1:2]).decode().strip(),
     ]
     data = ("\n".join(lines) + "\n").encode() + b"\xff\n"
     assert parse_history(data, "gs://b/h.jsonl") == good
