@@ -222,11 +222,10 @@ class BucketImageOperator(BucketJobOperator):
         log.info("Batch summary (%s):\n%s", job.processor.vendor, table)
         for holder in summary["claims_elsewhere"]:
             log.warning(
-                "%d image(s) left pending: another run holds their claims: %s (lease expires %s). "
-                "That run is processing them; if it died, they can be processed once the lease expires.",
-                holder["images"],
-                holder["holder"],
-                holder["lease_expires"],
+                "%(images)d image(s) left pending: another run holds their claims: %(holder)s (lease expires "
+                "%(lease_expires)s). That run is processing them; if it died, they can be processed once the "
+                "lease expires.",
+                holder,
             )
         try:
             context["ti"].xcom_push(key="summary", value=summary)
@@ -256,11 +255,8 @@ class BucketImageOperator(BucketJobOperator):
             )
         bad = counts["failed"] + counts["rejected"]
         if self.on_error == "fail_at_end" and (bad or result.bad_renditions):
-            renditions = (
-                f" ({result.bad_renditions} rendition(s) non-compliant or failed)"
-                if result.bad_renditions
-                else ""
-            )
+            failed = result.bad_renditions
+            renditions = f" ({failed} rendition(s) non-compliant or failed)" if failed else ""
             raise AirflowException(
                 f"{vendor}: {counts['failed']} image(s) failed and {counts['rejected']} were rejected "
                 f"of {summary['total']}{renditions}; see the manifest {manifest_uri}"
@@ -296,13 +292,8 @@ class BucketImageOperator(BucketJobOperator):
 
     def lineage_datasets(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """
-        Every dataset the task reads and writes, as ``(namespace, name)`` pairs: ``("gs://bucket", prefix)``.
-
-        Inputs: the source prefix and, with renditions, the masters (the renditions of stored masters are
-        rendered from them). Outputs: the destination prefix or, with renditions, the masters and every
-        rendition folder (``<destination_prefix><name>/``). Masters that are the task's own sources
-        (:class:`~airflow_provider_bgremoval.operators.render.RenderRenditionsOperator`) are an input
-        only; the provider's ``_bgremoval/`` folder is never named.
+        Every dataset the task reads and writes, as ``(namespace, name)`` pairs: ``("gs://bucket", prefix)``;
+        with renditions the masters and every rendition folder (docs/pipeline.md, "Progress and lineage").
         """
         spec = self._spec()
         sources = (f"gs://{spec.source_bucket}", spec.source_prefix or "/")
@@ -364,15 +355,9 @@ def _account_summary(job: BucketJob, runner: BatchRunner) -> dict[str, Any]:
     accounts = runner.chain.summary()
     for account in accounts:
         log.info(
-            "Account %s (%s): %d done of %d image(s), %s credits, %s, breaker %s (opened %d time(s))",
-            account["conn_id"],
-            account["vendor"],
-            account["done"],
-            account["images"],
-            account["credits_spent"],
-            account["state"],
-            account["breaker"],
-            account["breaker_opened"],
+            "Account %(conn_id)s (%(vendor)s): %(done)d done of %(images)d image(s), %(credits_spent)s "
+            "credits, %(state)s, breaker %(breaker)s (opened %(breaker_opened)d time(s))",
+            account,
         )
     return {"accounts": accounts}
 

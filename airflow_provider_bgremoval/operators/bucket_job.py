@@ -355,7 +355,8 @@ class BucketJobOperator(BaseOperator):
             parse_credits(max_credits, "max_credits")
         if conn_id != "" and not is_template(conn_id):  # "": a render-only job, no vendor
             self.check_accounts()
-        self.check_layout_at_parse()
+        if not any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS) and not self.single_output:
+            self.layout_of(self._spec(), self.parsed_renditions())  # folders overlapping masters or sources
 
     @abstractmethod
     def build_processor(
@@ -437,12 +438,6 @@ class BucketJobOperator(BaseOperator):
     def single_output(self) -> bool:
         """No renditions: one output per source (only ``renditions=None``; an empty list is refused)."""
         return load_list(self.renditions, "renditions") is None
-
-    def check_layout_at_parse(self) -> None:
-        """At DAG parse, refuse rendition folders overlapping the masters or sources (unless templated)."""
-        if any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS) or self.single_output:
-            return
-        self.layout_of(self._spec(), self.parsed_renditions())
 
     def _masters_prefix(self) -> str | None:
         """With renditions: ``masters_prefix``, by default ``<destination_prefix>masters/``."""

@@ -164,9 +164,8 @@ class CreditsPreflightOperator(BucketJobOperator):
 
     def test_estimate_hook(self, job: BucketJob) -> PixianHook | None:
         """
-        The hook ``use_test_estimate`` asks, checked once before planning: ``None`` when not asked, or when
-        the run's calls are themselves in Pixian test mode (the hook's own check; its cost table then
-        prices them at 0, and a test call's production price would not apply).
+        The hook ``use_test_estimate`` asks: ``None`` when not asked, or when the run's calls are in Pixian
+        test mode themselves (then priced at 0 by the cost table).
 
         :param job: the prepared job.
         """
@@ -289,9 +288,8 @@ class CreditsPreflightOperator(BucketJobOperator):
     @staticmethod
     def _limits_decide(job: BucketJob, estimate: Mapping[str, Any]) -> bool:
         """
-        A chain whose accounts' input limits differ passes on the unchecked plan only when every account
-        alone could pay for every billable image: otherwise an image only one account takes may land on an
-        account that cannot pay, and only a header says which (the checked pass reads one per source).
+        A chain whose accounts' limits differ passes unchecked only when each account alone pays for every
+        billable image: only a header tells which account takes an image (docs/credits.md).
         """
         if not job.account_limits:
             return False
@@ -304,11 +302,7 @@ class CreditsPreflightOperator(BucketJobOperator):
     def _checked(
         self, context: Context, job: BucketJob, plan: BatchPlan | PlanWriter, max_shards: int | None
     ) -> BatchPlan | PlanWriter:
-        """
-        The plan with the local checks: an in-memory plan's billable items checked as they are (the
-        sources are not listed again); a plan kept in the bucket is planned again into its ``checked/``
-        folder (its items are in the bucket, not in memory: docs/credits.md).
-        """
+        """The plan with local checks: checked in memory, or a kept one planned again (docs/credits.md)."""
         if isinstance(plan, BatchPlan):
             return job.check_plan(plan)
         return self._plan(context, job, max_shards, check=True)
@@ -389,12 +383,8 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_credits: Decimal | None,
     ) -> dict[str, Any]:
         """
-        A chain's share of the estimate: each billable image priced in chain order at the first account
-        whose own input limits take it (``accepted``, from the plan) and whose usable balance (capped by its
-        ``max_credits_per_account``) still pays for it at its own cost, all within ``max_credits`` (what the
-        cap leaves out waits for a later run, as with one connection); what no account covers within the
-        cap is the shortfall, priced at the first account taking it; an image no account's limits take is
-        rejected by the batch before any call (free); ``available`` is the usable credits of all.
+        A chain's share of the estimate: each billable image at the first account whose limits take it
+        and whose usable credits pay for it, within ``max_credits`` (docs/credits.md, "Pooled pre-flight").
         """
         assert job.chain is not None
         accounts = list(job.chain.accounts)
@@ -432,10 +422,7 @@ class CreditsPreflightOperator(BucketJobOperator):
 
     @staticmethod
     def _render_only(job: BucketJob, plan: BatchPlan | PlanWriter) -> dict[str, Any]:
-        """
-        With renditions, the free sources: render-only (a finished master, renditions to make), settled as
-        certain to be non-compliant from their size, or recorded non-compliant by an earlier run.
-        """
+        """With renditions, the free sources: render-only, non-compliant by size, recorded non-compliant."""
         if job.renditions is None:
             return {}
         return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,9 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.contact_sheet import render_contact_sheet, rendition_images
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import format_credits
+from airflow_provider_bgremoval.operators.bucket_job import load_list
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
@@ -60,16 +61,6 @@ def _summaries(pulled: Any) -> list[Mapping[str, Any]]:
     if isinstance(pulled, (list, tuple)):
         return [summary for item in pulled for summary in _summaries(item)]
     return []
-
-
-def _with_states(
-    accounts: list[dict[str, Any]], states: Mapping[str, Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """
-    The manifests' per-account block (its figures over every try) with each account's run state from
-    the bucket tasks' summaries (:func:`account_states`: only what rows cannot tell).
-    """
-    return [entry | dict(states.get(entry["conn_id"], {})) for entry in accounts]
 
 
 def _rank(order: tuple[str, ...], state: Any) -> int:
@@ -131,15 +122,10 @@ def parse_estimate(value: Any) -> dict[str, Any] | None:
     """
     if value in (None, "", "None"):
         return None
-    if isinstance(value, Mapping):
-        return dict(value)
     try:
-        parsed = json.loads(str(value))
-    except ValueError:
-        try:
-            parsed = ast.literal_eval(str(value))
-        except (ValueError, SyntaxError):
-            return {"raw": str(value)}
+        parsed = load_list(value if isinstance(value, Mapping) else str(value), "estimate")
+    except InvalidOptionError:
+        return {"raw": str(value)}
     return dict(parsed) if isinstance(parsed, Mapping) else {"raw": parsed}
 
 
@@ -203,6 +189,7 @@ class RunReportOperator(BaseOperator):
         folder = report_prefix(self.destination_prefix, dag_id, run_id)
         sample = summary.by_status("done")[: int(self.sample_size)]
         counts, credits_spent = summary.counts, format_credits(summary.credits_spent)
+        states = self._account_states(context)  # what manifest rows cannot tell (:func:`account_states`)
         title = (
             f"{dag_id} · {run_id} · done {counts['done']} · skipped {counts['skipped']} · "
             f"rejected {counts['rejected']} · credits {credits_spent}"
@@ -222,7 +209,7 @@ class RunReportOperator(BaseOperator):
             **common,
             "total": sum(counts.values()),
             "vendors": sorted({str(row["vendor"]) for row in summary.rows if row.get("vendor")}),
-            "accounts": _with_states(summary.account_summary(), self._account_states(context)),
+            "accounts": [entry | states.get(entry["conn_id"], {}) for entry in summary.account_summary()],
             "estimate": parse_estimate(self.estimate),
             "sample_pairs": [{"source": row["source"], "output": row["destination"]} for row in sample],
             "rejected": [_problem(row) for row in summary.by_status("rejected")],
