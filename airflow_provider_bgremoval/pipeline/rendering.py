@@ -1,14 +1,8 @@
 """Renditions in the batch: where they go, when they are finished, and rendering + storing one image's.
 
-A master is the vendor's lossless cut-out (or any stored image, for :class:`RenderRenditionsOperator`);
-each rendition of it is written to ``<destination_prefix><rendition name>/<relative stem><ext>`` with
-metadata naming its source, its master (and generation) and its spec fingerprint. Layout, statuses and
-the manifest fields: docs/pipeline.md ("Renditions").
-
-A rendition that fails its compliance checks is never written; its verdict is recorded instead, as a small
-object ``<internal prefix>noncompliant/<relative stem>/<rendition name>`` naming the master generation and
-the spec fingerprint it was judged for, so a later run reports it again without reading the master or
-rendering (docs/renditions.md, "Non-compliant renditions are recorded").
+Names, metadata, statuses and manifest fields: docs/pipeline.md ("Renditions"). A non-compliant rendition
+is never written; its verdict is recorded instead, so a later run reports it again without reading the
+master or rendering (docs/renditions.md, "Non-compliant renditions are recorded").
 """
 
 from __future__ import annotations
@@ -16,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError, safe_excerpt
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError
 from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS
 from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, internal_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
@@ -40,7 +34,7 @@ from airflow_provider_bgremoval.renditions import (
     render,
 )
 from airflow_provider_bgremoval.renditions.compliance import unreachable
-from airflow_provider_bgremoval.renditions.renderer import largest_long_side
+from airflow_provider_bgremoval.renditions.renderer import largest_long_side, rendering_error
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError, gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
@@ -129,16 +123,6 @@ class RenditionTarget:
         """Nothing to render: finished, or recorded non-compliant for this master and spec."""
         return self.finished or self.recorded
 
-    def with_record(self, record: ObjectInfo | None, master: ObjectInfo) -> RenditionTarget:
-        """
-        This target with the record found at :attr:`record_name` (``recorded`` when it matches ``master``).
-
-        :param record: the record object, or ``None``.
-        :param master: the current master.
-        """
-        matches = record is not None and rendition_finished(record, self.rendition, master)
-        return replace(self, record=record, recorded=matches and not self.finished)
-
     @property
     def foreign(self) -> bool:
         """An object is in the way that is not a rendition of this name (no master recorded on it)."""
@@ -187,22 +171,16 @@ class RenditionTarget:
         meta = self.record.metadata or {}
         failed = [name for name in meta.get(META_FAILED_CHECKS, "").split(",") if name]
         message = (
-            f"recorded non-compliant on {recorded_on(self.record)}, not re-rendered"
+            f"recorded non-compliant on {_recorded_on(self.record)}, not re-rendered"
             f" (failed: {', '.join(failed) or 'see the record'})"
         )
         facts = self._rejected_facts(bucket, NONCOMPLIANT, message)
         return {**facts, "failed": failed, "record": self.record.uri}
 
-    def unreachable_facts(
+    def _unreachable_facts(
         self, bucket: str, source: tuple[int, int], checks: Sequence[CheckResult]
     ) -> dict[str, Any]:
-        """
-        The manifest entry of a rendition settled at planning: by its source's size it fails ``checks``.
-
-        :param bucket: the destination bucket.
-        :param source: the source's ``(width, height)`` from its header.
-        :param checks: the required checks it cannot pass (:func:`unreachable_checks`).
-        """
+        """The manifest entry of a rendition whose ``source`` (width, height) cannot pass ``checks``."""
         failed = [check.name for check in checks]
         message = (
             f"a {source[0]}x{source[1]} px source cannot make it compliant without upscaling: "
@@ -216,14 +194,8 @@ class RenditionTarget:
         return self.skipped_facts(bucket) if self.finished else self.recorded_facts(bucket)
 
 
-def unreachable_checks(rendition: Rendition, source: tuple[int, int]) -> tuple[CheckResult, ...]:
-    """
-    The required checks ``rendition`` is certain to fail from a master no larger than ``source`` (the
-    renderer's largest long side against the compliance minimums; empty: it may comply).
-
-    :param rendition: the rendition.
-    :param source: the ``(width, height)`` the master cannot exceed.
-    """
+def _unreachable_checks(rendition: Rendition, source: tuple[int, int]) -> tuple[CheckResult, ...]:
+    """The required checks ``rendition`` is certain to fail from a master no larger than ``source``."""
     longest = largest_long_side(source, rendition.spec)
     return () if longest is None else unreachable(rendition, longest)
 
@@ -242,12 +214,8 @@ def master_within_source(processor: Any) -> bool:
     return not any(fields.get(name) not in (None, "", False) for name in ENLARGING_VENDOR_OPTIONS)
 
 
-def recorded_on(record: ObjectInfo) -> str:
-    """
-    The date (UTC) a non-compliance record was written, from its metadata.
-
-    :param record: the record object.
-    """
+def _recorded_on(record: ObjectInfo) -> str:
+    """The date (UTC) a non-compliance record was written, from its metadata."""
     return (record.metadata or {}).get(META_RECORDED, "")[:10] or "an unknown date"
 
 
@@ -363,51 +331,6 @@ class RenditionLayout:
         """
         return f"{self.records_prefix}{self.stem(master_name)}/{rendition.name}"
 
-    def existing(
-        self, storage: GcsStorage, bucket: str, master_names: Sequence[str], *, stat: bool = False
-    ) -> dict[str, ObjectInfo]:
-        """
-        The renditions that exist for ``master_names`` (a window): one name-range listing per rendition
-        folder (or a stat per name when ``stat``, for a few explicit sources).
-
-        :param storage: the storage.
-        :param bucket: the destination bucket.
-        :param master_names: the masters' object names.
-        :param stat: look each name up instead of listing ranges.
-        """
-        found: dict[str, ObjectInfo] = {}
-        for rendition in self.renditions:
-            names = {self.name_of(rendition, master) for master in master_names}
-            if not names:
-                continue
-            if stat:
-                infos: Iterable[ObjectInfo | None] = (storage.stat(bucket, name) for name in sorted(names))
-            else:
-                infos = storage.list_objects(
-                    bucket, self.folder(rendition), start_offset=min(names), end_offset=max(names) + "\0"
-                )
-            found.update((info.name, info) for info in infos if info is not None and info.name in names)
-        return found
-
-    def targets(
-        self, master_name: str, existing: Mapping[str, ObjectInfo], master: ObjectInfo | None
-    ) -> tuple[RenditionTarget, ...]:
-        """
-        Every rendition of one master, with what exists of it (finished only when ``master`` is known).
-
-        :param master_name: the master's object name.
-        :param existing: the renditions found (:meth:`existing`).
-        :param master: the finished master (``None``: a master is still to be made, nothing is finished).
-        """
-        targets = []
-        for rendition in self.renditions:
-            name = self.name_of(rendition, master_name)
-            found = existing.get(name)
-            done = found is not None and master is not None and rendition_finished(found, rendition, master)
-            record = self.record_name(rendition, master_name)
-            targets.append(RenditionTarget(rendition, name, found, done, record))
-        return tuple(targets)
-
     @property
     def judged_by_source_size(self) -> bool:
         """
@@ -433,13 +356,12 @@ class RenditionLayout:
         """
         if not self.masters_within_source or not targets:
             return None
-        failing = [(target, unreachable_checks(target.rendition, source)) for target in targets]
+        failing = [(target, _unreachable_checks(target.rendition, source)) for target in targets]
         if not all(checks for _, checks in failing):
             return None
-        facts = [target.unreachable_facts(bucket, source, checks) for target, checks in failing]
+        facts = [target._unreachable_facts(bucket, source, checks) for target, checks in failing]
         reasons = "; ".join(
-            f"{target.rendition.name}: {', '.join(check.message for check in checks[:1])} ({checks[0].name})"
-            for target, checks in failing
+            f"{target.rendition.name}: {checks[0].message} ({checks[0].name})" for target, checks in failing
         )
         message = (
             f"every rendition is certain to be non-compliant from the {source[0]}x{source[1]} px source "
@@ -457,7 +379,8 @@ class RenditionLayout:
         records: bool = True,
     ) -> WindowRenditions:
         """
-        What exists of a planning window's renditions (:meth:`existing`), its records looked up when needed.
+        What exists of a planning window's renditions (one name-range listing per rendition folder, or a
+        stat per name when ``stat``), its records looked up when needed.
 
         :param storage: the storage.
         :param bucket: the destination bucket.
@@ -465,7 +388,10 @@ class RenditionLayout:
         :param stat: look names up one by one instead of listing ranges (a few explicit sources).
         :param records: consult the non-compliance records (``False`` with ``overwrite``: re-render them).
         """
-        found = self.existing(storage, bucket, master_names, stat=stat)
+        found: dict[str, ObjectInfo] = {}
+        for rendition in self.renditions:
+            names = {self.name_of(rendition, master) for master in master_names}
+            found.update(_lookup(storage, bucket, self.folder(rendition), names, stat=stat))
         return WindowRenditions(self, storage, bucket, tuple(master_names), found, stat=stat, records=records)
 
 
@@ -480,7 +406,7 @@ class WindowRenditions:
     :param storage: the storage.
     :param bucket: the destination bucket.
     :param masters: the window's masters' names.
-    :param found: the renditions found (:meth:`RenditionLayout.existing`).
+    :param found: the renditions found.
     :param stat: look records up one by one.
     :param records: consult the records at all.
     """
@@ -496,20 +422,26 @@ class WindowRenditions:
 
     def targets(self, master_name: str, master: ObjectInfo | None) -> tuple[RenditionTarget, ...]:
         """
-        Every rendition of one master (:meth:`RenditionLayout.targets`), an unfinished one of a finished
-        master with its record, if any.
+        Every rendition of one master with what exists of it (finished only when ``master`` is known), an
+        unfinished one of a finished master with its record, if any.
 
         :param master_name: the master's object name.
-        :param master: the finished master (``None``: still to be made; no record can match it).
+        :param master: the finished master (``None``: still to be made; nothing is finished, no record can
+            match it).
         """
-        targets = self.layout.targets(master_name, self.found, master)
+        targets = []
+        for rendition in self.layout.renditions:
+            name = self.layout.name_of(rendition, master_name)
+            found = self.found.get(name)
+            done = found is not None and master is not None and rendition_finished(found, rendition, master)
+            targets.append(
+                RenditionTarget(rendition, name, found, done, self.layout.record_name(rendition, master_name))
+            )
         if master is None or not self.records or all(target.finished for target in targets):
-            return targets
-        names = [target.record_name for target in targets if not target.finished]
-        found = self._records(names)
+            return tuple(targets)
+        records = self._records([target.record_name for target in targets if not target.finished])
         return tuple(
-            target if target.finished else target.with_record(found.get(target.record_name), master)
-            for target in targets
+            target if target.finished else _with_record(target, records, master) for target in targets
         )
 
     def verdict(
@@ -535,30 +467,46 @@ class WindowRenditions:
         if not recorded:
             message = "master and every rendition exist from this source and options"
             return "skipped", "already_done", message, extra
-        dates = ", ".join(sorted({recorded_on(record) for record in recorded}))
+        dates = ", ".join(sorted({_recorded_on(record) for record in recorded}))
         names = ", ".join(target.rendition.name for target in targets if target.recorded)
         extra["render_only"] = True  # BatchRunner._row's flag: a free row, outside the failure rate
         message = f"rendition(s) {names} recorded non-compliant on {dates}, not re-rendered"
         return "rejected", NONCOMPLIANT, message, extra
 
-    def _records(self, names: Sequence[str]) -> Mapping[str, ObjectInfo]:
+    def _records(self, names: Collection[str]) -> Mapping[str, ObjectInfo]:
+        prefix = self.layout.records_prefix
         if self.stat:
-            infos = (self.storage.stat(self.bucket, name) for name in names)
-            return {info.name: info for info in infos if info is not None}
+            return _lookup(self.storage, self.bucket, prefix, names, stat=True)
         if self._listed is None:
             every = {
                 self.layout.record_name(rendition, master)
                 for master in self.masters
                 for rendition in self.layout.renditions
             }
-            listed = self.storage.list_objects(
-                self.bucket,
-                self.layout.records_prefix,
-                start_offset=min(every),
-                end_offset=max(every) + "\0",
-            )
-            self._listed = {info.name: info for info in listed if info.name in every}
+            self._listed = _lookup(self.storage, self.bucket, prefix, every, stat=False)
         return self._listed
+
+
+def _with_record(
+    target: RenditionTarget, records: Mapping[str, ObjectInfo], master: ObjectInfo
+) -> RenditionTarget:
+    """An unfinished target with its record, ``recorded`` when the record judged it on ``master``."""
+    record = records.get(target.record_name)
+    recorded = record is not None and rendition_finished(record, target.rendition, master)
+    return replace(target, record=record, recorded=recorded)
+
+
+def _lookup(
+    storage: GcsStorage, bucket: str, prefix: str, names: Collection[str], *, stat: bool
+) -> dict[str, ObjectInfo]:
+    """The objects of ``names`` that exist: a stat each, or one listing of their range under ``prefix``."""
+    if not names:
+        return {}
+    if stat:
+        infos: Iterable[ObjectInfo | None] = (storage.stat(bucket, name) for name in sorted(names))
+    else:
+        infos = storage.list_objects(bucket, prefix, start_offset=min(names), end_offset=max(names) + "\0")
+    return {info.name: info for info in infos if info is not None and info.name in names}
 
 
 @dataclass(frozen=True)
@@ -598,7 +546,7 @@ class RenditionStage:
             try:
                 outcomes = render(prepare_master(data), [target.rendition for target in todo])
             except Exception as exc:  # the master does not decode (or memory ran out): every rendition fails
-                error = exc if isinstance(exc, ResultProcessingError) else _render_error(exc)
+                error = exc if isinstance(exc, ResultProcessingError) else rendering_error("rendering", exc)
                 outcomes = [RenderFailure(target.rendition, error) for target in todo]
             for target, outcome in zip(todo, outcomes, strict=True):
                 facts[target.rendition.name] = self._store(target, outcome, master, source)
@@ -730,13 +678,6 @@ def _failed_checks(names: Sequence[str]) -> str:
             break
         kept.append(name)
     return ",".join(kept)
-
-
-def _render_error(exc: Exception) -> ResultProcessingError:
-    detail = safe_excerpt(str(exc), 120) or "no details"
-    return ResultProcessingError(
-        f"rendering failed ({type(exc).__name__}: {detail})", code="rendition_failed"
-    )
 
 
 def recorded_source(master: ObjectInfo) -> ObjectInfo:

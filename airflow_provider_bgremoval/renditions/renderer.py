@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
@@ -62,8 +62,20 @@ class Master:
         return self.premultiplied.size
 
 
-def _processing_error(code: str, message: str) -> ResultProcessingError:
-    return ResultProcessingError(message, code=code)
+def _unreadable(problem: str, exc: Exception) -> ResultProcessingError:
+    detail = safe_excerpt(str(exc), 120) or type(exc).__name__
+    return ResultProcessingError(f"the master {problem} ({detail})", code="master_unreadable")
+
+
+def rendering_error(what: str, exc: Exception) -> ResultProcessingError:
+    """
+    The ``rendition_failed`` error of ``what`` (``"rendering"``, ``"rendition 'web'"``) failing with ``exc``.
+
+    :param what: what failed, as the message names it.
+    :param exc: the exception raised.
+    """
+    detail = safe_excerpt(str(exc), 120) or "no details"
+    return ResultProcessingError(f"{what} failed ({type(exc).__name__}: {detail})", code="rendition_failed")
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -72,10 +84,7 @@ def _decode(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=MASTER_FORMATS)
             image.load()
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
-        detail = safe_excerpt(str(exc), 120) or type(exc).__name__
-        raise _processing_error(
-            "master_unreadable", f"the master is not a readable image ({detail})"
-        ) from None
+        raise _unreadable("is not a readable image", exc) from None
     return image
 
 
@@ -114,7 +123,7 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
         )
     except (OSError, ValueError, ImageCms.PyCMSError) as exc:
         message = f"the master's ICC profile cannot convert its {image.mode} pixels to sRGB ({exc})"
-        raise _processing_error("master_colour", message) from None
+        raise ResultProcessingError(message, code="master_colour") from None
     assert converted is not None  # not in place
     if alpha is not None:
         converted.putalpha(alpha)
@@ -145,8 +154,7 @@ def prepare_master(master: Image.Image | bytes) -> Master:
     except AirflowException:
         raise
     except Exception as exc:  # Pillow raises many types on unusual images
-        detail = safe_excerpt(str(exc), 120) or type(exc).__name__
-        raise _processing_error("master_unreadable", f"the master cannot be prepared ({detail})") from None
+        raise _unreadable("cannot be prepared", exc) from None
     return Master(premultiplied, rgba.getchannel("A").getbbox(), exif, profile)
 
 
@@ -196,6 +204,11 @@ def _wanted_scale(
     return 1.0
 
 
+def _refused(wanted: float, scale: float, spec: RenditionSpec) -> float:
+    """The enlargement ``wanted`` that ``scale`` refused (``upscale=False``), 1 when none was."""
+    return wanted / scale if wanted > scale + _EPSILON and not spec.upscale else 1.0
+
+
 def place(content: tuple[int, int], canvas: tuple[int, int], spec: RenditionSpec, max_scale: float) -> Layout:
     """
     Scale and centre ``content`` on ``canvas`` by the spec's fill, fit and margin.
@@ -215,8 +228,7 @@ def place(content: tuple[int, int], canvas: tuple[int, int], spec: RenditionSpec
     if spec.fill is not None:
         left, top, inner = 0, 0, canvas
     offset = (left + (inner[0] - size[0]) // 2, top + (inner[1] - size[1]) // 2)
-    refused = wanted / scale if wanted > scale + _EPSILON and not spec.upscale else 1.0
-    return Layout(canvas, (size[0], size[1]), offset, scale, refused)
+    return Layout(canvas, (size[0], size[1]), offset, scale, _refused(wanted, scale, spec))
 
 
 def _to_aspect(width: float, height: float, ratio: float, *, grow: bool) -> tuple[float, float]:
@@ -289,8 +301,7 @@ def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
         canvas = tuple(max(1, math.ceil(side * scale - _EPSILON)) for side in natural)
     # the canvas is already at the scale chosen: the content follows it (with fit=none too)
     placed = place(content, (canvas[0], canvas[1]), spec, scale)
-    refused = wanted / scale if wanted > scale + _EPSILON and not spec.upscale else 1.0
-    return Layout(placed.canvas, placed.size, placed.offset, placed.scale, refused)
+    return replace(placed, refused_upscale=_refused(wanted, scale, spec))
 
 
 def _visible(
@@ -360,7 +371,26 @@ def encode(canvas: Image.Image, spec: RenditionSpec, exif: bytes | None) -> byte
 
 
 @dataclass(frozen=True)
-class RenderedRendition:
+class _Outcome:
+    rendition: Rendition
+
+    @property
+    def name(self) -> str:
+        """The rendition's name."""
+        return self.rendition.name
+
+    def _facts(self, status: str) -> dict[str, Any]:
+        spec = self.rendition.spec
+        return {
+            "name": self.name,
+            "preset": spec.preset,
+            "fingerprint": self.rendition.fingerprint,
+            "status": status,
+        }
+
+
+@dataclass(frozen=True)
+class RenderedRendition(_Outcome):
     """
     One rendition, rendered, encoded and checked.
 
@@ -371,18 +401,12 @@ class RenderedRendition:
     :param verdict: the compliance checks.
     """
 
-    rendition: Rendition
     data: bytes
     layout: Layout
     measured: Measured
     verdict: Verdict
 
     ok = True
-
-    @property
-    def name(self) -> str:
-        """The rendition's name."""
-        return self.rendition.name
 
     @property
     def compliant(self) -> bool:
@@ -403,10 +427,7 @@ class RenderedRendition:
         """What the manifest records (no pixels): size, format, fill, bytes, upscaling and the verdict."""
         measured = self.measured
         return {
-            "name": self.name,
-            "preset": self.rendition.spec.preset,
-            "fingerprint": self.rendition.fingerprint,
-            "status": "rendered",
+            **self._facts("rendered"),
             "format": measured.format,
             "content_type": self.content_type,
             "width": measured.width,
@@ -420,7 +441,7 @@ class RenderedRendition:
 
 
 @dataclass(frozen=True)
-class RenderFailure:
+class RenderFailure(_Outcome):
     """
     A rendition that could not be rendered (the others of the image still are).
 
@@ -428,27 +449,14 @@ class RenderFailure:
     :param error: why.
     """
 
-    rendition: Rendition
     error: ResultProcessingError
 
     ok = False
     compliant = False
 
-    @property
-    def name(self) -> str:
-        """The rendition's name."""
-        return self.rendition.name
-
     def facts(self) -> dict[str, Any]:
         """What the manifest records."""
-        return {
-            "name": self.name,
-            "preset": self.rendition.spec.preset,
-            "fingerprint": self.rendition.fingerprint,
-            "status": "failed",
-            "compliant": False,
-            "error": self.error.as_dict(),
-        }
+        return {**self._facts("failed"), "compliant": False, "error": self.error.as_dict()}
 
 
 RenderOutcome = RenderedRendition | RenderFailure
@@ -465,18 +473,14 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
     spec = rendition.spec
     content = master.subject if spec.crops else (0, 0, *master.size)
     if content is None:
-        error = _processing_error(
-            "unknown_foreground", "the master has no subject (every pixel is transparent)"
-        )
-        return RenderFailure(rendition, error)
+        message = "the master has no subject (every pixel is transparent)"
+        return RenderFailure(rendition, ResultProcessingError(message, code="unknown_foreground"))
     try:
         plan = layout((content[2] - content[0], content[3] - content[1]), spec)
         data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
         measured = measure(data, spec.background_rgb)
     except Exception as exc:  # Pillow's encoders raise many types; MemoryError on huge canvases
-        detail = safe_excerpt(str(exc), 120) or "no details"
-        message = f"rendition {rendition.name!r} failed ({type(exc).__name__}: {detail})"
-        return RenderFailure(rendition, _processing_error("rendition_failed", message))
+        return RenderFailure(rendition, rendering_error(f"rendition {rendition.name!r}", exc))
     return RenderedRendition(rendition, data, plan, measured, judge(rendition, measured))
 
 
