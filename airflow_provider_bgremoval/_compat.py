@@ -67,22 +67,19 @@ class _SecretBodyOmittingLogger:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
-    @staticmethod
-    def _omit_secret(value: Any) -> Any:
-        return type(value) if type(value).__name__ == "MaskSecret" else value
-
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
         if name.startswith("_") or not callable(attribute):
             return attribute
 
         def log_without_secret_bodies(*args: Any, **kwargs: Any) -> Any:
-            return attribute(
-                *(self._omit_secret(arg) for arg in args),
-                **{key: self._omit_secret(value) for key, value in kwargs.items()},
-            )
+            return attribute(*map(_omit_secret, args), **{k: _omit_secret(v) for k, v in kwargs.items()})
 
         return log_without_secret_bodies
+
+
+def _omit_secret(value: Any) -> Any:
+    return type(value) if type(value).__name__ == "MaskSecret" else value
 
 
 def keep_secrets_out_of_in_process_supervisor_log() -> None:

@@ -125,18 +125,17 @@ def render_contact_sheet(
     cols = min(len(pairs), columns)
     label_font = ImageFont.load_default(size=11)
     label_limit = (2 * thumb + _PAD) // 6
-    for index, pair in enumerate(pairs):
-        label, before, after = pair[0], pair[1], pair[2]
+    for index, (label, before, after, *renditions) in enumerate(pairs):
         row, col = divmod(index, cols)
         x = _PAD + col * _cell_width(thumb, extra)
         y = _HEADER + row * (thumb + _LABEL + _PAD)
         sheet.paste(_thumbnail(before, Image.new("RGB", (thumb, thumb), (255, 255, 255))), (x, y))
-        sheet.paste(_thumbnail(after, checkerboard((thumb, thumb))), (x + thumb + _PAD, y))
         draw.text((x, y + thumb + 2), safe_excerpt(label, label_limit), fill=_INK, font=label_font)
-        for slot, (name, data) in enumerate(pair[3] if len(pair) == 4 else (), start=2):
+        for slot, (name, data) in enumerate([("", after), *(renditions[0] if renditions else ())], start=1):
             left = x + slot * (thumb + _PAD)
             sheet.paste(_thumbnail(data, checkerboard((thumb, thumb))), (left, y))
-            draw.text((left, y + thumb + 2), safe_excerpt(name, thumb // 6), fill=_INK, font=label_font)
+            if slot > 1:  # a rendition's name (the result's is the pair's label, under both squares)
+                draw.text((left, y + thumb + 2), safe_excerpt(name, thumb // 6), fill=_INK, font=label_font)
     out = io.BytesIO()
     final = sheet.quantize(colors=colors, method=Image.Quantize.MEDIANCUT) if colors else sheet
     final.save(out, format="PNG", optimize=True)

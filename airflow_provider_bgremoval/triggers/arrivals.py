@@ -202,19 +202,13 @@ def _primitive(value: Any) -> Any:
 
 class NewImagesTrigger(BaseEventTrigger):
     """
-    Fire when images without a finished output arrived under a source prefix and the arrivals settled.
-
-    It lists only: the source prefix every ``poll_interval`` seconds, and the destination's name range
-    once a burst has settled, to leave out sources whose output is finished (the bucket operators'
-    rule: same name mapping, options fingerprint and vendor). No vendor call, nothing billed. It fires
-    when at least ``min_batch`` such images wait and no new object arrived for ``settle_seconds``, or
-    when images have waited ``max_wait`` seconds. The event carries counts and the watermark:
-    ``{"status": "new_images", "images", "render_only", "finished", "rejected", "listed", "settled_by",
-    "waited_seconds", "source", "destination", "watermark", "previous_watermark"}``.
-
-    The watermark (docs/arrivals.md) is kept in the watched asset's state store, so a restarted
-    triggerer does not fire again for sources it already fired for. The image parameters must be
-    those of the bucket task the asset schedules (share one dict between both).
+    Fire when images without a finished output (the bucket operators' rule) arrived under a source
+    prefix and settled: at least ``min_batch`` wait and nothing new came for ``settle_seconds``, or they
+    waited ``max_wait``. It only lists, never calls a vendor. The event: ``{"status": "new_images",
+    "images", "render_only", "finished", "rejected", "listed", "settled_by", "waited_seconds", "source",
+    "destination", "watermark", "previous_watermark"}``; the watermark, kept in the asset's state store,
+    stops a restarted triggerer firing twice (docs/arrivals.md). Give the image parameters of the bucket
+    task the asset schedules (share one dict between both).
 
     :param source_bucket: bucket of the photos.
     :param destination_bucket: bucket of the outputs.
@@ -311,7 +305,7 @@ class NewImagesTrigger(BaseEventTrigger):
         else:
             removal_options_of(self.options)
         if not self.single_output:  # a rendition folder overlapping the masters or sources: refused here too
-            self._layout()
+            RenditionLayout.of_batch(self.spec, self.parsed_renditions, "")
 
     def _parse_renditions(self, given: Any, presets: Mapping[str, Any] | None) -> tuple[Rendition, ...]:
         """The validated renditions; those given must survive serialisation unchanged."""
@@ -376,11 +370,7 @@ class NewImagesTrigger(BaseEventTrigger):
         if self.single_output:
             return None
         check_master(processor)
-        return self._layout(processor.extension)
-
-    def _layout(self, extension: str = "") -> RenditionLayout:
-        """The bucket operators' layout (:meth:`RenditionLayout.of_batch`)."""
-        return RenditionLayout.of_batch(self.spec, self.parsed_renditions, extension)
+        return RenditionLayout.of_batch(self.spec, self.parsed_renditions, processor.extension)
 
     async def get_processors(self) -> list[ImageProcessor]:
         """The processor of each connection in chain order, read without blocking (tests override this)."""
