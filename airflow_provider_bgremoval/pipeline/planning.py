@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from airflow_provider_bgremoval.exceptions import BgRemovalError, InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.imaging import (
@@ -114,16 +114,10 @@ class BatchSpec:
         object.__setattr__(self, "destination_prefix", normalise_prefix(self.destination_prefix))
         if self.masters_prefix is not None:
             object.__setattr__(self, "masters_prefix", normalise_prefix(self.masters_prefix))
-        for parameter, prefix in (
-            ("destination_prefix", self.destination_prefix),
-            ("masters_prefix", self.masters_prefix),
-        ):
-            if (
-                prefix is not None
-                and self.source_bucket == self.destination_bucket
-                and self.source_objects is None
-                and prefix.startswith(self.source_prefix)
-            ):
+        same_bucket = self.source_bucket == self.destination_bucket and self.source_objects is None
+        for parameter in ("destination_prefix", "masters_prefix"):
+            prefix = getattr(self, parameter)
+            if same_bucket and prefix is not None and prefix.startswith(self.source_prefix):
                 raise InvalidOptionError(
                     parameter,
                     f"{gs_uri(self.destination_bucket, prefix)} lies inside the source prefix "
@@ -169,19 +163,6 @@ class WorkItem:
     def render_only(self) -> bool:
         """True when the master exists: only renditions are made (0 credits)."""
         return self.master is not None
-
-    def outcome(
-        self, status: str, code: str, message: str, extra: Mapping[str, Any] | None = None
-    ) -> PlannedOutcome:
-        """
-        This source settled during planning.
-
-        :param status: ``skipped`` or ``rejected``.
-        :param code: reason code.
-        :param message: human explanation.
-        :param extra: more manifest fields, if any.
-        """
-        return PlannedOutcome(self.source, self.destination, status, code, message, extra)
 
 
 @dataclass(frozen=True)
@@ -473,14 +454,8 @@ def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[s
     return {info.name: info for info in found if info.name in wanted}
 
 
-@dataclass(frozen=True)
-class CheckedSource:
-    """
-    What the local checks learnt of a source that passed them.
-
-    :param info: its header.
-    :param fully_checked: the whole object was decoded (see :attr:`WorkItem.fully_checked`).
-    """
+class CheckedSource(NamedTuple):
+    """What the local checks learnt of a source that passed them: its header, and ``fully_checked``."""
 
     info: ImageInfo
     fully_checked: bool
@@ -580,6 +555,13 @@ def _map_sources(
             yield WorkItem(entry, dest)
 
 
+def _outcome(
+    item: WorkItem, status: str, code: str, message: str, extra: Mapping[str, Any] | None = None
+) -> PlannedOutcome:
+    """The item settled during planning (the rest as :class:`PlannedOutcome`'s arguments)."""
+    return PlannedOutcome(item.source, item.destination, status, code, message, extra)
+
+
 @dataclass(frozen=True)
 class _Planner:
     """The plan's per-window steps, bound to one batch."""
@@ -612,7 +594,7 @@ class _Planner:
                 stale = replace(item, replace_generation=current.generation)
                 to_check.append(self._with_renditions(stale, renditions))
             else:
-                sink.settle(item.outcome("rejected", "output_exists", _OUTPUT_EXISTS))
+                sink.settle(_outcome(item, "rejected", "output_exists", _OUTPUT_EXISTS))
         return to_check
 
     def _renditions(self, window: Sequence[WorkItem]) -> WindowRenditions | None:
@@ -641,7 +623,7 @@ class _Planner:
         made_by = {"vendor": vendor} if (vendor := made_by_vendor(master)) else {}
         if found is None:
             message = "output exists from this source and options"
-            sink.settle(item.outcome("skipped", "already_done", message, made_by or None))
+            sink.settle(_outcome(item, "skipped", "already_done", message, made_by or None))
             return
         name = item.source.name if self.masters_are_sources else item.destination
         targets = found.targets(name, master)
@@ -657,13 +639,13 @@ class _Planner:
         try:
             checked = check_source(self.storage, item.source, self.limits, self.identity.vendor)
         except InputRejectedError as exc:
-            return item.outcome("rejected", exc.code or "rejected", exc.message)
+            return _outcome(item, "rejected", exc.code or "rejected", exc.message)
         if self.layout is not None and item.renditions:
             source = (checked.info.width, checked.info.height)
             found = self.layout.unreachable(self.spec.destination_bucket, item.renditions, source)
             if found is not None:
                 message, facts = found
-                return item.outcome("rejected", NONCOMPLIANT, message, {"renditions": facts})
+                return _outcome(item, "rejected", NONCOMPLIANT, message, {"renditions": facts})
         accepted = accepted_by(self.accounts, checked.info, item.source.size)
         return replace(item, fully_checked=checked.fully_checked, accepted=accepted)
 
@@ -672,9 +654,8 @@ def limits_rejection(
     vendor: str, limits: InputLimits, info: ImageInfo, size: int
 ) -> InputRejectedError | None:
     """
-    The :class:`InputRejectedError` an account's own input limits raise for an image, ``None`` when they
-    take it: the check the batch runs before each account's call (free), and planning per account
-    (:func:`accepted_by`).
+    The :class:`InputRejectedError` an account's own input limits raise for an image (``None``: they take
+    it), checked before each account's call and per account at planning (:func:`accepted_by`).
 
     :param vendor: the account's vendor (for the error).
     :param limits: its input limits.
