@@ -111,10 +111,8 @@ class CircuitBreaker:
     """
     One account's circuit breaker over *transient* call outcomes (5xx after retries, timeouts, lost replies).
 
-    ``closed`` lets every call through; ``open`` none until the cooldown has passed; then ``half_open``
-    lets one probe through at a time: its success closes the breaker, its failure re-opens it with the
-    cooldown doubled (up to the cap). Calls started before it opened report their outcomes without
-    changing the state.
+    ``closed``, ``open`` and ``half_open`` (one probe at a time) as docs/pipeline.md ("Failover") says;
+    calls started before it opened report their outcomes without changing the state.
 
     :param policy: thresholds and cooldowns.
     :param clock: monotonic seconds (injectable: tests are exact without sleeping).

@@ -48,11 +48,9 @@ class Budgets:
         )
         default = self.unit_cost()  # an image not yet at a vendor: the account that would take it
         for flight in self._billable_flights():
-            if account is not None and flight.account is not account:
-                continue
-            cost = default if flight.account is None else flight.account.unit_cost()
-            at_risk += cost * flight.unbooked_lost()
-            at_risk += self._reservation(flight, default)
+            if account is None or flight.account is account:
+                cost = default if flight.account is None else flight.account.unit_cost()
+                at_risk += cost * flight.unbooked_lost() + self._reservation(flight, default)
         return at_risk
 
     def _billable_flights(self) -> list[Flight]:
@@ -61,12 +59,7 @@ class Budgets:
 
     @staticmethod
     def _reservation(flight: Flight, default: Decimal) -> Decimal:
-        """
-        What ``flight``'s call holds of a budget: its charge once billed, else its account's cost.
-
-        :param flight: the image.
-        :param default: the cost of an image not yet at a vendor.
-        """
+        """What ``flight``'s call holds: its charge once billed, else its account's cost (or ``default``)."""
         cost = default if flight.account is None else flight.account.unit_cost()
         stats = flight.stats
         return (stats.credits_charged or cost) if stats.billed_reply else cost

@@ -284,8 +284,7 @@ class BatchRunner:
             self.result.render_only[status] += 1
         if status == "pending":
             self.result.pending_reasons[fields.get("error_code") or "pending"] += 1
-        if self.manifest.part_due():
-            self._schedule_checkpoint()
+        self._checkpoint_if_due()
 
     def _next_item(self) -> WorkItem | None:
         """The next billable item the budgets allow, else the next render-only one (free: never halted)."""
@@ -423,12 +422,11 @@ class BatchRunner:
         if flight.recorded:
             return
         paid = flight.result is not None or flight.stats.billed_reply
-        self._settle(
-            flight,
-            "failed",
-            "internal_error",
+        message = (
             f"unexpected {type(exc).__name__} during {flight.stage}: {safe_excerpt(str(exc)) or 'no details'}"
-            + ("; the vendor call was billed" if paid else ""),
+        )
+        self._settle(
+            flight, "failed", "internal_error", message + ("; the vendor call was billed" if paid else "")
         )
 
     async def _fly(self, flight: Flight) -> None:
@@ -626,8 +624,9 @@ class BatchRunner:
                 self._check_failure_rate()
                 self.progress.update(self._finished, self.result.counts, self.result.credits_spent)
 
-    def _schedule_checkpoint(self) -> None:
-        if self._checkpoint_task is None or self._checkpoint_task.done():
+    def _checkpoint_if_due(self) -> None:
+        idle = self._checkpoint_task is None or self._checkpoint_task.done()
+        if idle and self.manifest.part_due():
             self._checkpoint_task = asyncio.create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
@@ -639,8 +638,7 @@ class BatchRunner:
     async def _checkpoint_ticker(self) -> None:
         while True:
             await asyncio.sleep(max(self.manifest.every_seconds, 0.05))
-            if self.manifest.part_due():
-                self._schedule_checkpoint()
+            self._checkpoint_if_due()
 
     async def run(self) -> BatchResult:
         """Process every billable item (or until a halt or a stop request) and return the result."""

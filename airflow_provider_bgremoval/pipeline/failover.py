@@ -129,14 +129,10 @@ class CallStage:
         return True
 
     def _local_rejection(self, account: Account, data: bytes) -> InputRejectedError | None:
-        """
-        The account's own input limits, checked on the bytes in hand before its call (free).
-
-        Planning checked a chain's widest limits: when the accounts' limits differ, each is checked here.
-        """
+        """The account's own input limits on the bytes in hand (free), when the chain's limits differ."""
         limits = account.processor.limits
         if all(other.processor.limits == limits for other in self.chain.accounts):
-            return None  # planning checked these
+            return None  # planning checked these (a chain's widest)
         try:
             info = read_header(data, vendor=account.vendor)
         except InputRejectedError as exc:  # not an image: no account takes it
@@ -168,8 +164,7 @@ class CallStage:
     def _hand_on(self, flight: Flight, account: Account, reason: str, exc: BgRemovalError) -> None:
         """
         Note on the image's row why ``account`` handed it on, with the lost replies of its calls there
-        (what :meth:`_admitted` books to it when the next account takes the image; ``0`` for an account
-        that refused the image without a call).
+        (what :meth:`_admitted` books to it; ``0`` for an account that refused the image without a call).
         """
         flight.last_error = exc
         flight.handoffs.append(

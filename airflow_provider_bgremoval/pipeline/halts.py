@@ -144,15 +144,14 @@ async def read_balances(accounts: Sequence[Account]) -> list[Decimal | None]:
     :param accounts: the accounts to read.
     :return: per account, the remaining credits; ``None`` without a hook or on an error.
     """
-    return list(await asyncio.gather(*(_balance_of(account) for account in accounts)))
 
-
-async def _balance_of(account: Account) -> Decimal | None:
-    if account.hook is None:
+    async def balance(account: Account) -> Decimal | None:
+        if account.hook is not None:
+            with contextlib.suppress(BgRemovalError):
+                return (await account.hook.aget_balance(probe=True)).remaining
         return None
-    with contextlib.suppress(BgRemovalError):
-        return (await account.hook.aget_balance(probe=True)).remaining
-    return None
+
+    return list(await asyncio.gather(*map(balance, accounts)))
 
 
 def pooled_shortfall(
