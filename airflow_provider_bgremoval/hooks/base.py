@@ -12,11 +12,11 @@ import inspect
 import io
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -107,105 +107,15 @@ def format_credits(amount: Decimal) -> str:
 Flow: TypeAlias = Generator["_Effect[Any]", Any, T]
 
 
-class _Effect(ABC, Generic[T]):
-    """One I/O step; ``yield from effect`` returns its result, or raises its error, in the flow."""
+@dataclass(frozen=True)
+class _Effect(Generic[T]):
+    """One I/O step, run blocking or async; ``yield from effect`` returns its result or raises its error."""
+
+    run: Callable[[], T]
+    arun: Callable[[], Awaitable[T]]
 
     def __iter__(self) -> Generator[_Effect[Any], Any, T]:
         return (yield self)  # type: ignore[no-any-return]
-
-    @abstractmethod
-    def run(self, hook: BackgroundRemovalHook[Any]) -> T:
-        """Perform the step with the hook's blocking client."""
-
-    @abstractmethod
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
-        """Perform the step with the hook's async client."""
-
-
-@dataclass(frozen=True)
-class _ReadConnection(_Effect["tuple[Connection, dict[str, Any]]"]):
-    conn_id: str
-
-    def run(self, hook: BackgroundRemovalHook[Any]) -> tuple[Connection, dict[str, Any]]:
-        conn = hook.get_connection(self.conn_id)
-        return conn, dict(conn.extra_dejson)
-
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> tuple[Connection, dict[str, Any]]:
-        conn = await aget_connection(self.conn_id)
-        return conn, await aextra_dejson(conn)
-
-
-@dataclass(frozen=True)
-class _Exchange(_Effect[httpx.Response]):
-    """One request on the hook's API client (``options``: headers, body, timeout), read in full."""
-
-    method: str
-    path: str
-    options: Mapping[str, Any]
-
-    def run(self, hook: BackgroundRemovalHook[Any]) -> httpx.Response:
-        return hook.get_conn().request(self.method, self.path, **self.options)
-
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> httpx.Response:
-        return await (await hook._aget_client()).request(self.method, self.path, **self.options)
-
-
-@dataclass(frozen=True)
-class _Fetch(_Effect["str | bytes"]):
-    """GET a result URL (no API key, no redirect followed): a redirect target, or the capped body."""
-
-    url: str
-
-    def run(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
-        body = bytearray()
-        with hook.get_conn().stream("GET", self.url) as response:
-            if redirect := hook._result_head(response):
-                return redirect
-            for chunk in response.iter_bytes():
-                hook._keep_chunk(body, chunk)
-        return bytes(body)
-
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> str | bytes:
-        body = bytearray()
-        async with (await hook._aget_client()).stream("GET", self.url) as response:
-            if redirect := hook._result_head(response):
-                return redirect
-            async for chunk in response.aiter_bytes():
-                hook._keep_chunk(body, chunk)
-        return bytes(body)
-
-
-@dataclass(frozen=True)
-class _Pause(_Effect[None]):
-    """Wait for a request slot on the pacer's clock (not the retry sleep: retries count their own waits)."""
-
-    clock: Clock
-    seconds: float
-
-    def run(self, hook: BackgroundRemovalHook[Any]) -> None:
-        self.clock.sleep(self.seconds)
-
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> None:
-        await self.clock.asleep(self.seconds)
-
-
-@dataclass(frozen=True)
-class _Retried(_Effect[T]):
-    """Run ``attempt()``'s flow under ``policy`` (the hook's when ``None``), counting into ``stats``."""
-
-    attempt: Callable[[], Flow[T]]
-    stats: CallStats | None = None
-    policy: RetryPolicy | None = None
-
-    def run(self, hook: BackgroundRemovalHook[Any]) -> T:
-        policy = self.policy or hook.retry_policy
-        return call_with_retry(lambda: hook._run(self.attempt()), policy, sleep=hook._sleep, stats=self.stats)
-
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
-        policy, sleep = self.policy or hook.retry_policy, hook._async_sleep
-        return await acall_with_retry(
-            lambda: hook._arun(self.attempt()), policy, sleep=sleep, stats=self.stats
-        )
 
 
 def _pixels(data: bytes) -> int | None:
@@ -215,27 +125,6 @@ def _pixels(data: bytes) -> int | None:
             return int(image.width * image.height)
     except Exception:  # Pillow's parsers raise many types on hostile bytes; the work itself reports them
         return None
-
-
-@dataclass(frozen=True)
-class _Offload(_Effect[T]):
-    """
-    CPU work (checks, decoding, encoding) on the image ``data``: inline when sync; when async, inline if
-    its header declares at most the hook's :attr:`~BackgroundRemovalHook.inline_work_pixels`, else in a
-    worker thread (the hop costs more than a small image's work; a big one must not stall the loop).
-    """
-
-    work: Callable[[], T]
-    data: bytes
-
-    def run(self, hook: BackgroundRemovalHook[Any]) -> T:
-        return self.work()
-
-    async def arun(self, hook: BackgroundRemovalHook[Any]) -> T:
-        pixels = _pixels(self.data) if hook.inline_work_pixels else None
-        if pixels is not None and pixels <= hook.inline_work_pixels:
-            return self.work()
-        return await asyncio.to_thread(self.work)
 
 
 class _Drive(Generic[T]):
@@ -362,7 +251,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         drive = _Drive(flow)
         for effect in drive:
             try:
-                drive.reply = effect.run(self)
+                drive.reply = effect.run()
             except Exception as exc:
                 drive.error = exc
         return drive.result  # type: ignore[no-any-return]
@@ -372,7 +261,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         drive = _Drive(flow)
         for effect in drive:
             try:
-                drive.reply = await effect.arun(self)
+                drive.reply = await effect.arun()
             except Exception as exc:
                 drive.error = exc
         return drive.result  # type: ignore[no-any-return]
@@ -507,7 +396,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     def _get_settings(self) -> Flow[ConnectionSettings]:
         """The connection's settings (read once per hook; the async form does not block the loop)."""
         if self._settings is None:
-            conn, extras = yield from _ReadConnection(self.conn_id)
+            conn = yield from _Effect(
+                lambda: self.get_connection(self.conn_id), partial(aget_connection, self.conn_id)
+            )
+            extras = yield from _Effect(lambda: dict(conn.extra_dejson), partial(aextra_dejson, conn))
             settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
             self._pacer = self._new_pacer(settings)
             self._settings = settings
@@ -605,6 +497,33 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def _exchange(self, method: str, path: str, options: Mapping[str, Any]) -> _Effect[httpx.Response]:
+        """One request on the API client (``options``: headers, body, timeout), read in full."""
+
+        async def arun() -> httpx.Response:
+            return await (await self._aget_client()).request(method, path, **options)
+
+        return _Effect(lambda: self.get_conn().request(method, path, **options), arun)
+
+    def _retried(
+        self,
+        attempt: Callable[[], Flow[T]],
+        stats: CallStats | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> _Effect[T]:
+        """Run ``attempt()``'s flow under ``policy`` (the hook's when ``None``), counting into ``stats``."""
+        policy = policy or self.retry_policy
+
+        def run() -> T:
+            return call_with_retry(lambda: self._run(attempt()), policy, sleep=self._sleep, stats=stats)
+
+        async def arun() -> T:
+            return await acall_with_retry(
+                lambda: self._arun(attempt()), policy, sleep=self._async_sleep, stats=stats
+            )
+
+        return _Effect(run, arun)
+
     def _httpx_kwargs(self, wire: VendorWire, request: WireRequest) -> dict[str, Any]:
         headers = {**wire.auth_headers(), **request.headers}
         if not request.files:
@@ -622,7 +541,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         waited, stats.attempt_in_flight = False, False  # nothing is out while waiting for a slot
         while (seconds := pacer.wait_time()) > 0:
             waited = True
-            yield from _Pause(pacer.clock, seconds)
+            yield from _Effect(partial(pacer.clock.sleep, seconds), partial(pacer.clock.asleep, seconds))
         stats.attempt_in_flight = True
         return pacer.now(), waited
 
@@ -643,7 +562,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
         sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
         try:
-            response = yield from _Exchange(request.method, request.path, options)
+            response = yield from self._exchange(request.method, request.path, options)
         except httpx.HTTPError as exc:
             sent_in_full = isinstance(
                 exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
@@ -682,7 +601,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         wire = yield from self._wire()
         policy, stats = _PROBE_POLICY if probe else None, stats if stats is not None else CallStats()
         pacer = self._pacer if paced and not probe else None
-        return (yield from _Retried(lambda: self._attempt(wire, request, probe, stats, pacer), stats, policy))
+        return (
+            yield from self._retried(lambda: self._attempt(wire, request, probe, stats, pacer), stats, policy)
+        )
 
     send, asend = _methods(_send)
 
@@ -721,12 +642,35 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise self._download_error(f"result is larger than the {self.max_result_bytes} byte cap; cut off")
         body += chunk
 
+    def _fetch(self, url: str) -> _Effect[str | bytes]:
+        """GET a result URL (no API key, no redirect followed): a redirect target, or the capped body."""
+
+        def run() -> str | bytes:
+            body = bytearray()
+            with self.get_conn().stream("GET", url) as response:
+                if redirect := self._result_head(response):
+                    return redirect
+                for chunk in response.iter_bytes():
+                    self._keep_chunk(body, chunk)
+            return bytes(body)
+
+        async def arun() -> str | bytes:
+            body = bytearray()
+            async with (await self._aget_client()).stream("GET", url) as response:
+                if redirect := self._result_head(response):
+                    return redirect
+                async for chunk in response.aiter_bytes():
+                    self._keep_chunk(body, chunk)
+            return bytes(body)
+
+        return _Effect(run, arun)
+
     def _download_attempt(self, url: str) -> Flow[bytes]:
         if not is_http_url(url):
             raise self._download_error("the vendor's result URL is not an absolute http(s) URL; refused")
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                got = yield from _Fetch(url)
+                got = yield from self._fetch(url)
             except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
             except httpx.HTTPError as exc:
@@ -745,9 +689,23 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param url: the result URL.
         """
         yield from self._get_settings()  # the client and the retry policy come from the connection
-        return (yield from _Retried(lambda: self._download_attempt(url)))
+        return (yield from self._retried(lambda: self._download_attempt(url)))
 
     download, adownload = _methods(_download)
+
+    def _offload(self, work: Callable[[], T], data: bytes) -> _Effect[T]:
+        """
+        CPU work (checks, decoding, encoding) on the image ``data``: inline when sync or when its header
+        declares at most :attr:`inline_work_pixels`, else in a worker thread.
+        """
+
+        async def arun() -> T:
+            pixels = _pixels(data) if self.inline_work_pixels else None
+            if pixels is not None and pixels <= self.inline_work_pixels:
+                return work()
+            return await asyncio.to_thread(work)
+
+        return _Effect(work, arun)
 
     def _image_input(
         self, image: bytes | None, image_url: str | None, filename: str, check_input: bool
@@ -762,7 +720,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         if not check_input:
             return ImageInput(data=image, filename=filename, content_type="application/octet-stream")
         limits, vendor = self.wire_class.spec.limits, self.wire_class.spec.name
-        prepared = yield from _Offload(lambda: prepare_input(image, limits, vendor=vendor), image)
+        prepared = yield from self._offload(lambda: prepare_input(image, limits, vendor=vendor), image)
         return ImageInput(data=prepared.data, filename=filename, content_type=prepared.content_type)
 
     def _finish(
@@ -814,7 +772,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             result = reply
             stats.credits_charged = result.credits_charged
             return (
-                yield from _Offload(
+                yield from self._offload(
                     lambda: self._finish(wire, result, image, plan, vendor_options, stats), result.content
                 )
             )

@@ -1,21 +1,11 @@
-"""The hooks' async HTTP transport: httpx's default one for HTTP/1.1, on a connection pool of its own.
+"""The hooks' async HTTP transport: httpcore's own HTTP/1.1 connections on an O(1) pool of ours.
 
-httpcore 1.0.9's ``AsyncConnectionPool`` rescans every connection several times per request (~5 scans,
-each asking every idle connection whether its socket is readable, through anyio's attribute dict, and
-counting the idle connections once per idle connection); with 16 calls in flight that was ~40 % of a
-vendor call's client CPU (docs/benchmarks.md, "CPU per image"). :class:`PooledTransport` keeps
-httpcore's own connections (``httpcore.AsyncHTTPConnection``: connect, TLS, HTTP/1.1, keep-alive
-expiry, the readable-when-idle check) and pools them itself, O(1) per request: a request takes a
-connection slot (waiting up to the request's ``pool`` timeout), then the newest idle connection to its
-origin that has not expired (a server-closed one is closed and skipped), or a new connection; closing
-the response hands the connection back. Requests, responses and httpcore's errors map to httpx's as
-``httpx.AsyncHTTPTransport`` maps them, so callers see the same ``httpx.ConnectError``,
-``httpx.ReadTimeout``, ``httpx.RemoteProtocolError``, ``httpx.PoolTimeout``...
-
-Proxies stay httpx's: a client given a transport no longer reads the proxy environment, so
-:func:`hook_transport` gives the hooks this transport only when the environment configures no proxy
-(``urllib.request.getproxies()``, which httpx reads too), and ``None`` (httpx's own transport and proxy
-mounts) otherwise. HTTP/2, Unix sockets and local addresses are not offered (the hooks use none of them).
+httpcore 1.0.9's ``AsyncConnectionPool`` rescans every connection several times per request, ~40 % of
+a vendor call's client CPU at 16 in flight (docs/benchmarks.md, "CPU per image" and "The vendor call
+on the provider's own pool"). Requests, responses and errors map to httpx's as
+``httpx.AsyncHTTPTransport`` maps them. A client given a transport no longer reads the proxy
+environment, so :func:`hook_transport` gives this one only when no proxy is configured. HTTP/2, Unix
+sockets and local addresses are not offered (the hooks use none of them).
 """
 
 from __future__ import annotations
@@ -35,35 +25,15 @@ _Cert: typing.TypeAlias = str | tuple[str, str] | tuple[str, str, str]
 #: A pool key: scheme, host, port.
 _Origin: typing.TypeAlias = tuple[bytes, bytes, "int | None"]
 
-#: httpcore's errors -> httpx's, as ``httpx.AsyncHTTPTransport`` maps them (the most specific wins).
-_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-)
-
 
 @contextlib.contextmanager
 def _httpx_errors() -> Iterator[None]:
-    """Re-raise an httpcore error as the httpx error ``httpx.AsyncHTTPTransport`` would raise."""
+    """Re-raise an httpcore error as httpx's of the same name, as ``httpx.AsyncHTTPTransport`` does."""
     try:
         yield
     except Exception as exc:
-        mapped: type[httpx.HTTPError] | None = None
-        for source, target in _ERRORS:
-            if isinstance(exc, source) and (mapped is None or issubclass(target, mapped)):
-                mapped = target
+        names = [cls.__name__ for cls in type(exc).__mro__ if cls.__module__.startswith("httpcore")]
+        mapped = next((getattr(httpx, name) for name in names if hasattr(httpx, name)), None)
         if mapped is None:
             raise
         raise mapped(str(exc)) from exc
