@@ -169,9 +169,8 @@ def emit_metrics(
     Stats.gauge(f"{METRIC_PREFIX}.remaining.{name}", float(check.remaining), tags=tags)
     earlier = None if reading is None else predecessor(samples, reading)
     if reading is not None and earlier is not None:
-        later = reading
-        Stats.gauge(f"{METRIC_PREFIX}.spent.{name}", float(spend_between(earlier, later)), tags=tags)
-        if later.remaining > earlier.remaining:
+        Stats.gauge(f"{METRIC_PREFIX}.spent.{name}", float(spend_between(earlier, reading)), tags=tags)
+        if reading.remaining > earlier.remaining:
             Stats.incr(f"{METRIC_PREFIX}.top_ups.{name}", tags=tags)
     if fc is not None and fc.burn_rate is not None:
         Stats.gauge(f"{METRIC_PREFIX}.burn_rate.{name}", float(fc.burn_rate), tags=tags)
@@ -286,13 +285,7 @@ class CreditMonitorOperator(BaseOperator):
         for check in checks:
             self.log.log(logging.INFO if check.ok else logging.WARNING, "%s", check.describe())
         result = {check.conn_id: check.as_dict() for check in checks}
-        forecasts: dict[str, Forecast] = {}
-        history_errors: list[str] = []
-        if self.forecast_days is None:
-            for check in checks:
-                emit_metrics(check, [], None)
-        else:
-            forecasts, history_errors = self._forecast(checks, self.reading_time(context), context, result)
+        forecasts, history_errors = self._forecast(checks, context, result)
         problems = [check for check in checks if not check.ok]
         alerts = [fc for fc in forecasts.values() if fc.alert]
         if problems or alerts:
@@ -312,17 +305,18 @@ class CreditMonitorOperator(BaseOperator):
         return datetime.now(timezone.utc) if moment is None else as_utc(moment)
 
     def _forecast(
-        self,
-        checks: Sequence[BalanceCheck],
-        at: datetime,
-        context: Context,
-        result: dict[str, dict[str, Any]],
+        self, checks: Sequence[BalanceCheck], context: Context, result: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Forecast], list[str]]:
         """
-        Record each reading, forecast, chart and report; add ``forecast``/``chart`` to ``result``.
-        Returns the forecasts and the history errors (an account without its history is not forecast).
+        With ``forecast_days``: record each reading, forecast, chart and report (``forecast``/``chart`` added
+        to ``result``). Returns the forecasts and the history errors (an account without its history is not
+        forecast); metrics either way.
         """
-        assert self.history_bucket is not None
+        if self.history_bucket is None:
+            for check in checks:
+                emit_metrics(check, [], None)
+            return {}, []
+        at = self.reading_time(context)
         storage = GcsStorage(self.gcp_conn_id)
         store = HistoryStore(storage, self.history_bucket, self.history_prefix, self.history_limit)
         run_folder = f"{self.history_prefix}runs/{context['ti'].dag_id}/{context.get('run_id') or 'run'}/"
