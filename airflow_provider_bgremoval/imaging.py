@@ -121,10 +121,10 @@ class ImageInfo:
     :param mode: Pillow mode (``RGB``, ``RGBA``, ``CMYK``, ``I;16``…).
     :param orientation: EXIF orientation tag (1 when absent).
     :param frames: number of frames (animated GIF/WebP/APNG have more than one).
-    :param bit_depth: the bit depth in a PNG's ``IHDR`` (``None`` for other formats): bits per sample,
-        or per palette index; a 16-bit RGB PNG has mode ``RGB`` too.
-    :param transparency: the image declares a transparent colour or palette entries outside its mode
-        (PNG ``tRNS``, GIF): an ``RGB`` or ``L`` PNG with ``tRNS`` is not opaque.
+    :param bit_depth: a PNG's ``IHDR`` bit depth per sample or palette index (a 16-bit RGB PNG has mode
+        ``RGB`` too); ``None`` for other formats.
+    :param transparency: a transparent colour or palette entries outside the mode (PNG ``tRNS``, GIF):
+        an ``RGB`` or ``L`` PNG with ``tRNS`` is not opaque.
     """
 
     format: str
@@ -228,16 +228,12 @@ class PreparedInput:
     """
     An image ready to send.
 
-    :param data: bytes to upload (the original when it needed no change).
+    :param data: bytes to upload (the original object when it needed no change, else a new PNG).
     :param content_type: MIME type of ``data``.
-    :param info: header facts of the original.
-    :param converted: True when ``data`` was re-encoded.
     """
 
     data: bytes
     content_type: str
-    info: ImageInfo
-    converted: bool
 
 
 def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None) -> PreparedInput:
@@ -262,7 +258,7 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
                 or (image.mode in ("L", "LA") and info.format != "PNG")
             )
             if not needs_conversion:
-                return PreparedInput(data, CONTENT_TYPES[info.format.lower()], info, converted=False)
+                return PreparedInput(data, CONTENT_TYPES[info.format.lower()])
             upright = normalise_mode(ImageOps.exif_transpose(image) or image)
             upright = upright.convert("RGBA" if "A" in upright.mode else "RGB")
             out = io.BytesIO()
@@ -274,10 +270,9 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
         raise _reject("too_many_pixels", message, vendor) from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
         raise _reject("malformed_image", f"the image data is corrupt or truncated ({exc})", vendor) from None
-    converted = out.getvalue()
-    new_info = ImageInfo("PNG", upright.width, upright.height, upright.mode)
-    check_limits(new_info, len(converted), limits, vendor=vendor)
-    return PreparedInput(converted, "image/png", new_info, converted=True)
+    converted = ImageInfo("PNG", upright.width, upright.height, upright.mode)
+    check_limits(converted, len(out.getvalue()), limits, vendor=vendor)
+    return PreparedInput(out.getvalue(), "image/png")
 
 
 def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorResponseError:
