@@ -205,6 +205,23 @@ def basic_auth_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def form_fields(values: Mapping[str, Any]) -> dict[str, str]:
+    """
+    Multipart text fields: ``None`` left out, booleans as ``true``/``false``, objects as compact JSON.
+
+    :param values: the fields' values by wire name.
+    """
+    return {name: _form_value(value) for name, value in values.items() if value is not None}
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 def _text(value: Any) -> str | None:
     return None if value in (None, "") else str(value).strip()
 
@@ -229,6 +246,9 @@ class VendorSpec:
     :param base_cost: credits one successful remove-background call costs by default (DESIGN.md).
     :param requests_per_second: the account's documented request rate, the hooks' default pacing cap
         (``None``: none documented; the rate is then only adapted to 429s; docs/rate-limits.md).
+    :param remove_path: the remove-background endpoint's path (see :meth:`VendorWire.endpoint`).
+    :param balance_path: the free balance (or account) endpoint's path.
+    :param api_prefix: the paths' version prefix, left out when the base URL already ends with it.
     """
 
     name: str
@@ -245,6 +265,9 @@ class VendorSpec:
     permanent_server_codes: frozenset[str] = frozenset()
     base_cost: Decimal = Decimal(1)
     requests_per_second: float | None = None
+    remove_path: str = ""
+    balance_path: str = ""
+    api_prefix: str = ""
 
 
 class VendorWire(ABC):
@@ -294,9 +317,20 @@ class VendorWire(ABC):
         if refused is not None:
             raise InvalidOptionError(refused, f"{self.spec.name} cannot do it natively here; plan it locally")
 
-    @abstractmethod
+    def endpoint(self, path: str) -> str:
+        """
+        ``path`` below the base URL, after the spec's ``api_prefix`` unless the base URL ends with it.
+
+        :param path: an endpoint's path (``/remove``).
+        """
+        prefix = self.spec.api_prefix
+        return path if urlsplit(self.settings.base_url).path.rstrip("/").endswith(prefix) else prefix + path
+
     def balance_request(self) -> WireRequest:
-        """Build the free balance request."""
+        """Build the free balance request (``GET`` of the spec's ``balance_path``)."""
+        return WireRequest(
+            "GET", self.endpoint(self.spec.balance_path), headers={"Accept": "application/json"}
+        )
 
     @abstractmethod
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:

@@ -6,12 +6,11 @@ How options and nested objects are encoded, and why: docs/vendors/pixelcut.md.
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import httpx
 from pydantic import BeforeValidator, Field, model_validator
@@ -45,6 +44,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    form_fields,
     is_http_url,
     json_body,
     media_type,
@@ -71,7 +71,6 @@ Offset = Annotated[float | None, Field(ge=-1, le=1, allow_inf_nan=False), NUMBER
 
 
 def _vendor_mapping(value: Any, parameter: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
-    """One object of the vendor's nested ``light_source`` form, its keys checked."""
     if not isinstance(value, Mapping):
         raise OptionValueError(f"{type(value).__name__} is not a mapping", parameter=parameter)
     unknown = sorted(set(value) - set(keys))
@@ -207,9 +206,9 @@ class PixelcutOptions(OptionSet):
     result_delivery: Delivery = "bytes"
 
     @property
-    def shadow_enabled(self) -> bool:
-        """True when the call renders (and pays for) an AI shadow."""
-        return self.shadow is not None and self.shadow.enabled
+    def shadow_wire(self) -> bool | dict[str, Any] | None:
+        """The ``shadow`` value sent; ``None`` when no shadow is rendered (nor paid for)."""
+        return self.shadow.as_wire() if self.shadow is not None and self.shadow.enabled else None
 
     @property
     def native_margins(self) -> dict[str, str]:
@@ -219,7 +218,7 @@ class PixelcutOptions(OptionSet):
     def as_dict(self) -> dict[str, Any]:
         """Primitive form (for option fingerprints and manifests)."""
         return {
-            "shadow": self.shadow.as_wire() if self.shadow_enabled and self.shadow else None,
+            "shadow": self.shadow_wire,
             **self.native_margins,
             "result_delivery": self.result_delivery,
         }
@@ -302,15 +301,6 @@ class PixelcutGenerateOptions(OptionSet):
         return {**self.wire_fields(), "result_delivery": self.result_delivery}
 
 
-def _form_value(value: Any) -> str:
-    """Multipart text for one field: booleans as ``true``/``false``, objects as compact JSON."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
 PIXELCUT_SPEC = VendorSpec(
     name="pixelcut",
     default_base_url="https://api.developer.pixelcut.ai",
@@ -334,16 +324,16 @@ PIXELCUT_SPEC = VendorSpec(
     ),
     credit_error_codes=frozenset({"insufficient_api_credits"}),
     auth_error_codes=frozenset({"invalid_auth_token"}),
+    remove_path="/v1/remove-background",
+    balance_path="/v1/credits",
 )
+GENERATE_PATH = "/v1/generate-background"
 
 
 class PixelcutWire(VendorWire):
     """Pixelcut's wire format."""
 
     spec = PIXELCUT_SPEC
-    REMOVE_PATH: ClassVar[str] = "/v1/remove-background"
-    GENERATE_PATH: ClassVar[str] = "/v1/generate-background"
-    CREDITS_PATH: ClassVar[str] = "/v1/credits"
 
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixelcutOptions:
@@ -352,18 +342,12 @@ class PixelcutWire(VendorWire):
     def _image_request(
         self, path: str, image: ImageInput, body: Mapping[str, Any], delivery: ResultDelivery
     ) -> WireRequest:
-        headers = {"Accept": _ACCEPT[delivery]}
+        request = WireRequest("POST", path, billed=True, headers={"Accept": _ACCEPT[delivery]})
         if image.data is None:
-            return WireRequest(
-                "POST", path, billed=True, headers=headers, json={"image_url": image.url, **body}
-            )
-        return WireRequest(
-            "POST",
-            path,
-            billed=True,
-            headers=headers,
-            data={name: _form_value(value) for name, value in body.items()},
-            files={"image": (image.filename, image.data, image.content_type)},
+            set_fields = {name: value for name, value in body.items() if value is not None}
+            return replace(request, json={"image_url": image.url, **set_fields})
+        return replace(
+            request, data=form_fields(body), files={"image": (image.filename, image.data, image.content_type)}
         )
 
     def remove_background_request(
@@ -378,13 +362,12 @@ class PixelcutWire(VendorWire):
                 "Pixelcut's native margin only applies with crop=True and without the unified margin "
                 "(which is applied locally); use one of the two",
             )
-        body: dict[str, Any] = {"format": "png"}
-        if extra.shadow_enabled and extra.shadow is not None:
-            body["shadow"] = extra.shadow.as_wire()
-        if options.crop:
-            body["crop"] = True
-            body.update(margins)
-        return self._image_request(self.REMOVE_PATH, image, body, extra.result_delivery)
+        body = {
+            "format": "png",
+            "shadow": extra.shadow_wire,
+            **({"crop": True, **margins} if options.crop else {}),
+        }
+        return self._image_request(self.spec.remove_path, image, body, extra.result_delivery)
 
     def generate_background_request(self, image: ImageInput, options: PixelcutGenerateOptions) -> WireRequest:
         """
@@ -393,10 +376,7 @@ class PixelcutWire(VendorWire):
         :param image: the subject (bytes as multipart, a URL as JSON).
         :param options: the generate options.
         """
-        return self._image_request(self.GENERATE_PATH, image, options.wire_fields(), options.result_delivery)
-
-    def balance_request(self) -> WireRequest:
-        return WireRequest("GET", self.CREDITS_PATH, headers={"Accept": "application/json"})
+        return self._image_request(GENERATE_PATH, image, options.wire_fields(), options.result_delivery)
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
         content_type = media_type(response)
@@ -425,7 +405,7 @@ class PixelcutWire(VendorWire):
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
         extra = cls.coerce_options(vendor_options)
-        return cls.spec.base_cost + (SHADOW_SURCHARGE if extra.shadow_enabled else Decimal(0))
+        return cls.spec.base_cost + (SHADOW_SURCHARGE if extra.shadow_wire is not None else Decimal(0))
 
     @classmethod
     def estimate_generate_cost(cls) -> Decimal:

@@ -50,14 +50,12 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorWire,
     WireRequest,
     basic_auth_header,
+    form_fields,
     media_type,
     parse_decimal,
     parse_number,
 )
 from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_delta_png
-
-REMOVE_BACKGROUND_PATH = "/api/v2/remove-background"
-ACCOUNT_PATH = "/api/v2/account"
 
 #: ``image.base64`` may hold at most "1 megabyte" of base64 text (:data:`~.base.MEGABYTE` characters)
 MAX_BASE64_CHARS = MEGABYTE
@@ -238,6 +236,8 @@ PIXIAN_SPEC = VendorSpec(
     # no request rate: "generous, no fixed ceiling" (requests_per_second=None: adapted to 429s only)
     # 1006 "Failed to read the supplied image" is the only documented code
     input_error_codes=frozenset({"1006"}),
+    remove_path="/api/v2/remove-background",
+    balance_path="/api/v2/account",
 )
 #: with ``delta_png`` Pixian does none of the unified options itself: all of them run locally
 DELTA_CAPABILITIES = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
@@ -308,30 +308,18 @@ class PixianWire(VendorWire):
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> PixianOptions:
         opts = cls.coerce_options(vendor_options)
-        cls.check_options(options, opts)
-        if image_url is not None:
-            check_image_url_type(image_url)
-        if opts.delta_png == "auto" and not _delta_keeps_result(options):
-            return replace(opts, delta_png=False)  # Pixian would ignore part of the request
-        return opts
-
-    @staticmethod
-    def check_options(options: RemovalOptions, vendor_options: PixianOptions) -> None:
-        """
-        Reject a unified ``margin`` (a local crop) with ``result_margin``/``target_size`` (its padding).
-
-        :param options: the unified options as the user gave them.
-        :param vendor_options: the Pixian options.
-        """
-        if options.margin is None:
-            return
-        for name in ("result_margin", "target_size"):
-            if getattr(vendor_options, name) is not None:
+        for name in ("result_margin", "target_size") if options.margin is not None else ():
+            if getattr(opts, name) is not None:
                 raise InvalidOptionError(
                     name,
                     "cannot be combined with the unified margin (it is applied by a local crop that would "
                     "cut Pixian's padding away); use crop=True with result_margin instead",
                 )
+        if image_url is not None:
+            check_image_url_type(image_url)
+        if opts.delta_png == "auto" and not _delta_keeps_result(options):
+            return replace(opts, delta_png=False)  # Pixian would ignore part of the request
+        return opts
 
     def auth_headers(self) -> dict[str, str]:
         if not self.settings.api_id:
@@ -348,14 +336,11 @@ class PixianWire(VendorWire):
         delta = self.uses_delta(image, opts)
         test = self.test_mode(opts)
         fields, files = self._input_fields(image, opts)
-        if test:
-            fields["test"] = "true"
-        if opts.max_pixels is not None:
-            fields["max_pixels"] = str(opts.max_pixels)
-        fields.update({"output.format": "delta_png"} if delta else self._result_fields(options, opts))
+        fields |= form_fields({"test": test or None, "max_pixels": opts.max_pixels})
+        fields |= {"output.format": "delta_png"} if delta else self._result_fields(options, opts)
         return WireRequest(
-            method="POST",
-            path=REMOVE_BACKGROUND_PATH,
+            "POST",
+            self.spec.remove_path,
             billed=not test,
             headers={"Accept": "image/*"},
             data=fields,
@@ -377,7 +362,7 @@ class PixianWire(VendorWire):
         """The ``background.*``, ``result.*`` and ``output.*`` fields of a normal (not delta) call."""
         values: dict[str, object] = {
             "background.color": options.background_color.upper() if options.background_color else None,
-            "result.crop_to_foreground": "true" if options.crop else None,
+            "result.crop_to_foreground": options.crop or None,
             "result.margin": opts.result_margin,
             "result.target_size": " ".join(map(str, opts.target_size)) if opts.target_size else None,
             "result.vertical_alignment": opts.vertical_alignment,
@@ -386,7 +371,7 @@ class PixianWire(VendorWire):
         if options.output_format == "jpeg":
             quality = opts.jpeg_quality if opts.jpeg_quality is not None else options.jpeg_quality
             values["output.jpeg_quality"] = quality
-        return {name: str(value) for name, value in values.items() if value is not None}
+        return form_fields(values)
 
     def _base64(self, data: bytes) -> str:
         encoded = base64.b64encode(data).decode("ascii")
@@ -445,9 +430,6 @@ class PixianWire(VendorWire):
                 code="too_many_pixels",
                 local=True,
             )
-
-    def balance_request(self) -> WireRequest:
-        return WireRequest(method="GET", path=ACCOUNT_PATH, headers={"Accept": "application/json"})
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult:
         """

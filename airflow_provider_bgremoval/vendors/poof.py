@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,6 +32,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    form_fields,
     media_type,
     parse_decimal,
     parse_number,
@@ -41,16 +41,8 @@ from airflow_provider_bgremoval.vendors.base import (
 #: "Maximum size: 20MB", read as 20,000,000 bytes (:data:`~.base.MEGABYTE`).
 MAX_UPLOAD_BYTES = 20 * MEGABYTE
 
+#: Gen A ``size`` presets (docs/vendors/poof.md: the longest side each caps the result to).
 PoofSize = Literal["full", "preview", "small", "medium", "large"]
-
-#: Gen A ``size`` presets and the longest side (px) they cap the result to (``None``: original size).
-POOF_SIZE_PRESETS: Mapping[str, int | None] = {
-    "full": None,
-    "preview": 256,
-    "small": 512,
-    "medium": 1024,
-    "large": 2048,
-}
 
 #: Unified output format -> Poof ``format`` value.
 _NATIVE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -58,8 +50,6 @@ _NATIVE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _UPLOAD_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _DETAILS_LIMIT = 200
-
-
 #: API version prefix; not repeated when the connection's base URL already ends with it
 API_PREFIX = "/v1"
 
@@ -84,6 +74,9 @@ POOF_SPEC = VendorSpec(
     auth_error_codes=frozenset({"authentication_error", "permission_denied"}),
     # "usually deterministic, so retrying the same input rarely helps" (Gen B processing_failed page)
     permanent_server_codes=frozenset({"processing_failed"}),
+    remove_path="/remove",
+    balance_path="/me",
+    api_prefix=API_PREFIX,
 )
 
 
@@ -92,7 +85,7 @@ class PoofOptions(OptionSet):
     """
     Poof-only options, next to the unified :class:`~airflow_provider_bgremoval.options.RemovalOptions`.
 
-    :param size: the Gen A output size preset (:data:`POOF_SIZE_PRESETS`, default ``full``), any case;
+    :param size: the Gen A output size preset (:data:`PoofSize`, default ``full``), any case;
         Gen B servers read them differently (VENDORS.md §7 item 9), so use ``max_size`` for exact sizes.
     """
 
@@ -176,16 +169,6 @@ class PoofWire(VendorWire):
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> PoofOptions:
         return PoofOptions.coerce(vendor_options)
 
-    def endpoint(self, name: str) -> str:
-        """
-        Path of an endpoint below the base URL: ``/v1/remove``, or ``/remove`` when it ends in ``/v1``.
-
-        :param name: ``remove`` or ``me``.
-        """
-        base_path = urlsplit(self.settings.base_url).path.rstrip("/")
-        prefix = "" if base_path.endswith(API_PREFIX) else API_PREFIX
-        return f"{prefix}/{name}"
-
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
@@ -194,20 +177,19 @@ class PoofWire(VendorWire):
             raise InvalidOptionError("image_url", str(self.spec.no_url_input))
         self.check_native(options, self.spec.capabilities)
         background = options.effective_background
-        fields_: dict[str, str] = {
+        fields = {
             "format": _NATIVE_FORMATS[options.output_format],
             "channels": "rgb" if background is not None else "rgba",
             "size": poof_options.size,
-            "crop": "true" if options.crop else "false",
+            "crop": options.crop,
+            "bg_color": background,
         }
-        if background is not None:
-            fields_["bg_color"] = background
         return WireRequest(
-            method="POST",
-            path=self.endpoint("remove"),
+            "POST",
+            self.endpoint(self.spec.remove_path),
             billed=True,
             headers={"Accept": "image/*"},
-            data=fields_,
+            data=form_fields(fields),
             files={"image_file": (self._upload_name(image), image.data, image.content_type)},
         )
 
@@ -218,9 +200,6 @@ class PoofWire(VendorWire):
         if extension and "." not in name.rsplit("/", 1)[-1]:
             name += extension
         return name
-
-    def balance_request(self) -> WireRequest:
-        return WireRequest(method="GET", path=self.endpoint("me"), headers={"Accept": "application/json"})
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult:
         headers = response.headers

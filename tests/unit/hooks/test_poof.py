@@ -32,7 +32,7 @@ from airflow_provider_bgremoval.hooks.poof import PoofHook
 from airflow_provider_bgremoval.imaging import check_limits, read_header
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pacing import ManualClock
-from airflow_provider_bgremoval.vendors.poof import POOF_SIZE_PRESETS, AutoRechargeMode, PoofOptions, PoofWire
+from airflow_provider_bgremoval.vendors.poof import AutoRechargeMode, PoofOptions, PoofWire
 from tests.support.connections import SleepRecorder, set_connection
 
 KEY = "pk_live_hook_secret_abcdef123456"
@@ -75,6 +75,10 @@ def subject_size(size: tuple[int, int]) -> tuple[int, int]:
     return right - left, bottom - top
 
 
+#: Gen A size presets: the longest side (px) each caps the result to (docs/vendors/poof.md)
+SIZE_CAPS = {"full": None, "preview": 256, "small": 512, "medium": 1024, "large": 2048}
+
+
 def cut_out(data: bytes, fields: dict[str, str]) -> tuple[bytes, str, int, int]:
     """Fake background removal: keep a centred ellipse, honour format/channels/bg_color/size/crop."""
     with Image.open(io.BytesIO(data)) as source:
@@ -83,7 +87,7 @@ def cut_out(data: bytes, fields: dict[str, str]) -> tuple[bytes, str, int, int]:
     image.putalpha(alpha)
     if fields.get("crop") == "true":
         image = image.crop(alpha.getbbox())
-    cap = POOF_SIZE_PRESETS[fields.get("size", "full")]
+    cap = SIZE_CAPS[fields.get("size", "full")]
     if cap:
         image.thumbnail((cap, cap))
     if fields.get("channels", "rgba") == "rgb":

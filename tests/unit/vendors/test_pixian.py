@@ -247,14 +247,14 @@ def test_options_coerce() -> None:
 
 def test_unified_margin_conflicts_with_native_geometry() -> None:
     options = RemovalOptions.create(crop=True, margin="5%")
-    PixianWire.check_options(options, PixianOptions())
-    PixianWire.check_options(RemovalOptions.create(crop=True), PixianOptions(result_margin="5%"))
+    PixianWire.check_call(options, PixianOptions())
+    PixianWire.check_call(RemovalOptions.create(crop=True), PixianOptions(result_margin="5%"))
     for opts, parameter in (
         (PixianOptions(result_margin="10px"), "result_margin"),
         (PixianOptions(target_size=(100, 100)), "target_size"),
     ):
         with pytest.raises(InvalidOptionError) as info:
-            PixianWire.check_options(options, opts)
+            PixianWire.check_call(options, opts)
         assert info.value.parameter == parameter
 
 
