@@ -70,47 +70,36 @@ def _rank(order: tuple[str, ...], state: Any) -> int:
     return order.index(state) if state in order else len(order)
 
 
-def _fold_account(total: dict[str, Any], entry: Mapping[str, Any]) -> None:
-    """Add one bucket task's account entry to the account's run state."""
-    total["breaker_opened"] += int(entry.get("breaker_opened") or 0)
-    state = entry.get("state")
-    if _rank(ACCOUNT_STATE_ORDER, state) > _rank(ACCOUNT_STATE_ORDER, total["state"]):
-        total["state"], total["state_message"] = state, entry.get("state_message")
-    if _rank(BREAKER_STATE_ORDER, entry.get("breaker")) > _rank(BREAKER_STATE_ORDER, total["breaker"]):
-        total["breaker"] = entry.get("breaker")
-    if state is not None:  # an entry without a state says nothing about how the task left the account
-        shards = total["shard_states"]
-        shards[str(state)] = shards.get(str(state), 0) + 1
-
-
 def account_states(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """
-    Each account's run state over the bucket tasks' summaries (one per mapped shard), what its manifest
-    rows cannot tell: ``state`` (with its ``state_message``) and ``breaker`` the worst any task ended
-    with (:data:`ACCOUNT_STATE_ORDER`, :data:`BREAKER_STATE_ORDER`); ``breaker_opened`` summed;
-    ``shard_states`` how many tasks ended it in each state (entries without a state are not counted).
-
-    A task's XCom holds its last try only, so the figures that every try adds to (``images``,
-    ``credits_spent``, ``possibly_charged``) come from the manifests instead
-    (:meth:`~airflow_provider_bgremoval.run_summary.RunSummary.account_summary`).
+    Each account's run state over the bucket tasks' summaries (one per mapped shard), only what its manifest
+    rows cannot tell: the worst ``state`` and ``breaker`` any task ended with (:data:`ACCOUNT_STATE_ORDER`,
+    :data:`BREAKER_STATE_ORDER`), ``breaker_opened`` summed, ``shard_states`` (docs/pipeline.md, "Failover").
 
     :param summaries: the bucket tasks' ``summary`` XComs.
     """
     totals: dict[str, dict[str, Any]] = {}
-    for summary in summaries:
-        for entry in summary.get("accounts") or ():
-            if isinstance(entry, Mapping) and entry.get("conn_id"):
-                total = totals.setdefault(
-                    str(entry["conn_id"]),
-                    {
-                        "state": None,
-                        "state_message": None,
-                        "breaker": None,
-                        "breaker_opened": 0,
-                        "shard_states": {},
-                    },
-                )
-                _fold_account(total, entry)
+    for entry in (entry for summary in summaries for entry in summary.get("accounts") or ()):
+        if not isinstance(entry, Mapping) or not entry.get("conn_id"):
+            continue
+        total = totals.setdefault(
+            str(entry["conn_id"]),
+            {
+                "state": None,
+                "state_message": None,
+                "breaker": None,
+                "breaker_opened": 0,
+                "shard_states": {},
+            },
+        )
+        total["breaker_opened"] += int(entry.get("breaker_opened") or 0)
+        state = entry.get("state")
+        if _rank(ACCOUNT_STATE_ORDER, state) > _rank(ACCOUNT_STATE_ORDER, total["state"]):
+            total["state"], total["state_message"] = state, entry.get("state_message")
+        if _rank(BREAKER_STATE_ORDER, entry.get("breaker")) > _rank(BREAKER_STATE_ORDER, total["breaker"]):
+            total["breaker"] = entry.get("breaker")
+        if state is not None:  # an entry without a state says nothing about how the task left the account
+            total["shard_states"][str(state)] = total["shard_states"].get(str(state), 0) + 1
     return totals
 
 
@@ -254,10 +243,8 @@ class RunReportOperator(BaseOperator):
             return None
         pairs = []
         for row in sample:
-            source, result = (
-                _split_uri(row["source"]),
-                _split_uri(row["destination"] or row["master"]["object"]),
-            )
+            source = _split_uri(row["source"])
+            result = _split_uri(row["destination"] or row["master"]["object"])
             images = (source[1].rsplit("/", 1)[-1], storage.read(*source), storage.read(*result))
             pairs.append((*images, rendition_images(row, storage.read)) if row.get("renditions") else images)
         png = render_contact_sheet(
