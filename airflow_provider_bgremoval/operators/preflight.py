@@ -238,7 +238,6 @@ class CreditsPreflightOperator(BucketJobOperator):
             plan = self._plan(context, job, max_shards, check=False)
             cost, cost_source = self._price(job, plan, test_hook)
             balances = self._balances(context, job, plan.billable)
-            balance = balances[0]
             estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
             # Too close to call, or only a header can tell (which account of a chain takes an image):
             # check the files, price again.
@@ -263,16 +262,12 @@ class CreditsPreflightOperator(BucketJobOperator):
                 "here; each is checked in the batch before its call (a broken one is never charged)",
                 self.conn_id,
             )
-        header_only = estimate["checked_by_header_only"]
-        if header_only:
-            log.info(
-                "Credits pre-flight (%s): %s",
-                self.conn_id,
-                describe_header_only(estimate["billable_images"], header_only),
-            )
+        if estimate["checked_by_header_only"]:
+            note = describe_header_only(estimate["billable_images"], estimate["checked_by_header_only"])
+            log.info("Credits pre-flight (%s): %s", self.conn_id, note)
         if estimate["sufficient"]:
             return estimate
-        self._halt(context, estimate, amounts, balance)
+        self._halt(context, estimate, amounts)
 
     def _plan(
         self, context: Context, job: BucketJob, max_shards: int | None, *, check: bool
@@ -460,14 +455,13 @@ class CreditsPreflightOperator(BucketJobOperator):
             context["ti"].xcom_push(key="halt", value=halt.as_dict())
             raise AirflowFailException(f"credits pre-flight: {halt.message}") from exc
 
-    def _halt(
-        self, context: Context, estimate: dict[str, Any], amounts: dict[str, str], balance: Balance
-    ) -> NoReturn:
+    def _halt(self, context: Context, estimate: dict[str, Any], amounts: dict[str, str]) -> NoReturn:
         billable, header_only = estimate["billable_images"], estimate["checked_by_header_only"]
         margin = (
             f" incl. safety margin {amounts['margin_credits']}" if Decimal(estimate["margin_credits"]) else ""
         )
-        state = "" if balance.state is AccountState.ACTIVE else f" (account {balance.state.value})"
+        account = estimate["balance"]["state"]
+        state = "" if account == AccountState.ACTIVE.value else f" (account {account})"
         message = (
             f"insufficient credits on {self.conn_id!r}: {billable} billable image(s) x "
             f"{amounts['cost_per_image']} credits need {amounts['required']}{margin}, "
