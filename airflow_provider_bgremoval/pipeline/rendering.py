@@ -104,10 +104,8 @@ class RenditionTarget:
     :param existing: the object found there (``None``: missing).
     :param finished: ``existing`` is up to date (rendered from the current master with this spec).
     :param record_name: the name of its non-compliance record (``""``: none is kept).
-    :param record: the record found there, if it was looked up (any master or spec: replaced when the
-        rendition is found non-compliant again).
-    :param recorded: ``record`` judged this very spec on the current master non-compliant: the rendition
-        is reported ``rejected`` again without a read or a render.
+    :param record: the record found there, if it was looked up (of any master or spec).
+    :param recorded: ``record`` judged this very spec on the current master: reported ``rejected`` again.
     """
 
     rendition: Rendition
@@ -235,8 +233,7 @@ class RenditionLayout:
     :param source_prefix: the source photos' prefix (``None``: the masters are the sources); a rendition
         folder may not overlap it when ``source_bucket`` is the destination bucket.
     :param masters_within_source: every vendor of the batch makes masters no larger than their source
-        (:func:`master_within_source`), so planning settles a source whose every rendition is certain to
-        be non-compliant from its header's size (:meth:`unreachable`) without a vendor call.
+        (:func:`master_within_source`): planning may settle a source by its size (:meth:`unreachable`).
     """
 
     renditions: tuple[Rendition, ...]
@@ -321,10 +318,8 @@ class RenditionLayout:
 
     def record_name(self, rendition: Rendition, master_name: str) -> str:
         """
-        The name of the non-compliance record of ``rendition`` of the master ``master_name``.
-
-        ``<records prefix><stem>/<rendition name>``: a window's records lie in one name range, in the order
-        of its masters (a rendition name has no ``/``, so the name is unambiguous).
+        The name of the non-compliance record of ``rendition`` of the master ``master_name``:
+        ``<records prefix><stem>/<rendition name>``, so a window's records lie in one name range.
 
         :param rendition: the rendition.
         :param master_name: the master's object name.
@@ -334,9 +329,8 @@ class RenditionLayout:
     @property
     def judged_by_source_size(self) -> bool:
         """
-        Planning may settle a source by its size (:meth:`unreachable`): the masters are within their
-        sources and every rendition has a required long-side minimum the source bounds (no ``upscale``,
-        no exact ``size``).
+        Planning may settle a source by its size (:meth:`unreachable`): masters within their sources,
+        every rendition with a required long-side minimum, no ``upscale``, no exact ``size``.
         """
         return self.masters_within_source and all(
             not rendition.spec.upscale and rendition.spec.size is None and unreachable(rendition, 0)
@@ -351,7 +345,7 @@ class RenditionLayout:
         size (``masters_within_source`` only): the row's message and the renditions' manifest entries.
 
         :param bucket: the destination bucket.
-        :param targets: the source's renditions (:meth:`targets`).
+        :param targets: the source's renditions (:meth:`WindowRenditions.targets`).
         :param source: the source's ``(width, height)`` from its header.
         """
         if not self.masters_within_source or not targets:
@@ -399,8 +393,7 @@ class RenditionLayout:
 class WindowRenditions:
     """
     One planning window's renditions: those found, and the non-compliance records, read only when a
-    finished master of the window has a rendition to make (one name-range listing for the whole window,
-    or a stat per record name for a few explicit sources).
+    finished master of the window has a rendition to make.
 
     :param layout: the layout.
     :param storage: the storage.
@@ -448,13 +441,9 @@ class WindowRenditions:
         self, targets: Sequence[RenditionTarget], master: ObjectInfo
     ) -> tuple[str, str, str, dict[str, Any]]:
         """
-        The planning verdict of a finished master whose every rendition is settled
-        (:attr:`RenditionTarget.settled`): ``(status, code, message, extra manifest fields)``.
-
-        Every rendition finished: ``skipped``. Some recorded non-compliant: ``rejected``
-        (``rendition_noncompliant``), as the render-only row that found them non-compliant was, and
-        counted as a render-only row (0 credits, not in the failure rate): the task's verdict is the same
-        on every run.
+        The planning verdict of a finished master whose every rendition is settled: ``(status, code,
+        message, extra manifest fields)``; ``skipped``, or ``rejected`` as a free render-only row when some
+        are recorded non-compliant (docs/renditions.md, "Non-compliant renditions are recorded").
 
         :param targets: every rendition of the master (:meth:`targets`).
         :param master: the master.
@@ -530,13 +519,12 @@ class RenditionStage:
         self, data: bytes, master: ObjectInfo, source: ObjectInfo, targets: Sequence[RenditionTarget]
     ) -> list[dict[str, Any]]:
         """
-        Render the unfinished targets from ``data`` (the master's bytes) and store them; their facts.
+        Render the unsettled targets from the master's bytes and store them; every target's facts.
 
         :param data: the master's bytes.
         :param master: the master object (its generation is recorded on each rendition).
         :param source: the source photo the master was made from.
-        :param targets: every rendition of this image (finished ones are reported as skipped, recorded
-            non-compliant ones as rejected, neither rendered).
+        :param targets: every rendition of this image (settled ones are reported, not rendered).
         """
         blocked = [t for t in targets if not t.settled and t.foreign and not self.overwrite]
         todo = [target for target in targets if not target.settled and target not in blocked]

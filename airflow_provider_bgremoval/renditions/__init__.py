@@ -1,9 +1,7 @@
 """Renditions: every marketplace's image rendered locally from one paid master cut-out (docs/renditions.md).
 
-* :mod:`.spec` — the typed :class:`RenditionSpec`, presets by name, :func:`parse_renditions`;
-* :mod:`.presets` — the built-in marketplace presets, as data citing their rules;
-* :mod:`.renderer` — :func:`render`: every rendition of one image from one decoded master;
-* :mod:`.compliance` — the checks, measured on the bytes written.
+:mod:`.spec` (the typed specs and presets by name), :mod:`.presets` (the built-in ones, as data),
+:mod:`.renderer` (:func:`render`) and :mod:`.compliance` (the checks, measured on the bytes written).
 """
 
 from __future__ import annotations

@@ -250,18 +250,10 @@ class Sides(Rule):
             return f"long_side_min_{self.min_long}"
         return f"long_side_max_{self.max_long}"
 
-    def long_side_too_short(self, long: int) -> bool:
-        """
-        True when a long side of ``long`` px fails this rule's ``min_long``.
-
-        :param long: the long side, px.
-        """
-        return self.min_long is not None and long < self.min_long
-
     def _check(self, measured: Measured) -> tuple[bool, str]:
         long, short = measured.long_side, min(measured.width, measured.height)
         passed = (
-            not self.long_side_too_short(long)
+            (self.min_long is None or long >= self.min_long)
             and (self.max_long is None or long <= self.max_long)
             and (self.min_short is None or short >= self.min_short)
         )
@@ -561,5 +553,5 @@ def unreachable(rendition: Rendition, longest: int) -> tuple[CheckResult, ...]:
             origin,
         )
         for rule, origin in _rules(rendition)
-        if isinstance(rule, Sides) and rule.required and rule.long_side_too_short(longest)
+        if isinstance(rule, Sides) and rule.required and rule.min_long is not None and longest < rule.min_long
     )

@@ -25,18 +25,6 @@ from airflow_provider_bgremoval.renditions.spec import Preset
 WHITE = (255, 255, 255)
 MB = 1024 * 1024
 
-_AMAZON_SOURCES = (
-    "https://quickpixel.co",
-    "https://cherryshot.ai",
-    "https://changethisfile.com",
-    "https://retouchable.ai",
-)
-_GOOGLE_SOURCES = (
-    "https://changethisfile.com",
-    "https://gmccheck.com",
-    "https://pic1.ai",
-)
-
 AMAZON_MAIN = Preset(
     name="amazon_main",
     fields={
@@ -69,7 +57,12 @@ AMAZON_MAIN = Preset(
         "Amazon seller guides as summarised by quickpixel.co, cherryshot.ai, changethisfile.com, "
         "retouchable.ai (2025-2026)"
     ),
-    urls=_AMAZON_SOURCES,
+    urls=(
+        "https://quickpixel.co",
+        "https://cherryshot.ai",
+        "https://changethisfile.com",
+        "https://retouchable.ai",
+    ),
 )
 
 GOOGLE_MERCHANT = Preset(
@@ -98,7 +91,7 @@ GOOGLE_MERCHANT = Preset(
         "recommended, at most 64 MP and 16 MB; JPEG, PNG, WebP, non-animated GIF; square (1:1) preferred. "
         "Summaries by changethisfile.com, gmccheck.com, pic1.ai (2026)"
     ),
-    urls=_GOOGLE_SOURCES,
+    urls=("https://changethisfile.com", "https://gmccheck.com", "https://pic1.ai"),
 )
 
 SHOPIFY_SQUARE = Preset(
@@ -114,7 +107,6 @@ SHOPIFY_SQUARE = Preset(
         "the same aspect ratio. As recorded in the project's marketplace notes (retrieved 2026-12), which "
         "cite no page for it: verify in Shopify's help center"
     ),
-    urls=(),
 )
 
 EBAY = Preset(
@@ -129,7 +121,6 @@ EBAY = Preset(
         "eBay: longest side >= 500 px, 1,600 px recommended; JPEG, PNG. As recorded in the project's "
         "marketplace notes (retrieved 2026-12), which cite no page for it: verify in eBay's seller help"
     ),
-    urls=(),
 )
 
 #: The built-in presets by name.

@@ -1,9 +1,7 @@
 """The local renderer: every rendition of one image from one decoded master (docs/renditions.md).
 
-Pure CPU, no I/O, no shared mutable state: safe to call from worker threads. The master is decoded,
-turned upright, converted to sRGB and premultiplied once (:func:`prepare_master`); each rendition
-then crops, resizes in premultiplied alpha, composites on its background in sRGB, places the result
-on its canvas, encodes it and is checked on the bytes written (:mod:`.compliance`).
+Pure CPU, no I/O, no shared mutable state: safe to call from worker threads. The master is prepared
+once (:func:`prepare_master`); each rendition is composed, encoded and checked on the bytes written.
 """
 
 from __future__ import annotations
@@ -253,14 +251,9 @@ def _natural_canvas(content: tuple[int, int], spec: RenditionSpec) -> tuple[floa
 
 def largest_long_side(source: tuple[int, int], spec: RenditionSpec) -> int | None:
     """
-    The longest side a rendition can have when its master is no larger than ``source`` (either way up:
-    the master may be turned upright), or ``None`` when the source does not bound it (``upscale``
-    enlarges, an exact ``size`` fixes the canvas).
-
-    Sound for any content the master yields: the canvas at the content's own scale
-    (``_natural_canvas``: its fill, margin and aspect) grows with the content, a cropped subject is
-    never larger than the master, and without ``upscale`` the canvas is never scaled up (only down, to
-    ``max_size``).
+    The longest side a rendition can have when its master is no larger than ``source`` (either way up),
+    or ``None`` when the source does not bound it (``upscale``, an exact ``size``). Why the bound is
+    sound: docs/renditions.md ("Renditions no source can make compliant").
 
     :param source: ``(width, height)`` the master cannot exceed (the source photo's, from its header).
     :param spec: the rendition spec.

@@ -25,6 +25,7 @@ from airflow_provider_bgremoval.options import (
     _color,
     _format,
     _margin,
+    _not_a_boolean,
     _whole_number,
     option_model,
     options_fingerprint,
@@ -83,7 +84,7 @@ def _aspect(value: Any) -> float:
 def _fill(value: Any) -> float:
     match = _FILL_PERCENT_RE.match(value.strip()) if isinstance(value, str) else None
     try:
-        ratio = float(match.group(1)) / 100 if match else float(_number(value))
+        ratio = float(match.group(1)) / 100 if match else float(_not_a_boolean(value))
     except (TypeError, ValueError):
         raise ValueError(f"{value!r} is not a fill ratio like 0.85 or '85%'") from None
     if not 0.05 <= ratio <= 1:
@@ -91,21 +92,11 @@ def _fill(value: Any) -> float:
     return ratio
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    return float(value)
-
-
 def _side(value: Any) -> int:
     side = _whole_number(value)
     if not 1 <= side <= MAX_SIDE:
         raise ValueError(f"{side} is not between 1 and {MAX_SIDE:,} pixels")
     return side
-
-
-def _margin_json() -> WithJsonSchema:
-    return WithJsonSchema({"type": ["string", "null"], "examples": ["6%", "10px 20px"]})
 
 
 @option_model
@@ -158,7 +149,11 @@ class RenditionSpec(EncodedOptionSet):
         WithJsonSchema({"type": ["string", "number", "null"], "examples": ["1:1", "4:3"]}),
     ] = None
     fit: Annotated[Fit, CHOICE] = "contain"
-    margin: Annotated[Margin | None, unset_or(_margin), _margin_json()] = None
+    margin: Annotated[
+        Margin | None,
+        unset_or(_margin),
+        WithJsonSchema({"type": ["string", "null"], "examples": ["6%", "10px 20px"]}),
+    ] = None
     fill: Annotated[
         float | None,
         unset_or(_fill),
