@@ -1,10 +1,5 @@
-"""Request pacing: a per-account request rate, adapted to 429s (AIMD; see docs/rate-limits.md).
-
-A :class:`Pacer` spaces the requests of one hook. It knows nothing of other processes: several
-shards sharing an account converge under its limit because each one cuts its own rate when it is
-answered 429 and adds back slowly on successes (multiplicative decrease, additive increase), and
-because each spaces its requests in whole requests per window, their shares add up per vendor second.
-Retries (their waits, ``Retry-After``, Pixian's linear back-off) stay in :mod:`.retry`.
+"""Request pacing: one hook's request rate, adapted to 429s (AIMD; why shards sharing an account
+converge: docs/rate-limits.md). Retries and their waits stay in :mod:`.retry`.
 """
 
 from __future__ import annotations
@@ -133,7 +128,6 @@ class Pacer:
     def __init__(self, policy: PacingPolicy, clock: Clock | None = None) -> None:
         self.policy = policy
         self.clock = clock or Clock()
-        self._clock = self.clock.now
         self._lock = threading.Lock()
         cap = policy.requests_per_second
         self._rate: float | None = None if cap is None else self._first_rate(cap)  # None: unpaced
@@ -153,7 +147,7 @@ class Pacer:
 
     def now(self) -> float:
         """The pacer's clock."""
-        return self._clock()
+        return self.clock.now()
 
     def interval(self, rate: float) -> float:
         """
@@ -167,7 +161,7 @@ class Pacer:
     def wait_time(self) -> float:
         """Seconds to wait before asking again; ``0.0``: a request may go now (its slot is taken)."""
         with self._lock:
-            now = self._clock()
+            now = self.clock.now()
             if self._rate is not None:
                 if now < self._next:
                     return self._next - now
@@ -203,7 +197,7 @@ class Pacer:
         :param retry_after: the vendor's ``Retry-After`` in seconds: no request goes before it is over.
         """
         with self._lock:
-            now, policy = self._clock(), self.policy
+            now, policy = self.clock.now(), self.policy
             if retry_after:
                 self._next = max(self._next, now + retry_after)
             if sent_at <= self._last_decrease:  # sent at the old rate: already reacted to

@@ -40,21 +40,6 @@ class RetryPolicy:
     rate_limit_step: float | None = None
     max_retry_after: float = 120.0
 
-    def with_overrides(
-        self, *, max_attempts: int | None = None, max_wait: float | None = None
-    ) -> RetryPolicy:
-        """
-        A copy with connection-level overrides applied.
-
-        :param max_attempts: attempts in total (at least 1); ``None`` keeps the policy's.
-        :param max_wait: total seconds of waiting; ``None`` keeps the policy's.
-        """
-        return replace(
-            self,
-            max_attempts=self.max_attempts if max_attempts is None else max(1, int(max_attempts)),
-            max_wait=self.max_wait if max_wait is None else float(max_wait),
-        )
-
 
 def is_retryable(exc: BaseException) -> bool:
     """True for errors the policy may repeat."""

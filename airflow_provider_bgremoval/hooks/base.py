@@ -194,7 +194,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     #: form fields a connection must fill
     _required_fields: ClassVar[tuple[str, ...]] = ("password",)
     #: extra -> its parser, run as the connection is read (a bad value fails then, not mid-batch)
-    _extra_parsers: ClassVar[Mapping[str, Callable[[Any], object]]] = {}
+    _extra_parsers: ClassVar[Mapping[str, Callable[[Any], object]]] = {
+        "requests_per_second": parse_requests_per_second
+    }
     #: the async calls check an input, or decode a result, of up to this many pixels on the event loop
     #: (~2 ms at most; a worker-thread hop costs more than a small image's work), larger ones in a
     #: worker thread; ``0``: always in a thread
@@ -350,14 +352,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         mask_secret(fields["password"])  # through _compat: dag.test()'s supervisor must not log it
         raw_timeout = timeout if timeout is not None else extras.get("timeout")
         try:
-            seconds = (
-                float(raw_timeout) if raw_timeout not in (None, "") else cls.wire_class.spec.default_timeout
-            )
+            seconds = cls.wire_class.spec.default_timeout if raw_timeout in (None, "") else float(raw_timeout)
         except (TypeError, ValueError):
             raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds") from None
         if seconds <= 0:
             raise InvalidOptionError("timeout", "must be positive")
-        parse_requests_per_second(extras.get("requests_per_second"))
         for name, parse in cls._extra_parsers.items():
             parse(extras.get(name))
         settings = ConnectionSettings(
@@ -441,7 +440,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         max_retries = (self._settings.extras if self._settings else {}).get("max_retries")
         policy = self.wire_class.spec.retry_policy
         if max_retries not in (None, ""):
-            policy = policy.with_overrides(max_attempts=int(max_retries) + 1)
+            policy = replace(policy, max_attempts=max(1, int(max_retries) + 1))
         return policy
 
     def _client_options(self, settings: ConnectionSettings) -> dict[str, Any]:
@@ -549,12 +548,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """Tell the pacer how a request it let go was answered (a success or a 429; other errors: nothing)."""
         if error is None:
             pacer.on_success(paced=waited)
-        if not isinstance(error, RateLimitedError):
-            return
-        retry_after = error.retry_after
-        if retry_after is not None:
-            retry_after = min(retry_after, self.retry_policy.max_retry_after)
-        pacer.on_rate_limited(sent_at, retry_after)
+        elif isinstance(error, RateLimitedError):
+            after, cap = error.retry_after, self.retry_policy.max_retry_after
+            pacer.on_rate_limited(sent_at, None if after is None else min(after, cap))
 
     def _attempt(
         self, wire: VendorWire, request: WireRequest, probe: bool, stats: CallStats, pacer: Pacer | None
@@ -723,28 +719,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         prepared = yield from self._offload(lambda: prepare_input(image, limits, vendor=vendor), image)
         return ImageInput(data=prepared.data, filename=filename, content_type=prepared.content_type)
 
-    def _finish(
-        self,
-        wire: VendorWire,
-        result: ImageResult,
-        image: ImageInput,
-        plan: OptionSplit,
-        vendor_options: Any,
-        stats: CallStats,
-    ) -> ImageResult:
-        result = wire.finish_result(result, image, vendor_options)
-        content, content_type, width, height = apply_local_steps(
-            result.content, plan.local, vendor=wire.spec.name, requested_format=plan.native.output_format
-        )
-        return replace(
-            result,
-            content=content,
-            content_type=content_type,
-            width=width,
-            height=height,
-            call=stats.snapshot(),
-        )
-
     def _image_call(
         self,
         request: WireRequest,
@@ -771,11 +745,25 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 )
             result = reply
             stats.credits_charged = result.credits_charged
-            return (
-                yield from self._offload(
-                    lambda: self._finish(wire, result, image, plan, vendor_options, stats), result.content
+
+            def finish() -> ImageResult:
+                done = wire.finish_result(result, image, vendor_options)
+                content, content_type, width, height = apply_local_steps(
+                    done.content,
+                    plan.local,
+                    vendor=wire.spec.name,
+                    requested_format=plan.native.output_format,
                 )
-            )
+                return replace(
+                    done,
+                    content=content,
+                    content_type=content_type,
+                    width=width,
+                    height=height,
+                    call=stats.snapshot(),
+                )
+
+            return (yield from self._offload(finish, result.content))
         except BgRemovalError as exc:  # typed: with the call's outcome, a billable final error counted
             if exc.possibly_charged and not exc.retryable and not stats.billed_reply:
                 stats.possibly_charged += 1
@@ -792,6 +780,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             error.call = stats.snapshot()
             raise error from exc
 
+    def _call_options(self, vendor_options: Any) -> Any:
+        """A call's vendor options with the hook's defaults filled in (none here)."""
+        return vendor_options
+
     def _removal_request(
         self,
         image: bytes | None,
@@ -803,7 +795,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> Flow[tuple[WireRequest, ImageInput, OptionSplit, Any]]:
         """A remove-background request, checked: with its input, option split and vendor options."""
         options = options or RemovalOptions()
-        vendor_options = self.wire_class.check_call(options, vendor_options, image_url=image_url)
+        vendor_options = self.wire_class.check_call(
+            options, self._call_options(vendor_options), image_url=image_url
+        )
         wire = yield from self._wire()
         image_input = yield from self._image_input(image, image_url, filename, check_input)
         plan = split_options(options, wire.capabilities_for(vendor_options))

@@ -8,8 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _methods
-from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions
-from airflow_provider_bgremoval.vendors.base import ImageInput, WireRequest
+from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.vendors.pixian import (
     DeltaMode,
     PixianOptions,
@@ -37,7 +36,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
     hook_name = "Pixian.AI"
     wire_class = PixianWire
     _required_fields = ("password", "login")
-    _extra_parsers = {"test_mode": parse_test_mode}
+    _extra_parsers = {**BackgroundRemovalHook._extra_parsers, "test_mode": parse_test_mode}
 
     def __init__(
         self, conn_id: str | None = None, *, delta_png_default: DeltaMode = False, **kwargs: Any
@@ -47,20 +46,10 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         #: fingerprint changes), so it may be set on a built hook (``hook.delta_png_default = "auto"``)
         self.delta_png_default: DeltaMode = PixianOptions(delta_png=delta_png_default).delta_png or False
 
-    def _removal_request(
-        self,
-        image: bytes | None,
-        image_url: str | None,
-        options: RemovalOptions | None,
-        vendor_options: Any,
-        filename: str,
-        check_input: bool,
-    ) -> Flow[tuple[WireRequest, ImageInput, OptionSplit, Any]]:
-        """The base request, with an unset ``delta_png`` taken from :attr:`delta_png_default`."""
+    def _call_options(self, vendor_options: Any) -> PixianOptions:
+        """The call's options, an unset ``delta_png`` taken from :attr:`delta_png_default`."""
         opts = PixianOptions.coerce(vendor_options)
-        if opts.delta_png is None:
-            opts = replace(opts, delta_png=self.delta_png_default)
-        return (yield from super()._removal_request(image, image_url, options, opts, filename, check_input))
+        return opts if opts.delta_png is not None else replace(opts, delta_png=self.delta_png_default)
 
     def output_settings(self, vendor_options: Any = None) -> dict[str, Any]:
         return {"test": self.is_test_mode(vendor_options)}

@@ -20,8 +20,6 @@ import anyio
 import httpcore
 import httpx
 
-#: A client certificate as httpx takes it: a file, ``(cert, key)`` or ``(cert, key, password)``.
-_Cert: typing.TypeAlias = str | tuple[str, str] | tuple[str, str, str]
 #: A pool key: scheme, host, port.
 _Origin: typing.TypeAlias = tuple[bytes, bytes, "int | None"]
 
@@ -76,8 +74,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
     ``httpx.AsyncHTTPTransport`` for direct HTTP/1.1 connections, pooled at O(1) per request.
 
     :param verify: TLS verification, as httpx takes it (``True``, a CA bundle path or an SSL context).
-    :param cert: a client certificate, as httpx takes it.
-    :param trust_env: let ``SSL_CERT_FILE``/``SSL_CERT_DIR`` choose the CA certificates (httpx's rule).
     :param limits: open connections at most (``max_connections``), idle ones kept
         (``max_keepalive_connections``) and for how long (``keepalive_expiry``), as httpx's transport.
     """
@@ -86,11 +82,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self,
         *,
         verify: ssl.SSLContext | str | bool = True,
-        cert: _Cert | None = None,
-        trust_env: bool = True,
         limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
     ) -> None:
-        self._ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self._ssl_context = httpx.create_ssl_context(verify=verify)
         self._limits = limits
         self._slots = anyio.Semaphore(limits.max_connections or 1 << 30)
         self._idle: dict[_Origin, list[httpcore.AsyncHTTPConnection]] = {}  # oldest first

@@ -188,15 +188,6 @@ def test_max_wait_budget_counts_retry_after() -> None:
     assert sleep.waits == [20]
 
 
-def test_with_overrides() -> None:
-    policy = RetryPolicy(rate_limit_step=5, max_retry_after=30, jitter=0.1)
-    changed = policy.with_overrides(max_attempts=3, max_wait=10)
-    assert (changed.max_attempts, changed.max_wait) == (3, 10.0)
-    assert (changed.rate_limit_step, changed.max_retry_after, changed.jitter) == (5, 30, 0.1)
-    assert policy.with_overrides() == policy
-    assert policy.with_overrides(max_attempts=0).max_attempts == 1
-
-
 # -- what is not retried ---------------------------------------------------------------------------
 
 NOT_RETRYABLE = [

@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from decimal import Decimal
 from typing import Any, ClassVar
 from unittest import mock
@@ -348,6 +348,16 @@ def test_json_extras_login_and_timeout(
     assert settings.timeout == 180.0
     assert settings.extras["test_mode"] is True
     assert hook.retry_policy.max_attempts == 1
+
+
+def test_max_retries_changes_only_the_attempts_and_keeps_one(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
+) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, extra={"max_retries": -1})
+    hook = make_hook()
+    hook.get_settings()
+    vendor_policy = asdict(hook.wire_class.spec.retry_policy)
+    assert asdict(hook.retry_policy) == {**vendor_policy, "max_attempts": 1}
 
 
 def test_constructor_overrides_win(
