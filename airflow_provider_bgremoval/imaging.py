@@ -270,9 +270,9 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
         raise _reject("too_many_pixels", message, vendor) from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
         raise _reject("malformed_image", f"the image data is corrupt or truncated ({exc})", vendor) from None
-    converted = ImageInfo("PNG", upright.width, upright.height, upright.mode)
-    check_limits(converted, len(out.getvalue()), limits, vendor=vendor)
-    return PreparedInput(out.getvalue(), "image/png")
+    png = out.getvalue()
+    check_limits(ImageInfo("PNG", *upright.size, upright.mode), len(png), limits, vendor=vendor)
+    return PreparedInput(png, "image/png")
 
 
 def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorResponseError:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -376,11 +377,8 @@ class NewImagesTrigger(BaseEventTrigger):
         """The processor of each connection in chain order, read without blocking (tests override this)."""
         processors = []
         for conn_id in self.conn_ids:
-            hook = await BackgroundRemovalHook.aget_hook(conn_id)
-            try:
+            async with aclosing(await BackgroundRemovalHook.aget_hook(conn_id)) as hook:
                 processors.append(self.build_processor(hook, chained=len(self.conn_ids) > 1))
-            finally:
-                await hook.aclose()
         return processors
 
     def get_storage(self) -> GcsStorage:
@@ -410,15 +408,6 @@ class NewImagesTrigger(BaseEventTrigger):
             log.warning("No asset state store for the watermark (%s): kept in memory only", exc)
             self.asset_state_store = None
             return Watermark()
-
-    async def save_watermark(self, watermark: Watermark) -> None:
-        """
-        Keep ``watermark`` in the watched asset's state store (before its event is yielded).
-
-        :param watermark: the new watermark.
-        """
-        if self.asset_state_store is not None:
-            await self.asset_state_store.aset(self.state_key, watermark.as_dict())
 
     # -- polling ------------------------------------------------------------------------------------------
     def list_new(self, storage: GcsStorage, watermark: Watermark) -> list[ObjectInfo]:
@@ -511,7 +500,8 @@ class NewImagesTrigger(BaseEventTrigger):
             log.info("%d image(s) waiting, fewer than min_batch=%d", counts.unfinished, self.min_batch)
             return None, watermark, arrivals
         new = watermark.advanced(sources, fired=bool(enough))
-        await self.save_watermark(new)  # first: a restarted triggerer never fires twice for these
+        if self.asset_state_store is not None:  # first: a restarted triggerer never fires twice for these
+            await self.asset_state_store.aset(self.state_key, new.as_dict())
         if not enough:
             log.info("%d new source(s), all finished or refused: watermark %s", len(sources), new)
             return None, new, Arrivals()
