@@ -242,14 +242,10 @@ class GenerationParameters(BucketJobOperator):
         self.negative_prompt = negative_prompt
         self.image_transform = image_transform
         if not any(is_template(v) for v in (scene, prompt, negative_prompt)):
-            self.generate_options()  # fail at DAG parse on bad or conflicting options
+            generation_options_of(self._options())  # fail at DAG parse on bad or conflicting options
 
     def _options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in GENERATION_FIELDS}
-
-    def generate_options(self) -> PixelcutGenerateOptions:
-        """The validated generate-background options."""
-        return generation_options_of(self._options())
 
     def build_processor(
         self, hook: BackgroundRemovalHook[Any], cost: Decimal | None, *, chained: bool = False

@@ -39,10 +39,8 @@ class RenderRenditionsOperator(BucketImageOperator):
     """
     Render renditions from the images under a prefix (the masters), never calling a vendor.
 
-    The way to add a rendition to a whole catalogue for free: ``source_prefix`` is the masters prefix
-    of the bucket operators (or any folder of cut-outs), renditions go to
-    ``<destination_prefix><name>/<relative stem><ext>`` exactly as theirs do, and what is finished is
-    skipped the same way. It needs no vendor connection.
+    A rendition added to a whole catalogue for free, laid out and skipped as the bucket operators' are
+    (docs/pipeline.md, "Render-only").
 
     :param renditions: the renditions (docs/renditions.md), at least one (or a template rendering them).
     :param source_bucket: bucket of the masters.
