@@ -370,14 +370,13 @@ class Margin:
     left: Length
 
     @classmethod
-    def parse(cls, text: str, *, parameter: str = "margin") -> Margin:
+    def parse(cls, text: str) -> Margin:
         """
         Parse ``"5%"``, ``"10px 5%"``, ``"1px 2px 3px"`` or ``"1px 2px 3px 4px"``.
 
-        :param text: the margin as given.
-        :param parameter: the option's name, for the error.
+        :param text: the margin as given (an :class:`InvalidOptionError` names ``margin``).
         """
-        return _named(parameter, _margin, text)
+        return _named("margin", _margin, text)
 
     def __str__(self) -> str:
         return f"{self.top} {self.right} {self.bottom} {self.left}"

@@ -184,10 +184,10 @@ class PixianOptions(OptionSet):
         return self
 
 
-def check_image_url_type(url: str) -> str:
+def check_image_url_type(url: str) -> None:
     """
     Refuse an ``image.url`` whose (decoded) path ends in one of :data:`OTHER_IMAGE_EXTENSIONS`, any
-    case; return the URL unchanged (anything else is left to Pixian).
+    case (anything else is left to Pixian).
 
     :param url: the URL input.
     """
@@ -199,7 +199,6 @@ def check_image_url_type(url: str) -> str:
             f"Pixian's image.url must be a .bmp, .gif, .jpeg, .png or .tiff file, not {suffix}; "
             "pass the image bytes instead (uploads of other formats are converted to PNG)",
         )
-    return url
 
 
 def _ints(value: str | None, count: int) -> tuple[int, ...] | None:
@@ -241,23 +240,6 @@ PIXIAN_SPEC = VendorSpec(
 )
 #: with ``delta_png`` Pixian does none of the unified options itself: all of them run locally
 DELTA_CAPABILITIES = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
-
-
-def _pixel_limit(opts: PixianOptions) -> int:
-    """The most pixels Pixian processes unshrunk with these options (``max_pixels``, or its default)."""
-    return opts.max_pixels if opts.max_pixels is not None else MAX_MAX_PIXELS
-
-
-def _image_fallback(data: bytes, opts: PixianOptions) -> str | None:
-    """Why a delta of this input would not decode to Pixian's normal result (``None``: it would)."""
-    try:
-        info = read_header(data, vendor=PIXIAN_SPEC.name)
-    except InputRejectedError:
-        return "the input's header is unreadable"
-    if info.pixels > (limit := _pixel_limit(opts)):
-        return f"{info.pixels:,} pixels is over max_pixels ({limit:,}): Pixian would shrink it"
-    kind = _not_opaque_8_bit(info)
-    return None if kind is None else f"{kind} (only opaque 8-bit JPEG/PNG inputs are copied exactly)"
 
 
 def _not_opaque_8_bit(info: ImageInfo) -> str | None:
@@ -352,7 +334,8 @@ class PixianWire(VendorWire):
     ) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]] | None]:
         """The image as ``image.url``, ``image.base64`` or the multipart ``image`` file."""
         if image.url is not None:
-            return {"image.url": check_image_url_type(image.url)}, None
+            check_image_url_type(image.url)
+            return {"image.url": image.url}, None
         data = cast(bytes, image.data)
         if opts.input_encoding == "base64":
             return {"image.base64": self._base64(data)}, None
@@ -394,9 +377,9 @@ class PixianWire(VendorWire):
         :param vendor_options: the call's Pixian options, as :meth:`check_call` returned them.
         """
         opts = self.coerce_options(vendor_options)
-        if opts.delta_png == "auto":
-            return self.delta_fallback(image, opts) is None
-        return opts.delta_png is True
+        return (
+            self.delta_fallback(image, opts) is None if opts.delta_png == "auto" else opts.delta_png is True
+        )
 
     def delta_fallback(self, image: ImageInput, vendor_options: VendorOptionsInput = None) -> str | None:
         """
@@ -414,7 +397,14 @@ class PixianWire(VendorWire):
             return "test mode (a delta cannot carry the watermark on solid pixels)"
         if image.data is None:
             return "no image bytes to decode a delta with (image_url)"
-        return _image_fallback(image.data, opts)
+        try:
+            info = read_header(image.data, vendor=self.spec.name)
+        except InputRejectedError:
+            return "the input's header is unreadable"
+        if info.pixels > (limit := opts.max_pixels or MAX_MAX_PIXELS):
+            return f"{info.pixels:,} pixels is over max_pixels ({limit:,}): Pixian would shrink it"
+        kind = _not_opaque_8_bit(info)
+        return None if kind is None else f"{kind} (only opaque 8-bit JPEG/PNG inputs are copied exactly)"
 
     def _check_delta(self, image: ImageInput, opts: PixianOptions) -> None:
         if image.data is None:
@@ -422,7 +412,7 @@ class PixianWire(VendorWire):
                 "delta_png", "needs the image bytes to decode the result; image_url cannot be used with it"
             )
         info = read_header(image.data, vendor=self.spec.name)
-        if info.pixels > (limit := _pixel_limit(opts)):
+        if info.pixels > (limit := opts.max_pixels or MAX_MAX_PIXELS):
             raise InputRejectedError(
                 f"image is {info.width}x{info.height} = {info.pixels:,} pixels; with delta_png it must not "
                 f"exceed max_pixels ({limit:,}) or Pixian shrinks it and the delta cannot be decoded",

@@ -260,14 +260,10 @@ class PoofWire(VendorWire):
         body, numbers = self.balance_numbers(response, "maxCredits", "usedCredits", request_id=request_id)
         threshold = parse_decimal(body.get("autoRechargeThreshold"))
         if threshold is None or threshold <= 0:
-            mode = AutoRechargeMode.OFF
-            threshold = None
-        elif threshold < 1:
-            mode = AutoRechargeMode.FRACTION
+            threshold, mode = None, AutoRechargeMode.OFF
         else:
-            mode = AutoRechargeMode.CREDITS
-        plan = body.get("plan")
-        organization = body.get("organizationId")
+            mode = AutoRechargeMode.FRACTION if threshold < 1 else AutoRechargeMode.CREDITS
+        organization, plan = body.get("organizationId"), body.get("plan")
         return PoofAccount(
             organization_id=str(organization) if organization not in (None, "") else None,
             plan=str(plan) if plan not in (None, "") else None,
