@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_provider_bgremoval._compat import AirflowNotFoundException
 from airflow_provider_bgremoval.exceptions import (
@@ -18,11 +18,8 @@ from airflow_provider_bgremoval.exceptions import (
     RateLimitedError,
     TransientVendorError,
 )
-from airflow_provider_bgremoval.hooks.base import format_credits
+from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.results import AccountState, Balance
-
-if TYPE_CHECKING:
-    from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 
 #: How a list of accounts is pooled: ``any`` (one account has enough) or ``total`` (their sum).
 POOLING_CHOICES = ("any", "total")
@@ -290,24 +287,19 @@ class PoolVerdict:
         return f"pool ({target.pooling}) in {unit}: {'; '.join(parts)}; wanted {pooled}: {verdict}"
 
 
-_HookFactory = Callable[[str], Awaitable["BackgroundRemovalHook[Any]"]]
-
-
-async def _aread(conn_id: str, get_hook: _HookFactory) -> Balance | BaseException:
+async def _aread(conn_id: str) -> Balance | BaseException:
     try:
-        hook = await get_hook(conn_id)
-        async with aclosing(hook):
+        async with aclosing(await BackgroundRemovalHook.aget_hook(conn_id)) as hook:
             return await hook.aget_balance()
     except Exception as exc:  # reported per account; the verdict decides
         return exc
 
 
-async def aread_pool(conn_ids: Sequence[str], get_hook: _HookFactory) -> dict[str, Balance | BaseException]:
+async def aread_pool(conn_ids: Sequence[str]) -> dict[str, Balance | BaseException]:
     """
     Every account's balance (a free call), read concurrently; an account that fails gives its error.
 
     :param conn_ids: the accounts.
-    :param get_hook: builds the async hook of an account.
     """
-    readings = await asyncio.gather(*(_aread(conn_id, get_hook) for conn_id in conn_ids))
+    readings = await asyncio.gather(*(_aread(conn_id) for conn_id in conn_ids))
     return dict(zip(conn_ids, readings, strict=True))

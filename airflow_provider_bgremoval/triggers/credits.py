@@ -179,7 +179,7 @@ class CreditsTrigger(BaseTrigger):
         :param polls: the poll's number, for the log (``None``: a poke).
         :param logger: where the verdict is logged.
         """
-        verdict = target.verdict(await aread_pool(target.conn_ids, BackgroundRemovalHook.aget_hook))
+        verdict = target.verdict(await aread_pool(target.conn_ids))
         logger.info("%s", _numbered(verdict.describe(), polls))
         return Poll(met=verdict.as_dict()) if verdict.met else Poll(fatal=verdict.fatal_error)
 
