@@ -293,7 +293,7 @@ class PlanWriter:
         self._render = _ChunkStream(self._write, "render")
         self._header_only = bytearray()
         self._accepted: list[int | None] | None = None  # only once an item names its accounts
-        self._counts: Counter[str] = Counter()  # statuses and kinds (disjoint names)
+        self._kinds: Counter[str] = Counter()
         self._samples: list[WorkItem] = []
 
     def _write(self, name: str, data: bytes) -> None:
@@ -328,7 +328,7 @@ class PlanWriter:
     def settle(self, outcome: PlannedOutcome) -> None:
         """Record a source settled during planning."""
         self._settled.append(_settled_row(outcome))
-        self._counts.update((outcome.status, outcome.kind))
+        self._kinds[outcome.kind] += 1
 
     @property
     def billable(self) -> int:
@@ -340,13 +340,9 @@ class PlanWriter:
         """Number of sources."""
         return self._items.rows + self._settled.rows + self._render.rows
 
-    def count(self, status: str) -> int:
-        """Number of settled sources with ``status``."""
-        return self._counts[status]
-
     def count_kind(self, kind: str) -> int:
         """Number of settled sources of ``kind`` (:attr:`~.planning.PlannedOutcome.kind`)."""
-        return self._counts[kind]
+        return self._kinds[kind]
 
     def header_only_among(self, first: int) -> int:
         """How many of the first ``first`` billable items were checked by header only."""
@@ -440,11 +436,8 @@ def read_shard(
     for row in _rows(storage, shard, "render", shard.render):
         plan.add_render(_work_item(spec, row, renditions))
     for row in _rows(storage, shard, "settled", shard.settled):
-        source = _source(spec.source_bucket, row)
-        outcome = PlannedOutcome(
-            source, row["destination"], row["status"], row["code"], row["message"], row.get("extra")
-        )
-        plan.settle(outcome)
+        texts = (row["destination"], row["status"], row["code"], row["message"])
+        plan.settle(PlannedOutcome(_source(spec.source_bucket, row), *texts, row.get("extra")))
     return plan
 
 

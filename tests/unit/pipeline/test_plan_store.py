@@ -28,6 +28,7 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     shard_bounds,
 )
 from airflow_provider_bgremoval.pipeline.planning import (
+    SETTLED_KINDS,
     BatchPlan,
     BatchSpec,
     OutputIdentity,
@@ -135,7 +136,8 @@ def test_the_writer_counts_and_samples_like_a_batch_plan() -> None:
         for outcome in outcomes:
             sink.settle(outcome)
     assert (writer.billable, writer.total) == (memory.billable, memory.total) == (5, 8)
-    assert [writer.count(s) for s in ("skipped", "rejected", "done")] == [1, 2, 0]
+    assert [writer.count_kind(k) for k in SETTLED_KINDS] == [memory.count_kind(k) for k in SETTLED_KINDS]
+    assert [writer.count_kind(k) for k in SETTLED_KINDS] == [1, 2, 0, 0]
     assert [memory.count(s) for s in ("skipped", "rejected", "done")] == [1, 2, 0]
     for first in range(7):
         assert writer.header_only_among(first) == memory.header_only_among(first)
