@@ -150,21 +150,19 @@ class RenditionTarget:
         )
         return self._rejected_facts(bucket, "output_exists", message)
 
-    def skipped_facts(self, bucket: str) -> dict[str, Any]:
-        """The manifest entry of a finished rendition."""
-        assert self.existing is not None
-        return {
-            "name": self.rendition.name,
-            "object": gs_uri(bucket, self.name),
-            "generation": self.existing.generation,
-            "fingerprint": self.rendition.fingerprint,
-            "status": "skipped",
-            "compliant": (self.existing.metadata or {}).get(META_COMPLIANT) == "true",
-            "bytes": self.existing.size,
-        }
-
-    def recorded_facts(self, bucket: str) -> dict[str, Any]:
-        """The manifest entry of a rendition recorded non-compliant for this master and spec."""
+    def settled_facts(self, bucket: str) -> dict[str, Any]:
+        """The manifest entry of a settled rendition: skipped, or rejected as recorded."""
+        if self.finished:
+            assert self.existing is not None
+            return {
+                "name": self.rendition.name,
+                "object": gs_uri(bucket, self.name),
+                "generation": self.existing.generation,
+                "fingerprint": self.rendition.fingerprint,
+                "status": "skipped",
+                "compliant": (self.existing.metadata or {}).get(META_COMPLIANT) == "true",
+                "bytes": self.existing.size,
+            }
         assert self.record is not None
         meta = self.record.metadata or {}
         failed = [name for name in meta.get(META_FAILED_CHECKS, "").split(",") if name]
@@ -186,10 +184,6 @@ class RenditionTarget:
         )
         facts = self._rejected_facts(bucket, NONCOMPLIANT, message)
         return {**facts, "failed": failed, "checks": [check.as_dict() for check in checks]}
-
-    def settled_facts(self, bucket: str) -> dict[str, Any]:
-        """The manifest entry of a settled rendition: skipped, or rejected as recorded."""
-        return self.skipped_facts(bucket) if self.finished else self.recorded_facts(bucket)
 
 
 def _unreachable_checks(rendition: Rendition, source: tuple[int, int]) -> tuple[CheckResult, ...]:

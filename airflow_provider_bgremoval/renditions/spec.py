@@ -356,8 +356,7 @@ def resolve_rendition(
         raise InvalidOptionError(parameter, f"{type(value).__name__} is not a rendition spec or a mapping")
     registry = preset_registry() if registry is None else registry
     fields = dict(value)
-    fields.pop("preset", None)
-    preset_name = value.get("preset")
+    preset_name = fields.pop("preset", None)
     chain = (
         [] if preset_name in (None, "") else _preset_chain(str(preset_name), registry, f"{parameter}.preset")
     )
