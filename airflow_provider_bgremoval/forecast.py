@@ -103,16 +103,15 @@ def dump_history(samples: Iterable[Sample]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
-def is_late(samples: Sequence[Sample], sample: Sample, tolerance: timedelta = LATE_TOLERANCE) -> bool:
+def is_late(samples: Sequence[Sample], sample: Sample) -> bool:
     """
-    True when ``sample`` is older than the newest reading by more than ``tolerance``: a balance read now
-    but dated in the past (a cleared or backfilled run) would replace or fake that time's reading.
+    True when ``sample`` is older than the newest reading by more than :data:`LATE_TOLERANCE`: a balance
+    read now but dated in the past (a cleared or backfilled run) would replace or fake that time's reading.
 
     :param samples: the history, oldest first.
     :param sample: the new reading.
-    :param tolerance: how much older is still recorded (monitors racing).
     """
-    return bool(samples) and sample.at < samples[-1].at - tolerance
+    return bool(samples) and sample.at < samples[-1].at - LATE_TOLERANCE
 
 
 def predecessor(samples: Sequence[Sample], sample: Sample) -> Sample | None:

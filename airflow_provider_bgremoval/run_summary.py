@@ -61,12 +61,10 @@ class RunSummary:
     :param credits_spent: credits charged over every try of the run.
     :param manifests: ``gs://`` URIs of the manifests read.
     :param rows: the final row of each source (manifest row dicts).
-    :param accounts: per vendor connection (rows with an ``account``), in order of first appearance:
-        ``conn_id``, ``vendor``, ``done`` (final rows); over every try: ``images`` (rows whose
-        ``account`` it is: the images it took the last call of, whatever their status),
-        ``credits_spent``, ``possibly_charged`` (its share of the rows' lost replies: a handoff's
-        ``possibly_charged`` to the account that handed the image on, the rest to the row's
-        ``account``) and ``handed_on`` (images it handed to the next account, by reason).
+    :param accounts: per vendor connection, in order of first appearance: ``conn_id``, ``vendor``,
+        ``done`` (final rows); over every try: ``images`` (rows it took the last call of),
+        ``credits_spent``, ``possibly_charged`` (a handoff's lost replies on the account that handed the
+        image on, the rest on the row's ``account``) and ``handed_on`` (by reason; docs/pipeline.md).
     """
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
