@@ -145,13 +145,10 @@ class PixianOptions(OptionSet):
         not with the unified ``margin`` or ``delta_png``.
     :param target_size: native ``result.target_size`` ``(width, height)`` (or ``"1920 1080"``).
     :param vertical_alignment: native ``result.vertical_alignment``; only with ``target_size``.
-    :param delta_png: ``True``: ask for ``output.format=delta_png`` on every call; the hook decodes it,
-        then runs every unified option locally. ``"auto"``: transfer-only, decided per image before the
-        call: a delta where the decoded result is the same image as the normal PNG (the image bytes in
-        hand, an opaque input within ``max_pixels``, no option Pixian ignores with it, not test mode),
-        else the normal result; it never changes the options fingerprint. ``False``: never. ``None``
-        (not set): the hook's :attr:`~airflow_provider_bgremoval.hooks.pixian.PixianHook.delta_png_default`
-        (``False`` unless set; ``"auto"`` is the recommended setting for renditions masters).
+    :param delta_png: ``True`` asks for ``output.format=delta_png`` on every call (decoded by the hook,
+        every unified option local); ``"auto"`` only where the decoded result is the same image
+        (transfer-only, docs/vendors/pixian.md); ``False`` never; ``None`` (not set) takes the hook's
+        :attr:`~airflow_provider_bgremoval.hooks.pixian.PixianHook.delta_png_default`.
     :param jpeg_quality: ``output.jpeg_quality`` (1-100); ``None`` uses the unified ``jpeg_quality``.
     """
 
