@@ -99,6 +99,13 @@ def _side(value: Any) -> int:
     return side
 
 
+def _text_schema(*examples: Any, number: bool = True) -> WithJsonSchema:
+    """The JSON schema of an optional field given as text (or a number), parsed by its validator."""
+    return WithJsonSchema(
+        {"type": ["string", "number", "null"] if number else ["string", "null"], "examples": [*examples]}
+    )
+
+
 @option_model
 class RenditionSpec(EncodedOptionSet):
     """
@@ -143,22 +150,10 @@ class RenditionSpec(EncodedOptionSet):
     size: Annotated[
         tuple[int, int] | None, unset_or(functools.partial(parse_size, max_side=MAX_SIDE, square=True))
     ] = None
-    aspect: Annotated[
-        float | None,
-        unset_or(_aspect),
-        WithJsonSchema({"type": ["string", "number", "null"], "examples": ["1:1", "4:3"]}),
-    ] = None
+    aspect: Annotated[float | None, unset_or(_aspect), _text_schema("1:1", "4:3")] = None
     fit: Annotated[Fit, CHOICE] = "contain"
-    margin: Annotated[
-        Margin | None,
-        unset_or(_margin),
-        WithJsonSchema({"type": ["string", "null"], "examples": ["6%", "10px 20px"]}),
-    ] = None
-    fill: Annotated[
-        float | None,
-        unset_or(_fill),
-        WithJsonSchema({"type": ["string", "number", "null"], "examples": [0.85, "85%"]}),
-    ] = None
+    margin: Annotated[Margin | None, unset_or(_margin), _text_schema("6%", "10px 20px", number=False)] = None
+    fill: Annotated[float | None, unset_or(_fill), _text_schema(0.85, "85%")] = None
     crop: Flag = False
     max_size: Annotated[int | None, unset_or(_side)] = None
     min_size: Annotated[int | None, unset_or(_side)] = None
