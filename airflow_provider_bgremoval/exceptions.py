@@ -69,17 +69,13 @@ class BgRemovalError(_KeywordError):
         if possibly_charged is not None:
             self.possibly_charged = possibly_charged
 
-    def _attempts(self) -> int:
-        return self.call.attempts if self.call else 0
-
-    def _charged_attempts(self) -> int:
-        return self.call.possibly_charged + int(self.call.billed_reply) if self.call else 0
-
-    attempts = moved_attribute("BgRemovalError.attempts", "call.attempts", _attempts)
+    attempts = moved_attribute(
+        "BgRemovalError.attempts", "call.attempts", lambda self: self.call.attempts if self.call else 0
+    )
     possibly_charged_attempts = moved_attribute(
         "BgRemovalError.possibly_charged_attempts",
         "call.possibly_charged and .call.billed_reply",
-        _charged_attempts,
+        lambda self: self.call.possibly_charged + int(self.call.billed_reply) if self.call else 0,
     )
 
     def __str__(self) -> str:

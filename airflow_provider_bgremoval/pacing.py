@@ -22,17 +22,15 @@ class PacingPolicy:
     :param requests_per_second: the account's limit, the most this hook sends (``None``: no cap, the
         rate is only adapted, from the first 429 on).
     :param decrease: factor applied to the rate on a 429 (once per round of requests sent at that rate).
-    :param increase: on a paced success the rate grows by ``increase · rate / limit``, i.e. by
-        ``increase · rate² / limit`` per second (the limit: the cap, else the rate at the first 429),
-        and by at least ``increase / 8`` per success.
+    :param increase: a paced success adds ``increase · max(rate, limit / 8) / limit`` to the rate
+        (``increase · rate² / limit`` per second; the limit: the cap, else the rate at the first 429).
     :param initial_fraction: the first rate as a fraction of the cap (a shard's guess of its share).
     :param slow_start: until the first 429, a paced success adds this fraction of the first rate.
     :param min_rate: the rate never goes below this (requests per second) nor below
         ``limit · min_fraction``, unless the cap is lower.
     :param min_fraction: see ``min_rate``.
     :param window: seconds; from one request per window up, the rate is a whole number of requests
-        per window, spaced evenly, so independent hooks' requests add up per vendor second whatever
-        way the vendor counts (a little over one second: a margin for network jitter).
+        per window, so independent hooks' requests add up per vendor second (a margin over 1 s: jitter).
     """
 
     requests_per_second: float | None = None

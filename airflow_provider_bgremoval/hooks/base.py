@@ -76,13 +76,8 @@ _LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
 _FIELD_MEANING = {"password": "API key", "login": "API id"}
 
 
-def check_http_url(url: str, *, parameter: str = "image_url") -> str:
-    """
-    Accept only absolute http(s) URLs (no ``file:``, ``ftp:``, ``data:``…).
-
-    :param url: the URL a user gave.
-    :param parameter: the parameter the error names.
-    """
+def _checked_url(url: str, *, parameter: str = "image_url") -> str:
+    """``url`` if it is an absolute http(s) URL (no ``file:``, ``ftp:``, ``data:``…); else the error."""
     if not is_http_url(url):
         raise InvalidOptionError(parameter, "only absolute http:// or https:// URLs are accepted")
     return str(url)
@@ -379,7 +374,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             url = url if "://" in url else f"https://{url}"
             if conn.port and not urlsplit(url).port:
                 url = f"{url.rstrip('/')}:{conn.port}"
-        return check_http_url(url or cls.wire_class.spec.default_base_url, parameter=parameter).rstrip("/")
+        return _checked_url(url or cls.wire_class.spec.default_base_url, parameter=parameter).rstrip("/")
 
     @classmethod
     def _field(cls, conn: Connection, extras: Mapping[str, Any], field_name: str) -> str:
@@ -512,16 +507,12 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> _Effect[T]:
         """Run ``attempt()``'s flow under ``policy`` (the hook's when ``None``), counting into ``stats``."""
         policy = policy or self.retry_policy
-
-        def run() -> T:
-            return call_with_retry(lambda: self._run(attempt()), policy, sleep=self._sleep, stats=stats)
-
-        async def arun() -> T:
-            return await acall_with_retry(
-                lambda: self._arun(attempt()), policy, sleep=self._async_sleep, stats=stats
-            )
-
-        return _Effect(run, arun)
+        return _Effect(
+            partial(call_with_retry, lambda: self._run(attempt()), policy, sleep=self._sleep, stats=stats),
+            partial(
+                acall_with_retry, lambda: self._arun(attempt()), policy, stats=stats, sleep=self._async_sleep
+            ),
+        )
 
     def _httpx_kwargs(self, wire: VendorWire, request: WireRequest) -> dict[str, Any]:
         headers = {**wire.auth_headers(), **request.headers}
@@ -603,10 +594,12 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     send, asend = _methods(_send)
 
-    def _download_error(self, message: str, status: int | None = None) -> ResultDownloadError:
-        return ResultDownloadError(
-            message, vendor=self.wire_class.spec.name, status_code=status, code="result_download"
-        )
+    def _download_error(
+        self, message: str, status: int | None = None, *, transient: bool = False
+    ) -> Exception:
+        """A billed call's result download failing: retryable when ``transient``."""
+        kind, code = (TransientVendorError, None) if transient else (ResultDownloadError, "result_download")
+        return kind(message, vendor=self.wire_class.spec.name, status_code=status, code=code)
 
     def _result_head(self, response: httpx.Response) -> str | None:
         """Read a result reply's head: its redirect target, ``None`` for a body to read; else raise."""
@@ -620,9 +613,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 raise self._download_error("result URL redirected to a non-http(s) location; refused")
             return target
         if status >= 500 or status in (408, 429):
-            raise TransientVendorError(
-                f"result download answered {status}", vendor=self.wire_class.spec.name, status_code=status
-            )
+            raise self._download_error(f"result download answered {status}", status, transient=True)
         if status >= 400:
             raise self._download_error(
                 f"result URL answered {status} (expired or missing); the call was billed", status
@@ -670,8 +661,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
             except httpx.HTTPError as exc:
-                raise TransientVendorError(
-                    f"result download failed: {type(exc).__name__}", vendor=self.wire_class.spec.name
+                raise self._download_error(
+                    f"result download failed: {type(exc).__name__}", transient=True
                 ) from None
             if isinstance(got, bytes):
                 return got
@@ -710,7 +701,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         if image is not None and image_url is not None:
             raise InvalidOptionError("image_url", "give either image bytes or image_url, not both")
         if image_url is not None:
-            return ImageInput(url=check_http_url(image_url), filename=filename)
+            return ImageInput(url=_checked_url(image_url), filename=filename)
         if image is None:
             raise InvalidOptionError("image", "no image given")
         if not check_input:
