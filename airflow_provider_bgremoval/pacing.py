@@ -143,10 +143,6 @@ class Pacer:
         """The current rate in requests per second (``None``: unpaced)."""
         return self._rate
 
-    def now(self) -> float:
-        """The pacer's clock."""
-        return self.clock.now()
-
     def interval(self, rate: float) -> float:
         """
         Seconds between two requests at ``rate``: a whole number of them per window, else ``1 / rate``.
@@ -191,7 +187,7 @@ class Pacer:
         """
         A request was answered 429: cut the rate (once for all the requests sent before a cut).
 
-        :param sent_at: when that request took its slot (:meth:`now` then).
+        :param sent_at: when that request took its slot (its clock's ``now()`` then).
         :param retry_after: the vendor's ``Retry-After`` in seconds: no request goes before it is over.
         """
         with self._lock:

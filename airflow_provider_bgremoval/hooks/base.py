@@ -533,7 +533,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             waited = True
             yield from _Effect(partial(pacer.clock.sleep, seconds), partial(pacer.clock.asleep, seconds))
         stats.attempt_in_flight = True
-        return pacer.now(), waited
+        return pacer.clock.now(), waited
 
     def _paced(self, pacer: Pacer, sent_at: float, waited: bool, error: BgRemovalError | None) -> None:
         """Tell the pacer how a request it let go was answered (a success or a 429; other errors: nothing)."""

@@ -103,7 +103,7 @@ def test_the_rate_never_exceeds_the_cap() -> None:
     assert pacer.rate == 4
     slow = Pacer(PacingPolicy(requests_per_second=0.02), ManualClock())  # under min_rate: the cap wins
     assert slow.rate == 0.02
-    slow.on_rate_limited(slow.now())
+    slow.on_rate_limited(slow.clock.now())
     assert slow.rate == 0.02
 
 
