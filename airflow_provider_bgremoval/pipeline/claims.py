@@ -71,15 +71,8 @@ class ClaimStore:
         #: or a holder whose lease ran out): their output may exist, so look before paying.
         self.taken_over: set[str] = set()
 
-    def claim_name(self, destination: str, source_generation: int = 0) -> str:
-        """
-        Object name of the claim for ``destination`` made from ``source_generation``: a new generation
-        of the source is new work, with a claim of its own (the run that made the old output holds no
-        claim on it).
-
-        :param destination: the output's object name.
-        :param source_generation: the source generation the output is made from (0: not known).
-        """
+    def _claim_name(self, destination: str, source_generation: int) -> str:
+        """A new generation of the source is new work, with a claim of its own (0: generation not known)."""
         key = f"{destination}\n{source_generation}" if source_generation else destination
         return self.prefix + hashlib.sha256(key.encode()).hexdigest()[:40]
 
@@ -112,7 +105,7 @@ class ClaimStore:
         :param source_generation: the source generation the output is made from (0: not known).
         :return: ``None`` on success, else the :class:`ClaimHolder` of a live claim.
         """
-        name = self.claim_name(destination, source_generation)
+        name = self._claim_name(destination, source_generation)
         for _ in range(3):
             with suppress(WriteConflictError):
                 self._write(destination, name, 0)
