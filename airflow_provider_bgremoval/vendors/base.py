@@ -249,6 +249,7 @@ class VendorSpec:
     :param remove_path: the remove-background endpoint's path (see :meth:`VendorWire.endpoint`).
     :param balance_path: the free balance (or account) endpoint's path.
     :param api_prefix: the paths' version prefix, left out when the base URL already ends with it.
+    :param options: the vendor's options model (``None``: vendor options are passed on as given).
     """
 
     name: str
@@ -268,6 +269,7 @@ class VendorSpec:
     remove_path: str = ""
     balance_path: str = ""
     api_prefix: str = ""
+    options: type[OptionSet] | None = None
 
 
 class VendorWire(ABC):
@@ -378,11 +380,12 @@ class VendorWire(ABC):
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> VendorOptionsInput:
         """
-        The vendor options in their typed form (typed options are returned as they are).
+        The vendor options as the spec's ``options`` model (typed options are returned as they are).
 
         :param vendor_options: the vendor options as the user gave them.
         """
-        return vendor_options
+        model = cls.spec.options
+        return vendor_options if model is None else model.coerce(vendor_options)
 
     @classmethod
     def check_call(

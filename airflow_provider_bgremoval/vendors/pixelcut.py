@@ -326,6 +326,7 @@ PIXELCUT_SPEC = VendorSpec(
     auth_error_codes=frozenset({"invalid_auth_token"}),
     remove_path="/v1/remove-background",
     balance_path="/v1/credits",
+    options=PixelcutOptions,
 )
 GENERATE_PATH = "/v1/generate-background"
 
@@ -334,10 +335,6 @@ class PixelcutWire(VendorWire):
     """Pixelcut's wire format."""
 
     spec = PIXELCUT_SPEC
-
-    @classmethod
-    def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixelcutOptions:
-        return PixelcutOptions.coerce(vendor_options)
 
     def _image_request(
         self, path: str, image: ImageInput, body: Mapping[str, Any], delivery: ResultDelivery
@@ -353,7 +350,7 @@ class PixelcutWire(VendorWire):
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        extra = self.coerce_options(vendor_options)
+        extra = PixelcutOptions.coerce(vendor_options)
         self.check_native(options, self.spec.capabilities)
         margins = extra.native_margins
         if margins and not options.crop:
@@ -404,7 +401,7 @@ class PixelcutWire(VendorWire):
 
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
-        extra = cls.coerce_options(vendor_options)
+        extra = PixelcutOptions.coerce(vendor_options)
         return cls.spec.base_cost + (SHADOW_SURCHARGE if extra.shadow_wire is not None else Decimal(0))
 
     @classmethod

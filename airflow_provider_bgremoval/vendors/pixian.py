@@ -234,6 +234,7 @@ PIXIAN_SPEC = VendorSpec(
     input_error_codes=frozenset({"1006"}),
     remove_path="/api/v2/remove-background",
     balance_path="/api/v2/account",
+    options=PixianOptions,
 )
 #: with ``delta_png`` Pixian does none of the unified options itself: all of them run locally
 DELTA_CAPABILITIES = VendorCapabilities(output_formats=frozenset({"png"}), background_color=False, crop=False)
@@ -265,28 +266,25 @@ class PixianWire(VendorWire):
 
     spec = PIXIAN_SPEC
 
-    @classmethod
-    def coerce_options(cls, vendor_options: VendorOptionsInput) -> PixianOptions:
-        return PixianOptions.coerce(vendor_options)
-
     def test_mode(self, vendor_options: VendorOptionsInput = None) -> bool:
         """
         Whether calls run in test mode: the option when set, else the connection's ``test_mode`` extra.
 
         :param vendor_options: the call's Pixian options.
         """
-        test = self.coerce_options(vendor_options).test
+        test = PixianOptions.coerce(vendor_options).test
         return parse_test_mode(self.settings.extras.get("test_mode")) if test is None else test
 
     def capabilities_for(self, vendor_options: VendorOptionsInput = None) -> VendorCapabilities:
         # "auto" left by check_call means the unified options need nothing native: both plans agree
-        return DELTA_CAPABILITIES if self.coerce_options(vendor_options).delta_png else self.spec.capabilities
+        delta = PixianOptions.coerce(vendor_options).delta_png
+        return DELTA_CAPABILITIES if delta else self.spec.capabilities
 
     @classmethod
     def check_call(
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> PixianOptions:
-        opts = cls.coerce_options(vendor_options)
+        opts = PixianOptions.coerce(vendor_options)
         for name in ("result_margin", "target_size") if options.margin is not None else ():
             if getattr(opts, name) is not None:
                 raise InvalidOptionError(
@@ -308,7 +306,7 @@ class PixianWire(VendorWire):
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        opts = self.coerce_options(vendor_options)
+        opts = PixianOptions.coerce(vendor_options)
         self.check_native(options, self.capabilities_for(opts))
         if opts.delta_png is True:
             self._check_delta(image, opts)
@@ -373,7 +371,7 @@ class PixianWire(VendorWire):
         :param image: the call's input.
         :param vendor_options: the call's Pixian options, as :meth:`check_call` returned them.
         """
-        opts = self.coerce_options(vendor_options)
+        opts = PixianOptions.coerce(vendor_options)
         return (
             self.delta_fallback(image, opts) is None if opts.delta_png == "auto" else opts.delta_png is True
         )
@@ -386,7 +384,7 @@ class PixianWire(VendorWire):
         :param image: the call's input.
         :param vendor_options: the call's Pixian options.
         """
-        opts = self.coerce_options(vendor_options)
+        opts = PixianOptions.coerce(vendor_options)
         set_geometry = [name for name in _GEOMETRY_OPTIONS if getattr(opts, name) is not None]
         if set_geometry:
             return f"{set_geometry[0]} is set (Pixian ignores it with delta_png)"
@@ -452,7 +450,7 @@ class PixianWire(VendorWire):
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
     ) -> ImageResult:
-        opts = self.coerce_options(vendor_options)
+        opts = PixianOptions.coerce(vendor_options)
         metadata = {**result.metadata, "test_mode": self.test_mode(opts)}
         fallback = self.delta_fallback(image, opts) if opts.delta_png == "auto" else None
         if fallback is not None:
@@ -518,4 +516,4 @@ class PixianWire(VendorWire):
 
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:
-        return Decimal(0) if cls.coerce_options(vendor_options).test else cls.spec.base_cost
+        return Decimal(0) if PixianOptions.coerce(vendor_options).test else cls.spec.base_cost

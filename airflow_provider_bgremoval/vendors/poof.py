@@ -53,6 +53,22 @@ _DETAILS_LIMIT = 200
 #: API version prefix; not repeated when the connection's base URL already ends with it
 API_PREFIX = "/v1"
 
+
+@option_model
+class PoofOptions(OptionSet):
+    """
+    Poof-only options, next to the unified :class:`~airflow_provider_bgremoval.options.RemovalOptions`.
+
+    :param size: the Gen A output size preset (:data:`PoofSize`, default ``full``), any case;
+        Gen B servers read them differently (VENDORS.md §7 item 9), so use ``max_size`` for exact sizes.
+    """
+
+    #: an unknown key is reported under the mapping's name, as it always was for Poof
+    unknown_key_parameter = "vendor_options"
+
+    size: Annotated[PoofSize, CHOICE] = "full"
+
+
 POOF_SPEC = VendorSpec(
     name="poof",
     default_base_url="https://api.poof.bg",
@@ -77,22 +93,8 @@ POOF_SPEC = VendorSpec(
     remove_path="/remove",
     balance_path="/me",
     api_prefix=API_PREFIX,
+    options=PoofOptions,
 )
-
-
-@option_model
-class PoofOptions(OptionSet):
-    """
-    Poof-only options, next to the unified :class:`~airflow_provider_bgremoval.options.RemovalOptions`.
-
-    :param size: the Gen A output size preset (:data:`PoofSize`, default ``full``), any case;
-        Gen B servers read them differently (VENDORS.md §7 item 9), so use ``max_size`` for exact sizes.
-    """
-
-    #: an unknown key is reported under the mapping's name, as it always was for Poof
-    unknown_key_parameter = "vendor_options"
-
-    size: Annotated[PoofSize, CHOICE] = "full"
 
 
 class AutoRechargeMode(str, enum.Enum):
@@ -165,14 +167,10 @@ class PoofWire(VendorWire):
 
     spec = POOF_SPEC
 
-    @classmethod
-    def coerce_options(cls, vendor_options: VendorOptionsInput) -> PoofOptions:
-        return PoofOptions.coerce(vendor_options)
-
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
     ) -> WireRequest:
-        poof_options = self.coerce_options(vendor_options)
+        poof_options = PoofOptions.coerce(vendor_options)
         if image.data is None:
             raise InvalidOptionError("image_url", str(self.spec.no_url_input))
         self.check_native(options, self.spec.capabilities)
@@ -247,7 +245,7 @@ class PoofWire(VendorWire):
     def finish_result(
         self, result: ImageResult, image: ImageInput, vendor_options: VendorOptionsInput = None
     ) -> ImageResult:
-        poof_options = self.coerce_options(vendor_options)
+        poof_options = PoofOptions.coerce(vendor_options)
         return replace(result, metadata={**result.metadata, "size": poof_options.size})
 
     def parse_account(self, response: httpx.Response) -> PoofAccount:
