@@ -33,6 +33,8 @@ SRGB_ICC: bytes = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobyt
 #: Formats a master may come in (the vendor's lossless cut-out, or an older output being adopted).
 MASTER_FORMATS = ("PNG", "WEBP", "JPEG", "TIFF")
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+#: The mode a profile conversion reads (alpha set aside); other modes are normalised first.
+_PROFILE_BASE_MODES = {"RGB": "RGB", "RGBA": "RGB", "RGBX": "RGB", "L": "L", "LA": "L", "CMYK": "CMYK"}
 _EPSILON = 1e-6
 Box = tuple[int, int, int, int]
 
@@ -86,11 +88,6 @@ def _decode(data: bytes) -> Image.Image:
     return image
 
 
-def _profile_base_mode(mode: str) -> str | None:
-    """The mode a profile conversion reads (alpha set aside), ``None`` for modes converted first."""
-    return {"RGB": "RGB", "RGBA": "RGB", "RGBX": "RGB", "L": "L", "LA": "L", "CMYK": "CMYK"}.get(mode)
-
-
 def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """
     ``image`` converted to sRGB with its embedded ICC profile (relative colorimetric, black-point
@@ -107,9 +104,9 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
         description = ImageCms.getProfileDescription(source).strip() or "unnamed profile"
         if image.mode in ("RGB", "RGBA") and description.lower().startswith("srgb"):
             return image, description
-        if _profile_base_mode(image.mode) is None:
+        if image.mode not in _PROFILE_BASE_MODES:
             image = normalise_mode(image)
-        base_mode = _profile_base_mode(image.mode) or "RGB"
+        base_mode = _PROFILE_BASE_MODES.get(image.mode, "RGB")
         alpha = image.getchannel("A") if "A" in image.mode else None
         converted = ImageCms.profileToProfile(
             image.convert(base_mode) if image.mode != base_mode else image,
