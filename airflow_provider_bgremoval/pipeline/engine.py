@@ -421,13 +421,12 @@ class BatchRunner:
         )
         if flight.recorded:
             return
-        paid = flight.result is not None or flight.stats.billed_reply
-        message = (
-            f"unexpected {type(exc).__name__} during {flight.stage}: {safe_excerpt(str(exc)) or 'no details'}"
+        paid = (
+            "; the vendor call was billed" if flight.result is not None or flight.stats.billed_reply else ""
         )
-        self._settle(
-            flight, "failed", "internal_error", message + ("; the vendor call was billed" if paid else "")
-        )
+        details = safe_excerpt(str(exc)) or "no details"
+        message = f"unexpected {type(exc).__name__} during {flight.stage}: {details}{paid}"
+        self._settle(flight, "failed", "internal_error", message)
 
     async def _fly(self, flight: Flight) -> None:
         try:
@@ -447,8 +446,9 @@ class BatchRunner:
             if not flight.abandoned:
                 raise
             code, message = self.halts.stop or ("interrupted", "the batch was stopped")
-            message += f"; the vendor had not answered within the {self.drain_grace:g} s grace, so the call "
-            self._settle(flight, "pending", code, message + "was abandoned (it may have been billed)")
+            grace = f"the vendor had not answered within the {self.drain_grace:g} s grace"
+            message = f"{message}; {grace}, so the call was abandoned (it may have been billed)"
+            self._settle(flight, "pending", code, message)
         except Exception as exc:  # one image's failure never takes the batch down
             self._settle_unexpected(flight, exc)
         finally:
