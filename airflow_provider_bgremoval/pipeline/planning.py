@@ -64,10 +64,6 @@ META_CREDITS = "bgremoval-credits"
 META_WRITER = "bgremoval-writer"
 
 
-_OUTPUT_EXISTS = (
-    "the destination exists but was made from another source generation or other options; "
-    "set overwrite=True to replace it"
-)
 #: The code of a row whose renditions are non-compliant (recorded by an earlier run, or certain from the
 #: source's size at planning).
 NONCOMPLIANT = "rendition_noncompliant"
@@ -188,7 +184,7 @@ class PlannedOutcome:
 
     @property
     def kind(self) -> str:
-        """One of :data:`SETTLED_KINDS` (``rejected_locally``: missing, unsafe, output in the way, checks)."""
+        """One of :data:`SETTLED_KINDS` (each explained in docs/credits.md, the pre-flight's counts)."""
         if self.status == "skipped":
             return "already_done"
         if self.code == NONCOMPLIANT:
@@ -553,6 +549,12 @@ def _map_sources(
         stem = spec.source_prefix + dest[len(spec.output_prefix) : len(dest) - len(extension)]
         if collisions.first(name, stem, dest) is None:
             yield WorkItem(entry, dest)
+
+
+_OUTPUT_EXISTS = (
+    "the destination exists but was made from another source generation or other options; "
+    "set overwrite=True to replace it"
+)
 
 
 def _outcome(
