@@ -570,12 +570,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return response
 
     def _send(
-        self,
-        request: WireRequest,
-        stats: CallStats | None = None,
-        *,
-        probe: bool = False,
-        paced: bool = True,
+        self, request: WireRequest, stats: CallStats | None = None, *, probe: bool = False, paced: bool = True
     ) -> Flow[httpx.Response]:
         """
         Send a request under the retry policy and return the successful reply.
@@ -596,7 +591,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     def _download_error(
         self, message: str, status: int | None = None, *, transient: bool = False
-    ) -> Exception:
+    ) -> BgRemovalError:
         """A billed call's result download failing: retryable when ``transient``."""
         kind, code = (TransientVendorError, None) if transient else (ResultDownloadError, "result_download")
         return kind(message, vendor=self.wire_class.spec.name, status_code=status, code=code)
@@ -681,10 +676,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     download, adownload = _methods(_download)
 
     def _offload(self, work: Callable[[], T], data: bytes) -> _Effect[T]:
-        """
-        CPU work (checks, decoding, encoding) on the image ``data``: inline when sync or when its header
-        declares at most :attr:`inline_work_pixels`, else in a worker thread.
-        """
+        """CPU work on the image ``data``; async: in a thread when over :attr:`inline_work_pixels`."""
 
         async def arun() -> T:
             pixels = _pixels(data) if self.inline_work_pixels else None
