@@ -473,20 +473,18 @@ class BucketJobOperator(BaseOperator):
     def prepare_job(self) -> BucketJob:
         """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""
         spec = self._spec()
-        storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         chain = self.build_chain()
-        processor = chain.primary.processor
-        for account in chain.accounts[1:]:  # every vendor of the chain makes masters of the same kind
-            self.rendition_layout(spec, account.processor)
-        layout = self.rendition_layout(spec, processor)
+        processors = [account.processor for account in chain.accounts]
+        for processor in processors[1:]:  # every vendor of the chain makes masters of the same kind
+            self.rendition_layout(spec, processor)
+        layout = self.rendition_layout(spec, processors[0])
         if layout is not None:  # planning may judge renditions by the source's size (docs/renditions.md)
-            bounded = all(master_within_source(account.processor) for account in chain.accounts)
-            layout = replace(layout, masters_within_source=bounded)
+            layout = replace(layout, masters_within_source=all(map(master_within_source, processors)))
         return BucketJob(
             spec=spec,
-            storage=storage,
+            storage=GcsStorage(gcp_conn_id=self.gcp_conn_id),
             hook=chain.primary.hook,
-            processor=processor,
+            processor=processors[0],
             chain=chain,
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
             shard=self._shard(),
