@@ -323,10 +323,11 @@ class VendorWire(ABC):
         """
         ``path`` below the base URL, after the spec's ``api_prefix`` unless the base URL ends with it.
 
-        :param path: an endpoint's path (``/remove``).
+        :param path: an endpoint's path (``/remove`` or ``remove``).
         """
-        prefix = self.spec.api_prefix
-        return path if urlsplit(self.settings.base_url).path.rstrip("/").endswith(prefix) else prefix + path
+        base_path = urlsplit(self.settings.base_url).path.rstrip("/")
+        prefix = "" if base_path.endswith(self.spec.api_prefix) else self.spec.api_prefix
+        return f"{prefix}/{path.lstrip('/')}"
 
     def balance_request(self) -> WireRequest:
         """Build the free balance request (``GET`` of the spec's ``balance_path``)."""
