@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from airflow_provider_bgremoval.exceptions import safe_excerpt
+from airflow_provider_bgremoval.storage.exceptions import split_gs_uri
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def rendition_images(row: Mapping[str, Any], read: Callable[[str, str], bytes]) 
     images = []
     for entry in row.get("renditions") or ():
         if entry.get("status") in _STORED and entry.get("object"):
-            bucket, _, name = str(entry["object"]).removeprefix("gs://").partition("/")
+            bucket, name = split_gs_uri(str(entry["object"]))
             images.append((str(entry["name"]), read(bucket, name)))
     return images
 

@@ -18,6 +18,7 @@ from airflow_provider_bgremoval.operators.bucket_job import load_list
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
+from airflow_provider_bgremoval.storage.exceptions import split_gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
@@ -37,11 +38,6 @@ def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
     """
     safe_run = re.sub(r"[^A-Za-z0-9._+=@-]", "_", run_id)
     return f"{internal_prefix(destination_prefix)}reports/{dag_id}/{safe_run}/"
-
-
-def _split_uri(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    return bucket, name
 
 
 def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,8 +239,8 @@ class RunReportOperator(BaseOperator):
             return None
         pairs = []
         for row in sample:
-            source = _split_uri(row["source"])
-            result = _split_uri(row["destination"] or row["master"]["object"])
+            source = split_gs_uri(row["source"])
+            result = split_gs_uri(row["destination"] or row["master"]["object"])
             images = (source[1].rsplit("/", 1)[-1], storage.read(*source), storage.read(*result))
             pairs.append((*images, rendition_images(row, storage.read)) if row.get("renditions") else images)
         png = render_contact_sheet(

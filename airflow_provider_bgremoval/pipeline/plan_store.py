@@ -28,7 +28,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
 )
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, RenditionTarget
 from airflow_provider_bgremoval.renditions import Rendition
-from airflow_provider_bgremoval.storage.exceptions import gs_uri
+from airflow_provider_bgremoval.storage.exceptions import gs_uri, split_gs_uri
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE, GcsStorage, ObjectInfo
 
 #: Rows per chunk object.
@@ -409,7 +409,7 @@ def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]
     start, stop = span
     if start >= stop:
         return
-    bucket, _, prefix = shard.plan.removeprefix("gs://").partition("/")
+    bucket, prefix = split_gs_uri(shard.plan)
     for number in range(start // shard.chunk_rows, (stop - 1) // shard.chunk_rows + 1):
         data = storage.read(bucket, prefix + chunk_name(kind, number))
         first = number * shard.chunk_rows

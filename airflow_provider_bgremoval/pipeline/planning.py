@@ -31,7 +31,7 @@ from airflow_provider_bgremoval.pipeline.naming import (
     internal_prefix,
     normalise_prefix,
 )
-from airflow_provider_bgremoval.storage.exceptions import gs_uri
+from airflow_provider_bgremoval.storage.exceptions import gs_uri, split_gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 if TYPE_CHECKING:
@@ -394,7 +394,7 @@ def iter_sources(
     for raw in spec.source_objects:
         name = str(raw)
         if name.startswith("gs://"):
-            bucket, _, name = name[5:].partition("/")
+            bucket, name = split_gs_uri(name)
             if bucket != spec.source_bucket:
                 raise InvalidOptionError(
                     "source_objects", f"{gs_uri(bucket, name)} is not in source bucket {spec.source_bucket!r}"

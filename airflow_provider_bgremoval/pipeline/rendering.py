@@ -35,7 +35,12 @@ from airflow_provider_bgremoval.renditions import (
 )
 from airflow_provider_bgremoval.renditions.compliance import unreachable
 from airflow_provider_bgremoval.renditions.renderer import largest_long_side, rendering_error
-from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError, gs_uri
+from airflow_provider_bgremoval.storage.exceptions import (
+    StorageError,
+    WriteConflictError,
+    gs_uri,
+    split_gs_uri,
+)
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -670,7 +675,7 @@ def recorded_source(master: ObjectInfo) -> ObjectInfo:
     """
     meta = master.metadata or {}
     uri, generation = meta.get(META_SOURCE, ""), meta.get(META_SOURCE_GENERATION, "")
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    bucket, name = split_gs_uri(uri)
     if not uri.startswith("gs://") or not name or not generation.isdigit():
         return master
     return ObjectInfo(bucket=bucket, name=name, generation=int(generation), size=0)

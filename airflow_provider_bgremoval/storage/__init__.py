@@ -19,6 +19,7 @@ from airflow_provider_bgremoval.storage.exceptions import (
     StorageUnavailableError,
     WriteConflictError,
     gs_uri,
+    split_gs_uri,
 )
 from airflow_provider_bgremoval.storage.gcs import (
     WRITE_TOKEN_METADATA_KEY,
@@ -46,4 +47,5 @@ __all__ = [
     "WriteConflictError",
     "gs_uri",
     "resolve_gcs_credentials",
+    "split_gs_uri",
 ]

@@ -15,6 +15,16 @@ def gs_uri(bucket: str, name: str | None = None) -> str:
     return f"gs://{bucket}" if name is None else f"gs://{bucket}/{name}"
 
 
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """
+    ``(bucket, name)`` of ``gs://bucket/name`` (the name is empty for ``gs://bucket``).
+
+    :param uri: a ``gs://`` URI.
+    """
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    return bucket, name
+
+
 class StorageError(_KeywordError):
     """
     Base class of the storage layer's errors.
