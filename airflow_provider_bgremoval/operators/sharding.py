@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
-from airflow_provider_bgremoval.pipeline.plan_store import AIRFLOW_MAX_MAP_LENGTH, shard_bounds
+from airflow_provider_bgremoval.pipeline.plan_store import check_shard_limits, shard_bounds
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
@@ -27,10 +26,7 @@ def split_into_shards(
     :param max_shards: at most this many shards.
     :param min_shard_size: no shard smaller than this (unless there are fewer names).
     """
-    if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
-        raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
-    if min_shard_size < 1:
-        raise InvalidOptionError("min_shard_size", "must be at least 1")
+    check_shard_limits(max_shards, min_shard_size)
     if not names:
         return []
     count = max(1, min(max_shards, len(names) // min_shard_size))

@@ -69,6 +69,19 @@ def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, tr
     return f"{internal_prefix}plans/{parts}/try-{try_number}/"
 
 
+def check_shard_limits(max_shards: int, min_shard_size: int) -> None:
+    """
+    Refuse shard limits Airflow's mapping or the split cannot honour.
+
+    :param max_shards: at most this many shards (1 to :data:`AIRFLOW_MAX_MAP_LENGTH`).
+    :param min_shard_size: fewest sources per shard (at least 1).
+    """
+    if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
+        raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
+    if min_shard_size < 1:
+        raise InvalidOptionError("min_shard_size", "must be at least 1")
+
+
 def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
     """
     ``shards`` contiguous ``[start, stop)`` ranges covering ``range(count)``, sizes differing by at most 1.
@@ -368,10 +381,7 @@ class PlanWriter:
             ``max_images`` / ``max_credits`` apply to the run, not once per shard); the rest wait for a
             later run.
         """
-        if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
-            raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
-        if min_shard_size < 1:
-            raise InvalidOptionError("min_shard_size", "must be at least 1")
+        check_shard_limits(max_shards, min_shard_size)
         for stream in (self._items, self._settled, self._render):
             stream.flush()
         billable = self.billable if max_items is None else min(self.billable, max_items)

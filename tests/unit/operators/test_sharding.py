@@ -10,11 +10,11 @@ import pytest
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.operators.sharding import (
-    AIRFLOW_MAX_MAP_LENGTH,
     ListImageShardsOperator,
     PlannedShardsOperator,
     split_into_shards,
 )
+from airflow_provider_bgremoval.pipeline.plan_store import AIRFLOW_MAX_MAP_LENGTH
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 
