@@ -52,16 +52,6 @@ log = logging.getLogger(__name__)
 
 #: The rendition parameters (left out of the state key when unset, so it is the one kept before them).
 _RENDITION_PARAMETERS = ("renditions", "masters_prefix", "rendition_presets")
-#: The :class:`BatchSpec` fields among the trigger's parameters.
-_SPEC_PARAMETERS = (
-    "source_bucket",
-    "destination_bucket",
-    "source_prefix",
-    "destination_prefix",
-    "include",
-    "exclude",
-    "overwrite",
-)
 #: The polling parameters (not part of the state key: retiming a watcher keeps its watermark).
 _TIMING_PARAMETERS = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
 
@@ -327,10 +317,27 @@ class NewImagesTrigger(BaseEventTrigger):
 
     # -- serialisation ---------------------------------------------------------------------------------
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Class path and primitive kwargs that rebuild this trigger."""
-        own = ("conn_id", "operation", "gcp_conn_id", *_TIMING_PARAMETERS, *_RENDITION_PARAMETERS)
-        kwargs = {name: getattr(self.spec, name) for name in _SPEC_PARAMETERS}
-        kwargs |= {name: getattr(self, name) for name in own} | self.options
+        """
+        Class path and primitive kwargs that rebuild this trigger. Their order is part of the trigger's
+        identity: Airflow hashes an asset watcher's kwargs unsorted, so a new order recreates the
+        triggers of every deployed watcher.
+        """
+        spec = self.spec
+        kwargs: dict[str, Any] = {
+            "source_bucket": spec.source_bucket,
+            "destination_bucket": spec.destination_bucket,
+            "source_prefix": spec.source_prefix,
+            "destination_prefix": spec.destination_prefix,
+            "conn_id": self.conn_id,
+            "operation": self.operation,
+            "include": None if spec.include is None else list(spec.include),
+            "exclude": None if spec.exclude is None else list(spec.exclude),
+            "overwrite": spec.overwrite,
+            "gcp_conn_id": self.gcp_conn_id,
+            **{name: getattr(self, name) for name in _TIMING_PARAMETERS},
+            **self.options,
+            **{name: getattr(self, name) for name in _RENDITION_PARAMETERS},
+        }
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def __eq__(self, other: object) -> bool:

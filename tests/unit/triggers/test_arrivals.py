@@ -151,6 +151,22 @@ def test_serialize_round_trips_with_primitives_only() -> None:
     assert rebuilt.state_key == trigger.state_key
 
 
+def test_serialize_keeps_the_kwargs_order_airflow_hashes_and_hands_out_copies() -> None:
+    """Airflow identifies an asset watcher's trigger by a hash of its kwargs in order (not sorted)."""
+    trigger = make()
+    _, kwargs = trigger.serialize()
+    assert list(kwargs) == [
+        *("source_bucket", "destination_bucket", "source_prefix", "destination_prefix", "conn_id"),
+        *("operation", "include", "exclude", "overwrite", "gcp_conn_id", "poll_interval"),
+        *("settle_seconds", "max_wait", "min_batch", "ordered_names", "output_format"),
+        *("background_color", "crop", "margin", "max_size", "jpeg_quality", "vendor_options", "scene"),
+        *("prompt", "negative_prompt", "image_transform", "renditions", "masters_prefix"),
+        "rendition_presets",
+    ]
+    kwargs["include"].append("*.gif")
+    assert trigger.serialize()[1]["include"] == ["*.jpg", "*.png"]
+
+
 def test_serialize_round_trips_through_airflow_serde() -> None:
     from airflow.sdk.serde import deserialize, serialize
 
