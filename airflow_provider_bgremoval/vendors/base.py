@@ -331,6 +331,8 @@ class VendorWire(ABC):
 
     def balance_request(self) -> WireRequest:
         """Build the free balance request (``GET`` of the spec's ``balance_path``)."""
+        if not self.spec.balance_path:  # a wire without one overrides this method
+            raise NotImplementedError(f"{self.spec.name}: no balance endpoint (VendorSpec.balance_path)")
         return WireRequest(
             "GET", self.endpoint(self.spec.balance_path), headers={"Accept": "application/json"}
         )

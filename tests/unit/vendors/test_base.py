@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import httpx
@@ -156,3 +157,15 @@ def test_a_balance_reply_without_a_number_is_invalid(wire_class: type[VendorWire
             httpx.Response(200, json={"credits_remaining": "x", "credits": "x", "maxCredits": "x"})
         )
     assert info.value.possibly_charged is False
+
+
+def test_a_wire_whose_spec_names_no_balance_path_refuses_the_balance_request() -> None:
+    class NoBalance(PoofWire):
+        spec = dataclasses.replace(PoofWire.spec, balance_path="")
+
+    wire = NoBalance(ConnectionSettings(base_url="https://api.test", api_key="sk_test"))
+    with pytest.raises(NotImplementedError, match="no balance endpoint"):
+        wire.balance_request()
+    assert PoofWire(ConnectionSettings(base_url="https://api.test", api_key="k")).balance_request().path == (
+        "/v1/me"
+    )
