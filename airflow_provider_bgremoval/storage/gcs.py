@@ -52,6 +52,26 @@ def _proxy_applies(endpoint: str) -> bool:
     return any(key != "no" for key in get_environ_proxies(endpoint))  # "no" is NO_PROXY itself
 
 
+#: google-cloud-storage's switch for its background bucket-metadata reads (docs/storage.md).
+BUCKET_METADATA_SWITCH = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
+_TRACES_SWITCH = "ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES"
+_TRUE = frozenset({"1", "true", "yes", "on"})  # the library's reading of its switches
+
+
+def skip_bucket_metadata_reads() -> bool:
+    """
+    Turn off google-cloud-storage's background ``buckets.get`` per bucket and client (a trace-span
+    attribute, read even with its tracing off) unless the environment sets the switch or the tracing.
+
+    :returns: whether this call set the switch.
+    """
+    tracing = os.environ.get(_TRACES_SWITCH, "").strip().lower() in _TRUE
+    if tracing or BUCKET_METADATA_SWITCH in os.environ:
+        return False
+    os.environ[BUCKET_METADATA_SWITCH] = "true"
+    return True
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """
@@ -267,6 +287,7 @@ class GcsStorage:
         from google.auth.transport.requests import AuthorizedSession
         from google.cloud import storage
 
+        skip_bucket_metadata_reads()
         resolved = resolve_gcs_credentials(self.gcp_conn_id, scopes=self.scopes)
         # An explicit session so the connection pool fits the pipeline's thread count.
         session = AuthorizedSession(

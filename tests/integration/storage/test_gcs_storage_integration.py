@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +26,7 @@ from airflow_provider_bgremoval.storage import (
     StorageUnavailableError,
     WriteConflictError,
 )
-from airflow_provider_bgremoval.storage.gcs import crc32c_b64
+from airflow_provider_bgremoval.storage.gcs import BUCKET_METADATA_SWITCH, crc32c_b64
 from airflow_provider_bgremoval.testing.gcs_emulator import FakeGcsServer
 from tests.support.gcs import fast_retry, unique_bucket_name
 
@@ -507,3 +510,26 @@ def test_large_objects_use_the_public_resumable_upload_with_precondition_and_crc
     assert json.loads(counter.bodies[start])["crc32c"] == crc32c_b64(data)
     assert info.crc32c == crc32c_b64(data)
     assert gcs_storage.read(gcs_bucket, "big/resumable.bin", generation=info.generation) == data
+
+
+def test_the_storage_asks_gcs_only_for_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    google-cloud-storage >= 3.11 reads each bucket's metadata (``buckets.get``) in a background thread
+    on a client's first object call, for trace-span attributes, even with its tracing off
+    (googleapis/google-cloud-python#17650: denied and audit-logged for object-only roles). The
+    storage's client turns that off, so a write and a read are exactly two requests.
+    """
+    monkeypatch.delenv(BUCKET_METADATA_SWITCH, raising=False)
+    log_path = tmp_path / "gcs.log"
+    with FakeGcsServer(log_path=log_path, log_level="info", buckets=["objects-only"]) as server:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        storage_layer = GcsStorage(gcp_conn_id=None, retry=fast_retry())
+        storage_layer.write("objects-only", "a.txt", b"a", content_type="text/plain")
+        assert storage_layer.read("objects-only", "a.txt") == b"a"
+        time.sleep(0.5)  # a background read would have been sent by now
+        requests_made = re.findall(r'\\"([A-Z]+ /\S*)', log_path.read_text())
+    assert [line.split("?")[0] for line in requests_made[-2:]] == [
+        "POST /upload/storage/v1/b/objects-only/o",
+        "GET /download/storage/v1/b/objects-only/o/a.txt",
+    ]
+    assert not [line for line in requests_made if line.startswith("GET /storage/v1/b/objects-only?")]

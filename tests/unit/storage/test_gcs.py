@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +29,13 @@ from airflow_provider_bgremoval.storage.exceptions import (
     StorageUnavailableError,
 )
 from airflow_provider_bgremoval.storage.gcs import (
+    BUCKET_METADATA_SWITCH,
     _is_our_write,
     _proxy_applies,
     _translate,
     crc32c_b64,
     md5_b64,
+    skip_bucket_metadata_reads,
 )
 
 
@@ -396,3 +399,24 @@ def test_a_ca_bundle_from_the_environment_is_honoured(
     session = GcsStorage(gcp_conn_id=None, trust_env=trust_env).client._http
     # What requests will verify a request to GCS against, whether or not it reads the environment.
     assert session.merge_environment_settings(GCS, {}, None, None, None)["verify"] == expected
+
+
+# ----------------------------------------------------------------------------- bucket metadata reads
+@pytest.mark.parametrize(
+    ("environment", "switched", "after"),
+    [
+        ({}, True, "true"),  # neither set: the library's background bucket reads are turned off
+        ({BUCKET_METADATA_SWITCH: "false"}, False, "false"),  # the user's own choice stands
+        ({"ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES": "True"}, False, None),  # tracing wants the metadata
+        ({"ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES": "0"}, True, "true"),
+    ],
+)
+def test_bucket_metadata_reads_are_skipped_unless_the_environment_decides(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], switched: bool, after: str | None
+) -> None:
+    monkeypatch.delenv(BUCKET_METADATA_SWITCH, raising=False)
+    monkeypatch.delenv("ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES", raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    assert skip_bucket_metadata_reads() is switched
+    assert os.environ.get(BUCKET_METADATA_SWITCH) == after
