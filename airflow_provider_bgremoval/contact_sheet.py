@@ -131,12 +131,12 @@ def render_contact_sheet(
         x = _PAD + col * _cell_width(thumb, extra)
         y = _HEADER + row * (thumb + _LABEL + _PAD)
         sheet.paste(_thumbnail(before, Image.new("RGB", (thumb, thumb), (255, 255, 255))), (x, y))
+        sheet.paste(_thumbnail(after, checkerboard((thumb, thumb))), (x + thumb + _PAD, y))
         draw.text((x, y + thumb + 2), safe_excerpt(label, label_limit), fill=_INK, font=label_font)
-        for slot, (name, data) in enumerate([("", after), *(renditions[0] if renditions else ())], start=1):
+        for slot, (name, data) in enumerate(renditions[0] if renditions else (), start=2):
             left = x + slot * (thumb + _PAD)
             sheet.paste(_thumbnail(data, checkerboard((thumb, thumb))), (left, y))
-            if slot > 1:  # a rendition's name (the result's is the pair's label, under both squares)
-                draw.text((left, y + thumb + 2), safe_excerpt(name, thumb // 6), fill=_INK, font=label_font)
+            draw.text((left, y + thumb + 2), safe_excerpt(name, thumb // 6), fill=_INK, font=label_font)
     out = io.BytesIO()
     final = sheet.quantize(colors=colors, method=Image.Quantize.MEDIANCUT) if colors else sheet
     final.save(out, format="PNG", optimize=True)

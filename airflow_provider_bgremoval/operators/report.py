@@ -75,7 +75,8 @@ def account_states(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str
     :param summaries: the bucket tasks' ``summary`` XComs.
     """
     totals: dict[str, dict[str, Any]] = {}
-    for entry in (entry for summary in summaries for entry in summary.get("accounts") or ()):
+    entries = [entry for summary in summaries for entry in summary.get("accounts") or ()]
+    for entry in entries:
         if not isinstance(entry, Mapping) or not entry.get("conn_id"):
             continue
         total = totals.setdefault(

@@ -285,8 +285,8 @@ class PixianWire(VendorWire):
         cls, options: RemovalOptions, vendor_options: VendorOptionsInput, *, image_url: str | None = None
     ) -> PixianOptions:
         opts = PixianOptions.coerce(vendor_options)
-        for name in ("result_margin", "target_size") if options.margin is not None else ():
-            if getattr(opts, name) is not None:
+        for name in ("result_margin", "target_size"):
+            if options.margin is not None and getattr(opts, name) is not None:
                 raise InvalidOptionError(
                     name,
                     "cannot be combined with the unified margin (it is applied by a local crop that would "
