@@ -74,7 +74,13 @@ class RenderRenditionsOperator(BucketImageOperator):
     def layout_of(
         self, spec: BatchSpec, renditions: tuple[Rendition, ...], extension: str = ""
     ) -> RenditionLayout:
-        """The renditions' layout: the sources are the masters (of any extension; ``extension`` unused)."""
+        """
+        The renditions' layout: the sources are the masters (of any extension).
+
+        :param spec: the batch spec.
+        :param renditions: the parsed renditions.
+        :param extension: unused (the masters keep their own extensions).
+        """
         return RenditionLayout(
             renditions,
             spec.destination_prefix,

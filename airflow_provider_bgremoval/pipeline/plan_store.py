@@ -57,7 +57,8 @@ def _id_part(value: str) -> str:
 def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
     """
     The folder of one planning task try's plan: each id one folder name, percent-encoded but for letters,
-    digits and ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``), so two runs never share a folder.
+    digits and ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``), so two runs never share a folder. A
+    plan is only read during its own run, so plans kept under the earlier naming need no migration.
 
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.

@@ -451,7 +451,12 @@ def _existing_outputs(storage: GcsStorage, spec: BatchSpec, destinations: list[s
 
 
 class CheckedSource(NamedTuple):
-    """What the local checks learnt of a source that passed them: its header, and ``fully_checked``."""
+    """
+    What the local checks learnt of a source that passed them.
+
+    :param info: its header.
+    :param fully_checked: the whole object was decoded (see :attr:`WorkItem.fully_checked`).
+    """
 
     info: ImageInfo
     fully_checked: bool
