@@ -9,6 +9,7 @@ explained, nothing partial, the charge log matching the manifest) and then rerun
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -123,15 +124,37 @@ async def test_429_storm_from_vendor_concurrency_limit_real_clock(cell: Cell, ve
 
 
 # -- server errors --------------------------------------------------------------------------------
+#: The calls (ordinals, per vendor) that answer 5xx in the 20 % cell: every 5th. The batch then
+#: makes exactly BATCH + 12 calls, the last fault being call 60 of 62.
+SERVER_ERROR_CALLS = list(range(5, 61, 5))
+
+
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_server_errors_at_20_percent_end_done(cell: Cell, vendor: str) -> None:
-    """500/502/503 on 20 % of calls: every image is done after retries; 5xx are never billed."""
-    cell.sandbox.admin.set_faults(vendor, error_rate=0.2, error_statuses=[500, 502, 503], seed=3)
-    run = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst)
+    """
+    500/502/503 on 20 % of calls: every image is done after retries; 5xx are never billed.
+
+    The faulted calls are listed, not drawn at ``rate=0.2``: the sandbox decides by call ordinal,
+    so a seeded rate is one fixed sequence, and seed 3's has dense stretches (Poof: 10 faults in
+    calls 15-36). A faulted call is answered before its body is read, so on a loaded machine the
+    retrying images take most ordinals there and one can draw six faults in a row: all of the fast
+    policy's attempts. Each failed attempt uses up a distinct listed call, so with one attempt more
+    than the list holds no image can run out, whatever the scheduling.
+    """
+    policy = replace(FAST_POLICY, max_attempts=len(SERVER_ERROR_CALLS) + 1)
+    cell.sandbox.admin.set_faults(
+        vendor, fault="error", requests=SERVER_ERROR_CALLS, statuses=[500, 502, 503], seed=3
+    )
+    hook = make_hook(vendor, retry_policy=policy)
+    run = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst, hook=hook)
     check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
     assert run.counts["done"] == BATCH
-    assert {r["status"] for r in _requests(cell, vendor) if r["fault"] == "error"} <= {500, 502, 503}
-    assert len(_requests(cell, vendor, fault="error")) >= 5
+    faulted = _requests(cell, vendor, fault="error")
+    assert sorted(r["ordinal"] for r in faulted) == SERVER_ERROR_CALLS
+    assert {r["status"] for r in faulted} == {500, 502, 503}  # seed 3 picks each of them
+    # every 5xx was retried once, and nothing else was
+    calls = len(_requests(cell, vendor))
+    assert calls == BATCH + len(SERVER_ERROR_CALLS) == sum(row["attempts"] for row in run.rows)
     assert any(row["attempts"] > 1 for row in run.rows)
     assert run.charged == BATCH and run.possibly_charged == 0
     await _rerun_clean(cell, vendor, run)
