@@ -69,6 +69,7 @@ def skip_bucket_metadata_reads() -> bool:
     if tracing or BUCKET_METADATA_SWITCH in os.environ:
         return False
     os.environ[BUCKET_METADATA_SWITCH] = "true"
+    log.debug("set %s=true for this process (docs/storage.md)", BUCKET_METADATA_SWITCH)
     return True
 
 
