@@ -507,12 +507,16 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> _Effect[T]:
         """Run ``attempt()``'s flow under ``policy`` (the hook's when ``None``), counting into ``stats``."""
         policy = policy or self.retry_policy
-        return _Effect(
-            partial(call_with_retry, lambda: self._run(attempt()), policy, sleep=self._sleep, stats=stats),
-            partial(
-                acall_with_retry, lambda: self._arun(attempt()), policy, stats=stats, sleep=self._async_sleep
-            ),
-        )
+
+        def run() -> T:
+            return call_with_retry(lambda: self._run(attempt()), policy, sleep=self._sleep, stats=stats)
+
+        async def arun() -> T:
+            return await acall_with_retry(
+                lambda: self._arun(attempt()), policy, sleep=self._async_sleep, stats=stats
+            )
+
+        return _Effect(run, arun)
 
     def _httpx_kwargs(self, wire: VendorWire, request: WireRequest) -> dict[str, Any]:
         headers = {**wire.auth_headers(), **request.headers}
