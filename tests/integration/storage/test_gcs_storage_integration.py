@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -524,9 +523,11 @@ def test_the_storage_asks_gcs_only_for_objects(tmp_path: Path, monkeypatch: pyte
     with FakeGcsServer(log_path=log_path, log_level="info", buckets=["objects-only"]) as server:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
         storage_layer = GcsStorage(gcp_conn_id=None, retry=fast_retry())
+        threads_before = set(threading.enumerate())
         storage_layer.write("objects-only", "a.txt", b"a", content_type="text/plain")
         assert storage_layer.read("objects-only", "a.txt") == b"a"
-        time.sleep(0.5)  # a background read would have been sent by now
+        for thread in set(threading.enumerate()) - threads_before:  # the library's background reads
+            thread.join(timeout=30)
         requests_made = re.findall(r'\\"([A-Z]+ /\S*)', log_path.read_text())
     assert [line.split("?")[0] for line in requests_made[-2:]] == [
         "POST /upload/storage/v1/b/objects-only/o",
