@@ -192,9 +192,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     _extra_parsers: ClassVar[Mapping[str, Callable[[Any], object]]] = {
         "requests_per_second": parse_requests_per_second
     }
-    #: the async calls check an input, or decode a result, of up to this many pixels on the event loop
-    #: (~2 ms at most; a worker-thread hop costs more than a small image's work), larger ones in a
-    #: worker thread; ``0``: always in a thread
+    #: the async calls check an input, or decode a result, of up to this many pixels (and of at most 4
+    #: bytes per pixel: junk chunks or metadata make a file slow to parse whatever its size in pixels) on
+    #: the event loop (~2 ms at most; a worker-thread hop costs more than a small image's work), larger
+    #: ones in a worker thread; ``0``: always in a thread
     inline_work_pixels: int = 640 * 480
 
     def __init__(
@@ -683,7 +684,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """CPU work on the image ``data``; async: in a thread when over :attr:`inline_work_pixels`."""
 
         async def arun() -> T:
-            pixels = _pixels(data) if self.inline_work_pixels else None
+            small = len(data) <= 4 * self.inline_work_pixels
+            pixels = _pixels(data) if small else None
             if pixels is not None and pixels <= self.inline_work_pixels:
                 return work()
             return await asyncio.to_thread(work)
