@@ -45,7 +45,7 @@ COMPAT_TESTS ?= tests/unit/test_provider_info.py tests/unit/test_connections.py 
 # `make docs` share this virtualenv.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[test,docs]'
+	$(BIN)/python -m pip install -e '.[test,docs,openlineage]'
 	touch $@
 
 $(COMPAT_VENV)/.installed: pyproject.toml

@@ -68,32 +68,15 @@ def test_lineage_with_renditions_names_the_masters_and_every_rendition_folder(
     assert not any("_bgremoval" in name for _, name in inputs + outputs)
 
 
-def test_openlineage_facets_carry_the_lineage_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """OpenLineage's own classes (the provider is not installed here) stand in as plain records."""
-    import dataclasses
-    import sys
-    import types
+def test_openlineage_facets_carry_the_lineage_datasets() -> None:
+    """OpenLineage's own classes (apache-airflow-providers-openlineage, the ``openlineage`` extra)."""
+    from airflow.providers.common.compat.openlineage.facet import Dataset
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow.providers.common.compat.openlineage import facet
-
-    @dataclasses.dataclass
-    class Dataset:
-        namespace: str
-        name: str
-
-    @dataclasses.dataclass
-    class OperatorLineage:
-        inputs: list[Dataset]
-        outputs: list[Dataset]
-
-    extractors = types.ModuleType("airflow.providers.openlineage.extractors")
-    extractors.OperatorLineage = OperatorLineage  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "airflow.providers.openlineage", types.ModuleType("openlineage"))
-    monkeypatch.setitem(sys.modules, "airflow.providers.openlineage.extractors", extractors)
-    monkeypatch.setattr(facet, "Dataset", Dataset, raising=False)
     op = RemoveBackgroundOperator(
         task_id="t", source_prefix="in/", destination_prefix="cut/", renditions=RENDITIONS, **BUCKETS
     )
     lineage = op.get_openlineage_facets_on_complete(None)
+    assert isinstance(lineage, OperatorLineage)
     assert lineage.inputs == [Dataset("gs://raw", "in/"), Dataset("gs://out", "cut/masters/")]
     assert [d.name for d in lineage.outputs] == ["cut/masters/", "cut/thumb/", "cut/web/"]
