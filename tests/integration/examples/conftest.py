@@ -21,6 +21,19 @@ EXAMPLE_DAG_IDS = {
 }
 
 
+def renditions_conf(src: str, dst: str) -> dict[str, Any]:
+    """The bucket DAG's conf for PNG cut-outs of ``src``'s ``products/`` and their renditions in ``dst``."""
+    return {
+        "source_bucket": src,
+        "source_prefix": "products/",
+        "destination_bucket": dst,
+        "destination_prefix": "cutouts/",
+        "renditions_prefix": "renditions/",
+        "max_shards": 2,
+        "output_format": "png",
+    }
+
+
 def seed(storage: Any, bucket: str, objects: dict[str, bytes]) -> None:
     """Upload ``objects`` (name -> bytes) to ``bucket`` as untyped octet streams."""
     for name, data in objects.items():

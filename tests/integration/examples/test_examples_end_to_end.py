@@ -21,7 +21,7 @@ from airflow_provider_bgremoval.contact_sheet import contact_sheet_size
 from airflow_provider_bgremoval.pipeline.manifest import read_manifest
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
-from tests.integration.examples.conftest import EXAMPLES, encode, seed
+from tests.integration.examples.conftest import EXAMPLES, encode, renditions_conf, seed
 from tests.support.airflow import DagRunResult
 
 pytestmark = pytest.mark.integration
@@ -189,15 +189,7 @@ def test_bucket_example_renders_renditions_of_png_cutouts_for_free(
 ) -> None:
     sandbox, storage, src, dst = env
     seed(storage, src, photos)
-    conf = {
-        "source_bucket": src,
-        "source_prefix": "products/",
-        "destination_bucket": dst,
-        "destination_prefix": "cutouts/",
-        "renditions_prefix": "renditions/",
-        "max_shards": 2,
-        "output_format": "png",
-    }
+    conf = renditions_conf(src, dst)
     good = sorted(n for n in photos if "broken" not in n)
     run = dag_tester.run_file(BUCKET_DAG, "example_bucket_remove_background", conf=conf)
     assert run.state == "success", run.task_states()

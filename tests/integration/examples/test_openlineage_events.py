@@ -17,7 +17,7 @@ import pytest
 
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
-from tests.integration.examples.conftest import EXAMPLES, seed
+from tests.integration.examples.conftest import EXAMPLES, renditions_conf, seed
 from tests.support.dag_process import run_in_child
 
 pytestmark = pytest.mark.integration
@@ -47,15 +47,7 @@ def test_the_bucket_dag_reports_its_prefixes_to_openlineage(
     seed(gcs_storage, src, {f"products/{p.name}": p.read_bytes() for p in sorted(images_dir.glob("*.png"))})
     events_file = tmp_path / "openlineage.jsonl"
     transport = {"type": "file", "log_file_path": str(events_file), "append": True}
-    conf = {
-        "source_bucket": src,
-        "source_prefix": "products/",
-        "destination_bucket": dst,
-        "destination_prefix": "cutouts/",
-        "renditions_prefix": "renditions/",
-        "max_shards": 2,
-        "output_format": "png",
-    }
+    conf = renditions_conf(src, dst)
     env = {
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "test",

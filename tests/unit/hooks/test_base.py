@@ -735,13 +735,27 @@ async def test_cpu_steps_of_small_images_run_inline_and_of_big_ones_in_a_thread(
     assert all((thread is threading.main_thread()) is inline for thread in threads)
 
 
+@pytest.fixture
+def input_check_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The thread of each input check (``prepare_input``) the hook runs."""
+    from airflow_provider_bgremoval.hooks import base
+
+    threads: list[threading.Thread] = []
+    original = base.prepare_input
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(base, "prepare_input", recording)
+    return threads
+
+
 async def test_a_file_of_few_pixels_but_many_bytes_is_checked_in_a_thread(
-    hook: FakeHook, server: Server, monkeypatch: pytest.MonkeyPatch
+    hook: FakeHook, server: Server, input_check_threads: list[threading.Thread]
 ) -> None:
     """40x30 pixels but 20 kB of text chunks: over 4 bytes per allowed pixel, so not parsed on the loop."""
     from PIL import PngImagePlugin
-
-    from airflow_provider_bgremoval.hooks import base
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "x" * 20_000)
@@ -749,36 +763,18 @@ async def test_a_file_of_few_pixels_but_many_bytes_is_checked_in_a_thread(
     Image.open(io.BytesIO(PNG)).save(out, format="PNG", pnginfo=info)
     padded = out.getvalue()
     assert len(padded) > 4 * 40 * 30
-    threads: list[threading.Thread] = []
-    original = base.prepare_input
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.current_thread())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(base, "prepare_input", recording)
     hook.inline_work_pixels = 40 * 30
     server.on(f"{API}/v1/remove", png_reply())
     await hook.aremove_background(padded)
-    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    assert len(input_check_threads) == 1 and input_check_threads[0] is not threading.main_thread()
 
 
 async def test_unreadable_bytes_are_checked_in_a_thread_and_rejected_as_before(
-    hook: FakeHook, server: Server, monkeypatch: pytest.MonkeyPatch
+    hook: FakeHook, server: Server, input_check_threads: list[threading.Thread]
 ) -> None:
-    from airflow_provider_bgremoval.hooks import base
-
-    threads: list[threading.Thread] = []
-    original = base.prepare_input
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.current_thread())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(base, "prepare_input", recording)
     with pytest.raises(InputRejectedError) as info:
         await hook.aremove_background(b"not an image at all")
-    assert info.value.code == "unsupported_image" and threads != [threading.main_thread()]
+    assert info.value.code == "unsupported_image" and input_check_threads != [threading.main_thread()]
     assert server.requests == []
 
 
