@@ -242,9 +242,13 @@ class BatchRunner:
         self._grace_timer = self._loop.call_later(self.drain_grace, self._abandon_unanswered)
 
     def _abandon_unanswered(self) -> None:
-        """The grace is over: give up unanswered vendor calls (results in hand are kept)."""
+        """
+        The grace is over: give up unanswered vendor calls (results in hand are kept). An image already
+        settled (its call failed, or it was left pending) is not cancelled: it is only releasing its claim.
+        """
         for flight in list(self._flights):
-            if flight.stage == "call" and not flight.stats.billed_reply and flight.task is not None:
+            unanswered = flight.stage == "call" and not flight.recorded and not flight.stats.billed_reply
+            if unanswered and flight.task is not None:
                 flight.abandoned = True
                 flight.task.cancel()
 
@@ -445,6 +449,8 @@ class BatchRunner:
         except asyncio.CancelledError:
             if not flight.abandoned:
                 raise
+            if flight.recorded:  # settled before the cancellation reached it: its row stands
+                return
             code, message = self.halts.stop or ("interrupted", "the batch was stopped")
             grace = f"the vendor had not answered within the {self.drain_grace:g} s grace"
             message = f"{message}; {grace}, so the call was abandoned (it may have been billed)"
@@ -601,15 +607,21 @@ class BatchRunner:
         return True
 
     async def _release(self, flight: Flight) -> None:
+        """
+        Release the image's claim in a thread, shielded: a cancellation of the awaiting task neither
+        drops the job (queued or running) nor skips it; the run's executor shutdown waits for it.
+        """
+        job = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._release_claim, flight.item.destination
+        )
+        await asyncio.shield(job)
+
+    def _release_claim(self, destination: str) -> None:
         assert self.claims is not None
         try:
-            await self._blocking(self.claims.release, flight.item.destination)
+            self.claims.release(destination)
         except Exception as exc:  # best effort: the claim's lease runs out by itself
-            log.warning(
-                "Could not release the claim on %s (it expires with its lease): %s",
-                flight.item.destination,
-                exc,
-            )
+            log.warning("Could not release the claim on %s (it expires with its lease): %s", destination, exc)
 
     async def _worker(self) -> None:
         while (item := self._next_item()) is not None:
@@ -663,7 +675,13 @@ class BatchRunner:
                 self._begin_drain()
             workers = min(self.max_concurrency, max(1, len(self.plan.items) + len(self.plan.render)))
             outcomes = await asyncio.gather(*(self._worker() for _ in range(workers)), return_exceptions=True)
-            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            # A worker's own cancellation is one image given up at the grace (the run's would have
+            # cancelled the gather): never the batch's error.
+            failures = [
+                outcome
+                for outcome in outcomes
+                if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError)
+            ]
         finally:
             self._record_unsubmitted()
             ticker.cancel()

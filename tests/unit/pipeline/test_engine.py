@@ -19,6 +19,7 @@ from airflow_provider_bgremoval.exceptions import (
     InputRejectedError,
     TransientVendorError,
     VendorAuthError,
+    VendorRequestError,
 )
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
@@ -364,6 +365,41 @@ def test_unsafe_names_are_rejected(buckets) -> None:
         "unsafe_name",
         "unsafe_name",
     ]
+
+
+@pytest.mark.timeout(60)
+def test_the_grace_ending_while_a_settled_image_releases_its_claim_leaves_the_batch_and_the_claim_free(
+    buckets,
+) -> None:
+    """
+    A stop arrives during a call that then fails (settled ``failed``, still at the call stage): the
+    grace (0 s) ends while its claim is being released. The image is not abandoned (its row stands), the
+    batch returns its record through ``run_batch`` instead of a ``CancelledError``, and the claim is free.
+    """
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    runners: list[BatchRunner] = []
+
+    def stop_then_refuse(name: str, call: int) -> BaseException:
+        runners[0].request_stop("terminated", "the task was terminated")
+        return VendorRequestError("bad request", vendor="fake", status_code=400)
+
+    processor = ScriptedProcessor(stop_then_refuse)
+    plan = asyncio.run(
+        plan_batch(
+            storage, spec, extension=".png", identity=OutputIdentity.of(processor), limits=processor.limits
+        )
+    )
+    manifest = ManifestWriter()
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
+    runners.append(BatchRunner(storage, processor, plan, manifest, claims=claims, drain_grace=0.0))
+    assert run_batch(runners[0]) is None
+    rows = read_manifest(manifest.getvalue())
+    assert [(row["status"], row["error_code"]) for row in rows] == [("failed", "VendorRequestError")]
+    assert runners[0].result.interrupted == "terminated"
+    other = ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
+    assert other.acquire("a.png", plan.items[0].source.generation) is None  # released, not live
 
 
 class _RaisingRunner:
