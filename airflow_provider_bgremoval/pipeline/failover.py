@@ -69,8 +69,6 @@ class CallStage:
         """
         name = posixpath.basename(flight.item.source.name) or "image"
         while True:
-            if self._settled_on_stop(flight):
-                return None
             account = await self._account_for(flight, data)
             if account is None:
                 return None
@@ -94,8 +92,13 @@ class CallStage:
         return True
 
     async def _account_for(self, flight: Flight, data: bytes) -> Account | None:
-        """The account for the image's next call; ``None`` when it is settled instead (no account left)."""
+        """
+        The account for the image's next call; ``None`` when it is settled instead (a stop request, no
+        account left). The stop is looked for on every pass, so a wait for a probe never ends in a call.
+        """
         while True:
+            if self._settled_on_stop(flight):
+                return None
             choice = self.chain.choose(flight.tried, self.budgets.fits)
             if isinstance(choice, tuple):
                 account, probe = choice
@@ -109,8 +112,6 @@ class CallStage:
                 continue
             if choice is None:
                 self._no_account(flight)
-                return None
-            if self._settled_on_stop(flight):
                 return None
             flight.stage = "wait"  # every account left is in an outage: wait for the first probe
             await asyncio.sleep(min(max(choice, 0.01), 0.5))

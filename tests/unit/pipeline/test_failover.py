@@ -102,8 +102,11 @@ def run_chain(
     accounts: AccountChain,
     renditions: RenditionLayout | None = None,
     limits: InputLimits | None = None,
+    runners: list[BatchRunner] | None = None,
     **kwargs: Any,
 ):
+    """Plan and run the batch over ``accounts``; its runner is appended to ``runners`` before it runs."""
+
     async def go():
         primary = accounts.primary.processor
         plan = await plan_batch(
@@ -116,6 +119,8 @@ def run_chain(
         )
         manifest = ManifestWriter()
         runner = BatchRunner(storage, primary, plan, manifest, accounts=accounts, **kwargs)
+        if runners is not None:
+            runners.append(runner)
         result = await runner.run()
         return result, read_manifest(manifest.getvalue())
 
@@ -216,6 +221,35 @@ def test_an_outage_opens_the_breaker_the_rest_go_on_and_a_probe_returns_to_the_p
     assert metrics.count("bgremoval.failover.breaker_opened.pixelcut_conn") == 2
     assert metrics.count("bgremoval.failover.handoffs.pixelcut_conn") == 4
     assert stats.counts[0][1] == {"conn_id": "pixelcut_conn", "vendor": "pixelcut", "reason": "outage"}
+
+
+def test_an_image_waiting_for_a_probe_is_not_sent_after_a_stop_request(batch) -> None:
+    """
+    Both breakers open, the next image waits for the first probe; a stop arrives during the wait and
+    the cooldown runs out meanwhile: the image is left pending, never sent after the stop.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    clock, runners = Clock(), []
+
+    def stop_later() -> None:
+        runners[0].request_stop("terminated", "the task was terminated")
+        clock.now += 31  # the cooldown is over: a probe would be let through
+
+    def outage(name: str, count: int) -> Any:
+        if len(secondary.calls) == 1:  # the second account's breaker opens now: 00.png's last call
+            asyncio.get_running_loop().call_later(0.2, stop_later)  # while 01.png waits (<= 0.5 s)
+        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+
+    primary, secondary = Vendor("pixian", outage), Vendor("poof", outage)
+    policy = BreakerPolicy(consecutive_failures=1, cooldown_seconds=30)
+    accounts = chain(primary, secondary, clock=clock, policy=policy)
+    result, rows = run_chain(storage, spec, accounts, runners=runners, max_concurrency=1, drain_grace=5)
+    assert primary.calls == secondary.calls == ["00.png"]  # 01.png was never sent
+    by_name = {row["source"].rsplit("/", 1)[-1]: row for row in rows}
+    assert by_name["00.png"]["status"] == "failed"
+    assert (by_name["01.png"]["status"], by_name["01.png"]["error_code"]) == ("pending", "terminated")
+    assert result.counts["pending"] == 1 and result.interrupted == "terminated"
 
 
 def test_without_outage_in_failover_on_a_transient_failure_fails_the_image_as_before(batch) -> None:
