@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.pipeline.naming import normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.pipeline.plan_store import check_shard_limits, shard_bounds
+from airflow_provider_bgremoval.pipeline.planning import list_sources, read_back_prefixes
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
@@ -37,12 +38,20 @@ class ListImageShardsOperator(BaseOperator):
     """
     List the images under a prefix and return them as shards (a list of object-name lists).
 
+    The listing never includes the provider's own folder under the prefix (``_bgremoval/``), nor, given
+    the bucket task's destination, the outputs of a destination (or masters prefix) that lies inside the
+    source prefix of the same bucket: they are listed around, so no output is sent again as a source
+    (docs/pipeline.md, "Outputs inside the source prefix").
+
     :param source_bucket: bucket to list.
     :param source_prefix: prefix to list.
     :param include: glob pattern(s) a source must match.
     :param exclude: glob pattern(s) to leave out.
     :param max_shards: at most this many shards (mapped task instances).
     :param min_shard_size: do not make shards smaller than this.
+    :param destination_bucket: the bucket task's ``destination_bucket`` (``None``: not given).
+    :param destination_prefix: the bucket task's ``destination_prefix``.
+    :param masters_prefix: the bucket task's ``masters_prefix``, if it gives one.
     :param gcp_conn_id: Google Cloud connection.
     """
 
@@ -53,6 +62,9 @@ class ListImageShardsOperator(BaseOperator):
         "exclude",
         "max_shards",
         "min_shard_size",
+        "destination_bucket",
+        "destination_prefix",
+        "masters_prefix",
     )
 
     def __init__(
@@ -64,6 +76,9 @@ class ListImageShardsOperator(BaseOperator):
         exclude: str | Sequence[str] | None = None,
         max_shards: int = 16,
         min_shard_size: int = 50,
+        destination_bucket: str | None = None,
+        destination_prefix: str = "",
+        masters_prefix: str | None = None,
         gcp_conn_id: str | None = "google_cloud_default",
         **kwargs: Any,
     ) -> None:
@@ -74,22 +89,37 @@ class ListImageShardsOperator(BaseOperator):
         self.exclude = exclude
         self.max_shards = max_shards
         self.min_shard_size = min_shard_size
+        self.destination_bucket = destination_bucket
+        self.destination_prefix = destination_prefix
+        self.masters_prefix = masters_prefix
         self.gcp_conn_id = gcp_conn_id
 
+    def skipped_folders(self) -> list[str]:
+        """The folders the listing leaves out: the provider's own, and the outputs read back."""
+        prefix = normalise_prefix(self.source_prefix)
+        masters = normalise_prefix(self.masters_prefix) if self.masters_prefix else None
+        outputs = (normalise_prefix(self.destination_prefix), masters)
+        read_back = read_back_prefixes(self.source_bucket, prefix, self.destination_bucket or None, *outputs)
+        return [internal_prefix(prefix), *read_back]
+
     def execute(self, context: Context) -> list[list[str]]:
-        """List the prefix (filtered) and return its shards."""
+        """List the prefix (filtered, around :meth:`skipped_folders`) and return its shards."""
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         prefix = normalise_prefix(self.source_prefix)
-        listing = storage.list_objects(self.source_bucket, prefix, include=self.include, exclude=self.exclude)
+        skip = self.skipped_folders()
+        listing = list_sources(
+            storage, self.source_bucket, prefix, include=self.include, exclude=self.exclude, skip=skip
+        )
         names = [info.name for info in listing]
         shards = split_into_shards(
             names, max_shards=int(self.max_shards), min_shard_size=int(self.min_shard_size)
         )
         self.log.info(
-            "Listed %d object(s) under gs://%s/%s into %d shard(s)",
+            "Listed %d object(s) under gs://%s/%s (none under %s) into %d shard(s)",
             len(names),
             self.source_bucket,
-            self.source_prefix,
+            prefix,
+            ", ".join(skip),
             len(shards),
         )
         return shards

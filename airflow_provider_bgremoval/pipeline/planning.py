@@ -75,6 +75,26 @@ class DestinationCollisionError(BgRemovalError, ValueError):
     """Two or more sources map to the same destination object; nothing was processed."""
 
 
+def read_back_prefixes(
+    source_bucket: str, source_prefix: str, destination_bucket: str | None, *outputs: str | None
+) -> tuple[str, ...]:
+    """
+    The output prefixes that lie inside the source prefix of the same bucket: a listing of the source
+    prefix would read their outputs back as sources (docs/pipeline.md, "Outputs inside the source
+    prefix"). A listing batch is refused; explicit names inside them are rejected; the shard lister lists
+    around them.
+
+    :param source_bucket: the bucket of the sources.
+    :param source_prefix: the source prefix (normalised).
+    :param destination_bucket: the bucket of the outputs (``None``: not known, nothing is read back).
+    :param outputs: the output prefixes (normalised; ``None`` entries are left out).
+    """
+    if destination_bucket != source_bucket:
+        return ()
+    inside = (prefix for prefix in outputs if prefix is not None and prefix.startswith(source_prefix))
+    return tuple(dict.fromkeys(inside))
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     """
@@ -110,16 +130,28 @@ class BatchSpec:
         object.__setattr__(self, "destination_prefix", normalise_prefix(self.destination_prefix))
         if self.masters_prefix is not None:
             object.__setattr__(self, "masters_prefix", normalise_prefix(self.masters_prefix))
-        same_bucket = self.source_bucket == self.destination_bucket and self.source_objects is None
+        if self.source_objects is not None:  # explicit names: those inside ``read_back`` are rejected
+            return
         for parameter in ("destination_prefix", "masters_prefix"):
             prefix = getattr(self, parameter)
-            if same_bucket and prefix is not None and prefix.startswith(self.source_prefix):
+            if prefix is not None and prefix in self.read_back:
                 raise InvalidOptionError(
                     parameter,
                     f"{gs_uri(self.destination_bucket, prefix)} lies inside the source prefix "
                     f"{gs_uri(self.source_bucket, self.source_prefix)}: outputs would be read back as "
                     "sources",
                 )
+
+    @property
+    def read_back(self) -> tuple[str, ...]:
+        """The output prefixes a listing of the source prefix would read back (:func:`read_back_prefixes`)."""
+        return read_back_prefixes(
+            self.source_bucket,
+            self.source_prefix,
+            self.destination_bucket,
+            self.destination_prefix,
+            self.masters_prefix,
+        )
 
     @property
     def output_prefix(self) -> str:
@@ -378,18 +410,17 @@ def iter_sources(
         own folder under the prefix (one more listing request).
     """
     if spec.source_objects is None:
-        prefix = spec.source_prefix
-        ranges = ranges_outside(internal_prefix(prefix), prefix, None) if outputs else [("", None)]
-        for start, end in ranges:
-            for info in storage.list_objects(
-                spec.source_bucket,
-                spec.source_prefix,
-                include=spec.include,
-                exclude=spec.exclude,
-                start_offset=start or None,
-                end_offset=end,
-            ):
-                yield info.name, info
+        skip = [internal_prefix(spec.source_prefix)] if outputs else []
+        listing = list_sources(
+            storage,
+            spec.source_bucket,
+            spec.source_prefix,
+            include=spec.include,
+            exclude=spec.exclude,
+            skip=skip,
+        )
+        for info in listing:
+            yield info.name, info
         return
     for raw in spec.source_objects:
         name = str(raw)
@@ -402,6 +433,37 @@ def iter_sources(
         if spec.source_prefix and not name.startswith(spec.source_prefix):
             name = spec.source_prefix + name.lstrip("/")
         yield name, storage.stat(spec.source_bucket, name)
+
+
+def list_sources(
+    storage: GcsStorage,
+    bucket: str,
+    prefix: str,
+    *,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+) -> Iterator[ObjectInfo]:
+    """
+    The objects under ``prefix`` in name order, filtered, never one under a ``skip`` folder: the listing
+    asks only for the name ranges around those folders (a listing request per range and 1,000 names).
+
+    :param storage: the GCS storage.
+    :param bucket: the bucket.
+    :param prefix: the prefix listed.
+    :param include: pattern(s) a source must match.
+    :param exclude: pattern(s) leaving sources out.
+    :param skip: folders (each ending with ``/``; ``""``: every name) whose objects are never listed.
+    """
+    if "" in skip:
+        return
+    ranges: list[tuple[str, str | None]] = [("", None)]
+    for folder in skip:
+        ranges = [part for start, end in ranges for part in ranges_outside(folder, start, end)]
+    for start, end in ranges:
+        yield from storage.list_objects(
+            bucket, prefix, include=include, exclude=exclude, start_offset=start or None, end_offset=end
+        )
 
 
 def outputs_between(storage: GcsStorage, spec: BatchSpec, first: str, last: str) -> Iterator[ObjectInfo]:
@@ -539,6 +601,7 @@ def _map_sources(
     collisions: _Collisions,
 ) -> Iterator[WorkItem]:
     """Map each source to its output; settle missing and unsafe names; note collisions."""
+    read_back = spec.read_back
     for name, entry in sources:
         if entry is None:
             missing = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
@@ -547,6 +610,7 @@ def _map_sources(
             )
             continue
         try:
+            _refuse_read_back(spec, read_back, name)
             dest = destination_name(name, spec.source_prefix, spec.output_prefix, extension)
         except UnsafeNameError as exc:
             sink.settle(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
@@ -554,6 +618,16 @@ def _map_sources(
         stem = spec.source_prefix + dest[len(spec.output_prefix) : len(dest) - len(extension)]
         if collisions.first(name, stem, dest) is None:
             yield WorkItem(entry, dest)
+
+
+def _refuse_read_back(spec: BatchSpec, read_back: Sequence[str], name: str) -> None:
+    """Raise :class:`UnsafeNameError` for an explicit source inside an output prefix (an output)."""
+    for prefix in read_back:
+        if name.startswith(prefix):
+            raise UnsafeNameError(
+                f"{gs_uri(spec.source_bucket, name)} is inside the output prefix "
+                f"{gs_uri(spec.destination_bucket, prefix)}: an output is never read back as a source"
+            )
 
 
 _OUTPUT_EXISTS = (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import Any
 from unittest import mock
 
 import pytest
+from PIL import Image
 
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
@@ -15,7 +18,19 @@ from airflow_provider_bgremoval.operators.sharding import (
     split_into_shards,
 )
 from airflow_provider_bgremoval.pipeline.plan_store import AIRFLOW_MAX_MAP_LENGTH
+from airflow_provider_bgremoval.pipeline.planning import (
+    META_OPTIONS_HASH,
+    META_SOURCE,
+    META_SOURCE_GENERATION,
+    META_VENDOR,
+    BatchSpec,
+    OutputIdentity,
+    plan_batch,
+)
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.vendors.poof import PoofWire
+
+LIMITS = PoofWire.spec.limits
 
 
 def _context(xcom: Any) -> tuple[dict[str, Any], mock.MagicMock]:
@@ -87,3 +102,88 @@ def test_list_image_shards_lists_once_and_splits(gcs_storage: GcsStorage, gcs_bu
         ["raw/03.jpg", "raw/04.jpg"],
         ["raw/05.jpg", "raw/06.jpg"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("destination", "skipped"),
+    [
+        ({}, ["2026/_bgremoval/"]),  # no destination given: the provider's folder only
+        ({"destination_bucket": "cut", "destination_prefix": "2026/cutouts"}, ["2026/_bgremoval/"]),
+        ({"destination_bucket": "shop", "destination_prefix": "web/"}, ["2026/_bgremoval/"]),
+        (
+            {"destination_bucket": "shop", "destination_prefix": "2026/cutouts"},
+            ["2026/_bgremoval/", "2026/cutouts/"],
+        ),
+        (
+            {"destination_bucket": "shop", "destination_prefix": "web/", "masters_prefix": "2026/m"},
+            ["2026/_bgremoval/", "2026/m/"],
+        ),
+        ({"destination_bucket": "shop", "destination_prefix": "2026/"}, ["2026/_bgremoval/", "2026/"]),
+    ],
+)
+def test_the_lister_leaves_out_the_providers_folder_and_outputs_it_would_read_back(
+    destination: dict[str, str], skipped: list[str]
+) -> None:
+    op = ListImageShardsOperator(task_id="list", source_bucket="shop", source_prefix="2026", **destination)
+    assert op.skipped_folders() == skipped
+    assert {"destination_bucket", "destination_prefix", "masters_prefix"} <= set(op.template_fields)
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.integration
+def test_listed_shards_of_a_same_bucket_layout_never_bill_an_output_again(
+    gcs_storage: GcsStorage, gcs_bucket: str
+) -> None:
+    """
+    Bucket ``shop``: sources under ``2026/``, cut-outs under ``2026/cutouts/`` from an earlier run. The
+    lister given the destination lists neither the cut-outs nor any ``_bgremoval/`` object; one told
+    nothing of it still skips the provider's folders, and planning its shards rejects the cut-outs as
+    unsafe names: no output is paid for again as a source (``2026/cutouts/cutouts/shoe.png``).
+    """
+    photo = _png()
+    shoe = gcs_storage.write(gcs_bucket, "2026/shoe.png", photo, content_type="image/png")
+    gcs_storage.write(gcs_bucket, "2026/hat.png", photo, content_type="image/png")
+    meta = {
+        META_SOURCE: shoe.uri,
+        META_SOURCE_GENERATION: str(shoe.generation),
+        META_OPTIONS_HASH: "fp",
+        META_VENDOR: "poof",
+    }
+    gcs_storage.write(gcs_bucket, "2026/cutouts/shoe.png", photo, content_type="image/png", metadata=meta)
+    for internal in ("2026/_bgremoval/manifests/m.jsonl", "2026/cutouts/_bgremoval/claims/c.json"):
+        gcs_storage.write(gcs_bucket, internal, b"{}", content_type="application/json")
+    batch: dict[str, Any] = {"source_bucket": gcs_bucket, "source_prefix": "2026/"}
+    outputs = {"destination_bucket": gcs_bucket, "destination_prefix": "2026/cutouts/"}
+
+    def shards(**destination: str) -> list[list[str]]:
+        op = ListImageShardsOperator(task_id="l", min_shard_size=1, gcp_conn_id=None, **batch, **destination)
+        return op.execute({})  # type: ignore[arg-type]
+
+    def billed(names: list[str]) -> tuple[list[str], dict[str, str]]:
+        spec = BatchSpec(**batch, **outputs, source_objects=names)
+        plan = asyncio.run(
+            plan_batch(
+                gcs_storage, spec, extension=".png", identity=OutputIdentity((("poof", "fp"),)), limits=LIMITS
+            )
+        )
+        return [item.source.name for item in plan.items], {o.source.name: o.code for o in plan.settled}
+
+    told = [name for shard in shards(**outputs) for name in shard]
+    assert told == ["2026/hat.png", "2026/shoe.png"]
+    assert billed(told) == (["2026/hat.png"], {"2026/shoe.png": "already_done"})
+
+    untold = [name for shard in shards() for name in shard]
+    assert untold == ["2026/cutouts/_bgremoval/claims/c.json", "2026/cutouts/shoe.png", *told]
+    assert billed(untold) == (
+        ["2026/hat.png"],
+        {
+            "2026/cutouts/_bgremoval/claims/c.json": "unsafe_name",
+            "2026/cutouts/shoe.png": "unsafe_name",
+            "2026/shoe.png": "already_done",
+        },
+    )

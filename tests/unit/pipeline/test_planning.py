@@ -24,7 +24,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from airflow_provider_bgremoval.exceptions import InputRejectedError
+from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.hooks.poof import PoofHook
 from airflow_provider_bgremoval.imaging import InputLimits, prepare_input
 from airflow_provider_bgremoval.pipeline import planning
@@ -44,6 +44,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     check_plan,
     check_source,
     iter_sources,
+    list_sources,
     outputs_between,
     plan_batch,
     ranges_outside,
@@ -364,6 +365,90 @@ def test_a_listing_of_outputs_as_sources_skips_the_providers_folder() -> None:
     assert [name for name, _ in iter_sources(storage, spec, outputs=True)] == names  # type: ignore[arg-type]
     assert not [name for name in storage.listed if name.startswith("cutouts/_bgremoval/")]
     assert len(storage.listings) == 2  # the name ranges either side of the provider's folder
+
+
+def test_list_sources_lists_around_every_skipped_folder() -> None:
+    """The shard lister's listing: the name ranges around each folder left out, nested ones included."""
+    storage = MemoryStorage()
+    names = [
+        "p/_bgremoval/m.jsonl",
+        "p/a.png",
+        "p/cut.png",
+        "p/cut/x.png",
+        "p/cut/_bgremoval/c",
+        "p/cut0.png",
+    ]
+    for name in names:
+        storage.put("b", name, b"x")
+    skip = ["p/_bgremoval/", "p/cut/"]
+
+    found = [info.name for info in list_sources(storage, "b", "p/", skip=skip)]  # type: ignore[arg-type]
+
+    assert found == ["p/a.png", "p/cut.png", "p/cut0.png"]
+    assert not [name for name in storage.listed if name.startswith(tuple(skip))]
+    assert storage.listings == [
+        ("b", "p/", None, "p/_bgremoval/"),
+        ("b", "p/", "p/_bgremoval0", "p/cut/"),
+        ("b", "p/", "p/cut0", None),
+    ]
+    assert list(list_sources(storage, "b", "", skip=[""])) == []  # type: ignore[arg-type]  # all skipped
+
+
+def test_explicit_names_inside_the_destination_in_the_source_prefix_are_rejected_not_billed(
+    tiny_png: bytes,
+) -> None:
+    """
+    Same bucket, outputs inside the source prefix: a listing is refused at parse; explicit names (a
+    listing's shards) inside the destination prefix, its ``_bgremoval/`` folder or the masters prefix
+    are an earlier run's outputs, rejected as unsafe names with no read, so an output is never paid for
+    again as a source (it would make ``2026/cutouts/cutouts/shoe.png``).
+    """
+    storage = MemoryStorage(dict.fromkeys(["2026/shoe.png", "2026/hat.png"], tiny_png), bucket="shop")
+    layout: dict[str, Any] = {
+        "source_bucket": "shop",
+        "destination_bucket": "shop",
+        "source_prefix": "2026/",
+        "destination_prefix": "2026/cutouts/",
+    }
+    with pytest.raises(InvalidOptionError, match=r"destination_prefix.*lies inside the source prefix"):
+        BatchSpec(**layout)
+    outputs = ["gs://shop/2026/cutouts/shoe.png", "cutouts/_bgremoval/claims/0.json"]  # URI, relative
+    spec = BatchSpec(**layout, source_objects=[*outputs, "2026/hat.png", "2026/shoe.png"])
+    shoe = storage.info("shop", "2026/shoe.png")  # its cut-out, a real PNG an earlier run made
+    meta = {**DONE_META, META_SOURCE: shoe.uri, META_SOURCE_GENERATION: str(shoe.generation)}
+    storage.put("shop", "2026/cutouts/shoe.png", tiny_png, meta)
+    storage.put("shop", "2026/cutouts/_bgremoval/claims/0.json", b"{}")
+
+    plan = _plan_in(storage, spec)
+
+    assert [item.source.name for item in plan.items] == ["2026/hat.png"]
+    verdicts = {o.source.name: (o.status, o.code, o.kind) for o in plan.settled}
+    assert verdicts == {
+        "2026/cutouts/shoe.png": ("rejected", "unsafe_name", "rejected_locally"),
+        "2026/cutouts/_bgremoval/claims/0.json": ("rejected", "unsafe_name", "rejected_locally"),
+        "2026/shoe.png": ("skipped", "already_done", "already_done"),
+    }
+    message = next(o.message for o in plan.settled if o.source.name == "2026/cutouts/shoe.png")
+    assert message == (
+        "gs://shop/2026/cutouts/shoe.png is inside the output prefix gs://shop/2026/cutouts/: "
+        "an output is never read back as a source"
+    )
+    assert storage.requests["read_head"] == 1  # the photo only: no output is read
+    assert spec.read_back == ("2026/cutouts/",)
+
+    masters = BatchSpec(
+        **{**layout, "destination_prefix": "web/"}, masters_prefix="2026/m/", source_objects=["2026/m/a.png"]
+    )
+    assert masters.read_back == ("2026/m/",)
+    storage.put("shop", "2026/m/a.png", tiny_png)
+    assert [(o.code, o.source.name) for o in _plan_in(storage, masters).settled] == [
+        ("unsafe_name", "2026/m/a.png")
+    ]
+    # outputs outside the source prefix, or in another bucket: nothing is read back
+    assert (
+        BatchSpec(**{**layout, "source_prefix": "2026/raw/", "destination_prefix": "2026/"}).read_back == ()
+    )
+    assert BatchSpec(**{**layout, "destination_bucket": "cut"}).read_back == ()
 
 
 def _collisions(excinfo: pytest.ExceptionInfo[DestinationCollisionError]) -> list[tuple[str, str, str]]:
