@@ -7,7 +7,7 @@ priced at its own account (docs/pipeline.md, "Budgets count money at risk" and "
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -119,16 +119,39 @@ class Budgets:
         self.chain.disable(account, "max_credits", message)
         return False
 
-    def may_retry(self, _exc: BaseException) -> bool:
-        """Retry guard: a retry after a lost reply must fit the budget (its reservation already does)."""
-        if self.max_credits is None or self.credits_at_risk() <= self.max_credits:
+    def may_retry(self, _exc: BaseException, account: Account | None = None) -> bool:
+        """
+        Retry guard: a retry after a lost reply must fit the budgets (its reservation already does).
+
+        :param account: the account the retry goes to: its own budget must fit too; ``None``: the total
+            only (an image about to move on, whose next account is checked when it is chosen).
+        """
+        if self.max_credits is not None and self.credits_at_risk() > self.max_credits:
+            self.halts.record(
+                "max_credits",
+                f"max_credits={self.max_credits} reached: a lost reply leaves no room to retry "
+                f"({self.credits_at_risk()} credits charged or at risk)",
+            )
+            return False
+        if account is None or account.budget is None:
             return True
-        self.halts.record(
-            "max_credits",
-            f"max_credits={self.max_credits} reached: a lost reply leaves no room to retry "
-            f"({self.credits_at_risk()} credits charged or at risk)",
+        at_risk = self.credits_at_risk(account)
+        if at_risk <= account.budget:
+            return True
+        message = (
+            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached: a lost reply leaves "
+            f"no room to retry ({at_risk} credits charged or at risk)"
         )
+        self.chain.disable(account, "max_credits", message)
         return False
+
+    def retry_guard(self, account: Account) -> Callable[[BaseException], bool]:
+        """
+        The retry guard of a call on ``account`` (:meth:`may_retry` with its own budget).
+
+        :param account: the account taking the call.
+        """
+        return lambda exc: self.may_retry(exc, account)
 
     def _in_flight_summary(self) -> str:
         """The images in flight, each priced at its own account (``2 in flight: 3 on poof_conn...``)."""

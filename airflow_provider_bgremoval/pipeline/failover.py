@@ -73,7 +73,7 @@ class CallStage:
             if account is None:
                 return None
             flight.stage = "call"
-            flight.stats.retry_guard = self.budgets.may_retry
+            flight.stats.retry_guard = self.budgets.retry_guard(account)
             try:
                 result = await account.processor.process(data, name, flight.stats)
             except BgRemovalError as exc:

@@ -17,6 +17,7 @@ from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
 from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.retry import RetryPolicy, acall_with_retry
 from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed
 from tests.unit.pipeline.test_failover import Clock, Vendor, chain, names, run_chain
 
@@ -133,6 +134,50 @@ def test_the_max_credits_halt_prices_each_image_in_flight_at_its_own_account(bat
         "2 in flight: 1 at 1 (pixian_conn), 1 at 3 (poof_conn); the next image costs 1" in result.halt.message
     )
     assert result.credits_spent == 5 and [row["status"] for row in rows] == ["done"] * 3 + ["pending"]
+
+
+class LosesFirstReply(Vendor):
+    """Retries in the real retry loop, filling the live call record as hooks do: its first reply is lost."""
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        attempts: list[int] = []
+
+        async def attempt() -> ImageResult:
+            attempts.append(1)
+            if len(attempts) == 1:
+                self.calls.append(filename)  # sent; its reply is lost
+                raise TransientVendorError("read timeout", vendor=self.vendor, possibly_charged=True)
+            return await Vendor.process(self, data, filename, stats)
+
+        policy = RetryPolicy(max_attempts=3, initial_backoff=0, jitter=0)
+        return await acall_with_retry(attempt, policy, stats=stats)
+
+
+@pytest.mark.parametrize("secondary", [False, True], ids=["alone", "with_a_secondary"])
+def test_a_retry_after_a_lost_reply_must_fit_its_accounts_own_budget(batch, secondary: bool) -> None:
+    """
+    ``max_credits_per_account`` bounds a retry as ``max_credits`` does: pixian (budget 1) loses the
+    first reply of 00.png; the retry would put 2 at risk there, so it is refused and pixian leaves the
+    chain (the lost reply stays booked to it). Alone, 00.png fails and 01.png is pending; with a
+    secondary, both are done there.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    primary = LosesFirstReply("pixian")
+    vendors = (primary, Vendor("poof")) if secondary else (primary,)
+    accounts = chain(*vendors, budgets={"pixian": "1"})
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    pixian = accounts.primary
+    assert pixian.credits_spent + pixian.unit_cost() * pixian.possibly_charged <= Decimal(1)
+    assert (pixian.possibly_charged, pixian.credits_spent, pixian.state) == (1, 0, "max_credits")
+    assert primary.calls == ["00.png"]  # one attempt: the retry was refused
+    assert result.possibly_charged == 1 and rows[0]["possibly_charged"] == 1
+    if secondary:
+        assert [(row["status"], row["account"]) for row in rows] == [("done", "poof_conn")] * 2
+        assert rows[0]["handoffs"][0]["account"] == "pixian_conn"
+    else:
+        assert [row["status"] for row in rows] == ["failed", "pending"]
+        assert result.halt is not None and result.halt.reason == "max_credits" and not result.halt.fatal
 
 
 def test_the_runners_old_credits_at_risk_still_answers_and_warns(buckets) -> None:
