@@ -11,6 +11,7 @@ import copy
 import inspect
 import io
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing
@@ -74,6 +75,9 @@ _PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
 #: form field -> what a connection that leaves it empty has not got
 _FIELD_MEANING = {"password": "API key", "login": "API id"}
+#: a character no credential holds and an HTTP header cannot carry: a line break, tab, NUL or other
+#: control character, or non-ASCII (two keys pasted, a wrapped secret); httpx would quote the header
+_UNSENDABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def _checked_url(url: str, *, parameter: str = "image_url") -> str:
@@ -346,6 +350,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                     label, f"connection {conn.conn_id!r} has no {_FIELD_MEANING[name]}: set the {label} field"
                 )
         mask_secret(fields["password"])  # through _compat: dag.test()'s supervisor must not log it
+        cls._check_sendable(conn, fields)
         raw_timeout = timeout if timeout is not None else extras.get("timeout")
         try:
             seconds = cls.wire_class.spec.default_timeout if raw_timeout in (None, "") else float(raw_timeout)
@@ -366,6 +371,18 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             mask_secret(value)
             mask_secret(value.rpartition(" ")[2])
         return settings
+
+    @classmethod
+    def _check_sendable(cls, conn: Connection, fields: Mapping[str, str]) -> None:
+        """Refuse a credential with a character a header cannot carry, naming the field, never the value."""
+        for name in cls._required_fields:  # the credentials the hook sends
+            if _UNSENDABLE.search(fields[name]):
+                label = cls._label(name)
+                raise InvalidOptionError(
+                    label,
+                    f"the {label} field of connection {conn.conn_id!r} holds a line break, tab, control or "
+                    f"non-ASCII character (two keys pasted?); set it to the one {_FIELD_MEANING[name]} alone",
+                )
 
     @classmethod
     def _base_url(cls, conn: Connection, extras: Mapping[str, Any]) -> str:
@@ -561,8 +578,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             )
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
             url = _shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
+            # h11 quotes the illegal header (the key itself) in a LocalProtocolError: never shown
+            cause = "" if isinstance(exc, httpx.LocalProtocolError) else safe_excerpt(str(exc))
             raise TransientVendorError(
-                f"{request.method} {url} {what}: {safe_excerpt(str(exc)) or type(exc).__name__}",
+                f"{request.method} {url} {what}: {cause or type(exc).__name__}",
                 vendor=wire.spec.name,
                 code=type(exc).__name__,
                 possibly_charged=sent_in_full and request.billed,

@@ -391,6 +391,33 @@ def test_missing_password_is_a_clear_error(
     assert server.requests == []
 
 
+@pytest.mark.parametrize("glue", ["\n", "\r\n", "\x00", "\t", "\x7f", "\u00e9"])
+def test_a_key_no_header_can_carry_is_refused_as_the_connection_is_read_and_never_quoted(
+    glue: str, monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    # two keys pasted into the field: httpx would quote the whole value in its header error
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=f"{KEY}{glue}sk_second_key_42", host=API)
+    hook = make_hook()
+    with pytest.raises(InvalidOptionError) as info:
+        hook.get_balance()
+    assert info.value.parameter == "password"
+    ok, message = hook.test_connection()
+    assert not ok
+    for text in (str(info.value), repr(info.value), json.dumps(info.value.as_dict()), message):
+        assert "SECRET" not in text and "sk_second" not in text
+        assert "two keys pasted" in text
+    assert server.requests == []
+
+
+def test_a_local_protocol_error_is_not_quoted(hook: FakeHook, server: Server) -> None:
+    # h11 quotes an illegal header whole: whatever a header held stays out of the message
+    server.on(f"{API}/v1/credits", httpx.LocalProtocolError(f"Illegal header value b'{KEY}\\n'"))
+    with pytest.raises(TransientVendorError) as info:
+        hook.get_balance()
+    assert "SECRET" not in str(info.value) and "SECRET" not in json.dumps(info.value.as_dict())
+    assert str(info.value).endswith("GET http://api.test/v1/credits failed: LocalProtocolError")
+
+
 @pytest.mark.parametrize(
     ("extra", "parameter"),
     [

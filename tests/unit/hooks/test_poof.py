@@ -34,6 +34,7 @@ from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.vendors.poof import AutoRechargeMode, PoofOptions, PoofWire
 from tests.support.connections import SleepRecorder, set_connection
+from tests.unit.hooks.test_transport import tiny_server
 
 KEY = "pk_live_hook_secret_abcdef123456"
 ME = {
@@ -766,3 +767,17 @@ async def test_secrets_never_leak(poof_conn, make_hook, photo_bytes, caplog, mod
     ):
         assert KEY not in text
     assert "***" in str(exc.value)
+
+
+async def test_a_pasted_key_pair_is_refused_before_anything_is_sent(monkeypatch):
+    # over a real socket h11 would refuse the header and quote the whole key in the error
+    async with tiny_server() as server:
+        pasted = f"{KEY}\npk_live_second"
+        set_connection(monkeypatch, "poof_default", "poof", password=pasted, host=server.url)
+        async with PoofHook(requests_per_second=0) as hook:
+            with pytest.raises(InvalidOptionError) as info:
+                await hook.aget_balance()
+    assert info.value.parameter == "API key"
+    for text in (str(info.value), json.dumps(info.value.as_dict())):
+        assert "hook_secret" not in text and "second" not in text
+    assert server.connections == 0
