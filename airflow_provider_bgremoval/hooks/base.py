@@ -367,9 +367,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             timeout=seconds,
             extras={k: v for k, v in extras.items() if k not in ("api_key", "secret", "password")},
         )
-        for value in cls.wire_class(settings).auth_headers().values():  # derived: Pixian's Basic token
+        for value in cls.wire_class(settings).secrets():  # with the derived ones: Pixian's Basic token
             mask_secret(value)
-            mask_secret(value.rpartition(" ")[2])
         return settings
 
     @classmethod

@@ -289,6 +289,19 @@ class VendorWire(ABC):
         """Headers that authenticate a request (never logged): the API key in the spec's header."""
         return {self.spec.api_key_header: self.settings.api_key}
 
+    def secrets(self) -> tuple[str, ...]:
+        """
+        Every form of the connection's secret a request carries, longest first: the API key, each
+        :meth:`auth_headers` value and its bare token (Pixian's ``Basic`` token). The one set the hooks
+        register for masking and :meth:`redact` removes from quoted replies.
+        """
+        try:
+            values = list(self.auth_headers().values())
+        except InvalidOptionError:  # no header can be built (a Pixian wire without an API id)
+            values = []
+        found = {self.settings.api_key, *values, *(value.rpartition(" ")[2] for value in values)}
+        return tuple(sorted(filter(None, found), key=len, reverse=True))
+
     @abstractmethod
     def remove_background_request(
         self, image: ImageInput, options: RemovalOptions, vendor_options: VendorOptionsInput = None
@@ -373,12 +386,15 @@ class VendorWire(ABC):
 
     def redact(self, text: str) -> str:
         """
-        ``text`` with the connection's API key replaced by ``***``, should a reply echo it.
+        ``text`` with each of the connection's :meth:`secrets` (of 4 characters or more) replaced by
+        ``***``, should a reply echo the key or a request header.
 
         :param text: a message from the vendor.
         """
-        key = self.settings.api_key
-        return text.replace(key, "***") if key and len(key) >= 4 else text
+        for secret in self.secrets():
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
 
     @classmethod
     def coerce_options(cls, vendor_options: VendorOptionsInput) -> VendorOptionsInput:

@@ -1084,6 +1084,11 @@ def test_mask_secret_is_called_with_the_key(conn: None, make_hook: Callable[...,
     with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
         make_hook().get_settings()
     masked.assert_any_call(KEY)
+    hook = make_hook()
+    with mock.patch("airflow_provider_bgremoval.hooks.base.mask_secret") as masked:
+        hook.get_settings()
+    for secret in hook.wire.secrets():  # the set a quoted reply is redacted of
+        masked.assert_any_call(secret)
 
 
 async def test_mask_secret_is_called_on_the_async_path(

@@ -787,3 +787,22 @@ async def test_secrets_are_masked_and_never_leak(
     for text in texts:
         assert SECRET not in text
         assert token not in text
+
+
+def echo_headers(request: httpx.Request) -> httpx.Response:
+    """A proxy's or WAF's debug page that echoes the request headers back."""
+    lines = "\n".join(f"{name}: {value}" for name, value in request.headers.items())
+    return httpx.Response(400, content=f"<html><pre>Bad request\n{lines}</pre></html>".encode())
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_error_page_echoing_the_authorization_header_is_redacted(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    hook, _, _ = make_hook(monkeypatch, echo_headers, retry_policy=RetryPolicy(max_attempts=1))
+    with pytest.raises(BgRemovalError) as info:
+        await run(mode, hook, "get_balance")
+    token = BASIC.split()[1]  # base64(id:secret): the secret, trivially decoded
+    for text in (str(info.value), repr(info.value), json.dumps(info.value.as_dict())):
+        assert token not in text
+    assert "authorization: ***" in info.value.message

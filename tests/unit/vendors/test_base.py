@@ -150,6 +150,25 @@ def test_every_vendor_redacts_an_echoed_key_and_reads_the_request_id_header(
 
 
 @pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+def test_every_vendor_redacts_each_auth_header_and_its_bare_token(wire_class: type[VendorWire]) -> None:
+    wire = wire_class(
+        ConnectionSettings(base_url="https://api.test", api_key="sk_secret_0123", api_id="id_9")
+    )
+    echoed = " ".join(f"{name}: {value}" for name, value in wire.auth_headers().items())
+    bare = [value.rpartition(" ")[2] for value in wire.auth_headers().values()]
+    reply = wire.parse_error(httpx.Response(400, text=f"you sent {echoed} ({' '.join(bare)})"))
+    for secret in wire.secrets():
+        assert secret not in reply.message
+    assert set(wire.secrets()) >= {"sk_secret_0123", *wire.auth_headers().values(), *bare}
+
+
+def test_a_wire_that_cannot_authenticate_still_redacts_its_key() -> None:
+    wire = PixianWire(ConnectionSettings(base_url="https://api.test", api_key="sk_secret_0123"))
+    assert wire.secrets() == ("sk_secret_0123",)
+    assert wire.redact("key sk_secret_0123") == "key ***"
+
+
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
 def test_a_balance_reply_without_a_number_is_invalid(wire_class: type[VendorWire]) -> None:
     wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key="sk_test", api_id="id"))
     with pytest.raises(InvalidVendorResponseError) as info:
