@@ -202,12 +202,13 @@ class BatchRunner:
         self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle)
         self._submitted = 0
         self._finished = 0
-        self._billable_finished = 0  # what the failure rate judges: render-only items are not counted
+        # What the failure rate judges: images sent to the vendor that ended done, failed or rejected.
+        self._sent_finished = 0
+        self._sent_bad = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._bad_in_run = 0
         self.progress = ProgressReporter(
             len(self.plan.items) + len(self.plan.render),
             "->".join(dict.fromkeys(account.vendor for account in self.chain.accounts)),  # pixian->poof
@@ -340,14 +341,14 @@ class BatchRunner:
         }
 
     def _check_failure_rate(self) -> None:
-        finished = self._billable_finished
+        finished = self._sent_finished
         if self.on_error != "fail_rate" or finished < FAILURE_RATE_MIN_SAMPLE:
             return
-        rate = self._bad_in_run / finished
+        rate = self._sent_bad / finished
         if rate > self.max_failure_rate:
             self.halts.record(
                 "failure_rate",
-                f"{self._bad_in_run} of {finished} images failed "
+                f"{self._sent_bad} of {finished} images sent to the vendor failed "
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
             )
 
@@ -359,10 +360,9 @@ class BatchRunner:
         message: str | None = None,
         *,
         request_id: str | None = None,
-        rated: bool = True,
         **fields: Any,
     ) -> None:
-        """The image's one row with its cost; ``rated``: it counts for the failure rate (planning's don't)."""
+        """The image's one row with its cost."""
         if flight.recorded:
             log.warning(
                 "%s was already recorded; ignoring a second outcome (%s)", flight.item.source.uri, status
@@ -370,7 +370,7 @@ class BatchRunner:
             return
         flight.recorded = True
         self.calls.report(flight, "neutral")  # a probe that ended without a verdict (stop, cancel, defect)
-        self._count_finished(flight, bad=status in ("rejected", "failed"), rated=rated)
+        self._count_finished(flight, status)
         stats, result, account = flight.stats, flight.result, flight.account
         lost = stats.possibly_charged
         if flight.abandoned and stats.attempt_in_flight:
@@ -407,12 +407,16 @@ class BatchRunner:
             **fields,
         )
 
-    def _count_finished(self, flight: Flight, *, bad: bool = False, rated: bool = True) -> None:
-        """One more finished image; a billable one also counts for the failure rate (unless not ``rated``)."""
+    def _count_finished(self, flight: Flight, status: str | None = None) -> None:
+        """
+        One more finished image. One sent to the vendor (it has an account: render-only images and
+        images settled before a call have none) that ended ``done``, ``failed`` or ``rejected`` also
+        counts for the failure rate; ``pending`` and ``skipped`` do not, as in the final verdict.
+        """
         self._finished += 1
-        if rated and not flight.item.render_only:
-            self._billable_finished += 1
-            self._bad_in_run += int(bad)
+        if flight.account is not None and status in ("done", "failed", "rejected"):
+            self._sent_finished += 1
+            self._sent_bad += int(status != "done")
 
     def _settle_unexpected(self, flight: Flight, exc: Exception) -> None:
         """Anything our code did not foresee fails this image alone, with the charges it incurred."""
@@ -514,7 +518,7 @@ class BatchRunner:
         if found is None:
             return False
         message, facts = found
-        self._settle(flight, "rejected", NONCOMPLIANT, message, rated=False, renditions=facts)
+        self._settle(flight, "rejected", NONCOMPLIANT, message, renditions=facts)
         return True
 
     async def _store(self, flight: Flight, result: ImageResult) -> None:

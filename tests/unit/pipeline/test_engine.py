@@ -17,6 +17,7 @@ from PIL import Image
 
 from airflow_provider_bgremoval.exceptions import (
     InputRejectedError,
+    ResultDownloadError,
     TransientVendorError,
     VendorAuthError,
     VendorRequestError,
@@ -251,6 +252,31 @@ def test_per_image_errors_do_not_stop_the_batch_and_failure_rate_does(buckets) -
     )
     assert result.halt is not None and result.halt.reason == "failure_rate"
     assert result.counts["pending"] > 0 and len(processor.calls) < 30
+
+
+def test_the_failure_rate_judges_only_images_sent_to_the_vendor(buckets) -> None:
+    """
+    20 images held by another run's live claims (pending, never sent) come first, then 40 whose billed
+    calls fail: every image sent failed, so the batch halts after the first 10 sent, not after 21
+    (with the pending rows diluting the rate to 10 of 30, then 11 of 31...).
+    """
+    storage, src, dst = buckets
+    held, failing = [f"a{i:02d}.png" for i in range(20)], [f"b{i:02d}.png" for i in range(40)]
+    seed(storage, src, held + failing)
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    other = ClaimStore(storage, dst, spec.internal_prefix, "dag/other_run/t/-1")
+    for name in held:
+        assert other.acquire(name, storage.stat(src, name).generation) is None
+    billed = ResultDownloadError("result URL answered 404; the call was billed", vendor="fake")
+    processor = ScriptedProcessor(lambda name, call: billed)
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run/t/-1")
+    _, result, rows = run(
+        storage, spec, processor, claims=claims, max_concurrency=1, on_error="fail_rate", max_failure_rate=0.5
+    )
+    assert result.halt is not None and result.halt.reason == "failure_rate"
+    assert result.halt.message.startswith("10 of 10 images sent to the vendor failed")
+    assert processor.calls == failing[:10]
+    assert result.pending_reasons == {"claimed_elsewhere": 20, "failure_rate": 30}
 
 
 def test_concurrency_is_bounded(buckets) -> None:
