@@ -31,7 +31,7 @@ from airflow_provider_bgremoval.pipeline.naming import (
     internal_prefix,
     normalise_prefix,
 )
-from airflow_provider_bgremoval.storage.exceptions import gs_uri, split_gs_uri
+from airflow_provider_bgremoval.storage.exceptions import StorageError, gs_uri, split_gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class PlannedOutcome:
 
     :param source: the source object (or a stand-in for a missing one).
     :param destination: destination name when one could be computed.
-    :param status: ``skipped`` or ``rejected``.
+    :param status: ``skipped``, ``rejected``, or ``failed`` (unreadable for its local check).
     :param code: reason code.
     :param message: human explanation.
     :param extra: more manifest fields (``master``, ``renditions``; ``vendor``: the vendor that made a
@@ -216,7 +216,10 @@ class PlannedOutcome:
 
     @property
     def kind(self) -> str:
-        """One of :data:`SETTLED_KINDS` (each explained in docs/credits.md, the pre-flight's counts)."""
+        """
+        One of :data:`SETTLED_KINDS` (each explained in docs/credits.md, the pre-flight's counts); a source
+        unreadable for its check (``failed``) is ``rejected_locally``.
+        """
         if self.status == "skipped":
             return "already_done"
         if self.code == NONCOMPLIANT:
@@ -630,6 +633,10 @@ def _refuse_read_back(spec: BatchSpec, read_back: Sequence[str], name: str) -> N
             )
 
 
+_UNREADABLE = (
+    "the source could not be read for its local check at planning, so it was not planned "
+    "(nothing sent or paid; the next run plans it again)"
+)
 _OUTPUT_EXISTS = (
     "the destination exists but was made from another source generation or other options; "
     "set overwrite=True to replace it"
@@ -716,11 +723,17 @@ class _Planner:
         sink.settle(PlannedOutcome(item.source, destination, status, code, message, {**extra, **made_by}))
 
     def check(self, item: WorkItem) -> WorkItem | PlannedOutcome:
-        """The item with its local verdict, or rejected (by the checks, or every rendition out of reach)."""
+        """
+        The item with its local verdict, else settled: rejected (by the checks, or every rendition out of
+        reach), or failed when its pinned read failed (a source replaced or deleted since it was listed is
+        never priced at one generation and processed at another).
+        """
         try:
             checked = check_source(self.storage, item.source, self.limits, self.identity.vendor)
         except InputRejectedError as exc:
             return _outcome(item, "rejected", exc.code or "rejected", exc.message)
+        except StorageError as exc:  # e.g. replaced or deleted since its listing: this source alone fails
+            return _outcome(item, "failed", type(exc).__name__, f"{_UNREADABLE}: {exc}")
         if self.layout is not None and item.renditions:
             source = (checked.info.width, checked.info.height)
             found = self.layout.unreachable(self.spec.destination_bucket, item.renditions, source)

@@ -690,6 +690,74 @@ def test_checking_an_unchecked_plan_reads_headers_but_lists_nothing_again(photos
     assert listed >= 2  # the sources and the outputs: what the second pass no longer repeats
 
 
+def _plan_listed(storage: Any, spec: BatchSpec, listed: list[tuple[str, ObjectInfo | None]]) -> BatchPlan:
+    """Plan ``listed`` (a listing taken earlier) with the header checks."""
+    plan = BatchPlan(spec=spec)
+    kwargs: dict[str, Any] = {"identity": IDENTITY, "limits": LIMITS}
+    return planning.plan_into(storage, spec, plan, extension=".png", sources=listed, **kwargs)
+
+
+def test_a_source_replaced_or_deleted_after_its_listing_fails_alone_at_planning(tiny_png: bytes) -> None:
+    """
+    The listing is taken, then ``b.png`` is replaced and ``c.png`` deleted before their header checks:
+    each is settled failed (``ObjectChangedError``), priced at no generation; the plan goes on with the
+    rest, and so does checking a plan kept unchecked.
+    """
+    storage: Any = MemoryStorage(dict.fromkeys(["a.png", "b.png", "c.png", "d.png"], tiny_png))
+    spec = BatchSpec(source_bucket="src", destination_bucket="dst")
+    listed = list(iter_sources(storage, spec))
+    listed_generation = {name: info.generation for name, info in listed if info is not None}
+    kwargs: dict[str, Any] = {"identity": IDENTITY, "limits": LIMITS}
+    unchecked = asyncio.run(plan_batch(storage, spec, extension=".png", check=False, **kwargs))
+    replaced = storage.put("src", "b.png", tiny_png)
+    storage.delete("src", "c.png")
+
+    for plan in (_plan_listed(storage, spec, listed), check_plan(storage, unchecked, **kwargs)):
+        assert [item.source.name for item in plan.items] == ["a.png", "d.png"]
+        assert plan.total == 4
+        failed = {o.source.name: o for o in plan.settled}
+        assert sorted(failed) == ["b.png", "c.png"]
+        for name, outcome in failed.items():
+            verdict = (outcome.status, outcome.code, outcome.kind)
+            assert verdict == ("failed", "ObjectChangedError", "rejected_locally")
+            assert (outcome.destination, outcome.source.generation) == (name, listed_generation[name])
+            assert outcome.message == (
+                "the source could not be read for its local check at planning, so it was not planned "
+                f"(nothing sent or paid; the next run plans it again): gs://src/{name} generation "
+                f"{listed_generation[name]} no longer exists"
+            )
+
+    again = _plan_in(storage, spec)  # the next run plans the new generation
+    assert [(i.source.name, i.source.generation) for i in again.items] == [
+        ("a.png", listed_generation["a.png"]),
+        ("b.png", replaced.generation),
+        ("d.png", listed_generation["d.png"]),
+    ]
+
+
+@pytest.mark.integration
+def test_a_source_replaced_after_its_listing_on_gcs_fails_alone_at_planning(
+    tiny_png: bytes, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """On fake-gcs-server: the pinned range read's ``ObjectChangedError`` names the new generation."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    for name in ("a.png", "b.png"):
+        gcs_storage.write(src, name, tiny_png, content_type="image/png")
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    listed = list(iter_sources(gcs_storage, spec))
+    now = gcs_storage.write(src, "b.png", tiny_png, content_type="image/png", if_generation_match=None)
+
+    plan = _plan_listed(gcs_storage, spec, listed)
+
+    assert [item.source.name for item in plan.items] == ["a.png"]
+    [outcome] = plan.settled
+    assert (outcome.source.name, outcome.status, outcome.code) == ("b.png", "failed", "ObjectChangedError")
+    assert outcome.message.endswith(
+        f"gs://{src}/b.png generation {outcome.source.generation} no longer exists: the object was replaced "
+        f"after it was listed (now generation {now.generation}); list again to process the new version"
+    )
+
+
 def test_the_local_checks_note_which_accounts_of_a_chain_take_each_image() -> None:
     small = _save(Image.new("RGB", (100, 80), "white"), "PNG")
     large = _save(Image.new("RGB", (1200, 900), "white"), "PNG")
