@@ -360,8 +360,9 @@ class VendorWire(ABC):
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """
-        Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`), else the
-        quoted body; the request id falls back to ``X-Request-ID``; the API key is redacted.
+        Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`, which quotes
+        with :meth:`quote`), else the quoted body; the request id falls back to ``X-Request-ID``; the
+        secrets are redacted.
 
         :param response: the error reply.
         """
@@ -530,7 +531,7 @@ class VendorWire(ABC):
             missing = [key for key, number in numbers.items() if number is None]
             if not missing:
                 return body, cast(dict[str, Decimal], numbers)
-            shown = safe_excerpt(repr(body[missing[0]]), 60) if missing[0] in body else "missing"
+            shown = self.quote(repr(body[missing[0]]), 60) if missing[0] in body else "missing"
             problem = f"has no numeric {missing[0]} ({shown})"
         raise self.invalid_reply(
             f"{self.spec.name}'s balance reply {problem}",
@@ -551,11 +552,20 @@ class VendorWire(ABC):
         """
         return Balance(vendor=self.spec.name, remaining=max(remaining, Decimal(0)), state=state, **fields)
 
-    @staticmethod
-    def text_excerpt(response: httpx.Response) -> str:
+    def quote(self, text: str, limit: int = 300) -> str:
         """
-        A short, single-line excerpt of a body for error messages (:func:`safe_excerpt` of its text).
+        ``text`` as an error message may quote it: :meth:`redact` of the whole text first (a secret
+        straddling the cut would leave its prefix), then :func:`safe_excerpt` (one line, ``limit``).
+
+        :param text: what the vendor sent (a body, an error message, a header).
+        :param limit: the most characters shown.
+        """
+        return safe_excerpt(self.redact(text), limit)
+
+    def text_excerpt(self, response: httpx.Response) -> str:
+        """
+        A reply's body as an error message may quote it (:meth:`quote` of its text).
 
         :param response: the reply.
         """
-        return safe_excerpt(response.content.decode("utf-8", errors="replace"))
+        return self.quote(response.content.decode("utf-8", errors="replace"))

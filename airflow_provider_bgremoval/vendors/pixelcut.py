@@ -16,7 +16,7 @@ import httpx
 from pydantic import BeforeValidator, Field, model_validator
 from typing_extensions import Self
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
     CHOICE,
@@ -397,7 +397,7 @@ class PixelcutWire(VendorWire):
         if "error" not in body and "error_code" not in body:
             return None
         message = body.get("error")
-        return body.get("error_code"), safe_excerpt(str(message)) if message not in (None, "") else "", None
+        return body.get("error_code"), self.quote(str(message)) if message not in (None, "") else "", None
 
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:

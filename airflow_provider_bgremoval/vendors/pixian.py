@@ -504,7 +504,7 @@ class PixianWire(VendorWire):
             envelope = body if "message" in body else None
         if envelope is None:
             return None
-        return envelope.get("code"), str(envelope.get("message") or "").strip(), None
+        return envelope.get("code"), self.quote(str(envelope.get("message") or "")), None
 
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         if 400 <= status < 500 and status not in (401, 408, 429) and _CREDIT_WORDS.search(message):

@@ -7,7 +7,7 @@ Pixian contract decisions"); fields and headers: docs/vendors/poof.md.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -136,17 +136,18 @@ class PoofAccount:
         return max(self.max_credits - self.used_credits, Decimal(0))
 
 
-def format_details(details: Any) -> str:
+def format_details(details: Any, quote: Callable[[str, int], str] = safe_excerpt) -> str:
     """
     Render an error ``details`` value (Gen A string, Gen B field -> messages object) in one short line.
 
     :param details: the ``details`` member of a Poof error body.
+    :param quote: how the line is cut (the wire's :meth:`~.base.VendorWire.quote`: redacted first).
     """
     if details is None or details in ("", {}, []):
         return ""
     if isinstance(details, Mapping):
         details = ", ".join(f"{key}: {_listed(value)}" for key, value in details.items())
-    return safe_excerpt(_listed(details), _DETAILS_LIMIT)
+    return quote(_listed(details), _DETAILS_LIMIT)
 
 
 def _listed(value: Any) -> str:
@@ -213,7 +214,7 @@ class PoofWire(VendorWire):
             what = declared or "an untyped body"
             message = f"Poof answered success with {what}, not an image"
             if declared.startswith(("text/", "application/json")):
-                message = f"{message}: {self.redact(self.text_excerpt(response))}"
+                message = f"{message}: {self.text_excerpt(response)}"
             raise self.invalid_reply(message, response, request_id=request_id)
         charged = parse_decimal(headers.get("x-credits-charged"))
         metadata: dict[str, Any] = {}
@@ -277,11 +278,11 @@ class PoofWire(VendorWire):
         return self.balance(account.remaining, credit_pack=account.plan, raw=account.raw)
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
-        message = safe_excerpt(str(body.get("message") or response.reason_phrase or "no message"))
-        details = format_details(body.get("details"))
+        message = self.quote(str(body.get("message") or response.reason_phrase or "no message"))
+        details = format_details(body.get("details"), self.quote)
         if details and details != message:
             message = f"{message} ({details})"
         doc_url = body.get("doc_url")
         if isinstance(doc_url, str) and doc_url.startswith(("https://", "http://")):
-            message = f"{message}; see {safe_excerpt(doc_url, 120)}"
+            message = f"{message}; see {self.quote(doc_url, 120)}"
         return body.get("code"), message, body.get("request_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -114,7 +115,8 @@ def test_default_cost_validates_the_options() -> None:
 
 def test_text_excerpt_is_one_short_line() -> None:
     body = "<html>\n<body>" + "x" * 1000 + "</body></html>"
-    excerpt = VendorWire.text_excerpt(httpx.Response(500, content=body.encode() + b"\xff"))
+    wire = PoofWire(ConnectionSettings(base_url="https://api.test", api_key="sk_test"))
+    excerpt = wire.text_excerpt(httpx.Response(500, content=body.encode() + b"\xff"))
     assert "\n" not in excerpt
     assert len(excerpt) <= 300
     assert excerpt.startswith("<html> <body>x")
@@ -160,6 +162,37 @@ def test_every_vendor_redacts_each_auth_header_and_its_bare_token(wire_class: ty
     for secret in wire.secrets():
         assert secret not in reply.message
     assert set(wire.secrets()) >= {"sk_secret_0123", *wire.auth_headers().values(), *bare}
+
+
+CUT_KEY = "sk_secret_0123456789"
+
+
+def _at_the_cut(limit: int, filler: str = "x") -> str:
+    """A text whose key straddles a ``limit``-character excerpt's cut."""
+    return filler * (limit - 8) + CUT_KEY + " and the rest of the page"
+
+
+#: each vendor's error envelope around a message
+ENVELOPES: dict[type[VendorWire], Any] = {
+    PixelcutWire: lambda text: {"error": text, "error_code": "invalid_parameter"},
+    PixianWire: lambda text: {"error": {"code": 1000, "message": text}},
+    PoofWire: lambda text: {"code": "validation_error", "message": text, "details": _at_the_cut(200, "y")},
+}
+
+
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+@pytest.mark.parametrize("form", ["text", "envelope"])
+def test_a_key_straddling_the_excerpts_cut_is_redacted_whole(wire_class: type[VendorWire], form: str) -> None:
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key=CUT_KEY, api_id="id_9"))
+    text = _at_the_cut(300)
+    reply = (
+        httpx.Response(400, text=text)
+        if form == "text"
+        else httpx.Response(400, json=ENVELOPES[wire_class](text))
+    )
+    error = wire.error_from_reply(reply)
+    assert CUT_KEY[:6] not in error.message, error.message
+    assert "***" in error.message
 
 
 def test_a_wire_that_cannot_authenticate_still_redacts_its_key() -> None:

@@ -342,6 +342,13 @@ def test_a_result_url_that_is_not_an_http_url_is_an_invalid_reply(wire, url):
         wire.parse_image_reply(httpx.Response(200, json={"result_url": url}))
 
 
+def test_a_success_reply_echoing_the_key_is_quoted_redacted(wire):
+    with pytest.raises(InvalidVendorResponseError) as info:
+        wire.parse_image_reply(httpx.Response(200, json={"error": f"bad X-API-KEY {KEY}"}))
+    assert KEY not in info.value.message and KEY[:6] not in json.dumps(info.value.as_dict())
+    assert "***" in info.value.message
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [({"credits_remaining": 42}, Decimal(42)), ({"credits_remaining": " 3.25 "}, Decimal("3.25"))],
