@@ -119,6 +119,16 @@ class BucketImageOperator(BucketJobOperator):
             plan = job.plan_batch()
         except (InvalidOptionError, DestinationCollisionError) as exc:  # retrying cannot fix these
             raise AirflowFailException(str(exc)) from exc
+        if job.shard is not None:  # the run's max_credits is spent once over all shards
+            max_credits = job.shard.credits_within(max_credits)
+            log.info(
+                "Shard %d of %d: %d billable image(s), max_credits %s (the smaller of this task's and "
+                "the shard's share of the run's)",
+                job.shard.shard + 1,
+                job.shard.shards,
+                job.shard.images,
+                "none" if max_credits is None else max_credits,
+            )
         spec, vendor = job.spec, job.processor.vendor
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)

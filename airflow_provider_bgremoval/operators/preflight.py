@@ -247,7 +247,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         finally:
             run_coroutine(job.aclose_hooks())
         if isinstance(plan, PlanWriter):
-            estimate["shards"] = self._push_shards(context, plan, max_shards or 0, cost)
+            estimate["shards"] = self._push_shards(context, plan, max_shards or 0, estimate)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
         log.info(
             "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
@@ -302,23 +302,29 @@ class CreditsPreflightOperator(BucketJobOperator):
             return job.check_plan(plan)
         return self._plan(context, job, max_shards, check=True)
 
-    def _push_shards(self, context: Context, plan: PlanWriter, max_shards: int, cost: Decimal) -> int:
-        """Split the kept plan into shards within the run's budget, push XCom ``shards``; their number."""
-        budget = parse_count(self.max_images, "max_images")
-        max_credits = parse_credits(self.max_credits, "max_credits")
-        if max_credits is not None and cost > 0:
-            affordable = int(max_credits // cost)
-            budget = affordable if budget is None else min(budget, affordable)
-        if budget is not None and budget < plan.billable:
+    def _push_shards(
+        self, context: Context, plan: PlanWriter, max_shards: int, estimate: Mapping[str, Any]
+    ) -> int:
+        """
+        Split the kept plan into shards holding what the estimate priced (its ``billable_images``: the
+        first the run's budget pays for), each with its share of ``max_credits``; push XCom ``shards``.
+        """
+        images = int(estimate["billable_images"])
+        if images < plan.billable:
             log.info(
                 "Credits pre-flight (%s): the run's budget covers %d of %d billable image(s); the shards "
                 "hold those, the rest wait for a later run",
                 self.conn_id,
-                budget,
+                images,
                 plan.billable,
             )
         min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
-        refs = plan.finish(max_shards=max_shards, min_shard_size=min_shard_size, max_items=budget)
+        refs = plan.finish(
+            max_shards=max_shards,
+            min_shard_size=min_shard_size,
+            max_items=images,
+            max_credits=parse_credits(self.max_credits, "max_credits"),
+        )
         context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
         return len(refs)
 
@@ -336,11 +342,13 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
         pooled: dict[str, Any] = {}
-        if len(balances) > 1:
-            pooled = self._pooled(job, plan.accepted_among(billable), balances, max_credits)
+        if len(balances) > 1:  # the images the pooled allocation reaches within max_credits
+            billable, pooled = self._pooled(job, plan.accepted_among(billable), balances, max_credits)
             needed = Decimal(pooled["needed"])
-        else:
-            needed = cost * billable if max_credits is None else min(cost * billable, max_credits)
+        else:  # the images max_credits pays for at the cost per image
+            if max_credits is not None and cost > 0:
+                billable = min(billable, int(max_credits // cost))
+            needed = cost * billable
         extra = margin.on(needed) if billable else Decimal(0)
         if pooled:
             sufficient = pooled["shortfall_images"] == 0 and Decimal(pooled["available"]) >= needed + extra
@@ -376,10 +384,11 @@ class CreditsPreflightOperator(BucketJobOperator):
         accepted: Sequence[int | None],
         balances: Sequence[Balance],
         max_credits: Decimal | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[int, dict[str, Any]]:
         """
         A chain's share of the estimate: each billable image at the first account whose limits take it
-        and whose usable credits pay for it, within ``max_credits`` (docs/credits.md, "Pooled pre-flight").
+        and whose usable credits pay for it, within ``max_credits`` (docs/credits.md, "Pooled pre-flight");
+        with how many of the first billable images that allocation reaches (what the shards hold).
         """
         assert job.chain is not None
         accounts = list(job.chain.accounts)
@@ -406,7 +415,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             )
         ]
         needed = pool.needed if max_credits is None else min(pool.needed, max_credits)
-        return {
+        return pool.reached, {
             "needed": str(needed),
             "available": str(sum(pool.usable, Decimal(0))),
             "accounts": entries,
@@ -525,6 +534,9 @@ class _Pool:
     needed: Decimal = Decimal(0)
     shortfall: int = 0
     unaccepted: int = 0
+    #: How many of the first images, in plan order, the allocation reaches before the cap leaves one out.
+    reached: int = 0
+    capped: bool = False
 
     def __post_init__(self) -> None:
         self.images = [0] * len(self.costs)
@@ -539,7 +551,11 @@ class _Pool:
         """
         if not order:  # the batch rejects them before any call
             self.unaccepted += count
+            self._reach(count, count)
             return
+        if self.capped:  # the cap left an earlier image out: the shards end before this one
+            return
+        wanted = count
         for index in order:
             cost = self.costs[index]
             left = self.left[index] if self.cap is None else min(self.left[index], self.cap)
@@ -552,6 +568,13 @@ class _Pool:
         short = count if self.cap is None or first <= 0 else min(count, int(self.cap // first))
         self.shortfall += short
         self._spend(first * short)
+        self._reach(wanted - count + short, wanted)
+
+    def _reach(self, covered: int, count: int) -> None:
+        """The allocation reaches ``covered`` of the next ``count`` images (fewer: the cap stopped it)."""
+        if not self.capped:
+            self.reached += covered
+            self.capped = covered < count
 
     def _spend(self, credits: Decimal) -> None:
         self.needed += credits

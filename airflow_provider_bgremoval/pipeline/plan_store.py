@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from itertools import pairwise
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -40,6 +41,8 @@ MAX_SHARD_ROWS = 20_000
 SAMPLES = 3
 #: Airflow's default ``[core] max_map_length``.
 AIRFLOW_MAX_MAP_LENGTH = 1024
+#: The finest credit a shard's share of a budget is counted in (shares are rounded down to it).
+CREDIT_QUANTUM = Decimal("0.000001")
 
 
 #: Characters kept as they are in a plan folder's id parts (letters and digits too); every other
@@ -95,10 +98,47 @@ def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
     return list(pairwise(bounds))
 
 
+def split_credits(total: Decimal, counts: Sequence[int]) -> list[Decimal | None]:
+    """
+    ``total`` credits shared in proportion to ``counts`` (each shard's billable items), in exact integer
+    arithmetic: each share rounded down to :data:`CREDIT_QUANTUM`, the shares summing to at most ``total``.
+    A part with no items gets ``None`` (it has nothing to spend: its task keeps its own budget).
+
+    :param total: the run's budget (``max_credits``, or one account's ``max_credits_per_account``).
+    :param counts: billable items of each shard.
+    """
+    units, whole = int(total // CREDIT_QUANTUM), sum(counts)
+    marks = [0]
+    for count in counts:
+        marks.append(marks[-1] + count)
+    cumulative = [units * mark // whole if whole else 0 for mark in marks]
+    return [
+        _tidy(Decimal(stop - start) * CREDIT_QUANTUM) if count else None
+        for count, (start, stop) in zip(counts, pairwise(cumulative), strict=True)
+    ]
+
+
+def _tidy(credits: Decimal) -> Decimal:
+    """``4.000000`` as ``4``, ``1.250000`` as ``1.25`` (never in exponent notation)."""
+    return credits.quantize(Decimal(1)) if credits == credits.to_integral_value() else credits.normalize()
+
+
+def _smaller(own: Decimal | None, share: Decimal | None) -> Decimal | None:
+    """The smaller of two budgets (``None``: no budget)."""
+    if share is None:
+        return own
+    return share if own is None else min(own, share)
+
+
 def _span(span: tuple[int, int]) -> tuple[int, int]:
     if not 0 <= span[0] <= span[1]:
         raise ValueError(f"a [start, stop) range needs 0 <= start <= stop, got {list(span)}")
     return span
+
+
+def _unset(value: Any) -> bool:
+    """A descriptor field left out of the XCom: not given (``None`` or empty)."""
+    return value is None or value == ()
 
 
 #: ``[start, stop)`` of a sequence's rows.
@@ -124,6 +164,7 @@ class ShardRef(BaseModel):
     :param render: ``[start, stop)`` of the render-only items (renditions of finished masters).
     :param renditions: the planned renditions as ``(name, spec fingerprint)`` pairs, in order (``None``:
         planned without renditions).
+    :param max_credits: this shard's share of the run's ``max_credits`` (``None``: no share).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -141,6 +182,8 @@ class ShardRef(BaseModel):
     overwrite: bool = False
     render: Span = (0, 0)
     renditions: tuple[tuple[str, str], ...] | None = None
+    # kept out of the XCom when not given: a descriptor stays as small as before
+    max_credits: Annotated[Decimal | None, Field(ge=0, exclude_if=_unset)] = None
 
     @model_validator(mode="after")
     def _shard_of_shards(self) -> ShardRef:
@@ -157,6 +200,14 @@ class ShardRef(BaseModel):
     def vendor(self) -> str:
         """The vendor of the plan's primary account."""
         return self.accepted[0][0]
+
+    def credits_within(self, own: Decimal | None) -> Decimal | None:
+        """
+        The task's ``max_credits`` on this shard: the smaller of its own and the shard's share.
+
+        :param own: the bucket task's ``max_credits`` (``None``: none given).
+        """
+        return _smaller(own, self.max_credits)
 
     def check_matches(self, spec: BatchSpec, identity: OutputIdentity) -> None:
         """
@@ -371,7 +422,14 @@ class PlanWriter:
         """The first ``count`` (at most :data:`SAMPLES`) billable items."""
         return self._samples[:count]
 
-    def finish(self, *, max_shards: int, min_shard_size: int, max_items: int | None = None) -> list[ShardRef]:
+    def finish(
+        self,
+        *,
+        max_shards: int,
+        min_shard_size: int,
+        max_items: int | None = None,
+        max_credits: Decimal | None = None,
+    ) -> list[ShardRef]:
         """
         Store the last chunks and split the plan into shards of at least ``min_shard_size`` sources (at
         most :data:`MAX_SHARD_ROWS` unless ``max_shards`` is reached), billable items spread evenly.
@@ -381,6 +439,8 @@ class PlanWriter:
         :param max_items: only the first this many billable items go into shards (the run's budget:
             ``max_images`` / ``max_credits`` apply to the run, not once per shard); the rest wait for a
             later run.
+        :param max_credits: the run's ``max_credits``: each shard gets its share, in proportion to its
+            billable items (:func:`split_credits`), so the mapped tasks together never spend more.
         """
         check_shard_limits(max_shards, min_shard_size)
         for stream in (self._items, self._settled, self._render):
@@ -398,8 +458,13 @@ class PlanWriter:
         totals = shard_bounds(billable + self._settled.rows, count)
         renders = shard_bounds(self._render.rows, count)
         batch = {key: getattr(self.spec, key) for key in _BATCH_KEYS}
-        planned = {"accepted": self.identity.accepted, "renditions": _fingerprints(self.renditions), **batch}
-        shards = zip(items, totals, renders, strict=True)
+        planned = {
+            "accepted": self.identity.accepted,
+            "renditions": _fingerprints(self.renditions),
+            **batch,
+        }
+        shares = _shares([stop - start for start, stop in items], max_credits)
+        shards = zip(items, totals, renders, shares, strict=True)
         return [
             ShardRef(
                 plan=plan,
@@ -410,9 +475,16 @@ class PlanWriter:
                 chunk_rows=CHUNK_ROWS,
                 render=render,
                 **planned,
+                **share,
             )
-            for number, (part, (start, stop), render) in enumerate(shards)
+            for number, (part, (start, stop), render, share) in enumerate(shards)
         ]
+
+
+def _shares(counts: list[int], max_credits: Decimal | None) -> list[dict[str, Any]]:
+    """Each shard's share of the run's budget (:class:`ShardRef` fields), by its billable items."""
+    totals = split_credits(max_credits, counts) if max_credits is not None else [None] * len(counts)
+    return [{"max_credits": total} for total in totals]
 
 
 def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]) -> Iterator[dict[str, Any]]:

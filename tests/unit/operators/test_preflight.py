@@ -406,10 +406,12 @@ def _seed_batch(storage: GcsStorage, src: str, dst: str) -> str:
     return fingerprint
 
 
-def _sharded(src: str, dst: str, **kwargs: Any) -> CreditsCheckOperator:
+def _sharded(
+    src: str, dst: str, conn_id: str | list[str] = "pixelcut_default", **kwargs: Any
+) -> CreditsCheckOperator:
     return CreditsCheckOperator(
         task_id="check_credits",
-        conn_id="pixelcut_default",
+        conn_id=conn_id,
         source_bucket=src,
         source_prefix="in/",
         destination_bucket=dst,
@@ -489,6 +491,31 @@ def test_the_runs_budget_bounds_what_all_shards_hold_together(
     assert error is None and estimate is not None
     assert estimate["planned_billable"] == 9
     assert sum(ShardRef.model_validate(ref).images for ref in pushed["shards"]) == images
+    shares = [ShardRef.model_validate(ref).max_credits for ref in pushed["shards"]]
+    if "max_credits" in budget:  # each mapped task gets its share of the run's max_credits, in all 5.5
+        assert shares == [Decimal("2.2"), Decimal("2.2"), Decimal("1.1")]
+    else:
+        assert shares == [None, None, None]
+
+
+@pytest.mark.integration
+def test_a_chains_shards_hold_what_the_pooled_allocation_priced(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """The primary (1 credit an image) is empty and poof (2) pays: max_credits=10 buys 5 images, not 10."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixian(0)
+    vendors.set_poof(100, 0)
+    op = _sharded(
+        src, dst, CHAIN[:2], cost_per_image=TWO_COSTS, max_credits=10, max_shards=2, min_shard_size=1
+    )
+    estimate, pushed, error = run(op)
+    assert error is None and estimate is not None
+    refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+    priced = sum(account["images"] for account in estimate["accounts"])
+    assert [ref.images for ref in refs] == [3, 2] and priced == 5 == estimate["billable_images"]
+    assert [ref.max_credits for ref in refs] == [6, 4]  # 10 credits in all, by each shard's images
 
 
 def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
@@ -26,6 +27,7 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     plan_prefix,
     read_shard,
     shard_bounds,
+    split_credits,
 )
 from airflow_provider_bgremoval.pipeline.planning import (
     SETTLED_KINDS,
@@ -222,6 +224,56 @@ def test_the_runs_budget_bounds_the_billable_items_of_all_shards_together() -> N
         _item(n).source.name for n in range(10)
     ]  # the first ten in plan order; the other 90 wait for a later run
     assert sum(len(plan.settled) for plan in plans) == 20
+
+
+@pytest.mark.parametrize(
+    ("total", "counts", "shares"),
+    [
+        ("10", [4, 3, 3], ["4", "3", "3"]),
+        ("10", [3, 2], ["6", "4"]),
+        ("5.5", [3, 2, 0], ["3.3", "2.2", None]),  # a shard without billable items has nothing to spend
+        ("10", [1, 1, 1], ["3.333333", "3.333333", "3.333334"]),  # rounded down, never summing past 10
+        ("0.000002", [1, 1, 1], ["0", "0.000001", "0.000001"]),
+        ("7", [0, 0], [None, None]),
+    ],
+)
+def test_a_budget_is_shared_in_proportion_to_each_shards_billable_items(
+    total: str, counts: list[int], shares: list[str | None]
+) -> None:
+    got = split_credits(Decimal(total), counts)
+    assert got == [None if share is None else Decimal(share) for share in shares]
+    assert [None if share is None else str(share) for share in got] == shares  # tidy in the XCom
+    assert sum(share or 0 for share in got) <= Decimal(total)
+
+
+def test_the_runs_max_credits_is_shared_out_over_the_shards() -> None:
+    """Each mapped task gets its share of the run's ``max_credits``, not the whole budget again."""
+    storage, writer = _written(items=100, settled=20)
+    refs = writer.finish(max_shards=4, min_shard_size=1, max_items=10, max_credits=Decimal("10.5"))
+    assert [(ref.images, ref.max_credits) for ref in refs] == [
+        (3, Decimal("3.15")),
+        (3, Decimal("3.15")),
+        (2, Decimal("2.1")),
+        (2, Decimal("2.1")),
+    ]
+    assert sum(ref.max_credits or 0 for ref in refs) == Decimal("10.5")
+    for ref in refs:  # the task's own max_credits applies when smaller; the share otherwise
+        data = ref.model_dump(mode="json")
+        assert ShardRef.model_validate(json.loads(json.dumps(data))) == ref
+        assert ref.credits_within(None) == ref.max_credits
+        assert ref.credits_within(Decimal(1)) == 1
+        assert ref.credits_within(Decimal(100)) == ref.max_credits
+
+
+def test_a_descriptor_without_a_share_leaves_the_tasks_budget_as_it_is() -> None:
+    """A descriptor written before shares were kept (or without ``max_credits``) reads as no share."""
+    old = _ref()
+    assert "max_credits" not in old  # not given: kept out of the XCom
+    ref = ShardRef.model_validate(old)
+    assert ref.max_credits is None
+    assert ref.credits_within(None) is None and ref.credits_within(Decimal(7)) == 7
+    with pytest.raises(ValidationError, match="max_credits"):
+        ShardRef.model_validate({**old, "max_credits": "-1"})
 
 
 def test_an_empty_plan_has_no_shard_and_writes_nothing() -> None:
