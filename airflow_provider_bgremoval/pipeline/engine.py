@@ -192,7 +192,6 @@ class BatchRunner:
         self.result = BatchResult(billable=len(self.plan.items))
         self.chain = self.accounts or AccountChain.single(self.processor)
         self.identity = self.chain.identity
-        self._items: Iterator[WorkItem] = iter(self.plan.items)
         self._render_items: Iterator[WorkItem] = iter(self.plan.render)
         spec = self.plan.spec
         self._stage = RenditionStage(self.storage, spec.destination_bucket, self.writer_id, spec.overwrite)
@@ -200,7 +199,7 @@ class BatchRunner:
         self.halts = Halts(self.processor.vendor)
         self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
         self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle)
-        self._submitted = 0
+        self._submitted = 0  # billable items handed to the workers: plan.items[:_submitted]
         self._finished = 0
         # What the failure rate judges: images sent to the vendor that ended done, failed or rejected.
         self._sent_finished = 0
@@ -302,6 +301,12 @@ class BatchRunner:
         return next(self._render_items, None)
 
     def _next_billable(self) -> WorkItem | None:
+        """
+        The next billable item, if the budgets allow it. A budget is only found reached (a halt, an
+        account leaving the chain) while an item is waiting: one used up by the last item halts nothing.
+        """
+        if self._submitted >= len(self.plan.items):
+            return None
         if self.max_images is not None and self._submitted >= self.max_images:
             self.halts.record("max_images", f"max_images={self.max_images} reached")
             return None
@@ -313,10 +318,8 @@ class BatchRunner:
             return None
         if not self.budgets.admits_next(self.result.credits_spent, self.result.possibly_charged):
             return None
-        item = next(self._items, None)
-        if item is not None:
-            self._submitted += 1
-        return item
+        self._submitted += 1
+        return self.plan.items[self._submitted - 1]
 
     @staticmethod
     def _credits_of(account: Account, charged: Decimal | None) -> tuple[Decimal, bool]:
@@ -713,7 +716,7 @@ class BatchRunner:
         code, message = self.halts.stop or (
             (halt.reason, halt.message) if halt else ("not_started", "not started")
         )
-        for item in (*self._items, *self._render_items):
+        for item in (*self.plan.items[self._submitted :], *self._render_items):
             self._row(
                 item.source,
                 _destination_of(item),

@@ -19,7 +19,7 @@ from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdenti
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import RetryPolicy, acall_with_retry
 from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed
-from tests.unit.pipeline.test_failover import Clock, Vendor, chain, names, run_chain
+from tests.unit.pipeline.test_failover import BalanceHook, Clock, Vendor, chain, names, run_chain
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,29 @@ def test_budgets_stop_cleanly(buckets) -> None:
         max_concurrency=1,
     )
     assert result.credits_spent == Decimal("2.5") * 2  # a third image could exceed the budget
+
+
+@pytest.mark.parametrize(
+    "budget", [{"max_images": 3}, {"max_credits": Decimal(3)}], ids=["images", "credits"]
+)
+def test_a_budget_used_up_by_the_last_image_halts_nothing(buckets, budget: dict[str, Any]) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, names(3))
+    _, result, _ = run(
+        storage, BatchSpec(source_bucket=src, destination_bucket=dst), ScriptedProcessor(), **budget
+    )
+    assert result.counts == {"done": 3} and result.halt is None
+
+
+def test_per_account_budgets_spent_by_the_last_image_halt_nothing_and_read_no_balance(batch) -> None:
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    hooks = {"pixian": BalanceHook("pixian", "50"), "poof": BalanceHook("poof", "50")}
+    accounts = chain(Vendor("pixian"), Vendor("poof"), budgets={"pixian": "2", "poof": "1"}, hooks=hooks)
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    assert [row["account"] for row in rows] == ["pixian_conn", "pixian_conn", "poof_conn"]
+    assert result.counts == {"done": 3} and result.halt is None
+    assert hooks["pixian"].reads == hooks["poof"].reads == []
 
 
 def _dear(vendor: Vendor, cost: int = 3) -> Vendor:
