@@ -591,8 +591,11 @@ class BatchRunner:
         )
 
     async def _settle_conflict(self, flight: Flight) -> None:
-        """The create-only write lost: another run wrote first, or something else is in the way."""
-        flight.output_exists = True  # not ours to release: the destination exists
+        """
+        The create-only write lost: another run wrote first (skipped: the claim stays, the output is
+        finished), or something else is in the way (failed: our output was not written, so the claim is
+        released, as it is when the stat cannot tell them apart).
+        """
         if not await self._skipped_as_finished(
             flight, "done_concurrently", "another run wrote this output first"
         ):

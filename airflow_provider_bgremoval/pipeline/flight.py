@@ -33,7 +33,7 @@ class Flight:
     task: asyncio.Task[Any] | None = None
     claimed: bool = False
     result: ImageResult | None = None
-    output_exists: bool = False
+    output_exists: bool = False  # its finished output is stored (ours or another run's): the claim stays
     recorded: bool = False
     abandoned: bool = False
     account: Account | None = None  # the account of the current (or last) call

@@ -179,6 +179,39 @@ def test_a_write_lost_to_another_run_is_skipped_and_to_a_foreign_object_failed(b
     assert result.credits_spent == 2  # both calls were paid; neither output was overwritten
 
 
+def test_a_write_lost_to_a_foreign_object_releases_the_claim_and_one_lost_to_another_run_keeps_it(
+    buckets,
+) -> None:
+    """Our output was not written where a foreign object is in the way: the claim is released (another
+    run is not held back for a lease); a finished output another run wrote keeps the claim."""
+    storage, src, dst = buckets
+    seed(storage, src, ["mine.png", "theirs.png"])
+    source = {name: storage.stat(src, name) for name in ("mine.png", "theirs.png")}
+
+    def another_writer(name: str, count: int) -> None:  # during the call, the output appears
+        info = source[name]
+        finished = {
+            META_SOURCE: info.uri,
+            META_SOURCE_GENERATION: str(info.generation),
+            META_VENDOR: "fake",
+            META_OPTIONS_HASH: "fp1",
+        }
+        storage.write(
+            dst, name, png(), content_type="image/png", metadata=finished if name == "theirs.png" else {}
+        )
+
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
+    _, _, rows = run(storage, spec, ScriptedProcessor(another_writer), claims=claims)
+    assert sorted((row["status"], row["error_code"]) for row in rows) == [
+        ("failed", "output_exists"),
+        ("skipped", "done_concurrently"),
+    ]
+    other = ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
+    assert other.acquire("mine.png", source["mine.png"].generation) is None  # released
+    assert other.acquire("theirs.png", source["theirs.png"].generation) is not None  # still ours
+
+
 def test_collisions_are_refused_before_any_call(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, ["x/a.jpg", "x/a.png", "x/b.jpg"])
