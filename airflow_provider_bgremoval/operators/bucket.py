@@ -121,13 +121,16 @@ class BucketImageOperator(BucketJobOperator):
             raise AirflowFailException(str(exc)) from exc
         if job.shard is not None:  # the run's max_credits is spent once over all shards
             max_credits = job.shard.credits_within(max_credits)
+            accounts = job.chain.accounts if job.chain is not None else ()
+            budgets = [f"{a.conn_id} {a.budget}" for a in accounts if a.budget is not None]
             log.info(
-                "Shard %d of %d: %d billable image(s), max_credits %s (the smaller of this task's and "
-                "the shard's share of the run's)",
+                "Shard %d of %d: %d billable image(s); max_credits %s, max_credits_per_account %s (the "
+                "smaller of this task's and the shard's share of the run's)",
                 job.shard.shard + 1,
                 job.shard.shards,
                 job.shard.images,
                 "none" if max_credits is None else max_credits,
+                ", ".join(budgets) or "none",
             )
         spec, vendor = job.spec, job.processor.vendor
         ti = context["ti"]

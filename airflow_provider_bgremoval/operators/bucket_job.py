@@ -400,8 +400,13 @@ class BucketJobOperator(BaseOperator):
             raise InvalidOptionError("max_credits_per_account", "expected a mapping of credits by conn_id")
         self.budgets = self._per_account("max_credits_per_account", self.max_credits_per_account or {}, ids)
 
-    def build_chain(self) -> AccountChain:
-        """The vendor accounts of the rendered parameters: a hook and processor each (no call yet)."""
+    def build_chain(self, shard: ShardRef | None = None) -> AccountChain:
+        """
+        The vendor accounts of the rendered parameters: a hook and processor each (no call yet).
+
+        :param shard: the task's shard: each account's budget is the smaller of its own and the shard's
+            share of it (the run's ``max_credits_per_account`` is spent once over all shards).
+        """
         self.check_accounts()
         ids = self.conn_ids()
         accounts = []
@@ -409,7 +414,10 @@ class BucketJobOperator(BaseOperator):
             hook = BackgroundRemovalHook.get_hook(conn)
             processor = self.build_processor(hook, self.costs[conn], chained=len(ids) > 1)
             breaker = CircuitBreaker(self.circuit_breaker)
-            accounts.append(Account(conn, processor, hook, self.budgets[conn], breaker))
+            budget = self.budgets[conn]
+            if shard is not None:
+                budget = shard.account_credits_within(conn, budget)
+            accounts.append(Account(conn, processor, hook, budget, breaker))
         return AccountChain(accounts, self.failover_on, self.retry_rejected_on_next)
 
     def _spec(self) -> BatchSpec:
@@ -473,7 +481,8 @@ class BucketJobOperator(BaseOperator):
     def prepare_job(self) -> BucketJob:
         """The job of the rendered parameters: validated, storage, hook and processor built (no call yet)."""
         spec = self._spec()
-        chain = self.build_chain()
+        shard = self._shard()
+        chain = self.build_chain(shard)
         processors = [account.processor for account in chain.accounts]
         for processor in processors[1:]:  # every vendor of the chain makes masters of the same kind
             self.rendition_layout(spec, processor)
@@ -487,7 +496,7 @@ class BucketJobOperator(BaseOperator):
             processor=processors[0],
             chain=chain,
             planning_concurrency=max(MIN_PLANNING_CONCURRENCY, int(self.max_concurrency)),
-            shard=self._shard(),
+            shard=shard,
             renditions=layout,
         )
 

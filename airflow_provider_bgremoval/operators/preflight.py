@@ -247,7 +247,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         finally:
             run_coroutine(job.aclose_hooks())
         if isinstance(plan, PlanWriter):
-            estimate["shards"] = self._push_shards(context, plan, max_shards or 0, estimate)
+            estimate["shards"] = self._push_shards(context, job, plan, max_shards or 0, estimate)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
         log.info(
             "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
@@ -303,11 +303,11 @@ class CreditsPreflightOperator(BucketJobOperator):
         return self._plan(context, job, max_shards, check=True)
 
     def _push_shards(
-        self, context: Context, plan: PlanWriter, max_shards: int, estimate: Mapping[str, Any]
+        self, context: Context, job: BucketJob, plan: PlanWriter, max_shards: int, estimate: Mapping[str, Any]
     ) -> int:
         """
         Split the kept plan into shards holding what the estimate priced (its ``billable_images``: the
-        first the run's budget pays for), each with its share of ``max_credits``; push XCom ``shards``.
+        first the run's budget pays for), each with its share of the run's budgets; push XCom ``shards``.
         """
         images = int(estimate["billable_images"])
         if images < plan.billable:
@@ -318,12 +318,14 @@ class CreditsPreflightOperator(BucketJobOperator):
                 images,
                 plan.billable,
             )
+        assert job.chain is not None
         min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
         refs = plan.finish(
             max_shards=max_shards,
             min_shard_size=min_shard_size,
             max_items=images,
             max_credits=parse_credits(self.max_credits, "max_credits"),
+            account_credits={account.conn_id: account.budget for account in job.chain.accounts},
         )
         context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
         return len(refs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from itertools import pairwise
@@ -165,6 +165,8 @@ class ShardRef(BaseModel):
     :param renditions: the planned renditions as ``(name, spec fingerprint)`` pairs, in order (``None``:
         planned without renditions).
     :param max_credits: this shard's share of the run's ``max_credits`` (``None``: no share).
+    :param max_credits_per_account: this shard's share of each account's ``max_credits_per_account``, as
+        ``(conn_id, credits)`` pairs (accounts without a budget are left out).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -184,6 +186,9 @@ class ShardRef(BaseModel):
     renditions: tuple[tuple[str, str], ...] | None = None
     # kept out of the XCom when not given: a descriptor stays as small as before
     max_credits: Annotated[Decimal | None, Field(ge=0, exclude_if=_unset)] = None
+    max_credits_per_account: Annotated[
+        tuple[tuple[str, Annotated[Decimal, Field(ge=0)]], ...], Field(exclude_if=_unset)
+    ] = ()
 
     @model_validator(mode="after")
     def _shard_of_shards(self) -> ShardRef:
@@ -208,6 +213,15 @@ class ShardRef(BaseModel):
         :param own: the bucket task's ``max_credits`` (``None``: none given).
         """
         return _smaller(own, self.max_credits)
+
+    def account_credits_within(self, conn_id: str, own: Decimal | None) -> Decimal | None:
+        """
+        An account's ``max_credits_per_account`` on this shard: the smaller of the task's and the share.
+
+        :param conn_id: the account's connection id.
+        :param own: the bucket task's budget for that account (``None``: none given).
+        """
+        return _smaller(own, dict(self.max_credits_per_account).get(conn_id))
 
     def check_matches(self, spec: BatchSpec, identity: OutputIdentity) -> None:
         """
@@ -429,6 +443,7 @@ class PlanWriter:
         min_shard_size: int,
         max_items: int | None = None,
         max_credits: Decimal | None = None,
+        account_credits: Mapping[str, Decimal | None] | None = None,
     ) -> list[ShardRef]:
         """
         Store the last chunks and split the plan into shards of at least ``min_shard_size`` sources (at
@@ -441,6 +456,8 @@ class PlanWriter:
             later run.
         :param max_credits: the run's ``max_credits``: each shard gets its share, in proportion to its
             billable items (:func:`split_credits`), so the mapped tasks together never spend more.
+        :param account_credits: each account's ``max_credits_per_account`` by ``conn_id`` (``None``: no
+            budget), shared out the same way.
         """
         check_shard_limits(max_shards, min_shard_size)
         for stream in (self._items, self._settled, self._render):
@@ -463,7 +480,7 @@ class PlanWriter:
             "renditions": _fingerprints(self.renditions),
             **batch,
         }
-        shares = _shares([stop - start for start, stop in items], max_credits)
+        shares = _shares([stop - start for start, stop in items], max_credits, account_credits or {})
         shards = zip(items, totals, renders, shares, strict=True)
         return [
             ShardRef(
@@ -481,10 +498,23 @@ class PlanWriter:
         ]
 
 
-def _shares(counts: list[int], max_credits: Decimal | None) -> list[dict[str, Any]]:
-    """Each shard's share of the run's budget (:class:`ShardRef` fields), by its billable items."""
+def _shares(
+    counts: list[int], max_credits: Decimal | None, account_credits: Mapping[str, Decimal | None]
+) -> list[dict[str, Any]]:
+    """Each shard's share of the run's budgets (:class:`ShardRef` fields), by its billable items."""
     totals = split_credits(max_credits, counts) if max_credits is not None else [None] * len(counts)
-    return [{"max_credits": total} for total in totals]
+    accounts = {
+        conn: split_credits(budget, counts) for conn, budget in account_credits.items() if budget is not None
+    }
+    return [
+        {
+            "max_credits": total,
+            "max_credits_per_account": tuple(
+                (conn, parts[index]) for conn, parts in accounts.items() if parts[index] is not None
+            ),
+        }
+        for index, total in enumerate(totals)
+    ]
 
 
 def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]) -> Iterator[dict[str, Any]]:

@@ -184,6 +184,28 @@ def test_a_shard_is_given_as_a_dict_or_a_json_string(vendors: FakeVendors) -> No
         assert op.prepare_job().shard is None
 
 
+def test_a_shard_task_spends_at_most_its_share_of_each_accounts_budget(vendors: FakeVendors) -> None:
+    """max_credits_per_account is the run's: over 3 shards each task's account budget is its third."""
+    storage = MemoryStorage({f"img/{i:03d}.png": _png() for i in range(12)}, bucket="raw")
+    chain = {"conn_id": ["poof_default", "pixian_default"], "max_credits_per_account": {"poof_default": 3}}
+    job = dataclasses.replace(
+        CreditsCheckOperator(task_id="check", **chain, **BUCKETS).prepare_job(), storage=storage
+    )  # type: ignore[arg-type]
+    writer = job.keep_plan("_bgremoval/plans/dag/run/check/try-1/")
+    bucket_job.run_coroutine(job.aclose_hooks())
+    assert job.chain is not None
+    budgets = {account.conn_id: account.budget for account in job.chain.accounts}
+    refs = writer.finish(max_shards=3, min_shard_size=1, account_credits=budgets)
+    for own, expected in ((None, 1), ("0.5", Decimal("0.5")), (5, 1)):
+        given = {"poof_default": own} if own is not None else {}
+        params = {**chain, "max_credits_per_account": given}
+        op = RemoveBackgroundOperator(task_id="t", shard=refs[2].model_dump(mode="json"), **params, **BUCKETS)
+        shard_job = op.prepare_job()
+        assert shard_job.chain is not None
+        assert [a.budget for a in shard_job.chain.accounts] == [expected, None]  # the smaller, per account
+        bucket_job.run_coroutine(shard_job.aclose_hooks())
+
+
 def test_shard_and_source_objects_are_exclusive(vendors: FakeVendors) -> None:
     _, refs = _kept_plan()
     op = RemoveBackgroundOperator(

@@ -265,6 +265,27 @@ def test_the_runs_max_credits_is_shared_out_over_the_shards() -> None:
         assert ref.credits_within(Decimal(100)) == ref.max_credits
 
 
+def test_each_accounts_budget_is_shared_out_over_the_shards() -> None:
+    """``max_credits_per_account`` is the run's too: each shard holds its share of every account's budget."""
+    _, writer = _written(items=12, settled=0)
+    budgets = {"a_conn": Decimal(3), "b_conn": None, "c_conn": Decimal("0.5")}
+    refs = writer.finish(max_shards=3, min_shard_size=1, account_credits=budgets)
+    assert [ref.max_credits_per_account for ref in refs] == [
+        (("a_conn", Decimal(1)), ("c_conn", Decimal("0.166666"))),
+        (("a_conn", Decimal(1)), ("c_conn", Decimal("0.166667"))),
+        (("a_conn", Decimal(1)), ("c_conn", Decimal("0.166667"))),
+    ]  # an account without a budget is left out
+    assert [ref.max_credits for ref in refs] == [None] * 3
+    ref = refs[0]
+    assert ref.account_credits_within("a_conn", None) == 1
+    assert ref.account_credits_within("a_conn", Decimal("0.5")) == Decimal("0.5")
+    assert ref.account_credits_within("b_conn", Decimal(7)) == 7  # no share: the task's own
+    assert ref.account_credits_within("b_conn", None) is None
+    assert ShardRef.model_validate(json.loads(json.dumps(ref.model_dump(mode="json")))) == ref
+    assert "max_credits_per_account" not in _ref()  # none given: kept out of the XCom, as before
+    assert ShardRef.model_validate(_ref()).account_credits_within("a_conn", Decimal(2)) == 2
+
+
 def test_a_descriptor_without_a_share_leaves_the_tasks_budget_as_it_is() -> None:
     """A descriptor written before shares were kept (or without ``max_credits``) reads as no share."""
     old = _ref()
