@@ -12,6 +12,7 @@ import inspect
 import io
 import logging
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing
@@ -241,6 +242,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         self._pacing_clock = pacing_clock
         self._pacer: Pacer | None = None
         self._settings: ConnectionSettings | None = None
+        self._read_lock = threading.Lock()
+        self._aread_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._wire_instance: W | None = None
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
@@ -405,16 +408,42 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return value or str(extras.get(legacy) or "").strip()
 
     def _get_settings(self) -> Flow[ConnectionSettings]:
-        """The connection's settings (read once per hook; the async form does not block the loop)."""
+        """
+        The connection's settings: read once per hook, by one call at a time (concurrent first calls
+        wait for the first read, so one pacer paces them all); the async form does not block the loop.
+        """
         if self._settings is None:
-            conn = yield from _Effect(
-                lambda: self.get_connection(self.conn_id), partial(aget_connection, self.conn_id)
-            )
-            extras = yield from _Effect(lambda: dict(conn.extra_dejson), partial(aextra_dejson, conn))
-            settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
+            yield from self._single_flight(self._read_settings)
+        return self._settings  # type: ignore[return-value]  # set by the read, or it raised
+
+    def _read_settings(self) -> Flow[None]:
+        """Read the connection and install its settings and pacer, unless a call before did."""
+        if self._settings is not None:
+            return
+        conn = yield from _Effect(
+            lambda: self.get_connection(self.conn_id), partial(aget_connection, self.conn_id)
+        )
+        extras = yield from _Effect(lambda: dict(conn.extra_dejson), partial(aextra_dejson, conn))
+        settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
+        if self._settings is None:  # a blocking call from another thread may have got here first
             self._pacer = self._new_pacer(settings)
             self._settings = settings
-        return self._settings
+
+    def _single_flight(self, flow: Callable[[], Flow[None]]) -> _Effect[None]:
+        """Run ``flow()`` holding the hook's read lock (a thread lock; async: the running loop's lock)."""
+
+        def run() -> None:
+            with self._read_lock:
+                self._run(flow())
+
+        async def arun() -> None:
+            loop = asyncio.get_running_loop()
+            if self._aread_lock is None or self._aread_lock[0] is not loop:  # an asyncio lock is per loop
+                self._aread_lock = (loop, asyncio.Lock())
+            async with self._aread_lock[1]:
+                await self._arun(flow())
+
+        return _Effect(run, arun)
 
     get_settings, aget_settings = _methods(_get_settings)
 

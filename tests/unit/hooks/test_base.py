@@ -8,6 +8,7 @@ and ``test_connection``. The real vendors' wire formats are tested in ``tests/un
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import itertools
 import json
@@ -27,6 +28,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from airflow_provider_bgremoval._compat import aget_connection
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
@@ -1210,6 +1212,38 @@ def test_pacing_spaces_requests_at_the_connections_rate(
     assert gaps[0] == pytest.approx(first)  # no burst: the second request waits for its slot
     assert all(0 < gap <= first + 1e-9 for gap in gaps)
     assert gaps[-1] < gaps[0]  # slow start: each paced success raises the rate
+
+
+async def test_concurrent_first_calls_read_the_connection_once_and_share_one_pacer(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server, clock: ManualClock
+) -> None:
+    _paced_conn(monkeypatch, 16)
+    sent: list[float] = []
+    server.on(f"{API}/v1/remove", lambda request: (sent.append(clock.now()), png_reply())[1])
+    hook = make_hook()
+    with mock.patch("airflow_provider_bgremoval.hooks.base.aget_connection", wraps=aget_connection) as read:
+        async with hook:
+            await asyncio.gather(*(hook.aremove_background(PNG) for _ in range(8)))
+    assert read.call_count == 1
+    assert len(set(sent)) == len(sent) == 8  # "no burst": one pacer gave each request its own slot
+
+
+def test_concurrent_first_blocking_calls_from_threads_read_the_connection_once(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.on(f"{API}/v1/credits", balance_reply())
+    hook, reads = make_hook(), []
+
+    def slow_read(conn_id: str) -> Any:
+        reads.append(conn_id)
+        time.sleep(0.05)  # every thread reaches the read while the first is in it
+        return FakeHook.get_connection(conn_id)
+
+    monkeypatch.setattr(hook, "get_connection", slow_read)
+    with hook, concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        balances = list(pool.map(lambda _: hook.get_balance(), range(4)))
+    assert reads == [CONN_ID]
+    assert {balance.remaining for balance in balances} == {Decimal("12.5")}
 
 
 def test_pacing_is_off_at_zero_and_the_hook_argument_overrides_the_extra(
