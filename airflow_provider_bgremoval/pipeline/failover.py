@@ -35,6 +35,16 @@ def _refusal_reason(exc: BgRemovalError) -> str:
     return "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
 
 
+def _not_sent(flight: Flight) -> str:
+    """What a pending row says of an image not sent (again): what its earlier calls may have cost."""
+    if flight.account is None:
+        return "this image was not sent (nothing paid)"
+    lost = flight.stats.possibly_charged
+    if not lost:
+        return "this image was not sent again (nothing paid for its earlier calls)"
+    return f"this image was not sent again; {lost} reply(s) lost on its earlier calls may have been billed"
+
+
 class Settle(Protocol):
     """The engine's recorder: the image's one row with what it cost (``request_id=`` among the fields)."""
 
@@ -84,11 +94,11 @@ class CallStage:
                 return result
 
     def _settled_on_stop(self, flight: Flight) -> bool:
-        """A stop request: the image is not sent (pending, nothing paid)."""
+        """A stop request: the image is not sent (again), pending."""
         if self.halts.stop is None:
             return False
         code, message = self.halts.stop
-        self.settle(flight, "pending", code, f"{message}; this image was not sent (nothing paid)")
+        self.settle(flight, "pending", code, f"{message}; {_not_sent(flight)}")
         return True
 
     async def _account_for(self, flight: Flight, data: bytes) -> Account | None:
@@ -241,7 +251,7 @@ class CallStage:
             halt = self.halts.halt
             assert halt is not None
             if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
-                self.settle(flight, "pending", halt.reason, f"{halt.message}; this image was not sent")
+                self.settle(flight, "pending", halt.reason, f"{halt.message}; {_not_sent(flight)}")
             else:
                 self._settle_error(flight, "pending", halt.reason, exc)
             return

@@ -252,6 +252,30 @@ def test_an_image_waiting_for_a_probe_is_not_sent_after_a_stop_request(batch) ->
     assert result.counts["pending"] == 1 and result.interrupted == "terminated"
 
 
+def test_an_image_handed_on_when_a_stop_arrives_says_what_its_earlier_call_may_have_cost(batch) -> None:
+    """Sent to the primary (its reply lost), handed on, then a stop: pending, and its row does not claim
+    it was never sent or that nothing was paid."""
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    runners: list[BatchRunner] = []
+
+    def lost_then_stop(name: str, count: int) -> Any:
+        runners[0].request_stop("terminated", "the task was terminated")
+        return TransientVendorError("reply lost", vendor="pixian", possibly_charged=True)
+
+    primary, secondary = Vendor("pixian", lost_then_stop), Vendor("poof")
+    result, rows = run_chain(storage, spec, chain(primary, secondary), runners=runners, max_concurrency=1)
+    assert primary.calls == ["00.png"] and secondary.calls == []
+    first, second = rows
+    assert (first["status"], first["error_code"], first["possibly_charged"]) == ("pending", "terminated", 1)
+    assert first["handoffs"][0]["account"] == "pixian_conn"
+    assert first["error_message"] == (
+        "the task was terminated; this image was not sent again; 1 reply(s) lost on its earlier calls "
+        "may have been billed"
+    )
+    assert (second["status"], second["error_code"]) == ("pending", "terminated")  # never started
+
+
 def test_without_outage_in_failover_on_a_transient_failure_fails_the_image_as_before(batch) -> None:
     storage, src, spec = batch
     seed(storage, src, names(3))
