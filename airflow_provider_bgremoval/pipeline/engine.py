@@ -653,7 +653,8 @@ class BatchRunner:
 
     async def _checkpoint(self) -> None:
         try:
-            await self._blocking(self.manifest.save_part)
+            # The mark is taken here, on the loop that adds rows: the thread reads a consistent range.
+            await self._blocking(self.manifest.save_part, self.manifest.mark())
         except Exception as exc:  # the rows stay spooled and are offered again at the next checkpoint
             log.warning("Could not checkpoint the manifest (retried at the next checkpoint): %s", exc)
 

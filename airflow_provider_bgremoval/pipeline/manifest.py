@@ -122,12 +122,24 @@ class ManifestWriter:
             return False
         return self.unsaved_rows >= self.every_rows or self.clock() - self._saved_at >= self.every_seconds
 
-    def save_part(self) -> int:
-        """Hand the new rows to ``part_sink``, return how many (thread-safe; after an error: next time)."""
-        rows, size = self.rows, self._size
-        if self.part_sink is None or rows == self._saved_rows:
-            return 0
+    def mark(self) -> tuple[int, int]:
+        """
+        The rows added so far and their bytes, flushed to the spool file: taken on the thread that adds
+        rows, it tells a part saved on another thread exactly what to hold.
+        """
         self._file.flush()
+        return self.rows, self._size
+
+    def save_part(self, upto: tuple[int, int] | None = None) -> int:
+        """
+        Hand the new rows to ``part_sink``, return how many (after an error: next time).
+
+        :param upto: a :meth:`mark`: save the rows up to it (on another thread while rows are added:
+            the row count and the bytes then agree); ``None``: every row added so far.
+        """
+        rows, size = self.mark() if upto is None else upto
+        if self.part_sink is None or rows <= self._saved_rows:
+            return 0
         data = os.pread(self._file.fileno(), size - self._saved_size, self._saved_size)
         self.part_sink(self.parts_saved + 1, data)
         self.parts_saved += 1

@@ -61,6 +61,24 @@ def test_rows_round_trip_and_parts_hold_only_new_rows() -> None:
     ]
 
 
+def test_a_part_saved_from_a_mark_holds_exactly_the_rows_up_to_it() -> None:
+    """The engine marks on its loop and saves on a thread while rows go on being added: the part holds
+    the marked rows (count and bytes agree), the next part the rest, so no row is skipped."""
+    parts: list[tuple[int, bytes]] = []
+    with ManifestWriter(lambda number, data: parts.append((number, data)), every_rows=1) as manifest:
+        manifest.add(_row(1))
+        manifest.add(_row(2))
+        mark = manifest.mark()
+        manifest.add(_row(3))  # added after the mark, before the thread saves
+        assert manifest.save_part(mark) == 2
+        assert manifest.unsaved_rows == 1 and manifest.part_due()
+        assert manifest.save_part(mark) == 0  # nothing new up to that mark
+        assert manifest.save_part() == 1
+        whole = manifest.getvalue()
+    assert [len(read_manifest(data)) for _, data in parts] == [2, 1]
+    assert b"".join(data for _, data in parts) == whole
+
+
 def test_an_unknown_status_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown manifest status"):
         _row(1, status="finished")
