@@ -167,6 +167,13 @@ class BucketJob:
         return self.chain.identity
 
     @property
+    def conn_ids(self) -> tuple[str, ...] | None:
+        """The job's connections in chain order (``None`` for a render-only job)."""
+        if self.chain is None:
+            return None
+        return tuple(account.conn_id for account in self.chain.accounts)
+
+    @property
     def planning_limits(self) -> InputLimits:
         """
         The input limits planning checks: a chain's widest (:func:`widest_limits`), so an image only
@@ -198,7 +205,7 @@ class BucketJob:
         :param check: run the local checks when planning here (see :func:`plan_into`).
         """
         if self.shard is not None:
-            self.shard.check_matches(self.spec, self.identity)
+            self.shard.check_matches(self.spec, self.identity, self.conn_ids)
             return read_shard(self.storage, self.spec, self.shard, self.renditions)
         return run_coroutine(plan_batch(self.storage, self.spec, **self._planning(check)))
 
@@ -216,6 +223,7 @@ class BucketJob:
             self.identity,
             checked=check,
             renditions=self.renditions,
+            conn_ids=self.conn_ids,
         )
         return plan_into(self.storage, self.spec, writer, **self._planning(check))
 

@@ -164,6 +164,8 @@ class ShardRef(BaseModel):
     :param render: ``[start, stop)`` of the render-only items (renditions of finished masters).
     :param renditions: the planned renditions as ``(name, spec fingerprint)`` pairs, in order (``None``:
         planned without renditions).
+    :param conn_ids: the connections of the chain the plan was priced for, in order (``None``: a
+        descriptor written before they were kept; then only ``accepted`` is compared).
     :param max_credits: this shard's share of the run's ``max_credits`` (``None``: no share).
     :param max_credits_per_account: this shard's share of each account's ``max_credits_per_account``, as
         ``(conn_id, credits)`` pairs (accounts without a budget are left out).
@@ -185,6 +187,7 @@ class ShardRef(BaseModel):
     render: Span = (0, 0)
     renditions: tuple[tuple[str, str], ...] | None = None
     # kept out of the XCom when not given: a descriptor stays as small as before
+    conn_ids: Annotated[tuple[str, ...] | None, Field(exclude_if=_unset)] = None
     max_credits: Annotated[Decimal | None, Field(ge=0, exclude_if=_unset)] = None
     max_credits_per_account: Annotated[
         tuple[tuple[str, Annotated[Decimal, Field(ge=0)]], ...], Field(exclude_if=_unset)
@@ -223,16 +226,22 @@ class ShardRef(BaseModel):
         """
         return _smaller(own, dict(self.max_credits_per_account).get(conn_id))
 
-    def check_matches(self, spec: BatchSpec, identity: OutputIdentity) -> None:
+    def check_matches(
+        self, spec: BatchSpec, identity: OutputIdentity, conn_ids: Sequence[str] | None = None
+    ) -> None:
         """
         Raise :class:`InvalidOptionError` unless the plan was made for this batch (buckets, destination
-        prefix, overwrite, and every account's vendor and options, in chain order), naming what differs.
+        prefix, overwrite, every account's vendor and options, and the connections, in chain order),
+        naming what differs.
 
         :param spec: the bucket task's batch spec.
         :param identity: the bucket task's output identity (its chain's vendors and options hashes).
+        :param conn_ids: the bucket task's connections in chain order, compared when the shard names its
+            own (two accounts of one vendor share an identity, not a balance).
         """
-        wanted = _batch_facts(spec, identity.accepted)
-        planned = _batch_facts(self, self.accepted)
+        compared = None if conn_ids is None or self.conn_ids is None else tuple(conn_ids)
+        wanted = _batch_facts(spec, identity.accepted, compared)
+        planned = _batch_facts(self, self.accepted, None if compared is None else self.conn_ids)
         differ = [
             f"{key} {planned[key]!r} (this task: {wanted[key]!r})"
             for key in wanted
@@ -250,12 +259,17 @@ class ShardRef(BaseModel):
 _BATCH_KEYS = ("source_bucket", "destination_bucket", "destination_prefix", "overwrite")
 
 
-def _batch_facts(batch: BatchSpec | ShardRef, accepted: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def _batch_facts(
+    batch: BatchSpec | ShardRef,
+    accepted: tuple[tuple[str, str], ...],
+    conn_ids: tuple[str, ...] | None,
+) -> dict[str, Any]:
     """What :meth:`ShardRef.check_matches` compares, in the order its message names them."""
     return {
         **{key: getattr(batch, key) for key in _BATCH_KEYS},
         "vendors": [vendor for vendor, _ in accepted],
         "options": [fingerprint for _, fingerprint in accepted],
+        **({} if conn_ids is None else {"conn_id": list(conn_ids)}),
     }
 
 
@@ -357,6 +371,8 @@ class PlanWriter:
     :param checked: the local checks run (else every unfinished source is billable, unchecked).
     :param renditions: the renditions planned (``None``: one output per source); the shards name their
         fingerprints, so a bucket task with other renditions refuses them.
+    :param conn_ids: the connections of the chain planned for, in order (the shards name them, so a
+        bucket task with another chain refuses them; ``None``: not named).
     """
 
     storage: GcsStorage
@@ -365,6 +381,7 @@ class PlanWriter:
     identity: OutputIdentity
     checked: bool = True
     renditions: RenditionLayout | None = None
+    conn_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self._items = _ChunkStream(self._write, "items")
@@ -478,6 +495,7 @@ class PlanWriter:
         planned = {
             "accepted": self.identity.accepted,
             "renditions": _fingerprints(self.renditions),
+            "conn_ids": self.conn_ids,
             **batch,
         }
         shares = _shares([stop - start for start, stop in items], max_credits, account_credits or {})

@@ -27,7 +27,8 @@ from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator,
 from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, OutputIdentity
 from airflow_provider_bgremoval.pipeline.processors import GenerationProcessor, RemovalProcessor
-from tests.support.balances import FakeVendors
+from tests.support.balances import PIXIAN_ID, PIXIAN_SECRET, FakeVendors
+from tests.support.connections import set_connection
 from tests.support.memory_storage import MemoryStorage
 
 BUCKETS = {"source_bucket": "raw", "destination_bucket": "out", "gcp_conn_id": None}
@@ -288,6 +289,42 @@ def test_a_shard_planned_for_another_batch_is_refused(
     bucket_job.run_coroutine(job.aclose_hooks())
     assert named in str(excinfo.value)
     assert storage.requests == {}  # refused before reading the plan
+
+
+@pytest.mark.parametrize(
+    ("conn_id", "named"),
+    [
+        ("pixian_backup", "conn_id ['pixian_default', 'pixian_backup'] (this task: ['pixian_backup'])"),
+        (["pixian_backup", "pixian_default"], "(this task: ['pixian_backup', 'pixian_default'])"),
+        ("pixian_default", "(this task: ['pixian_default'])"),
+    ],
+)
+def test_a_shard_priced_for_a_chain_of_one_vendor_is_refused_by_another_chain(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch, conn_id: Any, named: str
+) -> None:
+    """Two Pixian accounts share one identity, not one balance: the chain priced is the chain that runs."""
+    set_connection(monkeypatch, "pixian_backup", "pixian", login=PIXIAN_ID, password=PIXIAN_SECRET)
+    chain = ["pixian_default", "pixian_backup"]
+    storage, refs = _kept_plan(conn_id=chain)
+    assert refs[0].conn_ids == tuple(chain)
+    given = refs[0].model_dump(mode="json")
+
+    def plan(conn: Any, shard: dict[str, Any]) -> BatchPlan:
+        op = RemoveBackgroundOperator(task_id="t", conn_id=conn, shard=shard, **BUCKETS)
+        job = dataclasses.replace(op.prepare_job(), storage=storage)  # type: ignore[arg-type]
+        assert job.identity == OutputIdentity.of(job.processor)  # the same outputs as the chain's
+        try:
+            return job.plan_batch()
+        finally:
+            bucket_job.run_coroutine(job.aclose_hooks())
+
+    with pytest.raises(InvalidOptionError, match="planned for another batch") as excinfo:
+        plan(conn_id, given)
+    assert named in str(excinfo.value)
+    assert plan(chain, given).billable == refs[0].images  # the chain it was priced for takes it
+    # a descriptor written before the connections were kept is compared as before: by identity
+    old = {key: value for key, value in given.items() if key != "conn_ids"}
+    assert plan(conn_id, old).billable == refs[0].images
 
 
 def test_keep_plan_streams_the_plan_into_the_bucket(vendors: FakeVendors) -> None:

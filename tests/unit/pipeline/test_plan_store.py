@@ -487,6 +487,23 @@ def test_check_matches_refuses_a_plan_made_for_another_batch(
     assert "give the pre-flight the bucket task's parameters" in message
 
 
+def test_check_matches_compares_the_chains_connections_when_the_shard_names_them() -> None:
+    """Two accounts of one vendor share an identity, not a balance: the connections must match too."""
+    storage = MemoryStorage()
+    writer = PlanWriter(storage, SPEC, PREFIX, POOF, conn_ids=("poof_a", "poof_b"))  # type: ignore[arg-type]
+    writer.add(_item(0))
+    [ref] = writer.finish(max_shards=1, min_shard_size=1)
+    assert ref.model_dump(mode="json")["conn_ids"] == ["poof_a", "poof_b"]
+    ref.check_matches(SPEC, POOF, ["poof_a", "poof_b"])
+    for other in (["poof_b"], ["poof_b", "poof_a"], ["poof_a"]):
+        with pytest.raises(InvalidOptionError, match=r"conn_id \['poof_a', 'poof_b'\] \(this task"):
+            ref.check_matches(SPEC, POOF, other)
+    ref.check_matches(SPEC, POOF)  # a caller naming no connections compares the identity only
+    old = ShardRef.model_validate(_ref())  # a descriptor without them: compared as before
+    assert old.conn_ids is None and "conn_ids" not in _ref()
+    old.check_matches(SPEC, POOF, ["poof_b"])
+
+
 def test_plan_prefix_keeps_one_folder_per_run_whatever_its_id() -> None:
     assert plan_prefix("cut/_bgremoval/", "dag", "scheduled__2026-12-01T00:00:00+00:00", "check", 2) == (
         "cut/_bgremoval/plans/dag/scheduled__2026-12-01T00:00:00+00:00/check/try-2/"
