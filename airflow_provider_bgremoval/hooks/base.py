@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from airflow.sdk import BaseHook
@@ -52,6 +52,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorWire,
     WireRequest,
     is_http_url,
+    shown_url,
 )
 
 if TYPE_CHECKING:
@@ -86,12 +87,6 @@ def _checked_url(url: str, *, parameter: str = "image_url") -> str:
     if not is_http_url(url):
         raise InvalidOptionError(parameter, "only absolute http:// or https:// URLs are accepted")
     return str(url)
-
-
-def _shown_url(url: str) -> str:
-    """``url`` as a message may show it: without user info, query or fragment."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def format_credits(amount: Decimal) -> str:
@@ -605,7 +600,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
             )
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-            url = _shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
+            url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
             # h11 quotes the illegal header (the key itself) in a LocalProtocolError: never shown
             cause = "" if isinstance(exc, httpx.LocalProtocolError) else safe_excerpt(str(exc))
             raise TransientVendorError(
@@ -614,7 +609,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 code=type(exc).__name__,
                 possibly_charged=sent_in_full and request.billed,
             ) from None
-        error = wire.error_from_reply(response) if response.status_code >= 400 else None
+        error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
         if pacer is not None:
             self._paced(pacer, sent_at, waited, error)
         if error is not None:
@@ -771,7 +766,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             stats.billed_reply = request.billed  # a success reply: from here on the charge is certain
             reply = wire.parse_image_reply(response)
             if isinstance(reply, ResultLocation):
-                host = urlsplit(_shown_url(reply.url)).netloc
+                host = urlsplit(shown_url(reply.url)).netloc
                 reply = ImageResult(
                     content=(yield from self._download(reply.url)),
                     content_type="image/png",

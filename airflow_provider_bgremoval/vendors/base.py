@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -185,6 +185,19 @@ def is_http_url(url: object) -> bool:
     except ValueError:  # e.g. "http://[bad": an invalid IPv6 host
         return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def shown_url(url: str) -> str:
+    """
+    ``url`` as a message may show it: without user info, query or fragment (``""`` if unparsable).
+
+    :param url: the URL.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[bad"
+        return ""
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def json_body(response: httpx.Response) -> Any:
@@ -473,10 +486,13 @@ class VendorWire(ABC):
 
     def error_from_reply(self, response: httpx.Response) -> BgRemovalError:
         """
-        Map an error reply to the provider's exception hierarchy (:meth:`error_type`).
+        Map an error reply to the provider's exception hierarchy (:meth:`error_type`; a 3xx:
+        :meth:`redirect_error`).
 
         :param response: the error reply.
         """
+        if 300 <= response.status_code < 400:
+            return self.redirect_error(response)
         reply = self.parse_error(response)
         message = reply.message or response.reason_phrase or "no message"
         kind = self.error_type(response.status_code, reply.code, message)
@@ -489,6 +505,24 @@ class VendorWire(ABC):
         if kind is RateLimitedError:
             kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
         return kind(message, **kwargs)
+
+    def redirect_error(self, response: httpx.Response) -> VendorRequestError:
+        """
+        A 3xx answer to an API call (an ``http://`` host redirected to ``https://``, a misrouted proxy):
+        API calls are not redirected, so the vendor never saw the request; unbilled, not retried.
+
+        :param response: the 3xx reply.
+        """
+        location = response.headers.get("location", "")
+        target = f" to {self.quote(shown_url(location), 200) or 'an unreadable Location'}" if location else ""
+        return VendorRequestError(
+            f"the API answered {response.status_code} {response.reason_phrase}, redirecting{target}; API "
+            "calls are not redirected: set the connection's host to the address the API answers on",
+            vendor=self.spec.name,
+            status_code=response.status_code,
+            code="redirect",
+            request_id=response.headers.get("x-request-id") or None,
+        )
 
     def invalid_reply(
         self,

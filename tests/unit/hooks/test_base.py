@@ -631,6 +631,36 @@ def test_non_json_error_body_is_quoted_shortly(hook: FakeHook, server: Server) -
     assert len(info.value.message) <= 300
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirected_billed_call_is_an_unbilled_error_naming_the_location(
+    status: int, hook: FakeHook, server: Server
+) -> None:
+    # an http:// host the API redirects to https://: the vendor never processed the image
+    moved = f"https://user:pw@api.test/v1/remove?key={KEY}"
+    server.on(
+        f"{API}/v1/remove", httpx.Response(status, headers={"location": moved}, text="<html>Moved</html>")
+    )
+    stats = CallStats()
+    with pytest.raises(VendorRequestError) as info:
+        hook.remove_background(PNG, stats=stats)
+    assert (info.value.code, info.value.status_code) == ("redirect", status)
+    assert "redirecting to https://api.test/v1/remove;" in info.value.message
+    assert "set the connection's host" in info.value.message
+    assert not stats.billed_reply and stats.possibly_charged == 0 and info.value.possibly_charged is False
+    assert "SECRET" not in json.dumps(info.value.as_dict()) and "pw@" not in info.value.message
+    assert server.calls(f"{API}/v1/remove") == 1  # not retried
+
+
+def test_a_redirected_balance_read_fails_at_once(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", httpx.Response(301, headers={"location": "https://api.test/v1/credits"}))
+    with pytest.raises(VendorRequestError) as info:
+        hook.get_balance()
+    assert "redirecting to https://api.test/v1/credits" in info.value.message
+    assert server.calls(f"{API}/v1/credits") == 1
+    ok, message = hook.test_connection()
+    assert not ok and "301 Moved Permanently, redirecting to https://api.test/v1/credits" in message
+
+
 # -- transport errors ------------------------------------------------------------------------------
 
 

@@ -195,6 +195,30 @@ def test_a_key_straddling_the_excerpts_cut_is_redacted_whole(wire_class: type[Ve
     assert "***" in error.message
 
 
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+@pytest.mark.parametrize(
+    ("status", "headers", "shown"),
+    [
+        (301, {"location": "https://api.test/v1/x?k=1"}, "redirecting to https://api.test/v1/x;"),
+        (307, {"location": f"http://proxy.test/{CUT_KEY}/x"}, "redirecting to http://proxy.test/***/x;"),
+        (300, {}, "redirecting;"),
+    ],
+)
+def test_every_vendor_maps_a_3xx_to_an_unbilled_unretried_redirect_error(
+    wire_class: type[VendorWire], status: int, headers: dict[str, str], shown: str
+) -> None:
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key=CUT_KEY, api_id="id_9"))
+    error = wire.error_from_reply(httpx.Response(status, headers=headers, text="<html>Moved</html>"))
+    assert type(error) is VendorRequestError
+    assert (error.code, error.status_code, error.retryable, error.possibly_charged) == (
+        "redirect",
+        status,
+        False,
+        False,
+    )
+    assert shown in error.message
+
+
 def test_a_wire_that_cannot_authenticate_still_redacts_its_key() -> None:
     wire = PixianWire(ConnectionSettings(base_url="https://api.test", api_key="sk_secret_0123"))
     assert wire.secrets() == ("sk_secret_0123",)
