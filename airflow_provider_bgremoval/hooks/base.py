@@ -796,7 +796,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
             return (yield from self._offload(finish, result.content))
         except BgRemovalError as exc:  # typed: with the call's outcome, a billable final error counted
-            if exc.possibly_charged and not exc.retryable and not stats.billed_reply:
+            if exc.possibly_charged and not exc.retryable and request.billed and not stats.billed_reply:
                 stats.possibly_charged += 1
             exc.call = stats.snapshot()
             raise

@@ -31,7 +31,7 @@ from airflow_provider_bgremoval.hooks.pixian import PixianHook
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.results import AccountState, ImageResult
-from airflow_provider_bgremoval.retry import RetryPolicy
+from airflow_provider_bgremoval.retry import CallStats, RetryPolicy
 from airflow_provider_bgremoval.vendors.pixian import ForegroundBox, PixianOptions, Size
 from tests.support.connections import SleepRecorder, set_connection
 from tests.unit.vendors.test_delta_png import build_case, png
@@ -327,6 +327,19 @@ async def test_test_mode_from_the_connection(
     assert result.metadata["test_mode"] is True
     assert hook.estimate_cost() == Decimal(0)
     assert hook.estimate_cost(PixianOptions(test=False)) == Decimal(1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_unusable_reply_to_a_free_test_call_is_neither_billed_nor_possibly_charged(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    empty = httpx.Response(200, content=b"", headers={"x-credits-charged": "0"})
+    hook, _, _ = make_hook(monkeypatch, empty, extra={"test_mode": True})
+    stats = CallStats()
+    with pytest.raises(InvalidVendorResponseError) as info:
+        await run(mode, hook, "remove_background", CHELSEA, stats=stats)
+    assert (stats.attempts, stats.billed_reply, stats.possibly_charged) == (1, False, 0)
+    assert info.value.call == stats.snapshot()
 
 
 @pytest.mark.parametrize("mode", MODES)
