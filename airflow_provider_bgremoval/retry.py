@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
-from airflow_provider_bgremoval.exceptions import BgRemovalError, RateLimitedError, TransientVendorError
+from airflow_provider_bgremoval.exceptions import (
+    BgRemovalError,
+    InvalidOptionError,
+    RateLimitedError,
+    TransientVendorError,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +44,28 @@ class RetryPolicy:
     jitter: float = 0.25
     rate_limit_step: float | None = None
     max_retry_after: float = 120.0
+
+
+def parse_max_retries(value: Any) -> int | None:
+    """
+    The ``max_retries`` connection extra: retries after the first attempt, a whole number (a negative
+    one reads as 0: a single attempt), or empty.
+
+    :param value: the extra's value (a number, or its text from a URI).
+    :return: the retries; ``None`` when unset (the vendor's policy applies).
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    whole = not isinstance(value, bool) and not (isinstance(value, float) and not value.is_integer())
+    try:
+        number = int(value) if whole else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise InvalidOptionError(
+            "max_retries", f"{value!r} is not a whole number of retries (0: a single attempt)"
+        )
+    return max(0, number)
 
 
 def is_retryable(exc: BaseException) -> bool:

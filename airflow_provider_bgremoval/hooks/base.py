@@ -44,7 +44,13 @@ from airflow_provider_bgremoval.imaging import apply_local_steps, bomb_warnings_
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.pacing import Clock, Pacer, PacingPolicy, parse_requests_per_second
 from airflow_provider_bgremoval.results import Balance, ImageResult
-from airflow_provider_bgremoval.retry import CallStats, RetryPolicy, acall_with_retry, call_with_retry
+from airflow_provider_bgremoval.retry import (
+    CallStats,
+    RetryPolicy,
+    acall_with_retry,
+    call_with_retry,
+    parse_max_retries,
+)
 from airflow_provider_bgremoval.vendors.base import (
     ConnectionSettings,
     ImageInput,
@@ -190,7 +196,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     _required_fields: ClassVar[tuple[str, ...]] = ("password",)
     #: extra -> its parser, run as the connection is read (a bad value fails then, not mid-batch)
     _extra_parsers: ClassVar[Mapping[str, Callable[[Any], object]]] = {
-        "requests_per_second": parse_requests_per_second
+        "requests_per_second": parse_requests_per_second,
+        "max_retries": parse_max_retries,
     }
     #: the async calls check an input, or decode a result, of up to this many pixels (and of at most 4
     #: bytes per pixel: junk chunks or metadata make a file slow to parse whatever its size in pixels) on
@@ -473,11 +480,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """The effective retry policy."""
         if self._retry_policy_override is not None:
             return self._retry_policy_override
-        max_retries = (self._settings.extras if self._settings else {}).get("max_retries")
+        retries = parse_max_retries((self._settings.extras if self._settings else {}).get("max_retries"))
         policy = self.wire_class.spec.retry_policy
-        if max_retries not in (None, ""):
-            policy = replace(policy, max_attempts=max(1, int(max_retries) + 1))
-        return policy
+        return policy if retries is None else replace(policy, max_attempts=retries + 1)
 
     def _client_options(self, settings: ConnectionSettings) -> dict[str, Any]:
         return {

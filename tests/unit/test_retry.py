@@ -29,6 +29,7 @@ from airflow_provider_bgremoval.retry import (
     call_with_retry,
     is_lost_reply,
     is_retryable,
+    parse_max_retries,
 )
 from tests.support.connections import SleepRecorder
 
@@ -528,3 +529,18 @@ def test_snapshot_is_the_outcome_without_the_guard() -> None:
     stats.waits.append(1.0)
     stats.attempts += 1
     assert (snapshot.attempts, snapshot.waits) == (2, [0.5])  # detached from the live record
+
+
+@pytest.mark.parametrize(
+    ("value", "retries"),
+    [(None, None), ("", None), ("  ", None), (0, 0), ("3", 3), (" 5 ", 5), (4.0, 4), (-1, 0), ("-2", 0)],
+)
+def test_max_retries_extra(value: object, retries: int | None) -> None:
+    assert parse_max_retries(value) == retries
+
+
+@pytest.mark.parametrize("value", ["two", "1.5", 2.5, True, float("nan"), float("inf"), [1], {}])
+def test_a_bad_max_retries_extra_is_refused_naming_it(value: object) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        parse_max_retries(value)
+    assert info.value.parameter == "max_retries"

@@ -362,6 +362,16 @@ def test_max_retries_changes_only_the_attempts_and_keeps_one(
     assert asdict(hook.retry_policy) == {**vendor_policy, "max_attempts": 1}
 
 
+def test_a_bad_max_retries_extra_fails_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=API, extra={"max_retries": "two"})
+    with pytest.raises(InvalidOptionError) as info:
+        make_hook().get_balance()
+    assert info.value.parameter == "max_retries" and "'two' is not a whole number" in str(info.value)
+    assert server.requests == []
+
+
 def test_constructor_overrides_win(
     monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
 ) -> None:
@@ -428,6 +438,9 @@ def test_a_local_protocol_error_is_not_quoted(hook: FakeHook, server: Server) ->
         ({"timeout": -1}, "timeout"),
         ({"base_url": "ftp://files.example"}, "base_url"),
         ({"base_url": "file:///etc/passwd"}, "base_url"),
+        ({"max_retries": "two"}, "max_retries"),
+        ({"max_retries": 2.5}, "max_retries"),
+        ({"max_retries": True}, "max_retries"),
     ],
 )
 def test_bad_connection_extras(
