@@ -251,10 +251,15 @@ class CreditsPreflightOperator(BucketJobOperator):
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
         log.info(
             "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
-            "source(s) (%(already_done)d done, %(rejected_locally)d rejected locally) x %(cost_per_image)s "
-            "credits (%(cost_source)s) = %(needed)s; + margin %(margin_credits)s = %(required)s required; "
+            "source(s) (%(already_done)d done, %(rejected_locally)d rejected locally) x %(price)s "
+            "= %(needed)s; + margin %(margin_credits)s = %(required)s required; "
             "%(available)s available: %(verdict)s",
-            {**estimate, **amounts, "verdict": "OK" if estimate["sufficient"] else "INSUFFICIENT"},
+            {
+                **estimate,
+                **amounts,
+                "price": _price_text(estimate, amounts),
+                "verdict": "OK" if estimate["sufficient"] else "INSUFFICIENT",
+            },
         )
         if estimate["local_checks"] == "batch" and estimate["billable_images"]:
             log.info(
@@ -512,6 +517,15 @@ class CreditsPreflightOperator(BucketJobOperator):
         if self.on_insufficient == "skip":
             raise AirflowSkipException(text)
         raise AirflowFailException(text)
+
+
+def _price_text(estimate: Mapping[str, Any], amounts: Mapping[str, str]) -> str:
+    """How the log prices the billable images: one cost, or a chain's allocation account by account."""
+    pooled = estimate.get("accounts")
+    if not pooled:
+        return f"{amounts['cost_per_image']} credits ({estimate['cost_source']})"
+    shares = ", ".join(f"{a['conn_id']} {a['images']} x {a['cost_per_image']}" for a in pooled)
+    return f"the chain's credits ({shares}, {estimate['shortfall_images']} short)"
 
 
 def _usable(budget: Decimal | None, balance: Balance) -> Decimal:

@@ -228,6 +228,33 @@ def test_max_images_and_max_credits_cap_the_estimate(vendors: FakeVendors, plann
     assert estimate["needed"] == "30"  # type: ignore[index]
 
 
+def test_the_estimate_counts_the_images_the_run_s_max_credits_pays_for(
+    vendors: FakeVendors, planned: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """billable_images, the log and a halt name what the budget pays for (what the shards hold)."""
+    planned["plan"] = make_plan(100)
+    vendors.set_pixelcut(20)
+    _, pushed, error = run(check(max_credits=30))
+    assert isinstance(error, AirflowFailException)
+    assert "30 billable image(s) x 1 credits need 30" in str(error)  # not "100 billable"
+    assert (pushed["estimate"]["billable_images"], pushed["estimate"]["planned_billable"]) == (30, 100)
+    assert pushed["halt"]["remaining_images"] == 30
+    vendors.set_pixelcut(40)
+    estimate, _, error = run(check(max_credits="30.5", cost_per_image=2))  # the cap's 0.5 buys none
+    assert error is None and estimate is not None
+    assert (estimate["billable_images"], estimate["needed"]) == (15, "30")
+    # a chain: its primary (1 a credit) is empty, poof (2) pays; 10 credits buy 5 images, not 20
+    planned["plan"] = make_plan(20)
+    vendors.set_pixian(0)
+    vendors.set_poof(100, 0)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.operators.preflight"):
+        estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, max_credits=10))
+    assert error is None and estimate is not None
+    assert (estimate["billable_images"], estimate["needed"]) == (5, "10")
+    assert "5 billable of 20 source(s)" in caplog.text
+    assert "x the chain's credits (pixian_default 0 x 1, poof_default 5 x 2, 0 short) = 10" in caplog.text
+
+
 def test_nothing_billable_passes_even_when_broke(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     planned["plan"] = make_plan(0, done=12)
     vendors.set_pixian(0, state="dormant")
