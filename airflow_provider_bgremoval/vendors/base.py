@@ -145,6 +145,18 @@ def parse_decimal(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
+def parse_charge(value: str | None) -> Decimal | None:
+    """
+    A credit header (``X-Credits-Charged``, ``X-Credits-Calculated``): a finite number of 0 or more,
+    else ``None`` (unknown: the engine books the unit cost). A negative charge would lower the
+    credits at risk and spent.
+
+    :param value: the header's value.
+    """
+    number = parse_decimal(value)
+    return number if number is not None and number >= 0 else None
+
+
 def parse_number(value: str | None, kind: type[_N]) -> _N | None:
     """
     Parse a numeric header value as ``kind`` (``None`` when absent or not of that kind).

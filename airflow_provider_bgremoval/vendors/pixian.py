@@ -52,7 +52,7 @@ from airflow_provider_bgremoval.vendors.base import (
     basic_auth_header,
     form_fields,
     media_type,
-    parse_decimal,
+    parse_charge,
     parse_number,
 )
 from airflow_provider_bgremoval.vendors.delta_png import DeltaPngError, decode_delta_png
@@ -442,8 +442,8 @@ class PixianWire(VendorWire):
             vendor=self.spec.name,
             width=result_size.width if result_size else None,
             height=result_size.height if result_size else None,
-            credits_charged=parse_decimal(headers.get("x-credits-charged")),
-            credits_calculated=parse_decimal(headers.get("x-credits-calculated")),
+            credits_charged=parse_charge(headers.get("x-credits-charged")),
+            credits_calculated=parse_charge(headers.get("x-credits-calculated")),
             metadata=metadata,
         )
 

@@ -34,6 +34,7 @@ from airflow_provider_bgremoval.vendors.base import (
     WireRequest,
     form_fields,
     media_type,
+    parse_charge,
     parse_decimal,
     parse_number,
 )
@@ -216,7 +217,7 @@ class PoofWire(VendorWire):
             if declared.startswith(("text/", "application/json")):
                 message = f"{message}: {self.text_excerpt(response)}"
             raise self.invalid_reply(message, response, request_id=request_id)
-        charged = parse_decimal(headers.get("x-credits-charged"))
+        charged = parse_charge(headers.get("x-credits-charged"))
         metadata: dict[str, Any] = {}
         for key, header, kind in (
             ("processing_time_ms", "x-processing-time-ms", int),

@@ -25,6 +25,7 @@ from airflow_provider_bgremoval.vendors.base import (
     ConnectionSettings,
     ImageInput,
     VendorWire,
+    parse_charge,
     parse_number,
 )
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions, PixelcutWire
@@ -111,6 +112,15 @@ def test_default_cost_validates_the_options() -> None:
     with pytest.raises(InvalidOptionError) as info:
         PoofWire.estimate_cost({"size": "hd"})
     assert info.value.parameter == "size"
+
+
+@pytest.mark.parametrize(
+    ("value", "charge"),
+    [(None, None), ("", None), ("1", Decimal(1)), (" 0.25 ", Decimal("0.25")), ("0", Decimal(0))]
+    + [(bad, None) for bad in ("-1", "-0.5", "NaN", "Infinity", "-Infinity", "one")],
+)
+def test_credit_headers(value: str | None, charge: Decimal | None) -> None:
+    assert parse_charge(value) == charge
 
 
 def test_text_excerpt_is_one_short_line() -> None:

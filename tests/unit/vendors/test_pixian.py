@@ -516,6 +516,13 @@ def test_missing_or_malformed_headers_are_left_out(wire: PixianWire) -> None:
     assert result.content_type == "image/jpeg"
 
 
+@pytest.mark.parametrize("value", ["-5", "-0.25", "NaN", "Infinity", "-Infinity"])
+def test_a_negative_or_non_finite_credit_header_is_unknown(wire: PixianWire, value: str) -> None:
+    headers = {"content-type": "image/png", "x-credits-charged": value, "x-credits-calculated": value}
+    result = wire.parse_image_reply(httpx.Response(200, headers=headers, content=b"png"))
+    assert (result.credits_charged, result.credits_calculated) == (None, None)  # the unit cost is booked
+
+
 def test_empty_image_reply_is_invalid(wire: PixianWire) -> None:
     with pytest.raises(InvalidVendorResponseError):
         wire.parse_image_reply(httpx.Response(200, content=b""))

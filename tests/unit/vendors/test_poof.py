@@ -373,6 +373,14 @@ class TestImageReply:
         )
         assert result.credits_charged == Decimal("0.25")
 
+    @pytest.mark.parametrize("value", ["-5", "-0.25", "NaN", "-Infinity"])
+    def test_a_negative_or_non_finite_credit_header_is_unknown(self, wire, value):
+        result = wire.parse_image_reply(
+            reply(content=png_bytes(), headers={"Content-Type": "image/png", "X-Credits-Charged": value})
+        )
+        assert result.credits_charged == Decimal(1)  # the unit cost
+        assert "credits_charged_header" not in result.metadata
+
     def test_compat_layer_width_headers_and_missing_headers(self, wire):
         result = wire.parse_image_reply(
             reply(content=png_bytes(), headers={"Content-Type": "image/png", "X-Width": "8", "X-Height": "6"})
