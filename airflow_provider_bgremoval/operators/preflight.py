@@ -36,7 +36,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
 from airflow_provider_bgremoval.pipeline.accounts import Account
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
-from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, plan_prefix
+from airflow_provider_bgremoval.pipeline.plan_store import AIRFLOW_MAX_MAP_LENGTH, PlanWriter, plan_prefix
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan
 from airflow_provider_bgremoval.results import AccountState, Balance
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -153,14 +153,29 @@ class CreditsPreflightOperator(BucketJobOperator):
             check_choice(on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         if not is_template(safety_margin):
             SafetyMargin.parse(safety_margin)
-        for name in ("max_shards", "min_shard_size"):
-            value = getattr(self, name)
-            if not is_template(value) and parse_count(value, name) == 0:
-                raise InvalidOptionError(name, "must be at least 1")
+        self._shard_limits()  # at DAG parse, not after a whole plan was listed and written
         if use_test_estimate and self.cost_per_image not in (None, ""):
             raise InvalidOptionError(
                 "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
             )
+
+    def _shard_limits(self) -> int | None:
+        """
+        ``max_shards`` (``None``: the plan is not kept), checked with ``min_shard_size`` before anything is
+        planned (a templated value waits for rendering).
+        """
+        given = {name: getattr(self, name) for name in ("max_shards", "min_shard_size")}
+        counts = {name: parse_count(value, name) for name, value in given.items() if not is_template(value)}
+        for name, value in counts.items():
+            if value == 0:
+                raise InvalidOptionError(name, "must be at least 1")
+        max_shards = counts.get("max_shards")
+        if max_shards is not None and max_shards > AIRFLOW_MAX_MAP_LENGTH:
+            raise InvalidOptionError(
+                "max_shards",
+                f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH} (Airflow's default [core] max_map_length)",
+            )
+        return max_shards
 
     def test_estimate_hook(self, job: BucketJob) -> PixianHook | None:
         """
@@ -228,9 +243,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         """Plan, price, read the balance, and pass (estimate to XCom) or halt."""
         check_choice(self.on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
         margin = SafetyMargin.parse(self.safety_margin)
-        max_shards = parse_count(self.max_shards, "max_shards")
-        if max_shards == 0:
-            raise InvalidOptionError("max_shards", "must be at least 1")
+        max_shards = self._shard_limits()
         job = self.prepare_job()  # exactly the bucket operator's job
         try:
             test_hook = self.test_estimate_hook(job)

@@ -557,6 +557,26 @@ def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:
     assert {"max_shards", "min_shard_size"} <= set(templated.template_fields)
 
 
+def test_more_shards_than_airflow_maps_are_refused_before_anything_is_planned(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_shards above Airflow's [core] max_map_length (1024) fails at parse, or once rendered."""
+    with pytest.raises(InvalidOptionError, match=r"max_shards.*between 1 and 1024"):
+        check(max_shards=1025)
+    assert check(max_shards=1024).max_shards == 1024
+
+    def keep_plan(self: BucketJob, prefix: str, *, check: bool = True) -> Any:
+        raise AssertionError("the plan was listed and written")
+
+    monkeypatch.setattr(BucketJob, "keep_plan", keep_plan)
+    for name, rendered in (("max_shards", "2000"), ("min_shard_size", "0")):
+        op = check(**{"max_shards": 4, name: "{{ params.value }}"})
+        setattr(op, name, rendered)  # what rendering the template gives
+        _, _, error = run(op)
+        assert isinstance(error, InvalidOptionError) and error.parameter == name
+    assert vendors.requests == []  # not even the balance was read
+
+
 def test_renditions_are_validated_at_parse() -> None:
     renditions = [{"name": "thumb", "format": "jpeg", "size": 256}]
     with pytest.raises(InvalidOptionError, match="lossless PNG"):
