@@ -274,6 +274,13 @@ class CreditsPreflightOperator(BucketJobOperator):
                 "verdict": "OK" if estimate["sufficient"] else "INSUFFICIENT",
             },
         )
+        self._log_notes(estimate)
+        if estimate["sufficient"]:
+            return estimate
+        self._halt(context, estimate, amounts)
+
+    def _log_notes(self, estimate: Mapping[str, Any]) -> None:
+        """What the estimate's figures leave unsaid: unread files, header-only checks, deferred images."""
         if estimate["local_checks"] == "batch" and estimate["billable_images"]:
             log.info(
                 "Credits pre-flight (%s): the balance covers every unfinished source, so files were not read "
@@ -283,9 +290,18 @@ class CreditsPreflightOperator(BucketJobOperator):
         if estimate["checked_by_header_only"]:
             note = describe_header_only(estimate["billable_images"], estimate["checked_by_header_only"])
             log.info("Credits pre-flight (%s): %s", self.conn_id, note)
-        if estimate["sufficient"]:
-            return estimate
-        self._halt(context, estimate, amounts)
+        if estimate["deferred_images"]:
+            log.info(
+                "Credits pre-flight (%s): the run's budget (max_images, max_credits) covers %d of %d "
+                "billable image(s); %d wait for a later run (%s)",
+                self.conn_id,
+                estimate["billable_images"],
+                estimate["planned_billable"],
+                estimate["deferred_images"],
+                "no shard holds them, so no manifest row records them"
+                if "shards" in estimate
+                else "the batch records them pending",
+            )
 
     def _plan(
         self, context: Context, job: BucketJob, max_shards: int | None, *, check: bool
@@ -328,14 +344,6 @@ class CreditsPreflightOperator(BucketJobOperator):
         first the run's budget pays for), each with its share of the run's budgets; push XCom ``shards``.
         """
         images = int(estimate["billable_images"])
-        if images < plan.billable:
-            log.info(
-                "Credits pre-flight (%s): the run's budget covers %d of %d billable image(s); the shards "
-                "hold those, the rest wait for a later run",
-                self.conn_id,
-                images,
-                plan.billable,
-            )
         assert job.chain is not None
         min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
         refs = plan.finish(
@@ -381,6 +389,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             "sources": plan.total,
             "billable_images": billable,
             "planned_billable": plan.billable,
+            "deferred_images": plan.billable - billable,
             "local_checks": "plan" if plan.checked else "batch",
             "checked_by_header_only": plan.header_only_among(billable) if plan.checked else 0,
             "already_done": plan.count_kind("already_done"),

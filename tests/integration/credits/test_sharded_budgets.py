@@ -83,6 +83,7 @@ def test_max_credits_bounds_the_run_when_the_vendor_charges_above_its_cost_table
     refs = [ShardRef.model_validate(ref) for ref in run.xcom("shards")]
     assert [ref.max_credits for ref in refs] == [5, 5]
     assert sum(ref.images for ref in refs) == 10 == run.xcom("check_credits")["billable_images"]
+    assert run.xcom("check_credits")["deferred_images"] == 10  # in no shard, named for a later run
 
 
 def test_max_credits_bounds_a_chain_whose_dearer_account_pays(env: Any, dag_tester: Any) -> None:

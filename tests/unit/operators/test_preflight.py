@@ -120,6 +120,7 @@ def test_passes_and_returns_the_estimate(vendors: FakeVendors, planned: dict[str
         "sources": 50,
         "billable_images": 40,
         "planned_billable": 40,
+        "deferred_images": 0,
         "local_checks": "plan",
         "checked_by_header_only": 0,
         "already_done": 7,
@@ -253,6 +254,27 @@ def test_the_estimate_counts_the_images_the_run_s_max_credits_pays_for(
     assert (estimate["billable_images"], estimate["needed"]) == (5, "10")
     assert "5 billable of 20 source(s)" in caplog.text
     assert "x the chain's credits (pixian_default 0 x 1, poof_default 5 x 2, 0 short) = 10" in caplog.text
+
+
+def test_the_estimate_names_the_billable_images_left_for_a_later_run(
+    vendors: FakeVendors, planned: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """deferred_images: billable images beyond the run's budget (the run report shows the estimate)."""
+    planned["plan"] = make_plan(100)
+    vendors.set_pixelcut(100)
+    for budget, deferred in (({}, 0), ({"max_images": 60}, 40), ({"max_images": 60, "max_credits": 25}, 75)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.operators.preflight"):
+            estimate, _, error = run(check(**budget))
+        assert error is None and estimate is not None
+        assert (
+            estimate["deferred_images"]
+            == deferred
+            == estimate["planned_billable"] - estimate["billable_images"]
+        )
+        assert (f"{deferred} wait for a later run (the batch records them pending)" in caplog.text) is bool(
+            deferred
+        )
 
 
 def test_nothing_billable_passes_even_when_broke(vendors: FakeVendors, planned: dict[str, Any]) -> None:
@@ -518,6 +540,7 @@ def test_the_runs_budget_bounds_what_all_shards_hold_together(
     assert error is None and estimate is not None
     assert estimate["planned_billable"] == 9
     assert sum(ShardRef.model_validate(ref).images for ref in pushed["shards"]) == images
+    assert estimate["deferred_images"] == 9 - images  # in no shard: named for a later run
     shares = [ShardRef.model_validate(ref).max_credits for ref in pushed["shards"]]
     if "max_credits" in budget:  # each mapped task gets its share of the run's max_credits, in all 5.5
         assert shares == [Decimal("2.2"), Decimal("2.2"), Decimal("1.1")]
