@@ -95,6 +95,25 @@ def _checked_url(url: str, *, parameter: str = "image_url") -> str:
     return str(url)
 
 
+#: transport errors raised after the request was sent in full: the reply was lost
+_SENT_IN_FULL = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
+#: a gateway's timeout (504, Cloudflare's 524): it forwarded the request, the origin's reply never came
+_GATEWAY_TIMEOUTS = frozenset({504, 524})
+
+
+def _lost_reply(request: WireRequest, failure: httpx.HTTPError | BgRemovalError) -> bool:
+    """
+    Whether a failed attempt may have been billed: a billed request that reached the vendor and whose
+    reply was lost on the way back (the retry guard is asked before it is sent again). An error reply
+    is lost only when a gateway timed out: one carrying the vendor's own error code (Poof's 504
+    ``upstream_error``) is the vendor's answer that the request failed, and failed requests are not billed.
+    """
+    if isinstance(failure, httpx.HTTPError):
+        return request.billed and isinstance(failure, _SENT_IN_FULL)
+    gateway = failure.status_code in _GATEWAY_TIMEOUTS and failure.code is None
+    return request.billed and gateway and isinstance(failure, TransientVendorError)
+
+
 def format_credits(amount: Decimal) -> str:
     """
     A credit amount as a person writes it: ``1000`` (not ``1000.0`` or ``1E+3``), ``12.5``.
@@ -601,25 +620,31 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         try:
             response = yield from self._exchange(request.method, request.path, options)
         except httpx.HTTPError as exc:
-            sent_in_full = isinstance(
-                exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
-            )
-            what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-            url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
-            # h11 quotes the illegal header (the key itself) in a LocalProtocolError: never shown
-            cause = "" if isinstance(exc, httpx.LocalProtocolError) else safe_excerpt(str(exc))
-            raise TransientVendorError(
-                f"{request.method} {url} {what}: {cause or type(exc).__name__}",
-                vendor=wire.spec.name,
-                code=type(exc).__name__,
-                possibly_charged=sent_in_full and request.billed,
-            ) from None
+            raise self._transport_error(wire, request, exc) from None
         error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
+        if error is not None and _lost_reply(request, error):
+            error.possibly_charged = True  # a gateway timed out: the vendor may have done the work
         if pacer is not None:
             self._paced(pacer, sent_at, waited, error)
         if error is not None:
             raise error
         return response
+
+    @staticmethod
+    def _transport_error(
+        wire: VendorWire, request: WireRequest, exc: httpx.HTTPError
+    ) -> TransientVendorError:
+        """A request that got no reply: a retryable error naming the URL and the cause."""
+        what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+        url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
+        # h11 quotes the illegal header (the key itself) in a LocalProtocolError: never shown
+        cause = "" if isinstance(exc, httpx.LocalProtocolError) else safe_excerpt(str(exc))
+        return TransientVendorError(
+            f"{request.method} {url} {what}: {cause or type(exc).__name__}",
+            vendor=wire.spec.name,
+            code=type(exc).__name__,
+            possibly_charged=_lost_reply(request, exc),
+        )
 
     def _send(
         self, request: WireRequest, stats: CallStats | None = None, *, probe: bool = False, paced: bool = True

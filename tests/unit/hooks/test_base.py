@@ -615,7 +615,7 @@ def test_transient_replies_are_retried_then_raised(
     with pytest.raises(TransientVendorError) as info:
         hook.remove_background(PNG)
     assert info.value.status_code == status
-    assert info.value.possibly_charged is False
+    assert info.value.possibly_charged is (status == 504)  # an uncoded 504: a gateway timed out
     assert len(server.requests) == 3
     assert sleep.waits == [1, 1]
 
@@ -706,6 +706,41 @@ def test_transport_errors_are_mapped(
     assert info.value.code == kind.__name__
     assert info.value.vendor == "fakevendor"
     assert len(server.requests) == 3  # retried up to the policy's attempts
+
+
+@pytest.mark.parametrize(("status", "lost"), [(504, True), (524, True), (502, False), (503, False)])
+def test_a_gateway_timeout_after_a_billed_request_is_a_lost_reply(
+    status: int, lost: bool, hook: FakeHook, server: Server
+) -> None:
+    # the gateway forwarded the request and gave up waiting: the origin may still have billed it
+    server.on(f"{API}/v1/remove", httpx.Response(status, text="<html>Gateway Timeout</html>"), png_reply())
+    result = hook.remove_background(PNG)
+    assert (result.call.attempts, result.call.possibly_charged) == (2, int(lost))
+    server.on(f"{API}/v1/remove", error_reply(status, "upstream_error"), png_reply())
+    assert hook.remove_background(PNG).call.possibly_charged == 0  # the vendor's own answer: not billed
+    server.on(f"{API}/v1/credits", httpx.Response(status, text="timeout"))
+    with pytest.raises(TransientVendorError) as info:
+        hook.get_balance()
+    assert info.value.possibly_charged is False  # a free call: nothing to bill
+
+
+@pytest.mark.parametrize("status", [504, 524])
+def test_the_retry_guard_is_asked_before_resending_after_a_gateway_timeout(
+    status: int, hook: FakeHook, server: Server
+) -> None:
+    server.on(f"{API}/v1/remove", httpx.Response(status, text="Gateway Timeout"), png_reply())
+    asked: list[BaseException] = []
+
+    def refuse(exc: BaseException) -> bool:  # the budget cannot cover a second charge
+        asked.append(exc)
+        return False
+
+    stats = CallStats(retry_guard=refuse)
+    with pytest.raises(TransientVendorError) as info:
+        hook.remove_background(PNG, stats=stats)
+    assert asked == [info.value] and info.value.possibly_charged and info.value.status_code == status
+    assert (stats.attempts, stats.possibly_charged, stats.billed_reply) == (1, 1, False)
+    assert server.calls(f"{API}/v1/remove") == 1
 
 
 def test_lost_reply_then_success_reports_possibly_charged(hook: FakeHook, server: Server) -> None:

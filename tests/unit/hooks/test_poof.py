@@ -694,6 +694,18 @@ class TestRetries:
         assert len(sleeper.waits) == 2
         assert_exponential(sleeper.waits)
 
+    @pytest.mark.parametrize(
+        "timeout",
+        [
+            pytest.param(httpx.Response(524, text="<html>A timeout occurred</html>"), id="cloudflare-524"),
+            pytest.param(httpx.Response(504, text="<html>504 Gateway Time-out</html>"), id="gateway-504"),
+        ],
+    )
+    async def test_a_gateway_timeout_is_a_lost_reply(self, poof_conn, make_hook, photo_bytes, mode, timeout):
+        fake = FakePoof(timeout)
+        result = await call(make_hook(fake), mode, "remove_background", photo_bytes["horse.png"])
+        assert (result.call.attempts, result.call.possibly_charged) == (2, 1)  # Poof may have done it
+
     async def test_attempts_are_bounded(self, poof_conn, make_hook, sleeper, photo_bytes, mode):
         fake = FakePoof(*[error(502, "upstream_error")] * 10)
         with pytest.raises(TransientVendorError) as exc:
