@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException
@@ -119,19 +120,7 @@ class BucketImageOperator(BucketJobOperator):
             plan = job.plan_batch()
         except (InvalidOptionError, DestinationCollisionError) as exc:  # retrying cannot fix these
             raise AirflowFailException(str(exc)) from exc
-        if job.shard is not None:  # the run's max_credits is spent once over all shards
-            max_credits = job.shard.credits_within(max_credits)
-            accounts = job.chain.accounts if job.chain is not None else ()
-            budgets = [f"{a.conn_id} {a.budget}" for a in accounts if a.budget is not None]
-            log.info(
-                "Shard %d of %d: %d billable image(s); max_credits %s, max_credits_per_account %s (the "
-                "smaller of this task's and the shard's share of the run's)",
-                job.shard.shard + 1,
-                job.shard.shards,
-                job.shard.images,
-                "none" if max_credits is None else max_credits,
-                ", ".join(budgets) or "none",
-            )
+        max_credits = self._shard_budget(job, max_credits)
         spec, vendor = job.spec, job.processor.vendor
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
@@ -196,6 +185,31 @@ class BucketImageOperator(BucketJobOperator):
         self._verdict(context, vendor, result, summary)
         self._announce(context, job, summary)
         return summary
+
+    @staticmethod
+    def _shard_budget(job: BucketJob, max_credits: Decimal | None) -> Decimal | None:
+        """
+        The task's ``max_credits``: on a shard, the smaller of its own and the shard's share of the run's
+        (each account's budget was shared out when the chain was built; docs/pipeline.md, "5. Shards").
+
+        :param job: the prepared job.
+        :param max_credits: the task's own ``max_credits``.
+        """
+        if job.shard is None:
+            return max_credits
+        max_credits = job.shard.credits_within(max_credits)
+        accounts = job.chain.accounts if job.chain is not None else ()
+        budgets = [f"{a.conn_id} {a.budget}" for a in accounts if a.budget is not None]
+        log.info(
+            "Shard %d of %d: %d billable image(s); max_credits %s, max_credits_per_account %s (the smaller "
+            "of this task's and the shard's share of the run's)",
+            job.shard.shard + 1,
+            job.shard.shards,
+            job.shard.images,
+            "none" if max_credits is None else max_credits,
+            ", ".join(budgets) or "none",
+        )
+        return max_credits
 
     def on_kill(self) -> None:
         """SIGTERM: drain the batch (stop submitting, let in-flight calls store their billed results)."""
