@@ -288,13 +288,13 @@ class BucketImageOperator(BucketJobOperator):
                 f"{vendor}: {counts['failed']} image(s) failed and {counts['rejected']} were rejected "
                 f"of {summary['total']}{renditions}; see the manifest {manifest_uri}"
             )
-        billable = result.billable_counts  # render-only rows are not vendor calls: not in the rate
-        billable_bad = billable["failed"] + billable["rejected"]
-        sent = billable["done"] + billable_bad
-        if self.on_error == "fail_rate" and sent and billable_bad / sent > float(self.max_failure_rate):
+        sent = result.sent.total()  # images sent to the vendor: what the run's halt judged too
+        sent_bad = sent - result.sent["done"]
+        if self.on_error == "fail_rate" and sent and sent_bad / sent > float(self.max_failure_rate):
             raise AirflowException(
-                f"{vendor}: failure rate {billable_bad / sent:.0%} is over max_failure_rate "
-                f"{float(self.max_failure_rate):.0%}; see the manifest {manifest_uri}"
+                f"{vendor}: failure rate {sent_bad / sent:.0%} is over max_failure_rate "
+                f"{float(self.max_failure_rate):.0%} ({sent_bad} of {sent} images sent to the vendor); "
+                f"see the manifest {manifest_uri}"
             )
         held = summary["claims_elsewhere"]
         if held and self.on_pending == "fail":

@@ -100,6 +100,8 @@ class BatchResult:
     :param billable: images that were planned as billable.
     :param renditions: per rendition name, sources per rendition status (``done``, ``replaced``…).
     :param render_only: the render-only rows (no vendor call) per final status; included in ``counts``.
+    :param sent: the images sent to the vendor that ended ``done``, ``failed`` or ``rejected``, per status
+        (what the failure rate of ``on_error="fail_rate"`` judges, during the run and at its end).
     """
 
     counts: Counter[str] = field(default_factory=Counter)
@@ -116,6 +118,7 @@ class BatchResult:
     billable: int = 0
     renditions: dict[str, Counter[str]] = field(default_factory=dict)
     render_only: Counter[str] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)
 
     @property
     def billable_counts(self) -> Counter[str]:
@@ -201,9 +204,6 @@ class BatchRunner:
         self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle)
         self._submitted = 0  # billable items handed to the workers: plan.items[:_submitted]
         self._finished = 0
-        # What the failure rate judges: images sent to the vendor that ended done, failed or rejected.
-        self._sent_finished = 0
-        self._sent_bad = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -344,14 +344,15 @@ class BatchRunner:
         }
 
     def _check_failure_rate(self) -> None:
-        finished = self._sent_finished
+        finished = self.result.sent.total()
         if self.on_error != "fail_rate" or finished < FAILURE_RATE_MIN_SAMPLE:
             return
-        rate = self._sent_bad / finished
+        bad = finished - self.result.sent["done"]
+        rate = bad / finished
         if rate > self.max_failure_rate:
             self.halts.record(
                 "failure_rate",
-                f"{self._sent_bad} of {finished} images sent to the vendor failed "
+                f"{bad} of {finished} images sent to the vendor failed "
                 f"({rate:.0%} > max_failure_rate {self.max_failure_rate:.0%})",
             )
 
@@ -418,8 +419,7 @@ class BatchRunner:
         """
         self._finished += 1
         if flight.account is not None and status in ("done", "failed", "rejected"):
-            self._sent_finished += 1
-            self._sent_bad += int(status != "done")
+            self.result.sent[status] += 1
 
     def _settle_unexpected(self, flight: Flight, exc: Exception) -> None:
         """Anything our code did not foresee fails this image alone, with the charges it incurred."""

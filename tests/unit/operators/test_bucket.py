@@ -13,7 +13,7 @@ from airflow_provider_bgremoval.pipeline.engine import BatchResult
 SUMMARY = {"manifest_uri": "gs://out/_bgremoval/manifest.jsonl", "total": 11, "claims_elsewhere": []}
 
 
-def test_the_failure_rate_counts_billable_rows_only() -> None:
+def test_the_failure_rate_counts_the_images_sent_to_the_vendor_only() -> None:
     op = RemoveBackgroundOperator(
         task_id="t",
         conn_id="pixian_default",
@@ -26,7 +26,10 @@ def test_the_failure_rate_counts_billable_rows_only() -> None:
     # 5 images sent and done; 6 render-only sources failed (0 credits, no vendor call).
     rendered = BatchResult(counts=Counter(done=5, failed=6), render_only=Counter(failed=6), billable=5)
     op._verdict({}, "pixian", rendered, SUMMARY)  # type: ignore[arg-type]
-    sent = BatchResult(counts=Counter(done=5, failed=6), billable=11)
+    # 5 done and 6 rejected by planning's local checks (never sent): the rate judges the 5 sent
+    local = BatchResult(counts=Counter(done=5, rejected=6), billable=11, sent=Counter(done=5))
+    op._verdict({}, "pixian", local, SUMMARY)  # type: ignore[arg-type]
+    sent = BatchResult(counts=Counter(done=5, failed=6), billable=11, sent=Counter(done=5, failed=6))
     with pytest.raises(AirflowException, match="failure rate 55% is over max_failure_rate 10%"):
         op._verdict({}, "pixian", sent, SUMMARY)  # type: ignore[arg-type]
 
