@@ -356,6 +356,20 @@ def test_a_restart_mid_settle_fires_once_for_the_burst() -> None:
     assert [p["images"] for _, p in events] == [2]
 
 
+@pytest.mark.parametrize("stored", [{"generation": "not-a-number"}, {"fires": [1]}])
+def test_a_damaged_stored_watermark_restarts_empty_and_keeps_the_store(stored: dict[str, Any]) -> None:
+    """A hand-edited value is read as the empty watermark; the store stays, so the next one is kept."""
+    storage, store = MemoryStorage(), StateStore()
+    trigger = make()
+    store.values[trigger.state_key] = stored
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    timeline = Timeline(storage, until=60)
+    timeline.upload(1, "incoming/a.jpg")
+    assert [p["images"] for _, p in timeline.run(trigger)] == [1]
+    assert trigger.asset_state_store is store
+    assert store.values[trigger.state_key]["fires"] == 1
+
+
 def test_without_a_state_store_the_watermark_is_kept_in_memory() -> None:
     timeline = Timeline(MemoryStorage(), until=60)
     timeline.upload(1, "incoming/a.jpg")
@@ -519,6 +533,21 @@ def test_renditions_serialise_as_primitives_and_shape_the_state_key() -> None:
         json.dumps({k: v for k, v in before.items() if k not in timing}, sort_keys=True).encode()
     ).hexdigest()
     assert make().state_key == f"bgremoval.arrivals:{digest[:16]}"
+
+
+def test_a_preset_object_is_refused_at_construction() -> None:
+    """The triggerer stores the kwargs as JSON: a ``Preset`` object would only fail later, out of sight."""
+    from airflow_provider_bgremoval.renditions.compliance import Sides
+    from airflow_provider_bgremoval.renditions.spec import Preset
+
+    mine = Preset(name="mine", fields={"format": "jpeg", "min_size": 800}, rules=(Sides(min_long=800),))
+    given = {
+        **RENDITIONS_BATCH,
+        "renditions": [{"name": "web", "preset": "mine"}],
+        "rendition_presets": {"mine": mine},
+    }
+    with pytest.raises(InvalidOptionError, match="mappings of spec fields"):
+        NewImagesTrigger(**given)
 
 
 def test_bad_renditions_fail_at_construction() -> None:
