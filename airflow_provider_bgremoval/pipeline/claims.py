@@ -76,9 +76,18 @@ class ClaimStore:
         key = f"{destination}\n{source_generation}" if source_generation else destination
         return self.prefix + hashlib.sha256(key.encode()).hexdigest()[:40]
 
-    def _write(self, destination: str, name: str, generation: int, *, released: bool = False) -> None:
-        """Write our claim object over ``generation`` (0: create-only) and remember its new generation."""
-        expires = "0" if released else f"{self.clock() + self.lease_seconds:.0f}"
+    def _write(
+        self, destination: str, name: str, generation: int, *, released: bool = False, looked: bool = True
+    ) -> None:
+        """
+        Write our claim object over ``generation`` (0: create-only) and remember its new generation; a
+        released claim expires at once: ``"0"`` when its output is known not to be stored (``looked``),
+        else the current time (taken over like a lapsed lease, so the next taker looks for an output).
+        """
+        if released:
+            expires = "0" if looked else str(int(self.clock()))
+        else:
+            expires = f"{self.clock() + self.lease_seconds:.0f}"
         info = self.storage.write(
             self.bucket,
             name,
@@ -90,12 +99,19 @@ class ClaimStore:
         if not released:
             self._held[destination] = (name, info.generation)
 
-    def release(self, destination: str) -> None:
-        """Give up our claim on ``destination`` (its output was not written): anyone may take it."""
+    def release(self, destination: str, *, output_unknown: bool = False) -> None:
+        """
+        Give up our claim on ``destination``: anyone may take it.
+
+        :param destination: the output's object name.
+        :param output_unknown: ``False``: its output was not written, so the next taker pays at once;
+            ``True``: we cannot tell (a write that raised may have landed), so the next taker looks for
+            an output before paying.
+        """
         held = self._held.pop(destination, None)
         if held is not None:
             with suppress(WriteConflictError):  # taken over after our lease ran out: nothing of ours to free
-                self._write(destination, *held, released=True)
+                self._write(destination, *held, released=True, looked=not output_unknown)
 
     def acquire(self, destination: str, source_generation: int = 0) -> ClaimHolder | None:
         """

@@ -55,7 +55,7 @@ from airflow_provider_bgremoval.pipeline.rendering import (
 )
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError, gs_uri
-from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo, is_our_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,6 +199,7 @@ class BatchRunner:
         spec = self.plan.spec
         self._stage = RenditionStage(self.storage, spec.destination_bucket, self.writer_id, spec.overwrite)
         self._flights: set[Flight] = set()
+        self._output_unknown: set[str] = set()  # destinations a failed write may still have stored
         self.halts = Halts(self.processor.vendor)
         self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
         self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle)
@@ -527,25 +528,8 @@ class BatchRunner:
     async def _store(self, flight: Flight, result: ImageResult) -> None:
         flight.stage = "store"
         item, bucket = flight.item, self.plan.spec.destination_bucket
-        account = flight.account or self.chain.primary
-        credits, _ = self._credits_of(account, result.credits_charged)
-        try:
-            written = await self._blocking(
-                self.storage.write,
-                bucket,
-                item.destination,
-                result.content,
-                content_type=result.content_type,
-                metadata=self._metadata(item, account, result.request_id, credits),
-                if_generation_match=item.replace_generation or 0,
-                idempotency_token=f"{self.writer_id}:{item.source.generation}:{account.processor.fingerprint}",
-            )
-        except WriteConflictError:
-            await self._settle_conflict(flight)
-            return
-        except StorageError as exc:
-            message = f"vendor result could not be stored (it was paid for): {exc}"
-            self._settle(flight, "failed", "upload_failed", message)
+        written = await self._write_output(flight, result)
+        if written is None:
             return
         flight.output_exists = True
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
@@ -559,6 +543,55 @@ class BatchRunner:
             )
             renditions = {"master": master, "renditions": facts}
         self._settle(flight, "done", bytes_out=len(result.content), **renditions)
+
+    async def _write_output(self, flight: Flight, result: ImageResult) -> ObjectInfo | None:
+        """The stored output (create-only, or over the stale generation), else ``None``: settled."""
+        item, bucket = flight.item, self.plan.spec.destination_bucket
+        account = flight.account or self.chain.primary
+        credits, _ = self._credits_of(account, result.credits_charged)
+        token = f"{self.writer_id}:{item.source.generation}:{account.processor.fingerprint}"
+        try:
+            return await self._blocking(
+                self.storage.write,
+                bucket,
+                item.destination,
+                result.content,
+                content_type=result.content_type,
+                metadata=self._metadata(item, account, result.request_id, credits),
+                if_generation_match=item.replace_generation or 0,
+                idempotency_token=token,
+            )
+        except WriteConflictError:
+            await self._settle_conflict(flight)
+        except StorageError as exc:
+            return await self._landed_anyway(flight, result.content, token, exc)
+        return None
+
+    async def _landed_anyway(
+        self, flight: Flight, content: bytes, token: str, exc: StorageError
+    ) -> ObjectInfo | None:
+        """
+        A write that raised may have landed (its reply lost, a 5xx after GCS committed): the destination
+        is our output when it carries this write's token and checksums; else the image fails
+        ``upload_failed``, and unless the stat shows nothing there its claim is released so that the
+        next taker looks for an output before paying (docs/pipeline.md, "Never paying twice").
+        """
+        destination = flight.item.destination
+        try:
+            current = await self._blocking(self.storage.stat, self.plan.spec.destination_bucket, destination)
+        except StorageError as stat_exc:
+            current, unclear = None, f"; the destination could not be checked: {stat_exc}"
+        else:
+            if current is not None and is_our_write(current, content, token):
+                log.info("%s: the write raised (%s) but its output landed", current.uri, exc)
+                return current
+            nothing_new = current is None or current.generation == flight.item.replace_generation
+            unclear = "" if nothing_new else "; another object is at the destination"
+        if unclear:
+            self._output_unknown.add(destination)
+        message = f"vendor result could not be stored (it was paid for): {exc}{unclear}"
+        self._settle(flight, "failed", "upload_failed", message)
+        return None
 
     @staticmethod
     def _master_facts(master: ObjectInfo, status: str) -> dict[str, Any]:
@@ -629,7 +662,7 @@ class BatchRunner:
     def _release_claim(self, destination: str) -> None:
         assert self.claims is not None
         try:
-            self.claims.release(destination)
+            self.claims.release(destination, output_unknown=destination in self._output_unknown)
         except Exception as exc:  # best effort: the claim's lease runs out by itself
             log.warning("Could not release the claim on %s (it expires with its lease): %s", destination, exc)
 

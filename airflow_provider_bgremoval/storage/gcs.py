@@ -573,6 +573,19 @@ def _conflict(
     return error(message, bucket=bucket, name=name, expected_generation=expected, current_generation=current)
 
 
+def is_our_write(existing: ObjectInfo, data: bytes, token: str) -> bool:
+    """
+    Whether ``existing`` is provably what a write of ``data`` with ``idempotency_token=token`` stored
+    (its checksums and token match; docs/storage.md): a caller whose write raised can tell from a stat
+    that it landed anyway.
+
+    :param existing: the object found at the write's name.
+    :param data: the bytes the write sent.
+    :param token: the write's idempotency token.
+    """
+    return _is_our_write(existing, crc32c_b64(data), md5_b64(data), {}, token, retried=True)
+
+
 def _is_our_write(
     existing: ObjectInfo, crc: str, md5: str, meta: Mapping[str, str], token: str | None, *, retried: bool
 ) -> bool:

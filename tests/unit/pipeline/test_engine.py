@@ -23,7 +23,7 @@ from airflow_provider_bgremoval.exceptions import (
     VendorRequestError,
 )
 from airflow_provider_bgremoval.imaging import InputLimits
-from airflow_provider_bgremoval.pipeline.claims import ClaimStore
+from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner, run_batch
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import (
@@ -38,6 +38,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
 )
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
+from airflow_provider_bgremoval.storage.exceptions import StorageUnavailableError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 pytestmark = pytest.mark.integration
@@ -401,6 +402,99 @@ def test_a_retry_skips_what_its_dead_try_stored_under_its_claims(buckets) -> Non
     assert len(calls) == 4 and result.counts == {"skipped": 4, "done": 4}
     assert {row["error_code"] for row in rows if row["status"] == "skipped"} == {"already_done"}
     assert {row["source"].rsplit("/", 1)[-1] for row in rows if row["status"] == "skipped"}.isdisjoint(calls)
+
+
+def _overlapping_runs(storage: GcsStorage, spec: BatchSpec) -> tuple[list[dict[str, Any]], ...]:
+    """Runs A then B over one plan each (B planned while A was working); each run's rows and calls."""
+
+    async def go() -> tuple[list[dict[str, Any]], ...]:
+        processors = ScriptedProcessor(), ScriptedProcessor()
+        identity, limits = OutputIdentity.of(processors[0]), processors[0].limits
+        plans = [await plan_batch(storage, spec, extension=".png", identity=identity, limits=limits)]
+        plans.append(await plan_batch(storage, spec, extension=".png", identity=identity, limits=limits))
+        found = []
+        for owner, processor, plan in zip(("dag/runA/t/-1", "dag/runB/t/-1"), processors, plans, strict=True):
+            manifest = ManifestWriter()
+            claims = ClaimStore(storage, spec.destination_bucket, spec.internal_prefix, owner)
+            await BatchRunner(storage, processor, plan, manifest, claims=claims, writer_id=owner).run()
+            found.append([*read_manifest(manifest.getvalue()), {"calls": processor.calls}])
+        return tuple(found)
+
+    return asyncio.run(go())
+
+
+def _lose_the_reply_of_the_first_output_write(
+    storage: GcsStorage, monkeypatch: pytest.MonkeyPatch, dst: str, *, stat_fails: bool = False
+) -> None:
+    """The first write of ``a.png`` to ``dst`` lands but raises (its reply lost, retries exhausted);
+    with ``stat_fails`` the stat right after it fails too."""
+    write, stat, lost = storage.write, storage.stat, []
+
+    def losing_write(bucket: str, name: str, data: bytes, **kwargs: Any) -> Any:
+        info = write(bucket, name, data, **kwargs)
+        if (bucket, name) == (dst, "a.png") and not lost:
+            lost.append(name)
+            raise StorageUnavailableError("writing failed: GCS stayed unavailable", bucket=bucket, name=name)
+        return info
+
+    def failing_stat(bucket: str, name: str) -> Any:
+        if (bucket, name) == (dst, "a.png") and lost == ["a.png"]:
+            lost.append("stat")
+            raise StorageUnavailableError("stat failed: GCS stayed unavailable", bucket=bucket, name=name)
+        return stat(bucket, name)
+
+    monkeypatch.setattr(storage, "write", losing_write)
+    if stat_fails:
+        monkeypatch.setattr(storage, "stat", failing_stat)
+
+
+def test_an_output_write_that_landed_but_raised_is_done_and_keeps_its_claim(buckets, monkeypatch) -> None:
+    """The write's reply was lost after GCS stored it: the stat finds this write's token and checksums,
+    so the image is done (not upload_failed) and its claim stays; an overlapping run pays nothing."""
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    _lose_the_reply_of_the_first_output_write(storage, monkeypatch, dst)
+    first, second = _overlapping_runs(storage, BatchSpec(source_bucket=src, destination_bucket=dst))
+    assert (first[0]["status"], first[0]["error_code"], first[0]["credits"]) == ("done", None, "1")
+    assert (second[0]["status"], second[0]["error_code"]) == ("pending", "claimed_elsewhere")
+    assert len(first[-1]["calls"]) + len(second[-1]["calls"]) == 1  # paid once
+
+
+def test_an_output_write_that_raised_and_cannot_be_checked_lets_the_next_taker_look(
+    buckets, monkeypatch
+) -> None:
+    """The write raised and the stat after it failed: the image fails upload_failed, and its claim is
+    released so that the next run looks for an output before paying (it finds A's and skips it)."""
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    _lose_the_reply_of_the_first_output_write(storage, monkeypatch, dst, stat_fails=True)
+    first, second = _overlapping_runs(storage, BatchSpec(source_bucket=src, destination_bucket=dst))
+    assert (first[0]["status"], first[0]["error_code"]) == ("failed", "upload_failed")
+    assert "could not be checked" in first[0]["error_message"]
+    assert (second[0]["status"], second[0]["error_code"]) == ("skipped", "already_done")
+    assert len(first[-1]["calls"]) + len(second[-1]["calls"]) == 1  # paid once
+
+
+def test_an_output_write_that_failed_and_stored_nothing_frees_its_claim_for_the_next_run(
+    buckets, monkeypatch
+) -> None:
+    """The stat shows nothing was stored: the claim is released as "no output", the next run pays."""
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    write = storage.write
+
+    def refused(bucket: str, name: str, data: bytes, **kwargs: Any) -> Any:
+        if (bucket, name) == (dst, "a.png"):
+            raise StorageUnavailableError("writing failed: GCS stayed unavailable", bucket=bucket, name=name)
+        return write(bucket, name, data, **kwargs)
+
+    monkeypatch.setattr(storage, "write", refused)
+    first, _ = _overlapping_runs(storage, BatchSpec(source_bucket=src, destination_bucket=dst))
+    assert (first[0]["status"], first[0]["error_code"]) == ("failed", "upload_failed")
+    assert "could not be checked" not in first[0]["error_message"]
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    (claim,) = storage.list_objects(dst, spec.internal_prefix + "claims/")
+    assert claim.metadata[META_EXPIRES] == "0"
 
 
 def test_empty_prefix_is_nothing_to_do(buckets) -> None:
