@@ -164,8 +164,12 @@ class ManifestWriter:
 
 
 def read_manifest(data: bytes) -> list[dict[str, Any]]:
-    """Parse a manifest's bytes back into rows."""
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    """
+    Parse a manifest's bytes back into rows, one per ``\\n``-ended line: rows are written with
+    ``ensure_ascii=False``, so a source name's U+2028, U+2029 or U+0085 (legal in GCS names) is in a
+    row raw, and ``str.splitlines`` would split the row there.
+    """
+    return [json.loads(line) for line in data.split(b"\n") if line.strip()]
 
 
 def manifest_part_name(manifest_name: str, part: int) -> str:

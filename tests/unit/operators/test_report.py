@@ -14,7 +14,7 @@ from PIL import Image
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.operators import report
 from airflow_provider_bgremoval.operators.report import RunReportOperator, parse_estimate, report_prefix
-from airflow_provider_bgremoval.pipeline.manifest import manifest_object_name
+from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter, manifest_object_name
 from airflow_provider_bgremoval.storage.gcs import ObjectInfo
 
 
@@ -393,3 +393,31 @@ def test_the_report_lists_only_its_runs_manifests_and_reads_each_try_once(
     assert storage.requests["list"] == 1
     read = sorted(name for _, name in storage.reads)
     assert read == sorted([finals[0], finals[1], *(manifest_part_name(finals[2], part) for part in (1, 2))])
+
+
+def test_a_source_name_with_a_unicode_line_separator_is_reported(
+    bucket: dict[tuple[str, str], bytes],
+) -> None:
+    """A row whose source name holds U+2028 (legal in GCS names, written raw) is one row of the report."""
+    name = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "cutouts", 0, 3)
+    with ManifestWriter() as writer:  # as the bucket task writes it
+        writer.add(
+            ManifestRow(
+                source="gs://raw/e\u2028f.jpg",
+                source_generation=1,
+                destination=None,
+                status="rejected",
+                vendor="poof",
+                operation="remove_background",
+                error_code="too_large",
+                error_message="big",
+            )
+        )
+        bucket["out", name] = writer.getvalue()
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    assert result["counts"]["rejected"] == 2
+    written = json.loads(bucket["out", f"{report_prefix('cut', 'dag', 'manual__1')}report.json"])
+    assert {"source": "gs://raw/e\u2028f.jpg", "error_code": "too_large", "message": "big"} in written[
+        "rejected"
+    ]

@@ -82,3 +82,16 @@ def test_a_part_saved_from_a_mark_holds_exactly_the_rows_up_to_it() -> None:
 def test_an_unknown_status_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown manifest status"):
         _row(1, status="finished")
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x1c"])
+def test_a_source_name_with_a_unicode_line_separator_stays_one_row(separator: str) -> None:
+    """GCS names may hold U+2028, U+2029 or U+0085: written raw (``ensure_ascii=False``), each is
+    inside its row, which only ``\\n`` ends."""
+    rows = [_row(1, source=f"gs://src/shoe{separator}red.png"), _row(2)]
+    with ManifestWriter() as manifest:
+        for one in rows:
+            manifest.add(one)
+        data = manifest.getvalue()
+    assert data.count(b"\n") == 2
+    assert read_manifest(data) == [asdict(one) for one in rows]
