@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.contact_sheet import render_contact_sheet, rendition_images
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.contact_sheet import Pair, render_contact_sheet, rendition_images
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.operators.bucket_job import load_list
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
+from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
-from airflow_provider_bgremoval.storage.exceptions import split_gs_uri
+from airflow_provider_bgremoval.storage.exceptions import StorageError, split_gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 #: Upstream task states that make the report task fail after writing the report.
 _BAD_UPSTREAM_STATES = frozenset({"failed", "upstream_failed"})
+#: The largest sample object the contact sheet reads (the largest master rendering reads); a larger
+#: one is drawn "unreadable", unread.
+SAMPLE_MAX_BYTES = MASTER_MAX_BYTES
 
 
 def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
@@ -180,7 +184,13 @@ class RunReportOperator(BaseOperator):
             f"{dag_id} · {run_id} · done {counts['done']} · skipped {counts['skipped']} · "
             f"rejected {counts['rejected']} · credits {credits_spent}"
         )
-        contact_sheet_uri = self._write_contact_sheet(storage, f"{folder}contact-sheet.png", sample, title)
+        try:  # the contact sheet is a courtesy: it never takes the report down
+            contact_sheet_uri = self._write_contact_sheet(
+                storage, f"{folder}contact-sheet.png", sample, title
+            )
+        except Exception as exc:
+            self.log.warning("No contact sheet: %s: %s", type(exc).__name__, safe_excerpt(str(exc)))
+            contact_sheet_uri = None
         common = {
             "contact_sheet_uri": contact_sheet_uri,
             "counts": counts,
@@ -210,7 +220,7 @@ class RunReportOperator(BaseOperator):
             report_uri,
             ", ".join(f"{status} {count}" for status, count in counts.items()),
             credits_spent,
-            contact_sheet_uri or "(no processed images)",
+            contact_sheet_uri or ("(not written)" if sample else "(no processed images)"),
         )
         result = {"report_uri": report_uri, **common, "sample_pairs": len(sample)}
         if self.fail_on_upstream_failure:
@@ -238,16 +248,38 @@ class RunReportOperator(BaseOperator):
     ) -> str | None:
         if not sample:
             return None
-        pairs = []
-        for row in sample:
-            source = split_gs_uri(row["source"])
-            result = split_gs_uri(row["destination"] or row["master"]["object"])
-            images = (source[1].rsplit("/", 1)[-1], storage.read(*source), storage.read(*result))
-            pairs.append((*images, rendition_images(row, storage.read)) if row.get("renditions") else images)
+        pairs = [self._pair(storage, row) for row in sample]
         png = render_contact_sheet(
             pairs, title=title, thumb=int(self.thumb), columns=int(self.columns), colors=self.colors
         )
         return self._write(storage, name, png, "image/png")
+
+    def _pair(self, storage: GcsStorage, row: Mapping[str, Any]) -> Pair:
+        """One sample's source, output and renditions, each read at the generation its row records."""
+        master = row.get("master") or {}
+        output = row["destination"] or master["object"]
+        pins = {row["source"]: row.get("source_generation"), master.get("object"): master.get("generation")}
+        pins.update((entry.get("object"), entry.get("generation")) for entry in row.get("renditions") or ())
+
+        def read(bucket: str, name: str) -> bytes:
+            return self._sample_bytes(storage, bucket, name, pins.get(f"gs://{bucket}/{name}"))
+
+        label = split_gs_uri(row["source"])[1].rsplit("/", 1)[-1]
+        images = (label, read(*split_gs_uri(row["source"])), read(*split_gs_uri(output)))
+        return (*images, rendition_images(row, read)) if row.get("renditions") else images
+
+    def _sample_bytes(self, storage: GcsStorage, bucket: str, name: str, generation: Any) -> bytes:
+        """
+        A sample's bytes, pinned to the generation its row records (when it records one) and capped at
+        :data:`SAMPLE_MAX_BYTES`; ``b""`` (drawn as "unreadable") when it cannot be read: deleted,
+        replaced, too large, or storage failing.
+        """
+        pin = int(generation) if str(generation).isdigit() and int(generation) > 0 else None
+        try:
+            return storage.read(bucket, name, generation=pin, max_bytes=SAMPLE_MAX_BYTES)
+        except StorageError as exc:
+            self.log.warning("Contact sheet: gs://%s/%s is drawn unreadable: %s", bucket, name, exc)
+            return b""
 
     def _judge_upstream(self, context: Context, result: dict[str, Any]) -> None:
         upstream = sorted(self.upstream_task_ids)

@@ -15,6 +15,12 @@ from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.operators import report
 from airflow_provider_bgremoval.operators.report import RunReportOperator, parse_estimate, report_prefix
 from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter, manifest_object_name
+from airflow_provider_bgremoval.storage.exceptions import (
+    ObjectChangedError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StorageUnavailableError,
+)
 from airflow_provider_bgremoval.storage.gcs import ObjectInfo
 
 
@@ -29,14 +35,33 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.generations: dict[tuple[str, str], int] = {}  # 1 unless set
+        self.reads: list[tuple[str, str, int | None, int | None]] = []
 
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         for (b, name), data in sorted(self.objects.items()):
             if b == bucket and name.startswith(prefix):
                 yield ObjectInfo(bucket=b, name=name, generation=1, size=len(data))
 
-    def read(self, bucket: str, name: str) -> bytes:
-        return self.objects[bucket, name]
+    def read(
+        self, bucket: str, name: str, *, generation: int | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        self.reads.append((bucket, name, generation, max_bytes))
+        if (bucket, name) not in self.objects:
+            raise ObjectNotFoundError(f"gs://{bucket}/{name} does not exist", bucket=bucket, name=name)
+        live = self.generations.get((bucket, name), 1)
+        if generation is not None and generation != live:
+            raise ObjectChangedError(
+                f"gs://{bucket}/{name} generation {generation} no longer exists",
+                bucket=bucket,
+                name=name,
+                expected_generation=generation,
+                current_generation=live,
+            )
+        data = self.objects[bucket, name]
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(f"gs://{bucket}/{name} is too large", bucket=bucket, name=name)
+        return data
 
     def write(self, bucket: str, name: str, data: bytes, **kwargs: Any) -> ObjectInfo:
         self.objects[bucket, name] = data
@@ -421,3 +446,63 @@ def test_a_source_name_with_a_unicode_line_separator_is_reported(
     assert {"source": "gs://raw/e\u2028f.jpg", "error_code": "too_large", "message": "big"} in written[
         "rejected"
     ]
+
+
+def test_a_deleted_sample_source_is_drawn_unreadable_and_the_report_is_written(
+    bucket: dict[tuple[str, str], bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A processed source removed after the run (by a user, a lifecycle rule): its tile says
+    "unreadable", the contact sheet and report.json are written."""
+    del bucket["raw", "a.jpg"]
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    folder = report_prefix("cut", "dag", "manual__1")
+    assert result["contact_sheet_uri"] == f"gs://out/{folder}contact-sheet.png"
+    assert json.loads(bucket["out", f"{folder}report.json"])["counts"]["done"] == 2
+    assert "gs://raw/a.jpg is drawn unreadable" in capsys.readouterr().out  # the task log
+
+
+def test_sample_reads_are_pinned_to_the_row_s_generations_and_capped(
+    bucket: dict[tuple[str, str], bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The source at the row's ``source_generation``, the master at its recorded generation, each with a
+    size cap: a source replaced since the run is not shown as if it were the one processed."""
+    storage = report.GcsStorage(gcp_conn_id=None)  # type: ignore[call-arg] # the fixture's storage
+    name = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "other", None, 1)
+    master = {"object": "gs://out/m/e.png", "generation": 7, "status": "done"}
+    bucket["out", name] = manifest(
+        row("e", "done", vendor="poof", credits="1", source_generation=5, master=master, renditions=[])
+        | {"destination": None}
+    )
+    bucket["raw", "e.jpg"], bucket["out", "m/e.png"] = png((1, 2, 3, 255)), png((1, 2, 3, 128))
+    storage.generations["raw", "e.jpg"], storage.generations["out", "m/e.png"] = 6, 7  # e.jpg replaced
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    assert result["sample_pairs"] == 3 and result["contact_sheet_uri"] is not None
+    samples = [r for r in storage.reads if not r[1].endswith(".jsonl")]
+    assert ("raw", "e.jpg", 5, report.SAMPLE_MAX_BYTES) in samples
+    assert ("out", "m/e.png", 7, report.SAMPLE_MAX_BYTES) in samples
+    assert ("raw", "a.jpg", None, report.SAMPLE_MAX_BYTES) in samples  # the row records no generation
+    logged = capsys.readouterr().out  # the task log
+    assert "gs://raw/e.jpg is drawn unreadable" in logged and "gs://out/m/e.png" not in logged
+
+
+def test_a_contact_sheet_that_cannot_be_written_leaves_the_report(
+    bucket: dict[tuple[str, str], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = report.GcsStorage(gcp_conn_id=None)  # type: ignore[call-arg] # the fixture's storage
+    write = storage.write
+
+    def failing_sheet(bucket_name: str, name: str, data: bytes, **kwargs: Any) -> ObjectInfo:
+        if name.endswith("contact-sheet.png"):
+            raise StorageUnavailableError(
+                "writing failed: GCS stayed unavailable", bucket=bucket_name, name=name
+            )
+        return write(bucket_name, name, data, **kwargs)
+
+    monkeypatch.setattr(storage, "write", failing_sheet)
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    folder = report_prefix("cut", "dag", "manual__1")
+    assert result["contact_sheet_uri"] is None
+    assert json.loads(bucket["out", f"{folder}report.json"])["contact_sheet_uri"] is None
