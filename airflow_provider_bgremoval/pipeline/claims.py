@@ -12,7 +12,7 @@ from contextlib import suppress
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timezone
 
-from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
+from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 META_OWNER = "bgremoval-claim-owner"
@@ -113,6 +113,23 @@ class ClaimStore:
             with suppress(WriteConflictError):  # taken over after our lease ran out: nothing of ours to free
                 self._write(destination, *held, released=True, looked=not output_unknown)
 
+    def _claim(self, destination: str, name: str, generation: int) -> None:
+        """
+        Write our live claim over ``generation``; a write that raised (not a refusal) may have landed:
+        a claim found carrying our owner is released at once, best effort, as expired (it may also be
+        an earlier try's, whose output the next taker then looks for), and the error is raised.
+        """
+        try:
+            self._write(destination, name, generation)
+        except WriteConflictError:
+            raise
+        except StorageError:
+            with suppress(StorageError):
+                current = self.storage.stat(self.bucket, name)
+                if current is not None and (current.metadata or {}).get(META_OWNER) == self.owner:
+                    self._write(destination, name, current.generation, released=True, looked=False)
+            raise
+
     def acquire(self, destination: str, source_generation: int = 0) -> ClaimHolder | None:
         """
         Claim ``destination`` made from ``source_generation``.
@@ -124,7 +141,7 @@ class ClaimStore:
         name = self._claim_name(destination, source_generation)
         for _ in range(3):
             with suppress(WriteConflictError):
-                self._write(destination, name, 0)
+                self._claim(destination, name, 0)
                 return None
             current = self.storage.stat(self.bucket, name)
             if current is None:
@@ -138,7 +155,7 @@ class ClaimStore:
             if holder != self.owner and expires > self.clock():
                 return ClaimHolder(holder, expires)
             with suppress(WriteConflictError):  # somebody else took it over first: look again
-                self._write(destination, name, current.generation)
+                self._claim(destination, name, current.generation)
                 if meta.get(META_EXPIRES) != "0":  # a released claim's holder stored no output
                     self.taken_over.add(destination)
                 return None

@@ -1,0 +1,83 @@
+"""ClaimStore over a real fake-gcs-server: releases, and claim writes that raised but may have landed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, META_OWNER, ClaimStore
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec
+from airflow_provider_bgremoval.storage.exceptions import StorageUnavailableError
+from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "o/_bgremoval/"
+
+
+def _lose_claim_replies(storage: GcsStorage, monkeypatch: pytest.MonkeyPatch, times: int = 1) -> list[str]:
+    """The next ``times`` claim writes land but raise (their replies lost, retries exhausted)."""
+    write, lost = storage.write, []
+
+    def losing_write(bucket: str, name: str, data: bytes, **kwargs: Any) -> Any:
+        info = write(bucket, name, data, **kwargs)
+        if "/claims/" in name and len(lost) < times:
+            lost.append(name)
+            raise StorageUnavailableError("writing failed: GCS stayed unavailable", bucket=bucket, name=name)
+        return info
+
+    monkeypatch.setattr(storage, "write", losing_write)
+    return lost
+
+
+def _claims(storage: GcsStorage, dst: str) -> list[dict[str, str]]:
+    return [dict(info.metadata) for info in storage.list_objects(dst, PREFIX + "claims/")]
+
+
+def test_releases_say_whether_the_next_taker_must_look_for_an_output(buckets) -> None:
+    storage, _, dst = buckets
+    clock = [1_000_000.0]
+    mine = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1", clock=lambda: clock[0])
+    assert mine.acquire("a.png", 1) is None and mine.acquire("b.png", 1) is None
+    mine.release("a.png")  # nothing stored: the next taker pays at once
+    mine.release("b.png", output_unknown=True)  # a write raised: it may have landed
+    by_expiry = sorted(meta[META_EXPIRES] for meta in _claims(storage, dst))
+    assert by_expiry == ["0", "1000000"]
+    other = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1", clock=lambda: clock[0] + 1)
+    assert other.acquire("a.png", 1) is None and other.acquire("b.png", 1) is None
+    assert other.taken_over == {"b.png"}
+
+
+def test_a_claim_create_that_landed_but_raised_is_released(buckets, monkeypatch) -> None:
+    """The claim is there under our owner though the write raised: it is released at once, not left
+    live for the lease (other runs would leave the image pending for an hour)."""
+    storage, _, dst = buckets
+    lost = _lose_claim_replies(storage, monkeypatch)
+    mine = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1")
+    with pytest.raises(StorageUnavailableError):
+        mine.acquire("a.png", 1)
+    assert len(lost) == 1
+    (meta,) = _claims(storage, dst)
+    assert meta[META_OWNER] == "dag/run1/t/-1" and float(meta[META_EXPIRES]) <= mine.clock()
+    other = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1")
+    assert other.acquire("a.png", 1) is None  # free now
+    assert other.taken_over == {"a.png"}  # released as expired: the taker looks for an output first
+
+
+def test_a_lost_claim_reply_fails_the_image_unpaid_and_the_next_run_makes_it(buckets, monkeypatch) -> None:
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    _lose_claim_replies(storage, monkeypatch)
+    first = ScriptedProcessor()
+    _, _, rows = run(storage, spec, first, claims=ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1"))
+    assert (rows[0]["status"], rows[0]["error_code"], first.calls) == (
+        "failed",
+        "StorageUnavailableError",
+        [],
+    )
+    second = ScriptedProcessor()
+    _, result, rows = run(storage, spec, second, claims=ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1"))
+    assert result.counts["done"] == 1 and second.calls == ["a.png"]  # not pending claimed_elsewhere
