@@ -36,7 +36,12 @@ from airflow_provider_bgremoval.operators.bucket_job import (
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
 from airflow_provider_bgremoval.pipeline.accounts import Account
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
-from airflow_provider_bgremoval.pipeline.plan_store import AIRFLOW_MAX_MAP_LENGTH, PlanWriter, plan_prefix
+from airflow_provider_bgremoval.pipeline.plan_store import (
+    AIRFLOW_MAX_MAP_LENGTH,
+    PlanWriter,
+    PricedRun,
+    plan_prefix,
+)
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan
 from airflow_provider_bgremoval.results import AccountState, Balance
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -251,16 +256,16 @@ class CreditsPreflightOperator(BucketJobOperator):
             plan = self._plan(context, job, max_shards, check=False)
             cost, cost_source = self._price(job, plan, test_hook)
             balances = self._balances(context, job, plan.billable)
-            estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
+            estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
             # Too close to call, or only a header can tell (which account of a chain takes an image):
             # check the files, price again.
             if not plan.checked and (not estimate["sufficient"] or self._limits_decide(job, estimate)):
                 plan = self._checked(context, job, plan, max_shards)
-                estimate = self._estimate(job, plan, cost, cost_source, margin, balances)
+                estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
             run_coroutine(job.aclose_hooks())
         if isinstance(plan, PlanWriter):
-            estimate["shards"] = self._push_shards(context, job, plan, max_shards or 0, estimate)
+            estimate["shards"] = self._push_shards(context, job, plan, max_shards or 0, pricing)
         amounts = {key: format_credits(Decimal(estimate[key])) for key in _AMOUNTS}
         log.info(
             "Credits pre-flight (%(conn_id)s, %(vendor)s): %(billable_images)d billable of %(sources)d "
@@ -337,13 +342,19 @@ class CreditsPreflightOperator(BucketJobOperator):
         return self._plan(context, job, max_shards, check=True)
 
     def _push_shards(
-        self, context: Context, job: BucketJob, plan: PlanWriter, max_shards: int, estimate: Mapping[str, Any]
+        self,
+        context: Context,
+        job: BucketJob,
+        plan: PlanWriter,
+        max_shards: int,
+        pricing: Sequence[PricedRun],
     ) -> int:
         """
         Split the kept plan into shards holding what the estimate priced (its ``billable_images``: the
-        first the run's budget pays for), each with its share of the run's budgets; push XCom ``shards``.
+        first the run's budget pays for), each with its share of the run's budgets: the credits
+        ``pricing`` placed on its images, in all and per account; push XCom ``shards``.
         """
-        images = int(estimate["billable_images"])
+        images = sum(run.count for run in pricing)
         assert job.chain is not None
         min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
         refs = plan.finish(
@@ -352,6 +363,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             max_items=images,
             max_credits=parse_credits(self.max_credits, "max_credits"),
             account_credits={account.conn_id: account.budget for account in job.chain.accounts},
+            pricing=pricing,
         )
         context["ti"].xcom_push(key="shards", value=[ref.model_dump(mode="json") for ref in refs])
         return len(refs)
@@ -364,25 +376,29 @@ class CreditsPreflightOperator(BucketJobOperator):
         cost_source: str,
         margin: SafetyMargin,
         balances: Sequence[Balance],
-    ) -> dict[str, Any]:
-        """The estimate of ``plan`` (fields: docs/credits.md); a chain's is pooled over its accounts."""
+    ) -> tuple[dict[str, Any], list[PricedRun]]:
+        """
+        The estimate of ``plan`` (fields: docs/credits.md), a chain's pooled over its accounts; with how
+        it priced its ``billable_images`` (what the shards hold), image by image in plan order.
+        """
         max_images = parse_count(self.max_images, "max_images")
         max_credits = parse_credits(self.max_credits, "max_credits")
         billable = plan.billable if max_images is None else min(plan.billable, max_images)
         pooled: dict[str, Any] = {}
         if len(balances) > 1:  # the images the pooled allocation reaches within max_credits
-            billable, pooled = self._pooled(job, plan.accepted_among(billable), balances, max_credits)
+            billable, pooled, pricing = self._pooled(
+                job, plan.accepted_among(billable), balances, max_credits
+            )
             needed = Decimal(pooled["needed"])
         else:  # the images max_credits pays for at the cost per image
-            if max_credits is not None and cost > 0:
-                billable = min(billable, int(max_credits // cost))
+            billable, pricing = self._single(job, billable, cost, max_credits)
             needed = cost * billable
         extra = margin.on(needed) if billable else Decimal(0)
         if pooled:
             sufficient = pooled["shortfall_images"] == 0 and Decimal(pooled["available"]) >= needed + extra
         else:
             sufficient = has_enough(balances[0], needed + extra)
-        return {
+        estimate = {
             "conn_id": self.conn_ids() if pooled else self.conn_id,
             "vendor": job.processor.vendor,
             "operation": job.processor.operation,
@@ -406,6 +422,18 @@ class CreditsPreflightOperator(BucketJobOperator):
             "balance": balances[0].as_dict(),
             "sufficient": billable == 0 or sufficient,
         }
+        return estimate, pricing
+
+    @staticmethod
+    def _single(
+        job: BucketJob, billable: int, cost: Decimal, max_credits: Decimal | None
+    ) -> tuple[int, list[PricedRun]]:
+        """One connection's billable images: as many as ``max_credits`` pays for at ``cost``."""
+        assert job.chain is not None
+        account = job.chain.primary
+        if max_credits is not None and cost > 0:
+            billable = min(billable, int(max_credits // cost))
+        return billable, [PricedRun(billable, account.conn_id, cost)] if billable else []
 
     @staticmethod
     def _pooled(
@@ -413,11 +441,12 @@ class CreditsPreflightOperator(BucketJobOperator):
         accepted: Sequence[int | None],
         balances: Sequence[Balance],
         max_credits: Decimal | None,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any], list[PricedRun]]:
         """
         A chain's share of the estimate: each billable image at the first account whose limits take it
         and whose usable credits pay for it, within ``max_credits`` (docs/credits.md, "Pooled pre-flight");
-        with how many of the first billable images that allocation reaches (what the shards hold).
+        with how many of the first billable images that allocation reaches (what the shards hold) and
+        where it priced each of them.
         """
         assert job.chain is not None
         accounts = list(job.chain.accounts)
@@ -444,14 +473,22 @@ class CreditsPreflightOperator(BucketJobOperator):
             )
         ]
         needed = pool.needed if max_credits is None else min(pool.needed, max_credits)
-        return pool.reached, {
-            "needed": str(needed),
-            "available": str(sum(pool.usable, Decimal(0))),
-            "accounts": entries,
-            "used_accounts": [entry["conn_id"] for entry in entries if entry["images"]],
-            "shortfall_images": pool.shortfall,
-            "unaccepted_images": pool.unaccepted,
-        }
+        pricing = [
+            PricedRun(count, None if index is None else accounts[index].conn_id, cost)
+            for count, index, cost in pool.runs
+        ]
+        return (
+            pool.reached,
+            {
+                "needed": str(needed),
+                "available": str(sum(pool.usable, Decimal(0))),
+                "accounts": entries,
+                "used_accounts": [entry["conn_id"] for entry in entries if entry["images"]],
+                "shortfall_images": pool.shortfall,
+                "unaccepted_images": pool.unaccepted,
+            },
+            pricing,
+        )
 
     @staticmethod
     def _render_only(job: BucketJob, plan: BatchPlan | PlanWriter) -> dict[str, Any]:
@@ -579,6 +616,9 @@ class _Pool:
     def __post_init__(self) -> None:
         self.images = [0] * len(self.costs)
         self.left = list(self.usable)
+        #: Where the reached images were priced, in plan order: ``(count, account index, cost)`` runs
+        #: (account ``None``: no account accepts them, or none could pay: the shortfall).
+        self.runs: list[tuple[int, int | None, Decimal]] = []
 
     def take(self, count: int, order: Sequence[int]) -> None:
         """
@@ -589,6 +629,8 @@ class _Pool:
         """
         if not order:  # the batch rejects them before any call
             self.unaccepted += count
+            if not self.capped:
+                self._place(count, None, Decimal(0))
             self._reach(count, count)
             return
         if self.capped:  # the cap left an earlier image out: the shards end before this one
@@ -600,13 +642,19 @@ class _Pool:
             images = count if cost <= 0 else min(count, int(max(left, Decimal(0)) // cost))
             self.images[index] += images
             self.left[index] -= cost * images
-            self._spend(cost * images)
+            self._place(images, index, cost)
             count -= images
         first = self.costs[order[0]]
         short = count if self.cap is None or first <= 0 else min(count, int(self.cap // first))
         self.shortfall += short
-        self._spend(first * short)
+        self._place(short, None, first)
         self._reach(wanted - count + short, wanted)
+
+    def _place(self, count: int, index: int | None, cost: Decimal) -> None:
+        """Price ``count`` images at ``cost`` on account ``index`` (``None``: on none)."""
+        if count:
+            self.runs.append((count, index, cost))
+        self._spend(cost * count)
 
     def _reach(self, covered: int, count: int) -> None:
         """The allocation reaches ``covered`` of the next ``count`` images (fewer: the cap stopped it)."""

@@ -41,8 +41,6 @@ MAX_SHARD_ROWS = 20_000
 SAMPLES = 3
 #: Airflow's default ``[core] max_map_length``.
 AIRFLOW_MAX_MAP_LENGTH = 1024
-#: The finest credit a shard's share of a budget is counted in (shares are rounded down to it).
-CREDIT_QUANTUM = Decimal("0.000001")
 
 
 #: Characters kept as they are in a plan folder's id parts (letters and digits too); every other
@@ -98,24 +96,45 @@ def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
     return list(pairwise(bounds))
 
 
-def split_credits(total: Decimal, counts: Sequence[int]) -> list[Decimal | None]:
+@dataclass(frozen=True)
+class PricedRun:
     """
-    ``total`` credits shared in proportion to ``counts`` (each shard's billable items), in exact integer
-    arithmetic: each share rounded down to :data:`CREDIT_QUANTUM`, the shares summing to at most ``total``.
-    A part with no items gets ``None`` (it has nothing to spend: its task keeps its own budget).
+    ``count`` consecutive billable items, in plan order, the pre-flight priced at ``cost`` each on one
+    account (its allocation: a chain's pooled one, or one connection's cost per image).
 
-    :param total: the run's budget (``max_credits``, or one account's ``max_credits_per_account``).
-    :param counts: billable items of each shard.
+    :param count: how many items.
+    :param conn_id: the account they were priced on (``None``: on none, e.g. no account accepts them).
+    :param cost: credits per item.
     """
-    units, whole = int(total // CREDIT_QUANTUM), sum(counts)
-    marks = [0]
-    for count in counts:
-        marks.append(marks[-1] + count)
-    cumulative = [units * mark // whole if whole else 0 for mark in marks]
-    return [
-        _tidy(Decimal(stop - start) * CREDIT_QUANTUM) if count else None
-        for count, (start, stop) in zip(counts, pairwise(cumulative), strict=True)
-    ]
+
+    count: int
+    conn_id: str | None
+    cost: Decimal
+
+
+def priced_credits(
+    pricing: Sequence[PricedRun], bounds: Sequence[tuple[int, int]]
+) -> list[dict[str | None, Decimal]]:
+    """
+    The credits ``pricing`` placed on each range of billable items, by account, in one pass.
+
+    :param pricing: the runs, in plan order, from item 0.
+    :param bounds: contiguous ``[start, stop)`` ranges from item 0 (:func:`shard_bounds`).
+    """
+    placed: list[dict[str | None, Decimal]] = [{} for _ in bounds]
+    shard, position = 0, 0
+    for run in pricing:
+        end = position + run.count
+        while position < end and shard < len(bounds):
+            taken = min(end, bounds[shard][1]) - position
+            if taken > 0:
+                credits = placed[shard]
+                credits[run.conn_id] = credits.get(run.conn_id, Decimal(0)) + run.cost * taken
+                position += taken
+            if position >= bounds[shard][1]:
+                shard += 1
+        position = end
+    return placed
 
 
 def _tidy(credits: Decimal) -> Decimal:
@@ -461,6 +480,7 @@ class PlanWriter:
         max_items: int | None = None,
         max_credits: Decimal | None = None,
         account_credits: Mapping[str, Decimal | None] | None = None,
+        pricing: Sequence[PricedRun] = (),
     ) -> list[ShardRef]:
         """
         Store the last chunks and split the plan into shards of at least ``min_shard_size`` sources (at
@@ -471,10 +491,12 @@ class PlanWriter:
         :param max_items: only the first this many billable items go into shards (the run's budget:
             ``max_images`` / ``max_credits`` apply to the run, not once per shard); the rest wait for a
             later run.
-        :param max_credits: the run's ``max_credits``: each shard gets its share, in proportion to its
-            billable items (:func:`split_credits`), so the mapped tasks together never spend more.
+        :param max_credits: the run's ``max_credits``: each shard's share is what ``pricing`` placed on
+            its items, so the mapped tasks together never spend more than the pre-flight priced.
         :param account_credits: each account's ``max_credits_per_account`` by ``conn_id`` (``None``: no
-            budget), shared out the same way.
+            budget): each shard's share is what ``pricing`` placed on its items on that account.
+        :param pricing: how the pre-flight priced the billable items going into shards (all of them,
+            in plan order), needed with a budget.
         """
         check_shard_limits(max_shards, min_shard_size)
         for stream in (self._items, self._settled, self._render):
@@ -498,7 +520,7 @@ class PlanWriter:
             "conn_ids": self.conn_ids,
             **batch,
         }
-        shares = _shares([stop - start for start, stop in items], max_credits, account_credits or {})
+        shares = _shares(items, pricing, max_credits, account_credits or {})
         shards = zip(items, totals, renders, shares, strict=True)
         return [
             ShardRef(
@@ -517,21 +539,32 @@ class PlanWriter:
 
 
 def _shares(
-    counts: list[int], max_credits: Decimal | None, account_credits: Mapping[str, Decimal | None]
+    items: list[tuple[int, int]],
+    pricing: Sequence[PricedRun],
+    max_credits: Decimal | None,
+    account_credits: Mapping[str, Decimal | None],
 ) -> list[dict[str, Any]]:
-    """Each shard's share of the run's budgets (:class:`ShardRef` fields), by its billable items."""
-    totals = split_credits(max_credits, counts) if max_credits is not None else [None] * len(counts)
-    accounts = {
-        conn: split_credits(budget, counts) for conn, budget in account_credits.items() if budget is not None
-    }
+    """
+    Each shard's share of the run's budgets (:class:`ShardRef` fields): the credits the pre-flight's
+    pricing placed on its billable items, in all and on each account with a budget (a shard without
+    billable items: no share).
+    """
+    budgeted = [conn for conn, budget in account_credits.items() if budget is not None]
+    if max_credits is None and not budgeted:
+        return [{} for _ in items]
+    priced, held = sum(run.count for run in pricing), items[-1][1] if items else 0
+    if priced != held:
+        raise ValueError(f"the pricing covers {priced} billable item(s), the shards hold {held}")
     return [
         {
-            "max_credits": total,
+            "max_credits": _tidy(sum(placed.values(), Decimal(0))) if max_credits is not None else None,
             "max_credits_per_account": tuple(
-                (conn, parts[index]) for conn, parts in accounts.items() if parts[index] is not None
+                (conn, _tidy(placed.get(conn, Decimal(0)))) for conn in budgeted
             ),
         }
-        for index, total in enumerate(totals)
+        if stop > start
+        else {}
+        for (start, stop), placed in zip(items, priced_credits(pricing, items), strict=True)
     ]
 
 

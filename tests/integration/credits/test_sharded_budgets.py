@@ -107,19 +107,33 @@ def test_max_credits_bounds_a_chain_whose_dearer_account_pays(env: Any, dag_test
     refs = [ShardRef.model_validate(ref) for ref in run.xcom("shards")]
     priced = sum(account["images"] for account in estimate["accounts"])
     assert sum(ref.images for ref in refs) == priced == estimate["billable_images"] == 5
-    assert [ref.max_credits for ref in refs] == [6, 4]  # in proportion to their 3 and 2 images
+    assert [ref.max_credits for ref in refs] == [6, 4]  # their 3 and 2 images at Poof's 2, as priced
 
 
-def test_max_credits_per_account_bounds_the_run_over_all_shards(env: Any, dag_tester: Any) -> None:
-    """Pixian may spend 3 credits in the run: over 3 shards it spends 3, not 3 in each of them."""
+@pytest.mark.parametrize("shards", [3, 4])
+def test_max_credits_per_account_bounds_the_run_over_all_shards(
+    env: Any, dag_tester: Any, shards: int
+) -> None:
+    """
+    Pixian may spend 3 credits in the run: over the shards it spends 3, not 3 in each of them; the shard
+    holding the 3 images priced on Pixian carries those 3 credits (4 shards by image count: 0.75 each,
+    less than one image, so Pixian took none).
+    """
     sandbox = env[0]
     budget = {"pixian_default": 3}
     conn_id = ["pixian_default", "poof_default"]
     run = _run(
-        env, dag_tester, "sharded_account_budget", 12, 3, conn_id=conn_id, max_credits_per_account=budget
+        env,
+        dag_tester,
+        f"sharded_account_budget_{shards}",
+        12,
+        shards,
+        conn_id=conn_id,
+        max_credits_per_account=budget,
     )
-    assert sandbox.admin.total_charged("pixian") == 3  # one image on Pixian in each shard, the rest on Poof
+    assert sandbox.admin.total_charged("pixian") == 3  # the 3 images priced on Pixian, the rest on Poof
     assert sandbox.admin.total_charged("poof") == 9
     refs = [ShardRef.model_validate(ref) for ref in run.xcom("shards")]
-    assert [ref.max_credits_per_account for ref in refs] == [(("pixian_default", 1),)] * 3
-    assert sum(run.xcom("cutouts", map_index=index)["done"] for index in range(3)) == 12
+    shares = [3] + [0] * (shards - 1)
+    assert [ref.max_credits_per_account for ref in refs] == [(("pixian_default", share),) for share in shares]
+    assert sum(run.xcom("cutouts", map_index=index)["done"] for index in range(shards)) == 12

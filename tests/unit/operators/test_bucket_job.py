@@ -24,7 +24,7 @@ from airflow_provider_bgremoval.operators.bucket import (
 )
 from airflow_provider_bgremoval.operators.bucket_job import BucketJobOperator, parse_count
 from airflow_provider_bgremoval.operators.preflight import CreditsCheckOperator, GenerateCreditsCheckOperator
-from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
+from airflow_provider_bgremoval.pipeline.plan_store import PricedRun, ShardRef
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, BatchSpec, OutputIdentity
 from airflow_provider_bgremoval.pipeline.processors import GenerationProcessor, RemovalProcessor
 from tests.support.balances import PIXIAN_ID, PIXIAN_SECRET, FakeVendors
@@ -196,7 +196,8 @@ def test_a_shard_task_spends_at_most_its_share_of_each_accounts_budget(vendors: 
     bucket_job.run_coroutine(job.aclose_hooks())
     assert job.chain is not None
     budgets = {account.conn_id: account.budget for account in job.chain.accounts}
-    refs = writer.finish(max_shards=3, min_shard_size=1, account_credits=budgets)
+    pricing = [PricedRun(12, "poof_default", Decimal("0.25"))]  # 4 images a shard: 1 credit on poof
+    refs = writer.finish(max_shards=3, min_shard_size=1, account_credits=budgets, pricing=pricing)
     for own, expected in ((None, 1), ("0.5", Decimal("0.5")), (5, 1)):
         given = {"poof_default": own} if own is not None else {}
         params = {**chain, "max_credits_per_account": given}

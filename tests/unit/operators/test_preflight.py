@@ -542,8 +542,8 @@ def test_the_runs_budget_bounds_what_all_shards_hold_together(
     assert sum(ShardRef.model_validate(ref).images for ref in pushed["shards"]) == images
     assert estimate["deferred_images"] == 9 - images  # in no shard: named for a later run
     shares = [ShardRef.model_validate(ref).max_credits for ref in pushed["shards"]]
-    if "max_credits" in budget:  # each mapped task gets its share of the run's max_credits, in all 5.5
-        assert shares == [Decimal("2.2"), Decimal("2.2"), Decimal("1.1")]
+    if "max_credits" in budget:  # each mapped task's share of max_credits: what its images were priced at
+        assert shares == [Decimal(2), Decimal(2), Decimal(1)]
     else:
         assert shares == [None, None, None]
 
@@ -565,7 +565,65 @@ def test_a_chains_shards_hold_what_the_pooled_allocation_priced(
     refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
     priced = sum(account["images"] for account in estimate["accounts"])
     assert [ref.images for ref in refs] == [3, 2] and priced == 5 == estimate["billable_images"]
-    assert [ref.max_credits for ref in refs] == [6, 4]  # 10 credits in all, by each shard's images
+    assert [ref.max_credits for ref in refs] == [6, 4]  # 10 credits in all: 3 and 2 images at poof's 2
+
+
+@pytest.mark.integration
+def test_each_chain_shard_gets_the_credits_the_pooled_allocation_priced_in_it(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """
+    Pixian (1 credit, 4 left) then poof (2): max_credits=10 prices 7 images, 4 x 1 + 3 x 2. The shard of
+    the 4 on pixian gets 4, the shard of the 3 on poof 6 (by their image counts: 5.71 and 4.29, so one
+    priced image stayed pending).
+    """
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixian(4)
+    vendors.set_poof(100, 0)
+    op = _sharded(
+        src, dst, CHAIN[:2], cost_per_image=TWO_COSTS, max_credits=10, max_shards=2, min_shard_size=1
+    )
+    estimate, pushed, error = run(op)
+    assert error is None and estimate is not None
+    assert [(a["images"], a["credits"]) for a in estimate["accounts"]] == [(4, "4"), (3, "6")]
+    refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+    assert [(ref.images, ref.max_credits) for ref in refs] == [(4, 4), (3, 6)]
+    assert sum(ref.max_credits or 0 for ref in refs) == Decimal(estimate["needed"]) == 10
+
+
+@pytest.mark.integration
+def test_each_shard_gets_the_credits_priced_on_a_budgeted_account_among_its_images(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """
+    max_credits_per_account={'pixian_default': 3} at 1 credit: the pooled allocation prices the first 3
+    images on pixian; the shards holding them get those 3 credits (by image count 8 over 4 shards: 0.75
+    each, so no shard could send one image there and poof took them at 2).
+    """
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixian(100)
+    vendors.set_poof(100, 0)
+    budget = {"pixian_default": 3}
+    op = _sharded(
+        src,
+        dst,
+        CHAIN[:2],
+        cost_per_image=TWO_COSTS,
+        max_credits_per_account=budget,
+        max_shards=4,
+        min_shard_size=1,
+    )
+    estimate, pushed, error = run(op)
+    assert error is None and estimate is not None
+    assert [(a["images"], a["credits"]) for a in estimate["accounts"]] == [(3, "3"), (5, "10")]
+    refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+    assert [ref.images for ref in refs] == [2, 2, 2, 2]
+    shares = [ref.account_credits_within("pixian_default", None) for ref in refs]
+    assert shares == [2, 1, 0, 0]  # every image priced on pixian fits its shard's share
+    assert [ref.max_credits_per_account for ref in refs] == [(("pixian_default", share),) for share in shares]
+    assert all(ref.max_credits is None for ref in refs)
 
 
 def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:

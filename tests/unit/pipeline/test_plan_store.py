@@ -22,12 +22,13 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     MAX_SHARD_ROWS,
     SAMPLES,
     PlanWriter,
+    PricedRun,
     ShardRef,
     chunk_name,
     plan_prefix,
+    priced_credits,
     read_shard,
     shard_bounds,
-    split_credits,
 )
 from airflow_provider_bgremoval.pipeline.planning import (
     SETTLED_KINDS,
@@ -227,29 +228,43 @@ def test_the_runs_budget_bounds_the_billable_items_of_all_shards_together() -> N
 
 
 @pytest.mark.parametrize(
-    ("total", "counts", "shares"),
+    ("pricing", "bounds", "placed"),
     [
-        ("10", [4, 3, 3], ["4", "3", "3"]),
-        ("10", [3, 2], ["6", "4"]),
-        ("5.5", [3, 2, 0], ["3.3", "2.2", None]),  # a shard without billable items has nothing to spend
-        ("10", [1, 1, 1], ["3.333333", "3.333333", "3.333334"]),  # rounded down, never summing past 10
-        ("0.000002", [1, 1, 1], ["0", "0.000001", "0.000001"]),
-        ("7", [0, 0], [None, None]),
+        ([(12, "a", "1")], [(0, 4), (4, 8), (8, 12)], [{"a": "4"}, {"a": "4"}, {"a": "4"}]),
+        # the pooled allocation: 4 at the cheap primary, then 3 at the dearer next account
+        ([(4, "a", "1"), (3, "b", "2")], [(0, 4), (4, 7)], [{"a": "4"}, {"b": "6"}]),
+        (
+            [(4, "a", "1"), (3, "b", "2")],
+            [(0, 3), (3, 5), (5, 7)],
+            [{"a": "3"}, {"a": "1", "b": "2"}, {"b": "4"}],
+        ),
+        (
+            [(2, None, "0"), (1, "a", "0.25")],
+            [(0, 1), (1, 1), (1, 3)],
+            [{None: "0"}, {}, {None: "0", "a": "0.25"}],
+        ),
+        ([], [(0, 0), (0, 0)], [{}, {}]),
     ],
 )
-def test_a_budget_is_shared_in_proportion_to_each_shards_billable_items(
-    total: str, counts: list[int], shares: list[str | None]
+def test_a_shards_credits_are_what_the_pricing_placed_on_its_items(
+    pricing: list[tuple[int, str | None, str]],
+    bounds: list[tuple[int, int]],
+    placed: list[dict[str | None, str]],
 ) -> None:
-    got = split_credits(Decimal(total), counts)
-    assert got == [None if share is None else Decimal(share) for share in shares]
-    assert [None if share is None else str(share) for share in got] == shares  # tidy in the XCom
-    assert sum(share or 0 for share in got) <= Decimal(total)
+    runs = [PricedRun(count, conn, Decimal(cost)) for count, conn, cost in pricing]
+    got = priced_credits(runs, bounds)
+    assert got == [{conn: Decimal(credits) for conn, credits in part.items()} for part in placed]
+    total = sum((run.cost * run.count for run in runs), Decimal(0))
+    assert sum((sum(part.values(), Decimal(0)) for part in got), Decimal(0)) == total
 
 
 def test_the_runs_max_credits_is_shared_out_over_the_shards() -> None:
     """Each mapped task gets its share of the run's ``max_credits``, not the whole budget again."""
     storage, writer = _written(items=100, settled=20)
-    refs = writer.finish(max_shards=4, min_shard_size=1, max_items=10, max_credits=Decimal("10.5"))
+    pricing = [PricedRun(10, "a_conn", Decimal("1.05"))]
+    refs = writer.finish(
+        max_shards=4, min_shard_size=1, max_items=10, max_credits=Decimal("10.5"), pricing=pricing
+    )
     assert [(ref.images, ref.max_credits) for ref in refs] == [
         (3, Decimal("3.15")),
         (3, Decimal("3.15")),
@@ -265,25 +280,51 @@ def test_the_runs_max_credits_is_shared_out_over_the_shards() -> None:
         assert ref.credits_within(Decimal(100)) == ref.max_credits
 
 
-def test_each_accounts_budget_is_shared_out_over_the_shards() -> None:
-    """``max_credits_per_account`` is the run's too: each shard holds its share of every account's budget."""
+@pytest.mark.parametrize(
+    ("pricing", "shards", "shares"),
+    [
+        # a_conn's 3 credits buy 3 images at 1: the shard holding them gets all 3 (was 0.75 each: none sent)
+        ([(3, "a_conn", "1"), (9, "b_conn", "2")], 4, ["3", "0", "0", "0"]),
+        # 5 images at 1, the first of 12 over 3 shards: 4, 1, 0 (was 1.666 each: 3 images in all)
+        ([(5, "a_conn", "1"), (7, "b_conn", "2")], 3, ["4", "1", "0"]),
+    ],
+)
+def test_each_accounts_budget_is_shared_out_as_the_pricing_placed_it(
+    pricing: list[tuple[int, str, str]], shards: int, shares: list[str]
+) -> None:
+    """
+    ``max_credits_per_account`` is the run's too: each shard holds the credits the pre-flight priced on
+    that account among its items, so every image priced there fits its shard's share.
+    """
     _, writer = _written(items=12, settled=0)
-    budgets = {"a_conn": Decimal(3), "b_conn": None, "c_conn": Decimal("0.5")}
-    refs = writer.finish(max_shards=3, min_shard_size=1, account_credits=budgets)
+    budget = Decimal(pricing[0][0])
+    budgets = {"a_conn": budget, "b_conn": None, "c_conn": Decimal("0.5")}
+    runs = [PricedRun(count, conn, Decimal(cost)) for count, conn, cost in pricing]
+    refs = writer.finish(max_shards=shards, min_shard_size=1, account_credits=budgets, pricing=runs)
     assert [ref.max_credits_per_account for ref in refs] == [
-        (("a_conn", Decimal(1)), ("c_conn", Decimal("0.166666"))),
-        (("a_conn", Decimal(1)), ("c_conn", Decimal("0.166667"))),
-        (("a_conn", Decimal(1)), ("c_conn", Decimal("0.166667"))),
-    ]  # an account without a budget is left out
-    assert [ref.max_credits for ref in refs] == [None] * 3
+        (("a_conn", Decimal(share)), ("c_conn", Decimal(0))) for share in shares
+    ]  # an account without a budget is left out; one the pricing left unused gets 0 in every shard
+    assert sum(int((ref.account_credits_within("a_conn", None) or 0) // 1) for ref in refs) == budget
+    assert [ref.max_credits for ref in refs] == [None] * shards
     ref = refs[0]
-    assert ref.account_credits_within("a_conn", None) == 1
+    assert ref.account_credits_within("a_conn", None) == Decimal(shares[0])
     assert ref.account_credits_within("a_conn", Decimal("0.5")) == Decimal("0.5")
     assert ref.account_credits_within("b_conn", Decimal(7)) == 7  # no share: the task's own
     assert ref.account_credits_within("b_conn", None) is None
     assert ShardRef.model_validate(json.loads(json.dumps(ref.model_dump(mode="json")))) == ref
     assert "max_credits_per_account" not in _ref()  # none given: kept out of the XCom, as before
     assert ShardRef.model_validate(_ref()).account_credits_within("a_conn", Decimal(2)) == 2
+
+
+def test_a_budget_needs_the_pricing_of_every_item_in_the_shards() -> None:
+    _, writer = _written(items=4, settled=0)
+    with pytest.raises(ValueError, match="covers 3 billable item"):
+        writer.finish(
+            max_shards=2,
+            min_shard_size=1,
+            max_credits=Decimal(9),
+            pricing=[PricedRun(3, "a_conn", Decimal(1))],
+        )
 
 
 def test_a_descriptor_without_a_share_leaves_the_tasks_budget_as_it_is() -> None:
