@@ -101,6 +101,7 @@ class ManifestWriter:
         self._saved_size = 0
         self._saved_at = self.clock()
         self.parts_saved = 0
+        self._offered: tuple[int, int] | None = None  # the rows of a part whose write raised
 
     def add(self, row: ManifestRow) -> None:
         """Append one row."""
@@ -132,16 +133,34 @@ class ManifestWriter:
 
     def save_part(self, upto: tuple[int, int] | None = None) -> int:
         """
-        Hand the new rows to ``part_sink``, return how many (after an error: next time).
+        Hand the new rows to ``part_sink``, return how many (after an error: next time, the failed
+        part first, unchanged).
 
         :param upto: a :meth:`mark`: save the rows up to it (on another thread while rows are added:
             the row count and the bytes then agree); ``None``: every row added so far.
         """
         rows, size = self.mark() if upto is None else upto
-        if self.part_sink is None or rows <= self._saved_rows:
+        if self.part_sink is None:
+            return 0
+        saved = 0
+        if self._offered is not None:  # first the part whose write raised, with exactly its bytes
+            saved = self._save(*self._offered)
+        return saved + self._save(rows, size)
+
+    def _save(self, rows: int, size: int) -> int:
+        """
+        Save the rows from the last saved one up to ``(rows, size)`` as the next part. A write that
+        raised may have landed: until it is saved, that part is offered again with the same number and
+        bytes (the sink's create-only write recognises it as its own), so a reader joining the parts
+        in order never sees a row twice or misses one.
+        """
+        assert self.part_sink is not None
+        if rows <= self._saved_rows:
             return 0
         data = os.pread(self._file.fileno(), size - self._saved_size, self._saved_size)
+        self._offered = rows, size
         self.part_sink(self.parts_saved + 1, data)
+        self._offered = None
         self.parts_saved += 1
         saved, self._saved_rows, self._saved_size = rows - self._saved_rows, rows, size
         self._saved_at = self.clock()

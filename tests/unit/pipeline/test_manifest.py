@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, fields
 
 import pytest
 
-from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter, read_manifest
+from airflow_provider_bgremoval.pipeline.manifest import (
+    ManifestRow,
+    ManifestWriter,
+    collate_manifests,
+    manifest_part_name,
+    read_manifest,
+)
+from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
+from airflow_provider_bgremoval.storage.exceptions import StorageError, StorageUnavailableError
 
 
 def _row(index: int, **overrides: object) -> ManifestRow:
@@ -95,3 +104,35 @@ def test_a_source_name_with_a_unicode_line_separator_stays_one_row(separator: st
         data = manifest.getvalue()
     assert data.count(b"\n") == 2
     assert read_manifest(data) == [asdict(one) for one in rows]
+
+
+@pytest.mark.integration
+def test_a_part_whose_write_raised_is_offered_again_unchanged_and_later_parts_follow(buckets) -> None:
+    """Part 2's create-only write lands but raises (its reply lost): the next checkpoint offers part 2
+    again with the same bytes (the write recognises its own token and checksums), then part 3 with the
+    rows since; after a SIGKILL the parts, folded as the report folds them, hold every row once."""
+    storage, _, dst = buckets
+    final = "o/_bgremoval/manifests/d/r/t/try-1.jsonl"
+    lost: list[int] = []
+
+    def store_part(number: int, data: bytes) -> None:  # as the bucket task stores a part
+        name = manifest_part_name(final, number)
+        storage.write(
+            dst, name, data, content_type="application/x-ndjson", idempotency_token=f"manifest:o:{number}"
+        )
+        if number == 2 and not lost:
+            lost.append(number)
+            raise StorageUnavailableError("writing failed: GCS stayed unavailable", bucket=dst, name=name)
+
+    with ManifestWriter(store_part, every_rows=1) as manifest:
+        for index in range(10):
+            manifest.add(_row(index))
+            with contextlib.suppress(StorageError):  # the engine logs it and retries at the next checkpoint
+                manifest.save_part()
+        assert manifest.unsaved_rows == 0
+    listed = [info.name for info in storage.list_objects(dst, "o/_bgremoval/manifests/")]
+    assert listed == [manifest_part_name(final, number) for number in range(1, 11)]  # a row each
+    objects = [(name, storage.read(dst, name)) for name in manifests_to_read(listed)]
+    ((name, joined),) = collate_manifests(objects)
+    assert name == final and read_manifest(joined) == [asdict(_row(index)) for index in range(10)]
+    assert summarise_manifests([(f"gs://{dst}/{name}", joined)]).counts["done"] == 10
