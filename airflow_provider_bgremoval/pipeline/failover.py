@@ -130,7 +130,7 @@ class CallStage:
         """The call fits ``max_credits`` at ``account``'s cost: it goes there (else: settled pending)."""
         refusal = self.budgets.refusal(flight, account, probe)
         if refusal is not None:
-            self.settle(flight, "pending", "max_credits", f"{refusal}; this image was not sent")
+            self.settle(flight, "pending", "max_credits", f"{refusal}; {_not_sent(flight)}")
             return False
         previous = flight.account
         if previous is not None and previous is not account:  # its lost replies stay booked there

@@ -98,7 +98,11 @@ def test_an_image_handed_on_to_a_dearer_account_is_repriced_against_max_credits(
     handed = rows[3]
     assert (handed["status"], handed["error_code"]) == ("pending", "max_credits")
     assert "the next call on poof_conn (poof) costs 3" in handed["error_message"]
-    assert handed["error_message"].endswith("this image was not sent")
+    assert "this image was not sent" in handed["error_message"]
+    # it was sent to pixian, which refused it unbilled, then handed on: not sent again, nothing paid
+    assert handed["error_message"].endswith(
+        "this image was not sent again (nothing paid for its earlier calls)"
+    )
     assert [row["status"] for row in rows] == ["done"] * 3 + ["pending"] * 3
 
 
@@ -128,6 +132,8 @@ def test_a_half_open_probe_on_a_dearer_primary_is_repriced_against_max_credits(b
     assert (
         rows[1]["error_code"] == "max_credits" and "pixian_conn (pixian) costs 3" in rows[1]["error_message"]
     )
+    # no handoff: 01.png was refused before any call, its row says so
+    assert rows[1]["error_message"].endswith("this image was not sent (nothing paid)")
     assert accounts.primary.breaker.state == "half_open" and not accounts.primary.breaker.probing
 
 

@@ -276,6 +276,30 @@ def test_an_image_handed_on_when_a_stop_arrives_says_what_its_earlier_call_may_h
     assert (second["status"], second["error_code"]) == ("pending", "terminated")  # never started
 
 
+def test_an_image_handed_on_then_refused_by_max_credits_says_what_its_earlier_call_may_have_cost(
+    batch,
+) -> None:
+    """Sent to the primary (its reply lost), handed on to a dearer account that max_credits cannot pay: its
+    pending row does not claim it was never sent."""
+    storage, src, spec = batch
+    seed(storage, src, names(1))
+
+    def lost(name: str, count: int) -> Any:
+        return TransientVendorError("reply lost", vendor="pixian", possibly_charged=True)
+
+    primary, secondary = Vendor("pixian", lost), Vendor("poof")
+    secondary.cost_per_image = Decimal(2)
+    accounts = chain(primary, secondary)
+    _, rows = run_chain(storage, spec, accounts, max_concurrency=1, max_credits=Decimal("2.5"))
+    assert primary.calls == ["00.png"] and secondary.calls == []
+    [row] = rows
+    assert (row["status"], row["error_code"], row["possibly_charged"]) == ("pending", "max_credits", 1)
+    assert row["handoffs"][0]["account"] == "pixian_conn"
+    assert row["error_message"].endswith(
+        "this image was not sent again; 1 reply(s) lost on its earlier calls may have been billed"
+    )
+
+
 def test_without_outage_in_failover_on_a_transient_failure_fails_the_image_as_before(batch) -> None:
     storage, src, spec = batch
     seed(storage, src, names(3))
