@@ -297,8 +297,8 @@ class CreditsPreflightOperator(BucketJobOperator):
             log.info("Credits pre-flight (%s): %s", self.conn_id, note)
         if estimate["deferred_images"]:
             log.info(
-                "Credits pre-flight (%s): the run's budget (max_images, max_credits) covers %d of %d "
-                "billable image(s); %d wait for a later run (%s)",
+                "Credits pre-flight (%s): the run's budget (max_images, max_credits, "
+                "max_credits_per_account) covers %d of %d billable image(s); %d wait for a later run (%s)",
                 self.conn_id,
                 estimate["billable_images"],
                 estimate["planned_billable"],
@@ -390,7 +390,7 @@ class CreditsPreflightOperator(BucketJobOperator):
                 job, plan.accepted_among(billable), balances, max_credits
             )
             needed = Decimal(pooled["needed"])
-        else:  # the images max_credits pays for at the cost per image
+        else:  # the images max_credits and the account's budget pay for at the cost per image
             billable, pricing = self._single(job, billable, cost, max_credits)
             needed = cost * billable
         extra = margin.on(needed) if billable else Decimal(0)
@@ -428,11 +428,15 @@ class CreditsPreflightOperator(BucketJobOperator):
     def _single(
         job: BucketJob, billable: int, cost: Decimal, max_credits: Decimal | None
     ) -> tuple[int, list[PricedRun]]:
-        """One connection's billable images: as many as ``max_credits`` pays for at ``cost``."""
+        """
+        One connection's billable images: as many as ``max_credits`` and its ``max_credits_per_account``
+        pay for at ``cost``.
+        """
         assert job.chain is not None
         account = job.chain.primary
-        if max_credits is not None and cost > 0:
-            billable = min(billable, int(max_credits // cost))
+        if cost > 0:
+            for budget in (max_credits, account.budget):
+                billable = billable if budget is None else min(billable, int(budget // cost))
         return billable, [PricedRun(billable, account.conn_id, cost)] if billable else []
 
     @staticmethod

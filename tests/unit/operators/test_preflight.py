@@ -277,6 +277,23 @@ def test_the_estimate_names_the_billable_images_left_for_a_later_run(
         )
 
 
+def test_one_connections_estimate_counts_what_its_per_account_budget_pays_for(
+    vendors: FakeVendors, planned: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """max_credits_per_account of the one connection bounds billable_images as max_credits does."""
+    planned["plan"] = make_plan(12)
+    vendors.set_pixelcut(100)
+    budget = {"max_credits_per_account": {"pixelcut_default": 3}}
+    with caplog.at_level(logging.INFO, logger="airflow_provider_bgremoval.operators.preflight"):
+        estimate, _, error = run(check(**budget))
+    assert error is None and estimate is not None
+    assert (estimate["billable_images"], estimate["deferred_images"], estimate["needed"]) == (3, 9, "3")
+    assert "max_credits_per_account) covers 3 of 12 billable image(s); 9 wait for a later run" in caplog.text
+    estimate, _, error = run(check(max_credits=2, **budget))  # the smaller budget decides
+    assert error is None and estimate is not None
+    assert (estimate["billable_images"], estimate["deferred_images"]) == (2, 10)
+
+
 def test_nothing_billable_passes_even_when_broke(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     planned["plan"] = make_plan(0, done=12)
     vendors.set_pixian(0, state="dormant")
@@ -624,6 +641,25 @@ def test_each_shard_gets_the_credits_priced_on_a_budgeted_account_among_its_imag
     assert shares == [2, 1, 0, 0]  # every image priced on pixian fits its shard's share
     assert [ref.max_credits_per_account for ref in refs] == [(("pixian_default", share),) for share in shares]
     assert all(ref.max_credits is None for ref in refs)
+
+
+@pytest.mark.integration
+def test_one_connections_shards_hold_only_what_its_per_account_budget_pays_for(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """max_credits_per_account={'pixelcut_default': 3} at 1: the shards hold 3 images (they held all 9,
+    and 6 ended pending), each shard with the credits of its images."""
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    _seed_batch(gcs_storage, src, dst)
+    vendors.set_pixelcut(100)
+    budget = {"pixelcut_default": 3}
+    op = _sharded(src, dst, max_credits_per_account=budget, max_shards=3, min_shard_size=1)
+    estimate, pushed, error = run(op)
+    assert error is None and estimate is not None
+    assert (estimate["billable_images"], estimate["deferred_images"]) == (3, 6)
+    refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+    assert [ref.images for ref in refs] == [1, 1, 1]
+    assert [ref.max_credits_per_account for ref in refs] == [(("pixelcut_default", 1),)] * 3
 
 
 def test_shard_parameters_are_checked_at_parse_and_templatable() -> None:
