@@ -631,13 +631,12 @@ class _Pool:
         :param count: how many images.
         :param order: the accounts whose limits take them.
         """
+        if self.capped:  # the cap left an earlier image out: the shards end before this one
+            return
         if not order:  # the batch rejects them before any call
             self.unaccepted += count
-            if not self.capped:
-                self._place(count, None, Decimal(0))
+            self._place(count, None, Decimal(0))
             self._reach(count, count)
-            return
-        if self.capped:  # the cap left an earlier image out: the shards end before this one
             return
         wanted = count
         for index in order:

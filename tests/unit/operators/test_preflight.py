@@ -831,6 +831,26 @@ def test_a_chain_prices_each_image_at_the_first_account_whose_limits_take_it(
     assert pushed["estimate"]["needed"] == "6"  # 2 x 1 + 1 x 2, and the short one at poof's 2
 
 
+def test_images_no_account_takes_after_the_cap_are_deferred_not_unaccepted(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """max_credits=2 stops the allocation at the 3rd image: the 2 no account takes after it are deferred."""
+    plan = make_plan(5)
+    masks = [0b11, 0b11, 0b11, 0b00, 0b00]
+    plan.items = [replace(item, accepted=mask) for item, mask in zip(plan.items, masks, strict=True)]
+    planned["plan"] = plan
+    vendors.set_pixian(10)
+    vendors.set_poof(10, 0)
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, max_credits=2))
+    assert error is None and estimate is not None
+    images = sum(account["images"] for account in estimate["accounts"])
+    assert (estimate["billable_images"], estimate["deferred_images"]) == (2, 3)
+    assert (images, estimate["shortfall_images"], estimate["unaccepted_images"]) == (2, 0, 0)
+    assert (
+        estimate["billable_images"] == images + estimate["shortfall_images"] + estimate["unaccepted_images"]
+    )
+
+
 def test_the_counts_tell_local_rejections_from_rows_settled_without_a_check(
     vendors: FakeVendors, planned: dict[str, Any]
 ) -> None:
