@@ -247,10 +247,6 @@ def _form_value(value: Any) -> str:
     return str(value)
 
 
-def _text(value: Any) -> str | None:
-    return None if value in (None, "") else str(value).strip()
-
-
 @dataclass(frozen=True)
 class VendorSpec:
     """
@@ -387,7 +383,7 @@ class VendorWire(ABC):
         """
         Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`, which quotes
         with :meth:`quote`), else the quoted body; the request id falls back to ``X-Request-ID``; the
-        secrets are redacted.
+        secrets are redacted from each of them (the code and request id through :meth:`quote` too).
 
         :param response: the error reply.
         """
@@ -396,10 +392,14 @@ class VendorWire(ABC):
         quoted = self.text_excerpt(response) or response.reason_phrase or f"HTTP {response.status_code}"
         code, message, request_id = fields or (None, quoted, None)
         return ErrorReply(
-            code=_text(code),
+            code=self._quoted(code),
             message=self.redact(message),
-            request_id=_text(request_id) or response.headers.get("x-request-id") or None,
+            request_id=self._quoted(request_id) or self._quoted(response.headers.get("x-request-id")),
         )
+
+    def _quoted(self, value: Any) -> str | None:
+        """A code or request id from a reply as a message quotes it (:meth:`quote`); ``None`` when empty."""
+        return None if value in (None, "") else self.quote(str(value)) or None
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         """

@@ -161,6 +161,26 @@ def test_every_vendor_redacts_an_echoed_key_and_reads_the_request_id_header(
     assert reply.request_id == "req-7"
 
 
+@pytest.mark.parametrize(
+    ("wire_class", "envelope"),
+    [
+        (PixelcutWire, lambda key: {"error": "no", "error_code": f"bad_{key}"}),
+        (PixianWire, lambda key: {"error": {"code": f"bad_{key}", "message": "no"}}),
+        (PoofWire, lambda key: {"code": f"bad_{key}", "message": "no", "request_id": f"req {key}"}),
+    ],
+)
+def test_every_vendor_redacts_its_error_code_and_request_id(
+    wire_class: type[VendorWire], envelope: Any
+) -> None:
+    """A reply echoing the key in its code or request id (body or X-Request-ID) never carries it on."""
+    key = "sk_secret_0123456789"
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key=key, api_id="id"))
+    reply = wire.parse_error(httpx.Response(400, json=envelope(key), headers={"x-request-id": f"req {key}"}))
+    assert (reply.code, reply.request_id) == ("bad_***", "req ***")
+    plain = wire.parse_error(httpx.Response(500, text="down", headers={"x-request-id": f" id\n{key} "}))
+    assert (plain.code, plain.request_id) == (None, "id ***")  # quoted as a message is: one line
+
+
 @pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
 def test_every_vendor_redacts_each_auth_header_and_its_bare_token(wire_class: type[VendorWire]) -> None:
     wire = wire_class(
