@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import IO, Any
 
+from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
+
 #: Final states of a source.
 STATUSES = ("done", "skipped", "rejected", "failed", "pending")
 
@@ -144,15 +146,18 @@ class ManifestWriter:
             return 0
         saved = 0
         if self._offered is not None:  # first the part whose write raised, with exactly its bytes
-            saved = self._save(*self._offered)
+            try:
+                saved = self._save(*self._offered)
+            except WriteConflictError:  # it is there: only this task try writes under its part names
+                saved = self._advance(*self._offered)
         return saved + self._save(rows, size)
 
     def _save(self, rows: int, size: int) -> int:
         """
         Save the rows from the last saved one up to ``(rows, size)`` as the next part. A write that
         raised may have landed: until it is saved, that part is offered again with the same number and
-        bytes (the sink's create-only write recognises it as its own), so a reader joining the parts
-        in order never sees a row twice or misses one.
+        bytes (the sink's create-only write recognises it as its own; a refusal means it is there), so
+        a reader joining the parts in order never sees a row twice or misses one.
         """
         assert self.part_sink is not None
         if rows <= self._saved_rows:
@@ -160,6 +165,10 @@ class ManifestWriter:
         data = os.pread(self._file.fileno(), size - self._saved_size, self._saved_size)
         self._offered = rows, size
         self.part_sink(self.parts_saved + 1, data)
+        return self._advance(rows, size)
+
+    def _advance(self, rows: int, size: int) -> int:
+        """The next part, holding the rows up to ``(rows, size)``, is stored."""
         self._offered = None
         self.parts_saved += 1
         saved, self._saved_rows, self._saved_size = rows - self._saved_rows, rows, size

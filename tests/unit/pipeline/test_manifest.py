@@ -16,7 +16,11 @@ from airflow_provider_bgremoval.pipeline.manifest import (
     read_manifest,
 )
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
-from airflow_provider_bgremoval.storage.exceptions import StorageError, StorageUnavailableError
+from airflow_provider_bgremoval.storage.exceptions import (
+    ObjectExistsError,
+    StorageError,
+    StorageUnavailableError,
+)
 
 
 def _row(index: int, **overrides: object) -> ManifestRow:
@@ -136,3 +140,36 @@ def test_a_part_whose_write_raised_is_offered_again_unchanged_and_later_parts_fo
     ((name, joined),) = collate_manifests(objects)
     assert name == final and read_manifest(joined) == [asdict(_row(index)) for index in range(10)]
     assert summarise_manifests([(f"gs://{dst}/{name}", joined)]).counts["done"] == 10
+
+
+def test_a_part_offered_again_and_refused_as_existing_counts_as_saved() -> None:
+    """A create-only sink that does not recognise its own landed write refuses the re-offered part as
+    existing: only this task try writes under its part names, so the part is there and the next rows
+    follow as the next part."""
+    parts: dict[int, bytes] = {}
+    lost: list[int] = []
+
+    def create_only(number: int, data: bytes) -> None:
+        if number in parts:
+            raise ObjectExistsError(
+                f"part {number} exists",
+                bucket="b",
+                name=f"p{number}",
+                expected_generation=0,
+                current_generation=1,
+            )
+        parts[number] = data
+        if number == 2 and not lost:
+            lost.append(number)
+            raise StorageUnavailableError("writing failed: GCS stayed unavailable")
+
+    with ManifestWriter(create_only, every_rows=1) as manifest:
+        for index in range(6):
+            manifest.add(_row(index))
+            with contextlib.suppress(StorageError):
+                manifest.save_part()
+        assert manifest.unsaved_rows == 0 and manifest.parts_saved == 6
+    ((_, joined),) = collate_manifests(
+        (manifest_part_name("m/try-1.jsonl", n), data) for n, data in parts.items()
+    )
+    assert read_manifest(joined) == [asdict(_row(index)) for index in range(6)]
