@@ -79,6 +79,8 @@ _PROBE_POLICY = RetryPolicy(max_attempts=1)
 #: Any URL: only the body and its Content-Type of a request built there are used.
 _MULTIPART_URL = "http://multipart.invalid/"
 _PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+#: the largest reply a probe reads (a balance is a few dozen bytes of JSON; an error page, a few KB)
+_PROBE_MAX_BYTES = 16 * 1024
 #: form field -> the extra older connections used for it (read only when the field is empty)
 _LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
 #: form field -> what a connection that leaves it empty has not got
@@ -112,6 +114,18 @@ def _lost_reply(request: WireRequest, failure: httpx.HTTPError | BgRemovalError)
         return request.billed and isinstance(failure, _SENT_IN_FULL)
     gateway = failure.status_code in _GATEWAY_TIMEOUTS and failure.code is None
     return request.billed and gateway and isinstance(failure, TransientVendorError)
+
+
+def _whole(streamed: httpx.Response, body: bytes | bytearray) -> httpx.Response:
+    """A streamed reply as a read one: its status, headers and its (decoded) body."""
+    headers = [(name, value) for name, value in streamed.headers.multi_items() if name != "content-encoding"]
+    return httpx.Response(
+        streamed.status_code,
+        headers=headers,
+        content=bytes(body),
+        request=streamed.request,
+        extensions={k: v for k, v in streamed.extensions.items() if k in ("http_version", "reason_phrase")},
+    )
 
 
 def format_credits(amount: Decimal) -> str:
@@ -223,6 +237,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     #: the event loop (~2 ms at most; a worker-thread hop costs more than a small image's work), larger
     #: ones in a worker thread; ``0``: always in a thread
     inline_work_pixels: int = 640 * 480
+    #: seconds a probe (``test_connection``, a halt's balance check) waits for its complete answer,
+    #: however the host spreads it out; one stalled read gives up sooner (``_PROBE_TIMEOUT``)
+    probe_deadline: float = 15.0
 
     def __init__(
         self,
@@ -564,6 +581,58 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
         return _Effect(lambda: self.get_conn().request(method, path, **options), arun)
 
+    def _probe_exchange(
+        self, request: WireRequest, options: Mapping[str, Any], url: str
+    ) -> _Effect[httpx.Response]:
+        """
+        :meth:`_exchange` for a probe: a complete answer of at most ``_PROBE_MAX_BYTES`` within
+        :attr:`probe_deadline` seconds (httpx's timeouts are per read: a dripping host never trips them).
+        """
+
+        def overdue() -> TransientVendorError:
+            return TransientVendorError(
+                f"no complete answer within {self.probe_deadline:g} s from {url}",
+                vendor=self.wire_class.spec.name,
+                code="probe_deadline",
+            )
+
+        def keep(body: bytearray, chunk: bytes, deadline: float) -> None:
+            body += chunk
+            if len(body) > _PROBE_MAX_BYTES:
+                raise TransientVendorError(
+                    f"the answer from {url} is over {_PROBE_MAX_BYTES} bytes; not read",
+                    vendor=self.wire_class.spec.name,
+                    code="probe_too_large",
+                )
+            if time.monotonic() > deadline:
+                raise overdue()
+
+        def run() -> httpx.Response:
+            deadline, body = time.monotonic() + self.probe_deadline, bytearray()
+            with self.get_conn().stream(request.method, request.path, **options) as response:
+                keep(body, b"", deadline)
+                for chunk in response.iter_bytes():
+                    keep(body, chunk, deadline)
+            return _whole(response, body)
+
+        async def read(deadline: float) -> httpx.Response:
+            body = bytearray()
+            async with (await self._aget_client()).stream(
+                request.method, request.path, **options
+            ) as response:
+                async for chunk in response.aiter_bytes():
+                    keep(body, chunk, deadline)
+            return _whole(response, body)
+
+        async def arun() -> httpx.Response:
+            deadline = time.monotonic() + self.probe_deadline
+            try:  # async: a hard deadline (a sync read checks it as each piece arrives)
+                return await asyncio.wait_for(read(deadline), self.probe_deadline)
+            except asyncio.TimeoutError:
+                raise overdue() from None
+
+        return _Effect(run, arun)
+
     def _retried(
         self,
         attempt: Callable[[], Flow[T]],
@@ -617,8 +686,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> Flow[httpx.Response]:
         options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
         sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
+        url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
+        exchange = self._probe_exchange(request, options, url) if probe else None
         try:
-            response = yield from self._exchange(request.method, request.path, options)
+            response = yield from (exchange or self._exchange(request.method, request.path, options))
         except httpx.HTTPError as exc:
             raise self._transport_error(wire, request, exc) from None
         error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too

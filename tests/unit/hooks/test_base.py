@@ -1252,6 +1252,63 @@ def test_test_connection_against_a_closed_port_answers_at_once(
     assert time.monotonic() - started < 5
 
 
+def _drip_balance(listener: socket.socket, stop: threading.Event) -> None:
+    """Answer one balance request with its headers at once, then a body byte every 0.2 s for 6 s."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        conn.sendall(b'{"credits": "12.5"}')
+        for _ in range(30):
+            if stop.wait(0.2):
+                return
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                return
+
+
+@pytest.fixture
+def dripping_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real socket whose balance reply takes 6 s (every read gets a byte: no read timeout trips)."""
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        threading.Thread(target=_drip_balance, args=(listener, stop), daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=url)
+        yield url
+        stop.set()
+
+
+def test_test_connection_gives_up_on_a_reply_that_never_completes(dripping_host: str) -> None:
+    hook = FakeHook()
+    hook.probe_deadline = 1.0  # the real transport; 15 s by default
+    ok, message = hook.test_connection()
+    assert ok is False
+    assert f"no complete answer within 1 s from {dripping_host}/v1/credits" in message
+    assert KEY not in message
+
+
+async def test_async_probe_gives_up_on_a_reply_that_never_completes(dripping_host: str) -> None:
+    hook = FakeHook()
+    hook.probe_deadline = 1.0
+    with pytest.raises(TransientVendorError, match="no complete answer within 1 s") as caught:
+        await hook.aget_balance(probe=True)
+    await hook.aclose()
+    assert caught.value.code == "probe_deadline"
+
+
+def test_test_connection_reads_a_few_kb_at_most(hook: FakeHook, server: Server) -> None:
+    server.on(f"{API}/v1/credits", httpx.Response(200, json={"credits": "1", "pad": "x" * 20_000}))
+    ok, message = hook.test_connection()
+    assert ok is False
+    assert f"the answer from {API}/v1/credits is over 16384 bytes; not read" in message
+    server.on(f"{API}/v1/credits", httpx.Response(200, json={"credits": "1", "pad": "x" * 20_000}))
+    assert hook.get_balance().remaining == Decimal("1")  # other calls read what they get
+
+
 @pytest.mark.parametrize(
     ("credits", "shown"), [("1000.0", "1000"), ("12.50", "12.5"), (7, "7"), ("0.000", "0"), ("1E+3", "1000")]
 )
