@@ -1,10 +1,11 @@
 """
 ### Pixelcut generated backgrounds behind cut-outs: a preset scene and a prompt
 
-The sources are earlier cut-outs (transparent PNG or WebP, e.g. the outputs of
-`example_bucket_remove_background`) under `<cutouts_prefix>`; the provider's own `_bgremoval/`
-folder (manifests, reports) is left out. Each task writes 1024x1024 JPEGs named like their sources,
-plus a manifest, to the scenes bucket:
+The sources are earlier cut-outs of one *Cut-outs format* (PNG, the default of
+`example_bucket_remove_background`, or WebP) under `<cutouts_prefix>`: one format only, since
+`a.png` and `a.webp` would both make `a.jpg`; the provider's own `_bgremoval/` folder (manifests,
+reports) is left out. Each task writes 1024x1024 JPEGs named like their sources, plus a manifest, to
+the scenes bucket:
 
 * **scene** puts each subject on the preset *Scene* → `<scenes_prefix>scene-<scene>/`;
 * **prompt** generates the scene described by *Prompt* (without what *Negative prompt* names) →
@@ -44,6 +45,14 @@ with DAG(
         "cutouts_prefix": Param(
             "cutouts/", type="string", title="Cut-outs prefix", description="Cut-outs under this prefix."
         ),
+        "cutouts_format": Param(
+            "png",
+            type="string",
+            enum=["png", "webp"],
+            values_display={"png": "PNG", "webp": "WebP"},
+            title="Cut-outs format",
+            description="Only cut-outs of this format (the remove example's output format).",
+        ),
         "scenes_bucket": Param(
             "shop-scenes", type="string", title="Scenes bucket", description="Bucket of the new images."
         ),
@@ -81,7 +90,7 @@ with DAG(
         "source_bucket": "{{ params.cutouts_bucket }}",
         "source_prefix": "{{ params.cutouts_prefix }}",
         "destination_bucket": "{{ params.scenes_bucket }}",
-        "include": ["*.png", "*.webp"],
+        "include": ["*.{{ params.cutouts_format }}"],
         "exclude": ["_bgremoval/*"],
         "max_concurrency": 4,
         "retries": 1,

@@ -140,6 +140,17 @@ def test_trigger_form_rejects_values_outside_the_schema(
         jsonschema.validate(value, trigger_form(dags[dag_id])[name]["schema"])
 
 
+def test_generate_example_reads_one_cutout_format_of_the_remove_example(dags: dict[str, DAG]) -> None:
+    """``a.png`` and ``a.webp`` both make ``a.jpg``: a batch of two formats would be refused whole."""
+    remove = trigger_form(dags["example_bucket_remove_background"])["output_format"]
+    chosen = trigger_form(dags["example_generate_background"])["cutouts_format"]
+    assert chosen["value"] == remove["value"]
+    assert set(chosen["schema"]["enum"]) <= set(remove["schema"]["enum"])
+    includes = task_arguments(dags["example_generate_background"])
+    for task_id in ("scene", "prompt"):
+        assert includes[f"{task_id}.include"] == ["*.{{ params.cutouts_format }}"], task_id
+
+
 @pytest.mark.parametrize(
     "dag_id",
     [

@@ -230,7 +230,9 @@ def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, image
     horse = (images_dir / "horse.png").read_bytes()
     cut = {
         "cutouts/horse.png": horse,
-        "cutouts/small/horse.webp": encode(Image.open(images_dir / "horse.png").resize((200, 164)), "WEBP"),
+        "cutouts/small/horse.png": encode(Image.open(images_dir / "horse.png").resize((200, 164)), "PNG"),
+        # a WebP run of the remove example left the same stem: another format, left out (no collision)
+        "cutouts/horse.webp": encode(Image.open(images_dir / "horse.png"), "WEBP"),
         "cutouts/_bgremoval/manifests/x/try-1.jsonl": b"{}\n",  # the provider's own files are excluded
     }
     seed(storage, cutouts, cut)
