@@ -185,9 +185,11 @@ class ShardRef(BaseModel):
         planned without renditions).
     :param conn_ids: the connections of the chain the plan was priced for, in order (``None``: a
         descriptor written before they were kept; then only ``accepted`` is compared).
-    :param max_credits: this shard's share of the run's ``max_credits`` (``None``: no share).
+    :param max_credits: this shard's share of the run's ``max_credits``: the credits the pre-flight
+        priced its billable items at (``None``: no share).
     :param max_credits_per_account: this shard's share of each account's ``max_credits_per_account``, as
-        ``(conn_id, credits)`` pairs (accounts without a budget are left out).
+        ``(conn_id, credits)`` pairs: the credits the pre-flight priced on that account among its items
+        (accounts without a budget are left out).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
