@@ -103,8 +103,55 @@ Flag = Annotated[bool, BeforeValidator(_flag)]
 NUMBER = BeforeValidator(_not_a_boolean)
 #: An optional option whose type reads text itself: blank text means "not set" (put it last).
 UNSET_IF_BLANK = BeforeValidator(_unset_if_blank)
+
+
+def _choice_values(schema: Mapping[str, Any], handler: pydantic.GetJsonSchemaHandler) -> list[str]:
+    """The enum values a (nullable, referenced) choice schema names."""
+    if "$ref" in schema:
+        schema = handler.resolve_ref_schema(dict(schema))
+    nested = [_choice_values(item, handler) for item in schema.get("anyOf", ())]
+    return [str(value) for value in schema.get("enum", ())] + [value for item in nested for value in item]
+
+
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+
+
+class _AnyCaseSchema:
+    """:data:`ANY_CASE_SCHEMA`."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: pydantic.GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        values = _choice_values(schema, handler)
+        optional = {"type": "null"} in schema.get("anyOf", ())
+        names = "|".join(map(_any_case, values))
+        pattern = rf"^\s*(?:{names}){'?' if optional else ''}\s*$"
+        return {"anyOf": [schema, {"type": "string", "pattern": pattern}]} if values else schema
+
+
+def size_json_schema(*, square: bool = False, max_side: int | None = None) -> WithJsonSchema:
+    """
+    The JSON schema of an optional size read by :func:`parse_size`: a pair, its text, or ``null``.
+
+    :param square: one number (``512`` or ``"512"``) means a square.
+    :param max_side: the largest allowed width or height.
+    """
+    side = {"type": "integer", "minimum": 1, **({"maximum": max_side} if max_side else {})}
+    pair = {"type": "array", "prefixItems": [side, side], "minItems": 2, "maxItems": 2}
+    second = r"(?:[xX\u00d7, ]+\d+)?" if square else r"[xX\u00d7, ]+\d+"
+    text = {"type": "string", "pattern": rf"^\s*\d+{second}\s*$"}
+    forms = [pair, side, text] if square else [pair, text]
+    examples = ["800x600", 512] if square else ["1920x1080", "1920 1080"]
+    return WithJsonSchema({"anyOf": [*forms, {"type": "null"}], "examples": examples})
+
+
 #: A ``Literal`` choice: names compare without case or surrounding spaces.
 CHOICE = BeforeValidator(_normalised_name)
+#: The JSON schema of a :data:`CHOICE` takes its names in any case with spaces around them, and blank
+#: text when the option is optional (the exact names stay the schema's first form, for forms)
+ANY_CASE_SCHEMA = _AnyCaseSchema()
 #: Optional free text: surrounding spaces are dropped and blank text means "not set".
 OptionText = Annotated[
     Annotated[str, pydantic.StringConstraints(strip_whitespace=True)] | None, UNSET_IF_BLANK
@@ -417,7 +464,9 @@ class RemovalOptions(EncodedOptionSet):
         WithJsonSchema({"type": ["string", "null"], "examples": ["5%", "10px 20px"]}),
     ] = None
     max_size: Annotated[
-        tuple[int, int] | None, unset_or(functools.partial(parse_size, max_side=20_000, square=True))
+        tuple[int, int] | None,
+        unset_or(functools.partial(parse_size, max_side=20_000, square=True)),
+        size_json_schema(square=True, max_side=20_000),
     ] = None
     jpeg_quality: Annotated[int, Field(ge=1, le=100), NUMBER] = 90
 

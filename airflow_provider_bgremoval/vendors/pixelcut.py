@@ -19,6 +19,7 @@ from typing_extensions import Self
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
+    ANY_CASE_SCHEMA,
     CHOICE,
     NUMBER,
     UNSET_IF_BLANK,
@@ -270,7 +271,7 @@ class PixelcutGenerateOptions(OptionSet):
     :param result_delivery: ``"bytes"`` (default) or ``"url"``.
     """
 
-    scene: Annotated[PixelcutScene | None, CHOICE, UNSET_IF_BLANK] = None
+    scene: Annotated[PixelcutScene | None, CHOICE, UNSET_IF_BLANK, ANY_CASE_SCHEMA] = None
     prompt: OptionText = None
     negative_prompt: OptionText = None
     image_transform: PixelcutImageTransform | None = None

@@ -37,6 +37,7 @@ from airflow_provider_bgremoval.options import (
     option_model,
     parse_flag,
     parse_size,
+    size_json_schema,
     split_options,
     unset_or,
 )
@@ -163,7 +164,7 @@ class PixianOptions(OptionSet):
     )
     input_encoding: Annotated[InputEncoding, CHOICE] = "file"
     result_margin: Annotated[str | None, unset_or(_result_margin)] = None
-    target_size: Annotated[tuple[int, int] | None, unset_or(parse_size)] = None
+    target_size: Annotated[tuple[int, int] | None, unset_or(parse_size), size_json_schema()] = None
     vertical_alignment: Annotated[VerticalAlignment | None, CHOICE, UNSET_IF_BLANK] = None
     delta_png: Annotated[DeltaMode | None, BeforeValidator(_delta_mode)] = None
     jpeg_quality: Annotated[int | None, Field(ge=1, le=100), NUMBER, UNSET_IF_BLANK] = None

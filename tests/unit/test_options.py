@@ -695,6 +695,70 @@ def test_every_model_has_a_valid_json_schema_that_refuses_unknown_keys(model: An
     assert not validator.is_valid({"no_such_option": 1})
 
 
+#: values the models document as accepted (their ``:param:`` lines, docs/options.md)
+DOCUMENTED_VALUES = [
+    ("RemovalOptions", {"max_size": "800x600"}),
+    ("RemovalOptions", {"max_size": "800×600"}),
+    ("RemovalOptions", {"max_size": "800 600"}),
+    ("RemovalOptions", {"max_size": [800, 600]}),
+    ("RemovalOptions", {"max_size": 512}),
+    ("RemovalOptions", {"max_size": "512"}),
+    ("RemovalOptions", {"crop": True, "margin": "10px 20px"}),
+    ("PixianOptions", {"target_size": "1920 1080"}),
+    ("PixianOptions", {"target_size": "1920x1080"}),
+    ("PixianOptions", {"target_size": [1920, 1080]}),
+    ("PixelcutGenerateOptions", {"scene": "Marble"}),
+    ("PixelcutGenerateOptions", {"scene": " WOOD "}),
+    ("PixelcutGenerateOptions", {"scene": ""}),
+    ("PixelcutGenerateOptions", {"scene": None}),
+]
+#: values both the model and its schema refuse
+REFUSED_VALUES = [
+    ("RemovalOptions", {"max_size": 0}),
+    ("RemovalOptions", {"max_size": "big"}),
+    ("RemovalOptions", {"max_size": [800, 600, 1]}),
+    ("PixianOptions", {"target_size": 1920}),  # not a square option
+    ("PixelcutGenerateOptions", {"scene": "beach"}),
+]
+
+
+def _model_named(name: str) -> Any:
+    return {model.__name__: model for model in _option_models()}[name]
+
+
+@pytest.mark.parametrize(("model_name", "value"), DOCUMENTED_VALUES, ids=repr)
+def test_the_json_schema_takes_every_value_the_model_documents(
+    model_name: str, value: dict[str, Any]
+) -> None:
+    import jsonschema
+
+    model = _model_named(model_name)
+    model.coerce(value)
+    jsonschema.validate(value, model.model_json_schema())
+
+
+@pytest.mark.parametrize(("model_name", "value"), REFUSED_VALUES, ids=repr)
+def test_the_json_schema_refuses_what_the_model_refuses(model_name: str, value: dict[str, Any]) -> None:
+    import jsonschema
+
+    model = _model_named(model_name)
+    with pytest.raises(InvalidOptionError):
+        model.coerce(value)
+    assert not jsonschema.Draft202012Validator(model.model_json_schema()).is_valid(value)
+
+
+@pytest.mark.parametrize("model", _option_models(), ids=lambda model: model.__name__)
+def test_every_schema_example_is_a_value_the_model_takes(model: Any) -> None:
+    import jsonschema
+
+    schema = model.model_json_schema()
+    for name, prop in schema["properties"].items():
+        for example in prop.get("examples", ()):
+            value = {name: example, **({"crop": True} if name == "margin" else {})}
+            model.coerce(value)
+            jsonschema.validate(value, schema)
+
+
 def test_json_schema_carries_choices_ranges_and_defaults() -> None:
     from airflow_provider_bgremoval.vendors.pixian import PixianOptions
     from airflow_provider_bgremoval.vendors.poof import PoofOptions
