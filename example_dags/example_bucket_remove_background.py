@@ -78,8 +78,12 @@ with DAG(
         "destination_bucket": Param(
             "shop-cutouts", type="string", title="Destination bucket", description="Bucket of the cut-outs."
         ),
-        "destination_prefix": Param(
-            "cutouts/", type="string", title="Destination prefix", description="Cut-outs under this prefix."
+        "destination_prefix": Param(  # not the bucket's root: the renditions go beside the cut-outs
+            "cutouts/",
+            type="string",
+            pattern="[^/]",
+            title="Destination prefix",
+            description="Cut-outs under this prefix (a folder, not the bucket's root).",
         ),
         "output_format": Param(
             "png",

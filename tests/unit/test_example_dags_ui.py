@@ -18,9 +18,11 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import DAG
 from airflow.serialization.serialized_objects import DagSerialization
 
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.operators.preflight import ON_INSUFFICIENT_CHOICES
 from airflow_provider_bgremoval.options import OUTPUT_FORMATS
+from airflow_provider_bgremoval.pipeline.planning import BatchSpec
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutScene
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
@@ -128,6 +130,8 @@ def test_trigger_form_fields_are_typed_titled_and_have_real_defaults(
         ("example_bucket_remove_background", {"output_format": "gif"}),
         ("example_bucket_remove_background", {"on_insufficient": "warn"}),
         ("example_bucket_remove_background", {"safety_margin_percent": -1}),
+        ("example_bucket_remove_background", {"destination_prefix": ""}),
+        ("example_bucket_remove_background", {"destination_prefix": "/"}),
         ("example_generate_background", {"scene": "beach"}),
         ("example_credit_monitor_wait_for_topup", {"topup_min_credits": "lots"}),
     ],
@@ -138,6 +142,28 @@ def test_trigger_form_rejects_values_outside_the_schema(
     [(name, value)] = conf.items()
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(value, trigger_form(dags[dag_id])[name]["schema"])
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "cutouts/", "cutouts", "shop/cutouts/"])
+def test_remove_example_destination_prefix_takes_what_its_renditions_task_takes(
+    dags: dict[str, DAG], prefix: str
+) -> None:
+    """The renditions read the cut-outs: a prefix they refuse is refused in the form, before any paid call."""
+    form = trigger_form(dags["example_bucket_remove_background"])
+    bucket, renditions_prefix = form["destination_bucket"]["value"], form["renditions_prefix"]["value"]
+    try:  # what the renditions task plans over: the cut-outs in, the renditions out, one bucket
+        BatchSpec(
+            source_bucket=bucket,
+            source_prefix=prefix,
+            destination_bucket=bucket,
+            destination_prefix=renditions_prefix,
+        )
+    except InvalidOptionError:
+        task_takes = False
+    else:
+        task_takes = True
+    form_takes = jsonschema.Draft202012Validator(form["destination_prefix"]["schema"]).is_valid(prefix)
+    assert form_takes == task_takes, prefix
 
 
 def test_generate_example_reads_one_cutout_format_of_the_remove_example(dags: dict[str, DAG]) -> None:
