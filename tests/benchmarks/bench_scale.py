@@ -442,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             if "requests" in parts:  # the bucket tasks alone: the renditions task idle (WebP cut-outs)
                 current = checkouts[-1]
                 label = f"{current.label}, WebP¹"
-                results["requests"][label] = [measure_requests(bench, current, n, NO_RENDITIONS) for n in sizes]
+                results["requests"][label] = [
+                    measure_requests(bench, current, n, NO_RENDITIONS) for n in sizes
+                ]
             if "first-call" in parts:
                 results["first_call"] = measure_first_call(bench, checkouts, big)
             if "rss" in parts:
