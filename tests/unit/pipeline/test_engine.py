@@ -150,12 +150,15 @@ def test_changed_options_are_not_overwritten_without_overwrite(buckets) -> None:
     assert storage.stat(dst, "o/a.png").metadata["bgremoval-options-hash"] == "fp2"
 
 
-def test_a_write_lost_to_another_run_is_skipped_and_to_a_foreign_object_failed(buckets) -> None:
-    storage, src, dst = buckets
+def outputs_appearing_during_the_call(storage: Any, src: str, dst: str) -> Callable[[str, int], None]:
+    """
+    Seed ``mine.png`` and ``theirs.png``; during each call its output appears: ``theirs.png`` finished
+    by another run (its metadata), ``mine.png`` as a foreign object.
+    """
     seed(storage, src, ["mine.png", "theirs.png"])
     source = {name: storage.stat(src, name) for name in ("mine.png", "theirs.png")}
 
-    def another_writer(name: str, count: int) -> None:  # during the call, the output appears
+    def another_writer(name: str, count: int) -> None:
         info = source[name]
         assert info is not None
         finished = {
@@ -168,6 +171,12 @@ def test_a_write_lost_to_another_run_is_skipped_and_to_a_foreign_object_failed(b
             dst, name, png(), content_type="image/png", metadata=finished if name == "theirs.png" else {}
         )
 
+    return another_writer
+
+
+def test_a_write_lost_to_another_run_is_skipped_and_to_a_foreign_object_failed(buckets) -> None:
+    storage, src, dst = buckets
+    another_writer = outputs_appearing_during_the_call(storage, src, dst)
     _, result, rows = run(
         storage, BatchSpec(source_bucket=src, destination_bucket=dst), ScriptedProcessor(another_writer)
     )
@@ -186,21 +195,7 @@ def test_a_write_lost_to_a_foreign_object_releases_the_claim_and_one_lost_to_ano
     """Our output was not written where a foreign object is in the way: the claim is released (another
     run is not held back for a lease); a finished output another run wrote keeps the claim."""
     storage, src, dst = buckets
-    seed(storage, src, ["mine.png", "theirs.png"])
-    source = {name: storage.stat(src, name) for name in ("mine.png", "theirs.png")}
-
-    def another_writer(name: str, count: int) -> None:  # during the call, the output appears
-        info = source[name]
-        finished = {
-            META_SOURCE: info.uri,
-            META_SOURCE_GENERATION: str(info.generation),
-            META_VENDOR: "fake",
-            META_OPTIONS_HASH: "fp1",
-        }
-        storage.write(
-            dst, name, png(), content_type="image/png", metadata=finished if name == "theirs.png" else {}
-        )
-
+    another_writer = outputs_appearing_during_the_call(storage, src, dst)
     spec = BatchSpec(source_bucket=src, destination_bucket=dst)
     claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
     _, _, rows = run(storage, spec, ScriptedProcessor(another_writer), claims=claims)
@@ -209,8 +204,9 @@ def test_a_write_lost_to_a_foreign_object_releases_the_claim_and_one_lost_to_ano
         ("skipped", "done_concurrently"),
     ]
     other = ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
-    assert other.acquire("mine.png", source["mine.png"].generation) is None  # released
-    assert other.acquire("theirs.png", source["theirs.png"].generation) is not None  # still ours
+    generation = {name: storage.stat(src, name).generation for name in ("mine.png", "theirs.png")}
+    assert other.acquire("mine.png", generation["mine.png"]) is None  # released
+    assert other.acquire("theirs.png", generation["theirs.png"]) is not None  # still ours
 
 
 def test_collisions_are_refused_before_any_call(buckets) -> None:
