@@ -479,7 +479,7 @@ class NewImagesTrigger(BaseEventTrigger):
         """Poll forever; yield an event per settled burst of images without a finished output."""
         processors = await self.get_processors()  # a bad connection or options: fail visibly, once
         storage = self.get_storage()
-        watermark = await self.load_watermark()
+        watermark = await self._first_watermark()
         arrivals = Arrivals()
         source = gs_uri(self.spec.source_bucket, self.spec.source_prefix)
         log.info("Watching %s from watermark %s", source, watermark)
@@ -495,6 +495,16 @@ class NewImagesTrigger(BaseEventTrigger):
             else:
                 if event is not None:
                     yield event
+            await self.sleep(self.poll_interval)
+
+    async def _first_watermark(self) -> Watermark:
+        """The kept watermark; a state store that cannot be read yet is asked again each poll interval
+        (starting from an empty one would fire again for every unfinished photo)."""
+        while True:
+            try:
+                return await self.load_watermark()
+            except Exception as exc:  # a transient state-store error: the watcher waits, it does not die
+                log.warning("Reading the watermark failed: %s; trying again in %g s", exc, self.poll_interval)
             await self.sleep(self.poll_interval)
 
     async def _consider(

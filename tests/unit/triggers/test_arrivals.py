@@ -343,6 +343,33 @@ def test_a_restarted_trigger_does_not_fire_again_for_what_it_fired_for() -> None
     assert events[0][1]["watermark"]["fires"] == 2
 
 
+def test_a_state_store_unreadable_at_start_is_asked_again_and_nothing_fires_twice() -> None:
+    storage, store = MemoryStorage(), StateStore()
+    first = make()
+    first.asset_state_store = store  # type: ignore[assignment]
+    timeline = Timeline(storage, until=40)
+    timeline.upload(1, "incoming/a.jpg")
+    assert len(timeline.run(first)) == 1
+
+    failures = iter([ConnectionError("state store unreachable")] * 2)
+    real_aget = store.aget
+
+    async def flaky_aget(key: str, default: Any = None) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await real_aget(key, default)
+
+    store.aget = flaky_aget  # type: ignore[method-assign]
+    second = NewImagesTrigger(**first.serialize()[1])
+    second.asset_state_store = store  # type: ignore[assignment]
+    again = Timeline(storage, until=60)
+    again.upload(30, "incoming/b.jpg")
+    events = again.run(second)  # a.jpg was fired for: only b.jpg, once the store answered
+    assert [(p["images"], p["listed"]) for _, p in events] == [(1, 1)]
+    assert second.asset_state_store is store and store.values[second.state_key]["fires"] == 2
+
+
 def test_a_restart_mid_settle_fires_once_for_the_burst() -> None:
     storage, store = MemoryStorage(), StateStore()
     first = make()
