@@ -50,6 +50,7 @@ MetadataPolicy = Literal["strip", "keep"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ASPECT_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)$")
+_DECIMAL_RE = re.compile(r"^\d+(?:\.\d+)?$")
 _FILL_PERCENT_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
 
 
@@ -72,10 +73,14 @@ def _aspect(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         ratio = float(value)
     else:
-        match = _ASPECT_RE.match(str(value).strip().lower())
-        if not match or float(match.group(2)) == 0:
+        text = str(value).strip().lower()
+        match = _ASPECT_RE.match(text)
+        if match and float(match.group(2)) != 0:
+            ratio = float(match.group(1)) / float(match.group(2))
+        elif _DECIMAL_RE.match(text):  # "1.5": a number as a form or a template gives it
+            ratio = float(text)
+        else:
             raise ValueError(f"{value!r} is not an aspect ratio like '1:1', '4:3' or 1.5")
-        ratio = float(match.group(1)) / float(match.group(2))
     if not math.isfinite(ratio) or not 0.01 <= ratio <= 100:
         raise ValueError(f"{value!r} is not an aspect ratio between 1:100 and 100:1")
     return ratio

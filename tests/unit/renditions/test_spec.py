@@ -60,6 +60,7 @@ class TestFields:
         assert RenditionSpec(name="s", size="800x600").size == (800, 600)
         assert RenditionSpec(name="s", background="transparent").resolved_background == "transparent"
         assert RenditionSpec(name="s", aspect=1.5, fill="").fill is None
+        assert RenditionSpec(name="s", aspect="1.5").aspect == 1.5  # as a form or a template gives it
 
     def test_frozen(self) -> None:
         spec = RenditionSpec(name="a")
