@@ -345,10 +345,9 @@ def outputs_under(storage: Any, bucket: str, prefix: str) -> Iterator[Any]:
     :param prefix: a folder (ending with ``/``).
     """
     from airflow_provider_bgremoval.pipeline.naming import internal_prefix
-    from airflow_provider_bgremoval.pipeline.planning import ranges_outside
+    from airflow_provider_bgremoval.pipeline.planning import list_sources
 
-    for start, end in ranges_outside(internal_prefix(prefix), prefix, None):
-        yield from storage.list_objects(bucket, prefix, start_offset=start or None, end_offset=end)
+    return list_sources(storage, bucket, prefix, skip=[internal_prefix(prefix)])
 
 
 #: What the demo writes in its output folder; only these are replaced on the next run.
