@@ -603,9 +603,16 @@ def _map_sources(
     sink: PlanSink,
     collisions: _Collisions,
 ) -> Iterator[WorkItem]:
-    """Map each source to its output; settle missing and unsafe names; note collisions."""
+    """
+    Map each source to its output; settle missing and unsafe names; note collisions. A listed prefix's
+    own ``_bgremoval/`` folder (the claims, manifests and contact sheets of a job whose outputs are
+    these sources: the generate example reads the removal's cut-outs) holds no source: passed over.
+    """
     read_back = spec.read_back
+    own_folder = None if spec.source_objects is not None else internal_prefix(spec.source_prefix)
     for name, entry in sources:
+        if own_folder is not None and name.startswith(own_folder):
+            continue
         if entry is None:
             missing = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
             sink.settle(

@@ -353,6 +353,26 @@ def test_ranges_outside_leave_out_the_folder_only() -> None:
     assert ranges_outside("o/_b/", "o/_b/x", "o/c") == [("o/_b0", "o/c")]
 
 
+def test_a_prefix_holding_another_jobs_internal_folder_plans_none_of_it() -> None:
+    """
+    The generate example reads the removal's cut-outs: their ``_bgremoval/`` folder holds the run
+    report's ``contact-sheet.png``, which ``include="*.png"`` matches. It is passed over, not rejected
+    (a rejection failed a ``fail_at_end`` task on every run after a removal's report).
+    """
+    png = _save(Image.new("RGBA", (64, 64), (255, 0, 0, 255)), "PNG")
+    storage = MemoryStorage()
+    storage.put("shop", "cutouts/a.png", png)
+    storage.put("shop", "cutouts/_bgremoval/reports/d/r/contact-sheet.png", png)
+    spec = BatchSpec(
+        source_bucket="shop", source_prefix="cutouts/", destination_bucket="scenes", include="*.png"
+    )
+    plan = asyncio.run(
+        plan_batch(storage, spec, extension=".jpg", identity=IDENTITY, limits=LIMITS)  # type: ignore[arg-type]
+    )
+    assert [item.source.name for item in plan.items] == ["cutouts/a.png"] and plan.settled == []
+    assert storage.requests["list"] == 2  # no request more: one listing of the sources, one of outputs
+
+
 def test_a_listing_of_outputs_as_sources_skips_the_providers_folder() -> None:
     """A render job reading a bucket job's outputs never pages through its claims, plans and manifests."""
     storage = MemoryStorage()
