@@ -91,7 +91,6 @@ with DAG(
         "source_prefix": "{{ params.cutouts_prefix }}",
         "destination_bucket": "{{ params.scenes_bucket }}",
         "include": ["*.{{ params.cutouts_format }}"],
-        "exclude": ["_bgremoval/*"],
         "max_concurrency": 4,
         "retries": 1,
     }

@@ -234,6 +234,8 @@ def test_generate_example_scene_and_prompt(env, dag_tester, pixelcut_pool, image
         # a WebP run of the remove example left the same stem: another format, left out (no collision)
         "cutouts/horse.webp": encode(Image.open(images_dir / "horse.png"), "WEBP"),
         "cutouts/_bgremoval/manifests/x/try-1.jsonl": b"{}\n",  # the provider's own files are excluded
+        # ... even a PNG the include matches: the removal's run report writes its contact sheet there
+        "cutouts/_bgremoval/reports/x/r/contact-sheet.png": horse,
     }
     seed(storage, cutouts, cut)
     conf = {
