@@ -153,6 +153,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks.bench_renditions $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_delta $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_vendor_call $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_local_checks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -153,10 +153,49 @@ def exif_orientation(image: Image.Image) -> int:
     :param image: an opened image.
     """
     try:
-        value = int(image.getexif().get(ExifTags.Base.Orientation, 1) or 1)
+        return _valid_orientation(image.getexif())
     except Exception:  # a broken EXIF block: treat as upright, as Pillow's exif_transpose does
         return 1
+
+
+def _valid_orientation(exif: Image.Exif) -> int:
+    value = int(exif.get(ExifTags.Base.Orientation, 1) or 1)
     return value if 1 <= value <= 8 else 1
+
+
+def _png_orientation(data: bytes) -> int:
+    """
+    A PNG's EXIF orientation, from its ``eXIf`` chunk, found by walking the chunk list: Pillow's
+    ``getexif()`` decodes every pixel of a PNG without an ``eXIf`` before its image data (most PNGs) to
+    look for one after it. Like Pillow: the last ``eXIf`` before the image data, else the last after it;
+    a chunk cut short by the end of ``data`` (a header prefix) is not there.
+    """
+    before_pixels: bytes | None = None
+    after_pixels: bytes | None = None
+    seen_pixels = False
+    offset = 8  # the PNG signature
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 8 + length
+        if kind == b"IEND" or end > len(data):
+            break
+        if kind in (b"IDAT", b"fdAT"):
+            seen_pixels = True
+        elif kind == b"eXIf" and seen_pixels:
+            after_pixels = data[offset + 8 : end]
+        elif kind == b"eXIf":
+            before_pixels = data[offset + 8 : end]
+        offset = end + 4  # and the chunk's CRC
+    chunk = before_pixels if before_pixels is not None else after_pixels
+    if chunk is None:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(b"Exif\x00\x00" + chunk)
+        return _valid_orientation(exif)
+    except Exception:  # a broken EXIF block: treat as upright, as Pillow's exif_transpose does
+        return 1
 
 
 def _frames(image: Image.Image) -> int:
@@ -188,7 +227,7 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
                 image.width,
                 image.height,
                 image.mode,
-                exif_orientation(image),
+                _png_orientation(data) if fmt == "PNG" else exif_orientation(image),
                 _frames(image),
                 bit_depth=_png_bit_depth(data) if fmt == "PNG" else None,
                 transparency="transparency" in image.info,

@@ -539,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles)")
     parser.add_argument(
+        "--components", action="store_true", help="after the small run, the client CPU of each step alone"
+    )
+    parser.add_argument(
         "--throughput-only", action="store_true", help="skip the memory runs (while developing)"
     )
     parser.add_argument(
@@ -608,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"pipeline over {sizes.small} small images (poof)")
             profile_args = ["--profile", str(workdir / "small.prof")] if args.profile else []
             profile_args += [f"--experiment={name}" for name in args.experiment]
+            if args.components:
+                profile_args += ["--components", "--vendor-url", sandbox_url, "--api-key", DEFAULT_POOF_KEY]
             runs["small"] = run_client(
                 workdir,
                 env,

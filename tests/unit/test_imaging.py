@@ -26,6 +26,7 @@ from airflow_provider_bgremoval.imaging import (
     check_limits,
     decode_result,
     encode,
+    exif_orientation,
     flatten,
     normalise_mode,
     prepare_input,
@@ -132,6 +133,84 @@ def test_read_header_reports_what_the_mode_hides(
 def test_read_header_works_on_a_prefix(images_dir: Path) -> None:
     data = (images_dir / "rocket.jpg").read_bytes()
     assert read_header(data[: 64 * 1024]) == read_header(data)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        chunks.append((data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]))
+        offset += 12 + length
+    return chunks
+
+
+def _png_with_exif(orientations: list[tuple[str, int | bytes]]) -> bytes:
+    """A 40x20 PNG with ``eXIf`` chunks ``before`` / ``after`` its image data (a tag, or raw bytes)."""
+    plain = _save(Image.new("RGB", (40, 20), "white"), "PNG")
+    placed: dict[str, list[bytes]] = {"before": [], "after": []}
+    for where, value in orientations:
+        payload = value
+        if isinstance(value, int):
+            tags = Image.Exif()
+            tags[0x0112] = value
+            payload = tags.tobytes()[6:]  # an eXIf chunk holds the TIFF block without the "Exif" header
+        assert isinstance(payload, bytes)
+        placed[where].append(_png_chunk(b"eXIf", payload))
+    out = [plain[:8]]
+    for kind, payload in _png_chunks(plain):
+        if kind == b"IDAT" and placed["before"]:
+            out += placed["before"]
+            placed["before"] = []
+        if kind == b"IEND":
+            out += placed["after"]
+        out.append(_png_chunk(kind, payload))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "orientation"),
+    [
+        pytest.param([], 1, id="none"),
+        pytest.param([("before", 6)], 6, id="before-the-pixels"),
+        pytest.param([("after", 8)], 8, id="after-the-pixels"),
+        pytest.param([("before", 3), ("after", 8)], 3, id="before-wins"),
+        pytest.param([("after", 3), ("after", 8)], 8, id="last-after-wins"),
+        pytest.param([("after", b"\xde\xad\xbe\xef" * 4)], 1, id="garbage"),
+        pytest.param([("after", 77)], 1, id="out-of-range"),
+    ],
+)
+def test_png_orientation_is_read_without_decoding_a_pixel(
+    chunks: list[tuple[str, int | bytes]], orientation: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's ``getexif()`` decodes a PNG with no early ``eXIf``; read_header walks the chunks."""
+    data = _png_with_exif(chunks)
+    with Image.open(io.BytesIO(data)) as image:
+        assert exif_orientation(image) == orientation  # what Pillow says, decoding
+
+    loads: list[str | None] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.format))
+    assert read_header(data).orientation == orientation
+    assert loads == []  # not one pixel decoded
+
+
+def test_png_orientation_in_a_chunk_past_a_prefix_is_not_there() -> None:
+    data = _png_with_exif([("after", 6)])
+    assert read_header(data).orientation == 6
+    assert read_header(data[: len(data) - 20]).orientation == 1  # the eXIf chunk is cut short
+
+
+def test_a_png_input_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[str | None] = []
+    original = ImageFile.ImageFile.load
+
+    def counted(self: ImageFile.ImageFile) -> object:
+        loads.append(self.format)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    data = _save(Image.new("RGBA", (64, 48), "teal"), "PNG")
+    assert prepare_input(data, GENEROUS).data is data
+    assert loads == ["PNG"]
 
 
 # -- broken inputs ---------------------------------------------------------------------------------
