@@ -1363,15 +1363,37 @@ async def test_concurrent_first_calls_read_the_connection_once_and_share_one_pac
     assert len(set(sent)) == len(sent) == 8  # "no burst": one pacer gave each request its own slot
 
 
+class _WaitersCountedLock:
+    """A thread lock that counts the threads waiting to take it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.changed = threading.Condition()
+        self.waiting = 0
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.waiting += 1
+            self.changed.notify_all()
+        self._lock.acquire()
+        with self.changed:
+            self.waiting -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 def test_concurrent_first_blocking_calls_from_threads_read_the_connection_once(
     conn: None, make_hook: Callable[..., FakeHook], server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.on(f"{API}/v1/credits", balance_reply())
-    hook, reads = make_hook(), []
+    hook, reads, lock = make_hook(), [], _WaitersCountedLock()
+    monkeypatch.setattr(hook, "_read_lock", lock)
 
     def slow_read(conn_id: str) -> Any:
         reads.append(conn_id)
-        time.sleep(0.05)  # every thread reaches the read while the first is in it
+        with lock.changed:  # the first read returns only once the other three threads wait for it
+            assert lock.changed.wait_for(lambda: lock.waiting == 3, timeout=30)
         return FakeHook.get_connection(conn_id)
 
     monkeypatch.setattr(hook, "get_connection", slow_read)
