@@ -533,7 +533,7 @@ class VendorWire(ABC):
             vendor=self.spec.name,
             status_code=response.status_code,
             code="redirect",
-            request_id=response.headers.get("x-request-id") or None,
+            request_id=self._quoted(response.headers.get("x-request-id")),
         )
 
     def invalid_reply(

@@ -249,6 +249,16 @@ def test_every_vendor_maps_a_3xx_to_an_unbilled_unretried_redirect_error(
     assert shown in error.message
 
 
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+def test_a_redirects_request_id_is_redacted_like_every_error_replys(wire_class: type[VendorWire]) -> None:
+    """A proxy echoing the request's headers into ``X-Request-ID`` must not put the key in the error."""
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key=CUT_KEY, api_id="id_9"))
+    echoed = {"location": "https://api.test/v1/x", "x-request-id": f"req-{CUT_KEY}-1"}
+    error = wire.error_from_reply(httpx.Response(302, headers=echoed))
+    assert error.request_id == "req-***-1"
+    assert CUT_KEY not in repr(error.as_dict())
+
+
 def test_a_wire_that_cannot_authenticate_still_redacts_its_key() -> None:
     wire = PixianWire(ConnectionSettings(base_url="https://api.test", api_key="sk_secret_0123"))
     assert wire.secrets() == ("sk_secret_0123",)
