@@ -345,9 +345,7 @@ class AccountChain:
         """
         waits: list[float] = []
         for account in self.accounts:
-            if not account.usable or account in skip:
-                continue
-            if not fits(account):
+            if not account.usable or account in skip or not fits(account):
                 continue
             if not self.gated:
                 return account, False

@@ -107,19 +107,9 @@ class Budgets:
 
     def fits(self, account: Account) -> bool:
         """Whether ``account``'s own budget allows one more image (if not, it leaves the chain)."""
-        if account.budget is None:
-            return True
-        at_risk = self.credits_at_risk(account)
-        if at_risk + account.unit_cost() <= account.budget:
-            return True
-        message = (
-            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached "
-            f"({at_risk} credits charged or at risk)"
-        )
-        self.chain.disable(account, "max_credits", message)
-        return False
+        return self._account_fits(account, account.unit_cost(), "")
 
-    def may_retry(self, _exc: BaseException, account: Account | None = None) -> bool:
+    def may_retry(self, account: Account | None = None) -> bool:
         """
         Retry guard: a retry after a lost reply must fit the budgets (its reservation already does).
 
@@ -133,14 +123,20 @@ class Budgets:
                 f"({self.credits_at_risk()} credits charged or at risk)",
             )
             return False
-        if account is None or account.budget is None:
+        return account is None or self._account_fits(
+            account, Decimal(0), ": a lost reply leaves no room to retry"
+        )
+
+    def _account_fits(self, account: Account, next_cost: Decimal, why: str) -> bool:
+        """Whether ``next_cost`` more fits ``account``'s own budget; if not, it leaves the chain."""
+        if account.budget is None:
             return True
         at_risk = self.credits_at_risk(account)
-        if at_risk <= account.budget:
+        if at_risk + next_cost <= account.budget:
             return True
         message = (
-            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached: a lost reply leaves "
-            f"no room to retry ({at_risk} credits charged or at risk)"
+            f"max_credits_per_account[{account.conn_id!r}]={account.budget} reached{why} "
+            f"({at_risk} credits charged or at risk)"
         )
         self.chain.disable(account, "max_credits", message)
         return False
@@ -151,7 +147,7 @@ class Budgets:
 
         :param account: the account taking the call.
         """
-        return lambda exc: self.may_retry(exc, account)
+        return lambda _exc: self.may_retry(account)
 
     def _in_flight_summary(self) -> str:
         """The images in flight, each priced at its own account (``2 in flight: 3 on poof_conn...``)."""

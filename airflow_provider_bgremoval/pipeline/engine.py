@@ -196,8 +196,8 @@ class BatchRunner:
         self.chain = self.accounts or AccountChain.single(self.processor)
         self.identity = self.chain.identity
         self._render_items: Iterator[WorkItem] = iter(self.plan.render)
-        spec = self.plan.spec
-        self._stage = RenditionStage(self.storage, spec.destination_bucket, self.writer_id, spec.overwrite)
+        self._bucket = self.plan.spec.destination_bucket
+        self._stage = RenditionStage(self.storage, self._bucket, self.writer_id, self.plan.spec.overwrite)
         self._flights: set[Flight] = set()
         self._output_unknown: set[str] = set()  # destinations a failed write may still have stored
         self.halts = Halts(self.processor.vendor)
@@ -276,7 +276,7 @@ class BatchRunner:
         row = ManifestRow(
             source=source.uri,
             source_generation=source.generation or None,
-            destination=destination and gs_uri(self.plan.spec.destination_bucket, destination),
+            destination=destination and gs_uri(self._bucket, destination),
             status=status,
             vendor=vendor or (account or self.chain.primary).vendor,
             operation=self.processor.operation,
@@ -295,11 +295,8 @@ class BatchRunner:
         """The next billable item the budgets allow, else the next render-only one (free: never halted)."""
         if self.halts.stop is not None:
             return None
-        if self.halts.halt is None:
-            item = self._next_billable()
-            if item is not None:
-                return item
-        return next(self._render_items, None)
+        billable = self._next_billable() if self.halts.halt is None else None
+        return billable if billable is not None else next(self._render_items, None)
 
     def _next_billable(self) -> WorkItem | None:
         """
@@ -413,11 +410,7 @@ class BatchRunner:
         )
 
     def _count_finished(self, flight: Flight, status: str | None = None) -> None:
-        """
-        One more finished image. One sent to the vendor (it has an account: render-only images and
-        images settled before a call have none) that ended ``done``, ``failed`` or ``rejected`` also
-        counts for the failure rate; ``pending`` and ``skipped`` do not, as in the final verdict.
-        """
+        """One more finished image; one sent to the vendor (it has an account) counts in ``result.sent``."""
         self._finished += 1
         if flight.account is not None and status in ("done", "failed", "rejected"):
             self.result.sent[status] += 1
@@ -517,8 +510,7 @@ class BatchRunner:
             info = read_header(data, vendor=self.chain.primary.vendor)
         except InputRejectedError:
             return False  # not an image: the call stage's local checks reject it (free)
-        bucket = self.plan.spec.destination_bucket
-        found = layout.unreachable(bucket, item.renditions, (info.width, info.height))
+        found = layout.unreachable(self._bucket, item.renditions, (info.width, info.height))
         if found is None:
             return False
         message, facts = found
@@ -527,13 +519,13 @@ class BatchRunner:
 
     async def _store(self, flight: Flight, result: ImageResult) -> None:
         flight.stage = "store"
-        item, bucket = flight.item, self.plan.spec.destination_bucket
+        item = flight.item
         written = await self._write_output(flight, result)
         if written is None:
             return
         flight.output_exists = True
         if len(self.result.sample_outputs) < SAMPLE_OUTPUTS:
-            self.result.sample_outputs.append(gs_uri(bucket, item.destination))
+            self.result.sample_outputs.append(gs_uri(self._bucket, item.destination))
         renditions: dict[str, Any] = {}
         if item.renditions:  # from the bytes in hand: the master is not read back
             flight.stage = "render"
@@ -546,14 +538,13 @@ class BatchRunner:
 
     async def _write_output(self, flight: Flight, result: ImageResult) -> ObjectInfo | None:
         """The stored output (create-only, or over the stale generation), else ``None``: settled."""
-        item, bucket = flight.item, self.plan.spec.destination_bucket
-        account = flight.account or self.chain.primary
+        item, account = flight.item, flight.account or self.chain.primary
         credits, _ = self._credits_of(account, result.credits_charged)
         token = f"{self.writer_id}:{item.source.generation}:{account.processor.fingerprint}"
         try:
             return await self._blocking(
                 self.storage.write,
-                bucket,
+                self._bucket,
                 item.destination,
                 result.content,
                 content_type=result.content_type,
@@ -562,7 +553,13 @@ class BatchRunner:
                 idempotency_token=token,
             )
         except WriteConflictError:
-            await self._settle_conflict(flight)
+            # Another run wrote first (its output is finished: skipped, the claim stays), or something
+            # else is in the way (ours was not written: failed, the claim is released).
+            if not await self._skipped_as_finished(
+                flight, "done_concurrently", "another run wrote this output first"
+            ):
+                message = "the destination appeared during the run; not overwritten"
+                self._settle(flight, "failed", "output_exists", message)
         except StorageError as exc:
             return await self._landed_anyway(flight, result.content, token, exc)
         return None
@@ -578,7 +575,7 @@ class BatchRunner:
         """
         destination = flight.item.destination
         try:
-            current = await self._blocking(self.storage.stat, self.plan.spec.destination_bucket, destination)
+            current = await self._blocking(self.storage.stat, self._bucket, destination)
         except StorageError as stat_exc:
             current, unclear = None, f"; the destination could not be checked: {stat_exc}"
         else:
@@ -623,24 +620,10 @@ class BatchRunner:
             vendor=made_by_vendor(master),
         )
 
-    async def _settle_conflict(self, flight: Flight) -> None:
-        """
-        The create-only write lost: another run wrote first (skipped: the claim stays, the output is
-        finished), or something else is in the way (failed: our output was not written, so the claim is
-        released, as it is when the stat cannot tell them apart).
-        """
-        if not await self._skipped_as_finished(
-            flight, "done_concurrently", "another run wrote this output first"
-        ):
-            message = "the destination appeared during the run; not overwritten"
-            self._settle(flight, "failed", "output_exists", message)
-
     async def _skipped_as_finished(self, flight: Flight, code: str, message: str) -> bool:
         """Settle the image skipped if its stored output is finished (made from this source by the chain)."""
         try:
-            current = await self._blocking(
-                self.storage.stat, self.plan.spec.destination_bucket, flight.item.destination
-            )
+            current = await self._blocking(self.storage.stat, self._bucket, flight.item.destination)
         except StorageError:
             return False  # cannot tell
         if current is None or not is_finished(current, flight.item.source, self.identity):

@@ -93,13 +93,9 @@ class CallStage:
                 self.report(flight, "success")
                 return result
 
-    def _settled_on_stop(self, flight: Flight) -> bool:
-        """A stop request: the image is not sent (again), pending."""
-        if self.halts.stop is None:
-            return False
-        code, message = self.halts.stop
-        self.settle(flight, "pending", code, f"{message}; {_not_sent(flight)}")
-        return True
+    def _settle_not_sent(self, flight: Flight, code: str, why: str) -> None:
+        """Settle pending an image not sent (again)."""
+        self.settle(flight, "pending", code, f"{why}; {_not_sent(flight)}")
 
     async def _account_for(self, flight: Flight, data: bytes) -> Account | None:
         """
@@ -107,7 +103,8 @@ class CallStage:
         account left). The stop is looked for on every pass, so a wait for a probe never ends in a call.
         """
         while True:
-            if self._settled_on_stop(flight):
+            if self.halts.stop is not None:
+                self._settle_not_sent(flight, *self.halts.stop)
                 return None
             choice = self.chain.choose(flight.tried, self.budgets.fits)
             if isinstance(choice, tuple):
@@ -130,7 +127,7 @@ class CallStage:
         """The call fits ``max_credits`` at ``account``'s cost: it goes there (else: settled pending)."""
         refusal = self.budgets.refusal(flight, account, probe)
         if refusal is not None:
-            self.settle(flight, "pending", "max_credits", f"{refusal}; {_not_sent(flight)}")
+            self._settle_not_sent(flight, "max_credits", refusal)
             return False
         previous = flight.account
         if previous is not None and previous is not account:  # its lost replies stay booked there
@@ -221,7 +218,7 @@ class CallStage:
         chain = self.chain
         if isinstance(exc, TransientVendorError) and "outage" in chain.failover_on:
             flight.tried.append(account)  # an outage here: the image goes on, never back
-            if self._untried(flight) and self.budgets.may_retry(exc):
+            if self._untried(flight) and self.budgets.may_retry():
                 self._hand_on(flight, account, "outage", exc)
                 return True
             return False
@@ -251,7 +248,7 @@ class CallStage:
             halt = self.halts.halt
             assert halt is not None
             if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
-                self.settle(flight, "pending", halt.reason, f"{halt.message}; {_not_sent(flight)}")
+                self._settle_not_sent(flight, halt.reason, halt.message)
             else:
                 self._settle_error(flight, "pending", halt.reason, exc)
             return
