@@ -403,9 +403,10 @@ def is_finished(existing: ObjectInfo, source: ObjectInfo, identity: OutputIdenti
 
 def iter_sources(
     storage: GcsStorage, spec: BatchSpec, *, outputs: bool = False
-) -> Iterator[tuple[str, ObjectInfo | None]]:
+) -> Iterator[tuple[str, ObjectInfo | StorageError | None]]:
     """
-    The sources in order as ``(name, object)``; the object is ``None`` for a listed name that is absent.
+    The sources in order as ``(name, object)``; for an explicit name the object is ``None`` when it
+    is absent, or the :class:`StorageError` that kept it from being looked up (that source alone fails).
 
     :param storage: the GCS storage.
     :param spec: what the batch works on.
@@ -435,7 +436,10 @@ def iter_sources(
                 )
         if spec.source_prefix and not name.startswith(spec.source_prefix):
             name = spec.source_prefix + name.lstrip("/")
-        yield name, storage.stat(spec.source_bucket, name)
+        try:
+            yield name, storage.stat(spec.source_bucket, name)
+        except StorageError as exc:
+            yield name, exc
 
 
 def list_sources(
@@ -597,7 +601,7 @@ def _windows(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
 
 
 def _map_sources(
-    sources: Iterable[tuple[str, ObjectInfo | None]],
+    sources: Iterable[tuple[str, ObjectInfo | StorageError | None]],
     spec: BatchSpec,
     extension: str,
     sink: PlanSink,
@@ -613,11 +617,9 @@ def _map_sources(
     for name, entry in sources:
         if own_folder is not None and name.startswith(own_folder):
             continue
-        if entry is None:
-            missing = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
-            sink.settle(
-                PlannedOutcome(missing, None, "rejected", "not_found", "source object does not exist")
-            )
+        if entry is None or isinstance(entry, StorageError):
+            unknown = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)
+            sink.settle(_unknown_source(unknown, entry))
             continue
         try:
             _refuse_read_back(spec, read_back, name)
@@ -628,6 +630,17 @@ def _map_sources(
         stem = spec.source_prefix + dest[len(spec.output_prefix) : len(dest) - len(extension)]
         if collisions.first(name, stem, dest) is None:
             yield WorkItem(entry, dest)
+
+
+def _unknown_source(source: ObjectInfo, error: StorageError | None) -> PlannedOutcome:
+    """An explicit source that does not exist (rejected), or that could not be looked up (failed)."""
+    if error is None:
+        return PlannedOutcome(source, None, "rejected", "not_found", "source object does not exist")
+    message = (
+        "the source could not be looked up at planning, so it was not planned (nothing sent or paid; "
+        f"the next run plans it again): {error}"
+    )
+    return PlannedOutcome(source, None, "failed", type(error).__name__, message)
 
 
 def _refuse_read_back(spec: BatchSpec, read_back: Sequence[str], name: str) -> None:
@@ -803,7 +816,7 @@ def plan_into(
     limits: InputLimits,
     concurrency: int = 16,
     check: bool = True,
-    sources: Iterable[tuple[str, ObjectInfo | None]] | None = None,
+    sources: Iterable[tuple[str, ObjectInfo | StorageError | None]] | None = None,
     renditions: RenditionLayout | None = None,
     masters_are_sources: bool = False,
     account_limits: Sequence[tuple[str, InputLimits]] = (),

@@ -49,6 +49,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     plan_batch,
     ranges_outside,
 )
+from airflow_provider_bgremoval.storage.exceptions import StoragePermissionError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.poof import PoofWire
 from tests.support.connections import SleepRecorder, set_connection
@@ -552,6 +553,35 @@ def test_explicit_source_objects_find_their_finished_outputs(tiny_png: bytes) ->
     assert [i.source.name for i in plan.items] == [n for n in shuffled if n not in done]  # the given order
     assert storage.requests["list"] == 2  # one range per window of 1,000 (then 200) names
     assert storage.requests["stat"] == len(names)  # each given source is looked up (the listing is skipped)
+
+
+def test_an_explicit_source_that_cannot_be_looked_up_fails_alone_at_planning(
+    tiny_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stat that raises (a permission, GCS down after its retries) fails that source, not the plan."""
+    storage = MemoryStorage(dict.fromkeys(["a.png", "b.png", "c.png"], tiny_png))
+    stat = storage.stat
+
+    def denied_for_b(bucket: str, name: str) -> ObjectInfo | None:
+        if name == "b.png":
+            raise StoragePermissionError("reading gs://src/b.png: 403 denied", bucket=bucket, name=name)
+        return stat(bucket, name)
+
+    monkeypatch.setattr(storage, "stat", denied_for_b)
+    names = ["a.png", "b.png", "gone.png", "c.png"]
+    plan = _plan_in(storage, BatchSpec(source_bucket="src", destination_bucket="dst", source_objects=names))
+
+    assert [item.source.name for item in plan.items] == ["a.png", "c.png"]
+    verdicts = {o.source.name: (o.status, o.code) for o in plan.settled}
+    assert verdicts == {
+        "b.png": ("failed", "StoragePermissionError"),
+        "gone.png": ("rejected", "not_found"),
+    }
+    [failed] = [o for o in plan.settled if o.status == "failed"]
+    assert failed.message == (
+        "the source could not be looked up at planning, so it was not planned (nothing sent or paid; "
+        "the next run plans it again): reading gs://src/b.png: 403 denied"
+    )
 
 
 def test_the_collision_check_of_a_listing_holds_only_the_stems_on_the_current_path() -> None:
