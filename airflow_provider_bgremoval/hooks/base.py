@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -161,25 +161,6 @@ def _pixels(data: bytes) -> int | None:
         return None
 
 
-class _Drive(Generic[T]):
-    """Steps a flow: sends each effect's ``reply`` back or throws its ``error`` in; then ``result``."""
-
-    def __init__(self, flow: Flow[T]) -> None:
-        self.flow = flow
-        self.reply: Any = None
-        self.error: Exception | None = None
-        self.result: Any = None
-
-    def __iter__(self) -> Iterator[_Effect[Any]]:
-        with closing(self.flow):
-            try:
-                while True:
-                    error, self.error = self.error, None
-                    yield self.flow.send(self.reply) if error is None else self.flow.throw(error)
-            except StopIteration as done:
-                self.result = done.value
-
-
 def _methods(
     flow: Callable[Concatenate[H, P], Flow[T]],
 ) -> tuple[Callable[Concatenate[H, P], T], Callable[Concatenate[H, P], Awaitable[T]]]:
@@ -290,24 +271,32 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return f"{type(self).__name__}(conn_id={self.conn_id!r})"
 
     def _run(self, flow: Flow[T]) -> T:
-        """Drive a flow with blocking I/O."""
-        drive = _Drive(flow)
-        for effect in drive:
-            try:
-                drive.reply = effect.run()
-            except Exception as exc:
-                drive.error = exc
-        return drive.result  # type: ignore[no-any-return]
+        """Drive a flow with blocking I/O: each effect's result is sent back in, its error thrown in."""
+        with closing(flow):
+            step: Callable[[], _Effect[Any]] = partial(flow.send, None)
+            while True:
+                try:
+                    effect = step()
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                try:
+                    step = partial(flow.send, effect.run())
+                except Exception as exc:
+                    step = partial(flow.throw, exc)
 
     async def _arun(self, flow: Flow[T]) -> T:
-        """Drive a flow with async I/O (CPU work on a big image in a worker thread)."""
-        drive = _Drive(flow)
-        for effect in drive:
-            try:
-                drive.reply = await effect.arun()
-            except Exception as exc:
-                drive.error = exc
-        return drive.result  # type: ignore[no-any-return]
+        """:meth:`_run` with async I/O (CPU work on a big image in a worker thread)."""
+        with closing(flow):
+            step: Callable[[], _Effect[Any]] = partial(flow.send, None)
+            while True:
+                try:
+                    effect = step()
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                try:
+                    step = partial(flow.send, await effect.arun())
+                except Exception as exc:
+                    step = partial(flow.throw, exc)
 
     @classmethod
     def get_hook(cls, conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
@@ -581,6 +570,36 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
         return _Effect(lambda: self.get_conn().request(method, path, **options), arun)
 
+    def _stream(
+        self,
+        method: str,
+        url: str,
+        options: Mapping[str, Any],
+        keep: Callable[[bytearray, bytes], None],
+        wants_body: Callable[[httpx.Response], bool] = lambda response: True,
+    ) -> _Effect[httpx.Response]:
+        """A streamed request: its body, if ``wants_body(reply)``, read piece by piece by ``keep``."""
+
+        def run() -> httpx.Response:
+            body = bytearray()
+            with self.get_conn().stream(method, url, **options) as response:
+                if wants_body(response):
+                    keep(body, b"")  # the head's arrival counts as a piece: a deadline is checked then
+                    for chunk in response.iter_bytes():
+                        keep(body, chunk)
+            return _whole(response, body)
+
+        async def arun() -> httpx.Response:
+            body = bytearray()
+            async with (await self._aget_client()).stream(method, url, **options) as response:
+                if wants_body(response):
+                    keep(body, b"")
+                    async for chunk in response.aiter_bytes():
+                        keep(body, chunk)
+            return _whole(response, body)
+
+        return _Effect(run, arun)
+
     def _probe_exchange(
         self, request: WireRequest, options: Mapping[str, Any], url: str
     ) -> _Effect[httpx.Response]:
@@ -596,42 +615,29 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 code="probe_deadline",
             )
 
-        def keep(body: bytearray, chunk: bytes, deadline: float) -> None:
-            body += chunk
-            if len(body) > _PROBE_MAX_BYTES:
-                raise TransientVendorError(
-                    f"the answer from {url} is over {_PROBE_MAX_BYTES} bytes; not read",
-                    vendor=self.wire_class.spec.name,
-                    code="probe_too_large",
-                )
-            if time.monotonic() > deadline:
-                raise overdue()
+        def bounded() -> _Effect[httpx.Response]:
+            deadline = time.monotonic() + self.probe_deadline
 
-        def run() -> httpx.Response:
-            deadline, body = time.monotonic() + self.probe_deadline, bytearray()
-            with self.get_conn().stream(request.method, request.path, **options) as response:
-                keep(body, b"", deadline)
-                for chunk in response.iter_bytes():
-                    keep(body, chunk, deadline)
-            return _whole(response, body)
+            def keep(body: bytearray, chunk: bytes) -> None:
+                if len(body) + len(chunk) > _PROBE_MAX_BYTES:
+                    raise TransientVendorError(
+                        f"the answer from {url} is over {_PROBE_MAX_BYTES} bytes; not read",
+                        vendor=self.wire_class.spec.name,
+                        code="probe_too_large",
+                    )
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise overdue()
 
-        async def read(deadline: float) -> httpx.Response:
-            body = bytearray()
-            async with (await self._aget_client()).stream(
-                request.method, request.path, **options
-            ) as response:
-                async for chunk in response.aiter_bytes():
-                    keep(body, chunk, deadline)
-            return _whole(response, body)
+            return self._stream(request.method, request.path, options, keep)
 
         async def arun() -> httpx.Response:
-            deadline = time.monotonic() + self.probe_deadline
             try:  # async: a hard deadline (a sync read checks it as each piece arrives)
-                return await asyncio.wait_for(read(deadline), self.probe_deadline)
+                return await asyncio.wait_for(bounded().arun(), self.probe_deadline)
             except asyncio.TimeoutError:
                 raise overdue() from None
 
-        return _Effect(run, arun)
+        return _Effect(lambda: bounded().run(), arun)
 
     def _retried(
         self,
@@ -744,17 +750,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         kind, code = (TransientVendorError, None) if transient else (ResultDownloadError, "result_download")
         return kind(message, vendor=self.wire_class.spec.name, status_code=status, code=code)
 
-    def _result_head(self, response: httpx.Response) -> str | None:
-        """Read a result reply's head: its redirect target, ``None`` for a body to read; else raise."""
+    def _result_head(self, response: httpx.Response) -> bool:
+        """Check a result reply's head: whether its body is to be read (else it redirects), or raise."""
         status, declared = response.status_code, response.headers.get("content-length", "")
         if response.is_redirect:
-            try:
-                target = urljoin(str(response.url), response.headers.get("location", ""))
-            except ValueError:  # an invalid URL in Location
-                target = ""
-            if not is_http_url(target):
-                raise self._download_error("result URL redirected to a non-http(s) location; refused")
-            return target
+            return False
         if status >= 500 or status in (408, 429):
             raise self._download_error(f"result download answered {status}", status, transient=True)
         if status >= 400:
@@ -765,51 +765,38 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise self._download_error(
                 f"result is {declared} bytes, over the {self.max_result_bytes} byte cap"
             )
-        return None
+        return True
+
+    def _redirect_target(self, response: httpx.Response) -> str:
+        """Where a result reply redirects to, if that is an http(s) URL; else raise."""
+        try:
+            target = urljoin(str(response.url), response.headers.get("location", ""))
+        except ValueError:  # an invalid URL in Location
+            target = ""
+        if not is_http_url(target):
+            raise self._download_error("result URL redirected to a non-http(s) location; refused")
+        return target
 
     def _keep_chunk(self, body: bytearray, chunk: bytes) -> None:
         if len(body) + len(chunk) > self.max_result_bytes:
             raise self._download_error(f"result is larger than the {self.max_result_bytes} byte cap; cut off")
         body += chunk
 
-    def _fetch(self, url: str) -> _Effect[str | bytes]:
-        """GET a result URL (no API key, no redirect followed): a redirect target, or the capped body."""
-
-        def run() -> str | bytes:
-            body = bytearray()
-            with self.get_conn().stream("GET", url) as response:
-                if redirect := self._result_head(response):
-                    return redirect
-                for chunk in response.iter_bytes():
-                    self._keep_chunk(body, chunk)
-            return bytes(body)
-
-        async def arun() -> str | bytes:
-            body = bytearray()
-            async with (await self._aget_client()).stream("GET", url) as response:
-                if redirect := self._result_head(response):
-                    return redirect
-                async for chunk in response.aiter_bytes():
-                    self._keep_chunk(body, chunk)
-            return bytes(body)
-
-        return _Effect(run, arun)
-
     def _download_attempt(self, url: str) -> Flow[bytes]:
         if not is_http_url(url):
             raise self._download_error("the vendor's result URL is not an absolute http(s) URL; refused")
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                got = yield from self._fetch(url)
+                response = yield from self._stream("GET", url, {}, self._keep_chunk, self._result_head)
             except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
             except httpx.HTTPError as exc:
                 raise self._download_error(
                     f"result download failed: {type(exc).__name__}", transient=True
                 ) from None
-            if isinstance(got, bytes):
-                return got
-            url = got
+            if not response.is_redirect:
+                return response.content
+            url = self._redirect_target(response)
         raise self._download_error("too many redirects")
 
     def _download(self, url: str) -> Flow[bytes]:
