@@ -562,13 +562,13 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _exchange(self, method: str, path: str, options: Mapping[str, Any]) -> _Effect[httpx.Response]:
+    def _exchange(self, request: WireRequest, options: Mapping[str, Any]) -> _Effect[httpx.Response]:
         """One request on the API client (``options``: headers, body, timeout), read in full."""
 
         async def arun() -> httpx.Response:
-            return await (await self._aget_client()).request(method, path, **options)
+            return await (await self._aget_client()).request(request.method, request.path, **options)
 
-        return _Effect(lambda: self.get_conn().request(method, path, **options), arun)
+        return _Effect(lambda: self.get_conn().request(request.method, request.path, **options), arun)
 
     def _stream(
         self,
@@ -693,11 +693,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
         sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
         url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
-        exchange = self._probe_exchange(request, options, url) if probe else None
+        exchange = self._probe_exchange(request, options, url) if probe else self._exchange(request, options)
         try:
-            response = yield from (exchange or self._exchange(request.method, request.path, options))
+            response = yield from exchange
         except httpx.HTTPError as exc:
-            raise self._transport_error(wire, request, exc) from None
+            raise self._transport_error(wire, request, exc, url) from None
         error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
         if error is not None and _lost_reply(request, error):
             error.possibly_charged = True  # a gateway timed out: the vendor may have done the work
@@ -709,11 +709,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     @staticmethod
     def _transport_error(
-        wire: VendorWire, request: WireRequest, exc: httpx.HTTPError
+        wire: VendorWire, request: WireRequest, exc: httpx.HTTPError, url: str
     ) -> TransientVendorError:
-        """A request that got no reply: a retryable error naming the URL and the cause."""
+        """A request to ``url`` (as shown) that got no reply: a retryable error naming it and the cause."""
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-        url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
         # h11 quotes the illegal header (the key itself) in a LocalProtocolError: never shown
         cause = "" if isinstance(exc, httpx.LocalProtocolError) else safe_excerpt(str(exc))
         return TransientVendorError(
