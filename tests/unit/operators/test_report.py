@@ -60,7 +60,13 @@ class MemoryStorage:
             )
         data = self.objects[bucket, name]
         if max_bytes is not None and len(data) > max_bytes:
-            raise ObjectTooLargeError(f"gs://{bucket}/{name} is too large", bucket=bucket, name=name)
+            raise ObjectTooLargeError(
+                f"gs://{bucket}/{name} is too large",
+                bucket=bucket,
+                name=name,
+                max_bytes=max_bytes,
+                size=len(data),
+            )
         return data
 
     def write(self, bucket: str, name: str, data: bytes, **kwargs: Any) -> ObjectInfo:
@@ -460,6 +466,21 @@ def test_a_deleted_sample_source_is_drawn_unreadable_and_the_report_is_written(
     assert result["contact_sheet_uri"] == f"gs://out/{folder}contact-sheet.png"
     assert json.loads(bucket["out", f"{folder}report.json"])["counts"]["done"] == 2
     assert "gs://raw/a.jpg is drawn unreadable" in capsys.readouterr().out  # the task log
+
+
+def test_a_sample_over_the_read_cap_is_drawn_unreadable_and_the_report_is_written(
+    bucket: dict[tuple[str, str], bytes], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cut-out larger than ``SAMPLE_MAX_BYTES`` is not read whole: its tile says "unreadable"."""
+    monkeypatch.setattr(report, "SAMPLE_MAX_BYTES", len(bucket["out", "cut/a.png"]) - 1)
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    folder = report_prefix("cut", "dag", "manual__1")
+    assert result["contact_sheet_uri"] == f"gs://out/{folder}contact-sheet.png"
+    assert json.loads(bucket["out", f"{folder}report.json"])["counts"]["done"] == 2
+    assert (
+        "gs://out/cut/a.png is drawn unreadable: gs://out/cut/a.png is too large" in capsys.readouterr().out
+    )
 
 
 def test_sample_reads_are_pinned_to_the_row_s_generations_and_capped(
