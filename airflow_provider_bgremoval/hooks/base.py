@@ -329,8 +329,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 f"connection type {conn.conn_type!r} is not a background-removal vendor "
                 f"(expected one of {', '.join(vendor_types)})",
             )
-        hook: BackgroundRemovalHook[Any] = conn.get_hook(hook_params=hook_params)  # type: ignore[no-untyped-call]
-        return hook
+        return conn.get_hook(hook_params=hook_params)  # type: ignore[no-any-return,no-untyped-call]
 
     @classmethod
     def _form(cls) -> dict[str, Any]:

@@ -42,8 +42,7 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         self, conn_id: str | None = None, *, delta_png_default: DeltaMode = False, **kwargs: Any
     ) -> None:
         super().__init__(conn_id, **kwargs)
-        #: ``delta_png`` for calls that leave it unset; transfer-only for ``False``/``"auto"`` (no
-        #: fingerprint changes), so it may be set on a built hook (``hook.delta_png_default = "auto"``)
+        #: ``False``/``"auto"`` change no fingerprint: it may be set on a built hook (``= "auto"``)
         self.delta_png_default: DeltaMode = PixianOptions(delta_png=delta_png_default).delta_png or False
 
     def _call_options(self, vendor_options: Any) -> PixianOptions:
