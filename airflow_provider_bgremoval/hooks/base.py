@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -161,6 +161,25 @@ def _pixels(data: bytes) -> int | None:
         return None
 
 
+class _Drive(Generic[T]):
+    """Steps a flow: sends each effect's ``reply`` back or throws its ``error`` in; then ``result``."""
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self.flow = flow
+        self.reply: Any = None
+        self.error: Exception | None = None
+        self.result: Any = None
+
+    def __iter__(self) -> Iterator[_Effect[Any]]:
+        with closing(self.flow):
+            try:
+                while True:
+                    error, self.error = self.error, None
+                    yield self.flow.send(self.reply) if error is None else self.flow.throw(error)
+            except StopIteration as done:
+                self.result = done.value
+
+
 def _methods(
     flow: Callable[Concatenate[H, P], Flow[T]],
 ) -> tuple[Callable[Concatenate[H, P], T], Callable[Concatenate[H, P], Awaitable[T]]]:
@@ -271,32 +290,24 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return f"{type(self).__name__}(conn_id={self.conn_id!r})"
 
     def _run(self, flow: Flow[T]) -> T:
-        """Drive a flow with blocking I/O: each effect's result is sent back in, its error thrown in."""
-        with closing(flow):
-            step: Callable[[], _Effect[Any]] = partial(flow.send, None)
-            while True:
-                try:
-                    effect = step()
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-                try:
-                    step = partial(flow.send, effect.run())
-                except Exception as exc:
-                    step = partial(flow.throw, exc)
+        """Drive a flow with blocking I/O."""
+        drive = _Drive(flow)
+        for effect in drive:
+            try:
+                drive.reply = effect.run()
+            except Exception as exc:
+                drive.error = exc
+        return drive.result  # type: ignore[no-any-return]
 
     async def _arun(self, flow: Flow[T]) -> T:
-        """:meth:`_run` with async I/O (CPU work on a big image in a worker thread)."""
-        with closing(flow):
-            step: Callable[[], _Effect[Any]] = partial(flow.send, None)
-            while True:
-                try:
-                    effect = step()
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-                try:
-                    step = partial(flow.send, await effect.arun())
-                except Exception as exc:
-                    step = partial(flow.throw, exc)
+        """Drive a flow with async I/O (CPU work on a big image in a worker thread)."""
+        drive = _Drive(flow)
+        for effect in drive:
+            try:
+                drive.reply = await effect.arun()
+            except Exception as exc:
+                drive.error = exc
+        return drive.result  # type: ignore[no-any-return]
 
     @classmethod
     def get_hook(cls, conn_id: str, hook_params: dict[str, Any] | None = None) -> BackgroundRemovalHook[Any]:
