@@ -11,6 +11,7 @@ import copy
 import inspect
 import io
 import logging
+import math
 import re
 import threading
 import time
@@ -395,7 +396,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         try:
             seconds = cls.wire_class.spec.default_timeout if raw_timeout in (None, "") else float(raw_timeout)
         except (TypeError, ValueError):
-            raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds") from None
+            seconds = math.nan
+        if isinstance(raw_timeout, bool) or math.isnan(seconds) or math.isinf(seconds):
+            raise InvalidOptionError("timeout", f"{raw_timeout!r} is not a number of seconds")
         if seconds <= 0:
             raise InvalidOptionError("timeout", "must be positive")
         for name, parse in cls._extra_parsers.items():
