@@ -28,10 +28,14 @@ from airflow_provider_bgremoval.vendors.poof import PoofOptions
 
 #: The bucket operations (the arrivals trigger's ``operation``).
 OPERATIONS = ("remove_background", "generate_background")
+#: The removal options that are templated (all but ``jpeg_quality``).
+_TEMPLATED_REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size")
 #: The unified removal options, as ``RemoveBackgroundOperator`` takes them (and ``vendor_options``).
-REMOVAL_FIELDS = ("output_format", "background_color", "crop", "margin", "max_size", "jpeg_quality")
+REMOVAL_FIELDS = (*_TEMPLATED_REMOVAL_FIELDS, "jpeg_quality")
+#: The generate-background options that are templated (all but ``image_transform``).
+_TEMPLATED_GENERATION_FIELDS = ("scene", "prompt", "negative_prompt")
 #: The generate-background options, as ``GenerateBackgroundOperator`` takes them.
-GENERATION_FIELDS = ("scene", "prompt", "negative_prompt", "image_transform")
+GENERATION_FIELDS = (*_TEMPLATED_GENERATION_FIELDS, "image_transform")
 #: Every image parameter of the bucket operations by name (the arrivals trigger takes them all).
 IMAGE_FIELDS = (*REMOVAL_FIELDS, "vendor_options", *GENERATION_FIELDS)
 #: Each vendor's typed removal options (in a chain of connections, typed options apply to their vendor only).
@@ -154,14 +158,7 @@ class RemovalParameters(BucketJobOperator):
     :param kwargs: the bucket job's parameters (:class:`BucketJobOperator`).
     """
 
-    template_fields: Sequence[str] = (
-        *BucketJobOperator.template_fields,
-        "output_format",
-        "background_color",
-        "crop",
-        "margin",
-        "max_size",
-    )
+    template_fields: Sequence[str] = (*BucketJobOperator.template_fields, *_TEMPLATED_REMOVAL_FIELDS)
 
     def __init__(
         self,
@@ -183,7 +180,7 @@ class RemovalParameters(BucketJobOperator):
         self.max_size = max_size
         self.jpeg_quality = jpeg_quality
         self.vendor_options = vendor_options
-        templated = any(is_template(v) for v in (output_format, background_color, crop, margin, max_size))
+        templated = any(is_template(getattr(self, name)) for name in _TEMPLATED_REMOVAL_FIELDS)
         options = None if templated else self.removal_options()  # fail at DAG parse on bad options
         if self.conn_id != "" and not is_template(self.conn_id):
             vendor_options_for(vendor_options, None, chained=len(self.conn_ids()) > 1)
@@ -219,12 +216,7 @@ class GenerationParameters(BucketJobOperator):
     :param kwargs: the bucket job's parameters (:class:`BucketJobOperator`).
     """
 
-    template_fields: Sequence[str] = (
-        *BucketJobOperator.template_fields,
-        "scene",
-        "prompt",
-        "negative_prompt",
-    )
+    template_fields: Sequence[str] = (*BucketJobOperator.template_fields, *_TEMPLATED_GENERATION_FIELDS)
 
     def __init__(
         self,
@@ -241,7 +233,7 @@ class GenerationParameters(BucketJobOperator):
         self.prompt = prompt
         self.negative_prompt = negative_prompt
         self.image_transform = image_transform
-        if not any(is_template(v) for v in (scene, prompt, negative_prompt)):
+        if not any(is_template(getattr(self, name)) for name in _TEMPLATED_GENERATION_FIELDS):
             generation_options_of(self._options())  # fail at DAG parse on bad or conflicting options
 
     def _options(self) -> dict[str, Any]:
