@@ -131,9 +131,9 @@ def render_contact_sheet(
         x = _PAD + col * _cell_width(thumb, extra)
         y = _HEADER + row * (thumb + _LABEL + _PAD)
         sheet.paste(_thumbnail(before, Image.new("RGB", (thumb, thumb), (255, 255, 255))), (x, y))
-        sheet.paste(_thumbnail(after, checkerboard((thumb, thumb))), (x + thumb + _PAD, y))
         draw.text((x, y + thumb + 2), safe_excerpt(label, label_limit), fill=_INK, font=label_font)
-        for slot, (name, data) in enumerate(renditions[0] if renditions else (), start=2):
+        results = [("", after), *(renditions[0] if renditions else ())]  # the pair's label spans the result
+        for slot, (name, data) in enumerate(results, start=1):
             left = x + slot * (thumb + _PAD)
             sheet.paste(_thumbnail(data, checkerboard((thumb, thumb))), (left, y))
             draw.text((left, y + thumb + 2), safe_excerpt(name, thumb // 6), fill=_INK, font=label_font)

@@ -695,16 +695,3 @@ def render_verdict(facts: Sequence[Mapping[str, Any]]) -> tuple[str, str | None,
         exists = all(f.get("error_code") == "output_exists" for f in facts if f["status"] == "rejected")
         return "rejected", "output_exists" if exists else NONCOMPLIANT, f"rendition(s) {message}"
     return "done", None, None
-
-
-def rendition_counts(facts: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-    """
-    Per rendition name, how many sources ended in each status (for the summary).
-
-    :param facts: the manifest's ``renditions`` entries of every row.
-    """
-    counts: dict[str, dict[str, int]] = {}
-    for entry in facts:
-        per = counts.setdefault(str(entry["name"]), dict.fromkeys(RENDITION_STATUSES, 0))
-        per[str(entry["status"])] = per.get(str(entry["status"]), 0) + 1
-    return counts
