@@ -421,11 +421,9 @@ class BucketJobOperator(BaseOperator):
         for conn in ids:
             hook = BackgroundRemovalHook.get_hook(conn)
             processor = self.build_processor(hook, self.costs[conn], chained=len(ids) > 1)
-            breaker = CircuitBreaker(self.circuit_breaker)
-            budget = self.budgets[conn]
-            if shard is not None:
-                budget = shard.account_credits_within(conn, budget)
-            accounts.append(Account(conn, processor, hook, budget, breaker))
+            budget = self.budgets[conn]  # on a shard: within the shard's share of it
+            budget = budget if shard is None else shard.account_credits_within(conn, budget)
+            accounts.append(Account(conn, processor, hook, budget, CircuitBreaker(self.circuit_breaker)))
         return AccountChain(accounts, self.failover_on, self.retry_rejected_on_next)
 
     def _spec(self) -> BatchSpec:

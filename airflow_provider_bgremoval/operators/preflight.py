@@ -37,9 +37,9 @@ from airflow_provider_bgremoval.operators.operations import GenerationParameters
 from airflow_provider_bgremoval.pipeline.accounts import Account
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 from airflow_provider_bgremoval.pipeline.plan_store import (
-    AIRFLOW_MAX_MAP_LENGTH,
     PlanWriter,
     PricedRun,
+    check_shard_limits,
     plan_prefix,
 )
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan
@@ -171,16 +171,8 @@ class CreditsPreflightOperator(BucketJobOperator):
         """
         given = {name: getattr(self, name) for name in ("max_shards", "min_shard_size")}
         counts = {name: parse_count(value, name) for name, value in given.items() if not is_template(value)}
-        for name, value in counts.items():
-            if value == 0:
-                raise InvalidOptionError(name, "must be at least 1")
-        max_shards = counts.get("max_shards")
-        if max_shards is not None and max_shards > AIRFLOW_MAX_MAP_LENGTH:
-            raise InvalidOptionError(
-                "max_shards",
-                f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH} (Airflow's default [core] max_map_length)",
-            )
-        return max_shards
+        check_shard_limits(counts.get("max_shards"), counts.get("min_shard_size"))
+        return counts.get("max_shards")
 
     def test_estimate_hook(self, job: BucketJob) -> PixianHook | None:
         """
@@ -260,7 +252,10 @@ class CreditsPreflightOperator(BucketJobOperator):
             # Too close to call, or only a header can tell (which account of a chain takes an image):
             # check the files, price again.
             if not plan.checked and (not estimate["sufficient"] or self._limits_decide(job, estimate)):
-                plan = self._checked(context, job, plan, max_shards)
+                if isinstance(plan, BatchPlan):
+                    plan = job.check_plan(plan)
+                else:  # a kept plan is planned again, with the checks (docs/credits.md)
+                    plan = self._plan(context, job, max_shards, check=True)
                 estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
         finally:
             run_coroutine(job.aclose_hooks())
@@ -332,14 +327,6 @@ class CreditsPreflightOperator(BucketJobOperator):
             Decimal(entry["usable"]) < Decimal(entry["cost_per_image"]) * wanted
             for entry in estimate.get("accounts") or ()
         )
-
-    def _checked(
-        self, context: Context, job: BucketJob, plan: BatchPlan | PlanWriter, max_shards: int | None
-    ) -> BatchPlan | PlanWriter:
-        """The plan with local checks: checked in memory, or a kept one planned again (docs/credits.md)."""
-        if isinstance(plan, BatchPlan):
-            return job.check_plan(plan)
-        return self._plan(context, job, max_shards, check=True)
 
     def _push_shards(
         self,

@@ -58,8 +58,7 @@ def _id_part(value: str) -> str:
 def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
     """
     The folder of one planning task try's plan: each id one folder name, percent-encoded but for letters,
-    digits and ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``), so two runs never share a folder. A
-    plan is only read during its own run, so plans kept under the earlier naming need no migration.
+    digits and ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``), so two runs never share a folder.
 
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
@@ -71,17 +70,21 @@ def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, tr
     return f"{internal_prefix}plans/{parts}/try-{try_number}/"
 
 
-def check_shard_limits(max_shards: int, min_shard_size: int) -> None:
+def check_shard_limits(max_shards: int | None, min_shard_size: int | None) -> None:
     """
     Refuse shard limits Airflow's mapping or the split cannot honour.
 
-    :param max_shards: at most this many shards (1 to :data:`AIRFLOW_MAX_MAP_LENGTH`).
-    :param min_shard_size: fewest sources per shard (at least 1).
+    :param max_shards: at most this many shards (1 to :data:`AIRFLOW_MAX_MAP_LENGTH`; ``None``: not given).
+    :param min_shard_size: fewest sources per shard (at least 1; ``None``: not given).
     """
-    if not 1 <= max_shards <= AIRFLOW_MAX_MAP_LENGTH:
-        raise InvalidOptionError("max_shards", f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH}")
-    if min_shard_size < 1:
-        raise InvalidOptionError("min_shard_size", "must be at least 1")
+    for name, value in (("max_shards", max_shards), ("min_shard_size", min_shard_size)):
+        if value is not None and value < 1:
+            raise InvalidOptionError(name, "must be at least 1")
+    if max_shards is not None and max_shards > AIRFLOW_MAX_MAP_LENGTH:
+        raise InvalidOptionError(
+            "max_shards",
+            f"must be between 1 and {AIRFLOW_MAX_MAP_LENGTH} (Airflow's default [core] max_map_length)",
+        )
 
 
 def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
@@ -306,9 +309,7 @@ def _object_row(info: ObjectInfo | None) -> dict[str, Any] | None:
 
 
 def _object(row: dict[str, Any] | None) -> ObjectInfo | None:
-    if row is None:
-        return None
-    return ObjectInfo(**row)
+    return None if row is None else ObjectInfo(**row)
 
 
 def _target_row(target: RenditionTarget) -> dict[str, Any]:

@@ -636,10 +636,7 @@ def _unknown_source(source: ObjectInfo, error: StorageError | None) -> PlannedOu
     """An explicit source that does not exist (rejected), or that could not be looked up (failed)."""
     if error is None:
         return PlannedOutcome(source, None, "rejected", "not_found", "source object does not exist")
-    message = (
-        "the source could not be looked up at planning, so it was not planned (nothing sent or paid; "
-        f"the next run plans it again): {error}"
-    )
+    message = f"{_NOT_PLANNED.format('looked up')}: {error}"
     return PlannedOutcome(source, None, "failed", type(error).__name__, message)
 
 
@@ -653,9 +650,10 @@ def _refuse_read_back(spec: BatchSpec, read_back: Sequence[str], name: str) -> N
             )
 
 
-_UNREADABLE = (
-    "the source could not be read for its local check at planning, so it was not planned "
-    "(nothing sent or paid; the next run plans it again)"
+#: Why a source a storage error kept from planning fails alone (``{}``: what could not be done).
+_NOT_PLANNED = (
+    "the source could not be {} at planning, so it was not planned (nothing sent or paid; "
+    "the next run plans it again)"
 )
 _OUTPUT_EXISTS = (
     "the destination exists but was made from another source generation or other options; "
@@ -753,7 +751,8 @@ class _Planner:
         except InputRejectedError as exc:
             return _outcome(item, "rejected", exc.code or "rejected", exc.message)
         except StorageError as exc:  # e.g. replaced or deleted since its listing: this source alone fails
-            return _outcome(item, "failed", type(exc).__name__, f"{_UNREADABLE}: {exc}")
+            unreadable = _NOT_PLANNED.format("read for its local check")
+            return _outcome(item, "failed", type(exc).__name__, f"{unreadable}: {exc}")
         if self.layout is not None and item.renditions:
             source = (checked.info.width, checked.info.height)
             found = self.layout.unreachable(self.spec.destination_bucket, item.renditions, source)
