@@ -1,7 +1,7 @@
 """Renditions: every marketplace's image rendered locally from one paid master cut-out (docs/renditions.md).
 
 :mod:`.spec` (the typed specs and presets by name), :mod:`.presets` (the built-in ones, as data),
-:mod:`.renderer` (:func:`render`) and :mod:`.compliance` (the checks, measured on the bytes written).
+:mod:`.renderer` (:func:`render`) and :mod:`.compliance` (the checks).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Marketplace presets as data, each citing its rule (docs/renditions.md; facts retrieved 2026-12).
 
-Marketplaces change their rules: every value here is a default a spec can override, and the rules a
-preset checks are the published ones, measured on the bytes written (:mod:`.compliance`).
+Marketplaces change their rules: every value here is a default a spec can override; the rules checked
+(:mod:`.compliance`) are the published ones.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The local renderer: every rendition of one image from one decoded master (docs/renditions.md).
 
 Pure CPU, no I/O, no shared mutable state: safe to call from worker threads. The master is prepared
-once (:func:`prepare_master`); each rendition is composed, encoded and checked on the bytes written.
+once (:func:`prepare_master`); each rendition is composed, encoded and checked (:mod:`.compliance`).
 """
 
 from __future__ import annotations
