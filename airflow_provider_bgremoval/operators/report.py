@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 
 #: Upstream task states that make the report task fail after writing the report.
 _BAD_UPSTREAM_STATES = frozenset({"failed", "upstream_failed"})
-#: The largest sample object the contact sheet reads (the largest master rendering reads); a larger
-#: one is drawn "unreadable", unread.
+#: The largest sample object the contact sheet reads (the largest master rendering reads).
 SAMPLE_MAX_BYTES = MASTER_MAX_BYTES
 
 

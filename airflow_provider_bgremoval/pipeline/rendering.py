@@ -219,18 +219,17 @@ def _recorded_on(record: ObjectInfo) -> str:
 @dataclass(frozen=True)
 class RenditionLayout:
     """
-    Where a batch's renditions go and how their names follow from the masters'.
+    Where a batch's renditions go and how their names follow from the masters'. A rendition folder may
+    not overlap the masters' prefix, nor the sources', when that is in the destination bucket.
 
     :param renditions: the renditions (:func:`~airflow_provider_bgremoval.renditions.spec.parse_renditions`).
     :param destination_prefix: the rendition folders' parent (normalised, ends with ``/`` or empty).
     :param masters_prefix: where the masters are (the prefix stripped from a master's name for its stem).
     :param master_extension: the masters' extension, stripped too (``""``: any, by ``splitext``).
-    :param destination_bucket: the renditions' bucket (the overlap checks compare it with the others).
-    :param masters_bucket: the masters' bucket (a rendition folder may not overlap the masters prefix
-        when it is the destination bucket).
+    :param destination_bucket: the renditions' bucket.
+    :param masters_bucket: the masters' bucket.
     :param source_bucket: the source photos' bucket.
-    :param source_prefix: the source photos' prefix (``None``: the masters are the sources); a rendition
-        folder may not overlap it when ``source_bucket`` is the destination bucket.
+    :param source_prefix: the source photos' prefix (``None``: the masters are the sources).
     :param masters_within_source: every vendor of the batch makes masters no larger than their source
         (:func:`master_within_source`): planning may settle a source by its size (:meth:`unreachable`).
     """
