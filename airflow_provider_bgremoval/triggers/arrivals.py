@@ -20,12 +20,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
-from airflow_provider_bgremoval.operators.bucket_job import (
-    check_master,
-    check_master_options,
-    is_template,
-    load_list,
-)
+from airflow_provider_bgremoval.operators.bucket_job import check_master_options, is_template, load_list
 from airflow_provider_bgremoval.operators.operations import (
     OPERATIONS,
     generation_options_of,
@@ -295,7 +290,7 @@ class NewImagesTrigger(BaseEventTrigger):
         vendor_options_for(self.options["vendor_options"], None, chained=len(self.conn_ids) > 1)
         if operation == "generate_background":  # fail at DAG parse on bad options, as the operators do
             generation_options_of(self.options)
-        elif not self.single_output:
+        elif not self.single_output:  # unified options: this one check covers every vendor of a chain
             check_master_options(removal_options_of(self.options))
         else:
             removal_options_of(self.options)
@@ -386,7 +381,6 @@ class NewImagesTrigger(BaseEventTrigger):
         """
         if self.single_output:
             return None
-        check_master(processor)
         return RenditionLayout.of_batch(self.spec, self.parsed_renditions, processor.extension)
 
     async def get_processors(self) -> list[ImageProcessor]:
@@ -456,8 +450,6 @@ class NewImagesTrigger(BaseEventTrigger):
         :param sources: the sources beyond the watermark, in name order.
         """
         processor = processors[0]
-        for other in processors[1:]:
-            self.rendition_layout(other)  # every vendor of the chain must make a master
         try:
             plan = plan_into(
                 storage,
