@@ -208,7 +208,7 @@ def _format(value: Any) -> OutputFormat:
     text = str(value).strip().lower()
     fmt = {"jpg": "jpeg"}.get(text, text)
     if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"{value!r} is not one of png, jpeg, webp")
+        raise ValueError(f"{value!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     return fmt
 
 

@@ -381,9 +381,8 @@ class VendorWire(ABC):
 
     def parse_error(self, response: httpx.Response) -> ErrorReply:
         """
-        Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`, which quotes
-        with :meth:`quote`), else the quoted body; the request id falls back to ``X-Request-ID``; the
-        secrets are redacted from each of them (the code and request id through :meth:`quote` too).
+        Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`), else the body;
+        the request id falls back to ``X-Request-ID``; each of them quoted (:meth:`quote`: redacted).
 
         :param response: the error reply.
         """

@@ -85,11 +85,9 @@ _GEOMETRY_OPTIONS = ("result_margin", "target_size", "vertical_alignment")
 
 VerticalAlignment = Literal["top", "middle", "bottom"]
 InputEncoding = Literal["file", "base64"]
-#: ``delta_png``: ``False`` (the normal PNG), ``True`` (always a delta; every unified option local) or
-#: ``"auto"`` (a delta only where the decoded result is the same image: transfer-only)
+#: the values of ``delta_png`` (what each does: :class:`PixianOptions`)
 DeltaMode = bool | Literal["auto"]
-#: input modes whose pixels a delta's "copy the input pixel" reproduces exactly (opaque, 8-bit) when the
-#: header has no ``tRNS`` and a bit depth of 8
+#: input modes a delta's "copy the input pixel" reproduces exactly (see :func:`_not_opaque_8_bit`)
 _OPAQUE_MODES = frozenset({"RGB", "L"})
 
 

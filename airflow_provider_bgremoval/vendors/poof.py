@@ -18,6 +18,8 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excer
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
     CHOICE,
+    CONTENT_TYPES,
+    EXTENSIONS,
     OptionSet,
     RemovalOptions,
     VendorCapabilities,
@@ -48,7 +50,7 @@ PoofSize = Literal["full", "preview", "small", "medium", "large"]
 #: Unified output format -> Poof ``format`` value.
 _NATIVE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 #: File extensions for the upload's file name (the server may look at it).
-_UPLOAD_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+_UPLOAD_EXTENSIONS = {CONTENT_TYPES[fmt]: EXTENSIONS[fmt] for fmt in CONTENT_TYPES}
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _DETAILS_LIMIT = 200
 #: API version prefix; not repeated when the connection's base URL already ends with it
