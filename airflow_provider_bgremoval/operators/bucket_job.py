@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 from abc import abstractmethod
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -228,13 +229,13 @@ class BucketJob:
         return plan_into(self.storage, self.spec, writer, **self._planning(check))
 
     def _checks(self) -> dict[str, Any]:
-        """What the local checks need of the job (:func:`check_plan`'s arguments; defaults left out)."""
+        """What the local checks need of the job (:func:`check_plan`'s arguments)."""
         return {
             "identity": self.identity,
             "limits": self.planning_limits,
             "concurrency": self.planning_concurrency,
-            **({"account_limits": self.account_limits} if self.account_limits else {}),
-            **({"renditions": self.renditions} if self.renditions is not None else {}),
+            "account_limits": self.account_limits,
+            "renditions": self.renditions,
         }
 
     def _planning(self, check: bool) -> dict[str, Any]:
@@ -243,7 +244,7 @@ class BucketJob:
             **self._checks(),
             "extension": self.processor.extension,
             "check": check and not self.masters_are_sources,
-            **({"masters_are_sources": self.masters_are_sources} if self.renditions is not None else {}),
+            "masters_are_sources": self.masters_are_sources and self.renditions is not None,
         }
 
 
@@ -577,10 +578,8 @@ def load_list(value: Any, parameter: str) -> Any:
     """
     if not isinstance(value, str):
         return value
-    try:
+    with contextlib.suppress(ValueError):
         return json.loads(value)
-    except ValueError:
-        pass
     try:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -37,6 +37,7 @@ from airflow_provider_bgremoval.operators.operations import GenerationParameters
 from airflow_provider_bgremoval.pipeline.accounts import Account
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 from airflow_provider_bgremoval.pipeline.plan_store import (
+    SAMPLES,
     PlanWriter,
     PricedRun,
     check_shard_limits,
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ON_INSUFFICIENT_CHOICES = ("fail", "skip")
-#: Samples tried for Pixian's test-mode estimate when a sample is refused by the vendor.
-_TEST_ESTIMATE_SAMPLES = 3
 #: The batch's own parameters: the pre-flight ignores them with a DeprecationWarning until the next release.
 _BATCH_ONLY_PARAMETERS = [
     name
@@ -207,7 +206,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         """
         assert isinstance(self, RemovalParameters)  # test_estimate_hook refused anything else
         last: InputRejectedError | None = None
-        for item in plan.samples(_TEST_ESTIMATE_SAMPLES):
+        for item in plan.samples(SAMPLES):
             data = storage.read(item.source.bucket, item.source.name, generation=item.source.generation)
             try:
                 cost = hook.estimate_with_test_call(
@@ -336,11 +335,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         max_shards: int,
         pricing: Sequence[PricedRun],
     ) -> int:
-        """
-        Split the kept plan into shards holding what the estimate priced (its ``billable_images``: the
-        first the run's budget pays for), each with its share of the run's budgets: the credits
-        ``pricing`` placed on its images, in all and per account; push XCom ``shards``.
-        """
+        """Split the kept plan into shards holding what the estimate priced (:meth:`PlanWriter.finish`)."""
         images = sum(run.count for run in pricing)
         assert job.chain is not None
         min_shard_size = parse_count(self.min_shard_size, "min_shard_size") or 0
@@ -644,18 +639,15 @@ class _Pool:
         """Price ``count`` images at ``cost`` on account ``index`` (``None``: on none)."""
         if count:
             self.runs.append((count, index, cost))
-        self._spend(cost * count)
+        self.needed += cost * count
+        if self.cap is not None:
+            self.cap -= cost * count
 
     def _reach(self, covered: int, count: int) -> None:
         """The allocation reaches ``covered`` of the next ``count`` images (fewer: the cap stopped it)."""
         if not self.capped:
             self.reached += covered
             self.capped = covered < count
-
-    def _spend(self, credits: Decimal) -> None:
-        self.needed += credits
-        if self.cap is not None:
-            self.cap -= credits
 
 
 #: Template fields the pre-flight adds to its operation's.

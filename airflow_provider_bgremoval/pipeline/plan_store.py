@@ -516,12 +516,11 @@ class PlanWriter:
         items = shard_bounds(billable, count)
         totals = shard_bounds(billable + self._settled.rows, count)
         renders = shard_bounds(self._render.rows, count)
-        batch = {key: getattr(self.spec, key) for key in _BATCH_KEYS}
         planned = {
             "accepted": self.identity.accepted,
             "renditions": _fingerprints(self.renditions),
             "conn_ids": self.conn_ids,
-            **batch,
+            **{key: getattr(self.spec, key) for key in _BATCH_KEYS},
         }
         shares = _shares(items, pricing, max_credits, account_credits or {})
         shards = zip(items, totals, renders, shares, strict=True)
@@ -547,11 +546,7 @@ def _shares(
     max_credits: Decimal | None,
     account_credits: Mapping[str, Decimal | None],
 ) -> list[dict[str, Any]]:
-    """
-    Each shard's share of the run's budgets (:class:`ShardRef` fields): the credits the pre-flight's
-    pricing placed on its billable items, in all and on each account with a budget (a shard without
-    billable items: no share).
-    """
+    """Each shard's :class:`ShardRef` budget fields (:meth:`PlanWriter.finish`; no billable item: none)."""
     budgeted = [conn for conn, budget in account_credits.items() if budget is not None]
     if max_credits is None and not budgeted:
         return [{} for _ in items]

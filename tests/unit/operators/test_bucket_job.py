@@ -74,6 +74,9 @@ def test_plan_runs_plan_batch_with_the_processors_identity(
         "limits": job.processor.limits,
         "concurrency": bucket_job.MIN_PLANNING_CONCURRENCY,  # planning never runs fewer than 4 checks
         "check": True,
+        "account_limits": (),
+        "renditions": None,
+        "masters_are_sources": False,
     }
 
 
