@@ -65,6 +65,8 @@ class RunSummary:
         ``done`` (final rows); over every try: ``images`` (rows it took the last call of),
         ``credits_spent``, ``possibly_charged`` (a handoff's lost replies on the account that handed the
         image on, the rest on the row's ``account``) and ``handed_on`` (by reason; docs/pipeline.md).
+    :param possibly_charged: replies lost and possibly charged over every try (every row's).
+    :param max_charge: per vendor connection, the largest charge one of its rows records.
     """
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
@@ -72,6 +74,8 @@ class RunSummary:
     manifests: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    possibly_charged: int = 0
+    max_charge: dict[str, Decimal] = field(default_factory=dict)
 
     def _account(self, conn_id: str, vendor: Any) -> dict[str, Any]:
         return self.accounts.setdefault(
@@ -91,6 +95,7 @@ class RunSummary:
         """One row on its account (an image, credits, lost replies) and on the accounts that handed it on."""
         own = self._account(row["account"], row.get("vendor")) if row.get("account") else None
         lost = _count(row.get("possibly_charged"))
+        self.possibly_charged += lost
         for handoff in row.get("handoffs") or ():
             entry = self._account(str(handoff.get("account")), handoff.get("vendor"))
             reason = handoff.get("reason")
@@ -102,6 +107,8 @@ class RunSummary:
             own["images"] += 1
             own["credits_spent"] += _decimal(row.get("credits"))
             own["possibly_charged"] += lost
+            charged = _decimal(row.get("credits"))
+            self.max_charge[row["account"]] = max(self.max_charge.get(row["account"], Decimal(0)), charged)
 
     def account_summary(self) -> list[dict[str, Any]]:
         """:attr:`accounts` in primitive form (credits as text)."""

@@ -3,10 +3,11 @@
 
 Scheduled on the cut-outs' prefix (the outlet of `example_process_on_arrival`): each run starts after
 a removal task succeeded there, and reads the asset events that started it. Each event carries the
-counts of the task's batch and the URI of its manifest.
+counts of the task's batch and the URIs of its manifests (one per try of the task: a retried task's
+earlier tries made cut-outs too).
 
-* **new_cutouts** reads each manifest and lists the cut-outs the runs made (rows `done`; skipped
-  photos already had theirs), as `gs://` URIs;
+* **new_cutouts** reads each event's manifests and lists the cut-outs the runs made (rows `done` in
+  any try; skipped photos already had theirs), as `gs://` URIs;
 * **publish** hands them to the storefront (here it logs them; put the shop's upload or cache purge
   here).
 
@@ -39,16 +40,20 @@ with DAG(
     # [START howto_read_outlet_manifest]
     @task
     def new_cutouts(triggering_asset_events=None) -> list[str]:
-        """The cut-outs the triggering runs made, from their manifests."""
-        from airflow_provider_bgremoval.pipeline.manifest import read_manifest
+        """The cut-outs the triggering runs made, from the manifests of every try of their tasks."""
+        from airflow_provider_bgremoval.run_summary import summarise_manifests
         from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
         storage, made = GcsStorage(), []
         for event in triggering_asset_events[cutouts]:
             log.info("Run %s: %s", event.source_run_id, event.extra)
-            bucket, _, name = event.extra["manifest_uri"].removeprefix("gs://").partition("/")
-            rows = read_manifest(storage.read(bucket, name))
-            made += [row["destination"] for row in rows if row["status"] == "done"]
+            uris = event.extra.get("manifest_uris") or [event.extra["manifest_uri"]]
+            manifests = []
+            for uri in uris:
+                bucket, _, name = uri.removeprefix("gs://").partition("/")
+                manifests.append((uri, storage.read(bucket, name)))
+            # a photo done by an earlier try is `skipped` in the later one: its row is the `done` one
+            made += [row["destination"] for row in summarise_manifests(manifests).by_status("done")]
         return made
 
     # [END howto_read_outlet_manifest]

@@ -39,6 +39,8 @@ from airflow_provider_bgremoval.pipeline.manifest import (
 from airflow_provider_bgremoval.pipeline.planning import DestinationCollisionError
 from airflow_provider_bgremoval.pipeline.progress import summary_table
 from airflow_provider_bgremoval.pipeline.rendering import RENDITION_STATUSES
+from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
+from airflow_provider_bgremoval.storage.exceptions import StorageError
 from airflow_provider_bgremoval.storage.gcs import JSON_LINES_CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -120,21 +122,22 @@ class BucketImageOperator(BucketJobOperator):
             plan = job.plan_batch()
         except (InvalidOptionError, DestinationCollisionError) as exc:  # retrying cannot fix these
             raise AirflowFailException(str(exc)) from exc
-        max_credits = self._shard_budget(job, max_credits)
         spec, vendor = job.spec, job.processor.vendor
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
         owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{map_index}"
+        try_number = int(getattr(ti, "try_number", 1) or 1)
+        manifest_name = manifest_object_name(
+            spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, map_index, try_number
+        )
+        earlier = _earlier_tries(job, manifest_name, try_number)
+        max_credits = _left_after_earlier_tries(job, self._shard_budget(job, max_credits), earlier)
         if plan.total == 0:
             log.info(
                 "Nothing to do: no source objects under gs://%s/%s match the filters",
                 spec.source_bucket,
                 spec.source_prefix,
             )
-        try_number = int(getattr(ti, "try_number", 1) or 1)
-        manifest_name = manifest_object_name(
-            spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, map_index, try_number
-        )
 
         def store_part(number: int, data: bytes) -> None:
             self._store_manifest(job, manifest_part_name(manifest_name, number), data, f"{owner}:{number}")
@@ -173,6 +176,8 @@ class BucketImageOperator(BucketJobOperator):
                 raise AirflowException(f"{vendor}: the batch stopped unexpectedly: {exc!r}") from exc
             strict = interrupt is None and runner.result.interrupted is None
             summary = self._keep_record(context, job, manifest_name, manifest, strict=strict)
+            announced = earlier and self.outlets  # the event counts every try's rows (_announce)
+            tries = [*earlier, (summary["manifest_uri"], manifest.getvalue())] if announced else []
         result = runner.result
         if interrupt is not None:
             raise interrupt
@@ -183,7 +188,7 @@ class BucketImageOperator(BucketJobOperator):
                 f"(a retry skips what is done). Manifest: {summary['manifest_uri']}"
             )
         self._verdict(context, vendor, result, summary)
-        self._announce(context, job, summary)
+        self._announce(context, job, summary, tries)
         return summary
 
     @staticmethod
@@ -308,11 +313,29 @@ class BucketImageOperator(BucketJobOperator):
                 f"Manifest: {manifest_uri}"
             )
 
-    def _announce(self, context: Context, job: BucketJob, summary: dict[str, Any]) -> None:
-        """Put the summary counts on the asset event of an outlet naming the destination (if any)."""
+    def _announce(
+        self, context: Context, job: BucketJob, summary: dict[str, Any], tries: list[tuple[str, bytes]]
+    ) -> None:
+        """
+        Put the counts of the task instance's tries on the asset event of an outlet naming the destination
+        (if any): the counts, the credits and the manifests of every try, so that what an earlier try
+        made (this try's rows call it ``skipped``) is announced too (docs/arrivals.md).
+
+        :param summary: this try's summary.
+        :param tries: ``(URI, bytes)`` of every try's manifest, this one's last; empty on a first try
+            (or when earlier tries left none): this try's summary says it all.
+        """
         destination = f"gs://{job.spec.destination_bucket}/{job.spec.destination_prefix}".rstrip("/")
-        extra = {key: summary[key] for key in ("done", "skipped", "rejected", "failed", "pending")}
-        extra.update(credits=summary["credits_spent"], manifest_uri=summary["manifest_uri"])
+        extra: dict[str, Any] = {key: summary[key] for key in STATUSES}
+        extra.update(credits=summary["credits_spent"])
+        if tries:
+            every_try = summarise_manifests(tries)
+            extra.update({key: every_try.counts[key] for key in STATUSES})
+            extra.update(credits=str(every_try.credits_spent))
+        extra.update(
+            manifest_uri=summary["manifest_uri"],
+            manifest_uris=[uri for uri, _ in tries] or [summary["manifest_uri"]],
+        )
         for outlet in self.outlets:
             if getattr(outlet, "uri", "").rstrip("/") == destination:
                 context["outlet_events"][outlet].extra.update(extra)
@@ -347,6 +370,86 @@ class BucketImageOperator(BucketJobOperator):
             inputs=[Dataset(namespace=namespace, name=name) for namespace, name in inputs],
             outputs=[Dataset(namespace=namespace, name=name) for namespace, name in outputs],
         )
+
+
+def _earlier_tries(job: BucketJob, manifest_name: str, try_number: int) -> list[tuple[str, bytes]]:
+    """
+    ``(URI, bytes)`` of the manifests the earlier tries of this task instance stored: each try's final
+    manifest, or its checkpoint parts when it stored none (:func:`manifests_to_read`). A first try has none.
+
+    :param job: the prepared job (its storage and destination bucket hold the manifests).
+    :param manifest_name: this try's manifest name (``…/<task>/try-<n>.jsonl``).
+    :param try_number: this try's number.
+    :raises AirflowException: they cannot be read: the budgets they used are unknown, and a try is never
+        run with the whole budget again (the next try reads them again).
+    """
+    if try_number <= 1:
+        return []
+    bucket, folder = job.spec.destination_bucket, manifest_name.rpartition("/")[0] + "/"
+    finals = {f"{folder}try-{number}.jsonl" for number in range(1, try_number)}
+    parts = tuple(f"{final.removesuffix('.jsonl')}.part-" for final in finals)  # as manifest_part_name
+    try:
+        listed = [info.name for info in job.storage.list_objects(bucket, folder)]
+        names = [name for name in manifests_to_read(listed) if name in finals or name.startswith(parts)]
+        return [(f"gs://{bucket}/{name}", job.storage.read(bucket, name)) for name in sorted(names)]
+    except StorageError as exc:
+        raise AirflowException(
+            f"{job.processor.vendor}: try {try_number} cannot read the manifests of this task's earlier "
+            f"tries under gs://{bucket}/{folder}, so it cannot tell what of the budgets they used; it sends "
+            f"nothing rather than spend the whole budget again (a retry reads them again): {exc}"
+        ) from exc
+
+
+def _left_after_earlier_tries(
+    job: BucketJob, max_credits: Decimal | None, earlier: list[tuple[str, bytes]]
+) -> Decimal | None:
+    """
+    The budgets hold across a task's retries: take what the earlier tries put at risk (charged, and
+    their lost replies at the unit cost) off ``max_credits`` and off each account's own budget (in
+    place), never below 0 (docs/pipeline.md, "Budgets count money at risk"). Returns ``max_credits``'s rest.
+
+    :param job: the prepared job (its accounts' budgets are the task's, or its shard's share).
+    :param max_credits: this task's ``max_credits`` (its shard's share on a shard).
+    :param earlier: the earlier tries' manifests (:func:`_earlier_tries`).
+    :raises AirflowException: a manifest cannot be read (the budgets they used are unknown).
+    """
+    if not earlier:
+        return max_credits
+    try:
+        spent = summarise_manifests(earlier)
+    except (ValueError, KeyError, TypeError) as exc:  # a damaged manifest: what it spent is unknown
+        raise AirflowException(
+            f"{job.processor.vendor}: the manifests of this task's earlier tries cannot be read, so what "
+            f"of the budgets they used is unknown; nothing is sent: {type(exc).__name__}: {exc}"
+        ) from exc
+    accounts = {account.conn_id: account for account in (job.chain.accounts if job.chain else ())}
+    for conn_id, charge in spent.max_charge.items():  # the unit cost as if one try had gone on
+        if conn_id in accounts:
+            accounts[conn_id].max_seen_charge = max(accounts[conn_id].max_seen_charge, charge)
+    default = max((a.unit_cost() for a in accounts.values()), default=job.processor.cost_per_image)
+    at_risk, attributed = spent.credits_spent, 0
+    for conn_id, entry in spent.accounts.items():
+        account = accounts.get(conn_id)
+        lost = int(entry["possibly_charged"])
+        priced = (account.unit_cost() if account is not None else default) * lost
+        at_risk, attributed = at_risk + priced, attributed + lost
+        if account is not None and account.budget is not None:
+            account.budget = max(Decimal(0), account.budget - entry["credits_spent"] - priced)
+    at_risk += default * max(spent.possibly_charged - attributed, 0)
+    left = None if max_credits is None else max(Decimal(0), max_credits - at_risk)
+    budgets = [f"{a.conn_id} {a.budget}" for a in accounts.values() if a.budget is not None]
+    log.info(
+        "Earlier tries of this task instance (%s) charged %s credits and lost %d reply(s) (possibly "
+        "charged): %s credits at risk. The budgets hold across retries: max_credits %s left, "
+        "max_credits_per_account %s left",
+        ", ".join(uri.rpartition("/")[2] for uri, _ in earlier),
+        spent.credits_spent,
+        spent.possibly_charged,
+        at_risk,
+        "none" if left is None else left,
+        ", ".join(budgets) or "none",
+    )
+    return left
 
 
 def _summary(job: BucketJob, runner: BatchRunner, manifest_uri: str) -> dict[str, Any]:
