@@ -217,7 +217,6 @@ class PixelcutOptions(OptionSet):
         return {name: getattr(self, name) for name in _MARGIN_FIELDS if getattr(self, name) is not None}
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive form (for option fingerprints and manifests)."""
         return {
             "shadow": self.shadow_wire,
             **self.native_margins,
@@ -298,7 +297,6 @@ class PixelcutGenerateOptions(OptionSet):
         return {name: value for name, value in body.items() if value}
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive form (for option fingerprints and manifests)."""
         return {**self.wire_fields(), "result_delivery": self.result_delivery}
 
 
