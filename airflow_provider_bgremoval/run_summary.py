@@ -104,10 +104,10 @@ class RunSummary:
             entry["possibly_charged"] += share
             lost -= share
         if own is not None:
-            own["images"] += 1
-            own["credits_spent"] += _decimal(row.get("credits"))
-            own["possibly_charged"] += lost
             charged = _decimal(row.get("credits"))
+            own["images"] += 1
+            own["credits_spent"] += charged
+            own["possibly_charged"] += lost
             self.max_charge[row["account"]] = max(self.max_charge.get(row["account"], Decimal(0)), charged)
 
     def account_summary(self) -> list[dict[str, Any]]:
