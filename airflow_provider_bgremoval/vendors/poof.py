@@ -205,7 +205,7 @@ class PoofWire(VendorWire):
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult:
         headers = response.headers
-        request_id = headers.get("x-request-id") or None
+        request_id = self._quoted(headers.get("x-request-id"))
         content = response.content
         declared = media_type(response)
         sniffed = _sniff_content_type(content)
@@ -258,7 +258,7 @@ class PoofWire(VendorWire):
 
         :param response: the 2xx reply.
         """
-        request_id = response.headers.get("x-request-id") or None
+        request_id = self._quoted(response.headers.get("x-request-id"))
         body, numbers = self.balance_numbers(response, "maxCredits", "usedCredits", request_id=request_id)
         threshold = parse_decimal(body.get("autoRechargeThreshold"))
         if threshold is None or threshold <= 0:

@@ -321,6 +321,17 @@ def reply(
 
 
 class TestImageReply:
+    def test_a_request_id_echoing_the_key_is_redacted(self, wire):
+        """A proxy that echoes the request's headers into ``X-Request-ID``: never the key in a record."""
+        echoed = {"Content-Type": "image/png", "X-Request-ID": f"req-{KEY}"}
+        assert wire.parse_image_reply(reply(content=png_bytes(), headers=echoed)).request_id == "req-***"
+        with pytest.raises(InvalidVendorResponseError) as info:
+            wire.parse_image_reply(reply(content=b"", headers=echoed))
+        assert KEY not in json.dumps(info.value.as_dict()) and info.value.request_id == "req-***"
+        with pytest.raises(InvalidVendorResponseError) as info:
+            wire.parse_account(reply(json={"organizationId": "org"}, headers={"X-Request-ID": f"req-{KEY}"}))
+        assert KEY not in json.dumps(info.value.as_dict())
+
     def test_gen_a_headers(self, wire):
         body = png_bytes()
         result = wire.parse_image_reply(
