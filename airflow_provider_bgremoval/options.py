@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -167,15 +169,40 @@ def _whole_number(value: Any) -> int:
     return int(text)
 
 
+def load_list(value: Any, parameter: str) -> Any:
+    """
+    ``value``, or the list (or mapping) a rendered template's text holds: JSON, or a Python literal as
+    Jinja prints one (``"[1000, 1000]"``, ``"{'pixian_default': 5}"``).
+
+    :param value: the parameter value.
+    :param parameter: the parameter name used in the error message.
+    """
+    return _named(parameter, _literal, value)
+
+
+def _literal(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    with contextlib.suppress(ValueError):
+        return json.loads(value)
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{value[:60]!r} is not a list or mapping (JSON or a Python literal)") from None
+
+
 def parse_size(value: Any, *, max_side: int | None = None, square: bool = False) -> tuple[int, int]:
     """
-    Read a ``(width, height)`` pair: ``(800, 600)``, ``"800x600"``, ``"800×600"``, ``"800 600"``.
+    Read a ``(width, height)`` pair: ``(800, 600)``, ``"800x600"``, ``"800×600"``, ``"800 600"``, or the
+    text a template renders a pair as (``"[800, 600]"``, see :func:`load_list`).
 
     :param value: the size as given.
     :param max_side: the largest allowed width or height (``None``: no upper bound).
     :param square: one number (``512`` or ``"512"``) means a square.
     """
     given = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(given, str) and given.lstrip().startswith(("[", "(")):  # a rendered list or tuple
+        given = _literal(given.strip())
     if isinstance(given, str):
         parts: list[Any] = _SIZE_SEPARATORS.split(given.strip().lower())
         parts = parts * 2 if square and len(parts) == 1 else parts

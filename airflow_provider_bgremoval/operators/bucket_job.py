@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 from abc import abstractmethod
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -20,6 +18,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions
+from airflow_provider_bgremoval.options import load_list as load_list  # noqa: PLC0414 (re-exported)
 from airflow_provider_bgremoval.pipeline.accounts import (
     Account,
     AccountChain,
@@ -41,6 +40,15 @@ from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, Remov
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, master_within_source
 from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+try:  # Airflow 3.1 to 3.3: the base of what a template field resolves at run time (XComArg and the like)
+    from airflow.sdk.definitions._internal.mixins import ResolveMixin
+
+    RESOLVED_AT_RUN_TIME: tuple[type, ...] = (ResolveMixin,)
+except ImportError:  # pragma: no cover - an Airflow that moved its internals: the public XComArg
+    from airflow.sdk import XComArg
+
+    RESOLVED_AT_RUN_TIME = (XComArg,)
 
 T = TypeVar("T")
 
@@ -77,11 +85,12 @@ _LAYOUT_FIELDS = (
 
 def is_template(value: Any) -> bool:
     """
-    True when ``value`` is a Jinja template (checked once rendered).
+    True when ``value`` is a Jinja template or a value Airflow resolves before ``execute()`` (an
+    ``XComArg`` such as ``budget_task()``, a mapped argument, ``dag.param(...)``): checked once rendered.
 
     :param value: a parameter value.
     """
-    return isinstance(value, str) and "{{" in value
+    return (isinstance(value, str) and "{{" in value) or isinstance(value, RESOLVED_AT_RUN_TIME)
 
 
 def check_choice(value: Any, choices: Sequence[str], parameter: str) -> None:
@@ -567,22 +576,3 @@ def check_master_options(options: RemovalOptions) -> None:
             f"with renditions the master is the vendor's cut-out as a lossless PNG with alpha: leave "
             f"{', '.join(local)} unset and put them in the renditions instead",
         )
-
-
-def load_list(value: Any, parameter: str) -> Any:
-    """
-    ``value``, or the list a rendered template's text holds: JSON, or a Python literal as Jinja prints one.
-
-    :param value: the parameter value.
-    :param parameter: the parameter name used in the error message.
-    """
-    if not isinstance(value, str):
-        return value
-    with contextlib.suppress(ValueError):
-        return json.loads(value)
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        raise InvalidOptionError(
-            parameter, f"{value[:60]!r} is not a list (JSON or a Python literal)"
-        ) from None

@@ -36,6 +36,7 @@ from airflow_provider_bgremoval.forecast import (
 )
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
+from airflow_provider_bgremoval.options import load_list
 from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError, gs_uri
 
 if TYPE_CHECKING:
@@ -96,12 +97,14 @@ class BalanceCheck:
         return f"{who}: {remaining} credits remaining{state}, threshold {threshold}: {verdict}"
 
 
-def parse_thresholds(thresholds: Mapping[str, Any]) -> dict[str, Decimal]:
+def parse_thresholds(thresholds: Mapping[str, Any] | str) -> dict[str, Decimal]:
     """
     ``{conn_id: number}`` with exact Decimal thresholds.
 
-    :param thresholds: connection id → minimum credits (number or numeric string).
+    :param thresholds: connection id → minimum credits (number or numeric string), or the text a template
+        renders that mapping as (JSON or Python, see :func:`~airflow_provider_bgremoval.options.load_list`).
     """
+    thresholds = load_list(thresholds, "thresholds")
     if not isinstance(thresholds, Mapping) or not thresholds:
         raise InvalidOptionError("thresholds", "expected a non-empty {conn_id: minimum credits} mapping")
     return {
@@ -124,11 +127,11 @@ async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str
     )
 
 
-async def acheck_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[BalanceCheck]:
+async def acheck_balances(thresholds: Mapping[str, Any] | str, **hook_kwargs: Any) -> list[BalanceCheck]:
     """
     Read every connection's balance concurrently (async hooks) and compare with its threshold.
 
-    :param thresholds: connection id → minimum usable credits.
+    :param thresholds: connection id → minimum usable credits (or its text, :func:`parse_thresholds`).
     :param hook_kwargs: passed to every hook (e.g. ``timeout``).
     """
     checks = (
@@ -137,11 +140,11 @@ async def acheck_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> 
     return list(await asyncio.gather(*checks))
 
 
-def check_balances(thresholds: Mapping[str, Any], **hook_kwargs: Any) -> list[BalanceCheck]:
+def check_balances(thresholds: Mapping[str, Any] | str, **hook_kwargs: Any) -> list[BalanceCheck]:
     """
     Sync :func:`acheck_balances` (e.g. inside a ``@task``).
 
-    :param thresholds: connection id → minimum usable credits.
+    :param thresholds: connection id → minimum usable credits (or its text, :func:`parse_thresholds`).
     :param hook_kwargs: passed to every hook.
     """
     return run_coroutine(acheck_balances(thresholds, **hook_kwargs))
@@ -216,7 +219,8 @@ class CreditMonitorOperator(BaseOperator):
     Returns ``{conn_id: BalanceCheck.as_dict()}`` (plus ``forecast`` and ``chart`` when forecasting);
     problem accounts, forecasts, metrics and retries: docs/credits.md.
 
-    :param thresholds: connection id → minimum usable credits (templated).
+    :param thresholds: connection id → minimum usable credits (templated; a template of the whole mapping,
+        ``"{{ params.thresholds }}"``, may render it as JSON or Python text).
     :param on_low: ``"fail"`` or ``"warn"`` (forecast alerts alone never fail the task).
     :param on_low_callback: a callable receiving the problem accounts (dicts), or a ``BaseNotifier``
         whose context gets ``low_balances``, ``balances``, ``forecast_alerts`` and ``alert_text``.
@@ -240,7 +244,7 @@ class CreditMonitorOperator(BaseOperator):
     def __init__(
         self,
         *,
-        thresholds: Mapping[str, float | int | str],
+        thresholds: Mapping[str, float | int | str] | str,
         on_low: str = "fail",
         on_low_callback: LowBalanceCallback | BaseNotifier | None = None,
         forecast_days: float | None = None,
@@ -276,8 +280,9 @@ class CreditMonitorOperator(BaseOperator):
             raise InvalidOptionError("forecast_min_span_days", "expected a number of days, 0 or more")
         if history_limit < 2:
             raise InvalidOptionError("history_limit", "a burn rate needs at least 2 readings")
-        if isinstance(thresholds, Mapping) and not any(is_template(v) for v in thresholds.values()):
-            parse_thresholds(thresholds)
+        values = thresholds.values() if isinstance(thresholds, Mapping) else ()
+        if not is_template(thresholds) and not any(map(is_template, values)):
+            parse_thresholds(thresholds)  # fail at DAG parse for what is already known
 
     def execute(self, context: Context) -> dict[str, dict[str, Any]]:
         """Read every balance, log it, forecast, call back and fail or warn when any needs attention."""

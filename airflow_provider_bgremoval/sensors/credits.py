@@ -24,6 +24,7 @@ from airflow_provider_bgremoval.credits import (
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
+from airflow_provider_bgremoval.options import load_list
 from airflow_provider_bgremoval.triggers.credits import CreditsTrigger, Poll
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class CreditsSensor(BaseSensorOperator):
     at its own cost per image); return ``PoolVerdict.as_dict()``. Modes, deferral and failures:
     docs/credits.md.
 
-    :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection, or a list of them (a pool).
+    :param conn_id: a ``pixelcut``, ``pixian`` or ``poof`` connection, or a list of them (a pool); templated
+        (a template of a list may render it as JSON or Python text).
     :param min_credits: the threshold (templated), compared exactly; a balance equal to it passes.
     :param min_images: instead of ``min_credits``: the images the pool must pay for (templated).
     :param cost_per_image: with ``min_images``: credits per image, one number or ``{conn_id: number}``;
@@ -72,22 +74,33 @@ class CreditsSensor(BaseSensorOperator):
         check_choice(pooling, POOLING_CHOICES, "pooling")
         if (min_credits is None) == (min_images is None):
             raise InvalidOptionError("min_credits", "give either min_credits or min_images")
-        if not isinstance(conn_id, str) and not conn_id:
+        if not isinstance(conn_id, str) and not is_template(conn_id) and not conn_id:
             raise InvalidOptionError("conn_id", "expected a connection id or a non-empty list of them")
         if min_credits is not None and not is_template(min_credits):
             parse_min_credits(min_credits)  # fail at DAG parse when the value is already known
         if min_images is not None and not is_template(min_images):
             parse_min_images(min_images)
 
+    def _given_conn_id(self) -> str | Sequence[str]:
+        """``conn_id``, a rendered template of a list read back as that list (:func:`load_list`)."""
+        value = self.conn_id
+        if not isinstance(value, str) or not value.lstrip().startswith("["):
+            return value
+        rendered = load_list(value, "conn_id")
+        if not isinstance(rendered, list) or not rendered:
+            raise InvalidOptionError("conn_id", "expected a connection id or a non-empty list of them")
+        return rendered
+
     @property
     def pooled(self) -> bool:
         """True for a list of connections or a target in images (the pool's XCom and trigger)."""
-        return not isinstance(self.conn_id, str) or self.min_images is not None
+        return not isinstance(self._given_conn_id(), str) or self.min_images is not None
 
     @property
     def conn_ids(self) -> list[str]:
         """The connections, in order (one for a single connection)."""
-        return [self.conn_id] if isinstance(self.conn_id, str) else [str(c) for c in self.conn_id]
+        value = self._given_conn_id()
+        return [value] if isinstance(value, str) else [str(c) for c in value]
 
     def pool_costs(self) -> dict[str, str]:
         """With ``min_images``: each account's cost per image (given, else its vendor's), as strings."""

@@ -16,6 +16,7 @@ from airflow_provider_bgremoval.options import (
     Margin,
     RemovalOptions,
     VendorCapabilities,
+    load_list,
     options_fingerprint,
     parse_flag,
     parse_size,
@@ -874,6 +875,8 @@ def test_replace_revalidates_and_coerce_keeps_an_instance() -> None:
         (512, {"square": True}, (512, 512)),
         ("512", {"square": True}, (512, 512)),
         ("100000x1", {}, (100_000, 1)),
+        ("[1000, 1000]", {"square": True}, (1000, 1000)),  # a template of an array Param, rendered
+        (" (800, 600) ", {}, (800, 600)),  # ... of a tuple
     ],
 )
 def test_parse_size(value: Any, kwargs: dict[str, Any], expected: tuple[int, int]) -> None:
@@ -889,11 +892,25 @@ def test_parse_size(value: Any, kwargs: dict[str, Any], expected: tuple[int, int
         ((True, 2), {}, "whole number"),
         ("0x5", {}, "below 1"),
         ("30x20001", {"max_side": 20_000}, "over 20,000"),
+        ("[1000, 0]", {}, "below 1"),
+        ("[1000, 1000", {}, "not a list"),
     ],
 )
 def test_parse_size_errors(value: Any, kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_size(value, **kwargs)
+
+
+def test_load_list_reads_what_a_template_renders() -> None:
+    """A whole-value template of a list or dict renders as JSON or as Python text: both read back."""
+    assert load_list('["a", "b"]', "conn_id") == ["a", "b"]
+    assert load_list("['a', 'b']", "conn_id") == ["a", "b"]
+    assert load_list("{'a': 5}", "thresholds") == {"a": 5}
+    given = [{"name": "thumb"}]
+    assert load_list(given, "renditions") is given  # not text: as given
+    with pytest.raises(InvalidOptionError, match="not a list or mapping") as info:
+        load_list("['a', ", "conn_id")
+    assert info.value.parameter == "conn_id"
 
 
 def test_parse_flag_outside_a_model_names_the_parameter() -> None:

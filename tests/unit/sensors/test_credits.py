@@ -9,7 +9,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from airflow.sdk import PokeReturnValue
+from airflow.sdk import DAG, PokeReturnValue, task
 from airflow.sdk.exceptions import (
     AirflowException,
     AirflowFailException,
@@ -430,3 +430,36 @@ def test_pool_target_of_a_one_connection_sensor_still_answers(vendors: FakeVendo
         10,
         None,
     )
+
+
+def test_a_templated_pool_renders_as_the_list(vendors: FakeVendors) -> None:
+    """A template of a list Param renders as Python text: the sensor reads it back as the pool."""
+    vendors.set_pixian("30")
+    vendors.set_poof(100, 70)
+    s = sensor("{{ params.pool }}", min_credits=50, pooling="total")
+    s.render_template_fields({"params": {"pool": POOL}})  # type: ignore[arg-type]
+    assert (s.conn_ids, s.pooled) == (POOL, True)
+    pool = poke(s).xcom_value
+    assert pool["met_by"] == POOL  # 30 + 30 credits: the pool's total, not one unknown connection
+    s.conn_id = "[]"
+    with pytest.raises(AirflowFailException, match="non-empty list"):
+        poke(s)
+
+
+def test_a_pool_and_a_threshold_from_upstream_tasks_pass_dag_parse() -> None:
+    """An XComArg in a template field is checked once resolved, as a Jinja template is."""
+    with DAG("pool_from_xcom", schedule=None):
+
+        @task
+        def pick_pool() -> list[str]:
+            return POOL
+
+        @task
+        def floor() -> int:
+            return 50
+
+        s = CreditsSensor(task_id="credits", conn_id=pick_pool(), min_credits=floor(), pooling="total")
+    ti = mock.MagicMock()
+    ti.xcom_pull.side_effect = [POOL, 50]  # conn_id, then min_credits (template_fields order)
+    s.render_template_fields({"ti": ti})  # type: ignore[arg-type]
+    assert (s.conn_ids, s.min_credits, s.pooled) == (POOL, 50, True)
