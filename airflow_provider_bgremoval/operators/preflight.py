@@ -158,10 +158,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         if not is_template(safety_margin):
             SafetyMargin.parse(safety_margin)
         self._shard_limits()  # at DAG parse, not after a whole plan was listed and written
-        if use_test_estimate and self.cost_per_image not in (None, ""):
-            raise InvalidOptionError(
-                "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
-            )
+        self._check_test_estimate()  # what is known without a connection
 
     def _shard_limits(self) -> int | None:
         """
@@ -173,6 +170,29 @@ class CreditsPreflightOperator(BucketJobOperator):
         check_shard_limits(counts.get("max_shards"), counts.get("min_shard_size"))
         return counts.get("max_shards")
 
+    def _check_test_estimate(self) -> None:
+        """
+        Refuse a ``use_test_estimate`` that cannot apply whatever the connection: with ``cost_per_image``,
+        for generate-background, or on a chain of connections (a templated ``conn_id``: once rendered).
+        """
+        if not self.use_test_estimate:
+            return
+        if self.cost_per_image not in (None, ""):
+            raise InvalidOptionError(
+                "use_test_estimate", "give either cost_per_image or use_test_estimate=True, not both"
+            )
+        if not isinstance(self, RemovalParameters):
+            raise InvalidOptionError(
+                "use_test_estimate",
+                "only Pixian offers a free test-mode estimate, of a removal: generate-background is priced "
+                "from its cost table or cost_per_image",
+            )
+        if not is_template(self.conn_id) and len(self.conn_ids()) > 1:
+            raise InvalidOptionError(
+                "use_test_estimate",
+                "a chain of connections is priced from each one's cost: give cost_per_image",
+            )
+
     def test_estimate_hook(self, job: BucketJob) -> PixianHook | None:
         """
         The hook ``use_test_estimate`` asks: ``None`` when not asked, or when the run's calls are in Pixian
@@ -182,11 +202,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         """
         if not self.use_test_estimate:
             return None
-        if len(self.conn_ids()) > 1:
-            raise InvalidOptionError(
-                "use_test_estimate",
-                "a chain of connections is priced from each one's cost: give cost_per_image",
-            )
+        self._check_test_estimate()  # conn_id rendered now
         hook = job.vendor_hook
         if not isinstance(hook, PixianHook) or not isinstance(self, RemovalParameters):
             raise InvalidOptionError(
@@ -195,6 +211,13 @@ class CreditsPreflightOperator(BucketJobOperator):
                 f"{self.conn_id!r} is a {hook.conn_type} connection",
             )
         return None if hook.is_test_mode(self.vendor_options) else hook
+
+    def _test_estimate_hook_or_fail(self, job: BucketJob) -> PixianHook | None:
+        """:meth:`test_estimate_hook`, a refused ``use_test_estimate`` failing the task without retries."""
+        try:
+            return self.test_estimate_hook(job)
+        except InvalidOptionError as exc:  # retrying cannot fix it
+            raise AirflowFailException(str(exc)) from exc
 
     def test_estimate(self, hook: PixianHook, storage: GcsStorage, plan: BatchPlan | PlanWriter) -> Decimal:
         """
@@ -237,12 +260,15 @@ class CreditsPreflightOperator(BucketJobOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Plan, price, read the balance, and pass (estimate to XCom) or halt."""
-        check_choice(self.on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
-        margin = SafetyMargin.parse(self.safety_margin)
-        max_shards = self._shard_limits()
-        job = self.prepare_job()  # exactly the bucket operator's job
         try:
-            test_hook = self.test_estimate_hook(job)
+            check_choice(self.on_insufficient, ON_INSUFFICIENT_CHOICES, "on_insufficient")
+            margin = SafetyMargin.parse(self.safety_margin)
+            max_shards = self._shard_limits()
+            job = self.prepare_job()  # exactly the bucket operator's job
+        except InvalidOptionError as exc:  # retrying cannot fix these
+            raise AirflowFailException(str(exc)) from exc
+        try:
+            test_hook = self._test_estimate_hook_or_fail(job)
             # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
             plan = self._plan(context, job, max_shards, check=False)
             cost, cost_source = self._price(job, plan, test_hook)

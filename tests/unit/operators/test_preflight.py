@@ -347,10 +347,12 @@ def test_pixian_test_estimate_spends_nothing(vendors: FakeVendors, planned: dict
 
 
 def test_test_estimate_is_pixian_only(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    """Only the connection tells the vendor: refused at run time, without retries (retrying cannot help)."""
     planned["plan"] = make_plan(2)
     _, _, error = run(check("poof_default", use_test_estimate=True))
-    assert isinstance(error, InvalidOptionError)
+    assert isinstance(error, AirflowFailException)
     assert "only Pixian" in str(error)
+    assert isinstance(error.__cause__, InvalidOptionError)
 
 
 def test_test_estimate_excludes_cost_override() -> None:
@@ -690,7 +692,8 @@ def test_more_shards_than_airflow_maps_are_refused_before_anything_is_planned(
         op = check(**{"max_shards": 4, name: "{{ params.value }}"})
         setattr(op, name, rendered)  # what rendering the template gives
         _, _, error = run(op)
-        assert isinstance(error, InvalidOptionError) and error.parameter == name
+        assert isinstance(error, AirflowFailException)  # a bad rendered value: no retry can fix it
+        assert isinstance(error.__cause__, InvalidOptionError) and error.__cause__.parameter == name
     assert vendors.requests == []  # not even the balance was read
 
 
@@ -801,9 +804,30 @@ def test_a_refused_key_in_a_chain_counts_as_no_credits(vendors: FakeVendors, pla
 
 
 def test_a_chain_has_no_test_mode_estimate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
+    """A chain given as a list is refused at DAG parse; a templated one once rendered, without retries."""
     planned["plan"] = make_plan(2)
-    _, _, error = run(check(CHAIN[:2], use_test_estimate=True))
-    assert isinstance(error, InvalidOptionError) and error.parameter == "use_test_estimate"
+    with pytest.raises(InvalidOptionError, match="chain of connections") as info:
+        check(CHAIN[:2], use_test_estimate=True)
+    assert info.value.parameter == "use_test_estimate"
+    op = check("{{ params.pool }}", use_test_estimate=True)
+    op.conn_id = str(CHAIN[:2])  # what the default rendering prints for a list Param
+    _, _, error = run(op)
+    assert isinstance(error, AirflowFailException) and "chain of connections" in str(error)
+    assert isinstance(error.__cause__, InvalidOptionError)
+    assert error.__cause__.parameter == "use_test_estimate"
+
+
+def test_generate_preflight_refuses_use_test_estimate_at_parse() -> None:
+    """Pixian's free test-mode estimate prices a removal: generate-background is refused at DAG parse."""
+    with pytest.raises(InvalidOptionError, match="only Pixian") as info:
+        GenerateCreditsCheckOperator(
+            task_id="g",
+            source_bucket="raw",
+            destination_bucket="out",
+            gcp_conn_id=None,
+            use_test_estimate=True,
+        )
+    assert info.value.parameter == "use_test_estimate"
 
 
 def test_a_chain_prices_each_image_at_the_first_account_whose_limits_take_it(
@@ -888,9 +912,13 @@ def test_use_test_estimate_is_refused_before_planning(
 ) -> None:
     planned: list[bool] = []
     monkeypatch.setattr(BucketJob, "plan_batch", lambda self, *, check=True: planned.append(check))
-    for conn_id in ("poof_default", CHAIN[:2]):
-        _, _, error = run(check(conn_id, use_test_estimate=True))
-        assert isinstance(error, InvalidOptionError) and error.parameter == "use_test_estimate"
+    for conn_id in ("poof_default", str(CHAIN[:2])):  # a vendor, a rendered chain: known once rendered
+        op = check("{{ params.conn }}", use_test_estimate=True)
+        op.conn_id = conn_id
+        _, _, error = run(op)
+        assert isinstance(error, AirflowFailException)
+        assert isinstance(error.__cause__, InvalidOptionError)
+        assert error.__cause__.parameter == "use_test_estimate"
     assert planned == [] and vendors.requests == []
 
 
