@@ -131,6 +131,7 @@ def test_trigger_fires_for_a_burst_then_the_run_finishes_it_and_nothing_fires_ag
         "pending": 0,
         "credits": summary["credits_spent"],
         "manifest_uri": summary["manifest_uri"],
+        "manifest_uris": [summary["manifest_uri"]],  # one try: its own manifest
     }
     assert extras[f"gs://{dst}/elsewhere"] == {}
 
