@@ -117,7 +117,7 @@ def parse_test_mode(value: Any) -> bool:
 
 
 def _delta_mode(value: Any) -> DeltaMode | None:
-    if value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):  # unset: the hook's default
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
@@ -156,7 +156,7 @@ class PixianOptions(OptionSet):
     #: ``delta_png`` unset or ``"auto"`` makes the same output as ``False``: recorded as ``False``
     transfer_only = {"delta_png": {None: False, "auto": False}}
 
-    test: Flag | None = None
+    test: Annotated[Flag | None, UNSET_IF_BLANK] = None
     max_pixels: Annotated[int | None, Field(ge=MIN_MAX_PIXELS, le=MAX_MAX_PIXELS), NUMBER, UNSET_IF_BLANK] = (
         None
     )

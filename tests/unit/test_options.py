@@ -784,7 +784,8 @@ def test_json_schema_carries_choices_ranges_and_defaults() -> None:
     ("build", "expected"),
     [
         (lambda: RemovalOptions(crop=""), False),
-        (lambda: _pixian(test="").test, False),
+        (lambda: _pixian(test="false").test, False),
+        (lambda: _pixian(test="").test, None),  # optional: blank is "not set" (the connection's test_mode)
         (lambda: _pixian(delta_png=" OFF ").delta_png, False),
         (lambda: _pixian(delta_png="Yes").delta_png, True),
         (lambda: _pixelcut_shadow(enabled="0").shadow.enabled, False),
@@ -793,7 +794,10 @@ def test_json_schema_carries_choices_ranges_and_defaults() -> None:
     ],
 )
 def test_one_boolean_rule_everywhere(build: Callable[[], Any], expected: Any) -> None:
-    """``true/1/yes/on`` and ``false/0/no/off/""`` for every boolean option (any case and spaces)."""
+    """
+    ``true/1/yes/on`` and ``false/0/no/off/""`` for every boolean option (any case and spaces); an
+    optional one (``None`` defers to a default elsewhere) reads blank text as not set.
+    """
     result = build()
     assert (result.crop if isinstance(result, RemovalOptions) else result) is expected
 

@@ -349,6 +349,16 @@ async def test_options_override_the_connection_test_mode(monkeypatch: pytest.Mon
     assert "test" not in fake.fields()
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_blank_test_option_keeps_the_connection_test_mode(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A template that rendered nothing (``{"test": ""}``) must not turn free test calls into billed ones."""
+    hook, fake, _ = make_hook(monkeypatch, cutout_reply(), extra={"test_mode": True})
+    await run(mode, hook, "remove_background", CHELSEA, vendor_options={"test": " "})
+    assert fake.fields()["test"] == "true"
+
+
 def test_test_mode_from_a_uri_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_PIXIAN_URI", f"pixian://{API_ID}:{SECRET}@sandbox.local:8080?test_mode=true&timeout=30"

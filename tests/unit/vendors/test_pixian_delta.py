@@ -52,7 +52,8 @@ def checked(options: RemovalOptions, vendor_options: Any, *, image_url: str | No
         (True, True),
         ("on", True),
         ("0", False),
-        ("", False),
+        ("", None),  # blank: not set, the hook's delta_png_default applies (a template that rendered nothing)
+        (" ", None),
         (None, None),
     ],
 )
