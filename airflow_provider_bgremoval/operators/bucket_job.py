@@ -41,15 +41,6 @@ from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, maste
 from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
-try:  # Airflow 3.1 to 3.3: the base of what a template field resolves at run time (XComArg and the like)
-    from airflow.sdk.definitions._internal.mixins import ResolveMixin
-
-    RESOLVED_AT_RUN_TIME: tuple[type, ...] = (ResolveMixin,)
-except ImportError:  # pragma: no cover - an Airflow that moved its internals: the public XComArg
-    from airflow.sdk import XComArg
-
-    RESOLVED_AT_RUN_TIME = (XComArg,)
-
 T = TypeVar("T")
 
 #: Fewest local checks planning runs at once, whatever ``max_concurrency`` is.
@@ -90,7 +81,15 @@ def is_template(value: Any) -> bool:
 
     :param value: a parameter value.
     """
-    return (isinstance(value, str) and "{{" in value) or isinstance(value, RESOLVED_AT_RUN_TIME)
+    return (isinstance(value, str) and "{{" in value) or _resolved_at_run_time(value)
+
+
+def _resolved_at_run_time(value: Any) -> bool:
+    """
+    An ``XComArg``, a mapped argument, a ``DagParam``: what Airflow's templater resolves before
+    ``execute()`` (its private ``ResolveMixin``, known here by the two methods the templater calls).
+    """
+    return all(callable(getattr(type(value), name, None)) for name in ("resolve", "iter_references"))
 
 
 def check_choice(value: Any, choices: Sequence[str], parameter: str) -> None:
