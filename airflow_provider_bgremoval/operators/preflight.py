@@ -43,7 +43,7 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     check_shard_limits,
     plan_prefix,
 )
-from airflow_provider_bgremoval.pipeline.planning import BatchPlan
+from airflow_provider_bgremoval.pipeline.planning import BatchPlan, DestinationCollisionError
 from airflow_provider_bgremoval.results import AccountState, Balance
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -282,6 +282,8 @@ class CreditsPreflightOperator(BucketJobOperator):
                 else:  # a kept plan is planned again, with the checks (docs/credits.md)
                     plan = self._plan(context, job, max_shards, check=True)
                 estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
+        except DestinationCollisionError as exc:  # sources that share an output: retrying cannot fix it
+            raise AirflowFailException(str(exc)) from exc
         finally:
             run_coroutine(job.aclose_hooks())
         if isinstance(plan, PlanWriter):

@@ -32,6 +32,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
     META_VENDOR,
     BatchPlan,
     BatchSpec,
+    DestinationCollisionError,
     OutputIdentity,
     PlannedOutcome,
     WorkItem,
@@ -406,6 +407,21 @@ def test_auth_failure_fails_at_once_with_a_halt(vendors: FakeVendors, planned: d
     assert pushed["halt"]["reason"] == "auth_failed"
     assert set(pushed["halt"]) == HALT_KEYS
     assert vendors.calls("pixelcut") == 1
+
+
+def test_sources_sharing_an_output_fail_the_pre_flight_without_retries(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``a.png`` and ``a.jpg`` both make ``a.png``: no retry can plan that, as in the bucket operator."""
+
+    def colliding(self: BucketJob, *, check: bool = True) -> BatchPlan:
+        raise DestinationCollisionError("2 sources map to gs://out/a.png: gs://raw/a.jpg, gs://raw/a.png")
+
+    monkeypatch.setattr(BucketJob, "plan_batch", colliding)
+    vendors.set_pixelcut(100)
+    _, pushed, error = run(check())
+    assert isinstance(error, AirflowFailException) and "gs://raw/a.jpg" in str(error)
+    assert pushed == {}
 
 
 def test_transient_balance_failure_is_retryable(vendors: FakeVendors, planned: dict[str, Any]) -> None:
