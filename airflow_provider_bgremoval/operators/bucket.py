@@ -33,6 +33,7 @@ from airflow_provider_bgremoval.pipeline.engine import (
 from airflow_provider_bgremoval.pipeline.manifest import (
     STATUSES,
     ManifestWriter,
+    final_manifest_name,
     manifest_object_name,
     manifest_part_name,
 )
@@ -387,10 +388,9 @@ def _earlier_tries(job: BucketJob, manifest_name: str, try_number: int) -> list[
         return []
     bucket, folder = job.spec.destination_bucket, manifest_name.rpartition("/")[0] + "/"
     finals = {f"{folder}try-{number}.jsonl" for number in range(1, try_number)}
-    parts = tuple(f"{final.removesuffix('.jsonl')}.part-" for final in finals)  # as manifest_part_name
     try:
         listed = [info.name for info in job.storage.list_objects(bucket, folder)]
-        names = [name for name in manifests_to_read(listed) if name in finals or name.startswith(parts)]
+        names = [name for name in manifests_to_read(listed) if final_manifest_name(name) in finals]
         return [(f"gs://{bucket}/{name}", job.storage.read(bucket, name)) for name in sorted(names)]
     except StorageError as exc:
         raise AirflowException(

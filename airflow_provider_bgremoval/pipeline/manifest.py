@@ -213,6 +213,17 @@ def manifest_part_name(manifest_name: str, part: int) -> str:
 _PART = re.compile(r"^(?P<manifest>.*)\.part-(?P<part>\d+)\.jsonl$")
 
 
+def final_manifest_name(name: str) -> str:
+    """
+    The final manifest a checkpoint part belongs to (:func:`manifest_part_name`); a final manifest's
+    own name for any other name.
+
+    :param name: an object name (or URI).
+    """
+    match = _PART.match(name)
+    return name if match is None else f"{match['manifest']}.jsonl"
+
+
 def collate_manifests(objects: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """
     One ``(name, bytes)`` manifest per task try: its final manifest, or else its checkpoint parts joined
