@@ -845,6 +845,24 @@ async def test_cpu_steps_of_small_images_run_inline_and_of_big_ones_in_a_thread(
     assert all((thread is threading.main_thread()) is inline for thread in threads)
 
 
+def test_a_png_pixel_count_is_read_from_its_ihdr_without_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inline-or-thread choice of a PNG (input or result) costs no ``Image.open``; other formats do."""
+    from airflow_provider_bgremoval.hooks import base
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(jpeg, format="JPEG")
+    assert base._pixels(jpeg.getvalue()) == 40 * 30
+    huge = PNG[:16] + (100_000).to_bytes(4, "big") * 2 + PNG[24:]  # declares 10^10 pixels (CRC not checked)
+
+    def no_pillow(*_: Any, **__: Any) -> Any:
+        raise AssertionError("Image.open called for a PNG")
+
+    monkeypatch.setattr(base.Image, "open", no_pillow)
+    assert base._pixels(PNG) == 40 * 30
+    assert base._pixels(huge) == 100_000 * 100_000  # over any inline limit: its work goes to a thread
+    assert base._pixels(PNG[:20]) is None  # a cut-off header: Pillow's verdict (here: the stub's error)
+
+
 @pytest.fixture
 def input_check_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
     """The thread of each input check (``prepare_input``) the hook runs."""
