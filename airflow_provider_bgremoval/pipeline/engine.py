@@ -438,9 +438,7 @@ class BatchRunner:
             if flight.item.render_only:
                 await self._render_only(flight)
                 return
-            if not await self._claim(flight):
-                return
-            data = await self._read(flight, flight.item.source)
+            data = await self._claim_and_read(flight)
             if data is None or self._settled_by_size(flight, data):
                 return
             flight.result = await self.calls.call(flight, data)
@@ -462,28 +460,59 @@ class BatchRunner:
             if flight.claimed and not flight.output_exists:
                 await self._release(flight)
 
-    async def _claim(self, flight: Flight) -> bool:
+    async def _claim_and_read(self, flight: Flight) -> bytes | None:
+        """
+        Claim the output, then read the source: one thread hand-off for both (unless the claim was
+        taken over, when the output is looked for first). ``None``: the image was settled.
+        """
+        item = flight.item
         if self.claims is None:
-            return True
+            return await self._read(flight, item.source)
         try:
-            item = flight.item
-            holder = await self._blocking(self.claims.acquire, item.destination, item.source.generation)
+            holder, data = await self._blocking(self._acquire_then_read, item)
         except StorageError as exc:  # nothing was paid: this image alone fails, the batch goes on
             message = f"could not claim the output before the vendor call (nothing paid): {exc}"
             self._settle(flight, "failed", type(exc).__name__, message)
-            return False
+            return None
         if holder is not None:
             self.result.note_claim_elsewhere(holder)
             message = f"another run is processing this output: {holder}"
             self._settle(flight, "pending", "claimed_elsewhere", message)
-            return False
+            return None
         flight.claimed = True
-        if flight.item.destination not in self.claims.taken_over:
-            return True
-        # Taken over (an earlier try of this task instance, or a holder whose lease ran out): skip the
-        # image when that holder stored its output; if not, the create-only write still protects it.
-        earlier = "an earlier try stored this output (not paid again)"
-        return not await self._skipped_as_finished(flight, "already_done", earlier)
+        if item.destination in self.claims.taken_over:
+            # Taken over (an earlier try of this task instance, or a holder whose lease ran out): skip
+            # the image when that holder stored its output; if not, the create-only write still protects it.
+            earlier = "an earlier try stored this output (not paid again)"
+            if await self._skipped_as_finished(flight, "already_done", earlier):
+                return None
+            return await self._read(flight, item.source)
+        return self._read_outcome(flight, data)
+
+    def _read_outcome(self, flight: Flight, data: bytes | Exception | None) -> bytes | None:
+        """The bytes :meth:`_acquire_then_read` read, else ``None``: its read error failed the image."""
+        flight.stage = "read"
+        if not isinstance(data, Exception):
+            return data
+        if not isinstance(data, StorageError):
+            raise data
+        self._settle(flight, "failed", type(data).__name__, str(data))
+        return None
+
+    def _acquire_then_read(self, item: WorkItem) -> tuple[ClaimHolder | None, bytes | Exception | None]:
+        """
+        In an I/O thread: the claim, then (taken, not over another holder's) the source's pinned bytes.
+        A claim error is raised; a read error is returned as the data (the claim is held: released later).
+        """
+        assert self.claims is not None
+        holder = self.claims.acquire(item.destination, item.source.generation)
+        if holder is not None or item.destination in self.claims.taken_over:
+            return holder, None
+        try:
+            source = item.source
+            return None, self.storage.read(source.bucket, source.name, generation=source.generation)
+        except Exception as exc:
+            return None, exc
 
     async def _read(
         self, flight: Flight, obj: ObjectInfo, max_bytes: int | None = None, why: str = "", **fields: Any

@@ -320,6 +320,51 @@ def test_concurrency_is_bounded(buckets) -> None:
     assert processor.max_in_flight == 5
 
 
+def test_an_image_costs_two_thread_hand_offs_claim_and_read_in_one(buckets, monkeypatch) -> None:
+    """Claim + read run in one I/O-thread job, the output write in another (was three hand-offs)."""
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(3)])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    jobs: list[str] = []
+    original = BatchRunner._blocking
+
+    async def counting(self: BatchRunner, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        jobs.append(fn.__name__)
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(BatchRunner, "_blocking", counting)
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run/t/-1")
+    _, result, _ = run(storage, spec, ScriptedProcessor(), claims=claims, max_concurrency=1)
+    assert result.counts["done"] == 3
+    assert sorted(jobs) == ["_acquire_then_read"] * 3 + ["write"] * 3
+
+
+def test_a_source_replaced_after_its_claim_fails_alone_and_frees_the_claim(buckets, monkeypatch) -> None:
+    """The read of the claim's hand-off fails: the image is failed (nothing paid), its claim released."""
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png", "b.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run/t/-1")
+    acquire = claims.acquire
+
+    def acquire_then_replace(destination: str, generation: int = 0) -> Any:
+        held = acquire(destination, generation)
+        if destination == "o/a.png":  # the planned generation is gone before the read
+            storage.write(src, "a.png", png(color="blue"), content_type="image/png", if_generation_match=None)
+        return held
+
+    monkeypatch.setattr(claims, "acquire", acquire_then_replace)
+    processor = ScriptedProcessor()
+    _, result, rows = run(storage, spec, processor, claims=claims)
+    assert processor.calls == ["b.png"] and result.counts == {"done": 1, "failed": 1}
+    (failed,) = [row for row in rows if row["status"] == "failed"]
+    assert failed["error_code"] == "ObjectChangedError" and "no longer exists" in failed["error_message"]
+    after = ClaimStore(storage, dst, spec.internal_prefix, "dag/other/t/-1")
+    assert after.acquire("o/a.png", storage.stat(src, "a.png").generation) is None  # a new generation: free
+    released = storage.stat(dst, claims._claim_name("o/a.png", failed["source_generation"]))
+    assert released is not None and released.metadata[META_EXPIRES] == "0"
+
+
 def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(8)])
