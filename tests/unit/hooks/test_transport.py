@@ -192,6 +192,28 @@ async def test_a_cancelled_request_frees_its_connection_slot(kind: str) -> None:
         assert (await http.get(f"{server.url}/ok")).content == b"xx"
 
 
+async def test_a_free_connection_slot_is_taken_without_waiting_and_a_full_pool_still_waits() -> None:
+    """Only a full pool waits for a slot (``acquire``): a free slot costs no pass of the event loop."""
+    transport = PooledTransport(limits=httpx.Limits(max_connections=1))
+    waits = 0
+    slots = transport._slots
+
+    class Counted:
+        acquire_nowait, release = slots.acquire_nowait, slots.release
+
+        async def acquire(self) -> None:
+            nonlocal waits
+            waits += 1
+            await slots.acquire()
+
+    transport._slots = Counted()  # type: ignore[assignment]
+    async with tiny_server() as server, httpx.AsyncClient(transport=transport, timeout=5.0) as http:
+        assert (await http.get(f"{server.url}/ok")).content == b"xx"
+        assert waits == 0
+        replies = await asyncio.gather(*(http.get(f"{server.url}/slow") for _ in range(2)))
+    assert [r.content for r in replies] == [b"xx"] * 2 and waits == 1
+
+
 async def test_closing_the_transport_closes_its_connections(kind: str) -> None:
     async with tiny_server() as server:
         async with client(kind) as http:
