@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeVar, cast
+from urllib.parse import quote as percent_encode
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -293,6 +294,18 @@ class VendorSpec:
     options: type[OptionSet] | None = None
 
 
+def echoed_forms(value: str) -> set[str]:
+    """
+    ``value`` and the forms a reply may echo it in: JSON-escaped (a string's inside, ``json.dumps``
+    without its quotes), that with ``/`` escaped as ``\\/`` (valid JSON; PHP servers write it) and
+    percent-encoded (every reserved character, as a query string carries it).
+
+    :param value: a secret as a request carries it.
+    """
+    escaped = json.dumps(value)[1:-1]
+    return {value, escaped, escaped.replace("/", "\\/"), percent_encode(value, safe="")}
+
+
 class VendorWire(ABC):
     """
     One vendor's wire format, bound to a connection's settings (subclasses set :attr:`spec`).
@@ -313,15 +326,17 @@ class VendorWire(ABC):
     def secrets(self) -> tuple[str, ...]:
         """
         Every form of the connection's secret a request carries, longest first: the API key, each
-        :meth:`auth_headers` value and its bare token (Pixian's ``Basic`` token). The one set the hooks
-        register for masking and :meth:`redact` removes from quoted replies.
+        :meth:`auth_headers` value and its bare token (Pixian's ``Basic`` token), each also as a reply
+        may echo it (:func:`echoed_forms`: JSON-escaped, ``/`` as ``\\/``, percent-encoded). The one
+        set the hooks register for masking and :meth:`redact` removes from quoted replies.
         """
         try:
             values = list(self.auth_headers().values())
         except InvalidOptionError:  # no header can be built (a Pixian wire without an API id)
             values = []
-        found = {self.settings.api_key, *values, *(value.rpartition(" ")[2] for value in values)}
-        return tuple(sorted(filter(None, found), key=len, reverse=True))
+        raw = {self.settings.api_key, *values, *(value.rpartition(" ")[2] for value in values)}
+        found = {form for value in filter(None, raw) for form in echoed_forms(value)}
+        return tuple(sorted(found, key=len, reverse=True))
 
     @abstractmethod
     def remove_background_request(

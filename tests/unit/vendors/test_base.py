@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -285,3 +287,30 @@ def test_a_wire_whose_spec_names_no_balance_path_refuses_the_balance_request() -
     assert PoofWire(ConnectionSettings(base_url="https://api.test", api_key="k")).balance_request().path == (
         "/v1/me"
     )
+
+
+#: a key with ``/`` and ``+``; with ``id_9`` its Pixian ``Basic`` token has ``+``, ``/`` and ``=``
+ECHOED_KEY = "sk/~~~secret>>>000??"
+
+
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+@pytest.mark.parametrize("encoding", ["json", "percent"])
+def test_a_secret_echoed_json_escaped_or_percent_encoded_is_redacted(
+    wire_class: type[VendorWire], encoding: str
+) -> None:
+    """A PHP server's ``\\/`` JSON escaping or a URL-quoted echo must not carry the key or token on."""
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key=ECHOED_KEY, api_id="id_9"))
+    raw = [ECHOED_KEY, *(value.rpartition(" ")[2] for value in wire.auth_headers().values())]
+    echoed = [
+        json.dumps(value)[1:-1].replace("/", "\\/") if encoding == "json" else quote(value, safe="")
+        for value in raw
+    ]
+    assert all(form != value for form, value in zip(echoed, raw, strict=True))
+    body = f'[{{"echo": "{" ".join(echoed)}"}}]'  # valid JSON, no vendor's envelope: quoted as it is
+    error = wire.error_from_reply(httpx.Response(500, text=body))
+    with pytest.raises(BgRemovalError) as info:
+        raise error
+    shown = f"{info.value} {info.value!r} {info.value.as_dict()!r}"
+    for value in raw + echoed:
+        assert value not in shown, shown
+    assert "***" in info.value.message
