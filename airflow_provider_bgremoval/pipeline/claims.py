@@ -6,18 +6,46 @@ How claims are held, taken over and cleaned up: docs/pipeline.md ("Never paying 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 META_OWNER = "bgremoval-claim-owner"
 META_EXPIRES = "bgremoval-claim-expires"
 META_DESTINATION = "bgremoval-claim-destination"
+
+
+def parse_lease_seconds(value: Any) -> float:
+    """
+    A claim lease (``claim_lease``): a finite number of seconds over 0, or its numeric text; never a
+    boolean. A lease of 0 or less would expire every claim at once (two runs would both pay).
+
+    :param value: the parameter value.
+    :raises InvalidOptionError: naming ``claim_lease``.
+    """
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not 0 < seconds < math.inf:
+        raise InvalidOptionError("claim_lease", f"{value!r} is not a positive, finite number of seconds")
+    return seconds
+
+
+class _HeldClaim(NamedTuple):
+    """One claim of ours: its object, its generation, and when its lease runs out (epoch seconds)."""
+
+    name: str
+    generation: int
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -52,8 +80,9 @@ class ClaimStore:
     :param bucket: destination bucket.
     :param internal_prefix: the destination's ``_bgremoval/`` prefix.
     :param owner: identity of the claiming task instance.
-    :param lease_seconds: how long a claim protects an output from other runs.
+    :param lease_seconds: how long a claim protects an output from other runs (finite, over 0).
     :param clock: wall clock (injectable for tests).
+    :raises InvalidOptionError: ``lease_seconds`` is not a positive, finite number (``claim_lease``).
     """
 
     storage: GcsStorage
@@ -65,8 +94,9 @@ class ClaimStore:
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
+        self.lease_seconds = parse_lease_seconds(self.lease_seconds)
         self.prefix = f"{self.internal_prefix}claims/"
-        self._held: dict[str, tuple[str, int]] = {}  # destination -> our claim object, its generation
+        self._held: dict[str, _HeldClaim] = {}  # destination -> our live claim
         #: Destinations whose claim object was already there (an earlier try of this task instance,
         #: or a holder whose lease ran out): their output may exist, so look before paying.
         self.taken_over: set[str] = set()
@@ -97,7 +127,17 @@ class ClaimStore:
             if_generation_match=generation,
         )
         if not released:
-            self._held[destination] = (name, info.generation)
+            self._held[destination] = _HeldClaim(name, info.generation, float(expires))
+
+    def lease_left(self, destination: str) -> float | None:
+        """
+        Seconds until our claim on ``destination`` expires by this store's clock (no request; negative
+        once it has run out), ``None`` when we hold none: after that, another run may take it over and pay.
+
+        :param destination: the output's object name.
+        """
+        held = self._held.get(destination)
+        return None if held is None else held.expires - self.clock()
 
     def release(self, destination: str, *, output_unknown: bool = False) -> None:
         """
@@ -111,7 +151,7 @@ class ClaimStore:
         held = self._held.pop(destination, None)
         if held is not None:
             with suppress(WriteConflictError):  # taken over after our lease ran out: nothing of ours to free
-                self._write(destination, *held, released=True, looked=not output_unknown)
+                self._write(destination, held.name, held.generation, released=True, looked=not output_unknown)
 
     def _claim(self, destination: str, name: str, generation: int) -> None:
         """

@@ -202,7 +202,7 @@ class BatchRunner:
         self._output_unknown: set[str] = set()  # destinations a failed write may still have stored
         self.halts = Halts(self.processor.vendor)
         self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
-        self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle)
+        self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle, self.claims)
         self._submitted = 0  # billable items handed to the workers: plan.items[:_submitted]
         self._finished = 0
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -21,6 +21,7 @@ from airflow_provider_bgremoval.exceptions import (
 from airflow_provider_bgremoval.imaging import read_header
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, failover_metric
 from airflow_provider_bgremoval.pipeline.budgets import Budgets
+from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.flight import Flight
 from airflow_provider_bgremoval.pipeline.halts import Halts
 from airflow_provider_bgremoval.pipeline.planning import limits_rejection
@@ -28,6 +29,12 @@ from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 
 log = logging.getLogger(__name__)
+
+#: Seconds of its claim's lease an image waiting for a probe keeps in hand for its call: the longest
+#: vendor policy's full retry budget (Pixian: 7 attempts of up to 180 s of idle timeout each, plus
+#: 300 s of waits between them: 1560 s), the store and the drain. With less left, it is settled pending
+#: (``outage``) instead: sent later, another run taking the lapsed claim over could pay for it too.
+LEASE_MARGIN_SECONDS = 1800.0
 
 
 def _refusal_reason(exc: BgRemovalError) -> str:
@@ -62,12 +69,15 @@ class CallStage:
     :param budgets: the run's budgets (a call must fit them).
     :param halts: the run's halts and stop request.
     :param settle: the engine's recorder (an image the stage gives up on is settled here).
+    :param claims: the run's claims (``None``: no claims): a wait for a probe ends before its image's
+        lease runs short (:data:`LEASE_MARGIN_SECONDS`).
     """
 
     chain: AccountChain
     budgets: Budgets
     halts: Halts
     settle: Settle
+    claims: ClaimStore | None = None
 
     async def call(self, flight: Flight, data: bytes) -> ImageResult | None:
         """
@@ -100,7 +110,8 @@ class CallStage:
     async def _account_for(self, flight: Flight, data: bytes) -> Account | None:
         """
         The account for the image's next call; ``None`` when it is settled instead (a stop request, no
-        account left). The stop is looked for on every pass, so a wait for a probe never ends in a call.
+        account left, a wait for a probe as long as its claim's lease allows). The stop and the lease are
+        looked at on every pass, so a wait for a probe never ends in a call after them.
         """
         while True:
             if self.halts.stop is not None:
@@ -120,8 +131,28 @@ class CallStage:
             if choice is None:
                 self._no_account(flight)
                 return None
+            if self._lease_runs_short(flight):
+                return None
             flight.stage = "wait"  # every account left is in an outage: wait for the first probe
             await asyncio.sleep(min(max(choice, 0.01), 0.5))
+
+    def _lease_runs_short(self, flight: Flight) -> bool:
+        """
+        While every account is in an outage: settle the image pending (``outage``, not sent, its claim
+        released unpaid) once its claim has :data:`LEASE_MARGIN_SECONDS` or less left. A clock read, no
+        request: its lease end is known since the claim was written.
+        """
+        left = None if self.claims is None else self.claims.lease_left(flight.item.destination)
+        if left is None or left > LEASE_MARGIN_SECONDS:
+            return False
+        why = (
+            f"every account of the chain stayed in an outage (circuit breakers open) until "
+            f"{max(left, 0):.0f} s were left of this image's claim lease, less than the "
+            f"{LEASE_MARGIN_SECONDS:.0f} s a call may take; its claim is released so that no run pays "
+            f"for it twice (a retry sends it)"
+        )
+        self._settle_not_sent(flight, "outage", why)
+        return True
 
     def _admitted(self, flight: Flight, account: Account, probe: bool) -> bool:
         """The call fits ``max_credits`` at ``account``'s cost: it goes there (else: settled pending)."""

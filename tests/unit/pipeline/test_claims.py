@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, META_OWNER, ClaimStore
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec
 from airflow_provider_bgremoval.storage.exceptions import StorageUnavailableError
@@ -81,3 +82,40 @@ def test_a_lost_claim_reply_fails_the_image_unpaid_and_the_next_run_makes_it(buc
     second = ScriptedProcessor()
     _, result, rows = run(storage, spec, second, claims=ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1"))
     assert result.counts["done"] == 1 and second.calls == ["a.png"]  # not pending claimed_elsewhere
+
+
+@pytest.mark.parametrize("lease", [0, -1, 0.0, float("nan"), float("inf"), "3600s", "", None, True, [3600]])
+def test_a_lease_that_is_not_a_positive_finite_number_is_refused(gcs_storage: GcsStorage, lease: Any) -> None:
+    """A lease of 0 or less expires every claim at once (two runs both pay); text or ``None`` would fail
+    each image with a TypeError. Refused when the store is made, naming the operator's parameter."""
+    with pytest.raises(InvalidOptionError) as caught:
+        ClaimStore(gcs_storage, "dst", PREFIX, "dag/run1/t/-1", lease_seconds=lease)
+    assert caught.value.parameter == "claim_lease"
+
+
+def test_a_numeric_lease_text_is_read_as_seconds(gcs_storage: GcsStorage) -> None:
+    store = ClaimStore(gcs_storage, "dst", PREFIX, "dag/run1/t/-1", lease_seconds="90")  # type: ignore[arg-type]
+    assert store.lease_seconds == 90.0
+
+
+def test_lease_left_counts_down_our_held_claim_by_the_store_s_clock_without_a_request(
+    buckets, monkeypatch
+) -> None:
+    storage, _, dst = buckets
+    clock = [1_000_000.0]
+    mine = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1", lease_seconds=600, clock=lambda: clock[0])
+    assert mine.lease_left("a.png") is None  # not claimed
+    assert mine.acquire("a.png", 1) is None
+    clock[0] += 250
+
+    def no_request(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("lease_left made a storage request")
+
+    monkeypatch.setattr(storage, "stat", no_request)
+    monkeypatch.setattr(storage, "write", no_request)
+    assert mine.lease_left("a.png") == 350.0
+    clock[0] += 400
+    assert mine.lease_left("a.png") == -50.0  # run out: another run may take it over
+    monkeypatch.undo()
+    mine.release("a.png")
+    assert mine.lease_left("a.png") is None

@@ -23,7 +23,9 @@ from airflow_provider_bgremoval.exceptions import (
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.pipeline import accounts as accounts_module
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, BreakerPolicy, CircuitBreaker
+from airflow_provider_bgremoval.pipeline.claims import META_DESTINATION, META_EXPIRES, ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
+from airflow_provider_bgremoval.pipeline.failover import LEASE_MARGIN_SECONDS
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
@@ -250,6 +252,110 @@ def test_an_image_waiting_for_a_probe_is_not_sent_after_a_stop_request(batch) ->
     assert by_name["00.png"]["status"] == "failed"
     assert (by_name["01.png"]["status"], by_name["01.png"]["error_code"]) == ("pending", "terminated")
     assert result.counts["pending"] == 1 and result.interrupted == "terminated"
+
+
+def _run_with_claims(
+    storage: GcsStorage, spec: BatchSpec, accounts: AccountChain, claims: ClaimStore
+) -> tuple[Any, list[dict[str, Any]], dict[str, float | None]]:
+    """
+    Run the batch with ``claims``, bounded by ``wait_for`` (a wait without end fails the test, never
+    hangs it); also the lease each image had left when the call stage settled it.
+    """
+    left_at_settle: dict[str, float | None] = {}
+
+    async def go() -> tuple[Any, list[dict[str, Any]]]:
+        primary = accounts.primary.processor
+        plan = await plan_batch(
+            storage, spec, extension=".png", identity=accounts.identity, limits=primary.limits
+        )
+        manifest = ManifestWriter()
+        runner = BatchRunner(
+            storage, primary, plan, manifest, accounts=accounts, claims=claims, max_concurrency=1
+        )
+        settle = runner.calls.settle
+
+        def recording(flight: Any, status: str, *args: Any, **kwargs: Any) -> None:
+            left_at_settle[flight.item.source.name] = claims.lease_left(flight.item.destination)
+            settle(flight, status, *args, **kwargs)
+
+        runner.calls.settle = recording
+        result = await asyncio.wait_for(runner.run(), timeout=15)
+        return result, read_manifest(manifest.getvalue())
+
+    result, rows = asyncio.run(go())
+    return result, rows, left_at_settle
+
+
+def test_an_image_waiting_out_an_outage_longer_than_its_lease_is_left_pending_before_the_lease_ends(
+    batch,
+) -> None:
+    """
+    Both breakers stay open for longer than the claim lease; the next image waits for a probe while
+    the wall clock runs on. It is settled pending (``outage``) while its claim is still live, never
+    sent, and its claim released unpaid: waiting on, its lease would lapse, another run could take the
+    claim over and pay for the image, and then this one too.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    clock = Clock()
+
+    def ten_minutes_later() -> float:  # the claims' wall clock: each look at it is 10 minutes on
+        clock.now += 600
+        return clock.now
+
+    def outage(name: str, count: int) -> Any:
+        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+
+    primary, secondary = Vendor("pixian", outage), Vendor("poof", outage)
+    policy = BreakerPolicy(consecutive_failures=1, cooldown_seconds=100_000, max_cooldown_seconds=100_000)
+    accounts = chain(primary, secondary, clock=clock, policy=policy)
+    claims = ClaimStore(
+        storage, spec.destination_bucket, "_bgremoval/", "dag/run1/t/-1", clock=ten_minutes_later
+    )
+    result, rows, left_at_settle = _run_with_claims(storage, spec, accounts, claims)
+    assert primary.calls == secondary.calls == ["00.png"]  # 01.png was never sent
+    by_name = {row["source"].rsplit("/", 1)[-1]: row for row in rows}
+    assert by_name["00.png"]["status"] == "failed"
+    waited = by_name["01.png"]
+    assert (waited["status"], waited["error_code"]) == ("pending", "outage")
+    assert waited["error_message"].endswith("this image was not sent (nothing paid)")
+    assert waited.get("credits") is None and waited["possibly_charged"] == 0
+    assert 0 < left_at_settle["01.png"] <= LEASE_MARGIN_SECONDS  # settled while its lease was live
+    assert result.pending_reasons == {"outage": 1}
+    metas = [
+        info.metadata or {} for info in storage.list_objects(spec.destination_bucket, "_bgremoval/claims/")
+    ]
+    assert {meta[META_DESTINATION]: meta[META_EXPIRES] for meta in metas}["01.png"] == "0"  # released unpaid
+    other = ClaimStore(
+        storage, spec.destination_bucket, "_bgremoval/", "dag/run2/t/-1", clock=lambda: clock.now
+    )
+    assert other.acquire("01.png") is None and other.taken_over == set()  # the next run pays at once
+
+
+def test_an_image_whose_probe_comes_due_within_its_lease_waits_for_it_and_is_sent(batch) -> None:
+    """With claims, a wait the lease allows is as before: the image is the half-open probe."""
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    clock = Clock()
+
+    def a_minute_later() -> float:
+        clock.now += 60
+        return clock.now
+
+    def first_call_fails(name: str, count: int) -> Any:
+        if count == 1:
+            return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+        return None
+
+    primary, secondary = Vendor("pixian", first_call_fails), Vendor("poof", first_call_fails)
+    policy = BreakerPolicy(consecutive_failures=1, cooldown_seconds=150, max_cooldown_seconds=150)
+    accounts = chain(primary, secondary, clock=clock, policy=policy)
+    claims = ClaimStore(
+        storage, spec.destination_bucket, "_bgremoval/", "dag/run1/t/-1", clock=a_minute_later
+    )
+    result, rows, _ = _run_with_claims(storage, spec, accounts, claims)
+    assert primary.calls == ["00.png", "01.png"] and primary.done == ["01.png"]  # the probe
+    assert result.counts["done"] == 1 and result.counts["failed"] == 1 and result.counts["pending"] == 0
 
 
 def test_an_image_handed_on_when_a_stop_arrives_says_what_its_earlier_call_may_have_cost(batch) -> None:
