@@ -19,10 +19,11 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     BucketJob,
     BucketJobOperator,
     check_choice,
+    is_template,
     parse_count,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
-from airflow_provider_bgremoval.pipeline.claims import ClaimStore
+from airflow_provider_bgremoval.pipeline.claims import ClaimStore, parse_lease_seconds
 from airflow_provider_bgremoval.pipeline.engine import (
     DEFAULT_DRAIN_GRACE,
     ON_ERROR_CHOICES,
@@ -69,7 +70,8 @@ class BucketImageOperator(BucketJobOperator):
 
     :param on_error: ``fail_at_end``, ``fail_rate`` (stop past ``max_failure_rate``) or ``continue``.
     :param max_failure_rate: threshold for ``on_error="fail_rate"``.
-    :param claim_lease: seconds a claim keeps other runs from processing the same output.
+    :param claim_lease: seconds a claim keeps other runs from processing the same output (a finite
+        number over 0, or its numeric text).
     :param progress_interval: seconds between progress lines at most.
     :param on_pending: ``fail`` or ``warn`` when images stay pending because other runs hold their claims.
     :param drain_grace: seconds in-flight calls get to store their billed results on timeout or SIGTERM.
@@ -104,6 +106,8 @@ class BucketImageOperator(BucketJobOperator):
         self.manifest_checkpoint_seconds = manifest_checkpoint_seconds
         self._runner: BatchRunner | None = None
         check_choice(on_error, ON_ERROR_CHOICES, "on_error")
+        if not is_template(claim_lease):  # else checked when the task starts, before any work
+            parse_lease_seconds(claim_lease)
         if not 0 <= float(max_failure_rate) <= 1:
             raise InvalidOptionError("max_failure_rate", "must be between 0 and 1")
         check_choice(on_pending, ON_PENDING_CHOICES, "on_pending")
@@ -119,6 +123,7 @@ class BucketImageOperator(BucketJobOperator):
         try:
             max_images = parse_count(self.max_images, "max_images")
             max_credits = parse_credits(self.max_credits, "max_credits")
+            claim_lease = parse_lease_seconds(self.claim_lease)
             job = self.prepare_job()
             plan = job.plan_batch()
         except (InvalidOptionError, DestinationCollisionError) as exc:  # retrying cannot fix these
@@ -164,7 +169,7 @@ class BucketImageOperator(BucketJobOperator):
                     spec.destination_bucket,
                     spec.internal_prefix,
                     owner,
-                    lease_seconds=self.claim_lease,
+                    lease_seconds=claim_lease,
                 ),
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),
@@ -302,6 +307,15 @@ class BucketImageOperator(BucketJobOperator):
                 f"{float(self.max_failure_rate):.0%} ({sent_bad} of {sent} images sent to the vendor); "
                 f"see the manifest {manifest_uri}"
             )
+        self._pending_verdict(vendor, result, summary)
+
+    def _pending_verdict(self, vendor: str, result: BatchResult, summary: dict[str, Any]) -> None:
+        """
+        Fail the task (retryably) for images left pending without a limit the user set: held by another
+        run's claims (unless ``on_pending="warn"``), or waiting out an outage of every account until their
+        claims' leases ran short (docs/pipeline.md, "Failover").
+        """
+        manifest_uri = summary["manifest_uri"]
         held = summary["claims_elsewhere"]
         if held and self.on_pending == "fail":
             holders = "; ".join(
@@ -312,6 +326,13 @@ class BucketImageOperator(BucketJobOperator):
                 f"run holds their claims ({holders}); nothing was paid for them here. A retry after the "
                 f"holder finishes skips what it wrote (on_pending='warn' accepts this as success). "
                 f"Manifest: {manifest_uri}"
+            )
+        outage = result.pending_reasons.get("outage", 0)
+        if outage:
+            raise AirflowException(
+                f"{vendor}: {outage} image(s) left pending because every account of the chain stayed in "
+                f"an outage until their claims' leases ran short; they were not sent (nothing paid for "
+                f"them, their claims released). A retry sends them. Manifest: {manifest_uri}"
             )
 
     def _announce(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from airflow.exceptions import AirflowException
 
+from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.pipeline.claims import parse_lease_seconds
 from airflow_provider_bgremoval.pipeline.engine import BatchResult
 
 SUMMARY = {"manifest_uri": "gs://out/_bgremoval/manifest.jsonl", "total": 11, "claims_elsewhere": []}
@@ -83,3 +87,46 @@ def test_openlineage_facets_carry_the_lineage_datasets() -> None:
     assert isinstance(lineage, OperatorLineage)
     assert lineage.inputs == [Dataset("gs://raw", "in/"), Dataset("gs://out", "cut/masters/")]
     assert [d.name for d in lineage.outputs] == ["cut/masters/", "cut/thumb/", "cut/web/"]
+
+
+def test_images_left_pending_by_an_outage_fail_the_task_retryably() -> None:
+    """Not sent because every account stayed in an outage until their leases ran short: not a limit the
+    user set, so the task is not green (a retry sends them)."""
+    op = RemoveBackgroundOperator(task_id="t", **BUCKETS)
+    waited = BatchResult(counts=Counter(done=9, pending=2), billable=11, pending_reasons=Counter(outage=2))
+    with pytest.raises(AirflowException, match=r"2 image\(s\) left pending because every account") as caught:
+        op._verdict({}, "pixian", waited, SUMMARY)  # type: ignore[arg-type]
+    assert not isinstance(caught.value, AirflowFailException)  # retryable
+    limited = BatchResult(
+        counts=Counter(done=9, pending=2), billable=11, pending_reasons=Counter(max_images=2)
+    )
+    op._verdict({}, "pixian", limited, SUMMARY)  # type: ignore[arg-type]  # a limit the user set: green
+
+
+@pytest.mark.parametrize("lease", [0, -60, "0", "soon", float("nan"), float("inf"), None, True])
+def test_a_claim_lease_that_is_not_a_positive_number_is_refused_when_the_operator_is_built(
+    lease: Any,
+) -> None:
+    """0 or less would expire every claim at once (two runs both pay); text fails each image."""
+    with pytest.raises(InvalidOptionError) as caught:
+        RemoveBackgroundOperator(task_id="t", claim_lease=lease, **BUCKETS)
+    assert caught.value.parameter == "claim_lease"
+
+
+def test_a_numeric_claim_lease_text_is_accepted_and_read_as_seconds() -> None:
+    op = RemoveBackgroundOperator(task_id="t", claim_lease="600", **BUCKETS)  # type: ignore[arg-type]
+    assert parse_lease_seconds(op.claim_lease) == 600.0
+
+
+def test_a_templated_claim_lease_is_checked_when_the_task_starts_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    op = RemoveBackgroundOperator(task_id="t", claim_lease="{{ params.lease }}", **BUCKETS)  # type: ignore[arg-type]
+    op.claim_lease = "-1"  # what the template rendered
+
+    def no_work() -> Any:
+        raise AssertionError("the job was prepared (listing, hooks) with a bad claim_lease")
+
+    monkeypatch.setattr(op, "prepare_job", no_work)
+    with pytest.raises(AirflowFailException, match="claim_lease"):
+        op.execute({"ti": None})  # type: ignore[typeddict-item]
