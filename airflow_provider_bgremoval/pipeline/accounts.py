@@ -332,6 +332,10 @@ class AccountChain:
         candidates = ready or usable
         return candidates[0] if candidates else None
 
+    def next_account(self) -> Account:
+        """The account that takes the next image: the :meth:`preferred` one, else the primary."""
+        return self.preferred() or self.primary
+
     def choose(
         self, skip: Sequence[Account], fits: Callable[[Account], bool]
     ) -> tuple[Account, bool] | float | None:

@@ -34,7 +34,7 @@ class Budgets:
 
     def unit_cost(self) -> Decimal:
         """Credits one image is expected to cost on the account that takes the next one."""
-        return (self.chain.preferred() or self.chain.primary).unit_cost()
+        return self.chain.next_account().unit_cost()
 
     def credits_at_risk(self, account: Account | None = None) -> Decimal:
         """
@@ -71,14 +71,17 @@ class Budgets:
         :param charged: credits charged so far (for the message).
         :param lost: replies lost and possibly charged so far (for the message).
         """
-        cost = self.unit_cost()
+        account = self.chain.next_account()
+        cost = account.unit_cost()
         if self.max_credits is None or self.credits_at_risk() + cost <= self.max_credits:
             return True
         self.halts.record(
             "max_credits",
             f"max_credits={self.max_credits} reached (charged {charged}, "
             f"{lost} reply(s) lost and possibly charged, "
-            f"{self._in_flight_summary()}; the next image costs {cost})",
+            f"{self._in_flight_summary()}; the next image costs {cost} on {account.conn_id} "
+            f"({account.vendor}))",
+            account=account,
         )
         return False
 
@@ -102,7 +105,7 @@ class Budgets:
             f"max_credits={self.max_credits} reached: the next call on {account.conn_id} "
             f"({account.vendor}) costs {cost} and {others} credits are charged or at risk"
         )
-        self.halts.record("max_credits", message, vendor=account.vendor)
+        self.halts.record("max_credits", message, account=account)
         return message
 
     def fits(self, account: Account) -> bool:

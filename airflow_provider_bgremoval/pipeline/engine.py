@@ -200,7 +200,7 @@ class BatchRunner:
         self._stage = RenditionStage(self.storage, self._bucket, self.writer_id, self.plan.spec.overwrite)
         self._flights: set[Flight] = set()
         self._output_unknown: set[str] = set()  # destinations a failed write may still have stored
-        self.halts = Halts(self.processor.vendor)
+        self.halts = Halts(self.chain)
         self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
         self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle, self.claims)
         self._submitted = 0  # billable items handed to the workers: plan.items[:_submitted]
@@ -750,10 +750,8 @@ class BatchRunner:
             self._executor = None
             self.result.duration_s = time.monotonic() - started
         self.result.halt = await self.halts.complete(
-            self.chain,
             pending=self.result.counts["pending"],
             billable=self.result.billable_counts["pending"],  # render-only: free
-            cost=self.processor.cost_per_image,
         )
         self.progress.update(self._finished, self.result.counts, self.result.credits_spent, force=True)
         if failures:

@@ -62,14 +62,16 @@ class Halts:
     """
     A run's halt (the first one wins) and its stop request (an interrupt: drain, then store the record).
 
-    :param vendor: the vendor a halt names when its cause names none (the primary's).
+    :param chain: the run's accounts; a halt whose cause names no account concerns the one that takes
+        the next image (:meth:`AccountChain.next_account`): it names its vendor and prices ``needed``.
     """
 
-    vendor: str
+    chain: AccountChain
     halt: HaltInfo | None = None
     stop: tuple[str, str] | None = None  # an interrupt: (code, message)
     exhausted: bool = False  # the halt is a chain's every account unusable: state the pooled shortfall
     refused_by: Account | None = None  # the account whose refusal halted the run (its balance is read)
+    halted_on: Account | None = None  # the account the pending images would go to (prices ``needed``)
 
     def record(
         self,
@@ -86,11 +88,13 @@ class Halts:
         :param reason: the reason code (docs/pipeline.md, "Halts").
         :param message: human explanation.
         :param fatal: the task must fail without retries.
-        :param vendor: the vendor concerned (default: the run's ``vendor``).
-        :param account: the account that refused the work (its balance is read after an out-of-credits halt).
+        :param vendor: the vendor concerned (default: the account's).
+        :param account: the account that refused the work (its balance is read after an out-of-credits
+            halt); default: the one that takes the next image.
         """
         if self.halt is None:
-            self.halt = HaltInfo(reason, vendor or self.vendor, message, fatal=fatal)
+            self.halted_on = account or self.chain.next_account()
+            self.halt = HaltInfo(reason, vendor or self.halted_on.vendor, message, fatal=fatal)
             self.refused_by = account
             log.warning("Stopping submissions: %s", message)
 
@@ -110,26 +114,25 @@ class Halts:
             self.exhausted = self.exhausted or self.halt is None
         self.record(last.state, message, fatal=last.state != "max_credits", vendor=last.vendor)
 
-    async def complete(
-        self, chain: AccountChain, *, pending: int, billable: int, cost: Decimal
-    ) -> HaltInfo | None:
+    async def complete(self, *, pending: int, billable: int) -> HaltInfo | None:
         """
         The halt (if any) with what is left; balances are read (free calls) only for a credits halt.
 
-        Never after a stop request: the record must be stored before the task is killed.
+        ``needed`` prices the billable images left at the unit cost of the account they would go to
+        (:attr:`halted_on`), not the primary's. Never after a stop request: the record must be stored
+        before the task is killed.
 
-        :param chain: the run's accounts.
         :param pending: images left pending.
         :param billable: the billable part of them (render-only images are free).
-        :param cost: credits one image costs (what ``needed`` is priced at).
         """
-        if self.halt is None:
+        if self.halt is None or self.halted_on is None:
             return None
-        halt = replace(self.halt, remaining_images=pending, needed=cost * billable)
+        halt = replace(self.halt, remaining_images=pending, needed=self.halted_on.unit_cost() * billable)
         if self.stop is not None:
             return halt
+        accounts = self.chain.accounts
         if self.exhausted:
-            return pooled_shortfall(halt, chain.accounts, await read_balances(chain.accounts), billable)
+            return pooled_shortfall(halt, accounts, await read_balances(accounts), billable)
         if halt.reason == "out_of_credits" and self.refused_by is not None:
             (available,) = await read_balances([self.refused_by])
             return replace(halt, available=available)

@@ -240,3 +240,54 @@ def test_a_stopped_or_budget_halted_chain_reads_no_balance_before_the_record_is_
     assert "Pooled shortfall" not in result.halt.message
     assert hooks["pixian"].reads == [] and hooks["poof"].reads == []
     assert result.halt.remaining_images == result.counts["pending"] > 0
+
+
+def _dearer(vendor: Vendor, cost: int) -> Vendor:
+    vendor.cost_per_image = Decimal(cost)
+    return vendor
+
+
+def test_a_budget_halt_after_failover_prices_what_is_left_at_the_account_that_would_take_it(batch) -> None:
+    """
+    Pixian (1 credit) runs out at its 4th call and leaves the chain; poof (2) makes that image. The next
+    image does not fit max_credits=6 (5 charged + 2): the 3 images left would go to poof, so they need
+    3 x 2 = 6 credits, and the halt names poof, not the departed primary.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(7))
+    out = OutOfCreditsError("no credits", vendor="pixian", status_code=402, code="402")
+    primary = Vendor("pixian", lambda n, c: out if c >= 4 else Decimal(1))
+    dearer = _dearer(Vendor("poof", lambda n, c: Decimal(2)), 2)
+    result, rows = run_chain(storage, spec, chain(primary, dearer), max_concurrency=1, max_credits=Decimal(6))
+    assert result.credits_spent == 5 and dearer.done == ["03.png"]
+    halt = result.halt
+    assert halt is not None and halt.reason == "max_credits"
+    assert (halt.vendor, halt.remaining_images, halt.needed) == ("poof", 3, 6)
+    assert "the next image costs 2 on poof_conn (poof)" in halt.message
+    assert [row["status"] for row in rows] == ["done"] * 4 + ["pending"] * 3
+
+
+def test_an_image_refused_by_max_credits_on_a_dearer_account_prices_what_is_left_there(batch) -> None:
+    """The 4th image, handed on from pixian (out of credits) to poof at 3, does not fit max_credits=5:
+    the 3 images left need 3 x 3 = 9 credits on poof (the primary's cost table said 3)."""
+    storage, src, spec = batch
+    seed(storage, src, names(6))
+    out = OutOfCreditsError("no credits", vendor="pixian", status_code=402, code="402")
+    primary = Vendor("pixian", lambda n, c: out if c >= 4 else Decimal(1))
+    dearer = _dearer(Vendor("poof", lambda n, c: Decimal(3)), 3)
+    result, _ = run_chain(storage, spec, chain(primary, dearer), max_concurrency=1, max_credits=Decimal(5))
+    halt = result.halt
+    assert halt is not None and halt.reason == "max_credits" and dearer.calls == []
+    assert (halt.vendor, halt.remaining_images, halt.needed) == ("poof", 3, 9)
+
+
+def test_a_halt_prices_what_is_left_at_the_largest_charge_seen_on_its_account(buckets) -> None:
+    """One connection charging 2.5 where its cost table says 1: the 3 images max_images leaves need 7.5."""
+    storage, src, dst = buckets
+    seed(storage, src, names(5))
+    processor = ScriptedProcessor(lambda n, c: Decimal("2.5"))
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    _, result, _ = run(storage, spec, processor, max_images=2, max_concurrency=1)
+    halt = result.halt
+    assert halt is not None and halt.reason == "max_images"
+    assert (halt.vendor, halt.remaining_images, halt.needed) == ("fake", 3, Decimal("7.5"))
