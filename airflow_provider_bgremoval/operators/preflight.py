@@ -440,14 +440,15 @@ class CreditsPreflightOperator(BucketJobOperator):
     ) -> tuple[int, list[PricedRun]]:
         """
         One connection's billable images: as many as ``max_credits`` and its ``max_credits_per_account``
-        pay for at ``cost``.
+        pay for at what the batch reserves per image (:func:`_reserved_per_image`), priced so in the shards.
         """
         assert job.chain is not None
         account = job.chain.primary
-        if cost > 0:
+        reserved = _reserved_per_image(account, cost)
+        if reserved > 0:
             for budget in (max_credits, account.budget):
-                billable = billable if budget is None else min(billable, int(budget // cost))
-        return billable, [PricedRun(billable, account.conn_id, cost)] if billable else []
+                billable = billable if budget is None else min(billable, int(budget // reserved))
+        return billable, [PricedRun(billable, account.conn_id, reserved)] if billable else []
 
     @staticmethod
     def _pooled(
@@ -465,7 +466,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         assert job.chain is not None
         accounts = list(job.chain.accounts)
         pool = _Pool(
-            [account.processor.cost_per_image for account in accounts],
+            [account.unit_cost() for account in accounts],
             [_usable(account.budget, balance) for account, balance in zip(accounts, balances, strict=True)],
             max_credits,
         )
@@ -599,6 +600,19 @@ def _price_text(estimate: Mapping[str, Any], amounts: Mapping[str, str]) -> str:
         return f"{amounts['cost_per_image']} credits ({estimate['cost_source']})"
     shares = ", ".join(f"{a['conn_id']} {a['images']} x {a['cost_per_image']}" for a in pooled)
     return f"the chain's credits ({shares}, {estimate['shortfall_images']} short)"
+
+
+def _reserved_per_image(account: Account, estimate: Decimal) -> Decimal:
+    """
+    What the batch holds against the budgets for each image on ``account``: the dearer of the pre-flight's
+    estimate and the account's unit cost (:meth:`Account.unit_cost`, what the batch reserves per image in
+    flight). A test-mode estimate below the cost table must not buy, nor give a shard, fewer credits than
+    the batch reserves: its last image would stay pending (docs/credits.md).
+
+    :param account: the account the images are priced on.
+    :param estimate: the pre-flight's cost per image (``cost_per_image``, the cost table or the estimate).
+    """
+    return max(estimate, account.unit_cost())
 
 
 def _usable(budget: Decimal | None, balance: Balance) -> Decimal:

@@ -107,7 +107,9 @@ class PricedRun:
 
     :param count: how many items.
     :param conn_id: the account they were priced on (``None``: on none, e.g. no account accepts them).
-    :param cost: credits per item.
+    :param cost: credits per item, never below what the batch reserves per image on that account (its
+        unit cost): a shard's budget share is the sum, so a lower test-mode estimate would leave its last
+        image pending.
     """
 
     count: int
@@ -546,7 +548,10 @@ def _shares(
     max_credits: Decimal | None,
     account_credits: Mapping[str, Decimal | None],
 ) -> list[dict[str, Any]]:
-    """Each shard's :class:`ShardRef` budget fields (:meth:`PlanWriter.finish`; no billable item: none)."""
+    """
+    Each shard's :class:`ShardRef` budget fields (:meth:`PlanWriter.finish`; no billable item: none): the
+    credits ``pricing`` placed on its items, at the cost the batch reserves per image (:class:`PricedRun`).
+    """
     budgeted = [conn for conn, budget in account_credits.items() if budget is not None]
     if max_credits is None and not budgeted:
         return [{} for _ in items]

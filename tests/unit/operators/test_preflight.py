@@ -17,6 +17,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.operators.bucket_job import BucketJob
 from airflow_provider_bgremoval.operators.preflight import (
     CreditsCheckOperator,
@@ -581,6 +582,47 @@ def test_the_runs_budget_bounds_what_all_shards_hold_together(
         assert shares == [Decimal(2), Decimal(2), Decimal(1)]
     else:
         assert shares == [None, None, None]
+
+
+@pytest.mark.integration
+def test_shards_priced_by_a_test_estimate_below_the_cost_table_process_every_image(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """
+    Pixian's test estimate says 0.5, its cost table 1 (what the batch reserves per image): max_credits=4
+    pays for 4 images over 2 shards, each shard's share at 1 (2, not 1: at 0.5 each shard's second image
+    stayed pending, halted max_credits). Every mapped task then processes all its images.
+    """
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    photo = (IMAGES / "horse.png").read_bytes()
+    for number in range(4):
+        gcs_storage.write(src, f"in/{number}.png", photo, content_type="image/png")
+    vendors.calculated = "0.5"
+    batch = {"conn_id": "pixian_default", "max_credits": 4}
+    estimate, pushed, error = run(
+        _sharded(src, dst, use_test_estimate=True, max_shards=2, min_shard_size=1, **batch)
+    )
+    assert error is None and estimate is not None
+    assert (estimate["cost_per_image"], estimate["needed"]) == ("0.5", "2.0")  # what Pixian says it charges
+    assert (estimate["billable_images"], estimate["deferred_images"]) == (4, 0)
+    refs = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+    assert [(ref.images, ref.max_credits) for ref in refs] == [(2, 2), (2, 2)]
+    for index, ref in enumerate(refs):
+        ti = mock.MagicMock(
+            dag_id="dag", run_id="manual__1", task_id="cutouts", map_index=index, try_number=1
+        )
+        task = RemoveBackgroundOperator(
+            task_id="cutouts",
+            source_bucket=src,
+            source_prefix="in/",
+            destination_bucket=dst,
+            destination_prefix="cut/",
+            gcp_conn_id=None,
+            shard=ref.model_dump(mode="json"),
+            **batch,
+        )
+        summary = task.execute({"ti": ti})  # type: ignore[arg-type]
+        assert (summary["done"], summary["pending"], summary["halt"]) == (2, 0, None)
 
 
 @pytest.mark.integration
