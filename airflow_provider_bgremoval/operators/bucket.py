@@ -279,8 +279,8 @@ class BucketImageOperator(BucketJobOperator):
                 available = "unknown" if halt.available is None else str(halt.available)
                 error = AirflowFailException if halt.fatal else AirflowException
                 done = result.billable_counts["done"]
-                raise error(
-                    f"{vendor}: {halt.message}. Stopped after {done} of {result.billable} "
+                raise error(  # the halt names the account it concerns (after failover, not the primary)
+                    f"{halt.vendor}: {halt.message}. Stopped after {done} of {result.billable} "
                     f"billable images; {halt.remaining_images} image(s) remain pending "
                     f"(need about {halt.needed} credits; available: {available}). "
                     f"Finished images are skipped on rerun. Manifest: {manifest_uri}"

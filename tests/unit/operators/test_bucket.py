@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.pipeline.claims import parse_lease_seconds
 from airflow_provider_bgremoval.pipeline.engine import BatchResult
+from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 
 SUMMARY = {"manifest_uri": "gs://out/_bgremoval/manifest.jsonl", "total": 11, "claims_elsewhere": []}
 
@@ -101,6 +103,20 @@ def test_images_left_pending_by_an_outage_fail_the_task_retryably() -> None:
         counts=Counter(done=9, pending=2), billable=11, pending_reasons=Counter(max_images=2)
     )
     op._verdict({}, "pixian", limited, SUMMARY)  # type: ignore[arg-type]  # a limit the user set: green
+
+
+def test_a_fatal_halt_after_failover_names_the_account_it_concerns_not_the_primary() -> None:
+    """Pixian handed the chain on to poof, whose key was then refused: the failure names poof."""
+    op = RemoveBackgroundOperator(task_id="t", **BUCKETS)
+    halt = HaltInfo(
+        "auth_failed", "poof", "API key refused", remaining_images=3, needed=Decimal(6), fatal=True
+    )
+    halted = BatchResult(counts=Counter(done=8, pending=3), billable=11, halt=halt)
+    pushed: dict[str, Any] = {}
+    ti = type("TI", (), {"xcom_push": lambda self, key, value: pushed.update({key: value})})()
+    with pytest.raises(AirflowFailException, match=r"^poof: API key refused\. .*need about 6 credits"):
+        op._verdict({"ti": ti}, "pixian", halted, SUMMARY)  # type: ignore[arg-type]
+    assert pushed["halt"]["vendor"] == "poof"
 
 
 @pytest.mark.parametrize("lease", [0, -60, "0", "soon", float("nan"), float("inf"), None, True])
