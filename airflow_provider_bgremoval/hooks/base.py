@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
@@ -98,8 +98,9 @@ def _checked_url(url: str, *, parameter: str = "image_url") -> str:
     return str(url)
 
 
-#: transport errors raised after the request was sent in full: the reply was lost
-_SENT_IN_FULL = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError)
+#: transport errors raised after the request was sent in full and before the reply's head: the reply
+#: was lost (after its head, the reply is a :class:`_CutReply`)
+_SENT_IN_FULL = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 #: a gateway's timeout (504, Cloudflare's 524): it forwarded the request, the origin's reply never came
 _GATEWAY_TIMEOUTS = frozenset({504, 524})
 
@@ -117,9 +118,34 @@ def _lost_reply(request: WireRequest, failure: httpx.HTTPError | BgRemovalError)
     return request.billed and gateway and isinstance(failure, TransientVendorError)
 
 
+class _CutReply(Exception):
+    """
+    A reply whose head arrived and whose body was then lost: the vendor answered (``head``: its
+    status and headers), the transport failed (``cause``) while the body was read.
+    """
+
+    def __init__(self, head: httpx.Response, cause: httpx.HTTPError) -> None:
+        super().__init__(f"{type(cause).__name__} after a {head.status_code} head")
+        self.head = head
+        self.cause = cause
+
+
+@contextmanager
+def _reading_body_of(head: httpx.Response) -> Iterator[None]:
+    """A transport failure while ``head``'s body is read, raised as a :class:`_CutReply`."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise _CutReply(head, exc) from exc
+
+
+def _keep_all(body: bytearray, chunk: bytes) -> None:
+    body += chunk
+
+
 def _whole(streamed: httpx.Response, body: bytes | bytearray) -> httpx.Response:
-    """A streamed reply as a read one: its status, headers and its (decoded) body."""
-    headers = [(name, value) for name, value in streamed.headers.multi_items() if name != "content-encoding"]
+    """A streamed reply as a read one: its status, headers (as sent: any bytes) and its (decoded) body."""
+    headers = [(name, value) for name, value in streamed.headers.raw if name.lower() != b"content-encoding"]
     return httpx.Response(
         streamed.status_code,
         headers=headers,
@@ -585,12 +611,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         await self.aclose()
 
     def _exchange(self, request: WireRequest, options: Mapping[str, Any]) -> _Effect[httpx.Response]:
-        """One request on the API client (``options``: headers, body, timeout), read in full."""
-
-        async def arun() -> httpx.Response:
-            return await (await self._aget_client()).request(request.method, request.path, **options)
-
-        return _Effect(lambda: self.get_conn().request(request.method, request.path, **options), arun)
+        """
+        One request on the API client (``options``: headers, body, timeout), read in full; streamed, so
+        that a body lost after the head is told apart (a :class:`_CutReply`) from a reply lost whole.
+        """
+        return self._stream(request.method, request.path, options, _keep_all)
 
     def _stream(
         self,
@@ -600,11 +625,14 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         keep: Callable[[bytearray, bytes], None],
         wants_body: Callable[[httpx.Response], bool] = lambda response: True,
     ) -> _Effect[httpx.Response]:
-        """A streamed request: its body, if ``wants_body(reply)``, read piece by piece by ``keep``."""
+        """
+        A streamed request: its body, if ``wants_body(reply)``, read piece by piece by ``keep``. A
+        transport failure after the head arrived is a :class:`_CutReply`; the reply is closed either way.
+        """
 
         def run() -> httpx.Response:
             body = bytearray()
-            with self.get_conn().stream(method, url, **options) as response:
+            with self.get_conn().stream(method, url, **options) as response, _reading_body_of(response):
                 if wants_body(response):
                     keep(body, b"")  # the head's arrival counts as a piece: a deadline is checked then
                     for chunk in response.iter_bytes():
@@ -613,11 +641,13 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
         async def arun() -> httpx.Response:
             body = bytearray()
-            async with (await self._aget_client()).stream(method, url, **options) as response:
-                if wants_body(response):
-                    keep(body, b"")
-                    async for chunk in response.aiter_bytes():
-                        keep(body, chunk)
+            client = await self._aget_client()
+            async with client.stream(method, url, **options) as response:
+                with _reading_body_of(response):
+                    if wants_body(response):
+                        keep(body, b"")
+                        async for chunk in response.aiter_bytes():
+                            keep(body, chunk)
             return _whole(response, body)
 
         return _Effect(run, arun)
@@ -718,6 +748,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         exchange = self._probe_exchange(request, options, url) if probe else self._exchange(request, options)
         try:
             response = yield from exchange
+        except _CutReply as cut:
+            raise self._cut_reply_error(wire, request, cut, url, stats) from None
         except httpx.HTTPError as exc:
             raise self._transport_error(wire, request, exc, url) from None
         error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
@@ -743,6 +775,35 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             code=type(exc).__name__,
             possibly_charged=_lost_reply(request, exc),
         )
+
+    @staticmethod
+    def _cut_reply_error(
+        wire: VendorWire, request: WireRequest, cut: _CutReply, url: str, stats: CallStats
+    ) -> BgRemovalError:
+        """
+        A reply to ``url`` (as shown) whose body was lost after its head. A billed 2xx was answered, so
+        billed: a certain charge, never sent again. Any other head (an error, a free call's success) is
+        a retryable error, lost (possibly charged) only when a gateway timed out (``_lost_reply``).
+        """
+        head, cause = cut.head, cut.cause
+        what = (
+            f"{request.method} {url} answered {head.status_code}, then its body was cut off: "
+            f"{safe_excerpt(str(cause)) or type(cause).__name__}"
+        )
+        request_id = wire.quote(head.headers.get("x-request-id", "")) or None
+        if head.is_success and request.billed:
+            stats.billed_reply = True
+            return wire.invalid_reply(
+                f"{what}; the call was billed, its result lost",
+                head,
+                code="result_unreadable",
+                request_id=request_id,
+            )
+        error = TransientVendorError(
+            what, vendor=wire.spec.name, status_code=head.status_code, request_id=request_id
+        )
+        error.possibly_charged = _lost_reply(request, error)  # code unknown: a 504's body never came
+        return error
 
     def _send(
         self, request: WireRequest, stats: CallStats | None = None, *, probe: bool = False, paced: bool = True
@@ -811,9 +872,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 response = yield from self._stream("GET", url, {}, self._keep_chunk, self._result_head)
             except httpx.InvalidURL:  # httpx parses a redirect's Location even when not following it
                 raise self._download_error("result URL redirected to an invalid URL; refused") from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, _CutReply) as exc:
+                cause = exc.cause if isinstance(exc, _CutReply) else exc
                 raise self._download_error(
-                    f"result download failed: {type(exc).__name__}", transient=True
+                    f"result download failed: {type(cause).__name__}", transient=True
                 ) from None
             if not response.is_redirect:
                 return response.content

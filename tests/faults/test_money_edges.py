@@ -185,6 +185,32 @@ async def test_max_credits_holds_when_replies_are_lost_and_retried(cell: Cell, c
     await _rerun_clean(cell, vendor, run)
 
 
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_max_credits_holds_when_every_reply_is_cut_mid_body(cell: Cell, concurrency: int) -> None:
+    """
+    Poof, every 200 cut off mid-body: the vendor answered, so it billed each call. None is sent again
+    (that would pay twice); each is a certain charge of its failed image, counted against the budget.
+    """
+    vendor = "poof"
+    cell.sandbox.admin.set_faults(vendor, fault="drop_mid_body", rate=1.0)
+    run = await run_batch(
+        cell.sandbox,
+        cell.storage,
+        vendor,
+        cell.src,
+        cell.dst,
+        max_credits=Decimal(10),
+        max_concurrency=concurrency,
+    )
+    check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
+    failed = run.by_status("failed")
+    assert run.charged <= 10, f"charged {run.charged} with max_credits=10"
+    assert run.charged == len(failed) == run.result.credits_for_failed and run.possibly_charged == 0
+    assert all(row["attempts"] == 1 and row["possibly_charged"] == 0 for row in failed), failed
+    assert run.result.halt is not None and run.result.halt.reason == "max_credits"
+    await _rerun_clean(cell, vendor, run)
+
+
 async def _rerun_clean(cell: Cell, vendor: str, first) -> None:  # type: ignore[no-untyped-def]
     cell.sandbox.admin.clear_faults(vendor)
     rerun = await run_batch(cell.sandbox, cell.storage, vendor, cell.src, cell.dst)

@@ -33,6 +33,7 @@ from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
     InvalidOptionError,
+    InvalidVendorResponseError,
     OutOfCreditsError,
     RateLimitedError,
     ResultDownloadError,
@@ -761,6 +762,201 @@ async def test_async_transport_errors_are_mapped(hook: FakeHook, server: Server)
     with pytest.raises(TransientVendorError) as info:
         await hook.aget_balance()
     assert info.value.possibly_charged is False
+
+
+# -- a reply cut off mid-body, on a real socket ----------------------------------------------------
+
+
+def _head(status: str, content_type: str, length: int) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+
+#: the head of a reply promising 1000 bytes, 100 of them, then the connection closes
+CUT_200 = _head("200 OK", "image/png", 1000) + PNG[:100]
+CUT_503 = _head("503 Service Unavailable", "application/json", 1000) + b'{"error": {"code": null' + b" " * 77
+CUT_504 = _head("504 Gateway Timeout", "text/html", 1000) + b"<html>" + b" " * 94
+WHOLE_PNG = _head("200 OK", "image/png", len(PNG)) + PNG
+WHOLE_BALANCE = _head("200 OK", "application/json", 17) + b'{"credits": "12"}'
+#: no byte of a reply: the request was read, then the connection closed
+NO_HEAD = b""
+
+
+class SocketVendor:
+    """A real HTTP/1.1 socket: reads each request whole, sends the next scripted bytes (the last one
+    repeats) and closes the connection."""
+
+    def __init__(self, *replies: bytes) -> None:
+        self.replies = list(replies)
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                self.requests.append(self._read_request(conn))
+                conn.sendall(self.replies.pop(0) if len(self.replies) > 1 else self.replies[0])
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        return head
+
+
+@pytest.fixture
+def socket_vendor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SocketVendor]]:
+    """Start a :class:`SocketVendor` with these replies and point the connection at it."""
+    started: list[SocketVendor] = []
+
+    def start(*replies: bytes) -> SocketVendor:
+        vendor = SocketVendor(*replies)
+        started.append(vendor)
+        set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=vendor.url)
+        return vendor
+
+    yield start
+    for vendor in started:
+        vendor.listener.close()
+
+
+def _real_call(mode: str, sleep: SleepRecorder, method: str, **kwargs: Any) -> Any:
+    """``method`` (``remove_background``, ``get_balance``) of a hook on the real transport, sync or async."""
+    hook = FakeHook(sleep=sleep, async_sleep=sleep.asleep, requests_per_second=0)
+    if mode == "sync":
+        with hook:
+            return getattr(hook, method)(**kwargs)
+
+    async def call() -> Any:
+        async with hook:
+            return await getattr(hook, f"a{method}")(**kwargs)
+
+    return asyncio.run(call())
+
+
+def _remove(mode: str, sleep: SleepRecorder, stats: CallStats) -> ImageResult:
+    return _real_call(mode, sleep, "remove_background", image=PNG, stats=stats)  # type: ignore[no-any-return]
+
+
+def _refusing_guard(asked: list[BaseException]) -> CallStats:
+    """A record whose retry guard refuses every retry after a lost reply (and notes each question)."""
+
+    def refuse(exc: BaseException) -> bool:
+        asked.append(exc)
+        return False
+
+    return CallStats(retry_guard=refuse)
+
+
+async def test_a_reply_header_of_any_bytes_is_kept_as_sent(hook: FakeHook, server: Server) -> None:
+    # the API reply is streamed and rebuilt: its headers as bytes, not re-encoded as ASCII
+    server.on(f"{API}/v1/remove", httpx.Response(200, headers=[(b"x-note", b"caf\xe9")], content=PNG))
+    assert hook.remove_background(PNG).content_type == "image/png"
+    assert (await hook.aremove_background(PNG)).content_type == "image/png"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_billed_200_cut_off_mid_body_is_a_certain_charge_never_sent_again(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder
+) -> None:
+    # the vendor answered 200, so it did the work and billed it: sending again would pay twice
+    vendor = socket_vendor(CUT_200, WHOLE_PNG)
+    asked: list[BaseException] = []
+    stats = _refusing_guard(asked)
+    with pytest.raises(InvalidVendorResponseError) as info:
+        _remove(mode, sleep, stats)
+    assert len(vendor.requests) == 1 and asked == [] and sleep.waits == []
+    error = info.value
+    assert (error.status_code, error.code, error.possibly_charged, error.retryable) == (
+        200,
+        "result_unreadable",
+        True,
+        False,
+    )
+    assert "cut off" in error.message and KEY not in str(error)
+    assert error.call is not None
+    assert (error.call.attempts, error.call.possibly_charged, error.call.billed_reply) == (1, 0, True)
+    assert (stats.attempts, stats.possibly_charged, stats.billed_reply) == (1, 0, True)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_503_cut_off_mid_body_is_an_unbilled_transient_error(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder
+) -> None:
+    # the vendor answered 503: it did not do the work, so the retry goes without asking the guard
+    vendor = socket_vendor(CUT_503, WHOLE_PNG)
+    asked: list[BaseException] = []
+    stats = _refusing_guard(asked)
+    result = _remove(mode, sleep, stats)
+    assert result.content_type == "image/png" and len(vendor.requests) == 2 and asked == []
+    assert (result.call.attempts, result.call.possibly_charged, result.call.billed_reply) == (2, 0, True)
+    vendor.replies = [CUT_503]
+    with pytest.raises(TransientVendorError) as info:
+        _remove(mode, sleep, CallStats())
+    assert (info.value.status_code, info.value.possibly_charged) == (503, False)
+    assert "cut off" in info.value.message and len(vendor.requests) == 5  # 3 attempts
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_reply_lost_before_its_head_is_still_a_lost_reply(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder
+) -> None:
+    vendor = socket_vendor(NO_HEAD, WHOLE_PNG)
+    asked: list[BaseException] = []
+    stats = _refusing_guard(asked)
+    with pytest.raises(TransientVendorError) as info:
+        _remove(mode, sleep, stats)
+    assert asked == [info.value] and info.value.possibly_charged and info.value.status_code is None
+    assert len(vendor.requests) == 1
+    assert (stats.attempts, stats.possibly_charged, stats.billed_reply) == (1, 1, False)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_gateway_timeout_cut_off_mid_body_may_have_been_billed(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder
+) -> None:
+    # its body (the vendor's own error code, or a gateway's page) never came: the gateway rule applies
+    vendor = socket_vendor(CUT_504)
+    asked: list[BaseException] = []
+    stats = _refusing_guard(asked)
+    with pytest.raises(TransientVendorError) as info:
+        _remove(mode, sleep, stats)
+    assert asked == [info.value] and (info.value.status_code, info.value.possibly_charged) == (504, True)
+    assert len(vendor.requests) == 1
+    assert (stats.attempts, stats.possibly_charged, stats.billed_reply) == (1, 1, False)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_free_call_cut_off_mid_body_is_retried_and_charges_nothing(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder
+) -> None:
+    vendor = socket_vendor(CUT_200, WHOLE_BALANCE)
+    assert _real_call(mode, sleep, "get_balance").remaining == Decimal(12)
+    assert len(vendor.requests) == 2
+    vendor.replies = [CUT_200]
+    with pytest.raises(TransientVendorError) as info:
+        _real_call(mode, sleep, "get_balance")
+    assert (info.value.status_code, info.value.possibly_charged) == (200, False)
 
 
 # -- the call's outcome ----------------------------------------------------------------------------
