@@ -168,17 +168,7 @@ async def test_max_credits_holds_when_billed_results_are_lost(cell: Cell, concur
 async def test_max_credits_holds_when_replies_are_lost_and_retried(cell: Cell, concurrency: int) -> None:
     """Poof, every reply lost after the vendor billed it: retries after a lost reply must fit the budget."""
     vendor = "poof"
-    cell.sandbox.admin.set_faults(vendor, fault="drop_after_processing", rate=1.0)
-    run = await run_batch(
-        cell.sandbox,
-        cell.storage,
-        vendor,
-        cell.src,
-        cell.dst,
-        max_credits=Decimal(10),
-        max_concurrency=concurrency,
-    )
-    check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
+    run = await _poof_on_every_call(cell, "drop_after_processing", concurrency)
     assert run.charged <= 10, f"charged {run.charged} with max_credits=10"
     assert run.charged == run.possibly_charged  # every charge is a lost reply, each one counted
     assert run.result.halt is not None and run.result.halt.reason == "max_credits"
@@ -192,23 +182,29 @@ async def test_max_credits_holds_when_every_reply_is_cut_mid_body(cell: Cell, co
     (that would pay twice); each is a certain charge of its failed image, counted against the budget.
     """
     vendor = "poof"
-    cell.sandbox.admin.set_faults(vendor, fault="drop_mid_body", rate=1.0)
-    run = await run_batch(
-        cell.sandbox,
-        cell.storage,
-        vendor,
-        cell.src,
-        cell.dst,
-        max_credits=Decimal(10),
-        max_concurrency=concurrency,
-    )
-    check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
+    run = await _poof_on_every_call(cell, "drop_mid_body", concurrency)
     failed = run.by_status("failed")
     assert run.charged <= 10, f"charged {run.charged} with max_credits=10"
     assert run.charged == len(failed) == run.result.credits_for_failed and run.possibly_charged == 0
     assert all(row["attempts"] == 1 and row["possibly_charged"] == 0 for row in failed), failed
     assert run.result.halt is not None and run.result.halt.reason == "max_credits"
     await _rerun_clean(cell, vendor, run)
+
+
+async def _poof_on_every_call(cell: Cell, fault: str, concurrency: int):  # type: ignore[no-untyped-def]
+    """A ``max_credits=10`` batch on Poof with ``fault`` on every call, checked (exact charges)."""
+    cell.sandbox.admin.set_faults("poof", fault=fault, rate=1.0)
+    run = await run_batch(
+        cell.sandbox,
+        cell.storage,
+        "poof",
+        cell.src,
+        cell.dst,
+        max_credits=Decimal(10),
+        max_concurrency=concurrency,
+    )
+    check_cell(run, cell.storage, cell.dst, total=BATCH, exact_charges=True)
+    return run
 
 
 async def _rerun_clean(cell: Cell, vendor: str, first) -> None:  # type: ignore[no-untyped-def]
