@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError
 from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS
-from airflow_provider_bgremoval.pipeline.naming import INTERNAL_DIR, internal_prefix
+from airflow_provider_bgremoval.pipeline.naming import internal_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE,
     META_SOURCE_GENERATION,
@@ -126,13 +126,18 @@ class RenditionTarget:
         """Nothing to render: finished, or recorded non-compliant for this master and spec."""
         return self.finished or self.recorded
 
-    @property
-    def foreign(self) -> bool:
-        """An object is in the way that is not a rendition of this name (no master recorded on it)."""
+    def foreign_to(self, master: ObjectInfo) -> bool:
+        """
+        An object is in the way that is not a rendition of this name made from ``master`` (any generation
+        of it: an earlier one is stale and replaced). A rendition of another master (another run rendering
+        into this folder) is not ours to replace either.
+
+        :param master: the master this image's renditions are made from.
+        """
         if self.existing is None:
             return False
         meta = self.existing.metadata or {}
-        return meta.get(META_RENDITION) != self.rendition.name or not meta.get(META_MASTER)
+        return meta.get(META_RENDITION) != self.rendition.name or meta.get(META_MASTER) != master.uri
 
     def _rejected_facts(self, bucket: str, code: str, message: str) -> dict[str, Any]:
         """The manifest entry of a rendition not written (``rejected``), with why."""
@@ -149,10 +154,14 @@ class RenditionTarget:
 
     def blocked_facts(self, bucket: str) -> dict[str, Any]:
         """The manifest entry of a rendition not written because a foreign object holds its name."""
-        message = (
-            "an object the provider did not render is at this name; "
-            "not overwritten (set overwrite=True to replace it)"
+        meta = (self.existing.metadata or {}) if self.existing is not None else {}
+        other_master = meta.get(META_MASTER) if meta.get(META_RENDITION) == self.rendition.name else None
+        what = (
+            f"a rendition made from another master ({other_master})"
+            if other_master
+            else "an object the provider did not render"
         )
+        message = f"{what} is at this name; not overwritten (set overwrite=True to replace it)"
         return self._rejected_facts(bucket, "output_exists", message)
 
     def settled_facts(self, bucket: str) -> dict[str, Any]:
@@ -274,8 +283,6 @@ class RenditionLayout:
             self._refuse_overlap(index, rendition, self.masters_bucket, self.masters_prefix, "masters")
             if self.source_prefix is not None:
                 self._refuse_overlap(index, rendition, self.source_bucket, self.source_prefix, "source")
-            if rendition.name + "/" == INTERNAL_DIR:
-                raise InvalidOptionError(f"renditions[{index}].name", "is the provider's own folder")
 
     def _refuse_overlap(self, index: int, rendition: Rendition, bucket: str, prefix: str, what: str) -> None:
         """Refuse a rendition folder in ``bucket`` that contains ``prefix`` or lies inside it."""
@@ -524,7 +531,7 @@ class RenditionStage:
         :param source: the source photo the master was made from.
         :param targets: every rendition of this image (settled ones are reported, not rendered).
         """
-        blocked = [t for t in targets if not t.settled and t.foreign and not self.overwrite]
+        blocked = [t for t in targets if not t.settled and t.foreign_to(master) and not self.overwrite]
         todo = [target for target in targets if not target.settled and target not in blocked]
         facts = {t.rendition.name: t.settled_facts(self.bucket) for t in targets if t.settled}
         facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)

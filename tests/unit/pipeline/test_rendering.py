@@ -283,6 +283,32 @@ def test_an_object_the_provider_did_not_render_is_never_replaced_without_overwri
     assert len(vendor.calls) == 2
 
 
+def test_a_rendition_made_from_another_master_is_not_replaced_without_overwrite(buckets) -> None:
+    """Another job rendering into this folder (its master elsewhere): its rendition is not ours to replace;
+    a rendition of our own master's earlier generation is stale and replaced (the test above)."""
+    storage, src, dst = buckets
+    theirs = {
+        "bgremoval-rendition": "thumb",
+        "bgremoval-master": "gs://another-shop/masters/a.png",
+        "bgremoval-master-generation": "7",
+    }
+    storage.write(dst, "out/thumb/a.jpg", b"their thumb", content_type="image/jpeg", metadata=theirs)
+    vendor = CutoutProcessor()
+    _, result, rows = batch(storage, BatchSpec(src, dst, **SPEC_KW), vendor, layout(WEB, THUMB))
+    row = next(row for row in rows if row["source"].endswith("/a.png"))
+    web, thumb = row["renditions"]
+    assert web["status"] == "done" and thumb["status"] == "rejected"
+    assert thumb["error_code"] == "output_exists"
+    assert "made from another master (gs://another-shop/masters/a.png)" in thumb["error_message"]
+    assert storage.read(dst, "out/thumb/a.jpg") == b"their thumb" and result.bad_renditions == 1
+    # overwrite=True: replaced by ours.
+    _, _, rows = batch(storage, BatchSpec(src, dst, overwrite=True, **SPEC_KW), vendor, layout(WEB, THUMB))
+    row = next(row for row in rows if row["source"].endswith("/a.png"))
+    assert [e["status"] for e in row["renditions"]] == ["skipped", "replaced"]
+    replaced = storage.stat(dst, "out/thumb/a.jpg")
+    assert replaced is not None and (replaced.metadata or {})["bgremoval-master"].endswith("/out/masters/a.png")
+
+
 def test_a_rendition_folder_over_the_sources_or_masters_of_the_same_bucket_is_refused() -> None:
     raw = parse_renditions([{"name": "raw", "format": "jpeg", "background": "#ffffff"}])
     sources = {"source_bucket": "shop", "source_prefix": "shop/raw/"}
