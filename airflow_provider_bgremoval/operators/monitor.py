@@ -37,6 +37,7 @@ from airflow_provider_bgremoval.forecast import (
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_credits
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
 from airflow_provider_bgremoval.options import load_list
+from airflow_provider_bgremoval.pipeline.naming import folder_name
 from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError, gs_uri
 
 if TYPE_CHECKING:
@@ -324,7 +325,8 @@ class CreditMonitorOperator(BaseOperator):
         at = self.reading_time(context)
         storage = GcsStorage(self.gcp_conn_id)
         store = HistoryStore(storage, self.history_bucket, self.history_prefix, self.history_limit)
-        run_folder = f"{self.history_prefix}runs/{context['ti'].dag_id}/{context.get('run_id') or 'run'}/"
+        dag_folder, run_id = folder_name(context["ti"].dag_id), folder_name(context.get("run_id") or "run")
+        run_folder = f"{self.history_prefix}runs/{dag_folder}/{run_id}/"
         forecasts: dict[str, Forecast] = {}
         errors: list[str] = []
         for check in checks:

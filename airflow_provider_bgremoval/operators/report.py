@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excer
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.operators.bucket_job import load_list
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
-from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import folder_name, internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
 from airflow_provider_bgremoval.storage.exceptions import StorageError, split_gs_uri
@@ -37,10 +36,9 @@ def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
 
     :param destination_prefix: the bucket tasks' destination prefix.
     :param dag_id: the DAG id.
-    :param run_id: the DAG run id.
+    :param run_id: the DAG run id (each id one folder name: :func:`~.naming.folder_name`).
     """
-    safe_run = re.sub(r"[^A-Za-z0-9._+=@-]", "_", run_id)
-    return f"{internal_prefix(destination_prefix)}reports/{dag_id}/{safe_run}/"
+    return f"{internal_prefix(destination_prefix)}reports/{folder_name(dag_id)}/{folder_name(run_id)}/"
 
 
 def _problem(row: Mapping[str, Any]) -> dict[str, Any]:

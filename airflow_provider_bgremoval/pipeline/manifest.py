@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import IO, Any
 
+from airflow_provider_bgremoval.pipeline.naming import folder_name
 from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
 
 #: Final states of a source.
@@ -249,14 +250,14 @@ def manifest_run_prefix(internal_prefix: str, dag_id: str, run_id: str) -> str:
 
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
-    :param run_id: the DAG run id (``/`` becomes ``_``).
+    :param run_id: the DAG run id (each id one folder name: :func:`~.naming.folder_name`).
     """
-    return f"{internal_prefix}manifests/{dag_id}/{run_id.replace('/', '_')}/"
+    return f"{internal_prefix}manifests/{folder_name(dag_id)}/{folder_name(run_id)}/"
 
 
 def manifest_object_name(
     internal_prefix: str, dag_id: str, run_id: str, task_id: str, map_index: int | None, try_number: int
 ) -> str:
     """The documented manifest path for a task instance."""
-    task = task_id if map_index is None or map_index < 0 else f"{task_id}.{map_index}"
+    task = folder_name(task_id if map_index is None or map_index < 0 else f"{task_id}.{map_index}")
     return f"{manifest_run_prefix(internal_prefix, dag_id, run_id)}{task}/try-{try_number}.jsonl"

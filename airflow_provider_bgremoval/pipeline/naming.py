@@ -5,9 +5,28 @@ becomes ``<destination_prefix>2026/11/shoe.png``; a name that could escape the d
 from __future__ import annotations
 
 import posixpath
+from urllib.parse import quote
 
 #: Where the provider keeps its own objects (manifests, reports, claims) under a destination prefix.
 INTERNAL_DIR = "_bgremoval/"
+
+
+#: Characters an id keeps as they are in a folder name (letters and digits too); every other character,
+#: ``%`` included, is percent-encoded, so two ids never share a folder.
+_ID_SAFE = "_.-~:+=@,"
+
+
+def folder_name(value: str) -> str:
+    """
+    One id (a DAG id, run id, task id) as one readable folder name of the provider's own objects
+    (plans, manifests, reports, balance histories): percent-encoded but for letters, digits and
+    ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``; ``.`` and ``..`` too), an injective mapping.
+
+    :param value: the id.
+    """
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe=_ID_SAFE)
 
 
 class UnsafeNameError(ValueError):

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from itertools import pairwise
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.pipeline.naming import folder_name
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchPlan,
     BatchSpec,
@@ -43,22 +43,10 @@ SAMPLES = 3
 AIRFLOW_MAX_MAP_LENGTH = 1024
 
 
-#: Characters kept as they are in a plan folder's id parts (letters and digits too); every other
-#: character, ``%`` included, is percent-encoded, so the mapping is injective.
-_ID_SAFE = "_.-~:+=@,"
-
-
-def _id_part(value: str) -> str:
-    """One id as one readable folder name: percent-encoded (``/`` -> ``%2F``); ``.``/``..`` too."""
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe=_ID_SAFE)
-
-
 def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
     """
-    The folder of one planning task try's plan: each id one folder name, percent-encoded but for letters,
-    digits and ``_.-~:+=@,`` (``backfill/12`` -> ``backfill%2F12``), so two runs never share a folder.
+    The folder of one planning task try's plan: each id one folder name (:func:`~.naming.folder_name`),
+    so two runs never share a folder.
 
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
@@ -66,7 +54,7 @@ def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, tr
     :param task_id: the planning task's id.
     :param try_number: the planning task's try.
     """
-    parts = "/".join(_id_part(value) for value in (dag_id, run_id, task_id))
+    parts = "/".join(folder_name(value) for value in (dag_id, run_id, task_id))
     return f"{internal_prefix}plans/{parts}/try-{try_number}/"
 
 

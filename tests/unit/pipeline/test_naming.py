@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from airflow_provider_bgremoval.pipeline.naming import masters_prefix
+import pytest
+
+from airflow_provider_bgremoval.operators.report import report_prefix
+from airflow_provider_bgremoval.pipeline.manifest import manifest_object_name, manifest_run_prefix
+from airflow_provider_bgremoval.pipeline.naming import folder_name, masters_prefix
+from airflow_provider_bgremoval.pipeline.plan_store import plan_prefix
 
 
 def test_the_masters_go_under_the_destination_prefix_unless_a_prefix_is_given() -> None:
@@ -10,3 +15,23 @@ def test_the_masters_go_under_the_destination_prefix_unless_a_prefix_is_given() 
     assert masters_prefix("products/", "") == "products/masters/"
     assert masters_prefix("") == masters_prefix(None) == "masters/"
     assert masters_prefix("products/", "cutouts/") == "cutouts/"
+
+
+@pytest.mark.parametrize(
+    "run_ids", [("a/b", "a_b"), ("a:b", "a_b"), ("a/b", "a%2Fb"), ("a b", "a+b"), ("..", "%2E%2E")]
+)
+def test_every_folder_of_the_providers_own_objects_keeps_two_runs_apart(run_ids) -> None:
+    """Plans, manifests and reports: one rule (folder_name), so one run never overwrites another's."""
+    builders = {
+        "plans": lambda run_id: plan_prefix("_bgremoval/", "dag", run_id, "check", 1),
+        "manifests": lambda run_id: manifest_object_name("_bgremoval/", "dag", run_id, "cut", 3, 1),
+        "reports": lambda run_id: report_prefix("", "dag", run_id),
+    }
+    for kind, build in builders.items():
+        first, second = (build(run_id) for run_id in run_ids)
+        assert first != second, kind
+        assert first.count("/") == build("x").count("/"), kind  # one folder level for the run
+    readable = "manual__2026-12-03T10:00:00.123+00:00"  # Airflow's own ids stay as they are
+    assert report_prefix("cut", "dag", readable) == f"cut/_bgremoval/reports/dag/{readable}/"
+    assert manifest_run_prefix("_bgremoval/", "dag", readable) == f"_bgremoval/manifests/dag/{readable}/"
+    assert folder_name("a/b") == "a%2Fb" and folder_name(".") == "%2E"
