@@ -41,6 +41,11 @@ def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
     return f"{internal_prefix(destination_prefix)}reports/{folder_name(dag_id)}/{folder_name(run_id)}/"
 
 
+def _output_of(row: Mapping[str, Any]) -> str:
+    """A done row's output: its destination, or (render-only: no destination written) its master."""
+    return str(row["destination"] or (row.get("master") or {})["object"])
+
+
 def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"source": row["source"], "error_code": row.get("error_code"), "message": row.get("error_message")}
 
@@ -204,7 +209,7 @@ class RunReportOperator(BaseOperator):
             "vendors": sorted({str(row["vendor"]) for row in summary.rows if row.get("vendor")}),
             "accounts": [entry | states.get(entry["conn_id"], {}) for entry in summary.account_summary()],
             "estimate": parse_estimate(self.estimate),
-            "sample_pairs": [{"source": row["source"], "output": row["destination"]} for row in sample],
+            "sample_pairs": [{"source": row["source"], "output": _output_of(row)} for row in sample],
             "rejected": [_problem(row) for row in summary.by_status("rejected")],
             "failed": [_problem(row) for row in summary.by_status("failed")],
             "pending": [row["source"] for row in summary.by_status("pending")],
@@ -254,7 +259,7 @@ class RunReportOperator(BaseOperator):
     def _pair(self, storage: GcsStorage, row: Mapping[str, Any]) -> Pair:
         """One sample's source, output and renditions, each read at the generation its row records."""
         master = row.get("master") or {}
-        output = row["destination"] or master["object"]
+        output = _output_of(row)
         pins = {row["source"]: row.get("source_generation"), master.get("object"): master.get("generation")}
         pins.update((entry.get("object"), entry.get("generation")) for entry in row.get("renditions") or ())
 
@@ -271,7 +276,7 @@ class RunReportOperator(BaseOperator):
         :data:`SAMPLE_MAX_BYTES`; ``b""`` (drawn as "unreadable") when it cannot be read: deleted,
         replaced, too large, or storage failing.
         """
-        pin = int(generation) if str(generation).isdigit() and int(generation) > 0 else None
+        pin = int(generation) if str(generation).isdecimal() and int(generation) > 0 else None
         try:
             return storage.read(bucket, name, generation=pin, max_bytes=SAMPLE_MAX_BYTES)
         except StorageError as exc:

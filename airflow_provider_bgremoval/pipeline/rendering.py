@@ -682,7 +682,7 @@ def recorded_source(master: ObjectInfo) -> ObjectInfo:
     meta = master.metadata or {}
     uri, generation = meta.get(META_SOURCE, ""), meta.get(META_SOURCE_GENERATION, "")
     bucket, name = split_gs_uri(uri)
-    if not uri.startswith("gs://") or not name or not generation.isdigit():
+    if not uri.startswith("gs://") or not name or not generation.isdecimal():
         return master
     return ObjectInfo(bucket=bucket, name=name, generation=int(generation), size=0)
 

@@ -498,9 +498,16 @@ def test_sample_reads_are_pinned_to_the_row_s_generations_and_capped(
     bucket["raw", "e.jpg"], bucket["out", "m/e.png"] = png((1, 2, 3, 255)), png((1, 2, 3, 128))
     storage.generations["raw", "e.jpg"], storage.generations["out", "m/e.png"] = 6, 7  # e.jpg replaced
     op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    odd = row("f", "done", vendor="poof", credits="1", source_generation="\u00b2")  # int() refuses it
+    bucket["out", name] = bucket["out", name] + manifest(odd)
+    op.sample_size = 4
     result, _ = run(op)
-    assert result["sample_pairs"] == 3 and result["contact_sheet_uri"] is not None
+    assert result["sample_pairs"] == 4 and result["contact_sheet_uri"] is not None
     samples = [r for r in storage.reads if not r[1].endswith(".jsonl")]
+    assert ("raw", "f.jpg", None, report.SAMPLE_MAX_BYTES) in samples  # read unpinned, not a crash
+    written = json.loads(bucket["out", f"{report_prefix('cut', 'dag', 'manual__1')}report.json"])
+    pairs = {pair["source"]: pair["output"] for pair in written["sample_pairs"]}
+    assert pairs["gs://raw/e.jpg"] == "gs://out/m/e.png"  # render-only: the master it was rendered from
     assert ("raw", "e.jpg", 5, report.SAMPLE_MAX_BYTES) in samples
     assert ("out", "m/e.png", 7, report.SAMPLE_MAX_BYTES) in samples
     assert ("raw", "a.jpg", None, report.SAMPLE_MAX_BYTES) in samples  # the row records no generation

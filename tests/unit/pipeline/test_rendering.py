@@ -217,6 +217,9 @@ def test_render_verdict_and_recorded_source() -> None:
     )
     assert (recorded_source(master).uri, recorded_source(master).generation) == ("gs://s/raw/x.jpg", 3)
     assert recorded_source(ObjectInfo("b", "old.png", 1, 1)).uri == "gs://b/old.png"
+    # Metadata anyone can write: a "digit" int() refuses (superscript two) is no generation, not a crash.
+    odd = replace(master, metadata={**(master.metadata or {}), "bgremoval-source-generation": "\u00b2"})
+    assert recorded_source(odd) is odd
 
 
 def test_explicit_source_objects_look_renditions_up_by_name(buckets) -> None:
@@ -306,7 +309,8 @@ def test_a_rendition_made_from_another_master_is_not_replaced_without_overwrite(
     row = next(row for row in rows if row["source"].endswith("/a.png"))
     assert [e["status"] for e in row["renditions"]] == ["skipped", "replaced"]
     replaced = storage.stat(dst, "out/thumb/a.jpg")
-    assert replaced is not None and (replaced.metadata or {})["bgremoval-master"].endswith("/out/masters/a.png")
+    assert replaced is not None
+    assert (replaced.metadata or {})["bgremoval-master"].endswith("/out/masters/a.png")
 
 
 def test_a_rendition_folder_over_the_sources_or_masters_of_the_same_bucket_is_refused() -> None:
