@@ -450,10 +450,24 @@ def report(meta: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
         )
     add(
         f"   client CPU / wall during the small run: {small['exec_cpu_s'] / small['exec_wall_s']:.0%} "
-        f"of one core"
+        f"of one core; pipeline / naive loop: {small['cpu_ms_per_image'] / naive['cpu_ms_per_image']:.2f}x"
     )
+    add_components(add, small.get("components") or {})
     add("=" * 100)
     return "\n".join(lines)
+
+
+def add_components(add: Callable[[str], None], components: dict[str, float]) -> None:
+    """``--components``: each step's client CPU alone (ms per call), the pipeline's then the naive loop's."""
+    if not components:
+        return
+    add("   each step alone (--components, client ms of CPU per call):")
+    for step, ms in components.items():
+        add(f"     {step:44}{ms:>8.2f}")
+    naive = sum(ms for step, ms in components.items() if step.startswith("naive:"))
+    ours = sum(ms for step, ms in components.items() if not step.startswith(("naive:", "stat ")))
+    ratio = ours / max(naive, 1e-9)
+    add(f"     {'sum: pipeline steps / naive steps':44}{ours:>8.2f} / {naive:.2f} = {ratio:.2f}x")
 
 
 def at_progress(run: dict[str, Any], fraction: float) -> float:
