@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.planning import META_WRITER
 from airflow_provider_bgremoval.sandbox.testing import RunningSandbox
 from airflow_provider_bgremoval.testing.standalone import (
@@ -190,7 +191,7 @@ def in_flight_at_kill(
 
 def manifest_rows(gcs_client: Any, bucket: str, run_id: str) -> dict[str, list[dict[str, Any]]]:
     """The final manifest of every try of the mapped task (name → rows)."""
-    prefix = f"cutouts/_bgremoval/manifests/{DAG_ID}/{run_id.replace('/', '_')}/"
+    prefix = manifest_run_prefix("cutouts/_bgremoval/", DAG_ID, run_id)
     manifests = {}
     for blob in gcs_client.list_blobs(bucket, prefix=prefix):
         if ".part-" in blob.name or f"/{MAPPED_TASK}" not in blob.name:
