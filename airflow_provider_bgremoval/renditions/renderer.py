@@ -396,8 +396,6 @@ class RenderedRendition(_Outcome):
     measured: Measured
     verdict: Verdict
 
-    ok = True
-
     @property
     def compliant(self) -> bool:
         """True when every required check passed."""
@@ -441,7 +439,6 @@ class RenderFailure(_Outcome):
 
     error: ResultProcessingError
 
-    ok = False
     compliant = False
 
     def facts(self) -> dict[str, Any]:
