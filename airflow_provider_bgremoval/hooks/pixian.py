@@ -62,7 +62,9 @@ class PixianHook(BackgroundRemovalHook[PixianWire]):
         return self.wire.test_mode(vendor_options)
 
     def estimate_cost(self, vendor_options: Any = None) -> Decimal:
-        return Decimal(0) if self.is_test_mode(vendor_options) else self.wire_class.spec.base_cost
+        # the wire's rule, ``test`` resolved as the call sends it (an unset option: the connection's extra)
+        options = replace(PixianOptions.coerce(vendor_options), test=self.is_test_mode(vendor_options))
+        return self.wire_class.estimate_cost(options)
 
     def _estimate_with_test_call(
         self,

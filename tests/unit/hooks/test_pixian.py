@@ -32,7 +32,7 @@ from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.results import AccountState, ImageResult
 from airflow_provider_bgremoval.retry import CallStats, RetryPolicy
-from airflow_provider_bgremoval.vendors.pixian import ForegroundBox, PixianOptions, Size
+from airflow_provider_bgremoval.vendors.pixian import ForegroundBox, PixianOptions, PixianWire, Size
 from tests.support.connections import SleepRecorder, set_connection
 from tests.unit.vendors.test_delta_png import build_case, png
 from tests.unit.vendors.test_pixian import multipart_fields
@@ -718,6 +718,21 @@ def test_estimate_cost_default(monkeypatch: pytest.MonkeyPatch) -> None:
     hook, _, _ = make_hook(monkeypatch)
     assert hook.estimate_cost() == Decimal(1)
     assert hook.estimate_cost({"test": True}) == Decimal(0)
+
+
+def test_estimate_cost_is_the_wires_rule_with_the_test_mode_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one cost rule (PixianWire.estimate_cost): the hook only fills an unset ``test`` from the connection
+    seen: list[Any] = []
+
+    def wire_rule(cls: type[PixianWire], vendor_options: Any = None) -> Decimal:
+        seen.append(vendor_options)
+        return Decimal(7)
+
+    hook, _, _ = make_hook(monkeypatch, extra={"test_mode": True})
+    monkeypatch.setattr(PixianWire, "estimate_cost", classmethod(wire_rule))
+    assert hook.estimate_cost({"delta_png": "auto"}) == Decimal(7)
+    assert hook.estimate_cost(PixianOptions(test=False)) == Decimal(7)
+    assert [(opts.test, opts.delta_png) for opts in seen] == [(True, "auto"), (False, None)]
 
 
 # -- connection, clients, secrets -----------------------------------------------------------------
