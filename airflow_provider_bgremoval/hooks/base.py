@@ -746,13 +746,15 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
         url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
         exchange = self._probe_exchange(request, options, url) if probe else self._exchange(request, options)
+        error: BgRemovalError | None
         try:
             response = yield from exchange
         except _CutReply as cut:
-            raise self._cut_reply_error(wire, request, cut, url, stats) from None
+            response, error = cut.head, self._cut_reply_error(wire, request, cut, url, stats)
         except httpx.HTTPError as exc:
             raise self._transport_error(wire, request, exc, url) from None
-        error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
+        else:
+            error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
         if error is not None and _lost_reply(request, error):
             error.possibly_charged = True  # a gateway timed out: the vendor may have done the work
         if pacer is not None:
@@ -782,8 +784,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> BgRemovalError:
         """
         A reply to ``url`` (as shown) whose body was lost after its head. A billed 2xx was answered, so
-        billed: a certain charge, never sent again. Any other head (an error, a free call's success) is
-        a retryable error, lost (possibly charged) only when a gateway timed out (``_lost_reply``).
+        billed: a certain charge, never sent again. A free call's 2xx is a retryable error. Any other
+        head is the error the same head with an empty body is (``VendorWire.error_from_reply``: a 401
+        is not retried, a 402 is out of credits, a 429's ``Retry-After`` is honoured), its message
+        saying the body was cut off; lost (possibly charged) only when a gateway timed out (``_lost_reply``).
         """
         head, cause = cut.head, cut.cause
         what = (
@@ -791,7 +795,12 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             f"{safe_excerpt(str(cause)) or type(cause).__name__}"
         )
         request_id = wire.quote(head.headers.get("x-request-id", "")) or None
-        if head.is_success and request.billed:
+        if not head.is_success:
+            error = wire.error_from_reply(_whole(head, b""))  # its code unknown: a 504's body never came
+            error.message, error.request_id = f"{what}; {error.message}", error.request_id or request_id
+            error.args = (error.message,)
+            return error
+        if request.billed:
             stats.billed_reply = True
             return wire.invalid_reply(
                 f"{what}; the call was billed, its result lost",
@@ -799,11 +808,9 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 code="result_unreadable",
                 request_id=request_id,
             )
-        error = TransientVendorError(
+        return TransientVendorError(
             what, vendor=wire.spec.name, status_code=head.status_code, request_id=request_id
         )
-        error.possibly_charged = _lost_reply(request, error)  # code unknown: a 504's body never came
-        return error
 
     def _send(
         self, request: WireRequest, stats: CallStats | None = None, *, probe: bool = False, paced: bool = True
@@ -843,7 +850,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise self._download_error(
                 f"result URL answered {status} (expired or missing); the call was billed", status
             )
-        if declared.isdigit() and int(declared) > self.max_result_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_result_bytes:
             raise self._download_error(
                 f"result is {declared} bytes, over the {self.max_result_bytes} byte cap"
             )

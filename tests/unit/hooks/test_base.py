@@ -767,11 +767,17 @@ async def test_async_transport_errors_are_mapped(hook: FakeHook, server: Server)
 # -- a reply cut off mid-body, on a real socket ----------------------------------------------------
 
 
-def _head(status: str, content_type: str, length: int) -> bytes:
+def _head(status: str, content_type: str, length: int, *headers: str) -> bytes:
+    extra = "".join(f"{header}\r\n" for header in headers)
     return (
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{extra}Connection: close\r\n\r\n"
     ).encode()
+
+
+def _cut_error(status: str, *headers: str) -> bytes:
+    """An error reply's head promising a 1000-byte JSON body, 20 bytes of it, then the connection closes."""
+    return _head(status, "application/json", 1000, *headers) + b'{"error": {"code": "'
 
 
 #: the head of a reply promising 1000 bytes, 100 of them, then the connection closes
@@ -840,9 +846,14 @@ def socket_vendor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Soc
         vendor.listener.close()
 
 
-def _real_call(mode: str, sleep: SleepRecorder, method: str, **kwargs: Any) -> Any:
-    """``method`` (``remove_background``, ``get_balance``) of a hook on the real transport, sync or async."""
-    hook = FakeHook(sleep=sleep, async_sleep=sleep.asleep, requests_per_second=0)
+def _real_call(
+    mode: str, sleep: SleepRecorder, method: str, hook: FakeHook | None = None, **kwargs: Any
+) -> Any:
+    """
+    ``method`` (``remove_background``, ``get_balance``) of ``hook`` (default: one not paced) on the
+    real transport, sync or async.
+    """
+    hook = hook or FakeHook(sleep=sleep, async_sleep=sleep.asleep, requests_per_second=0)
     if mode == "sync":
         with hook:
             return getattr(hook, method)(**kwargs)
@@ -914,6 +925,58 @@ def test_a_503_cut_off_mid_body_is_an_unbilled_transient_error(
     with pytest.raises(TransientVendorError) as info:
         _remove(mode, sleep, CallStats())
     assert (info.value.status_code, info.value.possibly_charged) == (503, False)
+    assert "cut off" in info.value.message and len(vendor.requests) == 5  # 3 attempts
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        ("401 Unauthorized", VendorAuthError),
+        ("403 Forbidden", VendorAuthError),
+        ("402 Payment Required", OutOfCreditsError),
+        ("400 Bad Request", VendorRequestError),
+        ("413 Content Too Large", InputRejectedError),
+        ("422 Unprocessable Entity", InputRejectedError),
+    ],
+)
+def test_a_refusal_cut_off_mid_body_is_the_error_its_status_says_and_never_sent_again(
+    mode: str,
+    status: str,
+    kind: type[BgRemovalError],
+    socket_vendor: Callable[..., SocketVendor],
+    sleep: SleepRecorder,
+) -> None:
+    # the head alone says what the error is, as the same head with an empty body would: a 401 is not
+    # retried (it cannot pass), a 402 is out of credits (it drives failover), a 422 rejects the image
+    vendor = socket_vendor(_cut_error(status, f"X-Request-ID: req-{KEY}-7"), WHOLE_PNG)
+    asked: list[BaseException] = []
+    stats = _refusing_guard(asked)
+    with pytest.raises(BgRemovalError) as info:
+        _remove(mode, sleep, stats)
+    error = info.value
+    assert type(error) is kind and not error.retryable and error.possibly_charged is False
+    assert len(vendor.requests) == 1 and sleep.waits == [] and asked == []
+    assert (stats.attempts, stats.possibly_charged, stats.billed_reply) == (1, 0, False)
+    assert (error.status_code, error.request_id) == (int(status[:3]), "req-***-7")
+    assert "then its body was cut off" in error.message and KEY not in str(error)
+    assert error.fatal_for_batch is (kind in (VendorAuthError, OutOfCreditsError))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_429_cut_off_mid_body_honours_its_retry_after_like_a_whole_one(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder, clock: ManualClock
+) -> None:
+    vendor = socket_vendor(_cut_error("429 Too Many Requests", "Retry-After: 7"), WHOLE_PNG)
+    hook = FakeHook(sleep=sleep, async_sleep=sleep.asleep, pacing_clock=clock)
+    result = _real_call(mode, sleep, "remove_background", hook, image=PNG)
+    assert result.content_type == "image/png" and len(vendor.requests) == 2
+    assert sleep.waits == [7]  # Retry-After, not the backoff of a transient error
+    assert hook.pacer is not None and hook.pacer.rate is not None  # the pacer was told of the 429 too
+    vendor.replies = [_cut_error("429 Too Many Requests", "Retry-After: 1")]
+    with pytest.raises(RateLimitedError) as info:
+        _remove(mode, sleep, CallStats())
+    assert (info.value.status_code, info.value.retry_after, info.value.possibly_charged) == (429, 1, False)
     assert "cut off" in info.value.message and len(vendor.requests) == 5  # 3 attempts
 
 
@@ -1198,6 +1261,15 @@ def test_declared_content_length_over_the_cap(
     server.on(f"{CDN}/big", httpx.Response(200, content=b"x" * 5000))
     with make_hook(max_result_bytes=1000) as hook, pytest.raises(ResultDownloadError, match="1000 byte cap"):
         hook.download(f"{CDN}/big")
+
+
+def test_a_content_length_of_non_ascii_digits_is_no_declared_length(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server
+) -> None:
+    # latin-1 decodes b"\xb2" as "\u00b2" (superscript two): str.isdigit() is true, int() refuses it
+    server.on(f"{CDN}/odd", httpx.Response(200, headers=[(b"content-length", b"\xb2")], content=PNG))
+    with make_hook() as hook:
+        assert hook.download(f"{CDN}/odd") == PNG
 
 
 def test_streamed_body_over_the_cap_is_cut_off(
