@@ -784,10 +784,11 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> BgRemovalError:
         """
         A reply to ``url`` (as shown) whose body was lost after its head. A billed 2xx was answered, so
-        billed: a certain charge, never sent again. A free call's 2xx is a retryable error. Any other
-        head is the error the same head with an empty body is (``VendorWire.error_from_reply``: a 401
-        is not retried, a 402 is out of credits, a 429's ``Retry-After`` is honoured), its message
-        saying the body was cut off; lost (possibly charged) only when a gateway timed out (``_lost_reply``).
+        billed: a certain charge, never sent again. A 429 is rate limited whatever its body says: that
+        error, its ``Retry-After`` (in the head) honoured. Any other head (an error, a free call's 2xx) is
+        a retryable error: an error reply is not billed, and only its body can tell some errors apart
+        (Pixelcut's 403 out of credits, Pixian's credit messages, Poof's ``processing_failed``), so the
+        retry's whole reply tells what it is; lost (possibly charged) only when a gateway timed out.
         """
         head, cause = cut.head, cut.cause
         what = (
@@ -795,12 +796,12 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             f"{safe_excerpt(str(cause)) or type(cause).__name__}"
         )
         request_id = wire.quote(head.headers.get("x-request-id", "")) or None
-        if not head.is_success:
-            error = wire.error_from_reply(_whole(head, b""))  # its code unknown: a 504's body never came
+        if head.status_code == httpx.codes.TOO_MANY_REQUESTS:
+            error = wire.error_from_reply(_whole(head, b""))
             error.message, error.request_id = f"{what}; {error.message}", error.request_id or request_id
             error.args = (error.message,)
             return error
-        if request.billed:
+        if head.is_success and request.billed:
             stats.billed_reply = True
             return wire.invalid_reply(
                 f"{what}; the call was billed, its result lost",
