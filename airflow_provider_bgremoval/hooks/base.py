@@ -831,8 +831,6 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             yield from self._retried(lambda: self._attempt(wire, request, probe, stats, pacer), stats, policy)
         )
 
-    send, asend = _methods(_send)
-
     def _download_error(
         self, message: str, status: int | None = None, *, transient: bool = False
     ) -> BgRemovalError:
