@@ -66,7 +66,7 @@ def test_reporting_old_names_warn_and_are_the_new_objects(name: str) -> None:
 def test_manifest_run_prefix_keeps_its_old_signature() -> None:
     with pytest.warns(DeprecationWarning, match="pipeline.manifest.manifest_run_prefix"):
         prefix = reporting.manifest_run_prefix("cutouts", "dag", "manual__2026/11")
-    assert prefix == "cutouts/_bgremoval/manifests/dag/manual__2026_11/"
+    assert prefix == "cutouts/_bgremoval/manifests/dag/manual__2026%2F11/"  # naming.folder_name
     assert manifest.manifest_object_name(
         "cutouts/_bgremoval/", "dag", "manual__2026/11", "t", 0, 1
     ).startswith(prefix)
