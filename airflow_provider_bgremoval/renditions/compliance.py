@@ -8,12 +8,13 @@ spec implies, and a preset adds the marketplace's own (:mod:`.presets`).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from PIL import Image, ImageChops, ImageCms
+from PIL import Image, ImageChops, ImageCms, ImageOps
 
-from airflow_provider_bgremoval.imaging import bomb_warnings_ignored
+from airflow_provider_bgremoval.imaging import bomb_warnings_ignored, normalise_mode
 
 if TYPE_CHECKING:
     from airflow_provider_bgremoval.renditions.spec import Rendition, RenditionSpec
@@ -29,8 +30,8 @@ class Measured:
     Facts read back from a rendition's encoded bytes.
 
     :param format: the format written (``jpeg``, ``png``, ``webp``).
-    :param width: width in pixels.
-    :param height: height in pixels.
+    :param width: width in pixels, upright (its EXIF orientation applied).
+    :param height: height in pixels, upright.
     :param mode: Pillow mode as decoded.
     :param nbytes: size of the file.
     :param profile: description of the embedded ICC profile (``None``: none embedded).
@@ -225,8 +226,19 @@ class Fill(Rule):
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         passed = self.minimum <= measured.fill <= self.maximum
-        wanted = f"{self.minimum:.0%}" if self.maximum >= 1 else f"{self.minimum:.0%}-{self.maximum:.0%}"
-        return passed, f"subject fills {measured.fill:.1%} of the canvas ({wanted} wanted)"
+        low, high = _percent(self.minimum), _percent(self.maximum)
+        wanted = f"at least {low}" if self.maximum >= 1 else f"{low}-{high}"
+        # rounded towards the bound it misses, so a fill that fails never reads as the bound itself
+        hundredths = measured.fill * 10_000  # of a percent; the 1e-6 absorbs float error (0.29 * 10_000)
+        shown = (
+            math.ceil(hundredths - 1e-6) if measured.fill > self.maximum else math.floor(hundredths + 1e-6)
+        )
+        return passed, f"subject fills {_percent(shown / 10_000)} of the canvas ({wanted} wanted)"
+
+
+def _percent(ratio: float) -> str:
+    """``ratio`` as a percentage to 0.01 % without trailing zeros (``85%``, ``84.95%``)."""
+    return f"{ratio * 100:.2f}".rstrip("0").rstrip(".") + "%"
 
 
 @dataclass(frozen=True)
@@ -287,7 +299,8 @@ class ExactSize(Rule):
 @dataclass(frozen=True)
 class Aspect(Rule):
     """
-    The image has this aspect ratio, to the pixel (the rounding of the shorter side).
+    The image has this aspect ratio, to the pixel: the height is less than ``max(1, 1 / ratio)`` px from
+    ``width / ratio`` (what rounding each side of a canvas to the pixel can move it), so a square is exact.
 
     :param ratio: width / height.
     """
@@ -299,7 +312,7 @@ class Aspect(Rule):
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
         expected_height = measured.width / self.ratio
-        passed = abs(measured.height - expected_height) <= max(1.0, 1 / self.ratio)
+        passed = abs(measured.height - expected_height) < max(1.0, 1 / self.ratio)
         ratio = measured.width / measured.height
         return passed, f"aspect {ratio:.4f} ({measured.width}x{measured.height}; {self.ratio:.4f} wanted)"
 
@@ -354,7 +367,7 @@ class Opaque(Rule):
 @dataclass(frozen=True)
 class Srgb(Rule):
     """
-    The pixels are RGB (or grey) and tagged sRGB, or untagged (read as sRGB).
+    The pixels are RGB (or grey, or a palette of RGB colours) and tagged sRGB, or untagged (read as sRGB).
 
     :param tagged: require the sRGB profile to be embedded.
     """
@@ -362,7 +375,7 @@ class Srgb(Rule):
     tagged: bool = False
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
-        rgb = measured.mode in ("RGB", "RGBA", "L", "LA")
+        rgb = measured.mode in ("RGB", "RGBA", "L", "LA", "P", "PA") or measured.mode.startswith("I;16")
         profile = measured.profile
         tag_ok = ("srgb" in profile.lower()) if profile is not None else not self.tagged
         return rgb and tag_ok, f"mode {measured.mode}, ICC profile {profile or 'none'}"
@@ -395,7 +408,7 @@ class Dpi(Rule):
         return passed, f"{'no' if written is None else round(written)} dpi written ({self.dpi} wanted)"
 
 
-def _background_tolerance(spec: RenditionSpec) -> int:
+def background_tolerance(spec: RenditionSpec) -> int:
     """How far a flat background may drift per channel: 0 lossless, 2 JPEG, 6 lossy WebP (4:2:0)."""
     if spec.format == "jpeg":
         return 2
@@ -422,7 +435,7 @@ def spec_rules(spec: RenditionSpec) -> tuple[Rule, ...]:
         rules.append(Fill(minimum=spec.fill))
     rgb = spec.background_rgb
     if rgb is not None:
-        rules.append(BorderColor(rgb=rgb, tolerance=_background_tolerance(spec), name="background"))
+        rules.append(BorderColor(rgb=rgb, tolerance=background_tolerance(spec), name="background"))
     rules.append(Srgb(tagged=spec.embed_srgb))
     if spec.metadata == "strip":
         rules.append(NoMetadata())
@@ -458,18 +471,25 @@ def _border(image: Image.Image) -> tuple[tuple[int, int], ...]:
     return bands if len(bands) == 4 else (*bands, (255, 255))
 
 
-def subject_box(image: Image.Image, background: Rgb | None) -> tuple[int, int, int, int] | None:
+def subject_box(
+    image: Image.Image, background: Rgb | None, tolerance: int = 0
+) -> tuple[int, int, int, int] | None:
     """
     The bounding box of the non-background pixels: alpha above 0 on a transparent background, any
-    channel differing from ``background`` on an opaque one.
+    channel differing from ``background`` by more than ``tolerance`` on an opaque one.
 
     :param image: the image, RGB or RGBA.
     :param background: the background colour (``None``: transparent).
+    :param tolerance: how far a background pixel may drift per channel (a lossy format's noise,
+        :func:`background_tolerance`).
     """
     if background is None:
         return image.getchannel("A").getbbox() if image.mode == "RGBA" else (0, 0, *image.size)
     rgb = image.convert("RGB") if image.mode != "RGB" else image
-    return ImageChops.difference(rgb, Image.new("RGB", rgb.size, background)).getbbox()
+    difference = ImageChops.difference(rgb, Image.new("RGB", rgb.size, background))
+    if tolerance > 0:
+        difference = difference.point(lambda value: 255 if value > tolerance else 0)
+    return difference.getbbox()
 
 
 def fill_ratio(box: tuple[int, int, int, int] | None, size: tuple[int, int]) -> float:
@@ -486,24 +506,28 @@ def fill_ratio(box: tuple[int, int, int, int] | None, size: tuple[int, int]) -> 
     return max((right - left) / size[0], (bottom - top) / size[1])
 
 
-def measure(data: bytes, background: Rgb | None) -> Measured:
+def measure(data: bytes, background: Rgb | None, tolerance: int = 0) -> Measured:
     """
     Decode a rendition's bytes and read the facts its checks judge.
 
     :param data: the encoded rendition.
     :param background: the background colour it was rendered on (``None``: transparent).
+    :param tolerance: how far its background may drift per channel in this format
+        (:func:`background_tolerance`): such pixels are background, not subject, for the fill.
     """
     with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
         image.load()
         exif = image.getexif()
         dpi = image.info.get("dpi")
-        pixels = image if image.mode in ("RGB", "RGBA") else image.convert("RGBA")
-        box = subject_box(pixels, background)
+        upright = ImageOps.exif_transpose(image)  # as a marketplace shows it: its EXIF orientation applied
+        normalised = normalise_mode(upright)  # 16-bit scaled, not clipped; tRNS and palette alpha kept
+        pixels = normalised if normalised.mode in ("RGB", "RGBA") else normalised.convert("RGBA")
+        box = subject_box(pixels, background, tolerance)
         alpha = pixels.getchannel("A").getextrema()[0] if pixels.mode == "RGBA" else 255
         return Measured(
             format=(image.format or "").lower(),
-            width=image.width,
-            height=image.height,
+            width=pixels.width,
+            height=pixels.height,
             mode=image.mode,
             nbytes=len(data),
             profile=_profile(image),

@@ -17,7 +17,13 @@ from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from airflow_provider_bgremoval.exceptions import ResultProcessingError, safe_excerpt
 from airflow_provider_bgremoval.imaging import bomb_warnings_ignored, normalise_mode
-from airflow_provider_bgremoval.renditions.compliance import Measured, Verdict, judge, measure
+from airflow_provider_bgremoval.renditions.compliance import (
+    Measured,
+    Verdict,
+    background_tolerance,
+    judge,
+    measure,
+)
 from airflow_provider_bgremoval.renditions.spec import (
     MAX_PIXELS,
     MAX_SIDE,
@@ -465,7 +471,7 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
     try:
         plan = layout((content[2] - content[0], content[3] - content[1]), spec)
         data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
-        measured = measure(data, spec.background_rgb)
+        measured = measure(data, spec.background_rgb, background_tolerance(spec))
     except Exception as exc:  # Pillow's encoders raise many types; MemoryError on huge canvases
         return RenderFailure(rendition, rendering_error(f"rendition {rendition.name!r}", exc))
     return RenderedRendition(rendition, data, plan, measured, judge(rendition, measured))

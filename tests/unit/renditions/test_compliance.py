@@ -71,6 +71,24 @@ class TestMeasure:
         assert measured.fill == pytest.approx(0.8)  # the height constrains: 80 / 100
         assert measured.min_alpha == 0
 
+    def test_a_16_bit_grey_border_is_scaled_not_clipped_to_white(self) -> None:
+        measured = _measured(Image.new("I;16", (20, 20), 30_000))  # grey 117 of 255, not white
+        assert measured.border[:3] == ((117, 117),) * 3
+        assert not _passes(BorderColor(rgb=WHITE), measured)
+
+    def test_a_trns_transparent_border_is_transparent(self) -> None:
+        measured = _measured(_canvas(), transparency=WHITE)  # an RGB PNG whose white is see-through
+        assert measured.min_alpha == 0
+        assert not _passes(Opaque(), measured)
+        assert not _passes(BorderColor(rgb=WHITE), measured)
+
+    def test_sides_are_measured_upright(self) -> None:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown rotated by 90 degrees
+        measured = _measured(_canvas((200, 100), (10, 10, 20, 20)), "JPEG", exif=exif)
+        assert (measured.width, measured.height) == (100, 200)
+        assert not _passes(Aspect(ratio=2.0), measured)
+
     def test_fill_ratio(self) -> None:
         assert fill_ratio(None, (10, 10)) == 0
         assert fill_ratio((0, 0, 85, 40), (100, 100)) == pytest.approx(0.85)
@@ -111,6 +129,23 @@ class TestRules:
         assert not _passes(Fill(minimum=0.85), measured)
         assert not _passes(Fill(minimum=0.5, maximum=0.75), measured)
 
+    def test_a_failing_fill_never_reads_as_its_bound(self) -> None:
+        short = _measured(_canvas((2000, 2000), (0, 0, 1699, 10)))  # 84.95 %
+        assert Fill(minimum=0.85).evaluate(short).message == (
+            "subject fills 84.95% of the canvas (at least 85% wanted)"
+        )
+        over = _measured(_canvas((2000, 2000), (0, 0, 1801, 10)))  # 90.05 %
+        result = Fill(minimum=0.75, maximum=0.9).evaluate(over)
+        assert (result.passed, result.message) == (
+            False,
+            "subject fills 90.05% of the canvas (75%-90% wanted)",
+        )
+        exact = _measured(_canvas((100, 100), (0, 0, 29, 10)))
+        assert (
+            Fill(minimum=0.29).evaluate(exact).message
+            == "subject fills 29% of the canvas (at least 29% wanted)"
+        )
+
     def test_sides_size_and_aspect(self) -> None:
         measured = _measured(_canvas((1000, 800), (0, 0, 10, 10)))
         assert _passes(Sides(min_long=1000), measured)
@@ -121,6 +156,7 @@ class TestRules:
         assert not _passes(ExactSize(size=(800, 1000)), measured)
         assert _passes(Aspect(ratio=1.25), measured)
         assert not _passes(Aspect(ratio=1.0), measured)
+        assert not _passes(Aspect(ratio=1.0), _measured(_canvas((1000, 1001), (0, 0, 10, 10))))
         assert Sides(min_long=1000).check_name == "long_side_min_1000"
 
     def test_limits_and_formats(self) -> None:
@@ -139,6 +175,7 @@ class TestRules:
         assert not _passes(Srgb(), _measured(_canvas(), icc_profile=rgb_profile()))
         cmyk = _measured(_canvas().convert("CMYK"), "JPEG")
         assert not _passes(Srgb(), cmyk)
+        assert _passes(Srgb(), _measured(_canvas().convert("P")))  # a palette of (untagged) sRGB colours
 
     def test_metadata_and_dpi(self) -> None:
         exif = Image.Exif()
@@ -237,6 +274,15 @@ def test_the_background_check_allows_what_the_format_loses(fields: dict[str, obj
     (rule,) = (rule for rule in spec_rules(spec) if rule.check_name == "background")
     assert isinstance(rule, BorderColor)
     assert (rule.rgb, rule.tolerance) == ((0x12, 0x34, 0x56), tolerance)
+
+
+@pytest.mark.parametrize(("fmt", "background"), [("jpeg", "#123456"), ("webp", "#f4f4f4")])
+def test_the_fill_of_a_lossy_rendition_is_not_its_background_noise(fmt: str, background: str) -> None:
+    spec = RenditionSpec(name="r", format=fmt, background=background, quality=75, fill=0.6, aspect=1.0)  # type: ignore[arg-type]
+    (outcome,) = render(product_photo((1200, 1000)), [spec])
+    assert isinstance(outcome, RenderedRendition)
+    assert 0.6 <= outcome.measured.fill < 0.62, outcome.measured.subject_box  # not 1.0: the whole canvas
+    assert _passes(Fill(minimum=0.5, maximum=0.9), outcome.measured)
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
