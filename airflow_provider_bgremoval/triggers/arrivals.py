@@ -423,13 +423,16 @@ class NewImagesTrigger(BaseEventTrigger):
     # -- polling ------------------------------------------------------------------------------------------
     def list_new(self, storage: GcsStorage, watermark: Watermark) -> list[ObjectInfo]:
         """
-        The sources beyond ``watermark``, in name order (blocking: run in a thread).
+        The sources beyond ``watermark``, in name order (blocking: run in a thread). The source prefix's
+        own ``_bgremoval/`` folder holds no source (the planning passes it over too): its objects neither
+        settle a burst nor move the watermark's name (with ``ordered_names``, ``_`` sorts after digits).
 
         :param storage: the GCS storage.
         :param watermark: the current watermark.
         """
         spec = self.spec
         start = watermark.name if self.ordered_names and watermark.name else None
+        own_folder = naming.internal_prefix(spec.source_prefix)
         listing = storage.list_objects(
             spec.source_bucket,
             spec.source_prefix,
@@ -437,7 +440,11 @@ class NewImagesTrigger(BaseEventTrigger):
             exclude=spec.exclude,
             start_offset=start,
         )
-        return [info for info in listing if info.generation > watermark.generation]
+        return [
+            info
+            for info in listing
+            if info.generation > watermark.generation and not info.name.startswith(own_folder)
+        ]
 
     def count_unfinished(
         self, storage: GcsStorage, processors: Sequence[ImageProcessor], sources: Sequence[ObjectInfo]

@@ -451,6 +451,20 @@ def test_ordered_names_list_from_the_watermark() -> None:
     assert storage.requests["list"] == 3 * first + len(after) + len(ranges)  # 1 request a poll after
 
 
+def test_the_source_prefixs_own_bgremoval_folder_is_no_arrival() -> None:
+    """A job reading another job's outputs watches a prefix with that job's ``_bgremoval/`` folder: its
+    manifests are no photos, and with ordered names they must not move the watermark's name past
+    ``incoming/2026...`` ('_' sorts after digits), which hid every later upload."""
+    storage = MemoryStorage()
+    timeline = Timeline(storage, until=120)
+    timeline.upload(1, "incoming/2026-12-01T10.jpg")
+    timeline.upload(20, "incoming/_bgremoval/manifests/run/try-1.jsonl")  # the run's own objects
+    timeline.upload(60, "incoming/2026-12-01T11.jpg")
+    events = timeline.run(make(include=None, ordered_names=True))
+    assert [(p["images"], p["listed"]) for _, p in events] == [(1, 1), (1, 1)]
+    assert all("_bgremoval" not in p["watermark"]["name"] for _, p in events)
+
+
 def test_arrivals_settle_rules_directly() -> None:
     arrivals = Arrivals()
     assert arrivals.ready(0, 10, 60) is None
