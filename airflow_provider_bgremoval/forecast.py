@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from itertools import pairwise
 from typing import Any
 
@@ -73,7 +73,8 @@ def as_utc(value: datetime | str) -> datetime:
 def parse_history(data: bytes, name: str = "history") -> list[Sample]:
     """
     The readings of a history object, oldest first (blank lines ignored; an unreadable line, e.g.
-    edited by hand, is skipped with a warning, and left out when the history is next written).
+    edited by hand, is skipped with a warning, and left out when the history is next written; of two
+    lines at one time the last is the reading, as :func:`add_sample` keeps it).
 
     :param data: the object's bytes.
     :param name: the object, for the warning.
@@ -90,7 +91,8 @@ def parse_history(data: bytes, name: str = "history") -> list[Sample]:
             samples.append(Sample(as_utc(reading["at"]), remaining))
         except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             log.warning("%s line %d skipped, not a reading (%s: %s)", name, number, type(exc).__name__, exc)
-    return sorted(samples, key=lambda s: s.at)
+    by_time = {sample.at: sample for sample in samples}  # a later line at the same time replaces
+    return sorted(by_time.values(), key=lambda s: s.at)
 
 
 def dump_history(samples: Iterable[Sample]) -> bytes:
@@ -157,6 +159,8 @@ def burn_rate(
     Credits spent per day over the last ``window_days`` of readings: the drops of the intervals where the
     balance did not rise, over their total length; an interval with a top-up is left out entirely
     (docs/credits.md, "Forecasts"). ``None`` when those intervals span less than ``min_span_days``.
+    The readings are taken in time order; two at one time make no interval (a drop with no time is
+    no spend per day).
 
     :param samples: the history, oldest first.
     :param window_days: how far back to look from the newest reading.
@@ -164,12 +168,12 @@ def burn_rate(
     """
     if len(samples) < 2:
         return None
-    start = samples[-1].at - timedelta(days=window_days)
-    recent = [s for s in samples if s.at >= start]
+    start = max(s.at for s in samples) - timedelta(days=window_days)
+    recent = sorted((s for s in samples if s.at >= start), key=lambda s: s.at)
     spent, seconds = Decimal(0), Decimal(0)
     for earlier, later in pairwise(recent):
-        if later.remaining > earlier.remaining:
-            continue  # a top-up
+        if later.remaining > earlier.remaining or later.at <= earlier.at:
+            continue  # a top-up, or a duplicated reading
         spent += earlier.remaining - later.remaining
         seconds += Decimal(str((later.at - earlier.at).total_seconds()))
     if seconds <= 0 or seconds < Decimal(str(min_span_days)) * _DAY:
@@ -241,7 +245,7 @@ class Forecast:
             "remaining": str(self.remaining),
             "at": self.at.isoformat(),
             "burn_rate": None if rate is None else format_credits(rate.quantize(Decimal("0.01"))),
-            "days_left": None if days is None else round(float(days), 2),
+            "days_left": None if days is None else float(_floor(days, "0.01")),
             "runs_out_on": None if out is None else out.date().isoformat(),
             "forecast_days": self.forecast_days,
             "top_up": format_credits(self.top_up),
@@ -262,12 +266,17 @@ class Forecast:
         lead = _days(self.forecast_days)
         head = (
             f"{who}: {remaining} credits, burning {rate} credits/day, runs out on {out.date().isoformat()} "
-            f"(in {float(days):.1f} days)"
+            f"(in {_floor(days, '0.1')} days)"
         )
         if not self.alert:
             return f"{head}: lasts the {lead} forecast window"
         top_up = format_credits(self.top_up)
         return f"{head}: FORECAST LOW within {lead}; a top-up of {top_up} credits covers {lead}"
+
+
+def _floor(days: Decimal, step: str) -> Decimal:
+    """``days`` rounded down to ``step``: 6.99 days left never reads as the 7-day lead time."""
+    return days.quantize(Decimal(step), rounding=ROUND_FLOOR)
 
 
 def _days(value: float) -> str:
@@ -288,7 +297,7 @@ def forecast(
 
     :param conn_id: the connection.
     :param vendor: its vendor.
-    :param samples: the history, oldest first (not empty).
+    :param samples: the history, oldest first (not empty; taken in time order).
     :param forecast_days: the lead time wanted.
     :param window_days: the burn-rate window.
     :param min_span_days: the shortest span of spending intervals giving a rate.
@@ -297,8 +306,9 @@ def forecast(
         raise ValueError("a forecast needs at least one reading")
     if not math.isfinite(forecast_days) or forecast_days <= 0:
         raise ValueError("forecast_days must be a positive number of days")
-    newest = samples[-1]
-    rate = burn_rate(samples, window_days, min_span_days)
+    ordered = sorted(samples, key=lambda s: s.at)
+    newest = ordered[-1]
+    rate = burn_rate(ordered, window_days, min_span_days)
     return Forecast(conn_id, vendor, newest.remaining, newest.at, rate, forecast_days, len(samples))
 
 

@@ -74,7 +74,7 @@ def test_forecast_alerts_within_the_lead_time_with_the_covering_top_up() -> None
     assert fc.as_dict()["runs_out_on"] == "2026-01-16"
     assert fc.describe() == (
         "pixian_default (pixian): 340 credits, burning 51.11 credits/day, runs out on 2026-01-16 "
-        "(in 6.7 days): FORECAST LOW within 7 days; a top-up of 18 credits covers 7 days"
+        "(in 6.6 days): FORECAST LOW within 7 days; a top-up of 18 credits covers 7 days"
     )
     calm = forecast("poof_default", "poof", daily(800, 750), 7)
     assert not calm.alert and calm.top_up == 0
@@ -191,3 +191,44 @@ def test_store_does_not_record_a_late_reading(gcs_storage: GcsStorage, gcs_bucke
     samples, recorded = store.record("poof_default", Sample(DAY0 + timedelta(days=1), Decimal(500)))
     assert not recorded and [s.remaining for s in samples] == [10, 9, 8]
     assert [s.remaining for s in store.load("poof_default")[0]] == [10, 9, 8]
+
+
+def test_a_duplicated_reading_is_no_spend_without_time() -> None:
+    # A hand-edited history holding two readings at one time: the last line is the reading (as
+    # add_sample keeps it), and a drop between two readings of one instant is no spend per day.
+    data = b"".join(
+        (
+            b'{"at": "2026-01-01T06:00:00+00:00", "remaining": "100"}\n',
+            b'{"at": "2026-01-01T06:00:00+00:00", "remaining": "90"}\n',
+            b'{"at": "2026-01-02T06:00:00+00:00", "remaining": "80"}\n',
+        )
+    )
+    samples = parse_history(data)
+    assert [s.remaining for s in samples] == [90, 80]
+    assert burn_rate(samples) == 10
+    twice = [
+        Sample(DAY0, Decimal(100)),
+        Sample(DAY0, Decimal(90)),
+        Sample(DAY0 + timedelta(days=1), Decimal(80)),
+    ]
+    assert burn_rate(twice) == 10
+
+
+def test_unordered_readings_are_taken_in_time_order() -> None:
+    samples = daily(600, 550, 500, 450)
+    shuffled = [samples[2], samples[0], samples[3], samples[1]]
+    assert burn_rate(shuffled) == 50
+    fc = forecast("poof_default", "poof", shuffled, 7)
+    assert (fc.remaining, fc.at, fc.burn_rate) == (Decimal(450), samples[3].at, Decimal(50))
+
+
+def test_days_left_in_the_message_never_reads_as_the_lead_time() -> None:
+    # 699.3 credits at 100 a day last 6.993 days: alerting "within 7 days" while saying "in 7.0 days"
+    fc = forecast(
+        "pixian_default",
+        "pixian",
+        [Sample(DAY0, Decimal("799.3")), Sample(DAY0 + timedelta(days=1), Decimal("699.3"))],
+        7,
+    )
+    assert fc.alert
+    assert "(in 6.9 days): FORECAST LOW within 7 days" in fc.describe()
