@@ -168,14 +168,15 @@ class PoolTarget:
         :param pooling: ``any`` or ``total`` (``None``: ``any``).
         :param min_credits: credits wanted, as given (``None`` when counting images).
         :param min_images: images wanted, as given (``None`` when counting credits).
-        :param costs: each account's cost per image, as given (strings or numbers).
+        :param costs: each account's cost per image, as given (strings or numbers, read exactly as
+            :func:`parse_min_credits`: ``0.1`` is 0.1; a negative one is refused, not free).
         """
         return cls(
             tuple(conn_ids),
             pooling or "any",
             min_credits=None if min_credits is None else parse_min_credits(min_credits),
             min_images=None if min_images is None else parse_min_images(min_images),
-            costs={conn_id: Decimal(cost) for conn_id, cost in (costs or {}).items()},
+            costs={c: parse_min_credits(cost, f"costs[{c!r}]") for c, cost in (costs or {}).items()},
         )
 
     @property

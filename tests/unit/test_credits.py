@@ -165,3 +165,13 @@ def test_min_images_is_a_whole_positive_number(bad: Any) -> None:
     with pytest.raises(InvalidOptionError, match="min_images"):
         parse_min_images(bad)
     assert parse_min_images("12") == 12
+
+
+def test_pool_costs_are_parsed_exactly_and_never_negative() -> None:
+    # a float cost is read as written (Decimal(0.1) is 0.1000000000000000055...: 1 credit paid 9 images)
+    target = PoolTarget.parse(["pixian_default"], "total", None, 10, {"pixian_default": 0.1})
+    assert target.amount("pixian_default", bal("pixian", "1")) == 10
+    # a negative or non-finite cost is no free account: it would meet any min_images at once
+    for bad in ("-1", "NaN", "a lot"):
+        with pytest.raises(InvalidOptionError, match=r"costs\['pixian_default'\]"):
+            PoolTarget.parse(["pixian_default"], "any", None, 3, {"pixian_default": bad})
