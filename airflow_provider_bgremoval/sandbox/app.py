@@ -62,6 +62,16 @@ async def _close(send: Send) -> None:
         await asyncio.sleep(0)
 
 
+async def _drain(receive: Receive) -> None:
+    """Read the whole request body first: closing a socket with unread bytes in it sends a TCP
+    reset, so the client would see ``Connection reset by peer`` (sometimes while still writing)
+    instead of a server that hung up without answering."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 class FaultMiddleware:
     """Pure ASGI middleware in front of the vendor routes: limits, latency, faults, request log.
 
@@ -142,6 +152,7 @@ class FaultMiddleware:
             )
         elif fault == "drop_before_headers":
             ctx.status = 0
+            await _drain(receive)
             await _close(raw_send)
         elif fault == "slow":
             replay = await self._stall(receive, faults.config.slow_seconds)
