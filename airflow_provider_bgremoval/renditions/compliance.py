@@ -378,7 +378,9 @@ class Srgb(Rule):
         rgb = measured.mode in ("RGB", "RGBA", "L", "LA", "P", "PA") or measured.mode.startswith("I;16")
         profile = measured.profile
         tag_ok = ("srgb" in profile.lower()) if profile is not None else not self.tagged
-        return rgb and tag_ok, f"mode {measured.mode}, ICC profile {profile or 'none'}"
+        wanted = "an sRGB ICC profile embedded" if self.tagged else "an sRGB ICC profile or none"
+        found = f"mode {measured.mode}, ICC profile {profile or 'none'}"
+        return rgb and tag_ok, f"{found} (RGB, grey or palette pixels and {wanted} wanted)"
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,14 @@ class TestRules:
         cmyk = _measured(_canvas().convert("CMYK"), "JPEG")
         assert not _passes(Srgb(), cmyk)
         assert _passes(Srgb(), _measured(_canvas().convert("P")))  # a palette of (untagged) sRGB colours
+        assert Srgb(tagged=True).evaluate(untagged).message == (
+            "mode RGB, ICC profile none (RGB, grey or palette pixels and an sRGB ICC profile embedded wanted)"
+        )
+        assert (
+            Srgb()
+            .evaluate(cmyk)
+            .message.endswith("(RGB, grey or palette pixels and an sRGB ICC profile or none wanted)")
+        )
 
     def test_metadata_and_dpi(self) -> None:
         exif = Image.Exif()

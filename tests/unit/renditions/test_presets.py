@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_bgremoval.renditions.compliance import BorderColor, Fill, Formats, Opaque, Sides
+from airflow_provider_bgremoval.renditions.compliance import BorderColor, Fill, Formats, Limits, Opaque, Sides
 from airflow_provider_bgremoval.renditions.presets import PRESETS
 from airflow_provider_bgremoval.renditions.renderer import RenderedRendition, render
 from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
@@ -60,3 +60,11 @@ def test_a_small_master_cannot_meet_amazons_minimum_without_upscaling() -> None:
     assert refused.layout.refused_upscale > 2
     assert allowed.compliant
     assert allowed.measured.width == allowed.measured.height == 1000
+
+
+@pytest.mark.parametrize(("name", "megabytes"), [("amazon_main", 10), ("google_merchant", 16)])
+def test_file_size_limits_take_the_stricter_decimal_megabyte(name: str, megabytes: int) -> None:
+    # "10 MB" / "16 MB" without a unit definition: 10,000,000 bytes is under the limit either way,
+    # while 10 MiB (10,485,760) is over it if the marketplace means decimal megabytes.
+    (limits,) = (rule for rule in PRESETS[name].rules if isinstance(rule, Limits))
+    assert limits.max_bytes == megabytes * 1_000_000
