@@ -52,10 +52,13 @@ class Sample:
 
     :param at: when it was read (timezone-aware, UTC).
     :param remaining: usable credits.
+    :param usable: ``False`` when the account could not spend (dormant or suspended: its credits read
+        as 0 but were not spent), so an interval ending or starting at this reading is no spend.
     """
 
     at: datetime
     remaining: Decimal
+    usable: bool = True
 
 
 def as_utc(value: datetime | str) -> datetime:
@@ -88,7 +91,10 @@ def parse_history(data: bytes, name: str = "history") -> list[Sample]:
             remaining = Decimal(str(reading["remaining"]))
             if not remaining.is_finite():
                 raise ValueError(f"remaining {reading['remaining']!r} is not a number of credits")
-            samples.append(Sample(as_utc(reading["at"]), remaining))
+            usable = reading.get("usable", True)
+            if not isinstance(usable, bool):
+                raise ValueError(f"usable {usable!r} is not true or false")
+            samples.append(Sample(as_utc(reading["at"]), remaining, usable))
         except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             log.warning("%s line %d skipped, not a reading (%s: %s)", name, number, type(exc).__name__, exc)
     by_time = {sample.at: sample for sample in samples}  # a later line at the same time replaces
@@ -97,12 +103,20 @@ def parse_history(data: bytes, name: str = "history") -> list[Sample]:
 
 def dump_history(samples: Iterable[Sample]) -> bytes:
     """
-    The JSON Lines bytes of ``samples``.
+    The JSON Lines bytes of ``samples`` (``"usable": false`` only on a reading of an account that
+    could not spend).
 
     :param samples: the readings, oldest first.
     """
-    lines = (json.dumps({"at": s.at.isoformat(), "remaining": format_credits(s.remaining)}) for s in samples)
+    lines = (json.dumps(_line(s)) for s in samples)
     return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _line(sample: Sample) -> dict[str, Any]:
+    line: dict[str, Any] = {"at": sample.at.isoformat(), "remaining": format_credits(sample.remaining)}
+    if not sample.usable:
+        line["usable"] = False
+    return line
 
 
 def is_late(samples: Sequence[Sample], sample: Sample) -> bool:
@@ -142,11 +156,14 @@ def add_sample(samples: Sequence[Sample], sample: Sample, limit: int = DEFAULT_H
 
 def spend_between(earlier: Sample, later: Sample) -> Decimal:
     """
-    Credits spent from one reading to the next: the drop, or 0 when the balance rose (a top-up).
+    Credits spent from one reading to the next: the drop, or 0 when the balance rose (a top-up) or
+    when either reading is of an account that could not spend (a pack gone dormant is no spend).
 
     :param earlier: the first reading.
     :param later: the next one.
     """
+    if not (earlier.usable and later.usable):
+        return Decimal(0)
     return max(earlier.remaining - later.remaining, Decimal(0))
 
 
@@ -157,8 +174,10 @@ def burn_rate(
 ) -> Decimal | None:
     """
     Credits spent per day over the last ``window_days`` of readings: the drops of the intervals where the
-    balance did not rise, over their total length; an interval with a top-up is left out entirely
-    (docs/credits.md, "Forecasts"). ``None`` when those intervals span less than ``min_span_days``.
+    balance did not rise, over their total length; an interval with a top-up is left out entirely, and
+    so is one starting or ending at a reading of an account that could not spend (dormant: its drop
+    to 0 is no spend, its time no spending time) (docs/credits.md, "Forecasts"). ``None`` when those
+    intervals span less than ``min_span_days``.
     The readings are taken in time order; two at one time make no interval (a drop with no time is
     no spend per day).
 
@@ -174,6 +193,8 @@ def burn_rate(
     for earlier, later in pairwise(recent):
         if later.remaining > earlier.remaining or later.at <= earlier.at:
             continue  # a top-up, or a duplicated reading
+        if not (earlier.usable and later.usable):
+            continue  # the account could not spend (dormant): no spend, no spending time
         spent += earlier.remaining - later.remaining
         seconds += Decimal(str((later.at - earlier.at).total_seconds()))
     if seconds <= 0 or seconds < Decimal(str(min_span_days)) * _DAY:

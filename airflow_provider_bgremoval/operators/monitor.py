@@ -38,6 +38,7 @@ from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, format_
 from airflow_provider_bgremoval.operators.bucket_job import check_choice, is_template, run_coroutine
 from airflow_provider_bgremoval.options import load_list
 from airflow_provider_bgremoval.pipeline.naming import folder_name
+from airflow_provider_bgremoval.results import AccountState
 from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError, gs_uri
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ ON_LOW_CHOICES = ("fail", "warn")
 OBSERVED_AT_CHOICES = ("now", "data_interval_end", "logical_date")
 #: Prefix of the monitor's metric names (docs/credits.md, "Metrics").
 METRIC_PREFIX = "bgremoval.credits"
+#: Account states whose credits cannot be spent: their readings are no measure of spend.
+_CANNOT_SPEND = (AccountState.DORMANT.value, AccountState.SUSPENDED.value)
 
 
 @dataclass(frozen=True)
@@ -357,7 +360,7 @@ class CreditMonitorOperator(BaseOperator):
         result: dict[str, dict[str, Any]],
     ) -> Forecast:
         assert check.remaining is not None and self.forecast_days is not None
-        reading = Sample(at, check.remaining)
+        reading = Sample(at, check.remaining, usable=check.state not in _CANNOT_SPEND)
         samples, recorded = store.record(check.conn_id, reading)
         fc = forecast(
             check.conn_id,

@@ -20,6 +20,7 @@ from airflow_provider_bgremoval.forecast import (
     object_name,
     parse_history,
     predecessor,
+    spend_between,
 )
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -232,3 +233,19 @@ def test_days_left_in_the_message_never_reads_as_the_lead_time() -> None:
     )
     assert fc.alert
     assert "(in 6.9 days): FORECAST LOW within 7 days" in fc.describe()
+
+
+def test_readings_of_an_account_that_cannot_spend_are_no_spend() -> None:
+    # A dormant (or suspended) account reads 0 usable credits: its frozen credits were not spent, and
+    # while it cannot spend its time says nothing of the burn rate.
+    samples = daily(300, 250, 250, 750, 700)
+    samples[2] = Sample(samples[2].at, Decimal(0), usable=False)
+    assert burn_rate(samples) == 50
+    assert spend_between(samples[1], samples[2]) == 0
+    went_dormant = [Sample(DAY0, Decimal(300)), Sample(DAY0 + timedelta(days=1), Decimal(0), usable=False)]
+    assert burn_rate(went_dormant) is None  # no spending interval yet, not 300 a day
+    data = dump_history(samples)
+    line = '{"at": "2026-01-03T06:00:00+00:00", "remaining": "0", "usable": false}'
+    assert data.decode().splitlines()[2] == line
+    assert parse_history(data) == samples
+    assert parse_history(b'{"at": "2026-01-03T06:00:00+00:00", "remaining": "0", "usable": "no"}\n') == []

@@ -466,3 +466,29 @@ def test_spent_is_from_the_readings_predecessor(
     run_at(op, DAY0 + timedelta(days=2, minutes=-1), "racing")
     gauges = {name: value for kind, name, value, _ in metrics if kind == "gauge"}
     assert gauges["bgremoval.credits.spent.poof_default"] == 80  # from day 1's 900, not day 2's 800
+
+
+def test_a_dormant_pixian_account_is_no_spend(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str, metrics: list[Any]
+) -> None:
+    # 50 a day; on day 2 the pack went dormant (its 950 credits frozen, read as 0 usable), on day 3 a
+    # new pack was bought. The drop to 0 is no spend: the rate stays 50, not (50+950+50)/3 a day.
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(
+        gcs_bucket, thresholds={"pixian_default": 10}, on_low="warn", on_low_callback=received.append
+    )
+    for day, (credits, state) in enumerate(
+        ((1000, "active"), (950, "active"), (950, "dormant"), (1450, "active"), (1400, "active"))
+    ):
+        vendors.set_pixian(credits, state=state)
+        metrics.clear()
+        result = run_on(op, day)
+        if state == "dormant":
+            spent = {name: value for kind, name, value, _ in metrics if ".spent." in name}
+            assert spent == {"bgremoval.credits.spent.pixian_default": 0}
+            assert result["pixian_default"]["remaining"] == "0"
+    fc = result["pixian_default"]["forecast"]
+    assert (fc["burn_rate"], fc["days_left"], fc["alert"]) == ("50", 28.0, False)
+    lines = history_lines(gcs_storage, gcs_bucket, "pixian_default")
+    assert [line.get("usable", True) for line in lines] == [True, True, False, True, True]
+    assert len(received) == 1  # only day 2's LOW threshold, never a forecast alert
