@@ -482,13 +482,15 @@ class NewImagesTrigger(BaseEventTrigger):
         arrivals = Arrivals()
         source = gs_uri(self.spec.source_bucket, self.spec.source_prefix)
         log.info("Watching %s from watermark %s", source, watermark)
+        listed_before = watermark.generation  # the newest generation an earlier, completed listing held
         while True:
             try:
                 sources = await asyncio.to_thread(self.list_new, storage, watermark)
                 arrivals.observe(sources, self.clock())
                 event, watermark, arrivals = await self._consider(
-                    processors, storage, sources, arrivals, watermark
+                    processors, storage, sources, arrivals, watermark, listed_before
                 )
+                listed_before = max([listed_before, *(s.generation for s in sources)])
             except Exception as exc:  # a storage or state-store error: the next poll tries again
                 log.warning("Poll of %s failed: %s", source, exc)
             else:
@@ -513,8 +515,17 @@ class NewImagesTrigger(BaseEventTrigger):
         sources: list[ObjectInfo],
         arrivals: Arrivals,
         watermark: Watermark,
+        listed_before: int = 0,
     ) -> tuple[TriggerEvent | None, Watermark, Arrivals]:
-        """One poll's decision: the event to fire (if any), the watermark and arrivals after it."""
+        """
+        One poll's decision: the event to fire (if any), the watermark and arrivals after it.
+
+        A listing of more than one page is no snapshot: a photo that lands while it runs is left out when
+        its name sorts into a page already read, while a later upload sorting after it is listed. Without
+        an event (no run will plan the prefix), the watermark therefore only passes the sources an earlier,
+        completed listing held too (``listed_before``: every object older than those was listed in full);
+        the newer ones are evaluated again at the next poll.
+        """
         now = self.clock()
         reason = arrivals.ready(now, self.settle_seconds, self.max_wait)
         if reason is None:
@@ -525,11 +536,18 @@ class NewImagesTrigger(BaseEventTrigger):
             arrivals.evaluated = (arrivals.count, arrivals.newest)
             log.info("%d image(s) waiting, fewer than min_batch=%d", counts.unfinished, self.min_batch)
             return None, watermark, arrivals
-        new = watermark.advanced(sources, fired=bool(enough))
-        if self.asset_state_store is not None:  # first: a restarted triggerer never fires twice for these
+        accounted = sources if enough else [s for s in sources if s.generation <= listed_before]
+        new = watermark.advanced(accounted, fired=bool(enough))
+        if self.asset_state_store is not None and new != watermark:  # first: never fire twice for these
             await self.asset_state_store.aset(self.state_key, new.as_dict())
         if not enough:
-            log.info("%d new source(s), all finished or refused: watermark %s", len(sources), new)
+            log.info(
+                "%d new source(s), all finished or refused: watermark %s (%d listed for the first time: "
+                "evaluated again)",
+                len(sources),
+                new,
+                len(sources) - len(accounted),
+            )
             return None, new, Arrivals()
         waited = now - (arrivals.first_seen_at or now)
         log.info(

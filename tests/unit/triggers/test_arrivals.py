@@ -689,3 +689,88 @@ def test_a_chain_trigger_refuses_a_connection_listed_twice() -> None:
         conn_id=["pixian_default", "pixelcut_default"], vendor_options={"pixian": {"test": True}}
     )
     assert by_vendor.options["vendor_options"] == {"pixian": {"test": True}}
+
+
+# -- a listing longer than one page is no snapshot ------------------------------------------------------
+class PagedStorage(MemoryStorage):
+    """
+    GCS's listing of the source bucket: each page of 1,000 names is its own request, made when the
+    previous page is used up and starting after its last name, so an upload that lands between two
+    requests is listed only if its name sorts after the names already listed. ``between_pages`` runs
+    between two requests (an upload that lands meanwhile).
+    """
+
+    between_pages: Callable[[], None] | None = None
+
+    def list_objects(  # type: ignore[override]
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        include: Any = None,
+        exclude: Any = None,
+        start_offset: str | None = None,
+        end_offset: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if bucket != "src":
+            yield from super().list_objects(
+                bucket,
+                prefix,
+                include=include,
+                exclude=exclude,
+                start_offset=start_offset,
+                end_offset=end_offset,
+            )
+            return
+        from airflow_provider_bgremoval.storage.gcs import ObjectFilter
+        from tests.support.memory_storage import PAGE
+
+        self.listings.append((bucket, prefix, start_offset, end_offset))
+        keep, after = ObjectFilter(include, exclude), None
+        while True:
+            objects = self.buckets[bucket]
+            names = sorted(
+                name
+                for name in objects
+                if name.startswith(prefix)
+                and (after is None or name > after)
+                and (start_offset is None or name >= start_offset)
+                and (end_offset is None or name < end_offset)
+            )[:PAGE]
+            page = [objects[name].info for name in names]
+            self.requests["list"] += 1
+            yield from (info for info in page if keep.matches(info.name, prefix))
+            if len(page) < PAGE:
+                return
+            after = page[-1].name
+            if self.between_pages is not None:
+                self.between_pages()
+
+
+def test_an_upload_during_a_paged_listing_is_not_passed_over_when_all_listed_are_finished() -> None:
+    """A poll of 1,500 names is two requests. A new photo lands after the first (its name in the first
+    page: not listed), then a re-upload of a finished photo lands (in the second page: listed). Every
+    listed source is refused (the re-upload, without overwrite): the watermark must not move past the
+    unlisted photo's generation, or it is never seen again and nothing fires for it."""
+    storage, store = PagedStorage(), StateStore()
+    trigger = make(max_wait=30)
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    for number in range(1500):
+        storage.put("src", f"incoming/p{number:04d}.jpg", b"photo")
+        finish(storage, trigger, f"incoming/p{number:04d}.jpg", f"cutouts/p{number:04d}.webp")
+    timeline = Timeline(storage, until=200)
+    for second in range(20, 50, 4):  # re-uploads of a finished photo (refused): no settle, max_wait at 50
+        timeline.upload(second, "incoming/p1400.jpg")
+
+    def concurrent_uploads() -> None:
+        if timeline.now >= 50 and "incoming/p0500-new.jpg" not in storage.buckets["src"]:
+            storage.put("src", "incoming/p0500-new.jpg", b"photo")  # sorts into the page already listed
+            storage.put("src", "incoming/p1499.jpg", b"photo")  # a re-upload, in the page still to come
+
+    storage.between_pages = concurrent_uploads
+    events = timeline.run(trigger)
+    assert "incoming/p0500-new.jpg" in storage.buckets["src"]
+    assert [(p["images"], p["rejected"]) for _, p in events] == [(1, 1)]
+    new = storage.info("src", "incoming/p0500-new.jpg").generation
+    assert events[0][1]["watermark"]["generation"] > new >= events[0][1]["previous_watermark"]["generation"]
