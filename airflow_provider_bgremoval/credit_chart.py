@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from PIL import Image, ImageDraw, ImageFont
 
-from airflow_provider_bgremoval.forecast import Forecast, Sample
+from airflow_provider_bgremoval.forecast import Forecast, Sample, format_rate
 from airflow_provider_bgremoval.hooks.base import format_credits
 
 #: Default chart size in pixels (width, height).
@@ -128,6 +128,6 @@ def _title(forecast: Forecast) -> str:
     head = f"{forecast.conn_id}: {format_credits(forecast.remaining)} credits"
     if forecast.burn_rate is None:
         return head
-    rate = format_credits(forecast.burn_rate.quantize(Decimal("0.01")))
+    rate = format_rate(forecast.burn_rate)
     out = forecast.runs_out_at
     return f"{head}, {rate}/day" + (f", out {out.date().isoformat()}" if out is not None else "")

@@ -265,7 +265,7 @@ class Forecast:
             "vendor": self.vendor,
             "remaining": str(self.remaining),
             "at": self.at.isoformat(),
-            "burn_rate": None if rate is None else format_credits(rate.quantize(Decimal("0.01"))),
+            "burn_rate": None if rate is None else format_rate(rate),
             "days_left": None if days is None else float(_floor(days, "0.01")),
             "runs_out_on": None if out is None else out.date().isoformat(),
             "forecast_days": self.forecast_days,
@@ -280,7 +280,7 @@ class Forecast:
         remaining = format_credits(self.remaining)
         if self.burn_rate is None:
             return f"{who}: {remaining} credits, no burn rate yet ({self.samples} reading(s))"
-        rate = format_credits(self.burn_rate.quantize(Decimal("0.01")))
+        rate = format_rate(self.burn_rate)
         out, days = self.runs_out_at, self.days_left
         if out is None or days is None:
             return f"{who}: {remaining} credits, burning {rate} credits/day: no run-out in sight"
@@ -293,6 +293,18 @@ class Forecast:
             return f"{head}: lasts the {lead} forecast window"
         top_up = format_credits(self.top_up)
         return f"{head}: FORECAST LOW within {lead}; a top-up of {top_up} credits covers {lead}"
+
+
+def format_rate(rate: Decimal) -> str:
+    """
+    A burn rate as text: to 0.01 credits/day, and a rate below that to two significant digits
+    (0.004 a day is not "0": with a run-out date that would lie).
+
+    :param rate: credits per day (0 or more).
+    """
+    if rate == 0 or abs(rate) >= Decimal("0.01"):
+        return format_credits(rate.quantize(Decimal("0.01")))
+    return format_credits(rate.quantize(Decimal(1).scaleb(rate.adjusted() - 1)))
 
 
 def _floor(days: Decimal, step: str) -> Decimal:

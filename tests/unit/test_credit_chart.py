@@ -60,3 +60,12 @@ def test_a_lasting_balance_stops_the_line_at_the_end_of_the_lead_time() -> None:
     samples = daily(1000, 990)
     fc = forecast("c", "poof", samples, 7)
     assert forecast_end(fc) == (fc.at + timedelta(days=7), Decimal(920))
+
+
+def test_the_title_writes_a_small_burn_rate() -> None:
+    from airflow_provider_bgremoval.credit_chart import _title
+
+    fc = forecast(
+        "c", None, [Sample(DAY0, Decimal("0.106")), Sample(DAY0 + timedelta(days=14), Decimal("0.05"))], 30
+    )
+    assert _title(fc) == "c: 0.05 credits, 0.004/day, out 2026-01-27"

@@ -249,3 +249,22 @@ def test_readings_of_an_account_that_cannot_spend_are_no_spend() -> None:
     assert data.decode().splitlines()[2] == line
     assert parse_history(data) == samples
     assert parse_history(b'{"at": "2026-01-03T06:00:00+00:00", "remaining": "0", "usable": "no"}\n') == []
+
+
+def test_a_burn_rate_below_a_hundredth_is_not_written_as_0() -> None:
+    # 0.056 credits spent in 14 days (0.004 a day): "burning 0 credits/day" with a run-out date is a lie
+    slow = forecast(
+        "pixian_default",
+        "pixian",
+        [Sample(DAY0, Decimal("0.106")), Sample(DAY0 + timedelta(days=14), Decimal("0.05"))],
+        30,
+    )
+    assert slow.burn_rate == Decimal("0.004") and slow.alert  # 12.5 days left
+    assert "burning 0.004 credits/day, runs out on 2026-01-27 (in 12.5 days)" in slow.describe()
+    assert slow.as_dict()["burn_rate"] == "0.004"
+    tiny = forecast(
+        "c", None, [Sample(DAY0, Decimal("1.0")), Sample(DAY0 + timedelta(days=3), Decimal("0.985"))], 7
+    )
+    assert tiny.as_dict()["burn_rate"] == "0.005"  # not rounded half-even to 0
+    assert forecast("c", None, daily(900, 800, 700), 7).as_dict()["burn_rate"] == "100"
+    assert forecast("c", None, daily(10, 9.666), 7).as_dict()["burn_rate"] == "0.33"

@@ -365,7 +365,7 @@ def test_an_idle_large_account_is_forecast_without_overflow(
     run_on(op, 0)
     vendors.set_pixian("99999.9")
     fc = run_on(op, 14)["pixian_default"]["forecast"]
-    assert (fc["burn_rate"], fc["days_left"], fc["runs_out_on"], fc["alert"]) == ("0.01", None, None, False)
+    assert (fc["burn_rate"], fc["days_left"], fc["runs_out_on"], fc["alert"]) == ("0.0071", None, None, False)
 
 
 def test_a_hand_edited_history_line_is_skipped(
