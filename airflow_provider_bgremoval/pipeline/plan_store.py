@@ -228,7 +228,11 @@ class ShardRef(BaseModel):
         The task's ``max_credits`` on this shard: the smaller of its own and the shard's share.
 
         :param own: the bucket task's ``max_credits`` (``None``: none given).
+        :raises InvalidOptionError: the task has a ``max_credits`` the plan was not priced with, and this
+            shard is one of several with billable items (each mapped task would spend all of it).
         """
+        if self.max_credits is None:
+            self._check_unshared("max_credits", own)
         return _smaller(own, self.max_credits)
 
     def account_credits_within(self, conn_id: str, own: Decimal | None) -> Decimal | None:
@@ -237,8 +241,26 @@ class ShardRef(BaseModel):
 
         :param conn_id: the account's connection id.
         :param own: the bucket task's budget for that account (``None``: none given).
+        :raises InvalidOptionError: as :meth:`credits_within`, for that account's budget.
         """
-        return _smaller(own, dict(self.max_credits_per_account).get(conn_id))
+        shares = dict(self.max_credits_per_account)
+        if conn_id not in shares:
+            self._check_unshared(f"max_credits_per_account[{conn_id!r}]", own)
+        return _smaller(own, shares.get(conn_id))
+
+    def _check_unshared(self, parameter: str, own: Decimal | None) -> None:
+        """
+        Refuse a budget of the bucket task's that the plan carries no share of, when several shards have
+        billable items: every mapped task would take the whole budget (the run would spend it per shard).
+        """
+        if own is None or self.shards < 2 or not self.images:
+            return
+        raise InvalidOptionError(
+            parameter,
+            f"this task has a budget of {_tidy(own)} credits but shard {self.shard + 1} of {self.shards} "
+            "carries no share of it (the pre-flight was given none), so every mapped task would spend up "
+            f"to {_tidy(own)}; give the pre-flight the bucket task's {parameter.partition('[')[0]}",
+        )
 
     def check_matches(
         self, spec: BatchSpec, identity: OutputIdentity, conn_ids: Sequence[str] | None = None

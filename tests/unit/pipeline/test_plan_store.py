@@ -309,7 +309,8 @@ def test_each_accounts_budget_is_shared_out_as_the_pricing_placed_it(
     ref = refs[0]
     assert ref.account_credits_within("a_conn", None) == Decimal(shares[0])
     assert ref.account_credits_within("a_conn", Decimal("0.5")) == Decimal("0.5")
-    assert ref.account_credits_within("b_conn", Decimal(7)) == 7  # no share: the task's own
+    with pytest.raises(InvalidOptionError, match="carries no share"):  # every shard would spend 7
+        ref.account_credits_within("b_conn", Decimal(7))
     assert ref.account_credits_within("b_conn", None) is None
     assert ShardRef.model_validate(json.loads(json.dumps(ref.model_dump(mode="json")))) == ref
     assert "max_credits_per_account" not in _ref()  # none given: kept out of the XCom, as before
@@ -325,6 +326,27 @@ def test_a_budget_needs_the_pricing_of_every_item_in_the_shards() -> None:
             max_credits=Decimal(9),
             pricing=[PricedRun(3, "a_conn", Decimal(1))],
         )
+
+
+def test_a_tasks_budget_the_plan_has_no_share_of_is_refused_on_a_shard_of_several() -> None:
+    """
+    A pre-flight given no ``max_credits`` (or no ``max_credits_per_account``) sets no share: a mapped task
+    with its own would spend all of it, once per shard (4 shards, max_credits=10: up to 40 charged).
+    """
+    _, writer = _written(items=8, settled=4)
+    refs = writer.finish(max_shards=4, min_shard_size=1)
+    assert [ref.images for ref in refs] == [2, 2, 2, 2]
+    for ref in refs:
+        with pytest.raises(InvalidOptionError, match=r"max_credits.*shard \d of 4 carries no share"):
+            ref.credits_within(Decimal(10))
+        with pytest.raises(InvalidOptionError, match=r"max_credits_per_account\['a_conn'\]"):
+            ref.account_credits_within("a_conn", Decimal(3))
+        assert ref.credits_within(None) is None  # no budget anywhere: the balance bounds the run
+        assert ref.account_credits_within("a_conn", None) is None
+    _, writer = _written(items=0, settled=4)  # no billable item in the shards: nothing to spend
+    for ref in writer.finish(max_shards=2, min_shard_size=1):
+        assert ref.credits_within(Decimal(10)) == 10
+        assert ref.account_credits_within("a_conn", Decimal(3)) == 3
 
 
 def test_a_descriptor_without_a_share_leaves_the_tasks_budget_as_it_is() -> None:
