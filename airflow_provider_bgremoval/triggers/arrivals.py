@@ -18,7 +18,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval._compat import AirflowNotFoundException
+from airflow_provider_bgremoval.exceptions import BgRemovalError, InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket_job import check_master_options, is_template, load_list
 from airflow_provider_bgremoval.operators.operations import (
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 _RENDITION_PARAMETERS = ("renditions", "masters_prefix", "rendition_presets")
 #: The polling parameters (not part of the state key: retiming a watcher keeps its watermark).
 _TIMING_PARAMETERS = ("poll_interval", "settle_seconds", "max_wait", "min_batch", "ordered_names")
+
+#: Errors reading the vendor connections that waiting does not mend (a missing connection, bad options).
+_CONFIGURATION_ERRORS = (BgRemovalError, AirflowNotFoundException, ValueError, TypeError)
 
 #: Key prefix of the watermark in the watched asset's state store.
 STATE_KEY_PREFIX = "bgremoval.arrivals:"
@@ -476,11 +480,11 @@ class NewImagesTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll forever; yield an event per settled burst of images without a finished output."""
-        processors = await self.get_processors()  # a bad connection or options: fail visibly, once
+        source = gs_uri(self.spec.source_bucket, self.spec.source_prefix)
+        processors = await self._first_processors(source)
         storage = self.get_storage()
         watermark = await self._first_watermark()
         arrivals = Arrivals()
-        source = gs_uri(self.spec.source_bucket, self.spec.source_prefix)
         log.info("Watching %s from watermark %s", source, watermark)
         listed_before = watermark.generation  # the newest generation an earlier, completed listing held
         while True:
@@ -496,6 +500,34 @@ class NewImagesTrigger(BaseEventTrigger):
             else:
                 if event is not None:
                     yield event
+            await self.sleep(self.poll_interval)
+
+    async def _first_processors(self, source: str) -> list[ImageProcessor]:
+        """
+        The bucket task's processors. A connection that cannot be read yet (the API server restarting, a
+        secrets backend timing out) is read again each poll interval: an ended trigger would be restarted
+        by the triggerer at once, in a loop of tracebacks. A missing connection or bad options end it.
+
+        :param source: the watched prefix (for the log).
+        """
+        while True:
+            try:
+                return await self.get_processors()
+            except _CONFIGURATION_ERRORS as exc:
+                log.error(
+                    "Watching %s stopped: vendor connection %s or the trigger's options are wrong: %s",
+                    source,
+                    ", ".join(self.conn_ids),
+                    exc,
+                )
+                raise
+            except Exception as exc:  # transient: the watcher waits, it does not die
+                log.warning(
+                    "Reading the vendor connection %s failed: %s; trying again in %g s",
+                    ", ".join(self.conn_ids),
+                    exc,
+                    self.poll_interval,
+                )
             await self.sleep(self.poll_interval)
 
     async def _first_watermark(self) -> Watermark:

@@ -774,3 +774,56 @@ def test_an_upload_during_a_paged_listing_is_not_passed_over_when_all_listed_are
     assert [(p["images"], p["rejected"]) for _, p in events] == [(1, 1)]
     new = storage.info("src", "incoming/p0500-new.jpg").generation
     assert events[0][1]["watermark"]["generation"] > new >= events[0][1]["previous_watermark"]["generation"]
+
+
+# -- reading the vendor connection at start ---------------------------------------------------------------
+def fail_connection_reads(monkeypatch: pytest.MonkeyPatch, failures: list[Exception]) -> list[str]:
+    """Airflow's connection read (the triggerer's, via the SDK) raises ``failures`` first, then reads."""
+    from airflow.sdk.definitions.connection import Connection
+
+    real = Connection.async_get
+    reads: list[str] = []
+    pending = iter(failures)
+
+    async def flaky(conn_id: str) -> Any:
+        reads.append(conn_id)
+        failure = next(pending, None)
+        if failure is not None:
+            raise failure
+        return await real(conn_id)
+
+    monkeypatch.setattr(Connection, "async_get", staticmethod(flaky))
+    return reads
+
+
+def test_a_connection_unreadable_at_start_is_read_again_and_the_watcher_fires(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API server restarting (or a secrets backend timing out) as the triggerer starts the watcher:
+    it waits a poll interval and reads again; it does not end (the triggerer restarts an ended watcher
+    at once, in a loop of tracebacks, hammering what is already failing)."""
+    reads = fail_connection_reads(monkeypatch, [ConnectionError("API server unreachable")] * 2)
+    timeline = Timeline(MemoryStorage(), until=60)
+    timeline.upload(1, "incoming/a.jpg")
+    events = timeline.run(make())
+    assert [p["images"] for _, p in events] == [1]
+    assert reads == ["pixian_default"] * 3
+    assert "API server unreachable" in caplog.text and "trying again in 2 s" in caplog.text
+
+
+def test_a_connection_that_is_not_defined_ends_the_watcher_saying_which(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bad configuration does not mend by waiting: the trigger ends, and the log names the fix."""
+    from airflow_provider_bgremoval._compat import AirflowNotFoundException
+
+    with pytest.raises(AirflowNotFoundException, match="no_such_conn"):
+        Timeline(MemoryStorage(), until=60).run(make(conn_id="no_such_conn"))
+    assert "Watching gs://src/incoming/ stopped: vendor connection no_such_conn" in caplog.text
+
+
+def test_a_connection_of_the_wrong_vendor_ends_the_watcher(caplog: pytest.LogCaptureFixture) -> None:
+    trigger = make(operation="generate_background", output_format=None, background_color=None)
+    with pytest.raises(InvalidOptionError, match="Pixelcut"):  # Pixian makes no backgrounds
+        Timeline(MemoryStorage(), until=60).run(trigger)
+    assert "gs://src/incoming/" in caplog.text and "pixian_default" in caplog.text
