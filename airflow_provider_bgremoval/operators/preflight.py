@@ -517,33 +517,61 @@ class CreditsPreflightOperator(BucketJobOperator):
         }
 
     def _balances(self, context: Context, job: BucketJob, billable: int) -> list[Balance]:
-        """The balance of each account in chain order (one connection: its own, as always)."""
+        """
+        The balance of each account in chain order (one connection: its own, as always). A key refused in
+        a chain counts as 0 credits (the batch fails over past it), unless no account can be read, or the
+        primary's is refused and the chain does not fail over on ``auth_failed``: then it halts as one
+        connection's refused key does (the batch's first call would fail).
+        """
         assert job.chain is not None
-        accounts = job.chain.accounts
-        return [self._balance(context, account, billable, chained=len(accounts) > 1) for account in accounts]
+        chain = job.chain
+        readings = [self._balance(account) for account in chain.accounts]
+        refused = [(a, r) for a, r in zip(chain.accounts, readings, strict=True) if isinstance(r, Exception)]
+        if len(refused) == len(readings):  # one connection, or a chain none of whose keys works
+            why = "; no account of the chain can be read" if len(readings) > 1 else ""
+            self._auth_halt(context, *refused[0], billable, why)
+        if refused and refused[0][0] is chain.primary and not chain.fails_over("auth_failed"):
+            self._auth_halt(context, *refused[0], billable, "; the chain does not fail over on auth_failed")
+        for account, exc in refused:
+            log.warning(
+                "Credits pre-flight: %r refused its key (%s); counted as 0 credits", account.conn_id, exc
+            )
+        none = {
+            a.conn_id: Balance(vendor=a.vendor, remaining=Decimal(0), state=AccountState.SUSPENDED)
+            for a, _ in refused
+        }
+        return [
+            r if isinstance(r, Balance) else none[a.conn_id]
+            for a, r in zip(chain.accounts, readings, strict=True)
+        ]
 
-    def _balance(self, context: Context, account: Account, billable: int, *, chained: bool) -> Balance:
-        conn_id, vendor, hook = account.conn_id, account.vendor, account.hook
+    @staticmethod
+    def _balance(account: Account) -> Balance | Exception:
+        """An account's balance, or the error no later read can fix (a transient one is raised: retried)."""
+        hook = account.hook
         assert hook is not None
         try:
             return hook.get_balance()
         except Exception as exc:
             if not is_fatal_balance_error(exc):
                 raise AirflowException(
-                    f"credits pre-flight on {conn_id!r}: could not read the balance ({describe_error(exc)})"
+                    f"credits pre-flight on {account.conn_id!r}: could not read the balance "
+                    f"({describe_error(exc)})"
                 ) from exc
-            if chained:  # a refused key in a chain: the batch fails over past it, so it pays nothing
-                log.warning("Credits pre-flight: %r refused its key (%s); counted as 0 credits", conn_id, exc)
-                return Balance(vendor=vendor, remaining=Decimal(0), state=AccountState.SUSPENDED)
-            halt = HaltInfo(
-                reason="auth_failed",
-                vendor=vendor,
-                message=f"could not read the balance of {conn_id!r}: {exc}",
-                remaining_images=billable,
-                fatal=True,
-            )
-            context["ti"].xcom_push(key="halt", value=halt.as_dict())
-            raise AirflowFailException(f"credits pre-flight: {halt.message}") from exc
+            return exc
+
+    @staticmethod
+    def _auth_halt(context: Context, account: Account, exc: Exception, billable: int, why: str) -> NoReturn:
+        """Fail at once, without retries, with an ``auth_failed`` halt naming ``account`` (``why``: more)."""
+        halt = HaltInfo(
+            reason="auth_failed",
+            vendor=account.vendor,
+            message=f"could not read the balance of {account.conn_id!r}: {exc}{why}",
+            remaining_images=billable,
+            fatal=True,
+        )
+        context["ti"].xcom_push(key="halt", value=halt.as_dict())
+        raise AirflowFailException(f"credits pre-flight: {halt.message}") from exc
 
     def _halt(self, context: Context, estimate: dict[str, Any], amounts: dict[str, str]) -> NoReturn:
         billable, header_only = estimate["billable_images"], estimate["checked_by_header_only"]

@@ -861,6 +861,40 @@ def test_a_refused_key_in_a_chain_counts_as_no_credits(vendors: FakeVendors, pla
     assert estimate["used_accounts"] == ["poof_default"]
 
 
+def test_a_chain_none_of_whose_keys_works_fails_at_once_as_one_connection_does(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """Every key refused: an auth failure without retries, not 'insufficient credits' (skipped with skip)."""
+    planned["plan"] = make_plan(4)
+    vendors.script["pixian"] = [401]
+    vendors.script["poof"] = [401]
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, on_insufficient="skip"))
+    assert isinstance(error, AirflowFailException)
+    assert "could not read the balance of 'pixian_default'" in str(error)
+    assert "no account of the chain can be read" in str(error)
+    assert pushed["halt"]["reason"] == "auth_failed" and pushed["halt"]["vendor"] == "pixian"
+    assert set(pushed["halt"]) == HALT_KEYS and "estimate" not in pushed
+
+
+def test_a_refused_primary_key_halts_when_the_chain_does_not_fail_over_on_auth(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """failover_on=['out_of_credits']: the batch's first call would fail on the primary, poof never paid."""
+    planned["plan"] = make_plan(4)
+    vendors.script["pixian"] = [401]
+    vendors.set_poof(10, 0)
+    op = check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["out_of_credits"])
+    _, pushed, error = run(op)
+    assert isinstance(error, AirflowFailException)
+    assert "'pixian_default'" in str(error) and "does not fail over on auth_failed" in str(error)
+    assert pushed["halt"]["reason"] == "auth_failed"
+    vendors.script["poof"] = [401]  # a backup's refused key: the primary may pay for everything
+    vendors.set_pixian(10)
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["out_of_credits"]))
+    assert error is None and estimate is not None
+    assert [(a["state"], a["images"]) for a in estimate["accounts"]] == [("active", 4), ("suspended", 0)]
+
+
 def test_a_chain_has_no_test_mode_estimate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     """A chain given as a list is refused at DAG parse; a templated one once rendered, without retries."""
     planned["plan"] = make_plan(2)
