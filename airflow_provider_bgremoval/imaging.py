@@ -12,9 +12,10 @@ import json
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps
@@ -31,6 +32,8 @@ RESULT_ERROR_CODES = (
 RESULT_FORMATS = ("PNG", "JPEG", "WEBP")
 #: Per-side headroom over a vendor's largest documented result, for the margins and padding it adds.
 RESULT_HEADROOM = 2
+#: JPEG quality of an opaque conversion too large as a PNG whose source has no JPEG tables to reuse.
+FALLBACK_JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -275,10 +278,58 @@ class PreparedInput:
     content_type: str
 
 
+def _needs_conversion(info: ImageInfo, mode: str, limits: InputLimits) -> str | None:
+    """Why ``info`` cannot be sent as it is (``None``: it can), in words for a size message."""
+    if info.orientation != 1:
+        return f"EXIF orientation {info.orientation} applied"
+    if info.frames > 1:
+        return f"first of {info.frames} frames"
+    if info.format not in limits.formats:
+        return f"{info.format} is not taken by the vendor"
+    if mode not in ("RGB", "RGBA", "L", "LA") or (mode in ("L", "LA") and info.format != "PNG"):
+        return f"{mode} {info.format} made {'RGBA' if 'A' in mode else 'RGB'}"
+    return None
+
+
+def _jpeg_settings(source: Image.Image) -> dict[str, Any]:
+    """
+    Encoder settings for an opaque conversion sent as a JPEG: an RGB JPEG's own quantization tables
+    (about its own size and quality; 4:2:0 kept, else 4:4:4), otherwise quality 95, 4:4:4.
+    """
+    tables = getattr(source, "quantization", None)
+    if source.format in ("JPEG", "MPO") and source.mode == "RGB" and tables and len(tables) >= 2:
+        subsampling = 2 if JpegImagePlugin.get_sampling(source) == 2 else 0
+        return {"qtables": tables, "subsampling": subsampling}
+    return {"quality": FALLBACK_JPEG_QUALITY, "subsampling": 0}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` (ours, opened from bytes) turned upright in place, in ``RGB`` or ``RGBA``."""
+    ImageOps.exif_transpose(image, in_place=True)
+    upright = normalise_mode(image)
+    mode = "RGBA" if "A" in upright.mode else "RGB"
+    return upright if upright.mode == mode else upright.convert(mode)
+
+
+def _encode_upload(image: Image.Image, jpeg: Mapping[str, Any], limits: InputLimits) -> tuple[bytes, str]:
+    """
+    ``image`` as a lossless PNG; an opaque one over ``limits.max_bytes`` as a JPEG instead, when the
+    vendor takes JPEG (an EXIF-rotated 24 MP photo is a 10 MB JPEG but a 35 MB PNG).
+    """
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    if out.tell() <= limits.max_bytes or image.mode != "RGB" or "JPEG" not in limits.formats:
+        return out.getvalue(), "PNG"
+    out = io.BytesIO()
+    image.save(out, format="JPEG", icc_profile=image.info.get("icc_profile"), **jpeg)
+    return out.getvalue(), "JPEG"
+
+
 def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None) -> PreparedInput:
     """
     Check an image fully (header, limits, every pixel) and make it safe to send: EXIF rotation, unusual
-    modes, formats the vendor does not take and animations (first frame) become a PNG, checked again.
+    modes, formats the vendor does not take and animations (first frame) become a PNG (an opaque one
+    too large as a PNG: a JPEG, with a JPEG's own tables), checked again.
 
     :param data: the image bytes.
     :param limits: the vendor's input limits.
@@ -289,19 +340,12 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     try:
         with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
             image.load()
-            needs_conversion = (
-                info.orientation != 1
-                or info.frames > 1
-                or info.format not in limits.formats
-                or image.mode not in ("RGB", "RGBA", "L", "LA")
-                or (image.mode in ("L", "LA") and info.format != "PNG")
-            )
-            if not needs_conversion:
+            reason = _needs_conversion(info, image.mode, limits)
+            if reason is None:
                 return PreparedInput(data, CONTENT_TYPES[info.format.lower()])
-            upright = normalise_mode(ImageOps.exif_transpose(image) or image)
-            upright = upright.convert("RGBA" if "A" in upright.mode else "RGB")
-            out = io.BytesIO()
-            upright.save(out, format="PNG", compress_level=1)
+            jpeg = _jpeg_settings(image)
+            upright = _upright(image)
+            converted, fmt = _encode_upload(upright, jpeg, limits)
     except AirflowException:
         raise
     except MemoryError:
@@ -309,9 +353,14 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
         raise _reject("too_many_pixels", message, vendor) from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged data
         raise _reject("malformed_image", f"the image data is corrupt or truncated ({exc})", vendor) from None
-    png = out.getvalue()
-    check_limits(ImageInfo("PNG", *upright.size, upright.mode), len(png), limits, vendor=vendor)
-    return PreparedInput(png, "image/png")
+    if len(converted) > limits.max_bytes:
+        message = (
+            f"the file is {len(data):,} bytes, but converted for sending ({reason}) it is {len(converted):,} "
+            f"bytes as a {fmt}; the vendor's limit is {limits.max_bytes:,} bytes"
+        )
+        raise _reject("file_size_too_large", message, vendor)
+    check_limits(ImageInfo(fmt, *upright.size, upright.mode), len(converted), limits, vendor=vendor)
+    return PreparedInput(converted, CONTENT_TYPES[fmt.lower()])
 
 
 def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorResponseError:

@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError
 from airflow_provider_bgremoval.imaging import (
@@ -426,6 +426,50 @@ def test_webp_passes_where_accepted_and_converts_where_not() -> None:
     prepared = prepare_input(data, png_only)
     assert prepared.data is not data
     assert prepared.content_type == "image/png"
+
+
+def _rotated_photo(images_dir: Path, orientation: int = 6) -> tuple[Image.Image, bytes]:
+    photo = _open((images_dir / "rocket.jpg").read_bytes()).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return photo, _save(photo, "JPEG", quality=90, exif=exif.tobytes(), icc_profile=icc)
+
+
+def test_rotated_photo_too_large_as_png_is_sent_as_an_upright_jpeg(images_dir: Path) -> None:
+    # A camera JPEG with EXIF orientation 6 well within the byte limit became a PNG 3-4 times its size
+    # and was refused ("file is 36,360,620 bytes; the vendor's limit is 25,000,000") for a 10 MB file.
+    photo, data = _rotated_photo(images_dir)
+    limits = InputLimits(max_bytes=2 * len(data))
+    as_png = _save(photo.transpose(Image.Transpose.ROTATE_270), "PNG", compress_level=1)
+    assert len(as_png) > limits.max_bytes  # the lossless conversion would not fit
+
+    prepared = prepare_input(data, limits, vendor="poof")
+    assert prepared.content_type == "image/jpeg"
+    assert len(prepared.data) <= limits.max_bytes
+    sent = _open(prepared.data)
+    assert (sent.format, sent.size, read_header(prepared.data).orientation) == ("JPEG", (427, 640), 1)
+    assert sent.info.get("icc_profile") == _open(data).info.get("icc_profile")  # the colour space kept
+    expected = photo.transpose(Image.Transpose.ROTATE_270)
+    difference = ImageChops.difference(sent.convert("RGB"), expected).convert("L")
+    assert ImageStat.Stat(difference).mean[0] < 3  # the photo's own tables: next to no further loss
+
+
+def test_conversion_too_large_in_any_form_names_both_sizes(images_dir: Path) -> None:
+    _photo, data = _rotated_photo(images_dir)
+    error = _rejected(data, InputLimits(max_bytes=2 * len(data), formats=frozenset({"PNG"})))
+    assert error.code == "file_size_too_large"
+    assert f"the file is {len(data):,} bytes, but converted for sending (EXIF orientation 6 applied)" in str(
+        error
+    )
+    assert "as a PNG" in str(error)
+
+
+def test_small_conversion_stays_a_lossless_png(images_dir: Path) -> None:
+    _photo, data = _rotated_photo(images_dir)
+    prepared = prepare_input(data, GENEROUS)
+    assert prepared.content_type == "image/png"
+    assert _open(prepared.data).size == (427, 640)
 
 
 # -- decode_result ---------------------------------------------------------------------------------
