@@ -214,6 +214,24 @@ def parse_forecast_days(value: Any) -> float:
     return days
 
 
+def check_burn_window(window_days: float, min_span_days: float) -> None:
+    """
+    Refuse a burn-rate window that can never give a rate: not a positive number of days, or shorter
+    than ``forecast_min_span_days`` (the spending intervals inside it can never span that minimum).
+
+    :param window_days: ``burn_window_days``.
+    :param min_span_days: ``forecast_min_span_days``.
+    """
+    if not math.isfinite(window_days) or window_days <= 0:
+        raise InvalidOptionError("burn_window_days", f"{window_days!r} must be a positive number of days")
+    if window_days < min_span_days:
+        raise InvalidOptionError(
+            "burn_window_days",
+            f"{window_days:g} day(s) is shorter than forecast_min_span_days ({min_span_days:g}): "
+            "no burn rate could ever be computed, so no forecast",
+        )
+
+
 class CreditMonitorOperator(BaseOperator):
     """
     Check the balances of several vendor connections in one task; call back and fail or warn on low ones.
@@ -282,6 +300,7 @@ class CreditMonitorOperator(BaseOperator):
             )
         if not math.isfinite(forecast_min_span_days) or forecast_min_span_days < 0:
             raise InvalidOptionError("forecast_min_span_days", "expected a number of days, 0 or more")
+        check_burn_window(burn_window_days, forecast_min_span_days)
         if history_limit < 2:
             raise InvalidOptionError("history_limit", "a burn rate needs at least 2 readings")
         values = thresholds.values() if isinstance(thresholds, Mapping) else ()

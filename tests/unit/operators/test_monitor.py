@@ -492,3 +492,14 @@ def test_a_dormant_pixian_account_is_no_spend(
     lines = history_lines(gcs_storage, gcs_bucket, "pixian_default")
     assert [line.get("usable", True) for line in lines] == [True, True, False, True, True]
     assert len(received) == 1  # only day 2's LOW threshold, never a forecast alert
+
+
+def test_a_burn_window_that_can_never_give_a_rate_is_refused(gcs_bucket: str) -> None:
+    # The spending intervals inside a 12-hour window can never span the 1-day minimum: the monitor
+    # said "no burn rate yet (N reading(s))" forever and never alerted.
+    with pytest.raises(InvalidOptionError, match="burn_window_days"):
+        forecasting(gcs_bucket, burn_window_days=0.5)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidOptionError, match="burn_window_days"):
+            forecasting(gcs_bucket, burn_window_days=bad, forecast_min_span_days=0)
+    assert forecasting(gcs_bucket, burn_window_days=0.5, forecast_min_span_days=0.5).burn_window_days == 0.5
