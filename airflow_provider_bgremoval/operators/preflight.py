@@ -34,7 +34,7 @@ from airflow_provider_bgremoval.operators.bucket_job import (
     run_coroutine,
 )
 from airflow_provider_bgremoval.operators.operations import GenerationParameters, RemovalParameters
-from airflow_provider_bgremoval.pipeline.accounts import Account
+from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
 from airflow_provider_bgremoval.pipeline.plan_store import (
     SAMPLES,
@@ -469,6 +469,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             [account.unit_cost() for account in accounts],
             [_usable(account.budget, balance) for account, balance in zip(accounts, balances, strict=True)],
             max_credits,
+            [_passes_on(job.chain, a.budget, b) for a, b in zip(accounts, balances, strict=True)],
         )
         for mask, run in groupby(accepted):
             pool.take(sum(1 for _ in run), [i for i in range(len(accounts)) if mask is None or mask >> i & 1])
@@ -649,6 +650,20 @@ def _usable(budget: Decimal | None, balance: Balance) -> Decimal:
     return usable if budget is None else min(usable, budget)
 
 
+def _passes_on(chain: AccountChain, budget: Decimal | None, balance: Balance) -> bool:
+    """
+    Whether the batch moves the images an account cannot pay for on to the next account: always when
+    its ``max_credits_per_account`` stops it before its balance does; when its balance runs out, only
+    with ``out_of_credits`` in ``failover_on``; an unusable account (a refused key, dormant, suspended)
+    also with ``auth_failed``.
+    """
+    if chain.fails_over("out_of_credits"):
+        return True
+    if not balance.usable:
+        return chain.fails_over("auth_failed")
+    return budget is not None and budget <= balance.remaining
+
+
 @dataclass
 class _Pool:
     """
@@ -657,11 +672,14 @@ class _Pool:
     :param costs: each account's cost per image.
     :param usable: each account's usable credits (what is left of them).
     :param cap: the credits ``max_credits`` leaves (``None``: no cap).
+    :param passes: whether the images an account cannot pay for go on to the next one (the batch fails
+        over when it is spent); else they are short (empty: every account passes them on).
     """
 
     costs: list[Decimal]
     usable: list[Decimal]
     cap: Decimal | None
+    passes: Sequence[bool] = ()
     needed: Decimal = Decimal(0)
     shortfall: int = 0
     unaccepted: int = 0
@@ -699,6 +717,8 @@ class _Pool:
             self.left[index] -= cost * images
             self._place(images, index, cost)
             count -= images
+            if count and self.passes and not self.passes[index]:
+                break  # the batch halts there: no later account takes the rest
         first = self.costs[order[0]]
         short = count if self.cap is None or first <= 0 else min(count, int(self.cap // first))
         self.shortfall += short

@@ -895,6 +895,42 @@ def test_a_refused_primary_key_halts_when_the_chain_does_not_fail_over_on_auth(
     assert [(a["state"], a["images"]) for a in estimate["accounts"]] == [("active", 4), ("suspended", 0)]
 
 
+def test_a_chain_prices_nothing_past_an_empty_account_it_does_not_fail_over_from(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """
+    failover_on without out_of_credits: the batch halts when pixian (2 credits) runs out, so poof's
+    balance pays for none of the 4 images (the pre-flight passed, pricing 2 on poof, and the run halted
+    with 2 pending). A per-account budget always moves the rest on.
+    """
+    planned["plan"] = make_plan(4)
+    vendors.set_pixian(2)
+    vendors.set_poof(100, 0)
+    op = check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["auth_failed", "outage"])
+    _, pushed, error = run(op)
+    assert isinstance(error, AirflowFailException) and "2 not covered by any account" in str(error)
+    estimate = pushed["estimate"]
+    assert [(a["conn_id"], a["images"]) for a in estimate["accounts"]] == [
+        ("pixian_default", 2),
+        ("poof_default", 0),
+    ]
+    assert (estimate["shortfall_images"], estimate["sufficient"]) == (2, False)
+    vendors.set_pixian(100)  # pixian stops at its budget of 2, not at its balance: poof takes the rest
+    budget = {"pixian_default": 2}
+    op = check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["outage"], max_credits_per_account=budget)
+    estimate, _, error = run(op)
+    assert error is None and estimate is not None
+    assert [a["images"] for a in estimate["accounts"]] == [2, 2] and estimate["shortfall_images"] == 0
+    vendors.script["pixian"] = [401]  # a refused key is passed over with auth_failed in failover_on
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["auth_failed"]))
+    assert error is None and estimate is not None
+    assert [a["images"] for a in estimate["accounts"]] == [0, 4]
+    vendors.set_pixian(0)  # an empty primary with the default failover_on: poof pays, as before
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS))
+    assert error is None and estimate is not None
+    assert [a["images"] for a in estimate["accounts"]] == [0, 4]
+
+
 def test_a_chain_has_no_test_mode_estimate(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     """A chain given as a list is refused at DAG parse; a templated one once rendered, without retries."""
     planned["plan"] = make_plan(2)
