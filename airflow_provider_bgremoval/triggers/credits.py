@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -209,15 +208,35 @@ class CreditsTrigger(BaseTrigger):
     async def _poll(self) -> dict[str, Any]:
         try:
             target = self.pool_target() if self.pooled else parse_min_credits(self.min_credits)
-            hook = None if isinstance(target, PoolTarget) else await self.get_hook()
-        except Exception as exc:  # bad target or missing connection: nothing will change that
+        except Exception as exc:  # a bad target: nothing will change that
             return self._error(exc, fatal=True)
         if isinstance(target, PoolTarget):
             return await self._repeat(lambda polls: self.poll_pool(target, polls), {})
-        assert hook is not None
-        async with aclosing(hook):
-            poll = functools.partial(self.poll_account, hook, target)
+        hooks: list[BackgroundRemovalHook[Any]] = []  # the account's hook, once it could be made
+        try:
+            poll = functools.partial(self._poll_with_hook, hooks, target)
             return await self._repeat(poll, {"min_credits": str(target)})
+        finally:
+            for hook in hooks:
+                await hook.aclose()
+
+    async def _poll_with_hook(
+        self, hooks: list[BackgroundRemovalHook[Any]], threshold: Decimal, polls: int
+    ) -> Poll:
+        """
+        :meth:`poll_account`, the hook made first if not yet: a connection that cannot be read yet (the
+        API server restarting, a secrets backend timing out) is read again at the next poll, as the
+        sensor's poke does; a missing connection or a bad one is fatal.
+        """
+        if not hooks:
+            try:
+                hooks.append(await self.get_hook())
+            except Exception as exc:
+                if is_fatal_balance_error(exc):
+                    return Poll(fatal=exc)
+                log.warning("Poll %d: %s", polls, describe_poll_failure(str(self.conn_id), exc))
+                return Poll()
+        return await self.poll_account(hooks[0], threshold, polls)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the threshold is met (or a fatal error), yield one event, return."""

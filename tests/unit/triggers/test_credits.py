@@ -224,6 +224,27 @@ async def test_hook_can_be_injected(vendors: FakeVendors, travel: TimeTravel) ->
     assert event.payload["balance"]["remaining"] == "7"
 
 
+async def test_a_connection_that_cannot_be_read_yet_is_read_again(
+    vendors: FakeVendors, travel: TimeTravel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The API server restarting, a secrets backend timing out: the sensor's poke polls again, and so
+    # does the trigger (it ended with a fatal event: the task failed without retries, or was skipped).
+    attempts: list[str] = []
+
+    class Flaky(CreditsTrigger):
+        async def get_hook(self) -> BackgroundRemovalHook[Any]:
+            attempts.append(str(self.conn_id))
+            if len(attempts) == 1:
+                raise RuntimeError("API_SERVER_ERROR: connection lookup timed out")
+            return await super().get_hook()
+
+    vendors.set_poof(500, 100)
+    [event] = await events(Flaky("poof_default", "400", poll_interval=5))
+    assert event.payload["status"] == "success" and event.payload["polls"] == 2
+    assert attempts == ["poof_default", "poof_default"] and travel.waits == [5.0]
+    assert "Poll 1: " in caplog.text and "API_SERVER_ERROR" in caplog.text
+
+
 # -- against the sandbox over real sockets ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("conn_id", "vendor", "target"),
