@@ -338,7 +338,15 @@ class CreditsPreflightOperator(BucketJobOperator):
             return job.plan_batch(check=check)
         ti = context["ti"]
         try_number = int(getattr(ti, "try_number", 1) or 1)
-        prefix = plan_prefix(job.spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, try_number)
+        map_index = getattr(ti, "map_index", None)  # a mapped pre-flight: one plan folder per instance
+        prefix = plan_prefix(
+            job.spec.internal_prefix,
+            ti.dag_id,
+            ti.run_id,
+            ti.task_id,
+            try_number,
+            map_index if isinstance(map_index, int) else None,
+        )
         return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
 
     @staticmethod

@@ -43,19 +43,29 @@ SAMPLES = 3
 AIRFLOW_MAX_MAP_LENGTH = 1024
 
 
-def plan_prefix(internal_prefix: str, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+def plan_prefix(
+    internal_prefix: str,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int,
+    map_index: int | None = None,
+) -> str:
     """
     The folder of one planning task try's plan: each id one folder name (:func:`~.naming.folder_name`),
-    so two runs never share a folder.
+    so two runs never share a folder, nor two mapped instances of one task (``map-<n>/``).
 
     :param internal_prefix: the provider's folder (``BatchSpec.internal_prefix``).
     :param dag_id: the DAG id.
     :param run_id: the DAG run id.
     :param task_id: the planning task's id.
     :param try_number: the planning task's try.
+    :param map_index: the planning task's map index (``None`` or negative: not mapped; its folder is as
+        it always was).
     """
     parts = "/".join(folder_name(value) for value in (dag_id, run_id, task_id))
-    return f"{internal_prefix}plans/{parts}/try-{try_number}/"
+    mapped = "" if map_index is None or map_index < 0 else f"map-{map_index}/"
+    return f"{internal_prefix}plans/{parts}/{mapped}try-{try_number}/"
 
 
 def check_shard_limits(max_shards: int | None, min_shard_size: int | None) -> None:

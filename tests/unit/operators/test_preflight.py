@@ -25,7 +25,7 @@ from airflow_provider_bgremoval.operators.preflight import (
     SafetyMargin,
 )
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
-from airflow_provider_bgremoval.pipeline.plan_store import ShardRef
+from airflow_provider_bgremoval.pipeline.plan_store import ShardRef, read_shard
 from airflow_provider_bgremoval.pipeline.planning import (
     META_OPTIONS_HASH,
     META_SOURCE,
@@ -504,6 +504,39 @@ def _sharded(
         gcp_conn_id=None,
         **kwargs,
     )
+
+
+@pytest.mark.integration
+def test_mapped_pre_flights_keep_one_plan_each(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket_factory: Any
+) -> None:
+    """
+    A pre-flight mapped over source prefixes into one destination: each instance has its own plan
+    folder (they shared dag, run, task and try, so the second's create-only chunk write was refused).
+    """
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    photo = (IMAGES / "horse.png").read_bytes()
+    for prefix, count in (("a/", 2), ("b/", 3)):
+        for number in range(count):
+            gcs_storage.write(src, f"{prefix}{number}.png", photo, content_type="image/png")
+    vendors.set_pixelcut(100)
+    plans = []
+    for map_index, (prefix, count) in enumerate((("a/", 2), ("b/", 3))):
+        op = _sharded(src, dst, max_shards=1, min_shard_size=1)
+        op.source_prefix = prefix
+        ti = mock.MagicMock(dag_id="dag", run_id="manual__1", task_id="check_credits", map_index=map_index)
+        ti.try_number = 1
+        pushed: dict[str, Any] = {}
+        ti.xcom_push.side_effect = lambda key, value, pushed=pushed: pushed.__setitem__(key, value)
+        estimate = op.execute({"ti": ti})  # type: ignore[arg-type]
+        assert estimate["billable_images"] == count
+        [ref] = [ShardRef.model_validate(ref) for ref in pushed["shards"]]
+        assert ref.plan.endswith(f"/check_credits/map-{map_index}/try-1/")
+        job = op.prepare_job()
+        plan = read_shard(job.storage, job.spec, ref)
+        assert [item.source.name for item in plan.items] == [f"{prefix}{n}.png" for n in range(count)]
+        plans.append(ref.plan)
+    assert len(set(plans)) == 2
 
 
 @pytest.mark.integration

@@ -576,6 +576,12 @@ def test_plan_prefix_keeps_one_folder_per_run_whatever_its_id() -> None:
     assert slashed.count("/") == "_bgremoval/plans/dag/x/check/try-1/".count("/")  # one folder level per part
     tries = {plan_prefix("_bgremoval/", "dag", "run", "check", n) for n in (1, 2)}
     assert len(tries) == 2  # a retried pre-flight never writes into its earlier try's plan
+    mapped = [plan_prefix("_bgremoval/", "dag", "run", "check", 1, index) for index in (None, -1, 0, 1)]
+    assert mapped[:2] == ["_bgremoval/plans/dag/run/check/try-1/"] * 2  # not mapped: as it always was
+    assert mapped[2:] == [
+        "_bgremoval/plans/dag/run/check/map-0/try-1/",
+        "_bgremoval/plans/dag/run/check/map-1/try-1/",
+    ]
 
 
 @pytest.mark.parametrize(
