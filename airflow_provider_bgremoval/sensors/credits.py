@@ -141,7 +141,7 @@ class CreditsSensor(BaseSensorOperator):
             if is_fatal_balance_error(exc) or trigger.pooled:
                 raise self._fail(exc) from exc
             self.log.warning("%s", describe_poll_failure(str(self.conn_id), exc))
-            return PokeReturnValue(is_done=False)
+            poll = Poll()  # not met: deferred as any other wait (the trigger reads it again)
         if poll.met is not None:
             return PokeReturnValue(is_done=True, xcom_value=poll.met)
         if poll.fatal is not None:

@@ -463,3 +463,27 @@ def test_a_pool_and_a_threshold_from_upstream_tasks_pass_dag_parse() -> None:
     ti.xcom_pull.side_effect = [POOL, 50]  # conn_id, then min_credits (template_fields order)
     s.render_template_fields({"ti": ti})  # type: ignore[arg-type]
     assert (s.conn_ids, s.min_credits, s.pooled) == (POOL, 50, True)
+
+
+def test_deferrable_defers_when_the_connection_cannot_be_read_yet(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first poke cannot read the connection (the API server restarting): the wait goes to the
+    # triggerer, which reads it again, instead of poking on in the worker slot.
+    from airflow_provider_bgremoval.hooks import base
+
+    real = base.aget_connection
+    failures = [RuntimeError("API_SERVER_ERROR: connection lookup timed out")]
+
+    async def flaky(conn_id: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(conn_id)
+
+    monkeypatch.setattr(base, "aget_connection", flaky)
+    vendors.set_pixelcut(0)
+    s = sensor(min_credits=10, deferrable=True, poke_interval=30, timeout=3600)
+    with pytest.raises(TaskDeferred) as info:
+        s.execute(context())  # type: ignore[arg-type]
+    assert vendors.calls("pixelcut") == 0  # deferred after the one failed poke
+    assert info.value.timeout == timedelta(seconds=3600)
