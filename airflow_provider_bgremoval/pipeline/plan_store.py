@@ -598,11 +598,27 @@ def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]
         return
     bucket, prefix = split_gs_uri(shard.plan)
     for number in range(start // shard.chunk_rows, (stop - 1) // shard.chunk_rows + 1):
-        data = storage.read(bucket, prefix + chunk_name(kind, number))
+        name = prefix + chunk_name(kind, number)
+        lines = storage.read(bucket, name).splitlines()
         first = number * shard.chunk_rows
-        for offset, line in enumerate(data.splitlines()):
+        needed = min(stop, first + shard.chunk_rows) - first
+        if len(lines) < needed:  # a chunk holds chunk_rows rows but the last: this one was not the writer's
+            raise _changed(bucket, name, f"holds {len(lines)} row(s), the shard needs {needed}")
+        for offset, line in enumerate(lines):
             if start <= first + offset < stop:
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise _changed(bucket, name, f"row {first + offset} is not JSON") from None
+
+
+def _changed(bucket: str, name: str, what: str) -> InvalidOptionError:
+    """A chunk that is not what the pre-flight wrote (checksum-verified reads: a retry reads it again)."""
+    return InvalidOptionError(
+        "shard",
+        f"{gs_uri(bucket, name)} {what}: the plan was changed after the pre-flight wrote it; "
+        "run the pre-flight again",
+    )
 
 
 def read_shard(

@@ -468,6 +468,42 @@ def _ref(**changes: Any) -> dict[str, Any]:
     return {**ref.model_dump(mode="json"), **changes}
 
 
+@pytest.mark.parametrize(
+    ("chunk", "keep", "error"),
+    [
+        ("items-000001.jsonl", 200, "holds 200 row"),  # shard 0 needs rows 1000-1249, shard 1 the rest
+        ("items-000002.jsonl", 0, "holds 0 row"),  # the last chunk (500 rows) emptied
+        ("settled-000000.jsonl", 3, "holds 3 row"),
+    ],
+)
+def test_a_chunk_shorter_than_the_plan_wrote_is_refused_not_read_as_fewer_items(
+    chunk: str, keep: int, error: str
+) -> None:
+    """A chunk replaced by a shorter one (deleted, rewritten): the shard's items were missing silently."""
+    storage, writer = _written(items=2500, settled=10)
+    refs = writer.finish(max_shards=2, min_shard_size=1)
+    stored = storage.buckets["out"][PREFIX + chunk]
+    storage.put("out", PREFIX + chunk, b"".join(stored.data.splitlines(keepends=True)[:keep]))
+    touched = [ref for ref in refs if any(f"{PREFIX}{chunk}" == name for name in _chunks_of(ref))]
+    for ref in touched:
+        with pytest.raises(InvalidOptionError, match=error) as info:
+            read_shard(storage, SPEC, ref)  # type: ignore[arg-type]
+        assert info.value.parameter == "shard" and "run the pre-flight again" in str(info.value)
+    storage.put("out", PREFIX + chunk, stored.data.replace(b'{"name"', b'{"name', 1))  # a broken row
+    with pytest.raises(InvalidOptionError, match="is not JSON"):
+        read_shard(storage, SPEC, touched[0])  # type: ignore[arg-type]
+
+
+def _chunks_of(ref: ShardRef) -> list[str]:
+    """The chunk objects a shard's ranges touch."""
+    names = []
+    for kind, (start, stop) in (("items", ref.items), ("settled", ref.settled)):
+        if start < stop:
+            numbers = range(start // ref.chunk_rows, (stop - 1) // ref.chunk_rows + 1)
+            names += [PREFIX + chunk_name(kind, number) for number in numbers]
+    return names
+
+
 def test_a_descriptor_survives_json_and_xcom() -> None:
     data = _ref()
     ref = ShardRef.model_validate(json.loads(json.dumps(data)))
