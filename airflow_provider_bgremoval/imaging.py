@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps
@@ -34,6 +34,8 @@ RESULT_FORMATS = ("PNG", "JPEG", "WEBP")
 RESULT_HEADROOM = 2
 #: JPEG quality of an opaque conversion too large as a PNG whose source has no JPEG tables to reuse.
 FALLBACK_JPEG_QUALITY = 95
+#: The ICC colour space that describes the pixels of an image mode converted with its profile.
+_PROFILE_SPACES: Mapping[str, bytes] = {"CMYK": b"CMYK", "L": b"GRAY", "LA": b"GRAY"}
 
 
 @dataclass(frozen=True)
@@ -303,12 +305,52 @@ def _jpeg_settings(source: Image.Image) -> dict[str, Any]:
     return {"quality": FALLBACK_JPEG_QUALITY, "subsampling": 0}
 
 
+def _profile_space(icc: bytes | None) -> bytes | None:
+    """The colour space an ICC profile's header names (``b"RGB "``, ``b"CMYK"``, ``b"GRAY"``…)."""
+    return icc[16:20] if icc and len(icc) >= 20 else None
+
+
+def _managed_to_srgb(image: Image.Image) -> Image.Image | None:
+    """
+    A ``CMYK``, ``L`` or ``LA`` image converted to sRGB with its embedded profile of that colour space
+    (relative colorimetric, black-point compensation, alpha kept), untagged; ``None`` when it has no
+    such profile or the profile cannot be used (then the plain conversion is the best there is).
+    """
+    icc = image.info.get("icc_profile")
+    if not icc or _profile_space(icc) != _PROFILE_SPACES.get(image.mode) or "transparency" in image.info:
+        return None  # (a grey tRNS is left to normalise_mode, which makes it alpha)
+    alpha = image.getchannel("A") if image.mode == "LA" else None
+    try:
+        converted = ImageCms.profileToProfile(
+            image.convert("L") if alpha is not None else image,
+            ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+            ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")),
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            outputMode="RGB",
+            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return None
+    assert converted is not None  # not in place
+    converted.info.pop("icc_profile", None)
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
 def _upright(image: Image.Image) -> Image.Image:
-    """``image`` (ours, opened from bytes) turned upright in place, in ``RGB`` or ``RGBA``."""
+    """
+    ``image`` (ours, opened from bytes) turned upright in place, in ``RGB`` or ``RGBA``, with an ICC
+    profile only when it describes those pixels: a CMYK or grey profile is applied (:func:`_managed_to_srgb`)
+    or dropped, never left on RGB pixels.
+    """
     ImageOps.exif_transpose(image, in_place=True)
-    upright = normalise_mode(image)
+    upright = _managed_to_srgb(image) or normalise_mode(image)
     mode = "RGBA" if "A" in upright.mode else "RGB"
-    return upright if upright.mode == mode else upright.convert(mode)
+    upright = upright if upright.mode == mode else upright.convert(mode)
+    if _profile_space(upright.info.get("icc_profile")) not in (None, b"RGB "):
+        upright.info.pop("icc_profile")
+    return upright
 
 
 def _encode_upload(image: Image.Image, jpeg: Mapping[str, Any], limits: InputLimits) -> tuple[bytes, str]:

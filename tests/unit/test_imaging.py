@@ -356,6 +356,98 @@ def test_cmyk_jpeg_is_converted_to_rgb() -> None:
     assert blue < 60
 
 
+def _icc_desc(text: bytes) -> bytes:
+    return b"desc" + bytes(4) + struct.pack(">I", len(text) + 1) + text + bytes(1 + 4 + 4 + 2 + 1 + 67)
+
+
+_D50 = struct.pack(">3i", 63190, 65536, 54061)
+
+
+def _cmyk_profile() -> bytes:
+    """A tiny valid CMYK ICC profile (v2, ``lut8`` A2B0): any ink at all prints a mid blue."""
+    clut = bytes((255, 128, 128)) + bytes((round(60 * 2.55), 128, 128 - 60)) * 15  # paper; Lab(60, 0, -60)
+    ramp = bytes(range(256))
+    identity = struct.pack(">9i", 65536, 0, 0, 0, 65536, 0, 0, 0, 65536)
+    a2b0 = b"mft1" + bytes(4) + bytes((4, 3, 2, 0)) + identity + ramp * 4 + clut + ramp * 3
+    return _icc(b"prtrCMYKLab ", [(b"A2B0", a2b0)])
+
+
+def _gray_profile() -> bytes:
+    """A tiny valid grey ICC profile (v2, gamma 1.0: mid grey 128 is sRGB 188)."""
+    return _icc(b"mntrGRAYXYZ ", [(b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100))])
+
+
+def _icc(kind: bytes, own: list[tuple[bytes, bytes]]) -> bytes:
+    white = _D50
+    tags = [(b"desc", _icc_desc(b"test profile")), (b"wtpt", b"XYZ " + bytes(4) + white), *own]
+    offset = 128 + 4 + 12 * len(tags)
+    table = body = b""
+    for signature, content in tags:
+        padded = content + bytes(-len(content) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(padded))
+        body += padded
+    header = (
+        struct.pack(">II", offset + len(body), 0)
+        + struct.pack(">I", 0x02100000)
+        + kind
+        + bytes(12)
+        + b"acsp"
+        + bytes(28)
+        + white
+        + bytes(48)
+    )
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_cmyk_jpeg_is_converted_with_its_icc_profile() -> None:
+    # Before: Pillow's plain CMYK -> RGB formula (25 % cyan read as (191, 255, 255)) with the CMYK
+    # profile left on the RGB PNG, where it describes nothing; the vendor cut out other colours.
+    icc = _cmyk_profile()
+    data = _save(Image.new("CMYK", (32, 16), (64, 0, 0, 0)), "JPEG", icc_profile=icc, quality=100)
+    prepared = prepare_input(data, GENEROUS)
+    sent = _open(prepared.data)
+    assert sent.mode == "RGB"
+    assert sent.info.get("icc_profile") is None  # sRGB pixels, untagged
+    managed = ImageCms.profileToProfile(
+        Image.new("CMYK", (1, 1), (64, 0, 0, 0)),
+        ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+        ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")),
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        outputMode="RGB",
+        flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+    )
+    assert managed is not None
+    expected = managed.getpixel((0, 0))
+    assert expected != (191, 255, 255)  # the profile's light blue, not the formula's pale cyan
+    got = sent.getpixel((5, 5))
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 3  # type: ignore[arg-type]
+
+
+def test_grey_jpeg_is_converted_with_its_icc_profile_and_grey_alpha_is_kept() -> None:
+    icc = _gray_profile()
+    data = _save(Image.new("L", (16, 16), 128), "JPEG", icc_profile=icc, quality=100)
+    sent = _open(prepare_input(data, GENEROUS).data)
+    assert (sent.mode, sent.info.get("icc_profile")) == ("RGB", None)
+    assert all(180 <= value <= 195 for value in sent.getpixel((5, 5)))  # type: ignore[union-attr]
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    keyed = _save(Image.new("L", (16, 16), 128), "PNG", icc_profile=icc, transparency=128, exif=exif)
+    sent = _open(prepare_input(keyed, GENEROUS).data)
+    assert sent.mode == "RGBA"
+    assert sent.getpixel((5, 5))[3] == 0  # type: ignore[index]
+
+
+def test_a_profile_of_another_colour_space_never_stays_on_rgb_pixels() -> None:
+    broken = _cmyk_profile()[:200]  # a CMYK header, unusable: converted without it and dropped
+    data = _save(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", icc_profile=broken)
+    sent = _open(prepare_input(data, GENEROUS).data)
+    assert sent.mode == "RGB"
+    assert sent.info.get("icc_profile") is None
+    red, green, blue = sent.getpixel((5, 5))  # type: ignore[misc]
+    assert red > 200
+    assert max(green, blue) < 60
+
+
 def test_16_bit_png_is_scaled_not_clipped() -> None:
     data = _save(Image.new("I;16", (30, 20), 100 * 256), "PNG")
     assert read_header(data).mode.startswith("I")
