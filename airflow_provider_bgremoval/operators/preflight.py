@@ -306,22 +306,23 @@ class CreditsPreflightOperator(BucketJobOperator):
             return estimate
         self._halt(context, estimate, amounts)
 
-    def _log_notes(self, estimate: Mapping[str, Any]) -> None:
+    @staticmethod
+    def _log_notes(estimate: Mapping[str, Any]) -> None:
         """What the estimate's figures leave unsaid: unread files, header-only checks, deferred images."""
         if estimate["local_checks"] == "batch" and estimate["billable_images"]:
             log.info(
                 "Credits pre-flight (%s): the balance covers every unfinished source, so files were not read "
                 "here; each is checked in the batch before its call (a broken one is never charged)",
-                self.conn_id,
+                estimate["conn_id"],
             )
         if estimate["checked_by_header_only"]:
             note = describe_header_only(estimate["billable_images"], estimate["checked_by_header_only"])
-            log.info("Credits pre-flight (%s): %s", self.conn_id, note)
+            log.info("Credits pre-flight (%s): %s", estimate["conn_id"], note)
         if estimate["deferred_images"]:
             log.info(
                 "Credits pre-flight (%s): the run's budget (max_images, max_credits, "
                 "max_credits_per_account) covers %d of %d billable image(s); %d wait for a later run (%s)",
-                self.conn_id,
+                estimate["conn_id"],
                 estimate["billable_images"],
                 estimate["planned_billable"],
                 estimate["deferred_images"],
@@ -417,7 +418,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         else:
             sufficient = has_enough(balances[0], needed + extra)
         estimate = {
-            "conn_id": self.conn_ids() if pooled else self.conn_id,
+            "conn_id": self.conn_ids() if pooled else self.conn_ids()[0],
             "vendor": job.processor.vendor,
             "operation": job.processor.operation,
             "sources": plan.total,
@@ -590,7 +591,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         account = estimate["balance"]["state"]
         state = "" if account == AccountState.ACTIVE.value else f" (account {account})"
         message = (
-            f"insufficient credits on {self.conn_id!r}: {billable} billable image(s) x "
+            f"insufficient credits on {estimate['conn_id']!r}: {billable} billable image(s) x "
             f"{amounts['cost_per_image']} credits need {amounts['required']}{margin}, "
             f"but only {amounts['available']} are available{state}"
         )

@@ -400,6 +400,19 @@ def test_dormant_account_halts_with_zero_available(vendors: FakeVendors, planned
     assert pushed["halt"]["available"] == "0"
 
 
+@pytest.mark.parametrize("conn_id", [["pixelcut_default"], '["pixelcut_default"]'])
+def test_one_connection_given_as_a_list_is_named_by_its_id(
+    vendors: FakeVendors, planned: dict[str, Any], conn_id: Any
+) -> None:
+    """A list of one (or a template rendering one): the halt said "on ['pixelcut_default']"."""
+    planned["plan"] = make_plan(30)
+    vendors.set_pixelcut(20)
+    _, pushed, error = run(check(conn_id))
+    assert isinstance(error, AirflowFailException)
+    assert "insufficient credits on 'pixelcut_default': 30 billable image(s)" in str(error)
+    assert pushed["estimate"]["conn_id"] == "pixelcut_default"
+
+
 def test_auth_failure_fails_at_once_with_a_halt(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     planned["plan"] = make_plan(3)
     vendors.script["pixelcut"] = [401]
