@@ -6,7 +6,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -81,8 +81,21 @@ def chart_frame(
     :param size: the image size.
     """
     end = forecast.at + timedelta(days=forecast.forecast_days)
-    highest = max(s.remaining for s in samples)
-    return ChartFrame(samples[0].at, end, highest * Decimal("1.1") if highest > 0 else Decimal(1), size)
+    return ChartFrame(samples[0].at, end, axis_top(max(s.remaining for s in samples)), size)
+
+
+def axis_top(highest: Decimal) -> Decimal:
+    """
+    The credits at the top of the plot: 10 % above the highest reading, rounded up to two significant
+    digits, so the axis label is that exact amount (``0.55``, ``1400``), never a rounding of it.
+
+    :param highest: the highest reading (1 when there is no positive one).
+    """
+    if highest <= 0:
+        return Decimal(1)
+    above = highest * Decimal("1.1")
+    step = Decimal(1).scaleb(above.adjusted() - 1)
+    return (above / step).to_integral_value(rounding=ROUND_CEILING) * step
 
 
 def render_chart(samples: Sequence[Sample], forecast: Forecast, size: tuple[int, int] = CHART_SIZE) -> bytes:
@@ -117,7 +130,7 @@ def _axes(draw: ImageDraw.ImageDraw, frame: ChartFrame) -> None:
     width, height = frame.size
     draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill=AXIS, width=1)
     font = ImageFont.load_default()
-    draw.text((4, top - 4), format_credits(frame.top.quantize(Decimal(1))), fill=TEXT, font=font)
+    draw.text((4, top - 4), format_credits(frame.top), fill=TEXT, font=font)
     draw.text((4, height - bottom - 8), "0", fill=TEXT, font=font)
     draw.text((left, height - bottom + 6), frame.start.date().isoformat(), fill=TEXT, font=font)
     end_label = frame.end.date().isoformat()

@@ -6,7 +6,8 @@ import io
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from PIL import Image
+import pytest
+from PIL import Image, ImageDraw
 
 from airflow_provider_bgremoval.credit_chart import (
     CHART_SIZE,
@@ -69,3 +70,26 @@ def test_the_title_writes_a_small_burn_rate() -> None:
         "c", None, [Sample(DAY0, Decimal("0.106")), Sample(DAY0 + timedelta(days=14), Decimal("0.05"))], 30
     )
     assert _title(fc) == "c: 0.05 credits, 0.004/day, out 2026-01-27"
+
+
+def test_the_credit_axis_is_labelled_with_its_real_top(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small fractional balance: the top of the plot was 0.55 credits but labelled "1", so a reading
+    # of 0.5 looked like 0.9; a large one was labelled a rounded 1357 where the top was 1357.4.
+    drawn: list[str] = []
+    real_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "text",
+        lambda self, xy, text, *a, **k: drawn.append(text) or real_text(self, xy, text, *a, **k),
+    )
+    for balances, top, label in (
+        ((0.5, 0.4), Decimal("0.55"), "0.55"),
+        ((1234, 1200), Decimal(1400), "1400"),
+    ):
+        samples = daily(*balances)
+        fc = forecast("c", "pixian", samples, 7)
+        frame = chart_frame(samples, fc)
+        assert frame.top == top and frame.top >= max(s.remaining for s in samples)
+        drawn.clear()
+        render_chart(samples, fc)
+        assert label in drawn
