@@ -107,6 +107,16 @@ def result_limits(vendor: str | None) -> ResultLimits:
     return RESULT_LIMITS.get(vendor or "", DEFAULT_RESULT_LIMITS)
 
 
+#: Pillow readers never run on an input: EPS's runs Ghostscript, a PostScript interpreter, on the file.
+UNSAFE_INPUT_FORMATS = frozenset({"EPS"})
+
+
+def input_formats() -> tuple[str, ...]:
+    """The Pillow readers tried on an input: all registered (plugins too) but :data:`UNSAFE_INPUT_FORMATS`."""
+    Image.init()
+    return tuple(fmt for fmt in Image.OPEN if fmt not in UNSAFE_INPUT_FORMATS)
+
+
 @contextlib.contextmanager
 def bomb_warnings_ignored() -> Iterator[None]:
     """Silence Pillow's ``DecompressionBombWarning``: our own limits judge sizes (docs/options.md)."""
@@ -225,7 +235,7 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     if not data:
         raise _reject("empty_file", "the file is empty (0 bytes)", vendor)
     try:
-        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data), formats=input_formats()) as image:
             fmt = image.format or "UNKNOWN"
             return ImageInfo(
                 fmt,
@@ -380,7 +390,7 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     info = read_header(data, vendor=vendor)
     check_limits(info, len(data), limits, vendor=vendor)
     try:
-        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data), formats=input_formats()) as image:
             image.load()
             reason = _needs_conversion(info, image.mode, limits)
             if reason is None:

@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat
+from PIL import EpsImagePlugin, Image, ImageChops, ImageCms, ImageFile, ImageStat
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError
 from airflow_provider_bgremoval.imaging import (
@@ -244,6 +244,26 @@ def test_not_an_image(data: bytes) -> None:
         read_header(data)
     assert info.value.code == "unsupported_image"
     assert _rejected(data).code == "unsupported_image"
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n%%EOF\n"
+
+
+def test_eps_is_never_handed_to_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: an EPS object was opened and decoded by Pillow's EPS reader, which runs Ghostscript (a
+    # PostScript interpreter) on the bucket's bytes; without Ghostscript it read "corrupt or truncated".
+    runs: list[object] = []
+
+    def ghostscript(*args: object, **kwargs: object) -> object:
+        runs.append(args)
+        raise OSError("Ghostscript was run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    with pytest.raises(InputRejectedError, match="not a readable image") as info:
+        read_header(EPS)
+    assert info.value.code == "unsupported_image"
+    assert _rejected(EPS).code == "unsupported_image"
+    assert runs == []
 
 
 @pytest.mark.parametrize("name", ["rocket.jpg", "astronaut.jpg", "chelsea.png", "horse.png"])
