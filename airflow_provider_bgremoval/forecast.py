@@ -283,7 +283,8 @@ class Forecast:
         rate = format_rate(self.burn_rate)
         out, days = self.runs_out_at, self.days_left
         if out is None or days is None:
-            return f"{who}: {remaining} credits, burning {rate} credits/day: no run-out in sight"
+            sight = "no credits left" if self.remaining <= 0 else "no run-out in sight"
+            return f"{who}: {remaining} credits, burning {rate} credits/day: {sight}"
         lead = _days(self.forecast_days)
         head = (
             f"{who}: {remaining} credits, burning {rate} credits/day, runs out on {out.date().isoformat()} "

@@ -268,3 +268,12 @@ def test_a_burn_rate_below_a_hundredth_is_not_written_as_0() -> None:
     assert tiny.as_dict()["burn_rate"] == "0.005"  # not rounded half-even to 0
     assert forecast("c", None, daily(900, 800, 700), 7).as_dict()["burn_rate"] == "100"
     assert forecast("c", None, daily(10, 9.666), 7).as_dict()["burn_rate"] == "0.33"
+
+
+def test_an_empty_account_that_spends_nothing_is_not_out_of_sight() -> None:
+    # 0 credits for two days (nothing left to spend): "no run-out in sight" said the opposite
+    fc = forecast("poof_default", "poof", daily(0, 0, 0), 7)
+    assert fc.burn_rate == 0
+    assert fc.describe() == "poof_default (poof): 0 credits, burning 0 credits/day: no credits left"
+    lasting = forecast("poof_default", "poof", daily(5, 5, 5), 7)
+    assert lasting.describe().endswith("burning 0 credits/day: no run-out in sight")
