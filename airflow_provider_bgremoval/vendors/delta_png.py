@@ -9,7 +9,12 @@ import io
 
 from PIL import Image, ImageChops, UnidentifiedImageError
 
-from airflow_provider_bgremoval.imaging import bomb_warnings_ignored, exif_orientation
+from airflow_provider_bgremoval.imaging import (
+    bomb_warnings_ignored,
+    exif_orientation,
+    input_formats,
+    normalise_mode,
+)
 
 #: EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``)
 _TRANSPOSE: dict[int, Image.Transpose] = {
@@ -23,6 +28,8 @@ _TRANSPOSE: dict[int, Image.Transpose] = {
 }
 
 #: look-up tables for ``Image.point`` on 8-bit channels
+#: orientations that swap width and height
+_TURNED = frozenset({5, 6, 7, 8})
 _IS_ZERO = [255] + [0] * 255
 _IS_FULL = [0] * 255 + [255]
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -32,14 +39,22 @@ class DeltaPngError(ValueError):
     """The delta PNG and the original cannot be combined (not an image, no alpha, sizes differ)."""
 
 
-def _open(data: bytes | Image.Image, what: str) -> Image.Image:
+def _open(data: bytes | Image.Image, what: str, formats: tuple[str, ...]) -> Image.Image:
+    """``data`` opened with one of Pillow's ``formats`` readers, its header read, no pixel decoded."""
     if isinstance(data, Image.Image):
         return data
     if not data:
         raise DeltaPngError(f"the {what} is empty")
     try:
         with bomb_warnings_ignored():
-            image = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data), formats=formats)
+    except _READ_ERRORS as exc:
+        raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
+
+
+def _load(image: Image.Image, what: str) -> Image.Image:
+    try:
+        with bomb_warnings_ignored():
             image.load()
     except _READ_ERRORS as exc:
         raise DeltaPngError(f"the {what} is not a readable image ({type(exc).__name__})") from None
@@ -55,6 +70,12 @@ def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
     """
     method = _TRANSPOSE.get(int(orientation))
     return image if method is None else image.transpose(method)
+
+
+def _rgb_profile(source: Image.Image) -> bytes | None:
+    """The original's ICC profile when it describes RGB pixels (a CMYK or grey one describes none here)."""
+    icc = source.info.get("icc_profile")
+    return icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -78,17 +99,20 @@ def decode_delta_png(
         it carries the delta's ICC profile, else the original's: the copied pixels are the original's
         values, in its colour space.
     """
-    delta_image = _open(delta, "delta PNG")
+    delta_image = _open(delta, "delta PNG", ("PNG",))
     if not _has_alpha(delta_image):
         raise DeltaPngError(f"the delta PNG has no alpha channel (mode {delta_image.mode})")
-    source = _open(original, "original image")
+    source = _load(_open(original, "original image", input_formats()), "original image")
     turn = exif_orientation(source) if orientation is None else orientation
-    upright = apply_orientation(source, turn)
-    if upright.size != delta_image.size:
+    width, height = source.size
+    upright_size = (height, width) if turn in _TURNED else (width, height)
+    if upright_size != delta_image.size:  # before the delta is decoded: it may declare any size
         raise DeltaPngError(
             f"the delta PNG is {delta_image.width}x{delta_image.height} but the original is "
-            f"{upright.width}x{upright.height} (orientation {turn}); was the input shrunk by max_pixels?"
+            f"{upright_size[0]}x{upright_size[1]} (orientation {turn}); was the input shrunk by max_pixels?"
         )
+    _load(delta_image, "delta PNG")
+    upright = normalise_mode(apply_orientation(source, turn))  # 16-bit grey scaled, as for sending
     fresh = delta_image is not delta and delta_image.mode == "RGBA"
     result = delta_image if fresh else delta_image.convert("RGBA")  # a copy: the caller's image is kept
     red, green, blue, alpha = result.split()
@@ -98,7 +122,7 @@ def decode_delta_png(
     # Pasting an RGB image into an RGBA one through a 0/255 mask copies the colour with alpha 255
     # where the mask is 255 and leaves every other pixel untouched: the decoding rule, exactly.
     result.paste(upright if upright.mode == "RGB" else upright.convert("RGB"), (0, 0), copy_original)
-    profile = delta_image.info.get("icc_profile") or source.info.get("icc_profile")
+    profile = delta_image.info.get("icc_profile") or _rgb_profile(source)
     if profile:
         result.info["icc_profile"] = profile
     return result

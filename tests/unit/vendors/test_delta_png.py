@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageFilter, ImageOps
+from PIL import EpsImagePlugin, Image, ImageFilter, ImageOps
 
 from airflow_provider_bgremoval.vendors.delta_png import (
     DeltaPngError,
@@ -256,3 +258,64 @@ def test_the_decoded_result_keeps_the_originals_icc_profile(name: str) -> None:
 def test_an_untagged_original_gives_an_untagged_result() -> None:
     case = build_case((IMAGES / "coffee.png").read_bytes())
     assert "icc_profile" not in decode_delta_png(case.delta_png, case.original).info
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n"
+
+
+def test_neither_image_is_handed_to_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: any format Pillow reads was decoded, an EPS by running Ghostscript on it.
+    runs: list[object] = []
+
+    def ghostscript(*args: object, **kwargs: object) -> object:
+        runs.append(args)
+        raise OSError("Ghostscript was run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    with pytest.raises(DeltaPngError, match="delta PNG is not a readable image"):
+        decode_delta_png(EPS, png(Image.new("RGB", (10, 10))))
+    with pytest.raises(DeltaPngError, match="original image is not a readable image"):
+        decode_delta_png(png(Image.new("RGBA", (10, 10))), EPS)
+    assert runs == []
+
+
+def test_a_delta_of_another_size_is_refused_before_it_is_decoded() -> None:
+    # A delta declaring 8000x8000 with its pixel data cut short: its size is the error, read from its
+    # header (before: the whole delta was decoded first, here "not a readable image (OSError)").
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 8000, 8000, 8, 6, 0, 0, 0)  # 8-bit RGBA
+    cut_short = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(64)))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(DeltaPngError, match=r"the delta PNG is 8000x8000 but the original is 10x20"):
+        decode_delta_png(cut_short, png(Image.new("RGB", (10, 20))))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = io.BytesIO()
+    Image.new("RGB", (20, 10)).save(stored, format="JPEG", exif=exif.tobytes())
+    with pytest.raises(DeltaPngError, match=r"the original is 10x20 \(orientation 6\)"):
+        decode_delta_png(png(Image.new("RGBA", (20, 10))), stored.getvalue())
+
+
+def test_a_16_bit_grey_original_is_copied_scaled_not_white() -> None:
+    original = png(Image.new("I;16", (2, 1), 100 * 256))
+    delta = Image.new("RGBA", (2, 1))
+    delta.putdata([(255, 255, 255, 0), (0, 0, 0, 0)])
+    decoded = decode_delta_png(png(delta), original)
+    assert list(decoded.get_flattened_data()) == [(100, 100, 100, 255), (0, 0, 0, 0)]
+
+
+def test_an_originals_profile_of_another_colour_space_is_not_put_on_the_rgba_result() -> None:
+    grey_profile = bytes(16) + b"GRAY" + b"XYZ " + bytes(104)
+    original = io.BytesIO()
+    Image.new("L", (4, 4), 90).save(original, format="PNG", icc_profile=grey_profile)
+    decoded = decode_delta_png(png(Image.new("RGBA", (4, 4), (255, 255, 255, 0))), original.getvalue())
+    assert decoded.getpixel((0, 0)) == (90, 90, 90, 255)
+    assert "icc_profile" not in decoded.info
