@@ -597,16 +597,7 @@ class CreditsPreflightOperator(BucketJobOperator):
         )
         pooled = estimate.get("accounts") or ()
         if pooled:
-            shares = "; ".join(
-                f"{a['conn_id']} ({a['vendor']}): {a['usable']} usable at {a['cost_per_image']} per image "
-                f"-> {a['images']} image(s)"
-                for a in pooled
-            )
-            message = (
-                f"insufficient pooled credits on {', '.join(estimate['conn_id'])}: {billable} billable "
-                f"image(s), {estimate['shortfall_images']} not covered by any account ({shares}); "
-                f"{amounts['required']} required{margin}, {amounts['available']} usable in all"
-            )
+            message = _pooled_shortfall_text(estimate, amounts, margin, self.failover_on)
         halt = HaltInfo(
             reason="insufficient_credits",
             vendor=estimate["vendor"],
@@ -629,6 +620,34 @@ class CreditsPreflightOperator(BucketJobOperator):
         if self.on_insufficient == "skip":
             raise AirflowSkipException(text)
         raise AirflowFailException(text)
+
+
+def _pooled_shortfall_text(
+    estimate: Mapping[str, Any], amounts: Mapping[str, str], margin: str, failover_on: Sequence[str]
+) -> str:
+    """
+    A chain's halt message: the images no account covers (or the margin, when every image is covered),
+    each account's share, and when the chain does not fail over out of credits, why its later accounts
+    took none of them.
+    """
+    shares = "; ".join(
+        f"{a['conn_id']} ({a['vendor']}): {a['usable']} usable at {a['cost_per_image']} per image "
+        f"-> {a['images']} image(s)"
+        for a in estimate["accounts"]
+    )
+    short = estimate["shortfall_images"]
+    covered = f"{short} not covered by any account" if short else "each covered, not the safety margin"
+    stops = (
+        "; failover_on leaves out out_of_credits, so the batch stops at the first account its balance "
+        "cannot pay for"
+        if short and "out_of_credits" not in failover_on
+        else ""
+    )
+    return (
+        f"insufficient pooled credits on {', '.join(estimate['conn_id'])}: {estimate['billable_images']} "
+        f"billable image(s), {covered} ({shares}){stops}; {amounts['required']} required{margin}, "
+        f"{amounts['available']} usable in all"
+    )
 
 
 def _price_text(estimate: Mapping[str, Any], amounts: Mapping[str, str]) -> str:

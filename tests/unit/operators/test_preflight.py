@@ -858,6 +858,22 @@ def test_a_chain_short_of_credits_halts_stating_the_pooled_shortfall(
     assert pushed["estimate"]["used_accounts"] == CHAIN[:2]
 
 
+def test_a_chain_short_only_of_its_safety_margin_says_so(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """Every image covered, the margin not: the halt said '0 not covered by any account'."""
+    planned["plan"] = make_plan(5)
+    vendors.set_pixian(3)
+    vendors.set_poof(2, 0)
+    costs = {"pixian_default": "1", "poof_default": "1"}
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=costs, safety_margin=1))
+    assert isinstance(error, AirflowFailException)
+    assert "5 billable image(s), each covered, not the safety margin (" in str(error)
+    assert "not covered by any account" not in str(error) and "failover_on" not in str(error)
+    assert "6 required incl. safety margin 1, 5 usable in all" in str(error)
+    assert pushed["halt"]["shortfall_images"] == 0
+
+
 def test_a_chain_counts_its_shortfall_within_max_credits_as_one_connection_does(
     vendors: FakeVendors, planned: dict[str, Any]
 ) -> None:
@@ -955,6 +971,7 @@ def test_a_chain_prices_nothing_past_an_empty_account_it_does_not_fail_over_from
     op = check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["auth_failed", "outage"])
     _, pushed, error = run(op)
     assert isinstance(error, AirflowFailException) and "2 not covered by any account" in str(error)
+    assert "failover_on leaves out out_of_credits, so the batch stops at the first account" in str(error)
     estimate = pushed["estimate"]
     assert [(a["conn_id"], a["images"]) for a in estimate["accounts"]] == [
         ("pixian_default", 2),
