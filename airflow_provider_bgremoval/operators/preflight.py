@@ -687,7 +687,7 @@ def _passes_on(chain: AccountChain, budget: Decimal | None, balance: Balance) ->
     """
     if chain.fails_over("out_of_credits"):
         return True
-    if not balance.usable:
+    if balance.state not in (AccountState.ACTIVE, AccountState.UNKNOWN):  # an active one may just be empty
         return chain.fails_over("auth_failed")
     return budget is not None and budget <= balance.remaining
 

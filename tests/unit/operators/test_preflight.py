@@ -978,6 +978,9 @@ def test_a_chain_prices_nothing_past_an_empty_account_it_does_not_fail_over_from
         ("poof_default", 0),
     ]
     assert (estimate["shortfall_images"], estimate["sufficient"]) == (2, False)
+    vendors.set_pixian(0)  # an active, empty primary: out of credits at the first call, not passed over
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["auth_failed", "outage"]))
+    assert isinstance(error, AirflowFailException) and pushed["estimate"]["shortfall_images"] == 4
     vendors.set_pixian(100)  # pixian stops at its budget of 2, not at its balance: poof takes the rest
     budget = {"pixian_default": 2}
     op = check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["outage"], max_credits_per_account=budget)
