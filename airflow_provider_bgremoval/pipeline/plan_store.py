@@ -607,9 +607,10 @@ def _rows(storage: GcsStorage, shard: ShardRef, kind: str, span: tuple[int, int]
         for offset, line in enumerate(lines):
             if start <= first + offset < stop:
                 try:
-                    yield json.loads(line)
+                    row = json.loads(line)
                 except ValueError:
                     raise _changed(bucket, name, f"row {first + offset} is not JSON") from None
+                yield row
 
 
 def _changed(bucket: str, name: str, what: str) -> InvalidOptionError:
