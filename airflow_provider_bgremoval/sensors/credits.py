@@ -105,8 +105,13 @@ class CreditsSensor(BaseSensorOperator):
     def pool_costs(self) -> dict[str, str]:
         """With ``min_images``: each account's cost per image (given, else its vendor's), as strings."""
         costs: dict[str, str] = {}
+        given = self.cost_per_image
+        if isinstance(given, Mapping) and (unknown := sorted(set(given) - set(self.conn_ids))):
+            raise InvalidOptionError(  # a typo would silently price that account at its vendor's cost
+                "cost_per_image",
+                f"{', '.join(map(repr, unknown))} is not one of the connections {self.conn_ids}",
+            )
         for conn_id in self.conn_ids if self.min_images is not None else ():
-            given = self.cost_per_image
             value = given.get(conn_id) if isinstance(given, Mapping) else given
             if value is None:
                 with closing(BackgroundRemovalHook.get_hook(conn_id)) as hook:

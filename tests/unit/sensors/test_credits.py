@@ -353,6 +353,14 @@ def test_pool_total_in_images_at_each_vendors_cost(vendors: FakeVendors) -> None
     ).is_done
 
 
+def test_a_cost_for_a_connection_not_watched_fails_at_once(vendors: FakeVendors) -> None:
+    # a typo ('pixian_defualt') would price pixian_default at its vendor's cost table instead
+    s = pool_sensor(min_images=5, pooling="total", cost_per_image={"pixian_defualt": "1.5"})
+    with pytest.raises(AirflowFailException, match="'pixian_defualt' is not one of the connections"):
+        poke(s)
+    assert vendors.requests == []
+
+
 def test_pool_fatal_error_fails_unless_met(vendors: FakeVendors) -> None:
     vendors.set_poof(100, 0)
     vendors.script["pixian"] = [401, 401]
