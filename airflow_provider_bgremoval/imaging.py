@@ -517,26 +517,38 @@ def normalise_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if image.has_transparency_data else "RGB")
 
 
+def _profile_of(image: Image.Image) -> bytes | None:
+    """``image``'s ICC profile when it describes its pixels (RGB for colour, grey for ``L``/``LA``)."""
+    icc = image.info.get("icc_profile")
+    wanted = b"GRAY" if image.mode in ("L", "LA") else b"RGB "
+    return icc if isinstance(icc, bytes) and _profile_space(icc) == wanted else None
+
+
 def encode(image: Image.Image, fmt: str, quality: int) -> bytes:
-    """Encode ``image`` as ``png``, ``jpeg`` (flattened on white) or ``webp``."""
+    """Encode ``image`` as ``png``, ``jpeg`` (flattened on white) or ``webp``, its ICC profile kept."""
     out = io.BytesIO()
     if fmt == "jpeg":
         if image.mode != "RGB":
             image = flatten(image, "#ffffff")
-        image.save(out, format="JPEG", quality=quality, optimize=False)
+        image.save(out, format="JPEG", quality=quality, optimize=False, icc_profile=_profile_of(image))
     elif fmt == "webp":
-        image.save(out, format="WEBP", quality=quality, method=4)
+        icc = _profile_of(image) if image.mode in ("RGB", "RGBA") else None  # WebP stores RGB(A) only
+        image.save(out, format="WEBP", quality=quality, method=4, icc_profile=icc)
     else:
-        image.save(out, format="PNG", compress_level=6)
+        image.save(out, format="PNG", compress_level=6, icc_profile=_profile_of(image))
     return out.getvalue()
 
 
 def flatten(image: Image.Image, color: str) -> Image.Image:
-    """Composite ``image`` over an opaque colour."""
+    """Composite ``image`` over an opaque colour (its RGB ICC profile kept: the pixels are still in it)."""
     rgba = image.convert("RGBA")
     base = Image.new("RGBA", rgba.size, color)
     base.alpha_composite(rgba)
-    return base.convert("RGB")
+    flat = base.convert("RGB")
+    icc = _profile_of(rgba)
+    if icc is not None:
+        flat.info["icc_profile"] = icc
+    return flat
 
 
 def apply_local_steps(

@@ -746,6 +746,36 @@ def test_flatten_composites_alpha() -> None:
     assert flatten(half, "#ffffff").getpixel((0, 0)) == (127, 127, 127)
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        LocalSteps(output_format="jpeg"),
+        LocalSteps(output_format="webp"),
+        LocalSteps(background_color="#ffffff"),
+        LocalSteps(background_color="#000000", output_format="webp"),
+        LocalSteps(crop=True, output_format="jpeg"),
+    ],
+    ids=["jpeg", "webp", "flattened-png", "flattened-webp", "cropped-jpeg"],
+)
+def test_local_steps_keep_the_results_icc_profile(steps: LocalSteps, images_dir: Path) -> None:
+    # Before: a JPEG or WebP output, or any flattened one, lost the profile (a Display P3 photo's cut-out
+    # read as sRGB: other colours); a PNG kept it. The delta PNG decoder carries the original's profile.
+    icc = _open((images_dir / "rocket.jpg").read_bytes()).info["icc_profile"]
+    cutout = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    cutout.paste((200, 30, 30, 255), (10, 10, 30, 20))
+    content, _type, _width, _height = apply_local_steps(
+        _save(cutout, "PNG", icc_profile=icc), steps, vendor="pixian"
+    )
+    assert _open(content).info.get("icc_profile") == icc
+
+
+def test_a_grey_profile_is_not_put_on_a_colour_output() -> None:
+    grey = bytes(16) + b"GRAYXYZ " + bytes(108)
+    result = _save(Image.new("LA", (8, 8), (90, 255)), "PNG", icc_profile=grey)
+    content, *_ = apply_local_steps(result, LocalSteps(background_color="#ffffff"), vendor="pixian")
+    assert "icc_profile" not in _open(content).info
+
+
 # -- vendor results that cannot be used: one typed error, a clear code, plain words -------------------
 
 
