@@ -248,7 +248,7 @@ class CreditsPreflightOperator(BucketJobOperator):
                 "Pixian test-mode estimate on %s: %s credits per image", item.source.uri, format_credits(cost)
             )
             return cost
-        raise AirflowException(f"Pixian refused every sample tried for the test-mode estimate: {last}")
+        raise _SamplesRefusedError(f"Pixian refused every sample tried for the test-mode estimate: {last}")
 
     def _price(
         self, job: BucketJob, plan: BatchPlan | PlanWriter, hook: PixianHook | None
@@ -257,6 +257,36 @@ class CreditsPreflightOperator(BucketJobOperator):
             return self.test_estimate(hook, job.storage, plan), "test_estimate"
         source = "cost_table" if self.cost_per_image in (None, "") else "cost_per_image"
         return job.processor.cost_per_image, source
+
+    def _priced(
+        self,
+        context: Context,
+        job: BucketJob,
+        plan: BatchPlan | PlanWriter,
+        hook: PixianHook | None,
+        max_shards: int | None,
+    ) -> tuple[Decimal, str, BatchPlan | PlanWriter]:
+        """
+        :meth:`_price`; when Pixian refuses every sample of an unchecked plan (its first sources may be
+        files no check would pass, e.g. macOS ``._name.jpg`` resource forks), the plan checked, priced
+        on its samples.
+        """
+        try:
+            return (*self._price(job, plan, hook), plan)
+        except _SamplesRefusedError as exc:
+            if plan.checked:
+                raise
+            log.warning("Credits pre-flight: %s; checking the files for samples a check passes", exc)
+        plan = self._checked(context, job, plan, max_shards)
+        return (*self._price(job, plan, hook), plan)
+
+    def _checked(
+        self, context: Context, job: BucketJob, plan: BatchPlan | PlanWriter, max_shards: int | None
+    ) -> BatchPlan | PlanWriter:
+        """An unchecked plan checked: in memory, or a kept plan planned again with the checks."""
+        if isinstance(plan, BatchPlan):
+            return job.check_plan(plan)
+        return self._plan(context, job, max_shards, check=True)  # its items are not in memory
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Plan, price, read the balance, and pass (estimate to XCom) or halt."""
@@ -271,16 +301,13 @@ class CreditsPreflightOperator(BucketJobOperator):
             test_hook = self._test_estimate_hook_or_fail(job)
             # Unchecked, every unfinished source is billable: an upper bound the local checks only lower.
             plan = self._plan(context, job, max_shards, check=False)
-            cost, cost_source = self._price(job, plan, test_hook)
+            cost, cost_source, plan = self._priced(context, job, plan, test_hook, max_shards)
             balances = self._balances(context, job, plan.billable)
             estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
             # Too close to call, or only a header can tell (which account of a chain takes an image):
             # check the files, price again.
             if not plan.checked and (not estimate["sufficient"] or self._limits_decide(job, estimate)):
-                if isinstance(plan, BatchPlan):
-                    plan = job.check_plan(plan)
-                else:  # a kept plan is planned again, with the checks (docs/credits.md)
-                    plan = self._plan(context, job, max_shards, check=True)
+                plan = self._checked(context, job, plan, max_shards)  # docs/credits.md
                 estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
         except DestinationCollisionError as exc:  # sources that share an output: retrying cannot fix it
             raise AirflowFailException(str(exc)) from exc
@@ -648,6 +675,10 @@ def _pooled_shortfall_text(
         f"billable image(s), {covered} ({shares}){stops}; {amounts['required']} required{margin}, "
         f"{amounts['available']} usable in all"
     )
+
+
+class _SamplesRefusedError(AirflowException):
+    """Pixian refused every sample tried for the test-mode estimate."""
 
 
 def _price_text(estimate: Mapping[str, Any], amounts: Mapping[str, str]) -> str:

@@ -348,6 +348,41 @@ def test_pixian_test_estimate_spends_nothing(vendors: FakeVendors, planned: dict
     assert calls == ["/api/v2/remove-background", "/api/v2/account"]
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("max_shards", [None, 2])
+def test_a_test_estimate_whose_first_samples_are_junk_checks_the_files_for_real_ones(
+    vendors: FakeVendors,
+    gcs_storage: GcsStorage,
+    gcs_bucket_factory: Any,
+    max_shards: int | None,
+) -> None:
+    """
+    macOS resource forks (``._0.png``…) sort first: the three samples of the unchecked plan were refused
+    (no readable image) and the pre-flight failed ('refused every sample') although two photos could be
+    priced.
+    """
+    src, dst = gcs_bucket_factory("src"), gcs_bucket_factory("dst")
+    photo = (IMAGES / "horse.png").read_bytes()
+    for number in range(3):
+        gcs_storage.write(
+            src, f"in/._{number}.png", b"\x00\x05\x16\x07 resource fork", content_type="image/png"
+        )
+    for name in ("a", "b"):
+        gcs_storage.write(src, f"in/{name}.png", photo, content_type="image/png")
+    vendors.calculated = "0.5"
+    vendors.set_pixian(100)
+    op = _sharded(src, dst, "pixian_default", use_test_estimate=True, max_shards=max_shards, min_shard_size=1)
+    estimate, _, error = run(op)
+    assert error is None and estimate is not None
+    assert (estimate["cost_source"], estimate["cost_per_image"]) == ("test_estimate", "0.5")
+    assert (estimate["billable_images"], estimate["rejected_locally"], estimate["local_checks"]) == (
+        2,
+        3,
+        "plan",
+    )
+    assert vendors.billed == 0
+
+
 def test_test_estimate_is_pixian_only(vendors: FakeVendors, planned: dict[str, Any]) -> None:
     """Only the connection tells the vendor: refused at run time, without retries (retrying cannot help)."""
     planned["plan"] = make_plan(2)
