@@ -126,6 +126,7 @@ class BucketImageOperator(BucketJobOperator):
             claim_lease = parse_lease_seconds(self.claim_lease)
             job = self.prepare_job()
             plan = job.plan_batch()
+            max_credits = self._shard_budget(job, max_credits)
         except (InvalidOptionError, DestinationCollisionError) as exc:  # retrying cannot fix these
             raise AirflowFailException(str(exc)) from exc
         spec, vendor = job.spec, job.processor.vendor
@@ -137,7 +138,7 @@ class BucketImageOperator(BucketJobOperator):
             spec.internal_prefix, ti.dag_id, ti.run_id, ti.task_id, map_index, try_number
         )
         earlier = _earlier_tries(job, manifest_name, try_number)
-        max_credits = _left_after_earlier_tries(job, self._shard_budget(job, max_credits), earlier)
+        max_credits = _left_after_earlier_tries(job, max_credits, earlier)
         if plan.total == 0:
             log.info(
                 "Nothing to do: no source objects under gs://%s/%s match the filters",

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
 from airflow_provider_bgremoval.hooks.pixian import PixianHook
@@ -209,6 +210,22 @@ def test_a_shard_task_spends_at_most_its_share_of_each_accounts_budget(vendors: 
         assert shard_job.chain is not None
         assert [a.budget for a in shard_job.chain.accounts] == [expected, None]  # the smaller, per account
         bucket_job.run_coroutine(shard_job.aclose_hooks())
+
+
+def test_a_shard_task_budget_the_plan_carries_no_share_of_fails_without_retries(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of the 2 mapped tasks would spend all of its own max_credits: retrying cannot fix that."""
+    storage, refs = _kept_plan(sources=10, shards=2)
+    op = RemoveBackgroundOperator(
+        task_id="t", conn_id="poof_default", shard=refs[1].model_dump(mode="json"), max_credits=5, **BUCKETS
+    )
+    job = dataclasses.replace(op.prepare_job(), storage=storage)  # type: ignore[arg-type]
+    monkeypatch.setattr(op, "prepare_job", lambda: job)
+    with pytest.raises(AirflowFailException, match="shard 2 of 2 carries no share"):
+        op.execute({"ti": None})  # type: ignore[typeddict-item]
+    bucket_job.run_coroutine(job.aclose_hooks())
+    assert vendors.requests == []
 
 
 def test_shard_and_source_objects_are_exclusive(vendors: FakeVendors) -> None:
