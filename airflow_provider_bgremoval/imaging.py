@@ -541,10 +541,9 @@ def encode(image: Image.Image, fmt: str, quality: int) -> bytes:
 
 def flatten(image: Image.Image, color: str) -> Image.Image:
     """Composite ``image`` over an opaque colour (its RGB ICC profile kept: the pixels are still in it)."""
-    rgba = image.convert("RGBA")
-    base = Image.new("RGBA", rgba.size, color)
-    base.alpha_composite(rgba)
-    flat = base.convert("RGB")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")  # read, not changed
+    flat = Image.new("RGB", rgba.size, color)
+    flat.paste(rgba, (0, 0), rgba)  # "over" an opaque base, one new image (not three)
     icc = _profile_of(rgba)
     if icc is not None:
         flat.info["icc_profile"] = icc
@@ -583,7 +582,7 @@ def apply_local_steps(
             image = normalise_mode(image)
             if steps.crop:
                 step = "crop"
-                image = image.convert("RGBA")
+                image = image if image.mode == "RGBA" else image.convert("RGBA")
                 bbox = image.getchannel("A").getbbox()
                 if bbox is None:
                     raise InputRejectedError(
@@ -605,7 +604,6 @@ def apply_local_steps(
                 image = flatten(image, steps.background_color)
             if steps.max_size:
                 step = "resize"
-                image = image.copy()
                 image.thumbnail(steps.max_size, Image.Resampling.LANCZOS)
             step = f"{fmt} encoding"
             content = encode(image, fmt, steps.quality)
