@@ -252,7 +252,31 @@ def read_header(data: bytes, *, vendor: str | None = None) -> ImageInfo:
     except Image.DecompressionBombError as exc:
         raise _reject("too_many_pixels", f"declared dimensions are absurd ({exc})", vendor) from None
     except Exception as exc:  # Pillow's parsers raise many types on hostile bytes
-        raise _reject("unsupported_image", f"not a readable image ({type(exc).__name__})", vendor) from None
+        raise _reject("unsupported_image", _unreadable(data, exc), vendor) from None
+
+
+#: ISO-BMFF ``ftyp`` brands of HEVC-coded HEIF (HEIC) stills and sequences, e.g. iPhone photos, which
+#: Pillow reads only through the pillow-heif plugin (an AVIF, also HEIF, it reads itself).
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+
+
+def _is_heic(data: bytes) -> bool:
+    """An ``ftyp`` box first, naming a HEIC brand as its major or a compatible brand."""
+    if data[4:8] != b"ftyp":
+        return False
+    box = data[8 : min(int.from_bytes(data[:4], "big"), 256)]
+    brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}  # major, minor version, compatible...
+    return not brands.isdisjoint(_HEIC_BRANDS)
+
+
+def _unreadable(data: bytes, exc: Exception) -> str:
+    """Why an input is not a readable image, naming a HEIC/HEIF photo and what reads it."""
+    if _is_heic(data):
+        return (
+            "not a readable image: a HEIC/HEIF photo, which Pillow reads only with the pillow-heif plugin "
+            "(install it and call pillow_heif.register_heif_opener() in the worker, or send a JPEG)"
+        )
+    return f"not a readable image ({type(exc).__name__})"
 
 
 def check_size(size: int, limits: InputLimits, *, vendor: str | None = None) -> None:

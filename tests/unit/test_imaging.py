@@ -248,6 +248,22 @@ def test_not_an_image(data: bytes) -> None:
     assert _rejected(data).code == "unsupported_image"
 
 
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    box = b"ftyp" + major + bytes(4) + b"".join(compatible)
+    return struct.pack(">I", 4 + len(box)) + box + struct.pack(">I", 16) + b"meta" + bytes(8)
+
+
+def test_a_heic_photo_is_named_with_what_reads_it() -> None:
+    # Before: an iPhone photo read "not a readable image (UnidentifiedImageError)", as random bytes do.
+    for heic in (_ftyp(b"heic", b"mif1", b"heic"), _ftyp(b"mif1", b"mif1", b"heic", b"miaf")):
+        error = _rejected(heic)
+        assert error.code == "unsupported_image"
+        assert "not a readable image: a HEIC/HEIF photo" in error.message
+        assert "pillow-heif" in error.message
+    broken_avif = _ftyp(b"avif", b"mif1", b"avif", b"miaf")
+    assert "HEIC" not in _rejected(broken_avif).message
+
+
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n%%EOF\n"
 
 
