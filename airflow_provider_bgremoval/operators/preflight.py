@@ -386,8 +386,9 @@ class CreditsPreflightOperator(BucketJobOperator):
         if not job.account_limits:
             return False
         wanted = int(estimate["billable_images"])
-        return any(
-            Decimal(entry["usable"]) < Decimal(entry["cost_per_image"]) * wanted
+        return any(  # an unusable account pays for none, also at 0 per image
+            not _takes_calls(AccountState(entry["state"]))
+            or Decimal(entry["usable"]) < Decimal(entry["cost_per_image"]) * wanted
             for entry in estimate.get("accounts") or ()
         )
 
@@ -506,6 +507,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             [_usable(account.budget, balance) for account, balance in zip(accounts, balances, strict=True)],
             max_credits,
             [_passes_on(job.chain, a.budget, b) for a, b in zip(accounts, balances, strict=True)],
+            [_takes_calls(balance.state) for balance in balances],
         )
         for mask, run in groupby(accepted):
             pool.take(sum(1 for _ in run), [i for i in range(len(accounts)) if mask is None or mask >> i & 1])
@@ -709,6 +711,15 @@ def _usable(budget: Decimal | None, balance: Balance) -> Decimal:
     return usable if budget is None else min(usable, budget)
 
 
+def _takes_calls(state: AccountState) -> bool:
+    """
+    Whether an account in ``state`` can take the batch's calls at all: not dormant, suspended, nor with
+    its key refused (counted suspended). An active account with no credits still does: at 0 per image
+    (Pixian's test mode) its calls are free.
+    """
+    return state in (AccountState.ACTIVE, AccountState.UNKNOWN)
+
+
 def _passes_on(chain: AccountChain, budget: Decimal | None, balance: Balance) -> bool:
     """
     Whether the batch moves the images an account cannot pay for on to the next account: always when
@@ -718,7 +729,7 @@ def _passes_on(chain: AccountChain, budget: Decimal | None, balance: Balance) ->
     """
     if chain.fails_over("out_of_credits"):
         return True
-    if balance.state not in (AccountState.ACTIVE, AccountState.UNKNOWN):  # an active one may just be empty
+    if not _takes_calls(balance.state):  # an active one may just be empty
         return chain.fails_over("auth_failed")
     return budget is not None and budget <= balance.remaining
 
@@ -733,12 +744,15 @@ class _Pool:
     :param cap: the credits ``max_credits`` leaves (``None``: no cap).
     :param passes: whether the images an account cannot pay for go on to the next one (the batch fails
         over when it is spent); else they are short (empty: every account passes them on).
+    :param takes: whether each account takes calls at all (:func:`_takes_calls`; empty: every one). One
+        that does not takes no image whatever its cost: 0 usable credits at 0 per image pay for none.
     """
 
     costs: list[Decimal]
     usable: list[Decimal]
     cap: Decimal | None
     passes: Sequence[bool] = ()
+    takes: Sequence[bool] = ()
     needed: Decimal = Decimal(0)
     shortfall: int = 0
     unaccepted: int = 0
@@ -771,7 +785,10 @@ class _Pool:
         for index in order:
             cost = self.costs[index]
             left = self.left[index] if self.cap is None else min(self.left[index], self.cap)
-            images = count if cost <= 0 else min(count, int(max(left, Decimal(0)) // cost))
+            if self.takes and not self.takes[index]:
+                images = 0
+            else:
+                images = count if cost <= 0 else min(count, int(max(left, Decimal(0)) // cost))
             self.images[index] += images
             self.left[index] -= cost * images
             self._place(images, index, cost)

@@ -175,3 +175,20 @@ def test_pool_costs_are_parsed_exactly_and_never_negative() -> None:
     for bad in ("-1", "NaN", "a lot"):
         with pytest.raises(InvalidOptionError, match=r"costs\['pixian_default'\]"):
             PoolTarget.parse(["pixian_default"], "any", None, 3, {"pixian_default": bad})
+
+
+def test_pool_in_images_an_unusable_or_unreadable_account_at_no_cost_pays_for_none() -> None:
+    # 0 usable credits at 0 per image are no free account: only a usable one pays for any number
+    costs = {"pixian_default": Decimal(0), "poof_default": Decimal(1)}
+    for pooling in ("any", "total"):
+        target = PoolTarget(POOL, pooling, min_images=3, costs=costs)
+        for pixian in (
+            bal("pixian", "0", AccountState.DORMANT),
+            bal("pixian", "5", AccountState.SUSPENDED),
+            VendorAuthError("invalid API key", vendor="pixian", status_code=401),
+            TransientVendorError("HTTP 503", vendor="pixian", status_code=503),
+        ):
+            verdict = target.verdict({"pixian_default": pixian, "poof_default": bal("poof", "2")})
+            assert not verdict.met and verdict.amounts.get("pixian_default", Decimal(0)) == 0
+        verdict = target.verdict({"pixian_default": bal("pixian", "1"), "poof_default": bal("poof", "0")})
+        assert verdict.met and verdict.met_by == ("pixian_default",)

@@ -1176,3 +1176,55 @@ def test_the_checked_pass_lists_the_sources_once(
     )
     # one listing of the sources, one pass over the outputs (two name ranges around cut/_bgremoval/)
     assert listed == [(src, "in/"), (dst, "cut/"), (dst, "cut/")]
+
+
+def test_an_unusable_account_at_no_cost_takes_no_images(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """
+    Pixian priced at 0 per image (test mode) but its key refused, or dormant: it took every image (0
+    credits "paid" for any number), so the estimate passed on Poof's balance untouched while the batch
+    failed over past Pixian and spent Poof's real credits on all of them.
+    """
+    planned["plan"] = make_plan(4)
+    vendors.set_poof(3, 0)  # 3 images at 1: one short once Pixian takes none
+    costs = {"pixian_default": "0", "poof_default": "1"}
+    vendors.script["pixian"] = [401]
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=costs))
+    assert isinstance(error, AirflowFailException) and "1 not covered by any account" in str(error)
+    accounts = pushed["estimate"]["accounts"]
+    assert [(a["state"], a["images"]) for a in accounts] == [("suspended", 0), ("active", 3)]
+    vendors.set_pixian(0, state="dormant")
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image=costs))
+    assert isinstance(error, AirflowFailException) and pushed["halt"]["shortfall_images"] == 1
+    assert [a["images"] for a in pushed["estimate"]["accounts"]] == [0, 3]
+    vendors.set_pixian(0)  # an active account in test mode pays nothing for its calls: it takes them all
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image=costs))
+    assert error is None and estimate is not None
+    assert [a["images"] for a in estimate["accounts"]] == [4, 0] and estimate["needed"] == "0"
+
+
+def test_an_unusable_account_at_no_cost_is_no_account_that_alone_pays_for_every_image(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Limits that differ (Pixian, Pixelcut): the unchecked bound passes only when each account alone pays
+    for every image. A dormant Pixian at 0 per image counted as paying for all of them, so no header was
+    read, although an image only Pixian's limits take cannot be paid for by anyone.
+    """
+    planned["plan"] = replace(make_plan(4), checked=False)
+    checked: list[BatchPlan] = []
+
+    def check_plan(self: BucketJob, plan: BatchPlan) -> BatchPlan:
+        checked.append(plan)
+        return replace(plan, checked=True)
+
+    monkeypatch.setattr(BucketJob, "check_plan", check_plan)
+    vendors.set_pixian(0, state="dormant")
+    vendors.set_pixelcut(10)
+    estimate, _, error = run(
+        check(["pixian_default", "pixelcut_default"], cost_per_image={"pixian_default": 0})
+    )
+    assert error is None and estimate is not None
+    assert len(checked) == 1 and estimate["local_checks"] == "plan"
+    assert [a["images"] for a in estimate["accounts"]] == [0, 4]
