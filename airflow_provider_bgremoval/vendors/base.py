@@ -146,6 +146,16 @@ def parse_decimal(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
+def credits_left(number: Decimal) -> Decimal:
+    """
+    ``number`` of credits, or a plain ``0`` when it is 0 or less: never below zero, nor a ``-0`` (a
+    reported ``-0`` or ``-0.0``, which ``max(number, 0)`` keeps and shows as "-0 credits").
+
+    :param number: credits as the vendor reports (or a reply lets compute) them.
+    """
+    return number if number > 0 else Decimal(0)
+
+
 def parse_charge(value: str | None) -> Decimal | None:
     """
     A credit header (``X-Credits-Charged``, ``X-Credits-Calculated``): a finite number of 0 or more,
@@ -604,13 +614,13 @@ class VendorWire(ABC):
         self, remaining: Decimal, state: AccountState = AccountState.ACTIVE, **fields: Any
     ) -> Balance:
         """
-        This vendor's :class:`Balance`, a negative ``remaining`` read as 0.
+        This vendor's :class:`Balance`, a negative ``remaining`` read as 0 (:func:`credits_left`).
 
         :param remaining: the credits the vendor reports.
         :param state: the account's state.
         :param fields: the other fields of the balance (``credit_pack``, ``raw``).
         """
-        return Balance(vendor=self.spec.name, remaining=max(remaining, Decimal(0)), state=state, **fields)
+        return Balance(vendor=self.spec.name, remaining=credits_left(remaining), state=state, **fields)
 
     def quote(self, text: str, limit: int = 300) -> str:
         """

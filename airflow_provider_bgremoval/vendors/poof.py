@@ -34,6 +34,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorSpec,
     VendorWire,
     WireRequest,
+    credits_left,
     form_fields,
     media_type,
     parse_charge,
@@ -136,7 +137,7 @@ class PoofAccount:
     @property
     def remaining(self) -> Decimal:
         """Credits left in this cycle: ``maxCredits - usedCredits``, never below zero."""
-        return max(self.max_credits - self.used_credits, Decimal(0))
+        return credits_left(self.max_credits - self.used_credits)
 
 
 def format_details(details: Any, quote: Callable[[str, int], str] = safe_excerpt) -> str:

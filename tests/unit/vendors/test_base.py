@@ -314,3 +314,23 @@ def test_a_secret_echoed_json_escaped_or_percent_encoded_is_redacted(
     for value in raw + echoed:
         assert value not in shown, shown
     assert "***" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("wire_class", "body"),
+    [
+        (PixelcutWire, {"credits_remaining": "-0"}),
+        (PixelcutWire, {"credits_remaining": -0.0}),
+        (PixianWire, {"state": "active", "credits": -0.0}),
+        (PixianWire, {"state": "active", "credits": "-0.00"}),
+        (PoofWire, {"maxCredits": -0.0, "usedCredits": 0}),
+        (PoofWire, {"maxCredits": "-0", "usedCredits": "0"}),
+    ],
+)
+def test_a_balance_of_minus_zero_is_a_plain_zero(wire_class: type[VendorWire], body: dict[str, Any]) -> None:
+    """``max(Decimal("-0"), 0)`` is ``-0``: it was kept and shown as "-0 credits"."""
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key="sk_test", api_id="id"))
+    balance = wire.parse_balance(httpx.Response(200, json=body))
+    assert str(balance.remaining) == "0"
+    assert balance.as_dict()["remaining"] == "0"
+    assert not balance.usable
