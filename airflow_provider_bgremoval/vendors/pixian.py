@@ -80,6 +80,8 @@ OTHER_IMAGE_EXTENSIONS = frozenset(
 _MARGIN_TOKEN = re.compile(r"^\d+(?:\.\d+)?(?:px|%)$")
 _CREDIT_WORDS = re.compile(r"\b(?:credits?|dormant|credit\s*pack)\b", re.IGNORECASE)
 _IMAGE_WORDS = re.compile(r"\bimage\b", re.IGNORECASE)
+#: the account states Pixian documents (any other one is read as suspended: :meth:`PixianWire.parse_balance`)
+_ACCOUNT_STATES = {"active": AccountState.ACTIVE, "dormant": AccountState.DORMANT}
 #: Pixian ignores these with ``delta_png``, and they have no local equivalent
 _GEOMETRY_OPTIONS = ("result_margin", "target_size", "vertical_alignment")
 
@@ -486,12 +488,20 @@ class PixianWire(VendorWire):
         return result.credits_calculated
 
     def parse_balance(self, response: httpx.Response) -> Balance:
+        """
+        Read ``GET /api/v2/account``. Pixian documents two states: ``active`` (a pack that is not
+        dormant) and ``dormant`` (buy a new pack to go on). Any other state is no active pack: its credits
+        cannot be counted on, so it reads as suspended with 0 usable (``raw`` keeps what Pixian said).
+        A reply without a state says nothing either way: ``unknown``, its credits as reported.
+
+        :param response: the 2xx reply.
+        """
         body, numbers = self.balance_numbers(response, "credits")
         raw_state = str(body.get("state") or "").strip().lower()
-        state = AccountState(raw_state) if raw_state in ("active", "dormant") else AccountState.UNKNOWN
+        state = _ACCOUNT_STATES.get(raw_state, AccountState.SUSPENDED) if raw_state else AccountState.UNKNOWN
         pack = body.get("creditPack")
         return self.balance(
-            Decimal(0) if state is AccountState.DORMANT else numbers["credits"],
+            numbers["credits"] if state in (AccountState.ACTIVE, AccountState.UNKNOWN) else Decimal(0),
             state,
             credit_pack=str(pack) if pack is not None else None,
             raw=dict(body),

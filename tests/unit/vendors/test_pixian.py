@@ -585,11 +585,32 @@ def test_balance_documented_example(wire: PixianWire) -> None:
     )
 
 
-def test_balance_unknown_state_and_string_credits(wire: PixianWire) -> None:
-    balance = wire.parse_balance(httpx.Response(200, json={"state": "frozen", "credits": "3.125"}))
+@pytest.mark.parametrize("state", ["frozen", "suspended", "expired", "inactive", "ACTIVE-pending", "1"])
+def test_balance_of_an_undocumented_state_has_nothing_usable(wire: PixianWire, state: str) -> None:
+    """Only ``active`` is a usable pack: another state with credits counted as usable (state unknown)."""
+    balance = wire.parse_balance(httpx.Response(200, json={"state": state, "credits": "3.125"}))
+    assert balance.state is AccountState.SUSPENDED
+    assert balance.remaining == Decimal(0)
+    assert not balance.usable
+    assert balance.raw["state"] == state
+    assert balance.credit_pack is None
+
+
+@pytest.mark.parametrize(
+    "body", [{"credits": "3.125"}, {"state": "", "credits": 3.125}, {"state": None, "credits": 3.125}]
+)
+def test_balance_without_a_state_keeps_its_string_or_number_credits(
+    wire: PixianWire, body: dict[str, Any]
+) -> None:
+    balance = wire.parse_balance(httpx.Response(200, json=body))
     assert balance.state is AccountState.UNKNOWN
     assert balance.remaining == Decimal("3.125")
-    assert balance.credit_pack is None
+    assert balance.usable
+
+
+def test_balance_state_is_read_in_any_case(wire: PixianWire) -> None:
+    balance = wire.parse_balance(httpx.Response(200, json={"state": " Active ", "credits": 2}))
+    assert (balance.state, balance.remaining) == (AccountState.ACTIVE, Decimal(2))
 
 
 @pytest.mark.parametrize(
