@@ -439,6 +439,35 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     return PreparedInput(converted, CONTENT_TYPES[fmt.lower()])
 
 
+def drop_opaque_alpha(data: bytes, limits: InputLimits) -> bytes:
+    """
+    ``data`` as an upright RGB (or grey) PNG when its transparency (alpha channel, palette or ``tRNS``)
+    is opaque everywhere, else ``data`` itself: for an operation that takes any alpha as the subject's
+    outline (Pixelcut's generate-background removes no background from an RGBA input). Bytes the input
+    checks would refuse are returned as they are, for those checks to refuse.
+
+    :param data: the image bytes.
+    :param limits: the vendor's input limits.
+    """
+    try:
+        info = read_header(data)
+        check_limits(info, len(data), limits)
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data), formats=input_formats()) as image:
+            if "A" not in image.mode and "transparency" not in image.info:
+                return data
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            normal = normalise_mode(image)
+            if "A" not in normal.mode or normal.getchannel("A").getextrema() != (255, 255):
+                return data
+            opaque = normal.convert("L" if normal.mode == "LA" else "RGB")
+            out = io.BytesIO()
+            opaque.save(out, format="PNG", compress_level=1, icc_profile=_profile_of(opaque))
+    except Exception:  # refused or unreadable: prepare_input says why, with the vendor's limits
+        return data
+    return out.getvalue()
+
+
 def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorResponseError:
     return InvalidVendorResponseError(message, vendor=vendor, code=code, possibly_charged=True)
 
