@@ -25,6 +25,8 @@ DEFAULT_GCP_CONN_ID = "google_cloud_default"
 DEFAULT_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/devstorage.read_write",)
 #: Project reported to the emulator when the connection names none.
 EMULATOR_PROJECT = "emulator"
+#: Scope of the identity that impersonates (the IAM Credentials API accepts no narrower one).
+IMPERSONATION_SOURCE_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +37,13 @@ class ResolvedCredentials:
     :param credentials: google-auth credentials, or ``None`` for the emulator (anonymous).
     :param project: project id to give ``storage.Client``, if known.
     :param source: where they came from: ``emulator``, ``keyfile_dict``, ``key_path`` or ``adc``.
+    :param impersonated: the service account these credentials act as (``impersonation_chain``), if any.
     """
 
     credentials: Credentials | None = dataclasses.field(repr=False)  # never shown: it can carry tokens
     project: str | None
     source: str
+    impersonated: str | None = None
 
 
 def get_extra_field(extras: Mapping[str, Any], field: str) -> Any:
@@ -55,7 +59,7 @@ def get_extra_field(extras: Mapping[str, Any], field: str) -> Any:
 
 
 def parse_scopes(value: Any) -> list[str] | None:
-    """Turn the ``scope`` extra (comma-separated string or list) into a list, or ``None`` if empty."""
+    """A ``scope`` or ``impersonation_chain`` extra (comma-separated or a list) as a list, or ``None``."""
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
@@ -94,17 +98,45 @@ def resolve_gcs_credentials(
         return ResolvedCredentials(None, str(conn_project or EMULATOR_PROJECT), "emulator")
 
     effective_scopes = list(scopes or parse_scopes(get_extra_field(fields, "scope")) or DEFAULT_SCOPES)
-    key = _from_connection_key(fields, gcp_conn_id, effective_scopes)
+    chain = parse_scopes(get_extra_field(fields, "impersonation_chain")) or []
+    # The identity that impersonates calls the IAM Credentials API: it needs its scope, not the storage one.
+    source_scopes = list(IMPERSONATION_SOURCE_SCOPES) if chain else effective_scopes
+    key = _from_connection_key(fields, gcp_conn_id, source_scopes)
     if key is None:
         undefined = extras is None and gcp_conn_id
         why = (
             f"connection {gcp_conn_id!r} is not defined" if undefined else "no service-account key configured"
         )
         log.info("%s: using Application Default Credentials", why)
-        key = ("adc", *_from_adc(gcp_conn_id, effective_scopes))
+        key = ("adc", *_from_adc(gcp_conn_id, source_scopes))
     source, credentials, found_project = key
+    if chain:
+        credentials = _impersonate(credentials, chain, effective_scopes)
+        found_project = _project_of_service_account(chain[-1]) or found_project
+        log.info("GCS credentials: %s impersonating %s", source, chain[-1])
     project = conn_project or found_project
-    return ResolvedCredentials(credentials, str(project) if project else None, source)
+    return ResolvedCredentials(
+        credentials, str(project) if project else None, source, impersonated=chain[-1] if chain else None
+    )
+
+
+def _impersonate(source: Credentials, chain: list[str], scopes: list[str]) -> Credentials:
+    """
+    Short-lived credentials of the chain's last service account, obtained by ``source`` through the
+    accounts before it (each granting the one before it Service Account Token Creator), as providers-google.
+    """
+    from google.auth import impersonated_credentials
+
+    return impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+        source_credentials=source, target_principal=chain[-1], delegates=chain[:-1], target_scopes=scopes
+    )
+
+
+def _project_of_service_account(email: str) -> str | None:
+    """The project of ``name@project.iam.gserviceaccount.com`` (providers-google's default), else ``None``."""
+    _, _, domain = email.partition("@")
+    project, _, rest = domain.partition(".")
+    return project if project and rest == "iam.gserviceaccount.com" else None
 
 
 def _from_connection_key(

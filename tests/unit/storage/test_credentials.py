@@ -27,6 +27,7 @@ from tests.support.connections import set_connection
 
 GCP = "google_cloud_platform"
 PREFIX = "extra__google_cloud_platform__"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +258,70 @@ def test_unusable_keyfile_dict_never_echoes_the_secret(
         resolve_gcs_credentials()
     assert "SECRETSECRET" not in str(excinfo.value)
     assert masked == ["SECRETSECRET"]
+
+
+# ----------------------------------------------------------------------------- impersonation
+def test_impersonation_chain_acts_as_its_last_account_through_the_others(
+    monkeypatch: pytest.MonkeyPatch, masked: list[str], service_account_info: dict[str, str]
+) -> None:
+    """providers-google's ``impersonation_chain`` extra: the key's account impersonates the chain's
+    last one through the delegates before it; it was ignored (every call went out as the key's account)."""
+    from google.auth import impersonated_credentials
+
+    target = "bgremoval-writer@other-project.iam.gserviceaccount.com"
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={
+            "keyfile_dict": json.dumps(service_account_info),
+            f"{PREFIX}impersonation_chain": f"hop@key-project.iam.gserviceaccount.com, {target}",
+        },
+    )
+    resolved = resolve_gcs_credentials()
+    credentials = resolved.credentials
+    assert isinstance(credentials, impersonated_credentials.Credentials)
+    assert credentials.service_account_email == target
+    assert credentials._delegates == ["hop@key-project.iam.gserviceaccount.com"]
+    assert credentials._target_scopes == list(DEFAULT_SCOPES)
+    source = credentials._source_credentials
+    assert isinstance(source, service_account.Credentials)
+    assert source.service_account_email == service_account_info["client_email"]
+    assert (resolved.source, resolved.impersonated, resolved.project) == (
+        "keyfile_dict",
+        target,
+        "other-project",
+    )
+
+
+@pytest.mark.parametrize("chain", ["writer@p.iam.gserviceaccount.com", ["writer@p.iam.gserviceaccount.com"]])
+def test_impersonation_from_adc_keeps_the_connection_project(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, chain: Any
+) -> None:
+    from google.auth import impersonated_credentials
+    from google.auth.credentials import AnonymousCredentials
+
+    adc.credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    set_connection(
+        monkeypatch,
+        "google_cloud_default",
+        GCP,
+        extra={"project": "conn-project", "scope": "https://a/s1", "impersonation_chain": chain},
+    )
+    resolved = resolve_gcs_credentials()
+    assert isinstance(resolved.credentials, impersonated_credentials.Credentials)
+    assert isinstance(resolved.credentials._source_credentials, AnonymousCredentials)  # a copy of ADC's
+    assert resolved.credentials._delegates == []
+    assert resolved.credentials._target_scopes == ["https://a/s1"]
+    assert adc.calls == [{"scopes": [CLOUD_PLATFORM]}]
+    assert (resolved.source, resolved.project) == ("adc", "conn-project")
+
+
+def test_no_impersonation_without_a_chain(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"impersonation_chain": " , "})
+    resolved = resolve_gcs_credentials()
+    assert resolved.credentials is adc.credentials and resolved.impersonated is None
+    assert adc.calls == [{"scopes": list(DEFAULT_SCOPES)}]
 
 
 def test_no_adc_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
