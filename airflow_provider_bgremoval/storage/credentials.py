@@ -185,6 +185,9 @@ def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:
     private_key = info.get("private_key")
     if isinstance(private_key, str) and private_key:
         mask_secret(private_key)  # through _compat: not logged in clear by dag.test()
+        if "\\n" in private_key:  # a key whose JSON was escaped twice; providers-google reads it too
+            info["private_key"] = private_key.replace("\\n", "\n")
+            mask_secret(info["private_key"])
     return info
 
 

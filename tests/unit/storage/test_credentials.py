@@ -163,6 +163,24 @@ def test_keyfile_dict(
     assert service_account_info["private_key"] not in repr(resolved)
 
 
+@pytest.mark.parametrize("as_string", [True, False], ids=["json-string", "dict"])
+def test_keyfile_dict_with_escaped_newlines_in_its_private_key(
+    monkeypatch: pytest.MonkeyPatch, masked: list[str], service_account_info: dict[str, str], as_string: bool
+) -> None:
+    """A key whose JSON was escaped twice (its private key holds ``\\n``, not newlines), as pasted into
+    many connections: providers-google reads it; it was refused as 'not a usable service-account key'."""
+    escaped = {
+        **service_account_info,
+        "private_key": service_account_info["private_key"].replace("\n", "\\n"),
+    }
+    keyfile: Any = json.dumps(escaped) if as_string else escaped
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"keyfile_dict": keyfile})
+    resolved = resolve_gcs_credentials()
+    assert isinstance(resolved.credentials, service_account.Credentials)
+    assert resolved.credentials.service_account_email == service_account_info["client_email"]
+    assert service_account_info["private_key"] in masked  # the key as used is masked, not only as written
+
+
 def test_keyfile_dict_project_and_scope_from_connection(
     monkeypatch: pytest.MonkeyPatch, masked: list[str], service_account_info: dict[str, str]
 ) -> None:
