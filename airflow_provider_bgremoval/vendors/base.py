@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,11 @@ _N = TypeVar("_N", int, float)
 
 #: A call's vendor options: typed, a mapping of their fields, or ``None`` (typed once by ``check_call``).
 VendorOptionsInput = OptionSet | Mapping[str, Any] | None
+
+#: ``Retry-After`` delta-seconds (RFC 9110: ``1*DIGIT``; a decimal fraction tolerated)
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+#: the longest ``Retry-After`` read, in seconds (a day); the retry policy caps it further
+MAX_RETRY_AFTER = 86_400.0
 
 #: A vendor's "MB", read as the smaller (decimal) megabyte, as the sandbox does (docs/sandbox.md).
 MEGABYTE = 1_000_000
@@ -182,19 +188,26 @@ def parse_number(value: str | None, kind: type[_N]) -> _N | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
+    """
+    Seconds from a ``Retry-After`` header: delta-seconds (digits, a decimal fraction tolerated) or an
+    HTTP date (a past one: 0). Anything else is no ``Retry-After`` (``None``: the retry policy's own
+    backoff applies): ``nan``, ``-5``, ``inf``, ``1e3`` or ``1_0`` are no delta-seconds, and reading
+    them as numbers made a retry go at once (``nan``, a negative) or asked for an endless wait. A
+    value over :data:`MAX_RETRY_AFTER` (a day; ``9`` x 400 digits is ``inf`` as a float) reads as that:
+    finite, for the retry policy's ``max_retry_after`` to cut.
+    """
+    text = (value or "").strip()
+    if not text:
         return None
-    seconds = parse_number(value, float)
-    if seconds is not None:
-        return max(0.0, seconds)
+    if _DELTA_SECONDS.fullmatch(text):
+        return min(float(text), MAX_RETRY_AFTER)
     try:
-        when = parsedate_to_datetime(value.strip())
+        when = parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return min(max(0.0, (when - datetime.now(timezone.utc)).total_seconds()), MAX_RETRY_AFTER)
 
 
 def is_http_url(url: object) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -24,11 +26,13 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.options import RemovalOptions
 from airflow_provider_bgremoval.vendors.base import (
+    MAX_RETRY_AFTER,
     ConnectionSettings,
     ImageInput,
     VendorWire,
     parse_charge,
     parse_number,
+    parse_retry_after,
 )
 from airflow_provider_bgremoval.vendors.pixelcut import PixelcutOptions, PixelcutWire
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions, PixianWire
@@ -334,3 +338,33 @@ def test_a_balance_of_minus_zero_is_a_plain_zero(wire_class: type[VendorWire], b
     assert str(balance.remaining) == "0"
     assert balance.as_dict()["remaining"] == "0"
     assert not balance.usable
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), (" 007 ", 7.0), ("0", 0.0), ("1.5", 1.5), ("9" * 400, MAX_RETRY_AFTER)]
+    + [
+        (bad, None)
+        for bad in ("nan", "NaN", "-3", "-0.5", "inf", "Infinity", "1e3", "1_0", "+5", ".5", "soon")
+    ],
+)
+def test_retry_after_delta_seconds(header: str, seconds: float | None) -> None:
+    """Only digits are delta-seconds: ``nan`` and ``-3`` read as 0 (a retry at once), ``inf`` as forever."""
+    error = poof_wire().error_from_reply(httpx.Response(429, headers={"retry-after": header}))
+    assert isinstance(error, RateLimitedError)
+    assert error.retry_after == seconds
+    assert parse_retry_after(header) == seconds
+
+
+def test_retry_after_http_dates_in_every_rfc_form() -> None:
+    soon = datetime.now(timezone.utc) + timedelta(seconds=90)
+    for header in (
+        format_datetime(soon, usegmt=True),  # IMF-fixdate
+        soon.strftime("%A, %d-%b-%y %H:%M:%S GMT"),  # obsolete RFC 850
+        soon.strftime("%a %b %d %H:%M:%S %Y"),  # obsolete asctime (no zone: GMT)
+    ):
+        after = parse_retry_after(header)
+        assert after is not None and 80 <= after <= 90, header
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT") == 0.0  # past: go now
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER  # bounded
+    assert parse_retry_after("Mon, 01 Jan 2000 25:61:61 GMT") is None
