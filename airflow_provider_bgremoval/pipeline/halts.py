@@ -36,6 +36,9 @@ class HaltInfo:
         ``available`` (its balance read after the halt, ``None`` when unknown) and ``covers``
         (images that balance pays for); empty for one connection.
     :param shortfall_images: pending images no account's balance covers (a chain; ``None``: unknown).
+    :param conn_id: the connection the halt concerns, whose vendor ``vendor`` is and whose cost prices
+        ``needed`` (in a chain, the account that refused, or the one the pending images would go to;
+        every account unusable: the last one to leave); ``None`` when not known.
     """
 
     reason: str
@@ -47,13 +50,15 @@ class HaltInfo:
     fatal: bool = False
     accounts: tuple[dict[str, Any], ...] = ()
     shortfall_images: int | None = None
+    conn_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive form for XCom and alerts."""
+        """Primitive form for XCom and alerts (``conn_id`` when known, the pooled keys for a chain)."""
         return {
             key: str(value) if isinstance(value, Decimal) else value
             for key, value in asdict(self).items()
-            if key not in ("accounts", "shortfall_images") or self.accounts
+            if (key not in ("accounts", "shortfall_images") or self.accounts)
+            and (key != "conn_id" or self.conn_id is not None)
         } | ({"accounts": [dict(entry) for entry in self.accounts]} if self.accounts else {})
 
 
@@ -94,13 +99,19 @@ class Halts:
         """
         if self.halt is None:
             self.halted_on = account or self.chain.next_account()
-            self.halt = HaltInfo(reason, vendor or self.halted_on.vendor, message, fatal=fatal)
+            halted_on = self.halted_on
+            self.halt = HaltInfo(
+                reason, vendor or halted_on.vendor, message, fatal=fatal, conn_id=halted_on.conn_id
+            )
             self.refused_by = account
             log.warning("Stopping submissions: %s", message)
 
     def exhaust(self, chain: AccountChain) -> None:
         """
         Every account is unusable: halt as one connection would, naming each account's state.
+
+        The halt is the last account's to leave (its reason, vendor and connection), and ``needed``
+        prices what is left at its cost (never at the primary's, which may have left long before).
 
         :param chain: the run's accounts.
         """
@@ -112,7 +123,7 @@ class Halts:
             )
             message = f"every account of the chain is unusable: {states}"
             self.exhausted = self.exhausted or self.halt is None
-        self.record(last.state, message, fatal=last.state != "max_credits", vendor=last.vendor)
+        self.record(last.state, message, fatal=last.state != "max_credits", account=last)
 
     async def complete(self, *, pending: int, billable: int) -> HaltInfo | None:
         """

@@ -140,6 +140,7 @@ def test_out_of_credits_stops_submitting_and_marks_the_rest_pending(buckets) -> 
     assert len(processor.calls) == 6  # one refused call, then nothing more was submitted
     assert result.halt is not None and result.halt.fatal and result.halt.reason == "out_of_credits"
     assert result.halt.remaining_images == 15 and result.halt.needed == 15 and result.halt.available == 0
+    assert result.halt.conn_id == "default" and result.halt.as_dict()["conn_id"] == "default"
     assert hook.reads == [True]  # read once, as the connection test does
     # Rerun after a top-up completes exactly the remainder.
     processor2 = ScriptedProcessor()
@@ -159,7 +160,10 @@ def test_both_accounts_out_halts_with_every_image_pending_and_the_pooled_shortfa
     assert len(primary.calls) == 1 and len(secondary.calls) == 1
     halt = result.halt
     assert halt is not None and halt.reason == "out_of_credits" and halt.fatal
-    assert halt.remaining_images == 10 and halt.needed == 10 and halt.available == Decimal("7.5")
+    # The halt is poof's (the last account to leave): it names poof_conn and prices what is left at
+    # poof's 2 credits, not at the departed primary's 1.
+    assert (halt.vendor, halt.conn_id, halt.as_dict()["conn_id"]) == ("poof", "poof_conn", "poof_conn")
+    assert halt.remaining_images == 10 and halt.needed == 20 and halt.available == Decimal("7.5")
     assert halt.shortfall_images == 5  # 3 at 1 credit, 2 at 2 credits: 5 of 10 covered
     assert [(a["conn_id"], a["covers"], a["needed"], a["available"]) for a in halt.accounts] == [
         ("pixian_conn", 3, "10", "3"),
@@ -262,7 +266,7 @@ def test_a_budget_halt_after_failover_prices_what_is_left_at_the_account_that_wo
     assert result.credits_spent == 5 and dearer.done == ["03.png"]
     halt = result.halt
     assert halt is not None and halt.reason == "max_credits"
-    assert (halt.vendor, halt.remaining_images, halt.needed) == ("poof", 3, 6)
+    assert (halt.vendor, halt.conn_id, halt.remaining_images, halt.needed) == ("poof", "poof_conn", 3, 6)
     assert "the next image costs 2 on poof_conn (poof)" in halt.message
     assert [row["status"] for row in rows] == ["done"] * 4 + ["pending"] * 3
 
@@ -291,3 +295,22 @@ def test_a_halt_prices_what_is_left_at_the_largest_charge_seen_on_its_account(bu
     halt = result.halt
     assert halt is not None and halt.reason == "max_images"
     assert (halt.vendor, halt.remaining_images, halt.needed) == ("fake", 3, Decimal("7.5"))
+
+
+def test_every_account_past_its_own_budget_halts_on_the_last_one_and_prices_what_is_left_there(
+    batch,
+) -> None:
+    """
+    pixian (1 credit, budget 1) then poof (2 credits, budget 2) each make one image; the third finds
+    neither budget open: the halt is poof's, the account that left last, and the 2 images left need
+    2 x 2 = 4 credits there (priced at the primary's 1 they read 2).
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(4))
+    dearer = _dearer(Vendor("poof", lambda n, c: Decimal(2)), 2)
+    accounts = chain(Vendor("pixian"), dearer, budgets={"pixian": "1", "poof": "2"})
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    assert result.credits_spent == 3 and [row["status"] for row in rows] == ["done"] * 2 + ["pending"] * 2
+    halt = result.halt
+    assert halt is not None and halt.reason == "max_credits" and not halt.fatal
+    assert (halt.vendor, halt.conn_id, halt.remaining_images, halt.needed) == ("poof", "poof_conn", 2, 4)
