@@ -166,7 +166,9 @@ def _from_connection_key(
         credentials = load(key, scopes=scopes)
     except FileNotFoundError:
         raise StorageConfigError(f"{what} does not exist on this worker") from None
-    except (ValueError, KeyError) as exc:
+    except OSError as exc:  # a folder, no read permission
+        raise StorageConfigError(f"{what} cannot be read on this worker ({type(exc).__name__})") from None
+    except (ValueError, KeyError, TypeError) as exc:  # TypeError: a password-protected private key
         raise StorageConfigError(
             f"{what} is not a usable service-account key ({type(exc).__name__})"
         ) from None

@@ -342,6 +342,34 @@ def test_no_impersonation_without_a_chain(monkeypatch: pytest.MonkeyPatch, adc: 
     assert adc.calls == [{"scopes": list(DEFAULT_SCOPES)}]
 
 
+def test_password_protected_key_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, masked: list[str], service_account_info: dict[str, str]
+) -> None:
+    """An encrypted PEM (``BEGIN ENCRYPTED PRIVATE KEY``) raised a bare TypeError out of the task."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    ).decode()
+    keyfile = json.dumps({**service_account_info, "private_key": pem})
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"keyfile_dict": keyfile})
+    with pytest.raises(
+        StorageConfigError, match=r"not a usable service-account key \(TypeError\)"
+    ) as excinfo:
+        resolve_gcs_credentials()
+    assert pem.splitlines()[1] not in str(excinfo.value)
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+
+
+def test_unreadable_key_path_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "key.json"
+    folder.mkdir()  # a folder where the key file should be (a volume mounted at the wrong path)
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"key_path": str(folder)})
+    with pytest.raises(StorageConfigError, match="cannot be read on this worker"):
+        resolve_gcs_credentials()
+
+
 def test_no_adc_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_adc(**kwargs: Any) -> Any:
         raise DefaultCredentialsError("Your default credentials were not found.")
