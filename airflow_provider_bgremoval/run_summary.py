@@ -26,6 +26,10 @@ def _count(value: Any) -> int:
         return 0
 
 
+#: Statuses of a later try that did nothing with a source: an earlier try's ``done`` row stands (a retry
+#: skips what an earlier try made, or leaves it pending when it stops before reaching it: a budget the
+#: earlier try spent, a halt, an interrupt).
+_NOT_PROCESSED = frozenset({"skipped", "pending"})
 #: The end of a task try's final manifest's name (its checkpoint parts end ``try-<n>.part-<k>.jsonl``).
 _FINAL = re.compile(r"try-(\d+)\.jsonl$")
 #: What separates a checkpoint part's name from its final manifest's stem (``manifest_part_name``).
@@ -57,7 +61,8 @@ class RunSummary:
     """
     What one DAG run did, from its manifests.
 
-    :param counts: sources by final status (``done`` wins over a later ``skipped`` of the same run).
+    :param counts: sources by final status (``done`` wins over a later ``skipped`` or ``pending`` of the
+        same run: that later try did not process the source).
     :param credits_spent: credits charged over every try of the run.
     :param manifests: ``gs://`` URIs of the manifests read.
     :param rows: the final row of each source (manifest row dicts).
@@ -125,7 +130,8 @@ class RunSummary:
 
 def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
     """
-    Fold the manifests of one DAG run into a :class:`RunSummary` (a source's row is its latest try's).
+    Fold the manifests of one DAG run into a :class:`RunSummary` (a source's row is its latest try's,
+    but a ``done`` row stands over a later try's ``skipped`` or ``pending`` one).
 
     :param manifests: ``(uri, bytes)`` of the manifest objects (``try-<n>.jsonl``), checkpoint parts included.
     """
@@ -141,7 +147,7 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
             if row["status"] == "done":
                 done[row["source"]] = row
     for source, row in sorted(latest.items()):
-        chosen = done.get(source, row) if row["status"] == "skipped" else row
+        chosen = done.get(source, row) if row["status"] in _NOT_PROCESSED else row
         summary.rows.append(chosen)
         summary.counts[chosen["status"]] = summary.counts.get(chosen["status"], 0) + 1
         if chosen["status"] == "done" and chosen.get("account"):

@@ -171,3 +171,36 @@ def test_only_the_manifests_that_hold_the_record_are_read() -> None:
     ]
     assert manifests_to_read(names) == [final, manifest_part_name(stopped, 1), manifest_part_name(stopped, 2)]
     assert manifests_to_read([]) == []
+
+
+def test_a_retry_that_leaves_an_earlier_tries_output_pending_does_not_undo_it() -> None:
+    # try 1 made a and b, then failed at end; try 2 had nothing left of max_credits (or halted, or was
+    # interrupted) before it reached them: its rows say pending, the outputs of try 1 are there
+    summary = summarise_manifests(
+        [
+            (
+                f"{FOLDER}/try-1.jsonl",
+                lines(
+                    {"source": "a", "status": "done", "credits": "2", "account": "px", "vendor": "pixian"},
+                    {"source": "b", "status": "done", "credits": "2", "account": "px", "vendor": "pixian"},
+                    {"source": "c", "status": "failed", "error_code": "1000"},
+                ),
+            ),
+            (
+                f"{FOLDER}/try-2.jsonl",
+                lines(
+                    {"source": "a", "status": "pending", "error_code": "max_credits"},
+                    {"source": "b", "status": "skipped", "error_code": "already_done"},
+                    {"source": "c", "status": "pending", "error_code": "max_credits"},
+                ),
+            ),
+        ]
+    )
+    assert [(row["source"], row["status"]) for row in summary.rows] == [
+        ("a", "done"),
+        ("b", "done"),
+        ("c", "pending"),  # never made: still pending
+    ]
+    assert (summary.counts["done"], summary.counts["pending"]) == (2, 1)  # was 1 done, 2 pending
+    assert summary.accounts["px"]["done"] == 2
+    assert summary.credits_spent == Decimal(4)
