@@ -465,7 +465,7 @@ def drop_opaque_alpha(data: bytes, limits: InputLimits) -> bytes:
             opaque.save(out, format="PNG", compress_level=1, icc_profile=_profile_of(opaque))
     except Exception:  # refused or unreadable: prepare_input says why, with the vendor's limits
         return data
-    return out.getvalue()
+    return out.getvalue() if out.tell() <= limits.max_bytes else data  # never refused for its new size
 
 
 def _unusable(code: str, message: str, vendor: str | None) -> InvalidVendorResponseError:
