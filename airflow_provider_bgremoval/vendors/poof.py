@@ -185,6 +185,8 @@ class PoofWire(VendorWire):
             "channels": "rgb" if background is not None else "rgba",
             "size": poof_options.size,
             "crop": options.crop,
+            # a tight crop, as Gen A and every other crop here: Gen B pads a crop by 10 % unless told
+            "padding": "0" if options.crop else None,
             "bg_color": background,
         }
         return WireRequest(

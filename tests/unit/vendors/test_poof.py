@@ -167,13 +167,20 @@ class TestRemoveRequest:
             ),
             pytest.param(
                 RemovalOptions.create(crop=True),
-                {"format": "png", "channels": "rgba", "size": "full", "crop": "true"},
+                {"format": "png", "channels": "rgba", "size": "full", "crop": "true", "padding": "0"},
                 False,
                 id="crop-native",
             ),
             pytest.param(
                 RemovalOptions.create(crop="true", output_format="jpeg", background_color="#123456"),
-                {"format": "jpg", "channels": "rgb", "bg_color": "#123456", "size": "full", "crop": "true"},
+                {
+                    "format": "jpg",
+                    "channels": "rgb",
+                    "bg_color": "#123456",
+                    "size": "full",
+                    "crop": "true",
+                    "padding": "0",
+                },
                 False,
                 id="crop-jpeg-on-colour",
             ),
