@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from airflow_provider_bgremoval.exceptions import safe_excerpt
+from airflow_provider_bgremoval.imaging import normalise_mode
 from airflow_provider_bgremoval.storage.exceptions import split_gs_uri
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,15 @@ def checkerboard(size: tuple[int, int], square: int = 8) -> Image.Image:
 
 
 def _thumbnail(data: bytes, tile: Image.Image) -> Image.Image:
-    """The image fitted and centred on the square ``tile``."""
+    """
+    The image fitted and centred on the square ``tile``: reduced first (a JPEG is decoded at a fraction
+    of its size), then turned upright by its EXIF orientation; 16-bit grey is scaled, not clipped to white.
+    """
     thumb = tile.width
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.thumbnail((thumb, thumb))
-            image = image.convert("RGBA")
+            opened.thumbnail((thumb, thumb))  # in place: only the reduced pixels are kept
+            image = normalise_mode(ImageOps.exif_transpose(opened)).convert("RGBA")
     except Exception as exc:  # a damaged object must not break the report
         log.warning("Contact sheet: cannot decode an image (%s)", exc)
         ImageDraw.Draw(tile).text((6, thumb // 2 - 6), "unreadable", fill=(180, 0, 0))

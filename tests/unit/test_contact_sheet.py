@@ -96,3 +96,43 @@ def test_rendition_images_reads_the_stored_renditions_of_a_row() -> None:
     assert rendition_images(row, read) == [("thumb", b"p/thumb/a.webp"), ("web", b"p/web/a.webp")]
     assert reads == [("b", "p/thumb/a.webp"), ("b", "p/web/a.webp")]
     assert rendition_images({"renditions": None}, read) == []
+
+
+def _tile_of(data: bytes, thumb: int = 80) -> Image.Image:
+    """The source tile a sample's bytes are drawn as (the first square of a one-pair sheet)."""
+    sheet = render_contact_sheet([("x", data, b"")], thumb=thumb, colors=None)
+    with Image.open(io.BytesIO(sheet)) as opened:
+        return opened.convert("RGB").crop((8, 28, 8 + thumb, 28 + thumb))
+
+
+def _encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def test_a_16_bit_grey_sample_is_drawn_in_its_grey_not_white() -> None:
+    data = _encoded(Image.new("I;16", (60, 40), 40000), "PNG")  # 61 % grey
+    assert _tile_of(data).getpixel((40, 40)) == (156, 156, 156)  # was (255, 255, 255): clipped
+
+
+def test_a_large_photo_is_reduced_before_it_is_turned_upright(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageOps
+
+    photo = Image.new("RGB", (4000, 2000), (20, 160, 60))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # shot sideways: turned 90 degrees to be upright
+    data = _encoded(photo, "JPEG", exif=exif.tobytes())
+    turned: list[tuple[int, int]] = []
+    transpose = ImageOps.exif_transpose
+
+    def spy(image: Image.Image, **kwargs: object) -> Image.Image | None:
+        turned.append(image.size)
+        return transpose(image, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", spy)
+    tile = _tile_of(data)
+    # a full-size decode and a full-size upright copy of it were made (8 MP here: 48 MB for a thumbnail)
+    assert turned == [(80, 40)]
+    assert tile.getpixel((40, 5)) == tile.getpixel((40, 75)) != (255, 255, 255)  # upright: tall
+    assert tile.getpixel((5, 40)) == (255, 255, 255)
