@@ -10,6 +10,9 @@ from decimal import Decimal
 
 log = logging.getLogger(__name__)
 
+#: The statuses a progress line counts.
+_SHOWN = ("done", "failed", "rejected", "pending")
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -41,6 +44,7 @@ class ProgressReporter:
         self.started = self.clock()
         self._last_time = self.started
         self._last_done = 0
+        self._last_said: tuple[int, tuple[int, ...], Decimal] | None = None  # the last line's figures
         self.lines = 0
 
     def update(
@@ -49,11 +53,13 @@ class ProgressReporter:
         """Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line."""
         now = self.clock()
         step = max(1, self.total // 10)
-        if force and self.lines and finished == self._last_done:
-            return  # the last line already said it
+        figures = tuple(counts.get(status, 0) for status in _SHOWN)
+        if force and self._last_said == (finished, figures, credits):
+            return  # the last line already said it (not so when rows were added since: pending ones)
         if not force and finished - self._last_done < step and now - self._last_time < self.every_seconds:
             return
         self._last_done, self._last_time = finished, now
+        self._last_said = finished, figures, credits
         self.lines += 1
         elapsed = max(now - self.started, 1e-9)
         rate = finished / elapsed * 60.0
@@ -66,7 +72,7 @@ class ProgressReporter:
             finished,
             self.total,
             percent,
-            *(counts.get(status, 0) for status in ("done", "failed", "rejected", "pending")),
+            *figures,
             rate,
             eta,
             credits,

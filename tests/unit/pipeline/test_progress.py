@@ -35,3 +35,17 @@ def test_time_based_line_and_forced_final_line() -> None:
     assert reporter.lines == 1
     reporter.update(3, Counter(done=3), Decimal(3), force=True)
     assert reporter.lines == 2
+
+
+def test_the_final_line_shows_the_pending_rows_recorded_after_the_last_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    reporter = ProgressReporter(100, "fake", clock=lambda: now[0], logger=logging.getLogger("progress-test"))
+    counts: Counter[str] = Counter(done=10)
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        reporter.update(10, counts, Decimal(10))  # the 10 % line
+        counts["pending"] = 90  # a halt: the images never sent are recorded pending, none finished since
+        reporter.update(10, counts, Decimal(10), force=True)
+    assert reporter.lines == 2  # was 1: the log's last line said pending=0
+    assert "10/100 (10%) done=10 failed=0 rejected=0 pending=90" in caplog.records[-1].getMessage()
