@@ -36,7 +36,8 @@ class ResolvedCredentials:
 
     :param credentials: google-auth credentials, or ``None`` for the emulator (anonymous).
     :param project: project id to give ``storage.Client``, if known.
-    :param source: where they came from: ``emulator``, ``keyfile_dict``, ``key_path`` or ``adc``.
+    :param source: where they came from: ``emulator``, ``keyfile_dict``, ``key_path``,
+        ``credential_config_file``, ``is_anonymous`` or ``adc``.
     :param impersonated: the service account these credentials act as (``impersonation_chain``), if any.
     """
 
@@ -139,41 +140,111 @@ def _project_of_service_account(email: str) -> str | None:
     return project if project and rest == "iam.gserviceaccount.com" else None
 
 
+#: providers-google's key options: mutually exclusive; without one, Application Default Credentials.
+_KEY_OPTIONS = ("key_path", "keyfile_dict", "credential_config_file", "key_secret_name", "is_anonymous")
+#: providers-google extras this provider cannot act on: refused, never replaced by another identity (ADC).
+_UNSUPPORTED_OPTIONS = ("key_secret_name", "idp_issuer_url")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+
+
+def _is_set(fields: Mapping[str, Any], option: str) -> bool:
+    value = get_extra_field(fields, option)
+    if option == "is_anonymous" and isinstance(value, str):  # a boolean form field, or its text
+        return value.strip().lower() in _TRUE
+    return bool(value)
+
+
+def _key_option(fields: Mapping[str, Any], where: str) -> str | None:
+    """The connection's one key option, or ``None`` (ADC)."""
+    given = [option for option in _KEY_OPTIONS if _is_set(fields, option)]
+    if len(given) > 1:
+        raise StorageConfigError(f"{where}: {' and '.join(map(repr, given))} are mutually exclusive")
+    for option in _UNSUPPORTED_OPTIONS:
+        if get_extra_field(fields, option):
+            raise StorageConfigError(
+                f"{where}: extra {option!r} is not supported by this provider, which reads 'keyfile_dict', "
+                "'key_path', 'credential_config_file' or 'is_anonymous' (else Application Default "
+                "Credentials): configure one of them rather than run as another identity"
+            )
+    return given[0] if given else None
+
+
 def _from_connection_key(
     fields: Mapping[str, Any], gcp_conn_id: str | None, scopes: list[str]
 ) -> tuple[str, Credentials, Any] | None:
-    """The source, service-account credentials and project from the connection's key, or ``None``."""
-    from google.oauth2 import service_account
+    """The source, credentials and project from the connection's key option, or ``None`` (none set)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.exceptions import DefaultCredentialsError
 
-    key_path = get_extra_field(fields, "key_path")
-    keyfile_dict = get_extra_field(fields, "keyfile_dict")
     where = f"connection {gcp_conn_id!r}"
-    if key_path and keyfile_dict:
-        raise StorageConfigError(f"{where}: 'key_path' and 'keyfile_dict' are mutually exclusive")
-    if keyfile_dict:
-        key: Any = _keyfile_info(keyfile_dict, f"{where}: extra 'keyfile_dict'")
-        load: Callable[..., Credentials] = service_account.Credentials.from_service_account_info
-        source, what = "keyfile_dict", f"{where}: 'keyfile_dict'"
-    elif key_path:
-        key = str(key_path)
-        if not key.endswith(".json"):  # providers-google refuses legacy P12 keys as well
-            raise StorageConfigError(f"{where}: 'key_path' must name a JSON service-account key file")
-        load = service_account.Credentials.from_service_account_file
-        source, what = "key_path", f"{where}: key file {key!r}"
-    else:
+    option = _key_option(fields, where)
+    if option is None:
         return None
+    if option == "is_anonymous":
+        log.info("GCS credentials: anonymous (connection %r sets is_anonymous)", gcp_conn_id)
+        return option, AnonymousCredentials(), None  # type: ignore[no-untyped-call]
+    key, load, what, kind = _key_loader(option, get_extra_field(fields, option), where)
     try:  # errors name the key's place and the exception's type only, never the key
-        credentials = load(key, scopes=scopes)
+        credentials, project = load(key, scopes=scopes)
     except FileNotFoundError:
         raise StorageConfigError(f"{what} does not exist on this worker") from None
     except OSError as exc:  # a folder, no read permission
         raise StorageConfigError(f"{what} cannot be read on this worker ({type(exc).__name__})") from None
-    except (ValueError, KeyError, TypeError) as exc:  # TypeError: a password-protected private key
-        raise StorageConfigError(
-            f"{what} is not a usable service-account key ({type(exc).__name__})"
-        ) from None
-    log.info("GCS credentials: service-account key from connection %r (%s)", gcp_conn_id, source)
-    return source, credentials, getattr(credentials, "project_id", None)
+    except (ValueError, KeyError, TypeError, DefaultCredentialsError) as exc:  # TypeError: an encrypted key
+        raise StorageConfigError(f"{what} is not a usable {kind} ({type(exc).__name__})") from None
+    log.info("GCS credentials: %s from connection %r (%s)", kind, gcp_conn_id, option)
+    return option, credentials, project
+
+
+_Loader = Callable[..., "tuple[Credentials, Any]"]
+
+
+def _key_loader(option: str, value: Any, where: str) -> tuple[Any, _Loader, str, str]:
+    """What to load for ``option`` and how: ``(key, load, what, kind)``."""
+    from google.oauth2 import service_account
+
+    def service_account_key(load: Callable[..., Credentials]) -> _Loader:
+        def loaded(key: Any, scopes: list[str]) -> tuple[Credentials, Any]:
+            credentials = load(key, scopes=scopes)
+            return credentials, getattr(credentials, "project_id", None)
+
+        return loaded
+
+    kind = "service-account key"
+    if option == "keyfile_dict":
+        key = _keyfile_info(value, f"{where}: extra 'keyfile_dict'")
+        return (
+            key,
+            service_account_key(service_account.Credentials.from_service_account_info),
+            f"{where}: 'keyfile_dict'",
+            kind,
+        )
+    if option == "key_path":
+        path = str(value)
+        if not path.endswith(".json"):  # providers-google refuses legacy P12 keys as well
+            raise StorageConfigError(f"{where}: 'key_path' must name a JSON service-account key file")
+        return (
+            path,
+            service_account_key(service_account.Credentials.from_service_account_file),
+            f"{where}: key file {path!r}",
+            kind,
+        )
+    return value, _load_credential_config, f"{where}: 'credential_config_file'", "credential configuration"
+
+
+def _load_credential_config(value: Any, scopes: list[str]) -> tuple[Credentials, Any]:
+    """
+    providers-google's ``credential_config_file``: the path of a credential configuration file (e.g.
+    Workload Identity Federation's), or its content as JSON text or an object.
+    """
+    import google.auth
+
+    if isinstance(value, str) and os.path.isfile(value):
+        return google.auth.load_credentials_from_file(value, scopes=scopes)  # type: ignore[no-untyped-call]
+    info = dict(value) if isinstance(value, Mapping) else json.loads(value)
+    if not isinstance(info, dict):
+        raise ValueError("not a JSON object")
+    return google.auth.load_credentials_from_dict(info, scopes=scopes)  # type: ignore[no-untyped-call]
 
 
 def _keyfile_info(raw: Any, what: str) -> dict[str, Any]:

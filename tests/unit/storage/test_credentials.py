@@ -370,6 +370,84 @@ def test_unreadable_key_path_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, t
         resolve_gcs_credentials()
 
 
+# ------------------------------------------------------------------- providers-google's other key options
+#: A Workload/Workforce Identity Federation configuration (file-sourced token); it holds no secret itself.
+#: A workforce pool: google-auth then asks no project number from the network while loading it.
+FEDERATION = {
+    "type": "external_account",
+    "audience": "//iam.googleapis.com/locations/global/workforcePools/pool/providers/p",
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    "token_url": "https://sts.googleapis.com/v1/token",
+    "credential_source": {"file": "/var/run/token"},
+}
+
+
+@pytest.mark.parametrize("form", ["dict", "json-string", "path"])
+def test_credential_config_file_is_read_not_replaced_by_adc(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, tmp_path: Path, form: str
+) -> None:
+    """providers-google's ``credential_config_file`` (path, JSON text or object): it was ignored and the
+    worker's own Application Default Credentials, another identity, were used."""
+    from google.auth import identity_pool
+
+    value: Any = FEDERATION if form == "dict" else json.dumps(FEDERATION)
+    if form == "path":
+        path = tmp_path / "federation.json"
+        path.write_text(value)
+        value = str(path)
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={f"{PREFIX}credential_config_file": value})
+    resolved = resolve_gcs_credentials()
+    assert isinstance(resolved.credentials, identity_pool.Credentials)
+    assert resolved.credentials.scopes == list(DEFAULT_SCOPES)
+    assert resolved.source == "credential_config_file"
+    assert adc.calls == []
+
+
+def test_unusable_credential_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(
+        monkeypatch, "google_cloud_default", GCP, extra={"credential_config_file": '{"type": "nonsense"}'}
+    )
+    with pytest.raises(
+        StorageConfigError, match="'credential_config_file' is not a usable credential config"
+    ):
+        resolve_gcs_credentials()
+
+
+@pytest.mark.parametrize(
+    ("value", "anonymous"), [(True, True), ("true", True), ("false", False), (False, False)]
+)
+def test_is_anonymous(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, value: Any, anonymous: bool) -> None:
+    from google.auth.credentials import AnonymousCredentials
+
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"is_anonymous": value})
+    resolved = resolve_gcs_credentials()
+    assert isinstance(resolved.credentials, AnonymousCredentials) is anonymous
+    assert (resolved.source == "is_anonymous") is anonymous
+    assert len(adc.calls) == (0 if anonymous else 1)
+
+
+@pytest.mark.parametrize("option", ["key_secret_name", "idp_issuer_url"])
+def test_key_options_this_provider_cannot_read_are_refused_not_replaced_by_adc(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, option: str
+) -> None:
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={option: "gcp-key"})
+    with pytest.raises(StorageConfigError, match=f"extra '{option}' is not supported by this provider"):
+        resolve_gcs_credentials()
+    assert adc.calls == []
+
+
+def test_key_options_are_mutually_exclusive(
+    monkeypatch: pytest.MonkeyPatch, service_account_info: dict[str, str]
+) -> None:
+    extra = {
+        "keyfile_dict": json.dumps(service_account_info),
+        "credential_config_file": json.dumps(FEDERATION),
+    }
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra=extra)
+    with pytest.raises(StorageConfigError, match="'keyfile_dict' and 'credential_config_file' are mutually"):
+        resolve_gcs_credentials()
+
+
 def test_no_adc_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_adc(**kwargs: Any) -> Any:
         raise DefaultCredentialsError("Your default credentials were not found.")
