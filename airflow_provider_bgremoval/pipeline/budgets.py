@@ -7,7 +7,7 @@ priced at its own account (docs/pipeline.md, "Budgets count money at risk" and "
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -34,7 +34,28 @@ class Budgets:
 
     def unit_cost(self) -> Decimal:
         """Credits one image is expected to cost on the account that takes the next one."""
-        return self.chain.next_account().unit_cost()
+        return self.cost_of(self.chain.next_account())
+
+    def cost_of(self, account: Account, charged: Mapping[Account, Decimal] | None = None) -> Decimal:
+        """
+        Credits one image is expected to cost on ``account``: its :meth:`Account.unit_cost`, or more when
+        a reply in flight there was billed more (``X-Credits-Charged``) and is not settled yet (the
+        account learns that charge only when its image is settled; the budgets must know it at once).
+
+        :param account: one of the chain's accounts.
+        :param charged: :meth:`_charged_in_flight`, when the caller has it already.
+        """
+        charged = self._charged_in_flight() if charged is None else charged
+        return max(account.unit_cost(), charged.get(account, Decimal(0)))
+
+    def _charged_in_flight(self) -> dict[Account, Decimal]:
+        """Per account, the largest charge of a billed reply in flight there (not settled yet)."""
+        charged: dict[Account, Decimal] = {}
+        for flight in self._billable_flights():
+            charge = flight.stats.credits_charged
+            if flight.account is not None and flight.stats.billed_reply and charge is not None:
+                charged[flight.account] = max(charged.get(flight.account, charge), charge)
+        return charged
 
     def credits_at_risk(self, account: Account | None = None) -> Decimal:
         """
@@ -43,24 +64,28 @@ class Budgets:
         :param account: only what is at risk on this account (``max_credits_per_account``); ``None``: all.
         """
         accounts = self.chain.accounts if account is None else (account,)
+        charged = self._charged_in_flight()
         at_risk = sum(
-            (each.credits_spent + each.unit_cost() * each.possibly_charged for each in accounts), Decimal(0)
+            (each.credits_spent + self.cost_of(each, charged) * each.possibly_charged for each in accounts),
+            Decimal(0),
         )
-        default = self.unit_cost()  # an image not yet at a vendor: the account that would take it
+        # an image not yet at a vendor: the account that would take it
+        default = self.cost_of(self.chain.next_account(), charged)
         for flight in self._billable_flights():
             if account is None or flight.account is account:
-                cost = default if flight.account is None else flight.account.unit_cost()
-                at_risk += cost * flight.unbooked_lost() + self._reservation(flight, default)
+                cost = default if flight.account is None else self.cost_of(flight.account, charged)
+                at_risk += cost * flight.unbooked_lost() + self._reservation(flight, cost, charged)
         return at_risk
 
     def _billable_flights(self) -> list[Flight]:
         """The images in flight that put credits at risk (not yet recorded, not render-only)."""
         return [f for f in self.flights if not f.recorded and not f.item.render_only]
 
-    @staticmethod
-    def _reservation(flight: Flight, default: Decimal) -> Decimal:
+    def _reservation(
+        self, flight: Flight, default: Decimal, charged: Mapping[Account, Decimal] | None = None
+    ) -> Decimal:
         """What ``flight``'s call holds: its charge once billed, else its account's cost (or ``default``)."""
-        cost = default if flight.account is None else flight.account.unit_cost()
+        cost = default if flight.account is None else self.cost_of(flight.account, charged)
         stats = flight.stats
         return (stats.credits_charged or cost) if stats.billed_reply else cost
 
@@ -72,7 +97,7 @@ class Budgets:
         :param lost: replies lost and possibly charged so far (for the message).
         """
         account = self.chain.next_account()
-        cost = account.unit_cost()
+        cost = self.cost_of(account)
         if self.max_credits is None or self.credits_at_risk() + cost <= self.max_credits:
             return True
         self.halts.record(
@@ -96,7 +121,7 @@ class Budgets:
         if self.max_credits is None:
             return None
         others = self.credits_at_risk() - self._reservation(flight, self.unit_cost())
-        cost = account.unit_cost()
+        cost = self.cost_of(account)
         if others + cost <= self.max_credits:
             return None
         if probe:  # the probe is not made: the breaker lets the next one through
@@ -110,7 +135,7 @@ class Budgets:
 
     def fits(self, account: Account) -> bool:
         """Whether ``account``'s own budget allows one more image (if not, it leaves the chain)."""
-        return self._account_fits(account, account.unit_cost(), "")
+        return self._account_fits(account, self.cost_of(account), "")
 
     def may_retry(self, account: Account | None = None) -> bool:
         """

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_bgremoval.exceptions import OutOfCreditsError, TransientVendorError
+from airflow_provider_bgremoval.exceptions import InputRejectedError, OutOfCreditsError, TransientVendorError
 from airflow_provider_bgremoval.pipeline.accounts import BreakerPolicy
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
@@ -235,3 +235,46 @@ def test_the_engines_old_failover_metric_prefix_still_imports_and_warns() -> Non
 
     with pytest.warns(DeprecationWarning, match=r"engine\.FAILOVER_METRIC_PREFIX is deprecated"):
         assert engine.FAILOVER_METRIC_PREFIX == accounts.FAILOVER_METRIC_PREFIX
+
+
+class ChargesThenFinishesSlowly(Vendor):
+    """
+    Bills as Pixian does (``X-Credits-Charged``, here 2 where the cost table says 1), filling the live
+    call record as the hooks do: its reply comes after ``reply[name]`` seconds, then the result takes
+    ``finish[name]`` seconds more (download, local steps). ``rejects`` are refused (unbilled) at their reply.
+    """
+
+    def __init__(
+        self, vendor: str, reply: dict[str, float], finish: dict[str, float], rejects: set[str]
+    ) -> None:
+        super().__init__(vendor, lambda n, c: Decimal(2))
+        self.reply, self.finish, self.rejects = reply, finish, rejects
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        stats.attempts += 1
+        await asyncio.sleep(self.reply.get(filename, 0.0))
+        if filename in self.rejects:
+            self.calls.append(filename)
+            raise InputRejectedError("no foreground", vendor=self.vendor, code="unknown_foreground")
+        stats.billed_reply, stats.credits_charged = True, Decimal(2)  # the reply is in: billed 2
+        await asyncio.sleep(self.finish.get(filename, 0.0))
+        return await super().process(data, filename, stats)
+
+
+def test_a_charge_seen_on_a_reply_in_flight_prices_the_next_image_before_that_image_is_settled(batch) -> None:
+    """
+    max_credits=3; pixian's cost table says 1 but it bills 2. 00.png's reply (billed 2) is in and its
+    result still being finished when 01.png is rejected: the next image costs 2 as well (2 + 2 > 3), so
+    it is not sent. It was priced at the cost table's 1 (2 + 1 <= 3) and billed 2: 4 spent of 3.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    vendor = ChargesThenFinishesSlowly(
+        "pixian", reply={"00.png": 0.1, "01.png": 0.4}, finish={"00.png": 0.8}, rejects={"01.png"}
+    )
+    result, rows = run_chain(storage, spec, chain(vendor), max_concurrency=2, max_credits=Decimal(3))
+    assert sorted(vendor.calls) == ["00.png", "01.png"] and result.credits_spent == 2
+    status = {row["source"].rsplit("/", 1)[1]: row["status"] for row in rows}
+    assert status == {"00.png": "done", "01.png": "rejected", "02.png": "pending"}
+    assert result.halt is not None and result.halt.reason == "max_credits"
+    assert "the next image costs 2 on pixian_conn (pixian)" in result.halt.message
