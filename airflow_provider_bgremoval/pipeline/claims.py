@@ -62,10 +62,16 @@ class ClaimHolder:
 
     @property
     def expires_iso(self) -> str:
-        """The lease expiry as an ISO-8601 UTC timestamp (``unknown`` when not recorded)."""
-        if self.expires <= 0:
+        """
+        The lease expiry as an ISO-8601 UTC timestamp (``unknown`` when not recorded, ``after 9999-12-31``
+        past what a timestamp can say: a lease of millennia, or an unbounded expiry).
+        """
+        if not self.expires > 0:
             return "unknown"
-        return datetime.fromtimestamp(self.expires, tz=timezone.utc).isoformat(timespec="seconds")
+        try:
+            return datetime.fromtimestamp(self.expires, tz=timezone.utc).isoformat(timespec="seconds")
+        except (OverflowError, ValueError, OSError):
+            return "after 9999-12-31"
 
     def __str__(self) -> str:
         return f"{self.owner} (lease expires {self.expires_iso})"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
-from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, META_OWNER, ClaimStore
+from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, META_OWNER, ClaimHolder, ClaimStore
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec
 from airflow_provider_bgremoval.storage.exceptions import StorageUnavailableError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -119,3 +119,37 @@ def test_lease_left_counts_down_our_held_claim_by_the_store_s_clock_without_a_re
     monkeypatch.undo()
     mine.release("a.png")
     assert mine.lease_left("a.png") is None
+
+
+def test_a_claim_held_for_millennia_leaves_the_image_pending_naming_its_holder(buckets) -> None:
+    """A valid ``claim_lease`` of 10**12 s puts the expiry past year 9999: the other run's image failed
+    ``internal_error`` ('unexpected ValueError during claim: year 33715 is out of range') instead of
+    pending ``claimed_elsewhere``."""
+    storage, src, dst = buckets
+    seed(storage, src, ["a.png"])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    source = storage.stat(src, "a.png")
+    assert source is not None
+    holder = ClaimStore(storage, dst, PREFIX, "dag/run0/t/-1", lease_seconds=1e12)
+    assert holder.acquire("o/a.png", source.generation) is None
+    processor = ScriptedProcessor()
+    _, result, rows = run(storage, spec, processor, claims=ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1"))
+    assert (rows[0]["status"], rows[0]["error_code"], processor.calls) == ("pending", "claimed_elsewhere", [])
+    assert "dag/run0/t/-1 (lease expires after 9999-12-31)" in rows[0]["error_message"]
+    assert result.claims_elsewhere_summary() == [
+        {"holder": "dag/run0/t/-1", "lease_expires": "after 9999-12-31", "images": 1}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expires", "shown"),
+    [
+        (0.0, "unknown"),
+        (float("nan"), "unknown"),
+        (float("inf"), "after 9999-12-31"),
+        (1e20, "after 9999-12-31"),
+    ],
+)
+def test_a_claim_expiry_is_always_printable(expires: float, shown: str) -> None:
+    assert ClaimHolder("x", expires).expires_iso == shown
+    assert str(ClaimHolder("x", 86400.0)) == "x (lease expires 1970-01-02T00:00:00+00:00)"
