@@ -175,10 +175,12 @@ _CORRUPTED = ": checksum mismatch, the data was corrupted in transit"
 
 def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> errors.StorageError:
     """Map a google/requests exception to the storage layer's errors (the original stays ``__cause__``)."""
+    import http.client
+
     import requests
     import urllib3
     from google.api_core import exceptions as api_exceptions
-    from google.auth.exceptions import TransportError
+    from google.auth.exceptions import RefreshError, TransportError
     from google.cloud.storage.exceptions import DataCorruption
 
     if isinstance(exc, errors.StorageError):
@@ -189,11 +191,15 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
         cause = exc.cause if exc.cause is not None else exc
         error = errors.StorageUnavailableError
         outcome = f" failed: GCS stayed unavailable until the retry deadline ({_named(cause)})"
+    elif isinstance(exc, RefreshError):  # no access token: google-auth already retried what it could
+        error = errors.StorageUnavailableError if exc.retryable else errors.StoragePermissionError
+        outcome = f" failed: the credentials could not get an access token ({_named(exc)})"
     elif (isinstance(exc, api_exceptions.GoogleAPICallError) and exc.code in _TRANSIENT_STATUS) or isinstance(
         exc,
         TransportError
         | ConnectionError
         | TimeoutError
+        | http.client.HTTPException  # IncompleteRead, BadStatusLine: retryable for the library too
         | requests.exceptions.ConnectionError
         | requests.exceptions.Timeout
         | requests.exceptions.ChunkedEncodingError

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import http.client
 import os
 import pickle
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import google.auth.credentials
+import google.auth.exceptions
 import pytest
 import requests
 from google.api_core import exceptions as api_exceptions
@@ -258,6 +262,45 @@ def test_translate(exc: Exception, expected: type[StorageError]) -> None:
 )
 def test_translate_messages(exc: Exception, message: str) -> None:
     assert str(_translate(exc, "reading", "bkt", "obj")) == message
+
+
+class _RefusedCredentials(google.auth.credentials.Credentials):
+    """Credentials whose token request fails, as a revoked key's or a denied impersonation's does."""
+
+    def __init__(self, retryable: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.retryable = retryable
+
+    def refresh(self, request: Any) -> None:
+        raise google.auth.exceptions.RefreshError(
+            "invalid_grant: Invalid JWT Signature.", {"error": "invalid_grant"}, retryable=self.retryable
+        )
+
+
+@pytest.mark.parametrize(
+    ("retryable", "expected"), [(False, StoragePermissionError), (True, StorageUnavailableError)]
+)
+def test_credentials_that_cannot_get_a_token(
+    monkeypatch: pytest.MonkeyPatch, retryable: bool, expected: type[StorageError]
+) -> None:
+    """A revoked key (or an impersonation the target refuses) fails every call before it is sent: a
+    permission error, not a plain StorageError ('failed: RefreshError'); a token endpoint that stayed
+    unavailable (google-auth's retryable refresh error) is an outage."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    client = storage.Client(project="p", credentials=_RefusedCredentials(retryable))
+    gcs = GcsStorage(client=client, retry=None)
+    with pytest.raises(expected, match="the credentials could not get an access token") as caught:
+        gcs.stat("bkt", "a.png")
+    assert type(caught.value) is expected
+    assert "invalid_grant" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "exc", [http.client.IncompleteRead(b"part", 10), http.client.RemoteDisconnected("closed")]
+)
+def test_http_client_failures_are_outages(exc: Exception) -> None:
+    """Retried by google-cloud-storage's own policy, so transient: a plain StorageError before."""
+    assert type(_translate(exc, "reading", "bkt", "obj")) is StorageUnavailableError
 
 
 def test_translate_keeps_storage_errors_and_names_a_bucket() -> None:
