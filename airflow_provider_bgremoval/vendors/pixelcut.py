@@ -300,6 +300,13 @@ class PixelcutGenerateOptions(OptionSet):
         return {**self.wire_fields(), "result_delivery": self.result_delivery}
 
 
+def _is_json_reply(content_type: str, content: bytes) -> bool:
+    """A JSON reply: typed JSON, or not typed an image and its body a JSON object's first character."""
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return True
+    return not content_type.startswith("image/") and content.lstrip()[:1] == b"{"
+
+
 PIXELCUT_SPEC = VendorSpec(
     name="pixelcut",
     default_base_url="https://api.developer.pixelcut.ai",
@@ -375,8 +382,16 @@ class PixelcutWire(VendorWire):
         return self._image_request(GENERATE_PATH, image, options.wire_fields(), options.result_delivery)
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult | ResultLocation:
+        """
+        Read a remove- or generate-background reply: the image bytes, or a JSON ``result_url``. A JSON
+        object is read as one whatever the reply's type says, unless it is typed an image (a proxy or
+        gateway retyping the JSON ``Accept`` asked for as ``text/plain`` or nothing at all left the
+        paid result's URL to be decoded as an image, and lost).
+
+        :param response: a 2xx reply.
+        """
         content_type = media_type(response)
-        if content_type == "application/json" or content_type.endswith("+json"):
+        if _is_json_reply(content_type, response.content):
             body = json_body(response)
             url = body.get("result_url") if isinstance(body, dict) else None
             if not isinstance(url, str) or not is_http_url(url):

@@ -335,6 +335,28 @@ def test_parse_image_reply(wire):
         )
 
 
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "text/html; charset=utf-8", "application/octet-stream"]
+)
+def test_a_result_url_reply_not_typed_json_is_still_located(wire, content_type):
+    """A paid result's JSON ``result_url`` retyped by a proxy was decoded as an image and lost."""
+    body = b' \n{"result_url": "https://assets.pixelcut.app/public/result/r.png"}'
+    headers = {} if content_type is None else {"content-type": content_type}
+    located = wire.parse_image_reply(httpx.Response(200, content=body, headers=headers))
+    assert located == ResultLocation(url="https://assets.pixelcut.app/public/result/r.png")
+
+
+def test_an_image_typed_reply_is_the_image_whatever_its_bytes(wire):
+    reply = wire.parse_image_reply(httpx.Response(200, content=b"{x", headers={"content-type": "image/png"}))
+    assert isinstance(reply, ImageResult) and reply.content == b"{x"
+    untyped = wire.parse_image_reply(httpx.Response(200, content=b"\x89PNG\r\n\x1a\n"))
+    assert isinstance(untyped, ImageResult) and untyped.content_type == "image/png"
+    with pytest.raises(InvalidVendorResponseError, match="result_url"):
+        wire.parse_image_reply(
+            httpx.Response(200, content=b'{"url": "x"}', headers={"content-type": "text/plain"})
+        )
+
+
 @pytest.mark.parametrize("url", ["http://[bad", "ftp://assets.pixelcut.app/r.png", "https://", "/r.png"])
 def test_a_result_url_that_is_not_an_http_url_is_an_invalid_reply(wire, url):
     """The one URL check (``is_http_url``): an unparsable URL is an invalid reply, not a ValueError."""
