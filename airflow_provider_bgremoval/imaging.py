@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
-from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageMath, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps
@@ -551,6 +551,19 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
     return image
 
 
+def _grey_16(image: Image.Image) -> Image.Image:
+    """16- or 32-bit grey scaled to ``L``; ``LA`` when a ``tRNS`` grey value marks transparent pixels."""
+    wide = image.convert("I")
+    grey = wide.point(lambda v: v * (1 / 256)).convert("L")
+    key = image.info.get("transparency")
+    if not isinstance(key, int):
+        return grey
+    alpha = ImageMath.lambda_eval(lambda args: (args["grey"] != key) * 255, grey=wide)
+    assert isinstance(alpha, Image.Image)
+    grey.putalpha(alpha.convert("L"))
+    return grey
+
+
 def normalise_mode(image: Image.Image) -> Image.Image:
     """
     ``image`` in a mode every local step handles: ``RGB``, ``RGBA``, ``L`` or ``LA`` (8 bits); 16- and
@@ -562,7 +575,7 @@ def normalise_mode(image: Image.Image) -> Image.Image:
     if mode in ("RGB", "RGBA", "L", "LA") and not (mode in ("RGB", "L") and "transparency" in image.info):
         return image
     if mode.startswith("I;16") or mode == "I":
-        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+        return _grey_16(image)
     if mode == "F":
         return image.convert("L")  # clipped to 0-255
     if mode == "La":

@@ -496,6 +496,20 @@ def test_16_bit_png_is_scaled_not_clipped() -> None:
     assert result.getpixel((0, 0)) == (100, 100, 100)
 
 
+def test_16_bit_grey_png_keeps_its_trns_transparency() -> None:
+    # Before: scaled to 8 bits and its tRNS grey value dropped: the transparent background was sent
+    # opaque (here (3, 3, 3)), for the vendor to cut out, or not.
+    image = Image.new("I;16", (30, 20), 1000)
+    image.paste(Image.new("I;16", (10, 10), 100 * 256), (10, 5))
+    data = _save(image, "PNG", transparency=1000)
+    assert read_header(data).transparency
+    result = _open(prepare_input(data, GENEROUS).data).convert("RGBA")
+    assert result.getpixel((0, 0))[3] == 0  # type: ignore[index]
+    assert result.getpixel((15, 10)) == (100, 100, 100, 255)
+    assert normalise_mode(_open(data)).mode == "LA"
+    assert normalise_mode(_open(_save(image, "PNG"))).mode == "L"  # no tRNS: no alpha
+
+
 def test_palette_png_with_transparency_keeps_its_alpha() -> None:
     image = Image.new("P", (20, 20), 0)
     image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
