@@ -6,7 +6,6 @@ The rules (which halts are fatal, what a halt reports): docs/pipeline.md ("Halts
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -155,15 +154,23 @@ async def read_balances(accounts: Sequence[Account]) -> list[Decimal | None]:
     The accounts' balances from their free endpoints, all at once, each read once with the short timeout
     of the connection test (``aget_balance(probe=True)``): a halt never waits on a flaky account's retries.
 
+    Any error leaves that balance unknown (the vendor's, and one before the request: a connection that
+    can no longer be read); the halt record it completes is never lost to it.
+
     :param accounts: the accounts to read.
     :return: per account, the remaining credits; ``None`` without a hook or on an error.
     """
 
     async def balance(account: Account) -> Decimal | None:
-        if account.hook is not None:
-            with contextlib.suppress(BgRemovalError):
-                return (await account.hook.aget_balance(probe=True)).remaining
-        return None
+        if account.hook is None:
+            return None
+        try:
+            return (await account.hook.aget_balance(probe=True)).remaining
+        except BgRemovalError:
+            return None
+        except Exception as exc:  # the connection lookup, a secrets backend: not the vendor's answer
+            log.warning("Could not read the balance of %s after the halt: %s", account.conn_id, exc)
+            return None
 
     return list(await asyncio.gather(*map(balance, accounts)))
 

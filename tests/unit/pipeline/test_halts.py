@@ -15,6 +15,7 @@ import httpx
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_bgremoval._compat import AirflowNotFoundException
 from airflow_provider_bgremoval.exceptions import OutOfCreditsError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
@@ -314,3 +315,31 @@ def test_every_account_past_its_own_budget_halts_on_the_last_one_and_prices_what
     halt = result.halt
     assert halt is not None and halt.reason == "max_credits" and not halt.fatal
     assert (halt.vendor, halt.conn_id, halt.remaining_images, halt.needed) == ("poof", "poof_conn", 2, 4)
+
+
+class UnreadableHook(BalanceHook):
+    """A balance read that fails outside the vendor client: its connection cannot be read any more."""
+
+    async def aget_balance(self, *, probe: bool = False) -> Balance:
+        self.reads.append(probe)
+        raise AirflowNotFoundException(f"The conn_id `{self.vendor}_conn` isn't defined")
+
+
+def test_a_balance_read_that_fails_outside_the_client_leaves_the_balance_unknown_not_the_halt_lost(
+    batch,
+) -> None:
+    """Both accounts out of credits; poof's connection can no longer be read (a secrets backend down):
+    the halt is kept, poof's balance unknown (the run raised the lookup error, its halt lost)."""
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    hooks = {"pixian": BalanceHook("pixian", "1"), "poof": UnreadableHook("poof", "0")}
+    accounts = chain(Vendor("pixian", refused("pixian")), Vendor("poof", refused("poof")), hooks=hooks)
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    halt = result.halt
+    assert halt is not None and halt.reason == "out_of_credits" and halt.fatal
+    assert [(a["conn_id"], a["available"]) for a in halt.accounts] == [
+        ("pixian_conn", "1"),
+        ("poof_conn", None),
+    ]
+    assert halt.shortfall_images is None and halt.available == 1 and hooks["poof"].reads == [True]
+    assert {row["status"] for row in rows} == {"pending"}
