@@ -166,12 +166,12 @@ def parse_charge(value: str | None) -> Decimal | None:
     """
     A credit header (``X-Credits-Charged``, ``X-Credits-Calculated``): a finite number of 0 or more,
     else ``None`` (unknown: the engine books the unit cost). A negative charge would lower the
-    credits at risk and spent.
+    credits at risk and spent; a ``-0`` is a plain 0 (it was recorded as "-0").
 
     :param value: the header's value.
     """
     number = parse_decimal(value)
-    return number if number is not None and number >= 0 else None
+    return number.copy_abs() if number is not None and number >= 0 else None
 
 
 def parse_number(value: str | None, kind: type[_N]) -> _N | None:

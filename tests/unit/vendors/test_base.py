@@ -129,6 +129,12 @@ def test_credit_headers(value: str | None, charge: Decimal | None) -> None:
     assert parse_charge(value) == charge
 
 
+@pytest.mark.parametrize("value", ["-0", "-0.0", " -0 "])
+def test_a_charge_of_minus_zero_is_recorded_as_zero(value: str) -> None:
+    charge = parse_charge(value)
+    assert charge == 0 and not charge.is_signed(), charge
+
+
 def test_text_excerpt_is_one_short_line() -> None:
     body = "<html>\n<body>" + "x" * 1000 + "</body></html>"
     wire = PoofWire(ConnectionSettings(base_url="https://api.test", api_key="sk_test"))
