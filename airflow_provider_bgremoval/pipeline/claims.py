@@ -21,6 +21,10 @@ from airflow_provider_bgremoval.storage.gcs import GcsStorage
 META_OWNER = "bgremoval-claim-owner"
 META_EXPIRES = "bgremoval-claim-expires"
 META_DESTINATION = "bgremoval-claim-destination"
+#: A released claim's expiry: ``"0"`` when its output is known not to be stored (the next taker pays at
+#: once), else ``"1"`` (epoch second 1: taken over as a lapsed lease, so the next taker looks for an
+#: output first), both in the past by any reader's clock.
+RELEASED_NOTHING_STORED, RELEASED_OUTPUT_UNKNOWN = "0", "1"
 
 
 def parse_lease_seconds(value: Any) -> float:
@@ -117,11 +121,13 @@ class ClaimStore:
     ) -> None:
         """
         Write our claim object over ``generation`` (0: create-only) and remember its new generation; a
-        released claim expires at once: ``"0"`` when its output is known not to be stored (``looked``),
-        else the current time (taken over like a lapsed lease, so the next taker looks for an output).
+        released claim expires at once: :data:`RELEASED_NOTHING_STORED` when its output is known not to
+        be stored (``looked``), else :data:`RELEASED_OUTPUT_UNKNOWN` (taken over like a lapsed lease, so
+        the next taker looks for an output). Not the release time: a reader whose clock is behind ours
+        would see a live claim and leave the image pending, "another run is processing this output".
         """
         if released:
-            expires = "0" if looked else str(int(self.clock()))
+            expires = RELEASED_NOTHING_STORED if looked else RELEASED_OUTPUT_UNKNOWN
         else:
             expires = f"{self.clock() + self.lease_seconds:.0f}"
         info = self.storage.write(
@@ -202,7 +208,7 @@ class ClaimStore:
                 return ClaimHolder(holder, expires)
             with suppress(WriteConflictError):  # somebody else took it over first: look again
                 self._claim(destination, name, current.generation)
-                if meta.get(META_EXPIRES) != "0":  # a released claim's holder stored no output
+                if meta.get(META_EXPIRES) != RELEASED_NOTHING_STORED:  # else its holder stored no output
                     self.taken_over.add(destination)
                 return None
         return ClaimHolder("unknown (claim contended)")
