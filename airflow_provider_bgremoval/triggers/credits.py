@@ -60,7 +60,8 @@ class CreditsTrigger(BaseTrigger):
     * ``{"status": "error", "fatal", "message", "error_type", "conn_id"}``: ``fatal`` for failures no
       later poll can fix. Transient failures are logged and polled again until the deferral timeout.
 
-    :param conn_id: the vendor connection (its type picks the hook), or a list of them (a pool).
+    :param conn_id: the vendor connection (its type picks the hook), or a list of them (a pool); one
+        connection with ``min_images`` is polled as a pool of one (its event carries ``pool``).
     :param min_credits: the threshold, as a string (exact decimal); ``None`` with ``min_images``.
     :param poll_interval: seconds between polls.
     :param exponential_backoff: double the wait after each unsuccessful poll (capped).
@@ -97,7 +98,8 @@ class CreditsTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and primitive kwargs that rebuild this trigger."""
         names = ["conn_id", "min_credits", "poll_interval", "exponential_backoff", "max_poll_interval"]
-        if self.pooled:  # a single connection keeps its five kwargs
+        pool = (self.pooling, self.min_images, self.costs)
+        if self.pooled or any(value is not None for value in pool):  # else its five kwargs, as before
             names += ["pooling", "min_images", "costs"]
         kwargs = {name: getattr(self, name) for name in names}
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
@@ -110,8 +112,13 @@ class CreditsTrigger(BaseTrigger):
 
     @property
     def pooled(self) -> bool:
-        """True when this trigger polls a list of connections."""
-        return isinstance(self.conn_id, list)
+        """True when this trigger polls a pool: a list of connections, or one connection in images."""
+        return isinstance(self.conn_id, list) or self.min_images is not None
+
+    @property
+    def conn_ids(self) -> list[str]:
+        """The connections polled, in order (one for a single connection)."""
+        return list(self.conn_id) if isinstance(self.conn_id, list) else [self.conn_id]
 
     async def get_hook(self) -> BackgroundRemovalHook[Any]:
         """The vendor hook for ``conn_id``, connection read without blocking (tests override this)."""
@@ -119,8 +126,7 @@ class CreditsTrigger(BaseTrigger):
 
     def pool_target(self) -> PoolTarget:
         """What the pool waits for (raises on a bad target: a fatal error)."""
-        assert isinstance(self.conn_id, list)
-        return PoolTarget.parse(self.conn_id, self.pooling, self.min_credits, self.min_images, self.costs)
+        return PoolTarget.parse(self.conn_ids, self.pooling, self.min_credits, self.min_images, self.costs)
 
     def next_interval(self, polls: int) -> float:
         """

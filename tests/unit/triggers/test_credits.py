@@ -390,3 +390,64 @@ async def test_pool_over_the_sandbox(sb: RunningSandbox, travel: TimeTravel) -> 
     [event] = await events(CreditsTrigger(["sb_pixian", "sb_poof"], "5.5", pooling="total"))
     assert event.payload["pool"]["total"] == "5.5"
     assert sb.admin.charges() == []
+
+
+async def test_one_connection_counting_images_works_and_round_trips(
+    vendors: FakeVendors, travel: TimeTravel
+) -> None:
+    """
+    ``CreditsTrigger("pixian_default", None, min_images=...)``: it ended with a fatal event (its
+    min_credits None is no number) and serialize() dropped min_images, pooling and costs, so a
+    triggerer restart rebuilt a trigger waiting for nothing it was given.
+    """
+    from airflow.sdk.serde import deserialize, serialize
+
+    vendors.set_pixian("3")
+    trigger = CreditsTrigger(
+        "pixian_default", None, poll_interval=5, pooling="any", min_images=6, costs={"pixian_default": "0.5"}
+    )
+    _, kwargs = trigger.serialize()
+    assert (kwargs["min_images"], kwargs["pooling"], kwargs["costs"]) == (6, "any", {"pixian_default": "0.5"})
+    rebuilt = CreditsTrigger(**deserialize(serialize(kwargs)))
+    assert rebuilt == trigger and rebuilt.serialize() == trigger.serialize()
+    for each in (trigger, rebuilt):
+        [event] = await events(each)  # 3 credits at 0.5: 6 images
+        payload = event.payload
+        assert (payload["status"], payload["conn_id"]) == ("success", "pixian_default")
+        assert (payload["pool"]["unit"], payload["pool"]["total"]) == ("images", "6")
+    vendors.set_pixian("2.5")  # 5 images: waits for a top-up
+    travel.waits.clear()
+
+    first = vendors.calls("pixian")
+
+    def top_up(vendor: str, calls: int) -> None:
+        if calls - first == 2:  # the second poll reads 3 credits: 6 images
+            vendors.set_pixian("3")
+
+    vendors.on_request = top_up
+    [event] = await events(rebuilt)
+    assert (event.payload["status"], event.payload["polls"], travel.waits) == ("success", 2, [5])
+
+
+def test_every_construction_round_trips_through_serialize() -> None:
+    from airflow.sdk.serde import deserialize, serialize
+
+    costs = {"pixian_default": "1"}
+    for trigger in (
+        CreditsTrigger("pixian_default", "5"),
+        CreditsTrigger("pixian_default", "5", pooling="total"),
+        CreditsTrigger("pixian_default", None, min_images=2, costs=costs),
+        CreditsTrigger(["pixian_default"], None, pooling="total", min_images=2, costs=costs),
+        CreditsTrigger(POOL, "5", pooling="any"),
+    ):
+        _, kwargs = trigger.serialize()
+        rebuilt = CreditsTrigger(**deserialize(serialize(kwargs)))
+        assert vars(rebuilt) == vars(trigger) and rebuilt.serialize() == trigger.serialize()
+    _, kwargs = CreditsTrigger("pixian_default", "5").serialize()
+    assert set(kwargs) == {
+        "conn_id",
+        "min_credits",
+        "poll_interval",
+        "exponential_backoff",
+        "max_poll_interval",
+    }
