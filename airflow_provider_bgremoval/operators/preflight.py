@@ -442,7 +442,9 @@ class CreditsPreflightOperator(BucketJobOperator):
             needed = cost * billable
         extra = margin.on(needed) if billable else Decimal(0)
         if pooled:
-            sufficient = pooled["shortfall_images"] == 0 and Decimal(pooled["available"]) >= needed + extra
+            # the margin is backed only by the accounts the batch reaches when one runs out
+            reachable = Decimal(pooled["reachable_available"])
+            sufficient = pooled["shortfall_images"] == 0 and reachable >= needed + extra
         else:
             sufficient = has_enough(balances[0], needed + extra)
         estimate = {
@@ -536,6 +538,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             {
                 "needed": str(needed),
                 "available": str(sum(pool.usable, Decimal(0))),
+                "reachable_available": str(pool.reachable_usable()),
                 "accounts": entries,
                 "used_accounts": [entry["conn_id"] for entry in entries if entry["images"]],
                 "shortfall_images": pool.shortfall,
@@ -672,10 +675,17 @@ def _pooled_shortfall_text(
         if short and "out_of_credits" not in failover_on
         else ""
     )
+    reachable = Decimal(estimate["reachable_available"])
+    unreached = (
+        f", {format_credits(reachable)} of them on the accounts the batch reaches before one that does "
+        "not fail over when it runs out (failover_on leaves out out_of_credits)"
+        if reachable != Decimal(estimate["available"])
+        else ""
+    )
     return (
         f"insufficient pooled credits on {', '.join(estimate['conn_id'])}: {estimate['billable_images']} "
         f"billable image(s), {covered} ({shares}){stops}; {amounts['required']} required{margin}, "
-        f"{amounts['available']} usable in all"
+        f"{amounts['available']} usable in all{unreached}"
     )
 
 
@@ -800,6 +810,14 @@ class _Pool:
         self.shortfall += short
         self._place(short, None, first)
         self._reach(wanted - count + short, wanted)
+
+    def reachable_usable(self) -> Decimal:
+        """
+        The usable credits of the accounts the batch can reach when one runs out: up to the first that
+        does not pass its images on (:func:`_passes_on`); what backs the safety margin.
+        """
+        last = next((i for i, passes in enumerate(self.passes) if not passes), len(self.usable) - 1)
+        return sum(self.usable[: last + 1], Decimal(0))
 
     def _place(self, count: int, index: int | None, cost: Decimal) -> None:
         """Price ``count`` images at ``cost`` on account ``index`` (``None``: on none)."""

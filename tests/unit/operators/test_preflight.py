@@ -1228,3 +1228,45 @@ def test_an_unusable_account_at_no_cost_is_no_account_that_alone_pays_for_every_
     assert error is None and estimate is not None
     assert len(checked) == 1 and estimate["local_checks"] == "plan"
     assert [a["images"] for a in estimate["accounts"]] == [0, 4]
+
+
+def test_a_chains_safety_margin_counts_only_accounts_the_batch_can_reach(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """
+    failover_on without out_of_credits: the batch stops when pixian runs out, so poof's 100 credits back
+    no margin. 10 images on pixian's 10 credits with a margin of 5 passed on them (one connection with
+    the same 10 credits halts), and a dearer image than estimated halted the run with images pending.
+    """
+    planned["plan"] = make_plan(10)
+    vendors.set_pixian(10)
+    vendors.set_poof(100, 0)
+    costs = {"pixian_default": "1", "poof_default": "1"}
+    op = check(CHAIN[:2], cost_per_image=costs, safety_margin=5, failover_on=["auth_failed", "outage"])
+    _, pushed, error = run(op)
+    assert isinstance(error, AirflowFailException)
+    assert "each covered, not the safety margin" in str(error)
+    assert "15 required incl. safety margin 5, 110 usable in all, 10 of them on the accounts" in str(error)
+    estimate = pushed["estimate"]
+    assert (estimate["available"], estimate["reachable_available"], estimate["sufficient"]) == (
+        "110",
+        "10",
+        False,
+    )
+    estimate, _, error = run(
+        check(CHAIN[:2], cost_per_image=costs, safety_margin=5)
+    )  # it fails over: poof backs it
+    assert error is None and estimate is not None
+    assert (estimate["reachable_available"], estimate["sufficient"]) == ("110", True)
+    vendors.set_pixian(100)  # pixian's budget moves the rest on: poof is reached, its credits count
+    budget = {"pixian_default": 8}
+    op = check(
+        CHAIN[:2],
+        cost_per_image=costs,
+        safety_margin=5,
+        failover_on=["outage"],
+        max_credits_per_account=budget,
+    )
+    estimate, _, error = run(op)
+    assert error is None and estimate is not None
+    assert [a["images"] for a in estimate["accounts"]] == [8, 2] and estimate["reachable_available"] == "108"
