@@ -421,6 +421,9 @@ class VendorWire(ABC):
         """
         Reduce an error reply to its facts: the vendor's envelope (:meth:`error_fields`), else the body;
         the request id falls back to ``X-Request-ID``; each of them quoted (:meth:`quote`: redacted).
+        A "code" that is the HTTP status again (or a boolean) is no vendor code: it is a gateway's or
+        proxy's body (Google-style ``{"error": {"code": 504, ...}}``), and a gateway timeout must stay
+        one (possibly billed: the hooks ask the retry guard), not read as the vendor's failed answer.
 
         :param response: the error reply.
         """
@@ -428,6 +431,8 @@ class VendorWire(ABC):
         fields = self.error_fields(body, response) if isinstance(body, dict) else None
         quoted = self.text_excerpt(response) or response.reason_phrase or f"HTTP {response.status_code}"
         code, message, request_id = fields or (None, quoted, None)
+        if isinstance(code, bool) or str(code).strip() == str(response.status_code):
+            code = None  # the status echoed (a gateway's {"error": {"code": 504, ...}}): no vendor code
         return ErrorReply(
             code=self._quoted(code),
             message=self.redact(message),

@@ -509,11 +509,13 @@ class PixianWire(VendorWire):
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         envelope = body.get("error")
-        if not isinstance(envelope, Mapping):
-            envelope = body if "message" in body else None
-        if envelope is None:
+        if isinstance(envelope, Mapping):
+            return envelope.get("code"), self.quote(str(envelope.get("message") or "")), None
+        if "message" not in body:
             return None
-        return envelope.get("code"), self.quote(str(envelope.get("message") or "")), None
+        # the attribute table's flat form: its code is Pixian's only beside Pixian's status (a gateway's
+        # {"code": 4, "message": ...} is not)
+        return body.get("code") if "status" in body else None, self.quote(str(body["message"] or "")), None
 
     def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
         if 400 <= status < 500 and status not in (401, 408, 429) and _CREDIT_WORDS.search(message):

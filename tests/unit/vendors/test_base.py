@@ -374,3 +374,46 @@ def test_retry_after_http_dates_in_every_rfc_form() -> None:
     assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT") == 0.0  # past: go now
     assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER  # bounded
     assert parse_retry_after("Mon, 01 Jan 2000 25:61:61 GMT") is None
+
+
+#: gateway and proxy bodies of a 504 (Google-style, flat status echoes)
+GATEWAY_TIMEOUT_BODIES = [
+    {"error": {"code": 504, "message": "Deadline exceeded", "status": "DEADLINE_EXCEEDED"}},
+    {"code": 504, "message": "upstream request timeout"},
+    {"code": "504", "message": "Gateway Timeout"},
+]
+
+
+@pytest.mark.parametrize("wire_class", [PixelcutWire, PixianWire, PoofWire])
+@pytest.mark.parametrize("body", GATEWAY_TIMEOUT_BODIES)
+def test_a_gateway_timeouts_json_body_carries_no_vendor_code(
+    wire_class: type[VendorWire], body: dict[str, Any]
+) -> None:
+    """
+    Its code read as the vendor's made a billed call's gateway timeout the vendor's own answer that the
+    call failed (unbilled): retried without the retry guard, and not counted as possibly charged.
+    """
+    from airflow_provider_bgremoval.hooks.base import _lost_reply
+
+    wire = wire_class(ConnectionSettings(base_url="https://api.test", api_key="sk_test", api_id="id"))
+    error = wire.error_from_reply(httpx.Response(504, json=body))
+    assert isinstance(error, TransientVendorError)
+    assert error.code is None
+    billed = wire.remove_background_request(
+        ImageInput(data=b"x", content_type="image/png"), RemovalOptions(), None
+    )
+    assert billed.billed and _lost_reply(billed, error)
+
+
+def test_the_vendors_own_codes_are_kept() -> None:
+    pixian = PixianWire(ConnectionSettings(base_url="https://api.test", api_key="sk_test", api_id="id"))
+    # Pixian's flat form names its status beside its code; a gRPC-style {"code": 4} is a gateway's
+    grpc = pixian.error_from_reply(httpx.Response(504, json={"code": 4, "message": "upstream timeout"}))
+    assert grpc.code is None and grpc.message == "upstream timeout"
+    nested = {"error": {"status": 400, "code": 1006, "message": "Failed to read the supplied image."}}
+    assert pixian.error_from_reply(httpx.Response(400, json=nested)).code == "1006"
+    assert pixian.error_from_reply(httpx.Response(400, json=nested["error"])).code == "1006"
+    poof = poof_wire().error_from_reply(
+        httpx.Response(504, json={"code": "upstream_error", "message": "timed out", "request_id": "req_1"})
+    )
+    assert (poof.code, poof.request_id) == ("upstream_error", "req_1")
