@@ -138,9 +138,13 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
     summary = RunSummary()
     latest: dict[str, dict[str, Any]] = {}
     done: dict[str, dict[str, Any]] = {}
-    for uri, data in sorted(collate_manifests(manifests), key=lambda item: _try_number(item[0])):
+    collated = sorted(collate_manifests(manifests), key=lambda item: _try_number(item[0]))
+    collated.reverse()
+    while collated:  # in try order; each manifest's bytes are let go once read: only the rows are kept
+        uri, data = collated.pop()
         summary.manifests.append(uri)
-        for row in read_manifest(data):
+        rows, data = read_manifest(data), b""
+        for row in rows:
             summary.credits_spent += _decimal(row.get("credits"))
             summary._note_accounts(row)
             latest[row["source"]] = row
