@@ -239,7 +239,9 @@ def _load_credential_config(value: Any, scopes: list[str]) -> tuple[Credentials,
     """
     import google.auth
 
-    if isinstance(value, str) and os.path.isfile(value):
+    if isinstance(value, str) and not value.lstrip().startswith("{"):  # a path, not JSON text
+        if not os.path.exists(value):  # google-auth says DefaultCredentialsError
+            raise FileNotFoundError(value)
         return google.auth.load_credentials_from_file(value, scopes=scopes)  # type: ignore[no-untyped-call]
     info = dict(value) if isinstance(value, Mapping) else json.loads(value)
     if not isinstance(info, dict):

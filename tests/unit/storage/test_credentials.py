@@ -413,6 +413,15 @@ def test_unusable_credential_config_file_is_a_clear_error(monkeypatch: pytest.Mo
         resolve_gcs_credentials()
 
 
+def test_missing_credential_config_file_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "federation.json")
+    set_connection(monkeypatch, "google_cloud_default", GCP, extra={"credential_config_file": missing})
+    with pytest.raises(StorageConfigError, match="'credential_config_file' does not exist on this worker"):
+        resolve_gcs_credentials()
+
+
 @pytest.mark.parametrize(
     ("value", "anonymous"), [(True, True), ("true", True), ("false", False), (False, False)]
 )
