@@ -805,11 +805,19 @@ class _Pool:
             count -= images
             if count and self.passes and not self.passes[index]:
                 break  # the batch halts there: no later account takes the rest
-        first = self.costs[order[0]]
+        first = self._shortfall_cost(order)
         short = count if self.cap is None or first <= 0 else min(count, int(self.cap // first))
         self.shortfall += short
         self._place(short, None, first)
         self._reach(wanted - count + short, wanted)
+
+    def _shortfall_cost(self, order: Sequence[int]) -> Decimal:
+        """
+        What an image none of ``order`` pays for is priced at: the cost of the first of them that takes
+        calls (an unusable account's 0 per image would price it at nothing), else the first one's.
+        """
+        open_ = [index for index in order if not self.takes or self.takes[index]]
+        return self.costs[(open_ or order)[0]]
 
     def reachable_usable(self) -> Decimal:
         """

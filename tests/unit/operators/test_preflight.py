@@ -1270,3 +1270,21 @@ def test_a_chains_safety_margin_counts_only_accounts_the_batch_can_reach(
     estimate, _, error = run(op)
     assert error is None and estimate is not None
     assert [a["images"] for a in estimate["accounts"]] == [8, 2] and estimate["reachable_available"] == "108"
+
+
+def test_a_shortfall_is_priced_on_an_account_that_takes_calls(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """
+    A dormant primary at 0 per image takes no image: the one image poof cannot pay for was priced at the
+    primary's 0, so the halt read '3 required, 3 usable in all' (needed 3 for 4 images at poof's 1).
+    """
+    planned["plan"] = make_plan(4)
+    vendors.set_poof(3, 0)
+    vendors.set_pixian(0, state="dormant")
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image={"pixian_default": "0", "poof_default": "1"}))
+    assert isinstance(error, AirflowFailException) and "; 4 required, 3 usable in all" in str(error)
+    assert (pushed["halt"]["needed"], pushed["halt"]["shortfall_images"]) == ("4", 1)
+    vendors.set_pixian(0)  # an active primary in test mode takes them all, free
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image={"pixian_default": "0", "poof_default": "1"}))
+    assert error is None and estimate is not None and estimate["needed"] == "0"
