@@ -14,7 +14,7 @@ from airflow_provider_bgremoval.contact_sheet import Pair, render_contact_sheet,
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.operators.bucket_job import load_list
-from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
+from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix, redact_query
 from airflow_provider_bgremoval.pipeline.naming import folder_name, internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
@@ -47,7 +47,10 @@ def _output_of(row: Mapping[str, Any]) -> str:
 
 
 def _problem(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"source": row["source"], "error_code": row.get("error_code"), "message": row.get("error_message")}
+    """A rejected or failed row's entry; its message redacted as manifests now are (:func:`.redact_query`)."""
+    message = row.get("error_message")
+    message = redact_query(message) if isinstance(message, str) else message
+    return {"source": row["source"], "error_code": row.get("error_code"), "message": message}
 
 
 #: An account's states from best to worst: its run state is the worst state any bucket task ended it in.

@@ -79,6 +79,35 @@ class ManifestRow:
             raise ValueError(f"unknown manifest status {self.status!r}")
 
 
+#: A URL query's parameter value (``?upload_id=…``, ``&X-Goog-Signature=…``).
+_QUERY_VALUE = re.compile(r"([?&][\w.~-]+=)[^&#\s'\")\]]+")
+
+
+def redact_query(text: str) -> str:
+    """
+    ``text`` with the value of every URL query parameter replaced by ``…``: an error message quoting a
+    request's URL may carry a credential in its query (a resumable upload's ``upload_id``, which lets
+    anyone holding it write the object; a signed URL's signature), and records are read by many.
+
+    :param text: an error message.
+    """
+    return _QUERY_VALUE.sub(r"\1…", text)
+
+
+def _redacted_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A row's fields, its ``error_message`` and its handoffs' messages redacted (:func:`redact_query`)."""
+    message = fields.get("error_message")
+    handoffs = [
+        {**entry, "message": redact_query(text)} if isinstance(text := entry.get("message"), str) else entry
+        for entry in fields.get("handoffs") or ()
+    ]
+    return {
+        **fields,
+        "error_message": redact_query(message) if message else message,
+        "handoffs": handoffs or fields.get("handoffs"),
+    }
+
+
 @dataclass(eq=False)
 class ManifestWriter:
     """
@@ -108,10 +137,13 @@ class ManifestWriter:
         self._offered: tuple[int, int] | None = None  # the rows of a part whose write raised
 
     def add(self, row: ManifestRow) -> None:
-        """Append one row."""
+        """Append one row (its messages with the values of any URL's query redacted: :func:`redact_query`)."""
         # The row's own field dict (every value is a primitive): ``asdict`` deep-copies each field and
         # cost 4x the encoding itself, once per image.
-        line = json.dumps(vars(row), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        fields = vars(row)
+        if (row.error_message and "=" in row.error_message) or row.handoffs:
+            fields = _redacted_fields(fields)
+        line = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         self._file.write(line)
         self.rows += 1
         self._size += len(line)

@@ -534,3 +534,16 @@ def test_a_contact_sheet_that_cannot_be_written_leaves_the_report(
     folder = report_prefix("cut", "dag", "manual__1")
     assert result["contact_sheet_uri"] is None
     assert json.loads(bucket["out", f"{folder}report.json"])["contact_sheet_uri"] is None
+
+
+def test_a_failed_rows_url_query_is_not_copied_into_the_report(bucket: dict[tuple[str, str], bytes]) -> None:
+    # a manifest written before its messages were redacted: an upload session's URI in the failure
+    name = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "cutouts", 1, 1)
+    message = "write gs://out/cut/e.png failed: ... url: /upload/storage/v1/b/out/o?upload_id=SESSION-KEY"
+    bucket["out", name] = manifest(row("e", "failed", error_code="upload_failed", error_message=message))
+    run(RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut"))
+    written = bucket["out", f"{report_prefix('cut', 'dag', 'manual__1')}report.json"]
+    assert b"SESSION-KEY" not in written
+    failed = json.loads(written)["failed"]
+    redacted = message.replace("SESSION-KEY", "…")
+    assert failed == [{"source": "gs://raw/e.jpg", "error_code": "upload_failed", "message": redacted}]

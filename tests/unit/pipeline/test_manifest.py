@@ -196,3 +196,25 @@ def test_rows_read_back_share_their_field_names_and_repeated_values() -> None:
 def test_a_line_holding_two_rows_is_refused() -> None:
     with pytest.raises(ValueError, match="hold 3 rows"):
         read_manifest(b'{"source": "a"}\n{"source": "b"},{"source": "c"}\n')
+
+
+UPLOAD_FAILED = (
+    "vendor result could not be stored (it was paid for): write gs://dst/out/1.png failed: ConnectionError: "
+    "HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded with url: "
+    "/upload/storage/v1/b/dst/o?uploadType=resumable&upload_id=ADPycdvSESSION-KEY (Caused by ...)"
+)
+
+
+def test_a_message_quoting_a_urls_query_is_recorded_without_its_values() -> None:
+    handoff = {"account": "a", "reason": "outage", "message": "GET https://r.example/x.png?sig=SIGNED&e=1"}
+    with ManifestWriter() as writer:
+        writer.add(_row(1, status="failed", error_message=UPLOAD_FAILED, handoffs=[handoff]))
+        writer.add(_row(2, status="failed", error_message="max_credits=3 reached"))
+        data = writer.getvalue()
+    # the upload session's URI lets anyone holding it write the object; a signed URL is a credential
+    assert b"SESSION-KEY" not in data and b"SIGNED" not in data
+    first, second = read_manifest(data)
+    assert first["error_message"].endswith("/o?uploadType=…&upload_id=… (Caused by ...)")
+    assert first["handoffs"] == [{**handoff, "message": "GET https://r.example/x.png?sig=…&e=…"}]
+    assert list(first) == [field.name for field in fields(ManifestRow)]
+    assert second["error_message"] == "max_credits=3 reached"  # no URL: unchanged
