@@ -43,7 +43,7 @@ class Budgets:
         account learns that charge only when its image is settled; the budgets must know it at once).
 
         :param account: one of the chain's accounts.
-        :param charged: :meth:`_charged_in_flight`, when the caller has it already.
+        :param charged: the largest charge in flight per account (``_charged_in_flight``), if known.
         """
         charged = self._charged_in_flight() if charged is None else charged
         return max(account.unit_cost(), charged.get(account, Decimal(0)))
