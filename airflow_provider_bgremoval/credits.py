@@ -146,6 +146,9 @@ class PoolTarget:
     costs: Mapping[str, Decimal] | None = None
 
     def __post_init__(self) -> None:
+        if self.pooling not in POOLING_CHOICES:  # anything but "any" would be read as "total"
+            choices = ", ".join(POOLING_CHOICES)
+            raise InvalidOptionError("pooling", f"{self.pooling!r} is not one of {choices}")
         if self.min_images is None:
             return
         missing = [c for c in self.conn_ids if c not in (self.costs or {})]

@@ -192,3 +192,13 @@ def test_pool_in_images_an_unusable_or_unreadable_account_at_no_cost_pays_for_no
             assert not verdict.met and verdict.amounts.get("pixian_default", Decimal(0)) == 0
         verdict = target.verdict({"pixian_default": bal("pixian", "1"), "poof_default": bal("poof", "0")})
         assert verdict.met and verdict.met_by == ("pixian_default",)
+
+
+def test_pool_refuses_an_unknown_pooling() -> None:
+    # "Any" or a typo was taken as "total": the pool met on the sum when one account alone was wanted
+    for pooling in ("Any", "sum", ""):
+        with pytest.raises(InvalidOptionError, match="pooling"):
+            PoolTarget(POOL, pooling, min_credits=Decimal(5))
+    with pytest.raises(InvalidOptionError, match="pooling"):
+        PoolTarget.parse(POOL, "totl", 5, None, None)
+    assert PoolTarget.parse(POOL, None, 5, None, None).pooling == "any"
