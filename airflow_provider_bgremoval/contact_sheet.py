@@ -27,8 +27,11 @@ _INK = (40, 40, 40)
 #: Rendition statuses whose object exists (written now, or finished before).
 _STORED = ("done", "replaced", "skipped")
 
-#: ``(label, source bytes, result bytes)``, optionally with ``[(rendition name, bytes), ...]``.
-Pair = tuple[str, bytes, bytes] | tuple[str, bytes, bytes, Sequence[tuple[str, bytes]]]
+#: One image of a pair: its encoded bytes (``b""``: unreadable), or the thumbnail :func:`reduce_sample`
+#: made of them.
+Sample = bytes | Image.Image
+#: ``(label, source, result)``, optionally with ``[(rendition name, sample), ...]``.
+Pair = tuple[str, Sample, Sample] | tuple[str, Sample, Sample, Sequence[tuple[str, Sample]]]
 
 
 def contact_sheet_size(
@@ -54,12 +57,12 @@ def _cell_width(thumb: int, renditions: int) -> int:
     return (2 + renditions) * (thumb + _PAD)
 
 
-def rendition_images(row: Mapping[str, Any], read: Callable[[str, str], bytes]) -> list[tuple[str, bytes]]:
+def rendition_images(row: Mapping[str, Any], read: Callable[[str, str], Sample]) -> list[tuple[str, Sample]]:
     """
-    The stored renditions of a manifest row, as ``(name, bytes)`` for :func:`render_contact_sheet`.
+    The stored renditions of a manifest row, as ``(name, sample)`` for :func:`render_contact_sheet`.
 
     :param row: a manifest row (its ``renditions`` entries).
-    :param read: reads ``(bucket, object name)``.
+    :param read: reads ``(bucket, object name)`` (its bytes, or their :func:`reduce_sample`).
     """
     images = []
     for entry in row.get("renditions") or ():
@@ -84,20 +87,46 @@ def checkerboard(size: tuple[int, int], square: int = 8) -> Image.Image:
     return board
 
 
-def _thumbnail(data: bytes, tile: Image.Image) -> Image.Image:
+def _reduced(data: bytes, thumb: int) -> Image.Image:
     """
-    The image fitted and centred on the square ``tile``: reduced first (a JPEG is decoded at a fraction
-    of its size), then turned upright by its EXIF orientation; 16-bit grey is scaled, not clipped to white.
+    The RGBA thumbnail of an image's bytes: reduced first (a JPEG is decoded at a fraction of its size),
+    then turned upright by its EXIF orientation; 16-bit grey is scaled, not clipped to white.
     """
-    thumb = tile.width
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.thumbnail((thumb, thumb))  # in place: only the reduced pixels are kept
+        return normalise_mode(ImageOps.exif_transpose(opened)).convert("RGBA")
+
+
+def reduce_sample(data: bytes, thumb: int = 160) -> Sample:
+    """
+    A sample's thumbnail, made as soon as it is read, so that a contact sheet holds thumbnails rather
+    than every sample's bytes until it is drawn; ``b""`` (drawn "unreadable", with a warning) when the
+    bytes cannot be decoded.
+
+    :param data: the image's bytes (``b""``: it could not be read).
+    :param thumb: the sheet's thumbnail edge.
+    """
+    if not data:
+        return b""
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.thumbnail((thumb, thumb))  # in place: only the reduced pixels are kept
-            image = normalise_mode(ImageOps.exif_transpose(opened)).convert("RGBA")
+        return _reduced(data, thumb)
     except Exception as exc:  # a damaged object must not break the report
         log.warning("Contact sheet: cannot decode an image (%s)", exc)
+        return b""
+
+
+def _thumbnail(sample: Sample, tile: Image.Image) -> Image.Image:
+    """The sample fitted and centred on the square ``tile`` (``b""`` or undecodable: "unreadable")."""
+    thumb = tile.width
+    if isinstance(sample, bytes):
+        sample = reduce_sample(sample, thumb)
+    if isinstance(sample, bytes):
         ImageDraw.Draw(tile).text((6, thumb // 2 - 6), "unreadable", fill=(180, 0, 0))
         return tile
+    image = sample if sample.mode == "RGBA" else sample.convert("RGBA")
+    if max(image.size) > thumb:  # reduced for a larger sheet
+        image = image.copy()
+        image.thumbnail((thumb, thumb))
     offset = ((thumb - image.width) // 2, (thumb - image.height) // 2)
     tile.paste(image, offset, image)
     return tile
@@ -114,8 +143,9 @@ def render_contact_sheet(
     """
     Render a before/after contact sheet as PNG bytes.
 
-    :param pairs: ``(label, source bytes, result bytes)`` per pair, in display order, optionally with
-        the result's renditions ``[(name, bytes), ...]`` shown after it (:func:`rendition_images`).
+    :param pairs: ``(label, source, result)`` per pair (bytes, or their :func:`reduce_sample`), in display
+        order, optionally with the result's renditions ``[(name, sample), ...]`` shown after it
+        (:func:`rendition_images`).
     :param title: header text.
     :param thumb: edge of each thumbnail square.
     :param columns: pairs per row.

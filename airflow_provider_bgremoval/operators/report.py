@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.contact_sheet import Pair, render_contact_sheet, rendition_images
+from airflow_provider_bgremoval.contact_sheet import (
+    Pair,
+    Sample,
+    reduce_sample,
+    render_contact_sheet,
+    rendition_images,
+)
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.operators.bucket_job import load_list
@@ -253,21 +259,34 @@ class RunReportOperator(BaseOperator):
     ) -> str | None:
         if not sample:
             return None
-        pairs = [self._pair(storage, row) for row in sample]
+        pairs = [self._pair_or_unreadable(storage, row) for row in sample]
         png = render_contact_sheet(
             pairs, title=title, thumb=int(self.thumb), columns=int(self.columns), colors=self.colors
         )
         return self._write(storage, name, png, "image/png")
 
+    def _pair_or_unreadable(self, storage: GcsStorage, row: Mapping[str, Any]) -> Pair:
+        """:meth:`_pair`, else the pair drawn "unreadable" (with a warning): one row never loses the sheet."""
+        try:
+            return self._pair(storage, row)
+        except Exception as exc:
+            source = str(row.get("source"))
+            self.log.warning("Contact sheet: %s is drawn unreadable: %s: %s", source, type(exc).__name__, exc)
+            return source.rsplit("/", 1)[-1], b"", b""
+
     def _pair(self, storage: GcsStorage, row: Mapping[str, Any]) -> Pair:
-        """One sample's source, output and renditions, each read at the generation its row records."""
+        """
+        One sample's source, output and renditions, each read at the generation its row records and
+        reduced to its thumbnail at once (the sheet never holds every sample's bytes).
+        """
         master = row.get("master") or {}
         output = _output_of(row)
         pins = {row["source"]: row.get("source_generation"), master.get("object"): master.get("generation")}
         pins.update((entry.get("object"), entry.get("generation")) for entry in row.get("renditions") or ())
 
-        def read(bucket: str, name: str) -> bytes:
-            return self._sample_bytes(storage, bucket, name, pins.get(f"gs://{bucket}/{name}"))
+        def read(bucket: str, name: str) -> Sample:
+            data = self._sample_bytes(storage, bucket, name, pins.get(f"gs://{bucket}/{name}"))
+            return reduce_sample(data, int(self.thumb))
 
         label = split_gs_uri(row["source"])[1].rsplit("/", 1)[-1]
         images = (label, read(*split_gs_uri(row["source"])), read(*split_gs_uri(output)))

@@ -547,3 +547,57 @@ def test_a_failed_rows_url_query_is_not_copied_into_the_report(bucket: dict[tupl
     failed = json.loads(written)["failed"]
     redacted = message.replace("SESSION-KEY", "…")
     assert failed == [{"source": "gs://raw/e.jpg", "error_code": "upload_failed", "message": redacted}]
+
+
+class CopyingStorage(MemoryStorage):
+    """Reads return new bytes, as GCS reads do (the dict's own objects are not what the report holds)."""
+
+    def read(
+        self, bucket: str, name: str, *, generation: int | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        return bytes(memoryview(super().read(bucket, name, generation=generation, max_bytes=max_bytes)))
+
+
+def test_the_contact_sheet_holds_thumbnails_not_every_samples_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tracemalloc
+
+    storage = CopyingStorage()
+    monkeypatch.setattr(report, "GcsStorage", lambda gcp_conn_id: storage)
+    photo = io.BytesIO()
+    Image.frombytes("RGB", (700, 500), os.urandom(700 * 500 * 3)).save(photo, format="PNG")  # ~1 MB
+    names = [f"p{index}" for index in range(6)]
+    for name in names:
+        storage.objects["raw", f"{name}.jpg"] = storage.objects["out", f"cut/{name}.png"] = photo.getvalue()
+    first = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "cutouts", 0, 1)
+    rows = (row(name, "done", vendor="poof", credits="1") for name in names)
+    storage.objects["out", first] = manifest(*rows)
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    tracemalloc.start()
+    try:
+        result, _ = run(op)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result["sample_pairs"] == 6 and result["contact_sheet_uri"]
+    # the 12 images' bytes were all held until the sheet was drawn: 12 MB here (a dozen 50 MB cut-outs: 600)
+    assert peak < 5 * len(photo.getvalue())  # now about 1.2 times one image
+
+
+def test_a_sample_whose_read_fails_unexpectedly_is_drawn_unreadable_and_the_sheet_is_written(
+    bucket: dict[tuple[str, str], bytes], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = report.GcsStorage(gcp_conn_id=None)  # the fixture's MemoryStorage
+    read = storage.read
+
+    def flaky(bucket_name: str, name: str, **kwargs: Any) -> bytes:
+        if name == "b.jpg":
+            raise RuntimeError("the client library failed in a way nobody translated")
+        return read(bucket_name, name, **kwargs)
+
+    monkeypatch.setattr(storage, "read", flaky)
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    assert result["contact_sheet_uri"] is not None  # was None: one sample lost the whole sheet
+    assert result["sample_pairs"] == 2
+    assert "gs://raw/b.jpg is drawn unreadable: RuntimeError" in capsys.readouterr().out  # the task log
