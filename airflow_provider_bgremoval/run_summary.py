@@ -41,6 +41,17 @@ def _try_number(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _read_order(name: str) -> tuple[int, list[str | int]]:
+    """
+    When a manifest is folded: by try number, then by name with its numbers compared as numbers, so
+    that shard ``task.10`` comes after ``task.2``: a cleared run whose plan grew to more shards runs its
+    new shards' first tries after the old shards' first tries (a source moved to shard 10 then has its
+    try-1 row after the one shard 2 wrote, by name it came before).
+    """
+    parts = re.split(r"(\d+)", name)
+    return _try_number(name), [int(part) if index % 2 else part for index, part in enumerate(parts)]
+
+
 def manifests_to_read(names: Iterable[str]) -> list[str]:
     """
     Of the ``.jsonl`` names listed in a run's manifest folder, those :func:`summarise_manifests` needs:
@@ -138,7 +149,7 @@ def summarise_manifests(manifests: Iterable[tuple[str, bytes]]) -> RunSummary:
     summary = RunSummary()
     latest: dict[str, dict[str, Any]] = {}
     done: dict[str, dict[str, Any]] = {}
-    collated = sorted(collate_manifests(manifests), key=lambda item: _try_number(item[0]))
+    collated = sorted(collate_manifests(manifests), key=lambda item: _read_order(item[0]))
     collated.reverse()
     while collated:  # in try order; each manifest's bytes are let go once read: only the rows are kept
         uri, data = collated.pop()

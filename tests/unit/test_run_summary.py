@@ -247,3 +247,19 @@ def test_a_large_run_is_summarised_in_a_fraction_of_the_rows_memory() -> None:
     # each row held its own copies of its field names and the manifests' bytes were kept to the end:
     # about 2.25 kB a row (2.2 GB for a run of a million images); now about 0.85 kB
     assert held / 20_000 < 1_200
+
+
+def test_shards_are_folded_in_their_numbers_order_not_their_names() -> None:
+    # a run cleared after more photos arrived: its new plan has 11 shards; a source failed by shard 2's
+    # first try (before the clear) was made by shard 10's first try (after it)
+    run = "gs://out/_bgremoval/manifests/dag/run/cutouts"
+    summary = summarise_manifests(
+        [
+            (f"{run}.10/try-1.jsonl", lines({"source": "a", "status": "done", "credits": "1"})),
+            (f"{run}.2/try-1.jsonl", lines({"source": "a", "status": "failed", "error_code": "1000"})),
+            (f"{run}.2/try-2.jsonl", lines({"source": "b", "status": "done", "credits": "1"})),
+        ]
+    )
+    # was 1 done and 1 failed: by name, "cutouts.10" < "cutouts.2"
+    assert (summary.counts["done"], summary.counts["failed"]) == (2, 0)
+    assert summary.manifests == [f"{run}.2/try-1.jsonl", f"{run}.10/try-1.jsonl", f"{run}.2/try-2.jsonl"]
