@@ -64,9 +64,9 @@ class ProgressReporter:
         elapsed = max(now - self.started, 1e-9)
         rate = finished / elapsed * 60.0
         eta = _duration((self.total - finished) / (finished / elapsed)) if finished else "unknown"
-        percent = 100.0 * finished / self.total if self.total else 100.0
+        percent = 100 * finished // self.total if self.total else 100  # rounded down: 100 % is all done
         (self.logger or log).info(
-            "[%s] %d/%d (%.0f%%) done=%d failed=%d rejected=%d pending=%d"
+            "[%s] %d/%d (%d%%) done=%d failed=%d rejected=%d pending=%d"
             " | %.1f images/min | ETA %s | credits %s",
             self.vendor,
             finished,

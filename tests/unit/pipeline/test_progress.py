@@ -49,3 +49,15 @@ def test_the_final_line_shows_the_pending_rows_recorded_after_the_last_line(
         reporter.update(10, counts, Decimal(10), force=True)
     assert reporter.lines == 2  # was 1: the log's last line said pending=0
     assert "10/100 (10%) done=10 failed=0 rejected=0 pending=90" in caplog.records[-1].getMessage()
+
+
+def test_only_the_last_image_makes_100_percent(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    reporter = ProgressReporter(2000, "fake", clock=lambda: now[0], logger=logging.getLogger("progress-test"))
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        now[0] = 31.0
+        reporter.update(1990, Counter(done=1990), Decimal(1990))  # a 30 s line, 10 images to go
+        reporter.update(2000, Counter(done=2000), Decimal(2000), force=True)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "1990/2000 (99%)" in messages[0]  # was (100%): 99.5 rounded, then the final line said it again
+    assert sum("(100%)" in message for message in messages) == 1
