@@ -94,7 +94,11 @@ def _reduced(data: bytes, thumb: int) -> Image.Image:
     """
     with Image.open(io.BytesIO(data)) as opened:
         opened.thumbnail((thumb, thumb))  # in place: only the reduced pixels are kept
-        return normalise_mode(ImageOps.exif_transpose(opened)).convert("RGBA")
+        try:
+            upright = ImageOps.exif_transpose(opened)
+        except Exception:  # a broken EXIF block: drawn as stored, as imaging reads it (upright)
+            upright = opened
+        return normalise_mode(upright).convert("RGBA")
 
 
 def reduce_sample(data: bytes, thumb: int = 160) -> Sample:

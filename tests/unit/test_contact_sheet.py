@@ -136,3 +136,12 @@ def test_a_large_photo_is_reduced_before_it_is_turned_upright(monkeypatch: pytes
     assert turned == [(80, 40)]
     assert tile.getpixel((40, 5)) == tile.getpixel((40, 75)) != (255, 255, 255)  # upright: tall
     assert tile.getpixel((5, 40)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_sample_with_a_broken_exif_block_is_drawn_as_stored_not_unreadable(fmt: str) -> None:
+    # the pipeline reads such a photo as upright and sends it; its tile said "unreadable"
+    data = _encoded(Image.new("RGB", (60, 40), (20, 160, 60)), fmt, exif=b"garbage-exif-bytes")
+    tile = _tile_of(data)
+    assert tile.getpixel((40, 40)) == pytest.approx((20, 160, 60), abs=3)
+    assert tile.getpixel((40, 15)) == (255, 255, 255)  # wide, as stored: the white above it
