@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN_SECONDS = 1800.0
 
 
+#: What used a waiting image's lease up (the message of ``CallStage._lease_runs_short``).
+_WAITED = "every account of the chain stayed in an outage (circuit breakers open)"
+
+
 def _refusal_reason(exc: BgRemovalError) -> str:
     """The failover reason of an error after which no call on its account succeeds (``fatal_for_batch``)."""
     return "out_of_credits" if isinstance(exc, OutOfCreditsError) else "auth_failed"
@@ -122,7 +126,7 @@ class CallStage:
                 account, probe = choice
                 rejection = self._local_rejection(account, data)
                 if rejection is None:
-                    return account if self._admitted(flight, account, probe) else None
+                    return account if self._sendable(flight, account, probe) else None
                 if probe:
                     account.breaker.record("neutral", probe=True)
                 flight.tried.append(account)
@@ -131,23 +135,39 @@ class CallStage:
             if choice is None:
                 self._no_account(flight)
                 return None
-            if self._lease_runs_short(flight):
+            if self._lease_runs_short(flight, _WAITED):
                 return None
             flight.stage = "wait"  # every account left is in an outage: wait for the first probe
             await asyncio.sleep(min(max(choice, 0.01), 0.5))
 
-    def _lease_runs_short(self, flight: Flight) -> bool:
+    def _sendable(self, flight: Flight, account: Account, probe: bool) -> bool:
         """
-        While every account is in an outage: settle the image pending (``outage``, not sent, its claim
-        released unpaid) once its claim has :data:`LEASE_MARGIN_SECONDS` or less left. A clock read, no
-        request: its lease end is known since the claim was written.
+        The image goes to ``account``: it fits ``max_credits`` there, and an image handed on from an
+        earlier account (whose calls, with every retry, took part of its claim's lease) still has more
+        than :data:`LEASE_MARGIN_SECONDS` of it left; else it is settled pending (not sent again).
+        """
+        earlier = ", ".join(dict.fromkeys(handoff["account"] for handoff in flight.handoffs))
+        handed_on = flight.account is not None  # it was sent before: this call is on another account
+        if handed_on and self._lease_runs_short(flight, f"its calls on {earlier or 'earlier accounts'} took"):
+            if probe:  # the probe is not made: the breaker lets the next one through
+                account.breaker.record("neutral", probe=True)
+            return False
+        return self._admitted(flight, account, probe)
+
+    def _lease_runs_short(self, flight: Flight, what: str) -> bool:
+        """
+        Settle the image pending (``outage``, not sent, its claim released unpaid) once its claim has
+        :data:`LEASE_MARGIN_SECONDS` or less left: while every account is in an outage, or before it is
+        sent to the next account. A clock read, no request: its lease end is known since the claim was
+        written.
+
+        :param what: what used the lease up (the message says it went on until the margin was reached).
         """
         left = None if self.claims is None else self.claims.lease_left(flight.item.destination)
         if left is None or left > LEASE_MARGIN_SECONDS:
             return False
         why = (
-            f"every account of the chain stayed in an outage (circuit breakers open) until "
-            f"{max(left, 0):.0f} s were left of this image's claim lease, less than the "
+            f"{what} until {max(left, 0):.0f} s were left of this image's claim lease, less than the "
             f"{LEASE_MARGIN_SECONDS:.0f} s a call may take; its claim is released so that no run pays "
             f"for it twice (a retry sends it)"
         )

@@ -628,3 +628,45 @@ def test_progress_lines_name_the_chain_not_only_the_primary(batch, caplog: pytes
     logger = "airflow_provider_bgremoval.pipeline.progress"
     lines = [r.getMessage() for r in caplog.records if r.name == logger]
     assert lines and all(line.startswith("[pixian->poof] ") for line in lines)
+
+
+def test_an_image_handed_on_when_its_lease_runs_short_is_left_pending_not_sent_to_the_next_account(
+    batch,
+) -> None:
+    """
+    00.png's calls on pixian (its hook's retries) take 2000 s of its one-hour claim before the outage
+    hands it on: 1600 s are left, less than a call on poof may take (LEASE_MARGIN_SECONDS). It is not
+    sent there (another run could take the lapsed claim over and pay for it too): pending ``outage``,
+    its claim released unpaid. 01.png, claimed afresh, goes to poof.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    clock = Clock()
+
+    def slow_outage(name: str, count: int) -> Any:
+        if name == "00.png":
+            clock.now += 2000  # the retries of a failing call
+        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+
+    primary, secondary = Vendor("pixian", slow_outage), Vendor("poof")
+    policy = BreakerPolicy(consecutive_failures=5)  # the breaker stays closed: no waiting
+    accounts = chain(primary, secondary, clock=clock, policy=policy)
+    claims = ClaimStore(storage, spec.destination_bucket, "_bgremoval/", "dag/run1/t/-1", clock=clock)
+    result, rows, left_at_settle = _run_with_claims(storage, spec, accounts, claims)
+    assert primary.calls == ["00.png", "01.png"] and secondary.calls == ["01.png"]
+    by_name = {row["source"].rsplit("/", 1)[-1]: row for row in rows}
+    handed = by_name["00.png"]
+    assert (handed["status"], handed["error_code"]) == ("pending", "outage")
+    assert (
+        "its calls on pixian_conn took until 1600 s were left of this image's claim lease"
+        in (handed["error_message"])
+    )
+    assert handed["error_message"].endswith(
+        "this image was not sent again (nothing paid for its earlier calls)"
+    )
+    assert left_at_settle["00.png"] == 1600 and by_name["01.png"]["status"] == "done"
+    assert result.pending_reasons == {"outage": 1} and result.credits_spent == 1
+    metas = [
+        info.metadata or {} for info in storage.list_objects(spec.destination_bucket, "_bgremoval/claims/")
+    ]
+    assert {meta[META_DESTINATION]: meta[META_EXPIRES] for meta in metas}["00.png"] == "0"  # released unpaid
