@@ -482,12 +482,28 @@ class BatchRunner:
         flight.claimed = True
         if item.destination in self.claims.taken_over:
             # Taken over (an earlier try of this task instance, or a holder whose lease ran out): skip
-            # the image when that holder stored its output; if not, the create-only write still protects it.
+            # the image when that holder stored its output, and never pay without knowing it did not.
             earlier = "an earlier try stored this output (not paid again)"
-            if await self._skipped_as_finished(flight, "already_done", earlier):
+            if await self._skipped_after_takeover(flight, earlier):
                 return None
             return await self._read(flight, item.source)
         return self._read_outcome(flight, data)
+
+    async def _skipped_after_takeover(self, flight: Flight, message: str) -> bool:
+        """
+        Settle a taken-over image whose earlier holder stored its output (skipped), or whose output cannot
+        be checked (failed, nothing paid: paying could buy that output a second time). The claim of an
+        unchecked one is released as "output unknown", so that the next taker looks first too.
+        """
+        destination = flight.item.destination
+        try:
+            current = await self._blocking(self.storage.stat, self._bucket, destination)
+        except StorageError as exc:
+            self._output_unknown.add(destination)
+            reason = f"could not check if the claim's last holder stored the output (nothing paid): {exc}"
+            self._settle(flight, "failed", type(exc).__name__, reason)
+            return True
+        return self._skipped_if_finished(flight, current, "already_done", message)
 
     def _read_outcome(self, flight: Flight, data: bytes | Exception | None) -> bytes | None:
         """The bytes :meth:`_acquire_then_read` read, else ``None``: its read error failed the image."""
@@ -655,6 +671,12 @@ class BatchRunner:
             current = await self._blocking(self.storage.stat, self._bucket, flight.item.destination)
         except StorageError:
             return False  # cannot tell
+        return self._skipped_if_finished(flight, current, code, message)
+
+    def _skipped_if_finished(
+        self, flight: Flight, current: ObjectInfo | None, code: str, message: str
+    ) -> bool:
+        """Settle the image skipped if ``current`` (its destination) is finished (made from this source)."""
         if current is None or not is_finished(current, flight.item.source, self.identity):
             return False
         flight.output_exists = True  # finished: its claim stays

@@ -387,6 +387,51 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     assert late.acquire("o/1.png", generations[1]) is None
 
 
+def test_a_retry_that_cannot_check_its_dead_try_s_outputs_pays_nothing_for_them(buckets, monkeypatch) -> None:
+    """The retry takes its own claims over but the stat of their outputs fails: paying could buy those
+    outputs a second time, so those images fail unpaid (the claim released as "output unknown", so
+    the next taker looks first too); the images the dead try never reached are processed."""
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i}.png" for i in range(8)])
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    owner, stat = "dag/run1/t/0", storage.stat
+
+    def failing_stat(bucket: str, name: str, **kwargs: Any) -> Any:
+        if bucket == dst and name.startswith("o/") and "_bgremoval" not in name:
+            raise StorageUnavailableError("stat failed: GCS stayed unavailable", bucket=bucket, name=name)
+        return stat(bucket, name, **kwargs)
+
+    async def go() -> tuple[Any, Any, list[str]]:
+        processor = ScriptedProcessor()
+        plan = await plan_batch(
+            storage,
+            spec,
+            extension=processor.extension,
+            identity=OutputIdentity.of(processor),
+            limits=processor.limits,
+        )
+        dead = ClaimStore(storage, dst, spec.internal_prefix, owner)
+        await BatchRunner(storage, processor, plan, ManifestWriter(), max_images=4, claims=dead).run()
+        monkeypatch.setattr(storage, "stat", failing_stat)
+        retry_processor, manifest = ScriptedProcessor(), ManifestWriter()
+        claims = ClaimStore(storage, dst, spec.internal_prefix, owner)
+        result = await BatchRunner(storage, retry_processor, plan, manifest, claims=claims).run()
+        monkeypatch.setattr(storage, "stat", stat)
+        return result, read_manifest(manifest.getvalue()), retry_processor.calls
+
+    result, rows, calls = asyncio.run(go())
+    assert len(calls) == 4 and result.counts == {"failed": 4, "done": 4}  # was 8 calls: 4 paid twice
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert {row["error_code"] for row in failed} == {"StorageUnavailableError"}
+    assert all("nothing paid" in row["error_message"] for row in failed)
+    assert {row["source"].rsplit("/", 1)[-1] for row in failed}.isdisjoint(calls)
+    later = ScriptedProcessor()  # another run takes the released claims, looks, and skips the 4
+    _, again, _ = run(
+        storage, spec, later, claims=ClaimStore(storage, dst, spec.internal_prefix, "dag/run2/t/-1")
+    )
+    assert later.calls == [] and again.counts == {"skipped": 8}
+
+
 def test_a_changed_source_is_paid_once_more_while_the_last_run_s_claims_are_live(buckets) -> None:
     """Claims are per source generation: a run that made the old output holds no claim on the new one,
     so a rerun with ``overwrite=True`` pays for the changed source at once (the other is skipped)."""
