@@ -18,6 +18,10 @@ from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain
 log = logging.getLogger(__name__)
 
 
+#: Halt reasons that are an account's refusal of every further call (its state after the halt).
+_REFUSALS = ("out_of_credits", "auth_failed")
+
+
 @dataclass(frozen=True)
 class HaltInfo:
     """
@@ -130,13 +134,18 @@ class Halts:
 
         ``needed`` prices the billable images left at the unit cost of the account they would go to
         (:attr:`halted_on`), not the primary's. Never after a stop request: the record must be stored
-        before the task is killed.
+        before the task is killed. An account whose refusal halted the run while it stayed in the
+        chain (one connection, or a reason not in ``failover_on``) now says so in its state, as one
+        that left the chain for it does (the summary's ``accounts`` block said ``active``).
 
         :param pending: images left pending.
         :param billable: the billable part of them (render-only images are free).
         """
         if self.halt is None or self.halted_on is None:
             return None
+        refused = self.refused_by
+        if refused is not None and refused.usable and self.halt.reason in _REFUSALS and self.halt.fatal:
+            refused.state, refused.state_message = self.halt.reason, self.halt.message
         halt = replace(self.halt, remaining_images=pending, needed=self.halted_on.unit_cost() * billable)
         if self.stop is not None:
             return halt

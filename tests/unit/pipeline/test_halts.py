@@ -142,6 +142,10 @@ def test_out_of_credits_stops_submitting_and_marks_the_rest_pending(buckets) -> 
     assert result.halt is not None and result.halt.fatal and result.halt.reason == "out_of_credits"
     assert result.halt.remaining_images == 15 and result.halt.needed == 15 and result.halt.available == 0
     assert result.halt.conn_id == "default" and result.halt.as_dict()["conn_id"] == "default"
+    # the accounts block says why the connection stopped (it said "active", so a run report's worst
+    # state over its shards missed the one that ran dry)
+    [entry] = accounts.summary()
+    assert (entry["state"], entry["state_message"]) == ("out_of_credits", "[fake 402] no credits")
     assert hook.reads == [True]  # read once, as the connection test does
     # Rerun after a top-up completes exactly the remainder.
     processor2 = ScriptedProcessor()
@@ -343,3 +347,30 @@ def test_a_balance_read_that_fails_outside_the_client_leaves_the_balance_unknown
     ]
     assert halt.shortfall_images is None and halt.available == 1 and hooks["poof"].reads == [True]
     assert {row["status"] for row in rows} == {"pending"}
+
+
+def test_a_refusal_left_out_of_failover_on_halts_on_that_account_and_its_state_says_so(batch) -> None:
+    """
+    failover_on=("outage",): pixian out of credits halts the batch as one connection does (fatal, its
+    balance read), nothing goes to poof, and the accounts block says pixian is out of credits (it said
+    "active").
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(3))
+    hooks = {"pixian": BalanceHook("pixian", "0"), "poof": BalanceHook("poof", "9")}
+    secondary = Vendor("poof")
+    accounts = chain(Vendor("pixian", refused("pixian")), secondary, hooks=hooks, failover_on=("outage",))
+    result, rows = run_chain(storage, spec, accounts, max_concurrency=1)
+    halt = result.halt
+    assert halt is not None and (halt.reason, halt.fatal, halt.conn_id) == (
+        "out_of_credits",
+        True,
+        "pixian_conn",
+    )
+    assert halt.available == 0 and hooks["pixian"].reads == [True] and hooks["poof"].reads == []
+    assert halt.accounts == () and secondary.calls == [] and {row["status"] for row in rows} == {"pending"}
+    states = [(entry["conn_id"], entry["state"], entry["state_message"]) for entry in accounts.summary()]
+    assert states == [
+        ("pixian_conn", "out_of_credits", "[pixian 402 402] no credits"),
+        ("poof_conn", "active", None),
+    ]
