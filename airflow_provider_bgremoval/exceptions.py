@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowException
@@ -16,6 +17,21 @@ def safe_excerpt(text: str, limit: int = 300) -> str:
     """Shorten a reply body for an error message (one line, at most ``limit`` characters)."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+#: A URL query's parameter value (``?upload_id=…``, ``&X-Goog-Signature=…``).
+_QUERY_VALUE = re.compile(r"([?&][\w.~-]+=)[^&#\s'\")\]]+")
+
+
+def redact_query(text: str) -> str:
+    """
+    ``text`` with the value of every URL query parameter replaced by ``…``: an error message quoting a
+    request's URL may carry a credential in its query (a resumable upload's ``upload_id``, which lets
+    anyone holding it write the object; a signed URL's signature), and records and logs are read by many.
+
+    :param text: an error message.
+    """
+    return _QUERY_VALUE.sub(r"\1…", text)
 
 
 class _KeywordError(AirflowException):

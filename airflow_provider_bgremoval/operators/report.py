@@ -17,10 +17,10 @@ from airflow_provider_bgremoval.contact_sheet import (
     render_contact_sheet,
     rendition_images,
 )
-from airflow_provider_bgremoval.exceptions import InvalidOptionError, safe_excerpt
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, redact_query, safe_excerpt
 from airflow_provider_bgremoval.hooks.base import format_credits
 from airflow_provider_bgremoval.operators.bucket_job import load_list
-from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix, redact_query
+from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import folder_name, internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import IO, Any
 
+from airflow_provider_bgremoval.exceptions import redact_query
 from airflow_provider_bgremoval.pipeline.naming import folder_name
 from airflow_provider_bgremoval.storage.exceptions import WriteConflictError
 
@@ -77,21 +78,6 @@ class ManifestRow:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown manifest status {self.status!r}")
-
-
-#: A URL query's parameter value (``?upload_id=…``, ``&X-Goog-Signature=…``).
-_QUERY_VALUE = re.compile(r"([?&][\w.~-]+=)[^&#\s'\")\]]+")
-
-
-def redact_query(text: str) -> str:
-    """
-    ``text`` with the value of every URL query parameter replaced by ``…``: an error message quoting a
-    request's URL may carry a credential in its query (a resumable upload's ``upload_id``, which lets
-    anyone holding it write the object; a signed URL's signature), and records are read by many.
-
-    :param text: an error message.
-    """
-    return _QUERY_VALUE.sub(r"\1…", text)
 
 
 def _redacted_fields(fields: dict[str, Any]) -> dict[str, Any]:

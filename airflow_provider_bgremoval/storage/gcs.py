@@ -15,7 +15,7 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval import USER_AGENT
-from airflow_provider_bgremoval.exceptions import safe_excerpt
+from airflow_provider_bgremoval.exceptions import redact_query, safe_excerpt
 from airflow_provider_bgremoval.storage import exceptions as errors
 from airflow_provider_bgremoval.storage.credentials import DEFAULT_GCP_CONN_ID, resolve_gcs_credentials
 
@@ -213,7 +213,9 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
         error, outcome = errors.ObjectNotFoundError, f": not found ({safe_excerpt(str(exc), 300)})"
     elif isinstance(exc, DataCorruption):
         error, outcome = errors.DataCorruptionError, _CORRUPTED
-    return error(f"{action} {errors.gs_uri(bucket, name)}{outcome}", bucket=bucket, name=name)
+    # a resumable upload's session URI (its upload_id lets anyone holding it write the object) or a
+    # signed URL may be quoted by the library's exception: its query values never reach a message
+    return error(f"{action} {errors.gs_uri(bucket, name)}{redact_query(outcome)}", bucket=bucket, name=name)
 
 
 def _default_retry() -> Retry:

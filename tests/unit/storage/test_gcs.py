@@ -258,6 +258,14 @@ def test_translate(exc: Exception, expected: type[StorageError]) -> None:
         ),
         (api_exceptions.NotFound("gone"), "reading gs://bkt/obj: not found (404 gone)"),
         (api_exceptions.BadRequest("bad"), "reading gs://bkt/obj failed: BadRequest: 400 bad"),
+        (  # a resumable upload's session URI: its upload_id lets anyone holding it write the object
+            requests.exceptions.ConnectionError(
+                "PUT https://storage.googleapis.com/upload/storage/v1/b/bkt/o?uploadType=resumable"
+                "&upload_id=ABPnzm5SeCrEt-session failed"
+            ),
+            "reading gs://bkt/obj failed: ConnectionError: PUT https://storage.googleapis.com/upload/storage/"
+            "v1/b/bkt/o?uploadType=…&upload_id=… failed",
+        ),
     ],
 )
 def test_translate_messages(exc: Exception, message: str) -> None:
