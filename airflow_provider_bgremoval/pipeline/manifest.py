@@ -223,9 +223,9 @@ def read_manifest(data: bytes) -> list[dict[str, Any]]:
     ``ensure_ascii=False``, so a source name's U+2028, U+2029 or U+0085 (legal in GCS names) is in a
     row raw, and ``str.splitlines`` would split the row there.
 
-    Lines are parsed :data:`_ROWS_PER_PARSE` at a time as one JSON array, so that the rows of a parse
+    Lines are parsed ``_ROWS_PER_PARSE`` at a time as one JSON array, so that the rows of a parse
     share their field names' strings (a row parsed alone holds its own copies: twice the memory), and
-    the values of :data:`_REPEATED` are shared too.
+    the values of ``_REPEATED`` are shared too.
 
     :raises ValueError: a line is not one JSON value.
     """
