@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook, Flow, _methods
+from airflow_provider_bgremoval.imaging import drop_opaque_alpha
 from airflow_provider_bgremoval.options import LocalSteps, OptionSplit, RemovalOptions
 from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
@@ -53,7 +55,9 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
     ) -> Flow[ImageResult]:
         """
         Generate a new background behind the subject (a billed call; result: 1024x1024 JPEG).
-        An RGB input has its background removed by Pixelcut first; an RGBA input's alpha is used.
+        An RGB input has its background removed by Pixelcut first; an RGBA input's alpha is used as the
+        subject's outline, so image bytes whose alpha is opaque everywhere are sent without it (with it,
+        Pixelcut would cut nothing out and bill a scene hidden behind the whole photo).
 
         :param image: the image bytes; checked locally against Pixelcut's limits first.
         :param image_url: a public http(s) URL for Pixelcut to fetch instead.
@@ -77,6 +81,9 @@ class PixelcutHook(BackgroundRemovalHook[PixelcutWire]):
             }
         )
         wire = yield from self._wire()
+        if image is not None and image_url is None:
+            data, limits = image, wire.spec.limits
+            image = yield from self._offload(partial(drop_opaque_alpha, data, limits), data)
         image_input = yield from self._image_input(image, image_url, filename, check_input)
         request = wire.generate_background_request(image_input, options)
         return (yield from self._image_call(request, image_input, _GENERATE_PLAN, options, stats))

@@ -878,3 +878,28 @@ async def test_clients_are_reused_and_closed(hook, fake):
     await hook.aclose()
     assert client.is_closed
     assert async_client.is_closed
+
+
+def rgba(alpha: int) -> bytes:
+    """A 128x128 RGBA PNG photo-like image whose alpha is ``alpha`` everywhere."""
+    image = Image.new("RGBA", (128, 128), (10, 120, 200, alpha))
+    image.paste((200, 40, 40, alpha), (32, 32, 96, 96))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_generate_sends_an_opaque_alpha_image_without_its_alpha(hook, fake, call):
+    # Pixelcut takes an RGBA input's alpha as the subject's outline: an opaque one would cut nothing out
+    await call(hook, "generate_background", rgba(255), scene="wood")
+    _, files = parse_multipart(fake.requests[0])
+    sent = Image.open(io.BytesIO(files["image"][1]))
+    assert "A" not in sent.mode
+    assert sent.size == (128, 128)
+
+
+async def test_generate_keeps_a_real_alpha_outline(hook, fake, call):
+    data = cutout(rgba(255))
+    await call(hook, "generate_background", data, scene="wood")
+    _, files = parse_multipart(fake.requests[0])
+    assert files["image"][1] == data
