@@ -283,7 +283,7 @@ class BucketImageOperator(BucketJobOperator):
                 raise error(  # the halt names the account it concerns (after failover, not the primary)
                     f"{halt.vendor}: {halt.message}. Stopped after {done} of {result.billable} "
                     f"billable images; {halt.remaining_images} image(s) remain pending "
-                    f"(need about {halt.needed} credits; available: {available}). "
+                    f"(need about {halt.needed} credits; available: {available}){_held(result)}. "
                     f"Finished images are skipped on rerun. Manifest: {manifest_uri}"
                 )
             log.warning(
@@ -393,6 +393,12 @@ class BucketImageOperator(BucketJobOperator):
             inputs=[Dataset(namespace=namespace, name=name) for namespace, name in inputs],
             outputs=[Dataset(namespace=namespace, name=name) for namespace, name in outputs],
         )
+
+
+def _held(result: BatchResult) -> str:
+    """What a halt's message adds for the pending images another run's claims hold (not the halt's)."""
+    held = result.pending_reasons["claimed_elsewhere"]
+    return f"; {held} more pending are held by another run's claims (that run pays for them)" if held else ""
 
 
 def _earlier_tries(job: BucketJob, manifest_name: str, try_number: int) -> list[tuple[str, bytes]]:

@@ -771,9 +771,10 @@ class BatchRunner:
             self._executor.shutdown(wait=True)
             self._executor = None
             self.result.duration_s = time.monotonic() - started
+        held = self.result.pending_reasons["claimed_elsewhere"]  # the holder pays for them, not this run
         self.result.halt = await self.halts.complete(
-            pending=self.result.counts["pending"],
-            billable=self.result.billable_counts["pending"],  # render-only: free
+            pending=self.result.counts["pending"] - held,
+            billable=self.result.billable_counts["pending"] - held,  # render-only: free (never claimed)
         )
         self.progress.update(self._finished, self.result.counts, self.result.credits_spent, force=True)
         if failures:

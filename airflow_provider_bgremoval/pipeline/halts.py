@@ -138,7 +138,8 @@ class Halts:
         chain (one connection, or a reason not in ``failover_on``) now says so in its state, as one
         that left the chain for it does (the summary's ``accounts`` block said ``active``).
 
-        :param pending: images left pending.
+        :param pending: images left pending by the halt (not those another run's claims hold: that run
+            pays for them, and they are not the halt's to report).
         :param billable: the billable part of them (render-only images are free).
         """
         if self.halt is None or self.halted_on is None:

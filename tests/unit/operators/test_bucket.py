@@ -146,3 +146,21 @@ def test_a_templated_claim_lease_is_checked_when_the_task_starts_before_any_work
     monkeypatch.setattr(op, "prepare_job", no_work)
     with pytest.raises(AirflowFailException, match="claim_lease"):
         op.execute({"ti": None})  # type: ignore[typeddict-item]
+
+
+def test_a_fatal_halt_counts_apart_the_pending_images_another_run_holds() -> None:
+    """5 pending for the halt (priced) and 4 held by another run's claims: the message says both, as the
+    manifest's 9 pending rows do, and prices only the 5."""
+    op = RemoveBackgroundOperator(task_id="t", **BUCKETS)
+    halt = HaltInfo(
+        "out_of_credits", "pixian", "no credits", remaining_images=5, needed=Decimal(5), fatal=True
+    )
+    reasons = Counter(out_of_credits=5, claimed_elsewhere=4)
+    halted = BatchResult(counts=Counter(done=5, pending=9), billable=14, halt=halt, pending_reasons=reasons)
+    ti = type("TI", (), {"xcom_push": lambda self, key, value: None})()
+    expected = (
+        r"5 image\(s\) remain pending \(need about 5 credits; available: unknown\); 4 more pending "
+        r"are held by another run's claims \(that run pays for them\)\. "
+    )
+    with pytest.raises(AirflowFailException, match=expected):
+        op._verdict({"ti": ti}, "pixian", halted, SUMMARY)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from airflow_provider_bgremoval.exceptions import OutOfCreditsError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.pipeline.accounts import AccountChain
+from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchResult, BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
@@ -374,3 +375,31 @@ def test_a_refusal_left_out_of_failover_on_halts_on_that_account_and_its_state_s
         ("pixian_conn", "out_of_credits", "[pixian 402 402] no credits"),
         ("poof_conn", "active", None),
     ]
+
+
+def test_a_halt_leaves_out_the_images_another_run_holds_it_does_not_pay_for(buckets) -> None:
+    """
+    4 images held by another run's live claims come first, then 10 on an account that runs dry at the
+    6th call: the halt's remaining images and ``needed`` are the 5 this run would pay for, not 9 (the
+    holder pays for its 4), and the rows agree with the manifest.
+    """
+    storage, src, dst = buckets
+    held, mine = [f"a{i}.png" for i in range(4)], [f"b{i}.png" for i in range(10)]
+    seed(storage, src, held + mine)
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst)
+    other = ClaimStore(storage, dst, spec.internal_prefix, "dag/other_run/t/-1")
+    for name in held:
+        assert other.acquire(name, storage.stat(src, name).generation) is None
+
+    def script(name: str, call: int) -> Any:
+        return OutOfCreditsError("no credits", vendor="fake", status_code=402) if call > 5 else None
+
+    processor = ScriptedProcessor(script)
+    accounts = AccountChain.single(processor, hook=BalanceHook("fake", "2"))  # type: ignore[arg-type]
+    claims = ClaimStore(storage, dst, spec.internal_prefix, "dag/run/t/-1")
+    _, result, rows = run(storage, spec, processor, max_concurrency=1, accounts=accounts, claims=claims)
+    assert result.pending_reasons == {"claimed_elsewhere": 4, "out_of_credits": 5}
+    halt = result.halt
+    assert halt is not None and halt.reason == "out_of_credits"
+    assert (halt.remaining_images, halt.needed, halt.available) == (5, Decimal(5), Decimal(2))
+    assert sum(row["error_code"] == "out_of_credits" for row in rows) == halt.remaining_images
