@@ -26,7 +26,6 @@ from airflow_provider_bgremoval.renditions.compliance import (
 )
 from airflow_provider_bgremoval.renditions.spec import (
     MAX_PIXELS,
-    MAX_SIDE,
     Rendition,
     RenditionSpec,
     margin_shares,
@@ -268,7 +267,7 @@ def largest_long_side(source: tuple[int, int], spec: RenditionSpec) -> int | Non
         math.ceil(max(_natural_canvas(content, spec)) - _EPSILON)
         for content in ((width, height), (height, width))
     )
-    return longest if spec.max_size is None else min(longest, spec.max_size)
+    return min(longest, spec.max_side if spec.max_size is None else min(spec.max_size, spec.max_side))
 
 
 def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
@@ -289,7 +288,7 @@ def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
     if spec.min_size is not None and long_side < spec.min_size:
         wanted = spec.min_size / long_side
     scale = wanted if spec.upscale or wanted <= 1 else 1.0
-    scale = min(scale, MAX_SIDE / long_side, math.sqrt(MAX_PIXELS / (natural[0] * natural[1])))
+    scale = min(scale, spec.max_side / long_side, math.sqrt(MAX_PIXELS / (natural[0] * natural[1])))
     # with a fill, round the canvas down (the subject then spans at least the fill); otherwise up
     if spec.fill is not None:
         canvas = tuple(max(1, math.floor(side * scale + _EPSILON)) for side in natural)

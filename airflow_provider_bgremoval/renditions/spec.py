@@ -43,6 +43,9 @@ MAX_SIDE = 20_000
 #: The largest canvas (width x height): 100 MP, over every marketplace's limit and under the size
 #: Pillow refuses to decode again as a decompression bomb (about 179 MP), which the checks do.
 MAX_PIXELS = 100_000_000
+#: The largest side a WebP image can have (the format stores 14-bit dimensions): a derived WebP canvas is
+#: kept within it, an exact ``size`` or a ``min_size`` over it is refused.
+WEBP_MAX_SIDE = 16_383
 TRANSPARENT = "transparent"
 Fit = Literal["contain", "cover", "none"]
 Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]
@@ -169,7 +172,7 @@ class RenditionSpec(EncodedOptionSet):
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> Self:
-        problem = _conflict(self)
+        problem = _conflict(self) or _format_limit(self)
         if problem is not None:
             parameter, message = problem
             raise OptionValueError(message, parameter=parameter)
@@ -189,6 +192,11 @@ class RenditionSpec(EncodedOptionSet):
         if background == TRANSPARENT:
             return None
         return int(background[1:3], 16), int(background[3:5], 16), int(background[5:7], 16)
+
+    @property
+    def max_side(self) -> int:
+        """The largest side the rendition's canvas may have: :data:`MAX_SIDE`, or WebP's own limit."""
+        return WEBP_MAX_SIDE if self.format == "webp" else MAX_SIDE
 
     @property
     def crops(self) -> bool:
@@ -232,6 +240,18 @@ def _conflict(spec: RenditionSpec) -> tuple[str, str] | None:  # noqa: PLR0911 -
         return "margin", "the percentages of opposite sides must add up to less than 100%"
     if spec.dpi is not None and spec.format == "webp":
         return "dpi", "WebP has no resolution field: use jpeg or png, or leave dpi unset"
+    return None
+
+
+def _format_limit(spec: RenditionSpec) -> tuple[str, str] | None:
+    """``(parameter, message)`` when the spec asks for a canvas side its format cannot store."""
+    if spec.max_side >= MAX_SIDE:
+        return None
+    limit = f"WebP images are at most {spec.max_side:,} px a side"
+    if spec.size is not None and max(spec.size) > spec.max_side:
+        return "size", f"{spec.size[0]}x{spec.size[1]}: {limit}; use png or jpeg, or a smaller size"
+    if spec.min_size is not None and spec.min_size > spec.max_side:
+        return "min_size", f"{spec.min_size}: {limit}; use png or jpeg, or a smaller min_size"
     return None
 
 

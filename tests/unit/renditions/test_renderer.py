@@ -174,6 +174,28 @@ class TestPlacement:
         assert plan.canvas[0] * plan.canvas[1] <= 100_000_000
         assert plan.canvas[0] == plan.canvas[1]
 
+    def test_a_derived_webp_canvas_stays_within_webp_s_16383_px(self) -> None:
+        # a panorama wider than WebP can store: the WebP rendition is scaled into the format, the PNG
+        # keeps every pixel (the WebP encoder refused the canvas: the rendition failed on every run)
+        master = prepare_master(soft_subject((17_000, 60), (100, 10, 16_900, 50)))
+        webp, capped, png = render(
+            master,
+            parse_renditions(
+                [
+                    {"name": "web", "format": "webp", "lossless": True},
+                    {"name": "capped", "format": "webp", "max_size": 20_000, "background": "#ffffff"},
+                    {"name": "design", "format": "png"},
+                ]
+            ),
+        )
+        for outcome in (webp, capped):
+            rendered = _rendered(outcome)
+            assert rendered.measured.width == 16_383 and rendered.measured.height == 58
+            assert decode(rendered.data).size == (16_383, 58)
+        assert _rendered(png).measured.width == 17_000
+        (web,) = parse_renditions([{"name": "web", "format": "webp"}])
+        assert largest_long_side((17_000, 60), web.spec) == 16_383
+
     def test_a_minimum_that_needs_upscaling_is_flagged_not_met(self) -> None:
         master = product_photo((400, 300))
         refused = _one(master, format="png", min_size=1000)

@@ -80,6 +80,8 @@ class TestFields:
             ({"fit": "cover"}, "fit", "needs a canvas"),
             ({"margin": "50% 10px"}, "margin", "less than 100%"),
             ({"format": "webp", "dpi": 72}, "dpi", "WebP"),
+            ({"format": "webp", "size": [16_384, 100]}, "size", "at most 16,383 px a side"),
+            ({"format": "webp", "min_size": 16_384}, "min_size", "at most 16,383 px a side"),
             ({"quality": 0}, "quality", "greater than or equal to 1"),
             ({"fill": 2}, "fill", "between 0.05 and 1"),
             ({"fill": "lots"}, "fill", "not a fill ratio"),
@@ -102,6 +104,11 @@ class TestFields:
         error = _error(RenditionSpec, name="r", **fields)
         assert error.parameter == f"rendition.{parameter}"
         assert fragment in str(error)
+
+    def test_webp_s_side_limit_binds_webp_only(self) -> None:
+        assert RenditionSpec(name="w", format="webp", size=[16_383, 100]).max_side == 16_383
+        assert RenditionSpec(name="w", format="webp", max_size=20_000).max_size == 20_000  # a bound
+        assert RenditionSpec(name="p", format="png", size=[20_000, 100], min_size=None).max_side == 20_000
 
     @pytest.mark.parametrize("name", ["", "Bad Name", "-x", "a" * 65, "a/b"])
     def test_names_are_path_safe(self, name: str) -> None:
