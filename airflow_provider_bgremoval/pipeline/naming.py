@@ -29,6 +29,10 @@ def folder_name(value: str) -> str:
     return quote(value, safe=_ID_SAFE)
 
 
+#: The longest object name GCS stores (bytes, UTF-8 encoded); a longer write is refused by GCS.
+MAX_OBJECT_NAME_BYTES = 1024
+
+
 class UnsafeNameError(ValueError):
     """A source name cannot be mapped to a destination name safely."""
 
@@ -78,9 +82,21 @@ def check_safe(relative: str) -> str:
 
 
 def destination_name(source_name: str, source_prefix: str, destination_prefix: str, extension: str) -> str:
-    """Map a source object name to its destination object name."""
+    """
+    Map a source object name to its destination object name; :class:`UnsafeNameError` when it could
+    escape the destination prefix, or would be longer than GCS stores (:data:`MAX_OBJECT_NAME_BYTES`:
+    a longer destination prefix or an added extension can push a valid source name past it, and the
+    write would fail after the vendor was paid).
+    """
     relative = check_safe(source_name.removeprefix(source_prefix))
     stem, _ = posixpath.splitext(relative)
     if not posixpath.basename(stem):  # e.g. ".jpg" alone: keep the whole name as the stem
         stem = relative
-    return f"{destination_prefix}{stem}{extension}"
+    destination = f"{destination_prefix}{stem}{extension}"
+    length = len(destination.encode("utf-8", "surrogatepass"))
+    if length > MAX_OBJECT_NAME_BYTES:
+        raise UnsafeNameError(
+            f"output name {destination[:60]!r}... would be {length} bytes, longer than the "
+            f"{MAX_OBJECT_NAME_BYTES} bytes GCS allows an object name"
+        )
+    return destination

@@ -6,7 +6,12 @@ import pytest
 
 from airflow_provider_bgremoval.operators.report import report_prefix
 from airflow_provider_bgremoval.pipeline.manifest import manifest_object_name, manifest_run_prefix
-from airflow_provider_bgremoval.pipeline.naming import folder_name, masters_prefix
+from airflow_provider_bgremoval.pipeline.naming import (
+    UnsafeNameError,
+    destination_name,
+    folder_name,
+    masters_prefix,
+)
 from airflow_provider_bgremoval.pipeline.plan_store import plan_prefix
 
 
@@ -35,3 +40,14 @@ def test_every_folder_of_the_providers_own_objects_keeps_two_runs_apart(run_ids)
     assert report_prefix("cut", "dag", readable) == f"cut/_bgremoval/reports/dag/{readable}/"
     assert manifest_run_prefix("_bgremoval/", "dag", readable) == f"_bgremoval/manifests/dag/{readable}/"
     assert folder_name("a/b") == "a%2Fb" and folder_name(".") == "%2E"
+
+
+def test_an_output_name_longer_than_gcs_stores_is_refused() -> None:
+    """A source name GCS took (1,024 bytes) can grow past it: a longer destination prefix, an extension."""
+    fits = "é" * 508 + ".jpg"  # 1,020 bytes: two per é
+    assert destination_name(fits, "", "", ".png") == "é" * 508 + ".png"
+    with pytest.raises(UnsafeNameError, match="1033 bytes, longer than the 1024 bytes"):
+        destination_name("raw/" + fits, "raw/", "cutouts/2026/", ".png")
+    with pytest.raises(UnsafeNameError, match="1025 bytes"):
+        destination_name("x" * 1021, "", "", ".png")  # no extension: ".png" is added
+    assert len(destination_name("x" * 1019 + ".jpg", "", "", ".webp").encode()) == 1024

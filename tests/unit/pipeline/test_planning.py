@@ -842,3 +842,24 @@ def test_settled_rows_have_one_kind_each() -> None:
     for status, code in (("skipped", "already_done"), ("rejected", "not_found")):
         plan.settle(PlannedOutcome(source, None, status, code, ""))
     assert [plan.count_kind(k) for k in planning.SETTLED_KINDS] == [1, 1, 0, 0]
+
+
+def test_a_source_whose_output_name_would_be_too_long_for_gcs_is_rejected_unread(tiny_png: bytes) -> None:
+    """A 1,020-byte source name under a longer destination prefix: GCS would refuse the output's write
+    after the vendor was paid, so planning rejects it (unsafe_name), reads nothing and bills nothing."""
+    long_name = "raw/" + "x" * 1012 + ".png"  # 1,020 bytes, as GCS stores it
+    storage = MemoryStorage({long_name: tiny_png, "raw/short.png": tiny_png})
+    spec = BatchSpec(
+        source_bucket="src",
+        destination_bucket="dst",
+        source_prefix="raw/",
+        destination_prefix="cutouts/2026/",
+    )
+
+    plan = _plan_in(storage, spec)
+
+    assert [item.destination for item in plan.items] == ["cutouts/2026/short.png"]
+    [outcome] = plan.settled
+    assert (outcome.source.name, outcome.status, outcome.code) == (long_name, "rejected", "unsafe_name")
+    assert "1029 bytes, longer than the 1024 bytes GCS allows" in outcome.message
+    assert storage.requests["read_head"] == 1  # the short one only
