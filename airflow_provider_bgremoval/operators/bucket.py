@@ -280,8 +280,9 @@ class BucketImageOperator(BucketJobOperator):
                 available = "unknown" if halt.available is None else str(halt.available)
                 error = AirflowFailException if halt.fatal else AirflowException
                 done = result.billable_counts["done"]
+                concerns = halt.vendor if halt.conn_id is None else f"{halt.vendor} ({halt.conn_id})"
                 raise error(  # the halt names the account it concerns (after failover, not the primary)
-                    f"{halt.vendor}: {halt.message}. Stopped after {done} of {result.billable} "
+                    f"{concerns}: {halt.message}. Stopped after {done} of {result.billable} "
                     f"billable images; {halt.remaining_images} image(s) remain pending "
                     f"(need about {halt.needed} credits; available: {available}){_held(result)}. "
                     f"Finished images are skipped on rerun. Manifest: {manifest_uri}"

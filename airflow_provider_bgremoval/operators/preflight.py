@@ -611,6 +611,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             message=f"could not read the balance of {account.conn_id!r}: {exc}{why}",
             remaining_images=billable,
             fatal=True,
+            conn_id=account.conn_id,
         )
         context["ti"].xcom_push(key="halt", value=halt.as_dict())
         raise AirflowFailException(f"credits pre-flight: {halt.message}") from exc
@@ -640,6 +641,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             fatal=self.on_insufficient == "fail",
             accounts=tuple(pooled),
             shortfall_images=estimate.get("shortfall_images"),
+            conn_id=None if pooled else estimate["conn_id"],  # a chain's: every account, per account
         )
         context["ti"].xcom_push(key="estimate", value=estimate)
         context["ti"].xcom_push(key="halt", value=halt.as_dict())

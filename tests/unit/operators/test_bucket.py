@@ -164,3 +164,15 @@ def test_a_fatal_halt_counts_apart_the_pending_images_another_run_holds() -> Non
     )
     with pytest.raises(AirflowFailException, match=expected):
         op._verdict({"ti": ti}, "pixian", halted, SUMMARY)  # type: ignore[arg-type]
+
+
+def test_a_fatal_halt_names_the_connection_it_concerns() -> None:
+    """Two Pixian accounts in a chain: 'pixian:' alone did not say which one to top up."""
+    op = RemoveBackgroundOperator(task_id="t", **BUCKETS)
+    halt = HaltInfo(
+        "out_of_credits", "pixian", "no credits", 2, Decimal(2), fatal=True, conn_id="pixian_backup"
+    )
+    halted = BatchResult(counts=Counter(done=9, pending=2), billable=11, halt=halt)
+    ti = type("TI", (), {"xcom_push": lambda self, key, value: None})()
+    with pytest.raises(AirflowFailException, match=r"^pixian \(pixian_backup\): no credits\. Stopped"):
+        op._verdict({"ti": ti}, "pixian", halted, SUMMARY)  # type: ignore[arg-type]

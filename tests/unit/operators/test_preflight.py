@@ -412,7 +412,8 @@ def test_halt_shape_and_mode(
     assert "only 20 are available" in str(error)
     assert "Nothing was charged" in str(error)
     halt = pushed["halt"]
-    assert set(halt) == HALT_KEYS  # the same shape as the pipeline's mid-batch halt
+    # the same shape as the pipeline's mid-batch halt, with the one account it concerns (it had none)
+    assert set(halt) == HALT_KEYS | {"conn_id"}
     assert halt == {
         "reason": "insufficient_credits",
         "vendor": "poof",
@@ -421,6 +422,7 @@ def test_halt_shape_and_mode(
         "needed": "33",
         "available": "20",
         "fatal": on_insufficient == "fail",
+        "conn_id": "poof_default",
     }
     assert pushed["estimate"]["sufficient"] is False
     assert all(r.url.path == "/v1/me" for r in vendors.requests)
@@ -454,7 +456,8 @@ def test_auth_failure_fails_at_once_with_a_halt(vendors: FakeVendors, planned: d
     _, pushed, error = run(check(on_insufficient="skip"))
     assert isinstance(error, AirflowFailException)
     assert pushed["halt"]["reason"] == "auth_failed"
-    assert set(pushed["halt"]) == HALT_KEYS
+    assert set(pushed["halt"]) == HALT_KEYS | {"conn_id"}
+    assert pushed["halt"]["conn_id"] == "pixelcut_default"  # the account whose key was refused
     assert vendors.calls("pixelcut") == 1
 
 
@@ -886,6 +889,7 @@ def test_a_chain_short_of_credits_halts_stating_the_pooled_shortfall(
     assert "4 not covered by any account" in str(error)
     halt = pushed["halt"]
     assert halt["reason"] == "insufficient_credits" and halt["shortfall_images"] == 4
+    assert "conn_id" not in halt  # no one account: each is in ``accounts``
     assert [(a["conn_id"], a["images"]) for a in halt["accounts"]] == [
         ("pixian_default", 2),
         ("poof_default", 1),
@@ -970,7 +974,8 @@ def test_a_chain_none_of_whose_keys_works_fails_at_once_as_one_connection_does(
     assert "could not read the balance of 'pixian_default'" in str(error)
     assert "no account of the chain can be read" in str(error)
     assert pushed["halt"]["reason"] == "auth_failed" and pushed["halt"]["vendor"] == "pixian"
-    assert set(pushed["halt"]) == HALT_KEYS and "estimate" not in pushed
+    assert pushed["halt"]["conn_id"] == "pixian_default"  # the account the message names
+    assert set(pushed["halt"]) == HALT_KEYS | {"conn_id"} and "estimate" not in pushed
 
 
 def test_a_refused_primary_key_halts_when_the_chain_does_not_fail_over_on_auth(
@@ -984,7 +989,7 @@ def test_a_refused_primary_key_halts_when_the_chain_does_not_fail_over_on_auth(
     _, pushed, error = run(op)
     assert isinstance(error, AirflowFailException)
     assert "'pixian_default'" in str(error) and "does not fail over on auth_failed" in str(error)
-    assert pushed["halt"]["reason"] == "auth_failed"
+    assert pushed["halt"]["reason"] == "auth_failed" and pushed["halt"]["conn_id"] == "pixian_default"
     vendors.script["poof"] = [401]  # a backup's refused key: the primary may pay for everything
     vendors.set_pixian(10)
     estimate, _, error = run(check(CHAIN[:2], cost_per_image=TWO_COSTS, failover_on=["out_of_credits"]))
