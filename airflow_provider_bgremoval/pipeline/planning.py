@@ -427,19 +427,34 @@ def iter_sources(
             yield info.name, info
         return
     for raw in spec.source_objects:
-        name = str(raw)
-        if name.startswith("gs://"):
-            bucket, name = split_gs_uri(name)
-            if bucket != spec.source_bucket:
-                raise InvalidOptionError(
-                    "source_objects", f"{gs_uri(bucket, name)} is not in source bucket {spec.source_bucket!r}"
-                )
-        if spec.source_prefix and not name.startswith(spec.source_prefix):
-            name = spec.source_prefix + name.lstrip("/")
+        name = _source_name(spec, str(raw))
         try:
             yield name, storage.stat(spec.source_bucket, name)
         except StorageError as exc:
             yield name, exc
+
+
+def _source_name(spec: BatchSpec, raw: str) -> str:
+    """
+    The object name of an explicit source: a ``gs://`` URI names the object itself (in the source bucket,
+    under the source prefix, else :class:`InvalidOptionError`), any other name is below the source prefix.
+    """
+    if not raw.startswith("gs://"):
+        if spec.source_prefix and not raw.startswith(spec.source_prefix):
+            return spec.source_prefix + raw.lstrip("/")
+        return raw
+    bucket, name = split_gs_uri(raw)
+    if bucket != spec.source_bucket:
+        raise InvalidOptionError(
+            "source_objects", f"{gs_uri(bucket, name)} is not in source bucket {spec.source_bucket!r}"
+        )
+    if not name.startswith(spec.source_prefix):  # the prefix put before it would name another object
+        raise InvalidOptionError(
+            "source_objects",
+            f"{gs_uri(bucket, name)} is not under the source prefix "
+            f"{gs_uri(spec.source_bucket, spec.source_prefix)}",
+        )
+    return name
 
 
 def list_sources(

@@ -863,3 +863,21 @@ def test_a_source_whose_output_name_would_be_too_long_for_gcs_is_rejected_unread
     assert (outcome.source.name, outcome.status, outcome.code) == (long_name, "rejected", "unsafe_name")
     assert "1029 bytes, longer than the 1024 bytes GCS allows" in outcome.message
     assert storage.requests["read_head"] == 1  # the short one only
+
+
+def test_an_explicit_uri_outside_the_source_prefix_is_refused_not_read_as_another_object(
+    tiny_png: bytes,
+) -> None:
+    """``gs://src/other/x.png`` names that object: the source prefix put before it named ``raw/other/x.png``,
+    another object, which was then planned (and paid for) in its place, or reported not found."""
+    storage = MemoryStorage({"raw/other/x.png": tiny_png, "other/x.png": tiny_png, "raw/y.png": tiny_png})
+    spec = BatchSpec(
+        source_bucket="src",
+        destination_bucket="dst",
+        source_prefix="raw/",
+        source_objects=["gs://src/raw/y.png", "gs://src/other/x.png"],
+    )
+    with pytest.raises(InvalidOptionError, match=r"gs://src/other/x.png is not under the source prefix"):
+        _plan_in(storage, spec)
+    inside = BatchSpec(**{**spec.__dict__, "source_objects": ["gs://src/raw/y.png", "other/x.png"]})
+    assert [item.source.name for item in _plan_in(storage, inside).items] == ["raw/y.png", "raw/other/x.png"]
