@@ -131,9 +131,18 @@ class RateLimitedError(BgRemovalError):
 
 
 class TransientVendorError(BgRemovalError):
-    """A failure that may pass (408, 5xx, network, timeout). Retryable. ``possibly_charged``: a lost reply."""
+    """
+    A failure that may pass (408, 5xx, network, timeout). Retryable. ``possibly_charged``: a lost reply.
+
+    :param retry_after: seconds a 503's ``Retry-After`` asked to wait (RFC 9110), if it said so.
+    """
 
     retryable = True
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
 
 
 class InputRejectedError(BgRemovalError):

@@ -145,11 +145,11 @@ class _CallDecisions:
     def wait(self, retry_state: RetryCallState | None = None) -> float:
         """tenacity's wait strategy: seconds to wait after the attempt that just failed."""
         policy, exc = self.policy, self.last_error
-        if isinstance(exc, RateLimitedError):
-            if exc.retry_after is not None:
-                return min(max(exc.retry_after, 0.0), policy.max_retry_after)
-            if policy.rate_limit_step is not None:
-                return policy.rate_limit_step * self.consecutive_429
+        retry_after = exc.retry_after if isinstance(exc, (RateLimitedError, TransientVendorError)) else None
+        if retry_after is not None:  # a 429's, or a 503's (RFC 9110: the same meaning)
+            return min(max(retry_after, 0.0), policy.max_retry_after)
+        if isinstance(exc, RateLimitedError) and policy.rate_limit_step is not None:
+            return policy.rate_limit_step * self.consecutive_429
         base = min(policy.max_backoff, policy.initial_backoff * 2.0 ** (self.attempts - 1))
         return base + self.jitter_sample
 

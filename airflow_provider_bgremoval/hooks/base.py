@@ -59,6 +59,7 @@ from airflow_provider_bgremoval.vendors.base import (
     VendorWire,
     WireRequest,
     is_http_url,
+    parse_retry_after,
     shown_url,
 )
 
@@ -757,6 +758,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             error = wire.error_from_reply(response) if not response.is_success else None  # 3xx too
         if error is not None and _lost_reply(request, error):
             error.possibly_charged = True  # a gateway timed out: the vendor may have done the work
+        if isinstance(error, TransientVendorError) and response.status_code == 503:  # RFC 9110: as a 429
+            error.retry_after = parse_retry_after(response.headers.get("retry-after"))
         if pacer is not None:
             self._paced(pacer, sent_at, waited, error)
         if error is not None:

@@ -117,6 +117,14 @@ def test_retry_after_is_capped() -> None:
     assert sleep.waits == [60]
 
 
+def test_a_transient_errors_retry_after_is_honoured_and_capped() -> None:
+    unavailable = TransientVendorError("503", vendor="poof", status_code=503, retry_after=12)
+    too_long = TransientVendorError("503", vendor="poof", status_code=503, retry_after=3600)
+    policy = RetryPolicy(max_retry_after=60, max_wait=1000, jitter=0)
+    _, sleep, _ = run(Script([unavailable, transient(), too_long]), policy)
+    assert sleep.waits == [12, 0.5, 60]
+
+
 def test_negative_retry_after_waits_nothing() -> None:
     _, sleep, _ = run(Script([limited(-5)]), RetryPolicy())
     assert sleep.waits == [0]

@@ -631,6 +631,33 @@ def test_rate_limit_honours_retry_after(hook: FakeHook, server: Server, sleep: S
     assert result.call.attempts == 2
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_503_honours_its_retry_after_like_a_429(
+    mode: str, hook: FakeHook, server: Server, sleep: SleepRecorder
+) -> None:
+    # RFC 9110: Retry-After on a 503 says how long the service is expected to be unavailable
+    server.on(f"{API}/v1/remove", error_reply(503, **{"retry-after": "9"}), png_reply())
+    remove = (
+        hook.remove_background
+        if mode == "sync"
+        else lambda image: asyncio.run(hook.aremove_background(image))
+    )
+    result = remove(PNG)
+    assert sleep.waits == [9]
+    assert (result.call.attempts, result.call.possibly_charged) == (2, 0)
+    server.on(f"{API}/v1/remove", error_reply(503, **{"retry-after": "100000"}), png_reply())
+    remove(PNG)
+    assert sleep.waits[-1] == hook.retry_policy.max_retry_after  # capped by the policy
+
+
+def test_a_503_without_retry_after_keeps_the_backoff(
+    hook: FakeHook, server: Server, sleep: SleepRecorder
+) -> None:
+    server.on(f"{API}/v1/remove", error_reply(503), error_reply(502, **{"retry-after": "9"}), png_reply())
+    hook.remove_background(PNG)
+    assert sleep.waits == [1, 1]  # a 502's Retry-After has no meaning (RFC 9110: 503 and 3xx)
+
+
 def test_rate_limit_gives_up_with_rate_limited_error(hook: FakeHook, server: Server) -> None:
     server.on(f"{API}/v1/credits", error_reply(429, **{"retry-after": "1"}))
     with pytest.raises(RateLimitedError) as info:
