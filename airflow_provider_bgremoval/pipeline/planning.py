@@ -585,7 +585,10 @@ class _Collisions:
         self.found: list[tuple[str, str, str]] = []
 
     def first(self, name: str, stem: str, destination: str) -> str | None:
-        """The earlier source mapped to ``destination`` (recorded as a collision), or ``None``."""
+        """
+        The earlier source mapped to ``destination`` (recorded as a collision, unless it is this very
+        name: an explicit name given twice is one source, planned once), or ``None``.
+        """
         if self.ordered:  # the stems that are no prefix of this name can never recur
             while self.open and not name.startswith(next(reversed(self.open.values()))[0]):
                 self.open.popitem()
@@ -593,7 +596,8 @@ class _Collisions:
         if earlier is None:
             self.open[destination] = (stem, name)
             return None
-        self.found.append((earlier[1], name, destination))
+        if earlier[1] != name:
+            self.found.append((earlier[1], name, destination))
         return earlier[1]
 
     def raise_if_any(self) -> None:

@@ -881,3 +881,19 @@ def test_an_explicit_uri_outside_the_source_prefix_is_refused_not_read_as_anothe
         _plan_in(storage, spec)
     inside = BatchSpec(**{**spec.__dict__, "source_objects": ["gs://src/raw/y.png", "other/x.png"]})
     assert [item.source.name for item in _plan_in(storage, inside).items] == ["raw/y.png", "raw/other/x.png"]
+
+
+def test_an_explicit_source_named_twice_is_planned_once_not_refused_as_a_collision(tiny_png: bytes) -> None:
+    """``x.png`` and ``gs://src/x.png`` (or one name twice) are one source: one item, one row; the batch
+    was refused whole ("1 source(s) would overwrite another source's output: 'x.png' and 'x.png'")."""
+    storage = MemoryStorage({"x.png": tiny_png, "y.png": tiny_png})
+    names = ["x.png", "y.png", "gs://src/x.png", "x.png"]
+    spec = BatchSpec(source_bucket="src", destination_bucket="dst", source_objects=names)
+    plan = _plan_in(storage, spec)
+    assert [item.source.name for item in plan.items] == ["x.png", "y.png"]
+    assert plan.settled == []
+    assert storage.requests["read_head"] == 2
+    storage.put("src", "x.jpg", tiny_png)
+    other = BatchSpec(**{**spec.__dict__, "source_objects": [*names, "x.jpg"]})
+    with pytest.raises(DestinationCollisionError, match=re.escape("'x.png' and 'x.jpg' -> 'x.png'")):
+        _plan_in(storage, other)
