@@ -64,6 +64,16 @@ def masters_prefix(destination_prefix: str | None, masters_prefix: str | None = 
     return masters_prefix or f"{normalise_prefix(destination_prefix)}{MASTERS_DIR}"
 
 
+def in_internal_folder(relative: str) -> bool:
+    """
+    True when ``relative`` (a name below a listed prefix) lies in a provider's own folder: the prefix's
+    :data:`INTERNAL_DIR` or one deeper down (the destination of a job whose prefix lies below it).
+
+    :param relative: the name below the prefix.
+    """
+    return relative.startswith(INTERNAL_DIR) or f"/{INTERNAL_DIR}" in relative
+
+
 def check_safe(relative: str) -> str:
     """Raise :class:`UnsafeNameError` if ``relative`` could escape the destination prefix."""
     if not relative:

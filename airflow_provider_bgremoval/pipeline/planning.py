@@ -28,6 +28,7 @@ from airflow_provider_bgremoval.imaging import (
 from airflow_provider_bgremoval.pipeline.naming import (
     UnsafeNameError,
     destination_name,
+    in_internal_folder,
     internal_prefix,
     normalise_prefix,
 )
@@ -628,13 +629,14 @@ def _map_sources(
 ) -> Iterator[WorkItem]:
     """
     Map each source to its output; settle missing and unsafe names; note collisions. A listed prefix's
-    own ``_bgremoval/`` folder (the claims, manifests and contact sheets of a job whose outputs are
-    these sources: the generate example reads the removal's cut-outs) holds no source: passed over.
+    ``_bgremoval/`` folders (the claims, manifests and contact sheets of a job whose outputs are these
+    sources: the generate example reads the removal's cut-outs; deeper ones too, a prefix over several
+    such jobs' destinations) hold no source: passed over.
     """
     read_back = spec.read_back
-    own_folder = None if spec.source_objects is not None else internal_prefix(spec.source_prefix)
+    listed = spec.source_objects is None
     for name, entry in sources:
-        if own_folder is not None and name.startswith(own_folder):
+        if listed and in_internal_folder(name.removeprefix(spec.source_prefix)):
             continue
         if entry is None or isinstance(entry, StorageError):
             unknown = ObjectInfo(bucket=spec.source_bucket, name=name, generation=0, size=0)

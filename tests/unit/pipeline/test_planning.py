@@ -897,3 +897,25 @@ def test_an_explicit_source_named_twice_is_planned_once_not_refused_as_a_collisi
     other = BatchSpec(**{**spec.__dict__, "source_objects": [*names, "x.jpg"]})
     with pytest.raises(DestinationCollisionError, match=re.escape("'x.png' and 'x.jpg' -> 'x.png'")):
         _plan_in(storage, other)
+
+
+def test_a_prefix_over_several_jobs_destinations_plans_none_of_their_internal_folders() -> None:
+    """
+    A generate job over ``cutouts/`` reading the monthly removals' ``cutouts/2026-11/`` and
+    ``cutouts/2026-12/``: their ``_bgremoval/`` folders' contact sheets (``include="*.png"``) were
+    billable images, paid for, and their claims and plans (no include) rejected, failing the run.
+    """
+    png = _save(Image.new("RGBA", (64, 64), (255, 0, 0, 255)), "PNG")
+    storage = MemoryStorage()
+    for name in (
+        "cutouts/2026-11/a.png",
+        "cutouts/2026-11/_bgremoval/reports/d/r/contact-sheet.png",
+        "cutouts/2026-11/_bgremoval/claims/0",
+        "cutouts/2026-12/b.png",
+        "cutouts/2026-12/x_bgremoval/c.png",  # a folder of the user's, not the provider's
+    ):
+        storage.put("shop", name, png)
+    spec = BatchSpec(source_bucket="shop", source_prefix="cutouts/", destination_bucket="scenes")
+    plan = _plan_in(storage, spec)
+    sources = ["cutouts/2026-11/a.png", "cutouts/2026-12/b.png", "cutouts/2026-12/x_bgremoval/c.png"]
+    assert [item.source.name for item in plan.items] == sources and plan.settled == []
