@@ -26,6 +26,7 @@ from airflow_provider_bgremoval.operators.operations import GenerationParameters
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore, parse_lease_seconds
 from airflow_provider_bgremoval.pipeline.engine import (
     DEFAULT_DRAIN_GRACE,
+    LEASE_SHORT,
     ON_ERROR_CHOICES,
     BatchResult,
     BatchRunner,
@@ -314,8 +315,9 @@ class BucketImageOperator(BucketJobOperator):
     def _pending_verdict(self, vendor: str, result: BatchResult, summary: dict[str, Any]) -> None:
         """
         Fail the task (retryably) for images left pending without a limit the user set: held by another
-        run's claims (unless ``on_pending="warn"``), or waiting out an outage of every account until their
-        claims' leases ran short (docs/pipeline.md, "Failover").
+        run's claims (unless ``on_pending="warn"``), or whose claims' leases ran short before a call: in an
+        outage (``outage``), or used up by calls on an account that then refused them (``lease_short``;
+        docs/pipeline.md, "Failover").
         """
         manifest_uri = summary["manifest_uri"]
         held = summary["claims_elsewhere"]
@@ -329,12 +331,14 @@ class BucketImageOperator(BucketJobOperator):
                 f"holder finishes skips what it wrote (on_pending='warn' accepts this as success). "
                 f"Manifest: {manifest_uri}"
             )
-        outage = result.pending_reasons.get("outage", 0)
-        if outage:
+        counts = {code: result.pending_reasons.get(code, 0) for code in _LEASE_RAN_SHORT}
+        if any(counts.values()):
+            why = "; ".join(f"{count} {_LEASE_RAN_SHORT[code]}" for code, count in counts.items() if count)
             raise AirflowException(
-                f"{vendor}: {outage} image(s) left pending because every account of the chain stayed in "
-                f"an outage until their claims' leases ran short; they were not sent (nothing paid for "
-                f"them, their claims released). A retry sends them. Manifest: {manifest_uri}"
+                f"{vendor}: {sum(counts.values())} image(s) left pending because their claims' leases ran "
+                f"short before a call: {why}. They were not sent (again) and their claims were released; "
+                f"their rows say what earlier calls may have cost. A retry sends them. "
+                f"Manifest: {manifest_uri}"
             )
 
     def _announce(
@@ -394,6 +398,15 @@ class BucketImageOperator(BucketJobOperator):
             inputs=[Dataset(namespace=namespace, name=name) for namespace, name in inputs],
             outputs=[Dataset(namespace=namespace, name=name) for namespace, name in outputs],
         )
+
+
+#: What used an image's claim lease up before a call, per pending code (the bucket task's failure says).
+_LEASE_RAN_SHORT = {
+    "outage": "in an outage (every account's circuit breaker open, or failing calls on the account that "
+    "handed them on)",
+    LEASE_SHORT: "after calls on an account that then refused them (out of credits, key refused) or could "
+    "not take them had used the lease up",
+}
 
 
 def _held(result: BatchResult) -> str:

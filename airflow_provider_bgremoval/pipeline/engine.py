@@ -72,6 +72,10 @@ SAMPLE_OUTPUTS = 5
 #: Seconds in-flight calls get to finish after a timeout or a termination (SIGKILL follows in 5 s).
 DEFAULT_DRAIN_GRACE = 3.0
 
+#: The pending code of an image whose calls on an account that then refused it (out of credits, key
+#: refused, its limits) used its claim lease up: not sent to the next account (docs/pipeline.md, "Failover").
+LEASE_SHORT = "lease_short"
+
 #: How Airflow's interrupts are named in manifests and summaries.
 _INTERRUPT_CODES = {
     "AirflowTaskTimeout": ("execution_timeout", "the task hit its execution_timeout"),
@@ -202,7 +206,7 @@ class BatchRunner:
         self._output_unknown: set[str] = set()  # destinations a failed write may still have stored
         self.halts = Halts(self.chain)
         self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
-        self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle, self.claims)
+        self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle_from_calls, self.claims)
         self._submitted = 0  # billable items handed to the workers: plan.items[:_submitted]
         self._finished = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -408,6 +412,20 @@ class BatchRunner:
             **money,
             **fields,
         )
+
+    def _settle_from_calls(
+        self, flight: Flight, status: str, code: str | None = None, message: str | None = None, **fields: Any
+    ) -> None:
+        """
+        The call stage's recorder: :meth:`_settle`, with an image whose claim lease ran short before its
+        next call (pending ``outage``) coded for what used the lease up. An image that had not waited for
+        a probe (still at its ``call`` stage) lost it to its calls on an account that then refused it or
+        could not take it: ``lease_short``; after an outage hand-off, or a wait, it stays ``outage``
+        (no account was in an outage in the first case: its task failure said every one stayed in one).
+        """
+        if status == "pending" and code == "outage" and flight.stage == "call" and flight.handoffs:
+            code = "outage" if flight.handoffs[-1]["reason"] == "outage" else LEASE_SHORT
+        self._settle(flight, status, code, message, **fields)
 
     def _count_finished(self, flight: Flight, status: str | None = None) -> None:
         """One more finished image; one sent to the vendor (it has an account) counts in ``result.sent``."""

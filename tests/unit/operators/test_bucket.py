@@ -96,8 +96,19 @@ def test_images_left_pending_by_an_outage_fail_the_task_retryably() -> None:
     user set, so the task is not green (a retry sends them)."""
     op = RemoveBackgroundOperator(task_id="t", **BUCKETS)
     waited = BatchResult(counts=Counter(done=9, pending=2), billable=11, pending_reasons=Counter(outage=2))
-    with pytest.raises(AirflowException, match=r"2 image\(s\) left pending because every account") as caught:
+    with pytest.raises(AirflowException, match=r"2 image\(s\) left pending .*: 2 in an outage") as caught:
         op._verdict({}, "pixian", waited, SUMMARY)  # type: ignore[arg-type]
+    assert not isinstance(caught.value, AirflowFailException)  # retryable
+    # their calls on an account that then ran out of credits used the lease up: no outage at all (the
+    # failure said "every account of the chain stayed in an outage")
+    reasons = Counter(outage=1, lease_short=2)
+    short = BatchResult(counts=Counter(done=8, pending=3), billable=11, pending_reasons=reasons)
+    expected = (
+        r"3 image\(s\) left pending because their claims' leases ran short before a call: 1 in an outage "
+        r".*; 2 after calls on an account that then refused them \(out of credits, key refused\)"
+    )
+    with pytest.raises(AirflowException, match=expected) as caught:
+        op._verdict({}, "pixian", short, SUMMARY)  # type: ignore[arg-type]
     assert not isinstance(caught.value, AirflowFailException)  # retryable
     limited = BatchResult(
         counts=Counter(done=9, pending=2), billable=11, pending_reasons=Counter(max_images=2)
