@@ -322,6 +322,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         self._wire_instance: W | None = None
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None  # the loop its connections belong to
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(conn_id={self.conn_id!r})"
@@ -580,10 +581,16 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return self._client
 
     async def _aget_client(self) -> httpx.AsyncClient:
-        if self._aclient is None:
-            options = self._client_options(await self.aget_settings())
+        """
+        The hook's async HTTP client on the running event loop: a new one on another loop (a task that
+        calls ``asyncio.run`` per image), whose pooled connections belong to a loop that may be closed.
+        """
+        settings = self._settings if self._settings is not None else await self.aget_settings()
+        loop = asyncio.get_running_loop()  # no await from here on: concurrent first calls share one client
+        if self._aclient is None or self._aclient_loop is not loop:
+            options = self._client_options(settings)
             transport = self._async_transport or hook_transport(options["limits"])
-            self._aclient = httpx.AsyncClient(transport=transport, **options)
+            self._aclient, self._aclient_loop = httpx.AsyncClient(transport=transport, **options), loop
         return self._aclient
 
     def close(self) -> None:
@@ -593,10 +600,10 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             self._client = None
 
     async def aclose(self) -> None:
-        """Close both clients."""
-        if self._aclient is not None:
-            await self._aclient.aclose()
-            self._aclient = None
+        """Close both clients (an async one made on another event loop is let go: not closable here)."""
+        client, self._aclient = self._aclient, None
+        if client is not None and self._aclient_loop is asyncio.get_running_loop():
+            await client.aclose()
         self.close()
 
     def __enter__(self) -> BackgroundRemovalHook[W]:

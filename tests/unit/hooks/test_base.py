@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 from unittest import mock
 
@@ -1825,3 +1826,39 @@ def test_balance_reads_are_not_paced_and_do_not_move_the_rate(
         assert hook.get_balance().remaining == 5
         assert hook.pacer is not None and hook.pacer.rate == pytest.approx(0.01)  # not cut
     assert clock.now() == 1000.0
+
+
+# -- one hook, several event loops -----------------------------------------------------------------
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """A balance endpoint on a kept-alive HTTP/1.1 connection (the hook's pool keeps it open)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = json.dumps({"credits": "12"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_hook_serves_one_event_loop_after_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A @task calling asyncio.run per image: the pool's kept-alive connection belongs to a closed loop
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_port}"
+        set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=host)
+        hook = FakeHook(requests_per_second=0)
+        balances = [asyncio.run(hook.aget_balance()).remaining for _ in range(3)]
+        assert balances == [Decimal(12)] * 3
+        asyncio.run(hook.aclose())  # the client of an earlier loop is let go, not closed on this one
+    finally:
+        server.shutdown()
+        server.server_close()
