@@ -644,7 +644,9 @@ def _map_sources(
             continue
         try:
             _refuse_read_back(spec, read_back, name)
-            dest = destination_name(name, spec.source_prefix, spec.output_prefix, extension)
+            dest = _refuse_among_sources(
+                spec, read_back, destination_name(name, spec.source_prefix, spec.output_prefix, extension)
+            )
         except UnsafeNameError as exc:
             sink.settle(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
             continue
@@ -669,6 +671,24 @@ def _refuse_read_back(spec: BatchSpec, read_back: Sequence[str], name: str) -> N
                 f"{gs_uri(spec.source_bucket, name)} is inside the output prefix "
                 f"{gs_uri(spec.destination_bucket, prefix)}: an output is never read back as a source"
             )
+
+
+def _refuse_among_sources(spec: BatchSpec, read_back: Sequence[str], destination: str) -> str:
+    """
+    ``destination``, or :class:`UnsafeNameError` when it lies among the sources: in their bucket, under
+    the source prefix and in no output prefix (a source prefix inside the output prefix, a folder below it
+    named like the path between them: ``images/images/x.jpg`` -> ``images/x.png`` with ``images/`` read
+    and ``""`` written), where it may be a source itself (``overwrite`` would replace it) or become one.
+    """
+    if spec.destination_bucket != spec.source_bucket or not destination.startswith(spec.source_prefix):
+        return destination
+    if any(destination.startswith(prefix) for prefix in read_back):
+        return destination  # an output prefix inside the source prefix: outputs, never sources
+    raise UnsafeNameError(
+        f"its output {gs_uri(spec.destination_bucket, destination)} would lie inside the source prefix "
+        f"{gs_uri(spec.source_bucket, spec.source_prefix)}, among the sources (it could replace one, "
+        "or be read back as one)"
+    )
 
 
 #: Why a source a storage error kept from planning fails alone (``{}``: what could not be done).

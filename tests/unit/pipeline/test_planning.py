@@ -919,3 +919,40 @@ def test_a_prefix_over_several_jobs_destinations_plans_none_of_their_internal_fo
     plan = _plan_in(storage, spec)
     sources = ["cutouts/2026-11/a.png", "cutouts/2026-12/b.png", "cutouts/2026-12/x_bgremoval/c.png"]
     assert [item.source.name for item in plan.items] == sources and plan.settled == []
+
+
+def test_an_output_that_would_lie_among_the_sources_is_rejected_so_no_source_is_replaced(
+    tiny_png: bytes,
+) -> None:
+    """
+    ``images/`` read and the bucket's root written: ``images/images/x.jpg``'s output is
+    ``images/x.png``, a source itself. With ``overwrite=True`` it was planned to replace that photo
+    (its generation as the stale output's); without, it was paid for on a later run once moved.
+    """
+    storage = MemoryStorage(bucket="shop")
+    for name in ("images/x.png", "images/images/x.jpg", "images/y.png"):
+        storage.put("shop", name, tiny_png)
+    spec = BatchSpec(source_bucket="shop", source_prefix="images/", destination_bucket="shop", overwrite=True)
+
+    plan = _plan_in(storage, spec)
+
+    assert [(item.source.name, item.destination) for item in plan.items] == [
+        ("images/x.png", "x.png"),
+        ("images/y.png", "y.png"),
+    ]
+    assert all(item.replace_generation is None for item in plan.items)
+    [outcome] = plan.settled
+    assert (outcome.source.name, outcome.status, outcome.code) == (
+        "images/images/x.jpg",
+        "rejected",
+        "unsafe_name",
+    )
+    assert outcome.message == (
+        "its output gs://shop/images/x.png would lie inside the source prefix gs://shop/images/, among "
+        "the sources (it could replace one, or be read back as one)"
+    )
+    # another bucket, or explicit names whose output prefix lies inside the source prefix: as before
+    other = _plan_in(storage, BatchSpec(**{**spec.__dict__, "destination_bucket": "cut"}))
+    assert len(other.items) == 3
+    inside = BatchSpec(**{**spec.__dict__, "destination_prefix": "images/out/", "source_objects": ["x.png"]})
+    assert [item.destination for item in _plan_in(storage, inside).items] == ["images/out/x.png"]
