@@ -86,7 +86,7 @@ def check_safe(relative: str) -> str:
         raise UnsafeNameError("control character in object name")
     if any(segment in ("..", ".") for segment in relative.split("/")):
         raise UnsafeNameError(f"'..' or '.' path segment in object name {relative!r}")
-    if relative.startswith(INTERNAL_DIR):
+    if in_internal_folder(relative):
         raise UnsafeNameError(f"object name {relative!r} is inside the provider's own {INTERNAL_DIR} folder")
     return relative
 

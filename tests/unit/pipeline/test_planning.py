@@ -956,3 +956,22 @@ def test_an_output_that_would_lie_among_the_sources_is_rejected_so_no_source_is_
     assert len(other.items) == 3
     inside = BatchSpec(**{**spec.__dict__, "destination_prefix": "images/out/", "source_objects": ["x.png"]})
     assert [item.destination for item in _plan_in(storage, inside).items] == ["images/out/x.png"]
+
+
+def test_explicit_names_in_a_providers_folder_below_the_prefix_are_rejected_unread(tiny_png: bytes) -> None:
+    """Shards listed over several jobs' destinations named their contact sheets: they were paid for."""
+    storage = MemoryStorage()
+    sheet = "cutouts/2026-11/_bgremoval/reports/d/r/contact-sheet.png"
+    for name in ("cutouts/2026-11/a.png", sheet):
+        storage.put("src", name, tiny_png)
+    spec = BatchSpec(
+        source_bucket="src",
+        source_prefix="cutouts/",
+        destination_bucket="dst",
+        source_objects=["cutouts/2026-11/a.png", sheet],
+    )
+    plan = _plan_in(storage, spec)
+    assert [item.source.name for item in plan.items] == ["cutouts/2026-11/a.png"]
+    assert [(o.source.name, o.code) for o in plan.settled] == [(sheet, "unsafe_name")]
+    assert "inside the provider's own _bgremoval/ folder" in plan.settled[0].message
+    assert storage.requests["read_head"] == 1
