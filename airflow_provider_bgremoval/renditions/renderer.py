@@ -136,6 +136,19 @@ def _kept_exif(image: Image.Image) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
+def _upright(image: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """
+    ``image`` turned by its EXIF orientation, and the EXIF to keep. A broken EXIF block is read as
+    upright with no EXIF, as the pipeline reads its sources (imaging).
+    """
+    try:
+        image.getexif()
+    except Exception:  # a damaged eXIf chunk or EXIF segment: Pillow cannot parse it
+        return image, None
+    upright = ImageOps.exif_transpose(image) or image
+    return upright, _kept_exif(upright)
+
+
 def prepare_master(master: Image.Image | bytes) -> Master:
     """
     Decode (once) and prepare a master for :func:`render_one`: EXIF orientation applied, converted to
@@ -146,8 +159,7 @@ def prepare_master(master: Image.Image | bytes) -> Master:
     image = _decode(master) if isinstance(master, bytes) else master
     try:
         with bomb_warnings_ignored():
-            upright = ImageOps.exif_transpose(image) or image
-            exif = _kept_exif(upright)
+            upright, exif = _upright(image)
             srgb, profile = to_srgb(upright)
             rgba = normalise_mode(srgb).convert("RGBA")
             premultiplied = rgba.convert("RGBa")

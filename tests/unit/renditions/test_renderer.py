@@ -310,6 +310,21 @@ class TestMetadata:
         assert out.getpixel((35, 5))[3] == 255  # the top-left marker is now top-right  # type: ignore[index]
         assert out.getpixel((5, 5))[3] == 0  # type: ignore[index]
 
+    @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+    def test_a_master_with_a_broken_exif_block_renders_as_stored(self, fmt: str) -> None:
+        # the pipeline reads such an image as upright (imaging); preparing it raised, and every
+        # rendition of the image failed master_unreadable, on every run
+        master = Image.new("RGB", (60, 40), (20, 160, 60))
+        out = io.BytesIO()
+        master.save(
+            out, format=fmt, exif=b"garbage-exif-bytes", **({"lossless": True} if fmt == "WEBP" else {})
+        )
+        prepared = prepare_master(out.getvalue())
+        assert prepared.size == (60, 40) and prepared.exif is None
+        kept = _one(prepared, format="png", metadata="keep")
+        assert decode(kept.data).size == (60, 40) and len(decode(kept.data).getexif()) == 0
+        assert decode(kept.data).convert("RGB").getpixel((30, 20)) == (20, 160, 60)
+
     @pytest.mark.parametrize("fmt", ["jpeg", "png"])
     def test_dpi_is_written(self, fmt: str) -> None:
         out = decode(_one(product_photo((200, 100)), format=fmt, dpi=300).data)
