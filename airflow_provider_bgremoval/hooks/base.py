@@ -780,7 +780,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """A request to ``url`` (as shown) that got no reply: a retryable error naming it and the cause."""
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
         # h11 quotes the illegal header (the key itself) in a LocalProtocolError: never shown
-        cause = "" if isinstance(exc, httpx.LocalProtocolError) else safe_excerpt(str(exc))
+        cause = "" if isinstance(exc, httpx.LocalProtocolError) else wire.quote(str(exc))
         return TransientVendorError(
             f"{request.method} {url} {what}: {cause or type(exc).__name__}",
             vendor=wire.spec.name,
@@ -803,7 +803,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         head, cause = cut.head, cut.cause
         what = (
             f"{request.method} {url} answered {head.status_code}, then its body was cut off: "
-            f"{safe_excerpt(str(cause)) or type(cause).__name__}"
+            f"{wire.quote(str(cause)) or type(cause).__name__}"
         )
         request_id = wire.quote(head.headers.get("x-request-id", "")) or None
         if head.status_code == httpx.codes.TOO_MANY_REQUESTS:

@@ -1862,3 +1862,15 @@ def test_a_hook_serves_one_event_loop_after_another(monkeypatch: pytest.MonkeyPa
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_malformed_reply_echoing_the_key_is_quoted_redacted(
+    mode: str, socket_vendor: Callable[..., SocketVendor], sleep: SleepRecorder
+) -> None:
+    # a debugging proxy echoing the request's headers in a broken header line: h11 quotes the line
+    vendor = socket_vendor(f"HTTP/1.1 502 Bad Gateway\r\nx-api-key {KEY}\r\n\r\n".encode())
+    with pytest.raises(TransientVendorError) as info:
+        _real_call(mode, sleep, "get_balance")
+    assert len(vendor.requests) == 3 and "***" in info.value.message
+    assert KEY not in str(info.value) and KEY not in json.dumps(info.value.as_dict())
