@@ -123,6 +123,7 @@ def test_preflight_halts_charges_nothing_then_passes_after_top_up(
         "needed": "4",
         "available": halt["available"],
         "fatal": True,
+        "conn_id": conn_id,
     }
     assert Decimal(halt["available"]) == 3
     estimate = run.xcom("check_credits", key="estimate")
