@@ -27,14 +27,14 @@ from airflow_provider_bgremoval.pipeline.planning import (
 )
 from airflow_provider_bgremoval.renditions import (
     CheckResult,
+    Master,
     RenderedRendition,
     RenderFailure,
     Rendition,
     prepare_master,
-    render,
 )
 from airflow_provider_bgremoval.renditions.compliance import unreachable
-from airflow_provider_bgremoval.renditions.renderer import largest_long_side, rendering_error
+from airflow_provider_bgremoval.renditions.renderer import largest_long_side, render_one, rendering_error
 from airflow_provider_bgremoval.storage.exceptions import (
     StorageError,
     WriteConflictError,
@@ -536,14 +536,34 @@ class RenditionStage:
         facts = {t.rendition.name: t.settled_facts(self.bucket) for t in targets if t.settled}
         facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)
         if todo:
-            try:
-                outcomes = render(prepare_master(data), [target.rendition for target in todo])
-            except Exception as exc:  # the master does not decode (or memory ran out): every rendition fails
-                error = exc if isinstance(exc, ResultProcessingError) else rendering_error("rendering", exc)
-                outcomes = [RenderFailure(target.rendition, error) for target in todo]
-            for target, outcome in zip(todo, outcomes, strict=True):
-                facts[target.rendition.name] = self._store(target, outcome, master, source)
+            facts.update(self._render(data, master, source, todo))
         return [facts[target.rendition.name] for target in targets]
+
+    def _render(
+        self, data: bytes, master: ObjectInfo, source: ObjectInfo, todo: Sequence[RenditionTarget]
+    ) -> dict[str, dict[str, Any]]:
+        """
+        Prepare the master once, then render and store each rendition in turn: one rendition's bytes
+        are held at a time, and its failure is its own (the master and the others are kept and recorded).
+        """
+        try:
+            prepared = prepare_master(data)
+        except Exception as exc:  # the master does not decode (or memory ran out): every rendition fails
+            error = exc if isinstance(exc, ResultProcessingError) else rendering_error("rendering", exc)
+            failed = {t.rendition.name: RenderFailure(t.rendition, error) for t in todo}
+            return {t.rendition.name: self._store(t, failed[t.rendition.name], master, source) for t in todo}
+        return {t.rendition.name: self._render_one(prepared, t, master, source) for t in todo}
+
+    def _render_one(
+        self, prepared: Master, target: RenditionTarget, master: ObjectInfo, source: ObjectInfo
+    ) -> dict[str, Any]:
+        """Render and store one rendition; anything unforeseen fails this rendition alone."""
+        try:
+            return self._store(target, render_one(prepared, target.rendition), master, source)
+        except Exception as exc:
+            log.warning("Rendition %s of %s failed", target.name, master.uri, exc_info=exc)
+            error = rendering_error(f"rendition {target.rendition.name!r}", exc)
+            return self._store(target, RenderFailure(target.rendition, error), master, source)
 
     def _metadata(self, target: RenditionTarget, master: ObjectInfo, source: ObjectInfo) -> dict[str, str]:
         return {

@@ -483,9 +483,10 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
         plan = layout((content[2] - content[0], content[3] - content[1]), spec)
         data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
         measured = measure(data, spec.background_rgb, background_tolerance(spec))
+        verdict = judge(rendition, measured)  # a preset's rule may be the user's own code
     except Exception as exc:  # Pillow's encoders raise many types; MemoryError on huge canvases
         return RenderFailure(rendition, rendering_error(f"rendition {rendition.name!r}", exc))
-    return RenderedRendition(rendition, data, plan, measured, judge(rendition, measured))
+    return RenderedRendition(rendition, data, plan, measured, verdict)
 
 
 def render(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +32,8 @@ from airflow_provider_bgremoval.pipeline.rendering import (
     render_verdict,
 )
 from airflow_provider_bgremoval.renditions import parse_renditions
+from airflow_provider_bgremoval.renditions.compliance import Measured, Rule
+from airflow_provider_bgremoval.renditions.spec import Preset
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.pixian import PixianOptions
 from airflow_provider_bgremoval.vendors.poof import PoofOptions
@@ -768,3 +770,40 @@ def test_sources_settled_by_size_before_their_call_do_not_count_for_the_failure_
     _, result, _ = batch(storage, SPEC, vendor, bounded(AMAZON), check=False, **rated)  # type: ignore[arg-type]
     assert result.halt is None and vendor.calls == ["big.png"]
     assert (result.counts["rejected"], result.counts["done"]) == (12, 1)
+
+
+# -- One rendition's failure is its own
+
+
+@dataclass(frozen=True)
+class Broken(Rule):
+    """A user's rule whose own code raises on every rendition it judges."""
+
+    def _check(self, measured: Measured) -> tuple[bool, str]:
+        raise ZeroDivisionError("the user's rule divided by zero")
+
+
+def test_a_rendition_whose_check_raises_fails_alone_the_master_and_the_others_are_kept() -> None:
+    storage, vendor = memory_buckets(), CutoutProcessor()
+    renditions = parse_renditions(
+        [WEB, {"name": "shop", "preset": "checked"}, THUMB],
+        presets={"checked": Preset("checked", {"format": "png"}, rules=(Broken(),))},
+    )
+    layout = RenditionLayout(renditions, "out/", "out/masters/", ".png")
+    spec = BatchSpec("src", "dst", **SPEC_KW)
+    _, result, rows = batch(storage, spec, vendor, layout)  # type: ignore[arg-type]
+    # before: the whole image's renditions failed 'rendering failed (ZeroDivisionError ...)'
+    assert result.renditions["web"] == {"done": 2} and result.renditions["thumb"] == {"done": 2}
+    assert result.renditions["shop"] == {"failed": 2}
+    assert storage.names("dst", "out/web/") == ["out/web/a.webp", "out/web/b/c.webp"]
+    assert storage.names("dst", "out/shop/") == []
+    for row in rows:
+        assert row["status"] == "done" and row["master"]["status"] == "done"
+        web, shop, thumb = row["renditions"]
+        assert (web["status"], thumb["status"]) == ("done", "done")
+        assert shop["status"] == "failed" and shop["error"]["code"] == "rendition_failed"
+        assert "rendition 'shop' failed (ZeroDivisionError" in shop["error"]["message"]
+    # the next run renders the failed one only, from the stored masters, unpaid
+    _, result, rows = batch(storage, spec, vendor, layout)  # type: ignore[arg-type]
+    assert len(vendor.calls) == 2 and result.renditions["web"] == {"skipped": 2}
+    assert {row["error_code"] for row in rows} == {"rendition_failed"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import threading
@@ -10,6 +11,7 @@ import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw
 
 from airflow_provider_bgremoval.exceptions import ResultProcessingError
+from airflow_provider_bgremoval.renditions.compliance import Measured, Rule
 from airflow_provider_bgremoval.renditions.renderer import (
     SRGB_ICC,
     Master,
@@ -22,7 +24,7 @@ from airflow_provider_bgremoval.renditions.renderer import (
     render,
     render_one,
 )
-from airflow_provider_bgremoval.renditions.spec import RenditionSpec, parse_renditions
+from airflow_provider_bgremoval.renditions.spec import Rendition, RenditionSpec, parse_renditions
 from tests.unit.renditions.synthetic import (
     SRGB_GREEN,
     SRGB_RED,
@@ -32,6 +34,12 @@ from tests.unit.renditions.synthetic import (
     rgb_profile,
     soft_subject,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Raising(Rule):
+    def _check(self, measured: Measured) -> tuple[bool, str]:
+        raise KeyError("a field the rule expected")
 
 
 def _rendered(outcome: RenderOutcome) -> RenderedRendition:
@@ -405,6 +413,14 @@ class TestRender:
         assert cropped.error.code == "unknown_foreground"
         assert cropped.facts()["status"] == "failed"
         assert isinstance(whole, RenderedRendition)
+
+    def test_a_check_that_raises_fails_its_rendition_only(self) -> None:
+        # a preset's rule may be the user's own code: render() raised and returned no rendition at all
+        broken = Rendition(RenditionSpec(name="a", format="png"), rules=(_Raising(),))
+        failed, whole = render(soft_subject(), [broken, RenditionSpec(name="b", format="png")])
+        assert isinstance(failed, RenderFailure) and failed.error.code == "rendition_failed"
+        assert "rendition 'a' failed (KeyError" in failed.error.message
+        assert isinstance(whole, RenderedRendition) and whole.compliant
 
     def test_unreadable_master_bytes(self) -> None:
         with pytest.raises(ResultProcessingError) as caught:
