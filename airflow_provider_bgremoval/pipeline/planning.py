@@ -696,10 +696,32 @@ _NOT_PLANNED = (
     "the source could not be {} at planning, so it was not planned (nothing sent or paid; "
     "the next run plans it again)"
 )
-_OUTPUT_EXISTS = (
-    "the destination exists but was made from another source generation or other options; "
-    "set overwrite=True to replace it"
-)
+
+
+def output_exists_message(existing: ObjectInfo, source: ObjectInfo) -> str:
+    """
+    Why an output that is not finished (:func:`is_finished`) is left alone: not made by the provider
+    (``overwrite=True`` would replace an object of the user's), from another source, another
+    generation of this one, or with other options.
+
+    :param existing: the object at the output's name.
+    :param source: the source object (pinned to its generation).
+    """
+    meta = existing.metadata or {}
+    made_from = meta.get(META_SOURCE)
+    if not made_from:
+        return (
+            "the destination exists and was not made by this provider (it records no source); "
+            "set overwrite=True only to replace it"
+        )
+    if made_from != source.uri:
+        why = f"was made from another source, {made_from}"
+    elif meta.get(META_SOURCE_GENERATION) != str(source.generation):
+        made = meta.get(META_SOURCE_GENERATION)
+        why = f"was made from generation {made} of this source (now {source.generation})"
+    else:
+        why = f"was made with other options (vendor {meta.get(META_VENDOR)!r})"
+    return f"the destination exists but {why}; set overwrite=True to replace it"
 
 
 def _outcome(
@@ -741,7 +763,8 @@ class _Planner:
                 stale = replace(item, replace_generation=current.generation)
                 to_check.append(self._with_renditions(stale, renditions))
             else:
-                sink.settle(_outcome(item, "rejected", "output_exists", _OUTPUT_EXISTS))
+                message = output_exists_message(current, item.source)
+                sink.settle(_outcome(item, "rejected", "output_exists", message))
         return to_check
 
     def _renditions(self, window: Sequence[WorkItem]) -> WindowRenditions | None:

@@ -975,3 +975,45 @@ def test_explicit_names_in_a_providers_folder_below_the_prefix_are_rejected_unre
     assert [(o.source.name, o.code) for o in plan.settled] == [(sheet, "unsafe_name")]
     assert "inside the provider's own _bgremoval/ folder" in plan.settled[0].message
     assert storage.requests["read_head"] == 1
+
+
+def test_an_output_left_alone_says_why_it_is_not_finished(tiny_png: bytes) -> None:
+    """Every such output read 'made from another source generation or other options; set overwrite=True',
+    also an object of the user's that the provider never made, which overwrite=True would replace."""
+    storage = MemoryStorage(dict.fromkeys(("mine.png", "moved.png", "new.png", "opts.png"), tiny_png))
+    gen = {name: storage.info("src", name).generation for name in ("moved.png", "new.png", "opts.png")}
+    storage.put("dst", "mine.png", tiny_png)  # the user's own object, no provider metadata
+    outputs = {
+        "moved.png": {META_SOURCE: "gs://src/old.jpg", META_SOURCE_GENERATION: str(gen["moved.png"])},
+        "new.png": {META_SOURCE: "gs://src/new.png", META_SOURCE_GENERATION: "7"},
+        "opts.png": {META_SOURCE: "gs://src/opts.png", META_SOURCE_GENERATION: str(gen["opts.png"])},
+    }
+    for name, meta in outputs.items():
+        storage.put("dst", name, tiny_png, {**DONE_META, **meta})
+    storage.put("dst", "opts.png", tiny_png, {**outputs["opts.png"], META_VENDOR: "pixian"})
+
+    plan = _plan_in(storage, BatchSpec(source_bucket="src", destination_bucket="dst"))
+
+    assert plan.items == []
+    messages = {o.source.name: (o.code, o.message) for o in plan.settled}
+    tail = "; set overwrite=True to replace it"
+    assert messages == {
+        "mine.png": (
+            "output_exists",
+            "the destination exists and was not made by this provider (it records no source); "
+            "set overwrite=True only to replace it",
+        ),
+        "moved.png": (
+            "output_exists",
+            f"the destination exists but was made from another source, gs://src/old.jpg{tail}",
+        ),
+        "new.png": (
+            "output_exists",
+            "the destination exists but was made from generation 7 of this source "
+            f"(now {gen['new.png']}){tail}",
+        ),
+        "opts.png": (
+            "output_exists",
+            f"the destination exists but was made with other options (vendor 'pixian'){tail}",
+        ),
+    }
