@@ -626,12 +626,15 @@ def _map_sources(
     extension: str,
     sink: PlanSink,
     collisions: _Collisions,
+    *,
+    written: bool = True,
 ) -> Iterator[WorkItem]:
     """
-    Map each source to its output; settle missing and unsafe names; note collisions. A listed prefix's
-    ``_bgremoval/`` folders (the claims, manifests and contact sheets of a job whose outputs are these
-    sources: the generate example reads the removal's cut-outs; deeper ones too, a prefix over several
-    such jobs' destinations) hold no source: passed over.
+    Map each source to its output (``written``: an object to be written, so never among the sources; a
+    render-only job's masters only name theirs); settle missing and unsafe names; note collisions. A
+    listed prefix's ``_bgremoval/`` folders (the claims, manifests and contact sheets of a job whose
+    outputs are these sources: the generate example reads the removal's cut-outs; deeper ones too, a
+    prefix over several such jobs' destinations) hold no source: passed over.
     """
     read_back = spec.read_back
     listed = spec.source_objects is None
@@ -644,9 +647,9 @@ def _map_sources(
             continue
         try:
             _refuse_read_back(spec, read_back, name)
-            dest = _refuse_among_sources(
-                spec, read_back, destination_name(name, spec.source_prefix, spec.output_prefix, extension)
-            )
+            dest = destination_name(name, spec.source_prefix, spec.output_prefix, extension)
+            if written:
+                _refuse_among_sources(spec, read_back, dest)
         except UnsafeNameError as exc:
             sink.settle(PlannedOutcome(entry, None, "rejected", "unsafe_name", str(exc)))
             continue
@@ -673,17 +676,17 @@ def _refuse_read_back(spec: BatchSpec, read_back: Sequence[str], name: str) -> N
             )
 
 
-def _refuse_among_sources(spec: BatchSpec, read_back: Sequence[str], destination: str) -> str:
+def _refuse_among_sources(spec: BatchSpec, read_back: Sequence[str], destination: str) -> None:
     """
-    ``destination``, or :class:`UnsafeNameError` when it lies among the sources: in their bucket, under
+    Raise :class:`UnsafeNameError` when ``destination`` lies among the sources: in their bucket, under
     the source prefix and in no output prefix (a source prefix inside the output prefix, a folder below it
     named like the path between them: ``images/images/x.jpg`` -> ``images/x.png`` with ``images/`` read
     and ``""`` written), where it may be a source itself (``overwrite`` would replace it) or become one.
     """
     if spec.destination_bucket != spec.source_bucket or not destination.startswith(spec.source_prefix):
-        return destination
+        return
     if any(destination.startswith(prefix) for prefix in read_back):
-        return destination  # an output prefix inside the source prefix: outputs, never sources
+        return  # an output prefix inside the source prefix: outputs, never sources
     raise UnsafeNameError(
         f"its output {gs_uri(spec.destination_bucket, destination)} would lie inside the source prefix "
         f"{gs_uri(spec.source_bucket, spec.source_prefix)}, among the sources (it could replace one, "
@@ -910,7 +913,8 @@ def plan_into(
     planner = _Planner(storage, spec, identity, limits, renditions, masters_are_sources, account_limits)
     collisions = _Collisions(ordered=spec.source_objects is None)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bgremoval-plan") as pool:
-        for window in _windows(_map_sources(listed, spec, extension, sink, collisions)):
+        mapped = _map_sources(listed, spec, extension, sink, collisions, written=not masters_are_sources)
+        for window in _windows(mapped):
             unfinished = planner.unfinished(window, sink)
             _record(sink, pool.map(planner.check, unfinished) if check else unfinished)
     collisions.raise_if_any()

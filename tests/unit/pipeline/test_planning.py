@@ -49,6 +49,9 @@ from airflow_provider_bgremoval.pipeline.planning import (
     plan_batch,
     ranges_outside,
 )
+from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
+from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
+from airflow_provider_bgremoval.renditions.spec import parse_renditions
 from airflow_provider_bgremoval.storage.exceptions import StoragePermissionError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 from airflow_provider_bgremoval.vendors.poof import PoofWire
@@ -1017,3 +1020,30 @@ def test_an_output_left_alone_says_why_it_is_not_finished(tiny_png: bytes) -> No
             f"the destination exists but was made with other options (vendor 'pixian'){tail}",
         ),
     }
+
+
+def test_a_render_only_jobs_masters_are_never_refused_as_lying_among_the_sources(tiny_png: bytes) -> None:
+    """A render-only job writes no output at its masters' mapped names (only renditions, named from the
+    masters), so a master whose mapped name falls under its masters prefix is rendered, not rejected."""
+    storage = MemoryStorage(bucket="shop")
+    for name in ("out/masters/a.png", "out/masters/masters/b.png"):
+        storage.put("shop", name, tiny_png)
+    spec = BatchSpec("shop", "shop", source_prefix="out/masters/", destination_prefix="out/")
+    thumb = {"name": "thumb", "format": "jpeg", "size": 8, "background": "#ffffff"}
+    lay = RenditionLayout(
+        parse_renditions([thumb]), "out/", "out/masters/", destination_bucket="shop", masters_bucket="shop"
+    )
+    processor = RenderProcessor()
+    plan = asyncio.run(
+        plan_batch(
+            storage,  # type: ignore[arg-type]
+            spec,
+            extension=processor.extension,
+            identity=OutputIdentity.of(processor),
+            limits=processor.limits,
+            renditions=lay,
+            masters_are_sources=True,
+        )
+    )
+    assert plan.settled == []
+    assert [item.source.name for item in plan.render] == ["out/masters/a.png", "out/masters/masters/b.png"]
