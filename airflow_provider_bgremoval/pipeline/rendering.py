@@ -7,16 +7,22 @@ master or rendering (docs/renditions.md, "Non-compliant renditions are recorded"
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
 import json
 import logging
 import posixpath
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from PIL import Image
+
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError
-from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS
+from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS, bomb_warnings_ignored
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix
 from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE,
@@ -63,6 +69,11 @@ _FAILED_CHECKS_MAX = 512
 #: (:data:`~airflow_provider_bgremoval.imaging.DEFAULT_RESULT_LIMITS`) as uncompressed 8-bit RGBA. A real
 #: master (compressed) is smaller; anything larger is refused unread (``ObjectTooLargeError``).
 MASTER_MAX_BYTES = DEFAULT_RESULT_LIMITS.max_pixels * 4
+
+#: The master pixels whose renditions one process renders at once (:class:`PixelBudget`): rendering one
+#: holds about 20 bytes per master pixel at its peak (the prepared master, the canvas, the encoder's
+#: buffers, the checks' decoding), so about 2 GB for this budget: two 50 MP masters, or 25 of 4 MP.
+RENDER_PIXEL_BUDGET = 100_000_000
 
 #: Vendor options that can make a cut-out larger than its source (padding, a target size, a shadow):
 #: with any of them set, planning never judges a rendition by the source's size (VENDORS.md).
@@ -503,6 +514,56 @@ def _lookup(
     return {info.name: info for info in infos if info is not None and info.name in names}
 
 
+class PixelBudget:
+    """
+    Masters rendered at once, weighed by their pixels, first come first served: a batch of concurrency 16
+    prepared sixteen 50 MP masters at once (about 16 GB), where the cores could render two.
+
+    :param limit: the pixels that may be rendered at once; a larger master takes the whole budget.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._turns: collections.deque[object] = collections.deque()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, pixels: int) -> Iterator[None]:
+        """
+        Wait for ``pixels`` of the budget (in turn), hold them while the block runs.
+
+        :param pixels: the master's width x height.
+        """
+        weight = min(max(pixels, 1), self.limit)
+        turn = object()
+        with self._changed:
+            self._turns.append(turn)
+            self._changed.wait_for(lambda: self._turns[0] is turn and self.used + weight <= self.limit)
+            self._turns.popleft()
+            self.used += weight
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= weight
+                self._changed.notify_all()
+
+
+#: The process's budget, shared by every batch running in it.
+RENDER_BUDGET = PixelBudget(RENDER_PIXEL_BUDGET)
+
+
+def master_pixels(data: bytes) -> int:
+    """The width x height a master's header declares (0 when it has none: it fails to decode anyway)."""
+    try:
+        with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
+            return int(image.width * image.height)
+    except Exception:  # not an image: prepare_master says why
+        return 0
+
+
 @dataclass(frozen=True)
 class RenditionStage:
     """
@@ -513,12 +574,14 @@ class RenditionStage:
     :param writer_id: identity recorded on the renditions.
     :param overwrite: replace objects found at a rendition's name that are not renditions of it
         (else they are left alone and the rendition is ``rejected`` with ``output_exists``).
+    :param budget: the master pixels rendered at once (default: the process's :data:`RENDER_BUDGET`).
     """
 
     storage: GcsStorage
     bucket: str
     writer_id: str
     overwrite: bool = False
+    budget: PixelBudget = field(default=RENDER_BUDGET, compare=False, repr=False)
 
     def run(
         self, data: bytes, master: ObjectInfo, source: ObjectInfo, targets: Sequence[RenditionTarget]
@@ -536,7 +599,8 @@ class RenditionStage:
         facts = {t.rendition.name: t.settled_facts(self.bucket) for t in targets if t.settled}
         facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)
         if todo:
-            facts.update(self._render(data, master, source, todo))
+            with self.budget.held(master_pixels(data)):  # the prepared master lives in this block only
+                facts.update(self._render(data, master, source, todo))
         return [facts[target.rendition.name] for target in targets]
 
     def _render(

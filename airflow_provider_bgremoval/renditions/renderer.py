@@ -136,16 +136,20 @@ def _kept_exif(image: Image.Image) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
-def _upright(image: Image.Image) -> tuple[Image.Image, bytes | None]:
+def _upright(image: Image.Image, *, owned: bool) -> tuple[Image.Image, bytes | None]:
     """
-    ``image`` turned by its EXIF orientation, and the EXIF to keep. A broken EXIF block is read as
-    upright with no EXIF, as the pipeline reads its sources (imaging).
+    ``image`` turned by its EXIF orientation (in place when ``owned``: no copy), and the EXIF to keep. A
+    broken EXIF block is read as upright with no EXIF, as the pipeline reads its sources (imaging).
     """
     try:
         image.getexif()
     except Exception:  # a damaged eXIf chunk or EXIF segment: Pillow cannot parse it
         return image, None
-    upright = ImageOps.exif_transpose(image) or image
+    if owned:
+        ImageOps.exif_transpose(image, in_place=True)
+        upright = image
+    else:
+        upright = ImageOps.exif_transpose(image) or image
     return upright, _kept_exif(upright)
 
 
@@ -156,18 +160,23 @@ def prepare_master(master: Image.Image | bytes) -> Master:
 
     :param master: the master's bytes or a decoded image (not modified).
     """
+    owned = isinstance(master, bytes)
     image = _decode(master) if isinstance(master, bytes) else master
     try:
         with bomb_warnings_ignored():
-            upright, exif = _upright(image)
-            srgb, profile = to_srgb(upright)
-            rgba = normalise_mode(srgb).convert("RGBA")
-            premultiplied = rgba.convert("RGBa")
+            # one name for every step's image, so that each is let go as the next is made: two full-size
+            # copies at most (the decoded RGBA and the premultiplied one), not four (200 MB each at 50 MP)
+            image, exif = _upright(image, owned=owned)
+            image, profile = to_srgb(image)
+            image = normalise_mode(image)
+            image = image if image.mode == "RGBA" else image.convert("RGBA")
+            premultiplied = image.convert("RGBa")
+            del image
     except AirflowException:
         raise
     except Exception as exc:  # Pillow raises many types on unusual images
         raise _unreadable("cannot be prepared", exc) from None
-    return Master(premultiplied, rgba.getchannel("A").getbbox(), exif, profile)
+    return Master(premultiplied, premultiplied.getchannel("a").getbbox(), exif, profile)
 
 
 @dataclass(frozen=True)
@@ -334,15 +343,18 @@ def compose(
     """
     source = master.premultiplied
     width, height = content[2] - content[0], content[3] - content[1]
-    if plan.size == (width, height):
-        layer = source.crop(content)
+    if plan.size == (width, height):  # the master's own pixels: not copied before the conversion
+        layer = source if content == (0, 0, *source.size) else source.crop(content)
     else:
         layer = source.resize(plan.size, Image.Resampling.LANCZOS, box=content, reducing_gap=3.0)
     box, dest = _visible(layer.size, plan.offset, plan.canvas)
     if box != (0, 0, *layer.size):
         layer = layer.crop(box)
-    straight = layer.convert("RGBA")
+    straight = layer.convert("RGBA")  # a new image: the master is never changed
+    del layer
     if background is None:
+        if dest == (0, 0) and straight.size == plan.canvas:
+            return straight  # it covers the canvas: pasting it on a transparent one would copy it
         canvas = Image.new("RGBA", plan.canvas, (0, 0, 0, 0))
         canvas.paste(straight, dest)
         return canvas

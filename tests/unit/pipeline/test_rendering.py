@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -26,7 +28,13 @@ from airflow_provider_bgremoval.pipeline.planning import (
 from airflow_provider_bgremoval.pipeline.processors import RenderProcessor
 from airflow_provider_bgremoval.pipeline.rendering import (
     MASTER_MAX_BYTES,
+    RENDER_BUDGET,
+    RENDER_PIXEL_BUDGET,
+    PixelBudget,
     RenditionLayout,
+    RenditionStage,
+    RenditionTarget,
+    master_pixels,
     master_within_source,
     recorded_source,
     render_verdict,
@@ -807,3 +815,75 @@ def test_a_rendition_whose_check_raises_fails_alone_the_master_and_the_others_ar
     _, result, rows = batch(storage, spec, vendor, layout)  # type: ignore[arg-type]
     assert len(vendor.calls) == 2 and result.renditions["web"] == {"skipped": 2}
     assert {row["error_code"] for row in rows} == {"rendition_failed"}
+
+
+# -- Memory: the masters rendered at once are bounded by their pixels
+
+
+class SlowWrites(MemoryStorage):
+    """Writes that take a while, counting how many images' renditions are being stored at once."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.lock = threading.Lock()
+        self.writing: set[str] = set()
+        self.most = 0
+
+    def write(self, bucket: str, name: str, data: bytes, **kw: Any) -> ObjectInfo:
+        stem = name.rsplit("/", 1)[-1]
+        with self.lock:
+            self.writing.add(stem)
+            self.most = max(self.most, len(self.writing))
+        time.sleep(0.2)
+        with self.lock:
+            self.writing.discard(stem)
+            return super().write(bucket, name, data, **kw)
+
+
+def _render_at_once(budget: PixelBudget | None, images: int) -> SlowWrites:
+    storage = SlowWrites()
+    (rendition,) = parse_renditions([WEB])
+    kw: dict[str, Any] = {} if budget is None else {"budget": budget}
+    stage = RenditionStage(storage, "dst", "w", **kw)
+    master = ObjectInfo(bucket="dst", name="out/masters/m.png", generation=1, size=1)
+    threads = [
+        threading.Thread(
+            target=stage.run,
+            args=(cutout(), master, master, [RenditionTarget(rendition, f"out/web/{index}.webp")]),
+        )
+        for index in range(images)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(storage.names("dst", "out/web/")) == images
+    return storage
+
+
+def test_the_masters_rendered_at_once_are_bounded_by_their_pixels() -> None:
+    # four 120x90 masters on a budget of 1.5 of them: one at a time (a batch of concurrency 16 held
+    # sixteen prepared 50 MP masters, ~1 GB each at their peak; the process's budget is two of them)
+    assert _render_at_once(PixelBudget(120 * 90 * 3 // 2), 4).most == 1
+    assert _render_at_once(PixelBudget(120 * 90 * 2), 4).most == 2
+    assert _render_at_once(None, 4).most >= 3  # the process's budget: small masters are not held back
+    assert RENDER_PIXEL_BUDGET == 100_000_000 and RENDER_BUDGET.used == 0
+
+
+def test_a_master_over_the_budget_is_rendered_alone_and_in_turn() -> None:
+    budget = PixelBudget(100)
+    order: list[str] = []
+
+    def small() -> None:
+        with budget.held(1):
+            order.append("small")
+
+    with budget.held(10**9):  # larger than the budget: takes all of it
+        assert budget.used == 100
+        waiter = threading.Thread(target=small)
+        waiter.start()
+        time.sleep(0.05)
+        assert order == []  # waits for the large one
+    waiter.join(5)
+    assert order == ["small"] and budget.used == 0
+    assert master_pixels(cutout()) == 120 * 90 and master_pixels(b"not an image") == 0

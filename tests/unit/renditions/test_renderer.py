@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import itertools
 import threading
@@ -421,6 +422,44 @@ class TestRender:
         assert isinstance(failed, RenderFailure) and failed.error.code == "rendition_failed"
         assert "rendition 'a' failed (KeyError" in failed.error.message
         assert isinstance(whole, RenderedRendition) and whole.compliant
+
+    def test_a_large_master_is_not_copied_more_than_it_must_be(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # the most full-size images alive at once while the master is prepared (decoded, turned, RGBA,
+        # premultiplied: 800 MB at 50 MP) and while a full-size rendition is made (the master, its crop,
+        # the straight copy, the canvas): 4 of each; now 2 (what each step must hold)
+        size = (640, 480)
+        most = {"prepare": 0, "render": 0}
+        stage = ["prepare"]
+
+        def count() -> None:
+            gc.collect()
+            alive = sum(1 for o in gc.get_objects() if isinstance(o, Image.Image) and o.size == size)
+            most[stage[0]] = max(most[stage[0]], alive)
+
+        convert, save, new = Image.Image.convert, Image.Image.save, Image.new
+
+        def counting_convert(image: Image.Image, *args: object, **kw: object) -> Image.Image:
+            result = convert(image, *args, **kw)  # type: ignore[arg-type]
+            count()
+            return result
+
+        def counting_save(image: Image.Image, *args: object, **kw: object) -> None:
+            count()
+            save(image, *args, **kw)  # type: ignore[arg-type]
+
+        def counting_new(*args: object, **kw: object) -> Image.Image:
+            result = new(*args, **kw)  # type: ignore[arg-type]
+            count()
+            return result
+
+        data = png_bytes(soft_subject(size, (100, 100, 500, 400)))
+        monkeypatch.setattr(Image.Image, "convert", counting_convert)
+        monkeypatch.setattr(Image.Image, "save", counting_save)
+        monkeypatch.setattr(Image, "new", counting_new)
+        master = prepare_master(data)
+        stage[0] = "render"
+        _rendered(render_one(master, RenditionSpec(name="design", format="png")))
+        assert most == {"prepare": 2, "render": 2}
 
     def test_unreadable_master_bytes(self) -> None:
         with pytest.raises(ResultProcessingError) as caught:
