@@ -156,9 +156,9 @@ class Pacer:
         """Seconds to wait before asking again; ``0.0``: a request may go now (its slot is taken)."""
         with self._lock:
             now = self.clock.now()
+            if now < self._next:  # the next slot, or a hold (:meth:`hold`, also when unpaced)
+                return self._next - now
             if self._rate is not None:
-                if now < self._next:
-                    return self._next - now
                 self._next = max(self._next, now) + self.interval(self._rate)
             self._sent.append(now)
             while now - self._sent[0] > 1.0:
@@ -182,6 +182,16 @@ class Pacer:
                 rate += policy.increase * max(rate, reference / 8) / reference
             cap = policy.requests_per_second
             self._rate = rate if cap is None else min(cap, rate)
+
+    def hold(self, seconds: float) -> None:
+        """
+        Let no request go for ``seconds`` (a 503's ``Retry-After``: the service said when it is back);
+        the rate is not changed: an unavailable service says nothing of the account's limit.
+
+        :param seconds: how long.
+        """
+        with self._lock:
+            self._next = max(self._next, self.clock.now() + seconds)
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """

@@ -740,12 +740,18 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return pacer.clock.now(), waited
 
     def _paced(self, pacer: Pacer, sent_at: float, waited: bool, error: BgRemovalError | None) -> None:
-        """Tell the pacer how a request it let go was answered (a success or a 429; other errors: nothing)."""
+        """
+        Tell the pacer how a request it let go was answered: a success, a 429, or a 503 with
+        ``Retry-After`` (every request of the hook held until it is over); other errors: nothing.
+        """
+        cap = self.retry_policy.max_retry_after
         if error is None:
             pacer.on_success(paced=waited)
         elif isinstance(error, RateLimitedError):
-            after, cap = error.retry_after, self.retry_policy.max_retry_after
+            after = error.retry_after
             pacer.on_rate_limited(sent_at, None if after is None else min(after, cap))
+        elif isinstance(error, TransientVendorError) and error.retry_after:
+            pacer.hold(min(error.retry_after, cap))
 
     def _attempt(
         self, wire: VendorWire, request: WireRequest, probe: bool, stats: CallStats, pacer: Pacer | None

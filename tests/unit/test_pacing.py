@@ -233,3 +233,17 @@ def _simulate(
         order += 1
         heapq.heappush(events, (done, order, index, False))
     return outcomes
+
+
+@pytest.mark.parametrize("cap", [10.0, None])
+def test_a_hold_stops_every_request_without_changing_the_rate(cap: float | None) -> None:
+    # a 503's Retry-After: the service is away, whatever the pacer's rate (none yet without a cap)
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(requests_per_second=cap), clock)
+    rate = pacer.rate
+    _take(pacer, clock)
+    pacer.hold(30.0)
+    assert pacer.wait_time() == 30.0
+    assert pacer.rate == rate
+    clock.advance(30.0)
+    assert pacer.wait_time() == 0.0

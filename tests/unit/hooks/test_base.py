@@ -1874,3 +1874,16 @@ def test_a_malformed_reply_echoing_the_key_is_quoted_redacted(
         _real_call(mode, sleep, "get_balance")
     assert len(vendor.requests) == 3 and "***" in info.value.message
     assert KEY not in str(info.value) and KEY not in json.dumps(info.value.as_dict())
+
+
+@pytest.mark.parametrize("rate", [None, 5])
+def test_a_503_retry_after_holds_every_request_of_the_hook(
+    conn: None, make_hook: Callable[..., FakeHook], server: Server, clock: ManualClock, rate: float | None
+) -> None:
+    # the pacer holds the hook's requests (its other images would each meet the 503), rate unchanged
+    server.on(f"{API}/v1/remove", error_reply(503, **{"retry-after": "9"}), png_reply())
+    with make_hook(requests_per_second=rate) as hook:
+        hook.remove_background(PNG)  # the retry waited on the pacing clock for the hold
+        assert hook.pacer is not None
+        assert clock.now() >= 1009.0
+        assert hook.pacer.rate is None if rate is None else hook.pacer.rate >= rate / 8
