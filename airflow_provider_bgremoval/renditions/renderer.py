@@ -40,6 +40,8 @@ MASTER_FORMATS = ("PNG", "WEBP", "JPEG", "TIFF")
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 #: The mode a profile conversion reads (alpha set aside); other modes are normalised first.
 _PROFILE_BASE_MODES = {"RGB": "RGB", "RGBA": "RGB", "RGBX": "RGB", "L": "L", "LA": "L", "CMYK": "CMYK"}
+#: The colour space (an ICC header's bytes 16-20) a profile of each base mode's pixels has.
+_PROFILE_SPACES = {"RGB": b"RGB ", "L": b"GRAY", "CMYK": b"CMYK"}
 _EPSILON = 1e-6
 Box = tuple[int, int, int, int]
 
@@ -97,7 +99,9 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """
     ``image`` converted to sRGB with its embedded ICC profile (relative colorimetric, black-point
     compensation), alpha kept; an untagged image, or an RGB one tagged with an sRGB profile (its
-    description starts with "sRGB"), is kept as it is. Returns the image and the profile's description.
+    description starts with "sRGB"), is kept as it is, and a profile of another colour space than the
+    pixels' (an RGB profile on a grey PNG) is ignored, as imaging and browsers ignore it. Returns the image
+    and the profile's description (``None``: read as untagged).
 
     :param image: a decoded image.
     """
@@ -112,6 +116,8 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, str | None]:
         if image.mode not in _PROFILE_BASE_MODES:
             image = normalise_mode(image)
         base_mode = _PROFILE_BASE_MODES.get(image.mode, "RGB")
+        if icc[16:20] != _PROFILE_SPACES[base_mode]:
+            return image, None
         alpha = image.getchannel("A") if "A" in image.mode else None
         converted = ImageCms.profileToProfile(
             image.convert(base_mode) if image.mode != base_mode else image,

@@ -254,6 +254,19 @@ class TestColour:
             )
         assert caught.value.code == "master_colour"
 
+    @pytest.mark.parametrize(("mode", "space"), [("L", "RGB"), ("LA", "RGB"), ("RGBA", "GRAY")])
+    def test_a_profile_of_another_colour_space_is_ignored(self, mode: str, space: str) -> None:
+        # imaging (and browsers) ignore an RGB profile on a grey PNG: the renderer failed the master
+        # 'master_colour' ('cannot build transform') and every rendition of it, on every run
+        profile = (
+            SRGB_ICC if space == "RGB" else ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+        )
+        master = Image.new(mode, (8, 8), {"L": 90, "LA": (90, 255), "RGBA": (12, 34, 56, 255)}[mode])
+        prepared = prepare_master(png_bytes(master, icc_profile=profile))
+        assert prepared.source_profile is None  # read as untagged
+        out = decode(_one(prepared, format="png").data).convert("RGBA")
+        assert out.getpixel((4, 4)) == ((90, 90, 90, 255) if mode.startswith("L") else (12, 34, 56, 255))
+
     def test_untagged_masters_are_read_as_srgb(self) -> None:
         rendered = _one(Image.new("RGB", (8, 8), (12, 34, 56)), format="png", embed_srgb=False)
         out = decode(rendered.data)
