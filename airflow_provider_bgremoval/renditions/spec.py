@@ -381,25 +381,32 @@ def resolve_rendition(
         [] if preset_name in (None, "") else _preset_chain(str(preset_name), registry, f"{parameter}.preset")
     )
     merged: dict[str, Any] = {}
+    set_by: dict[str, str] = {}  # the preset each field not given here comes from
     for preset in chain:
         merged.update(preset.fields)
+        set_by.update(dict.fromkeys(preset.fields, preset.name))
     merged.update(fields)
     if chain:
         merged["preset"] = chain[-1].name
     try:
         spec = RenditionSpec(**merged)
     except InvalidOptionError as exc:
-        raise _renamed(exc, parameter) from None
+        raise _renamed(exc, parameter, {k: v for k, v in set_by.items() if k not in fields}) from None
     rules = tuple(rule for preset in chain for rule in preset.rules)
     source = " | ".join(preset.source for preset in chain if preset.source) or None
     return Rendition(spec, rules, source)
 
 
-def _renamed(exc: InvalidOptionError, parameter: str) -> InvalidOptionError:
-    """``exc`` with its ``rendition.<field>`` parameter named from ``parameter`` (``renditions[2].fill``)."""
+def _renamed(exc: InvalidOptionError, parameter: str, set_by: Mapping[str, str]) -> InvalidOptionError:
+    """
+    ``exc`` with its ``rendition.<field>`` parameter named from ``parameter`` (``renditions[2].fill``),
+    and the preset that set the field when the rendition did not (the value is not in the rendition).
+    """
     prefix = f"invalid {exc.parameter!r}: "
     message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
     field = exc.parameter.removeprefix(RenditionSpec.parameter_root).lstrip(".")
+    if field in set_by:
+        message = f"{message} (set by preset {set_by[field]!r})"
     return InvalidOptionError(f"{parameter}.{field}" if field else parameter, message)
 
 

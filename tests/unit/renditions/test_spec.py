@@ -167,6 +167,16 @@ class TestPresetsByName:
         error = _error(parse_renditions, [{"name": "a"}, {"name": "b", "preset": "amazon_main", "fill": 3}])
         assert error.parameter == "renditions[1].fill"
 
+    def test_a_user_preset_s_bad_field_names_the_preset_that_set_it(self) -> None:
+        # the rendition holds no fill: the message said 'renditions[0].fill' and nothing more
+        presets = {"base": {"fill": 7}, "site": {"preset": "base", "format": "webp"}}
+        error = _error(parse_renditions, [{"name": "a", "preset": "site"}], presets)
+        assert error.parameter == "renditions[0].fill"
+        assert "not a fill ratio" in str(error) and "(set by preset 'base')" in str(error)
+        # a field the rendition gives itself is the rendition's
+        error = _error(parse_renditions, [{"name": "a", "preset": "site", "fill": 3}], presets)
+        assert "set by preset" not in str(error)
+
     def test_preset_fields_break_like_the_users(self) -> None:
         # a transparent background on a JPEG preset is refused, naming the field
         error = _error(
