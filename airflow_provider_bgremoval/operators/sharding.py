@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
-from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix
+from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix, output_stem
 from airflow_provider_bgremoval.pipeline.plan_store import check_shard_limits, shard_bounds
 from airflow_provider_bgremoval.pipeline.planning import list_sources, read_back_prefixes
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -21,7 +22,9 @@ def split_into_shards(
     names: Sequence[str], *, max_shards: int = 16, min_shard_size: int = 1
 ) -> list[list[str]]:
     """
-    Split ``names`` into at most ``max_shards`` contiguous shards of nearly equal size, in order.
+    Split ``names`` into at most ``max_shards`` contiguous shards of nearly equal size, in order, keeping
+    names that make one output (``a.jpg`` and ``a.png``, :func:`.output_stem`) in one shard: planned in
+    two tasks, each would miss the collision and both would pay before the second write was refused.
 
     :param names: the object names.
     :param max_shards: at most this many shards.
@@ -30,8 +33,17 @@ def split_into_shards(
     check_shard_limits(max_shards, min_shard_size)
     if not names:
         return []
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(output_stem(name), []).append(name)
     count = max(1, min(max_shards, len(names) // min_shard_size))
-    return [list(names[start:end]) for start, end in shard_bounds(len(names), count)]
+    starts = [start for start, _ in shard_bounds(len(names), count)]
+    shards: list[list[str]] = [[] for _ in starts]
+    first = 0
+    for group in groups.values():  # laid out in order: a group goes to the shard where it starts
+        shards[bisect.bisect_right(starts, first) - 1].extend(group)
+        first += len(group)
+    return [shard for shard in shards if shard]
 
 
 class ListImageShardsOperator(BaseOperator):

@@ -91,6 +91,17 @@ def check_safe(relative: str) -> str:
     return relative
 
 
+def output_stem(name: str) -> str:
+    """
+    The part of a source name its output keeps: the name without its extension (``a.jpg`` and ``a.png``
+    share ``a``, so they would make one output); a name that is an extension alone (``.jpg``) whole.
+
+    :param name: a source object name (or its part below the source prefix).
+    """
+    stem, _ = posixpath.splitext(name)
+    return stem if posixpath.basename(stem) else name
+
+
 def destination_name(source_name: str, source_prefix: str, destination_prefix: str, extension: str) -> str:
     """
     Map a source object name to its destination object name; :class:`UnsafeNameError` when it could
@@ -99,10 +110,7 @@ def destination_name(source_name: str, source_prefix: str, destination_prefix: s
     write would fail after the vendor was paid).
     """
     relative = check_safe(source_name.removeprefix(source_prefix))
-    stem, _ = posixpath.splitext(relative)
-    if not posixpath.basename(stem):  # e.g. ".jpg" alone: keep the whole name as the stem
-        stem = relative
-    destination = f"{destination_prefix}{stem}{extension}"
+    destination = f"{destination_prefix}{output_stem(relative)}{extension}"
     length = len(destination.encode("utf-8", "surrogatepass"))
     if length > MAX_OBJECT_NAME_BYTES:
         raise UnsafeNameError(

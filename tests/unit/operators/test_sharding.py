@@ -70,6 +70,20 @@ def test_split_into_shards_keeps_order_and_balances_sizes() -> None:
     assert split_into_shards([], max_shards=3) == []
 
 
+def test_split_into_shards_keeps_names_of_one_output_in_one_shard() -> None:
+    # a.jpg and a.png make one output, a.png: in two tasks each would plan alone, miss the collision,
+    # and both would pay before the second write was refused
+    names = ["a.jpg", "a.k.jpg", "a.png", "b.jpg", "c.jpg", "c.webp"]
+    shards = split_into_shards(names, max_shards=3)
+    assert sorted(name for shard in shards for name in shard) == sorted(names)
+    assert shards == [["a.jpg", "a.png"], ["a.k.jpg", "b.jpg"], ["c.jpg", "c.webp"]]
+    assert split_into_shards(["x/.jpg", "x/.png", "x/a.jpg"], max_shards=3) == [
+        ["x/.jpg"],
+        ["x/.png"],
+        ["x/a.jpg"],
+    ]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "parameter"),
     [
