@@ -649,7 +649,8 @@ class RenditionStage:
         source: ObjectInfo,
     ) -> dict[str, Any]:
         facts = {"object": gs_uri(self.bucket, target.name), **outcome.facts()}
-        if isinstance(outcome, RenderFailure):
+        if isinstance(outcome, RenderFailure):  # not written: why, as every entry not written says it
+            facts.update(error_code=outcome.error.code, error_message=outcome.error.message)
             return facts
         if not outcome.compliant:  # never written: a feed reading the folder must not pick it up
             facts.update(status="rejected", error_code=NONCOMPLIANT)

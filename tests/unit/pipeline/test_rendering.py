@@ -811,6 +811,9 @@ def test_a_rendition_whose_check_raises_fails_alone_the_master_and_the_others_ar
         assert (web["status"], thumb["status"]) == ("done", "done")
         assert shop["status"] == "failed" and shop["error"]["code"] == "rendition_failed"
         assert "rendition 'shop' failed (ZeroDivisionError" in shop["error"]["message"]
+        # like every entry not written (docs/pipeline.md): they were missing from a failed rendering
+        assert shop["error_code"] == "rendition_failed"
+        assert shop["error_message"] == shop["error"]["message"]
     # the next run renders the failed one only, from the stored masters, unpaid
     _, result, rows = batch(storage, spec, vendor, layout)  # type: ignore[arg-type]
     assert len(vendor.calls) == 2 and result.renditions["web"] == {"skipped": 2}
