@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from email.parser import BytesParser
 from pathlib import Path
@@ -38,6 +39,7 @@ from airflow_provider_bgremoval.vendors.pixelcut import (
     PixelcutImageTransform,
     PixelcutOptions,
     PixelcutShadow,
+    PixelcutWire,
 )
 from tests.support.connections import SleepRecorder, set_connection
 
@@ -903,3 +905,21 @@ async def test_generate_keeps_a_real_alpha_outline(hook, fake, call):
     await call(hook, "generate_background", data, scene="wood")
     _, files = parse_multipart(fake.requests[0])
     assert files["image"][1] == data
+
+
+async def test_generate_never_refuses_a_photo_for_the_size_of_its_rgb_copy(
+    fake, call, connection, monkeypatch
+):
+    # the alpha is dropped only when the RGB copy stays within the byte limit the original met
+    photo_rgba = Image.open(IMAGES / "rocket.jpg").convert("RGBA")
+    out = io.BytesIO()
+    photo_rgba.save(out, format="PNG", compress_level=9, optimize=True)
+    data = out.getvalue()
+    rgb = io.BytesIO()
+    photo_rgba.convert("RGB").save(rgb, format="PNG", compress_level=1)
+    spec = PixelcutWire.spec
+    limits = replace(spec.limits, max_bytes=min(len(data), len(rgb.getvalue()) - 1))
+    monkeypatch.setattr(PixelcutWire, "spec", replace(spec, limits=limits))
+    await call(make_hook(fake), "generate_background", data, scene="wood")
+    _, files = parse_multipart(fake.requests[0])
+    assert Image.open(io.BytesIO(files["image"][1])).mode == "RGBA"  # as it was
