@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict
 from decimal import Decimal
@@ -11,7 +10,7 @@ from typing import Any, Protocol
 from airflow_provider_bgremoval.exceptions import BgRemovalError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
-from airflow_provider_bgremoval.imaging import InputLimits, drop_opaque_alpha
+from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import RemovalOptions, options_fingerprint
 from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.results import ImageResult
@@ -121,12 +120,10 @@ class GenerationProcessor(_HookProcessor):
 
     async def process(self, data: bytes, filename: str, stats: CallStats) -> ImageResult:
         """
-        Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`). An
-        image whose alpha is opaque everywhere is sent without it: Pixelcut takes an RGBA input's alpha as
-        the subject's outline, so it would remove nothing and hide its scene behind the whole photo.
+        Generate a background behind the subject of one image (see :meth:`ImageProcessor.process`; the
+        hook sends an image whose alpha is opaque everywhere without it).
         """
         fields = asdict(self.options)  # the hook's scene, prompt, negative_prompt... parameters
-        data = await asyncio.to_thread(drop_opaque_alpha, data, self.limits)
         return await self.hook.agenerate_background(data, filename=filename, stats=stats, **fields)
 
 

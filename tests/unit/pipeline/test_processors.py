@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.policy
 import io
-from dataclasses import replace
 from email.parser import BytesParser
 from pathlib import Path
 
@@ -92,17 +91,3 @@ async def test_generate_background_drops_an_unused_palette_transparency(pixelcut
     (sent,) = pixelcut.uploads
     assert (sent.mode, "transparency" in sent.info) == ("RGB", False)
     assert sent.getpixel((5, 5)) == (90, 160, 200)
-
-
-async def test_generate_background_never_refuses_a_photo_for_the_size_of_its_rgb_copy(
-    monkeypatch: pytest.MonkeyPatch, pixelcut: _Pixelcut, images_dir: Path
-) -> None:
-    photo = Image.open(images_dir / "rocket.jpg").convert("RGBA")
-    data = _save(photo, "PNG", compress_level=9, optimize=True)
-    processor = _processor(pixelcut)
-    as_rgb = len(_save(photo.convert("RGB"), "PNG", compress_level=1))
-    monkeypatch.setattr(processor, "limits", replace(processor.limits, max_bytes=min(len(data), as_rgb - 1)))
-    assert len(data) <= processor.limits.max_bytes < as_rgb
-    await processor.process(data, "noise.png", CallStats())
-    (sent,) = pixelcut.uploads
-    assert sent.mode == "RGBA"  # as it was: its RGB copy would be over the byte limit
