@@ -653,7 +653,12 @@ class RenditionStage:
             facts.update(error_code=outcome.error.code, error_message=outcome.error.message)
             return facts
         if not outcome.compliant:  # never written: a feed reading the folder must not pick it up
-            facts.update(status="rejected", error_code=NONCOMPLIANT)
+            message = f"non-compliant ({', '.join(outcome.verdict.failed)}); not written"
+            if target.existing is not None:  # an earlier rendition (another spec or master generation)
+                message += (
+                    f"; the object at this name (generation {target.existing.generation}) is left as it was"
+                )
+            facts.update(status="rejected", error_code=NONCOMPLIANT, error_message=message)
             record = self._record(target, outcome, master, source)
             if record is not None:
                 facts["record"] = record.uri

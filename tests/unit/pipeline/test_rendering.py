@@ -890,3 +890,17 @@ def test_a_master_over_the_budget_is_rendered_alone_and_in_turn() -> None:
     waiter.join(5)
     assert order == ["small"] and budget.used == 0
     assert master_pixels(cutout()) == 120 * 90 and master_pixels(b"not an image") == 0
+
+
+def test_a_noncompliant_rendition_says_why_and_that_an_earlier_one_is_left_at_its_name() -> None:
+    storage, vendor = memory_buckets(), CutoutProcessor()
+    memory_batch(storage, vendor, FIXED)  # compliant: written
+    earlier = storage.info("dst", "out/amazon/a.jpg")
+    _, _, rows = memory_batch(storage, vendor, WRONG)  # the spec changed: rendered again, non-compliant
+    entry = by_source(rows)["a.png"]["renditions"][0]
+    assert entry["status"] == "rejected" and entry["error_code"] == "rendition_noncompliant"
+    # before: no error_message at all, and nothing said the earlier rendition is still at the name
+    message = entry["error_message"]
+    assert message.startswith("non-compliant (") and "border_white" in message and "not written" in message
+    assert f"(generation {earlier.generation}) is left as it was" in message
+    assert storage.info("dst", "out/amazon/a.jpg").generation == earlier.generation
