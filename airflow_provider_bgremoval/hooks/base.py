@@ -83,6 +83,8 @@ _MULTIPART_URL = "http://multipart.invalid/"
 _PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 #: the largest reply a probe reads (a balance is a few dozen bytes of JSON; an error page, a few KB)
 _PROBE_MAX_BYTES = 16 * 1024
+#: A URL's ``user:password@`` (an Airflow connection URI in an error's text carries the key there).
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 #: form field -> the extra older connections used for it (read only when the field is empty)
 _LEGACY_EXTRAS = {"host": "base_url", "password": "api_key", "login": "api_id"}
 #: form field -> what a connection that leaves it empty has not got
@@ -1084,14 +1086,19 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         """
         return self.wire_class.estimate_cost(vendor_options)
 
+    def _redacted(self, text: str) -> str:
+        """``text`` without the connection's secrets (when it was read) or a URL's ``user:password@``."""
+        text = _URL_USERINFO.sub(r"\1***@", text)
+        return self._wire_instance.quote(text) if self._wire_instance is not None else safe_excerpt(text)
+
     def test_connection(self) -> tuple[bool, str]:
         """Check the credentials with the free balance endpoint: one attempt, a short timeout."""
         try:
             balance = self.get_balance(probe=True)
         except BgRemovalError as exc:
             return False, str(exc)
-        except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # an unexpected error's text may quote the key (or a URI holding it)
+            return False, f"{type(exc).__name__}: {self._redacted(str(exc))}"
         finally:
             self.close()
         remaining = format_credits(balance.remaining)

@@ -1522,6 +1522,21 @@ def test_test_connection_failure(reply: Reply, fragment: str, hook: FakeHook, se
     assert KEY not in message
 
 
+def test_test_connection_never_shows_the_key_in_an_unexpected_error(
+    hook: FakeHook, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.on(f"{API}/v1/credits", balance_reply())
+    hook.get_balance()  # the connection is read: its secrets are known
+
+    def broken(**_: Any) -> Any:
+        raise ValueError(f"Invalid connection string: fakevendor://:{KEY}@api.example.com/ (key {KEY})")
+
+    monkeypatch.setattr(hook, "get_balance", broken)
+    ok, message = hook.test_connection()
+    assert ok is False and message.startswith("ValueError: Invalid connection string: fakevendor://***@")
+    assert KEY not in message
+
+
 def test_test_connection_without_key(
     monkeypatch: pytest.MonkeyPatch, make_hook: Callable[..., FakeHook]
 ) -> None:
