@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_bgremoval._compat import AirflowNotFoundException, get_connection, mask_secret
+from airflow_provider_bgremoval.options import parse_flag
 from airflow_provider_bgremoval.storage.exceptions import StorageConfigError
 
 if TYPE_CHECKING:
@@ -144,13 +145,12 @@ def _project_of_service_account(email: str) -> str | None:
 _KEY_OPTIONS = ("key_path", "keyfile_dict", "credential_config_file", "key_secret_name", "is_anonymous")
 #: providers-google extras this provider cannot act on: refused, never replaced by another identity (ADC).
 _UNSUPPORTED_OPTIONS = ("key_secret_name", "idp_issuer_url")
-_TRUE = frozenset({"true", "1", "yes", "on"})
 
 
 def _is_set(fields: Mapping[str, Any], option: str) -> bool:
     value = get_extra_field(fields, option)
-    if option == "is_anonymous" and isinstance(value, str):  # a boolean form field, or its text
-        return value.strip().lower() in _TRUE
+    if option == "is_anonymous" and value is not None:  # a boolean form field, or its text
+        return parse_flag(value, parameter="is_anonymous")
     return bool(value)
 
 
