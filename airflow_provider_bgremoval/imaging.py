@@ -11,14 +11,14 @@ import io
 import json
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 from PIL import ExifTags, Image, ImageCms, ImageMath, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
-from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps
+from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps, RemovalOptions
 
 #: Codes of the :class:`InvalidVendorResponseError` raised for unusable results.
 RESULT_ERROR_CODES = (
@@ -48,6 +48,7 @@ class InputLimits:
     :param max_side: largest accepted width and height (``None``: no per-side limit).
     :param max_pixels: largest accepted width × height (``None``: no limit).
     :param formats: Pillow format names the vendor accepts as they are.
+    :param max_side_basis: whose limit ``max_side`` is, for messages (the vendor's, or the output format's).
     """
 
     max_bytes: int
@@ -55,6 +56,28 @@ class InputLimits:
     max_side: int | None = None
     max_pixels: int | None = None
     formats: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP"})
+    max_side_basis: str = "the vendor's limit"
+
+
+#: WebP's largest width or height (14 bits): a larger result cannot be encoded as WebP.
+WEBP_MAX_SIDE = 16_383
+
+
+def limits_for_output(limits: InputLimits, options: RemovalOptions) -> InputLimits:
+    """
+    ``limits`` tightened to what the call's output can hold: a WebP output with neither a crop nor a
+    ``max_size`` that could bring it under :data:`WEBP_MAX_SIDE` takes no wider or taller input (the
+    billed result could not be encoded, and every rerun would pay again).
+
+    :param limits: the vendor's input limits.
+    :param options: the call's unified options.
+    """
+    fitted = options.max_size is not None and max(options.max_size) <= WEBP_MAX_SIDE
+    if options.output_format != "webp" or options.crop or fitted:
+        return limits
+    if limits.max_side is not None and limits.max_side <= WEBP_MAX_SIDE:
+        return limits
+    return replace(limits, max_side=WEBP_MAX_SIDE, max_side_basis="a WebP output's limit")
 
 
 @dataclass(frozen=True)
@@ -294,7 +317,7 @@ def check_limits(info: ImageInfo, size: int, limits: InputLimits, *, vendor: str
         message = f"{shape} = {info.pixels:,} pixels; the vendor's limit is {limits.max_pixels:,} pixels"
         raise _reject("too_many_pixels", message, vendor)
     if limits.max_side is not None and max(info.width, info.height) > limits.max_side:
-        message = f"{shape}; the vendor's limit is {limits.max_side} px per side"
+        message = f"{shape}; {limits.max_side_basis} is {limits.max_side} px per side"
         raise _reject("resolution_too_high", message, vendor)
     if min(info.width, info.height) < limits.min_side:
         message = f"{shape}; the vendor's minimum is {limits.min_side} px per side"

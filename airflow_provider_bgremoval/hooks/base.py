@@ -41,7 +41,13 @@ from airflow_provider_bgremoval.exceptions import (
 )
 from airflow_provider_bgremoval.get_provider_info import get_provider_info
 from airflow_provider_bgremoval.hooks.transport import hook_transport
-from airflow_provider_bgremoval.imaging import apply_local_steps, bomb_warnings_ignored, prepare_input
+from airflow_provider_bgremoval.imaging import (
+    InputLimits,
+    apply_local_steps,
+    bomb_warnings_ignored,
+    limits_for_output,
+    prepare_input,
+)
 from airflow_provider_bgremoval.options import OptionSplit, RemovalOptions, split_options
 from airflow_provider_bgremoval.pacing import Clock, Pacer, PacingPolicy, parse_requests_per_second
 from airflow_provider_bgremoval.results import Balance, ImageResult
@@ -930,9 +936,14 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return _Effect(work, arun)
 
     def _image_input(
-        self, image: bytes | None, image_url: str | None, filename: str, check_input: bool
+        self,
+        image: bytes | None,
+        image_url: str | None,
+        filename: str,
+        check_input: bool,
+        limits: InputLimits | None = None,
     ) -> Flow[ImageInput]:
-        """The call's input: a checked URL, or the bytes checked against the vendor's limits."""
+        """The call's input: a checked URL, or the bytes checked against ``limits`` (the vendor's)."""
         if image is not None and image_url is not None:
             raise InvalidOptionError("image_url", "give either image bytes or image_url, not both")
         if image_url is not None:
@@ -941,7 +952,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             raise InvalidOptionError("image", "no image given")
         if not check_input:
             return ImageInput(data=image, filename=filename, content_type="application/octet-stream")
-        limits, vendor = self.wire_class.spec.limits, self.wire_class.spec.name
+        limits, vendor = limits or self.wire_class.spec.limits, self.wire_class.spec.name
         prepared = yield from self._offload(lambda: prepare_input(image, limits, vendor=vendor), image)
         return ImageInput(data=prepared.data, filename=filename, content_type=prepared.content_type)
 
@@ -1025,7 +1036,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
             options, self._call_options(vendor_options), image_url=image_url
         )
         wire = yield from self._wire()
-        image_input = yield from self._image_input(image, image_url, filename, check_input)
+        limits = limits_for_output(self.wire_class.spec.limits, options)  # e.g. WebP's 16,383 px a side
+        image_input = yield from self._image_input(image, image_url, filename, check_input, limits)
         plan = split_options(options, wire.capabilities_for(vendor_options))
         request = wire.remove_background_request(image_input, plan.native, vendor_options)
         return request, image_input, plan, vendor_options

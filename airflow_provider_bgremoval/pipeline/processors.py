@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from airflow_provider_bgremoval.exceptions import BgRemovalError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.hooks.pixelcut import PixelcutHook
-from airflow_provider_bgremoval.imaging import InputLimits
+from airflow_provider_bgremoval.imaging import InputLimits, limits_for_output
 from airflow_provider_bgremoval.options import RemovalOptions, options_fingerprint
 from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
 from airflow_provider_bgremoval.results import ImageResult
@@ -88,6 +88,7 @@ class RemovalProcessor(_HookProcessor):
         fields = vendor_options.as_dict() if hasattr(vendor_options, "as_dict") else vendor_options
         cost = hook.estimate_cost(vendor_options) if cost_per_image is None else cost_per_image
         super().__init__(hook, options, cost, dict(fields or {}), hook.output_settings(vendor_options))
+        self.limits = limits_for_output(self.limits, options)  # as the hook checks: planning refuses early
         self.vendor_options = vendor_options
         self.extension = options.extension
 

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from typing_extensions import Self
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.imaging import WEBP_MAX_SIDE  # a derived WebP canvas is kept within it
 from airflow_provider_bgremoval.options import (
     CHOICE,
     NUMBER,
@@ -43,9 +44,6 @@ MAX_SIDE = 20_000
 #: The largest canvas (width x height): 100 MP, over every marketplace's limit and under the size
 #: Pillow refuses to decode again as a decompression bomb (about 179 MP), which the checks do.
 MAX_PIXELS = 100_000_000
-#: The largest side a WebP image can have (the format stores 14-bit dimensions): a derived WebP canvas is
-#: kept within it, an exact ``size`` or a ``min_size`` over it is refused.
-WEBP_MAX_SIDE = 16_383
 TRANSPARENT = "transparent"
 Fit = Literal["contain", "cover", "none"]
 Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]

@@ -312,6 +312,26 @@ async def test_over_32_megapixels_is_rejected_locally(monkeypatch: pytest.Monkey
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_webp_output_wider_than_webp_allows_is_rejected_before_the_billed_call(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # 16,400 x 1,000 is 16.4 MP, well within Pixian's 32 MP: but its WebP result could not be encoded,
+    # so the paid cut-out was lost, and every rerun paid again
+    out = io.BytesIO()
+    Image.new("L", (16_400, 1_000)).save(out, format="PNG")
+    hook, fake, _ = make_hook(monkeypatch)
+    with pytest.raises(InputRejectedError, match="a WebP output's limit is 16383 px per side") as info:
+        await run(
+            mode, hook, "remove_background", out.getvalue(), options=RemovalOptions(output_format="webp")
+        )
+    assert info.value.code == "resolution_too_high" and fake.requests == []
+    fitted = RemovalOptions(output_format="webp", max_size=4000)  # fitted into 4,000 px first: fine
+    hook, fake, _ = make_hook(monkeypatch, cutout_reply((16_400, 1_000)))
+    await run(mode, hook, "remove_background", out.getvalue(), options=fitted)
+    assert len(fake.requests) == 1
+
+
 # -- test mode ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("test_mode", [True, "true"])
