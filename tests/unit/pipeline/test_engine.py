@@ -387,6 +387,30 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     assert late.acquire("o/1.png", generations[1]) is None
 
 
+def _dead_try_then_its_retry(
+    storage: GcsStorage, spec: BatchSpec, before_retry: Callable[[], None] = lambda: None
+) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """One plan; a try of ``dag/run1/t/0`` stores 4 images and dies with its claims held, then (after
+    ``before_retry``) its retry runs the whole plan: the retry's result, rows and calls."""
+    owner = "dag/run1/t/0"
+
+    async def go() -> tuple[Any, list[dict[str, Any]], list[str]]:
+        processor = ScriptedProcessor()
+        identity, limits = OutputIdentity.of(processor), processor.limits
+        plan = await plan_batch(
+            storage, spec, extension=processor.extension, identity=identity, limits=limits
+        )
+        dead = ClaimStore(storage, spec.destination_bucket, spec.internal_prefix, owner)
+        await BatchRunner(storage, processor, plan, ManifestWriter(), max_images=4, claims=dead).run()
+        before_retry()
+        retry_processor, manifest = ScriptedProcessor(), ManifestWriter()
+        claims = ClaimStore(storage, spec.destination_bucket, spec.internal_prefix, owner)
+        result = await BatchRunner(storage, retry_processor, plan, manifest, claims=claims).run()
+        return result, read_manifest(manifest.getvalue()), retry_processor.calls
+
+    return asyncio.run(go())
+
+
 def test_a_retry_that_cannot_check_its_dead_try_s_outputs_pays_nothing_for_them(buckets, monkeypatch) -> None:
     """The retry takes its own claims over but the stat of their outputs fails: paying could buy those
     outputs a second time, so those images fail unpaid (the claim released as "output unknown", so
@@ -394,32 +418,17 @@ def test_a_retry_that_cannot_check_its_dead_try_s_outputs_pays_nothing_for_them(
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(8)])
     spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
-    owner, stat = "dag/run1/t/0", storage.stat
+    stat = storage.stat
 
     def failing_stat(bucket: str, name: str, **kwargs: Any) -> Any:
         if bucket == dst and name.startswith("o/") and "_bgremoval" not in name:
             raise StorageUnavailableError("stat failed: GCS stayed unavailable", bucket=bucket, name=name)
         return stat(bucket, name, **kwargs)
 
-    async def go() -> tuple[Any, Any, list[str]]:
-        processor = ScriptedProcessor()
-        plan = await plan_batch(
-            storage,
-            spec,
-            extension=processor.extension,
-            identity=OutputIdentity.of(processor),
-            limits=processor.limits,
+    with monkeypatch.context() as patch:
+        result, rows, calls = _dead_try_then_its_retry(
+            storage, spec, before_retry=lambda: patch.setattr(storage, "stat", failing_stat)
         )
-        dead = ClaimStore(storage, dst, spec.internal_prefix, owner)
-        await BatchRunner(storage, processor, plan, ManifestWriter(), max_images=4, claims=dead).run()
-        monkeypatch.setattr(storage, "stat", failing_stat)
-        retry_processor, manifest = ScriptedProcessor(), ManifestWriter()
-        claims = ClaimStore(storage, dst, spec.internal_prefix, owner)
-        result = await BatchRunner(storage, retry_processor, plan, manifest, claims=claims).run()
-        monkeypatch.setattr(storage, "stat", stat)
-        return result, read_manifest(manifest.getvalue()), retry_processor.calls
-
-    result, rows, calls = asyncio.run(go())
     assert len(calls) == 4 and result.counts == {"failed": 4, "done": 4}  # was 8 calls: 4 paid twice
     failed = [row for row in rows if row["status"] == "failed"]
     assert {row["error_code"] for row in failed} == {"StorageUnavailableError"}
@@ -465,26 +474,7 @@ def test_a_retry_skips_what_its_dead_try_stored_under_its_claims(buckets) -> Non
     storage, src, dst = buckets
     seed(storage, src, [f"{i}.png" for i in range(8)])
     spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
-    owner = "dag/run1/t/0"
-
-    async def go() -> tuple[Any, Any, list[str]]:
-        processor = ScriptedProcessor()
-        plan = await plan_batch(
-            storage,
-            spec,
-            extension=processor.extension,
-            identity=OutputIdentity.of(processor),
-            limits=processor.limits,
-        )
-        dead = ClaimStore(storage, dst, spec.internal_prefix, owner)
-        await BatchRunner(storage, processor, plan, ManifestWriter(), max_images=4, claims=dead).run()
-        retry_processor = ScriptedProcessor()
-        manifest = ManifestWriter()
-        claims = ClaimStore(storage, dst, spec.internal_prefix, owner)
-        result = await BatchRunner(storage, retry_processor, plan, manifest, claims=claims).run()
-        return result, read_manifest(manifest.getvalue()), retry_processor.calls
-
-    result, rows, calls = asyncio.run(go())
+    result, rows, calls = _dead_try_then_its_retry(storage, spec)
     assert len(calls) == 4 and result.counts == {"skipped": 4, "done": 4}
     assert {row["error_code"] for row in rows if row["status"] == "skipped"} == {"already_done"}
     assert {row["source"].rsplit("/", 1)[-1] for row in rows if row["status"] == "skipped"}.isdisjoint(calls)
