@@ -885,8 +885,8 @@ def test_a_master_over_the_budget_is_rendered_alone_and_in_turn() -> None:
         assert budget.used == 100
         waiter = threading.Thread(target=small)
         waiter.start()
-        time.sleep(0.05)
-        assert order == []  # waits for the large one
+        waiter.join(0.05)
+        assert waiter.is_alive() and order == []  # waits for the large one
     waiter.join(5)
     assert order == ["small"] and budget.used == 0
     assert master_pixels(cutout()) == 120 * 90 and master_pixels(b"not an image") == 0
