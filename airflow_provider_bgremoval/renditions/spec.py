@@ -55,13 +55,18 @@ _DECIMAL_RE = re.compile(r"^\d+(?:\.\d+)?$")
 _FILL_PERCENT_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
 
 
+#: What a rendition name is made of (it names the rendition's folder).
+_NAME_RULE = "1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+#: Why a rendition without a name is refused.
+_NAMELESS = f"a rendition needs a name, the folder its images go to ({_NAME_RULE})"
+
+
 def _name(value: Any) -> str:
+    if value is None:  # str(None) is 'none', a valid name
+        raise ValueError(_NAMELESS)
     text = str(value).strip().lower()
     if not _NAME_RE.match(text):
-        raise ValueError(
-            f"{value!r} is not a rendition name "
-            "(1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit)"
-        )
+        raise ValueError(f"{value!r} is not a rendition name ({_NAME_RULE})")
     return text
 
 
@@ -341,8 +346,7 @@ def _preset_chain(name: str, registry: Mapping[str, Preset], parameter: str) -> 
     while current is not None:
         preset = registry.get(current.strip().lower())
         if preset is None:
-            known = ", ".join(sorted(registry))
-            raise InvalidOptionError(parameter, f"unknown preset {current!r} (known: {known})")
+            raise InvalidOptionError(parameter, f"unknown preset {current!r} (known: {_known(registry)})")
         if preset in chain:
             raise InvalidOptionError(parameter, f"preset {name!r} extends itself through {preset.name!r}")
         chain.insert(0, preset)
@@ -370,9 +374,11 @@ def resolve_rendition(
         return value
     if isinstance(value, RenditionSpec):  # its fields are all set: the preset only brings its rules
         value = value.as_dict()
+    registry = preset_registry() if registry is None else registry
+    if isinstance(value, str):
+        raise InvalidOptionError(parameter, _named_only(value, registry))
     if not isinstance(value, Mapping):
         raise InvalidOptionError(parameter, f"{type(value).__name__} is not a rendition spec or a mapping")
-    registry = preset_registry() if registry is None else registry
     fields = dict(value)
     preset_name = fields.pop("preset", None)
     chain = (
@@ -386,6 +392,9 @@ def resolve_rendition(
     merged.update(fields)
     if chain:
         merged["preset"] = chain[-1].name
+    if merged.get("name") is None:  # pydantic's own error quoted its arguments, ArgsKwargs((), {...})
+        example = f", such as {_example(chain[-1].name)}" if chain else ""
+        raise InvalidOptionError(f"{parameter}.name", f"{_NAMELESS}{example}")
     try:
         spec = RenditionSpec(**merged)
     except InvalidOptionError as exc:
@@ -393,6 +402,27 @@ def resolve_rendition(
     rules = tuple(rule for preset in chain for rule in preset.rules)
     source = " | ".join(preset.source for preset in chain if preset.source) or None
     return Rendition(spec, rules, source)
+
+
+def _known(registry: Mapping[str, Preset]) -> str:
+    """The presets' names, sorted, for errors."""
+    return ", ".join(sorted(registry))
+
+
+def _example(preset: str) -> str:
+    """A rendition of ``preset`` named after it, as a user writes one."""
+    return repr({"name": preset, "preset": preset})
+
+
+def _named_only(text: str, registry: Mapping[str, Preset]) -> str:
+    """Why a rendition given as a name (``"amazon_main"``) is refused, and how to give it."""
+    name = text.strip().lower()
+    if name in registry:
+        return f"{text!r} is a preset's name, not a rendition: give a mapping such as {_example(name)}"
+    return (
+        f"{text!r} is not a rendition, nor a known preset (known: {_known(registry)}): give a mapping "
+        f"of spec fields with a name, such as {{'name': 'square', 'aspect': '1:1'}}"
+    )
 
 
 def _renamed(exc: InvalidOptionError, parameter: str, set_by: Mapping[str, str]) -> InvalidOptionError:

@@ -52,6 +52,20 @@ def test_refuses_vendor_parameters_and_bad_renditions_at_parse(kwargs: dict, fie
     assert info.value.parameter == field
 
 
+def test_a_rendition_with_no_name_or_given_as_a_preset_s_name_is_refused_clearly_at_parse() -> None:
+    # the message was "field required (got ArgsKwargs((), {'format': 'jpeg', ...)"
+    for renditions, field in (
+        ([{"preset": "amazon_main"}], "renditions[0].name"),
+        (["ebay"], "renditions[0]"),
+    ):
+        with pytest.raises(InvalidOptionError) as info:
+            RenderRenditionsOperator(
+                task_id="r", source_prefix="m/", destination_prefix="out/", renditions=renditions, **KW
+            )
+        assert info.value.parameter == field and "ArgsKwargs" not in str(info.value)
+        assert "'name': " in str(info.value)
+
+
 def test_a_rendition_folder_inside_the_masters_is_refused_in_their_bucket_only() -> None:
     op = RenderRenditionsOperator(
         task_id="r", source_prefix="products/", destination_prefix="out/", renditions=[{"name": "x"}], **KW

@@ -163,6 +163,28 @@ class TestPresetsByName:
         assert "extends itself" in str(_error(resolve_rendition, {"name": "x", "preset": "a"}, looped))
         assert _error(preset_registry, {"p": 3}).parameter == "presets.p"
 
+    def test_a_rendition_without_a_name_says_it_needs_one(self) -> None:
+        # a rendition of a preset with no name of its own: the message read "field required (got
+        # ArgsKwargs((), {'format': 'jpeg', 'quality': 95, ...)", the merged fields pydantic received
+        error = _error(parse_renditions, [{"preset": "amazon_main"}])
+        assert error.parameter == "renditions[0].name"
+        assert "ArgsKwargs" not in str(error) and "needs a name" in str(error)
+        assert "{'name': 'amazon_main', 'preset': 'amazon_main'}" in str(error)
+        error = _error(parse_renditions, [{"format": "webp"}])
+        assert error.parameter == "renditions[0].name" and "ArgsKwargs" not in str(error)
+        # a null name (a template's JSON) made a rendition called 'none'
+        error = _error(parse_renditions, [{"name": None, "format": "png"}])
+        assert error.parameter == "renditions[0].name" and "needs a name" in str(error)
+        assert _error(RenditionSpec, name=None).parameter == "rendition.name"
+
+    def test_a_rendition_given_as_a_name_says_how_to_give_it(self) -> None:
+        error = _error(parse_renditions, ["Amazon_Main"])
+        assert error.parameter == "renditions[0]"
+        assert "{'name': 'amazon_main', 'preset': 'amazon_main'}" in str(error)
+        error = _error(parse_renditions, ["amazon"], {"site": {"format": "webp"}})
+        assert error.parameter == "renditions[0]"
+        assert "known: amazon_main, ebay, google_merchant, shopify_square, site" in str(error)
+
     def test_an_override_error_names_the_rendition(self) -> None:
         error = _error(parse_renditions, [{"name": "a"}, {"name": "b", "preset": "amazon_main", "fill": 3}])
         assert error.parameter == "renditions[1].fill"
