@@ -84,10 +84,13 @@ class Budgets:
     def _reservation(
         self, flight: Flight, default: Decimal, charged: Mapping[Account, Decimal] | None = None
     ) -> Decimal:
-        """What ``flight``'s call holds: its charge once billed, else its account's cost (or ``default``)."""
+        """
+        What ``flight``'s call holds: its charge once billed (a reported 0 included: the engine books it
+        as charged), else its account's cost (or ``default``); a billed reply without a charge: the cost.
+        """
         cost = default if flight.account is None else self.cost_of(flight.account, charged)
-        stats = flight.stats
-        return (stats.credits_charged or cost) if stats.billed_reply else cost
+        charge = flight.stats.credits_charged
+        return charge if flight.stats.billed_reply and charge is not None else cost
 
     def admits_next(self, charged: Decimal, lost: int) -> bool:
         """

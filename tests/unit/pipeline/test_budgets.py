@@ -278,3 +278,38 @@ def test_a_charge_seen_on_a_reply_in_flight_prices_the_next_image_before_that_im
     assert status == {"00.png": "done", "01.png": "rejected", "02.png": "pending"}
     assert result.halt is not None and result.halt.reason == "max_credits"
     assert "the next image costs 2 on pixian_conn (pixian)" in result.halt.message
+
+
+class BillsZeroWhileAReplyIsLost(LosesFirstReply):
+    """
+    Bills 00.png 0 credits where the cost table says 1 (a reported ``X-Credits-Charged: 0``, as Pixian's
+    free test calls answer), filling the live call record as the hooks do; its result then takes 0.6 s
+    to finish. 01.png loses its first reply after 0.1 s and is retried in the real retry loop.
+    """
+
+    async def process(self, data: bytes, filename: str, stats: Any = None) -> ImageResult:
+        if filename != "00.png":
+            await asyncio.sleep(0.1)
+            return await super().process(data, filename, stats)
+        stats.attempts += 1
+        stats.billed_reply, stats.credits_charged = True, Decimal(0)  # the reply is in: billed 0
+        await asyncio.sleep(0.6)
+        return await Vendor.process(self, data, filename, stats)
+
+
+def test_a_reply_in_flight_billed_0_holds_0_credits_not_the_cost_table(batch) -> None:
+    """
+    max_credits=2, cost table 1. 00.png's reply is in, billed 0, and its result still being finished
+    when 01.png's first reply is lost: 0 charged + 1 lost + 1 for the retry = 2 fits, so the retry is
+    made. The reported 0 is what the engine books once 00.png is settled; reserving the cost table's 1
+    for it meanwhile (3 at risk) refused the retry and halted the batch on credits never spent.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    vendor = BillsZeroWhileAReplyIsLost("pixian", lambda n, c: Decimal(0) if n == "00.png" else None)
+    result, rows = run_chain(storage, spec, chain(vendor), max_concurrency=2, max_credits=Decimal(2))
+    by_name = {row["source"].rsplit("/", 1)[1]: row for row in rows}
+    assert (by_name["00.png"]["status"], by_name["00.png"]["credits"]) == ("done", "0")
+    assert (by_name["01.png"]["status"], by_name["01.png"]["possibly_charged"]) == ("done", 1)
+    assert sorted(vendor.calls) == ["00.png", "01.png", "01.png"]  # 01.png: lost, then retried
+    assert result.credits_spent == 1 and result.halt is None
