@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import posixpath
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,7 @@ from PIL import Image
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProcessingError
 from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS, bomb_warnings_ignored
-from airflow_provider_bgremoval.pipeline.naming import internal_prefix
+from airflow_provider_bgremoval.pipeline.naming import internal_prefix, output_stem
 from airflow_provider_bgremoval.pipeline.planning import (
     META_SOURCE,
     META_SOURCE_GENERATION,
@@ -316,12 +315,14 @@ class RenditionLayout:
         return f"{self.destination_prefix}{rendition.name}/"
 
     def stem(self, master_name: str) -> str:
-        """The master's name below the masters prefix, without its extension."""
+        """
+        The master's name below the masters prefix, without its extension (:func:`.output_stem`, the
+        outputs' rule: ``a.jpg`` and ``a.png`` share ``a``, which planning refuses as a collision).
+        """
         relative = master_name.removeprefix(self.masters_prefix)
         if self.master_extension and relative.endswith(self.master_extension):
             return relative[: -len(self.master_extension)]
-        stem, _ = posixpath.splitext(relative)
-        return stem if posixpath.basename(stem) else relative
+        return output_stem(relative)
 
     def name_of(self, rendition: Rendition, master_name: str) -> str:
         """The object name of ``rendition`` of the master ``master_name``."""

@@ -21,6 +21,7 @@ from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import (
     BatchSpec,
+    DestinationCollisionError,
     OutputIdentity,
     outputs_between,
     plan_batch,
@@ -377,6 +378,21 @@ def render_only_plan(storage: GcsStorage, src: str, dst: str, *renditions: dict[
             masters_are_sources=True,
         )
     )
+
+
+def test_render_only_masters_sharing_a_stem_are_refused_before_anything_is_read_or_written() -> None:
+    # raw/a.png and raw/a.jpg would make one out/web/a.webp (naming.output_stem, the removal path's rule):
+    # refused as a removal batch's a.jpg and a.png are, naming both, not one rendition silently lost
+    jpeg = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(jpeg, format="JPEG")
+    storage = MemoryStorage({"raw/a.png": cutout(), "raw/a.jpg": jpeg.getvalue(), "raw/b.png": cutout()})
+    with pytest.raises(DestinationCollisionError, match=r"'raw/a\.jpg' and 'raw/a\.png'"):
+        render_only_plan(storage, "src", "dst", WEB)  # type: ignore[arg-type]
+    assert storage.reads == [] and storage.requests["write"] == 0 and storage.names("dst") == []
+    lay = RenditionLayout(parse_renditions([WEB]), "out/", "raw/")
+    (web,) = lay.renditions
+    assert lay.name_of(web, "raw/a.jpg") == lay.name_of(web, "raw/a.png") == "out/web/a.webp"
+    assert lay.record_name(web, "raw/.png") == "out/_bgremoval/noncompliant/.png/web"  # output_stem's rule
 
 
 def test_render_only_rows_have_no_destination_also_when_left_pending(buckets) -> None:
