@@ -107,9 +107,9 @@ class CallStage:
                 self.report(flight, "success")
                 return result
 
-    def _settle_not_sent(self, flight: Flight, code: str, why: str) -> None:
-        """Settle pending an image not sent (again)."""
-        self.settle(flight, "pending", code, f"{why}; {_not_sent(flight)}")
+    def _settle_not_sent(self, flight: Flight, code: str, why: str, request_id: str | None = None) -> None:
+        """Settle pending an image not sent (again); ``request_id``: its last call's, if it had one."""
+        self.settle(flight, "pending", code, f"{why}; {_not_sent(flight)}", request_id=request_id)
 
     async def _account_for(self, flight: Flight, data: bytes) -> Account | None:
         """
@@ -298,10 +298,10 @@ class CallStage:
             self.halts.exhaust(self.chain)
             halt = self.halts.halt
             assert halt is not None
-            if exc is None or isinstance(exc, (InputRejectedError, TransientVendorError)):
-                self._settle_not_sent(flight, halt.reason, halt.message)
-            else:
-                self._settle_error(flight, "pending", halt.reason, exc)
+            # pending for the halt (the last account to leave), not for an earlier account's refusal
+            # (its handoff keeps that account's code and message)
+            refusal_id = exc.request_id if exc is not None and exc.fatal_for_batch else None
+            self._settle_not_sent(flight, halt.reason, halt.message, refusal_id)
             return
         if exc is not None and exc.fatal_for_batch:
             self._settle_error(flight, "pending", _refusal_reason(exc), exc)

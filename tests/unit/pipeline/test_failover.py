@@ -670,3 +670,39 @@ def test_an_image_handed_on_when_its_lease_runs_short_is_left_pending_not_sent_t
         info.metadata or {} for info in storage.list_objects(spec.destination_bucket, "_bgremoval/claims/")
     ]
     assert {meta[META_DESTINATION]: meta[META_EXPIRES] for meta in metas}["00.png"] == "0"  # released unpaid
+
+
+def test_an_image_refused_by_the_primary_then_by_the_next_accounts_budget_is_pending_max_credits(
+    batch,
+) -> None:
+    """
+    Pixelcut refuses the image (403 ``insufficient_api_credits``) and leaves the chain; poof's own budget
+    cannot pay for it, so poof leaves too and the chain halts ``max_credits`` (the last to leave). The
+    row is pending for that halt: its code and message are the halt's (``pending_reasons`` counts it
+    there), not Pixelcut's code and message, which its handoff keeps.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(1))
+    out = OutOfCreditsError(
+        "Insufficient credits available",
+        vendor="pixelcut",
+        status_code=403,
+        code="insufficient_api_credits",
+        request_id="req-1",
+    )
+    primary, budgeted = Vendor("pixelcut", lambda n, c: out), Vendor("poof")
+    result, rows = run_chain(storage, spec, chain(primary, budgeted, budgets={"poof": "0.5"}))
+    assert primary.calls == ["00.png"] and budgeted.calls == []
+    assert result.halt is not None and result.halt.reason == "max_credits" and not result.halt.fatal
+    [row] = rows
+    assert (row["status"], row["error_code"], row["request_id"]) == ("pending", "max_credits", "req-1")
+    assert result.pending_reasons == {"max_credits": 1}
+    assert row["error_message"].startswith("every account of the chain is unusable")
+    assert "max_credits_per_account['poof_conn']=0.5 reached" in row["error_message"]
+    assert row["error_message"].endswith("this image was not sent again (nothing paid for its earlier calls)")
+    [handoff] = row["handoffs"]
+    assert (handoff["account"], handoff["reason"], handoff["code"]) == (
+        "pixelcut_conn",
+        "out_of_credits",
+        "insufficient_api_credits",
+    )
