@@ -16,7 +16,7 @@ import httpx
 from pydantic import BeforeValidator, Field, model_validator
 from typing_extensions import Self
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.exceptions import BgRemovalError, InvalidOptionError, VendorRequestError
 from airflow_provider_bgremoval.imaging import InputLimits
 from airflow_provider_bgremoval.options import (
     ANY_CASE_SCHEMA,
@@ -412,6 +412,18 @@ class PixelcutWire(VendorWire):
             return None
         message = body.get("error")
         return body.get("error_code"), self.quote(str(message)) if message not in (None, "") else "", None
+
+    def error_type(self, status: int, code: str | None, message: str) -> type[BgRemovalError]:
+        """
+        As the shared rules, but a 403 is no bad key by its status alone: Pixelcut documents one 403,
+        ``insufficient_api_credits`` (out of credits), and answers a bad key 401 ``invalid_auth_token``.
+        A 403 without either code (a gateway or firewall block, a plan limit) fails this image, not
+        retried (:class:`VendorRequestError`); read as ``auth_failed`` it halted the batch.
+        """
+        spec = self.spec
+        if status == 403 and code not in spec.credit_error_codes | spec.auth_error_codes:
+            return VendorRequestError
+        return super().error_type(status, code, message)
 
     @classmethod
     def estimate_cost(cls, vendor_options: VendorOptionsInput = None) -> Decimal:

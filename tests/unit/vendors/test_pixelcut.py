@@ -420,6 +420,45 @@ def test_error_table(wire, status, code, exc_type):
 
 
 @pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(
+            httpx.Response(
+                403,
+                text="<html><title>Attention Required!</title>Sorry, you have been blocked</html>",
+                headers={"content-type": "text/html"},
+            ),
+            id="a-gateway-block",
+        ),
+        pytest.param(httpx.Response(403), id="no-body"),
+        pytest.param(httpx.Response(403, json={"error": "Forbidden"}), id="no-error-code"),
+        pytest.param(
+            httpx.Response(403, json={"error": "Not included in your plan", "error_code": "plan_limit"}),
+            id="an-undocumented-code",
+        ),
+    ],
+)
+def test_a_403_without_a_documented_code_fails_this_image_and_is_no_bad_key(wire, response):
+    """
+    Pixelcut documents one 403, ``insufficient_api_credits``, and answers a bad key 401
+    ``invalid_auth_token``: a 403 without either code (a gateway or firewall block, a plan limit) is no
+    evidence of a bad key, so it must not halt the batch (``auth_failed``) nor be retried blindly.
+    """
+    exc = wire.error_from_reply(response)
+    assert type(exc) is VendorRequestError and exc.status_code == 403
+    assert not exc.fatal_for_batch and not exc.retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, "invalid_auth_token"), (401, None), (401, "invalid_auth_token")]
+)
+def test_a_bad_key_is_still_an_auth_error(wire, status, code):
+    body = {"error": "API Token not found"} | ({"error_code": code} if code else {})
+    exc = wire.error_from_reply(httpx.Response(status, json=body))
+    assert type(exc) is VendorAuthError and exc.fatal_for_batch
+
+
+@pytest.mark.parametrize(
     ("response", "message"),
     [
         (httpx.Response(500), "Internal Server Error"),
