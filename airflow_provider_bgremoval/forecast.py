@@ -205,7 +205,7 @@ def burn_rate(
 @dataclass(frozen=True)
 class Forecast:
     """
-    When one account's credits run out at its current burn rate.
+    When one account's credits run out at its current burn rate, or expire unused if that comes first.
 
     :param conn_id: the connection.
     :param vendor: the vendor name.
@@ -214,6 +214,8 @@ class Forecast:
     :param burn_rate: credits per day (``None``: not enough history).
     :param forecast_days: the lead time wanted, in days.
     :param samples: readings the rate was computed from (the history's length).
+    :param expires_at: when the credits expire, unspent or not (Pixian's ``useBefore``, when its pack
+        goes dormant); ``None``: the vendor reports no expiry.
     """
 
     conn_id: str
@@ -223,10 +225,11 @@ class Forecast:
     burn_rate: Decimal | None
     forecast_days: float
     samples: int
+    expires_at: datetime | None = None
 
     @property
     def days_left(self) -> Decimal | None:
-        """Days until the balance reaches 0 (``None``: no spend, no rate yet, or beyond a century)."""
+        """Days until the balance reaches 0 by burn (``None``: no spend, no rate yet, or beyond a century)."""
         if self.burn_rate is None or self.burn_rate <= 0:
             return None
         days = self.remaining / self.burn_rate
@@ -235,18 +238,56 @@ class Forecast:
     @property
     def runs_out_at(self) -> datetime | None:
         """The moment the balance reaches 0 at the burn rate (``None``: not in sight, or past year 9999)."""
-        days = self.days_left
-        if days is None:
+        return _after(self.at, self.days_left)
+
+    @property
+    def expires_in_days(self) -> Decimal | None:
+        """
+        Days from the newest reading until credits left then would expire (0 when already past);
+        ``None``: no expiry, nothing left to expire, or beyond a century.
+        """
+        if self.expires_at is None or self.remaining <= 0:
             return None
-        try:
-            return self.at + timedelta(days=float(days))
-        except OverflowError:  # a reading dated near the end of the calendar
+        days = max(Decimal(str((self.expires_at - self.at).total_seconds())) / _DAY, Decimal(0))
+        return None if days > _HORIZON_DAYS else days
+
+    @property
+    def limited_by(self) -> str | None:
+        """What ends the credits' use first: ``"burn"``, ``"expiry"``, or ``None`` (neither in sight)."""
+        burn, expiry = self.days_left, self.expires_in_days
+        if expiry is not None and (burn is None or expiry < burn):
+            return "expiry"
+        return None if burn is None else "burn"
+
+    @property
+    def usable_days(self) -> Decimal | None:
+        """Days the credits can still be spent: the earlier of running out by burn and expiring."""
+        return self.expires_in_days if self.limited_by == "expiry" else self.days_left
+
+    @property
+    def usable_until(self) -> datetime | None:
+        """The moment the credits can no longer be spent (``None``: not in sight, or past year 9999)."""
+        return _after(self.at, self.usable_days)
+
+    @property
+    def expiring_credits(self) -> Decimal | None:
+        """
+        Credits that would expire unspent at the burn rate (0 when they run out first, or there is no
+        balance); ``None`` without an expiry, or before a burn rate says how many.
+        """
+        if self.expires_at is None:
             return None
+        expiry = self.expires_in_days
+        if self.limited_by != "expiry" or expiry is None:
+            return Decimal(0) if self.remaining <= 0 or self.limited_by == "burn" else None
+        if self.burn_rate is None:
+            return None
+        return _floor(max(self.remaining - self.burn_rate * expiry, Decimal(0)), "0.01")
 
     @property
     def alert(self) -> bool:
-        """True when credits run out in less than ``forecast_days``."""
-        days = self.days_left
+        """True when the credits run out, or expire, in less than ``forecast_days``."""
+        days = self.usable_days
         return days is not None and days < Decimal(str(self.forecast_days))
 
     @property
@@ -259,7 +300,8 @@ class Forecast:
 
     def as_dict(self) -> dict[str, Any]:
         """Primitive form for XCom, reports and notifiers."""
-        rate, days, out = self.burn_rate, self.days_left, self.runs_out_at
+        rate, days, out, until = self.burn_rate, self.days_left, self.runs_out_at, self.usable_until
+        expiring = self.expiring_credits
         return {
             "conn_id": self.conn_id,
             "vendor": self.vendor,
@@ -268,6 +310,10 @@ class Forecast:
             "burn_rate": None if rate is None else format_rate(rate),
             "days_left": None if days is None else float(_floor(days, "0.01")),
             "runs_out_on": None if out is None else out.date().isoformat(),
+            "expires_at": None if self.expires_at is None else self.expires_at.isoformat(),
+            "expiring_credits": None if expiring is None else format_credits(expiring),
+            "usable_until": None if until is None else until.date().isoformat(),
+            "limited_by": self.limited_by,
             "forecast_days": self.forecast_days,
             "top_up": format_credits(self.top_up),
             "alert": self.alert,
@@ -275,9 +321,11 @@ class Forecast:
         }
 
     def describe(self) -> str:
-        """One line: account, balance, burn rate, run-out date and the top-up covering the lead time."""
+        """One line: account, balance, burn rate, run-out (or expiry) date and what covers the lead time."""
         who = f"{self.conn_id} ({self.vendor or 'unknown vendor'})"
         remaining = format_credits(self.remaining)
+        if self.limited_by == "expiry":
+            return f"{who}: {remaining} credits, {self._expiry_text()}"
         if self.burn_rate is None:
             return f"{who}: {remaining} credits, no burn rate yet ({self.samples} reading(s))"
         rate = format_rate(self.burn_rate)
@@ -294,6 +342,37 @@ class Forecast:
             return f"{head}: lasts the {lead} forecast window"
         top_up = format_credits(self.top_up)
         return f"{head}: FORECAST LOW within {lead}; a top-up of {top_up} credits covers {lead}"
+
+    def _expiry_text(self) -> str:
+        """:meth:`describe` after the balance, when the credits expire before they run out."""
+        assert self.expires_at is not None and self.expires_in_days is not None
+        day = self.expires_at.date().isoformat()
+        past = self.expires_at <= self.at  # the vendor still counted them (its state lagging)
+        in_days = _floor(self.expires_in_days, "0.1")
+        when = f"expired on {day}" if past else f"expire on {day} (in {in_days} days)"
+        expiring = self.expiring_credits
+        if self.burn_rate is None or expiring is None:
+            text = f"no burn rate yet ({self.samples} reading(s)); they {when}, up to "
+            text += f"{format_credits(self.remaining)} of them unused"
+        else:
+            rate = format_rate(self.burn_rate)
+            text = f"burning {rate} credits/day, {when} before they run out: "
+            text += f"{format_credits(expiring)} credits expire unused at this rate"
+        lead = _days(self.forecast_days)
+        if not self.alert:
+            return f"{text}: lasts the {lead} forecast window"
+        renew = "buy new credits" if past else f"buy new credits before {day}"
+        return f"{text}: FORECAST LOW within {lead}; {renew} to keep the account usable"
+
+
+def _after(moment: datetime, days: Decimal | None) -> datetime | None:
+    """``moment`` plus ``days`` (``None``: no days, or past year 9999)."""
+    if days is None:
+        return None
+    try:
+        return moment + timedelta(days=float(days))
+    except OverflowError:  # a reading dated near the end of the calendar
+        return None
 
 
 def format_rate(rate: Decimal) -> str:
@@ -325,6 +404,7 @@ def forecast(
     forecast_days: float,
     window_days: float = DEFAULT_BURN_WINDOW_DAYS,
     min_span_days: float = DEFAULT_MIN_SPAN_DAYS,
+    expires_at: datetime | None = None,
 ) -> Forecast:
     """
     The forecast from a connection's history (the newest reading is the current balance).
@@ -335,6 +415,7 @@ def forecast(
     :param forecast_days: the lead time wanted.
     :param window_days: the burn-rate window.
     :param min_span_days: the shortest span of spending intervals giving a rate.
+    :param expires_at: when the balance's credits expire, as the vendor reports it (``None``: never).
     """
     if not samples:
         raise ValueError("a forecast needs at least one reading")
@@ -343,7 +424,8 @@ def forecast(
     ordered = sorted(samples, key=lambda s: s.at)
     newest = ordered[-1]
     rate = burn_rate(ordered, window_days, min_span_days)
-    return Forecast(conn_id, vendor, newest.remaining, newest.at, rate, forecast_days, len(samples))
+    expiry = None if expires_at is None else as_utc(expires_at)
+    return Forecast(conn_id, vendor, newest.remaining, newest.at, rate, forecast_days, len(samples), expiry)
 
 
 def object_name(prefix: str, conn_id: str, suffix: str) -> str:

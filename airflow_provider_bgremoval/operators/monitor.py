@@ -40,6 +40,7 @@ from airflow_provider_bgremoval.options import load_list
 from airflow_provider_bgremoval.pipeline.naming import folder_name
 from airflow_provider_bgremoval.results import AccountState
 from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError, gs_uri
+from airflow_provider_bgremoval.vendors.pixian import PixianBalance
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -64,6 +65,7 @@ class BalanceCheck:
     :param state: the account state.
     :param credit_pack: credit-pack or subscription-plan name.
     :param error: why the balance could not be read.
+    :param expires_at: when the credits expire, where the vendor reports it (Pixian's ``useBefore``).
     """
 
     conn_id: str
@@ -73,6 +75,7 @@ class BalanceCheck:
     state: str | None = None
     credit_pack: str | None = None
     error: str | None = None
+    expires_at: datetime | None = None
 
     @property
     def low(self) -> bool:
@@ -85,9 +88,11 @@ class BalanceCheck:
         return self.error is None and not self.low
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive form for XCom, logs and callbacks."""
+        """Primitive form for XCom, logs and callbacks (``expires_at`` only where the vendor reports one)."""
         remaining = None if self.remaining is None else str(self.remaining)
-        return {**asdict(self), "remaining": remaining, "threshold": str(self.threshold), "low": self.low}
+        entry = {**asdict(self), "remaining": remaining, "threshold": str(self.threshold), "low": self.low}
+        expires = entry.pop("expires_at")
+        return entry if expires is None else {**entry, "expires_at": expires.isoformat()}
 
     def describe(self) -> str:
         """One log line: connection, vendor, remaining, threshold, verdict."""
@@ -127,7 +132,11 @@ async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str
     except Exception as exc:
         return replace(check, error=describe_error(exc))
     return replace(
-        check, remaining=balance.remaining, state=balance.state.value, credit_pack=balance.credit_pack
+        check,
+        remaining=balance.remaining,
+        state=balance.state.value,
+        credit_pack=balance.credit_pack,
+        expires_at=balance.expires_at if isinstance(balance, PixianBalance) else None,
     )
 
 
@@ -236,7 +245,8 @@ class CreditMonitorOperator(BaseOperator):
     """
     Check the balances of several vendor connections in one task; call back and fail or warn on low ones.
     With ``forecast_days`` it keeps each account's balance history in GCS, forecasts the day its
-    credits run out, alerts when that is within ``forecast_days`` and writes a PNG chart per account.
+    credits run out, or expire unused if the vendor reports an earlier expiry (Pixian's ``useBefore``),
+    alerts when that is within ``forecast_days`` and writes a PNG chart per account.
 
     Returns ``{conn_id: BalanceCheck.as_dict()}`` (plus ``forecast`` and ``chart`` when forecasting);
     problem accounts, forecasts, metrics and retries: docs/credits.md.
@@ -246,7 +256,8 @@ class CreditMonitorOperator(BaseOperator):
     :param on_low: ``"fail"`` or ``"warn"`` (forecast alerts alone never fail the task).
     :param on_low_callback: a callable receiving the problem accounts (dicts), or a ``BaseNotifier``
         whose context gets ``low_balances``, ``balances``, ``forecast_alerts`` and ``alert_text``.
-    :param forecast_days: alert when credits would run out within this many days; needs ``history_bucket``.
+    :param forecast_days: alert when credits would run out (or expire) within this many days; needs
+        ``history_bucket``.
     :param history_bucket: the bucket of the balance histories, run reports and charts.
     :param history_prefix: their folder in it.
     :param history_limit: readings kept per connection.
@@ -388,6 +399,7 @@ class CreditMonitorOperator(BaseOperator):
             self.forecast_days,
             self.burn_window_days,
             self.forecast_min_span_days,
+            check.expires_at,
         )
         emit_metrics(check, samples, fc, reading if recorded else None)
         self.log.log(logging.WARNING if fc.alert else logging.INFO, "%s", fc.describe())
@@ -430,7 +442,7 @@ class CreditMonitorOperator(BaseOperator):
         """Warn about forecast alerts; fail (``on_low="fail"``) or warn about low and unreadable accounts."""
         if alerts:
             self.log.warning(
-                "%d account(s) forecast to run out within %s day(s): %s",
+                "%d account(s) forecast to run out or expire within %s day(s): %s",
                 len(alerts),
                 f"{self.forecast_days:g}",
                 "; ".join(fc.describe() for fc in alerts),

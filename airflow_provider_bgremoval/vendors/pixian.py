@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
@@ -107,6 +109,34 @@ class ForegroundBox(NamedTuple):
     left: int
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class PixianBalance(Balance):
+    """
+    A Pixian balance: :class:`~airflow_provider_bgremoval.results.Balance` and when its credits expire.
+
+    :param expires_at: ``useBefore``, when the credit pack goes dormant and its credits can no longer be
+        spent (UTC; ``None`` when the reply has no readable ISO 8601 time). Not in :meth:`as_dict`.
+    """
+
+    expires_at: datetime | None = None
+
+
+def parse_use_before(value: Any) -> datetime | None:
+    """
+    The account reply's ``useBefore`` as a UTC datetime (an ISO 8601 time without an offset is UTC);
+    ``None`` when it is missing or no such text (the balance is still read).
+
+    :param value: the reply's ``useBefore`` member.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):  # not a time, or one past the calendar in UTC
+        return None
 
 
 def parse_test_mode(value: Any) -> bool:
@@ -487,12 +517,13 @@ class PixianWire(VendorWire):
             )
         return result.credits_calculated
 
-    def parse_balance(self, response: httpx.Response) -> Balance:
+    def parse_balance(self, response: httpx.Response) -> PixianBalance:
         """
         Read ``GET /api/v2/account``. Pixian documents two states: ``active`` (a pack that is not
         dormant) and ``dormant`` (buy a new pack to go on). Any other state is no active pack: its credits
         cannot be counted on, so it reads as suspended with 0 usable (``raw`` keeps what Pixian said).
         A reply without a state says nothing either way: ``unknown``, its credits as reported.
+        ``useBefore``, when the pack goes dormant, is :attr:`PixianBalance.expires_at`.
 
         :param response: the 2xx reply.
         """
@@ -500,12 +531,14 @@ class PixianWire(VendorWire):
         raw_state = str(body.get("state") or "").strip().lower()
         state = _ACCOUNT_STATES.get(raw_state, AccountState.SUSPENDED) if raw_state else AccountState.UNKNOWN
         pack = body.get("creditPack")
-        return self.balance(
+        balance = self.balance(
             numbers["credits"] if state in (AccountState.ACTIVE, AccountState.UNKNOWN) else Decimal(0),
             state,
             credit_pack=str(pack) if pack is not None else None,
             raw=dict(body),
         )
+        read = {f.name: getattr(balance, f.name) for f in dataclass_fields(balance)}
+        return PixianBalance(**read, expires_at=parse_use_before(body.get("useBefore")))
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         envelope = body.get("error")

@@ -277,3 +277,64 @@ def test_an_empty_account_that_spends_nothing_is_not_out_of_sight() -> None:
     assert fc.describe() == "poof_default (poof): 0 credits, burning 0 credits/day: no credits left"
     lasting = forecast("poof_default", "poof", daily(5, 5, 5), 7)
     assert lasting.describe().endswith("burning 0 credits/day: no run-out in sight")
+
+
+def test_credits_that_expire_before_they_run_out_are_forecast_by_their_expiry() -> None:
+    # 500 credits at 10 a day last 50 days by burn, but they expire in 5: "lasts 50 days" misled
+    samples = daily(520, 510, 500)
+    fc = forecast("pixian_default", "pixian", samples, 7, expires_at=samples[-1].at + timedelta(days=5))
+    assert fc.days_left == 50 and fc.as_dict()["runs_out_on"] == "2026-02-22"  # by burn, as before
+    assert (fc.limited_by, fc.usable_days, fc.expiring_credits) == ("expiry", 5, 450)
+    assert fc.alert and fc.top_up == 0  # the balance covers the spend; the expiry does not wait
+    entry = fc.as_dict()
+    assert {key: entry[key] for key in ("expires_at", "expiring_credits", "usable_until", "limited_by")} == {
+        "expires_at": "2026-01-08T06:00:00+00:00",
+        "expiring_credits": "450",
+        "usable_until": "2026-01-08",
+        "limited_by": "expiry",
+    }
+    assert fc.describe() == (
+        "pixian_default (pixian): 500 credits, burning 10 credits/day, expire on 2026-01-08 (in 5.0 days) "
+        "before they run out: 450 credits expire unused at this rate: FORECAST LOW within 7 days; "
+        "buy new credits before 2026-01-08 to keep the account usable"
+    )
+    later = forecast("c", "pixian", samples, 7, expires_at=samples[-1].at + timedelta(days=20.5))
+    assert (later.limited_by, later.expiring_credits, later.alert) == ("expiry", 295, False)
+    assert later.describe().endswith(
+        "(in 20.5 days) before they run out: 295 credits expire unused at this rate: lasts the 7 days "
+        "forecast window"
+    )
+
+
+def test_credits_that_run_out_before_they_expire_are_forecast_by_their_burn() -> None:
+    samples = daily(520, 510, 500)
+    fc = forecast("c", "pixian", samples, 7, expires_at=samples[-1].at + timedelta(days=60))
+    assert (fc.limited_by, fc.usable_days, fc.expiring_credits, fc.alert) == ("burn", 50, 0, False)
+    assert fc.as_dict()["usable_until"] == fc.as_dict()["runs_out_on"] == "2026-02-22"
+    assert fc.describe() == forecast("c", "pixian", samples, 7).describe()
+    plain = forecast("c", "poof", samples, 7).as_dict()  # no expiry reported: the keys say so
+    assert (plain["expires_at"], plain["expiring_credits"], plain["limited_by"]) == (None, None, "burn")
+
+
+def test_an_expiry_alerts_without_a_burn_rate_and_never_on_an_empty_account() -> None:
+    first = daily(300)
+    fc = forecast("c", "pixian", first, 7, expires_at=DAY0 + timedelta(days=2))
+    assert fc.burn_rate is None and fc.alert and fc.limited_by == "expiry"
+    assert fc.expiring_credits is None  # how many go unused needs a rate; up to all 300
+    assert fc.describe() == (
+        "c (pixian): 300 credits, no burn rate yet (1 reading(s)); they expire on 2026-01-03 (in 2.0 days), "
+        "up to 300 of them unused: FORECAST LOW within 7 days; buy new credits before 2026-01-03 to keep "
+        "the account usable"
+    )
+    idle = forecast("c", "pixian", daily(300, 300), 7, expires_at=DAY0 + timedelta(days=3))
+    assert (idle.expiring_credits, idle.alert, idle.usable_days) == (300, True, 2)
+    past = forecast("c", "pixian", first, 7, expires_at=DAY0 - timedelta(days=1))  # state lagging
+    assert (past.usable_days, past.alert) == (0, True)
+    assert past.describe().endswith(
+        "they expired on 2025-12-31, up to 300 of them unused: FORECAST LOW within 7 days; buy new credits "
+        "to keep the account usable"
+    )
+    empty = forecast("c", "pixian", daily(0, 0), 7, expires_at=DAY0 + timedelta(days=2))
+    assert not empty.alert and empty.limited_by is None and empty.expiring_credits == 0
+    far = forecast("c", "pixian", first, 7, expires_at=datetime(9999, 12, 31, tzinfo=timezone.utc))
+    assert not far.alert and far.limited_by is None and far.as_dict()["usable_until"] is None

@@ -503,3 +503,38 @@ def test_a_burn_window_that_can_never_give_a_rate_is_refused(gcs_bucket: str) ->
         with pytest.raises(InvalidOptionError, match="burn_window_days"):
             forecasting(gcs_bucket, burn_window_days=bad, forecast_min_span_days=0)
     assert forecasting(gcs_bucket, burn_window_days=0.5, forecast_min_span_days=0.5).burn_window_days == 0.5
+
+
+def test_a_pixian_pack_expiring_before_its_credits_run_out_alerts(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str, metrics: list[Any]
+) -> None:
+    # 10 credits a day of 1000: 98 days by burn, but the pack goes dormant (its credits unusable) on
+    # day 6. The forecast said the credits last 98 days and never alerted.
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(
+        gcs_bucket, thresholds={"pixian_default": 10}, on_low="warn", on_low_callback=received.append
+    )
+    for day, credits in enumerate((1000, 990, 980)):
+        vendors.bodies["pixian"] = {
+            "creditPack": "pack_1000",
+            "state": "active",
+            "useBefore": "2026-03-07T08:00:00Z",
+            "credits": credits,
+        }
+        result = run_on(op, day)
+    entry = result["pixian_default"]
+    assert entry["expires_at"] == "2026-03-07T08:00:00+00:00"
+    fc = entry["forecast"]
+    assert (fc["days_left"], fc["runs_out_on"]) == (98.0, "2026-06-09")  # by burn
+    assert (fc["limited_by"], fc["usable_until"], fc["expiring_credits"], fc["alert"]) == (
+        "expiry",
+        "2026-03-07",
+        "940",
+        True,
+    )
+    assert len(received) == 3 and received[-1][0]["forecast"]["expiring_credits"] == "940"
+    report = json.loads(gcs_storage.read(gcs_bucket, "_credit_history/runs/credit_dag/day_2/report.json"))
+    assert report["balances"]["pixian_default"]["expires_at"] == "2026-03-07T08:00:00+00:00"
+    assert ("incr", "bgremoval.credits.forecast_alerts.pixian_default", 1, mock.ANY) in metrics
+    check = BalanceCheck("c", Decimal(1), "pixian", Decimal(5), "active")
+    assert "expires_at" not in check.as_dict()  # a vendor reporting no expiry: the shape as before

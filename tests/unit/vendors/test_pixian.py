@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,6 +31,7 @@ from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInp
 from airflow_provider_bgremoval.vendors.pixian import (
     MAX_BASE64_CHARS,
     ForegroundBox,
+    PixianBalance,
     PixianOptions,
     PixianWire,
     Size,
@@ -583,6 +585,38 @@ def test_balance_documented_example(wire: PixianWire) -> None:
         AccountState.DORMANT,
         "none",
     )
+
+
+def test_balance_carries_when_its_credit_pack_expires(wire: PixianWire) -> None:
+    """``useBefore``: the pack's credits go dormant then; parsed once, into a typed UTC datetime."""
+    body = {"creditPack": "pack_500", "state": "active", "useBefore": "2027-01-01T00:00:00Z", "credits": 9}
+    balance = wire.parse_balance(httpx.Response(200, json=body))
+    assert isinstance(balance, PixianBalance)
+    assert balance.expires_at == datetime(2027, 1, 1, tzinfo=timezone.utc)
+    assert balance.as_dict() == {  # the XCom shape of a balance is unchanged
+        "vendor": "pixian",
+        "remaining": "9",
+        "state": "active",
+        "credit_pack": "pack_500",
+    }
+    offset = {**body, "useBefore": "2027-01-01T02:30:00+02:30"}
+    assert wire.parse_balance(httpx.Response(200, json=offset)).expires_at == datetime(
+        2027, 1, 1, tzinfo=timezone.utc
+    )
+    naive = {**body, "useBefore": "2027-01-01T00:00:00"}  # ISO 8601 without an offset: read as UTC
+    assert wire.parse_balance(httpx.Response(200, json=naive)).expires_at == datetime(
+        2027, 1, 1, tzinfo=timezone.utc
+    )
+
+
+@pytest.mark.parametrize("use_before", [None, "", "soon", 1798761600, "2027-13-01T00:00:00Z", ["2027"]])
+def test_balance_without_a_readable_expiry_has_none(wire: PixianWire, use_before: Any) -> None:
+    """A missing or unreadable ``useBefore`` says nothing of an expiry; the balance is still read."""
+    body = {"state": "active", "credits": 5, "useBefore": use_before}
+    balance = wire.parse_balance(httpx.Response(200, json=body))
+    assert isinstance(balance, PixianBalance) and balance.expires_at is None
+    assert balance.remaining == Decimal(5)
+    assert wire.parse_balance(httpx.Response(200, json={"state": "active", "credits": 5})).expires_at is None
 
 
 @pytest.mark.parametrize("state", ["frozen", "suspended", "expired", "inactive", "ACTIVE-pending", "1"])
