@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -140,12 +142,44 @@ def input_formats() -> tuple[str, ...]:
     return tuple(fmt for fmt in Image.OPEN if fmt not in UNSAFE_INPUT_FORMATS)
 
 
+#: The warnings filter :func:`bomb_warnings_ignored` puts first: Pillow's ``DecompressionBombWarning``,
+#: which ``PIL.Image`` itself raises (naming the module tells it apart from a filter of the caller's own).
+_BOMB_FILTER = ("ignore", None, Image.DecompressionBombWarning, re.compile(r"PIL\.Image\Z"), 0)
+_bomb_filter_lock = threading.Lock()
+_bomb_filter_users = 0  # threads (and nested uses) inside bomb_warnings_ignored, under the lock
+
+
+def _bomb_filter_used(step: int) -> None:
+    """Count a use of the filter in (``1``) or out (``-1``): the first in adds it, the last out removes it."""
+    global _bomb_filter_users
+    with _bomb_filter_lock:
+        _bomb_filter_users += step
+        present = _BOMB_FILTER in warnings.filters
+        if step > 0 and not present:
+            warnings.filters.insert(0, _BOMB_FILTER)
+        elif _bomb_filter_users == 0 and present:
+            warnings.filters.remove(_BOMB_FILTER)
+        else:
+            return
+        mutated = getattr(warnings, "_filters_mutated", None)  # drops the warning registries' cached answers
+        if mutated is not None:
+            mutated()
+
+
 @contextlib.contextmanager
 def bomb_warnings_ignored() -> Iterator[None]:
-    """Silence Pillow's ``DecompressionBombWarning``: our own limits judge sizes (docs/options.md)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    """
+    Silence Pillow's ``DecompressionBombWarning``: our own limits judge sizes (docs/options.md).
+    Thread-safe (the pipeline decodes in a thread pool and on the event loop at once): one filter of
+    its own, added by the first use in and removed by the last one out, every other filter left alone.
+    ``warnings.catch_warnings`` saves and restores the whole process-wide list: two overlapping uses
+    took the filter away from the one still inside, and the last one out put it back for good.
+    """
+    _bomb_filter_used(1)
+    try:
         yield
+    finally:
+        _bomb_filter_used(-1)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import random
 import struct
 import subprocess
 import sys
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -1225,3 +1227,70 @@ def test_the_tasks_own_timeout_is_never_turned_into_an_image_error(monkeypatch: 
             decode_result(_cutout(), vendor="poof")
         with pytest.raises(type(raised)):
             prepare_input(_cutout(), GENEROUS)
+
+
+# -- bomb_warnings_ignored across threads ----------------------------------------------------------
+
+
+def _bomb_warned() -> bool:
+    """Whether a Pillow ``DecompressionBombWarning`` raised now would reach the caller."""
+    try:
+        Image._decompression_bomb_check((40, 40))  # over the test's 1000 px: Pillow warns
+    except Image.DecompressionBombWarning:
+        return True
+    return False
+
+
+def test_bomb_warnings_ignored_overlapping_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Two threads inside at once, the first leaving first (the pipeline decodes in a thread pool and on
+    the event loop): the one still inside keeps the warning silenced, and once both are out the
+    process-wide warnings filters are as they were. ``warnings.catch_warnings`` saved and restored the
+    whole list: the first one out put back a list without the filter under the second one's feet,
+    the second one out put back one with it, for good.
+    """
+    from airflow_provider_bgremoval.imaging import bomb_warnings_ignored
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def first() -> None:
+        with bomb_warnings_ignored():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with bomb_warnings_ignored():
+            second_in.set()
+            first_out.wait(5)
+            seen["warned inside after the first left"] = _bomb_warned()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that gets through is an exception
+        before = list(warnings.filters)
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert seen == {"warned inside after the first left": False}
+        assert warnings.filters == before
+        assert _bomb_warned()  # outside, Pillow's warning is the caller's again
+
+
+def test_bomb_warnings_ignored_in_a_thread_pool_leaves_the_filters_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # every image below warns in Pillow
+    warned = _save(Image.new("RGBA", (40, 40), (255, 0, 0, 255)), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        before = list(warnings.filters)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            jobs = [pool.submit(decode_result, warned, vendor="poof") for _ in range(64)]
+            jobs += [pool.submit(prepare_input, warned, GENEROUS) for _ in range(64)]
+            assert all(job.result() is not None for job in jobs)
+        assert warnings.filters == before
