@@ -344,7 +344,17 @@ def check_size(size: int, limits: InputLimits, *, vendor: str | None = None) -> 
 
 
 def check_limits(info: ImageInfo, size: int, limits: InputLimits, *, vendor: str | None = None) -> None:
-    """Raise :class:`InputRejectedError` naming the limit when ``info``/``size`` break ``limits``."""
+    """
+    Raise :class:`InputRejectedError` naming the limit when ``info``/``size`` break ``limits``, or when
+    ``info`` is a 32-bit floating-point image (mode ``F``, e.g. a float TIFF): its values have no range
+    to scale to 8 bits from (0-1, 0-255, linear light…), and a guess sent would be paid for.
+    """
+    if info.mode == "F":
+        message = (
+            f"a 32-bit floating-point {info.format} (mode F) has no standard range of values to convert "
+            "to 8 bits; export it as an 8- or 16-bit PNG, JPEG or TIFF"
+        )
+        raise _reject("unsupported_image", message, vendor)
     check_size(size, limits, vendor=vendor)
     shape = f"image is {info.width}x{info.height}"
     if limits.max_pixels is not None and info.pixels > limits.max_pixels:

@@ -1294,3 +1294,40 @@ def test_bomb_warnings_ignored_in_a_thread_pool_leaves_the_filters_alone(
             jobs += [pool.submit(prepare_input, warned, GENEROUS) for _ in range(64)]
             assert all(job.result() is not None for job in jobs)
         assert warnings.filters == before
+
+
+# -- float and 16-bit TIFF sources -----------------------------------------------------------------
+
+
+def _gradient(mode: str, top: float) -> Image.Image:
+    """A 64x64 left-to-right ramp from 0 to ``top`` in ``mode``."""
+    image = Image.new(mode, (64, 64))
+    ramp = [x / 63 * top for x in range(64)]
+    image.putdata([value if mode == "F" else int(value) for _ in range(64) for value in ramp])
+    return image
+
+
+@pytest.mark.parametrize("top", [1.0, 255.0, 4000.0])
+def test_a_float_tiff_is_refused_before_spending_not_clipped(top: float) -> None:
+    """
+    A 32-bit float TIFF (mode ``F``, 0-1 as image tools write it) was converted with a plain
+    ``convert("L")``: every value clipped to 0 or 1, a black picture sent and paid for. A float has no
+    range to scale from, so it is refused locally, naming what to send instead.
+    """
+    data = _save(_gradient("F", top), "TIFF")
+    assert read_header(data).mode == "F"
+    error = _rejected(data)
+    assert error.code == "unsupported_image"
+    assert "32-bit floating-point" in error.message
+    assert "8- or 16-bit" in error.message
+    with pytest.raises(InputRejectedError, match="32-bit floating-point"):  # planning's header-only check
+        check_limits(read_header(data), len(data), GENEROUS, vendor="pixian")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_a_16_bit_tiff_is_scaled_to_8_bits_for_sending(mode: str) -> None:
+    data = _save(_gradient(mode, 65535), "TIFF")
+    prepared = prepare_input(data, GENEROUS, vendor="pixian")  # TIFF is not a format Pixian takes
+    sent = _open(prepared.data)
+    assert prepared.content_type == "image/png"
+    assert [sent.convert("L").getpixel((x, 10)) for x in (0, 21, 42, 63)] == [0, 85, 170, 255]
