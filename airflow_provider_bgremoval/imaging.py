@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowException
 from PIL import ExifTags, Image, ImageCms, ImageMath, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -144,7 +144,8 @@ def input_formats() -> tuple[str, ...]:
 
 #: The warnings filter :func:`bomb_warnings_ignored` puts first: Pillow's ``DecompressionBombWarning``,
 #: which ``PIL.Image`` itself raises (naming the module tells it apart from a filter of the caller's own).
-_BOMB_FILTER = ("ignore", None, Image.DecompressionBombWarning, re.compile(r"PIL\.Image\Z"), 0)
+_BOMB_MODULE = r"PIL\.Image\Z"
+_BOMB_FILTER = ("ignore", None, Image.DecompressionBombWarning, re.compile(_BOMB_MODULE), 0)
 _bomb_filter_lock = threading.Lock()
 _bomb_filter_users = 0  # threads (and nested uses) inside bomb_warnings_ignored, under the lock
 
@@ -156,14 +157,12 @@ def _bomb_filter_used(step: int) -> None:
         _bomb_filter_users += step
         present = _BOMB_FILTER in warnings.filters
         if step > 0 and not present:
-            warnings.filters.insert(0, _BOMB_FILTER)
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=_BOMB_MODULE)
         elif _bomb_filter_users == 0 and present:
-            warnings.filters.remove(_BOMB_FILTER)
-        else:
-            return
-        mutated = getattr(warnings, "_filters_mutated", None)  # drops the warning registries' cached answers
-        if mutated is not None:
-            mutated()
+            cast("list[object]", warnings.filters).remove(_BOMB_FILTER)  # a list (typeshed: a Sequence)
+            mutated = getattr(warnings, "_filters_mutated", None)  # drops the registries' cached answers
+            if mutated is not None:
+                mutated()
 
 
 @contextlib.contextmanager
