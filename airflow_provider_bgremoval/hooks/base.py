@@ -7,6 +7,8 @@ them with blocking calls, ``_arun`` with async ones (see "How a call runs" in do
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import copy
 import inspect
 import io
@@ -146,6 +148,28 @@ def _reading_body_of(head: httpx.Response) -> Iterator[None]:
         yield
     except httpx.HTTPError as exc:
         raise _CutReply(head, exc) from exc
+
+
+def _within(seconds: float, work: Callable[[], T], overdue: Callable[[], Exception]) -> T:
+    """
+    ``work()`` (blocking I/O) in a daemon thread with the caller's context variables, waited for at most
+    ``seconds``, then ``overdue()`` raised: httpx's sync timeouts are per read (a host that sends a head
+    and stalls, or drips it, is never timed out in total) and a blocked read cannot be interrupted. The
+    thread is left to end on its own: its reads time out, or fail once the hook's client is closed.
+    """
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            future.set_result(context.run(work))
+        except BaseException as exc:  # handed to the caller (if it still waits)
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="bgremoval-probe", daemon=True).start()
+    if not concurrent.futures.wait([future], timeout=seconds).done:
+        raise overdue()
+    return future.result()
 
 
 def _keep_all(body: bytearray, chunk: bytes) -> None:
@@ -699,13 +723,17 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
             return self._stream(request.method, request.path, options, keep)
 
+        def run() -> httpx.Response:
+            self.get_conn()  # made here: a client the worker made after the deadline would never be closed
+            return _within(self.probe_deadline, bounded().run, overdue)
+
         async def arun() -> httpx.Response:
-            try:  # async: a hard deadline (a sync read checks it as each piece arrives)
+            try:  # a hard deadline, however the host stalls (the pieces' checks stop a drip sooner)
                 return await asyncio.wait_for(bounded().arun(), self.probe_deadline)
             except asyncio.TimeoutError:
                 raise overdue() from None
 
-        return _Effect(lambda: bounded().run(), arun)
+        return _Effect(run, arun)
 
     def _retried(
         self,

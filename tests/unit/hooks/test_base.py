@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import itertools
 import json
@@ -1628,6 +1629,72 @@ async def test_async_probe_gives_up_on_a_reply_that_never_completes(dripping_hos
         await hook.aget_balance(probe=True)
     await hook.aclose()
     assert caught.value.code == "probe_deadline"
+
+
+#: a balance reply's head, sent whole or byte by byte by :func:`_stall_balance`
+_BALANCE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 19\r\n\r\n"
+
+
+def _stall_balance(listener: socket.socket, stop: threading.Event, how: str) -> None:
+    """
+    Take one balance request, then: send the head and stall (``head``), send nothing (``nothing``), or
+    send the head a byte every 0.2 s (``drip``: every read gets a byte); the connection is held until
+    ``stop`` (at most 12 s).
+    """
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(65536)
+        with contextlib.suppress(OSError):
+            if how == "head":
+                conn.sendall(_BALANCE_HEAD)
+            for byte in _BALANCE_HEAD if how == "drip" else b"":
+                if stop.wait(0.2):
+                    return
+                conn.sendall(bytes([byte]))
+        stop.wait(12)
+
+
+@pytest.fixture(params=["head", "nothing", "drip"])
+def stalling_host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real socket that answers a balance request with its head then nothing, nothing, or a drip."""
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        server = threading.Thread(target=_stall_balance, args=(listener, stop, request.param), daemon=True)
+        server.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        set_connection(monkeypatch, CONN_ID, "fakevendor", password=KEY, host=url)
+        yield url
+        stop.set()
+        server.join(5)
+
+
+def test_test_connection_deadline_holds_while_the_host_stalls(stalling_host: str) -> None:
+    """
+    The sync probe checked its deadline only as body pieces arrived: a head then silence, no head, or a
+    head dripped a byte at a time held the Test button for a read timeout (10 s) or for ever.
+    """
+    hook = FakeHook()
+    hook.probe_deadline = 1.0  # the real transport; 15 s by default, and 10 s per read
+    started = time.monotonic()
+    ok, message = hook.test_connection()
+    elapsed = time.monotonic() - started
+    assert ok is False
+    assert f"no complete answer within 1 s from {stalling_host}/v1/credits" in message
+    assert KEY not in message
+    assert elapsed < 3
+
+
+async def test_async_probe_deadline_holds_while_the_host_stalls(stalling_host: str) -> None:
+    hook = FakeHook()
+    hook.probe_deadline = 1.0
+    started = time.monotonic()
+    with pytest.raises(TransientVendorError, match="no complete answer within 1 s") as caught:
+        await hook.aget_balance(probe=True)
+    await hook.aclose()
+    assert caught.value.code == "probe_deadline"
+    assert time.monotonic() - started < 3
 
 
 def test_test_connection_reads_a_few_kb_at_most(hook: FakeHook, server: Server) -> None:
