@@ -72,7 +72,8 @@ class BucketImageOperator(BucketJobOperator):
     :param on_error: ``fail_at_end``, ``fail_rate`` (stop past ``max_failure_rate``) or ``continue``.
     :param max_failure_rate: threshold for ``on_error="fail_rate"``.
     :param claim_lease: seconds a claim keeps other runs from processing the same output (a finite
-        number over 0, or its numeric text).
+        number, or its numeric text, of at least 1800: what one image may hold its claim before its
+        output is stored; a claim is not renewed), counted by GCS's clock.
     :param progress_interval: seconds between progress lines at most.
     :param on_pending: ``fail`` or ``warn`` when images stay pending because other runs hold their claims.
     :param drain_grace: seconds in-flight calls get to store their billed results on timeout or SIGTERM.

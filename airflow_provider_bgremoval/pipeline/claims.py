@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -16,11 +17,14 @@ from typing import Any, NamedTuple
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
-from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
 META_OWNER = "bgremoval-claim-owner"
+#: The expiry by the writer's clock (epoch seconds): what claims of earlier versions are judged by.
 META_EXPIRES = "bgremoval-claim-expires"
 META_DESTINATION = "bgremoval-claim-destination"
+#: The lease in seconds: a live claim runs out this long after GCS wrote it (its ``updated``).
+META_LEASE = "bgremoval-claim-lease"
 #: A released claim's expiry: ``"0"`` when its output is known not to be stored (the next taker pays at
 #: once), else ``"1"`` (epoch second 1: taken over as a lapsed lease, so the next taker looks for an
 #: output first), both in the past by any reader's clock.
@@ -29,19 +33,47 @@ RELEASED_NOTHING_STORED, RELEASED_OUTPUT_UNKNOWN = "0", "1"
 
 def parse_lease_seconds(value: Any) -> float:
     """
-    A claim lease (``claim_lease``): a finite number of seconds over 0, or its numeric text; never a
-    boolean. A lease of 0 or less would expire every claim at once (two runs would both pay).
+    A claim lease (``claim_lease``): a finite number of seconds, or its numeric text; never a boolean;
+    at least what one image may hold its claim before its output is stored, the margin the engine
+    keeps for a call (:data:`.failover.LEASE_MARGIN_SECONDS`, 1800 s): a claim is not renewed, so a
+    shorter lease could run out while its vendor call runs, and another run taking the claim over would
+    pay for the image again (a lease of 0 or less would expire every claim at once).
 
     :param value: the parameter value.
     :raises InvalidOptionError: naming ``claim_lease``.
     """
+    from airflow_provider_bgremoval.pipeline.failover import LEASE_MARGIN_SECONDS  # it imports this module
+
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = math.nan
     if isinstance(value, bool) or not 0 < seconds < math.inf:
         raise InvalidOptionError("claim_lease", f"{value!r} is not a positive, finite number of seconds")
+    if seconds < LEASE_MARGIN_SECONDS:
+        raise InvalidOptionError(
+            "claim_lease",
+            f"{seconds:g} s is shorter than the {LEASE_MARGIN_SECONDS:.0f} s one image may hold its claim "
+            "before its output is stored (its vendor call with every retry and wait: up to 1560 s on "
+            "Pixian's policy, then the store); a claim is not renewed, so a shorter lease could run out "
+            "during the call, and another run could take the claim over and pay for the image again",
+        )
     return seconds
+
+
+def _seconds(text: str | None) -> float | None:
+    """A number of seconds from claim metadata; ``None`` when missing or not a number."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+class _ServerTime(NamedTuple):
+    """GCS's time (epoch seconds) of one of our writes, and our clock when its reply came."""
+
+    updated: float
+    local: float
 
 
 class _HeldClaim(NamedTuple):
@@ -84,15 +116,20 @@ class ClaimHolder:
 @dataclass(eq=False)
 class ClaimStore:
     """
-    Create-only claim objects in the destination bucket.
+    Create-only claim objects in the destination bucket. A claim's lease runs on GCS's clock: it ends
+    ``lease_seconds`` after GCS wrote the claim (its ``updated``), judged against GCS's time now, which
+    this store knows from its latest write's ``updated`` plus the seconds its own clock counted since;
+    so no worker's clock being off (ahead: taking over live claims and paying twice) matters.
 
     :param storage: the storage layer.
     :param bucket: destination bucket.
     :param internal_prefix: the destination's ``_bgremoval/`` prefix.
     :param owner: identity of the claiming task instance.
-    :param lease_seconds: how long a claim protects an output from other runs (finite, over 0).
-    :param clock: wall clock (injectable for tests).
-    :raises InvalidOptionError: ``lease_seconds`` is not a positive, finite number (``claim_lease``).
+    :param lease_seconds: how long a claim protects an output from other runs (finite, at least
+        :data:`.failover.LEASE_MARGIN_SECONDS`).
+    :param clock: wall clock (injectable for tests); only differences of its readings decide leases.
+    :raises InvalidOptionError: ``lease_seconds`` is not a finite number of seconds, or shorter than
+        one image may hold its claim (``claim_lease``).
     """
 
     storage: GcsStorage
@@ -110,6 +147,8 @@ class ClaimStore:
         #: Destinations whose claim object was already there (an earlier try of this task instance,
         #: or a holder whose lease ran out): their output may exist, so look before paying.
         self.taken_over: set[str] = set()
+        self._gcs_time: _ServerTime | None = None  # from our latest write (None: none answered yet)
+        self._gcs_time_lock = threading.Lock()
 
     def _claim_name(self, destination: str, source_generation: int) -> str:
         """A new generation of the source is new work, with a claim of its own (0: generation not known)."""
@@ -121,25 +160,67 @@ class ClaimStore:
     ) -> None:
         """
         Write our claim object over ``generation`` (0: create-only) and remember its new generation; a
-        released claim expires at once: :data:`RELEASED_NOTHING_STORED` when its output is known not to
-        be stored (``looked``), else :data:`RELEASED_OUTPUT_UNKNOWN` (taken over like a lapsed lease, so
-        the next taker looks for an output). Not the release time: a reader whose clock is behind ours
-        would see a live claim and leave the image pending, "another run is processing this output".
+        live claim records its lease (:data:`META_LEASE`, run from the write's ``updated``) and, for
+        earlier versions, its expiry by our clock; a released claim expires at once:
+        :data:`RELEASED_NOTHING_STORED` when its output is known not to be stored (``looked``), else
+        :data:`RELEASED_OUTPUT_UNKNOWN` (taken over like a lapsed lease, so the next taker looks for an
+        output). Not the release time: a reader whose clock is behind ours would see a live claim and
+        leave the image pending, "another run is processing this output".
         """
+        meta = {META_OWNER: self.owner, META_DESTINATION: destination}
         if released:
-            expires = RELEASED_NOTHING_STORED if looked else RELEASED_OUTPUT_UNKNOWN
+            meta[META_EXPIRES] = RELEASED_NOTHING_STORED if looked else RELEASED_OUTPUT_UNKNOWN
         else:
-            expires = f"{self.clock() + self.lease_seconds:.0f}"
+            meta[META_EXPIRES] = f"{self.clock() + self.lease_seconds:.0f}"
+            meta[META_LEASE] = repr(self.lease_seconds)
+        info = self._stored(name, meta, generation)
+        if not released:
+            self._held[destination] = _HeldClaim(name, info.generation, float(meta[META_EXPIRES]))
+
+    def _stored(self, name: str, metadata: dict[str, str], generation: int | None) -> ObjectInfo:
+        """Write the empty object ``name`` over ``generation``; its ``updated`` is GCS's time from now on."""
         info = self.storage.write(
             self.bucket,
             name,
             b"",
             content_type="text/plain",
-            metadata={META_OWNER: self.owner, META_EXPIRES: expires, META_DESTINATION: destination},
+            metadata=metadata,
             if_generation_match=generation,
         )
-        if not released:
-            self._held[destination] = _HeldClaim(name, info.generation, float(expires))
+        if info.updated is not None:
+            self._gcs_time = _ServerTime(info.updated.timestamp(), self.clock())
+        return info
+
+    def gcs_now(self) -> float:
+        """
+        GCS's time now (epoch seconds), never ahead of it: our latest write's ``updated`` (GCS wrote it
+        before answering) plus the seconds our clock counted since its reply. Before any write of ours
+        has answered, one is made: an empty clock object (``claims/clocks/<hash of the owner>``, one
+        per task instance, overwritten by its next try); our own clock when GCS says no time.
+        """
+        with self._gcs_time_lock:  # one clock write at a time (GCS limits writes to one object name)
+            if self._gcs_time is None:
+                name = f"{self.prefix}clocks/{hashlib.sha256(self.owner.encode()).hexdigest()[:40]}"
+                self._stored(name, {META_OWNER: self.owner}, None)
+        known = self._gcs_time
+        return self.clock() if known is None else known.updated + self.clock() - known.local
+
+    def _live_until(self, current: ObjectInfo) -> float:
+        """
+        When another holder's claim ``current`` runs out (epoch seconds), or 0 when it has: released, or
+        its lease over by GCS's clock (from its ``updated``); a claim of an earlier version (no lease
+        recorded) by its writer's clock against ours, as it was then.
+        """
+        meta = current.metadata or {}
+        recorded = meta.get(META_EXPIRES, "0")
+        if recorded in (RELEASED_NOTHING_STORED, RELEASED_OUTPUT_UNKNOWN):
+            return 0.0
+        lease = _seconds(meta.get(META_LEASE))
+        if lease is None or current.updated is None:
+            expires, now = _seconds(recorded) or 0.0, self.clock()
+        else:
+            expires, now = current.updated.timestamp() + lease, self.gcs_now()
+        return expires if expires > now else 0.0
 
     def lease_left(self, destination: str) -> float | None:
         """
@@ -200,11 +281,8 @@ class ClaimStore:
                 continue  # vanished between the write and the look: try again
             meta = current.metadata or {}
             holder = meta.get(META_OWNER, "unknown")
-            try:
-                expires = float(meta.get(META_EXPIRES, "0"))
-            except ValueError:
-                expires = 0.0
-            if holder != self.owner and expires > self.clock():
+            expires = 0.0 if holder == self.owner else self._live_until(current)
+            if expires:
                 return ClaimHolder(holder, expires)
             with suppress(WriteConflictError):  # somebody else took it over first: look again
                 self._claim(destination, name, current.generation)

@@ -141,15 +141,30 @@ def test_a_claim_lease_that_is_not_a_positive_number_is_refused_when_the_operato
 
 
 def test_a_numeric_claim_lease_text_is_accepted_and_read_as_seconds() -> None:
-    op = RemoveBackgroundOperator(task_id="t", claim_lease="600", **BUCKETS)  # type: ignore[arg-type]
-    assert parse_lease_seconds(op.claim_lease) == 600.0
+    op = RemoveBackgroundOperator(task_id="t", claim_lease="5400", **BUCKETS)  # type: ignore[arg-type]
+    assert parse_lease_seconds(op.claim_lease) == 5400.0
 
 
+@pytest.mark.parametrize("lease", [1, 60, "600", 1799.5])
+def test_a_claim_lease_shorter_than_one_image_s_stay_is_refused_when_the_operator_is_built(
+    lease: Any,
+) -> None:
+    """A claim is not renewed while its image's call runs (up to 1560 s: Pixian's 7 attempts of 180 s
+    and 300 s of waits), so ``claim_lease=1`` let it lapse mid-call: another run took it over and paid
+    for the image again. Refused at DAG parse, saying the minimum and why."""
+    with pytest.raises(InvalidOptionError, match=r"shorter than the 1800 s one image may hold") as caught:
+        RemoveBackgroundOperator(task_id="t", claim_lease=lease, **BUCKETS)
+    assert caught.value.parameter == "claim_lease"
+    assert "another run could take the claim over and pay for the image again" in str(caught.value)
+    RemoveBackgroundOperator(task_id="t", claim_lease=1800, **BUCKETS)  # the minimum itself is sound
+
+
+@pytest.mark.parametrize("rendered", ["-1", "60"])
 def test_a_templated_claim_lease_is_checked_when_the_task_starts_before_any_work(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, rendered: str
 ) -> None:
     op = RemoveBackgroundOperator(task_id="t", claim_lease="{{ params.lease }}", **BUCKETS)  # type: ignore[arg-type]
-    op.claim_lease = "-1"  # what the template rendered
+    op.claim_lease = rendered  # what the template rendered
 
     def no_work() -> Any:
         raise AssertionError("the job was prepared (listing, hooks) with a bad claim_lease")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, META_OWNER, ClaimHolder, ClaimStore
+from airflow_provider_bgremoval.pipeline.failover import LEASE_MARGIN_SECONDS
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec
 from airflow_provider_bgremoval.storage.exceptions import StorageUnavailableError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
@@ -94,8 +96,20 @@ def test_a_lease_that_is_not_a_positive_finite_number_is_refused(gcs_storage: Gc
 
 
 def test_a_numeric_lease_text_is_read_as_seconds(gcs_storage: GcsStorage) -> None:
-    store = ClaimStore(gcs_storage, "dst", PREFIX, "dag/run1/t/-1", lease_seconds="90")  # type: ignore[arg-type]
-    assert store.lease_seconds == 90.0
+    store = ClaimStore(gcs_storage, "dst", PREFIX, "dag/run1/t/-1", lease_seconds="5400")  # type: ignore[arg-type]
+    assert store.lease_seconds == 5400.0
+
+
+@pytest.mark.parametrize("lease", [1, 90, "600", 1799.9])
+def test_a_lease_shorter_than_one_image_s_stay_is_refused(gcs_storage: GcsStorage, lease: Any) -> None:
+    """A claim is not renewed during its image's call: with ``lease_seconds=1`` it lapsed while the
+    vendor call ran (Pixian's policy alone may take 1560 s), and another run took it over and paid
+    again. The minimum is the 1800 s the engine keeps in hand for a call (LEASE_MARGIN_SECONDS)."""
+    with pytest.raises(InvalidOptionError, match="shorter than the 1800 s") as caught:
+        ClaimStore(gcs_storage, "dst", PREFIX, "dag/run1/t/-1", lease_seconds=lease)
+    assert caught.value.parameter == "claim_lease"
+    shortest = ClaimStore(gcs_storage, "dst", PREFIX, "dag/run1/t/-1", lease_seconds=LEASE_MARGIN_SECONDS)
+    assert shortest.lease_seconds == 1800.0
 
 
 def test_lease_left_counts_down_our_held_claim_by_the_store_s_clock_without_a_request(
@@ -103,10 +117,10 @@ def test_lease_left_counts_down_our_held_claim_by_the_store_s_clock_without_a_re
 ) -> None:
     storage, _, dst = buckets
     clock = [1_000_000.0]
-    mine = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1", lease_seconds=600, clock=lambda: clock[0])
+    mine = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1", lease_seconds=2000, clock=lambda: clock[0])
     assert mine.lease_left("a.png") is None  # not claimed
     assert mine.acquire("a.png", 1) is None
-    clock[0] += 250
+    clock[0] += 1650
 
     def no_request(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("lease_left made a storage request")
@@ -167,3 +181,94 @@ def test_a_released_claim_is_free_for_a_reader_whose_clock_is_behind(buckets, ou
     behind = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1", clock=lambda: 1_000_000.0 - 5)
     assert behind.acquire("a.png", 1) is None
     assert behind.taken_over == ({"a.png"} if output_unknown else set())
+
+
+class _Skewed:
+    """A worker's wall clock: the real time plus ``skew`` seconds, moved on by hand with ``advance``."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def advance(self, seconds: float) -> None:
+        self.skew += seconds
+
+    def __call__(self) -> float:
+        return time.time() + self.skew
+
+
+def _count_writes(storage: GcsStorage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the objects written from now on (the writes go through unchanged)."""
+    write, names = storage.write, []
+
+    def counted(bucket: str, name: str, data: bytes, **kwargs: Any) -> Any:
+        names.append(name)
+        return write(bucket, name, data, **kwargs)
+
+    monkeypatch.setattr(storage, "write", counted)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("holder_skew", "reader_skew"),
+    [(-3300, 600), (0, 3601), (0, 10**9)],
+    ids=["55min-into-its-hour-reader-10min-ahead", "reader-an-hour-ahead", "reader-decades-ahead"],
+)
+def test_a_live_claim_is_not_taken_over_by_a_worker_whose_clock_runs_ahead(
+    buckets, monkeypatch, holder_skew: float, reader_skew: float
+) -> None:
+    """
+    The expiry was the holder's clock plus the lease, judged by the reader's clock: a worker 10 minutes
+    ahead took over a claim in the last 10 minutes of its hour (here: written by a holder whose clock
+    says it is 55 minutes in) while its vendor call could still be running, and paid for the image
+    again. The lease now runs on GCS's clock: from the claim's ``updated`` for the lease it records,
+    against GCS's time now, which the reader gets from a write of its own (one small object, once).
+    """
+    storage, _, dst = buckets
+    holder = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1", clock=_Skewed(holder_skew))
+    assert holder.acquire("a.png", 1) is None
+    written = storage.stat(dst, holder._claim_name("a.png", 1))
+    assert written is not None and written.updated is not None
+    writes = _count_writes(storage, monkeypatch)
+    ahead = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1", clock=_Skewed(reader_skew))
+    found = ahead.acquire("a.png", 1)
+    assert found is not None and found.owner == "dag/run1/t/-1", found
+    assert found.expires == pytest.approx(written.updated.timestamp() + 3600, abs=1)  # GCS's clock
+    assert ahead.taken_over == set()
+    assert ahead.acquire("a.png", 1) is not None  # GCS's time is known now: no more clock writes
+    assert [name.startswith(PREFIX + "claims/clocks/") for name in writes] == [False, True, False]
+
+
+@pytest.mark.parametrize("reader_skew", [-600.0, 0.0, 600.0, -1e9])
+def test_a_claim_whose_lease_ran_out_on_gcs_s_clock_is_taken_over_whatever_the_reader_s_clock(
+    buckets, monkeypatch, reader_skew: float
+) -> None:
+    """The reader's own claim write tells it GCS's time (no extra request); its clock only counts the
+    seconds since: the holder's claim is live until an hour after GCS wrote it, then taken over (and
+    its output looked for first), whether the reader's clock is behind, right or ahead."""
+    storage, _, dst = buckets
+    holder = ClaimStore(storage, dst, PREFIX, "dag/run1/t/-1")
+    assert holder.acquire("a.png", 1) is None
+    reader_clock = _Skewed(reader_skew)
+    reader = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1", clock=reader_clock)
+    assert reader.acquire("b.png", 1) is None
+    writes = _count_writes(storage, monkeypatch)
+    reader_clock.advance(3590)
+    found = reader.acquire("a.png", 1)  # 10 s of its lease left by GCS's clock
+    assert found is not None and found.owner == "dag/run1/t/-1", found
+    reader_clock.advance(12)
+    assert reader.acquire("a.png", 1) is None
+    assert reader.taken_over == {"a.png"}
+    assert not any("/clocks/" in name for name in writes)
+
+
+def test_a_claim_of_an_earlier_version_without_a_recorded_lease_runs_on_its_writer_s_clock(buckets) -> None:
+    """A claim written before leases were recorded carries only its expiry (its writer's clock): it is
+    judged as it was, by the reader's clock."""
+    storage, _, dst = buckets
+    name = ClaimStore(storage, dst, PREFIX, "x")._claim_name("a.png", 1)
+    meta = {META_OWNER: "dag/old/t/-1", META_EXPIRES: "2000000"}
+    storage.write(dst, name, b"", content_type="text/plain", metadata=meta)
+    before = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1", clock=lambda: 1_999_000.0)
+    assert before.acquire("a.png", 1) == ClaimHolder("dag/old/t/-1", 2_000_000.0)
+    after = ClaimStore(storage, dst, PREFIX, "dag/run2/t/-1", clock=lambda: 2_000_001.0)
+    assert after.acquire("a.png", 1) is None and after.taken_over == {"a.png"}

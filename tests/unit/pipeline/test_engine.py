@@ -382,8 +382,12 @@ def test_claims_keep_overlapping_runs_from_paying_twice(buckets) -> None:
     # The same task instance (a retry) takes its own claims over at once.
     again = ClaimStore(storage, dst, spec.internal_prefix, "dag/run1/t/-1")
     assert again.acquire("o/0.png", generations[0]) is None
-    # An expired claim can be taken over by anyone.
-    late = ClaimStore(storage, dst, spec.internal_prefix, "dag/run3/t/-1", clock=lambda: 1e12)
+    # An expired claim can be taken over by anyone: an hour after GCS wrote it, by GCS's clock (read
+    # from a write of the taker's own; its clock only counts the seconds since).
+    late_clock = [1e12]
+    late = ClaimStore(storage, dst, spec.internal_prefix, "dag/run3/t/-1", clock=lambda: late_clock[0])
+    assert late.acquire("o/1.png", generations[1]) is not None  # live: a clock far ahead does not end it
+    late_clock[0] += 3601
     assert late.acquire("o/1.png", generations[1]) is None
 
 
