@@ -23,7 +23,7 @@ from airflow_provider_bgremoval.operators.bucket_job import load_list
 from airflow_provider_bgremoval.pipeline.manifest import manifest_run_prefix
 from airflow_provider_bgremoval.pipeline.naming import folder_name, internal_prefix, normalise_prefix
 from airflow_provider_bgremoval.pipeline.rendering import MASTER_MAX_BYTES
-from airflow_provider_bgremoval.run_summary import manifests_to_read, summarise_manifests
+from airflow_provider_bgremoval.run_summary import summarise_stored
 from airflow_provider_bgremoval.storage.exceptions import StorageError, split_gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 _BAD_UPSTREAM_STATES = frozenset({"failed", "upstream_failed"})
 #: The largest sample object the contact sheet reads (the largest master rendering reads).
 SAMPLE_MAX_BYTES = MASTER_MAX_BYTES
+#: The most sources ``report.json`` lists under ``rejected``, ``failed`` and ``pending`` each: the first
+#: in name order (``counts`` has every source; the manifests every row). The report task holds no more
+#: rows than this per status, whatever the number of images of the run.
+REPORT_LIST_MAX = 1_000
 
 
 def report_prefix(destination_prefix: str, dag_id: str, run_id: str) -> str:
@@ -135,7 +139,9 @@ class RunReportOperator(BaseOperator):
     Write a DAG run's report (JSON) and before/after contact sheet (PNG) from every manifest of the run.
 
     Put it downstream of the bucket tasks with ``trigger_rule="all_done_min_one_success"``; its files and
-    return value: docs/examples.md.
+    return value: docs/examples.md. ``report.json`` lists the first :data:`REPORT_LIST_MAX` rejected,
+    failed and pending sources by name (``listed_max``; ``counts`` count every one): the task holds that
+    many rows per status, however many images the run had (:func:`~.run_summary.summarise_stored`).
 
     :param destination_bucket: bucket of the outputs (and of the manifests).
     :param destination_prefix: the bucket tasks' destination prefix.
@@ -182,10 +188,14 @@ class RunReportOperator(BaseOperator):
         dag_id, run_id = ti.dag_id, ti.run_id
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         where = manifest_run_prefix(internal_prefix(self.destination_prefix), dag_id, run_id)
-        listed = [info.name for info in storage.list_objects(self.destination_bucket, where)]
-        summary = summarise_manifests(
-            (f"gs://{self.destination_bucket}/{name}", storage.read(self.destination_bucket, name))
-            for name in manifests_to_read(listed)
+        listed = [
+            f"gs://{self.destination_bucket}/{info.name}"
+            for info in storage.list_objects(self.destination_bucket, where)
+        ]
+        summary = summarise_stored(
+            listed,
+            lambda uri: storage.read(*split_gs_uri(uri)),
+            keep=max(REPORT_LIST_MAX, int(self.sample_size)),
         )
         folder = report_prefix(self.destination_prefix, dag_id, run_id)
         sample = summary.by_status("done")[: int(self.sample_size)]
@@ -215,13 +225,14 @@ class RunReportOperator(BaseOperator):
             "destination": f"gs://{self.destination_bucket}/{normalise_prefix(self.destination_prefix)}",
             **common,
             "total": sum(counts.values()),
-            "vendors": sorted({str(row["vendor"]) for row in summary.rows if row.get("vendor")}),
+            "vendors": summary.vendors,
             "accounts": [entry | states.get(entry["conn_id"], {}) for entry in summary.account_summary()],
             "estimate": parse_estimate(self.estimate),
             "sample_pairs": [{"source": row["source"], "output": _output_of(row)} for row in sample],
-            "rejected": [_problem(row) for row in summary.by_status("rejected")],
-            "failed": [_problem(row) for row in summary.by_status("failed")],
-            "pending": [row["source"] for row in summary.by_status("pending")],
+            "rejected": [_problem(row) for row in summary.by_status("rejected")[:REPORT_LIST_MAX]],
+            "failed": [_problem(row) for row in summary.by_status("failed")[:REPORT_LIST_MAX]],
+            "pending": [row["source"] for row in summary.by_status("pending")[:REPORT_LIST_MAX]],
+            "listed_max": REPORT_LIST_MAX,
         }
         report_uri = self._write(
             storage, f"{folder}report.json", json.dumps(report, indent=2).encode(), "application/json"

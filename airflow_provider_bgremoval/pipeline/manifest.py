@@ -6,13 +6,15 @@ uploaded when it ends. Paths and fields: docs/pipeline.md ("Manifest and XCom").
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import KW_ONLY, dataclass
 from typing import IO, Any
 
@@ -219,29 +221,37 @@ _REPEATED = ("status", "vendor", "operation", "credits", "error_code", "account"
 
 def read_manifest(data: bytes) -> list[dict[str, Any]]:
     """
-    Parse a manifest's bytes back into rows, one per ``\\n``-ended line: rows are written with
-    ``ensure_ascii=False``, so a source name's U+2028, U+2029 or U+0085 (legal in GCS names) is in a
-    row raw, and ``str.splitlines`` would split the row there.
-
-    Lines are parsed ``_ROWS_PER_PARSE`` at a time as one JSON array, so that the rows of a parse
-    share their field names' strings (a row parsed alone holds its own copies: twice the memory), and
-    the values of ``_REPEATED`` are shared too.
+    Parse a manifest's bytes back into rows, one per ``\\n``-ended line (:func:`iter_manifest`).
 
     :raises ValueError: a line is not one JSON value.
     """
-    lines = [line for line in data.split(b"\n") if line.strip()]
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(lines), _ROWS_PER_PARSE):
-        chunk = lines[start : start + _ROWS_PER_PARSE]
+    return [row for row, _ in iter_manifest(data)]
+
+
+def iter_manifest(data: bytes) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """
+    Each row of a manifest's bytes with its line (``\\n``-ended), one per ``\\n``-ended line: rows are
+    written with ``ensure_ascii=False``, so a source name's U+2028, U+2029 or U+0085 (legal in GCS names)
+    is in a row raw, and ``str.splitlines`` would split the row there.
+
+    Lines are parsed ``_ROWS_PER_PARSE`` at a time as one JSON array, so that the rows of a parse
+    share their field names' strings (a row parsed alone holds its own copies: twice the memory), and
+    the values of ``_REPEATED`` are shared too; only one parse's lines are split out of ``data`` at a time.
+
+    :raises ValueError: a line is not one JSON value.
+    """
+    lines = (line if line.endswith(b"\n") else line + b"\n" for line in io.BytesIO(data) if line.strip())
+    start = 0
+    while chunk := list(itertools.islice(lines, _ROWS_PER_PARSE)):
         parsed = json.loads(b"[" + b",".join(chunk) + b"]")
         if len(parsed) != len(chunk):  # a line holding more than one value ("{...},{...}")
             raise ValueError(f"manifest lines {start + 1}-{start + len(chunk)} hold {len(parsed)} rows")
-        rows += parsed
-    for row in rows:  # the values most rows repeat held once (a million "done" strings are 50 MB)
-        for key in _REPEATED if isinstance(row, dict) else ():
-            if type(value := row.get(key)) is str:
-                row[key] = sys.intern(value)
-    return rows
+        for row in parsed:  # the values most rows repeat held once (a million "done" strings are 50 MB)
+            for key in _REPEATED if isinstance(row, dict) else ():
+                if type(value := row.get(key)) is str:
+                    row[key] = sys.intern(value)
+        yield from zip(parsed, chunk, strict=True)
+        start += len(chunk)
 
 
 def manifest_part_name(manifest_name: str, part: int) -> str:

@@ -7,7 +7,12 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_bgremoval.pipeline.manifest import STATUSES, manifest_part_name
-from airflow_provider_bgremoval.run_summary import RunSummary, manifests_to_read, summarise_manifests
+from airflow_provider_bgremoval.run_summary import (
+    RunSummary,
+    manifests_to_read,
+    summarise_manifests,
+    summarise_stored,
+)
 
 FOLDER = "gs://out/_bgremoval/manifests/dag/run/task"
 
@@ -263,3 +268,63 @@ def test_shards_are_folded_in_their_numbers_order_not_their_names() -> None:
     # was 1 done and 1 failed: by name, "cutouts.10" < "cutouts.2"
     assert (summary.counts["done"], summary.counts["failed"]) == (2, 0)
     assert summary.manifests == [f"{run}.2/try-1.jsonl", f"{run}.10/try-1.jsonl", f"{run}.2/try-2.jsonl"]
+
+
+def test_kept_rows_are_capped_per_status_and_the_totals_stay_exact() -> None:
+    # a run of many images keeps only the rows a report shows: the first of each status by source name
+    first = [
+        {"source": f"s{index}", "status": "failed", "vendor": "poof", "credits": "1"} for index in range(6)
+    ]
+    first.append({"source": "z", "status": "done", "vendor": "late", "credits": "1", "account": "px"})
+    second = [
+        {"source": "s0", "status": "done", "vendor": "poof", "credits": "1", "account": "px"},  # made now
+        {"source": "z", "status": "skipped", "vendor": "late"},  # an earlier try's done row stands
+        {"source": "p1", "status": "pending"},
+        {"source": "p0", "status": "pending"},
+        {"source": "p2", "status": "pending"},
+    ]
+    summary = summarise_manifests(
+        [(f"{FOLDER}/try-1.jsonl", lines(*first)), (f"{FOLDER}/try-2.jsonl", lines(*second))], keep=2
+    )
+    assert summary.counts == {"done": 2, "skipped": 0, "rejected": 0, "failed": 5, "pending": 3}
+    assert summary.kept == 2
+    assert [(row["source"], row["status"]) for row in summary.rows] == [
+        ("p0", "pending"),
+        ("p1", "pending"),
+        ("s0", "done"),
+        ("s1", "failed"),
+        ("s2", "failed"),
+        ("z", "done"),
+    ]
+    assert summary.by_status("done")[1] == first[-1]  # the row itself, from try 1
+    assert summary.vendors == ["late", "poof"]  # every final row's, kept or not
+    assert summary.accounts["px"]["done"] == 2
+    assert summary.credits_spent == 8
+    everything = summarise_manifests([(f"{FOLDER}/try-1.jsonl", lines(*first))])
+    assert everything.kept is None and len(everything.rows) == 7
+
+
+def test_stored_manifests_are_read_one_at_a_time_in_the_order_they_are_folded() -> None:
+    """Each object is read when its try is folded (never all of them first), and only the ones needed."""
+    shard2, shard10 = f"{FOLDER}.2/try-1.jsonl", f"{FOLDER}.10/try-1.jsonl"
+    retry = f"{FOLDER}.2/try-2.jsonl"  # stopped before its final manifest: its parts hold its rows
+    objects = {
+        f"gs://out/{FOLDER}.10/notes.txt": b"not a manifest",
+        shard10: lines({"source": "a", "status": "done", "credits": "1"}),
+        manifest_part_name(shard2, 1): lines({"source": "a", "status": "failed"}),
+        shard2: lines({"source": "a", "status": "failed"}, {"source": "b", "status": "failed"}),
+        manifest_part_name(retry, 10): lines({"source": "c", "status": "done", "credits": "1"}),
+        manifest_part_name(retry, 9): lines({"source": "b", "status": "done", "credits": "1"}),
+    }
+    reads: list[str] = []
+
+    def read(uri: str) -> bytes:
+        reads.append(uri)
+        return objects[uri]
+
+    summary = summarise_stored(objects, read, keep=1)
+    assert reads == [shard2, shard10, manifest_part_name(retry, 9), manifest_part_name(retry, 10)]
+    assert summary.manifests == [shard2, shard10, retry]
+    assert summary.counts == {"done": 3, "skipped": 0, "rejected": 0, "failed": 0, "pending": 0}
+    assert [row["source"] for row in summary.rows] == ["a"]
+    assert summary.credits_spent == 3

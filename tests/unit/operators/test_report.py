@@ -13,7 +13,12 @@ from PIL import Image
 
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.operators import report
-from airflow_provider_bgremoval.operators.report import RunReportOperator, parse_estimate, report_prefix
+from airflow_provider_bgremoval.operators.report import (
+    REPORT_LIST_MAX,
+    RunReportOperator,
+    parse_estimate,
+    report_prefix,
+)
 from airflow_provider_bgremoval.pipeline.manifest import ManifestRow, ManifestWriter, manifest_object_name
 from airflow_provider_bgremoval.storage.exceptions import (
     ObjectChangedError,
@@ -601,3 +606,29 @@ def test_a_sample_whose_read_fails_unexpectedly_is_drawn_unreadable_and_the_shee
     assert result["contact_sheet_uri"] is not None  # was None: one sample lost the whole sheet
     assert result["sample_pairs"] == 2
     assert "gs://raw/b.jpg is drawn unreadable: RuntimeError" in capsys.readouterr().out  # the task log
+
+
+def test_a_large_runs_report_lists_the_first_sources_of_each_status_and_counts_every_one(
+    bucket: dict[tuple[str, str], bytes],
+) -> None:
+    """A run of many images: ``report.json`` lists the first REPORT_LIST_MAX sources of a status by name."""
+    many = REPORT_LIST_MAX + 3
+    failed = [row(f"f{index:05d}", "failed", error_code="1000", error_message="no") for index in range(many)]
+    pending = [row(f"p{index:05d}", "pending") for index in range(many)]
+    name = manifest_object_name("cut/_bgremoval/", "dag", "manual__1", "cutouts", 1, 1)
+    bucket["out", name] = manifest(*reversed(failed), *pending, row("zz", "rejected", vendor="pixian"))
+    op = RunReportOperator(task_id="run_report", destination_bucket="out", destination_prefix="cut")
+    result, _ = run(op)
+    assert result["counts"] == {"done": 2, "skipped": 0, "rejected": 2, "failed": many, "pending": many + 1}
+    written = json.loads(bucket["out", f"{report_prefix('cut', 'dag', 'manual__1')}report.json"])
+    assert [entry["source"] for entry in written["failed"]] == [
+        f"gs://raw/f{index:05d}.jpg" for index in range(REPORT_LIST_MAX)
+    ]
+    assert written["pending"] == [
+        "gs://raw/c.jpg",
+        *(f"gs://raw/p{index:05d}.jpg" for index in range(REPORT_LIST_MAX - 1)),
+    ]
+    assert [entry["source"] for entry in written["rejected"]] == ["gs://raw/d.jpg", "gs://raw/zz.jpg"]
+    assert written["vendors"] == ["pixian", "poof"]
+    assert written["total"] == 2 + 2 + 2 * many + 1
+    assert written["listed_max"] == REPORT_LIST_MAX

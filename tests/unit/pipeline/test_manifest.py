@@ -12,6 +12,7 @@ from airflow_provider_bgremoval.pipeline.manifest import (
     ManifestRow,
     ManifestWriter,
     collate_manifests,
+    iter_manifest,
     manifest_part_name,
     read_manifest,
 )
@@ -191,6 +192,17 @@ def test_rows_read_back_share_their_field_names_and_repeated_values() -> None:
     # over a million rows, 2.2 GB where 0.8 GB do
     assert all(a is b for a, b in zip(first, second, strict=True))
     assert all(first[key] is second[key] for key in ("status", "vendor", "operation", "credits", "account"))
+
+
+def test_each_row_comes_with_its_line() -> None:
+    data = _manifest(10_003) + '{"source": "gs://src/e\u2028f.png", "status": "done"}'.encode()  # no "\\n"
+    rows = iter_manifest(data)
+    first, line = next(rows)
+    assert first["source"] == "gs://src/a/0.png" and line == data[: data.index(b"\n") + 1]
+    *rest, (last, end) = rows
+    assert len(rest) == 10_002 and last["source"] == "gs://src/e\u2028f.png"
+    assert end.endswith(b'"done"}\n')  # every line "\\n"-ended, the last too
+    assert b"".join(line for _, line in [(first, line), *rest]) + end[:-1] == data
 
 
 def test_a_line_holding_two_rows_is_refused() -> None:
