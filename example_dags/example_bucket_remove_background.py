@@ -33,6 +33,7 @@ Credentials).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from airflow.sdk import DAG, Param
 
@@ -58,6 +59,19 @@ RENDITIONS = [
     {"name": "thumb", "format": "webp", "size": 256, "background": "transparent", "margin": "4%"},
 ]
 # [END howto_bgremoval_renditions]
+
+
+class Batch(TypedDict):
+    """The arguments the pre-flight and the remove tasks share (templated from the trigger form)."""
+
+    conn_id: list[str]
+    source_bucket: str
+    source_prefix: str
+    destination_bucket: str
+    destination_prefix: str
+    include: list[str]
+    output_format: str
+
 
 with DAG(
     dag_id="example_bucket_remove_background",
@@ -129,7 +143,7 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     # [START howto_bgremoval_batch]
-    batch = {  # what the pre-flight prices and the remove tasks do: the same batch
+    batch: Batch = {  # what the pre-flight prices and the remove tasks do: the same batch
         "conn_id": VENDOR_CONN_IDS,
         "source_bucket": "{{ params.source_bucket }}",
         "source_prefix": "{{ params.source_prefix }}",

@@ -21,6 +21,7 @@ A rerun skips finished outputs and charges 0 credits.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypedDict
 
 from airflow.sdk import DAG, Param
 
@@ -31,6 +32,20 @@ VENDOR_CONN_ID = "pixelcut_default"
 POOL = "pixelcut_api"
 
 SCENES = ["marble", "wood", "industrial", "linen", "brick", "counter"]
+
+
+class Cutouts(TypedDict):
+    """The arguments both tasks share: the connection, the cut-outs they read, where they write."""
+
+    conn_id: str
+    pool: str
+    source_bucket: str
+    source_prefix: str
+    destination_bucket: str
+    include: list[str]
+    max_concurrency: int
+    retries: int
+
 
 with DAG(
     dag_id="example_generate_background",
@@ -84,7 +99,7 @@ with DAG(
     tags=["bgremoval", "example", "pixelcut"],
     doc_md=__doc__,
 ) as dag:
-    cutouts = {
+    cutouts: Cutouts = {
         "conn_id": VENDOR_CONN_ID,
         "pool": POOL,
         "source_bucket": "{{ params.cutouts_bucket }}",

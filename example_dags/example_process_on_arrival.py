@@ -24,6 +24,7 @@ buckets (else Application Default Credentials); a triggerer running (it runs the
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from airflow.sdk import DAG, Asset, AssetWatcher
 
@@ -39,8 +40,21 @@ DESTINATION_BUCKET, DESTINATION_PREFIX = "shop-cutouts", "cutouts/"
 #: When a burst has settled: seconds between listings, quiet seconds, longest wait (docs/arrivals.md).
 POLL_INTERVAL, SETTLE_SECONDS, MAX_WAIT = 30, 60, 900
 
+
+class Batch(TypedDict):
+    """The arguments the watcher and the removal task share."""
+
+    conn_id: str
+    source_bucket: str
+    source_prefix: str
+    destination_bucket: str
+    destination_prefix: str
+    include: list[str]
+    output_format: str
+
+
 # [START howto_bgremoval_arrivals_batch]
-batch = {  # what the watcher calls finished and what the task makes: the same batch
+batch: Batch = {  # what the watcher calls finished and what the task makes: the same batch
     "conn_id": VENDOR_CONN_ID,
     "source_bucket": SOURCE_BUCKET,
     "source_prefix": SOURCE_PREFIX,

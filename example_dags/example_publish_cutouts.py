@@ -18,7 +18,9 @@ Application Default Credentials).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from airflow.sdk import DAG, Asset, task
 
@@ -39,12 +41,14 @@ with DAG(
 ) as dag:
     # [START howto_read_outlet_manifest]
     @task
-    def new_cutouts(triggering_asset_events=None) -> list[str]:
+    def new_cutouts(triggering_asset_events: Mapping[Asset, Sequence[Any]] | None = None) -> list[str]:
         """The cut-outs the triggering runs made, from the manifests of every try of their tasks."""
         from airflow_provider_bgremoval.run_summary import summarise_manifests
         from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
-        storage, made = GcsStorage(), []
+        assert triggering_asset_events is not None  # Airflow passes them in at run time
+        storage = GcsStorage()
+        made: list[str] = []
         for event in triggering_asset_events[cutouts]:
             log.info("Run %s: %s", event.source_run_id, event.extra)
             uris = event.extra.get("manifest_uris") or [event.extra["manifest_uri"]]
@@ -65,4 +69,5 @@ with DAG(
             log.info("Publishing %s", uri)
         return len(uris)
 
-    publish(new_cutouts())
+    # Airflow's Task.__call__ types a task's arguments as its function's: not the XComArg it takes
+    publish(new_cutouts())  # type: ignore[arg-type]
