@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -32,10 +33,11 @@ from airflow_provider_bgremoval.operators.operations import (
 )
 from airflow_provider_bgremoval.pipeline import naming
 from airflow_provider_bgremoval.pipeline.planning import (
-    BatchPlan,
     BatchSpec,
     DestinationCollisionError,
     OutputIdentity,
+    PlannedOutcome,
+    WorkItem,
     plan_into,
 )
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor
@@ -57,6 +59,62 @@ _CONFIGURATION_ERRORS = (BgRemovalError, AirflowNotFoundException, ValueError, T
 #: Key prefix of the watermark in the watched asset's state store.
 STATE_KEY_PREFIX = "bgremoval.arrivals:"
 
+#: Most sources beyond the watermark a poll keeps to plan them (a page of the listing). A longer listing
+#: (a backlog) is summarised and listed again when it settles, so that a trigger's memory, in the
+#: triggerer every watcher shares, does not grow with the prefix.
+KEPT_SOURCES = 1000
+
+
+@dataclass
+class Span:
+    """
+    Sources of a listing, summarised: how many, their highest generation and their highest name.
+
+    :param count: how many.
+    :param generation: their highest generation (0: none).
+    :param name: their highest name (``""``: none).
+    """
+
+    count: int = 0
+    generation: int = 0
+    name: str = ""
+
+    def add(self, info: ObjectInfo) -> None:
+        """
+        Count one more source.
+
+        :param info: the source.
+        """
+        self.count += 1
+        self.generation = max(self.generation, info.generation)
+        self.name = max(self.name, info.name)
+
+
+@dataclass
+class Listing:
+    """
+    One poll's sources beyond the watermark: their span, and the sources themselves while there are at
+    most :data:`KEPT_SOURCES` (else ``None``: planning lists them again).
+
+    :param span: how many, their newest generation and highest name.
+    :param sources: the sources in name order, or ``None`` when more than :data:`KEPT_SOURCES`.
+    """
+
+    span: Span = field(default_factory=Span)
+    sources: list[ObjectInfo] | None = field(default_factory=list)
+
+    def add(self, info: ObjectInfo) -> None:
+        """
+        Record one more listed source (dropping those kept once there are too many).
+
+        :param info: the source.
+        """
+        self.span.add(info)
+        if self.sources is not None and len(self.sources) < KEPT_SOURCES:
+            self.sources.append(info)
+        else:
+            self.sources = None
+
 
 @dataclass(frozen=True)
 class Watermark:
@@ -65,13 +123,18 @@ class Watermark:
     ``generation`` was fired for, or found finished. GCS generations are creation times in microseconds.
 
     :param generation: the highest source generation accounted for (0: nothing yet).
-    :param name: the highest source name accounted for (the listing's start with ``ordered_names``).
+    :param name: the highest source name accounted for (with ``ordered``: since it became the listing's
+        start with ``ordered_names``).
     :param fires: events fired so far.
+    :param ordered: ``name`` is a listing start: it was kept with ``ordered_names``, from sources newer
+        than the watermark before. A name kept without it is only the highest one seen, and an older
+        photo's name may sort after every later upload (``IMG_0001.jpg`` after ``20261201T...``).
     """
 
     generation: int = 0
     name: str = ""
     fires: int = 0
+    ordered: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (the event payload, the asset state store)."""
@@ -88,22 +151,36 @@ class Watermark:
             return cls()
         try:
             return cls(
-                int(value.get("generation") or 0), str(value.get("name") or ""), int(value.get("fires") or 0)
+                int(value.get("generation") or 0),
+                str(value.get("name") or ""),
+                int(value.get("fires") or 0),
+                value.get("ordered") is True,
             )
         except (TypeError, ValueError):  # damaged or hand-edited: start again (claims stop double pay)
             log.warning("The stored watermark %r does not parse: starting from an empty one", value)
             return cls()
 
-    def advanced(self, sources: Sequence[ObjectInfo], *, fired: bool) -> Watermark:
+    @property
+    def start(self) -> str | None:
+        """Where a listing with ``ordered_names`` starts (``None``: the whole prefix)."""
+        return self.name if self.ordered and self.name else None
+
+    def advanced(self, sources: Span, *, fired: bool, ordered: bool) -> Watermark:
         """
-        The watermark once ``sources`` are accounted for.
+        The watermark once ``sources`` are accounted for. With ``ordered_names``, a name kept without it is
+        no start: the first one kept is the highest of these sources alone (later uploads than it).
 
         :param sources: the sources beyond this watermark that were evaluated.
         :param fired: an event is fired for them.
+        :param ordered: the trigger has ``ordered_names``.
         """
-        generation = max([self.generation, *(s.generation for s in sources)])
-        name = max([self.name, *(s.name for s in sources)])
-        return Watermark(generation, name, self.fires + (1 if fired else 0))
+        generation = max(self.generation, sources.generation)
+        fires = self.fires + (1 if fired else 0)
+        if ordered and not self.ordered:
+            if not sources.count:
+                return Watermark(generation, self.name, fires)
+            return Watermark(generation, sources.name, fires, ordered=True)
+        return Watermark(generation, max(self.name, sources.name), fires, ordered=ordered)
 
 
 @dataclass
@@ -124,19 +201,18 @@ class Arrivals:
     first_seen_at: float | None = None
     evaluated: tuple[int, int] | None = None
 
-    def observe(self, sources: Sequence[ObjectInfo], now: float) -> None:
+    def observe(self, sources: Span, now: float) -> None:
         """
         Record one poll's sources beyond the watermark.
 
-        :param sources: the sources listed beyond the watermark.
+        :param sources: the span of the sources listed beyond the watermark.
         :param now: the clock.
         """
-        newest = max((s.generation for s in sources), default=0)
-        if (len(sources), newest) != (self.count, self.newest):
-            self.count, self.newest, self.changed_at = len(sources), newest, now
-        if sources and self.first_seen_at is None:
+        if (sources.count, sources.generation) != (self.count, self.newest):
+            self.count, self.newest, self.changed_at = sources.count, sources.generation, now
+        if sources.count and self.first_seen_at is None:
             self.first_seen_at = now
-        if not sources:
+        if not sources.count:
             self.first_seen_at = None
 
     def ready(self, now: float, settle_seconds: float, max_wait: float) -> str | None:
@@ -176,6 +252,56 @@ class PlanCounts:
     def unfinished(self) -> int:
         """Sources the bucket task has work for."""
         return self.billable + self.render_only
+
+
+class _CountingSink:
+    """The plan's verdicts as counts (a :class:`~airflow_provider_bgremoval.pipeline.planning.PlanSink`
+    keeping no item: the trigger's memory does not grow with the sources planned)."""
+
+    def __init__(self) -> None:
+        self.billable = self.render_only = 0
+        self.settled: Counter[str] = Counter()
+
+    def add(self, item: WorkItem) -> None:
+        self.billable += 1
+
+    def add_render(self, item: WorkItem) -> None:
+        self.render_only += 1
+
+    def settle(self, outcome: PlannedOutcome) -> None:
+        self.settled[outcome.status] += 1
+
+    def counts(self) -> PlanCounts:
+        return PlanCounts(self.billable, self.render_only, self.settled["skipped"], self.settled["rejected"])
+
+
+@dataclass
+class Planned:
+    """
+    A settled poll's plan of the sources beyond the watermark: its counts and what it may account for.
+
+    :param listed_before: the newest generation an earlier, completed listing held.
+    :param counts: the plan's verdicts.
+    :param sources: every source planned.
+    :param older: those of them no newer than ``listed_before`` (all a poll without an event passes).
+    """
+
+    listed_before: int
+    counts: PlanCounts = field(default_factory=PlanCounts)
+    sources: Span = field(default_factory=Span)
+    older: Span = field(default_factory=Span)
+
+    def tally(self, sources: Iterable[ObjectInfo]) -> Iterator[ObjectInfo]:
+        """
+        ``sources``, each counted into :attr:`sources` (and :attr:`older`) as it is planned.
+
+        :param sources: the sources beyond the watermark, in name order.
+        """
+        for info in sources:
+            self.sources.add(info)
+            if info.generation <= self.listed_before:
+                self.older.add(info)
+            yield info
 
 
 def _primitive(value: Any) -> Any:
@@ -220,7 +346,8 @@ class NewImagesTrigger(BaseEventTrigger):
     :param max_wait: fire after images have waited this long, settled or not, however few.
     :param min_batch: fewest waiting images a settled burst fires for (fewer wait for ``max_wait``).
     :param ordered_names: names sort by arrival (``incoming/20261201T1800-…``): list from the watermark's
-        name only (one request per poll whatever the prefix holds).
+        name only (one request per poll whatever the prefix holds). A name kept while it was off is no
+        start: the whole prefix is listed until a source beyond the watermark is accounted for.
     :param renditions: as the bucket task's (docs/pipeline.md "Renditions"): a source whose master is
         finished but a rendition missing or stale counts as an image to process (render-only, 0 credits).
     :param masters_prefix: as the bucket task's (with ``renditions``; ``<destination_prefix>masters/``).
@@ -259,9 +386,17 @@ class NewImagesTrigger(BaseEventTrigger):
             raise InvalidOptionError("renditions", "a trigger is not templated: give the list itself")
         self.renditions: Any = _primitive(load_list(renditions, "renditions"))
         self.rendition_presets: Any = _primitive(rendition_presets)
-        self.masters_prefix = masters_prefix
         self.parsed_renditions = self._parse_renditions(renditions, rendition_presets)
-        masters = None if self.single_output else naming.masters_prefix(destination_prefix, masters_prefix)
+        # The rendition parameters by their meaning (one meaning, one state key and one set of kwargs):
+        # no presets for ``{}`` or without renditions; no masters_prefix for the default (``None``, ``""``:
+        # naming.masters_prefix; or the default spelled out) or without renditions, else normalised.
+        if self.single_output or not self.rendition_presets:
+            self.rendition_presets = None
+        masters = None
+        if not self.single_output:
+            masters = naming.normalise_prefix(naming.masters_prefix(destination_prefix, masters_prefix))
+        default = naming.masters_prefix(destination_prefix)
+        self.masters_prefix: str | None = None if masters in (None, default) else masters
         self.spec = BatchSpec(
             source_bucket=source_bucket,
             destination_bucket=destination_bucket,
@@ -425,58 +560,92 @@ class NewImagesTrigger(BaseEventTrigger):
         return Watermark.from_value(stored)
 
     # -- polling ------------------------------------------------------------------------------------------
-    def list_new(self, storage: GcsStorage, watermark: Watermark) -> list[ObjectInfo]:
+    def new_sources(self, storage: GcsStorage, watermark: Watermark) -> Iterator[ObjectInfo]:
         """
-        The sources beyond ``watermark``, in name order (blocking: run in a thread). The source prefix's
-        own ``_bgremoval/`` folder holds no source (the planning passes it over too): its objects neither
-        settle a burst nor move the watermark's name (with ``ordered_names``, ``_`` sorts after digits).
+        The sources beyond ``watermark``, in name order, lazily (blocking: run in a thread). The source
+        prefix's own ``_bgremoval/`` folder holds no source (the planning passes it over too): its objects
+        neither settle a burst nor move the watermark's name (with ``ordered_names``, ``_`` sorts after
+        digits). With ``ordered_names``, the listing starts at the watermark's name once it is a start.
 
         :param storage: the GCS storage.
         :param watermark: the current watermark.
         """
         spec = self.spec
-        start = watermark.name if self.ordered_names and watermark.name else None
         own_folder = naming.internal_prefix(spec.source_prefix)
         listing = storage.list_objects(
             spec.source_bucket,
             spec.source_prefix,
             include=spec.include,
             exclude=spec.exclude,
-            start_offset=start,
+            start_offset=watermark.start if self.ordered_names else None,
         )
-        return [
-            info
-            for info in listing
-            if info.generation > watermark.generation and not info.name.startswith(own_folder)
-        ]
+        for info in listing:
+            if info.generation > watermark.generation and not info.name.startswith(own_folder):
+                yield info
+
+    def list_new(self, storage: GcsStorage, watermark: Watermark) -> Listing:
+        """
+        One poll's listing of the sources beyond ``watermark`` (blocking: run in a thread); at most
+        :data:`KEPT_SOURCES` of them are kept.
+
+        :param storage: the GCS storage.
+        :param watermark: the current watermark.
+        """
+        listing = Listing()
+        for info in self.new_sources(storage, watermark):
+            listing.add(info)
+        return listing
+
+    def plan_new(
+        self,
+        storage: GcsStorage,
+        processors: Sequence[ImageProcessor],
+        listing: Listing,
+        watermark: Watermark,
+        listed_before: int,
+    ) -> Planned:
+        """
+        Plan the sources beyond ``watermark`` as the bucket task would, without reading them (blocking:
+        run in a thread): those ``listing`` kept, or, for a longer listing, those a new listing finds.
+
+        :param storage: the GCS storage.
+        :param processors: the bucket task's processors, primary first (what makes an output finished).
+        :param listing: this poll's listing.
+        :param watermark: the current watermark.
+        :param listed_before: the newest generation an earlier, completed listing held.
+        """
+        planned = Planned(listed_before)
+        sources = self.new_sources(storage, watermark) if listing.sources is None else listing.sources
+        try:
+            planned.counts = self.count_unfinished(storage, processors, planned.tally(sources))
+        except DestinationCollisionError as exc:  # the run refuses the batch and says why: let it
+            log.warning("New sources collide (the run will refuse them): %s", exc)
+            planned.counts = PlanCounts(billable=planned.sources.count)
+        return planned
 
     def count_unfinished(
-        self, storage: GcsStorage, processors: Sequence[ImageProcessor], sources: Sequence[ObjectInfo]
+        self, storage: GcsStorage, processors: Sequence[ImageProcessor], sources: Iterable[ObjectInfo]
     ) -> PlanCounts:
         """
-        Plan ``sources`` as the bucket task would, without reading them (blocking: run in a thread).
+        Plan ``sources`` as the bucket task would, without reading them, window by window (blocking: run
+        in a thread); :class:`DestinationCollisionError` when two would make one output.
 
         :param storage: the GCS storage.
         :param processors: the bucket task's processors, primary first (what makes an output finished).
         :param sources: the sources beyond the watermark, in name order.
         """
         processor = processors[0]
-        try:
-            plan = plan_into(
-                storage,
-                self.spec,
-                BatchPlan(spec=self.spec, checked=False),
-                extension=processor.extension,
-                identity=OutputIdentity.of(*processors),
-                limits=processor.limits,
-                check=False,
-                sources=[(info.name, info) for info in sources],
-                renditions=self.rendition_layout(processor),
-            )
-        except DestinationCollisionError as exc:  # the run refuses the batch and says why: let it
-            log.warning("New sources collide (the run will refuse them): %s", exc)
-            return PlanCounts(billable=len(sources))
-        return PlanCounts(len(plan.items), len(plan.render), plan.count("skipped"), plan.count("rejected"))
+        return plan_into(
+            storage,
+            self.spec,
+            _CountingSink(),
+            extension=processor.extension,
+            identity=OutputIdentity.of(*processors),
+            limits=processor.limits,
+            check=False,
+            sources=((info.name, info) for info in sources),
+            renditions=self.rendition_layout(processor),
+        ).counts()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll forever; yield an event per settled burst of images without a finished output."""
@@ -489,12 +658,12 @@ class NewImagesTrigger(BaseEventTrigger):
         listed_before = watermark.generation  # the newest generation an earlier, completed listing held
         while True:
             try:
-                sources = await asyncio.to_thread(self.list_new, storage, watermark)
-                arrivals.observe(sources, self.clock())
+                listing = await asyncio.to_thread(self.list_new, storage, watermark)
+                arrivals.observe(listing.span, self.clock())
                 event, watermark, arrivals = await self._consider(
-                    processors, storage, sources, arrivals, watermark, listed_before
+                    processors, storage, listing, arrivals, watermark, listed_before
                 )
-                listed_before = max([listed_before, *(s.generation for s in sources)])
+                listed_before = max(listed_before, listing.span.generation)
             except Exception as exc:  # a storage or state-store error: the next poll tries again
                 log.warning("Poll of %s failed: %s", source, exc)
             else:
@@ -544,7 +713,7 @@ class NewImagesTrigger(BaseEventTrigger):
         self,
         processors: Sequence[ImageProcessor],
         storage: GcsStorage,
-        sources: list[ObjectInfo],
+        listing: Listing,
         arrivals: Arrivals,
         watermark: Watermark,
         listed_before: int = 0,
@@ -562,23 +731,26 @@ class NewImagesTrigger(BaseEventTrigger):
         reason = arrivals.ready(now, self.settle_seconds, self.max_wait)
         if reason is None:
             return None, watermark, arrivals
-        counts = await asyncio.to_thread(self.count_unfinished, storage, processors, sources)
+        planned = await asyncio.to_thread(
+            self.plan_new, storage, processors, listing, watermark, listed_before
+        )
+        counts = planned.counts
         enough = counts.unfinished >= self.min_batch or (reason == "max_wait" and counts.unfinished)
         if counts.unfinished and not enough:  # too few after a settled burst: wait for more or max_wait
             arrivals.evaluated = (arrivals.count, arrivals.newest)
             log.info("%d image(s) waiting, fewer than min_batch=%d", counts.unfinished, self.min_batch)
             return None, watermark, arrivals
-        accounted = sources if enough else [s for s in sources if s.generation <= listed_before]
-        new = watermark.advanced(accounted, fired=bool(enough))
+        accounted = planned.sources if enough else planned.older
+        new = watermark.advanced(accounted, fired=bool(enough), ordered=self.ordered_names)
         if self.asset_state_store is not None and new != watermark:  # first: never fire twice for these
             await self.asset_state_store.aset(self.state_key, new.as_dict())
         if not enough:
             log.info(
                 "%d new source(s), all finished or refused: watermark %s (%d listed for the first time: "
                 "evaluated again)",
-                len(sources),
+                planned.sources.count,
                 new,
-                len(sources) - len(accounted),
+                planned.sources.count - accounted.count,
             )
             return None, new, Arrivals()
         waited = now - (arrivals.first_seen_at or now)
@@ -592,7 +764,7 @@ class NewImagesTrigger(BaseEventTrigger):
             "render_only": counts.render_only,
             "finished": counts.finished,
             "rejected": counts.rejected,
-            "listed": len(sources),
+            "listed": planned.sources.count,
             "settled_by": reason,
             "waited_seconds": round(waited, 1),
             "source": gs_uri(spec.source_bucket, spec.source_prefix),

@@ -9,8 +9,10 @@ replaced (the store by a dict with its ``aget``/``aset``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +34,8 @@ from airflow_provider_bgremoval.pipeline.rendering import (
     META_RENDITION,
     META_RENDITION_FINGERPRINT,
 )
-from airflow_provider_bgremoval.triggers.arrivals import Arrivals, NewImagesTrigger, Watermark
+from airflow_provider_bgremoval.storage.gcs import ObjectInfo
+from airflow_provider_bgremoval.triggers.arrivals import Arrivals, NewImagesTrigger, Span, Watermark
 from tests.support.connections import set_connection
 from tests.support.memory_storage import MemoryStorage
 
@@ -468,12 +471,12 @@ def test_the_source_prefixs_own_bgremoval_folder_is_no_arrival() -> None:
 def test_arrivals_settle_rules_directly() -> None:
     arrivals = Arrivals()
     assert arrivals.ready(0, 10, 60) is None
-    one = [MemoryStorage().put("src", "incoming/a.jpg", b"x")]
-    arrivals.observe(one, 5)
+    one = MemoryStorage().put("src", "incoming/a.jpg", b"x")
+    arrivals.observe(Span(1, one.generation, one.name), 5)
     assert arrivals.ready(14, 10, 60) is None and arrivals.ready(15, 10, 60) == "settled"
     arrivals.evaluated = (arrivals.count, arrivals.newest)
     assert arrivals.ready(20, 10, 60) is None and arrivals.ready(65, 10, 60) == "max_wait"
-    arrivals.observe([], 66)
+    arrivals.observe(Span(), 66)
     assert arrivals.ready(100, 10, 60) is None
 
 
@@ -827,3 +830,114 @@ def test_a_connection_of_the_wrong_vendor_ends_the_watcher(caplog: pytest.LogCap
     with pytest.raises(InvalidOptionError, match="Pixelcut"):  # Pixian makes no backgrounds
         Timeline(MemoryStorage(), until=60).run(trigger)
     assert "gs://src/incoming/" in caplog.text and "pixian_default" in caplog.text
+
+
+# -- bounded memory, equal keys, ordered names turned on later -------------------------------------------
+class FreshInfoStorage(MemoryStorage):
+    """GCS's listing of the source bucket: a new :class:`ObjectInfo` per listed object, as the client makes
+    them (the store's own are not handed out), each one counted while something still holds it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.alive: weakref.WeakSet[ObjectInfo] = weakref.WeakSet()
+        self.most_alive = 0
+
+    def list_objects(self, bucket: str, prefix: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+        self.most_alive = max(self.most_alive, len(self.alive))
+        for stored in super().list_objects(bucket, prefix, **kwargs):
+            info = dataclasses.replace(stored) if bucket == "src" else stored
+            if bucket == "src":
+                self.alive.add(info)
+                self.most_alive = max(self.most_alive, len(self.alive))
+            yield info
+
+
+def test_a_big_backlog_is_listed_and_planned_holding_a_bounded_number_of_sources() -> None:
+    """The triggerer runs every watcher of the deployment: a first poll over a backlog of 100,000 photos
+    held every listed object (about 670 bytes each, 64 MiB) while planning them. At most a page kept and
+    a planning window of objects may be held, whatever the backlog."""
+    storage, store = FreshInfoStorage(), StateStore()
+    trigger = make()
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    for number in range(5000):
+        storage.put("src", f"incoming/p{number:05d}.jpg", b"photo")
+    for number in range(0, 5000, 2):  # half of them finished
+        finish(storage, trigger, f"incoming/p{number:05d}.jpg", f"cutouts/p{number:05d}.webp")
+    events = Timeline(storage, until=20).run(trigger)
+    assert [(p["images"], p["finished"], p["listed"]) for _, p in events] == [(2500, 2500, 5000)]
+    newest = storage.info("src", "incoming/p04999.jpg")
+    watermark = events[0][1]["watermark"]
+    assert (watermark["generation"], watermark["name"], watermark["fires"]) == (
+        newest.generation,
+        newest.name,
+        1,
+    )
+    assert storage.most_alive <= 2 * 1000
+
+
+@pytest.mark.parametrize("same", ["", None, "cutouts/masters/", "cutouts/masters", "/cutouts/masters/"])
+def test_an_empty_masters_prefix_is_the_default_and_keeps_the_state_key(same: str | None) -> None:
+    """``naming.masters_prefix``: ``None`` and ``""`` both mean ``<destination_prefix>masters/``; equal
+    meanings must give one watermark key (a new key starts an empty watermark: the backlog fires again)."""
+    default = NewImagesTrigger(**RENDITIONS_BATCH)
+    trigger = NewImagesTrigger(**RENDITIONS_BATCH, masters_prefix=same)
+    assert trigger.spec == default.spec
+    assert trigger.state_key == default.state_key and trigger.serialize() == default.serialize()
+
+
+def test_masters_prefix_keys_follow_its_meaning() -> None:
+    other = NewImagesTrigger(**RENDITIONS_BATCH, masters_prefix="masters/")
+    assert other.state_key != NewImagesTrigger(**RENDITIONS_BATCH).state_key
+    assert other.state_key == NewImagesTrigger(**RENDITIONS_BATCH, masters_prefix="masters").state_key
+    assert make(masters_prefix="masters/").state_key == make().state_key  # no renditions: no masters
+    assert make(masters_prefix="masters/").serialize() == make().serialize()
+
+
+def test_ordered_names_turned_on_later_skip_no_upload_and_fire_none_twice() -> None:
+    """Without ``ordered_names`` the watermark's name is only the highest name accounted for, and a prefix
+    may hold names that do not sort by arrival (``IMG_0001.jpg`` sorts after ``20261201T...``): once the
+    option is on, listing from that name hid every later upload."""
+    storage, store = MemoryStorage(), StateStore()
+    storage.put("src", "incoming/IMG_0001.jpg", b"photo")  # from before the time-ordered names
+    before = make()
+    before.asset_state_store = store  # type: ignore[assignment]
+    assert [p["images"] for _, p in Timeline(storage, until=30).run(before)] == [1]
+
+    after = make(ordered_names=True)
+    after.asset_state_store = store  # type: ignore[assignment]
+    assert after.state_key == before.state_key
+    timeline = Timeline(storage, until=90)
+    timeline.upload(1, "incoming/20261201T1800-a.jpg")
+    timeline.upload(40, "incoming/20261201T1830-b.jpg")
+    events = timeline.run(after)
+    assert [(p["images"], p["listed"]) for _, p in events] == [(1, 1), (1, 1)]
+    assert [p["watermark"]["name"] for _, p in events] == [
+        "incoming/20261201T1800-a.jpg",
+        "incoming/20261201T1830-b.jpg",
+    ]
+    starts = [start for bucket, _, start, _ in storage.listings if bucket == "src"]
+    assert starts[-1] == "incoming/20261201T1830-b.jpg"  # listed from the watermark once it is a start
+
+
+def test_no_rendition_presets_is_one_state_key() -> None:
+    """``rendition_presets={}`` (no user preset) means ``None``; without renditions they mean nothing."""
+    renditions = {"renditions": [{"name": "web", "format": "webp", "max_size": 512}]}
+    plain = {k: v for k, v in RENDITIONS_BATCH.items() if k not in ("renditions", "rendition_presets")}
+    without = NewImagesTrigger(**plain, **renditions)
+    empty = NewImagesTrigger(**plain, **renditions, rendition_presets={})
+    assert empty.state_key == without.state_key and empty.serialize() == without.serialize()
+    presets = {"rendition_presets": RENDITIONS_BATCH["rendition_presets"]}
+    assert make(**presets).state_key == make().state_key and make(**presets).serialize() == make().serialize()
+
+
+def test_the_connection_secrets_are_in_no_kwargs_watermark_or_event() -> None:
+    """The triggerer stores ``serialize()``'s kwargs and the event in the metadata DB: connection ids only."""
+    store = StateStore()
+    trigger = make(conn_id=["pixian_default", "pixelcut_default"], vendor_options={"pixian": {"test": True}})
+    trigger.asset_state_store = store  # type: ignore[assignment]
+    timeline = Timeline(MemoryStorage(), until=40)
+    timeline.upload(1, "incoming/a.jpg")
+    events = timeline.run(trigger)
+    assert len(events) == 1
+    stored = json.dumps([trigger.serialize(), store.values, events, trigger.state_key], default=str)
+    assert not any(secret in stored for secret in ("px-secret-123", "sk-secret-123", "px-id"))
