@@ -17,7 +17,16 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowException
-from PIL import ExifTags, Image, ImageCms, ImageMath, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import (
+    ExifTags,
+    Image,
+    ImageCms,
+    ImageFile,
+    ImageMath,
+    ImageOps,
+    JpegImagePlugin,
+    UnidentifiedImageError,
+)
 
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidVendorResponseError, safe_excerpt
 from airflow_provider_bgremoval.options import CONTENT_TYPES, LocalSteps, RemovalOptions
@@ -179,6 +188,47 @@ def bomb_warnings_ignored() -> Iterator[None]:
         yield
     finally:
         _bomb_filter_used(-1)
+
+
+class TruncatedImageError(Exception):
+    """An image's bytes end where its decoder reads on (see :func:`_load_whole`)."""
+
+
+class _ImageBytes(io.BytesIO):
+    """
+    An image's bytes: once ``decoding``, a read at their end raises :class:`TruncatedImageError` while
+    Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set (by any code of the worker: a DAG
+    file, a plugin), whose decoders would otherwise stop there silently and fill in the rest. Unset,
+    Pillow refuses the image itself.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._end = len(data)
+        self.decoding = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        at_end = size is not None and size > 0 and self.tell() >= self._end
+        if at_end and self.decoding and ImageFile.LOAD_TRUNCATED_IMAGES:
+            raise TruncatedImageError("the image data ends before the image does")
+        return super().read(size)
+
+
+def _open_whole(data: bytes, formats: tuple[str, ...] | None = None) -> ImageFile.ImageFile:
+    """``Image.open`` of ``data`` (with these readers) for :func:`_load_whole` to decode."""
+    return Image.open(_ImageBytes(data), formats=formats)
+
+
+def _load_whole(image: Image.Image) -> None:
+    """
+    ``image.load()`` (opened by :func:`_open_whole`), a truncated image refused whatever
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` says: never a truncated source sent and paid for, nor a
+    truncated result written as an output.
+    """
+    source = getattr(image, "fp", None)
+    if isinstance(source, _ImageBytes):
+        source.decoding = True
+    image.load()
 
 
 @dataclass(frozen=True)
@@ -480,8 +530,8 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     info = read_header(data, vendor=vendor)
     check_limits(info, len(data), limits, vendor=vendor)
     try:
-        with bomb_warnings_ignored(), Image.open(io.BytesIO(data), formats=input_formats()) as image:
-            image.load()
+        with bomb_warnings_ignored(), _open_whole(data, input_formats()) as image:
+            _load_whole(image)
             reason = _needs_conversion(info, image.mode, limits)
             if reason is None:
                 return PreparedInput(data, CONTENT_TYPES[info.format.lower()])
@@ -518,10 +568,10 @@ def drop_opaque_alpha(data: bytes, limits: InputLimits) -> bytes:
     try:
         info = read_header(data)
         check_limits(info, len(data), limits)
-        with bomb_warnings_ignored(), Image.open(io.BytesIO(data), formats=input_formats()) as image:
+        with bomb_warnings_ignored(), _open_whole(data, input_formats()) as image:
             if "A" not in image.mode and "transparency" not in image.info:
                 return data
-            image.load()
+            _load_whole(image)
             ImageOps.exif_transpose(image, in_place=True)
             normal = normalise_mode(image)
             if "A" not in normal.mode or normal.getchannel("A").getextrema() != (255, 255):
@@ -592,10 +642,10 @@ def decode_result(data: bytes, *, vendor: str, limits: ResultLimits | None = Non
     size = "its declared size"
     try:
         with bomb_warnings_ignored():
-            image = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
+            image = _open_whole(data, RESULT_FORMATS)
             size = f"{image.width}x{image.height}"
             _check_result_size(image.width, image.height, limits, vendor, what="the vendor's result")
-            image.load()
+            _load_whole(image)
             if image.format == "MPO":
                 image.format = "JPEG"
     except AirflowException:  # the task's own errors (timeouts) and our typed ones

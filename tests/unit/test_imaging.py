@@ -1331,3 +1331,63 @@ def test_a_16_bit_tiff_is_scaled_to_8_bits_for_sending(mode: str) -> None:
     sent = _open(prepared.data)
     assert prepared.content_type == "image/png"
     assert [sent.convert("L").getpixel((x, 10)) for x in (0, 21, 42, 63)] == [0, 85, 170, 255]
+
+
+# -- ImageFile.LOAD_TRUNCATED_IMAGES, set by other code of the process ---------------------------
+
+
+def test_nothing_in_the_package_sets_load_truncated_images() -> None:
+    import airflow_provider_bgremoval.operators.bucket
+    import airflow_provider_bgremoval.pipeline.engine
+    import airflow_provider_bgremoval.renditions.renderer  # noqa: F401
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.fixture
+def truncated_images_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` set, as a DAG file or a plugin of the
+    worker may set it: Pillow's decoders then stop silently where the bytes end and fill in the rest.
+    """
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+
+
+@pytest.mark.usefixtures("truncated_images_loaded")
+@pytest.mark.parametrize("name", ["rocket.jpg", "astronaut.jpg", "chelsea.png", "horse.png"])
+def test_truncated_sources_are_refused_whatever_load_truncated_images_says(
+    name: str, images_dir: Path
+) -> None:
+    data = (images_dir / name).read_bytes()
+    assert prepare_input(data, GENEROUS).data == data  # a whole file is read as ever
+    for cut in (len(data) // 2, len(data) * 9 // 10):
+        error = _rejected(data[:cut])
+        assert error.code == "malformed_image"
+        assert "corrupt or truncated" in error.message
+
+
+@pytest.mark.usefixtures("truncated_images_loaded")
+def test_a_truncated_opaque_rgba_source_is_not_made_a_whole_rgb_png(images_dir: Path) -> None:
+    from airflow_provider_bgremoval.imaging import drop_opaque_alpha
+
+    photo = Image.open(images_dir / "astronaut.jpg").convert("RGBA")
+    data = _save(photo, "PNG")
+    assert _open(drop_opaque_alpha(data, GENEROUS)).mode == "RGB"  # whole: its alpha is dropped
+    truncated = data[: len(data) // 2]
+    assert drop_opaque_alpha(truncated, GENEROUS) == truncated  # left for prepare_input to refuse
+    assert _rejected(truncated).code == "malformed_image"
+
+
+@pytest.mark.usefixtures("truncated_images_loaded")
+@pytest.mark.parametrize("name", ["horse.png", "rocket.jpg"])
+def test_truncated_results_are_unreadable_whatever_load_truncated_images_says(
+    name: str, images_dir: Path
+) -> None:
+    data = (images_dir / name).read_bytes()
+    assert decode_result(data, vendor="poof").size == _open(data).size
+    for cut in (len(data) // 2, len(data) * 9 // 10):
+        error = _decode_error(data[:cut])
+        assert error.code == "result_unreadable"
+        assert "not a complete image" in error.message
+        error = _steps_error(data[:cut], LocalSteps(output_format="webp"))
+        assert error.code == "result_unreadable"
