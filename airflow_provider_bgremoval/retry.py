@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
@@ -20,7 +20,19 @@ from airflow_provider_bgremoval.exceptions import (
     TransientVendorError,
 )
 
+if TYPE_CHECKING:
+    from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+
 T = TypeVar("T")
+
+#: Seconds of an image's claim kept besides its vendor call: the source's read before it and the
+#: output's store after it (GCS requests of a few seconds each, with their own retries).
+STORE_ALLOWANCE_SECONDS = 240.0
+#: The shortest claim lease (``claim_lease``), and the least of it the engine keeps in hand for a call:
+#: the longest :class:`ClaimHold` on the vendors' default settings (Pixian: 7 attempts of up to 180 s,
+#: 300 s of waits, then :data:`STORE_ALLOWANCE_SECONDS`: 1800 s). A connection's ``timeout`` and
+#: ``max_retries`` extras can make a hold longer (:func:`lease_margin`).
+LEASE_MARGIN_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,79 @@ def parse_max_retries(value: Any) -> int | None:
             "max_retries", f"{value!r} is not a whole number of retries (0: a single attempt)"
         )
     return max(0, number)
+
+
+@dataclass(frozen=True)
+class ClaimHold:
+    """
+    The longest one image may hold its claim on a connection before its output is stored: every attempt
+    of its call running to the idle timeout, the policy's whole wait budget between them, then the read
+    and the store (:data:`STORE_ALLOWANCE_SECONDS`). A claim is not renewed: its lease must outlast this.
+
+    :param conn_id: the vendor connection.
+    :param policy: its effective retry policy.
+    :param timeout: its idle timeout in seconds.
+    :param drivers: the connection's settings that lengthen it past the vendor's defaults
+        (``timeout``, ``max_retries``).
+    """
+
+    conn_id: str
+    policy: RetryPolicy
+    timeout: float
+    drivers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, hook: BackgroundRemovalHook[Any]) -> ClaimHold:
+        """
+        The hold on ``hook``'s connection, from its settings (the connection is read unless it was; no
+        vendor call) and its effective retry policy (``max_retries`` applied).
+
+        :param hook: the vendor hook.
+        """
+        timeout, policy = hook.get_settings().timeout, hook.retry_policy
+        spec = hook.wire_class.spec
+        longer = {
+            "timeout": timeout > spec.default_timeout,
+            "max_retries": policy.max_attempts > spec.retry_policy.max_attempts,
+        }
+        return cls(hook.conn_id, policy, timeout, tuple(name for name, longer_ in longer.items() if longer_))
+
+    @property
+    def seconds(self) -> float:
+        """The hold in seconds."""
+        return self.policy.max_attempts * self.timeout + self.policy.max_wait + STORE_ALLOWANCE_SECONDS
+
+    def __str__(self) -> str:
+        retries = self.policy.max_attempts - 1
+        retried = (
+            f"its max_retries extra: {retries}" if "max_retries" in self.drivers else f"max_retries {retries}"
+        )
+        timed = "its timeout extra" if "timeout" in self.drivers else "timeout"
+        return (
+            f"connection {self.conn_id!r}: {retries + 1} attempt(s) ({retried}) of up to {self.timeout:g} s "
+            f"each ({timed}), {self.policy.max_wait:g} s of waits between them, then "
+            f"{STORE_ALLOWANCE_SECONDS:g} s for the read and the store"
+        )
+
+
+class LeaseMargin(NamedTuple):
+    """Seconds of a claim's lease a call needs in hand, and the hold that sets them (``None``: the floor)."""
+
+    seconds: float
+    hold: ClaimHold | None
+
+
+def lease_margin(holds: Iterable[ClaimHold]) -> LeaseMargin:
+    """
+    The least of its claim's lease an image keeps in hand for a call, and the shortest ``claim_lease``:
+    the longest of ``holds`` (a run's connections), never under :data:`LEASE_MARGIN_SECONDS`.
+
+    :param holds: the holds of the run's connections (none: the floor).
+    """
+    longest = max(holds, key=lambda hold: hold.seconds, default=None)
+    if longest is None or longest.seconds <= LEASE_MARGIN_SECONDS:
+        return LeaseMargin(LEASE_MARGIN_SECONDS, None)
+    return LeaseMargin(longest.seconds, longest)
 
 
 def is_retryable(exc: BaseException) -> bool:

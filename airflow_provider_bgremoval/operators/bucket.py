@@ -72,8 +72,10 @@ class BucketImageOperator(BucketJobOperator):
     :param on_error: ``fail_at_end``, ``fail_rate`` (stop past ``max_failure_rate``) or ``continue``.
     :param max_failure_rate: threshold for ``on_error="fail_rate"``.
     :param claim_lease: seconds a claim keeps other runs from processing the same output (a finite
-        number, or its numeric text, of at least 1800: what one image may hold its claim before its
-        output is stored; a claim is not renewed), counted by GCS's clock.
+        number, or its numeric text, of at least what one image may hold its claim before its output
+        is stored: 1800 on the default connection settings, more with a connection's larger
+        ``timeout`` or ``max_retries`` extra, checked when the task starts; a claim is not renewed),
+        counted by GCS's clock.
     :param progress_interval: seconds between progress lines at most.
     :param on_pending: ``fail`` or ``warn`` when images stay pending because other runs hold their claims.
     :param drain_grace: seconds in-flight calls get to store their billed results on timeout or SIGTERM.
@@ -89,7 +91,7 @@ class BucketImageOperator(BucketJobOperator):
         *,
         on_error: str = "fail_at_end",
         max_failure_rate: float = 0.1,
-        claim_lease: float = 3600.0,
+        claim_lease: float | str = 3600.0,
         progress_interval: float = 30.0,
         on_pending: str = "fail",
         drain_grace: float = DEFAULT_DRAIN_GRACE,
@@ -127,6 +129,8 @@ class BucketImageOperator(BucketJobOperator):
             max_credits = parse_credits(self.max_credits, "max_credits")
             claim_lease = parse_lease_seconds(self.claim_lease)
             job = self.prepare_job()
+            holds = job.claim_holds()  # a connection's timeout or retries may hold a claim longer
+            parse_lease_seconds(claim_lease, holds)
             plan = job.plan_batch()
             max_credits = self._shard_budget(job, max_credits)
         except (InvalidOptionError, DestinationCollisionError) as exc:  # retrying cannot fix these
@@ -173,6 +177,7 @@ class BucketImageOperator(BucketJobOperator):
                     spec.internal_prefix,
                     owner,
                     lease_seconds=claim_lease,
+                    holds=holds,
                 ),
                 progress_every_seconds=float(self.progress_interval),
                 drain_grace=float(self.drain_grace),

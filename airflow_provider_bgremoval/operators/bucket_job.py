@@ -39,6 +39,7 @@ from airflow_provider_bgremoval.pipeline.planning import (
 from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, RemovalProcessor
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, master_within_source
 from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
+from airflow_provider_bgremoval.retry import ClaimHold
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 T = TypeVar("T")
@@ -160,6 +161,13 @@ class BucketJob:
         """Close every vendor hook's clients (on the batch's event loop; sync code: :func:`run_coroutine`)."""
         for hook in self.hooks:
             await hook.aclose()
+
+    def claim_holds(self) -> list[ClaimHold]:
+        """
+        How long one image may hold its claim on each vendor connection of the job, from its hook's
+        settings (``timeout``, ``max_retries``; each connection read unless it was: no vendor call).
+        """
+        return [ClaimHold.of(hook) for hook in self.hooks]
 
     @property
     def vendor_hook(self) -> BackgroundRemovalHook[Any]:

@@ -9,13 +9,14 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.retry import ClaimHold, lease_margin
 from airflow_provider_bgremoval.storage.exceptions import StorageError, WriteConflictError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage, ObjectInfo
 
@@ -31,31 +32,38 @@ META_LEASE = "bgremoval-claim-lease"
 RELEASED_NOTHING_STORED, RELEASED_OUTPUT_UNKNOWN = "0", "1"
 
 
-def parse_lease_seconds(value: Any) -> float:
+def parse_lease_seconds(value: Any, holds: Iterable[ClaimHold] = ()) -> float:
     """
     A claim lease (``claim_lease``): a finite number of seconds, or its numeric text; never a boolean;
-    at least what one image may hold its claim before its output is stored, the margin the engine
-    keeps for a call (:data:`.failover.LEASE_MARGIN_SECONDS`, 1800 s): a claim is not renewed, so a
-    shorter lease could run out while its vendor call runs, and another run taking the claim over would
-    pay for the image again (a lease of 0 or less would expire every claim at once).
+    at least what one image may hold its claim before its output is stored (:func:`.lease_margin` of
+    the run's connections' ``holds``; without them, :data:`.LEASE_MARGIN_SECONDS`, 1800 s, the
+    defaults'): a claim is not renewed, so a shorter lease could run out while its vendor call runs,
+    and another run taking the claim over would pay for the image again (a lease of 0 or less would
+    expire every claim at once).
 
     :param value: the parameter value.
+    :param holds: the holds of the run's connections (:meth:`.ClaimHold.of` their hooks), once known.
     :raises InvalidOptionError: naming ``claim_lease``.
     """
-    from airflow_provider_bgremoval.pipeline.failover import LEASE_MARGIN_SECONDS  # it imports this module
-
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = math.nan
     if isinstance(value, bool) or not 0 < seconds < math.inf:
         raise InvalidOptionError("claim_lease", f"{value!r} is not a positive, finite number of seconds")
-    if seconds < LEASE_MARGIN_SECONDS:
+    margin = lease_margin(holds)
+    if seconds < margin.seconds:
+        held = (
+            "its vendor call with every retry and wait, then the read and the store, on the vendors' "
+            "default connection settings"
+            if margin.hold is None
+            else f"on {margin.hold}; raise claim_lease to {margin.seconds:.0f} or more, or lower that "
+            "connection's timeout or max_retries extra"
+        )
         raise InvalidOptionError(
             "claim_lease",
-            f"{seconds:g} s is shorter than the {LEASE_MARGIN_SECONDS:.0f} s one image may hold its claim "
-            "before its output is stored (its vendor call with every retry and wait: up to 1560 s on "
-            "Pixian's policy, then the store); a claim is not renewed, so a shorter lease could run out "
+            f"{seconds:g} s is shorter than the {margin.seconds:.0f} s one image may hold its claim before "
+            f"its output is stored ({held}); a claim is not renewed, so a shorter lease could run out "
             "during the call, and another run could take the claim over and pay for the image again",
         )
     return seconds
@@ -126,8 +134,11 @@ class ClaimStore:
     :param internal_prefix: the destination's ``_bgremoval/`` prefix.
     :param owner: identity of the claiming task instance.
     :param lease_seconds: how long a claim protects an output from other runs (finite, at least
-        :data:`.failover.LEASE_MARGIN_SECONDS`).
+        :attr:`margin`).
     :param clock: wall clock (injectable for tests); only differences of its readings decide leases.
+    :param holds: how long one image may hold its claim on each of the run's connections
+        (:meth:`.ClaimHold.of` their hooks); their :func:`.lease_margin` is :attr:`margin`, the least of
+        a claim's lease the call stage keeps in hand for a call (none given: 1800 s, the defaults').
     :raises InvalidOptionError: ``lease_seconds`` is not a finite number of seconds, or shorter than
         one image may hold its claim (``claim_lease``).
     """
@@ -139,9 +150,13 @@ class ClaimStore:
     _: KW_ONLY
     lease_seconds: float = 3600.0
     clock: Callable[[], float] = time.time
+    holds: Sequence[ClaimHold] = ()
 
     def __post_init__(self) -> None:
-        self.lease_seconds = parse_lease_seconds(self.lease_seconds)
+        self.holds = tuple(self.holds)
+        self.lease_seconds = parse_lease_seconds(self.lease_seconds, self.holds)
+        #: Seconds of its lease an image keeps in hand for a call (its connections' longest hold).
+        self.margin = lease_margin(self.holds).seconds
         self.prefix = f"{self.internal_prefix}claims/"
         self._held: dict[str, _HeldClaim] = {}  # destination -> our live claim
         #: Destinations whose claim object was already there (an earlier try of this task instance,

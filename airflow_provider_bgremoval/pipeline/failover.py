@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from airflow_provider_bgremoval._moved import moved_names
 from airflow_provider_bgremoval.exceptions import (
     BgRemovalError,
     InputRejectedError,
@@ -29,13 +30,8 @@ from airflow_provider_bgremoval.results import ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 
 log = logging.getLogger(__name__)
-
-#: Seconds of its claim's lease an image waiting for a probe keeps in hand for its call: the longest
-#: vendor policy's full retry budget (Pixian: 7 attempts of up to 180 s of idle timeout each, plus
-#: 300 s of waits between them: 1560 s), the store and the drain. With less left, it is settled pending
-#: (``outage``) instead: sent later, another run taking the lapsed claim over could pay for it too.
-LEASE_MARGIN_SECONDS = 1800.0
-
+#: Names that moved out of this module, kept for one release (the margin is the claims' now).
+__getattr__ = moved_names(__name__, {"airflow_provider_bgremoval.retry": "LEASE_MARGIN_SECONDS"})
 
 #: What used a waiting image's lease up (the message of ``CallStage._lease_runs_short``).
 _WAITED = "every account of the chain stayed in an outage (circuit breakers open)"
@@ -73,8 +69,11 @@ class CallStage:
     :param budgets: the run's budgets (a call must fit them).
     :param halts: the run's halts and stop request.
     :param settle: the engine's recorder (an image the stage gives up on is settled here).
-    :param claims: the run's claims (``None``: no claims): a wait for a probe ends before its image's
-        lease runs short (:data:`LEASE_MARGIN_SECONDS`).
+    :param claims: the run's claims (``None``: no claims): a wait for a probe, or a handoff, ends before
+        its image's lease runs short: with the claims' :attr:`~.ClaimStore.margin` or less left (the
+        longest a call on one of the run's connections may hold its claim, at least
+        :data:`~airflow_provider_bgremoval.retry.LEASE_MARGIN_SECONDS`); sent later, another run taking
+        the lapsed claim over could pay for it too.
     """
 
     chain: AccountChain
@@ -144,7 +143,7 @@ class CallStage:
         """
         The image goes to ``account``: it fits ``max_credits`` there, and an image handed on from an
         earlier account (whose calls, with every retry, took part of its claim's lease) still has more
-        than :data:`LEASE_MARGIN_SECONDS` of it left; else it is settled pending (not sent again).
+        than the claims' margin of it left; else it is settled pending (not sent again).
         """
         earlier = ", ".join(dict.fromkeys(handoff["account"] for handoff in flight.handoffs))
         handed_on = flight.account is not None  # it was sent before: this call is on another account
@@ -157,18 +156,20 @@ class CallStage:
     def _lease_runs_short(self, flight: Flight, what: str) -> bool:
         """
         Settle the image pending (``outage``, not sent, its claim released unpaid) once its claim has
-        :data:`LEASE_MARGIN_SECONDS` or less left: while every account is in an outage, or before it is
-        sent to the next account. A clock read, no request: its lease end is known since the claim was
-        written.
+        the claims' :attr:`~.ClaimStore.margin` or less left: while every account is in an outage, or
+        before it is sent to the next account. A clock read, no request: its lease end is known since
+        the claim was written.
 
         :param what: what used the lease up (the message says it went on until the margin was reached).
         """
-        left = None if self.claims is None else self.claims.lease_left(flight.item.destination)
-        if left is None or left > LEASE_MARGIN_SECONDS:
+        if self.claims is None:
+            return False
+        left, margin = self.claims.lease_left(flight.item.destination), self.claims.margin
+        if left is None or left > margin:
             return False
         why = (
             f"{what} until {max(left, 0):.0f} s were left of this image's claim lease, less than the "
-            f"{LEASE_MARGIN_SECONDS:.0f} s a call may take; its claim is released so that no run pays "
+            f"{margin:.0f} s a call may take; its claim is released so that no run pays "
             f"for it twice (a retry sends it)"
         )
         self._settle_not_sent(flight, "outage", why)

@@ -12,9 +12,11 @@ from airflow.exceptions import AirflowException
 from airflow_provider_bgremoval._compat import AirflowFailException
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
+from airflow_provider_bgremoval.operators.bucket_job import BucketJob
 from airflow_provider_bgremoval.pipeline.claims import parse_lease_seconds
 from airflow_provider_bgremoval.pipeline.engine import BatchResult
 from airflow_provider_bgremoval.pipeline.halts import HaltInfo
+from tests.support.connections import set_connection
 
 SUMMARY = {"manifest_uri": "gs://out/_bgremoval/manifest.jsonl", "total": 11, "claims_elsewhere": []}
 
@@ -141,7 +143,7 @@ def test_a_claim_lease_that_is_not_a_positive_number_is_refused_when_the_operato
 
 
 def test_a_numeric_claim_lease_text_is_accepted_and_read_as_seconds() -> None:
-    op = RemoveBackgroundOperator(task_id="t", claim_lease="5400", **BUCKETS)  # type: ignore[arg-type]
+    op = RemoveBackgroundOperator(task_id="t", claim_lease="5400", **BUCKETS)
     assert parse_lease_seconds(op.claim_lease) == 5400.0
 
 
@@ -163,7 +165,7 @@ def test_a_claim_lease_shorter_than_one_image_s_stay_is_refused_when_the_operato
 def test_a_templated_claim_lease_is_checked_when_the_task_starts_before_any_work(
     monkeypatch: pytest.MonkeyPatch, rendered: str
 ) -> None:
-    op = RemoveBackgroundOperator(task_id="t", claim_lease="{{ params.lease }}", **BUCKETS)  # type: ignore[arg-type]
+    op = RemoveBackgroundOperator(task_id="t", claim_lease="{{ params.lease }}", **BUCKETS)
     op.claim_lease = rendered  # what the template rendered
 
     def no_work() -> Any:
@@ -171,6 +173,36 @@ def test_a_templated_claim_lease_is_checked_when_the_task_starts_before_any_work
 
     monkeypatch.setattr(op, "prepare_job", no_work)
     with pytest.raises(AirflowFailException, match="claim_lease"):
+        op.execute({"ti": None})  # type: ignore[typeddict-item]
+
+
+@pytest.mark.parametrize(
+    ("extra", "hold", "setting"),
+    [({"timeout": 600}, 4740, "timeout"), ({"max_retries": 20}, 4320, "max_retries")],
+)
+def test_a_claim_lease_shorter_than_the_connection_s_hold_is_refused_when_the_task_starts_before_any_read(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], hold: int, setting: str
+) -> None:
+    """
+    A Pixian connection with a 600 s timeout (or 20 retries): one image may hold its claim 4740 s (7
+    attempts of 600 s, 300 s of waits, the read and store), past the one-hour default lease, which
+    would lapse mid-call: another run could take the claim over and pay for the image again. Refused
+    once the hooks are built, naming the hold and the setting, before the listing (nothing read).
+    """
+    set_connection(monkeypatch, "pixian_slow", "pixian", login="an-id", password="a-test-key", extra=extra)
+
+    def no_listing(self: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the batch was planned (sources listed) with a claim lease that lapses mid-call")
+
+    monkeypatch.setattr(BucketJob, "plan_batch", no_listing)
+    op = RemoveBackgroundOperator(task_id="t", **{**BUCKETS, "conn_id": "pixian_slow"})
+    with pytest.raises(
+        AirflowFailException, match=rf"invalid 'claim_lease': 3600 s is shorter than the {hold} s"
+    ) as caught:
+        op.execute({"ti": None})  # type: ignore[typeddict-item]
+    assert "connection 'pixian_slow'" in str(caught.value) and f"its {setting} extra" in str(caught.value)
+    op.claim_lease = hold
+    with pytest.raises(AssertionError, match="the batch was planned"):  # long enough: the task goes on
         op.execute({"ti": None})  # type: ignore[typeddict-item]
 
 

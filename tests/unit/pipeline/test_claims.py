@@ -9,8 +9,8 @@ import pytest
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.pipeline.claims import META_EXPIRES, META_OWNER, ClaimHolder, ClaimStore
-from airflow_provider_bgremoval.pipeline.failover import LEASE_MARGIN_SECONDS
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec
+from airflow_provider_bgremoval.retry import LEASE_MARGIN_SECONDS
 from airflow_provider_bgremoval.storage.exceptions import StorageUnavailableError
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from tests.unit.pipeline.test_engine import ScriptedProcessor, run, seed

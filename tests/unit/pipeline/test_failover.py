@@ -25,13 +25,14 @@ from airflow_provider_bgremoval.pipeline import accounts as accounts_module
 from airflow_provider_bgremoval.pipeline.accounts import Account, AccountChain, BreakerPolicy, CircuitBreaker
 from airflow_provider_bgremoval.pipeline.claims import META_DESTINATION, META_EXPIRES, ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
-from airflow_provider_bgremoval.pipeline.failover import LEASE_MARGIN_SECONDS
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, plan_batch
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout
 from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
+from airflow_provider_bgremoval.retry import LEASE_MARGIN_SECONDS, ClaimHold
 from airflow_provider_bgremoval.run_summary import summarise_manifests
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+from airflow_provider_bgremoval.vendors.pixian import PIXIAN_SPEC
 from tests.unit.pipeline.test_engine import ScriptedProcessor, seed
 from tests.unit.pipeline.test_rendering import SPEC_KW, THUMB, WEB, cutout, layout
 
@@ -670,6 +671,44 @@ def test_an_image_handed_on_when_its_lease_runs_short_is_left_pending_not_sent_t
         info.metadata or {} for info in storage.list_objects(spec.destination_bucket, "_bgremoval/claims/")
     ]
     assert {meta[META_DESTINATION]: meta[META_EXPIRES] for meta in metas}["00.png"] == "0"  # released unpaid
+
+
+def test_a_handoff_keeps_the_hold_of_the_chain_s_slowest_connection_in_hand(batch) -> None:
+    """
+    The margin kept before a handoff is the chain's longest hold on its connections' settings, not the
+    1800 s of the defaults: with a 600 s timeout one call may hold its claim 4740 s. 00.png's calls on
+    pixian take 2000 s of its 6000 s lease: 4000 s are left, more than 1800 s but less than a call may
+    take. Sent on, its claim could lapse mid-call and another run pay for it too: it stays pending.
+    """
+    storage, src, spec = batch
+    seed(storage, src, names(2))
+    clock = Clock()
+
+    def slow_outage(name: str, count: int) -> Any:
+        if name == "00.png":
+            clock.now += 2000  # the retries of a failing call
+        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+
+    primary, secondary = Vendor("pixian", slow_outage), Vendor("poof")
+    accounts = chain(primary, secondary, clock=clock, policy=BreakerPolicy(consecutive_failures=5))
+    slow = ClaimHold("pixian_conn", PIXIAN_SPEC.retry_policy, 600.0, ("timeout",))
+    claims = ClaimStore(
+        storage,
+        spec.destination_bucket,
+        "_bgremoval/",
+        "dag/run1/t/-1",
+        clock=clock,
+        lease_seconds=6000,
+        holds=[slow],
+    )
+    result, rows, left_at_settle = _run_with_claims(storage, spec, accounts, claims)
+    assert primary.calls == ["00.png", "01.png"] and secondary.calls == ["01.png"]
+    handed = {row["source"].rsplit("/", 1)[-1]: row for row in rows}["00.png"]
+    assert (handed["status"], handed["error_code"]) == ("pending", "outage")
+    assert (
+        "until 4000 s were left of this image's claim lease, less than the 4740 s" in handed["error_message"]
+    )
+    assert left_at_settle["00.png"] == 4000 and result.pending_reasons == {"outage": 1}
 
 
 def test_an_image_refused_by_the_primary_then_by_the_next_accounts_budget_is_pending_max_credits(
