@@ -66,6 +66,19 @@ def has_enough(balance: Balance, min_credits: Decimal) -> bool:
     return min_credits <= 0 or (balance.usable and balance.remaining >= min_credits)
 
 
+def takes_calls(balance: Balance) -> bool:
+    """
+    True when the account takes calls at all, whatever they cost: active or unknown (also with no credits
+    left: at 0 per image its calls are free), or dormant with its calls in test mode (Pixian's test calls
+    need no pack, and an account without one reads dormant). Never suspended, nor with its key refused.
+
+    :param balance: the account's balance (:attr:`~.Balance.test_mode`: its calls run in test mode).
+    """
+    if balance.state in (AccountState.ACTIVE, AccountState.UNKNOWN):
+        return True
+    return balance.test_mode and balance.state is AccountState.DORMANT
+
+
 def describe_wait(conn_id: str, balance: Balance, threshold: Decimal) -> str:
     """
     The log line of one balance poll: usable credits against the threshold, ``met`` or ``waiting``.
@@ -197,14 +210,15 @@ class PoolTarget:
         What one account contributes: its usable credits, or the whole images they pay for.
 
         :param conn_id: the account.
-        :param balance: its balance (dormant and suspended accounts give 0).
+        :param balance: its balance (dormant and suspended accounts have no usable credits; at 0 per
+            image, an account that takes calls (:func:`takes_calls`) pays for any number of images).
         """
         usable = balance.remaining if balance.usable else Decimal(0)
         if self.min_images is None:
             return usable
         cost = (self.costs or {})[conn_id]
-        if cost <= 0:
-            return Decimal(self.min_images) if balance.usable else Decimal(0)  # free calls: no limit
+        if cost <= 0:  # free calls: no limit, where the account takes them
+            return Decimal(self.min_images) if takes_calls(balance) else Decimal(0)
         return (usable / cost).to_integral_value(rounding=ROUND_FLOOR)
 
     def verdict(self, readings: Mapping[str, Balance | BaseException]) -> PoolVerdict:

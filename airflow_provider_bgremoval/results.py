@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +66,10 @@ class Balance:
     :param state: normalised account state.
     :param credit_pack: credit-pack or subscription-plan name when the vendor reports one.
     :param raw: the vendor's reply as parsed JSON (never contains secrets).
+    :param expires_at: when the credits expire and can no longer be spent, where the vendor reports it
+        (Pixian's ``useBefore``, when the pack goes dormant; UTC); ``None``: no expiry reported.
+    :param test_mode: the connection it was read through sends its calls in test mode (Pixian's
+        ``test_mode`` extra): free calls, which an account without a pack (dormant) still takes.
     """
 
     vendor: str
@@ -72,6 +77,8 @@ class Balance:
     state: AccountState = AccountState.ACTIVE
     credit_pack: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    test_mode: bool = False
 
     @property
     def usable(self) -> bool:
@@ -79,10 +86,15 @@ class Balance:
         return self.state in (AccountState.ACTIVE, AccountState.UNKNOWN) and self.remaining > 0
 
     def as_dict(self) -> dict[str, Any]:
-        """Primitive form for XCom and trigger events."""
-        return {
+        """Primitive form for XCom and trigger events (``expires_at`` and ``test_mode`` only when set)."""
+        entry: dict[str, Any] = {
             "vendor": self.vendor,
             "remaining": str(self.remaining),
             "state": self.state.value,
             "credit_pack": self.credit_pack,
         }
+        if self.expires_at is not None:
+            entry["expires_at"] = self.expires_at.isoformat()
+        if self.test_mode:
+            entry["test_mode"] = True
+        return entry

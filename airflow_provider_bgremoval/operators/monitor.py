@@ -40,7 +40,6 @@ from airflow_provider_bgremoval.options import load_list
 from airflow_provider_bgremoval.pipeline.naming import folder_name
 from airflow_provider_bgremoval.results import AccountState
 from airflow_provider_bgremoval.storage import DEFAULT_GCP_CONN_ID, GcsStorage, StorageError, gs_uri
-from airflow_provider_bgremoval.vendors.pixian import PixianBalance
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -136,7 +135,7 @@ async def _acheck_one(conn_id: str, threshold: Decimal, hook_kwargs: Mapping[str
         remaining=balance.remaining,
         state=balance.state.value,
         credit_pack=balance.credit_pack,
-        expires_at=balance.expires_at if isinstance(balance, PixianBalance) else None,
+        expires_at=balance.expires_at,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -20,6 +20,7 @@ from airflow_provider_bgremoval.credits import (
     is_fatal_balance_error,
     parse_credits,
     parse_min_credits,
+    takes_calls,
 )
 from airflow_provider_bgremoval.exceptions import InputRejectedError, InvalidOptionError
 from airflow_provider_bgremoval.hooks.base import format_credits
@@ -44,6 +45,7 @@ from airflow_provider_bgremoval.pipeline.plan_store import (
     plan_prefix,
 )
 from airflow_provider_bgremoval.pipeline.planning import BatchPlan, DestinationCollisionError
+from airflow_provider_bgremoval.pipeline.processors import RemovalProcessor
 from airflow_provider_bgremoval.results import AccountState, Balance
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -306,7 +308,9 @@ class CreditsPreflightOperator(BucketJobOperator):
             estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
             # Too close to call, or only a header can tell (which account of a chain takes an image):
             # check the files, price again.
-            if not plan.checked and (not estimate["sufficient"] or self._limits_decide(job, estimate)):
+            if not plan.checked and (
+                not estimate["sufficient"] or self._limits_decide(job, estimate, balances)
+            ):
                 plan = self._checked(context, job, plan, max_shards)  # docs/credits.md
                 estimate, pricing = self._estimate(job, plan, cost, cost_source, margin, balances)
         except DestinationCollisionError as exc:  # sources that share an output: retrying cannot fix it
@@ -378,18 +382,18 @@ class CreditsPreflightOperator(BucketJobOperator):
         return job.keep_plan(prefix + ("checked/" if check else ""), check=check)
 
     @staticmethod
-    def _limits_decide(job: BucketJob, estimate: Mapping[str, Any]) -> bool:
+    def _limits_decide(job: BucketJob, estimate: Mapping[str, Any], balances: Sequence[Balance]) -> bool:
         """
         A chain whose accounts' limits differ passes unchecked only when each account alone pays for every
         billable image: only a header tells which account takes an image (docs/credits.md).
         """
-        if not job.account_limits:
+        entries = estimate.get("accounts") or ()
+        if not job.account_limits or not entries:
             return False
         wanted = int(estimate["billable_images"])
-        return any(  # an unusable account pays for none, also at 0 per image
-            not _takes_calls(AccountState(entry["state"]))
-            or Decimal(entry["usable"]) < Decimal(entry["cost_per_image"]) * wanted
-            for entry in estimate.get("accounts") or ()
+        return any(  # an account that takes no calls pays for none, also at 0 per image
+            not takes_calls(balance) or Decimal(entry["usable"]) < Decimal(entry["cost_per_image"]) * wanted
+            for entry, balance in zip(entries, balances, strict=True)
         )
 
     def _push_shards(
@@ -509,7 +513,7 @@ class CreditsPreflightOperator(BucketJobOperator):
             [_usable(account.budget, balance) for account, balance in zip(accounts, balances, strict=True)],
             max_credits,
             [_passes_on(job.chain, a.budget, b) for a, b in zip(accounts, balances, strict=True)],
-            [_takes_calls(balance.state) for balance in balances],
+            [takes_calls(balance) for balance in balances],
         )
         for mask, run in groupby(accepted):
             pool.take(sum(1 for _ in run), [i for i in range(len(accounts)) if mask is None or mask >> i & 1])
@@ -582,8 +586,8 @@ class CreditsPreflightOperator(BucketJobOperator):
             a.conn_id: Balance(vendor=a.vendor, remaining=Decimal(0), state=AccountState.SUSPENDED)
             for a, _ in refused
         }
-        return [
-            r if isinstance(r, Balance) else none[a.conn_id]
+        return [  # test mode as the account's calls run (their options, else the connection's extra)
+            replace(r, test_mode=_in_test_mode(a)) if isinstance(r, Balance) else none[a.conn_id]
             for a, r in zip(chain.accounts, readings, strict=True)
         ]
 
@@ -723,25 +727,29 @@ def _usable(budget: Decimal | None, balance: Balance) -> Decimal:
     return usable if budget is None else min(usable, budget)
 
 
-def _takes_calls(state: AccountState) -> bool:
+def _in_test_mode(account: Account) -> bool:
     """
-    Whether an account in ``state`` can take the batch's calls at all: not dormant, suspended, nor with
-    its key refused (counted suspended). An active account with no credits still does: at 0 per image
-    (Pixian's test mode) its calls are free.
+    Whether the account's calls run in Pixian's test mode (free): its removal options' ``test``, else its
+    connection's ``test_mode`` extra (:meth:`PixianHook.is_test_mode`, as the batch sends them).
     """
-    return state in (AccountState.ACTIVE, AccountState.UNKNOWN)
+    processor = account.processor
+    return (
+        isinstance(processor, RemovalProcessor)
+        and isinstance(processor.hook, PixianHook)
+        and processor.hook.is_test_mode(processor.vendor_options)
+    )
 
 
 def _passes_on(chain: AccountChain, budget: Decimal | None, balance: Balance) -> bool:
     """
     Whether the batch moves the images an account cannot pay for on to the next account: always when
     its ``max_credits_per_account`` stops it before its balance does; when its balance runs out, only
-    with ``out_of_credits`` in ``failover_on``; an unusable account (a refused key, dormant, suspended)
-    also with ``auth_failed``.
+    with ``out_of_credits`` in ``failover_on``; an account that takes no calls (:func:`takes_calls`: a
+    refused key, suspended, dormant unless in test mode) also with ``auth_failed``.
     """
     if chain.fails_over("out_of_credits"):
         return True
-    if not _takes_calls(balance.state):  # an active one may just be empty
+    if not takes_calls(balance):  # an active one may just be empty
         return chain.fails_over("auth_failed")
     return budget is not None and budget <= balance.remaining
 
@@ -756,7 +764,7 @@ class _Pool:
     :param cap: the credits ``max_credits`` leaves (``None``: no cap).
     :param passes: whether the images an account cannot pay for go on to the next one (the batch fails
         over when it is spent); else they are short (empty: every account passes them on).
-    :param takes: whether each account takes calls at all (:func:`_takes_calls`; empty: every one). One
+    :param takes: whether each account takes calls at all (:func:`takes_calls`; empty: every one). One
         that does not takes no image whatever its cost: 0 usable credits at 0 per image pay for none.
     """
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple, cast
@@ -109,18 +108,6 @@ class ForegroundBox(NamedTuple):
     left: int
     width: int
     height: int
-
-
-@dataclass(frozen=True)
-class PixianBalance(Balance):
-    """
-    A Pixian balance: :class:`~airflow_provider_bgremoval.results.Balance` and when its credits expire.
-
-    :param expires_at: ``useBefore``, when the credit pack goes dormant and its credits can no longer be
-        spent (UTC; ``None`` when the reply has no readable ISO 8601 time). Not in :meth:`as_dict`.
-    """
-
-    expires_at: datetime | None = None
 
 
 def parse_use_before(value: Any) -> datetime | None:
@@ -517,13 +504,14 @@ class PixianWire(VendorWire):
             )
         return result.credits_calculated
 
-    def parse_balance(self, response: httpx.Response) -> PixianBalance:
+    def parse_balance(self, response: httpx.Response) -> Balance:
         """
         Read ``GET /api/v2/account``. Pixian documents two states: ``active`` (a pack that is not
         dormant) and ``dormant`` (buy a new pack to go on). Any other state is no active pack: its credits
         cannot be counted on, so it reads as suspended with 0 usable (``raw`` keeps what Pixian said).
         A reply without a state says nothing either way: ``unknown``, its credits as reported.
-        ``useBefore``, when the pack goes dormant, is :attr:`PixianBalance.expires_at`.
+        ``useBefore``, when the pack goes dormant, is :attr:`~.Balance.expires_at`; the connection's
+        ``test_mode`` extra is :attr:`~.Balance.test_mode` (test calls need no pack: "no purchase required").
 
         :param response: the 2xx reply.
         """
@@ -531,14 +519,14 @@ class PixianWire(VendorWire):
         raw_state = str(body.get("state") or "").strip().lower()
         state = _ACCOUNT_STATES.get(raw_state, AccountState.SUSPENDED) if raw_state else AccountState.UNKNOWN
         pack = body.get("creditPack")
-        balance = self.balance(
+        return self.balance(
             numbers["credits"] if state in (AccountState.ACTIVE, AccountState.UNKNOWN) else Decimal(0),
             state,
             credit_pack=str(pack) if pack is not None else None,
             raw=dict(body),
+            expires_at=parse_use_before(body.get("useBefore")),
+            test_mode=self.test_mode(),
         )
-        read = {f.name: getattr(balance, f.name) for f in dataclass_fields(balance)}
-        return PixianBalance(**read, expires_at=parse_use_before(body.get("useBefore")))
 
     def error_fields(self, body: dict[str, Any], response: httpx.Response) -> tuple[Any, str, Any] | None:
         envelope = body.get("error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +18,7 @@ from airflow_provider_bgremoval.credits import (
     parse_credits,
     parse_min_credits,
     parse_min_images,
+    takes_calls,
 )
 from airflow_provider_bgremoval.exceptions import (
     InvalidOptionError,
@@ -202,3 +204,35 @@ def test_pool_refuses_an_unknown_pooling() -> None:
     with pytest.raises(InvalidOptionError, match="pooling"):
         PoolTarget.parse(POOL, "totl", 5, None, None)
     assert PoolTarget.parse(POOL, None, 5, None, None).pooling == "any"
+
+
+def test_pool_in_images_at_no_cost_counts_every_account_that_takes_calls() -> None:
+    """
+    The pre-flight's rule (takes_calls): at 0 per image an account that takes calls pays for any number,
+    credits or not: an active one with none left, or a dormant one whose calls run in test mode (no pack
+    needed). Both were counted 0 images (no usable credits), so a min_images sensor waited for ever.
+    """
+    costs = {"pixian_default": Decimal(0), "poof_default": Decimal(1)}
+    empty = Balance(vendor="pixian", remaining=Decimal(0))
+    testing = Balance(vendor="pixian", remaining=Decimal(0), state=AccountState.DORMANT, test_mode=True)
+    for pooling in ("any", "total"):
+        target = PoolTarget(POOL, pooling, min_images=3, costs=costs)
+        for pixian in (empty, testing):
+            verdict = target.verdict({"pixian_default": pixian, "poof_default": bal("poof", "0")})
+            assert verdict.met and verdict.met_by == ("pixian_default",)
+            assert verdict.amounts["pixian_default"] == 3
+        suspended = Balance(
+            vendor="pixian", remaining=Decimal(0), state=AccountState.SUSPENDED, test_mode=True
+        )
+        assert not target.verdict({"pixian_default": suspended, "poof_default": bal("poof", "0")}).met
+    dearer = PoolTarget(POOL, "total", min_images=3, costs={**costs, "pixian_default": Decimal(1)})
+    assert dearer.amount("pixian_default", testing) == 0  # a cost per image: its credits decide
+
+
+def test_takes_calls() -> None:
+    assert takes_calls(Balance(vendor="poof", remaining=Decimal(0)))
+    assert takes_calls(Balance(vendor="pixian", remaining=Decimal(0), state=AccountState.UNKNOWN))
+    dormant = Balance(vendor="pixian", remaining=Decimal(0), state=AccountState.DORMANT)
+    assert not takes_calls(dormant) and takes_calls(replace(dormant, test_mode=True))
+    suspended = replace(dormant, state=AccountState.SUSPENDED)
+    assert not takes_calls(suspended) and not takes_calls(replace(suspended, test_mode=True))

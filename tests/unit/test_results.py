@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
-from airflow_provider_bgremoval.results import ImageResult
+from airflow_provider_bgremoval.results import AccountState, Balance, ImageResult
 from airflow_provider_bgremoval.retry import CallStats
 
 
@@ -24,3 +25,20 @@ def test_old_names_are_deprecated_aliases_for_one_release() -> None:
         assert result.attempts == 3
     with pytest.warns(DeprecationWarning, match=r"\.call\.possibly_charged"):
         assert result.possibly_charged_retries == 2
+
+
+def test_a_balance_carries_its_expiry_and_test_mode_in_its_primitive_form_only_when_set() -> None:
+    """``expires_at`` and ``test_mode`` on every vendor's balance; the XCom shape unchanged without them."""
+    plain = Balance(vendor="poof", remaining=Decimal(5), credit_pack="Pro")
+    assert (plain.expires_at, plain.test_mode) == (None, False)
+    assert plain.as_dict() == {"vendor": "poof", "remaining": "5", "state": "active", "credit_pack": "Pro"}
+    moment = datetime(2027, 1, 1, 6, tzinfo=timezone.utc)
+    dated = Balance(vendor="pixian", remaining=Decimal(0), state=AccountState.DORMANT, expires_at=moment)
+    assert dated.as_dict() == {
+        "vendor": "pixian",
+        "remaining": "0",
+        "state": "dormant",
+        "credit_pack": None,
+        "expires_at": "2027-01-01T06:00:00+00:00",
+    }
+    assert Balance(vendor="pixian", remaining=Decimal(0), test_mode=True).as_dict()["test_mode"] is True

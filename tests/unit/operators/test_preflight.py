@@ -1293,3 +1293,84 @@ def test_a_shortfall_is_priced_on_an_account_that_takes_calls(
     vendors.set_pixian(0)  # an active primary in test mode takes them all, free
     estimate, _, error = run(check(CHAIN[:2], cost_per_image={"pixian_default": "0", "poof_default": "1"}))
     assert error is None and estimate is not None and estimate["needed"] == "0"
+
+
+def test_a_dormant_account_in_test_mode_takes_the_chains_images_free(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Pixian's test calls need no pack, and an account without one reads dormant: in test mode it takes
+    calls at 0 per image. It took none, so 4 images on Poof's 3 credits halted '1 not covered by any
+    account', although the batch sends them all to Pixian for free (as an active account at 0 credits).
+    """
+    pixian_in_test_mode(monkeypatch)
+    planned["plan"] = make_plan(4)
+    vendors.set_poof(3, 0)
+    vendors.set_pixian(0, state="dormant")
+    for failover_on in (None, ["outage"]):  # it takes them itself: no failover reason is needed
+        op = check(CHAIN[:2], cost_per_image={"poof_default": "1"}, failover_on=failover_on)
+        estimate, _, error = run(op)
+        assert error is None and estimate is not None
+        assert [(a["state"], a["images"]) for a in estimate["accounts"]] == [("dormant", 4), ("active", 0)]
+        assert (estimate["needed"], estimate["shortfall_images"], estimate["sufficient"]) == ("0", 0, True)
+    vendors.set_pixian(0, state="suspended")  # a suspended account takes no calls, test mode or not
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image={"poof_default": "1"}))
+    assert isinstance(error, AirflowFailException) and pushed["halt"]["shortfall_images"] == 1
+    vendors.script["pixian"] = [401]  # nor one whose key is refused
+    vendors.set_pixian(0, state="dormant")
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image={"poof_default": "1"}))
+    assert isinstance(error, AirflowFailException) and pushed["halt"]["shortfall_images"] == 1
+
+
+def test_a_dormant_account_in_test_mode_by_its_options_takes_the_chains_images_free(
+    vendors: FakeVendors, planned: dict[str, Any]
+) -> None:
+    """Test mode from the calls' own options (``PixianOptions(test=True)``), not the connection's extra."""
+    planned["plan"] = make_plan(4)
+    vendors.set_poof(3, 0)
+    vendors.set_pixian(0, state="dormant")
+    options = {"pixian": {"test": True}}
+    estimate, _, error = run(check(CHAIN[:2], cost_per_image={"poof_default": "1"}, vendor_options=options))
+    assert error is None and estimate is not None
+    assert [a["images"] for a in estimate["accounts"]] == [4, 0] and estimate["needed"] == "0"
+    options = {"pixian": {"test": False}}  # billed calls: the dormant account takes none
+    _, pushed, error = run(check(CHAIN[:2], cost_per_image={"poof_default": "1"}, vendor_options=options))
+    assert isinstance(error, AirflowFailException) and pushed["halt"]["shortfall_images"] == 1
+
+
+def test_a_dormant_account_in_test_mode_pays_for_every_image_without_a_header_read(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Limits that differ (Pixian, Pixelcut): a test-mode Pixian, dormant, pays for every image (at 0), so
+    the unchecked bound passes as it does for an active one; it was read as an account that pays for
+    none, and every billable source's header was read.
+    """
+    pixian_in_test_mode(monkeypatch)
+    planned["plan"] = replace(make_plan(4), checked=False)
+    checked: list[BatchPlan] = []
+
+    def check_plan(self: BucketJob, plan: BatchPlan) -> BatchPlan:
+        checked.append(plan)
+        return replace(plan, checked=True)
+
+    monkeypatch.setattr(BucketJob, "check_plan", check_plan)
+    vendors.set_pixian(0, state="dormant")
+    vendors.set_pixelcut(10)
+    estimate, _, error = run(check(["pixian_default", "pixelcut_default"]))
+    assert error is None and estimate is not None
+    assert checked == [] and estimate["local_checks"] == "batch"
+    assert [a["images"] for a in estimate["accounts"]] == [4, 0]
+
+
+def test_one_dormant_connection_in_test_mode_passes_free(
+    vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One connection: a test-mode account reading dormant runs its images free, as an active one."""
+    pixian_in_test_mode(monkeypatch)
+    planned["plan"] = make_plan(4)
+    vendors.set_pixian(0, state="dormant")
+    estimate, _, error = run(check("pixian_default", safety_margin="10%"))
+    assert error is None and estimate is not None
+    assert (estimate["billable_images"], estimate["needed"], estimate["sufficient"]) == (4, "0", True)
+    assert estimate["balance"]["state"] == "dormant"

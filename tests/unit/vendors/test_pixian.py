@@ -26,12 +26,11 @@ from airflow_provider_bgremoval.exceptions import (
     VendorRequestError,
 )
 from airflow_provider_bgremoval.options import RemovalOptions, split_options
-from airflow_provider_bgremoval.results import AccountState
+from airflow_provider_bgremoval.results import AccountState, Balance
 from airflow_provider_bgremoval.vendors.base import ConnectionSettings, ImageInput, WireRequest
 from airflow_provider_bgremoval.vendors.pixian import (
     MAX_BASE64_CHARS,
     ForegroundBox,
-    PixianBalance,
     PixianOptions,
     PixianWire,
     Size,
@@ -591,13 +590,14 @@ def test_balance_carries_when_its_credit_pack_expires(wire: PixianWire) -> None:
     """``useBefore``: the pack's credits go dormant then; parsed once, into a typed UTC datetime."""
     body = {"creditPack": "pack_500", "state": "active", "useBefore": "2027-01-01T00:00:00Z", "credits": 9}
     balance = wire.parse_balance(httpx.Response(200, json=body))
-    assert isinstance(balance, PixianBalance)
+    assert type(balance) is Balance  # the one balance type: no vendor subclass to check for
     assert balance.expires_at == datetime(2027, 1, 1, tzinfo=timezone.utc)
-    assert balance.as_dict() == {  # the XCom shape of a balance is unchanged
+    assert balance.as_dict() == {  # the XCom shape of a balance, with the expiry Pixian reports
         "vendor": "pixian",
         "remaining": "9",
         "state": "active",
         "credit_pack": "pack_500",
+        "expires_at": "2027-01-01T00:00:00+00:00",
     }
     offset = {**body, "useBefore": "2027-01-01T02:30:00+02:30"}
     assert wire.parse_balance(httpx.Response(200, json=offset)).expires_at == datetime(
@@ -609,12 +609,22 @@ def test_balance_carries_when_its_credit_pack_expires(wire: PixianWire) -> None:
     )
 
 
+def test_balance_read_through_a_test_mode_connection_says_so() -> None:
+    """The connection's ``test_mode`` extra: its calls are free, so a dormant account still takes them."""
+    body = {"creditPack": "none", "state": "dormant", "useBefore": "1970-01-01T00:00:00Z", "credits": 0}
+    balance = make_wire(test_mode=True).parse_balance(httpx.Response(200, json=body))
+    assert (balance.state, balance.remaining, balance.test_mode) == (AccountState.DORMANT, Decimal(0), True)
+    assert balance.as_dict()["test_mode"] is True
+    plain = make_wire().parse_balance(httpx.Response(200, json=body))
+    assert plain.test_mode is False and "test_mode" not in plain.as_dict()
+
+
 @pytest.mark.parametrize("use_before", [None, "", "soon", 1798761600, "2027-13-01T00:00:00Z", ["2027"]])
 def test_balance_without_a_readable_expiry_has_none(wire: PixianWire, use_before: Any) -> None:
     """A missing or unreadable ``useBefore`` says nothing of an expiry; the balance is still read."""
     body = {"state": "active", "credits": 5, "useBefore": use_before}
     balance = wire.parse_balance(httpx.Response(200, json=body))
-    assert isinstance(balance, PixianBalance) and balance.expires_at is None
+    assert balance.expires_at is None and "expires_at" not in balance.as_dict()
     assert balance.remaining == Decimal(5)
     assert wire.parse_balance(httpx.Response(200, json={"state": "active", "credits": 5})).expires_at is None
 
