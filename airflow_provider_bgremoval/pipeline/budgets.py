@@ -51,7 +51,7 @@ class Budgets:
     def _charged_in_flight(self) -> dict[Account, Decimal]:
         """Per account, the largest charge of a billed reply in flight there (not settled yet)."""
         charged: dict[Account, Decimal] = {}
-        for flight in self._billable_flights():
+        for flight in self.billable_flights():
             charge = flight.stats.credits_charged
             if flight.account is not None and flight.stats.billed_reply and charge is not None:
                 charged[flight.account] = max(charged.get(flight.account, charge), charge)
@@ -71,13 +71,13 @@ class Budgets:
         )
         # an image not yet at a vendor: the account that would take it
         default = self.cost_of(self.chain.next_account(), charged)
-        for flight in self._billable_flights():
+        for flight in self.billable_flights():
             if account is None or flight.account is account:
                 cost = default if flight.account is None else self.cost_of(flight.account, charged)
                 at_risk += cost * flight.unbooked_lost() + self._reservation(flight, cost, charged)
         return at_risk
 
-    def _billable_flights(self) -> list[Flight]:
+    def billable_flights(self) -> list[Flight]:
         """The images in flight that put credits at risk (not yet recorded, not render-only)."""
         return [f for f in self.flights if not f.recorded and not f.item.render_only]
 
@@ -184,7 +184,7 @@ class Budgets:
         """The images in flight, each priced at its own account (``2 in flight: 3 on poof_conn...``)."""
         default = self.unit_cost()
         held: Counter[tuple[str, Decimal]] = Counter()
-        for flight in self._billable_flights():
+        for flight in self.billable_flights():
             where = flight.account.conn_id if flight.account is not None else "not yet sent"
             held[(where, self._reservation(flight, default))] += 1
         parts = ", ".join(f"{n} at {cost} ({where})" for (where, cost), n in sorted(held.items()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -163,7 +164,9 @@ class BatchRunner:
     :param plan: the plan (its settled rows are written to the manifest as they are).
     :param manifest: where rows go (and how often they are checkpointed).
     :param max_concurrency: images in flight at once.
-    :param max_images: stop after submitting this many images (``None``: no limit).
+    :param max_images: send at most this many images to the vendor (``None``: no limit). An image in
+        flight holds its place; one settled without a call (refused locally, its source gone, claimed
+        elsewhere, found done) gives it back, so the cap counts the images that reach a vendor.
     :param max_credits: never put more than this many credits at risk (``None``: no limit).
     :param on_error: ``fail_at_end``, ``fail_rate`` or ``continue`` (only ``fail_rate`` stops the run early).
     :param max_failure_rate: failure rate above which ``fail_rate`` stops the batch.
@@ -208,6 +211,7 @@ class BatchRunner:
         self.budgets = Budgets(self.chain, self._flights, self.halts, self.max_credits)
         self.calls = CallStage(self.chain, self.budgets, self.halts, self._settle_from_calls, self.claims)
         self._submitted = 0  # billable items handed to the workers: plan.items[:_submitted]
+        self._unsent = 0  # of them, the ones settled without a vendor call (their max_images place is free)
         self._finished = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -309,8 +313,7 @@ class BatchRunner:
         """
         if self._submitted >= len(self.plan.items):
             return None
-        if self.max_images is not None and self._submitted >= self.max_images:
-            self.halts.record("max_images", f"max_images={self.max_images} reached")
+        if self._max_images_reached():
             return None
         account = self.chain.preferred()
         while account is not None and not self.budgets.fits(account):  # its budget is spent: it leaves
@@ -322,6 +325,28 @@ class BatchRunner:
             return None
         self._submitted += 1
         return self.plan.items[self._submitted - 1]
+
+    def _max_images_reached(self) -> bool:
+        """
+        ``max_images`` has no place left: the images sent and those in flight (each may still be sent)
+        fill it. It halts once none is in flight: until then one may be settled unsent and free its place
+        (its worker then takes the next item; the last one to finish finds the halt).
+        """
+        if self.max_images is None or self._submitted - self._unsent < self.max_images:
+            return False
+        if not self.budgets.billable_flights():
+            self.halts.record("max_images", f"max_images={self.max_images} reached")
+        return True
+
+    @staticmethod
+    def _sent(flight: Flight, status: str) -> bool:
+        """
+        Whether a settled image may have reached a vendor (what ``max_images`` counts): it was given to an
+        account, unless that refused it before any attempt (``rejected``: the hook's own input checks).
+        """
+        stats, local = flight.stats, status == "rejected"
+        made = stats.attempts or stats.possibly_charged or stats.billed_reply or flight.result is not None
+        return flight.account is not None and bool(made or not local)
 
     @staticmethod
     def _credits_of(account: Account, charged: Decimal | None) -> tuple[Decimal, bool]:
@@ -375,6 +400,8 @@ class BatchRunner:
             )
             return
         flight.recorded = True
+        if not flight.item.render_only and not self._sent(flight, status):
+            self._unsent += 1  # its max_images place is free again
         self.calls.report(flight, "neutral")  # a probe that ended without a verdict (stop, cancel, defect)
         self._count_finished(flight, status)
         stats, result, account = flight.stats, flight.result, flight.account
@@ -553,10 +580,15 @@ class BatchRunner:
     ) -> bytes | None:
         """``obj``'s pinned bytes, else ``None``: the image was settled failed (``why`` leads the reason)."""
         flight.stage = "read"
+        read = functools.partial(
+            self.storage.read, obj.bucket, obj.name, generation=obj.generation, max_bytes=max_bytes
+        )
+        return await self._or_failed(flight, read, why, **fields)
+
+    async def _or_failed(self, flight: Flight, fn: Callable[[], T], why: str, **fields: Any) -> T | None:
+        """``fn()`` in a thread, else ``None``: its :class:`StorageError` settled the image failed."""
         try:
-            return await self._blocking(
-                self.storage.read, obj.bucket, obj.name, generation=obj.generation, max_bytes=max_bytes
-            )
+            return await self._blocking(fn)
         except StorageError as exc:
             self._settle(flight, "failed", type(exc).__name__, f"{why}{exc}", **fields)
             return None
@@ -658,18 +690,22 @@ class BatchRunner:
         return {"object": master.uri, "generation": master.generation, "status": status}
 
     async def _render_only(self, flight: Flight) -> None:
-        """A finished master: read it (pinned), render the missing or stale renditions, store them."""
+        """
+        A finished master: render the missing or stale renditions and store them. Its master is read
+        (pinned) in its turn of the render budget (:meth:`.RenditionStage.run_stored`): the ``render``
+        stage includes that read, and a read error fails the image as before, nothing rendered.
+        """
         item, master = flight.item, flight.item.master
         assert master is not None
-        why, failed = "the master could not be read (nothing paid): ", self._master_facts(master, "failed")
-        data = await self._read(
-            flight, master, self.master_max_bytes, why, master=failed, vendor=made_by_vendor(master)
-        )
-        if data is None:
-            return
         flight.stage = "render"
         source = item.source if master != item.source else recorded_source(master)
-        facts = await self._blocking(self._stage.run, data, master, source, item.renditions)
+        why, failed = "the master could not be read (nothing paid): ", self._master_facts(master, "failed")
+        render = functools.partial(
+            self._stage.run_stored, master, source, item.renditions, self.master_max_bytes
+        )
+        facts = await self._or_failed(flight, render, why, master=failed, vendor=made_by_vendor(master))
+        if facts is None:
+            return
         status, code, message = render_verdict(facts)
         written = sum(f.get("bytes") or 0 for f in facts if f["status"] in ("done", "replaced"))
         self._settle(

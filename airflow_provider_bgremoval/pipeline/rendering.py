@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError, ResultProc
 from airflow_provider_bgremoval.imaging import DEFAULT_RESULT_LIMITS, bomb_warnings_ignored
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, output_stem
 from airflow_provider_bgremoval.pipeline.planning import (
+    HEADER_BYTES,
     META_SOURCE,
     META_SOURCE_GENERATION,
     META_WRITER,
@@ -565,6 +567,16 @@ def master_pixels(data: bytes) -> int:
         return 0
 
 
+def _turn_pixels(head: bytes, size: int, limit: int) -> int:
+    """
+    The pixels a stored master of ``size`` bytes weighs in a budget of ``limit``, from its first bytes
+    (``head``): its header's, else the whole budget when its header lies beyond them (a large EXIF or
+    ICC block) and its size is unknown; a master held whole without a header fails to decode anyway.
+    """
+    pixels = master_pixels(head)
+    return pixels if pixels or size <= len(head) else limit
+
+
 @dataclass(frozen=True)
 class RenditionStage:
     """
@@ -595,14 +607,54 @@ class RenditionStage:
         :param source: the source photo the master was made from.
         :param targets: every rendition of this image (settled ones are reported, not rendered).
         """
-        blocked = [t for t in targets if not t.settled and t.foreign_to(master) and not self.overwrite]
-        todo = [target for target in targets if not target.settled and target not in blocked]
-        facts = {t.rendition.name: t.settled_facts(self.bucket) for t in targets if t.settled}
-        facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)
+        todo, facts = self._todo(master, targets)
         if todo:
             with self.budget.held(master_pixels(data)):  # the prepared master lives in this block only
                 facts.update(self._render(data, master, source, todo))
         return [facts[target.rendition.name] for target in targets]
+
+    def run_stored(
+        self, master: ObjectInfo, source: ObjectInfo, targets: Sequence[RenditionTarget], max_bytes: int
+    ) -> list[dict[str, Any]]:
+        """
+        :meth:`run` for a stored master (render-only): its turn of the budget is sized from a header read
+        (:data:`~.planning.HEADER_BYTES`) and the master is read whole only in that turn, so a flight
+        waiting for its turn holds no master. Both reads are pinned to ``master``'s generation: a master
+        replaced in between fails the read (``ObjectChangedError``), never renders another version. A
+        master no larger than a header read is read whole at once (one request), one over ``max_bytes``
+        is refused by that read (``ObjectTooLargeError``) without a turn, and nothing is read when
+        nothing is to be rendered. A read's :class:`StorageError` is raised (the image fails, unrendered).
+
+        :param master: the master object (pinned to its generation).
+        :param source: the source photo the master was made from.
+        :param targets: every rendition of this image (settled ones are reported, not rendered).
+        :param max_bytes: the largest master read (larger: ``ObjectTooLargeError``, not read whole).
+        """
+        todo, facts = self._todo(master, targets)
+        if not todo:
+            return [facts[target.rendition.name] for target in targets]
+        read = functools.partial(
+            self.storage.read, master.bucket, master.name, generation=master.generation, max_bytes=max_bytes
+        )
+        data = read() if master.size <= HEADER_BYTES or master.size > max_bytes else None
+        head = data if data is not None else self._head(master)
+        with self.budget.held(_turn_pixels(head, master.size, self.budget.limit)):
+            facts.update(self._render(read() if data is None else data, master, source, todo))
+        return [facts[target.rendition.name] for target in targets]
+
+    def _head(self, master: ObjectInfo) -> bytes:
+        """The master's first :data:`~.planning.HEADER_BYTES` bytes (pinned)."""
+        return self.storage.read_head(master.bucket, master.name, HEADER_BYTES, generation=master.generation)
+
+    def _todo(
+        self, master: ObjectInfo, targets: Sequence[RenditionTarget]
+    ) -> tuple[list[RenditionTarget], dict[str, dict[str, Any]]]:
+        """The targets to render, and the facts of the others (settled, or blocked by a foreign object)."""
+        blocked = [t for t in targets if not t.settled and t.foreign_to(master) and not self.overwrite]
+        todo = [target for target in targets if not target.settled and target not in blocked]
+        facts = {t.rendition.name: t.settled_facts(self.bucket) for t in targets if t.settled}
+        facts.update((t.rendition.name, t.blocked_facts(self.bucket)) for t in blocked)
+        return todo, facts
 
     def _render(
         self, data: bytes, master: ObjectInfo, source: ObjectInfo, todo: Sequence[RenditionTarget]

@@ -1,11 +1,12 @@
-"""What ``max_images`` counts: images submitted to the batch, not images paid (a finding, pinned).
+"""What ``max_images`` counts: images sent to the vendor, not images handed to the batch's workers.
 
-``BatchRunner._next_billable`` (pipeline/engine.py) stops at ``_submitted >= max_images``, counting every
+``BatchRunner._next_billable`` (pipeline/engine.py) stopped at ``_submitted >= max_images``, counting every
 billable item handed to a worker, so an image settled before any vendor call (refused by the local
-checks of an unchecked plan, its source gone, claimed by another run) uses up the cap as a paid one
-does. The pre-flight's cap is the same count: ``PlanWriter.finish(max_items=...)`` puts the first
-``max_items`` billable items into shards, whatever the batch then makes of them. These tests pin that
-behaviour; changing it is a change of the engine's cap (docs/pipeline.md, "Budgets").
+checks of an unchecked plan, its source gone, claimed by another run) used up the cap as a paid one
+did, and the run made fewer paid images than asked. Now an image in flight holds its place and one
+settled without a call gives it back; no more than ``max_images`` calls start. The pre-flight's cap is
+another count: ``PlanWriter.finish(max_items=...)`` puts the first ``max_items`` billable items into
+shards, whatever the batch then makes of them (pinned below: a shard never holds more than it).
 """
 
 from __future__ import annotations
@@ -55,16 +56,17 @@ def _unchecked_plan(storage: MemoryStorage, processor: LocalChecks) -> BatchPlan
 
 def _run(storage: MemoryStorage, processor: LocalChecks, plan: BatchPlan, **kw: Any) -> Any:
     manifest = ManifestWriter()
-    runner = BatchRunner(storage, processor, plan, manifest, max_concurrency=1, **kw)  # type: ignore[arg-type]
+    kw.setdefault("max_concurrency", 1)
+    runner = BatchRunner(storage, processor, plan, manifest, **kw)  # type: ignore[arg-type]
     result = asyncio.run(runner.run())
     return result, {row["source"].rsplit("/", 1)[-1]: row for row in read_manifest(manifest.getvalue())}
 
 
-def test_max_images_counts_images_settled_before_any_vendor_call() -> None:
+def test_max_images_does_not_count_images_settled_before_any_vendor_call() -> None:
     """
     ``max_images=2`` over a plan whose first item the batch refuses locally and whose second source was
-    deleted after planning: both use up the cap, no call is made, 0 credits are spent, and the three
-    payable images are left pending (halt ``max_images``), where a cap of paid images would process two.
+    deleted after planning: neither is sent, so neither uses up the cap; ``c`` and ``d`` are paid and
+    ``e`` is left pending (halt ``max_images``). Before: both used it up, no call, 0 credits, 3 pending.
     """
     storage, processor = _sources(), LocalChecks()
     plan = _unchecked_plan(storage, processor)
@@ -73,17 +75,37 @@ def test_max_images_counts_images_settled_before_any_vendor_call() -> None:
 
     result, rows = _run(storage, processor, plan, max_images=2)
 
-    assert processor.calls == [] and result.credits_spent == 0
+    assert processor.calls == ["c.png", "d.png"] and result.credits_spent == 2
     assert {name: (row["status"], row["error_code"]) for name, row in rows.items()} == {
         "a.png": ("rejected", "unsupported_image"),
         "b.png": ("failed", "ObjectChangedError"),
-        "c.png": ("pending", "max_images"),
-        "d.png": ("pending", "max_images"),
+        "c.png": ("done", None),
+        "d.png": ("done", None),
         "e.png": ("pending", "max_images"),
     }
-    assert not any(row.get("credits") for row in rows.values())
     assert result.halt is not None and result.halt.reason == "max_images"
-    assert result.halt.message == "max_images=2 reached" and result.halt.remaining_images == 3
+    assert result.halt.message == "max_images=2 reached" and result.halt.remaining_images == 1
+
+
+def test_images_in_flight_hold_their_place_so_no_more_than_max_images_calls_start() -> None:
+    """
+    Five workers, ``max_images=2``: ``a`` and ``b`` take the two places while in flight, so no third
+    image is started; ``a``, refused locally, gives its place to ``c``. Two calls, never more at once.
+    """
+    storage, processor = _sources(), LocalChecks(delay=0.05)
+    plan = _unchecked_plan(storage, processor)
+
+    result, rows = _run(storage, processor, plan, max_images=2, max_concurrency=5)
+
+    assert sorted(processor.calls) == ["b.png", "c.png"] and processor.max_in_flight == 2
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "a.png": "rejected",
+        "b.png": "done",
+        "c.png": "done",
+        "d.png": "pending",
+        "e.png": "pending",
+    }
+    assert result.halt is not None and result.halt.reason == "max_images" and result.credits_spent == 2
 
 
 def test_the_pre_flights_cap_shards_the_first_billable_items_whatever_the_batch_makes_of_them() -> None:

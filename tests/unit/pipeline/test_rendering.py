@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -20,6 +22,7 @@ from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchRunner
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter, read_manifest
 from airflow_provider_bgremoval.pipeline.planning import (
+    HEADER_BYTES,
     BatchSpec,
     DestinationCollisionError,
     OutputIdentity,
@@ -920,3 +923,126 @@ def test_a_noncompliant_rendition_says_why_and_that_an_earlier_one_is_left_at_it
     assert message.startswith("non-compliant (") and "border_white" in message and "not written" in message
     assert f"(generation {earlier.generation}) is left as it was" in message
     assert storage.info("dst", "out/amazon/a.jpg").generation == earlier.generation
+
+
+# -- Memory: a render-only flight reads its stored master only in its turn of the budget
+
+
+class AskedBudget(PixelBudget):
+    """A :class:`PixelBudget` noting the pixels each flight asks for (``asked``, released once per ask)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.pixels: list[int] = []
+        self.asked = threading.Semaphore(0)
+
+    @contextlib.contextmanager
+    def held(self, pixels: int) -> Iterator[None]:
+        self.pixels.append(pixels)
+        self.asked.release()
+        with super().held(pixels):
+            yield
+
+
+class HeldWrites(MemoryStorage):
+    """Rendition writes wait for ``release``; ``writing`` is set when the first one starts."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.writing, self.release = threading.Event(), threading.Event()
+
+    def write(self, bucket: str, name: str, data: bytes, **kw: Any) -> ObjectInfo:
+        if name.startswith("out/web/"):
+            self.writing.set()
+            assert self.release.wait(10)
+        return super().write(bucket, name, data, **kw)
+
+
+class ReplacedAfterHead(MemoryStorage):
+    """Each header read is followed by a new generation of the object (same bytes): another writer."""
+
+    def read_head(self, bucket: str, name: str, nbytes: int, *, generation: int | None = None) -> bytes:
+        head = super().read_head(bucket, name, nbytes, generation=generation)
+        self.put(bucket, name, self.buckets[bucket][name].data)
+        return head
+
+
+def noisy_master(seed: int = 0) -> bytes:
+    """A 300x300 cut-out of noise: a PNG larger than a header read (a smaller one is read whole at once)."""
+    image = Image.frombytes("RGBA", (300, 300), random.Random(seed).randbytes(300 * 300 * 4))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    assert len(out.getvalue()) > HEADER_BYTES
+    return out.getvalue()
+
+
+def render_only_runner(
+    storage: MemoryStorage, budget: PixelBudget | None = None
+) -> tuple[BatchRunner, ManifestWriter]:
+    """A render-only batch of ``storage``'s raw/ masters (its request counts reset after planning)."""
+    plan = render_only_plan(storage, "src", "dst", WEB)  # type: ignore[arg-type]
+    storage.requests.clear()
+    storage.reads.clear()
+    manifest = ManifestWriter()
+    runner = BatchRunner(storage, RenderProcessor(), plan, manifest)  # type: ignore[arg-type]
+    if budget is not None:
+        runner._stage = replace(runner._stage, budget=budget)
+    return runner, manifest
+
+
+def test_a_render_only_flight_reads_its_master_only_in_its_turn_of_the_render_budget() -> None:
+    storage = HeldWrites({"raw/a.png": noisy_master(1), "raw/b.png": noisy_master(2)})
+    budget = AskedBudget(300 * 300)  # one master at a time
+    runner, manifest = render_only_runner(storage, budget)
+    read_while_waiting: list[str] = []
+
+    def look_while_a_renders() -> None:
+        assert storage.writing.wait(10) and budget.asked.acquire(timeout=10)  # a.png in its turn
+        assert budget.asked.acquire(timeout=10)  # and b.png waiting for its turn
+        read_while_waiting.extend(name for _, name in storage.reads)
+        storage.release.set()
+
+    helper = threading.Thread(target=look_while_a_renders)
+    helper.start()
+    asyncio.run(runner.run())
+    helper.join(10)
+    assert [row["status"] for row in read_manifest(manifest.getvalue())] == ["done", "done"]
+    # before: ['raw/a.png', 'raw/b.png']: b.png's flight held its whole master while it waited
+    assert read_while_waiting == ["raw/a.png"]
+    assert budget.pixels == [300 * 300] * 2  # each turn sized from its header read
+    assert storage.requests["read_head"] == 2 and storage.reads == [
+        ("src", "raw/a.png"),
+        ("src", "raw/b.png"),
+    ]
+    assert storage.names("dst", "out/web/") == ["out/web/a.webp", "out/web/b.webp"]
+
+
+def test_a_small_master_is_read_whole_in_one_request() -> None:
+    storage = MemoryStorage({"raw/a.png": cutout()})
+    assert len(cutout()) <= HEADER_BYTES
+    runner, manifest = render_only_runner(storage)
+    asyncio.run(runner.run())
+    assert [row["status"] for row in read_manifest(manifest.getvalue())] == ["done"]
+    assert storage.requests["read"] == 1 and storage.requests["read_head"] == 0
+
+
+def test_a_master_replaced_between_its_header_and_its_full_read_fails_unrendered() -> None:
+    storage = ReplacedAfterHead({"raw/a.png": noisy_master()})
+    runner, manifest = render_only_runner(storage)
+    asyncio.run(runner.run())
+    [row] = read_manifest(manifest.getvalue())
+    # the full read is pinned to the planned generation: the one the header read sized is the one rendered
+    assert (row["status"], row["error_code"]) == ("failed", "ObjectChangedError")
+    assert row["error_message"].startswith("the master could not be read (nothing paid): ")
+    assert row["master"]["status"] == "failed" and storage.names("dst", "out/web/") == []
+
+
+def test_a_master_whose_header_is_past_the_header_read_takes_the_whole_budget() -> None:
+    # a JPEG with 100 KB of ICC profile before its frame header: its size is unknown from 64 KiB
+    jpeg = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(jpeg, format="JPEG", icc_profile=bytes(100_000))
+    storage, budget = MemoryStorage({"raw/a.jpg": jpeg.getvalue()}), AskedBudget(10**6)
+    assert master_pixels(jpeg.getvalue()[:HEADER_BYTES]) == 0
+    runner, _ = render_only_runner(storage, budget)
+    asyncio.run(runner.run())
+    assert budget.pixels == [10**6] and storage.requests["read_head"] == 1
