@@ -209,8 +209,8 @@ class FaultConfig:
     :param rate_limit_burst: with ``rate_limit_rps``: a token bucket of this many requests, refilled at
         ``rate_limit_rps``, instead of the sliding window (``None``: the window)
     :param max_concurrency: at most this many requests in flight; others get 429
-    :param retry_after: ``Retry-After`` seconds sent with 429 answers (``None``: no header, as the
-        vendors document)
+    :param retry_after: ``Retry-After`` seconds sent with 429 answers, as whole delta-seconds (a
+        fraction rounds up; ``None``: no header, as the vendors document)
     :param rules: fault rules, tried in order; the first that applies wins
     :param slow_seconds: how long a ``slow`` fault stalls before answering
     :param auth_revoked: answer every request as if the key had been revoked
@@ -227,7 +227,7 @@ class FaultConfig:
     rate_limit_rps: float | None = None
     rate_limit_burst: Annotated[float, Field(ge=1)] | None = None
     max_concurrency: int | None = None
-    retry_after: float | None = None
+    retry_after: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     rules: list[FaultRule] = field(default_factory=list)
     slow_seconds: Annotated[float, Field(ge=0)] = 30.0
     auth_revoked: bool = False

@@ -5,6 +5,7 @@ Where a vendor's documents are silent, the choice made here is marked **invented
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -99,9 +100,10 @@ def rate_limited(vendor: str, retry_after: float | None) -> VendorError:
     """The vendor's 429 answer, with ``Retry-After`` only when configured.
 
     :param vendor: the vendor
-    :param retry_after: seconds, or ``None`` for no header (what the vendors document)
+    :param retry_after: seconds, or ``None`` for no header (what the vendors document); sent as
+        whole delta-seconds (RFC 9110 ``1*DIGIT``), a fraction rounded up
     """
-    headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+    headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
     if vendor == "pixelcut":
         return VendorError(429, "rate_limit_exceeded", "Too many requests", headers)
     if vendor == "poof":

@@ -101,6 +101,18 @@ def test_rps_limit_429_with_and_without_retry_after(
     assert poof(client, small_png).status_code == 200
 
 
+@pytest.mark.parametrize(("retry_after", "header"), [(1234567, "1234567"), (1e6, "1000000"), (0.25, "1")])
+def test_retry_after_is_sent_as_whole_seconds(
+    client: httpx.Client, sandbox: RunningSandbox, small_png: bytes, retry_after: float, header: str
+) -> None:
+    # delta-seconds (RFC 9110), never an exponent ("1e+06") nor a fraction, on every vendor
+    for vendor in ("pixelcut", "pixian", "poof"):
+        sandbox.admin.set_faults(vendor, fault="rate_limited", next=1, retry_after=retry_after)
+    pixian = client.post("/api/v2/remove-background", auth=PIXIAN, files={"image": ("p.png", small_png)})
+    for r in (pixelcut(client, small_png), pixian, poof(client, small_png)):
+        assert (r.status_code, r.headers["Retry-After"]) == (429, header)
+
+
 async def test_max_concurrency_and_latency_overlap(sandbox: RunningSandbox, small_png: bytes) -> None:
     sandbox.admin.set_faults("poof", latency_ms=300, max_concurrency=4)
     async with httpx.AsyncClient(base_url=sandbox.url, timeout=10) as client:

@@ -156,3 +156,10 @@ def test_json_schema() -> None:
     schema = TypeAdapter(SandboxConfig).json_schema()
     assert schema["additionalProperties"] is False
     assert "keys" in schema["properties"] and "faults" in schema["properties"]
+
+
+@pytest.mark.parametrize("retry_after", [-1, "inf", "nan"])
+def test_retry_after_is_a_finite_number_of_seconds(retry_after: Any) -> None:
+    # a negative or non-finite Retry-After is no delta-seconds: refused when configured
+    with pytest.raises(ConfigError, match="retry_after"):
+        FaultConfig.from_dict({"retry_after": retry_after})
