@@ -280,7 +280,8 @@ class BucketJobOperator(BaseOperator):
     :param overwrite: replace outputs made from another source generation or other options.
     :param gcp_conn_id: Google Cloud connection (ADC when absent; emulator via ``STORAGE_EMULATOR_HOST``).
     :param max_concurrency: images in flight at once in this task.
-    :param max_images: process at most this many billable images, then stop cleanly.
+    :param max_images: send at most this many images to the vendor, then stop cleanly (an image settled
+        without reaching the vendor, e.g. refused by the local checks, does not count).
     :param max_credits: spend at most this many credits, then stop cleanly.
     :param cost_per_image: credits per image for budgets and estimates (default: the vendor's cost table);
         a number for every account, or a mapping by ``conn_id``.
