@@ -9,13 +9,25 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_bgremoval._compat import AirflowFailException
+from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.operators.bucket_job import is_template, parse_count
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix, output_stem
 from airflow_provider_bgremoval.pipeline.plan_store import check_shard_limits, shard_bounds
 from airflow_provider_bgremoval.pipeline.planning import list_sources, read_back_prefixes
+from airflow_provider_bgremoval.storage.exceptions import gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+#: The parameters that place the listing and the outputs it lists around.
+_LAYOUT_FIELDS = (
+    "source_bucket",
+    "source_prefix",
+    "destination_bucket",
+    "destination_prefix",
+    "masters_prefix",
+)
 
 
 def split_into_shards(
@@ -59,11 +71,13 @@ class ListImageShardsOperator(BaseOperator):
     :param source_prefix: prefix to list.
     :param include: glob pattern(s) a source must match.
     :param exclude: glob pattern(s) to leave out.
-    :param max_shards: at most this many shards (mapped task instances).
-    :param min_shard_size: do not make shards smaller than this.
+    :param max_shards: at most this many shards (mapped task instances), 1 to Airflow's default
+        ``max_map_length``; checked at DAG parse (a templated one once rendered, before any listing).
+    :param min_shard_size: do not make shards smaller than this (at least 1).
     :param destination_bucket: the bucket task's ``destination_bucket`` (``None``: not given).
     :param destination_prefix: the bucket task's ``destination_prefix``.
-    :param masters_prefix: the bucket task's ``masters_prefix``, if it gives one.
+    :param masters_prefix: the bucket task's ``masters_prefix``, if it gives one. An output prefix that
+        is the source prefix itself (same bucket) is refused (``InvalidOptionError``).
     :param gcp_conn_id: Google Cloud connection.
     """
 
@@ -86,8 +100,8 @@ class ListImageShardsOperator(BaseOperator):
         source_prefix: str = "",
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
-        max_shards: int = 16,
-        min_shard_size: int = 50,
+        max_shards: int | str = 16,
+        min_shard_size: int | str = 50,
         destination_bucket: str | None = None,
         destination_prefix: str = "",
         masters_prefix: str | None = None,
@@ -105,27 +119,55 @@ class ListImageShardsOperator(BaseOperator):
         self.destination_prefix = destination_prefix
         self.masters_prefix = masters_prefix
         self.gcp_conn_id = gcp_conn_id
+        # at DAG parse, not after the whole prefix was listed (templated values: once rendered)
+        self.shard_limits()
+        if not any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS):
+            self.skipped_folders()
+
+    def shard_limits(self) -> tuple[int, int]:
+        """
+        ``(max_shards, min_shard_size)``, checked (``InvalidOptionError``); a templated one waits for
+        rendering (``0`` until then).
+        """
+        limits = {"max_shards": self.max_shards, "min_shard_size": self.min_shard_size}
+        counts = {
+            name: parse_count(value, name) or 0 for name, value in limits.items() if not is_template(value)
+        }
+        check_shard_limits(counts.get("max_shards"), counts.get("min_shard_size"))
+        return counts.get("max_shards", 0), counts.get("min_shard_size", 0)
 
     def skipped_folders(self) -> list[str]:
-        """The folders the listing leaves out: the provider's own, and the outputs read back."""
+        """
+        The folders the listing leaves out: the provider's own, and the outputs read back. Outputs at
+        the source prefix itself (same bucket) are refused: every name would be left out.
+        """
         prefix = normalise_prefix(self.source_prefix)
         masters = normalise_prefix(self.masters_prefix) if self.masters_prefix else None
-        outputs = (normalise_prefix(self.destination_prefix), masters)
-        read_back = read_back_prefixes(self.source_bucket, prefix, self.destination_bucket or None, *outputs)
+        outputs = {"destination_prefix": normalise_prefix(self.destination_prefix), "masters_prefix": masters}
+        read_back = read_back_prefixes(
+            self.source_bucket, prefix, self.destination_bucket or None, *outputs.values()
+        )
+        for parameter, output in outputs.items():
+            if output == prefix and output in read_back:
+                raise InvalidOptionError(
+                    parameter,
+                    f"{gs_uri(self.source_bucket, output)} is the source prefix itself: every source "
+                    "would be taken for an output and nothing listed; write the outputs to another "
+                    "prefix or bucket",
+                )
         return [internal_prefix(prefix), *read_back]
 
     def execute(self, context: Context) -> list[list[str]]:
         """List the prefix (filtered, around :meth:`skipped_folders`) and return its shards."""
+        max_shards, min_shard_size = self.shard_limits()  # rendered: before anything is listed
+        skip = self.skipped_folders()
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         prefix = normalise_prefix(self.source_prefix)
-        skip = self.skipped_folders()
         listing = list_sources(
             storage, self.source_bucket, prefix, include=self.include, exclude=self.exclude, skip=skip
         )
         names = [info.name for info in listing]
-        shards = split_into_shards(
-            names, max_shards=int(self.max_shards), min_shard_size=int(self.min_shard_size)
-        )
+        shards = split_into_shards(names, max_shards=max_shards, min_shard_size=min_shard_size)
         self.log.info(
             "Listed %d object(s) under gs://%s/%s (none under %s) into %d shard(s)",
             len(names),

@@ -132,7 +132,6 @@ def test_list_image_shards_lists_once_and_splits(gcs_storage: GcsStorage, gcs_bu
             {"destination_bucket": "shop", "destination_prefix": "web/", "masters_prefix": "2026/m"},
             ["2026/_bgremoval/", "2026/m/"],
         ),
-        ({"destination_bucket": "shop", "destination_prefix": "2026/"}, ["2026/_bgremoval/", "2026/"]),
     ],
 )
 def test_the_lister_leaves_out_the_providers_folder_and_outputs_it_would_read_back(
@@ -201,3 +200,77 @@ def test_listed_shards_of_a_same_bucket_layout_never_bill_an_output_again(
             "2026/shoe.png": "already_done",
         },
     )
+
+
+class _NoStorage(GcsStorage):
+    """Any listing fails the test: a refusal must come before the prefix is listed."""
+
+    def list_objects(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("listed before the parameters were checked")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"max_shards": 0}, "max_shards"),
+        ({"max_shards": AIRFLOW_MAX_MAP_LENGTH + 1}, "max_shards"),
+        ({"max_shards": "sixteen"}, "max_shards"),
+        ({"min_shard_size": 0}, "min_shard_size"),
+        ({"min_shard_size": -5}, "min_shard_size"),
+    ],
+)
+def test_the_lister_refuses_bad_shard_limits_at_dag_parse(kwargs: dict[str, Any], parameter: str) -> None:
+    """They were checked only after the whole prefix was listed (a literal max_shards=0 parsed, then
+    listed a million names before failing); 'sixteen' was a bare ValueError from int()."""
+    with pytest.raises(InvalidOptionError, match=parameter):
+        ListImageShardsOperator(task_id="list", source_bucket="shop", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("rendered", "parameter"),
+    [
+        ({"max_shards": "0"}, "max_shards"),
+        ({"max_shards": ""}, "max_shards"),
+        ({"max_shards": "many"}, "max_shards"),
+        ({"min_shard_size": "0"}, "min_shard_size"),
+    ],
+)
+def test_templated_shard_limits_are_checked_once_rendered_before_listing(
+    monkeypatch: pytest.MonkeyPatch, rendered: dict[str, str], parameter: str
+) -> None:
+    monkeypatch.setattr("airflow_provider_bgremoval.operators.sharding.GcsStorage", _NoStorage)
+    templated = dict.fromkeys(rendered, "{{ params.n }}")
+    op = ListImageShardsOperator(task_id="list", source_bucket="shop", gcp_conn_id=None, **templated)
+    for name, value in rendered.items():
+        setattr(op, name, value)  # as Airflow renders it
+    with pytest.raises(InvalidOptionError, match=parameter):
+        op.execute({})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("layout", "parameter"),
+    [
+        ({"destination_bucket": "shop", "destination_prefix": "2026/"}, "destination_prefix"),
+        ({"destination_bucket": "shop", "destination_prefix": "/2026"}, "destination_prefix"),
+        (
+            {"destination_bucket": "shop", "destination_prefix": "web/", "masters_prefix": "2026"},
+            "masters_prefix",
+        ),
+        ({"source_prefix": "", "destination_bucket": "shop", "destination_prefix": ""}, "destination_prefix"),
+    ],
+)
+def test_outputs_at_the_source_prefix_itself_are_refused_not_listed_as_nothing(
+    monkeypatch: pytest.MonkeyPatch, layout: dict[str, str], parameter: str
+) -> None:
+    """Outputs written to the source prefix itself (same bucket): the lister listed around the whole
+    prefix and returned no shard, so the run succeeded having processed nothing, silently."""
+    monkeypatch.setattr("airflow_provider_bgremoval.operators.sharding.GcsStorage", _NoStorage)
+    kwargs: dict[str, Any] = {"source_prefix": "2026", **layout}
+    with pytest.raises(InvalidOptionError, match=rf"{parameter}.*is the source prefix"):
+        ListImageShardsOperator(task_id="list", source_bucket="shop", **kwargs)
+    templated = {name: "{{ params.p }}" for name in layout if name.endswith("prefix")}
+    op = ListImageShardsOperator(task_id="list", source_bucket="shop", gcp_conn_id=None, **templated)
+    for name, value in kwargs.items():
+        setattr(op, name, value)  # as Airflow renders it
+    with pytest.raises(InvalidOptionError, match=rf"{parameter}.*is the source prefix"):
+        op.execute({})  # type: ignore[arg-type]
