@@ -155,7 +155,7 @@ def _is_set(fields: Mapping[str, Any], option: str) -> bool:
 
 
 def _key_option(fields: Mapping[str, Any], where: str) -> str | None:
-    """The connection's one key option, or ``None`` (ADC)."""
+    """The connection's one key option, or ``None`` (ADC); anonymous access impersonates no one."""
     given = [option for option in _KEY_OPTIONS if _is_set(fields, option)]
     if len(given) > 1:
         raise StorageConfigError(f"{where}: {' and '.join(map(repr, given))} are mutually exclusive")
@@ -166,6 +166,11 @@ def _key_option(fields: Mapping[str, Any], where: str) -> str | None:
                 "'key_path', 'credential_config_file' or 'is_anonymous' (else Application Default "
                 "Credentials): configure one of them rather than run as another identity"
             )
+    if given == ["is_anonymous"] and parse_scopes(get_extra_field(fields, "impersonation_chain")):
+        raise StorageConfigError(
+            f"{where}: 'is_anonymous' and 'impersonation_chain' exclude each other: an anonymous "
+            "identity cannot obtain another account's token; remove one of them"
+        )
     return given[0] if given else None
 
 

@@ -513,3 +513,25 @@ def test_client_in_emulator_mode(monkeypatch: pytest.MonkeyPatch, adc: AdcRecord
 def test_explicit_project_wins(monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder) -> None:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
     assert GcsStorage(project="mine").client.project == "mine"
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["bare", "prefixed"])
+def test_anonymous_access_cannot_impersonate(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, prefix: str
+) -> None:
+    """An anonymous identity cannot ask the IAM Credentials API for another account's token: every call
+    failed at GCS with 'the credentials could not get an access token', naming neither extra."""
+    set_connection(
+        monkeypatch,
+        "gcp_public",
+        GCP,
+        extra={
+            f"{prefix}is_anonymous": True,
+            f"{prefix}impersonation_chain": "writer@p.iam.gserviceaccount.com",
+        },
+    )
+    with pytest.raises(
+        StorageConfigError, match=r"connection 'gcp_public': 'is_anonymous' and 'impersonation_chain'"
+    ):
+        resolve_gcs_credentials("gcp_public")
+    assert adc.calls == []
