@@ -176,7 +176,7 @@ class SandboxAdmin:
 
     def settings(self, **settings: Any) -> dict[str, Any]:
         """Change run-time settings: ``result_ttl_seconds``, ``pixelcut_credits_type``,
-        ``allow_private_urls``, ``fetch_timeout_seconds``, ``costs`` (a dict).
+        ``poof_crop_padding``, ``allow_private_urls``, ``fetch_timeout_seconds``, ``costs`` (a dict).
 
         :param settings: the settings
         """

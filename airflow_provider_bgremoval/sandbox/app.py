@@ -364,7 +364,7 @@ async def admin_faults(request: Request) -> Response:
 
 async def admin_settings(request: Request) -> Response:
     """``POST /_sandbox/settings``: change ``result_ttl_seconds``, ``pixelcut_credits_type``,
-    ``allow_private_urls``, ``fetch_timeout_seconds`` or ``costs`` at run time."""
+    ``poof_crop_padding``, ``allow_private_urls``, ``fetch_timeout_seconds`` or ``costs`` at run time."""
     state = get_state(request)
     try:
         cfg = state.config
@@ -375,6 +375,7 @@ async def admin_settings(request: Request) -> Response:
                 "fetch_timeout_seconds": cfg.fetch_timeout_seconds,
                 "allow_private_urls": cfg.allow_private_urls,
                 "pixelcut_credits_type": cfg.pixelcut_credits_type,
+                "poof_crop_padding": cfg.poof_crop_padding,
                 "costs": cfg.costs.to_dict(),
             }
         )

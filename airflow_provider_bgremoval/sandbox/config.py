@@ -12,6 +12,7 @@ typed form (the JSON form also takes the shorthands of :meth:`FaultConfig.from_d
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, field
 from decimal import Decimal
@@ -305,8 +306,34 @@ RUNTIME_SETTINGS = (
     "fetch_timeout_seconds",
     "allow_private_urls",
     "pixelcut_credits_type",
+    "poof_crop_padding",
     "costs",
 )
+
+_PADDING_VALUE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(%?)$")
+
+
+def parse_padding(value: str) -> tuple[float, float]:
+    """Parse a Poof (generation B) ``padding``: the fractions of the subject's width and height.
+
+    One value for both axes or ``h,v``, each a fraction (``0.1``) or a percentage (``10%``); ``0``
+    is a tight crop.
+
+    :param value: the raw value, e.g. ``10%``, ``0.25`` or ``10%,7.5%``
+    :raises ValueError: for anything else (a negative value, more than two values, no number)
+    """
+    parts = [part.strip() for part in value.split(",")]
+    matches = [_PADDING_VALUE.match(part) for part in parts]
+    if len(parts) > 2 or not all(matches):
+        raise ValueError(f"padding must be a fraction (0.1) or a percentage (10%), or h,v; got {value!r}")
+    fractions = [float(m.group(1)) / (100 if m.group(2) else 1) for m in matches if m]
+    return fractions[0], fractions[-1]
+
+
+def _padding(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_padding(value)
+    return value
 
 
 def _key_entries(value: Any) -> Any:
@@ -358,6 +385,8 @@ class SandboxConfig:
     :param allow_private_urls: whether ``image_url`` may point at loopback/private hosts (on by
         default: tests point it at a local fake-gcs-server)
     :param poof_plan: the plan name reported by Poof ``GET /v1/me``
+    :param poof_crop_padding: the ``padding`` of a Poof crop whose request sends none (generation B
+        documents ``10%``; ``0`` gives generation A's tight crop)
     :param pixian_credit_pack: the ``creditPack`` reported by Pixian ``GET /api/v2/account``
     :param pixian_use_before: the ``useBefore`` reported by Pixian
     """
@@ -374,6 +403,7 @@ class SandboxConfig:
     fetch_timeout_seconds: float = 15.0
     allow_private_urls: bool = True
     poof_plan: str = "Pro"
+    poof_crop_padding: Annotated[str, BeforeValidator(_padding)] = "10%"
     pixian_credit_pack: str = "sandbox"
     pixian_use_before: str = "2099-12-31T00:00:00Z"
 

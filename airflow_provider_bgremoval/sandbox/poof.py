@@ -8,6 +8,13 @@ Choices where the documents are silent or disagree (also listed in docs/sandbox.
   current SDK (``poofbg`` 0.4) working: its upload field ``file`` is accepted as an alias of
   ``image_file``; ``channels=alpha`` (grayscale matte) and ``size=hd`` (≤4 MP) from generation B
   are accepted too.
+* ``padding`` (generation B) is emulated: a crop is padded on each side by that fraction of the
+  subject's size on the axis (``0.1``, ``10%``, or ``h,v``); a crop whose request sends none gets
+  generation B's documented ``10%`` (the ``poof_crop_padding`` setting; ``0`` is generation A's
+  tight crop). The area beyond the original image is transparent (``bg_color`` when flattened).
+  Invented: ``padding`` is validated even without ``crop`` (400 ``validation_error``), a padded
+  crop over 6000 px on a side (the documented ``width``/``height`` maximum) is refused as
+  ``validation_error``, and the padding is rounded to whole pixels.
 * ``bg_color`` applies when ``channels=rgb`` (default white), and to JPEG output (which has no
   alpha), as in generation A.
 * Undecodable input, or a format other than JPEG/PNG/WebP → 422 ``invalid_image`` (generation B).
@@ -31,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from airflow_provider_bgremoval.sandbox import imaging
+from airflow_provider_bgremoval.sandbox.config import parse_padding
 from airflow_provider_bgremoval.sandbox.errors import VendorError, render_error, unauthorized
 from airflow_provider_bgremoval.sandbox.ledger import InsufficientCredits, fingerprint
 from airflow_provider_bgremoval.sandbox.state import (
@@ -49,6 +57,8 @@ from airflow_provider_bgremoval.sandbox.state import (
 MAX_BYTES = 20 * MEGABYTE
 SIZES: dict[str, int | None] = {"full": None, "preview": 256, "small": 512, "medium": 1024, "large": 2048}
 HD_PIXELS = 4_000_000
+#: The largest output side Poof documents (``width``/``height`` 1-6000): a longer padded crop is refused.
+MAX_OUTPUT_SIDE = 6000
 FORMATS = {"png": ("png", "image/png"), "jpg": ("jpeg", "image/jpeg"), "webp": ("webp", "image/webp")}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 
@@ -98,7 +108,7 @@ def _work(data: bytes, fields: dict[str, Any]) -> tuple[bytes, int, int]:
     if fields["crop"]:
         bbox = imaging.foreground_bbox(alpha)
         if bbox:
-            result = result.crop(bbox)
+            result = result.crop(_padded(bbox, fields["padding"]))
     size = fields["size"]
     if size == "hd":
         result = imaging.shrink_to_pixels(result, HD_PIXELS)
@@ -114,7 +124,26 @@ def _work(data: bytes, fields: dict[str, Any]) -> tuple[bytes, int, int]:
     return imaging.encode(out, encoder, quality=90), out.width, out.height
 
 
-def _fields(raw: dict[str, str]) -> dict[str, Any]:
+def _padded(bbox: tuple[int, int, int, int], padding: tuple[float, float]) -> tuple[int, int, int, int]:
+    """The subject's box grown on each side by ``padding`` (fractions of its width and height); it
+    may reach past the image, where the crop is transparent."""
+    left, top, right, bottom = bbox
+    pad_x, pad_y = round(padding[0] * (right - left)), round(padding[1] * (bottom - top))
+    box = (left - pad_x, top - pad_y, right + pad_x, bottom + pad_y)
+    if max(box[2] - box[0], box[3] - box[1]) > MAX_OUTPUT_SIDE:
+        raise _invalid(f"padding makes the crop larger than {MAX_OUTPUT_SIDE} px on a side")
+    return box
+
+
+def _padding(raw: dict[str, str], default: str) -> tuple[float, float]:
+    """The ``padding`` fractions: the request's, else the configured default."""
+    try:
+        return parse_padding(raw.get("padding", default))
+    except ValueError as exc:
+        raise _invalid(str(exc)) from exc
+
+
+def _fields(raw: dict[str, str], default_padding: str) -> dict[str, Any]:
     """The remove parameters, validated as Poof documents them."""
     fields: dict[str, Any] = {
         "format": raw.get("format", "png").strip().lower(),
@@ -122,13 +151,14 @@ def _fields(raw: dict[str, str]) -> dict[str, Any]:
         "size": raw.get("size", "full").strip().lower(),
         "bg_color": parse_color(raw["bg_color"]) if raw.get("bg_color") else None,
         "crop": parse_bool(raw.get("crop", "false")),
+        "padding": _padding(raw, default_padding),
     }
     if fields["format"] not in FORMATS:
         raise _invalid("format must be one of: png, jpg, webp")
     if fields["channels"] not in ("rgba", "rgb", "alpha"):
-        raise _invalid("channels must be one of: rgba, rgb")
+        raise _invalid("channels must be one of: rgba, rgb, alpha")
     if fields["size"] not in SIZES and fields["size"] != "hd":
-        raise _invalid("size must be one of: full, preview, small, medium, large")
+        raise _invalid("size must be one of: full, preview, small, medium, large, hd")
     if fields["crop"] is None:
         raise _invalid("crop must be true or false")
     return fields
@@ -161,7 +191,7 @@ async def remove(request: Request) -> Response:
             raise _invalid(exc.message) from exc
         raw = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         ctx.params = {k: v[:200] for k, v in raw.items()}
-        fields = _fields(raw)
+        fields = _fields(raw, state.config.poof_crop_padding)
         upload = _upload(form)
         ctx.params["image_file"] = f"<file {upload.filename or ''}>"
         cost: Decimal = state.config.costs.poof_per_image

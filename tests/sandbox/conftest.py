@@ -26,6 +26,7 @@ def sandbox(sandbox_server: RunningSandbox) -> RunningSandbox:
     sandbox_server.admin.settings(
         result_ttl_seconds=3600,
         pixelcut_credits_type="number",
+        poof_crop_padding="10%",
         costs={
             "pixelcut_remove_background": 1,
             "pixelcut_shadow": 3,

@@ -96,6 +96,70 @@ def test_crop_and_unknown_fields_ignored(client: httpx.Client, product_png: byte
     assert decode(poof(client, product_png, crop="false").content).size == (320, 240)
 
 
+# -- generation B crop padding: a fraction of the subject's size, on each side -------------------
+
+
+def tight_crop(client: httpx.Client, image: bytes) -> Image.Image:
+    return decode(poof(client, image, crop="true", padding="0").content)
+
+
+@pytest.mark.parametrize(
+    ("padding", "fx", "fy"),
+    [
+        (None, 0.1, 0.1),  # the documented default, 10%
+        ("10%", 0.1, 0.1),
+        ("0.25", 0.25, 0.25),
+        ("25%,5%", 0.25, 0.05),
+        ("0.5,0", 0.5, 0.0),
+        ("7.5%", 0.075, 0.075),
+    ],
+)
+def test_crop_padding_is_a_fraction_of_the_subject_on_each_side(
+    client: httpx.Client, product_png: bytes, padding: str | None, fx: float, fy: float
+) -> None:
+    tw, th = tight_crop(client, product_png).size
+    assert (tw, th) < (320, 240)
+    r = poof(client, product_png, crop="true", **({} if padding is None else {"padding": padding}))
+    assert r.status_code == 200, r.text
+    size = (tw + 2 * round(fx * tw), th + 2 * round(fy * th))
+    assert decode(r.content).size == size
+    assert (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == tuple(map(str, size))
+
+
+def test_crop_padding_beyond_the_image_is_transparent(client: httpx.Client, product_png: bytes) -> None:
+    tight = tight_crop(client, product_png)
+    tw, th = tight.size
+    padded = decode(poof(client, product_png, crop="true", padding="100%").content)
+    assert padded.size == (3 * tw, 3 * th)
+    assert 3 * th > 240  # reaches past the original image
+    assert padded.getpixel((0, 0)) == (0, 0, 0, 0)
+    assert padded.getpixel((3 * tw - 1, 3 * th - 1)) == (0, 0, 0, 0)
+    assert padded.crop((tw, th, 2 * tw, 2 * th)).tobytes() == tight.tobytes()
+    opaque = decode(
+        poof(client, product_png, crop="true", padding="100%", channels="rgb", bg_color="#0f0").content
+    )
+    assert opaque.getpixel((0, 0)) == (0, 255, 0)
+
+
+def test_padding_is_used_only_with_crop(client: httpx.Client, product_png: bytes) -> None:
+    assert decode(poof(client, product_png, padding="25%").content).size == (320, 240)
+    assert decode(poof(client, product_png, crop="false", padding="25%").content).size == (320, 240)
+
+
+def test_default_crop_padding_is_a_setting(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
+    tight = tight_crop(client, product_png).size
+    sandbox.admin.settings(poof_crop_padding="0")  # generation A: a crop is tight
+    assert decode(poof(client, product_png, crop="true").content).size == tight
+    sandbox.admin.settings(poof_crop_padding="50%")
+    half = (tight[0] + 2 * round(0.5 * tight[0]), tight[1] + 2 * round(0.5 * tight[1]))
+    assert decode(poof(client, product_png, crop="true").content).size == half
+    assert decode(poof(client, product_png, crop="true", padding="0").content).size == tight
+    with pytest.raises(ValueError, match="poof_crop_padding"):
+        sandbox.admin.settings(poof_crop_padding="wide")
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -104,6 +168,12 @@ def test_crop_and_unknown_fields_ignored(client: httpx.Client, product_png: byte
         {"size": "huge"},
         {"crop": "sometimes"},
         {"bg_color": "not-a-colour"},
+        {"crop": "true", "padding": "wide"},
+        {"crop": "true", "padding": "-5%"},
+        {"crop": "true", "padding": "10%,5%,1%"},
+        {"crop": "true", "padding": ""},
+        {"padding": "wide"},
+        {"crop": "true", "padding": "50"},  # 50 x the subject per side: over 6000 px
     ],
 )
 def test_validation_errors(
@@ -283,14 +353,14 @@ def test_poofbg_width_height_fit_are_ignored_and_charged(
     assert sandbox.admin.total_charged("poof") == 1
 
 
-def test_poofbg_padding_is_ignored(sandbox: RunningSandbox, product_png: bytes) -> None:
+def test_poofbg_padding_pads_the_crop(sandbox: RunningSandbox, product_png: bytes) -> None:
     from poof import Poof
 
     with Poof(api_key=sandbox.poof_key, base_url=sandbox.poof_base_url) as client:
-        tight = decode(client.remove_background(product_png, crop=True).data)
-        for padding in ("0", "25%", "0.5"):
+        tw, th = decode(client.remove_background(product_png, crop=True, padding="0").data).size
+        for padding, fraction in ((None, 0.1), ("25%", 0.25), ("0.5", 0.5)):
             padded = decode(client.remove_background(product_png, crop=True, padding=padding).data)
-            assert padded.size == tight.size  # generation A: a tight crop, no padding at all
+            assert padded.size == (tw + 2 * round(fraction * tw), th + 2 * round(fraction * th))
     assert sandbox.admin.total_charged("poof") == 4
 
 

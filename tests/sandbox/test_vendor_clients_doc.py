@@ -66,11 +66,6 @@ def defined_tests(module: str, prefix: str) -> set[str]:
             "test_poof.py",
             "test_poofbg_width_height_fit_are_ignored_and_charged",
         ),
-        (
-            "`crop=True` is a tight crop whatever the `padding`",
-            "test_poof.py",
-            "test_poofbg_padding_is_ignored",
-        ),
         ("also `small` and `large`", "test_poof.py", "test_poofbg_sizes_work"),
         (
             "a video upload is refused as 422 `invalid_image`",

@@ -16,6 +16,7 @@ from airflow_provider_bgremoval.sandbox.config import (
     FaultRule,
     KeyConfig,
     SandboxConfig,
+    parse_padding,
     to_decimal,
 )
 
@@ -163,3 +164,13 @@ def test_retry_after_is_a_finite_number_of_seconds(retry_after: Any) -> None:
     # a negative or non-finite Retry-After is no delta-seconds: refused when configured
     with pytest.raises(ConfigError, match="retry_after"):
         FaultConfig.from_dict({"retry_after": retry_after})
+
+
+def test_poof_crop_padding_is_validated_as_a_padding() -> None:
+    assert SandboxConfig().poof_crop_padding == "10%"  # generation B's documented default
+    assert SandboxConfig.from_dict({"poof_crop_padding": "0"}).poof_crop_padding == "0"
+    assert parse_padding("10%,7.5%") == (0.1, 0.075)
+    assert parse_padding(" 0.25 ") == (0.25, 0.25)
+    for bad in ("wide", "-1%", "1,2,3", "", "10px"):
+        with pytest.raises(ConfigError, match="poof_crop_padding"):
+            SandboxConfig.from_dict({"poof_crop_padding": bad})
