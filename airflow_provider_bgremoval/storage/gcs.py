@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import hashlib
 import logging
@@ -185,6 +186,7 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
 
     if isinstance(exc, errors.StorageError):
         return exc
+    redact_chain(exc)  # it becomes the error's __cause__, printed with its traceback
     error: type[errors.StorageError] = errors.StorageError
     outcome = f" failed: {_named(exc)}"
     if isinstance(exc, api_exceptions.RetryError):
@@ -216,6 +218,32 @@ def _translate(exc: Exception, action: str, bucket: str, name: str | None) -> er
     # a resumable upload's session URI (its upload_id lets anyone holding it write the object) or a
     # signed URL may be quoted by the library's exception: its query values never reach a message
     return error(f"{action} {errors.gs_uri(bucket, name)}{redact_query(outcome)}", bucket=bucket, name=name)
+
+
+def redact_chain(exc: BaseException) -> None:
+    """
+    Redact URL query values (:func:`.redact_query`) in the texts of ``exc`` and of the exceptions it
+    carries (arguments, cause, context, a ``RetryError``'s cause, urllib3's ``reason``), in place: a
+    google-cloud exception quoting a resumable session's URL, whose ``upload_id`` lets anyone holding it
+    write the object, is kept as a storage error's ``__cause__`` and printed with its traceback.
+
+    :param exc: the exception about to be chained.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.args = tuple(redact_query(a) if isinstance(a, str) else a for a in current.args)
+        message = getattr(current, "message", None)
+        if isinstance(message, str):  # google-api-core's errors print their ``message``
+            with contextlib.suppress(AttributeError):
+                setattr(current, "message", redact_query(message))  # noqa: B010 (any exception type)
+        carried = (*current.args, current.__cause__, current.__context__)
+        carried += (getattr(current, "cause", None), getattr(current, "reason", None))
+        pending.extend(item for item in carried if isinstance(item, BaseException))
 
 
 def _default_retry() -> Retry:
@@ -537,6 +565,7 @@ class GcsStorage:
                     why,
                 )
                 return existing
+            redact_chain(exc)  # a resumable upload's 412 quotes its session URL
             raise _conflict(bucket, name, if_generation_match, existing) from exc
         except Exception as exc:
             raise _translate(exc, "writing", bucket, name) from exc

@@ -511,6 +511,36 @@ def test_large_objects_use_the_public_resumable_upload_with_precondition_and_crc
     assert gcs_storage.read(gcs_bucket, "big/resumable.bin", generation=info.generation) == data
 
 
+def test_a_failed_resumable_upload_logs_no_session_url(
+    gcs_storage: GcsStorage, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCS answering 503 to a resumable upload's PUT until the retry deadline: the traceback of the
+    error (what Airflow logs for a failed task) quoted the session URL, upload_id included, through
+    the google-cloud exceptions kept as its cause."""
+    import traceback
+
+    session = gcs_storage.client._http
+    real = session.request
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PUT" and "upload_id=" in url:
+            down = requests.Response()
+            down.status_code, down._content, down.url = 503, b"backend down", url
+            down.request = requests.Request(method, url).prepare()
+            return down
+        return real(method, url, *args, **kwargs)
+
+    monkeypatch.setattr(session, "request", request)
+    gcs_storage.retry = fast_retry(1.0)
+    with pytest.raises(StorageUnavailableError) as caught:
+        gcs_storage.write(
+            gcs_bucket, "big/down.bin", b"\x03" * (8 * 1024 * 1024 + 1), content_type="image/png"
+        )
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "uploadType=resumable" not in printed and re.search(r"upload_id=(?!…)", printed) is None
+    assert "upload_id=…" in printed
+
+
 def test_the_storage_asks_gcs_only_for_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     google-cloud-storage >= 3.11 reads each bucket's metadata (``buckets.get``) in a background thread

@@ -471,3 +471,51 @@ def test_bucket_metadata_reads_are_skipped_unless_the_environment_decides(
         monkeypatch.setenv(key, value)
     assert skip_bucket_metadata_reads() is switched
     assert os.environ.get(BUCKET_METADATA_SWITCH) == after
+
+
+# ----------------------------------------------------------------------------- secrets in the cause chain
+SESSION_URL = (
+    "https://storage.googleapis.com/upload/storage/v1/b/bkt/o?uploadType=resumable&name=a.png"
+    "&upload_id=ABPnzm5SeCrEt-session"
+)
+
+
+def _max_retries() -> Exception:
+    import urllib3
+
+    reason = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+    pool = urllib3.HTTPSConnectionPool("storage.googleapis.com", 443)
+    return urllib3.exceptions.MaxRetryError(pool, SESSION_URL.removeprefix(GCS), reason)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: api_exceptions.RetryError(
+            "Timeout of 120.0s exceeded",
+            cause=api_exceptions.ServiceUnavailable(f"PUT {SESSION_URL}: backend down"),
+        ),
+        lambda: requests.exceptions.ConnectionError(_max_retries()),
+        lambda: api_exceptions.BadRequest(f"PUT {SESSION_URL}: bad"),
+    ],
+    ids=["retry-deadline", "connection", "bad-request"],
+)
+def test_a_resumable_sessions_upload_id_never_reaches_a_traceback(make: Any) -> None:
+    """The message hid the session's upload_id (anyone holding it may write the object), but the
+    google-cloud exception kept as __cause__ quoted it in clear: the traceback Airflow logs for a failed
+    task printed it (a 9 MiB master whose upload hit GCS's 503s until the retry deadline)."""
+    import traceback
+
+    original = make()
+
+    def fail() -> None:
+        try:
+            raise original
+        except Exception as exc:
+            raise _translate(exc, "writing", "bkt", "a.png") from exc
+
+    with pytest.raises(StorageError) as caught:
+        fail()
+    printed = "".join(traceback.format_exception(caught.value))
+    assert caught.value.__cause__ is original  # the cause is kept, its type and chain unchanged
+    assert "upload_id=" in printed and "SeCrEt" not in printed
