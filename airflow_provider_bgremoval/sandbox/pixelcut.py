@@ -110,6 +110,31 @@ def _coerce_object(value: Any, name: str) -> dict[str, Any]:
     return parsed
 
 
+def _object(value: Any, name: str, json_body: bool) -> dict[str, Any]:
+    """An object field: a JSON object in a JSON body; in a form, also the JSON text of one."""
+    if json_body and not isinstance(value, dict):
+        raise _bad(f"{name} must be an object")
+    return _coerce_object(value, name)
+
+
+def _boolean(value: Any, json_body: bool) -> bool | None:
+    """``value`` as a boolean (a JSON boolean in a JSON body; in a form, also ``true``/``false``
+    text), ``None`` when it is none."""
+    return value if isinstance(value, bool) else (None if json_body else parse_bool(value))
+
+
+def _flag(value: Any, name: str, json_body: bool) -> bool:
+    """A boolean field (see :func:`_boolean`); anything else is 400 ``invalid_parameter``."""
+    flag = _boolean(value, json_body)
+    if flag is None:
+        raise _bad(f"{name} must be a boolean")
+    return flag
+
+
+def _not_json_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, float))
+
+
 def _number(value: Any, name: str, low: float | None = None, high: float | None = None) -> float:
     if isinstance(value, bool):
         raise _bad(f"{name} must be a number")
@@ -128,18 +153,20 @@ DEFAULT_LIGHT = {"size": 0.3, "x": -0.3, "y": -0.6, "z": 0.7}
 
 def _json_number(value: Any, name: str, low: float, high: float) -> float:
     """A JSON body's number: a JSON number (not a string, not a boolean) within the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if _not_json_number(value):
         raise _bad(f"{name} must be a number")
     return _number(value, name, low, high)
 
 
-def _scale(value: Any) -> float:
-    """``image_transform.scale``: the docs give no range, so any positive finite number is taken.
+def _scale(value: Any, json_body: bool) -> float:
+    """``image_transform.scale``: the docs give no range, so any positive finite number is taken
+    (a JSON number in a JSON body).
 
     (A scale of 0 or below would show no subject at all: 400 ``invalid_parameter``.)
     """
+    typed = not _not_json_number(value) if json_body else not isinstance(value, bool)
     try:
-        scale = float(value) if not isinstance(value, bool) else math.nan
+        scale = float(value) if typed else math.nan
     except (TypeError, ValueError):
         scale = math.nan
     if not (math.isfinite(scale) and scale > 0):
@@ -163,25 +190,21 @@ def _parse_shadow(raw: Any, *, json_body: bool) -> dict[str, float] | None:
     """
     if raw is None:
         return None
-    flag = raw if isinstance(raw, bool) else (None if json_body else parse_bool(raw))
+    flag = _boolean(raw, json_body)
     if flag is not None:
         return {"opacity": 0.5, **DEFAULT_LIGHT} if flag else None
-    if json_body and not isinstance(raw, dict):
-        raise _bad("shadow must be true or an object")
-    obj = _coerce_object(raw, "shadow")
+    obj = _object(raw, "shadow", json_body)
     if "enabled" not in obj:
         raise _bad("shadow.enabled is required")
-    enabled = obj["enabled"] if isinstance(obj["enabled"], bool) or json_body else parse_bool(obj["enabled"])
-    if not isinstance(enabled, bool):
-        raise _bad("shadow.enabled must be a boolean")
+    enabled = _flag(obj["enabled"], "shadow.enabled", json_body)
     number = _json_number if json_body else _number
     settings = {"opacity": number(obj.get("opacity", 0.5), "shadow.opacity", 0, 1), **DEFAULT_LIGHT}
     if obj.get("light_source") is not None:
-        light = _coerce_object(obj["light_source"], "shadow.light_source")
+        light = _object(obj["light_source"], "shadow.light_source", json_body)
         if "size" not in light or "position" not in light:
             raise _bad("shadow.light_source requires size and position")
         settings["size"] = number(light["size"], "shadow.light_source.size", 0, 1)
-        position = _coerce_object(light["position"], "shadow.light_source.position")
+        position = _object(light["position"], "shadow.light_source.position", json_body)
         for axis, low, high in (("x", -1, 1), ("y", -1, 1), ("z", 0, 2)):
             if axis not in position:
                 raise _bad(f"shadow.light_source.position.{axis} is required")
@@ -264,6 +287,11 @@ def _check_image(data: bytes) -> None:
         raise _bad("Image resolution too low (min 64x64)")
 
 
+def _is_json_body(request: Request, upload: UploadFile | None) -> bool:
+    """Whether the fields came from a JSON body (their values then have JSON types)."""
+    return upload is None and request.headers.get("content-type", "").startswith("application/json")
+
+
 def _wants_image(request: Request) -> bool:
     """``Accept: image/*`` (or ``image/png``...) selects bytes; JSON is the documented default."""
     accept = request.headers.get("accept", "").lower()
@@ -329,13 +357,11 @@ async def remove_background(request: Request) -> Response:
         key = _authenticate(request, state, ctx)
         body, upload = await _read_body(request)
         _log_params(ctx, body, upload)
-        json_body = upload is None and request.headers.get("content-type", "").startswith("application/json")
+        json_body = _is_json_body(request, upload)
         fmt = body.get("format", "png")
         if fmt != "png":
             raise _bad("format must be 'png'")
-        crop = parse_bool(body.get("crop", False))
-        if crop is None:
-            raise _bad("crop must be a boolean")
+        crop = _flag(body.get("crop", False), "crop", json_body)
         shadow = _parse_shadow(body.get("shadow"), json_body=json_body)
         margins: dict[str, Any] = {}
         if "margin" in body:
@@ -351,7 +377,7 @@ async def remove_background(request: Request) -> Response:
         data = await _load_input(state, body, upload, json_body)
         _check_image(data)
         try:
-            png = await run_in_threadpool(_remove_work, data, shadow, bool(crop), margins)
+            png = await run_in_threadpool(_remove_work, data, shadow, crop, margins)
         except imaging.ImageDecodeError as exc:
             raise _bad("The image could not be decoded", "malformed_image") from exc
         _charge(state, key, cost, ctx)
@@ -389,6 +415,21 @@ def _generate_work(
     return imaging.encode(out, "jpeg", quality=90)
 
 
+def _transform(raw: Any, json_body: bool) -> dict[str, float | None]:
+    """Validate ``image_transform``; ``None`` for what it leaves to the service."""
+    transform: dict[str, float | None] = {"scale": None, "x_center": None, "y_center": None}
+    if raw is None:
+        return transform
+    fields = _object(raw, "image_transform", json_body)
+    number = _json_number if json_body else _number
+    for name in ("x_center", "y_center"):  # documented: "Ranges from 0 to 1"
+        if fields.get(name) is not None:
+            transform[name] = number(fields[name], f"image_transform.{name}", 0.0, 1.0)
+    if fields.get("scale") is not None:
+        transform["scale"] = _scale(fields["scale"], json_body)
+    return transform
+
+
 async def generate_background(request: Request) -> Response:
     """``POST /v1/generate-background``.
 
@@ -399,14 +440,8 @@ async def generate_background(request: Request) -> Response:
         key = _authenticate(request, state, ctx)
         body, upload = await _read_body(request)
         _log_params(ctx, body, upload)
-        transform: dict[str, float | None] = {"scale": None, "x_center": None, "y_center": None}
-        if body.get("image_transform") is not None:
-            raw = _coerce_object(body["image_transform"], "image_transform")
-            for name in ("x_center", "y_center"):  # documented: "Ranges from 0 to 1"
-                if raw.get(name) is not None:
-                    transform[name] = _number(raw[name], f"image_transform.{name}", 0.0, 1.0)
-            if raw.get("scale") is not None:
-                transform["scale"] = _scale(raw["scale"])
+        json_body = _is_json_body(request, upload)
+        transform = _transform(body.get("image_transform"), json_body)
         scene = body.get("scene")
         if scene is not None and scene not in imaging.SCENES:
             raise _bad(f"scene must be one of {', '.join(imaging.SCENES)}")
@@ -419,7 +454,7 @@ async def generate_background(request: Request) -> Response:
         cost = state.config.costs.pixelcut_generate_background
         if not state.ledger.check("pixelcut", key, cost):
             raise _insufficient()
-        data = await _load_input(state, body, upload, json_body=False)
+        data = await _load_input(state, body, upload, json_body)
         _check_image(data)
         try:
             jpeg = await run_in_threadpool(_generate_work, data, transform, scene, prompt, negative)

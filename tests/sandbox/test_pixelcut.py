@@ -287,6 +287,25 @@ def test_shadow_in_json_body_is_typed_as_documented(
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        {"crop": "true"},  # a JSON string, not the documented boolean
+        {"crop": 1},
+        {"crop": True, "margin": 5},  # a margin is a string like "5px"
+        {"format": ["png"]},
+    ],
+)
+def test_json_body_fields_are_typed_as_documented(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, fields: dict[str, Any]
+) -> None:
+    url = remove(client, product_png, headers=KEY).json()["result_url"]
+    r = client.post("/v1/remove-background", headers=IMG, json={"image_url": url, **fields})
+    assert (r.status_code, r.json()["error_code"]) == (400, "invalid_parameter")
+    validate(r, request_too=False)
+    assert sandbox.admin.total_charged() == 1  # the upload that made the URL
+
+
+@pytest.mark.parametrize(
     ("data", "code"),
     [
         ({"format": "jpg"}, "invalid_parameter"),
@@ -551,6 +570,28 @@ def test_generate_background_huge_scale_fills_the_canvas_with_the_subject(client
     for point in ((0, 0), (512, 512), (1023, 1023)):
         r, g, b = out.convert("RGB").getpixel(point)
         assert g > 150 and r < 80 and b < 80, point
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        {"scale": "0.5"},  # numbers are JSON numbers
+        {"x_center": "0.25"},
+        {"y_center": True},
+        '{"scale": 0.5}',  # an object, not JSON text of one
+    ],
+)
+def test_generate_background_json_body_is_typed_as_documented(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes, transform: Any
+) -> None:
+    url = remove(client, product_png, headers=KEY).json()["result_url"]
+    ok = client.post("/v1/generate-background", headers=IMG, json={"image_url": url, "image_transform": {}})
+    assert ok.status_code == 200, ok.text
+    body = {"image_url": url, "scene": "linen", "image_transform": transform}
+    r = client.post("/v1/generate-background", headers=IMG, json=body)
+    assert (r.status_code, r.json()["error_code"]) == (400, "invalid_parameter")
+    validate(r, request_too=False)
+    assert sandbox.admin.total_charged() == 2  # the upload that made the URL, and the good call
 
 
 @pytest.mark.parametrize(
