@@ -283,6 +283,23 @@ def _from_adc(gcp_conn_id: str | None, scopes: list[str]) -> tuple[Credentials, 
             "no GCP credentials: define the Airflow connection "
             f"{gcp_conn_id or DEFAULT_GCP_CONN_ID!r} with 'keyfile_dict' or 'key_path', configure "
             "Application Default Credentials, or set STORAGE_EMULATOR_HOST for an emulator "
-            f"({exc})"
-        ) from exc
+            f"({_adc_failure(exc)})"
+        ) from None  # its text may quote GOOGLE_APPLICATION_CREDENTIALS
     return credentials, project
+
+
+#: The variable google-auth reads first; it should name a file, but sometimes holds a pasted key.
+_ADC_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def _adc_failure(exc: Exception) -> str:
+    """
+    google-auth's reason, without :data:`_ADC_VARIABLE`'s value (its messages quote the "file name",
+    the whole key when the key itself was put in the variable) and naming a wrapped error by type only.
+    """
+    message, *wrapped = exc.args or (str(exc),)
+    reason = str(message)
+    value = os.environ.get(_ADC_VARIABLE)
+    if value:
+        reason = reason.replace(value, f"${_ADC_VARIABLE}")
+    return " ".join([reason, *(f"({type(item).__name__})" for item in wrapped[:1])])

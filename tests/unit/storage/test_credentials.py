@@ -535,3 +535,34 @@ def test_anonymous_access_cannot_impersonate(
     ):
         resolve_gcs_credentials("gcp_public")
     assert adc.calls == []
+
+
+def test_a_key_pasted_into_google_application_credentials_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, service_account_info: dict[str, str]
+) -> None:
+    """GOOGLE_APPLICATION_CREDENTIALS holding the key itself instead of its path (a Kubernetes secret
+    mapped to the variable): google-auth says 'File <value> was not found.', and that text, the whole
+    private key, was put in the StorageConfigError and its cause, logged with the failed task."""
+    import traceback
+
+    pasted = json.dumps(service_account_info)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", pasted)
+    with pytest.raises(StorageConfigError) as caught:
+        resolve_gcs_credentials(None)
+    printed = "".join(traceback.format_exception(caught.value))
+    secret = service_account_info["private_key"].splitlines()[1]
+    assert secret not in printed and "PRIVATE KEY" not in printed
+    assert "no GCP credentials" in str(caught.value)
+    assert "File $GOOGLE_APPLICATION_CREDENTIALS was not found" in str(caught.value)
+
+
+def test_adc_failure_reason_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = str(tmp_path / "adc.json")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", missing)
+    with pytest.raises(StorageConfigError, match=r"\(File \$GOOGLE_APPLICATION_CREDENTIALS was not found"):
+        resolve_gcs_credentials(None)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(broken))
+    with pytest.raises(StorageConfigError, match=r"is not a valid json file\. \(JSONDecodeError\)"):
+        resolve_gcs_credentials(None)
