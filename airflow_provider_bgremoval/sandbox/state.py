@@ -351,8 +351,10 @@ async def fetch_url(state: SandboxState, url: str, max_bytes: int) -> bytes:
 
 
 def credits_header(value: Decimal) -> str:
-    """Format a credit amount for a header (``1.0``, ``0.25``).
+    """Format a credit amount for a header (``1.0``, ``0.25``): the exact amount charged, in plain
+    decimals (never an exponent such as ``5e-05``, nor a float's rounding of it).
 
     :param value: the amount
     """
-    return repr(float(value))
+    text = format(value.normalize(), "f")
+    return text if "." in text else f"{text}.0"

@@ -62,6 +62,15 @@ def test_basic_png_and_headers(client: httpx.Client, sandbox: RunningSandbox, pr
     }
 
 
+def test_credit_headers_are_plain_decimals(
+    client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
+) -> None:
+    sandbox.admin.settings(costs={"pixian_per_image": "0.00005"})
+    assert pixian(client, product_png).headers["X-Credits-Charged"] == "0.00005"  # not "5e-05"
+    assert pixian(client, product_png, test="true").headers["X-Credits-Calculated"] == "0.00005"
+    assert sandbox.admin.total_charged("pixian") == 0.00005
+
+
 def test_test_mode_is_free_watermarked_and_reports_calculated(
     client: httpx.Client, sandbox: RunningSandbox, product_png: bytes
 ) -> None:
