@@ -65,7 +65,10 @@ class ListImageShardsOperator(BaseOperator):
     The listing never includes the provider's own folder under the prefix (``_bgremoval/``), nor, given
     the bucket task's destination, the outputs of a destination (or masters prefix) that lies inside the
     source prefix of the same bucket: they are listed around, so no output is sent again as a source
-    (docs/pipeline.md, "Outputs inside the source prefix").
+    (docs/pipeline.md, "Outputs inside the source prefix"). Refused before anything is listed
+    (``InvalidOptionError``; at DAG parse unless templated): shard limits out of range, an output prefix
+    that is the source prefix itself in the same bucket (nothing would be listed), a ``gs://`` URI given
+    as a bucket or a prefix.
 
     :param source_bucket: bucket to list.
     :param source_prefix: prefix to list.
@@ -76,8 +79,7 @@ class ListImageShardsOperator(BaseOperator):
     :param min_shard_size: do not make shards smaller than this (at least 1).
     :param destination_bucket: the bucket task's ``destination_bucket`` (``None``: not given).
     :param destination_prefix: the bucket task's ``destination_prefix``.
-    :param masters_prefix: the bucket task's ``masters_prefix``, if it gives one. An output prefix that
-        is the source prefix itself (same bucket) is refused (``InvalidOptionError``).
+    :param masters_prefix: the bucket task's ``masters_prefix``, if it gives one.
     :param gcp_conn_id: Google Cloud connection.
     """
 
@@ -141,6 +143,7 @@ class ListImageShardsOperator(BaseOperator):
         The folders the listing leaves out: the provider's own, and the outputs read back. Outputs at
         the source prefix itself (same bucket) are refused: every name would be left out.
         """
+        self._refuse_uris()
         prefix = normalise_prefix(self.source_prefix)
         masters = normalise_prefix(self.masters_prefix) if self.masters_prefix else None
         outputs = {"destination_prefix": normalise_prefix(self.destination_prefix), "masters_prefix": masters}
@@ -156,6 +159,22 @@ class ListImageShardsOperator(BaseOperator):
                     "prefix or bucket",
                 )
         return [internal_prefix(prefix), *read_back]
+
+    def _refuse_uris(self) -> None:
+        """
+        Refuse a ``gs://`` URI given as a bucket or a prefix: a prefix ``gs://shop/2026/`` lists the
+        objects named so (none) and a bucket ``gs://shop`` is never the source's, so nothing would be
+        listed, or listed around, without a word.
+        """
+        for parameter in _LAYOUT_FIELDS:
+            value = getattr(self, parameter)
+            if isinstance(value, str) and value.strip().startswith("gs://"):
+                where = "bucket name" if parameter.endswith("bucket") else "prefix inside the bucket"
+                raise InvalidOptionError(
+                    parameter,
+                    f"{value!r} is a gs:// URI; give the {where} only (the bucket in source_bucket or "
+                    "destination_bucket, the prefix without 'gs://<bucket>/')",
+                )
 
     def execute(self, context: Context) -> list[list[str]]:
         """List the prefix (filtered, around :meth:`skipped_folders`) and return its shards."""

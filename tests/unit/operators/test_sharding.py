@@ -274,3 +274,32 @@ def test_outputs_at_the_source_prefix_itself_are_refused_not_listed_as_nothing(
         setattr(op, name, value)  # as Airflow renders it
     with pytest.raises(InvalidOptionError, match=rf"{parameter}.*is the source prefix"):
         op.execute({})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("layout", "parameter"),
+    [
+        ({"source_prefix": "gs://shop/2026/"}, "source_prefix"),
+        ({"source_bucket": "gs://shop"}, "source_bucket"),
+        ({"destination_bucket": "gs://shop", "destination_prefix": "2026/cutouts/"}, "destination_bucket"),
+        (
+            {"destination_bucket": "shop", "destination_prefix": "gs://shop/2026/cutouts/"},
+            "destination_prefix",
+        ),
+        ({"destination_bucket": "shop", "masters_prefix": "gs://shop/2026/m/"}, "masters_prefix"),
+    ],
+)
+def test_uris_where_buckets_and_prefixes_belong_are_refused(
+    monkeypatch: pytest.MonkeyPatch, layout: dict[str, str], parameter: str
+) -> None:
+    """source_prefix='gs://shop/2026/' listed the objects named 'gs://shop/2026/…' (none) and returned no
+    shard: the run succeeded having processed nothing; a gs:// destination was not listed around."""
+    monkeypatch.setattr("airflow_provider_bgremoval.operators.sharding.GcsStorage", _NoStorage)
+    kwargs: dict[str, Any] = {"source_bucket": "shop", "source_prefix": "2026/", **layout}
+    with pytest.raises(InvalidOptionError, match=rf"'{parameter}'.*gs://"):
+        ListImageShardsOperator(task_id="list", **kwargs)
+    op = ListImageShardsOperator(task_id="list", source_bucket="{{ params.b }}", gcp_conn_id=None)
+    for name, value in kwargs.items():
+        setattr(op, name, value)  # as Airflow renders it
+    with pytest.raises(InvalidOptionError, match=rf"'{parameter}'.*gs://"):
+        op.execute({})  # type: ignore[arg-type]
