@@ -69,13 +69,32 @@ def parse_scopes(value: Any) -> list[str] | None:
 
 
 def _load_extras(gcp_conn_id: str) -> Mapping[str, Any] | None:
-    """The connection's extras, or ``None`` when the connection is not defined."""
+    """
+    The connection's extras, or ``None`` when the connection is not defined; an extra that is not a
+    JSON object is refused (Airflow reads one that is not JSON as no extras: its key would go unseen
+    and Application Default Credentials, another identity, be used).
+    """
     try:
         conn = get_connection(gcp_conn_id)  # keeps the key material out of dag.test()'s DEBUG log
     except AirflowNotFoundException:
         return None
-    extras = conn.extra_dejson
-    return extras if isinstance(extras, Mapping) else {}
+    extras = conn.extra_dejson  # registers its secrets with the masker
+    if isinstance(extras, Mapping) and (extras or _empty_object(conn.extra)):
+        return extras
+    raise StorageConfigError(
+        f"connection {gcp_conn_id!r}: its extra is not a JSON object of settings (not shown: it may "
+        "hold a key); fix it rather than run as another identity"
+    )
+
+
+def _empty_object(raw: str | None) -> bool:
+    """Whether a connection's raw extra holds no settings: blank, or an empty JSON object."""
+    if raw is None or not raw.strip():
+        return True
+    try:
+        return bool(json.loads(raw) == {})
+    except ValueError:
+        return False
 
 
 def resolve_gcs_credentials(

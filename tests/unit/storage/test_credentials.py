@@ -566,3 +566,37 @@ def test_adc_failure_reason_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(broken))
     with pytest.raises(StorageConfigError, match=r"is not a valid json file\. \(JSONDecodeError\)"):
         resolve_gcs_credentials(None)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '{"keyfile_dict": "{\\"private_key\\": \\"SECRETSECRET\\"", }',  # a quote lost in hand-editing
+        '["SECRETSECRET"]',  # JSON, but not an object of extras
+    ],
+    ids=["not-json", "not-an-object"],
+)
+def test_a_connection_whose_extra_cannot_be_read_is_refused_not_replaced_by_adc(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, extra: str
+) -> None:
+    """Airflow reads an extra that is not JSON as no extras at all (it logs the parse error), so the
+    connection's key was never seen and the task ran as the worker's Application Default Credentials,
+    another identity and project."""
+    import traceback
+
+    connection = json.dumps({"conn_type": GCP, "extra": extra})
+    monkeypatch.setenv("AIRFLOW_CONN_GCP_BROKEN", connection)
+    with pytest.raises(StorageConfigError, match=r"connection 'gcp_broken': its extra is not a JSON object"):
+        resolve_gcs_credentials("gcp_broken")
+    assert adc.calls == []
+    with pytest.raises(StorageConfigError) as caught:
+        resolve_gcs_credentials("gcp_broken")
+    assert "SECRETSECRET" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize("extra", ["", "{}", " { } ", "  "])
+def test_an_empty_extra_still_means_adc(
+    monkeypatch: pytest.MonkeyPatch, adc: AdcRecorder, extra: str
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_GCP_EMPTY", json.dumps({"conn_type": GCP, "extra": extra}))
+    assert resolve_gcs_credentials("gcp_empty").source == "adc"
