@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.retry import slot_wait_allowed
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,17 @@ class Pacer:
         return self.policy.window / per_window if per_window else 1.0 / rate
 
     def wait_time(self) -> float:
-        """Seconds to wait before asking again; ``0.0``: a request may go now (its slot is taken)."""
+        """
+        Seconds to wait before asking again; ``0.0``: a request may go now (its slot is taken). Asked in a
+        retried call's attempt, the waits come out of the call's wait budget (:func:`.slot_wait_allowed`):
+        once it is spent the request goes (a held or rate-limited vendor refuses it unbilled), so an
+        image's call, and its claim, is not held back by the hook's other images for ever.
+        """
         with self._lock:
             now = self.clock.now()
-            if now < self._next:  # the next slot, or a hold (:meth:`hold`, also when unpaced)
-                return self._next - now
+            # the next slot, or a hold (:meth:`hold`, also when unpaced)
+            if now < self._next and (allowed := slot_wait_allowed(self._next - now)) > 0:
+                return allowed
             if self._rate is not None:
                 self._next = max(self._next, now) + self.interval(self._rate)
             self._sent.append(now)

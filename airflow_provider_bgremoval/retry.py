@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -29,9 +30,10 @@ T = TypeVar("T")
 #: output's store after it (GCS requests of a few seconds each, with their own retries).
 STORE_ALLOWANCE_SECONDS = 240.0
 #: The shortest claim lease (``claim_lease``), and the least of it the engine keeps in hand for a call:
-#: the longest :class:`ClaimHold` on the vendors' default settings (Pixian: 7 attempts of up to 180 s,
-#: 300 s of waits, then :data:`STORE_ALLOWANCE_SECONDS`: 1800 s). A connection's ``timeout`` and
-#: ``max_retries`` extras can make a hold longer (:func:`lease_margin`).
+#: the longest :class:`ClaimHold` on the vendors' default settings for a result that comes in the reply
+#: (Pixian: 7 attempts of up to 180 s, 300 s of waits, then :data:`STORE_ALLOWANCE_SECONDS`: 1800 s).
+#: A vendor's result download (Pixelcut's: 2280 s) and a connection's ``timeout`` and ``max_retries``
+#: extras make a hold longer, checked when the task starts (:func:`lease_margin`).
 LEASE_MARGIN_SECONDS = 1800.0
 
 
@@ -41,7 +43,9 @@ class RetryPolicy:
     How a vendor call is retried.
 
     :param max_attempts: attempts in total, the first one included.
-    :param max_wait: seconds of waiting between attempts, in total, before giving up.
+    :param max_wait: seconds of waiting in a call, in total, before giving up: between attempts, and
+        for a request slot before each of them (:meth:`~airflow_provider_bgremoval.pacing.Pacer.wait_time`,
+        :func:`slot_wait_allowed`).
     :param initial_backoff: first exponential wait in seconds.
     :param max_backoff: cap of one exponential wait.
     :param jitter: random seconds (0..jitter) added to exponential waits.
@@ -84,20 +88,25 @@ def parse_max_retries(value: Any) -> int | None:
 class ClaimHold:
     """
     The longest one image may hold its claim on a connection before its output is stored: every attempt
-    of its call running to the idle timeout, the policy's whole wait budget between them, then the read
-    and the store (:data:`STORE_ALLOWANCE_SECONDS`). A claim is not renewed: its lease must outlast this.
+    of its call running to the idle timeout, the policy's whole wait budget (retries' waits and request
+    slots'), the same again for a result download when the vendor may answer with a result URL, then
+    the read and the store (:data:`STORE_ALLOWANCE_SECONDS`). A claim is not renewed: its lease must
+    outlast this.
 
     :param conn_id: the vendor connection.
     :param policy: its effective retry policy.
     :param timeout: its idle timeout in seconds.
     :param drivers: the connection's settings that lengthen it past the vendor's defaults
         (``timeout``, ``max_retries``).
+    :param downloads: a call may be followed by a result download retried under the same policy
+        (the vendor spec's ``result_download``).
     """
 
     conn_id: str
     policy: RetryPolicy
     timeout: float
     drivers: tuple[str, ...] = ()
+    downloads: bool = False
 
     @classmethod
     def of(cls, hook: BackgroundRemovalHook[Any]) -> ClaimHold:
@@ -113,12 +122,14 @@ class ClaimHold:
             "timeout": timeout > spec.default_timeout,
             "max_retries": policy.max_attempts > spec.retry_policy.max_attempts,
         }
-        return cls(hook.conn_id, policy, timeout, tuple(name for name, longer_ in longer.items() if longer_))
+        drivers = tuple(name for name, longer_ in longer.items() if longer_)
+        return cls(hook.conn_id, policy, timeout, drivers, downloads=spec.result_download)
 
     @property
     def seconds(self) -> float:
         """The hold in seconds."""
-        return self.policy.max_attempts * self.timeout + self.policy.max_wait + STORE_ALLOWANCE_SECONDS
+        sequence = self.policy.max_attempts * self.timeout + self.policy.max_wait
+        return sequence * (2 if self.downloads else 1) + STORE_ALLOWANCE_SECONDS
 
     def __str__(self) -> str:
         retries = self.policy.max_attempts - 1
@@ -126,9 +137,10 @@ class ClaimHold:
             f"its max_retries extra: {retries}" if "max_retries" in self.drivers else f"max_retries {retries}"
         )
         timed = "its timeout extra" if "timeout" in self.drivers else "timeout"
+        twice = ", for the call and again for its result download (a result URL)" if self.downloads else ""
         return (
             f"connection {self.conn_id!r}: {retries + 1} attempt(s) ({retried}) of up to {self.timeout:g} s "
-            f"each ({timed}), {self.policy.max_wait:g} s of waits between them, then "
+            f"each ({timed}) and {self.policy.max_wait:g} s of waits{twice}, then "
             f"{STORE_ALLOWANCE_SECONDS:g} s for the read and the store"
         )
 
@@ -190,15 +202,36 @@ class CallStats:
         return replace(self, waits=list(self.waits), retry_guard=None)
 
 
+#: The retried call whose attempt runs in this context (a thread's, an asyncio task's), if any.
+_ATTEMPTING: ContextVar[_CallDecisions | None] = ContextVar("bgremoval_attempting", default=None)
+
+
+def slot_wait_allowed(seconds: float) -> float:
+    """
+    How much of a ``seconds`` wait for a request slot (a :class:`~airflow_provider_bgremoval.pacing.Pacer`'s
+    rate or hold) the call whose attempt asks may wait: what its policy's ``max_wait`` has left, taken
+    from it (a :class:`ClaimHold` counts that much waiting). ``seconds`` outside a retried call.
+
+    :param seconds: the wait the pacer would impose.
+    :return: the wait allowed (``0``: the request goes now).
+    """
+    decisions = _ATTEMPTING.get()
+    return seconds if decisions is None else decisions.take_wait(seconds)
+
+
 @dataclass(eq=False)
 class _CallDecisions:
-    """One call's retry record, changed only by :meth:`attempt`; ``wait`` and ``stop`` only read it."""
+    """
+    One call's retry record, changed only by :meth:`attempt` and, within one, :meth:`take_wait`;
+    ``wait`` and ``stop`` only read it.
+    """
 
     policy: RetryPolicy
     stats: CallStats
     rng: random.Random
     attempts: int = 0  # of this call (``stats`` may be shared with an earlier call)
     slept: float = 0.0
+    slot_waits: float = 0.0  # seconds allowed to waits for a request slot (:func:`slot_wait_allowed`)
     consecutive_429: int = 0
     last_error: BaseException | None = None
     jitter_sample: float = 0.0  # drawn once per failed attempt, so every read of the wait agrees
@@ -214,6 +247,7 @@ class _CallDecisions:
         self.attempts += 1
         self.stats.attempts += 1
         self.stats.attempt_in_flight = True
+        token = _ATTEMPTING.set(self)
         try:
             yield
         except BaseException as exc:
@@ -225,7 +259,15 @@ class _CallDecisions:
             self.consecutive_429 = self.consecutive_429 + 1 if isinstance(exc, RateLimitedError) else 0
             self.jitter_sample = self.rng.uniform(0, self.policy.jitter) if is_retryable(exc) else 0.0
             raise
+        finally:
+            _ATTEMPTING.reset(token)
         self.stats.attempt_in_flight = False
+
+    def take_wait(self, seconds: float) -> float:
+        """Allow up to ``seconds`` of a wait for a request slot from what the wait budget has left."""
+        allowed = max(0.0, min(seconds, self.policy.max_wait - self.slept - self.slot_waits))
+        self.slot_waits += allowed
+        return allowed
 
     def wait(self, retry_state: RetryCallState | None = None) -> float:
         """tenacity's wait strategy: seconds to wait after the attempt that just failed."""
@@ -240,7 +282,8 @@ class _CallDecisions:
 
     def stop(self, retry_state: RetryCallState) -> bool:
         """tenacity's stop strategy: the attempt or wait bound is reached, or the retry guard refuses."""
-        if self.attempts >= self.policy.max_attempts or self.slept + self.wait() > self.policy.max_wait:
+        waited = self.slept + self.slot_waits
+        if self.attempts >= self.policy.max_attempts or waited + self.wait() > self.policy.max_wait:
             return True
         guard, exc = self.stats.retry_guard, self.last_error
         if guard is None or exc is None or not is_lost_reply(exc):

@@ -295,6 +295,9 @@ class VendorSpec:
     :param balance_path: the free balance (or account) endpoint's path.
     :param api_prefix: the paths' version prefix, left out when the base URL already ends with it.
     :param options: the vendor's options model (``None``: vendor options are passed on as given).
+    :param result_download: a call's reply may point at its result (a :class:`ResultLocation`), which
+        the hook then downloads in a second sequence retried under the same policy: one image's call
+        may take that long again (:class:`~airflow_provider_bgremoval.retry.ClaimHold` counts it).
     """
 
     name: str
@@ -315,6 +318,7 @@ class VendorSpec:
     balance_path: str = ""
     api_prefix: str = ""
     options: type[OptionSet] | None = None
+    result_download: bool = False
 
 
 def echoed_forms(value: str) -> set[str]:

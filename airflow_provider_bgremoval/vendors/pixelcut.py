@@ -333,6 +333,8 @@ PIXELCUT_SPEC = VendorSpec(
     remove_path="/v1/remove-background",
     balance_path="/v1/credits",
     options=PixelcutOptions,
+    # a JSON reply is a result_url whatever was asked for (parse_image_reply), downloaded with retries
+    result_download=True,
 )
 GENERATE_PATH = "/v1/generate-background"
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, TransientVendorError
 from airflow_provider_bgremoval.pacing import ManualClock, Pacer, PacingPolicy, parse_requests_per_second
+from airflow_provider_bgremoval.retry import RetryPolicy, acall_with_retry, call_with_retry
 
 
 @pytest.mark.parametrize(
@@ -247,3 +248,58 @@ def test_a_hold_stops_every_request_without_changing_the_rate(cap: float | None)
     assert pacer.rate == rate
     clock.advance(30.0)
     assert pacer.wait_time() == 0.0
+
+
+# -- the pacer's waits come out of the call's wait budget ------------------------------------------
+
+
+def _held_attempt(pacer: Pacer, clock: ManualClock) -> Callable[[], str]:
+    """An attempt the way the hook makes it: its slot first; meanwhile another image's 503 held the
+    pacer for two minutes (``Retry-After`` capped at the policy's ``max_retry_after``); then a 502."""
+
+    def attempt() -> str:
+        pacer.hold(120.0)  # another image's reply came back while this one waited for its retry
+        _take(pacer, clock)
+        raise TransientVendorError("502 bad gateway", vendor="pixelcut", status_code=502)
+
+    return attempt
+
+
+def test_a_call_s_slot_waits_and_retry_waits_stay_within_the_policy_s_wait_budget() -> None:
+    """The claim hold counts ``max_wait`` of waiting in a call: the pacer's waits before each attempt
+    (holds set by the hook's other images, their rate) are waiting too. Uncounted, six attempts each held
+    two minutes by other images' 503s waited 728 s in all, past the 300 s budget, holding the claim."""
+    clock, policy = ManualClock(), RetryPolicy(max_attempts=6, max_wait=300.0)
+    pacer = Pacer(PacingPolicy(requests_per_second=5), clock)
+    with pytest.raises(TransientVendorError):
+        call_with_retry(_held_attempt(pacer, clock), policy, sleep=clock.sleep, rng=random.Random(0))
+    assert clock.now() <= policy.max_wait + 1e-6
+
+
+async def test_an_async_call_s_slot_waits_stay_within_the_wait_budget() -> None:
+    clock, policy = ManualClock(), RetryPolicy(max_attempts=6, max_wait=300.0)
+    attempt = _held_attempt(Pacer(PacingPolicy(), clock), clock)
+
+    async def aattempt() -> str:
+        return attempt()
+
+    with pytest.raises(TransientVendorError):
+        await acall_with_retry(aattempt, policy, sleep=clock.asleep, rng=random.Random(0))
+    assert clock.now() <= policy.max_wait + 1e-6
+
+
+def test_a_slot_wait_past_the_call_s_budget_lets_the_request_go_and_keeps_the_others_held() -> None:
+    """Once the call's budget is spent its request goes (a held vendor answers 503 or 429, not billed, and
+    the call ends there); the hold still keeps the hook's other requests back."""
+    clock = ManualClock()
+    pacer = Pacer(PacingPolicy(), clock)
+    sent: list[float] = []
+
+    def attempt() -> str:
+        pacer.hold(1000.0)
+        sent.append(_take(pacer, clock))
+        return "ok"
+
+    assert call_with_retry(attempt, RetryPolicy(max_wait=30.0), sleep=clock.sleep) == "ok"
+    assert sent == [30.0]
+    assert pacer.wait_time() == 970.0  # outside a call: the hold as it was

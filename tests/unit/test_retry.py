@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import pytest
@@ -30,6 +31,7 @@ from airflow_provider_bgremoval.retry import (
     is_lost_reply,
     is_retryable,
     parse_max_retries,
+    slot_wait_allowed,
 )
 from tests.support.connections import SleepRecorder
 
@@ -552,3 +554,32 @@ def test_a_bad_max_retries_extra_is_refused_naming_it(value: object) -> None:
     with pytest.raises(InvalidOptionError) as info:
         parse_max_retries(value)
     assert info.value.parameter == "max_retries"
+
+
+# -- waits for a request slot come out of the call's budget ----------------------------------------
+
+
+async def test_slot_waits_are_taken_from_the_wait_budget_of_the_call_that_asks() -> None:
+    """A pacer asks :func:`slot_wait_allowed` inside an attempt; each call (an asyncio task, a thread)
+    has its own budget, shared by its retries' waits and its slot waits, and nothing outside a call."""
+    policy = RetryPolicy(max_attempts=3, max_wait=10.0, initial_backoff=1.0, jitter=0.0)
+    granted: dict[str, list[float]] = {"slow": [], "quick": []}
+
+    def attempt(name: str, asked: float) -> Callable[[], Awaitable[str]]:
+        async def once() -> str:
+            granted[name].append(slot_wait_allowed(asked))
+            await asyncio.sleep(0)  # the other call's attempt runs meanwhile
+            raise transient()
+
+        return once
+
+    sleeps = {name: SleepRecorder() for name in granted}
+    calls = [
+        acall_with_retry(attempt(name, asked), policy, sleep=sleeps[name].asleep)
+        for name, asked in (("slow", 8.0), ("quick", 1.0))
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(outcome, TransientVendorError) for outcome in outcomes)
+    assert granted == {"slow": [8.0, 1.0], "quick": [1.0, 1.0, 1.0]}  # slow: 8 + 1 + 1 s of retry wait
+    assert sleeps["slow"].waits == [1.0] and sleeps["quick"].waits == [1.0, 2.0]
+    assert slot_wait_allowed(5.0) == 5.0

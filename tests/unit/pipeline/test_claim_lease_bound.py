@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
+from PIL import Image
 
-from airflow_provider_bgremoval.exceptions import InvalidOptionError
+from airflow_provider_bgremoval.exceptions import InvalidOptionError, TransientVendorError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+from airflow_provider_bgremoval.pacing import ManualClock
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore, parse_lease_seconds
-from airflow_provider_bgremoval.retry import LEASE_MARGIN_SECONDS, ClaimHold, lease_margin
+from airflow_provider_bgremoval.retry import (
+    LEASE_MARGIN_SECONDS,
+    STORE_ALLOWANCE_SECONDS,
+    ClaimHold,
+    lease_margin,
+)
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 from airflow_provider_bgremoval.vendors.base import VendorSpec
 from airflow_provider_bgremoval.vendors.pixelcut import PIXELCUT_SPEC
 from airflow_provider_bgremoval.vendors.pixian import PIXIAN_SPEC
 from airflow_provider_bgremoval.vendors.poof import POOF_SPEC
-from tests.support.connections import set_connection
+from tests.support.connections import SleepRecorder, set_connection
 
 
 def _hook(
@@ -102,3 +112,84 @@ def test_the_margin_s_old_home_still_gives_it_with_a_deprecation_warning() -> No
         DeprecationWarning, match="import LEASE_MARGIN_SECONDS from airflow_provider_bgremoval.retry"
     ):
         assert failover.LEASE_MARGIN_SECONDS == LEASE_MARGIN_SECONDS
+
+
+def _png(size: int = 64, mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (size, size), (200, 10, 10, 255)[: len(mode)]).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_pixelcut_hold_counts_the_result_download_retried_after_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pixelcut reply may be a ``result_url``: the hook then downloads the result in a second sequence
+    retried under the same policy (its attempts, its timeout, its wait budget again). On the default
+    settings that is 2 x (6 x 120 s + 300 s) + 240 s = 2280 s, past the 1800 s floor."""
+    sleep = SleepRecorder()
+    served = {"remove": 0, "result": 0}
+
+    def vendor(request: httpx.Request) -> httpx.Response:
+        kind = "remove" if request.url.path == "/v1/remove-background" else "result"
+        served[kind] += 1
+        if served[kind] < 6:  # every retry the policy allows, in both sequences
+            return httpx.Response(502, json={"error": "bad gateway"})
+        if kind == "remove":
+            return httpx.Response(200, json={"result_url": "https://assets.pixelcut.app/public/r.png"})
+        return httpx.Response(200, content=_png(mode="RGBA"), headers={"content-type": "image/png"})
+
+    transport = httpx.MockTransport(vendor)
+    set_connection(monkeypatch, "pixelcut_default", "pixelcut", password="a-test-key")
+    hook = BackgroundRemovalHook.get_hook(
+        "pixelcut_default", {"transport": transport, "sleep": sleep, "requests_per_second": 0}
+    )
+    hook.remove_background(_png())
+    policy = hook.retry_policy
+    assert served == {"remove": policy.max_attempts, "result": policy.max_attempts}  # two sequences
+    hold = ClaimHold.of(hook)
+    attempts = served["remove"] + served["result"]
+    assert attempts * hold.timeout + sum(sleep.waits) + STORE_ALLOWANCE_SECONDS <= hold.seconds
+    assert hold.seconds == 2 * (6 * 120 + 300) + 240 == 2280
+    assert "result download" in str(hold), str(hold)
+    with pytest.raises(InvalidOptionError, match="1800 s is shorter than the 2280 s"):
+        parse_lease_seconds(1800, [hold])
+
+
+@pytest.mark.parametrize(("vendor", "seconds"), [("pixian", 1800), ("poof", 5 * 60 + 300 + 240)])
+def test_a_vendor_whose_result_comes_in_its_reply_holds_one_retried_sequence(
+    monkeypatch: pytest.MonkeyPatch, vendor: str, seconds: float
+) -> None:
+    hold = ClaimHold.of(_hook(monkeypatch, f"{vendor}_default", vendor))
+    assert hold.seconds == seconds and "result download" not in str(hold)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_hook_s_slot_waits_held_by_its_other_images_stay_within_the_hold(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Each attempt waits for its pacer slot; a 503 with Retry-After on another image of the hook holds
+    them all (up to max_retry_after, 120 s). Those waits count in the call's wait budget, so a call
+    stays within its ClaimHold: they were uncounted, and a call whose every retry was held two minutes
+    waited 600 s, twice its 300 s budget."""
+    clock = ManualClock()
+    hook: BackgroundRemovalHook[Any] | None = None
+
+    def vendor(request: httpx.Request) -> httpx.Response:
+        assert hook is not None and hook.pacer is not None
+        hook.pacer.hold(120.0)  # another image's 503 (Retry-After: 120) came back meanwhile
+        return httpx.Response(502, json={"error": "bad gateway"})
+
+    set_connection(monkeypatch, "pixelcut_default", "pixelcut", password="a-test-key")
+    params: dict[str, Any] = {"pacing_clock": clock, "sleep": clock.sleep, "async_sleep": clock.asleep}
+    transport = httpx.MockTransport(vendor)
+    hook = BackgroundRemovalHook.get_hook(
+        "pixelcut_default", {**params, "transport": transport, "async_transport": transport}
+    )
+    with pytest.raises(TransientVendorError):
+        await (
+            hook.aremove_background(_png())
+            if mode == "async"
+            else asyncio.to_thread(hook.remove_background, _png())
+        )
+    hold = ClaimHold.of(hook)
+    assert clock.now() <= hold.policy.max_wait + 1e-6  # every attempt was answered at once: waits only

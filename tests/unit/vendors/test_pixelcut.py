@@ -29,6 +29,8 @@ from airflow_provider_bgremoval.vendors.pixelcut import (
     PixelcutShadow,
     PixelcutWire,
 )
+from airflow_provider_bgremoval.vendors.pixian import PIXIAN_SPEC
+from airflow_provider_bgremoval.vendors.poof import POOF_SPEC
 
 KEY = "sk_wire_test_key_123456"
 
@@ -480,3 +482,12 @@ def test_long_error_bodies_are_cut(wire):
     )
     assert len(exc.message) <= 300
     assert json.dumps(exc.as_dict())
+
+
+def test_the_spec_declares_that_a_call_may_be_followed_by_a_retried_result_download(wire):
+    # a JSON reply is read as a result_url whatever was asked for (parse_image_reply): any call may point
+    # at its result, which the hook downloads under the retry policy again (ClaimHold counts it)
+    assert PixelcutWire.spec.result_download
+    reply = httpx.Response(200, json={"result_url": "https://assets.pixelcut.app/public/r.png"})
+    assert isinstance(wire.parse_image_reply(reply), ResultLocation)
+    assert not PIXIAN_SPEC.result_download and not POOF_SPEC.result_download
