@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -368,6 +369,22 @@ def _base_url(value: Any) -> Any:
     return value.rstrip("/") if isinstance(value, str) else value
 
 
+def use_before_time(value: str) -> datetime:
+    """Parse Pixian's ``useBefore`` (ISO 8601; a time without an offset is UTC).
+
+    :param value: e.g. ``2099-12-31T00:00:00Z``
+    :raises ValueError: when it is no ISO 8601 date or time
+    """
+    when = datetime.fromisoformat(value.strip())
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _use_before(value: Any) -> Any:
+    if isinstance(value, str):
+        use_before_time(value)
+    return value
+
+
 @dataclass(config=_SETTINGS)
 class SandboxConfig:
     """Complete sandbox configuration.
@@ -388,7 +405,8 @@ class SandboxConfig:
     :param poof_crop_padding: the ``padding`` of a Poof crop whose request sends none (generation B
         documents ``10%``; ``0`` gives generation A's tight crop)
     :param pixian_credit_pack: the ``creditPack`` reported by Pixian ``GET /api/v2/account``
-    :param pixian_use_before: the ``useBefore`` reported by Pixian
+    :param pixian_use_before: the ``useBefore`` reported by Pixian (ISO 8601): the pack goes
+        ``dormant`` when the sandbox's date (the wall clock moved by ``advance_clock``) reaches it
     """
 
     seed: int = 0
@@ -405,7 +423,7 @@ class SandboxConfig:
     poof_plan: str = "Pro"
     poof_crop_padding: Annotated[str, BeforeValidator(_padding)] = "10%"
     pixian_credit_pack: str = "sandbox"
-    pixian_use_before: str = "2099-12-31T00:00:00Z"
+    pixian_use_before: Annotated[str, BeforeValidator(_use_before)] = "2099-12-31T00:00:00Z"
 
     def __post_init__(self) -> None:
         for vendor, entries in _default_keys().items():

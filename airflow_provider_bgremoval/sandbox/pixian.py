@@ -5,6 +5,8 @@ Choices where the documents are silent (INVENTED; also listed in docs/sandbox.md
 
 * Bad or missing credentials → 401; no credits → 402; a ``dormant`` account → 402 (DESIGN.md). The
   numeric ``code`` values other than 1006 are invented (see :data:`~.errors.PIXIAN_CODES`).
+* The pack goes ``dormant`` (as documented for ``useBefore``) when the sandbox's date reaches
+  ``pixian_use_before``: the wall clock plus the offset ``advance_clock`` has added.
 * No subject found → 400 with invented code 1007.
 * Both multipart (``curl -F``) and urlencoded bodies (the docs' Python ``image.url`` sample) are
   accepted. When several inputs are sent, ``image`` wins over ``image.base64`` over ``image.url``.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -36,8 +39,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from airflow_provider_bgremoval.sandbox import imaging
+from airflow_provider_bgremoval.sandbox.config import use_before_time
 from airflow_provider_bgremoval.sandbox.errors import VendorError, render_error, unauthorized
-from airflow_provider_bgremoval.sandbox.ledger import InsufficientCredits, as_number, fingerprint
+from airflow_provider_bgremoval.sandbox.ledger import Account, InsufficientCredits, as_number, fingerprint
 from airflow_provider_bgremoval.sandbox.state import (
     MEGABYTE,
     InputError,
@@ -328,6 +332,19 @@ def _resolve(margin: tuple[tuple[float, str], ...], width: int, height: int) -> 
     return out[0], out[1], out[2], out[3]
 
 
+def _pack_state(state: SandboxState, account: Account) -> str:
+    """The account's state: an active pack goes ``dormant`` once the sandbox's date (the wall clock
+    moved by ``advance_clock``) reaches ``useBefore`` ("when your credit pack will go dormant").
+
+    :param state: the sandbox state
+    :param account: the account
+    """
+    expires = use_before_time(state.config.pixian_use_before).timestamp()
+    if account.state == "active" and time.time() + state.clock.offset >= expires:
+        return "dormant"
+    return account.state
+
+
 async def remove_background(request: Request) -> Response:
     """``POST /api/v2/remove-background``.
 
@@ -352,7 +369,7 @@ async def remove_background(request: Request) -> Response:
         cost = state.config.costs.pixian_per_image
         account = state.ledger.get("pixian", api_id)
         if not opts.test and account is not None:
-            if account.state != "active":
+            if _pack_state(state, account) != "active":
                 raise VendorError(402, "account_dormant", "Your credit pack is dormant; buy a new one")
             if account.balance < cost:
                 raise VendorError(402, "insufficient_credits", "Insufficient credits")
@@ -389,7 +406,7 @@ async def account(request: Request) -> Response:
     return JSONResponse(
         {
             "creditPack": state.config.pixian_credit_pack,
-            "state": acct.state,
+            "state": _pack_state(state, acct),
             "useBefore": state.config.pixian_use_before,
             "credits": float(as_number(acct.balance)),
         }

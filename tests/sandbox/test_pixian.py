@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import requests
 from PIL import Image, ImageChops
 from sandbox_helpers import decode, png_bytes, product_shot
 
-from airflow_provider_bgremoval.sandbox import RunningSandbox
+from airflow_provider_bgremoval.sandbox import RunningSandbox, run_sandbox
 
 AUTH = ("px_sandbox_id", "px_sandbox_secret")
 PATH = "/api/v2/remove-background"
@@ -320,6 +321,28 @@ def test_image_errors(client: httpx.Client, blank_png: bytes) -> None:
     r = pixian(client, huge)
     assert r.status_code == 400
     assert error_of(r)["code"] == 1003
+
+
+def test_the_pack_goes_dormant_at_use_before(product_png: bytes) -> None:
+    # "useBefore: Indicates when your credit pack will go dormant. You will need to buy another credit
+    # pack before this date to continue using the API."
+    use_before = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with run_sandbox(pixian_use_before=use_before) as sb, httpx.Client(base_url=sb.url, trust_env=False) as c:
+        assert c.get("/api/v2/account", auth=AUTH).json()["state"] == "active"
+        assert pixian(c, product_png).status_code == 200
+        sb.admin.advance_clock(2 * 86400)  # the sandbox's date passes useBefore
+        account = c.get("/api/v2/account", auth=AUTH).json()
+        assert (account["state"], account["useBefore"]) == ("dormant", use_before)
+        r = pixian(c, product_png)
+        assert (r.status_code, error_of(r)["code"]) == (402, 1103)
+        assert pixian(c, product_png, test="true").status_code == 200  # testing needs no pack
+        assert sb.admin.total_charged("pixian") == 1
+    with (
+        run_sandbox(pixian_use_before="2020-01-01") as sb,
+        httpx.Client(base_url=sb.url, trust_env=False) as c,
+    ):
+        r = pixian(c, product_png)  # dormant from the start
+        assert (r.status_code, error_of(r)["code"]) == (402, 1103)
 
 
 def test_auth_and_account_states(client: httpx.Client, sandbox: RunningSandbox, product_png: bytes) -> None:

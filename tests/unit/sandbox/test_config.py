@@ -174,3 +174,10 @@ def test_poof_crop_padding_is_validated_as_a_padding() -> None:
     for bad in ("wide", "-1%", "1,2,3", "", "10px"):
         with pytest.raises(ConfigError, match="poof_crop_padding"):
             SandboxConfig.from_dict({"poof_crop_padding": bad})
+
+
+def test_pixian_use_before_is_an_iso_8601_time() -> None:
+    assert SandboxConfig.from_dict({"pixian_use_before": "2027-01-31T00:00:00Z"}).pixian_use_before
+    assert SandboxConfig.from_dict({"pixian_use_before": "2027-01-31"}).pixian_use_before == "2027-01-31"
+    with pytest.raises(ConfigError, match="pixian_use_before"):
+        SandboxConfig.from_dict({"pixian_use_before": "next week"})
