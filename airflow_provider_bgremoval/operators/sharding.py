@@ -122,11 +122,11 @@ class ListImageShardsOperator(BaseOperator):
         self.masters_prefix = masters_prefix
         self.gcp_conn_id = gcp_conn_id
         # at DAG parse, not after the whole prefix was listed (templated values: once rendered)
-        self.shard_limits()
+        self._shard_limits()
         if not any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS):
             self.skipped_folders()
 
-    def shard_limits(self) -> tuple[int, int]:
+    def _shard_limits(self) -> tuple[int, int]:
         """
         ``(max_shards, min_shard_size)``, checked (``InvalidOptionError``); a templated one waits for
         rendering (``0`` until then).
@@ -178,7 +178,7 @@ class ListImageShardsOperator(BaseOperator):
 
     def execute(self, context: Context) -> list[list[str]]:
         """List the prefix (filtered, around :meth:`skipped_folders`) and return its shards."""
-        max_shards, min_shard_size = self.shard_limits()  # rendered: before anything is listed
+        max_shards, min_shard_size = self._shard_limits()  # rendered: before anything is listed
         skip = self.skipped_folders()
         storage = GcsStorage(gcp_conn_id=self.gcp_conn_id)
         prefix = normalise_prefix(self.source_prefix)
