@@ -48,6 +48,7 @@ from airflow_provider_bgremoval.sandbox.state import (
     fetch_url,
     get_state,
     parse_bool,
+    plain_decimal,
     read_form,
     upload_bytes,
 )
@@ -478,8 +479,10 @@ async def credits(request: Request) -> Response:
     except VendorError as err:
         return render_error("pixelcut", err, ctx.request_id)
     account = state.ledger.get("pixelcut", key)
-    balance = as_number(account.balance) if account else 0
-    value: int | float | str = str(balance) if state.config.pixelcut_credits_type == "string" else balance
+    balance = account.balance if account else Decimal(0)
+    value: int | float | str = (
+        plain_decimal(balance) if state.config.pixelcut_credits_type == "string" else as_number(balance)
+    )
     return JSONResponse({"credits_remaining": value})
 
 

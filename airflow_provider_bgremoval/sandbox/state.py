@@ -350,11 +350,19 @@ async def fetch_url(state: SandboxState, url: str, max_bytes: int) -> bytes:
         raise InputError("fetch_failed", f"could not fetch image URL: {exc.__class__.__name__}") from exc
 
 
-def credits_header(value: Decimal) -> str:
-    """Format a credit amount for a header (``1.0``, ``0.25``): the exact amount charged, in plain
-    decimals (never an exponent such as ``5e-05``, nor a float's rounding of it).
+def plain_decimal(value: Decimal) -> str:
+    """Write a credit amount exactly, in plain decimals (``42``, ``0.25``): never an exponent such as
+    ``5e-05``, nor a float's rounding of it.
 
     :param value: the amount
     """
-    text = format(value.normalize(), "f")
+    return format(value.normalize(), "f")
+
+
+def credits_header(value: Decimal) -> str:
+    """Format a credit amount for a header (``1.0``, ``0.25``; see :func:`plain_decimal`).
+
+    :param value: the amount
+    """
+    text = plain_decimal(value)
     return text if "." in text else f"{text}.0"

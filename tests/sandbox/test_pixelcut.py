@@ -409,6 +409,10 @@ def test_credits_number_or_string(client: httpx.Client, sandbox: RunningSandbox)
     assert client.get("/v1/credits", headers=KEY).json() == {"credits_remaining": 1000}
     sandbox.admin.settings(pixelcut_credits_type="string")
     assert client.get("/v1/credits", headers=KEY).json() == {"credits_remaining": "1000"}
+    sandbox.admin.set_balance("pixelcut", "0.00005")
+    assert client.get("/v1/credits", headers=KEY).json() == {"credits_remaining": "0.00005"}  # not "5e-05"
+    sandbox.admin.set_balance("pixelcut", "12.5")
+    assert client.get("/v1/credits", headers=KEY).json() == {"credits_remaining": "12.5"}
 
 
 def test_rate_limit_429_without_retry_after(
