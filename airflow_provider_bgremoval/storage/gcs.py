@@ -597,9 +597,12 @@ def _conflict(
     """The error for a failed precondition that was not this write's own earlier attempt."""
     current = existing.generation if existing is not None else None
     if expected == 0:
-        message = (
-            f"{errors.gs_uri(bucket, name)} already exists (generation {current}); create-only write refused"
+        state = (
+            f"already exists (generation {current})"
+            if current is not None
+            else "existed when the create-only write was refused (412) and is gone since"
         )
+        message = f"{errors.gs_uri(bucket, name)} {state}; create-only write refused"
         error: type[errors.WriteConflictError] = errors.ObjectExistsError
     else:
         state = f"is now generation {current}" if current is not None else "no longer exists"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import http.client
+import json
 import os
 import pickle
 from datetime import datetime, timezone
@@ -519,3 +520,41 @@ def test_a_resumable_sessions_upload_id_never_reaches_a_traceback(make: Any) -> 
     printed = "".join(traceback.format_exception(caught.value))
     assert caught.value.__cause__ is original  # the cause is kept, its type and chain unchanged
     assert "upload_id=" in printed and "SeCrEt" not in printed
+
+
+class _Answers(requests.Session):
+    """A session answering each request with a canned status (JSON body), recording nothing else."""
+
+    is_mtls = False  # as google-auth's AuthorizedSession, which the library asks
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        status, body = self.answer(str(method), str(url))
+        response = requests.Response()
+        response.status_code, response._content = status, json.dumps(body).encode()
+        response.headers["Content-Type"] = "application/json"
+        response.request = requests.Request(str(method), str(url)).prepare()
+        return response
+
+
+def test_a_create_refused_by_an_object_gone_since_says_so() -> None:
+    """412 on a create-only write, then the stat finds nothing (deleted in between, e.g. by a lifecycle
+    rule): the error said 'already exists (generation None)'."""
+
+    def answer(method: str, url: str) -> tuple[int, dict[str, Any]]:
+        if "/upload/" in url:
+            return 412, {"error": {"code": 412, "message": "At least one of the pre-conditions failed."}}
+        return 404, {"error": {"code": 404, "message": "No such object: b/out/a.png"}}
+
+    client = storage.Client(project="p", credentials=_anonymous(), _http=_Answers(answer))
+    gcs = GcsStorage(client=client, retry=None)
+    with pytest.raises(ObjectExistsError) as caught:
+        gcs.write("b", "out/a.png", b"x", content_type="image/png")
+    assert str(caught.value) == (
+        "gs://b/out/a.png existed when the create-only write was refused (412) and is gone since; "
+        "create-only write refused"
+    )
+    assert (caught.value.expected_generation, caught.value.current_generation) == (0, None)
