@@ -119,8 +119,8 @@ class SandboxAdmin:
         """Replace one vendor's latency, limits and faults.
 
         Settings (all optional): ``latency_ms``, ``jitter_ms``, ``rate_limit_rps`` (+
-        ``rate_limit_burst``),
-        ``max_concurrency``, ``retry_after``, ``error_rate`` + ``error_statuses``, ``fault`` (+
+        ``rate_limit_burst``), ``max_concurrency``, ``retry_after`` (+ ``retry_after_format``),
+        ``error_rate`` + ``error_statuses``, ``fault`` (+
         ``rate`` | ``next`` | ``requests``, ``status``, a time window ``from_s``/``until_s`` in
         sandbox-clock seconds from now), ``rules`` (a list of such dicts),
         ``slow_seconds``, ``auth_revoked``, ``result_url_status``, ``exhaust_after``, ``apply_to``,

@@ -72,6 +72,12 @@ async def _drain(receive: Receive) -> None:
             return
 
 
+def _rate_limited(vendor: str, faults: VendorFaults) -> VendorError:
+    """The vendor's 429, with the ``Retry-After`` its fault settings ask for."""
+    config = faults.config
+    return rate_limited(vendor, config.retry_after, config.retry_after_format == "http-date")
+
+
 class FaultMiddleware:
     """Pure ASGI middleware in front of the vendor routes: limits, latency, faults, request log.
 
@@ -108,9 +114,7 @@ class FaultMiddleware:
                 return
             if not faults.admit(self.state.now()):
                 ctx.fault = "rate_limit"
-                await self._answer(
-                    vendor, rate_limited(vendor, faults.config.retry_after), ctx, scope, receive, capture
-                )
+                await self._answer(vendor, _rate_limited(vendor, faults), ctx, scope, receive, capture)
                 return
             admitted = True
             delay = faults.latency()
@@ -147,9 +151,7 @@ class FaultMiddleware:
         if fault == "error":
             await self._answer(vendor, server_error(vendor, status), ctx, scope, receive, send)
         elif fault == "rate_limited":
-            await self._answer(
-                vendor, rate_limited(vendor, faults.config.retry_after), ctx, scope, receive, send
-            )
+            await self._answer(vendor, _rate_limited(vendor, faults), ctx, scope, receive, send)
         elif fault == "drop_before_headers":
             ctx.status = 0
             await _drain(receive)

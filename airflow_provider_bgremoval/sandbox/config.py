@@ -213,6 +213,8 @@ class FaultConfig:
     :param max_concurrency: at most this many requests in flight; others get 429
     :param retry_after: ``Retry-After`` seconds sent with 429 answers, as whole delta-seconds (a
         fraction rounds up; ``None``: no header, as the vendors document)
+    :param retry_after_format: ``seconds`` (delta-seconds) or ``http-date`` (the time to come back,
+        RFC 9110's other form)
     :param rules: fault rules, tried in order; the first that applies wins
     :param slow_seconds: how long a ``slow`` fault stalls before answering
     :param auth_revoked: answer every request as if the key had been revoked
@@ -230,6 +232,7 @@ class FaultConfig:
     rate_limit_burst: Annotated[float, Field(ge=1)] | None = None
     max_concurrency: int | None = None
     retry_after: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    retry_after_format: Literal["seconds", "http-date"] = "seconds"
     rules: list[FaultRule] = field(default_factory=list)
     slow_seconds: Annotated[float, Field(ge=0)] = 30.0
     auth_revoked: bool = False

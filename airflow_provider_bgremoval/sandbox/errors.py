@@ -6,6 +6,8 @@ Where a vendor's documents are silent, the choice made here is marked **invented
 from __future__ import annotations
 
 import math
+import time
+from email.utils import formatdate
 from typing import Any
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -96,14 +98,26 @@ def server_error(vendor: str, status: int) -> VendorError:
     return VendorError(status, "internal", f"{status} {reason.get(status, 'Server Error')}")
 
 
-def rate_limited(vendor: str, retry_after: float | None) -> VendorError:
+def retry_after_header(seconds: float, http_date: bool = False) -> str:
+    """A ``Retry-After`` value in one of RFC 9110's two forms, never earlier than ``seconds`` from now.
+
+    :param seconds: how long the client should wait
+    :param http_date: the time to come back as an IMF-fixdate (``Wed, 09 Dec 2026 21:30:00 GMT``)
+        instead of whole delta-seconds (a fraction rounds up)
+    """
+    if http_date:
+        return formatdate(math.ceil(time.time() + seconds), usegmt=True)
+    return str(math.ceil(seconds))
+
+
+def rate_limited(vendor: str, retry_after: float | None, http_date: bool = False) -> VendorError:
     """The vendor's 429 answer, with ``Retry-After`` only when configured.
 
     :param vendor: the vendor
-    :param retry_after: seconds, or ``None`` for no header (what the vendors document); sent as
-        whole delta-seconds (RFC 9110 ``1*DIGIT``), a fraction rounded up
+    :param retry_after: seconds, or ``None`` for no header (what the vendors document)
+    :param http_date: send ``Retry-After`` as an HTTP date (see :func:`retry_after_header`)
     """
-    headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
+    headers = {} if retry_after is None else {"Retry-After": retry_after_header(retry_after, http_date)}
     if vendor == "pixelcut":
         return VendorError(429, "rate_limit_exceeded", "Too many requests", headers)
     if vendor == "poof":

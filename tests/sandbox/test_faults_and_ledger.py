@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -111,6 +112,16 @@ def test_retry_after_is_sent_as_whole_seconds(
     pixian = client.post("/api/v2/remove-background", auth=PIXIAN, files={"image": ("p.png", small_png)})
     for r in (pixelcut(client, small_png), pixian, poof(client, small_png)):
         assert (r.status_code, r.headers["Retry-After"]) == (429, header)
+
+
+def test_retry_after_as_an_http_date(client: httpx.Client, sandbox: RunningSandbox, small_png: bytes) -> None:
+    before = time.time()
+    sandbox.admin.set_faults(
+        "poof", fault="rate_limited", next=1, retry_after=30, retry_after_format="http-date"
+    )
+    r = poof(client, small_png)
+    assert r.status_code == 429
+    assert before + 30 <= parsedate_to_datetime(r.headers["Retry-After"]).timestamp() <= time.time() + 31
 
 
 async def test_max_concurrency_and_latency_overlap(sandbox: RunningSandbox, small_png: bytes) -> None:

@@ -181,3 +181,10 @@ def test_pixian_use_before_is_an_iso_8601_time() -> None:
     assert SandboxConfig.from_dict({"pixian_use_before": "2027-01-31"}).pixian_use_before == "2027-01-31"
     with pytest.raises(ConfigError, match="pixian_use_before"):
         SandboxConfig.from_dict({"pixian_use_before": "next week"})
+
+
+def test_retry_after_format() -> None:
+    assert FaultConfig().retry_after_format == "seconds"
+    assert FaultConfig.from_dict({"retry_after_format": "http-date"}).retry_after_format == "http-date"
+    with pytest.raises(ConfigError, match="retry_after_format"):
+        FaultConfig.from_dict({"retry_after_format": "minutes"})

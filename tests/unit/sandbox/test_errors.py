@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
+
 import pytest
 
 from airflow_provider_bgremoval.sandbox.config import VENDORS
@@ -23,3 +26,12 @@ def test_retry_after_is_whole_delta_seconds(seconds: float, header: str) -> None
 def test_no_retry_after_unless_configured() -> None:
     for vendor in VENDORS:
         assert rate_limited(vendor, None).headers == {}
+
+
+def test_retry_after_as_an_http_date() -> None:
+    # RFC 9110's other form: the time to come back, in IMF-fixdate, rounded up to the second
+    before = time.time()
+    for vendor in VENDORS:
+        header = rate_limited(vendor, 30, http_date=True).headers["Retry-After"]
+        assert header.endswith(" GMT")
+        assert before + 30 <= parsedate_to_datetime(header).timestamp() <= time.time() + 31
