@@ -109,10 +109,11 @@ async def test_429_storm_without_retry_after_real_policy_time_travel(cell: Cell,
 async def test_429_storm_from_vendor_concurrency_limit_real_clock(cell: Cell, vendor: str) -> None:
     """
     The vendor admits 2 calls at a time and the batch sends 8: a real 429 storm, waited out on the
-    real clock with a short ``Retry-After`` and the vendor's own policy (more retries allowed).
+    real clock with ``Retry-After: 0`` (the sandbox sends whole seconds, as servers do: a fraction
+    rounds up to 1 s) and the vendor's own policy (more retries allowed).
     """
     cell.connections(max_retries=200)
-    cell.sandbox.admin.set_faults(vendor, max_concurrency=2, latency_ms=10, retry_after=0.01)
+    cell.sandbox.admin.set_faults(vendor, max_concurrency=2, latency_ms=10, retry_after=0)
     run = await run_batch(
         cell.sandbox, cell.storage, vendor, cell.src, cell.dst, hook=make_hook(vendor, retry_policy=None)
     )
