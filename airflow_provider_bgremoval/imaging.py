@@ -7,6 +7,7 @@ raise :class:`InvalidVendorResponseError` with one of :data:`RESULT_ERROR_CODES`
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import re
@@ -148,7 +149,13 @@ UNSAFE_INPUT_FORMATS = frozenset({"EPS"})
 def input_formats() -> tuple[str, ...]:
     """The Pillow readers tried on an input: all registered (plugins too) but :data:`UNSAFE_INPUT_FORMATS`."""
     Image.init()
-    return tuple(fmt for fmt in Image.OPEN if fmt not in UNSAFE_INPUT_FORMATS)
+    return _safe_readers(tuple(Image.OPEN))
+
+
+@functools.lru_cache(maxsize=8)
+def _safe_readers(registered: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`input_formats` for these registered readers, worked out once (not twice per image)."""
+    return tuple(fmt for fmt in registered if fmt not in UNSAFE_INPUT_FORMATS)
 
 
 #: The warnings filter :func:`bomb_warnings_ignored` puts first: Pillow's ``DecompressionBombWarning``,
@@ -527,24 +534,26 @@ def prepare_input(data: bytes, limits: InputLimits, *, vendor: str | None = None
     :param limits: the vendor's input limits.
     :param vendor: vendor name, for the :class:`InputRejectedError`.
     """
-    info = read_header(data, vendor=vendor)
-    check_limits(info, len(data), limits, vendor=vendor)
-    try:
-        with bomb_warnings_ignored(), _open_whole(data, input_formats()) as image:
-            _load_whole(image)
-            reason = _needs_conversion(info, image.mode, limits)
-            if reason is None:
-                return PreparedInput(data, CONTENT_TYPES[info.format.lower()])
-            jpeg = _jpeg_settings(image)
-            upright = _upright(image)
-            converted, fmt = _encode_upload(upright, jpeg, limits)
-    except AirflowException:
-        raise
-    except MemoryError:
-        message = f"image is {info.width}x{info.height}: not enough memory to check and convert it"
-        raise _reject("too_many_pixels", message, vendor) from None
-    except Exception as exc:  # Pillow's decoders raise many types on damaged data
-        raise _reject("malformed_image", f"the image data is corrupt or truncated ({exc})", vendor) from None
+    with bomb_warnings_ignored():  # one use of the filter for the header read and the decode
+        info = read_header(data, vendor=vendor)
+        check_limits(info, len(data), limits, vendor=vendor)
+        try:
+            with _open_whole(data, input_formats()) as image:
+                _load_whole(image)
+                reason = _needs_conversion(info, image.mode, limits)
+                if reason is None:
+                    return PreparedInput(data, CONTENT_TYPES[info.format.lower()])
+                jpeg = _jpeg_settings(image)
+                upright = _upright(image)
+                converted, fmt = _encode_upload(upright, jpeg, limits)
+        except AirflowException:
+            raise
+        except MemoryError:
+            message = f"image is {info.width}x{info.height}: not enough memory to check and convert it"
+            raise _reject("too_many_pixels", message, vendor) from None
+        except Exception as exc:  # Pillow's decoders raise many types on damaged data
+            message = f"the image data is corrupt or truncated ({exc})"
+            raise _reject("malformed_image", message, vendor) from None
     if len(converted) > limits.max_bytes:
         message = (
             f"the file is {len(data):,} bytes, but converted for sending ({reason}) it is {len(converted):,} "
@@ -752,15 +761,15 @@ def apply_local_steps(
     :return: ``(bytes, content_type, width, height)``.
     """
     limits = limits or result_limits(vendor)
-    image = decode_result(data, vendor=vendor, limits=limits)
-    vendor_format = (image.format or "PNG").lower()
-    fmt = steps.output_format or requested_format or vendor_format
-    if fmt == vendor_format and not steps.needed:
-        return data, CONTENT_TYPES[fmt], image.width, image.height
-    received = f"{image.width}x{image.height} {image.mode}"
-    step = "mode conversion"
-    try:
-        with bomb_warnings_ignored():
+    with bomb_warnings_ignored():  # one use of the filter for the decode and the steps
+        image = decode_result(data, vendor=vendor, limits=limits)
+        vendor_format = (image.format or "PNG").lower()
+        fmt = steps.output_format or requested_format or vendor_format
+        if fmt == vendor_format and not steps.needed:
+            return data, CONTENT_TYPES[fmt], image.width, image.height
+        received = f"{image.width}x{image.height} {image.mode}"
+        step = "mode conversion"
+        try:
             image = normalise_mode(image)
             if steps.crop:
                 step = "crop"
@@ -789,10 +798,10 @@ def apply_local_steps(
                 image.thumbnail(steps.max_size, Image.Resampling.LANCZOS)
             step = f"{fmt} encoding"
             content = encode(image, fmt, steps.quality)
-    except AirflowException:  # our typed errors (unknown_foreground, result_too_large) included
-        raise
-    except Exception as exc:
-        work = f"local {step} of the vendor's {received} result"
-        failure = f"the call was billed, but the {work} failed"
-        raise _failed(exc, vendor, "local_processing_failed", f"for the {work}", failure) from None
-    return content, CONTENT_TYPES[fmt], image.width, image.height
+        except AirflowException:  # our typed errors (unknown_foreground, result_too_large) included
+            raise
+        except Exception as exc:
+            work = f"local {step} of the vendor's {received} result"
+            failure = f"the call was billed, but the {work} failed"
+            raise _failed(exc, vendor, "local_processing_failed", f"for the {work}", failure) from None
+        return content, CONTENT_TYPES[fmt], image.width, image.height

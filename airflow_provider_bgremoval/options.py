@@ -293,13 +293,16 @@ class OptionSet(OptionModel):
     @classmethod
     def coerce(cls, value: object) -> Self:
         """
-        The options from what a user passes: an instance (as is), a mapping of the fields or ``None``.
+        The options from what a user passes: an instance (as is: validated when it was made, not again
+        on each of a call's coercions), a mapping of the fields or ``None``.
 
         :param value: the options as given.
         """
         if value is None:
             return cls()
-        if not isinstance(value, (cls, Mapping)):
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
             message = f"{type(value).__name__} is not {cls.__name__} or a mapping"
             raise InvalidOptionError(cls.parameter_root or "vendor_options", message)
         return cast(Self, validate_as(cls, cls, value))
@@ -584,9 +587,11 @@ class OptionSplit:
     local: LocalSteps
 
 
+@functools.lru_cache(maxsize=64)
 def split_options(options: RemovalOptions, caps: VendorCapabilities) -> OptionSplit:
     """
-    Split ``options`` into what the vendor does natively and what is done locally.
+    Split ``options`` into what the vendor does natively and what is done locally (worked out once for
+    equal options and capabilities: the values are frozen, and a batch's calls share them).
 
     :param options: the unified options.
     :param caps: what the vendor does natively.

@@ -86,8 +86,8 @@ DEFAULT_MAX_RESULT_BYTES = 150 * 1024 * 1024
 _MAX_REDIRECTS = 3
 #: ``test_connection`` (the connection form's Test button) makes one attempt with a short timeout.
 _PROBE_POLICY = RetryPolicy(max_attempts=1)
-#: Any URL: only the body and its Content-Type of a request built there are used.
-_MULTIPART_URL = "http://multipart.invalid/"
+#: Any URL: only the body and its Content-Type of a request built there are used (parsed once, here).
+_MULTIPART_URL = httpx.URL("http://multipart.invalid/")
 _PROBE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 #: the largest reply a probe reads (a balance is a few dozen bytes of JSON; an error page, a few KB)
 _PROBE_MAX_BYTES = 16 * 1024
@@ -348,6 +348,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         self._rate_override = parse_requests_per_second(requests_per_second)
         self._pacing_clock = pacing_clock
         self._pacer: Pacer | None = None
+        self._connection_policy: RetryPolicy | None = None
         self._settings: ConnectionSettings | None = None
         self._read_lock = threading.Lock()
         self._aread_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
@@ -536,6 +537,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         settings = self.settings_from_connection(conn, extras, timeout=self._timeout_override)
         if self._settings is None:  # a blocking call from another thread may have got here first
             self._pacer = self._new_pacer(settings)
+            self._connection_policy = self._new_retry_policy(settings)
             self._settings = settings
 
     def _single_flight(self, flow: Callable[[], Flow[None]]) -> _Effect[None]:
@@ -584,10 +586,14 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
 
     @property
     def retry_policy(self) -> RetryPolicy:
-        """The effective retry policy."""
+        """The effective retry policy (the connection's worked out once, as it is read)."""
         if self._retry_policy_override is not None:
             return self._retry_policy_override
-        retries = parse_max_retries((self._settings.extras if self._settings else {}).get("max_retries"))
+        return self._connection_policy or self.wire_class.spec.retry_policy
+
+    def _new_retry_policy(self, settings: ConnectionSettings) -> RetryPolicy:
+        """The vendor's retry policy with the connection's ``max_retries`` extra, if set."""
+        retries = parse_max_retries(settings.extras.get("max_retries"))
         policy = self.wire_class.spec.retry_policy
         return policy if retries is None else replace(policy, max_attempts=retries + 1)
 
@@ -1092,10 +1098,14 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param check_input: run the local checks (set False only when the caller already did).
         :param stats: a :class:`~airflow_provider_bgremoval.retry.CallStats` the call fills in as it goes.
         """
-        request, image_input, plan, checked = yield from self._removal_request(
-            image, image_url, options, vendor_options, filename, check_input
-        )
-        return (yield from self._image_call(request, image_input, plan, checked, stats))
+        # One use of the bomb-warning filter for the input check and the result's decode, held while the
+        # call is out: each of their Pillow steps was its own use, so the process-wide filter list was
+        # changed (and every warnings registry reset) several times per image (docs/benchmarks.md).
+        with bomb_warnings_ignored():
+            request, image_input, plan, checked = yield from self._removal_request(
+                image, image_url, options, vendor_options, filename, check_input
+            )
+            return (yield from self._image_call(request, image_input, plan, checked, stats))
 
     remove_background, aremove_background = _methods(_remove_background)
 
