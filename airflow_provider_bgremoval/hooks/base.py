@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -100,6 +100,15 @@ _FIELD_MEANING = {"password": "API key", "login": "API id"}
 #: a character no credential holds and an HTTP header cannot carry: a line break, tab, NUL or other
 #: control character, or non-ASCII (two keys pasted, a wrapped secret); httpx would quote the header
 _UNSENDABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@lru_cache(maxsize=64)
+def _parsed_url(url: str) -> httpx.URL:
+    """
+    An API request's full URL, parsed once (a connection's endpoints repeat): the client parsed the
+    request's path, then the URL it merged from that and its ``base_url``, on every request.
+    """
+    return httpx.URL(url)
 
 
 def _checked_url(url: str, *, parameter: str = "image_url") -> str:
@@ -656,17 +665,19 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _exchange(self, request: WireRequest, options: Mapping[str, Any]) -> _Effect[httpx.Response]:
+    def _exchange(
+        self, request: WireRequest, target: httpx.URL, options: Mapping[str, Any]
+    ) -> _Effect[httpx.Response]:
         """
-        One request on the API client (``options``: headers, body, timeout), read in full; streamed, so
-        that a body lost after the head is told apart (a :class:`_CutReply`) from a reply lost whole.
+        One request to ``target`` (``options``: headers, body, timeout), read in full; streamed, so that
+        a body lost after the head is told apart (a :class:`_CutReply`) from a reply lost whole.
         """
-        return self._stream(request.method, request.path, options, _keep_all)
+        return self._stream(request.method, target, options, _keep_all)
 
     def _stream(
         self,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         options: Mapping[str, Any],
         keep: Callable[[bytearray, bytes], None],
         wants_body: Callable[[httpx.Response], bool] = lambda response: True,
@@ -699,7 +710,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         return _Effect(run, arun)
 
     def _probe_exchange(
-        self, request: WireRequest, options: Mapping[str, Any], url: str
+        self, request: WireRequest, target: httpx.URL, options: Mapping[str, Any], url: str
     ) -> _Effect[httpx.Response]:
         """
         :meth:`_exchange` for a probe: a complete answer of at most ``_PROBE_MAX_BYTES`` within
@@ -727,7 +738,7 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
                 if time.monotonic() > deadline:
                     raise overdue()
 
-            return self._stream(request.method, request.path, options, keep)
+            return self._stream(request.method, target, options, keep)
 
         def run() -> httpx.Response:
             self.get_conn()  # made here: a client the worker made after the deadline would never be closed
@@ -800,8 +811,13 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
     ) -> Flow[httpx.Response]:
         options = {**self._httpx_kwargs(wire, request), **({"timeout": _PROBE_TIMEOUT} if probe else {})}
         sent_at, waited = (yield from self._slot(pacer, stats)) if pacer is not None else (0.0, False)
-        url = shown_url(f"{wire.settings.base_url}/{request.path.lstrip('/')}")
-        exchange = self._probe_exchange(request, options, url) if probe else self._exchange(request, options)
+        full = f"{wire.settings.base_url}/{request.path.lstrip('/')}"  # as the client's base_url puts it
+        target, url = _parsed_url(full), shown_url(full)
+        exchange = (
+            self._probe_exchange(request, target, options, url)
+            if probe
+            else self._exchange(request, target, options)
+        )
         error: BgRemovalError | None
         try:
             response = yield from exchange

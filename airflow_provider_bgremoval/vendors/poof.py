@@ -207,7 +207,7 @@ class PoofWire(VendorWire):
         return name
 
     def parse_image_reply(self, response: httpx.Response) -> ImageResult:
-        headers = response.headers
+        headers = dict(response.headers.items())  # read once (lower-case names, repeats joined as httpx's)
         request_id = self._quoted(headers.get("x-request-id"))
         content = response.content
         declared = media_type(response)

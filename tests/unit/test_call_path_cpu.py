@@ -89,10 +89,10 @@ def test_a_result_with_local_steps_installs_the_bomb_filter_once(monkeypatch: py
     assert added == [Image.DecompressionBombWarning]
 
 
-def test_a_call_parses_its_url_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_call_parses_no_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    A remove-background call's request URL is parsed by the client alone: the multipart body's
-    throwaway request (encoded once, sent whole) parsed a placeholder URL of its own each call.
+    A call parses no URL: the multipart body's throwaway request (encoded once, sent whole) parsed a
+    placeholder URL each call, and the client the request's path, then the URL merged from it.
     """
     set_connection(monkeypatch, "poof_default", "poof", password="pk_test_cpu_0123456789")
     result = _png("RGBA")
@@ -115,7 +115,7 @@ def test_a_call_parses_its_url_once(monkeypatch: pytest.MonkeyPatch) -> None:
             patch.setattr(httpx._urls, "urlparse", counting)
             await hook.aremove_background(_png())
         await hook.aclose()
-        assert "http://multipart.invalid/" not in parsed
+        assert parsed == []  # the endpoint's URL was parsed by the first call
 
     asyncio.run(calls())
 
@@ -185,3 +185,27 @@ def test_the_retry_policy_is_worked_out_as_the_connection_is_read(monkeypatch: p
     policy = hook.retry_policy
     assert policy.max_attempts == 3
     assert hook.retry_policy is policy
+
+
+def test_a_poof_reply_has_its_headers_read_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of the ~10 headers a Poof reply is read for was a scan of every header of the reply."""
+    from airflow_provider_bgremoval.vendors.base import ConnectionSettings
+    from airflow_provider_bgremoval.vendors.poof import PoofWire
+
+    reply = httpx.Response(
+        200,
+        headers={"content-type": "image/png", "x-request-id": "req-1", "x-image-width": "48", "x-width": "9"},
+        content=_png("RGBA"),
+    )
+    wire = PoofWire(ConnectionSettings(base_url="http://poof.test", api_key="pk_test_cpu_0123456789"))
+    lookups: list[str] = []
+    original = httpx.Headers.__getitem__
+
+    def counting(self: httpx.Headers, key: str) -> str:
+        lookups.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(httpx.Headers, "__getitem__", counting)
+    result = wire.parse_image_reply(reply)
+    assert (result.request_id, result.width, result.metadata["output_width"]) == ("req-1", 48, 48)
+    assert lookups == ["content-type"]  # the media type (VendorWire's helper); the rest from one pass
