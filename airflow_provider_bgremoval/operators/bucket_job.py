@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 from abc import abstractmethod
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,9 +30,11 @@ from airflow_provider_bgremoval.pipeline.accounts import (
 from airflow_provider_bgremoval.pipeline.naming import masters_prefix
 from airflow_provider_bgremoval.pipeline.plan_store import PlanWriter, ShardRef, read_shard
 from airflow_provider_bgremoval.pipeline.planning import (
+    LOCATION_PARAMETERS,
     BatchPlan,
     BatchSpec,
     OutputIdentity,
+    check_location,
     check_plan,
     plan_batch,
     plan_into,
@@ -40,7 +43,10 @@ from airflow_provider_bgremoval.pipeline.processors import ImageProcessor, Remov
 from airflow_provider_bgremoval.pipeline.rendering import RenditionLayout, master_within_source
 from airflow_provider_bgremoval.renditions import Rendition, parse_renditions
 from airflow_provider_bgremoval.retry import ClaimHold
+from airflow_provider_bgremoval.storage.exceptions import gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -121,6 +127,37 @@ def parse_count(value: Any, parameter: str) -> int | None:
     if number < 0:
         raise InvalidOptionError(parameter, "must be at least 0")
     return number
+
+
+def warn_if_no_sources(spec: BatchSpec, sources: int) -> None:
+    """
+    Log a warning when planning found no source at all (not one listed, or kept by ``include`` /
+    ``exclude``): the run does nothing and succeeds, which a typo in the bucket, the prefix or a pattern
+    must not pass for. It names where it looked and the filters.
+
+    :param spec: the batch spec.
+    :param sources: the sources planned (:attr:`BatchPlan.total`).
+    """
+    if sources:
+        return
+    uri = gs_uri(spec.source_bucket, spec.source_prefix)
+    where = f"nothing under {uri}"
+    if spec.source_objects is not None:
+        where = f"none of the {len(spec.source_objects)} source_objects (under {uri})"
+    log.warning(
+        "No source objects: %s is kept by include %s and exclude %s (the provider's own "
+        "_bgremoval/ folders are never sources), so this task processes nothing. Check source_bucket, "
+        "source_prefix (matched from the start of object names, case-sensitive), include and exclude",
+        where,
+        _patterns(spec.include),
+        _patterns(spec.exclude),
+    )
+
+
+def _patterns(patterns: str | Sequence[str] | None) -> str:
+    """Glob patterns as the warning shows them (``none`` when not given)."""
+    given = [patterns] if isinstance(patterns, str) else list(patterns or ())
+    return ", ".join(map(repr, given)) or "none"
 
 
 @dataclass(frozen=True)
@@ -224,7 +261,9 @@ class BucketJob:
         if self.shard is not None:
             self.shard.check_matches(self.spec, self.identity, self.conn_ids)
             return read_shard(self.storage, self.spec, self.shard, self.renditions)
-        return run_coroutine(plan_batch(self.storage, self.spec, **self._planning(check)))
+        plan = run_coroutine(plan_batch(self.storage, self.spec, **self._planning(check)))
+        warn_if_no_sources(self.spec, plan.total)
+        return plan
 
     def keep_plan(self, prefix: str, *, check: bool = True) -> PlanWriter:
         """
@@ -242,7 +281,9 @@ class BucketJob:
             renditions=self.renditions,
             conn_ids=self.conn_ids,
         )
-        return plan_into(self.storage, self.spec, writer, **self._planning(check))
+        plan_into(self.storage, self.spec, writer, **self._planning(check))
+        warn_if_no_sources(self.spec, writer.total)
+        return writer
 
     def _checks(self) -> dict[str, Any]:
         """What the local checks need of the job (:func:`check_plan`'s arguments)."""
@@ -381,8 +422,20 @@ class BucketJobOperator(BaseOperator):
             parse_credits(max_credits, "max_credits")
         if conn_id != "" and not is_template(conn_id):  # "": a render-only job, no vendor
             self.check_accounts()
+        self._check_locations()
         if not any(is_template(getattr(self, name)) for name in _LAYOUT_FIELDS) and not self.single_output:
             self.layout_of(self._spec(), self.parsed_renditions())  # folders overlapping masters or sources
+
+    def _check_locations(self) -> None:
+        """
+        The buckets and prefixes not templated, at DAG parse (:func:`.check_location`): a ``gs://`` URI or
+        a bucket name GCS refuses names nothing. Templated ones are checked once rendered, as the job's
+        :class:`BatchSpec` is built (before anything is listed).
+        """
+        for parameter in LOCATION_PARAMETERS:
+            value = getattr(self, parameter)
+            if not is_template(value):
+                check_location(parameter, value)
 
     @abstractmethod
     def build_processor(

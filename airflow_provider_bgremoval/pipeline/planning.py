@@ -11,7 +11,9 @@ life: docs/pipeline.md ("The plan").
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -98,6 +100,104 @@ def read_back_prefixes(
     return tuple(dict.fromkeys(inside))
 
 
+#: The bucket and prefix parameters, each with the bucket and prefix parameters of the place it names (a
+#: ``gs://`` URI given as one is split into those two).
+LOCATION_PARAMETERS: dict[str, tuple[str, str]] = {
+    "source_bucket": ("source_bucket", "source_prefix"),
+    "source_prefix": ("source_bucket", "source_prefix"),
+    "destination_bucket": ("destination_bucket", "destination_prefix"),
+    "destination_prefix": ("destination_bucket", "destination_prefix"),
+    "masters_prefix": ("destination_bucket", "masters_prefix"),
+}
+#: What GCS takes in a bucket name, each end a letter or a digit.
+_BUCKET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_.-]*[a-z0-9])?")
+_BUCKET_CHARACTER = re.compile(r"[a-z0-9_.-]")
+
+
+def check_location(parameter: str, value: str | None) -> None:
+    """
+    Refuse a bucket or prefix that names nothing (``InvalidOptionError`` naming ``parameter``): a ``gs://``
+    URI (GCS would take it as a name: nothing listed, nothing found), with the bucket and prefix it
+    means; a bucket name GCS refuses (:func:`bucket_name_problem`); a missing bucket. A prefix may be
+    ``None`` or empty.
+
+    :param parameter: one of :data:`LOCATION_PARAMETERS`.
+    :param value: its value.
+    """
+    is_bucket = parameter.endswith("_bucket")
+    if value is None or value == "":
+        if is_bucket:
+            raise InvalidOptionError(parameter, "is required")
+        return
+    text = str(value)
+    if text.strip().startswith("gs://"):
+        bucket_parameter, prefix_parameter = LOCATION_PARAMETERS[parameter]
+        bucket, name = split_gs_uri(text.strip())
+        split = f"{bucket_parameter}={bucket!r}"
+        if name or not is_bucket:
+            split += f", {prefix_parameter}={name!r}"
+        raise InvalidOptionError(
+            parameter,
+            f"{text!r} is a gs:// URI, which GCS would take as a name (nothing would be listed or found); "
+            f"give the bucket and the prefix apart: {split}",
+        )
+    problem = bucket_name_problem(text) if is_bucket else None
+    if problem is not None:
+        raise InvalidOptionError(parameter, f"{text!r} is not a bucket name GCS accepts: it {problem}")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """
+    What GCS's naming rules (https://cloud.google.com/storage/docs/buckets#naming) refuse in a bucket
+    name, else ``None``: only lowercase letters, digits, ``-``, ``_`` and ``.``; a letter or digit at each
+    end; 3 to 63 characters, up to 222 with dots, each dot-separated part at most 63; no ``goog`` prefix;
+    not an IP address. (Its rule against "google" and close misspellings is GCS's to judge.)
+
+    :param name: the bucket name.
+    """
+    others = "".join(sorted(set(_BUCKET_CHARACTER.sub("", name))))
+    longest = 222 if "." in name else 63
+    rules = (
+        (bool(others), f"contains {others!r}: only lowercase letters, digits, '-', '_' and '.' are allowed"),
+        (
+            not 3 <= len(name) <= longest,
+            f"has {len(name)} characters: a bucket name has 3 to 63 (up to 222 with dots)",
+        ),
+        (
+            any(len(part) > 63 for part in name.split(".")),
+            "has a dot-separated part longer than 63 characters",
+        ),
+        (not _BUCKET_NAME.fullmatch(name), "must start and end with a letter or a digit"),
+        (name.startswith("goog"), "starts with 'goog', which GCS reserves"),
+        (_is_ip_address(name), "is an IP address"),
+    )
+    return next((problem for broken, problem in rules if broken), None)
+
+
+def _is_ip_address(name: str) -> bool:
+    """True for an IPv4 address in dotted-decimal notation (``192.168.5.4``)."""
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _warn_leading_slash(parameter: str, prefix: str | None) -> None:
+    """
+    A prefix starting with ``/`` (a path join) is read without it (:func:`.normalise_prefix`, as ever):
+    warned, as an object whose name does start with ``/`` (rare in GCS) is then never reached.
+    """
+    if prefix and prefix.startswith("/"):
+        log.warning(
+            "%s %r starts with '/': read as %r (a leading '/' is dropped; GCS object names rarely start "
+            "with one, and objects whose names do are not reached); give it without the '/'",
+            parameter,
+            prefix,
+            normalise_prefix(prefix),
+        )
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     """
@@ -113,6 +213,10 @@ class BatchSpec:
     :param overwrite: replace outputs made from another source generation or other options.
     :param masters_prefix: where the outputs (masters) go when renditions are made (``None``: under
         ``destination_prefix`` as without renditions); manifests and claims stay under ``destination_prefix``.
+
+    Refused (``InvalidOptionError`` naming the parameter, before anything is listed): a bucket or prefix
+    given as a ``gs://`` URI, a bucket name GCS refuses (:func:`check_location`), outputs a listing of the
+    sources would read back. A prefix starting with ``/`` is read without it, with a warning.
     """
 
     source_bucket: str
@@ -126,9 +230,10 @@ class BatchSpec:
     masters_prefix: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("source_bucket", "destination_bucket"):
-            if not getattr(self, name):
-                raise InvalidOptionError(name, "is required")
+        for parameter in LOCATION_PARAMETERS:
+            check_location(parameter, getattr(self, parameter))
+            if parameter.endswith("_prefix"):
+                _warn_leading_slash(parameter, getattr(self, parameter))
         object.__setattr__(self, "source_prefix", normalise_prefix(self.source_prefix))
         object.__setattr__(self, "destination_prefix", normalise_prefix(self.destination_prefix))
         if self.masters_prefix is not None:

@@ -380,11 +380,11 @@ def test_a_prefix_holding_another_jobs_internal_folder_plans_none_of_it() -> Non
 def test_a_listing_of_outputs_as_sources_skips_the_providers_folder() -> None:
     """A render job reading a bucket job's outputs never pages through its claims, plans and manifests."""
     storage = MemoryStorage()
-    spec = BatchSpec(source_bucket="b", destination_bucket="d", source_prefix="cutouts/")
+    spec = BatchSpec(source_bucket="masters", destination_bucket="renditions", source_prefix="cutouts/")
     names = ["cutouts/A.png", "cutouts/_bgremoval.png", "cutouts/a.png", "cutouts/z/_bgremoval/x.png"]
     for name in names:
-        storage.put("b", name, b"x")
-    _claims(storage, "b", "cutouts/_bgremoval/", 50)
+        storage.put("masters", name, b"x")
+    _claims(storage, "masters", "cutouts/_bgremoval/", 50)
 
     assert [name for name, _ in iter_sources(storage, spec, outputs=True)] == names  # type: ignore[arg-type]
     assert not [name for name in storage.listed if name.startswith("cutouts/_bgremoval/")]
