@@ -13,7 +13,7 @@ from airflow_provider_bgremoval.exceptions import InvalidOptionError
 from airflow_provider_bgremoval.operators.bucket_job import is_template, parse_count
 from airflow_provider_bgremoval.pipeline.naming import internal_prefix, normalise_prefix, output_stem
 from airflow_provider_bgremoval.pipeline.plan_store import check_shard_limits, shard_bounds
-from airflow_provider_bgremoval.pipeline.planning import list_sources, read_back_prefixes
+from airflow_provider_bgremoval.pipeline.planning import check_location, list_sources, read_back_prefixes
 from airflow_provider_bgremoval.storage.exceptions import gs_uri
 from airflow_provider_bgremoval.storage.gcs import GcsStorage
 
@@ -162,19 +162,14 @@ class ListImageShardsOperator(BaseOperator):
 
     def _refuse_uris(self) -> None:
         """
-        Refuse a ``gs://`` URI given as a bucket or a prefix: a prefix ``gs://shop/2026/`` lists the
-        objects named so (none) and a bucket ``gs://shop`` is never the source's, so nothing would be
-        listed, or listed around, without a word.
+        Refuse a bucket or prefix that names nothing (:func:`.check_location`): a ``gs://`` URI (a prefix
+        ``gs://shop/2026/`` lists the objects named so, none), or a bucket name GCS refuses; nothing
+        would be listed, or listed around, without a word. An empty ``destination_bucket`` is the source's.
         """
         for parameter in _LAYOUT_FIELDS:
             value = getattr(self, parameter)
-            if isinstance(value, str) and value.strip().startswith("gs://"):
-                where = "bucket name" if parameter.endswith("bucket") else "prefix inside the bucket"
-                raise InvalidOptionError(
-                    parameter,
-                    f"{value!r} is a gs:// URI; give the {where} only (the bucket in source_bucket or "
-                    "destination_bucket, the prefix without 'gs://<bucket>/')",
-                )
+            if value or parameter != "destination_bucket":
+                check_location(parameter, value)
 
     def execute(self, context: Context) -> list[list[str]]:
         """List the prefix (filtered, around :meth:`skipped_folders`) and return its shards."""

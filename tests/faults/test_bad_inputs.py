@@ -259,14 +259,14 @@ async def test_empty_prefix_is_nothing_to_do(cell: Cell) -> None:
 def _remove(**kwargs):
     from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 
-    base = {"task_id": "t", "conn_id": "poof_default", "source_bucket": "s", "destination_bucket": "d"}
+    base = {"task_id": "t", "conn_id": "poof_default", "source_bucket": "src", "destination_bucket": "dst"}
     return RemoveBackgroundOperator(**{**base, **kwargs})
 
 
 def _generate(**kwargs):
     from airflow_provider_bgremoval.operators.bucket import GenerateBackgroundOperator
 
-    base = {"task_id": "t", "source_bucket": "s", "destination_bucket": "d"}
+    base = {"task_id": "t", "source_bucket": "src", "destination_bucket": "dst"}
     return GenerateBackgroundOperator(**{**base, **kwargs})
 
 
@@ -296,7 +296,7 @@ BAD_PARAMETERS = {
         "target_size",
     ),
     "destination inside source": (
-        lambda: _remove(destination_bucket="s", source_prefix="a/", destination_prefix="a/out/")._spec(),
+        lambda: _remove(destination_bucket="src", source_prefix="a/", destination_prefix="a/out/")._spec(),
         "destination_prefix",
     ),
 }

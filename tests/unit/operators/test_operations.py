@@ -11,9 +11,9 @@ from airflow_provider_bgremoval.operators.operations import IMAGE_FIELDS, image_
 
 def test_the_defaults_are_the_operators_own() -> None:
     removal = RemoveBackgroundOperator(
-        task_id="cut", conn_id="pixian_default", source_bucket="s", destination_bucket="d"
+        task_id="cut", conn_id="pixian_default", source_bucket="src", destination_bucket="dst"
     )
-    generation = GenerateBackgroundOperator(task_id="gen", source_bucket="s", destination_bucket="d")
+    generation = GenerateBackgroundOperator(task_id="gen", source_bucket="src", destination_bucket="dst")
     defaults = image_parameters({})
     assert list(defaults) == list(IMAGE_FIELDS)
     for name, value in defaults.items():

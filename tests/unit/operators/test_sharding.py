@@ -303,3 +303,10 @@ def test_uris_where_buckets_and_prefixes_belong_are_refused(
         setattr(op, name, value)  # as Airflow renders it
     with pytest.raises(InvalidOptionError, match=rf"'{parameter}'.*gs://"):
         op.execute({})  # type: ignore[arg-type]
+
+
+def test_a_bucket_name_gcs_refuses_is_refused_at_dag_parse_as_by_the_bucket_tasks() -> None:
+    """The lister checks its layout with the bucket tasks' own rule (:func:`.check_location`)."""
+    with pytest.raises(InvalidOptionError, match="not a bucket name GCS accepts") as refused:
+        ListImageShardsOperator(task_id="list", source_bucket="Shop_Photos", gcp_conn_id=None)
+    assert refused.value.parameter == "source_bucket"
