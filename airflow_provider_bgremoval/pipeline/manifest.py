@@ -82,18 +82,42 @@ class ManifestRow:
             raise ValueError(f"unknown manifest status {self.status!r}")
 
 
-def _redacted_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """A row's fields, its ``error_message`` and its handoffs' messages redacted (:func:`redact_query`)."""
-    message = fields.get("error_message")
-    handoffs = [
-        {**entry, "message": redact_query(text)} if isinstance(text := entry.get("message"), str) else entry
-        for entry in fields.get("handoffs") or ()
+def _redacted_entries(entries: list[dict[str, Any]] | None, key: str) -> list[dict[str, Any]] | None:
+    """``entries`` (handoffs, renditions) with each one's ``key`` message redacted (:func:`redact_query`)."""
+    if not entries:
+        return entries
+    return [
+        {**entry, key: redact_query(text)} if isinstance(text := entry.get(key), str) else entry
+        for entry in entries
     ]
+
+
+def _redacted_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """
+    A row's fields, its ``error_message``, its handoffs' and its renditions' messages redacted
+    (:func:`redact_query`).
+    """
+    message = fields.get("error_message")
     return {
         **fields,
         "error_message": redact_query(message) if message else message,
-        "handoffs": handoffs or fields.get("handoffs"),
+        "handoffs": _redacted_entries(fields.get("handoffs"), "message"),
+        "renditions": _redacted_entries(fields.get("renditions"), "error_message"),
     }
+
+
+def _json_line(fields: dict[str, Any]) -> bytes:
+    """
+    One row's line: UTF-8 with non-ASCII characters unescaped; a row holding a lone surrogate (a name
+    decoded with ``surrogateescape``, a message quoting one), which UTF-8 cannot encode, is written with
+    every non-ASCII character escaped instead (the same JSON value, read back alike), never raising.
+    """
+    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    try:
+        line = text.encode()
+    except UnicodeEncodeError:
+        line = json.dumps(fields, separators=(",", ":")).encode()
+    return line + b"\n"
 
 
 @dataclass(eq=False)
@@ -125,13 +149,16 @@ class ManifestWriter:
         self._offered: tuple[int, int] | None = None  # the rows of a part whose write raised
 
     def add(self, row: ManifestRow) -> None:
-        """Append one row (its messages with the values of any URL's query redacted: :func:`redact_query`)."""
+        """
+        Append one row (its messages, its handoffs' and renditions' too, with the values of any URL's
+        query redacted: :func:`redact_query`).
+        """
         # The row's own field dict (every value is a primitive): ``asdict`` deep-copies each field and
         # cost 4x the encoding itself, once per image.
         fields = vars(row)
-        if (row.error_message and "=" in row.error_message) or row.handoffs:
+        if (row.error_message and "=" in row.error_message) or row.handoffs or row.renditions:
             fields = _redacted_fields(fields)
-        line = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        line = _json_line(fields)
         self._file.write(line)
         self.rows += 1
         self._size += len(line)

@@ -230,3 +230,35 @@ def test_a_message_quoting_a_urls_query_is_recorded_without_its_values() -> None
     assert first["handoffs"] == [{**handoff, "message": "GET https://r.example/x.png?sig=…&e=…"}]
     assert list(first) == [field.name for field in fields(ManifestRow)]
     assert second["error_message"] == "max_credits=3 reached"  # no URL: unchanged
+
+
+def test_a_renditions_upload_failure_quoting_a_urls_query_is_recorded_without_its_values() -> None:
+    # a rendition's upload error (StorageError text) is a row message as the row's own is
+    entry = {
+        "name": "amazon",
+        "status": "failed",
+        "error_code": "upload_failed",
+        "error_message": UPLOAD_FAILED,
+    }
+    ok = {"name": "web", "status": "done", "error_message": None}
+    with ManifestWriter() as writer:
+        writer.add(_row(1, renditions=[entry, ok]))
+        data = writer.getvalue()
+    assert b"SESSION-KEY" not in data
+    [row] = read_manifest(data)
+    assert row["renditions"][0]["error_message"].endswith("&upload_id=… (Caused by ...)")
+    assert row["renditions"][1] == ok
+
+
+@pytest.mark.parametrize("field", ["source", "destination", "error_message"])
+def test_a_lone_surrogate_in_a_row_is_written_escaped_and_never_raises(field: str) -> None:
+    # a name decoded with surrogateescape (os.fsdecode) or a message holding one: not UTF-8 encodable
+    text = "gs://src/caf\udce9.png"
+    with ManifestWriter(every_rows=1) as writer:
+        writer.add(_row(1, status="failed", **{field: text}))
+        writer.add(_row(2))
+        data = writer.getvalue()
+    data.decode("utf-8")  # the manifest stays UTF-8
+    first, second = read_manifest(data)
+    assert first[field] == text and second["source"] == "gs://src/a/2.png"
+    assert writer.rows == 2
