@@ -68,7 +68,8 @@ class HaltInfo:
 @dataclass(eq=False)
 class Halts:
     """
-    A run's halt (the first one wins) and its stop request (an interrupt: drain, then store the record).
+    A run's halt (the first one wins, but a fatal one over one that is not) and its stop request (an
+    interrupt: drain, then store the record).
 
     :param chain: the run's accounts; a halt whose cause names no account concerns the one that takes
         the next image (:meth:`AccountChain.next_account`): it names its vendor and prices ``needed``.
@@ -91,7 +92,10 @@ class Halts:
         account: Account | None = None,
     ) -> None:
         """
-        Halt the run (no new image is submitted), unless it halted already.
+        Halt the run (no new image is submitted), unless it halted already: the first halt wins, but a
+        fatal one (an account's refusal) replaces one that is not (a budget, the failure rate) while no
+        interrupt is stopping the run, since it decides how the task ends (no retry); a halt not
+        recorded is logged when its reason differs, never lost silently.
 
         :param reason: the reason code (docs/pipeline.md, "Halts").
         :param message: human explanation.
@@ -100,14 +104,23 @@ class Halts:
         :param account: the account that refused the work (its balance is read after an out-of-credits
             halt); default: the one that takes the next image.
         """
-        if self.halt is None:
-            self.halted_on = account or self.chain.next_account()
-            halted_on = self.halted_on
-            self.halt = HaltInfo(
-                reason, vendor or halted_on.vendor, message, fatal=fatal, conn_id=halted_on.conn_id
-            )
-            self.refused_by = account
-            log.warning("Stopping submissions: %s", message)
+        if not self._replaced_by(fatal):
+            if self.halt is not None and self.halt.reason != reason:
+                log.warning("Also (%s): %s; the run's halt stays %s", reason, message, self.halt.reason)
+            return
+        if self.halt is not None:
+            log.warning("The halt %s is replaced by %s, which is fatal", self.halt.reason, reason)
+        self.halted_on = account or self.chain.next_account()
+        halted_on = self.halted_on
+        self.halt = HaltInfo(
+            reason, vendor or halted_on.vendor, message, fatal=fatal, conn_id=halted_on.conn_id
+        )
+        self.refused_by = account
+        log.warning("Stopping submissions: %s", message)
+
+    def _replaced_by(self, fatal: bool) -> bool:
+        """Whether a new halt is recorded: there is none yet, or it is ``fatal`` and the one there is not."""
+        return self.halt is None or (fatal and not self.halt.fatal and self.stop is None)
 
     def exhaust(self, chain: AccountChain) -> None:
         """
@@ -120,13 +133,14 @@ class Halts:
         """
         last = chain.last_disabled or chain.primary
         message = last.state_message or last.state
+        fatal = last.state != "max_credits"
         if len(chain.accounts) > 1:
             states = "; ".join(
                 f"{a.conn_id} ({a.vendor}): {a.state} ({a.state_message})" for a in chain.accounts
             )
             message = f"every account of the chain is unusable: {states}"
-            self.exhausted = self.exhausted or self.halt is None
-        self.record(last.state, message, fatal=last.state != "max_credits", account=last)
+            self.exhausted = self.exhausted or self._replaced_by(fatal)
+        self.record(last.state, message, fatal=fatal, account=last)
 
     async def complete(self, *, pending: int, billable: int) -> HaltInfo | None:
         """

@@ -1,4 +1,5 @@
-"""Halts: the first halt wins, nothing is read after a stop, and a credits halt reads each balance once.
+"""Halts: the first halt wins (a fatal one over one that is not), nothing is read after a stop, and a
+credits halt reads each balance once.
 
 Through the engine over real fake-gcs-server, scripted processors standing in for vendors; the balance
 endpoints are the fake vendors of :mod:`tests.support.balances` (httpx.MockTransport) or scripted hooks.
@@ -16,12 +17,13 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_bgremoval._compat import AirflowNotFoundException
-from airflow_provider_bgremoval.exceptions import OutOfCreditsError
+from airflow_provider_bgremoval.exceptions import OutOfCreditsError, VendorAuthError
 from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
 from airflow_provider_bgremoval.operators.bucket import RemoveBackgroundOperator
 from airflow_provider_bgremoval.pipeline.accounts import AccountChain
 from airflow_provider_bgremoval.pipeline.claims import ClaimStore
 from airflow_provider_bgremoval.pipeline.engine import BatchResult, BatchRunner
+from airflow_provider_bgremoval.pipeline.halts import Halts
 from airflow_provider_bgremoval.pipeline.manifest import ManifestWriter
 from airflow_provider_bgremoval.pipeline.planning import BatchSpec, OutputIdentity, plan_batch
 from airflow_provider_bgremoval.results import Balance
@@ -403,3 +405,40 @@ def test_a_halt_leaves_out_the_images_another_run_holds_it_does_not_pay_for(buck
     assert halt is not None and halt.reason == "out_of_credits"
     assert (halt.remaining_images, halt.needed, halt.available) == (5, Decimal(5), Decimal(2))
     assert sum(row["error_code"] == "out_of_credits" for row in rows) == halt.remaining_images
+
+
+def test_a_key_refused_after_a_budget_halt_is_the_halt_recorded_not_lost(buckets, caplog) -> None:
+    """
+    Two halts at once: ``max_credits`` stops submitting while a call is in flight, whose reply is then a
+    refused key. The budget halt would let the task succeed with a warning; the fatal refusal must
+    decide it (and the other reason is still logged), or a revoked key goes unreported until next run.
+    """
+    storage, src, dst = buckets
+    seed(storage, src, [f"{i:02d}.png" for i in range(6)])
+
+    def script(name: str, call: int) -> Any:
+        return VendorAuthError("key refused", vendor="fake", status_code=401) if name == "01.png" else None
+
+    class SlowRefusal(ScriptedProcessor):
+        async def process(self, data: bytes, filename: str, stats: Any = None) -> Any:
+            if filename == "01.png":  # refused once 00.png is stored and the budget has stopped the run
+                await asyncio.sleep(0.5)
+            return await super().process(data, filename, stats)
+
+    processor = SlowRefusal(script)
+    spec = BatchSpec(source_bucket=src, destination_bucket=dst, destination_prefix="o/")
+    with caplog.at_level("WARNING", logger="airflow_provider_bgremoval.pipeline.halts"):
+        _, result, _ = run(storage, spec, processor, max_concurrency=2, max_credits=Decimal(2))
+    assert len(processor.calls) == 2
+    assert result.halt is not None
+    assert (result.halt.reason, result.halt.fatal) == ("auth_failed", True)
+    assert "max_credits=2 reached" in caplog.text and "key refused" in caplog.text
+
+
+def test_a_second_halt_of_the_same_or_a_lesser_kind_keeps_the_first() -> None:
+    halts = Halts(AccountChain.single(ScriptedProcessor()))  # type: ignore[arg-type]
+    halts.record("out_of_credits", "no credits", fatal=True)
+    halts.record("auth_failed", "key refused", fatal=True)
+    halts.record("max_credits", "max_credits=3 reached")
+    assert halts.halt is not None
+    assert (halts.halt.reason, halts.halt.message) == ("out_of_credits", "no credits")
