@@ -50,7 +50,15 @@ class ProgressReporter:
     def update(
         self, finished: int, counts: Mapping[str, int], credits: Decimal, *, force: bool = False
     ) -> None:
-        """Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line."""
+        """
+        Report ``finished`` of ``total`` if a 10 % step or 30 s has passed since the last line.
+
+        :param finished: images finished so far.
+        :param counts: rows per status.
+        :param credits: credits spent so far.
+        :param force: the batch ended: the final line (unless the last line said it), with no ETA
+            (images left are pending: nothing is left to wait for).
+        """
         now = self.clock()
         step = max(1, self.total // 10)
         figures = tuple(counts.get(status, 0) for status in _SHOWN)
@@ -63,7 +71,8 @@ class ProgressReporter:
         self.lines += 1
         elapsed = max(now - self.started, 1e-9)
         rate = finished / elapsed * 60.0
-        eta = _duration((self.total - finished) / (finished / elapsed)) if finished else "unknown"
+        eta = "unknown" if not finished else _duration((self.total - finished) / (finished / elapsed))
+        eta = "none (ended)" if force else eta
         percent = 100 * finished // self.total if self.total else 100  # rounded down: 100 % is all done
         (self.logger or log).info(
             "[%s] %d/%d (%d%%) done=%d failed=%d rejected=%d pending=%d"

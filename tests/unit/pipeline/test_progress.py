@@ -61,3 +61,16 @@ def test_only_the_last_image_makes_100_percent(caplog: pytest.LogCaptureFixture)
     messages = [record.getMessage() for record in caplog.records]
     assert "1990/2000 (99%)" in messages[0]  # was (100%): 99.5 rounded, then the final line said it again
     assert sum("(100%)" in message for message in messages) == 1
+
+
+def test_the_final_line_of_a_batch_that_stopped_early_gives_no_eta(caplog: pytest.LogCaptureFixture) -> None:
+    # 10 of 100 in 60 s, then a halt: the other 90 are pending, nothing is left to wait for
+    now = [0.0]
+    reporter = ProgressReporter(100, "fake", clock=lambda: now[0], logger=logging.getLogger("progress-test"))
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        now[0] = 60.0
+        reporter.update(10, Counter(done=10), Decimal(10))
+        reporter.update(10, Counter(done=10, pending=90), Decimal(10), force=True)
+    during, final = (r.getMessage() for r in caplog.records)
+    assert "ETA 9m00s" in during  # while it runs: the 90 left at 10 a minute
+    assert "10/100 (10%)" in final and "pending=90" in final and "ETA none (ended)" in final
