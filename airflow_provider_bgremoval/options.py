@@ -282,6 +282,10 @@ class OptionModel:
         return pydantic.TypeAdapter(cls).json_schema()
 
 
+#: per options class, its instance with every field at its default: made (and validated) once (frozen)
+_DEFAULTS: dict[type[OptionSet], OptionSet] = {}
+
+
 class OptionSet(OptionModel):
     """The options of one call (unified or a vendor's): ``None`` from a user means the defaults."""
 
@@ -294,12 +298,14 @@ class OptionSet(OptionModel):
     def coerce(cls, value: object) -> Self:
         """
         The options from what a user passes: an instance (as is: validated when it was made, not again
-        on each of a call's coercions), a mapping of the fields or ``None``.
+        on each of a call's coercions), a mapping of the fields or ``None`` (the defaults, made once).
 
         :param value: the options as given.
         """
         if value is None:
-            return cls()
+            if cls not in _DEFAULTS:  # (two threads may both make it: either is the defaults)
+                _DEFAULTS[cls] = cls()
+            return cast(Self, _DEFAULTS[cls])
         if isinstance(value, cls):
             return value
         if not isinstance(value, Mapping):

@@ -1115,8 +1115,8 @@ class BackgroundRemovalHook(BaseHook, Generic[W]):
         :param stats: a :class:`~airflow_provider_bgremoval.retry.CallStats` the call fills in as it goes.
         """
         # One use of the bomb-warning filter for the input check and the result's decode, held while the
-        # call is out: each of their Pillow steps was its own use, so the process-wide filter list was
-        # changed (and every warnings registry reset) several times per image (docs/benchmarks.md).
+        # call is out (calls in flight share it): each Pillow step was its own use, so the process-wide
+        # filter list was changed, and every module's warnings registry reset, 3 times per image.
         with bomb_warnings_ignored():
             request, image_input, plan, checked = yield from self._removal_request(
                 image, image_url, options, vendor_options, filename, check_input

@@ -47,8 +47,11 @@ def test_typed_vendor_options_are_not_validated_again(monkeypatch: pytest.Monkey
     def refuse(*args: Any) -> Any:
         raise AssertionError("validated again")
 
+    defaults = PoofOptions.coerce(None)
     monkeypatch.setattr(options_module, "validate_as", refuse)
     assert PoofOptions.coerce(typed) is typed
+    assert PoofOptions.coerce(None) is defaults  # made once: a call without vendor options made it anew
+    assert defaults == PoofOptions()
     with pytest.raises(AssertionError, match="validated again"):  # a mapping is still validated
         PoofOptions.coerce({"size": "small"})
 
