@@ -493,10 +493,10 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
     """
     rendition = resolve_rendition(rendition)
     spec = rendition.spec
-    content = master.subject if spec.crops else (0, 0, *master.size)
-    if content is None:
-        message = "the master has no subject (every pixel is transparent)"
+    if master.subject is None:  # a blank canvas is no product image, whether it crops or not
+        message = "the master has no subject (every pixel is transparent): nothing to render"
         return RenderFailure(rendition, ResultProcessingError(message, code="unknown_foreground"))
+    content = master.subject if spec.crops else (0, 0, *master.size)
     try:
         plan = layout((content[2] - content[0], content[3] - content[1]), spec)
         data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)

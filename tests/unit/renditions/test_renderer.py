@@ -418,15 +418,22 @@ class TestRender:
             thread.join()
         assert [results[index] for index in range(len(data))] == expected
 
-    def test_a_master_without_subject_fails_only_the_renditions_that_crop(self) -> None:
+    def test_a_master_without_subject_fails_every_rendition(self) -> None:
+        # a blank canvas is no product image: the renditions that do not crop rendered one (white for
+        # a JPEG) and reported it compliant
         empty = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
-        cropped, whole = render(
-            empty, [RenditionSpec(name="a", fill=0.8), RenditionSpec(name="b", format="png")]
+        outcomes = render(
+            empty,
+            [
+                RenditionSpec(name="a", fill=0.8),
+                RenditionSpec(name="b", format="png"),
+                RenditionSpec(name="c", format="jpeg", size=100),
+            ],
         )
-        assert isinstance(cropped, RenderFailure)
-        assert cropped.error.code == "unknown_foreground"
-        assert cropped.facts()["status"] == "failed"
-        assert isinstance(whole, RenderedRendition)
+        for outcome in outcomes:
+            assert isinstance(outcome, RenderFailure), outcome
+            assert outcome.error.code == "unknown_foreground"
+            assert outcome.facts()["status"] == "failed"
 
     def test_a_check_that_raises_fails_its_rendition_only(self) -> None:
         # a preset's rule may be the user's own code: render() raised and returned no rendition at all
