@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between two polls when exponential backoff is on and no ``max_wait`` was given.
 DEFAULT_MAX_POLL_INTERVAL = 900.0
+#: Shortest first wait with exponential backoff (as the base sensor's backoff: at least 1 s).
+MIN_BACKOFF_INTERVAL = 1.0
 
 
 class PollLog(Protocol):
@@ -130,14 +132,16 @@ class CreditsTrigger(BaseTrigger):
 
     def next_interval(self, polls: int) -> float:
         """
-        Seconds to wait after the ``polls``-th unsuccessful poll.
+        Seconds to wait after the ``polls``-th unsuccessful poll (with exponential backoff: doubling from
+        ``poll_interval``, or from :data:`MIN_BACKOFF_INTERVAL` when that is shorter).
 
         :param polls: polls made so far (1 after the first).
         """
         if not self.exponential_backoff:
             return self.poll_interval
-        cap = max(self.max_poll_interval, self.poll_interval)
-        return float(min(cap, self.poll_interval * (2 ** min(max(polls - 1, 0), 32))))
+        base = max(self.poll_interval, MIN_BACKOFF_INTERVAL)  # 0 doubled would poll in a tight loop
+        cap = max(self.max_poll_interval, base)
+        return float(min(cap, base * (2 ** min(max(polls - 1, 0), 32))))
 
     async def sleep(self, seconds: float) -> None:
         """Wait between polls (tests replace it to travel in time)."""

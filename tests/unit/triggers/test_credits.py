@@ -451,3 +451,12 @@ def test_every_construction_round_trips_through_serialize() -> None:
         "exponential_backoff",
         "max_poll_interval",
     }
+
+
+def test_backoff_from_a_zero_poke_interval_still_waits_and_doubles() -> None:
+    # poke_interval=0 with exponential_backoff: 0 doubled stays 0, so the trigger polled the vendor's
+    # balance in a tight loop for the whole deferral (the base sensor's backoff waits at least 1 s).
+    trigger = CreditsTrigger("c", "1", poll_interval=0, exponential_backoff=True, max_poll_interval=10)
+    assert [trigger.next_interval(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert CreditsTrigger("c", "1", poll_interval=0.5, exponential_backoff=True).next_interval(2) == 2
+    assert CreditsTrigger("c", "1", poll_interval=0).next_interval(3) == 0  # no backoff: as given
