@@ -362,7 +362,8 @@ class CreditMonitorOperator(BaseOperator):
         forecasts: dict[str, Forecast] = {}
         errors: list[str] = []
         for check in checks:
-            if check.remaining is None:
+            if check.remaining is None:  # unreadable: the same keys as the others, nothing to forecast
+                result[check.conn_id] = {**result[check.conn_id], "forecast": None, "chart": None}
                 continue
             try:
                 forecasts[check.conn_id] = self._forecast_one(store, run_folder, check, at, result)

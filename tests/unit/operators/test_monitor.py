@@ -538,3 +538,25 @@ def test_a_pixian_pack_expiring_before_its_credits_run_out_alerts(
     assert ("incr", "bgremoval.credits.forecast_alerts.pixian_default", 1, mock.ANY) in metrics
     check = BalanceCheck("c", Decimal(1), "pixian", Decimal(5), "active")
     assert "expires_at" not in check.as_dict()  # a vendor reporting no expiry: the shape as before
+
+
+def test_an_unreadable_account_has_the_forecast_keys_of_the_others(
+    vendors: FakeVendors, gcs_storage: GcsStorage, gcs_bucket: str
+) -> None:
+    # Forecasting: a readable account's entry had "forecast" and "chart", an unreadable one's had
+    # neither key (a callback's entry["forecast"] raised KeyError, failing an on_low="warn" task).
+    vendors.set_poof(2000, 1000)
+    received: list[list[dict[str, Any]]] = []
+    op = forecasting(
+        gcs_bucket,
+        thresholds={"poof_default": 20, "ghost_conn": 1},
+        on_low="warn",
+        on_low_callback=received.append,
+    )
+    result = run_on(op, 0)
+    assert result["poof_default"]["chart"] is not None
+    assert (result["ghost_conn"]["forecast"], result["ghost_conn"]["chart"]) == (None, None)
+    [[entry]] = received
+    assert entry["conn_id"] == "ghost_conn" and entry["forecast"] is None
+    report = json.loads(gcs_storage.read(gcs_bucket, "_credit_history/runs/credit_dag/day_0/report.json"))
+    assert report["balances"]["ghost_conn"]["chart"] is None
