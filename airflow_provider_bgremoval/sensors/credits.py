@@ -134,12 +134,21 @@ class CreditsSensor(BaseSensorOperator):
         async with aclosing(await trigger.get_hook()) as hook:
             return await trigger.poll_account(hook, threshold, logger=self.log)
 
+    def _trigger_or_none(self) -> CreditsTrigger | None:
+        """The trigger; ``None`` (logged) when a connection read for a cost may be readable later."""
+        try:
+            return self.trigger(self.pool_costs())
+        except Exception as exc:
+            if is_fatal_balance_error(exc):  # a bad target or cost, a missing or bad connection
+                raise self._fail(exc) from exc
+            self.log.warning("%s", describe_poll_failure(str(self.conn_id), exc))
+            return None
+
     def poke(self, context: Context) -> PokeReturnValue:
         """Poll once, as the trigger does; done when the target is met (else maybe defer)."""
-        try:
-            trigger = self.trigger(self.pool_costs())
-        except Exception as exc:  # a bad target or cost, a missing connection: nothing will change that
-            raise self._fail(exc) from exc
+        trigger = self._trigger_or_none()
+        if trigger is None:  # a connection not readable yet: no trigger without its cost, poke again
+            return PokeReturnValue(is_done=False)
         try:
             poll = run_coroutine(self._poll(trigger))
         except Exception as exc:  # the connection could not be read

@@ -495,3 +495,31 @@ def test_deferrable_defers_when_the_connection_cannot_be_read_yet(
         s.execute(context())  # type: ignore[arg-type]
     assert vendors.calls("pixelcut") == 0  # deferred after the one failed poke
     assert info.value.timeout == timedelta(seconds=3600)
+
+
+def test_a_pool_whose_cost_connection_cannot_be_read_yet_pokes_again(
+    vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # min_images without cost_per_image: each account's vendor cost is read from its connection before
+    # the poll. A lookup that timed out (the API server restarting) failed the task at once, without
+    # retries (AirflowFailException; with soft_fail: skipped), where one connection is read again.
+    from airflow_provider_bgremoval.hooks.base import BackgroundRemovalHook
+
+    real = BackgroundRemovalHook.get_connection
+    failures = [RuntimeError("API_SERVER_ERROR: connection lookup timed out")]
+
+    def flaky(conn_id: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(conn_id)
+
+    monkeypatch.setattr(BackgroundRemovalHook, "get_connection", staticmethod(flaky))
+    vendors.set_pixian("3")
+    vendors.set_poof(100, 98)
+    s = pool_sensor(min_images=1, deferrable=True, soft_fail=True)
+    assert not poke(s).is_done  # logged; read again at the next poke (no trigger without its costs)
+    assert vendors.requests == []
+    assert poke(s).is_done
+    monkeypatch.setattr(BackgroundRemovalHook, "get_connection", staticmethod(lambda conn_id: real("ghost")))
+    with pytest.raises(AirflowFailException, match="ghost"):  # a missing connection stays fatal
+        poke(s)
