@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 #: EXIF tag of the GPS block.
 GPS_IFD = 0x8825
 Rgb = tuple[int, int, int]
+Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Measured:
     :param border: per channel ``(min, max)`` of the outermost pixel ring, RGBA.
     :param fill: the subject's fill ratio on the canvas (0 when no subject pixel was found).
     :param subject_box: the box of non-background pixels ``(left, top, right, bottom)``, if any.
+    :param open_border: like ``border``, over the ring's pixels outside the box the renderer placed the
+        subject in (empty: the subject covers the whole ring; ``None``: not given, the whole ring is read).
     """
 
     format: str
@@ -57,6 +60,7 @@ class Measured:
     border: tuple[tuple[int, int], ...]
     fill: float
     subject_box: tuple[int, int, int, int] | None
+    open_border: tuple[tuple[int, int], ...] | None = None
 
     @property
     def long_side(self) -> int:
@@ -176,19 +180,27 @@ class BorderColor(Rule):
 
     :param rgb: the colour.
     :param tolerance: the largest allowed difference per channel (0: exact).
+    :param outside_subject: read only the ring's pixels outside the subject as placed
+        (:attr:`Measured.open_border`): the background the spec asked for, where the canvas shows it; a
+        marketplace's border rule reads the whole ring (a subject touching the edge fails it).
     """
 
     rgb: Rgb = (255, 255, 255)
     tolerance: int = 0
+    outside_subject: bool = False
 
     def _default_name(self) -> str:
         return "border_white" if self.rgb == (255, 255, 255) else "border_color"
 
     def _check(self, measured: Measured) -> tuple[bool, str]:
+        ring = measured.border
+        if self.outside_subject and measured.open_border is not None:
+            ring = measured.open_border
+        if not ring:
+            return True, "no border pixel is background: the subject as placed covers the whole border"
         target = (*self.rgb, 255)
         worst = max(
-            max(abs(low - want), abs(high - want))
-            for (low, high), want in zip(measured.border, target, strict=True)
+            max(abs(low - want), abs(high - want)) for (low, high), want in zip(ring, target, strict=True)
         )
         passed = worst <= self.tolerance
         wanted = "exactly" if self.tolerance == 0 else f"within {self.tolerance} of"
@@ -437,7 +449,11 @@ def spec_rules(spec: RenditionSpec) -> tuple[Rule, ...]:
         rules.append(Fill(minimum=spec.fill))
     rgb = spec.background_rgb
     if rgb is not None:
-        rules.append(BorderColor(rgb=rgb, tolerance=background_tolerance(spec), name="background"))
+        rules.append(
+            BorderColor(
+                rgb=rgb, tolerance=background_tolerance(spec), outside_subject=True, name="background"
+            )
+        )
     rules.append(Srgb(tagged=spec.embed_srgb))
     if spec.metadata == "strip":
         rules.append(NoMetadata())
@@ -456,15 +472,34 @@ def _profile(image: Image.Image) -> str | None:
         return "unreadable profile"
 
 
-def _border(image: Image.Image) -> tuple[tuple[int, int], ...]:
-    """Per RGBA channel ``(min, max)`` of the outermost pixel ring of an RGB or RGBA image."""
+def _outside(strip: Box, covered: Box) -> list[Box]:
+    """The parts of a one-pixel row or column ``strip`` outside the box ``covered``."""
+    left, top, right, bottom = strip
+    if right <= covered[0] or left >= covered[2] or bottom <= covered[1] or top >= covered[3]:
+        return [strip]
+    if bottom - top == 1:  # a row: what lies left and right of the box
+        parts = [(left, top, min(right, covered[0]), bottom), (max(left, covered[2]), top, right, bottom)]
+    else:
+        parts = [(left, top, right, min(bottom, covered[1])), (left, max(top, covered[3]), right, bottom)]
+    return [part for part in parts if part[2] > part[0] and part[3] > part[1]]
+
+
+def _border(image: Image.Image, covered: Box | None = None) -> tuple[tuple[int, int], ...]:
+    """
+    Per RGBA channel ``(min, max)`` of the outermost pixel ring of an RGB or RGBA image, leaving out its
+    pixels inside ``covered`` (empty when none is left).
+    """
     width, height = image.size
-    strips = [
+    strips: list[Box] = [
         (0, 0, width, 1),
         (0, height - 1, width, height),
         (0, 0, 1, height),
         (width - 1, 0, width, height),
     ]
+    if covered is not None:
+        strips = [part for strip in strips for part in _outside(strip, covered)]
+        if not strips:
+            return ()
     extremes: list[Any] = [image.crop(box).getextrema() for box in strips]
     bands = tuple(
         (min(strip[band][0] for strip in extremes), max(strip[band][1] for strip in extremes))
@@ -508,7 +543,7 @@ def fill_ratio(box: tuple[int, int, int, int] | None, size: tuple[int, int]) -> 
     return max((right - left) / size[0], (bottom - top) / size[1])
 
 
-def measure(data: bytes, background: Rgb | None, tolerance: int = 0) -> Measured:
+def measure(data: bytes, background: Rgb | None, tolerance: int = 0, covered: Box | None = None) -> Measured:
     """
     Decode a rendition's bytes and read the facts its checks judge.
 
@@ -516,6 +551,8 @@ def measure(data: bytes, background: Rgb | None, tolerance: int = 0) -> Measured
     :param background: the background colour it was rendered on (``None``: transparent).
     :param tolerance: how far its background may drift per channel in this format
         (:func:`background_tolerance`): such pixels are background, not subject, for the fill.
+    :param covered: the box the renderer placed the subject in, with what resampling and the encoder
+        spread around it (``None``: unknown): the ring outside it is :attr:`Measured.open_border`.
     """
     with bomb_warnings_ignored(), Image.open(io.BytesIO(data)) as image:
         image.load()
@@ -540,6 +577,7 @@ def measure(data: bytes, background: Rgb | None, tolerance: int = 0) -> Measured
             border=_border(pixels),
             fill=fill_ratio(box, pixels.size),
             subject_box=box,
+            open_border=None if covered is None else _border(pixels, covered),
         )
 
 

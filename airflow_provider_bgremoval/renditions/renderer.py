@@ -43,6 +43,8 @@ _PROFILE_BASE_MODES = {"RGB": "RGB", "RGBA": "RGB", "RGBX": "RGB", "L": "L", "LA
 #: The colour space (an ICC header's bytes 16-20) a profile of each base mode's pixels has.
 _PROFILE_SPACES = {"RGB": b"RGB ", "L": b"GRAY", "CMYK": b"CMYK"}
 _EPSILON = 1e-6
+#: The largest block a lossy encoder spreads an edge within: JPEG's 4:2:0 chroma, WebP's macroblock.
+_LOSSY_BLOCK = 16
 Box = tuple[int, int, int, int]
 
 
@@ -326,6 +328,33 @@ def layout(content: tuple[int, int], spec: RenditionSpec) -> Layout:
     return replace(placed, refused_upscale=_refused(wanted, scale, spec))
 
 
+def subject_on_canvas(subject: Box, content: Box, plan: Layout, spec: RenditionSpec) -> Box:
+    """
+    The box a master's subject covers on a rendition's canvas, widened by what spreads it: the resampling
+    (Lanczos: 3 px of the smaller image, one more for rounding) and, in a lossy format, the encoder's
+    blocks (16 px, JPEG's subsampled chroma and WebP's macroblocks) and one block more, so what lies
+    outside is background.
+
+    :param subject: the subject's box on the master.
+    :param content: the box of the master used.
+    :param plan: the layout.
+    :param spec: the rendition spec.
+    """
+    scale_x = plan.size[0] / (content[2] - content[0])
+    scale_y = plan.size[1] / (content[3] - content[1])
+    pad = math.ceil(3 * max(1.0, scale_x, scale_y)) + 1
+    x, y = plan.offset
+    left = x + math.floor((subject[0] - content[0]) * scale_x) - pad
+    top = y + math.floor((subject[1] - content[1]) * scale_y) - pad
+    right = x + math.ceil((subject[2] - content[0]) * scale_x) + pad
+    bottom = y + math.ceil((subject[3] - content[1]) * scale_y) + pad
+    if background_tolerance(spec) > 0:  # a lossy format: out to the block grid, and the next block
+        block = _LOSSY_BLOCK  # (a decoder's chroma upsampling and WebP's loop filter cross block edges)
+        left, top = left // block * block - block, top // block * block - block
+        right, bottom = -(-right // block) * block + block, -(-bottom // block) * block + block
+    return left, top, right, bottom
+
+
 def _visible(
     size: tuple[int, int], offset: tuple[int, int], canvas: tuple[int, int]
 ) -> tuple[Box, tuple[int, int]]:
@@ -500,7 +529,8 @@ def render_one(master: Master, rendition: Rendition | RenditionSpec) -> RenderOu
     try:
         plan = layout((content[2] - content[0], content[3] - content[1]), spec)
         data = encode(compose(master, content, plan, spec.background_rgb), spec, master.exif)
-        measured = measure(data, spec.background_rgb, background_tolerance(spec))
+        covered = subject_on_canvas(master.subject, content, plan, spec)
+        measured = measure(data, spec.background_rgb, background_tolerance(spec), covered)
         verdict = judge(rendition, measured)  # a preset's rule may be the user's own code
     except Exception as exc:  # Pillow's encoders raise many types; MemoryError on huge canvases
         return RenderFailure(rendition, rendering_error(f"rendition {rendition.name!r}", exc))

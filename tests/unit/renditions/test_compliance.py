@@ -105,6 +105,24 @@ class TestRules:
         assert "worst channel deviation 1" in result.message
         assert _passes(BorderColor(rgb=WHITE, tolerance=1), measured)
 
+    def test_the_spec_s_background_reads_the_border_outside_the_subject_as_placed(self) -> None:
+        # a subject on the left edge (x 0-40): the background check reads the rest of the ring, a
+        # marketplace's border rule the whole of it
+        image = Image.new("RGB", (100, 100), WHITE)
+        image.paste((20, 20, 20), (0, 30, 40, 70))
+        data = png_bytes(image)
+        open_only = BorderColor(rgb=WHITE, outside_subject=True)
+        placed = measure(data, WHITE, covered=(-4, 26, 44, 74))
+        assert _passes(open_only, placed)
+        assert not _passes(BorderColor(rgb=WHITE), placed)
+        assert not _passes(open_only, measure(data, WHITE))  # no placement given: the whole ring
+        image.putpixel((0, 90), (254, 255, 255))  # off-white where the canvas shows background
+        assert not _passes(open_only, measure(png_bytes(image), WHITE, covered=(-4, 26, 44, 74)))
+        everywhere = measure(data, WHITE, covered=(-5, -5, 105, 105))
+        assert everywhere.open_border == ()
+        result = open_only.evaluate(everywhere)
+        assert result.passed and "covers the whole border" in result.message
+
     def test_a_transparent_border_is_not_white(self) -> None:
         image = Image.new("RGBA", (20, 20), (255, 255, 255, 0))
         measured = _measured(image, background=None)

@@ -228,6 +228,53 @@ class TestShopify:
         assert sizes == {(2048, 2048)}
 
 
+class TestSubjectTouchingTheBorder:
+    """eBay and Shopify ask for no background: a subject reaching the canvas edge is not a failure."""
+
+    def test_ebay_keeps_the_cut_out_s_frame_and_is_compliant(self) -> None:
+        rendered = _rendered(soft_subject((1500, 1200), (0, 0, 1500, 900), edge=2), "ebay")
+        out = decode(rendered.data)
+        assert out.size == (1500, 1200)
+        assert _ring(out) != {WHITE}  # the subject is on the edge
+        assert out.crop((0, 1000, 1500, 1200)).getextrema() == ((255, 255),) * 3  # the rest is white
+        assert rendered.compliant, rendered.verdict.as_dict()
+
+    def test_shopify_contains_a_wide_subject_edge_to_edge_and_is_compliant(self) -> None:
+        rendered = _rendered(soft_subject((3000, 2400), (0, 600, 3000, 1800), edge=2), "shopify_square")
+        out = decode(rendered.data)
+        assert out.size == (2048, 2048)
+        assert out.crop((0, 0, 2048, 300)).getextrema() == ((255, 255),) * 3
+        assert rendered.compliant, rendered.verdict.as_dict()
+
+    @pytest.mark.parametrize("bottom", [898, 903, 904, 906])
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"preset": "ebay", "subsampling": "4:2:0", "quality": 60},
+            {"format": "webp", "background": "#ffffff", "quality": 50},
+            {"format": "jpeg", "background": "#3366cc", "quality": 40, "max_size": 700},
+        ],
+    )
+    def test_a_lossy_encoder_s_spread_at_the_subject_is_not_taken_for_the_background(
+        self, bottom: int, fields: dict[str, Any]
+    ) -> None:
+        # the subject's edge mid-block: JPEG's chroma upsampling and WebP's loop filter smear it into
+        # the next block, which is not the background the spec wrote wrong
+        master = soft_subject((1500, 1200), (0, 0, 1500, bottom), colour=(0, 200, 0), edge=2)
+        (outcome,) = render(master, parse_renditions([{"name": "r", **fields}]))
+        assert isinstance(outcome, RenderedRendition)
+        assert "background" not in outcome.verdict.failed, outcome.verdict.as_dict()
+
+    def test_amazon_s_own_rule_still_reads_the_whole_border(self) -> None:
+        # without its fill, Amazon's square is the cut-out's width: the subject on its edges fails
+        # Amazon's pure-white border rule; the spec's background check reads the open border only
+        rendered = _rendered(soft_subject((1500, 1200), (0, 0, 1500, 900), edge=2), "amazon_main", fill=None)
+        assert decode(rendered.data).size == (1500, 1500)
+        assert rendered.compliant is False
+        assert "border_white" in rendered.verdict.failed
+        assert "background" not in rendered.verdict.failed
+
+
 class TestEbay:
     def test_the_long_side_is_at_least_500(self) -> None:
         rendered = _rendered(product_photo((1800, 1200)), "ebay")
