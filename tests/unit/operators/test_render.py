@@ -76,7 +76,11 @@ def test_a_rendition_folder_inside_the_masters_is_refused_in_their_bucket_only()
         RenderRenditionsOperator(renditions=[{"name": "masters"}], task_id="r", **inside, **KW)
     # Masters at the root of another bucket: the renditions cannot touch them.
     other = RenderRenditionsOperator(
-        task_id="r", source_bucket="masters-a", destination_bucket="renditions-b", renditions=[{"name": "x"}], gcp_conn_id=None
+        task_id="r",
+        source_bucket="masters-a",
+        destination_bucket="renditions-b",
+        renditions=[{"name": "x"}],
+        gcp_conn_id=None,
     )
     layout = other.prepare_job().renditions
     assert layout is not None and layout.name_of(layout.renditions[0], "products/a.png") == "x/products/a.png"
