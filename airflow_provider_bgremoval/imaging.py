@@ -198,7 +198,7 @@ def bomb_warnings_ignored() -> Iterator[None]:
 
 
 class TruncatedImageError(Exception):
-    """An image's bytes end where its decoder reads on (see :func:`_load_whole`)."""
+    """An image's bytes end where its decoder reads on (see ``_load_whole``)."""
 
 
 class _ImageBytes(io.BytesIO):
@@ -222,7 +222,7 @@ class _ImageBytes(io.BytesIO):
 
 
 def _open_whole(data: bytes, formats: tuple[str, ...] | None = None) -> ImageFile.ImageFile:
-    """``Image.open`` of ``data`` (with these readers) for :func:`_load_whole` to decode."""
+    """``Image.open`` of ``data`` (with these readers) for ``_load_whole`` to decode."""
     return Image.open(_ImageBytes(data), formats=formats)
 
 

@@ -134,10 +134,10 @@ class ClaimStore:
     :param internal_prefix: the destination's ``_bgremoval/`` prefix.
     :param owner: identity of the claiming task instance.
     :param lease_seconds: how long a claim protects an output from other runs (finite, at least
-        :attr:`margin`).
+        ``margin``).
     :param clock: wall clock (injectable for tests); only differences of its readings decide leases.
     :param holds: how long one image may hold its claim on each of the run's connections
-        (:meth:`.ClaimHold.of` their hooks); their :func:`.lease_margin` is :attr:`margin`, the least of
+        (:meth:`.ClaimHold.of` their hooks); their :func:`.lease_margin` is ``margin``, the least of
         a claim's lease the call stage keeps in hand for a call (none given: 1800 s, the defaults').
     :raises InvalidOptionError: ``lease_seconds`` is not a finite number of seconds, or shorter than
         one image may hold its claim (``claim_lease``).

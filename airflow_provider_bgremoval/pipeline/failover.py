@@ -70,7 +70,7 @@ class CallStage:
     :param halts: the run's halts and stop request.
     :param settle: the engine's recorder (an image the stage gives up on is settled here).
     :param claims: the run's claims (``None``: no claims): a wait for a probe, or a handoff, ends before
-        its image's lease runs short: with the claims' :attr:`~.ClaimStore.margin` or less left (the
+        its image's lease runs short: with the claims' ``ClaimStore.margin`` or less left (the
         longest a call on one of the run's connections may hold its claim, at least
         :data:`~airflow_provider_bgremoval.retry.LEASE_MARGIN_SECONDS`); sent later, another run taking
         the lapsed claim over could pay for it too.
@@ -156,7 +156,7 @@ class CallStage:
     def _lease_runs_short(self, flight: Flight, what: str) -> bool:
         """
         Settle the image pending (``outage``, not sent, its claim released unpaid) once its claim has
-        the claims' :attr:`~.ClaimStore.margin` or less left: while every account is in an outage, or
+        the claims' ``ClaimStore.margin`` or less left: while every account is in an outage, or
         before it is sent to the next account. A clock read, no request: its lease end is known since
         the claim was written.
 
