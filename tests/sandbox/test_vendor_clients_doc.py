@@ -62,10 +62,11 @@ def defined_tests(module: str, prefix: str) -> set[str]:
             "test_poofbg_crop_ratios_do_not_work",
         ),
         (
-            "`width`, `height`, `fit` and `padding` are **ignored, and the call is charged**",
+            "`width`, `height` and `fit` are **ignored, and the call is charged**",
             "test_poof.py",
             "test_poofbg_width_height_fit_are_ignored_and_charged",
         ),
+        ("`padding` (generation B) pads a crop", "test_poof.py", "test_poofbg_padding_pads_the_crop"),
         ("also `small` and `large`", "test_poof.py", "test_poofbg_sizes_work"),
         (
             "a video upload is refused as 422 `invalid_image`",
