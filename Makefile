@@ -26,6 +26,10 @@ PYTHON ?= python3
 VENV ?= .venv
 COMPAT_VENV ?= .venv-compat
 COMPAT_AIRFLOW ?= 3.1.8
+# Airflow 3.1.8's get_fernet() sets an attribute on cryptography's MultiFernet, which cryptography 51
+# made a Rust type without settable attributes (AttributeError 'is_encrypted', so every connection with
+# a password fails to load once a Fernet key is set); newer Airflow releases work with it.
+COMPAT_PINS ?= 'cryptography<51'
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -50,7 +54,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(COMPAT_VENV)/.installed: pyproject.toml
 	test -x $(COMPAT_BIN)/python || $(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_BIN)/python -m pip install -e '.[test]' 'apache-airflow==$(COMPAT_AIRFLOW)'
+	$(COMPAT_BIN)/python -m pip install -e '.[test]' 'apache-airflow==$(COMPAT_AIRFLOW)' $(COMPAT_PINS)
 	touch $@
 
 venv: $(VENV)/.installed
