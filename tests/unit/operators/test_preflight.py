@@ -1209,6 +1209,18 @@ def test_an_unusable_account_at_no_cost_takes_no_images(
     assert [a["images"] for a in estimate["accounts"]] == [4, 0] and estimate["needed"] == "0"
 
 
+def _record_plan_checks(monkeypatch: pytest.MonkeyPatch) -> list[BatchPlan]:
+    """Make ``BucketJob.check_plan`` mark the plan checked without reading; return the plans it was given."""
+    checked: list[BatchPlan] = []
+
+    def check_plan(self: BucketJob, plan: BatchPlan) -> BatchPlan:
+        checked.append(plan)
+        return replace(plan, checked=True)
+
+    monkeypatch.setattr(BucketJob, "check_plan", check_plan)
+    return checked
+
+
 def test_an_unusable_account_at_no_cost_is_no_account_that_alone_pays_for_every_image(
     vendors: FakeVendors, planned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1218,13 +1230,7 @@ def test_an_unusable_account_at_no_cost_is_no_account_that_alone_pays_for_every_
     read, although an image only Pixian's limits take cannot be paid for by anyone.
     """
     planned["plan"] = replace(make_plan(4), checked=False)
-    checked: list[BatchPlan] = []
-
-    def check_plan(self: BucketJob, plan: BatchPlan) -> BatchPlan:
-        checked.append(plan)
-        return replace(plan, checked=True)
-
-    monkeypatch.setattr(BucketJob, "check_plan", check_plan)
+    checked = _record_plan_checks(monkeypatch)
     vendors.set_pixian(0, state="dormant")
     vendors.set_pixelcut(10)
     estimate, _, error = run(
@@ -1348,13 +1354,7 @@ def test_a_dormant_account_in_test_mode_pays_for_every_image_without_a_header_re
     """
     pixian_in_test_mode(monkeypatch)
     planned["plan"] = replace(make_plan(4), checked=False)
-    checked: list[BatchPlan] = []
-
-    def check_plan(self: BucketJob, plan: BatchPlan) -> BatchPlan:
-        checked.append(plan)
-        return replace(plan, checked=True)
-
-    monkeypatch.setattr(BucketJob, "check_plan", check_plan)
+    checked = _record_plan_checks(monkeypatch)
     vendors.set_pixian(0, state="dormant")
     vendors.set_pixelcut(10)
     estimate, _, error = run(check(["pixian_default", "pixelcut_default"]))

@@ -631,6 +631,17 @@ def test_progress_lines_name_the_chain_not_only_the_primary(batch, caplog: pytes
     assert lines and all(line.startswith("[pixian->poof] ") for line in lines)
 
 
+def _slow_failing_pixian(clock: Clock) -> Vendor:
+    """A Pixian whose every call fails with a 503 after retries, 00.png's taking 2000 s of ``clock``."""
+
+    def slow_outage(name: str, count: int) -> Any:
+        if name == "00.png":
+            clock.now += 2000  # the retries of a failing call
+        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
+
+    return Vendor("pixian", slow_outage)
+
+
 def test_an_image_handed_on_when_its_lease_runs_short_is_left_pending_not_sent_to_the_next_account(
     batch,
 ) -> None:
@@ -643,13 +654,7 @@ def test_an_image_handed_on_when_its_lease_runs_short_is_left_pending_not_sent_t
     storage, src, spec = batch
     seed(storage, src, names(2))
     clock = Clock()
-
-    def slow_outage(name: str, count: int) -> Any:
-        if name == "00.png":
-            clock.now += 2000  # the retries of a failing call
-        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
-
-    primary, secondary = Vendor("pixian", slow_outage), Vendor("poof")
+    primary, secondary = _slow_failing_pixian(clock), Vendor("poof")
     policy = BreakerPolicy(consecutive_failures=5)  # the breaker stays closed: no waiting
     accounts = chain(primary, secondary, clock=clock, policy=policy)
     claims = ClaimStore(storage, spec.destination_bucket, "_bgremoval/", "dag/run1/t/-1", clock=clock)
@@ -683,13 +688,7 @@ def test_a_handoff_keeps_the_hold_of_the_chain_s_slowest_connection_in_hand(batc
     storage, src, spec = batch
     seed(storage, src, names(2))
     clock = Clock()
-
-    def slow_outage(name: str, count: int) -> Any:
-        if name == "00.png":
-            clock.now += 2000  # the retries of a failing call
-        return TransientVendorError("503 after retries", vendor="pixian", status_code=503)
-
-    primary, secondary = Vendor("pixian", slow_outage), Vendor("poof")
+    primary, secondary = _slow_failing_pixian(clock), Vendor("poof")
     accounts = chain(primary, secondary, clock=clock, policy=BreakerPolicy(consecutive_failures=5))
     slow = ClaimHold("pixian_conn", PIXIAN_SPEC.retry_policy, 600.0, ("timeout",))
     claims = ClaimStore(
